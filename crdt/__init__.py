@@ -1,0 +1,1 @@
+"""Replicated state on pycrdt. Imports nothing from `mesh` or `node`."""

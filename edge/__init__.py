@@ -1,0 +1,1 @@
+"""WebAssembly runtime for sandboxed plugin tools (not yet implemented)."""

@@ -1,0 +1,209 @@
+"""Node configuration: embedded defaults < TOML file < `VSMCP_*` environment < CLI flags.
+
+Every value is validated once, at start; the first problem becomes a `ConfigError`
+naming the dotted key (`http.port`) and what is wrong, and the CLI exits with code 2.
+
+Environment overrides are `VSMCP_<SECTION>_<KEY>`, e.g. `VSMCP_HTTP_PORT=8080` or
+`VSMCP_MESH_SEEDS='["10.0.0.2:7701"]'`. A value is read as a TOML value when it parses
+as one (numbers, booleans, arrays, quoted strings) and as a bare string otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from node.errors import ConfigError
+
+DEFAULT_HTTP_PORT = 7700
+DEFAULT_MESH_PORT = 7701
+DEFAULT_ZONES = ("public", "ops", "restricted")
+ENV_PREFIX = "VSMCP_"
+MAX_CONFIG_FILE_BYTES = 1 << 20
+
+
+def default_data_dir() -> Path:
+    """Where a node keeps its key, certificate and database unless told otherwise."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "vsmcp"
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class NodeSection(_Section):
+    data_dir: str = ""
+    dev: bool = False
+    log_format: str = "text"
+    log_level: str = "info"
+    name: str = ""
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_HTTP_PORT
+
+
+class MeshSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_MESH_PORT
+    seeds: list[str] = msgspec.field(default_factory=list)
+    mdns: bool = True
+
+
+class TrustSection(_Section):
+    authority_public_key: str = ""
+    certificate_file: str = ""
+    zones: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ZONES))
+    dev_zone: str = "restricted"
+
+
+class EnvelopeSection(_Section):
+    max_bytes: int = 1 << 20
+    max_skew_s: int = 30
+    replay_window: int = 1024
+    replay_max_senders: int = 16384
+
+
+class AuditSection(_Section):
+    batch_size: int = 2048
+    queue_size: int = 65536
+
+
+class Config(_Section):
+    node: NodeSection = msgspec.field(default_factory=NodeSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
+    mesh: MeshSection = msgspec.field(default_factory=MeshSection)
+    trust: TrustSection = msgspec.field(default_factory=TrustSection)
+    envelope: EnvelopeSection = msgspec.field(default_factory=EnvelopeSection)
+    audit: AuditSection = msgspec.field(default_factory=AuditSection)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir).expanduser() if self.node.data_dir else default_data_dir()
+
+
+_LOG_FORMATS = ("text", "json")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_SECTIONS = tuple(Config.__struct_fields__)
+_MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build and validate the config. `overrides` holds CLI flags as dotted keys."""
+    raw: dict[str, Any] = _read_toml(path) if path is not None else {}
+    _merge_dotted(raw, _env_overrides(os.environ if environ is None else environ))
+    _merge_dotted(raw, dict(overrides or {}))
+    config = _convert(raw)
+    _validate(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e.strerror or e}") from e
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError("--config", f"{path} is larger than {MAX_CONFIG_FILE_BYTES} bytes")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError("--config", f"{path} is not UTF-8 text") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--config", f"{path} is not valid TOML: {e}") from e
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # VSMCP_REQUIRE_SERVICES and friends are not config keys
+        found[f"{section}.{rest[len(section) + 1 :]}"] = _parse_env_value(value)
+    return found
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _merge_dotted(raw: dict[str, Any], dotted: Mapping[str, Any]) -> None:
+    for key, value in dotted.items():
+        section, _, field = key.partition(".")
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(section, f"expected a table, got {type(target).__name__}")
+        target[field] = value
+
+
+def _convert(raw: dict[str, Any]) -> Config:
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        message = str(e)
+        match = _MSGSPEC_PATH.search(message)
+        key = match.group("path").lstrip(".") if match else ""
+        reason = message[: match.start()] if match else message
+        unknown = re.match(r"Object contains unknown field `(?P<f>[^`]+)`", reason)
+        if unknown:
+            key = f"{key}.{unknown.group('f')}" if key else unknown.group("f")
+            reason = "unknown key"
+        # msgspec speaks JSON ("object"); config authors write TOML ("table").
+        reason = reason.replace("`object`", "a table").replace("`", "")
+        raise ConfigError(key or "(top level)", reason[:1].lower() + reason[1:]) from e
+
+
+def _validate(config: Config) -> None:
+    _check_port("http.port", config.http.port)
+    _check_port("mesh.port", config.mesh.port)
+    if config.node.log_format not in _LOG_FORMATS:
+        raise ConfigError("node.log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
+    if config.node.log_level not in _LOG_LEVELS:
+        raise ConfigError("node.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    zones = config.trust.zones
+    if not zones:
+        raise ConfigError("trust.zones", "must name at least one zone")
+    if len(set(zones)) != len(zones):
+        raise ConfigError("trust.zones", "zone names must be unique")
+    if config.trust.dev_zone not in zones:
+        raise ConfigError("trust.dev_zone", f"'{config.trust.dev_zone}' is not in trust.zones")
+    _check_range("envelope.max_bytes", config.envelope.max_bytes, 1024, 64 << 20)
+    _check_range("envelope.max_skew_s", config.envelope.max_skew_s, 1, 3600)
+    _check_range("envelope.replay_window", config.envelope.replay_window, 64, 1 << 16)
+    _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)
+    _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
+    _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
+    for i, seed in enumerate(config.mesh.seeds):
+        host, sep, port = seed.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"mesh.seeds[{i}]", f"'{seed}' is not HOST:PORT")
+
+
+def _check_port(key: str, port: int) -> None:
+    _check_range(key, port, 0, 65535)
+
+
+def _check_range(key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(key, f"{value} is out of range ({low}..{high})")

@@ -1,0 +1,113 @@
+"""The node's HTTP server (aiohttp, loopback by default): health, metrics, JSON API, page."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from node.metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1 << 20
+
+
+class NodeView(Protocol):
+    """What the HTTP layer needs from a running node."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def render_metrics(self) -> bytes: ...
+
+    def healthy(self) -> bool: ...
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def build_app(node: NodeView) -> web.Application:
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = node.healthy()
+        return _json({"status": "ok" if ok else "unhealthy"}, status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=node.render_metrics(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def api_status(_: web.Request) -> web.Response:
+        return _json(node.status())
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=render_index(node.status()), content_type="text/html")
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/status", api_status)
+    app.router.add_get("/", index)
+    return app
+
+
+def render_index(status: dict[str, Any]) -> str:
+    esc = html.escape
+    banner = (
+        '<p class="dev">DEV MODE: this node certified itself. Do not use it in a real mesh.</p>'
+        if status.get("dev")
+        else ""
+    )
+    rows = "".join(
+        f"<tr><th>{esc(str(k))}</th><td>{esc(json.dumps(v))}</td></tr>" for k, v in status.items()
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>vsmcp {esc(str(status.get("node_id", "")))}</title>
+<style>body{{font-family:sans-serif;margin:2em}}.dev{{background:#fc0;padding:.5em}}
+th{{text-align:left;padding-right:1em}}</style></head>
+<body><h1>vsmcp node</h1>{banner}<table>{rows}</table>
+<p><a href="/api/status">/api/status</a> · <a href="/metrics">/metrics</a> ·
+<a href="/healthz">/healthz</a></p></body></html>
+"""
+
+
+class HttpServer:
+    """Serves `build_app(node)` on host:port; port 0 picks a free one (see `.port`)."""
+
+    def __init__(self, node: NodeView, host: str, port: int) -> None:
+        self._app = build_app(node)
+        self._host = host
+        self._requested_port = port
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def app(self) -> web.Application:
+        return self._app
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        server = site._server  # aiohttp exposes the bound sockets only here
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()

@@ -256,6 +256,13 @@ class AuditLog:
                     await self._progress.wait_for(self._settled)
         finally:
             self._closed = True
+            if self._failure is None and not self._settled():
+                # Only when close itself was cancelled: say so rather than lose silently.
+                log.error(
+                    "audit log %s closed with %d entries not committed",
+                    self._store.db_path,
+                    self._accepted - self._committed,
+                )
             writer, self._writer = self._writer, None
             if writer is not None:
                 # Idle at `queue.get()` once everything is settled.

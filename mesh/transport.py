@@ -1,0 +1,855 @@
+"""Mesh transport: opaque byte frames between nodes over ZeroMQ, CURVE-encrypted.
+
+The transport carries bytes (signed envelopes, produced elsewhere); it knows nothing of
+signing or policy. It owns the CURVE keys, derived from the node's Ed25519 identity.
+
+Sockets
+    One ROUTER bound for inbound traffic (requests, one-way frames, cancels); responses
+    go back on the connection the request came in on. One DEALER per peer for outbound,
+    connected lazily on first use; libzmq reconnects it by itself (100 ms, backing off to
+    2 s) after the peer restarts. ZMTP heartbeats drop a connection whose peer stopped
+    answering (a SIGSTOPped process), so its frames wait in our queue, not in libzmq's.
+
+Identity binding
+    A peer is addressed by (Ed25519 public key, "tcp://host:port"). The DEALER's
+    `curve_serverkey` is the peer's key converted to X25519, so an impostor at that
+    endpoint fails the CURVE handshake and nothing is ever sent to it. Inbound, a ZAP
+    handler sees each client's X25519 key, asks the admission callback (default: admit
+    any) and stamps the key on the connection; every inbound frame is delivered with it,
+    so the layer above can check it against the envelope's sender with
+    `curve_public_key(sender_ed25519_key)`.
+
+Queues, priorities and drops (every queue is bounded)
+    - Per peer, a Python queue (`TransportConfig.queue_max_frames` / `queue_max_bytes`)
+      with three classes: MEMBERSHIP (probes, acks, verdicts) first, then REQUEST
+      (requests, responses, cancels), then BULK (gossip, sync). When full, the oldest
+      frame of the lowest non-empty class is dropped, unless that class is more
+      important than the new frame, which is then dropped instead. Drops are counted by
+      class in `stats.dropped`; a dropped request fails at once with `QueueFullError`.
+    - Frames go to libzmq only when the socket is writable (non-blocking sends). DEALERs
+      use ZMQ_IMMEDIATE, so nothing is queued inside libzmq toward a peer that is not
+      connected, and a small SNDHWM so the priority order above is not undone by a deep
+      FIFO below it.
+    - Responses leave through the shared ROUTER without a Python queue: when the
+      caller's pipe is full (ROUTER SNDHWM) or the caller is gone, the response is
+      dropped and counted (the caller times out).
+    - Inbound: RCVHWM per connection; ZMQ_MAXMSGSIZE caps every frame (libzmq drops an
+      oversize frame and resets that connection, which then reconnects); the Python
+      side re-checks sizes and frame counts and counts garbage. Request handlers run as
+      tasks, at most `max_concurrent_handlers` in all and `max_handlers_per_peer` per
+      client key; beyond that the request is answered "busy" at once.
+    - One-way handlers are synchronous and are called inline on the receive path: hand
+      the payload to your own bounded queue (and batch signature checks there).
+
+Nothing here blocks the event loop on a slow peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import zmq
+import zmq.asyncio
+from nacl.signing import SigningKey
+from zmq.utils import z85
+
+from mesh._transport_errors import (
+    FrameTooLargeError,
+    InvalidPeerKeyError,
+    PeerUnreachableError,
+    QueueFullError,
+    RemoteError,
+    RequestTimeoutError,
+    TransportClosedError,
+    TransportError,
+)
+from mesh._transport_keys import CurveIdentity, curve_identity, curve_public_key
+from mesh._transport_queue import OutboundQueue
+from mesh._transport_wire import (
+    HEADER_BYTES,
+    Kind,
+    Priority,
+    decode_error,
+    decode_header,
+    encode_error,
+    encode_header,
+)
+
+__all__ = [
+    "FrameTooLargeError",
+    "InvalidPeerKeyError",
+    "OnewayHandler",
+    "PeerUnreachableError",
+    "Priority",
+    "QueueFullError",
+    "RemoteError",
+    "RequestHandler",
+    "RequestTimeoutError",
+    "Transport",
+    "TransportClosedError",
+    "TransportConfig",
+    "TransportError",
+    "TransportStats",
+    "check_reachable",
+    "curve_public_key",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 1024 * 1024
+QUEUE_MAX_FRAMES_PER_PEER = 1024
+QUEUE_MAX_BYTES_PER_PEER = 16 * 1024 * 1024
+MAX_CONCURRENT_HANDLERS = 256
+MAX_HANDLERS_PER_PEER = 64
+DEALER_SNDHWM = 256
+ROUTER_SNDHWM = 1000
+RCVHWM = 1000
+RECONNECT_IVL_S = 0.1
+RECONNECT_IVL_MAX_S = 2.0
+HEARTBEAT_IVL_S = 1.0
+HEARTBEAT_TIMEOUT_S = 5.0
+RECV_BATCH_FRAMES = 256
+# libzmq checks ZMQ_MAXMSGSIZE against the encrypted CURVE frame (command name, nonce,
+# MAC), so the socket cap has slack above our payload cap; Python enforces the exact one.
+CURVE_FRAME_OVERHEAD_BYTES = 1024
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"vsmcp"
+CURVE_KEY_BYTES = 32
+
+RequestHandler = Callable[[bytes, bytes], Awaitable[bytes]]
+"""`async (peer_curve_key, payload) -> response payload`; raising sends a RemoteError."""
+OnewayHandler = Callable[[bytes, bytes], None]
+"""`(peer_curve_key, payload) -> None`, called inline: must not block."""
+AdmissionCallback = Callable[[bytes], bool]
+"""`(client_curve_key) -> admit?`, asked once per inbound connection handshake."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    queue_max_frames: int = QUEUE_MAX_FRAMES_PER_PEER
+    queue_max_bytes: int = QUEUE_MAX_BYTES_PER_PEER
+    max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS
+    max_handlers_per_peer: int = MAX_HANDLERS_PER_PEER
+    dealer_sndhwm: int = DEALER_SNDHWM
+    router_sndhwm: int = ROUTER_SNDHWM
+    rcvhwm: int = RCVHWM
+    reconnect_ivl_s: float = RECONNECT_IVL_S
+    reconnect_ivl_max_s: float = RECONNECT_IVL_MAX_S
+    heartbeat_ivl_s: float = HEARTBEAT_IVL_S
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+
+
+def _zero_per_class() -> dict[Priority, int]:
+    return dict.fromkeys(Priority, 0)
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters since start; read them, do not write them."""
+
+    sent: int = 0
+    received: int = 0
+    dropped: dict[Priority, int] = field(default_factory=_zero_per_class)
+    timeouts: int = 0
+    oversize: int = 0
+    garbage: int = 0
+    rejected: int = 0
+    busy: int = 0
+    handler_errors: int = 0
+    cancelled: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Outgoing:
+    priority: Priority
+    header: bytes
+    payload: bytes
+    waiter: asyncio.Future[bytes] | None = None
+    sent: bool = False
+
+    @property
+    def size(self) -> int:
+        return HEADER_BYTES + len(self.payload)
+
+
+class _PeerLink:
+    """The outbound side of one peer: its DEALER, queue and two tasks."""
+
+    def __init__(
+        self,
+        ed25519_public: bytes,
+        endpoint: str,
+        sock: zmq.asyncio.Socket,
+        queue: OutboundQueue[_Outgoing],
+    ) -> None:
+        self.ed25519_public = ed25519_public
+        self.endpoint = endpoint
+        self.sock = sock
+        self.shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self.queue = queue
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.closed = False
+
+    @property
+    def label(self) -> str:
+        return self.ed25519_public.hex()[:12]
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[bytes]
+    link: _PeerLink
+    outgoing: _Outgoing
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    routing_id: bytes
+    peer: bytes
+    kind: Kind
+    priority: Priority
+    request_id: int
+    payload: bytes
+
+
+class Transport:
+    """See the module docstring. Single use: `start()` after `stop()` raises."""
+
+    def __init__(
+        self,
+        identity: bytes | SigningKey,
+        *,
+        bind_host: str = "127.0.0.1",
+        port: int = 0,
+        config: TransportConfig | None = None,
+    ) -> None:
+        self._identity: CurveIdentity = curve_identity(identity)
+        self._bind_host = bind_host
+        self._requested_port = port
+        self._config = config or TransportConfig()
+        self._stats = TransportStats()
+        self._request_handler: RequestHandler | None = None
+        self._oneway_handler: OnewayHandler | None = None
+        self._admission: AdmissionCallback | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._zap: zmq.asyncio.Socket | None = None
+        self._router: zmq.asyncio.Socket | None = None
+        self._router_shadow: zmq.Socket[bytes] | None = None
+        self._port: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._links: dict[bytes, _PeerLink] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._request_ids = itertools.count(1)
+        self._handlers: dict[tuple[bytes, int], asyncio.Task[None]] = {}
+        self._handlers_per_peer: dict[bytes, int] = {}
+        self._state = "new"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._state == "running":
+            return
+        if self._state == "stopped":
+            raise TransportClosedError("a stopped Transport cannot be restarted")
+        ctx = zmq.asyncio.Context()
+        try:
+            zap = ctx.socket(zmq.REP)
+            zap.linger = 0
+            # Bound before the ROUTER exists, so no handshake ever skips admission.
+            zap.bind(ZAP_ENDPOINT)
+            self._zap = zap
+            router = ctx.socket(zmq.ROUTER)
+            self._router = router
+            self._configure_router(router)
+            port_spec = "*" if self._requested_port == 0 else str(self._requested_port)
+            router.bind(f"tcp://{self._format_host(self._bind_host)}:{port_spec}")
+        except zmq.ZMQError as exc:
+            self._close_sockets(ctx)
+            raise TransportError(f"cannot bind: {exc}", reason="bind") from exc
+        last = router.last_endpoint
+        last_endpoint = last.decode() if isinstance(last, bytes) else str(last)
+        self._port = int(last_endpoint.rpartition(":")[2])
+        self._router_shadow = zmq.Socket.shadow(router.underlying)
+        self._ctx = ctx
+        self._state = "running"
+        self._spawn(self._zap_loop(zap), "transport-zap")
+        self._spawn(self._router_loop(router), "transport-router-recv")
+
+    async def stop(self) -> None:
+        if self._state != "running":
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        tasks = set(self._tasks) | set(self._handlers.values())
+        for link in self._links.values():
+            tasks.update(link.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        closed = TransportClosedError("transport stopped")
+        for pending in list(self._pending.values()):
+            if not pending.future.done():
+                pending.future.set_exception(closed)
+        self._pending.clear()
+        for link in self._links.values():
+            link.closed = True
+            link.queue.clear()
+            link.sock.close(linger=0)
+        self._links.clear()
+        if self._ctx is not None:
+            self._close_sockets(self._ctx)
+            self._ctx = None
+
+    def _close_sockets(self, ctx: zmq.asyncio.Context) -> None:
+        for sock in (self._router, self._zap):
+            if sock is not None:
+                sock.close(linger=0)
+        self._router = self._zap = self._router_shadow = None
+        ctx.term()
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("transport task %s died", task.get_name(), exc_info=task.exception())
+
+    # -- public properties and registration -----------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise TransportClosedError("transport not started")
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint peers connect to (the bind host; a wildcard host is not useful)."""
+        return f"tcp://{self._format_host(self._bind_host)}:{self.port}"
+
+    @property
+    def public_key(self) -> bytes:
+        """This node's Ed25519 public key (how peers address it)."""
+        return self._identity.ed25519_public
+
+    @property
+    def curve_public_key(self) -> bytes:
+        """This node's X25519 key: what peers see as the sender of its frames."""
+        return self._identity.curve_public
+
+    @property
+    def stats(self) -> TransportStats:
+        return self._stats
+
+    def on_request(self, handler: RequestHandler | None) -> None:
+        self._request_handler = handler
+
+    def on_oneway(self, handler: OnewayHandler | None) -> None:
+        self._oneway_handler = handler
+
+    def set_admission(self, callback: AdmissionCallback | None) -> None:
+        """Decide which client X25519 keys may connect (None: admit any).
+
+        Asked at each connection handshake; already connected clients stay connected.
+        """
+        self._admission = callback
+
+    def queued(self, peer_pubkey: bytes) -> int:
+        """Frames waiting in our queue toward the peer (0 if unknown)."""
+        link = self._links.get(peer_pubkey)
+        return len(link.queue) if link is not None else 0
+
+    # -- outbound ---------------------------------------------------------------------
+
+    async def request(
+        self,
+        peer_pubkey: bytes,
+        endpoint: str,
+        payload: bytes,
+        *,
+        timeout_s: float,
+        priority: Priority = Priority.REQUEST,
+    ) -> bytes:
+        """Send `payload` to the peer's request handler and return its response.
+
+        Raises RequestTimeoutError, RemoteError, QueueFullError, PeerUnreachableError,
+        FrameTooLargeError, TransportClosedError. On timeout or cancellation of the
+        caller, a CANCEL frame tells the peer to cancel its handler.
+        """
+        self._check_outgoing(payload)
+        link = self._link_for(peer_pubkey, endpoint)
+        request_id = next(self._request_ids)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        outgoing = _Outgoing(
+            priority, encode_header(Kind.REQUEST, priority, request_id), payload, future
+        )
+        self._pending[request_id] = _Pending(future, link, outgoing)
+        try:
+            self._enqueue(link, outgoing)
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            self._stats.timeouts += 1
+            self._cancel_remote(link, request_id, outgoing)
+            raise RequestTimeoutError(f"no response within {timeout_s} s") from None
+        except asyncio.CancelledError:
+            self._cancel_remote(link, request_id, outgoing)
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    def send(
+        self,
+        peer_pubkey: bytes,
+        endpoint: str,
+        payload: bytes,
+        *,
+        priority: Priority = Priority.BULK,
+    ) -> bool:
+        """Queue a one-way frame; never blocks. False if the queue policy dropped it."""
+        self._check_outgoing(payload)
+        link = self._link_for(peer_pubkey, endpoint)
+        return self._enqueue(
+            link, _Outgoing(priority, encode_header(Kind.ONEWAY, priority, 0), payload)
+        )
+
+    def forget(self, peer_pubkey: bytes) -> None:
+        """Close the connection to a peer; its queued frames go, its waiting requests fail."""
+        link = self._links.pop(peer_pubkey, None)
+        if link is None:
+            return
+        link.closed = True
+        for task in link.tasks:
+            task.cancel()
+        link.queue.clear()
+        gone = PeerUnreachableError("peer forgotten")
+        for request_id, pending in list(self._pending.items()):
+            if pending.link is link:
+                del self._pending[request_id]
+                if not pending.future.done():
+                    pending.future.set_exception(gone)
+        link.sock.close(linger=0)
+
+    async def check_reachable(self, endpoint: str, timeout_s: float) -> bool:
+        """See `check_reachable` (module function)."""
+        return await check_reachable(endpoint, timeout_s)
+
+    def _check_outgoing(self, payload: bytes) -> None:
+        if self._state != "running":
+            raise TransportClosedError("transport not running")
+        if len(payload) > self._config.max_payload_bytes:
+            self._stats.oversize += 1
+            raise FrameTooLargeError(
+                f"payload of {len(payload)} bytes exceeds {self._config.max_payload_bytes}"
+            )
+
+    def _link_for(self, peer_pubkey: bytes, endpoint: str) -> _PeerLink:
+        link = self._links.get(peer_pubkey)
+        if link is not None:
+            if link.endpoint == endpoint:
+                return link
+            self.forget(peer_pubkey)
+        server_key = curve_public_key(peer_pubkey)
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.DEALER)
+        try:
+            self._configure_dealer(sock, server_key, endpoint)
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise TransportError(
+                f"cannot connect to {endpoint!r}: {exc}", reason="connect"
+            ) from exc
+        queue: OutboundQueue[_Outgoing] = OutboundQueue(
+            max_frames=self._config.queue_max_frames, max_bytes=self._config.queue_max_bytes
+        )
+        link = _PeerLink(bytes(peer_pubkey), endpoint, sock, queue)
+        link.tasks.append(self._spawn(self._send_loop(link), f"transport-send-{link.label}"))
+        link.tasks.append(self._spawn(self._dealer_loop(link), f"transport-recv-{link.label}"))
+        self._links[link.ed25519_public] = link
+        return link
+
+    def _enqueue(self, link: _PeerLink, outgoing: _Outgoing) -> bool:
+        if not link.queue and self._try_send(link, outgoing):
+            return True
+        dropped = link.queue.push(outgoing)
+        for frame in dropped:
+            self._count_drop(frame)
+        link.wake.set()
+        return not any(frame is outgoing for frame in dropped)
+
+    def _try_send(self, link: _PeerLink, outgoing: _Outgoing) -> bool:
+        """Hand the frame to libzmq if it takes it now; False means "try again later"."""
+        try:
+            link.shadow.send_multipart(
+                [outgoing.header, outgoing.payload], flags=zmq.NOBLOCK, copy=False
+            )
+        except zmq.Again:
+            return False
+        outgoing.sent = True
+        self._stats.sent += 1
+        return True
+
+    def _count_drop(self, frame: _Outgoing) -> None:
+        self._stats.dropped[frame.priority] += 1
+        if frame.waiter is not None and not frame.waiter.done():
+            frame.waiter.set_exception(QueueFullError("request dropped by the outgoing queue"))
+
+    def _cancel_remote(self, link: _PeerLink, request_id: int, outgoing: _Outgoing) -> None:
+        # Not yet sent: the send loop skips it (its waiter is done). Sent: tell the peer.
+        if outgoing.sent and not link.closed and self._state == "running":
+            header = encode_header(Kind.CANCEL, outgoing.priority, request_id)
+            self._enqueue(link, _Outgoing(outgoing.priority, header, b""))
+
+    async def _send_loop(self, link: _PeerLink) -> None:
+        while True:
+            await link.wake.wait()
+            link.wake.clear()
+            while link.queue:
+                await _poll(link.sock, zmq.POLLOUT)
+                self._drain(link)
+
+    def _drain(self, link: _PeerLink) -> None:
+        while (outgoing := link.queue.peek()) is not None:
+            if outgoing.waiter is not None and outgoing.waiter.done():
+                link.queue.pop()  # its caller gave up before it left
+                continue
+            if not self._try_send(link, outgoing):
+                return
+            link.queue.pop()
+
+    async def _dealer_loop(self, link: _PeerLink) -> None:
+        while True:
+            await _poll(link.sock, zmq.POLLIN)
+            for _ in range(RECV_BATCH_FRAMES):
+                try:
+                    parts = self._recv_parts(link.shadow, copy_header=True)
+                except zmq.Again:
+                    break
+                self._on_dealer_frame(link, parts)
+            else:
+                await asyncio.sleep(0)  # a busy peer must not starve the loop
+
+    def _on_dealer_frame(self, link: _PeerLink, parts: list[bytes | zmq.Frame] | None) -> None:
+        if parts is None:
+            return
+        header_part, payload_part = parts
+        header = decode_header(_as_bytes(header_part))
+        payload = _as_bytes(payload_part)
+        pending = None if header is None else self._pending.get(header.request_id)
+        if (
+            header is None
+            or header.kind not in (Kind.RESPONSE, Kind.ERROR)
+            or pending is None
+            or pending.link is not link
+        ):
+            # Late responses (after a timeout) land here too: harmless, counted.
+            self._stats.garbage += 1
+            return
+        self._stats.received += 1
+        del self._pending[header.request_id]
+        if pending.future.done():
+            return
+        if header.kind is Kind.RESPONSE:
+            pending.future.set_result(payload)
+        else:
+            reason, detail = decode_error(payload)
+            pending.future.set_exception(RemoteError(reason, detail))
+
+    # -- inbound ----------------------------------------------------------------------
+
+    async def _router_loop(self, router: zmq.asyncio.Socket) -> None:
+        shadow = self._router_shadow
+        assert shadow is not None
+        while True:
+            await _poll(router, zmq.POLLIN)
+            for _ in range(RECV_BATCH_FRAMES):
+                try:
+                    frame = self._recv_router_frame(shadow)
+                except zmq.Again:
+                    break
+                if frame is not None:
+                    self._on_router_frame(frame)
+            else:
+                await asyncio.sleep(0)
+
+    def _recv_parts(
+        self, shadow: zmq.Socket[bytes], *, copy_header: bool
+    ) -> list[bytes | zmq.Frame] | None:
+        """One message as [header, payload], or None (counted) when malformed.
+
+        Parts beyond two are received without copying and discarded, so a flood of
+        parts costs no Python memory. Raises zmq.Again when nothing is waiting.
+        """
+        header = shadow.recv(zmq.NOBLOCK, copy=copy_header)
+        parts: list[bytes | zmq.Frame] = [header]
+        extra = 0
+        while shadow.get(zmq.RCVMORE):
+            if len(parts) < 2:
+                parts.append(shadow.recv(zmq.NOBLOCK))
+            else:
+                shadow.recv(zmq.NOBLOCK, copy=False)
+                extra += 1
+        if extra or len(parts) != 2:
+            self._stats.garbage += 1
+            return None
+        if len(parts[1]) > self._config.max_payload_bytes:
+            self._stats.oversize += 1
+            return None
+        return parts
+
+    def _recv_router_frame(self, shadow: zmq.Socket[bytes]) -> _Inbound | None:
+        routing_id = shadow.recv(zmq.NOBLOCK)
+        if not shadow.get(zmq.RCVMORE):
+            self._stats.garbage += 1
+            return None
+        parts = self._recv_parts(shadow, copy_header=False)
+        if parts is None:
+            return None
+        header_frame, payload = parts
+        assert isinstance(header_frame, zmq.Frame) and isinstance(payload, bytes)
+        header = decode_header(header_frame.bytes)
+        peer = _peer_key_of(header_frame)
+        if header is None or peer is None:
+            self._stats.garbage += 1
+            return None
+        return _Inbound(routing_id, peer, header.kind, header.priority, header.request_id, payload)
+
+    def _on_router_frame(self, frame: _Inbound) -> None:
+        if frame.kind is Kind.ONEWAY:
+            self._stats.received += 1
+            self._deliver_oneway(frame)
+        elif frame.kind is Kind.REQUEST:
+            self._stats.received += 1
+            self._start_handler(frame)
+        elif frame.kind is Kind.CANCEL:
+            task = self._handlers.get((frame.routing_id, frame.request_id))
+            if task is not None and not task.done():
+                self._stats.cancelled += 1
+                task.cancel()
+        else:
+            self._stats.garbage += 1
+
+    def _deliver_oneway(self, frame: _Inbound) -> None:
+        handler = self._oneway_handler
+        if handler is None:
+            return
+        try:
+            handler(frame.peer, frame.payload)
+        except Exception:  # top-level: one bad handler call must not stop the receive loop
+            self._stats.handler_errors += 1
+            log.exception("one-way handler failed")
+
+    def _start_handler(self, frame: _Inbound) -> None:
+        handler = self._request_handler
+        key = (frame.routing_id, frame.request_id)
+        if handler is None:
+            self._reply_error(frame, "no_handler")
+            return
+        if key in self._handlers:
+            self._stats.garbage += 1  # a request id reused while still running
+            return
+        peer_count = self._handlers_per_peer.get(frame.peer, 0)
+        if (
+            len(self._handlers) >= self._config.max_concurrent_handlers
+            or peer_count >= self._config.max_handlers_per_peer
+        ):
+            self._stats.busy += 1
+            self._reply_error(frame, "busy")
+            return
+        self._handlers_per_peer[frame.peer] = peer_count + 1
+        task = asyncio.ensure_future(self._run_handler(handler, frame))
+        task.set_name(f"transport-handler-{frame.request_id}")
+        self._handlers[key] = task
+        task.add_done_callback(lambda _t: self._handler_done(key, frame.peer))
+
+    def _handler_done(self, key: tuple[bytes, int], peer: bytes) -> None:
+        self._handlers.pop(key, None)
+        remaining = self._handlers_per_peer.get(peer, 1) - 1
+        if remaining > 0:
+            self._handlers_per_peer[peer] = remaining
+        else:
+            self._handlers_per_peer.pop(peer, None)
+
+    async def _run_handler(self, handler: RequestHandler, frame: _Inbound) -> None:
+        try:
+            response = await handler(frame.peer, frame.payload)
+        except asyncio.CancelledError:
+            raise  # the caller cancelled (no reply wanted) or we are stopping
+        except Exception as exc:  # top-level: a handler failure becomes the caller's error
+            self._stats.handler_errors += 1
+            log.warning("request handler failed: %r", exc, exc_info=True)
+            self._reply_error(frame, "handler_error", type(exc).__name__)
+            return
+        if len(response) > self._config.max_payload_bytes:
+            self._stats.oversize += 1
+            self._reply_error(frame, "response_too_large")
+            return
+        self._reply(frame, Kind.RESPONSE, response)
+
+    def _reply_error(self, frame: _Inbound, reason: str, detail: str = "") -> None:
+        self._reply(frame, Kind.ERROR, encode_error(reason, detail))
+
+    def _reply(self, frame: _Inbound, kind: Kind, payload: bytes) -> None:
+        shadow = self._router_shadow
+        if shadow is None:
+            return
+        header = encode_header(kind, frame.priority, frame.request_id)
+        try:
+            shadow.send_multipart(
+                [frame.routing_id, header, payload], flags=zmq.NOBLOCK, copy=False
+            )
+        except zmq.Again:
+            self._stats.dropped[frame.priority] += 1  # the caller's pipe is full
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._stats.dropped[frame.priority] += 1  # the caller disconnected
+        else:
+            self._stats.sent += 1
+
+    async def _zap_loop(self, zap: zmq.asyncio.Socket) -> None:
+        while True:
+            request = await zap.recv_multipart()
+            await zap.send_multipart(self._zap_reply(request))
+
+    def _zap_reply(self, request: list[bytes]) -> list[bytes]:
+        """ZAP (RFC 27): admit a CURVE client and stamp its key as the User-Id."""
+        if len(request) < 6:
+            request_id = request[1] if len(request) > 1 else b""
+            return [b"1.0", request_id, b"400", b"malformed", b"", b""]
+        version, request_id, _domain, _address, _identity, mechanism, *credentials = request
+        if version != b"1.0" or mechanism != b"CURVE" or len(credentials) != 1:
+            return [b"1.0", request_id, b"400", b"CURVE only", b"", b""]
+        client_key = credentials[0]
+        if len(client_key) != CURVE_KEY_BYTES or not self._admits(client_key):
+            self._stats.rejected += 1
+            return [b"1.0", request_id, b"400", b"not admitted", b"", b""]
+        return [b"1.0", request_id, b"200", b"OK", client_key.hex().encode(), b""]
+
+    def _admits(self, client_key: bytes) -> bool:
+        admission = self._admission
+        if admission is None:
+            return True
+        try:
+            return bool(admission(client_key))
+        except Exception:  # top-level: a failing admission callback refuses, it never crashes
+            log.exception("admission callback failed; refusing %s", client_key.hex())
+            return False
+
+    # -- socket options ---------------------------------------------------------------
+
+    def _configure_router(self, router: zmq.asyncio.Socket) -> None:
+        cfg = self._config
+        router.linger = 0
+        router.curve_server = True
+        router.curve_secretkey = self._identity.curve_secret_z85
+        router.curve_publickey = self._identity.curve_public_z85
+        router.zap_domain = ZAP_DOMAIN
+        router.maxmsgsize = cfg.max_payload_bytes + CURVE_FRAME_OVERHEAD_BYTES
+        router.sndhwm = cfg.router_sndhwm
+        router.rcvhwm = cfg.rcvhwm
+        router.router_mandatory = True
+        router.heartbeat_ivl = int(cfg.heartbeat_ivl_s * 1000)
+        router.heartbeat_timeout = int(cfg.heartbeat_timeout_s * 1000)
+        if ":" in self._bind_host:
+            router.ipv6 = True
+
+    def _configure_dealer(self, sock: zmq.asyncio.Socket, server_key: bytes, endpoint: str) -> None:
+        cfg = self._config
+        sock.linger = 0
+        sock.curve_serverkey = z85.encode(server_key)
+        sock.curve_publickey = self._identity.curve_public_z85
+        sock.curve_secretkey = self._identity.curve_secret_z85
+        sock.immediate = True
+        sock.maxmsgsize = cfg.max_payload_bytes + CURVE_FRAME_OVERHEAD_BYTES
+        sock.sndhwm = cfg.dealer_sndhwm
+        sock.rcvhwm = cfg.rcvhwm
+        sock.reconnect_ivl = int(cfg.reconnect_ivl_s * 1000)
+        sock.reconnect_ivl_max = int(cfg.reconnect_ivl_max_s * 1000)
+        sock.heartbeat_ivl = int(cfg.heartbeat_ivl_s * 1000)
+        sock.heartbeat_timeout = int(cfg.heartbeat_timeout_s * 1000)
+        if endpoint.startswith("tcp://["):
+            sock.ipv6 = True
+
+    @staticmethod
+    def _format_host(host: str) -> str:
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _poll(sock: zmq.asyncio.Socket, event: int) -> Awaitable[int]:
+    # pyzmq annotates the async socket's poll with the Poller's signature; at runtime it
+    # is poll(timeout=None, flags=POLLIN) -> Future[int].
+    return sock.poll(None, event)  # type: ignore[call-arg, return-value]
+
+
+def _as_bytes(part: bytes | zmq.Frame) -> bytes:
+    return part.bytes if isinstance(part, zmq.Frame) else part
+
+
+def _peer_key_of(frame: zmq.Frame) -> bytes | None:
+    """The client's X25519 key our ZAP handler stamped on its connection."""
+    try:
+        user_id = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    try:
+        key = bytes.fromhex(user_id) if isinstance(user_id, str) else b""
+    except ValueError:
+        return None
+    return key if len(key) == CURVE_KEY_BYTES else None
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"not a tcp:// endpoint: {endpoint!r}")
+    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"endpoint has no port: {endpoint!r}")
+    return host.strip("[]"), int(port)
+
+
+async def check_reachable(endpoint: str, timeout_s: float) -> bool:
+    """True if a plain TCP connect to the endpoint succeeds within `timeout_s`.
+
+    The kernel completes the handshake even for a SIGSTOPped process, so True means
+    "the process exists and holds the port", not "it is making progress": a reachable
+    peer whose requests time out is a zombie. A killed process refuses: False.
+    """
+    host, port = _split_endpoint(endpoint)
+    try:
+        async with asyncio.timeout(timeout_s):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

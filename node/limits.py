@@ -1,0 +1,151 @@
+"""Token-bucket rate limits (S2): per origin and per tool, in bounded LRU maps.
+
+A bucket holds at most `burst` tokens and refills at `rate_per_s`. A call costs one
+token. When a bucket cannot pay, the caller is told exactly how long to wait
+(`retry_after_s`): after that delay the same request would be granted, provided
+nothing else drew from the bucket meanwhile.
+
+Memory bound: at most `max_buckets` buckets per kind (origin, tool). The least
+recently used bucket is evicted first; an evicted key comes back with a full
+bucket, so eviction can only ever be generous to a key that has been idle longest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_MAX_BUCKETS = 10_000
+
+LimitKind = Literal["per-origin", "per-tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """`rate_per_s` tokens per second, at most `burst` saved up."""
+
+    rate_per_s: float
+    burst: float
+
+    def __post_init__(self) -> None:
+        if not (self.rate_per_s > 0 and math.isfinite(self.rate_per_s)):
+            raise ValueError(f"rate_per_s must be a positive finite number, got {self.rate_per_s}")
+        if not (self.burst >= 1 and math.isfinite(self.burst)):
+            raise ValueError(f"burst must be a finite number >= 1, got {self.burst}")
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """One bucket. Time is passed in (`now`, seconds on a monotonic clock) so tests can drive it."""
+
+    limit: RateLimit
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, limit: RateLimit, now: float) -> TokenBucket:
+        return cls(limit=limit, tokens=limit.burst, updated=now)
+
+    def _refill(self, now: float) -> None:
+        # A clock that steps backwards must not mint tokens nor push `updated` back.
+        if now > self.updated:
+            refill = (now - self.updated) * self.limit.rate_per_s
+            self.tokens = min(self.limit.burst, self.tokens + refill)
+            self.updated = now
+
+    def wait_s(self, now: float, cost: float = 1.0) -> float:
+        """Seconds until `cost` tokens are available (0.0 if now); does not take them.
+
+        `math.inf` when `cost` exceeds the burst: such a request can never be granted.
+        """
+        self._refill(now)
+        if self.tokens >= cost:
+            return 0.0
+        if cost > self.limit.burst:
+            return math.inf
+        return (cost - self.tokens) / self.limit.rate_per_s
+
+    def take(self, now: float, cost: float = 1.0) -> float:
+        """Take `cost` tokens and return 0.0, or take nothing and return the wait."""
+        wait = self.wait_s(now, cost)
+        if wait == 0.0:
+            self.tokens -= cost
+        return wait
+
+
+class BucketMap:
+    """Buckets by key with a bounded LRU; keys without a limit are unlimited."""
+
+    def __init__(
+        self,
+        default: RateLimit | None,
+        overrides: Mapping[str, RateLimit] | None = None,
+        *,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+    ) -> None:
+        if max_buckets < 1:
+            raise ValueError("max_buckets must be >= 1")
+        self._default = default
+        self._overrides = dict(overrides or {})
+        self._max = max_buckets
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def limit_for(self, key: str) -> RateLimit | None:
+        return self._overrides.get(key, self._default)
+
+    def bucket(self, key: str, now: float) -> TokenBucket | None:
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            self._buckets.move_to_end(key)
+            return bucket
+        limit = self.limit_for(key)
+        if limit is None:
+            return None
+        bucket = TokenBucket.full(limit, now)
+        self._buckets[key] = bucket
+        if len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return bucket
+
+
+@dataclass(frozen=True, slots=True)
+class LimitExceeded:
+    """Why a call was refused and when to retry."""
+
+    limit: LimitKind
+    key: str
+    retry_after_s: float
+
+
+@dataclass(slots=True)
+class RateLimiter:
+    """Per-origin and per-tool buckets; a call must pass both, and pays both or neither."""
+
+    per_origin: BucketMap = field(default_factory=lambda: BucketMap(None))
+    per_tool: BucketMap = field(default_factory=lambda: BucketMap(None))
+    clock: Callable[[], float] = time.monotonic
+
+    def acquire(self, origin: str, tool: str) -> LimitExceeded | None:
+        """Charge one token to `origin` and one to `tool`, or refuse naming the tighter limit."""
+        now = self.clock()
+        origin_bucket = self.per_origin.bucket(origin, now)
+        tool_bucket = self.per_tool.bucket(tool, now)
+        waits: list[LimitExceeded] = []
+        if origin_bucket is not None and (w := origin_bucket.wait_s(now)) > 0:
+            waits.append(LimitExceeded("per-origin", origin, w))
+        if tool_bucket is not None and (w := tool_bucket.wait_s(now)) > 0:
+            waits.append(LimitExceeded("per-tool", tool, w))
+        if waits:
+            return max(waits, key=lambda e: e.retry_after_s)
+        if origin_bucket is not None:
+            origin_bucket.take(now)
+        if tool_bucket is not None:
+            tool_bucket.take(now)
+        return None

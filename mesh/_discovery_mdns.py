@@ -21,6 +21,7 @@ import ifaddr
 from zeroconf import (
     IPVersion,
     NonUniqueNameException,
+    ServiceInfo,
     ServiceStateChange,
     Zeroconf,
 )
@@ -103,7 +104,7 @@ def _txt_int(text: str, max_digits: int, reason: str) -> int:
     return int(text)
 
 
-def _pick_host(info: AsyncServiceInfo, version: IPVersion) -> str:
+def _pick_host(info: ServiceInfo, version: IPVersion) -> str:
     """First usable advertised address, IPv4 before IPv6."""
     addresses = info.parsed_scoped_addresses(version)
     ordered = sorted(addresses, key=lambda a: ":" in a)
@@ -115,7 +116,7 @@ def _pick_host(info: AsyncServiceInfo, version: IPVersion) -> str:
     raise InvalidCandidateError("no usable address", "no_address")
 
 
-def candidate_from_service_info(info: AsyncServiceInfo, version: IPVersion) -> Candidate:
+def candidate_from_service_info(info: ServiceInfo, version: IPVersion) -> Candidate:
     """Validate a resolved service; raises `InvalidCandidateError` with a counted reason."""
     if len(info.text) > MAX_TXT_BYTES:
         raise InvalidCandidateError("TXT record too large", "txt_too_large")

@@ -27,6 +27,7 @@ from mesh._discovery_mdns import (
     IpVersion,
     MdnsDiscovery,
     MdnsError,
+    candidate_from_service_info,
     instance_label,
 )
 from mesh._discovery_model import (
@@ -60,6 +61,7 @@ __all__ = [
     "MdnsError",
     "PeerListError",
     "SeedDiscovery",
+    "candidate_from_service_info",
     "decode_peer_list",
     "encode_peer_list",
     "instance_label",

@@ -43,6 +43,7 @@ from mesh.discovery import (
     MdnsDiscovery,
     PeerListError,
     SeedDiscovery,
+    candidate_from_service_info,
     decode_peer_list,
     encode_peer_list,
     instance_label,
@@ -307,6 +308,58 @@ async def test_malformed_txt_records_are_ignored_and_counted() -> None:
             assert observer.mdns.running
     finally:
         await rogue.async_close()
+
+
+@pytest.mark.usefixtures("loopback_mdns")
+async def test_changed_txt_record_is_reported_again() -> None:
+    props: dict[str, str | bytes] = {
+        "id": new_node_id(),
+        "fp": new_fingerprint(),
+        "mp": "7000",
+        "hp": "8000",
+        "pv": "1",
+    }
+    node_id = str(props["id"])
+    info = raw_service("changing", 7000, props)
+    observer = Node()
+    other = AsyncZeroconf(interfaces=[LOOPBACK], ip_version=IPVersion.V4Only)
+    try:
+        async with observer.mdns:
+            await other.async_register_service(info)
+            await wait_until(lambda: node_id in observer.rec.found, "first version")
+            assert observer.rec.found[node_id].http_port == 8000
+            updated = raw_service("changing", 7000, {**props, "hp": "8001"})
+            await other.async_update_service(updated)
+            await wait_until(
+                lambda: observer.rec.found[node_id].http_port == 8001, "updated http port"
+            )
+    finally:
+        await other.async_close()
+
+
+txt_keys = st.sampled_from([b"id", b"fp", b"mp", b"hp", b"pv", b"x"]) | st.binary(max_size=10)
+txt_values = st.none() | st.binary(max_size=250) | st.from_regex(rb"[0-9]{1,7}", fullmatch=True)
+
+
+@given(
+    props=st.dictionaries(txt_keys, txt_values, max_size=8),
+    port=st.integers(0, 65535),
+    addresses=st.lists(st.ip_addresses().map(str), max_size=3),
+)
+def test_txt_parsing_never_crashes(
+    props: dict[bytes, bytes | None], port: int, addresses: list[str]
+) -> None:
+    info = ServiceInfo(
+        SERVICE_TYPE,
+        f"x.{SERVICE_TYPE}",
+        port=port,
+        properties=props,
+        server="x.local.",
+        parsed_addresses=addresses,
+    )
+    with suppress(InvalidCandidateError):
+        candidate = candidate_from_service_info(info, IPVersion.All)
+        assert candidate.source == "mdns" and candidate.mesh_port == port
 
 
 # -- mDNS across processes and namespaces -------------------------------------------

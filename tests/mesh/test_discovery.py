@@ -664,7 +664,12 @@ def test_peer_list_garbage_bytes_never_crash(data: bytes) -> None:
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | st.binary(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(),
     lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=30,
 )

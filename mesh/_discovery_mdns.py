@@ -399,6 +399,8 @@ class MdnsDiscovery:
         if previous is not None and previous.same_claims(candidate):
             return
         self._known[name] = candidate
+        if previous is not None and previous.node_id != candidate.node_id:
+            self._report_lost(previous)  # the name now speaks for someone else
         self._emit(self._on_candidate, candidate)
 
     def _handle_removed(self, name: str) -> None:
@@ -407,7 +409,11 @@ class MdnsDiscovery:
             task.cancel()
         self._resolve_again.discard(name)
         gone = self._known.pop(name, None)
-        if gone is None or gone.node_id is None or self._on_lost is None:
+        if gone is not None:
+            self._report_lost(gone)
+
+    def _report_lost(self, gone: Candidate) -> None:
+        if gone.node_id is None or self._on_lost is None:
             return
         if any(c.node_id == gone.node_id for c in self._known.values()):
             return  # still advertised under another name

@@ -1,0 +1,498 @@
+"""Unit tests of the membership state machine, driven by hand with real Ed25519 keys."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey
+
+from mesh.errors import MeshError
+from mesh.membership import (
+    MAX_MESSAGE_BYTES,
+    Ack,
+    Alive,
+    CheckReachability,
+    GossipMessage,
+    Left,
+    Membership,
+    MembershipConfig,
+    MembershipDecodeError,
+    MembershipError,
+    MemberState,
+    MemberStateChanged,
+    Message,
+    MessageTooLarge,
+    Observation,
+    ObserveReq,
+    Output,
+    Ping,
+    PingReq,
+    PushPull,
+    Roster,
+    Send,
+    Suspect,
+    Verdict,
+    decode,
+    encode,
+    make_observation,
+    quorum_size,
+    sign_alive,
+    sign_left,
+)
+
+CFG = MembershipConfig.local()
+
+
+class Keys:
+    """Real Ed25519 keys per member id."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, SigningKey] = {}
+
+    def key(self, member: str) -> SigningKey:
+        if member not in self._keys:
+            self._keys[member] = SigningKey.generate()
+        return self._keys[member]
+
+    def signer(self, member: str) -> Callable[[bytes], bytes]:
+        key = self.key(member)
+        return lambda message: key.sign(message).signature
+
+    def verify(self, member: str, message: bytes, signature: bytes) -> bool:
+        if member not in self._keys:
+            return False
+        try:
+            self._keys[member].verify_key.verify(message, signature)
+        except BadSignatureError:
+            return False
+        return True
+
+
+class Net:
+    """A synchronous, zero-latency router between real state machines. `drop(src, dst)`
+    decides losses; `reachable(src, dst)` answers transport checks; `frozen` members
+    neither tick nor read (SIGSTOP) and `dead` ones also refuse connections."""
+
+    def __init__(self, names: Iterable[str], *, config: MembershipConfig = CFG) -> None:
+        self.keys = Keys()
+        self.names = list(names)
+        records = [sign_alive(n, 0, f"meta-{n}".encode(), self.keys.signer(n)) for n in self.names]
+        roster = Roster(records)
+        self.now = 0.0
+        self.nodes = {
+            n: Membership(
+                n,
+                meta=f"meta-{n}".encode(),
+                sign=self.keys.signer(n),
+                verify=self.keys.verify,
+                config=config,
+                now=0.0,
+                roster=roster,
+            )
+            for n in self.names
+        }
+        self.cut: set[tuple[str, str]] = set()
+        self.frozen: set[str] = set()
+        self.dead: set[str] = set()
+        self.events: list[tuple[str, MemberStateChanged]] = []
+        self.sent: list[tuple[str, str, Message]] = []
+
+    def handle(self, src: str, outputs: list[Output]) -> None:
+        queue = [(src, o) for o in outputs]
+        while queue:
+            origin, out = queue.pop(0)
+            if isinstance(out, MemberStateChanged):
+                self.events.append((origin, out))
+            elif isinstance(out, CheckReachability):
+                ok = out.member not in self.dead and (origin, out.member) not in self.cut
+                res = self.nodes[origin].on_transport_probe_result(out.member, ok, self.now)
+                queue += [(origin, o) for o in res]
+            else:
+                assert isinstance(out, Send)
+                self.sent.append((origin, out.to, out.message))
+                dst = out.to
+                if (origin, dst) in self.cut or dst in self.frozen or dst in self.dead:
+                    continue
+                data = encode(out.message)
+                res = self.nodes[dst].on_message_bytes(origin, data, self.now)
+                queue += [(dst, o) for o in res]
+
+    def run(self, until: float) -> None:
+        while True:
+            live = [n for n in self.names if n not in self.frozen and n not in self.dead]
+            deadlines = [(self.nodes[n].next_deadline(), n) for n in live]
+            due = [(d, n) for d, n in deadlines if d is not None and d <= until]
+            if not due:
+                break
+            d, name = min(due)
+            self.now = max(self.now, d)
+            self.handle(name, self.nodes[name].tick(self.now))
+        self.now = until
+
+    def view(self, observer: str, subject: str) -> MemberState | None:
+        return self.nodes[observer].state_of(subject)
+
+    def verdict_events(self) -> list[tuple[str, MemberStateChanged]]:
+        bad = (MemberState.DEAD, MemberState.ZOMBIE)
+        return [(o, e) for o, e in self.events if e.new in bad]
+
+
+def names(n: int) -> list[str]:
+    return [f"n{i}" for i in range(n)]
+
+
+# --- wire ---------------------------------------------------------------------------
+
+
+def test_messages_round_trip() -> None:
+    alive = Alive("a", 3, b"meta", b"s" * 64)
+    messages: list[Message] = [
+        Ping(1, "b", [alive, Suspect("c", 2, "a")]),
+        Ack(2, "b", []),
+        PingReq(3, "c", [Left("d", 1, b"x" * 64)]),
+        ObserveReq(4, "c", 5, []),
+        GossipMessage([Verdict("c", 5, 3, [Observation("a", "c", 5, 3, 10, b"y" * 64)])]),
+        PushPull(True, True, [alive], [Suspect("a", 3, "b")]),
+    ]
+    for message in messages:
+        assert decode(encode(message)) == message
+
+
+def test_oversized_message_raises_too_large() -> None:
+    with pytest.raises(MessageTooLarge) as info:
+        decode(b"\x00" * (MAX_MESSAGE_BYTES + 1))
+    assert isinstance(info.value, MeshError)
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",
+        b"\x94\x09\x01\x01\x01",  # unknown tag
+        b"\x94\x01\xff\xa1a\x90",  # negative seq
+        encode(Ping(1, "a" * 129, [])),  # id too long
+        encode(GossipMessage([Alive("a", 1, b"m" * 600, b"")])),  # meta too long
+    ],
+)
+def test_malformed_messages_raise_decode_error(data: bytes) -> None:
+    with pytest.raises(MembershipDecodeError) as info:
+        decode(data)
+    assert info.value.reason == "malformed"
+
+
+@given(st.binary(max_size=512))
+def test_random_bytes_never_crash(data: bytes) -> None:
+    node = Membership(
+        "me", meta=b"", sign=lambda m: b"", verify=lambda *a: False, config=CFG, now=0.0
+    )
+    with contextlib.suppress(MembershipError):
+        node.on_message_bytes("peer", data, 1.0)
+
+
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_mutated_valid_messages_never_crash(chunks: list[bytes]) -> None:
+    base = encode(Ping(7, "me", [Suspect("me", 0, "x"), Alive("x", 1, b"m", b"s")]))
+    data = base[: len(base) // 2] + b"".join(chunks) + base[len(base) // 2 :]
+    node = Membership(
+        "me", meta=b"", sign=lambda m: b"", verify=lambda *a: False, config=CFG, now=0.0
+    )
+    with contextlib.suppress(MembershipError):
+        node.on_message_bytes("x", data, 1.0)
+
+
+# --- probing ------------------------------------------------------------------------
+
+
+def test_probe_is_acked_and_nobody_is_suspected() -> None:
+    net = Net(names(2))
+    net.run(5.0)
+    pings = [m for _, _, m in net.sent if isinstance(m, Ping)]
+    acks = [m for _, _, m in net.sent if isinstance(m, Ack)]
+    assert len(pings) >= 20 and len(acks) == len(pings)
+    assert net.view("n0", "n1") == MemberState.ALIVE
+    assert net.view("n1", "n0") == MemberState.ALIVE
+    assert net.events == []
+
+
+def test_indirect_probe_path_prevents_suspicion() -> None:
+    net = Net(names(4))
+    net.cut |= {("n0", "n1"), ("n1", "n0")}
+    net.run(10.0)
+    relayed = [m for src, _, m in net.sent if isinstance(m, PingReq) and src == "n0"]
+    assert relayed, "n0 must have asked others to probe n1"
+    assert net.view("n0", "n1") == MemberState.ALIVE
+    assert net.events == []
+
+
+def test_suspicion_is_refuted_by_higher_incarnation() -> None:
+    net = Net(names(3))
+    net.frozen.add("n2")  # n2 does not answer for a moment
+    net.run(1.0)
+    assert net.view("n0", "n2") == MemberState.SUSPECT or net.view("n1", "n2") == (
+        MemberState.SUSPECT
+    )
+    net.frozen.clear()  # it wakes up, hears it is suspect and refutes
+    net.run(3.0)
+    assert net.nodes["n2"].incarnation >= 1
+    assert net.view("n0", "n2") == MemberState.ALIVE
+    assert net.view("n1", "n2") == MemberState.ALIVE
+    assert net.verdict_events() == []
+
+
+def test_self_refutes_suspect_item() -> None:
+    net = Net(names(2))
+    out = net.nodes["n1"].on_message("n0", GossipMessage([Suspect("n1", 0, "n0")]), 0.1)
+    assert net.nodes["n1"].incarnation == 1
+    assert net.nodes["n1"].stats["refutations"] == 1
+    assert not any(isinstance(o, MemberStateChanged) for o in out)
+
+
+# --- quorum verdicts ------------------------------------------------------------------
+
+
+def _observer_net(n: int = 6) -> Net:
+    return Net(names(n))
+
+
+def _obs(
+    net: Net, observer: str, subject: str, inc: int = 0, kind: MemberState = MemberState.DEAD
+) -> Observation:
+    return make_observation(observer, subject, inc, kind, 1.0, net.keys.signer(observer))
+
+
+def _receive(net: Net, verdict: Verdict, receiver: str = "n0") -> None:
+    net.handle("n1", [Send(receiver, GossipMessage([verdict]))])
+
+
+def test_quorum_size() -> None:
+    assert quorum_size(1, 3) == 1
+    assert quorum_size(2, 3) == 2
+    assert quorum_size(5, 3) == 3
+    assert quorum_size(100, 3) == 3
+
+
+def test_valid_verdict_is_accepted() -> None:
+    net = _observer_net()
+    obs = [_obs(net, o, "n5") for o in ("n1", "n2", "n3")]
+    _receive(net, Verdict("n5", 0, int(MemberState.DEAD), obs))
+    assert net.view("n0", "n5") == MemberState.DEAD
+
+
+def test_verdict_with_too_few_observations_is_rejected() -> None:
+    net = _observer_net()
+    obs = [_obs(net, o, "n5") for o in ("n1", "n2")]
+    _receive(net, Verdict("n5", 0, int(MemberState.DEAD), obs))
+    assert net.view("n0", "n5") == MemberState.ALIVE
+    assert net.nodes["n0"].stats["verdict_rejected_no_quorum"] == 1
+
+
+def test_verdict_with_duplicated_observer_is_rejected() -> None:
+    net = _observer_net()
+    one = _obs(net, "n1", "n5")
+    obs = [one, one, _obs(net, "n2", "n5")]
+    _receive(net, Verdict("n5", 0, int(MemberState.DEAD), obs))
+    assert net.view("n0", "n5") == MemberState.ALIVE
+
+
+def test_verdict_with_bad_signature_is_rejected() -> None:
+    net = _observer_net()
+    good = [_obs(net, o, "n5") for o in ("n1", "n2")]
+    forged = make_observation("n3", "n5", 0, MemberState.DEAD, 1.0, net.keys.signer("n4"))
+    _receive(net, Verdict("n5", 0, int(MemberState.DEAD), [*good, forged]))
+    assert net.view("n0", "n5") == MemberState.ALIVE
+    assert net.nodes["n0"].stats["verdict_rejected_bad_signature"] == 1
+
+
+def test_verdict_observations_must_match_and_exclude_subject() -> None:
+    net = _observer_net()
+    wrong_inc = _obs(net, "n3", "n5", inc=7)
+    by_subject = _obs(net, "n5", "n5")
+    obs = [_obs(net, "n1", "n5"), _obs(net, "n2", "n5"), wrong_inc, by_subject]
+    _receive(net, Verdict("n5", 0, int(MemberState.DEAD), obs))
+    assert net.view("n0", "n5") == MemberState.ALIVE
+
+
+def test_verdict_kind_must_match_observations() -> None:
+    net = _observer_net()
+    obs = [_obs(net, o, "n5", kind=MemberState.ZOMBIE) for o in ("n1", "n2", "n3")]
+    _receive(net, Verdict("n5", 0, int(MemberState.DEAD), obs))
+    assert net.view("n0", "n5") == MemberState.ALIVE
+    assert net.nodes["n0"].stats["verdict_rejected_kind_mismatch"] == 1
+    _receive(net, Verdict("n5", 0, int(MemberState.ZOMBIE), obs))
+    assert net.view("n0", "n5") == MemberState.ZOMBIE
+
+
+def test_stale_verdict_cannot_evict_refuted_member() -> None:
+    net = _observer_net()
+    refuted = sign_alive("n5", 1, b"meta-n5", net.keys.signer("n5"))
+    net.handle("n1", [Send("n0", GossipMessage([refuted]))])
+    obs = [_obs(net, o, "n5", inc=0) for o in ("n1", "n2", "n3")]
+    _receive(net, Verdict("n5", 0, int(MemberState.DEAD), obs))
+    assert net.view("n0", "n5") == MemberState.ALIVE
+    info = net.nodes["n0"].member("n5")
+    assert info is not None and info.incarnation == 1
+
+
+def test_forged_alive_is_rejected() -> None:
+    net = _observer_net()
+    forged = Alive("n5", 9, b"tcp://evil", net.keys.signer("n1")(b"whatever"))
+    net.handle("n1", [Send("n0", GossipMessage([forged]))])
+    info = net.nodes["n0"].member("n5")
+    assert info is not None and info.incarnation == 0 and info.meta == b"meta-n5"
+
+
+# --- dead vs zombie, recovery ----------------------------------------------------------
+
+
+def test_killed_member_is_declared_dead_by_quorum() -> None:
+    net = Net(names(6))
+    net.dead.add("n5")
+    net.run(6.0)
+    for n in names(5):
+        assert net.view(n, "n5") == MemberState.DEAD, n
+    verdicts = [e for _, e in net.verdict_events()]
+    assert {e.new for e in verdicts} == {MemberState.DEAD}
+
+
+def test_stopped_member_is_zombie_and_recovers() -> None:
+    net = Net(names(6))
+    net.frozen.add("n5")
+    net.run(6.0)
+    for n in names(5):
+        assert net.view(n, "n5") == MemberState.ZOMBIE, n
+    net.frozen.clear()  # SIGCONT
+    net.run(9.0)
+    assert net.nodes["n5"].incarnation >= 1
+    for n in names(5):
+        assert net.view(n, "n5") == MemberState.ALIVE, n
+
+
+def test_stale_verdict_gossip_after_recovery_is_ignored() -> None:
+    net = Net(names(6))
+    net.frozen.add("n5")
+    net.run(6.0)
+    old = next(
+        m
+        for _, _, m in net.sent
+        if isinstance(m, GossipMessage) and any(isinstance(i, Verdict) for i in m.gossip)
+    )
+    net.frozen.clear()
+    net.run(9.0)
+    net.handle("n1", [Send("n0", old)])
+    assert net.view("n0", "n5") == MemberState.ALIVE
+
+
+def test_classification_follows_transport_report() -> None:
+    """Same silence, different transport answer: dead vs zombie."""
+    for reachable, expected in ((False, MemberState.DEAD), (True, MemberState.ZOMBIE)):
+        net = Net(names(5))
+        net.frozen.add("n4")
+        if not reachable:
+            net.dead.add("n4")
+        net.run(6.0)
+        assert net.view("n0", "n4") == expected
+
+
+def test_restarted_member_rejoins_with_higher_incarnation() -> None:
+    net = Net(names(5))
+    net.dead.add("n4")
+    net.run(6.0)
+    assert net.view("n0", "n4") == MemberState.DEAD
+    fresh = Membership(
+        "n4",
+        meta=b"meta-n4",
+        sign=net.keys.signer("n4"),
+        verify=net.keys.verify,
+        config=CFG,
+        now=net.now,
+    )
+    net.nodes["n4"] = fresh
+    net.dead.clear()
+    net.handle("n4", fresh.join(["n0"], net.now))
+    net.run(net.now + 3.0)
+    assert fresh.incarnation >= 1
+    for n in names(4):
+        assert net.view(n, "n4") == MemberState.ALIVE, n
+    assert len(fresh.members()) == 5
+
+
+def test_single_bad_link_does_not_evict() -> None:
+    net = Net(names(6))
+    net.cut |= {("n0", "n5"), ("n5", "n0")}
+    net.run(30.0)
+    assert net.verdict_events() == []
+
+
+# --- leave, join, view ---------------------------------------------------------------
+
+
+def test_leave_marks_left_everywhere() -> None:
+    net = Net(names(4))
+    net.run(1.0)
+    net.handle("n3", net.nodes["n3"].leave(net.now))
+    net.run(3.0)
+    for n in names(3):
+        assert net.view(n, "n3") == MemberState.LEFT
+    assert net.verdict_events() == []
+    assert net.nodes["n3"].has_left
+
+
+def test_forged_left_is_rejected() -> None:
+    net = Net(names(3))
+    forged = sign_left("n2", 0, net.keys.signer("n1"))
+    net.handle("n1", [Send("n0", GossipMessage([forged]))])
+    assert net.view("n0", "n2") == MemberState.ALIVE
+
+
+def test_join_via_seed_learns_everyone() -> None:
+    net = Net(names(4))
+    keys = net.keys
+    joiner = Membership(
+        "new", meta=b"m", sign=keys.signer("new"), verify=keys.verify, config=CFG, now=0.0
+    )
+    net.nodes["new"] = joiner
+    net.names.append("new")
+    net.handle("new", joiner.join(["n0"], 0.0))
+    net.run(3.0)
+    assert {m.id for m in joiner.members()} == {*names(4), "new"}
+    for n in names(4):
+        assert net.view(n, "new") == MemberState.ALIVE
+    info = net.nodes["n1"].member("new")
+    assert info is not None and info.meta == b"m" and not info.is_self
+
+
+def test_members_view_and_meta_update() -> None:
+    net = Net(names(3))
+    me = net.nodes["n0"]
+    infos = {m.id: m for m in me.members()}
+    assert infos["n0"].is_self and infos["n1"].state == MemberState.ALIVE
+    net.handle("n1", net.nodes["n1"].update_meta(b"new-endpoint", 0.5))
+    net.run(2.0)
+    info = me.member("n1")
+    assert info is not None and info.meta == b"new-endpoint" and info.incarnation == 1
+
+
+def test_presets_have_units_and_sane_ordering() -> None:
+    for cfg in (MembershipConfig.local(), MembershipConfig.lan(), MembershipConfig.wan()):
+        assert cfg.probe_timeout_s < cfg.probe_interval_s
+        assert cfg.observe_window_s < cfg.suspicion_min_s(10)
+        assert cfg.suspicion_min_s(10_000) > cfg.suspicion_min_s(10)
+        assert cfg.retransmit_limit(1000) >= cfg.retransmit_limit(10)
+
+
+def test_observe_request_about_refuted_member_answers_reached() -> None:
+    net = Net(names(3))
+    refuted = sign_alive("n2", 3, b"meta-n2", net.keys.signer("n2"))
+    net.nodes["n1"].on_message("n2", GossipMessage([refuted]), 0.1)
+    out = net.nodes["n1"].on_message("n0", ObserveReq(1, "n2", 0, []), 0.2)
+    sends = [o for o in out if isinstance(o, Send)]
+    assert len(sends) == 1
+    resp = sends[0].message
+    assert getattr(resp, "reached", False) is True

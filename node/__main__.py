@@ -1,0 +1,3 @@
+from node.daemon import main
+
+raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Real `vsmcpd` processes for integration tests: start, poll, signal, inspect.
+
+Each node runs `python -m node` in its own data dir with HTTP (and mesh) on port 0;
+its stdout and stderr go to `<data_dir>/vsmcpd.log`, which failures print.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.polling import wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 5.0
+
+
+class NodeProcess:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        dev: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.dev = dev
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+
+    # -- process control ----------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "node", "--data-dir", str(self.data_dir)]
+        if "--http-port" not in self.args:
+            cmd += ["--http-port", "0"]
+        if self.dev:
+            cmd.append("--dev")
+        return cmd + self.args
+
+    def start(self, *, wait: bool = True) -> NodeProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "vsmcpd.log"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _runtime(self) -> dict[str, Any] | None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(
+                f"vsmcpd exited with {self.proc.returncode} while starting:\n{self.log_text()}"
+            )
+        try:
+            info: dict[str, Any] = json.loads((self.data_dir / "runtime.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return info if info.get("pid") == self.pid else None
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
+        self.info = wait_for(self._runtime, timeout_s=timeout_s, what="runtime.json")
+        wait_for(self._healthy, timeout_s=timeout_s, what="/healthz")
+        return self.info
+
+    def _healthy(self) -> bool:
+        try:
+            return self.get_json("/healthz").get("status") == "ok"
+        except OSError:
+            return False
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def terminate(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def wait_exit(self, timeout_s: float = 10.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        """Best-effort cleanup for fixtures: resume if stopped, TERM, then KILL."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return str(self.info["http_url"])
+
+    def get(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=HTTP_TIMEOUT_S) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def get_json(self, path: str) -> Any:
+        status, body, _ = self.get(path)
+        data = json.loads(body)
+        if isinstance(data, dict):
+            data.setdefault("_http_status", status)
+        return data
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `vsmcp ARGS` (as `python -m node.cli`) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout_s,
+    )
+
+
+def run_daemon(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run `vsmcpd ARGS` to completion (for start-up refusals)."""
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=timeout_s,
+    )

@@ -30,9 +30,9 @@ from mesh.identity import NodeKey, load_key_file, save_key_file
 from node import __version__
 from node.app import RUNTIME_FILE_NAME
 from node.audit import verify_audit_log
-from node.store import db_path_for
 from node.config import default_data_dir
 from node.errors import EXIT_BAD_CONFIG, NodeError
+from node.store import db_path_for
 from node.trust import KEY_FILE_NAME, load_node_key, parse_public_key
 
 EXIT_OK = 0

@@ -48,6 +48,10 @@ class OutboundQueue(Generic[T]):
 
     def push(self, item: T) -> list[T]:
         """Queue `item`; return the frames dropped to respect the bounds (maybe `item`)."""
+        size = item.size
+        if self._count < self.max_frames and self._bytes + size <= self.max_bytes:
+            self._append(item, size)
+            return []
         if not self._fits_if_evicting_for(item):
             return [item]
         dropped: list[T] = []
@@ -56,11 +60,14 @@ class OutboundQueue(Generic[T]):
             victim_class = self._lowest_nonempty_class()
             assert victim_class is not None and victim_class >= item.priority
             dropped.append(self._take(victim_class))
-        self._classes[item.priority].append(item)
-        self._class_bytes[item.priority] += item.size
-        self._count += 1
-        self._bytes += item.size
+        self._append(item, size)
         return dropped
+
+    def _append(self, item: T, size: int) -> None:
+        self._classes[item.priority].append(item)
+        self._class_bytes[item.priority] += size
+        self._count += 1
+        self._bytes += size
 
     def peek(self) -> T | None:
         """The next frame to send: the oldest of the most important non-empty class."""

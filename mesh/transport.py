@@ -57,7 +57,6 @@ from types import TracebackType
 from typing import Self
 
 import zmq
-import zmq.asyncio
 from nacl.signing import SigningKey
 from zmq.utils import z85
 
@@ -73,14 +72,15 @@ from mesh._transport_errors import (
 )
 from mesh._transport_keys import CurveIdentity, curve_identity, curve_public_key
 from mesh._transport_queue import OutboundQueue
+from mesh._transport_sockets import SocketWaker, socket_events
 from mesh._transport_wire import (
     HEADER_BYTES,
     Kind,
     Priority,
     decode_error,
-    decode_header,
+    decode_frame,
     encode_error,
-    encode_header,
+    encode_frame,
 )
 
 __all__ = [
@@ -123,6 +123,10 @@ CURVE_FRAME_OVERHEAD_BYTES = 1024
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"vsmcp"
 CURVE_KEY_BYTES = 32
+# Plain ints: pyzmq's flag enums cost an enum construction per operation on the hot path.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
 
 RequestHandler = Callable[[bytes, bytes], Awaitable[bytes]]
 """`async (peer_curve_key, payload) -> response payload`; raising sends a RemoteError."""
@@ -171,34 +175,40 @@ class TransportStats:
 @dataclass(slots=True, eq=False)
 class _Outgoing:
     priority: Priority
-    header: bytes
-    payload: bytes
+    frame: bytes
     waiter: asyncio.Future[bytes] | None = None
     sent: bool = False
+    size: int = field(init=False)
 
-    @property
-    def size(self) -> int:
-        return HEADER_BYTES + len(self.payload)
+    def __post_init__(self) -> None:
+        self.size = len(self.frame)
 
 
 class _PeerLink:
-    """The outbound side of one peer: its DEALER, queue and two tasks."""
+    """The outbound side of one peer: its DEALER, its queue and the task owning both."""
 
     def __init__(
         self,
         ed25519_public: bytes,
         endpoint: str,
-        sock: zmq.asyncio.Socket,
+        sock: zmq.Socket[bytes],
         queue: OutboundQueue[_Outgoing],
     ) -> None:
         self.ed25519_public = ed25519_public
         self.endpoint = endpoint
         self.sock = sock
-        self.shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self.waker = SocketWaker(sock)
         self.queue = queue
-        self.wake = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
+        self.task: asyncio.Task[None] | None = None
         self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+        self.queue.clear()
+        self.waker.close()
+        self.sock.close(linger=0)
 
     @property
     def label(self) -> str:
@@ -237,14 +247,16 @@ class Transport:
         self._bind_host = bind_host
         self._requested_port = port
         self._config = config or TransportConfig()
+        self._max_frame_bytes = HEADER_BYTES + self._config.max_payload_bytes
         self._stats = TransportStats()
         self._request_handler: RequestHandler | None = None
         self._oneway_handler: OnewayHandler | None = None
         self._admission: AdmissionCallback | None = None
-        self._ctx: zmq.asyncio.Context | None = None
-        self._zap: zmq.asyncio.Socket | None = None
-        self._router: zmq.asyncio.Socket | None = None
-        self._router_shadow: zmq.Socket[bytes] | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._zap: zmq.Socket[bytes] | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._wakers: list[SocketWaker] = []
+        self._router_waker: SocketWaker | None = None
         self._port: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._links: dict[bytes, _PeerLink] = {}
@@ -273,7 +285,7 @@ class Transport:
             return
         if self._state == "stopped":
             raise TransportClosedError("a stopped Transport cannot be restarted")
-        ctx = zmq.asyncio.Context()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
             zap = ctx.socket(zmq.REP)
             zap.linger = 0
@@ -291,11 +303,13 @@ class Transport:
         last = router.last_endpoint
         last_endpoint = last.decode() if isinstance(last, bytes) else str(last)
         self._port = int(last_endpoint.rpartition(":")[2])
-        self._router_shadow = zmq.Socket.shadow(router.underlying)
         self._ctx = ctx
         self._state = "running"
-        self._spawn(self._zap_loop(zap), "transport-zap")
-        self._spawn(self._router_loop(router), "transport-router-recv")
+        zap_waker = SocketWaker(zap)
+        self._router_waker = SocketWaker(router)
+        self._wakers = [zap_waker, self._router_waker]
+        self._spawn(self._zap_loop(zap, zap_waker), "transport-zap")
+        self._spawn(self._router_loop(router, self._router_waker), "transport-router")
 
     async def stop(self) -> None:
         if self._state != "running":
@@ -303,8 +317,6 @@ class Transport:
             return
         self._state = "stopped"
         tasks = set(self._tasks) | set(self._handlers.values())
-        for link in self._links.values():
-            tasks.update(link.tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -314,19 +326,21 @@ class Transport:
                 pending.future.set_exception(closed)
         self._pending.clear()
         for link in self._links.values():
-            link.closed = True
-            link.queue.clear()
-            link.sock.close(linger=0)
+            link.close()
         self._links.clear()
         if self._ctx is not None:
             self._close_sockets(self._ctx)
             self._ctx = None
 
-    def _close_sockets(self, ctx: zmq.asyncio.Context) -> None:
+    def _close_sockets(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        for waker in self._wakers:
+            waker.close()
+        self._wakers = []
+        self._router_waker = None
         for sock in (self._router, self._zap):
             if sock is not None:
                 sock.close(linger=0)
-        self._router = self._zap = self._router_shadow = None
+        self._router = self._zap = None
         ctx.term()
 
     def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
@@ -408,7 +422,7 @@ class Transport:
         request_id = next(self._request_ids)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         outgoing = _Outgoing(
-            priority, encode_header(Kind.REQUEST, priority, request_id), payload, future
+            priority, encode_frame(Kind.REQUEST, priority, request_id, payload), future
         )
         self._pending[request_id] = _Pending(future, link, outgoing)
         try:
@@ -437,7 +451,7 @@ class Transport:
         self._check_outgoing(payload)
         link = self._link_for(peer_pubkey, endpoint)
         return self._enqueue(
-            link, _Outgoing(priority, encode_header(Kind.ONEWAY, priority, 0), payload)
+            link, _Outgoing(priority, encode_frame(Kind.ONEWAY, priority, 0, payload))
         )
 
     def forget(self, peer_pubkey: bytes) -> None:
@@ -445,17 +459,13 @@ class Transport:
         link = self._links.pop(peer_pubkey, None)
         if link is None:
             return
-        link.closed = True
-        for task in link.tasks:
-            task.cancel()
-        link.queue.clear()
+        link.close()
         gone = PeerUnreachableError("peer forgotten")
         for request_id, pending in list(self._pending.items()):
             if pending.link is link:
                 del self._pending[request_id]
                 if not pending.future.done():
                     pending.future.set_exception(gone)
-        link.sock.close(linger=0)
 
     async def check_reachable(self, endpoint: str, timeout_s: float) -> bool:
         """See `check_reachable` (module function)."""
@@ -491,8 +501,7 @@ class Transport:
             max_frames=self._config.queue_max_frames, max_bytes=self._config.queue_max_bytes
         )
         link = _PeerLink(bytes(peer_pubkey), endpoint, sock, queue)
-        link.tasks.append(self._spawn(self._send_loop(link), f"transport-send-{link.label}"))
-        link.tasks.append(self._spawn(self._dealer_loop(link), f"transport-recv-{link.label}"))
+        link.task = self._spawn(self._link_loop(link), f"transport-peer-{link.label}")
         self._links[link.ed25519_public] = link
         return link
 
@@ -502,17 +511,16 @@ class Transport:
         dropped = link.queue.push(outgoing)
         for frame in dropped:
             self._count_drop(frame)
-        link.wake.set()
+        link.waker.poke()
         return not any(frame is outgoing for frame in dropped)
 
     def _try_send(self, link: _PeerLink, outgoing: _Outgoing) -> bool:
         """Hand the frame to libzmq if it takes it now; False means "try again later"."""
         try:
-            link.shadow.send_multipart(
-                [outgoing.header, outgoing.payload], flags=zmq.NOBLOCK, copy=False
-            )
+            link.sock.send(outgoing.frame, _NOBLOCK)
         except zmq.Again:
             return False
+        link.waker.after_foreign_io()
         outgoing.sent = True
         self._stats.sent += 1
         return True
@@ -525,54 +533,61 @@ class Transport:
     def _cancel_remote(self, link: _PeerLink, request_id: int, outgoing: _Outgoing) -> None:
         # Not yet sent: the send loop skips it (its waiter is done). Sent: tell the peer.
         if outgoing.sent and not link.closed and self._state == "running":
-            header = encode_header(Kind.CANCEL, outgoing.priority, request_id)
-            self._enqueue(link, _Outgoing(outgoing.priority, header, b""))
+            cancel = encode_frame(Kind.CANCEL, outgoing.priority, request_id, b"")
+            self._enqueue(link, _Outgoing(outgoing.priority, cancel))
 
-    async def _send_loop(self, link: _PeerLink) -> None:
+    async def _link_loop(self, link: _PeerLink) -> None:
+        """Own the peer's DEALER: read responses, and send queued frames when writable."""
+        sock = link.sock
         while True:
-            await link.wake.wait()
-            link.wake.clear()
-            while link.queue:
-                await _poll(link.sock, zmq.POLLOUT)
-                self._drain(link)
+            link.waker.event.clear()
+            events = socket_events(sock)
+            received = self._drain_responses(link) if events & zmq.POLLIN else 0
+            sent = self._drain(link) if link.queue and events & zmq.POLLOUT else 0
+            if received >= RECV_BATCH_FRAMES:
+                await asyncio.sleep(0)  # a busy peer must not starve the loop
+            elif not (received or sent):
+                await link.waker.wait_or_poke()
 
-    def _drain(self, link: _PeerLink) -> None:
+    def _drain(self, link: _PeerLink) -> int:
+        sent = 0
         while (outgoing := link.queue.peek()) is not None:
             if outgoing.waiter is not None and outgoing.waiter.done():
                 link.queue.pop()  # its caller gave up before it left
                 continue
-            if not self._try_send(link, outgoing):
-                return
+            try:
+                link.sock.send(outgoing.frame, _NOBLOCK)
+            except zmq.Again:
+                break
             link.queue.pop()
+            outgoing.sent = True
+            self._stats.sent += 1
+            sent += 1
+        return sent
 
-    async def _dealer_loop(self, link: _PeerLink) -> None:
-        while True:
-            await _poll(link.sock, zmq.POLLIN)
-            for _ in range(RECV_BATCH_FRAMES):
-                try:
-                    parts = self._recv_parts(link.shadow, copy_header=True)
-                except zmq.Again:
-                    break
-                self._on_dealer_frame(link, parts)
-            else:
-                await asyncio.sleep(0)  # a busy peer must not starve the loop
+    def _drain_responses(self, link: _PeerLink) -> int:
+        for count in range(RECV_BATCH_FRAMES):
+            try:
+                data = self._recv_single(link.sock)
+            except zmq.Again:
+                return count
+            if data is not None:
+                self._on_response(link, data)
+        return RECV_BATCH_FRAMES
 
-    def _on_dealer_frame(self, link: _PeerLink, parts: list[bytes | zmq.Frame] | None) -> None:
-        if parts is None:
-            return
-        header_part, payload_part = parts
-        header = decode_header(_as_bytes(header_part))
-        payload = _as_bytes(payload_part)
-        pending = None if header is None else self._pending.get(header.request_id)
+    def _on_response(self, link: _PeerLink, data: bytes) -> None:
+        decoded = decode_frame(data)
+        pending = None if decoded is None else self._pending.get(decoded[0].request_id)
         if (
-            header is None
-            or header.kind not in (Kind.RESPONSE, Kind.ERROR)
+            decoded is None
+            or decoded[0].kind not in (Kind.RESPONSE, Kind.ERROR)
             or pending is None
             or pending.link is not link
         ):
             # Late responses (after a timeout) land here too: harmless, counted.
             self._stats.garbage += 1
             return
+        header, payload = decoded
         self._stats.received += 1
         del self._pending[header.request_id]
         if pending.future.done():
@@ -585,14 +600,12 @@ class Transport:
 
     # -- inbound ----------------------------------------------------------------------
 
-    async def _router_loop(self, router: zmq.asyncio.Socket) -> None:
-        shadow = self._router_shadow
-        assert shadow is not None
+    async def _router_loop(self, router: zmq.Socket[bytes], waker: SocketWaker) -> None:
         while True:
-            await _poll(router, zmq.POLLIN)
+            await waker.wait(zmq.POLLIN)
             for _ in range(RECV_BATCH_FRAMES):
                 try:
-                    frame = self._recv_router_frame(shadow)
+                    frame = self._recv_router_frame(router)
                 except zmq.Again:
                     break
                 if frame is not None:
@@ -600,47 +613,40 @@ class Transport:
             else:
                 await asyncio.sleep(0)
 
-    def _recv_parts(
-        self, shadow: zmq.Socket[bytes], *, copy_header: bool
-    ) -> list[bytes | zmq.Frame] | None:
-        """One message as [header, payload], or None (counted) when malformed.
+    def _recv_single(self, sock: zmq.Socket[bytes]) -> bytes | None:
+        """The next single-frame message, or None (counted) when malformed.
 
-        Parts beyond two are received without copying and discarded, so a flood of
-        parts costs no Python memory. Raises zmq.Again when nothing is waiting.
+        Extra frames are received without copying and discarded, so a flood of frames
+        costs no Python memory. Raises zmq.Again when nothing is waiting.
         """
-        header = shadow.recv(zmq.NOBLOCK, copy=copy_header)
-        parts: list[bytes | zmq.Frame] = [header]
-        extra = 0
-        while shadow.get(zmq.RCVMORE):
-            if len(parts) < 2:
-                parts.append(shadow.recv(zmq.NOBLOCK))
-            else:
-                shadow.recv(zmq.NOBLOCK, copy=False)
-                extra += 1
-        if extra or len(parts) != 2:
+        data = sock.recv(_NOBLOCK)
+        if sock.getsockopt(_RCVMORE):
+            while sock.getsockopt(_RCVMORE):
+                sock.recv(_NOBLOCK, copy=False)
             self._stats.garbage += 1
             return None
-        if len(parts[1]) > self._config.max_payload_bytes:
+        if len(data) > self._max_frame_bytes:
             self._stats.oversize += 1
             return None
-        return parts
+        return data
 
-    def _recv_router_frame(self, shadow: zmq.Socket[bytes]) -> _Inbound | None:
-        routing_id = shadow.recv(zmq.NOBLOCK)
-        if not shadow.get(zmq.RCVMORE):
+    def _recv_router_frame(self, sock: zmq.Socket[bytes]) -> _Inbound | None:
+        routing_frame = sock.recv(_NOBLOCK, copy=False)
+        if not sock.getsockopt(_RCVMORE):
             self._stats.garbage += 1
             return None
-        parts = self._recv_parts(shadow, copy_header=False)
-        if parts is None:
+        data = self._recv_single(sock)
+        if data is None:
             return None
-        header_frame, payload = parts
-        assert isinstance(header_frame, zmq.Frame) and isinstance(payload, bytes)
-        header = decode_header(header_frame.bytes)
-        peer = _peer_key_of(header_frame)
-        if header is None or peer is None:
+        decoded = decode_frame(data)
+        peer = _peer_key_of(routing_frame)
+        if decoded is None or peer is None:
             self._stats.garbage += 1
             return None
-        return _Inbound(routing_id, peer, header.kind, header.priority, header.request_id, payload)
+        header, payload = decoded
+        return _Inbound(
+            routing_frame.bytes, peer, header.kind, header.priority, header.request_id, payload
+        )
 
     def _on_router_frame(self, frame: _Inbound) -> None:
         if frame.kind is Kind.ONEWAY:
@@ -718,14 +724,14 @@ class Transport:
         self._reply(frame, Kind.ERROR, encode_error(reason, detail))
 
     def _reply(self, frame: _Inbound, kind: Kind, payload: bytes) -> None:
-        shadow = self._router_shadow
-        if shadow is None:
+        router = self._router
+        if router is None:
             return
-        header = encode_header(kind, frame.priority, frame.request_id)
+        data = encode_frame(kind, frame.priority, frame.request_id, payload)
         try:
-            shadow.send_multipart(
-                [frame.routing_id, header, payload], flags=zmq.NOBLOCK, copy=False
-            )
+            # ROUTER_MANDATORY: an unroutable or full peer fails on the first frame.
+            router.send(frame.routing_id, _NOBLOCK | _SNDMORE)
+            router.send(data, _NOBLOCK)
         except zmq.Again:
             self._stats.dropped[frame.priority] += 1  # the caller's pipe is full
         except zmq.ZMQError as exc:
@@ -734,11 +740,15 @@ class Transport:
             self._stats.dropped[frame.priority] += 1  # the caller disconnected
         else:
             self._stats.sent += 1
+        if self._router_waker is not None:
+            self._router_waker.after_foreign_io()
 
-    async def _zap_loop(self, zap: zmq.asyncio.Socket) -> None:
+    async def _zap_loop(self, zap: zmq.Socket[bytes], waker: SocketWaker) -> None:
         while True:
-            request = await zap.recv_multipart()
-            await zap.send_multipart(self._zap_reply(request))
+            await waker.wait(zmq.POLLIN)
+            request = zap.recv_multipart(zmq.NOBLOCK)
+            # libzmq's ZAP client reads replies at once over inproc: this never blocks.
+            zap.send_multipart(self._zap_reply(request), zmq.NOBLOCK)
 
     def _zap_reply(self, request: list[bytes]) -> list[bytes]:
         """ZAP (RFC 27): admit a CURVE client and stamp its key as the User-Id."""
@@ -766,14 +776,14 @@ class Transport:
 
     # -- socket options ---------------------------------------------------------------
 
-    def _configure_router(self, router: zmq.asyncio.Socket) -> None:
+    def _configure_router(self, router: zmq.Socket[bytes]) -> None:
         cfg = self._config
         router.linger = 0
         router.curve_server = True
         router.curve_secretkey = self._identity.curve_secret_z85
         router.curve_publickey = self._identity.curve_public_z85
         router.zap_domain = ZAP_DOMAIN
-        router.maxmsgsize = cfg.max_payload_bytes + CURVE_FRAME_OVERHEAD_BYTES
+        router.maxmsgsize = self._max_frame_bytes + CURVE_FRAME_OVERHEAD_BYTES
         router.sndhwm = cfg.router_sndhwm
         router.rcvhwm = cfg.rcvhwm
         router.router_mandatory = True
@@ -782,14 +792,14 @@ class Transport:
         if ":" in self._bind_host:
             router.ipv6 = True
 
-    def _configure_dealer(self, sock: zmq.asyncio.Socket, server_key: bytes, endpoint: str) -> None:
+    def _configure_dealer(self, sock: zmq.Socket[bytes], server_key: bytes, endpoint: str) -> None:
         cfg = self._config
         sock.linger = 0
         sock.curve_serverkey = z85.encode(server_key)
         sock.curve_publickey = self._identity.curve_public_z85
         sock.curve_secretkey = self._identity.curve_secret_z85
         sock.immediate = True
-        sock.maxmsgsize = cfg.max_payload_bytes + CURVE_FRAME_OVERHEAD_BYTES
+        sock.maxmsgsize = self._max_frame_bytes + CURVE_FRAME_OVERHEAD_BYTES
         sock.sndhwm = cfg.dealer_sndhwm
         sock.rcvhwm = cfg.rcvhwm
         sock.reconnect_ivl = int(cfg.reconnect_ivl_s * 1000)
@@ -802,16 +812,6 @@ class Transport:
     @staticmethod
     def _format_host(host: str) -> str:
         return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def _poll(sock: zmq.asyncio.Socket, event: int) -> Awaitable[int]:
-    # pyzmq annotates the async socket's poll with the Poller's signature; at runtime it
-    # is poll(timeout=None, flags=POLLIN) -> Future[int].
-    return sock.poll(None, event)  # type: ignore[call-arg, return-value]
-
-
-def _as_bytes(part: bytes | zmq.Frame) -> bytes:
-    return part.bytes if isinstance(part, zmq.Frame) else part
 
 
 def _peer_key_of(frame: zmq.Frame) -> bytes | None:

@@ -24,8 +24,10 @@ from mesh._transport_wire import (
     HEADER_BYTES,
     Kind,
     decode_error,
+    decode_frame,
     decode_header,
     encode_error,
+    encode_frame,
     encode_header,
 )
 from mesh.errors import MeshError
@@ -308,21 +310,25 @@ async def test_garbage_frames_never_crash_the_receiver(
 ) -> None:
     a, b = pair
     rng = os.urandom
+    request = encode_frame(Kind.REQUEST, Priority.REQUEST, 1, b"x")
     garbage: list[tuple[bytes, ...]] = [
-        (rng(7),),  # one part
-        (rng(HEADER_BYTES), rng(10)),  # random header
-        (b"\x02" + encode_header(Kind.REQUEST, Priority.REQUEST, 1)[1:], b"v2"),  # version
-        (encode_header(Kind.REQUEST, Priority.REQUEST, 1)[:-1], b"short header"),
-        (encode_header(Kind.RESPONSE, Priority.REQUEST, 1), b"responses go to dealers"),
-        (encode_header(Kind.ONEWAY, Priority.BULK, 0), b"p", b"extra part"),
-        (bytes([1, 99, 0, 0]) + bytes(8), b"unknown kind"),
+        (rng(7),),  # shorter than a header
+        (b"",),
+        (rng(HEADER_BYTES) + rng(10),),  # random header
+        (b"\x02" + request[1:],),  # unknown wire version
+        (request[:3] + b"\x01" + request[4:],),  # reserved byte set
+        (encode_frame(Kind.RESPONSE, Priority.REQUEST, 1, b"responses go to dealers"),),
+        (encode_frame(Kind.ONEWAY, Priority.BULK, 0, b"p"), b"extra frame"),
+        (request, b"extra", b"frames"),
+        (bytes([1, 99, 0, 0]) + bytes(8) + b"unknown kind",),
+        (bytes([1, 1, 9, 0]) + bytes(8) + b"unknown priority",),
     ]
     for parts in garbage:
         await raw_client.send(*parts)
-    await raw_client.send(encode_header(Kind.REQUEST, Priority.REQUEST, 7), b"valid")
+    await raw_client.send(encode_frame(Kind.REQUEST, Priority.REQUEST, 7, b"valid"))
     reply = await asyncio.wait_for(raw_client.sock.recv_multipart(), DEADLINE_S)
-    assert decode_header(reply[0]) == (Kind.RESPONSE, Priority.REQUEST, 7)
-    assert reply[1] == b"valid"
+    assert len(reply) == 1
+    assert decode_frame(reply[0]) == ((Kind.RESPONSE, Priority.REQUEST, 7), b"valid")
     assert b.stats.garbage == len(garbage)
     assert await a.request(b.public_key, b.endpoint, b"ok", timeout_s=5) == b"ok"
 
@@ -333,15 +339,18 @@ async def test_oversize_from_raw_peer_is_dropped_and_peer_reconnects(
     a, b = pair
     got: list[bytes] = []
     b.on_oneway(lambda peer, payload: got.append(payload))
-    oneway = encode_header(Kind.ONEWAY, Priority.BULK, 0)
+
+    def oneway(payload: bytes) -> bytes:
+        return encode_frame(Kind.ONEWAY, Priority.BULK, 0, payload)
+
     # Just over our cap: libzmq passes it (CURVE slack), the Python check drops it.
-    await raw_client.send(oneway, b"z" * (SMALL.max_payload_bytes + 1))
+    await raw_client.send(oneway(b"z" * (SMALL.max_payload_bytes + 1)))
     await eventually(lambda: b.stats.oversize == 1, "Python-side oversize count")
     # Far over: libzmq drops it and resets the connection; the DEALER reconnects.
-    await raw_client.send(oneway, b"z" * (SMALL.max_payload_bytes * 4))
+    await raw_client.send(oneway(b"z" * (SMALL.max_payload_bytes * 4)))
 
     async def delivered_after_reconnect() -> bool:
-        await raw_client.send(oneway, b"small")
+        await raw_client.send(oneway(b"small"))
         return bool(got)
 
     await eventually_async(delivered_after_reconnect, "raw client usable again")
@@ -364,22 +373,20 @@ async def test_garbage_responses_never_crash_the_caller() -> None:
             call = asyncio.create_task(
                 a.request(server.ed25519_public, f"tcp://127.0.0.1:{port}", b"q", timeout_s=5)
             )
-            routing_id, header, payload = await asyncio.wait_for(
-                router.recv_multipart(), DEADLINE_S
-            )
-            parsed = decode_header(header)
-            assert parsed is not None and parsed.kind is Kind.REQUEST and payload == b"q"
-            rid = parsed.request_id
+            routing_id, data = await asyncio.wait_for(router.recv_multipart(), DEADLINE_S)
+            parsed = decode_frame(data)
+            assert parsed is not None and parsed[0].kind is Kind.REQUEST and parsed[1] == b"q"
+            rid = parsed[0].request_id
             junk: list[list[bytes]] = [
                 [os.urandom(5)],
-                [encode_header(Kind.RESPONSE, Priority.REQUEST, rid + 1000), b"unknown id"],
-                [encode_header(Kind.REQUEST, Priority.REQUEST, rid), b"wrong kind"],
-                [encode_header(Kind.RESPONSE, Priority.REQUEST, rid), b"a", b"b"],
+                [encode_frame(Kind.RESPONSE, Priority.REQUEST, rid + 1000, b"unknown id")],
+                [encode_frame(Kind.REQUEST, Priority.REQUEST, rid, b"wrong kind")],
+                [encode_frame(Kind.RESPONSE, Priority.REQUEST, rid, b"a"), b"b"],
             ]
             for parts in junk:
                 await router.send_multipart([routing_id, *parts])
             await router.send_multipart(
-                [routing_id, encode_header(Kind.RESPONSE, Priority.REQUEST, rid), b"answer"]
+                [routing_id, encode_frame(Kind.RESPONSE, Priority.REQUEST, rid, b"answer")]
             )
             assert await call == b"answer"
             assert a.stats.garbage == len(junk)
@@ -587,8 +594,12 @@ def test_header_round_trip(kind: Kind, priority: Priority, request_id: int) -> N
 
 
 @given(st.binary(max_size=40))
-def test_decode_header_never_raises(data: bytes) -> None:
+def test_decode_never_raises(data: bytes) -> None:
     decode_header(data)
+    decoded = decode_frame(data)
+    if decoded is not None:
+        header, payload = decoded
+        assert encode_frame(*header, payload) == data
 
 
 @given(st.text(max_size=100), st.text(max_size=400))

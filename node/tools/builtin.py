@@ -1,0 +1,82 @@
+"""Built-in tools: `echo` and the node introspection tools `vsm.status`, `vsm.peers`, `vsm.tools`.
+
+The introspection tools take a callable that returns the data (the node passes its
+own views); a tool whose callable is not given is not offered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from node.tools.functions import FunctionProvider, PluginTool
+from node.tools.model import CallContext, ToolResult, text_result, to_result
+
+BUILTIN_UNIT = "builtin"
+MAX_ECHO_CHARS = 64 * 1024
+
+ECHO_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string", "maxLength": MAX_ECHO_CHARS, "description": "Text to return"}
+    },
+    "required": ["text"],
+    "additionalProperties": False,
+}
+
+NO_ARGS_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {},
+    "additionalProperties": False,
+}
+
+DataView = Callable[[], Any]
+
+
+async def echo(arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+    """Return the `text` argument unchanged."""
+    return text_result(str(arguments["text"]))
+
+
+def _view_tool(name: str, description: str, view: DataView, zone: str) -> PluginTool:
+    async def run(arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        data = view()
+        # MCP structuredContent must be an object; lists are wrapped under their name.
+        return to_result(data if isinstance(data, Mapping) else {name.split(".")[-1]: data})
+
+    return PluginTool(
+        name=name, fn=run, description=description, input_schema=NO_ARGS_SCHEMA, zone=zone
+    )
+
+
+def builtin_provider(
+    *,
+    status: DataView | None = None,
+    peers: DataView | None = None,
+    tools: DataView | None = None,
+    introspection_zone: str = "public",
+) -> FunctionProvider:
+    """The built-in unit. Introspection tools sit in `introspection_zone`."""
+
+    def load() -> list[PluginTool]:
+        out = [
+            PluginTool(
+                name="echo",
+                fn=echo,
+                description="Return the given text unchanged.",
+                input_schema=ECHO_SCHEMA,
+            )
+        ]
+        views = (
+            ("vsm.status", "This node's status: identity, VSM systems, viability.", status),
+            ("vsm.peers", "The peers this node knows and their states.", peers),
+            ("vsm.tools", "The tools of the mesh as this node sees them.", tools),
+        )
+        out.extend(
+            _view_tool(name, description, view, introspection_zone)
+            for name, description, view in views
+            if view is not None
+        )
+        return out
+
+    return FunctionProvider(BUILTIN_UNIT, load, kind="builtin")

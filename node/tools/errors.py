@@ -1,0 +1,140 @@
+"""Errors of the tool layer. Each carries a machine `reason` and JSON `data` for the caller.
+
+`node.mcp.protocol.error_object` is the one place these become JSON-RPC errors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from node.errors import NodeError
+
+
+def _finite(seconds: float) -> float | None:
+    return round(seconds, 3) if math.isfinite(seconds) else None
+
+
+class ToolError(NodeError):
+    """A call was refused or failed for a reason the caller is told about."""
+
+    reason: ClassVar[str] = "tool_error"
+
+    def __init__(self, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = {"reason": self.reason, **(data or {})}
+
+
+class UnknownTool(ToolError):
+    reason = "unknown_tool"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Unknown tool: {name!r}", {"tool": name})
+
+
+class InvalidArguments(ToolError):
+    reason = "invalid_arguments"
+
+    def __init__(self, tool: str, problem: str, path: str) -> None:
+        where = f" at {path}" if path else ""
+        super().__init__(
+            f"Invalid arguments for tool {tool!r}{where}: {problem}",
+            {"tool": tool, "path": path, "problem": problem},
+        )
+
+
+class ZoneDenied(ToolError):
+    """The caller's zone ranks below the tool's zone."""
+
+    reason = "zone_denied"
+
+    def __init__(self, tool: str, caller_zone: str, tool_zone: str) -> None:
+        super().__init__(
+            f"Denied by policy zone-order: caller zone {caller_zone!r} may not call tool "
+            f"{tool!r} in zone {tool_zone!r}",
+            {"policy": "zone-order", "tool": tool, "zone": caller_zone, "tool_zone": tool_zone},
+        )
+
+
+class RateLimited(ToolError):
+    reason = "rate_limited"
+
+    def __init__(self, limit: str, key: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"Rate limited ({limit} limit for {key!r}); retry after {retry_after_s:.3f} s",
+            {"limit": limit, "key": key, "retry_after_s": _finite(retry_after_s)},
+        )
+
+
+class Overloaded(ToolError):
+    """A unit's concurrency limit and its bounded wait queue are both full."""
+
+    reason = "overloaded"
+
+    def __init__(
+        self, unit: str, max_concurrency: int, max_queue: int, retry_after_s: float
+    ) -> None:
+        super().__init__(
+            f"Tool unit {unit!r} is busy ({max_concurrency} running, {max_queue} waiting); "
+            f"retry after {retry_after_s:.3f} s",
+            {
+                "unit": unit,
+                "limit": "concurrency",
+                "max_concurrency": max_concurrency,
+                "max_queue": max_queue,
+                "retry_after_s": _finite(retry_after_s),
+            },
+        )
+
+
+class ToolUnavailable(ToolError):
+    """The tool's unit is not running: starting, restarting after a crash, or quarantined."""
+
+    reason = "unavailable"
+
+    def __init__(self, tool: str, unit: str, state: str, retry_after_s: float | None) -> None:
+        retry = f"; retry after {retry_after_s:.3f} s" if retry_after_s is not None else ""
+        super().__init__(
+            f"Tool {tool!r} is unavailable: unit {unit!r} is {state}{retry}",
+            {
+                "tool": tool,
+                "unit": unit,
+                "state": state,
+                "retry_after_s": None if retry_after_s is None else _finite(retry_after_s),
+            },
+        )
+
+
+class ToolTimeout(ToolError):
+    reason = "timeout"
+
+    def __init__(self, tool: str, timeout_s: float) -> None:
+        super().__init__(
+            f"Tool {tool!r} did not finish within {timeout_s:.3f} s",
+            {"tool": tool, "timeout_s": _finite(timeout_s)},
+        )
+
+
+class ProviderError(ToolError):
+    """The provider answered with a protocol error (e.g. a mounted server's JSON-RPC error)."""
+
+    reason = "provider_error"
+
+    def __init__(self, tool: str, detail: str, upstream_code: int | None = None) -> None:
+        super().__init__(
+            f"Tool {tool!r} provider failed: {detail}",
+            {"tool": tool, "upstream_code": upstream_code, "detail": detail},
+        )
+
+
+class UnitFault(NodeError):
+    """Raised by a provider to say it is broken (e.g. its process died): restart it."""
+
+    reason = "unit_fault"
+
+
+class ToolConfigError(NodeError):
+    """A tool, plugin or mount is declared wrongly (bad import path, duplicate name, ...)."""
+
+    reason = "tool_config"

@@ -1,0 +1,162 @@
+"""The tool model: what a tool is, the context a call carries, and the catalog interface.
+
+`ToolCatalog` is what the MCP gateway (HTTP and stdio) talks to. `LocalCatalog`
+(`node.tools.registry`) implements it over this node's providers; a mesh catalog
+wraps it with the same interface to add other nodes' tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+ProviderKind = Literal["builtin", "plugin", "mounted", "wasm", "child", "remote"]
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+"""`progress(progress, total, message)`: forwards a progress notification to the caller."""
+
+ToolResult = dict[str, Any]
+"""A `CallToolResult`-shaped dict: `content` (list), `isError`, optional `structuredContent`."""
+
+EMPTY_OBJECT_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolSpec:
+    """One tool as callers see it. `name` is unique on the node (mounted tools are namespaced)."""
+
+    name: str
+    description: str = ""
+    input_schema: Mapping[str, Any] = field(default_factory=lambda: dict(EMPTY_OBJECT_SCHEMA))
+    zone: str = "public"
+    provider: ProviderKind = "builtin"
+    annotations: Mapping[str, Any] | None = None
+    output_schema: Mapping[str, Any] | None = None
+    title: str | None = None
+
+    def to_mcp(self) -> dict[str, Any]:
+        """The MCP `Tool` object for `tools/list`."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "inputSchema": dict(self.input_schema),
+        }
+        if self.title:
+            out["title"] = self.title
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.output_schema:
+            out["outputSchema"] = dict(self.output_schema)
+        out["_meta"] = {"vsmcp/zone": self.zone, "vsmcp/provider": self.provider}
+        return out
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallContext:
+    """Who calls, from where, and the call's budget.
+
+    `origin` names the entry point: `http:<token name>`, `http:loopback`, `stdio`,
+    `mesh:<node id>`. `deadline` is on the event loop's clock (`loop.time()`).
+    """
+
+    caller_id: str
+    caller_zone: str
+    origin: str
+    trace_id: str = field(default_factory=new_trace_id)
+    causality: tuple[str, ...] = ()
+    progress: ProgressFn | None = None
+    deadline: float | None = None
+
+    async def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        if self.progress is not None:
+            await self.progress(progress, total, message)
+
+    def remaining_s(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - asyncio.get_running_loop().time()
+
+    def with_timeout(self, timeout_s: float | None) -> CallContext:
+        """This context with its deadline tightened to at most `timeout_s` from now."""
+        if timeout_s is None:
+            return self
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        if self.deadline is not None and self.deadline <= deadline:
+            return self
+        return replace(self, deadline=deadline)
+
+    def caused_by(self, event_id: str) -> CallContext:
+        return replace(self, causality=(*self.causality, event_id))
+
+
+ChangeCallback = Callable[[], None]
+
+
+class ToolCatalog(Protocol):
+    """What the MCP gateway needs: the tools a caller may use, calls, and change events."""
+
+    def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        """Only the tools `ctx`'s caller may call right now."""
+        ...
+
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        """Run a tool; raises `node.tools.errors.ToolError` subclasses for refusals."""
+        ...
+
+    def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call `callback` whenever the tool list may have changed; returns an unsubscribe."""
+        ...
+
+
+class Provider(Protocol):
+    """A System 1 unit that provides tools, run by `node.tools.supervisor.Supervisor`.
+
+    `run` starts the provider, calls `ready()` once its tools can be called, then
+    returns when `stop` is set. Returning before `stop` is set, or raising, is a crash.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def tools(self) -> Sequence[ToolSpec]: ...
+
+    async def run(self, ready: Callable[[], None], stop: asyncio.Event) -> None: ...
+
+    async def call(
+        self, tool: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult: ...
+
+
+def text_result(text: str, *, is_error: bool = False) -> ToolResult:
+    return {"content": [{"type": "text", "text": text}], "isError": is_error}
+
+
+def to_result(value: Any) -> ToolResult:
+    """Turn what a plugin returned into a `CallToolResult`-shaped dict.
+
+    A dict with `content` is taken as a result already; a string becomes text; other
+    JSON values become text plus `structuredContent` (objects only, as MCP requires).
+    """
+    if isinstance(value, Mapping) and isinstance(value.get("content"), list):
+        result = dict(value)
+        result.setdefault("isError", False)
+        return result
+    if isinstance(value, str):
+        return text_result(value)
+    text = json.dumps(value, separators=(",", ":"), default=str)
+    result = text_result(text)
+    if isinstance(value, Mapping):
+        result["structuredContent"] = dict(value)
+    return result

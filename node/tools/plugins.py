@@ -1,0 +1,93 @@
+"""Python plugin tools: from config (`module:function`) and from the `vsmcp.tools` entry points.
+
+An entry point loads one of: a `PluginTool`, an iterable of them, or a zero-argument
+callable returning either. Each config plugin and each entry point is one unit, so a
+broken plugin is restarted and quarantined on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Iterable
+from typing import Any
+
+from node.tools.config import PluginToolConfig
+from node.tools.errors import ToolConfigError
+from node.tools.functions import FunctionProvider, PluginTool
+from node.tools.model import EMPTY_OBJECT_SCHEMA
+
+ENTRY_POINT_GROUP = "vsmcp.tools"
+
+
+def load_target(target: str) -> Any:
+    """Import `package.module:attr.attr`."""
+    module_name, sep, attr_path = target.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ToolConfigError(f"plugin target {target!r} is not of the form 'module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ToolConfigError(
+            f"plugin target {target!r}: cannot import {module_name!r}: {exc}"
+        ) from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise ToolConfigError(f"plugin target {target!r}: no attribute {part!r}") from exc
+    return obj
+
+
+def _configured_tool(cfg: PluginToolConfig) -> PluginTool:
+    obj = load_target(cfg.target)
+    if isinstance(obj, PluginTool):
+        return PluginTool(
+            name=cfg.name,
+            fn=obj.fn,
+            description=cfg.description or obj.description,
+            input_schema=cfg.input_schema if cfg.input_schema is not None else obj.input_schema,
+            zone=cfg.zone or obj.zone,
+            annotations=obj.annotations,
+        )
+    if not callable(obj):
+        raise ToolConfigError(f"plugin target {cfg.target!r} is neither a PluginTool nor callable")
+    return PluginTool(
+        name=cfg.name,
+        fn=obj,
+        description=cfg.description,
+        input_schema=cfg.input_schema
+        if cfg.input_schema is not None
+        else dict(EMPTY_OBJECT_SCHEMA),
+        zone=cfg.zone or "public",
+    )
+
+
+def plugin_provider(cfg: PluginToolConfig) -> FunctionProvider:
+    """One unit `plugin:<name>` serving the configured callable; restarts re-resolve it."""
+    return FunctionProvider(f"plugin:{cfg.name}", lambda: [_configured_tool(cfg)])
+
+
+def _as_tools(obj: Any, source: str) -> list[PluginTool]:
+    if isinstance(obj, PluginTool):
+        return [obj]
+    if callable(obj):
+        return _as_tools(obj(), source)
+    if isinstance(obj, Iterable):
+        tools = list(obj)
+        if all(isinstance(t, PluginTool) for t in tools):
+            return tools
+    raise ToolConfigError(f"{source} does not provide PluginTool objects")
+
+
+def entry_point_providers(group: str = ENTRY_POINT_GROUP) -> list[FunctionProvider]:
+    """One unit `entry:<entry point name>` per entry point in `group`."""
+    providers = []
+    for ep in importlib.metadata.entry_points(group=group):
+        source = f"entry point {ep.name!r} ({ep.value})"
+
+        def load(ep: importlib.metadata.EntryPoint = ep, source: str = source) -> list[PluginTool]:
+            return _as_tools(ep.load(), source)
+
+        providers.append(FunctionProvider(f"entry:{ep.name}", load))
+    return providers

@@ -1,0 +1,103 @@
+"""Call policy at the edge of the tool layer: zones, rate limits, argument validation.
+
+Zones are ordered (`public` < `ops` < `restricted` by default). A caller may call a
+tool whose zone ranks at or below its own. An unknown zone ranks nowhere: a caller
+in an unknown zone may call nothing, a tool in an unknown zone is callable by nobody
+(fail closed). When `mesh.certs.ZoneOrder` exists it decides; otherwise the ranking
+given here does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jsonschema
+from jsonschema.protocols import Validator
+
+from node.limits import RateLimiter
+from node.tools.errors import InvalidArguments, RateLimited, ToolConfigError, ZoneDenied
+from node.tools.model import CallContext, ToolSpec
+
+DEFAULT_ZONES: tuple[str, ...] = ("public", "ops", "restricted")
+
+ZoneAllows = Callable[[str, str], bool]
+"""`allows(caller_zone, tool_zone)`."""
+
+
+def ranking_allows(zones: Sequence[str]) -> ZoneAllows:
+    rank = {zone: i for i, zone in enumerate(zones)}
+
+    def allows(caller_zone: str, tool_zone: str) -> bool:
+        caller, tool = rank.get(caller_zone), rank.get(tool_zone)
+        return caller is not None and tool is not None and tool <= caller
+
+    return allows
+
+
+def zone_allows(zones: Sequence[str] = DEFAULT_ZONES) -> ZoneAllows:
+    """`mesh.certs.ZoneOrder(zones).allows` when that module exists, else our own ranking."""
+    try:
+        certs = importlib.import_module("mesh.certs")
+    except ImportError:
+        return ranking_allows(zones)
+    zone_order = getattr(certs, "ZoneOrder", None)
+    if zone_order is None:
+        return ranking_allows(zones)
+    order = zone_order(list(zones))
+    allows: ZoneAllows = order.allows
+    return allows
+
+
+class ArgumentValidator:
+    """Checks arguments against each tool's JSON Schema; compiled validators are cached."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[Mapping[str, Any], Validator]] = {}
+
+    def check(self, spec: ToolSpec, arguments: Mapping[str, Any]) -> None:
+        cached = self._cache.get(spec.name)
+        if cached is None or cached[0] is not spec.input_schema:
+            schema = dict(spec.input_schema)
+            cls = jsonschema.validators.validator_for(schema)
+            try:
+                cls.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                problem = f"tool {spec.name!r} has an invalid input schema: {exc.message}"
+                raise ToolConfigError(problem) from exc
+            cached = (spec.input_schema, cls(schema))
+            self._cache[spec.name] = cached
+        error = jsonschema.exceptions.best_match(cached[1].iter_errors(dict(arguments)))
+        if error is not None:
+            path = "".join(
+                f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+            )
+            raise InvalidArguments(spec.name, error.message, f"arguments{path}" if path else "")
+
+
+class CallPolicy:
+    """Zone visibility and permission, rate limits, argument validation for one catalog."""
+
+    def __init__(
+        self,
+        *,
+        allows: ZoneAllows | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self._allows = allows if allows is not None else zone_allows()
+        self._limiter = limiter
+        self._validator = ArgumentValidator()
+
+    def visible(self, spec: ToolSpec, ctx: CallContext) -> bool:
+        return self._allows(ctx.caller_zone, spec.zone)
+
+    def admit(self, spec: ToolSpec, arguments: Mapping[str, Any], ctx: CallContext) -> None:
+        """Raise `ZoneDenied`, `InvalidArguments` or `RateLimited`, in that order, or return."""
+        if not self._allows(ctx.caller_zone, spec.zone):
+            raise ZoneDenied(spec.name, ctx.caller_zone, spec.zone)
+        self._validator.check(spec, arguments)
+        if self._limiter is not None:
+            refused = self._limiter.acquire(ctx.origin, spec.name)
+            if refused is not None:
+                raise RateLimited(refused.limit, refused.key, refused.retry_after_s)

@@ -1,0 +1,178 @@
+"""`LocalCatalog`: the `ToolCatalog` over this node's supervised providers.
+
+A call goes: name lookup (`UnknownTool`) -> the caller's zone (`ZoneDenied`) ->
+argument schema (`InvalidArguments`) -> rate limits (`RateLimited`) -> the unit
+(`ToolUnavailable`, `Overloaded`, `ToolTimeout`) -> the provider.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from node.limits import BucketMap, RateLimit, RateLimiter
+from node.tools.builtin import DataView, builtin_provider
+from node.tools.config import RateLimitConfig, RateLimitsConfig, ToolsConfig, UnitLimitsConfig
+from node.tools.errors import UnknownTool
+from node.tools.model import CallContext, ChangeCallback, Provider, ToolResult, ToolSpec
+from node.tools.mounted import MountedServer
+from node.tools.plugins import entry_point_providers, plugin_provider
+from node.tools.policy import CallPolicy, zone_allows
+from node.tools.supervisor import Supervisor, Unit, UnitPolicy
+
+log = logging.getLogger(__name__)
+
+
+class LocalCatalog:
+    """Tools of the local units, filtered and guarded by `policy`. Async context manager."""
+
+    def __init__(self, supervisor: Supervisor | None = None, policy: CallPolicy | None = None):
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        self.policy = policy if policy is not None else CallPolicy()
+        self._index: dict[str, tuple[Unit, ToolSpec]] = {}
+        self.supervisor.on_change(self._reindex)
+        self._reindex()
+
+    def add(self, provider: Provider, policy: UnitPolicy | None = None) -> Unit:
+        unit = self.supervisor.add(provider, policy)
+        self._reindex()
+        return unit
+
+    def _reindex(self) -> None:
+        index: dict[str, tuple[Unit, ToolSpec]] = {}
+        for unit in self.supervisor.units.values():
+            for spec in unit.known_tools():
+                other = index.get(spec.name)
+                if other is not None and other[0] is not unit:
+                    log.warning(
+                        "tool %r of unit %s hidden by unit %s", spec.name, unit.name, other[0].name
+                    )
+                    continue
+                index[spec.name] = (unit, spec)
+        self._index = index
+
+    def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        out = []
+        for unit in self.supervisor.units.values():
+            for spec in unit.tools():
+                entry = self._index.get(spec.name)
+                if entry is not None and entry[0] is unit and self.policy.visible(spec, ctx):
+                    out.append(spec)
+        return sorted(out, key=lambda s: s.name)
+
+    def spec(self, name: str) -> ToolSpec | None:
+        entry = self._index.get(name)
+        return None if entry is None else entry[1]
+
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        entry = self._index.get(name)
+        if entry is None:
+            raise UnknownTool(name)
+        unit, spec = entry
+        self.policy.admit(spec, arguments, ctx)
+        return await unit.call(name, arguments, ctx)
+
+    def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
+        return self.supervisor.on_change(callback)
+
+    def status(self) -> list[dict[str, Any]]:
+        return self.supervisor.status()
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+
+    async def __aenter__(self) -> LocalCatalog:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def _limit(cfg: RateLimitConfig | None) -> RateLimit | None:
+    return None if cfg is None else RateLimit(cfg.rate_per_s, cfg.burst)
+
+
+def rate_limiter(cfg: RateLimitsConfig) -> RateLimiter | None:
+    """`None` when no limit is configured at all."""
+    if not (cfg.per_origin or cfg.per_tool or cfg.origins or cfg.tools):
+        return None
+    return RateLimiter(
+        per_origin=BucketMap(
+            _limit(cfg.per_origin),
+            {k: RateLimit(v.rate_per_s, v.burst) for k, v in cfg.origins.items()},
+            max_buckets=cfg.max_buckets,
+        ),
+        per_tool=BucketMap(
+            _limit(cfg.per_tool),
+            {k: RateLimit(v.rate_per_s, v.burst) for k, v in cfg.tools.items()},
+            max_buckets=cfg.max_buckets,
+        ),
+    )
+
+
+def unit_policy(cfg: ToolsConfig, limits: UnitLimitsConfig | None = None) -> UnitPolicy:
+    sup = cfg.supervision
+    limits = limits or UnitLimitsConfig()
+    return UnitPolicy(
+        max_concurrency=limits.max_concurrency or cfg.max_concurrency,
+        max_queue=cfg.max_queue if limits.max_queue is None else limits.max_queue,
+        timeout_s=limits.timeout_s or cfg.timeout_s,
+        backoff_initial_s=sup.backoff_initial_s,
+        backoff_max_s=sup.backoff_max_s,
+        backoff_reset_s=sup.backoff_reset_s,
+        crash_loop_failures=sup.crash_loop_failures,
+        crash_loop_window_s=sup.crash_loop_window_s,
+        quarantine_s=sup.quarantine_s,
+        stop_timeout_s=sup.stop_timeout_s,
+    )
+
+
+def build_local_catalog(
+    tools: ToolsConfig,
+    limits: RateLimitsConfig | None = None,
+    *,
+    status: DataView | None = None,
+    peers: DataView | None = None,
+    tools_view: DataView | None = None,
+) -> LocalCatalog:
+    """The catalog the node runs: built-ins, config plugins, entry points, mounts.
+
+    Raises `ToolConfigError` for a plugin target that does not import. Not started:
+    use it as an async context manager (or `start()`/`stop()`).
+    """
+    policy = CallPolicy(
+        allows=zone_allows(tools.zones),
+        limiter=rate_limiter(limits) if limits is not None else None,
+    )
+    catalog = LocalCatalog(Supervisor(), policy)
+    default = unit_policy(tools)
+    catalog.add(
+        builtin_provider(
+            status=status,
+            peers=peers,
+            tools=tools_view,
+            introspection_zone=tools.introspection_zone,
+        ),
+        default,
+    )
+    for plugin in tools.plugins:
+        catalog.add(plugin_provider(plugin), unit_policy(tools, plugin.limits))
+    if tools.entry_points:
+        for provider in entry_point_providers():
+            catalog.add(provider, default)
+    for mount in tools.mounts:
+        catalog.add(MountedServer(mount), unit_policy(tools, mount.limits))
+    return catalog

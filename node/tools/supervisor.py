@@ -1,0 +1,408 @@
+"""Supervision of System 1 tool units: restart with backoff, quarantine, concurrency limits.
+
+Each provider runs as one `Unit` in one named task owned by the `Supervisor`:
+
+- **Restart with backoff.** A provider whose `run` returns or raises before it was
+  asked to stop has crashed; it is restarted after `backoff_initial_s * 2**(n-1)`
+  (capped at `backoff_max_s`), `n` counting crashes since it last ran for
+  `backoff_reset_s`. A call that raises `UnitFault` (e.g. a mounted server's pipe
+  closed) restarts it the same way.
+- **Quarantine.** `crash_loop_failures` failures within `crash_loop_window_s` (crashes,
+  and calls that raised an unexpected exception) quarantine the unit for
+  `quarantine_s`: it is stopped, its tools leave the list, calls get
+  `ToolUnavailable` naming the state and the retry time. After the cool-down it is
+  started again with a clean failure record.
+- **Concurrency.** At most `max_concurrency` calls run at once per unit; up to
+  `max_queue` more wait (within their deadline) for a slot; beyond that a call is
+  refused at once with `Overloaded` and a retry-after estimated from recent call
+  durations. We queue a little rather than refuse at once so that short bursts are
+  absorbed, and bound the queue so that overload is answered quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from node.tools.errors import (
+    Overloaded,
+    ToolConfigError,
+    ToolError,
+    ToolTimeout,
+    ToolUnavailable,
+    UnitFault,
+)
+from node.tools.model import CallContext, Provider, ToolResult, ToolSpec, text_result
+
+log = logging.getLogger(__name__)
+
+INITIAL_CALL_ESTIMATE_S = 0.1
+
+
+class UnitState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    QUARANTINED = "quarantined"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnitPolicy:
+    max_concurrency: int = 16
+    max_queue: int = 64
+    timeout_s: float | None = 30.0
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 30.0
+    backoff_reset_s: float = 30.0
+    crash_loop_failures: int = 5
+    crash_loop_window_s: float = 60.0
+    quarantine_s: float = 60.0
+    stop_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1 or self.max_queue < 0 or self.crash_loop_failures < 1:
+            raise ToolConfigError(
+                "unit policy: max_concurrency >= 1, max_queue >= 0, crash_loop_failures >= 1"
+            )
+
+
+class Unit:
+    """One supervised provider. Created by `Supervisor.add`."""
+
+    def __init__(
+        self, provider: Provider, policy: UnitPolicy, on_change: Callable[[], None]
+    ) -> None:
+        self.provider = provider
+        self.policy = policy
+        self._on_change = on_change
+        self.state = UnitState.STOPPED
+        self.retry_at: float | None = None
+        self.last_error: str | None = None
+        self.restarts = 0
+        self._failures: deque[float] = deque()
+        self._consecutive = 0
+        self._started_at: float | None = None
+        self._sem = asyncio.Semaphore(policy.max_concurrency)
+        self._waiting = 0
+        self._running = 0
+        self._call_estimate_s = INITIAL_CALL_ESTIMATE_S
+        self._restart = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+    def tools(self) -> Sequence[ToolSpec]:
+        """The unit's tools while it is running, else none."""
+        return self.provider.tools() if self.state is UnitState.RUNNING else ()
+
+    def known_tools(self) -> Sequence[ToolSpec]:
+        """The tools the provider last declared, running or not (for clear errors)."""
+        return self.provider.tools()
+
+    def status(self) -> dict[str, Any]:
+        now = _now()
+        return {
+            "unit": self.name,
+            "state": self.state.value,
+            "restarts": self.restarts,
+            "recent_failures": len(self._failures),
+            "retry_in_s": None if self.retry_at is None else max(0.0, self.retry_at - now),
+            "running_calls": self._running,
+            "waiting_calls": self._waiting,
+            "last_error": self.last_error,
+        }
+
+    # -- calls -------------------------------------------------------------------------
+
+    def _retry_after(self) -> float | None:
+        return None if self.retry_at is None else max(0.0, self.retry_at - _now())
+
+    def _check_running(self, tool: str) -> None:
+        if self.state is not UnitState.RUNNING:
+            raise ToolUnavailable(tool, self.name, self.state.value, self._retry_after())
+
+    async def call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        self._check_running(tool)
+        ctx = ctx.with_timeout(self.policy.timeout_s)
+        budget = ctx.remaining_s()
+        async with contextlib.AsyncExitStack() as stack:
+            timeout = await stack.enter_async_context(asyncio.timeout(_at(ctx.deadline)))
+            try:
+                await self._acquire_slot()
+                try:
+                    self._check_running(tool)
+                    return await self._invoke(tool, arguments, ctx)
+                finally:
+                    self._sem.release()
+            except TimeoutError:
+                if timeout.expired():
+                    raise ToolTimeout(tool, budget or 0.0) from None
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _acquire_slot(self) -> None:
+        if self._sem.locked() and self._waiting >= self.policy.max_queue:
+            policy = self.policy
+            estimate = self._call_estimate_s * (1 + self._waiting / policy.max_concurrency)
+            raise Overloaded(self.name, policy.max_concurrency, policy.max_queue, estimate)
+        self._waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self._waiting -= 1
+
+    async def _invoke(
+        self, tool: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._running += 1
+        try:
+            return await self.provider.call(tool, arguments, ctx)
+        except ToolError:
+            raise
+        except UnitFault as exc:
+            self.fault(f"call fault: {exc}", restart=True)
+            raise ToolUnavailable(tool, self.name, self.state.value, self._retry_after()) from exc
+        except Exception as exc:  # plugin code: any bug is the caller's isError result
+            log.warning("tool %s (unit %s) raised", tool, self.name, exc_info=True)
+            self.fault(f"{type(exc).__name__}: {exc}", restart=False)
+            return text_result(f"Tool {tool!r} failed: {type(exc).__name__}: {exc}", is_error=True)
+        finally:
+            self._running -= 1
+            elapsed = loop.time() - started
+            self._call_estimate_s = 0.8 * self._call_estimate_s + 0.2 * elapsed
+
+    # -- failures ----------------------------------------------------------------------
+
+    def _note_failure(self, reason: str) -> bool:
+        """Record one failure; True when it makes a crash loop."""
+        now = _now()
+        self.last_error = reason
+        if self._started_at is not None and now - self._started_at >= self.policy.backoff_reset_s:
+            self._consecutive = 0
+        self._consecutive += 1
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > self.policy.crash_loop_window_s:
+            self._failures.popleft()
+        return len(self._failures) >= self.policy.crash_loop_failures
+
+    def _set_state(self, state: UnitState, retry_in_s: float | None = None) -> None:
+        self.retry_at = None if retry_in_s is None else _now() + retry_in_s
+        if state is not self.state:
+            was_running = self.state is UnitState.RUNNING
+            self.state = state
+            if was_running or state is UnitState.RUNNING:
+                self._on_change()
+
+    def _after_failure(self, crash_loop: bool) -> None:
+        if crash_loop:
+            log.error(
+                "tool unit %s quarantined for %.1f s after %d failures: %s",
+                self.name,
+                self.policy.quarantine_s,
+                len(self._failures),
+                self.last_error,
+            )
+            self._set_state(UnitState.QUARANTINED, self.policy.quarantine_s)
+        else:
+            delay = min(
+                self.policy.backoff_max_s,
+                self.policy.backoff_initial_s * 2 ** (self._consecutive - 1),
+            )
+            log.warning("tool unit %s restarting in %.2f s: %s", self.name, delay, self.last_error)
+            self._set_state(UnitState.RESTARTING, delay)
+
+    def fault(self, reason: str, *, restart: bool) -> None:
+        """A call failed. Quarantine on a crash loop; restart the provider if asked."""
+        crash_loop = self._note_failure(reason)
+        live = self.state in (UnitState.RUNNING, UnitState.STARTING)
+        if (crash_loop or restart) and live:
+            self._after_failure(crash_loop)
+            self._restart.set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._loop(), name=f"tool-unit:{self.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._restart.set()
+        self._wake.set()
+        await asyncio.wait({task}, timeout=self.policy.stop_timeout_s + 1)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        self._set_state(UnitState.STOPPED)
+
+    def _on_ready(self) -> None:
+        if self.state is UnitState.STARTING:
+            self._started_at = _now()
+            self._set_state(UnitState.RUNNING)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            if self.state is UnitState.QUARANTINED:
+                await self._sleep(self._retry_after() or 0.0)
+                self._failures.clear()
+                self._consecutive = 0
+            elif self.state is UnitState.RESTARTING:
+                await self._sleep(self._retry_after() or 0.0)
+            if self._stopping:
+                break
+            if self.state is not UnitState.STOPPED:
+                self.restarts += 1
+            self._set_state(UnitState.STARTING)
+            self._restart.clear()
+            stop = asyncio.Event()
+            run = asyncio.create_task(
+                self.provider.run(self._on_ready, stop), name=f"tool-unit:{self.name}:provider"
+            )
+            restart = asyncio.create_task(self._restart.wait(), name=f"tool-unit:{self.name}:watch")
+            try:
+                await asyncio.wait({run, restart}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                restart.cancel()
+                if not run.done():
+                    stop.set()
+                    await self._finish(run)
+            error = _describe_end(run)
+            if self._stopping:
+                break
+            if self.state in (UnitState.RUNNING, UnitState.STARTING):
+                # The provider ended on its own: a crash.
+                self._after_failure(self._note_failure(error))
+        self._set_state(UnitState.STOPPED)
+
+    async def _finish(self, run: asyncio.Task[None]) -> None:
+        await asyncio.wait({run}, timeout=self.policy.stop_timeout_s)
+        if not run.done():
+            log.warning("tool unit %s did not stop in time; cancelling it", self.name)
+            run.cancel()
+            await asyncio.wait({run})
+
+
+def _describe_end(run: asyncio.Task[None]) -> str:
+    if run.cancelled():
+        return "cancelled"
+    exc = run.exception()
+    if exc is None:
+        return "provider exited"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _at(deadline: float | None) -> float | None:
+    return deadline
+
+
+class Supervisor:
+    """Owns the units. Async context manager; `start`/`stop` are idempotent."""
+
+    def __init__(self) -> None:
+        self._units: dict[str, Unit] = {}
+        self._callbacks: list[Callable[[], None]] = []
+        self._started = False
+        self._change_event = asyncio.Event()
+
+    @property
+    def units(self) -> Mapping[str, Unit]:
+        return self._units
+
+    def add(self, provider: Provider, policy: UnitPolicy | None = None) -> Unit:
+        if provider.name in self._units:
+            raise ToolConfigError(f"tool unit {provider.name!r} is declared twice")
+        unit = Unit(provider, policy or UnitPolicy(), self._changed)
+        self._units[provider.name] = unit
+        # Providers whose tool list changes while running (mounted servers) tell us.
+        hook = getattr(provider, "set_on_change", None)
+        if callable(hook):
+            hook(self._changed)
+        if self._started:
+            unit.start()
+        return unit
+
+    async def remove(self, name: str) -> None:
+        unit = self._units.pop(name, None)
+        if unit is not None:
+            await unit.stop()
+            self._changed()
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def _changed(self) -> None:
+        self._change_event.set()
+        self._change_event = asyncio.Event()
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:  # one listener must not break the others
+                log.exception("tool change listener failed")
+
+    def status(self) -> list[dict[str, Any]]:
+        return [unit.status() for unit in self._units.values()]
+
+    async def wait_running(self, timeout_s: float = 10.0) -> None:
+        """Wait until every unit is running (startup convenience; raises TimeoutError)."""
+        async with asyncio.timeout(timeout_s):
+            while any(u.state is not UnitState.RUNNING for u in self._units.values()):
+                changed = self._change_event
+                await changed.wait()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for unit in self._units.values():
+            unit.start()
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await asyncio.gather(*(unit.stop() for unit in self._units.values()))
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

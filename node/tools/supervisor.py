@@ -137,20 +137,19 @@ class Unit:
         self._check_running(tool)
         ctx = ctx.with_timeout(self.policy.timeout_s)
         budget = ctx.remaining_s()
-        async with contextlib.AsyncExitStack() as stack:
-            timeout = await stack.enter_async_context(asyncio.timeout(_at(ctx.deadline)))
-            try:
+        deadline = asyncio.timeout_at(ctx.deadline)
+        try:
+            async with deadline:
                 await self._acquire_slot()
                 try:
                     self._check_running(tool)
                     return await self._invoke(tool, arguments, ctx)
                 finally:
                     self._sem.release()
-            except TimeoutError:
-                if timeout.expired():
-                    raise ToolTimeout(tool, budget or 0.0) from None
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        except TimeoutError:
+            if deadline.expired():
+                raise ToolTimeout(tool, budget or 0.0) from None
+            raise
 
     async def _acquire_slot(self) -> None:
         if self._sem.locked() and self._waiting >= self.policy.max_queue:
@@ -316,10 +315,6 @@ def _describe_end(run: asyncio.Task[None]) -> str:
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
-
-
-def _at(deadline: float | None) -> float | None:
-    return deadline
 
 
 class Supervisor:

@@ -1,0 +1,172 @@
+"""Supervision: restart with backoff, crash-loop quarantine, concurrency limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from node.tools.errors import Overloaded, ToolTimeout, ToolUnavailable
+from node.tools.functions import FunctionProvider, PluginTool
+from node.tools.model import CallContext, ToolResult, ToolSpec, text_result
+from node.tools.registry import LocalCatalog
+from node.tools.supervisor import Supervisor, UnitPolicy, UnitState
+from tests.polling import async_wait_for
+
+CTX = CallContext(caller_id="t", caller_zone="public", origin="test")
+
+
+class FlakyProvider:
+    """Crashes `crashes` times (its run raises after ready), then stays up."""
+
+    def __init__(self, crashes: int) -> None:
+        self.crashes = crashes
+        self.starts: list[float] = []
+
+    @property
+    def name(self) -> str:
+        return "flaky"
+
+    def tools(self) -> Sequence[ToolSpec]:
+        return (ToolSpec(name="flaky.ping"),)
+
+    async def run(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
+        self.starts.append(asyncio.get_running_loop().time())
+        ready()
+        if len(self.starts) <= self.crashes:
+            raise RuntimeError(f"crash {len(self.starts)}")
+        await stop.wait()
+
+    async def call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        return text_result("pong")
+
+
+def policy(**kw: Any) -> UnitPolicy:
+    base: dict[str, Any] = dict(
+        backoff_initial_s=0.05, backoff_max_s=1.0, crash_loop_failures=4, quarantine_s=0.3
+    )
+    base.update(kw)
+    return UnitPolicy(**base)
+
+
+async def test_crashing_unit_restarts_with_exponential_backoff() -> None:
+    provider = FlakyProvider(crashes=3)
+    async with Supervisor() as sup:
+        unit = sup.add(provider, policy())
+        await async_wait_for(
+            _is(lambda: len(provider.starts) == 4 and unit.state is UnitState.RUNNING),
+            what="four starts, then running",
+        )
+        gaps = [b - a for a, b in zip(provider.starts, provider.starts[1:], strict=False)]
+        # 0.05, 0.1, 0.2: each wait at least the backoff (never sooner).
+        for gap, backoff in zip(gaps, (0.05, 0.1, 0.2), strict=True):
+            assert gap >= backoff * 0.95
+        assert unit.restarts == 3
+    assert unit.state is UnitState.STOPPED
+
+
+async def test_crash_loop_quarantines_then_retries() -> None:
+    provider = FlakyProvider(crashes=4)
+    catalog = LocalCatalog(Supervisor())
+    unit = catalog.add(provider, policy())
+    async with catalog:
+        await async_wait_for(_is(lambda: unit.state is UnitState.QUARANTINED), what="quarantined")
+        assert catalog.list_tools(CTX) == []
+        with pytest.raises(ToolUnavailable) as err:
+            await catalog.call_tool("flaky.ping", {}, CTX)
+        assert err.value.data["state"] == "quarantined"
+        assert err.value.data["retry_after_s"] is not None
+        # After the cool-down it is started again and (crash budget spent) stays up.
+        await async_wait_for(_is(lambda: unit.state is UnitState.RUNNING), what="back up")
+        assert [t.name for t in catalog.list_tools(CTX)] == ["flaky.ping"]
+        assert (await catalog.call_tool("flaky.ping", {}, CTX))["content"][0]["text"] == "pong"
+
+
+async def test_plugin_exceptions_are_error_results_and_quarantine() -> None:
+    def broken(arguments: Mapping[str, Any]) -> str:
+        raise RuntimeError("plugin bug")
+
+    provider = FunctionProvider("plugin:broken", lambda: [PluginTool(name="broken", fn=broken)])
+    catalog = LocalCatalog(Supervisor())
+    unit = catalog.add(provider, policy(crash_loop_failures=3))
+    async with catalog:
+        await catalog.supervisor.wait_running()
+        for _ in range(3):
+            result = await catalog.call_tool("broken", {}, CTX)
+            assert result["isError"] is True
+            assert "plugin bug" in result["content"][0]["text"]
+        assert unit.state is UnitState.QUARANTINED
+        assert catalog.list_tools(CTX) == []
+        with pytest.raises(ToolUnavailable, match="quarantined"):
+            await catalog.call_tool("broken", {}, CTX)
+
+
+async def test_concurrency_limit_and_bounded_queue() -> None:
+    release = asyncio.Event()
+    running = 0
+    peak = 0
+
+    async def hold(arguments: Mapping[str, Any], ctx: CallContext) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+        return "ok"
+
+    provider = FunctionProvider("plugin:hold", lambda: [PluginTool(name="hold", fn=hold)])
+    catalog = LocalCatalog(Supervisor())
+    catalog.add(provider, policy(max_concurrency=2, max_queue=1))
+    async with catalog:
+        await catalog.supervisor.wait_running()
+        calls = [asyncio.create_task(catalog.call_tool("hold", {}, CTX)) for _ in range(3)]
+        await async_wait_for(_is(lambda: running == 2), what="two running")
+        status = catalog.status()[0]
+        await async_wait_for(
+            _is(lambda: catalog.status()[0]["waiting_calls"] == 1), what="one waiting"
+        )
+        with pytest.raises(Overloaded) as busy:
+            await catalog.call_tool("hold", {}, CTX)
+        assert busy.value.data["limit"] == "concurrency"
+        assert busy.value.data["retry_after_s"] > 0
+        release.set()
+        assert [r["content"][0]["text"] for r in await asyncio.gather(*calls)] == ["ok"] * 3
+        assert peak == 2
+        assert status["running_calls"] == 2
+
+
+async def test_call_timeout() -> None:
+    async def sleepy(arguments: Mapping[str, Any], ctx: CallContext) -> str:
+        await asyncio.sleep(10)
+        return "late"
+
+    provider = FunctionProvider("plugin:sleepy", lambda: [PluginTool(name="sleepy", fn=sleepy)])
+    catalog = LocalCatalog(Supervisor())
+    catalog.add(provider, policy(timeout_s=0.05))
+    async with catalog:
+        await catalog.supervisor.wait_running()
+        with pytest.raises(ToolTimeout) as err:
+            await catalog.call_tool("sleepy", {}, CTX)
+        assert err.value.data["timeout_s"] == pytest.approx(0.05, abs=0.01)
+
+
+async def test_start_and_stop_are_idempotent() -> None:
+    sup = Supervisor()
+    unit = sup.add(FlakyProvider(crashes=0), policy())
+    await sup.start()
+    await sup.start()
+    await sup.wait_running()
+    await sup.stop()
+    await sup.stop()
+    assert unit.state is UnitState.STOPPED
+
+
+def _is(predicate: Callable[[], bool]) -> Callable[[], Any]:
+    async def probe() -> bool:
+        return predicate()
+
+    return probe

@@ -16,7 +16,10 @@ import asyncio
 
 import zmq
 
+# Plain ints: pyzmq's flag enums cost an enum construction per operation on the hot path.
 _EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+POLLOUT = int(zmq.POLLOUT)
 
 
 def socket_events(sock: zmq.Socket[bytes]) -> int:
@@ -54,7 +57,7 @@ class SocketWaker:
 
     def after_foreign_io(self) -> None:
         """Call after sending on this socket from outside its owner task."""
-        if socket_events(self.sock) & zmq.POLLIN:
+        if socket_events(self.sock) & POLLIN:
             self.event.set()
 
     def close(self) -> None:

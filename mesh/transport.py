@@ -72,7 +72,7 @@ from mesh._transport_errors import (
 )
 from mesh._transport_keys import CurveIdentity, curve_identity, curve_public_key
 from mesh._transport_queue import OutboundQueue
-from mesh._transport_sockets import SocketWaker, socket_events
+from mesh._transport_sockets import POLLIN, POLLOUT, SocketWaker, socket_events
 from mesh._transport_wire import (
     HEADER_BYTES,
     Kind,
@@ -201,9 +201,11 @@ class _PeerLink:
         self.queue = queue
         self.task: asyncio.Task[None] | None = None
         self.closed = False
+        self.dequeued = asyncio.Event()
 
     def close(self) -> None:
         self.closed = True
+        self.dequeued.set()
         if self.task is not None:
             self.task.cancel()
         self.queue.clear()
@@ -400,6 +402,18 @@ class Transport:
         link = self._links.get(peer_pubkey)
         return len(link.queue) if link is not None else 0
 
+    async def flush(self, peer_pubkey: bytes, *, max_queued: int = 0) -> None:
+        """Wait until at most `max_queued` frames wait in our queue toward the peer.
+
+        Back-pressure for bulk senders: frames past our queue are in libzmq's bounded
+        pipe. Returns at once for an unknown or forgotten peer. Bound it with a timeout:
+        toward an unreachable peer the queue never drains.
+        """
+        link = self._links.get(peer_pubkey)
+        while link is not None and not link.closed and len(link.queue) > max_queued:
+            link.dequeued.clear()
+            await link.dequeued.wait()
+
     # -- outbound ---------------------------------------------------------------------
 
     async def request(
@@ -542,8 +556,8 @@ class Transport:
         while True:
             link.waker.event.clear()
             events = socket_events(sock)
-            received = self._drain_responses(link) if events & zmq.POLLIN else 0
-            sent = self._drain(link) if link.queue and events & zmq.POLLOUT else 0
+            received = self._drain_responses(link) if events & POLLIN else 0
+            sent = self._drain(link) if link.queue and events & POLLOUT else 0
             if received >= RECV_BATCH_FRAMES:
                 await asyncio.sleep(0)  # a busy peer must not starve the loop
             elif not (received or sent):
@@ -563,6 +577,7 @@ class Transport:
             outgoing.sent = True
             self._stats.sent += 1
             sent += 1
+        link.dequeued.set()
         return sent
 
     def _drain_responses(self, link: _PeerLink) -> int:
@@ -602,7 +617,7 @@ class Transport:
 
     async def _router_loop(self, router: zmq.Socket[bytes], waker: SocketWaker) -> None:
         while True:
-            await waker.wait(zmq.POLLIN)
+            await waker.wait(POLLIN)
             for _ in range(RECV_BATCH_FRAMES):
                 try:
                     frame = self._recv_router_frame(router)
@@ -745,7 +760,7 @@ class Transport:
 
     async def _zap_loop(self, zap: zmq.Socket[bytes], waker: SocketWaker) -> None:
         while True:
-            await waker.wait(zmq.POLLIN)
+            await waker.wait(POLLIN)
             request = zap.recv_multipart(zmq.NOBLOCK)
             # libzmq's ZAP client reads replies at once over inproc: this never blocks.
             zap.send_multipart(self._zap_reply(request), zmq.NOBLOCK)

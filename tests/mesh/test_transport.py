@@ -653,3 +653,26 @@ def test_queue_drops_oldest_least_important_and_never_in_vain(
     while queue.peek() is not None:
         order.append(queue.pop())
     assert order == [k for p in Priority for k in model[p]]
+
+
+async def test_queued_frames_leave_in_priority_order_once_the_peer_appears() -> None:
+    config = TransportConfig(reconnect_ivl_max_s=0.2)
+    seed = os.urandom(32)
+    peer = curve_identity(seed).ed25519_public
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    async with Transport(os.urandom(32), config=config) as a:
+        for i in range(3):
+            assert a.send(peer, endpoint, b"bulk%d" % i)
+        for i in range(2):
+            assert a.send(peer, endpoint, b"probe%d" % i, priority=Priority.MEMBERSHIP)
+        assert a.queued(peer) == 5
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(a.flush(peer), 0.2)  # nobody there: nothing leaves
+        async with Transport(seed, port=port) as b:
+            got: list[bytes] = []
+            b.on_oneway(lambda _peer, payload: got.append(payload))
+            await asyncio.wait_for(a.flush(peer), DEADLINE_S)
+            await eventually(lambda: len(got) == 5, "queued frames delivered")
+            assert got == [b"probe0", b"probe1", b"bulk0", b"bulk1", b"bulk2"]
+        await a.flush(b"unknown peer".ljust(32, b"\0"))  # unknown: returns at once

@@ -1,0 +1,234 @@
+"""Capability registry: the tools of the mesh, each entry announced and signed by its
+provider, retired by a tombstone signed by the provider (leave) or an authority (evict).
+
+Ranking per key `provider_hex/name`: announcement version v ranks (v, 0); a tombstone
+retiring up to version v ranks (v, 1), so it beats every announcement <= v and loses to
+a newer one. A tombstone expires no earlier than the announcement it retires. See
+`crdt.replica` for verification, repair, expiry and epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+
+from crdt.errors import InvalidValue, NotAuthorized
+from crdt.replica import Checked, VerifiedDoc, WallClockMs, wall_clock_ms
+from crdt.signing import PUBLIC_KEY_BYTES, Signer
+from crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
+
+DEFAULT_ANNOUNCE_TTL_MS = 24 * 3600 * 1000
+DEFAULT_TOMBSTONE_TTL_MS = 24 * 3600 * 1000
+MAX_TOOL_NAME_CHARS = 256
+MAX_ZONE_CHARS = 64
+MAX_DESCRIPTION_CHARS = 4096
+
+_Key = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
+_Ms = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
+_ToolName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOOL_NAME_CHARS)]
+
+
+class Announcement(msgspec.Struct, frozen=True, array_like=True, tag=1):
+    """Signed by `provider`."""
+
+    provider: _Key
+    name: _ToolName
+    zone: Annotated[str, msgspec.Meta(max_length=MAX_ZONE_CHARS)]
+    description: Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION_CHARS)]
+    input_schema: str  # canonical JSON text of an object
+    version: _Ms
+    announced_at_ms: _Ms
+    expires_at_ms: _Ms
+
+
+class Retirement(msgspec.Struct, frozen=True, array_like=True, tag=2):
+    """Signed by `signer`: the provider itself or an authority key."""
+
+    provider: _Key
+    name: _ToolName
+    retired_version: _Ms
+    signer: _Key
+    retired_at_ms: _Ms
+    expires_at_ms: _Ms
+
+
+RegistryRecord = Announcement | Retirement
+_decoder: msgspec.msgpack.Decoder[RegistryRecord] = msgspec.msgpack.Decoder(RegistryRecord)
+_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityEntry:
+    """A verified, live registry entry."""
+
+    name: str
+    provider: bytes
+    zone: str
+    description: str
+    input_schema: dict[str, Any]
+    version: int
+    announced_at_ms: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Retired:
+    provider: bytes
+    name: str
+    retired_version: int
+
+
+def entry_key(provider: bytes, name: str) -> str:
+    return f"{provider.hex()}/{name}"
+
+
+class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEntry]):
+    """Verified view over the replicated registry document."""
+
+    domain = b"vsmcp/crdt/v1/registry\n"
+
+    def __init__(
+        self,
+        *,
+        replica_id: bytes,
+        authority_keys: Collection[bytes] = (),
+        clock: WallClockMs = wall_clock_ms,
+        announce_ttl_ms: int = DEFAULT_ANNOUNCE_TTL_MS,
+        tombstone_ttl_ms: int = DEFAULT_TOMBSTONE_TTL_MS,
+        name: str = "registry",
+        **kwargs: Any,
+    ) -> None:
+        self._authority_keys = frozenset(authority_keys)
+        self._announce_ttl_ms = announce_ttl_ms
+        self._tombstone_ttl_ms = tombstone_ttl_ms
+        super().__init__(name, replica_id=replica_id, clock=clock, **kwargs)
+
+    def _check(self, payload: bytes) -> Checked[CapabilityEntry | _Retired]:
+        record = _decoder.decode(payload)
+        if _encoder.encode(record) != payload:
+            raise InvalidValue("registry payload is not canonical")
+        key = entry_key(record.provider, record.name)
+        if isinstance(record, Announcement):
+            entry = CapabilityEntry(
+                name=record.name,
+                provider=record.provider,
+                zone=record.zone,
+                description=record.description,
+                input_schema=load_json_object(record.input_schema, what="input_schema"),
+                version=record.version,
+                announced_at_ms=record.announced_at_ms,
+                expires_at_ms=record.expires_at_ms,
+            )
+            rank = (record.version, 0)
+            return Checked(key, record.provider, entry, rank, record.expires_at_ms, True)
+        if record.signer != record.provider and record.signer not in self._authority_keys:
+            raise NotAuthorized("retirement signed by neither the provider nor an authority")
+        retired = _Retired(record.provider, record.name, record.retired_version)
+        return Checked(
+            key, record.signer, retired, (record.retired_version, 1), record.expires_at_ms, False
+        )
+
+    def _view_of(self, record: CapabilityEntry | _Retired) -> CapabilityEntry:
+        assert isinstance(record, CapabilityEntry)
+        return record
+
+    def _sign(self, signer: Signer, record: RegistryRecord) -> bytes:
+        payload = _encoder.encode(record)
+        return payload + signer.sign_detached(self.domain + payload)
+
+    # ---- public API -----------------------------------------------------------------
+
+    def announce(
+        self,
+        signer: Signer,
+        name: str,
+        *,
+        zone: str,
+        description: str = "",
+        input_schema: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> CapabilityEntry:
+        """Announce (or re-announce) `signer`'s tool `name`; returns the signed entry.
+
+        `version` defaults to max(previous + 1, now_ms), monotonic across restarts as
+        long as the clock is. Raises StaleRecord if an explicit version does not beat
+        what the replica holds (a newer announcement or a tombstone)."""
+        now = self._clock()
+        key = entry_key(signer.public_key, name)
+        if version is None:
+            held = self.held(key)
+            previous = held.checked.rank[0] if held is not None else -1
+            version = max(previous + 1, now)
+        check_int(version, what="version")
+        ttl = self._announce_ttl_ms if ttl_ms is None else check_int(ttl_ms, what="ttl_ms")
+        record = Announcement(
+            provider=signer.public_key,
+            name=name,
+            zone=zone,
+            description=description,
+            input_schema=dump_json(dict(input_schema or {}), what="input_schema"),
+            version=version,
+            announced_at_ms=now,
+            expires_at_ms=check_int(now + ttl, what="expires_at_ms"),
+        )
+        held = self._put(self._sign(signer, record))
+        return self._view_of(held.checked.record)
+
+    def retire(
+        self,
+        owner: bytes,
+        *,
+        by: Signer,
+        names: Iterable[str] | None = None,
+        up_to_version: int | None = None,
+    ) -> list[str]:
+        """Retire `owner`'s entries (all live ones it holds, or `names`), signed by the
+        owner (leave) or an authority key (evict). Each tombstone retires up to the
+        entry's current version, or `up_to_version` when higher (an authority can bar
+        versions the owner has not announced yet). Returns the names retired."""
+        if by.public_key != owner and by.public_key not in self._authority_keys:
+            raise NotAuthorized("only the owner or an authority key may retire entries")
+        now = self._clock()
+        if names is None:
+            names = sorted(
+                e.name
+                for e in self._visible_records(now)
+                if isinstance(e, CapabilityEntry) and e.provider == owner
+            )
+        retired: list[str] = []
+        for name in names:
+            held = self.held(entry_key(owner, name))
+            known_version = held.checked.rank[0] if held is not None else -1
+            known_expiry = held.checked.expires_at_ms if held is not None else 0
+            version = max(known_version, -1 if up_to_version is None else up_to_version)
+            if version < 0 or (held is not None and held.checked.rank >= (version, 1)):
+                continue
+            record = Retirement(
+                provider=owner,
+                name=name,
+                retired_version=check_int(version, what="up_to_version"),
+                signer=by.public_key,
+                retired_at_ms=now,
+                expires_at_ms=max(now + self._tombstone_ttl_ms, known_expiry),
+            )
+            self._put(self._sign(by, record))
+            retired.append(name)
+        return retired
+
+    def view(self) -> list[CapabilityEntry]:
+        """Live verified entries, sorted by (provider, name)."""
+        entries = [e for e in self._visible_records() if isinstance(e, CapabilityEntry)]
+        entries.sort(key=lambda e: (e.provider, e.name))
+        return entries
+
+    def get(self, provider: bytes, name: str) -> CapabilityEntry | None:
+        held = self.held(entry_key(provider, name))
+        if held is None or not held.checked.live:
+            return None
+        if self._clock() >= held.checked.expires_at_ms:
+            return None
+        return self._view_of(held.checked.record)

@@ -1,0 +1,487 @@
+"""A pycrdt document whose readable content is only what verifies: the core of every
+replicated document (registry, policies, context graph).
+
+Storage
+    One Y.Map per document. Each value is a *signed blob*: `payload || signature`, the
+    payload a msgpack record whose signer is named inside it, the signature Ed25519 over
+    `domain || payload` (the domain keeps a registry signature from being valid as a
+    policy or an envelope). The map key must equal the key derived from the payload.
+    Loose fields are never stored, so what a reader sees is exactly what was signed.
+
+Why a second layer above Y.Map
+    Y.Map resolves concurrent writes by client id and causality, not by our versions, and
+    any replica (a malicious one included) can write any key. So the doc is treated as a
+    transport: every replica keeps `best[key]`, the highest-ranked verified record it has
+    ever seen for that key (rank = (version, kind), blob bytes break ties: a total order,
+    so `best` is a join-semilattice and replicas that saw the same records agree). Views
+    read `best`, never the raw doc. When the doc's value for a key is missing, garbage or
+    lower-ranked than `best`, the replica writes `best` back (a *repair*); a repair is a
+    causally later write, so every honest replica converges on the maximum, and a
+    forged, altered or replayed-older blob never reaches any view.
+
+Retirement and expiry
+    Records carry `expires_at_ms`. A tombstone holds the key's rank `(retired_version, 1)`:
+    it beats the announcement it retires and every older one; a newer version beats it.
+    A tombstone expires no earlier than the record it retires, so when it is dropped the
+    retired record is expired too and a stale replica re-sending it resurrects nothing.
+    Expired records are not visible; they are never repaired; they are deleted from the
+    doc and forgotten `expiry_grace_ms` after expiry (the grace absorbs clock skew, so a
+    slightly slow peer does not keep writing back what a fast peer deleted).
+
+Epochs and compaction
+    Y.Map keeps a struct for every overwrite forever, so a doc under churn grows. The
+    content that matters is small: the retained `best` records. `compact()` builds a new
+    doc holding exactly those (live records and live tombstones) at epoch
+    `(number + 1, replica_id)`. Epochs are totally ordered by (number, replica id), so
+    concurrent compactions into the same number converge: the highest id wins and the
+    others switch to it. Rules, applied by `crdt.sync`:
+      * a message for a newer epoch: ask for (or take, if it is one) the full state of
+        that epoch, switch to it, then repair our `best` into it, so nothing we held is lost
+        and nothing retired comes back (tombstones are in `best` and outrank);
+      * a message for an older epoch: its content is read in a scratch doc and offered
+        record by record through the verified path (a record enters only if it outranks
+        `best`), and the sender is told our epoch so it switches;
+      * the same epoch: apply the Yjs update as usual.
+    Who compacts: any replica whose encoded doc exceeds a size threshold (checked by the
+    caller's periodic tick). A doc full of garbage from a hostile replica is shed by the
+    same rebuild, since only verified records are carried over.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
+
+import msgspec
+import pycrdt
+
+from crdt.errors import CrdtError, InvalidUpdate, NotAuthorized, StaleRecord
+from crdt.signing import SIGNATURE_BYTES, verify_detached
+from crdt.values import MAX_SAFE_INT, as_blob
+
+R = TypeVar("R")
+V = TypeVar("V")
+
+MAP_NAME = "records"
+MAX_BLOB_BYTES = 96 * 1024
+EXPIRY_GRACE_MS = 60_000
+VERIFY_CACHE_ENTRIES = 65_536
+MAX_REPLICA_ID_BYTES = 64
+
+WallClockMs = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Epoch(msgspec.Struct, frozen=True, order=True, array_like=True):
+    """Generation of a compacted document; ordered by (number, by)."""
+
+    number: Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
+    by: Annotated[bytes, msgspec.Meta(max_length=MAX_REPLICA_ID_BYTES)]  # compactor; b"" first
+
+
+INITIAL_EPOCH = Epoch(0, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Checked(Generic[R]):
+    """What a document kind makes of a payload it accepts."""
+
+    key: str
+    signer: bytes
+    record: R
+    rank: tuple[int, int]  # (version, 0 for a record / 1 for a tombstone)
+    expires_at_ms: int
+    live: bool  # False for tombstones
+
+
+@dataclass(frozen=True, slots=True)
+class Held(Generic[R]):
+    """A verified blob and what it says."""
+
+    blob: bytes
+    checked: Checked[R]
+
+    def outranks(self, other: Held[R]) -> bool:
+        return (self.checked.rank, self.blob) > (other.checked.rank, other.blob)
+
+
+@dataclass(frozen=True, slots=True)
+class Change(Generic[V]):
+    """View changes after a local or remote update (or an expiry seen by `prune`)."""
+
+    added: list[V]
+    changed: list[V]
+    removed: list[V]
+
+
+_DELETED: Any = object()
+_MISSING: Any = object()
+
+
+class VerifiedDoc(ABC, Generic[R, V]):
+    """A Y.Map of signed blobs plus the verified `best` record per key (see module doc)."""
+
+    domain: bytes = b"vsmcp/crdt/v1/?\n"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        replica_id: bytes,
+        clock: WallClockMs = wall_clock_ms,
+        expiry_grace_ms: int = EXPIRY_GRACE_MS,
+        client_ids: Callable[[], int] | None = None,
+    ) -> None:
+        self.name = name
+        # Yjs client ids must be unique per doc instance: random by default; tests inject
+        # a seeded source so runs are reproducible.
+        self._client_ids = client_ids
+        self._replica_id = replica_id
+        self._clock = clock
+        self._expiry_grace_ms = expiry_grace_ms
+        self._best: dict[str, Held[R]] = {}
+        self._verified: dict[bytes, Held[R] | None] = {}
+        self._reported: dict[str, Held[R]] = {}
+        self._dirty: dict[str, Any] = {}
+        self._pending_change: dict[str, Held[R] | None] = {}
+        self._update_listeners: list[Callable[[bytes], None]] = []
+        self._change_listeners: list[Callable[[Change[V]], None]] = []
+        self._applying_remote = False
+        self._epoch = INITIAL_EPOCH
+        self._install_new_doc(INITIAL_EPOCH)
+
+    # ---- what a document kind defines ----------------------------------------------
+
+    @abstractmethod
+    def _check(self, payload: bytes) -> Checked[R]:
+        """Decode and validate a payload; raise a CrdtError (or msgspec error) if bad.
+        Must check that `signer` may write this record."""
+
+    @abstractmethod
+    def _view_of(self, record: R) -> V:
+        """The public view of a live record."""
+
+    def _admit(self, held: Held[R], now_ms: int) -> bool:
+        """Whether a verified record may enter `best` (not long expired)."""
+        return now_ms < held.checked.expires_at_ms + self._expiry_grace_ms
+
+    # ---- observation ----------------------------------------------------------------
+
+    @property
+    def epoch(self) -> Epoch:
+        return self._epoch
+
+    @property
+    def replica_id(self) -> bytes:
+        return self._replica_id
+
+    def on_update(self, callback: Callable[[bytes], None]) -> None:
+        """`callback(update)` for every local Yjs update (writes, repairs, compactions),
+        in the epoch current when it is called. Remote updates are not echoed."""
+        self._update_listeners.append(callback)
+
+    def on_change(self, callback: Callable[[Change[V]], None]) -> None:
+        """`callback(Change)` with the views added/changed/removed by an update."""
+        self._change_listeners.append(callback)
+
+    def _visible_records(self, now_ms: int | None = None) -> list[R]:
+        now = self._clock() if now_ms is None else now_ms
+        return [
+            held.checked.record
+            for held in self._best.values()
+            if held.checked.live and now < held.checked.expires_at_ms
+        ]
+
+    def held(self, key: str) -> Held[R] | None:
+        """The best verified record for `key`, live, tombstone or expired."""
+        return self._best.get(key)
+
+    def raw_items(self) -> list[tuple[str, Any]]:
+        """What the underlying doc holds, unverified (tests, diagnostics)."""
+        return list(self._map.items())
+
+    # ---- Yjs plumbing ---------------------------------------------------------------
+
+    def _install_new_doc(self, epoch: Epoch) -> None:
+        client_id = None if self._client_ids is None else self._client_ids()
+        doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
+        ymap: pycrdt.Map[Any] = doc.get(MAP_NAME, type=pycrdt.Map)
+        self._subscriptions = [ymap.observe(self._on_map_event), doc.observe(self._on_txn)]
+        self._doc = doc
+        self._map = ymap
+        self._epoch = epoch
+        self._dirty.clear()
+
+    def _on_map_event(self, event: Any) -> None:
+        for key, change in event.keys.items():
+            if change.get("action") == "delete":
+                self._dirty[key] = _DELETED
+            else:
+                self._dirty[key] = change.get("newValue")
+
+    def _on_txn(self, event: Any) -> None:
+        if self._applying_remote:
+            return
+        update = event.update
+        for callback in self._update_listeners:
+            callback(update)
+
+    def state_vector(self) -> bytes:
+        return bytes(self._doc.get_state())
+
+    def diff(self, state_vector: bytes) -> bytes:
+        """The update a peer with `state_vector` lacks (everything if it is empty)."""
+        if not state_vector:
+            return bytes(self._doc.get_update())
+        try:
+            return bytes(self._doc.get_update(state_vector))
+        except ValueError as exc:
+            raise InvalidUpdate(f"{self.name}: bad state vector: {exc}") from exc
+
+    def full_state(self) -> bytes:
+        return bytes(self._doc.get_update())
+
+    def encoded_size(self) -> int:
+        """Bytes of the full doc state: what a new peer downloads, what compaction bounds."""
+        return len(self._doc.get_update())
+
+    # ---- verification ---------------------------------------------------------------
+
+    def _verify_blob(self, blob: bytes) -> Held[R]:
+        if not SIGNATURE_BYTES < len(blob) <= MAX_BLOB_BYTES:
+            raise NotAuthorized(f"{self.name}: blob of {len(blob)} bytes")
+        payload = blob[:-SIGNATURE_BYTES]
+        try:
+            checked = self._check(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            raise NotAuthorized(f"{self.name}: undecodable payload: {exc}") from exc
+        if not verify_detached(checked.signer, self.domain + payload, blob[-SIGNATURE_BYTES:]):
+            raise NotAuthorized(f"{self.name}: bad signature on {checked.key}")
+        return Held(blob, checked)
+
+    def _verified_for(self, key: str, blob: bytes) -> Held[R] | None:
+        cached = self._verified.get(blob, _MISSING)
+        held: Held[R] | None = cached
+        if cached is _MISSING:
+            try:
+                held = self._verify_blob(blob)
+            except CrdtError:
+                held = None
+            self._remember(blob, held)
+        if held is None or held.checked.key != key:
+            return None
+        return held
+
+    def _remember(self, blob: bytes, held: Held[R] | None) -> None:
+        if len(self._verified) >= VERIFY_CACHE_ENTRIES:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[blob] = held
+
+    # ---- change bookkeeping ---------------------------------------------------------
+
+    def _note(self, key: str, held: Held[R] | None) -> None:
+        if key not in self._pending_change:
+            self._pending_change[key] = self._reported.get(key)
+        now = self._clock()
+        if held is not None and held.checked.live and now < held.checked.expires_at_ms:
+            self._reported[key] = held
+        else:
+            self._reported.pop(key, None)
+
+    def _flush_changes(self) -> None:
+        pending, self._pending_change = self._pending_change, {}
+        if not self._change_listeners or not pending:
+            return
+        added: list[V] = []
+        changed: list[V] = []
+        removed: list[V] = []
+        for key, before in pending.items():
+            after = self._reported.get(key)
+            if after is before:
+                continue
+            if after is None:
+                assert before is not None
+                removed.append(self._view_of(before.checked.record))
+            elif before is None:
+                added.append(self._view_of(after.checked.record))
+            else:
+                changed.append(self._view_of(after.checked.record))
+        if added or changed or removed:
+            change = Change(added, changed, removed)
+            for callback in self._change_listeners:
+                callback(change)
+
+    # ---- writes ---------------------------------------------------------------------
+
+    def _write_local(self, writes: dict[str, bytes], deletes: Iterable[str] = ()) -> None:
+        deletes = list(deletes)
+        if not writes and not deletes:
+            return
+        with self._doc.transaction():
+            for key, blob in writes.items():
+                self._map[key] = blob
+            for key in deletes:
+                if key in self._map:
+                    del self._map[key]
+        # Our own writes hold `best` already: nothing to settle for them.
+        for key in writes:
+            self._dirty.pop(key, None)
+        for key in deletes:
+            self._dirty.pop(key, None)
+
+    def _put(self, blob: bytes) -> Held[R]:
+        """Write a freshly signed blob of ours; raises if it does not verify or is stale."""
+        held = self._verify_blob(blob)
+        key = held.checked.key
+        best = self._best.get(key)
+        if best is not None and not held.outranks(best):
+            raise StaleRecord(f"{self.name}: {key} already holds rank {best.checked.rank}")
+        self._remember(blob, held)
+        self._best[key] = held
+        self._note(key, held)
+        self._write_local({key: blob})
+        self._flush_changes()
+        return held
+
+    def apply_updates(self, updates: Sequence[bytes]) -> None:
+        """Apply remote Yjs updates of the current epoch (one transaction), then settle."""
+        error: ValueError | None = None
+        self._applying_remote = True
+        try:
+            with self._doc.transaction():
+                for update in updates:
+                    try:
+                        self._doc.apply_update(update)
+                    except ValueError as exc:
+                        error = exc
+        finally:
+            self._applying_remote = False
+        self._settle()
+        if error is not None:
+            raise InvalidUpdate(f"{self.name}: {error}") from error
+
+    def _settle(self) -> None:
+        """Fold what changed in the doc into `best`; repair what the doc got wrong."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        now = self._clock()
+        repairs: dict[str, bytes] = {}
+        for key, raw in dirty.items():
+            best = self._best.get(key)
+            in_doc: Held[R] | None = None
+            blob = None if raw is _DELETED else as_blob(raw)
+            if blob is not None:
+                in_doc = self._verified_for(key, blob)
+            if (
+                in_doc is not None
+                and (best is None or in_doc.outranks(best))
+                and self._admit(in_doc, now)
+            ):
+                self._best[key] = best = in_doc
+                self._note(key, in_doc)
+            if (
+                best is not None
+                and (in_doc is None or in_doc.blob != best.blob)
+                and now < best.checked.expires_at_ms
+            ):
+                repairs[key] = best.blob
+        self._write_local(repairs)
+        self._flush_changes()
+
+    def offer(self, items: Iterable[tuple[str, Any]]) -> int:
+        """Offer (key, blob) pairs from outside the current doc (an older epoch, a
+        snapshot): each enters only through verification and only if it outranks `best`;
+        accepted ones are written into the current doc. Returns how many were taken."""
+        now = self._clock()
+        writes: dict[str, bytes] = {}
+        for key, raw in items:
+            blob = as_blob(raw)
+            held = None if blob is None else self._verified_for(key, blob)
+            if held is None:
+                continue
+            best = self._best.get(key)
+            if (best is None or held.outranks(best)) and self._admit(held, now):
+                self._best[key] = held
+                self._note(key, held)
+                writes[key] = held.blob
+        self._write_local(writes)
+        self._flush_changes()
+        return len(writes)
+
+    def offer_update(self, update: bytes) -> int:
+        """Read a Yjs update of another epoch in a scratch doc and `offer` its records."""
+        scratch: pycrdt.Doc[Any] = pycrdt.Doc()
+        ymap: pycrdt.Map[Any] = scratch.get(MAP_NAME, type=pycrdt.Map)
+        try:
+            scratch.apply_update(update)
+        except ValueError as exc:
+            raise InvalidUpdate(f"{self.name}: {exc}") from exc
+        return self.offer(list(ymap.items()))
+
+    # ---- epochs ---------------------------------------------------------------------
+
+    def switch_epoch(self, epoch: Epoch, full_state: bytes) -> bool:
+        """Adopt a newer epoch from its full state, then repair our `best` into it."""
+        if epoch <= self._epoch:
+            return False
+        self._install_new_doc(epoch)
+        error: ValueError | None = None
+        self._applying_remote = True
+        try:
+            self._doc.apply_update(full_state)
+        except ValueError as exc:
+            error = exc
+        finally:
+            self._applying_remote = False
+        for key in self._best:
+            if key not in self._dirty:
+                self._dirty[key] = self._map.get(key, _DELETED)
+        self._settle()
+        if error is not None:
+            raise InvalidUpdate(f"{self.name}: epoch {epoch}: {error}") from error
+        return True
+
+    def compact(self) -> Epoch:
+        """Rebuild the doc from the retained verified records at the next epoch."""
+        now = self._clock()
+        for key in [k for k, h in self._best.items() if now >= h.checked.expires_at_ms]:
+            self._note(key, None)
+            del self._best[key]
+        self._install_new_doc(Epoch(self._epoch.number + 1, self._replica_id))
+        self._write_local({key: held.blob for key, held in self._best.items()})
+        self._flush_changes()
+        return self._epoch
+
+    def load_state(self, epoch: Epoch, state: bytes) -> None:
+        """Merge a full doc state of `epoch` (a snapshot, a peer): switch if newer, apply
+        if the same, offer its records through verification if older."""
+        if epoch > self._epoch:
+            self.switch_epoch(epoch, state)
+        elif epoch == self._epoch:
+            self.apply_updates([state])
+        else:
+            self.offer_update(state)
+
+    def prune(self) -> int:
+        """Report expiries as removals; forget and delete records past expiry + grace.
+        Returns how many records were dropped."""
+        now = self._clock()
+        dropped: list[str] = []
+        for key, held in self._best.items():
+            expires = held.checked.expires_at_ms
+            if now >= expires and key in self._reported:
+                self._note(key, None)
+            if now >= expires + self._expiry_grace_ms:
+                dropped.append(key)
+        for key in dropped:
+            del self._best[key]
+        self._write_local({}, dropped)
+        self._flush_changes()
+        return len(dropped)

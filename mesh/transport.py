@@ -7,8 +7,12 @@ Sockets
     One ROUTER bound for inbound traffic (requests, one-way frames, cancels); responses
     go back on the connection the request came in on. One DEALER per peer for outbound,
     connected lazily on first use; libzmq reconnects it by itself (100 ms, backing off to
-    2 s) after the peer restarts. ZMTP heartbeats drop a connection whose peer stopped
-    answering (a SIGSTOPped process), so its frames wait in our queue, not in libzmq's.
+    2 s) after the peer restarts. ZMTP heartbeats (1 s, 5 s timeout) drop a connection
+    whose peer stopped answering (a SIGSTOPped process), so later frames wait in our
+    queue, not in libzmq's. Each Transport has its own zmq.Context (a ZAP handler is
+    per context). Sockets are plain pyzmq sockets used with non-blocking calls and one
+    owning task each, woken from ZMQ_FD (see `_transport_sockets`): zmq.asyncio's
+    per-call futures cost more than the rest of the request path together.
 
 Identity binding
     A peer is addressed by (Ed25519 public key, "tcp://host:port"). The DEALER's
@@ -19,25 +23,34 @@ Identity binding
     so the layer above can check it against the envelope's sender with
     `curve_public_key(sender_ed25519_key)`.
 
+Delivery
+    At most once. A request is answered once or fails (timeout, remote error, queue
+    drop, peer forgotten, transport stopped). Frames already handed to libzmq when a
+    connection drops (peer killed, heartbeat timeout, oversize frame) are lost; the
+    layers above repeat what matters (SWIM probes, gossip rounds, request retries).
+
 Queues, priorities and drops (every queue is bounded)
     - Per peer, a Python queue (`TransportConfig.queue_max_frames` / `queue_max_bytes`)
       with three classes: MEMBERSHIP (probes, acks, verdicts) first, then REQUEST
-      (requests, responses, cancels), then BULK (gossip, sync). When full, the oldest
-      frame of the lowest non-empty class is dropped, unless that class is more
-      important than the new frame, which is then dropped instead. Drops are counted by
-      class in `stats.dropped`; a dropped request fails at once with `QueueFullError`.
+      (requests and cancels), then BULK (gossip, sync); FIFO within a class. When a new
+      frame does not fit, the oldest frames of the lowest non-empty class are dropped
+      until it fits, never a class more important than the new frame's; if even that
+      could not make room, the new frame alone is dropped. Drops are counted by class in
+      `stats.dropped`; a dropped request fails at once with `QueueFullError`. `send()`
+      says whether its frame was kept; `flush()` is back-pressure for bulk senders.
     - Frames go to libzmq only when the socket is writable (non-blocking sends). DEALERs
       use ZMQ_IMMEDIATE, so nothing is queued inside libzmq toward a peer that is not
-      connected, and a small SNDHWM so the priority order above is not undone by a deep
-      FIFO below it.
-    - Responses leave through the shared ROUTER without a Python queue: when the
-      caller's pipe is full (ROUTER SNDHWM) or the caller is gone, the response is
-      dropped and counted (the caller times out).
+      connected, and a small SNDHWM (256) so the priority order above is not undone by a
+      deep FIFO below it.
+    - Responses leave through the shared ROUTER without a Python queue, at the priority
+      of their request: when the caller's pipe is full (ROUTER SNDHWM) or the caller is
+      gone, the response is dropped and counted under its class (the caller times out).
     - Inbound: RCVHWM per connection; ZMQ_MAXMSGSIZE caps every frame (libzmq drops an
       oversize frame and resets that connection, which then reconnects); the Python
-      side re-checks sizes and frame counts and counts garbage. Request handlers run as
-      tasks, at most `max_concurrent_handlers` in all and `max_handlers_per_peer` per
-      client key; beyond that the request is answered "busy" at once.
+      side re-checks the exact size cap and the frame count and counts garbage. Request
+      handlers run as tasks, at most `max_concurrent_handlers` in all and
+      `max_handlers_per_peer` per client key; beyond that the request is answered
+      "busy" at once. Inbound frames are handled in arrival order, whatever their class.
     - One-way handlers are synchronous and are called inline on the receive path: hand
       the payload to your own bounded queue (and batch signature checks there).
 
@@ -84,6 +97,7 @@ from mesh._transport_wire import (
 )
 
 __all__ = [
+    "AdmissionCallback",
     "FrameTooLargeError",
     "InvalidPeerKeyError",
     "OnewayHandler",
@@ -160,16 +174,16 @@ def _zero_per_class() -> dict[Priority, int]:
 class TransportStats:
     """Counters since start; read them, do not write them."""
 
-    sent: int = 0
-    received: int = 0
-    dropped: dict[Priority, int] = field(default_factory=_zero_per_class)
-    timeouts: int = 0
-    oversize: int = 0
-    garbage: int = 0
-    rejected: int = 0
-    busy: int = 0
-    handler_errors: int = 0
-    cancelled: int = 0
+    sent: int = 0  # frames handed to libzmq (requests, one-way, cancels, responses)
+    received: int = 0  # well-formed frames delivered (requests, one-way, responses)
+    dropped: dict[Priority, int] = field(default_factory=_zero_per_class)  # by class
+    timeouts: int = 0  # our requests that timed out
+    oversize: int = 0  # payloads over the cap: refused to send, or dropped on receipt
+    garbage: int = 0  # malformed or unexpected frames, late responses
+    rejected: int = 0  # inbound handshakes refused by the admission callback
+    busy: int = 0  # inbound requests refused at the handler limits
+    handler_errors: int = 0  # our handlers that raised
+    cancelled: int = 0  # our handlers cancelled by the caller's CANCEL
 
 
 @dataclass(slots=True, eq=False)
@@ -319,6 +333,9 @@ class Transport:
             return
         self._state = "stopped"
         tasks = set(self._tasks) | set(self._handlers.values())
+        current = asyncio.current_task()
+        if current is not None:
+            tasks.discard(current)  # a request handler may stop us: it must not await itself
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -750,9 +767,9 @@ class Transport:
         except zmq.Again:
             self._stats.dropped[frame.priority] += 1  # the caller's pipe is full
         except zmq.ZMQError as exc:
+            self._stats.dropped[frame.priority] += 1  # EHOSTUNREACH: the caller is gone
             if exc.errno != errno.EHOSTUNREACH:
-                raise
-            self._stats.dropped[frame.priority] += 1  # the caller disconnected
+                log.warning("response dropped: %s", exc)
         else:
             self._stats.sent += 1
         if self._router_waker is not None:

@@ -548,7 +548,7 @@ asyncio.run(main())
 """
 
 
-async def test_sigstopped_peer_is_reachable_but_silent_killed_peer_refuses() -> None:
+async def test_sigstopped_peer_is_reachable_but_silent_and_recovers_killed_peer_refuses() -> None:
     seed = os.urandom(32)
     peer = curve_identity(seed).ed25519_public
     proc = await asyncio.create_subprocess_exec(
@@ -558,12 +558,23 @@ async def test_sigstopped_peer_is_reachable_but_silent_killed_peer_refuses() -> 
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), DEADLINE_S)
         endpoint = f"tcp://127.0.0.1:{int(line)}"
-        async with Transport(os.urandom(32)) as a:
+        fast_heartbeat = TransportConfig(heartbeat_ivl_s=0.2, heartbeat_timeout_s=0.6)
+        async with Transport(os.urandom(32), config=fast_heartbeat) as a:
             assert await a.request(peer, endpoint, b"alive", timeout_s=5) == b"alive"
             proc.send_signal(signal.SIGSTOP)
             assert await a.check_reachable(endpoint, 2.0)
             with pytest.raises(RequestTimeoutError):
                 await a.request(peer, endpoint, b"frozen", timeout_s=0.5)
+
+            def queued_while_frozen() -> bool:
+                # Once the ZMTP heartbeat drops the link, frames wait in our queue.
+                a.send(peer, endpoint, b"gossip")
+                return a.queued(peer) > 0
+
+            await eventually(queued_while_frozen, "heartbeat to drop the frozen link")
+            proc.send_signal(signal.SIGCONT)
+            await asyncio.wait_for(a.flush(peer), DEADLINE_S)
+            assert await a.request(peer, endpoint, b"thawed", timeout_s=5) == b"thawed"
             proc.send_signal(signal.SIGKILL)
             await eventually_async(
                 lambda: _negated(a.check_reachable(endpoint, 1.0)), "killed peer refuses"

@@ -1,0 +1,1 @@
+"""The MCP gateway: JSON-RPC protocol core, Streamable HTTP (aiohttp) and stdio."""

@@ -1,0 +1,596 @@
+"""MCP Streamable HTTP at `/mcp` (aiohttp), for both protocol generations.
+
+- **2026-07-28** (SDK `mode="auto"`): stateless. Every POST carries
+  `MCP-Protocol-Version: 2026-07-28`, `Mcp-Method` (and `Mcp-Name` for `tools/call`)
+  headers matching the body, and `params._meta` with the protocol version and client
+  capabilities. `server/discover` answers the versions and capabilities. Closing the
+  response stream cancels the call. `subscriptions/listen` opens an SSE stream that
+  carries `notifications/tools/list_changed`.
+- **2025-11-25** (SDK `mode="legacy"`): `initialize` creates a session
+  (`Mcp-Session-Id`); later requests name it. `notifications/cancelled` cancels a
+  running call; GET opens the session's SSE stream (list-changed notifications);
+  DELETE ends the session.
+
+A response is JSON unless the call emits a notification (progress) and the client
+accepts `text/event-stream`: then it switches to SSE, progress first, result last.
+
+Security: a browser `Origin` not in `allowed_origins` gets 403 (DNS rebinding).
+`Authorization: Bearer <token>` maps to a zone; a loopback peer without a token gets
+`loopback_zone` (`None`: refused with 401); anyone else without a valid token: 401.
+Bounds: body size, number of sessions (oldest idle evicted), session idle expiry
+(swept on requests), number of open listen/GET streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import web
+
+from node.mcp.protocol import (
+    FORBIDDEN_ORIGIN,
+    HANDSHAKE_VERSIONS,
+    HEADER_MISMATCH,
+    HTTP_STATUS,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    META_CLIENT_CAPABILITIES,
+    META_PROTOCOL_VERSION,
+    META_SUBSCRIPTION_ID,
+    MODERN_VERSIONS,
+    OVERLOADED,
+    REQUEST_CANCELLED,
+    SESSION_NOT_FOUND,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    Caller,
+    McpCore,
+    McpError,
+    Message,
+    decode,
+    encode,
+    error_message,
+    error_object,
+    notification,
+    result_message,
+)
+from node.tools.model import ToolCatalog
+
+log = logging.getLogger(__name__)
+
+MCP_PATH: Final = "/mcp"
+DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
+DEFAULT_MAX_SESSIONS: Final = 256
+DEFAULT_SESSION_IDLE_S: Final = 600.0
+DEFAULT_MAX_LISTENERS: Final = 64
+SSE_KEEPALIVE_S: Final = 15.0
+DISCONNECT_POLL_S: Final = 0.05
+SWEEP_INTERVAL_S: Final = 1.0
+
+H_SESSION: Final = "Mcp-Session-Id"
+H_VERSION: Final = "MCP-Protocol-Version"
+H_METHOD: Final = "Mcp-Method"
+H_NAME: Final = "Mcp-Name"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """What a bearer token grants: a zone, and a name used in the caller's origin."""
+
+    zone: str
+    name: str
+
+
+@dataclass(eq=False)
+class _Session:
+    id: str
+    caller: Caller
+    protocol_version: str
+    last_seen: float
+    inflight: dict[Any, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    stream_open: bool = False
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class _Listener:
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _json_error(exc: BaseException, request_id: Any = None, headers: Any = None) -> web.Response:
+    err = error_object(exc)
+    status = HTTP_STATUS.get(err["code"], 200)
+    extra = dict(headers or {})
+    retry = err.get("data", {}).get("retry_after_s") if isinstance(err.get("data"), dict) else None
+    if isinstance(retry, int | float) and status in (429, 503):
+        extra["Retry-After"] = str(max(1, int(retry + 0.999)))
+    if status == 401:
+        extra["WWW-Authenticate"] = 'Bearer realm="vsmcp"'
+    return web.Response(
+        body=encode({"jsonrpc": "2.0", "id": request_id, "error": err}),
+        status=status,
+        content_type="application/json",
+        headers=extra,
+    )
+
+
+def _sse(message: Mapping[str, Any]) -> bytes:
+    return b"event: message\ndata: " + encode(message) + b"\n\n"
+
+
+class _Reply:
+    """One POST's response: JSON, or SSE from the first notification on (if accepted)."""
+
+    def __init__(self, request: web.Request, headers: Mapping[str, str]) -> None:
+        self._request = request
+        self._headers = dict(headers)
+        self._sse_ok = "text/event-stream" in request.headers.get("Accept", "")
+        self.stream: web.StreamResponse | None = None
+
+    async def _open(self) -> web.StreamResponse:
+        if self.stream is None:
+            stream = web.StreamResponse(
+                status=200,
+                headers={
+                    **self._headers,
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache, no-transform",
+                    "X-Accel-Buffering": "no",
+                },
+            )
+            await stream.prepare(self._request)
+            self.stream = stream
+        return self.stream
+
+    async def notify(self, message: dict[str, Any]) -> None:
+        if not self._sse_ok:
+            return
+        stream = await self._open()
+        await stream.write(_sse(message))
+
+    async def finish(self, message: dict[str, Any]) -> web.StreamResponse:
+        if self.stream is not None:
+            with contextlib.suppress(ConnectionError):
+                await self.stream.write(_sse(message))
+                await self.stream.write_eof()
+            return self.stream
+        status = 200
+        if "error" in message:
+            status = HTTP_STATUS.get(message["error"]["code"], 200)
+        return web.Response(
+            body=encode(message),
+            status=status,
+            content_type="application/json",
+            headers=self._headers,
+        )
+
+
+async def _until_disconnected(request: web.Request) -> None:
+    # aiohttp does not cancel handlers on disconnect by default; watch the transport.
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+class McpGateway:
+    """The `/mcp` endpoint's state: sessions, listeners, auth. Built by `register_mcp_routes`."""
+
+    def __init__(
+        self,
+        catalog: ToolCatalog,
+        *,
+        tokens: Mapping[str, str | TokenGrant],
+        loopback_zone: str | None,
+        allowed_origins: Collection[str] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        session_idle_s: float = DEFAULT_SESSION_IDLE_S,
+        max_listeners: int = DEFAULT_MAX_LISTENERS,
+    ) -> None:
+        self.core = McpCore(catalog)
+        self._grants: dict[bytes, TokenGrant] = {}
+        for token, grant in tokens.items():
+            if isinstance(grant, str):
+                grant = TokenGrant(zone=grant, name="token-" + _digest(token).hex()[:8])
+            self._grants[_digest(token)] = grant
+        self._loopback_zone = loopback_zone
+        self._allowed_origins = {o.rstrip("/") for o in allowed_origins}
+        self.max_body_bytes = max_body_bytes
+        self.max_sessions = max_sessions
+        self.session_idle_s = session_idle_s
+        self.max_listeners = max_listeners
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._listeners: set[_Listener] = set()
+        self._last_sweep = 0.0
+        self._closing = False
+        self._unsubscribe = catalog.on_change(self._tools_changed)
+
+    # -- shared --------------------------------------------------------------------------
+
+    def _tools_changed(self) -> None:
+        for session in self.sessions.values():
+            session.changed.set()
+        for listener in self._listeners:
+            listener.changed.set()
+
+    async def close(self) -> None:
+        """End every stream and cancel every running call (idempotent)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._unsubscribe()
+        for session in list(self.sessions.values()):
+            self._end_session(session)
+        self.sessions.clear()
+        for listener in self._listeners:
+            listener.changed.set()
+
+    def _end_session(self, session: _Session) -> None:
+        session.closed = True
+        session.changed.set()
+        for task in session.inflight.values():
+            task.cancel()
+
+    def _check_origin(self, request: web.Request) -> None:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") not in self._allowed_origins:
+            raise McpError(
+                FORBIDDEN_ORIGIN, f"Forbidden: Origin {origin!r} is not allowed", {"origin": origin}
+            )
+
+    def _authenticate(self, request: web.Request) -> Caller:
+        auth = request.headers.get("Authorization")
+        if auth is not None:
+            scheme, _, token = auth.partition(" ")
+            grant = self._grants.get(_digest(token.strip())) if scheme.lower() == "bearer" else None
+            if grant is None:
+                raise McpError(UNAUTHORIZED, "Unauthorized: unknown bearer token")
+            return Caller(
+                caller_id=f"token:{grant.name}", zone=grant.zone, origin=f"http:{grant.name}"
+            )
+        if self._loopback_zone is not None and _is_loopback(request.remote):
+            return Caller(caller_id="loopback", zone=self._loopback_zone, origin="http:loopback")
+        raise McpError(UNAUTHORIZED, "Unauthorized: a bearer token is required")
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < SWEEP_INTERVAL_S:
+            return
+        self._last_sweep = now
+        for sid, session in list(self.sessions.items()):
+            if now - session.last_seen > self.session_idle_s and not session.inflight:
+                del self.sessions[sid]
+                self._end_session(session)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        too_large = McpError(
+            TOO_LARGE,
+            f"Request body exceeds {self.max_body_bytes} bytes",
+            {"max_bytes": self.max_body_bytes},
+        )
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body.extend(chunk)
+            if len(body) > self.max_body_bytes:
+                raise too_large
+        return bytes(body)
+
+    # -- entry points ----------------------------------------------------------------------
+
+    async def handle_post(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self._check_origin(request)
+            caller = self._authenticate(request)
+            self._sweep()
+            message = decode(await self._read_body(request))
+        except McpError as exc:
+            return _json_error(exc)
+        if message.is_response:
+            return web.Response(status=202)  # we never ask clients anything; ignore answers
+        version = request.headers.get(H_VERSION)
+        try:
+            if version in MODERN_VERSIONS:
+                return await self._modern(request, message, caller, version)
+            if version is not None and version not in HANDSHAKE_VERSIONS:
+                raise McpError(
+                    UNSUPPORTED_PROTOCOL_VERSION,
+                    f"Unsupported protocol version {version!r}",
+                    {"supported": [*HANDSHAKE_VERSIONS, *MODERN_VERSIONS], "requested": version},
+                )
+            if message.method == "initialize":
+                return self._initialize(message, caller)
+            return await self._legacy(request, message, caller)
+        except McpError as exc:
+            return _json_error(exc, message.id)
+
+    async def handle_get(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self._check_origin(request)
+            caller = self._authenticate(request)
+            if request.headers.get(H_VERSION) in MODERN_VERSIONS:
+                return web.Response(status=405, headers={"Allow": "POST"})
+            session = self._session(request, caller)
+            if session.stream_open:
+                return web.Response(status=409, text="a stream is already open for this session")
+        except McpError as exc:
+            return _json_error(exc)
+        stream = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                H_SESSION: session.id,
+            }
+        )
+        await stream.prepare(request)
+        session.stream_open = True
+        try:
+            while not session.closed and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(session.changed.wait(), SSE_KEEPALIVE_S)
+                if session.closed or self._closing:
+                    break
+                if session.changed.is_set():
+                    session.changed.clear()
+                    await stream.write(_sse(notification("notifications/tools/list_changed")))
+                else:
+                    await stream.write(b": keepalive\n\n")
+        except ConnectionError:
+            pass
+        finally:
+            session.stream_open = False
+        return stream
+
+    async def handle_delete(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self._check_origin(request)
+            caller = self._authenticate(request)
+            session = self._session(request, caller)
+        except McpError as exc:
+            return _json_error(exc)
+        self.sessions.pop(session.id, None)
+        self._end_session(session)
+        return web.Response(status=200)
+
+    # -- 2025-11-25: sessions ------------------------------------------------------------------
+
+    def _initialize(self, message: Message, caller: Caller) -> web.Response:
+        if not message.is_request:
+            raise McpError(INVALID_REQUEST, "initialize must be a request")
+        if len(self.sessions) >= self.max_sessions:
+            idle = next(
+                (s for s in self.sessions.values() if not s.inflight and not s.stream_open), None
+            )
+            if idle is None:
+                raise McpError(
+                    OVERLOADED, "Too many sessions", {"limit": "sessions", "retry_after_s": 1.0}
+                )
+            del self.sessions[idle.id]
+            self._end_session(idle)
+        result = self.core.initialize_result(message.params)
+        session = _Session(
+            id=secrets.token_hex(16),
+            caller=caller,
+            protocol_version=result["protocolVersion"],
+            last_seen=time.monotonic(),
+        )
+        self.sessions[session.id] = session
+        return web.Response(
+            body=encode(result_message(message.id, result)),
+            content_type="application/json",
+            headers={H_SESSION: session.id},
+        )
+
+    def _session(self, request: web.Request, caller: Caller) -> _Session:
+        sid = request.headers.get(H_SESSION)
+        if sid is None:
+            raise McpError(
+                INVALID_REQUEST,
+                f"Bad request: no {H_SESSION} header (2025-11-25) and no "
+                f"{H_VERSION}: {MODERN_VERSIONS[-1]} (2026-07-28)",
+            )
+        session = self.sessions.get(sid)
+        # Another caller's session id is answered as unknown: ids are not capabilities.
+        if session is None or session.caller != caller:
+            raise McpError(SESSION_NOT_FOUND, "Session not found or expired; initialize again")
+        session.last_seen = time.monotonic()
+        self.sessions.move_to_end(sid)
+        return session
+
+    async def _legacy(
+        self, request: web.Request, message: Message, caller: Caller
+    ) -> web.StreamResponse:
+        session = self._session(request, caller)
+        if message.is_notification:
+            if message.method == "notifications/cancelled":
+                task = session.inflight.get(message.params.get("requestId"))
+                if task is not None:
+                    task.cancel()
+            return web.Response(status=202)
+        reply = _Reply(request, {H_SESSION: session.id})
+        task = asyncio.create_task(
+            self.core.handle(message, caller, modern=False, notify=reply.notify),
+            name=f"mcp-call:{session.id[:8]}:{message.id}",
+        )
+        session.inflight[message.id] = task
+        try:
+            return await reply.finish(await self._run(request, task, message))
+        finally:
+            if session.inflight.get(message.id) is task:
+                del session.inflight[message.id]
+
+    async def _run(
+        self, request: web.Request, task: asyncio.Task[dict[str, Any]], message: Message
+    ) -> dict[str, Any]:
+        """Await the call; cancel it if the client goes away. Returns the reply message."""
+        watcher = asyncio.create_task(_until_disconnected(request), name=f"mcp-watch:{message.id}")
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.wait({task})
+        if task.cancelled():
+            return error_message(message.id, McpError(REQUEST_CANCELLED, "Request cancelled"))
+        exc = task.exception()
+        if exc is not None:
+            return error_message(message.id, exc)
+        return result_message(message.id, task.result())
+
+    # -- 2026-07-28: stateless -------------------------------------------------------------------
+
+    def _check_envelope(self, request: web.Request, message: Message, version: str) -> None:
+        meta = message.meta
+        missing = [k for k in (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES) if k not in meta]
+        if "_meta" not in message.params or missing:
+            raise McpError(
+                INVALID_PARAMS,
+                f"params._meta must carry {META_PROTOCOL_VERSION!r} and "
+                f"{META_CLIENT_CAPABILITIES!r}",
+            )
+        if meta[META_PROTOCOL_VERSION] != version:
+            raise McpError(HEADER_MISMATCH, f"{H_VERSION} header does not match params._meta")
+        if request.headers.get(H_METHOD) != message.method:
+            raise McpError(HEADER_MISMATCH, f"{H_METHOD} header does not match the method")
+        if message.method == "tools/call" and request.headers.get(H_NAME) != message.params.get(
+            "name"
+        ):
+            raise McpError(HEADER_MISMATCH, f"{H_NAME} header does not match params.name")
+
+    async def _modern(
+        self, request: web.Request, message: Message, caller: Caller, version: str
+    ) -> web.StreamResponse:
+        if message.is_notification:
+            return web.Response(status=202)  # cancellation is closing the stream at 2026-07-28
+        self._check_envelope(request, message, version)
+        if message.method == "server/discover":
+            return web.Response(
+                body=encode(result_message(message.id, self.core.discover_result())),
+                content_type="application/json",
+            )
+        if message.method == "initialize":
+            raise McpError(
+                INVALID_REQUEST, f"initialize is not used at {version}; use server/discover"
+            )
+        if message.method == "subscriptions/listen":
+            return await self._listen(request, message)
+        reply = _Reply(request, {})
+        task = asyncio.create_task(
+            self.core.handle(message, caller, modern=True, notify=reply.notify),
+            name=f"mcp-call:{message.id}",
+        )
+        return await reply.finish(await self._run(request, task, message))
+
+    async def _listen(self, request: web.Request, message: Message) -> web.StreamResponse:
+        if len(self._listeners) >= self.max_listeners:
+            raise McpError(
+                OVERLOADED,
+                "Too many open subscriptions",
+                {"limit": "listeners", "retry_after_s": 1.0},
+            )
+        wanted = message.params.get("notifications")
+        honored = (
+            {"toolsListChanged": True}
+            if isinstance(wanted, dict) and wanted.get("toolsListChanged")
+            else {}
+        )
+        meta = {META_SUBSCRIPTION_ID: message.id}
+        stream = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await stream.prepare(request)
+        listener = _Listener()
+        self._listeners.add(listener)
+        try:
+            ack = {"notifications": honored, "_meta": meta}
+            await stream.write(_sse(notification("notifications/subscriptions/acknowledged", ack)))
+            while not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(listener.changed.wait(), SSE_KEEPALIVE_S)
+                if self._closing:
+                    break
+                if listener.changed.is_set():
+                    listener.changed.clear()
+                    if honored:
+                        params = {"_meta": meta}
+                        await stream.write(
+                            _sse(notification("notifications/tools/list_changed", params))
+                        )
+                else:
+                    await stream.write(b": keepalive\n\n")
+            # Graceful close: the listen request's result ends the stream.
+            await stream.write(_sse(result_message(message.id, {"_meta": meta})))
+            await stream.write_eof()
+        except ConnectionError:
+            pass
+        finally:
+            self._listeners.discard(listener)
+        return stream
+
+
+def register_mcp_routes(
+    app: web.Application,
+    catalog: ToolCatalog,
+    *,
+    tokens: Mapping[str, str | TokenGrant],
+    loopback_zone: str | None,
+    allowed_origins: Collection[str] = (),
+    path: str = MCP_PATH,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
+    session_idle_s: float = DEFAULT_SESSION_IDLE_S,
+    max_listeners: int = DEFAULT_MAX_LISTENERS,
+) -> McpGateway:
+    """Add POST/GET/DELETE `path` to `app`; the gateway is closed on app cleanup.
+
+    `tokens` maps a bearer token to its zone (or to a `TokenGrant` with a name for
+    the origin, `http:<name>`; a bare zone gets a name from the token's hash).
+    """
+    gateway = McpGateway(
+        catalog,
+        tokens=tokens,
+        loopback_zone=loopback_zone,
+        allowed_origins=allowed_origins,
+        max_body_bytes=max_body_bytes,
+        max_sessions=max_sessions,
+        session_idle_s=session_idle_s,
+        max_listeners=max_listeners,
+    )
+    app.router.add_post(path, gateway.handle_post)
+    app.router.add_get(path, gateway.handle_get)
+    app.router.add_delete(path, gateway.handle_delete)
+
+    async def close(_: web.Application) -> None:
+        await gateway.close()
+
+    app.on_shutdown.append(close)
+    return gateway

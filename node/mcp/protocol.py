@@ -1,0 +1,334 @@
+"""MCP over JSON-RPC 2.0: message checks, method dispatch, and the ONE error mapping.
+
+Both transports (`node.mcp.http`, `node.mcp.stdio`) decode a message, call
+`McpCore.handle`, and turn any exception into a JSON-RPC error with `error_object`.
+
+JSON-RPC error codes (`error.data.reason` names the cause in words too):
+
+| code | meaning | HTTP | data |
+|---|---|---|---|
+| -32700 | parse error (body is not JSON) | 400 |  |
+| -32600 | invalid request (not one JSON-RPC object) | 400 |  |
+| -32601 | method not found | 404 | method |
+| -32602 | invalid params; unknown tool; bad args | 400 | tool, path, problem |
+| -32603 | internal error (details only in our log) | 500 |  |
+| -32020 | header mismatch (2026-07-28 routing hdrs) | 400 |  |
+| -32022 | unsupported protocol version | 400 | supported, requested |
+| -32800 | request cancelled | 200 |  |
+| -32010 | denied by zone policy | 403 | policy="zone-order", zone, tool_zone |
+| -32011 | rate limited | 429 | retry_after_s, limit=per-origin/per-tool |
+| -32012 | overloaded (unit busy, too many streams) | 503 | retry_after_s, limit |
+| -32013 | tool unavailable (restarting/quarantined) | 503 | unit, state, retry_after_s |
+| -32014 | tool timed out | 504 | timeout_s |
+| -32015 | tool provider failed (upstream error) | 502 | upstream_code, detail |
+| -32016 | unauthorized (no/unknown bearer token) | 401 |  |
+| -32017 | forbidden Origin | 403 | origin |
+| -32018 | session not found or expired | 404 |  |
+| -32019 | request body too large | 413 | max_bytes |
+
+Codes -32010..-32019 are ours (JSON-RPC's implementation-defined server range); the
+SDK reserves -32000/-32001 client-side and -32020..-32022, -32042 in the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from node.errors import NodeError
+from node.tools.errors import (
+    InvalidArguments,
+    Overloaded,
+    ProviderError,
+    RateLimited,
+    ToolError,
+    ToolTimeout,
+    ToolUnavailable,
+    UnknownTool,
+    ZoneDenied,
+)
+from node.tools.model import CallContext, ToolCatalog
+
+log = logging.getLogger(__name__)
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+HEADER_MISMATCH: Final = -32020
+UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
+REQUEST_CANCELLED: Final = -32800
+ZONE_DENIED: Final = -32010
+RATE_LIMITED: Final = -32011
+OVERLOADED: Final = -32012
+TOOL_UNAVAILABLE: Final = -32013
+TOOL_TIMEOUT: Final = -32014
+PROVIDER_ERROR: Final = -32015
+UNAUTHORIZED: Final = -32016
+FORBIDDEN_ORIGIN: Final = -32017
+SESSION_NOT_FOUND: Final = -32018
+TOO_LARGE: Final = -32019
+
+HTTP_STATUS: Final[Mapping[int, int]] = {
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    METHOD_NOT_FOUND: 404,
+    INVALID_PARAMS: 400,
+    INTERNAL_ERROR: 500,
+    HEADER_MISMATCH: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    ZONE_DENIED: 403,
+    RATE_LIMITED: 429,
+    OVERLOADED: 503,
+    TOOL_UNAVAILABLE: 503,
+    TOOL_TIMEOUT: 504,
+    PROVIDER_ERROR: 502,
+    UNAUTHORIZED: 401,
+    FORBIDDEN_ORIGIN: 403,
+    SESSION_NOT_FOUND: 404,
+    TOO_LARGE: 413,
+}
+
+_TOOL_ERROR_CODES: Final[tuple[tuple[type[ToolError], int], ...]] = (
+    (UnknownTool, INVALID_PARAMS),
+    (InvalidArguments, INVALID_PARAMS),
+    (ZoneDenied, ZONE_DENIED),
+    (RateLimited, RATE_LIMITED),
+    (Overloaded, OVERLOADED),
+    (ToolUnavailable, TOOL_UNAVAILABLE),
+    (ToolTimeout, TOOL_TIMEOUT),
+    (ProviderError, PROVIDER_ERROR),
+)
+
+HANDSHAKE_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+MODERN_VERSIONS: Final = ("2026-07-28",)
+LATEST_HANDSHAKE: Final = HANDSHAKE_VERSIONS[-1]
+
+META_PROTOCOL_VERSION: Final = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_CAPABILITIES: Final = "io.modelcontextprotocol/clientCapabilities"
+META_SERVER_INFO: Final = "io.modelcontextprotocol/serverInfo"
+META_SUBSCRIPTION_ID: Final = "io.modelcontextprotocol/subscriptionId"
+META_TRACE_ID: Final = "vsmcp/traceId"
+META_CAUSALITY: Final = "vsmcp/causality"
+MAX_CAUSALITY: Final = 32
+MAX_ID_CHARS: Final = 128
+
+SERVER_INFO: Final[Mapping[str, str]] = {"name": "vsmcp", "version": "0.1.0"}
+
+
+class McpError(NodeError):
+    """A protocol-level error with its JSON-RPC code."""
+
+    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def error_object(exc: BaseException) -> dict[str, Any]:
+    """The JSON-RPC `error` member for `exc`; unexpected exceptions are logged, not leaked."""
+    if isinstance(exc, McpError):
+        out: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.data is not None:
+            out["data"] = exc.data
+        return out
+    if isinstance(exc, ToolError):
+        for cls, code in _TOOL_ERROR_CODES:
+            if isinstance(exc, cls):
+                return {"code": code, "message": exc.message, "data": exc.data}
+        return {"code": INTERNAL_ERROR, "message": exc.message, "data": exc.data}
+    log.error("internal error answering an MCP request", exc_info=exc)
+    return {"code": INTERNAL_ERROR, "message": "Internal error"}
+
+
+def error_message(request_id: Any, exc: BaseException) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": error_object(exc)}
+
+
+def result_message(request_id: Any, result: Mapping[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def notification(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        out["params"] = params
+    return out
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded JSON-RPC message from a client."""
+
+    raw: dict[str, Any]
+
+    @property
+    def method(self) -> str | None:
+        method = self.raw.get("method")
+        return method if isinstance(method, str) else None
+
+    @property
+    def id(self) -> Any:
+        return self.raw.get("id")
+
+    @property
+    def is_request(self) -> bool:
+        return "id" in self.raw and self.method is not None
+
+    @property
+    def is_notification(self) -> bool:
+        return "id" not in self.raw and self.method is not None
+
+    @property
+    def is_response(self) -> bool:
+        return self.method is None and ("result" in self.raw or "error" in self.raw)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params = self.raw.get("params")
+        return params if isinstance(params, dict) else {}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.params.get("_meta")
+        return meta if isinstance(meta, dict) else {}
+
+
+def decode(body: bytes | str) -> Message:
+    """Parse one JSON-RPC message; `McpError` -32700 or -32600 when it is not one."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise McpError(PARSE_ERROR, "Parse error: the body is not valid JSON") from None
+    if isinstance(value, list):
+        raise McpError(INVALID_REQUEST, "Invalid request: JSON-RPC batches are not supported")
+    if not isinstance(value, dict) or value.get("jsonrpc") != "2.0":
+        raise McpError(INVALID_REQUEST, "Invalid request: expected one JSON-RPC 2.0 object")
+    message = Message(value)
+    request_id = value.get("id")
+    if "id" in value and (
+        isinstance(request_id, bool) or not isinstance(request_id, str | int | None)
+    ):
+        raise McpError(INVALID_REQUEST, "Invalid request: id must be a string or an integer")
+    if not (message.is_request or message.is_notification or message.is_response):
+        raise McpError(INVALID_REQUEST, "Invalid request: no method")
+    if "params" in value and not isinstance(value["params"], dict):
+        raise McpError(INVALID_REQUEST, "Invalid request: params must be an object")
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated client: its id, zone and origin (`http:<token name>`, `stdio`)."""
+
+    caller_id: str
+    zone: str
+    origin: str
+
+
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _trace_fields(meta: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    trace = meta.get(META_TRACE_ID)
+    trace_id = trace if isinstance(trace, str) and 0 < len(trace) <= MAX_ID_CHARS else None
+    chain = meta.get(META_CAUSALITY)
+    causality: tuple[str, ...] = ()
+    if isinstance(chain, list):
+        causality = tuple(
+            c for c in chain[-MAX_CAUSALITY:] if isinstance(c, str) and len(c) <= MAX_ID_CHARS
+        )
+    return trace_id or uuid.uuid4().hex, causality
+
+
+class McpCore:
+    """Transport-independent method handling over a `ToolCatalog`."""
+
+    def __init__(self, catalog: ToolCatalog, server_info: Mapping[str, str] = SERVER_INFO):
+        self.catalog = catalog
+        self.server_info = dict(server_info)
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"tools": {"listChanged": True}}
+
+    def initialize_result(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        requested = params.get("protocolVersion")
+        version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
+        return {
+            "protocolVersion": version,
+            "capabilities": self.capabilities(),
+            "serverInfo": self.server_info,
+            "instructions": "vsmcp node: the tools of the mesh this caller may use.",
+        }
+
+    def discover_result(self) -> dict[str, Any]:
+        return {
+            "supportedVersions": list(MODERN_VERSIONS),
+            "capabilities": self.capabilities(),
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": {META_SERVER_INFO: self.server_info},
+        }
+
+    def context(self, caller: Caller, message: Message, notify: Notify | None) -> CallContext:
+        trace_id, causality = _trace_fields(message.meta)
+        token = message.meta.get("progressToken")
+        progress = None
+        if notify is not None and isinstance(token, str | int) and not isinstance(token, bool):
+
+            async def progress(value: float, total: float | None, text: str | None) -> None:
+                params: dict[str, Any] = {"progressToken": token, "progress": value}
+                if total is not None:
+                    params["total"] = total
+                if text is not None:
+                    params["message"] = text
+                await notify(notification("notifications/progress", params))
+
+        return CallContext(
+            caller_id=caller.caller_id,
+            caller_zone=caller.zone,
+            origin=caller.origin,
+            trace_id=trace_id,
+            causality=causality,
+            progress=progress,
+        )
+
+    async def handle(
+        self, message: Message, caller: Caller, *, modern: bool, notify: Notify | None = None
+    ) -> dict[str, Any]:
+        """The result for one request (`ping`, `tools/list`, `tools/call`); raises on error."""
+        method = message.method
+        if method == "ping":
+            return {}
+        if method == "tools/list":
+            ctx = self.context(caller, message, None)
+            result: dict[str, Any] = {"tools": [t.to_mcp() for t in self.catalog.list_tools(ctx)]}
+            if modern:
+                result.update(resultType="complete", ttlMs=0, cacheScope="private")
+            return result
+        if method == "tools/call":
+            name = message.params.get("name")
+            arguments = message.params.get("arguments")
+            if not isinstance(name, str) or not name:
+                raise McpError(INVALID_PARAMS, "Invalid params: tools/call needs a tool 'name'")
+            if arguments is None:
+                arguments = {}
+            if not isinstance(arguments, dict):
+                raise InvalidArguments(name, "arguments must be an object", "arguments")
+            ctx = self.context(caller, message, notify)
+            result = dict(await self.catalog.call_tool(name, arguments, ctx))
+            if modern:
+                result["resultType"] = "complete"
+            return result
+        raise McpError(METHOD_NOT_FOUND, f"Method not found: {method!r}", {"method": method})

@@ -1,0 +1,204 @@
+"""Replicated policies (zone rules, immune-system blocks, rate limits): opaque signed JSON
+documents, hot-applied through `on_change` callbacks.
+
+Key `issuer_hex/id`. A grant of version v ranks (v, 0); a revocation of up to version v
+ranks (v, 1). Grants are signed by their issuer, which must be an authority key or pass
+the injected `allowed_issuers(issuer, kind)`; a revocation is signed by the issuer or
+an authority. Verification, repair, expiry and epochs: see `crdt.replica`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+
+from crdt.errors import InvalidValue, NotAuthorized
+from crdt.replica import Checked, VerifiedDoc, WallClockMs, wall_clock_ms
+from crdt.signing import PUBLIC_KEY_BYTES, Signer
+from crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
+
+DEFAULT_REVOCATION_TTL_MS = 24 * 3600 * 1000
+MAX_POLICY_ID_CHARS = 256
+MAX_POLICY_KIND_CHARS = 64
+
+_Key = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
+_Ms = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
+_PolicyId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_POLICY_ID_CHARS)]
+
+AllowedIssuers = Callable[[bytes, str], bool]
+
+
+class PolicyGrant(msgspec.Struct, frozen=True, array_like=True, tag=1):
+    issuer: _Key
+    id: _PolicyId
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_POLICY_KIND_CHARS)]
+    version: _Ms
+    issued_at_ms: _Ms
+    expires_at_ms: _Ms
+    body: str  # canonical JSON text of an object
+
+
+class PolicyRevocation(msgspec.Struct, frozen=True, array_like=True, tag=2):
+    issuer: _Key
+    id: _PolicyId
+    revoked_version: _Ms
+    signer: _Key
+    revoked_at_ms: _Ms
+    expires_at_ms: _Ms
+
+
+PolicyRecord = PolicyGrant | PolicyRevocation
+_decoder: msgspec.msgpack.Decoder[PolicyRecord] = msgspec.msgpack.Decoder(PolicyRecord)
+_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A verified, live policy."""
+
+    id: str
+    kind: str
+    issuer: bytes
+    version: int
+    issued_at_ms: int
+    expires_at_ms: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Revoked:
+    issuer: bytes
+    id: str
+    revoked_version: int
+
+
+def policy_key(issuer: bytes, policy_id: str) -> str:
+    return f"{issuer.hex()}/{policy_id}"
+
+
+def _no_other_issuers(issuer: bytes, kind: str) -> bool:
+    return False
+
+
+class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
+    """Verified view over the replicated policy document."""
+
+    domain = b"vsmcp/crdt/v1/policies\n"
+
+    def __init__(
+        self,
+        *,
+        replica_id: bytes,
+        authority_keys: Collection[bytes] = (),
+        allowed_issuers: AllowedIssuers = _no_other_issuers,
+        clock: WallClockMs = wall_clock_ms,
+        revocation_ttl_ms: int = DEFAULT_REVOCATION_TTL_MS,
+        name: str = "policies",
+        **kwargs: Any,
+    ) -> None:
+        self._authority_keys = frozenset(authority_keys)
+        self._allowed_issuers = allowed_issuers
+        self._revocation_ttl_ms = revocation_ttl_ms
+        super().__init__(name, replica_id=replica_id, clock=clock, **kwargs)
+
+    def may_issue(self, issuer: bytes, kind: str) -> bool:
+        return issuer in self._authority_keys or self._allowed_issuers(issuer, kind)
+
+    def _check(self, payload: bytes) -> Checked[Policy | _Revoked]:
+        record = _decoder.decode(payload)
+        if _encoder.encode(record) != payload:
+            raise InvalidValue("policy payload is not canonical")
+        key = policy_key(record.issuer, record.id)
+        if isinstance(record, PolicyGrant):
+            if not self.may_issue(record.issuer, record.kind):
+                raise NotAuthorized(f"{record.issuer.hex()} may not issue {record.kind!r}")
+            policy = Policy(
+                id=record.id,
+                kind=record.kind,
+                issuer=record.issuer,
+                version=record.version,
+                issued_at_ms=record.issued_at_ms,
+                expires_at_ms=record.expires_at_ms,
+                body=load_json_object(record.body, what="body"),
+            )
+            rank = (record.version, 0)
+            return Checked(key, record.issuer, policy, rank, record.expires_at_ms, True)
+        if record.signer != record.issuer and record.signer not in self._authority_keys:
+            raise NotAuthorized("revocation signed by neither the issuer nor an authority")
+        revoked = _Revoked(record.issuer, record.id, record.revoked_version)
+        rank = (record.revoked_version, 1)
+        return Checked(key, record.signer, revoked, rank, record.expires_at_ms, False)
+
+    def _view_of(self, record: Policy | _Revoked) -> Policy:
+        assert isinstance(record, Policy)
+        return record
+
+    def _sign(self, signer: Signer, record: PolicyRecord) -> bytes:
+        payload = _encoder.encode(record)
+        return payload + signer.sign_detached(self.domain + payload)
+
+    def issue(
+        self,
+        signer: Signer,
+        policy_id: str,
+        kind: str,
+        body: Mapping[str, Any],
+        *,
+        ttl_ms: int,
+        version: int | None = None,
+    ) -> Policy:
+        """Issue (or replace) policy `policy_id` as `signer`; every replica applies it
+        through its `on_change` callbacks. Raises NotAuthorized if `signer` may not
+        issue `kind`, StaleRecord if `version` does not beat the held one."""
+        if not self.may_issue(signer.public_key, kind):
+            raise NotAuthorized(f"{signer.public_key.hex()} may not issue {kind!r}")
+        now = self._clock()
+        if version is None:
+            held = self.held(policy_key(signer.public_key, policy_id))
+            previous = held.checked.rank[0] if held is not None else -1
+            version = max(previous + 1, now)
+        record = PolicyGrant(
+            issuer=signer.public_key,
+            id=policy_id,
+            kind=kind,
+            version=check_int(version, what="version"),
+            issued_at_ms=now,
+            expires_at_ms=check_int(now + check_int(ttl_ms, what="ttl_ms"), what="expiry"),
+            body=dump_json(dict(body), what="body"),
+        )
+        return self._view_of(self._put(self._sign(signer, record)).checked.record)
+
+    def revoke(self, issuer: bytes, policy_id: str, *, by: Signer) -> bool:
+        """Revoke the held version of a policy (signed by its issuer or an authority).
+        Returns False when no live version is held."""
+        if by.public_key != issuer and by.public_key not in self._authority_keys:
+            raise NotAuthorized("only the issuer or an authority may revoke a policy")
+        held = self.held(policy_key(issuer, policy_id))
+        if held is None or not held.checked.live:
+            return False
+        now = self._clock()
+        record = PolicyRevocation(
+            issuer=issuer,
+            id=policy_id,
+            revoked_version=held.checked.rank[0],
+            signer=by.public_key,
+            revoked_at_ms=now,
+            expires_at_ms=max(now + self._revocation_ttl_ms, held.checked.expires_at_ms),
+        )
+        self._put(self._sign(by, record))
+        return True
+
+    def view(self) -> list[Policy]:
+        """Live verified policies, sorted by (issuer, id)."""
+        policies = [p for p in self._visible_records() if isinstance(p, Policy)]
+        policies.sort(key=lambda p: (p.issuer, p.id))
+        return policies
+
+    def get(self, issuer: bytes, policy_id: str) -> Policy | None:
+        held = self.held(policy_key(issuer, policy_id))
+        if held is None or not held.checked.live or self._clock() >= held.checked.expires_at_ms:
+            return None
+        return self._view_of(held.checked.record)

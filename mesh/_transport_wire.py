@@ -58,7 +58,11 @@ def decode_header(data: bytes) -> Header | None:
     """The header, or None when `data` is not a well-formed header of our version."""
     if len(data) != HEADER_BYTES:
         return None
-    version, kind, priority, reserved, request_id = HEADER.unpack(data)
+    return _unpack_header(data)
+
+
+def _unpack_header(data: bytes) -> Header | None:
+    version, kind, priority, reserved, request_id = HEADER.unpack_from(data)
     if version != WIRE_VERSION or reserved != 0:
         return None
     kind_value = _KINDS.get(kind)
@@ -80,7 +84,9 @@ def encode_frame(kind: Kind, priority: Priority, request_id: int, payload: bytes
 
 def decode_frame(data: bytes) -> tuple[Header, bytes] | None:
     """(header, payload), or None when `data` does not start with a valid header."""
-    header = decode_header(data[:HEADER_BYTES])
+    if len(data) < HEADER_BYTES:
+        return None
+    header = _unpack_header(data)
     if header is None:
         return None
     return header, data[HEADER_BYTES:]

@@ -140,7 +140,6 @@ CURVE_KEY_BYTES = 32
 # Plain ints: pyzmq's flag enums cost an enum construction per operation on the hot path.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 
 RequestHandler = Callable[[bytes, bytes], Awaitable[bytes]]
 """`async (peer_curve_key, payload) -> response payload`; raising sends a RemoteError."""
@@ -238,7 +237,7 @@ class _Pending:
     outgoing: _Outgoing
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Inbound:
     routing_id: bytes
     peer: bytes
@@ -600,11 +599,11 @@ class Transport:
     def _drain_responses(self, link: _PeerLink) -> int:
         for count in range(RECV_BATCH_FRAMES):
             try:
-                data = self._recv_single(link.sock)
+                frame = self._recv_single(link.sock)
             except zmq.Again:
                 return count
-            if data is not None:
-                self._on_response(link, data)
+            if frame is not None:
+                self._on_response(link, frame.bytes)
         return RECV_BATCH_FRAMES
 
     def _on_response(self, link: _PeerLink, data: bytes) -> None:
@@ -645,33 +644,34 @@ class Transport:
             else:
                 await asyncio.sleep(0)
 
-    def _recv_single(self, sock: zmq.Socket[bytes]) -> bytes | None:
+    def _recv_single(self, sock: zmq.Socket[bytes]) -> zmq.Frame | None:
         """The next single-frame message, or None (counted) when malformed.
 
-        Extra frames are received without copying and discarded, so a flood of frames
-        costs no Python memory. Raises zmq.Again when nothing is waiting.
+        Frames are received without copying (their `more` flag spares a getsockopt);
+        extra frames are discarded unread, so a flood of frames costs no Python memory.
+        Raises zmq.Again when nothing is waiting.
         """
-        data = sock.recv(_NOBLOCK)
-        if sock.getsockopt(_RCVMORE):
-            while sock.getsockopt(_RCVMORE):
-                sock.recv(_NOBLOCK, copy=False)
+        frame = sock.recv(_NOBLOCK, copy=False)
+        if frame.more:
+            while sock.recv(_NOBLOCK, copy=False).more:
+                pass
             self._stats.garbage += 1
             return None
-        if len(data) > self._max_frame_bytes:
+        if len(frame) > self._max_frame_bytes:
             self._stats.oversize += 1
             return None
-        return data
+        return frame
 
     def _recv_router_frame(self, sock: zmq.Socket[bytes]) -> _Inbound | None:
         routing_frame = sock.recv(_NOBLOCK, copy=False)
-        if not sock.getsockopt(_RCVMORE):
+        if not routing_frame.more:
             self._stats.garbage += 1
             return None
-        data = self._recv_single(sock)
-        if data is None:
+        frame = self._recv_single(sock)
+        if frame is None:
             return None
-        decoded = decode_frame(data)
-        peer = _peer_key_of(routing_frame)
+        decoded = decode_frame(frame.bytes)
+        peer = _peer_key_of(frame)
         if decoded is None or peer is None:
             self._stats.garbage += 1
             return None

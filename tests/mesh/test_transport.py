@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -483,6 +485,23 @@ async def test_lifecycle_is_idempotent_and_stop_fails_waiting_requests() -> None
         await a.start()
     await b.stop()
     assert not b._handlers
+
+
+async def test_shutdown_leaves_no_sockets_or_tasks_behind() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with Transport(os.urandom(32)) as a, Transport(os.urandom(32)) as b:
+            b.on_request(echo)
+            assert await a.request(b.public_key, b.endpoint, b"x", timeout_s=5) == b"x"
+            a.send(b.public_key, b.endpoint, b"y")
+            a.forget(b.public_key)
+            assert await a.request(b.public_key, b.endpoint, b"z", timeout_s=5) == b"z"
+            names = {t.get_name() for t in asyncio.all_tasks()}
+            assert {"transport-zap", "transport-router"} <= names
+        del a, b
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("transport-")]
 
 
 async def test_forget_fails_waiting_requests(pair: tuple[Transport, Transport]) -> None:

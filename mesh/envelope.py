@@ -81,6 +81,7 @@ class MsgType(enum.IntEnum):
     PROBE = 11
     PROBE_ACK = 12
     VERDICT = 13
+    MEMBERSHIP = 14  # a mesh.membership message (probe, ack, gossip, verdict, ...)
 
 
 _PublicKey = Annotated[bytes, Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]

@@ -6,6 +6,7 @@ the HTTP server stops taking work before the audit log is flushed and the store 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -15,14 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mesh.envelope import Opener
+from mesh.certs import encode_certificate
+from mesh.envelope import Opener, Sealer
 from mesh.errors import MeshError
+from mesh.membership import MemberStateChanged
 from mesh.replay import ReplayGuard
 from node import __version__
 from node.audit import AuditLog
 from node.config import Config
 from node.errors import NodeError, StartupError
 from node.http import HttpServer
+from node.mesh_service import MeshService
 from node.metrics import NodeMetrics
 from node.store import Store
 from node.trust import NodeIdentity, ensure_data_dir, load_identity
@@ -32,7 +36,10 @@ log = logging.getLogger(__name__)
 LOCK_FILE_NAME = "vsmcpd.lock"
 RUNTIME_FILE_NAME = "runtime.json"
 KV_REPLAY_GUARD = "replay_guard"
-KV_CLEAN_SHUTDOWN = "clean_shutdown"
+KV_RUN_STATE = "run_state"
+RUN_STATE_RUNNING = b"running"
+RUN_STATE_CLEAN = b"clean"
+KV_SEALER_SEQ = "sealer_next_seq"
 ENVELOPE_REJECT_REASONS = (
     "oversize",
     "malformed",
@@ -59,6 +66,8 @@ class Node:
         self._store: Store | None = None
         self._opener: Opener | None = None
         self._http: HttpServer | None = None
+        self._mesh: MeshService | None = None
+        self._audit_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -104,12 +113,39 @@ class Node:
         stack.push_async_callback(self._audit_stop)
         guard = await self._restore_replay_guard(store)
         stack.push_async_callback(self._save_replay_guard, store, guard)
-        self._opener = Opener(guard, max_size=self.config.envelope.max_bytes)
+        self._opener = Opener(
+            guard,
+            max_size=self.config.envelope.max_bytes,
+            local_public_key=identity.key.public_key,
+        )
+        sealer = await self._sealer(store, identity, stack)
         self._register_metrics()
         http = HttpServer(self, self.config.http.host, self.config.http.port)
         await http.start()
         stack.push_async_callback(http.stop)
         self._http = http
+        mesh_cfg = self.config.mesh
+        mesh = MeshService(
+            key=identity.key,
+            certificate=encode_certificate(identity.signed_certificate),
+            authority_public_key=identity.authority_public_key,
+            zones=identity.zones,
+            dev=identity.dev,
+            sealer=sealer,
+            opener=self._opener,
+            host=mesh_cfg.host,
+            port=mesh_cfg.port,
+            http_port=http.port,
+            fingerprint=identity.fingerprint,
+            seeds=mesh_cfg.seeds,
+            mdns=mesh_cfg.mdns,
+            preset=mesh_cfg.preset,
+            fault_injection=mesh_cfg.fault_injection,
+            on_member_change=self._member_changed,
+        )
+        await stack.enter_async_context(mesh)
+        self._mesh = mesh
+        self._register_mesh_metrics(mesh)
         self._started_monotonic = time.monotonic()
         self.metrics.start_time.set(time.time())
         self.metrics.up.set(1)
@@ -126,31 +162,75 @@ class Node:
         log.info("node stopped")
 
     async def _audit_stop(self) -> None:
+        await asyncio.gather(*self._audit_tasks, return_exceptions=True)
         if self._audit is not None and self._identity is not None:
             await self._audit.append("node.stop", self._identity.node_id, {})
 
     # -- replay guard persistence ------------------------------------------------------
 
     async def _restore_replay_guard(self, store: Store) -> ReplayGuard:
+        """Fresh data dir: empty guard. Clean stop: restore the dump. Crash: refuse
+        everything timestamped before now + skew (any of it may have been accepted)."""
         env = self.config.envelope
+        run_state = await store.kv_get(KV_RUN_STATE)
         saved = await store.kv_get(KV_REPLAY_GUARD)
-        clean = await store.kv_get(KV_CLEAN_SHUTDOWN) == b"1"
-        await store.kv_delete(KV_CLEAN_SHUTDOWN)
+        await store.kv_set(KV_RUN_STATE, RUN_STATE_RUNNING)
         kwargs: dict[str, Any] = {
             "window": env.replay_window,
             "max_senders": env.replay_max_senders,
             "max_skew_ms": env.max_skew_s * 1000,
         }
-        if saved is not None and clean:
+        if run_state is None:
+            return ReplayGuard(**kwargs)
+        if run_state == RUN_STATE_CLEAN and saved is not None:
             try:
                 return ReplayGuard.restore(saved, **kwargs)
             except MeshError:
                 log.warning("saved replay state unreadable; treating restart as a crash")
-        return ReplayGuard.after_crash(saved, int(time.time() * 1000), **kwargs)
+        log.warning(
+            "previous run did not stop cleanly: refusing envelopes timestamped before "
+            "now + %d s (they may be replays)",
+            env.max_skew_s,
+        )
+        with contextlib.suppress(MeshError):
+            return ReplayGuard.after_crash(saved, _now_ms(), **kwargs)
+        return ReplayGuard.after_crash(None, _now_ms(), **kwargs)
 
     async def _save_replay_guard(self, store: Store, guard: ReplayGuard) -> None:
         await store.kv_set(KV_REPLAY_GUARD, guard.dump())
-        await store.kv_set(KV_CLEAN_SHUTDOWN, b"1")
+        await store.kv_set(KV_RUN_STATE, RUN_STATE_CLEAN)
+
+    async def _sealer(
+        self, store: Store, identity: NodeIdentity, stack: contextlib.AsyncExitStack
+    ) -> Sealer:
+        """Our sequence numbers must rise across restarts even if the clock steps back."""
+        saved = await store.kv_get(KV_SEALER_SEQ)
+        hint = int.from_bytes(saved, "big") if saved else None
+        sealer = Sealer(identity.key, seq_start=hint, max_size=self.config.envelope.max_bytes)
+
+        async def save() -> None:
+            await store.kv_set(KV_SEALER_SEQ, (sealer.last_seq + 1).to_bytes(8, "big"))
+
+        stack.push_async_callback(save)
+        return sealer
+
+    def _member_changed(self, change: MemberStateChanged) -> None:
+        if change.old == change.new or self._audit is None:
+            return
+        self._audit_nowait(
+            "mesh.member",
+            change.member,
+            {
+                "old": change.old.name.lower() if change.old is not None else None,
+                "new": change.new.name.lower(),
+                "incarnation": change.incarnation,
+            },
+        )
+
+    def _audit_nowait(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        task = asyncio.create_task(self.audit.append(kind, actor, data), name=f"audit-{kind}")
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
 
     # -- views -------------------------------------------------------------------------
 
@@ -173,6 +253,16 @@ class Node:
         return self._opener
 
     @property
+    def mesh(self) -> MeshService:
+        if self._mesh is None:
+            raise StartupError("node not started")
+        return self._mesh
+
+    @property
+    def mesh_port(self) -> int | None:
+        return self._mesh.port if self._mesh else None
+
+    @property
     def http_port(self) -> int | None:
         return self._http.port if self._http else None
 
@@ -183,7 +273,7 @@ class Node:
             "node_id": self.identity.node_id,
             "http_port": port,
             "http_url": f"http://{self.config.http.host}:{port}" if port else None,
-            "mesh_port": None,
+            "mesh_port": self.mesh_port,
             "version": __version__,
         }
 
@@ -198,10 +288,20 @@ class Node:
             "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
             "dev": identity.dev,
             "http_port": self.http_port,
-            "mesh_port": None,
+            "mesh_port": self.mesh_port,
+            "peers": self._mesh.state_counts() if self._mesh else {},
             "certificate_fingerprint": identity.fingerprint,
             "certificate_expires_at_s": identity.certificate.expires_at_s,
         }
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self._mesh.peer_view() if self._mesh else []
+
+    def block_peer(self, node_id: str, blocked: bool) -> None:
+        if blocked:
+            self.mesh.block(node_id)
+        else:
+            self.mesh.unblock(node_id)
 
     def healthy(self) -> bool:
         return self._stack is not None
@@ -228,6 +328,39 @@ class Node:
             known=ENVELOPE_REJECT_REASONS,
         )
 
+    def _register_mesh_metrics(self, mesh: MeshService) -> None:
+        self.metrics.add_gauges(
+            "vsmcp_mesh_members",
+            "Members of the mesh by state, as this node sees them",
+            "state",
+            mesh.state_counts,
+            known=("alive", "suspect", "zombie", "dead", "left"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_refused",
+            "Peers or messages refused admission, by reason",
+            "reason",
+            lambda: dict(mesh.stats.refused),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_dropped",
+            "Outbound or inbound mesh messages dropped, by reason",
+            "reason",
+            lambda: dict(mesh.stats.dropped),
+        )
+        self.metrics.add_counters(
+            "vsmcp_transport_frames",
+            "Transport frames by direction",
+            "direction",
+            mesh.transport_counts,
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_envelope_bytes",
+            "Bytes of one-way mesh envelopes (membership, gossip) by direction",
+            "direction",
+            mesh.byte_counts,
+        )
+
 
 @contextlib.contextmanager
 def _exclusive_lock(path: Path) -> Any:
@@ -249,6 +382,10 @@ def _write_runtime_file(path: Path, info: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _remove(path: Path) -> None:

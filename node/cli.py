@@ -87,7 +87,7 @@ def cmd_keys_issue(args: argparse.Namespace) -> int:
         raise CliError("--days must be positive")
     roles = [r for r in (args.roles or "").split(",") if r]
     signed = issue_certificate(
-        authority, node_public_key, args.zone, roles, args.days * SECONDS_PER_DAY
+        authority, node_public_key, args.zone, roles, args.days * SECONDS_PER_DAY, zones=zones
     )
     pem = certificate_to_pem(signed)
     if args.out:

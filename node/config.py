@@ -19,6 +19,8 @@ from typing import Any
 
 import msgspec
 
+from mesh.discovery import parse_seed
+from mesh.errors import MeshError
 from node.errors import ConfigError
 
 DEFAULT_HTTP_PORT = 7700
@@ -57,6 +59,8 @@ class MeshSection(_Section):
     port: int = DEFAULT_MESH_PORT
     seeds: list[str] = msgspec.field(default_factory=list)
     mdns: bool = True
+    preset: str = "lan"  # membership timing: local | lan | wan
+    fault_injection: bool = False  # /api/debug/block: cut links in tests; never in production
 
 
 class TrustSection(_Section):
@@ -93,6 +97,7 @@ class Config(_Section):
 
 _LOG_FORMATS = ("text", "json")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_MESH_PRESETS = ("local", "lan", "wan")
 _SECTIONS = tuple(Config.__struct_fields__)
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
 
@@ -181,6 +186,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("node.log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     if config.node.log_level not in _LOG_LEVELS:
         raise ConfigError("node.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if config.mesh.preset not in _MESH_PRESETS:
+        raise ConfigError("mesh.preset", f"must be one of {', '.join(_MESH_PRESETS)}")
     zones = config.trust.zones
     if not zones:
         raise ConfigError("trust.zones", "must name at least one zone")
@@ -195,9 +202,12 @@ def _validate(config: Config) -> None:
     _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
     _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
     for i, seed in enumerate(config.mesh.seeds):
-        host, sep, port = seed.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"mesh.seeds[{i}]", f"'{seed}' is not HOST:PORT")
+        try:
+            parse_seed(seed)
+        except MeshError as e:
+            raise ConfigError(
+                f"mesh.seeds[{i}]", f"'{seed}' is not [NODE_ID@]HOST:PORT: {e}"
+            ) from e
 
 
 def _check_port(key: str, port: int) -> None:

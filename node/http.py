@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from node.errors import NodeError
 from node.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,10 @@ class NodeView(Protocol):
     def render_metrics(self) -> bytes: ...
 
     def healthy(self) -> bool: ...
+
+    def peers(self) -> list[dict[str, Any]]: ...
+
+    def block_peer(self, node_id: str, blocked: bool) -> None: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -50,6 +55,21 @@ def build_app(node: NodeView) -> web.Application:
     async def index(_: web.Request) -> web.Response:
         return web.Response(text=render_index(node.status()), content_type="text/html")
 
+    async def api_peers(_: web.Request) -> web.Response:
+        return _json({"peers": node.peers()})
+
+    async def debug_block(request: web.Request) -> web.Response:
+        peer = request.query.get("peer", "")
+        blocked = request.method == "POST"
+        try:
+            node.block_peer(peer, blocked)
+        except NodeError as e:
+            return _json({"error": str(e)}, status=403)
+        return _json({"peer": peer, "blocked": blocked})
+
+    app.router.add_get("/api/peers", api_peers)
+    app.router.add_post("/api/debug/block", debug_block)
+    app.router.add_delete("/api/debug/block", debug_block)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/status", api_status)

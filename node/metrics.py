@@ -16,14 +16,14 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class CountersCollector(Collector):
-    """Exposes counters kept elsewhere as a labelled Prometheus counter family.
+    """Exposes counts kept elsewhere as a labelled Prometheus counter (or gauge) family.
 
     `read()` returns {label value: count}; `known` label values are always shown,
     at zero until they happen, so dashboards and alerts see every reason up front.
@@ -36,7 +36,10 @@ class CountersCollector(Collector):
         label: str,
         read: Callable[[], Mapping[str, int]],
         known: Iterable[str] = (),
+        *,
+        gauge: bool = False,
     ) -> None:
+        self._gauge = gauge
         self._name = name
         self._documentation = documentation
         self._label = label
@@ -44,7 +47,8 @@ class CountersCollector(Collector):
         self._known = tuple(known)
 
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        family_type = GaugeMetricFamily if self._gauge else CounterMetricFamily
+        family = family_type(self._name, self._documentation, labels=[self._label])
         counts = dict.fromkeys(self._known, 0)
         counts.update(self._read())
         for value, count in sorted(counts.items()):
@@ -73,6 +77,18 @@ class NodeMetrics:
         known: Iterable[str] = (),
     ) -> None:
         self.registry.register(CountersCollector(name, documentation, label, read, known))
+
+    def add_gauges(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        read: Callable[[], Mapping[str, int]],
+        known: Iterable[str] = (),
+    ) -> None:
+        self.registry.register(
+            CountersCollector(name, documentation, label, read, known, gauge=True)
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

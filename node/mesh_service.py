@@ -1,0 +1,689 @@
+"""The node in the mesh: admission, membership, discovery, wired onto the transport.
+
+Admission. A peer is admitted only after a signed HELLO exchange proves its identity
+(the envelope is signed by the key its node id names, and arrives on the CURVE
+connection of that same key) and its certificate verifies against our mesh authority.
+In dev mode, self-certified peers are admitted, but only on loopback. Envelopes from
+peers that are not admitted are dropped and counted; if we know where the sender
+lives, we say HELLO to it, which admits both sides at once.
+
+Membership. `mesh.membership.Membership` is a sans-I/O state machine; one task here
+drives its timers, one task feeds it inbound messages, and short tasks answer its
+transport reachability checks. Its messages travel as signed MEMBERSHIP envelopes,
+one-way, in the transport's highest priority class. Liveness never enters a CRDT.
+
+Discovery. mDNS (zeroconf), static seeds and membership gossip produce candidates;
+a connector task says HELLO to each candidate it has not admitted, with backoff.
+The membership table doubles as peer exchange: a node that knows one peer learns every
+member (with its signed endpoint) from that peer's push-pull state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+
+from mesh._transport_keys import curve_public_key
+from mesh._transport_wire import Priority
+from mesh.certs import (
+    Certificate,
+    SignedCertificate,
+    ZoneOrder,
+    decode_certificate,
+    encode_certificate,
+    peek_certificate,
+    verify_certificate,
+)
+from mesh.discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
+from mesh.envelope import Envelope, MsgType, Opener, Sealer
+from mesh.errors import CertificateError, EnvelopeError, MeshError
+from mesh.identity import NodeKey, public_key_from_node_id, verify_detached
+from mesh.membership import (
+    CheckReachability,
+    MemberInfo,
+    Membership,
+    MembershipConfig,
+    MemberStateChanged,
+    Output,
+    Send,
+)
+from mesh.membership import (
+    encode as encode_membership,
+)
+from mesh.transport import Transport, TransportError
+from node.errors import NodeError
+
+log = logging.getLogger(__name__)
+
+MESH_PROTOCOL_VERSION = 1
+INBOUND_QUEUE_FRAMES = 4096
+HELLO_TIMEOUT_S = 3.0
+HELLO_BACKOFF_MIN_S = 0.5
+HELLO_BACKOFF_MAX_S = 30.0
+SEED_REOFFER_INTERVAL_S = 5.0
+LEAVE_SPREAD_S = 0.3
+MAX_REACHABILITY_CHECKS = 64
+MAX_HELLOS_IN_FLIGHT = 16
+MAX_HELLO_BYTES = 16 << 10
+MAX_META_BYTES = 1024
+
+MEMBERSHIP_PRESETS: dict[str, Callable[[], MembershipConfig]] = {
+    "local": MembershipConfig.local,
+    "lan": MembershipConfig.lan,
+    "wan": MembershipConfig.wan,
+}
+
+
+class AdmissionError(NodeError):
+    """A peer's HELLO was refused. `reason` is the counter label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class PeerMeta(msgspec.Struct, array_like=True, frozen=True):
+    """What a member publishes about itself (signed, in its membership Alive)."""
+
+    host: str
+    mesh_port: int
+    http_port: int | None
+    fingerprint: str
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.mesh_port}"
+
+
+class Hello(msgspec.Struct, array_like=True, frozen=True):
+    protocol_version: int
+    certificate: bytes
+    meta: PeerMeta
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_meta = msgspec.msgpack.Decoder(PeerMeta).decode
+_decode_hello = msgspec.msgpack.Decoder(Hello).decode
+
+
+def decode_meta(data: bytes) -> PeerMeta | None:
+    if len(data) > MAX_META_BYTES:
+        return None
+    try:
+        return _decode_meta(data)
+    except msgspec.DecodeError:
+        return None
+
+
+@dataclass
+class Peer:
+    node_id: str
+    public_key: bytes
+    certificate: Certificate
+    meta: PeerMeta
+    admitted_at: float
+
+
+@dataclass
+class _Backoff:
+    next_at: float = 0.0
+    delay_s: float = HELLO_BACKOFF_MIN_S
+
+
+@dataclass
+class MeshStats:
+    refused: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    hellos_sent: int = 0
+    hellos_answered: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@lru_cache(maxsize=8192)
+def _public_key(node_id: str) -> bytes:
+    return public_key_from_node_id(node_id)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class MeshService:
+    """The node's presence in the mesh. An async context manager; start/stop idempotent."""
+
+    def __init__(
+        self,
+        *,
+        key: NodeKey,
+        certificate: bytes,
+        authority_public_key: bytes,
+        zones: ZoneOrder,
+        dev: bool,
+        sealer: Sealer,
+        opener: Opener,
+        host: str,
+        port: int,
+        http_port: int | None,
+        fingerprint: str,
+        seeds: list[str],
+        mdns: bool,
+        preset: str = "lan",
+        fault_injection: bool = False,
+        on_member_change: Callable[[MemberStateChanged], None] | None = None,
+    ) -> None:
+        self._key = key
+        self.node_id = key.node_id
+        self.public_key = key.public_key
+        self._certificate = certificate
+        self._authority = authority_public_key
+        self._zones = zones
+        self._dev = dev
+        self._sealer = sealer
+        self._opener = opener
+        self._host = host
+        self._requested_port = port
+        self._http_port = http_port
+        self._fingerprint = fingerprint
+        self._seeds = SeedDiscovery(seeds)
+        self._use_mdns = mdns
+        self._membership_config = MEMBERSHIP_PRESETS[preset]()
+        self._fault_injection = fault_injection
+        self._on_member_change = on_member_change
+        self.stats = MeshStats()
+        self.peers: dict[str, Peer] = {}
+        self.blocked: set[str] = set()
+        self._transport: Transport | None = None
+        self._membership: Membership | None = None
+        self._discovery: Discovery | None = None
+        self._mdns: MdnsDiscovery | None = None
+        self._inbound: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(INBOUND_QUEUE_FRAMES)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._helper_tasks: set[asyncio.Task[Any]] = set()
+        self._hello_backoff: dict[str, _Backoff] = {}
+        self._hello_slots = asyncio.Semaphore(MAX_HELLOS_IN_FLIGHT)
+        self._reach_slots = asyncio.Semaphore(MAX_REACHABILITY_CHECKS)
+        self._started = False
+        self._stopped = False
+        self._meta: PeerMeta | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> MeshService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        transport = Transport(self._key.seed, bind_host=self._host, port=self._requested_port)
+        await transport.start()
+        self._transport = transport
+        transport.on_request(self._on_request)
+        transport.on_oneway(self._on_oneway)
+        self._meta = PeerMeta(self._host, transport.port, self._http_port, self._fingerprint)
+        self._membership = Membership(
+            self.node_id,
+            meta=_encode(self._meta),
+            sign=self._key.sign_detached,
+            verify=self._verify_member,
+            config=self._membership_config,
+            now=time.monotonic(),
+        )
+        self._discovery = Discovery(self_node_id=self.node_id)
+        self._spawn(self._drive_membership(), "mesh-membership")
+        self._spawn(self._process_inbound(), "mesh-inbound")
+        self._spawn(self._connect_candidates(), "mesh-connector")
+        self._spawn(self._offer_seeds(), "mesh-seeds")
+        if self._use_mdns:
+            await self._start_mdns()
+        log.info("mesh listening on %s", transport.endpoint)
+
+    async def _start_mdns(self) -> None:
+        assert self._meta is not None and self._discovery is not None
+        interfaces = ["127.0.0.1"] if _is_loopback(self._host) else None
+        mdns = MdnsDiscovery(
+            node_id=self.node_id,
+            cert_fingerprint=self._fingerprint,
+            mesh_port=self._meta.mesh_port,
+            http_port=self._http_port,
+            protocol_version=MESH_PROTOCOL_VERSION,
+            on_candidate=self._offer_candidate,
+            on_lost=self._discovery.lost,
+            interfaces=interfaces,
+            advertise_addresses=[self._host] if interfaces else None,
+        )
+        try:
+            await mdns.start()
+        except MeshError as e:
+            log.warning("mDNS unavailable, continuing with seeds and gossip: %s", e)
+            return
+        self._mdns = mdns
+
+    def _offer_candidate(self, candidate: Candidate) -> None:
+        if self._discovery is not None:
+            self._discovery.offer(candidate)
+
+    async def stop(self) -> None:
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        membership = self._membership
+        if membership is not None:
+            self._carry_out(membership.leave(time.monotonic()))
+            # Let the Left spread a little: the transport sends from its own queues.
+            await asyncio.sleep(LEAVE_SPREAD_S)
+        if self._mdns is not None:
+            await self._mdns.stop()
+        if self._discovery is not None:
+            self._discovery.close()
+        for task in (*self._tasks, *self._helper_tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._helper_tasks, return_exceptions=True)
+        if self._transport is not None:
+            await self._transport.stop()
+
+    def _spawn(self, coro: Any, name: str, *, helper: bool = False) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        owner = self._helper_tasks if helper else self._tasks
+        owner.add(task)
+        task.add_done_callback(owner.discard)
+        if not helper:
+            task.add_done_callback(self._service_task_done)
+        return task
+
+    def _service_task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("mesh task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- views ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        return self._transport.port if self._transport else None
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise NodeError("mesh not started")
+        return self._transport
+
+    def members(self) -> list[MemberInfo]:
+        return self._membership.members() if self._membership else []
+
+    def peer_view(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        out: list[dict[str, Any]] = []
+        for m in self.members():
+            if m.is_self:
+                continue
+            meta = decode_meta(m.meta)
+            peer = self.peers.get(m.id)
+            out.append(
+                {
+                    "id": m.id,
+                    "state": m.state.name.lower(),
+                    "incarnation": m.incarnation,
+                    "admitted": peer is not None,
+                    "zone": peer.certificate.zone if peer else None,
+                    "endpoint": meta.endpoint if meta else None,
+                    "http_port": meta.http_port if meta else None,
+                    "since_s": round(max(0.0, now - m.changed_at), 3),
+                }
+            )
+        return sorted(out, key=lambda p: p["id"])
+
+    def transport_counts(self) -> dict[str, int]:
+        stats = self._transport.stats if self._transport else None
+        if stats is None:
+            return {}
+        return {
+            "sent": stats.sent,
+            "received": stats.received,
+            "timeouts": stats.timeouts,
+            "garbage": stats.garbage,
+            "dropped": sum(stats.dropped.values()),
+        }
+
+    def byte_counts(self) -> dict[str, int]:
+        return {"sent": self.stats.bytes_sent, "received": self.stats.bytes_received}
+
+    def state_counts(self) -> dict[str, int]:
+        counts = Counter(m.state.name.lower() for m in self.members() if not m.is_self)
+        return dict(counts)
+
+    # -- membership ----------------------------------------------------------------------
+
+    def _verify_member(self, member: str, message: bytes, signature: bytes) -> bool:
+        try:
+            public_key = _public_key(member)
+        except MeshError:
+            return False
+        return verify_detached(public_key, message, signature)
+
+    async def _drive_membership(self) -> None:
+        membership = self._membership
+        assert membership is not None
+        while True:
+            deadline = membership.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            self._carry_out(membership.tick(time.monotonic()))
+
+    def _carry_out(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            if isinstance(output, Send):
+                self._send_membership(output)
+            elif isinstance(output, CheckReachability):
+                self._check_reachability(output.member)
+            elif isinstance(output, MemberStateChanged):
+                self._member_changed(output)
+        self._wake.set()
+
+    def _endpoint_of(self, node_id: str) -> str | None:
+        peer = self.peers.get(node_id)
+        if peer is not None:
+            return peer.meta.endpoint
+        membership = self._membership
+        info = membership.member(node_id) if membership else None
+        meta = decode_meta(info.meta) if info else None
+        return meta.endpoint if meta else None
+
+    def _send_membership(self, send: Send) -> None:
+        if send.to in self.blocked:
+            self.stats.dropped["blocked"] += 1
+            return
+        if send.to not in self.peers:
+            # Not admitted yet: say HELLO first; membership tolerates the lost message.
+            self.stats.dropped["unadmitted_peer"] += 1
+            self._hello_member(send.to)
+            return
+        self._send_envelope(
+            send.to, MsgType.MEMBERSHIP, encode_membership(send.message), Priority.MEMBERSHIP
+        )
+
+    def _send_envelope(self, to: str, kind: MsgType, payload: bytes, priority: Priority) -> None:
+        endpoint = self._endpoint_of(to)
+        if endpoint is None:
+            self.stats.dropped["no_endpoint"] += 1
+            return
+        wire = self._sealer.seal(kind, payload, recipient=_public_key(to))
+        self.stats.bytes_sent += len(wire)
+        try:
+            self.transport.send(_public_key(to), endpoint, wire, priority=priority)
+        except TransportError as e:
+            self.stats.dropped[getattr(e, "reason", "transport")] += 1
+
+    def _check_reachability(self, member: str) -> None:
+        self._spawn(self._reachability(member), f"mesh-reach-{member[-6:]}", helper=True)
+
+    async def _reachability(self, member: str) -> None:
+        membership = self._membership
+        assert membership is not None
+        endpoint = self._endpoint_of(member)
+        timeout = self._membership_config.probe_timeout_s
+        reachable = False
+        if endpoint is not None and member not in self.blocked:
+            async with self._reach_slots:
+                reachable = await self.transport.check_reachable(endpoint, timeout)
+        self._carry_out(membership.on_transport_probe_result(member, reachable, time.monotonic()))
+
+    def _member_changed(self, change: MemberStateChanged) -> None:
+        old = change.old.name.lower() if change.old is not None else None
+        new = change.new.name.lower()
+        if old != new:
+            log.info(
+                "member %s: %s -> %s (incarnation %d)", change.member, old, new, change.incarnation
+            )
+        if change.old is None and change.member not in self.peers:
+            self._offer_member(change.member, change.meta)
+        if self._on_member_change is not None:
+            self._on_member_change(change)
+
+    def _offer_member(self, node_id: str, meta_bytes: bytes) -> None:
+        meta = decode_meta(meta_bytes)
+        if meta is None or self._discovery is None:
+            return
+        with contextlib.suppress(MeshError):
+            self._discovery.offer(
+                Candidate(
+                    node_id=node_id,
+                    host=meta.host,
+                    mesh_port=meta.mesh_port,
+                    http_port=meta.http_port,
+                    cert_fingerprint=meta.fingerprint,
+                    protocol_version=MESH_PROTOCOL_VERSION,
+                    source="gossip",
+                )
+            )
+
+    # -- inbound -------------------------------------------------------------------------
+
+    def _on_oneway(self, peer_curve_key: bytes, payload: bytes) -> None:
+        self.stats.bytes_received += len(payload)
+        try:
+            self._inbound.put_nowait((peer_curve_key, payload))
+        except asyncio.QueueFull:
+            self.stats.dropped["inbound_queue_full"] += 1
+
+    async def _process_inbound(self) -> None:
+        while True:
+            peer_curve_key, wire = await self._inbound.get()
+            envelope = self._open(peer_curve_key, wire)
+            if envelope is None:
+                continue
+            sender = envelope.sender_id
+            if sender in self.blocked:
+                self.stats.dropped["blocked"] += 1
+                continue
+            if sender not in self.peers:
+                self.stats.refused["unadmitted"] += 1
+                self._hello_member(sender)
+                continue
+            if envelope.type == MsgType.MEMBERSHIP:
+                self._on_membership(sender, envelope.payload)
+            else:
+                self.stats.dropped["unexpected_type"] += 1
+
+    def _open(self, peer_curve_key: bytes, wire: bytes) -> Envelope | None:
+        try:
+            envelope = self._opener.open(wire)
+        except EnvelopeError as e:
+            log.debug("envelope rejected: %s", e)
+            return None
+        if curve_public_key(envelope.sender) != peer_curve_key:
+            # Signed by one node, carried on another's connection: a relay or a forgery.
+            self.stats.refused["sender_mismatch"] += 1
+            return None
+        return envelope
+
+    def _on_membership(self, sender: str, payload: bytes) -> None:
+        membership = self._membership
+        assert membership is not None
+        try:
+            outputs = membership.on_message_bytes(sender, payload, time.monotonic())
+        except MeshError as e:
+            self.stats.refused["bad_membership_message"] += 1
+            log.debug("bad membership message from %s: %s", sender, e)
+            return
+        self._carry_out(outputs)
+
+    async def _on_request(self, peer_curve_key: bytes, wire: bytes) -> bytes:
+        envelope = self._open(peer_curve_key, wire)
+        if envelope is None:
+            raise AdmissionError("bad_envelope", "rejected")
+        if envelope.sender_id in self.blocked:
+            raise AdmissionError("blocked", "link cut by fault injection")
+        if envelope.type == MsgType.HELLO:
+            self.stats.hellos_answered += 1
+            self._admit(envelope)
+            return self._sealer.seal(
+                MsgType.HELLO, self._hello_payload(), recipient=envelope.sender
+            )
+        raise AdmissionError("unexpected_type", f"no handler for {envelope.type!r}")
+
+    # -- admission -----------------------------------------------------------------------
+
+    def _hello_payload(self) -> bytes:
+        assert self._meta is not None
+        return _encode(Hello(MESH_PROTOCOL_VERSION, self._certificate, self._meta))
+
+    def _admit(self, envelope: Envelope) -> Peer:
+        """Verify a HELLO envelope's certificate; admit its sender or raise AdmissionError."""
+        try:
+            if len(envelope.payload) > MAX_HELLO_BYTES:
+                raise AdmissionError("malformed", "hello too large")
+            hello = _decode_hello(envelope.payload)
+        except msgspec.DecodeError as e:
+            self.stats.refused["malformed"] += 1
+            raise AdmissionError("malformed", str(e)) from None
+        except AdmissionError:
+            self.stats.refused["malformed"] += 1
+            raise
+        try:
+            certificate = self._verify_peer_certificate(hello)
+        except AdmissionError as e:
+            self.stats.refused[e.reason] += 1
+            log.warning("refused peer %s: %s", envelope.sender_id, e)
+            raise
+        if certificate.node_public_key != envelope.sender:
+            self.stats.refused["certificate_mismatch"] += 1
+            raise AdmissionError("certificate_mismatch", "certificate is for another key")
+        node_id = envelope.sender_id
+        peer = self.peers.get(node_id)
+        if peer is None:
+            log.info(
+                "admitted peer %s (zone %s) at %s", node_id, certificate.zone, hello.meta.endpoint
+            )
+            self._hello_backoff.pop(node_id, None)
+        peer = Peer(node_id, envelope.sender, certificate, hello.meta, time.monotonic())
+        self.peers[node_id] = peer
+        membership = self._membership
+        if membership is not None and membership.member(node_id) is None:
+            self._carry_out(membership.join([node_id], time.monotonic()))
+        return peer
+
+    def _verify_peer_certificate(self, hello: Hello) -> Certificate:
+        if hello.protocol_version != MESH_PROTOCOL_VERSION:
+            raise AdmissionError("protocol_version", f"peer speaks {hello.protocol_version}")
+        try:
+            signed = decode_certificate(hello.certificate)
+        except CertificateError as e:
+            raise AdmissionError("malformed", str(e)) from e
+        try:
+            return verify_certificate(signed, self._authority, self._zones)
+        except CertificateError as authority_error:
+            if not (self._dev and _is_loopback(hello.meta.host)):
+                raise AdmissionError(authority_error.reason, str(authority_error)) from None
+        # Dev mode, one machine: a peer that certified itself is trusted, loudly.
+        try:
+            return verify_certificate(signed, signed_issuer(signed), self._zones)
+        except CertificateError as e:
+            raise AdmissionError(e.reason, str(e)) from None
+
+    def _hello_member(self, node_id: str) -> None:
+        endpoint = self._endpoint_of(node_id)
+        if endpoint is None or node_id in self.blocked:
+            return
+        self._maybe_hello(node_id, endpoint)
+
+    def _maybe_hello(self, key: str, endpoint: str, node_id: str | None = None) -> None:
+        node_id = node_id or key
+        backoff = self._hello_backoff.setdefault(key, _Backoff())
+        now = time.monotonic()
+        if now < backoff.next_at or self._stopped:
+            return
+        backoff.next_at = now + backoff.delay_s
+        backoff.delay_s = min(backoff.delay_s * 2, HELLO_BACKOFF_MAX_S)
+        self._spawn(self._hello(node_id, endpoint), f"mesh-hello-{node_id[-6:]}", helper=True)
+
+    async def _hello(self, node_id: str, endpoint: str) -> None:
+        try:
+            public_key = _public_key(node_id)
+        except MeshError:
+            return
+        wire = self._sealer.seal(MsgType.HELLO, self._hello_payload(), recipient=public_key)
+        self.stats.hellos_sent += 1
+        async with self._hello_slots:
+            try:
+                response = await self.transport.request(
+                    public_key,
+                    endpoint,
+                    wire,
+                    timeout_s=HELLO_TIMEOUT_S,
+                    priority=Priority.REQUEST,
+                )
+            except TransportError as e:
+                log.debug("hello to %s at %s failed: %s", node_id, endpoint, e)
+                return
+        envelope = self._open(curve_public_key(public_key), response)
+        if envelope is None or envelope.type != MsgType.HELLO or envelope.sender != public_key:
+            self.stats.refused["bad_hello_response"] += 1
+            return
+        with contextlib.suppress(AdmissionError):
+            self._admit(envelope)
+
+    async def _connect_candidates(self) -> None:
+        discovery = self._discovery
+        assert discovery is not None
+        async for candidate in discovery.updates():
+            if candidate.node_id is None:
+                continue  # a seed without an id: see _offer_seeds
+            if candidate.node_id in self.peers or candidate.node_id in self.blocked:
+                continue
+            endpoint = f"tcp://{candidate.address}"
+            self._maybe_hello(candidate.node_id, endpoint)
+
+    async def _offer_seeds(self) -> None:
+        discovery = self._discovery
+        assert discovery is not None
+        while True:
+            for seed in self._seeds.seeds():
+                if seed.node_id is not None and seed.node_id not in self.peers:
+                    self._maybe_hello(seed.node_id, f"tcp://{seed.address}")
+            await asyncio.sleep(SEED_REOFFER_INTERVAL_S * random.uniform(0.8, 1.2))
+
+    # -- fault injection (tests only; off unless mesh.fault_injection) -------------------
+
+    def block(self, node_id: str) -> None:
+        if not self._fault_injection:
+            raise NodeError("fault injection is off (mesh.fault_injection = false)")
+        self.blocked.add(node_id)
+        if self._transport is not None and node_id in self.peers:
+            self._transport.forget(self.peers[node_id].public_key)
+
+    def unblock(self, node_id: str) -> None:
+        if not self._fault_injection:
+            raise NodeError("fault injection is off (mesh.fault_injection = false)")
+        self.blocked.discard(node_id)
+
+
+def signed_issuer(signed: SignedCertificate) -> bytes:
+    """The issuer key a signed certificate names (for dev-mode self-certificates)."""
+    return peek_certificate(signed).issuer_public_key
+
+
+__all__ = ["MESH_PROTOCOL_VERSION", "MeshService", "Peer", "PeerMeta", "encode_certificate"]

@@ -1,0 +1,227 @@
+"""Raw HTTP against /mcp: malformed bodies, Origin, tokens, sessions, bounds."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+
+from node.mcp.protocol import (
+    FORBIDDEN_ORIGIN,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SESSION_NOT_FOUND,
+    TOO_LARGE,
+    UNAUTHORIZED,
+)
+from node.tools.config import MountConfig, ToolsConfig
+from node.tools.registry import build_local_catalog
+from tests.node.mcp.conftest import PUBLIC_TOKEN, Server, serve
+
+MODERN = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": method,
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+async def post(
+    url: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], Any]:
+    data = body if isinstance(body, bytes) else None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=data, json=None if data else body, headers=headers or {}) as resp,
+    ):
+        payload = await resp.json() if resp.content_type == "application/json" else None
+        return resp.status, dict(resp.headers), payload
+
+
+async def test_malformed_json_is_a_parse_error(server: Server) -> None:
+    status, _, body = await post(server.url, b"{not json", modern_headers("tools/list"))
+    assert status == 400
+    assert body["error"]["code"] == PARSE_ERROR
+    assert body["id"] is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [[{"jsonrpc": "2.0", "id": 1, "method": "ping"}], {"hello": 1}, 42, {"jsonrpc": "2.0"}],
+)
+async def test_non_jsonrpc_body_is_an_invalid_request(server: Server, payload: Any) -> None:
+    status, _, body = await post(server.url, payload, modern_headers("ping"))
+    assert status == 400
+    assert body["error"]["code"] == INVALID_REQUEST
+
+
+async def test_unknown_method(server: Server) -> None:
+    msg = {"jsonrpc": "2.0", "id": 7, "method": "tools/frobnicate", "params": {"_meta": META}}
+    status, _, body = await post(server.url, msg, modern_headers("tools/frobnicate"))
+    assert status == 404
+    assert body == {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "error": {
+            "code": METHOD_NOT_FOUND,
+            "message": "Method not found: 'tools/frobnicate'",
+            "data": {"method": "tools/frobnicate"},
+        },
+    }
+
+
+async def test_unknown_tool_and_wrong_arguments(server: Server) -> None:
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    params = {"name": "nope", "arguments": {}, "_meta": META}
+    status, _, body = await post(
+        server.url, {**call, "params": params}, modern_headers("tools/call", "nope")
+    )
+    assert (status, body["error"]["code"]) == (400, INVALID_PARAMS)
+    assert body["error"]["data"]["tool"] == "nope"
+    params = {"name": "echo", "arguments": {"text": 3}, "_meta": META}
+    status, _, body = await post(
+        server.url, {**call, "params": params}, modern_headers("tools/call", "echo")
+    )
+    assert (status, body["error"]["code"]) == (400, INVALID_PARAMS)
+    assert "3 is not of type 'string'" in body["error"]["message"]
+    params = {"name": "echo", "arguments": [1], "_meta": META}
+    status, _, body = await post(
+        server.url, {**call, "params": params}, modern_headers("tools/call", "echo")
+    )
+    assert body["error"]["code"] == INVALID_PARAMS
+
+
+async def test_modern_envelope_and_headers_are_checked(server: Server) -> None:
+    msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    status, _, body = await post(server.url, msg, modern_headers("tools/list"))
+    assert (status, body["error"]["code"]) == (400, INVALID_PARAMS)
+    msg["params"] = {"_meta": META}
+    status, _, body = await post(server.url, msg, modern_headers("tools/call"))
+    assert (status, body["error"]["code"]) == (400, -32020)
+    status, _, body = await post(
+        server.url, msg, {**modern_headers("tools/list"), "MCP-Protocol-Version": "1999-01-01"}
+    )
+    assert (status, body["error"]["code"]) == (400, -32022)
+
+
+async def test_bad_origin_is_forbidden(server: Server) -> None:
+    msg = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}}
+    status, _, body = await post(
+        server.url, msg, {**modern_headers("server/discover"), "Origin": "http://evil.example"}
+    )
+    assert status == 403
+    assert body["error"]["code"] == FORBIDDEN_ORIGIN
+    status, _, body = await post(
+        server.url, msg, {**modern_headers("server/discover"), "Origin": "http://localhost:6274"}
+    )
+    assert status == 200
+    assert body["result"]["supportedVersions"] == [MODERN]
+
+
+async def test_tokens_map_to_zones_and_unknown_tokens_are_refused(server: Server) -> None:
+    msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+    status, headers, body = await post(
+        server.url, msg, {**modern_headers("tools/list"), "Authorization": "Bearer wrong"}
+    )
+    assert status == 401
+    assert body["error"]["code"] == UNAUTHORIZED
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    auth = {"Authorization": f"Bearer {PUBLIC_TOKEN}"}
+    status, _, body = await post(server.url, msg, {**modern_headers("tools/list"), **auth})
+    assert status == 200
+    assert "ops.restart" not in [t["name"] for t in body["result"]["tools"]]
+
+
+async def test_loopback_without_token_refused_when_not_configured() -> None:
+    async with build_local_catalog(ToolsConfig(entry_points=False)) as catalog:
+        srv, runner = await serve(catalog, loopback_zone=None)
+        try:
+            msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+            status, _, body = await post(srv.url, msg, modern_headers("tools/list"))
+            assert status == 401
+            assert body["error"]["code"] == UNAUTHORIZED
+            auth = {"Authorization": f"Bearer {PUBLIC_TOKEN}"}
+            status, _, body = await post(srv.url, msg, {**modern_headers("tools/list"), **auth})
+            assert status == 200
+        finally:
+            await runner.cleanup()
+
+
+async def test_body_size_cap() -> None:
+    async with build_local_catalog(ToolsConfig(entry_points=False)) as catalog:
+        srv, runner = await serve(catalog, max_body_bytes=1000)
+        try:
+            big = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": "y" * 2000}}
+            status, _, body = await post(srv.url, big, modern_headers("ping"))
+            assert status == 413
+            assert body["error"]["code"] == TOO_LARGE
+        finally:
+            await runner.cleanup()
+
+
+async def test_sessions_are_bounded_and_checked() -> None:
+    async with build_local_catalog(ToolsConfig(entry_points=False)) as catalog:
+        srv, runner = await serve(catalog, max_sessions=2)
+        try:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            ids = []
+            for _ in range(3):
+                status, headers, body = await post(srv.url, init)
+                assert status == 200
+                assert body["result"]["protocolVersion"] == "2025-11-25"
+                ids.append(headers["Mcp-Session-Id"])
+            assert list(srv.gateway.sessions) == ids[1:]  # the oldest idle one was evicted
+            ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+            status, _, body = await post(srv.url, ping, {"Mcp-Session-Id": ids[0]})
+            assert (status, body["error"]["code"]) == (404, SESSION_NOT_FOUND)
+            status, _, body = await post(srv.url, ping, {"Mcp-Session-Id": ids[2]})
+            assert (status, body["result"]) == (200, {})
+            # A session belongs to the caller that created it.
+            other = {"Mcp-Session-Id": ids[2], "Authorization": f"Bearer {PUBLIC_TOKEN}"}
+            status, _, body = await post(srv.url, ping, other)
+            assert status == 404
+            status, _, body = await post(srv.url, ping)
+            assert (status, body["error"]["code"]) == (400, INVALID_REQUEST)
+        finally:
+            await runner.cleanup()
+
+
+async def test_mounted_tool_through_the_gateway() -> None:
+    pytest.importorskip("mcp_server_time")
+    from mcp.client.client import Client
+
+    mount = MountConfig(name="time", command=sys.executable, args=["-m", "mcp_server_time"])
+    async with build_local_catalog(ToolsConfig(entry_points=False, mounts=[mount])) as catalog:
+        await catalog.supervisor.wait_running(timeout_s=30)
+        srv, runner = await serve(catalog)
+        try:
+            for mode in ("auto", "legacy"):
+                async with Client(srv.url, mode=mode, cache=None) as client:
+                    result = await client.call_tool("time.get_current_time", {"timezone": "UTC"})
+                    assert result.is_error is False
+                    assert "UTC" in result.content[0].text  # type: ignore[union-attr]
+        finally:
+            await runner.cleanup()

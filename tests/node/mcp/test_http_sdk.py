@@ -150,3 +150,27 @@ def _probe(predicate):  # type: ignore[no-untyped-def]
         return predicate()
 
     return probe
+
+
+async def test_legacy_session_stream_carries_list_changed(server: Server) -> None:
+    from node.tools.functions import FunctionProvider, PluginTool
+
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if getattr(getattr(message, "root", message), "method", None) == (
+            "notifications/tools/list_changed"
+        ):
+            changed.set()
+
+    async with Client(server.url, mode="legacy", cache=None, message_handler=on_message) as client:
+        await async_wait_for(
+            _probe(lambda: any(s.stream_open for s in server.gateway.sessions.values())),
+            what="GET stream open",
+        )
+        server.catalog.add(
+            FunctionProvider("plugin:later", lambda: [PluginTool(name="later", fn=lambda a: "x")])
+        )
+        with anyio.fail_after(10):
+            await changed.wait()
+        assert "later" in [t.name for t in (await client.list_tools()).tools]

@@ -46,7 +46,15 @@ def zone_allows(zones: Sequence[str] = DEFAULT_ZONES) -> ZoneAllows:
     if zone_order is None:
         return ranking_allows(zones)
     order = zone_order(list(zones))
-    allows: ZoneAllows = order.allows
+
+    def allows(caller_zone: str, tool_zone: str) -> bool:
+        # ZoneOrder raises on unknown zones; here an unknown zone is a denial (fail closed).
+        return (
+            caller_zone in order
+            and tool_zone in order
+            and bool(order.allows(caller_zone, tool_zone))
+        )
+
     return allows
 
 

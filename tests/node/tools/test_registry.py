@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from node.tools.errors import (
     ZoneDenied,
 )
 from node.tools.model import CallContext
-from node.tools.policy import ranking_allows
+from node.tools.policy import ranking_allows, zone_allows
 from node.tools.registry import LocalCatalog, build_local_catalog
 
 PUBLIC = CallContext(caller_id="t", caller_zone="public", origin="test:public")
@@ -101,8 +102,9 @@ def test_bad_plugin_target_is_a_config_error() -> None:
         build_local_catalog(cfg)
 
 
-def test_unknown_zone_fails_closed() -> None:
-    allows = ranking_allows(["public", "ops"])
+@pytest.mark.parametrize("make", [ranking_allows, zone_allows])
+def test_unknown_zone_fails_closed(make: Any) -> None:
+    allows = make(["public", "ops"])
     assert allows("ops", "public")
     assert not allows("public", "ops")
     assert not allows("mystery", "public")

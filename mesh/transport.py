@@ -123,6 +123,7 @@ QUEUE_MAX_FRAMES_PER_PEER = 1024
 QUEUE_MAX_BYTES_PER_PEER = 16 * 1024 * 1024
 MAX_CONCURRENT_HANDLERS = 256
 MAX_HANDLERS_PER_PEER = 64
+MAX_PEERS = 1024
 DEALER_SNDHWM = 256
 ROUTER_SNDHWM = 1000
 RCVHWM = 1000
@@ -156,6 +157,7 @@ class TransportConfig:
     queue_max_bytes: int = QUEUE_MAX_BYTES_PER_PEER
     max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS
     max_handlers_per_peer: int = MAX_HANDLERS_PER_PEER
+    max_peers: int = MAX_PEERS
     dealer_sndhwm: int = DEALER_SNDHWM
     router_sndhwm: int = ROUTER_SNDHWM
     rcvhwm: int = RCVHWM
@@ -444,8 +446,11 @@ class Transport:
         """Send `payload` to the peer's request handler and return its response.
 
         Raises RequestTimeoutError, RemoteError, QueueFullError, PeerUnreachableError,
-        FrameTooLargeError, TransportClosedError. On timeout or cancellation of the
-        caller, a CANCEL frame tells the peer to cancel its handler.
+        FrameTooLargeError, InvalidPeerKeyError, TransportClosedError, TransportError
+        ("bad_endpoint", "too_many_peers"). On timeout or cancellation of the caller, a
+        CANCEL frame tells the peer to cancel its handler. A known peer addressed at a
+        new endpoint gets a new connection; requests waiting on the old one fail with
+        PeerUnreachableError.
         """
         self._check_outgoing(payload)
         link = self._link_for(peer_pubkey, endpoint)
@@ -512,11 +517,17 @@ class Transport:
 
     def _link_for(self, peer_pubkey: bytes, endpoint: str) -> _PeerLink:
         link = self._links.get(peer_pubkey)
-        if link is not None:
-            if link.endpoint == endpoint:
-                return link
-            self.forget(peer_pubkey)
+        if link is not None and link.endpoint == endpoint:
+            return link
         server_key = curve_public_key(peer_pubkey)
+        try:
+            _split_endpoint(endpoint)  # tcp:// only: a gossiped ipc:// or inproc:// is refused
+        except ValueError as exc:
+            raise TransportError(str(exc), reason="bad_endpoint") from None
+        if link is not None:
+            self.forget(peer_pubkey)  # the peer moved: its old connection goes
+        elif len(self._links) >= self._config.max_peers:
+            raise TransportError(f"already {len(self._links)} peers", reason="too_many_peers")
         assert self._ctx is not None
         sock = self._ctx.socket(zmq.DEALER)
         try:
@@ -863,8 +874,8 @@ def _split_endpoint(endpoint: str) -> tuple[str, int]:
     if not endpoint.startswith("tcp://"):
         raise ValueError(f"not a tcp:// endpoint: {endpoint!r}")
     host, sep, port = endpoint[len("tcp://") :].rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"endpoint has no port: {endpoint!r}")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint needs a host and a port: {endpoint!r}")
     return host.strip("[]"), int(port)
 
 

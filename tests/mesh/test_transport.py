@@ -44,6 +44,7 @@ from mesh.transport import (
     Transport,
     TransportClosedError,
     TransportConfig,
+    TransportError,
     check_reachable,
     curve_public_key,
 )
@@ -438,10 +439,28 @@ def test_invalid_peer_key_is_rejected() -> None:
         curve_public_key(b"short")
 
 
-async def test_invalid_peer_key_in_request(pair: tuple[Transport, Transport]) -> None:
+async def test_invalid_peer_key_or_endpoint_in_request(pair: tuple[Transport, Transport]) -> None:
     a, b = pair
     with pytest.raises(InvalidPeerKeyError):
         await a.request(b"\x02" * 32, b.endpoint, b"x", timeout_s=1)
+    for endpoint in ("ipc:///tmp/sock", "inproc://x", "tcp://host", "tcp://:80", "tcp://h:0"):
+        with pytest.raises(TransportError) as info:
+            a.send(b.public_key, endpoint, b"x")
+        assert info.value.reason == "bad_endpoint"
+    assert a.queued(b.public_key) == 0
+
+
+async def test_peer_count_is_bounded() -> None:
+    async with Transport(os.urandom(32), config=TransportConfig(max_peers=2)) as a:
+        keys = [curve_identity(os.urandom(32)).ed25519_public for _ in range(3)]
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        a.send(keys[0], endpoint, b"x")
+        a.send(keys[1], endpoint, b"x")
+        with pytest.raises(TransportError) as info:
+            a.send(keys[2], endpoint, b"x")
+        assert info.value.reason == "too_many_peers"
+        a.forget(keys[0])
+        assert a.send(keys[2], endpoint, b"x")
 
 
 # -- lifecycle, reconnect, queues ---------------------------------------------------------

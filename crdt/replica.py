@@ -212,11 +212,21 @@ class VerifiedDoc(ABC, Generic[R, V]):
         client_id = None if self._client_ids is None else self._client_ids()
         doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
         ymap: pycrdt.Map[Any] = doc.get(MAP_NAME, type=pycrdt.Map)
-        self._subscriptions = [ymap.observe(self._on_map_event), doc.observe(self._on_txn)]
+        self._subscriptions = [self._observe_keys(ymap), doc.observe(self._on_txn)]
         self._doc = doc
         self._map = ymap
         self._epoch = epoch
         self._dirty.clear()
+
+    def _observe_keys(self, ymap: pycrdt.Map[Any]) -> Any:
+        # The Yrs-level observer hands over the changed keys without pycrdt's per-event
+        # Python wrapping, which costs more than the apply itself (see bench_crdt.py);
+        # its `keys` dict has the same shape. Fall back to the wrapped one if absent.
+        integrated = getattr(ymap, "integrated", None)
+        observe_raw = getattr(integrated, "observe", None)
+        if callable(observe_raw):
+            return observe_raw(self._on_map_event)
+        return ymap.observe(self._on_map_event)
 
     def _on_map_event(self, event: Any) -> None:
         for key, change in event.keys.items():
@@ -285,10 +295,11 @@ class VerifiedDoc(ABC, Generic[R, V]):
 
     # ---- change bookkeeping ---------------------------------------------------------
 
-    def _note(self, key: str, held: Held[R] | None) -> None:
+    def _note(self, key: str, held: Held[R] | None, now: int | None = None) -> None:
         if key not in self._pending_change:
             self._pending_change[key] = self._reported.get(key)
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         if held is not None and held.checked.live and now < held.checked.expires_at_ms:
             self._reported[key] = held
         else:
@@ -354,12 +365,18 @@ class VerifiedDoc(ABC, Generic[R, V]):
         error: ValueError | None = None
         self._applying_remote = True
         try:
-            with self._doc.transaction():
-                for update in updates:
-                    try:
-                        self._doc.apply_update(update)
-                    except ValueError as exc:
-                        error = exc
+            if len(updates) == 1:
+                try:
+                    self._doc.apply_update(updates[0])
+                except ValueError as exc:
+                    error = exc
+            else:
+                with self._doc.transaction():
+                    for update in updates:
+                        try:
+                            self._doc.apply_update(update)
+                        except ValueError as exc:
+                            error = exc
         finally:
             self._applying_remote = False
         self._settle()
@@ -373,20 +390,28 @@ class VerifiedDoc(ABC, Generic[R, V]):
         dirty, self._dirty = self._dirty, {}
         now = self._clock()
         repairs: dict[str, bytes] = {}
+        best_by_key = self._best
+        verified = self._verified
+        # The hot path of every remote update: kept flat on purpose (see bench_crdt.py).
         for key, raw in dirty.items():
-            best = self._best.get(key)
+            best = best_by_key.get(key)
             in_doc: Held[R] | None = None
-            blob = None if raw is _DELETED else as_blob(raw)
-            if blob is not None:
-                in_doc = self._verified_for(key, blob)
+            if raw is not _DELETED:
+                blob = as_blob(raw)
+                if blob is not None:
+                    cached = verified.get(blob, _MISSING)
+                    if cached is _MISSING:
+                        in_doc = self._verified_for(key, blob)
+                    elif cached is not None and cached.checked.key == key:
+                        in_doc = cached
             if (
                 in_doc is not None
                 and (best is None or in_doc.outranks(best))
                 and self._admit(in_doc, now)
             ):
-                self._best[key] = best = in_doc
-                self._note(key, in_doc)
-            if (
+                best_by_key[key] = best = in_doc
+                self._note(key, in_doc, now)
+            elif (
                 best is not None
                 and (in_doc is None or in_doc.blob != best.blob)
                 and now < best.checked.expires_at_ms

@@ -5,6 +5,7 @@
     vsmcp keys issue --authority-key authority.key --node NODE_ID --zone ops [--out FILE]
     vsmcp audit verify [--data-dir DIR]
     vsmcp status [--data-dir DIR | --url URL]
+    vsmcp peers [--data-dir DIR | --url URL]
 
 Exit codes: 0 success; 1 the check or request failed; 2 bad arguments, key or config.
 """
@@ -147,6 +148,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_peers(args: argparse.Namespace) -> int:
+    peers = _get_json(_status_url(args) + "/api/peers")["peers"]
+    if args.json:
+        print(json.dumps(peers, indent=2))
+        return EXIT_OK
+    print(f"{'NODE ID':54} {'STATE':8} {'ZONE':10} ENDPOINT")
+    for p in peers:
+        print(f"{p['id']:54} {p['state']:8} {p.get('zone') or '-':10} {p.get('endpoint') or '-'}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsmcp", description="Operate vsmcp nodes and the mesh.")
     p.add_argument("--version", action="version", version=f"vsmcp {__version__}")
@@ -187,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", help="the node's HTTP URL (default: from the data dir)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("peers", help="the mesh members a running node sees, with their states")
+    s.add_argument("--data-dir")
+    s.add_argument("--url", help="the node's HTTP URL (default: from the data dir)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_peers)
     return p
 
 

@@ -44,6 +44,8 @@ class NodeProcess:
         cmd = [sys.executable, "-m", "node", "--data-dir", str(self.data_dir)]
         if "--http-port" not in self.args:
             cmd += ["--http-port", "0"]
+        if "--mesh-port" not in self.args:
+            cmd += ["--mesh-port", "0"]
         if self.dev:
             cmd.append("--dev")
         return cmd + self.args
@@ -135,12 +137,65 @@ class NodeProcess:
         except urllib.error.HTTPError as e:
             return e.code, e.read(), dict(e.headers)
 
+    @property
+    def node_id(self) -> str:
+        return str(self.info["node_id"])
+
+    @property
+    def mesh_port(self) -> int:
+        return int(self.info["mesh_port"])
+
+    def peer_states(self) -> dict[str, str]:
+        """{node id: state} of every member this node knows, or {} if it does not answer."""
+        try:
+            peers = self.get_json("/api/peers")["peers"]
+        except (OSError, ValueError):
+            return {}
+        return {p["id"]: p["state"] for p in peers}
+
+    def post(self, path: str) -> int:
+        request = urllib.request.Request(self.url + path, method="POST", data=b"")
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
     def get_json(self, path: str) -> Any:
         status, body, _ = self.get(path)
         data = json.loads(body)
         if isinstance(data, dict):
             data.setdefault("_http_status", status)
         return data
+
+
+def wait_mesh_states(
+    observers: list[NodeProcess],
+    expected: dict[str, str],
+    *,
+    timeout_s: float = 30.0,
+) -> None:
+    """Wait until every observer sees each node of `expected` in the given state."""
+
+    def agreed() -> bool:
+        for observer in observers:
+            states = observer.peer_states()
+            for node_id, state in expected.items():
+                if node_id != observer.node_id and states.get(node_id) != state:
+                    return False
+        return True
+
+    def describe() -> str:
+        return "; ".join(
+            f"{o.node_id[-6:]} sees "
+            + ", ".join(f"{k[-6:]}={v}" for k, v in sorted(o.peer_states().items()))
+            for o in observers
+        )
+
+    try:
+        wait_for(agreed, timeout_s=timeout_s, what=f"mesh states {expected}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nnow: {describe()}") from None
 
 
 def run_cli(

@@ -1,0 +1,155 @@
+"""Real `vsmcpd` processes on loopback: discovery, admission, dead and zombie detection."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import NodeProcess, run_cli, wait_mesh_states
+from tests.polling import wait_for
+
+pytestmark = pytest.mark.integration
+
+# Loopback timing (probe every 250 ms): a verdict needs suspicion plus a quorum round.
+DETECT_TIMEOUT_S = 30.0
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "mesh.toml"
+    path.write_text(f'[mesh]\npreset = "local"\n{extra}')
+    return path
+
+
+def _start(tmp_path: Path, nodes: list[NodeProcess], count: int, *args: str) -> list[NodeProcess]:
+    started = []
+    for _ in range(count):
+        node = NodeProcess(tmp_path / f"n{len(nodes)}", *args)
+        nodes.append(node)
+        started.append(node.start(wait=False))
+    for node in started:
+        node.wait_ready()
+    return started
+
+
+def _all_alive(group: list[NodeProcess]) -> dict[str, str]:
+    return {n.node_id: "alive" for n in group}
+
+
+def test_five_nodes_find_each_other_by_mdns_then_dead_zombie_and_recovery(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    config = _config(tmp_path)
+    group = _start(tmp_path, nodes, 5, "--config", str(config))
+    wait_mesh_states(group, _all_alive(group))
+    for node in group:
+        assert all(p["admitted"] for p in node.get_json("/api/peers")["peers"])
+
+    victim, sleeper, *survivors = group
+    victim.kill()
+    sleeper.signal(signal.SIGSTOP)
+    try:
+        wait_mesh_states(
+            survivors,
+            {victim.node_id: "dead", sleeper.node_id: "zombie"},
+            timeout_s=DETECT_TIMEOUT_S,
+        )
+    finally:
+        sleeper.signal(signal.SIGCONT)
+    # Resumed: it refutes the verdict with a higher incarnation and is alive everywhere.
+    wait_mesh_states(survivors, {sleeper.node_id: "alive"}, timeout_s=DETECT_TIMEOUT_S)
+    wait_mesh_states([sleeper], {victim.node_id: "dead"}, timeout_s=DETECT_TIMEOUT_S)
+    metrics = survivors[0].get("/metrics")[1].decode()
+    assert 'vsmcp_mesh_members{state="dead"} 1.0' in metrics
+
+
+def test_nodes_find_each_other_through_one_seed_without_mdns(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    config = _config(tmp_path)
+    (first,) = _start(tmp_path, nodes, 1, "--config", str(config), "--no-mdns")
+    seed = f"{first.node_id}@127.0.0.1:{first.mesh_port}"
+    others = _start(tmp_path, nodes, 3, "--config", str(config), "--no-mdns", "--seed", seed)
+    group = [first, *others]
+    # Each of the others knows only the seed: the rest it learns by gossip.
+    wait_mesh_states(group, _all_alive(group))
+
+
+def test_a_cut_link_between_two_peers_evicts_nobody(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    config = _config(tmp_path, "fault_injection = true\n")
+    group = _start(tmp_path, nodes, 4, "--config", str(config))
+    wait_mesh_states(group, _all_alive(group))
+    a, b, *_ = group
+    assert a.post(f"/api/debug/block?peer={b.node_id}") == 200
+    assert b.post(f"/api/debug/block?peer={a.node_id}") == 200
+    # Observe for many suspicion periods: a and b suspect each other, the others still
+    # reach both, so no quorum forms and nobody is declared dead or zombie.
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        for observer in group:
+            states = observer.peer_states()
+            bad = {k[-6:]: v for k, v in states.items() if v in ("dead", "zombie")}
+            assert not bad, f"{observer.node_id[-6:]} declared {bad}"
+        time.sleep(0.2)
+    assert a.post(f"/api/debug/block?peer={b.node_id}") == 200  # still allowed
+
+
+def test_fault_injection_is_off_by_default(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    (node,) = _start(tmp_path, nodes, 1, "--no-mdns")
+    assert node.post("/api/debug/block?peer=x") == 403
+
+
+def test_uncertified_node_is_refused_and_counted(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    authority = tmp_path / "authority.key"
+    out = run_cli("keys", "init-authority", "--out", str(authority))
+    match = re.search(r"authority public key: ([0-9a-f]{64})", out.stdout)
+    assert match, out.stdout + out.stderr
+    certified: list[NodeProcess] = []
+    for name in ("c1", "c2"):
+        data = tmp_path / name
+        node_id = run_cli("keys", "node", "--data-dir", str(data), "--json").stdout
+        node_id = node_id.split('"node_id": "')[1].split('"')[0]
+        cert = data / "node.cert"
+        issued = run_cli(
+            "keys",
+            "issue",
+            "--authority-key",
+            str(authority),
+            "--node",
+            node_id,
+            "--zone",
+            "ops",
+            "--out",
+            str(cert),
+        )
+        assert issued.returncode == 0, issued.stderr
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'[trust]\nauthority_public_key = "{match.group(1)}"\n[mesh]\npreset = "local"\n'
+        )
+        node = NodeProcess(data, "--config", str(config), dev=False)
+        nodes.append(node)
+        certified.append(node.start())
+    wait_mesh_states(certified, _all_alive(certified))
+
+    # A dev node certifies itself: the certified nodes must refuse it.
+    intruder = NodeProcess(tmp_path / "intruder", "--config", str(_config(tmp_path)), dev=True)
+    nodes.append(intruder)
+    intruder.start()
+
+    def refused_everywhere() -> bool:
+        for node in certified:
+            text = node.get("/metrics")[1].decode()
+            m = re.search(r'vsmcp_mesh_refused_total\{reason="foreign_authority"\} (\d+)', text)
+            if not m or int(m.group(1)) < 1:
+                return False
+        return True
+
+    wait_for(refused_everywhere, timeout_s=20, what="certified nodes refusing the intruder")
+    for node in certified:
+        assert intruder.node_id not in node.peer_states()

@@ -725,3 +725,41 @@ async def test_queued_frames_leave_in_priority_order_once_the_peer_appears() -> 
             await eventually(lambda: len(got) == 5, "queued frames delivered")
             assert got == [b"probe0", b"probe1", b"bulk0", b"bulk1", b"bulk2"]
         await a.flush(b"unknown peer".ljust(32, b"\0"))  # unknown: returns at once
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
+async def test_ipv6_endpoints() -> None:
+    async with Transport(os.urandom(32), bind_host="::1") as b, Transport(os.urandom(32)) as a:
+        b.on_request(echo)
+        assert b.endpoint == f"tcp://[::1]:{b.port}"
+        assert await a.request(b.public_key, b.endpoint, b"v6", timeout_s=5) == b"v6"
+        assert await a.check_reachable(b.endpoint, 2.0)
+
+
+async def test_peer_at_a_new_endpoint_gets_a_new_connection() -> None:
+    seed = os.urandom(32)
+    async with Transport(os.urandom(32)) as a, Transport(seed) as old:
+        gate = asyncio.Event()
+
+        async def hang(peer: bytes, payload: bytes) -> bytes:
+            await gate.wait()
+            return payload
+
+        old.on_request(hang)
+        waiting = asyncio.create_task(a.request(old.public_key, old.endpoint, b"1", timeout_s=30))
+        await eventually(lambda: len(old._handlers) == 1, "request at the old endpoint")
+        async with Transport(seed) as moved:  # same identity, another port
+            moved.on_request(echo)
+            assert await a.request(moved.public_key, moved.endpoint, b"2", timeout_s=5) == b"2"
+            with pytest.raises(PeerUnreachableError):
+                await waiting
+        gate.set()

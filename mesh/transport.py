@@ -757,6 +757,10 @@ class Transport:
             log.warning("request handler failed: %r", exc, exc_info=True)
             self._reply_error(frame, "handler_error", type(exc).__name__)
             return
+        if not isinstance(response, bytes):  # untyped callers: never let a str through
+            self._stats.handler_errors += 1
+            self._reply_error(frame, "handler_error", f"returned {type(response).__name__}")
+            return
         if len(response) > self._config.max_payload_bytes:
             self._stats.oversize += 1
             self._reply_error(frame, "response_too_large")

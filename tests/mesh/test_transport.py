@@ -201,6 +201,15 @@ async def test_handler_exception_becomes_remote_error(pair: tuple[Transport, Tra
     assert info.value.reason == "handler_error" and info.value.detail == "ValueError"
     assert "secret" not in str(info.value)
     assert b.stats.handler_errors == 1
+
+    async def untyped(peer: bytes, payload: bytes) -> bytes:
+        return "text"  # type: ignore[return-value]
+
+    b.on_request(untyped)
+    with pytest.raises(RemoteError) as bad_type:
+        await a.request(b.public_key, b.endpoint, b"x", timeout_s=5)
+    assert bad_type.value.detail == "returned str" and b.stats.handler_errors == 2
+    b.on_request(broken)
     assert await a.request(b.public_key, b.endpoint, b"fine", timeout_s=5) == b"fine"
     with pytest.raises(RemoteError) as reverse:  # a has no handler: the reverse path works
         await b.request(a.public_key, a.endpoint, b"", timeout_s=5)

@@ -772,3 +772,32 @@ async def test_peer_at_a_new_endpoint_gets_a_new_connection() -> None:
             with pytest.raises(PeerUnreachableError):
                 await waiting
         gate.set()
+
+
+async def test_failing_admission_callback_refuses() -> None:
+    async with Transport(os.urandom(32)) as a, Transport(os.urandom(32)) as b:
+        b.on_request(echo)
+
+        def broken(client_key: bytes) -> bool:
+            raise RuntimeError("policy store down")
+
+        b.set_admission(broken)
+        with pytest.raises(RequestTimeoutError):
+            await a.request(b.public_key, b.endpoint, b"x", timeout_s=0.5)
+        assert b.stats.rejected >= 1 and b.stats.received == 0
+
+
+async def test_a_request_handler_may_stop_its_transport() -> None:
+    async with Transport(os.urandom(32)) as a:
+        b = Transport(os.urandom(32))
+        await b.start()
+
+        async def shutdown(peer: bytes, payload: bytes) -> bytes:
+            await b.stop()
+            return b"bye"
+
+        b.on_request(shutdown)
+        with pytest.raises(RequestTimeoutError):  # b is gone before it can answer
+            await a.request(b.public_key, b.endpoint, b"stop", timeout_s=0.5)
+        with pytest.raises(TransportClosedError):
+            b.send(a.public_key, a.endpoint, b"late")

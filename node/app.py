@@ -26,9 +26,11 @@ from node.audit import AuditLog
 from node.config import Config
 from node.errors import NodeError, StartupError
 from node.http import HttpServer
+from node.mcp.http import TokenGrant, register_mcp_routes
 from node.mesh_service import MeshService
 from node.metrics import NodeMetrics
 from node.store import Store
+from node.tools.registry import LocalCatalog, build_local_catalog
 from node.trust import NodeIdentity, ensure_data_dir, load_identity
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Node:
         self._opener: Opener | None = None
         self._http: HttpServer | None = None
         self._mesh: MeshService | None = None
+        self._catalog: LocalCatalog | None = None
         self._audit_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -121,6 +124,27 @@ class Node:
         sealer = await self._sealer(store, identity, stack)
         self._register_metrics()
         http = HttpServer(self, self.config.http.host, self.config.http.port)
+        catalog = build_local_catalog(
+            self.config.tools,
+            self.config.limits,
+            zones=self.config.trust.zones,
+            status=self.status,
+            peers=self.peers,
+            tools_view=self.tools,
+        )
+        await stack.enter_async_context(catalog)
+        self._catalog = catalog
+        mcp = self.config.mcp
+        register_mcp_routes(
+            http.app,
+            catalog,
+            tokens={t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens},
+            loopback_zone=mcp.loopback_zone,
+            allowed_origins=mcp.allowed_origins,
+            max_body_bytes=mcp.max_body_bytes,
+            max_sessions=mcp.max_sessions,
+            session_idle_s=mcp.session_idle_s,
+        )
         await http.start()
         stack.push_async_callback(http.stop)
         self._http = http
@@ -296,6 +320,22 @@ class Node:
 
     def peers(self) -> list[dict[str, Any]]:
         return self._mesh.peer_view() if self._mesh else []
+
+    def tools(self) -> list[dict[str, Any]]:
+        """The tools this node knows, with their provider and zone."""
+        if self._catalog is None or self._identity is None:
+            return []
+        node_id = self._identity.node_id
+        return [
+            {
+                "name": spec.name,
+                "provider": node_id,
+                "zone": spec.zone,
+                "description": spec.description,
+                "kind": spec.provider,
+            }
+            for spec in self._catalog.available_tools()
+        ]
 
     def block_peer(self, node_id: str, blocked: bool) -> None:
         if blocked:

@@ -22,6 +22,7 @@ import msgspec
 from mesh.discovery import parse_seed
 from mesh.errors import MeshError
 from node.errors import ConfigError
+from node.tools.config import McpConfig, RateLimitsConfig, ToolsConfig
 
 DEFAULT_HTTP_PORT = 7700
 DEFAULT_MESH_PORT = 7701
@@ -89,6 +90,9 @@ class Config(_Section):
     trust: TrustSection = msgspec.field(default_factory=TrustSection)
     envelope: EnvelopeSection = msgspec.field(default_factory=EnvelopeSection)
     audit: AuditSection = msgspec.field(default_factory=AuditSection)
+    tools: ToolsConfig = msgspec.field(default_factory=ToolsConfig)
+    limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
+    mcp: McpConfig = msgspec.field(default_factory=McpConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -201,6 +205,7 @@ def _validate(config: Config) -> None:
     _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)
     _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
     _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
+    _validate_zone_references(config)
     for i, seed in enumerate(config.mesh.seeds):
         try:
             parse_seed(seed)
@@ -208,6 +213,29 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"mesh.seeds[{i}]", f"'{seed}' is not [NODE_ID@]HOST:PORT: {e}"
             ) from e
+
+
+def _validate_zone_references(config: Config) -> None:
+    """Every zone a tool, mount or token names must be one of trust.zones."""
+    known = set(config.trust.zones)
+    references: list[tuple[str, str | None]] = [
+        ("tools.introspection_zone", config.tools.introspection_zone),
+        ("mcp.loopback_zone", config.mcp.loopback_zone),
+        ("mcp.stdio_zone", config.mcp.stdio_zone),
+    ]
+    for i, plugin in enumerate(config.tools.plugins):
+        references.append((f"tools.plugins[{i}].zone", plugin.zone))
+    for i, mount in enumerate(config.tools.mounts):
+        references.append((f"tools.mounts[{i}].zone", mount.zone))
+        for tool, zone in mount.tool_zones.items():
+            references.append((f"tools.mounts[{i}].tool_zones.{tool}", zone))
+    for i, token in enumerate(config.mcp.tokens):
+        references.append((f"mcp.tokens[{i}].zone", token.zone))
+    for key, referenced in references:
+        if referenced is not None and referenced not in known:
+            raise ConfigError(
+                key, f"unknown zone '{referenced}' (trust.zones: {', '.join(config.trust.zones)})"
+            )
 
 
 def _check_port(key: str, port: int) -> None:

@@ -28,6 +28,8 @@ class NodeView(Protocol):
 
     def peers(self) -> list[dict[str, Any]]: ...
 
+    def tools(self) -> list[dict[str, Any]]: ...
+
     def block_peer(self, node_id: str, blocked: bool) -> None: ...
 
 
@@ -67,7 +69,11 @@ def build_app(node: NodeView) -> web.Application:
             return _json({"error": str(e)}, status=403)
         return _json({"peer": peer, "blocked": blocked})
 
+    async def api_tools(_: web.Request) -> web.Response:
+        return _json({"tools": node.tools()})
+
     app.router.add_get("/api/peers", api_peers)
+    app.router.add_get("/api/tools", api_tools)
     app.router.add_post("/api/debug/block", debug_block)
     app.router.add_delete("/api/debug/block", debug_block)
     app.router.add_get("/healthz", healthz)

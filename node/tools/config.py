@@ -82,7 +82,6 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    zones: list[str] = msgspec.field(default_factory=lambda: ["public", "ops", "restricted"])
     introspection_zone: str = "public"
     entry_points: bool = True
     max_concurrency: PositiveInt = 16

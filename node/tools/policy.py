@@ -9,51 +9,27 @@ given here does.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jsonschema
 from jsonschema.protocols import Validator
 
+from mesh.certs import DEFAULT_ZONES, ZoneOrder
 from node.limits import RateLimiter
 from node.tools.errors import InvalidArguments, RateLimited, ToolConfigError, ZoneDenied
 from node.tools.model import CallContext, ToolSpec
-
-DEFAULT_ZONES: tuple[str, ...] = ("public", "ops", "restricted")
 
 ZoneAllows = Callable[[str, str], bool]
 """`allows(caller_zone, tool_zone)`."""
 
 
-def ranking_allows(zones: Sequence[str]) -> ZoneAllows:
-    rank = {zone: i for i, zone in enumerate(zones)}
-
-    def allows(caller_zone: str, tool_zone: str) -> bool:
-        caller, tool = rank.get(caller_zone), rank.get(tool_zone)
-        return caller is not None and tool is not None and tool <= caller
-
-    return allows
-
-
 def zone_allows(zones: Sequence[str] = DEFAULT_ZONES) -> ZoneAllows:
-    """`mesh.certs.ZoneOrder(zones).allows` when that module exists, else our own ranking."""
-    try:
-        certs = importlib.import_module("mesh.certs")
-    except ImportError:
-        return ranking_allows(zones)
-    zone_order = getattr(certs, "ZoneOrder", None)
-    if zone_order is None:
-        return ranking_allows(zones)
-    order = zone_order(list(zones))
+    """A caller may use tools at or below its zone; an unknown zone is a denial."""
+    order = ZoneOrder(list(zones))
 
     def allows(caller_zone: str, tool_zone: str) -> bool:
-        # ZoneOrder raises on unknown zones; here an unknown zone is a denial (fail closed).
-        return (
-            caller_zone in order
-            and tool_zone in order
-            and bool(order.allows(caller_zone, tool_zone))
-        )
+        return caller_zone in order and tool_zone in order and order.allows(caller_zone, tool_zone)
 
     return allows
 

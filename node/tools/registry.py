@@ -8,10 +8,11 @@ argument schema (`InvalidArguments`) -> rate limits (`RateLimited`) -> the unit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from mesh.certs import DEFAULT_ZONES
 from node.limits import BucketMap, RateLimit, RateLimiter
 from node.tools.builtin import DataView, builtin_provider
 from node.tools.config import RateLimitConfig, RateLimitsConfig, ToolsConfig, UnitLimitsConfig
@@ -53,14 +54,18 @@ class LocalCatalog:
                 index[spec.name] = (unit, spec)
         self._index = index
 
-    def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
+    def available_tools(self) -> list[ToolSpec]:
+        """Tools of running units, whoever asks (what this node announces to the mesh)."""
         out = []
         for unit in self.supervisor.units.values():
             for spec in unit.tools():
                 entry = self._index.get(spec.name)
-                if entry is not None and entry[0] is unit and self.policy.visible(spec, ctx):
+                if entry is not None and entry[0] is unit:
                     out.append(spec)
         return sorted(out, key=lambda s: s.name)
+
+    def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        return [spec for spec in self.available_tools() if self.policy.visible(spec, ctx)]
 
     def spec(self, name: str) -> ToolSpec | None:
         entry = self._index.get(name)
@@ -144,6 +149,7 @@ def build_local_catalog(
     tools: ToolsConfig,
     limits: RateLimitsConfig | None = None,
     *,
+    zones: Sequence[str] = DEFAULT_ZONES,
     status: DataView | None = None,
     peers: DataView | None = None,
     tools_view: DataView | None = None,
@@ -154,7 +160,7 @@ def build_local_catalog(
     use it as an async context manager (or `start()`/`stop()`).
     """
     policy = CallPolicy(
-        allows=zone_allows(tools.zones),
+        allows=zone_allows(zones),
         limiter=rate_limiter(limits) if limits is not None else None,
     )
     catalog = LocalCatalog(Supervisor(), policy)

@@ -27,15 +27,13 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import msgspec
 
-from mesh._transport_keys import curve_public_key
-from mesh._transport_wire import Priority
 from mesh.certs import (
     Certificate,
     SignedCertificate,
@@ -46,7 +44,7 @@ from mesh.certs import (
     verify_certificate,
 )
 from mesh.discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
-from mesh.envelope import Envelope, MsgType, Opener, Sealer
+from mesh.envelope import Context, Envelope, MsgType, Opener, Sealer
 from mesh.errors import CertificateError, EnvelopeError, MeshError
 from mesh.identity import NodeKey, public_key_from_node_id, verify_detached
 from mesh.membership import (
@@ -61,7 +59,8 @@ from mesh.membership import (
 from mesh.membership import (
     encode as encode_membership,
 )
-from mesh.transport import Transport, TransportError
+from mesh.transport import Priority, Transport, TransportError, curve_public_key
+from mesh.whois import WhoisError, WhoisResponder, whois
 from node.errors import NodeError
 
 log = logging.getLogger(__name__)
@@ -78,11 +77,22 @@ MAX_HELLOS_IN_FLIGHT = 16
 MAX_HELLO_BYTES = 16 << 10
 MAX_META_BYTES = 1024
 
+WHOIS_TIMEOUT_S = 1.0
+
+PeerRequestHandler = Callable[["Peer", Envelope], Awaitable[tuple[MsgType, bytes]]]
+"""Answers a request envelope from an admitted peer with (response type, payload)."""
+PeerOnewayHandler = Callable[["Peer", Envelope], None]
+"""Takes a one-way envelope from an admitted peer; must not block."""
+
 MEMBERSHIP_PRESETS: dict[str, Callable[[], MembershipConfig]] = {
     "local": MembershipConfig.local,
     "lan": MembershipConfig.lan,
     "wan": MembershipConfig.wan,
 }
+
+
+class PeerUnavailableError(NodeError):
+    """The peer is not admitted (or not reachable) for a request."""
 
 
 class AdmissionError(NodeError):
@@ -222,6 +232,9 @@ class MeshService:
         self._started = False
         self._stopped = False
         self._meta: PeerMeta | None = None
+        self._request_handlers: dict[MsgType, PeerRequestHandler] = {}
+        self._oneway_handlers: dict[MsgType, PeerOnewayHandler] = {}
+        self._whois: WhoisResponder | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -257,7 +270,21 @@ class MeshService:
         self._spawn(self._offer_seeds(), "mesh-seeds")
         if self._use_mdns:
             await self._start_mdns()
+        await self._start_whois(transport.port)
         log.info("mesh listening on %s", transport.endpoint)
+
+    async def _start_whois(self, port: int) -> None:
+        whois = WhoisResponder(self._host, port, self._whois_answer)
+        try:
+            await whois.start()
+        except WhoisError as e:
+            log.warning("whois unavailable (plain HOST:PORT seeds cannot find us): %s", e)
+            return
+        self._whois = whois
+
+    def _whois_answer(self, nonce: bytes) -> bytes:
+        """A signed HELLO naming the nonce: proves who answers at this port."""
+        return self._sealer.seal(MsgType.HELLO, self._hello_payload(), msg_id=nonce)
 
     async def _start_mdns(self) -> None:
         assert self._meta is not None and self._discovery is not None
@@ -295,6 +322,8 @@ class MeshService:
             await asyncio.sleep(LEAVE_SPREAD_S)
         if self._mdns is not None:
             await self._mdns.stop()
+        if self._whois is not None:
+            await self._whois.stop()
         if self._discovery is not None:
             self._discovery.close()
         for task in (*self._tasks, *self._helper_tasks):
@@ -371,6 +400,79 @@ class MeshService:
     def state_counts(self) -> dict[str, int]:
         counts = Counter(m.state.name.lower() for m in self.members() if not m.is_self)
         return dict(counts)
+
+    # -- requests and one-way messages for the layers above -------------------------------
+
+    def handle_requests(self, kind: MsgType, handler: PeerRequestHandler) -> None:
+        """Serve requests of `kind` from admitted peers."""
+        self._request_handlers[kind] = handler
+
+    def handle_oneway(self, kind: MsgType, handler: PeerOnewayHandler) -> None:
+        """Take one-way envelopes of `kind` from admitted peers."""
+        self._oneway_handlers[kind] = handler
+
+    def member_state(self, node_id: str) -> str | None:
+        info = self._membership.member(node_id) if self._membership else None
+        return info.state.name.lower() if info is not None else None
+
+    def alive_peers(self) -> list[str]:
+        """Admitted peers that membership holds alive (routing and push targets)."""
+        return [
+            node_id
+            for node_id in self.peers
+            if self.member_state(node_id) == "alive" and node_id not in self.blocked
+        ]
+
+    async def request(
+        self,
+        node_id: str,
+        kind: MsgType,
+        payload: bytes,
+        *,
+        timeout_s: float,
+        context: Context | None = None,
+    ) -> Envelope:
+        """Send a request envelope to an admitted peer; return its verified response.
+
+        Raises PeerUnavailableError (not admitted, blocked, no response envelope) or the
+        transport's errors (timeout, unreachable, queue full, remote error).
+        """
+        peer = self.peers.get(node_id)
+        if peer is None or node_id in self.blocked:
+            raise PeerUnavailableError(f"peer {node_id} is not admitted")
+        wire = self._sealer.seal(kind, payload, recipient=peer.public_key, context=context)
+        response = await self.transport.request(
+            peer.public_key,
+            peer.meta.endpoint,
+            wire,
+            timeout_s=timeout_s,
+            priority=Priority.REQUEST,
+        )
+        envelope = self._open(curve_public_key(peer.public_key), response)
+        if envelope is None or envelope.sender != peer.public_key:
+            raise PeerUnavailableError(f"peer {node_id} sent an unacceptable response")
+        return envelope
+
+    def send(
+        self,
+        node_id: str,
+        kind: MsgType,
+        payload: bytes,
+        *,
+        priority: Priority = Priority.BULK,
+        context: Context | None = None,
+    ) -> bool:
+        """One-way envelope to an admitted peer; False if it could not be queued."""
+        peer = self.peers.get(node_id)
+        if peer is None or node_id in self.blocked:
+            return False
+        wire = self._sealer.seal(kind, payload, recipient=peer.public_key, context=context)
+        self.stats.bytes_sent += len(wire)
+        try:
+            return self.transport.send(peer.public_key, peer.meta.endpoint, wire, priority=priority)
+        except TransportError as e:
+            self.stats.dropped[getattr(e, "reason", "transport")] += 1
+            return False
 
     # -- membership ----------------------------------------------------------------------
 
@@ -505,8 +607,16 @@ class MeshService:
                 continue
             if envelope.type == MsgType.MEMBERSHIP:
                 self._on_membership(sender, envelope.payload)
-            else:
+                continue
+            handler = self._oneway_handlers.get(envelope.type)
+            if handler is None:
                 self.stats.dropped["unexpected_type"] += 1
+                continue
+            try:
+                handler(self.peers[sender], envelope)
+            except NodeError as e:
+                self.stats.dropped["handler_error"] += 1
+                log.debug("one-way %s from %s failed: %s", envelope.type.name, sender, e)
 
     def _open(self, peer_curve_key: bytes, wire: bytes) -> Envelope | None:
         try:
@@ -662,9 +772,35 @@ class MeshService:
         assert discovery is not None
         while True:
             for seed in self._seeds.seeds():
-                if seed.node_id is not None and seed.node_id not in self.peers:
+                if seed.node_id is None:
+                    if not self._known_at(seed.host, seed.mesh_port):
+                        self._spawn(
+                            self._whois_seed(seed), f"mesh-whois-{seed.address}", helper=True
+                        )
+                elif seed.node_id not in self.peers:
                     self._maybe_hello(seed.node_id, f"tcp://{seed.address}")
             await asyncio.sleep(SEED_REOFFER_INTERVAL_S * random.uniform(0.8, 1.2))
+
+    def _known_at(self, host: str, port: int) -> bool:
+        return any(p.meta.host == host and p.meta.mesh_port == port for p in self.peers.values())
+
+    async def _whois_seed(self, seed: Candidate) -> None:
+        """Learn which node answers at a plain HOST:PORT seed, then say HELLO to it."""
+        try:
+            reply = await whois(seed.host, seed.mesh_port, timeout_s=WHOIS_TIMEOUT_S)
+        except WhoisError as e:
+            log.debug("whois %s: %s", seed.address, e)
+            return
+        try:
+            envelope = self._opener.open(reply.payload)
+        except EnvelopeError as e:
+            log.debug("whois %s: bad answer: %s", seed.address, e)
+            return
+        if envelope.type != MsgType.HELLO or envelope.msg_id != reply.nonce:
+            self.stats.refused["bad_whois_answer"] += 1
+            return
+        # The CURVE handshake in the HELLO below proves the answerer holds this key.
+        self._maybe_hello(envelope.sender_id, f"tcp://{seed.address}")
 
     # -- fault injection (tests only; off unless mesh.fault_injection) -------------------
 

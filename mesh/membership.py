@@ -15,15 +15,21 @@ plus quorum verdicts):
   the next active (alive or suspect) member of a round-robin over a random
   permutation of its table. No Ack within `probe_timeout_s`: it asks
   `indirect_checks` other members to ping the target for it (PingReq); they relay
-  the Ack or answer Nack. No Ack (direct or relayed) by the end of the probe period:
-  the target becomes SUSPECT locally and a Suspect item is gossiped (and sent to the
-  target itself, so that it can refute at once).
+  the Ack or answer Nack, and it pings the target directly once more (memberlist's
+  TCP fallback). No Ack by the end of the probe period: the target becomes SUSPECT
+  for this node only. Suspicion is not gossiped cluster-wide (under packet loss the
+  suspect/refute traffic of every member would swamp the 5 KB/s budget, and only a
+  quorum verdict evicts anyway): the Suspect item goes to the target itself (directly
+  and piggybacked on everything sent to it) and implicitly to the observers asked.
 * Local health (Lifeguard awareness): missed Nacks from relays and having to refute
   raise a 0..`max_health` score, successful probes lower it; probe interval and
   timeout are multiplied by score + 1, so a starved node slows its own accusations.
 * Refutation. A member hearing it is suspect/zombie/dead (or left, or alive with
-  other meta) at an incarnation >= its own bumps its incarnation past it and gossips a
-  new signed Alive. Order of statements about a member: (incarnation, state) compared
+  other meta) at an incarnation >= its own bumps its incarnation past it and signs a
+  new Alive: sent directly to the suspector for a suspicion (or its current Alive if
+  the suspicion is older than its incarnation), gossiped to everyone for a verdict or
+  a Left. A node re-gossips an Alive only if it is new, changes meta, or clears a
+  verdict. Order of statements about a member: (incarnation, state) compared
   lexicographically, state order ALIVE < SUSPECT < ZOMBIE < DEAD < LEFT; a statement
   is applied only if it is greater than what the node holds. So an Alive must carry
   a higher incarnation to clear anything, and stale gossip about an old verdict can
@@ -197,7 +203,7 @@ class MembershipConfig:
             suspicion_max_mult=4.0,
             quorum_max=3,
             observe_extra=2,
-            observe_attempts=3,
+            observe_attempts=4,
             gossip_interval_s=0.1,
             gossip_fanout=3,
             retransmit_mult=4,
@@ -218,7 +224,7 @@ class MembershipConfig:
             suspicion_max_mult=4.0,
             quorum_max=3,
             observe_extra=2,
-            observe_attempts=3,
+            observe_attempts=4,
             gossip_interval_s=0.15,
             gossip_fanout=3,
             retransmit_mult=4,
@@ -239,7 +245,7 @@ class MembershipConfig:
             suspicion_max_mult=4.0,
             quorum_max=3,
             observe_extra=2,
-            observe_attempts=3,
+            observe_attempts=4,
             gossip_interval_s=0.5,
             gossip_fanout=4,
             retransmit_mult=4,
@@ -575,7 +581,7 @@ class Membership:
         out: list[Output] = []
         if self._left:
             self._left = False
-            self._refute(self._inc, now, out)
+            self._refute(self._inc, now, out, (), broadcast=True)
         self._join_seeds = [s for s in seed_ids if s != self._id]
         if not self._join_seeds:
             return out
@@ -625,7 +631,7 @@ class Membership:
             return out
         if not isinstance(message, Nack):
             for item in message.gossip:
-                self._apply(item, now, out)
+                self._apply(item, sender, now, out)
         self._heard_from(sender, now, out)
         if isinstance(message, Ping):
             self._on_ping(sender, message, out)
@@ -776,6 +782,8 @@ class Membership:
             if self._table.state_of(probe.target) == MemberState.ZOMBIE:
                 self._request_reach(probe.target, now, out)
             return
+        # one more direct try (memberlist's TCP fallback ping) alongside the relays
+        out.append(Send(probe.target, Ping(seq, probe.target, self._gossip_for(probe.target))))
         relays = self._table.sample_active(
             self._cfg.indirect_checks, (self._id, probe.target), self._rng
         )
@@ -806,7 +814,6 @@ class Membership:
         if rec.state == MemberState.ALIVE:
             suspect = Suspect(probe.target, rec.incarnation, self._id)
             self._set(rec, MemberState.SUSPECT, rec.incarnation, suspect, now, out)
-            self._broadcasts.push(probe.target, suspect)
             self.stats["suspicions"] += 1
         if rec.state == MemberState.SUSPECT and probe.target not in self._suspicions:
             self._start_round(probe.target, now, out)
@@ -1034,7 +1041,7 @@ class Membership:
         verdict = Verdict(s.subject, s.incarnation, int(verdict_kind(chosen)), chosen)
         del self._suspicions[s.subject]
         self.stats["verdicts_issued"] += 1
-        self._apply_verdict(verdict, now, out, checked=True)
+        self._apply_verdict(verdict, self._id, now, out, checked=True)
 
     def _suspicion_expired(self, s: _Suspicion, now: float, out: list[Output]) -> None:
         del self._suspicions[s.subject]
@@ -1073,21 +1080,21 @@ class Membership:
 
     # --- applying statements ------------------------------------------------------------
 
-    def _apply(self, item: GossipItem, now: float, out: list[Output]) -> bool:
+    def _apply(self, item: GossipItem, sender: str, now: float, out: list[Output]) -> bool:
         if isinstance(item, Alive):
-            return self._apply_alive(item, now, out)
+            return self._apply_alive(item, sender, now, out)
         if isinstance(item, Suspect):
-            return self._apply_suspect(item, now, out)
+            return self._apply_suspect(item, sender, now, out)
         if isinstance(item, Verdict):
-            return self._apply_verdict(item, now, out)
-        return self._apply_left(item, now, out)
+            return self._apply_verdict(item, sender, now, out)
+        return self._apply_left(item, sender, now, out)
 
-    def _apply_alive(self, a: Alive, now: float, out: list[Output]) -> bool:
+    def _apply_alive(self, a: Alive, sender: str, now: float, out: list[Output]) -> bool:
         if a.member == self._id:
             if not self._left and (
                 a.incarnation > self._inc or (a.incarnation == self._inc and a != self._alive)
             ):
-                self._refute(a.incarnation, now, out)
+                self._refute(a.incarnation, now, out, (sender,), broadcast=True)
             return False
         rec = self._table.get(a.member)
         if rec is not None and a.incarnation <= rec.incarnation:
@@ -1103,6 +1110,7 @@ class Membership:
             )
         else:
             meta_changed = rec.alive.meta != a.meta
+            was_down = rec.state >= MemberState.ZOMBIE
             rec.alive = a
             if rec.state != MemberState.ALIVE or meta_changed:
                 self._set(rec, MemberState.ALIVE, a.incarnation, None, now, out)
@@ -1110,27 +1118,37 @@ class Membership:
                 old = rec.state
                 rec.incarnation = a.incarnation
                 self._table.put(rec, old)
+            if not (was_down or meta_changed):
+                # the refutation of a (local, never gossiped) suspicion: nobody else
+                # needs it, and re-gossiping every one is a storm under packet loss
+                return True
         self._broadcasts.push(a.member, a)
         return True
 
-    def _apply_suspect(self, s: Suspect, now: float, out: list[Output]) -> bool:
-        if s.member == self._id:
-            if not self._left and s.incarnation >= self._inc:
-                self._refute(s.incarnation, now, out)
+    def _apply_suspect(self, s: Suspect, sender: str, now: float, out: list[Output]) -> bool:
+        """Suspicion is local to the suspector (it is never gossiped): only a Suspect
+        about ourselves matters. We refute it, or re-assert our newer incarnation, to
+        the suspector and the sender directly."""
+        if s.member != self._id:
+            self.stats["suspect_about_other_ignored"] += 1
             return False
-        rec = self._table.get(s.member)
-        if rec is None or (s.incarnation, MemberState.SUSPECT) <= (rec.incarnation, rec.state):
+        if self._left:
             return False
-        self._set(rec, MemberState.SUSPECT, s.incarnation, s, now, out)
-        self._broadcasts.push(s.member, s)
-        return True
+        notify = (s.suspector,) if s.suspector == sender else (s.suspector, sender)
+        if s.incarnation >= self._inc:
+            self._refute(s.incarnation, now, out, notify, broadcast=False)
+        else:
+            self.stats["reasserted"] += 1
+            for member in notify:
+                out.append(Send(member, GossipMessage([self._alive])))
+        return False
 
     def _apply_verdict(
-        self, v: Verdict, now: float, out: list[Output], checked: bool = False
+        self, v: Verdict, sender: str, now: float, out: list[Output], checked: bool = False
     ) -> bool:
         if v.subject == self._id:
             if not self._left and v.incarnation >= self._inc:
-                self._refute(v.incarnation, now, out)
+                self._refute(v.incarnation, now, out, (sender,), broadcast=True)
             return False
         rec = self._table.get(v.subject)
         if rec is None or (v.incarnation, v.kind) <= (rec.incarnation, rec.state):
@@ -1145,10 +1163,10 @@ class Membership:
         self._broadcasts.push(v.subject, v)
         return True
 
-    def _apply_left(self, left: Left, now: float, out: list[Output]) -> bool:
+    def _apply_left(self, left: Left, sender: str, now: float, out: list[Output]) -> bool:
         if left.member == self._id:
             if not self._left and left.incarnation >= self._inc:
-                self._refute(left.incarnation, now, out)
+                self._refute(left.incarnation, now, out, (sender,), broadcast=True)
             return False
         rec = self._table.get(left.member)
         if rec is None or (left.incarnation, MemberState.LEFT) <= (rec.incarnation, rec.state):
@@ -1181,18 +1199,32 @@ class Membership:
         ):
             del self._suspicions[rec.member]
 
-    def _refute(self, at_incarnation: int, now: float, out: list[Output]) -> None:
+    def _refute(
+        self,
+        at_incarnation: int,
+        now: float,
+        out: list[Output],
+        notify: Sequence[str],
+        *,
+        broadcast: bool,
+    ) -> None:
+        """Bump our incarnation past `at_incarnation`. A verdict or left is known to many
+        (broadcast the new Alive); a suspicion only to its suspector (tell it directly)."""
         self.stats["refutations"] += 1
         self._health = min(self._cfg.max_health, self._health + 1)
-        self._announce(max(at_incarnation, self._inc) + 1, self._alive.meta, now)
+        self._announce(max(at_incarnation, self._inc) + 1, self._alive.meta, now, broadcast)
+        for member in notify:
+            if member != self._id:
+                out.append(Send(member, GossipMessage([self._alive])))
 
-    def _announce(self, incarnation: int, meta: bytes, now: float) -> None:
+    def _announce(self, incarnation: int, meta: bytes, now: float, broadcast: bool = True) -> None:
         self._inc = incarnation
         self._alive = sign_alive(self._id, incarnation, meta, self._sign)
         own = self._table.get(self._id)
         old = None if own is None else own.state
         self._table.put(MemberRecord(self._alive, MemberState.ALIVE, incarnation, now), old)
-        self._broadcasts.push(self._id, self._alive)
+        if broadcast:
+            self._broadcasts.push(self._id, self._alive)
 
     # --- dissemination ----------------------------------------------------------------
 
@@ -1240,9 +1272,9 @@ class Membership:
 
     def _on_push_pull(self, sender: str, msg: PushPull, now: float, out: list[Output]) -> None:
         for alive in msg.alive:
-            self._apply_alive(alive, now, out)
+            self._apply_alive(alive, sender, now, out)
         for status in msg.status:
-            self._apply(status, now, out)
+            self._apply(status, sender, now, out)
         self._heard_from(sender, now, out)
         if not msg.reply:
             self._join_pending = False
@@ -1267,7 +1299,7 @@ class Membership:
                 pages.append(PushPull(join, reply, alive, status))
                 alive, status, spent = [], [], 0
             alive.append(rec.alive)
-            if rec.status is not None:
+            if rec.status is not None and not isinstance(rec.status, Suspect):
                 status.append(rec.status)
             spent += size
         if alive:

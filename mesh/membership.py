@@ -24,16 +24,18 @@ plus quorum verdicts):
 * Local health (Lifeguard awareness): missed Nacks from relays and having to refute
   raise a 0..`max_health` score, successful probes lower it; probe interval and
   timeout are multiplied by score + 1, so a starved node slows its own accusations.
-* Refutation. A member hearing it is suspect/zombie/dead (or left, or alive with
-  other meta) at an incarnation >= its own bumps its incarnation past it and signs a
-  new Alive: sent directly to the suspector for a suspicion (or its current Alive if
-  the suspicion is older than its incarnation), gossiped to everyone for a verdict or
-  a Left. A node re-gossips an Alive only if it is new, changes meta, or clears a
-  verdict. Order of statements about a member: (incarnation, state) compared
-  lexicographically, state order ALIVE < SUSPECT < ZOMBIE < DEAD < LEFT; a statement
-  is applied only if it is greater than what the node holds. So an Alive must carry
-  a higher incarnation to clear anything, and stale gossip about an old verdict can
-  never evict a member that refuted it.
+* Refutation. A suspicion is local, so it is refuted locally: the suspected member
+  answers the suspector directly, and any authenticated message from a suspect (or
+  an Ack relayed for it) clears the suspicion. A member hearing it is zombie/dead (or
+  left, or alive with other meta) at an incarnation >= its own bumps its incarnation
+  past it and gossips a new signed Alive to everyone. Incarnations only change by
+  such broadcast statements: an incarnation bump told to a single suspector would make
+  views diverge, and that Alive could later outrank a true verdict elsewhere.
+* Order of statements about a member: (incarnation, state) compared
+  lexicographically, state order ALIVE < SUSPECT < ZOMBIE < DEAD < LEFT; a gossiped
+  statement is applied only if it is greater than what the node holds. So an Alive
+  must carry a higher incarnation to clear a verdict, and stale gossip about an old
+  verdict can never evict a member that refuted it.
 * Quorum. Suspicion alone never evicts. The suspecting node runs an observation
   round: it asks `q - 1 + observe_extra` other active members (ObserveReq) to probe
   the subject themselves (`observe_attempts` pings `probe_timeout_s` apart) and to
@@ -581,7 +583,7 @@ class Membership:
         out: list[Output] = []
         if self._left:
             self._left = False
-            self._refute(self._inc, now, out, (), broadcast=True)
+            self._refute(self._inc, now, out, ())
         self._join_seeds = [s for s in seed_ids if s != self._id]
         if not self._join_seeds:
             return out
@@ -838,6 +840,8 @@ class Membership:
         probe = self._probes.get(seq)
         if probe is not None and probe.target == ack.responder:
             probe.acked = True
+            if self._table.state_of(probe.target) == MemberState.SUSPECT:
+                self._clear_suspicion(probe.target, now, out)  # a relay vouches for it
             return
         relay = self._relays.get(seq)
         if relay is not None and relay.target == ack.responder and sender == relay.target:
@@ -866,16 +870,14 @@ class Membership:
 
     def _heard_from(self, sender: str, now: float, out: list[Output]) -> None:
         """Any message from a member is evidence that its application runs."""
-        s = self._suspicions.get(sender)
-        if s is not None:
-            s.reached += 1
-            s.own_pending = False
+        if self._table.state_of(sender) == MemberState.SUSPECT:
+            self._clear_suspicion(sender, now, out)
         if self._observe_tasks:
             for task in list(self._observe_tasks.values()):
                 if task.subject == sender:
                     self._finish_observe(task, True, now, out)
         state = self._table.state_of(sender)
-        if state is not None and state != MemberState.ALIVE and state != MemberState.LEFT:
+        if state == MemberState.ZOMBIE or state == MemberState.DEAD:
             # it may not know: tell it (rate-limited) so that it refutes
             last = self._notified.get(sender, -math.inf)
             if now - last >= self._cfg.probe_interval_s:
@@ -1094,7 +1096,7 @@ class Membership:
             if not self._left and (
                 a.incarnation > self._inc or (a.incarnation == self._inc and a != self._alive)
             ):
-                self._refute(a.incarnation, now, out, (sender,), broadcast=True)
+                self._refute(a.incarnation, now, out, (sender,))
             return False
         rec = self._table.get(a.member)
         if rec is not None and a.incarnation <= rec.incarnation:
@@ -1110,7 +1112,6 @@ class Membership:
             )
         else:
             meta_changed = rec.alive.meta != a.meta
-            was_down = rec.state >= MemberState.ZOMBIE
             rec.alive = a
             if rec.state != MemberState.ALIVE or meta_changed:
                 self._set(rec, MemberState.ALIVE, a.incarnation, None, now, out)
@@ -1118,37 +1119,42 @@ class Membership:
                 old = rec.state
                 rec.incarnation = a.incarnation
                 self._table.put(rec, old)
-            if not (was_down or meta_changed):
-                # the refutation of a (local, never gossiped) suspicion: nobody else
-                # needs it, and re-gossiping every one is a storm under packet loss
-                return True
         self._broadcasts.push(a.member, a)
         return True
 
     def _apply_suspect(self, s: Suspect, sender: str, now: float, out: list[Output]) -> bool:
-        """Suspicion is local to the suspector (it is never gossiped): only a Suspect
-        about ourselves matters. We refute it, or re-assert our newer incarnation, to
-        the suspector and the sender directly."""
+        """Suspicion is local to the suspector (never gossiped): only a Suspect about
+        ourselves matters, and answering the suspector directly refutes it (any
+        authenticated message from a suspect clears the suspicion). Incarnations are
+        bumped only against cluster-wide statements (verdict, left), which are
+        broadcast: a bump told to one node only would let that stale Alive outrank a
+        later, true verdict elsewhere."""
         if s.member != self._id:
             self.stats["suspect_about_other_ignored"] += 1
             return False
-        if self._left:
+        if self._left or s.suspector == self._id:
             return False
-        notify = (s.suspector,) if s.suspector == sender else (s.suspector, sender)
-        if s.incarnation >= self._inc:
-            self._refute(s.incarnation, now, out, notify, broadcast=False)
-        else:
-            self.stats["reasserted"] += 1
-            for member in notify:
-                out.append(Send(member, GossipMessage([self._alive])))
+        last = self._notified.get(s.suspector, -math.inf)
+        if now - last >= self._cfg.probe_timeout_s:
+            self._notified[s.suspector] = now
+            self.stats["refutations_direct"] += 1
+            out.append(Send(s.suspector, GossipMessage([self._alive])))
         return False
+
+    def _clear_suspicion(self, member: str, now: float, out: list[Output]) -> None:
+        rec = self._table.get(member)
+        if rec is None or rec.state != MemberState.SUSPECT:
+            return
+        self.stats["suspicions_cleared"] += 1
+        self._set(rec, MemberState.ALIVE, rec.incarnation, None, now, out)
+        self._suspicions.pop(member, None)
 
     def _apply_verdict(
         self, v: Verdict, sender: str, now: float, out: list[Output], checked: bool = False
     ) -> bool:
         if v.subject == self._id:
             if not self._left and v.incarnation >= self._inc:
-                self._refute(v.incarnation, now, out, (sender,), broadcast=True)
+                self._refute(v.incarnation, now, out, (sender,))
             return False
         rec = self._table.get(v.subject)
         if rec is None or (v.incarnation, v.kind) <= (rec.incarnation, rec.state):
@@ -1166,7 +1172,7 @@ class Membership:
     def _apply_left(self, left: Left, sender: str, now: float, out: list[Output]) -> bool:
         if left.member == self._id:
             if not self._left and left.incarnation >= self._inc:
-                self._refute(left.incarnation, now, out, (sender,), broadcast=True)
+                self._refute(left.incarnation, now, out, (sender,))
             return False
         rec = self._table.get(left.member)
         if rec is None or (left.incarnation, MemberState.LEFT) <= (rec.incarnation, rec.state):
@@ -1205,26 +1211,23 @@ class Membership:
         now: float,
         out: list[Output],
         notify: Sequence[str],
-        *,
-        broadcast: bool,
     ) -> None:
-        """Bump our incarnation past `at_incarnation`. A verdict or left is known to many
-        (broadcast the new Alive); a suspicion only to its suspector (tell it directly)."""
+        """Bump our incarnation past `at_incarnation`, gossip the new Alive to everyone
+        and tell `notify` directly."""
         self.stats["refutations"] += 1
         self._health = min(self._cfg.max_health, self._health + 1)
-        self._announce(max(at_incarnation, self._inc) + 1, self._alive.meta, now, broadcast)
+        self._announce(max(at_incarnation, self._inc) + 1, self._alive.meta, now)
         for member in notify:
             if member != self._id:
                 out.append(Send(member, GossipMessage([self._alive])))
 
-    def _announce(self, incarnation: int, meta: bytes, now: float, broadcast: bool = True) -> None:
+    def _announce(self, incarnation: int, meta: bytes, now: float) -> None:
         self._inc = incarnation
         self._alive = sign_alive(self._id, incarnation, meta, self._sign)
         own = self._table.get(self._id)
         old = None if own is None else own.state
         self._table.put(MemberRecord(self._alive, MemberState.ALIVE, incarnation, now), old)
-        if broadcast:
-            self._broadcasts.push(self._id, self._alive)
+        self._broadcasts.push(self._id, self._alive)
 
     # --- dissemination ----------------------------------------------------------------
 

@@ -29,6 +29,8 @@ from node.http import HttpServer
 from node.mcp.http import TokenGrant, register_mcp_routes
 from node.mesh_service import MeshService
 from node.metrics import NodeMetrics
+from node.replication import ReplicationService
+from node.routing import MeshCatalog
 from node.store import Store
 from node.tools.registry import LocalCatalog, build_local_catalog
 from node.trust import NodeIdentity, ensure_data_dir, load_identity
@@ -70,6 +72,7 @@ class Node:
         self._http: HttpServer | None = None
         self._mesh: MeshService | None = None
         self._catalog: LocalCatalog | None = None
+        self._replication: ReplicationService | None = None
         self._audit_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -123,7 +126,39 @@ class Node:
         )
         sealer = await self._sealer(store, identity, stack)
         self._register_metrics()
+        catalog = await self._start_local_catalog(stack)
+        mesh = self._mesh_service(identity, sealer)
+        self._mesh = mesh
+        replication = ReplicationService(
+            key=identity.key,
+            authority_public_key=identity.authority_public_key,
+            mesh=mesh,
+            store=store,
+            local_tools=catalog.available_tools,
+            max_envelope_bytes=self.config.envelope.max_bytes,
+        )
+        self._replication = replication
+        tools = MeshCatalog(local=catalog, mesh=mesh, replication=replication)
         http = HttpServer(self, self.config.http.host, self.config.http.port)
+        self._register_mcp(http, tools)
+        await http.start()
+        stack.push_async_callback(http.stop)
+        self._http = http
+        # The mesh advertises the HTTP port, so it starts once that is bound.
+        mesh.http_port = http.port
+        await stack.enter_async_context(mesh)
+        self._register_mesh_metrics(mesh)
+        await stack.enter_async_context(replication)
+        catalog.on_change(replication.announce_local_tools)
+        await stack.enter_async_context(tools)
+        self._started_monotonic = time.monotonic()
+        self.metrics.start_time.set(time.time())
+        self.metrics.up.set(1)
+        _write_runtime_file(data_dir / RUNTIME_FILE_NAME, self.runtime_info())
+        stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
+        await audit.append("node.start", identity.node_id, self.runtime_info())
+
+    async def _start_local_catalog(self, stack: contextlib.AsyncExitStack) -> LocalCatalog:
         catalog = build_local_catalog(
             self.config.tools,
             self.config.limits,
@@ -134,32 +169,21 @@ class Node:
         )
         await stack.enter_async_context(catalog)
         self._catalog = catalog
-        mcp = self.config.mcp
-        register_mcp_routes(
-            http.app,
-            catalog,
-            tokens={t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens},
-            loopback_zone=mcp.loopback_zone,
-            allowed_origins=mcp.allowed_origins,
-            max_body_bytes=mcp.max_body_bytes,
-            max_sessions=mcp.max_sessions,
-            session_idle_s=mcp.session_idle_s,
-        )
-        await http.start()
-        stack.push_async_callback(http.stop)
-        self._http = http
+        return catalog
+
+    def _mesh_service(self, identity: NodeIdentity, sealer: Sealer) -> MeshService:
         mesh_cfg = self.config.mesh
-        mesh = MeshService(
+        return MeshService(
             key=identity.key,
             certificate=encode_certificate(identity.signed_certificate),
             authority_public_key=identity.authority_public_key,
             zones=identity.zones,
             dev=identity.dev,
             sealer=sealer,
-            opener=self._opener,
+            opener=self.opener,
             host=mesh_cfg.host,
             port=mesh_cfg.port,
-            http_port=http.port,
+            http_port=None,
             fingerprint=identity.fingerprint,
             seeds=mesh_cfg.seeds,
             mdns=mesh_cfg.mdns,
@@ -167,15 +191,19 @@ class Node:
             fault_injection=mesh_cfg.fault_injection,
             on_member_change=self._member_changed,
         )
-        await stack.enter_async_context(mesh)
-        self._mesh = mesh
-        self._register_mesh_metrics(mesh)
-        self._started_monotonic = time.monotonic()
-        self.metrics.start_time.set(time.time())
-        self.metrics.up.set(1)
-        _write_runtime_file(data_dir / RUNTIME_FILE_NAME, self.runtime_info())
-        stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
-        await audit.append("node.start", identity.node_id, self.runtime_info())
+
+    def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
+        mcp = self.config.mcp
+        register_mcp_routes(
+            http.app,
+            tools,
+            tokens={t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens},
+            loopback_zone=mcp.loopback_zone,
+            allowed_origins=mcp.allowed_origins,
+            max_body_bytes=mcp.max_body_bytes,
+            max_sessions=mcp.max_sessions,
+            session_idle_s=mcp.session_idle_s,
+        )
 
     async def stop(self) -> None:
         stack, self._stack = self._stack, None
@@ -322,20 +350,25 @@ class Node:
         return self._mesh.peer_view() if self._mesh else []
 
     def tools(self) -> list[dict[str, Any]]:
-        """The tools this node knows, with their provider and zone."""
-        if self._catalog is None or self._identity is None:
+        """The capability registry as this node sees it, with each provider's state."""
+        if self._replication is None or self._identity is None:
             return []
-        node_id = self._identity.node_id
         return [
             {
-                "name": spec.name,
-                "provider": node_id,
-                "zone": spec.zone,
-                "description": spec.description,
-                "kind": spec.provider,
+                "name": t.name,
+                "provider": t.provider,
+                "zone": t.zone,
+                "description": t.description,
+                "version": t.version,
+                "provider_state": self._provider_state(t.provider),
             }
-            for spec in self._catalog.available_tools()
+            for t in self._replication.tools()
         ]
+
+    def _provider_state(self, node_id: str) -> str | None:
+        if node_id == self.identity.node_id:
+            return "self"
+        return self.mesh.member_state(node_id)
 
     def block_peer(self, node_id: str, blocked: bool) -> None:
         if blocked:

@@ -208,7 +208,7 @@ class MeshService:
         self._opener = opener
         self._host = host
         self._requested_port = port
-        self._http_port = http_port
+        self.http_port = http_port
         self._fingerprint = fingerprint
         self._seeds = SeedDiscovery(seeds)
         self._use_mdns = mdns
@@ -254,7 +254,7 @@ class MeshService:
         self._transport = transport
         transport.on_request(self._on_request)
         transport.on_oneway(self._on_oneway)
-        self._meta = PeerMeta(self._host, transport.port, self._http_port, self._fingerprint)
+        self._meta = PeerMeta(self._host, transport.port, self.http_port, self._fingerprint)
         self._membership = Membership(
             self.node_id,
             meta=_encode(self._meta),
@@ -293,7 +293,7 @@ class MeshService:
             node_id=self.node_id,
             cert_fingerprint=self._fingerprint,
             mesh_port=self._meta.mesh_port,
-            http_port=self._http_port,
+            http_port=self.http_port,
             protocol_version=MESH_PROTOCOL_VERSION,
             on_candidate=self._offer_candidate,
             on_lost=self._discovery.lost,

@@ -32,6 +32,7 @@ from node.metrics import NodeMetrics
 from node.replication import ReplicationService
 from node.routing import MeshCatalog
 from node.store import Store
+from node.tools.debug import DebugTools
 from node.tools.registry import LocalCatalog, build_local_catalog
 from node.trust import NodeIdentity, ensure_data_dir, load_identity
 
@@ -57,6 +58,10 @@ ENVELOPE_REJECT_REASONS = (
 )
 
 
+class DebugApiDisabled(NodeError):
+    """A /api/debug call on a node without node.debug_api, or with bad arguments."""
+
+
 class Node:
     """A running vsmcp node. `async with Node(config) as node:` starts and stops it."""
 
@@ -73,6 +78,7 @@ class Node:
         self._mesh: MeshService | None = None
         self._catalog: LocalCatalog | None = None
         self._replication: ReplicationService | None = None
+        self._debug_tools = DebugTools()
         self._audit_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -167,6 +173,9 @@ class Node:
             peers=self.peers,
             tools_view=self.tools,
         )
+        if self.config.node.debug_api:
+            catalog.add(self._debug_tools)
+            log.warning("debug API on: /api/debug/* can cut links and add tools")
         await stack.enter_async_context(catalog)
         self._catalog = catalog
         return catalog
@@ -188,7 +197,6 @@ class Node:
             seeds=mesh_cfg.seeds,
             mdns=mesh_cfg.mdns,
             preset=mesh_cfg.preset,
-            fault_injection=mesh_cfg.fault_injection,
             on_member_change=self._member_changed,
         )
 
@@ -370,11 +378,27 @@ class Node:
             return "self"
         return self.mesh.member_state(node_id)
 
+    def _require_debug_api(self) -> None:
+        if not self.config.node.debug_api:
+            raise DebugApiDisabled("the debug API is off (node.debug_api = false)")
+
     def block_peer(self, node_id: str, blocked: bool) -> None:
+        """Cut (or restore) the link to a peer, both ways, as if the network dropped it."""
+        self._require_debug_api()
         if blocked:
             self.mesh.block(node_id)
         else:
             self.mesh.unblock(node_id)
+
+    def debug_tool(self, name: str, zone: str, present: bool) -> None:
+        """Add or remove a runtime tool that echoes its arguments (tests, benchmarks)."""
+        self._require_debug_api()
+        if zone not in self.config.trust.zones:
+            raise DebugApiDisabled(f"unknown zone {zone!r}")
+        if present:
+            self._debug_tools.add(name, zone)
+        else:
+            self._debug_tools.remove(name)
 
     def healthy(self) -> bool:
         return self._stack is not None

@@ -48,6 +48,7 @@ class NodeSection(_Section):
     log_format: str = "text"
     log_level: str = "info"
     name: str = ""
+    debug_api: bool = False  # /api/debug/*: cut links, add tools (tests); never in production
 
 
 class HttpSection(_Section):
@@ -61,7 +62,6 @@ class MeshSection(_Section):
     seeds: list[str] = msgspec.field(default_factory=list)
     mdns: bool = True
     preset: str = "lan"  # membership timing: local | lan | wan
-    fault_injection: bool = False  # /api/debug/block: cut links in tests; never in production
 
 
 class TrustSection(_Section):

@@ -32,6 +32,8 @@ class NodeView(Protocol):
 
     def block_peer(self, node_id: str, blocked: bool) -> None: ...
 
+    def debug_tool(self, name: str, zone: str, present: bool) -> None: ...
+
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
@@ -72,6 +74,20 @@ def build_app(node: NodeView) -> web.Application:
     async def api_tools(_: web.Request) -> web.Response:
         return _json({"tools": node.tools()})
 
+    async def debug_tools(request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        zone = request.query.get("zone", "public")
+        present = request.method == "POST"
+        if not name:
+            return _json({"error": "name is required"}, status=400)
+        try:
+            node.debug_tool(name, zone, present)
+        except (NodeError, ValueError) as e:
+            return _json({"error": str(e)}, status=403)
+        return _json({"tool": name, "zone": zone, "present": present})
+
+    app.router.add_post("/api/debug/tools", debug_tools)
+    app.router.add_delete("/api/debug/tools", debug_tools)
     app.router.add_get("/api/peers", api_peers)
     app.router.add_get("/api/tools", api_tools)
     app.router.add_post("/api/debug/block", debug_block)

@@ -194,7 +194,6 @@ class MeshService:
         seeds: list[str],
         mdns: bool,
         preset: str = "lan",
-        fault_injection: bool = False,
         on_member_change: Callable[[MemberStateChanged], None] | None = None,
     ) -> None:
         self._key = key
@@ -213,7 +212,6 @@ class MeshService:
         self._seeds = SeedDiscovery(seeds)
         self._use_mdns = mdns
         self._membership_config = MEMBERSHIP_PRESETS[preset]()
-        self._fault_injection = fault_injection
         self._on_member_change = on_member_change
         self.stats = MeshStats()
         self.peers: dict[str, Peer] = {}
@@ -802,18 +800,14 @@ class MeshService:
         # The CURVE handshake in the HELLO below proves the answerer holds this key.
         self._maybe_hello(envelope.sender_id, f"tcp://{seed.address}")
 
-    # -- fault injection (tests only; off unless mesh.fault_injection) -------------------
+    # -- fault injection (tests only: the node offers it only with node.debug_api) -----
 
     def block(self, node_id: str) -> None:
-        if not self._fault_injection:
-            raise NodeError("fault injection is off (mesh.fault_injection = false)")
         self.blocked.add(node_id)
         if self._transport is not None and node_id in self.peers:
             self._transport.forget(self.peers[node_id].public_key)
 
     def unblock(self, node_id: str) -> None:
-        if not self._fault_injection:
-            raise NodeError("fault injection is off (mesh.fault_injection = false)")
         self.blocked.discard(node_id)
 
 

@@ -86,7 +86,8 @@ def test_nodes_find_each_other_through_one_seed_without_mdns(
 def test_a_cut_link_between_two_peers_evicts_nobody(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    config = _config(tmp_path, "fault_injection = true\n")
+    config = _config(tmp_path)
+    config.write_text("[node]\ndebug_api = true\n" + config.read_text())
     group = _start(tmp_path, nodes, 4, "--config", str(config))
     wait_mesh_states(group, _all_alive(group))
     a, b, *_ = group
@@ -104,7 +105,7 @@ def test_a_cut_link_between_two_peers_evicts_nobody(
     assert a.post(f"/api/debug/block?peer={b.node_id}") == 200  # still allowed
 
 
-def test_fault_injection_is_off_by_default(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+def test_debug_api_is_off_by_default(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     (node,) = _start(tmp_path, nodes, 1, "--no-mdns")
     assert node.post("/api/debug/block?peer=x") == 403
 

@@ -144,7 +144,14 @@ class Node:
             max_envelope_bytes=self.config.envelope.max_bytes,
         )
         self._replication = replication
-        tools = MeshCatalog(local=catalog, mesh=mesh, replication=replication)
+        tools = MeshCatalog(
+            local=catalog,
+            mesh=mesh,
+            replication=replication,
+            node_id=identity.node_id,
+            zones=identity.zones,
+            audit=audit,
+        )
         http = HttpServer(self, self.config.http.host, self.config.http.port)
         self._register_mcp(http, tools)
         await http.start()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mesh.certs import ZoneOrder
+from node.audit import AuditLog
 from node.mesh_service import MeshService
 from node.replication import ReplicationService
 from node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
@@ -19,11 +21,21 @@ class MeshCatalog:
     """A `ToolCatalog` over the local units and the mesh. Async context manager."""
 
     def __init__(
-        self, *, local: LocalCatalog, mesh: MeshService, replication: ReplicationService
+        self,
+        *,
+        local: LocalCatalog,
+        mesh: MeshService,
+        replication: ReplicationService,
+        node_id: str,
+        zones: ZoneOrder,
+        audit: AuditLog,
     ) -> None:
         self.local = local
         self._mesh = mesh
         self._replication = replication
+        self._node_id = node_id
+        self._zones = zones
+        self._audit = audit
 
     def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
         return self.local.list_tools(ctx)

@@ -19,8 +19,9 @@ plus quorum verdicts):
   TCP fallback). No Ack by the end of the probe period: the target becomes SUSPECT
   for this node only. Suspicion is not gossiped cluster-wide (under packet loss the
   suspect/refute traffic of every member would swamp the 5 KB/s budget, and only a
-  quorum verdict evicts anyway): the Suspect item goes to the target itself (directly
-  and piggybacked on everything sent to it) and implicitly to the observers asked.
+  quorum verdict evicts anyway): the Suspect item goes to the target itself,
+  piggybacked on a ping every `probe_timeout_s` for as long as the suspicion lasts
+  (so a live member has many chances to answer), and implicitly to the observers.
 * Local health (Lifeguard awareness): missed Nacks from relays and having to refute
   raise a 0..`max_health` score, successful probes lower it; probe interval and
   timeout are multiplied by score + 1, so a starved node slows its own accusations.
@@ -361,6 +362,7 @@ _T_OBSERVE_STEP = 4
 _T_OWN_OBSERVATION = 5
 _T_SUSPICION_MIN = 6
 _T_SUSPICION_MAX = 7
+_T_SUSPICION_PING = 8
 
 
 @dataclass(slots=True)
@@ -730,6 +732,8 @@ class Membership:
                 self._try_verdict(s, now, out)
             elif kind == _T_SUSPICION_MAX:
                 self._suspicion_expired(s, now, out)
+            elif kind == _T_SUSPICION_PING:
+                self._suspicion_ping(s, now, out)
 
     def _recover_from_stall(self, now: float) -> None:
         """Our own ticks were late: nothing we timed out is evidence against others."""
@@ -917,12 +921,21 @@ class Membership:
         for observer in asked:
             req = ObserveReq(s.token, subject, s.incarnation, self._gossip_for(observer))
             out.append(Send(observer, req))
-        if rec.status is not None:
-            out.append(Send(subject, GossipMessage([rec.status])))
+        self._suspicion_ping(s, now, out)
         self._request_reach(subject, now, out)
         self._at(now + cfg.observe_window_s, _T_OWN_OBSERVATION, subject, s.token)
         self._at(s.min_at, _T_SUSPICION_MIN, subject, s.token)
         self._at(s.max_at, _T_SUSPICION_MAX, subject, s.token)
+
+    def _suspicion_ping(self, s: _Suspicion, now: float, out: list[Output]) -> None:
+        """Keep pinging the suspect (its Suspect item piggybacked) for as long as the
+        suspicion lasts: a live member gets many chances to answer, and any message
+        from it clears the suspicion (`_heard_from`)."""
+        if now >= s.min_at:
+            return
+        seq = self._next_seq()
+        out.append(Send(s.subject, Ping(seq, s.subject, self._gossip_for(s.subject))))
+        self._at(now + self._cfg.probe_timeout_s, _T_SUSPICION_PING, s.subject, s.token)
 
     def _request_reach(self, member: str, now: float, out: list[Output]) -> None:
         asked_at = self._reach_requested.get(member)

@@ -115,6 +115,9 @@ class NetworkConfig:
     reachability_delay_s: float = 0.001  # time for the transport to answer a check
     processing_lag_s: float = 0.0  # mean extra (exponential) lag of every node event
     wire_roundtrip: bool = True  # encode + decode every message (False: encode only)
+    # any other one-way delay distribution (replaces base + jitter), e.g.
+    # lambda rng: rng.lognormvariate(-7.0, 0.5)
+    delay_fn: Callable[[random.Random], float] | None = None
 
 
 class NodeStatus(enum.Enum):
@@ -426,9 +429,12 @@ class Simulator:
                 if net.loss > 0 and self.rng.random() < net.loss:
                     self.messages_lost += 1
                     continue
-                delay = net.delay_base_s
-                if net.delay_jitter_s > 0:
-                    delay += self.rng.expovariate(1.0 / net.delay_jitter_s)
+                if net.delay_fn is not None:
+                    delay = max(0.0, net.delay_fn(self.rng))
+                else:
+                    delay = net.delay_base_s
+                    if net.delay_jitter_s > 0:
+                        delay += self.rng.expovariate(1.0 / net.delay_jitter_s)
                 payload = data if net.wire_roundtrip else out.message
                 self._push(self.now + delay + self._lag(), _EV_DELIVER, dst, (node.id, payload))
             elif isinstance(out, CheckReachability):

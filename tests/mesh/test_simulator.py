@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from mesh.membership import MembershipConfig, MemberState, MemberStateChanged
 from mesh.simulator import NetworkConfig, NodeStatus, Simulator, make_node_id
 
@@ -139,3 +141,16 @@ def test_thousand_nodes_run_to_completion() -> None:
     sim.kill(victim)
     assert sim.run_until_true(lambda: sim.views_of(victim) == {"DEAD": 999}, 15.0, step=0.5)
     assert {e.member for _, _, e in verdicts} == {victim}
+
+
+def test_custom_delay_distribution_still_detects_and_has_no_false_positive() -> None:
+    def delay(rng: random.Random) -> float:
+        return rng.lognormvariate(-5.0, 1.0)  # median 7 ms, long tail
+
+    sim = Simulator(10, CFG, seed=21, network=NetworkConfig(delay_fn=delay))
+    verdicts = record_verdicts(sim)
+    sim.run_until(30.0)
+    assert verdicts == []
+    victim = sim.ids[0]
+    sim.kill(victim)
+    assert sim.run_until_true(lambda: all_survivors_see(sim, victim, MemberState.DEAD), 10.0)

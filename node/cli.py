@@ -6,6 +6,7 @@
     vsmcp audit verify [--data-dir DIR]
     vsmcp status [--data-dir DIR | --url URL]
     vsmcp peers [--data-dir DIR | --url URL]
+    vsmcp mcp-stdio [--data-dir DIR | --url URL]
 
 Exit codes: 0 success; 1 the check or request failed; 2 bad arguments, key or config.
 """
@@ -13,6 +14,7 @@ Exit codes: 0 success; 1 the check or request failed; 2 bad arguments, key or co
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import urllib.error
@@ -159,6 +161,26 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mcp_stdio(args: argparse.Namespace) -> int:
+    """Serve MCP on stdin/stdout, forwarding to the running node's /mcp."""
+    url = _status_url(args) + "/mcp"
+    asyncio.run(_serve_stdio_bridge(url))
+    return EXIT_OK
+
+
+async def _serve_stdio_bridge(url: str) -> None:
+    # Imported here: the MCP SDK is heavy, and only this command needs it.
+    from node.mcp.bridge import NodeClientCatalog
+    from node.mcp.stdio import serve_stdio, stdio_streams
+
+    try:
+        async with NodeClientCatalog(url) as catalog:
+            reader, writer = await stdio_streams()
+            await serve_stdio(catalog, reader, writer, zone="restricted", caller_id="stdio")
+    except OSError as e:
+        raise RequestFailed(f"cannot reach the node at {url}: {e}") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsmcp", description="Operate vsmcp nodes and the mesh.")
     p.add_argument("--version", action="version", version=f"vsmcp {__version__}")
@@ -205,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", help="the node's HTTP URL (default: from the data dir)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_peers)
+
+    s = sub.add_parser(
+        "mcp-stdio", help="serve the mesh's tools over MCP on stdin/stdout (via a running node)"
+    )
+    s.add_argument("--data-dir")
+    s.add_argument("--url", help="the node's HTTP URL (default: from the data dir)")
+    s.set_defaults(func=cmd_mcp_stdio)
     return p
 
 

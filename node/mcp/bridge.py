@@ -1,0 +1,102 @@
+"""A `ToolCatalog` served by a running node's `/mcp`, through the official SDK client.
+
+`vsmcp mcp-stdio` puts this behind the stdio server, so an MCP client that can only
+spawn a command (editors, desktop agents) reaches every tool of the mesh through the
+local node. The node, not this bridge, decides zones and limits: it sees a loopback
+HTTP client and applies `mcp.loopback_zone` (or a bearer token's zone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mcp.client.client import Client
+from mcp.shared.exceptions import MCPError
+
+from node.mcp.protocol import McpError
+from node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL_S = 5.0
+
+
+class NodeClientCatalog:
+    """Tools of the node at `url` (its /mcp). An async context manager."""
+
+    def __init__(self, url: str, *, refresh_interval_s: float = REFRESH_INTERVAL_S) -> None:
+        self._url = url
+        self._refresh_interval_s = refresh_interval_s
+        self._client: Client | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._specs: list[ToolSpec] = []
+        self._callbacks: list[ChangeCallback] = []
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> NodeClientCatalog:
+        self._client = await self._stack.enter_async_context(Client(self._url, mode="auto"))
+        await self.refresh()
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="mcp-bridge-refresh")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        await self._stack.aclose()
+
+    async def refresh(self) -> None:
+        assert self._client is not None
+        listed = await self._client.list_tools(cache_mode="bypass")
+        specs = [
+            ToolSpec(
+                name=tool.name,
+                description=tool.description or "",
+                input_schema=tool.input_schema,
+                provider="remote",
+            )
+            for tool in listed.tools
+        ]
+        changed = [s.name for s in specs] != [s.name for s in self._specs]
+        self._specs = specs
+        if changed:
+            for callback in list(self._callbacks):
+                callback()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_interval_s)
+            try:
+                await self.refresh()
+            except MCPError as e:
+                log.warning("cannot refresh the tool list: %s", e.message)
+
+    def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        return list(self._specs)
+
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        assert self._client is not None
+        progress = ctx.progress
+        try:
+            result = await self._client.call_tool(
+                name,
+                dict(arguments),
+                read_timeout_seconds=ctx.remaining_s(),
+                progress_callback=progress,  # type: ignore[arg-type]
+            )
+        except MCPError as e:
+            # The node's own JSON-RPC error, passed through unchanged.
+            data = e.data if isinstance(e.data, dict) else None
+            raise McpError(e.code, e.message, data) from None
+        dumped: dict[str, Any] = result.model_dump(by_alias=True, exclude_none=True)
+        return dumped
+
+    def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback)

@@ -19,6 +19,7 @@ from node.app import Node
 from node.config import load_config
 from node.errors import EXIT_BAD_CONFIG, StartupError
 from node.logs import setup_logging
+from node.sdnotify import SystemdNotifier
 
 log = logging.getLogger("node.daemon")
 
@@ -73,13 +74,18 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def serve(node: Node, stop: asyncio.Event) -> None:
+    systemd = SystemdNotifier()
     async with node:
         info = node.runtime_info()
         # One plain line on stdout whatever the log format: scripts wait for it.
         print(f"vsmcpd ready node_id={info['node_id']} http={info['http_url']}", flush=True)
         log.info("serving", extra={"node_id": info["node_id"], "http_url": info["http_url"]})
-        await stop.wait()
-        log.info("shutting down")
+        systemd.ready(f"serving as {info['node_id']}")
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await systemd.stopping()
 
 
 async def run(node: Node) -> None:

@@ -241,3 +241,32 @@ def test_tampered_snapshot_is_refused_and_the_registry_comes_back_from_peers(
     )
     assert not any(name == "evil-echo" for name, _, _ in registry)
     assert {provider for _, provider, _ in registry} == {n.node_id for n in group}
+
+
+def test_graceful_stop_retires_a_nodes_tools_everywhere_and_a_killed_node_shows_dead(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    group = _start_group(tmp_path, nodes, 4)
+    leaver, crashed, *stayers = group
+    for node in (leaver, crashed):
+        assert node.post("/api/debug/tools?name=owned-echo&zone=public") == 200
+    _wait_all(
+        group,
+        lambda n: _offers(n, "owned-echo", leaver) and _offers(n, "owned-echo", crashed),
+        "owned-echo of both everywhere",
+    )
+
+    leaver.terminate()
+    crashed.kill()
+    assert leaver.wait_exit() == 0
+    # SIGTERM: signed tombstones go out before the node leaves; nobody waits for expiry.
+    _wait_all(
+        stayers,
+        lambda n: not any(e[1] == leaver.node_id for e in _entries(n)),
+        "the stopped node's tools retired everywhere",
+    )
+    # SIGKILL: nothing was retired; liveness comes from membership at read time.
+    wait_mesh_states(stayers, {crashed.node_id: "dead"}, timeout_s=CONVERGE_TIMEOUT_S)
+    for node in stayers:
+        states = {t["provider_state"] for t in _tools(node) if t["provider"] == crashed.node_id}
+        assert states == {"dead"}, (node.node_id, states)

@@ -31,15 +31,17 @@ PARTITION_OBSERVE_S = 5.0
 Entry = tuple[str, str, int]  # (name, provider, version)
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "replication.toml"
-    path.write_text('[node]\ndebug_api = true\n[mesh]\npreset = "local"\n')
+    path.write_text(f'[node]\ndebug_api = true\n[mesh]\npreset = "local"\n{extra}')
     return path
 
 
-def _start_group(tmp_path: Path, nodes: list[NodeProcess], count: int) -> list[NodeProcess]:
+def _start_group(
+    tmp_path: Path, nodes: list[NodeProcess], count: int, extra_config: str = ""
+) -> list[NodeProcess]:
     """`count` nodes that know only the first one (seed); all alive everywhere."""
-    config = str(_config(tmp_path))
+    config = str(_config(tmp_path, extra_config))
     first = NodeProcess(tmp_path / "n0", "--config", config, "--no-mdns")
     nodes.append(first)
     first.start()
@@ -270,3 +272,42 @@ def test_graceful_stop_retires_a_nodes_tools_everywhere_and_a_killed_node_shows_
     for node in stayers:
         states = {t["provider_state"] for t in _tools(node) if t["provider"] == crashed.node_id}
         assert states == {"dead"}, (node.node_id, states)
+
+
+# After a crash the replay guard is lost, so a node refuses every envelope stamped before
+# restart + max skew (node.app); a short skew keeps this test from waiting 30 s for that.
+CRASH_SKEW_S = 3
+
+
+def test_node_restarted_after_a_crash_replicates_both_ways(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    skew = f"[envelope]\nmax_skew_s = {CRASH_SKEW_S}\n"
+    group = _start_group(tmp_path, nodes, 3, skew)
+    crashed, seed, other = group
+    assert crashed.post("/api/debug/tools?name=lost-echo&zone=public") == 200
+    _wait_all(group, lambda n: _offers(n, "lost-echo", crashed), "lost-echo everywhere")
+
+    crashed.kill()
+    crashed.wait_exit()
+    assert other.post("/api/debug/tools?name=while-down-echo&zone=public") == 200
+    _wait_all([seed, other], lambda n: _offers(n, "while-down-echo", other), "while-down-echo")
+    again = _restart(
+        crashed,
+        nodes,
+        "--config",
+        str(_config(tmp_path, skew)),
+        "--no-mdns",
+        "--seed",
+        f"{seed.node_id}@127.0.0.1:{seed.mesh_port}",
+    )
+    assert "did not stop cleanly" in again.log_text()
+    # It pulls what it missed, and its own tools after the crash reach the others.
+    _wait_all([again], lambda n: _offers(n, "while-down-echo", other), "pulled after crash")
+    assert again.post("/api/debug/tools?name=after-crash-echo&zone=public") == 200
+    _wait_all([seed, other], lambda n: _offers(n, "after-crash-echo", again), "pushed after crash")
+    survivors = [again, seed, other]
+    registry = wait_for(
+        lambda: _converged(survivors), timeout_s=CONVERGE_TIMEOUT_S, what="one registry"
+    )
+    assert {p for _, p, _ in registry} == {n.node_id for n in survivors}

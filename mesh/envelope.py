@@ -173,6 +173,11 @@ class Sealer:
         self._id_prefix = os.urandom(MSG_ID_BYTES - 8)
 
     @property
+    def max_size(self) -> int:
+        """The largest envelope this sealer produces, in bytes."""
+        return self._max_size
+
+    @property
     def last_seq(self) -> int:
         """The sequence number of the last sealed envelope (persist it as a hint)."""
         return self._seq

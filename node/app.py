@@ -151,6 +151,7 @@ class Node:
             node_id=identity.node_id,
             zones=identity.zones,
             audit=audit,
+            call_timeout_s=self.config.tools.timeout_s,
         )
         http = HttpServer(self, self.config.http.host, self.config.http.port)
         self._register_mcp(http, tools)
@@ -203,6 +204,7 @@ class Node:
             fingerprint=identity.fingerprint,
             seeds=mesh_cfg.seeds,
             mdns=mesh_cfg.mdns,
+            mesh_name=mesh_cfg.name,
             preset=mesh_cfg.preset,
             on_member_change=self._member_changed,
         )

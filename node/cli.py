@@ -7,6 +7,8 @@
     vsmcp status [--data-dir DIR | --url URL]
     vsmcp peers [--data-dir DIR | --url URL]
     vsmcp mcp-stdio [--data-dir DIR | --url URL]
+    vsmcp tools [--data-dir DIR | --url URL]
+    vsmcp call TOOL --arg key=value ... [--data-dir DIR | --url URL]
 
 Exit codes: 0 success; 1 the check or request failed; 2 bad arguments, key or config.
 """
@@ -33,6 +35,7 @@ from mesh.identity import NodeKey, load_key_file, save_key_file
 from node import __version__
 from node.app import RUNTIME_FILE_NAME
 from node.audit import verify_audit_log
+from node.cli_tools import add_tool_commands
 from node.config import default_data_dir
 from node.errors import EXIT_BAD_CONFIG, NodeError
 from node.store import db_path_for
@@ -234,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir")
     s.add_argument("--url", help="the node's HTTP URL (default: from the data dir)")
     s.set_defaults(func=cmd_mcp_stdio)
+
+    add_tool_commands(sub)
     return p
 
 

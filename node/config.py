@@ -62,6 +62,7 @@ class MeshSection(_Section):
     seeds: list[str] = msgspec.field(default_factory=list)
     mdns: bool = True
     preset: str = "lan"  # membership timing: local | lan | wan
+    name: str = "default"  # nodes admit only peers of the same mesh name
 
 
 class TrustSection(_Section):
@@ -102,6 +103,7 @@ class Config(_Section):
 _LOG_FORMATS = ("text", "json")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MESH_PRESETS = ("local", "lan", "wan")
+_MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
 
@@ -190,6 +192,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("node.log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     if config.node.log_level not in _LOG_LEVELS:
         raise ConfigError("node.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if not _MESH_NAME.fullmatch(config.mesh.name):
+        raise ConfigError("mesh.name", "1 to 64 characters from A-Z a-z 0-9 . _ -")
     if config.mesh.preset not in _MESH_PRESETS:
         raise ConfigError("mesh.preset", f"must be one of {', '.join(_MESH_PRESETS)}")
     zones = config.trust.zones

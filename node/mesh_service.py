@@ -76,6 +76,8 @@ MAX_REACHABILITY_CHECKS = 64
 MAX_HELLOS_IN_FLIGHT = 16
 MAX_HELLO_BYTES = 16 << 10
 MAX_META_BYTES = 1024
+# Envelope header, signature and fields around the payload, with room for a context.
+ENVELOPE_OVERHEAD_BYTES = 4096
 
 WHOIS_TIMEOUT_S = 1.0
 
@@ -121,6 +123,8 @@ class Hello(msgspec.Struct, array_like=True, frozen=True):
     protocol_version: int
     certificate: bytes
     meta: PeerMeta
+    # Appended field (older peers omit it): meshes sharing a LAN or an authority stay apart.
+    mesh_name: str = ""
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -167,6 +171,12 @@ def _public_key(node_id: str) -> bytes:
     return public_key_from_node_id(node_id)
 
 
+@lru_cache(maxsize=8192)
+def _curve_key(ed25519_public_key: bytes) -> bytes:
+    """X25519 key of a peer (what the transport reports): a conversion costs ≈70 µs."""
+    return curve_public_key(ed25519_public_key)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -193,6 +203,7 @@ class MeshService:
         fingerprint: str,
         seeds: list[str],
         mdns: bool,
+        mesh_name: str = "default",
         preset: str = "lan",
         on_member_change: Callable[[MemberStateChanged], None] | None = None,
     ) -> None:
@@ -209,6 +220,7 @@ class MeshService:
         self._requested_port = port
         self.http_port = http_port
         self._fingerprint = fingerprint
+        self._mesh_name = mesh_name
         self._seeds = SeedDiscovery(seeds)
         self._use_mdns = mdns
         self._membership_config = MEMBERSHIP_PRESETS[preset]()
@@ -409,6 +421,11 @@ class MeshService:
         """Take one-way envelopes of `kind` from admitted peers."""
         self._oneway_handlers[kind] = handler
 
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest payload a request or response envelope can carry."""
+        return self._sealer.max_size - ENVELOPE_OVERHEAD_BYTES
+
     def member_state(self, node_id: str) -> str | None:
         info = self._membership.member(node_id) if self._membership else None
         return info.state.name.lower() if info is not None else None
@@ -446,7 +463,7 @@ class MeshService:
             timeout_s=timeout_s,
             priority=Priority.REQUEST,
         )
-        envelope = self._open(curve_public_key(peer.public_key), response)
+        envelope = self._open(_curve_key(peer.public_key), response)
         if envelope is None or envelope.sender != peer.public_key:
             raise PeerUnavailableError(f"peer {node_id} sent an unacceptable response")
         return envelope
@@ -622,7 +639,7 @@ class MeshService:
         except EnvelopeError as e:
             log.debug("envelope rejected: %s", e)
             return None
-        if curve_public_key(envelope.sender) != peer_curve_key:
+        if _curve_key(envelope.sender) != peer_curve_key:
             # Signed by one node, carried on another's connection: a relay or a forgery.
             self.stats.refused["sender_mismatch"] += 1
             return None
@@ -651,13 +668,22 @@ class MeshService:
             return self._sealer.seal(
                 MsgType.HELLO, self._hello_payload(), recipient=envelope.sender
             )
-        raise AdmissionError("unexpected_type", f"no handler for {envelope.type!r}")
+        peer = self.peers.get(envelope.sender_id)
+        if peer is None:
+            self.stats.refused["unadmitted"] += 1
+            self._hello_member(envelope.sender_id)
+            raise AdmissionError("unadmitted", "say HELLO first")
+        handler = self._request_handlers.get(envelope.type)
+        if handler is None:
+            raise AdmissionError("unexpected_type", f"no handler for {envelope.type!r}")
+        kind, payload = await handler(peer, envelope)
+        return self._sealer.seal(kind, payload, recipient=envelope.sender, context=envelope.context)
 
     # -- admission -----------------------------------------------------------------------
 
     def _hello_payload(self) -> bytes:
         assert self._meta is not None
-        return _encode(Hello(MESH_PROTOCOL_VERSION, self._certificate, self._meta))
+        return _encode(Hello(MESH_PROTOCOL_VERSION, self._certificate, self._meta, self._mesh_name))
 
     def _admit(self, envelope: Envelope) -> Peer:
         """Verify a HELLO envelope's certificate; admit its sender or raise AdmissionError."""
@@ -697,6 +723,8 @@ class MeshService:
     def _verify_peer_certificate(self, hello: Hello) -> Certificate:
         if hello.protocol_version != MESH_PROTOCOL_VERSION:
             raise AdmissionError("protocol_version", f"peer speaks {hello.protocol_version}")
+        if hello.mesh_name != self._mesh_name:
+            raise AdmissionError("other_mesh", f"peer is in mesh {hello.mesh_name!r}")
         try:
             signed = decode_certificate(hello.certificate)
         except CertificateError as e:
@@ -747,7 +775,7 @@ class MeshService:
             except TransportError as e:
                 log.debug("hello to %s at %s failed: %s", node_id, endpoint, e)
                 return
-        envelope = self._open(curve_public_key(public_key), response)
+        envelope = self._open(_curve_key(public_key), response)
         if envelope is None or envelope.type != MsgType.HELLO or envelope.sender != public_key:
             self.stats.refused["bad_hello_response"] += 1
             return

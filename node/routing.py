@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from mesh.certs import ZoneOrder
-from mesh.envelope import HEADER_BYTES, Context, Envelope, MsgType
+from mesh.envelope import Context, Envelope, MsgType
 from mesh.errors import MeshError
 from mesh.transport import Priority, RemoteError, RequestTimeoutError, TransportError
 from node.audit import AuditLog
@@ -441,7 +441,6 @@ class MeshCatalog:
         self._started = True
         self._mesh.handle_requests(MsgType.INVOKE, self._serve)
         self._mesh.handle_oneway(MsgType.PROGRESS, self._on_progress)
-        _install_request_dispatch(self._mesh)
         self._refresh_remote()
         self._fingerprint = self._usable_fingerprint()
         self._spawn(self._watch(), "routing-watch")
@@ -930,6 +929,13 @@ class MeshCatalog:
                 self._spawn(self._append_audit("tool.serve", entry, data), "audit-serve")
             else:
                 await self._append_audit("tool.serve", entry, data)
+        if len(answer[1]) > self._mesh.max_payload_bytes:
+            # Not a failure to retry elsewhere: the tool ran; its answer cannot travel.
+            error = InvokeError(
+                reason=ProviderError.reason,
+                message=f"answer of {len(answer[1])} bytes does not fit in an envelope",
+            )
+            return MsgType.ERROR, encode(error)
         return answer
 
     def _send_ack(self, node_id: str, call_id: int) -> None:
@@ -965,65 +971,3 @@ def _schema_key(schema: Mapping[str, Any]) -> str:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-# -- request dispatch ------------------------------------------------------------------------
-
-_MSGPACK_ARRAY_OF_7: Final = 0x97  # the envelope body: a 7-field msgpack array, type first
-
-
-def _install_request_dispatch(mesh: MeshService) -> None:
-    """Route request envelopes of the types registered with `mesh.handle_requests`.
-
-    Stop-gap: `MeshService._on_request` answers only HELLO today, so registered
-    request handlers are never called. This wraps the transport's request handler:
-    a frame whose (unverified) type byte names a registered type is opened, checked
-    and dispatched here; anything else goes to the mesh service unchanged. Delete
-    this once `MeshService` dispatches requests itself.
-    """
-    original = mesh._on_request
-    handlers = mesh._request_handlers
-
-    async def on_request(peer_curve_key: bytes, wire: bytes) -> bytes:
-        kind = wire[HEADER_BYTES + 1] if len(wire) > HEADER_BYTES + 1 else None
-        if (
-            kind is None
-            or wire[HEADER_BYTES] != _MSGPACK_ARRAY_OF_7
-            or kind == MsgType.HELLO
-            or kind not in handlers
-        ):
-            return await original(peer_curve_key, wire)
-        return await _dispatch(mesh, peer_curve_key, wire)
-
-    mesh.transport.on_request(on_request)
-
-
-async def _dispatch(mesh: MeshService, peer_curve_key: bytes, wire: bytes) -> bytes:
-    envelope = mesh._open(peer_curve_key, wire)
-    if envelope is None:
-        raise DispatchRefused("bad_envelope")
-    sender = envelope.sender_id
-    if sender in mesh.blocked:
-        raise DispatchRefused("blocked")
-    peer = mesh.peers.get(sender)
-    if peer is None:
-        mesh.stats.refused["unadmitted"] += 1
-        mesh._hello_member(sender)
-        raise DispatchRefused("unadmitted")
-    handler = mesh._request_handlers.get(envelope.type)
-    if handler is None:
-        raise DispatchRefused("unexpected_type")
-    kind, payload = await handler(peer, envelope)
-    try:
-        return mesh._sealer.seal(kind, payload, recipient=envelope.sender)
-    except MeshError as e:  # the answer does not fit in an envelope
-        error = InvokeError(reason=ProviderError.reason, message=f"answer not sent: {e}")
-        return mesh._sealer.seal(MsgType.ERROR, encode(error), recipient=envelope.sender)
-
-
-class DispatchRefused(NodeError):
-    """A request envelope we will not hand to a handler (the caller sees handler_error)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason

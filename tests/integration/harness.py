@@ -6,6 +6,7 @@ its stdout and stderr go to `<data_dir>/vsmcpd.log`, which failures print.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -52,7 +53,13 @@ class NodeProcess:
 
     def start(self, *, wait: bool = True) -> NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            # mDNS on loopback reaches every node on the machine: each test is its own mesh.
+            "VSMCP_MESH_NAME": mesh_name_for(self.data_dir),
+            **self.env,
+        }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
@@ -167,6 +174,12 @@ class NodeProcess:
         if isinstance(data, dict):
             data.setdefault("_http_status", status)
         return data
+
+
+def mesh_name_for(data_dir: Path) -> str:
+    """One mesh per test: nodes whose data dirs share a parent directory."""
+    digest = hashlib.sha256(str(data_dir.parent).encode()).hexdigest()[:16]
+    return f"test-{digest}"
 
 
 def wait_mesh_states(

@@ -95,10 +95,12 @@ def test_a_cut_link_between_two_peers_evicts_nobody(
     assert b.post(f"/api/debug/block?peer={a.node_id}") == 200
     # Observe for many suspicion periods: a and b suspect each other, the others still
     # reach both, so no quorum forms and nobody is declared dead or zombie.
+    ours = {n.node_id for n in group}
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         for observer in group:
             states = observer.peer_states()
+            assert set(states) <= ours, f"foreign members: {set(states) - ours}"
             bad = {k[-6:]: v for k, v in states.items() if v in ("dead", "zombie")}
             assert not bad, f"{observer.node_id[-6:]} declared {bad}"
         time.sleep(0.2)
@@ -159,3 +161,27 @@ def test_uncertified_node_is_refused_and_counted(tmp_path: Path, nodes: list[Nod
     wait_for(refused_everywhere, timeout_s=20, what="certified nodes refusing the intruder")
     for node in certified:
         assert intruder.node_id not in node.peer_states()
+
+
+def test_meshes_with_different_names_stay_apart(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    config = _config(tmp_path)
+    ours = _start(tmp_path, nodes, 2, "--config", str(config))
+    wait_mesh_states(ours, _all_alive(ours))
+    stranger = NodeProcess(
+        tmp_path / "stranger", "--config", str(config), env={"VSMCP_MESH_NAME": "another-mesh"}
+    )
+    nodes.append(stranger)
+    stranger.start()
+
+    def refused_by_both() -> bool:
+        for node in ours:
+            text = node.get("/metrics")[1].decode()
+            if not re.search(r'vsmcp_mesh_refused_total\{reason="other_mesh"\} [1-9]', text):
+                return False
+        return True
+
+    # mDNS brings them together; admission keeps them apart.
+    wait_for(refused_by_both, timeout_s=20, what="both nodes refusing the other mesh")
+    for node in ours:
+        assert stranger.node_id not in node.peer_states()
+    assert stranger.peer_states() == {}

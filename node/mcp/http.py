@@ -122,15 +122,22 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def _error_headers(err: Mapping[str, Any], status: int) -> dict[str, str]:
+    """HTTP headers an error response carries: Retry-After, WWW-Authenticate."""
+    headers: dict[str, str] = {}
+    data = err.get("data")
+    retry = data.get("retry_after_s") if isinstance(data, dict) else None
+    if isinstance(retry, int | float) and status in (429, 503):
+        headers["Retry-After"] = str(max(1, int(retry + 0.999)))
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="vsmcp"'
+    return headers
+
+
 def _json_error(exc: BaseException, request_id: Any = None, headers: Any = None) -> web.Response:
     err = error_object(exc)
     status = HTTP_STATUS.get(err["code"], 200)
-    extra = dict(headers or {})
-    retry = err.get("data", {}).get("retry_after_s") if isinstance(err.get("data"), dict) else None
-    if isinstance(retry, int | float) and status in (429, 503):
-        extra["Retry-After"] = str(max(1, int(retry + 0.999)))
-    if status == 401:
-        extra["WWW-Authenticate"] = 'Bearer realm="vsmcp"'
+    extra = {**dict(headers or {}), **_error_headers(err, status)}
     return web.Response(
         body=encode({"jsonrpc": "2.0", "id": request_id, "error": err}),
         status=status,
@@ -180,13 +187,15 @@ class _Reply:
                 await self.stream.write_eof()
             return self.stream
         status = 200
+        headers = self._headers
         if "error" in message:
             status = HTTP_STATUS.get(message["error"]["code"], 200)
+            headers = {**headers, **_error_headers(message["error"], status)}
         return web.Response(
             body=encode(message),
             status=status,
             content_type="application/json",
-            headers=self._headers,
+            headers=headers,
         )
 
 

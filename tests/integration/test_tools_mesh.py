@@ -220,8 +220,9 @@ async def test_zone_denial_names_the_policy(ready: Mesh, mode: str) -> None:
 async def test_rate_limit_at_the_entry_node_gives_retry_after(ready: Mesh) -> None:
     replies = [await _call(ready.url, "limited.echo", {"n": i}) for i in range(3)]
     assert [status for status, _, _ in replies[:2]] == [200, 200]
-    status, _, body = replies[2]
+    status, headers, body = replies[2]
     assert status == 429
+    assert headers["Retry-After"] == "1"
     assert body["error"]["code"] == RATE_LIMITED
     assert body["error"]["data"]["limit"] == "per-tool"
     assert 0 < body["error"]["data"]["retry_after_s"] <= 1.0

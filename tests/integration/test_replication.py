@@ -125,6 +125,7 @@ def test_tool_announced_on_one_node_reaches_all_and_its_removal_retires_it_every
         assert entry["provider"] == provider.node_id
         assert entry["zone"] == "public"
         assert entry["provider_state"] == ("self" if node is provider else "alive")
+        first_version = int(str(entry["version"]))
     # Every node holds the same registry, not only the new tool.
     assert wait_for(lambda: _converged(group), timeout_s=CONVERGE_TIMEOUT_S, what="same registry")
 
@@ -138,13 +139,25 @@ def test_tool_announced_on_one_node_reaches_all_and_its_removal_retires_it_every
     for node in group:
         assert any(e[1] == provider.node_id for e in _entries(node)), node.node_id
 
+    # Added again at once: the new announcement must outrank the tombstone everywhere.
+    assert provider.post("/api/debug/tools?name=shown-echo&zone=public") == 200
+    _wait_all(group, lambda n: _offers(n, "shown-echo", provider), "shown-echo back everywhere")
+    for node in group:
+        (again,) = [v for name, _, v in _entries(node) if name == "shown-echo"]
+        assert again > first_version, (node.node_id, again, first_version)
+
 
 def test_partition_keeps_each_side_to_itself_then_heals_to_one_registry(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     group = _start_group(tmp_path, nodes, 5)
     left, right = group[:2], group[2:]
+    assert left[0].post("/api/debug/tools?name=doomed-echo&zone=public") == 200
+    _wait_all(group, lambda n: _offers(n, "doomed-echo", left[0]), "doomed-echo everywhere")
     _cut(left, right, cut=True)
+    # Retired while cut off: only the left side learns of it until the heal.
+    assert _delete(left[0], "/api/debug/tools?name=doomed-echo") == 200
+    _wait_all(left, lambda n: not _offers(n, "doomed-echo", left[0]), "doomed-echo retired left")
 
     assert left[0].post("/api/debug/tools?name=left-echo&zone=public") == 200
     assert right[-1].post("/api/debug/tools?name=right-echo&zone=public") == 200
@@ -158,6 +171,7 @@ def test_partition_keeps_each_side_to_itself_then_heals_to_one_registry(
             assert not any(t["name"] == "right-echo" for t in _tools(node)), node.node_id
         for node in right:
             assert not any(t["name"] == "left-echo" for t in _tools(node)), node.node_id
+            assert _offers(node, "doomed-echo", left[0]), node.node_id
         time.sleep(0.2)
 
     _cut(left, right, cut=False)
@@ -167,6 +181,7 @@ def test_partition_keeps_each_side_to_itself_then_heals_to_one_registry(
     names = {(name, provider) for name, provider, _ in registry}
     assert ("left-echo", left[0].node_id) in names
     assert ("right-echo", right[-1].node_id) in names
+    assert not any(name == "doomed-echo" for name, _ in names), "the tombstone lost the merge"
     # Every node's own tools survive the merge.
     assert {provider for _, provider, _ in registry} == {n.node_id for n in group}
 

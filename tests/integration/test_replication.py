@@ -329,7 +329,7 @@ def test_node_restarted_after_a_crash_replicates_both_ways(
 
 
 # A registry whose full state does not fit in one envelope: 80 tools of ~300 B against a
-# 16 KiB envelope cap (the default 1 MiB cap is reached the same way at ~3,500 tools).
+# 16 KiB envelope cap (the default 1 MiB cap is reached the same way at ~3,400 tools).
 SMALL_ENVELOPE = "[envelope]\nmax_bytes = 16384\n"
 MANY_TOOLS = 80
 

@@ -481,7 +481,15 @@ class MeshService:
         peer = self.peers.get(node_id)
         if peer is None or node_id in self.blocked:
             return False
-        wire = self._sealer.seal(kind, payload, recipient=peer.public_key, context=context)
+        try:
+            wire = self._sealer.seal(kind, payload, recipient=peer.public_key, context=context)
+        except EnvelopeError as e:
+            # Too big for one envelope: the sender must split; say so, do not raise.
+            self.stats.dropped[e.reason] += 1
+            log.warning(
+                "%s message of %d bytes to %s not sent: %s", kind.name, len(payload), node_id, e
+            )
+            return False
         self.stats.bytes_sent += len(wire)
         try:
             return self.transport.send(peer.public_key, peer.meta.endpoint, wire, priority=priority)
@@ -629,9 +637,9 @@ class MeshService:
                 continue
             try:
                 handler(self.peers[sender], envelope)
-            except NodeError as e:
+            except Exception:
                 self.stats.dropped["handler_error"] += 1
-                log.debug("one-way %s from %s failed: %s", envelope.type.name, sender, e)
+                log.exception("one-way %s from %s failed", envelope.type.name, sender)
 
     def _open(self, peer_curve_key: bytes, wire: bytes) -> Envelope | None:
         try:

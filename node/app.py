@@ -462,7 +462,7 @@ class Node:
         )
         self.metrics.add_counters(
             "vsmcp_mesh_envelope_bytes",
-            "Bytes of one-way mesh envelopes (membership, gossip) by direction",
+            "Bytes of one-way mesh envelopes (membership, sync) by direction",
             "direction",
             mesh.byte_counts,
         )

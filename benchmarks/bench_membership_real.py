@@ -81,7 +81,7 @@ class Cluster:
         self.live: list[NodeProcess] = []
 
     def _spawn(self, seeds: list[NodeProcess]) -> NodeProcess:
-        args = ["--config", str(self.config), "--no-mdns", "--log-level", "warning"]
+        args = ["--config", str(self.config), "--no-mdns", "--log-level", "info"]
         for seed in seeds:
             args += ["--seed", f"{seed.node_id}@127.0.0.1:{seed.mesh_port}"]
         node = NodeProcess(self.root / f"{self.preset}-n{len(self.all)}", *args)
@@ -104,6 +104,25 @@ class Cluster:
         node.wait_ready(timeout_s=START_TIMEOUT_S)
         self.live.append(node)
         return node
+
+    def settle_newcomer(self, newcomer: NodeProcess, attempts: int = 3) -> int:
+        """Wait until the newest node has joined; a node that does not join within
+        ALIVE_TIMEOUT_S is a join failure: its log is kept, it is stopped and another
+        fresh node takes its place. Returns the number of failures."""
+        failures = 0
+        while True:
+            try:
+                self.wait_settled()
+                return failures
+            except RuntimeError as e:
+                failures += 1
+                saved = self.root / f"join-failure-{newcomer.node_id[-6:]}.log"
+                saved.write_text(newcomer.log_text())
+                print(f"JOIN FAILURE of {newcomer.node_id} (log: {saved}): {e}", flush=True)
+                if failures >= attempts:
+                    raise
+                newcomer.stop()
+                newcomer = self.replace(newcomer)
 
     def all_alive(self) -> bool:
         ids = {n.node_id for n in self.live}
@@ -181,21 +200,21 @@ async def _watch(
 
 async def watch_transition(
     observers: list[NodeProcess], subject: str, state: str, act: Any
-) -> list[Watch]:
+) -> tuple[list[Watch], float]:
     """Warm a keep-alive connection to every observer, call `act()` (the signal), then
-    poll all observers concurrently until each reports `subject` in `state`."""
+    poll all observers concurrently until each reports `subject` in `state`. Also
+    returns the wall-clock time of the signal (audit entries carry wall-clock ms)."""
     timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await asyncio.gather(*(_peer_states(session, o) for o in observers))
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         act()
         deadline = t0 + DETECT_TIMEOUT_S
-        return list(
-            await asyncio.gather(
-                *(_watch(session, o, subject, state, t0, deadline) for o in observers)
-            )
+        watches = await asyncio.gather(
+            *(_watch(session, o, subject, state, t0, deadline) for o in observers)
         )
+        return list(watches), t0_wall
 
 
 # --- measurements ---------------------------------------------------------------------
@@ -207,18 +226,51 @@ class Trial:
     per_survivor_s: list[float]
     missed: int  # survivors that never reported the state within DETECT_TIMEOUT_S
     first_suspect_s: float | None
+    subject: str = ""
+    observers: list[Path] = field(default_factory=list)
+    t0_wall: float = 0.0
+    # From each survivor's own audit log (when its state changed, not when a poll saw it).
+    audit_per_survivor_s: list[float] = field(default_factory=list)
+    join_failures: int = 0  # fresh nodes that did not join after this (dead) trial
 
     @property
     def all_s(self) -> float | None:
         return max(self.per_survivor_s) if self.per_survivor_s and not self.missed else None
 
+    @property
+    def audit_all_s(self) -> float | None:
+        complete = len(self.audit_per_survivor_s) == len(self.observers)
+        return max(self.audit_per_survivor_s) if complete and self.observers else None
 
-def _trial(kind: str, watches: list[Watch]) -> Trial:
+    def read_audit(self) -> None:
+        state = {"recovered": "alive"}.get(self.kind, self.kind)
+        since_ms = int(self.t0_wall * 1000)
+        for data_dir in self.observers:
+            with contextlib.closing(_audit_db(data_dir)) as conn:
+                row = conn.execute(
+                    "SELECT min(ts_ms) FROM audit_entries WHERE kind = 'mesh.member' "
+                    "AND actor = ? AND json_extract(data, '$.new') = ? AND ts_ms >= ?",
+                    (self.subject, state, since_ms),
+                ).fetchone()
+            if row and row[0] is not None:
+                self.audit_per_survivor_s.append(row[0] / 1000 - self.t0_wall)
+
+
+def _audit_db(data_dir: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{data_dir / 'vsmcp.db'}?mode=ro", uri=True)
+
+
+def _trial(
+    kind: str, result: tuple[list[Watch], float], subject: str, observers: list[NodeProcess]
+) -> Trial:
+    watches, t0_wall = result
     reached = [w.reached_s for w in watches if w.reached_s is not None]
     # A resumed zombie starts not-alive: its first not-alive time means nothing.
     suspects = [w.first_not_alive_s for w in watches if w.first_not_alive_s is not None]
     first = min(suspects) if suspects and kind != "recovered" else None
-    return Trial(kind, reached, len(watches) - len(reached), first)
+    missed = len(watches) - len(reached)
+    dirs = [o.data_dir for o in observers]
+    return Trial(kind, reached, missed, first, subject, dirs, t0_wall)
 
 
 def zombie_trial(cluster: Cluster) -> tuple[Trial, Trial]:
@@ -240,7 +292,11 @@ def zombie_trial(cluster: Cluster) -> tuple[Trial, Trial]:
                     survivors, sleeper.node_id, "alive", lambda: sleeper.signal(signal.SIGCONT)
                 )
             )
-    return _trial("zombie", zombie), _trial("recovered", resumed)
+    subject = sleeper.node_id
+    return (
+        _trial("zombie", zombie, subject, survivors),
+        _trial("recovered", resumed, subject, survivors),
+    )
 
 
 def dead_trial(cluster: Cluster) -> Trial:
@@ -248,8 +304,10 @@ def dead_trial(cluster: Cluster) -> Trial:
     survivors = [n for n in cluster.live if n is not victim]
     watches = asyncio.run(watch_transition(survivors, victim.node_id, "dead", victim.kill))
     victim.wait_exit()
-    cluster.replace(victim)
-    return _trial("dead", watches)
+    newcomer = cluster.replace(victim)
+    trial = _trial("dead", watches, victim.node_id, survivors)
+    trial.join_failures = cluster.settle_newcomer(newcomer)
+    return trial
 
 
 def _mesh_bytes(node: NodeProcess) -> dict[str, float]:
@@ -343,10 +401,9 @@ def read_audit(fp: FalsePositives, nodes: list[NodeProcess], ids: dict[str, str]
     counts = {s: 0 for s in BAD_STATES}
     lo, hi = fp.window_ms
     for node in nodes:
-        db = node.data_dir / "vsmcp.db"
-        if not db.exists():
+        if not (node.data_dir / "vsmcp.db").exists():
             continue
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        with contextlib.closing(_audit_db(node.data_dir)) as conn:
             rows = conn.execute(
                 "SELECT ts_ms, actor, data FROM audit_entries WHERE kind = 'mesh.member' "
                 "AND ts_ms BETWEEN ? AND ?",
@@ -394,14 +451,17 @@ def _row(label: str, trials: list[Trial], target_s: float | None) -> str:
     pooled = [v for t in trials for v in t.per_survivor_s]
     missed = sum(t.missed for t in trials)
     suspects = [t.first_suspect_s for t in trials if t.first_suspect_s is not None]
+    audit = [t.audit_all_s for t in trials if t.audit_all_s is not None]
+    audit_cell = f"{_fmt(statistics.median(audit))} / {_fmt(max(audit))}" if audit else "-"
     if not alls:
-        return f"| {label} | {len(trials)} | - | - | - | - | - | - | {missed} | - |"
+        return f"| {label} | {len(trials)} | - | - | - | - | - | - | - | {missed} | - |"
     med = statistics.median(alls)
     target = "-" if target_s is None else f"≤ {target_s:g} s: {med / target_s:.0%} of it"
     return (
         f"| {label} | {len(trials)} | {_fmt(med)} | {_fmt(_pct(alls, 99))} | {_fmt(max(alls))} "
         f"| {_fmt(statistics.median(pooled))} | {_fmt(_pct(pooled, 99))} "
-        f"| {_fmt(statistics.median(suspects) if suspects else None)} | {missed} | {target} |"
+        f"| {_fmt(statistics.median(suspects) if suspects else None)} | {audit_cell} "
+        f"| {missed} | {target} |"
     )
 
 
@@ -424,11 +484,13 @@ def report(results: list[PresetResult], args: argparse.Namespace, took_s: float)
         "Detection (seconds from the signal; a trial's time is when the LAST survivor "
         f"reports the state, polled every {DETECT_POLL_INTERVAL_S * 1000:.0f} ms; "
         "per-survivor = all survivors' times pooled; first not-alive = first survivor "
-        "to report suspect or worse):",
+        "to report suspect or worse; audit = when each survivor's state changed, from its "
+        "own `mesh.member` audit entries):",
         "",
         "| preset: event | trials | median all | p99 all | max all | median per-survivor "
-        "| p99 per-survivor | first not-alive (median) | missed | target |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| p99 per-survivor | first not-alive (median) | all, from audit logs: median / max "
+        "| missed | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     targets = {"dead": TARGET_DEAD_S, "zombie": TARGET_ZOMBIE_S, "recovered": None}
     labels = {
@@ -441,6 +503,13 @@ def report(results: list[PresetResult], args: argparse.Namespace, took_s: float)
             trials = [t for t in r.trials if t.kind == kind]
             if trials:
                 lines.append(_row(f"{r.preset}: {labels[kind]}", trials, targets[kind]))
+    for r in results:
+        dead = [t for t in r.trials if t.kind == "dead"]
+        failures = sum(t.join_failures for t in dead)
+        lines.append(
+            f"\n{r.preset}: fresh nodes that did not join within {ALIVE_TIMEOUT_S:.0f} s "
+            f"(replaced by another): {failures} of {len(dead) + failures}."
+        )
     lines += [
         "",
         "False positives (nothing killed; 2 busy-loop processes on the 2 cores) and mesh "
@@ -515,10 +584,11 @@ def run_preset(root: Path, preset: str, args: argparse.Namespace) -> PresetResul
                 f"(per survivor {' '.join(f'{v:.2f}' for v in sorted(dead.per_survivor_s))})",
                 flush=True,
             )
-            cluster.wait_settled()
     finally:
         cluster.stop()
     read_audit(fp, fp_nodes, ids)
+    for trial in trials:
+        trial.read_audit()
     print(f"[{preset}] audit transitions in the false-positive window: {fp.audit}", flush=True)
     for line in fp.audit_detail[:40]:
         print("   ", line)

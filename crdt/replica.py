@@ -41,7 +41,10 @@ Epochs and compaction
       * a message for an older epoch: its content is read in a scratch doc and offered
         record by record through the verified path (a record enters only if it outranks
         `best`), and the sender is told our epoch so it switches;
-      * the same epoch: apply the Yjs update as usual.
+      * the same epoch: apply the Yjs update as usual;
+      * an answer too large for one message arrives as pieces of records instead
+        (`crdt.sync`): each is offered through the verified path, and the first piece
+        of a newer epoch switches to a fresh doc at it (`switch_epoch_to_records`).
     Who compacts: any replica whose encoded doc exceeds a size threshold (checked by the
     caller's periodic tick). A doc full of garbage from a hostile replica is shed by the
     same rebuild, since only verified records are carried over.
@@ -196,6 +199,14 @@ class VerifiedDoc(ABC, Generic[R, V]):
             held.checked.record
             for held in self._best.values()
             if held.checked.live and now < held.checked.expires_at_ms
+        ]
+
+    def retained_records(self) -> list[tuple[str, bytes]]:
+        """(key, blob) of every verified record worth sending: live records and live
+        tombstones, what `compact()` would keep. Expired ones are left out."""
+        now = self._clock()
+        return [
+            (key, held.blob) for key, held in self._best.items() if now < held.checked.expires_at_ms
         ]
 
     def held(self, key: str) -> Held[R] | None:
@@ -465,13 +476,28 @@ class VerifiedDoc(ABC, Generic[R, V]):
             error = exc
         finally:
             self._applying_remote = False
+        self._repair_all()
+        if error is not None:
+            raise InvalidUpdate(f"{self.name}: epoch {epoch}: {error}") from error
+        return True
+
+    def switch_epoch_to_records(self, epoch: Epoch, items: Iterable[tuple[str, Any]]) -> bool:
+        """Adopt a newer epoch from (some of) its records instead of its Yjs state (the
+        state did not fit in one message): a fresh doc at `epoch`, the records offered
+        through verification, then our `best` repaired into it. The epoch's other records
+        arrive as offers at the same epoch; the doc holds `best` either way."""
+        if epoch <= self._epoch:
+            return False
+        self._install_new_doc(epoch)
+        self.offer(items)
+        self._repair_all()
+        return True
+
+    def _repair_all(self) -> None:
         for key in self._best:
             if key not in self._dirty:
                 self._dirty[key] = self._map.get(key, _DELETED)
         self._settle()
-        if error is not None:
-            raise InvalidUpdate(f"{self.name}: epoch {epoch}: {error}") from error
-        return True
 
     def compact(self) -> Epoch:
         """Rebuild the doc from the retained verified records at the next epoch."""

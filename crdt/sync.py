@@ -6,6 +6,8 @@ Messages (msgpack, tagged arrays, append-only tags), each naming its doc and epo
   SyncStep2(doc, epoch, update, full)   the diff answering a SyncStep1; `full` when it
                                         is the whole doc (the answer to an empty vector)
   SyncUpdate(doc, epoch, updates)       local updates pushed as they happen (batched)
+  SyncRecords(doc, epoch, records)      (key, signed blob) pairs: one piece of an answer
+                                        too large for one message (see below)
 
 Handling, with L our epoch and M the message's (see `crdt.replica` for why):
   SyncStep1: M == L -> SyncStep2(diff); M < L -> SyncStep2(L, full state);
@@ -14,14 +16,36 @@ Handling, with L our epoch and M the message's (see `crdt.replica` for why):
              M > L otherwise -> SyncStep1(M, empty) once per epoch;
              M < L -> offer its records through verification, reply SyncStep1(L, ours)
              so the sender learns of L and fetches it.
+  SyncRecords: M == L -> offer; M > L -> switch to M from these records;
+             M < L -> offer, no reply (a piece of a k-piece answer would otherwise
+             trigger k full fetches; the sender learns of L from our next push or sync).
 Anti-entropy is the caller calling `make_sync_request()` every few seconds to each peer;
 a lost message, a dropped push queue or a missed epoch heals on the next round.
+
+Message size cap (`max_message_bytes`, what one envelope carries)
+    Every message the endpoint produces fits the cap. A Yjs update cannot be cut, so an
+    answer (diff or full state) whose SyncStep2 would exceed the cap is sent instead as
+    SyncRecords pieces: every verified record we retain (`retained_records()`: live
+    records and live tombstones), packed by encoded size. The receiver takes each
+    record only through `offer` (signature, key and rank checked, long-expired refused),
+    so pieces cannot forge anything; tombstones travel with the records and outrank what
+    they retire, so nothing retired comes back. Pieces commute and are idempotent (offer
+    is a join into `best`), so any order, duplicates or a lost piece (healed by the next
+    anti-entropy round) converge to the same view. An epoch switch in pieces: the first
+    piece of a newer epoch switches the receiver to a fresh doc at that epoch holding its
+    `best` plus the piece (`switch_epoch_to_records`); later pieces are same-epoch offers.
+    Cost: accepted records are rewritten by the receiver under its own Yjs client, so the
+    docs agree on content but not on Yjs structs; while a peer's diff stays above the cap
+    each anti-entropy round with it sends the records again (views are unaffected).
+    Pushes (SyncUpdate) are batched by bytes; a single update larger than the cap cannot
+    be sent and is dropped (`stats["update_too_large"]`): anti-entropy carries its
+    content. A single record larger than the cap is skipped (`stats["record_too_large"]`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -30,6 +54,7 @@ from crdt.replica import Epoch, VerifiedDoc
 
 MAX_SYNC_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_UPDATES_PER_MESSAGE = 1024
+MAX_RECORDS_PER_MESSAGE = 16_384
 MAX_PENDING_UPDATES = 10_000
 MAX_DOC_NAME_CHARS = 64
 
@@ -55,13 +80,47 @@ class SyncUpdate(msgspec.Struct, frozen=True, array_like=True, tag=3):
     updates: Annotated[list[bytes], msgspec.Meta(max_length=MAX_UPDATES_PER_MESSAGE)]
 
 
-SyncMessage = SyncStep1 | SyncStep2 | SyncUpdate
+class SyncRecords(msgspec.Struct, frozen=True, array_like=True, tag=4):
+    doc: _DocName
+    epoch: Epoch
+    records: Annotated[list[tuple[str, bytes]], msgspec.Meta(max_length=MAX_RECORDS_PER_MESSAGE)]
+
+
+SyncMessage = SyncStep1 | SyncStep2 | SyncUpdate | SyncRecords
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[SyncMessage] = msgspec.msgpack.Decoder(SyncMessage)
 
 
+# Slack for a msgpack array header growing from 1 byte (fixarray) to 5 (array32).
+_ARRAY_HEADER_SLACK_BYTES = 4
+_T = TypeVar("_T")
+
+
 def encode_message(message: SyncMessage) -> bytes:
     return _encoder.encode(message)
+
+
+def _pack(
+    items: Sequence[_T], sizes: Sequence[int], budget: int, max_count: int
+) -> tuple[list[list[_T]], int]:
+    """Greedy chunks of `items` whose summed sizes stay within `budget` (and `max_count`
+    items); returns the chunks and how many items were skipped for exceeding it alone."""
+    chunks: list[list[_T]] = []
+    chunk: list[_T] = []
+    used = 0
+    too_large = 0
+    for item, size in zip(items, sizes, strict=True):
+        if size > budget:
+            too_large += 1
+            continue
+        if chunk and (used + size > budget or len(chunk) >= max_count):
+            chunks.append(chunk)
+            chunk, used = [], 0
+        chunk.append(item)
+        used += size
+    if chunk:
+        chunks.append(chunk)
+    return chunks, too_large
 
 
 def decode_message(data: bytes, *, max_bytes: int = MAX_SYNC_MESSAGE_BYTES) -> SyncMessage:
@@ -96,6 +155,9 @@ class SyncEndpoint:
             "epoch_switches": 0,
             "stale_epoch_messages": 0,
             "dropped_pending_updates": 0,
+            "split_answers": 0,
+            "update_too_large": 0,
+            "record_too_large": 0,
         }
         for doc in docs:
             if doc.name in self._docs:
@@ -112,6 +174,10 @@ class SyncEndpoint:
         def hook(update: bytes) -> None:
             if self._push:
                 message = encode_message(SyncUpdate(doc.name, doc.epoch, [update]))
+                if len(message) > self._max_message_bytes:
+                    # Cannot be cut; anti-entropy carries its content (as records).
+                    self.stats["update_too_large"] += 1
+                    return
                 for callback in self._push:
                     callback(message)
                 return
@@ -137,12 +203,31 @@ class SyncEndpoint:
         for name, (epoch, updates) in self._pending.items():
             if epoch != self._docs[name].epoch:
                 continue
-            for start in range(0, len(updates), MAX_UPDATES_PER_MESSAGE):
-                chunk = updates[start : start + MAX_UPDATES_PER_MESSAGE]
-                messages.append(encode_message(SyncUpdate(name, epoch, chunk)))
+            messages.extend(self._update_messages(name, epoch, updates))
         self._pending.clear()
         self._pending_count = 0
         return messages
+
+    def _update_messages(self, name: str, epoch: Epoch, updates: list[bytes]) -> list[bytes]:
+        base = len(encode_message(SyncUpdate(name, epoch, []))) + _ARRAY_HEADER_SLACK_BYTES
+        sizes = [len(_encoder.encode(update)) for update in updates]
+        chunks, too_large = _pack(
+            updates, sizes, self._max_message_bytes - base, MAX_UPDATES_PER_MESSAGE
+        )
+        self.stats["update_too_large"] += too_large
+        return [encode_message(SyncUpdate(name, epoch, chunk)) for chunk in chunks]
+
+    def _record_messages(self, doc: VerifiedDoc[Any, Any]) -> list[bytes]:
+        """Our retained verified records as SyncRecords pieces, each within the cap."""
+        records = doc.retained_records()
+        base = len(encode_message(SyncRecords(doc.name, doc.epoch, [])))
+        base += _ARRAY_HEADER_SLACK_BYTES
+        sizes = [len(_encoder.encode(record)) for record in records]
+        chunks, too_large = _pack(
+            records, sizes, self._max_message_bytes - base, MAX_RECORDS_PER_MESSAGE
+        )
+        self.stats["record_too_large"] += too_large
+        return [encode_message(SyncRecords(doc.name, doc.epoch, chunk)) for chunk in chunks]
 
     def make_sync_request(self) -> list[bytes]:
         """Anti-entropy: one SyncStep1 per document, to send to a peer."""
@@ -164,17 +249,36 @@ class SyncEndpoint:
             return self._on_step1(doc, decoded)
         if isinstance(decoded, SyncStep2):
             return self._on_content(doc, decoded.epoch, [decoded.update], full=decoded.full)
+        if isinstance(decoded, SyncRecords):
+            return self._on_records(doc, decoded)
         return self._on_content(doc, decoded.epoch, decoded.updates, full=False)
 
     def _on_step1(self, doc: VerifiedDoc[Any, Any], message: SyncStep1) -> list[bytes]:
         if message.epoch == doc.epoch:
             full = not message.state_vector
-            update = doc.diff(message.state_vector)
-            return [encode_message(SyncStep2(doc.name, doc.epoch, update, full))]
+            return self._answer(doc, doc.diff(message.state_vector), full=full)
         if message.epoch < doc.epoch:
             self.stats["stale_epoch_messages"] += 1
-            return [encode_message(SyncStep2(doc.name, doc.epoch, doc.full_state(), True))]
+            return self._answer(doc, doc.full_state(), full=True)
         return self._request_epoch(doc, message.epoch, force=True)
+
+    def _answer(self, doc: VerifiedDoc[Any, Any], update: bytes, *, full: bool) -> list[bytes]:
+        message = encode_message(SyncStep2(doc.name, doc.epoch, update, full))
+        if len(message) <= self._max_message_bytes:
+            return [message]
+        self.stats["split_answers"] += 1
+        return self._record_messages(doc)
+
+    def _on_records(self, doc: VerifiedDoc[Any, Any], message: SyncRecords) -> list[bytes]:
+        if message.epoch == doc.epoch:
+            doc.offer(message.records)
+        elif message.epoch > doc.epoch:
+            doc.switch_epoch_to_records(message.epoch, message.records)
+            self.stats["epoch_switches"] += 1
+        else:
+            self.stats["stale_epoch_messages"] += 1
+            doc.offer(message.records)
+        return []
 
     def _on_content(
         self, doc: VerifiedDoc[Any, Any], epoch: Epoch, updates: list[bytes], *, full: bool

@@ -334,12 +334,6 @@ SMALL_ENVELOPE = "[envelope]\nmax_bytes = 16384\n"
 MANY_TOOLS = 80
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a sync answer larger than envelope.max_bytes raises OversizeEnvelopeError "
-    "out of the SYNC handler, which kills the answering node's mesh-inbound task; the crdt "
-    "layer does not split answers to the message cap, so the joiner never gets the state",
-)
 def test_joining_node_gets_a_registry_larger_than_one_envelope(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:

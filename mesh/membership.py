@@ -167,6 +167,7 @@ VerifyFn = Callable[[str, bytes, bytes], bool]
 PUSH_PULL_SCALE_THRESHOLD_MEMBERS = 32
 MAX_BROADCAST_QUEUE_ITEMS = 1024
 VERIFIED_VERDICT_CACHE_ITEMS = 4096
+DIRECT_VERDICT_MAX_MEMBERS = 32  # up to this size, a verdict's issuer tells every member
 
 
 @dataclass(frozen=True, slots=True)
@@ -1056,7 +1057,18 @@ class Membership:
         verdict = Verdict(s.subject, s.incarnation, int(verdict_kind(chosen)), chosen)
         del self._suspicions[s.subject]
         self.stats["verdicts_issued"] += 1
-        self._apply_verdict(verdict, self._id, now, out, checked=True)
+        if self._apply_verdict(verdict, self._id, now, out, checked=True):
+            self._tell_everyone(verdict, out)
+
+    def _tell_everyone(self, verdict: Verdict, out: list[Output]) -> None:
+        """In a small mesh, send a fresh verdict to every active member at once: one
+        message each bounds its spread to one delay, where gossip alone can leave a
+        straggler waiting for its own probe (seen on loopback under load)."""
+        if self._table.active_count > DIRECT_VERDICT_MAX_MEMBERS:
+            return
+        exclude = (self._id, verdict.subject)
+        for member in self._table.sample_active(DIRECT_VERDICT_MAX_MEMBERS, exclude, self._rng):
+            out.append(Send(member, GossipMessage([verdict])))
 
     def _suspicion_expired(self, s: _Suspicion, now: float, out: list[Output]) -> None:
         del self._suspicions[s.subject]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from mesh.membership import MembershipConfig, MemberState, MemberStateChanged
 from mesh.simulator import NetworkConfig, NodeStatus, Simulator, make_node_id
 
@@ -41,6 +43,22 @@ def test_kill_one_of_ten_every_survivor_marks_it_dead() -> None:
     sim.kill(victim)
     assert sim.run_until_true(lambda: all_survivors_see(sim, victim, MemberState.DEAD), 10.0)
     assert {(e.member, e.new) for _, _, e in verdicts} == {(victim, MemberState.DEAD)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_small_mesh_verdict_reaches_every_survivor_within_one_message_delay(seed: int) -> None:
+    # Fixed 5 ms links: gossip alone needs rounds (0.1 s apart) to reach the last of 9;
+    # the issuer's direct send reaches each survivor after one delay.
+    network = NetworkConfig(delay_fn=lambda rng: 0.005)
+    sim = Simulator(10, CFG, seed=100 + seed, network=network)
+    verdicts = record_verdicts(sim)
+    sim.run_until(3.0)
+    victim = sim.ids[seed]
+    sim.kill(victim)
+    assert sim.run_until_true(lambda: all_survivors_see(sim, victim, MemberState.DEAD), 10.0)
+    times = sorted(t for t, _, e in verdicts if e.member == victim)
+    assert len(times) == 9
+    assert times[-1] - times[0] <= 0.005 + 1e-6
 
 
 def test_stop_gives_zombie_not_dead_and_resume_gives_alive() -> None:

@@ -28,6 +28,7 @@ SNAPSHOT_DOMAIN = b"vsmcp/crdt/v1/snapshot\n"
 SNAPSHOT_VERSION = 1
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 DEFAULT_COMPACT_THRESHOLD_BYTES = 1024 * 1024
+COMPACTION_GROWTH_FACTOR = 2
 
 
 class _DocState(msgspec.Struct, frozen=True, array_like=True):
@@ -109,6 +110,7 @@ class ReplicatedState:
     ) -> None:
         self._clock = clock
         self._compact_threshold_bytes = compact_threshold_bytes
+        self._compacted_size: dict[str, int] = {}
         common: dict[str, Any] = {"replica_id": replica_id, "clock": clock}
         if client_ids is not None:
             common["client_ids"] = client_ids
@@ -141,10 +143,17 @@ class ReplicatedState:
         compacted: list[str] = []
         for doc in self.docs:
             doc.prune()
-            if doc.encoded_size() > self._compact_threshold_bytes:
+            if doc.encoded_size() > self._compaction_trigger(doc.name):
                 doc.compact()
+                # Live content alone may exceed the threshold: compact again only once
+                # the doc has doubled since, or every tick would start a new epoch.
+                self._compacted_size[doc.name] = doc.encoded_size()
                 compacted.append(doc.name)
         return compacted
+
+    def _compaction_trigger(self, name: str) -> int:
+        after_last = self._compacted_size.get(name, 0)
+        return max(self._compact_threshold_bytes, COMPACTION_GROWTH_FACTOR * after_last)
 
     def snapshot(self, signer: Signer) -> bytes:
         """Signed snapshot of all docs; store it under `snapshot_id(snapshot)`."""

@@ -90,3 +90,26 @@ def test_two_states_sync_through_the_facade_and_tick_compacts() -> None:
                 b.handle(b"a", answer)
     assert a.registry.epoch == b.registry.epoch
     assert summary(b) == summary(a)
+
+
+def test_live_content_above_the_threshold_is_not_compacted_every_tick() -> None:
+    clock = Clock()
+    state = ReplicatedState(
+        replica_id=NODE.public_key,
+        authority_keys=[AUTHORITY.public_key],
+        clock=clock,
+        compact_threshold_bytes=2_000,
+    )
+    for i in range(40):  # live content alone well above the threshold
+        state.registry.announce(NODE, f"tool-{i:02d}", zone="public")
+    assert "registry" in state.tick()
+    epoch = state.registry.epoch
+    for _ in range(5):
+        assert "registry" not in state.tick()
+    assert state.registry.epoch == epoch
+    # Churn that doubles the doc since the last compaction triggers the next one.
+    for round_ in range(20):
+        for i in range(40):
+            state.registry.announce(NODE, f"tool-{i:02d}", zone="public", description=str(round_))
+    assert "registry" in state.tick()
+    assert state.registry.epoch > epoch

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -33,6 +34,7 @@ SIGNATURE_BYTES = 64
 
 # identity multihash (code 0x00, length 0x24=36) of protobuf PublicKey{Type=1, Data=<32 bytes>}
 _PEER_ID_PREFIX = b"\x00\x24\x08\x01\x12\x20"
+NODE_ID_CACHE_ENTRIES = 8192
 _PEER_ID_BYTES = len(_PEER_ID_PREFIX) + PUBLIC_KEY_BYTES
 # base58 of 38 bytes is at most 52 characters; anything longer is rejected before decoding
 # (base58 decoding is quadratic in the input length).
@@ -93,8 +95,10 @@ class NodeKey:
         return f"NodeKey(node_id={self.node_id!r})"
 
 
+@functools.lru_cache(maxsize=NODE_ID_CACHE_ENTRIES)
 def node_id_from_public_key(pk: bytes) -> str:
-    """libp2p PeerID ("12D3KooW...") of an Ed25519 public key."""
+    """libp2p PeerID ("12D3KooW...") of an Ed25519 public key (cached: base58 of 38
+    bytes costs tens of µs, and every envelope's sender is named this way)."""
     if len(pk) != PUBLIC_KEY_BYTES:
         raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes")
     result: str = base58.b58encode(_PEER_ID_PREFIX + pk).decode("ascii")

@@ -24,21 +24,12 @@ from nacl.signing import SigningKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _machine import cpu_model
+
 from node.audit import AuditLog, verify_audit_log
 from node.store import Store
 
 TARGET_ENTRIES_PER_S = 20_000
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def bench_audit_log(n: int, data_dir: Path, key: SigningKey) -> float:

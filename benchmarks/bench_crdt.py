@@ -7,8 +7,6 @@ throughput of the verified update path beside raw pycrdt, bytes per announcement
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -18,6 +16,8 @@ import pycrdt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _machine import machine
+
 from crdt.registry import CapabilityRegistry
 from crdt.signing import Ed25519Signer
 from crdt.sync import SyncEndpoint, SyncUpdate, encode_message
@@ -26,19 +26,8 @@ TOOLS = 200
 BATCH = 64
 
 
-def machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}, "
-        f"pycrdt {pycrdt.__version__ if hasattr(pycrdt, '__version__') else '?'}"
-    )
+def crdt_machine() -> str:
+    return machine(f"pycrdt {pycrdt.__version__ if hasattr(pycrdt, '__version__') else '?'}")
 
 
 def growth(updates: int, compact_threshold: int | None) -> dict[str, float]:
@@ -129,7 +118,7 @@ def main() -> None:
     runs = 2 if args.quick else 7
     threshold = 256 * 1024
 
-    lines = [f"Machine: {machine()}.", ""]
+    lines = [f"Machine: {crdt_machine()}.", ""]
     t0 = time.perf_counter()
     plain = growth(growth_updates, None)
     compacted = growth(growth_updates, threshold)

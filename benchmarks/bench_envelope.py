@@ -11,8 +11,6 @@ interleaved chunks so they all see the same background load on a shared machine.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nacl.bindings
 import nacl.signing
+from _machine import machine
 
 from mesh.envelope import MsgType, Opener, Sealer
 from mesh.identity import NodeKey
@@ -35,18 +34,6 @@ def timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
-
-
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"nproc={os.cpu_count()}, CPU {model}, Python {platform.python_version()}"
 
 
 def main() -> None:

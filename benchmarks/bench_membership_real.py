@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _machine import cpu_model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -466,12 +467,7 @@ def _row(label: str, trials: list[Trial], target_s: float | None) -> str:
 
 
 def report(results: list[PresetResult], args: argparse.Namespace, took_s: float) -> str:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     lines = [
         f"`python benchmarks/bench_membership_real.py{' --quick' if args.quick else ''}`"
         f" ({datetime.date.today().isoformat()})",

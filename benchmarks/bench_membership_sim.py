@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _machine import machine
 
 from mesh.membership import MembershipConfig, MemberState, MemberStateChanged
 from mesh.simulator import ENVELOPE_OVERHEAD_BYTES, NetworkConfig, Simulator
@@ -196,16 +197,7 @@ def _fmt(v: float) -> str:
 
 
 def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"nproc {os.cpu_count()}, {cpu}, Python {platform.python_version()}"
+    return machine()
 
 
 def main() -> None:

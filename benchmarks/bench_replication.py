@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from _machine import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -49,16 +50,6 @@ ANNOUNCE_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 180.0
 SENT_BYTES = re.compile(rb'vsmcp_mesh_envelope_bytes_total\{direction="sent"\} ([0-9.e+]+)')
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -270,7 +261,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     print(
-        f"Machine: nproc {os.cpu_count()}, {_cpu_model()}, Python {platform.python_version()}, "
+        f"Machine: nproc {os.cpu_count()}, {cpu_model()}, Python {platform.python_version()}, "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
     print(f"{count} announcements per size for latency, batch of {batch} for bytes\n")

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _machine import machine
 
 from mesh._transport_keys import curve_identity
 from mesh.transport import Priority, Transport
@@ -214,19 +215,8 @@ def bench_raw(oneways: int, requests: int, curve: bool) -> dict[str, float]:
     return result(json.loads(reply), sender_cpu_s, 0, p50, p99)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"nproc {len(os.sched_getaffinity(0))}, {cpu}, Python {platform.python_version()}, "
-        f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}"
-    )
+def zmq_machine() -> str:
+    return machine(f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}")
 
 
 def main() -> None:
@@ -247,7 +237,7 @@ def main() -> None:
         ("pyzmq DEALER->ROUTER, CURVE", lambda: bench_raw(oneways, requests, True)),
         ("mesh.transport, CURVE", lambda: asyncio.run(bench_transport(oneways, requests))),
     ]
-    print(f"machine: {machine()}")
+    print(f"machine: {zmq_machine()}")
     print(f"{oneways} one-way 100-byte frames, {requests} sequential 100-byte requests")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     print(

@@ -637,7 +637,11 @@ class MeshService:
                 continue
             try:
                 handler(self.peers[sender], envelope)
-            except Exception:
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:
+                # One message's boundary: pycrdt's Rust panics derive from BaseException,
+                # and one bad message must not stop the loop carrying membership and sync.
                 self.stats.dropped["handler_error"] += 1
                 log.exception("one-way %s from %s failed", envelope.type.name, sender)
 

@@ -52,10 +52,10 @@ Epochs and compaction
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from time import time_ns
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -78,7 +78,7 @@ WallClockMs = Callable[[], int]
 
 
 def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return time_ns() // 1_000_000
 
 
 class Epoch(msgspec.Struct, frozen=True, order=True, array_like=True):
@@ -223,7 +223,10 @@ class VerifiedDoc(ABC, Generic[R, V]):
         client_id = None if self._client_ids is None else self._client_ids()
         doc: pycrdt.Doc[Any] = pycrdt.Doc(client_id=client_id)
         ymap: pycrdt.Map[Any] = doc.get(MAP_NAME, type=pycrdt.Map)
-        self._subscriptions = [self._observe_keys(ymap), doc.observe(self._on_txn)]
+        # No whole-doc observer is kept: it makes Yrs encode every transaction's update,
+        # remote ones included, only for us to drop them; `_write_local` observes its own.
+        self._subscriptions = [self._observe_keys(ymap)]
+        self._native = self._native_doc(doc, ymap)
         self._doc = doc
         self._map = ymap
         self._epoch = epoch
@@ -239,12 +242,27 @@ class VerifiedDoc(ABC, Generic[R, V]):
             return observe_raw(self._on_map_event)
         return ymap.observe(self._on_map_event)
 
+    @staticmethod
+    def _native_doc(doc: pycrdt.Doc[Any], ymap: pycrdt.Map[Any]) -> Any:
+        # pycrdt's Python transaction wrapper costs about as much as applying a small
+        # update (see bench_crdt.py); remote updates go straight to the Yrs doc when it
+        # exposes the calls pycrdt itself uses and our key observer is the Yrs-level one
+        # (the wrapped observer reads pycrdt's transaction state, which this bypasses).
+        native = getattr(doc, "_doc", None)
+        integrated = getattr(ymap, "integrated", None)
+        if (
+            hasattr(doc, "_txn")
+            and callable(getattr(native, "create_transaction", None))
+            and callable(getattr(native, "apply_update", None))
+            and callable(getattr(integrated, "observe", None))
+        ):
+            return native
+        return None
+
     def _on_map_event(self, event: Any) -> None:
+        dirty = self._dirty
         for key, change in event.keys.items():
-            if change.get("action") == "delete":
-                self._dirty[key] = _DELETED
-            else:
-                self._dirty[key] = change.get("newValue")
+            dirty[key] = _DELETED if change.get("action") == "delete" else change.get("newValue")
 
     def _on_txn(self, event: Any) -> None:
         if self._applying_remote:
@@ -345,12 +363,18 @@ class VerifiedDoc(ABC, Generic[R, V]):
         deletes = list(deletes)
         if not writes and not deletes:
             return
-        with self._doc.transaction():
-            for key, blob in writes.items():
-                self._map[key] = blob
-            for key in deletes:
-                if key in self._map:
-                    del self._map[key]
+        # Local writes are the only transactions whose update listeners hear about.
+        subscription = self._doc.observe(self._on_txn) if self._update_listeners else None
+        try:
+            with self._doc.transaction():
+                for key, blob in writes.items():
+                    self._map[key] = blob
+                for key in deletes:
+                    if key in self._map:
+                        del self._map[key]
+        finally:
+            if subscription is not None:
+                self._doc.unobserve(subscription)
         # Our own writes hold `best` already: nothing to settle for them.
         for key in writes:
             self._dirty.pop(key, None)
@@ -376,11 +400,18 @@ class VerifiedDoc(ABC, Generic[R, V]):
         error: ValueError | None = None
         self._applying_remote = True
         try:
-            if len(updates) == 1:
+            native = self._native
+            if native is not None and self._doc._txn is None:
+                txn = native.create_transaction()
                 try:
-                    self._doc.apply_update(updates[0])
-                except ValueError as exc:
-                    error = exc
+                    for update in updates:
+                        try:
+                            native.apply_update(txn, update)
+                        except ValueError as exc:
+                            error = exc
+                    txn.commit()
+                finally:
+                    txn.drop()
             else:
                 with self._doc.transaction():
                     for update in updates:
@@ -396,40 +427,60 @@ class VerifiedDoc(ABC, Generic[R, V]):
 
     def _settle(self) -> None:
         """Fold what changed in the doc into `best`; repair what the doc got wrong."""
-        if not self._dirty:
+        dirty = self._dirty
+        if not dirty:
             return
-        dirty, self._dirty = self._dirty, {}
+        self._dirty = {}
         now = self._clock()
-        repairs: dict[str, bytes] = {}
+        repairs: dict[str, bytes] | None = None
         best_by_key = self._best
         verified = self._verified
-        # The hot path of every remote update: kept flat on purpose (see bench_crdt.py).
+        pending = self._pending_change
+        reported = self._reported
+        # The hot path of every remote update: kept flat on purpose (see bench_crdt.py);
+        # `Held.outranks` and `_note` are inlined here.
         for key, raw in dirty.items():
             best = best_by_key.get(key)
             in_doc: Held[R] | None = None
             if raw is not _DELETED:
-                blob = as_blob(raw)
+                # Yrs hands stored bytes back as a bytearray: the common case, inlined.
+                blob = bytes(raw) if type(raw) is bytearray else as_blob(raw)
                 if blob is not None:
                     cached = verified.get(blob, _MISSING)
                     if cached is _MISSING:
                         in_doc = self._verified_for(key, blob)
                     elif cached is not None and cached.checked.key == key:
                         in_doc = cached
+            if in_doc is not None:
+                checked = in_doc.checked
+                if (
+                    best is None
+                    or checked.rank > best.checked.rank
+                    or (checked.rank == best.checked.rank and in_doc.blob > best.blob)
+                ) and self._admit(in_doc, now):
+                    best_by_key[key] = in_doc
+                    if key not in pending:
+                        pending[key] = reported.get(key)
+                    if checked.live and now < checked.expires_at_ms:
+                        reported[key] = in_doc
+                    else:
+                        reported.pop(key, None)
+                    continue
             if (
-                in_doc is not None
-                and (best is None or in_doc.outranks(best))
-                and self._admit(in_doc, now)
-            ):
-                best_by_key[key] = best = in_doc
-                self._note(key, in_doc, now)
-            elif (
                 best is not None
                 and (in_doc is None or in_doc.blob != best.blob)
                 and now < best.checked.expires_at_ms
             ):
+                if repairs is None:
+                    repairs = {}
                 repairs[key] = best.blob
-        self._write_local(repairs)
-        self._flush_changes()
+        if repairs is not None:
+            self._write_local(repairs)
+        if self._pending_change:
+            if self._change_listeners:
+                self._flush_changes()
+            else:  # what `_flush_changes` does with nobody to tell
+                self._pending_change = {}
 
     def offer(self, items: Iterable[tuple[str, Any]]) -> int:
         """Offer (key, blob) pairs from outside the current doc (an older epoch, a

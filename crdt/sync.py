@@ -245,13 +245,17 @@ class SyncEndpoint:
         if doc is None:
             raise UnknownDocument(f"no document named {decoded.doc!r}")
         self.stats["handled"] += 1
+        # Pushed updates first: the steady-state message.
+        if isinstance(decoded, SyncUpdate):
+            if decoded.epoch == doc.epoch:  # `_on_content`'s first case, inlined
+                doc.apply_updates(decoded.updates)
+                return []
+            return self._on_content(doc, decoded.epoch, decoded.updates, full=False)
         if isinstance(decoded, SyncStep1):
             return self._on_step1(doc, decoded)
         if isinstance(decoded, SyncStep2):
             return self._on_content(doc, decoded.epoch, [decoded.update], full=decoded.full)
-        if isinstance(decoded, SyncRecords):
-            return self._on_records(doc, decoded)
-        return self._on_content(doc, decoded.epoch, decoded.updates, full=False)
+        return self._on_records(doc, decoded)
 
     def _on_step1(self, doc: VerifiedDoc[Any, Any], message: SyncStep1) -> list[bytes]:
         if message.epoch == doc.epoch:

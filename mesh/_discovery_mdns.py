@@ -14,8 +14,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Literal, TypeVar
 
 import ifaddr
 from zeroconf import (
@@ -38,6 +37,7 @@ from mesh._discovery_model import (
     validate_port,
     validate_protocol_version,
 )
+from mesh.service import Service
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -172,7 +172,7 @@ def _default_advertise_addresses(
     return found or ["127.0.0.1"]
 
 
-class MdnsDiscovery:
+class MdnsDiscovery(Service):
     """Advertises this node on `_vsmcp._tcp.local.` and reports other nodes found there.
 
     `on_candidate` is called (in the event loop) for every other node found or whose
@@ -234,18 +234,6 @@ class MdnsDiscovery:
         self._running = False
 
     # -- lifecycle --------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def running(self) -> bool:

@@ -66,8 +66,6 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
 import zmq
 from nacl.signing import SigningKey
@@ -95,6 +93,7 @@ from mesh._transport_wire import (
     encode_error,
     encode_frame,
 )
+from mesh.service import Service
 
 __all__ = [
     "AdmissionCallback",
@@ -249,7 +248,7 @@ class _Inbound:
     payload: bytes
 
 
-class Transport:
+class Transport(Service):
     """See the module docstring. Single use: `start()` after `stop()` raises."""
 
     def __init__(
@@ -284,18 +283,6 @@ class Transport:
         self._state = "new"
 
     # -- lifecycle -------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         if self._state == "running":

@@ -53,10 +53,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 from mesh.errors import MeshError
+from mesh.service import Service
 
 __all__ = [
     "HEADER_BYTES",
@@ -220,7 +219,7 @@ class _TokenBucket:
 # --- responder ------------------------------------------------------------------------
 
 
-class WhoisResponder:
+class WhoisResponder(Service):
     """Answers whois requests on UDP (host, port) with `respond(nonce)`'s bytes.
 
     `respond` is called inline on the receive path (keep it fast: one signature); it
@@ -256,18 +255,6 @@ class WhoisResponder:
         self._port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def running(self) -> bool:

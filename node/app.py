@@ -21,6 +21,7 @@ from mesh.envelope import Opener, Sealer
 from mesh.errors import MeshError
 from mesh.membership import MemberStateChanged
 from mesh.replay import ReplayGuard
+from mesh.service import Service
 from node import __version__
 from node.audit import AuditLog
 from node.config import Config
@@ -62,7 +63,7 @@ class DebugApiDisabled(NodeError):
     """A /api/debug call on a node without node.debug_api, or with bad arguments."""
 
 
-class Node:
+class Node(Service):
     """A running vsmcp node. `async with Node(config) as node:` starts and stops it."""
 
     def __init__(self, config: Config) -> None:
@@ -82,13 +83,6 @@ class Node:
         self._audit_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    async def __aenter__(self) -> Node:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         if self._stack is not None:

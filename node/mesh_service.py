@@ -59,6 +59,7 @@ from mesh.membership import (
 from mesh.membership import (
     encode as encode_membership,
 )
+from mesh.service import Service
 from mesh.transport import Priority, Transport, TransportError, curve_public_key
 from mesh.whois import WhoisError, WhoisResponder, whois
 from node.errors import NodeError
@@ -184,7 +185,7 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-class MeshService:
+class MeshService(Service):
     """The node's presence in the mesh. An async context manager; start/stop idempotent."""
 
     def __init__(
@@ -247,13 +248,6 @@ class MeshService:
         self._whois: WhoisResponder | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-
-    async def __aenter__(self) -> MeshService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         if self._started:

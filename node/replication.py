@@ -31,6 +31,7 @@ from crdt.registry import CapabilityEntry
 from crdt.state import ReplicatedState, snapshot_id
 from mesh.envelope import Envelope, MsgType
 from mesh.identity import NodeKey, node_id_from_public_key
+from mesh.service import Service
 from mesh.transport import Priority
 from node.mesh_service import MeshService, Peer
 from node.store import Store
@@ -62,7 +63,7 @@ class RemoteTool:
     version: int
 
 
-class ReplicationService:
+class ReplicationService(Service):
     """Owns the replicated documents and their sync over the mesh. Async context manager."""
 
     def __init__(
@@ -94,13 +95,6 @@ class ReplicationService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._stopped = False
-
-    async def __aenter__(self) -> ReplicationService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         if self._started:

@@ -49,6 +49,7 @@ from typing import Any, Final, Literal
 from mesh.certs import ZoneOrder
 from mesh.envelope import Context, Envelope, MsgType
 from mesh.errors import MeshError
+from mesh.service import Service
 from mesh.transport import Priority, RemoteError, RequestTimeoutError, TransportError
 from node.audit import AuditLog
 from node.errors import NodeError
@@ -399,7 +400,7 @@ def _remote_spec(tool: RemoteTool) -> ToolSpec:
     )
 
 
-class MeshCatalog:
+class MeshCatalog(Service):
     """A `ToolCatalog` over the local units and the mesh. Async context manager."""
 
     def __init__(
@@ -453,13 +454,6 @@ class MeshCatalog:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def __aenter__(self) -> MeshCatalog:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)

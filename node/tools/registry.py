@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 from mesh.certs import DEFAULT_ZONES
+from mesh.service import Service
 from node.limits import BucketMap, RateLimit, RateLimiter
 from node.tools.builtin import DataView, builtin_provider
 from node.tools.config import RateLimitConfig, RateLimitsConfig, ToolsConfig, UnitLimitsConfig
@@ -26,7 +26,7 @@ from node.tools.supervisor import Supervisor, Unit, UnitPolicy
 log = logging.getLogger(__name__)
 
 
-class LocalCatalog:
+class LocalCatalog(Service):
     """Tools of the local units, filtered and guarded by `policy`. Async context manager."""
 
     def __init__(self, supervisor: Supervisor | None = None, policy: CallPolicy | None = None):
@@ -92,18 +92,6 @@ class LocalCatalog:
 
     async def stop(self) -> None:
         await self.supervisor.stop()
-
-    async def __aenter__(self) -> LocalCatalog:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def _limit(cfg: RateLimitConfig | None) -> RateLimit | None:

@@ -28,9 +28,9 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
+from mesh.service import Service
 from node.tools.errors import (
     Overloaded,
     ToolConfigError,
@@ -317,7 +317,7 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-class Supervisor:
+class Supervisor(Service):
     """Owns the units. Async context manager; `start`/`stop` are idempotent."""
 
     def __init__(self) -> None:
@@ -389,15 +389,3 @@ class Supervisor:
             return
         self._started = False
         await asyncio.gather(*(unit.stop() for unit in self._units.values()))
-
-    async def __aenter__(self) -> Supervisor:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -66,7 +66,7 @@ def test_five_nodes_find_each_other_by_mdns_then_dead_zombie_and_recovery(
     assert 'vsmcp_mesh_members{state="dead"} 1.0' in metrics
 
 
-def test_nodes_find_each_other_through_one_seed_without_mdns(
+def test_five_nodes_find_each_other_through_one_seed_without_mdns(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     config = _config(tmp_path)
@@ -75,7 +75,7 @@ def test_nodes_find_each_other_through_one_seed_without_mdns(
     plain = f"127.0.0.1:{first.mesh_port}"
     with_id = f"{first.node_id}@{plain}"
     others = [
-        *_start(tmp_path, nodes, 2, "--config", str(config), "--no-mdns", "--seed", plain),
+        *_start(tmp_path, nodes, 3, "--config", str(config), "--no-mdns", "--seed", plain),
         *_start(tmp_path, nodes, 1, "--config", str(config), "--no-mdns", "--seed", with_id),
     ]
     group = [first, *others]

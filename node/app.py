@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.certs import encode_certificate
-from mesh.envelope import Opener, Sealer
+from mesh.envelope import Opener, Sealer, wall_clock_ms
 from mesh.errors import MeshError
 from mesh.membership import MemberStateChanged
 from mesh.replay import ReplayGuard
@@ -256,8 +256,8 @@ class Node(Service):
             env.max_skew_s,
         )
         with contextlib.suppress(MeshError):
-            return ReplayGuard.after_crash(saved, _now_ms(), **kwargs)
-        return ReplayGuard.after_crash(None, _now_ms(), **kwargs)
+            return ReplayGuard.after_crash(saved, wall_clock_ms(), **kwargs)
+        return ReplayGuard.after_crash(None, wall_clock_ms(), **kwargs)
 
     async def _save_replay_guard(self, store: Store, guard: ReplayGuard) -> None:
         await store.kv_set(KV_REPLAY_GUARD, guard.dump())
@@ -482,10 +482,6 @@ def _write_runtime_file(path: Path, info: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
     tmp.replace(path)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _remove(path: Path) -> None:

@@ -540,21 +540,12 @@ class MeshService(Service):
             self.stats.dropped["unadmitted_peer"] += 1
             self._hello_member(send.to)
             return
-        self._send_envelope(
-            send.to, MsgType.MEMBERSHIP, encode_membership(send.message), Priority.MEMBERSHIP
+        self.send(
+            send.to,
+            MsgType.MEMBERSHIP,
+            encode_membership(send.message),
+            priority=Priority.MEMBERSHIP,
         )
-
-    def _send_envelope(self, to: str, kind: MsgType, payload: bytes, priority: Priority) -> None:
-        endpoint = self._endpoint_of(to)
-        if endpoint is None:
-            self.stats.dropped["no_endpoint"] += 1
-            return
-        wire = self._sealer.seal(kind, payload, recipient=_public_key(to))
-        self.stats.bytes_sent += len(wire)
-        try:
-            self.transport.send(_public_key(to), endpoint, wire, priority=priority)
-        except TransportError as e:
-            self.stats.dropped[getattr(e, "reason", "transport")] += 1
 
     def _check_reachability(self, member: str) -> None:
         self._spawn(self._reachability(member), f"mesh-reach-{member[-6:]}", helper=True)

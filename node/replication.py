@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 from crdt.errors import CrdtError
 from crdt.registry import CapabilityEntry
 from crdt.state import ReplicatedState, snapshot_id
-from mesh.envelope import Envelope, MsgType
+from mesh.envelope import Envelope, MsgType, wall_clock_ms
 from mesh.identity import NodeKey, node_id_from_public_key
 from mesh.service import Service
 from mesh.transport import Priority
@@ -143,7 +142,7 @@ class ReplicationService(Service):
     def announce_local_tools(self) -> None:
         """Announce new or changed local tools; retire the ones that went away."""
         current = {spec.name: spec for spec in self._local_tools()}
-        now_ms = _now_ms()
+        now_ms = wall_clock_ms()
         refresh = now_ms - self._announced_at_ms >= REANNOUNCE_AFTER_MS
         registry = self.state.registry
         for name, spec in current.items():
@@ -283,7 +282,3 @@ def _remote_tool(entry: CapabilityEntry) -> RemoteTool:
 
 def _schema_text(spec: ToolSpec) -> str:
     return json.dumps(spec.input_schema, sort_keys=True, default=str)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -105,8 +105,7 @@ def load_node_key(data_dir: Path) -> NodeKey:
 
 
 def load_identity(config: Config, *, now_s: int | None = None) -> NodeIdentity:
-    data_dir = config.data_dir
-    ensure_data_dir(data_dir)
+    data_dir = config.data_dir  # created (and locked) by the node before this runs
     key = load_node_key(data_dir)
     zones = ZoneOrder(config.trust.zones)
     if config.node.dev:

@@ -32,16 +32,16 @@ import json
 import logging
 import sqlite3
 import struct
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from mesh.envelope import wall_clock_ms
+from mesh.service import Service
 from node.errors import NodeError
 from node.store import Store, StoreError
 
@@ -132,10 +132,6 @@ def head_message(seq: int, hash_: bytes) -> bytes:
     return HEAD_SIG_DOMAIN + _HEAD_SEQ.pack(seq) + hash_
 
 
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _checked_sig(sig: bytes) -> bytes:
     if len(sig) != SIG_BYTES:
         raise AuditError(
@@ -188,7 +184,7 @@ def _validate_label(name: str, value: object) -> str:
     return value
 
 
-class AuditLog:
+class AuditLog(Service):
     """Appends audit entries to `store`; use `async with AuditLog(store, sign, pk) as audit:`.
 
     `sign(msg)` must return a 64-byte detached Ed25519 signature by the key whose public
@@ -204,7 +200,7 @@ class AuditLog:
         queue_maxsize: int = DEFAULT_QUEUE_MAXSIZE,
         batch_size: int = DEFAULT_BATCH_SIZE,
         linger_s: float = DEFAULT_LINGER_S,
-        clock_ms: Callable[[], int] = _wall_clock_ms,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if queue_maxsize < 1 or batch_size < 1:
             raise ValueError("queue_maxsize and batch_size must be at least 1")
@@ -275,16 +271,7 @@ class AuditLog:
         if self._failure is not None:
             raise self._write_error()
 
-    async def __aenter__(self) -> AuditLog:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self.close()
 
     async def append(self, kind: str, actor: str, data: Mapping[str, Any]) -> None:

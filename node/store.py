@@ -17,11 +17,11 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import aiosqlite
 
+from mesh.service import Service
 from node.errors import NodeError
 
 DB_FILENAME: Final = "vsmcp.db"
@@ -68,7 +68,7 @@ def db_path_for(data_dir: Path) -> Path:
     return data_dir / DB_FILENAME
 
 
-class Store:
+class Store(Service):
     """The node's SQLite store. Use `async with Store.open(data_dir) as store:`."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -122,16 +122,7 @@ class Store:
         if conn is not None:
             await conn.close()
 
-    async def __aenter__(self) -> Store:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self.close()
 
     @contextlib.asynccontextmanager

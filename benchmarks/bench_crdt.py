@@ -1,7 +1,7 @@
 """Benchmark the crdt layer: document growth with and without compaction, apply
 throughput of the verified update path beside raw pycrdt, bytes per announcement.
 
-    python benchmarks/bench_crdt.py [--quick]
+    python benchmarks/bench_crdt.py [--quick] [--write-docs]
 """
 
 from __future__ import annotations
@@ -111,7 +111,11 @@ def best_of(runs: int, fn, *args, **kwargs) -> float:  # type: ignore[no-untyped
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not append to docs")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help='replace the "## CRDT" tables in docs/benchmarks.md with this run\'s',
+    )
     args = parser.parse_args()
     growth_updates = 10_000 if args.quick else 100_000
     apply_updates = 5_000 if args.quick else 20_000
@@ -175,7 +179,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    if not args.no_write:
+    if args.write_docs:  # opt-in: `run_all.py --quick` must not overwrite recorded results
         append_section(text)
 
 
@@ -184,7 +188,11 @@ def append_section(body: str) -> None:
     existing = path.read_text() if path.exists() else "# Benchmarks\n"
     header = "## CRDT"
     start = existing.find(f"\n{header}\n")
-    section = f"\n{header}\n\n`python benchmarks/bench_crdt.py`\n\n{body}\n"
+    usage = (
+        "`python benchmarks/bench_crdt.py [--quick] [--write-docs]` (`--write-docs` replaces "
+        "the tables\nbelow with the run's; the reading after them is written by hand)"
+    )
+    section = f"\n{header}\n\n{usage}\n\n{body}\n"
     if start == -1:
         updated = existing.rstrip("\n") + "\n" + section
     else:

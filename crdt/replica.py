@@ -52,9 +52,10 @@ Epochs and compaction
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import time_ns
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -81,8 +82,9 @@ def wall_clock_ms() -> int:
     return time_ns() // 1_000_000
 
 
-class Epoch(msgspec.Struct, frozen=True, order=True, array_like=True):
-    """Generation of a compacted document; ordered by (number, by)."""
+class Epoch(msgspec.Struct, frozen=True, order=True, array_like=True, gc=False):
+    """Generation of a compacted document; ordered by (number, by). (gc=False: an int and
+    bytes cannot form a reference cycle; one is decoded with every sync message.)"""
 
     number: Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
     by: Annotated[bytes, msgspec.Meta(max_length=MAX_REPLICA_ID_BYTES)]  # compactor; b"" first
@@ -109,9 +111,29 @@ class Held(Generic[R]):
 
     blob: bytes
     checked: Checked[R]
+    # What `_fold` (the hot path of every remote update) reads, copied out of `checked`:
+    # a cache of tens of thousands of these lives mostly outside the CPU caches, and each
+    # object it has to reach costs a miss. `order` is `rank` as one int; the expiry is in
+    # ns so that the clock needs no division there (a bigint division costs more than
+    # reading the clock).
+    key: str = field(init=False, repr=False, compare=False)
+    order: int = field(init=False, repr=False, compare=False)
+    expires_at_ns: int = field(init=False, repr=False, compare=False)
+    live: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checked = self.checked
+        version, kind = checked.rank
+        if kind not in (0, 1):
+            raise ValueError(f"rank kind must be 0 or 1, got {kind}")
+        # Interned: every Held of one key shares the str, so `_fold` compares identities.
+        object.__setattr__(self, "key", sys.intern(checked.key))
+        object.__setattr__(self, "order", 2 * version + kind)
+        object.__setattr__(self, "expires_at_ns", checked.expires_at_ms * 1_000_000)
+        object.__setattr__(self, "live", checked.live)
 
     def outranks(self, other: Held[R]) -> bool:
-        return (self.checked.rank, self.blob) > (other.checked.rank, other.blob)
+        return (self.order, self.blob) > (other.order, other.blob)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +145,14 @@ class Change(Generic[V]):
     removed: list[V]
 
 
-_DELETED: Any = object()
 _MISSING: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Changes:
+    """Changed keys in the shape of a Yrs MapEvent's `keys`, for `VerifiedDoc._fold`."""
+
+    keys: dict[str, dict[str, Any]]
 
 
 class VerifiedDoc(ABC, Generic[R, V]):
@@ -151,12 +179,24 @@ class VerifiedDoc(ABC, Generic[R, V]):
         self._best: dict[str, Held[R]] = {}
         self._verified: dict[bytes, Held[R] | None] = {}
         self._reported: dict[str, Held[R]] = {}
-        self._dirty: dict[str, Any] = {}
+        # `best` blobs to write back over what a remote transaction left (see `_fold`)
+        self._repairs: dict[str, bytes] = {}
+        self._writing_local = False
         self._pending_change: dict[str, Held[R] | None] = {}
         self._update_listeners: list[Callable[[bytes], None]] = []
         self._change_listeners: list[Callable[[Change[V]], None]] = []
         self._applying_remote = False
-        self._epoch = INITIAL_EPOCH
+        # For `_fold`: the clock in ns (the default one without `wall_clock_ms`'s division,
+        # which costs more than reading the clock; see `Held`) and whether a document
+        # kind has its own `_admit`.
+        self._now_ns: Callable[[], int] = (
+            time_ns if clock is wall_clock_ms else lambda: clock() * 1_000_000
+        )
+        self._expiry_grace_ns = expiry_grace_ms * 1_000_000
+        self._plain_admit = type(self)._admit is VerifiedDoc._admit
+        # The current epoch; read-only outside this class (a plain attribute, not a
+        # property: `SyncEndpoint.handle` compares it for every message).
+        self.epoch = INITIAL_EPOCH
         self._install_new_doc(INITIAL_EPOCH)
 
     # ---- what a document kind defines ----------------------------------------------
@@ -175,10 +215,6 @@ class VerifiedDoc(ABC, Generic[R, V]):
         return now_ms < held.checked.expires_at_ms + self._expiry_grace_ms
 
     # ---- observation ----------------------------------------------------------------
-
-    @property
-    def epoch(self) -> Epoch:
-        return self._epoch
 
     @property
     def replica_id(self) -> bytes:
@@ -229,8 +265,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
         self._native = self._native_doc(doc, ymap)
         self._doc = doc
         self._map = ymap
-        self._epoch = epoch
-        self._dirty.clear()
+        self.epoch = epoch
+        self._repairs.clear()
 
     def _observe_keys(self, ymap: pycrdt.Map[Any]) -> Any:
         # The Yrs-level observer hands over the changed keys without pycrdt's per-event
@@ -239,8 +275,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
         integrated = getattr(ymap, "integrated", None)
         observe_raw = getattr(integrated, "observe", None)
         if callable(observe_raw):
-            return observe_raw(self._on_map_event)
-        return ymap.observe(self._on_map_event)
+            return observe_raw(self._fold)
+        return ymap.observe(self._fold)
 
     @staticmethod
     def _native_doc(doc: pycrdt.Doc[Any], ymap: pycrdt.Map[Any]) -> Any:
@@ -258,11 +294,6 @@ class VerifiedDoc(ABC, Generic[R, V]):
         ):
             return native
         return None
-
-    def _on_map_event(self, event: Any) -> None:
-        dirty = self._dirty
-        for key, change in event.keys.items():
-            dirty[key] = _DELETED if change.get("action") == "delete" else change.get("newValue")
 
     def _on_txn(self, event: Any) -> None:
         if self._applying_remote:
@@ -365,6 +396,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
             return
         # Local writes are the only transactions whose update listeners hear about.
         subscription = self._doc.observe(self._on_txn) if self._update_listeners else None
+        # Our own writes hold `best` already: nothing for `_fold` to do with them.
+        self._writing_local = True
         try:
             with self._doc.transaction():
                 for key, blob in writes.items():
@@ -373,13 +406,12 @@ class VerifiedDoc(ABC, Generic[R, V]):
                     if key in self._map:
                         del self._map[key]
         finally:
+            self._writing_local = False
             if subscription is not None:
                 self._doc.unobserve(subscription)
-        # Our own writes hold `best` already: nothing to settle for them.
-        for key in writes:
-            self._dirty.pop(key, None)
-        for key in deletes:
-            self._dirty.pop(key, None)
+        if self._repairs:  # what we just wrote supersedes a repair noted earlier
+            for key in (*writes, *deletes):
+                self._repairs.pop(key, None)
 
     def _put(self, blob: bytes) -> Held[R]:
         """Write a freshly signed blob of ours; raises if it does not verify or is stale."""
@@ -396,91 +428,107 @@ class VerifiedDoc(ABC, Generic[R, V]):
         return held
 
     def apply_updates(self, updates: Sequence[bytes]) -> None:
-        """Apply remote Yjs updates of the current epoch (one transaction), then settle."""
+        """Apply remote Yjs updates of the current epoch (one transaction; `_fold` takes
+        what changed into `best` as it commits), then write the repairs it asked for."""
         error: ValueError | None = None
-        self._applying_remote = True
-        try:
-            native = self._native
-            if native is not None and self._doc._txn is None:
-                txn = native.create_transaction()
-                try:
-                    for update in updates:
-                        try:
-                            native.apply_update(txn, update)
-                        except ValueError as exc:
-                            error = exc
-                    txn.commit()
-                finally:
-                    txn.drop()
-            else:
+        native = self._native
+        if native is not None and self._doc._txn is None:
+            # `_on_txn` is subscribed only inside `_write_local`'s pycrdt transaction, which
+            # sends a re-entrant call down the other branch: nothing to guard here.
+            txn = native.create_transaction()
+            try:
+                for update in updates:
+                    try:
+                        native.apply_update(txn, update)
+                    except ValueError as exc:
+                        error = exc
+                txn.commit()
+            finally:
+                txn.drop()
+        else:
+            self._applying_remote = True
+            try:
                 with self._doc.transaction():
                     for update in updates:
                         try:
                             self._doc.apply_update(update)
                         except ValueError as exc:
                             error = exc
-        finally:
-            self._applying_remote = False
-        self._settle()
+            finally:
+                self._applying_remote = False
+        self._after_fold()
         if error is not None:
             raise InvalidUpdate(f"{self.name}: {error}") from error
 
-    def _settle(self) -> None:
-        """Fold what changed in the doc into `best`; repair what the doc got wrong."""
-        dirty = self._dirty
-        if not dirty:
+    def _fold(self, event: Any) -> None:
+        """Fold changed keys into `best` and note what the doc got wrong for
+        `_after_fold`. `event` is what the Yrs key observer passes (a MapEvent, whose
+        `keys` maps each changed key to {"action", "newValue", ...}) or a `_Changes`."""
+        if self._writing_local:
             return
-        self._dirty = {}
-        now = self._clock()
-        repairs: dict[str, bytes] | None = None
+        now_ns = self._now_ns()
         best_by_key = self._best
         verified = self._verified
-        pending = self._pending_change
         reported = self._reported
-        # The hot path of every remote update: kept flat on purpose (see bench_crdt.py);
-        # `Held.outranks` and `_note` are inlined here.
-        for key, raw in dirty.items():
+        repairs = self._repairs
+        # Before-images are only for change listeners (`_flush_changes`).
+        pending = self._pending_change if self._change_listeners else None
+        # `_admit` inlined: a record expired for longer than the grace (expiry at or before
+        # `too_old_ns`) is not admitted; a document kind's own `_admit` is asked as well.
+        too_old_ns = now_ns - self._expiry_grace_ns
+        admit = None if self._plain_admit else self._admit
+        # The hot path of every remote update, run by the key observer itself (one Python
+        # call less than collecting keys for later) and kept flat on purpose (see
+        # bench_crdt.py): `_verified_for`, `Held.outranks`, `_admit` and `_note` inlined.
+        changes = event.keys
+        for key in changes:  # (no items view and iterator to allocate)
+            raw = changes[key].get("newValue")  # absent for a delete
             best = best_by_key.get(key)
-            in_doc: Held[R] | None = None
-            if raw is not _DELETED:
-                # Yrs hands stored bytes back as a bytearray: the common case, inlined.
-                blob = bytes(raw) if type(raw) is bytearray else as_blob(raw)
-                if blob is not None:
-                    cached = verified.get(blob, _MISSING)
-                    if cached is _MISSING:
-                        in_doc = self._verified_for(key, blob)
-                    elif cached is not None and cached.checked.key == key:
-                        in_doc = cached
-            if in_doc is not None:
-                checked = in_doc.checked
-                if (
-                    best is None
-                    or checked.rank > best.checked.rank
-                    or (checked.rank == best.checked.rank and in_doc.blob > best.blob)
-                ) and self._admit(in_doc, now):
-                    best_by_key[key] = in_doc
-                    if key not in pending:
-                        pending[key] = reported.get(key)
-                    if checked.live and now < checked.expires_at_ms:
-                        reported[key] = in_doc
-                    else:
-                        reported.pop(key, None)
-                    continue
+            in_doc: Held[R] | None
+            # Yrs hands stored bytes back as a bytearray: the common case first.
+            if type(raw) is bytearray:
+                blob = bytes(raw)
+                in_doc = verified.get(blob)
+                if in_doc is None:  # not verified yet, or refused
+                    in_doc = self._verified_for(key, blob)
+                elif (best is None or in_doc.key is not best.key) and in_doc.key != key:
+                    in_doc = None
+            else:
+                blob_or_none = as_blob(raw)
+                in_doc = None if blob_or_none is None else self._verified_for(key, blob_or_none)
             if (
+                in_doc is not None
+                and (
+                    best is None
+                    or in_doc.order > best.order
+                    or (in_doc.order == best.order and in_doc.blob > best.blob)
+                )
+                and in_doc.expires_at_ns > too_old_ns
+                and (admit is None or admit(in_doc, now_ns // 1_000_000))
+            ):
+                best_by_key[key] = in_doc
+                if pending is not None and key not in pending:
+                    pending[key] = reported.get(key)
+                if in_doc.live and now_ns < in_doc.expires_at_ns:
+                    reported[key] = in_doc
+                else:
+                    reported.pop(key, None)
+                if repairs:  # noted by an earlier fold, not written yet
+                    repairs.pop(key, None)
+            elif (
                 best is not None
                 and (in_doc is None or in_doc.blob != best.blob)
-                and now < best.checked.expires_at_ms
+                and now_ns < best.expires_at_ns
             ):
-                if repairs is None:
-                    repairs = {}
                 repairs[key] = best.blob
-        if repairs is not None:
+
+    def _after_fold(self) -> None:
+        """Write back the repairs `_fold` noted, then tell change listeners what changed."""
+        if self._repairs:
+            repairs, self._repairs = self._repairs, {}
             self._write_local(repairs)
         if self._pending_change:
-            if self._change_listeners:
-                self._flush_changes()
-            else:  # what `_flush_changes` does with nobody to tell
-                self._pending_change = {}
+            self._flush_changes()
 
     def offer(self, items: Iterable[tuple[str, Any]]) -> int:
         """Offer (key, blob) pairs from outside the current doc (an older epoch, a
@@ -516,7 +564,7 @@ class VerifiedDoc(ABC, Generic[R, V]):
 
     def switch_epoch(self, epoch: Epoch, full_state: bytes) -> bool:
         """Adopt a newer epoch from its full state, then repair our `best` into it."""
-        if epoch <= self._epoch:
+        if epoch <= self.epoch:
             return False
         self._install_new_doc(epoch)
         error: ValueError | None = None
@@ -537,7 +585,7 @@ class VerifiedDoc(ABC, Generic[R, V]):
         state did not fit in one message): a fresh doc at `epoch`, the records offered
         through verification, then our `best` repaired into it. The epoch's other records
         arrive as offers at the same epoch; the doc holds `best` either way."""
-        if epoch <= self._epoch:
+        if epoch <= self.epoch:
             return False
         self._install_new_doc(epoch)
         self.offer(items)
@@ -545,10 +593,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
         return True
 
     def _repair_all(self) -> None:
-        for key in self._best:
-            if key not in self._dirty:
-                self._dirty[key] = self._map.get(key, _DELETED)
-        self._settle()
+        self._fold(_Changes({key: {"newValue": self._map.get(key)} for key in self._best}))
+        self._after_fold()
 
     def compact(self) -> Epoch:
         """Rebuild the doc from the retained verified records at the next epoch."""
@@ -556,17 +602,17 @@ class VerifiedDoc(ABC, Generic[R, V]):
         for key in [k for k, h in self._best.items() if now >= h.checked.expires_at_ms]:
             self._note(key, None)
             del self._best[key]
-        self._install_new_doc(Epoch(self._epoch.number + 1, self._replica_id))
+        self._install_new_doc(Epoch(self.epoch.number + 1, self._replica_id))
         self._write_local({key: held.blob for key, held in self._best.items()})
         self._flush_changes()
-        return self._epoch
+        return self.epoch
 
     def load_state(self, epoch: Epoch, state: bytes) -> None:
         """Merge a full doc state of `epoch` (a snapshot, a peer): switch if newer, apply
         if the same, offer its records through verification if older."""
-        if epoch > self._epoch:
+        if epoch > self.epoch:
             self.switch_epoch(epoch, state)
-        elif epoch == self._epoch:
+        elif epoch == self.epoch:
             self.apply_updates([state])
         else:
             self.offer_update(state)

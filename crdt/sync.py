@@ -61,26 +61,29 @@ MAX_DOC_NAME_CHARS = 64
 _DocName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DOC_NAME_CHARS)]
 
 
-class SyncStep1(msgspec.Struct, frozen=True, array_like=True, tag=1):
+# gc=False: messages hold only strings, bytes, ints and lists of them, so they cannot be
+# part of a reference cycle; untracked structs are cheaper to make and free (every
+# incoming message is one).
+class SyncStep1(msgspec.Struct, frozen=True, array_like=True, tag=1, gc=False):
     doc: _DocName
     epoch: Epoch
     state_vector: bytes
 
 
-class SyncStep2(msgspec.Struct, frozen=True, array_like=True, tag=2):
+class SyncStep2(msgspec.Struct, frozen=True, array_like=True, tag=2, gc=False):
     doc: _DocName
     epoch: Epoch
     update: bytes
     full: bool
 
 
-class SyncUpdate(msgspec.Struct, frozen=True, array_like=True, tag=3):
+class SyncUpdate(msgspec.Struct, frozen=True, array_like=True, tag=3, gc=False):
     doc: _DocName
     epoch: Epoch
     updates: Annotated[list[bytes], msgspec.Meta(max_length=MAX_UPDATES_PER_MESSAGE)]
 
 
-class SyncRecords(msgspec.Struct, frozen=True, array_like=True, tag=4):
+class SyncRecords(msgspec.Struct, frozen=True, array_like=True, tag=4, gc=False):
     doc: _DocName
     epoch: Epoch
     records: Annotated[list[tuple[str, bytes]], msgspec.Meta(max_length=MAX_RECORDS_PER_MESSAGE)]

@@ -9,14 +9,32 @@ ASCII-only). Its canonical encoding (`encode_entry`) is, with all integers big-e
 (strings UTF-8). Then
 
     hash_n = sha256(prev_hash_n || encode_entry(entry_n)),   prev_hash_1 = 32 zero bytes,
-    prev_hash_n = hash_{n-1},   sig_n = Ed25519 detached signature over hash_n.
+    prev_hash_n = hash_{n-1}.
+
+Entries are committed in batches, one transaction each. The last entry of every batch is
+a checkpoint: its `sig` is an Ed25519 detached signature over its hash. Every other entry
+stores an empty `sig` (b""): as the hashes chain, a checkpoint's signature authenticates
+it and every entry before it, so one signature per batch does the work of one per entry.
+(Logs written before checkpoints have every entry signed; each is a checkpoint to the
+verifier, so they verify unchanged.)
 
 The single `audit_head` row holds (seq, hash) of the last entry and a signature over
 `HEAD_SIG_DOMAIN || seq u64 || hash`; it is rewritten in the same transaction as every
-batch, so deleting entries from the tail breaks the head. The domain prefix keeps an
-entry's signature from being reused as a head signature (which would allow truncating to
-any entry). An attacker holding an old copy of the head can still roll the log back to
-that batch boundary: that needs an anchor outside this file, which is out of scope here.
+batch, so deleting entries from the tail breaks the head, and a healthy log ends with a
+checkpoint whose hash is the head's. The domain prefix keeps a checkpoint's signature
+from being reused as a head signature (which would allow truncating to any checkpoint).
+An attacker holding an old copy of the head can still roll the log back to that batch
+boundary: that needs an anchor outside this file, which is out of scope here.
+
+Verifying walks the chain (contiguous seqs, prev_hash links, recomputed hashes). An entry
+is authenticated when a valid checkpoint at or after it, or the valid head, is reached
+from it through the chain. A `sig` that is present but does not verify (wrong key, length
+or type) is an error; an empty one is not: stripping a checkpoint's signature loses
+nothing while a later checkpoint or the head still covers the entry, so it is not
+reported, but entries that nothing covers are. `first_bad_seq` is the first entry that
+is not authenticated: the entry after the last valid checkpoint before the damage, which
+can be earlier than the damaged entry (an edit of entry k with every later hash
+recomputed is only caught at the first checkpoint after k).
 
 `AuditLog` appends through a bounded queue to one writer task that seals (hashes and
 signs, in a worker thread) and commits whole batches. `verify_audit_log` checks a log
@@ -52,6 +70,7 @@ SIG_BYTES: Final = 64
 PUBLIC_KEY_BYTES: Final = 32
 GENESIS_PREV_HASH: Final = bytes(HASH_BYTES)
 HEAD_SIG_DOMAIN: Final = b"vsmcp audit head v1\x00"
+UNSIGNED: Final = b""  # the `sig` of an entry that is not a checkpoint
 DEFAULT_QUEUE_MAXSIZE: Final = 65_536
 DEFAULT_BATCH_SIZE: Final = 2_048
 DEFAULT_LINGER_S: Final = 0.005  # group commit: how long a batch waits for more
@@ -61,6 +80,7 @@ MAX_DATA_BYTES: Final = 256 * 1024
 _INT_HEADER = struct.Struct(">QqI")
 _LEN = struct.Struct(">I")
 _HEAD_SEQ = struct.Struct(">Q")
+_MAX_SEQ: Final = 2**64 - 1
 
 Signer = Callable[[bytes], bytes]
 # (ts_ms, kind, actor, canonical data JSON), queued by `append`.
@@ -99,11 +119,15 @@ class AuditIntegrityError(AuditError):
     extend it. Run `vsmcp audit verify` to find the damage."""
 
 
+# Built once: json.dumps with these options builds an encoder per call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
 def canonical_json(data: Mapping[str, Any]) -> str:
     """The one JSON text of `data` that is hashed and stored."""
-    return json.dumps(
-        data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+    return _CANONICAL.encode(data)
 
 
 def encode_entry(seq: int, ts_ms: int, kind: str, actor: str, data: str) -> bytes:
@@ -152,15 +176,17 @@ class _SealedBatch:
 def _seal_batch(
     batch: Sequence[_Pending], first_seq: int, prev_hash: bytes, sign: Signer
 ) -> _SealedBatch:
-    """Hash-chain and sign a batch. Runs in a worker thread: no event-loop access."""
+    """Hash-chain a batch, sign its last entry (the checkpoint) and the head.
+
+    Runs in a worker thread: no event-loop access.
+    """
     rows: list[_Row] = []
-    seq = first_seq
-    for ts_ms, kind, actor, data in batch:
+    last_seq = first_seq + len(batch) - 1
+    for seq, (ts_ms, kind, actor, data) in enumerate(batch, start=first_seq):
         hash_ = entry_hash(prev_hash, seq, ts_ms, kind, actor, data)
-        rows.append((seq, ts_ms, kind, actor, data, prev_hash, hash_, _checked_sig(sign(hash_))))
+        sig = _checked_sig(sign(hash_)) if seq == last_seq else UNSIGNED
+        rows.append((seq, ts_ms, kind, actor, data, prev_hash, hash_, sig))
         prev_hash = hash_
-        seq += 1
-    last_seq = seq - 1
     head_sig = _checked_sig(sign(head_message(last_seq, prev_hash)))
     return _SealedBatch(rows, last_seq, prev_hash, head_sig)
 
@@ -429,8 +455,10 @@ class AuditLog(Service):
 class AuditVerifyResult:
     """Outcome of `verify_audit_log`.
 
-    `entries` counts the entries that verified before the first problem (all of them
-    when `ok`); `first_bad_seq` is the seq of the first missing or damaged entry.
+    `entries` counts the entries authenticated before the first problem (all of them
+    when `ok`); `first_bad_seq` (then `entries + 1`) is the first entry that is not:
+    the damaged or missing entry, or the first after the last valid checkpoint before
+    it (see the module docstring). `reason` says where the damage was found.
     """
 
     ok: bool
@@ -442,9 +470,9 @@ class AuditVerifyResult:
 def verify_audit_log(db_path: Path, public_key: bytes) -> AuditVerifyResult:
     """Check the audit log in the SQLite file `db_path` against `public_key`.
 
-    Read-only and synchronous (no event loop). Detects edited, deleted, reordered and
-    re-signed entries and a truncated tail. Raises `StoreError` if the file cannot be
-    read as a vsmcp store.
+    Read-only and synchronous (no event loop). Detects edited, deleted, reordered,
+    inserted and re-signed entries, a truncated tail and a head older than the entries.
+    Raises `StoreError` if the file cannot be read as a vsmcp store.
     """
     if len(public_key) != PUBLIC_KEY_BYTES:
         raise ValueError(f"public_key must be {PUBLIC_KEY_BYTES} bytes")
@@ -462,73 +490,112 @@ def verify_audit_log(db_path: Path, public_key: bytes) -> AuditVerifyResult:
         conn.close()
 
 
+def _broken(authenticated: int, reason: str) -> AuditVerifyResult:
+    return AuditVerifyResult(
+        ok=False, entries=authenticated, first_bad_seq=authenticated + 1, reason=reason
+    )
+
+
+def _uncovered(first: int, last: int) -> str:
+    """Reason suffix for entries first..last, which chain to no valid signature."""
+    if first > last:
+        return ""
+    span = f"entry {first}" if first == last else f"entries {first}..{last}"
+    checkpoint = f"entry {first - 1}" if first > 1 else "none"
+    return f"; {span} not authenticated (last valid checkpoint: {checkpoint})"
+
+
 def _verify(conn: sqlite3.Connection, verify_key: VerifyKey) -> AuditVerifyResult:
     conn.execute("BEGIN")  # one consistent snapshot, even while a node is writing
-    expected_seq = 1
     prev_hash = GENESIS_PREV_HASH
-    verified = 0
+    last_seq = 0
+    checkpoint = 0  # seq of the last valid checkpoint: 1..checkpoint are authenticated
 
-    def bad(seq: int, reason: str) -> AuditVerifyResult:
-        return AuditVerifyResult(ok=False, entries=verified, first_bad_seq=seq, reason=reason)
+    def bad(seq: int, problem: str) -> AuditVerifyResult:
+        return _broken(checkpoint, f"entry {seq}: {problem}" + _uncovered(checkpoint + 1, seq - 1))
 
     rows = conn.execute(
         "SELECT seq, ts_ms, kind, actor, data, prev_hash, hash, sig FROM audit_entries ORDER BY seq"
     )
     for seq, ts_ms, kind, actor, data, row_prev, row_hash, sig in rows:
-        if seq != expected_seq:
-            return bad(expected_seq, f"entry {expected_seq} missing (deleted)")
+        if seq != last_seq + 1:
+            return _broken(
+                checkpoint,
+                f"entry {last_seq + 1} missing (deleted)" + _uncovered(checkpoint + 1, last_seq),
+            )
         if row_prev != prev_hash:
-            return bad(seq, f"entry {seq}: chain broken (reordered or deleted)")
+            return bad(seq, "chain broken (reordered or deleted)")
         try:
             computed = entry_hash(prev_hash, seq, ts_ms, kind, actor, data)
         except (TypeError, ValueError, AttributeError, struct.error) as exc:
-            return bad(seq, f"entry {seq}: malformed field ({exc}) (edited)")
+            return bad(seq, f"malformed field ({exc}) (edited)")
         if computed != row_hash:
-            return bad(seq, f"entry {seq}: hash mismatch (edited)")
-        if not _signature_ok(verify_key, row_hash, sig):
-            return bad(seq, f"entry {seq}: bad signature (re-signed, edited or wrong key)")
+            return bad(seq, "hash mismatch (edited)")
+        if sig != UNSIGNED:
+            if not _signature_ok(verify_key, row_hash, sig):
+                return bad(seq, "bad signature (re-signed, edited or wrong key)")
+            checkpoint = seq
         prev_hash = row_hash
-        expected_seq += 1
-        verified += 1
-    return _verify_head(conn, verify_key, verified, prev_hash)
+        last_seq = seq
+    return _verify_head(conn, verify_key, checkpoint, last_seq, prev_hash)
 
 
 def _verify_head(
-    conn: sqlite3.Connection, verify_key: VerifyKey, last_seq: int, last_hash: bytes
+    conn: sqlite3.Connection,
+    verify_key: VerifyKey,
+    checkpoint: int,
+    last_seq: int,
+    last_hash: bytes,
 ) -> AuditVerifyResult:
+    """The chain 1..last_seq is intact and 1..checkpoint authenticated: the head must
+    cover the rest and say where the log ends."""
+    uncovered = _uncovered(checkpoint + 1, last_seq)
     head = conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1").fetchone()
     if head is None:
         if last_seq == 0:
             return AuditVerifyResult(ok=True, entries=0, first_bad_seq=None, reason="ok")
-        return AuditVerifyResult(False, last_seq, 1, "head: missing (deleted)")
+        return _broken(checkpoint, "head: missing (deleted)" + uncovered)
     head_seq, head_hash, head_sig = head
-    if not isinstance(head_seq, int) or not isinstance(head_hash, bytes):
-        return AuditVerifyResult(False, last_seq, last_seq + 1, "head: malformed (edited)")
+    if (
+        not isinstance(head_seq, int)
+        or not 0 <= head_seq <= _MAX_SEQ
+        or not isinstance(head_hash, bytes)
+    ):
+        return _broken(checkpoint, "head: malformed (edited)" + uncovered)
     if not _signature_ok(verify_key, head_message(head_seq, head_hash), head_sig):
-        return AuditVerifyResult(
-            False, last_seq, min(head_seq, last_seq) + 1, "head: bad signature (edited)"
-        )
+        return _broken(checkpoint, "head: bad signature (edited)" + uncovered)
     if head_seq > last_seq:
-        return AuditVerifyResult(
-            False,
-            last_seq,
-            last_seq + 1,
+        return _broken(
+            checkpoint,
             f"head: signed head is entry {head_seq} but the log ends at entry {last_seq} "
-            f"(entries {last_seq + 1}..{head_seq} deleted: tail truncated)",
+            f"(entries {last_seq + 1}..{head_seq} deleted: tail truncated)" + uncovered,
+        )
+    if head_hash != _hash_at(conn, head_seq, last_seq, last_hash):
+        # The chain was changed where only the head vouched for it: trust only the
+        # checkpoints before the head's entry.
+        authenticated = max(0, min(checkpoint, head_seq - 1))
+        return _broken(
+            authenticated,
+            f"head: hash does not match entry {head_seq} (edited)"
+            + _uncovered(authenticated + 1, head_seq - 1),
         )
     if head_seq < last_seq:
-        return AuditVerifyResult(
-            False,
+        return _broken(
             head_seq,
-            head_seq + 1,
             f"head: entries {head_seq + 1}..{last_seq} are not covered by the signed head "
             f"(head rolled back or entries inserted)",
         )
-    if head_hash != last_hash:
-        return AuditVerifyResult(
-            False, last_seq - 1, last_seq, f"head: hash does not match entry {last_seq} (edited)"
-        )
     return AuditVerifyResult(ok=True, entries=last_seq, first_bad_seq=None, reason="ok")
+
+
+def _hash_at(conn: sqlite3.Connection, seq: int, last_seq: int, last_hash: bytes) -> object:
+    """The stored hash of entry `seq` (0 <= seq <= last_seq) of the verified chain."""
+    if seq == 0:
+        return GENESIS_PREV_HASH
+    if seq == last_seq:
+        return last_hash
+    row = conn.execute("SELECT hash FROM audit_entries WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else row[0]
 
 
 def _signature_ok(verify_key: VerifyKey, message: bytes, sig: object) -> bool:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from node.audit import (
     canonical_json,
     encode_entry,
     entry_hash,
+    head_message,
     verify_audit_log,
 )
 from node.errors import NodeError
@@ -78,13 +80,62 @@ def swap_rows(db: Path, a: int, b: int) -> None:
         conn.close()
 
 
+def signed_seqs(db: Path) -> list[int]:
+    """The checkpoints: entries whose sig is not empty."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT seq FROM audit_entries WHERE sig != x'' ORDER BY seq")
+        return [r[0] for r in rows]
+    finally:
+        conn.close()
+
+
+def read_head(db: Path) -> tuple[int, bytes, bytes]:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT seq, hash, sig FROM audit_head").fetchone()
+    finally:
+        conn.close()
+    return (row[0], row[1], row[2])
+
+
+def rehash_from(db: Path, first: int, sig_of: Callable[[int, bytes, bytes], bytes]) -> bytes:
+    """Recompute prev_hash and hash of entries first.. as an attacker would after an edit,
+    setting each sig to `sig_of(seq, hash, old_sig)`. Returns the new last hash."""
+    conn = sqlite3.connect(db)
+    try:
+        cols = "seq, ts_ms, kind, actor, data, sig"
+        rows = conn.execute(
+            f"SELECT {cols} FROM audit_entries WHERE seq >= ? ORDER BY seq", (first,)
+        )
+        (prev,) = conn.execute(
+            "SELECT hash FROM audit_entries WHERE seq = ?", (first - 1,)
+        ).fetchone()
+        with conn:
+            for seq, ts_ms, kind, actor, data, old_sig in rows.fetchall():
+                new = entry_hash(prev, seq, ts_ms, kind, actor, data)
+                conn.execute(
+                    "UPDATE audit_entries SET prev_hash = ?, hash = ?, sig = ? WHERE seq = ?",
+                    (prev, new, sig_of(seq, new, old_sig), seq),
+                )
+                prev = new
+    finally:
+        conn.close()
+    return prev
+
+
 @pytest.fixture
 async def log_dir(tmp_path: Path) -> AsyncIterator[Path]:
-    """A log of 40 entries written across three runs of the node."""
+    """A log of 40 entries written across three runs of the node, in batches 1..15, 16,
+    17..23, 24..30, 31..37 and 38..40 (appends queue without yielding, so each run's
+    batches are full); the last entry of each is a checkpoint (see LOG_DIR_CHECKPOINTS)."""
     await append_entries(tmp_path, 15, start=0)
     await append_entries(tmp_path, 1, start=15)
     await append_entries(tmp_path, 24, start=16, batch_size=7)
     yield tmp_path
+
+
+LOG_DIR_CHECKPOINTS = [15, 16, 23, 30, 37, 40]
 
 
 def test_canonical_encoding_is_fixed() -> None:
@@ -113,6 +164,41 @@ async def test_append_across_restarts_verifies(log_dir: Path) -> None:
         conn.close()
     assert seqs == list(range(1, 41))
     assert first == (GENESIS_PREV_HASH, '{"i":0,"tool":"echo"}')
+
+
+async def test_only_the_last_entry_of_each_batch_is_signed(log_dir: Path) -> None:
+    db = db_of(log_dir)
+    assert signed_seqs(db) == LOG_DIR_CHECKPOINTS
+    conn = sqlite3.connect(db)
+    try:
+        sigs = {r[0] for r in conn.execute("SELECT sig FROM audit_entries WHERE sig = x''")}
+        checkpoint = conn.execute("SELECT hash, sig FROM audit_entries WHERE seq = 40").fetchone()
+    finally:
+        conn.close()
+    assert sigs == {b""}  # empty blobs, not NULL or text
+    KEY.verify_key.verify(checkpoint[0], checkpoint[1])
+    head_seq, head_hash, _ = read_head(db)
+    assert (head_seq, head_hash) == (40, checkpoint[0])
+
+
+async def test_log_with_every_entry_signed_still_verifies(log_dir: Path) -> None:
+    # The format before checkpoints: every entry is one, and damage is found where it is.
+    db = db_of(log_dir)
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT seq, hash FROM audit_entries").fetchall()
+    finally:
+        conn.close()
+    tamper(db, *(("UPDATE audit_entries SET sig = ? WHERE seq = ?", (sign(h), q)) for q, h in rows))
+    assert signed_seqs(db) == list(range(1, 41))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.entries) == (True, 40), result.reason
+    rehash_from(db, 20, lambda _seq, hash_, _old: sign(hash_))  # re-signed, key unchanged
+    assert verify_audit_log(db, PUBLIC_KEY).ok
+    tamper(db, ("UPDATE audit_entries SET data = '{}' WHERE seq = 33", ()))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 33, 32)
+    assert result.reason == "entry 33: hash mismatch (edited)"
 
 
 async def test_empty_log_verifies(tmp_path: Path) -> None:
@@ -160,11 +246,26 @@ async def test_delete_and_renumber_detected(log_dir: Path) -> None:
 
 
 async def test_delete_last_row_detected(log_dir: Path) -> None:
+    # Entry 40 was the checkpoint of batch 38..40: with it gone, 38 and 39 are not
+    # authenticated any more (they could have been edited and re-hashed).
     tamper(db_of(log_dir), ("DELETE FROM audit_entries WHERE seq = 40", ()))
     result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
-    assert (result.ok, result.first_bad_seq, result.entries) == (False, 40, 39)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 38, 37)
     assert result.reason.startswith("head: ")
     assert "truncated" in result.reason
+    assert result.reason.endswith(
+        "; entries 38..39 not authenticated (last valid checkpoint: entry 37)"
+    )
+
+
+async def test_delete_last_batch_detected(log_dir: Path) -> None:
+    tamper(db_of(log_dir), ("DELETE FROM audit_entries WHERE seq >= 38", ()))
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 38, 37)
+    assert result.reason == (
+        "head: signed head is entry 40 but the log ends at entry 37 "
+        "(entries 38..40 deleted: tail truncated)"
+    )
 
 
 async def test_delete_head_detected(log_dir: Path) -> None:
@@ -174,41 +275,164 @@ async def test_delete_head_detected(log_dir: Path) -> None:
     assert result.reason == "head: missing (deleted)"
 
 
-async def test_head_moved_back_with_an_entry_signature_detected(log_dir: Path) -> None:
-    # Truncating to entry 39 and forging the head from entry 39's own signature.
+async def test_head_moved_back_with_a_checkpoint_signature_detected(log_dir: Path) -> None:
+    # Truncating to checkpoint 37 and forging the head from entry 37's own signature.
     tamper(
         db_of(log_dir),
-        ("DELETE FROM audit_entries WHERE seq = 40", ()),
+        ("DELETE FROM audit_entries WHERE seq > 37", ()),
         (
             "UPDATE audit_head SET (seq, hash, sig) = "
-            "(SELECT seq, hash, sig FROM audit_entries WHERE seq = 39)",
+            "(SELECT seq, hash, sig FROM audit_entries WHERE seq = 37)",
             (),
         ),
     )
     result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
-    assert not result.ok
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 38, 37)
     assert result.reason == "head: bad signature (edited)"
 
 
+async def test_head_rolled_back_detected(tmp_path: Path) -> None:
+    await append_entries(tmp_path, 15)
+    old_head = read_head(db_of(tmp_path))
+    await append_entries(tmp_path, 5, start=15)
+    tamper(db_of(tmp_path), ("UPDATE audit_head SET seq = ?, hash = ?, sig = ?", old_head))
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 16, 15)
+    assert result.reason == (
+        "head: entries 16..20 are not covered by the signed head "
+        "(head rolled back or entries inserted)"
+    )
+
+
 async def test_reorder_detected(log_dir: Path) -> None:
+    # 1..15 are one batch: its checkpoint is beyond the break, so 1..4 are not
+    # authenticated either.
     swap_rows(db_of(log_dir), 5, 9)
     result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
-    assert (result.ok, result.first_bad_seq) == (False, 5)
-    assert result.reason == "entry 5: chain broken (reordered or deleted)"
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 1, 0)
+    assert result.reason == (
+        "entry 5: chain broken (reordered or deleted); "
+        "entries 1..4 not authenticated (last valid checkpoint: none)"
+    )
 
 
-async def test_changed_signature_detected(log_dir: Path) -> None:
-    tamper(db_of(log_dir), ("UPDATE audit_entries SET sig = ? WHERE seq = 23", (sign(b"x"),)))
+@pytest.mark.parametrize(
+    ("seq", "sig"),
+    [
+        (23, sign(b"x")),  # a checkpoint signed over something else
+        (23, SigningKey.generate().sign(b"x" * 32).signature[:63]),  # wrong length
+        (23, "a" * 64),  # wrong type
+        (20, sign(b"x")),  # a signature where there should be none
+    ],
+)
+async def test_changed_signature_detected(log_dir: Path, seq: int, sig: object) -> None:
+    # 17..23 are one batch: nothing authenticates them once a signature there is bad.
+    tamper(db_of(log_dir), ("UPDATE audit_entries SET sig = ? WHERE seq = ?", (sig, seq)))
     result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
-    assert (result.ok, result.first_bad_seq) == (False, 23)
-    assert result.reason.startswith("entry 23: bad signature")
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 17, 16)
+    assert result.reason == (
+        f"entry {seq}: bad signature (re-signed, edited or wrong key); "
+        f"entries 17..{seq - 1} not authenticated (last valid checkpoint: entry 16)"
+    )
 
 
 async def test_wrong_public_key_detected(log_dir: Path) -> None:
     other = bytes(SigningKey.generate().verify_key)
     result = verify_audit_log(db_of(log_dir), other)
     assert (result.ok, result.first_bad_seq, result.entries) == (False, 1, 0)
-    assert result.reason.startswith("entry 1: bad signature")
+    assert result.reason.startswith("entry 15: bad signature")  # the first checkpoint
+    assert result.reason.endswith("; entries 1..14 not authenticated (last valid checkpoint: none)")
+
+
+def strip(db: Path, *seqs: int) -> None:
+    tamper(db, *(("UPDATE audit_entries SET sig = x'' WHERE seq = ?", (seq,)) for seq in seqs))
+
+
+@pytest.mark.parametrize("seqs", [(23,), (15, 16, 23, 30, 37), (40,), (37, 40)])
+async def test_stripped_checkpoint_still_covered_is_not_reported(
+    log_dir: Path, seqs: tuple[int, ...]
+) -> None:
+    # Not an integrity loss: a later checkpoint, or the head, still authenticates every
+    # entry through the chain. Documented in the module docstring.
+    strip(db_of(log_dir), *seqs)
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.entries, result.first_bad_seq) == (True, 40, None), result.reason
+
+
+async def test_last_entries_covered_by_nothing_detected(log_dir: Path) -> None:
+    db = db_of(log_dir)
+    strip(db, 40)
+    tamper(db, ("DELETE FROM audit_head", ()))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 38, 37)
+    assert result.reason == (
+        "head: missing (deleted); "
+        "entries 38..40 not authenticated (last valid checkpoint: entry 37)"
+    )
+
+
+async def test_inserted_unsigned_entries_detected(log_dir: Path) -> None:
+    # Appended with a correct chain and no signature: not covered by the head.
+    db = db_of(log_dir)
+    prev = read_head(db)[1]
+    inserts = []
+    for seq in (41, 42):
+        hash_ = entry_hash(prev, seq, 1, "tool.call", "me", "{}")
+        inserts.append(
+            (
+                "INSERT INTO audit_entries VALUES (?, 1, 'tool.call', 'me', '{}', ?, ?, x'')",
+                (seq, prev, hash_),
+            )
+        )
+        prev = hash_
+    tamper(db, *inserts)
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 41, 40)
+    assert result.reason == (
+        "head: entries 41..42 are not covered by the signed head "
+        "(head rolled back or entries inserted)"
+    )
+
+
+OTHER_KEY = SigningKey.generate()
+
+
+@pytest.mark.parametrize(
+    ("sig_of", "head_sig_of", "reason"),
+    [
+        # Signatures kept as they were: the first checkpoint after the edit fails.
+        (lambda _s, _h, old: old, None, "entry 23: bad signature"),
+        # Checkpoints re-signed with another key.
+        (
+            lambda _s, h, old: OTHER_KEY.sign(h).signature if old else old,
+            lambda m: OTHER_KEY.sign(m).signature,
+            "entry 23: bad signature",
+        ),
+        # Every signature stripped, the head left alone: it no longer matches.
+        (lambda _s, _h, _old: b"", None, "head: hash does not match entry 40 (edited)"),
+        # Every signature stripped, the head re-signed with another key.
+        (lambda _s, _h, _old: b"", lambda m: OTHER_KEY.sign(m).signature, "head: bad signature"),
+    ],
+)
+async def test_edit_with_recomputed_chain_detected(
+    log_dir: Path,
+    sig_of: Callable[[int, bytes, bytes], bytes],
+    head_sig_of: Callable[[bytes], bytes] | None,
+    reason: str,
+) -> None:
+    # Entry 18 edited and every later hash recomputed: nothing is wrong until a signature
+    # is checked, so everything after the last checkpoint before the edit (16) is suspect.
+    db = db_of(log_dir)
+    tamper(db, ('UPDATE audit_entries SET data = \'{"i":17,"tool":"rm"}\' WHERE seq = 18', ()))
+    last_hash = rehash_from(db, 18, sig_of)
+    if head_sig_of is not None:
+        message = head_message(40, last_hash)
+        tamper(db, ("UPDATE audit_head SET hash = ?, sig = ?", (last_hash, head_sig_of(message))))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 17, 16)
+    assert result.reason.startswith(reason), result.reason
+    assert "entries 17.." in result.reason
+    assert result.reason.endswith("not authenticated (last valid checkpoint: entry 16)")
 
 
 async def test_verify_non_store_file_raises(tmp_path: Path) -> None:
@@ -297,11 +521,11 @@ def failing_signer(after: int) -> Callable[[bytes], bytes]:
 
 async def test_write_failure_is_surfaced_not_silent(tmp_path: Path) -> None:
     async with Store.open(tmp_path) as store:
-        audit = AuditLog(store, failing_signer(after=5), PUBLIC_KEY, batch_size=2)
+        audit = AuditLog(store, failing_signer(after=2), PUBLIC_KEY, batch_size=2)
         await audit.start()
         await audit.append("k", "a", {"i": 0})
         await audit.append("k", "a", {"i": 1})
-        await audit.flush()  # entries 1, 2 and their head: 3 signatures
+        await audit.flush()  # checkpoint entry 2 and the head: 2 signatures
         for i in range(2, 6):
             await audit.append("k", "a", {"i": i})
         with pytest.raises(AuditWriteError) as info:
@@ -331,7 +555,7 @@ async def test_write_failure_with_blocked_appenders_does_not_hang(tmp_path: Path
         with pytest.raises(AuditWriteError):
             await audit.close()
     result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
-    assert (result.ok, result.entries) == (True, 2)  # two entries + two heads signed
+    assert (result.ok, result.entries) == (True, 2)  # two one-entry batches: 4 signatures
 
 
 async def test_database_failure_rolls_back_and_is_surfaced(tmp_path: Path) -> None:
@@ -440,6 +664,9 @@ def test_any_tampering_detected_and_no_false_alarm(
         op, a, b = data.draw(tampering(n))
         if op == "none":
             return
+        # Whatever the damage at `a`, every entry after the last checkpoint before it is
+        # no longer authenticated.
+        expected = max((s for s in signed_seqs(db) if s < a), default=0) + 1
         if op == "edit":
             column = TAMPER_COLUMNS[b]
             conn = sqlite3.connect(db)
@@ -449,24 +676,45 @@ def test_any_tampering_detected_and_no_false_alarm(
             finally:
                 conn.close()
             new: object
-            if isinstance(old, bytes):
+            if old == b"":
+                new = bytes(64)  # a signature where there was none
+            elif isinstance(old, bytes):
                 new = bytes([old[0] ^ 1]) + old[1:]
             elif isinstance(old, int):
                 new = old + 1
             else:
                 new = old + " "
             tamper(db, (f"UPDATE audit_entries SET {column} = ? WHERE seq = ?", (new, a)))
-            expected = a
         elif op == "delete":
             tamper(db, ("DELETE FROM audit_entries WHERE seq = ?", (a,)))
-            expected = a
         elif op == "truncate":
             tamper(db, ("DELETE FROM audit_entries WHERE seq >= ?", (a,)))
-            expected = a
         else:
             swap_rows(db, a, b)
-            expected = a
         result = verify_audit_log(db, PUBLIC_KEY)
         assert not result.ok
-        assert result.first_bad_seq == expected, result.reason
+        assert (result.first_bad_seq, result.entries) == (expected, expected - 1), result.reason
         assert str(expected) in result.reason
+
+
+@settings(max_examples=25, deadline=None)
+@given(batches=st.lists(st.integers(1, 30), min_size=1, max_size=6))
+def test_random_batches_verify_with_one_checkpoint_each(batches: list[int]) -> None:
+    async def write(data_dir: Path) -> None:
+        async with (
+            Store.open(data_dir) as store,
+            AuditLog(store, sign, PUBLIC_KEY) as audit,
+        ):
+            for size in batches:
+                # Appends queue without yielding and the flush waits for their commit:
+                # one batch per group.
+                for i in range(size):
+                    await audit.append("evt", "actor", {"i": i})
+                await audit.flush()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        asyncio.run(write(data_dir))
+        result = verify_audit_log(db_of(data_dir), PUBLIC_KEY)
+        assert (result.ok, result.entries) == (True, sum(batches)), result.reason
+        assert signed_seqs(db_of(data_dir)) == list(itertools.accumulate(batches))

@@ -82,6 +82,8 @@ class MsgType(enum.IntEnum):
     PROBE_ACK = 12
     VERDICT = 13
     MEMBERSHIP = 14  # a mesh.membership message (probe, ack, gossip, verdict, ...)
+    CALLS = 15  # requests (and cancels) to a peer, coalesced (node.mesh_calls)
+    REPLIES = 16  # answers to CALLS items, coalesced
 
 
 _PublicKey = Annotated[bytes, Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]

@@ -52,6 +52,7 @@ from mesh.membership import (
     MemberInfo,
     Membership,
     MembershipConfig,
+    MemberState,
     MemberStateChanged,
     Output,
     Send,
@@ -63,6 +64,7 @@ from mesh.service import Service
 from mesh.transport import Priority, Transport, TransportError, curve_public_key
 from mesh.whois import WhoisError, WhoisResponder, whois
 from node.errors import NodeError
+from node.mesh_calls import ITEM_OVERHEAD_BYTES, MeshCalls, ReplyItem
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +180,12 @@ def _curve_key(ed25519_public_key: bytes) -> bytes:
     return curve_public_key(ed25519_public_key)
 
 
-def _is_loopback(host: str) -> bool:
+# Asked on every routed call: no str.lower() per call.
+_STATE_NAMES: dict[MemberState, str] = {state: state.name.lower() for state in MemberState}
+
+
+def is_loopback_host(host: str) -> bool:
+    """A loopback address, or "localhost"."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -244,7 +251,17 @@ class MeshService(Service):
         self._stopped = False
         self._meta: PeerMeta | None = None
         self._request_handlers: dict[MsgType, PeerRequestHandler] = {}
-        self._oneway_handlers: dict[MsgType, PeerOnewayHandler] = {}
+        self._calls = MeshCalls(
+            self._send_calls,
+            self._request_handlers,
+            max_payload_bytes=sealer.max_size - ENVELOPE_OVERHEAD_BYTES,
+        )
+        self._oneway_handlers: dict[MsgType, PeerOnewayHandler] = {
+            MsgType.CALLS: lambda peer, envelope: self._calls.on_calls(
+                peer, peer.node_id, envelope
+            ),
+            MsgType.REPLIES: lambda peer, envelope: self._calls.on_replies(peer.node_id, envelope),
+        }
         self._whois: WhoisResponder | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -292,7 +309,7 @@ class MeshService(Service):
 
     async def _start_mdns(self) -> None:
         assert self._meta is not None and self._discovery is not None
-        interfaces = ["127.0.0.1"] if _is_loopback(self._host) else None
+        interfaces = ["127.0.0.1"] if is_loopback_host(self._host) else None
         mdns = MdnsDiscovery(
             node_id=self.node_id,
             cert_fingerprint=self._fingerprint,
@@ -330,6 +347,7 @@ class MeshService(Service):
             await self._whois.stop()
         if self._discovery is not None:
             self._discovery.close()
+        await self._calls.stop()
         for task in (*self._tasks, *self._helper_tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._helper_tasks, return_exceptions=True)
@@ -398,6 +416,10 @@ class MeshService(Service):
             "dropped": sum(stats.dropped.values()),
         }
 
+    def call_counts(self) -> dict[str, int]:
+        """Coalesced request/reply events (`node.mesh_calls.COUNTED_EVENTS`)."""
+        return dict(self._calls.counts)
+
     def byte_counts(self) -> dict[str, int]:
         return {"sent": self.stats.bytes_sent, "received": self.stats.bytes_received}
 
@@ -417,12 +439,12 @@ class MeshService(Service):
 
     @property
     def max_payload_bytes(self) -> int:
-        """The largest payload a request or response envelope can carry."""
-        return self._sealer.max_size - ENVELOPE_OVERHEAD_BYTES
+        """The largest payload a request or its answer can carry."""
+        return self._sealer.max_size - ENVELOPE_OVERHEAD_BYTES - ITEM_OVERHEAD_BYTES
 
     def member_state(self, node_id: str) -> str | None:
-        info = self._membership.member(node_id) if self._membership else None
-        return info.state.name.lower() if info is not None else None
+        state = self._membership.state_of(node_id) if self._membership else None
+        return None if state is None else _STATE_NAMES[state]
 
     def alive_peers(self) -> list[str]:
         """Admitted peers that membership holds alive (routing and push targets)."""
@@ -440,27 +462,22 @@ class MeshService(Service):
         *,
         timeout_s: float,
         context: Context | None = None,
-    ) -> Envelope:
-        """Send a request envelope to an admitted peer; return its verified response.
+    ) -> ReplyItem:
+        """Send a request to an admitted peer; return its answer (type and payload).
 
-        Raises PeerUnavailableError (not admitted, blocked, no response envelope) or the
-        transport's errors (timeout, unreachable, queue full, remote error).
+        Requests to one peer made in the same loop iteration share one signed envelope,
+        and so do its answers (`node.mesh_calls`). Raises PeerUnavailableError (not
+        admitted, blocked) or the transport's errors (timeout, queue full, a refusal as
+        RemoteError).
         """
-        peer = self.peers.get(node_id)
-        if peer is None or node_id in self.blocked:
+        if node_id not in self.peers or node_id in self.blocked:
             raise PeerUnavailableError(f"peer {node_id} is not admitted")
-        wire = self._sealer.seal(kind, payload, recipient=peer.public_key, context=context)
-        response = await self.transport.request(
-            peer.public_key,
-            peer.meta.endpoint,
-            wire,
-            timeout_s=timeout_s,
-            priority=Priority.REQUEST,
+        return await self._calls.request(
+            node_id, kind, payload, timeout_s=timeout_s, context=context
         )
-        envelope = self._open(_curve_key(peer.public_key), response)
-        if envelope is None or envelope.sender != peer.public_key:
-            raise PeerUnavailableError(f"peer {node_id} sent an unacceptable response")
-        return envelope
+
+    def _send_calls(self, node_id: str, kind: MsgType, payload: bytes) -> bool:
+        return self.send(node_id, kind, payload, priority=Priority.REQUEST)
 
     def send(
         self,
@@ -665,16 +682,12 @@ class MeshService(Service):
             return self._sealer.seal(
                 MsgType.HELLO, self._hello_payload(), recipient=envelope.sender
             )
-        peer = self.peers.get(envelope.sender_id)
-        if peer is None:
+        if envelope.sender_id not in self.peers:
             self.stats.refused["unadmitted"] += 1
             self._hello_member(envelope.sender_id)
             raise AdmissionError("unadmitted", "say HELLO first")
-        handler = self._request_handlers.get(envelope.type)
-        if handler is None:
-            raise AdmissionError("unexpected_type", f"no handler for {envelope.type!r}")
-        kind, payload = await handler(peer, envelope)
-        return self._sealer.seal(kind, payload, recipient=envelope.sender, context=envelope.context)
+        # Only HELLO is a transport request: the rest travel in CALLS envelopes.
+        raise AdmissionError("unexpected_type", f"{envelope.type!r} is not a transport request")
 
     # -- admission -----------------------------------------------------------------------
 
@@ -729,7 +742,7 @@ class MeshService(Service):
         try:
             return verify_certificate(signed, self._authority, self._zones)
         except CertificateError as authority_error:
-            if not (self._dev and _is_loopback(hello.meta.host)):
+            if not (self._dev and is_loopback_host(hello.meta.host)):
                 raise AdmissionError(authority_error.reason, str(authority_error)) from None
         # Dev mode, one machine: a peer that certified itself is trusted, loudly.
         try:

@@ -68,6 +68,7 @@ from node.invoke import (
     error_from_tool_error,
     tool_error_from,
 )
+from node.mesh_calls import ReplyItem
 from node.mesh_service import MeshService, Peer, PeerUnavailableError
 from node.replication import RemoteTool, ReplicationService
 from node.tools.errors import (
@@ -496,6 +497,10 @@ class MeshCatalog(Service):
             return None
         return self._mesh.member_state(node_id)
 
+    def _states(self, entries: Sequence[_Remote]) -> dict[str, str | None]:
+        """Each provider's state, for error messages (not on the success path)."""
+        return {r.tool.provider: self._state(r.tool.provider) for r in entries}
+
     def _usable_remote(self, name: str) -> list[tuple[_Remote, str]]:
         out = []
         for remote in self._remote.get(name, ()):
@@ -655,14 +660,13 @@ class MeshCatalog(Service):
             # One spec object per name keeps the validator's compiled schema cached.
             representative = (allowed or usable)[0][0] if (allowed or usable) else entries[0]
             policy.admit(representative.spec, arguments, ctx)
-        states = {r.tool.provider: self._state(r.tool.provider) for r in entries}
         nodes = [(r.tool.provider, state) for r, state in allowed]
         order = self.selector.order(name, nodes, loop.time())
         if not order:
             if first_error is not None:
                 raise first_error
             wait = self.selector.retry_after_s([n for n, _ in nodes], name, loop.time())
-            raise NoProvider(name, states, wait if nodes else None)
+            raise NoProvider(name, self._states(entries), wait if nodes else None)
         ctx = ctx.with_timeout(self._call_timeout_s)
         budget = ctx.remaining_s() or 0.0
         last: ToolError | None = first_error
@@ -683,7 +687,7 @@ class MeshCatalog(Service):
         if last is None or (failures and tried[-1] in failures):
             described = {
                 node: f"{state}, {failures[node]}" if node in failures else state
-                for node, state in states.items()
+                for node, state in self._states(entries).items()
             }
             now = loop.time()
             raise NoProvider(name, described, self.selector.retry_after_s(order, name, now))
@@ -721,7 +725,7 @@ class MeshCatalog(Service):
             try:
                 async with asyncio.timeout_at(min(now + ACCEPT_TIMEOUT_S, deadline)) as scope:
                     pending.scope = scope
-                    envelope = await self._mesh.request(
+                    reply = await self._mesh.request(
                         node_id,
                         MsgType.INVOKE,
                         encode(request),
@@ -731,7 +735,7 @@ class MeshCatalog(Service):
             except (TimeoutError, TransportError, PeerUnavailableError, MeshError) as e:
                 raise self._attempt_failed(pending, name, e, loop.time() - now, budget) from e
             elapsed = loop.time() - now
-            result = self._answer(pending, name, envelope, elapsed)
+            result = self._answer(pending, name, reply, elapsed)
             await self._flush_progress(pending, result)
             return result
         finally:
@@ -773,14 +777,12 @@ class MeshCatalog(Service):
             )
         return _Retry(NoProvider(name, {node_id: reason}, None), reason=reason, node=True)
 
-    def _answer(
-        self, pending: _Pending, name: str, envelope: Envelope, elapsed: float
-    ) -> ToolResult:
+    def _answer(self, pending: _Pending, name: str, reply: ReplyItem, elapsed: float) -> ToolResult:
         node_id = pending.provider
         loop_now = asyncio.get_running_loop().time()
-        if envelope.type == MsgType.RESULT:
+        if reply.type == MsgType.RESULT:
             try:
-                result = decode_result(envelope.payload)
+                result = decode_result(reply.payload)
             except InvokeCodecError as e:
                 self.selector.on_failure(node_id, loop_now, elapsed)
                 raise ProviderError(name, f"provider {node_id} sent {e}") from None
@@ -791,9 +793,9 @@ class MeshCatalog(Service):
             meta[META_PROVIDER] = node_id
             result["_meta"] = meta
             return result
-        if envelope.type == MsgType.ERROR:
+        if reply.type == MsgType.ERROR:
             try:
-                error = tool_error_from(decode_error(envelope.payload))
+                error = tool_error_from(decode_error(reply.payload))
             except InvokeCodecError as e:
                 self.selector.on_failure(node_id, loop_now, elapsed)
                 raise ProviderError(name, f"provider {node_id} sent {e}") from None
@@ -805,7 +807,7 @@ class MeshCatalog(Service):
             self.selector.on_success(node_id, elapsed)
             raise error
         self.selector.on_failure(node_id, loop_now, elapsed)
-        raise ProviderError(name, f"provider {node_id} answered {envelope.type.name}")
+        raise ProviderError(name, f"provider {node_id} answered {reply.type.name}")
 
     async def _flush_progress(self, pending: _Pending, result: ToolResult) -> None:
         """Deliver the provider's progress before its result (they travel apart)."""

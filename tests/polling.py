@@ -39,3 +39,14 @@ async def async_wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s: {what} (last={last!r})")
         await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def async_wait_until(
+    predicate: Callable[[], T | None], *, timeout_s: float = 10.0, what: str = "condition"
+) -> T:
+    """`async_wait_for` with a plain predicate, polled without blocking the event loop."""
+
+    async def probe() -> T | None:
+        return predicate()
+
+    return await async_wait_for(probe, timeout_s=timeout_s, what=what)

@@ -120,6 +120,9 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens: list[McpTokenConfig] = msgspec.field(default_factory=list)
     loopback_zone: str | None = "public"
     allowed_origins: list[str] = msgspec.field(default_factory=list)
+    # Host names /mcp answers besides loopback ones (when the node listens on loopback);
+    # on another address, Host is checked only if this is set.
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
     max_body_bytes: PositiveInt = 1 << 20
     max_sessions: PositiveInt = 256
     session_idle_s: PositiveFloat = 600.0

@@ -52,7 +52,11 @@ class ArgumentValidator:
                 raise ToolConfigError(problem) from exc
             cached = (spec.input_schema, cls(schema))
             self._cache[spec.name] = cached
-        error = jsonschema.exceptions.best_match(cached[1].iter_errors(dict(arguments)))
+        validator = cached[1]
+        instance = dict(arguments)
+        if validator.is_valid(instance):  # the common case, without building errors
+            return
+        error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
         if error is not None:
             path = "".join(
                 f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path

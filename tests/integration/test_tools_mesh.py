@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -204,6 +205,11 @@ async def test_sdk_client_at_c_lists_and_calls_tools_of_a_and_b(ready: Mesh, mod
         echoed = await client.call_tool("b.echo", {"hello": "mesh"})
         assert json.loads(echoed.content[0].text) == {"hello": "mesh"}  # type: ignore[union-attr]
         assert echoed.meta is not None and echoed.meta["vsmcp/provider"] == ready.b.node_id
+    # The remote calls went as coalesced CALLS envelopes, and were counted at C.
+    metrics = ready.c.get("/metrics")[1].decode()
+    requested = re.search(r'vsmcp_mesh_calls_total\{event="requested"\} (\d+)', metrics)
+    assert requested is not None and int(requested.group(1)) >= 3
+    assert 'vsmcp_mesh_calls_total{event="calls_envelopes"}' in metrics
 
 
 @pytest.mark.parametrize("mode", MODES)

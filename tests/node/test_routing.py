@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +28,7 @@ from node.routing import (
     ProviderSelector,
     effective_zone,
 )
+from tests.node.slow_call import cancel_once_started
 from tests.node.tools import sample_plugins
 from tests.polling import async_wait_for
 
@@ -294,34 +294,9 @@ async def test_progress_crosses_the_mesh_in_order_before_the_result(pair: Pair, 
 async def test_cancelling_at_the_entry_cancels_the_call_on_the_provider(
     pair: Pair, mode: str
 ) -> None:
-    started = len(sample_plugins.STARTED)
-    cancelled = len(sample_plugins.CANCELLED)
     async with Client(pair.url, mode=mode, cache=None) as client:
-        with anyio.move_on_after(20) as scope:
-            async with anyio.create_task_group() as tg:
-
-                async def call() -> None:
-                    await client.call_tool("slow", {"steps": 0, "hold_s": 60})
-
-                tg.start_soon(call)
-                await async_wait_for(
-                    _probe(lambda: len(sample_plugins.STARTED) > started), what="call started"
-                )
-                tg.cancel_scope.cancel()
-        assert not scope.cancelled_caught
-        await async_wait_for(
-            _probe(lambda: len(sample_plugins.CANCELLED) > cancelled),
-            timeout_s=10,
-            what="provider-side cancellation",
-        )
+        await cancel_once_started(client)
     assert sample_plugins.CANCELLED[-1] == sample_plugins.STARTED[-1]
-
-
-def _probe(condition: Any) -> Any:
-    async def probe() -> bool:
-        return bool(condition())
-
-    return probe
 
 
 async def test_an_entry_node_cannot_escalate_beyond_its_certificate(pair: Pair) -> None:

@@ -14,7 +14,7 @@ from node.tools.config import MountConfig, ToolsConfig
 from node.tools.model import CallContext
 from node.tools.registry import LocalCatalog, build_local_catalog
 from node.tools.supervisor import UnitState
-from tests.polling import async_wait_for
+from tests.polling import async_wait_until
 
 pytest.importorskip("mcp_server_time")
 
@@ -69,9 +69,9 @@ async def test_killed_server_is_restarted_and_its_tools_come_back(catalog: Local
     unit = catalog.supervisor.units["mount:time"]
     [pid] = children_running("mcp_server_time")
     os.kill(pid, signal.SIGKILL)
-    await async_wait_for(_probe(lambda: unit.restarts >= 1), timeout_s=20, what="restart")
-    await async_wait_for(
-        _probe(lambda: unit.state is UnitState.RUNNING and children_running("mcp_server_time")),
+    await async_wait_until(lambda: unit.restarts >= 1, timeout_s=20, what="restart")
+    await async_wait_until(
+        lambda: unit.state is UnitState.RUNNING and children_running("mcp_server_time"),
         timeout_s=30,
         what="running again with a new process",
     )
@@ -88,10 +88,3 @@ async def test_stop_terminates_the_child() -> None:
         assert "get_current_time" in [t.name for t in cat.list_tools(CTX)]
         assert children_running("mcp_server_time")
     assert children_running("mcp_server_time") == []
-
-
-def _probe(predicate):  # type: ignore[no-untyped-def]
-    async def probe() -> object:
-        return predicate()
-
-    return probe

@@ -28,7 +28,8 @@ from node.config import Config
 from node.errors import NodeError, StartupError
 from node.http import HttpServer
 from node.mcp.http import TokenGrant, register_mcp_routes
-from node.mesh_service import MeshService
+from node.mesh_calls import COUNTED_EVENTS as MESH_CALL_EVENTS
+from node.mesh_service import MeshService, is_loopback_host
 from node.metrics import NodeMetrics
 from node.replication import ReplicationService
 from node.routing import MeshCatalog
@@ -211,10 +212,20 @@ class Node(Service):
             tokens={t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens},
             loopback_zone=mcp.loopback_zone,
             allowed_origins=mcp.allowed_origins,
+            allowed_hosts=self._mcp_allowed_hosts(),
             max_body_bytes=mcp.max_body_bytes,
             max_sessions=mcp.max_sessions,
             session_idle_s=mcp.session_idle_s,
         )
+
+    def _mcp_allowed_hosts(self) -> list[str] | None:
+        """Host names `/mcp` answers: loopback names when it listens on loopback (a page
+        re-pointed at 127.0.0.1 by DNS gets 421), else `mcp.allowed_hosts` if set."""
+        configured = list(self.config.mcp.allowed_hosts)
+        host = self.config.http.host
+        if is_loopback_host(host):
+            return ["localhost", "127.0.0.1", "::1", host, *configured]
+        return configured or None
 
     async def stop(self) -> None:
         stack, self._stack = self._stack, None
@@ -349,6 +360,7 @@ class Node(Service):
             "roles": list(identity.certificate.roles),
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "dev": identity.dev,
             "http_port": self.http_port,
             "mesh_port": self.mesh_port,
@@ -453,6 +465,13 @@ class Node(Service):
             "Transport frames by direction",
             "direction",
             mesh.transport_counts,
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_calls",
+            "Requests between peers (coalesced into CALLS/REPLIES envelopes), by event",
+            "event",
+            mesh.call_counts,
+            known=MESH_CALL_EVENTS,
         )
         self.metrics.add_counters(
             "vsmcp_mesh_envelope_bytes",

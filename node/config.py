@@ -10,6 +10,7 @@ as one (numbers, booleans, arrays, quoted strings) and as a bare string otherwis
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tomllib
@@ -49,6 +50,7 @@ class NodeSection(_Section):
     log_level: str = "info"
     name: str = ""
     debug_api: bool = False  # /api/debug/*: cut links, add tools (tests); never in production
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
 
 
 class HttpSection(_Section):
@@ -103,6 +105,7 @@ class Config(_Section):
 _LOG_FORMATS = ("text", "json")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MESH_PRESETS = ("local", "lan", "wan")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
@@ -192,6 +195,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("node.log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     if config.node.log_level not in _LOG_LEVELS:
         raise ConfigError("node.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if config.node.event_loop not in EVENT_LOOPS:
+        raise ConfigError("node.event_loop", f"must be one of {', '.join(EVENT_LOOPS)}")
+    if config.node.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("node.event_loop", "uvloop is not installed (pip install uvloop)")
     if not _MESH_NAME.fullmatch(config.mesh.name):
         raise ConfigError("mesh.name", "1 to 64 characters from A-Z a-z 0-9 . _ -")
     if config.mesh.preset not in _MESH_PRESETS:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,20 @@ log = logging.getLogger("node.daemon")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+# Young-generation threshold of the cyclic GC once serving (CPython's default: 700).
+# A tool call allocates a few hundred short-lived containers; at 700 the collector runs
+# every few calls, and before `tune_gc` each full collection walked ~115k start-up
+# objects (≈65 ms): ≈30 µs per call at the entry node, measured under load.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Collect the start-up garbage, move what survives out of the collector's sight
+    (it lives as long as the process), and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +92,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 async def serve(node: Node, stop: asyncio.Event) -> None:
     systemd = SystemdNotifier()
     async with node:
+        tune_gc()
         info = node.runtime_info()
         # One plain line on stdout whatever the log format: scripts wait for it.
         print(f"vsmcpd ready node_id={info['node_id']} http={info['http_url']}", flush=True)
@@ -100,6 +117,22 @@ async def run(node: Node) -> None:
             loop.remove_signal_handler(sig)
 
 
+def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """`asyncio.run`, or uvloop's (config `node.event_loop`: auto, uvloop, asyncio).
+
+    uvloop takes ≈15 % off the entry node's CPU per mesh call; "auto" uses it when it
+    is installed. The config check has already refused "uvloop" when it is not.
+    """
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    run: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -109,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     setup_logging(config.node.log_format, config.node.log_level)
     try:
-        asyncio.run(run(Node(config)))
+        event_loop_runner(config.node.event_loop)(run(Node(config)))
     except StartupError as e:
         log.error("cannot start: %s", e)
         print(f"vsmcpd: {e}", file=sys.stderr)

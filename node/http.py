@@ -119,6 +119,17 @@ th{{text-align:left;padding-right:1em}}</style></head>
 """
 
 
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner every server of ours uses: `/mcp` relies on its handler cancellation."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        # A client that goes away cancels its handler (and so its tool call).
+        handler_cancellation=True,
+    )
+
+
 class HttpServer:
     """Serves `build_app(node)` on host:port; port 0 picks a free one (see `.port`)."""
 
@@ -136,7 +147,7 @@ class HttpServer:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        runner = app_runner(self._app)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True)
         try:

@@ -14,7 +14,10 @@
 A response is JSON unless the call emits a notification (progress) and the client
 accepts `text/event-stream`: then it switches to SSE, progress first, result last.
 
-Security: a browser `Origin` not in `allowed_origins` gets 403 (DNS rebinding).
+Security (DNS rebinding): a browser `Origin` not in `allowed_origins` gets 403; when
+`allowed_hosts` is given (the node sets it when it listens on loopback), a `Host` header
+naming another host gets 421, so a page whose name was re-pointed at 127.0.0.1 cannot
+open streams either.
 `Authorization: Bearer <token>` maps to a zone; a loopback peer without a token gets
 `loopback_zone` (`None`: refused with 401); anyone else without a valid token: 401.
 Bounds: body size, number of sessions (oldest idle evicted), session idle expiry
@@ -25,19 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
 from node.mcp.protocol import (
+    FORBIDDEN_HOST,
     FORBIDDEN_ORIGIN,
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
@@ -75,7 +80,6 @@ DEFAULT_MAX_SESSIONS: Final = 256
 DEFAULT_SESSION_IDLE_S: Final = 600.0
 DEFAULT_MAX_LISTENERS: Final = 64
 SSE_KEEPALIVE_S: Final = 15.0
-DISCONNECT_POLL_S: Final = 0.05
 SWEEP_INTERVAL_S: Final = 1.0
 
 H_SESSION: Final = "Mcp-Session-Id"
@@ -109,6 +113,7 @@ class _Listener:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@functools.lru_cache(maxsize=1024)  # peer addresses repeat; parsing one costs ≈5 µs
 def _is_loopback(remote: str | None) -> bool:
     if not remote:
         return False
@@ -116,6 +121,16 @@ def _is_loopback(remote: str | None) -> bool:
         return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header or an allowed-hosts entry, without port or brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:7700
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        return host.split(":", 1)[0]
+    return host
 
 
 def _digest(token: str) -> bytes:
@@ -199,15 +214,6 @@ class _Reply:
         )
 
 
-async def _until_disconnected(request: web.Request) -> None:
-    # aiohttp does not cancel handlers on disconnect by default; watch the transport.
-    while True:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        await asyncio.sleep(DISCONNECT_POLL_S)
-
-
 class McpGateway:
     """The `/mcp` endpoint's state: sessions, listeners, auth. Built by `register_mcp_routes`."""
 
@@ -218,6 +224,7 @@ class McpGateway:
         tokens: Mapping[str, str | TokenGrant],
         loopback_zone: str | None,
         allowed_origins: Collection[str] = (),
+        allowed_hosts: Collection[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
@@ -231,6 +238,9 @@ class McpGateway:
             self._grants[_digest(token)] = grant
         self._loopback_zone = loopback_zone
         self._allowed_origins = {o.rstrip("/") for o in allowed_origins}
+        self._allowed_hosts = (
+            None if allowed_hosts is None else {_host_name(h) for h in allowed_hosts}
+        )
         self.max_body_bytes = max_body_bytes
         self.max_sessions = max_sessions
         self.session_idle_s = session_idle_s
@@ -267,7 +277,14 @@ class McpGateway:
         for task in session.inflight.values():
             task.cancel()
 
-    def _check_origin(self, request: web.Request) -> None:
+    def _check_host_and_origin(self, request: web.Request) -> None:
+        allowed_hosts = self._allowed_hosts
+        if allowed_hosts is not None:
+            host = request.headers.get("Host", "")
+            if _host_name(host) not in allowed_hosts:
+                raise McpError(
+                    FORBIDDEN_HOST, f"Misdirected: Host {host!r} is not served here", {"host": host}
+                )
         origin = request.headers.get("Origin")
         if origin is not None and origin.rstrip("/") not in self._allowed_origins:
             raise McpError(
@@ -306,6 +323,11 @@ class McpGateway:
         )
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise too_large
+        if request.content_length is not None:  # within the cap (checked above): one read
+            try:
+                return await request.content.readexactly(request.content_length)
+            except asyncio.IncompleteReadError as short:
+                return short.partial  # the client hung up mid-body: not JSON, answered so
         body = bytearray()
         async for chunk in request.content.iter_chunked(64 * 1024):
             body.extend(chunk)
@@ -317,7 +339,7 @@ class McpGateway:
 
     async def handle_post(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_origin(request)
+            self._check_host_and_origin(request)
             caller = self._authenticate(request)
             self._sweep()
             message = decode(await self._read_body(request))
@@ -343,7 +365,7 @@ class McpGateway:
 
     async def handle_get(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_origin(request)
+            self._check_host_and_origin(request)
             caller = self._authenticate(request)
             if request.headers.get(H_VERSION) in MODERN_VERSIONS:
                 return web.Response(status=405, headers={"Allow": "POST"})
@@ -380,7 +402,7 @@ class McpGateway:
 
     async def handle_delete(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_origin(request)
+            self._check_host_and_origin(request)
             caller = self._authenticate(request)
             session = self._session(request, caller)
         except McpError as exc:
@@ -451,29 +473,28 @@ class McpGateway:
         )
         session.inflight[message.id] = task
         try:
-            return await reply.finish(await self._run(request, task, message))
+            return await reply.finish(await self._run(task, message))
         finally:
             if session.inflight.get(message.id) is task:
                 del session.inflight[message.id]
 
-    async def _run(
-        self, request: web.Request, task: asyncio.Task[dict[str, Any]], message: Message
-    ) -> dict[str, Any]:
-        """Await the call; cancel it if the client goes away. Returns the reply message."""
-        watcher = asyncio.create_task(_until_disconnected(request), name=f"mcp-watch:{message.id}")
+    async def _run(self, call: Awaitable[dict[str, Any]], message: Message) -> dict[str, Any]:
+        """Await the call and return the reply message.
+
+        A client that goes away cancels this handler (the runner's `handler_cancellation`)
+        and, through the await, the call. A call cancelled on its own (a legacy
+        `notifications/cancelled`) is answered as cancelled.
+        """
         try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not task.done():
-                task.cancel()
-            await asyncio.wait({task})
-        if task.cancelled():
+            result = await call
+        except asyncio.CancelledError:
+            handler = asyncio.current_task()
+            if handler is not None and handler.cancelling():
+                raise  # the client is gone, or we are stopping
             return error_message(message.id, McpError(REQUEST_CANCELLED, "Request cancelled"))
-        exc = task.exception()
-        if exc is not None:
+        except Exception as exc:  # noqa: BLE001 - the call's exception-to-wire boundary
             return error_message(message.id, exc)
-        return result_message(message.id, task.result())
+        return result_message(message.id, result)
 
     # -- 2026-07-28: stateless -------------------------------------------------------------------
 
@@ -513,11 +534,8 @@ class McpGateway:
         if message.method == "subscriptions/listen":
             return await self._listen(request, message)
         reply = _Reply(request, {})
-        task = asyncio.create_task(
-            self.core.handle(message, caller, modern=True, notify=reply.notify),
-            name=f"mcp-call:{message.id}",
-        )
-        return await reply.finish(await self._run(request, task, message))
+        call = self.core.handle(message, caller, modern=True, notify=reply.notify)
+        return await reply.finish(await self._run(call, message))
 
     async def _listen(self, request: web.Request, message: Message) -> web.StreamResponse:
         if len(self._listeners) >= self.max_listeners:
@@ -573,6 +591,7 @@ def register_mcp_routes(
     tokens: Mapping[str, str | TokenGrant],
     loopback_zone: str | None,
     allowed_origins: Collection[str] = (),
+    allowed_hosts: Collection[str] | None = None,
     path: str = MCP_PATH,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -580,6 +599,9 @@ def register_mcp_routes(
     max_listeners: int = DEFAULT_MAX_LISTENERS,
 ) -> McpGateway:
     """Add POST/GET/DELETE `path` to `app`; the gateway is closed on app cleanup.
+
+    Serve `app` with `node.http.app_runner` (handler cancellation on): a client that
+    disconnects cancels its call only through it.
 
     `tokens` maps a bearer token to its zone (or to a `TokenGrant` with a name for
     the origin, `http:<name>`; a bare zone gets a name from the token's hash).
@@ -589,6 +611,7 @@ def register_mcp_routes(
         tokens=tokens,
         loopback_zone=loopback_zone,
         allowed_origins=allowed_origins,
+        allowed_hosts=allowed_hosts,
         max_body_bytes=max_body_bytes,
         max_sessions=max_sessions,
         session_idle_s=session_idle_s,

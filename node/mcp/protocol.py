@@ -32,12 +32,12 @@ SDK reserves -32000/-32001 client-side and -32020..-32022, -32042 in the protoco
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+import msgspec
 
 from node.errors import NodeError
 from node.tools.errors import (
@@ -51,7 +51,7 @@ from node.tools.errors import (
     UnknownTool,
     ZoneDenied,
 )
-from node.tools.model import CallContext, ToolCatalog
+from node.tools.model import CallContext, ToolCatalog, new_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ METHOD_NOT_FOUND: Final = -32601
 INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
 HEADER_MISMATCH: Final = -32020
+FORBIDDEN_HOST: Final = -32021
 UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
 REQUEST_CANCELLED: Final = -32800
 ZONE_DENIED: Final = -32010
@@ -90,6 +91,7 @@ HTTP_STATUS: Final[Mapping[int, int]] = {
     PROVIDER_ERROR: 502,
     UNAUTHORIZED: 401,
     FORBIDDEN_ORIGIN: 403,
+    FORBIDDEN_HOST: 421,
     SESSION_NOT_FOUND: 404,
     TOO_LARGE: 413,
 }
@@ -162,24 +164,41 @@ def notification(method: str, params: Mapping[str, Any] | None = None) -> dict[s
     return out
 
 
+_encode_json = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.Decoder().decode
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    return _encode_json(message)
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One decoded JSON-RPC message from a client."""
+    """One decoded JSON-RPC message from a client.
+
+    Its views (`method`, `params`, `meta`, ...) are read many times per call, so they are
+    computed once, by `of`.
+    """
 
     raw: dict[str, Any]
+    method: str | None
+    id: Any
+    params: dict[str, Any]
+    meta: dict[str, Any]
 
-    @property
-    def method(self) -> str | None:
-        method = self.raw.get("method")
-        return method if isinstance(method, str) else None
-
-    @property
-    def id(self) -> Any:
-        return self.raw.get("id")
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> Message:
+        method = raw.get("method")
+        params = raw.get("params")
+        params = params if isinstance(params, dict) else {}
+        meta = params.get("_meta")
+        return cls(
+            raw,
+            method if isinstance(method, str) else None,
+            raw.get("id"),
+            params,
+            meta if isinstance(meta, dict) else {},
+        )
 
     @property
     def is_request(self) -> bool:
@@ -193,28 +212,18 @@ class Message:
     def is_response(self) -> bool:
         return self.method is None and ("result" in self.raw or "error" in self.raw)
 
-    @property
-    def params(self) -> dict[str, Any]:
-        params = self.raw.get("params")
-        return params if isinstance(params, dict) else {}
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        meta = self.params.get("_meta")
-        return meta if isinstance(meta, dict) else {}
-
 
 def decode(body: bytes | str) -> Message:
     """Parse one JSON-RPC message; `McpError` -32700 or -32600 when it is not one."""
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
+        value = _decode_json(body)
+    except (msgspec.DecodeError, RecursionError):
         raise McpError(PARSE_ERROR, "Parse error: the body is not valid JSON") from None
     if isinstance(value, list):
         raise McpError(INVALID_REQUEST, "Invalid request: JSON-RPC batches are not supported")
     if not isinstance(value, dict) or value.get("jsonrpc") != "2.0":
         raise McpError(INVALID_REQUEST, "Invalid request: expected one JSON-RPC 2.0 object")
-    message = Message(value)
+    message = Message.of(value)
     request_id = value.get("id")
     if "id" in value and (
         isinstance(request_id, bool) or not isinstance(request_id, str | int | None)
@@ -248,7 +257,7 @@ def _trace_fields(meta: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         causality = tuple(
             c for c in chain[-MAX_CAUSALITY:] if isinstance(c, str) and len(c) <= MAX_ID_CHARS
         )
-    return trace_id or uuid.uuid4().hex, causality
+    return trace_id or new_trace_id(), causality
 
 
 class McpCore:

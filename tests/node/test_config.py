@@ -52,6 +52,7 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"bogus.x": 1}, "bogus", "unknown key"),
         ({"mesh.seeds": ["nohostport"]}, "mesh.seeds[0]", "HOST:PORT"),
         ({"node.log_format": "xml"}, "node.log_format", "text, json"),
+        ({"node.event_loop": "trio"}, "node.event_loop", "auto, uvloop, asyncio"),
         ({"trust.zones": []}, "trust.zones", "at least one"),
         ({"trust.zones": ["a", "a"]}, "trust.zones", "unique"),
         ({"trust.dev_zone": "nowhere"}, "trust.dev_zone", "not in trust.zones"),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
+from node.http import app_runner
 from node.mcp.http import McpGateway, TokenGrant, register_mcp_routes
 from node.tools.config import PluginToolConfig, RateLimitConfig, RateLimitsConfig, ToolsConfig
 from node.tools.registry import LocalCatalog, build_local_catalog
@@ -60,7 +61,7 @@ async def serve(
         allowed_origins=["http://localhost:6274"],
         **kw,  # type: ignore[arg-type]
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = app_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from node.mcp.protocol import (
+    FORBIDDEN_HOST,
     FORBIDDEN_ORIGIN,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -157,6 +158,34 @@ async def test_loopback_without_token_refused_when_not_configured() -> None:
             auth = {"Authorization": f"Bearer {PUBLIC_TOKEN}"}
             status, _, body = await post(srv.url, msg, {**modern_headers("tools/list"), **auth})
             assert status == 200
+        finally:
+            await runner.cleanup()
+
+
+async def test_a_host_not_served_here_is_misdirected_on_every_method() -> None:
+    # DNS rebinding: evil.example re-pointed at 127.0.0.1 reaches us with its own name.
+    async with build_local_catalog(ToolsConfig(entry_points=False)) as catalog:
+        srv, runner = await serve(catalog, allowed_hosts=["localhost", "127.0.0.1", "::1"])
+        try:
+            msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
+            port = srv.url.split(":")[2].split("/")[0]
+            for host in ("evil.example", f"evil.example:{port}", "127.0.0.2", ""):
+                status, _, body = await post(
+                    srv.url, msg, {**modern_headers("tools/list"), "Host": host}
+                )
+                assert status == 421, host
+                assert body["error"]["code"] == FORBIDDEN_HOST
+                assert body["error"]["data"]["host"] == host
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(srv.url, headers={"Host": "evil.example"}) as response,
+            ):
+                assert response.status == 421  # GET streams too
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+                status, _, body = await post(
+                    srv.url, msg, {**modern_headers("tools/list"), "Host": host}
+                )
+                assert status == 200, host
         finally:
             await runner.cleanup()
 

@@ -16,8 +16,8 @@ from mcp.shared.exceptions import MCPError
 
 from node.mcp.protocol import INVALID_PARAMS, RATE_LIMITED, ZONE_DENIED
 from tests.node.mcp.conftest import OPS_TOKEN, PUBLIC_TOKEN, Server
-from tests.node.tools import sample_plugins
-from tests.polling import async_wait_for
+from tests.node.slow_call import cancel_once_started
+from tests.polling import async_wait_until
 
 MODES = ["auto", "legacy"]
 
@@ -62,25 +62,8 @@ async def test_progress_notifications_arrive(server: Server, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_cancellation_cancels_the_call_on_the_server(server: Server, mode: str) -> None:
-    before = len(sample_plugins.CANCELLED)
-    started = len(sample_plugins.STARTED)
     async with connect(server, mode) as client:
-        with anyio.move_on_after(10) as scope:
-            async with anyio.create_task_group() as tg:
-
-                async def call() -> None:
-                    await client.call_tool("slow", {"steps": 0, "hold_s": 60})
-
-                tg.start_soon(call)
-                await async_wait_for(
-                    _probe(lambda: len(sample_plugins.STARTED) > started), what="call started"
-                )
-                tg.cancel_scope.cancel()
-        assert not scope.cancelled_caught
-        await async_wait_for(
-            _probe(lambda: len(sample_plugins.CANCELLED) > before),
-            what="server-side cancellation",
-        )
+        await cancel_once_started(client)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -145,13 +128,6 @@ async def test_tools_list_changed_reaches_a_listener(server: Server) -> None:
         assert "late" in names
 
 
-def _probe(predicate):  # type: ignore[no-untyped-def]
-    async def probe() -> object:
-        return predicate()
-
-    return probe
-
-
 async def test_legacy_session_stream_carries_list_changed(server: Server) -> None:
     from node.tools.functions import FunctionProvider, PluginTool
 
@@ -164,8 +140,8 @@ async def test_legacy_session_stream_carries_list_changed(server: Server) -> Non
             changed.set()
 
     async with Client(server.url, mode="legacy", cache=None, message_handler=on_message) as client:
-        await async_wait_for(
-            _probe(lambda: any(s.stream_open for s in server.gateway.sessions.values())),
+        await async_wait_until(
+            lambda: any(s.stream_open for s in server.gateway.sessions.values()),
             what="GET stream open",
         )
         server.catalog.add(

@@ -44,6 +44,8 @@ LOCK_FILE_NAME = "vsmcpd.lock"
 RUNTIME_FILE_NAME = "runtime.json"
 KV_REPLAY_GUARD = "replay_guard"
 KV_RUN_STATE = "run_state"
+# The future-skew bound the running (or crashed) process accepted envelopes under.
+KV_REPLAY_FUTURE_MS = "replay_future_ms"
 RUN_STATE_RUNNING = b"running"
 RUN_STATE_CLEAN = b"clean"
 KV_SEALER_SEQ = "sealer_next_seq"
@@ -244,15 +246,22 @@ class Node(Service):
 
     async def _restore_replay_guard(self, store: Store) -> ReplayGuard:
         """Fresh data dir: empty guard. Clean stop: restore the dump. Crash: refuse
-        everything timestamped before now + skew (any of it may have been accepted)."""
+        everything timestamped before now + the future skew the crashed process
+        accepted under (any of it may have been accepted)."""
         env = self.config.envelope
         run_state = await store.kv_get(KV_RUN_STATE)
         saved = await store.kv_get(KV_REPLAY_GUARD)
+        crashed_future_ms = _crashed_future_ms(
+            await store.kv_get(KV_REPLAY_FUTURE_MS), env.max_skew_s * 1000
+        )
+        future_ms = env.max_future_skew_s * 1000
+        await store.kv_set(KV_REPLAY_FUTURE_MS, future_ms.to_bytes(8, "big"))
         await store.kv_set(KV_RUN_STATE, RUN_STATE_RUNNING)
         kwargs: dict[str, Any] = {
             "window": env.replay_window,
             "max_senders": env.replay_max_senders,
             "max_skew_ms": env.max_skew_s * 1000,
+            "max_future_ms": future_ms,
         }
         if run_state is None:
             return ReplayGuard(**kwargs)
@@ -261,14 +270,20 @@ class Node(Service):
                 return ReplayGuard.restore(saved, **kwargs)
             except MeshError:
                 log.warning("saved replay state unreadable; treating restart as a crash")
+        # The floor must cover what the crashed process could have accepted, under
+        # its own bound, even if the config has shortened it since.
+        floor_future_ms = max(future_ms, crashed_future_ms)
         log.warning(
             "previous run did not stop cleanly: refusing envelopes timestamped before "
-            "now + %d s (they may be replays)",
-            env.max_skew_s,
+            "now + %.1f s (they may be replays)",
+            floor_future_ms / 1000,
         )
+        now_ms = wall_clock_ms()
+        guard = ReplayGuard(**kwargs)
         with contextlib.suppress(MeshError):
-            return ReplayGuard.after_crash(saved, wall_clock_ms(), **kwargs)
-        return ReplayGuard.after_crash(None, wall_clock_ms(), **kwargs)
+            guard = ReplayGuard.after_crash(saved, now_ms, **kwargs)
+        guard.raise_floor(now_ms + floor_future_ms)
+        return guard
 
     async def _save_replay_guard(self, store: Store, guard: ReplayGuard) -> None:
         await store.kv_set(KV_REPLAY_GUARD, guard.dump())
@@ -505,3 +520,11 @@ def _write_runtime_file(path: Path, info: dict[str, Any]) -> None:
 
 def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def _crashed_future_ms(saved: bytes | None, max_skew_ms: int) -> int:
+    """The future-skew bound a previous run accepted envelopes under. Builds before the
+    bound was stored used the past window for both directions."""
+    if saved is None or len(saved) != 8:
+        return max_skew_ms
+    return int.from_bytes(saved, "big")

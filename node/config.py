@@ -76,7 +76,11 @@ class TrustSection(_Section):
 
 class EnvelopeSection(_Section):
     max_bytes: int = 1 << 20
-    max_skew_s: int = 30
+    max_skew_s: int = 30  # how old an envelope may be
+    # How far ahead of our clock an envelope may be stamped. Kept short: after a crash
+    # the node refuses everything stamped before restart + this (it may have accepted
+    # it already), so it is also how long a crashed node takes to rejoin.
+    max_future_skew_s: int = 5
     replay_window: int = 1024
     replay_max_senders: int = 16384
 
@@ -212,6 +216,7 @@ def _validate(config: Config) -> None:
         raise ConfigError("trust.dev_zone", f"'{config.trust.dev_zone}' is not in trust.zones")
     _check_range("envelope.max_bytes", config.envelope.max_bytes, 1024, 64 << 20)
     _check_range("envelope.max_skew_s", config.envelope.max_skew_s, 1, 3600)
+    _check_range("envelope.max_future_skew_s", config.envelope.max_future_skew_s, 1, 3600)
     _check_range("envelope.replay_window", config.envelope.replay_window, 64, 1 << 16)
     _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)
     _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)

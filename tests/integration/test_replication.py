@@ -290,15 +290,11 @@ def test_graceful_stop_retires_a_nodes_tools_everywhere_and_a_killed_node_shows_
 
 
 # After a crash the replay guard is lost, so a node refuses every envelope stamped before
-# restart + max skew (node.app); a short skew keeps this test from waiting 30 s for that.
-CRASH_SKEW_S = 3
-
-
+# restart + envelope.max_future_skew_s (node.app; default 5 s): defaults, no shortcut.
 def test_node_restarted_after_a_crash_replicates_both_ways(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    skew = f"[envelope]\nmax_skew_s = {CRASH_SKEW_S}\n"
-    group = _start_group(tmp_path, nodes, 3, skew)
+    group = _start_group(tmp_path, nodes, 3)
     crashed, seed, other = group
     assert crashed.post("/api/debug/tools?name=lost-echo&zone=public") == 200
     _wait_all(group, lambda n: _offers(n, "lost-echo", crashed), "lost-echo everywhere")
@@ -311,7 +307,7 @@ def test_node_restarted_after_a_crash_replicates_both_ways(
         crashed,
         nodes,
         "--config",
-        str(_config(tmp_path, skew)),
+        str(_config(tmp_path)),
         "--no-mdns",
         "--seed",
         f"{seed.node_id}@127.0.0.1:{seed.mesh_port}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -485,7 +486,15 @@ async def test_reconnects_after_peer_restart_on_same_port() -> None:
         assert not await check_reachable(f"tcp://127.0.0.1:{port}", 1.0)
         async with Transport(seed, port=port) as b2:
             b2.on_request(echo)
-            assert await a.request(b2.public_key, b2.endpoint, b"2", timeout_s=5) == b"2"
+
+            async def answered() -> bool:
+                # At most once: a frame handed to libzmq before it noticed the old
+                # connection drop is lost with it, so one request may time out.
+                with contextlib.suppress(RequestTimeoutError):
+                    return await a.request(b2.public_key, b2.endpoint, b"2", timeout_s=1) == b"2"
+                return False
+
+            await eventually_async(answered, "an answer from the restarted peer")
 
 
 async def test_lifecycle_is_idempotent_and_stop_fails_waiting_requests() -> None:

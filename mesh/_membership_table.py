@@ -136,6 +136,24 @@ class MemberTable:
             self._down.add(member)
         self._overlay[member] = rec
 
+    def remove(self, member: str) -> bool:
+        """Forget a member learnt after start (roster members stay: the roster is shared
+        and immutable). Indices change: the last member takes the removed one's."""
+        if member in self._roster.index:
+            return False
+        rec = self._overlay.pop(member, None)
+        if rec is None:
+            return False
+        if rec.state <= MemberState.SUSPECT:
+            self._active -= 1
+        self._down.discard(member)
+        extra = self._extra
+        index = extra.index(member)
+        last = extra.pop()
+        if index < len(extra):
+            extra[index] = last
+        return True
+
     def __iter__(self) -> Iterator[MemberRecord]:
         for i in range(len(self)):
             rec = self.get(self.id_at(i))

@@ -73,6 +73,14 @@ plus quorum verdicts):
   memberlist does) a node exchanges full state with one random member.
 * Leave. `leave()` gossips a signed Left (sent directly to `leave_fanout` members);
   the node keeps answering pings until it is stopped.
+* Reaping (`mesh._membership_reaper`). A member dead for `dead_reap_after_s` (24 h;
+  10 min in the local preset: it may be partitioned, and while kept, reconnect probes
+  tell it its verdict) or left for `left_reap_after_s` leaves the table (output
+  `MemberReaped`), as does the longest-down one beyond `max_down_members`. Its
+  tombstone (incarnation and signed status) keeps stale gossip from reviving it and is
+  sent to the member if it speaks up again, so it refutes. Push-pull state does not
+  teach a node members the sender already holds down. Roster members (the
+  simulator's shared baseline) are never reaped.
 
 What is signed (with the injected `sign`, checked with `verify(member, payload, sig)`):
 a member's own Alive (so nobody can forge its metadata/endpoint), its own Left, and
@@ -88,6 +96,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from mesh._membership_reaper import REAPED_STATES, Reaper, Tombstone
 from mesh._membership_table import MemberRecord, MemberTable, ProbeCycle, Roster
 from mesh._membership_wire import (
     MAX_GOSSIP_ITEMS,
@@ -131,6 +140,7 @@ __all__ = [
     "GossipMessage",
     "Left",
     "MemberInfo",
+    "MemberReaped",
     "MemberState",
     "MemberStateChanged",
     "Membership",
@@ -192,6 +202,11 @@ class MembershipConfig:
     stall_threshold_s: float
     max_health: int = 8
     leave_fanout: int = 5
+    # How long a dead (maybe only partitioned) or left member stays in the table, and
+    # how many may; see mesh._membership_reaper. Serf keeps failed members 24 h.
+    dead_reap_after_s: float = 86_400.0
+    left_reap_after_s: float = 3_600.0
+    max_down_members: int = 4096
     max_pending_relays: int = 64
     max_pending_observations: int = 64
 
@@ -216,6 +231,8 @@ class MembershipConfig:
             reconnect_interval_s=1.0,
             join_retry_s=1.0,
             stall_threshold_s=1.0,
+            dead_reap_after_s=600.0,
+            left_reap_after_s=60.0,
         )
 
     @classmethod
@@ -311,7 +328,17 @@ class MemberStateChanged:
     at: float
 
 
-Output = Send | CheckReachability | MemberStateChanged
+@dataclass(frozen=True, slots=True)
+class MemberReaped:
+    """`member`, down (`state` DEAD or LEFT) long enough, left the table."""
+
+    member: str
+    state: MemberState
+    incarnation: int
+    at: float
+
+
+Output = Send | CheckReachability | MemberStateChanged | MemberReaped
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +455,9 @@ class _Broadcasts:
     def __len__(self) -> int:
         return len(self._items)
 
+    def discard(self, subject: str) -> None:
+        self._items.pop(subject, None)
+
     def push(self, subject: str, item: GossipItem) -> None:
         self._items[subject] = _Queued(item, encoded_size(item))
         if len(self._items) > MAX_BROADCAST_QUEUE_ITEMS:
@@ -482,6 +512,7 @@ class Membership:
         self._cfg = config
         self._rng = rng if rng is not None else random.Random()
         self._table = MemberTable(roster)
+        self._reaper = Reaper(config.max_down_members)
         self._cycle = ProbeCycle()
         self._broadcasts = _Broadcasts()
         self._heap: list[tuple[float, int, int, int | str, int]] = []
@@ -574,6 +605,9 @@ class Membership:
             best = min(best, self._next_probe_at, self._next_push_pull_at, self._join_retry_at)
             if self._table.down:
                 best = min(best, self._next_reconnect_at)
+        reap_at = self._reaper.next_due()
+        if reap_at is not None:
+            best = min(best, reap_at)
         if self._broadcasts:
             best = min(best, self._next_gossip_at)
         return None if best == math.inf else best
@@ -671,6 +705,8 @@ class Membership:
         while heap and heap[0][0] <= now:
             _, _, kind, key, token = heapq.heappop(heap)
             self._on_timer(kind, key, token, now, out)
+        for member in self._reaper.take_due(now):
+            self._reap(member, now, out)
         if not self._left:
             if now >= self._next_probe_at:
                 self._probe_tick(now, out)
@@ -882,7 +918,9 @@ class Membership:
                 if task.subject == sender:
                     self._finish_observe(task, True, now, out)
         state = self._table.state_of(sender)
-        if state == MemberState.ZOMBIE or state == MemberState.DEAD:
+        if state is None:
+            self._tell_reaped(sender, now, out)
+        elif state == MemberState.ZOMBIE or state == MemberState.DEAD:
             # it may not know: tell it (rate-limited) so that it refutes
             last = self._notified.get(sender, -math.inf)
             if now - last >= self._cfg.probe_interval_s:
@@ -1126,10 +1164,16 @@ class Membership:
         rec = self._table.get(a.member)
         if rec is not None and a.incarnation <= rec.incarnation:
             return False
+        if rec is None and self._is_buried(a.member, a.incarnation):
+            self.stats["alive_of_reaped_ignored"] += 1
+            if sender == a.member:
+                self._tell_reaped(sender, now, out)
+            return False
         if not self._verify(a.member, alive_payload(a.member, a.incarnation, a.meta), a.signature):
             self.stats["alive_rejected_bad_signature"] += 1
             return False
         if rec is None:
+            self._reaper.exhume(a.member)
             rec = MemberRecord(a, MemberState.ALIVE, a.incarnation, now)
             self._table.put(rec, None)
             out.append(
@@ -1224,6 +1268,12 @@ class Membership:
         rec.state, rec.incarnation, rec.status, rec.changed_at = state, incarnation, status, now
         self._table.put(rec, old)
         out.append(MemberStateChanged(rec.member, old, state, incarnation, rec.alive.meta, now))
+        if state == MemberState.DEAD:
+            self._reaper.schedule(rec.member, state, now + self._cfg.dead_reap_after_s)
+        elif state == MemberState.LEFT:
+            self._reaper.schedule(rec.member, state, now + self._cfg.left_reap_after_s)
+        elif old in REAPED_STATES:
+            self._reaper.cancel(rec.member)
         s = self._suspicions.get(rec.member)
         if s is not None and (
             s.incarnation != incarnation or state not in (MemberState.SUSPECT, MemberState.ZOMBIE)
@@ -1253,6 +1303,39 @@ class Membership:
         old = None if own is None else own.state
         self._table.put(MemberRecord(self._alive, MemberState.ALIVE, incarnation, now), old)
         self._broadcasts.push(self._id, self._alive)
+
+    # --- reaping (see mesh._membership_reaper) ----------------------------------------
+
+    def _reap(self, member: str, now: float, out: list[Output]) -> None:
+        rec = self._table.get(member)
+        if rec is None or rec.state not in REAPED_STATES or member == self._id:
+            return
+        status = rec.status
+        if not isinstance(status, Verdict | Left) or not self._table.remove(member):
+            return  # roster members stay (the simulator's shared baseline)
+        self._reaper.bury(member, Tombstone(rec.incarnation, status))
+        self._broadcasts.discard(member)
+        for per_member in (self._reach, self._reach_requested, self._notified):
+            per_member.pop(member, None)
+        self.stats["reaped"] += 1
+        out.append(MemberReaped(member, rec.state, rec.incarnation, now))
+
+    def _is_buried(self, member: str, incarnation: int) -> bool:
+        tombstone = self._reaper.tombstone(member)
+        return tombstone is not None and incarnation <= tombstone.incarnation
+
+    def _tell_reaped(self, member: str, now: float, out: list[Output]) -> None:
+        """A reaped member speaks: tell it (rate-limited) why it was reaped, so that it
+        refutes with an incarnation above its tombstone's."""
+        tombstone = self._reaper.tombstone(member)
+        if tombstone is None:
+            return
+        last = self._notified.get(member, -math.inf)
+        if now - last < self._cfg.probe_interval_s:
+            return
+        self._notified[member] = now
+        self.stats["reaped_told"] += 1
+        out.append(Send(member, GossipMessage([tombstone.status])))
 
     # --- dissemination ----------------------------------------------------------------
 
@@ -1299,7 +1382,18 @@ class Membership:
                 out.append(Send(peer, page))
 
     def _on_push_pull(self, sender: str, msg: PushPull, now: float, out: list[Output]) -> None:
+        down = _down_in(msg)
         for alive in msg.alive:
+            if (
+                down.get(alive.member, -1) >= alive.incarnation
+                and alive.member not in self._table
+                and alive.member != self._id
+            ):
+                # A member we do not know, already down in the sender's view: learning
+                # it would only announce it alive for a moment (memberlist ignores such
+                # members too); if it is alive after all, it refutes and we hear of it.
+                self.stats["push_pull_down_unknown_skipped"] += 1
+                continue
             self._apply_alive(alive, sender, now, out)
         for status in msg.status:
             self._apply(status, sender, now, out)
@@ -1333,6 +1427,17 @@ class Membership:
         if alive:
             pages.append(PushPull(join, reply, alive, status))
         return pages
+
+
+def _down_in(msg: PushPull) -> dict[str, int]:
+    """Members the push-pull state holds dead, zombie or left, with the incarnation."""
+    down: dict[str, int] = {}
+    for status in msg.status:
+        if isinstance(status, Verdict):
+            down[status.subject] = status.incarnation
+        elif isinstance(status, Left):
+            down[status.member] = status.incarnation
+    return down
 
 
 def _estimate_size(item: GossipItem) -> int:

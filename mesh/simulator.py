@@ -447,7 +447,7 @@ class Simulator:
                 )
                 when = self.now + net.reachability_delay_s + self._lag()
                 self._push(when, _EV_REACH, i, (out.member, reachable))
-            else:
+            elif isinstance(out, MemberStateChanged):
                 for listener in self.listeners:
                     listener(self.now, node.id, out)
         self._schedule(i)

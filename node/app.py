@@ -19,7 +19,7 @@ from typing import Any
 from mesh.certs import encode_certificate
 from mesh.envelope import Opener, Sealer, wall_clock_ms
 from mesh.errors import MeshError
-from mesh.membership import MemberStateChanged
+from mesh.membership import MemberReaped, MemberStateChanged
 from mesh.replay import ReplayGuard
 from mesh.service import Service
 from node import __version__
@@ -303,17 +303,21 @@ class Node(Service):
         stack.push_async_callback(save)
         return sealer
 
-    def _member_changed(self, change: MemberStateChanged) -> None:
-        if change.old == change.new or self._audit is None:
+    def _member_changed(self, change: MemberStateChanged | MemberReaped) -> None:
+        if self._audit is None:
             return
+        old: str | None
+        if isinstance(change, MemberReaped):
+            old, new = change.state.name.lower(), "reaped"
+        elif change.old == change.new:
+            return
+        else:
+            old = change.old.name.lower() if change.old is not None else None
+            new = change.new.name.lower()
         self._audit_nowait(
             "mesh.member",
             change.member,
-            {
-                "old": change.old.name.lower() if change.old is not None else None,
-                "new": change.new.name.lower(),
-                "incarnation": change.incarnation,
-            },
+            {"old": old, "new": new, "incarnation": change.incarnation},
         )
 
     def _audit_nowait(self, kind: str, actor: str, data: dict[str, Any]) -> None:

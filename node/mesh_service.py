@@ -50,6 +50,7 @@ from mesh.identity import NodeKey, public_key_from_node_id, verify_detached
 from mesh.membership import (
     CheckReachability,
     MemberInfo,
+    MemberReaped,
     Membership,
     MembershipConfig,
     MemberState,
@@ -213,7 +214,7 @@ class MeshService(Service):
         mdns: bool,
         mesh_name: str = "default",
         preset: str = "lan",
-        on_member_change: Callable[[MemberStateChanged], None] | None = None,
+        on_member_change: Callable[[MemberStateChanged | MemberReaped], None] | None = None,
     ) -> None:
         self._key = key
         self.node_id = key.node_id
@@ -537,6 +538,8 @@ class MeshService(Service):
                 self._check_reachability(output.member)
             elif isinstance(output, MemberStateChanged):
                 self._member_changed(output)
+            elif isinstance(output, MemberReaped):
+                self._member_reaped(output)
         self._wake.set()
 
     def _endpoint_of(self, node_id: str) -> str | None:
@@ -589,6 +592,17 @@ class MeshService(Service):
             self._offer_member(change.member, change.meta)
         if self._on_member_change is not None:
             self._on_member_change(change)
+
+    def _member_reaped(self, reaped: MemberReaped) -> None:
+        """Down long enough to be forgotten: drop its admission and its connection too
+        (it says HELLO again if it comes back)."""
+        log.info("member %s: %s -> reaped", reaped.member, reaped.state.name.lower())
+        peer = self.peers.pop(reaped.member, None)
+        self._hello_backoff.pop(reaped.member, None)
+        if peer is not None and self._transport is not None:
+            self._transport.forget(peer.public_key)
+        if self._on_member_change is not None:
+            self._on_member_change(reaped)
 
     def _offer_member(self, node_id: str, meta_bytes: bytes) -> None:
         meta = decode_meta(meta_bytes)

@@ -42,7 +42,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -304,6 +304,15 @@ class ProviderSelector:
             if pref.node_id == node_id and (tool is None or name == tool):
                 del self._preferred[name]
 
+    def retain(self, providers: Collection[str], tools: Collection[str]) -> None:
+        """Forget providers and tools no longer in the registry, so churn does not grow
+        this state; a provider with calls in flight stays until they end."""
+        gone = [n for n, h in self.health.items() if n not in providers and h.inflight == 0]
+        for node_id in gone:
+            del self.health[node_id]
+        for tool in [t for t in self._preferred if t not in tools]:
+            del self._preferred[tool]
+
     def retry_after_s(self, nodes: Sequence[str], tool: str, now: float) -> float | None:
         """When the first of `nodes` may take `tool` again (None: unknown)."""
         waits = []
@@ -491,6 +500,8 @@ class MeshCatalog(Service):
         for entries in index.values():
             entries.sort(key=lambda r: r.tool.provider)
         self._remote = index
+        providers = {r.tool.provider for entries in index.values() for r in entries}
+        self.selector.retain(providers, index.keys())
 
     def _state(self, node_id: str) -> str | None:
         if node_id not in self._mesh.peers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections.abc import Callable, Iterable
 
@@ -20,6 +21,7 @@ from mesh.membership import (
     CheckReachability,
     GossipMessage,
     Left,
+    MemberReaped,
     Membership,
     MembershipConfig,
     MembershipDecodeError,
@@ -102,6 +104,7 @@ class Net:
         self.frozen: set[str] = set()
         self.dead: set[str] = set()
         self.events: list[tuple[str, MemberStateChanged]] = []
+        self.reaped: list[tuple[str, MemberReaped]] = []
         self.sent: list[tuple[str, str, Message]] = []
 
     def handle(self, src: str, outputs: list[Output]) -> None:
@@ -110,6 +113,8 @@ class Net:
             origin, out = queue.pop(0)
             if isinstance(out, MemberStateChanged):
                 self.events.append((origin, out))
+            elif isinstance(out, MemberReaped):
+                self.reaped.append((origin, out))
             elif isinstance(out, CheckReachability):
                 ok = out.member not in self.dead and (origin, out.member) not in self.cut
                 res = self.nodes[origin].on_transport_probe_result(out.member, ok, self.now)
@@ -522,3 +527,135 @@ def test_observe_request_about_refuted_member_answers_reached() -> None:
     assert len(sends) == 1
     resp = sends[0].message
     assert getattr(resp, "reached", False) is True
+
+
+# --- reaping (mesh._membership_reaper) -------------------------------------------------
+
+REAP_CFG = dataclasses.replace(CFG, dead_reap_after_s=20.0, left_reap_after_s=5.0)
+
+
+def _new_member(net: Net, name: str, config: MembershipConfig, seed: str = "n0") -> Membership:
+    """A member learnt after start (not in the shared roster), joined through `seed`."""
+    member = Membership(
+        name,
+        meta=f"meta-{name}".encode(),
+        sign=net.keys.signer(name),
+        verify=net.keys.verify,
+        config=config,
+        now=net.now,
+        rng=random.Random(name),
+    )
+    net.nodes[name] = member
+    if name not in net.names:
+        net.names.append(name)
+    net.handle(name, member.join([seed], net.now))
+    return member
+
+
+def _reap_net(config: MembershipConfig = REAP_CFG) -> Net:
+    net = Net(names(5), config=config)
+    _new_member(net, "x", config)
+    net.run(2.0)
+    assert all(net.view(n, "x") == MemberState.ALIVE for n in names(5))
+    return net
+
+
+def test_a_dead_member_is_reaped_after_the_timeout_and_stale_state_cannot_revive_it() -> None:
+    net = _reap_net()
+    net.dead.add("x")
+    net.run(8.0)
+    assert all(net.view(n, "x") == MemberState.DEAD for n in names(5))
+    # Push-pull state (x's alive record and its verdict) and a relayed old Alive, as a
+    # peer that has not reaped x yet would send them.
+    stale_state = net.nodes["n1"]._state_pages(join=False, reply=False)
+    stale_alive = sign_alive("x", 0, b"meta-x", net.keys.signer("x"))
+    net.run(20.0)
+    assert net.reaped == []  # kept for dead_reap_after_s after the verdict
+    net.run(40.0)
+    reaped = {origin: event for origin, event in net.reaped}
+    assert set(reaped) == set(names(5))
+    assert {(e.member, e.state) for e in reaped.values()} == {("x", MemberState.DEAD)}
+    for n in names(5):
+        assert net.view(n, "x") is None
+        assert "x" not in {m.id for m in net.nodes[n].members()}
+    for page in stale_state:
+        net.handle("n1", [Send("n0", page)])
+    net.handle("n2", [Send("n0", GossipMessage([stale_alive]))])
+    assert net.view("n0", "x") is None
+    assert not [e for o, e in net.events if o == "n0" and e.member == "x" and e.at > 40.0]
+
+
+def test_a_reaped_member_that_comes_back_is_told_its_verdict_and_rejoins() -> None:
+    net = _reap_net()
+    net.dead.add("x")
+    net.run(45.0)
+    assert all(net.view(n, "x") is None for n in names(5))
+    net.dead.clear()
+    again = _new_member(net, "x", REAP_CFG)  # restarted: incarnation 0 again
+    net.run(net.now + 3.0)
+    assert again.incarnation >= 1  # refuted the verdict it was told
+    for n in names(5):
+        assert net.view(n, "x") == MemberState.ALIVE, n
+        info = net.nodes[n].member("x")
+        assert info is not None and info.incarnation == again.incarnation
+
+
+def test_a_left_member_is_reaped_sooner() -> None:
+    net = _reap_net()
+    net.handle("x", net.nodes["x"].leave(net.now))
+    net.run(net.now + 1.0)
+    assert all(net.view(n, "x") == MemberState.LEFT for n in names(5))
+    net.names.remove("x")  # stopped after leaving
+    net.run(net.now + 6.0)
+    assert all(net.view(n, "x") is None for n in names(5))
+    assert {e.state for _, e in net.reaped} == {MemberState.LEFT}
+
+
+def test_beyond_max_down_members_the_longest_down_is_reaped_first() -> None:
+    config = dataclasses.replace(REAP_CFG, max_down_members=1, dead_reap_after_s=1_000.0)
+    net = Net(names(5), config=config)
+    _new_member(net, "x", config)
+    _new_member(net, "y", config)
+    net.run(2.0)
+    net.dead.add("x")
+    net.run(8.0)
+    assert net.view("n0", "x") == MemberState.DEAD
+    net.dead.add("y")
+    net.run(16.0)
+    assert net.view("n0", "y") == MemberState.DEAD
+    assert net.view("n0", "x") is None
+    assert {(o, e.member) for o, e in net.reaped} == {(n, "x") for n in names(5)}
+
+
+def test_a_joiner_does_not_learn_members_its_seed_holds_dead() -> None:
+    net = _reap_net(dataclasses.replace(REAP_CFG, dead_reap_after_s=1_000.0))
+    net.dead.add("x")
+    net.run(8.0)
+    assert net.view("n0", "x") == MemberState.DEAD
+    newcomer = _new_member(net, "z", REAP_CFG)
+    net.run(net.now + 3.0)
+    assert newcomer.state_of("x") is None
+    assert {m.id for m in newcomer.members()} == {*names(5), "z"}
+    assert newcomer.stats["push_pull_down_unknown_skipped"] >= 1
+
+
+def test_roster_members_are_never_reaped() -> None:
+    net = Net(names(5), config=REAP_CFG)
+    net.dead.add("n4")
+    net.run(60.0)
+    assert net.view("n0", "n4") == MemberState.DEAD
+    assert net.reaped == []
+
+
+def test_a_partitioned_member_reaped_meanwhile_is_told_when_the_partition_heals() -> None:
+    net = _reap_net()
+    others = names(5)
+    net.cut |= {(n, "x") for n in others} | {("x", n) for n in others}
+    net.run(45.0)
+    assert all(net.view(n, "x") is None for n in others)
+    assert net.nodes["x"].incarnation == 0
+    net.cut.clear()
+    # Well inside one push-pull period: x's probes alone make the others tell it.
+    net.run(net.now + 2.0)
+    assert net.nodes["x"].incarnation >= 1
+    assert all(net.view(n, "x") == MemberState.ALIVE for n in others)

@@ -69,6 +69,19 @@ def test_prefers_the_faster_provider_and_fails_over_in_order() -> None:
     assert order[0] == "b" and order == ["b", "a"]
 
 
+def test_retain_forgets_providers_and_tools_gone_from_the_registry() -> None:
+    sel = ProviderSelector()
+    sel.order("t", [("a", "alive"), ("b", "alive")], 0.0)
+    sel.order("u", [("c", "alive")], 0.0)
+    sel.on_attempt("c", 0.0)  # a call to c is still in flight
+    sel.retain({"a"}, {"t"})
+    assert set(sel.health) == {"a", "c"}
+    assert sel.preferred("t") is not None and sel.preferred("u") is None
+    sel.on_done("c")
+    sel.retain({"a"}, {"t"})
+    assert set(sel.health) == {"a"}
+
+
 def test_alive_beats_suspect_at_equal_latency() -> None:
     sel = ProviderSelector()
     assert sel.order("t", [("a", "suspect"), ("b", "alive")], 0.0) == ["b", "a"]

@@ -67,3 +67,12 @@ class RemoteError(TransportError):
             f"remote error: {reason}" + (f" ({detail})" if detail else ""), reason=reason
         )
         self.detail = detail
+
+
+class RequestRefused(TransportError):
+    """Raised by a request handler to refuse a request on purpose (not a failure): the
+    caller gets `RemoteError(reason, detail)`, and nothing is logged above debug."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"refused: {reason}" + (f" ({detail})" if detail else ""), reason=reason)
+        self.detail = detail

@@ -77,6 +77,7 @@ from mesh._transport_errors import (
     PeerUnreachableError,
     QueueFullError,
     RemoteError,
+    RequestRefused,
     RequestTimeoutError,
     TransportClosedError,
     TransportError,
@@ -105,6 +106,7 @@ __all__ = [
     "QueueFullError",
     "RemoteError",
     "RequestHandler",
+    "RequestRefused",
     "RequestTimeoutError",
     "Transport",
     "TransportClosedError",
@@ -182,6 +184,7 @@ class TransportStats:
     garbage: int = 0  # malformed or unexpected frames, late responses
     rejected: int = 0  # inbound handshakes refused by the admission callback
     busy: int = 0  # inbound requests refused at the handler limits
+    refused: int = 0  # inbound requests our handlers refused (RequestRefused)
     handler_errors: int = 0  # our handlers that raised
     cancelled: int = 0  # our handlers cancelled by the caller's CANCEL
 
@@ -739,6 +742,11 @@ class Transport(Service):
             response = await handler(frame.peer, frame.payload)
         except asyncio.CancelledError:
             raise  # the caller cancelled (no reply wanted) or we are stopping
+        except RequestRefused as exc:
+            self._stats.refused += 1
+            log.debug("request refused: %s", exc)
+            self._reply_error(frame, exc.reason, exc.detail)
+            return
         except Exception as exc:  # top-level: a handler failure becomes the caller's error
             self._stats.handler_errors += 1
             log.warning("request handler failed: %r", exc, exc_info=True)

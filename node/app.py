@@ -203,6 +203,8 @@ class Node(Service):
             mdns=mesh_cfg.mdns,
             mesh_name=mesh_cfg.name,
             preset=mesh_cfg.preset,
+            dead_reap_after_s=mesh_cfg.dead_reap_after_s,
+            left_reap_after_s=mesh_cfg.left_reap_after_s,
             on_member_change=self._member_changed,
         )
 

@@ -65,6 +65,10 @@ class MeshSection(_Section):
     mdns: bool = True
     preset: str = "lan"  # membership timing: local | lan | wan
     name: str = "default"  # nodes admit only peers of the same mesh name
+    # How long dead / left members stay in the member table; 0: the preset's
+    # (24 h / 1 h; local: 10 min / 60 s).
+    dead_reap_after_s: int = 0
+    left_reap_after_s: int = 0
 
 
 class TrustSection(_Section):
@@ -110,6 +114,7 @@ _LOG_FORMATS = ("text", "json")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MESH_PRESETS = ("local", "lan", "wan")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+MAX_REAP_AFTER_S = 30 * 86_400
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
@@ -215,6 +220,8 @@ def _validate(config: Config) -> None:
     if config.trust.dev_zone not in zones:
         raise ConfigError("trust.dev_zone", f"'{config.trust.dev_zone}' is not in trust.zones")
     _check_range("envelope.max_bytes", config.envelope.max_bytes, 1024, 64 << 20)
+    _check_range("mesh.dead_reap_after_s", config.mesh.dead_reap_after_s, 0, MAX_REAP_AFTER_S)
+    _check_range("mesh.left_reap_after_s", config.mesh.left_reap_after_s, 0, MAX_REAP_AFTER_S)
     _check_range("envelope.max_skew_s", config.envelope.max_skew_s, 1, 3600)
     _check_range("envelope.max_future_skew_s", config.envelope.max_future_skew_s, 1, 3600)
     _check_range("envelope.replay_window", config.envelope.replay_window, 64, 1 << 16)

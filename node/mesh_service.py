@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import random
@@ -62,7 +63,13 @@ from mesh.membership import (
     encode as encode_membership,
 )
 from mesh.service import Service
-from mesh.transport import Priority, Transport, TransportError, curve_public_key
+from mesh.transport import (
+    Priority,
+    RequestRefused,
+    Transport,
+    TransportError,
+    curve_public_key,
+)
 from mesh.whois import WhoisError, WhoisResponder, whois
 from node.errors import NodeError
 from node.mesh_calls import ITEM_OVERHEAD_BYTES, MeshCalls, ReplyItem
@@ -74,6 +81,10 @@ INBOUND_QUEUE_FRAMES = 4096
 HELLO_TIMEOUT_S = 3.0
 HELLO_BACKOFF_MIN_S = 0.5
 HELLO_BACKOFF_MAX_S = 30.0
+# A failed HELLO is tried again this many times, on the backoff (0.5 + 1 + 2 + 4 + 8 s):
+# long enough to outlast the replay floor of a peer, or our own, just restarted after a
+# crash (envelope.max_future_skew_s).
+HELLO_RETRIES = 5
 SEED_REOFFER_INTERVAL_S = 5.0
 LEAVE_SPREAD_S = 0.3
 MAX_REACHABILITY_CHECKS = 64
@@ -158,6 +169,11 @@ class Peer:
 class _Backoff:
     next_at: float = 0.0
     delay_s: float = HELLO_BACKOFF_MIN_S
+    running: bool = False  # a HELLO (or its retries) to this key is under way
+
+    def take(self, now: float) -> None:
+        self.next_at = now + self.delay_s
+        self.delay_s = min(self.delay_s * 2, HELLO_BACKOFF_MAX_S)
 
 
 @dataclass
@@ -214,6 +230,8 @@ class MeshService(Service):
         mdns: bool,
         mesh_name: str = "default",
         preset: str = "lan",
+        dead_reap_after_s: float = 0.0,
+        left_reap_after_s: float = 0.0,
         on_member_change: Callable[[MemberStateChanged | MemberReaped], None] | None = None,
     ) -> None:
         self._key = key
@@ -232,7 +250,7 @@ class MeshService(Service):
         self._mesh_name = mesh_name
         self._seeds = SeedDiscovery(seeds)
         self._use_mdns = mdns
-        self._membership_config = MEMBERSHIP_PRESETS[preset]()
+        self._membership_config = _membership_config(preset, dead_reap_after_s, left_reap_after_s)
         self._on_member_change = on_member_change
         self.stats = MeshStats()
         self.peers: dict[str, Peer] = {}
@@ -685,6 +703,13 @@ class MeshService(Service):
         self._carry_out(outputs)
 
     async def _on_request(self, peer_curve_key: bytes, wire: bytes) -> bytes:
+        """Answer a transport request; a refusal reaches the caller as its reason."""
+        try:
+            return self._answer_request(peer_curve_key, wire)
+        except AdmissionError as e:
+            raise RequestRefused(e.reason, str(e)) from e
+
+    def _answer_request(self, peer_curve_key: bytes, wire: bytes) -> bytes:
         envelope = self._open(peer_curve_key, wire)
         if envelope is None:
             raise AdmissionError("bad_envelope", "rejected")
@@ -774,17 +799,35 @@ class MeshService(Service):
         node_id = node_id or key
         backoff = self._hello_backoff.setdefault(key, _Backoff())
         now = time.monotonic()
-        if now < backoff.next_at or self._stopped:
+        if now < backoff.next_at or backoff.running or self._stopped:
             return
-        backoff.next_at = now + backoff.delay_s
-        backoff.delay_s = min(backoff.delay_s * 2, HELLO_BACKOFF_MAX_S)
-        self._spawn(self._hello(node_id, endpoint), f"mesh-hello-{node_id[-6:]}", helper=True)
+        backoff.take(now)
+        backoff.running = True
+        self._spawn(
+            self._hello_with_retries(backoff, node_id, endpoint),
+            f"mesh-hello-{node_id[-6:]}",
+            helper=True,
+        )
 
-    async def _hello(self, node_id: str, endpoint: str) -> None:
+    async def _hello_with_retries(self, backoff: _Backoff, node_id: str, endpoint: str) -> None:
+        try:
+            for _ in range(HELLO_RETRIES):
+                if await self._hello(node_id, endpoint):
+                    return
+                await asyncio.sleep(max(0.0, backoff.next_at - time.monotonic()))
+                if node_id in self.peers or node_id in self.blocked or self._stopped:
+                    return
+                backoff.take(time.monotonic())
+            await self._hello(node_id, endpoint)
+        finally:
+            backoff.running = False
+
+    async def _hello(self, node_id: str, endpoint: str) -> bool:
+        """Say HELLO to `endpoint`; True when its answer admitted the peer."""
         try:
             public_key = _public_key(node_id)
         except MeshError:
-            return
+            return False
         wire = self._sealer.seal(MsgType.HELLO, self._hello_payload(), recipient=public_key)
         self.stats.hellos_sent += 1
         async with self._hello_slots:
@@ -798,13 +841,16 @@ class MeshService(Service):
                 )
             except TransportError as e:
                 log.debug("hello to %s at %s failed: %s", node_id, endpoint, e)
-                return
+                return False
         envelope = self._open(_curve_key(public_key), response)
         if envelope is None or envelope.type != MsgType.HELLO or envelope.sender != public_key:
             self.stats.refused["bad_hello_response"] += 1
-            return
-        with contextlib.suppress(AdmissionError):
+            return False
+        try:
             self._admit(envelope)
+        except AdmissionError:
+            return False
+        return True
 
     async def _connect_candidates(self) -> None:
         discovery = self._discovery
@@ -861,6 +907,18 @@ class MeshService(Service):
 
     def unblock(self, node_id: str) -> None:
         self.blocked.discard(node_id)
+
+
+def _membership_config(
+    preset: str, dead_reap_after_s: float, left_reap_after_s: float
+) -> MembershipConfig:
+    """The preset's timing; reap times replace the preset's where given (> 0)."""
+    config = MEMBERSHIP_PRESETS[preset]()
+    if dead_reap_after_s > 0:
+        config = dataclasses.replace(config, dead_reap_after_s=dead_reap_after_s)
+    if left_reap_after_s > 0:
+        config = dataclasses.replace(config, left_reap_after_s=left_reap_after_s)
+    return config
 
 
 def signed_issuer(signed: SignedCertificate) -> bytes:

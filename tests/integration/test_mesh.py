@@ -83,6 +83,33 @@ def test_five_nodes_find_each_other_through_one_seed_without_mdns(
     wait_mesh_states(group, _all_alive(group))
 
 
+def test_a_dead_node_is_forgotten_after_the_reap_time_and_rejoins_when_restarted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    config = _config(tmp_path, "dead_reap_after_s = 2\n")
+    group = _start(tmp_path, nodes, 4, "--config", str(config))
+    wait_mesh_states(group, _all_alive(group))
+    victim, *survivors = group
+    victim.kill()
+    victim.wait_exit()
+    wait_mesh_states(survivors, {victim.node_id: "dead"}, timeout_s=DETECT_TIMEOUT_S)
+
+    def forgotten() -> bool:
+        views = [n.peer_states() for n in survivors]
+        return all(view and victim.node_id not in view for view in views)
+
+    wait_for(forgotten, timeout_s=DETECT_TIMEOUT_S, what="the dead node reaped everywhere")
+    metrics = survivors[0].get("/metrics")[1].decode()
+    assert 'vsmcp_mesh_members{state="dead"} 0.0' in metrics
+    # Restarted from its data dir (same identity, incarnation 0): it is told its verdict
+    # by whoever it reaches, refutes it, and is alive everywhere again.
+    again = NodeProcess(victim.data_dir, "--config", str(config))
+    nodes.append(again)
+    again.start()
+    assert again.node_id == victim.node_id
+    wait_mesh_states([*survivors, again], _all_alive(group), timeout_s=DETECT_TIMEOUT_S)
+
+
 def test_a_cut_link_between_two_peers_evicts_nobody(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:

@@ -41,6 +41,7 @@ from mesh.transport import (
     Priority,
     QueueFullError,
     RemoteError,
+    RequestRefused,
     RequestTimeoutError,
     Transport,
     TransportClosedError,
@@ -186,6 +187,21 @@ async def test_cancelling_the_caller_sends_cancel_and_cleans_up(
     assert b.stats.cancelled == 1
     assert a._pending == {}
     await eventually(lambda: not b._handlers, "remote handler table empty")
+
+
+async def test_a_refusal_reaches_the_caller_as_its_reason(
+    pair: tuple[Transport, Transport],
+) -> None:
+    a, b = pair
+
+    async def refuse(peer: bytes, payload: bytes) -> bytes:
+        raise RequestRefused("other_mesh", "peer is in mesh 'x'")
+
+    b.on_request(refuse)
+    with pytest.raises(RemoteError) as info:
+        await a.request(b.public_key, b.endpoint, b"hello", timeout_s=5)
+    assert info.value.reason == "other_mesh" and info.value.detail == "peer is in mesh 'x'"
+    assert b.stats.refused == 1 and b.stats.handler_errors == 0
 
 
 async def test_handler_exception_becomes_remote_error(pair: tuple[Transport, Transport]) -> None:

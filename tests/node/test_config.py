@@ -57,6 +57,9 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"trust.zones": ["a", "a"]}, "trust.zones", "unique"),
         ({"trust.dev_zone": "nowhere"}, "trust.dev_zone", "not in trust.zones"),
         ({"envelope.max_bytes": 10}, "envelope.max_bytes", "out of range"),
+        ({"envelope.max_future_skew_s": 0}, "envelope.max_future_skew_s", "out of range"),
+        ({"mesh.dead_reap_after_s": -1}, "mesh.dead_reap_after_s", "out of range"),
+        ({"mesh.left_reap_after_s": 10**9}, "mesh.left_reap_after_s", "out of range"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragment: str) -> None:

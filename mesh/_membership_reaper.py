@@ -5,7 +5,7 @@ exchanged by push-pull, grow with churn. Serf's answer, followed here: a DEAD me
 kept `dead_reap_after_s` (it may be partitioned rather than crashed; while it is kept,
 reconnect probes tell it its verdict once the network heals, and it refutes), a LEFT
 member `left_reap_after_s`. At most `max_down_members` dead or left members are kept at
-once; beyond that the one down longest goes first.
+once; beyond that the one due soonest goes first.
 
 A reaped member leaves a tombstone: the incarnation and the signed status (verdict or
 left) that put it down. Gossip about it at or below that incarnation is ignored (stale
@@ -62,7 +62,7 @@ class Reaper:
         return min(times) if times else None
 
     def take_due(self, now: float) -> list[str]:
-        """Members to reap now: those due, then the longest-down beyond the cap."""
+        """Members to reap now: those due, then (beyond the cap) those due soonest."""
         taken: list[str] = []
         for due in self._due.values():
             while due:

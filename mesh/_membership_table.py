@@ -8,8 +8,9 @@ copy-on-write overlay holding only the members whose view differs from the roste
 the overlay, which is then just a dict.
 
 Members are addressed by a dense index (roster members first, then members learnt
-later in arrival order), which is what the probe order permutes: `ProbeCycle` walks
-a random permutation of the index space without materialising it for big tables.
+later; removing one moves the last into its slot), which is what the probe order
+permutes: `ProbeCycle` walks a random permutation of the index space without
+materialising it for big tables.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ plus quorum verdicts):
 * Reaping (`mesh._membership_reaper`). A member dead for `dead_reap_after_s` (24 h;
   10 min in the local preset: it may be partitioned, and while kept, reconnect probes
   tell it its verdict) or left for `left_reap_after_s` leaves the table (output
-  `MemberReaped`), as does the longest-down one beyond `max_down_members`. Its
+  `MemberReaped`), as does, beyond `max_down_members`, the one due soonest. Its
   tombstone (incarnation and signed status) keeps stale gossip from reviving it and is
   sent to the member if it speaks up again, so it refutes. Push-pull state does not
   teach a node members the sender already holds down. Roster members (the
@@ -920,16 +920,22 @@ class Membership:
         state = self._table.state_of(sender)
         if state is None:
             self._tell_reaped(sender, now, out)
-        elif state == MemberState.ZOMBIE or state == MemberState.DEAD:
+        elif state in (MemberState.ZOMBIE, MemberState.DEAD) and self._may_notify(
+            sender, now, self._cfg.probe_interval_s
+        ):
             # it may not know: tell it (rate-limited) so that it refutes
-            last = self._notified.get(sender, -math.inf)
-            if now - last >= self._cfg.probe_interval_s:
-                self._notified[sender] = now
-                if len(self._notified) > 4 * MAX_BROADCAST_QUEUE_ITEMS:
-                    self._notified.clear()
-                rec = self._table.get(sender)
-                if rec is not None and rec.status is not None:
-                    out.append(Send(sender, GossipMessage([rec.status])))
+            rec = self._table.get(sender)
+            if rec is not None and rec.status is not None:
+                out.append(Send(sender, GossipMessage([rec.status])))
+
+    def _may_notify(self, member: str, now: float, interval_s: float) -> bool:
+        """Rate limit of direct notices to one member (bounded: cleared when large)."""
+        if now - self._notified.get(member, -math.inf) < interval_s:
+            return False
+        if len(self._notified) >= 4 * MAX_BROADCAST_QUEUE_ITEMS:
+            self._notified.clear()
+        self._notified[member] = now
+        return True
 
     # --- observation rounds (quorum) --------------------------------------------------
 
@@ -1203,9 +1209,7 @@ class Membership:
             return False
         if self._left or s.suspector == self._id:
             return False
-        last = self._notified.get(s.suspector, -math.inf)
-        if now - last >= self._cfg.probe_timeout_s:
-            self._notified[s.suspector] = now
+        if self._may_notify(s.suspector, now, self._cfg.probe_timeout_s):
             self.stats["refutations_direct"] += 1
             out.append(Send(s.suspector, GossipMessage([self._alive])))
         return False
@@ -1328,12 +1332,8 @@ class Membership:
         """A reaped member speaks: tell it (rate-limited) why it was reaped, so that it
         refutes with an incarnation above its tombstone's."""
         tombstone = self._reaper.tombstone(member)
-        if tombstone is None:
+        if tombstone is None or not self._may_notify(member, now, self._cfg.probe_interval_s):
             return
-        last = self._notified.get(member, -math.inf)
-        if now - last < self._cfg.probe_interval_s:
-            return
-        self._notified[member] = now
         self.stats["reaped_told"] += 1
         out.append(Send(member, GossipMessage([tombstone.status])))
 

@@ -285,6 +285,9 @@ class Node(Service):
         with contextlib.suppress(MeshError):
             guard = ReplayGuard.after_crash(saved, now_ms, **kwargs)
         guard.raise_floor(now_ms + floor_future_ms)
+        # Saved at once: should this run crash too, the next start must still hold this
+        # floor (its bound may be shorter than the one this floor covers).
+        await store.kv_set(KV_REPLAY_GUARD, guard.dump())
         return guard
 
     async def _save_replay_guard(self, store: Store, guard: ReplayGuard) -> None:

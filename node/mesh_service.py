@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -45,7 +45,7 @@ from mesh.certs import (
     verify_certificate,
 )
 from mesh.discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
-from mesh.envelope import Context, Envelope, MsgType, Opener, Sealer
+from mesh.envelope import Context, Envelope, MsgType, Opener, Sealer, wall_clock_ms
 from mesh.errors import CertificateError, EnvelopeError, MeshError
 from mesh.identity import NodeKey, public_key_from_node_id, verify_detached
 from mesh.membership import (
@@ -85,6 +85,11 @@ HELLO_BACKOFF_MAX_S = 30.0
 # long enough to outlast the replay floor of a peer, or our own, just restarted after a
 # crash (envelope.max_future_skew_s).
 HELLO_RETRIES = 5
+# Refusals that another HELLO will not change.
+PERMANENT_HELLO_REFUSALS = frozenset({"other_mesh", "protocol_version"})
+# Endpoints of reaped members, so that a healed partition can be bridged: when one
+# of them speaks again, we HELLO it there (it is in no table any more).
+MAX_REAPED_ENDPOINTS = 4096
 SEED_REOFFER_INTERVAL_S = 5.0
 LEAVE_SPREAD_S = 0.3
 MAX_REACHABILITY_CHECKS = 64
@@ -170,6 +175,7 @@ class _Backoff:
     next_at: float = 0.0
     delay_s: float = HELLO_BACKOFF_MIN_S
     running: bool = False  # a HELLO (or its retries) to this key is under way
+    endpoint: str = ""  # the latest endpoint offered for this key
 
     def take(self, now: float) -> None:
         self.next_at = now + self.delay_s
@@ -264,6 +270,7 @@ class MeshService(Service):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._helper_tasks: set[asyncio.Task[Any]] = set()
         self._hello_backoff: dict[str, _Backoff] = {}
+        self._reaped_endpoints: OrderedDict[str, str] = OrderedDict()
         self._hello_slots = asyncio.Semaphore(MAX_HELLOS_IN_FLIGHT)
         self._reach_slots = asyncio.Semaphore(MAX_REACHABILITY_CHECKS)
         self._started = False
@@ -567,7 +574,7 @@ class MeshService(Service):
         membership = self._membership
         info = membership.member(node_id) if membership else None
         meta = decode_meta(info.meta) if info else None
-        return meta.endpoint if meta else None
+        return meta.endpoint if meta else self._reaped_endpoints.get(node_id)
 
     def _send_membership(self, send: Send) -> None:
         if send.to in self.blocked:
@@ -617,8 +624,12 @@ class MeshService(Service):
         log.info("member %s: %s -> reaped", reaped.member, reaped.state.name.lower())
         peer = self.peers.pop(reaped.member, None)
         self._hello_backoff.pop(reaped.member, None)
-        if peer is not None and self._transport is not None:
-            self._transport.forget(peer.public_key)
+        if peer is not None:
+            self._reaped_endpoints[reaped.member] = peer.meta.endpoint
+            if len(self._reaped_endpoints) > MAX_REAPED_ENDPOINTS:
+                self._reaped_endpoints.popitem(last=False)
+            if self._transport is not None:
+                self._transport.forget(peer.public_key)
         if self._on_member_change is not None:
             self._on_member_change(reaped)
 
@@ -707,7 +718,8 @@ class MeshService(Service):
         try:
             return self._answer_request(peer_curve_key, wire)
         except AdmissionError as e:
-            raise RequestRefused(e.reason, str(e)) from e
+            # The reason only: details (zones, keys) are not for unadmitted callers.
+            raise RequestRefused(e.reason) from e
 
     def _answer_request(self, peer_curve_key: bytes, wire: bytes) -> bytes:
         envelope = self._open(peer_curve_key, wire)
@@ -762,6 +774,7 @@ class MeshService(Service):
                 "admitted peer %s (zone %s) at %s", node_id, certificate.zone, hello.meta.endpoint
             )
             self._hello_backoff.pop(node_id, None)
+            self._reaped_endpoints.pop(node_id, None)
         peer = Peer(node_id, envelope.sender, certificate, hello.meta, time.monotonic())
         self.peers[node_id] = peer
         membership = self._membership
@@ -798,36 +811,41 @@ class MeshService(Service):
     def _maybe_hello(self, key: str, endpoint: str, node_id: str | None = None) -> None:
         node_id = node_id or key
         backoff = self._hello_backoff.setdefault(key, _Backoff())
+        backoff.endpoint = endpoint  # a running retry loop takes the newest one
         now = time.monotonic()
         if now < backoff.next_at or backoff.running or self._stopped:
             return
         backoff.take(now)
         backoff.running = True
         self._spawn(
-            self._hello_with_retries(backoff, node_id, endpoint),
-            f"mesh-hello-{node_id[-6:]}",
-            helper=True,
+            self._hello_with_retries(backoff, node_id), f"mesh-hello-{node_id[-6:]}", helper=True
         )
 
-    async def _hello_with_retries(self, backoff: _Backoff, node_id: str, endpoint: str) -> None:
+    async def _hello_with_retries(self, backoff: _Backoff, node_id: str) -> None:
+        """HELLO until admitted: `HELLO_RETRIES` more times on the backoff, and in any
+        case until one try was made after our own replay floor passed (right after a
+        crash we refuse every answer until then)."""
         try:
-            for _ in range(HELLO_RETRIES):
-                if await self._hello(node_id, endpoint):
+            tries = 0
+            while True:
+                floor_passed = wall_clock_ms() > self._opener.guard.floor_ms
+                outcome = await self._hello(node_id, backoff.endpoint)
+                tries += 1
+                if outcome != "retry" or (tries > HELLO_RETRIES and floor_passed):
                     return
                 await asyncio.sleep(max(0.0, backoff.next_at - time.monotonic()))
                 if node_id in self.peers or node_id in self.blocked or self._stopped:
                     return
                 backoff.take(time.monotonic())
-            await self._hello(node_id, endpoint)
         finally:
             backoff.running = False
 
-    async def _hello(self, node_id: str, endpoint: str) -> bool:
-        """Say HELLO to `endpoint`; True when its answer admitted the peer."""
+    async def _hello(self, node_id: str, endpoint: str) -> str:
+        """Say HELLO to `endpoint`: "admitted", "refused" (for good) or "retry"."""
         try:
             public_key = _public_key(node_id)
         except MeshError:
-            return False
+            return "refused"
         wire = self._sealer.seal(MsgType.HELLO, self._hello_payload(), recipient=public_key)
         self.stats.hellos_sent += 1
         async with self._hello_slots:
@@ -841,16 +859,17 @@ class MeshService(Service):
                 )
             except TransportError as e:
                 log.debug("hello to %s at %s failed: %s", node_id, endpoint, e)
-                return False
+                permanent = e.reason in PERMANENT_HELLO_REFUSALS
+                return "refused" if permanent else "retry"
         envelope = self._open(_curve_key(public_key), response)
         if envelope is None or envelope.type != MsgType.HELLO or envelope.sender != public_key:
             self.stats.refused["bad_hello_response"] += 1
-            return False
+            return "retry"
         try:
             self._admit(envelope)
-        except AdmissionError:
-            return False
-        return True
+        except AdmissionError as e:
+            return "refused" if e.reason in PERMANENT_HELLO_REFUSALS else "retry"
+        return "admitted"
 
     async def _connect_candidates(self) -> None:
         discovery = self._discovery

@@ -160,8 +160,8 @@ class NodeProcess:
             return {}
         return {p["id"]: p["state"] for p in peers}
 
-    def post(self, path: str) -> int:
-        request = urllib.request.Request(self.url + path, method="POST", data=b"")
+    def post(self, path: str, *, method: str = "POST") -> int:
+        request = urllib.request.Request(self.url + path, method=method, data=b"")
         try:
             with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as r:
                 return int(r.status)

@@ -110,6 +110,40 @@ def test_a_dead_node_is_forgotten_after_the_reap_time_and_rejoins_when_restarted
     wait_mesh_states([*survivors, again], _all_alive(group), timeout_s=DETECT_TIMEOUT_S)
 
 
+def test_a_partition_healed_after_the_reap_time_merges_again(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # No mDNS, and nobody has the cut-off node as a seed: after the reap, only the
+    # endpoint remembered for reaped members lets the others answer it.
+    config = _config(tmp_path, "dead_reap_after_s = 2\n")
+    config.write_text("[node]\ndebug_api = true\n" + config.read_text())
+    args = ("--config", str(config), "--no-mdns")
+    (seed,) = _start(tmp_path, nodes, 1, *args)
+    others = _start(
+        tmp_path, nodes, 3, *args, "--seed", f"{seed.node_id}@127.0.0.1:{seed.mesh_port}"
+    )
+    group = [seed, *others]
+    wait_mesh_states(group, _all_alive(group))
+    *majority, cut_off = group
+
+    def cut(method: str) -> None:
+        for node in majority:
+            assert node.post(f"/api/debug/block?peer={cut_off.node_id}", method=method) == 200
+            assert cut_off.post(f"/api/debug/block?peer={node.node_id}", method=method) == 200
+
+    cut("POST")
+    wait_mesh_states(majority, {cut_off.node_id: "dead"}, timeout_s=DETECT_TIMEOUT_S)
+    wait_for(
+        lambda: all(n.peer_states() and cut_off.node_id not in n.peer_states() for n in majority),
+        timeout_s=DETECT_TIMEOUT_S,
+        what="the cut-off node reaped by the majority",
+    )
+    # The cut-off node could not gather a quorum against anyone.
+    assert set(cut_off.peer_states().values()) <= {"alive", "suspect"}
+    cut("DELETE")
+    wait_mesh_states(group, _all_alive(group), timeout_s=DETECT_TIMEOUT_S)
+
+
 def test_a_cut_link_between_two_peers_evicts_nobody(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:

@@ -611,7 +611,7 @@ def test_a_left_member_is_reaped_sooner() -> None:
     assert {e.state for _, e in net.reaped} == {MemberState.LEFT}
 
 
-def test_beyond_max_down_members_the_longest_down_is_reaped_first() -> None:
+def test_beyond_max_down_members_the_one_due_soonest_is_reaped_first() -> None:
     config = dataclasses.replace(REAP_CFG, max_down_members=1, dead_reap_after_s=1_000.0)
     net = Net(names(5), config=config)
     _new_member(net, "x", config)

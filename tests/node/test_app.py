@@ -51,8 +51,8 @@ async def test_a_shortened_future_skew_does_not_shorten_the_floor_of_a_crash(
     before = wall_clock_ms()
     floor = await _guard_floor_after_start(tmp_path, max_future_skew_s=2)
     assert floor >= before + 20_000
-    # The run after that one accepted under 2 s: its crash costs only 2 s.
+    # That run crashes too, before its floor has passed: the next one still refuses
+    # everything the first run may have accepted, though its own bound is 2 s.
     await _crash(tmp_path)
-    before = wall_clock_ms()
-    floor = await _guard_floor_after_start(tmp_path, max_future_skew_s=2)
-    assert before + 2_000 <= floor < before + 20_000
+    floor_again = await _guard_floor_after_start(tmp_path, max_future_skew_s=2)
+    assert floor_again >= floor

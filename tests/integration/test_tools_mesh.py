@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -251,6 +253,48 @@ async def test_malformed_requests_unknown_tool_and_bad_arguments(ready: Mesh) ->
     status, _, body = await _call(ready.url, "add", {"a": "two", "b": 2})
     assert (status, body["error"]["code"]) == (400, INVALID_PARAMS)
     assert body["error"]["data"]["path"] == "arguments.a"
+
+
+# The MCP Inspector CLI (npm), a second real client: installed by
+# `npm ci --prefix tests/integration/inspector` (.ci/run does), with the Node 22 it needs.
+INSPECTOR = REPO_ROOT / "tests" / "integration" / "inspector" / "node_modules" / ".bin"
+
+
+def _inspector(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    if not (INSPECTOR / "mcp-inspector").exists():
+        reason = "MCP Inspector CLI not installed: npm ci --prefix tests/integration/inspector"
+        if os.environ.get("VSMCP_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{reason} (VSMCP_REQUIRE_SERVICES=1)")
+        pytest.skip(reason)
+    return subprocess.run(
+        [str(INSPECTOR / "mcp-inspector"), "--cli", url, "--transport", "http", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{INSPECTOR}{os.pathsep}{os.environ.get('PATH', '')}"},
+        timeout=120,
+    )
+
+
+def test_mcp_inspector_cli_at_c_lists_and_calls_tools_of_a_and_b(ready: Mesh) -> None:
+    listed = _inspector(ready.url, "--method", "tools/list")
+    assert listed.returncode == 0, listed.stderr
+    assert {t["name"] for t in json.loads(listed.stdout)["tools"]} >= EXPECTED
+    # A's plugin tool and B's debug tool, both through C.
+    added = _inspector(
+        ready.url, "--method", "tools/call", "--tool-name", "add", "--tool-arg", "a=2", "b=3"
+    )
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["structuredContent"] == {"sum": 5}
+    echoed = _inspector(
+        ready.url, "--method", "tools/call", "--tool-name", "b.echo", "--tool-arg", "text=hi"
+    )
+    assert echoed.returncode == 0, echoed.stderr
+    assert json.loads(json.loads(echoed.stdout)["content"][0]["text"]) == {"text": "hi"}
+    # Wrong arguments: C's schema check answers, and the Inspector shows it.
+    wrong = _inspector(
+        ready.url, "--method", "tools/call", "--tool-name", "add", "--tool-arg", "a=two", "b=3"
+    )
+    assert "arguments.a" in wrong.stdout + wrong.stderr, (wrong.stdout, wrong.stderr)
 
 
 def test_cli_lists_the_registry_and_calls_through_the_node(ready: Mesh) -> None:

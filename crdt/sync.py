@@ -8,6 +8,9 @@ Messages (msgpack, tagged arrays, append-only tags), each naming its doc and epo
   SyncUpdate(doc, epoch, updates)       local updates pushed as they happen (batched)
   SyncRecords(doc, epoch, records)      (key, signed blob) pairs: one piece of an answer
                                         too large for one message (see below)
+  SyncPart(doc, epoch, transfer, index, count, data)
+                                        one slice of an encoded SyncStep2 too large for
+                                        one message (see below)
 
 Handling, with L our epoch and M the message's (see `crdt.replica` for why):
   SyncStep1: M == L -> SyncStep2(diff); M < L -> SyncStep2(L, full state);
@@ -23,8 +26,15 @@ Anti-entropy is the caller calling `make_sync_request()` every few seconds to ea
 a lost message, a dropped push queue or a missed epoch heals on the next round.
 
 Message size cap (`max_message_bytes`, what one envelope carries)
-    Every message the endpoint produces fits the cap. A Yjs update cannot be cut, so an
-    answer (diff or full state) whose SyncStep2 would exceed the cap is sent instead as
+    Every message the endpoint produces fits the cap. An answer (diff or full state)
+    whose SyncStep2 would exceed the cap travels as SyncPart slices of that encoded
+    message, up to `MAX_ASSEMBLED_BYTES` in all. The receiver reassembles them (at most
+    `MAX_OPEN_TRANSFERS` transfers and `MAX_ASSEMBLY_BYTES` buffered at once, the oldest
+    dropped first; duplicates ignored) and handles the whole SyncStep2 as if it had come
+    in one message: the peers then hold the same Yjs structs, so the next anti-entropy
+    round finds nothing to send. A transfer missing a slice never completes; the next
+    round sends a new one.
+    Larger still, the answer is sent as
     SyncRecords pieces: every verified record we retain (`retained_records()`: live
     records and live tombstones), packed by encoded size. The receiver takes each
     record only through `offer` (signature, key and rank checked, long-expired refused),
@@ -44,7 +54,10 @@ Message size cap (`max_message_bytes`, what one envelope carries)
 
 from __future__ import annotations
 
+import random
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -57,6 +70,11 @@ MAX_UPDATES_PER_MESSAGE = 1024
 MAX_RECORDS_PER_MESSAGE = 16_384
 MAX_PENDING_UPDATES = 10_000
 MAX_DOC_NAME_CHARS = 64
+MAX_ASSEMBLED_BYTES = MAX_SYNC_MESSAGE_BYTES  # the largest answer sent in SyncPart slices
+MAX_PARTS_PER_TRANSFER = 4096
+MAX_OPEN_TRANSFERS = 16
+MAX_ASSEMBLY_BYTES = 2 * MAX_ASSEMBLED_BYTES  # buffered slices, all transfers together
+_MAX_TRANSFER_ID = (1 << 63) - 1
 
 _DocName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DOC_NAME_CHARS)]
 
@@ -89,13 +107,36 @@ class SyncRecords(msgspec.Struct, frozen=True, array_like=True, tag=4, gc=False)
     records: Annotated[list[tuple[str, bytes]], msgspec.Meta(max_length=MAX_RECORDS_PER_MESSAGE)]
 
 
-SyncMessage = SyncStep1 | SyncStep2 | SyncUpdate | SyncRecords
+class SyncPart(msgspec.Struct, frozen=True, array_like=True, tag=5, gc=False):
+    doc: _DocName
+    epoch: Epoch
+    transfer: Annotated[int, msgspec.Meta(ge=0, le=_MAX_TRANSFER_ID)]
+    index: Annotated[int, msgspec.Meta(ge=0, lt=MAX_PARTS_PER_TRANSFER)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTS_PER_TRANSFER)]
+    data: bytes
+
+
+SyncMessage = SyncStep1 | SyncStep2 | SyncUpdate | SyncRecords | SyncPart
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[SyncMessage] = msgspec.msgpack.Decoder(SyncMessage)
 
 
 # Slack for a msgpack array header growing from 1 byte (fixarray) to 5 (array32).
 _ARRAY_HEADER_SLACK_BYTES = 4
+# Slack for a msgpack bin header growing from 2 bytes (bin8) to 5 (bin32).
+_BIN_HEADER_SLACK_BYTES = 3
+
+
+@dataclass(slots=True)
+class _Assembly:
+    """A SyncPart transfer being reassembled."""
+
+    epoch: Epoch
+    count: int
+    parts: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0
+
+
 _T = TypeVar("_T")
 
 
@@ -153,12 +194,18 @@ class SyncEndpoint:
         self._pending_count = 0
         self._push: list[Callable[[bytes], None]] = []
         self._requested: dict[str, Epoch] = {}
+        self._next_transfer = random.getrandbits(62)
+        self._assemblies: OrderedDict[tuple[str, int], _Assembly] = OrderedDict()
+        self._assembly_bytes = 0
         self.stats: dict[str, int] = {
             "handled": 0,
             "epoch_switches": 0,
             "stale_epoch_messages": 0,
             "dropped_pending_updates": 0,
-            "split_answers": 0,
+            "split_answers": 0,  # sent as SyncPart slices
+            "record_answers": 0,  # too large even for slices: sent as SyncRecords
+            "transfers_completed": 0,
+            "transfers_dropped": 0,  # incomplete, pushed out by newer ones
             "update_too_large": 0,
             "record_too_large": 0,
         }
@@ -258,6 +305,8 @@ class SyncEndpoint:
             return self._on_step1(doc, decoded)
         if isinstance(decoded, SyncStep2):
             return self._on_content(doc, decoded.epoch, [decoded.update], full=decoded.full)
+        if isinstance(decoded, SyncPart):
+            return self._on_part(doc, decoded)
         return self._on_records(doc, decoded)
 
     def _on_step1(self, doc: VerifiedDoc[Any, Any], message: SyncStep1) -> list[bytes]:
@@ -273,8 +322,75 @@ class SyncEndpoint:
         message = encode_message(SyncStep2(doc.name, doc.epoch, update, full))
         if len(message) <= self._max_message_bytes:
             return [message]
-        self.stats["split_answers"] += 1
+        parts = self._part_messages(doc, message)
+        if parts:
+            self.stats["split_answers"] += 1
+            return parts
+        self.stats["record_answers"] += 1
         return self._record_messages(doc)
+
+    def _part_messages(self, doc: VerifiedDoc[Any, Any], message: bytes) -> list[bytes]:
+        """`message` in SyncPart slices that each fit the cap ([] if it cannot be)."""
+        transfer = self._next_transfer
+        self._next_transfer = (transfer + 1) & _MAX_TRANSFER_ID
+        empty = SyncPart(doc.name, doc.epoch, _MAX_TRANSFER_ID, 0, MAX_PARTS_PER_TRANSFER, b"")
+        overhead = len(encode_message(empty)) + _BIN_HEADER_SLACK_BYTES
+        chunk = self._max_message_bytes - overhead
+        if len(message) > MAX_ASSEMBLED_BYTES or chunk <= 0:
+            return []
+        count = -(-len(message) // chunk)
+        if count > MAX_PARTS_PER_TRANSFER:
+            return []
+        view = memoryview(message)
+        slices = [bytes(view[i * chunk : (i + 1) * chunk]) for i in range(count)]
+        return [
+            encode_message(SyncPart(doc.name, doc.epoch, transfer, i, count, data))
+            for i, data in enumerate(slices)
+        ]
+
+    def _on_part(self, doc: VerifiedDoc[Any, Any], part: SyncPart) -> list[bytes]:
+        if part.index >= part.count:
+            raise MalformedMessage(f"sync part {part.index} of {part.count}")
+        key = (doc.name, part.transfer)
+        assembly = self._assemblies.get(key)
+        if assembly is None:
+            assembly = self._assemblies[key] = _Assembly(part.epoch, part.count)
+        elif (assembly.epoch, assembly.count) != (part.epoch, part.count):
+            raise MalformedMessage("sync part disagrees with its transfer's epoch or count")
+        if part.index in assembly.parts:
+            return []  # a duplicate
+        if assembly.size + len(part.data) > MAX_ASSEMBLED_BYTES:
+            self._drop_assembly(key)
+            raise MessageTooLarge(f"sync transfer exceeds {MAX_ASSEMBLED_BYTES} bytes")
+        assembly.parts[part.index] = part.data
+        assembly.size += len(part.data)
+        self._assembly_bytes += len(part.data)
+        self._make_room(keep=key)
+        if len(assembly.parts) < assembly.count:
+            return []
+        self._drop_assembly(key)
+        self.stats["transfers_completed"] += 1
+        whole = decode_message(
+            b"".join(assembly.parts[i] for i in range(assembly.count)),
+            max_bytes=MAX_ASSEMBLED_BYTES,
+        )
+        if not isinstance(whole, SyncStep2) or (whole.doc, whole.epoch) != (doc.name, part.epoch):
+            raise MalformedMessage("sync parts do not make the SyncStep2 they announce")
+        return self._on_content(doc, whole.epoch, [whole.update], full=whole.full)
+
+    def _make_room(self, keep: tuple[str, int]) -> None:
+        """Bound reassembly: drop the oldest other transfers beyond the limits."""
+        while (
+            len(self._assemblies) > MAX_OPEN_TRANSFERS or self._assembly_bytes > MAX_ASSEMBLY_BYTES
+        ):
+            oldest = next(k for k in self._assemblies if k != keep)
+            self._drop_assembly(oldest)
+            self.stats["transfers_dropped"] += 1
+
+    def _drop_assembly(self, key: tuple[str, int]) -> None:
+        assembly = self._assemblies.pop(key, None)
+        if assembly is not None:
+            self._assembly_bytes -= assembly.size
 
     def _on_records(self, doc: VerifiedDoc[Any, Any], message: SyncRecords) -> list[bytes]:
         if message.epoch == doc.epoch:

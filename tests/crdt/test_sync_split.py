@@ -1,6 +1,7 @@
-"""Sync answers and pushes larger than the message cap: split into pieces that each fit,
-and that converge in any order, with duplicates, across an epoch switch, without letting
-a forged or retired record in."""
+"""Sync answers and pushes larger than the message cap: split into pieces that each fit
+(SyncPart slices of the answer, or SyncRecords beyond what slices carry), and that
+converge in any order, with duplicates, across an epoch switch, without letting a forged
+or retired record in."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt.errors import MalformedMessage
+import crdt.sync
+from crdt.errors import MalformedMessage, MessageTooLarge
 from crdt.registry import CapabilityRegistry, entry_key
 from crdt.replica import Epoch
 from crdt.signing import Ed25519Signer
-from crdt.sync import SyncEndpoint, SyncRecords, SyncStep2, decode_message, encode_message
+from crdt.sync import (
+    MAX_OPEN_TRANSFERS,
+    SyncEndpoint,
+    SyncPart,
+    SyncRecords,
+    SyncStep2,
+    decode_message,
+    encode_message,
+)
 from tests.crdt.harness import Clock, Network, Replica
 
 CAP_BYTES = 8 * 1024
@@ -71,7 +81,34 @@ def names(replica: Replica) -> set[str]:
     return {e.name for e in replica.registry.view()}
 
 
-def test_joiner_gets_a_state_larger_than_the_cap_in_pieces() -> None:
+def test_joiner_gets_a_state_larger_than_the_cap_in_slices_and_then_nothing_more() -> None:
+    net = capped_network(2)
+    a, b = net.replicas
+    announce_many(a)
+    net.pool.clear()  # b was not there for the pushes
+    assert a.registry.encoded_size() > 2 * CAP_BYTES
+    pieces = answer(net, asker=1, answerer=0)
+    assert len(pieces) >= 3
+    assert all(len(piece) <= CAP_BYTES for piece in pieces)
+    assert all(isinstance(decode_message(piece), SyncPart) for piece in pieces)
+    assert a.endpoint.stats["split_answers"] == 1
+    for piece in pieces:
+        assert b.endpoint.handle(piece) == []
+    assert b.endpoint.stats["transfers_completed"] == 1
+    assert net.views()[0] == net.views()[1]
+    assert len(names(b)) == TOOLS
+    # b holds a's Yjs structs now: the next rounds, either way, carry a small diff only.
+    for asker, answerer in ((1, 0), (0, 1)):
+        replies = answer(net, asker=asker, answerer=answerer)
+        assert [type(decode_message(r)) for r in replies] == [SyncStep2]
+        assert all(len(r) < 200 for r in replies)
+    assert a.endpoint.stats["split_answers"] == 1
+
+
+def test_an_answer_too_large_for_slices_goes_as_record_pieces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(crdt.sync, "MAX_ASSEMBLED_BYTES", 2 * CAP_BYTES)
     net = capped_network(2)
     a, b = net.replicas
     announce_many(a)
@@ -81,7 +118,7 @@ def test_joiner_gets_a_state_larger_than_the_cap_in_pieces() -> None:
     assert len(pieces) >= 3
     assert all(len(piece) <= CAP_BYTES for piece in pieces)
     assert all(isinstance(decode_message(piece), SyncRecords) for piece in pieces)
-    assert a.endpoint.stats["split_answers"] == 1
+    assert a.endpoint.stats["record_answers"] == 1
     for piece in pieces:
         assert b.endpoint.handle(piece) == []
     assert net.views()[0] == net.views()[1]
@@ -115,10 +152,40 @@ def test_a_lost_piece_is_healed_by_the_next_round() -> None:
     net.pool.clear()
     for piece in answer(net, asker=1, answerer=0)[1:]:
         b.endpoint.handle(piece)
-    assert 0 < len(names(b)) < TOOLS
+    assert names(b) == set()  # an incomplete transfer applies nothing
     net.pool.clear()
     net.anti_entropy()
     assert net.views()[0] == net.views()[1]
+
+
+def test_slices_are_checked_and_reassembly_is_bounded() -> None:
+    net = capped_network(2)
+    a, b = net.replicas
+    announce_many(a)
+    net.pool.clear()
+    pieces = [decode_message(p) for p in answer(net, asker=1, answerer=0)]
+    first = pieces[0]
+    assert isinstance(first, SyncPart)
+    with pytest.raises(MalformedMessage):  # index beyond count
+        b.endpoint.handle(encode_message(SyncPart("registry", first.epoch, 9, 3, 3, b"x")))
+    b.endpoint.handle(encode_message(first))
+    with pytest.raises(MalformedMessage):  # disagrees with the transfer it joins
+        b.endpoint.handle(
+            encode_message(SyncPart("registry", first.epoch, first.transfer, 1, 99, b"x"))
+        )
+    with pytest.raises(MalformedMessage):  # slices of something that is not a SyncStep2
+        b.endpoint.handle(encode_message(SyncPart("registry", first.epoch, 7, 0, 1, b"\x90")))
+    big = b"x" * (CAP_BYTES - 200)
+    with pytest.raises(MessageTooLarge):  # more than MAX_ASSEMBLED_BYTES in slices
+        for index in range(crdt.sync.MAX_ASSEMBLED_BYTES // len(big) + 1):
+            part = SyncPart("registry", first.epoch, 8, index, 4096, big)
+            b.endpoint.handle(encode_message(part))
+    # Many incomplete transfers: only the newest MAX_OPEN_TRANSFERS are kept.
+    for transfer in range(100, 100 + 2 * MAX_OPEN_TRANSFERS):
+        b.endpoint.handle(encode_message(SyncPart("registry", first.epoch, transfer, 0, 2, b"x")))
+    assert len(b.endpoint._assemblies) == MAX_OPEN_TRANSFERS
+    assert b.endpoint.stats["transfers_dropped"] >= MAX_OPEN_TRANSFERS
+    assert names(b) == set()
 
 
 def test_epoch_switch_in_pieces_keeps_content_and_retirements() -> None:
@@ -179,7 +246,25 @@ def test_outgoing_batches_split_by_bytes() -> None:
     assert len(sink.view()) == TOOLS
 
 
-def test_a_record_larger_than_the_cap_is_counted_and_skipped() -> None:
+def test_a_record_larger_than_the_cap_travels_in_slices() -> None:
+    net = capped_network(2)
+    a, b = net.replicas
+    announce_many(a, count=20)
+    huge = {"type": "object", "description": "y" * (2 * CAP_BYTES)}
+    a.registry.announce(a.signer, "huge", zone="public", input_schema=huge)
+    assert a.endpoint.stats["update_too_large"] == 1  # its push could not be sent
+    net.pool.clear()
+    pieces = answer(net, asker=1, answerer=0)
+    assert all(len(piece) <= CAP_BYTES for piece in pieces)
+    for piece in pieces:
+        b.endpoint.handle(piece)
+    assert names(b) == names(a)
+
+
+def test_a_record_larger_than_the_cap_is_skipped_by_record_pieces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(crdt.sync, "MAX_ASSEMBLED_BYTES", 2 * CAP_BYTES)
     net = capped_network(2)
     a, b = net.replicas
     announce_many(a, count=20)

@@ -81,7 +81,9 @@ def names(replica: Replica) -> set[str]:
     return {e.name for e in replica.registry.view()}
 
 
-def test_joiner_gets_a_state_larger_than_the_cap_in_slices_and_then_nothing_more() -> None:
+def join_larger_than_the_cap(kind: type) -> Network:
+    """b joins a, whose state is about three caps: the answer comes in pieces of
+    `kind`, each within the cap, and b ends with a's view."""
     net = capped_network(2)
     a, b = net.replicas
     announce_many(a)
@@ -90,13 +92,19 @@ def test_joiner_gets_a_state_larger_than_the_cap_in_slices_and_then_nothing_more
     pieces = answer(net, asker=1, answerer=0)
     assert len(pieces) >= 3
     assert all(len(piece) <= CAP_BYTES for piece in pieces)
-    assert all(isinstance(decode_message(piece), SyncPart) for piece in pieces)
-    assert a.endpoint.stats["split_answers"] == 1
+    assert all(isinstance(decode_message(piece), kind) for piece in pieces)
     for piece in pieces:
         assert b.endpoint.handle(piece) == []
-    assert b.endpoint.stats["transfers_completed"] == 1
     assert net.views()[0] == net.views()[1]
     assert len(names(b)) == TOOLS
+    return net
+
+
+def test_joiner_gets_a_state_larger_than_the_cap_in_slices_and_then_nothing_more() -> None:
+    net = join_larger_than_the_cap(SyncPart)
+    a, b = net.replicas
+    assert a.endpoint.stats["split_answers"] == 1
+    assert b.endpoint.stats["transfers_completed"] == 1
     # b holds a's Yjs structs now: the next rounds, either way, carry a small diff only.
     for asker, answerer in ((1, 0), (0, 1)):
         replies = answer(net, asker=asker, answerer=answerer)
@@ -109,20 +117,9 @@ def test_an_answer_too_large_for_slices_goes_as_record_pieces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(crdt.sync, "MAX_ASSEMBLED_BYTES", 2 * CAP_BYTES)
-    net = capped_network(2)
-    a, b = net.replicas
-    announce_many(a)
-    net.pool.clear()  # b was not there for the pushes
-    assert a.registry.encoded_size() > 2 * CAP_BYTES
-    pieces = answer(net, asker=1, answerer=0)
-    assert len(pieces) >= 3
-    assert all(len(piece) <= CAP_BYTES for piece in pieces)
-    assert all(isinstance(decode_message(piece), SyncRecords) for piece in pieces)
+    net = join_larger_than_the_cap(SyncRecords)
+    a = net.replicas[0]
     assert a.endpoint.stats["record_answers"] == 1
-    for piece in pieces:
-        assert b.endpoint.handle(piece) == []
-    assert net.views()[0] == net.views()[1]
-    assert len(names(b)) == TOOLS
     # b's rewrites of what it took reach a within the cap and change nothing there.
     drain_capped(net)
     net.anti_entropy()

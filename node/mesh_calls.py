@@ -23,16 +23,23 @@ request, so routing treats both paths alike.
 Every batch is size-capped by the envelope and item-capped here; handler tasks are
 bounded in all and per peer; each task and each waiting call is owned by `MeshCalls`
 and ends with it.
+
+Flow control: a caller keeps at most `max_inflight_per_peer` requests in flight to one
+peer (by default the peer's own per-peer handler limit), and further requests wait for
+a slot, first come first served, within their timeout. So one busy entry node queues
+its calls to a provider instead of having them refused "busy"; "busy" remains the
+provider's answer when many callers together exceed its total limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -68,6 +75,7 @@ COUNTED_EVENTS: Final = (
     "foreign_reply",  # answers from a peer the call did not go to
     "duplicate_ref",  # a ref reused while its request still ran
     "malformed",  # undecodable CALLS or REPLIES payloads
+    "queued",  # requests that waited for a slot (max_inflight_per_peer in flight)
 )
 
 _Ref = Annotated[int, Meta(ge=0)]
@@ -111,6 +119,14 @@ class _Waiting:
     future: asyncio.Future[ReplyItem]
 
 
+@dataclass(slots=True)
+class _Window:
+    """Requests in flight to one peer, and the requests waiting for a slot."""
+
+    inflight: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+
 class MeshCalls:
     """The request/reply multiplexer of one node. `stop()` ends every call and handler."""
 
@@ -122,12 +138,15 @@ class MeshCalls:
         max_payload_bytes: int,
         max_handlers: int = MAX_CONCURRENT_HANDLERS,
         max_handlers_per_peer: int = MAX_HANDLERS_PER_PEER,
+        max_inflight_per_peer: int = MAX_HANDLERS_PER_PEER,
     ) -> None:
         self._send = send
         self._handlers = handlers
         self._max_payload = max_payload_bytes
         self._max_handlers = max_handlers
         self._max_per_peer = max_handlers_per_peer
+        self._max_inflight = max_inflight_per_peer
+        self._windows: dict[str, _Window] = {}
         self._refs = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
         self._serving: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -155,12 +174,34 @@ class MeshCalls:
         """
         if self._stopped:
             raise TransportClosedError("mesh calls stopped")
+        loop = asyncio.get_running_loop()
+        window = self._windows.get(node_id)
+        if window is None:
+            window = self._windows[node_id] = _Window()
+        if window.inflight >= self._max_inflight:
+            started = loop.time()
+            await self._wait_for_slot(window, node_id, timeout_s)
+            timeout_s = max(0.0, timeout_s - (loop.time() - started))
+        else:
+            window.inflight += 1
+        try:
+            reply = await self._call(node_id, kind, payload, timeout_s, context)
+        finally:
+            self._release(node_id, window)
+        if reply.refusal:
+            raise CallRefusedError(reply.refusal)
+        return reply
+
+    async def _call(
+        self, node_id: str, kind: MsgType, payload: bytes, timeout_s: float, ctx: Context | None
+    ) -> ReplyItem:
+        """One request item to `node_id` (its slot taken) and its reply item."""
         ref = next(self._refs)
         self.counts["requested"] += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ReplyItem] = loop.create_future()
         self._waiting[ref] = _Waiting(node_id, future)
-        item = CallItem(kind, ref, EMPTY_CONTEXT if context is None else context, payload)
+        item = CallItem(kind, ref, EMPTY_CONTEXT if ctx is None else ctx, payload)
         self._queue(node_id, MsgType.CALLS, ref, _encode(item))
         # A timer on the future, not an asyncio.timeout scope: half the cost per call.
         timer = loop.call_later(timeout_s, _expire, future, node_id, timeout_s)
@@ -181,9 +222,37 @@ class MeshCalls:
                 # The caller gave up (timeout or cancellation): stop the handler there.
                 cancel = CallItem(MsgType.CANCEL, ref, EMPTY_CONTEXT, b"")
                 self._queue(node_id, MsgType.CALLS, ref, _encode(cancel))
-        if reply.refusal:
-            raise CallRefusedError(reply.refusal)
         return reply
+
+    async def _wait_for_slot(self, window: _Window, node_id: str, timeout_s: float) -> None:
+        """Wait until a finishing request hands this one its slot (counted in flight)."""
+        self.counts["queued"] += 1
+        loop = asyncio.get_running_loop()
+        slot: asyncio.Future[None] = loop.create_future()
+        window.waiters.append(slot)
+        timer = loop.call_later(timeout_s, _expire_wait, slot, node_id, timeout_s)
+        try:
+            await slot
+        except BaseException:
+            if slot.done() and not slot.cancelled() and slot.exception() is None:
+                self._release(node_id, window)  # handed a slot while leaving: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    window.waiters.remove(slot)
+            raise
+        finally:
+            timer.cancel()
+
+    def _release(self, node_id: str, window: _Window) -> None:
+        """A request to `node_id` ended: hand its slot to the first waiter, if any."""
+        while window.waiters:
+            slot = window.waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        window.inflight -= 1
+        if window.inflight <= 0 and self._windows.get(node_id) is window:
+            del self._windows[node_id]
 
     def on_replies(self, node_id: str, envelope: Envelope) -> None:
         """A REPLIES envelope from `node_id` (opened and admitted by the caller)."""
@@ -341,11 +410,22 @@ class MeshCalls:
         for waiting in self._waiting.values():
             if not waiting.future.done():
                 waiting.future.set_exception(TransportClosedError("mesh calls stopped"))
+        for window in self._windows.values():
+            for slot in window.waiters:
+                if not slot.done():
+                    slot.set_exception(TransportClosedError("mesh calls stopped"))
         tasks = list(self._serving.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._outboxes.clear()
+
+
+def _expire_wait(slot: asyncio.Future[None], node_id: str, timeout_s: float) -> None:
+    if not slot.done():
+        slot.set_exception(
+            RequestTimeoutError(f"no slot for a request to {node_id} within {timeout_s:g} s")
+        )
 
 
 def _expire(future: asyncio.Future[ReplyItem], node_id: str, timeout_s: float) -> None:

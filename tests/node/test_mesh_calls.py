@@ -15,7 +15,13 @@ import msgspec
 import pytest
 
 from mesh.envelope import EMPTY_CONTEXT, WIRE_VERSION, Context, Envelope, MsgType
-from mesh.transport import QueueFullError, RemoteError, RequestTimeoutError, TransportClosedError
+from mesh.transport import (
+    MAX_HANDLERS_PER_PEER,
+    QueueFullError,
+    RemoteError,
+    RequestTimeoutError,
+    TransportClosedError,
+)
 from node.mesh_calls import MAX_ITEMS_PER_ENVELOPE, CallRefusedError, Handler, MeshCalls
 from tests.polling import async_wait_until
 
@@ -78,10 +84,15 @@ def holding_handler(started: asyncio.Event, cancelled: asyncio.Event) -> Handler
 
 
 def pair(
-    handlers: dict[MsgType, Handler], *, max_payload: int = 1 << 20, **limits: int
+    handlers: dict[MsgType, Handler],
+    *,
+    max_payload: int = 1 << 20,
+    inflight: int = MAX_HANDLERS_PER_PEER,
+    **limits: int,
 ) -> tuple[Link, MeshCalls, MeshCalls]:
+    """a calls (at most `inflight` requests at once), b serves (within `limits`)."""
     link = Link()
-    a = MeshCalls(link.sender(A), {}, max_payload_bytes=max_payload)
+    a = MeshCalls(link.sender(A), {}, max_payload_bytes=max_payload, max_inflight_per_peer=inflight)
     b = MeshCalls(link.sender(B), handlers, max_payload_bytes=max_payload, **limits)
     link.ends.update({A: a, B: b})
     return link, a, b
@@ -175,6 +186,63 @@ async def test_beyond_the_handler_limit_requests_are_refused_busy() -> None:
     await b.stop()
 
 
+async def test_beyond_the_in_flight_window_requests_wait_for_a_slot() -> None:
+    gate = asyncio.Event()
+    running = 0
+    most = 0
+
+    async def hold(peer: object, envelope: Envelope) -> tuple[MsgType, bytes]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+        return MsgType.RESULT, envelope.payload
+
+    _, a, b = pair({MsgType.INVOKE: hold}, inflight=3)
+    calls = [
+        asyncio.create_task(a.request(B, MsgType.INVOKE, bytes([i]), timeout_s=5, context=None))
+        for i in range(8)
+    ]
+    await async_wait_until(lambda: running == 3, what="three handlers running")
+    assert a.counts["queued"] == 5 and b.counts["served"] == 3
+    gate.set()
+    replies = await asyncio.gather(*calls)
+    assert [r.payload for r in replies] == [bytes([i]) for i in range(8)]  # none refused
+    assert most == 3 and b.counts["busy"] == 0
+    assert a._windows == {}  # nothing left behind once all ended
+    await a.stop()
+    await b.stop()
+
+
+async def test_a_request_waiting_for_a_slot_times_out_or_is_cancelled_cleanly() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    _, a, b = pair({MsgType.INVOKE: holding_handler(started, cancelled)}, inflight=1)
+    first = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    await asyncio.wait_for(started.wait(), 5)
+    with pytest.raises(RequestTimeoutError, match="no slot"):
+        await a.request(B, MsgType.INVOKE, b"", timeout_s=0.05, context=None)
+    waiting = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    await async_wait_until(lambda: a.counts["queued"] == 2, what="the second waiter queued")
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert len(a._windows[B].waiters) == 0 and a._windows[B].inflight == 1
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert a._windows == {}
+    # Stopping fails a request still waiting for a slot.
+    blocker = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    queued = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    await async_wait_until(lambda: a.counts["queued"] == 3, what="a third waiter queued")
+    await a.stop()
+    for call in (blocker, queued):
+        with pytest.raises(TransportClosedError):
+            await call
+    await b.stop()
+
+
 async def test_a_cancelled_call_cancels_the_handler_on_the_peer() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
     hold = holding_handler(started, cancelled)
@@ -221,7 +289,10 @@ async def test_batches_respect_the_size_and_item_caps() -> None:
     assert max(link.sizes) <= 10_000 + 64
 
     link2, c, d = pair(
-        {MsgType.INVOKE: echo_handler()}, max_handlers=2_000, max_handlers_per_peer=2_000
+        {MsgType.INVOKE: echo_handler()},
+        inflight=2_000,
+        max_handlers=2_000,
+        max_handlers_per_peer=2_000,
     )
     n = MAX_ITEMS_PER_ENVELOPE + 10
     await asyncio.gather(

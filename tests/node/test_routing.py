@@ -4,6 +4,7 @@ provider-side limits, structured errors), through their /mcp endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -190,6 +191,7 @@ MODERN = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
     "io.modelcontextprotocol/clientCapabilities": {},
 }
+CONCURRENT_SLOW_CALLS = 100  # beyond the 64 one caller keeps in flight to one peer
 SLOW_SCHEMA = {
     "type": "object",
     "properties": {"steps": {"type": "integer"}, "hold_s": {"type": "number"}},
@@ -228,6 +230,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
             "name": "slow",
             "target": "tests.node.tools.sample_plugins:slow",
             "input_schema": SLOW_SCHEMA,
+            "limits": {"max_concurrency": 2 * CONCURRENT_SLOW_CALLS},
         }
     ]
     provider_cfg = _config(
@@ -281,6 +284,17 @@ async def _has_tools(pair: Pair, names: set[str]) -> bool:
         pair.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN}}
     )
     return names <= {t["name"] for t in body["result"]["tools"]}
+
+
+async def test_more_concurrent_calls_than_the_in_flight_window_all_succeed(pair: Pair) -> None:
+    calls = [
+        _call(pair.url, "slow", {"steps": 0, "hold_s": 0.2}) for _ in range(CONCURRENT_SLOW_CALLS)
+    ]
+    results = await asyncio.gather(*calls)
+    failed = [body for status, body in results if status != 200 or "error" in body]
+    assert failed == []
+    assert pair.entry.mesh.call_counts()["queued"] >= CONCURRENT_SLOW_CALLS - 64
+    assert pair.provider.mesh.call_counts().get("busy", 0) == 0
 
 
 async def test_remote_tool_is_called_on_its_provider(pair: Pair) -> None:

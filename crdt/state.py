@@ -125,8 +125,7 @@ class ReplicatedState:
     def handle(self, peer: bytes, message: bytes) -> list[bytes]:
         """Process a sync message from `peer`; returns replies for that peer. Raises a
         CrdtError subclass (with `.reason`) for messages to count and drop."""
-        del peer  # replies go back to the sender; the endpoint itself is peer-agnostic
-        return self.sync.handle(message)
+        return self.sync.handle(message, peer)
 
     def outgoing(self) -> list[bytes]:
         return self.sync.outgoing()

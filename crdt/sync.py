@@ -28,12 +28,13 @@ a lost message, a dropped push queue or a missed epoch heals on the next round.
 Message size cap (`max_message_bytes`, what one envelope carries)
     Every message the endpoint produces fits the cap. An answer (diff or full state)
     whose SyncStep2 would exceed the cap travels as SyncPart slices of that encoded
-    message, up to `MAX_ASSEMBLED_BYTES` in all. The receiver reassembles them (at most
-    `MAX_OPEN_TRANSFERS` transfers and `MAX_ASSEMBLY_BYTES` buffered at once, the oldest
-    dropped first; duplicates ignored) and handles the whole SyncStep2 as if it had come
-    in one message: the peers then hold the same Yjs structs, so the next anti-entropy
-    round finds nothing to send. A transfer missing a slice never completes; the next
-    round sends a new one.
+    message, up to `MAX_ASSEMBLED_BYTES` in all. The receiver reassembles them per sending
+    peer (at most `MAX_OPEN_TRANSFERS_PER_PEER` transfers per peer, `MAX_OPEN_TRANSFERS`
+    and `MAX_ASSEMBLY_BYTES` in all, the oldest dropped first, the sender's own first;
+    duplicates and late slices of ended transfers ignored) and handles the whole
+    SyncStep2 as if it had come in one message: the peers then hold the same Yjs structs,
+    so the next anti-entropy round finds nothing to send. A transfer missing a slice
+    never completes; the next round sends a new one (transfer ids are random).
     Larger still, the answer is sent as
     SyncRecords pieces: every verified record we retain (`retained_records()`: live
     records and live tombstones), packed by encoded size. The receiver takes each
@@ -54,7 +55,7 @@ Message size cap (`max_message_bytes`, what one envelope carries)
 
 from __future__ import annotations
 
-import random
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -70,10 +71,14 @@ MAX_UPDATES_PER_MESSAGE = 1024
 MAX_RECORDS_PER_MESSAGE = 16_384
 MAX_PENDING_UPDATES = 10_000
 MAX_DOC_NAME_CHARS = 64
-MAX_ASSEMBLED_BYTES = MAX_SYNC_MESSAGE_BYTES  # the largest answer sent in SyncPart slices
+# The largest answer sent in SyncPart slices: half the transport's per-peer queue (16 MiB),
+# so a whole transfer fits there even behind other traffic.
+MAX_ASSEMBLED_BYTES = 8 * 1024 * 1024
 MAX_PARTS_PER_TRANSFER = 4096
 MAX_OPEN_TRANSFERS = 16
-MAX_ASSEMBLY_BYTES = 2 * MAX_ASSEMBLED_BYTES  # buffered slices, all transfers together
+MAX_OPEN_TRANSFERS_PER_PEER = 2
+MAX_ASSEMBLY_BYTES = 4 * MAX_ASSEMBLED_BYTES  # buffered slices, all transfers together
+RECENT_TRANSFERS = 256  # ended transfers remembered, so that their late slices are ignored
 _MAX_TRANSFER_ID = (1 << 63) - 1
 
 _DocName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DOC_NAME_CHARS)]
@@ -125,6 +130,9 @@ _decoder: msgspec.msgpack.Decoder[SyncMessage] = msgspec.msgpack.Decoder(SyncMes
 _ARRAY_HEADER_SLACK_BYTES = 4
 # Slack for a msgpack bin header growing from 2 bytes (bin8) to 5 (bin32).
 _BIN_HEADER_SLACK_BYTES = 3
+
+
+_TransferKey = tuple[bytes, str, int]  # (sending peer, doc, transfer id)
 
 
 @dataclass(slots=True)
@@ -194,8 +202,8 @@ class SyncEndpoint:
         self._pending_count = 0
         self._push: list[Callable[[bytes], None]] = []
         self._requested: dict[str, Epoch] = {}
-        self._next_transfer = random.getrandbits(62)
-        self._assemblies: OrderedDict[tuple[str, int], _Assembly] = OrderedDict()
+        self._assemblies: OrderedDict[_TransferKey, _Assembly] = OrderedDict()
+        self._ended: OrderedDict[_TransferKey, None] = OrderedDict()
         self._assembly_bytes = 0
         self.stats: dict[str, int] = {
             "handled": 0,
@@ -286,10 +294,10 @@ class SyncEndpoint:
             for doc in self._docs.values()
         ]
 
-    def handle(self, message: bytes) -> list[bytes]:
-        """Process one message from a peer; returns the replies to send back to it.
+    def handle(self, message: bytes, peer: bytes = b"") -> list[bytes]:
+        """Process one message from `peer`; returns the replies to send back to it.
         Raises a CrdtError subclass for oversized, malformed or unknown-doc messages and
-        for updates pycrdt refuses."""
+        for updates pycrdt refuses. `peer` (any stable id) keeps reassembly per sender."""
         decoded = decode_message(message, max_bytes=self._max_message_bytes)
         doc = self._docs.get(decoded.doc)
         if doc is None:
@@ -306,7 +314,7 @@ class SyncEndpoint:
         if isinstance(decoded, SyncStep2):
             return self._on_content(doc, decoded.epoch, [decoded.update], full=decoded.full)
         if isinstance(decoded, SyncPart):
-            return self._on_part(doc, decoded)
+            return self._on_part(doc, decoded, peer)
         return self._on_records(doc, decoded)
 
     def _on_step1(self, doc: VerifiedDoc[Any, Any], message: SyncStep1) -> list[bytes]:
@@ -331,9 +339,9 @@ class SyncEndpoint:
 
     def _part_messages(self, doc: VerifiedDoc[Any, Any], message: bytes) -> list[bytes]:
         """`message` in SyncPart slices that each fit the cap ([] if it cannot be)."""
-        transfer = self._next_transfer
-        self._next_transfer = (transfer + 1) & _MAX_TRANSFER_ID
-        empty = SyncPart(doc.name, doc.epoch, _MAX_TRANSFER_ID, 0, MAX_PARTS_PER_TRANSFER, b"")
+        transfer = secrets.randbits(63)
+        largest = MAX_PARTS_PER_TRANSFER
+        empty = SyncPart(doc.name, doc.epoch, _MAX_TRANSFER_ID, largest - 1, largest, b"")
         overhead = len(encode_message(empty)) + _BIN_HEADER_SLACK_BYTES
         chunk = self._max_message_bytes - overhead
         if len(message) > MAX_ASSEMBLED_BYTES or chunk <= 0:
@@ -348,10 +356,12 @@ class SyncEndpoint:
             for i, data in enumerate(slices)
         ]
 
-    def _on_part(self, doc: VerifiedDoc[Any, Any], part: SyncPart) -> list[bytes]:
+    def _on_part(self, doc: VerifiedDoc[Any, Any], part: SyncPart, peer: bytes) -> list[bytes]:
         if part.index >= part.count:
             raise MalformedMessage(f"sync part {part.index} of {part.count}")
-        key = (doc.name, part.transfer)
+        key = (peer, doc.name, part.transfer)
+        if key in self._ended:
+            return []  # a late slice of a transfer already completed or dropped
         assembly = self._assemblies.get(key)
         if assembly is None:
             assembly = self._assemblies[key] = _Assembly(part.epoch, part.count)
@@ -378,8 +388,13 @@ class SyncEndpoint:
             raise MalformedMessage("sync parts do not make the SyncStep2 they announce")
         return self._on_content(doc, whole.epoch, [whole.update], full=whole.full)
 
-    def _make_room(self, keep: tuple[str, int]) -> None:
-        """Bound reassembly: drop the oldest other transfers beyond the limits."""
+    def _make_room(self, keep: _TransferKey) -> None:
+        """Bound reassembly: beyond the limits drop the oldest other transfer, the same
+        sender's first (so one peer cannot push out everyone else's)."""
+        own = [k for k in self._assemblies if k[0] == keep[0] and k != keep]
+        while len(own) >= MAX_OPEN_TRANSFERS_PER_PEER:
+            self._drop_assembly(own.pop(0))
+            self.stats["transfers_dropped"] += 1
         while (
             len(self._assemblies) > MAX_OPEN_TRANSFERS or self._assembly_bytes > MAX_ASSEMBLY_BYTES
         ):
@@ -387,10 +402,13 @@ class SyncEndpoint:
             self._drop_assembly(oldest)
             self.stats["transfers_dropped"] += 1
 
-    def _drop_assembly(self, key: tuple[str, int]) -> None:
+    def _drop_assembly(self, key: _TransferKey) -> None:
         assembly = self._assemblies.pop(key, None)
         if assembly is not None:
             self._assembly_bytes -= assembly.size
+        self._ended[key] = None
+        if len(self._ended) > RECENT_TRANSFERS:
+            self._ended.popitem(last=False)
 
     def _on_records(self, doc: VerifiedDoc[Any, Any], message: SyncRecords) -> list[bytes]:
         if message.epoch == doc.epoch:

@@ -58,6 +58,8 @@ from mesh.transport import (
 log = logging.getLogger(__name__)
 
 MAX_ITEMS_PER_ENVELOPE: Final = 1024
+# Requests waiting for a slot to one peer; beyond this they are refused "busy" at once.
+MAX_WAITING_PER_PEER: Final = 1024
 MAX_REFUSAL_CHARS: Final = 64
 # Per item beyond its payload: msgpack framing, the ref, a refusal and a small context.
 ITEM_OVERHEAD_BYTES: Final = 1024
@@ -68,7 +70,7 @@ COUNTED_EVENTS: Final = (
     "served",  # requests from peers this node ran
     "calls_envelopes",  # CALLS envelopes sent (requested / this = calls per envelope)
     "replies_envelopes",  # REPLIES envelopes sent
-    "busy",  # refused: handler limits reached
+    "busy",  # refused: handler limits reached there, or too many waiting here
     "handler_error",  # a handler raised
     "unsent",  # items whose envelope could not be queued
     "late_reply",  # answers to calls that had timed out or were cancelled
@@ -144,6 +146,8 @@ class MeshCalls:
         self._handlers = handlers
         self._max_payload = max_payload_bytes
         self._max_handlers = max_handlers
+        if max_inflight_per_peer < 1:
+            raise ValueError("max_inflight_per_peer must be at least 1")
         self._max_per_peer = max_handlers_per_peer
         self._max_inflight = max_inflight_per_peer
         self._windows: dict[str, _Window] = {}
@@ -181,10 +185,14 @@ class MeshCalls:
         if window.inflight >= self._max_inflight:
             started = loop.time()
             await self._wait_for_slot(window, node_id, timeout_s)
-            timeout_s = max(0.0, timeout_s - (loop.time() - started))
+            timeout_s -= loop.time() - started
         else:
             window.inflight += 1
         try:
+            if self._stopped:  # stopped while this request was handed its slot
+                raise TransportClosedError("mesh calls stopped")
+            if timeout_s <= 0:
+                raise RequestTimeoutError(f"no slot for a request to {node_id} in time")
             reply = await self._call(node_id, kind, payload, timeout_s, context)
         finally:
             self._release(node_id, window)
@@ -226,6 +234,9 @@ class MeshCalls:
 
     async def _wait_for_slot(self, window: _Window, node_id: str, timeout_s: float) -> None:
         """Wait until a finishing request hands this one its slot (counted in flight)."""
+        if len(window.waiters) >= MAX_WAITING_PER_PEER:
+            self.counts["busy"] += 1
+            raise CallRefusedError("busy", f"{MAX_WAITING_PER_PEER} requests already waiting")
         self.counts["queued"] += 1
         loop = asyncio.get_running_loop()
         slot: asyncio.Future[None] = loop.create_future()

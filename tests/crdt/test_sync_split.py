@@ -18,6 +18,7 @@ from crdt.replica import Epoch
 from crdt.signing import Ed25519Signer
 from crdt.sync import (
     MAX_OPEN_TRANSFERS,
+    MAX_OPEN_TRANSFERS_PER_PEER,
     SyncEndpoint,
     SyncPart,
     SyncRecords,
@@ -177,12 +178,40 @@ def test_slices_are_checked_and_reassembly_is_bounded() -> None:
         for index in range(crdt.sync.MAX_ASSEMBLED_BYTES // len(big) + 1):
             part = SyncPart("registry", first.epoch, 8, index, 4096, big)
             b.endpoint.handle(encode_message(part))
-    # Many incomplete transfers: only the newest MAX_OPEN_TRANSFERS are kept.
-    for transfer in range(100, 100 + 2 * MAX_OPEN_TRANSFERS):
-        b.endpoint.handle(encode_message(SyncPart("registry", first.epoch, transfer, 0, 2, b"x")))
+
+    # Many incomplete transfers: at most MAX_OPEN_TRANSFERS_PER_PEER from one peer, and
+    # MAX_OPEN_TRANSFERS in all.
+    def stub(transfer: int, index: int = 0) -> bytes:
+        return encode_message(SyncPart("registry", first.epoch, transfer, index, 2, b"x"))
+
+    for transfer in range(100, 110):
+        b.endpoint.handle(stub(transfer), b"one")
+    assert sum(k[0] == b"one" for k in b.endpoint._assemblies) == MAX_OPEN_TRANSFERS_PER_PEER
+    for peer in range(2 * MAX_OPEN_TRANSFERS):
+        b.endpoint.handle(stub(200), bytes([peer]))
     assert len(b.endpoint._assemblies) == MAX_OPEN_TRANSFERS
-    assert b.endpoint.stats["transfers_dropped"] >= MAX_OPEN_TRANSFERS
+    # A late slice of a dropped transfer opens nothing again.
+    dropped = b.endpoint.stats["transfers_dropped"]
+    b.endpoint.handle(stub(100, index=1), b"one")
+    assert (b"one", "registry", 100) not in b.endpoint._assemblies
+    assert b.endpoint.stats["transfers_dropped"] == dropped
     assert names(b) == set()
+
+
+def test_a_peer_flooding_slices_cannot_stop_another_peers_transfer() -> None:
+    net = capped_network(2)
+    a, b = net.replicas
+    announce_many(a)
+    net.pool.clear()
+    pieces = answer(net, asker=1, answerer=0)
+    epoch = decode_message(pieces[0]).epoch
+    for index, piece in enumerate(pieces):
+        b.endpoint.handle(piece, b"honest")
+        for transfer in range(4 * MAX_OPEN_TRANSFERS):  # new transfers, never completed
+            junk = SyncPart("registry", epoch, 1000 * index + transfer, 0, 2, b"x")
+            b.endpoint.handle(encode_message(junk), b"flooder")
+    assert b.endpoint.stats["transfers_completed"] == 1
+    assert net.views()[0] == net.views()[1]
 
 
 def test_epoch_switch_in_pieces_keeps_content_and_retirements() -> None:
@@ -309,3 +338,15 @@ def test_garbage_records_message_is_malformed() -> None:
     bad = b"\x94\x04" + bad[2:]  # tag 4 with a SyncStep2 body
     with pytest.raises(MalformedMessage):
         endpoint.handle(bad)
+
+
+@pytest.mark.parametrize("cap", [1024, 4096, 16_384, 60_000])
+def test_every_slice_fits_the_cap_whatever_its_index(cap: int) -> None:
+    registry = CapabilityRegistry(replica_id=b"a")
+    endpoint = SyncEndpoint([registry], max_message_bytes=cap)
+    message = b"x" * min(crdt.sync.MAX_ASSEMBLED_BYTES, 200 * cap)
+    slices = endpoint._part_messages(registry, message)
+    assert len(slices) > 128  # indexes that take more bytes than index 0
+    assert max(len(s) for s in slices) <= cap
+    parts = [decode_message(s) for s in slices]
+    assert b"".join(p.data for p in parts if isinstance(p, SyncPart)) == message

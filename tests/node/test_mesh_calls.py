@@ -22,6 +22,7 @@ from mesh.transport import (
     RequestTimeoutError,
     TransportClosedError,
 )
+from node import mesh_calls
 from node.mesh_calls import MAX_ITEMS_PER_ENVELOPE, CallRefusedError, Handler, MeshCalls
 from tests.polling import async_wait_until
 
@@ -355,3 +356,38 @@ async def test_stop_fails_waiting_calls_and_cancels_handlers() -> None:
     with pytest.raises(TransportClosedError):
         await a.request(B, MsgType.INVOKE, b"", timeout_s=1, context=None)
     await a.stop()  # idempotent
+
+
+async def test_stop_right_after_a_slot_was_handed_over_fails_the_request_at_once() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    _, a, b = pair({MsgType.INVOKE: holding_handler(started, cancelled)}, inflight=1)
+    first = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    await asyncio.wait_for(started.wait(), 5)
+    second = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    await async_wait_until(lambda: a.counts["queued"] == 1, what="the second request waiting")
+    first.cancel()
+    await asyncio.sleep(0)  # first ends and hands its slot over; second has not run yet
+    assert first.done()
+    await a.stop()
+    with pytest.raises(TransportClosedError):
+        await asyncio.wait_for(second, 5)
+    await b.stop()
+
+
+async def test_beyond_max_waiting_requests_are_refused_busy_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mesh_calls, "MAX_WAITING_PER_PEER", 2)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    _, a, b = pair({MsgType.INVOKE: holding_handler(started, cancelled)}, inflight=1)
+    calls = [
+        asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+        for _ in range(3)
+    ]
+    await asyncio.wait_for(started.wait(), 5)
+    with pytest.raises(CallRefusedError) as refused:
+        await a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None)
+    assert refused.value.reason == "busy" and a.counts["busy"] == 1
+    await a.stop()
+    await asyncio.gather(*calls, return_exceptions=True)
+    await b.stop()

@@ -51,7 +51,7 @@ from node.tools.errors import (
     UnknownTool,
     ZoneDenied,
 )
-from node.tools.model import CallContext, ToolCatalog, new_trace_id
+from node.tools.model import META_CAUSALITY, META_TRACE_ID, CallContext, ToolCatalog, new_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,6 @@ META_PROTOCOL_VERSION: Final = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_CAPABILITIES: Final = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO: Final = "io.modelcontextprotocol/serverInfo"
 META_SUBSCRIPTION_ID: Final = "io.modelcontextprotocol/subscriptionId"
-META_TRACE_ID: Final = "vsmcp/traceId"
-META_CAUSALITY: Final = "vsmcp/causality"
 MAX_CAUSALITY: Final = 32
 MAX_ID_CHARS: Final = 128
 

@@ -12,7 +12,7 @@ import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 ProviderKind = Literal["builtin", "plugin", "mounted", "wasm", "child", "remote"]
 
@@ -23,6 +23,12 @@ ToolResult = dict[str, Any]
 """A `CallToolResult`-shaped dict: `content` (list), `isError`, optional `structuredContent`."""
 
 EMPTY_OBJECT_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
+
+# A call's trace in a request's `_meta`: read by the gateway from clients, and sent on
+# to mounted MCP servers (another vsmcp node behind a mount continues the same trace).
+META_TRACE_ID: Final = "vsmcp/traceId"
+META_CAUSALITY: Final = "vsmcp/causality"
+META_ORIGIN: Final = "vsmcp/origin"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

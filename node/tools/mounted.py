@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx2
@@ -22,11 +22,18 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, Tool
+from mcp_types import CONNECTION_CLOSED, RequestParamsMeta, Tool
 
 from node.tools.config import MountConfig
 from node.tools.errors import ProviderError, UnitFault, UnknownTool
-from node.tools.model import CallContext, ToolResult, ToolSpec
+from node.tools.model import (
+    META_CAUSALITY,
+    META_ORIGIN,
+    META_TRACE_ID,
+    CallContext,
+    ToolResult,
+    ToolSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +151,7 @@ class MountedServer:
                 remote,
                 dict(arguments),
                 progress_callback=forward if ctx.progress is not None else None,
+                meta=_trace_meta(ctx),
             )
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
@@ -153,3 +161,14 @@ class MountedServer:
             raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
         dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return {key: dumped[key] for key in RESULT_KEYS if key in dumped}
+
+
+def _trace_meta(ctx: CallContext) -> RequestParamsMeta:
+    """The call's context for the mounted server, in the request's `_meta`: its own logs
+    can then be joined with our audit log by trace id."""
+    meta = {
+        META_TRACE_ID: ctx.trace_id,
+        META_CAUSALITY: list(ctx.causality),
+        META_ORIGIN: ctx.origin,
+    }
+    return cast(RequestParamsMeta, meta)  # an open map: extra keys are allowed

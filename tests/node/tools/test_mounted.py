@@ -19,6 +19,7 @@ from tests.polling import async_wait_until
 pytest.importorskip("mcp_server_time")
 
 CTX = CallContext(caller_id="t", caller_zone="public", origin="test")
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def time_mount(**kw: object) -> MountConfig:
@@ -88,3 +89,23 @@ async def test_stop_terminates_the_child() -> None:
         assert "get_current_time" in [t.name for t in cat.list_tools(CTX)]
         assert children_running("mcp_server_time")
     assert children_running("mcp_server_time") == []
+
+
+async def test_the_call_context_reaches_the_mounted_server_in_meta() -> None:
+    mount = MountConfig(
+        name="meta",
+        command=sys.executable,
+        args=["-m", "tests.node.tools.meta_echo_server"],
+        cwd=str(REPO_ROOT),
+    )
+    cfg = ToolsConfig(mounts=[mount], entry_points=False)
+    async with build_local_catalog(cfg) as catalog:
+        await catalog.supervisor.wait_running(timeout_s=30)
+        ctx = CallContext(
+            caller_id="t", caller_zone="public", origin="http:ci", causality=("a1", "b2")
+        )
+        result = await catalog.call_tool("meta.whoami", {}, ctx)
+    meta = result["structuredContent"]["meta"]
+    assert meta["vsmcp/traceId"] == ctx.trace_id
+    assert meta["vsmcp/causality"] == ["a1", "b2"]
+    assert meta["vsmcp/origin"] == "http:ci"

@@ -1317,6 +1317,9 @@ class Membership:
         status = rec.status
         if not isinstance(status, Verdict | Left) or not self._table.remove(member):
             return  # roster members stay (the simulator's shared baseline)
+        # The last member moved into the freed index: start a fresh probe round rather
+        # than skip or repeat it in this one.
+        self._cycle = ProbeCycle()
         self._reaper.bury(member, Tombstone(rec.incarnation, status))
         self._broadcasts.discard(member)
         for per_member in (self._reach, self._reach_requested, self._notified):

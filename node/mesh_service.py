@@ -65,6 +65,7 @@ from mesh.membership import (
 from mesh.service import Service
 from mesh.transport import (
     Priority,
+    RemoteError,
     RequestRefused,
     Transport,
     TransportError,
@@ -85,8 +86,12 @@ HELLO_BACKOFF_MAX_S = 30.0
 # long enough to outlast the replay floor of a peer, or our own, just restarted after a
 # crash (envelope.max_future_skew_s).
 HELLO_RETRIES = 5
-# Refusals that another HELLO will not change.
-PERMANENT_HELLO_REFUSALS = frozenset({"other_mesh", "protocol_version"})
+# Refusals that another HELLO soon may get past: the peer could not open our HELLO yet
+# (its replay floor after a crash), a test cut the link, or it was overloaded. Any
+# other refusal is about who we are (mesh, version, certificate): retrying won't help.
+TRANSIENT_HELLO_REFUSALS = frozenset(
+    {"bad_envelope", "blocked", "busy", "handler_error", "no_handler", "unadmitted"}
+)
 # Endpoints of reaped members, so that a healed partition can be bridged: when one
 # of them speaks again, we HELLO it there (it is in no table any more).
 MAX_REAPED_ENDPOINTS = 4096
@@ -271,6 +276,7 @@ class MeshService(Service):
         self._helper_tasks: set[asyncio.Task[Any]] = set()
         self._hello_backoff: dict[str, _Backoff] = {}
         self._reaped_endpoints: OrderedDict[str, str] = OrderedDict()
+        self._hello_loops: set[str] = set()  # node ids with a HELLO retry loop running
         self._hello_slots = asyncio.Semaphore(MAX_HELLOS_IN_FLIGHT)
         self._reach_slots = asyncio.Semaphore(MAX_REACHABILITY_CHECKS)
         self._started = False
@@ -815,8 +821,11 @@ class MeshService(Service):
         now = time.monotonic()
         if now < backoff.next_at or backoff.running or self._stopped:
             return
+        if node_id in self._hello_loops:
+            return  # its backoff was dropped (admitted, reaped) while a loop still runs
         backoff.take(now)
         backoff.running = True
+        self._hello_loops.add(node_id)
         self._spawn(
             self._hello_with_retries(backoff, node_id), f"mesh-hello-{node_id[-6:]}", helper=True
         )
@@ -839,6 +848,7 @@ class MeshService(Service):
                 backoff.take(time.monotonic())
         finally:
             backoff.running = False
+            self._hello_loops.discard(node_id)
 
     async def _hello(self, node_id: str, endpoint: str) -> str:
         """Say HELLO to `endpoint`: "admitted", "refused" (for good) or "retry"."""
@@ -857,18 +867,20 @@ class MeshService(Service):
                     timeout_s=HELLO_TIMEOUT_S,
                     priority=Priority.REQUEST,
                 )
+            except RemoteError as e:
+                log.debug("hello to %s at %s refused: %s", node_id, endpoint, e)
+                return "retry" if e.reason in TRANSIENT_HELLO_REFUSALS else "refused"
             except TransportError as e:
                 log.debug("hello to %s at %s failed: %s", node_id, endpoint, e)
-                permanent = e.reason in PERMANENT_HELLO_REFUSALS
-                return "refused" if permanent else "retry"
+                return "retry"
         envelope = self._open(_curve_key(public_key), response)
         if envelope is None or envelope.type != MsgType.HELLO or envelope.sender != public_key:
             self.stats.refused["bad_hello_response"] += 1
             return "retry"
         try:
             self._admit(envelope)
-        except AdmissionError as e:
-            return "refused" if e.reason in PERMANENT_HELLO_REFUSALS else "retry"
+        except AdmissionError:
+            return "refused"  # its certificate or mesh is not for us
         return "admitted"
 
     async def _connect_candidates(self) -> None:

@@ -166,27 +166,66 @@ def _sse(message: Mapping[str, Any]) -> bytes:
 
 
 class _Reply:
-    """One POST's response: JSON, or SSE from the first notification on (if accepted)."""
+    """One POST's response: JSON, or SSE from the first notification on (if accepted).
 
-    def __init__(self, request: web.Request, headers: Mapping[str, str]) -> None:
+    A call still silent after `keepalive_s` switches to SSE and sends a comment every
+    `keepalive_s`, so proxies and clients with read timeouts keep the stream open."""
+
+    def __init__(
+        self, request: web.Request, headers: Mapping[str, str], keepalive_s: float
+    ) -> None:
         self._request = request
         self._headers = dict(headers)
         self._sse_ok = "text/event-stream" in request.headers.get("Accept", "")
+        self._keepalive_s = keepalive_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self._opening: asyncio.Lock | None = None
+        self._answered = False
         self.stream: web.StreamResponse | None = None
 
+    def keep_alive(self) -> None:
+        """(Re)arm the keepalive timer, until the call is answered or abandoned."""
+        if self._sse_ok and not self._answered:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._keepalive_s, self._start_beat)
+
+    def abandon(self) -> None:
+        """The call ended without an answer to send (the client left, or we stop)."""
+        self._answered = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beat is not None:
+            self._beat.cancel()
+
+    def _start_beat(self) -> None:
+        self._beat = asyncio.create_task(self._send_keepalive(), name="mcp-keepalive")
+
+    async def _send_keepalive(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            stream = await self._open()
+            await stream.write(b": keepalive\n\n")
+            self.keep_alive()
+
     async def _open(self) -> web.StreamResponse:
-        if self.stream is None:
-            stream = web.StreamResponse(
-                status=200,
-                headers={
-                    **self._headers,
-                    "Content-Type": "text/event-stream",
-                    "Cache-Control": "no-cache, no-transform",
-                    "X-Accel-Buffering": "no",
-                },
-            )
-            await stream.prepare(self._request)
-            self.stream = stream
+        if self.stream is not None:
+            return self.stream
+        # A notification and a keepalive may both open the stream: only one prepares it.
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self.stream is None:
+                stream = web.StreamResponse(
+                    status=200,
+                    headers={
+                        **self._headers,
+                        "Content-Type": "text/event-stream",
+                        "Cache-Control": "no-cache, no-transform",
+                        "X-Accel-Buffering": "no",
+                    },
+                )
+                await stream.prepare(self._request)
+                self.stream = stream
         return self.stream
 
     async def notify(self, message: dict[str, Any]) -> None:
@@ -196,6 +235,11 @@ class _Reply:
         await stream.write(_sse(message))
 
     async def finish(self, message: dict[str, Any]) -> web.StreamResponse:
+        self._answered = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beat is not None:
+            await self._beat  # let a keepalive in progress end: one writer at a time
         if self.stream is not None:
             with contextlib.suppress(ConnectionError):
                 await self.stream.write(_sse(message))
@@ -229,8 +273,10 @@ class McpGateway:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
         max_listeners: int = DEFAULT_MAX_LISTENERS,
+        sse_keepalive_s: float = SSE_KEEPALIVE_S,
     ) -> None:
         self.core = McpCore(catalog)
+        self.sse_keepalive_s = sse_keepalive_s
         self._grants: dict[bytes, TokenGrant] = {}
         for token, grant in tokens.items():
             if isinstance(grant, str):
@@ -386,7 +432,7 @@ class McpGateway:
         try:
             while not session.closed and not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(session.changed.wait(), SSE_KEEPALIVE_S)
+                    await asyncio.wait_for(session.changed.wait(), self.sse_keepalive_s)
                 if session.closed or self._closing:
                     break
                 if session.changed.is_set():
@@ -466,17 +512,22 @@ class McpGateway:
                 if task is not None:
                     task.cancel()
             return web.Response(status=202)
-        reply = _Reply(request, {H_SESSION: session.id})
+        reply = _Reply(request, {H_SESSION: session.id}, self.sse_keepalive_s)
         task = asyncio.create_task(
             self.core.handle(message, caller, modern=False, notify=reply.notify),
             name=f"mcp-call:{session.id[:8]}:{message.id}",
         )
         session.inflight[message.id] = task
+        reply.keep_alive()
         try:
-            return await reply.finish(await self._run(task, message))
+            answer = await self._run(task, message)
+        except BaseException:
+            reply.abandon()
+            raise
         finally:
             if session.inflight.get(message.id) is task:
                 del session.inflight[message.id]
+        return await reply.finish(answer)
 
     async def _run(self, call: Awaitable[dict[str, Any]], message: Message) -> dict[str, Any]:
         """Await the call and return the reply message.
@@ -533,9 +584,15 @@ class McpGateway:
             )
         if message.method == "subscriptions/listen":
             return await self._listen(request, message)
-        reply = _Reply(request, {})
+        reply = _Reply(request, {}, self.sse_keepalive_s)
         call = self.core.handle(message, caller, modern=True, notify=reply.notify)
-        return await reply.finish(await self._run(call, message))
+        reply.keep_alive()
+        try:
+            answer = await self._run(call, message)
+        except BaseException:
+            reply.abandon()
+            raise
+        return await reply.finish(answer)
 
     async def _listen(self, request: web.Request, message: Message) -> web.StreamResponse:
         if len(self._listeners) >= self.max_listeners:
@@ -562,7 +619,7 @@ class McpGateway:
             await stream.write(_sse(notification("notifications/subscriptions/acknowledged", ack)))
             while not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(listener.changed.wait(), SSE_KEEPALIVE_S)
+                    await asyncio.wait_for(listener.changed.wait(), self.sse_keepalive_s)
                 if self._closing:
                     break
                 if listener.changed.is_set():
@@ -597,6 +654,7 @@ def register_mcp_routes(
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     session_idle_s: float = DEFAULT_SESSION_IDLE_S,
     max_listeners: int = DEFAULT_MAX_LISTENERS,
+    sse_keepalive_s: float = SSE_KEEPALIVE_S,
 ) -> McpGateway:
     """Add POST/GET/DELETE `path` to `app`; the gateway is closed on app cleanup.
 
@@ -616,6 +674,7 @@ def register_mcp_routes(
         max_sessions=max_sessions,
         session_idle_s=session_idle_s,
         max_listeners=max_listeners,
+        sse_keepalive_s=sse_keepalive_s,
     )
     app.router.add_post(path, gateway.handle_post)
     app.router.add_get(path, gateway.handle_get)

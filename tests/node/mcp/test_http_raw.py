@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -21,7 +22,7 @@ from node.mcp.protocol import (
 )
 from node.tools.config import MountConfig, ToolsConfig
 from node.tools.registry import build_local_catalog
-from tests.node.mcp.conftest import PUBLIC_TOKEN, Server, serve
+from tests.node.mcp.conftest import PUBLIC_TOKEN, Server, serve, tools_config
 
 MODERN = "2026-07-28"
 META = {
@@ -186,6 +187,32 @@ async def test_a_host_not_served_here_is_misdirected_on_every_method() -> None:
                     srv.url, msg, {**modern_headers("tools/list"), "Host": host}
                 )
                 assert status == 200, host
+        finally:
+            await runner.cleanup()
+
+
+async def test_a_long_silent_call_keeps_its_stream_alive_with_sse_comments() -> None:
+    async with build_local_catalog(tools_config()) as catalog:
+        await catalog.supervisor.wait_running()
+        srv, runner = await serve(catalog, sse_keepalive_s=0.05)
+        try:
+            params = {"name": "slow", "arguments": {"steps": 0, "hold_s": 0.4}, "_meta": META}
+            msg = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(srv.url, json=msg, headers=modern_headers("tools/call", "slow")) as r,
+            ):
+                assert r.content_type == "text/event-stream"
+                text = (await r.read()).decode()
+            assert text.count(": keepalive") >= 2
+            lines = text.splitlines()
+            events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+            assert [e["id"] for e in events] == [3]
+            assert events[0]["result"]["content"][0]["text"] == "slow done"
+            # A client that takes JSON only waits in silence for its JSON answer.
+            json_only = {**modern_headers("tools/call", "slow"), "Accept": "application/json"}
+            status, _, body = await post(srv.url, msg, json_only)
+            assert status == 200 and body["result"]["content"][0]["text"] == "slow done"
         finally:
             await runner.cleanup()
 

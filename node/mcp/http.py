@@ -518,29 +518,30 @@ class McpGateway:
             name=f"mcp-call:{session.id[:8]}:{message.id}",
         )
         session.inflight[message.id] = task
-        reply.keep_alive()
         try:
-            answer = await self._run(task, message)
-        except BaseException:
-            reply.abandon()
-            raise
+            answer = await self._run(task, message, reply)
         finally:
             if session.inflight.get(message.id) is task:
                 del session.inflight[message.id]
         return await reply.finish(answer)
 
-    async def _run(self, call: Awaitable[dict[str, Any]], message: Message) -> dict[str, Any]:
-        """Await the call and return the reply message.
+    async def _run(
+        self, call: Awaitable[dict[str, Any]], message: Message, reply: _Reply
+    ) -> dict[str, Any]:
+        """Await the call (keeping `reply`'s stream alive meanwhile) and return the reply
+        message.
 
         A client that goes away cancels this handler (the runner's `handler_cancellation`)
         and, through the await, the call. A call cancelled on its own (a legacy
         `notifications/cancelled`) is answered as cancelled.
         """
+        reply.keep_alive()
         try:
             result = await call
         except asyncio.CancelledError:
             handler = asyncio.current_task()
             if handler is not None and handler.cancelling():
+                reply.abandon()
                 raise  # the client is gone, or we are stopping
             return error_message(message.id, McpError(REQUEST_CANCELLED, "Request cancelled"))
         except Exception as exc:  # noqa: BLE001 - the call's exception-to-wire boundary
@@ -586,13 +587,7 @@ class McpGateway:
             return await self._listen(request, message)
         reply = _Reply(request, {}, self.sse_keepalive_s)
         call = self.core.handle(message, caller, modern=True, notify=reply.notify)
-        reply.keep_alive()
-        try:
-            answer = await self._run(call, message)
-        except BaseException:
-            reply.abandon()
-            raise
-        return await reply.finish(answer)
+        return await reply.finish(await self._run(call, message, reply))
 
     async def _listen(self, request: web.Request, message: Message) -> web.StreamResponse:
         if len(self._listeners) >= self.max_listeners:

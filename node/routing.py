@@ -304,10 +304,17 @@ class ProviderSelector:
             if pref.node_id == node_id and (tool is None or name == tool):
                 del self._preferred[name]
 
-    def retain(self, providers: Collection[str], tools: Collection[str]) -> None:
+    def retain(self, providers: Collection[str], tools: Collection[str], now: float) -> None:
         """Forget providers and tools no longer in the registry, so churn does not grow
-        this state; a provider with calls in flight stays until they end."""
-        gone = [n for n, h in self.health.items() if n not in providers and h.inflight == 0]
+        this state. A provider stays while calls to it are in flight or its breaker is
+        open, so one that drops out of the registry and back is not trusted afresh."""
+        gone = [
+            node_id
+            for node_id, health in self.health.items()
+            if node_id not in providers
+            and health.inflight == 0
+            and health.breaker.retry_after_s(now) == 0.0
+        ]
         for node_id in gone:
             del self.health[node_id]
         for tool in [t for t in self._preferred if t not in tools]:
@@ -501,7 +508,7 @@ class MeshCatalog(Service):
             entries.sort(key=lambda r: r.tool.provider)
         self._remote = index
         providers = {r.tool.provider for entries in index.values() for r in entries}
-        self.selector.retain(providers, index.keys())
+        self.selector.retain(providers, index.keys(), asyncio.get_running_loop().time())
 
     def _state(self, node_id: str) -> str | None:
         if node_id not in self._mesh.peers:

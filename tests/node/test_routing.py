@@ -24,6 +24,7 @@ from node.mcp.protocol import INVALID_PARAMS, RATE_LIMITED, ZONE_DENIED
 from node.routing import (
     BREAKER_COOLDOWN_S,
     BREAKER_FAILURES,
+    BREAKER_MAX_COOLDOWN_S,
     MIN_DWELL_S,
     CircuitBreaker,
     ProviderSelector,
@@ -75,11 +76,15 @@ def test_retain_forgets_providers_and_tools_gone_from_the_registry() -> None:
     sel.order("t", [("a", "alive"), ("b", "alive")], 0.0)
     sel.order("u", [("c", "alive")], 0.0)
     sel.on_attempt("c", 0.0)  # a call to c is still in flight
-    sel.retain({"a"}, {"t"})
-    assert set(sel.health) == {"a", "c"}
+    for _ in range(BREAKER_FAILURES):
+        sel.on_failure("b", 0.0, 1.0)  # b's breaker opens
+    sel.retain({"a"}, {"t"}, now=0.0)
+    assert set(sel.health) == {"a", "b", "c"}
     assert sel.preferred("t") is not None and sel.preferred("u") is None
     sel.on_done("c")
-    sel.retain({"a"}, {"t"})
+    sel.retain({"a"}, {"t"}, now=0.0)
+    assert set(sel.health) == {"a", "b"}
+    sel.retain({"a"}, {"t"}, now=BREAKER_MAX_COOLDOWN_S + 1)  # b's cool-down is over
     assert set(sel.health) == {"a"}
 
 

@@ -8,11 +8,11 @@ member `left_reap_after_s`. At most `max_down_members` dead or left members are 
 once; beyond that the one due soonest goes first.
 
 A reaped member leaves a tombstone: the incarnation and the signed status (verdict or
-left) that put it down. Gossip about it at or below that incarnation is ignored (stale
-push-pull state cannot resurrect it), and when the member itself speaks up (a restarted
-node, a healed partition) it is told its status, so it refutes with a higher
-incarnation that everyone accepts. Tombstones are bounded by the same
-`max_down_members`, oldest forgotten first.
+left) that put it down, and its last metadata (where to reach it). Gossip about it at
+or below that incarnation is ignored (stale push-pull state cannot resurrect it), and
+when the member itself speaks up (a restarted node, a healed partition) it is told its
+status, so it refutes with a higher incarnation that everyone accepts. Tombstones are
+bounded by the same `max_down_members`, oldest forgotten first.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ REAPED_STATES = (MemberState.DEAD, MemberState.LEFT)
 class Tombstone(NamedTuple):
     incarnation: int
     status: Verdict | Left
+    meta: bytes = b""
 
 
 class Reaper:

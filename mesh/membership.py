@@ -581,6 +581,11 @@ class Membership:
         rec = self._table.get(member)
         return None if rec is None else self._info(rec)
 
+    def reaped_meta(self, member: str) -> bytes | None:
+        """The last metadata of a reaped member (while its tombstone lasts)."""
+        tombstone = self._reaper.tombstone(member)
+        return None if tombstone is None else tombstone.meta
+
     def members(self) -> list[MemberInfo]:
         return [self._info(rec) for rec in self._table]
 
@@ -1320,7 +1325,7 @@ class Membership:
         # The last member moved into the freed index: start a fresh probe round rather
         # than skip or repeat it in this one.
         self._cycle = ProbeCycle()
-        self._reaper.bury(member, Tombstone(rec.incarnation, status))
+        self._reaper.bury(member, Tombstone(rec.incarnation, status, rec.alive.meta))
         self._broadcasts.discard(member)
         for per_member in (self._reach, self._reach_requested, self._notified):
             per_member.pop(member, None)

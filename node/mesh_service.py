@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -92,9 +92,6 @@ HELLO_RETRIES = 5
 TRANSIENT_HELLO_REFUSALS = frozenset(
     {"bad_envelope", "blocked", "busy", "handler_error", "no_handler", "unadmitted"}
 )
-# Endpoints of reaped members, so that a healed partition can be bridged: when one
-# of them speaks again, we HELLO it there (it is in no table any more).
-MAX_REAPED_ENDPOINTS = 4096
 SEED_REOFFER_INTERVAL_S = 5.0
 LEAVE_SPREAD_S = 0.3
 MAX_REACHABILITY_CHECKS = 64
@@ -179,8 +176,7 @@ class Peer:
 class _Backoff:
     next_at: float = 0.0
     delay_s: float = HELLO_BACKOFF_MIN_S
-    running: bool = False  # a HELLO (or its retries) to this key is under way
-    endpoint: str = ""  # the latest endpoint offered for this key
+    endpoint: str = ""  # the latest endpoint offered for this peer
 
     def take(self, now: float) -> None:
         self.next_at = now + self.delay_s
@@ -275,7 +271,6 @@ class MeshService(Service):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._helper_tasks: set[asyncio.Task[Any]] = set()
         self._hello_backoff: dict[str, _Backoff] = {}
-        self._reaped_endpoints: OrderedDict[str, str] = OrderedDict()
         self._hello_loops: set[str] = set()  # node ids with a HELLO retry loop running
         self._hello_slots = asyncio.Semaphore(MAX_HELLOS_IN_FLIGHT)
         self._reach_slots = asyncio.Semaphore(MAX_REACHABILITY_CHECKS)
@@ -578,9 +573,13 @@ class MeshService(Service):
         if peer is not None:
             return peer.meta.endpoint
         membership = self._membership
-        info = membership.member(node_id) if membership else None
-        meta = decode_meta(info.meta) if info else None
-        return meta.endpoint if meta else self._reaped_endpoints.get(node_id)
+        if membership is None:
+            return None
+        # A reaped member has only its tombstone: a healed partition is bridged there.
+        info = membership.member(node_id)
+        meta_bytes = info.meta if info else membership.reaped_meta(node_id)
+        meta = decode_meta(meta_bytes) if meta_bytes else None
+        return meta.endpoint if meta else None
 
     def _send_membership(self, send: Send) -> None:
         if send.to in self.blocked:
@@ -630,12 +629,8 @@ class MeshService(Service):
         log.info("member %s: %s -> reaped", reaped.member, reaped.state.name.lower())
         peer = self.peers.pop(reaped.member, None)
         self._hello_backoff.pop(reaped.member, None)
-        if peer is not None:
-            self._reaped_endpoints[reaped.member] = peer.meta.endpoint
-            if len(self._reaped_endpoints) > MAX_REAPED_ENDPOINTS:
-                self._reaped_endpoints.popitem(last=False)
-            if self._transport is not None:
-                self._transport.forget(peer.public_key)
+        if peer is not None and self._transport is not None:
+            self._transport.forget(peer.public_key)
         if self._on_member_change is not None:
             self._on_member_change(reaped)
 
@@ -780,7 +775,6 @@ class MeshService(Service):
                 "admitted peer %s (zone %s) at %s", node_id, certificate.zone, hello.meta.endpoint
             )
             self._hello_backoff.pop(node_id, None)
-            self._reaped_endpoints.pop(node_id, None)
         peer = Peer(node_id, envelope.sender, certificate, hello.meta, time.monotonic())
         self.peers[node_id] = peer
         membership = self._membership
@@ -814,17 +808,14 @@ class MeshService(Service):
             return
         self._maybe_hello(node_id, endpoint)
 
-    def _maybe_hello(self, key: str, endpoint: str, node_id: str | None = None) -> None:
-        node_id = node_id or key
-        backoff = self._hello_backoff.setdefault(key, _Backoff())
+    def _maybe_hello(self, node_id: str, endpoint: str) -> None:
+        backoff = self._hello_backoff.setdefault(node_id, _Backoff())
         backoff.endpoint = endpoint  # a running retry loop takes the newest one
         now = time.monotonic()
-        if now < backoff.next_at or backoff.running or self._stopped:
+        # One loop per peer, even if its backoff was dropped (admitted, reaped) meanwhile.
+        if now < backoff.next_at or node_id in self._hello_loops or self._stopped:
             return
-        if node_id in self._hello_loops:
-            return  # its backoff was dropped (admitted, reaped) while a loop still runs
         backoff.take(now)
-        backoff.running = True
         self._hello_loops.add(node_id)
         self._spawn(
             self._hello_with_retries(backoff, node_id), f"mesh-hello-{node_id[-6:]}", helper=True
@@ -847,7 +838,6 @@ class MeshService(Service):
                     return
                 backoff.take(time.monotonic())
         finally:
-            backoff.running = False
             self._hello_loops.discard(node_id)
 
     async def _hello(self, node_id: str, endpoint: str) -> str:

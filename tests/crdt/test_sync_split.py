@@ -272,9 +272,10 @@ def test_outgoing_batches_split_by_bytes() -> None:
     assert len(sink.view()) == TOOLS
 
 
-def test_a_record_larger_than_the_cap_travels_in_slices() -> None:
+def answer_with_a_record_larger_than_the_cap() -> tuple[Network, list[bytes]]:
+    """a holds 20 tools and one whose record alone exceeds the cap; b asks for all."""
     net = capped_network(2)
-    a, b = net.replicas
+    a = net.replicas[0]
     announce_many(a, count=20)
     huge = {"type": "object", "description": "y" * (2 * CAP_BYTES)}
     a.registry.announce(a.signer, "huge", zone="public", input_schema=huge)
@@ -282,6 +283,12 @@ def test_a_record_larger_than_the_cap_travels_in_slices() -> None:
     net.pool.clear()
     pieces = answer(net, asker=1, answerer=0)
     assert all(len(piece) <= CAP_BYTES for piece in pieces)
+    return net, pieces
+
+
+def test_a_record_larger_than_the_cap_travels_in_slices() -> None:
+    net, pieces = answer_with_a_record_larger_than_the_cap()
+    a, b = net.replicas
     for piece in pieces:
         b.endpoint.handle(piece)
     assert names(b) == names(a)
@@ -291,15 +298,8 @@ def test_a_record_larger_than_the_cap_is_skipped_by_record_pieces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(crdt.sync, "MAX_ASSEMBLED_BYTES", 2 * CAP_BYTES)
-    net = capped_network(2)
+    net, pieces = answer_with_a_record_larger_than_the_cap()
     a, b = net.replicas
-    announce_many(a, count=20)
-    huge = {"type": "object", "description": "y" * (2 * CAP_BYTES)}
-    a.registry.announce(a.signer, "huge", zone="public", input_schema=huge)
-    assert a.endpoint.stats["update_too_large"] == 1  # its push could not be sent
-    net.pool.clear()
-    pieces = answer(net, asker=1, answerer=0)
-    assert all(len(piece) <= CAP_BYTES for piece in pieces)
     assert a.endpoint.stats["record_too_large"] == 1
     for piece in pieces:
         b.endpoint.handle(piece)

@@ -23,7 +23,13 @@ from mesh.transport import (
     TransportClosedError,
 )
 from node import mesh_calls
-from node.mesh_calls import MAX_ITEMS_PER_ENVELOPE, CallRefusedError, Handler, MeshCalls
+from node.mesh_calls import (
+    MAX_ITEMS_PER_ENVELOPE,
+    CallRefusedError,
+    Handler,
+    MeshCalls,
+    ReplyItem,
+)
 from tests.polling import async_wait_until
 
 A, B = "node-a", "node-b"
@@ -82,6 +88,11 @@ def holding_handler(started: asyncio.Event, cancelled: asyncio.Event) -> Handler
         return MsgType.RESULT, b""
 
     return hold
+
+
+def start_call(caller: MeshCalls) -> asyncio.Task[ReplyItem]:
+    """An empty INVOKE from `caller` to B, with a minute to run, as a task."""
+    return asyncio.create_task(caller.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
 
 
 def pair(
@@ -219,11 +230,11 @@ async def test_beyond_the_in_flight_window_requests_wait_for_a_slot() -> None:
 async def test_a_request_waiting_for_a_slot_times_out_or_is_cancelled_cleanly() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
     _, a, b = pair({MsgType.INVOKE: holding_handler(started, cancelled)}, inflight=1)
-    first = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    first = start_call(a)
     await asyncio.wait_for(started.wait(), 5)
     with pytest.raises(RequestTimeoutError, match="no slot"):
         await a.request(B, MsgType.INVOKE, b"", timeout_s=0.05, context=None)
-    waiting = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    waiting = start_call(a)
     await async_wait_until(lambda: a.counts["queued"] == 2, what="the second waiter queued")
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -234,8 +245,8 @@ async def test_a_request_waiting_for_a_slot_times_out_or_is_cancelled_cleanly() 
         await first
     assert a._windows == {}
     # Stopping fails a request still waiting for a slot.
-    blocker = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
-    queued = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    blocker = start_call(a)
+    queued = start_call(a)
     await async_wait_until(lambda: a.counts["queued"] == 3, what="a third waiter queued")
     await a.stop()
     for call in (blocker, queued):
@@ -248,7 +259,7 @@ async def test_a_cancelled_call_cancels_the_handler_on_the_peer() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
     hold = holding_handler(started, cancelled)
     _, a, b = pair({MsgType.INVOKE: hold})
-    call = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    call = start_call(a)
     await asyncio.wait_for(started.wait(), 5)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -346,7 +357,7 @@ async def test_stop_fails_waiting_calls_and_cancels_handlers() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
     hold = holding_handler(started, cancelled)
     _, a, b = pair({MsgType.INVOKE: hold})
-    call = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    call = start_call(a)
     await asyncio.wait_for(started.wait(), 5)
     await b.stop()
     assert cancelled.is_set()
@@ -361,9 +372,9 @@ async def test_stop_fails_waiting_calls_and_cancels_handlers() -> None:
 async def test_stop_right_after_a_slot_was_handed_over_fails_the_request_at_once() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
     _, a, b = pair({MsgType.INVOKE: holding_handler(started, cancelled)}, inflight=1)
-    first = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    first = start_call(a)
     await asyncio.wait_for(started.wait(), 5)
-    second = asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
+    second = start_call(a)
     await async_wait_until(lambda: a.counts["queued"] == 1, what="the second request waiting")
     first.cancel()
     await asyncio.sleep(0)  # first ends and hands its slot over; second has not run yet
@@ -380,10 +391,7 @@ async def test_beyond_max_waiting_requests_are_refused_busy_at_once(
     monkeypatch.setattr(mesh_calls, "MAX_WAITING_PER_PEER", 2)
     started, cancelled = asyncio.Event(), asyncio.Event()
     _, a, b = pair({MsgType.INVOKE: holding_handler(started, cancelled)}, inflight=1)
-    calls = [
-        asyncio.create_task(a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None))
-        for _ in range(3)
-    ]
+    calls = [start_call(a) for _ in range(3)]
     await asyncio.wait_for(started.wait(), 5)
     with pytest.raises(CallRefusedError) as refused:
         await a.request(B, MsgType.INVOKE, b"", timeout_s=60, context=None)

@@ -6,6 +6,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# Fixtures shared across the tree (network namespaces for tests of what crosses a network).
+pytest_plugins = ["tests.netns"]
+
 # CI runs on 2 cores shared with real node processes: no per-example deadline.
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -16,11 +16,9 @@ import concurrent.futures
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -51,12 +49,12 @@ from mesh.discovery import (
     parse_seeds,
 )
 from mesh.errors import MeshError
+from tests.skips import skip_or_fail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 DEADLINE_S = 20.0
 PROTOCOL_VERSION = 1
-REQUIRE_SERVICES = os.environ.get("VSMCP_REQUIRE_SERVICES") == "1"
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
@@ -68,12 +66,6 @@ def new_node_id() -> str:
 
 def new_fingerprint() -> str:
     return secrets.token_hex(32)
-
-
-def skip_or_fail(reason: str) -> None:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{reason} (VSMCP_REQUIRE_SERVICES=1)")
-    pytest.skip(reason)
 
 
 async def wait_until(
@@ -472,42 +464,6 @@ async def test_discovery_across_two_os_processes(peer_processes: list[PeerProces
         )
         await remote.stop()
         await wait_until(lambda: remote.node_id in local.rec.lost, "local to see remote leave")
-
-
-@pytest.fixture
-def netns_pair() -> Iterator[tuple[str, str, str, str]]:
-    """Two fresh namespaces joined by a veth pair; yields (ns_a, ip_a, ns_b, ip_b)."""
-    if sys.platform != "linux" or shutil.which("ip") is None:
-        skip_or_fail("`ip` (iproute2) is not available")
-    tag = uuid.uuid4().hex[:8]
-    ns_a, ns_b = f"vsmcp-a-{tag}", f"vsmcp-b-{tag}"
-    veth_a, veth_b = f"vsa{tag}", f"vsb{tag}"
-    # 10.x in a /30 that exists only inside these two namespaces.
-    octet = 1 + secrets.randbelow(250)
-    ip_a, ip_b = f"10.231.{octet}.1", f"10.231.{octet}.2"
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-    created: list[str] = []
-    try:
-        try:
-            for ns in (ns_a, ns_b):
-                ip("netns", "add", ns)
-                created.append(ns)
-            ip("netns", "exec", ns_a, "ip", "link", "add", veth_a, "type", "veth",
-               "peer", "name", veth_b, "netns", ns_b)  # fmt: skip
-            for ns, dev, addr in ((ns_a, veth_a, ip_a), (ns_b, veth_b, ip_b)):
-                ip("netns", "exec", ns, "ip", "addr", "add", f"{addr}/30", "dev", dev)
-                ip("netns", "exec", ns, "ip", "link", "set", dev, "up")
-                ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            stderr = getattr(exc, "stderr", b"") or b""
-            skip_or_fail(f"cannot create network namespaces: {stderr.decode().strip() or exc}")
-        yield ns_a, ip_a, ns_b, ip_b
-    finally:
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
 async def test_discovery_across_network_namespaces(

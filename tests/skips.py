@@ -1,0 +1,33 @@
+"""The one place that decides whether a missing service or tool skips a test or fails it.
+
+Tests that need something outside the project (a broker, a database, Node, Chromium,
+network namespaces, IPv6, an optional PyPI package) call `skip_or_fail` with the reason.
+Locally they skip with that reason; in CI (`VSMCP_REQUIRE_SERVICES=1`) absence is a
+failure, so a green CI run never hides a test that did not run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import NoReturn
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("VSMCP_REQUIRE_SERVICES") == "1"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip with `reason`, or fail with it when VSMCP_REQUIRE_SERVICES=1."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (VSMCP_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def require_module(name: str) -> ModuleType:
+    """Import an optional module, or skip/fail naming it (instead of `importorskip`)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        skip_or_fail(f"{name} is not installed: {exc}")

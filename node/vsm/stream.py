@@ -45,7 +45,6 @@ class Subscriber:
         "dropped",
         "failures",
         "handler",
-        "idle",
         "is_async",
         "kinds",
         "name",
@@ -66,7 +65,6 @@ class Subscriber:
         self.capacity = capacity
         self.kinds = kinds
         self.buffer: list[Event] = []
-        self.idle = False
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.dropped = 0  # events not buffered: the buffer was full
@@ -93,33 +91,60 @@ class EventStream(Service):
         self._subs: tuple[Subscriber, ...] = ()
         self._started = False
         self._closing = False
-        self.published = 0
         self.after_stop = 0  # events published after stop (not delivered)
+        # `publish(event)`: append for every subscriber; never blocks, never raises.
+        # Rebuilt whenever the subscribers change (see `_rebuild_publish`).
+        self.publish: Callable[[Event], None]
+        self._rebuild_publish()
 
     # -- publishing ------------------------------------------------------------------
 
-    def publish(self, event: Event) -> None:
-        """Append `event` for every subscriber; never blocks, never raises."""
-        self.published += 1
+    def _rebuild_publish(self) -> None:
+        """Make `publish` for the current subscribers: the common case (one subscriber
+        taking every kind) is a length check and an append, with no loop."""
+        subs = self._subs
+        publish: Callable[[Event], None]
         if self._closing:
-            self.after_stop += 1
-            return
-        for sub in self._subs:
-            kinds = sub.kinds
-            if kinds is not None and event.__class__ not in kinds:
-                continue
-            buffer = sub.buffer
-            if len(buffer) >= sub.capacity:
-                sub.dropped += 1
-                continue
-            buffer.append(event)
-            if sub.idle:
-                sub.idle = False
-                sub.wake.set()
+
+            def publish(event: Event) -> None:
+                self.after_stop += 1
+
+        elif len(subs) == 1 and subs[0].kinds is None:
+            only = subs[0]
+            capacity, wake = only.capacity, only.wake.set
+
+            def publish(event: Event) -> None:
+                buffer = only.buffer
+                held = len(buffer)
+                if held >= capacity:
+                    only.dropped += 1
+                    return
+                if not held:
+                    wake()
+                buffer.append(event)
+
+        else:
+
+            def publish(event: Event) -> None:
+                for sub in subs:
+                    kinds = sub.kinds
+                    if kinds is not None and event.__class__ not in kinds:
+                        continue
+                    buffer = sub.buffer
+                    held = len(buffer)
+                    if held >= sub.capacity:
+                        sub.dropped += 1
+                        continue
+                    if not held:
+                        sub.wake.set()
+                    buffer.append(event)
+
+        self.publish = publish
 
     def publish_many(self, events: Iterable[Event]) -> None:
+        publish = self.publish
         for event in events:
-            self.publish(event)
+            publish(event)
 
     # -- subscribers -----------------------------------------------------------------
 
@@ -139,6 +164,7 @@ class EventStream(Service):
             raise VsmError(f"subscriber capacity must be in 1..{MAX_SUBSCRIBER_CAPACITY}")
         sub = Subscriber(name, handler, capacity, frozenset(kinds) if kinds is not None else None)
         self._subs = (*self._subs, sub)
+        self._rebuild_publish()
         if self._started and not self._closing:
             self._spawn(sub)
         return sub
@@ -149,6 +175,7 @@ class EventStream(Service):
         if sub is None:
             return
         self._subs = tuple(s for s in self._subs if s is not sub)
+        self._rebuild_publish()
         await self._finish(sub)
 
     def subscribers(self) -> tuple[Subscriber, ...]:
@@ -156,7 +183,6 @@ class EventStream(Service):
 
     def stats(self) -> dict[str, Any]:
         return {
-            "published": self.published,
             "after_stop": self.after_stop,
             "subscribers": {s.name: s.stats() for s in self._subs},
         }
@@ -175,6 +201,7 @@ class EventStream(Service):
         if not self._started or self._closing:
             return
         self._closing = True
+        self._rebuild_publish()
         await asyncio.gather(*(self._finish(sub) for sub in self._subs))
 
     def _spawn(self, sub: Subscriber) -> None:
@@ -214,10 +241,10 @@ class EventStream(Service):
             if not sub.buffer:
                 if self._ending(sub):
                     return
-                sub.idle = True
+                # Publishers set `wake` when they append to an empty buffer: cleared
+                # only while the buffer is empty, so no append is missed.
                 sub.wake.clear()
                 await sub.wake.wait()
-                sub.idle = False
                 continue
             batch, sub.buffer = sub.buffer, []
             await self._deliver(sub, batch)

@@ -78,7 +78,22 @@ class _Generator:
             raise PatternError("<compile>", "", f"{self.kind.name} has no field {field_name!r}")
         if field_name not in self.fields:
             self.fields.append(field_name)
-        return f"v_{field_name}"
+        return f"\x00{field_name}\x00"  # resolved by `finish`: a local or `ev.<field>`
+
+    def finish(self, lines: list[str]) -> str:
+        """The function's source: a field read twice or more is loaded once into a local;
+        one read once stays an attribute read where it is used (maybe never, thanks to
+        short-circuiting)."""
+        text = "\n".join(lines)
+        loads = []
+        for name in self.fields:
+            placeholder = f"\x00{name}\x00"
+            if text.count(placeholder) > 1:
+                loads.append(f"    v_{name} = ev.{name}")
+                text = text.replace(placeholder, f"v_{name}")
+            else:
+                text = text.replace(placeholder, f"ev.{name}")
+        return "\n".join(["def _match(ev):", *loads, text, "    return"]) + "\n"
 
     def leaf(self, compare: Compare) -> str:
         """A compare as an expression; absent (None) fields fail every comparison."""
@@ -164,8 +179,7 @@ def _compile_kind(
     body: list[str] = []
     for role, condition in zip(roles, conditions, strict=True):
         body.extend(_pattern_lines(gen, role, condition, states[role.index]))
-    loads = [f"    v_{f} = ev.{f}" for f in gen.fields]
-    source = "\n".join(["def _match(ev):", *loads, *prelude, *body, "    return"]) + "\n"
+    source = gen.finish([*prelude, *body])
     code = compile(source, f"<patterns:{kind.name}>", "exec")
     exec(code, gen.ns)  # source built from validated names only; values are constants
     matcher: KindMatcher = gen.ns["_match"]

@@ -123,17 +123,14 @@ class ReferenceEngine:
         kind = self.catalog.by_class[type(event)].name
         matches: list[MatchRecord] = []
         for p in self.patterns:
-            key = field_value(event, p.group_by, self.catalog) if p.group_by else None
             then = p.then
-            if (
-                then is not None
-                and kind in then.kinds
-                and holds(then.where, event, self.catalog)
-                and self._sequence_b(p, key, event.ts)
-            ):
-                matches.append((p.name, key, 2))
+            if then is not None and kind in then.kinds and holds(then.where, event, self.catalog):
+                key = self._group(p, event)
+                if self._sequence_b(p, key, event.ts):
+                    matches.append((p.name, key, 2))
             if kind not in p.kinds or not holds(p.where, event, self.catalog):
                 continue
+            key = self._group(p, event)
             if p.window is not None:
                 count = self._count(p, key, event.ts)
                 if count:
@@ -143,6 +140,12 @@ class ReferenceEngine:
             else:
                 matches.append((p.name, None, 1))
         return matches
+
+    def _group(self, p: Pattern, event: Event) -> Scalar:
+        if p.group_by is None:
+            return None
+        value: Scalar = field_value(event, p.group_by, self.catalog)
+        return value
 
     def _count(self, p: Pattern, key: Scalar, ts: float) -> int:
         assert p.window is not None

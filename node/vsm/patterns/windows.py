@@ -17,8 +17,10 @@ from node.vsm.events import Scalar
 
 
 class CountWindowState:
-    """Groups of timestamps for a count window. `hit` returns the count reached when the
-    group fires (then empties the group), else 0."""
+    """Groups of timestamps for a count window, in recency order. The update is written
+    inline into each kind's generated matcher (`compile._count_window_lines`): add the
+    event's time (clamped as above), drop times <= t - within_s, and when `count` are
+    held, fire and empty the group."""
 
     __slots__ = ("count", "evictions", "groups", "max_groups", "within_s")
 
@@ -28,26 +30,6 @@ class CountWindowState:
         self.max_groups = max_groups
         self.groups: dict[Scalar, deque[float]] = {}
         self.evictions = 0
-
-    def hit(self, ts: float, key: Scalar) -> int:
-        groups = self.groups
-        times = groups.pop(key, None)  # re-inserted below: dict order is recency order
-        if times is None:
-            if len(groups) >= self.max_groups:
-                del groups[next(iter(groups))]
-                self.evictions += 1
-            times = deque()
-        elif times and ts < times[-1]:
-            ts = times[-1]
-        cutoff = ts - self.within_s
-        while times and times[0] <= cutoff:
-            times.popleft()
-        times.append(ts)
-        groups[key] = times
-        if len(times) >= self.count:
-            times.clear()
-            return self.count
-        return 0
 
     def held(self) -> int:
         """Timestamps held over all groups (for bounds checks and metrics)."""

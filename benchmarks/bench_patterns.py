@@ -15,7 +15,9 @@ For each, the same events go through: the full path (EventStream.publish into a
 subscriber buffer, the subscriber task's batch into PatternEngine.process_batch, each
 match into an ActionDispatcher running a counting handler), the engine alone
 (process_batch over a list), the stream alone (publish + drain into a no-op handler), and
-the reference interpreter (on a tenth of the events). Runs alternate so every variant
+the reference interpreter (on a tenth of the events). A third workload, patterns whose
+condition is always false, measures the floor: the batch loop, the dispatch by class and
+one call per event. Runs alternate so every variant
 sees the same background load; the best of the rounds is reported, with the median.
 """
 
@@ -236,6 +238,14 @@ def main() -> None:
     print(machine(f"msgspec {msgspec.__version__}"))
     measure("filters (100 patterns over 20 kinds)", catalog, filters, events, rounds)
     measure("windows (20 group-by count patterns)", catalog, windows, events, rounds)
+    # The floor: per event only the loop, the dispatch by class and a call to a matcher
+    # whose body is empty (`any = []` never holds and compiles to nothing).
+    never = parse_patterns(
+        [{"name": f"k{i}-never", "kind": f"k{i}", "where": {"any": []}} for i in range(KINDS)],
+        "<bench>",
+        catalog,
+    )
+    measure("dispatch floor (20 patterns that never match)", catalog, never, events, rounds)
 
 
 if __name__ == "__main__":

@@ -43,32 +43,65 @@ class Publisher(Protocol):
     def publish(self, event: Event) -> None: ...
 
 
+class _Route:
+    """One action type's handler and counters (found once per action class)."""
+
+    __slots__ = ("failed", "handler", "ran", "tag", "unhandled")
+
+    def __init__(self, tag: str, handler: ActionHandler | None) -> None:
+        self.tag = tag
+        self.handler = handler
+        self.ran = self.failed = self.unhandled = 0
+
+
 class ActionDispatcher:
     """A `MatchSink` running each action through its type's handler. A handler that
     raises is logged and counted; it never reaches the engine (which must keep going)."""
 
     def __init__(self, handlers: Mapping[str, ActionHandler] | None = None) -> None:
         self._handlers: dict[str, ActionHandler] = dict(handlers or {})
-        self.stats: Counter[str] = Counter()
+        self._routes: dict[type, _Route] = {}
+        self.matches = 0
 
     def register(self, action_type: str, handler: ActionHandler) -> None:
         self._handlers[action_type] = handler
+        for route in self._routes.values():
+            if route.tag == action_type:
+                route.handler = handler
+
+    def _route(self, action_class: type) -> _Route:
+        tag = str(getattr(action_class, "__struct_config__").tag)  # noqa: B009 - on a class
+        route = self._routes[action_class] = _Route(tag, self._handlers.get(tag))
+        return route
 
     def __call__(self, match: Match) -> None:
-        self.stats["matches"] += 1
+        self.matches += 1
         for action in match.actions:
-            action_type = action.__struct_config__.tag
-            handler = self._handlers.get(str(action_type))
+            route = self._routes.get(action.__class__) or self._route(action.__class__)
+            handler = route.handler
             if handler is None:
-                self.stats[f"unhandled_{action_type}"] += 1
+                route.unhandled += 1
                 continue
             try:
                 handler(match, action)
             except Exception:  # top-level handler: one bad action stops nothing
-                self.stats[f"failed_{action_type}"] += 1
-                log.exception("action %s of pattern %s failed", action_type, match.pattern)
+                route.failed += 1
+                log.exception("action %s of pattern %s failed", route.tag, match.pattern)
             else:
-                self.stats[f"ran_{action_type}"] += 1
+                route.ran += 1
+
+    @property
+    def stats(self) -> Counter[str]:
+        """`matches`, and `ran_`/`failed_`/`unhandled_` + action type: counts."""
+        stats: Counter[str] = Counter()
+        if self.matches:
+            stats["matches"] = self.matches
+        for route in self._routes.values():
+            for outcome in ("ran", "failed", "unhandled"):
+                count = getattr(route, outcome)
+                if count:
+                    stats[f"{outcome}_{route.tag}"] += count
+        return stats
 
 
 def emit_handler(stream: Publisher) -> ActionHandler:

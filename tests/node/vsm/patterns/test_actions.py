@@ -62,3 +62,15 @@ async def test_emit_publishes_a_pattern_matched_event() -> None:
         stream.publish(denial(6, "mallory"))
         await async_wait_until(lambda: seen, what="the emitted event")
     assert seen == [PatternMatched(ts=6, pattern="burst", group="mallory", count=2, label="storm")]
+
+
+def test_a_handler_registered_later_runs_from_then_on() -> None:
+    dispatcher = ActionDispatcher()
+    engine = PatternEngine(dispatcher, NODE_CATALOG, parse_patterns([PATTERN], "<t>", NODE_CATALOG))
+    engine.process_batch([denial(0), denial(1)])
+    policies: list[str] = []
+    dispatcher.register("policy", lambda match, action: policies.append(str(match.group)))
+    engine.process_batch([denial(2), denial(3)])
+    assert policies == ["o"]
+    assert dispatcher.stats["unhandled_policy"] == 1 and dispatcher.stats["ran_policy"] == 1
+    assert dispatcher.stats["matches"] == 2

@@ -53,6 +53,7 @@ DEFAULT_MAX_GROUPS = 10_000
 MAX_GROUPS_LIMIT = 1_000_000
 MAX_WINDOW_COUNT = 100_000
 MAX_WINDOW_S = 7 * 24 * 3600.0
+SELF_FEEDING_KIND = "pattern_matched"  # the kind the `emit` action publishes
 
 Value = str | int | float | bool
 CompareValue: TypeAlias = Value | tuple[Value, ...] | None
@@ -241,6 +242,8 @@ def _parse_pattern(raw: Any, catalog: EventCatalog) -> Pattern:
     actions = _parse_actions(raw.get("actions", []))
     if not isinstance(max_groups, int) or isinstance(max_groups, bool):
         raise _Refused("'max_groups' must be an integer")
+    if "max_groups" in raw and window is None and then is None:
+        raise _Refused("'max_groups' needs a 'window' or a 'then'")
     pattern = Pattern(
         name=name,
         kinds=kinds,
@@ -379,6 +382,10 @@ def _validate_pattern(pattern: Pattern, catalog: EventCatalog) -> None:
             _check_condition(pattern.then.where, pattern.then.kinds, catalog, "then.where")
     for action in pattern.actions:
         _check_action(action)
+    every_kind = set(pattern.kinds) | set(pattern.then.kinds if pattern.then else ())
+    if SELF_FEEDING_KIND in every_kind and any(isinstance(a, EmitAction) for a in pattern.actions):
+        # Each match would publish an event the pattern matches again: a busy loop.
+        raise _Refused(f"an 'emit' action on {SELF_FEEDING_KIND!r} events would feed itself")
 
 
 def _check_within(within_s: float, where: str) -> None:

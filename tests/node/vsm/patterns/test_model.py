@@ -125,6 +125,15 @@ def test_a_table_with_patterns_key_is_accepted() -> None:
         ({"actions": [{"type": "launch"}]}, "actions:"),
         ({"actions": [{"type": "algedonic", "valence": "pain", "intensity": 2}]}, "[0, 1]"),
         ({"surprise": 1}, "unknown keys ['surprise']"),
+        ({"max_groups": 5}, "'max_groups' needs a 'window' or a 'then'"),
+        (
+            {"kind": "pattern_matched", "actions": [{"type": "emit"}]},
+            "would feed itself",
+        ),
+        (
+            {"then": {"kind": "pattern_matched", "within_s": 1}, "actions": [{"type": "emit"}]},
+            "would feed itself",
+        ),
     ],
 )
 def test_bad_patterns_are_refused_naming_file_pattern_and_reason(

@@ -224,8 +224,9 @@ class EventStream(Service):
         if task is None:
             return
         sub.wake.set()  # the task sees the stream closing (or itself removed) and drains
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), STOP_DRAIN_TIMEOUT_S)
+        # `wait`, not `wait_for`: a task that died while draining must not fail `stop`
+        # (its done callback has logged it).
+        await asyncio.wait({task}, timeout=STOP_DRAIN_TIMEOUT_S)
         if not task.done():
             log.warning("event subscriber %s did not drain in time; cancelled", sub.name)
             task.cancel()

@@ -204,3 +204,16 @@ async def test_a_subscriber_task_that_dies_is_restarted() -> None:
         await async_wait_until(lambda: got, what="delivery after the restart")
         assert sub.task is not None and sub.task.get_name() == "events-fragile"
     assert got == [denial(1)]
+
+
+async def test_stop_survives_a_subscriber_dying_while_draining() -> None:
+    stream = EventStream()
+
+    def handler(batch: list[Event]) -> None:
+        raise Fatal
+
+    sub = stream.subscribe("fragile", handler)
+    await stream.start()
+    stream.publish(denial(0))
+    await stream.stop()  # the task dies on the drained batch: stop still returns
+    assert sub.crashes == 1 and sub.task is None

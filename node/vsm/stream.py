@@ -14,7 +14,6 @@ components all run on the loop).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -230,8 +229,8 @@ class EventStream(Service):
         if not task.done():
             log.warning("event subscriber %s did not drain in time; cancelled", sub.name)
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # `wait` raises nothing: our own cancellation (of stop) still reaches us.
+            await asyncio.wait({task})
         sub.task = None
 
     def _ending(self, sub: Subscriber) -> bool:

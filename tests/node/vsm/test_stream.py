@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from node.vsm import stream as stream_module
 from node.vsm.errors import VsmError
 from node.vsm.events import Denial, Event, ToolCallFinished
 from node.vsm.stream import EventStream
@@ -217,3 +218,26 @@ async def test_stop_survives_a_subscriber_dying_while_draining() -> None:
     stream.publish(denial(0))
     await stream.stop()  # the task dies on the drained batch: stop still returns
     assert sub.crashes == 1 and sub.task is None
+
+
+async def test_a_subscriber_that_never_finishes_is_cancelled_on_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream_module, "STOP_DRAIN_TIMEOUT_S", 0.05)
+    stream = EventStream()
+    cancelled = asyncio.Event()
+
+    async def stuck(batch: list[Event]) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    sub = stream.subscribe("stuck", stuck)
+    await stream.start()
+    stream.publish(denial(0))
+    await async_wait_until(lambda: not sub.buffer, what="the handler holding the batch")
+    task = sub.task
+    await stream.stop()
+    assert cancelled.is_set() and task is not None and task.cancelled()

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import itertools
 import logging
@@ -115,6 +116,7 @@ __all__ = [
     "TransportStats",
     "check_reachable",
     "curve_public_key",
+    "request_peer_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,19 @@ OnewayHandler = Callable[[bytes, bytes], None]
 """`(peer_curve_key, payload) -> None`, called inline: must not block."""
 AdmissionCallback = Callable[[bytes], bool]
 """`(client_curve_key) -> admit?`, asked once per inbound connection handshake."""
+
+# Set in each request handler's own task (a task runs in a copy of the context).
+_REQUEST_PEER_ADDRESS: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "request_peer_address", default=""
+)
+
+
+def request_peer_address() -> str:
+    """Inside a request handler: the IP address its connection comes from ("" if unknown).
+
+    Read from the TCP connection by libzmq, not from anything the peer sent.
+    """
+    return _REQUEST_PEER_ADDRESS.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +264,7 @@ class _Inbound:
     priority: Priority
     request_id: int
     payload: bytes
+    peer_address: str = ""  # requests only: where the connection comes from
 
 
 class Transport(Service):
@@ -677,8 +693,16 @@ class Transport(Service):
             self._stats.garbage += 1
             return None
         header, payload = decoded
+        # Only requests need it (admission decides on it): one-way frames skip the lookup.
+        address = _peer_address_of(frame) if header.kind is Kind.REQUEST else ""
         return _Inbound(
-            routing_frame.bytes, peer, header.kind, header.priority, header.request_id, payload
+            routing_frame.bytes,
+            peer,
+            header.kind,
+            header.priority,
+            header.request_id,
+            payload,
+            address,
         )
 
     def _on_router_frame(self, frame: _Inbound) -> None:
@@ -738,6 +762,7 @@ class Transport(Service):
             self._handlers_per_peer.pop(peer, None)
 
     async def _run_handler(self, handler: RequestHandler, frame: _Inbound) -> None:
+        _REQUEST_PEER_ADDRESS.set(frame.peer_address)  # this task's context only
         try:
             response = await handler(frame.peer, frame.payload)
         except asyncio.CancelledError:
@@ -867,6 +892,15 @@ def _peer_key_of(frame: zmq.Frame) -> bytes | None:
     except ValueError:
         return None
     return key if len(key) == CURVE_KEY_BYTES else None
+
+
+def _peer_address_of(frame: zmq.Frame) -> str:
+    """The remote IP address of the connection a frame arrived on ("" if unknown)."""
+    try:
+        address = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return ""
+    return address if isinstance(address, str) else ""
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int]:

@@ -3,7 +3,9 @@
 Admission. A peer is admitted only after a signed HELLO exchange proves its identity
 (the envelope is signed by the key its node id names, and arrives on the CURVE
 connection of that same key) and its certificate verifies against our mesh authority.
-In dev mode, self-certified peers are admitted, but only on loopback. Envelopes from
+In dev mode, self-certified peers are admitted, but only on loopback: the connection
+must really come from (inbound) or go to (outbound) a loopback address, and the peer
+must say it lives there too; the address a peer reports alone proves nothing. Envelopes from
 peers that are not admitted are dropped and counted; if we know where the sender
 lives, we say HELLO to it, which admits both sides at once.
 
@@ -70,6 +72,7 @@ from mesh.transport import (
     Transport,
     TransportError,
     curve_public_key,
+    request_peer_address,
 )
 from mesh.whois import WhoisError, WhoisResponder, whois
 from node.errors import NodeError
@@ -209,11 +212,20 @@ _STATE_NAMES: dict[MemberState, str] = {state: state.name.lower() for state in M
 
 
 def is_loopback_host(host: str) -> bool:
-    """A loopback address, or "localhost"."""
+    """A loopback address (an IPv4-mapped one too), or "localhost"."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return host == "localhost"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host of "tcp://host:port" (brackets of an IPv6 address removed)."""
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+    return host.strip("[]")
 
 
 class MeshService(Service):
@@ -717,12 +729,12 @@ class MeshService(Service):
     async def _on_request(self, peer_curve_key: bytes, wire: bytes) -> bytes:
         """Answer a transport request; a refusal reaches the caller as its reason."""
         try:
-            return self._answer_request(peer_curve_key, wire)
+            return self._answer_request(peer_curve_key, wire, request_peer_address())
         except AdmissionError as e:
             # The reason only: details (zones, keys) are not for unadmitted callers.
             raise RequestRefused(e.reason) from e
 
-    def _answer_request(self, peer_curve_key: bytes, wire: bytes) -> bytes:
+    def _answer_request(self, peer_curve_key: bytes, wire: bytes, peer_address: str) -> bytes:
         envelope = self._open(peer_curve_key, wire)
         if envelope is None:
             raise AdmissionError("bad_envelope", "rejected")
@@ -730,7 +742,7 @@ class MeshService(Service):
             raise AdmissionError("blocked", "link cut by fault injection")
         if envelope.type == MsgType.HELLO:
             self.stats.hellos_answered += 1
-            self._admit(envelope)
+            self._admit(envelope, peer_address)
             return self._sealer.seal(
                 MsgType.HELLO, self._hello_payload(), recipient=envelope.sender
             )
@@ -747,8 +759,11 @@ class MeshService(Service):
         assert self._meta is not None
         return _encode(Hello(MESH_PROTOCOL_VERSION, self._certificate, self._meta, self._mesh_name))
 
-    def _admit(self, envelope: Envelope) -> Peer:
-        """Verify a HELLO envelope's certificate; admit its sender or raise AdmissionError."""
+    def _admit(self, envelope: Envelope, peer_address: str) -> Peer:
+        """Verify a HELLO envelope's certificate; admit its sender or raise AdmissionError.
+
+        `peer_address`: where the HELLO's connection really is (the inbound connection's
+        remote address, or the host we dialled), never what the HELLO says."""
         try:
             if len(envelope.payload) > MAX_HELLO_BYTES:
                 raise AdmissionError("malformed", "hello too large")
@@ -760,7 +775,7 @@ class MeshService(Service):
             self.stats.refused["malformed"] += 1
             raise
         try:
-            certificate = self._verify_peer_certificate(hello)
+            certificate = self._verify_peer_certificate(hello, peer_address)
         except AdmissionError as e:
             self.stats.refused[e.reason] += 1
             log.warning("refused peer %s: %s", envelope.sender_id, e)
@@ -782,7 +797,7 @@ class MeshService(Service):
             self._carry_out(membership.join([node_id], time.monotonic()))
         return peer
 
-    def _verify_peer_certificate(self, hello: Hello) -> Certificate:
+    def _verify_peer_certificate(self, hello: Hello, peer_address: str) -> Certificate:
         if hello.protocol_version != MESH_PROTOCOL_VERSION:
             raise AdmissionError("protocol_version", f"peer speaks {hello.protocol_version}")
         if hello.mesh_name != self._mesh_name:
@@ -794,7 +809,8 @@ class MeshService(Service):
         try:
             return verify_certificate(signed, self._authority, self._zones)
         except CertificateError as authority_error:
-            if not (self._dev and is_loopback_host(hello.meta.host)):
+            on_loopback = is_loopback_host(peer_address) and is_loopback_host(hello.meta.host)
+            if not (self._dev and on_loopback):
                 raise AdmissionError(authority_error.reason, str(authority_error)) from None
         # Dev mode, one machine: a peer that certified itself is trusted, loudly.
         try:
@@ -868,7 +884,8 @@ class MeshService(Service):
             self.stats.refused["bad_hello_response"] += 1
             return "retry"
         try:
-            self._admit(envelope)
+            # The answer came back over the connection we dialled: that host is real.
+            self._admit(envelope, endpoint_host(endpoint))
         except AdmissionError:
             return "refused"  # its certificate or mesh is not for us
         return "admitted"

@@ -35,6 +35,7 @@ from node.mcp.protocol import (
 )
 from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
 from tests.polling import async_wait_for
+from tests.skips import skip_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -262,10 +263,7 @@ INSPECTOR = REPO_ROOT / "tests" / "integration" / "inspector" / "node_modules" /
 
 def _inspector(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     if not (INSPECTOR / "mcp-inspector").exists():
-        reason = "MCP Inspector CLI not installed: npm ci --prefix tests/integration/inspector"
-        if os.environ.get("VSMCP_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (VSMCP_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
+        skip_or_fail("MCP Inspector CLI not installed: npm ci --prefix tests/integration/inspector")
     return subprocess.run(
         [str(INSPECTOR / "mcp-inspector"), "--cli", url, "--transport", "http", *args],
         capture_output=True,

@@ -50,6 +50,7 @@ from mesh.transport import (
     curve_public_key,
 )
 from tests.polling import async_wait_for, async_wait_until
+from tests.skips import require_ipv6_loopback
 
 DEADLINE_S = 10.0
 SMALL = TransportConfig(max_payload_bytes=4096)
@@ -747,17 +748,8 @@ async def test_queued_frames_leave_in_priority_order_once_the_peer_appears() -> 
         await a.flush(b"unknown peer".ljust(32, b"\0"))  # unknown: returns at once
 
 
-def ipv6_loopback_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
 async def test_ipv6_endpoints() -> None:
+    require_ipv6_loopback()
     async with Transport(os.urandom(32), bind_host="::1") as b, Transport(os.urandom(32)) as a:
         b.on_request(echo)
         assert b.endpoint == f"tcp://[::1]:{b.port}"

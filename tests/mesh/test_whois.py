@@ -35,6 +35,7 @@ from mesh.whois import (
     whois,
 )
 from tests.polling import async_wait_until
+from tests.skips import require_ipv6_loopback
 
 DEADLINE_S = 10.0
 LOOPBACK = "127.0.0.1"
@@ -201,13 +202,9 @@ async def test_each_whois_uses_a_fresh_nonce(responder: WhoisResponder) -> None:
 
 
 async def test_round_trip_ipv6() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6")
-    try:
-        service = WhoisResponder("::1", 0, echo_payload)
-        await service.start()
-    except WhoisBindError:
-        pytest.skip("no IPv6 loopback")
+    require_ipv6_loopback()
+    service = WhoisResponder("::1", 0, echo_payload)
+    await service.start()
     try:
         reply = await whois("::1", service.port, timeout_s=2.0)
         assert reply.payload == echo_payload(reply.nonce)

@@ -101,3 +101,51 @@ async def test_a_provider_that_dies_after_starting_the_call_is_not_replaced(
     # The other provider never started it.
     assert [m.name for m in markers.iterdir()] == [str(victim.pid)]
     assert survivor.proc is not None and survivor.proc.poll() is None
+
+
+# The entry node offers `hold` itself, one call at a time and no queue: a second call
+# is refused by the local unit before it runs (overloaded).
+ENTRY_WITH_LOCAL_HOLD = (
+    ENTRY_CONFIG
+    + """
+[[tools.plugins]]
+name = "hold"
+target = "tests.integration.plugin_tools:hold"
+limits = { max_concurrency = 1, max_queue = 0 }
+"""
+)
+
+
+async def test_a_call_the_local_unit_refuses_before_running_goes_to_a_mesh_provider(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    provider = _start(tmp_path, nodes, PROVIDER_CONFIG, "provider")
+    entry = _start(tmp_path, nodes, ENTRY_WITH_LOCAL_HOLD, "entry")
+    for node in (provider, entry):
+        node.wait_ready()
+    wait_mesh_states([provider, entry], {n.node_id: "alive" for n in (provider, entry)})
+    await async_wait_until(
+        lambda: _providers(entry, "hold") == {provider.node_id, entry.node_id},
+        timeout_s=30,
+        what="hold offered by both nodes at the entry node",
+    )
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    url = entry.url + "/mcp"
+    async with (
+        Client(url, mode="auto", cache=None) as first,
+        Client(url, mode="auto", cache=None) as second,
+    ):
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            async with anyio.create_task_group() as tasks:
+                # The first call takes the entry node's only local slot and keeps it.
+                tasks.start_soon(first.call_tool, "hold", {"marker_dir": str(markers)})
+                await async_wait_until(
+                    lambda: (markers / str(entry.pid)).exists(), what="first call running here"
+                )
+                result = await second.call_tool("hold", {"marker_dir": str(markers), "hold_s": 0})
+                tasks.cancel_scope.cancel()
+    assert not result.is_error, result
+    assert result.content[0].text == "held"  # type: ignore[union-attr]
+    assert result.meta is not None and result.meta["vsmcp/provider"] == provider.node_id
+    assert (markers / str(provider.pid)).exists()

@@ -162,6 +162,12 @@ class Node(Service):
         await stack.enter_async_context(mesh)
         self._register_mesh_metrics(mesh)
         await stack.enter_async_context(replication)
+        self.metrics.add_counters(
+            "vsmcp_replication_events",
+            "Registry replication events (sent, received, anti-entropy rounds, rejections)",
+            "event",
+            lambda: dict(replication.stats),
+        )
         catalog.on_change(replication.announce_local_tools)
         await stack.enter_async_context(tools)
         self._started_monotonic = time.monotonic()
@@ -524,6 +530,12 @@ class Node(Service):
             "event",
             mesh.call_counts,
             known=MESH_CALL_EVENTS,
+        )
+        self.metrics.add_counters(
+            "vsmcp_membership_events",
+            "Membership protocol events (probes, suspicions, observation rounds, verdicts)",
+            "event",
+            mesh.membership_counts,
         )
         self.metrics.add_counters(
             "vsmcp_mesh_envelope_bytes",

@@ -477,6 +477,11 @@ class MeshService(Service):
             "dropped": sum(stats.dropped.values()),
         }
 
+    def membership_counts(self) -> dict[str, int]:
+        """The membership protocol's own counts (probes, suspicions, rounds, verdicts)."""
+        membership = self._membership
+        return dict(membership.stats) if membership is not None else {}
+
     def call_counts(self) -> dict[str, int]:
         """Coalesced request/reply events (`node.mesh_calls.COUNTED_EVENTS`)."""
         return dict(self._calls.counts)

@@ -222,6 +222,7 @@ class ReplicationService(Service):
             if since_random >= ANTI_ENTROPY_INTERVAL_S and alive:
                 since_random = 0.0
                 targets = [*fresh, random.choice(alive)]
+                self.stats["anti_entropy_rounds"] += 1
             # Forget peers that left, so they are synced afresh when they come back.
             self._synced_peers.intersection_update(alive)
             for node_id in targets:

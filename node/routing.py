@@ -644,7 +644,10 @@ class MeshCatalog(Service):
             try:
                 return await unit.call(name, arguments, ctx)
             except (ToolUnavailable, Overloaded) as e:
-                # Refused before it ran (unit down or full): the mesh may take it.
+                # Refused before it ran (unit down or full): the mesh may take it. The
+                # index lags the registry by up to CHANGE_CHECK_INTERVAL_S: look again.
+                if not self._usable_remote(name):
+                    self._refresh_remote()
                 if not self._usable_remote(name):
                     raise
                 self._count("local_failover")

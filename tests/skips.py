@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 from types import ModuleType
 from typing import NoReturn
 
@@ -31,3 +32,14 @@ def require_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as exc:
         skip_or_fail(f"{name} is not installed: {exc}")
+
+
+def require_ipv6_loopback() -> None:
+    """Skip/fail unless this host can bind a socket on ::1."""
+    if not socket.has_ipv6:
+        skip_or_fail("no IPv6 support in this Python")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        skip_or_fail(f"no IPv6 loopback: {exc}")

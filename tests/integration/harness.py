@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,3 +235,10 @@ def run_daemon(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProce
         cwd=REPO_ROOT,
         timeout=timeout_s,
     )
+
+
+def counters(node: NodeProcess, family: str) -> dict[str, int]:
+    """A labelled counter family from the node's /metrics: {label value: count}."""
+    text = node.get("/metrics")[1].decode()
+    pattern = rf'^{re.escape(family)}_total\{{\w+="([^"]*)"\}} ([0-9.e+]+)$'
+    return {m.group(1): int(float(m.group(2))) for m in re.finditer(pattern, text, re.MULTILINE)}

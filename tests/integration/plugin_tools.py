@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from node.tools.functions import tool
+from node.tools.model import CallContext
 
 
 @tool(
@@ -21,3 +25,21 @@ from node.tools.functions import tool
 )
 def add(arguments: Mapping[str, Any]) -> dict[str, int]:
     return {"sum": arguments["a"] + arguments["b"]}
+
+
+@tool(
+    name="hold",
+    description="Leave a marker named after this process, report progress, then hold.",
+    input_schema={
+        "type": "object",
+        "properties": {"marker_dir": {"type": "string"}, "hold_s": {"type": "number"}},
+        "required": ["marker_dir"],
+        "additionalProperties": False,
+    },
+)
+async def hold(arguments: Mapping[str, Any], ctx: CallContext) -> str:
+    # The marker tells the test which node's process started the tool.
+    (Path(arguments["marker_dir"]) / str(os.getpid())).write_text(ctx.trace_id)
+    await ctx.report_progress(1, 2, "started")
+    await asyncio.sleep(float(arguments.get("hold_s", 600)))
+    return "held"

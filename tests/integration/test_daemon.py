@@ -8,11 +8,13 @@ import re
 import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import NodeProcess, run_cli, run_daemon
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +24,22 @@ def test_lifecycle_health_metrics_status_sigterm_and_audit(
 ) -> None:
     node = NodeProcess(tmp_path / "a")
     nodes.append(node)
+    spawned_at = time.time()
     node.start()
 
     assert node.get_json("/healthz")["status"] == "ok"
     status = node.get_json("/api/status")
+    # Uptime counts from the start of this process: no more than has passed since we
+    # spawned it, and it keeps counting.
+    assert 0 <= status["uptime_s"] <= time.time() - spawned_at
+    wait_for(
+        lambda: node.get_json("/api/status")["uptime_s"] > status["uptime_s"],
+        what="uptime_s growing",
+    )
     assert status["node_id"].startswith("12D3KooW")
     assert status["zone"] == "restricted"
     assert status["dev"] is True
     assert status["version"]
-    assert status["uptime_s"] >= 0
     assert status["node_id"] == node.info["node_id"]
 
     code, body, headers = node.get("/metrics")
@@ -41,6 +50,9 @@ def test_lifecycle_health_metrics_status_sigterm_and_audit(
     assert 'vsmcp_envelopes_rejected_total{reason="bad_signature"} 0.0' in text
     assert "process_resident_memory_bytes" in text
     assert "vsmcp_up 1.0" in text
+    started = re.search(r"^vsmcp_start_time_seconds (\S+)$", text, re.MULTILINE)
+    assert started is not None, text
+    assert spawned_at <= float(started.group(1)) <= time.time()
 
     code, page, _ = node.get("/")
     assert code == 200 and b"DEV MODE" in page and status["node_id"].encode() in page

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import NodeProcess, run_cli, wait_mesh_states
+from tests.integration.harness import NodeProcess, counters, run_cli, wait_mesh_states
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
 # Loopback timing (probe every 250 ms): a verdict needs suspicion plus a quorum round.
 DETECT_TIMEOUT_S = 30.0
+# Relays asked to probe a cut-off peer (2 per failed direct probe here): 30 is about 15
+# failed direct probes each way, many times what a verdict would need.
+CUT_INDIRECT_PROBES = 30
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -33,6 +35,10 @@ def _start(tmp_path: Path, nodes: list[NodeProcess], count: int, *args: str) -> 
     for node in started:
         node.wait_ready()
     return started
+
+
+def _indirect_probes(node: NodeProcess) -> int:
+    return counters(node, "vsmcp_membership_events").get("indirect_probes", 0)
 
 
 def _all_alive(group: list[NodeProcess]) -> dict[str, str]:
@@ -154,17 +160,21 @@ def test_a_cut_link_between_two_peers_evicts_nobody(
     a, b, *_ = group
     assert a.post(f"/api/debug/block?peer={b.node_id}") == 200
     assert b.post(f"/api/debug/block?peer={a.node_id}") == 200
-    # Observe for many suspicion periods: a and b suspect each other, the others still
-    # reach both, so no quorum forms and nobody is declared dead or zombie.
+    # Watch until a and b have each had to reach the other through relays many times
+    # (counted, not timed): the others still reach both, so no quorum forms and nobody
+    # is declared dead or zombie.
     ours = {n.node_id for n in group}
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
+    start = {n.node_id: _indirect_probes(n) for n in (a, b)}
+
+    def watched_long_enough() -> bool:
         for observer in group:
             states = observer.peer_states()
             assert set(states) <= ours, f"foreign members: {set(states) - ours}"
             bad = {k[-6:]: v for k, v in states.items() if v in ("dead", "zombie")}
             assert not bad, f"{observer.node_id[-6:]} declared {bad}"
-        time.sleep(0.2)
+        return all(_indirect_probes(n) - start[n.node_id] >= CUT_INDIRECT_PROBES for n in (a, b))
+
+    wait_for(watched_long_enough, timeout_s=DETECT_TIMEOUT_S * 2, what="indirect probes counted")
     assert a.post(f"/api/debug/block?peer={b.node_id}") == 200  # still allowed
 
 

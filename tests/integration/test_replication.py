@@ -8,7 +8,6 @@ on the same host never join it (and never add their tools to our registries).
 from __future__ import annotations
 
 import sqlite3
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import NodeProcess, wait_mesh_states
+from tests.integration.harness import NodeProcess, counters, wait_mesh_states
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
@@ -24,9 +23,9 @@ pytestmark = pytest.mark.integration
 # Pushes arrive in milliseconds; the deadline covers loaded CI machines and, after a heal,
 # membership re-admitting peers plus an anti-entropy round.
 CONVERGE_TIMEOUT_S = 30.0
-# node.replication.ANTI_ENTROPY_INTERVAL_S is 2 s: observe a partition for longer than
-# two rounds so that a leak through anti-entropy would show.
-PARTITION_OBSERVE_S = 5.0
+# Anti-entropy rounds every node runs while a partition is watched, so that a leak
+# through anti-entropy would show.
+PARTITION_ROUNDS = 2
 
 Entry = tuple[str, str, int]  # (name, provider, version)
 
@@ -75,6 +74,10 @@ def _entries(node: NodeProcess) -> set[Entry]:
 
 def _offers(node: NodeProcess, name: str, provider: NodeProcess) -> bool:
     return any(e[0] == name and e[1] == provider.node_id for e in _entries(node))
+
+
+def _anti_entropy_rounds(node: NodeProcess) -> int:
+    return counters(node, "vsmcp_replication_events").get("anti_entropy_rounds", 0)
 
 
 def _wait_all(
@@ -165,14 +168,18 @@ def test_partition_keeps_each_side_to_itself_then_heals_to_one_registry(
     _wait_all(right, lambda n: _offers(n, "right-echo", right[-1]), "right-echo on the right")
 
     # Neither tool crosses the cut: not by push, not by anti-entropy, not by relay.
-    deadline = time.monotonic() + PARTITION_OBSERVE_S
-    while time.monotonic() < deadline:
+    # Watched until every node has run PARTITION_ROUNDS anti-entropy rounds (counted).
+    start = {n.node_id: _anti_entropy_rounds(n) for n in group}
+
+    def watched_long_enough() -> bool:
         for node in left:
             assert not any(t["name"] == "right-echo" for t in _tools(node)), node.node_id
         for node in right:
             assert not any(t["name"] == "left-echo" for t in _tools(node)), node.node_id
             assert _offers(node, "doomed-echo", left[0]), node.node_id
-        time.sleep(0.2)
+        return all(_anti_entropy_rounds(n) - start[n.node_id] >= PARTITION_ROUNDS for n in group)
+
+    wait_for(watched_long_enough, timeout_s=CONVERGE_TIMEOUT_S, what="anti-entropy rounds")
 
     _cut(left, right, cut=False)
     registry = wait_for(

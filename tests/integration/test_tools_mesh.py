@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,6 +36,7 @@ from node.mcp.protocol import (
 )
 from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
 from tests.polling import async_wait_for
+from tests.skips import skip_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +94,9 @@ burst = 2
 """
 
 
+ToolPlan = list[tuple[str, str, str]]  # (node a/b/c, debug tool name, zone)
+
+
 class Mesh:
     def __init__(self, a: NodeProcess, b: NodeProcess, c: NodeProcess) -> None:
         self.a, self.b, self.c = a, b, c
@@ -104,36 +109,53 @@ class Mesh:
         return next(n for n in (self.a, self.b, self.c) if n.node_id == node_id)
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    base = tmp_path_factory.mktemp("tools-mesh")
+def _start_three(base: Path, configs: tuple[str, str, str], tools: ToolPlan) -> Mesh:
+    """Nodes a, b, c with `configs`, alive everywhere, with `tools` added by debug API;
+    stops what it started if anything fails."""
     started: list[NodeProcess] = []
     try:
-        for name, text in (("a", A_CONFIG), ("b", B_CONFIG), ("c", C_CONFIG)):
+        for name, text in zip("abc", configs, strict=True):
             config = base / f"{name}.toml"
             config.write_text(text)
             node = NodeProcess(base / name, "--config", str(config))
             started.append(node.start(wait=False))
         for node in started:
             node.wait_ready()
-        a, b, c = started
+        mesh = Mesh(*started)
         wait_mesh_states(started, {n.node_id: "alive" for n in started})
-        for node, tool, zone in (
-            (b, "b.echo", "public"),
-            (b, "ops.echo", "ops"),
-            (b, "limited.echo", "public"),
-            (a, "shared.echo", "public"),
-            (b, "shared.echo", "public"),
-        ):
+        for which, tool, zone in tools:
+            node = getattr(mesh, which)
             assert node.post(f"/api/debug/tools?name={tool}&zone={zone}") == 200
-        yield Mesh(a, b, c)
+        return mesh
     except BaseException:
         for node in started:
             print(f"--- log of {node.data_dir} ---\n{node.log_text()[-6000:]}")
-        raise
-    finally:
-        for node in started:
             node.stop()
+        raise
+
+
+def _stop(mesh: Mesh) -> None:
+    for node in (mesh.a, mesh.b, mesh.c):
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    three = _start_three(
+        tmp_path_factory.mktemp("tools-mesh"),
+        (A_CONFIG, B_CONFIG, C_CONFIG),
+        [
+            ("b", "b.echo", "public"),
+            ("b", "ops.echo", "ops"),
+            ("b", "limited.echo", "public"),
+            ("a", "shared.echo", "public"),
+            ("b", "shared.echo", "public"),
+        ],
+    )
+    try:
+        yield three
+    finally:
+        _stop(three)
 
 
 async def _post(
@@ -262,10 +284,7 @@ INSPECTOR = REPO_ROOT / "tests" / "integration" / "inspector" / "node_modules" /
 
 def _inspector(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     if not (INSPECTOR / "mcp-inspector").exists():
-        reason = "MCP Inspector CLI not installed: npm ci --prefix tests/integration/inspector"
-        if os.environ.get("VSMCP_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (VSMCP_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
+        skip_or_fail("MCP Inspector CLI not installed: npm ci --prefix tests/integration/inspector")
     return subprocess.run(
         [str(INSPECTOR / "mcp-inspector"), "--cli", url, "--transport", "http", *args],
         capture_output=True,
@@ -322,14 +341,37 @@ def test_cli_lists_the_registry_and_calls_through_the_node(ready: Mesh) -> None:
     assert "-32602" in failed.stderr and "arguments.a" in failed.stderr
 
 
-async def test_zz_kill_the_provider_in_use_during_a_stream_of_calls(ready: Mesh) -> None:
-    """Runs last in this module: it kills A or B.
+@pytest.fixture
+def own_mesh(tmp_path: Path) -> Iterator[Mesh]:
+    """A mesh of its own: the test kills one of its nodes."""
+    three = _start_three(
+        tmp_path,
+        (B_CONFIG, B_CONFIG, C_CONFIG),
+        [("a", "shared.echo", "public"), ("b", "shared.echo", "public")],
+    )
+    try:
+        yield three
+    finally:
+        _stop(three)
 
-    Asserted: all STREAM_CALLS sequential calls succeed, and after the kill they are
+
+async def test_kill_the_provider_in_use_during_a_stream_of_calls(own_mesh: Mesh) -> None:
+    """Asserted: all STREAM_CALLS sequential calls succeed, and after the kill they are
     served by the survivor. Why none may fail: a call to the killed provider gets no
     answer and no start ack within ACCEPT_TIMEOUT_S, so it fails over to the other
     provider; the killed one is then avoided (failure penalty, then breaker, then the
     membership verdict), so at most a few calls are slow, none fail."""
+    ready = own_mesh
+
+    async def both_listed() -> bool:
+        providers = {
+            t["provider"]
+            for t in ready.c.get_json("/api/tools")["tools"]
+            if t["name"] == "shared.echo"
+        }
+        return providers == {ready.a.node_id, ready.b.node_id}
+
+    await async_wait_for(both_listed, timeout_s=30, what="shared.echo of A and B at C")
     failures = []
     served_by: list[str] = []
     victim: NodeProcess | None = None

@@ -49,6 +49,7 @@ from mesh.discovery import (
     parse_seeds,
 )
 from mesh.errors import MeshError
+from tests.polling import async_wait_until
 from tests.skips import skip_or_fail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,17 +67,6 @@ def new_node_id() -> str:
 
 def new_fingerprint() -> str:
     return secrets.token_hex(32)
-
-
-async def wait_until(
-    predicate: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- loopback multicast probe ------------------------------------------------------
@@ -194,15 +184,21 @@ async def test_two_nodes_find_each_other_and_see_goodbye() -> None:
     a, b = Node(http_port=8080), Node(http_port=None)
     async with AsyncExitStack() as stack:
         await start_nodes(stack, [a, b])
-        await wait_until(lambda: b.node_id in a.rec.found, "a to find b")
-        await wait_until(lambda: a.node_id in b.rec.found, "b to find a")
+        await async_wait_until(
+            lambda: b.node_id in a.rec.found, what="a to find b", timeout_s=DEADLINE_S
+        )
+        await async_wait_until(
+            lambda: a.node_id in b.rec.found, what="b to find a", timeout_s=DEADLINE_S
+        )
         b.assert_describes(a.rec.found[b.node_id])
         a.assert_describes(b.rec.found[a.node_id])
         assert a.node_id not in a.rec.found, "a node must not discover itself"
 
         await b.mdns.stop()
         await b.mdns.stop()  # idempotent
-        await wait_until(lambda: b.node_id in a.rec.lost, "a to see b leave")
+        await async_wait_until(
+            lambda: b.node_id in a.rec.lost, what="a to see b leave", timeout_s=DEADLINE_S
+        )
         assert b.node_id not in a.rec.found
         assert a.mdns.malformed_counts().get("callback_error") is None
 
@@ -214,14 +210,22 @@ async def test_five_nodes_find_each_other_and_all_see_one_leave() -> None:
         await start_nodes(stack, nodes)
         for node in nodes:
             others = {n.node_id for n in nodes if n is not node}
-            await wait_until(lambda n=node, o=others: o <= n.rec.found.keys(), "full view")
+            await async_wait_until(
+                lambda n=node, o=others: o <= n.rec.found.keys(),
+                what="full view",
+                timeout_s=DEADLINE_S,
+            )
             for other in nodes:
                 if other is not node:
                     other.assert_describes(node.rec.found[other.node_id])
         leaver, stayers = nodes[0], nodes[1:]
         await leaver.mdns.stop()
         for node in stayers:
-            await wait_until(lambda n=node: leaver.node_id in n.rec.lost, "goodbye seen")
+            await async_wait_until(
+                lambda n=node: leaver.node_id in n.rec.lost,
+                what="goodbye seen",
+                timeout_s=DEADLINE_S,
+            )
 
 
 async def test_start_stop_is_idempotent_and_restartable(loopback_mdns: None) -> None:
@@ -288,10 +292,13 @@ async def test_malformed_txt_records_are_ignored_and_counted() -> None:
                 *(rogue.async_register_service(i) for i in [*bad.values(), sentinel])
             )
             sentinel_id = str(sentinel_props["id"])
-            await wait_until(lambda: sentinel_id in observer.rec.found, "valid record")
-            await wait_until(
+            await async_wait_until(
+                lambda: sentinel_id in observer.rec.found, what="valid record", timeout_s=DEADLINE_S
+            )
+            await async_wait_until(
                 lambda: set(bad) <= observer.mdns.malformed_counts().keys(),
-                f"every malformed reason counted, got {observer.mdns.malformed_counts()}",
+                what=f"every malformed reason counted, got {observer.mdns.malformed_counts()}",
+                timeout_s=DEADLINE_S,
             )
             found_ids = set(observer.rec.found)
             for info in bad.values():
@@ -318,12 +325,16 @@ async def test_changed_txt_record_is_reported_again() -> None:
     try:
         async with observer.mdns:
             await other.async_register_service(info)
-            await wait_until(lambda: node_id in observer.rec.found, "first version")
+            await async_wait_until(
+                lambda: node_id in observer.rec.found, what="first version", timeout_s=DEADLINE_S
+            )
             assert observer.rec.found[node_id].http_port == 8000
             updated = raw_service("changing", 7000, {**props, "hp": "8001"})
             await other.async_update_service(updated)
-            await wait_until(
-                lambda: observer.rec.found[node_id].http_port == 8001, "updated http port"
+            await async_wait_until(
+                lambda: observer.rec.found[node_id].http_port == 8001,
+                what="updated http port",
+                timeout_s=DEADLINE_S,
             )
     finally:
         await other.async_close()
@@ -449,7 +460,11 @@ async def test_discovery_across_two_os_processes(peer_processes: list[PeerProces
     peer_processes.append(remote)
     async with local.mdns:
         await remote.start()
-        await wait_until(lambda: remote.node_id in local.rec.found, "local to find remote")
+        await async_wait_until(
+            lambda: remote.node_id in local.rec.found,
+            what="local to find remote",
+            timeout_s=DEADLINE_S,
+        )
         seen = local.rec.found[remote.node_id]
         assert (seen.host, seen.mesh_port) == (LOOPBACK, remote.mesh_port)
         assert seen.cert_fingerprint == remote.fingerprint
@@ -463,7 +478,11 @@ async def test_discovery_across_two_os_processes(peer_processes: list[PeerProces
             "remote to find local",
         )
         await remote.stop()
-        await wait_until(lambda: remote.node_id in local.rec.lost, "local to see remote leave")
+        await async_wait_until(
+            lambda: remote.node_id in local.rec.lost,
+            what="local to see remote leave",
+            timeout_s=DEADLINE_S,
+        )
 
 
 async def test_discovery_across_network_namespaces(
@@ -808,9 +827,13 @@ async def test_aggregator_updates_coalesce_and_end_on_close() -> None:
                 received.append(candidate)
 
         consumer = asyncio.create_task(consume(), name="test-consumer")
-        await wait_until(lambda: len(received) == 2, "backlog delivered")
+        await async_wait_until(
+            lambda: len(received) == 2, what="backlog delivered", timeout_s=DEADLINE_S
+        )
         assert [c.node_id for c in received] == ["n2", "n1"]
         assert received[1].mesh_port == 7401
         d.offer(gossip("n3", host="10.0.0.3"))
-        await wait_until(lambda: len(received) == 3, "live update delivered")
+        await async_wait_until(
+            lambda: len(received) == 3, what="live update delivered", timeout_s=DEADLINE_S
+        )
     await asyncio.wait_for(consumer, DEADLINE_S)

@@ -9,9 +9,8 @@ import os
 import signal
 import socket
 import sys
-import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import pytest
@@ -50,25 +49,11 @@ from mesh.transport import (
     check_reachable,
     curve_public_key,
 )
+from tests.polling import async_wait_for, async_wait_until
+from tests.skips import require_ipv6_loopback
 
 DEADLINE_S = 10.0
 SMALL = TransportConfig(max_payload_bytes=4096)
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def eventually_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def free_port() -> int:
@@ -129,7 +114,9 @@ async def test_concurrent_requests_are_matched_by_id(pair: tuple[Transport, Tran
         asyncio.create_task(a.request(b.public_key, b.endpoint, str(i).encode(), timeout_s=5))
         for i in range(20)
     ]
-    await eventually(lambda: arrived == 20 and all(c.done() for c in calls[1:]), "19 answers")
+    await async_wait_until(
+        lambda: arrived == 20 and all(c.done() for c in calls[1:]), what="19 answers"
+    )
     assert not calls[0].done()
     release.set()
     results = await asyncio.gather(*calls)
@@ -186,7 +173,7 @@ async def test_cancelling_the_caller_sends_cancel_and_cleans_up(
     await asyncio.wait_for(remote_cancelled.wait(), DEADLINE_S)
     assert b.stats.cancelled == 1
     assert a._pending == {}
-    await eventually(lambda: not b._handlers, "remote handler table empty")
+    await async_wait_until(lambda: not b._handlers, what="remote handler table empty")
 
 
 async def test_a_refusal_reaches_the_caller_as_its_reason(
@@ -247,7 +234,7 @@ async def test_no_handler_and_busy_answers() -> None:
 
         b.on_request(gated)
         first = asyncio.create_task(a.request(b.public_key, b.endpoint, b"1", timeout_s=5))
-        await eventually(lambda: len(b._handlers) == 1, "first handler running")
+        await async_wait_until(lambda: len(b._handlers) == 1, what="first handler running")
         with pytest.raises(RemoteError) as busy:
             await a.request(b.public_key, b.endpoint, b"2", timeout_s=5)
         assert busy.value.reason == "busy" and b.stats.busy == 1
@@ -261,7 +248,7 @@ async def test_oneway_delivery(pair: tuple[Transport, Transport]) -> None:
     b.on_oneway(lambda peer, payload: got.append((peer, payload)))
     for i in range(50):
         assert a.send(b.public_key, b.endpoint, b"g%d" % i)
-    await eventually(lambda: len(got) == 50, "50 one-way frames")
+    await async_wait_until(lambda: len(got) == 50, what="50 one-way frames")
     assert [p for _, p in got] == [b"g%d" % i for i in range(50)]
     assert {peer for peer, _ in got} == {a.curve_public_key}
 
@@ -278,7 +265,7 @@ async def test_oneway_handler_exception_is_counted(pair: tuple[Transport, Transp
     b.on_oneway(picky)
     a.send(b.public_key, b.endpoint, b"bad")
     a.send(b.public_key, b.endpoint, b"good")
-    await eventually(lambda: got == [b"good"], "good frame after a bad one")
+    await async_wait_until(lambda: got == [b"good"], what="good frame after a bad one")
     assert b.stats.handler_errors == 1
 
 
@@ -374,7 +361,7 @@ async def test_oversize_from_raw_peer_is_dropped_and_peer_reconnects(
 
     # Just over our cap: libzmq passes it (CURVE slack), the Python check drops it.
     await raw_client.send(oneway(b"z" * (SMALL.max_payload_bytes + 1)))
-    await eventually(lambda: b.stats.oversize == 1, "Python-side oversize count")
+    await async_wait_until(lambda: b.stats.oversize == 1, what="Python-side oversize count")
     # Far over: libzmq drops it and resets the connection; the DEALER reconnects.
     await raw_client.send(oneway(b"z" * (SMALL.max_payload_bytes * 4)))
 
@@ -382,7 +369,7 @@ async def test_oversize_from_raw_peer_is_dropped_and_peer_reconnects(
         await raw_client.send(oneway(b"small"))
         return bool(got)
 
-    await eventually_async(delivered_after_reconnect, "raw client usable again")
+    await async_wait_for(delivered_after_reconnect, what="raw client usable again")
     assert all(p == b"small" for p in got)
     assert await a.request(b.public_key, b.endpoint, b"ok", timeout_s=5) == b"ok"
 
@@ -538,7 +525,7 @@ async def test_reconnects_after_peer_restart_on_same_port() -> None:
                     return await a.request(b2.public_key, b2.endpoint, b"2", timeout_s=1) == b"2"
                 return False
 
-            await eventually_async(answered, "an answer from the restarted peer")
+            await async_wait_for(answered, what="an answer from the restarted peer")
 
 
 async def test_lifecycle_is_idempotent_and_stop_fails_waiting_requests() -> None:
@@ -555,7 +542,7 @@ async def test_lifecycle_is_idempotent_and_stop_fails_waiting_requests() -> None
 
     b.on_request(hang)
     call = asyncio.create_task(a.request(b.public_key, b.endpoint, b"x", timeout_s=30))
-    await eventually(lambda: len(b._handlers) == 1, "handler running")
+    await async_wait_until(lambda: len(b._handlers) == 1, what="handler running")
     await a.stop()
     await a.stop()
     with pytest.raises(TransportClosedError):
@@ -594,7 +581,7 @@ async def test_forget_fails_waiting_requests(pair: tuple[Transport, Transport]) 
 
     b.on_request(hang)
     call = asyncio.create_task(a.request(b.public_key, b.endpoint, b"x", timeout_s=30))
-    await eventually(lambda: len(b._handlers) == 1, "handler running")
+    await async_wait_until(lambda: len(b._handlers) == 1, what="handler running")
     a.forget(b.public_key)
     a.forget(b.public_key)
     with pytest.raises(PeerUnreachableError):
@@ -671,13 +658,13 @@ async def test_sigstopped_peer_is_reachable_but_silent_and_recovers_killed_peer_
                 a.send(peer, endpoint, b"gossip")
                 return a.queued(peer) > 0
 
-            await eventually(queued_while_frozen, "heartbeat to drop the frozen link")
+            await async_wait_until(queued_while_frozen, what="heartbeat to drop the frozen link")
             proc.send_signal(signal.SIGCONT)
             await asyncio.wait_for(a.flush(peer), DEADLINE_S)
             assert await a.request(peer, endpoint, b"thawed", timeout_s=5) == b"thawed"
             proc.send_signal(signal.SIGKILL)
-            await eventually_async(
-                lambda: _negated(a.check_reachable(endpoint, 1.0)), "killed peer refuses"
+            await async_wait_for(
+                lambda: _negated(a.check_reachable(endpoint, 1.0)), what="killed peer refuses"
             )
     finally:
         if proc.returncode is None:
@@ -784,22 +771,13 @@ async def test_queued_frames_leave_in_priority_order_once_the_peer_appears() -> 
             got: list[bytes] = []
             b.on_oneway(lambda _peer, payload: got.append(payload))
             await asyncio.wait_for(a.flush(peer), DEADLINE_S)
-            await eventually(lambda: len(got) == 5, "queued frames delivered")
+            await async_wait_until(lambda: len(got) == 5, what="queued frames delivered")
             assert got == [b"probe0", b"probe1", b"bulk0", b"bulk1", b"bulk2"]
         await a.flush(b"unknown peer".ljust(32, b"\0"))  # unknown: returns at once
 
 
-def ipv6_loopback_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
 async def test_ipv6_endpoints() -> None:
+    require_ipv6_loopback()
     async with Transport(os.urandom(32), bind_host="::1") as b, Transport(os.urandom(32)) as a:
         b.on_request(echo)
         assert b.endpoint == f"tcp://[::1]:{b.port}"
@@ -818,7 +796,7 @@ async def test_peer_at_a_new_endpoint_gets_a_new_connection() -> None:
 
         old.on_request(hang)
         waiting = asyncio.create_task(a.request(old.public_key, old.endpoint, b"1", timeout_s=30))
-        await eventually(lambda: len(old._handlers) == 1, "request at the old endpoint")
+        await async_wait_until(lambda: len(old._handlers) == 1, what="request at the old endpoint")
         async with Transport(seed) as moved:  # same identity, another port
             moved.on_request(echo)
             assert await a.request(moved.public_key, moved.endpoint, b"2", timeout_s=5) == b"2"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -35,6 +34,8 @@ from mesh.whois import (
     source_key,
     whois,
 )
+from tests.polling import async_wait_until
+from tests.skips import require_ipv6_loopback
 
 DEADLINE_S = 10.0
 LOOPBACK = "127.0.0.1"
@@ -44,14 +45,6 @@ FROZEN_CLOCK: Callable[[], float] = lambda: 1000.0  # noqa: E731
 
 def echo_payload(nonce: bytes) -> bytes:
     return b"I am node " + nonce.hex().encode()
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def udp_socket() -> socket.socket:
@@ -209,13 +202,9 @@ async def test_each_whois_uses_a_fresh_nonce(responder: WhoisResponder) -> None:
 
 
 async def test_round_trip_ipv6() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6")
-    try:
-        service = WhoisResponder("::1", 0, echo_payload)
-        await service.start()
-    except WhoisBindError:
-        pytest.skip("no IPv6 loopback")
+    require_ipv6_loopback()
+    service = WhoisResponder("::1", 0, echo_payload)
+    await service.start()
     try:
         reply = await whois("::1", service.port, timeout_s=2.0)
         assert reply.payload == echo_payload(reply.nonce)
@@ -227,7 +216,9 @@ async def test_callback_none_is_no_answer() -> None:
     async with WhoisResponder(LOOPBACK, 0, lambda nonce: None) as service:
         with pytest.raises(WhoisTimeoutError):
             await whois(LOOPBACK, service.port, timeout_s=0.05, attempts=2)
-        await eventually(lambda: service.stats["no_answer"] == 2, "two unanswered requests")
+        await async_wait_until(
+            lambda: service.stats["no_answer"] == 2, what="two unanswered requests"
+        )
 
 
 async def test_failing_callback_is_counted_and_port_keeps_answering() -> None:
@@ -262,7 +253,9 @@ async def test_bad_datagrams_are_dropped_and_counted(responder: WhoisResponder) 
             for datagram in datagrams:
                 client.sendto(datagram, target)
         total = sum(len(d) for d in bad.values())
-        await eventually(lambda: sum(responder.stats.values()) == total, "all drops counted")
+        await async_wait_until(
+            lambda: sum(responder.stats.values()) == total, what="all drops counted"
+        )
         assert responder.stats == {reason: len(d) for reason, d in bad.items()}
         assert pending(client) is None
 
@@ -283,7 +276,9 @@ async def test_oversized_callback_payload_is_not_sent() -> None:
         try:
             target = (LOOPBACK, service.port)
             client.sendto(encode_request(b"a" * NONCE_BYTES), target)
-            await eventually(lambda: service.stats["response_too_large"] == 1, "oversize count")
+            await async_wait_until(
+                lambda: service.stats["response_too_large"] == 1, what="oversize count"
+            )
             assert pending(client) is None
             # The largest allowed payload fills the response up to the request's size.
             client.sendto(encode_request(b"b" * NONCE_BYTES), target)
@@ -307,9 +302,9 @@ async def test_flood_from_one_source_is_rate_limited_others_still_answered() -> 
             flood = 40
             for i in range(flood):
                 flooder.sendto(encode_request(i.to_bytes(NONCE_BYTES, "big")), target)
-            await eventually(
+            await async_wait_until(
                 lambda: s.stats["answered"] + s.stats["rate_limited_source"] == flood,
-                "flood handled",
+                what="flood handled",
             )
             assert s.stats["answered"] == 5
             assert s.stats["rate_limited_source"] == flood - 5

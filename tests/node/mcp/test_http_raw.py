@@ -23,6 +23,7 @@ from node.mcp.protocol import (
 from node.tools.config import MountConfig, ToolsConfig
 from node.tools.registry import build_local_catalog
 from tests.node.mcp.conftest import PUBLIC_TOKEN, Server, serve, tools_config
+from tests.skips import require_module
 
 MODERN = "2026-07-28"
 META = {
@@ -266,7 +267,7 @@ async def test_sessions_are_bounded_and_checked() -> None:
 
 
 async def test_mounted_tool_through_the_gateway() -> None:
-    pytest.importorskip("mcp_server_time")
+    require_module("mcp_server_time")
     from mcp.client.client import Client
 
     mount = MountConfig(name="time", command=sys.executable, args=["-m", "mcp_server_time"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +11,8 @@ import httpx2
 import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.types import EmptyResult
 
 from node.mcp.protocol import INVALID_PARAMS, RATE_LIMITED, ZONE_DENIED
 from tests.node.mcp.conftest import OPS_TOKEN, PUBLIC_TOKEN, Server
@@ -108,9 +108,14 @@ async def test_unknown_tool_and_bad_arguments(server: Server, mode: str) -> None
 
 async def test_legacy_ping(server: Server) -> None:
     async with connect(server, "legacy") as client:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            await client.send_ping()
+        (session,) = server.gateway.sessions.values()
+        before = session.last_seen
+        # The SDK warns that ping is gone from 2026-07-28: expect exactly that warning.
+        with pytest.warns(MCPDeprecationWarning, match="ping"):
+            result = await client.send_ping()
+        assert isinstance(result, EmptyResult)
+        # The ping reached our session (it is what keeps an idle session alive).
+        assert session.last_seen > before
 
 
 async def test_tools_list_changed_reaches_a_listener(server: Server) -> None:

@@ -15,14 +15,14 @@ from node.tools.model import CallContext
 from node.tools.registry import LocalCatalog, build_local_catalog
 from node.tools.supervisor import UnitState
 from tests.polling import async_wait_until
-
-pytest.importorskip("mcp_server_time")
+from tests.skips import require_module
 
 CTX = CallContext(caller_id="t", caller_zone="public", origin="test")
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def time_mount(**kw: object) -> MountConfig:
+    require_module("mcp_server_time")  # only the tests that mount it need it
     return MountConfig(
         name="time",
         command=sys.executable,

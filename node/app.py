@@ -27,6 +27,7 @@ from node.audit import AuditLog
 from node.config import Config
 from node.errors import NodeError, StartupError
 from node.http import HttpServer
+from node.http_limits import REFUSE_REASONS, ConnectionLimits
 from node.mcp.http import TokenGrant, register_mcp_routes
 from node.mesh_calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from node.mesh_service import MeshService, is_loopback_host
@@ -150,11 +151,23 @@ class Node(Service):
             audit=audit,
             call_timeout_s=self.config.tools.timeout_s,
         )
-        http = HttpServer(self, self.config.http.host, self.config.http.port)
+        http_cfg = self.config.http
+        http = HttpServer(
+            self,
+            http_cfg.host,
+            http_cfg.port,
+            ConnectionLimits(
+                max_connections=http_cfg.max_connections,
+                max_per_client=http_cfg.max_connections_per_client,
+                head_timeout_s=http_cfg.head_timeout_s,
+                body_idle_timeout_s=http_cfg.body_idle_timeout_s,
+            ),
+        )
         self._register_mcp(http, tools)
         await http.start()
         stack.push_async_callback(http.stop)
         self._http = http
+        self._register_http_metrics(http)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
         await stack.enter_async_context(mesh)
@@ -462,6 +475,23 @@ class Node(Service):
             "reason",
             lambda: dict(self.opener.rejected),
             known=ENVELOPE_REJECT_REASONS,
+        )
+
+    def _register_http_metrics(self, http: HttpServer) -> None:
+        guard = http.guard
+        self.metrics.add_gauges(
+            "vsmcp_http_connections",
+            "Open HTTP connections (reserved: past http.max_connections, operational only)",
+            "kind",
+            guard.connection_counts,
+            known=("open", "reserved"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_http_refused",
+            "HTTP connections or requests refused or closed by a limit, by reason",
+            "reason",
+            lambda: dict(guard.refused),
+            known=REFUSE_REASONS,
         )
 
     def _register_mesh_metrics(self, mesh: MeshService) -> None:

@@ -56,6 +56,15 @@ class NodeSection(_Section):
 class HttpSection(_Section):
     host: str = "127.0.0.1"
     port: int = DEFAULT_HTTP_PORT
+    # Open connections at most; 16 more serve only /healthz, /metrics and /api/*.
+    max_connections: int = 512
+    # Open connections from one client address at most (all local clients share one).
+    max_connections_per_client: int = 128
+    # Seconds a connection has to send a complete request head, from opening or from
+    # its previous response (also how long an idle keep-alive connection stays open).
+    head_timeout_s: float = 10.0
+    # Seconds a request body may go without a byte before the connection is closed.
+    body_idle_timeout_s: float = 30.0
 
 
 class MeshSection(_Section):
@@ -115,6 +124,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MESH_PRESETS = ("local", "lan", "wan")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MAX_REAP_AFTER_S = 30 * 86_400
+MAX_TIMEOUT_S = 3600.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
@@ -200,6 +210,15 @@ def _convert(raw: dict[str, Any]) -> Config:
 def _validate(config: Config) -> None:
     _check_port("http.port", config.http.port)
     _check_port("mesh.port", config.mesh.port)
+    _check_range("http.max_connections", config.http.max_connections, 1, 1 << 20)
+    _check_range(
+        "http.max_connections_per_client",
+        config.http.max_connections_per_client,
+        1,
+        config.http.max_connections,
+    )
+    _check_seconds("http.head_timeout_s", config.http.head_timeout_s)
+    _check_seconds("http.body_idle_timeout_s", config.http.body_idle_timeout_s)
     if config.node.log_format not in _LOG_FORMATS:
         raise ConfigError("node.log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     if config.node.log_level not in _LOG_LEVELS:
@@ -263,6 +282,11 @@ def _validate_zone_references(config: Config) -> None:
 
 def _check_port(key: str, port: int) -> None:
     _check_range(key, port, 0, 65535)
+
+
+def _check_seconds(key: str, value: float) -> None:
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise ConfigError(key, f"{value} is out of range (0 < seconds <= {MAX_TIMEOUT_S})")
 
 
 def _check_range(key: str, value: int, low: int, high: int) -> None:

@@ -28,6 +28,7 @@ from node.config import Config
 from node.errors import NodeError, StartupError
 from node.http import HttpServer
 from node.http_limits import REFUSE_REASONS, ConnectionLimits
+from node.http_policy import RequestPolicy
 from node.mcp.http import TokenGrant, register_mcp_routes
 from node.mesh_calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from node.mesh_service import MeshService, is_loopback_host
@@ -162,6 +163,7 @@ class Node(Service):
                 head_timeout_s=http_cfg.head_timeout_s,
                 body_idle_timeout_s=http_cfg.body_idle_timeout_s,
             ),
+            RequestPolicy(self._allowed_hosts(), self.config.mcp.allowed_origins),
         )
         self._register_mcp(http, tools)
         await http.start()
@@ -228,16 +230,15 @@ class Node(Service):
             tools,
             tokens={t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens},
             loopback_zone=mcp.loopback_zone,
-            allowed_origins=mcp.allowed_origins,
-            allowed_hosts=self._mcp_allowed_hosts(),
             max_body_bytes=mcp.max_body_bytes,
             max_sessions=mcp.max_sessions,
             session_idle_s=mcp.session_idle_s,
         )
 
-    def _mcp_allowed_hosts(self) -> list[str] | None:
-        """Host names `/mcp` answers: loopback names when it listens on loopback (a page
-        re-pointed at 127.0.0.1 by DNS gets 421), else `mcp.allowed_hosts` if set."""
+    def _allowed_hosts(self) -> list[str] | None:
+        """Host names HTTP answers on every route: loopback names when it listens on
+        loopback (a page re-pointed at 127.0.0.1 by DNS gets 421), else
+        `mcp.allowed_hosts` if set (else any)."""
         configured = list(self.config.mcp.allowed_hosts)
         host = self.config.http.host
         if is_loopback_host(host):

@@ -16,6 +16,7 @@ from node.http_limits import (
     GuardedTCPSite,
     connection_middleware,
 )
+from node.http_policy import RequestPolicy
 from node.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def build_app(node: NodeView) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[connection_middleware])
+def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Application:
+    """The node's routes; `policy` (Host and Origin rules) applies to every one of them."""
+    middlewares = [(policy or RequestPolicy()).middleware(), connection_middleware]
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
 
     async def healthz(_: web.Request) -> web.Response:
         ok = node.healthy()
@@ -139,7 +142,8 @@ def app_runner(app: web.Application) -> web.AppRunner:
 class HttpServer:
     """Serves `build_app(node)` on host:port; port 0 picks a free one (see `.port`).
 
-    Connections are bounded and timed out as `limits` says (see `node.http_limits`)."""
+    Connections are bounded and timed out as `limits` says (see `node.http_limits`);
+    requests naming another Host or a foreign Origin are refused as `policy` says."""
 
     def __init__(
         self,
@@ -147,8 +151,9 @@ class HttpServer:
         host: str,
         port: int,
         limits: ConnectionLimits | None = None,
+        policy: RequestPolicy | None = None,
     ) -> None:
-        self._app = build_app(node)
+        self._app = build_app(node, policy)
         self._host = host
         self._requested_port = port
         self._runner: web.AppRunner | None = None

@@ -14,10 +14,8 @@
 A response is JSON unless the call emits a notification (progress) and the client
 accepts `text/event-stream`: then it switches to SSE, progress first, result last.
 
-Security (DNS rebinding): a browser `Origin` not in `allowed_origins` gets 403; when
-`allowed_hosts` is given (the node sets it when it listens on loopback), a `Host` header
-naming another host gets 421, so a page whose name was re-pointed at 127.0.0.1 cannot
-open streams either.
+Security (DNS rebinding, foreign Origins): the app's one Host/Origin policy for every
+route, `node.http_policy.RequestPolicy`, answers before this gateway does.
 `Authorization: Bearer <token>` maps to a zone; a loopback peer without a token gets
 `loopback_zone` (`None`: refused with 401); anyone else without a valid token: 401.
 Bounds: body size, number of sessions (oldest idle evicted), session idle expiry
@@ -35,15 +33,13 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
 from node.mcp.protocol import (
-    FORBIDDEN_HOST,
-    FORBIDDEN_ORIGIN,
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
     HTTP_STATUS,
@@ -123,16 +119,6 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def _host_name(host: str) -> str:
-    """The name in a Host header or an allowed-hosts entry, without port or brackets."""
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:7700
-        return host[1 : host.find("]")] if "]" in host else host
-    if host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
-        return host.split(":", 1)[0]
-    return host
-
-
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -149,7 +135,7 @@ def _error_headers(err: Mapping[str, Any], status: int) -> dict[str, str]:
     return headers
 
 
-def _json_error(exc: BaseException, request_id: Any = None, headers: Any = None) -> web.Response:
+def json_error(exc: BaseException, request_id: Any = None, headers: Any = None) -> web.Response:
     err = error_object(exc)
     status = HTTP_STATUS.get(err["code"], 200)
     extra = {**dict(headers or {}), **_error_headers(err, status)}
@@ -267,8 +253,6 @@ class McpGateway:
         *,
         tokens: Mapping[str, str | TokenGrant],
         loopback_zone: str | None,
-        allowed_origins: Collection[str] = (),
-        allowed_hosts: Collection[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
@@ -283,10 +267,6 @@ class McpGateway:
                 grant = TokenGrant(zone=grant, name="token-" + _digest(token).hex()[:8])
             self._grants[_digest(token)] = grant
         self._loopback_zone = loopback_zone
-        self._allowed_origins = {o.rstrip("/") for o in allowed_origins}
-        self._allowed_hosts = (
-            None if allowed_hosts is None else {_host_name(h) for h in allowed_hosts}
-        )
         self.max_body_bytes = max_body_bytes
         self.max_sessions = max_sessions
         self.session_idle_s = session_idle_s
@@ -322,20 +302,6 @@ class McpGateway:
         session.changed.set()
         for task in session.inflight.values():
             task.cancel()
-
-    def _check_host_and_origin(self, request: web.Request) -> None:
-        allowed_hosts = self._allowed_hosts
-        if allowed_hosts is not None:
-            host = request.headers.get("Host", "")
-            if _host_name(host) not in allowed_hosts:
-                raise McpError(
-                    FORBIDDEN_HOST, f"Misdirected: Host {host!r} is not served here", {"host": host}
-                )
-        origin = request.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") not in self._allowed_origins:
-            raise McpError(
-                FORBIDDEN_ORIGIN, f"Forbidden: Origin {origin!r} is not allowed", {"origin": origin}
-            )
 
     def _authenticate(self, request: web.Request) -> Caller:
         auth = request.headers.get("Authorization")
@@ -385,12 +351,11 @@ class McpGateway:
 
     async def handle_post(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_host_and_origin(request)
             caller = self._authenticate(request)
             self._sweep()
             message = decode(await self._read_body(request))
         except McpError as exc:
-            return _json_error(exc)
+            return json_error(exc)
         if message.is_response:
             return web.Response(status=202)  # we never ask clients anything; ignore answers
         version = request.headers.get(H_VERSION)
@@ -407,11 +372,10 @@ class McpGateway:
                 return self._initialize(message, caller)
             return await self._legacy(request, message, caller)
         except McpError as exc:
-            return _json_error(exc, message.id)
+            return json_error(exc, message.id)
 
     async def handle_get(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_host_and_origin(request)
             caller = self._authenticate(request)
             if request.headers.get(H_VERSION) in MODERN_VERSIONS:
                 return web.Response(status=405, headers={"Allow": "POST"})
@@ -419,7 +383,7 @@ class McpGateway:
             if session.stream_open:
                 return web.Response(status=409, text="a stream is already open for this session")
         except McpError as exc:
-            return _json_error(exc)
+            return json_error(exc)
         stream = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -448,11 +412,10 @@ class McpGateway:
 
     async def handle_delete(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_host_and_origin(request)
             caller = self._authenticate(request)
             session = self._session(request, caller)
         except McpError as exc:
-            return _json_error(exc)
+            return json_error(exc)
         self.sessions.pop(session.id, None)
         self._end_session(session)
         return web.Response(status=200)
@@ -642,8 +605,6 @@ def register_mcp_routes(
     *,
     tokens: Mapping[str, str | TokenGrant],
     loopback_zone: str | None,
-    allowed_origins: Collection[str] = (),
-    allowed_hosts: Collection[str] | None = None,
     path: str = MCP_PATH,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -663,8 +624,6 @@ def register_mcp_routes(
         catalog,
         tokens=tokens,
         loopback_zone=loopback_zone,
-        allowed_origins=allowed_origins,
-        allowed_hosts=allowed_hosts,
         max_body_bytes=max_body_bytes,
         max_sessions=max_sessions,
         session_idle_s=session_idle_s,

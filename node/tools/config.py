@@ -119,9 +119,10 @@ class McpTokenConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens: list[McpTokenConfig] = msgspec.field(default_factory=list)
     loopback_zone: str | None = "public"
+    # Browser Origins HTTP answers (every route); a request with another Origin gets 403.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
-    # Host names /mcp answers besides loopback ones (when the node listens on loopback);
-    # on another address, Host is checked only if this is set.
+    # Host names HTTP answers (every route, not only /mcp) besides loopback ones when the
+    # node listens on loopback; on another address, Host is checked only if this is set.
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
     max_body_bytes: PositiveInt = 1 << 20
     max_sessions: PositiveInt = 256

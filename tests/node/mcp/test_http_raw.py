@@ -170,7 +170,20 @@ async def test_a_host_not_served_here_is_misdirected_on_every_method() -> None:
         try:
             msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
             port = srv.url.split(":")[2].split("/")[0]
-            for host in ("evil.example", f"evil.example:{port}", "127.0.0.2", ""):
+            for host in (
+                "evil.example",
+                f"evil.example:{port}",
+                "127.0.0.2",
+                "",
+                # What follows a bracketed address, or a second port, is not ignored.
+                "[::1]evil.example",
+                f"[::1]evil.example:{port}",
+                f"[::1]:{port}evil.example",
+                f"localhost:{port}:80",
+                "localhost evil.example",
+                "[::1",
+                "::1",
+            ):
                 status, _, body = await post(
                     srv.url, msg, {**modern_headers("tools/list"), "Host": host}
                 )
@@ -182,7 +195,13 @@ async def test_a_host_not_served_here_is_misdirected_on_every_method() -> None:
                 session.get(srv.url, headers={"Host": "evil.example"}) as response,
             ):
                 assert response.status == 421  # GET streams too
-            for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            for host in (
+                f"localhost:{port}",
+                f"127.0.0.1:{port}",
+                f"[::1]:{port}",
+                "[0:0::1]",
+                "LOCALHOST",
+            ):
                 status, _, body = await post(
                     srv.url, msg, {**modern_headers("tools/list"), "Host": host}
                 )

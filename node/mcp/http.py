@@ -39,6 +39,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from node.errors import clip
 from node.mcp.protocol import (
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
@@ -49,11 +50,13 @@ from node.mcp.protocol import (
     META_PROTOCOL_VERSION,
     META_SUBSCRIPTION_ID,
     MODERN_VERSIONS,
+    NOT_ACCEPTABLE,
     OVERLOADED,
     REQUEST_CANCELLED,
     SESSION_NOT_FOUND,
     TOO_LARGE,
     UNAUTHORIZED,
+    UNSUPPORTED_MEDIA_TYPE,
     UNSUPPORTED_PROTOCOL_VERSION,
     Caller,
     McpCore,
@@ -78,6 +81,8 @@ DEFAULT_MAX_LISTENERS: Final = 64
 SSE_KEEPALIVE_S: Final = 15.0
 SWEEP_INTERVAL_S: Final = 1.0
 
+JSON_TYPE: Final = "application/json"
+SSE_TYPE: Final = "text/event-stream"
 H_SESSION: Final = "Mcp-Session-Id"
 H_VERSION: Final = "MCP-Protocol-Version"
 H_METHOD: Final = "Mcp-Method"
@@ -117,6 +122,40 @@ def _is_loopback(remote: str | None) -> bool:
         return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _accepts(accept: str, media_type: str) -> bool:
+    """Whether an Accept value takes `media_type` (RFC 9110 12.5.1): the most specific
+    matching range (`type/sub`, `type/*`, `*/*`) decides, and q=0 means "not this"."""
+    kind = media_type.split("/", 1)[0]
+    ranks = {media_type: 2, f"{kind}/*": 1, "*/*": 0}
+    best_rank, best_q = -1, 0.0
+    for item in accept.split(","):
+        media_range, *params = (part.strip() for part in item.split(";"))
+        rank = ranks.get(media_range.lower(), -1)
+        if rank <= best_rank:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        best_rank, best_q = rank, q
+    return best_q > 0
+
+
+def _check_accept(request: web.Request, *media_types: str) -> None:
+    """Streamable HTTP: a POST must accept JSON and SSE, a GET SSE; else 406."""
+    accept = request.headers.get("Accept", "")
+    if not all(_accepts(accept, media_type) for media_type in media_types):
+        raise McpError(
+            NOT_ACCEPTABLE,
+            f"Not Acceptable: the Accept header must take {' and '.join(media_types)}",
+            {"accept": clip(accept)},
+        )
 
 
 def _digest(token: str) -> bytes:
@@ -351,6 +390,13 @@ class McpGateway:
 
     async def handle_post(self, request: web.Request) -> web.StreamResponse:
         try:
+            _check_accept(request, JSON_TYPE, SSE_TYPE)
+            if request.content_type != JSON_TYPE:
+                raise McpError(
+                    UNSUPPORTED_MEDIA_TYPE,
+                    f"Unsupported Media Type: POST one JSON-RPC message as {JSON_TYPE}",
+                    {"content_type": clip(request.headers.get("Content-Type", ""))},
+                )
             caller = self._authenticate(request)
             self._sweep()
             message = decode(await self._read_body(request))
@@ -365,8 +411,11 @@ class McpGateway:
             if version is not None and version not in HANDSHAKE_VERSIONS:
                 raise McpError(
                     UNSUPPORTED_PROTOCOL_VERSION,
-                    f"Unsupported protocol version {version!r}",
-                    {"supported": [*HANDSHAKE_VERSIONS, *MODERN_VERSIONS], "requested": version},
+                    f"Unsupported protocol version {clip(version)!r}",
+                    {
+                        "supported": [*HANDSHAKE_VERSIONS, *MODERN_VERSIONS],
+                        "requested": clip(version),
+                    },
                 )
             if message.method == "initialize":
                 return self._initialize(message, caller)
@@ -379,6 +428,7 @@ class McpGateway:
             caller = self._authenticate(request)
             if request.headers.get(H_VERSION) in MODERN_VERSIONS:
                 return web.Response(status=405, headers={"Allow": "POST"})
+            _check_accept(request, SSE_TYPE)
             session = self._session(request, caller)
             if session.stream_open:
                 return web.Response(status=409, text="a stream is already open for this session")

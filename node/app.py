@@ -232,7 +232,10 @@ class Node(Service):
             loopback_zone=mcp.loopback_zone,
             max_body_bytes=mcp.max_body_bytes,
             max_sessions=mcp.max_sessions,
+            max_sessions_per_caller=mcp.max_sessions_per_caller,
             session_idle_s=mcp.session_idle_s,
+            max_listeners=mcp.max_listeners,
+            max_listeners_per_caller=mcp.max_listeners_per_caller,
         )
 
     def _allowed_hosts(self) -> list[str] | None:

@@ -212,10 +212,7 @@ def _validate(config: Config) -> None:
     _check_port("mesh.port", config.mesh.port)
     _check_range("http.max_connections", config.http.max_connections, 1, 1 << 20)
     _check_range(
-        "http.max_connections_per_client",
-        config.http.max_connections_per_client,
-        1,
-        config.http.max_connections,
+        "http.max_connections_per_client", config.http.max_connections_per_client, 1, 1 << 20
     )
     _check_seconds("http.head_timeout_s", config.http.head_timeout_s)
     _check_seconds("http.body_idle_timeout_s", config.http.body_idle_timeout_s)

@@ -18,8 +18,11 @@ Security (DNS rebinding, foreign Origins): the app's one Host/Origin policy for 
 route, `node.http_policy.RequestPolicy`, answers before this gateway does.
 `Authorization: Bearer <token>` maps to a zone; a loopback peer without a token gets
 `loopback_zone` (`None`: refused with 401); anyone else without a valid token: 401.
-Bounds: body size, number of sessions (oldest idle evicted), session idle expiry
-(swept on requests), number of open listen/GET streams.
+Bounds: body size, sessions and listen streams in all and per caller (a token's
+name, or an anonymous client's address), session idle expiry (swept on requests). A
+caller at its session quota gives up its own oldest idle session; when all sessions are
+taken, a newcomer takes the oldest idle session of the caller holding the most, never
+of one holding as few as itself, so one caller cannot lock out or evict the others.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -78,6 +81,8 @@ DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
 DEFAULT_MAX_SESSIONS: Final = 256
 DEFAULT_SESSION_IDLE_S: Final = 600.0
 DEFAULT_MAX_LISTENERS: Final = 64
+DEFAULT_MAX_SESSIONS_PER_CALLER: Final = 64
+DEFAULT_MAX_LISTENERS_PER_CALLER: Final = 16
 SSE_KEEPALIVE_S: Final = 15.0
 SWEEP_INTERVAL_S: Final = 1.0
 
@@ -101,6 +106,7 @@ class TokenGrant:
 class _Session:
     id: str
     caller: Caller
+    owner: str  # whose quota it counts against (`_owner`)
     protocol_version: str
     last_seen: float
     inflight: dict[Any, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
@@ -111,6 +117,7 @@ class _Session:
 
 @dataclass(eq=False)
 class _Listener:
+    owner: str
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -156,6 +163,18 @@ def _check_accept(request: web.Request, *media_types: str) -> None:
             f"Not Acceptable: the Accept header must take {' and '.join(media_types)}",
             {"accept": clip(accept)},
         )
+
+
+def _owner(request: web.Request, caller: Caller) -> str:
+    """Whose quotas a request counts against: a token's name, or an anonymous client's
+    address (all anonymous local clients share 127.0.0.1's)."""
+    if caller.caller_id.startswith("token:"):
+        return caller.caller_id
+    return f"addr:{request.remote or ''}"
+
+
+def _idle(session: _Session) -> bool:
+    return not session.inflight and not session.stream_open
 
 
 def _digest(token: str) -> bytes:
@@ -296,6 +315,8 @@ class McpGateway:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
         max_listeners: int = DEFAULT_MAX_LISTENERS,
+        max_sessions_per_caller: int = DEFAULT_MAX_SESSIONS_PER_CALLER,
+        max_listeners_per_caller: int = DEFAULT_MAX_LISTENERS_PER_CALLER,
         sse_keepalive_s: float = SSE_KEEPALIVE_S,
     ) -> None:
         self.core = McpCore(catalog)
@@ -310,8 +331,13 @@ class McpGateway:
         self.max_sessions = max_sessions
         self.session_idle_s = session_idle_s
         self.max_listeners = max_listeners
+        self.max_sessions_per_caller = max_sessions_per_caller
+        self.max_listeners_per_caller = max_listeners_per_caller
+        # Least recently used first.
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        self.sessions_of: Counter[str] = Counter()
         self._listeners: set[_Listener] = set()
+        self.listeners_of: Counter[str] = Counter()
         self._last_sweep = 0.0
         self._closing = False
         self._unsubscribe = catalog.on_change(self._tools_changed)
@@ -331,10 +357,17 @@ class McpGateway:
         self._closing = True
         self._unsubscribe()
         for session in list(self.sessions.values()):
-            self._end_session(session)
-        self.sessions.clear()
+            self._drop_session(session)
         for listener in self._listeners:
             listener.changed.set()
+
+    def _drop_session(self, session: _Session) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self.sessions_of[session.owner] -= 1
+        if self.sessions_of[session.owner] <= 0:
+            del self.sessions_of[session.owner]
+        self._end_session(session)
 
     def _end_session(self, session: _Session) -> None:
         session.closed = True
@@ -361,10 +394,9 @@ class McpGateway:
         if now - self._last_sweep < SWEEP_INTERVAL_S:
             return
         self._last_sweep = now
-        for sid, session in list(self.sessions.items()):
+        for session in list(self.sessions.values()):
             if now - session.last_seen > self.session_idle_s and not session.inflight:
-                del self.sessions[sid]
-                self._end_session(session)
+                self._drop_session(session)
 
     async def _read_body(self, request: web.Request) -> bytes:
         too_large = McpError(
@@ -418,7 +450,7 @@ class McpGateway:
                     },
                 )
             if message.method == "initialize":
-                return self._initialize(message, caller)
+                return self._initialize(message, caller, _owner(request, caller))
             return await self._legacy(request, message, caller)
         except McpError as exc:
             return json_error(exc, message.id)
@@ -466,38 +498,56 @@ class McpGateway:
             session = self._session(request, caller)
         except McpError as exc:
             return json_error(exc)
-        self.sessions.pop(session.id, None)
-        self._end_session(session)
+        self._drop_session(session)
         return web.Response(status=200)
 
     # -- 2025-11-25: sessions ------------------------------------------------------------------
 
-    def _initialize(self, message: Message, caller: Caller) -> web.Response:
+    def _initialize(self, message: Message, caller: Caller, owner: str) -> web.Response:
         if not message.is_request:
             raise McpError(INVALID_REQUEST, "initialize must be a request")
-        if len(self.sessions) >= self.max_sessions:
-            idle = next(
-                (s for s in self.sessions.values() if not s.inflight and not s.stream_open), None
-            )
-            if idle is None:
-                raise McpError(
-                    OVERLOADED, "Too many sessions", {"limit": "sessions", "retry_after_s": 1.0}
-                )
-            del self.sessions[idle.id]
-            self._end_session(idle)
+        self._make_room(owner)
         result = self.core.initialize_result(message.params)
         session = _Session(
             id=secrets.token_hex(16),
             caller=caller,
+            owner=owner,
             protocol_version=result["protocolVersion"],
             last_seen=time.monotonic(),
         )
         self.sessions[session.id] = session
+        self.sessions_of[owner] += 1
         return web.Response(
             body=encode(result_message(message.id, result)),
             content_type="application/json",
             headers={H_SESSION: session.id},
         )
+
+    def _make_room(self, owner: str) -> None:
+        """Make room for one more session of `owner`, or raise OVERLOADED."""
+        mine = self.sessions_of[owner]
+        if mine < self.max_sessions_per_caller and len(self.sessions) < self.max_sessions:
+            return
+        victim = next((s for s in self.sessions.values() if s.owner == owner and _idle(s)), None)
+        if victim is None and mine < self.max_sessions_per_caller:
+            # All taken, none of ours idle: the caller holding the most gives one up, if
+            # it holds more than we will.
+            heaviest, held = max(self.sessions_of.items(), key=lambda item: item[1])
+            if held > mine + 1:
+                victim = next(
+                    (s for s in self.sessions.values() if s.owner == heaviest and _idle(s)), None
+                )
+        if victim is None:
+            per_caller = mine >= self.max_sessions_per_caller
+            raise McpError(
+                OVERLOADED,
+                "Too many sessions" + (" for this caller" if per_caller else ""),
+                {
+                    "limit": "sessions_per_caller" if per_caller else "sessions",
+                    "retry_after_s": 1.0,
+                },
+            )
+        self._drop_session(victim)
 
     def _session(self, request: web.Request, caller: Caller) -> _Session:
         sid = request.headers.get(H_SESSION)
@@ -597,12 +647,20 @@ class McpGateway:
                 INVALID_REQUEST, f"initialize is not used at {version}; use server/discover"
             )
         if message.method == "subscriptions/listen":
-            return await self._listen(request, message)
+            return await self._listen(request, message, _owner(request, caller))
         reply = _Reply(request, {}, self.sse_keepalive_s)
         call = self.core.handle(message, caller, modern=True, notify=reply.notify)
         return await reply.finish(await self._run(call, message, reply))
 
-    async def _listen(self, request: web.Request, message: Message) -> web.StreamResponse:
+    async def _listen(
+        self, request: web.Request, message: Message, owner: str
+    ) -> web.StreamResponse:
+        if self.listeners_of[owner] >= self.max_listeners_per_caller:
+            raise McpError(
+                OVERLOADED,
+                "Too many open subscriptions for this caller",
+                {"limit": "listeners_per_caller", "retry_after_s": 1.0},
+            )
         if len(self._listeners) >= self.max_listeners:
             raise McpError(
                 OVERLOADED,
@@ -620,8 +678,9 @@ class McpGateway:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await stream.prepare(request)
-        listener = _Listener()
+        listener = _Listener(owner)
         self._listeners.add(listener)
+        self.listeners_of[owner] += 1
         try:
             ack = {"notifications": honored, "_meta": meta}
             await stream.write(_sse(notification("notifications/subscriptions/acknowledged", ack)))
@@ -646,6 +705,9 @@ class McpGateway:
             pass
         finally:
             self._listeners.discard(listener)
+            self.listeners_of[owner] -= 1
+            if self.listeners_of[owner] <= 0:
+                del self.listeners_of[owner]
         return stream
 
 
@@ -660,6 +722,8 @@ def register_mcp_routes(
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     session_idle_s: float = DEFAULT_SESSION_IDLE_S,
     max_listeners: int = DEFAULT_MAX_LISTENERS,
+    max_sessions_per_caller: int = DEFAULT_MAX_SESSIONS_PER_CALLER,
+    max_listeners_per_caller: int = DEFAULT_MAX_LISTENERS_PER_CALLER,
     sse_keepalive_s: float = SSE_KEEPALIVE_S,
 ) -> McpGateway:
     """Add POST/GET/DELETE `path` to `app`; the gateway is closed on app cleanup.
@@ -678,6 +742,8 @@ def register_mcp_routes(
         max_sessions=max_sessions,
         session_idle_s=session_idle_s,
         max_listeners=max_listeners,
+        max_sessions_per_caller=max_sessions_per_caller,
+        max_listeners_per_caller=max_listeners_per_caller,
         sse_keepalive_s=sse_keepalive_s,
     )
     app.router.add_post(path, gateway.handle_post)

@@ -125,7 +125,12 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # node listens on loopback; on another address, Host is checked only if this is set.
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
     max_body_bytes: PositiveInt = 1 << 20
+    # 2025-11-25 sessions open at once, in all and per caller (a token's name, or an
+    # anonymous client's address); a caller at its quota gives up its oldest idle one.
     max_sessions: PositiveInt = 256
+    max_sessions_per_caller: PositiveInt = 64
     session_idle_s: PositiveFloat = 600.0
+    # 2026-07-28 `subscriptions/listen` streams open at once, in all and per caller.
     max_listeners: PositiveInt = 64
+    max_listeners_per_caller: PositiveInt = 16
     stdio_zone: str = "public"

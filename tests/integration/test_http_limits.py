@@ -89,6 +89,27 @@ def _read_until(sock: socket.socket, marker: bytes) -> bytes:
     return received
 
 
+def _listen(port: int, source: str, stack: ExitStack) -> bytes:
+    """Open a `subscriptions/listen` stream; what the node answered first."""
+    listen = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "subscriptions/listen",
+            "params": {"notifications": {"toolsListChanged": True}, "_meta": META},
+        }
+    ).encode()
+    head = (
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Accept: application/json, text/event-stream\r\n"
+        f"MCP-Protocol-Version: {MODERN}\r\nMcp-Method: subscriptions/listen\r\n"
+        f"Content-Length: {len(listen)}\r\n\r\n"
+    ).encode()
+    sock = _connect(port, source, stack)
+    sock.sendall(head + listen)
+    return _read_until(sock, b"\r\n\r\n")
+
+
 def _call_echo(node: NodeProcess, text: str) -> Any:
     message = {
         "jsonrpc": "2.0",
@@ -192,27 +213,23 @@ def test_healthz_gets_through_when_every_connection_is_busy(
     node = NodeProcess(tmp_path / "n", env=env).start()
     nodes.append(node)
     port = int(node.info["http_port"])
-    listen = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "subscriptions/listen",
-            "params": {"notifications": {"toolsListChanged": True}, "_meta": META},
-        }
-    ).encode()
-    head = (
-        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        "Accept: application/json, text/event-stream\r\n"
-        f"MCP-Protocol-Version: {MODERN}\r\nMcp-Method: subscriptions/listen\r\n"
-        f"Content-Length: {len(listen)}\r\n\r\n"
-    ).encode()
     with ExitStack() as stack:
         for _ in range(4):
-            sock = _connect(port, "127.0.0.2", stack)
-            sock.sendall(head + listen)
-            _read_until(sock, b"subscriptions/acknowledged")
+            assert _listen(port, "127.0.0.2", stack).startswith(b"HTTP/1.1 200")
         assert node.get_json("/healthz")["status"] == "ok"
         with pytest.raises(urllib.error.HTTPError) as refused:
             _call_echo(node, "no room")
         assert refused.value.code == 503
         assert refused.value.headers["Retry-After"] == "1"
+
+
+def test_mcp_max_listeners_is_the_limit_it_says(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    env = {"VSMCP_MCP_MAX_LISTENERS": "2", "VSMCP_MCP_MAX_LISTENERS_PER_CALLER": "2"}
+    node = NodeProcess(tmp_path / "n", env=env).start()
+    nodes.append(node)
+    port = int(node.info["http_port"])
+    with ExitStack() as stack:
+        for source in ("127.0.0.1", "127.0.0.2"):
+            assert _listen(port, source, stack).startswith(b"HTTP/1.1 200")
+        refused = _listen(port, "127.0.0.3", stack)
+        assert refused.startswith(b"HTTP/1.1 503"), refused

@@ -61,11 +61,7 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"mesh.dead_reap_after_s": -1}, "mesh.dead_reap_after_s", "out of range"),
         ({"mesh.left_reap_after_s": 10**9}, "mesh.left_reap_after_s", "out of range"),
         ({"http.max_connections": 0}, "http.max_connections", "out of range"),
-        (
-            {"http.max_connections": 10, "http.max_connections_per_client": 11},
-            "http.max_connections_per_client",
-            "out of range",
-        ),
+        ({"http.max_connections_per_client": 0}, "http.max_connections_per_client", "range"),
         ({"http.head_timeout_s": 0}, "http.head_timeout_s", "out of range"),
         ({"http.body_idle_timeout_s": -1}, "http.body_idle_timeout_s", "out of range"),
     ],

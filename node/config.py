@@ -26,6 +26,10 @@ from node.errors import ConfigError
 from node.tools.config import McpConfig, RateLimitsConfig, ToolsConfig
 
 DEFAULT_HTTP_PORT = 7700
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 128
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
 DEFAULT_MESH_PORT = 7701
 DEFAULT_ZONES = ("public", "ops", "restricted")
 ENV_PREFIX = "VSMCP_"
@@ -57,14 +61,14 @@ class HttpSection(_Section):
     host: str = "127.0.0.1"
     port: int = DEFAULT_HTTP_PORT
     # Open connections at most; 16 more serve only /healthz, /metrics and /api/*.
-    max_connections: int = 512
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     # Open connections from one client address at most (all local clients share one).
-    max_connections_per_client: int = 128
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
     # Seconds a connection has to send a complete request head, from opening or from
     # its previous response (also how long an idle keep-alive connection stays open).
-    head_timeout_s: float = 10.0
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
     # Seconds a request body may go without a byte before the connection is closed.
-    body_idle_timeout_s: float = 30.0
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
 
 
 class MeshSection(_Section):

@@ -14,6 +14,9 @@ Half-sent requests left open exhaust descriptors until `/healthz` fails. Here:
   more that serve only the operational endpoints (`/healthz`, `/metrics`, `/api/*`),
   one request each, so health checks and operators get through a flood.
 - **Per-client cap**: at most `max_per_client` connections from one address.
+- **Eviction**: at the cap, the connection waiting longest for a request head (idle
+  keep-alive or half-sent) is closed to admit a new one, so connections that send
+  nothing cannot keep anyone out; only requests being served hold their slots.
 
 A refused connection gets a canned 503 and is closed at once. A request head over
 aiohttp's limits gets 431 and one rate-limited log line instead of a traceback.
@@ -33,12 +36,15 @@ from aiohttp import http_exceptions, web
 from aiohttp.streams import StreamReader
 from aiohttp.web_request import BaseRequest
 
+from node.config import (
+    DEFAULT_BODY_IDLE_TIMEOUT_S,
+    DEFAULT_HEAD_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_CONNECTIONS: Final = 512
-DEFAULT_MAX_CONNECTIONS_PER_CLIENT: Final = 128
-DEFAULT_HEAD_TIMEOUT_S: Final = 10.0
-DEFAULT_BODY_IDLE_TIMEOUT_S: Final = 30.0
 # Connections past the cap that may still reach the operational endpoints.
 RESERVED_CONNECTIONS: Final = 16
 RESERVED_PATH_PREFIXES: Final = ("/healthz", "/metrics", "/api/")

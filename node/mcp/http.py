@@ -72,6 +72,7 @@ from node.mcp.protocol import (
     notification,
     result_message,
 )
+from node.tools.config import DEFAULT_MAX_LISTENERS_PER_CALLER, DEFAULT_MAX_SESSIONS_PER_CALLER
 from node.tools.model import ToolCatalog
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,6 @@ DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
 DEFAULT_MAX_SESSIONS: Final = 256
 DEFAULT_SESSION_IDLE_S: Final = 600.0
 DEFAULT_MAX_LISTENERS: Final = 64
-DEFAULT_MAX_SESSIONS_PER_CALLER: Final = 64
-DEFAULT_MAX_LISTENERS_PER_CALLER: Final = 16
 SSE_KEEPALIVE_S: Final = 15.0
 SWEEP_INTERVAL_S: Final = 1.0
 

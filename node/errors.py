@@ -29,10 +29,10 @@ class ConfigError(StartupError):
         self.reason = reason
 
 
-MAX_ECHO_CHARS = 240
+MAX_ERROR_ECHO_CHARS = 240
 
 
-def clip(text: str, max_chars: int = MAX_ECHO_CHARS) -> str:
+def clip(text: str, max_chars: int = MAX_ERROR_ECHO_CHARS) -> str:
     """`text`, cut to about `max_chars` keeping its start and end (what it is, and what is
     wrong with it): errors echo what a client sent, and a 1 MB argument must not come
     back as a 1 MB message."""

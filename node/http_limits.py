@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 
 # Connections past the cap that may still reach the operational endpoints.
 RESERVED_CONNECTIONS: Final = 16
+# A whole request head at most. aiohttp caps each line (8 KiB) and the number of
+# headers (128), so a head could otherwise hold about 1 MiB (2 MiB of memory) per
+# connection while it trickles in; nginx allows 32 KiB by default.
+MAX_REQUEST_HEAD_BYTES: Final = 64 * 1024
+# How long a connection refused with 431 is still read (and dropped) before it closes.
+LINGER_S: Final = 2.0
 RESERVED_PATH_PREFIXES: Final = ("/healthz", "/metrics", "/api/")
 # A flood of bad clients costs one log line per kind per interval, not one per request.
 CLIENT_ERROR_LOG_INTERVAL_S: Final = 10.0
@@ -56,6 +62,7 @@ REFUSE_REASONS: Final = (
     "reserved_only",
     "body_idle",
     "evicted_waiting",
+    "head_too_large",
 )
 
 
@@ -97,6 +104,13 @@ def _refusal(reason: str) -> bytes:
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+_HEAD_TOO_LARGE: Final = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 31\r\n\r\n"
+    b"Request Header Fields Too Large"
+)
 
 
 def _client_of(transport: asyncio.BaseTransport) -> str:
@@ -201,6 +215,9 @@ class GuardedRequestHandler(web.RequestHandler):
         self._last_data = 0.0
         self._body: StreamReader | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # of the request head being received
+        self._discarding = False  # refused: what arrives is dropped until we close
+        self._no_head_yet = True
 
     @property
     def reserved(self) -> bool:
@@ -250,8 +267,38 @@ class GuardedRequestHandler(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         self._last_data = self._loop.time()
+        # Bytes are a request head's while aiohttp has parsed none that waits (`_messages`)
+        # and either none came yet or it waits for the next (`_waiter`, which its
+        # keep-alive timer tests too); there is no public hook for either.
+        waiting = not self._messages and (
+            self._no_head_yet or (self._waiter is not None and not self._waiter.done())
+        )
         super().data_received(data)
+        if self._messages:
+            self._no_head_yet = False
+        if not waiting or self._messages:
+            self._head_bytes = 0  # a head is complete, or a request is being handled
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        """Answer 431 and close, reading (and dropping) what the client still sends for
+        a moment: closing with unread bytes would reset the connection, and the client
+        would lose the answer."""
+        self._guard.counted("head_too_large")
+        self._guard.client_error(self.client, 431, "request head too large")
+        self._discarding = True
+        transport = self.transport
+        if transport is not None:
+            transport.write(_HEAD_TOO_LARGE)
+            if transport.can_write_eof():
+                transport.write_eof()
+        self._loop.call_later(LINGER_S, self.force_close)
 
     def watch_body(self, body: StreamReader | None) -> None:
         """Close the connection if `body` (the request being handled) stays incomplete

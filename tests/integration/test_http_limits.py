@@ -202,6 +202,14 @@ def test_an_idle_request_body_closes_the_connection(
         )
         _wait_all_closed([sock], "the connection with an idle body closed")
     assert _metric(node, "vsmcp_http_refused_total", "body_idle") == 1
+    # A body that keeps coming is read whole, however large (within the body cap), and
+    # it is not mistaken for a request head that went on too long.
+    with pytest.raises(urllib.error.HTTPError) as too_long:
+        _call_echo(node, "x" * 900_000)  # read whole, and refused by the tool's schema
+    error = json.loads(too_long.value.read())["error"]
+    assert (too_long.value.code, error["code"]) == (400, -32602)
+    assert "is too long" in error["message"] and len(error["message"]) < 500
+    assert _metric(node, "vsmcp_http_refused_total", "head_too_large") == 0
 
 
 def test_healthz_gets_through_when_every_connection_is_busy(

@@ -3,8 +3,10 @@ pages), and what it answers instead of tracebacks for oversized request heads.""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -88,3 +90,21 @@ def test_an_oversized_header_gets_431_and_one_log_line(node: NodeProcess) -> Non
     added = node.log_text()[len(before) :]
     assert "Traceback" not in added
     assert added.count("431") <= 1, added  # throttled: one line per interval at most
+
+
+def test_a_request_head_is_capped_in_all(node: NodeProcess) -> None:
+    """Each line within aiohttp's 8 KiB, 13 of them: 104 KiB of head that never ends is
+    refused with 431 (instead of held until the head timeout), while a 40 KiB head is
+    served."""
+    status, _, _ = _request(node, "/healthz", {f"X-{i}": "a" * 8000 for i in range(5)})
+    assert status == 200
+    with socket.create_connection(("127.0.0.1", int(node.info["http_port"])), 10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            for i in range(13):
+                sock.sendall(b"X-%d: %s\r\n" % (i, b"a" * 8000))
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]

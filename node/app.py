@@ -239,14 +239,15 @@ class Node(Service):
         )
 
     def _allowed_hosts(self) -> list[str] | None:
-        """Host names HTTP answers on every route: loopback names when it listens on
-        loopback (a page re-pointed at 127.0.0.1 by DNS gets 421), else
-        `mcp.allowed_hosts` if set (else any)."""
+        """Host names HTTP answers on every route (a page re-pointed at us by DNS
+        gets 421): loopback names and `mcp.allowed_hosts`, when the node listens on
+        loopback or `mcp.allowed_hosts` is set; else any. Loopback names are always
+        safe to answer, and local tools (`vsmcp status`, probes) use them."""
         configured = list(self.config.mcp.allowed_hosts)
         host = self.config.http.host
-        if is_loopback_host(host):
-            return ["localhost", "127.0.0.1", "::1", host, *configured]
-        return configured or None
+        if not configured and not is_loopback_host(host):
+            return None
+        return ["localhost", "127.0.0.1", "::1", host, *configured]
 
     async def stop(self) -> None:
         stack, self._stack = self._stack, None

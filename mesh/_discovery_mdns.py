@@ -48,7 +48,10 @@ MAX_DNS_LABEL_BYTES = 63
 MAX_TXT_VALUE_BYTES = 160
 MAX_TXT_BYTES = 1024
 MAX_SERVICE_NAME_BYTES = 255
-MAX_KNOWN_SERVICES = 4096
+# Anyone on the segment can advertise: beyond this many services (known or being
+# resolved) new names are ignored until some leave. A larger mesh finds the rest of
+# its members by gossip.
+MAX_KNOWN_SERVICES = 512
 MAX_CONCURRENT_RESOLVES = 8
 RESOLVE_TIMEOUT_S = 3.0
 _MAX_PORT_DIGITS = len(str(MAX_PORT))

@@ -23,6 +23,15 @@ Identity binding
     so the layer above can check it against the envelope's sender with
     `curve_public_key(sender_ed25519_key)`.
 
+Peers and candidates
+    Links (one DEALER each, a few descriptors) come from two budgets: at most
+    `max_peers` for peers the layer above admitted, and a small one of their own,
+    `max_candidate_links`, for the ones it is still asking to be admitted
+    (`request(..., candidate=True)`): a flood of would-be peers (mDNS is open to anyone
+    on the segment) cannot take the room of real ones. A candidate's link becomes a
+    peer link the first time it is used without `candidate` (the peer was admitted);
+    the layer above closes the links of candidates that were not (`forget`).
+
 Delivery
     At most once. A request is answered once or fails (timeout, remote error, queue
     drop, peer forgotten, transport stopped). Frames already handed to libzmq when a
@@ -61,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import itertools
 import logging
@@ -115,6 +125,7 @@ __all__ = [
     "TransportStats",
     "check_reachable",
     "curve_public_key",
+    "request_peer_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,6 +136,7 @@ QUEUE_MAX_BYTES_PER_PEER = 16 * 1024 * 1024
 MAX_CONCURRENT_HANDLERS = 256
 MAX_HANDLERS_PER_PEER = 64
 MAX_PEERS = 1024
+MAX_CANDIDATE_LINKS = 32
 DEALER_SNDHWM = 256
 ROUTER_SNDHWM = 1000
 RCVHWM = 1000
@@ -150,6 +162,19 @@ OnewayHandler = Callable[[bytes, bytes], None]
 AdmissionCallback = Callable[[bytes], bool]
 """`(client_curve_key) -> admit?`, asked once per inbound connection handshake."""
 
+# Set in each request handler's own task (a task runs in a copy of the context).
+_REQUEST_PEER_ADDRESS: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "request_peer_address", default=""
+)
+
+
+def request_peer_address() -> str:
+    """Inside a request handler: the IP address its connection comes from ("" if unknown).
+
+    Read from the TCP connection by libzmq, not from anything the peer sent.
+    """
+    return _REQUEST_PEER_ADDRESS.get()
+
 
 @dataclass(frozen=True, slots=True)
 class TransportConfig:
@@ -159,6 +184,7 @@ class TransportConfig:
     max_concurrent_handlers: int = MAX_CONCURRENT_HANDLERS
     max_handlers_per_peer: int = MAX_HANDLERS_PER_PEER
     max_peers: int = MAX_PEERS
+    max_candidate_links: int = MAX_CANDIDATE_LINKS
     dealer_sndhwm: int = DEALER_SNDHWM
     router_sndhwm: int = ROUTER_SNDHWM
     rcvhwm: int = RCVHWM
@@ -219,6 +245,7 @@ class _PeerLink:
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.dequeued = asyncio.Event()
+        self.candidate = False  # counted in the candidate budget, not the peer budget
 
     def close(self) -> None:
         self.closed = True
@@ -249,6 +276,7 @@ class _Inbound:
     priority: Priority
     request_id: int
     payload: bytes
+    peer_address: str = ""  # requests only: where the connection comes from
 
 
 class Transport(Service):
@@ -279,6 +307,7 @@ class Transport(Service):
         self._port: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._links: dict[bytes, _PeerLink] = {}
+        self._candidate_links = 0
         self._pending: dict[int, _Pending] = {}
         self._request_ids = itertools.count(1)
         self._handlers: dict[tuple[bytes, int], asyncio.Task[None]] = {}
@@ -405,6 +434,13 @@ class Transport(Service):
         """
         self._admission = callback
 
+    def link_counts(self) -> dict[str, int]:
+        """Open outbound links by budget: {"peer": n, "candidate": m}."""
+        return {
+            "peer": len(self._links) - self._candidate_links,
+            "candidate": self._candidate_links,
+        }
+
     def queued(self, peer_pubkey: bytes) -> int:
         """Frames waiting in our queue toward the peer (0 if unknown)."""
         link = self._links.get(peer_pubkey)
@@ -432,18 +468,22 @@ class Transport(Service):
         *,
         timeout_s: float,
         priority: Priority = Priority.REQUEST,
+        candidate: bool = False,
     ) -> bytes:
         """Send `payload` to the peer's request handler and return its response.
 
+        `candidate`: the peer is not admitted yet; a new link to it comes from the
+        candidate budget (see the module docstring).
+
         Raises RequestTimeoutError, RemoteError, QueueFullError, PeerUnreachableError,
         FrameTooLargeError, InvalidPeerKeyError, TransportClosedError, TransportError
-        ("bad_endpoint", "too_many_peers"). On timeout or cancellation of the caller, a
-        CANCEL frame tells the peer to cancel its handler. A known peer addressed at a
-        new endpoint gets a new connection; requests waiting on the old one fail with
-        PeerUnreachableError.
+        ("bad_endpoint", "too_many_peers", "too_many_candidates"). On timeout or
+        cancellation of the caller, a CANCEL frame tells the peer to cancel its handler.
+        A known peer addressed at a new endpoint gets a new connection; requests waiting
+        on the old one fail with PeerUnreachableError.
         """
         self._check_outgoing(payload)
-        link = self._link_for(peer_pubkey, endpoint)
+        link = self._link_for(peer_pubkey, endpoint, candidate=candidate)
         request_id = next(self._request_ids)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         outgoing = _Outgoing(
@@ -484,6 +524,8 @@ class Transport(Service):
         link = self._links.pop(peer_pubkey, None)
         if link is None:
             return
+        if link.candidate:
+            self._candidate_links -= 1
         link.close()
         gone = PeerUnreachableError("peer forgotten")
         for request_id, pending in list(self._pending.items()):
@@ -505,9 +547,11 @@ class Transport(Service):
                 f"payload of {len(payload)} bytes exceeds {self._config.max_payload_bytes}"
             )
 
-    def _link_for(self, peer_pubkey: bytes, endpoint: str) -> _PeerLink:
+    def _link_for(self, peer_pubkey: bytes, endpoint: str, *, candidate: bool = False) -> _PeerLink:
         link = self._links.get(peer_pubkey)
         if link is not None and link.endpoint == endpoint:
+            if link.candidate and not candidate:
+                self._promote(link)
             return link
         server_key = curve_public_key(peer_pubkey)
         try:
@@ -516,8 +560,7 @@ class Transport(Service):
             raise TransportError(str(exc), reason="bad_endpoint") from None
         if link is not None:
             self.forget(peer_pubkey)  # the peer moved: its old connection goes
-        elif len(self._links) >= self._config.max_peers:
-            raise TransportError(f"already {len(self._links)} peers", reason="too_many_peers")
+        self._check_budget(candidate)
         assert self._ctx is not None
         sock = self._ctx.socket(zmq.DEALER)
         try:
@@ -532,9 +575,31 @@ class Transport(Service):
             max_frames=self._config.queue_max_frames, max_bytes=self._config.queue_max_bytes
         )
         link = _PeerLink(bytes(peer_pubkey), endpoint, sock, queue)
+        link.candidate = candidate
         link.task = self._spawn(self._link_loop(link), f"transport-peer-{link.label}")
         self._links[link.ed25519_public] = link
+        self._candidate_links += candidate
         return link
+
+    def _check_budget(self, candidate: bool) -> None:
+        """Raise if a new link of this kind would exceed its budget."""
+        if candidate:
+            if self._candidate_links >= self._config.max_candidate_links:
+                raise TransportError(
+                    f"already {self._candidate_links} candidate links",
+                    reason="too_many_candidates",
+                )
+        elif len(self._links) - self._candidate_links >= self._config.max_peers:
+            raise TransportError(
+                f"already {len(self._links) - self._candidate_links} peers",
+                reason="too_many_peers",
+            )
+
+    def _promote(self, link: _PeerLink) -> None:
+        """A candidate's link, now used for an admitted peer, moves to the peer budget."""
+        self._check_budget(candidate=False)
+        link.candidate = False
+        self._candidate_links -= 1
 
     def _enqueue(self, link: _PeerLink, outgoing: _Outgoing) -> bool:
         if not link.queue and self._try_send(link, outgoing):
@@ -677,8 +742,16 @@ class Transport(Service):
             self._stats.garbage += 1
             return None
         header, payload = decoded
+        # Only requests need it (admission decides on it): one-way frames skip the lookup.
+        address = _peer_address_of(frame) if header.kind is Kind.REQUEST else ""
         return _Inbound(
-            routing_frame.bytes, peer, header.kind, header.priority, header.request_id, payload
+            routing_frame.bytes,
+            peer,
+            header.kind,
+            header.priority,
+            header.request_id,
+            payload,
+            address,
         )
 
     def _on_router_frame(self, frame: _Inbound) -> None:
@@ -738,6 +811,7 @@ class Transport(Service):
             self._handlers_per_peer.pop(peer, None)
 
     async def _run_handler(self, handler: RequestHandler, frame: _Inbound) -> None:
+        _REQUEST_PEER_ADDRESS.set(frame.peer_address)  # this task's context only
         try:
             response = await handler(frame.peer, frame.payload)
         except asyncio.CancelledError:
@@ -867,6 +941,15 @@ def _peer_key_of(frame: zmq.Frame) -> bytes | None:
     except ValueError:
         return None
     return key if len(key) == CURVE_KEY_BYTES else None
+
+
+def _peer_address_of(frame: zmq.Frame) -> str:
+    """The remote IP address of the connection a frame arrived on ("" if unknown)."""
+    try:
+        address = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return ""
+    return address if isinstance(address, str) else ""
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int]:

@@ -25,6 +25,7 @@ from mesh.service import Service
 from node import __version__
 from node.audit import AuditLog
 from node.config import Config
+from node.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
 from node.errors import NodeError, StartupError
 from node.http import HttpServer
 from node.http_limits import REFUSE_REASONS, ConnectionLimits
@@ -86,6 +87,7 @@ class Node(Service):
         self._replication: ReplicationService | None = None
         self._debug_tools = DebugTools()
         self._audit_tasks: set[asyncio.Task[None]] = set()
+        self._out_of_descriptors = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -458,7 +460,20 @@ class Node(Service):
             self._debug_tools.remove(name)
 
     def healthy(self) -> bool:
-        return self._stack is not None
+        if self._stack is None:
+            return False
+        exhausted = descriptors_exhausted()
+        if exhausted != self._out_of_descriptors:
+            self._out_of_descriptors = exhausted
+            if exhausted:
+                log.error(
+                    "unhealthy: fewer than %d file descriptors left (open, limit: %s)",
+                    MIN_FREE_DESCRIPTORS,
+                    descriptor_usage(),
+                )
+            else:
+                log.info("file descriptors available again: healthy")
+        return not exhausted
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()
@@ -518,6 +533,19 @@ class Node(Service):
             "Outbound or inbound mesh messages dropped, by reason",
             "reason",
             lambda: dict(mesh.stats.dropped),
+        )
+        self.metrics.add_gauges(
+            "vsmcp_transport_links",
+            "Open outbound mesh links by budget (admitted peers, candidates)",
+            "budget",
+            mesh.transport.link_counts,
+            known=("peer", "candidate"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_hellos",
+            "HELLO requests sent to candidates and answered",
+            "direction",
+            lambda: {"sent": mesh.stats.hellos_sent, "answered": mesh.stats.hellos_answered},
         )
         self.metrics.add_counters(
             "vsmcp_transport_frames",

@@ -9,6 +9,7 @@
     vsmcp mcp-stdio [--data-dir DIR | --url URL]
     vsmcp tools [--data-dir DIR | --url URL]
     vsmcp call TOOL --arg key=value ... [--data-dir DIR | --url URL]
+    vsmcp patterns test FILE_OR_DIR --events RECORDED.jsonl [--json]
 
 Exit codes: 0 success; 1 the check or request failed; 2 bad arguments, key or config.
 """
@@ -35,6 +36,7 @@ from mesh.identity import NodeKey, load_key_file, save_key_file
 from node import __version__
 from node.app import RUNTIME_FILE_NAME
 from node.audit import verify_audit_log
+from node.cli_patterns import add_pattern_commands
 from node.cli_tools import add_tool_commands
 from node.config import default_data_dir
 from node.errors import EXIT_BAD_CONFIG, NodeError
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_mcp_stdio)
 
     add_tool_commands(sub)
+    add_pattern_commands(sub)
     return p
 
 

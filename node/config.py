@@ -23,6 +23,7 @@ import msgspec
 from mesh.discovery import parse_seed
 from mesh.errors import MeshError
 from node.errors import ConfigError
+from node.mesh_service import is_loopback_host
 from node.tools.config import McpConfig, RateLimitsConfig, ToolsConfig
 
 DEFAULT_HTTP_PORT = 7700
@@ -230,6 +231,14 @@ def _validate(config: Config) -> None:
         raise ConfigError("node.event_loop", "uvloop is not installed (pip install uvloop)")
     if not _MESH_NAME.fullmatch(config.mesh.name):
         raise ConfigError("mesh.name", "1 to 64 characters from A-Z a-z 0-9 . _ -")
+    if config.node.dev and not is_loopback_host(config.mesh.host):
+        # A self-certified node admits self-certified peers; only loopback keeps that
+        # on one machine.
+        raise ConfigError(
+            "mesh.host",
+            f"'{config.mesh.host}' is not a loopback address: node.dev (--dev, "
+            "self-certified) runs on loopback only; a real mesh needs certificates",
+        )
     if config.mesh.preset not in _MESH_PRESETS:
         raise ConfigError("mesh.preset", f"must be one of {', '.join(_MESH_PRESETS)}")
     zones = config.trust.zones

@@ -3,7 +3,9 @@
 Admission. A peer is admitted only after a signed HELLO exchange proves its identity
 (the envelope is signed by the key its node id names, and arrives on the CURVE
 connection of that same key) and its certificate verifies against our mesh authority.
-In dev mode, self-certified peers are admitted, but only on loopback. Envelopes from
+In dev mode, self-certified peers are admitted, but only on loopback: the connection
+must really come from (inbound) or go to (outbound) a loopback address, and the peer
+must say it lives there too; the address a peer reports alone proves nothing. Envelopes from
 peers that are not admitted are dropped and counted; if we know where the sender
 lives, we say HELLO to it, which admits both sides at once.
 
@@ -14,6 +16,10 @@ one-way, in the transport's highest priority class. Liveness never enters a CRDT
 
 Discovery. mDNS (zeroconf), static seeds and membership gossip produce candidates;
 a connector task says HELLO to each candidate it has not admitted, with backoff.
+Anyone on the segment can advertise on mDNS, so its candidates wait in a bounded
+backlog and are taken at a bounded rate, with a bounded number of HELLO loops of their
+own; and a candidate that was not admitted keeps no connection (its transport link
+comes from the transport's small candidate budget and is closed after each try).
 The membership table doubles as peer exchange: a node that knows one peer learns every
 member (with its signed endpoint) from that peer's push-pull state.
 """
@@ -27,7 +33,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -70,6 +76,7 @@ from mesh.transport import (
     Transport,
     TransportError,
     curve_public_key,
+    request_peer_address,
 )
 from mesh.whois import WhoisError, WhoisResponder, whois
 from node.errors import NodeError
@@ -96,6 +103,15 @@ SEED_REOFFER_INTERVAL_S = 5.0
 LEAVE_SPREAD_S = 0.3
 MAX_REACHABILITY_CHECKS = 64
 MAX_HELLOS_IN_FLIGHT = 16
+# mDNS candidates (anyone on the segment can make them up): a backlog of their own, taken
+# oldest first at most every MDNS_HELLO_INTERVAL_S into at most MAX_MDNS_HELLO_LOOPS
+# HELLO loops (one HELLO in flight each). With the MAX_HELLOS_IN_FLIGHT of every other
+# source, at most 32 candidate links are open at once: the transport's candidate budget.
+MAX_MDNS_BACKLOG = 256
+MAX_MDNS_HELLO_LOOPS = 16
+MDNS_HELLO_INTERVAL_S = 0.1
+# Backoff states of peers not admitted (yet): the oldest idle one goes beyond this.
+MAX_HELLO_BACKOFFS = 4096
 MAX_HELLO_BYTES = 16 << 10
 MAX_META_BYTES = 1024
 # Envelope header, signature and fields around the payload, with room for a context.
@@ -209,11 +225,20 @@ _STATE_NAMES: dict[MemberState, str] = {state: state.name.lower() for state in M
 
 
 def is_loopback_host(host: str) -> bool:
-    """A loopback address, or "localhost"."""
+    """A loopback address (an IPv4-mapped one too), or "localhost"."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return host == "localhost"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host of "tcp://host:port" (brackets of an IPv6 address removed)."""
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+    return host.strip("[]")
 
 
 class MeshService(Service):
@@ -273,6 +298,9 @@ class MeshService(Service):
         self._hello_backoff: dict[str, _Backoff] = {}
         self._hello_loops: set[str] = set()  # node ids with a HELLO retry loop running
         self._hello_slots = asyncio.Semaphore(MAX_HELLOS_IN_FLIGHT)
+        self._mdns_backlog: OrderedDict[str, str] = OrderedDict()  # node id -> endpoint
+        self._mdns_backlog_ready = asyncio.Event()
+        self._mdns_slots = asyncio.Semaphore(MAX_MDNS_HELLO_LOOPS)
         self._reach_slots = asyncio.Semaphore(MAX_REACHABILITY_CHECKS)
         self._started = False
         self._stopped = False
@@ -315,6 +343,7 @@ class MeshService(Service):
         self._spawn(self._drive_membership(), "mesh-membership")
         self._spawn(self._process_inbound(), "mesh-inbound")
         self._spawn(self._connect_candidates(), "mesh-connector")
+        self._spawn(self._connect_mdns_candidates(), "mesh-mdns-connector")
         self._spawn(self._offer_seeds(), "mesh-seeds")
         if self._use_mdns:
             await self._start_mdns()
@@ -344,7 +373,7 @@ class MeshService(Service):
             http_port=self.http_port,
             protocol_version=MESH_PROTOCOL_VERSION,
             on_candidate=self._offer_candidate,
-            on_lost=self._discovery.lost,
+            on_lost=self._mdns_lost,
             interfaces=interfaces,
             advertise_addresses=[self._host] if interfaces else None,
         )
@@ -358,6 +387,11 @@ class MeshService(Service):
     def _offer_candidate(self, candidate: Candidate) -> None:
         if self._discovery is not None:
             self._discovery.offer(candidate)
+
+    def _mdns_lost(self, node_id: str) -> None:
+        self._mdns_backlog.pop(node_id, None)
+        if self._discovery is not None:
+            self._discovery.lost(node_id)
 
     async def stop(self) -> None:
         if not self._started or self._stopped:
@@ -717,12 +751,12 @@ class MeshService(Service):
     async def _on_request(self, peer_curve_key: bytes, wire: bytes) -> bytes:
         """Answer a transport request; a refusal reaches the caller as its reason."""
         try:
-            return self._answer_request(peer_curve_key, wire)
+            return self._answer_request(peer_curve_key, wire, request_peer_address())
         except AdmissionError as e:
             # The reason only: details (zones, keys) are not for unadmitted callers.
             raise RequestRefused(e.reason) from e
 
-    def _answer_request(self, peer_curve_key: bytes, wire: bytes) -> bytes:
+    def _answer_request(self, peer_curve_key: bytes, wire: bytes, peer_address: str) -> bytes:
         envelope = self._open(peer_curve_key, wire)
         if envelope is None:
             raise AdmissionError("bad_envelope", "rejected")
@@ -730,7 +764,7 @@ class MeshService(Service):
             raise AdmissionError("blocked", "link cut by fault injection")
         if envelope.type == MsgType.HELLO:
             self.stats.hellos_answered += 1
-            self._admit(envelope)
+            self._admit(envelope, peer_address)
             return self._sealer.seal(
                 MsgType.HELLO, self._hello_payload(), recipient=envelope.sender
             )
@@ -747,8 +781,11 @@ class MeshService(Service):
         assert self._meta is not None
         return _encode(Hello(MESH_PROTOCOL_VERSION, self._certificate, self._meta, self._mesh_name))
 
-    def _admit(self, envelope: Envelope) -> Peer:
-        """Verify a HELLO envelope's certificate; admit its sender or raise AdmissionError."""
+    def _admit(self, envelope: Envelope, peer_address: str) -> Peer:
+        """Verify a HELLO envelope's certificate; admit its sender or raise AdmissionError.
+
+        `peer_address`: where the HELLO's connection really is (the inbound connection's
+        remote address, or the host we dialled), never what the HELLO says."""
         try:
             if len(envelope.payload) > MAX_HELLO_BYTES:
                 raise AdmissionError("malformed", "hello too large")
@@ -760,7 +797,7 @@ class MeshService(Service):
             self.stats.refused["malformed"] += 1
             raise
         try:
-            certificate = self._verify_peer_certificate(hello)
+            certificate = self._verify_peer_certificate(hello, peer_address)
         except AdmissionError as e:
             self.stats.refused[e.reason] += 1
             log.warning("refused peer %s: %s", envelope.sender_id, e)
@@ -782,7 +819,7 @@ class MeshService(Service):
             self._carry_out(membership.join([node_id], time.monotonic()))
         return peer
 
-    def _verify_peer_certificate(self, hello: Hello) -> Certificate:
+    def _verify_peer_certificate(self, hello: Hello, peer_address: str) -> Certificate:
         if hello.protocol_version != MESH_PROTOCOL_VERSION:
             raise AdmissionError("protocol_version", f"peer speaks {hello.protocol_version}")
         if hello.mesh_name != self._mesh_name:
@@ -794,7 +831,8 @@ class MeshService(Service):
         try:
             return verify_certificate(signed, self._authority, self._zones)
         except CertificateError as authority_error:
-            if not (self._dev and is_loopback_host(hello.meta.host)):
+            on_loopback = is_loopback_host(peer_address) and is_loopback_host(hello.meta.host)
+            if not (self._dev and on_loopback):
                 raise AdmissionError(authority_error.reason, str(authority_error)) from None
         # Dev mode, one machine: a peer that certified itself is trusted, loudly.
         try:
@@ -808,20 +846,42 @@ class MeshService(Service):
             return
         self._maybe_hello(node_id, endpoint)
 
-    def _maybe_hello(self, node_id: str, endpoint: str) -> None:
-        backoff = self._hello_backoff.setdefault(node_id, _Backoff())
+    def _maybe_hello(
+        self, node_id: str, endpoint: str, *, slots: asyncio.Semaphore | None = None
+    ) -> bool:
+        """Start a HELLO loop to the peer unless one runs or its backoff is not over.
+
+        `slots`: the loop's budget (mDNS candidates'), acquired by the caller; the loop
+        releases it when it ends. True if a loop started (else the caller releases)."""
+        backoff = self._hello_backoff.get(node_id)
+        if backoff is None:
+            backoff = self._hello_backoff[node_id] = _Backoff()
+            self._bound_hello_backoffs()
         backoff.endpoint = endpoint  # a running retry loop takes the newest one
         now = time.monotonic()
         # One loop per peer, even if its backoff was dropped (admitted, reaped) meanwhile.
         if now < backoff.next_at or node_id in self._hello_loops or self._stopped:
-            return
+            return False
         backoff.take(now)
         self._hello_loops.add(node_id)
         self._spawn(
-            self._hello_with_retries(backoff, node_id), f"mesh-hello-{node_id[-6:]}", helper=True
+            self._hello_with_retries(backoff, node_id, slots),
+            f"mesh-hello-{node_id[-6:]}",
+            helper=True,
         )
+        return True
 
-    async def _hello_with_retries(self, backoff: _Backoff, node_id: str) -> None:
+    def _bound_hello_backoffs(self) -> None:
+        """Forget the oldest backoff of a peer with no loop running, beyond the cap."""
+        if len(self._hello_backoff) <= MAX_HELLO_BACKOFFS:
+            return
+        idle = next((k for k in self._hello_backoff if k not in self._hello_loops), None)
+        if idle is not None:
+            del self._hello_backoff[idle]
+
+    async def _hello_with_retries(
+        self, backoff: _Backoff, node_id: str, slots: asyncio.Semaphore | None
+    ) -> None:
         """HELLO until admitted: `HELLO_RETRIES` more times on the backoff, and in any
         case until one try was made after our own replay floor passed (right after a
         crash we refuse every answer until then)."""
@@ -829,7 +889,10 @@ class MeshService(Service):
             tries = 0
             while True:
                 floor_passed = wall_clock_ms() > self._opener.guard.floor_ms
-                outcome = await self._hello(node_id, backoff.endpoint)
+                # An mDNS loop is itself one of a bounded few: it needs no shared slot,
+                # so a flood of candidates cannot hold up HELLOs to seeds and members.
+                in_flight = self._hello_slots if slots is None else contextlib.nullcontext()
+                outcome = await self._hello(node_id, backoff.endpoint, in_flight)
                 tries += 1
                 if outcome != "retry" or (tries > HELLO_RETRIES and floor_passed):
                     return
@@ -839,36 +902,50 @@ class MeshService(Service):
                 backoff.take(time.monotonic())
         finally:
             self._hello_loops.discard(node_id)
+            if slots is not None:
+                slots.release()
 
-    async def _hello(self, node_id: str, endpoint: str) -> str:
+    async def _hello(
+        self, node_id: str, endpoint: str, in_flight: contextlib.AbstractAsyncContextManager[Any]
+    ) -> str:
         """Say HELLO to `endpoint`: "admitted", "refused" (for good) or "retry"."""
         try:
             public_key = _public_key(node_id)
         except MeshError:
             return "refused"
+        async with in_flight:
+            try:
+                return await self._hello_once(node_id, public_key, endpoint)
+            finally:
+                if node_id not in self.peers and self._transport is not None:
+                    # Not admitted: no connection stays open to what may be a fake.
+                    self._transport.forget(public_key)
+
+    async def _hello_once(self, node_id: str, public_key: bytes, endpoint: str) -> str:
         wire = self._sealer.seal(MsgType.HELLO, self._hello_payload(), recipient=public_key)
         self.stats.hellos_sent += 1
-        async with self._hello_slots:
-            try:
-                response = await self.transport.request(
-                    public_key,
-                    endpoint,
-                    wire,
-                    timeout_s=HELLO_TIMEOUT_S,
-                    priority=Priority.REQUEST,
-                )
-            except RemoteError as e:
-                log.debug("hello to %s at %s refused: %s", node_id, endpoint, e)
-                return "retry" if e.reason in TRANSIENT_HELLO_REFUSALS else "refused"
-            except TransportError as e:
-                log.debug("hello to %s at %s failed: %s", node_id, endpoint, e)
-                return "retry"
+        try:
+            response = await self.transport.request(
+                public_key,
+                endpoint,
+                wire,
+                timeout_s=HELLO_TIMEOUT_S,
+                priority=Priority.REQUEST,
+                candidate=node_id not in self.peers,
+            )
+        except RemoteError as e:
+            log.debug("hello to %s at %s refused: %s", node_id, endpoint, e)
+            return "retry" if e.reason in TRANSIENT_HELLO_REFUSALS else "refused"
+        except TransportError as e:
+            log.debug("hello to %s at %s failed: %s", node_id, endpoint, e)
+            return "retry"
         envelope = self._open(_curve_key(public_key), response)
         if envelope is None or envelope.type != MsgType.HELLO or envelope.sender != public_key:
             self.stats.refused["bad_hello_response"] += 1
             return "retry"
         try:
-            self._admit(envelope)
+            # The answer came back over the connection we dialled: that host is real.
+            self._admit(envelope, endpoint_host(endpoint))
         except AdmissionError:
             return "refused"  # its certificate or mesh is not for us
         return "admitted"
@@ -882,7 +959,37 @@ class MeshService(Service):
             if candidate.node_id in self.peers or candidate.node_id in self.blocked:
                 continue
             endpoint = f"tcp://{candidate.address}"
-            self._maybe_hello(candidate.node_id, endpoint)
+            if candidate.source == "mdns":
+                self._queue_mdns_candidate(candidate.node_id, endpoint)
+            else:
+                self._maybe_hello(candidate.node_id, endpoint)
+
+    def _queue_mdns_candidate(self, node_id: str, endpoint: str) -> None:
+        backlog = self._mdns_backlog
+        backlog[node_id] = endpoint
+        backlog.move_to_end(node_id)
+        while len(backlog) > MAX_MDNS_BACKLOG:
+            backlog.popitem(last=False)
+            self.stats.dropped["mdns_backlog_full"] += 1
+        self._mdns_backlog_ready.set()
+
+    async def _connect_mdns_candidates(self) -> None:
+        """Take mDNS candidates from their backlog into HELLO loops, within their budget."""
+        backlog = self._mdns_backlog
+        while True:
+            while not backlog:
+                self._mdns_backlog_ready.clear()
+                await self._mdns_backlog_ready.wait()
+            await self._mdns_slots.acquire()
+            started = False
+            if backlog:  # its candidates may have left while we waited for a slot
+                node_id, endpoint = backlog.popitem(last=False)
+                if node_id not in self.peers and node_id not in self.blocked:
+                    started = self._maybe_hello(node_id, endpoint, slots=self._mdns_slots)
+            if not started:
+                self._mdns_slots.release()
+                continue
+            await asyncio.sleep(MDNS_HELLO_INTERVAL_S)
 
     async def _offer_seeds(self) -> None:
         discovery = self._discovery

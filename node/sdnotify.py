@@ -1,8 +1,9 @@
 """systemd readiness and watchdog notifications (`Type=notify`, `WatchdogSec=`).
 
 A few datagrams to `$NOTIFY_SOCKET`: READY=1 once serving, WATCHDOG=1 at half the
-watchdog interval while the event loop runs (a stalled loop stops the pings and
-systemd restarts the service), STOPPING=1 on shutdown. Without `$NOTIFY_SOCKET`
+watchdog interval while the event loop runs and the node is healthy (a stalled loop or
+a node that cannot serve, e.g. out of file descriptors, stops the pings and systemd
+restarts the service), STOPPING=1 on shutdown. Without `$NOTIFY_SOCKET`
 (not under systemd) every call does nothing.
 """
 
@@ -13,11 +14,12 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
 MAX_NOTIFY_BYTES = 4096
+UNHEALTHY_STATUS = "STATUS=unhealthy (see the log): watchdog not fed"
 
 
 class SystemdNotifier:
@@ -33,6 +35,7 @@ class SystemdNotifier:
             int(usec) / 1_000_000 / 2 if usec.isdigit() and watchdog_for_us else None
         )
         self._task: asyncio.Task[None] | None = None
+        self._healthy: Callable[[], bool] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +51,9 @@ class SystemdNotifier:
         except OSError as e:
             log.warning("systemd notification %r failed: %s", state, e)
 
-    def ready(self, status: str = "") -> None:
+    def ready(self, status: str = "", *, healthy: Callable[[], bool] | None = None) -> None:
+        """READY=1; then the watchdog pings, only while `healthy()` (when given) is true."""
+        self._healthy = healthy
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
         if self.watchdog_interval_s is not None and self._task is None:
             self._task = asyncio.create_task(self._watchdog(), name="systemd-watchdog")
@@ -64,5 +69,9 @@ class SystemdNotifier:
     async def _watchdog(self) -> None:
         assert self.watchdog_interval_s is not None
         while True:
-            self.notify("WATCHDOG=1")
+            if self._healthy is None or self._healthy():
+                self.notify("WATCHDOG=1")
+            else:
+                # No ping: systemd restarts us at the deadline; say why meanwhile.
+                self.notify(UNHEALTHY_STATUS)
             await asyncio.sleep(self.watchdog_interval_s)

@@ -117,6 +117,17 @@ def _refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
         assert fragment in result.stderr, result.stderr
 
 
+def test_dev_on_a_non_loopback_mesh_address_is_refused(tmp_path: Path) -> None:
+    # Self-certified peers are admitted on loopback only: a dev node reachable from the
+    # network would be one any neighbour could join.
+    config = tmp_path / "dev.toml"
+    config.write_text('[mesh]\nhost = "0.0.0.0"\n')
+    data = tmp_path / "d"
+    args = ("--config", str(config), "--data-dir", str(data), "--http-port", "0")
+    _refused(run_daemon(*args, "--dev"), "mesh.host", "loopback only")
+    assert not (data / "runtime.json").exists()
+
+
 def test_corrupt_config_file_names_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[http]\nport = 'eighty'\n")

@@ -489,6 +489,34 @@ async def test_peer_count_is_bounded() -> None:
         assert a.send(keys[2], endpoint, b"x")
 
 
+async def test_candidates_have_their_own_budget_and_never_take_a_peers_room() -> None:
+    config = TransportConfig(max_peers=1, max_candidate_links=2)
+    async with Transport(os.urandom(32), config=config) as a:
+        keys = [curve_identity(os.urandom(32)).ed25519_public for _ in range(4)]
+        endpoint = f"tcp://127.0.0.1:{free_port()}"  # nobody listens: requests time out
+        for key in keys[:2]:
+            with pytest.raises(RequestTimeoutError):
+                await a.request(key, endpoint, b"hello", timeout_s=0.05, candidate=True)
+        assert a.link_counts() == {"peer": 0, "candidate": 2}
+        with pytest.raises(TransportError) as info:
+            await a.request(keys[2], endpoint, b"hello", timeout_s=0.05, candidate=True)
+        assert info.value.reason == "too_many_candidates"
+        # A full candidate budget leaves the peer budget whole.
+        assert a.send(keys[3], endpoint, b"x")
+        assert a.link_counts() == {"peer": 1, "candidate": 2}
+        # A candidate's link closed by the layer above frees its room.
+        a.forget(keys[0])
+        with pytest.raises(RequestTimeoutError):
+            await a.request(keys[2], endpoint, b"hello", timeout_s=0.05, candidate=True)
+        # An admitted candidate's link moves to the peer budget, if there is room.
+        with pytest.raises(TransportError) as info:
+            a.send(keys[1], endpoint, b"x")
+        assert info.value.reason == "too_many_peers"
+        a.forget(keys[3])
+        assert a.send(keys[1], endpoint, b"x")
+        assert a.link_counts() == {"peer": 1, "candidate": 1}
+
+
 # -- lifecycle, reconnect, queues ---------------------------------------------------------
 
 

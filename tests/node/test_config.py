@@ -64,6 +64,9 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"http.max_connections_per_client": 0}, "http.max_connections_per_client", "range"),
         ({"http.head_timeout_s": 0}, "http.head_timeout_s", "out of range"),
         ({"http.body_idle_timeout_s": -1}, "http.body_idle_timeout_s", "out of range"),
+        ({"node.dev": True, "mesh.host": "0.0.0.0"}, "mesh.host", "loopback only"),
+        ({"node.dev": True, "mesh.host": "10.1.2.3"}, "mesh.host", "loopback only"),
+        ({"node.dev": True, "mesh.host": "::"}, "mesh.host", "loopback only"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragment: str) -> None:
@@ -71,6 +74,16 @@ def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragmen
         load_config(environ={}, overrides=overrides)
     assert err.value.key == key
     assert fragment.lower() in str(err.value).lower()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_dev_runs_on_any_loopback_mesh_host(host: str) -> None:
+    config = load_config(environ={}, overrides={"node.dev": True, "mesh.host": host})
+    assert config.mesh.host == host
+
+
+def test_a_certified_node_may_listen_anywhere() -> None:
+    assert load_config(environ={}, overrides={"mesh.host": "0.0.0.0"}).mesh.host == "0.0.0.0"
 
 
 def test_bad_env_value_names_the_key() -> None:

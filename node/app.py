@@ -28,6 +28,8 @@ from node.config import Config
 from node.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
 from node.errors import NodeError, StartupError
 from node.http import HttpServer
+from node.http_limits import REFUSE_REASONS, ConnectionLimits
+from node.http_policy import RequestPolicy
 from node.mcp.http import TokenGrant, register_mcp_routes
 from node.mesh_calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from node.mesh_service import MeshService, is_loopback_host
@@ -152,11 +154,24 @@ class Node(Service):
             audit=audit,
             call_timeout_s=self.config.tools.timeout_s,
         )
-        http = HttpServer(self, self.config.http.host, self.config.http.port)
+        http_cfg = self.config.http
+        http = HttpServer(
+            self,
+            http_cfg.host,
+            http_cfg.port,
+            ConnectionLimits(
+                max_connections=http_cfg.max_connections,
+                max_per_client=http_cfg.max_connections_per_client,
+                head_timeout_s=http_cfg.head_timeout_s,
+                body_idle_timeout_s=http_cfg.body_idle_timeout_s,
+            ),
+            RequestPolicy(self._allowed_hosts(), self.config.mcp.allowed_origins),
+        )
         self._register_mcp(http, tools)
         await http.start()
         stack.push_async_callback(http.stop)
         self._http = http
+        self._register_http_metrics(http)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
         await stack.enter_async_context(mesh)
@@ -223,21 +238,24 @@ class Node(Service):
             tools,
             tokens={t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens},
             loopback_zone=mcp.loopback_zone,
-            allowed_origins=mcp.allowed_origins,
-            allowed_hosts=self._mcp_allowed_hosts(),
             max_body_bytes=mcp.max_body_bytes,
             max_sessions=mcp.max_sessions,
+            max_sessions_per_caller=mcp.max_sessions_per_caller,
             session_idle_s=mcp.session_idle_s,
+            max_listeners=mcp.max_listeners,
+            max_listeners_per_caller=mcp.max_listeners_per_caller,
         )
 
-    def _mcp_allowed_hosts(self) -> list[str] | None:
-        """Host names `/mcp` answers: loopback names when it listens on loopback (a page
-        re-pointed at 127.0.0.1 by DNS gets 421), else `mcp.allowed_hosts` if set."""
+    def _allowed_hosts(self) -> list[str] | None:
+        """Host names HTTP answers on every route (a page re-pointed at us by DNS
+        gets 421): loopback names and `mcp.allowed_hosts`, when the node listens on
+        loopback or `mcp.allowed_hosts` is set; else any. Loopback names are always
+        safe to answer, and local tools (`vsmcp status`, probes) use them."""
         configured = list(self.config.mcp.allowed_hosts)
         host = self.config.http.host
-        if is_loopback_host(host):
-            return ["localhost", "127.0.0.1", "::1", host, *configured]
-        return configured or None
+        if not configured and not is_loopback_host(host):
+            return None
+        return ["localhost", "127.0.0.1", "::1", host, *configured]
 
     async def stop(self) -> None:
         stack, self._stack = self._stack, None
@@ -483,6 +501,23 @@ class Node(Service):
             "reason",
             lambda: dict(self.opener.rejected),
             known=ENVELOPE_REJECT_REASONS,
+        )
+
+    def _register_http_metrics(self, http: HttpServer) -> None:
+        guard = http.guard
+        self.metrics.add_gauges(
+            "vsmcp_http_connections",
+            "Open HTTP connections (reserved: past http.max_connections, operational only)",
+            "kind",
+            guard.connection_counts,
+            known=("open", "reserved"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_http_refused",
+            "HTTP connections or requests refused or closed by a limit, by reason",
+            "reason",
+            lambda: dict(guard.refused),
+            known=REFUSE_REASONS,
         )
 
     def _register_mesh_metrics(self, mesh: MeshService) -> None:

@@ -27,6 +27,10 @@ from node.mesh_service import is_loopback_host
 from node.tools.config import McpConfig, RateLimitsConfig, ToolsConfig
 
 DEFAULT_HTTP_PORT = 7700
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 128
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
 DEFAULT_MESH_PORT = 7701
 DEFAULT_ZONES = ("public", "ops", "restricted")
 ENV_PREFIX = "VSMCP_"
@@ -57,6 +61,15 @@ class NodeSection(_Section):
 class HttpSection(_Section):
     host: str = "127.0.0.1"
     port: int = DEFAULT_HTTP_PORT
+    # Open connections at most; 16 more serve only /healthz, /metrics and /api/*.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Open connections from one client address at most (all local clients share one).
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    # Seconds a connection has to send a complete request head, from opening or from
+    # its previous response (also how long an idle keep-alive connection stays open).
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
+    # Seconds a request body may go without a byte before the connection is closed.
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
 
 
 class MeshSection(_Section):
@@ -116,6 +129,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MESH_PRESETS = ("local", "lan", "wan")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MAX_REAP_AFTER_S = 30 * 86_400
+MAX_TIMEOUT_S = 3600.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
@@ -201,6 +215,12 @@ def _convert(raw: dict[str, Any]) -> Config:
 def _validate(config: Config) -> None:
     _check_port("http.port", config.http.port)
     _check_port("mesh.port", config.mesh.port)
+    _check_range("http.max_connections", config.http.max_connections, 1, 1 << 20)
+    _check_range(
+        "http.max_connections_per_client", config.http.max_connections_per_client, 1, 1 << 20
+    )
+    _check_seconds("http.head_timeout_s", config.http.head_timeout_s)
+    _check_seconds("http.body_idle_timeout_s", config.http.body_idle_timeout_s)
     if config.node.log_format not in _LOG_FORMATS:
         raise ConfigError("node.log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     if config.node.log_level not in _LOG_LEVELS:
@@ -272,6 +292,11 @@ def _validate_zone_references(config: Config) -> None:
 
 def _check_port(key: str, port: int) -> None:
     _check_range(key, port, 0, 65535)
+
+
+def _check_seconds(key: str, value: float) -> None:
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise ConfigError(key, f"{value} is out of range (0 < seconds <= {MAX_TIMEOUT_S})")
 
 
 def _check_range(key: str, value: int, low: int, high: int) -> None:

@@ -27,3 +27,17 @@ class ConfigError(StartupError):
         super().__init__(f"config key '{key}': {reason}")
         self.key = key
         self.reason = reason
+
+
+MAX_ERROR_ECHO_CHARS = 240
+
+
+def clip(text: str, max_chars: int = MAX_ERROR_ECHO_CHARS) -> str:
+    """`text`, cut to about `max_chars` keeping its start and end (what it is, and what is
+    wrong with it): errors echo what a client sent, and a 1 MB argument must not come
+    back as a 1 MB message."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars * 2 // 3
+    tail = max_chars - head
+    return f"{text[:head]}…[{len(text) - max_chars} more chars]…{text[-tail:]}"

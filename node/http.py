@@ -10,6 +10,13 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from node.errors import NodeError
+from node.http_limits import (
+    ConnectionGuard,
+    ConnectionLimits,
+    GuardedTCPSite,
+    connection_middleware,
+)
+from node.http_policy import RequestPolicy
 from node.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -43,8 +50,10 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def build_app(node: NodeView) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Application:
+    """The node's routes; `policy` (Host and Origin rules) applies to every one of them."""
+    middlewares = [(policy or RequestPolicy()).middleware(), connection_middleware]
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
 
     async def healthz(_: web.Request) -> web.Response:
         ok = node.healthy()
@@ -131,13 +140,24 @@ def app_runner(app: web.Application) -> web.AppRunner:
 
 
 class HttpServer:
-    """Serves `build_app(node)` on host:port; port 0 picks a free one (see `.port`)."""
+    """Serves `build_app(node)` on host:port; port 0 picks a free one (see `.port`).
 
-    def __init__(self, node: NodeView, host: str, port: int) -> None:
-        self._app = build_app(node)
+    Connections are bounded and timed out as `limits` says (see `node.http_limits`);
+    requests naming another Host or a foreign Origin are refused as `policy` says."""
+
+    def __init__(
+        self,
+        node: NodeView,
+        host: str,
+        port: int,
+        limits: ConnectionLimits | None = None,
+        policy: RequestPolicy | None = None,
+    ) -> None:
+        self._app = build_app(node, policy)
         self._host = host
         self._requested_port = port
         self._runner: web.AppRunner | None = None
+        self.guard = ConnectionGuard(limits or ConnectionLimits())
         self.port: int | None = None
 
     @property
@@ -149,15 +169,14 @@ class HttpServer:
             return
         runner = app_runner(self._app)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True)
+        site = GuardedTCPSite(runner, self._host, self._requested_port, self.guard, access_log=None)
         try:
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server  # aiohttp exposes the bound sockets only here
-        sockets = getattr(server, "sockets", None) or []
+        sockets = site.sockets
         self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
 
     async def stop(self) -> None:

@@ -14,14 +14,15 @@
 A response is JSON unless the call emits a notification (progress) and the client
 accepts `text/event-stream`: then it switches to SSE, progress first, result last.
 
-Security (DNS rebinding): a browser `Origin` not in `allowed_origins` gets 403; when
-`allowed_hosts` is given (the node sets it when it listens on loopback), a `Host` header
-naming another host gets 421, so a page whose name was re-pointed at 127.0.0.1 cannot
-open streams either.
+Security (DNS rebinding, foreign Origins): the app's one Host/Origin policy for every
+route, `node.http_policy.RequestPolicy`, answers before this gateway does.
 `Authorization: Bearer <token>` maps to a zone; a loopback peer without a token gets
 `loopback_zone` (`None`: refused with 401); anyone else without a valid token: 401.
-Bounds: body size, number of sessions (oldest idle evicted), session idle expiry
-(swept on requests), number of open listen/GET streams.
+Bounds: body size, sessions and listen streams in all and per caller (a token's
+name, or an anonymous client's address), session idle expiry (swept on requests). A
+caller at its session quota gives up its own oldest idle session; when all sessions are
+taken, a newcomer takes the oldest idle session of the caller holding the most, never
+of one holding as few as itself, so one caller cannot lock out or evict the others.
 """
 
 from __future__ import annotations
@@ -34,16 +35,15 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Collection, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
+from node.errors import clip
 from node.mcp.protocol import (
-    FORBIDDEN_HOST,
-    FORBIDDEN_ORIGIN,
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
     HTTP_STATUS,
@@ -53,11 +53,13 @@ from node.mcp.protocol import (
     META_PROTOCOL_VERSION,
     META_SUBSCRIPTION_ID,
     MODERN_VERSIONS,
+    NOT_ACCEPTABLE,
     OVERLOADED,
     REQUEST_CANCELLED,
     SESSION_NOT_FOUND,
     TOO_LARGE,
     UNAUTHORIZED,
+    UNSUPPORTED_MEDIA_TYPE,
     UNSUPPORTED_PROTOCOL_VERSION,
     Caller,
     McpCore,
@@ -70,6 +72,7 @@ from node.mcp.protocol import (
     notification,
     result_message,
 )
+from node.tools.config import DEFAULT_MAX_LISTENERS_PER_CALLER, DEFAULT_MAX_SESSIONS_PER_CALLER
 from node.tools.model import ToolCatalog
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,8 @@ DEFAULT_MAX_LISTENERS: Final = 64
 SSE_KEEPALIVE_S: Final = 15.0
 SWEEP_INTERVAL_S: Final = 1.0
 
+JSON_TYPE: Final = "application/json"
+SSE_TYPE: Final = "text/event-stream"
 H_SESSION: Final = "Mcp-Session-Id"
 H_VERSION: Final = "MCP-Protocol-Version"
 H_METHOD: Final = "Mcp-Method"
@@ -100,6 +105,7 @@ class TokenGrant:
 class _Session:
     id: str
     caller: Caller
+    owner: str  # whose quota it counts against (`_owner`)
     protocol_version: str
     last_seen: float
     inflight: dict[Any, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
@@ -110,6 +116,7 @@ class _Session:
 
 @dataclass(eq=False)
 class _Listener:
+    owner: str
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -123,14 +130,50 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def _host_name(host: str) -> str:
-    """The name in a Host header or an allowed-hosts entry, without port or brackets."""
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:7700
-        return host[1 : host.find("]")] if "]" in host else host
-    if host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
-        return host.split(":", 1)[0]
-    return host
+def _accepts(accept: str, media_type: str) -> bool:
+    """Whether an Accept value takes `media_type` (RFC 9110 12.5.1): the most specific
+    matching range (`type/sub`, `type/*`, `*/*`) decides, and q=0 means "not this"."""
+    kind = media_type.split("/", 1)[0]
+    ranks = {media_type: 2, f"{kind}/*": 1, "*/*": 0}
+    best_rank, best_q = -1, 0.0
+    for item in accept.split(","):
+        media_range, *params = (part.strip() for part in item.split(";"))
+        rank = ranks.get(media_range.lower(), -1)
+        if rank <= best_rank:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        best_rank, best_q = rank, q
+    return best_q > 0
+
+
+def _check_accept(request: web.Request, *media_types: str) -> None:
+    """Streamable HTTP: a POST must accept JSON and SSE, a GET SSE; else 406."""
+    accept = request.headers.get("Accept", "")
+    if not all(_accepts(accept, media_type) for media_type in media_types):
+        raise McpError(
+            NOT_ACCEPTABLE,
+            f"Not Acceptable: the Accept header must take {' and '.join(media_types)}",
+            {"accept": clip(accept)},
+        )
+
+
+def _owner(request: web.Request, caller: Caller) -> str:
+    """Whose quotas a request counts against: a token's name, or an anonymous client's
+    address (all anonymous local clients share 127.0.0.1's)."""
+    if caller.caller_id.startswith("token:"):
+        return caller.caller_id
+    return f"addr:{request.remote or ''}"
+
+
+def _idle(session: _Session) -> bool:
+    return not session.inflight and not session.stream_open
 
 
 def _digest(token: str) -> bytes:
@@ -149,7 +192,7 @@ def _error_headers(err: Mapping[str, Any], status: int) -> dict[str, str]:
     return headers
 
 
-def _json_error(exc: BaseException, request_id: Any = None, headers: Any = None) -> web.Response:
+def json_error(exc: BaseException, request_id: Any = None, headers: Any = None) -> web.Response:
     err = error_object(exc)
     status = HTTP_STATUS.get(err["code"], 200)
     extra = {**dict(headers or {}), **_error_headers(err, status)}
@@ -267,12 +310,12 @@ class McpGateway:
         *,
         tokens: Mapping[str, str | TokenGrant],
         loopback_zone: str | None,
-        allowed_origins: Collection[str] = (),
-        allowed_hosts: Collection[str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
         max_listeners: int = DEFAULT_MAX_LISTENERS,
+        max_sessions_per_caller: int = DEFAULT_MAX_SESSIONS_PER_CALLER,
+        max_listeners_per_caller: int = DEFAULT_MAX_LISTENERS_PER_CALLER,
         sse_keepalive_s: float = SSE_KEEPALIVE_S,
     ) -> None:
         self.core = McpCore(catalog)
@@ -283,16 +326,17 @@ class McpGateway:
                 grant = TokenGrant(zone=grant, name="token-" + _digest(token).hex()[:8])
             self._grants[_digest(token)] = grant
         self._loopback_zone = loopback_zone
-        self._allowed_origins = {o.rstrip("/") for o in allowed_origins}
-        self._allowed_hosts = (
-            None if allowed_hosts is None else {_host_name(h) for h in allowed_hosts}
-        )
         self.max_body_bytes = max_body_bytes
         self.max_sessions = max_sessions
         self.session_idle_s = session_idle_s
         self.max_listeners = max_listeners
+        self.max_sessions_per_caller = max_sessions_per_caller
+        self.max_listeners_per_caller = max_listeners_per_caller
+        # Least recently used first.
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        self.sessions_of: Counter[str] = Counter()
         self._listeners: set[_Listener] = set()
+        self.listeners_of: Counter[str] = Counter()
         self._last_sweep = 0.0
         self._closing = False
         self._unsubscribe = catalog.on_change(self._tools_changed)
@@ -312,30 +356,23 @@ class McpGateway:
         self._closing = True
         self._unsubscribe()
         for session in list(self.sessions.values()):
-            self._end_session(session)
-        self.sessions.clear()
+            self._drop_session(session)
         for listener in self._listeners:
             listener.changed.set()
+
+    def _drop_session(self, session: _Session) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self.sessions_of[session.owner] -= 1
+        if self.sessions_of[session.owner] <= 0:
+            del self.sessions_of[session.owner]
+        self._end_session(session)
 
     def _end_session(self, session: _Session) -> None:
         session.closed = True
         session.changed.set()
         for task in session.inflight.values():
             task.cancel()
-
-    def _check_host_and_origin(self, request: web.Request) -> None:
-        allowed_hosts = self._allowed_hosts
-        if allowed_hosts is not None:
-            host = request.headers.get("Host", "")
-            if _host_name(host) not in allowed_hosts:
-                raise McpError(
-                    FORBIDDEN_HOST, f"Misdirected: Host {host!r} is not served here", {"host": host}
-                )
-        origin = request.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") not in self._allowed_origins:
-            raise McpError(
-                FORBIDDEN_ORIGIN, f"Forbidden: Origin {origin!r} is not allowed", {"origin": origin}
-            )
 
     def _authenticate(self, request: web.Request) -> Caller:
         auth = request.headers.get("Authorization")
@@ -356,10 +393,9 @@ class McpGateway:
         if now - self._last_sweep < SWEEP_INTERVAL_S:
             return
         self._last_sweep = now
-        for sid, session in list(self.sessions.items()):
+        for session in list(self.sessions.values()):
             if now - session.last_seen > self.session_idle_s and not session.inflight:
-                del self.sessions[sid]
-                self._end_session(session)
+                self._drop_session(session)
 
     async def _read_body(self, request: web.Request) -> bytes:
         too_large = McpError(
@@ -385,12 +421,18 @@ class McpGateway:
 
     async def handle_post(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_host_and_origin(request)
+            _check_accept(request, JSON_TYPE, SSE_TYPE)
+            if request.content_type != JSON_TYPE:
+                raise McpError(
+                    UNSUPPORTED_MEDIA_TYPE,
+                    f"Unsupported Media Type: POST one JSON-RPC message as {JSON_TYPE}",
+                    {"content_type": clip(request.headers.get("Content-Type", ""))},
+                )
             caller = self._authenticate(request)
             self._sweep()
             message = decode(await self._read_body(request))
         except McpError as exc:
-            return _json_error(exc)
+            return json_error(exc)
         if message.is_response:
             return web.Response(status=202)  # we never ask clients anything; ignore answers
         version = request.headers.get(H_VERSION)
@@ -400,26 +442,29 @@ class McpGateway:
             if version is not None and version not in HANDSHAKE_VERSIONS:
                 raise McpError(
                     UNSUPPORTED_PROTOCOL_VERSION,
-                    f"Unsupported protocol version {version!r}",
-                    {"supported": [*HANDSHAKE_VERSIONS, *MODERN_VERSIONS], "requested": version},
+                    f"Unsupported protocol version {clip(version)!r}",
+                    {
+                        "supported": [*HANDSHAKE_VERSIONS, *MODERN_VERSIONS],
+                        "requested": clip(version),
+                    },
                 )
             if message.method == "initialize":
-                return self._initialize(message, caller)
+                return self._initialize(message, caller, _owner(request, caller))
             return await self._legacy(request, message, caller)
         except McpError as exc:
-            return _json_error(exc, message.id)
+            return json_error(exc, message.id)
 
     async def handle_get(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_host_and_origin(request)
             caller = self._authenticate(request)
             if request.headers.get(H_VERSION) in MODERN_VERSIONS:
                 return web.Response(status=405, headers={"Allow": "POST"})
+            _check_accept(request, SSE_TYPE)
             session = self._session(request, caller)
             if session.stream_open:
                 return web.Response(status=409, text="a stream is already open for this session")
         except McpError as exc:
-            return _json_error(exc)
+            return json_error(exc)
         stream = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -448,43 +493,60 @@ class McpGateway:
 
     async def handle_delete(self, request: web.Request) -> web.StreamResponse:
         try:
-            self._check_host_and_origin(request)
             caller = self._authenticate(request)
             session = self._session(request, caller)
         except McpError as exc:
-            return _json_error(exc)
-        self.sessions.pop(session.id, None)
-        self._end_session(session)
+            return json_error(exc)
+        self._drop_session(session)
         return web.Response(status=200)
 
     # -- 2025-11-25: sessions ------------------------------------------------------------------
 
-    def _initialize(self, message: Message, caller: Caller) -> web.Response:
+    def _initialize(self, message: Message, caller: Caller, owner: str) -> web.Response:
         if not message.is_request:
             raise McpError(INVALID_REQUEST, "initialize must be a request")
-        if len(self.sessions) >= self.max_sessions:
-            idle = next(
-                (s for s in self.sessions.values() if not s.inflight and not s.stream_open), None
-            )
-            if idle is None:
-                raise McpError(
-                    OVERLOADED, "Too many sessions", {"limit": "sessions", "retry_after_s": 1.0}
-                )
-            del self.sessions[idle.id]
-            self._end_session(idle)
+        self._make_room(owner)
         result = self.core.initialize_result(message.params)
         session = _Session(
             id=secrets.token_hex(16),
             caller=caller,
+            owner=owner,
             protocol_version=result["protocolVersion"],
             last_seen=time.monotonic(),
         )
         self.sessions[session.id] = session
+        self.sessions_of[owner] += 1
         return web.Response(
             body=encode(result_message(message.id, result)),
             content_type="application/json",
             headers={H_SESSION: session.id},
         )
+
+    def _make_room(self, owner: str) -> None:
+        """Make room for one more session of `owner`, or raise OVERLOADED."""
+        mine = self.sessions_of[owner]
+        if mine < self.max_sessions_per_caller and len(self.sessions) < self.max_sessions:
+            return
+        victim = next((s for s in self.sessions.values() if s.owner == owner and _idle(s)), None)
+        if victim is None and mine < self.max_sessions_per_caller:
+            # All taken, none of ours idle: the caller holding the most gives one up, if
+            # it holds more than we will.
+            heaviest, held = max(self.sessions_of.items(), key=lambda item: item[1])
+            if held > mine + 1:
+                victim = next(
+                    (s for s in self.sessions.values() if s.owner == heaviest and _idle(s)), None
+                )
+        if victim is None:
+            per_caller = mine >= self.max_sessions_per_caller
+            raise McpError(
+                OVERLOADED,
+                "Too many sessions" + (" for this caller" if per_caller else ""),
+                {
+                    "limit": "sessions_per_caller" if per_caller else "sessions",
+                    "retry_after_s": 1.0,
+                },
+            )
+        self._drop_session(victim)
 
     def _session(self, request: web.Request, caller: Caller) -> _Session:
         sid = request.headers.get(H_SESSION)
@@ -584,12 +646,20 @@ class McpGateway:
                 INVALID_REQUEST, f"initialize is not used at {version}; use server/discover"
             )
         if message.method == "subscriptions/listen":
-            return await self._listen(request, message)
+            return await self._listen(request, message, _owner(request, caller))
         reply = _Reply(request, {}, self.sse_keepalive_s)
         call = self.core.handle(message, caller, modern=True, notify=reply.notify)
         return await reply.finish(await self._run(call, message, reply))
 
-    async def _listen(self, request: web.Request, message: Message) -> web.StreamResponse:
+    async def _listen(
+        self, request: web.Request, message: Message, owner: str
+    ) -> web.StreamResponse:
+        if self.listeners_of[owner] >= self.max_listeners_per_caller:
+            raise McpError(
+                OVERLOADED,
+                "Too many open subscriptions for this caller",
+                {"limit": "listeners_per_caller", "retry_after_s": 1.0},
+            )
         if len(self._listeners) >= self.max_listeners:
             raise McpError(
                 OVERLOADED,
@@ -607,8 +677,9 @@ class McpGateway:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await stream.prepare(request)
-        listener = _Listener()
+        listener = _Listener(owner)
         self._listeners.add(listener)
+        self.listeners_of[owner] += 1
         try:
             ack = {"notifications": honored, "_meta": meta}
             await stream.write(_sse(notification("notifications/subscriptions/acknowledged", ack)))
@@ -633,6 +704,9 @@ class McpGateway:
             pass
         finally:
             self._listeners.discard(listener)
+            self.listeners_of[owner] -= 1
+            if self.listeners_of[owner] <= 0:
+                del self.listeners_of[owner]
         return stream
 
 
@@ -642,13 +716,13 @@ def register_mcp_routes(
     *,
     tokens: Mapping[str, str | TokenGrant],
     loopback_zone: str | None,
-    allowed_origins: Collection[str] = (),
-    allowed_hosts: Collection[str] | None = None,
     path: str = MCP_PATH,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     session_idle_s: float = DEFAULT_SESSION_IDLE_S,
     max_listeners: int = DEFAULT_MAX_LISTENERS,
+    max_sessions_per_caller: int = DEFAULT_MAX_SESSIONS_PER_CALLER,
+    max_listeners_per_caller: int = DEFAULT_MAX_LISTENERS_PER_CALLER,
     sse_keepalive_s: float = SSE_KEEPALIVE_S,
 ) -> McpGateway:
     """Add POST/GET/DELETE `path` to `app`; the gateway is closed on app cleanup.
@@ -663,12 +737,12 @@ def register_mcp_routes(
         catalog,
         tokens=tokens,
         loopback_zone=loopback_zone,
-        allowed_origins=allowed_origins,
-        allowed_hosts=allowed_hosts,
         max_body_bytes=max_body_bytes,
         max_sessions=max_sessions,
         session_idle_s=session_idle_s,
         max_listeners=max_listeners,
+        max_sessions_per_caller=max_sessions_per_caller,
+        max_listeners_per_caller=max_listeners_per_caller,
         sse_keepalive_s=sse_keepalive_s,
     )
     app.router.add_post(path, gateway.handle_post)

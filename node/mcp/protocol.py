@@ -7,7 +7,7 @@ JSON-RPC error codes (`error.data.reason` names the cause in words too):
 
 | code | meaning | HTTP | data |
 |---|---|---|---|
-| -32700 | parse error (body is not JSON) | 400 |  |
+| -32700 | parse error (body is not JSON, or nested too deeply) | 400 | reason |
 | -32600 | invalid request (not one JSON-RPC object) | 400 |  |
 | -32601 | method not found | 404 | method |
 | -32602 | invalid params; unknown tool; bad args | 400 | tool, path, problem |
@@ -25,8 +25,10 @@ JSON-RPC error codes (`error.data.reason` names the cause in words too):
 | -32017 | forbidden Origin | 403 | origin |
 | -32018 | session not found or expired | 404 |  |
 | -32019 | request body too large | 413 | max_bytes |
+| -32009 | POST body not `application/json` | 415 | content_type |
+| -32008 | Accept lacks `application/json` or `text/event-stream` | 406 | accept |
 
-Codes -32010..-32019 are ours (JSON-RPC's implementation-defined server range); the
+Codes -32008..-32019 are ours (JSON-RPC's implementation-defined server range); the
 SDK reserves -32000/-32001 client-side and -32020..-32022, -32042 in the protocol.
 """
 
@@ -39,7 +41,7 @@ from typing import Any, Final
 
 import msgspec
 
-from node.errors import NodeError
+from node.errors import NodeError, clip
 from node.tools.errors import (
     InvalidArguments,
     Overloaded,
@@ -74,6 +76,8 @@ UNAUTHORIZED: Final = -32016
 FORBIDDEN_ORIGIN: Final = -32017
 SESSION_NOT_FOUND: Final = -32018
 TOO_LARGE: Final = -32019
+UNSUPPORTED_MEDIA_TYPE: Final = -32009
+NOT_ACCEPTABLE: Final = -32008
 
 HTTP_STATUS: Final[Mapping[int, int]] = {
     PARSE_ERROR: 400,
@@ -94,6 +98,8 @@ HTTP_STATUS: Final[Mapping[int, int]] = {
     FORBIDDEN_HOST: 421,
     SESSION_NOT_FOUND: 404,
     TOO_LARGE: 413,
+    UNSUPPORTED_MEDIA_TYPE: 415,
+    NOT_ACCEPTABLE: 406,
 }
 
 _TOOL_ERROR_CODES: Final[tuple[tuple[type[ToolError], int], ...]] = (
@@ -215,8 +221,14 @@ def decode(body: bytes | str) -> Message:
     """Parse one JSON-RPC message; `McpError` -32700 or -32600 when it is not one."""
     try:
         value = _decode_json(body)
-    except (msgspec.DecodeError, RecursionError):
+    except msgspec.DecodeError:
         raise McpError(PARSE_ERROR, "Parse error: the body is not valid JSON") from None
+    except RecursionError:
+        raise McpError(
+            PARSE_ERROR,
+            "Parse error: the JSON is nested too deeply to parse (about 1,000 levels at most)",
+            {"reason": "too_deep"},
+        ) from None
     if isinstance(value, list):
         raise McpError(INVALID_REQUEST, "Invalid request: JSON-RPC batches are not supported")
     if not isinstance(value, dict) or value.get("jsonrpc") != "2.0":
@@ -338,4 +350,5 @@ class McpCore:
             if modern:
                 result["resultType"] = "complete"
             return result
+        method = clip(str(method))
         raise McpError(METHOD_NOT_FOUND, f"Method not found: {method!r}", {"method": method})

@@ -14,6 +14,8 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+DEFAULT_MAX_SESSIONS_PER_CALLER = 64
+DEFAULT_MAX_LISTENERS_PER_CALLER = 16
 ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
 
 
@@ -119,12 +121,18 @@ class McpTokenConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens: list[McpTokenConfig] = msgspec.field(default_factory=list)
     loopback_zone: str | None = "public"
+    # Browser Origins HTTP answers (every route); a request with another Origin gets 403.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
-    # Host names /mcp answers besides loopback ones (when the node listens on loopback);
-    # on another address, Host is checked only if this is set.
+    # Host names HTTP answers (every route, not only /mcp) besides loopback ones when the
+    # node listens on loopback; on another address, Host is checked only if this is set.
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
     max_body_bytes: PositiveInt = 1 << 20
+    # 2025-11-25 sessions open at once, in all and per caller (a token's name, or an
+    # anonymous client's address); a caller at its quota gives up its oldest idle one.
     max_sessions: PositiveInt = 256
+    max_sessions_per_caller: PositiveInt = DEFAULT_MAX_SESSIONS_PER_CALLER
     session_idle_s: PositiveFloat = 600.0
+    # 2026-07-28 `subscriptions/listen` streams open at once, in all and per caller.
     max_listeners: PositiveInt = 64
+    max_listeners_per_caller: PositiveInt = DEFAULT_MAX_LISTENERS_PER_CALLER
     stdio_zone: str = "public"

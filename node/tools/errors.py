@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from node.errors import NodeError
+from node.errors import NodeError, clip
 
 
 def _finite(seconds: float) -> float | None:
@@ -30,6 +30,7 @@ class UnknownTool(ToolError):
     reason = "unknown_tool"
 
     def __init__(self, name: str) -> None:
+        name = clip(name)  # a caller's string, echoed: kept short
         super().__init__(f"Unknown tool: {name!r}", {"tool": name})
 
 
@@ -37,6 +38,9 @@ class InvalidArguments(ToolError):
     reason = "invalid_arguments"
 
     def __init__(self, tool: str, problem: str, path: str) -> None:
+        # The problem quotes the offending value (jsonschema: "'xxx…' is not of type
+        # 'integer'"), the path names the caller's keys: both kept short.
+        tool, problem, path = clip(tool), clip(problem), clip(path)
         where = f" at {path}" if path else ""
         super().__init__(
             f"Invalid arguments for tool {tool!r}{where}: {problem}",

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from node.http import app_runner
+from node.http_policy import RequestPolicy
 from node.mcp.http import McpGateway, TokenGrant, register_mcp_routes
 from node.tools.config import PluginToolConfig, RateLimitConfig, RateLimitsConfig, ToolsConfig
 from node.tools.registry import LocalCatalog, build_local_catalog
@@ -50,15 +51,20 @@ class Server:
 
 
 async def serve(
-    catalog: LocalCatalog, *, loopback_zone: str | None = "public", **kw: object
+    catalog: LocalCatalog,
+    *,
+    loopback_zone: str | None = "public",
+    allowed_hosts: list[str] | None = None,
+    **kw: object,
 ) -> tuple[Server, web.AppRunner]:
-    app = web.Application()
+    # The node's Host/Origin policy, as `node.http.build_app` applies it to every route.
+    policy = RequestPolicy(allowed_hosts, allowed_origins=["http://localhost:6274"])
+    app = web.Application(middlewares=[policy.middleware()])
     gateway = register_mcp_routes(
         app,
         catalog,
         tokens={PUBLIC_TOKEN: "public", OPS_TOKEN: TokenGrant(zone="ops", name="ops")},
         loopback_zone=loopback_zone,
-        allowed_origins=["http://localhost:6274"],
         **kw,  # type: ignore[arg-type]
     )
     runner = app_runner(app)

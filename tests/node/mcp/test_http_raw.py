@@ -15,10 +15,13 @@ from node.mcp.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    NOT_ACCEPTABLE,
     PARSE_ERROR,
     SESSION_NOT_FOUND,
     TOO_LARGE,
     UNAUTHORIZED,
+    UNSUPPORTED_MEDIA_TYPE,
+    encode,
 )
 from node.tools.config import MountConfig, ToolsConfig
 from node.tools.registry import build_local_catalog
@@ -34,7 +37,7 @@ META = {
 
 def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
     headers = {
-        "Accept": "application/json, text/event-stream",
+        "Accept": ACCEPT_BOTH,
         "MCP-Protocol-Version": MODERN,
         "Mcp-Method": method,
     }
@@ -43,13 +46,20 @@ def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
     return headers
 
 
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+
 async def post(
     url: str, body: Any, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, Any], Any]:
-    data = body if isinstance(body, bytes) else None
+    """POST `body` (bytes as is, else as JSON) with the headers the spec requires of a
+    client (`Accept` both types, `Content-Type: application/json`) unless overridden."""
+    data = body if isinstance(body, bytes) else encode(body)
+    headers = {"Accept": ACCEPT_BOTH, "Content-Type": "application/json", **(headers or {})}
+    headers = {k: v for k, v in headers.items() if v is not None}
     async with (
         aiohttp.ClientSession() as http,
-        http.post(url, data=data, json=None if data else body, headers=headers or {}) as resp,
+        http.post(url, data=data, headers=headers) as resp,
     ):
         payload = await resp.json() if resp.content_type == "application/json" else None
         return resp.status, dict(resp.headers), payload
@@ -60,6 +70,79 @@ async def test_malformed_json_is_a_parse_error(server: Server) -> None:
     assert status == 400
     assert body["error"]["code"] == PARSE_ERROR
     assert body["id"] is None
+
+
+async def test_json_nested_too_deeply_is_called_so(server: Server) -> None:
+    deep = (
+        b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": '
+        + (b"[" * 10_000 + b"]" * 10_000)
+        + b"}}"
+    )
+    status, _, body = await post(server.url, deep, modern_headers("ping"))
+    assert status == 400
+    assert body["error"]["code"] == PARSE_ERROR
+    assert "nested too deeply" in body["error"]["message"]
+    assert body["error"]["data"] == {"reason": "too_deep"}
+
+
+async def test_a_huge_argument_is_not_echoed_back_in_full(server: Server) -> None:
+    huge = "x" * 500_000
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    params = {"name": "add", "arguments": {"a": huge, "b": 1}, "_meta": META}
+    status, _, body = await post(
+        server.url, {**call, "params": params}, modern_headers("tools/call", "add")
+    )
+    assert (status, body["error"]["code"]) == (400, INVALID_PARAMS)
+    assert len(encode(body)) < 2000
+    assert body["error"]["message"].endswith("is not of type 'integer'")
+    assert "more chars" in body["error"]["data"]["problem"]
+    # An unknown tool's (or method's) long name is not echoed in full either.
+    params = {"name": huge, "arguments": {}, "_meta": META}
+    status, _, body = await post(
+        server.url, {**call, "params": params}, modern_headers("tools/call", "x")
+    )
+    assert len(encode(body)) < 2000
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({"Content-Type": "text/plain"}, 415, UNSUPPORTED_MEDIA_TYPE),
+        ({"Content-Type": None}, 415, UNSUPPORTED_MEDIA_TYPE),
+        ({"Accept": "application/json"}, 406, NOT_ACCEPTABLE),
+        ({"Accept": "text/event-stream"}, 406, NOT_ACCEPTABLE),
+        ({"Accept": ""}, 406, NOT_ACCEPTABLE),
+        ({"Accept": "text/event-stream;q=0, */*"}, 406, NOT_ACCEPTABLE),
+        ({"Accept": "*/*"}, 200, None),
+        ({"Accept": "application/*, text/*;q=0.5"}, 200, None),
+        ({"Content-Type": "application/json; charset=utf-8"}, 200, None),
+    ],
+)
+async def test_post_content_type_and_accept_are_checked(
+    server: Server, headers: dict[str, Any], status: int, code: int | None
+) -> None:
+    msg = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}}
+    got, _, body = await post(server.url, msg, {**modern_headers("server/discover"), **headers})
+    assert got == status
+    if code is not None:
+        assert body["error"]["code"] == code
+
+
+async def test_get_must_accept_an_event_stream(server: Server) -> None:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}},
+    }
+    _, headers, _ = await post(server.url, init)
+    session = {"Mcp-Session-Id": headers["Mcp-Session-Id"]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(server.url, headers={**session, "Accept": "application/json"}) as resp,
+    ):
+        assert resp.status == 406
+        assert (await resp.json())["error"]["code"] == NOT_ACCEPTABLE
 
 
 @pytest.mark.parametrize(
@@ -171,7 +254,20 @@ async def test_a_host_not_served_here_is_misdirected_on_every_method() -> None:
         try:
             msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}
             port = srv.url.split(":")[2].split("/")[0]
-            for host in ("evil.example", f"evil.example:{port}", "127.0.0.2", ""):
+            for host in (
+                "evil.example",
+                f"evil.example:{port}",
+                "127.0.0.2",
+                "",
+                # What follows a bracketed address, or a second port, is not ignored.
+                "[::1]evil.example",
+                f"[::1]evil.example:{port}",
+                f"[::1]:{port}evil.example",
+                f"localhost:{port}:80",
+                "localhost evil.example",
+                "[::1",
+                "::1",
+            ):
                 status, _, body = await post(
                     srv.url, msg, {**modern_headers("tools/list"), "Host": host}
                 )
@@ -183,7 +279,13 @@ async def test_a_host_not_served_here_is_misdirected_on_every_method() -> None:
                 session.get(srv.url, headers={"Host": "evil.example"}) as response,
             ):
                 assert response.status == 421  # GET streams too
-            for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            for host in (
+                f"localhost:{port}",
+                f"127.0.0.1:{port}",
+                f"[::1]:{port}",
+                "[0:0::1]",
+                "LOCALHOST",
+            ):
                 status, _, body = await post(
                     srv.url, msg, {**modern_headers("tools/list"), "Host": host}
                 )
@@ -210,10 +312,6 @@ async def test_a_long_silent_call_keeps_its_stream_alive_with_sse_comments() -> 
             events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
             assert [e["id"] for e in events] == [3]
             assert events[0]["result"]["content"][0]["text"] == "slow done"
-            # A client that takes JSON only waits in silence for its JSON answer.
-            json_only = {**modern_headers("tools/call", "slow"), "Accept": "application/json"}
-            status, _, body = await post(srv.url, msg, json_only)
-            assert status == 200 and body["result"]["content"][0]["text"] == "slow done"
         finally:
             await runner.cleanup()
 

@@ -1,0 +1,110 @@
+"""One Host/Origin policy on every route of a real `vsmcpd` (DNS rebinding, foreign
+pages), and what it answers instead of tracebacks for oversized request heads."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.harness import HTTP_TIMEOUT_S, NodeProcess
+
+pytestmark = pytest.mark.integration
+
+ROUTES = ("/", "/api/status", "/api/peers", "/api/tools", "/healthz", "/metrics", "/mcp")
+MCP_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": "2026-07-28",
+    "Mcp-Method": "server/discover",
+}
+DISCOVER = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "server/discover",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        },
+    }
+)
+
+
+def _request(
+    node: NodeProcess, path: str, headers: dict[str, str]
+) -> tuple[int, bytes, dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", int(node.info["http_port"]), HTTP_TIMEOUT_S)
+    try:
+        if path == "/mcp":
+            conn.request("POST", path, body=DISCOVER, headers={**MCP_HEADERS, **headers})
+        else:
+            conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read(), dict(response.headers)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    started = NodeProcess(tmp_path_factory.mktemp("policy") / "n").start()
+    yield started
+    started.stop()
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_every_route_answers_its_own_host_only(node: NodeProcess, path: str) -> None:
+    port = node.info["http_port"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        status, _, _ = _request(node, path, {"Host": host})
+        assert status == 200, (path, host)
+    for host in ("evil.example", f"evil.example:{port}", "[::1]evil.example", "[::1]:1x"):
+        status, body, _ = _request(node, path, {"Host": host})
+        assert status == 421, (path, host)
+        answer = json.loads(body)
+        error = answer["error"] if path == "/mcp" else answer
+        assert "Misdirected" in (error["message"] if path == "/mcp" else error["error"])
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_every_route_refuses_a_foreign_origin(node: NodeProcess, path: str) -> None:
+    status, body, _ = _request(node, path, {"Origin": "http://evil.example"})
+    assert status == 403, path
+    assert "evil.example" in body.decode()
+
+
+def test_an_oversized_header_gets_431_and_one_log_line(node: NodeProcess) -> None:
+    before = node.log_text()
+    for _ in range(5):
+        status, _, _ = _request(node, "/healthz", {"X-Big": "a" * 9000})
+        assert status == 431
+    status, _, _ = _request(node, "/healthz", {})
+    assert status == 200
+    added = node.log_text()[len(before) :]
+    assert "Traceback" not in added
+    assert added.count("431") <= 1, added  # throttled: one line per interval at most
+
+
+def test_a_request_head_is_capped_in_all(node: NodeProcess) -> None:
+    """Each line within aiohttp's 8 KiB, 13 of them: 104 KiB of head that never ends is
+    refused with 431 (instead of held until the head timeout), while a 40 KiB head is
+    served."""
+    status, _, _ = _request(node, "/healthz", {f"X-{i}": "a" * 8000 for i in range(5)})
+    assert status == 200
+    with socket.create_connection(("127.0.0.1", int(node.info["http_port"])), 10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            for i in range(13):
+                sock.sendall(b"X-%d: %s\r\n" % (i, b"a" * 8000))
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]

@@ -19,6 +19,7 @@ from typing import Any
 from mesh.certs import encode_certificate
 from mesh.envelope import Opener, Sealer, wall_clock_ms
 from mesh.errors import MeshError
+from mesh.loops import LoopSupervisor
 from mesh.membership import MemberReaped, MemberStateChanged
 from mesh.replay import ReplayGuard
 from mesh.service import Service
@@ -72,6 +73,8 @@ class Node(Service):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = NodeMetrics()
+        # Every background loop of the node runs under it: restarted, or the node unhealthy.
+        self.loops = LoopSupervisor()
         self._stack: contextlib.AsyncExitStack | None = None
         self._started_monotonic = 0.0
         self._identity: NodeIdentity | None = None
@@ -116,6 +119,7 @@ class Node(Service):
             public_key=identity.key.public_key,
             batch_size=audit_cfg.batch_size,
             queue_maxsize=audit_cfg.queue_size,
+            loops=self.loops,
         )
         await stack.enter_async_context(audit)
         self._audit = audit
@@ -139,6 +143,7 @@ class Node(Service):
             store=store,
             local_tools=catalog.available_tools,
             max_envelope_bytes=self.config.envelope.max_bytes,
+            loops=self.loops,
         )
         self._replication = replication
         tools = MeshCatalog(
@@ -149,6 +154,7 @@ class Node(Service):
             zones=identity.zones,
             audit=audit,
             call_timeout_s=self.config.tools.timeout_s,
+            loops=self.loops,
         )
         http = HttpServer(self, self.config.http.host, self.config.http.port)
         self._register_mcp(http, tools)
@@ -206,6 +212,7 @@ class Node(Service):
             dead_reap_after_s=mesh_cfg.dead_reap_after_s,
             left_reap_after_s=mesh_cfg.left_reap_after_s,
             on_member_change=self._member_changed,
+            loops=self.loops,
         )
 
     def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
@@ -440,12 +447,30 @@ class Node(Service):
             self._debug_tools.remove(name)
 
     def healthy(self) -> bool:
-        return self._stack is not None
+        return self._stack is not None and self.loops.healthy
+
+    def health_problems(self) -> list[str]:
+        """Why `healthy()` is false (empty when it is true)."""
+        problems = [] if self._stack is not None else ["node not running"]
+        return problems + self.loops.problems()
+
+    def debug_loop_fault(self, name: str) -> None:
+        """End the supervised loop `name` as if it had raised (tests of its restart)."""
+        self._require_debug_api()
+        if not self.loops.inject_fault(name):
+            raise DebugApiDisabled(f"no loop {name!r}; running: {', '.join(self.loops.running())}")
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()
 
     def _register_metrics(self) -> None:
+        self.metrics.add_counters(
+            "vsmcp_loop_restarts",
+            "Restarts of background loops after they failed, by loop",
+            "loop",
+            self.loops.restart_counts,
+        )
+
         def accepted() -> dict[str, int]:
             return {"accepted": self.opener.accepted}
 

@@ -1,8 +1,9 @@
 """systemd readiness and watchdog notifications (`Type=notify`, `WatchdogSec=`).
 
 A few datagrams to `$NOTIFY_SOCKET`: READY=1 once serving, WATCHDOG=1 at half the
-watchdog interval while the event loop runs (a stalled loop stops the pings and
-systemd restarts the service), STOPPING=1 on shutdown. Without `$NOTIFY_SOCKET`
+watchdog interval while the event loop runs and the node is healthy (a stalled event
+loop, or a background loop given up by its supervisor, stops the pings and systemd
+restarts the service), STOPPING=1 on shutdown. Without `$NOTIFY_SOCKET`
 (not under systemd) every call does nothing.
 """
 
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class SystemdNotifier:
             int(usec) / 1_000_000 / 2 if usec.isdigit() and watchdog_for_us else None
         )
         self._task: asyncio.Task[None] | None = None
+        self._healthy: Callable[[], bool] = lambda: True
+        self._problems: Callable[[], list[str]] = list
 
     @property
     def enabled(self) -> bool:
@@ -44,11 +47,24 @@ class SystemdNotifier:
         data = state.encode()[:MAX_NOTIFY_BYTES]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never block the event loop: a full receive queue drops this one.
+                sock.setblocking(False)
                 sock.sendto(data, self._address)
         except OSError as e:
             log.warning("systemd notification %r failed: %s", state, e)
 
-    def ready(self, status: str = "") -> None:
+    def ready(
+        self,
+        status: str = "",
+        *,
+        healthy: Callable[[], bool] | None = None,
+        problems: Callable[[], list[str]] | None = None,
+    ) -> None:
+        """READY=1; then watchdog pings only while `healthy()` (`problems()` says why not)."""
+        if healthy is not None:
+            self._healthy = healthy
+        if problems is not None:
+            self._problems = problems
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
         if self.watchdog_interval_s is not None and self._task is None:
             self._task = asyncio.create_task(self._watchdog(), name="systemd-watchdog")
@@ -63,6 +79,15 @@ class SystemdNotifier:
 
     async def _watchdog(self) -> None:
         assert self.watchdog_interval_s is not None
+        fed = True
         while True:
-            self.notify("WATCHDOG=1")
+            if self._healthy():
+                self.notify("WATCHDOG=1")
+                fed = True
+            elif fed:
+                # Starve the watchdog: systemd restarts us (Restart=on-watchdog/always).
+                fed = False
+                why = "; ".join(self._problems()) or "unhealthy"
+                log.error("unhealthy, no more watchdog pings: %s", why)
+                self.notify(f"STATUS=unhealthy: {why}")
             await asyncio.sleep(self.watchdog_interval_s)

@@ -189,6 +189,14 @@ class Node(Service):
             log.warning("debug API on: /api/debug/* can cut links and add tools")
         await stack.enter_async_context(catalog)
         self._catalog = catalog
+        limiter = catalog.policy.limiter
+        if limiter is not None:
+            self.metrics.add_counters(
+                "vsmcp_rate_limit_evictions",
+                "Rate-limit buckets evicted by the bound on their number (limits.max_buckets)",
+                "kind",
+                limiter.evictions,
+            )
         return catalog
 
     def _mesh_service(self, identity: NodeIdentity, sealer: Sealer) -> MeshService:

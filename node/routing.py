@@ -909,6 +909,7 @@ class MeshCatalog(Service):
             caller_id=request.caller_id,
             caller_zone=zone,
             origin=f"mesh:{entry}",
+            entry_origin=request.origin,
             trace_id=request.trace_id,
             causality=request.causality,
             progress=progress if request.progress else None,

@@ -104,6 +104,7 @@ from mesh._transport_wire import (
     encode_error,
     encode_frame,
 )
+from mesh.loops import LoopFn, LoopSupervisor
 from mesh.service import Service
 
 __all__ = [
@@ -289,8 +290,11 @@ class Transport(Service):
         bind_host: str = "127.0.0.1",
         port: int = 0,
         config: TransportConfig | None = None,
+        loops: LoopSupervisor | None = None,
     ) -> None:
         self._identity: CurveIdentity = curve_identity(identity)
+        # The node's supervisor, so a dead loop shows in its health; else one of our own.
+        self._loops = loops or LoopSupervisor()
         self._bind_host = bind_host
         self._requested_port = port
         self._config = config or TransportConfig()
@@ -342,10 +346,10 @@ class Transport(Service):
         self._ctx = ctx
         self._state = "running"
         zap_waker = SocketWaker(zap)
-        self._router_waker = SocketWaker(router)
-        self._wakers = [zap_waker, self._router_waker]
-        self._spawn(self._zap_loop(zap, zap_waker), "transport-zap")
-        self._spawn(self._router_loop(router, self._router_waker), "transport-router")
+        router_waker = self._router_waker = SocketWaker(router)
+        self._wakers = [zap_waker, router_waker]
+        self._spawn(lambda: self._zap_loop(zap, zap_waker), "transport-zap")
+        self._spawn(lambda: self._router_loop(router, router_waker), "transport-router")
 
     async def stop(self) -> None:
         if self._state != "running":
@@ -382,17 +386,12 @@ class Transport(Service):
         self._router = self._zap = None
         ctx.term()
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        task.set_name(name)
+    def _spawn(self, run: LoopFn, name: str, kind: str | None = None) -> asyncio.Task[None]:
+        """A supervised loop (restarted if it raises); stopped by `stop()`."""
+        task = self._loops.spawn(name, run, kind=kind)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._tasks.discard)
         return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("transport task %s died", task.get_name(), exc_info=task.exception())
 
     # -- public properties and registration -----------------------------------------
 
@@ -576,7 +575,9 @@ class Transport(Service):
         )
         link = _PeerLink(bytes(peer_pubkey), endpoint, sock, queue)
         link.candidate = candidate
-        link.task = self._spawn(self._link_loop(link), f"transport-peer-{link.label}")
+        link.task = self._spawn(
+            lambda: self._link_loop(link), f"transport-peer-{link.label}", "transport-peer"
+        )
         self._links[link.ed25519_public] = link
         self._candidate_links += candidate
         return link

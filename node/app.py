@@ -19,6 +19,7 @@ from typing import Any
 from mesh.certs import encode_certificate
 from mesh.envelope import Opener, Sealer, wall_clock_ms
 from mesh.errors import MeshError
+from mesh.loops import LoopSupervisor
 from mesh.membership import MemberReaped, MemberStateChanged
 from mesh.replay import ReplayGuard
 from mesh.service import Service
@@ -75,6 +76,8 @@ class Node(Service):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = NodeMetrics()
+        # Every background loop of the node runs under it: restarted, or the node unhealthy.
+        self.loops = LoopSupervisor()
         self._stack: contextlib.AsyncExitStack | None = None
         self._started_monotonic = 0.0
         self._identity: NodeIdentity | None = None
@@ -120,6 +123,7 @@ class Node(Service):
             public_key=identity.key.public_key,
             batch_size=audit_cfg.batch_size,
             queue_maxsize=audit_cfg.queue_size,
+            loops=self.loops,
         )
         await stack.enter_async_context(audit)
         self._audit = audit
@@ -143,6 +147,7 @@ class Node(Service):
             store=store,
             local_tools=catalog.available_tools,
             max_envelope_bytes=self.config.envelope.max_bytes,
+            loops=self.loops,
         )
         self._replication = replication
         tools = MeshCatalog(
@@ -153,6 +158,7 @@ class Node(Service):
             zones=identity.zones,
             audit=audit,
             call_timeout_s=self.config.tools.timeout_s,
+            loops=self.loops,
         )
         http_cfg = self.config.http
         http = HttpServer(
@@ -206,6 +212,14 @@ class Node(Service):
             log.warning("debug API on: /api/debug/* can cut links and add tools")
         await stack.enter_async_context(catalog)
         self._catalog = catalog
+        limiter = catalog.policy.limiter
+        if limiter is not None:
+            self.metrics.add_counters(
+                "vsmcp_rate_limit_evictions",
+                "Rate-limit buckets evicted by the bound on their number (limits.max_buckets)",
+                "kind",
+                limiter.evictions,
+            )
         return catalog
 
     def _mesh_service(self, identity: NodeIdentity, sealer: Sealer) -> MeshService:
@@ -229,6 +243,7 @@ class Node(Service):
             dead_reap_after_s=mesh_cfg.dead_reap_after_s,
             left_reap_after_s=mesh_cfg.left_reap_after_s,
             on_member_change=self._member_changed,
+            loops=self.loops,
         )
 
     def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
@@ -466,8 +481,9 @@ class Node(Service):
             self._debug_tools.remove(name)
 
     def healthy(self) -> bool:
-        if self._stack is None:
-            return False
+        return self._stack is not None and not self._descriptors_exhausted() and self.loops.healthy
+
+    def _descriptors_exhausted(self) -> bool:
         exhausted = descriptors_exhausted()
         if exhausted != self._out_of_descriptors:
             self._out_of_descriptors = exhausted
@@ -479,12 +495,34 @@ class Node(Service):
                 )
             else:
                 log.info("file descriptors available again: healthy")
-        return not exhausted
+        return exhausted
+
+    def health_problems(self) -> list[str]:
+        """Why `healthy()` is false (empty when it is true)."""
+        problems = [] if self._stack is not None else ["node not running"]
+        if self._descriptors_exhausted():
+            problems.append(
+                f"fewer than {MIN_FREE_DESCRIPTORS} file descriptors left ({descriptor_usage()})"
+            )
+        return problems + self.loops.problems()
+
+    def debug_loop_fault(self, name: str) -> None:
+        """End the supervised loop `name` as if it had raised (tests of its restart)."""
+        self._require_debug_api()
+        if not self.loops.inject_fault(name):
+            raise DebugApiDisabled(f"no loop {name!r}; running: {', '.join(self.loops.running())}")
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()
 
     def _register_metrics(self) -> None:
+        self.metrics.add_counters(
+            "vsmcp_loop_restarts",
+            "Restarts of background loops after they failed, by loop",
+            "loop",
+            self.loops.restart_counts,
+        )
+
         def accepted() -> dict[str, int]:
             return {"accepted": self.opener.accepted}
 

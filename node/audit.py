@@ -59,6 +59,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from mesh.envelope import wall_clock_ms
+from mesh.loops import LoopSupervisor
 from mesh.service import Service
 from node.errors import NodeError
 from node.store import Store, StoreError
@@ -227,11 +228,13 @@ class AuditLog(Service):
         batch_size: int = DEFAULT_BATCH_SIZE,
         linger_s: float = DEFAULT_LINGER_S,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        loops: LoopSupervisor | None = None,
     ) -> None:
         if queue_maxsize < 1 or batch_size < 1:
             raise ValueError("queue_maxsize and batch_size must be at least 1")
         if len(public_key) != PUBLIC_KEY_BYTES:
             raise ValueError(f"public_key must be {PUBLIC_KEY_BYTES} bytes")
+        self._loops = loops or LoopSupervisor()
         self._store = store
         self._sign = sign
         self._verify_key = VerifyKey(bytes(public_key))
@@ -265,7 +268,7 @@ class AuditLog(Service):
         if self._closed:
             raise AuditError("audit log is closed", reason="closed")
         self._head_seq, self._head_hash = await self._load_head()
-        self._writer = asyncio.create_task(self._run_writer(), name="audit-writer")
+        self._writer = self._loops.spawn("audit-writer", self._run_writer)
 
     async def close(self) -> None:
         """Commit everything appended, then stop the writer. Idempotent.

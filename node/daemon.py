@@ -97,7 +97,9 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         # One plain line on stdout whatever the log format: scripts wait for it.
         print(f"vsmcpd ready node_id={info['node_id']} http={info['http_url']}", flush=True)
         log.info("serving", extra={"node_id": info["node_id"], "http_url": info["http_url"]})
-        systemd.ready(f"serving as {info['node_id']}", healthy=node.healthy)
+        systemd.ready(
+            f"serving as {info['node_id']}", healthy=node.healthy, problems=node.health_problems
+        )
         try:
             await stop.wait()
         finally:

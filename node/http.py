@@ -33,6 +33,8 @@ class NodeView(Protocol):
 
     def healthy(self) -> bool: ...
 
+    def health_problems(self) -> list[str]: ...
+
     def peers(self) -> list[dict[str, Any]]: ...
 
     def tools(self) -> list[dict[str, Any]]: ...
@@ -40,6 +42,8 @@ class NodeView(Protocol):
     def block_peer(self, node_id: str, blocked: bool) -> None: ...
 
     def debug_tool(self, name: str, zone: str, present: bool) -> None: ...
+
+    def debug_loop_fault(self, name: str) -> None: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -56,8 +60,9 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
 
     async def healthz(_: web.Request) -> web.Response:
-        ok = node.healthy()
-        return _json({"status": "ok" if ok else "unhealthy"}, status=200 if ok else 503)
+        if node.healthy():
+            return _json({"status": "ok"})
+        return _json({"status": "unhealthy", "problems": node.health_problems()}, status=503)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=node.render_metrics(), headers={"Content-Type": CONTENT_TYPE})
@@ -95,6 +100,15 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
             return _json({"error": str(e)}, status=403)
         return _json({"tool": name, "zone": zone, "present": present})
 
+    async def debug_loop_fault(request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        try:
+            node.debug_loop_fault(name)
+        except NodeError as e:
+            return _json({"error": str(e)}, status=403)
+        return _json({"loop": name, "fault": "injected"})
+
+    app.router.add_post("/api/debug/loop-fault", debug_loop_fault)
     app.router.add_post("/api/debug/tools", debug_tools)
     app.router.add_delete("/api/debug/tools", debug_tools)
     app.router.add_get("/api/peers", api_peers)

@@ -1,13 +1,22 @@
 """Token-bucket rate limits (S2): per origin and per tool, in bounded LRU maps.
 
+A call that came over the mesh is limited at its provider per (entry node, origin the
+entry node named): two clients behind one entry node do not share a bucket. The origin
+is the entry node's claim, so each entry node also has one bucket for all its callers
+(`per-peer`): naming fresh origins cannot multiply what it gets. A call the peer bucket
+refuses makes no bucket for the origin it named, so such names evict nothing; and the
+(entry node, origin) buckets are kept apart from local origins', so no peer can push a
+local caller's bucket out.
+
 A bucket holds at most `burst` tokens and refills at `rate_per_s`. A call costs one
 token. When a bucket cannot pay, the caller is told exactly how long to wait
 (`retry_after_s`): after that delay the same request would be granted, provided
 nothing else drew from the bucket meanwhile.
 
-Memory bound: at most `max_buckets` buckets per kind (origin, tool). The least
-recently used bucket is evicted first; an evicted key comes back with a full
-bucket, so eviction can only ever be generous to a key that has been idle longest.
+Memory bound: at most `max_buckets` buckets per kind (origin, tool, peer, peer origin).
+The least recently used bucket is evicted first (counted in `evicted`); an evicted key
+comes back with a full bucket, so eviction can only ever be generous to a key that has
+been idle longest.
 """
 
 from __future__ import annotations
@@ -20,8 +29,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 DEFAULT_MAX_BUCKETS = 10_000
+# Without `limits.per_peer`, all callers behind one entry node together may draw this
+# many times one origin's limit: room for a few busy clients behind a node, while the
+# origins it names cannot multiply its share.
+PEER_LIMIT_FACTOR = 8
 
-LimitKind = Literal["per-origin", "per-tool"]
+LimitKind = Literal["per-origin", "per-tool", "per-peer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +106,7 @@ class BucketMap:
         self._overrides = dict(overrides or {})
         self._max = max_buckets
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -112,7 +126,12 @@ class BucketMap:
         self._buckets[key] = bucket
         if len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
+            self.evicted += 1
         return bucket
+
+    def peek(self, key: str) -> TokenBucket | None:
+        """The key's bucket if it has one; never makes one."""
+        return self._buckets.get(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,28 +143,61 @@ class LimitExceeded:
     retry_after_s: float
 
 
+_Charge = tuple[LimitKind, str, TokenBucket | None]
+
+
 @dataclass(slots=True)
 class RateLimiter:
-    """Per-origin and per-tool buckets; a call must pass both, and pays both or neither."""
+    """Per-origin and per-tool buckets (and, for calls over the mesh, per-peer ones); a
+    call must pass every bucket it draws on, and pays all or none."""
 
     per_origin: BucketMap = field(default_factory=lambda: BucketMap(None))
     per_tool: BucketMap = field(default_factory=lambda: BucketMap(None))
+    # `mesh:<entry node>`: everything one entry node sends, whatever origins it names.
+    per_peer: BucketMap = field(default_factory=lambda: BucketMap(None))
+    # `mesh:<entry node>/<origin there>`: one caller behind one entry node.
+    per_peer_origin: BucketMap = field(default_factory=lambda: BucketMap(None))
     clock: Callable[[], float] = time.monotonic
 
-    def acquire(self, origin: str, tool: str) -> LimitExceeded | None:
-        """Charge one token to `origin` and one to `tool`, or refuse naming the tighter limit."""
+    def acquire(
+        self, origin: str, tool: str, *, entry_origin: str | None = None
+    ) -> LimitExceeded | None:
+        """Charge one token to each bucket the call draws on, or refuse naming the tighter
+        limit. `entry_origin` is set for a call over the mesh (`origin` is then
+        `mesh:<entry node>`): it names the caller at the entry node."""
         now = self.clock()
-        origin_bucket = self.per_origin.bucket(origin, now)
-        tool_bucket = self.per_tool.bucket(tool, now)
-        waits: list[LimitExceeded] = []
-        if origin_bucket is not None and (w := origin_bucket.wait_s(now)) > 0:
-            waits.append(LimitExceeded("per-origin", origin, w))
-        if tool_bucket is not None and (w := tool_bucket.wait_s(now)) > 0:
-            waits.append(LimitExceeded("per-tool", tool, w))
+        if entry_origin is None:
+            charges: list[_Charge] = [("per-origin", origin, self.per_origin.bucket(origin, now))]
+        else:
+            charges = self._mesh_charges(origin, entry_origin, now)
+        charges.append(("per-tool", tool, self.per_tool.bucket(tool, now)))
+        waits = [
+            LimitExceeded(kind, key, w)
+            for kind, key, bucket in charges
+            if bucket is not None and (w := bucket.wait_s(now)) > 0
+        ]
         if waits:
             return max(waits, key=lambda e: e.retry_after_s)
-        if origin_bucket is not None:
-            origin_bucket.take(now)
-        if tool_bucket is not None:
-            tool_bucket.take(now)
+        for _, _, bucket in charges:
+            if bucket is not None:
+                bucket.take(now)
         return None
+
+    def _mesh_charges(self, peer: str, entry_origin: str, now: float) -> list[_Charge]:
+        peer_bucket = self.per_peer.bucket(peer, now)
+        key = f"{peer}/{entry_origin}"
+        if peer_bucket is not None and peer_bucket.wait_s(now) > 0:
+            # Refused whatever the origin: make no bucket for the name it gave.
+            origin_bucket = self.per_peer_origin.peek(key)
+        else:
+            origin_bucket = self.per_peer_origin.bucket(key, now)
+        return [("per-peer", peer, peer_bucket), ("per-origin", key, origin_bucket)]
+
+    def evictions(self) -> dict[str, int]:
+        """Buckets evicted by the LRU bound, by kind."""
+        return {
+            "per-origin": self.per_origin.evicted,
+            "per-tool": self.per_tool.evicted,
+            "per-peer": self.per_peer.evicted,
+            "per-peer-origin": self.per_peer_origin.evicted,
+        }

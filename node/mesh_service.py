@@ -54,6 +54,7 @@ from mesh.discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
 from mesh.envelope import Context, Envelope, MsgType, Opener, Sealer, wall_clock_ms
 from mesh.errors import CertificateError, EnvelopeError, MeshError
 from mesh.identity import NodeKey, public_key_from_node_id, verify_detached
+from mesh.loops import LoopFn, LoopSupervisor
 from mesh.membership import (
     CheckReachability,
     MemberInfo,
@@ -265,7 +266,9 @@ class MeshService(Service):
         dead_reap_after_s: float = 0.0,
         left_reap_after_s: float = 0.0,
         on_member_change: Callable[[MemberStateChanged | MemberReaped], None] | None = None,
+        loops: LoopSupervisor | None = None,
     ) -> None:
+        self._loops = loops or LoopSupervisor()
         self._key = key
         self.node_id = key.node_id
         self.public_key = key.public_key
@@ -325,7 +328,9 @@ class MeshService(Service):
         if self._started:
             return
         self._started = True
-        transport = Transport(self._key.seed, bind_host=self._host, port=self._requested_port)
+        transport = Transport(
+            self._key.seed, bind_host=self._host, port=self._requested_port, loops=self._loops
+        )
         await transport.start()
         self._transport = transport
         transport.on_request(self._on_request)
@@ -340,11 +345,11 @@ class MeshService(Service):
             now=time.monotonic(),
         )
         self._discovery = Discovery(self_node_id=self.node_id)
-        self._spawn(self._drive_membership(), "mesh-membership")
-        self._spawn(self._process_inbound(), "mesh-inbound")
-        self._spawn(self._connect_candidates(), "mesh-connector")
-        self._spawn(self._connect_mdns_candidates(), "mesh-mdns-connector")
-        self._spawn(self._offer_seeds(), "mesh-seeds")
+        self._spawn_loop(self._drive_membership, "mesh-membership")
+        self._spawn_loop(self._process_inbound, "mesh-inbound")
+        self._spawn_loop(self._connect_candidates, "mesh-connector")
+        self._spawn_loop(self._connect_mdns_candidates, "mesh-mdns-connector")
+        self._spawn_loop(self._offer_seeds, "mesh-seeds")
         if self._use_mdns:
             await self._start_mdns()
         await self._start_whois(transport.port)
@@ -414,6 +419,12 @@ class MeshService(Service):
         await asyncio.gather(*self._tasks, *self._helper_tasks, return_exceptions=True)
         if self._transport is not None:
             await self._transport.stop()
+
+    def _spawn_loop(self, run: LoopFn, name: str) -> None:
+        """A long-lived loop of the service: supervised (restarted, or the node unhealthy)."""
+        task = self._loops.spawn(name, run)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _spawn(self, coro: Any, name: str, *, helper: bool = False) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)

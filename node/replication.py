@@ -30,6 +30,7 @@ from crdt.registry import CapabilityEntry
 from crdt.state import ReplicatedState, snapshot_id
 from mesh.envelope import Envelope, MsgType, wall_clock_ms
 from mesh.identity import NodeKey, node_id_from_public_key
+from mesh.loops import LoopSupervisor
 from mesh.service import Service
 from mesh.transport import Priority
 from node.mesh_service import MeshService, Peer
@@ -74,7 +75,9 @@ class ReplicationService(Service):
         store: Store,
         local_tools: Callable[[], list[ToolSpec]],
         max_envelope_bytes: int,
+        loops: LoopSupervisor | None = None,
     ) -> None:
+        self._loops = loops or LoopSupervisor()
         self._key = key
         self._mesh = mesh
         self._store = store
@@ -102,14 +105,14 @@ class ReplicationService(Service):
         await self._restore_snapshot()
         self._mesh.handle_oneway(MsgType.SYNC, self._on_sync)
         self.announce_local_tools()
-        for coro, name in (
-            (self._push_loop(), "replication-push"),
-            (self._anti_entropy_loop(), "replication-anti-entropy"),
-            (self._upkeep_loop(), "replication-upkeep"),
+        for run, name in (
+            (self._push_loop, "replication-push"),
+            (self._anti_entropy_loop, "replication-anti-entropy"),
+            (self._upkeep_loop, "replication-upkeep"),
         ):
-            task = asyncio.create_task(coro, name=name)
+            task = self._loops.spawn(name, run)
             self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         if not self._started or self._stopped:
@@ -123,11 +126,6 @@ class ReplicationService(Service):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.save_snapshot()
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("replication task %s failed", task.get_name(), exc_info=task.exception())
 
     # -- views ---------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from typing import Any, Final, Literal
 from mesh.certs import ZoneOrder
 from mesh.envelope import Context, Envelope, MsgType
 from mesh.errors import MeshError
+from mesh.loops import LoopSupervisor
 from mesh.service import Service
 from mesh.transport import Priority, RemoteError, RequestTimeoutError, TransportError
 from node.audit import AuditLog
@@ -430,7 +431,9 @@ class MeshCatalog(Service):
         zones: ZoneOrder,
         audit: AuditLog,
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        loops: LoopSupervisor | None = None,
     ) -> None:
+        self._loops = loops or LoopSupervisor()
         self.local = local
         self._mesh = mesh
         self._replication = replication
@@ -461,7 +464,9 @@ class MeshCatalog(Service):
         self._mesh.handle_oneway(MsgType.PROGRESS, self._on_progress)
         self._refresh_remote()
         self._fingerprint = self._usable_fingerprint()
-        self._spawn(self._watch(), "routing-watch")
+        watch = self._loops.spawn("routing-watch", self._watch)
+        self._tasks.add(watch)
+        watch.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         if not self._started:
@@ -907,6 +912,7 @@ class MeshCatalog(Service):
             caller_id=request.caller_id,
             caller_zone=zone,
             origin=f"mesh:{entry}",
+            entry_origin=request.origin,
             trace_id=request.trace_id,
             causality=request.causality,
             progress=progress if request.progress else None,

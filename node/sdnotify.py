@@ -1,8 +1,9 @@
 """systemd readiness and watchdog notifications (`Type=notify`, `WatchdogSec=`).
 
 A few datagrams to `$NOTIFY_SOCKET`: READY=1 once serving, WATCHDOG=1 at half the
-watchdog interval while the event loop runs and the node is healthy (a stalled loop or
-a node that cannot serve, e.g. out of file descriptors, stops the pings and systemd
+watchdog interval while the event loop runs and the node is healthy (a stalled event
+loop, a background loop given up by its supervisor, or a node that cannot serve, e.g.
+out of file descriptors, stops the pings and systemd
 restarts the service), STOPPING=1 on shutdown. Without `$NOTIFY_SOCKET`
 (not under systemd) every call does nothing.
 """
@@ -16,10 +17,11 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 
+UNHEALTHY_STATUS_PREFIX = "STATUS=unhealthy"
+
 log = logging.getLogger(__name__)
 
 MAX_NOTIFY_BYTES = 4096
-UNHEALTHY_STATUS = "STATUS=unhealthy (see the log): watchdog not fed"
 
 
 class SystemdNotifier:
@@ -35,7 +37,8 @@ class SystemdNotifier:
             int(usec) / 1_000_000 / 2 if usec.isdigit() and watchdog_for_us else None
         )
         self._task: asyncio.Task[None] | None = None
-        self._healthy: Callable[[], bool] | None = None
+        self._healthy: Callable[[], bool] = lambda: True
+        self._problems: Callable[[], list[str]] = list
 
     @property
     def enabled(self) -> bool:
@@ -47,13 +50,24 @@ class SystemdNotifier:
         data = state.encode()[:MAX_NOTIFY_BYTES]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never block the event loop: a full receive queue drops this one.
+                sock.setblocking(False)
                 sock.sendto(data, self._address)
         except OSError as e:
             log.warning("systemd notification %r failed: %s", state, e)
 
-    def ready(self, status: str = "", *, healthy: Callable[[], bool] | None = None) -> None:
-        """READY=1; then the watchdog pings, only while `healthy()` (when given) is true."""
-        self._healthy = healthy
+    def ready(
+        self,
+        status: str = "",
+        *,
+        healthy: Callable[[], bool] | None = None,
+        problems: Callable[[], list[str]] | None = None,
+    ) -> None:
+        """READY=1; then watchdog pings only while `healthy()` (`problems()` says why not)."""
+        if healthy is not None:
+            self._healthy = healthy
+        if problems is not None:
+            self._problems = problems
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
         if self.watchdog_interval_s is not None and self._task is None:
             self._task = asyncio.create_task(self._watchdog(), name="systemd-watchdog")
@@ -68,10 +82,17 @@ class SystemdNotifier:
 
     async def _watchdog(self) -> None:
         assert self.watchdog_interval_s is not None
+        fed = True
         while True:
-            if self._healthy is None or self._healthy():
+            if self._healthy():
                 self.notify("WATCHDOG=1")
+                fed = True
             else:
-                # No ping: systemd restarts us at the deadline; say why meanwhile.
-                self.notify(UNHEALTHY_STATUS)
+                # Starve the watchdog: systemd restarts us at its deadline. The status says
+                # why every period (systemctl status shows the latest); the log once.
+                why = "; ".join(self._problems()) or "unhealthy"
+                if fed:
+                    log.error("unhealthy, no more watchdog pings: %s", why)
+                fed = False
+                self.notify(f"{UNHEALTHY_STATUS_PREFIX}: {why}")
             await asyncio.sleep(self.watchdog_interval_s)

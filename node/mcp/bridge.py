@@ -17,6 +17,7 @@ from typing import Any
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
+from mesh.loops import LoopSupervisor
 from node.mcp.protocol import McpError
 from node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 
@@ -36,11 +37,14 @@ class NodeClientCatalog:
         self._specs: list[ToolSpec] = []
         self._callbacks: list[ChangeCallback] = []
         self._refresher: asyncio.Task[None] | None = None
+        self._loops = LoopSupervisor()
 
     async def __aenter__(self) -> NodeClientCatalog:
         self._client = await self._stack.enter_async_context(Client(self._url, mode="auto"))
         await self.refresh()
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="mcp-bridge-refresh")
+        # Supervised: a refresh failing otherwise than with an MCP error (the node went
+        # away) is retried with backoff instead of ending refreshes for good.
+        self._refresher = self._loops.spawn("mcp-bridge-refresh", self._refresh_loop)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -105,6 +105,9 @@ class RateLimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
     per_origin: RateLimitConfig | None = None
     per_tool: RateLimitConfig | None = None
+    # Calls from one entry node of the mesh, all its callers together (calls/s, burst);
+    # each caller behind it also has its own `per_origin` bucket. Unset: 8 × per_origin.
+    per_peer: RateLimitConfig | None = None
     origins: dict[str, RateLimitConfig] = msgspec.field(default_factory=dict)
     tools: dict[str, RateLimitConfig] = msgspec.field(default_factory=dict)
     max_buckets: PositiveInt = 10_000

@@ -72,7 +72,10 @@ class CallContext:
     """Who calls, from where, and the call's budget.
 
     `origin` names the entry point: `http:<token name>`, `http:loopback`, `stdio`,
-    `mesh:<node id>`. `deadline` is on the event loop's clock (`loop.time()`).
+    `mesh:<node id>`. For a call that came over the mesh, `entry_origin` is the origin
+    the entry node named for its caller (a claim of that node: rate limits key on the
+    pair, under a cap for the whole entry node). `deadline` is on the event loop's clock
+    (`loop.time()`).
     """
 
     caller_id: str
@@ -82,6 +85,7 @@ class CallContext:
     causality: tuple[str, ...] = ()
     progress: ProgressFn | None = None
     deadline: float | None = None
+    entry_origin: str | None = None
 
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
@@ -110,6 +114,7 @@ class CallContext:
             causality=self.causality,
             progress=self.progress,
             deadline=deadline,
+            entry_origin=self.entry_origin,
         )
 
     def caused_by(self, event_id: str) -> CallContext:

@@ -77,6 +77,10 @@ class CallPolicy:
         self._limiter = limiter
         self._validator = ArgumentValidator()
 
+    @property
+    def limiter(self) -> RateLimiter | None:
+        return self._limiter
+
     def visible(self, spec: ToolSpec, ctx: CallContext) -> bool:
         return self._allows(ctx.caller_zone, spec.zone)
 
@@ -86,6 +90,6 @@ class CallPolicy:
             raise ZoneDenied(spec.name, ctx.caller_zone, spec.zone)
         self._validator.check(spec, arguments)
         if self._limiter is not None:
-            refused = self._limiter.acquire(ctx.origin, spec.name)
+            refused = self._limiter.acquire(ctx.origin, spec.name, entry_origin=ctx.entry_origin)
             if refused is not None:
                 raise RateLimited(refused.limit, refused.key, refused.retry_after_s)

@@ -13,7 +13,7 @@ from typing import Any
 
 from mesh.certs import DEFAULT_ZONES
 from mesh.service import Service
-from node.limits import BucketMap, RateLimit, RateLimiter
+from node.limits import PEER_LIMIT_FACTOR, BucketMap, RateLimit, RateLimiter
 from node.tools.builtin import DataView, builtin_provider
 from node.tools.config import RateLimitConfig, RateLimitsConfig, ToolsConfig, UnitLimitsConfig
 from node.tools.errors import UnknownTool
@@ -98,21 +98,33 @@ def _limit(cfg: RateLimitConfig | None) -> RateLimit | None:
     return None if cfg is None else RateLimit(cfg.rate_per_s, cfg.burst)
 
 
+def _peer_limit(cfg: RateLimitsConfig) -> RateLimit | None:
+    """`limits.per_peer`, else `PEER_LIMIT_FACTOR` times `limits.per_origin`."""
+    if cfg.per_peer is not None or cfg.per_origin is None:
+        return _limit(cfg.per_peer)
+    origin = cfg.per_origin
+    return RateLimit(origin.rate_per_s * PEER_LIMIT_FACTOR, origin.burst * PEER_LIMIT_FACTOR)
+
+
 def rate_limiter(cfg: RateLimitsConfig) -> RateLimiter | None:
-    """`None` when no limit is configured at all."""
-    if not (cfg.per_origin or cfg.per_tool or cfg.origins or cfg.tools):
+    """`None` when no limit is configured at all.
+
+    `limits.origins` names exact keys: a local origin (`http:ci`), an entry node
+    (`mesh:<node id>`, its per-peer bucket) or one caller behind it
+    (`mesh:<node id>/http:ci`).
+    """
+    if not (cfg.per_origin or cfg.per_tool or cfg.per_peer or cfg.origins or cfg.tools):
         return None
+    origins = {k: RateLimit(v.rate_per_s, v.burst) for k, v in cfg.origins.items()}
     return RateLimiter(
-        per_origin=BucketMap(
-            _limit(cfg.per_origin),
-            {k: RateLimit(v.rate_per_s, v.burst) for k, v in cfg.origins.items()},
-            max_buckets=cfg.max_buckets,
-        ),
+        per_origin=BucketMap(_limit(cfg.per_origin), origins, max_buckets=cfg.max_buckets),
         per_tool=BucketMap(
             _limit(cfg.per_tool),
             {k: RateLimit(v.rate_per_s, v.burst) for k, v in cfg.tools.items()},
             max_buckets=cfg.max_buckets,
         ),
+        per_peer=BucketMap(_peer_limit(cfg), origins, max_buckets=cfg.max_buckets),
+        per_peer_origin=BucketMap(_limit(cfg.per_origin), origins, max_buckets=cfg.max_buckets),
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from mesh.transport import MAX_CANDIDATE_LINKS, MAX_PEERS
 from node.descriptors import MIN_FREE_DESCRIPTORS
-from node.sdnotify import UNHEALTHY_STATUS
+from node.sdnotify import UNHEALTHY_STATUS_PREFIX
 from tests.integration.harness import REPO_ROOT, NodeProcess
 from tests.polling import wait_for
 
@@ -109,15 +109,19 @@ def test_out_of_descriptors_fails_health_and_starves_the_watchdog(
             return node.get_json("/healthz").get("_http_status") == 503
 
         wait_for(exhausted, timeout_s=30, what="/healthz failing with descriptors gone")
+
         # While unhealthy the watchdog says why and is not fed.
+        def unhealthy_at(received: list[str]) -> list[int]:
+            return [i for i, m in enumerate(received) if m.startswith(UNHEALTHY_STATUS_PREFIX)]
+
         wait_for(
-            lambda: notify_socket.drain().count(UNHEALTHY_STATUS) >= 3,
+            lambda: len(unhealthy_at(notify_socket.drain())) >= 3,
             what="three watchdog periods unhealthy",
         )
         received = notify_socket.drain()
-        first_unhealthy = received.index(UNHEALTHY_STATUS)
-        third_unhealthy = [i for i, m in enumerate(received) if m == UNHEALTHY_STATUS][2]
+        first_unhealthy, _, third_unhealthy = unhealthy_at(received)[:3]
         assert "WATCHDOG=1" not in received[first_unhealthy:third_unhealthy]
+        assert "file descriptors" in received[first_unhealthy]
     finally:
         for conn in held:
             conn.close()

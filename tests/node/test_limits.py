@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.limits import BucketMap, RateLimit, RateLimiter, TokenBucket
+from node.limits import PEER_LIMIT_FACTOR, BucketMap, RateLimit, RateLimiter, TokenBucket
+from node.tools.config import RateLimitConfig, RateLimitsConfig
+from node.tools.registry import rate_limiter
 
 rates = st.floats(min_value=0.01, max_value=1000, allow_nan=False)
 bursts = st.floats(min_value=1, max_value=1000, allow_nan=False)
@@ -112,3 +114,94 @@ def test_rate_limit_validates() -> None:
         RateLimit(0, 1)
     with pytest.raises(ValueError):
         RateLimit(1, 0.5)
+
+
+# -- calls over the mesh: (entry node, origin) buckets under a per-peer cap ---------------
+
+ENTRY = "mesh:12D3KooWentry"
+OTHER_ENTRY = "mesh:12D3KooWother"
+
+
+def mesh_limiter(
+    clock: FakeClock, *, origin: RateLimit, peer: RateLimit, max_buckets: int = 100
+) -> RateLimiter:
+    return RateLimiter(
+        per_origin=BucketMap(origin, max_buckets=max_buckets),
+        per_peer=BucketMap(peer, max_buckets=max_buckets),
+        per_peer_origin=BucketMap(origin, max_buckets=max_buckets),
+        clock=clock,
+    )
+
+
+def test_two_origins_behind_one_entry_node_have_their_own_buckets() -> None:
+    limiter = mesh_limiter(FakeClock(), origin=RateLimit(0.01, 2), peer=RateLimit(0.01, 10))
+    for _ in range(2):
+        assert limiter.acquire(ENTRY, "echo", entry_origin="http:alice") is None
+    refused = limiter.acquire(ENTRY, "echo", entry_origin="http:alice")
+    assert refused is not None
+    assert (refused.limit, refused.key) == ("per-origin", f"{ENTRY}/http:alice")
+    # Alice's exhausted bucket does not limit Bob behind the same entry node.
+    assert limiter.acquire(ENTRY, "echo", entry_origin="http:bob") is None
+
+
+def test_one_origin_gets_no_more_through_the_mesh_than_its_own_limit() -> None:
+    clock = FakeClock()
+    limiter = mesh_limiter(clock, origin=RateLimit(1, 2), peer=RateLimit(100, 100))
+    granted = sum(
+        limiter.acquire(ENTRY, "echo", entry_origin="http:alice") is None for _ in range(50)
+    )
+    assert granted == 2  # the per-peer room left does not help one origin
+    clock.now = 1.0
+    assert limiter.acquire(ENTRY, "echo", entry_origin="http:alice") is None
+    assert limiter.acquire(ENTRY, "echo", entry_origin="http:alice") is not None
+
+
+def test_fresh_origins_do_not_escape_the_per_peer_cap_nor_evict_buckets() -> None:
+    limiter = mesh_limiter(
+        FakeClock(), origin=RateLimit(0.01, 2), peer=RateLimit(0.01, 5), max_buckets=50
+    )
+    assert limiter.acquire("http:local", "echo") is None  # a local caller's bucket
+    outcomes = [
+        limiter.acquire(ENTRY, "echo", entry_origin=f"http:fresh-{i}") for i in range(10_000)
+    ]
+    assert sum(o is None for o in outcomes) == 5  # the per-peer burst, not 10,000
+    refusals = {(o.limit, o.key) for o in outcomes if o is not None}
+    assert refusals == {("per-peer", ENTRY)}
+    # Refused calls made no bucket: nothing was evicted, the local caller's bucket stays.
+    assert len(limiter.per_peer_origin) == 5
+    assert limiter.evictions() == dict.fromkeys(
+        ("per-origin", "per-tool", "per-peer", "per-peer-origin"), 0
+    )
+    assert limiter.per_origin.peek("http:local") is not None
+    # Another entry node is not limited by this one's cap.
+    assert limiter.acquire(OTHER_ENTRY, "echo", entry_origin="http:alice") is None
+
+
+def test_buckets_stay_bounded_and_evictions_are_counted() -> None:
+    limiter = mesh_limiter(FakeClock(), origin=RateLimit(1, 1), peer=RateLimit(1, 1), max_buckets=3)
+    for i in range(10):
+        assert limiter.acquire(f"mesh:node-{i}", "echo", entry_origin="http:a") is None
+    assert len(limiter.per_peer) == 3 and len(limiter.per_peer_origin) == 3
+    assert limiter.evictions()["per-peer"] == 7
+    assert limiter.evictions()["per-peer-origin"] == 7
+
+
+def test_the_per_peer_limit_defaults_to_a_multiple_of_the_per_origin_one() -> None:
+    origin = RateLimitConfig(rate_per_s=2, burst=3)
+    derived = rate_limiter(RateLimitsConfig(per_origin=origin))
+    assert derived is not None
+    assert derived.per_peer.limit_for(ENTRY) == RateLimit(
+        2 * PEER_LIMIT_FACTOR, 3 * PEER_LIMIT_FACTOR
+    )
+    explicit = rate_limiter(
+        RateLimitsConfig(
+            per_origin=origin,
+            per_peer=RateLimitConfig(rate_per_s=5, burst=5),
+            origins={ENTRY: RateLimitConfig(rate_per_s=1, burst=1)},
+        )
+    )
+    assert explicit is not None
+    assert explicit.per_peer.limit_for(OTHER_ENTRY) == RateLimit(5, 5)
+    assert explicit.per_peer.limit_for(ENTRY) == RateLimit(1, 1)  # a named entry node
+    only_peer = rate_limiter(RateLimitsConfig(per_peer=RateLimitConfig(rate_per_s=1, burst=1)))
+    assert only_peer is not None and only_peer.per_peer.limit_for(ENTRY) == RateLimit(1, 1)

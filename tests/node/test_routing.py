@@ -386,3 +386,72 @@ async def _audit_rows(node: Node, kind: str) -> list[dict[str, Any]]:
     ) as cur:
         rows = await cur.fetchall()
     return [json.loads(r[0]) for r in rows]
+
+
+# -- fair limits across the mesh ------------------------------------------------------------
+
+TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab"}
+
+
+@pytest.fixture
+async def limited_pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """A provider limiting each caller to 2 calls and each entry node to 3 (no refill
+    during the test); an entry node with two token holders, Alice and Bob."""
+    slow_refill = 0.001
+    provider_cfg = _config(
+        tmp_path / "a",
+        **{
+            "limits.per_origin": {"rate_per_s": slow_refill, "burst": 2},
+            "limits.per_peer": {"rate_per_s": slow_refill, "burst": 3},
+        },
+    )
+    async with Node(provider_cfg) as provider:
+        seed = f"{provider.identity.node_id}@127.0.0.1:{provider.mesh_port}"
+        tokens = [{"name": n, "token": t, "zone": "public"} for n, t in TOKENS.items()]
+        entry_cfg = _config(tmp_path / "b", **{"mesh.seeds": [seed], "mcp.tokens": tokens})
+        async with Node(entry_cfg) as entry:
+            provider.debug_tool("shared.echo", "public", True)
+            result = Pair(provider, entry)
+            await async_wait_for(
+                lambda: _has_tools(result, {"shared.echo"}),
+                timeout_s=20,
+                what="provider tool listed at the entry node",
+            )
+            yield result
+
+
+async def _call_as(url: str, who: str) -> tuple[int, dict[str, Any]]:
+    params = {"name": "shared.echo", "arguments": {}, "_meta": MODERN}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    headers = {
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "shared.echo",
+        "Authorization": f"Bearer {TOKENS[who]}",
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers=headers) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def test_callers_behind_one_entry_node_have_their_own_buckets_under_a_peer_cap(
+    limited_pair: Pair,
+) -> None:
+    url, entry_id = limited_pair.url, limited_pair.entry.identity.node_id
+    assert [(await _call_as(url, "alice"))[0] for _ in range(2)] == [200, 200]
+    status, body = await _call_as(url, "alice")
+    assert status == 429, body
+    data = body["error"]["data"]
+    assert (data["limit"], data["key"]) == ("per-origin", f"mesh:{entry_id}/http:alice")
+    # Alice used up her bucket at the provider, not Bob's.
+    status, body = await _call_as(url, "bob")
+    assert status == 200, body
+    # The entry node as a whole is capped at 3: Bob's second call is over that.
+    status, body = await _call_as(url, "bob")
+    assert status == 429, body
+    assert (body["error"]["data"]["limit"], body["error"]["data"]["key"]) == (
+        "per-peer",
+        f"mesh:{entry_id}",
+    )

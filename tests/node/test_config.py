@@ -95,3 +95,41 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "absent.toml", environ={})
     assert err.value.key == "--config"
+
+
+def _token(name: str, token: str, zone: str) -> dict[str, str]:
+    return {"name": name, "token": token, "zone": zone}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "key", "fragment"),
+    [
+        # The same secret twice: the last (higher) zone used to win silently.
+        (
+            [_token("ci", "s" * 20, "public"), _token("admin", "s" * 20, "restricted")],
+            "mcp.tokens[1].token",
+            "same token as mcp.tokens[0]",
+        ),
+        (
+            [_token("ci", "a" * 20, "public"), _token("ci", "b" * 20, "ops")],
+            "mcp.tokens[1].name",
+            "already the name of mcp.tokens[0]",
+        ),
+        ([_token("stdio", "a" * 20, "ops")], "mcp.tokens[0].name", "reserved"),
+        ([_token("ci", "a" * 10 + " " + "a" * 10, "ops")], "mcp.tokens[0].token", "whitespace"),
+    ],
+)
+def test_ambiguous_tokens_are_refused(
+    tokens: list[dict[str, str]], key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={}, overrides={"mcp.tokens": tokens})
+    assert err.value.key == key
+    assert fragment in err.value.reason
+    assert "s" * 20 not in str(err.value)  # the secret is never echoed
+
+
+def test_distinct_tokens_are_accepted() -> None:
+    tokens = [_token("ci", "a" * 20, "public"), _token("admin", "b" * 20, "restricted")]
+    config = load_config(environ={}, overrides={"mcp.tokens": tokens})
+    assert [t.zone for t in config.mcp.tokens] == ["public", "restricted"]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,11 @@ from mesh.errors import MeshError
 from mesh.membership import MemberReaped, MemberStateChanged
 from mesh.replay import ReplayGuard
 from mesh.service import Service
+from mesh.transport import TransportError
 from node import __version__
 from node.audit import AuditLog
 from node.config import Config
-from node.errors import NodeError, StartupError
+from node.errors import ConfigError, NodeError, StartupError
 from node.http import HttpServer
 from node.mcp.http import TokenGrant, register_mcp_routes
 from node.mesh_calls import COUNTED_EVENTS as MESH_CALL_EVENTS
@@ -152,12 +155,21 @@ class Node(Service):
         )
         http = HttpServer(self, self.config.http.host, self.config.http.port)
         self._register_mcp(http, tools)
-        await http.start()
+        try:
+            await http.start()
+        except OSError as e:
+            raise _bind_error("http", self.config.http.host, self.config.http.port, e) from e
         stack.push_async_callback(http.stop)
         self._http = http
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
-        await stack.enter_async_context(mesh)
+        try:
+            await stack.enter_async_context(mesh)
+        except TransportError as e:
+            if e.reason != "bind":
+                raise
+            cfg = self.config.mesh
+            raise _bind_error("mesh", cfg.host, cfg.port, e.__cause__ or e) from e
         self._register_mesh_metrics(mesh)
         await stack.enter_async_context(replication)
         catalog.on_change(replication.announce_local_tools)
@@ -519,6 +531,28 @@ def _exclusive_lock(path: Path) -> Any:
         yield
     finally:
         os.close(fd)
+
+
+# A bind refused for one of these is about the port (taken, or privileged); anything
+# else (no such address here, a name that does not resolve) is about the host.
+_PORT_ERRNOS = frozenset({errno.EADDRINUSE, errno.EACCES})
+
+
+def _bind_error(section: str, host: str, port: int, error: BaseException) -> ConfigError:
+    """A config error naming the key to change, for a listening socket the OS refused.
+    Exit 2, not 1: restarting (systemd) will not free the port or add the address."""
+    number = getattr(error, "errno", None)
+    if isinstance(error, socket.gaierror) or not isinstance(number, int) or number <= 0:
+        detail = getattr(error, "strerror", None) or str(error)  # resolver errors: their text
+    else:
+        detail = os.strerror(number)  # uvloop and zmq wrap it in longer prose
+    if number in _PORT_ERRNOS:
+        taken = " (another process listens on it)" if number == errno.EADDRINUSE else ""
+        return ConfigError(f"{section}.port", f"cannot listen on {host}:{port}: {detail}{taken}")
+    return ConfigError(
+        f"{section}.host",
+        f"cannot listen on {host}:{port}: {detail} (not an address of this machine?)",
+    )
 
 
 def _write_runtime_file(path: Path, info: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ as one (numbers, booleans, arrays, quoted strings) and as a bare string otherwis
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import re
 import tomllib
@@ -187,6 +188,8 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MAX_REAP_AFTER_S = 30 * 86_400
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
+_MAX_HOST_NAME_CHARS = 253
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
 
 
@@ -270,6 +273,8 @@ def _convert(raw: dict[str, Any]) -> Config:
 def _validate(config: Config) -> None:
     _check_port("http.port", config.http.port)
     _check_port("mesh.port", config.mesh.port)
+    _check_host("http.host", config.http.host)
+    _check_host("mesh.host", config.mesh.host)
     if config.node.log_format not in _LOG_FORMATS:
         raise ConfigError("node.log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     if config.node.log_level not in _LOG_LEVELS:
@@ -359,6 +364,21 @@ def _validate_tokens(config: Config) -> None:
             )
         by_token[entry.token] = i
         by_name[entry.name] = i
+
+
+def _check_host(key: str, host: str) -> None:
+    """An IP address or a host name (an interface name for mesh.host has the same shape).
+    Whether it is an address of this machine is only known when binding: the node then
+    refuses to start naming the key (node/app.py)."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if len(host) > _MAX_HOST_NAME_CHARS or not all(
+        _HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")
+    ):
+        raise ConfigError(key, f"{host!r} is not an IP address or a host name")
 
 
 def _check_port(key: str, port: int) -> None:

@@ -60,6 +60,11 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"envelope.max_future_skew_s": 0}, "envelope.max_future_skew_s", "out of range"),
         ({"mesh.dead_reap_after_s": -1}, "mesh.dead_reap_after_s", "out of range"),
         ({"mesh.left_reap_after_s": 10**9}, "mesh.left_reap_after_s", "out of range"),
+        ({"http.host": "not a host!"}, "http.host", "not an IP address or a host name"),
+        ({"http.host": ""}, "http.host", "not an IP address or a host name"),
+        ({"http.host": "[::1]"}, "http.host", "not an IP address or a host name"),
+        ({"mesh.host": "-bad-.example"}, "mesh.host", "not an IP address or a host name"),
+        ({"mesh.host": "a" * 254}, "mesh.host", "not an IP address or a host name"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragment: str) -> None:
@@ -67,6 +72,12 @@ def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragmen
         load_config(environ={}, overrides=overrides)
     assert err.value.key == key
     assert fragment.lower() in str(err.value).lower()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "node-1.lan.", "lo"])
+def test_host_names_and_addresses_are_accepted(host: str) -> None:
+    config = load_config(environ={}, overrides={"http.host": host, "mesh.host": host})
+    assert config.http.host == config.mesh.host == host
 
 
 def test_bad_env_value_names_the_key() -> None:

@@ -31,12 +31,14 @@ from node.config import Config
 from node.errors import ConfigError, NodeError, StartupError
 from node.http import HttpServer
 from node.mcp.http import TokenGrant, register_mcp_routes
+from node.mcp.stdio_auth import ensure_stdio_token
 from node.mesh_calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from node.mesh_service import MeshService, is_loopback_host
 from node.metrics import NodeMetrics
 from node.replication import ReplicationService
 from node.routing import MeshCatalog
 from node.store import Store
+from node.tools.config import STDIO_GRANT_NAME
 from node.tools.debug import DebugTools
 from node.tools.registry import LocalCatalog, build_local_catalog
 from node.trust import NodeIdentity, ensure_data_dir, load_identity
@@ -222,10 +224,15 @@ class Node(Service):
 
     def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
         mcp = self.config.mcp
+        tokens = {t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens}
+        # `vsmcp mcp-stdio` proves itself with the secret in the data dir; the zone is
+        # ours to decide (node/mcp/stdio_auth.py says why it is not the client's word).
+        stdio_secret = ensure_stdio_token(self.config.data_dir)
+        tokens[stdio_secret] = TokenGrant(zone=mcp.stdio_zone, name=STDIO_GRANT_NAME)
         register_mcp_routes(
             http.app,
             tools,
-            tokens={t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens},
+            tokens=tokens,
             loopback_zone=mcp.loopback_zone,
             allowed_origins=mcp.allowed_origins,
             allowed_hosts=self._mcp_allowed_hosts(),

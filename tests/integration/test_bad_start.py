@@ -112,3 +112,18 @@ async def test_database_missing_a_table(tmp_path: Path) -> None:
 def test_the_unit_does_not_restart_exit_2() -> None:
     unit = (REPO_ROOT / "systemd" / "vsmcpd.service").read_text()
     assert "\nRestartPreventExitStatus=2\n" in unit
+
+
+def test_the_same_token_twice_is_refused_naming_the_entry(tmp_path: Path) -> None:
+    secret = "0123456789abcdef0123"
+    config = _config(
+        tmp_path,
+        "".join(
+            f'[[mcp.tokens]]\nname = "{name}"\ntoken = "{secret}"\nzone = "{zone}"\n'
+            for name, zone in (("ci", "public"), ("admin", "restricted"))
+        ),
+    )
+    line = _refused_in_one_line(
+        _daemon(tmp_path, "--config", config), "mcp.tokens[1].token", "mcp.tokens[0]"
+    )
+    assert secret not in line

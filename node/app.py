@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -23,21 +25,24 @@ from mesh.loops import LoopSupervisor
 from mesh.membership import MemberReaped, MemberStateChanged
 from mesh.replay import ReplayGuard
 from mesh.service import Service
+from mesh.transport import TransportError
 from node import __version__
 from node.audit import AuditLog
 from node.config import Config
 from node.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
-from node.errors import NodeError, StartupError
+from node.errors import ConfigError, NodeError, StartupError
 from node.http import HttpServer
 from node.http_limits import REFUSE_REASONS, ConnectionLimits
 from node.http_policy import RequestPolicy
 from node.mcp.http import TokenGrant, register_mcp_routes
+from node.mcp.stdio_auth import ensure_stdio_token
 from node.mesh_calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from node.mesh_service import MeshService, is_loopback_host
 from node.metrics import NodeMetrics
 from node.replication import ReplicationService
 from node.routing import MeshCatalog
 from node.store import Store
+from node.tools.config import STDIO_GRANT_NAME
 from node.tools.debug import DebugTools
 from node.tools.registry import LocalCatalog, build_local_catalog
 from node.trust import NodeIdentity, ensure_data_dir, load_identity
@@ -174,13 +179,22 @@ class Node(Service):
             RequestPolicy(self._allowed_hosts(), self.config.mcp.allowed_origins),
         )
         self._register_mcp(http, tools)
-        await http.start()
+        try:
+            await http.start()
+        except OSError as e:
+            raise _bind_error("http", self.config.http.host, self.config.http.port, e) from e
         stack.push_async_callback(http.stop)
         self._http = http
         self._register_http_metrics(http)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
-        await stack.enter_async_context(mesh)
+        try:
+            await stack.enter_async_context(mesh)
+        except TransportError as e:
+            if e.reason != "bind":
+                raise
+            cfg = self.config.mesh
+            raise _bind_error("mesh", cfg.host, cfg.port, e.__cause__ or e) from e
         self._register_mesh_metrics(mesh)
         await stack.enter_async_context(replication)
         self.metrics.add_counters(
@@ -248,10 +262,15 @@ class Node(Service):
 
     def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
         mcp = self.config.mcp
+        tokens = {t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens}
+        # `vsmcp mcp-stdio` proves itself with the secret in the data dir; the zone is
+        # ours to decide (node/mcp/stdio_auth.py says why it is not the client's word).
+        stdio_secret = ensure_stdio_token(self.config.data_dir)
+        tokens[stdio_secret] = TokenGrant(zone=mcp.stdio_zone, name=STDIO_GRANT_NAME)
         register_mcp_routes(
             http.app,
             tools,
-            tokens={t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens},
+            tokens=tokens,
             loopback_zone=mcp.loopback_zone,
             max_body_bytes=mcp.max_body_bytes,
             max_sessions=mcp.max_sessions,
@@ -632,6 +651,28 @@ def _exclusive_lock(path: Path) -> Any:
         yield
     finally:
         os.close(fd)
+
+
+# A bind refused for one of these is about the port (taken, or privileged); anything
+# else (no such address here, a name that does not resolve) is about the host.
+_PORT_ERRNOS = frozenset({errno.EADDRINUSE, errno.EACCES})
+
+
+def _bind_error(section: str, host: str, port: int, error: BaseException) -> ConfigError:
+    """A config error naming the key to change, for a listening socket the OS refused.
+    Exit 2, not 1: restarting (systemd) will not free the port or add the address."""
+    number = getattr(error, "errno", None)
+    if isinstance(error, socket.gaierror) or not isinstance(number, int) or number <= 0:
+        detail = getattr(error, "strerror", None) or str(error)  # resolver errors: their text
+    else:
+        detail = os.strerror(number)  # uvloop and zmq wrap it in longer prose
+    if number in _PORT_ERRNOS:
+        taken = " (another process listens on it)" if number == errno.EADDRINUSE else ""
+        return ConfigError(f"{section}.port", f"cannot listen on {host}:{port}: {detail}{taken}")
+    return ConfigError(
+        f"{section}.host",
+        f"cannot listen on {host}:{port}: {detail} (not an address of this machine?)",
+    )
 
 
 def _write_runtime_file(path: Path, info: dict[str, Any]) -> None:

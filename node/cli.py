@@ -40,6 +40,7 @@ from node.cli_patterns import add_pattern_commands
 from node.cli_tools import add_tool_commands
 from node.config import default_data_dir
 from node.errors import EXIT_BAD_CONFIG, NodeError
+from node.mcp.stdio_auth import read_stdio_token
 from node.store import db_path_for
 from node.trust import KEY_FILE_NAME, load_node_key, parse_public_key
 
@@ -169,19 +170,35 @@ def cmd_peers(args: argparse.Namespace) -> int:
 def cmd_mcp_stdio(args: argparse.Namespace) -> int:
     """Serve MCP on stdin/stdout, forwarding to the running node's /mcp."""
     url = _status_url(args) + "/mcp"
-    asyncio.run(_serve_stdio_bridge(url))
+    asyncio.run(_serve_stdio_bridge(url, _stdio_token(args)))
     return EXIT_OK
 
 
-async def _serve_stdio_bridge(url: str) -> None:
+def _stdio_token(args: argparse.Namespace) -> str | None:
+    """The node's stdio secret, when the node was found through a data dir we can read
+    (a bare --url may name another node: its data dir is unknown)."""
+    token = None if args.url and not args.data_dir else read_stdio_token(_data_dir(args))
+    if token is None:
+        # On stderr (stdout is the MCP stream): why calls get the loopback zone.
+        print(
+            "vsmcp mcp-stdio: no stdio secret readable (pass --data-dir of a node run by "
+            "this user); the node treats this bridge as a loopback client, not mcp.stdio_zone",
+            file=sys.stderr,
+        )
+    return token
+
+
+async def _serve_stdio_bridge(url: str, token: str | None) -> None:
     # Imported here: the MCP SDK is heavy, and only this command needs it.
     from node.mcp.bridge import NodeClientCatalog
     from node.mcp.stdio import serve_stdio, stdio_streams
 
     try:
-        async with NodeClientCatalog(url) as catalog:
+        async with NodeClientCatalog(url, token=token) as catalog:
             reader, writer = await stdio_streams()
-            await serve_stdio(catalog, reader, writer, zone="restricted", caller_id="stdio")
+            # No zone check happens here: the bridge's catalog forwards every call, and
+            # the node applies mcp.stdio_zone (or the loopback zone) to it.
+            await serve_stdio(catalog, reader, writer, caller_id="stdio")
     except OSError as e:
         raise RequestFailed(f"cannot reach the node at {url}: {e}") from e
 

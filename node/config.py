@@ -11,12 +11,13 @@ as one (numbers, booleans, arrays, quoted strings) and as a bare string otherwis
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -24,7 +25,13 @@ from mesh.discovery import parse_seed
 from mesh.errors import MeshError
 from node.errors import ConfigError
 from node.mesh_service import is_loopback_host
-from node.tools.config import McpConfig, RateLimitsConfig, ToolsConfig
+from node.tools.config import (
+    STDIO_GRANT_NAME,
+    McpConfig,
+    RateLimitsConfig,
+    ToolsConfig,
+    doc,
+)
 
 DEFAULT_HTTP_PORT = 7700
 DEFAULT_MAX_CONNECTIONS = 512
@@ -48,76 +55,149 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+# Every field has a description (`Annotated[T, doc("...")]`, what the key does, in its
+# unit): README.md's config reference is generated from these structs
+# (`python -m node.config_reference --write README.md`; tests/node/test_config_reference.py
+# fails when a field has none or the README is stale).
+
+
 class NodeSection(_Section):
-    data_dir: str = ""
-    dev: bool = False
-    log_format: str = "text"
-    log_level: str = "info"
-    name: str = ""
-    debug_api: bool = False  # /api/debug/*: cut links, add tools (tests); never in production
-    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
+    data_dir: Annotated[
+        str,
+        doc(
+            'key, certificate, database, runtime.json; "": $XDG_DATA_HOME/vsmcp '
+            "or ~/.local/share/vsmcp"
+        ),
+    ] = ""
+    dev: Annotated[
+        bool, doc("self-certify; mesh.host must be loopback (single machine only, loudly flagged)")
+    ] = False
+    log_format: Annotated[str, doc('"text" or "json" (one object per line), on stdout')] = "text"
+    log_level: Annotated[str, doc("debug | info | warning | error")] = "info"
+    name: Annotated[str, doc('a human name; "": the node id\'s last 8 characters')] = ""
+    debug_api: Annotated[
+        bool, doc("/api/debug/* (cut links, add tools): tests only, never in production")
+    ] = False
+    event_loop: Annotated[
+        str, doc("auto (uvloop when installed; it is a dependency) | uvloop | asyncio")
+    ] = "auto"
 
 
 class HttpSection(_Section):
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_HTTP_PORT
-    # Open connections at most; 16 more serve only /healthz, /metrics and /api/*.
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    # Open connections from one client address at most (all local clients share one).
-    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-    # Seconds a connection has to send a complete request head, from opening or from
-    # its previous response (also how long an idle keep-alive connection stays open).
-    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
-    # Seconds a request body may go without a byte before the connection is closed.
-    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
+    host: Annotated[str, doc("HTTP bind address: an IP address or a host name of this machine")] = (
+        "127.0.0.1"
+    )
+    port: Annotated[int, doc("0 = pick a free port (printed, and in runtime.json)")] = (
+        DEFAULT_HTTP_PORT
+    )
+    max_connections: Annotated[
+        int, doc("open connections at most; 16 more serve only /healthz, /metrics and /api/*")
+    ] = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_client: Annotated[
+        int, doc("open connections from one client address (all local clients share one)")
+    ] = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    head_timeout_s: Annotated[
+        float,
+        doc(
+            "seconds a connection has to send a complete request head, from opening or from "
+            "its previous response (also how long an idle keep-alive connection stays open)"
+        ),
+    ] = DEFAULT_HEAD_TIMEOUT_S
+    body_idle_timeout_s: Annotated[
+        float, doc("seconds a request body may go without a byte before the connection closes")
+    ] = DEFAULT_BODY_IDLE_TIMEOUT_S
 
 
 class MeshSection(_Section):
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_MESH_PORT
-    seeds: list[str] = msgspec.field(default_factory=list)
-    mdns: bool = True
-    preset: str = "lan"  # membership timing: local | lan | wan
-    name: str = "default"  # nodes admit only peers of the same mesh name
-    # How long dead / left members stay in the member table; 0: the preset's
-    # (24 h / 1 h; local: 10 min / 60 s).
-    dead_reap_after_s: int = 0
-    left_reap_after_s: int = 0
+    host: Annotated[
+        str,
+        doc(
+            "mesh (ZeroMQ) bind address, advertised to peers; also the mDNS interface. "
+            "An IP address, an interface name or localhost"
+        ),
+    ] = "127.0.0.1"
+    port: Annotated[int, doc("0 = pick a free port; UDP whois on the same number")] = (
+        DEFAULT_MESH_PORT
+    )
+    seeds: Annotated[
+        list[str], doc('peers to join through: "HOST:PORT" or "NODE_ID@HOST:PORT"')
+    ] = msgspec.field(default_factory=list)
+    mdns: Annotated[bool, doc("find peers by multicast DNS (_vsmcp._tcp.local.)")] = True
+    preset: Annotated[str, doc("membership timing: local | lan | wan")] = "lan"
+    name: Annotated[str, doc("admit only peers of the same mesh name")] = "default"
+    dead_reap_after_s: Annotated[
+        int, doc("forget dead members after this; 0 = the preset's (24 h; local: 10 min)")
+    ] = 0
+    left_reap_after_s: Annotated[
+        int, doc("forget left members after this; 0 = the preset's (1 h; local: 60 s)")
+    ] = 0
 
 
 class TrustSection(_Section):
-    authority_public_key: str = ""
-    certificate_file: str = ""
-    zones: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ZONES))
-    dev_zone: str = "restricted"
+    authority_public_key: Annotated[
+        str, doc("the mesh authority: hex, base64 or its node id (required unless dev)")
+    ] = ""
+    certificate_file: Annotated[str, doc('this node\'s certificate; "": <data_dir>/node.cert')] = ""
+    zones: Annotated[list[str], doc("zones, lowest first")] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_ZONES)
+    )
+    dev_zone: Annotated[str, doc("the zone a dev (self-certified) node gives itself")] = (
+        "restricted"
+    )
 
 
 class EnvelopeSection(_Section):
-    max_bytes: int = 1 << 20
-    max_skew_s: int = 30  # how old an envelope may be
-    # How far ahead of our clock an envelope may be stamped. Kept short: after a crash
-    # the node refuses everything stamped before restart + this (it may have accepted
-    # it already), so it is also how long a crashed node takes to rejoin.
-    max_future_skew_s: int = 5
-    replay_window: int = 1024
-    replay_max_senders: int = 16384
+    max_bytes: Annotated[int, doc("largest envelope, checked before anything is decoded")] = 1 << 20
+    max_skew_s: Annotated[int, doc("how old an envelope may be")] = 30
+    # Kept short: after a crash the node refuses everything stamped before restart +
+    # this (it may have accepted it already), so it is also how long a crashed node
+    # takes to rejoin.
+    max_future_skew_s: Annotated[
+        int,
+        doc(
+            "how far ahead of our clock an envelope may be stamped; also how long a "
+            "crashed node refuses envelopes after restart"
+        ),
+    ] = 5
+    replay_window: Annotated[int, doc("per-sender sequence window of the replay guard")] = 1024
+    replay_max_senders: Annotated[
+        int, doc("senders the replay guard remembers (its memory bound)")
+    ] = 16384
 
 
 class AuditSection(_Section):
-    batch_size: int = 2048
-    queue_size: int = 65536
+    batch_size: Annotated[int, doc("audit entries written per transaction, at most")] = 2048
+    queue_size: Annotated[
+        int, doc("audit entries waiting to be written; a full queue makes callers wait")
+    ] = 65536
 
 
 class Config(_Section):
-    node: NodeSection = msgspec.field(default_factory=NodeSection)
-    http: HttpSection = msgspec.field(default_factory=HttpSection)
-    mesh: MeshSection = msgspec.field(default_factory=MeshSection)
-    trust: TrustSection = msgspec.field(default_factory=TrustSection)
-    envelope: EnvelopeSection = msgspec.field(default_factory=EnvelopeSection)
-    audit: AuditSection = msgspec.field(default_factory=AuditSection)
-    tools: ToolsConfig = msgspec.field(default_factory=ToolsConfig)
-    limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
-    mcp: McpConfig = msgspec.field(default_factory=McpConfig)
+    node: Annotated[NodeSection, doc("this process")] = msgspec.field(default_factory=NodeSection)
+    http: Annotated[HttpSection, doc("/healthz, /metrics, /api/*, /mcp")] = msgspec.field(
+        default_factory=HttpSection
+    )
+    mesh: Annotated[MeshSection, doc("peers: ZeroMQ, discovery, membership")] = msgspec.field(
+        default_factory=MeshSection
+    )
+    trust: Annotated[TrustSection, doc("authority, certificate, zones")] = msgspec.field(
+        default_factory=TrustSection
+    )
+    envelope: Annotated[EnvelopeSection, doc("signed messages between nodes")] = msgspec.field(
+        default_factory=EnvelopeSection
+    )
+    audit: Annotated[AuditSection, doc("the signed audit log")] = msgspec.field(
+        default_factory=AuditSection
+    )
+    tools: Annotated[ToolsConfig, doc("System 1 units: built-ins, plugins, mounts")] = (
+        msgspec.field(default_factory=ToolsConfig)
+    )
+    limits: Annotated[RateLimitsConfig, doc("token buckets; a refused call gets retry-after")] = (
+        msgspec.field(default_factory=RateLimitsConfig)
+    )
+    mcp: Annotated[McpConfig, doc("the MCP gateway (/mcp, vsmcp mcp-stdio)")] = msgspec.field(
+        default_factory=McpConfig
+    )
 
     @property
     def data_dir(self) -> Path:
@@ -132,6 +212,8 @@ MAX_REAP_AFTER_S = 30 * 86_400
 MAX_TIMEOUT_S = 3600.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
+_MAX_HOST_NAME_CHARS = 253
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
 
 
@@ -215,6 +297,8 @@ def _convert(raw: dict[str, Any]) -> Config:
 def _validate(config: Config) -> None:
     _check_port("http.port", config.http.port)
     _check_port("mesh.port", config.mesh.port)
+    _check_host("http.host", config.http.host)
+    _check_host("mesh.host", config.mesh.host)
     _check_range("http.max_connections", config.http.max_connections, 1, 1 << 20)
     _check_range(
         "http.max_connections_per_client", config.http.max_connections_per_client, 1, 1 << 20
@@ -258,6 +342,7 @@ def _validate(config: Config) -> None:
     _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
     _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
     _validate_zone_references(config)
+    _validate_tokens(config)
     for i, seed in enumerate(config.mesh.seeds):
         try:
             parse_seed(seed)
@@ -288,6 +373,50 @@ def _validate_zone_references(config: Config) -> None:
             raise ConfigError(
                 key, f"unknown zone '{referenced}' (trust.zones: {', '.join(config.trust.zones)})"
             )
+
+
+def _validate_tokens(config: Config) -> None:
+    """One token, one grant: a token listed twice would get whichever zone came last, and
+    two tokens sharing a name could not be told apart in the audit log or the rate limits.
+    Messages name the entries, never the secret."""
+    by_token: dict[str, int] = {}
+    by_name: dict[str, int] = {}
+    for i, entry in enumerate(config.mcp.tokens):
+        if any(c.isspace() for c in entry.token):
+            raise ConfigError(f"mcp.tokens[{i}].token", "must not contain whitespace")
+        if entry.token in by_token:
+            raise ConfigError(
+                f"mcp.tokens[{i}].token",
+                f"the same token as mcp.tokens[{by_token[entry.token]}] "
+                "(a token grants one zone: list it once)",
+            )
+        if entry.name in by_name:
+            raise ConfigError(
+                f"mcp.tokens[{i}].name",
+                f"'{entry.name}' is already the name of mcp.tokens[{by_name[entry.name]}]",
+            )
+        if entry.name == STDIO_GRANT_NAME:
+            raise ConfigError(
+                f"mcp.tokens[{i}].name",
+                f"'{STDIO_GRANT_NAME}' is reserved for `vsmcp mcp-stdio` clients (mcp.stdio_zone)",
+            )
+        by_token[entry.token] = i
+        by_name[entry.name] = i
+
+
+def _check_host(key: str, host: str) -> None:
+    """An IP address or a host name (an interface name for mesh.host has the same shape).
+    Whether it is an address of this machine is only known when binding: the node then
+    refuses to start naming the key (node/app.py)."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if len(host) > _MAX_HOST_NAME_CHARS or not all(
+        _HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")
+    ):
+        raise ConfigError(key, f"{host!r} is not an IP address or a host name")
 
 
 def _check_port(key: str, port: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -111,6 +112,7 @@ class Store(Service):
         try:
             await self._configure(conn)
             self._schema_version = await self._migrate(conn)
+            await self._check_schema(conn)
         except BaseException:
             await conn.close()
             raise
@@ -202,6 +204,55 @@ class Store(Service):
                 raise
             await conn.execute("COMMIT")
         return await _user_version(conn)
+
+    async def _check_schema(self, conn: aiosqlite.Connection) -> None:
+        """Every table the migrations made is there with its columns: a database whose
+        version says "migrated" but that lost a table (a bad edit, a damaged file)
+        would otherwise fail on first use, as a traceback and exit 1 in a restart loop."""
+        for table, expected in _expected_schema().items():
+            try:
+                async with conn.execute(f"PRAGMA table_info({table})") as cur:
+                    columns = tuple(str(row[1]) for row in await cur.fetchall())
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(
+                    f"store {self._db_path} is not a usable SQLite database: {exc}",
+                    reason="corrupt",
+                ) from exc
+            if not columns:
+                problem = f"table {table} is missing"
+            elif columns != expected:
+                problem = (
+                    f"table {table} has columns {', '.join(columns)}, not {', '.join(expected)}"
+                )
+            else:
+                continue
+            raise StoreError(
+                f"store {self._db_path} (schema version {self._schema_version}) is damaged: "
+                f"{problem}; restore it from a backup, or move it aside to start an empty one",
+                reason="schema",
+            )
+
+
+@functools.cache
+def _expected_schema() -> dict[str, tuple[str, ...]]:
+    """{table: columns} that `MIGRATIONS` produce, read from a scratch in-memory database
+    so that the check can never disagree with the migrations."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        for step in MIGRATIONS:
+            for statement in step:
+                scratch.execute(statement)
+        tables = [
+            str(row[0])
+            for row in scratch.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        return {
+            t: tuple(str(r[1]) for r in scratch.execute(f"PRAGMA table_info({t})")) for t in tables
+        }
+    finally:
+        scratch.close()
 
 
 async def _user_version(conn: aiosqlite.Connection) -> int:

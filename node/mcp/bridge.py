@@ -2,8 +2,9 @@
 
 `vsmcp mcp-stdio` puts this behind the stdio server, so an MCP client that can only
 spawn a command (editors, desktop agents) reaches every tool of the mesh through the
-local node. The node, not this bridge, decides zones and limits: it sees a loopback
-HTTP client and applies `mcp.loopback_zone` (or a bearer token's zone).
+local node. The node, not this bridge, decides zones and limits: a bridge bearing the
+node's stdio secret (`token`, read from its data dir) gets `mcp.stdio_zone`, one
+without it is a loopback HTTP client (`mcp.loopback_zone`); see node/mcp/stdio_auth.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx2
 from mcp.client.client import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from mesh.loops import LoopSupervisor
@@ -24,13 +27,20 @@ from node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_S = 5.0
+# The SDK's own defaults for its HTTP client: a call's answer may take long (the call's
+# own deadline is passed per call), connecting should not.
+CONNECT_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 300.0
 
 
 class NodeClientCatalog:
     """Tools of the node at `url` (its /mcp). An async context manager."""
 
-    def __init__(self, url: str, *, refresh_interval_s: float = REFRESH_INTERVAL_S) -> None:
+    def __init__(
+        self, url: str, *, token: str | None = None, refresh_interval_s: float = REFRESH_INTERVAL_S
+    ) -> None:
         self._url = url
+        self._token = token
         self._refresh_interval_s = refresh_interval_s
         self._client: Client | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -40,7 +50,14 @@ class NodeClientCatalog:
         self._loops = LoopSupervisor()
 
     async def __aenter__(self) -> NodeClientCatalog:
-        self._client = await self._stack.enter_async_context(Client(self._url, mode="auto"))
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        http = await self._stack.enter_async_context(
+            httpx2.AsyncClient(
+                headers=headers, timeout=httpx2.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+            )
+        )
+        transport = streamable_http_client(self._url, http_client=http)
+        self._client = await self._stack.enter_async_context(Client(transport, mode="auto"))
         await self.refresh()
         # Supervised: a refresh failing otherwise than with an MCP error (the node went
         # away) is retried with backoff instead of ending refreshes for good.

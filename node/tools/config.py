@@ -1,12 +1,17 @@
 """Config sections of the tool layer and the MCP gateway (msgspec Structs, TOML-shaped).
 
-Suggested placement in the node Config: `tools: ToolsConfig`, `limits: RateLimitsConfig`,
+Placed in the node Config as `tools: ToolsConfig`, `limits: RateLimitsConfig`,
 `mcp: McpConfig`, i.e. TOML tables `[tools]`, `[limits]`, `[mcp]`.
+
+Every field carries its description (`Annotated[T, doc("...")]`): README.md's config
+reference is generated from these structs and node/config.py's
+(`python -m node.config_reference --write README.md`), and a test fails when a field
+has no description or the README is out of date.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -17,26 +22,51 @@ NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 DEFAULT_MAX_SESSIONS_PER_CALLER = 64
 DEFAULT_MAX_LISTENERS_PER_CALLER = 16
 ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
+# The grant `vsmcp mcp-stdio` clients get (zone `mcp.stdio_zone`, origin `http:stdio`);
+# no `mcp.tokens` entry may take this name.
+STDIO_GRANT_NAME: Final = "stdio"
+
+
+def doc(description: str) -> msgspec.Meta:
+    """A config field's description, for `Annotated[T, doc("...")]`: what the key does,
+    in its unit. It is what README.md's generated config reference says about the key."""
+    return msgspec.Meta(description=description)
 
 
 class SupervisionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Restart, crash-loop and quarantine settings shared by every unit (see supervisor.py)."""
 
-    backoff_initial_s: PositiveFloat = 0.2
-    backoff_max_s: PositiveFloat = 30.0
-    backoff_reset_s: PositiveFloat = 30.0
-    crash_loop_failures: PositiveInt = 5
-    crash_loop_window_s: PositiveFloat = 60.0
-    quarantine_s: PositiveFloat = 60.0
-    stop_timeout_s: PositiveFloat = 10.0
+    backoff_initial_s: Annotated[
+        PositiveFloat, doc("first restart delay of a crashed unit; doubles per crash")
+    ] = 0.2
+    backoff_max_s: Annotated[PositiveFloat, doc("longest restart delay")] = 30.0
+    backoff_reset_s: Annotated[
+        PositiveFloat, doc("a unit up this long has its crash count (and delay) reset")
+    ] = 30.0
+    crash_loop_failures: Annotated[
+        PositiveInt, doc("this many failures within crash_loop_window_s quarantine a unit")
+    ] = 5
+    crash_loop_window_s: Annotated[PositiveFloat, doc("the crash-loop window")] = 60.0
+    quarantine_s: Annotated[
+        PositiveFloat, doc("how long a quarantined unit stays stopped (its tools unlisted)")
+    ] = 60.0
+    stop_timeout_s: Annotated[
+        PositiveFloat, doc("how long a unit may take to stop before it is cancelled")
+    ] = 10.0
 
 
 class UnitLimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Per-unit overrides; `None` takes the `[tools]` default."""
 
-    max_concurrency: PositiveInt | None = None
-    max_queue: NonNegInt | None = None
-    timeout_s: PositiveFloat | None = None
+    max_concurrency: Annotated[
+        PositiveInt | None, doc("calls running at once in this unit; unset: tools.max_concurrency")
+    ] = None
+    max_queue: Annotated[
+        NonNegInt | None, doc("calls waiting for a slot; unset: tools.max_queue")
+    ] = None
+    timeout_s: Annotated[
+        PositiveFloat | None, doc("per-call time limit; unset: tools.timeout_s")
+    ] = None
 
 
 class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -47,12 +77,21 @@ class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     `fn(arguments, ctx)`, sync or async.
     """
 
-    name: ToolName
-    target: str
-    description: str = ""
-    input_schema: dict[str, Any] | None = None
-    zone: str | None = None
-    limits: UnitLimitsConfig = msgspec.field(default_factory=UnitLimitsConfig)
+    name: Annotated[ToolName, doc("the tool's name")]
+    target: Annotated[
+        str, doc('"package.module:function": a PluginTool or a callable fn(arguments, ctx)')
+    ]
+    description: Annotated[str, doc("shown to clients; empty: the function's docstring")] = ""
+    input_schema: Annotated[
+        dict[str, Any] | None,
+        doc("JSON Schema of the arguments; unset: the target's, or any object"),
+    ] = None
+    zone: Annotated[
+        str | None, doc("lowest caller zone allowed to call it; unset: the target's, or public")
+    ] = None
+    limits: Annotated[UnitLimitsConfig, doc("this tool's unit limits")] = msgspec.field(
+        default_factory=UnitLimitsConfig
+    )
 
 
 class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -63,20 +102,34 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     `namespace` defaults to `name`, and `""` keeps the server's names unchanged.
     """
 
-    name: ToolName
-    command: str | None = None
-    args: list[str] = msgspec.field(default_factory=list)
-    env: dict[str, str] = msgspec.field(default_factory=dict)
-    cwd: str | None = None
-    url: str | None = None
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    mode: Literal["auto", "legacy"] = "auto"
-    namespace: str | None = None
-    zone: str = "public"
-    tool_zones: dict[str, str] = msgspec.field(default_factory=dict)
-    health_interval_s: PositiveFloat = 5.0
-    health_timeout_s: PositiveFloat = 5.0
-    limits: UnitLimitsConfig = msgspec.field(default_factory=UnitLimitsConfig)
+    name: Annotated[ToolName, doc("the mount's name (and default namespace)")]
+    command: Annotated[str | None, doc("stdio server: the program to run (or set url)")] = None
+    args: Annotated[list[str], doc("its arguments")] = msgspec.field(default_factory=list)
+    env: Annotated[dict[str, str], doc("extra environment variables")] = msgspec.field(
+        default_factory=dict
+    )
+    cwd: Annotated[str | None, doc("its working directory; unset: the node's")] = None
+    url: Annotated[str | None, doc("Streamable HTTP server: its URL (or set command)")] = None
+    headers: Annotated[dict[str, str], doc("extra HTTP headers (url only)")] = msgspec.field(
+        default_factory=dict
+    )
+    mode: Annotated[
+        Literal["auto", "legacy"], doc("protocol: auto (negotiate) | legacy (2025-11-25 only)")
+    ] = "auto"
+    namespace: Annotated[
+        str | None, doc('tools are named <namespace>.<tool>; unset: name; "": unprefixed')
+    ] = None
+    zone: Annotated[str, doc("lowest caller zone allowed to call its tools")] = "public"
+    tool_zones: Annotated[dict[str, str], doc("zone per tool (server's name), overriding zone")] = (
+        msgspec.field(default_factory=dict)
+    )
+    health_interval_s: Annotated[PositiveFloat, doc("seconds between health pings")] = 5.0
+    health_timeout_s: Annotated[
+        PositiveFloat, doc("a ping unanswered this long restarts the mount")
+    ] = 5.0
+    limits: Annotated[UnitLimitsConfig, doc("this mount's unit limits")] = msgspec.field(
+        default_factory=UnitLimitsConfig
+    )
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):
@@ -84,58 +137,118 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    introspection_zone: str = "public"
-    entry_points: bool = True
-    max_concurrency: PositiveInt = 16
-    max_queue: NonNegInt = 64
-    timeout_s: PositiveFloat = 30.0
-    supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
-    plugins: list[PluginToolConfig] = msgspec.field(default_factory=list)
-    mounts: list[MountConfig] = msgspec.field(default_factory=list)
+    introspection_zone: Annotated[
+        str, doc("zone of the built-in vsm.status / vsm.peers / vsm.tools")
+    ] = "public"
+    entry_points: Annotated[
+        bool, doc("load the tools of installed packages (entry point group vsmcp.tools)")
+    ] = True
+    max_concurrency: Annotated[PositiveInt, doc("calls running at once per unit")] = 16
+    max_queue: Annotated[
+        NonNegInt, doc("calls waiting for a slot per unit; beyond: refused, retry-after")
+    ] = 64
+    timeout_s: Annotated[PositiveFloat, doc("per-call time limit")] = 30.0
+    supervision: Annotated[SupervisionConfig, doc("restarts and quarantine")] = msgspec.field(
+        default_factory=SupervisionConfig
+    )
+    plugins: Annotated[list[PluginToolConfig], doc("Python tools")] = msgspec.field(
+        default_factory=list
+    )
+    mounts: Annotated[list[MountConfig], doc("external MCP servers")] = msgspec.field(
+        default_factory=list
+    )
 
 
 class RateLimitConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    rate_per_s: PositiveFloat
-    burst: Annotated[float, msgspec.Meta(ge=1)]
+    rate_per_s: Annotated[PositiveFloat, doc("calls per second, sustained")]
+    burst: Annotated[float, msgspec.Meta(ge=1), doc("calls allowed at once (bucket size)")]
 
 
 class RateLimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Token buckets. `per_origin`/`per_tool` are the defaults (`None` = unlimited);
     `origins`/`tools` override them for named origins (`http:ci`) and tools (`echo`)."""
 
-    per_origin: RateLimitConfig | None = None
-    per_tool: RateLimitConfig | None = None
-    # Calls from one entry node of the mesh, all its callers together (calls/s, burst);
-    # each caller behind it also has its own `per_origin` bucket. Unset: 8 × per_origin.
-    per_peer: RateLimitConfig | None = None
-    origins: dict[str, RateLimitConfig] = msgspec.field(default_factory=dict)
-    tools: dict[str, RateLimitConfig] = msgspec.field(default_factory=dict)
-    max_buckets: PositiveInt = 10_000
+    per_origin: Annotated[
+        RateLimitConfig | None,
+        doc(
+            "bucket of each origin (http:<name>; mesh:<entry>/<origin> for mesh callers); "
+            "unset: unlimited"
+        ),
+    ] = None
+    per_tool: Annotated[RateLimitConfig | None, doc("bucket of each tool; unset: unlimited")] = None
+    per_peer: Annotated[
+        RateLimitConfig | None,
+        doc(
+            "bucket of one entry node of the mesh, all its callers together (each caller "
+            "behind it also has its per_origin bucket); unset: 8 x per_origin"
+        ),
+    ] = None
+    origins: Annotated[
+        dict[str, RateLimitConfig],
+        doc(
+            "bucket of a named origin (or mesh:<node id> for a whole entry node), "
+            "overriding the default"
+        ),
+    ] = msgspec.field(default_factory=dict)
+    tools: Annotated[
+        dict[str, RateLimitConfig], doc("bucket of a named tool, overriding per_tool")
+    ] = msgspec.field(default_factory=dict)
+    max_buckets: Annotated[
+        PositiveInt, doc("buckets kept per kind (least recently used dropped, counted)")
+    ] = 10_000
 
 
 class McpTokenConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A bearer token for `/mcp`; `name` appears in the origin (`http:<name>`) and the audit."""
 
-    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
-    token: Annotated[str, msgspec.Meta(min_length=16)]
-    zone: str
+    name: Annotated[
+        str,
+        msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$"),
+        doc("unique; the caller's origin is http:<name> (audit, rate limits)"),
+    ]
+    token: Annotated[
+        str, msgspec.Meta(min_length=16), doc("the secret, at least 16 characters; unique")
+    ]
+    zone: Annotated[str, doc("the zone its bearer gets")]
 
 
 class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    tokens: list[McpTokenConfig] = msgspec.field(default_factory=list)
-    loopback_zone: str | None = "public"
-    # Browser Origins HTTP answers (every route); a request with another Origin gets 403.
-    allowed_origins: list[str] = msgspec.field(default_factory=list)
-    # Host names HTTP answers (every route, not only /mcp) besides loopback ones when the
-    # node listens on loopback; on another address, Host is checked only if this is set.
-    allowed_hosts: list[str] = msgspec.field(default_factory=list)
-    max_body_bytes: PositiveInt = 1 << 20
-    # 2025-11-25 sessions open at once, in all and per caller (a token's name, or an
-    # anonymous client's address); a caller at its quota gives up its oldest idle one.
-    max_sessions: PositiveInt = 256
-    max_sessions_per_caller: PositiveInt = DEFAULT_MAX_SESSIONS_PER_CALLER
-    session_idle_s: PositiveFloat = 600.0
-    # 2026-07-28 `subscriptions/listen` streams open at once, in all and per caller.
-    max_listeners: PositiveInt = 64
-    max_listeners_per_caller: PositiveInt = DEFAULT_MAX_LISTENERS_PER_CALLER
-    stdio_zone: str = "public"
+    tokens: Annotated[list[McpTokenConfig], doc("bearer tokens for /mcp, each granting a zone")] = (
+        msgspec.field(default_factory=list)
+    )
+    loopback_zone: Annotated[str | None, doc("zone of a loopback /mcp client without a token")] = (
+        "public"
+    )
+    allowed_origins: Annotated[
+        list[str], doc("browser Origins HTTP answers (every route); another Origin gets 403")
+    ] = msgspec.field(default_factory=list)
+    allowed_hosts: Annotated[
+        list[str],
+        doc(
+            "Host names HTTP answers (every route) besides localhost, 127.0.0.1, ::1 (when "
+            "the node listens on loopback; elsewhere Host is checked only if this is set)"
+        ),
+    ] = msgspec.field(default_factory=list)
+    max_body_bytes: Annotated[PositiveInt, doc("largest /mcp request body")] = 1 << 20
+    max_sessions: Annotated[PositiveInt, doc("2025-11-25 sessions open at once, in all")] = 256
+    max_sessions_per_caller: Annotated[
+        PositiveInt,
+        doc(
+            "sessions of one caller (a token's name, or an anonymous client's address); "
+            "a caller at its quota gives up its own oldest idle session"
+        ),
+    ] = DEFAULT_MAX_SESSIONS_PER_CALLER
+    session_idle_s: Annotated[PositiveFloat, doc("a session idle this long ends")] = 600.0
+    max_listeners: Annotated[
+        PositiveInt, doc("open notification streams (subscriptions/listen, GET) at once")
+    ] = 64
+    max_listeners_per_caller: Annotated[
+        PositiveInt, doc("open notification streams of one caller")
+    ] = DEFAULT_MAX_LISTENERS_PER_CALLER
+    stdio_zone: Annotated[
+        str,
+        doc(
+            "zone of `vsmcp mcp-stdio` clients, proven by the secret in <data_dir>/stdio.token; "
+            "a bridge that cannot read it is a plain loopback client"
+        ),
+    ] = "public"

@@ -44,3 +44,50 @@ def test_stdio_bridge_without_a_node_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("mcp-stdio", "--data-dir", str(tmp_path / "nothing"))
     assert result.returncode == 2
     assert "no running node found" in result.stderr
+
+
+def _node_with_ops_tool(tmp_path: Path, name: str, stdio_zone: str) -> NodeProcess:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[mcp]\nstdio_zone = "{stdio_zone}"\nloopback_zone = "public"\n'
+        '[[tools.plugins]]\nname = "add"\ntarget = "tests.integration.plugin_tools:add"\n'
+        'zone = "ops"\n'
+    )
+    return NodeProcess(tmp_path / name, "--no-mdns", "--config", str(config))
+
+
+async def _call_add(*bridge_args: str) -> int | tuple[int, object]:
+    """The sum through a `vsmcp mcp-stdio` bridge, or (error code, the caller zone the node saw)."""
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "node.cli", "mcp-stdio", *bridge_args],
+        cwd=str(REPO_ROOT),
+    )
+    async with Client(params, mode="auto") as client:
+        try:
+            result = await client.call_tool("add", {"a": 2, "b": 3})
+        except MCPError as e:
+            data = e.data if isinstance(e.data, dict) else {}
+            return e.code, data.get("zone")
+    assert result.structured_content is not None, result
+    return int(result.structured_content["sum"])
+
+
+async def test_stdio_clients_get_the_nodes_stdio_zone(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    public = _node_with_ops_tool(tmp_path, "public", stdio_zone="public")
+    ops = _node_with_ops_tool(tmp_path, "ops", stdio_zone="ops")
+    nodes += [public, ops]
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_ready()
+
+    # mcp.stdio_zone = public: a stdio client may not call an ops tool.
+    assert await _call_add("--data-dir", str(public.data_dir)) == (-32010, "public")
+    # mcp.stdio_zone = ops: it may (the zone the node decided, not the bridge).
+    assert await _call_add("--data-dir", str(ops.data_dir)) == 5
+    # A bridge that cannot show the node's stdio secret (--url alone: any local process
+    # could do that) is a plain loopback client, whatever it calls itself.
+    assert await _call_add("--url", ops.url) == (-32010, "public")

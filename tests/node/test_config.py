@@ -67,6 +67,11 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"node.dev": True, "mesh.host": "0.0.0.0"}, "mesh.host", "loopback only"),
         ({"node.dev": True, "mesh.host": "10.1.2.3"}, "mesh.host", "loopback only"),
         ({"node.dev": True, "mesh.host": "::"}, "mesh.host", "loopback only"),
+        ({"http.host": "not a host!"}, "http.host", "not an IP address or a host name"),
+        ({"http.host": ""}, "http.host", "not an IP address or a host name"),
+        ({"http.host": "[::1]"}, "http.host", "not an IP address or a host name"),
+        ({"mesh.host": "-bad-.example"}, "mesh.host", "not an IP address or a host name"),
+        ({"mesh.host": "a" * 254}, "mesh.host", "not an IP address or a host name"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragment: str) -> None:
@@ -84,6 +89,12 @@ def test_dev_runs_on_any_loopback_mesh_host(host: str) -> None:
 
 def test_a_certified_node_may_listen_anywhere() -> None:
     assert load_config(environ={}, overrides={"mesh.host": "0.0.0.0"}).mesh.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "node-1.lan.", "lo"])
+def test_host_names_and_addresses_are_accepted(host: str) -> None:
+    config = load_config(environ={}, overrides={"http.host": host, "mesh.host": host})
+    assert config.http.host == config.mesh.host == host
 
 
 def test_bad_env_value_names_the_key() -> None:
@@ -112,3 +123,41 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "absent.toml", environ={})
     assert err.value.key == "--config"
+
+
+def _token(name: str, token: str, zone: str) -> dict[str, str]:
+    return {"name": name, "token": token, "zone": zone}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "key", "fragment"),
+    [
+        # The same secret twice: the last (higher) zone used to win silently.
+        (
+            [_token("ci", "s" * 20, "public"), _token("admin", "s" * 20, "restricted")],
+            "mcp.tokens[1].token",
+            "same token as mcp.tokens[0]",
+        ),
+        (
+            [_token("ci", "a" * 20, "public"), _token("ci", "b" * 20, "ops")],
+            "mcp.tokens[1].name",
+            "already the name of mcp.tokens[0]",
+        ),
+        ([_token("stdio", "a" * 20, "ops")], "mcp.tokens[0].name", "reserved"),
+        ([_token("ci", "a" * 10 + " " + "a" * 10, "ops")], "mcp.tokens[0].token", "whitespace"),
+    ],
+)
+def test_ambiguous_tokens_are_refused(
+    tokens: list[dict[str, str]], key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={}, overrides={"mcp.tokens": tokens})
+    assert err.value.key == key
+    assert fragment in err.value.reason
+    assert "s" * 20 not in str(err.value)  # the secret is never echoed
+
+
+def test_distinct_tokens_are_accepted() -> None:
+    tokens = [_token("ci", "a" * 20, "public"), _token("admin", "b" * 20, "restricted")]
+    config = load_config(environ={}, overrides={"mcp.tokens": tokens})
+    assert [t.zone for t in config.mcp.tokens] == ["public", "restricted"]

@@ -95,3 +95,26 @@ async def test_newer_schema_version_raises_naming_both_versions(tmp_path: Path) 
     assert str(newer) in message and str(SCHEMA_VERSION) in message
     assert str(tmp_path / DB_FILENAME) in message
     assert info.value.reason == "schema_too_new"
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ("DROP TABLE audit_entries", "table audit_entries is missing"),
+        ("DROP TABLE kv", "table kv is missing"),
+        ("ALTER TABLE audit_head DROP COLUMN sig", "table audit_head has columns id, seq, hash"),
+    ],
+)
+async def test_a_migrated_store_missing_a_table_is_refused_naming_it(
+    tmp_path: Path, damage: str, fragment: str
+) -> None:
+    async with Store.open(tmp_path):
+        pass
+    with sqlite3.connect(tmp_path / DB_FILENAME) as conn:
+        conn.execute(damage)
+    with pytest.raises(StoreError) as info:
+        async with Store.open(tmp_path):
+            pass
+    assert fragment in str(info.value)
+    assert str(tmp_path / DB_FILENAME) in str(info.value)
+    assert info.value.reason == "schema"

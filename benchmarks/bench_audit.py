@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import cpu_model
 
-from node.audit import AuditLog, verify_audit_log
-from node.store import Store
+from vsmcp.node.store.audit import AuditLog, verify_audit_log
+from vsmcp.node.store.database import Store
 
 TARGET_ENTRIES_PER_S = 20_000
 

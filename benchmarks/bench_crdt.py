@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import machine
 
-from crdt.registry import CapabilityRegistry
-from crdt.signing import Ed25519Signer
-from crdt.sync import SyncEndpoint, SyncUpdate, encode_message
+from vsmcp.crdt.registry import CapabilityRegistry
+from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.crdt.sync import SyncEndpoint, SyncUpdate, encode_message
 
 TOOLS = 200
 BATCH = 64

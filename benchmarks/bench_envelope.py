@@ -22,9 +22,9 @@ import nacl.bindings
 import nacl.signing
 from _machine import machine
 
-from mesh.envelope import MsgType, Opener, Sealer
-from mesh.identity import NodeKey
-from mesh.replay import ReplayGuard
+from vsmcp.mesh.envelope import MsgType, Opener, Sealer
+from vsmcp.mesh.identity import NodeKey
+from vsmcp.mesh.replay import ReplayGuard
 
 PAYLOAD = b'{"jsonrpc":"2.0","id":17,"method":"tools/call","params":{"name":"disk_usage"}}'
 PAYLOAD = (PAYLOAD * 3)[:200]

@@ -35,8 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _machine import machine
 
-from mesh.membership import MembershipConfig, MemberState, MemberStateChanged
-from mesh.simulator import ENVELOPE_OVERHEAD_BYTES, NetworkConfig, Simulator
+from vsmcp.mesh.membership import MembershipConfig, MemberState, MemberStateChanged
+from vsmcp.mesh.simulator import ENVELOPE_OVERHEAD_BYTES, NetworkConfig, Simulator
 
 SPREAD_FRACTION = 0.999
 

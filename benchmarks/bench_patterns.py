@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgspec
 from _machine import machine
 
-from node.vsm.events import Event, EventCatalog
-from node.vsm.patterns import ActionDispatcher, Match, PatternEngine, parse_patterns
-from node.vsm.patterns.model import Action
-from node.vsm.patterns.reference import ReferenceEngine
-from node.vsm.stream import EventStream, Subscriber
+from vsmcp.node.vsm.events import Event, EventCatalog
+from vsmcp.node.vsm.patterns import ActionDispatcher, Match, PatternEngine, parse_patterns
+from vsmcp.node.vsm.patterns.model import Action
+from vsmcp.node.vsm.patterns.reference import ReferenceEngine
+from vsmcp.node.vsm.stream import EventStream, Subscriber
 
 KINDS = 20
 ORIGINS = 1_000

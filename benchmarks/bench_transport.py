@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import machine
 
-from mesh._transport_keys import curve_identity
-from mesh.transport import Priority, Transport
+from vsmcp.mesh._transport_keys import curve_identity
+from vsmcp.mesh.transport import Priority, Transport
 
 PAYLOAD = b"p" * 100
 ONEWAY = b"o" * 100

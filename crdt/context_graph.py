@@ -18,10 +18,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-from crdt.errors import InvalidValue
-from crdt.replica import Checked, Held, VerifiedDoc, WallClockMs, wall_clock_ms
-from crdt.signing import PUBLIC_KEY_BYTES, Signer
-from crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
+from vsmcp.crdt.errors import InvalidValue
+from vsmcp.crdt.replica import Checked, Held, VerifiedDoc, WallClockMs, wall_clock_ms
+from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, Signer
+from vsmcp.crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
 
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_EVENT_AGE_MS = 24 * 3600 * 1000

@@ -62,9 +62,9 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 import pycrdt
 
-from crdt.errors import CrdtError, InvalidUpdate, NotAuthorized, StaleRecord
-from crdt.signing import SIGNATURE_BYTES, verify_detached
-from crdt.values import MAX_SAFE_INT, as_blob
+from vsmcp.crdt.errors import CrdtError, InvalidUpdate, NotAuthorized, StaleRecord
+from vsmcp.crdt.signing import SIGNATURE_BYTES, verify_detached
+from vsmcp.crdt.values import MAX_SAFE_INT, as_blob
 
 R = TypeVar("R")
 V = TypeVar("V")

@@ -16,13 +16,13 @@ from typing import Annotated, Any
 
 import msgspec
 
-from crdt.context_graph import DEFAULT_MAX_EVENT_AGE_MS, DEFAULT_MAX_EVENTS, ContextGraph
-from crdt.errors import CrdtError, MessageTooLarge, SnapshotInvalid
-from crdt.policies import AllowedIssuers, PolicyStore, _no_other_issuers
-from crdt.registry import CapabilityRegistry
-from crdt.replica import Epoch, VerifiedDoc, WallClockMs, wall_clock_ms
-from crdt.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Signer, verify_detached
-from crdt.sync import MAX_SYNC_MESSAGE_BYTES, SyncEndpoint
+from vsmcp.crdt.context_graph import DEFAULT_MAX_EVENT_AGE_MS, DEFAULT_MAX_EVENTS, ContextGraph
+from vsmcp.crdt.errors import CrdtError, MessageTooLarge, SnapshotInvalid
+from vsmcp.crdt.policies import AllowedIssuers, PolicyStore, _no_other_issuers
+from vsmcp.crdt.registry import CapabilityRegistry
+from vsmcp.crdt.replica import Epoch, VerifiedDoc, WallClockMs, wall_clock_ms
+from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Signer, verify_detached
+from vsmcp.crdt.sync import MAX_SYNC_MESSAGE_BYTES, SyncEndpoint
 
 SNAPSHOT_DOMAIN = b"vsmcp/crdt/v1/snapshot\n"
 SNAPSHOT_VERSION = 1

@@ -63,8 +63,8 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-from crdt.errors import MalformedMessage, MessageTooLarge, UnknownDocument
-from crdt.replica import Epoch, VerifiedDoc
+from vsmcp.crdt.errors import MalformedMessage, MessageTooLarge, UnknownDocument
+from vsmcp.crdt.replica import Epoch, VerifiedDoc
 
 MAX_SYNC_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_UPDATES_PER_MESSAGE = 1024

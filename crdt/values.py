@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from crdt.errors import InvalidValue, ValueOutOfRange
+from vsmcp.crdt.errors import InvalidValue, ValueOutOfRange
 
 MAX_SAFE_INT = 2**53 - 1
 MAX_VALUE_DEPTH = 32

@@ -26,7 +26,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from mesh._discovery_model import (
+from vsmcp.mesh._discovery_model import (
     MAX_PORT,
     Candidate,
     DiscoveryError,
@@ -37,7 +37,7 @@ from mesh._discovery_model import (
     validate_port,
     validate_protocol_version,
 )
-from mesh.service import Service
+from vsmcp.mesh.service import Service
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from mesh.errors import MeshError
+from vsmcp.mesh.errors import MeshError
 
 CandidateSource = Literal["mdns", "seed", "gossip"]
 CANDIDATE_SOURCES: tuple[CandidateSource, ...] = ("mdns", "seed", "gossip")

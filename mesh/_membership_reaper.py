@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from mesh._membership_wire import Left, MemberState, Verdict
+from vsmcp.mesh._membership_wire import Left, MemberState, Verdict
 
 REAPED_STATES = (MemberState.DEAD, MemberState.LEFT)
 

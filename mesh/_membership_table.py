@@ -20,7 +20,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from mesh._membership_wire import Alive, Left, MemberState, Suspect, Verdict
+from vsmcp.mesh._membership_wire import Alive, Left, MemberState, Suspect, Verdict
 
 ACTIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
 SHUFFLED_LIST_MAX_MEMBERS = 256

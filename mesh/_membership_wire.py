@@ -18,7 +18,7 @@ from typing import Annotated
 
 import msgspec
 
-from mesh.errors import MeshError
+from vsmcp.mesh.errors import MeshError
 
 WIRE_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.errors import MeshError
+from vsmcp.mesh.errors import MeshError
 
 
 class TransportError(MeshError):

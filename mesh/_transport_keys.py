@@ -16,7 +16,7 @@ from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey
 from zmq.utils import z85
 
-from mesh._transport_errors import InvalidPeerKeyError
+from vsmcp.mesh._transport_errors import InvalidPeerKeyError
 
 ED25519_SEED_BYTES = 32
 ED25519_PUBLIC_KEY_BYTES = 32

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Generic, Protocol, TypeVar
 
-from mesh._transport_wire import Priority
+from vsmcp.mesh._transport_wire import Priority
 
 
 class Queueable(Protocol):

@@ -23,7 +23,7 @@ import msgspec
 import nacl.bindings
 import nacl.exceptions
 
-from mesh.errors import (
+from vsmcp.mesh.errors import (
     CertificateChainError,
     CertificateDepthError,
     CertificateExpiredError,
@@ -33,7 +33,7 @@ from mesh.errors import (
     MalformedCertificateError,
     UnknownZoneError,
 )
-from mesh.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, NodeKey
+from vsmcp.mesh.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, NodeKey
 
 DEFAULT_ZONES: Final = ("public", "ops", "restricted")
 CERT_SIGNING_CONTEXT: Final = b"vsmcp node certificate v1\x00"

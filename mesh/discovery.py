@@ -20,7 +20,7 @@ from typing import Annotated, Self
 
 import msgspec
 
-from mesh._discovery_mdns import (
+from vsmcp.mesh._discovery_mdns import (
     MAX_TXT_BYTES,
     MAX_TXT_VALUE_BYTES,
     SERVICE_TYPE,
@@ -30,7 +30,7 @@ from mesh._discovery_mdns import (
     candidate_from_service_info,
     instance_label,
 )
-from mesh._discovery_model import (
+from vsmcp.mesh._discovery_model import (
     MAX_FINGERPRINT_HEX_CHARS,
     MAX_HOSTNAME_CHARS,
     MAX_NODE_ID_CHARS,

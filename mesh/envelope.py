@@ -29,7 +29,7 @@ import nacl.bindings
 import nacl.exceptions
 from msgspec import Meta
 
-from mesh.errors import (
+from vsmcp.mesh.errors import (
     BadSignatureError,
     BadVersionError,
     EnvelopeError,
@@ -37,8 +37,8 @@ from mesh.errors import (
     OversizeEnvelopeError,
     WrongRecipientError,
 )
-from mesh.identity import NodeKey, node_id_from_public_key
-from mesh.replay import ReplayGuard
+from vsmcp.mesh.identity import NodeKey, node_id_from_public_key
+from vsmcp.mesh.replay import ReplayGuard
 
 WIRE_VERSION: Final = 1
 SIGNATURE_BYTES: Final = 64

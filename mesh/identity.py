@@ -21,7 +21,7 @@ import base58
 import nacl.bindings
 import nacl.exceptions
 
-from mesh.errors import (
+from vsmcp.mesh.errors import (
     CorruptKeyFileError,
     InvalidNodeIdError,
     KeyFileError,

@@ -96,9 +96,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from mesh._membership_reaper import REAPED_STATES, Reaper, Tombstone
-from mesh._membership_table import MemberRecord, MemberTable, ProbeCycle, Roster
-from mesh._membership_wire import (
+from vsmcp.mesh._membership_reaper import REAPED_STATES, Reaper, Tombstone
+from vsmcp.mesh._membership_table import MemberRecord, MemberTable, ProbeCycle, Roster
+from vsmcp.mesh._membership_wire import (
     MAX_GOSSIP_ITEMS,
     MAX_MESSAGE_BYTES,
     MAX_OBSERVATIONS,
@@ -129,7 +129,7 @@ from mesh._membership_wire import (
     left_payload,
     observation_payload,
 )
-from mesh._membership_wire import Gossip as GossipMessage
+from vsmcp.mesh._membership_wire import Gossip as GossipMessage
 
 __all__ = [
     "MAX_MESSAGE_BYTES",

@@ -58,7 +58,7 @@ from collections import OrderedDict
 
 import msgspec
 
-from mesh.errors import (
+from vsmcp.mesh.errors import (
     BelowReplayFloorError,
     FutureMessageError,
     ReplayedMessageError,

@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from mesh.membership import (
+from vsmcp.mesh.membership import (
     CheckReachability,
     Membership,
     MembershipConfig,

@@ -81,7 +81,7 @@ import zmq
 from nacl.signing import SigningKey
 from zmq.utils import z85
 
-from mesh._transport_errors import (
+from vsmcp.mesh._transport_errors import (
     FrameTooLargeError,
     InvalidPeerKeyError,
     PeerUnreachableError,
@@ -92,10 +92,10 @@ from mesh._transport_errors import (
     TransportClosedError,
     TransportError,
 )
-from mesh._transport_keys import CurveIdentity, curve_identity, curve_public_key
-from mesh._transport_queue import OutboundQueue
-from mesh._transport_sockets import POLLIN, POLLOUT, SocketWaker, socket_events
-from mesh._transport_wire import (
+from vsmcp.mesh._transport_keys import CurveIdentity, curve_identity, curve_public_key
+from vsmcp.mesh._transport_queue import OutboundQueue
+from vsmcp.mesh._transport_sockets import POLLIN, POLLOUT, SocketWaker, socket_events
+from vsmcp.mesh._transport_wire import (
     HEADER_BYTES,
     Kind,
     Priority,
@@ -104,8 +104,8 @@ from mesh._transport_wire import (
     encode_error,
     encode_frame,
 )
-from mesh.loops import LoopFn, LoopSupervisor
-from mesh.service import Service
+from vsmcp.mesh.loops import LoopFn, LoopSupervisor
+from vsmcp.mesh.service import Service
 
 __all__ = [
     "AdmissionCallback",

@@ -54,8 +54,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mesh.errors import MeshError
-from mesh.service import Service
+from vsmcp.mesh.errors import MeshError
+from vsmcp.mesh.service import Service
 
 __all__ = [
     "HEADER_BYTES",

@@ -1,3 +1,3 @@
-from node.daemon import main
+from vsmcp.node.app.daemon import main
 
 raise SystemExit(main())

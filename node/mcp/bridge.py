@@ -20,9 +20,9 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from mesh.loops import LoopSupervisor
-from node.mcp.protocol import McpError
-from node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
+from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.node.mcp.protocol import McpError
+from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 
 log = logging.getLogger(__name__)
 

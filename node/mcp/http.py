@@ -42,8 +42,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from node.errors import clip
-from node.mcp.protocol import (
+from vsmcp.node.errors import clip
+from vsmcp.node.mcp.protocol import (
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
     HTTP_STATUS,
@@ -72,8 +72,11 @@ from node.mcp.protocol import (
     notification,
     result_message,
 )
-from node.tools.config import DEFAULT_MAX_LISTENERS_PER_CALLER, DEFAULT_MAX_SESSIONS_PER_CALLER
-from node.tools.model import ToolCatalog
+from vsmcp.node.tools.config import (
+    DEFAULT_MAX_LISTENERS_PER_CALLER,
+    DEFAULT_MAX_SESSIONS_PER_CALLER,
+)
+from vsmcp.node.tools.model import ToolCatalog
 
 log = logging.getLogger(__name__)
 

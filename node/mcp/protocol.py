@@ -41,8 +41,8 @@ from typing import Any, Final
 
 import msgspec
 
-from node.errors import NodeError, clip
-from node.tools.errors import (
+from vsmcp.node.errors import NodeError, clip
+from vsmcp.node.tools.errors import (
     InvalidArguments,
     Overloaded,
     ProviderError,
@@ -53,7 +53,13 @@ from node.tools.errors import (
     UnknownTool,
     ZoneDenied,
 )
-from node.tools.model import META_CAUSALITY, META_TRACE_ID, CallContext, ToolCatalog, new_trace_id
+from vsmcp.node.tools.model import (
+    META_CAUSALITY,
+    META_TRACE_ID,
+    CallContext,
+    ToolCatalog,
+    new_trace_id,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Any, Final
 
-from node.mcp.protocol import (
+from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
     META_PROTOCOL_VERSION,
     META_SUBSCRIPTION_ID,
@@ -35,7 +35,7 @@ from node.mcp.protocol import (
     notification,
     result_message,
 )
-from node.tools.model import ToolCatalog
+from vsmcp.node.tools.model import ToolCatalog
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from node.errors import StartupError
+from vsmcp.node.errors import StartupError
 
 log = logging.getLogger(__name__)
 

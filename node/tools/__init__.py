@@ -7,10 +7,10 @@ Public API: `ToolSpec`, `CallContext`, `ToolCatalog`, `Provider` (model);
 
 from __future__ import annotations
 
-from node.tools.model import CallContext, Provider, ToolCatalog, ToolResult, ToolSpec
-from node.tools.policy import CallPolicy, zone_allows
-from node.tools.registry import LocalCatalog, build_local_catalog
-from node.tools.supervisor import Supervisor, UnitPolicy, UnitState
+from vsmcp.node.tools.model import CallContext, Provider, ToolCatalog, ToolResult, ToolSpec
+from vsmcp.node.tools.policy import CallPolicy, zone_allows
+from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.tools.supervisor import Supervisor, UnitPolicy, UnitState
 
 __all__ = [
     "CallContext",

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from node.tools.functions import FunctionProvider, PluginTool
-from node.tools.model import CallContext, ToolResult, text_result, to_result
+from vsmcp.node.tools.functions import FunctionProvider, PluginTool
+from vsmcp.node.tools.model import CallContext, ToolResult, text_result, to_result
 
 BUILTIN_UNIT = "builtin"
 MAX_ECHO_CHARS = 64 * 1024

@@ -4,8 +4,8 @@ Placed in the node Config as `tools: ToolsConfig`, `limits: RateLimitsConfig`,
 `mcp: McpConfig`, i.e. TOML tables `[tools]`, `[limits]`, `[mcp]`.
 
 Every field carries its description (`Annotated[T, doc("...")]`): README.md's config
-reference is generated from these structs and node/config.py's
-(`python -m node.config_reference --write README.md`), and a test fails when a field
+reference is generated from these structs and node/app/config.py's
+(`python -m vsmcp.node.app.config_reference --write README.md`), and a test fails when a field
 has no description or the README is out of date.
 """
 

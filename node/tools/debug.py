@@ -11,8 +11,8 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from node.tools.errors import UnknownTool
-from node.tools.model import CallContext, ToolResult, ToolSpec, text_result
+from vsmcp.node.tools.errors import UnknownTool
+from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
 
 DEBUG_UNIT = "debug"
 MAX_DEBUG_TOOLS = 1024

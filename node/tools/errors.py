@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from node.errors import NodeError, clip
+from vsmcp.node.errors import NodeError, clip
 
 
 def _finite(seconds: float) -> float | None:

@@ -13,9 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.tools.errors import ToolConfigError, UnknownTool
-from node.tools.model import EMPTY_OBJECT_SCHEMA, CallContext, ProviderKind, ToolResult, ToolSpec
-from node.tools.model import to_result as _to_result
+from vsmcp.node.tools.errors import ToolConfigError, UnknownTool
+from vsmcp.node.tools.model import (
+    EMPTY_OBJECT_SCHEMA,
+    CallContext,
+    ProviderKind,
+    ToolResult,
+    ToolSpec,
+)
+from vsmcp.node.tools.model import to_result as _to_result
 
 ToolFunction = Callable[..., Any]
 

@@ -24,9 +24,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, RequestParamsMeta, Tool
 
-from node.tools.config import MountConfig
-from node.tools.errors import ProviderError, UnitFault, UnknownTool
-from node.tools.model import (
+from vsmcp.node.tools.config import MountConfig
+from vsmcp.node.tools.errors import ProviderError, UnitFault, UnknownTool
+from vsmcp.node.tools.model import (
     META_CAUSALITY,
     META_ORIGIN,
     META_TRACE_ID,

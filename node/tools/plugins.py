@@ -12,10 +12,10 @@ import importlib.metadata
 from collections.abc import Iterable
 from typing import Any
 
-from node.tools.config import PluginToolConfig
-from node.tools.errors import ToolConfigError
-from node.tools.functions import FunctionProvider, PluginTool
-from node.tools.model import EMPTY_OBJECT_SCHEMA
+from vsmcp.node.tools.config import PluginToolConfig
+from vsmcp.node.tools.errors import ToolConfigError
+from vsmcp.node.tools.functions import FunctionProvider, PluginTool
+from vsmcp.node.tools.model import EMPTY_OBJECT_SCHEMA
 
 ENTRY_POINT_GROUP = "vsmcp.tools"
 

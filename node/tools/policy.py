@@ -15,10 +15,10 @@ from typing import Any
 import jsonschema
 from jsonschema.protocols import Validator
 
-from mesh.certs import DEFAULT_ZONES, ZoneOrder
-from node.limits import RateLimiter
-from node.tools.errors import InvalidArguments, RateLimited, ToolConfigError, ZoneDenied
-from node.tools.model import CallContext, ToolSpec
+from vsmcp.mesh.certs import DEFAULT_ZONES, ZoneOrder
+from vsmcp.node.tools.errors import InvalidArguments, RateLimited, ToolConfigError, ZoneDenied
+from vsmcp.node.tools.model import CallContext, ToolSpec
+from vsmcp.node.vsm.limits import RateLimiter
 
 ZoneAllows = Callable[[str, str], bool]
 """`allows(caller_zone, tool_zone)`."""

@@ -11,17 +11,17 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from mesh.certs import DEFAULT_ZONES
-from mesh.service import Service
-from node.limits import PEER_LIMIT_FACTOR, BucketMap, RateLimit, RateLimiter
-from node.tools.builtin import DataView, builtin_provider
-from node.tools.config import RateLimitConfig, RateLimitsConfig, ToolsConfig, UnitLimitsConfig
-from node.tools.errors import UnknownTool
-from node.tools.model import CallContext, ChangeCallback, Provider, ToolResult, ToolSpec
-from node.tools.mounted import MountedServer
-from node.tools.plugins import entry_point_providers, plugin_provider
-from node.tools.policy import CallPolicy, zone_allows
-from node.tools.supervisor import Supervisor, Unit, UnitPolicy
+from vsmcp.mesh.certs import DEFAULT_ZONES
+from vsmcp.mesh.service import Service
+from vsmcp.node.tools.builtin import DataView, builtin_provider
+from vsmcp.node.tools.config import RateLimitConfig, RateLimitsConfig, ToolsConfig, UnitLimitsConfig
+from vsmcp.node.tools.errors import UnknownTool
+from vsmcp.node.tools.model import CallContext, ChangeCallback, Provider, ToolResult, ToolSpec
+from vsmcp.node.tools.mounted import MountedServer
+from vsmcp.node.tools.plugins import entry_point_providers, plugin_provider
+from vsmcp.node.tools.policy import CallPolicy, zone_allows
+from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitPolicy
+from vsmcp.node.vsm.limits import PEER_LIMIT_FACTOR, BucketMap, RateLimit, RateLimiter
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.service import Service
-from node.tools.errors import (
+from vsmcp.mesh.service import Service
+from vsmcp.node.tools.errors import (
     Overloaded,
     ToolConfigError,
     ToolError,
@@ -39,7 +39,7 @@ from node.tools.errors import (
     ToolUnavailable,
     UnitFault,
 )
-from node.tools.model import CallContext, Provider, ToolResult, ToolSpec, text_result
+from vsmcp.node.tools.model import CallContext, Provider, ToolResult, ToolSpec, text_result
 
 log = logging.getLogger(__name__)
 

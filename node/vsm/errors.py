@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.errors import NodeError
+from vsmcp.node.errors import NodeError
 
 
 class VsmError(NodeError):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from node.vsm.errors import EventsFileError
+from vsmcp.node.vsm.errors import EventsFileError
 
 # A recorded events file is read line by line; a longer line is refused, not buffered.
 MAX_EVENT_LINE_BYTES = 64 * 1024

@@ -19,9 +19,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from mesh.service import Service
-from node.vsm.errors import VsmError
-from node.vsm.events import Event
+from vsmcp.mesh.service import Service
+from vsmcp.node.vsm.errors import VsmError
+from vsmcp.node.vsm.events import Event
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from crdt.registry import CapabilityRegistry
-from crdt.signing import Ed25519Signer
-from crdt.sync import SyncEndpoint
+from vsmcp.crdt.registry import CapabilityRegistry
+from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.crdt.sync import SyncEndpoint
 
 
 @dataclass

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from crdt.context_graph import ContextGraph
-from crdt.signing import Ed25519Signer
-from crdt.sync import SyncEndpoint
 from tests.crdt.harness import Clock
+from vsmcp.crdt.context_graph import ContextGraph
+from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.crdt.sync import SyncEndpoint
 
 NODE = Ed25519Signer(b"\x05" * 32)
 

@@ -9,10 +9,10 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt.errors import StaleRecord
-from crdt.registry import Announcement, CapabilityRegistry, entry_key
-from crdt.signing import SIGNATURE_BYTES, Ed25519Signer
 from tests.crdt.harness import Network
+from vsmcp.crdt.errors import StaleRecord
+from vsmcp.crdt.registry import Announcement, CapabilityRegistry, entry_key
+from vsmcp.crdt.signing import SIGNATURE_BYTES, Ed25519Signer
 
 TOOLS = ["echo", "time", "search"]
 ZONES = ["public", "ops"]
@@ -171,7 +171,7 @@ def test_only_owner_or_authority_may_retire() -> None:
     net.drain()
     import pytest
 
-    from crdt.errors import NotAuthorized
+    from vsmcp.crdt.errors import NotAuthorized
 
     with pytest.raises(NotAuthorized):
         other.registry.retire(owner.signer.public_key, by=other.signer)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from crdt.errors import NotAuthorized
-from crdt.policies import Policy, PolicyStore
-from crdt.replica import Change
-from crdt.signing import Ed25519Signer
-from crdt.sync import SyncEndpoint
 from tests.crdt.harness import Clock
+from vsmcp.crdt.errors import NotAuthorized
+from vsmcp.crdt.policies import Policy, PolicyStore
+from vsmcp.crdt.replica import Change
+from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.crdt.sync import SyncEndpoint
 
 AUTHORITY = Ed25519Signer(b"\x01" * 32)
 IMMUNE_NODE = Ed25519Signer(b"\x02" * 32)

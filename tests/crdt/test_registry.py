@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from crdt.errors import StaleRecord
-from crdt.registry import CapabilityRegistry, entry_key
-from crdt.signing import Ed25519Signer
 from tests.crdt.harness import Clock
+from vsmcp.crdt.errors import StaleRecord
+from vsmcp.crdt.registry import CapabilityRegistry, entry_key
+from vsmcp.crdt.signing import Ed25519Signer
 
 OWNER = Ed25519Signer(b"\x0a" * 32)
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt.registry import CapabilityRegistry, entry_key
-from crdt.replica import EXPIRY_GRACE_MS, MAP_NAME, Checked, Held
-from crdt.signing import Ed25519Signer
 from tests.crdt.harness import Clock
+from vsmcp.crdt.registry import CapabilityRegistry, entry_key
+from vsmcp.crdt.replica import EXPIRY_GRACE_MS, MAP_NAME, Checked, Held
+from vsmcp.crdt.signing import Ed25519Signer
 
 OWNER = Ed25519Signer(b"\x0b" * 32)
 TTL_MS = 1_000

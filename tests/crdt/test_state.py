@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from crdt.errors import MessageTooLarge, SnapshotInvalid
-from crdt.signing import Ed25519Signer
-from crdt.state import ReplicatedState, open_snapshot, snapshot_id
 from tests.crdt.harness import Clock
+from vsmcp.crdt.errors import MessageTooLarge, SnapshotInvalid
+from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.crdt.state import ReplicatedState, open_snapshot, snapshot_id
 
 NODE = Ed25519Signer(b"\x07" * 32)
 AUTHORITY = Ed25519Signer(b"\x08" * 32)

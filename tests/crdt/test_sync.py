@@ -5,16 +5,16 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from crdt.errors import InvalidUpdate, MalformedMessage, MessageTooLarge, UnknownDocument
-from crdt.replica import Epoch
-from crdt.sync import (
+from tests.crdt.harness import Network
+from vsmcp.crdt.errors import InvalidUpdate, MalformedMessage, MessageTooLarge, UnknownDocument
+from vsmcp.crdt.replica import Epoch
+from vsmcp.crdt.sync import (
     MAX_UPDATES_PER_MESSAGE,
     SyncStep1,
     SyncUpdate,
     decode_message,
     encode_message,
 )
-from tests.crdt.harness import Network
 
 
 def test_oversized_message_rejected_before_decoding() -> None:
@@ -119,9 +119,9 @@ def test_concurrent_compactions_converge_on_highest_epoch() -> None:
 
 
 def test_outgoing_batches_local_updates_when_no_push_hook() -> None:
-    from crdt.registry import CapabilityRegistry
-    from crdt.signing import Ed25519Signer
-    from crdt.sync import SyncEndpoint
+    from vsmcp.crdt.registry import CapabilityRegistry
+    from vsmcp.crdt.signing import Ed25519Signer
+    from vsmcp.crdt.sync import SyncEndpoint
 
     signer = Ed25519Signer()
     source = CapabilityRegistry(replica_id=b"a")

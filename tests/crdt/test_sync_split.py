@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import crdt.sync
-from crdt.errors import MalformedMessage, MessageTooLarge
-from crdt.registry import CapabilityRegistry, entry_key
-from crdt.replica import Epoch
-from crdt.signing import Ed25519Signer
-from crdt.sync import (
+from tests.crdt.harness import Clock, Network, Replica
+from vsmcp.crdt import sync as crdt_sync
+from vsmcp.crdt.errors import MalformedMessage, MessageTooLarge
+from vsmcp.crdt.registry import CapabilityRegistry, entry_key
+from vsmcp.crdt.replica import Epoch
+from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.crdt.sync import (
     MAX_OPEN_TRANSFERS,
     MAX_OPEN_TRANSFERS_PER_PEER,
     SyncEndpoint,
@@ -26,7 +27,6 @@ from crdt.sync import (
     decode_message,
     encode_message,
 )
-from tests.crdt.harness import Clock, Network, Replica
 
 CAP_BYTES = 8 * 1024
 TOOLS = 60
@@ -117,7 +117,7 @@ def test_joiner_gets_a_state_larger_than_the_cap_in_slices_and_then_nothing_more
 def test_an_answer_too_large_for_slices_goes_as_record_pieces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(crdt.sync, "MAX_ASSEMBLED_BYTES", 2 * CAP_BYTES)
+    monkeypatch.setattr(crdt_sync, "MAX_ASSEMBLED_BYTES", 2 * CAP_BYTES)
     net = join_larger_than_the_cap(SyncRecords)
     a = net.replicas[0]
     assert a.endpoint.stats["record_answers"] == 1
@@ -175,7 +175,7 @@ def test_slices_are_checked_and_reassembly_is_bounded() -> None:
         b.endpoint.handle(encode_message(SyncPart("registry", first.epoch, 7, 0, 1, b"\x90")))
     big = b"x" * (CAP_BYTES - 200)
     with pytest.raises(MessageTooLarge):  # more than MAX_ASSEMBLED_BYTES in slices
-        for index in range(crdt.sync.MAX_ASSEMBLED_BYTES // len(big) + 1):
+        for index in range(crdt_sync.MAX_ASSEMBLED_BYTES // len(big) + 1):
             part = SyncPart("registry", first.epoch, 8, index, 4096, big)
             b.endpoint.handle(encode_message(part))
 
@@ -297,7 +297,7 @@ def test_a_record_larger_than_the_cap_travels_in_slices() -> None:
 def test_a_record_larger_than_the_cap_is_skipped_by_record_pieces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(crdt.sync, "MAX_ASSEMBLED_BYTES", 2 * CAP_BYTES)
+    monkeypatch.setattr(crdt_sync, "MAX_ASSEMBLED_BYTES", 2 * CAP_BYTES)
     net, pieces = answer_with_a_record_larger_than_the_cap()
     a, b = net.replicas
     assert a.endpoint.stats["record_too_large"] == 1
@@ -344,7 +344,7 @@ def test_garbage_records_message_is_malformed() -> None:
 def test_every_slice_fits_the_cap_whatever_its_index(cap: int) -> None:
     registry = CapabilityRegistry(replica_id=b"a")
     endpoint = SyncEndpoint([registry], max_message_bytes=cap)
-    message = b"x" * min(crdt.sync.MAX_ASSEMBLED_BYTES, 200 * cap)
+    message = b"x" * min(crdt_sync.MAX_ASSEMBLED_BYTES, 200 * cap)
     slices = endpoint._part_messages(registry, message)
     assert len(slices) > 128  # indexes that take more bytes than index 0
     assert max(len(s) for s in slices) <= cap

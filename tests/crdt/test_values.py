@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt.errors import InvalidValue, ValueOutOfRange
-from crdt.signing import Ed25519Signer
-from crdt.values import MAX_SAFE_INT, check_value, dump_json, from_crdt, to_crdt
 from tests.crdt.harness import Clock
+from vsmcp.crdt.errors import InvalidValue, ValueOutOfRange
+from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.crdt.values import MAX_SAFE_INT, check_value, dump_json, from_crdt, to_crdt
 
 
 def round_trip(value: object) -> object:
@@ -81,7 +81,7 @@ def test_round_trip_through_pycrdt(value: object) -> None:
 
 
 def test_signed_payloads_reject_huge_ints_with_a_clear_error() -> None:
-    from crdt.registry import CapabilityRegistry
+    from vsmcp.crdt.registry import CapabilityRegistry
 
     signer = Ed25519Signer()
     registry = CapabilityRegistry(replica_id=signer.public_key, clock=Clock())

@@ -1,6 +1,6 @@
 """Real `vsmcpd` processes for integration tests: start, poll, signal, inspect.
 
-Each node runs `python -m node` in its own data dir with HTTP (and mesh) on port 0;
+Each node runs `python -m vsmcp.node` in its own data dir with HTTP (and mesh) on port 0;
 its stdout and stderr go to `<data_dir>/vsmcpd.log`, which failures print.
 """
 
@@ -43,7 +43,7 @@ class NodeProcess:
     # -- process control ----------------------------------------------------------------
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "node", "--data-dir", str(self.data_dir)]
+        cmd = [sys.executable, "-m", "vsmcp.node", "--data-dir", str(self.data_dir)]
         if "--http-port" not in self.args:
             cmd += ["--http-port", "0"]
         if "--mesh-port" not in self.args:
@@ -215,9 +215,9 @@ def wait_mesh_states(
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
-    """Run `vsmcp ARGS` (as `python -m node.cli`) and capture its output."""
+    """Run `vsmcp ARGS` (as `python -m vsmcp.node.app.cli`) and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "vsmcp.node.app.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -229,7 +229,7 @@ def run_cli(
 def run_daemon(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run `vsmcpd ARGS` to completion (for start-up refusals)."""
     return subprocess.run(
-        [sys.executable, "-m", "node", *args],
+        [sys.executable, "-m", "vsmcp.node", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

@@ -16,8 +16,8 @@ import sys
 
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from mesh.discovery import SERVICE_TYPE
-from mesh.identity import NodeKey
+from vsmcp.mesh.discovery import SERVICE_TYPE
+from vsmcp.mesh.identity import NodeKey
 
 REGISTER_BATCH = 100
 FAKE_PORT_BASE = 40000

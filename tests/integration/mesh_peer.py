@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mesh.certs import (
+from vsmcp.mesh.certs import (
     Certificate,
     ZoneOrder,
     decode_certificate,
@@ -27,10 +27,10 @@ from mesh.certs import (
     self_certify,
     verify_certificate,
 )
-from mesh.envelope import Opener, Sealer
-from mesh.identity import NodeKey
-from mesh.replay import ReplayGuard
-from node.mesh_service import Hello, MeshService, PeerMeta, signed_issuer
+from vsmcp.mesh.envelope import Opener, Sealer
+from vsmcp.mesh.identity import NodeKey
+from vsmcp.mesh.replay import ReplayGuard
+from vsmcp.node.peers.service import Hello, MeshService, PeerMeta, signed_issuer
 
 STATUS_INTERVAL_S = 0.05
 DEV_CERT_LIFETIME_S = 3600

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from node.tools.functions import tool
-from node.tools.model import CallContext
+from vsmcp.node.tools.functions import tool
+from vsmcp.node.tools.model import CallContext
 
 
 @tool(

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh.envelope import WIRE_VERSION, MsgType, Sealer
-from mesh.identity import NodeKey, public_key_from_node_id
-from mesh.transport import Priority, Transport
 from tests.integration.harness import NodeProcess
 from tests.polling import async_wait_for
+from vsmcp.mesh.envelope import WIRE_VERSION, MsgType, Sealer
+from vsmcp.mesh.identity import NodeKey, public_key_from_node_id
+from vsmcp.mesh.transport import Priority, Transport
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from node.store import DB_FILENAME, Store
 from tests.integration.harness import REPO_ROOT, run_daemon
+from vsmcp.node.store.database import DB_FILENAME, Store
 
 pytestmark = pytest.mark.integration
 

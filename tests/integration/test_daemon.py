@@ -263,8 +263,8 @@ def test_certificate_for_another_node_is_refused(tmp_path: Path) -> None:
 
 
 def test_expired_certificate_is_refused(tmp_path: Path) -> None:
-    from mesh.certs import certificate_to_pem, issue_certificate
-    from mesh.identity import load_key_file, public_key_from_node_id
+    from vsmcp.mesh.certs import certificate_to_pem, issue_certificate
+    from vsmcp.mesh.identity import load_key_file, public_key_from_node_id
 
     data = tmp_path / "e"
     node_pub = public_key_from_node_id(_node_id(data))

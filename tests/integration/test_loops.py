@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from mesh.loops import MAX_RESTARTS
 from tests.integration.harness import NodeProcess, wait_mesh_states
 from tests.polling import wait_for
+from vsmcp.mesh.loops import MAX_RESTARTS
 
 pytestmark = pytest.mark.integration
 

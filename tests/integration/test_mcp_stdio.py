@@ -23,7 +23,7 @@ async def test_stdio_bridge_lists_and_calls_the_nodes_tools(
     node.start()
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "node.cli", "mcp-stdio", "--url", node.url],
+        args=["-m", "vsmcp.node.app.cli", "mcp-stdio", "--url", node.url],
         cwd=str(REPO_ROOT),
     )
     for mode in ("auto", "legacy"):
@@ -60,7 +60,7 @@ async def _call_add(*bridge_args: str) -> int | tuple[int, object]:
     """The sum through a `vsmcp mcp-stdio` bridge, or (error code, the caller zone the node saw)."""
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "node.cli", "mcp-stdio", *bridge_args],
+        args=["-m", "vsmcp.node.app.cli", "mcp-stdio", *bridge_args],
         cwd=str(REPO_ROOT),
     )
     async with Client(params, mode="auto") as client:

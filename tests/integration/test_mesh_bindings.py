@@ -11,12 +11,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from mesh.certs import certificate_from_pem, encode_certificate, fingerprint
-from mesh.envelope import MsgType, Sealer
-from mesh.identity import NodeKey, load_key_file, public_key_from_node_id
-from mesh.membership import GossipMessage, encode, sign_left
-from mesh.transport import Priority, RemoteError, Transport
-from node.mesh_service import MESH_PROTOCOL_VERSION, Hello, PeerMeta
 from tests.integration.harness import (
     NodeProcess,
     counters,
@@ -25,6 +19,12 @@ from tests.integration.harness import (
     wait_mesh_states,
 )
 from tests.polling import async_wait_until
+from vsmcp.mesh.certs import certificate_from_pem, encode_certificate, fingerprint
+from vsmcp.mesh.envelope import MsgType, Sealer
+from vsmcp.mesh.identity import NodeKey, load_key_file, public_key_from_node_id
+from vsmcp.mesh.membership import GossipMessage, encode, sign_left
+from vsmcp.mesh.transport import Priority, RemoteError, Transport
+from vsmcp.node.peers.service import MESH_PROTOCOL_VERSION, Hello, PeerMeta
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh.transport import MAX_CANDIDATE_LINKS, MAX_PEERS
-from node.descriptors import MIN_FREE_DESCRIPTORS
-from node.sdnotify import UNHEALTHY_STATUS_PREFIX
 from tests.integration.harness import REPO_ROOT, NodeProcess
 from tests.polling import wait_for
+from vsmcp.mesh.transport import MAX_CANDIDATE_LINKS, MAX_PEERS
+from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS
+from vsmcp.node.app.sdnotify import UNHEALTHY_STATUS_PREFIX
 
 pytestmark = pytest.mark.integration
 

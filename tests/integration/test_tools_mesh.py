@@ -26,7 +26,10 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from node.mcp.protocol import (
+from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
+from tests.polling import async_wait_for
+from tests.skips import skip_or_fail
+from vsmcp.node.mcp.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -34,9 +37,6 @@ from node.mcp.protocol import (
     RATE_LIMITED,
     ZONE_DENIED,
 )
-from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
-from tests.polling import async_wait_for
-from tests.skips import skip_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -321,7 +321,7 @@ def test_cli_lists_the_registry_and_calls_through_the_node(ready: Mesh) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "node.cli_tools", *args],
+            [sys.executable, "-m", "vsmcp.node.app.cli_tools", *args],
             capture_output=True,
             text=True,
             cwd=REPO_ROOT,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.certs import (
+from vsmcp.mesh.certs import (
     CERT_SIGNING_CONTEXT,
     PEM_BEGIN,
     PEM_END,
@@ -24,7 +24,7 @@ from mesh.certs import (
     self_certify,
     verify_certificate,
 )
-from mesh.errors import (
+from vsmcp.mesh.errors import (
     CertificateChainError,
     CertificateDepthError,
     CertificateError,
@@ -35,7 +35,7 @@ from mesh.errors import (
     MalformedCertificateError,
     UnknownZoneError,
 )
-from mesh.identity import NodeKey
+from vsmcp.mesh.identity import NodeKey
 
 NOW = 1_700_000_000
 DAY = 86_400

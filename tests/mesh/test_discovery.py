@@ -30,7 +30,9 @@ from hypothesis import strategies as st
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
-from mesh.discovery import (
+from tests.polling import async_wait_until
+from tests.skips import skip_or_fail
+from vsmcp.mesh.discovery import (
     MAX_PEER_LIST_BYTES,
     MAX_PEER_LIST_ENTRIES,
     SERVICE_TYPE,
@@ -48,9 +50,7 @@ from mesh.discovery import (
     parse_seed,
     parse_seeds,
 )
-from mesh.errors import MeshError
-from tests.polling import async_wait_until
-from tests.skips import skip_or_fail
+from vsmcp.mesh.errors import MeshError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -369,7 +369,7 @@ def test_txt_parsing_never_crashes(
 
 PEER_SCRIPT = r"""
 import asyncio, json, sys
-from mesh.discovery import MdnsDiscovery
+from vsmcp.mesh.discovery import MdnsDiscovery
 
 def say(**event):
     print(json.dumps(event), flush=True)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.envelope import (
+from vsmcp.mesh.envelope import (
     HEADER_BYTES,
     MAX_ENVELOPE_BYTES,
     REJECT_REASONS,
@@ -17,7 +17,7 @@ from mesh.envelope import (
     Sealer,
     _Body,
 )
-from mesh.errors import (
+from vsmcp.mesh.errors import (
     BadSignatureError,
     BadVersionError,
     EnvelopeError,
@@ -28,8 +28,8 @@ from mesh.errors import (
     StaleMessageError,
     WrongRecipientError,
 )
-from mesh.identity import NodeKey
-from mesh.replay import ReplayGuard
+from vsmcp.mesh.identity import NodeKey
+from vsmcp.mesh.replay import ReplayGuard
 
 NOW_MS = 1_700_000_000_000
 KEY = NodeKey.from_seed(bytes(range(32)))

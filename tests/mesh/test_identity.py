@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.errors import (
+from vsmcp.mesh.errors import (
     CorruptKeyFileError,
     InvalidNodeIdError,
     KeyFileError,
     KeyFilePermissionError,
 )
-from mesh.identity import (
+from vsmcp.mesh.identity import (
     NodeKey,
     load_key_file,
     load_or_create_key_file,

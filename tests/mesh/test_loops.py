@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from mesh.loops import LoopSupervisor
 from tests.polling import async_wait_until
+from vsmcp.mesh.loops import LoopSupervisor
 
 FAST = {"backoff_min_s": 0.001, "backoff_max_s": 0.004}
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
-from mesh._membership_wire import alive_payload, left_payload, observation_payload
-from mesh.errors import MeshError
-from mesh.membership import (
+from vsmcp.mesh._membership_wire import alive_payload, left_payload, observation_payload
+from vsmcp.mesh.errors import MeshError
+from vsmcp.mesh.membership import (
     MAX_MESSAGE_BYTES,
     Ack,
     Alive,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh._membership_reaper import Reaper, Tombstone
-from mesh._membership_table import MemberRecord, MemberTable
-from mesh._membership_wire import Alive, Left, MemberState
+from vsmcp.mesh._membership_reaper import Reaper, Tombstone
+from vsmcp.mesh._membership_table import MemberRecord, MemberTable
+from vsmcp.mesh._membership_wire import Alive, Left, MemberState
 
 DEAD, LEFT = MemberState.DEAD, MemberState.LEFT
 

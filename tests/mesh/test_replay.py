@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mesh.errors import (
+from vsmcp.mesh.errors import (
     BelowReplayFloorError,
     FutureMessageError,
     ReplayedMessageError,
@@ -18,7 +18,7 @@ from mesh.errors import (
     StaleMessageError,
     TooOldSequenceError,
 )
-from mesh.replay import ReplayGuard
+from vsmcp.mesh.replay import ReplayGuard
 
 NOW = 1_700_000_000_000
 SKEW = 30_000

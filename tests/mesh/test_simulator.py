@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from mesh.membership import MembershipConfig, MemberState, MemberStateChanged
-from mesh.simulator import NetworkConfig, NodeStatus, Simulator, make_node_id
+from vsmcp.mesh.membership import MembershipConfig, MemberState, MemberStateChanged
+from vsmcp.mesh.simulator import NetworkConfig, NodeStatus, Simulator, make_node_id
 
 CFG = MembershipConfig.local()
 VERDICTS = (MemberState.DEAD, MemberState.ZOMBIE)

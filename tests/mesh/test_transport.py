@@ -20,9 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zmq.utils import z85
 
-from mesh._transport_keys import curve_identity
-from mesh._transport_queue import OutboundQueue
-from mesh._transport_wire import (
+from tests.polling import async_wait_for, async_wait_until
+from tests.skips import require_ipv6_loopback
+from vsmcp.mesh._transport_keys import curve_identity
+from vsmcp.mesh._transport_queue import OutboundQueue
+from vsmcp.mesh._transport_wire import (
     HEADER_BYTES,
     Kind,
     decode_error,
@@ -32,8 +34,8 @@ from mesh._transport_wire import (
     encode_frame,
     encode_header,
 )
-from mesh.errors import MeshError
-from mesh.transport import (
+from vsmcp.mesh.errors import MeshError
+from vsmcp.mesh.transport import (
     FrameTooLargeError,
     InvalidPeerKeyError,
     PeerUnreachableError,
@@ -49,8 +51,6 @@ from mesh.transport import (
     check_reachable,
     curve_public_key,
 )
-from tests.polling import async_wait_for, async_wait_until
-from tests.skips import require_ipv6_loopback
 
 DEADLINE_S = 10.0
 SMALL = TransportConfig(max_payload_bytes=4096)
@@ -621,7 +621,7 @@ async def test_queue_toward_unreachable_peer_drops_lowest_priority_first() -> No
 
 CHILD = """
 import asyncio, sys
-from mesh.transport import Transport
+from vsmcp.mesh.transport import Transport
 
 async def main() -> None:
     async with Transport(bytes.fromhex(sys.argv[1])) as t:

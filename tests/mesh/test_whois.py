@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.errors import MeshError
-from mesh.whois import (
+from tests.polling import async_wait_until
+from tests.skips import require_ipv6_loopback
+from vsmcp.mesh.errors import MeshError
+from vsmcp.mesh.whois import (
     HEADER_BYTES,
     MAGIC_REQUEST,
     MAGIC_RESPONSE,
@@ -34,8 +36,6 @@ from mesh.whois import (
     source_key,
     whois,
 )
-from tests.polling import async_wait_until
-from tests.skips import require_ipv6_loopback
 
 DEADLINE_S = 10.0
 LOOPBACK = "127.0.0.1"

@@ -1,9 +1,9 @@
 """The pattern engine (the design's "GoldRush"): declarative patterns over the event
 stream, compiled to per-kind matchers, with bounded window state and hot swap."""
 
-from node.vsm.patterns.actions import ActionDispatcher, Match, MatchSink, emit_handler
-from node.vsm.patterns.compile import PatternEngine, SwapReport
-from node.vsm.patterns.model import (
+from vsmcp.node.vsm.patterns.actions import ActionDispatcher, Match, MatchSink, emit_handler
+from vsmcp.node.vsm.patterns.compile import PatternEngine, SwapReport
+from vsmcp.node.vsm.patterns.model import (
     Pattern,
     load_pattern_dir,
     load_pattern_file,

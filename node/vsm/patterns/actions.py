@@ -17,8 +17,8 @@ from typing import Protocol
 
 import msgspec
 
-from node.vsm.events import Event, PatternMatched, Scalar
-from node.vsm.patterns.model import Action, EmitAction
+from vsmcp.node.vsm.events import Event, PatternMatched, Scalar
+from vsmcp.node.vsm.patterns.model import Action, EmitAction
 
 log = logging.getLogger(__name__)
 

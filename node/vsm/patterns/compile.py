@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.vsm.errors import PatternError
-from node.vsm.events import NODE_CATALOG, Event, EventCatalog, EventKind
-from node.vsm.patterns.actions import Match, MatchSink
-from node.vsm.patterns.model import (
+from vsmcp.node.vsm.errors import PatternError
+from vsmcp.node.vsm.events import NODE_CATALOG, Event, EventCatalog, EventKind
+from vsmcp.node.vsm.patterns.actions import Match, MatchSink
+from vsmcp.node.vsm.patterns.model import (
     All,
     AnyOf,
     Compare,
@@ -37,7 +37,7 @@ from node.vsm.patterns.model import (
     Pattern,
     validate_patterns,
 )
-from node.vsm.patterns.windows import CountWindowState, SequenceState, WindowState
+from vsmcp.node.vsm.patterns.windows import CountWindowState, SequenceState, WindowState
 
 KindMatcher = Callable[[Event], None]
 

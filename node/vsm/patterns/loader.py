@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from node.vsm.errors import PatternError
-from node.vsm.patterns.compile import PatternEngine, SwapReport
-from node.vsm.patterns.model import MAX_PATTERN_FILE_BYTES, load_pattern_dir, pattern_files
+from vsmcp.node.vsm.errors import PatternError
+from vsmcp.node.vsm.patterns.compile import PatternEngine, SwapReport
+from vsmcp.node.vsm.patterns.model import MAX_PATTERN_FILE_BYTES, load_pattern_dir, pattern_files
 
 
 class PatternDirectory:

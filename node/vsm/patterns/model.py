@@ -33,8 +33,8 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
-from node.vsm.errors import PatternError
-from node.vsm.events import EventCatalog, FieldType
+from vsmcp.node.vsm.errors import PatternError
+from vsmcp.node.vsm.events import EventCatalog, FieldType
 
 OPERATORS = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "in", "regex", "exists", "absent"})
 ORDERING_OPERATORS = frozenset({"lt", "le", "gt", "ge"})

@@ -18,8 +18,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from node.vsm.events import Event, EventCatalog, Scalar
-from node.vsm.patterns.model import All, AnyOf, Compare, Condition, Not, Pattern
+from vsmcp.node.vsm.events import Event, EventCatalog, Scalar
+from vsmcp.node.vsm.patterns.model import All, AnyOf, Compare, Condition, Not, Pattern
 
 MatchRecord = tuple[str, Scalar, int]  # pattern, group, count
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from node.vsm.events import Scalar
+from vsmcp.node.vsm.events import Scalar
 
 
 class CountWindowState:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
-from node.http import app_runner
-from node.http_policy import RequestPolicy
-from node.mcp.http import McpGateway, TokenGrant, register_mcp_routes
-from node.tools.config import PluginToolConfig, RateLimitConfig, RateLimitsConfig, ToolsConfig
-from node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.http.policy import RequestPolicy
+from vsmcp.node.http.server import app_runner
+from vsmcp.node.mcp.http import McpGateway, TokenGrant, register_mcp_routes
+from vsmcp.node.tools.config import PluginToolConfig, RateLimitConfig, RateLimitsConfig, ToolsConfig
+from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 
 PUBLIC_TOKEN = "public-token-0123456789"
 OPS_TOKEN = "ops-token-0123456789abc"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from node.mcp.stdio import serve_stdio, stdio_streams
-from node.tools.config import PluginToolConfig, ToolsConfig
-from node.tools.registry import build_local_catalog
+from vsmcp.node.mcp.stdio import serve_stdio, stdio_streams
+from vsmcp.node.tools.config import PluginToolConfig, ToolsConfig
+from vsmcp.node.tools.registry import build_local_catalog
 
 
 async def main() -> None:

@@ -9,12 +9,12 @@ from typing import Any
 
 import aiohttp
 
-from node.mcp.protocol import OVERLOADED, SESSION_NOT_FOUND
-from node.tools.config import ToolsConfig
-from node.tools.registry import build_local_catalog
 from tests.node.mcp.conftest import PUBLIC_TOKEN, Server, serve
 from tests.node.mcp.test_http_raw import ACCEPT_BOTH, META, modern_headers, post
 from tests.polling import async_wait_until
+from vsmcp.node.mcp.protocol import OVERLOADED, SESSION_NOT_FOUND
+from vsmcp.node.tools.config import ToolsConfig
+from vsmcp.node.tools.registry import build_local_catalog
 
 INIT = {
     "jsonrpc": "2.0",

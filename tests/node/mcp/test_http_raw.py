@@ -9,7 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from node.mcp.protocol import (
+from tests.node.mcp.conftest import PUBLIC_TOKEN, Server, serve, tools_config
+from tests.skips import require_module
+from vsmcp.node.mcp.protocol import (
     FORBIDDEN_HOST,
     FORBIDDEN_ORIGIN,
     INVALID_PARAMS,
@@ -23,10 +25,8 @@ from node.mcp.protocol import (
     UNSUPPORTED_MEDIA_TYPE,
     encode,
 )
-from node.tools.config import MountConfig, ToolsConfig
-from node.tools.registry import build_local_catalog
-from tests.node.mcp.conftest import PUBLIC_TOKEN, Server, serve, tools_config
-from tests.skips import require_module
+from vsmcp.node.tools.config import MountConfig, ToolsConfig
+from vsmcp.node.tools.registry import build_local_catalog
 
 MODERN = "2026-07-28"
 META = {

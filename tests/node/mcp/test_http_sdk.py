@@ -14,10 +14,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types import EmptyResult
 
-from node.mcp.protocol import INVALID_PARAMS, RATE_LIMITED, ZONE_DENIED
 from tests.node.mcp.conftest import OPS_TOKEN, PUBLIC_TOKEN, Server
 from tests.node.slow_call import cancel_once_started
 from tests.polling import async_wait_until
+from vsmcp.node.mcp.protocol import INVALID_PARAMS, RATE_LIMITED, ZONE_DENIED
 
 MODES = ["auto", "legacy"]
 
@@ -119,7 +119,7 @@ async def test_legacy_ping(server: Server) -> None:
 
 
 async def test_tools_list_changed_reaches_a_listener(server: Server) -> None:
-    from node.tools.functions import FunctionProvider, PluginTool
+    from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 
     async with connect(server, "auto") as client, client.listen(tools_list_changed=True) as sub:
         assert sub.honored.tools_list_changed
@@ -134,7 +134,7 @@ async def test_tools_list_changed_reaches_a_listener(server: Server) -> None:
 
 
 async def test_legacy_session_stream_carries_list_changed(server: Server) -> None:
-    from node.tools.functions import FunctionProvider, PluginTool
+    from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 
     changed = anyio.Event()
 

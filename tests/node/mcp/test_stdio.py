@@ -13,10 +13,10 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-from node.mcp.protocol import INVALID_PARAMS, PARSE_ERROR, ZONE_DENIED
-from node.mcp.stdio import serve_stdio
-from node.tools.config import ToolsConfig
-from node.tools.registry import build_local_catalog
+from vsmcp.node.mcp.protocol import INVALID_PARAMS, PARSE_ERROR, ZONE_DENIED
+from vsmcp.node.mcp.stdio import serve_stdio
+from vsmcp.node.tools.config import ToolsConfig
+from vsmcp.node.tools.registry import build_local_catalog
 
 ROOT = Path(__file__).resolve().parents[3]
 

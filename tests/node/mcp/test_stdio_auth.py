@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node.mcp.stdio_auth import (
+from vsmcp.node.mcp.stdio_auth import (
     STDIO_TOKEN_FILE_NAME,
     ensure_stdio_token,
     read_stdio_token,

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from node.tools.functions import tool
-from node.tools.model import CallContext
+from vsmcp.node.tools.functions import tool
+from vsmcp.node.tools.model import CallContext
 
 CANCELLED: list[str] = []
 STARTED: list[str] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from node.tools.model import CallContext, new_trace_id
+from vsmcp.node.tools.model import CallContext, new_trace_id
 
 
 async def test_with_timeout_tightens_the_deadline_and_keeps_every_other_field() -> None:

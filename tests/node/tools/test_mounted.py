@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from node.tools.config import MountConfig, ToolsConfig
-from node.tools.model import CallContext
-from node.tools.registry import LocalCatalog, build_local_catalog
-from node.tools.supervisor import UnitState
 from tests.polling import async_wait_until
 from tests.skips import require_module
+from vsmcp.node.tools.config import MountConfig, ToolsConfig
+from vsmcp.node.tools.model import CallContext
+from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.tools.supervisor import UnitState
 
 CTX = CallContext(caller_id="t", caller_zone="public", origin="test")
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from node.tools.config import MountConfig, ToolsConfig
-from node.tools.errors import ToolUnavailable
-from node.tools.model import CallContext
-from node.tools.registry import LocalCatalog, build_local_catalog
-from node.tools.supervisor import UnitState
 from tests.polling import async_wait_until
+from vsmcp.node.tools.config import MountConfig, ToolsConfig
+from vsmcp.node.tools.errors import ToolUnavailable
+from vsmcp.node.tools.model import CallContext
+from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.tools.supervisor import UnitState
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SERVER_START_TIMEOUT_S = 30.0

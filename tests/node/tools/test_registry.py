@@ -6,17 +6,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from node.tools.config import PluginToolConfig, RateLimitConfig, RateLimitsConfig, ToolsConfig
-from node.tools.errors import (
+from vsmcp.node.tools.config import PluginToolConfig, RateLimitConfig, RateLimitsConfig, ToolsConfig
+from vsmcp.node.tools.errors import (
     InvalidArguments,
     RateLimited,
     ToolConfigError,
     UnknownTool,
     ZoneDenied,
 )
-from node.tools.model import CallContext
-from node.tools.policy import zone_allows
-from node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.tools.model import CallContext
+from vsmcp.node.tools.policy import zone_allows
+from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 
 PUBLIC = CallContext(caller_id="t", caller_zone="public", origin="test:public")
 OPS = CallContext(caller_id="t", caller_zone="ops", origin="test:ops")

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from node.tools.errors import Overloaded, ToolTimeout, ToolUnavailable
-from node.tools.functions import FunctionProvider, PluginTool
-from node.tools.model import CallContext, ToolResult, ToolSpec, text_result
-from node.tools.registry import LocalCatalog
-from node.tools.supervisor import Supervisor, UnitPolicy, UnitState
 from tests.polling import async_wait_for
+from vsmcp.node.tools.errors import Overloaded, ToolTimeout, ToolUnavailable
+from vsmcp.node.tools.functions import FunctionProvider, PluginTool
+from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
+from vsmcp.node.tools.registry import LocalCatalog
+from vsmcp.node.tools.supervisor import Supervisor, UnitPolicy, UnitState
 
 CTX = CallContext(caller_id="t", caller_zone="public", origin="test")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.vsm.errors import EventsFileError
-from node.vsm.events import (
+from vsmcp.node.vsm.errors import EventsFileError
+from vsmcp.node.vsm.events import (
     MAX_EVENT_LINE_BYTES,
     NODE_CATALOG,
     NODE_EVENT_TYPES,

@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from node.vsm import stream as stream_module
-from node.vsm.errors import VsmError
-from node.vsm.events import Denial, Event, ToolCallFinished
-from node.vsm.stream import EventStream
 from tests.polling import async_wait_until
+from vsmcp.node.vsm import stream as stream_module
+from vsmcp.node.vsm.errors import VsmError
+from vsmcp.node.vsm.events import Denial, Event, ToolCallFinished
+from vsmcp.node.vsm.stream import EventStream
 
 
 def denial(i: int) -> Denial:

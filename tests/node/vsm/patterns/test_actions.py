@@ -3,11 +3,17 @@ actions counted, `emit` publishing a `pattern_matched` event into the stream."""
 
 from __future__ import annotations
 
-from node.vsm.events import NODE_CATALOG, Denial, Event, PatternMatched
-from node.vsm.patterns import ActionDispatcher, Match, PatternEngine, emit_handler, parse_patterns
-from node.vsm.patterns.model import Action, AlgedonicAction
-from node.vsm.stream import EventStream
 from tests.polling import async_wait_until
+from vsmcp.node.vsm.events import NODE_CATALOG, Denial, Event, PatternMatched
+from vsmcp.node.vsm.patterns import (
+    ActionDispatcher,
+    Match,
+    PatternEngine,
+    emit_handler,
+    parse_patterns,
+)
+from vsmcp.node.vsm.patterns.model import Action, AlgedonicAction
+from vsmcp.node.vsm.stream import EventStream
 
 PATTERN = {
     "name": "burst",

@@ -7,16 +7,16 @@ from typing import Any
 
 import pytest
 
-from node.vsm.errors import PatternError
-from node.vsm.events import (
+from vsmcp.node.vsm.errors import PatternError
+from vsmcp.node.vsm.events import (
     NODE_CATALOG,
     Denial,
     Event,
     MembershipChanged,
     ToolCallFinished,
 )
-from node.vsm.patterns import Match, PatternEngine, parse_patterns
-from node.vsm.patterns.model import Pattern
+from vsmcp.node.vsm.patterns import Match, PatternEngine, parse_patterns
+from vsmcp.node.vsm.patterns.model import Pattern
 
 
 def call(ts: float = 0.0, **fields: Any) -> ToolCallFinished:

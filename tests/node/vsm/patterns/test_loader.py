@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from node.vsm.errors import PatternError
-from node.vsm.events import NODE_CATALOG, Denial
-from node.vsm.patterns import Match, PatternEngine
-from node.vsm.patterns.loader import PatternDirectory
+from vsmcp.node.vsm.errors import PatternError
+from vsmcp.node.vsm.events import NODE_CATALOG, Denial
+from vsmcp.node.vsm.patterns import Match, PatternEngine
+from vsmcp.node.vsm.patterns.loader import PatternDirectory
 
 BURST = {
     "name": "burst",

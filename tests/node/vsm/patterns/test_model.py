@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from node.errors import NodeError
-from node.vsm.errors import PatternError
-from node.vsm.events import NODE_CATALOG
-from node.vsm.patterns.model import (
+from vsmcp.node.errors import NodeError
+from vsmcp.node.vsm.errors import PatternError
+from vsmcp.node.vsm.events import NODE_CATALOG
+from vsmcp.node.vsm.patterns.model import (
     AlgedonicAction,
     All,
     AnyOf,

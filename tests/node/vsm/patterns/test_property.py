@@ -10,10 +10,10 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.vsm.events import Event, EventCatalog
-from node.vsm.patterns import Match, PatternEngine, parse_patterns
-from node.vsm.patterns.model import Pattern
-from node.vsm.patterns.reference import ReferenceEngine
+from vsmcp.node.vsm.events import Event, EventCatalog
+from vsmcp.node.vsm.patterns import Match, PatternEngine, parse_patterns
+from vsmcp.node.vsm.patterns.model import Pattern
+from vsmcp.node.vsm.patterns.reference import ReferenceEngine
 
 
 class PA(Event, frozen=True, gc=False, kw_only=True, tag="pa"):

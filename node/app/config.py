@@ -1,0 +1,433 @@
+"""Node configuration: embedded defaults < TOML file < `VSMCP_*` environment < CLI flags.
+
+Every value is validated once, at start; the first problem becomes a `ConfigError`
+naming the dotted key (`http.port`) and what is wrong, and the CLI exits with code 2.
+
+Environment overrides are `VSMCP_<SECTION>_<KEY>`, e.g. `VSMCP_HTTP_PORT=8080` or
+`VSMCP_MESH_SEEDS='["10.0.0.2:7701"]'`. A value is read as a TOML value when it parses
+as one (numbers, booleans, arrays, quoted strings) and as a bare string otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from vsmcp.mesh.discovery import parse_seed
+from vsmcp.mesh.errors import MeshError
+from vsmcp.node.errors import ConfigError
+from vsmcp.node.peers.service import is_loopback_host
+from vsmcp.node.tools.config import (
+    STDIO_GRANT_NAME,
+    McpConfig,
+    RateLimitsConfig,
+    ToolsConfig,
+    doc,
+)
+
+DEFAULT_HTTP_PORT = 7700
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 128
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
+DEFAULT_MESH_PORT = 7701
+DEFAULT_ZONES = ("public", "ops", "restricted")
+ENV_PREFIX = "VSMCP_"
+MAX_CONFIG_FILE_BYTES = 1 << 20
+
+
+def default_data_dir() -> Path:
+    """Where a node keeps its key, certificate and database unless told otherwise."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "vsmcp"
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# Every field has a description (`Annotated[T, doc("...")]`, what the key does, in its
+# unit): README.md's config reference is generated from these structs
+# (`python -m vsmcp.node.app.config_reference --write README.md`;
+# tests/node/app/test_config_reference.py fails when a field has none or the README is stale).
+
+
+class NodeSection(_Section):
+    data_dir: Annotated[
+        str,
+        doc(
+            'key, certificate, database, runtime.json; "": $XDG_DATA_HOME/vsmcp '
+            "or ~/.local/share/vsmcp"
+        ),
+    ] = ""
+    dev: Annotated[
+        bool, doc("self-certify; mesh.host must be loopback (single machine only, loudly flagged)")
+    ] = False
+    log_format: Annotated[str, doc('"text" or "json" (one object per line), on stdout')] = "text"
+    log_level: Annotated[str, doc("debug | info | warning | error")] = "info"
+    name: Annotated[str, doc('a human name; "": the node id\'s last 8 characters')] = ""
+    debug_api: Annotated[
+        bool, doc("/api/debug/* (cut links, add tools): tests only, never in production")
+    ] = False
+    event_loop: Annotated[
+        str, doc("auto (uvloop when installed; it is a dependency) | uvloop | asyncio")
+    ] = "auto"
+
+
+class HttpSection(_Section):
+    host: Annotated[str, doc("HTTP bind address: an IP address or a host name of this machine")] = (
+        "127.0.0.1"
+    )
+    port: Annotated[int, doc("0 = pick a free port (printed, and in runtime.json)")] = (
+        DEFAULT_HTTP_PORT
+    )
+    max_connections: Annotated[
+        int, doc("open connections at most; 16 more serve only /healthz, /metrics and /api/*")
+    ] = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_client: Annotated[
+        int, doc("open connections from one client address (all local clients share one)")
+    ] = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    head_timeout_s: Annotated[
+        float,
+        doc(
+            "seconds a connection has to send a complete request head, from opening or from "
+            "its previous response (also how long an idle keep-alive connection stays open)"
+        ),
+    ] = DEFAULT_HEAD_TIMEOUT_S
+    body_idle_timeout_s: Annotated[
+        float, doc("seconds a request body may go without a byte before the connection closes")
+    ] = DEFAULT_BODY_IDLE_TIMEOUT_S
+
+
+class MeshSection(_Section):
+    host: Annotated[
+        str,
+        doc(
+            "mesh (ZeroMQ) bind address, advertised to peers; also the mDNS interface. "
+            "An IP address, an interface name or localhost"
+        ),
+    ] = "127.0.0.1"
+    port: Annotated[int, doc("0 = pick a free port; UDP whois on the same number")] = (
+        DEFAULT_MESH_PORT
+    )
+    seeds: Annotated[
+        list[str], doc('peers to join through: "HOST:PORT" or "NODE_ID@HOST:PORT"')
+    ] = msgspec.field(default_factory=list)
+    mdns: Annotated[bool, doc("find peers by multicast DNS (_vsmcp._tcp.local.)")] = True
+    preset: Annotated[str, doc("membership timing: local | lan | wan")] = "lan"
+    name: Annotated[str, doc("admit only peers of the same mesh name")] = "default"
+    dead_reap_after_s: Annotated[
+        int, doc("forget dead members after this; 0 = the preset's (24 h; local: 10 min)")
+    ] = 0
+    left_reap_after_s: Annotated[
+        int, doc("forget left members after this; 0 = the preset's (1 h; local: 60 s)")
+    ] = 0
+
+
+class TrustSection(_Section):
+    authority_public_key: Annotated[
+        str, doc("the mesh authority: hex, base64 or its node id (required unless dev)")
+    ] = ""
+    certificate_file: Annotated[str, doc('this node\'s certificate; "": <data_dir>/node.cert')] = ""
+    zones: Annotated[list[str], doc("zones, lowest first")] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_ZONES)
+    )
+    dev_zone: Annotated[str, doc("the zone a dev (self-certified) node gives itself")] = (
+        "restricted"
+    )
+
+
+class EnvelopeSection(_Section):
+    max_bytes: Annotated[int, doc("largest envelope, checked before anything is decoded")] = 1 << 20
+    max_skew_s: Annotated[int, doc("how old an envelope may be")] = 30
+    # Kept short: after a crash the node refuses everything stamped before restart +
+    # this (it may have accepted it already), so it is also how long a crashed node
+    # takes to rejoin.
+    max_future_skew_s: Annotated[
+        int,
+        doc(
+            "how far ahead of our clock an envelope may be stamped; also how long a "
+            "crashed node refuses envelopes after restart"
+        ),
+    ] = 5
+    replay_window: Annotated[int, doc("per-sender sequence window of the replay guard")] = 1024
+    replay_max_senders: Annotated[
+        int, doc("senders the replay guard remembers (its memory bound)")
+    ] = 16384
+
+
+class AuditSection(_Section):
+    batch_size: Annotated[int, doc("audit entries written per transaction, at most")] = 2048
+    queue_size: Annotated[
+        int, doc("audit entries waiting to be written; a full queue makes callers wait")
+    ] = 65536
+
+
+class Config(_Section):
+    node: Annotated[NodeSection, doc("this process")] = msgspec.field(default_factory=NodeSection)
+    http: Annotated[HttpSection, doc("/healthz, /metrics, /api/*, /mcp")] = msgspec.field(
+        default_factory=HttpSection
+    )
+    mesh: Annotated[MeshSection, doc("peers: ZeroMQ, discovery, membership")] = msgspec.field(
+        default_factory=MeshSection
+    )
+    trust: Annotated[TrustSection, doc("authority, certificate, zones")] = msgspec.field(
+        default_factory=TrustSection
+    )
+    envelope: Annotated[EnvelopeSection, doc("signed messages between nodes")] = msgspec.field(
+        default_factory=EnvelopeSection
+    )
+    audit: Annotated[AuditSection, doc("the signed audit log")] = msgspec.field(
+        default_factory=AuditSection
+    )
+    tools: Annotated[ToolsConfig, doc("System 1 units: built-ins, plugins, mounts")] = (
+        msgspec.field(default_factory=ToolsConfig)
+    )
+    limits: Annotated[RateLimitsConfig, doc("token buckets; a refused call gets retry-after")] = (
+        msgspec.field(default_factory=RateLimitsConfig)
+    )
+    mcp: Annotated[McpConfig, doc("the MCP gateway (/mcp, vsmcp mcp-stdio)")] = msgspec.field(
+        default_factory=McpConfig
+    )
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir).expanduser() if self.node.data_dir else default_data_dir()
+
+
+_LOG_FORMATS = ("text", "json")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_MESH_PRESETS = ("local", "lan", "wan")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+MAX_REAP_AFTER_S = 30 * 86_400
+MAX_TIMEOUT_S = 3600.0
+_MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SECTIONS = tuple(Config.__struct_fields__)
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
+_MAX_HOST_NAME_CHARS = 253
+_MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build and validate the config. `overrides` holds CLI flags as dotted keys."""
+    raw: dict[str, Any] = _read_toml(path) if path is not None else {}
+    _merge_dotted(raw, _env_overrides(os.environ if environ is None else environ))
+    _merge_dotted(raw, dict(overrides or {}))
+    config = _convert(raw)
+    _validate(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e.strerror or e}") from e
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError("--config", f"{path} is larger than {MAX_CONFIG_FILE_BYTES} bytes")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError("--config", f"{path} is not UTF-8 text") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--config", f"{path} is not valid TOML: {e}") from e
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # VSMCP_REQUIRE_SERVICES and friends are not config keys
+        found[f"{section}.{rest[len(section) + 1 :]}"] = _parse_env_value(value)
+    return found
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _merge_dotted(raw: dict[str, Any], dotted: Mapping[str, Any]) -> None:
+    for key, value in dotted.items():
+        section, _, field = key.partition(".")
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(section, f"expected a table, got {type(target).__name__}")
+        target[field] = value
+
+
+def _convert(raw: dict[str, Any]) -> Config:
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        message = str(e)
+        match = _MSGSPEC_PATH.search(message)
+        key = match.group("path").lstrip(".") if match else ""
+        reason = message[: match.start()] if match else message
+        unknown = re.match(r"Object contains unknown field `(?P<f>[^`]+)`", reason)
+        if unknown:
+            key = f"{key}.{unknown.group('f')}" if key else unknown.group("f")
+            reason = "unknown key"
+        # msgspec speaks JSON ("object"); config authors write TOML ("table").
+        reason = reason.replace("`object`", "a table").replace("`", "")
+        raise ConfigError(key or "(top level)", reason[:1].lower() + reason[1:]) from e
+
+
+def _validate(config: Config) -> None:
+    _check_port("http.port", config.http.port)
+    _check_port("mesh.port", config.mesh.port)
+    _check_host("http.host", config.http.host)
+    _check_host("mesh.host", config.mesh.host)
+    _check_range("http.max_connections", config.http.max_connections, 1, 1 << 20)
+    _check_range(
+        "http.max_connections_per_client", config.http.max_connections_per_client, 1, 1 << 20
+    )
+    _check_seconds("http.head_timeout_s", config.http.head_timeout_s)
+    _check_seconds("http.body_idle_timeout_s", config.http.body_idle_timeout_s)
+    if config.node.log_format not in _LOG_FORMATS:
+        raise ConfigError("node.log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
+    if config.node.log_level not in _LOG_LEVELS:
+        raise ConfigError("node.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    if config.node.event_loop not in EVENT_LOOPS:
+        raise ConfigError("node.event_loop", f"must be one of {', '.join(EVENT_LOOPS)}")
+    if config.node.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("node.event_loop", "uvloop is not installed (pip install uvloop)")
+    if not _MESH_NAME.fullmatch(config.mesh.name):
+        raise ConfigError("mesh.name", "1 to 64 characters from A-Z a-z 0-9 . _ -")
+    if config.node.dev and not is_loopback_host(config.mesh.host):
+        # A self-certified node admits self-certified peers; only loopback keeps that
+        # on one machine.
+        raise ConfigError(
+            "mesh.host",
+            f"'{config.mesh.host}' is not a loopback address: node.dev (--dev, "
+            "self-certified) runs on loopback only; a real mesh needs certificates",
+        )
+    if config.mesh.preset not in _MESH_PRESETS:
+        raise ConfigError("mesh.preset", f"must be one of {', '.join(_MESH_PRESETS)}")
+    zones = config.trust.zones
+    if not zones:
+        raise ConfigError("trust.zones", "must name at least one zone")
+    if len(set(zones)) != len(zones):
+        raise ConfigError("trust.zones", "zone names must be unique")
+    if config.trust.dev_zone not in zones:
+        raise ConfigError("trust.dev_zone", f"'{config.trust.dev_zone}' is not in trust.zones")
+    _check_range("envelope.max_bytes", config.envelope.max_bytes, 1024, 64 << 20)
+    _check_range("mesh.dead_reap_after_s", config.mesh.dead_reap_after_s, 0, MAX_REAP_AFTER_S)
+    _check_range("mesh.left_reap_after_s", config.mesh.left_reap_after_s, 0, MAX_REAP_AFTER_S)
+    _check_range("envelope.max_skew_s", config.envelope.max_skew_s, 1, 3600)
+    _check_range("envelope.max_future_skew_s", config.envelope.max_future_skew_s, 1, 3600)
+    _check_range("envelope.replay_window", config.envelope.replay_window, 64, 1 << 16)
+    _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)
+    _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
+    _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
+    _validate_zone_references(config)
+    _validate_tokens(config)
+    for i, seed in enumerate(config.mesh.seeds):
+        try:
+            parse_seed(seed)
+        except MeshError as e:
+            raise ConfigError(
+                f"mesh.seeds[{i}]", f"'{seed}' is not [NODE_ID@]HOST:PORT: {e}"
+            ) from e
+
+
+def _validate_zone_references(config: Config) -> None:
+    """Every zone a tool, mount or token names must be one of trust.zones."""
+    known = set(config.trust.zones)
+    references: list[tuple[str, str | None]] = [
+        ("tools.introspection_zone", config.tools.introspection_zone),
+        ("mcp.loopback_zone", config.mcp.loopback_zone),
+        ("mcp.stdio_zone", config.mcp.stdio_zone),
+    ]
+    for i, plugin in enumerate(config.tools.plugins):
+        references.append((f"tools.plugins[{i}].zone", plugin.zone))
+    for i, mount in enumerate(config.tools.mounts):
+        references.append((f"tools.mounts[{i}].zone", mount.zone))
+        for tool, zone in mount.tool_zones.items():
+            references.append((f"tools.mounts[{i}].tool_zones.{tool}", zone))
+    for i, token in enumerate(config.mcp.tokens):
+        references.append((f"mcp.tokens[{i}].zone", token.zone))
+    for key, referenced in references:
+        if referenced is not None and referenced not in known:
+            raise ConfigError(
+                key, f"unknown zone '{referenced}' (trust.zones: {', '.join(config.trust.zones)})"
+            )
+
+
+def _validate_tokens(config: Config) -> None:
+    """One token, one grant: a token listed twice would get whichever zone came last, and
+    two tokens sharing a name could not be told apart in the audit log or the rate limits.
+    Messages name the entries, never the secret."""
+    by_token: dict[str, int] = {}
+    by_name: dict[str, int] = {}
+    for i, entry in enumerate(config.mcp.tokens):
+        if any(c.isspace() for c in entry.token):
+            raise ConfigError(f"mcp.tokens[{i}].token", "must not contain whitespace")
+        if entry.token in by_token:
+            raise ConfigError(
+                f"mcp.tokens[{i}].token",
+                f"the same token as mcp.tokens[{by_token[entry.token]}] "
+                "(a token grants one zone: list it once)",
+            )
+        if entry.name in by_name:
+            raise ConfigError(
+                f"mcp.tokens[{i}].name",
+                f"'{entry.name}' is already the name of mcp.tokens[{by_name[entry.name]}]",
+            )
+        if entry.name == STDIO_GRANT_NAME:
+            raise ConfigError(
+                f"mcp.tokens[{i}].name",
+                f"'{STDIO_GRANT_NAME}' is reserved for `vsmcp mcp-stdio` clients (mcp.stdio_zone)",
+            )
+        by_token[entry.token] = i
+        by_name[entry.name] = i
+
+
+def _check_host(key: str, host: str) -> None:
+    """An IP address or a host name (an interface name for mesh.host has the same shape).
+    Whether it is an address of this machine is only known when binding: the node then
+    refuses to start naming the key (node/app/node.py)."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if len(host) > _MAX_HOST_NAME_CHARS or not all(
+        _HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")
+    ):
+        raise ConfigError(key, f"{host!r} is not an IP address or a host name")
+
+
+def _check_port(key: str, port: int) -> None:
+    _check_range(key, port, 0, 65535)
+
+
+def _check_seconds(key: str, value: float) -> None:
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise ConfigError(key, f"{value} is out of range (0 < seconds <= {MAX_TIMEOUT_S})")
+
+
+def _check_range(key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(key, f"{value} is out of range ({low}..{high})")

@@ -1,0 +1,693 @@
+"""The node: one service that composes identity, store, audit, envelope pipeline and HTTP.
+
+Start order: identity → store → audit → replay guard → HTTP; stop runs in reverse, so
+the HTTP server stops taking work before the audit log is flushed and the store closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from vsmcp.mesh.certs import encode_certificate
+from vsmcp.mesh.envelope import Opener, Sealer, wall_clock_ms
+from vsmcp.mesh.errors import MeshError
+from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.mesh.membership import MemberReaped, MemberStateChanged
+from vsmcp.mesh.replay import ReplayGuard
+from vsmcp.mesh.service import Service
+from vsmcp.mesh.transport import TransportError
+from vsmcp.node import __version__
+from vsmcp.node.app.config import Config
+from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
+from vsmcp.node.app.trust import NodeIdentity, ensure_data_dir, load_identity
+from vsmcp.node.errors import ConfigError, NodeError, StartupError
+from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
+from vsmcp.node.http.policy import RequestPolicy
+from vsmcp.node.http.server import HttpServer
+from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
+from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
+from vsmcp.node.metrics import NodeMetrics
+from vsmcp.node.peers.service import MeshService, is_loopback_host
+from vsmcp.node.replication.service import ReplicationService
+from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
+from vsmcp.node.routing.catalog import MeshCatalog
+from vsmcp.node.store.audit import AuditLog
+from vsmcp.node.store.database import Store
+from vsmcp.node.tools.config import STDIO_GRANT_NAME
+from vsmcp.node.tools.debug import DebugTools
+from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE_NAME = "vsmcpd.lock"
+RUNTIME_FILE_NAME = "runtime.json"
+KV_REPLAY_GUARD = "replay_guard"
+KV_RUN_STATE = "run_state"
+# The future-skew bound the running (or crashed) process accepted envelopes under.
+KV_REPLAY_FUTURE_MS = "replay_future_ms"
+RUN_STATE_RUNNING = b"running"
+RUN_STATE_CLEAN = b"clean"
+KV_SEALER_SEQ = "sealer_next_seq"
+ENVELOPE_REJECT_REASONS = (
+    "oversize",
+    "malformed",
+    "bad_version",
+    "bad_signature",
+    "stale",
+    "future",
+    "replay",
+    "too_old",
+    "recipient",
+)
+
+
+class DebugApiDisabled(NodeError):
+    """A /api/debug call on a node without node.debug_api, or with bad arguments."""
+
+
+class Node(Service):
+    """A running vsmcp node. `async with Node(config) as node:` starts and stops it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = NodeMetrics()
+        # Every background loop of the node runs under it: restarted, or the node unhealthy.
+        self.loops = LoopSupervisor()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._started_monotonic = 0.0
+        self._identity: NodeIdentity | None = None
+        self._audit: AuditLog | None = None
+        self._store: Store | None = None
+        self._opener: Opener | None = None
+        self._http: HttpServer | None = None
+        self._mesh: MeshService | None = None
+        self._catalog: LocalCatalog | None = None
+        self._replication: ReplicationService | None = None
+        self._debug_tools = DebugTools()
+        self._audit_tasks: set[asyncio.Task[None]] = set()
+        self._out_of_descriptors = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._stack is not None:
+            return
+        stack = contextlib.AsyncExitStack()
+        try:
+            await self._start_parts(stack)
+        except BaseException as e:
+            await stack.aclose()
+            if isinstance(e, NodeError) and not isinstance(e, StartupError):
+                # A damaged store or audit log: the operator must look before we go on.
+                raise StartupError(str(e)) from e
+            raise
+        self._stack = stack
+
+    async def _start_parts(self, stack: contextlib.AsyncExitStack) -> None:
+        data_dir = self.config.data_dir
+        ensure_data_dir(data_dir)
+        stack.enter_context(_exclusive_lock(data_dir / LOCK_FILE_NAME))
+        identity = load_identity(self.config)
+        self._identity = identity
+        store = await stack.enter_async_context(Store.open(data_dir))
+        self._store = store
+        audit_cfg = self.config.audit
+        audit = AuditLog(
+            store,
+            sign=identity.key.sign_detached,
+            public_key=identity.key.public_key,
+            batch_size=audit_cfg.batch_size,
+            queue_maxsize=audit_cfg.queue_size,
+            loops=self.loops,
+        )
+        await stack.enter_async_context(audit)
+        self._audit = audit
+        stack.push_async_callback(self._audit_stop)
+        guard = await self._restore_replay_guard(store)
+        stack.push_async_callback(self._save_replay_guard, store, guard)
+        self._opener = Opener(
+            guard,
+            max_size=self.config.envelope.max_bytes,
+            local_public_key=identity.key.public_key,
+        )
+        sealer = await self._sealer(store, identity, stack)
+        self._register_metrics()
+        catalog = await self._start_local_catalog(stack)
+        mesh = self._mesh_service(identity, sealer)
+        self._mesh = mesh
+        replication = ReplicationService(
+            key=identity.key,
+            authority_public_key=identity.authority_public_key,
+            mesh=mesh,
+            store=store,
+            local_tools=catalog.available_tools,
+            max_envelope_bytes=self.config.envelope.max_bytes,
+            loops=self.loops,
+        )
+        self._replication = replication
+        tools = MeshCatalog(
+            local=catalog,
+            mesh=mesh,
+            replication=replication,
+            node_id=identity.node_id,
+            zones=identity.zones,
+            audit=audit,
+            call_timeout_s=self.config.tools.timeout_s,
+            loops=self.loops,
+        )
+        http_cfg = self.config.http
+        http = HttpServer(
+            self,
+            http_cfg.host,
+            http_cfg.port,
+            ConnectionLimits(
+                max_connections=http_cfg.max_connections,
+                max_per_client=http_cfg.max_connections_per_client,
+                head_timeout_s=http_cfg.head_timeout_s,
+                body_idle_timeout_s=http_cfg.body_idle_timeout_s,
+            ),
+            RequestPolicy(self._allowed_hosts(), self.config.mcp.allowed_origins),
+        )
+        self._register_mcp(http, tools)
+        try:
+            await http.start()
+        except OSError as e:
+            raise _bind_error("http", self.config.http.host, self.config.http.port, e) from e
+        stack.push_async_callback(http.stop)
+        self._http = http
+        self._register_http_metrics(http)
+        # The mesh advertises the HTTP port, so it starts once that is bound.
+        mesh.http_port = http.port
+        try:
+            await stack.enter_async_context(mesh)
+        except TransportError as e:
+            if e.reason != "bind":
+                raise
+            cfg = self.config.mesh
+            raise _bind_error("mesh", cfg.host, cfg.port, e.__cause__ or e) from e
+        self._register_mesh_metrics(mesh)
+        await stack.enter_async_context(replication)
+        self.metrics.add_counters(
+            "vsmcp_replication_events",
+            "Registry replication events (sent, received, anti-entropy rounds, rejections)",
+            "event",
+            lambda: dict(replication.stats),
+        )
+        catalog.on_change(replication.announce_local_tools)
+        await stack.enter_async_context(tools)
+        self._started_monotonic = time.monotonic()
+        self.metrics.start_time.set(time.time())
+        self.metrics.up.set(1)
+        _write_runtime_file(data_dir / RUNTIME_FILE_NAME, self.runtime_info())
+        stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
+        await audit.append("node.start", identity.node_id, self.runtime_info())
+
+    async def _start_local_catalog(self, stack: contextlib.AsyncExitStack) -> LocalCatalog:
+        catalog = build_local_catalog(
+            self.config.tools,
+            self.config.limits,
+            zones=self.config.trust.zones,
+            status=self.status,
+            peers=self.peers,
+            tools_view=self.tools,
+        )
+        if self.config.node.debug_api:
+            catalog.add(self._debug_tools)
+            log.warning("debug API on: /api/debug/* can cut links and add tools")
+        await stack.enter_async_context(catalog)
+        self._catalog = catalog
+        limiter = catalog.policy.limiter
+        if limiter is not None:
+            self.metrics.add_counters(
+                "vsmcp_rate_limit_evictions",
+                "Rate-limit buckets evicted by the bound on their number (limits.max_buckets)",
+                "kind",
+                limiter.evictions,
+            )
+        return catalog
+
+    def _mesh_service(self, identity: NodeIdentity, sealer: Sealer) -> MeshService:
+        mesh_cfg = self.config.mesh
+        return MeshService(
+            key=identity.key,
+            certificate=encode_certificate(identity.signed_certificate),
+            authority_public_key=identity.authority_public_key,
+            zones=identity.zones,
+            dev=identity.dev,
+            sealer=sealer,
+            opener=self.opener,
+            host=mesh_cfg.host,
+            port=mesh_cfg.port,
+            http_port=None,
+            fingerprint=identity.fingerprint,
+            seeds=mesh_cfg.seeds,
+            mdns=mesh_cfg.mdns,
+            mesh_name=mesh_cfg.name,
+            preset=mesh_cfg.preset,
+            dead_reap_after_s=mesh_cfg.dead_reap_after_s,
+            left_reap_after_s=mesh_cfg.left_reap_after_s,
+            on_member_change=self._member_changed,
+            loops=self.loops,
+        )
+
+    def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
+        mcp = self.config.mcp
+        tokens = {t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens}
+        # `vsmcp mcp-stdio` proves itself with the secret in the data dir; the zone is
+        # ours to decide (node/mcp/stdio_auth.py says why it is not the client's word).
+        stdio_secret = ensure_stdio_token(self.config.data_dir)
+        tokens[stdio_secret] = TokenGrant(zone=mcp.stdio_zone, name=STDIO_GRANT_NAME)
+        register_mcp_routes(
+            http.app,
+            tools,
+            tokens=tokens,
+            loopback_zone=mcp.loopback_zone,
+            max_body_bytes=mcp.max_body_bytes,
+            max_sessions=mcp.max_sessions,
+            max_sessions_per_caller=mcp.max_sessions_per_caller,
+            session_idle_s=mcp.session_idle_s,
+            max_listeners=mcp.max_listeners,
+            max_listeners_per_caller=mcp.max_listeners_per_caller,
+        )
+
+    def _allowed_hosts(self) -> list[str] | None:
+        """Host names HTTP answers on every route (a page re-pointed at us by DNS
+        gets 421): loopback names and `mcp.allowed_hosts`, when the node listens on
+        loopback or `mcp.allowed_hosts` is set; else any. Loopback names are always
+        safe to answer, and local tools (`vsmcp status`, probes) use them."""
+        configured = list(self.config.mcp.allowed_hosts)
+        host = self.config.http.host
+        if not configured and not is_loopback_host(host):
+            return None
+        return ["localhost", "127.0.0.1", "::1", host, *configured]
+
+    async def stop(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        self.metrics.up.set(0)
+        await stack.aclose()
+        log.info("node stopped")
+
+    async def _audit_stop(self) -> None:
+        await asyncio.gather(*self._audit_tasks, return_exceptions=True)
+        if self._audit is not None and self._identity is not None:
+            await self._audit.append("node.stop", self._identity.node_id, {})
+
+    # -- replay guard persistence ------------------------------------------------------
+
+    async def _restore_replay_guard(self, store: Store) -> ReplayGuard:
+        """Fresh data dir: empty guard. Clean stop: restore the dump. Crash: refuse
+        everything timestamped before now + the future skew the crashed process
+        accepted under (any of it may have been accepted)."""
+        env = self.config.envelope
+        run_state = await store.kv_get(KV_RUN_STATE)
+        saved = await store.kv_get(KV_REPLAY_GUARD)
+        crashed_future_ms = _crashed_future_ms(
+            await store.kv_get(KV_REPLAY_FUTURE_MS), env.max_skew_s * 1000
+        )
+        future_ms = env.max_future_skew_s * 1000
+        await store.kv_set(KV_REPLAY_FUTURE_MS, future_ms.to_bytes(8, "big"))
+        await store.kv_set(KV_RUN_STATE, RUN_STATE_RUNNING)
+        kwargs: dict[str, Any] = {
+            "window": env.replay_window,
+            "max_senders": env.replay_max_senders,
+            "max_skew_ms": env.max_skew_s * 1000,
+            "max_future_ms": future_ms,
+        }
+        if run_state is None:
+            return ReplayGuard(**kwargs)
+        if run_state == RUN_STATE_CLEAN and saved is not None:
+            try:
+                return ReplayGuard.restore(saved, **kwargs)
+            except MeshError:
+                log.warning("saved replay state unreadable; treating restart as a crash")
+        # The floor must cover what the crashed process could have accepted, under
+        # its own bound, even if the config has shortened it since.
+        floor_future_ms = max(future_ms, crashed_future_ms)
+        log.warning(
+            "previous run did not stop cleanly: refusing envelopes timestamped before "
+            "now + %.1f s (they may be replays)",
+            floor_future_ms / 1000,
+        )
+        now_ms = wall_clock_ms()
+        guard = ReplayGuard(**kwargs)
+        with contextlib.suppress(MeshError):
+            guard = ReplayGuard.after_crash(saved, now_ms, **kwargs)
+        guard.raise_floor(now_ms + floor_future_ms)
+        # Saved at once: should this run crash too, the next start must still hold this
+        # floor (its bound may be shorter than the one this floor covers).
+        await store.kv_set(KV_REPLAY_GUARD, guard.dump())
+        return guard
+
+    async def _save_replay_guard(self, store: Store, guard: ReplayGuard) -> None:
+        await store.kv_set(KV_REPLAY_GUARD, guard.dump())
+        await store.kv_set(KV_RUN_STATE, RUN_STATE_CLEAN)
+
+    async def _sealer(
+        self, store: Store, identity: NodeIdentity, stack: contextlib.AsyncExitStack
+    ) -> Sealer:
+        """Our sequence numbers must rise across restarts even if the clock steps back."""
+        saved = await store.kv_get(KV_SEALER_SEQ)
+        hint = int.from_bytes(saved, "big") if saved else None
+        sealer = Sealer(identity.key, seq_start=hint, max_size=self.config.envelope.max_bytes)
+
+        async def save() -> None:
+            await store.kv_set(KV_SEALER_SEQ, (sealer.last_seq + 1).to_bytes(8, "big"))
+
+        stack.push_async_callback(save)
+        return sealer
+
+    def _member_changed(self, change: MemberStateChanged | MemberReaped) -> None:
+        if self._audit is None:
+            return
+        old: str | None
+        if isinstance(change, MemberReaped):
+            old, new = change.state.name.lower(), "reaped"
+        elif change.old == change.new:
+            return
+        else:
+            old = change.old.name.lower() if change.old is not None else None
+            new = change.new.name.lower()
+        self._audit_nowait(
+            "mesh.member",
+            change.member,
+            {"old": old, "new": new, "incarnation": change.incarnation},
+        )
+
+    def _audit_nowait(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        task = asyncio.create_task(self.audit.append(kind, actor, data), name=f"audit-{kind}")
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
+
+    # -- views -------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> NodeIdentity:
+        if self._identity is None:
+            raise StartupError("node not started")
+        return self._identity
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            raise StartupError("node not started")
+        return self._audit
+
+    @property
+    def opener(self) -> Opener:
+        if self._opener is None:
+            raise StartupError("node not started")
+        return self._opener
+
+    @property
+    def mesh(self) -> MeshService:
+        if self._mesh is None:
+            raise StartupError("node not started")
+        return self._mesh
+
+    @property
+    def mesh_port(self) -> int | None:
+        return self._mesh.port if self._mesh else None
+
+    @property
+    def http_port(self) -> int | None:
+        return self._http.port if self._http else None
+
+    def runtime_info(self) -> dict[str, Any]:
+        port = self.http_port
+        return {
+            "pid": os.getpid(),
+            "node_id": self.identity.node_id,
+            "http_port": port,
+            "http_url": f"http://{self.config.http.host}:{port}" if port else None,
+            "mesh_port": self.mesh_port,
+            "version": __version__,
+        }
+
+    def status(self) -> dict[str, Any]:
+        identity = self.identity
+        return {
+            "node_id": identity.node_id,
+            "name": self.config.node.name or identity.node_id[-8:],
+            "zone": identity.zone,
+            "roles": list(identity.certificate.roles),
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+            "dev": identity.dev,
+            "http_port": self.http_port,
+            "mesh_port": self.mesh_port,
+            "peers": self._mesh.state_counts() if self._mesh else {},
+            "certificate_fingerprint": identity.fingerprint,
+            "certificate_expires_at_s": identity.certificate.expires_at_s,
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self._mesh.peer_view() if self._mesh else []
+
+    def tools(self) -> list[dict[str, Any]]:
+        """The capability registry as this node sees it, with each provider's state."""
+        if self._replication is None or self._identity is None:
+            return []
+        return [
+            {
+                "name": t.name,
+                "provider": t.provider,
+                "zone": t.zone,
+                "description": t.description,
+                "version": t.version,
+                "provider_state": self._provider_state(t.provider),
+            }
+            for t in self._replication.tools()
+        ]
+
+    def _provider_state(self, node_id: str) -> str | None:
+        if node_id == self.identity.node_id:
+            return "self"
+        return self.mesh.member_state(node_id)
+
+    def _require_debug_api(self) -> None:
+        if not self.config.node.debug_api:
+            raise DebugApiDisabled("the debug API is off (node.debug_api = false)")
+
+    def block_peer(self, node_id: str, blocked: bool) -> None:
+        """Cut (or restore) the link to a peer, both ways, as if the network dropped it."""
+        self._require_debug_api()
+        if blocked:
+            self.mesh.block(node_id)
+        else:
+            self.mesh.unblock(node_id)
+
+    def debug_tool(self, name: str, zone: str, present: bool) -> None:
+        """Add or remove a runtime tool that echoes its arguments (tests, benchmarks)."""
+        self._require_debug_api()
+        if zone not in self.config.trust.zones:
+            raise DebugApiDisabled(f"unknown zone {zone!r}")
+        if present:
+            self._debug_tools.add(name, zone)
+        else:
+            self._debug_tools.remove(name)
+
+    def healthy(self) -> bool:
+        return self._stack is not None and not self._descriptors_exhausted() and self.loops.healthy
+
+    def _descriptors_exhausted(self) -> bool:
+        exhausted = descriptors_exhausted()
+        if exhausted != self._out_of_descriptors:
+            self._out_of_descriptors = exhausted
+            if exhausted:
+                log.error(
+                    "unhealthy: fewer than %d file descriptors left (open, limit: %s)",
+                    MIN_FREE_DESCRIPTORS,
+                    descriptor_usage(),
+                )
+            else:
+                log.info("file descriptors available again: healthy")
+        return exhausted
+
+    def health_problems(self) -> list[str]:
+        """Why `healthy()` is false (empty when it is true)."""
+        problems = [] if self._stack is not None else ["node not running"]
+        if self._descriptors_exhausted():
+            problems.append(
+                f"fewer than {MIN_FREE_DESCRIPTORS} file descriptors left ({descriptor_usage()})"
+            )
+        return problems + self.loops.problems()
+
+    def debug_loop_fault(self, name: str) -> None:
+        """End the supervised loop `name` as if it had raised (tests of its restart)."""
+        self._require_debug_api()
+        if not self.loops.inject_fault(name):
+            raise DebugApiDisabled(f"no loop {name!r}; running: {', '.join(self.loops.running())}")
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render()
+
+    def _register_metrics(self) -> None:
+        self.metrics.add_counters(
+            "vsmcp_loop_restarts",
+            "Restarts of background loops after they failed, by loop",
+            "loop",
+            self.loops.restart_counts,
+        )
+
+        def accepted() -> dict[str, int]:
+            return {"accepted": self.opener.accepted}
+
+        self.metrics.add_counters(
+            "vsmcp_envelopes",
+            "Inbound envelopes by outcome",
+            "outcome",
+            accepted,
+            known=("accepted",),
+        )
+        self.metrics.add_counters(
+            "vsmcp_envelopes_rejected",
+            "Inbound envelopes rejected, by reason",
+            "reason",
+            lambda: dict(self.opener.rejected),
+            known=ENVELOPE_REJECT_REASONS,
+        )
+
+    def _register_http_metrics(self, http: HttpServer) -> None:
+        guard = http.guard
+        self.metrics.add_gauges(
+            "vsmcp_http_connections",
+            "Open HTTP connections (reserved: past http.max_connections, operational only)",
+            "kind",
+            guard.connection_counts,
+            known=("open", "reserved"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_http_refused",
+            "HTTP connections or requests refused or closed by a limit, by reason",
+            "reason",
+            lambda: dict(guard.refused),
+            known=REFUSE_REASONS,
+        )
+
+    def _register_mesh_metrics(self, mesh: MeshService) -> None:
+        self.metrics.add_gauges(
+            "vsmcp_mesh_members",
+            "Members of the mesh by state, as this node sees them",
+            "state",
+            mesh.state_counts,
+            known=("alive", "suspect", "zombie", "dead", "left"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_refused",
+            "Peers or messages refused admission, by reason",
+            "reason",
+            lambda: dict(mesh.stats.refused),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_dropped",
+            "Outbound or inbound mesh messages dropped, by reason",
+            "reason",
+            lambda: dict(mesh.stats.dropped),
+        )
+        self.metrics.add_gauges(
+            "vsmcp_transport_links",
+            "Open outbound mesh links by budget (admitted peers, candidates)",
+            "budget",
+            mesh.transport.link_counts,
+            known=("peer", "candidate"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_hellos",
+            "HELLO requests sent to candidates and answered",
+            "direction",
+            lambda: {"sent": mesh.stats.hellos_sent, "answered": mesh.stats.hellos_answered},
+        )
+        self.metrics.add_counters(
+            "vsmcp_transport_frames",
+            "Transport frames by direction",
+            "direction",
+            mesh.transport_counts,
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_calls",
+            "Requests between peers (coalesced into CALLS/REPLIES envelopes), by event",
+            "event",
+            mesh.call_counts,
+            known=MESH_CALL_EVENTS,
+        )
+        self.metrics.add_counters(
+            "vsmcp_membership_events",
+            "Membership protocol events (probes, suspicions, observation rounds, verdicts)",
+            "event",
+            mesh.membership_counts,
+        )
+        self.metrics.add_counters(
+            "vsmcp_mesh_envelope_bytes",
+            "Bytes of one-way mesh envelopes (membership, sync) by direction",
+            "direction",
+            mesh.byte_counts,
+        )
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Any:
+    """One daemon per data dir: a second one would corrupt the replay and audit state."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(
+                f"another vsmcpd is already running with data dir {path.parent}"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# A bind refused for one of these is about the port (taken, or privileged); anything
+# else (no such address here, a name that does not resolve) is about the host.
+_PORT_ERRNOS = frozenset({errno.EADDRINUSE, errno.EACCES})
+
+
+def _bind_error(section: str, host: str, port: int, error: BaseException) -> ConfigError:
+    """A config error naming the key to change, for a listening socket the OS refused.
+    Exit 2, not 1: restarting (systemd) will not free the port or add the address."""
+    number = getattr(error, "errno", None)
+    if isinstance(error, socket.gaierror) or not isinstance(number, int) or number <= 0:
+        detail = getattr(error, "strerror", None) or str(error)  # resolver errors: their text
+    else:
+        detail = os.strerror(number)  # uvloop and zmq wrap it in longer prose
+    if number in _PORT_ERRNOS:
+        taken = " (another process listens on it)" if number == errno.EADDRINUSE else ""
+        return ConfigError(f"{section}.port", f"cannot listen on {host}:{port}: {detail}{taken}")
+    return ConfigError(
+        f"{section}.host",
+        f"cannot listen on {host}:{port}: {detail} (not an address of this machine?)",
+    )
+
+
+def _write_runtime_file(path: Path, info: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _crashed_future_ms(saved: bytes | None, max_skew_ms: int) -> int:
+    """The future-skew bound a previous run accepted envelopes under. Builds before the
+    bound was stored used the past window for both directions."""
+    if saved is None or len(saved) != 8:
+        return max_skew_ms
+    return int.from_bytes(saved, "big")

@@ -1,0 +1,101 @@
+"""The one Host/Origin policy of the node's HTTP server, applied to every route.
+
+DNS rebinding: a page at `evil.example` whose name is re-pointed at 127.0.0.1 reaches
+the node from the user's browser as a same-origin page, with `Host: evil.example`.
+So when `allowed_hosts` is set (the node sets it when it listens on loopback), a Host
+naming another host gets 421 on every route (`/`, `/api/*`, `/healthz`, `/metrics`,
+`/mcp`); a Host that does not parse (`[::1]evil.example`, `a b`) is another host. A
+browser `Origin` not in `allowed_origins` gets 403 (cross-site requests).
+
+Errors on `/mcp` are JSON-RPC errors (FORBIDDEN_HOST, FORBIDDEN_ORIGIN); elsewhere a
+JSON object `{"error": ..., "host" | "origin": ...}`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Final
+
+from aiohttp import web
+
+from vsmcp.node.errors import clip
+from vsmcp.node.mcp.http import MCP_PATH, json_error
+from vsmcp.node.mcp.protocol import FORBIDDEN_HOST, FORBIDDEN_ORIGIN, McpError
+
+# RFC 9110 Host = uri-host [ ":" port ]; uri-host here: a DNS name or IPv4 address,
+# or an IPv6 address in brackets. Nothing may follow the port.
+_HOST_HEADER: Final = re.compile(
+    r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::[0-9]{0,5})?", re.IGNORECASE
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def host_name(host: str) -> str | None:
+    """The host in a Host header, lower-case, without port or brackets; None if it is
+    not a well-formed Host value."""
+    found = _HOST_HEADER.fullmatch(host.strip())
+    if found is None:
+        return None
+    ipv6 = found.group("ipv6")
+    if ipv6 is not None:
+        try:
+            return ipaddress.IPv6Address(ipv6).compressed
+        except ValueError:
+            return None
+    return str(found.group("name")).lower()
+
+
+def _allowed_name(entry: str) -> str:
+    """An allowed-hosts entry: a name, `name:port`, `[v6]:port` or a bare IPv6 address."""
+    try:
+        return ipaddress.ip_address(entry.strip().strip("[]")).compressed
+    except ValueError:
+        return host_name(entry) or entry.strip().lower()
+
+
+class RequestPolicy:
+    """Which Host and Origin headers the node answers (None hosts: any Host)."""
+
+    def __init__(
+        self, allowed_hosts: Collection[str] | None = None, allowed_origins: Collection[str] = ()
+    ) -> None:
+        self.allowed_hosts = (
+            None if allowed_hosts is None else frozenset(_allowed_name(h) for h in allowed_hosts)
+        )
+        self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
+
+    def check(self, request: web.Request) -> McpError | None:
+        if self.allowed_hosts is not None:
+            host = request.headers.get("Host", "")
+            if host_name(host) not in self.allowed_hosts:
+                return McpError(
+                    FORBIDDEN_HOST,
+                    f"Misdirected: Host {clip(host)!r} is not served here",
+                    {"host": clip(host)},
+                )
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") not in self.allowed_origins:
+            return McpError(
+                FORBIDDEN_ORIGIN,
+                f"Forbidden: Origin {clip(origin)!r} is not allowed",
+                {"origin": clip(origin)},
+            )
+        return None
+
+    def middleware(self) -> Any:
+        """The aiohttp middleware applying this policy to every request."""
+
+        @web.middleware
+        async def request_policy(request: web.Request, handler: Handler) -> web.StreamResponse:
+            refused = self.check(request)
+            if refused is None:
+                return await handler(request)
+            if request.path == MCP_PATH:
+                return json_error(refused)
+            body = {"error": refused.message, **(refused.data or {})}
+            return web.json_response(body, status=421 if refused.code == FORBIDDEN_HOST else 403)
+
+        return request_policy

@@ -1,0 +1,199 @@
+"""The node's HTTP server (aiohttp, loopback by default): health, metrics, JSON API, page."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from vsmcp.node.errors import NodeError
+from vsmcp.node.http.limits import (
+    ConnectionGuard,
+    ConnectionLimits,
+    GuardedTCPSite,
+    connection_middleware,
+)
+from vsmcp.node.http.policy import RequestPolicy
+from vsmcp.node.metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1 << 20
+
+
+class NodeView(Protocol):
+    """What the HTTP layer needs from a running node."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def render_metrics(self) -> bytes: ...
+
+    def healthy(self) -> bool: ...
+
+    def health_problems(self) -> list[str]: ...
+
+    def peers(self) -> list[dict[str, Any]]: ...
+
+    def tools(self) -> list[dict[str, Any]]: ...
+
+    def block_peer(self, node_id: str, blocked: bool) -> None: ...
+
+    def debug_tool(self, name: str, zone: str, present: bool) -> None: ...
+
+    def debug_loop_fault(self, name: str) -> None: ...
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Application:
+    """The node's routes; `policy` (Host and Origin rules) applies to every one of them."""
+    middlewares = [(policy or RequestPolicy()).middleware(), connection_middleware]
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
+
+    async def healthz(_: web.Request) -> web.Response:
+        if node.healthy():
+            return _json({"status": "ok"})
+        return _json({"status": "unhealthy", "problems": node.health_problems()}, status=503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=node.render_metrics(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def api_status(_: web.Request) -> web.Response:
+        return _json(node.status())
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=render_index(node.status()), content_type="text/html")
+
+    async def api_peers(_: web.Request) -> web.Response:
+        return _json({"peers": node.peers()})
+
+    async def debug_block(request: web.Request) -> web.Response:
+        peer = request.query.get("peer", "")
+        blocked = request.method == "POST"
+        try:
+            node.block_peer(peer, blocked)
+        except NodeError as e:
+            return _json({"error": str(e)}, status=403)
+        return _json({"peer": peer, "blocked": blocked})
+
+    async def api_tools(_: web.Request) -> web.Response:
+        return _json({"tools": node.tools()})
+
+    async def debug_tools(request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        zone = request.query.get("zone", "public")
+        present = request.method == "POST"
+        if not name:
+            return _json({"error": "name is required"}, status=400)
+        try:
+            node.debug_tool(name, zone, present)
+        except (NodeError, ValueError) as e:
+            return _json({"error": str(e)}, status=403)
+        return _json({"tool": name, "zone": zone, "present": present})
+
+    async def debug_loop_fault(request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        try:
+            node.debug_loop_fault(name)
+        except NodeError as e:
+            return _json({"error": str(e)}, status=403)
+        return _json({"loop": name, "fault": "injected"})
+
+    app.router.add_post("/api/debug/loop-fault", debug_loop_fault)
+    app.router.add_post("/api/debug/tools", debug_tools)
+    app.router.add_delete("/api/debug/tools", debug_tools)
+    app.router.add_get("/api/peers", api_peers)
+    app.router.add_get("/api/tools", api_tools)
+    app.router.add_post("/api/debug/block", debug_block)
+    app.router.add_delete("/api/debug/block", debug_block)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/status", api_status)
+    app.router.add_get("/", index)
+    return app
+
+
+def render_index(status: dict[str, Any]) -> str:
+    esc = html.escape
+    banner = (
+        '<p class="dev">DEV MODE: this node certified itself. Do not use it in a real mesh.</p>'
+        if status.get("dev")
+        else ""
+    )
+    rows = "".join(
+        f"<tr><th>{esc(str(k))}</th><td>{esc(json.dumps(v))}</td></tr>" for k, v in status.items()
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>vsmcp {esc(str(status.get("node_id", "")))}</title>
+<style>body{{font-family:sans-serif;margin:2em}}.dev{{background:#fc0;padding:.5em}}
+th{{text-align:left;padding-right:1em}}</style></head>
+<body><h1>vsmcp node</h1>{banner}<table>{rows}</table>
+<p><a href="/api/status">/api/status</a> · <a href="/metrics">/metrics</a> ·
+<a href="/healthz">/healthz</a></p></body></html>
+"""
+
+
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner every server of ours uses: `/mcp` relies on its handler cancellation."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        # A client that goes away cancels its handler (and so its tool call).
+        handler_cancellation=True,
+    )
+
+
+class HttpServer:
+    """Serves `build_app(node)` on host:port; port 0 picks a free one (see `.port`).
+
+    Connections are bounded and timed out as `limits` says (see `node.http_limits`);
+    requests naming another Host or a foreign Origin are refused as `policy` says."""
+
+    def __init__(
+        self,
+        node: NodeView,
+        host: str,
+        port: int,
+        limits: ConnectionLimits | None = None,
+        policy: RequestPolicy | None = None,
+    ) -> None:
+        self._app = build_app(node, policy)
+        self._host = host
+        self._requested_port = port
+        self._runner: web.AppRunner | None = None
+        self.guard = ConnectionGuard(limits or ConnectionLimits())
+        self.port: int | None = None
+
+    @property
+    def app(self) -> web.Application:
+        return self._app
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        runner = app_runner(self._app)
+        await runner.setup()
+        site = GuardedTCPSite(runner, self._host, self._requested_port, self.guard, access_log=None)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        sockets = site.sockets
+        self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()

@@ -1,0 +1,283 @@
+"""Replicated state in the node: the capability registry, policies and context graph,
+synced over the mesh as signed SYNC envelopes.
+
+- Local updates are pushed to every alive peer as they happen (batched by a pusher
+  task); every `ANTI_ENTROPY_INTERVAL_S` we exchange state vectors with one random
+  peer, and at once with every newly admitted one, so cut links heal by themselves.
+- This node announces each tool of its running units, signed by its key, and
+  re-announces before the entries expire; on graceful stop it retires them (signed
+  tombstones), so they leave every registry instead of waiting for expiry.
+- A signed snapshot (SHA-256 addressed) is kept in the store and restored at start, so
+  a restarted node knows the registry before its peers reconnect.
+- Liveness never enters these documents: whether a provider is alive comes from
+  membership at read time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vsmcp.crdt.errors import CrdtError
+from vsmcp.crdt.registry import CapabilityEntry
+from vsmcp.crdt.state import ReplicatedState, snapshot_id
+from vsmcp.mesh.envelope import Envelope, MsgType, wall_clock_ms
+from vsmcp.mesh.identity import NodeKey, node_id_from_public_key
+from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.mesh.service import Service
+from vsmcp.mesh.transport import Priority
+from vsmcp.node.peers.service import MeshService, Peer
+from vsmcp.node.store.database import Store
+from vsmcp.node.tools.model import ToolSpec
+
+log = logging.getLogger(__name__)
+
+ANTI_ENTROPY_INTERVAL_S = 2.0
+NEW_PEER_CHECK_INTERVAL_S = 0.25
+UPKEEP_INTERVAL_S = 5.0
+SNAPSHOT_INTERVAL_S = 30.0
+ANNOUNCE_TTL_MS = 60 * 60 * 1000
+REANNOUNCE_AFTER_MS = ANNOUNCE_TTL_MS // 3
+COMPACT_THRESHOLD_BYTES = 256 * 1024
+# A sync message must fit in one envelope, with room for the envelope's own fields.
+ENVELOPE_OVERHEAD_BYTES = 4096
+KV_SNAPSHOT = "crdt_snapshot"
+
+
+@dataclass(frozen=True)
+class RemoteTool:
+    """A registry entry as routing sees it: which node offers which tool."""
+
+    name: str
+    provider: str
+    zone: str
+    description: str
+    input_schema: dict[str, Any]
+    version: int
+
+
+class ReplicationService(Service):
+    """Owns the replicated documents and their sync over the mesh. Async context manager."""
+
+    def __init__(
+        self,
+        *,
+        key: NodeKey,
+        authority_public_key: bytes,
+        mesh: MeshService,
+        store: Store,
+        local_tools: Callable[[], list[ToolSpec]],
+        max_envelope_bytes: int,
+        loops: LoopSupervisor | None = None,
+    ) -> None:
+        self._loops = loops or LoopSupervisor()
+        self._key = key
+        self._mesh = mesh
+        self._store = store
+        self._local_tools = local_tools
+        self.state = ReplicatedState(
+            replica_id=key.public_key,
+            authority_keys=[authority_public_key],
+            compact_threshold_bytes=COMPACT_THRESHOLD_BYTES,
+            max_message_bytes=max_envelope_bytes - ENVELOPE_OVERHEAD_BYTES,
+        )
+        self.stats: Counter[str] = Counter()
+        self._push_wanted = asyncio.Event()
+        self._synced_peers: set[str] = set()
+        self._announced: dict[str, tuple[str, str, str]] = {}  # name -> (zone, desc, schema)
+        self._announced_at_ms = 0
+        self._last_snapshot_id: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._stopped = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self._restore_snapshot()
+        self._mesh.handle_oneway(MsgType.SYNC, self._on_sync)
+        self.announce_local_tools()
+        for run, name in (
+            (self._push_loop, "replication-push"),
+            (self._anti_entropy_loop, "replication-anti-entropy"),
+            (self._upkeep_loop, "replication-upkeep"),
+        ):
+            task = self._loops.spawn(name, run)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        # Graceful leave: retire our entries, so peers drop them now, not at expiry.
+        with contextlib.suppress(CrdtError):
+            self.state.registry.retire(self._key.public_key, by=self._key)
+        self._flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.save_snapshot()
+
+    # -- views ---------------------------------------------------------------------------
+
+    def tools(self) -> list[RemoteTool]:
+        return [_remote_tool(entry) for entry in self.state.registry.view()]
+
+    def providers(self, name: str) -> list[RemoteTool]:
+        return [t for t in self.tools() if t.name == name]
+
+    # -- announcing ----------------------------------------------------------------------
+
+    def announce_local_tools(self) -> None:
+        """Announce new or changed local tools; retire the ones that went away."""
+        current = {spec.name: spec for spec in self._local_tools()}
+        now_ms = wall_clock_ms()
+        refresh = now_ms - self._announced_at_ms >= REANNOUNCE_AFTER_MS
+        registry = self.state.registry
+        for name, spec in current.items():
+            signature = (spec.zone, spec.description, _schema_text(spec))
+            if not refresh and self._announced.get(name) == signature:
+                continue
+            try:
+                registry.announce(
+                    self._key,
+                    name,
+                    zone=spec.zone,
+                    description=spec.description,
+                    input_schema=dict(spec.input_schema),
+                    ttl_ms=ANNOUNCE_TTL_MS,
+                )
+            except CrdtError as e:
+                self.stats["announce_failed"] += 1
+                log.warning("cannot announce tool %s: %s", name, e)
+                continue
+            self._announced[name] = signature
+        gone = [name for name in self._announced if name not in current]
+        if gone:
+            registry.retire(self._key.public_key, by=self._key, names=gone)
+            for name in gone:
+                del self._announced[name]
+        if refresh:
+            self._announced_at_ms = now_ms
+        self._push_now()
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def _on_sync(self, peer: Peer, envelope: Envelope) -> None:
+        try:
+            replies = self.state.handle(peer.public_key, envelope.payload)
+        except CrdtError as e:
+            self.stats[f"rejected_{e.reason}"] += 1
+            log.debug("sync message from %s rejected: %s", peer.node_id, e)
+            return
+        self.stats["received"] += 1
+        for reply in replies:
+            self._send(peer.node_id, reply)
+        # Applying an update can queue local writes (a repaired entry): push them too.
+        self._push_now()
+
+    def _send(self, node_id: str, message: bytes) -> None:
+        if self._mesh.send(node_id, MsgType.SYNC, message, priority=Priority.BULK):
+            self.stats["sent"] += 1
+        else:
+            self.stats["send_dropped"] += 1
+
+    def _push_now(self) -> None:
+        self._push_wanted.set()
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._push_wanted.wait()
+            self._push_wanted.clear()
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send queued local updates to every alive peer (the transport queues them)."""
+        messages = self.state.outgoing()
+        if not messages:
+            return
+        for node_id in self._mesh.alive_peers():
+            for message in messages:
+                self._send(node_id, message)
+
+    async def _anti_entropy_loop(self) -> None:
+        since_random = 0.0
+        while True:
+            await asyncio.sleep(NEW_PEER_CHECK_INTERVAL_S)
+            since_random += NEW_PEER_CHECK_INTERVAL_S
+            alive = self._mesh.alive_peers()
+            fresh = [p for p in alive if p not in self._synced_peers]
+            targets = fresh
+            if since_random >= ANTI_ENTROPY_INTERVAL_S and alive:
+                since_random = 0.0
+                targets = [*fresh, random.choice(alive)]
+                self.stats["anti_entropy_rounds"] += 1
+            # Forget peers that left, so they are synced afresh when they come back.
+            self._synced_peers.intersection_update(alive)
+            for node_id in targets:
+                self._synced_peers.add(node_id)
+                for message in self.state.make_sync_request():
+                    self._send(node_id, message)
+
+    async def _upkeep_loop(self) -> None:
+        since_snapshot = 0.0
+        while True:
+            await asyncio.sleep(UPKEEP_INTERVAL_S)
+            compacted = self.state.tick()
+            if compacted:
+                log.info("compacted %s", ", ".join(compacted))
+            self.announce_local_tools()
+            since_snapshot += UPKEEP_INTERVAL_S
+            if since_snapshot >= SNAPSHOT_INTERVAL_S:
+                since_snapshot = 0.0
+                await self.save_snapshot()
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def save_snapshot(self) -> str:
+        snapshot = self.state.snapshot(self._key)
+        ident = snapshot_id(snapshot)
+        if ident != self._last_snapshot_id:
+            await self._store.kv_set(KV_SNAPSHOT, snapshot)
+            self._last_snapshot_id = ident
+        return ident
+
+    async def _restore_snapshot(self) -> None:
+        snapshot = await self._store.kv_get(KV_SNAPSHOT)
+        if snapshot is None:
+            return
+        try:
+            self.state.restore(snapshot, trusted_signers=[self._key.public_key])
+        except CrdtError as e:
+            log.warning("stored registry snapshot unusable, starting empty: %s", e)
+            return
+        self._last_snapshot_id = snapshot_id(snapshot)
+        log.info(
+            "restored registry snapshot %s: %d tools",
+            self._last_snapshot_id[:12],
+            len(self.state.registry.view()),
+        )
+
+
+def _remote_tool(entry: CapabilityEntry) -> RemoteTool:
+    return RemoteTool(
+        name=entry.name,
+        provider=node_id_from_public_key(entry.provider),
+        zone=entry.zone,
+        description=entry.description,
+        input_schema=entry.input_schema,
+        version=entry.version,
+    )
+
+
+def _schema_text(spec: ToolSpec) -> str:
+    return json.dumps(spec.input_schema, sort_keys=True, default=str)

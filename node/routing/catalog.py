@@ -1,0 +1,996 @@
+"""The tools of the whole mesh behind one `ToolCatalog`: what the MCP gateway serves.
+
+Listing. Local tools, plus the tools of the replicated registry whose provider is
+admitted and alive (or suspect), one listing per tool name, filtered by the caller's
+zone. A cheap periodic check compares the usable tool set and fires `on_change`
+(the gateway turns it into `list_changed`) when it moves.
+
+Calling (entry node). Zone, schema and rate limits are enforced here with the local
+catalog's `CallPolicy` (on the remote tool's spec), once per call. A tool this node
+offers from a running unit runs here. Otherwise a provider is chosen by
+`ProviderSelector`: alive before suspect, by observed latency and calls in flight,
+with hysteresis (we stay on the current provider until it fails or another is
+clearly better, so traffic does not flap) and a circuit breaker per provider node.
+The call leaves as an INVOKE envelope (`node.invoke`) carrying what is left of the
+deadline; the provider answers RESULT or ERROR.
+
+Failover. A provider that is dead/zombie/gone, unreachable, not admitted, busy, or
+that refuses before running the tool (unknown tool, unit unavailable or overloaded,
+its own rate limit) is skipped and the next one tried, at most `MAX_ATTEMPTS` times
+within the call's deadline. A provider that does not show it started the call within
+`ACCEPT_TIMEOUT_S` (no response, no progress, no start ack) counts as unreachable:
+a killed node is usually still "alive" in membership for a while, and this bounds
+how long a call waits on it. Never retried: a result (even `isError`), a tool
+timeout, a provider error, or a provider that died after it acknowledged the start
+(the tool may have run; calls are not assumed idempotent). A call to a provider that
+dies within its first `ACK_AFTER_S` may therefore run twice.
+
+Serving (provider node). The effective caller zone is the lower of the claimed zone
+and the calling node's certificate zone, so a node cannot escalate; the call runs
+through this node's `LocalCatalog`, so its own zones, limits and unit supervision
+apply; it gets the remaining deadline; a transport CANCEL cancels it. Progress goes
+back as one-way PROGRESS envelopes keyed by the entry node's call id.
+
+Both ends write audit entries: `tool.call` at the entry node, `tool.serve` at the
+provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from vsmcp.mesh.certs import ZoneOrder
+from vsmcp.mesh.envelope import Context, Envelope, MsgType
+from vsmcp.mesh.errors import MeshError
+from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.mesh.service import Service
+from vsmcp.mesh.transport import Priority, RemoteError, RequestTimeoutError, TransportError
+from vsmcp.node.errors import NodeError
+from vsmcp.node.peers.service import MeshService, Peer, PeerUnavailableError
+from vsmcp.node.replication.service import RemoteTool, ReplicationService
+from vsmcp.node.routing.calls import ReplyItem
+from vsmcp.node.routing.wire import (
+    MAX_CAUSALITY_ENTRIES,
+    MAX_ID_CHARS,
+    CallProgress,
+    InvokeCodecError,
+    InvokeError,
+    InvokeRequest,
+    decode_error,
+    decode_progress,
+    decode_request,
+    decode_result,
+    encode,
+    error_from_tool_error,
+    tool_error_from,
+)
+from vsmcp.node.store.audit import AuditLog
+from vsmcp.node.tools.errors import (
+    Overloaded,
+    ProviderError,
+    ToolError,
+    ToolTimeout,
+    ToolUnavailable,
+)
+from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
+from vsmcp.node.tools.registry import LocalCatalog
+from vsmcp.node.tools.supervisor import Unit, UnitState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALL_TIMEOUT_S: Final = 30.0
+MAX_ATTEMPTS: Final = 3
+ACCEPT_TIMEOUT_S: Final = 1.0
+ACK_AFTER_S: Final = 0.25
+WATCH_INTERVAL_S: Final = 0.25
+CHANGE_CHECK_INTERVAL_S: Final = 1.0
+MAX_PROGRESS_QUEUE: Final = 64
+PROGRESS_FLUSH_S: Final = 0.5
+META_PROVIDER: Final = "vsmcp/provider"
+META_PROGRESS_SENT: Final = "vsmcp/progressSent"
+
+USABLE_STATES: Final = frozenset({"alive", "suspect"})
+GONE_STATES: Final = frozenset({"dead", "zombie", "left"})
+# Refusals that happen before the tool runs: another provider may take the call.
+REFUSALS_BEFORE_RUN: Final = frozenset(
+    {"unknown_tool", "unavailable", "overloaded", "rate_limited", "zone_denied"}
+)
+# Transport answers that mean the remote handler never ran the tool.
+RETRYABLE_REMOTE_REASONS: Final = frozenset({"busy", "no_handler", "handler_error"})
+
+# Provider choice.
+INITIAL_LATENCY_S: Final = 0.005
+LATENCY_ALPHA: Final = 0.2
+FAILURE_PENALTY: Final = 4.0
+SUSPECT_PENALTY: Final = 4.0
+SWITCH_RATIO: Final = 0.5
+MIN_DWELL_S: Final = 2.0
+DEFAULT_AVOID_S: Final = 1.0
+BREAKER_FAILURES: Final = 3
+BREAKER_COOLDOWN_S: Final = 2.0
+BREAKER_MAX_COOLDOWN_S: Final = 30.0
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+# -- circuit breaker and provider choice (pure: time is passed in) -----------------------
+
+
+class CircuitBreaker:
+    """Per provider node: open after `threshold` consecutive failures; after the
+    cool-down one probe call may go (half-open); its success closes the breaker, its
+    failure opens it again for twice as long (capped)."""
+
+    __slots__ = ("_cooldown_s", "_failures", "_open_until", "_probing", "cooldown_s", "threshold")
+
+    def __init__(
+        self,
+        threshold: int = BREAKER_FAILURES,
+        cooldown_s: float = BREAKER_COOLDOWN_S,
+        max_cooldown_s: float = BREAKER_MAX_COOLDOWN_S,
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._cooldown_s = max_cooldown_s
+        self._failures = 0
+        self._open_until: float | None = None
+        self._probing = False
+
+    def state(self, now: float) -> BreakerState:
+        if self._open_until is None:
+            return "closed"
+        return "open" if now < self._open_until else "half_open"
+
+    def allows(self, now: float) -> bool:
+        state = self.state(now)
+        return state == "closed" or (state == "half_open" and not self._probing)
+
+    def retry_after_s(self, now: float) -> float:
+        return 0.0 if self._open_until is None else max(0.0, self._open_until - now)
+
+    def on_attempt(self, now: float) -> None:
+        if self.state(now) == "half_open":
+            self._probing = True
+
+    def on_success(self) -> None:
+        self._failures = 0
+        self._open_until = None
+        self._probing = False
+        self.cooldown_s = BREAKER_COOLDOWN_S
+
+    def on_failure(self, now: float) -> None:
+        self._failures += 1
+        if self._probing:
+            self._probing = False
+            self.cooldown_s = min(self.cooldown_s * 2, self._cooldown_s)
+            self._open_until = now + self.cooldown_s
+        elif self._failures >= self.threshold and self._open_until is None:
+            self._open_until = now + self.cooldown_s
+
+
+@dataclass(slots=True)
+class ProviderHealth:
+    """What this entry node observed of one provider node."""
+
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    latency_s: float = INITIAL_LATENCY_S
+    inflight: int = 0
+    avoid_until: dict[str, float] = field(default_factory=dict)  # tool -> time
+
+    def score(self, state: str) -> float:
+        """Lower is better: expected latency under the current load, health-weighted."""
+        penalty = SUSPECT_PENALTY if state == "suspect" else 1.0
+        return self.latency_s * (1 + self.inflight) * penalty
+
+
+@dataclass(slots=True)
+class _Preferred:
+    node_id: str
+    since: float
+
+
+class ProviderSelector:
+    """Which provider a call goes to, and in which order the others are tried."""
+
+    def __init__(self) -> None:
+        self.health: dict[str, ProviderHealth] = {}
+        self._preferred: dict[str, _Preferred] = {}
+        self.switches = 0
+
+    def _health(self, node_id: str) -> ProviderHealth:
+        health = self.health.get(node_id)
+        if health is None:
+            health = self.health[node_id] = ProviderHealth()
+        return health
+
+    def preferred(self, tool: str) -> str | None:
+        pref = self._preferred.get(tool)
+        return None if pref is None else pref.node_id
+
+    def avoided(self, tool: str, node_id: str, now: float) -> bool:
+        """True while `node_id` recently refused `tool` (it is then tried last)."""
+        health = self._health(node_id)
+        until = health.avoid_until.get(tool)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del health.avoid_until[tool]
+        return False
+
+    def order(self, tool: str, candidates: Sequence[tuple[str, str]], now: float) -> list[str]:
+        """Providers to try, best first. `candidates` are (node id, membership state).
+
+        Nodes whose breaker is open are left out. Nodes that recently refused this
+        tool come last, so a refusal is answered afresh rather than guessed."""
+        usable = []
+        avoided = []
+        for node, state in candidates:
+            health = self._health(node)
+            if not health.breaker.allows(now):
+                continue
+            if self.avoided(tool, node, now):
+                avoided.append((health.avoid_until[tool], node))
+            else:
+                usable.append((health.score(state), node, state))
+        usable.sort()
+        last_resort = [node for _, node in sorted(avoided)]
+        if not usable:
+            return last_resort
+        best_score, best, _ = usable[0]
+        chosen = best
+        pref = self._preferred.get(tool)
+        current = None
+        if pref is not None:
+            current = next((u for u in usable if u[1] == pref.node_id), None)
+        healthy = (
+            current is not None
+            and current[2] == "alive"
+            and self._health(current[1]).breaker.state(now) == "closed"
+        )
+        if pref is not None and current is not None and healthy:
+            clearly_better = best_score < SWITCH_RATIO * current[0]
+            if best != pref.node_id and clearly_better and now - pref.since >= MIN_DWELL_S:
+                self._set_preferred(tool, best, now)
+            else:
+                chosen = pref.node_id
+        else:
+            self._set_preferred(tool, best, now)
+        rest = [node for _, node, _ in usable if node != chosen]
+        return [chosen, *rest, *last_resort]
+
+    def _set_preferred(self, tool: str, node_id: str, now: float) -> None:
+        old = self._preferred.get(tool)
+        if old is not None and old.node_id != node_id:
+            self.switches += 1
+        self._preferred[tool] = _Preferred(node_id, now)
+
+    def on_attempt(self, node_id: str, now: float) -> None:
+        health = self._health(node_id)
+        health.inflight += 1
+        health.breaker.on_attempt(now)
+
+    def on_done(self, node_id: str) -> None:
+        health = self._health(node_id)
+        health.inflight = max(0, health.inflight - 1)
+
+    def on_success(self, node_id: str, elapsed_s: float) -> None:
+        health = self._health(node_id)
+        health.breaker.on_success()
+        health.latency_s += LATENCY_ALPHA * (elapsed_s - health.latency_s)
+
+    def on_refusal(self, tool: str, node_id: str, now: float, retry_after_s: float | None) -> None:
+        """The node answered but would not run `tool` now: avoid it for that tool a while."""
+        health = self._health(node_id)
+        health.breaker.on_success()  # it answered: the node itself is fine
+        wait = DEFAULT_AVOID_S if retry_after_s is None else max(0.0, retry_after_s)
+        health.avoid_until[tool] = now + min(wait, BREAKER_MAX_COOLDOWN_S)
+        self._drop_preferred(node_id, tool)
+
+    def on_failure(self, node_id: str, now: float, elapsed_s: float) -> None:
+        health = self._health(node_id)
+        health.breaker.on_failure(now)
+        health.latency_s = max(health.latency_s, elapsed_s) * FAILURE_PENALTY
+        self._drop_preferred(node_id, None)
+
+    def _drop_preferred(self, node_id: str, tool: str | None) -> None:
+        for name, pref in list(self._preferred.items()):
+            if pref.node_id == node_id and (tool is None or name == tool):
+                del self._preferred[name]
+
+    def retain(self, providers: Collection[str], tools: Collection[str], now: float) -> None:
+        """Forget providers and tools no longer in the registry, so churn does not grow
+        this state. A provider stays while calls to it are in flight or its breaker is
+        open, so one that drops out of the registry and back is not trusted afresh."""
+        gone = [
+            node_id
+            for node_id, health in self.health.items()
+            if node_id not in providers
+            and health.inflight == 0
+            and health.breaker.retry_after_s(now) == 0.0
+        ]
+        for node_id in gone:
+            del self.health[node_id]
+        for tool in [t for t in self._preferred if t not in tools]:
+            del self._preferred[tool]
+
+    def retry_after_s(self, nodes: Sequence[str], tool: str, now: float) -> float | None:
+        """When the first of `nodes` may take `tool` again (None: unknown)."""
+        waits = []
+        for node in nodes:
+            health = self._health(node)
+            wait = health.breaker.retry_after_s(now)
+            until = health.avoid_until.get(tool)
+            if until is not None:
+                wait = max(wait, until - now)
+            waits.append(max(0.0, wait))
+        return min(waits) if waits else None
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+class NoProvider(ToolUnavailable):
+    """No provider of the tool is alive (or every one is refusing right now)."""
+
+    def __init__(self, tool: str, states: Mapping[str, str | None], retry_after_s: float | None):
+        detail = ", ".join(f"{node[-8:]}={state}" for node, state in sorted(states.items()))
+        retry = f"; retry after {retry_after_s:.3f} s" if retry_after_s is not None else ""
+        ToolError.__init__(
+            self,
+            f"No provider alive for tool {tool!r}"
+            + (f" (providers: {detail})" if detail else "")
+            + retry,
+            {
+                "tool": tool,
+                "unit": "mesh",
+                "state": "no_provider",
+                "providers": dict(states),
+                "retry_after_s": None if retry_after_s is None else round(retry_after_s, 3),
+            },
+        )
+
+
+class _Retry(NodeError):
+    """This attempt failed before the tool ran; the next provider may be tried.
+
+    `node` says whether the node itself failed (counts against its breaker)."""
+
+    def __init__(self, error: ToolError, *, reason: str, node: bool) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+        self.node_failure = node
+
+
+# -- the catalog ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Remote:
+    tool: RemoteTool
+    spec: ToolSpec
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One attempt of a remote call, as the entry node tracks it."""
+
+    call_id: int
+    provider: str
+    deadline: float
+    progress: Callable[[float, float | None, str | None], Any] | None
+    scope: asyncio.Timeout | None = None
+    accepted: bool = False
+    aborted: str | None = None
+    queue: asyncio.Queue[CallProgress] | None = None
+    forwarder: asyncio.Task[None] | None = None
+    arrived: int = 0
+    expected: int = 0
+    arrival: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def accept(self) -> None:
+        if not self.accepted:
+            self.accepted = True
+            if self.scope is not None and not self.scope.expired():
+                self.scope.reschedule(self.deadline)
+
+    def abort(self, why: str, now: float) -> None:
+        if self.aborted is None and self.scope is not None and not self.scope.expired():
+            self.aborted = why
+            self.scope.reschedule(now)
+
+
+def _remote_spec(tool: RemoteTool) -> ToolSpec:
+    return ToolSpec(
+        name=tool.name,
+        description=tool.description,
+        input_schema=tool.input_schema,
+        zone=tool.zone,
+        provider="remote",
+    )
+
+
+class MeshCatalog(Service):
+    """A `ToolCatalog` over the local units and the mesh. Async context manager."""
+
+    def __init__(
+        self,
+        *,
+        local: LocalCatalog,
+        mesh: MeshService,
+        replication: ReplicationService,
+        node_id: str,
+        zones: ZoneOrder,
+        audit: AuditLog,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        loops: LoopSupervisor | None = None,
+    ) -> None:
+        self._loops = loops or LoopSupervisor()
+        self.local = local
+        self._mesh = mesh
+        self._replication = replication
+        self._node_id = node_id
+        self._zones = zones
+        self._audit = audit
+        self._call_timeout_s = call_timeout_s
+        self.selector = ProviderSelector()
+        self.stats: dict[str, int] = {}
+        self._callbacks: list[ChangeCallback] = []
+        self._remote: dict[str, list[_Remote]] = {}
+        self._local_units: dict[str, tuple[Unit, ToolSpec]] = {}
+        self._fingerprint: frozenset[tuple[str, str, str, str]] = frozenset()
+        self._pending: dict[int, _Pending] = {}
+        self._call_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._unsubscribe_local = local.on_change(self._local_changed)
+        self._reindex_local()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._mesh.handle_requests(MsgType.INVOKE, self._serve)
+        self._mesh.handle_oneway(MsgType.PROGRESS, self._on_progress)
+        self._refresh_remote()
+        self._fingerprint = self._usable_fingerprint()
+        watch = self._loops.spawn("routing-watch", self._watch)
+        self._tasks.add(watch)
+        watch.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._unsubscribe_local()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _count(self, what: str) -> None:
+        self.stats[what] = self.stats.get(what, 0) + 1
+
+    # -- the tool set -----------------------------------------------------------------------
+
+    def _local_changed(self) -> None:
+        self._reindex_local()
+        self._check_changed()
+
+    def _reindex_local(self) -> None:
+        # The same ownership rule as LocalCatalog: the first unit declaring a name wins.
+        owners: dict[str, tuple[Unit, ToolSpec]] = {}
+        for unit in self.local.supervisor.units.values():
+            for spec in unit.known_tools():
+                owners.setdefault(spec.name, (unit, spec))
+        self._local_units = owners
+
+    def _refresh_remote(self) -> None:
+        old = self._remote
+        index: dict[str, list[_Remote]] = {}
+        for tool in self._replication.tools():
+            if tool.provider == self._node_id:
+                continue  # our own announcements: the local catalog is authoritative
+            previous = next((r for r in old.get(tool.name, ()) if r.tool == tool), None)
+            entry = previous or _Remote(tool, _remote_spec(tool))
+            index.setdefault(tool.name, []).append(entry)
+        for entries in index.values():
+            entries.sort(key=lambda r: r.tool.provider)
+        self._remote = index
+        providers = {r.tool.provider for entries in index.values() for r in entries}
+        self.selector.retain(providers, index.keys(), asyncio.get_running_loop().time())
+
+    def _state(self, node_id: str) -> str | None:
+        if node_id not in self._mesh.peers:
+            return None
+        return self._mesh.member_state(node_id)
+
+    def _states(self, entries: Sequence[_Remote]) -> dict[str, str | None]:
+        """Each provider's state, for error messages (not on the success path)."""
+        return {r.tool.provider: self._state(r.tool.provider) for r in entries}
+
+    def _usable_remote(self, name: str) -> list[tuple[_Remote, str]]:
+        out = []
+        for remote in self._remote.get(name, ()):
+            state = self._state(remote.tool.provider)
+            if state in USABLE_STATES:
+                out.append((remote, state))
+        return out
+
+    def _running_local(self, name: str) -> tuple[Unit, ToolSpec] | None:
+        entry = self._local_units.get(name)
+        if entry is None or entry[0].state is not UnitState.RUNNING:
+            return None
+        return entry
+
+    def _usable_fingerprint(self) -> frozenset[tuple[str, str, str, str]]:
+        items = {
+            (s.name, s.zone, s.description, _schema_key(s.input_schema))
+            for s in self.local.available_tools()
+        }
+        local_names = {item[0] for item in items}
+        for name in self._remote:
+            if name in local_names:
+                continue
+            usable = self._usable_remote(name)
+            if usable:
+                spec = usable[0][0].spec
+                items.add((name, spec.zone, spec.description, _schema_key(spec.input_schema)))
+        return frozenset(items)
+
+    def _check_changed(self) -> None:
+        fingerprint = self._usable_fingerprint()
+        if fingerprint == self._fingerprint:
+            return
+        self._fingerprint = fingerprint
+        for callback in list(self._callbacks):
+            callback()
+
+    def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        policy = self.local.policy
+        tools = {spec.name: spec for spec in self.local.list_tools(ctx)}
+        local_names = {spec.name for spec in self.local.available_tools()}
+        for name in self._remote:
+            if name in tools or name in local_names:
+                continue
+            for remote, _state in self._usable_remote(name):
+                if policy.visible(remote.spec, ctx):
+                    tools[name] = remote.spec
+                    break
+        return [tools[name] for name in sorted(tools)]
+
+    async def _watch(self) -> None:
+        """Abort attempts on providers membership gave up on; notice tool-set changes."""
+        loop = asyncio.get_running_loop()
+        since_check = 0.0
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = loop.time()
+            for pending in list(self._pending.values()):
+                state = self._state(pending.provider)
+                if state is None or state in GONE_STATES:
+                    pending.abort(state or "gone", now)
+            since_check += WATCH_INTERVAL_S
+            if since_check >= CHANGE_CHECK_INTERVAL_S:
+                since_check = 0.0
+                self._refresh_remote()
+                self._check_changed()
+
+    # -- calls (entry node) ----------------------------------------------------------------
+
+    async def call_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tried: list[str] = []
+        outcome = "ok"
+        try:
+            result = await self._call(name, arguments, ctx, tried)
+            if result.get("isError"):
+                outcome = "error_result"
+            return result
+        except ToolError as e:
+            outcome = e.reason
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            data = {
+                "tool": name,
+                "provider": tried[-1] if tried else None,
+                "attempts": len(tried),
+                "origin": ctx.origin,
+                "zone": ctx.caller_zone,
+                "trace_id": ctx.trace_id,
+                "causality": list(ctx.causality),
+                "outcome": outcome,
+                "latency_ms": round((loop.time() - started) * 1000, 3),
+            }
+            if outcome == "cancelled":
+                # Do not wait inside a cancelled task: the entry is written on the side.
+                self._spawn(self._append_audit("tool.call", ctx.caller_id, data), "audit-call")
+            else:
+                await self._append_audit("tool.call", ctx.caller_id, data)
+
+    async def _call(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext, tried: list[str]
+    ) -> ToolResult:
+        local = self._running_local(name)
+        if local is not None:
+            unit, spec = local
+            self.local.policy.admit(spec, arguments, ctx)
+            tried.append(self._node_id)
+            try:
+                return await unit.call(name, arguments, ctx)
+            except (ToolUnavailable, Overloaded) as e:
+                # Refused before it ran (unit down or full): the mesh may take it. The
+                # index lags the registry by up to CHANGE_CHECK_INTERVAL_S: look again.
+                if not self._usable_remote(name):
+                    self._refresh_remote()
+                if not self._usable_remote(name):
+                    raise
+                self._count("local_failover")
+                return await self._call_remote(
+                    name, arguments, ctx, tried, admitted=True, first_error=e
+                )
+        if not self._remote.get(name):
+            self._refresh_remote()
+        if not self._remote.get(name):
+            # Offered nowhere else: the local catalog names the precise problem
+            # (unknown tool, or the state of the unit that declares it).
+            return await self.local.call_tool(name, arguments, ctx)
+        return await self._call_remote(name, arguments, ctx, tried, admitted=False)
+
+    async def _call_remote(
+        self,
+        name: str,
+        arguments: Mapping[str, Any],
+        ctx: CallContext,
+        tried: list[str],
+        *,
+        admitted: bool,
+        first_error: ToolError | None = None,
+    ) -> ToolResult:
+        loop = asyncio.get_running_loop()
+        entries = self._remote.get(name, [])
+        usable = self._usable_remote(name)
+        policy = self.local.policy
+        allowed = [(r, s) for r, s in usable if policy.visible(r.spec, ctx)]
+        if not admitted:
+            # One spec object per name keeps the validator's compiled schema cached.
+            representative = (allowed or usable)[0][0] if (allowed or usable) else entries[0]
+            policy.admit(representative.spec, arguments, ctx)
+        nodes = [(r.tool.provider, state) for r, state in allowed]
+        order = self.selector.order(name, nodes, loop.time())
+        if not order:
+            if first_error is not None:
+                raise first_error
+            wait = self.selector.retry_after_s([n for n, _ in nodes], name, loop.time())
+            raise NoProvider(name, self._states(entries), wait if nodes else None)
+        ctx = ctx.with_timeout(self._call_timeout_s)
+        budget = ctx.remaining_s() or 0.0
+        last: ToolError | None = first_error
+        failures: dict[str, str] = {}
+        for node_id in order[:MAX_ATTEMPTS]:
+            remaining = ctx.remaining_s()
+            if remaining is not None and remaining <= 0:
+                raise ToolTimeout(name, budget)
+            tried.append(node_id)
+            try:
+                return await self._attempt(node_id, name, arguments, ctx, budget)
+            except _Retry as r:
+                self._count("failover")
+                log.info("tool %s: provider %s failed (%s); trying the next", name, node_id, r)
+                last = r.error
+                if r.node_failure:
+                    failures[node_id] = r.reason
+        if last is None or (failures and tried[-1] in failures):
+            described = {
+                node: f"{state}, {failures[node]}" if node in failures else state
+                for node, state in self._states(entries).items()
+            }
+            now = loop.time()
+            raise NoProvider(name, described, self.selector.retry_after_s(order, name, now))
+        raise last
+
+    async def _attempt(
+        self,
+        node_id: str,
+        name: str,
+        arguments: Mapping[str, Any],
+        ctx: CallContext,
+        budget: float,
+    ) -> ToolResult:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = ctx.deadline if ctx.deadline is not None else now + self._call_timeout_s
+        remaining = max(0.001, deadline - now)
+        pending = _Pending(next(self._call_ids), node_id, deadline, ctx.progress)
+        request = InvokeRequest(
+            call_id=pending.call_id,
+            tool=name,
+            arguments=dict(arguments),
+            caller_id=ctx.caller_id[:MAX_ID_CHARS],
+            caller_zone=ctx.caller_zone[:MAX_ID_CHARS],
+            origin=ctx.origin[:MAX_ID_CHARS],
+            trace_id=ctx.trace_id[:MAX_ID_CHARS],
+            causality=tuple(c[:MAX_ID_CHARS] for c in ctx.causality[-MAX_CAUSALITY_ENTRIES:]),
+            timeout_ms=max(1, int(remaining * 1000)),
+            progress=ctx.progress is not None,
+        )
+        context = Context(origin=request.origin, trace_id=ctx.trace_id.encode()[:64])
+        self._pending[pending.call_id] = pending
+        self.selector.on_attempt(node_id, now)
+        try:
+            try:
+                async with asyncio.timeout_at(min(now + ACCEPT_TIMEOUT_S, deadline)) as scope:
+                    pending.scope = scope
+                    reply = await self._mesh.request(
+                        node_id,
+                        MsgType.INVOKE,
+                        encode(request),
+                        timeout_s=remaining,
+                        context=context,
+                    )
+            except (TimeoutError, TransportError, PeerUnavailableError, MeshError) as e:
+                raise self._attempt_failed(pending, name, e, loop.time() - now, budget) from e
+            elapsed = loop.time() - now
+            result = self._answer(pending, name, reply, elapsed)
+            await self._flush_progress(pending, result)
+            return result
+        finally:
+            del self._pending[pending.call_id]
+            self.selector.on_done(node_id)
+            if pending.forwarder is not None:
+                pending.forwarder.cancel()
+
+    def _attempt_failed(
+        self, pending: _Pending, name: str, error: BaseException, elapsed: float, budget: float
+    ) -> ToolError | _Retry:
+        """What a failed attempt means: retry elsewhere (`_Retry`) or the call's error."""
+        loop = asyncio.get_running_loop()
+        node_id = pending.provider
+        now = loop.time()
+        if isinstance(error, RemoteError) and error.reason == "busy":
+            self.selector.on_refusal(name, node_id, now, None)
+            return _Retry(
+                NoProvider(name, {node_id: "busy"}, DEFAULT_AVOID_S), reason="busy", node=False
+            )
+        self.selector.on_failure(node_id, now, elapsed)
+        if now >= pending.deadline or isinstance(error, RequestTimeoutError):
+            return ToolTimeout(name, budget)
+        if isinstance(error, RemoteError) and error.reason not in RETRYABLE_REMOTE_REASONS:
+            return ProviderError(name, f"provider {node_id} answered {error.reason}")
+        reason = (
+            f"went {pending.aborted}"
+            if pending.aborted
+            else f"no answer within {ACCEPT_TIMEOUT_S:g} s"
+            if isinstance(error, TimeoutError)
+            else getattr(error, "reason", type(error).__name__)
+        )
+        if pending.accepted:
+            # It started the tool and then failed us: the tool may have run. No retry.
+            return ProviderError(
+                name,
+                f"provider {node_id} {reason} after it started the call; not retried "
+                "(the tool may have run)",
+            )
+        return _Retry(NoProvider(name, {node_id: reason}, None), reason=reason, node=True)
+
+    def _answer(self, pending: _Pending, name: str, reply: ReplyItem, elapsed: float) -> ToolResult:
+        node_id = pending.provider
+        loop_now = asyncio.get_running_loop().time()
+        if reply.type == MsgType.RESULT:
+            try:
+                result = decode_result(reply.payload)
+            except InvokeCodecError as e:
+                self.selector.on_failure(node_id, loop_now, elapsed)
+                raise ProviderError(name, f"provider {node_id} sent {e}") from None
+            self.selector.on_success(node_id, elapsed)
+            meta = result.get("_meta")
+            meta = dict(meta) if isinstance(meta, dict) else {}
+            pending.expected = _int(meta.pop(META_PROGRESS_SENT, 0))
+            meta[META_PROVIDER] = node_id
+            result["_meta"] = meta
+            return result
+        if reply.type == MsgType.ERROR:
+            try:
+                error = tool_error_from(decode_error(reply.payload))
+            except InvokeCodecError as e:
+                self.selector.on_failure(node_id, loop_now, elapsed)
+                raise ProviderError(name, f"provider {node_id} sent {e}") from None
+            if error.reason in REFUSALS_BEFORE_RUN:
+                retry = error.data.get("retry_after_s")
+                wait = float(retry) if isinstance(retry, int | float) else None
+                self.selector.on_refusal(name, node_id, loop_now, wait)
+                raise _Retry(error, reason=error.reason, node=False)
+            self.selector.on_success(node_id, elapsed)
+            raise error
+        self.selector.on_failure(node_id, loop_now, elapsed)
+        raise ProviderError(name, f"provider {node_id} answered {reply.type.name}")
+
+    async def _flush_progress(self, pending: _Pending, result: ToolResult) -> None:
+        """Deliver the provider's progress before its result (they travel apart)."""
+        if pending.progress is None or pending.expected <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PROGRESS_FLUSH_S):
+                while pending.arrived < pending.expected:
+                    pending.arrival.clear()
+                    await pending.arrival.wait()
+                if pending.queue is not None:
+                    await pending.queue.join()
+
+    def _on_progress(self, peer: Peer, envelope: Envelope) -> None:
+        try:
+            message = decode_progress(envelope.payload)
+        except InvokeCodecError:
+            self._count("progress_malformed")
+            return
+        pending = self._pending.get(message.call_id)
+        if pending is None or pending.provider != peer.node_id:
+            self._count("progress_late")
+            return
+        pending.accept()
+        if message.ack:
+            return
+        pending.arrived += 1
+        pending.arrival.set()
+        if pending.progress is None:
+            return
+        if pending.queue is None:
+            pending.queue = asyncio.Queue(MAX_PROGRESS_QUEUE)
+            pending.forwarder = self._spawn(
+                self._forward_progress(pending), f"routing-progress-{pending.call_id}"
+            )
+        try:
+            pending.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self._count("progress_dropped")
+
+    async def _forward_progress(self, pending: _Pending) -> None:
+        queue, progress = pending.queue, pending.progress
+        assert queue is not None and progress is not None
+        while True:
+            message = await queue.get()
+            try:
+                await progress(message.progress, message.total, message.message)
+            except (ConnectionError, NodeError) as e:
+                self._count("progress_failed")
+                log.debug("progress for call %d not delivered: %s", pending.call_id, e)
+            finally:
+                queue.task_done()
+
+    # -- serving (provider node) -----------------------------------------------------------
+
+    async def _serve(self, peer: Peer, envelope: Envelope) -> tuple[MsgType, bytes]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            request = decode_request(envelope.payload)
+        except InvokeCodecError as e:
+            self._count("invoke_malformed")
+            return MsgType.ERROR, encode(InvokeError(reason="malformed", message=str(e)))
+        zone = effective_zone(self._zones, request.caller_zone, peer.certificate.zone)
+        sent = 0
+        entry = peer.node_id
+        call_id = request.call_id
+
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            nonlocal sent
+            sent += 1
+            report = CallProgress(call_id=call_id, progress=value, total=total, message=message)
+            self._mesh.send(entry, MsgType.PROGRESS, encode(report), priority=Priority.REQUEST)
+
+        ctx = CallContext(
+            caller_id=request.caller_id,
+            caller_zone=zone,
+            origin=f"mesh:{entry}",
+            entry_origin=request.origin,
+            trace_id=request.trace_id,
+            causality=request.causality,
+            progress=progress if request.progress else None,
+            deadline=started + request.timeout_ms / 1000 if request.timeout_ms else None,
+        )
+        ack = loop.call_later(ACK_AFTER_S, self._send_ack, entry, call_id)
+        outcome = "ok"
+        try:
+            result = await self.local.call_tool(request.tool, request.arguments, ctx)
+            if result.get("isError"):
+                outcome = "error_result"
+            if sent:
+                meta = result.get("_meta")
+                result = {**result, "_meta": {**(meta or {}), META_PROGRESS_SENT: sent}}
+            answer = MsgType.RESULT, encode(result)
+        except ToolError as e:
+            outcome = e.reason
+            answer = MsgType.ERROR, encode(error_from_tool_error(e))
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            ack.cancel()
+            data = {
+                "tool": request.tool,
+                "entry": entry,
+                "caller": request.caller_id,
+                "origin": request.origin,
+                "zone": zone,
+                "claimed_zone": request.caller_zone,
+                "trace_id": request.trace_id,
+                "causality": list(request.causality),
+                "outcome": outcome,
+                "latency_ms": round((loop.time() - started) * 1000, 3),
+            }
+            if outcome == "cancelled":
+                self._spawn(self._append_audit("tool.serve", entry, data), "audit-serve")
+            else:
+                await self._append_audit("tool.serve", entry, data)
+        if len(answer[1]) > self._mesh.max_payload_bytes:
+            # Not a failure to retry elsewhere: the tool ran; its answer cannot travel.
+            error = InvokeError(
+                reason=ProviderError.reason,
+                message=f"answer of {len(answer[1])} bytes does not fit in an envelope",
+            )
+            return MsgType.ERROR, encode(error)
+        return answer
+
+    def _send_ack(self, node_id: str, call_id: int) -> None:
+        self._mesh.send(
+            node_id,
+            MsgType.PROGRESS,
+            encode(CallProgress(call_id=call_id, ack=True)),
+            priority=Priority.REQUEST,
+        )
+
+    async def _append_audit(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        try:
+            await self._audit.append(kind, actor, data)
+        except NodeError as e:
+            self._count("audit_failed")
+            log.warning("audit %s not recorded: %s", kind, e)
+
+
+def effective_zone(zones: ZoneOrder, claimed: str, certificate_zone: str) -> str:
+    """The lower of the zone an entry node claims for its caller and the entry node's
+    own certificate zone: a node cannot grant more than it holds. An unknown zone is
+    kept as it is (and is denied everything)."""
+    if claimed not in zones:
+        return claimed
+    if certificate_zone not in zones:
+        return certificate_zone
+    return claimed if zones.allows(certificate_zone, claimed) else certificate_zone
+
+
+def _schema_key(schema: Mapping[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, default=str)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

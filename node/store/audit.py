@@ -1,0 +1,611 @@
+"""The audit log: append-only, hash-chained, Ed25519-signed entries in the store.
+
+Entry `n` (seq is contiguous from 1) is the tuple (seq, ts_ms, kind, actor, data), where
+`data` is canonical JSON text (`canonical_json`: sorted keys, compact separators,
+ASCII-only). Its canonical encoding (`encode_entry`) is, with all integers big-endian:
+
+    seq   u64 | ts_ms i64 | len(kind) u32 | kind | len(actor) u32 | actor | len(data) u32 | data
+
+(strings UTF-8). Then
+
+    hash_n = sha256(prev_hash_n || encode_entry(entry_n)),   prev_hash_1 = 32 zero bytes,
+    prev_hash_n = hash_{n-1}.
+
+Entries are committed in batches, one transaction each. The last entry of every batch is
+a checkpoint: its `sig` is an Ed25519 detached signature over its hash. Every other entry
+stores an empty `sig` (b""): as the hashes chain, a checkpoint's signature authenticates
+it and every entry before it, so one signature per batch does the work of one per entry.
+(Logs written before checkpoints have every entry signed; each is a checkpoint to the
+verifier, so they verify unchanged.)
+
+The single `audit_head` row holds (seq, hash) of the last entry and a signature over
+`HEAD_SIG_DOMAIN || seq u64 || hash`; it is rewritten in the same transaction as every
+batch, so deleting entries from the tail breaks the head, and a healthy log ends with a
+checkpoint whose hash is the head's. The domain prefix keeps a checkpoint's signature
+from being reused as a head signature (which would allow truncating to any checkpoint).
+An attacker holding an old copy of the head can still roll the log back to that batch
+boundary: that needs an anchor outside this file, which is out of scope here.
+
+Verifying walks the chain (contiguous seqs, prev_hash links, recomputed hashes). An entry
+is authenticated when a valid checkpoint at or after it, or the valid head, is reached
+from it through the chain. A `sig` that is present but does not verify (wrong key, length
+or type) is an error; an empty one is not: stripping a checkpoint's signature loses
+nothing while a later checkpoint or the head still covers the entry, so it is not
+reported, but entries that nothing covers are. `first_bad_seq` is the first entry that
+is not authenticated: the entry after the last valid checkpoint before the damage, which
+can be earlier than the damaged entry (an edit of entry k with every later hash
+recomputed is only caught at the first checkpoint after k).
+
+`AuditLog` appends through a bounded queue to one writer task that seals (hashes and
+signs, in a worker thread) and commits whole batches. `verify_audit_log` checks a log
+file without an event loop, for `vsmcp audit verify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import sqlite3
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from vsmcp.mesh.envelope import wall_clock_ms
+from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.mesh.service import Service
+from vsmcp.node.errors import NodeError
+from vsmcp.node.store.database import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+HASH_BYTES: Final = 32
+SIG_BYTES: Final = 64
+PUBLIC_KEY_BYTES: Final = 32
+GENESIS_PREV_HASH: Final = bytes(HASH_BYTES)
+HEAD_SIG_DOMAIN: Final = b"vsmcp audit head v1\x00"
+UNSIGNED: Final = b""  # the `sig` of an entry that is not a checkpoint
+DEFAULT_QUEUE_MAXSIZE: Final = 65_536
+DEFAULT_BATCH_SIZE: Final = 2_048
+DEFAULT_LINGER_S: Final = 0.005  # group commit: how long a batch waits for more
+MAX_LABEL_BYTES: Final = 256  # kind and actor
+MAX_DATA_BYTES: Final = 256 * 1024
+
+_INT_HEADER = struct.Struct(">QqI")
+_LEN = struct.Struct(">I")
+_HEAD_SEQ = struct.Struct(">Q")
+_MAX_SEQ: Final = 2**64 - 1
+
+Signer = Callable[[bytes], bytes]
+# (ts_ms, kind, actor, canonical data JSON), queued by `append`.
+_Pending = tuple[int, str, str, str]
+# A row of audit_entries in column order.
+_Row = tuple[int, int, str, str, str, bytes, bytes, bytes]
+
+_INSERT_ENTRY = (
+    "INSERT INTO audit_entries (seq, ts_ms, kind, actor, data, prev_hash, hash, sig) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_HEAD = (
+    "INSERT INTO audit_head (id, seq, hash, sig) VALUES (1, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, sig = excluded.sig"
+)
+
+
+class AuditError(NodeError):
+    """Base of the audit log's errors; `reason` is a short machine label."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AuditEntryError(AuditError):
+    """`append` was given an entry that cannot be recorded (type, size, non-JSON data)."""
+
+
+class AuditWriteError(AuditError):
+    """Entries could not be committed; the log stopped accepting entries."""
+
+
+class AuditIntegrityError(AuditError):
+    """The stored log is inconsistent (or signed by another key); the writer will not
+    extend it. Run `vsmcp audit verify` to find the damage."""
+
+
+# Built once: json.dumps with these options builds an encoder per call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """The one JSON text of `data` that is hashed and stored."""
+    return _CANONICAL.encode(data)
+
+
+def encode_entry(seq: int, ts_ms: int, kind: str, actor: str, data: str) -> bytes:
+    """The canonical encoding of an entry (see the module docstring)."""
+    kind_b = kind.encode()
+    actor_b = actor.encode()
+    data_b = data.encode()
+    return b"".join(
+        (
+            _INT_HEADER.pack(seq, ts_ms, len(kind_b)),
+            kind_b,
+            _LEN.pack(len(actor_b)),
+            actor_b,
+            _LEN.pack(len(data_b)),
+            data_b,
+        )
+    )
+
+
+def entry_hash(prev_hash: bytes, seq: int, ts_ms: int, kind: str, actor: str, data: str) -> bytes:
+    return hashlib.sha256(prev_hash + encode_entry(seq, ts_ms, kind, actor, data)).digest()
+
+
+def head_message(seq: int, hash_: bytes) -> bytes:
+    """What the head signature signs."""
+    return HEAD_SIG_DOMAIN + _HEAD_SEQ.pack(seq) + hash_
+
+
+def _checked_sig(sig: bytes) -> bytes:
+    if len(sig) != SIG_BYTES:
+        raise AuditError(
+            f"signer returned {len(sig)} bytes, expected a {SIG_BYTES}-byte signature",
+            reason="bad_signer",
+        )
+    return bytes(sig)
+
+
+@dataclass(frozen=True, slots=True)
+class _SealedBatch:
+    rows: list[_Row]
+    last_seq: int
+    last_hash: bytes
+    head_sig: bytes
+
+
+def _seal_batch(
+    batch: Sequence[_Pending], first_seq: int, prev_hash: bytes, sign: Signer
+) -> _SealedBatch:
+    """Hash-chain a batch, sign its last entry (the checkpoint) and the head.
+
+    Runs in a worker thread: no event-loop access.
+    """
+    rows: list[_Row] = []
+    last_seq = first_seq + len(batch) - 1
+    for seq, (ts_ms, kind, actor, data) in enumerate(batch, start=first_seq):
+        hash_ = entry_hash(prev_hash, seq, ts_ms, kind, actor, data)
+        sig = _checked_sig(sign(hash_)) if seq == last_seq else UNSIGNED
+        rows.append((seq, ts_ms, kind, actor, data, prev_hash, hash_, sig))
+        prev_hash = hash_
+    head_sig = _checked_sig(sign(head_message(last_seq, prev_hash)))
+    return _SealedBatch(rows, last_seq, prev_hash, head_sig)
+
+
+def _validate_label(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise AuditEntryError(
+            f"audit {name} must be a str, got {type(value).__name__}", reason="bad_entry"
+        )
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError as exc:
+        raise AuditEntryError(
+            f"audit {name} is not valid Unicode: {exc}", reason="bad_entry"
+        ) from exc
+    if size > MAX_LABEL_BYTES:
+        raise AuditEntryError(
+            f"audit {name} is {size} bytes, over the {MAX_LABEL_BYTES}-byte limit",
+            reason="too_large",
+        )
+    return value
+
+
+class AuditLog(Service):
+    """Appends audit entries to `store`; use `async with AuditLog(store, sign, pk) as audit:`.
+
+    `sign(msg)` must return a 64-byte detached Ed25519 signature by the key whose public
+    half is `public_key`. It is called from a worker thread, one call at a time.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sign: Signer,
+        public_key: bytes,
+        *,
+        queue_maxsize: int = DEFAULT_QUEUE_MAXSIZE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        linger_s: float = DEFAULT_LINGER_S,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        loops: LoopSupervisor | None = None,
+    ) -> None:
+        if queue_maxsize < 1 or batch_size < 1:
+            raise ValueError("queue_maxsize and batch_size must be at least 1")
+        if len(public_key) != PUBLIC_KEY_BYTES:
+            raise ValueError(f"public_key must be {PUBLIC_KEY_BYTES} bytes")
+        self._loops = loops or LoopSupervisor()
+        self._store = store
+        self._sign = sign
+        self._verify_key = VerifyKey(bytes(public_key))
+        self._batch_size = batch_size
+        self._linger_s = linger_s
+        self._clock_ms = clock_ms
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_maxsize)
+        self._writer: asyncio.Task[None] | None = None
+        self._progress = asyncio.Condition()
+        self._head_seq = 0
+        self._head_hash = GENESIS_PREV_HASH
+        # Entries accepted by `append` (counted before they are queued, so a flush or
+        # close also waits for appends blocked on a full queue) and entries committed.
+        self._accepted = 0
+        self._committed = 0
+        self._failure: BaseException | None = None
+        self._failure_message = ""
+        self._lost = 0
+        self._closing = False
+        self._closed = False
+
+    @property
+    def head_seq(self) -> int:
+        """Seq of the last committed entry (0 for an empty log)."""
+        return self._head_seq
+
+    async def start(self) -> None:
+        """Read the signed head and start the writer. Idempotent."""
+        if self._writer is not None:
+            return
+        if self._closed:
+            raise AuditError("audit log is closed", reason="closed")
+        self._head_seq, self._head_hash = await self._load_head()
+        self._writer = self._loops.spawn("audit-writer", self._run_writer)
+
+    async def close(self) -> None:
+        """Commit everything appended, then stop the writer. Idempotent.
+
+        Raises `AuditWriteError` (once) if entries were not committed.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        try:
+            if self._writer is not None:
+                async with self._progress:
+                    await self._progress.wait_for(self._settled)
+        finally:
+            self._closed = True
+            if self._failure is None and not self._settled():
+                # Only when close itself was cancelled: say so rather than lose silently.
+                log.error(
+                    "audit log %s closed with %d entries not committed",
+                    self._store.db_path,
+                    self._accepted - self._committed,
+                )
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                # Idle at `queue.get()` once everything is settled.
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+        if self._failure is not None:
+            raise self._write_error()
+
+    async def stop(self) -> None:
+        await self.close()
+
+    async def append(self, kind: str, actor: str, data: Mapping[str, Any]) -> None:
+        """Queue an entry. Waits while the queue is full; never drops an entry.
+
+        Returning means queued, not durable: `flush()` for that. If a later write fails,
+        the next `append`, `flush` or `close` raises.
+
+        Raises `AuditEntryError` for an entry that cannot be recorded and
+        `AuditWriteError` once an earlier write failed.
+        """
+        if self._closing or self._writer is None:
+            raise AuditError("audit log is not running", reason="closed")
+        if self._failure is not None:
+            raise self._write_error()
+        pending = self._make_pending(kind, actor, data)
+        self._accepted += 1
+        try:
+            await self._queue.put(pending)
+        except BaseException:
+            self._accepted -= 1
+            async with self._progress:
+                self._progress.notify_all()
+            raise
+        if self._failure is not None:
+            raise self._write_error()
+
+    async def flush(self) -> None:
+        """Return once every entry appended before this call is committed."""
+        if self._writer is None:
+            if self._failure is not None:
+                raise self._write_error()
+            return
+        target = self._accepted
+        async with self._progress:
+            await self._progress.wait_for(
+                lambda: self._committed >= target or self._failure is not None
+            )
+        if self._failure is not None:
+            raise self._write_error()
+
+    def _settled(self) -> bool:
+        """Every accepted entry is committed, or known lost after a write failure."""
+        return self._committed + self._lost >= self._accepted
+
+    def _make_pending(self, kind: str, actor: str, data: Mapping[str, Any]) -> _Pending:
+        kind = _validate_label("kind", kind)
+        actor = _validate_label("actor", actor)
+        if not isinstance(data, Mapping):
+            raise AuditEntryError(
+                f"audit data must be a mapping, got {type(data).__name__}", reason="bad_entry"
+            )
+        try:
+            data_json = canonical_json(data)
+        except (TypeError, ValueError) as exc:
+            raise AuditEntryError(f"audit data is not JSON: {exc}", reason="bad_entry") from exc
+        if len(data_json) > MAX_DATA_BYTES:
+            raise AuditEntryError(
+                f"audit data is {len(data_json)} bytes, over the {MAX_DATA_BYTES}-byte limit",
+                reason="too_large",
+            )
+        return (self._clock_ms(), kind, actor, data_json)
+
+    def _write_error(self) -> AuditWriteError:
+        error = AuditWriteError(self._failure_message, reason="write_failed")
+        error.__cause__ = self._failure
+        return error
+
+    async def _load_head(self) -> tuple[int, bytes]:
+        conn = self._store.conn
+        async with conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1") as cur:
+            head = await cur.fetchone()
+        async with conn.execute(
+            "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1"
+        ) as (cur):
+            last = await cur.fetchone()
+        where = f"audit log in {self._store.db_path}"
+        hint = "; run `vsmcp audit verify`"
+        if head is None:
+            if last is not None:
+                raise AuditIntegrityError(
+                    f"{where} has entries but no head{hint}", reason="no_head"
+                )
+            return 0, GENESIS_PREV_HASH
+        head_seq, head_hash, head_sig = int(head[0]), bytes(head[1]), bytes(head[2])
+        try:
+            self._verify_key.verify(head_message(head_seq, head_hash), head_sig)
+        except BadSignatureError as exc:
+            raise AuditIntegrityError(
+                f"{where}: head signature does not verify with this node's key{hint}",
+                reason="bad_head",
+            ) from exc
+        if last is None or int(last[0]) != head_seq or bytes(last[1]) != head_hash:
+            last_seq = None if last is None else int(last[0])
+            raise AuditIntegrityError(
+                f"{where}: signed head is entry {head_seq} but the last entry is {last_seq}{hint}",
+                reason="bad_head",
+            )
+        return head_seq, head_hash
+
+    async def _run_writer(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if self._failure is not None:
+                # Keep draining so appends blocked on a full queue wake up and raise.
+                self._lost += len(batch)
+            else:
+                await self._write(batch)
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        try:
+            await self._commit(batch)
+        except Exception as exc:  # noqa: BLE001 - top-level handler of the writer task
+            self._record_failure(exc, batch)
+        else:
+            self._committed += len(batch)
+
+    async def _next_batch(self) -> list[_Pending]:
+        batch = [await self._queue.get()]
+        if self._queue.qsize() < self._batch_size and self._linger_s > 0:
+            # Group commit: under a stream of appends, one transaction (and one fsync)
+            # for many entries instead of one each; appends never wait for this.
+            await asyncio.sleep(self._linger_s)
+        while len(batch) < self._batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return batch
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        sealed = await asyncio.to_thread(
+            _seal_batch, batch, self._head_seq + 1, self._head_hash, self._sign
+        )
+        async with self._store.transaction() as conn:
+            await conn.executemany(_INSERT_ENTRY, sealed.rows)
+            await conn.execute(_UPSERT_HEAD, (sealed.last_seq, sealed.last_hash, sealed.head_sig))
+        self._head_seq = sealed.last_seq
+        self._head_hash = sealed.last_hash
+
+    def _record_failure(self, exc: Exception, batch: list[_Pending]) -> None:
+        first = self._head_seq + 1
+        self._lost += len(batch)
+        self._failure = exc
+        self._failure_message = (
+            f"audit write failed for entries {first}..{first + len(batch) - 1} "
+            f"in {self._store.db_path}: {exc!r}; the audit log stopped at entry {self._head_seq}"
+        )
+        log.error("%s", self._failure_message, exc_info=exc)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerifyResult:
+    """Outcome of `verify_audit_log`.
+
+    `entries` counts the entries authenticated before the first problem (all of them
+    when `ok`); `first_bad_seq` (then `entries + 1`) is the first entry that is not:
+    the damaged or missing entry, or the first after the last valid checkpoint before
+    it (see the module docstring). `reason` says where the damage was found.
+    """
+
+    ok: bool
+    entries: int
+    first_bad_seq: int | None
+    reason: str
+
+
+def verify_audit_log(db_path: Path, public_key: bytes) -> AuditVerifyResult:
+    """Check the audit log in the SQLite file `db_path` against `public_key`.
+
+    Read-only and synchronous (no event loop). Detects edited, deleted, reordered,
+    inserted and re-signed entries, a truncated tail and a head older than the entries.
+    Raises `StoreError` if the file cannot be read as a vsmcp store.
+    """
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"public_key must be {PUBLIC_KEY_BYTES} bytes")
+    verify_key = VerifyKey(bytes(public_key))
+    db_path = Path(db_path)
+    try:
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open store {db_path}: {exc}", reason="open") from exc
+    try:
+        return _verify(conn, verify_key)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read audit log in {db_path}: {exc}", reason="read") from exc
+    finally:
+        conn.close()
+
+
+def _broken(authenticated: int, reason: str) -> AuditVerifyResult:
+    return AuditVerifyResult(
+        ok=False, entries=authenticated, first_bad_seq=authenticated + 1, reason=reason
+    )
+
+
+def _uncovered(first: int, last: int) -> str:
+    """Reason suffix for entries first..last, which chain to no valid signature."""
+    if first > last:
+        return ""
+    span = f"entry {first}" if first == last else f"entries {first}..{last}"
+    checkpoint = f"entry {first - 1}" if first > 1 else "none"
+    return f"; {span} not authenticated (last valid checkpoint: {checkpoint})"
+
+
+def _verify(conn: sqlite3.Connection, verify_key: VerifyKey) -> AuditVerifyResult:
+    conn.execute("BEGIN")  # one consistent snapshot, even while a node is writing
+    prev_hash = GENESIS_PREV_HASH
+    last_seq = 0
+    checkpoint = 0  # seq of the last valid checkpoint: 1..checkpoint are authenticated
+
+    def bad(seq: int, problem: str) -> AuditVerifyResult:
+        return _broken(checkpoint, f"entry {seq}: {problem}" + _uncovered(checkpoint + 1, seq - 1))
+
+    rows = conn.execute(
+        "SELECT seq, ts_ms, kind, actor, data, prev_hash, hash, sig FROM audit_entries ORDER BY seq"
+    )
+    for seq, ts_ms, kind, actor, data, row_prev, row_hash, sig in rows:
+        if seq != last_seq + 1:
+            return _broken(
+                checkpoint,
+                f"entry {last_seq + 1} missing (deleted)" + _uncovered(checkpoint + 1, last_seq),
+            )
+        if row_prev != prev_hash:
+            return bad(seq, "chain broken (reordered or deleted)")
+        try:
+            computed = entry_hash(prev_hash, seq, ts_ms, kind, actor, data)
+        except (TypeError, ValueError, AttributeError, struct.error) as exc:
+            return bad(seq, f"malformed field ({exc}) (edited)")
+        if computed != row_hash:
+            return bad(seq, "hash mismatch (edited)")
+        if sig != UNSIGNED:
+            if not _signature_ok(verify_key, row_hash, sig):
+                return bad(seq, "bad signature (re-signed, edited or wrong key)")
+            checkpoint = seq
+        prev_hash = row_hash
+        last_seq = seq
+    return _verify_head(conn, verify_key, checkpoint, last_seq, prev_hash)
+
+
+def _verify_head(
+    conn: sqlite3.Connection,
+    verify_key: VerifyKey,
+    checkpoint: int,
+    last_seq: int,
+    last_hash: bytes,
+) -> AuditVerifyResult:
+    """The chain 1..last_seq is intact and 1..checkpoint authenticated: the head must
+    cover the rest and say where the log ends."""
+    uncovered = _uncovered(checkpoint + 1, last_seq)
+    head = conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1").fetchone()
+    if head is None:
+        if last_seq == 0:
+            return AuditVerifyResult(ok=True, entries=0, first_bad_seq=None, reason="ok")
+        return _broken(checkpoint, "head: missing (deleted)" + uncovered)
+    head_seq, head_hash, head_sig = head
+    if (
+        not isinstance(head_seq, int)
+        or not 0 <= head_seq <= _MAX_SEQ
+        or not isinstance(head_hash, bytes)
+    ):
+        return _broken(checkpoint, "head: malformed (edited)" + uncovered)
+    if not _signature_ok(verify_key, head_message(head_seq, head_hash), head_sig):
+        return _broken(checkpoint, "head: bad signature (edited)" + uncovered)
+    if head_seq > last_seq:
+        return _broken(
+            checkpoint,
+            f"head: signed head is entry {head_seq} but the log ends at entry {last_seq} "
+            f"(entries {last_seq + 1}..{head_seq} deleted: tail truncated)" + uncovered,
+        )
+    if head_hash != _hash_at(conn, head_seq, last_seq, last_hash):
+        # The chain was changed where only the head vouched for it: trust only the
+        # checkpoints before the head's entry.
+        authenticated = max(0, min(checkpoint, head_seq - 1))
+        return _broken(
+            authenticated,
+            f"head: hash does not match entry {head_seq} (edited)"
+            + _uncovered(authenticated + 1, head_seq - 1),
+        )
+    if head_seq < last_seq:
+        return _broken(
+            head_seq,
+            f"head: entries {head_seq + 1}..{last_seq} are not covered by the signed head "
+            f"(head rolled back or entries inserted)",
+        )
+    return AuditVerifyResult(ok=True, entries=last_seq, first_bad_seq=None, reason="ok")
+
+
+def _hash_at(conn: sqlite3.Connection, seq: int, last_seq: int, last_hash: bytes) -> object:
+    """The stored hash of entry `seq` (0 <= seq <= last_seq) of the verified chain."""
+    if seq == 0:
+        return GENESIS_PREV_HASH
+    if seq == last_seq:
+        return last_hash
+    row = conn.execute("SELECT hash FROM audit_entries WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _signature_ok(verify_key: VerifyKey, message: bytes, sig: object) -> bool:
+    if not isinstance(sig, bytes) or len(sig) != SIG_BYTES:
+        return False
+    try:
+        verify_key.verify(message, sig)
+    except BadSignatureError:
+        return False
+    return True

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vsmcp.node.app.config import DEFAULT_HTTP_PORT, load_config
+from vsmcp.node.errors import ConfigError
+
+
+def test_defaults_without_file_env_or_flags() -> None:
+    config = load_config(environ={})
+    assert config.http.port == DEFAULT_HTTP_PORT
+    assert config.http.host == "127.0.0.1"
+    assert config.trust.zones == ["public", "ops", "restricted"]
+    assert config.node.dev is False
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "vsmcp.toml"
+    path.write_text('[http]\nport = 1111\nhost = "127.0.0.2"\n[node]\nname = "file"\n')
+    config = load_config(
+        path,
+        environ={"VSMCP_HTTP_PORT": "2222", "VSMCP_NODE_NAME": "env"},
+        overrides={"http.port": 3333},
+    )
+    assert config.http.port == 3333
+    assert config.http.host == "127.0.0.2"
+    assert config.node.name == "env"
+
+
+def test_env_values_parse_as_toml_or_string() -> None:
+    config = load_config(
+        environ={
+            "VSMCP_MESH_SEEDS": '["10.0.0.2:7701", "h:1"]',
+            "VSMCP_MESH_MDNS": "false",
+            "VSMCP_NODE_DATA_DIR": "/tmp/x y",
+            "VSMCP_REQUIRE_SERVICES": "1",  # not a config key: ignored
+        }
+    )
+    assert config.mesh.seeds == ["10.0.0.2:7701", "h:1"]
+    assert config.mesh.mdns is False
+    assert str(config.data_dir) == "/tmp/x y"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "fragment"),
+    [
+        ({"http.port": "eighty"}, "http.port", "expected int"),
+        ({"http.port": 70000}, "http.port", "out of range"),
+        ({"http.bogus": 1}, "http.bogus", "unknown key"),
+        ({"bogus.x": 1}, "bogus", "unknown key"),
+        ({"mesh.seeds": ["nohostport"]}, "mesh.seeds[0]", "HOST:PORT"),
+        ({"node.log_format": "xml"}, "node.log_format", "text, json"),
+        ({"node.event_loop": "trio"}, "node.event_loop", "auto, uvloop, asyncio"),
+        ({"trust.zones": []}, "trust.zones", "at least one"),
+        ({"trust.zones": ["a", "a"]}, "trust.zones", "unique"),
+        ({"trust.dev_zone": "nowhere"}, "trust.dev_zone", "not in trust.zones"),
+        ({"envelope.max_bytes": 10}, "envelope.max_bytes", "out of range"),
+        ({"envelope.max_future_skew_s": 0}, "envelope.max_future_skew_s", "out of range"),
+        ({"mesh.dead_reap_after_s": -1}, "mesh.dead_reap_after_s", "out of range"),
+        ({"mesh.left_reap_after_s": 10**9}, "mesh.left_reap_after_s", "out of range"),
+        ({"http.max_connections": 0}, "http.max_connections", "out of range"),
+        ({"http.max_connections_per_client": 0}, "http.max_connections_per_client", "range"),
+        ({"http.head_timeout_s": 0}, "http.head_timeout_s", "out of range"),
+        ({"http.body_idle_timeout_s": -1}, "http.body_idle_timeout_s", "out of range"),
+        ({"node.dev": True, "mesh.host": "0.0.0.0"}, "mesh.host", "loopback only"),
+        ({"node.dev": True, "mesh.host": "10.1.2.3"}, "mesh.host", "loopback only"),
+        ({"node.dev": True, "mesh.host": "::"}, "mesh.host", "loopback only"),
+        ({"http.host": "not a host!"}, "http.host", "not an IP address or a host name"),
+        ({"http.host": ""}, "http.host", "not an IP address or a host name"),
+        ({"http.host": "[::1]"}, "http.host", "not an IP address or a host name"),
+        ({"mesh.host": "-bad-.example"}, "mesh.host", "not an IP address or a host name"),
+        ({"mesh.host": "a" * 254}, "mesh.host", "not an IP address or a host name"),
+    ],
+)
+def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={}, overrides=overrides)
+    assert err.value.key == key
+    assert fragment.lower() in str(err.value).lower()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_dev_runs_on_any_loopback_mesh_host(host: str) -> None:
+    config = load_config(environ={}, overrides={"node.dev": True, "mesh.host": host})
+    assert config.mesh.host == host
+
+
+def test_a_certified_node_may_listen_anywhere() -> None:
+    assert load_config(environ={}, overrides={"mesh.host": "0.0.0.0"}).mesh.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "node-1.lan.", "lo"])
+def test_host_names_and_addresses_are_accepted(host: str) -> None:
+    config = load_config(environ={}, overrides={"http.host": host, "mesh.host": host})
+    assert config.http.host == config.mesh.host == host
+
+
+def test_bad_env_value_names_the_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={"VSMCP_HTTP_PORT": "not-a-port"})
+    assert err.value.key == "http.port"
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"[http\nport = 1", "not valid TOML"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"http = 5\n", "expected a table"),
+    ],
+)
+def test_corrupt_file(tmp_path: Path, content: bytes, fragment: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert fragment.lower() in str(err.value).lower()
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "absent.toml", environ={})
+    assert err.value.key == "--config"
+
+
+def _token(name: str, token: str, zone: str) -> dict[str, str]:
+    return {"name": name, "token": token, "zone": zone}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "key", "fragment"),
+    [
+        # The same secret twice: the last (higher) zone used to win silently.
+        (
+            [_token("ci", "s" * 20, "public"), _token("admin", "s" * 20, "restricted")],
+            "mcp.tokens[1].token",
+            "same token as mcp.tokens[0]",
+        ),
+        (
+            [_token("ci", "a" * 20, "public"), _token("ci", "b" * 20, "ops")],
+            "mcp.tokens[1].name",
+            "already the name of mcp.tokens[0]",
+        ),
+        ([_token("stdio", "a" * 20, "ops")], "mcp.tokens[0].name", "reserved"),
+        ([_token("ci", "a" * 10 + " " + "a" * 10, "ops")], "mcp.tokens[0].token", "whitespace"),
+    ],
+)
+def test_ambiguous_tokens_are_refused(
+    tokens: list[dict[str, str]], key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={}, overrides={"mcp.tokens": tokens})
+    assert err.value.key == key
+    assert fragment in err.value.reason
+    assert "s" * 20 not in str(err.value)  # the secret is never echoed
+
+
+def test_distinct_tokens_are_accepted() -> None:
+    tokens = [_token("ci", "a" * 20, "public"), _token("admin", "b" * 20, "restricted")]
+    config = load_config(environ={}, overrides={"mcp.tokens": tokens})
+    assert [t.zone for t in config.mcp.tokens] == ["public", "restricted"]

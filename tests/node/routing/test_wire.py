@@ -1,0 +1,125 @@
+"""The invocation wire codec: round trips, size caps, ToolError <-> InvokeError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vsmcp.node.mcp.protocol import error_object
+from vsmcp.node.routing.wire import (
+    CallProgress,
+    InvokeCodecError,
+    InvokeRequest,
+    decode_error,
+    decode_progress,
+    decode_request,
+    decode_result,
+    encode,
+    error_from_tool_error,
+    tool_error_from,
+)
+from vsmcp.node.tools.errors import (
+    InvalidArguments,
+    Overloaded,
+    ProviderError,
+    RateLimited,
+    ToolError,
+    ToolTimeout,
+    ToolUnavailable,
+    UnknownTool,
+    ZoneDenied,
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    arguments=st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+    causality=st.lists(st.text(max_size=20), max_size=5).map(tuple),
+    timeout_ms=st.integers(0, 10**9),
+    progress=st.booleans(),
+)
+def test_request_round_trip(
+    arguments: dict[str, Any], causality: tuple[str, ...], timeout_ms: int, progress: bool
+) -> None:
+    request = InvokeRequest(
+        call_id=7,
+        tool="time.get_current_time",
+        arguments=arguments,
+        caller_id="token:ci",
+        caller_zone="ops",
+        origin="http:ci",
+        trace_id="t" * 32,
+        causality=causality,
+        timeout_ms=timeout_ms,
+        progress=progress,
+    )
+    assert decode_request(encode(request)) == request
+
+
+def test_progress_and_result_round_trip() -> None:
+    progress = CallProgress(call_id=3, progress=1.0, total=3.0, message="step 1")
+    assert decode_progress(encode(progress)) == progress
+    result = {"content": [{"type": "text", "text": "hi"}], "isError": False}
+    assert decode_result(encode(result)) == result
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\x91", encode({"content": "not a list"}), encode(["x", 2, 3])],
+)
+def test_garbage_is_a_codec_error(payload: bytes) -> None:
+    for decode in (decode_request, decode_error, decode_progress, decode_result):
+        with pytest.raises(InvokeCodecError):
+            decode(payload)
+
+
+def test_oversize_fields_are_refused() -> None:
+    request = InvokeRequest(
+        call_id=1,
+        tool="x" * 300,
+        arguments={},
+        caller_id="c",
+        caller_zone="public",
+        origin="o",
+        trace_id="t",
+    )
+    with pytest.raises(InvokeCodecError):
+        decode_request(encode(request))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UnknownTool("nope"),
+        InvalidArguments("add", "'a' is a required property", ""),
+        ZoneDenied("ops.restart", "public", "ops"),
+        RateLimited("per-tool", "add", 0.75),
+        Overloaded("debug", 16, 64, 0.2),
+        ToolUnavailable("add", "plugin:add", "quarantined", 12.0),
+        ToolTimeout("slow", 1.5),
+        ProviderError("time.x", "upstream said no", -32000),
+    ],
+)
+def test_tool_errors_cross_the_wire_as_the_same_jsonrpc_error(error: ToolError) -> None:
+    back = tool_error_from(decode_error(encode(error_from_tool_error(error))))
+    assert type(back) is type(error)
+    assert error_object(back) == error_object(error)
+
+
+def test_unknown_reason_keeps_the_providers_reason() -> None:
+    from vsmcp.node.routing.wire import InvokeError
+
+    back = tool_error_from(InvokeError(reason="brand_new", message="new thing", data={"x": 1}))
+    assert type(back) is ToolError
+    assert back.data == {"reason": "brand_new", "x": 1}
+    assert back.message == "new thing"

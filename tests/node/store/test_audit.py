@@ -1,0 +1,720 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from vsmcp.node.errors import NodeError
+from vsmcp.node.store.audit import (
+    GENESIS_PREV_HASH,
+    AuditEntryError,
+    AuditError,
+    AuditIntegrityError,
+    AuditLog,
+    AuditWriteError,
+    canonical_json,
+    encode_entry,
+    entry_hash,
+    head_message,
+    verify_audit_log,
+)
+from vsmcp.node.store.database import Store, StoreError
+
+KEY = SigningKey.generate()
+PUBLIC_KEY = bytes(KEY.verify_key)
+
+
+def sign(message: bytes) -> bytes:
+    return KEY.sign(message).signature
+
+
+async def append_entries(
+    data_dir: Path, count: int, *, start: int = 0, **audit_kwargs: Any
+) -> None:
+    async with (
+        Store.open(data_dir) as store,
+        AuditLog(store, sign, PUBLIC_KEY, **audit_kwargs) as audit,
+    ):
+        for i in range(start, start + count):
+            await audit.append("tool.call", f"node-{i % 3}", {"i": i, "tool": "echo"})
+
+
+def db_of(data_dir: Path) -> Path:
+    return data_dir / "vsmcp.db"
+
+
+def tamper(db: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            for sql, params in statements:
+                conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def swap_rows(db: Path, a: int, b: int) -> None:
+    """Swap every column but seq between entries a and b: the two entries change places."""
+    conn = sqlite3.connect(db)
+    try:
+        cols = "ts_ms, kind, actor, data, prev_hash, hash, sig"
+        row_a = conn.execute(f"SELECT {cols} FROM audit_entries WHERE seq = ?", (a,)).fetchone()
+        row_b = conn.execute(f"SELECT {cols} FROM audit_entries WHERE seq = ?", (b,)).fetchone()
+        update = (
+            "UPDATE audit_entries SET ts_ms = ?, kind = ?, actor = ?, data = ?, "
+            "prev_hash = ?, hash = ?, sig = ? WHERE seq = ?"
+        )
+        with conn:
+            conn.execute(update, (*row_b, a))
+            conn.execute(update, (*row_a, b))
+    finally:
+        conn.close()
+
+
+def signed_seqs(db: Path) -> list[int]:
+    """The checkpoints: entries whose sig is not empty."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT seq FROM audit_entries WHERE sig != x'' ORDER BY seq")
+        return [r[0] for r in rows]
+    finally:
+        conn.close()
+
+
+def read_head(db: Path) -> tuple[int, bytes, bytes]:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT seq, hash, sig FROM audit_head").fetchone()
+    finally:
+        conn.close()
+    return (row[0], row[1], row[2])
+
+
+def rehash_from(db: Path, first: int, sig_of: Callable[[int, bytes, bytes], bytes]) -> bytes:
+    """Recompute prev_hash and hash of entries first.. as an attacker would after an edit,
+    setting each sig to `sig_of(seq, hash, old_sig)`. Returns the new last hash."""
+    conn = sqlite3.connect(db)
+    try:
+        cols = "seq, ts_ms, kind, actor, data, sig"
+        rows = conn.execute(
+            f"SELECT {cols} FROM audit_entries WHERE seq >= ? ORDER BY seq", (first,)
+        )
+        (prev,) = conn.execute(
+            "SELECT hash FROM audit_entries WHERE seq = ?", (first - 1,)
+        ).fetchone()
+        with conn:
+            for seq, ts_ms, kind, actor, data, old_sig in rows.fetchall():
+                new = entry_hash(prev, seq, ts_ms, kind, actor, data)
+                conn.execute(
+                    "UPDATE audit_entries SET prev_hash = ?, hash = ?, sig = ? WHERE seq = ?",
+                    (prev, new, sig_of(seq, new, old_sig), seq),
+                )
+                prev = new
+    finally:
+        conn.close()
+    return prev
+
+
+@pytest.fixture
+async def log_dir(tmp_path: Path) -> AsyncIterator[Path]:
+    """A log of 40 entries written across three runs of the node, in batches 1..15, 16,
+    17..23, 24..30, 31..37 and 38..40 (appends queue without yielding, so each run's
+    batches are full); the last entry of each is a checkpoint (see LOG_DIR_CHECKPOINTS)."""
+    await append_entries(tmp_path, 15, start=0)
+    await append_entries(tmp_path, 1, start=15)
+    await append_entries(tmp_path, 24, start=16, batch_size=7)
+    yield tmp_path
+
+
+LOG_DIR_CHECKPOINTS = [15, 16, 23, 30, 37, 40]
+
+
+def test_canonical_encoding_is_fixed() -> None:
+    assert canonical_json({"b": [1, 2.5], "a": "é"}) == '{"a":"\\u00e9","b":[1,2.5]}'
+    encoded = encode_entry(1, 2, "k", "ab", "{}")
+    assert encoded == (
+        b"\x00" * 7 + b"\x01" + b"\x00" * 7 + b"\x02" + b"\x00\x00\x00\x01k"
+        b"\x00\x00\x00\x02ab" + b"\x00\x00\x00\x02{}"
+    )
+    # Length prefixes keep field boundaries unambiguous.
+    assert entry_hash(GENESIS_PREV_HASH, 1, 2, "ab", "c", "{}") != entry_hash(
+        GENESIS_PREV_HASH, 1, 2, "a", "bc", "{}"
+    )
+
+
+async def test_append_across_restarts_verifies(log_dir: Path) -> None:
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert result.ok, result.reason
+    assert result.entries == 40
+    assert result.first_bad_seq is None
+    conn = sqlite3.connect(db_of(log_dir))
+    try:
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM audit_entries ORDER BY seq")]
+        first = conn.execute("SELECT prev_hash, data FROM audit_entries WHERE seq = 1").fetchone()
+    finally:
+        conn.close()
+    assert seqs == list(range(1, 41))
+    assert first == (GENESIS_PREV_HASH, '{"i":0,"tool":"echo"}')
+
+
+async def test_only_the_last_entry_of_each_batch_is_signed(log_dir: Path) -> None:
+    db = db_of(log_dir)
+    assert signed_seqs(db) == LOG_DIR_CHECKPOINTS
+    conn = sqlite3.connect(db)
+    try:
+        sigs = {r[0] for r in conn.execute("SELECT sig FROM audit_entries WHERE sig = x''")}
+        checkpoint = conn.execute("SELECT hash, sig FROM audit_entries WHERE seq = 40").fetchone()
+    finally:
+        conn.close()
+    assert sigs == {b""}  # empty blobs, not NULL or text
+    KEY.verify_key.verify(checkpoint[0], checkpoint[1])
+    head_seq, head_hash, _ = read_head(db)
+    assert (head_seq, head_hash) == (40, checkpoint[0])
+
+
+async def test_log_with_every_entry_signed_still_verifies(log_dir: Path) -> None:
+    # The format before checkpoints: every entry is one, and damage is found where it is.
+    db = db_of(log_dir)
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT seq, hash FROM audit_entries").fetchall()
+    finally:
+        conn.close()
+    tamper(db, *(("UPDATE audit_entries SET sig = ? WHERE seq = ?", (sign(h), q)) for q, h in rows))
+    assert signed_seqs(db) == list(range(1, 41))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.entries) == (True, 40), result.reason
+    rehash_from(db, 20, lambda _seq, hash_, _old: sign(hash_))  # re-signed, key unchanged
+    assert verify_audit_log(db, PUBLIC_KEY).ok
+    tamper(db, ("UPDATE audit_entries SET data = '{}' WHERE seq = 33", ()))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 33, 32)
+    assert result.reason == "entry 33: hash mismatch (edited)"
+
+
+async def test_empty_log_verifies(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store, AuditLog(store, sign, PUBLIC_KEY):
+        pass
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
+    assert (result.ok, result.entries) == (True, 0)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("data", '{"i":16,"tool":"rm -rf"}'),
+        ("kind", "tool.denied"),
+        ("actor", "someone-else"),
+        ("ts_ms", 1),
+        ("hash", b"\x01" * 32),
+    ],
+)
+async def test_edit_detected(log_dir: Path, column: str, value: object) -> None:
+    tamper(db_of(log_dir), (f"UPDATE audit_entries SET {column} = ? WHERE seq = 17", (value,)))
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert not result.ok
+    assert result.first_bad_seq == 17
+    assert result.entries == 16
+    assert result.reason == "entry 17: hash mismatch (edited)"
+
+
+async def test_delete_middle_row_detected(log_dir: Path) -> None:
+    tamper(db_of(log_dir), ("DELETE FROM audit_entries WHERE seq = 17", ()))
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq) == (False, 17)
+    assert result.reason == "entry 17 missing (deleted)"
+
+
+async def test_delete_and_renumber_detected(log_dir: Path) -> None:
+    tamper(
+        db_of(log_dir),
+        ("DELETE FROM audit_entries WHERE seq = 17", ()),
+        ("UPDATE audit_entries SET seq = seq - 1 WHERE seq > 17", ()),
+    )
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq) == (False, 17)
+    assert result.reason == "entry 17: chain broken (reordered or deleted)"
+
+
+async def test_delete_last_row_detected(log_dir: Path) -> None:
+    # Entry 40 was the checkpoint of batch 38..40: with it gone, 38 and 39 are not
+    # authenticated any more (they could have been edited and re-hashed).
+    tamper(db_of(log_dir), ("DELETE FROM audit_entries WHERE seq = 40", ()))
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 38, 37)
+    assert result.reason.startswith("head: ")
+    assert "truncated" in result.reason
+    assert result.reason.endswith(
+        "; entries 38..39 not authenticated (last valid checkpoint: entry 37)"
+    )
+
+
+async def test_delete_last_batch_detected(log_dir: Path) -> None:
+    tamper(db_of(log_dir), ("DELETE FROM audit_entries WHERE seq >= 38", ()))
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 38, 37)
+    assert result.reason == (
+        "head: signed head is entry 40 but the log ends at entry 37 "
+        "(entries 38..40 deleted: tail truncated)"
+    )
+
+
+async def test_delete_head_detected(log_dir: Path) -> None:
+    tamper(db_of(log_dir), ("DELETE FROM audit_head", ()))
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert not result.ok
+    assert result.reason == "head: missing (deleted)"
+
+
+async def test_head_moved_back_with_a_checkpoint_signature_detected(log_dir: Path) -> None:
+    # Truncating to checkpoint 37 and forging the head from entry 37's own signature.
+    tamper(
+        db_of(log_dir),
+        ("DELETE FROM audit_entries WHERE seq > 37", ()),
+        (
+            "UPDATE audit_head SET (seq, hash, sig) = "
+            "(SELECT seq, hash, sig FROM audit_entries WHERE seq = 37)",
+            (),
+        ),
+    )
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 38, 37)
+    assert result.reason == "head: bad signature (edited)"
+
+
+async def test_head_rolled_back_detected(tmp_path: Path) -> None:
+    await append_entries(tmp_path, 15)
+    old_head = read_head(db_of(tmp_path))
+    await append_entries(tmp_path, 5, start=15)
+    tamper(db_of(tmp_path), ("UPDATE audit_head SET seq = ?, hash = ?, sig = ?", old_head))
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 16, 15)
+    assert result.reason == (
+        "head: entries 16..20 are not covered by the signed head "
+        "(head rolled back or entries inserted)"
+    )
+
+
+async def test_reorder_detected(log_dir: Path) -> None:
+    # 1..15 are one batch: its checkpoint is beyond the break, so 1..4 are not
+    # authenticated either.
+    swap_rows(db_of(log_dir), 5, 9)
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 1, 0)
+    assert result.reason == (
+        "entry 5: chain broken (reordered or deleted); "
+        "entries 1..4 not authenticated (last valid checkpoint: none)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seq", "sig"),
+    [
+        (23, sign(b"x")),  # a checkpoint signed over something else
+        (23, SigningKey.generate().sign(b"x" * 32).signature[:63]),  # wrong length
+        (23, "a" * 64),  # wrong type
+        (20, sign(b"x")),  # a signature where there should be none
+    ],
+)
+async def test_changed_signature_detected(log_dir: Path, seq: int, sig: object) -> None:
+    # 17..23 are one batch: nothing authenticates them once a signature there is bad.
+    tamper(db_of(log_dir), ("UPDATE audit_entries SET sig = ? WHERE seq = ?", (sig, seq)))
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 17, 16)
+    assert result.reason == (
+        f"entry {seq}: bad signature (re-signed, edited or wrong key); "
+        f"entries 17..{seq - 1} not authenticated (last valid checkpoint: entry 16)"
+    )
+
+
+async def test_wrong_public_key_detected(log_dir: Path) -> None:
+    other = bytes(SigningKey.generate().verify_key)
+    result = verify_audit_log(db_of(log_dir), other)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 1, 0)
+    assert result.reason.startswith("entry 15: bad signature")  # the first checkpoint
+    assert result.reason.endswith("; entries 1..14 not authenticated (last valid checkpoint: none)")
+
+
+def strip(db: Path, *seqs: int) -> None:
+    tamper(db, *(("UPDATE audit_entries SET sig = x'' WHERE seq = ?", (seq,)) for seq in seqs))
+
+
+@pytest.mark.parametrize("seqs", [(23,), (15, 16, 23, 30, 37), (40,), (37, 40)])
+async def test_stripped_checkpoint_still_covered_is_not_reported(
+    log_dir: Path, seqs: tuple[int, ...]
+) -> None:
+    # Not an integrity loss: a later checkpoint, or the head, still authenticates every
+    # entry through the chain. Documented in the module docstring.
+    strip(db_of(log_dir), *seqs)
+    result = verify_audit_log(db_of(log_dir), PUBLIC_KEY)
+    assert (result.ok, result.entries, result.first_bad_seq) == (True, 40, None), result.reason
+
+
+async def test_last_entries_covered_by_nothing_detected(log_dir: Path) -> None:
+    db = db_of(log_dir)
+    strip(db, 40)
+    tamper(db, ("DELETE FROM audit_head", ()))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 38, 37)
+    assert result.reason == (
+        "head: missing (deleted); "
+        "entries 38..40 not authenticated (last valid checkpoint: entry 37)"
+    )
+
+
+async def test_inserted_unsigned_entries_detected(log_dir: Path) -> None:
+    # Appended with a correct chain and no signature: not covered by the head.
+    db = db_of(log_dir)
+    prev = read_head(db)[1]
+    inserts = []
+    for seq in (41, 42):
+        hash_ = entry_hash(prev, seq, 1, "tool.call", "me", "{}")
+        inserts.append(
+            (
+                "INSERT INTO audit_entries VALUES (?, 1, 'tool.call', 'me', '{}', ?, ?, x'')",
+                (seq, prev, hash_),
+            )
+        )
+        prev = hash_
+    tamper(db, *inserts)
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 41, 40)
+    assert result.reason == (
+        "head: entries 41..42 are not covered by the signed head "
+        "(head rolled back or entries inserted)"
+    )
+
+
+OTHER_KEY = SigningKey.generate()
+
+
+@pytest.mark.parametrize(
+    ("sig_of", "head_sig_of", "reason"),
+    [
+        # Signatures kept as they were: the first checkpoint after the edit fails.
+        (lambda _s, _h, old: old, None, "entry 23: bad signature"),
+        # Checkpoints re-signed with another key.
+        (
+            lambda _s, h, old: OTHER_KEY.sign(h).signature if old else old,
+            lambda m: OTHER_KEY.sign(m).signature,
+            "entry 23: bad signature",
+        ),
+        # Every signature stripped, the head left alone: it no longer matches.
+        (lambda _s, _h, _old: b"", None, "head: hash does not match entry 40 (edited)"),
+        # Every signature stripped, the head re-signed with another key.
+        (lambda _s, _h, _old: b"", lambda m: OTHER_KEY.sign(m).signature, "head: bad signature"),
+    ],
+)
+async def test_edit_with_recomputed_chain_detected(
+    log_dir: Path,
+    sig_of: Callable[[int, bytes, bytes], bytes],
+    head_sig_of: Callable[[bytes], bytes] | None,
+    reason: str,
+) -> None:
+    # Entry 18 edited and every later hash recomputed: nothing is wrong until a signature
+    # is checked, so everything after the last checkpoint before the edit (16) is suspect.
+    db = db_of(log_dir)
+    tamper(db, ('UPDATE audit_entries SET data = \'{"i":17,"tool":"rm"}\' WHERE seq = 18', ()))
+    last_hash = rehash_from(db, 18, sig_of)
+    if head_sig_of is not None:
+        message = head_message(40, last_hash)
+        tamper(db, ("UPDATE audit_head SET hash = ?, sig = ?", (last_hash, head_sig_of(message))))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 17, 16)
+    assert result.reason.startswith(reason), result.reason
+    assert "entries 17.." in result.reason
+    assert result.reason.endswith("not authenticated (last valid checkpoint: entry 16)")
+
+
+async def test_verify_non_store_file_raises(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 200)
+    with pytest.raises(StoreError):
+        verify_audit_log(junk, PUBLIC_KEY)
+    with pytest.raises(StoreError):
+        verify_audit_log(tmp_path / "absent.db", PUBLIC_KEY)
+
+
+async def test_flush_makes_entries_visible_to_another_connection(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store, AuditLog(store, sign, PUBLIC_KEY) as audit:
+        for i in range(100):
+            await audit.append("node.start", "me", {"i": i})
+        await audit.flush()
+        other = sqlite3.connect(db_of(tmp_path))
+        try:
+            count = other.execute("SELECT COUNT(*) FROM audit_entries").fetchone()[0]
+            head = other.execute("SELECT seq FROM audit_head").fetchone()[0]
+        finally:
+            other.close()
+        assert (count, head) == (100, 100)
+        assert audit.head_seq == 100
+        await audit.flush()  # nothing pending: returns at once
+
+
+async def test_tiny_queue_keeps_every_entry(tmp_path: Path) -> None:
+    async with (
+        Store.open(tmp_path) as store,
+        AuditLog(store, sign, PUBLIC_KEY, queue_maxsize=1, batch_size=1) as audit,
+    ):
+        # Many concurrent appenders all block on the one-slot queue.
+        await asyncio.gather(*(audit.append("tool.call", f"c{i}", {"i": i}) for i in range(300)))
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
+    assert (result.ok, result.entries) == (True, 300)
+    conn = sqlite3.connect(db_of(tmp_path))
+    try:
+        actors = {r[0] for r in conn.execute("SELECT actor FROM audit_entries")}
+    finally:
+        conn.close()
+    assert actors == {f"c{i}" for i in range(300)}
+
+
+async def test_bad_entries_rejected_at_append(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store, AuditLog(store, sign, PUBLIC_KEY) as audit:
+        with pytest.raises(AuditEntryError):
+            await audit.append("k", "a", {"x": object()})
+        with pytest.raises(AuditEntryError):
+            await audit.append("k", "a", {"x": float("nan")})
+        with pytest.raises(AuditEntryError):
+            await audit.append("k" * 1000, "a", {})
+        with pytest.raises(AuditEntryError):
+            await audit.append("k", "\ud800", {})
+        await audit.append("k", "a", {"ok": True})  # the log still works
+    assert verify_audit_log(db_of(tmp_path), PUBLIC_KEY).entries == 1
+
+
+async def test_close_idempotent_and_append_after_close_raises(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        audit = AuditLog(store, sign, PUBLIC_KEY)
+        await audit.start()
+        await audit.start()
+        await audit.append("k", "a", {})
+        await audit.close()
+        await audit.close()
+        with pytest.raises(AuditError):
+            await audit.append("k", "a", {})
+        writers = [t for t in asyncio.all_tasks() if t.get_name() == "audit-writer"]
+        assert writers == []
+    assert verify_audit_log(db_of(tmp_path), PUBLIC_KEY).entries == 1
+
+
+def failing_signer(after: int) -> Callable[[bytes], bytes]:
+    calls = 0
+
+    def signer(message: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls > after:
+            raise OSError("signing key unavailable")
+        return sign(message)
+
+    return signer
+
+
+async def test_write_failure_is_surfaced_not_silent(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        audit = AuditLog(store, failing_signer(after=2), PUBLIC_KEY, batch_size=2)
+        await audit.start()
+        await audit.append("k", "a", {"i": 0})
+        await audit.append("k", "a", {"i": 1})
+        await audit.flush()  # checkpoint entry 2 and the head: 2 signatures
+        for i in range(2, 6):
+            await audit.append("k", "a", {"i": i})
+        with pytest.raises(AuditWriteError) as info:
+            await audit.flush()
+        assert isinstance(info.value, NodeError)
+        assert isinstance(info.value.__cause__, OSError)
+        with pytest.raises(AuditWriteError):
+            await audit.append("k", "a", {"i": 99})
+        with pytest.raises(AuditWriteError):
+            await audit.close()
+        await audit.close()
+    # What was committed is intact and nothing half-written.
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
+    assert result.ok, result.reason
+    assert result.entries == 2
+
+
+async def test_write_failure_with_blocked_appenders_does_not_hang(tmp_path: Path) -> None:
+    async with asyncio.timeout(60), Store.open(tmp_path) as store:
+        audit = AuditLog(store, failing_signer(after=4), PUBLIC_KEY, queue_maxsize=1, batch_size=1)
+        await audit.start()
+        outcomes = await asyncio.gather(
+            *(audit.append("k", f"c{i}", {}) for i in range(50)), return_exceptions=True
+        )
+        assert any(isinstance(o, AuditWriteError) for o in outcomes)
+        assert all(o is None or isinstance(o, AuditWriteError) for o in outcomes)
+        with pytest.raises(AuditWriteError):
+            await audit.close()
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
+    assert (result.ok, result.entries) == (True, 2)  # two one-entry batches: 4 signatures
+
+
+async def test_database_failure_rolls_back_and_is_surfaced(tmp_path: Path) -> None:
+    await append_entries(tmp_path, 3)
+    tamper(
+        db_of(tmp_path),
+        (
+            "CREATE TRIGGER no_more BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END",
+            (),
+        ),
+    )
+    async with Store.open(tmp_path) as store:
+        audit = AuditLog(store, sign, PUBLIC_KEY)
+        await audit.start()
+        await audit.append("k", "a", {})
+        with pytest.raises(AuditWriteError, match="disk says no"):
+            await audit.flush()
+        with pytest.raises(AuditWriteError):
+            await audit.close()
+        await store.kv_set("still", b"usable")  # the shared connection is not stuck in a txn
+        assert await store.kv_get("still") == b"usable"
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
+    assert (result.ok, result.entries) == (True, 3)
+
+
+async def test_start_refuses_a_log_signed_by_another_key(tmp_path: Path) -> None:
+    await append_entries(tmp_path, 2)
+    other = SigningKey.generate()
+    async with Store.open(tmp_path) as store:
+        audit = AuditLog(store, lambda m: other.sign(m).signature, bytes(other.verify_key))
+        with pytest.raises(AuditIntegrityError):
+            await audit.start()
+
+
+async def test_start_refuses_entries_beyond_the_head(tmp_path: Path) -> None:
+    await append_entries(tmp_path, 2)
+    tamper(
+        db_of(tmp_path),
+        (
+            "INSERT INTO audit_entries SELECT seq + 1, ts_ms, kind, actor, data, prev_hash, "
+            "hash, sig FROM audit_entries WHERE seq = 2",
+            (),
+        ),
+    )
+    async with Store.open(tmp_path) as store:
+        with pytest.raises(AuditIntegrityError, match="verify"):
+            await AuditLog(store, sign, PUBLIC_KEY).start()
+
+
+# --- property: any tampering is detected, an untampered log never flagged -------------
+
+TAMPER_COLUMNS = ("ts_ms", "kind", "actor", "data", "prev_hash", "hash", "sig")
+
+
+def build_log(data_dir: Path, runs: list[list[dict[str, int]]], batch_size: int) -> None:
+    async def write() -> None:
+        for run in runs:
+            async with (
+                Store.open(data_dir) as store,
+                AuditLog(store, sign, PUBLIC_KEY, batch_size=batch_size) as audit,
+            ):
+                for data in run:
+                    await audit.append("evt", "actor", data)
+
+    asyncio.run(write())
+
+
+@st.composite
+def tampering(draw: st.DrawFn, n: int) -> tuple[str, int, int]:
+    op = draw(st.sampled_from(["edit", "delete", "truncate", "swap", "none"]))
+    first = draw(st.integers(1, n))
+    if op == "swap":
+        if n < 2:
+            return ("none", 0, 0)
+        second = draw(st.integers(1, n).filter(lambda x: x != first))
+        return (op, min(first, second), max(first, second))
+    if op == "edit":
+        return (op, first, draw(st.integers(0, len(TAMPER_COLUMNS) - 1)))
+    # "delete": entry `first`; "truncate": entries first..n.
+    return (op, first, 0)
+
+
+@settings(max_examples=40)
+@given(
+    runs=st.lists(
+        st.lists(st.fixed_dictionaries({"v": st.integers(-5, 5)}), min_size=0, max_size=12),
+        min_size=1,
+        max_size=4,
+    ),
+    batch_size=st.integers(1, 5),
+    data=st.data(),
+)
+def test_any_tampering_detected_and_no_false_alarm(
+    runs: list[list[dict[str, int]]], batch_size: int, data: st.DataObject
+) -> None:
+    n = sum(len(run) for run in runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        build_log(data_dir, runs, batch_size)
+        db = db_of(data_dir)
+        clean = verify_audit_log(db, PUBLIC_KEY)
+        assert (clean.ok, clean.entries, clean.first_bad_seq) == (True, n, None), clean.reason
+        if n == 0:
+            return
+        op, a, b = data.draw(tampering(n))
+        if op == "none":
+            return
+        # Whatever the damage at `a`, every entry after the last checkpoint before it is
+        # no longer authenticated.
+        expected = max((s for s in signed_seqs(db) if s < a), default=0) + 1
+        if op == "edit":
+            column = TAMPER_COLUMNS[b]
+            conn = sqlite3.connect(db)
+            try:
+                sql = f"SELECT {column} FROM audit_entries WHERE seq = ?"
+                old = conn.execute(sql, (a,)).fetchone()[0]
+            finally:
+                conn.close()
+            new: object
+            if old == b"":
+                new = bytes(64)  # a signature where there was none
+            elif isinstance(old, bytes):
+                new = bytes([old[0] ^ 1]) + old[1:]
+            elif isinstance(old, int):
+                new = old + 1
+            else:
+                new = old + " "
+            tamper(db, (f"UPDATE audit_entries SET {column} = ? WHERE seq = ?", (new, a)))
+        elif op == "delete":
+            tamper(db, ("DELETE FROM audit_entries WHERE seq = ?", (a,)))
+        elif op == "truncate":
+            tamper(db, ("DELETE FROM audit_entries WHERE seq >= ?", (a,)))
+        else:
+            swap_rows(db, a, b)
+        result = verify_audit_log(db, PUBLIC_KEY)
+        assert not result.ok
+        assert (result.first_bad_seq, result.entries) == (expected, expected - 1), result.reason
+        assert str(expected) in result.reason
+
+
+@settings(max_examples=25, deadline=None)
+@given(batches=st.lists(st.integers(1, 30), min_size=1, max_size=6))
+def test_random_batches_verify_with_one_checkpoint_each(batches: list[int]) -> None:
+    async def write(data_dir: Path) -> None:
+        async with (
+            Store.open(data_dir) as store,
+            AuditLog(store, sign, PUBLIC_KEY) as audit,
+        ):
+            for size in batches:
+                # Appends queue without yielding and the flush waits for their commit:
+                # one batch per group.
+                for i in range(size):
+                    await audit.append("evt", "actor", {"i": i})
+                await audit.flush()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        asyncio.run(write(data_dir))
+        result = verify_audit_log(db_of(data_dir), PUBLIC_KEY)
+        assert (result.ok, result.entries) == (True, sum(batches)), result.reason
+        assert signed_seqs(db_of(data_dir)) == list(itertools.accumulate(batches))

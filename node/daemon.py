@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from node.config import load_config
 from node.errors import EXIT_BAD_CONFIG, StartupError
 from node.logs import setup_logging
 from node.sdnotify import SystemdNotifier
+from node.tools.stdio import kill_all_process_groups
 
 log = logging.getLogger("node.daemon")
 
@@ -32,6 +36,10 @@ EXIT_FAILURE = 1
 # every few calls, and before `tune_gc` each full collection walked ~115k start-up
 # objects (≈65 ms): ≈30 µs per call at the entry node, measured under load.
 GC_GEN0_THRESHOLD = 10_000
+# SIGTERM means exit within 5 s (README). Calls in flight are cancelled and mounts
+# killed well before; should anything still hold the process past this, it is ended
+# (mounted servers' process groups first) with EXIT_FAILURE, so nothing is left behind.
+SHUTDOWN_WATCHDOG_S = 4.5
 
 
 def tune_gc() -> None:
@@ -105,11 +113,45 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
             await systemd.stopping()
 
 
-async def run(node: Node) -> None:
+def _force_exit() -> None:
+    log.error(
+        "shutdown did not finish within %.1f s; killing mounted servers and exiting",
+        SHUTDOWN_WATCHDOG_S,
+    )
+    kill_all_process_groups()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    os._exit(EXIT_FAILURE)
+
+
+class ShutdownWatchdog:
+    """Armed by the first SIGTERM/SIGINT: a thread, so a blocked event loop cannot stop it."""
+
+    def __init__(self, timeout_s: float = SHUTDOWN_WATCHDOG_S) -> None:
+        self._timer = threading.Timer(timeout_s, _force_exit)
+        self._timer.daemon = True
+        self._armed = False
+
+    def arm(self) -> None:
+        if not self._armed:
+            self._armed = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        self._timer.cancel()
+
+
+async def run(node: Node, watchdog: ShutdownWatchdog | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if watchdog is not None:
+            watchdog.arm()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await serve(node, stop)
     finally:
@@ -141,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vsmcpd: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     setup_logging(config.node.log_format, config.node.log_level)
+    watchdog = ShutdownWatchdog()
     try:
-        event_loop_runner(config.node.event_loop)(run(Node(config)))
+        event_loop_runner(config.node.event_loop)(run(Node(config), watchdog))
     except StartupError as e:
         log.error("cannot start: %s", e)
         print(f"vsmcpd: {e}", file=sys.stderr)
@@ -152,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # top-level handler: log it whole, exit non-zero
         log.exception("vsmcpd failed")
         return EXIT_FAILURE
+    finally:
+        watchdog.disarm()
+        # Normally none is left (each mount kills its own group on stop).
+        kill_all_process_groups()
     return EXIT_OK
 
 

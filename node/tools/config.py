@@ -74,6 +74,12 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tool_zones: dict[str, str] = msgspec.field(default_factory=dict)
     health_interval_s: PositiveFloat = 5.0
     health_timeout_s: PositiveFloat = 5.0
+    # Seconds the server has to start and answer `initialize` (and the first tools/list);
+    # past it the start counts as a crash, logged with the mount's name and command.
+    start_timeout_s: PositiveFloat = 30.0
+    # Seconds a stdio server has to exit after its stdin closes before its whole process
+    # group is killed (SIGKILL). At most 2 s: the node stops within 5 s whatever mounts do.
+    stop_grace_s: PositiveFloat = 1.0
     limits: UnitLimitsConfig = msgspec.field(default_factory=UnitLimitsConfig)
 
     def __post_init__(self) -> None:
@@ -87,6 +93,9 @@ class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrency: PositiveInt = 16
     max_queue: NonNegInt = 64
     timeout_s: PositiveFloat = 30.0
+    # Largest answer (bytes) a mounted server may give to one call: a larger one fails
+    # that call with a `result_too_large` error naming both sizes, and is never held whole.
+    max_result_bytes: PositiveInt = 4 << 20
     supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
     plugins: list[PluginToolConfig] = msgspec.field(default_factory=list)
     mounts: list[MountConfig] = msgspec.field(default_factory=list)

@@ -4,14 +4,21 @@ The unit's task holds one `mcp.client.client.Client` (stdio subprocess or Stream
 HTTP) for the provider's lifetime: the SDK's anyio scopes must be entered and left in
 the same task. A health probe (`tools/list`, which also picks up tool changes) runs
 every `health_interval_s`; a dead process or connection makes the provider end with
-`UnitFault`, so the supervisor restarts it. Stop is cooperative (the `stop` event),
-letting the SDK close stdin, wait and kill the process group as it is designed to.
+`UnitFault`, so the supervisor restarts it. A server that does not answer `initialize`
+within `start_timeout_s` is a crash too. The `stop` event ends the provider at any
+point, the start included; stdio servers run through `node.tools.stdio`, which caps
+messages, logs stderr safely and kills the server's process group.
+
+Answers are capped at `tools.max_result_bytes` (`ResultTooLarge` for that call only),
+and a large `structuredContent` that only repeats the text content is dropped: the
+SDK's servers send a `str` result twice, which doubled every large answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -19,13 +26,12 @@ from typing import Any, cast
 import anyio
 import httpx2
 from mcp.client.client import Client
-from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, RequestParamsMeta, Tool
 
 from node.tools.config import MountConfig
-from node.tools.errors import ProviderError, UnitFault, UnknownTool
+from node.tools.errors import ProviderError, ResultTooLarge, UnitFault, UnknownTool
 from node.tools.model import (
     META_CAUSALITY,
     META_ORIGIN,
@@ -34,19 +40,28 @@ from node.tools.model import (
     ToolResult,
     ToolSpec,
 )
+from node.tools.stdio import RESULT_TOO_LARGE, StdioLaunch, StdioStats, stdio_transport
 
 log = logging.getLogger(__name__)
 
 MAX_LIST_PAGES = 50
 RESULT_KEYS = ("content", "isError", "structuredContent")
+DEFAULT_MAX_RESULT_BYTES = 4 << 20
+# Room for the JSON-RPC envelope around a result at the cap (and for escaping).
+ENVELOPE_SLACK_BYTES = 64 << 10
+# A `structuredContent` at least this large (serialized) is dropped when the text
+# content already carries it; smaller ones are kept, as clients may prefer them.
+DUPLICATE_STRUCTURED_MIN_BYTES = 4096
 _DEAD_CONNECTION = (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, EOFError)
 
 
 class MountedServer:
     """Provider for one external MCP server (`MountConfig`)."""
 
-    def __init__(self, cfg: MountConfig) -> None:
+    def __init__(self, cfg: MountConfig, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         self._cfg = cfg
+        self._max_result_bytes = max_result_bytes
+        self.stats = StdioStats()
         self._prefix = cfg.name if cfg.namespace is None else cfg.namespace
         self._client: Client | None = None
         self._specs: tuple[ToolSpec, ...] = ()
@@ -103,9 +118,17 @@ class MountedServer:
         cfg = self._cfg
         target: Any
         if cfg.command is not None:
-            target = StdioServerParameters(
-                command=cfg.command, args=list(cfg.args), env=dict(cfg.env) or None, cwd=cfg.cwd
+            launch = StdioLaunch(
+                mount=cfg.name,
+                command=cfg.command,
+                args=tuple(cfg.args),
+                env=cfg.env,
+                cwd=cfg.cwd,
+                # The cap is on the answer; the JSON-RPC envelope around it is small.
+                max_message_bytes=self._max_result_bytes + ENVELOPE_SLACK_BYTES,
+                stop_grace_s=cfg.stop_grace_s,
             )
+            target = stdio_transport(launch, self.stats)
         else:
             assert cfg.url is not None
             if cfg.headers:
@@ -115,11 +138,49 @@ class MountedServer:
                 target = cfg.url
         return await stack.enter_async_context(Client(target, mode=cfg.mode, cache=None))
 
+    def _describe(self) -> str:
+        cfg = self._cfg
+        if cfg.command is not None:
+            return f"command {' '.join([cfg.command, *cfg.args])!r}"
+        return f"url {cfg.url!r}"
+
+    async def _start(self, stack: contextlib.AsyncExitStack, stop: asyncio.Event) -> Client | None:
+        """Start and initialize the server within `start_timeout_s`; None if `stop` came first."""
+        cfg = self._cfg
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(cfg.start_timeout_s) as scope:
+                # Stop ends the start at once: a server that never answers `initialize`
+                # must not hold the node's shutdown for the whole start timeout.
+                entered = True
+
+                def stopped(watch: asyncio.Task[Any]) -> None:
+                    if entered and not watch.cancelled() and not scope.expired():
+                        scope.reschedule(loop.time())
+
+                watch = loop.create_task(stop.wait(), name=f"mount:{cfg.name}:stop-watch")
+                watch.add_done_callback(stopped)
+                try:
+                    client = await self._open(stack)
+                    await self._refresh(client)
+                finally:
+                    entered = False
+                    watch.cancel()
+        except TimeoutError:
+            if stop.is_set():
+                return None
+            raise UnitFault(
+                f"mount {cfg.name!r} did not initialize within {cfg.start_timeout_s:g} s "
+                f"({self._describe()})"
+            ) from None
+        return client
+
     async def run(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
         cfg = self._cfg
         async with contextlib.AsyncExitStack() as stack:
-            client = await self._open(stack)
-            await self._refresh(client)
+            client = await self._start(stack, stop)
+            if client is None:
+                return
             self._client = client
             ready()
             try:
@@ -156,11 +217,64 @@ class MountedServer:
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
                 raise UnitFault(f"mount {self._cfg.name!r}: connection closed") from exc
+            if exc.code == RESULT_TOO_LARGE and isinstance(exc.error.data, dict):
+                data = exc.error.data
+                raise ResultTooLarge(tool, data["size_bytes"], self._max_result_bytes) from exc
             raise ProviderError(tool, exc.error.message, exc.code) from exc
         except _DEAD_CONNECTION as exc:
             raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
         dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        return {key: dumped[key] for key in RESULT_KEYS if key in dumped}
+        out = {key: dumped[key] for key in RESULT_KEYS if key in dumped}
+        # An HTTP answer is read whole by the SDK; at least it does not go further.
+        size = _content_chars(out.get("content"))
+        if size > self._max_result_bytes:
+            raise ResultTooLarge(tool, size, self._max_result_bytes)
+        _drop_duplicate_structured(out)
+        return out
+
+
+def _content_chars(content: Any) -> int:
+    """The size of a result's text and binary payloads (what makes an answer large)."""
+    if not isinstance(content, list):
+        return 0
+    total = 0
+    for block in content:
+        if isinstance(block, dict):
+            for key in ("text", "data", "blob"):
+                value = block.get(key)
+                if isinstance(value, str):
+                    total += len(value)
+    return total
+
+
+def _drop_duplicate_structured(result: dict[str, Any]) -> None:
+    """Drop a large `structuredContent` that repeats a text block (the SDK's servers wrap
+    a `str` result as `{"result": text}`; others send `json.dumps(structured)` as text)."""
+    structured = result.get("structuredContent")
+    if not isinstance(structured, dict):
+        return
+    texts = [
+        b["text"]
+        for b in result.get("content") or ()
+        if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+    ]
+    if sum(len(t) for t in texts) < DUPLICATE_STRUCTURED_MIN_BYTES:
+        return
+    for text in texts:
+        if len(text) < DUPLICATE_STRUCTURED_MIN_BYTES:
+            continue
+        if structured == {"result": text} or _parses_to(text, structured):
+            del result["structuredContent"]
+            return
+
+
+def _parses_to(text: str, value: dict[str, Any]) -> bool:
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        return bool(json.loads(text) == value)
+    except ValueError:
+        return False
 
 
 def _trace_meta(ctx: CallContext) -> RequestParamsMeta:

@@ -20,8 +20,42 @@ import subprocess
 import sys
 import time
 
-from mcp.server.mcpserver import MCPServer
-from mcp.server.stdio import _claims
+
+def _write_pids() -> None:
+    path = os.environ.get("FAULTY_PID_FILE")
+    if not path:
+        return
+    pids = [os.getpid()]
+    if os.environ.get("FAULTY_CHILD") == "1":
+        # A grandchild of the daemon that ignores SIGTERM: only SIGKILL to the group ends it.
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import signal, time\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "while True: time.sleep(1)",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        pids.append(child.pid)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(" ".join(str(p) for p in pids))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    # Before the SDK's (slow) import: the tests start this with short timeouts.
+    _write_pids()
+    if os.environ.get("FAULTY_NO_INIT") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(1)
+
+from mcp.server.mcpserver import MCPServer  # noqa: E402
+from mcp.server.stdio import _claims  # noqa: E402
 
 app = MCPServer("faulty")
 
@@ -76,35 +110,5 @@ def inject(text: str) -> str:
     return "written"
 
 
-def _write_pids() -> None:
-    path = os.environ.get("FAULTY_PID_FILE")
-    if not path:
-        return
-    pids = [os.getpid()]
-    if os.environ.get("FAULTY_CHILD") == "1":
-        # A grandchild of the daemon that ignores SIGTERM: only SIGKILL to the group ends it.
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import signal, time\n"
-                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                "while True: time.sleep(1)",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
-        pids.append(child.pid)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(" ".join(str(p) for p in pids))
-    os.replace(tmp, path)
-
-
 if __name__ == "__main__":
-    _write_pids()
-    if os.environ.get("FAULTY_NO_INIT") == "1":
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        while True:
-            time.sleep(1)
     app.run()

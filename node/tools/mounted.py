@@ -10,8 +10,8 @@ point, the start included; stdio servers run through `node.tools.stdio`, which c
 messages, logs stderr safely and kills the server's process group.
 
 Answers are capped at `tools.max_result_bytes` (`ResultTooLarge` for that call only),
-and a large `structuredContent` that only repeats the text content is dropped: the
-SDK's servers send a `str` result twice, which doubled every large answer.
+and a large text that `structuredContent` repeats is passed on once (`_drop_duplicate`):
+the SDK's servers send a `str` result twice, which doubled every large answer.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class MountedServer:
         self._prefix = cfg.name if cfg.namespace is None else cfg.namespace
         self._client: Client | None = None
         self._specs: tuple[ToolSpec, ...] = ()
+        self._spec_by_name: dict[str, ToolSpec] = {}
         self._remote: dict[str, str] = {}
         self._on_change: Callable[[], None] | None = None
 
@@ -110,6 +111,7 @@ class MountedServer:
         specs = tuple(self._spec(t) for t in tools)
         changed = specs != self._specs
         self._specs = specs
+        self._spec_by_name = {spec.name: spec for spec in specs}
         self._remote = {self._local_name(t.name): t.name for t in tools}
         if changed and self._client is not None and self._on_change is not None:
             self._on_change()
@@ -229,7 +231,8 @@ class MountedServer:
         size = _content_chars(out.get("content"))
         if size > self._max_result_bytes:
             raise ResultTooLarge(tool, size, self._max_result_bytes)
-        _drop_duplicate_structured(out)
+        spec = self._spec_by_name.get(tool)
+        _drop_duplicate(out, spec is not None and spec.output_schema is not None)
         return out
 
 
@@ -247,24 +250,27 @@ def _content_chars(content: Any) -> int:
     return total
 
 
-def _drop_duplicate_structured(result: dict[str, Any]) -> None:
-    """Drop a large `structuredContent` that repeats a text block (the SDK's servers wrap
-    a `str` result as `{"result": text}`; others send `json.dumps(structured)` as text)."""
+def _drop_duplicate(result: dict[str, Any], has_output_schema: bool) -> None:
+    """Send a large text only once when `structuredContent` repeats it (the SDK's servers
+    wrap a `str` result as `{"result": text}`; others send `json.dumps(structured)`).
+
+    A tool with an output schema must return `structuredContent` (clients check), so its
+    text block is replaced by a short pointer; any other tool keeps the text alone.
+    """
     structured = result.get("structuredContent")
-    if not isinstance(structured, dict):
+    content = result.get("content")
+    if not isinstance(structured, dict) or not isinstance(content, list):
         return
-    texts = [
-        b["text"]
-        for b in result.get("content") or ()
-        if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
-    ]
-    if sum(len(t) for t in texts) < DUPLICATE_STRUCTURED_MIN_BYTES:
-        return
-    for text in texts:
-        if len(text) < DUPLICATE_STRUCTURED_MIN_BYTES:
+    for i, block in enumerate(content):
+        text = block.get("text") if isinstance(block, dict) else None
+        if not isinstance(text, str) or len(text) < DUPLICATE_STRUCTURED_MIN_BYTES:
             continue
         if structured == {"result": text} or _parses_to(text, structured):
-            del result["structuredContent"]
+            if has_output_schema:
+                note = f"[{len(text)} characters, the same as structuredContent]"
+                content[i] = {"type": "text", "text": note}
+            else:
+                del result["structuredContent"]
             return
 
 

@@ -72,9 +72,17 @@ def big(mb: float) -> str:
     return "x" * int(mb * 1_000_000)
 
 
+def _mark_hang() -> None:
+    path = os.environ.get("FAULTY_PID_FILE")
+    if path:
+        with open(path + ".hang", "w") as f:
+            f.write("hanging")
+
+
 @app.tool()
 async def hang() -> str:
-    """Never returns."""
+    """Never returns (with `FAULTY_PID_FILE` set, says it started in `<that>.hang`)."""
+    _mark_hang()
     await asyncio.Event().wait()
     return "unreachable"
 

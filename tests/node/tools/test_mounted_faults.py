@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from node.logs import JsonFormatter, TextFormatter
 from node.tools.config import MountConfig, ToolsConfig
 from node.tools.errors import ResultTooLarge, ToolQuarantined, ToolUnavailable
 from node.tools.model import CallContext
+from node.tools.mounted import _drop_duplicate
 from node.tools.registry import LocalCatalog, build_local_catalog
 from node.tools.stdio import escape_line
 from node.tools.supervisor import Unit, UnitState
@@ -70,12 +72,29 @@ async def test_an_answer_over_the_cap_fails_that_call_only(catalog: LocalCatalog
 
 
 async def test_large_text_is_not_sent_twice(catalog: LocalCatalog) -> None:
+    # `big` declares an output schema (the SDK wraps its `str` as {"result": ...}), so
+    # the structured copy stays (clients check it) and the text becomes a pointer.
+    spec = catalog.spec("f.big")
+    assert spec is not None and spec.output_schema is not None
     result = await catalog.call_tool("f.big", {"mb": 0.2}, CTX)
-    assert len(result["content"][0]["text"]) == 200_000
-    assert "structuredContent" not in result
-    # A small structured copy is kept (clients may read it rather than the text).
+    assert len(result["structuredContent"]["result"]) == 200_000
+    assert result["content"] == [
+        {"type": "text", "text": "[200000 characters, the same as structuredContent]"}
+    ]
+    # A small answer keeps both.
     small = await catalog.call_tool("f.echo", {"text": "x"}, CTX)
     assert small["structuredContent"] == {"result": "x"}
+    assert small["content"][0]["text"] == "x"
+
+
+def test_a_large_copy_without_an_output_schema_keeps_only_the_text() -> None:
+    text = json.dumps({"rows": list(range(2000))})
+    result = {"content": [{"type": "text", "text": text}], "structuredContent": json.loads(text)}
+    _drop_duplicate(result, has_output_schema=False)
+    assert result == {"content": [{"type": "text", "text": text}]}
+    other = {"content": [{"type": "text", "text": "y" * 5000}], "structuredContent": {"n": 1}}
+    _drop_duplicate(other, has_output_schema=False)
+    assert other["structuredContent"] == {"n": 1}  # not a copy: kept
 
 
 async def test_a_garbage_stdout_line_is_skipped_and_counted(catalog: LocalCatalog) -> None:

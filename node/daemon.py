@@ -37,8 +37,10 @@ EXIT_FAILURE = 1
 # objects (≈65 ms): ≈30 µs per call at the entry node, measured under load.
 GC_GEN0_THRESHOLD = 10_000
 # SIGTERM means exit within 5 s (README). Calls in flight are cancelled and mounts
-# killed well before; should anything still hold the process past this, it is ended
-# (mounted servers' process groups first) with EXIT_FAILURE, so nothing is left behind.
+# killed well before; should anything still hold the process past this (a plugin's
+# thread that never returns keeps asyncio.run waiting for ever), it is ended, mounted
+# servers' process groups first: exit 0 if the node itself had stopped (its state is
+# saved), EXIT_FAILURE if not.
 SHUTDOWN_WATCHDOG_S = 4.5
 
 
@@ -113,24 +115,30 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
             await systemd.stopping()
 
 
-def _force_exit() -> None:
-    log.error(
-        "shutdown did not finish within %.1f s; killing mounted servers and exiting",
-        SHUTDOWN_WATCHDOG_S,
-    )
-    kill_all_process_groups()
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-    os._exit(EXIT_FAILURE)
-
-
 class ShutdownWatchdog:
     """Armed by the first SIGTERM/SIGINT: a thread, so a blocked event loop cannot stop it."""
 
     def __init__(self, timeout_s: float = SHUTDOWN_WATCHDOG_S) -> None:
-        self._timer = threading.Timer(timeout_s, _force_exit)
+        self._timer = threading.Timer(timeout_s, self._force_exit)
         self._timer.daemon = True
         self._armed = False
+        self.node_stopped = False
+
+    def _force_exit(self) -> None:
+        if self.node_stopped:
+            log.warning(
+                "node stopped, but threads of tool calls still run after %.1f s; exiting anyway",
+                SHUTDOWN_WATCHDOG_S,
+            )
+        else:
+            log.error(
+                "shutdown did not finish within %.1f s; killing mounted servers and exiting",
+                SHUTDOWN_WATCHDOG_S,
+            )
+        kill_all_process_groups()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(EXIT_OK if self.node_stopped else EXIT_FAILURE)
 
     def arm(self) -> None:
         if not self._armed:
@@ -154,6 +162,8 @@ async def run(node: Node, watchdog: ShutdownWatchdog | None = None) -> None:
         loop.add_signal_handler(sig, on_signal)
     try:
         await serve(node, stop)
+        if watchdog is not None:
+            watchdog.node_stopped = True
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from node.tools.functions import tool
@@ -21,3 +23,18 @@ from node.tools.functions import tool
 )
 def add(arguments: Mapping[str, Any]) -> dict[str, int]:
     return {"sum": arguments["a"] + arguments["b"]}
+
+
+@tool(
+    name="block",
+    description="Write `marker`, then block this call's thread for ever.",
+    input_schema={
+        "type": "object",
+        "properties": {"marker": {"type": "string"}},
+        "required": ["marker"],
+    },
+)
+def block(arguments: Mapping[str, Any]) -> str:
+    Path(arguments["marker"]).write_text("blocked")
+    threading.Event().wait()
+    return "unreachable"

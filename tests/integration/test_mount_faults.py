@@ -168,6 +168,30 @@ async def test_sigterm_with_a_call_in_flight_to_a_hung_tool(
     await asyncio.to_thread(assert_stops_cleanly, node, pids)
 
 
+async def test_sigterm_with_a_plugin_call_blocked_in_its_thread(
+    tmp_path: Path, node_factory: list[NodeProcess]
+) -> None:
+    plugin = """
+[[tools.plugins]]
+name = "block"
+target = "tests.integration.plugin_tools:block"
+"""
+    node, pid_file = start_node(tmp_path, node_factory, config(tmp_path / "pids", extra=plugin))
+    marker = tmp_path / "blocked"
+    async with mcp_client(node) as client:
+        await wait_for_tool(client, "f.echo")
+        pids = read_pids(pid_file)
+        assert pids is not None
+        call = asyncio.create_task(client.call_tool("block", {"marker": str(marker)}))
+        await async_wait_until(marker.exists, timeout_s=30, what="plugin blocked")
+        node.terminate()
+        with pytest.raises(MCPError, match="shutting down"):
+            await asyncio.wait_for(call, timeout=EXIT_DEADLINE_S)
+    # The node stopped cleanly; the thread that never returns does not keep it alive.
+    await asyncio.to_thread(assert_stops_cleanly, node, pids)
+    assert "threads of tool calls still run" in node.log_text()
+
+
 async def test_a_50mb_answer_fails_that_call_and_the_mount_stays(
     tmp_path: Path, node_factory: list[NodeProcess]
 ) -> None:

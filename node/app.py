@@ -169,7 +169,7 @@ class Node(Service):
         stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
         # First thing at shutdown (the stack unwinds backwards): calls in flight end with
         # "shutting down", so that a hung tool cannot hold the HTTP server's stop.
-        stack.callback(catalog.supervisor.cancel_calls)
+        stack.callback(tools.cancel_calls)
         await audit.append("node.start", identity.node_id, self.runtime_info())
 
     async def _start_local_catalog(self, stack: contextlib.AsyncExitStack) -> LocalCatalog:

@@ -21,7 +21,7 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.integration.harness import REPO_ROOT, NodeProcess
+from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
 from tests.polling import async_wait_for, async_wait_until, wait_for
 
 pytestmark = pytest.mark.integration
@@ -66,11 +66,11 @@ def node_factory(tmp_path: Path) -> Iterator[list[NodeProcess]]:
 
 
 def start_node(
-    tmp_path: Path, started: list[NodeProcess], text: str, *args: str
+    tmp_path: Path, started: list[NodeProcess], text: str, *args: str, name: str = "node"
 ) -> tuple[NodeProcess, Path]:
-    config_path = tmp_path / "vsmcp.toml"
+    config_path = tmp_path / f"{name}.toml"
     config_path.write_text(text)
-    node = NodeProcess(tmp_path / "node", "--config", str(config_path), "--no-mdns", *args)
+    node = NodeProcess(tmp_path / name, "--config", str(config_path), "--no-mdns", *args)
     started.append(node)
     node.start()
     return node, tmp_path / "pids"
@@ -190,6 +190,25 @@ target = "tests.integration.plugin_tools:block"
     # The node stopped cleanly; the thread that never returns does not keep it alive.
     await asyncio.to_thread(assert_stops_cleanly, node, pids)
     assert "threads of tool calls still run" in node.log_text()
+
+
+async def test_sigterm_at_the_entry_node_with_a_call_waiting_on_another_node(
+    tmp_path: Path, node_factory: list[NodeProcess]
+) -> None:
+    provider, pid_file = start_node(tmp_path, node_factory, config(tmp_path / "pids"), name="a")
+    entry_config = "[mesh]\npreset = 'local'\n[tools]\nentry_points = false\ntimeout_s = 120\n"
+    seed = f"{provider.node_id}@127.0.0.1:{provider.mesh_port}"
+    entry, _ = start_node(tmp_path, node_factory, entry_config, "--seed", seed, name="b")
+    wait_mesh_states([provider, entry], {provider.node_id: "alive", entry.node_id: "alive"})
+    async with mcp_client(entry) as client:
+        await wait_for_tool(client, "f.hang")
+        call = asyncio.create_task(client.call_tool("f.hang", {}))
+        hang_marker = Path(str(pid_file) + ".hang")
+        await async_wait_until(hang_marker.exists, timeout_s=30, what="hang started on a")
+        entry.terminate()
+        with pytest.raises(MCPError, match="shutting down"):
+            await asyncio.wait_for(call, timeout=EXIT_DEADLINE_S)
+    assert await asyncio.to_thread(entry.wait_exit, EXIT_DEADLINE_S) == 0
 
 
 async def test_a_50mb_answer_fails_that_call_and_the_mount_stays(

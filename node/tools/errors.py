@@ -140,9 +140,10 @@ class ShuttingDown(ToolError):
 class ResultTooLarge(ToolError):
     reason = "result_too_large"
 
-    def __init__(self, tool: str, size_bytes: int, max_bytes: int) -> None:
+    def __init__(self, tool: str, size_bytes: int | None, max_bytes: int) -> None:
+        size = "more than that" if size_bytes is None else f"{size_bytes} bytes"
         super().__init__(
-            f"Tool {tool!r} answered {size_bytes} bytes, over the cap of {max_bytes} bytes "
+            f"Tool {tool!r} answered {size}, over the cap of {max_bytes} bytes "
             "(tools.max_result_bytes); the answer was dropped",
             {"tool": tool, "size_bytes": size_bytes, "max_bytes": max_bytes},
         )

@@ -24,14 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import anyio
-import httpx2
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, RequestParamsMeta, Tool
+from mcp_types import CONNECTION_CLOSED, PARSE_ERROR, RequestParamsMeta, Tool
 
 from node.tools.config import MountConfig
 from node.tools.errors import ProviderError, ResultTooLarge, UnitFault, UnknownTool
+from node.tools.http_cap import ANSWER_TOO_LARGE_MARK, capped_http_client
 from node.tools.model import (
     META_CAUSALITY,
     META_ORIGIN,
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 MAX_LIST_PAGES = 50
 RESULT_KEYS = ("content", "isError", "structuredContent")
 DEFAULT_MAX_RESULT_BYTES = 4 << 20
+# How httpx2 says an SSE event passed `max_sse_event_size` (the SDK passes it on).
+SSE_TOO_LARGE_MARK = "byte limit"
 # Room for the JSON-RPC envelope around a result at the cap (and for escaping).
 ENVELOPE_SLACK_BYTES = 64 << 10
 # A `structuredContent` at least this large (serialized) is dropped when the text
@@ -133,11 +135,9 @@ class MountedServer:
             target = stdio_transport(launch, self.stats)
         else:
             assert cfg.url is not None
-            if cfg.headers:
-                http = await stack.enter_async_context(httpx2.AsyncClient(headers=cfg.headers))
-                target = streamable_http_client(cfg.url, http_client=http)
-            else:
-                target = cfg.url
+            cap = self._max_result_bytes + ENVELOPE_SLACK_BYTES
+            http = await stack.enter_async_context(capped_http_client(cfg.headers, cap))
+            target = streamable_http_client(cfg.url, http_client=http, max_sse_event_size=cap)
         return await stack.enter_async_context(Client(target, mode=cfg.mode, cache=None))
 
     def _describe(self) -> str:
@@ -217,11 +217,9 @@ class MountedServer:
                 meta=_trace_meta(ctx),
             )
         except MCPError as exc:
+            self._raise_too_large(tool, exc)
             if exc.code == CONNECTION_CLOSED:
                 raise UnitFault(f"mount {self._cfg.name!r}: connection closed") from exc
-            if exc.code == RESULT_TOO_LARGE and isinstance(exc.error.data, dict):
-                data = exc.error.data
-                raise ResultTooLarge(tool, data["size_bytes"], self._max_result_bytes) from exc
             raise ProviderError(tool, exc.error.message, exc.code) from exc
         except _DEAD_CONNECTION as exc:
             raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
@@ -234,6 +232,18 @@ class MountedServer:
         spec = self._spec_by_name.get(tool)
         _drop_duplicate(out, spec is not None and spec.output_schema is not None)
         return out
+
+    def _raise_too_large(self, tool: str, exc: MCPError) -> None:
+        """`ResultTooLarge` if `exc` is how a transport cut a too-large answer."""
+        error = exc.error
+        if exc.code == RESULT_TOO_LARGE and isinstance(error.data, dict):
+            size = error.data.get("size_bytes")
+            if isinstance(size, int):
+                raise ResultTooLarge(tool, size, self._max_result_bytes) from exc
+        http_cut = exc.code == PARSE_ERROR and ANSWER_TOO_LARGE_MARK in error.message
+        sse_cut = exc.code == CONNECTION_CLOSED and SSE_TOO_LARGE_MARK in error.message
+        if http_cut or sse_cut:
+            raise ResultTooLarge(tool, None, self._max_result_bytes) from exc
 
 
 def _content_chars(content: Any) -> int:

@@ -8,7 +8,8 @@ process exits), `fail` (raises), `garbage` (a non-JSON line on stdout, then answ
 Environment: `FAULTY_PID_FILE` — write this process's pid there at start (and, with
 `FAULTY_CHILD=1`, also the pid of a child process it starts, which only a kill of the
 process group ends); `FAULTY_NO_INIT=1` — never answer `initialize` (and ignore SIGTERM),
-standing in for a server that hangs at start.
+standing in for a server that hangs at start; `FAULTY_HTTP_PORT` — serve Streamable
+HTTP on that loopback port instead of stdio (`FAULTY_JSON=1`: answers as JSON, not SSE).
 """
 
 from __future__ import annotations
@@ -119,4 +120,12 @@ def inject(text: str) -> str:
 
 
 if __name__ == "__main__":
-    app.run()
+    if os.environ.get("FAULTY_HTTP_PORT"):
+        app.run(
+            "streamable-http",
+            host="127.0.0.1",
+            port=int(os.environ["FAULTY_HTTP_PORT"]),
+            json_response=os.environ.get("FAULTY_JSON") == "1",
+        )
+    else:
+        app.run()

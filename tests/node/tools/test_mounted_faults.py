@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +204,46 @@ async def test_a_server_that_never_initializes_times_out_and_stops_at_once(
     # The server and its child (which ignores SIGTERM) are both gone.
     wait_for(lambda: not any(alive(p) for p in pids), timeout_s=10, what="process group gone")
     assert len(pids) == 2 and os.getpid() not in pids
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(params=["sse", "json"])
+def http_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "FAULTY_HTTP_PORT": str(port)}
+    if request.param == "json":
+        env["FAULTY_JSON"] = "1"
+    proc = subprocess.Popen([sys.executable, str(SERVER)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: accepts(port) or proc.poll() is not None, timeout_s=30, what="listening")
+        assert proc.poll() is None, "the HTTP test server exited"
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_an_http_answer_over_the_cap_fails_that_call_only(http_server: str) -> None:
+    mount = MountConfig(name="f", url=http_server, health_interval_s=0.2)
+    async with catalog_for(mount) as cat:
+        await cat.supervisor.wait_running(timeout_s=30)
+        with pytest.raises(ResultTooLarge, match=f"over the cap of {CAP_BYTES} bytes") as err:
+            await cat.call_tool("f.big", {"mb": 5}, CTX)
+        # Cut while it was read (so its size is unknown), never held whole.
+        assert err.value.data["size_bytes"] is None
+        assert await echo(cat) == "hi"
+        # Below the cap, a large answer passes (sent once, as the stdio one).
+        result = await cat.call_tool("f.big", {"mb": 0.2}, CTX)
+        assert len(result["structuredContent"]["result"]) == 200_000
+        unit = unit_of(cat)
+        assert unit.restarts == 0 and unit.state is UnitState.RUNNING

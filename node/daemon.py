@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ GC_GEN0_THRESHOLD = 10_000
 # servers' process groups first: exit 0 if the node itself had stopped (its state is
 # saved), EXIT_FAILURE if not.
 SHUTDOWN_WATCHDOG_S = 4.5
+# Once the node has stopped, how long anything else may still hold the process.
+AFTER_STOP_GRACE_S = 1.0
 
 
 def tune_gc() -> None:
@@ -119,31 +122,44 @@ class ShutdownWatchdog:
     """Armed by the first SIGTERM/SIGINT: a thread, so a blocked event loop cannot stop it."""
 
     def __init__(self, timeout_s: float = SHUTDOWN_WATCHDOG_S) -> None:
-        self._timer = threading.Timer(timeout_s, self._force_exit)
-        self._timer.daemon = True
-        self._armed = False
-        self.node_stopped = False
+        self._timeout_s = timeout_s
+        self._timer = self._new_timer(timeout_s)
+        self._armed_at: float | None = None
+        self._node_stopped = False
+
+    def _new_timer(self, delay_s: float) -> threading.Timer:
+        timer = threading.Timer(delay_s, self._force_exit)
+        timer.daemon = True
+        return timer
 
     def _force_exit(self) -> None:
-        if self.node_stopped:
-            log.warning(
-                "node stopped, but threads of tool calls still run after %.1f s; exiting anyway",
-                SHUTDOWN_WATCHDOG_S,
-            )
+        if self._node_stopped:
+            log.warning("node stopped, but threads of tool calls still run; exiting anyway")
         else:
             log.error(
                 "shutdown did not finish within %.1f s; killing mounted servers and exiting",
-                SHUTDOWN_WATCHDOG_S,
+                self._timeout_s,
             )
         kill_all_process_groups()
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
-        os._exit(EXIT_OK if self.node_stopped else EXIT_FAILURE)
+        os._exit(EXIT_OK if self._node_stopped else EXIT_FAILURE)
 
     def arm(self) -> None:
-        if not self._armed:
-            self._armed = True
+        if self._armed_at is None:
+            self._armed_at = time.monotonic()
             self._timer.start()
+
+    def node_stopped(self) -> None:
+        """The node's state is saved: what is left (threads of calls that never return,
+        which asyncio.run waits for) gets only a short while."""
+        self._node_stopped = True
+        if self._armed_at is None:
+            return
+        left_s = self._timeout_s - (time.monotonic() - self._armed_at)
+        self._timer.cancel()
+        self._timer = self._new_timer(max(0.0, min(AFTER_STOP_GRACE_S, left_s)))
+        self._timer.start()
 
     def disarm(self) -> None:
         self._timer.cancel()
@@ -163,7 +179,7 @@ async def run(node: Node, watchdog: ShutdownWatchdog | None = None) -> None:
     try:
         await serve(node, stop)
         if watchdog is not None:
-            watchdog.node_stopped = True
+            watchdog.node_stopped()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

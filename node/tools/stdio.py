@@ -195,6 +195,7 @@ class _Connection:
         self._read_send = read_send
         self._write_recv = write_recv
         self._garbage_logged = False
+        self._dropped_unreported = 0
 
     # -- stdout --------------------------------------------------------------------------
 
@@ -325,6 +326,7 @@ class _Connection:
                 in_window += 1
                 if in_window > STDERR_LINES_PER_S:
                     self._stats.stderr_dropped += 1
+                    self._dropped_unreported += 1
                     continue
                 self._log_stderr(bytes(line))
         if buffer:
@@ -338,7 +340,7 @@ class _Connection:
         log.info("mount %s stderr: %s", mount, text, extra={"mount": mount, "stderr": text})
 
     def _report_dropped(self) -> None:
-        dropped, self._stats.stderr_dropped = self._stats.stderr_dropped, 0
+        dropped, self._dropped_unreported = self._dropped_unreported, 0
         if dropped:
             log.warning(
                 "mount %s: dropped %d stderr lines (over %d lines/s)",

@@ -106,6 +106,8 @@ def assert_stops_cleanly(node: NodeProcess, pids: list[int]) -> None:
         print(node.log_text()[-4000:])
         raise
     assert code == 0, node.log_text()[-4000:]
+    # Stopped by itself, not by the shutdown watchdog.
+    assert "did not finish within" not in node.log_text()
     # The mount's server and its child (which ignores SIGTERM) are gone too.
     wait_for(lambda: not any(alive(p) for p in pids), timeout_s=10, what="mount processes gone")
 

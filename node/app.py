@@ -35,6 +35,7 @@ from node.replication import ReplicationService
 from node.routing import MeshCatalog
 from node.store import Store
 from node.tools.debug import DebugTools
+from node.tools.mounted import MountedServer
 from node.tools.registry import LocalCatalog, build_local_catalog
 from node.trust import NodeIdentity, ensure_data_dir, load_identity
 
@@ -186,7 +187,34 @@ class Node(Service):
             log.warning("debug API on: /api/debug/* can cut links and add tools")
         await stack.enter_async_context(catalog)
         self._catalog = catalog
+        self._register_mount_metrics(catalog)
         return catalog
+
+    def _register_mount_metrics(self, catalog: LocalCatalog) -> None:
+        units = catalog.supervisor.units.values()
+        mounts = [u.provider for u in units if isinstance(u.provider, MountedServer)]
+
+        def counts(field: str) -> dict[str, int]:
+            return {m.name.removeprefix("mount:"): getattr(m.stats, field) for m in mounts}
+
+        self.metrics.add_counters(
+            "vsmcp_mount_garbage_lines",
+            "Lines a mounted stdio server wrote to stdout that were not JSON-RPC (skipped)",
+            "mount",
+            lambda: counts("garbage_lines"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mount_oversized_answers",
+            "Answers of mounted servers dropped for passing tools.max_result_bytes",
+            "mount",
+            lambda: counts("oversized_messages"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mount_stderr_dropped_lines",
+            "stderr lines of mounted servers not logged (over the per-second limit)",
+            "mount",
+            lambda: counts("stderr_dropped"),
+        )
 
     def _mesh_service(self, identity: NodeIdentity, sealer: Sealer) -> MeshService:
         mesh_cfg = self.config.mesh

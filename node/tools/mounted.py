@@ -243,6 +243,7 @@ class MountedServer:
         http_cut = exc.code == PARSE_ERROR and ANSWER_TOO_LARGE_MARK in error.message
         sse_cut = exc.code == CONNECTION_CLOSED and SSE_TOO_LARGE_MARK in error.message
         if http_cut or sse_cut:
+            self.stats.oversized_messages += 1
             raise ResultTooLarge(tool, None, self._max_result_bytes) from exc
 
 

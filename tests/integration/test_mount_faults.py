@@ -234,6 +234,8 @@ async def test_a_50mb_answer_fails_that_call_and_the_mount_stays(
             return rss if rss < before + RSS_MARGIN_BYTES else None
 
         await async_wait_for(memory_back, timeout_s=30, what=f"RSS back near {before}")
+    metrics = node.get("/metrics")[1].decode()
+    assert 'vsmcp_mount_oversized_answers_total{mount="f"} 1.0' in metrics
     assert "restarting" not in node.log_text()
 
 

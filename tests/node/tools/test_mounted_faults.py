@@ -247,3 +247,4 @@ async def test_an_http_answer_over_the_cap_fails_that_call_only(http_server: str
         assert len(result["structuredContent"]["result"]) == 200_000
         unit = unit_of(cat)
         assert unit.restarts == 0 and unit.state is UnitState.RUNNING
+        assert unit.provider.stats.oversized_messages == 1  # type: ignore[attr-defined]

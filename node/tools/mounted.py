@@ -51,8 +51,8 @@ DEFAULT_MAX_RESULT_BYTES = 4 << 20
 SSE_TOO_LARGE_MARK = "byte limit"
 # Room for the JSON-RPC envelope around a result at the cap (and for escaping).
 ENVELOPE_SLACK_BYTES = 64 << 10
-# A `structuredContent` at least this large (serialized) is dropped when the text
-# content already carries it; smaller ones are kept, as clients may prefer them.
+# A text block at least this long (characters) that `structuredContent` repeats is sent
+# once (`_drop_duplicate`); shorter answers keep both, as clients may read either.
 DUPLICATE_STRUCTURED_MIN_BYTES = 4096
 _DEAD_CONNECTION = (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, EOFError)
 

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # The JSON-RPC error a too-large answer becomes (implementation-defined server-error range).
 RESULT_TOO_LARGE: Final = -32001
 READ_CHUNK_BYTES: Final = 1 << 16
-# How much of a dropped message we keep to find the request id it answers.
+# How much of each end of a dropped message we keep to find the request id it answers.
 ID_PREFIX_BYTES: Final = 256
 STDERR_LINE_MAX_CHARS: Final = 2000
 # Beyond this many stderr lines in one second, lines are dropped (and counted).
@@ -205,7 +205,7 @@ class _Connection:
         cap = self._launch.max_message_bytes
         buffer = bytearray()
         dropping: int | None = None  # bytes of an over-long line seen so far
-        prefix = b""
+        prefix = tail = b""
         try:
             async with self._read_send:
                 while True:
@@ -220,16 +220,18 @@ class _Connection:
                         start = len(chunk) if end < 0 else end + 1
                         if dropping is not None:
                             dropping += len(piece)
+                            tail = (tail + piece[-ID_PREFIX_BYTES:])[-ID_PREFIX_BYTES:]
                         elif len(buffer) + len(piece) > cap:
                             prefix = (bytes(buffer[:ID_PREFIX_BYTES]) + piece)[:ID_PREFIX_BYTES]
                             dropping = len(buffer) + len(piece)
+                            tail = piece[-ID_PREFIX_BYTES:]
                             buffer.clear()
                         else:
                             buffer += piece
                         if end < 0:
                             continue
                         if dropping is not None:
-                            await self._too_large(prefix, dropping)
+                            await self._too_large(prefix, tail, dropping)
                             dropping = None
                         else:
                             await self._deliver(bytes(buffer))
@@ -258,10 +260,11 @@ class _Connection:
             return
         await self._read_send.send(SessionMessage(message))
 
-    async def _too_large(self, prefix: bytes, size: int) -> None:
+    async def _too_large(self, prefix: bytes, tail: bytes, size: int) -> None:
         self._stats.oversized_messages += 1
         cap = self._launch.max_message_bytes
-        found = _ID.search(prefix)
+        # Where the id is depends on the server's key order: first, or last.
+        found = _ID.search(prefix) or _last_id(tail)
         log.warning(
             "mount %s: dropped a %d-byte message (cap %d bytes)%s",
             self._launch.mount,
@@ -349,3 +352,8 @@ class _Connection:
                 STDERR_LINES_PER_S,
                 extra={"mount": self._launch.mount},
             )
+
+
+def _last_id(tail: bytes) -> re.Match[bytes] | None:
+    matches = list(_ID.finditer(tail))
+    return matches[-1] if matches else None

@@ -6,7 +6,7 @@ Each provider runs as one `Unit` in one named task owned by the `Supervisor`:
   asked to stop has crashed; it is restarted after `backoff_initial_s * 2**(n-1)`
   (capped at `backoff_max_s`), `n` counting crashes since it last ran for
   `backoff_reset_s`. A call that raises `UnitFault` (e.g. a mounted server's pipe
-  closed) restarts it the same way.
+  closed) restarts it too (see "Faults of one tool").
 - **Quarantine.** `crash_loop_failures` crashes within `crash_loop_window_s` quarantine
   the unit for `quarantine_s`: it is stopped, its tools leave the list, calls get
   `ToolUnavailable` naming the state, the cause and the retry time. After the cool-down
@@ -296,9 +296,13 @@ class Unit:
                 self._after_failure(crash_loop)
                 self._restart.set()
             return
+        if restart and not live:
+            # Already restarting: the other calls in flight when the unit broke fail
+            # with it, and only the first one to notice is held responsible.
+            return
         self.last_error = reason
         self._note_tool_fault(tool, reason)
-        if restart and live:
+        if restart:
             # The tool is what failed, not the unit: no growing backoff for the others.
             delay = self.policy.backoff_initial_s
             log.warning("tool unit %s restarting in %.2f s: %s", self.name, delay, reason)

@@ -50,8 +50,9 @@ READ_CHUNK_BYTES: Final = 1 << 16
 # How much of each end of a dropped message we keep to find the request id it answers.
 ID_PREFIX_BYTES: Final = 256
 STDERR_LINE_MAX_CHARS: Final = 2000
-# Beyond this many stderr lines in one second, lines are dropped (and counted).
+# Beyond this many stderr lines in one window, lines are dropped (and counted).
 STDERR_LINES_PER_S: Final = 50
+STDERR_WINDOW_S: Final = 1.0
 GARBAGE_SAMPLE_CHARS: Final = 120
 EXIT_POLL_INTERVAL_S: Final = 0.01
 # Time for the event loop to see the process die after SIGKILL.
@@ -311,10 +312,18 @@ class _Connection:
         window_start = time.monotonic()
         in_window = 0
         while True:
-            try:
-                chunk = await stderr.receive(READ_CHUNK_BYTES)
-            except (anyio.EndOfStream, anyio.ClosedResourceError, OSError):
-                break
+            chunk: bytes | None = None
+            # With dropped lines to report, wake up when the window ends to say so.
+            report_in_s = window_start + STDERR_WINDOW_S - time.monotonic()
+            with anyio.move_on_after(report_in_s if self._dropped_unreported else None):
+                try:
+                    chunk = await stderr.receive(READ_CHUNK_BYTES)
+                except (anyio.EndOfStream, anyio.ClosedResourceError, OSError):
+                    break
+            if chunk is None:
+                self._report_dropped()
+                window_start, in_window = time.monotonic(), 0
+                continue
             buffer += chunk
             *lines, rest = buffer.split(b"\n")
             # A line longer than the cap is logged in pieces rather than held whole.
@@ -323,7 +332,7 @@ class _Connection:
                 lines.append(rest)
             for line in lines:
                 now = time.monotonic()
-                if now - window_start >= 1.0:
+                if now - window_start >= STDERR_WINDOW_S:
                     self._report_dropped()
                     window_start, in_window = now, 0
                 in_window += 1

@@ -21,7 +21,7 @@ from node.tools.errors import ResultTooLarge, ToolQuarantined, ToolUnavailable
 from node.tools.model import CallContext
 from node.tools.mounted import _drop_duplicate
 from node.tools.registry import LocalCatalog, build_local_catalog
-from node.tools.stdio import escape_line
+from node.tools.stdio import STDERR_LINES_PER_S, escape_line
 from node.tools.supervisor import Unit, UnitState
 from tests.polling import async_wait_until, wait_for
 
@@ -248,3 +248,23 @@ async def test_an_http_answer_over_the_cap_fails_that_call_only(http_server: str
         unit = unit_of(cat)
         assert unit.restarts == 0 and unit.state is UnitState.RUNNING
         assert unit.provider.stats.oversized_messages == 1  # type: ignore[attr-defined]
+
+
+async def test_a_flood_of_stderr_is_rate_limited_and_counted(
+    catalog: LocalCatalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="node.tools.stdio")
+    lines = STDERR_LINES_PER_S * 4
+    await catalog.call_tool("f.inject", {"text": "spam\n" * lines}, CTX)
+    stats = unit_of(catalog).provider.stats  # type: ignore[attr-defined]
+    await async_wait_until(
+        lambda: stats.stderr_lines + stats.stderr_dropped >= lines, what="all lines seen"
+    )
+    # Within one second at most the limit is logged; the rest is counted, then reported.
+    assert stats.stderr_dropped > 0
+    assert len(mount_records(caplog)) < lines
+    await async_wait_until(
+        lambda: any("stderr lines (over" in r.getMessage() for r in caplog.records),
+        timeout_s=15,
+        what="the drop reported",
+    )

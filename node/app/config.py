@@ -294,6 +294,10 @@ def _convert(raw: dict[str, Any]) -> Config:
         raise ConfigError(key or "(top level)", reason[:1].lower() + reason[1:]) from e
 
 
+# A mount's stop grace must leave the rest of the 5 s shutdown budget to the node.
+MAX_MOUNT_STOP_GRACE_S = 2.0
+
+
 def _validate(config: Config) -> None:
     _check_port("http.port", config.http.port)
     _check_port("mesh.port", config.mesh.port)
@@ -341,6 +345,14 @@ def _validate(config: Config) -> None:
     _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)
     _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
     _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
+    _check_range("tools.max_result_bytes", config.tools.max_result_bytes, 1024, 1 << 30)
+    for i, mount in enumerate(config.tools.mounts):
+        if mount.stop_grace_s > MAX_MOUNT_STOP_GRACE_S:
+            raise ConfigError(
+                f"tools.mounts[{i}].stop_grace_s",
+                f"{mount.stop_grace_s} is over {MAX_MOUNT_STOP_GRACE_S} s "
+                "(the node stops within 5 s)",
+            )
     _validate_zone_references(config)
     _validate_tokens(config)
     for i, seed in enumerate(config.mesh.seeds):

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from vsmcp.node.app.logs import setup_logging
 from vsmcp.node.app.node import Node
 from vsmcp.node.app.sdnotify import SystemdNotifier
 from vsmcp.node.errors import EXIT_BAD_CONFIG, StartupError
+from vsmcp.node.tools.stdio import kill_all_process_groups
 
 log = logging.getLogger("node.daemon")
 
@@ -32,6 +37,14 @@ EXIT_FAILURE = 1
 # every few calls, and before `tune_gc` each full collection walked ~115k start-up
 # objects (≈65 ms): ≈30 µs per call at the entry node, measured under load.
 GC_GEN0_THRESHOLD = 10_000
+# SIGTERM means exit within 5 s (README). Calls in flight are cancelled and mounts
+# killed well before; should anything still hold the process past this (a plugin's
+# thread that never returns keeps asyncio.run waiting for ever), it is ended, mounted
+# servers' process groups first: exit 0 if the node itself had stopped (its state is
+# saved), EXIT_FAILURE if not.
+SHUTDOWN_WATCHDOG_S = 4.5
+# Once the node has stopped, how long anything else may still hold the process.
+AFTER_STOP_GRACE_S = 1.0
 
 
 def tune_gc() -> None:
@@ -107,13 +120,68 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
             await systemd.stopping()
 
 
-async def run(node: Node) -> None:
+class ShutdownWatchdog:
+    """Armed by the first SIGTERM/SIGINT: a thread, so a blocked event loop cannot stop it."""
+
+    def __init__(self, timeout_s: float = SHUTDOWN_WATCHDOG_S) -> None:
+        self._timeout_s = timeout_s
+        self._timer = self._new_timer(timeout_s)
+        self._armed_at: float | None = None
+        self._node_stopped = False
+
+    def _new_timer(self, delay_s: float) -> threading.Timer:
+        timer = threading.Timer(delay_s, self._force_exit)
+        timer.daemon = True
+        return timer
+
+    def _force_exit(self) -> None:
+        if self._node_stopped:
+            log.warning("node stopped, but threads of tool calls still run; exiting anyway")
+        else:
+            log.error(
+                "shutdown did not finish within %.1f s; killing mounted servers and exiting",
+                self._timeout_s,
+            )
+        kill_all_process_groups()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(EXIT_OK if self._node_stopped else EXIT_FAILURE)
+
+    def arm(self) -> None:
+        if self._armed_at is None:
+            self._armed_at = time.monotonic()
+            self._timer.start()
+
+    def node_stopped(self) -> None:
+        """The node's state is saved: what is left (threads of calls that never return,
+        which asyncio.run waits for) gets only a short while."""
+        self._node_stopped = True
+        if self._armed_at is None:
+            return
+        left_s = self._timeout_s - (time.monotonic() - self._armed_at)
+        self._timer.cancel()
+        self._timer = self._new_timer(max(0.0, min(AFTER_STOP_GRACE_S, left_s)))
+        self._timer.start()
+
+    def disarm(self) -> None:
+        self._timer.cancel()
+
+
+async def run(node: Node, watchdog: ShutdownWatchdog | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if watchdog is not None:
+            watchdog.arm()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await serve(node, stop)
+        if watchdog is not None:
+            watchdog.node_stopped()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -143,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vsmcpd: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     setup_logging(config.node.log_format, config.node.log_level)
+    watchdog = ShutdownWatchdog()
     try:
-        event_loop_runner(config.node.event_loop)(run(Node(config)))
+        event_loop_runner(config.node.event_loop)(run(Node(config), watchdog))
     except StartupError as e:
         log.error("cannot start: %s", e)
         print(f"vsmcpd: {e}", file=sys.stderr)
@@ -154,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # top-level handler: log it whole, exit non-zero
         log.exception("vsmcpd failed")
         return EXIT_FAILURE
+    finally:
+        watchdog.disarm()
+        # Normally none is left (each mount kills its own group on stop).
+        kill_all_process_groups()
     return EXIT_OK
 
 

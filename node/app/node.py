@@ -45,6 +45,7 @@ from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.store.database import Store
 from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
+from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,9 @@ class Node(Service):
         self.metrics.up.set(1)
         _write_runtime_file(data_dir / RUNTIME_FILE_NAME, self.runtime_info())
         stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
+        # First thing at shutdown (the stack unwinds backwards): calls in flight end with
+        # "shutting down", so that a hung tool cannot hold the HTTP server's stop.
+        stack.callback(tools.cancel_calls)
         await audit.append("node.start", identity.node_id, self.runtime_info())
 
     async def _start_local_catalog(self, stack: contextlib.AsyncExitStack) -> LocalCatalog:
@@ -234,7 +238,34 @@ class Node(Service):
                 "kind",
                 limiter.evictions,
             )
+        self._register_mount_metrics(catalog)
         return catalog
+
+    def _register_mount_metrics(self, catalog: LocalCatalog) -> None:
+        units = catalog.supervisor.units.values()
+        mounts = [u.provider for u in units if isinstance(u.provider, MountedServer)]
+
+        def counts(field: str) -> dict[str, int]:
+            return {m.name.removeprefix("mount:"): getattr(m.stats, field) for m in mounts}
+
+        self.metrics.add_counters(
+            "vsmcp_mount_garbage_lines",
+            "Lines a mounted stdio server wrote to stdout that were not JSON-RPC (skipped)",
+            "mount",
+            lambda: counts("garbage_lines"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mount_oversized_answers",
+            "Answers of mounted servers dropped for passing tools.max_result_bytes",
+            "mount",
+            lambda: counts("oversized_messages"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mount_stderr_dropped_lines",
+            "stderr lines of mounted servers not logged (over the per-second limit)",
+            "mount",
+            lambda: counts("stderr_dropped"),
+        )
 
     def _mesh_service(self, identity: NodeIdentity, sealer: Sealer) -> MeshService:
         mesh_cfg = self.config.mesh

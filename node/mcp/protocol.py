@@ -47,6 +47,8 @@ from vsmcp.node.tools.errors import (
     Overloaded,
     ProviderError,
     RateLimited,
+    ResultTooLarge,
+    ShuttingDown,
     ToolError,
     ToolTimeout,
     ToolUnavailable,
@@ -117,6 +119,8 @@ _TOOL_ERROR_CODES: Final[tuple[tuple[type[ToolError], int], ...]] = (
     (ToolUnavailable, TOOL_UNAVAILABLE),
     (ToolTimeout, TOOL_TIMEOUT),
     (ProviderError, PROVIDER_ERROR),
+    (ResultTooLarge, PROVIDER_ERROR),
+    (ShuttingDown, TOOL_UNAVAILABLE),
 )
 
 HANDSHAKE_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")

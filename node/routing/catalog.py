@@ -75,6 +75,7 @@ from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.tools.errors import (
     Overloaded,
     ProviderError,
+    ShuttingDown,
     ToolError,
     ToolTimeout,
     ToolUnavailable,
@@ -451,6 +452,10 @@ class MeshCatalog(Service):
         self._call_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
+        # Entry-node calls in flight (local or through the mesh), for `cancel_calls`.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._cancelled_calls: set[asyncio.Task[Any]] = set()
+        self._closing = False
         self._unsubscribe_local = local.on_change(self._local_changed)
         self._reindex_local()
 
@@ -460,6 +465,7 @@ class MeshCatalog(Service):
         if self._started:
             return
         self._started = True
+        self._closing = False
         self._mesh.handle_requests(MsgType.INVOKE, self._serve)
         self._mesh.handle_oneway(MsgType.PROGRESS, self._on_progress)
         self._refresh_remote()
@@ -476,6 +482,15 @@ class MeshCatalog(Service):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def cancel_calls(self) -> None:
+        """The first step of shutdown: end every call in flight with `ShuttingDown`
+        (local ones and those waiting on other nodes) and refuse new ones."""
+        self._closing = True
+        self.local.supervisor.cancel_calls()
+        for task in self._calls - self._cancelled_calls:
+            self._cancelled_calls.add(task)
+            task.cancel()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -605,10 +620,15 @@ class MeshCatalog(Service):
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext
     ) -> ToolResult:
+        if self._closing:
+            raise ShuttingDown(name)
         loop = asyncio.get_running_loop()
         started = loop.time()
         tried: list[str] = []
         outcome = "ok"
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
         try:
             result = await self._call(name, arguments, ctx, tried)
             if result.get("isError"):
@@ -618,9 +638,16 @@ class MeshCatalog(Service):
             outcome = e.reason
             raise
         except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
+            if task is None or task not in self._cancelled_calls or task.uncancel() > 0:
+                outcome = "cancelled"
+                raise
+            # Our own cancel (cancel_calls), and no one else's: the caller is told why.
+            outcome = ShuttingDown.reason
+            raise ShuttingDown(name) from None
         finally:
+            if task is not None:
+                self._calls.discard(task)
+                self._cancelled_calls.discard(task)
             data = {
                 "tool": name,
                 "provider": tried[-1] if tried else None,

@@ -127,6 +127,20 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     health_timeout_s: Annotated[
         PositiveFloat, doc("a ping unanswered this long restarts the mount")
     ] = 5.0
+    start_timeout_s: Annotated[
+        PositiveFloat,
+        doc(
+            "seconds the server has to start and answer initialize (and its first tools/list); "
+            "past it the start counts as a crash, logged with the mount's name and command"
+        ),
+    ] = 30.0
+    stop_grace_s: Annotated[
+        PositiveFloat,
+        doc(
+            "seconds a stdio server has to exit after its stdin closes before its process "
+            "group is killed; at most 2 (the node stops within 5 s)"
+        ),
+    ] = 1.0
     limits: Annotated[UnitLimitsConfig, doc("this mount's unit limits")] = msgspec.field(
         default_factory=UnitLimitsConfig
     )
@@ -148,6 +162,13 @@ class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         NonNegInt, doc("calls waiting for a slot per unit; beyond: refused, retry-after")
     ] = 64
     timeout_s: Annotated[PositiveFloat, doc("per-call time limit")] = 30.0
+    max_result_bytes: Annotated[
+        PositiveInt,
+        doc(
+            "largest answer (bytes) a mounted server may give one call; a larger one fails "
+            "that call (result_too_large, naming both sizes) and is never held whole"
+        ),
+    ] = 4 << 20
     supervision: Annotated[SupervisionConfig, doc("restarts and quarantine")] = msgspec.field(
         default_factory=SupervisionConfig
     )

@@ -10,6 +10,9 @@ from typing import Any, ClassVar
 
 from vsmcp.node.errors import NodeError, clip
 
+# A failure's description in an error sent to a caller is cut to this length.
+MAX_CAUSE_CHARS = 300
+
 
 def _finite(seconds: float) -> float | None:
     return round(seconds, 3) if math.isfinite(seconds) else None
@@ -97,16 +100,56 @@ class ToolUnavailable(ToolError):
 
     reason = "unavailable"
 
-    def __init__(self, tool: str, unit: str, state: str, retry_after_s: float | None) -> None:
+    def __init__(
+        self,
+        tool: str,
+        unit: str,
+        state: str,
+        retry_after_s: float | None,
+        cause: str | None = None,
+    ) -> None:
         retry = f"; retry after {retry_after_s:.3f} s" if retry_after_s is not None else ""
+        why = f" after: {cause[:MAX_CAUSE_CHARS]}" if cause else ""
         super().__init__(
-            f"Tool {tool!r} is unavailable: unit {unit!r} is {state}{retry}",
+            f"Tool {tool!r} is unavailable: unit {unit!r} is {state}{why}{retry}",
             {
                 "tool": tool,
                 "unit": unit,
                 "state": state,
                 "retry_after_s": None if retry_after_s is None else _finite(retry_after_s),
+                "cause": cause[:MAX_CAUSE_CHARS] if cause else None,
             },
+        )
+
+
+class ToolQuarantined(ToolUnavailable):
+    """One tool failed its unit too often: only calls to that tool are refused for a while,
+    so a caller who keeps calling a crashing tool cannot take the others away."""
+
+    reason = "tool_quarantined"
+
+    def __init__(self, tool: str, unit: str, retry_after_s: float, cause: str | None) -> None:
+        super().__init__(tool, unit, "running but this tool is quarantined", retry_after_s, cause)
+
+
+class ShuttingDown(ToolError):
+    """The node is stopping: calls in flight are cancelled so that it stops in time."""
+
+    reason = "shutting_down"
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(f"Tool {tool!r} was cancelled: the node is shutting down", {"tool": tool})
+
+
+class ResultTooLarge(ToolError):
+    reason = "result_too_large"
+
+    def __init__(self, tool: str, size_bytes: int | None, max_bytes: int) -> None:
+        size = "more than that" if size_bytes is None else f"{size_bytes} bytes"
+        super().__init__(
+            f"Tool {tool!r} answered {size}, over the cap of {max_bytes} bytes "
+            "(tools.max_result_bytes); the answer was dropped",
+            {"tool": tool, "size_bytes": size_bytes, "max_bytes": max_bytes},
         )
 
 

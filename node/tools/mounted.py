@@ -4,28 +4,34 @@ The unit's task holds one `mcp.client.client.Client` (stdio subprocess or Stream
 HTTP) for the provider's lifetime: the SDK's anyio scopes must be entered and left in
 the same task. A health probe (`tools/list`, which also picks up tool changes) runs
 every `health_interval_s`; a dead process or connection makes the provider end with
-`UnitFault`, so the supervisor restarts it. Stop is cooperative (the `stop` event),
-letting the SDK close stdin, wait and kill the process group as it is designed to.
+`UnitFault`, so the supervisor restarts it. A server that does not answer `initialize`
+within `start_timeout_s` is a crash too. The `stop` event ends the provider at any
+point, the start included; stdio servers run through `node.tools.stdio`, which caps
+messages, logs stderr safely and kills the server's process group.
+
+Answers are capped at `tools.max_result_bytes` (`ResultTooLarge` for that call only),
+and a large text that `structuredContent` repeats is passed on once (`_drop_duplicate`):
+the SDK's servers send a `str` result twice, which doubled every large answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import anyio
-import httpx2
 from mcp.client.client import Client
-from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, RequestParamsMeta, Tool
+from mcp_types import CONNECTION_CLOSED, PARSE_ERROR, RequestParamsMeta, Tool
 
 from vsmcp.node.tools.config import MountConfig
-from vsmcp.node.tools.errors import ProviderError, UnitFault, UnknownTool
+from vsmcp.node.tools.errors import ProviderError, ResultTooLarge, UnitFault, UnknownTool
+from vsmcp.node.tools.http_cap import ANSWER_TOO_LARGE_MARK, capped_http_client
 from vsmcp.node.tools.model import (
     META_CAUSALITY,
     META_ORIGIN,
@@ -34,22 +40,34 @@ from vsmcp.node.tools.model import (
     ToolResult,
     ToolSpec,
 )
+from vsmcp.node.tools.stdio import RESULT_TOO_LARGE, StdioLaunch, StdioStats, stdio_transport
 
 log = logging.getLogger(__name__)
 
 MAX_LIST_PAGES = 50
 RESULT_KEYS = ("content", "isError", "structuredContent")
+DEFAULT_MAX_RESULT_BYTES = 4 << 20
+# How httpx2 says an SSE event passed `max_sse_event_size` (the SDK passes it on).
+SSE_TOO_LARGE_MARK = "byte limit"
+# Room for the JSON-RPC envelope around a result at the cap (and for escaping).
+ENVELOPE_SLACK_BYTES = 64 << 10
+# A text block at least this long (characters) that `structuredContent` repeats is sent
+# once (`_drop_duplicate`); shorter answers keep both, as clients may read either.
+DUPLICATE_STRUCTURED_MIN_BYTES = 4096
 _DEAD_CONNECTION = (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, EOFError)
 
 
 class MountedServer:
     """Provider for one external MCP server (`MountConfig`)."""
 
-    def __init__(self, cfg: MountConfig) -> None:
+    def __init__(self, cfg: MountConfig, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         self._cfg = cfg
+        self._max_result_bytes = max_result_bytes
+        self.stats = StdioStats()
         self._prefix = cfg.name if cfg.namespace is None else cfg.namespace
         self._client: Client | None = None
         self._specs: tuple[ToolSpec, ...] = ()
+        self._spec_by_name: dict[str, ToolSpec] = {}
         self._remote: dict[str, str] = {}
         self._on_change: Callable[[], None] | None = None
 
@@ -95,6 +113,7 @@ class MountedServer:
         specs = tuple(self._spec(t) for t in tools)
         changed = specs != self._specs
         self._specs = specs
+        self._spec_by_name = {spec.name: spec for spec in specs}
         self._remote = {self._local_name(t.name): t.name for t in tools}
         if changed and self._client is not None and self._on_change is not None:
             self._on_change()
@@ -103,23 +122,67 @@ class MountedServer:
         cfg = self._cfg
         target: Any
         if cfg.command is not None:
-            target = StdioServerParameters(
-                command=cfg.command, args=list(cfg.args), env=dict(cfg.env) or None, cwd=cfg.cwd
+            launch = StdioLaunch(
+                mount=cfg.name,
+                command=cfg.command,
+                args=tuple(cfg.args),
+                env=cfg.env,
+                cwd=cfg.cwd,
+                # The cap is on the answer; the JSON-RPC envelope around it is small.
+                max_message_bytes=self._max_result_bytes + ENVELOPE_SLACK_BYTES,
+                stop_grace_s=cfg.stop_grace_s,
             )
+            target = stdio_transport(launch, self.stats)
         else:
             assert cfg.url is not None
-            if cfg.headers:
-                http = await stack.enter_async_context(httpx2.AsyncClient(headers=cfg.headers))
-                target = streamable_http_client(cfg.url, http_client=http)
-            else:
-                target = cfg.url
+            cap = self._max_result_bytes + ENVELOPE_SLACK_BYTES
+            http = await stack.enter_async_context(capped_http_client(cfg.headers, cap))
+            target = streamable_http_client(cfg.url, http_client=http, max_sse_event_size=cap)
         return await stack.enter_async_context(Client(target, mode=cfg.mode, cache=None))
+
+    def _describe(self) -> str:
+        cfg = self._cfg
+        if cfg.command is not None:
+            return f"command {' '.join([cfg.command, *cfg.args])!r}"
+        return f"url {cfg.url!r}"
+
+    async def _start(self, stack: contextlib.AsyncExitStack, stop: asyncio.Event) -> Client | None:
+        """Start and initialize the server within `start_timeout_s`; None if `stop` came first."""
+        cfg = self._cfg
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(cfg.start_timeout_s) as scope:
+                # Stop ends the start at once: a server that never answers `initialize`
+                # must not hold the node's shutdown for the whole start timeout.
+                entered = True
+
+                def stopped(watch: asyncio.Task[Any]) -> None:
+                    if entered and not watch.cancelled() and not scope.expired():
+                        scope.reschedule(loop.time())
+
+                watch = loop.create_task(stop.wait(), name=f"mount:{cfg.name}:stop-watch")
+                watch.add_done_callback(stopped)
+                try:
+                    client = await self._open(stack)
+                    await self._refresh(client)
+                finally:
+                    entered = False
+                    watch.cancel()
+        except TimeoutError:
+            if stop.is_set():
+                return None
+            raise UnitFault(
+                f"mount {cfg.name!r} did not initialize within {cfg.start_timeout_s:g} s "
+                f"({self._describe()})"
+            ) from None
+        return client
 
     async def run(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
         cfg = self._cfg
         async with contextlib.AsyncExitStack() as stack:
-            client = await self._open(stack)
-            await self._refresh(client)
+            client = await self._start(stack, stop)
+            if client is None:
+                return
             self._client = client
             ready()
             try:
@@ -154,13 +217,81 @@ class MountedServer:
                 meta=_trace_meta(ctx),
             )
         except MCPError as exc:
+            self._raise_too_large(tool, exc)
             if exc.code == CONNECTION_CLOSED:
                 raise UnitFault(f"mount {self._cfg.name!r}: connection closed") from exc
             raise ProviderError(tool, exc.error.message, exc.code) from exc
         except _DEAD_CONNECTION as exc:
             raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
         dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        return {key: dumped[key] for key in RESULT_KEYS if key in dumped}
+        out = {key: dumped[key] for key in RESULT_KEYS if key in dumped}
+        # An HTTP answer is read whole by the SDK; at least it does not go further.
+        size = _content_chars(out.get("content"))
+        if size > self._max_result_bytes:
+            raise ResultTooLarge(tool, size, self._max_result_bytes)
+        spec = self._spec_by_name.get(tool)
+        _drop_duplicate(out, spec is not None and spec.output_schema is not None)
+        return out
+
+    def _raise_too_large(self, tool: str, exc: MCPError) -> None:
+        """`ResultTooLarge` if `exc` is how a transport cut a too-large answer."""
+        error = exc.error
+        if exc.code == RESULT_TOO_LARGE and isinstance(error.data, dict):
+            size = error.data.get("size_bytes")
+            if isinstance(size, int):
+                raise ResultTooLarge(tool, size, self._max_result_bytes) from exc
+        http_cut = exc.code == PARSE_ERROR and ANSWER_TOO_LARGE_MARK in error.message
+        sse_cut = exc.code == CONNECTION_CLOSED and SSE_TOO_LARGE_MARK in error.message
+        if http_cut or sse_cut:
+            self.stats.oversized_messages += 1
+            raise ResultTooLarge(tool, None, self._max_result_bytes) from exc
+
+
+def _content_chars(content: Any) -> int:
+    """The size of a result's text and binary payloads (what makes an answer large)."""
+    if not isinstance(content, list):
+        return 0
+    total = 0
+    for block in content:
+        if isinstance(block, dict):
+            for key in ("text", "data", "blob"):
+                value = block.get(key)
+                if isinstance(value, str):
+                    total += len(value)
+    return total
+
+
+def _drop_duplicate(result: dict[str, Any], has_output_schema: bool) -> None:
+    """Send a large text only once when `structuredContent` repeats it (the SDK's servers
+    wrap a `str` result as `{"result": text}`; others send `json.dumps(structured)`).
+
+    A tool with an output schema must return `structuredContent` (clients check), so its
+    text block is replaced by a short pointer; any other tool keeps the text alone.
+    """
+    structured = result.get("structuredContent")
+    content = result.get("content")
+    if not isinstance(structured, dict) or not isinstance(content, list):
+        return
+    for i, block in enumerate(content):
+        text = block.get("text") if isinstance(block, dict) else None
+        if not isinstance(text, str) or len(text) < DUPLICATE_STRUCTURED_MIN_BYTES:
+            continue
+        if structured == {"result": text} or _parses_to(text, structured):
+            if has_output_schema:
+                note = f"[{len(text)} characters, the same as structuredContent]"
+                content[i] = {"type": "text", "text": note}
+            else:
+                del result["structuredContent"]
+            return
+
+
+def _parses_to(text: str, value: dict[str, Any]) -> bool:
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        return bool(json.loads(text) == value)
+    except ValueError:
+        return False
 
 
 def _trace_meta(ctx: CallContext) -> RequestParamsMeta:

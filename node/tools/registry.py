@@ -180,5 +180,5 @@ def build_local_catalog(
         for provider in entry_point_providers():
             catalog.add(provider, default)
     for mount in tools.mounts:
-        catalog.add(MountedServer(mount), unit_policy(tools, mount.limits))
+        catalog.add(MountedServer(mount, tools.max_result_bytes), unit_policy(tools, mount.limits))
     return catalog

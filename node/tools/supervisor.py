@@ -6,12 +6,18 @@ Each provider runs as one `Unit` in one named task owned by the `Supervisor`:
   asked to stop has crashed; it is restarted after `backoff_initial_s * 2**(n-1)`
   (capped at `backoff_max_s`), `n` counting crashes since it last ran for
   `backoff_reset_s`. A call that raises `UnitFault` (e.g. a mounted server's pipe
-  closed) restarts it the same way.
-- **Quarantine.** `crash_loop_failures` failures within `crash_loop_window_s` (crashes,
-  and calls that raised an unexpected exception) quarantine the unit for
-  `quarantine_s`: it is stopped, its tools leave the list, calls get
-  `ToolUnavailable` naming the state and the retry time. After the cool-down it is
-  started again with a clean failure record.
+  closed) restarts it too (see "Faults of one tool").
+- **Quarantine.** `crash_loop_failures` crashes within `crash_loop_window_s` quarantine
+  the unit for `quarantine_s`: it is stopped, its tools leave the list, calls get
+  `ToolUnavailable` naming the state, the cause and the retry time. After the cool-down
+  it is started again with a clean failure record.
+- **Faults of one tool stay with that tool.** A call that breaks its unit (a mounted
+  server that dies mid-call) or raises restarts the unit at the initial backoff, but
+  counts against the *tool*: the same number of such faults within the window
+  quarantines only that tool (`ToolQuarantined`), so whoever keeps calling a crashing
+  tool cannot take the unit's other tools away from everyone.
+- **Shutdown.** `cancel_calls` cancels every call in flight (their callers get
+  `ShuttingDown`) and refuses new ones, so that a hung tool cannot hold the node up.
 - **Concurrency.** At most `max_concurrency` calls run at once per unit; up to
   `max_queue` more wait (within their deadline) for a slot; beyond that a call is
   refused at once with `Overloaded` and a retry-after estimated from recent call
@@ -33,8 +39,10 @@ from typing import Any
 from vsmcp.mesh.service import Service
 from vsmcp.node.tools.errors import (
     Overloaded,
+    ShuttingDown,
     ToolConfigError,
     ToolError,
+    ToolQuarantined,
     ToolTimeout,
     ToolUnavailable,
     UnitFault,
@@ -44,6 +52,15 @@ from vsmcp.node.tools.model import CallContext, Provider, ToolResult, ToolSpec, 
 log = logging.getLogger(__name__)
 
 INITIAL_CALL_ESTIMATE_S = 0.1
+
+
+@dataclass(slots=True)
+class _ToolFaults:
+    """Recent faults of one tool (see "Faults of one tool stay with that tool")."""
+
+    times: deque[float]
+    last_error: str | None = None
+    quarantined_until: float | None = None
 
 
 class UnitState(enum.Enum):
@@ -98,6 +115,10 @@ class Unit:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._tool_faults: dict[str, _ToolFaults] = {}
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._cancelled_calls: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     @property
     def name(self) -> str:
@@ -130,11 +151,42 @@ class Unit:
         return None if self.retry_at is None else max(0.0, self.retry_at - _now())
 
     def _check_running(self, tool: str) -> None:
+        if self._closing:
+            raise ShuttingDown(tool)
         if self.state is not UnitState.RUNNING:
-            raise ToolUnavailable(tool, self.name, self.state.value, self._retry_after())
+            raise ToolUnavailable(
+                tool, self.name, self.state.value, self._retry_after(), self.last_error
+            )
+        faults = self._tool_faults.get(tool)
+        if faults is not None and faults.quarantined_until is not None:
+            left = faults.quarantined_until - _now()
+            if left > 0:
+                raise ToolQuarantined(tool, self.name, left, faults.last_error)
+            faults.quarantined_until = None
+            faults.times.clear()
 
     async def call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
         self._check_running(tool)
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
+        try:
+            return await self._call(tool, arguments, ctx)
+        except asyncio.CancelledError:
+            if task is None or task not in self._cancelled_calls:
+                raise
+            # Our own cancel (cancel_calls): the caller is told why, unless someone
+            # else cancelled the task too.
+            self._cancelled_calls.discard(task)
+            if task.uncancel() > 0:
+                raise
+            raise ShuttingDown(tool) from None
+        finally:
+            if task is not None:
+                self._calls.discard(task)
+                self._cancelled_calls.discard(task)
+
+    async def _call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
         ctx = ctx.with_timeout(self.policy.timeout_s)
         budget = ctx.remaining_s()
         deadline = asyncio.timeout_at(ctx.deadline)
@@ -150,6 +202,13 @@ class Unit:
             if deadline.expired():
                 raise ToolTimeout(tool, budget or 0.0) from None
             raise
+
+    def cancel_calls(self) -> None:
+        """Refuse new calls and cancel those in flight (their callers get `ShuttingDown`)."""
+        self._closing = True
+        for task in self._calls - self._cancelled_calls:
+            self._cancelled_calls.add(task)
+            task.cancel()
 
     async def _acquire_slot(self) -> None:
         if self._sem.locked() and self._waiting >= self.policy.max_queue:
@@ -173,11 +232,14 @@ class Unit:
         except ToolError:
             raise
         except UnitFault as exc:
-            self.fault(f"call fault: {exc}", restart=True)
-            raise ToolUnavailable(tool, self.name, self.state.value, self._retry_after()) from exc
+            cause = f"a call to {tool!r} broke it: {exc}"
+            self.fault(cause, restart=True, tool=tool)
+            raise ToolUnavailable(
+                tool, self.name, self.state.value, self._retry_after(), cause
+            ) from exc
         except Exception as exc:  # plugin code: any bug is the caller's isError result
             log.warning("tool %s (unit %s) raised", tool, self.name, exc_info=True)
-            self.fault(f"{type(exc).__name__}: {exc}", restart=False)
+            self.fault(f"{type(exc).__name__}: {exc}", restart=False, tool=tool)
             return text_result(f"Tool {tool!r} failed: {type(exc).__name__}: {exc}", is_error=True)
         finally:
             self._running -= 1
@@ -224,22 +286,59 @@ class Unit:
             log.warning("tool unit %s restarting in %.2f s: %s", self.name, delay, self.last_error)
             self._set_state(UnitState.RESTARTING, delay)
 
-    def fault(self, reason: str, *, restart: bool) -> None:
-        """A call failed. Quarantine on a crash loop; restart the provider if asked."""
-        crash_loop = self._note_failure(reason)
+    def fault(self, reason: str, *, restart: bool, tool: str | None = None) -> None:
+        """A call failed. Quarantine on a crash loop (of `tool` if given, else of the
+        unit); restart the provider if asked."""
         live = self.state in (UnitState.RUNNING, UnitState.STARTING)
-        if (crash_loop or restart) and live:
-            self._after_failure(crash_loop)
+        if tool is None:
+            crash_loop = self._note_failure(reason)
+            if (crash_loop or restart) and live:
+                self._after_failure(crash_loop)
+                self._restart.set()
+            return
+        if restart and not live:
+            # Already restarting: the other calls in flight when the unit broke fail
+            # with it, and only the first one to notice is held responsible.
+            return
+        self.last_error = reason
+        self._note_tool_fault(tool, reason)
+        if restart:
+            # The tool is what failed, not the unit: no growing backoff for the others.
+            delay = self.policy.backoff_initial_s
+            log.warning("tool unit %s restarting in %.2f s: %s", self.name, delay, reason)
+            self._set_state(UnitState.RESTARTING, delay)
             self._restart.set()
+
+    def _note_tool_fault(self, tool: str, reason: str) -> None:
+        now = _now()
+        faults = self._tool_faults.get(tool)
+        if faults is None:
+            faults = self._tool_faults[tool] = _ToolFaults(deque())
+        faults.last_error = reason
+        faults.times.append(now)
+        while faults.times and now - faults.times[0] > self.policy.crash_loop_window_s:
+            faults.times.popleft()
+        if len(faults.times) >= self.policy.crash_loop_failures:
+            faults.quarantined_until = now + self.policy.quarantine_s
+            log.error(
+                "tool %s of unit %s quarantined for %.1f s after %d faults: %s",
+                tool,
+                self.name,
+                self.policy.quarantine_s,
+                len(faults.times),
+                reason,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         if self._task is None:
             self._stopping = False
+            self._closing = False
             self._task = asyncio.create_task(self._loop(), name=f"tool-unit:{self.name}")
 
     async def stop(self) -> None:
+        self.cancel_calls()
         task, self._task = self._task, None
         if task is None:
             return
@@ -383,6 +482,11 @@ class Supervisor(Service):
         self._started = True
         for unit in self._units.values():
             unit.start()
+
+    def cancel_calls(self) -> None:
+        """The first step of shutdown: end every call in flight, refuse new ones."""
+        for unit in self._units.values():
+            unit.cancel_calls()
 
     async def stop(self) -> None:
         if not self._started:

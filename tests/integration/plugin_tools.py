@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,3 +44,18 @@ async def hold(arguments: Mapping[str, Any], ctx: CallContext) -> str:
     await ctx.report_progress(1, 2, "started")
     await asyncio.sleep(float(arguments.get("hold_s", 600)))
     return "held"
+
+
+@tool(
+    name="block",
+    description="Write `marker`, then block this call's thread for ever.",
+    input_schema={
+        "type": "object",
+        "properties": {"marker": {"type": "string"}},
+        "required": ["marker"],
+    },
+)
+def block(arguments: Mapping[str, Any]) -> str:
+    Path(arguments["marker"]).write_text("blocked")
+    threading.Event().wait()
+    return "unreachable"

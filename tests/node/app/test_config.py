@@ -161,3 +161,21 @@ def test_distinct_tokens_are_accepted() -> None:
     tokens = [_token("ci", "a" * 20, "public"), _token("admin", "b" * 20, "restricted")]
     config = load_config(environ={}, overrides={"mcp.tokens": tokens})
     assert [t.zone for t in config.mcp.tokens] == ["public", "restricted"]
+
+
+def test_mount_limits_are_checked_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "vsmcp.toml"
+    mount = '[[tools.mounts]]\nname = "m"\ncommand = "srv"\nstop_grace_s = 5\n'
+    path.write_text(mount)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert "tools.mounts[0].stop_grace_s" in str(err.value)
+    path.write_text("[tools]\nmax_result_bytes = 10\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert "tools.max_result_bytes" in str(err.value)
+    path.write_text("[tools]\nmax_result_bytes = 2048\n" + mount.replace("5", "0.5"))
+    config = load_config(path, environ={})
+    assert config.tools.max_result_bytes == 2048
+    assert config.tools.mounts[0].stop_grace_s == 0.5
+    assert config.tools.mounts[0].start_timeout_s == 30.0

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from tests.polling import async_wait_for
-from vsmcp.node.tools.errors import Overloaded, ToolTimeout, ToolUnavailable
+from vsmcp.node.tools.errors import (
+    Overloaded,
+    ShuttingDown,
+    ToolQuarantined,
+    ToolTimeout,
+    ToolUnavailable,
+)
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
 from vsmcp.node.tools.registry import LocalCatalog
@@ -84,23 +90,33 @@ async def test_crash_loop_quarantines_then_retries() -> None:
         assert (await catalog.call_tool("flaky.ping", {}, CTX))["content"][0]["text"] == "pong"
 
 
-async def test_plugin_exceptions_are_error_results_and_quarantine() -> None:
+async def test_plugin_exceptions_are_error_results_and_quarantine_only_that_tool() -> None:
     def broken(arguments: Mapping[str, Any]) -> str:
         raise RuntimeError("plugin bug")
 
-    provider = FunctionProvider("plugin:broken", lambda: [PluginTool(name="broken", fn=broken)])
+    def fine(arguments: Mapping[str, Any]) -> str:
+        return "fine"
+
+    provider = FunctionProvider(
+        "plugin:two",
+        lambda: [PluginTool(name="broken", fn=broken), PluginTool(name="fine", fn=fine)],
+    )
     catalog = LocalCatalog(Supervisor())
-    unit = catalog.add(provider, policy(crash_loop_failures=3))
+    unit = catalog.add(provider, policy(crash_loop_failures=3, quarantine_s=60))
     async with catalog:
         await catalog.supervisor.wait_running()
         for _ in range(3):
             result = await catalog.call_tool("broken", {}, CTX)
             assert result["isError"] is True
             assert "plugin bug" in result["content"][0]["text"]
-        assert unit.state is UnitState.QUARANTINED
-        assert catalog.list_tools(CTX) == []
-        with pytest.raises(ToolUnavailable, match="quarantined"):
+        # The tool that keeps failing is refused, with the cause; its unit and the
+        # unit's other tools carry on for everyone.
+        with pytest.raises(ToolQuarantined, match="quarantined") as err:
             await catalog.call_tool("broken", {}, CTX)
+        assert "plugin bug" in err.value.message
+        assert err.value.data["cause"] == "RuntimeError: plugin bug"
+        assert unit.state is UnitState.RUNNING
+        assert (await catalog.call_tool("fine", {}, CTX))["content"][0]["text"] == "fine"
 
 
 async def test_concurrency_limit_and_bounded_queue() -> None:
@@ -170,3 +186,25 @@ def _is(predicate: Callable[[], bool]) -> Callable[[], Any]:
         return predicate()
 
     return probe
+
+
+async def test_cancel_calls_ends_calls_in_flight_with_shutting_down() -> None:
+    started = asyncio.Event()
+
+    async def hang(arguments: Mapping[str, Any]) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "unreachable"
+
+    provider = FunctionProvider("plugin:hang", lambda: [PluginTool(name="hang", fn=hang)])
+    catalog = LocalCatalog(Supervisor())
+    catalog.add(provider, policy(timeout_s=600))
+    async with catalog:
+        await catalog.supervisor.wait_running()
+        call = asyncio.create_task(catalog.call_tool("hang", {}, CTX))
+        await started.wait()
+        catalog.supervisor.cancel_calls()
+        with pytest.raises(ShuttingDown, match="shutting down"):
+            await call
+        with pytest.raises(ShuttingDown):
+            await catalog.call_tool("hang", {}, CTX)

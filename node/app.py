@@ -24,6 +24,7 @@ from mesh.replay import ReplayGuard
 from mesh.service import Service
 from node import __version__
 from node.audit import AuditLog
+from node.audit_head import head_file_for
 from node.config import Config
 from node.errors import NodeError, StartupError
 from node.http import HttpServer
@@ -69,8 +70,11 @@ class DebugApiDisabled(NodeError):
 class Node(Service):
     """A running vsmcp node. `async with Node(config) as node:` starts and stops it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, accept_audit_rollback: bool = False) -> None:
         self.config = config
+        # An operator's one-off word (`vsmcpd --accept-audit-rollback`), not config: kept
+        # in a file, it would silence the rollback check for good.
+        self._accept_audit_rollback = accept_audit_rollback
         self.metrics = NodeMetrics()
         self._stack: contextlib.AsyncExitStack | None = None
         self._started_monotonic = 0.0
@@ -116,6 +120,9 @@ class Node(Service):
             public_key=identity.key.public_key,
             batch_size=audit_cfg.batch_size,
             queue_maxsize=audit_cfg.queue_size,
+            linger_s=audit_cfg.linger_ms / 1000,
+            head_file=head_file_for(data_dir),
+            accept_rollback=self._accept_audit_rollback,
         )
         await stack.enter_async_context(audit)
         self._audit = audit
@@ -149,6 +156,7 @@ class Node(Service):
             zones=identity.zones,
             audit=audit,
             call_timeout_s=self.config.tools.timeout_s,
+            commit_before_answer=audit_cfg.commit_before_answer,
         )
         http = HttpServer(self, self.config.http.host, self.config.http.port)
         self._register_mcp(http, tools)
@@ -446,6 +454,12 @@ class Node(Service):
         return self.metrics.render()
 
     def _register_metrics(self) -> None:
+        self.metrics.add_gauge(
+            "vsmcp_audit_uncommitted_entries",
+            "Audit entries accepted but not yet committed (lost if the process dies now)",
+            lambda: self.audit.pending,
+        )
+
         def accepted() -> dict[str, int]:
             return {"accepted": self.opener.accepted}
 

@@ -35,6 +35,7 @@ from mesh.identity import NodeKey, load_key_file, save_key_file
 from node import __version__
 from node.app import RUNTIME_FILE_NAME
 from node.audit import verify_audit_log
+from node.audit_head import head_file_for
 from node.cli_tools import add_tool_commands
 from node.config import default_data_dir
 from node.errors import EXIT_BAD_CONFIG, NodeError
@@ -110,11 +111,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if not db.exists():
         raise CliError(f"no audit log at {db}")
     key = load_key_file(data_dir / KEY_FILE_NAME)
-    result = verify_audit_log(db, key.public_key)
+    result = verify_audit_log(db, key.public_key, head_file=head_file_for(data_dir))
     if result.ok:
         print(f"audit log intact: {result.entries} entries, chain and signatures verified")
         return EXIT_OK
-    print(f"audit log BROKEN at entry {result.first_bad_seq}: {result.reason}")
+    if result.first_bad_seq is None:
+        print(f"audit log BROKEN: {result.reason}")
+    else:
+        print(f"audit log BROKEN at entry {result.first_bad_seq}: {result.reason}")
     return EXIT_FAILED
 
 

@@ -92,6 +92,13 @@ class EnvelopeSection(_Section):
 class AuditSection(_Section):
     batch_size: int = 2048
     queue_size: int = 65536
+    # How long a batch waits for more entries before it is committed, in ms (group
+    # commit): with commit_before_answer off, how long an answered call's entry may
+    # stay uncommitted (plus one commit, and any backlog up to queue_size).
+    linger_ms: int = 5
+    # Answer a tool call only once its audit entry is committed (an answered call is
+    # never missing from the log after a crash), at the cost of one commit per answer.
+    commit_before_answer: bool = False
 
 
 class Config(_Section):
@@ -115,6 +122,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MESH_PRESETS = ("local", "lan", "wan")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MAX_REAP_AFTER_S = 30 * 86_400
+MAX_AUDIT_LINGER_MS = 60_000
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
@@ -228,6 +236,7 @@ def _validate(config: Config) -> None:
     _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)
     _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
     _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
+    _check_range("audit.linger_ms", config.audit.linger_ms, 0, MAX_AUDIT_LINGER_MS)
     _validate_zone_references(config)
     for i, seed in enumerate(config.mesh.seeds):
         try:

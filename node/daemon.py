@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dev", action="store_true", help="self-certify: single machine only, never in a real mesh"
     )
     p.add_argument("--name", help="a human name for this node")
+    p.add_argument(
+        "--accept-audit-rollback",
+        action="store_true",
+        help="start although the audit log is shorter than, or not a continuation of, the "
+        "head recorded at its last run (restored backup, truncated file); the rollback "
+        "is recorded in the log",
+    )
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--version", action="version", version=f"vsmcpd {__version__}")
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     setup_logging(config.node.log_format, config.node.log_level)
     try:
-        event_loop_runner(config.node.event_loop)(run(Node(config)))
+        node = Node(config, accept_audit_rollback=args.accept_audit_rollback)
+        event_loop_runner(config.node.event_loop)(run(node))
     except StartupError as e:
         log.error("cannot start: %s", e)
         print(f"vsmcpd: {e}", file=sys.stderr)

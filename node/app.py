@@ -24,6 +24,7 @@ from mesh.replay import ReplayGuard
 from mesh.service import Service
 from node import __version__
 from node.audit import AuditLog
+from node.audit_anchor import AuditAnchor
 from node.audit_head import head_file_for
 from node.config import Config
 from node.errors import NodeError, StartupError
@@ -75,6 +76,10 @@ class Node(Service):
         # An operator's one-off word (`vsmcpd --accept-audit-rollback`), not config: kept
         # in a file, it would silence the rollback check for good.
         self._accept_audit_rollback = accept_audit_rollback
+        # Set when the node must stop and not be restarted as it is (exit 2): its audit
+        # log went backwards behind what the mesh saw.
+        self.fatal = asyncio.Event()
+        self.fatal_error: str | None = None
         self.metrics = NodeMetrics()
         self._stack: contextlib.AsyncExitStack | None = None
         self._started_monotonic = 0.0
@@ -167,6 +172,16 @@ class Node(Service):
         mesh.http_port = http.port
         await stack.enter_async_context(mesh)
         self._register_mesh_metrics(mesh)
+        await stack.enter_async_context(
+            AuditAnchor(
+                mesh=mesh,
+                audit=audit,
+                store=store,
+                key=identity.key,
+                accept_rollback=self._accept_audit_rollback,
+                on_rollback=self._refuse_to_go_on,
+            )
+        )
         await stack.enter_async_context(replication)
         catalog.on_change(replication.announce_local_tools)
         await stack.enter_async_context(tools)
@@ -246,6 +261,12 @@ class Node(Service):
         self.metrics.up.set(0)
         await stack.aclose()
         log.info("node stopped")
+
+    def _refuse_to_go_on(self, reason: str) -> None:
+        if self.fatal_error is None:
+            self.fatal_error = reason
+            log.error("stopping: %s", reason)
+        self.fatal.set()
 
     async def _audit_stop(self) -> None:
         await asyncio.gather(*self._audit_tasks, return_exceptions=True)
@@ -448,7 +469,7 @@ class Node(Service):
             self._debug_tools.remove(name)
 
     def healthy(self) -> bool:
-        return self._stack is not None
+        return self._stack is not None and not self.fatal.is_set()
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()

@@ -289,6 +289,11 @@ class AuditLog(Service):
         return self._head_seq
 
     @property
+    def head_hash(self) -> bytes:
+        """Hash of the last committed entry (the genesis hash for an empty log)."""
+        return self._head_hash
+
+    @property
     def pending(self) -> int:
         """Entries accepted by `append` and not yet committed (lost to a crash now)."""
         return max(0, self._accepted - self._committed - self._lost)
@@ -556,7 +561,7 @@ class AuditLog(Service):
                     await self._write_current_head()
                 return None
             problem = rollback_problem(
-                recorded, self._head_seq, await self._stored_hash(recorded.seq)
+                recorded, self._head_seq, await self.stored_hash(recorded.seq)
             )
             if problem is not None:
                 problem = f"{self._head_file}: {problem}"
@@ -590,7 +595,8 @@ class AuditLog(Service):
             head = SignedHead(int(row[0]), bytes(row[1]), bytes(row[2]))
         await self._write_head_file(head)
 
-    async def _stored_hash(self, seq: int) -> bytes | None:
+    async def stored_hash(self, seq: int) -> bytes | None:
+        """The hash of committed entry `seq` (the genesis hash for 0), None if absent."""
         if seq == 0:
             return GENESIS_PREV_HASH
         async with self._store.conn.execute(

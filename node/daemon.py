@@ -106,10 +106,25 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         log.info("serving", extra={"node_id": info["node_id"], "http_url": info["http_url"]})
         systemd.ready(f"serving as {info['node_id']}")
         try:
-            await stop.wait()
+            await _until_either(stop, node.fatal)
         finally:
             log.info("shutting down")
             await systemd.stopping()
+        if node.fatal_error is not None:
+            # Leaving `async with node` stops it; main() turns this into exit 2.
+            raise StartupError(node.fatal_error)
+
+
+async def _until_either(first: asyncio.Event, second: asyncio.Event) -> None:
+    waits = [
+        asyncio.create_task(first.wait(), name="daemon-stop-wait"),
+        asyncio.create_task(second.wait(), name="daemon-fatal-wait"),
+    ]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
 
 
 async def run(node: Node) -> None:

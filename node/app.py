@@ -91,6 +91,7 @@ class Node(Service):
         self._mesh: MeshService | None = None
         self._catalog: LocalCatalog | None = None
         self._replication: ReplicationService | None = None
+        self._anchor: AuditAnchor | None = None
         self._debug_tools = DebugTools()
         self._audit_tasks: set[asyncio.Task[None]] = set()
 
@@ -172,7 +173,7 @@ class Node(Service):
         mesh.http_port = http.port
         await stack.enter_async_context(mesh)
         self._register_mesh_metrics(mesh)
-        await stack.enter_async_context(
+        self._anchor = await stack.enter_async_context(
             AuditAnchor(
                 mesh=mesh,
                 audit=audit,
@@ -372,6 +373,12 @@ class Node(Service):
         if self._audit is None:
             raise StartupError("node not started")
         return self._audit
+
+    @property
+    def audit_anchor(self) -> AuditAnchor:
+        if self._anchor is None:
+            raise StartupError("node not started")
+        return self._anchor
 
     @property
     def opener(self) -> Opener:

@@ -126,7 +126,9 @@ class AuditAnchor(Service):
         self._own: AnchoredHead | None = None
         self._task: asyncio.Task[None] | None = None
         self._check: asyncio.Task[None] | None = None
-        self.rejected = 0  # messages that did not decode or verify
+        self.received = 0  # AUDIT_HEAD messages taken (tests and metrics wait on it)
+        self.rejected = 0  # of which did not decode or verify
+        self.compared = 0  # heads of our own, signed by us, compared with our log
 
     @property
     def epoch(self) -> int:
@@ -185,6 +187,7 @@ class AuditAnchor(Service):
             await self._store.kv_set(KV_SEEN_HEADS, _encode(dict(self._seen)))
 
     def _on_message(self, peer: Peer, envelope: Envelope) -> None:
+        self.received += 1
         try:
             message = _decode_message(envelope.payload)
         except msgspec.DecodeError:
@@ -212,6 +215,12 @@ class AuditAnchor(Service):
 
     async def _compare(self, seen: AnchoredHead) -> None:
         """`seen` is a head of ours a peer remembers: our log must continue it."""
+        try:
+            await self._act_on(seen)
+        finally:
+            self.compared += 1
+
+    async def _act_on(self, seen: AnchoredHead) -> None:
         if seen.epoch < self._epoch:
             return  # from before a rollback the operator accepted
         problem = await self._problem(seen)

@@ -183,6 +183,7 @@ class Node(Service):
                 on_rollback=self._refuse_to_go_on,
             )
         )
+        self._register_anchor_metrics(self._anchor)
         await stack.enter_async_context(replication)
         catalog.on_change(replication.announce_local_tools)
         await stack.enter_async_context(tools)
@@ -504,6 +505,20 @@ class Node(Service):
             "reason",
             lambda: dict(self.opener.rejected),
             known=ENVELOPE_REJECT_REASONS,
+        )
+
+    def _register_anchor_metrics(self, anchor: AuditAnchor) -> None:
+        self.metrics.add_counters(
+            "vsmcp_audit_anchor_messages",
+            "AUDIT_HEAD messages from peers: received, rejected (bad or forged), compared "
+            "(a head of ours checked against our log)",
+            "event",
+            lambda: {
+                "received": anchor.received,
+                "rejected": anchor.rejected,
+                "compared": anchor.compared,
+            },
+            known=("received", "rejected", "compared"),
         )
 
     def _register_mesh_metrics(self, mesh: MeshService) -> None:

@@ -101,6 +101,8 @@ async def test_garbage_and_heads_not_signed_by_the_sender_are_refused(pair: Pair
     _send(pair, msgspec.msgpack.encode(AuditHeadMessage(head=forged)))
     await _taken(pair.target, before + 2)
     assert anchor.rejected >= 2
+    metrics = pair.target.render_metrics().decode()
+    assert f'vsmcp_audit_anchor_messages_total{{event="rejected"}} {anchor.rejected}.0' in metrics
     assert anchor.seen_head(pair.peer.identity.node_id) != forged
 
 

@@ -84,6 +84,7 @@ class MsgType(enum.IntEnum):
     MEMBERSHIP = 14  # a mesh.membership message (probe, ack, gossip, verdict, ...)
     CALLS = 15  # requests (and cancels) to a peer, coalesced (node.mesh_calls)
     REPLIES = 16  # answers to CALLS items, coalesced
+    AUDIT_HEAD = 17  # signed audit heads: the sender's, the recipient's (node.audit_anchor)
 
 
 _PublicKey = Annotated[bytes, Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]

@@ -90,5 +90,9 @@ class NodeMetrics:
             CountersCollector(name, documentation, label, read, known, gauge=True)
         )
 
+    def add_gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge without labels, read at scrape time."""
+        Gauge(name, documentation, registry=self.registry).set_function(read)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,6 +42,7 @@ from vsmcp.node.app.trust import KEY_FILE_NAME, load_node_key, parse_public_key
 from vsmcp.node.errors import EXIT_BAD_CONFIG, NodeError
 from vsmcp.node.mcp.stdio_auth import read_stdio_token
 from vsmcp.node.store.audit import verify_audit_log
+from vsmcp.node.store.audit_head import head_file_for
 from vsmcp.node.store.database import db_path_for
 
 EXIT_OK = 0
@@ -113,11 +114,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if not db.exists():
         raise CliError(f"no audit log at {db}")
     key = load_key_file(data_dir / KEY_FILE_NAME)
-    result = verify_audit_log(db, key.public_key)
+    result = verify_audit_log(db, key.public_key, head_file=head_file_for(data_dir))
     if result.ok:
         print(f"audit log intact: {result.entries} entries, chain and signatures verified")
         return EXIT_OK
-    print(f"audit log BROKEN at entry {result.first_bad_seq}: {result.reason}")
+    if result.first_bad_seq is None:
+        print(f"audit log BROKEN: {result.reason}")
+    else:
+        print(f"audit log BROKEN at entry {result.first_bad_seq}: {result.reason}")
     return EXIT_FAILED
 
 

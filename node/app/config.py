@@ -170,6 +170,21 @@ class AuditSection(_Section):
     queue_size: Annotated[
         int, doc("audit entries waiting to be written; a full queue makes callers wait")
     ] = 65536
+    linger_ms: Annotated[
+        int,
+        doc(
+            "ms a batch waits for more entries before it is committed (group commit); with "
+            "commit_before_answer off, how long an answered call's entry may stay uncommitted "
+            "(plus one commit, and any backlog up to queue_size)"
+        ),
+    ] = 5
+    commit_before_answer: Annotated[
+        bool,
+        doc(
+            "answer a tool call only once its audit entry is committed (an answered call is "
+            "never missing after a crash), at the cost of one commit per answer"
+        ),
+    ] = False
 
 
 class Config(_Section):
@@ -209,6 +224,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MESH_PRESETS = ("local", "lan", "wan")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MAX_REAP_AFTER_S = 30 * 86_400
+MAX_AUDIT_LINGER_MS = 60_000
 MAX_TIMEOUT_S = 3600.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
@@ -345,6 +361,7 @@ def _validate(config: Config) -> None:
     _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)
     _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
     _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
+    _check_range("audit.linger_ms", config.audit.linger_ms, 0, MAX_AUDIT_LINGER_MS)
     _check_range("tools.max_result_bytes", config.tools.max_result_bytes, 1024, 1 << 30)
     for i, mount in enumerate(config.tools.mounts):
         if mount.stop_grace_s > MAX_MOUNT_STOP_GRACE_S:

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dev", action="store_true", help="self-certify: single machine only, never in a real mesh"
     )
     p.add_argument("--name", help="a human name for this node")
+    p.add_argument(
+        "--accept-audit-rollback",
+        action="store_true",
+        help="start although the audit log is shorter than, or not a continuation of, the "
+        "head recorded at its last run (restored backup, truncated file); the rollback "
+        "is recorded in the log",
+    )
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--version", action="version", version=f"vsmcpd {__version__}")
@@ -114,10 +121,25 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
             f"serving as {info['node_id']}", healthy=node.healthy, problems=node.health_problems
         )
         try:
-            await stop.wait()
+            await _until_either(stop, node.fatal)
         finally:
             log.info("shutting down")
             await systemd.stopping()
+        if node.fatal_error is not None:
+            # Leaving `async with node` stops it; main() turns this into exit 2.
+            raise StartupError(node.fatal_error)
+
+
+async def _until_either(first: asyncio.Event, second: asyncio.Event) -> None:
+    waits = [
+        asyncio.create_task(first.wait(), name="daemon-stop-wait"),
+        asyncio.create_task(second.wait(), name="daemon-fatal-wait"),
+    ]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
 
 
 class ShutdownWatchdog:
@@ -213,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.node.log_format, config.node.log_level)
     watchdog = ShutdownWatchdog()
     try:
-        event_loop_runner(config.node.event_loop)(run(Node(config), watchdog))
+        node = Node(config, accept_audit_rollback=args.accept_audit_rollback)
+        event_loop_runner(config.node.event_loop)(run(node, watchdog))
     except StartupError as e:
         log.error("cannot start: %s", e)
         print(f"vsmcpd: {e}", file=sys.stderr)

@@ -42,6 +42,8 @@ from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
 from vsmcp.node.store.audit import AuditLog
+from vsmcp.node.store.audit_anchor import AuditAnchor
+from vsmcp.node.store.audit_head import head_file_for
 from vsmcp.node.store.database import Store
 from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
@@ -79,8 +81,15 @@ class DebugApiDisabled(NodeError):
 class Node(Service):
     """A running vsmcp node. `async with Node(config) as node:` starts and stops it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, accept_audit_rollback: bool = False) -> None:
         self.config = config
+        # An operator's one-off word (`vsmcpd --accept-audit-rollback`), not config: kept
+        # in a file, it would silence the rollback check for good.
+        self._accept_audit_rollback = accept_audit_rollback
+        # Set when the node must stop and not be restarted as it is (exit 2): its audit
+        # log went backwards behind what the mesh saw.
+        self.fatal = asyncio.Event()
+        self.fatal_error: str | None = None
         self.metrics = NodeMetrics()
         # Every background loop of the node runs under it: restarted, or the node unhealthy.
         self.loops = LoopSupervisor()
@@ -94,6 +103,7 @@ class Node(Service):
         self._mesh: MeshService | None = None
         self._catalog: LocalCatalog | None = None
         self._replication: ReplicationService | None = None
+        self._anchor: AuditAnchor | None = None
         self._debug_tools = DebugTools()
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self._out_of_descriptors = False
@@ -130,6 +140,9 @@ class Node(Service):
             batch_size=audit_cfg.batch_size,
             queue_maxsize=audit_cfg.queue_size,
             loops=self.loops,
+            linger_s=audit_cfg.linger_ms / 1000,
+            head_file=head_file_for(data_dir),
+            accept_rollback=self._accept_audit_rollback,
         )
         await stack.enter_async_context(audit)
         self._audit = audit
@@ -164,6 +177,7 @@ class Node(Service):
             zones=identity.zones,
             audit=audit,
             call_timeout_s=self.config.tools.timeout_s,
+            commit_before_answer=audit_cfg.commit_before_answer,
             loops=self.loops,
         )
         http_cfg = self.config.http
@@ -197,6 +211,17 @@ class Node(Service):
             cfg = self.config.mesh
             raise _bind_error("mesh", cfg.host, cfg.port, e.__cause__ or e) from e
         self._register_mesh_metrics(mesh)
+        self._anchor = await stack.enter_async_context(
+            AuditAnchor(
+                mesh=mesh,
+                audit=audit,
+                store=store,
+                key=identity.key,
+                accept_rollback=self._accept_audit_rollback,
+                on_rollback=self._refuse_to_go_on,
+            )
+        )
+        self._register_anchor_metrics(self._anchor)
         await stack.enter_async_context(replication)
         self.metrics.add_counters(
             "vsmcp_replication_events",
@@ -330,6 +355,12 @@ class Node(Service):
         await stack.aclose()
         log.info("node stopped")
 
+    def _refuse_to_go_on(self, reason: str) -> None:
+        if self.fatal_error is None:
+            self.fatal_error = reason
+            log.error("stopping: %s", reason)
+        self.fatal.set()
+
     async def _audit_stop(self) -> None:
         await asyncio.gather(*self._audit_tasks, return_exceptions=True)
         if self._audit is not None and self._identity is not None:
@@ -436,6 +467,12 @@ class Node(Service):
         return self._audit
 
     @property
+    def audit_anchor(self) -> AuditAnchor:
+        if self._anchor is None:
+            raise StartupError("node not started")
+        return self._anchor
+
+    @property
     def opener(self) -> Opener:
         if self._opener is None:
             raise StartupError("node not started")
@@ -531,7 +568,12 @@ class Node(Service):
             self._debug_tools.remove(name)
 
     def healthy(self) -> bool:
-        return self._stack is not None and not self._descriptors_exhausted() and self.loops.healthy
+        return (
+            self._stack is not None
+            and not self.fatal.is_set()
+            and not self._descriptors_exhausted()
+            and self.loops.healthy
+        )
 
     def _descriptors_exhausted(self) -> bool:
         exhausted = descriptors_exhausted()
@@ -550,6 +592,8 @@ class Node(Service):
     def health_problems(self) -> list[str]:
         """Why `healthy()` is false (empty when it is true)."""
         problems = [] if self._stack is not None else ["node not running"]
+        if self.fatal_error is not None:
+            problems.append(self.fatal_error)
         if self._descriptors_exhausted():
             problems.append(
                 f"fewer than {MIN_FREE_DESCRIPTORS} file descriptors left ({descriptor_usage()})"
@@ -571,6 +615,11 @@ class Node(Service):
             "Restarts of background loops after they failed, by loop",
             "loop",
             self.loops.restart_counts,
+        )
+        self.metrics.add_gauge(
+            "vsmcp_audit_uncommitted_entries",
+            "Audit entries accepted but not yet committed (lost if the process dies now)",
+            lambda: self.audit.pending,
         )
 
         def accepted() -> dict[str, int]:
@@ -606,6 +655,20 @@ class Node(Service):
             "reason",
             lambda: dict(guard.refused),
             known=REFUSE_REASONS,
+        )
+
+    def _register_anchor_metrics(self, anchor: AuditAnchor) -> None:
+        self.metrics.add_counters(
+            "vsmcp_audit_anchor_messages",
+            "AUDIT_HEAD messages from peers: received, rejected (bad or forged), compared "
+            "(a head of ours checked against our log)",
+            "event",
+            lambda: {
+                "received": anchor.received,
+                "rejected": anchor.rejected,
+                "compared": anchor.compared,
+            },
+            known=("received", "rejected", "compared"),
         )
 
     def _register_mesh_metrics(self, mesh: MeshService) -> None:

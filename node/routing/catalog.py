@@ -32,7 +32,8 @@ apply; it gets the remaining deadline; a transport CANCEL cancels it. Progress g
 back as one-way PROGRESS envelopes keyed by the entry node's call id.
 
 Both ends write audit entries: `tool.call` at the entry node, `tool.serve` at the
-provider.
+provider, queued before the answer leaves; with `audit.commit_before_answer`, committed
+before it leaves (see `node/store/audit.py`, "Durability").
 """
 
 from __future__ import annotations
@@ -433,6 +434,7 @@ class MeshCatalog(Service):
         audit: AuditLog,
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         loops: LoopSupervisor | None = None,
+        commit_before_answer: bool = False,
     ) -> None:
         self._loops = loops or LoopSupervisor()
         self.local = local
@@ -442,6 +444,8 @@ class MeshCatalog(Service):
         self._zones = zones
         self._audit = audit
         self._call_timeout_s = call_timeout_s
+        # Config audit.commit_before_answer: a call's answer waits for its entry's commit.
+        self._commit_before_answer = commit_before_answer
         self.selector = ProviderSelector()
         self.stats: dict[str, int] = {}
         self._callbacks: list[ChangeCallback] = []
@@ -998,7 +1002,7 @@ class MeshCatalog(Service):
 
     async def _append_audit(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         try:
-            await self._audit.append(kind, actor, data)
+            await self._audit.append(kind, actor, data, durable=self._commit_before_answer)
         except NodeError as e:
             self._count("audit_failed")
             log.warning("audit %s not recorded: %s", kind, e)

@@ -23,8 +23,9 @@ The single `audit_head` row holds (seq, hash) of the last entry and a signature 
 batch, so deleting entries from the tail breaks the head, and a healthy log ends with a
 checkpoint whose hash is the head's. The domain prefix keeps a checkpoint's signature
 from being reused as a head signature (which would allow truncating to any checkpoint).
-An attacker holding an old copy of the head can still roll the log back to that batch
-boundary: that needs an anchor outside this file, which is out of scope here.
+An attacker holding an old copy of the database can still roll the log back to it: the
+anchor outside this file is `<data_dir>/audit.head` (`node/store/audit_head.py`), rewritten after
+every batch and checked at start, so a log that went backwards is refused.
 
 Verifying walks the chain (contiguous seqs, prev_hash links, recomputed hashes). An entry
 is authenticated when a valid checkpoint at or after it, or the valid head, is reached
@@ -38,7 +39,16 @@ recomputed is only caught at the first checkpoint after k).
 
 `AuditLog` appends through a bounded queue to one writer task that seals (hashes and
 signs, in a worker thread) and commits whole batches. `verify_audit_log` checks a log
-file without an event loop, for `vsmcp audit verify`.
+file without an event loop, for `vsmcp audit verify`; a damaged file (SQLite's check
+fails, or a row cannot be read) is reported as broken, never raised.
+
+Durability: `append` returns once the entry is queued, not committed. An entry is
+committed within `linger_s` (the batch waits that long for company; default 5 ms) plus
+one seal-and-commit (one fsync) of its batch, while the queue stays below `batch_size`;
+under a backlog, behind at most `queue_maxsize` entries (appends wait when it is full).
+A crash (kill -9, power loss) loses the entries accepted but not yet committed: `pending`
+counts them (metric `vsmcp_audit_uncommitted_entries`). `append(..., durable=True)`
+returns only once the entry is committed, and cuts the linger short.
 """
 
 from __future__ import annotations
@@ -62,7 +72,15 @@ from vsmcp.mesh.envelope import wall_clock_ms
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.mesh.service import Service
 from vsmcp.node.errors import NodeError
-from vsmcp.node.store.database import Store, StoreError
+from vsmcp.node.store.audit_head import (
+    HeadFileError,
+    SignedHead,
+    head_message,
+    read_head_file,
+    rollback_problem,
+    write_head_file,
+)
+from vsmcp.node.store.database import Store, StoreError, integrity_summary
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +88,16 @@ HASH_BYTES: Final = 32
 SIG_BYTES: Final = 64
 PUBLIC_KEY_BYTES: Final = 32
 GENESIS_PREV_HASH: Final = bytes(HASH_BYTES)
-HEAD_SIG_DOMAIN: Final = b"vsmcp audit head v1\x00"
 UNSIGNED: Final = b""  # the `sig` of an entry that is not a checkpoint
 DEFAULT_QUEUE_MAXSIZE: Final = 65_536
 DEFAULT_BATCH_SIZE: Final = 2_048
 DEFAULT_LINGER_S: Final = 0.005  # group commit: how long a batch waits for more
 MAX_LABEL_BYTES: Final = 256  # kind and actor
 MAX_DATA_BYTES: Final = 256 * 1024
+MAX_QUOTED_CHARS: Final = 160  # of an error message quoted in a verify report
 
 _INT_HEADER = struct.Struct(">QqI")
 _LEN = struct.Struct(">I")
-_HEAD_SEQ = struct.Struct(">Q")
 _MAX_SEQ: Final = 2**64 - 1
 
 Signer = Callable[[bytes], bytes]
@@ -120,6 +137,11 @@ class AuditIntegrityError(AuditError):
     extend it. Run `vsmcp audit verify` to find the damage."""
 
 
+class AuditRollbackError(AuditIntegrityError):
+    """The log is shorter than, or not a continuation of, the head recorded outside it:
+    it went backwards. Refused until an operator accepts it."""
+
+
 # Built once: json.dumps with these options builds an encoder per call.
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
@@ -150,11 +172,6 @@ def encode_entry(seq: int, ts_ms: int, kind: str, actor: str, data: str) -> byte
 
 def entry_hash(prev_hash: bytes, seq: int, ts_ms: int, kind: str, actor: str, data: str) -> bytes:
     return hashlib.sha256(prev_hash + encode_entry(seq, ts_ms, kind, actor, data)).digest()
-
-
-def head_message(seq: int, hash_: bytes) -> bytes:
-    """What the head signature signs."""
-    return HEAD_SIG_DOMAIN + _HEAD_SEQ.pack(seq) + hash_
 
 
 def _checked_sig(sig: bytes) -> bytes:
@@ -216,6 +233,10 @@ class AuditLog(Service):
 
     `sign(msg)` must return a 64-byte detached Ed25519 signature by the key whose public
     half is `public_key`. It is called from a worker thread, one call at a time.
+
+    `head_file` (`<data_dir>/audit.head`): where the signed head is kept outside the
+    database; checked at start (`AuditRollbackError` if the log went backwards, unless
+    `accept_rollback`, which records the rollback as an entry and carries on).
     """
 
     def __init__(
@@ -229,6 +250,8 @@ class AuditLog(Service):
         linger_s: float = DEFAULT_LINGER_S,
         clock_ms: Callable[[], int] = wall_clock_ms,
         loops: LoopSupervisor | None = None,
+        head_file: Path | None = None,
+        accept_rollback: bool = False,
     ) -> None:
         if queue_maxsize < 1 or batch_size < 1:
             raise ValueError("queue_maxsize and batch_size must be at least 1")
@@ -255,11 +278,28 @@ class AuditLog(Service):
         self._lost = 0
         self._closing = False
         self._closed = False
+        self._head_file = head_file
+        self._accept_rollback = accept_rollback
+        self._head_file_failing = False
+        # Set when someone waits for a commit (durable append, close): the writer stops
+        # lingering for company.
+        self._hurry = asyncio.Event()
+        self._durable_waiting = 0
 
     @property
     def head_seq(self) -> int:
         """Seq of the last committed entry (0 for an empty log)."""
         return self._head_seq
+
+    @property
+    def head_hash(self) -> bytes:
+        """Hash of the last committed entry (the genesis hash for an empty log)."""
+        return self._head_hash
+
+    @property
+    def pending(self) -> int:
+        """Entries accepted by `append` and not yet committed (lost to a crash now)."""
+        return max(0, self._accepted - self._committed - self._lost)
 
     async def start(self) -> None:
         """Read the signed head and start the writer. Idempotent."""
@@ -268,7 +308,10 @@ class AuditLog(Service):
         if self._closed:
             raise AuditError("audit log is closed", reason="closed")
         self._head_seq, self._head_hash = await self._load_head()
+        rollback = await self._check_head_file()
         self._writer = self._loops.spawn("audit-writer", self._run_writer)
+        if rollback is not None:
+            await self.append("audit.rollback_accepted", "operator", rollback, durable=True)
 
     async def close(self) -> None:
         """Commit everything appended, then stop the writer. Idempotent.
@@ -278,6 +321,7 @@ class AuditLog(Service):
         if self._closed:
             return
         self._closing = True
+        self._hurry.set()
         try:
             if self._writer is not None:
                 async with self._progress:
@@ -303,11 +347,14 @@ class AuditLog(Service):
     async def stop(self) -> None:
         await self.close()
 
-    async def append(self, kind: str, actor: str, data: Mapping[str, Any]) -> None:
+    async def append(
+        self, kind: str, actor: str, data: Mapping[str, Any], *, durable: bool = False
+    ) -> None:
         """Queue an entry. Waits while the queue is full; never drops an entry.
 
-        Returning means queued, not durable: `flush()` for that. If a later write fails,
-        the next `append`, `flush` or `close` raises.
+        Returning means queued, not durable, unless `durable`: then it returns once the
+        entry is committed. If a later write fails, the next `append`, `flush` or
+        `close` raises.
 
         Raises `AuditEntryError` for an entry that cannot be recorded and
         `AuditWriteError` once an earlier write failed.
@@ -318,6 +365,7 @@ class AuditLog(Service):
             raise self._write_error()
         pending = self._make_pending(kind, actor, data)
         self._accepted += 1
+        position = self._accepted
         try:
             await self._queue.put(pending)
         except BaseException:
@@ -325,8 +373,31 @@ class AuditLog(Service):
             async with self._progress:
                 self._progress.notify_all()
             raise
+        if durable:
+            await self._wait_committed(position)
         if self._failure is not None:
             raise self._write_error()
+
+    async def _wait_committed(self, position: int) -> None:
+        """Wait until the `position`-th accepted entry is committed (or writing failed).
+
+        Entries are committed in the order they were accepted. An append cancelled
+        while waiting for room lowers the count of those after it, so `position` may
+        overshoot by one per cancellation: bounded by `_accepted`, every entry queued
+        so far being committed also means ours is.
+        """
+        self._durable_waiting += 1
+        self._hurry.set()
+        try:
+            async with self._progress:
+                await self._progress.wait_for(
+                    lambda: (
+                        self._committed + self._lost >= min(position, self._accepted)
+                        or self._failure is not None
+                    )
+                )
+        finally:
+            self._durable_waiting -= 1
 
     async def flush(self) -> None:
         """Return once every entry appended before this call is committed."""
@@ -422,10 +493,19 @@ class AuditLog(Service):
 
     async def _next_batch(self) -> list[_Pending]:
         batch = [await self._queue.get()]
-        if self._queue.qsize() < self._batch_size and self._linger_s > 0:
+        if (
+            self._queue.qsize() < self._batch_size
+            and self._linger_s > 0
+            and not self._hurry.is_set()
+        ):
             # Group commit: under a stream of appends, one transaction (and one fsync)
-            # for many entries instead of one each; appends never wait for this.
-            await asyncio.sleep(self._linger_s)
+            # for many entries instead of one each; appends never wait for this, and a
+            # caller waiting for its commit cuts it short.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), self._linger_s)
+        if not self._closing and self._durable_waiting == 0:
+            # Durable appends queued after this point set it again.
+            self._hurry.clear()
         while len(batch) < self._batch_size:
             try:
                 batch.append(self._queue.get_nowait())
@@ -442,6 +522,91 @@ class AuditLog(Service):
             await conn.execute(_UPSERT_HEAD, (sealed.last_seq, sealed.last_hash, sealed.head_sig))
         self._head_seq = sealed.last_seq
         self._head_hash = sealed.last_hash
+        await self._write_head_file(SignedHead(sealed.last_seq, sealed.last_hash, sealed.head_sig))
+
+    async def _write_head_file(self, head: SignedHead) -> None:
+        """Record the committed head outside the database. A failure here loses no entry
+        (the file only falls behind, which start-up accepts), so it is logged, not fatal."""
+        if self._head_file is None:
+            return
+        try:
+            await asyncio.to_thread(write_head_file, self._head_file, head)
+        except OSError as exc:
+            if not self._head_file_failing:
+                log.error("cannot write audit head %s: %s", self._head_file, exc)
+            self._head_file_failing = True
+        else:
+            if self._head_file_failing:
+                log.info("audit head %s written again", self._head_file)
+            self._head_file_failing = False
+
+    async def _check_head_file(self) -> dict[str, Any] | None:
+        """Compare the log with the head recorded outside it (see `node/store/audit_head.py`).
+
+        Returns what to record when an operator accepted a rollback, else None.
+        """
+        if self._head_file is None:
+            return None
+        problem: str | None
+        try:
+            recorded = read_head_file(self._head_file, self._verify_key)
+        except HeadFileError as exc:
+            recorded, problem = None, str(exc)
+        else:
+            if recorded is None:
+                if self._head_seq > 0:
+                    log.warning(
+                        "no %s for an audit log of %d entries: writing it now (a rollback "
+                        "before this start cannot be detected here)",
+                        self._head_file,
+                        self._head_seq,
+                    )
+                    await self._write_current_head()
+                return None
+            problem = rollback_problem(
+                recorded, self._head_seq, await self.stored_hash(recorded.seq)
+            )
+            if problem is not None:
+                problem = f"{self._head_file}: {problem}"
+        if problem is None:
+            return None
+        where = f"audit log in {self._store.db_path} went backwards"
+        if not self._accept_rollback:
+            raise AuditRollbackError(
+                f"{where}: {problem}; restore the newer database, or start once with "
+                f"--accept-audit-rollback to continue from this one",
+                reason="rollback",
+            )
+        log.warning("%s: %s; accepted by the operator (--accept-audit-rollback)", where, problem)
+        await self._write_current_head()
+        return {
+            "problem": problem,
+            "recorded_seq": None if recorded is None else recorded.seq,
+            "recorded_hash": None if recorded is None else recorded.hash.hex(),
+            "log_seq": self._head_seq,
+        }
+
+    async def _write_current_head(self) -> None:
+        conn = self._store.conn
+        async with conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            # An empty log has no signed head row; sign one for the anchor.
+            sig = await asyncio.to_thread(self._sign, head_message(0, GENESIS_PREV_HASH))
+            head = SignedHead(0, GENESIS_PREV_HASH, _checked_sig(sig))
+        else:
+            head = SignedHead(int(row[0]), bytes(row[1]), bytes(row[2]))
+        await self._write_head_file(head)
+
+    async def stored_hash(self, seq: int) -> bytes | None:
+        """The hash of committed entry `seq` (the genesis hash for 0), None if absent."""
+        if seq == 0:
+            return GENESIS_PREV_HASH
+        async with self._store.conn.execute(
+            "SELECT hash FROM audit_entries WHERE seq = ?", (seq,)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else bytes(row[0])
 
     def _record_failure(self, exc: Exception, batch: list[_Pending]) -> None:
         first = self._head_seq + 1
@@ -461,7 +626,9 @@ class AuditVerifyResult:
     `entries` counts the entries authenticated before the first problem (all of them
     when `ok`); `first_bad_seq` (then `entries + 1`) is the first entry that is not:
     the damaged or missing entry, or the first after the last valid checkpoint before
-    it (see the module docstring). `reason` says where the damage was found.
+    it (see the module docstring). `reason` says where the damage was found. A file
+    whose entries all verify but which fails SQLite's integrity check is not `ok`
+    either, with `first_bad_seq` None: the damage is outside the entries.
     """
 
     ok: bool
@@ -470,12 +637,16 @@ class AuditVerifyResult:
     reason: str
 
 
-def verify_audit_log(db_path: Path, public_key: bytes) -> AuditVerifyResult:
+def verify_audit_log(
+    db_path: Path, public_key: bytes, *, head_file: Path | None = None
+) -> AuditVerifyResult:
     """Check the audit log in the SQLite file `db_path` against `public_key`.
 
     Read-only and synchronous (no event loop). Detects edited, deleted, reordered,
-    inserted and re-signed entries, a truncated tail and a head older than the entries.
-    Raises `StoreError` if the file cannot be read as a vsmcp store.
+    inserted and re-signed entries, a truncated tail, a head older than the entries, a
+    damaged file (SQLite's quick_check, rows that cannot be read) and, given the
+    `head_file` recorded outside the database, a log that went backwards.
+    Raises `StoreError` only if the file cannot be opened at all (absent, no access).
     """
     if len(public_key) != PUBLIC_KEY_BYTES:
         raise ValueError(f"public_key must be {PUBLIC_KEY_BYTES} bytes")
@@ -486,11 +657,85 @@ def verify_audit_log(db_path: Path, public_key: bytes) -> AuditVerifyResult:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open store {db_path}: {exc}", reason="open") from exc
     try:
-        return _verify(conn, verify_key)
+        result = _verify_file(conn, verify_key)
+        if result.ok and head_file is not None:
+            result = _check_head_file(conn, result, head_file, verify_key)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot read audit log in {db_path}: {exc}", reason="read") from exc
+        if not _is_damage(exc):
+            raise StoreError(f"cannot read audit log in {db_path}: {exc}", reason="read") from exc
+        result = _broken(0, f"database unreadable ({_quoted(exc)}): damaged, or not a store")
     finally:
         conn.close()
+    return result
+
+
+# SQLite's names for "this file is damaged" (and not "you may not open it").
+_DAMAGE_ERRORS: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_ERROR"})
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    # SQLITE_ERROR: a table missing from a file that opened (emptied, or not a store).
+    return getattr(exc, "sqlite_errorname", None) in _DAMAGE_ERRORS
+
+
+def _verify_file(conn: sqlite3.Connection, verify_key: VerifyKey) -> AuditVerifyResult:
+    conn.execute("BEGIN")  # one consistent snapshot, even while a node is writing
+    try:
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        # Damage the check cannot walk past; the entries may still be readable up to it.
+        problems = [str(exc)]
+    result = _verify(conn, verify_key)
+    if problems == ["ok"]:
+        return result
+    damage = f"database fails SQLite's integrity check ({integrity_summary(problems)})"
+    if not result.ok:
+        return _broken(result.entries, f"{result.reason}; {damage}")
+    return AuditVerifyResult(
+        ok=False,
+        entries=result.entries,
+        first_bad_seq=None,
+        reason=f"{damage}; all {result.entries} entries verified",
+    )
+
+
+def _check_head_file(
+    conn: sqlite3.Connection,
+    result: AuditVerifyResult,
+    head_file: Path,
+    verify_key: VerifyKey,
+) -> AuditVerifyResult:
+    """An intact log must still reach the head recorded outside it."""
+    try:
+        recorded = read_head_file(head_file, verify_key)
+    except HeadFileError as exc:
+        return AuditVerifyResult(
+            ok=False, entries=result.entries, first_bad_seq=None, reason=str(exc)
+        )
+    if recorded is None:
+        return result
+    stored = GENESIS_PREV_HASH if recorded.seq == 0 else None
+    if recorded.seq > 0:
+        row = conn.execute(
+            "SELECT hash FROM audit_entries WHERE seq = ?", (recorded.seq,)
+        ).fetchone()
+        stored = row[0] if row is not None and isinstance(row[0], bytes) else None
+    problem = rollback_problem(recorded, result.entries, stored)
+    if problem is None:
+        return result
+    first_bad = min(recorded.seq, result.entries + 1)
+    return AuditVerifyResult(
+        ok=False,
+        entries=first_bad - 1,
+        first_bad_seq=first_bad,
+        reason=f"log went backwards: {head_file}: {problem}",
+    )
+
+
+def _quoted(exc: BaseException) -> str:
+    """An error for a one-line report: SQLite quotes damaged text in its messages."""
+    text = "".join(c if c.isprintable() else "?" for c in str(exc))
+    return text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + "…"
 
 
 def _broken(authenticated: int, reason: str) -> AuditVerifyResult:
@@ -509,7 +754,6 @@ def _uncovered(first: int, last: int) -> str:
 
 
 def _verify(conn: sqlite3.Connection, verify_key: VerifyKey) -> AuditVerifyResult:
-    conn.execute("BEGIN")  # one consistent snapshot, even while a node is writing
     prev_hash = GENESIS_PREV_HASH
     last_seq = 0
     checkpoint = 0  # seq of the last valid checkpoint: 1..checkpoint are authenticated
@@ -520,7 +764,15 @@ def _verify(conn: sqlite3.Connection, verify_key: VerifyKey) -> AuditVerifyResul
     rows = conn.execute(
         "SELECT seq, ts_ms, kind, actor, data, prev_hash, hash, sig FROM audit_entries ORDER BY seq"
     )
-    for seq, ts_ms, kind, actor, data, row_prev, row_hash, sig in rows:
+    while True:
+        try:
+            row = next(rows, None)
+        except sqlite3.DatabaseError as exc:
+            # Rows come in seq order: the one that cannot be read follows the last read.
+            return bad(last_seq + 1, f"unreadable ({_quoted(exc)}) (damaged file)")
+        if row is None:
+            break
+        seq, ts_ms, kind, actor, data, row_prev, row_hash, sig = row
         if seq != last_seq + 1:
             return _broken(
                 checkpoint,

@@ -8,6 +8,11 @@ step, so a crash mid-migration leaves the previous version intact.
 Writers share the one connection, so every multi-statement transaction goes
 through `Store.transaction()`, which serialises them: a `kv_set` issued while the
 audit writer's batch is open must not become part of (or be rolled back with) it.
+
+Opening runs `PRAGMA quick_check` (every page, record and free list, but not index
+contents: ≈40 ms for 100,000 audit entries, a 21 MB file, with the file in the page
+cache) and refuses a damaged file: appending to it would bury the damage under new
+entries. The store then needs an operator: restore a backup or move the file aside.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from vsmcp.node.errors import NodeError
 
 DB_FILENAME: Final = "vsmcp.db"
 BUSY_TIMEOUT_MS: Final = 5_000
+# How many of quick_check's problem lines a refusal quotes (it lists up to 100).
+INTEGRITY_PROBLEMS_SHOWN: Final = 3
 
 # Append only: never edit a step that has shipped. Step i brings the schema to
 # version i + 1.
@@ -111,6 +118,7 @@ class Store(Service):
             raise StoreError(f"cannot open store {self._db_path}: {exc}", reason="open") from exc
         try:
             await self._configure(conn)
+            await self._check_integrity(conn)
             self._schema_version = await self._migrate(conn)
             await self._check_schema(conn)
         except BaseException:
@@ -175,6 +183,22 @@ class Store(Service):
         if row is None or str(row[0]).lower() != "wal":
             raise StoreError(
                 f"store {self._db_path}: cannot enable WAL mode (got {row!r})", reason="wal"
+            )
+
+    async def _check_integrity(self, conn: aiosqlite.Connection) -> None:
+        try:
+            async with conn.execute("PRAGMA quick_check") as cur:
+                rows = await cur.fetchall()
+        except sqlite3.DatabaseError as exc:
+            # Damage bad enough that the check itself cannot walk the file.
+            problems = [str(exc)]
+        else:
+            problems = [str(row[0]) for row in rows]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"store {self._db_path} fails SQLite's integrity check "
+                f"({integrity_summary(problems)}); restore it from a backup or move it aside",
+                reason="corrupt",
             )
 
     async def _migrate(self, conn: aiosqlite.Connection) -> int:
@@ -253,6 +277,20 @@ def _expected_schema() -> dict[str, tuple[str, ...]]:
         }
     finally:
         scratch.close()
+
+
+def integrity_summary(problems: list[str]) -> str:
+    """The first problems `PRAGMA quick_check` reported, on one line (it may put them all
+    in one row, a line each, under a "*** in database main ***" banner)."""
+    lines = [
+        line.strip()
+        for problem in problems
+        for line in problem.splitlines()
+        if line.strip() and not line.startswith("***")
+    ]
+    shown = "; ".join(lines[:INTEGRITY_PROBLEMS_SHOWN])
+    more = len(lines) - INTEGRITY_PROBLEMS_SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
 
 
 async def _user_version(conn: aiosqlite.Connection) -> int:

@@ -20,6 +20,7 @@ from vsmcp.node.store.audit import (
     AuditError,
     AuditIntegrityError,
     AuditLog,
+    AuditRollbackError,
     AuditWriteError,
     canonical_json,
     encode_entry,
@@ -27,6 +28,7 @@ from vsmcp.node.store.audit import (
     head_message,
     verify_audit_log,
 )
+from vsmcp.node.store.audit_head import head_file_for, read_head_file
 from vsmcp.node.store.database import Store, StoreError
 
 KEY = SigningKey.generate()
@@ -435,11 +437,14 @@ async def test_edit_with_recomputed_chain_detected(
     assert result.reason.endswith("not authenticated (last valid checkpoint: entry 16)")
 
 
-async def test_verify_non_store_file_raises(tmp_path: Path) -> None:
+async def test_verify_reports_a_non_store_file_as_broken_and_raises_for_an_absent_one(
+    tmp_path: Path,
+) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not sqlite at all" * 200)
-    with pytest.raises(StoreError):
-        verify_audit_log(junk, PUBLIC_KEY)
+    result = verify_audit_log(junk, PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq) == (False, 1)
+    assert "file is not a database" in result.reason
     with pytest.raises(StoreError):
         verify_audit_log(tmp_path / "absent.db", PUBLIC_KEY)
 
@@ -718,3 +723,184 @@ def test_random_batches_verify_with_one_checkpoint_each(batches: list[int]) -> N
         result = verify_audit_log(db_of(data_dir), PUBLIC_KEY)
         assert (result.ok, result.entries) == (True, sum(batches)), result.reason
         assert signed_seqs(db_of(data_dir)) == list(itertools.accumulate(batches))
+
+
+# -- damage and rollback ----------------------------------------------------------------
+
+
+def flip_bytes_of(db: Path, needle: bytes, count: int = 40) -> None:
+    """Flip `count` bytes of the file where `needle` (text of one entry) is stored."""
+    data = bytearray(db.read_bytes())
+    at = data.index(needle)
+    for i in range(at, at + count):
+        data[i] ^= 0xFF
+    db.write_bytes(bytes(data))
+
+
+async def test_verify_reports_undecodable_rows_as_broken_at_the_first_bad_entry(
+    tmp_path: Path,
+) -> None:
+    # Data long enough for 40 flipped bytes to stay inside one entry's text.
+    async with Store.open(tmp_path) as store, AuditLog(store, sign, PUBLIC_KEY) as audit:
+        for i in range(1, 301):
+            await audit.append("tool.call", "node", {"i": i, "pad": f"<{i:04}>" + "x" * 60})
+            if i % 100 == 0:
+                await audit.flush()  # checkpoints at 100, 200, 300
+    flip_bytes_of(db_of(tmp_path), b'"pad":"<0150>')
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY)
+    assert (result.ok, result.first_bad_seq, result.entries) == (False, 101, 100)
+    assert result.reason.startswith("entry 150: unreadable (Could not decode to UTF-8")
+    assert "(damaged file)" in result.reason and "\n" not in result.reason
+
+
+async def test_verify_reports_a_file_that_fails_the_integrity_check(tmp_path: Path) -> None:
+    await append_entries(tmp_path, 50)
+    async with Store.open(tmp_path) as store:
+        for i in range(200):
+            await store.kv_set(f"k{i}", bytes(100))
+    db = db_of(tmp_path)
+    page_size = 4096
+    conn = sqlite3.connect(db)
+    try:
+        kv_root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'kv'").fetchone()[0]
+    finally:
+        conn.close()
+    at = (kv_root - 1) * page_size + 8  # the cell pointers after a leaf page's header
+    data = bytearray(db.read_bytes())
+    for i in range(at, at + 40):
+        data[i] ^= 0xFF
+    db.write_bytes(bytes(data))
+    result = verify_audit_log(db, PUBLIC_KEY)
+    assert not result.ok
+    assert "fails SQLite's integrity check" in result.reason
+
+
+def restore(src: Path, dst: Path) -> None:
+    dst.write_bytes(src.read_bytes())
+
+
+async def test_a_log_that_went_backwards_is_refused_at_start(tmp_path: Path) -> None:
+    head_file = head_file_for(tmp_path)
+    await append_entries(tmp_path, 5, head_file=head_file)
+    backup = tmp_path / "backup.db"
+    restore(db_of(tmp_path), backup)
+    await append_entries(tmp_path, 5, start=5, head_file=head_file)
+    restore(backup, db_of(tmp_path))
+    with pytest.raises(AuditRollbackError) as caught:
+        await append_entries(tmp_path, 1, start=10, head_file=head_file)
+    message = str(caught.value)
+    assert str(head_file) in message and "records entry 10" in message
+    assert "log ends at entry 5" in message and "--accept-audit-rollback" in message
+    # Nothing was appended to the refused log.
+    assert verify_audit_log(db_of(tmp_path), PUBLIC_KEY).entries == 5
+    verified = verify_audit_log(db_of(tmp_path), PUBLIC_KEY, head_file=head_file)
+    assert (verified.ok, verified.first_bad_seq) == (False, 6)
+    assert "log went backwards" in verified.reason
+
+
+async def test_an_emptied_database_is_refused_at_start(tmp_path: Path) -> None:
+    head_file = head_file_for(tmp_path)
+    await append_entries(tmp_path, 7, head_file=head_file)
+    db_of(tmp_path).write_bytes(b"")
+    with pytest.raises(AuditRollbackError, match=r"records entry 7 .* log ends at entry 0"):
+        await append_entries(tmp_path, 1, head_file=head_file)
+
+
+async def test_a_replaced_log_of_the_same_length_is_refused(tmp_path: Path) -> None:
+    head_file = head_file_for(tmp_path)
+    await append_entries(tmp_path, 4, head_file=head_file)
+    recorded = head_file.read_bytes()
+    db_of(tmp_path).unlink()
+    await append_entries(tmp_path, 6, start=100, head_file=None)  # another log, longer
+    head_file.write_bytes(recorded)
+    with pytest.raises(AuditRollbackError, match="entry 4 differs: the database was replaced"):
+        await append_entries(tmp_path, 1, head_file=head_file)
+
+
+async def test_a_head_file_not_signed_by_this_key_is_refused(tmp_path: Path) -> None:
+    head_file = head_file_for(tmp_path)
+    await append_entries(tmp_path, 3, head_file=head_file)
+    text = head_file.read_text()
+    head_file.write_text(text.replace('"seq":3', '"seq":2'))
+    with pytest.raises(AuditRollbackError, match="does not verify with this node's key"):
+        await append_entries(tmp_path, 1, head_file=head_file)
+
+
+async def test_accepting_a_rollback_records_it_and_moves_the_head(tmp_path: Path) -> None:
+    head_file = head_file_for(tmp_path)
+    await append_entries(tmp_path, 3, head_file=head_file)
+    backup = tmp_path / "backup.db"
+    restore(db_of(tmp_path), backup)
+    await append_entries(tmp_path, 3, start=3, head_file=head_file)
+    restore(backup, db_of(tmp_path))
+    await append_entries(tmp_path, 1, start=6, head_file=head_file, accept_rollback=True)
+    conn = sqlite3.connect(db_of(tmp_path))
+    try:
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM audit_entries ORDER BY seq")]
+    finally:
+        conn.close()
+    assert kinds == ["tool.call"] * 3 + ["audit.rollback_accepted", "tool.call"]
+    head = read_head_file(head_file, KEY.verify_key)
+    assert head is not None and head.seq == 5
+    # Accepted once: the next start is a plain one.
+    await append_entries(tmp_path, 1, start=7, head_file=head_file)
+    assert verify_audit_log(db_of(tmp_path), PUBLIC_KEY, head_file=head_file).entries == 6
+
+
+async def test_a_missing_head_file_is_written_for_an_existing_log(tmp_path: Path) -> None:
+    await append_entries(tmp_path, 4)  # a data dir from before the head file
+    head_file = head_file_for(tmp_path)
+    assert not head_file.exists()
+    async with (
+        Store.open(tmp_path) as store,
+        AuditLog(store, sign, PUBLIC_KEY, head_file=head_file),
+    ):
+        head = read_head_file(head_file, KEY.verify_key)
+        assert head is not None and head.seq == 4
+
+
+# -- durability ------------------------------------------------------------------------
+
+
+def committed_seqs(db: Path) -> list[int]:
+    """What another process sees in the file now."""
+    conn = sqlite3.connect(db)
+    try:
+        return [r[0] for r in conn.execute("SELECT seq FROM audit_entries ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+async def test_a_durable_append_returns_with_its_entry_committed(tmp_path: Path) -> None:
+    # A linger far longer than the test: only a durable append can get an entry in early.
+    async with (
+        Store.open(tmp_path) as store,
+        AuditLog(store, sign, PUBLIC_KEY, linger_s=3600) as audit,
+    ):
+        await audit.append("tool.call", "node", {"i": 1}, durable=True)
+        assert committed_seqs(db_of(tmp_path)) == [1]
+        assert audit.pending == 0
+
+
+async def test_a_plain_append_returns_before_its_entry_is_committed(tmp_path: Path) -> None:
+    """The window `audit.commit_before_answer` closes; `pending` counts it."""
+    async with (
+        Store.open(tmp_path) as store,
+        AuditLog(store, sign, PUBLIC_KEY, linger_s=3600) as audit,
+    ):
+        await audit.append("tool.call", "node", {"i": 1})
+        assert committed_seqs(db_of(tmp_path)) == []
+        assert audit.pending == 1
+    # Closing cuts the linger short and commits it.
+    assert committed_seqs(db_of(tmp_path)) == [1]
+
+
+async def test_durable_appends_wait_for_earlier_plain_ones(tmp_path: Path) -> None:
+    async with (
+        Store.open(tmp_path) as store,
+        AuditLog(store, sign, PUBLIC_KEY, linger_s=3600, batch_size=2) as audit,
+    ):
+        for i in range(5):
+            await audit.append("tool.call", "node", {"i": i})
+        await audit.append("tool.call", "node", {"i": 5}, durable=True)
+        assert committed_seqs(db_of(tmp_path)) == [1, 2, 3, 4, 5, 6]

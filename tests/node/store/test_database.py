@@ -118,3 +118,38 @@ async def test_a_migrated_store_missing_a_table_is_refused_naming_it(
     assert fragment in str(info.value)
     assert str(tmp_path / DB_FILENAME) in str(info.value)
     assert info.value.reason == "schema"
+
+
+def _flip_bytes(path: Path, offset: int, count: int = 40) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(offset, offset + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+async def _store_with_rows(data_dir: Path, rows: int = 200) -> Path:
+    async with Store.open(data_dir) as store:
+        for i in range(rows):
+            await store.kv_set(f"k{i}", bytes(100))
+    return store.db_path
+
+
+@pytest.mark.parametrize(
+    ("offset", "problem"),
+    [
+        (8192 + 100, "out of range"),  # cell pointers of a table page: quick_check lists them
+        (4096, "malformed"),  # a page header: quick_check itself cannot walk the tree
+    ],
+)
+async def test_damaged_file_is_refused_at_open_naming_it_and_the_problem(
+    tmp_path: Path, offset: int, problem: str
+) -> None:
+    db = await _store_with_rows(tmp_path)
+    _flip_bytes(db, offset)
+    with pytest.raises(StoreError) as caught:
+        async with Store.open(tmp_path):
+            pass
+    message = str(caught.value)
+    assert caught.value.reason == "corrupt"
+    assert str(db) in message and "integrity check" in message and problem in message
+    assert "\n" not in message and len(message) < 600

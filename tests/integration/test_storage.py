@@ -1,0 +1,239 @@
+"""A real `vsmcpd` on a damaged, emptied or rolled-back data dir, and what it promises
+about an answered call's audit entry."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import NodeProcess, run_cli, run_daemon
+from tests.polling import wait_for
+from vsmcp.node.store.audit_anchor import KV_SEEN_HEADS, AnchoredHead, decode_seen
+
+pytestmark = pytest.mark.integration
+
+PAGE_BYTES = 4096  # SQLite's default page size, which the store keeps
+
+
+def _db(data_dir: Path) -> Path:
+    return data_dir / "vsmcp.db"
+
+
+def _run_and_stop(data_dir: Path, nodes: list[NodeProcess], *args: str) -> NodeProcess:
+    """One clean run (start, then SIGTERM): a node.start and a node.stop entry more."""
+    node = NodeProcess(data_dir, *args)
+    nodes.append(node)
+    node.start()
+    node.terminate()
+    assert node.wait_exit(timeout_s=30) == 0, node.log_text()
+    return node
+
+
+def _start_refused(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return run_daemon(
+        "--data-dir",
+        str(data_dir),
+        "--dev",
+        "--no-mdns",
+        "--http-port",
+        "0",
+        "--mesh-port",
+        "0",
+    )
+
+
+def _assert_refused(refused: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "vsmcpd ready" not in refused.stdout
+    reason = [line for line in refused.stderr.splitlines() if line.startswith("vsmcpd: ")]
+    assert len(reason) == 1, refused.stderr
+    for text in expected:
+        assert text in reason[0], reason[0]
+
+
+def _entry_kinds(data_dir: Path) -> list[str]:
+    conn = sqlite3.connect(_db(data_dir))
+    try:
+        return [row[0] for row in conn.execute("SELECT kind FROM audit_entries ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_a_corrupted_database_is_refused_and_verify_says_broken(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    data = tmp_path / "n"
+    _run_and_stop(data, nodes)
+    db = _db(data)
+    conn = sqlite3.connect(db)
+    try:
+        root = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'audit_entries'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    damaged = bytearray(db.read_bytes())
+    # 40 bytes over the cell pointers of the audit table's page (after its 8-byte header).
+    start = (root - 1) * PAGE_BYTES + 8
+    for i in range(start, start + 40):
+        damaged[i] ^= 0xFF
+    db.write_bytes(bytes(damaged))
+
+    _assert_refused(_start_refused(data), str(db), "fails SQLite's integrity check")
+    verify = run_cli("audit", "verify", "--data-dir", str(data))
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert verify.stdout.startswith("audit log BROKEN"), verify.stdout
+    assert "Traceback" not in verify.stderr
+
+
+def test_a_truncated_database_is_refused(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    data = tmp_path / "n"
+    _run_and_stop(data, nodes)
+    _db(data).write_bytes(b"")
+
+    _assert_refused(
+        _start_refused(data), str(data / "audit.head"), "went backwards", "records entry 2"
+    )
+    verify = run_cli("audit", "verify", "--data-dir", str(data))
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert "BROKEN" in verify.stdout and "Traceback" not in verify.stderr
+
+
+def test_a_rolled_back_database_is_refused_until_the_operator_accepts_it(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    data = tmp_path / "n"
+    _run_and_stop(data, nodes)
+    backup = tmp_path / "backup.db"
+    backup.write_bytes(_db(data).read_bytes())
+    _run_and_stop(data, nodes)  # entries 3 and 4
+    _db(data).write_bytes(backup.read_bytes())  # an older copy restored
+
+    _assert_refused(
+        _start_refused(data),
+        "went backwards",
+        "records entry 4",
+        "log ends at entry 2",
+        "--accept-audit-rollback",
+    )
+    verify = run_cli("audit", "verify", "--data-dir", str(data))
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert "BROKEN at entry 3" in verify.stdout and "went backwards" in verify.stdout
+
+    _run_and_stop(data, nodes, "--accept-audit-rollback")
+    assert _entry_kinds(data) == [
+        "node.start",
+        "node.stop",
+        "audit.rollback_accepted",
+        "node.start",
+        "node.stop",
+    ]
+    verify = run_cli("audit", "verify", "--data-dir", str(data))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    _run_and_stop(data, nodes)  # accepted once: a plain start works again
+
+
+@pytest.mark.parametrize("commit_before_answer", [True, False])
+def test_commit_before_answer_puts_the_entry_on_disk_before_the_answer(
+    tmp_path: Path, nodes: list[NodeProcess], commit_before_answer: bool
+) -> None:
+    env = {
+        "VSMCP_AUDIT_COMMIT_BEFORE_ANSWER": "true" if commit_before_answer else "false",
+        # A batch waits a minute for company: only commit_before_answer commits sooner.
+        "VSMCP_AUDIT_LINGER_MS": "60000",
+    }
+    data = tmp_path / "n"
+    node = NodeProcess(data, env=env)
+    nodes.append(node)
+    node.start()
+    called = run_cli("call", "echo", "--arg", "text=hi", "--url", node.url)
+    assert called.returncode == 0, called.stdout + called.stderr
+    assert "hi" in called.stdout
+
+    # Read the file as another process would after a kill -9 now.
+    assert ("tool.call" in _entry_kinds(data)) is commit_before_answer
+    _, metrics, _ = node.get("/metrics")
+    uncommitted = re.search(rb"^vsmcp_audit_uncommitted_entries (\S+)$", metrics, re.M)
+    assert uncommitted is not None
+    assert (float(uncommitted.group(1)) == 0) is commit_before_answer
+    node.terminate()
+    assert node.wait_exit(timeout_s=30) == 0
+    assert "tool.call" in _entry_kinds(data)  # a clean stop commits the rest
+
+
+def _head_seen_by(observer: NodeProcess, node_id: str) -> AnchoredHead | None:
+    """The audit head of `node_id` that `observer` persisted (it saves every few s)."""
+    conn = sqlite3.connect(_db(observer.data_dir))
+    try:
+        row = conn.execute("SELECT value FROM kv WHERE key = ?", (KV_SEEN_HEADS,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else decode_seen(bytes(row[0])).get(node_id)
+
+
+def _seen_at_least(observer: NodeProcess, node_id: str, seq: int) -> bool:
+    head = _head_seen_by(observer, node_id)
+    return head is not None and head.seq >= seq
+
+
+def test_a_node_behind_the_head_its_peer_saw_stops_until_the_operator_accepts(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    config = tmp_path / "mesh.toml"
+    config.write_text('[mesh]\npreset = "local"\n')
+    common = ("--config", str(config), "--no-mdns")
+    peer = NodeProcess(tmp_path / "b", *common)
+    nodes.append(peer)
+    peer.start()
+    seed = ("--seed", f"{peer.node_id}@127.0.0.1:{peer.mesh_port}")
+    data = tmp_path / "a"
+
+    first = _run_until_seen(data, nodes, peer, (*common, *seed), at_least=1)
+    backup = {name: (data / name).read_bytes() for name in ("vsmcp.db", "audit.head")}
+    backed_up_seq = len(_entry_kinds(data))
+    _run_until_seen(data, nodes, peer, (*common, *seed), at_least=backed_up_seq + 1)
+    assert first.node_id  # same identity on every run (same data dir)
+    # The database and its audit.head restored together: the local check cannot tell.
+    for name, content in backup.items():
+        (data / name).write_bytes(content)
+
+    behind = NodeProcess(data, *common, *seed)
+    nodes.append(behind)
+    behind.start(wait=False)
+    assert behind.wait_exit(timeout_s=120) == 2, behind.log_text()
+    log_text = behind.log_text()
+    assert "the mesh saw entry" in log_text and "--accept-audit-rollback" in log_text
+
+    accepted = NodeProcess(data, *common, *seed, "--accept-audit-rollback")
+    nodes.append(accepted)
+    accepted.start()
+    wait_for(
+        lambda: "audit.rollback_accepted" in _entry_kinds(data),
+        timeout_s=120,
+        what="the accepted rollback recorded",
+    )
+    accepted.terminate()
+    assert accepted.wait_exit(timeout_s=30) == 0
+    verify = run_cli("audit", "verify", "--data-dir", str(data))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _run_until_seen(
+    data: Path, nodes: list[NodeProcess], peer: NodeProcess, args: tuple[str, ...], at_least: int
+) -> NodeProcess:
+    node = NodeProcess(data, *args)
+    nodes.append(node)
+    node.start()
+    wait_for(
+        lambda: _seen_at_least(peer, node.node_id, at_least),
+        timeout_s=120,
+        what=f"the peer holding entry {at_least} of the node's audit head",
+    )
+    node.terminate()
+    assert node.wait_exit(timeout_s=30) == 0, node.log_text()
+    return node

@@ -511,7 +511,12 @@ class Node(Service):
             "zone": identity.zone,
             "roles": list(identity.certificate.roles),
             "version": __version__,
-            "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
+            # 0 until every part has started (HTTP answers before the mesh is up).
+            "uptime_s": (
+                round(time.monotonic() - self._started_monotonic, 3)
+                if self._started_monotonic
+                else 0.0
+            ),
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "dev": identity.dev,
             "http_port": self.http_port,

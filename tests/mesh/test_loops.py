@@ -64,7 +64,7 @@ async def test_backoff_doubles_up_to_its_cap(caplog: pytest.LogCaptureFixture) -
     async def broken() -> None:
         raise RuntimeError("again")
 
-    with caplog.at_level(logging.ERROR, logger="mesh.loops"):
+    with caplog.at_level(logging.ERROR, logger="vsmcp.mesh.loops"):
         await asyncio.wait_for(loops.spawn("broken", broken), timeout=10)
     delays = [
         float(m.group(1))

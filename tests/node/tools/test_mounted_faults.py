@@ -119,7 +119,7 @@ FAKE = "2026-12-06T06:00:00.000Z ERROR   node.daemon: fake\n\x1b[31mred\x1b[0m\r
 async def test_stderr_lines_are_prefixed_escaped_records(
     catalog: LocalCatalog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="node.tools.stdio")
+    caplog.set_level(logging.INFO, logger="vsmcp.node.tools.stdio")
     await catalog.call_tool("f.inject", {"text": FAKE}, CTX)
     records = await async_wait_until(
         lambda: mount_records(caplog) if len(mount_records(caplog)) >= 2 else None,
@@ -253,7 +253,7 @@ async def test_an_http_answer_over_the_cap_fails_that_call_only(http_server: str
 async def test_a_flood_of_stderr_is_rate_limited_and_counted(
     catalog: LocalCatalog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="node.tools.stdio")
+    caplog.set_level(logging.INFO, logger="vsmcp.node.tools.stdio")
     lines = STDERR_LINES_PER_S * 4
     await catalog.call_tool("f.inject", {"text": "spam\n" * lines}, CTX)
     stats = unit_of(catalog).provider.stats  # type: ignore[attr-defined]

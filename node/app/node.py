@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged
+from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,9 @@ ENVELOPE_REJECT_REASONS = (
     "too_old",
     "recipient",
 )
+
+
+_KIND_NAMES = {cls: name for name, kind in NODE_CATALOG.kinds.items() for cls in (kind.cls,)}
 
 
 class DebugApiDisabled(NodeError):
@@ -97,6 +103,11 @@ class Node(Service):
         self._debug_tools = DebugTools()
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self._out_of_descriptors = False
+        # The node's one event stream: every component publishes into it (never
+        # blocking); the pattern engine, metrics and other services subscribe.
+        self.events = EventStream()
+        self._event_counts: Counter[str] = Counter()
+        self.events.subscribe("metrics", self._count_events)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -120,6 +131,9 @@ class Node(Service):
         stack.enter_context(_exclusive_lock(data_dir / LOCK_FILE_NAME))
         identity = load_identity(self.config)
         self._identity = identity
+        # Entered first, so it stops last: subscribers see what the other parts published
+        # while they stopped.
+        await stack.enter_async_context(self.events)
         store = await stack.enter_async_context(Store.open(data_dir))
         self._store = store
         audit_cfg = self.config.audit
@@ -154,6 +168,7 @@ class Node(Service):
             local_tools=catalog.available_tools,
             max_envelope_bytes=self.config.envelope.max_bytes,
             loops=self.loops,
+            events=self.events,
         )
         self._replication = replication
         tools = MeshCatalog(
@@ -165,6 +180,7 @@ class Node(Service):
             audit=audit,
             call_timeout_s=self.config.tools.timeout_s,
             loops=self.loops,
+            events=self.events,
         )
         http_cfg = self.config.http
         http = HttpServer(
@@ -225,6 +241,8 @@ class Node(Service):
             peers=self.peers,
             tools_view=self.tools,
         )
+        catalog.policy.events = self.events
+        catalog.supervisor.events = self.events
         if self.config.node.debug_api:
             catalog.add(self._debug_tools)
             log.warning("debug API on: /api/debug/* can cut links and add tools")
@@ -269,7 +287,7 @@ class Node(Service):
 
     def _mesh_service(self, identity: NodeIdentity, sealer: Sealer) -> MeshService:
         mesh_cfg = self.config.mesh
-        return MeshService(
+        mesh = MeshService(
             key=identity.key,
             certificate=encode_certificate(identity.signed_certificate),
             authority_public_key=identity.authority_public_key,
@@ -290,6 +308,8 @@ class Node(Service):
             on_member_change=self._member_changed,
             loops=self.loops,
         )
+        mesh.events = self.events
+        return mesh
 
     def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
         mcp = self.config.mcp
@@ -400,8 +420,6 @@ class Node(Service):
         return sealer
 
     def _member_changed(self, change: MemberStateChanged | MemberReaped) -> None:
-        if self._audit is None:
-            return
         old: str | None
         if isinstance(change, MemberReaped):
             old, new = change.state.name.lower(), "reaped"
@@ -410,11 +428,32 @@ class Node(Service):
         else:
             old = change.old.name.lower() if change.old is not None else None
             new = change.new.name.lower()
+        self.events.publish(
+            MembershipChanged(
+                ts=time.time(),
+                peer=change.member,
+                state=new,
+                previous=old,
+                zone=self._zone_of(change.member),
+            )
+        )
+        if self._audit is None:
+            return
         self._audit_nowait(
             "mesh.member",
             change.member,
             {"old": old, "new": new, "incarnation": change.incarnation},
         )
+
+    def _zone_of(self, node_id: str) -> str | None:
+        peer = self._mesh.peers.get(node_id) if self._mesh is not None else None
+        return None if peer is None else peer.certificate.zone
+
+    def _count_events(self, batch: list[Event]) -> None:
+        """The `metrics` subscriber: events published, by kind (off the publishers' path)."""
+        counts = self._event_counts
+        for event in batch:
+            counts[_KIND_NAMES[event.__class__]] += 1
 
     def _audit_nowait(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         task = asyncio.create_task(self.audit.append(kind, actor, data), name=f"audit-{kind}")
@@ -566,6 +605,20 @@ class Node(Service):
         return self.metrics.render()
 
     def _register_metrics(self) -> None:
+        self.metrics.add_counters(
+            "vsmcp_events",
+            "Events published on the node's event stream, by kind (as the metrics "
+            "subscriber received them)",
+            "kind",
+            lambda: dict(self._event_counts),
+            known=tuple(NODE_CATALOG.kinds),
+        )
+        self.metrics.add_counters(
+            "vsmcp_events_dropped",
+            "Events not delivered to a subscriber of the event stream (its buffer was full)",
+            "subscriber",
+            lambda: {s.name: s.dropped for s in self.events.subscribers()},
+        )
         self.metrics.add_counters(
             "vsmcp_loop_restarts",
             "Restarts of background loops after they failed, by loop",

@@ -42,6 +42,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -83,6 +84,7 @@ from vsmcp.node.tools.errors import (
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
+from vsmcp.node.vsm.events import EventSink, ToolCallFinished
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ CHANGE_CHECK_INTERVAL_S: Final = 1.0
 MAX_PROGRESS_QUEUE: Final = 64
 PROGRESS_FLUSH_S: Final = 0.5
 META_PROVIDER: Final = "vsmcp/provider"
+MAX_EVENT_REASON_CHARS: Final = 256
 META_PROGRESS_SENT: Final = "vsmcp/progressSent"
 
 USABLE_STATES: Final = frozenset({"alive", "suspect"})
@@ -433,8 +436,10 @@ class MeshCatalog(Service):
         audit: AuditLog,
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         loops: LoopSupervisor | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self._loops = loops or LoopSupervisor()
+        self._events = events
         self.local = local
         self._mesh = mesh
         self._replication = replication
@@ -500,6 +505,31 @@ class MeshCatalog(Service):
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
+
+    def _publish_call(
+        self,
+        tool: str,
+        provider: str | None,
+        ctx: CallContext,
+        latency_ms: float,
+        outcome: str,
+        reason: str | None,
+    ) -> None:
+        """A `tool_call` event (an append to the stream's buffers: never blocks)."""
+        if self._events is not None:
+            self._events.publish(
+                ToolCallFinished(
+                    ts=time.time(),
+                    tool=tool,
+                    provider=provider or "",
+                    origin=ctx.origin,
+                    zone=ctx.caller_zone,
+                    latency_ms=latency_ms,
+                    outcome=outcome,
+                    reason=reason,
+                    entry_origin=ctx.entry_origin,
+                )
+            )
 
     # -- the tool set -----------------------------------------------------------------------
 
@@ -626,6 +656,7 @@ class MeshCatalog(Service):
         started = loop.time()
         tried: list[str] = []
         outcome = "ok"
+        reason: str | None = None
         task = asyncio.current_task()
         if task is not None:
             self._calls.add(task)
@@ -636,6 +667,7 @@ class MeshCatalog(Service):
             return result
         except ToolError as e:
             outcome = e.reason
+            reason = _reason_text(e)
             raise
         except asyncio.CancelledError:
             if task is None or task not in self._cancelled_calls or task.uncancel() > 0:
@@ -648,16 +680,19 @@ class MeshCatalog(Service):
             if task is not None:
                 self._calls.discard(task)
                 self._cancelled_calls.discard(task)
+            latency_ms = round((loop.time() - started) * 1000, 3)
+            provider = tried[-1] if tried else None
+            self._publish_call(name, provider, ctx, latency_ms, outcome, reason)
             data = {
                 "tool": name,
-                "provider": tried[-1] if tried else None,
+                "provider": provider,
                 "attempts": len(tried),
                 "origin": ctx.origin,
                 "zone": ctx.caller_zone,
                 "trace_id": ctx.trace_id,
                 "causality": list(ctx.causality),
                 "outcome": outcome,
-                "latency_ms": round((loop.time() - started) * 1000, 3),
+                "latency_ms": latency_ms,
             }
             if outcome == "cancelled":
                 # Do not wait inside a cancelled task: the entry is written on the side.
@@ -947,6 +982,7 @@ class MeshCatalog(Service):
         )
         ack = loop.call_later(ACK_AFTER_S, self._send_ack, entry, call_id)
         outcome = "ok"
+        reason: str | None = None
         try:
             result = await self.local.call_tool(request.tool, request.arguments, ctx)
             if result.get("isError"):
@@ -957,12 +993,15 @@ class MeshCatalog(Service):
             answer = MsgType.RESULT, encode(result)
         except ToolError as e:
             outcome = e.reason
+            reason = _reason_text(e)
             answer = MsgType.ERROR, encode(error_from_tool_error(e))
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
         finally:
             ack.cancel()
+            latency_ms = round((loop.time() - started) * 1000, 3)
+            self._publish_call(request.tool, self._node_id, ctx, latency_ms, outcome, reason)
             data = {
                 "tool": request.tool,
                 "entry": entry,
@@ -973,7 +1012,7 @@ class MeshCatalog(Service):
                 "trace_id": request.trace_id,
                 "causality": list(request.causality),
                 "outcome": outcome,
-                "latency_ms": round((loop.time() - started) * 1000, 3),
+                "latency_ms": latency_ms,
             }
             if outcome == "cancelled":
                 self._spawn(self._append_audit("tool.serve", entry, data), "audit-serve")
@@ -1013,6 +1052,11 @@ def effective_zone(zones: ZoneOrder, claimed: str, certificate_zone: str) -> str
     if certificate_zone not in zones:
         return certificate_zone
     return claimed if zones.allows(certificate_zone, claimed) else certificate_zone
+
+
+def _reason_text(error: ToolError) -> str:
+    """An error's message for an event, capped (tool messages can be long)."""
+    return str(error)[:MAX_EVENT_REASON_CHARS]
 
 
 def _schema_key(schema: Mapping[str, Any]) -> str:

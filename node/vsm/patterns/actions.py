@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import msgspec
 
-from vsmcp.node.vsm.events import Event, PatternMatched, Scalar
+from vsmcp.node.vsm.events import Event, EventSink, PatternMatched, Scalar
 from vsmcp.node.vsm.patterns.model import Action, EmitAction
 
 log = logging.getLogger(__name__)
@@ -37,10 +36,6 @@ class Match(msgspec.Struct, frozen=True, gc=False):
 
 MatchSink = Callable[[Match], None]
 ActionHandler = Callable[[Match, Action], None]
-
-
-class Publisher(Protocol):
-    def publish(self, event: Event) -> None: ...
 
 
 class _Route:
@@ -104,7 +99,7 @@ class ActionDispatcher:
         return stats
 
 
-def emit_handler(stream: Publisher) -> ActionHandler:
+def emit_handler(stream: EventSink) -> ActionHandler:
     """The `emit` action: publish a `pattern_matched` event (never blocks)."""
 
     def emit(match: Match, action: Action) -> None:

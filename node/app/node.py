@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,13 @@ from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.store.database import Store
 from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
+from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.vsm.errors import PatternError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged
+from vsmcp.node.vsm.patterns.actions import ActionDispatcher
+from vsmcp.node.vsm.patterns.service import PatternService, ToolCaller
 from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
@@ -105,9 +110,21 @@ class Node(Service):
         self._out_of_descriptors = False
         # The node's one event stream: every component publishes into it (never
         # blocking); the pattern engine, metrics and other services subscribe.
+        vsm = config.vsm
         self.events = EventStream()
         self._event_counts: Counter[str] = Counter()
-        self.events.subscribe("metrics", self._count_events)
+        self.events.subscribe("metrics", self._count_events, capacity=vsm.event_buffer)
+        # What pattern matches do: other services register their action handlers here
+        # (`algedonic`, `policy`/`mitigate`) before or after start.
+        self.actions = ActionDispatcher()
+        self.patterns = PatternService(
+            self.events,
+            actions=self.actions,
+            directory=Path(vsm.patterns_dir).expanduser() if vsm.patterns_dir else None,
+            poll_interval_s=vsm.patterns_poll_s,
+            capacity=vsm.event_buffer,
+            loops=self.loops,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -171,6 +188,9 @@ class Node(Service):
             events=self.events,
         )
         self._replication = replication
+        self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
+        self.patterns.enable_tool_action(self._pattern_tool_caller(catalog, identity))
+        await self._start_patterns(stack)
         tools = MeshCatalog(
             local=catalog,
             mesh=mesh,
@@ -231,6 +251,50 @@ class Node(Service):
         # "shutting down", so that a hung tool cannot hold the HTTP server's stop.
         stack.callback(tools.cancel_calls)
         await audit.append("node.start", identity.node_id, self.runtime_info())
+
+    async def _start_patterns(self, stack: contextlib.AsyncExitStack) -> None:
+        try:
+            await stack.enter_async_context(self.patterns)
+        except PatternError as e:
+            raise ConfigError("vsm.patterns_dir", str(e)) from e
+        self.metrics.add_counters(
+            "vsmcp_pattern_matches",
+            "Matches of each pattern of the pattern engine (since start)",
+            "pattern",
+            self.patterns.engine.match_counts,
+        )
+        self.metrics.add_counters(
+            "vsmcp_patterns_events",
+            "Pattern engine: reloads of vsm.patterns_dir, refused reloads, refused or "
+            "unsigned pattern policies, tool actions, window evictions",
+            "event",
+            self._pattern_counts,
+        )
+
+    def _pattern_counts(self) -> dict[str, int]:
+        service = self.patterns
+        counts = dict(service.stats)
+        counts["ignored_unsigned"] = service.unsigned_patterns()
+        counts["window_evictions"] = sum(
+            w["evictions"] for w in service.engine.window_stats().values()
+        )
+        counts["bad_events"] = service.engine.bad_events
+        return counts
+
+    def _pattern_tool_caller(self, catalog: LocalCatalog, identity: NodeIdentity) -> ToolCaller:
+        """`tool` actions run through the local catalog in the node's own zone."""
+
+        async def call(tool: str, arguments: Mapping[str, Any], pattern: str) -> object:
+            ctx = CallContext(
+                caller_id=f"pattern:{pattern}", caller_zone=identity.zone, origin=f"vsm:{pattern}"
+            )
+            return await catalog.call_tool(tool, arguments, ctx)
+
+        return call
+
+    def patterns_view(self) -> dict[str, Any]:
+        """`GET /api/patterns`."""
+        return self.patterns.view()
 
     async def _start_local_catalog(self, stack: contextlib.AsyncExitStack) -> LocalCatalog:
         catalog = build_local_catalog(

@@ -188,7 +188,6 @@ class Node(Service):
             events=self.events,
         )
         self._replication = replication
-        self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
         self.patterns.enable_tool_action(self._pattern_tool_caller(catalog, identity))
         await self._start_patterns(stack)
         tools = MeshCatalog(
@@ -234,6 +233,8 @@ class Node(Service):
             raise _bind_error("mesh", cfg.host, cfg.port, e.__cause__ or e) from e
         self._register_mesh_metrics(mesh)
         await stack.enter_async_context(replication)
+        # After the snapshot is restored: what it holds is read once, the rest arrives.
+        self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
         self.metrics.add_counters(
             "vsmcp_replication_events",
             "Registry replication events (sent, received, anti-entropy rounds, rejections)",

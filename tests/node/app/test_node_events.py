@@ -299,3 +299,49 @@ async def test_event_counts_and_drops_are_metrics(tmp_path: Path) -> None:
         node.events.publish(UnitStateChanged(ts=0.0, unit="u", state="running"))
         text = node.render_metrics().decode()
         assert 'vsmcp_events_dropped_total{subscriber="tiny"} 1.0' in text
+
+
+async def test_a_pattern_policy_applies_where_its_issuer_is_the_authority_only(
+    pair: Pair,
+) -> None:
+    # Dev nodes are each their own authority: the provider's pattern is the authority's
+    # at the provider, and a stranger's at the entry node (refused by the CRDT, counted).
+    replication = pair.provider._replication
+    assert replication is not None
+    body = {
+        "patterns": [
+            {
+                "name": "pushed",
+                "kind": "denial",
+                "actions": [{"type": "call", "tool": "vsm.status"}],
+            }
+        ]
+    }
+    replication.state.policies.issue(
+        pair.provider.identity.key, "p1", "pattern", body, ttl_ms=60_000
+    )
+    view = pair.provider.patterns_view()
+    assert [(p["name"], p["actions"]) for p in view["patterns"]] == [("pushed", ["tool"])]
+    await async_wait_for(
+        _async_probe(lambda: pair.entry.patterns_view()["unsigned_policies_ignored"] == 1),
+        timeout_s=20,
+        what="the provider's pattern refused at the entry node",
+    )
+    assert pair.entry.patterns_view()["patterns"] == []
+    # The pattern matches a denial at the provider; its `call` action runs vsm.status
+    # through the provider's own catalog.
+    await _call(pair.url, "ops.echo")
+    await async_wait_for(
+        _async_probe(lambda: pair.provider.patterns.stats["tool_actions_ok"] >= 1),
+        what="the tool action run",
+    )
+    counts = pair.provider.patterns_view()
+    assert counts["patterns"][0]["matches"] >= 1
+    assert counts["stats"].get("tool_actions_failed", 0) == 0
+
+
+def _async_probe(probe: Callable[[], bool]) -> Callable[[], Any]:
+    async def check() -> bool:
+        return probe()
+
+    return check

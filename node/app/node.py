@@ -105,6 +105,7 @@ class Node(Service):
         self._mesh: MeshService | None = None
         self._catalog: LocalCatalog | None = None
         self._replication: ReplicationService | None = None
+        self._tools: MeshCatalog | None = None
         self._debug_tools = DebugTools()
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self._out_of_descriptors = False
@@ -201,6 +202,7 @@ class Node(Service):
             loops=self.loops,
             events=self.events,
         )
+        self._tools = tools
         http_cfg = self.config.http
         http = HttpServer(
             self,

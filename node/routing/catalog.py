@@ -84,7 +84,8 @@ from vsmcp.node.tools.errors import (
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
-from vsmcp.node.vsm.events import EventSink, ToolCallFinished
+from vsmcp.node.vsm.events import Event, MembershipChanged, RegistryChanged, ToolCallFinished
+from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ ACCEPT_TIMEOUT_S: Final = 1.0
 ACK_AFTER_S: Final = 0.25
 WATCH_INTERVAL_S: Final = 0.25
 CHANGE_CHECK_INTERVAL_S: Final = 1.0
+FALLBACK_CHECK_INTERVAL_S: Final = 5.0
+EVENTS_SUBSCRIBER: Final = "routing"
+# The handler only sets a flag: a full buffer is drained (and sets it) soon anyway.
+EVENTS_CAPACITY: Final = 1024
 MAX_PROGRESS_QUEUE: Final = 64
 PROGRESS_FLUSH_S: Final = 0.5
 META_PROVIDER: Final = "vsmcp/provider"
@@ -436,10 +441,14 @@ class MeshCatalog(Service):
         audit: AuditLog,
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         loops: LoopSupervisor | None = None,
-        events: EventSink | None = None,
+        events: EventStream | None = None,
     ) -> None:
         self._loops = loops or LoopSupervisor()
         self._events = events
+        # Registry and membership events mark the usable tool set stale; the watch loop
+        # then re-reads it at its next tick (and every FALLBACK_CHECK_INTERVAL_S anyway).
+        # Without a stream it is re-read every CHANGE_CHECK_INTERVAL_S.
+        self._stale = True
         self.local = local
         self._mesh = mesh
         self._replication = replication
@@ -475,6 +484,13 @@ class MeshCatalog(Service):
         self._mesh.handle_oneway(MsgType.PROGRESS, self._on_progress)
         self._refresh_remote()
         self._fingerprint = self._usable_fingerprint()
+        if self._events is not None:
+            self._events.subscribe(
+                EVENTS_SUBSCRIBER,
+                self._on_events,
+                kinds=(RegistryChanged, MembershipChanged),
+                capacity=EVENTS_CAPACITY,
+            )
         watch = self._loops.spawn("routing-watch", self._watch)
         self._tasks.add(watch)
         watch.add_done_callback(self._tasks.discard)
@@ -484,6 +500,8 @@ class MeshCatalog(Service):
             return
         self._started = False
         self._unsubscribe_local()
+        if self._events is not None:
+            await self._events.unsubscribe(EVENTS_SUBSCRIBER)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -628,10 +646,17 @@ class MeshCatalog(Service):
                     break
         return [tools[name] for name in sorted(tools)]
 
+    def _on_events(self, batch: list[Event]) -> None:
+        """Registry or membership changed: the usable tool set may have moved."""
+        self._stale = True
+
     async def _watch(self) -> None:
         """Abort attempts on providers membership gave up on; notice tool-set changes."""
         loop = asyncio.get_running_loop()
         since_check = 0.0
+        # With the event stream, the set is re-read when an event says it may have
+        # changed; the periodic read is a backstop (an event dropped by a full buffer).
+        period = FALLBACK_CHECK_INTERVAL_S if self._events is not None else CHANGE_CHECK_INTERVAL_S
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = loop.time()
@@ -640,8 +665,11 @@ class MeshCatalog(Service):
                 if state is None or state in GONE_STATES:
                     pending.abort(state or "gone", now)
             since_check += WATCH_INTERVAL_S
-            if since_check >= CHANGE_CHECK_INTERVAL_S:
+            signalled = self._events is not None and self._stale
+            if signalled or since_check >= period:
+                self._count("tool_set_checks_on_event" if signalled else "tool_set_checks_periodic")
                 since_check = 0.0
+                self._stale = False
                 self._refresh_remote()
                 self._check_changed()
 

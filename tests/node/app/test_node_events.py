@@ -345,3 +345,25 @@ def _async_probe(probe: Callable[[], bool]) -> Callable[[], Any]:
         return probe()
 
     return check
+
+
+async def test_registry_events_make_the_routing_table_look_again_without_waiting(
+    tmp_path: Path,
+) -> None:
+    node = Node(_config(tmp_path))
+    async with node:
+        tools = node._tools
+        assert tools is not None
+
+        async def checked_on_event() -> int:
+            return tools.stats.get("tool_set_checks_on_event", 0)
+
+        before = tools.stats.get("tool_set_checks_on_event", 0)
+        node.events.publish(RegistryChanged(ts=0.0, tool="t", provider="p", change="added"))
+        await async_wait_for(
+            lambda: _gt(checked_on_event, before), what="a tool-set check after the event"
+        )
+
+
+async def _gt(read: Callable[[], Any], than: int) -> bool:
+    return bool(await read() > than)

@@ -8,15 +8,22 @@ import subprocess
 import sys
 
 MODULES = [
-    "node.vsm.events",
-    "node.vsm.stream",
-    "node.vsm.patterns",
-    "node.vsm.patterns.compile",
-    "node.vsm.patterns.reference",
-    "node.vsm.patterns.loader",
-    "node.cli_patterns",
+    "vsmcp.node.vsm.events",
+    "vsmcp.node.vsm.stream",
+    "vsmcp.node.vsm.patterns",
+    "vsmcp.node.vsm.patterns.compile",
+    "vsmcp.node.vsm.patterns.reference",
+    "vsmcp.node.vsm.patterns.loader",
+    "vsmcp.node.vsm.patterns.service",
 ]
-FORBIDDEN = ("node.http", "node.mcp", "node.app", "mesh.transport", "mesh.membership", "zmq")
+FORBIDDEN = (
+    "vsmcp.node.http",
+    "vsmcp.node.mcp",
+    "vsmcp.node.app",
+    "vsmcp.mesh.transport",
+    "vsmcp.mesh.membership",
+    "zmq",
+)
 
 
 def test_vsm_imports_no_transport() -> None:
@@ -29,6 +36,6 @@ def test_vsm_imports_no_transport() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     loaded = json.loads(result.stdout)
-    assert "node.vsm.patterns.compile" in loaded
+    assert "vsmcp.node.vsm.patterns.compile" in loaded
     bad = [m for m in loaded if m.startswith(FORBIDDEN)]
     assert bad == []

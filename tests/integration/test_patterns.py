@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import NodeProcess, counters
+from tests.integration.harness import NodeProcess, counters, run_daemon
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
@@ -160,3 +160,30 @@ def test_three_zone_denials_of_one_origin_match_and_show_in_api_patterns(
         timeout_s=20,
         what="the kept pattern matching again",
     )
+
+
+def test_a_bad_pattern_file_at_start_stops_the_node_naming_the_key_and_the_file(
+    tmp_path: Path,
+) -> None:
+    patterns_dir = tmp_path / "patterns"
+    patterns_dir.mkdir()
+    (patterns_dir / "bad.toml").write_text(BAD)
+    config = tmp_path / "node.toml"
+    config.write_text(f'[vsm]\npatterns_dir = "{patterns_dir}"\n')
+    result = run_daemon(
+        "--dev",
+        "--no-mdns",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--http-port",
+        "0",
+        "--mesh-port",
+        "0",
+        "--config",
+        str(config),
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("vsmcpd: config key 'vsm.patterns_dir': "), line
+    assert "bad.toml" in line and "broken" in line and "like" in line, line

@@ -24,7 +24,7 @@ from vsmcp.node.app.config_reference import (
 )
 from vsmcp.node.tools.config import doc
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def test_every_config_key_has_a_description() -> None:

@@ -80,7 +80,7 @@ ENVELOPE_REJECT_REASONS = (
 )
 
 
-_KIND_NAMES = {cls: name for name, kind in NODE_CATALOG.kinds.items() for cls in (kind.cls,)}
+_KIND_NAMES = {kind.cls: name for name, kind in NODE_CATALOG.kinds.items()}
 
 
 class DebugApiDisabled(NodeError):
@@ -520,7 +520,7 @@ class Node(Service):
         """The `metrics` subscriber: events published, by kind (off the publishers' path)."""
         counts = self._event_counts
         for event in batch:
-            counts[_KIND_NAMES[event.__class__]] += 1
+            counts[_KIND_NAMES.get(event.__class__, "other")] += 1
 
     def _audit_nowait(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         task = asyncio.create_task(self.audit.append(kind, actor, data), name=f"audit-{kind}")

@@ -9,15 +9,16 @@ an authority. Verification, repair, expiry and epochs: see `crdt.replica`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 
-from vsmcp.crdt.errors import InvalidValue, NotAuthorized
-from vsmcp.crdt.replica import Checked, VerifiedDoc, WallClockMs, wall_clock_ms
-from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, Signer
+from vsmcp.crdt.errors import CrdtError, InvalidValue, NotAuthorized
+from vsmcp.crdt.replica import Checked, Held, VerifiedDoc, WallClockMs, wall_clock_ms
+from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Signer
 from vsmcp.crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
 
 DEFAULT_REVOCATION_TTL_MS = 24 * 3600 * 1000
@@ -79,6 +80,15 @@ def policy_key(issuer: bytes, policy_id: str) -> str:
     return f"{issuer.hex()}/{policy_id}"
 
 
+def _kind_of(blob: bytes) -> str:
+    """The kind a refused record claims (for counting what was refused)."""
+    try:
+        record = _decoder.decode(blob[:-SIGNATURE_BYTES])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "undecodable"
+    return record.kind if isinstance(record, PolicyGrant) else "revocation"
+
+
 def _no_other_issuers(issuer: bytes, kind: str) -> bool:
     return False
 
@@ -102,6 +112,10 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         self._authority_keys = frozenset(authority_keys)
         self._allowed_issuers = allowed_issuers
         self._revocation_ttl_ms = revocation_ttl_ms
+        # Records refused by verification (bad signature, an issuer that may not issue
+        # the kind, undecodable), by policy kind ("revocation", "undecodable" otherwise).
+        # A blob is verified once while it stays in the verification cache.
+        self.rejected: Counter[str] = Counter()
         super().__init__(name, replica_id=replica_id, clock=clock, **kwargs)
 
     def may_issue(self, issuer: bytes, kind: str) -> bool:
@@ -131,6 +145,13 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         revoked = _Revoked(record.issuer, record.id, record.revoked_version)
         rank = (record.revoked_version, 1)
         return Checked(key, record.signer, revoked, rank, record.expires_at_ms, False)
+
+    def _verify_blob(self, blob: bytes) -> Held[Policy | _Revoked]:
+        try:
+            return super()._verify_blob(blob)
+        except CrdtError:
+            self.rejected[_kind_of(blob)] += 1
+            raise
 
     def _view_of(self, record: Policy | _Revoked) -> Policy:
         assert isinstance(record, Policy)

@@ -32,6 +32,7 @@ from vsmcp.node.tools.config import (
     ToolsConfig,
     doc,
 )
+from vsmcp.node.vsm.stream import DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY
 
 DEFAULT_HTTP_PORT = 7700
 DEFAULT_MAX_CONNECTIONS = 512
@@ -187,6 +188,26 @@ class AuditSection(_Section):
     ] = False
 
 
+class VsmSection(_Section):
+    event_buffer: Annotated[
+        int,
+        doc(
+            "events each subscriber of the event stream holds before it drops "
+            "(vsmcp_events_dropped_total)"
+        ),
+    ] = DEFAULT_SUBSCRIBER_CAPACITY
+    patterns_dir: Annotated[
+        str,
+        doc(
+            'a directory of pattern files (*.toml, *.json), reloaded on change; "": none. '
+            "At start a refused file stops the node; later the running set is kept"
+        ),
+    ] = ""
+    patterns_poll_s: Annotated[
+        float, doc("how often patterns_dir is checked for changes, in seconds")
+    ] = 2.0
+
+
 class Config(_Section):
     node: Annotated[NodeSection, doc("this process")] = msgspec.field(default_factory=NodeSection)
     http: Annotated[HttpSection, doc("/healthz, /metrics, /api/*, /mcp")] = msgspec.field(
@@ -213,6 +234,9 @@ class Config(_Section):
     mcp: Annotated[McpConfig, doc("the MCP gateway (/mcp, vsmcp mcp-stdio)")] = msgspec.field(
         default_factory=McpConfig
     )
+    vsm: Annotated[VsmSection, doc("the VSM systems: event stream, pattern engine")] = (
+        msgspec.field(default_factory=VsmSection)
+    )
 
     @property
     def data_dir(self) -> Path:
@@ -226,6 +250,7 @@ EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MAX_REAP_AFTER_S = 30 * 86_400
 MAX_AUDIT_LINGER_MS = 60_000
 MAX_TIMEOUT_S = 3600.0
+MIN_PATTERNS_POLL_S = 0.1
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
@@ -370,6 +395,13 @@ def _validate(config: Config) -> None:
                 f"{mount.stop_grace_s} is over {MAX_MOUNT_STOP_GRACE_S} s "
                 "(the node stops within 5 s)",
             )
+    _check_range("vsm.event_buffer", config.vsm.event_buffer, 1, MAX_SUBSCRIBER_CAPACITY)
+    if not MIN_PATTERNS_POLL_S <= config.vsm.patterns_poll_s <= MAX_TIMEOUT_S:
+        raise ConfigError(
+            "vsm.patterns_poll_s",
+            f"{config.vsm.patterns_poll_s} is out of range "
+            f"({MIN_PATTERNS_POLL_S}..{MAX_TIMEOUT_S} s)",
+        )
     _validate_zone_references(config)
     _validate_tokens(config)
     for i, seed in enumerate(config.mesh.seeds):

@@ -15,6 +15,8 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,14 @@ from vsmcp.node.store.audit_head import head_file_for
 from vsmcp.node.store.database import Store
 from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
+from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.vsm.errors import PatternError
+from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged
+from vsmcp.node.vsm.patterns.actions import ActionDispatcher
+from vsmcp.node.vsm.patterns.service import PatternService, ToolCaller
+from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,9 @@ ENVELOPE_REJECT_REASONS = (
     "too_old",
     "recipient",
 )
+
+
+_KIND_NAMES = {kind.cls: name for name, kind in NODE_CATALOG.kinds.items()}
 
 
 class DebugApiDisabled(NodeError):
@@ -104,9 +115,27 @@ class Node(Service):
         self._catalog: LocalCatalog | None = None
         self._replication: ReplicationService | None = None
         self._anchor: AuditAnchor | None = None
+        self._tools: MeshCatalog | None = None
         self._debug_tools = DebugTools()
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self._out_of_descriptors = False
+        # The node's one event stream: every component publishes into it (never
+        # blocking); the pattern engine, metrics and other services subscribe.
+        vsm = config.vsm
+        self.events = EventStream()
+        self._event_counts: Counter[str] = Counter()
+        self.events.subscribe("metrics", self._count_events, capacity=vsm.event_buffer)
+        # What pattern matches do: other services register their action handlers here
+        # (`algedonic`, `policy`/`mitigate`) before or after start.
+        self.actions = ActionDispatcher()
+        self.patterns = PatternService(
+            self.events,
+            actions=self.actions,
+            directory=Path(vsm.patterns_dir).expanduser() if vsm.patterns_dir else None,
+            poll_interval_s=vsm.patterns_poll_s,
+            capacity=vsm.event_buffer,
+            loops=self.loops,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -130,6 +159,9 @@ class Node(Service):
         stack.enter_context(_exclusive_lock(data_dir / LOCK_FILE_NAME))
         identity = load_identity(self.config)
         self._identity = identity
+        # Entered first, so it stops last: subscribers see what the other parts published
+        # while they stopped.
+        await stack.enter_async_context(self.events)
         store = await stack.enter_async_context(Store.open(data_dir))
         self._store = store
         audit_cfg = self.config.audit
@@ -167,8 +199,11 @@ class Node(Service):
             local_tools=catalog.available_tools,
             max_envelope_bytes=self.config.envelope.max_bytes,
             loops=self.loops,
+            events=self.events,
         )
         self._replication = replication
+        self.patterns.enable_tool_action(self._pattern_tool_caller(catalog, identity))
+        await self._start_patterns(stack)
         tools = MeshCatalog(
             local=catalog,
             mesh=mesh,
@@ -179,7 +214,9 @@ class Node(Service):
             call_timeout_s=self.config.tools.timeout_s,
             commit_before_answer=audit_cfg.commit_before_answer,
             loops=self.loops,
+            events=self.events,
         )
+        self._tools = tools
         http_cfg = self.config.http
         http = HttpServer(
             self,
@@ -223,6 +260,8 @@ class Node(Service):
         )
         self._register_anchor_metrics(self._anchor)
         await stack.enter_async_context(replication)
+        # After the snapshot is restored: what it holds is read once, the rest arrives.
+        self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
         self.metrics.add_counters(
             "vsmcp_replication_events",
             "Registry replication events (sent, received, anti-entropy rounds, rejections)",
@@ -241,6 +280,50 @@ class Node(Service):
         stack.callback(tools.cancel_calls)
         await audit.append("node.start", identity.node_id, self.runtime_info())
 
+    async def _start_patterns(self, stack: contextlib.AsyncExitStack) -> None:
+        try:
+            await stack.enter_async_context(self.patterns)
+        except PatternError as e:
+            raise ConfigError("vsm.patterns_dir", str(e)) from e
+        self.metrics.add_counters(
+            "vsmcp_pattern_matches",
+            "Matches of each pattern of the pattern engine (since start)",
+            "pattern",
+            self.patterns.engine.match_counts,
+        )
+        self.metrics.add_counters(
+            "vsmcp_patterns_events",
+            "Pattern engine: reloads of vsm.patterns_dir, refused reloads, refused or "
+            "unsigned pattern policies, tool actions, window evictions",
+            "event",
+            self._pattern_counts,
+        )
+
+    def _pattern_counts(self) -> dict[str, int]:
+        service = self.patterns
+        counts = dict(service.stats)
+        counts["ignored_unsigned"] = service.unsigned_patterns()
+        counts["window_evictions"] = sum(
+            w["evictions"] for w in service.engine.window_stats().values()
+        )
+        counts["bad_events"] = service.engine.bad_events
+        return counts
+
+    def _pattern_tool_caller(self, catalog: LocalCatalog, identity: NodeIdentity) -> ToolCaller:
+        """`tool` actions run through the local catalog in the node's own zone."""
+
+        async def call(tool: str, arguments: Mapping[str, Any], pattern: str) -> object:
+            ctx = CallContext(
+                caller_id=f"pattern:{pattern}", caller_zone=identity.zone, origin=f"vsm:{pattern}"
+            )
+            return await catalog.call_tool(tool, arguments, ctx)
+
+        return call
+
+    def patterns_view(self) -> dict[str, Any]:
+        """`GET /api/patterns`."""
+        return self.patterns.view()
+
     async def _start_local_catalog(self, stack: contextlib.AsyncExitStack) -> LocalCatalog:
         catalog = build_local_catalog(
             self.config.tools,
@@ -250,6 +333,8 @@ class Node(Service):
             peers=self.peers,
             tools_view=self.tools,
         )
+        catalog.policy.events = self.events
+        catalog.supervisor.events = self.events
         if self.config.node.debug_api:
             catalog.add(self._debug_tools)
             log.warning("debug API on: /api/debug/* can cut links and add tools")
@@ -294,7 +379,7 @@ class Node(Service):
 
     def _mesh_service(self, identity: NodeIdentity, sealer: Sealer) -> MeshService:
         mesh_cfg = self.config.mesh
-        return MeshService(
+        mesh = MeshService(
             key=identity.key,
             certificate=encode_certificate(identity.signed_certificate),
             authority_public_key=identity.authority_public_key,
@@ -315,6 +400,8 @@ class Node(Service):
             on_member_change=self._member_changed,
             loops=self.loops,
         )
+        mesh.events = self.events
+        return mesh
 
     def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
         mcp = self.config.mcp
@@ -431,8 +518,6 @@ class Node(Service):
         return sealer
 
     def _member_changed(self, change: MemberStateChanged | MemberReaped) -> None:
-        if self._audit is None:
-            return
         old: str | None
         if isinstance(change, MemberReaped):
             old, new = change.state.name.lower(), "reaped"
@@ -441,11 +526,32 @@ class Node(Service):
         else:
             old = change.old.name.lower() if change.old is not None else None
             new = change.new.name.lower()
+        self.events.publish(
+            MembershipChanged(
+                ts=time.time(),
+                peer=change.member,
+                state=new,
+                previous=old,
+                zone=self._zone_of(change.member),
+            )
+        )
+        if self._audit is None:
+            return
         self._audit_nowait(
             "mesh.member",
             change.member,
             {"old": old, "new": new, "incarnation": change.incarnation},
         )
+
+    def _zone_of(self, node_id: str) -> str | None:
+        peer = self._mesh.peers.get(node_id) if self._mesh is not None else None
+        return None if peer is None else peer.certificate.zone
+
+    def _count_events(self, batch: list[Event]) -> None:
+        """The `metrics` subscriber: events published, by kind (off the publishers' path)."""
+        counts = self._event_counts
+        for event in batch:
+            counts[_KIND_NAMES.get(event.__class__, "other")] += 1
 
     def _audit_nowait(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         task = asyncio.create_task(self.audit.append(kind, actor, data), name=f"audit-{kind}")
@@ -615,6 +721,20 @@ class Node(Service):
         return self.metrics.render()
 
     def _register_metrics(self) -> None:
+        self.metrics.add_counters(
+            "vsmcp_events",
+            "Events published on the node's event stream, by kind (as the metrics "
+            "subscriber received them)",
+            "kind",
+            lambda: dict(self._event_counts),
+            known=tuple(NODE_CATALOG.kinds),
+        )
+        self.metrics.add_counters(
+            "vsmcp_events_dropped",
+            "Events not delivered to a subscriber of the event stream (its buffer was full)",
+            "subscriber",
+            lambda: {s.name: s.dropped for s in self.events.subscribers()},
+        )
         self.metrics.add_counters(
             "vsmcp_loop_restarts",
             "Restarts of background loops after they failed, by loop",

@@ -45,6 +45,8 @@ class NodeView(Protocol):
 
     def debug_loop_fault(self, name: str) -> None: ...
 
+    def patterns_view(self) -> dict[str, Any]: ...
+
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
@@ -88,6 +90,9 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     async def api_tools(_: web.Request) -> web.Response:
         return _json({"tools": node.tools()})
 
+    async def api_patterns(_: web.Request) -> web.Response:
+        return _json(node.patterns_view())
+
     async def debug_tools(request: web.Request) -> web.Response:
         name = request.query.get("name", "")
         zone = request.query.get("zone", "public")
@@ -113,6 +118,7 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_delete("/api/debug/tools", debug_tools)
     app.router.add_get("/api/peers", api_peers)
     app.router.add_get("/api/tools", api_tools)
+    app.router.add_get("/api/patterns", api_patterns)
     app.router.add_post("/api/debug/block", debug_block)
     app.router.add_delete("/api/debug/block", debug_block)
     app.router.add_get("/healthz", healthz)

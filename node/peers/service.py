@@ -82,6 +82,7 @@ from vsmcp.mesh.transport import (
 from vsmcp.mesh.whois import WhoisError, WhoisResponder, whois
 from vsmcp.node.errors import NodeError
 from vsmcp.node.routing.calls import ITEM_OVERHEAD_BYTES, MeshCalls, ReplyItem
+from vsmcp.node.vsm.events import EnvelopeRejected, EventSink
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +289,8 @@ class MeshService(Service):
         self._membership_config = _membership_config(preset, dead_reap_after_s, left_reap_after_s)
         self._on_member_change = on_member_change
         self.stats = MeshStats()
+        # Where rejected envelopes are published (the node's event stream); set by the node.
+        self.events: EventSink | None = None
         self.peers: dict[str, Peer] = {}
         self.blocked: set[str] = set()
         self._transport: Transport | None = None
@@ -746,12 +749,25 @@ class MeshService(Service):
             envelope = self._opener.open(wire)
         except EnvelopeError as e:
             log.debug("envelope rejected: %s", e)
+            self._publish_rejected(e.reason, peer_curve_key)
             return None
         if _curve_key(envelope.sender) != peer_curve_key:
             # Signed by one node, carried on another's connection: a relay or a forgery.
             self.stats.refused["sender_mismatch"] += 1
+            self._publish_rejected("sender_mismatch", peer_curve_key)
             return None
         return envelope
+
+    def _publish_rejected(self, reason: str, peer_curve_key: bytes) -> None:
+        """An `envelope_rejected` event. The sender is the connection's (CURVE-proven)
+        key, named by the admitted peer holding it, never what the envelope claims."""
+        if self.events is None:
+            return
+        sender = next(
+            (p.node_id for p in self.peers.values() if _curve_key(p.public_key) == peer_curve_key),
+            f"curve:{peer_curve_key.hex()}",
+        )
+        self.events.publish(EnvelopeRejected(ts=time.time(), reason=reason, sender=sender))
 
     def _on_membership(self, sender: str, payload: bytes) -> None:
         membership = self._membership

@@ -20,13 +20,16 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from vsmcp.crdt.errors import CrdtError
+from vsmcp.crdt.policies import Policy
 from vsmcp.crdt.registry import CapabilityEntry
+from vsmcp.crdt.replica import Change
 from vsmcp.crdt.state import ReplicatedState, snapshot_id
 from vsmcp.mesh.envelope import Envelope, MsgType, wall_clock_ms
 from vsmcp.mesh.identity import NodeKey, node_id_from_public_key
@@ -36,6 +39,7 @@ from vsmcp.mesh.transport import Priority
 from vsmcp.node.peers.service import MeshService, Peer
 from vsmcp.node.store.database import Store
 from vsmcp.node.tools.model import ToolSpec
+from vsmcp.node.vsm.events import EventSink, PolicyChanged, RegistryChanged
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,10 @@ class ReplicationService(Service):
         local_tools: Callable[[], list[ToolSpec]],
         max_envelope_bytes: int,
         loops: LoopSupervisor | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self._loops = loops or LoopSupervisor()
+        self._events = events
         self._key = key
         self._mesh = mesh
         self._store = store
@@ -89,6 +95,9 @@ class ReplicationService(Service):
             max_message_bytes=max_envelope_bytes - ENVELOPE_OVERHEAD_BYTES,
         )
         self.stats: Counter[str] = Counter()
+        if events is not None:
+            self.state.registry.on_change(self._registry_changed)
+            self.state.policies.on_change(self._policies_changed)
         self._push_wanted = asyncio.Event()
         self._synced_peers: set[str] = set()
         self._announced: dict[str, tuple[str, str, str]] = {}  # name -> (zone, desc, schema)
@@ -126,6 +135,39 @@ class ReplicationService(Service):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.save_snapshot()
+
+    # -- events --------------------------------------------------------------------------
+
+    def _registry_changed(self, change: Change[CapabilityEntry]) -> None:
+        assert self._events is not None
+        now = time.time()
+        publish = self._events.publish
+        for entries, what in ((change.added, "added"), (change.changed, "updated")):
+            for entry in entries:
+                provider = node_id_from_public_key(entry.provider)
+                publish(RegistryChanged(ts=now, tool=entry.name, provider=provider, change=what))
+        for entry in change.removed:
+            provider = node_id_from_public_key(entry.provider)
+            publish(RegistryChanged(ts=now, tool=entry.name, provider=provider, change="removed"))
+
+    def _policies_changed(self, change: Change[Policy]) -> None:
+        assert self._events is not None
+        now = time.time()
+        publish = self._events.publish
+        for policies, what in (
+            (change.added, "added"),
+            (change.changed, "updated"),
+            (change.removed, "removed"),
+        ):
+            for policy in policies:
+                publish(
+                    PolicyChanged(
+                        ts=now,
+                        policy=policy.id,
+                        change=what,
+                        origin=node_id_from_public_key(policy.issuer),
+                    )
+                )
 
     # -- views ---------------------------------------------------------------------------
 

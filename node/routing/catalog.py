@@ -43,6 +43,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -84,6 +85,8 @@ from vsmcp.node.tools.errors import (
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
+from vsmcp.node.vsm.events import Event, MembershipChanged, RegistryChanged, ToolCallFinished
+from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +96,14 @@ ACCEPT_TIMEOUT_S: Final = 1.0
 ACK_AFTER_S: Final = 0.25
 WATCH_INTERVAL_S: Final = 0.25
 CHANGE_CHECK_INTERVAL_S: Final = 1.0
+FALLBACK_CHECK_INTERVAL_S: Final = 5.0
+EVENTS_SUBSCRIBER: Final = "routing"
+# The handler only sets a flag: a full buffer is drained (and sets it) soon anyway.
+EVENTS_CAPACITY: Final = 1024
 MAX_PROGRESS_QUEUE: Final = 64
 PROGRESS_FLUSH_S: Final = 0.5
 META_PROVIDER: Final = "vsmcp/provider"
+MAX_EVENT_REASON_CHARS: Final = 256
 META_PROGRESS_SENT: Final = "vsmcp/progressSent"
 
 USABLE_STATES: Final = frozenset({"alive", "suspect"})
@@ -435,8 +443,14 @@ class MeshCatalog(Service):
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         loops: LoopSupervisor | None = None,
         commit_before_answer: bool = False,
+        events: EventStream | None = None,
     ) -> None:
         self._loops = loops or LoopSupervisor()
+        self._events = events
+        # Registry and membership events mark the usable tool set stale; the watch loop
+        # then re-reads it at its next tick (and every FALLBACK_CHECK_INTERVAL_S anyway).
+        # Without a stream it is re-read every CHANGE_CHECK_INTERVAL_S.
+        self._stale = True
         self.local = local
         self._mesh = mesh
         self._replication = replication
@@ -474,6 +488,13 @@ class MeshCatalog(Service):
         self._mesh.handle_oneway(MsgType.PROGRESS, self._on_progress)
         self._refresh_remote()
         self._fingerprint = self._usable_fingerprint()
+        if self._events is not None:
+            self._events.subscribe(
+                EVENTS_SUBSCRIBER,
+                self._on_events,
+                kinds=(RegistryChanged, MembershipChanged),
+                capacity=EVENTS_CAPACITY,
+            )
         watch = self._loops.spawn("routing-watch", self._watch)
         self._tasks.add(watch)
         watch.add_done_callback(self._tasks.discard)
@@ -483,6 +504,8 @@ class MeshCatalog(Service):
             return
         self._started = False
         self._unsubscribe_local()
+        if self._events is not None:
+            await self._events.unsubscribe(EVENTS_SUBSCRIBER)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -504,6 +527,31 @@ class MeshCatalog(Service):
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
+
+    def _publish_call(
+        self,
+        tool: str,
+        provider: str | None,
+        ctx: CallContext,
+        latency_ms: float,
+        outcome: str,
+        reason: str | None,
+    ) -> None:
+        """A `tool_call` event (an append to the stream's buffers: never blocks)."""
+        if self._events is not None:
+            self._events.publish(
+                ToolCallFinished(
+                    ts=time.time(),
+                    tool=tool,
+                    provider=provider or "",
+                    origin=ctx.origin,
+                    zone=ctx.caller_zone,
+                    latency_ms=latency_ms,
+                    outcome=outcome,
+                    reason=reason,
+                    entry_origin=ctx.entry_origin,
+                )
+            )
 
     # -- the tool set -----------------------------------------------------------------------
 
@@ -602,10 +650,17 @@ class MeshCatalog(Service):
                     break
         return [tools[name] for name in sorted(tools)]
 
+    def _on_events(self, batch: list[Event]) -> None:
+        """Registry or membership changed: the usable tool set may have moved."""
+        self._stale = True
+
     async def _watch(self) -> None:
         """Abort attempts on providers membership gave up on; notice tool-set changes."""
         loop = asyncio.get_running_loop()
         since_check = 0.0
+        # With the event stream, the set is re-read when an event says it may have
+        # changed; the periodic read is a backstop (an event dropped by a full buffer).
+        period = FALLBACK_CHECK_INTERVAL_S if self._events is not None else CHANGE_CHECK_INTERVAL_S
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = loop.time()
@@ -614,8 +669,11 @@ class MeshCatalog(Service):
                 if state is None or state in GONE_STATES:
                     pending.abort(state or "gone", now)
             since_check += WATCH_INTERVAL_S
-            if since_check >= CHANGE_CHECK_INTERVAL_S:
+            signalled = self._events is not None and self._stale
+            if signalled or since_check >= period:
+                self._count("tool_set_checks_on_event" if signalled else "tool_set_checks_periodic")
                 since_check = 0.0
+                self._stale = False
                 self._refresh_remote()
                 self._check_changed()
 
@@ -630,6 +688,7 @@ class MeshCatalog(Service):
         started = loop.time()
         tried: list[str] = []
         outcome = "ok"
+        reason: str | None = None
         task = asyncio.current_task()
         if task is not None:
             self._calls.add(task)
@@ -640,6 +699,7 @@ class MeshCatalog(Service):
             return result
         except ToolError as e:
             outcome = e.reason
+            reason = _reason_text(e)
             raise
         except asyncio.CancelledError:
             if task is None or task not in self._cancelled_calls or task.uncancel() > 0:
@@ -652,16 +712,19 @@ class MeshCatalog(Service):
             if task is not None:
                 self._calls.discard(task)
                 self._cancelled_calls.discard(task)
+            latency_ms = round((loop.time() - started) * 1000, 3)
+            provider = tried[-1] if tried else None
+            self._publish_call(name, provider, ctx, latency_ms, outcome, reason)
             data = {
                 "tool": name,
-                "provider": tried[-1] if tried else None,
+                "provider": provider,
                 "attempts": len(tried),
                 "origin": ctx.origin,
                 "zone": ctx.caller_zone,
                 "trace_id": ctx.trace_id,
                 "causality": list(ctx.causality),
                 "outcome": outcome,
-                "latency_ms": round((loop.time() - started) * 1000, 3),
+                "latency_ms": latency_ms,
             }
             if outcome == "cancelled":
                 # Do not wait inside a cancelled task: the entry is written on the side.
@@ -951,6 +1014,7 @@ class MeshCatalog(Service):
         )
         ack = loop.call_later(ACK_AFTER_S, self._send_ack, entry, call_id)
         outcome = "ok"
+        reason: str | None = None
         try:
             result = await self.local.call_tool(request.tool, request.arguments, ctx)
             if result.get("isError"):
@@ -961,12 +1025,15 @@ class MeshCatalog(Service):
             answer = MsgType.RESULT, encode(result)
         except ToolError as e:
             outcome = e.reason
+            reason = _reason_text(e)
             answer = MsgType.ERROR, encode(error_from_tool_error(e))
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
         finally:
             ack.cancel()
+            latency_ms = round((loop.time() - started) * 1000, 3)
+            self._publish_call(request.tool, self._node_id, ctx, latency_ms, outcome, reason)
             data = {
                 "tool": request.tool,
                 "entry": entry,
@@ -977,7 +1044,7 @@ class MeshCatalog(Service):
                 "trace_id": request.trace_id,
                 "causality": list(request.causality),
                 "outcome": outcome,
-                "latency_ms": round((loop.time() - started) * 1000, 3),
+                "latency_ms": latency_ms,
             }
             if outcome == "cancelled":
                 self._spawn(self._append_audit("tool.serve", entry, data), "audit-serve")
@@ -1017,6 +1084,11 @@ def effective_zone(zones: ZoneOrder, claimed: str, certificate_zone: str) -> str
     if certificate_zone not in zones:
         return certificate_zone
     return claimed if zones.allows(certificate_zone, claimed) else certificate_zone
+
+
+def _reason_text(error: ToolError) -> str:
+    """An error's message for an event, capped (tool messages can be long)."""
+    return str(error)[:MAX_EVENT_REASON_CHARS]
 
 
 def _schema_key(schema: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ given here does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from jsonschema.protocols import Validator
 from vsmcp.mesh.certs import DEFAULT_ZONES, ZoneOrder
 from vsmcp.node.tools.errors import InvalidArguments, RateLimited, ToolConfigError, ZoneDenied
 from vsmcp.node.tools.model import CallContext, ToolSpec
+from vsmcp.node.vsm.events import Denial, EventSink
 from vsmcp.node.vsm.limits import RateLimiter
 
 ZoneAllows = Callable[[str, str], bool]
@@ -76,6 +78,8 @@ class CallPolicy:
         self._allows = allows if allows is not None else zone_allows()
         self._limiter = limiter
         self._validator = ArgumentValidator()
+        # Where denials are published (the node's event stream); set by the node.
+        self.events: EventSink | None = None
 
     @property
     def limiter(self) -> RateLimiter | None:
@@ -87,9 +91,25 @@ class CallPolicy:
     def admit(self, spec: ToolSpec, arguments: Mapping[str, Any], ctx: CallContext) -> None:
         """Raise `ZoneDenied`, `InvalidArguments` or `RateLimited`, in that order, or return."""
         if not self._allows(ctx.caller_zone, spec.zone):
+            self._denied(ctx, "zone", spec.name)
             raise ZoneDenied(spec.name, ctx.caller_zone, spec.zone)
         self._validator.check(spec, arguments)
         if self._limiter is not None:
             refused = self._limiter.acquire(ctx.origin, spec.name, entry_origin=ctx.entry_origin)
             if refused is not None:
+                self._denied(ctx, f"rate:{refused.limit}", spec.name)
                 raise RateLimited(refused.limit, refused.key, refused.retry_after_s)
+
+    def _denied(self, ctx: CallContext, limit: str, blocked: str) -> None:
+        """Publish a `denial` event (never blocks nor fails the call)."""
+        if self.events is not None:
+            self.events.publish(
+                Denial(
+                    ts=time.time(),
+                    origin=ctx.origin,
+                    zone=ctx.caller_zone,
+                    limit=limit,
+                    blocked=blocked,
+                    entry_origin=ctx.entry_origin,
+                )
+            )

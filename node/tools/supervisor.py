@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from vsmcp.node.tools.errors import (
     UnitFault,
 )
 from vsmcp.node.tools.model import CallContext, Provider, ToolResult, ToolSpec, text_result
+from vsmcp.node.vsm.events import EventSink, UnitStateChanged
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +93,24 @@ class UnitPolicy:
             )
 
 
+StateCallback = Callable[["Unit", UnitState], None]
+"""`on_state(unit, previous)`: the unit's state changed from `previous`."""
+
+
 class Unit:
     """One supervised provider. Created by `Supervisor.add`."""
 
     def __init__(
-        self, provider: Provider, policy: UnitPolicy, on_change: Callable[[], None]
+        self,
+        provider: Provider,
+        policy: UnitPolicy,
+        on_change: Callable[[], None],
+        on_state: StateCallback | None = None,
     ) -> None:
         self.provider = provider
         self.policy = policy
         self._on_change = on_change
+        self._on_state = on_state
         self.state = UnitState.STOPPED
         self.retry_at: float | None = None
         self.last_error: str | None = None
@@ -263,8 +274,11 @@ class Unit:
     def _set_state(self, state: UnitState, retry_in_s: float | None = None) -> None:
         self.retry_at = None if retry_in_s is None else _now() + retry_in_s
         if state is not self.state:
-            was_running = self.state is UnitState.RUNNING
+            previous = self.state
+            was_running = previous is UnitState.RUNNING
             self.state = state
+            if self._on_state is not None:
+                self._on_state(self, previous)
             if was_running or state is UnitState.RUNNING:
                 self._on_change()
 
@@ -424,6 +438,8 @@ class Supervisor(Service):
         self._callbacks: list[Callable[[], None]] = []
         self._started = False
         self._change_event = asyncio.Event()
+        # Where unit state changes are published (the node's event stream); set by the node.
+        self.events: EventSink | None = None
 
     @property
     def units(self) -> Mapping[str, Unit]:
@@ -432,7 +448,7 @@ class Supervisor(Service):
     def add(self, provider: Provider, policy: UnitPolicy | None = None) -> Unit:
         if provider.name in self._units:
             raise ToolConfigError(f"tool unit {provider.name!r} is declared twice")
-        unit = Unit(provider, policy or UnitPolicy(), self._changed)
+        unit = Unit(provider, policy or UnitPolicy(), self._changed, self._state_changed)
         self._units[provider.name] = unit
         # Providers whose tool list changes while running (mounted servers) tell us.
         hook = getattr(provider, "set_on_change", None)
@@ -456,6 +472,18 @@ class Supervisor(Service):
                 self._callbacks.remove(callback)
 
         return unsubscribe
+
+    def _state_changed(self, unit: Unit, previous: UnitState) -> None:
+        if self.events is not None:
+            self.events.publish(
+                UnitStateChanged(
+                    ts=time.time(),
+                    unit=unit.name,
+                    state=unit.state.value,
+                    previous=previous.value,
+                    reason=unit.last_error if unit.state is not UnitState.RUNNING else None,
+                )
+            )
 
     def _changed(self) -> None:
         self._change_event.set()

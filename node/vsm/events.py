@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -35,27 +35,34 @@ class Event(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag_field="kind
 
 
 class ToolCallFinished(Event, frozen=True, gc=False, kw_only=True, tag="tool_call"):
-    """A tool call ended (any outcome). `origin` is the caller (node id or client),
-    `provider` the node that ran it, `latency_ms` the wall time of the call."""
+    """A tool call ended (any outcome). `origin` is the caller as this node sees it
+    (`http:<token name>`, `stdio`, `mesh:<entry node id>`), `provider` the node that
+    ran it (empty when none was reached), `latency_ms` the wall time of the call.
+    `outcome` is `ok`, `error_result` or the error's reason (`zone_denied`,
+    `unknown_tool`, `timeout`, ...); `reason` its message. For a call served for
+    another node, `entry_origin` is the origin that entry node named for its caller."""
 
     tool: str
     provider: str
     origin: str
     zone: str
-    priority: int = 0
+    priority: str = "normal"  # the call's priority class ("normal" until classes exist)
     latency_ms: float = 0.0
-    outcome: str = "ok"  # ok, error, timeout, denied, cancelled, overloaded
+    outcome: str = "ok"
     reason: str | None = None
+    entry_origin: str | None = None
 
 
 class Denial(Event, frozen=True, gc=False, kw_only=True, tag="denial"):
-    """A limit refused something: `limit` names it (rate, zone, concurrency, recursion),
-    `blocked` what was refused (a tool, a method), `origin` who asked."""
+    """A limit refused something: `limit` names it (`zone`, `rate:per-origin`, ...,
+    `blocked` for a mitigation policy), `blocked` what was refused (a tool, a method),
+    `origin` who asked (as in `ToolCallFinished`), `zone` the caller's zone."""
 
     origin: str
     zone: str
     limit: str
     blocked: str
+    entry_origin: str | None = None
 
 
 class EnvelopeRejected(Event, frozen=True, gc=False, kw_only=True, tag="envelope_rejected"):
@@ -115,6 +122,12 @@ class PatternMatched(Event, frozen=True, gc=False, kw_only=True, tag="pattern_ma
     group: str | None = None
     count: int = 1
     label: str = ""
+
+
+class EventSink(Protocol):
+    """Where publishers put events: the node's `EventStream` (never blocks, never raises)."""
+
+    def publish(self, event: Event) -> None: ...
 
 
 NODE_EVENT_TYPES: tuple[type[Event], ...] = (

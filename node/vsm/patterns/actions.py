@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import msgspec
 
-from vsmcp.node.vsm.events import Event, PatternMatched, Scalar
-from vsmcp.node.vsm.patterns.model import Action, EmitAction
+from vsmcp.node.vsm.events import Event, EventSink, PatternMatched, Scalar
+from vsmcp.node.vsm.patterns.model import ACTION_ALIASES, Action, EmitAction
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,6 @@ MatchSink = Callable[[Match], None]
 ActionHandler = Callable[[Match, Action], None]
 
 
-class Publisher(Protocol):
-    def publish(self, event: Event) -> None: ...
-
-
 class _Route:
     """One action type's handler and counters (found once per action class)."""
 
@@ -59,11 +54,18 @@ class ActionDispatcher:
     raises is logged and counted; it never reaches the engine (which must keep going)."""
 
     def __init__(self, handlers: Mapping[str, ActionHandler] | None = None) -> None:
-        self._handlers: dict[str, ActionHandler] = dict(handlers or {})
+        self._handlers: dict[str, ActionHandler] = {}
         self._routes: dict[type, _Route] = {}
         self.matches = 0
+        for action_type, handler in (handlers or {}).items():
+            self.register(action_type, handler)
 
     def register(self, action_type: str, handler: ActionHandler) -> None:
+        """Run `handler(match, action)` for every action of `action_type` (`algedonic`,
+        `policy` — alias `mitigate` —, `emit`, `tool` — alias `call`). It runs on the
+        event loop inside the engine's subscriber: it must not block; long work goes to
+        a task the handler's owner keeps. A second registration replaces the first."""
+        action_type = ACTION_ALIASES.get(action_type, action_type)
         self._handlers[action_type] = handler
         for route in self._routes.values():
             if route.tag == action_type:
@@ -104,7 +106,7 @@ class ActionDispatcher:
         return stats
 
 
-def emit_handler(stream: Publisher) -> ActionHandler:
+def emit_handler(stream: EventSink) -> ActionHandler:
     """The `emit` action: publish a `pattern_matched` event (never blocks)."""
 
     def emit(match: Match, action: Action) -> None:

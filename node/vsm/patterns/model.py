@@ -343,7 +343,20 @@ def _parse_then(raw: Any) -> Then:
     return Then(kinds=kinds, where=where, within_s=_parse_number(raw, "within_s", "then"))
 
 
+# Other names of action types, accepted in pattern files: `call` a tool, `mitigate`
+# (issue a mitigation policy).
+ACTION_ALIASES: Mapping[str, str] = {"call": "tool", "mitigate": "policy"}
+
+
+def _unalias(raw: Any) -> Any:
+    if isinstance(raw, Mapping) and raw.get("type") in ACTION_ALIASES:
+        return {**raw, "type": ACTION_ALIASES[raw["type"]]}
+    return raw
+
+
 def _parse_actions(raw: Any) -> tuple[Action, ...]:
+    if isinstance(raw, list):
+        raw = [_unalias(action) for action in raw]
     try:
         actions: tuple[Action, ...] = msgspec.convert(raw, tuple[Action, ...])
     except msgspec.ValidationError as e:

@@ -32,7 +32,7 @@ def test_every_node_event_round_trips_through_json() -> None:
 def test_the_catalog_knows_field_types_and_optionality() -> None:
     fields = NODE_CATALOG.kinds["tool_call"].fields
     assert fields["latency_ms"] == FieldType("num", False)
-    assert fields["priority"] == FieldType("num", False)
+    assert fields["priority"] == FieldType("str", False)
     assert fields["reason"] == FieldType("str", True)
     assert fields["kind"] == FieldType("str", False)
     assert NODE_CATALOG.kinds["algedonic"].fields["intensity"].base == "num"

@@ -14,6 +14,7 @@ MODULES = [
     "vsmcp.node.vsm.patterns.compile",
     "vsmcp.node.vsm.patterns.reference",
     "vsmcp.node.vsm.patterns.loader",
+    "vsmcp.node.vsm.patterns.service",
 ]
 FORBIDDEN = (
     "vsmcp.node.http",

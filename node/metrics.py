@@ -34,7 +34,7 @@ class CountersCollector(Collector):
         name: str,
         documentation: str,
         label: str,
-        read: Callable[[], Mapping[str, int]],
+        read: Callable[[], Mapping[str, float]],
         known: Iterable[str] = (),
         *,
         gauge: bool = False,
@@ -49,7 +49,7 @@ class CountersCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         family_type = GaugeMetricFamily if self._gauge else CounterMetricFamily
         family = family_type(self._name, self._documentation, labels=[self._label])
-        counts = dict.fromkeys(self._known, 0)
+        counts: dict[str, float] = dict.fromkeys(self._known, 0)
         counts.update(self._read())
         for value, count in sorted(counts.items()):
             family.add_metric([value], count)
@@ -73,7 +73,7 @@ class NodeMetrics:
         name: str,
         documentation: str,
         label: str,
-        read: Callable[[], Mapping[str, int]],
+        read: Callable[[], Mapping[str, float]],
         known: Iterable[str] = (),
     ) -> None:
         self.registry.register(CountersCollector(name, documentation, label, read, known))
@@ -83,7 +83,7 @@ class NodeMetrics:
         name: str,
         documentation: str,
         label: str,
-        read: Callable[[], Mapping[str, int]],
+        read: Callable[[], Mapping[str, float]],
         known: Iterable[str] = (),
     ) -> None:
         self.registry.register(

@@ -32,7 +32,12 @@ from vsmcp.node.tools.config import (
     ToolsConfig,
     doc,
 )
+from vsmcp.node.vsm.algedonic import DEFAULT_LANE_CAPACITY, DEFAULT_THRESHOLD
+from vsmcp.node.vsm.balance import DEFAULT_WINDOW_S as BALANCE_WINDOW_S
+from vsmcp.node.vsm.kpis import DEFAULT_WINDOW_S as KPI_WINDOW_S
+from vsmcp.node.vsm.responses import ResponseRule, default_rules, validate_rules
 from vsmcp.node.vsm.stream import DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY
+from vsmcp.node.vsm.system3 import DEFAULT_INTERVAL_S as S3_INTERVAL_S
 
 DEFAULT_HTTP_PORT = 7700
 DEFAULT_MAX_CONNECTIONS = 512
@@ -206,6 +211,43 @@ class VsmSection(_Section):
     patterns_poll_s: Annotated[
         float, doc("how often patterns_dir is checked for changes, in seconds")
     ] = 2.0
+    algedonic_threshold: Annotated[
+        float,
+        doc(
+            "intensity in [0, 1] above which an algedonic signal goes to System 5 at once; "
+            "at or below it System 3 aggregates it"
+        ),
+    ] = DEFAULT_THRESHOLD
+    algedonic_queue: Annotated[
+        int, doc("signals each algedonic lane (S5, S3) holds before it drops (counted)")
+    ] = DEFAULT_LANE_CAPACITY
+    algedonic_window_s: Annotated[
+        float, doc("window of System 3's pain/pleasure balance (viability input), in seconds")
+    ] = BALANCE_WINDOW_S
+    s3_interval_s: Annotated[
+        float, doc("how often System 3 takes its queued weak signals into its balance, in seconds")
+    ] = S3_INTERVAL_S
+    kpi_window_s: Annotated[
+        float, doc("window of System 3's call KPIs (calls, errors, latency), in seconds")
+    ] = KPI_WINDOW_S
+    latency_objective_ms: Annotated[
+        float, doc("p95 call latency the viability score expects, in milliseconds")
+    ] = 1000.0
+    signal_zone: Annotated[
+        str,
+        doc("zone a caller needs to raise signals (the vsm.signal tool, POST /api/algedonic)"),
+    ] = "restricted"
+    responses: Annotated[
+        list[ResponseRule] | None,
+        doc(
+            "System 5's response rules (docs/vsm.md); unset: strong pain tightens limits "
+            "to 50% for 60 s; responses = []: none"
+        ),
+    ] = None
+
+    @property
+    def response_rules(self) -> list[ResponseRule]:
+        return default_rules() if self.responses is None else self.responses
 
 
 class Config(_Section):
@@ -234,9 +276,9 @@ class Config(_Section):
     mcp: Annotated[McpConfig, doc("the MCP gateway (/mcp, vsmcp mcp-stdio)")] = msgspec.field(
         default_factory=McpConfig
     )
-    vsm: Annotated[VsmSection, doc("the VSM systems: event stream, pattern engine")] = (
-        msgspec.field(default_factory=VsmSection)
-    )
+    vsm: Annotated[
+        VsmSection, doc("the VSM systems: event stream, pattern engine, algedonic channel")
+    ] = msgspec.field(default_factory=VsmSection)
 
     @property
     def data_dir(self) -> Path:
@@ -402,6 +444,7 @@ def _validate(config: Config) -> None:
             f"{config.vsm.patterns_poll_s} is out of range "
             f"({MIN_PATTERNS_POLL_S}..{MAX_TIMEOUT_S} s)",
         )
+    _validate_algedonic(config)
     _validate_zone_references(config)
     _validate_tokens(config)
     for i, seed in enumerate(config.mesh.seeds):
@@ -413,6 +456,22 @@ def _validate(config: Config) -> None:
             ) from e
 
 
+def _validate_algedonic(config: Config) -> None:
+    vsm = config.vsm
+    if not 0.0 <= vsm.algedonic_threshold <= 1.0:
+        raise ConfigError("vsm.algedonic_threshold", f"{vsm.algedonic_threshold} is not in [0, 1]")
+    _check_range("vsm.algedonic_queue", vsm.algedonic_queue, 1, 1 << 20)
+    _check_seconds("vsm.algedonic_window_s", vsm.algedonic_window_s)
+    _check_seconds("vsm.kpi_window_s", vsm.kpi_window_s)
+    if not 0.01 <= vsm.s3_interval_s <= MAX_TIMEOUT_S:
+        raise ConfigError(
+            "vsm.s3_interval_s", f"{vsm.s3_interval_s} is out of range (0.01..3600 s)"
+        )
+    if not 0 < vsm.latency_objective_ms <= MAX_TIMEOUT_S * 1000:
+        raise ConfigError("vsm.latency_objective_ms", f"{vsm.latency_objective_ms} is out of range")
+    validate_rules(vsm.response_rules)
+
+
 def _validate_zone_references(config: Config) -> None:
     """Every zone a tool, mount or token names must be one of trust.zones."""
     known = set(config.trust.zones)
@@ -420,6 +479,7 @@ def _validate_zone_references(config: Config) -> None:
         ("tools.introspection_zone", config.tools.introspection_zone),
         ("mcp.loopback_zone", config.mcp.loopback_zone),
         ("mcp.stdio_zone", config.mcp.stdio_zone),
+        ("vsm.signal_zone", config.vsm.signal_zone),
     ]
     for i, plugin in enumerate(config.tools.plugins):
         references.append((f"tools.plugins[{i}].zone", plugin.zone))

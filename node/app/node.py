@@ -32,6 +32,7 @@ from vsmcp.node import __version__
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
 from vsmcp.node.app.trust import NodeIdentity, ensure_data_dir, load_identity
+from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
 from vsmcp.node.errors import ConfigError, NodeError, StartupError
 from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
 from vsmcp.node.http.policy import RequestPolicy
@@ -57,6 +58,8 @@ from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged
 from vsmcp.node.vsm.patterns.actions import ActionDispatcher
 from vsmcp.node.vsm.patterns.service import PatternService, ToolCaller
 from vsmcp.node.vsm.stream import EventStream
+from vsmcp.node.vsm.viability import factors as viability_factors
+from vsmcp.node.vsm.viability import input_gauges as viability_input_gauges
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,10 @@ class Node(Service):
             capacity=vsm.event_buffer,
             loops=self.loops,
         )
+        # The algedonic channel, System 3's aggregate and KPIs, System 5's responses,
+        # viability: wired to the catalog and mesh once they exist (`_start_vsm`).
+        self.vsm = VsmSystems(config, self.events, self.loops, self._audit_s5)
+        self.actions.register("algedonic", self.vsm.on_pattern_match)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -217,6 +224,7 @@ class Node(Service):
             events=self.events,
         )
         self._tools = tools
+        await self._start_vsm(stack, catalog, tools, mesh, replication)
         http_cfg = self.config.http
         http = HttpServer(
             self,
@@ -280,6 +288,86 @@ class Node(Service):
         stack.callback(tools.cancel_calls)
         await audit.append("node.start", identity.node_id, self.runtime_info())
 
+    async def _start_vsm(
+        self,
+        stack: contextlib.AsyncExitStack,
+        catalog: LocalCatalog,
+        tools: MeshCatalog,
+        mesh: MeshService,
+        replication: ReplicationService,
+    ) -> None:
+        node_id = self.identity.node_id
+
+        def mesh_tools() -> tuple[int, int]:
+            seen = replication.tools()
+            reachable = [
+                t for t in seen if t.provider == node_id or mesh.member_state(t.provider) == "alive"
+            ]
+            return len(reachable), len(seen)
+
+        tools.shedder = self.vsm.shedder
+        self.vsm.bind(
+            catalog,
+            MeshFacts(
+                members=mesh.state_counts,
+                mesh_tools=mesh_tools,
+                peers_seen=lambda: len(mesh.peers),
+                policies=lambda: len(replication.state.policies.view()),
+                routing=lambda: {"stats": dict(tools.stats), "registry_tools": mesh_tools()[1]},
+            ),
+        )
+        await stack.enter_async_context(self.vsm)
+        self.metrics.add_gauges(
+            "vsmcp_viability",
+            "Viability score in [0, 1] of this node and of the mesh as it sees it",
+            "scope",
+            self.vsm.scores,
+            known=("node", "mesh"),
+        )
+        self.metrics.add_gauges(
+            "vsmcp_viability_factor",
+            "Factors of the viability score, each in [0, 1] (docs/vsm.md)",
+            "factor",
+            lambda: viability_factors(self.vsm.viability_inputs()),
+        )
+        self.metrics.add_gauges(
+            "vsmcp_viability_input",
+            "Measured inputs of the viability score (docs/vsm.md); latency_p95_ms is -1 "
+            "without calls in the window",
+            "input",
+            lambda: viability_input_gauges(self.vsm.viability_inputs()),
+        )
+        self.metrics.add_counters(
+            "vsmcp_algedonic_signals",
+            "Algedonic signals by lane and outcome (accepted, dropped: lane full)",
+            "event",
+            self._algedonic_counts,
+        )
+
+    def _algedonic_counts(self) -> dict[str, int]:
+        lanes = (self.vsm.channel.s5, self.vsm.channel.s3)
+        counts = {f"{lane.name}_accepted": lane.accepted for lane in lanes}
+        counts.update({f"{lane.name}_dropped": lane.dropped for lane in lanes})
+        return counts
+
+    def _audit_s5(self, kind: str, data: dict[str, Any]) -> None:
+        if self._audit is not None and self._identity is not None:
+            self._audit_nowait(kind, self._identity.node_id, data)
+
+    def vsm_view(self) -> dict[str, Any]:
+        """`GET /api/vsm`: every system's state and the viability."""
+        return self.vsm.view()
+
+    def vsm_status(self) -> dict[str, Any]:
+        """The `vsm.status` tool: the node's status and `GET /api/vsm` in one document."""
+        return {**self.status(), **self.vsm.view()}
+
+    def algedonic_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """`POST /api/algedonic`: (HTTP status, JSON body)."""
+        return self.vsm.post_signal(body, authorization, remote)
+
     async def _start_patterns(self, stack: contextlib.AsyncExitStack) -> None:
         try:
             await stack.enter_async_context(self.patterns)
@@ -329,9 +417,11 @@ class Node(Service):
             self.config.tools,
             self.config.limits,
             zones=self.config.trust.zones,
-            status=self.status,
+            status=self.vsm_status,
             peers=self.peers,
             tools_view=self.tools,
+            signal=self.vsm.signal_tool,
+            signal_zone=self.config.vsm.signal_zone,
         )
         catalog.policy.events = self.events
         catalog.supervisor.events = self.events

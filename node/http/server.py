@@ -22,6 +22,7 @@ from vsmcp.node.metrics import CONTENT_TYPE
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 20
+MAX_SIGNAL_BYTES = 16 * 1024
 
 
 class NodeView(Protocol):
@@ -46,6 +47,12 @@ class NodeView(Protocol):
     def debug_loop_fault(self, name: str) -> None: ...
 
     def patterns_view(self) -> dict[str, Any]: ...
+
+    def vsm_view(self) -> dict[str, Any]: ...
+
+    def algedonic_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -93,6 +100,24 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     async def api_patterns(_: web.Request) -> web.Response:
         return _json(node.patterns_view())
 
+    async def api_vsm(_: web.Request) -> web.Response:
+        return _json(node.vsm_view())
+
+    async def api_algedonic(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_SIGNAL_BYTES:
+            return _json({"error": f"body over {MAX_SIGNAL_BYTES} bytes", "field": "body"}, 413)
+        raw = await request.content.read(MAX_SIGNAL_BYTES + 1)
+        if len(raw) > MAX_SIGNAL_BYTES:
+            return _json({"error": f"body over {MAX_SIGNAL_BYTES} bytes", "field": "body"}, 413)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _json({"error": "the body is not JSON", "field": "body"}, status=400)
+        status, answer = node.algedonic_post(
+            body, request.headers.get("Authorization"), request.remote
+        )
+        return _json(answer, status=status)
+
     async def debug_tools(request: web.Request) -> web.Response:
         name = request.query.get("name", "")
         zone = request.query.get("zone", "public")
@@ -119,6 +144,8 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_get("/api/peers", api_peers)
     app.router.add_get("/api/tools", api_tools)
     app.router.add_get("/api/patterns", api_patterns)
+    app.router.add_get("/api/vsm", api_vsm)
+    app.router.add_post("/api/algedonic", api_algedonic)
     app.router.add_post("/api/debug/block", debug_block)
     app.router.add_delete("/api/debug/block", debug_block)
     app.router.add_get("/healthz", healthz)

@@ -77,6 +77,7 @@ from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.tools.errors import (
     Overloaded,
     ProviderError,
+    Shed,
     ShuttingDown,
     ToolError,
     ToolTimeout,
@@ -86,6 +87,7 @@ from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, Tool
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.events import Event, MembershipChanged, RegistryChanged, ToolCallFinished
+from vsmcp.node.vsm.shedding import DEFAULT_PRIORITY, LoadShedder
 from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
@@ -474,6 +476,8 @@ class MeshCatalog(Service):
         self._calls: set[asyncio.Task[Any]] = set()
         self._cancelled_calls: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # System 5's load shedding at the entry (set by the node).
+        self.shedder: LoadShedder | None = None
         self._unsubscribe_local = local.on_change(self._local_changed)
         self._reindex_local()
 
@@ -693,6 +697,7 @@ class MeshCatalog(Service):
         if task is not None:
             self._calls.add(task)
         try:
+            self._shed(name, ctx)
             result = await self._call(name, arguments, ctx, tried)
             if result.get("isError"):
                 outcome = "error_result"
@@ -731,6 +736,20 @@ class MeshCatalog(Service):
                 self._spawn(self._append_audit("tool.call", ctx.caller_id, data), "audit-call")
             else:
                 await self._append_audit("tool.call", ctx.caller_id, data)
+
+    def _shed(self, name: str, ctx: CallContext) -> None:
+        shedder = self.shedder
+        if shedder is None or shedder.level is None:
+            return
+        # Every call is `normal` until callers can name a priority class.
+        if shedder.refuses(
+            DEFAULT_PRIORITY,
+            origin=ctx.origin,
+            zone=ctx.caller_zone,
+            tool=name,
+            entry_origin=ctx.entry_origin,
+        ):
+            raise Shed(name, DEFAULT_PRIORITY, shedder.level)
 
     async def _call(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext, tried: list[str]

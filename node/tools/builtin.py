@@ -1,4 +1,5 @@
-"""Built-in tools: `echo` and the node introspection tools `vsm.status`, `vsm.peers`, `vsm.tools`.
+"""Built-in tools: `echo` and the node introspection tools `vsm.status`, `vsm.peers`, `vsm.tools`,
+and `vsm.signal` (raise pain or pleasure on the algedonic channel).
 
 The introspection tools take a callable that returns the data (the node passes its
 own views); a tool whose callable is not given is not offered.
@@ -31,6 +32,25 @@ NO_ARGS_SCHEMA: Mapping[str, Any] = {
 }
 
 DataView = Callable[[], Any]
+# `signal(arguments, ctx)`: raise the signal; returns what the caller is told.
+SignalHandler = Callable[[Mapping[str, Any], CallContext], Mapping[str, Any]]
+
+SIGNAL_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "valence": {"type": "string", "enum": ["pain", "pleasure"]},
+        "intensity": {"type": "number", "minimum": 0, "maximum": 1},
+        "reason": {"type": "string", "maxLength": 500},
+        "source": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "description": "who raises it; default: the caller's origin",
+        },
+    },
+    "required": ["valence", "intensity", "reason"],
+    "additionalProperties": False,
+}
 
 
 async def echo(arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
@@ -49,14 +69,33 @@ def _view_tool(name: str, description: str, view: DataView, zone: str) -> Plugin
     )
 
 
+def _signal_tool(signal: SignalHandler, zone: str) -> PluginTool:
+    async def run(arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        return to_result(dict(signal(arguments, ctx)))
+
+    return PluginTool(
+        name="vsm.signal",
+        fn=run,
+        description=(
+            "Raise pain or pleasure on this node's algedonic channel: above the threshold "
+            "it reaches System 5 at once, below it System 3 aggregates it."
+        ),
+        input_schema=SIGNAL_SCHEMA,
+        zone=zone,
+    )
+
+
 def builtin_provider(
     *,
     status: DataView | None = None,
     peers: DataView | None = None,
     tools: DataView | None = None,
     introspection_zone: str = "public",
+    signal: SignalHandler | None = None,
+    signal_zone: str = "restricted",
 ) -> FunctionProvider:
-    """The built-in unit. Introspection tools sit in `introspection_zone`."""
+    """The built-in unit. Introspection tools sit in `introspection_zone`; `vsm.signal`
+    (offered when `signal` is given) in `signal_zone`."""
 
     def load() -> list[PluginTool]:
         out = [
@@ -77,6 +116,8 @@ def builtin_provider(
             for name, description, view in views
             if view is not None
         )
+        if signal is not None:
+            out.append(_signal_tool(signal, signal_zone))
         return out
 
     return FunctionProvider(BUILTIN_UNIT, load, kind="builtin")

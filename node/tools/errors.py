@@ -95,6 +95,21 @@ class Overloaded(ToolError):
         )
 
 
+class Shed(Overloaded):
+    """System 5 sheds calls of this priority class at the entry for now (an overload
+    answer: the caller should retry later, or with a higher class)."""
+
+    reason = "shed"
+
+    def __init__(self, tool: str, priority: str, level: str) -> None:
+        ToolError.__init__(
+            self,
+            f"Shed: calls of priority {priority!r} (and below {level!r}) are refused for now "
+            f"by System 5; tool {tool!r} not called",
+            {"tool": tool, "limit": "shed", "priority": priority, "shed_level": level},
+        )
+
+
 class ToolUnavailable(ToolError):
     """The tool's unit is not running: starting, restarting after a crash, or quarantined."""
 

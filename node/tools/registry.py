@@ -13,7 +13,7 @@ from typing import Any
 
 from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.service import Service
-from vsmcp.node.tools.builtin import DataView, builtin_provider
+from vsmcp.node.tools.builtin import DataView, SignalHandler, builtin_provider
 from vsmcp.node.tools.config import RateLimitConfig, RateLimitsConfig, ToolsConfig, UnitLimitsConfig
 from vsmcp.node.tools.errors import UnknownTool
 from vsmcp.node.tools.model import CallContext, ChangeCallback, Provider, ToolResult, ToolSpec
@@ -153,6 +153,8 @@ def build_local_catalog(
     status: DataView | None = None,
     peers: DataView | None = None,
     tools_view: DataView | None = None,
+    signal: SignalHandler | None = None,
+    signal_zone: str = "restricted",
 ) -> LocalCatalog:
     """The catalog the node runs: built-ins, config plugins, entry points, mounts.
 
@@ -171,6 +173,8 @@ def build_local_catalog(
             peers=peers,
             tools=tools_view,
             introspection_zone=tools.introspection_zone,
+            signal=signal,
+            signal_zone=signal_zone,
         ),
         default,
     )

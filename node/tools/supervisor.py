@@ -127,6 +127,8 @@ class Unit:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._tool_faults: dict[str, _ToolFaults] = {}
+        # Set while System 5 tightens limits: calls beyond it are refused, not queued.
+        self._concurrency_cap: int | None = None
         self._calls: set[asyncio.Task[Any]] = set()
         self._cancelled_calls: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -221,7 +223,50 @@ class Unit:
             self._cancelled_calls.add(task)
             task.cancel()
 
+    @property
+    def effective_concurrency(self) -> int:
+        """Calls that may run at once now (lower while System 5 tightens limits)."""
+        cap = self._concurrency_cap
+        return self.policy.max_concurrency if cap is None else cap
+
+    @property
+    def running_calls(self) -> int:
+        return self._running
+
+    def set_concurrency_scale(self, factor: float) -> None:
+        """System 5's `tighten_limit`: below 1, at most max(1, ⌊max_concurrency × factor⌋)
+        calls run and a call beyond that is refused at once (`Overloaded`) rather than
+        queued; 1.0 restores the configured limit."""
+        if not 0 < factor <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {factor}")
+        cap = max(1, int(self.policy.max_concurrency * factor))
+        self._concurrency_cap = None if factor == 1 else cap
+
+    def quarantine(self, seconds: float, reason: str) -> bool:
+        """Quarantine the running unit for `seconds` (System 5's `quarantine_unit`): it
+        is stopped and started again afterwards, as after a crash loop. False when it
+        is not running (already restarting, quarantined or stopped)."""
+        live = self.state in (UnitState.RUNNING, UnitState.STARTING)
+        if self._task is None or self._stopping or not live:
+            return False
+        self.last_error = reason
+        log.warning("tool unit %s quarantined for %.1f s: %s", self.name, seconds, reason)
+        self._set_state(UnitState.QUARANTINED, seconds)
+        self._restart.set()
+        return True
+
+    def _over_cap(self) -> bool:
+        cap = self._concurrency_cap
+        return cap is not None and self._running >= cap
+
+    def _refuse_overloaded(self) -> None:
+        policy = self.policy
+        estimate = self._call_estimate_s * (1 + self._waiting / policy.max_concurrency)
+        raise Overloaded(self.name, self.effective_concurrency, policy.max_queue, estimate)
+
     async def _acquire_slot(self) -> None:
+        if self._over_cap():
+            self._refuse_overloaded()
         if self._sem.locked() and self._waiting >= self.policy.max_queue:
             policy = self.policy
             estimate = self._call_estimate_s * (1 + self._waiting / policy.max_concurrency)
@@ -231,6 +276,9 @@ class Unit:
             await self._sem.acquire()
         finally:
             self._waiting -= 1
+        if self._over_cap():  # tightened while this call waited
+            self._sem.release()
+            self._refuse_overloaded()
 
     async def _invoke(
         self, tool: str, arguments: Mapping[str, Any], ctx: CallContext
@@ -496,6 +544,17 @@ class Supervisor(Service):
 
     def status(self) -> list[dict[str, Any]]:
         return [unit.status() for unit in self._units.values()]
+
+    def quarantine(self, name: str, seconds: float, reason: str) -> bool:
+        """Quarantine the unit `name` for `seconds`; False if there is no such unit or it
+        is not running."""
+        unit = self._units.get(name)
+        return unit is not None and unit.quarantine(seconds, reason)
+
+    def set_concurrency_scale(self, factor: float) -> None:
+        """Scale every unit's concurrency limit (see `Unit.set_concurrency_scale`)."""
+        for unit in self._units.values():
+            unit.set_concurrency_scale(factor)
 
     async def wait_running(self, timeout_s: float = 10.0) -> None:
         """Wait until every unit is running (startup convenience; raises TimeoutError)."""

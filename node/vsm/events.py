@@ -115,6 +115,19 @@ class PolicyChanged(Event, frozen=True, gc=False, kw_only=True, tag="policy"):
     origin: str | None = None
 
 
+class ResponseTaken(Event, frozen=True, gc=False, kw_only=True, tag="s5_response"):
+    """System 5 answered a signal (or ended an answer): `rule` and its `action`
+    (`tighten_limit`, `shed`, ...), `outcome` (`applied`, `restored`, `failed`,
+    `unavailable`, `logged`, or the immune system's status), `target` when it has one,
+    `until` (seconds since the epoch) for a response that lasts."""
+
+    rule: str
+    action: str
+    outcome: str
+    target: str | None = None
+    until: float | None = None
+
+
 class PatternMatched(Event, frozen=True, gc=False, kw_only=True, tag="pattern_matched"):
     """A pattern matched and one of its actions asked for an event (`emit`)."""
 
@@ -140,6 +153,7 @@ NODE_EVENT_TYPES: tuple[type[Event], ...] = (
     AlgedonicSignal,
     PolicyChanged,
     PatternMatched,
+    ResponseTaken,
 )
 
 FieldBase = Literal["str", "num", "bool"]

@@ -107,12 +107,29 @@ class BucketMap:
         self._max = max_buckets
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.evicted = 0
+        self.scale = 1.0
+
+    def set_scale(self, factor: float) -> None:
+        """Scale every limit (rate and burst, burst at least 1) by `factor` in (0, 1];
+        1.0 restores the configured limits. Buckets keep their tokens, capped at the new
+        burst: tightening takes effect at once, restoring refills at the restored rate."""
+        if not 0 < factor <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {factor}")
+        self.scale = factor
+        for key, bucket in self._buckets.items():
+            limit = self.limit_for(key)
+            if limit is not None:
+                bucket.limit = limit
+                bucket.tokens = min(bucket.tokens, limit.burst)
 
     def __len__(self) -> int:
         return len(self._buckets)
 
     def limit_for(self, key: str) -> RateLimit | None:
-        return self._overrides.get(key, self._default)
+        limit = self._overrides.get(key, self._default)
+        if limit is None or self.scale == 1.0:
+            return limit
+        return RateLimit(limit.rate_per_s * self.scale, max(1.0, limit.burst * self.scale))
 
     def bucket(self, key: str, now: float) -> TokenBucket | None:
         bucket = self._buckets.get(key)
@@ -192,6 +209,11 @@ class RateLimiter:
         else:
             origin_bucket = self.per_peer_origin.bucket(key, now)
         return [("per-peer", peer, peer_bucket), ("per-origin", key, origin_bucket)]
+
+    def set_scale(self, factor: float) -> None:
+        """Scale every bucket's limit by `factor` (System 5's `tighten_limit`; 1.0 restores)."""
+        for buckets in (self.per_origin, self.per_tool, self.per_peer, self.per_peer_origin):
+            buckets.set_scale(factor)
 
     def evictions(self) -> dict[str, int]:
         """Buckets evicted by the LRU bound, by kind."""

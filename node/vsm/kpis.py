@@ -1,0 +1,90 @@
+"""System 3's call KPIs: calls, errors and latency percentiles over a time window.
+
+Fed by the event stream's `tool_call` events (a subscriber, off the call path). Each
+call is kept as (time, latency, failed) for `window_s` seconds, at most `max_calls` of
+them (the oldest go first, counted in `evicted`): percentiles over the window are exact
+for the calls kept. A call failed when its outcome is anything but `ok`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from vsmcp.node.vsm.events import Event, ToolCallFinished
+
+DEFAULT_WINDOW_S = 60.0
+DEFAULT_MAX_CALLS = 50_000
+PERCENTILES = (50, 95, 99)
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending list (0.0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class CallKpis:
+    """The window of finished calls. Time is passed in (`now`, seconds, as events' `ts`)."""
+
+    def __init__(self, window_s: float = DEFAULT_WINDOW_S, max_calls: int = DEFAULT_MAX_CALLS):
+        if window_s <= 0 or max_calls < 1:
+            raise ValueError("window_s must be > 0 and max_calls >= 1")
+        self.window_s = window_s
+        self._calls: deque[tuple[float, float, bool]] = deque(maxlen=max_calls)
+        self.evicted = 0
+        self.total = 0
+        self.total_failed = 0
+
+    def record(self, ts: float, latency_ms: float, failed: bool) -> None:
+        if len(self._calls) == self._calls.maxlen:
+            self.evicted += 1
+        self._calls.append((ts, latency_ms, failed))
+        self.total += 1
+        self.total_failed += failed
+
+    def on_events(self, batch: Iterable[Event]) -> None:
+        """The stream subscriber (`tool_call` events only)."""
+        for event in batch:
+            if isinstance(event, ToolCallFinished):
+                self.record(event.ts, event.latency_ms, event.outcome != "ok")
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self._calls and self._calls[0][0] <= horizon:
+            self._calls.popleft()
+
+    def error_ratio(self, now: float) -> float:
+        """Failed / all calls in the window; 0.0 without calls."""
+        self._expire(now)
+        if not self._calls:
+            return 0.0
+        return sum(1 for _, _, failed in self._calls if failed) / len(self._calls)
+
+    def latency_ms(self, now: float, pct: float) -> float | None:
+        """The window's latency percentile; None without calls."""
+        self._expire(now)
+        if not self._calls:
+            return None
+        return percentile(sorted(latency for _, latency, _ in self._calls), pct)
+
+    def view(self, now: float) -> dict[str, Any]:
+        self._expire(now)
+        latencies = sorted(latency for _, latency, _ in self._calls)
+        errors = sum(1 for _, _, failed in self._calls if failed)
+        return {
+            "window_s": self.window_s,
+            "calls": len(latencies),
+            "errors": errors,
+            "error_ratio": round(errors / len(latencies), 6) if latencies else 0.0,
+            "latency_ms": {f"p{p}": round(percentile(latencies, p), 3) for p in PERCENTILES}
+            if latencies
+            else None,
+            "calls_total": self.total,
+            "errors_total": self.total_failed,
+            "evicted": self.evicted,
+        }

@@ -9,7 +9,8 @@ Computed only from measured inputs (docs/vsm.md says why this formula):
 - availability: S1 units running / units configured (1 with none);
 - error_ratio: failed / all calls in S3's window (0 without calls);
 - latency: 1 while the window's p95 is within the objective, else objective / p95;
-- headroom: 1 − calls in flight / concurrency the running units allow (0 when none);
+- headroom: 1 − calls in flight / concurrency the running units allow (0 when no unit
+  runs, 1 when the node has none);
 - pain: max(0, −balance), the algedonic balance over its window, in [0, 1];
 - peer_health: (alive + ½ suspect) / members known, left ones apart (1 alone);
 - mesh_tools: registry tools whose provider is this node or alive / all (1 with none).
@@ -56,7 +57,10 @@ def factors(inputs: ViabilityInputs) -> dict[str, float]:
         if p95 is None or p95 <= inputs.latency_objective_ms
         else (inputs.latency_objective_ms / p95)
     )
-    headroom = 1.0 - inputs.in_flight / inputs.capacity if inputs.capacity else 0.0
+    if inputs.capacity:
+        headroom = 1.0 - inputs.in_flight / inputs.capacity
+    else:  # no unit running: no room, unless the node has no units at all
+        headroom = 1.0 if inputs.units_configured == 0 else 0.0
     pain = max(0.0, -inputs.balance)
     known = sum(n for state, n in inputs.members.items() if state != "left")
     alive = inputs.members.get("alive", 0) + 0.5 * inputs.members.get("suspect", 0)

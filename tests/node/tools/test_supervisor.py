@@ -208,3 +208,58 @@ async def test_cancel_calls_ends_calls_in_flight_with_shutting_down() -> None:
             await call
         with pytest.raises(ShuttingDown):
             await catalog.call_tool("hang", {}, CTX)
+
+
+async def test_tightened_concurrency_refuses_beyond_the_scaled_limit_then_restores() -> None:
+    release = asyncio.Event()
+    running = 0
+
+    async def hold(arguments: Mapping[str, Any], ctx: CallContext) -> str:
+        nonlocal running
+        running += 1
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+        return "ok"
+
+    provider = FunctionProvider("plugin:hold", lambda: [PluginTool(name="hold", fn=hold)])
+    catalog = LocalCatalog(Supervisor())
+    unit = catalog.add(provider, policy(max_concurrency=4, max_queue=8))
+    async with catalog:
+        await catalog.supervisor.wait_running()
+        catalog.supervisor.set_concurrency_scale(0.5)
+        assert unit.effective_concurrency == 2
+        calls = [asyncio.create_task(catalog.call_tool("hold", {}, CTX)) for _ in range(2)]
+        await async_wait_for(_is(lambda: running == 2), what="two running")
+        # Not queued (the queue has room): refused at once, naming the tightened limit.
+        with pytest.raises(Overloaded) as busy:
+            await catalog.call_tool("hold", {}, CTX)
+        assert busy.value.data["max_concurrency"] == 2
+        catalog.supervisor.set_concurrency_scale(1.0)
+        assert unit.effective_concurrency == 4
+        third = asyncio.create_task(catalog.call_tool("hold", {}, CTX))
+        await async_wait_for(_is(lambda: running == 3), what="a third call running")
+        release.set()
+        await asyncio.gather(*calls, third)
+        with pytest.raises(ValueError):
+            unit.set_concurrency_scale(0.0)
+
+
+async def test_quarantine_on_demand_stops_the_unit_then_starts_it_again() -> None:
+    provider = FlakyProvider(crashes=0)
+    sup = Supervisor()
+    unit = sup.add(provider, policy())
+    async with sup:
+        await sup.wait_running()
+        assert not sup.quarantine("nope", 1.0, "no such unit")
+        assert sup.quarantine("flaky", 0.2, "algedonic rule r")
+        assert unit.state is UnitState.QUARANTINED
+        assert unit.last_error == "algedonic rule r"
+        assert not sup.quarantine("flaky", 0.2, "again")  # not running: nothing to do
+        with pytest.raises(ToolUnavailable):
+            await unit.call("flaky.ping", {}, CTX)
+        await async_wait_for(
+            _is(lambda: unit.state is UnitState.RUNNING), timeout_s=10, what="restarted"
+        )
+        assert len(provider.starts) == 2

@@ -205,3 +205,33 @@ def test_the_per_peer_limit_defaults_to_a_multiple_of_the_per_origin_one() -> No
     assert explicit.per_peer.limit_for(ENTRY) == RateLimit(1, 1)  # a named entry node
     only_peer = rate_limiter(RateLimitsConfig(per_peer=RateLimitConfig(rate_per_s=1, burst=1)))
     assert only_peer is not None and only_peer.per_peer.limit_for(ENTRY) == RateLimit(1, 1)
+
+
+def test_scaled_limits_tighten_at_once_and_restore() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(per_origin=BucketMap(RateLimit(10, 10)), clock=clock)
+    for _ in range(3):
+        assert limiter.acquire("a", "echo") is None  # 7 tokens left
+    limiter.set_scale(0.5)  # rate 5/s, burst 5: the bucket is cut to 5
+    for _ in range(5):
+        assert limiter.acquire("a", "echo") is None
+    refused = limiter.acquire("a", "echo")
+    assert refused is not None and refused.retry_after_s == pytest.approx(0.2)  # 1 / (10 × 0.5)
+    # A bucket made while tightened starts at the scaled burst, at least 1.
+    limiter.set_scale(0.01)
+    assert limiter.per_origin.limit_for("b") == RateLimit(0.1, 1.0)
+    assert limiter.acquire("b", "echo") is None
+    assert limiter.acquire("b", "echo") is not None
+    limiter.set_scale(1.0)
+    assert limiter.per_origin.limit_for("a") == RateLimit(10, 10)
+    clock.now = 1.0  # restored rate: 10 tokens in a second
+    for _ in range(10):
+        assert limiter.acquire("a", "echo") is None
+    with pytest.raises(ValueError):
+        limiter.set_scale(1.5)
+
+
+def test_scaling_an_unlimited_key_leaves_it_unlimited() -> None:
+    buckets = BucketMap(None)
+    buckets.set_scale(0.5)
+    assert buckets.bucket("any", 0.0) is None

@@ -1,0 +1,48 @@
+"""System 3's call KPIs over a window, fed by tool_call events."""
+
+from __future__ import annotations
+
+from vsmcp.node.vsm.events import Denial, ToolCallFinished
+from vsmcp.node.vsm.kpis import CallKpis, percentile
+
+
+def call(ts: float, latency_ms: float, outcome: str = "ok") -> ToolCallFinished:
+    return ToolCallFinished(
+        ts=ts,
+        tool="t",
+        provider="p",
+        origin="o",
+        zone="public",
+        latency_ms=latency_ms,
+        outcome=outcome,
+    )
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([], 95) == 0.0
+
+
+def test_errors_and_latency_over_the_window() -> None:
+    kpis = CallKpis(window_s=10)
+    deny = Denial(ts=1.0, origin="o", zone="public", limit="zone", blocked="t")
+    kpis.on_events([call(1.0, 10), call(2.0, 20, "timeout"), deny, call(3.0, 30, "error_result")])
+    assert kpis.error_ratio(3.0) == 2 / 3
+    assert kpis.latency_ms(3.0, 95) == 30
+    view = kpis.view(3.0)
+    assert view["calls"] == 3 and view["errors"] == 2
+    assert view["latency_ms"] == {"p50": 20, "p95": 30, "p99": 30}
+    # At t=11.5 only the call at t=3 is still in (t − 10, t].
+    assert kpis.error_ratio(11.5) == 1.0
+    assert kpis.latency_ms(14.0, 50) is None
+    assert kpis.view(14.0)["calls_total"] == 3
+
+
+def test_window_is_bounded() -> None:
+    kpis = CallKpis(window_s=100, max_calls=2)
+    for i in range(4):
+        kpis.record(float(i), 1.0, False)
+    assert kpis.view(4.0)["calls"] == 2 and kpis.evicted == 2

@@ -119,28 +119,35 @@ async def test_plugin_exceptions_are_error_results_and_quarantine_only_that_tool
         assert (await catalog.call_tool("fine", {}, CTX))["content"][0]["text"] == "fine"
 
 
-async def test_concurrency_limit_and_bounded_queue() -> None:
-    release = asyncio.Event()
-    running = 0
-    peak = 0
+class Holder:
+    """The tool `hold`: each call runs until `release` is set; counts calls running."""
 
-    async def hold(arguments: Mapping[str, Any], ctx: CallContext) -> str:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.running = 0
+        self.peak = 0
+
+    async def hold(self, arguments: Mapping[str, Any], ctx: CallContext) -> str:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
         try:
-            await release.wait()
+            await self.release.wait()
         finally:
-            running -= 1
+            self.running -= 1
         return "ok"
 
-    provider = FunctionProvider("plugin:hold", lambda: [PluginTool(name="hold", fn=hold)])
+    def provider(self) -> FunctionProvider:
+        return FunctionProvider("plugin:hold", lambda: [PluginTool(name="hold", fn=self.hold)])
+
+
+async def test_concurrency_limit_and_bounded_queue() -> None:
+    holder = Holder()
     catalog = LocalCatalog(Supervisor())
-    catalog.add(provider, policy(max_concurrency=2, max_queue=1))
+    catalog.add(holder.provider(), policy(max_concurrency=2, max_queue=1))
     async with catalog:
         await catalog.supervisor.wait_running()
         calls = [asyncio.create_task(catalog.call_tool("hold", {}, CTX)) for _ in range(3)]
-        await async_wait_for(_is(lambda: running == 2), what="two running")
+        await async_wait_for(_is(lambda: holder.running == 2), what="two running")
         status = catalog.status()[0]
         await async_wait_for(
             _is(lambda: catalog.status()[0]["waiting_calls"] == 1), what="one waiting"
@@ -149,9 +156,9 @@ async def test_concurrency_limit_and_bounded_queue() -> None:
             await catalog.call_tool("hold", {}, CTX)
         assert busy.value.data["limit"] == "concurrency"
         assert busy.value.data["retry_after_s"] > 0
-        release.set()
+        holder.release.set()
         assert [r["content"][0]["text"] for r in await asyncio.gather(*calls)] == ["ok"] * 3
-        assert peak == 2
+        assert holder.peak == 2
         assert status["running_calls"] == 2
 
 
@@ -211,27 +218,15 @@ async def test_cancel_calls_ends_calls_in_flight_with_shutting_down() -> None:
 
 
 async def test_tightened_concurrency_refuses_beyond_the_scaled_limit_then_restores() -> None:
-    release = asyncio.Event()
-    running = 0
-
-    async def hold(arguments: Mapping[str, Any], ctx: CallContext) -> str:
-        nonlocal running
-        running += 1
-        try:
-            await release.wait()
-        finally:
-            running -= 1
-        return "ok"
-
-    provider = FunctionProvider("plugin:hold", lambda: [PluginTool(name="hold", fn=hold)])
+    holder = Holder()
     catalog = LocalCatalog(Supervisor())
-    unit = catalog.add(provider, policy(max_concurrency=4, max_queue=8))
+    unit = catalog.add(holder.provider(), policy(max_concurrency=4, max_queue=8))
     async with catalog:
         await catalog.supervisor.wait_running()
         catalog.supervisor.set_concurrency_scale(0.5)
         assert unit.effective_concurrency == 2
         calls = [asyncio.create_task(catalog.call_tool("hold", {}, CTX)) for _ in range(2)]
-        await async_wait_for(_is(lambda: running == 2), what="two running")
+        await async_wait_for(_is(lambda: holder.running == 2), what="two running")
         # Not queued (the queue has room): refused at once, naming the tightened limit.
         with pytest.raises(Overloaded) as busy:
             await catalog.call_tool("hold", {}, CTX)
@@ -239,8 +234,8 @@ async def test_tightened_concurrency_refuses_beyond_the_scaled_limit_then_restor
         catalog.supervisor.set_concurrency_scale(1.0)
         assert unit.effective_concurrency == 4
         third = asyncio.create_task(catalog.call_tool("hold", {}, CTX))
-        await async_wait_for(_is(lambda: running == 3), what="a third call running")
-        release.set()
+        await async_wait_for(_is(lambda: holder.running == 3), what="a third call running")
+        holder.release.set()
         await asyncio.gather(*calls, third)
         with pytest.raises(ValueError):
             unit.set_concurrency_scale(0.0)

@@ -1,0 +1,95 @@
+"""The regulating systems in a real node: a pattern's algedonic action reaches System 5,
+whose default rule tightens the node's limits; the calls and the signal move S3's KPIs,
+the balance and the viability; metrics carry the scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.polling import async_wait_for
+from vsmcp.node.app.config import load_config
+from vsmcp.node.app.node import Node
+
+MODERN = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+PATTERN = """
+[[patterns]]
+name = "echo-hurts"
+kind = "tool_call"
+where = {field = "tool", op = "eq", value = "echo"}
+actions = [{type = "algedonic", valence = "pain", intensity = 0.9, reason = "echo called"}]
+"""
+
+
+def _config(tmp_path: Path) -> Any:
+    patterns = tmp_path / "patterns"
+    patterns.mkdir()
+    (patterns / "p.toml").write_text(PATTERN)
+    return load_config(
+        overrides={
+            "node.data_dir": str(tmp_path / "data"),
+            "node.dev": True,
+            "http.port": 0,
+            "mesh.port": 0,
+            "mesh.preset": "local",
+            "mesh.mdns": False,
+            "tools.entry_points": False,
+            "limits.per_origin": {"rate_per_s": 100, "burst": 100},
+            "vsm.patterns_dir": str(patterns),
+        },
+        environ={},
+    )
+
+
+async def _echo(port: int | None) -> dict[str, Any]:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "hi"}, "_meta": MODERN},
+    }
+    headers = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "echo"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers) as r,
+    ):
+        result: dict[str, Any] = await r.json()
+        return result
+
+
+async def test_a_pattern_signal_reaches_s5_and_its_default_rule_tightens_limits(
+    tmp_path: Path,
+) -> None:
+    async with Node(_config(tmp_path)) as node:
+        before = node.vsm_view()
+        assert before["viability"]["node"] == 1.0
+        assert before["s2"]["concurrency"]["builtin"] == {"max": 16, "effective": 16}
+        assert "result" in await _echo(node.http_port)
+
+        async def tightened() -> bool:
+            return bool(node.vsm_view()["s5"]["active"])
+
+        await async_wait_for(tightened, timeout_s=10, what="S5's default response")
+        view = node.vsm_view()
+        (active,) = view["s5"]["active"]
+        assert active["rule"] == "pain-tighten" and active["action"] == "tighten_limit"
+        assert view["s5"]["recent_signals"][0]["source"] == "pattern:echo-hurts"
+        assert view["s2"]["limits_scale"] == 0.5
+        assert view["s2"]["concurrency"]["builtin"]["effective"] == 8
+        limiter = node.vsm.effectors.catalog.policy.limiter  # type: ignore[union-attr]
+        assert limiter is not None and limiter.per_origin.scale == 0.5
+        # The call is in S3's KPIs; the pain in the balance lowers the viability.
+        assert view["s3"]["kpis"]["calls"] == 1
+        assert view["viability"]["inputs"]["balance"] < 0
+        assert view["viability"]["node"] < 1.0
+        status = node.vsm_status()
+        assert status["node_id"] == node.identity.node_id and "viability" in status
+        metrics = node.render_metrics().decode()
+        assert 'vsmcp_viability{scope="node"}' in metrics
+        assert 'vsmcp_viability_factor{factor="algedonic"} 0.55' in metrics

@@ -26,7 +26,7 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.integration.harness import NodeProcess, counters
+from tests.integration.harness import NodeProcess, counters, mcp_call
 from tests.polling import wait_for
 from vsmcp.node.mcp.protocol import OVERLOADED
 
@@ -34,10 +34,6 @@ pytestmark = pytest.mark.integration
 
 OPS_TOKEN = "ops-token-0123456789abcdef"
 PUBLIC_TOKEN = "public-token-0123456789abc"
-MODERN_META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
 
 CONFIG = f"""
 [tools]
@@ -92,38 +88,10 @@ def _signal(node: NodeProcess, **fields: Any) -> tuple[int, dict[str, Any]]:
     return _post(node, json.dumps(fields).encode())
 
 
-def _mcp_call(node: NodeProcess, token: str, tool: str, arguments: dict[str, Any]) -> Any:
-    """One stateless (2026-07-28) tools/call at /mcp; the JSON-RPC reply, error or not."""
-    request = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": MODERN_META},
-    }
-    req = urllib.request.Request(
-        node.url + "/mcp",
-        data=json.dumps(request).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2026-07-28",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": tool,
-            "Authorization": f"Bearer {token}",
-        },
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:  # a refusal carries the JSON-RPC error
-        return json.loads(e.read())
-
-
 def test_strong_signal_reaches_s5_before_an_earlier_weak_one_is_processed(
     node: NodeProcess,
 ) -> None:
-    assert _mcp_call(node, PUBLIC_TOKEN, "echo", {"text": "before"})["result"]["content"]
+    assert mcp_call(node, PUBLIC_TOKEN, "echo", {"text": "before"})["result"]["content"]
 
     status, weak = _signal(node, valence="pain", intensity=0.3, reason="slow disk")
     assert status == 202 and weak["lane"] == "s3"
@@ -148,7 +116,7 @@ def test_strong_signal_reaches_s5_before_an_earlier_weak_one_is_processed(
     assert view["viability"]["inputs"]["balance"] < 0  # S5 felt the pain
 
     # The response has effect: calls at the entry are shed, with a clear error.
-    refused = _mcp_call(node, PUBLIC_TOKEN, "echo", {"text": "during"})
+    refused = mcp_call(node, PUBLIC_TOKEN, "echo", {"text": "during"})
     assert refused["error"]["code"] == OVERLOADED
     assert refused["error"]["data"]["reason"] == "shed"
     assert "System 5" in refused["error"]["message"]
@@ -223,7 +191,7 @@ async def test_vsm_signal_through_the_mcp_sdk(node: NodeProcess) -> None:
 
 
 def test_vsm_signal_is_not_offered_below_its_zone(node: NodeProcess) -> None:
-    answer = _mcp_call(
+    answer = mcp_call(
         node, PUBLIC_TOKEN, "vsm.signal", {"valence": "pain", "intensity": 0.9, "reason": "x"}
     )
     assert "error" in answer

@@ -25,6 +25,7 @@ from vsmcp.node.tools.errors import InvalidArguments, Overloaded
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.policy import zone_allows
 from vsmcp.node.tools.registry import LocalCatalog
+from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.algedonic import AlgedonicChannel, ChannelFull, Signal, SignalError
 from vsmcp.node.vsm.balance import AlgedonicBalance
 from vsmcp.node.vsm.events import ToolCallFinished
@@ -212,7 +213,7 @@ class VsmSystems(Service):
     def viability_inputs(self) -> ViabilityInputs:
         now = time.time()
         units = self._units()
-        running = [u for u in units if u.state.value == "running"]
+        running = [u for u in units if u.state is UnitState.RUNNING]
         facts = self._facts
         reachable, mesh_tools = facts.mesh_tools() if facts is not None else (0, 0)
         return ViabilityInputs(
@@ -233,7 +234,7 @@ class VsmSystems(Service):
         node, mesh = scores(self.viability_inputs())
         return {"node": node, "mesh": mesh}
 
-    def _units(self) -> list[Any]:
+    def _units(self) -> list[Unit]:
         catalog = self.effectors.catalog
         return [] if catalog is None else list(catalog.supervisor.units.values())
 

@@ -488,6 +488,7 @@ class Supervisor(Service):
         self._change_event = asyncio.Event()
         # Where unit state changes are published (the node's event stream); set by the node.
         self.events: EventSink | None = None
+        self._concurrency_scale = 1.0
 
     @property
     def units(self) -> Mapping[str, Unit]:
@@ -497,6 +498,7 @@ class Supervisor(Service):
         if provider.name in self._units:
             raise ToolConfigError(f"tool unit {provider.name!r} is declared twice")
         unit = Unit(provider, policy or UnitPolicy(), self._changed, self._state_changed)
+        unit.set_concurrency_scale(self._concurrency_scale)  # a unit added while tightened
         self._units[provider.name] = unit
         # Providers whose tool list changes while running (mounted servers) tell us.
         hook = getattr(provider, "set_on_change", None)
@@ -552,7 +554,9 @@ class Supervisor(Service):
         return unit is not None and unit.quarantine(seconds, reason)
 
     def set_concurrency_scale(self, factor: float) -> None:
-        """Scale every unit's concurrency limit (see `Unit.set_concurrency_scale`)."""
+        """Scale every unit's concurrency limit, and that of units added later (see
+        `Unit.set_concurrency_scale`)."""
+        self._concurrency_scale = factor
         for unit in self._units.values():
             unit.set_concurrency_scale(factor)
 

@@ -3,7 +3,13 @@
 Fed by the event stream's `tool_call` events (a subscriber, off the call path). Each
 call is kept as (time, latency, failed) for `window_s` seconds, at most `max_calls` of
 them (the oldest go first, counted in `evicted`): percentiles over the window are exact
-for the calls kept. A call failed when its outcome is anything but `ok`.
+for the calls kept.
+
+A call *failed* when the node did not serve it for a reason of its own: a timeout, an
+unavailable or overloaded unit, a tool's error result, a shed call. Refusals that are
+the caller's doing (`CALLER_OUTCOMES`: a zone it may not use, bad arguments, an unknown
+tool, its rate limit, a call it cancelled) are counted as calls but not as failures:
+otherwise anyone probing a restricted tool would lower the node's viability.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from vsmcp.node.vsm.events import Event, ToolCallFinished
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_MAX_CALLS = 50_000
 PERCENTILES = (50, 95, 99)
+CALLER_OUTCOMES = frozenset(
+    {"ok", "zone_denied", "invalid_arguments", "unknown_tool", "rate_limited", "cancelled"}
+)
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -51,7 +60,7 @@ class CallKpis:
         """The stream subscriber (`tool_call` events only)."""
         for event in batch:
             if isinstance(event, ToolCallFinished):
-                self.record(event.ts, event.latency_ms, event.outcome != "ok")
+                self.record(event.ts, event.latency_ms, event.outcome not in CALLER_OUTCOMES)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s

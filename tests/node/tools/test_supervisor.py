@@ -239,6 +239,9 @@ async def test_tightened_concurrency_refuses_beyond_the_scaled_limit_then_restor
         await asyncio.gather(*calls, third)
         with pytest.raises(ValueError):
             unit.set_concurrency_scale(0.0)
+        catalog.supervisor.set_concurrency_scale(0.25)
+        late = catalog.supervisor.add(FlakyProvider(crashes=0), policy(max_concurrency=8))
+        assert late.effective_concurrency == 2  # added while tightened: tightened too
 
 
 async def test_quarantine_on_demand_stops_the_unit_then_starts_it_again() -> None:

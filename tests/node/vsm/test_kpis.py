@@ -41,6 +41,15 @@ def test_errors_and_latency_over_the_window() -> None:
     assert kpis.view(14.0)["calls_total"] == 3
 
 
+def test_the_callers_own_refusals_are_not_failures_of_the_node() -> None:
+    kpis = CallKpis(window_s=10)
+    caller = ["zone_denied", "invalid_arguments", "unknown_tool", "rate_limited", "cancelled"]
+    kpis.on_events([call(1.0, 1, outcome) for outcome in caller])
+    assert kpis.error_ratio(1.0) == 0.0
+    kpis.on_events([call(1.0, 1, outcome) for outcome in ("overloaded", "shed", "unavailable")])
+    assert kpis.error_ratio(1.0) == 3 / 8
+
+
 def test_window_is_bounded() -> None:
     kpis = CallKpis(window_s=100, max_calls=2)
     for i in range(4):

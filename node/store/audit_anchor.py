@@ -234,8 +234,10 @@ class AuditAnchor(Service):
             )
             return
         log.warning("audit log behind the mesh (%s); accepted by the operator", problem)
-        self._epoch = max(self._epoch, seen.epoch) + 1
-        await self._store.kv_set(KV_AUDIT_EPOCH, self._epoch.to_bytes(8, "big"))
+        epoch = max(self._epoch, seen.epoch) + 1
+        # The record first, then the stored epoch, then the one announced: whoever sees
+        # the new epoch (a peer, a test, the metrics) finds both already committed, and
+        # a failed write leaves no epoch moved without its record.
         await self._audit.append(
             "audit.rollback_accepted",
             "operator",
@@ -245,10 +247,12 @@ class AuditAnchor(Service):
                 "seen_epoch": seen.epoch,
                 "seen_seq": seen.seq,
                 "seen_hash": seen.hash.hex(),
-                "epoch": self._epoch,
+                "epoch": epoch,
             },
             durable=True,
         )
+        await self._store.kv_set(KV_AUDIT_EPOCH, epoch.to_bytes(8, "big"))
+        self._epoch = epoch
         self._announce()
 
     async def _problem(self, seen: AnchoredHead) -> str | None:

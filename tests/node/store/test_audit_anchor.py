@@ -19,7 +19,12 @@ from vsmcp.mesh.envelope import MsgType
 from vsmcp.mesh.identity import NodeKey
 from vsmcp.node.app.config import load_config
 from vsmcp.node.app.node import Node
-from vsmcp.node.store.audit_anchor import AnchoredHead, AuditHeadMessage, anchor_message
+from vsmcp.node.store.audit_anchor import (
+    KV_AUDIT_EPOCH,
+    AnchoredHead,
+    AuditHeadMessage,
+    anchor_message,
+)
 
 
 def _config(data_dir: Path, **extra: Any) -> Any:
@@ -155,13 +160,17 @@ async def test_an_accepted_rollback_is_recorded_and_moves_to_a_new_epoch(
         return pair.target.audit_anchor.epoch == 1
 
     await async_wait_for(moved, timeout_s=20, what="the new epoch")
-    await pair.target.audit.flush()
+    # Once the epoch is announced, its record and the stored epoch are committed: read
+    # the database as another process would, with no flush first.
     conn = sqlite3.connect(pair.target.config.data_dir / "vsmcp.db")
     try:
         kinds = [r[0] for r in conn.execute("SELECT kind FROM audit_entries")]
+        stored = conn.execute("SELECT value FROM kv WHERE key = ?", (KV_AUDIT_EPOCH,))
+        stored_epoch = int.from_bytes(stored.fetchone()[0], "big")
     finally:
         conn.close()
     assert "audit.rollback_accepted" in kinds
+    assert stored_epoch == 1
     assert not pair.target.fatal.is_set()
     # The same old head again counts for nothing now: it is from the epoch before.
     anchor = pair.target.audit_anchor

@@ -256,6 +256,7 @@ class Node(Service):
                 key=identity.key,
                 accept_rollback=self._accept_audit_rollback,
                 on_rollback=self._refuse_to_go_on,
+                loops=self.loops,
             )
         )
         self._register_anchor_metrics(self._anchor)

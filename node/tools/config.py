@@ -246,8 +246,9 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allowed_hosts: Annotated[
         list[str],
         doc(
-            "Host names HTTP answers (every route) besides localhost, 127.0.0.1, ::1 (when "
-            "the node listens on loopback; elsewhere Host is checked only if this is set)"
+            "Host names HTTP answers (every route) besides localhost, 127.0.0.1, ::1, "
+            "http.host and the address a client connected to; any other Host gets 421 "
+            "(DNS rebinding), wherever the node listens: list the names it is reached by"
         ),
     ] = msgspec.field(default_factory=list)
     max_body_bytes: Annotated[PositiveInt, doc("largest /mcp request body")] = 1 << 20

@@ -265,7 +265,8 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         PositiveInt, doc("open notification streams (subscriptions/listen, GET) at once")
     ] = 64
     max_listeners_per_caller: Annotated[
-        PositiveInt, doc("open notification streams of one caller")
+        PositiveInt,
+        doc("open notification streams (subscriptions/listen, GET) of one caller"),
     ] = DEFAULT_MAX_LISTENERS_PER_CALLER
     stdio_zone: Annotated[
         str,

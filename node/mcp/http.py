@@ -73,18 +73,18 @@ from vsmcp.node.mcp.protocol import (
     result_message,
 )
 from vsmcp.node.tools.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_LISTENERS,
     DEFAULT_MAX_LISTENERS_PER_CALLER,
+    DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_SESSIONS_PER_CALLER,
+    DEFAULT_SESSION_IDLE_S,
 )
 from vsmcp.node.tools.model import ToolCatalog
 
 log = logging.getLogger(__name__)
 
 MCP_PATH: Final = "/mcp"
-DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
-DEFAULT_MAX_SESSIONS: Final = 256
-DEFAULT_SESSION_IDLE_S: Final = 600.0
-DEFAULT_MAX_LISTENERS: Final = 64
 SSE_KEEPALIVE_S: Final = 15.0
 SWEEP_INTERVAL_S: Final = 1.0
 

@@ -163,16 +163,20 @@ def test_slow_loris_from_one_address_is_capped_and_timed_out(
     port = int(node.info["http_port"])
     with ExitStack() as stack:
         socks = _half_sent(port, "127.0.0.2", 40, stack)
+        # The bound that matters: 12 of that client's at most (plus this scrape's own).
+        assert _metric(node, "vsmcp_http_connections", "open") <= 12 + 1
         # Another client (127.0.0.1) is served meanwhile.
         assert node.get_json("/healthz")["status"] == "ok"
         assert _call_echo(node, "still here") == "still here"
         answers = _wait_all_closed(socks, "every half-sent connection closed by the node")
-    # 12 were let in (and closed when their head timed out), the rest refused at once,
-    # with a 503 unless the refusal was lost to a reset (the client had sent already).
-    assert _metric(node, "vsmcp_http_refused_total", "per_client") == 28
+    # At most 12 were open at once (closed when their head timed out), the rest refused
+    # at once, with a 503 unless the refusal was lost to a reset (the client had sent
+    # already). How many exactly depends on how many timed out while the 40 opened.
+    refused_count = _metric(node, "vsmcp_http_refused_total", "per_client")
+    assert 0 < refused_count <= 40 - 12
     refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
     assert all(b'"limit":"per_client"' in a for a in refused)
-    assert len(refused) <= 28 and len(answers) - len(refused) >= 12
+    assert len(refused) <= refused_count
     assert _metric(node, "vsmcp_http_connections", "open") <= 1  # the scrape's own
 
 

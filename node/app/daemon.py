@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,20 @@ async def run(node: Node, watchdog: ShutdownWatchdog | None = None) -> None:
             loop.remove_signal_handler(sig)
 
 
+def warn_of_standing_rollback_acceptance(
+    accept_audit_rollback: bool, environ: Mapping[str, str]
+) -> None:
+    """`--accept-audit-rollback` is an operator's word for one start. Left in a unit's
+    ExecStart (systemd sets INVOCATION_ID for each run of a unit), every restart would
+    accept whatever rollback it finds, silently but for the log entry."""
+    if accept_audit_rollback and environ.get("INVOCATION_ID"):
+        log.warning(
+            "started by systemd with --accept-audit-rollback: it is meant for one start; "
+            "remove it from the unit once this node runs, or every restart accepts a "
+            "rolled-back audit log"
+        )
+
+
 def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
     """`asyncio.run`, or uvloop's (config `node.event_loop`: auto, uvloop, asyncio).
 
@@ -248,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vsmcpd: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     setup_logging(config.node.log_format, config.node.log_level)
+    warn_of_standing_rollback_acceptance(args.accept_audit_rollback, os.environ)
     watchdog = ShutdownWatchdog()
     try:
         node = Node(config, accept_audit_rollback=args.accept_audit_rollback)

@@ -8,6 +8,11 @@ exponential backoff. A loop that keeps failing (more than `max_restarts` restart
 the node's `/healthz` fails naming it and the systemd watchdog stops being fed (systemd
 then restarts the whole process, which is the repair we can trust).
 
+That holds for per-peer loops too (`transport-peer-<peer>`): one given up keeps the node
+unhealthy after its peer has gone, and is not retried later. On purpose: a loop that
+failed that often within a minute is a bug, not weather, and a restarted process is a
+known state; without systemd, `/healthz` stays failing until the operator restarts it.
+
 Cancellation of the loop's own task (shutdown) is not a failure. A CancelledError that
 ends the loop while nobody cancelled its task (a future it awaited was cancelled
 elsewhere, or `inject_fault`) is one: the loop is no longer running either way.

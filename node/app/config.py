@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.discovery import parse_seed
 from vsmcp.mesh.errors import MeshError
 from vsmcp.node.errors import ConfigError
@@ -45,7 +46,6 @@ DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 128
 DEFAULT_HEAD_TIMEOUT_S = 10.0
 DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
 DEFAULT_MESH_PORT = 7701
-DEFAULT_ZONES = ("public", "ops", "restricted")
 ENV_PREFIX = "VSMCP_"
 MAX_CONFIG_FILE_BYTES = 1 << 20
 

@@ -1,7 +1,7 @@
 """`vsmcpd`: run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0).
 
-Exit codes: 0 clean stop; 2 bad config, key or certificate (fix it, do not restart);
-1 anything unexpected.
+Exit codes: 0 clean stop; 2 bad config, key or certificate, or the node gave up (its
+audit log went backwards: fix it, do not restart); 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from vsmcp.node.app.sdnotify import SystemdNotifier
 from vsmcp.node.errors import EXIT_BAD_CONFIG, StartupError
 from vsmcp.node.tools.stdio import kill_all_process_groups
 
-log = logging.getLogger("node.daemon")
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,11 +37,12 @@ EXIT_FAILURE = 1
 # every few calls, and before `tune_gc` each full collection walked ~115k start-up
 # objects (≈65 ms): ≈30 µs per call at the entry node, measured under load.
 GC_GEN0_THRESHOLD = 10_000
-# SIGTERM means exit within 5 s (README). Calls in flight are cancelled and mounts
-# killed well before; should anything still hold the process past this (a plugin's
-# thread that never returns keeps asyncio.run waiting for ever), it is ended, mounted
-# servers' process groups first: exit 0 if the node itself had stopped (its state is
-# saved), EXIT_FAILURE if not.
+# SIGTERM means exit within 5 s (README), and so does the node giving up (`node.fatal`).
+# Calls in flight are cancelled and mounts killed well before; should anything still
+# hold the process past this (a plugin's thread that never returns keeps asyncio.run
+# waiting for ever), it is ended, mounted servers' process groups first: after giving
+# up EXIT_BAD_CONFIG; else exit 0 if the node itself had stopped (its state is saved),
+# EXIT_FAILURE if not.
 SHUTDOWN_WATCHDOG_S = 4.5
 # Once the node has stopped, how long anything else may still hold the process.
 AFTER_STOP_GRACE_S = 1.0
@@ -109,7 +110,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-async def serve(node: Node, stop: asyncio.Event) -> None:
+async def serve(node: Node, stop: asyncio.Event, watchdog: ShutdownWatchdog | None = None) -> None:
     systemd = SystemdNotifier()
     async with node:
         tune_gc()
@@ -122,12 +123,18 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         )
         try:
             await _until_either(stop, node.fatal)
+            if node.fatal.is_set() and watchdog is not None:
+                watchdog.arm(gave_up=True)
         finally:
             log.info("shutting down")
             await systemd.stopping()
-        if node.fatal_error is not None:
-            # Leaving `async with node` stops it; main() turns this into exit 2.
-            raise StartupError(node.fatal_error)
+    # Reached only once the node stopped (its state saved), whether it was told to or
+    # gave up: what still holds the process gets only the short grace.
+    if watchdog is not None:
+        watchdog.node_stopped()
+    if node.fatal_error is not None:
+        # main() turns this into exit 2.
+        raise StartupError(node.fatal_error)
 
 
 async def _until_either(first: asyncio.Event, second: asyncio.Event) -> None:
@@ -143,13 +150,15 @@ async def _until_either(first: asyncio.Event, second: asyncio.Event) -> None:
 
 
 class ShutdownWatchdog:
-    """Armed by the first SIGTERM/SIGINT: a thread, so a blocked event loop cannot stop it."""
+    """Armed by the first SIGTERM/SIGINT, or by the node giving up: a thread, so a
+    blocked event loop cannot stop it."""
 
     def __init__(self, timeout_s: float = SHUTDOWN_WATCHDOG_S) -> None:
         self._timeout_s = timeout_s
         self._timer = self._new_timer(timeout_s)
         self._armed_at: float | None = None
         self._node_stopped = False
+        self._gave_up = False
 
     def _new_timer(self, delay_s: float) -> threading.Timer:
         timer = threading.Timer(delay_s, self._force_exit)
@@ -167,9 +176,17 @@ class ShutdownWatchdog:
         kill_all_process_groups()
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
-        os._exit(EXIT_OK if self._node_stopped else EXIT_FAILURE)
+        os._exit(self.exit_code())
 
-    def arm(self) -> None:
+    def exit_code(self) -> int:
+        """What the process exits with if this watchdog ends it."""
+        if self._gave_up:
+            return EXIT_BAD_CONFIG  # as main() says it when nothing hangs
+        return EXIT_OK if self._node_stopped else EXIT_FAILURE
+
+    def arm(self, *, gave_up: bool = False) -> None:
+        """Start counting (once); `gave_up`: the node stops because it cannot go on."""
+        self._gave_up = self._gave_up or gave_up
         if self._armed_at is None:
             self._armed_at = time.monotonic()
             self._timer.start()
@@ -201,12 +218,24 @@ async def run(node: Node, watchdog: ShutdownWatchdog | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await serve(node, stop)
-        if watchdog is not None:
-            watchdog.node_stopped()
+        await serve(node, stop, watchdog)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def warn_of_standing_rollback_acceptance(
+    accept_audit_rollback: bool, environ: Mapping[str, str]
+) -> None:
+    """`--accept-audit-rollback` is an operator's word for one start. Left in a unit's
+    ExecStart (systemd sets INVOCATION_ID for each run of a unit), every restart would
+    accept whatever rollback it finds, silently but for the log entry."""
+    if accept_audit_rollback and environ.get("INVOCATION_ID"):
+        log.warning(
+            "started by systemd with --accept-audit-rollback: it is meant for one start; "
+            "remove it from the unit once this node runs, or every restart accepts a "
+            "rolled-back audit log"
+        )
 
 
 def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -233,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vsmcpd: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     setup_logging(config.node.log_format, config.node.log_level)
+    warn_of_standing_rollback_acceptance(args.accept_audit_rollback, os.environ)
     watchdog = ShutdownWatchdog()
     try:
         node = Node(config, accept_audit_rollback=args.accept_audit_rollback)

@@ -35,12 +35,12 @@ from vsmcp.node.app.trust import NodeIdentity, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
 from vsmcp.node.errors import ConfigError, NodeError, StartupError
 from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
-from vsmcp.node.http.policy import RequestPolicy
+from vsmcp.node.http.policy import RequestPolicy, is_wildcard_address, local_http_url
 from vsmcp.node.http.server import HttpServer
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
-from vsmcp.node.peers.service import MeshService, is_loopback_host
+from vsmcp.node.peers.service import MeshService
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
@@ -264,6 +264,7 @@ class Node(Service):
                 key=identity.key,
                 accept_rollback=self._accept_audit_rollback,
                 on_rollback=self._refuse_to_go_on,
+                loops=self.loops,
             )
         )
         self._register_anchor_metrics(self._anchor)
@@ -513,16 +514,15 @@ class Node(Service):
             max_listeners_per_caller=mcp.max_listeners_per_caller,
         )
 
-    def _allowed_hosts(self) -> list[str] | None:
+    def _allowed_hosts(self) -> list[str]:
         """Host names HTTP answers on every route (a page re-pointed at us by DNS
-        gets 421): loopback names and `mcp.allowed_hosts`, when the node listens on
-        loopback or `mcp.allowed_hosts` is set; else any. Loopback names are always
-        safe to answer, and local tools (`vsmcp status`, probes) use them."""
-        configured = list(self.config.mcp.allowed_hosts)
+        gets 421), wherever it listens: loopback names, the bind address unless it is
+        a wildcard, and `mcp.allowed_hosts` (the policy adds the address each client
+        connected to). Loopback names are always safe to answer, and local tools
+        (`vsmcp status`, probes) use them."""
         host = self.config.http.host
-        if not configured and not is_loopback_host(host):
-            return None
-        return ["localhost", "127.0.0.1", "::1", host, *configured]
+        bound = [] if is_wildcard_address(host) else [host]
+        return ["localhost", "127.0.0.1", "::1", *bound, *self.config.mcp.allowed_hosts]
 
     async def stop(self) -> None:
         stack, self._stack = self._stack, None
@@ -694,7 +694,7 @@ class Node(Service):
             "pid": os.getpid(),
             "node_id": self.identity.node_id,
             "http_port": port,
-            "http_url": f"http://{self.config.http.host}:{port}" if port else None,
+            "http_url": local_http_url(self.config.http.host, port) if port else None,
             "mesh_port": self.mesh_port,
             "version": __version__,
         }

@@ -1,11 +1,13 @@
 """The one Host/Origin policy of the node's HTTP server, applied to every route.
 
-DNS rebinding: a page at `evil.example` whose name is re-pointed at 127.0.0.1 reaches
-the node from the user's browser as a same-origin page, with `Host: evil.example`.
-So when `allowed_hosts` is set (the node sets it when it listens on loopback), a Host
-naming another host gets 421 on every route (`/`, `/api/*`, `/healthz`, `/metrics`,
-`/mcp`); a Host that does not parse (`[::1]evil.example`, `a b`) is another host. A
-browser `Origin` not in `allowed_origins` gets 403 (cross-site requests).
+DNS rebinding: a page at `evil.example` whose name is re-pointed at 127.0.0.1 (or at
+the node's LAN address) reaches the node from the user's browser as a same-origin
+page, with `Host: evil.example`. So when `allowed_hosts` is set (the node always sets
+it), a Host naming another host gets 421 on every route (`/`, `/api/*`, `/healthz`,
+`/metrics`, `/mcp`); a Host that does not parse (`[::1]evil.example`, `a b`) is another
+host. The address the client connected to is always answered as a Host: that is the
+node itself, reached by address, which no rebinding page can claim. A browser `Origin`
+not in `allowed_origins` gets 403 (cross-site requests).
 
 Errors on `/mcp` are JSON-RPC errors (FORBIDDEN_HOST, FORBIDDEN_ORIGIN); elsewhere a
 JSON object `{"error": ..., "host" | "origin": ...}`.
@@ -56,6 +58,39 @@ def _allowed_name(entry: str) -> str:
         return host_name(entry) or entry.strip().lower()
 
 
+def is_wildcard_address(host: str) -> bool:
+    """`0.0.0.0`, `::`: every address of the machine, not a name a client uses."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def local_http_url(bind_host: str, port: int) -> str:
+    """The URL local tools reach the node at: a wildcard bind is reached on loopback
+    (a Host of `0.0.0.0` names no host the policy answers)."""
+    host = bind_host.strip("[]")
+    if is_wildcard_address(host):
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _dialled(request: web.Request) -> str | None:
+    """The address the client connected to (one of the node's own), as `host_name`
+    writes an address."""
+    transport = request.transport
+    sockname = None if transport is None else transport.get_extra_info("sockname")
+    if not isinstance(sockname, tuple) or not sockname:
+        return None
+    try:
+        address = ipaddress.ip_address(str(sockname[0]).split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.compressed  # a dual-stack socket's IPv4 client
+    return address.compressed
+
+
 class RequestPolicy:
     """Which Host and Origin headers the node answers (None hosts: any Host)."""
 
@@ -70,7 +105,8 @@ class RequestPolicy:
     def check(self, request: web.Request) -> McpError | None:
         if self.allowed_hosts is not None:
             host = request.headers.get("Host", "")
-            if host_name(host) not in self.allowed_hosts:
+            name = host_name(host)
+            if name not in self.allowed_hosts and (name is None or name != _dialled(request)):
                 return McpError(
                     FORBIDDEN_HOST,
                     f"Misdirected: Host {clip(host)!r} is not served here",

@@ -65,7 +65,9 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Application:
     """The node's routes; `policy` (Host and Origin rules) applies to every one of them."""
-    middlewares = [(policy or RequestPolicy()).middleware(), connection_middleware]
+    # The connection limits outermost: a request the policy refuses still holds its
+    # connection's slot, and a reserved connection still closes after it.
+    middlewares = [connection_middleware, (policy or RequestPolicy()).middleware()]
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
 
     async def healthz(_: web.Request) -> web.Response:

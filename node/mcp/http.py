@@ -73,18 +73,18 @@ from vsmcp.node.mcp.protocol import (
     result_message,
 )
 from vsmcp.node.tools.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_LISTENERS,
     DEFAULT_MAX_LISTENERS_PER_CALLER,
+    DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_SESSIONS_PER_CALLER,
+    DEFAULT_SESSION_IDLE_S,
 )
 from vsmcp.node.tools.model import ToolCatalog
 
 log = logging.getLogger(__name__)
 
 MCP_PATH: Final = "/mcp"
-DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
-DEFAULT_MAX_SESSIONS: Final = 256
-DEFAULT_SESSION_IDLE_S: Final = 600.0
-DEFAULT_MAX_LISTENERS: Final = 64
 SSE_KEEPALIVE_S: Final = 15.0
 SWEEP_INTERVAL_S: Final = 1.0
 
@@ -466,18 +466,20 @@ class McpGateway:
             session = self._session(request, caller)
             if session.stream_open:
                 return web.Response(status=409, text="a stream is already open for this session")
+            # A notification stream like a listen one: it counts against the same quotas.
+            listener = self._open_listener(session.owner)
         except McpError as exc:
             return json_error(exc)
-        stream = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                H_SESSION: session.id,
-            }
-        )
-        await stream.prepare(request)
         session.stream_open = True
         try:
+            stream = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    H_SESSION: session.id,
+                }
+            )
+            await stream.prepare(request)
             while not session.closed and not self._closing:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(session.changed.wait(), self.sse_keepalive_s)
@@ -492,6 +494,7 @@ class McpGateway:
             pass
         finally:
             session.stream_open = False
+            self._close_listener(listener)
         return stream
 
     async def handle_delete(self, request: web.Request) -> web.StreamResponse:
@@ -654,21 +657,44 @@ class McpGateway:
         call = self.core.handle(message, caller, modern=True, notify=reply.notify)
         return await reply.finish(await self._run(call, message, reply))
 
-    async def _listen(
-        self, request: web.Request, message: Message, owner: str
-    ) -> web.StreamResponse:
+    def _open_listener(self, owner: str) -> _Listener:
+        """Count a notification stream (`subscriptions/listen`, or a session's GET)
+        against its caller's and the node's quotas; `_close_listener` gives it back."""
         if self.listeners_of[owner] >= self.max_listeners_per_caller:
             raise McpError(
                 OVERLOADED,
-                "Too many open subscriptions for this caller",
+                "Too many open notification streams for this caller",
                 {"limit": "listeners_per_caller", "retry_after_s": 1.0},
             )
         if len(self._listeners) >= self.max_listeners:
             raise McpError(
                 OVERLOADED,
-                "Too many open subscriptions",
+                "Too many open notification streams",
                 {"limit": "listeners", "retry_after_s": 1.0},
             )
+        listener = _Listener(owner)
+        self._listeners.add(listener)
+        self.listeners_of[owner] += 1
+        return listener
+
+    def _close_listener(self, listener: _Listener) -> None:
+        self._listeners.discard(listener)
+        self.listeners_of[listener.owner] -= 1
+        if self.listeners_of[listener.owner] <= 0:
+            del self.listeners_of[listener.owner]
+
+    async def _listen(
+        self, request: web.Request, message: Message, owner: str
+    ) -> web.StreamResponse:
+        listener = self._open_listener(owner)
+        try:
+            return await self._stream_listen(request, message, listener)
+        finally:
+            self._close_listener(listener)
+
+    async def _stream_listen(
+        self, request: web.Request, message: Message, listener: _Listener
+    ) -> web.StreamResponse:
         wanted = message.params.get("notifications")
         honored = (
             {"toolsListChanged": True}
@@ -680,9 +706,6 @@ class McpGateway:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await stream.prepare(request)
-        listener = _Listener(owner)
-        self._listeners.add(listener)
-        self.listeners_of[owner] += 1
         try:
             ack = {"notifications": honored, "_meta": meta}
             await stream.write(_sse(notification("notifications/subscriptions/acknowledged", ack)))
@@ -705,11 +728,6 @@ class McpGateway:
             await stream.write_eof()
         except ConnectionError:
             pass
-        finally:
-            self._listeners.discard(listener)
-            self.listeners_of[owner] -= 1
-            if self.listeners_of[owner] <= 0:
-                del self.listeners_of[owner]
         return stream
 
 

@@ -36,6 +36,7 @@ from nacl.signing import VerifyKey
 
 from vsmcp.mesh.envelope import Envelope, MsgType
 from vsmcp.mesh.identity import NodeKey
+from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.mesh.service import Service
 from vsmcp.node.peers.service import MeshService, Peer
 from vsmcp.node.store.audit import AuditLog
@@ -111,6 +112,7 @@ class AuditAnchor(Service):
         key: NodeKey,
         accept_rollback: bool,
         on_rollback: Callable[[str], None],
+        loops: LoopSupervisor,
         interval_s: float = ANNOUNCE_INTERVAL_S,
     ) -> None:
         self._mesh = mesh
@@ -120,12 +122,15 @@ class AuditAnchor(Service):
         self._accept_rollback = accept_rollback
         self._on_rollback = on_rollback
         self._interval_s = interval_s
+        self._loops = loops
         self._epoch = 0
         self._seen: OrderedDict[str, AnchoredHead] = OrderedDict()
         self._dirty = False
         self._own: AnchoredHead | None = None
         self._task: asyncio.Task[None] | None = None
         self._check: asyncio.Task[None] | None = None
+        # The highest head of ours that arrived while a check ran: checked right after.
+        self._pending: AnchoredHead | None = None
         self.received = 0  # AUDIT_HEAD messages taken (tests and metrics wait on it)
         self.rejected = 0  # of which did not decode or verify
         self.compared = 0  # heads of our own, signed by us, compared with our log
@@ -145,11 +150,14 @@ class AuditAnchor(Service):
         raw_seen = await self._store.kv_get(KV_SEEN_HEADS)
         self._seen = OrderedDict(decode_seen(raw_seen) if raw_seen else {})
         self._mesh.handle_oneway(MsgType.AUDIT_HEAD, self._on_message)
-        self._task = asyncio.create_task(self._run(), name="audit-anchor")
+        # Supervised: a failing round restarts the loop, and one that keeps failing
+        # makes the node unhealthy instead of leaving its peers without our head.
+        self._task = self._loops.spawn("audit-anchor", self._run)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, self._check) if t is not None]
         self._task = self._check = None
+        self._pending = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -160,11 +168,8 @@ class AuditAnchor(Service):
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            try:
-                self._announce()
-                await self._persist()
-            except Exception:  # owned loop's top-level handler: log, try next round
-                log.exception("audit head announcement failed")
+            self._announce()
+            await self._persist()
 
     def _own_head(self) -> AnchoredHead:
         seq, hash_ = self._audit.head_seq, self._audit.head_hash
@@ -202,10 +207,12 @@ class AuditAnchor(Service):
             return
         if self._check is None or self._check.done():
             self._check = asyncio.create_task(self._compare(seen), name="audit-anchor-check")
+        elif self._pending is None or _order(seen) > _order(self._pending):
+            self._pending = seen
 
     def _remember(self, node_id: str, head: AnchoredHead) -> None:
         known = self._seen.get(node_id)
-        if known is not None and (known.epoch, known.seq) >= (head.epoch, head.seq):
+        if known is not None and _order(known) >= _order(head):
             return
         self._seen[node_id] = head
         self._seen.move_to_end(node_id)
@@ -214,11 +221,17 @@ class AuditAnchor(Service):
         self._dirty = True
 
     async def _compare(self, seen: AnchoredHead) -> None:
-        """`seen` is a head of ours a peer remembers: our log must continue it."""
-        try:
-            await self._act_on(seen)
-        finally:
-            self.compared += 1
+        """`seen` is a head of ours a peer remembers: our log must continue it. Then the
+        highest one that arrived meanwhile, if any."""
+        next_seen: AnchoredHead | None = seen
+        while next_seen is not None:
+            try:
+                await self._act_on(next_seen)
+            except Exception:  # top-level handler of the check task: nobody awaits it
+                log.exception("comparing %s with the audit log failed", next_seen.describe())
+            finally:
+                self.compared += 1
+            next_seen, self._pending = self._pending, None
 
     async def _act_on(self, seen: AnchoredHead) -> None:
         if seen.epoch < self._epoch:
@@ -234,8 +247,10 @@ class AuditAnchor(Service):
             )
             return
         log.warning("audit log behind the mesh (%s); accepted by the operator", problem)
-        self._epoch = max(self._epoch, seen.epoch) + 1
-        await self._store.kv_set(KV_AUDIT_EPOCH, self._epoch.to_bytes(8, "big"))
+        epoch = max(self._epoch, seen.epoch) + 1
+        # The record first, then the stored epoch, then the one announced: whoever sees
+        # the new epoch (a peer, a test, the metrics) finds both already committed, and
+        # a failed write leaves no epoch moved without its record.
         await self._audit.append(
             "audit.rollback_accepted",
             "operator",
@@ -245,10 +260,12 @@ class AuditAnchor(Service):
                 "seen_epoch": seen.epoch,
                 "seen_seq": seen.seq,
                 "seen_hash": seen.hash.hex(),
-                "epoch": self._epoch,
+                "epoch": epoch,
             },
             durable=True,
         )
+        await self._store.kv_set(KV_AUDIT_EPOCH, epoch.to_bytes(8, "big"))
+        self._epoch = epoch
         self._announce()
 
     async def _problem(self, seen: AnchoredHead) -> str | None:
@@ -261,3 +278,8 @@ class AuditAnchor(Service):
         if await self._audit.stored_hash(seen.seq) != seen.hash:
             return f"{here}, and its entry {seen.seq} differs (the database was replaced)"
         return None
+
+
+def _order(head: AnchoredHead) -> tuple[int, int]:
+    """Which of two heads is newer: the later epoch, then the longer log."""
+    return head.epoch, head.seq

@@ -19,8 +19,15 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-DEFAULT_MAX_SESSIONS_PER_CALLER = 64
-DEFAULT_MAX_LISTENERS_PER_CALLER = 16
+# Defaults of the keys below that code outside the config also falls back on: one
+# definition each (`node/mcp/http.py`, `node/tools/mounted.py` import them).
+DEFAULT_MAX_RESULT_BYTES: Final = 4 << 20
+DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
+DEFAULT_MAX_SESSIONS: Final = 256
+DEFAULT_MAX_SESSIONS_PER_CALLER: Final = 64
+DEFAULT_SESSION_IDLE_S: Final = 600.0
+DEFAULT_MAX_LISTENERS: Final = 64
+DEFAULT_MAX_LISTENERS_PER_CALLER: Final = 16
 ToolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
 # The grant `vsmcp mcp-stdio` clients get (zone `mcp.stdio_zone`, origin `http:stdio`);
 # no `mcp.tokens` entry may take this name.
@@ -168,7 +175,7 @@ class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "largest answer (bytes) a mounted server may give one call; a larger one fails "
             "that call (result_too_large, naming both sizes) and is never held whole"
         ),
-    ] = 4 << 20
+    ] = DEFAULT_MAX_RESULT_BYTES
     supervision: Annotated[SupervisionConfig, doc("restarts and quarantine")] = msgspec.field(
         default_factory=SupervisionConfig
     )
@@ -246,12 +253,17 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allowed_hosts: Annotated[
         list[str],
         doc(
-            "Host names HTTP answers (every route) besides localhost, 127.0.0.1, ::1 (when "
-            "the node listens on loopback; elsewhere Host is checked only if this is set)"
+            "Host names HTTP answers (every route) besides localhost, 127.0.0.1, ::1, "
+            "http.host and the address a client connected to; any other Host gets 421 "
+            "(DNS rebinding), wherever the node listens: list the names it is reached by"
         ),
     ] = msgspec.field(default_factory=list)
-    max_body_bytes: Annotated[PositiveInt, doc("largest /mcp request body")] = 1 << 20
-    max_sessions: Annotated[PositiveInt, doc("2025-11-25 sessions open at once, in all")] = 256
+    max_body_bytes: Annotated[PositiveInt, doc("largest /mcp request body")] = (
+        DEFAULT_MAX_BODY_BYTES
+    )
+    max_sessions: Annotated[PositiveInt, doc("2025-11-25 sessions open at once, in all")] = (
+        DEFAULT_MAX_SESSIONS
+    )
     max_sessions_per_caller: Annotated[
         PositiveInt,
         doc(
@@ -259,12 +271,15 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "a caller at its quota gives up its own oldest idle session"
         ),
     ] = DEFAULT_MAX_SESSIONS_PER_CALLER
-    session_idle_s: Annotated[PositiveFloat, doc("a session idle this long ends")] = 600.0
+    session_idle_s: Annotated[PositiveFloat, doc("a session idle this long ends")] = (
+        DEFAULT_SESSION_IDLE_S
+    )
     max_listeners: Annotated[
         PositiveInt, doc("open notification streams (subscriptions/listen, GET) at once")
-    ] = 64
+    ] = DEFAULT_MAX_LISTENERS
     max_listeners_per_caller: Annotated[
-        PositiveInt, doc("open notification streams of one caller")
+        PositiveInt,
+        doc("open notification streams (subscriptions/listen, GET) of one caller"),
     ] = DEFAULT_MAX_LISTENERS_PER_CALLER
     stdio_zone: Annotated[
         str,

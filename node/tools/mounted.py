@@ -29,7 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, PARSE_ERROR, RequestParamsMeta, Tool
 
-from vsmcp.node.tools.config import MountConfig
+from vsmcp.node.tools.config import DEFAULT_MAX_RESULT_BYTES, MountConfig
 from vsmcp.node.tools.errors import ProviderError, ResultTooLarge, UnitFault, UnknownTool
 from vsmcp.node.tools.http_cap import ANSWER_TOO_LARGE_MARK, capped_http_client
 from vsmcp.node.tools.model import (
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 MAX_LIST_PAGES = 50
 RESULT_KEYS = ("content", "isError", "structuredContent")
-DEFAULT_MAX_RESULT_BYTES = 4 << 20
 # How httpx2 says an SSE event passed `max_sse_event_size` (the SDK passes it on).
 SSE_TOO_LARGE_MARK = "byte limit"
 # Room for the JSON-RPC envelope around a result at the cap (and for escaping).

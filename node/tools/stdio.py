@@ -264,20 +264,17 @@ class _Connection:
     async def _too_large(self, prefix: bytes, tail: bytes, size: int) -> None:
         self._stats.oversized_messages += 1
         cap = self._launch.max_message_bytes
-        # Where the id is depends on the server's key order: first, or last.
-        found = _ID.search(prefix) or _last_id(tail)
+        request_id = dropped_message_id(prefix, tail)
         log.warning(
             "mount %s: dropped a %d-byte message (cap %d bytes)%s",
             self._launch.mount,
             size,
             cap,
-            "" if found else " that answers no request",
+            "" if request_id is not None else " that answers no request",
             extra={"mount": self._launch.mount},
         )
-        if found is None:
+        if request_id is None:
             return
-        raw = found.group(1).decode()
-        request_id: int | str = int(raw) if raw[0] != '"' else raw[1:-1]
         error = types.JSONRPCError(
             jsonrpc="2.0",
             id=request_id,
@@ -363,6 +360,43 @@ class _Connection:
             )
 
 
-def _last_id(tail: bytes) -> re.Match[bytes] | None:
-    matches = list(_ID.finditer(tail))
-    return matches[-1] if matches else None
+def dropped_message_id(prefix: bytes, tail: bytes) -> int | str | None:
+    """The request id a dropped over-long line answers, from its first and last bytes.
+
+    Only the outer object's `"id"` counts, not one nested in its `result` or `params`.
+    Where it is depends on the server's key order: in `prefix` (the line's start) it is
+    the key one level deep; in `tail` (the line's end) the one whose object the line's
+    last brace closes.
+    """
+    found = next((m for m in _ID.finditer(prefix) if _nesting(prefix[: m.start()]) == 1), None)
+    if found is None:
+        found = next(
+            (m for m in reversed(list(_ID.finditer(tail))) if _nesting(tail[m.end() :]) == -1),
+            None,
+        )
+    if found is None:
+        return None
+    raw = found.group(1).decode()
+    return int(raw) if raw[0] != '"' else raw[1:-1]
+
+
+def _nesting(json_text: bytes) -> int | None:
+    """How many levels deeper JSON text that starts outside any string ends (negative:
+    it closes levels opened before it); None if it ends inside a string."""
+    depth = 0
+    in_string = escaped = False
+    for byte in json_text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"{[":
+            depth += 1
+        elif byte in b"}]":
+            depth -= 1
+    return None if in_string else depth

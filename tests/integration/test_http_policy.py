@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,33 @@ def test_a_request_head_is_capped_in_all(node: NodeProcess) -> None:
             while chunk := sock.recv(65536):
                 answer += chunk
     assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
+def _request_via(
+    address: str, port: int, host: str, path: str = "/api/status"
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(address, port, HTTP_TIMEOUT_S)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_listening_on_every_address_answers_only_its_own_hosts(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """Before: with http.host 0.0.0.0 and no mcp.allowed_hosts, any Host was answered,
+    so a page rebinding its name to the node's LAN address read it."""
+    node = NodeProcess(tmp_path / "n", "--http-host", "0.0.0.0").start()
+    nodes.append(node)
+    port = int(node.info["http_port"])
+    assert node.url == f"http://127.0.0.1:{port}"  # where local tools reach it
+    status, body = _request_via("127.0.0.1", port, f"evil.example:{port}")
+    assert status == 421, body
+    assert "Host 'evil.example:" in json.loads(body)["error"]
+    assert _request_via("127.0.0.1", port, f"localhost:{port}")[0] == 200
+    # The address the client dialled is the node's own: answered. Another is not.
+    assert _request_via("127.0.0.2", port, f"127.0.0.2:{port}")[0] == 200
+    assert _request_via("127.0.0.1", port, f"127.0.0.2:{port}")[0] == 421

@@ -35,10 +35,13 @@ def _config(tmp_path: Path) -> str:
 
 
 def _restarts(node: NodeProcess, loop: str) -> float:
+    """The loop's restart count; every loop started is reported, at 0 before any
+    restart, so a missing one is a failure (not a count that a later one exceeds)."""
     _, body, _ = node.get("/metrics")
     pattern = rf'^vsmcp_loop_restarts_total\{{loop="{re.escape(loop)}"\}} ([0-9.e+]+)$'
     match = re.search(pattern, body.decode(), re.MULTILINE)
-    return float(match.group(1)) if match else -1.0
+    assert match is not None, f"no restart count for loop {loop} in /metrics"
+    return float(match.group(1))
 
 
 def _fault(node: NodeProcess, loop: str, tick: Callable[[], object] = list) -> None:
@@ -87,7 +90,9 @@ def test_a_restarted_anti_entropy_loop_still_heals_a_cut_link(
     b.start()
     wait_mesh_states([a, b], {a.node_id: "alive", b.node_id: "alive"})
 
+    assert _restarts(a, "replication-anti-entropy") == 0
     _fault(a, "replication-anti-entropy")
+    assert _restarts(a, "replication-anti-entropy") == 1
     assert a.get_json("/healthz") == {"status": "ok", "_http_status": 200}
     assert "loop replication-anti-entropy failed; restarting" in a.log_text()
 

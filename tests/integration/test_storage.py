@@ -6,16 +6,19 @@ from __future__ import annotations
 import re
 import sqlite3
 import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import NodeProcess, run_cli, run_daemon
+from tests.integration.harness import REPO_ROOT, NodeProcess, run_cli, run_daemon
 from tests.polling import wait_for
 from vsmcp.node.store.audit_anchor import KV_SEEN_HEADS, AnchoredHead, decode_seen
 
 pytestmark = pytest.mark.integration
 
+CLI = (sys.executable, "-m", "vsmcp.node.app.cli")
 PAGE_BYTES = 4096  # SQLite's default page size, which the store keeps
 
 
@@ -181,12 +184,20 @@ def _seen_at_least(observer: NodeProcess, node_id: str, seq: int) -> bool:
     return head is not None and head.seq >= seq
 
 
-def test_a_node_behind_the_head_its_peer_saw_stops_until_the_operator_accepts(
-    tmp_path: Path, nodes: list[NodeProcess]
-) -> None:
-    config = tmp_path / "mesh.toml"
-    config.write_text('[mesh]\npreset = "local"\n')
-    common = ("--config", str(config), "--no-mdns")
+@dataclass
+class RolledBack:
+    """A node's data dir restored to an older copy after `peer` saw a newer head of it."""
+
+    data: Path
+    peer: NodeProcess
+    common: tuple[str, ...]  # the daemon arguments every node of the test takes
+    seed: tuple[str, ...]  # the peer as a seed
+
+
+def _roll_back_behind_peer(tmp_path: Path, nodes: list[NodeProcess], config: str) -> RolledBack:
+    config_path = tmp_path / "mesh.toml"
+    config_path.write_text(config)
+    common = ("--config", str(config_path), "--no-mdns")
     peer = NodeProcess(tmp_path / "b", *common)
     nodes.append(peer)
     peer.start()
@@ -201,6 +212,14 @@ def test_a_node_behind_the_head_its_peer_saw_stops_until_the_operator_accepts(
     # The database and its audit.head restored together: the local check cannot tell.
     for name, content in backup.items():
         (data / name).write_bytes(content)
+    return RolledBack(data, peer, common, seed)
+
+
+def test_a_node_behind_the_head_its_peer_saw_stops_until_the_operator_accepts(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    rolled = _roll_back_behind_peer(tmp_path, nodes, '[mesh]\npreset = "local"\n')
+    data, common, seed = rolled.data, rolled.common, rolled.seed
 
     behind = NodeProcess(data, *common, *seed)
     nodes.append(behind)
@@ -221,6 +240,52 @@ def test_a_node_behind_the_head_its_peer_saw_stops_until_the_operator_accepts(
     assert accepted.wait_exit(timeout_s=30) == 0
     verify = run_cli("audit", "verify", "--data-dir", str(data))
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_node_that_gives_up_exits_2_although_a_call_blocks_its_thread(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # Before: the node stopped, but nothing bounded the exit: asyncio.run waited for the
+    # blocked thread for ever and the process never exited.
+    block_plugin = """
+[mesh]
+preset = "local"
+[[tools.plugins]]
+name = "block"
+target = "tests.integration.plugin_tools:block"
+"""
+    rolled = _roll_back_behind_peer(tmp_path, nodes, block_plugin)
+    rolled.peer.terminate()
+    assert rolled.peer.wait_exit(timeout_s=30) == 0, rolled.peer.log_text()
+    # Without its peer the restored node has no one to tell it: it serves.
+    behind = NodeProcess(rolled.data, *rolled.common)
+    nodes.append(behind)
+    behind.start()
+    marker = tmp_path / "blocked"
+    call = subprocess.Popen(
+        [*CLI, "call", "block", "--arg", f"marker={marker}", "--url", behind.url],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(marker.exists, timeout_s=60, what="the call blocking its thread")
+        # The peer comes back and joins the restored node: it tells it the head it saw.
+        peer = NodeProcess(
+            rolled.peer.data_dir,
+            *rolled.common,
+            "--seed",
+            f"{behind.node_id}@127.0.0.1:{behind.mesh_port}",
+        )
+        nodes.append(peer)
+        peer.start()
+        assert behind.wait_exit(timeout_s=120) == 2, behind.log_text()
+    finally:
+        call.kill()
+        call.wait()
+    log_text = behind.log_text()
+    assert "the mesh saw entry" in log_text
+    assert "threads of tool calls still run" in log_text  # ended by the watchdog
 
 
 def _run_until_seen(

@@ -140,3 +140,19 @@ def test_the_unit_allows_the_descriptors_a_node_may_need() -> None:
     # Every peer and candidate link (a descriptor or two each) with room to spare.
     assert limit >= 4 * (MAX_PEERS + MAX_CANDIDATE_LINKS) + MIN_FREE_DESCRIPTORS
     assert sys.platform != "linux" or limit <= 1 << 20  # the kernel's usual nr_open
+
+
+@pytest.mark.parametrize(("invocation_id", "warned"), [("4f2a9c", True), ("", False)])
+def test_accept_audit_rollback_from_a_unit_is_warned_about(
+    tmp_path: Path, nodes: list[NodeProcess], invocation_id: str, warned: bool
+) -> None:
+    """Left in ExecStart, the flag would accept a rollback at every restart: said once
+    at start when systemd runs the node (INVOCATION_ID), not otherwise."""
+    node = NodeProcess(
+        tmp_path / "n", "--accept-audit-rollback", env={"INVOCATION_ID": invocation_id}
+    )
+    nodes.append(node)
+    node.start()
+    node.terminate()
+    assert node.wait_exit(timeout_s=30) == 0, node.log_text()
+    assert ("meant for one start" in node.log_text()) is warned

@@ -133,3 +133,38 @@ async def test_listen_streams_have_a_quota_per_caller() -> None:
         refused = await (await listen({})).json()
         assert refused["error"]["data"]["limit"] == "listeners_per_caller"
         assert (await listen(TOKEN)).status == 200
+
+
+async def test_get_streams_count_as_listeners() -> None:
+    """`mcp.max_listeners(_per_caller)` say GET streams count: before, only listen
+    streams did, so a caller held as many GET streams as it had sessions."""
+    async with (
+        gateway(
+            max_sessions=8, max_sessions_per_caller=8, max_listeners=3, max_listeners_per_caller=2
+        ) as srv,
+        aiohttp.ClientSession() as http,
+        AsyncExitStack() as streams,
+    ):
+
+        async def get_stream(headers: dict[str, str]) -> aiohttp.ClientResponse:
+            status, answer, body = await post(srv.url, INIT, headers)
+            assert status == 200, body
+            session = {**headers, "Mcp-Session-Id": answer["Mcp-Session-Id"], "Accept": ACCEPT_BOTH}
+            return await streams.enter_async_context(http.get(srv.url, headers=session))
+
+        assert [(await get_stream({})).status for _ in range(2)] == [200, 200]
+        refused = await get_stream({})
+        assert refused.status == 503
+        assert (await refused.json())["error"]["data"]["limit"] == "listeners_per_caller"
+        # The same quota as listen streams.
+        listen_headers = modern_headers("subscriptions/listen")
+        listen = await streams.enter_async_context(
+            http.post(srv.url, json=LISTEN, headers=listen_headers)
+        )
+        assert listen.status == 503
+        # Another caller gets the last slot of three, then the node is full.
+        assert (await get_stream(TOKEN)).status == 200
+        full = await get_stream(TOKEN)
+        assert (await full.json())["error"]["data"]["limit"] == "listeners"
+    # Every slot is given back when the streams close.
+    assert srv.gateway.listeners_of == {}

@@ -3,6 +3,7 @@ message may and may not make a node do."""
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -19,7 +20,12 @@ from vsmcp.mesh.envelope import MsgType
 from vsmcp.mesh.identity import NodeKey
 from vsmcp.node.app.config import load_config
 from vsmcp.node.app.node import Node
-from vsmcp.node.store.audit_anchor import AnchoredHead, AuditHeadMessage, anchor_message
+from vsmcp.node.store.audit_anchor import (
+    KV_AUDIT_EPOCH,
+    AnchoredHead,
+    AuditHeadMessage,
+    anchor_message,
+)
 
 
 def _config(data_dir: Path, **extra: Any) -> Any:
@@ -155,13 +161,17 @@ async def test_an_accepted_rollback_is_recorded_and_moves_to_a_new_epoch(
         return pair.target.audit_anchor.epoch == 1
 
     await async_wait_for(moved, timeout_s=20, what="the new epoch")
-    await pair.target.audit.flush()
+    # Once the epoch is announced, its record and the stored epoch are committed: read
+    # the database as another process would, with no flush first.
     conn = sqlite3.connect(pair.target.config.data_dir / "vsmcp.db")
     try:
         kinds = [r[0] for r in conn.execute("SELECT kind FROM audit_entries")]
+        stored = conn.execute("SELECT value FROM kv WHERE key = ?", (KV_AUDIT_EPOCH,))
+        stored_epoch = int.from_bytes(stored.fetchone()[0], "big")
     finally:
         conn.close()
     assert "audit.rollback_accepted" in kinds
+    assert stored_epoch == 1
     assert not pair.target.fatal.is_set()
     # The same old head again counts for nothing now: it is from the epoch before.
     anchor = pair.target.audit_anchor
@@ -173,3 +183,91 @@ async def test_an_accepted_rollback_is_recorded_and_moves_to_a_new_epoch(
 
     await async_wait_for(looked_at, timeout_s=20, what="the old head compared")
     assert anchor.epoch == 1 and not pair.target.fatal.is_set()
+
+
+def _our_current_head(node: Node) -> AnchoredHead:
+    """A head of `node`'s own that its log continues: checking it finds nothing."""
+    audit = node.audit
+    return _signed(node.identity.key.sign_detached, 0, audit.head_seq, audit.head_hash)
+
+
+async def test_a_head_that_arrives_while_another_is_checked_is_checked_after(
+    pair: Pair,
+) -> None:
+    # Each check reads the database; heads arriving meanwhile were dropped, so the one
+    # that says the log went backwards, sent right behind a harmless one, went unseen.
+    anchor = pair.target.audit_anchor
+    compared = anchor.compared
+    harmless = AuditHeadMessage(head=_peer_head(pair), seen=_our_current_head(pair.target))
+    seen = _our_head_ahead(pair.target)
+    ahead = AuditHeadMessage(head=_peer_head(pair), seen=seen)
+    for message in (harmless, harmless, harmless, ahead):
+        _send(pair, msgspec.msgpack.encode(message))
+
+    async def stopped() -> bool:
+        return pair.target.fatal.is_set()
+
+    await async_wait_for(stopped, timeout_s=20, what="the node giving up")
+    assert anchor.compared >= compared + 2
+    assert f"the mesh saw entry {seen.seq} " in (pair.target.fatal_error or "")
+
+
+async def test_a_comparison_that_fails_is_logged_with_its_cause(
+    accepting_pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="vsmcp.node.store.audit_anchor")
+    pair = accepting_pair
+    db = pair.target.config.data_dir / "vsmcp.db"
+    # Storing the new epoch fails, as a write to a damaged or full disk would.
+    _sql(
+        db,
+        f"CREATE TRIGGER refuse_epoch BEFORE INSERT ON kv WHEN NEW.key = '{KV_AUDIT_EPOCH}' "
+        "BEGIN SELECT RAISE(ABORT, 'epoch refused by the test'); END",
+    )
+    try:
+        anchor = pair.target.audit_anchor
+        compared = anchor.compared
+        seen = _our_head_ahead(pair.target)
+        _send(pair, msgspec.msgpack.encode(AuditHeadMessage(head=_peer_head(pair), seen=seen)))
+
+        async def looked_at() -> bool:
+            return anchor.compared > compared
+
+        await async_wait_for(looked_at, timeout_s=20, what="the head compared")
+    finally:
+        _sql(db, "DROP TRIGGER refuse_epoch")
+    failed = [r for r in caplog.records if "with the audit log failed" in r.getMessage()]
+    assert failed, [r.getMessage() for r in caplog.records]
+    assert failed[0].exc_info is not None
+    assert "epoch refused by the test" in str(failed[0].exc_info[1])
+    assert anchor.epoch == 0  # not moved without its stored epoch
+
+
+def _sql(db: Path, statement: str) -> None:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def test_the_announce_loop_is_supervised(pair: Pair) -> None:
+    loops = pair.target.loops
+    assert "audit-anchor" in loops.running()
+    assert loops.inject_fault("audit-anchor")
+
+    async def restarted() -> bool:
+        return loops.restart_counts().get("audit-anchor", 0) == 1 and (
+            "audit-anchor" in loops.running()
+        )
+
+    await async_wait_for(restarted, timeout_s=20, what="the announce loop restarted")
+    # And it announces again: the peer takes a newer head of the target.
+    peer_anchor = pair.peer.audit_anchor
+    received = peer_anchor.received
+
+    async def announced() -> bool:
+        return peer_anchor.received > received
+
+    await async_wait_for(announced, timeout_s=30, what="an announcement after the restart")

@@ -1,0 +1,4 @@
+terraform {
+  # Provider-agnostic: this module only renders cloud-init user-data.
+  required_version = ">= 1.5"
+}

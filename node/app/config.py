@@ -32,6 +32,7 @@ from vsmcp.node.tools.config import (
     ToolsConfig,
     doc,
 )
+from vsmcp.node.vsm.immune.config import ImmuneConfig
 from vsmcp.node.vsm.stream import DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY
 
 DEFAULT_HTTP_PORT = 7700
@@ -206,6 +207,10 @@ class VsmSection(_Section):
     patterns_poll_s: Annotated[
         float, doc("how often patterns_dir is checked for changes, in seconds")
     ] = 2.0
+    immune: Annotated[
+        ImmuneConfig,
+        doc("the immune system: built-in patterns and mesh-wide mitigation policies"),
+    ] = msgspec.field(default_factory=ImmuneConfig)
 
 
 class Config(_Section):
@@ -251,6 +256,7 @@ MAX_REAP_AFTER_S = 30 * 86_400
 MAX_AUDIT_LINGER_MS = 60_000
 MAX_TIMEOUT_S = 3600.0
 MIN_PATTERNS_POLL_S = 0.1
+MAX_IMMUNE_TTL_S = 7 * 86_400.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
@@ -402,6 +408,7 @@ def _validate(config: Config) -> None:
             f"{config.vsm.patterns_poll_s} is out of range "
             f"({MIN_PATTERNS_POLL_S}..{MAX_TIMEOUT_S} s)",
         )
+    _validate_immune(config.vsm.immune)
     _validate_zone_references(config)
     _validate_tokens(config)
     for i, seed in enumerate(config.mesh.seeds):
@@ -411,6 +418,20 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"mesh.seeds[{i}]", f"'{seed}' is not [NODE_ID@]HOST:PORT: {e}"
             ) from e
+
+
+def _validate_immune(immune: ImmuneConfig) -> None:
+    for name in ("block_ttl_s", "quarantine_ttl_s", "observation_ttl_s"):
+        _check_immune_seconds(name, getattr(immune, name), MAX_IMMUNE_TTL_S)
+    for name in ("denial", "storm", "bad_envelope", "tool_error"):
+        _check_range(f"vsm.immune.{name}_count", getattr(immune, f"{name}_count"), 1, 100_000)
+        _check_immune_seconds(f"{name}_window_s", getattr(immune, f"{name}_window_s"), 3600.0)
+    _check_range("vsm.immune.max_blocks_per_minute", immune.max_blocks_per_minute, 1, 10_000)
+
+
+def _check_immune_seconds(name: str, value: float, upper: float) -> None:
+    if not 0 < value <= upper:
+        raise ConfigError(f"vsm.immune.{name}", f"{value} is out of range (0..{upper:g} s]")
 
 
 def _validate_zone_references(config: Config) -> None:

@@ -428,6 +428,10 @@ def _remote_spec(tool: RemoteTool) -> ToolSpec:
     )
 
 
+CallGate = Callable[[str, str | None, str | None, str, str], None]
+"""`gate(origin, entry_origin, entry_node, tool, zone)`: raise a `ToolError` to refuse."""
+
+
 class MeshCatalog(Service):
     """A `ToolCatalog` over the local units and the mesh. Async context manager."""
 
@@ -474,6 +478,9 @@ class MeshCatalog(Service):
         self._calls: set[asyncio.Task[Any]] = set()
         self._cancelled_calls: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # The immune system's check of every call (entry and served): raises
+        # `PolicyBlocked` for a blocked origin, entry node or tool. Set by the node.
+        self.gate: CallGate | None = None
         self._unsubscribe_local = local.on_change(self._local_changed)
         self._reindex_local()
 
@@ -693,6 +700,8 @@ class MeshCatalog(Service):
         if task is not None:
             self._calls.add(task)
         try:
+            if self.gate is not None:
+                self.gate(ctx.origin, ctx.entry_origin, None, name, ctx.caller_zone)
             result = await self._call(name, arguments, ctx, tried)
             if result.get("isError"):
                 outcome = "error_result"
@@ -1016,6 +1025,8 @@ class MeshCatalog(Service):
         outcome = "ok"
         reason: str | None = None
         try:
+            if self.gate is not None:
+                self.gate(ctx.origin, request.origin, entry, request.tool, zone)
             result = await self.local.call_tool(request.tool, request.arguments, ctx)
             if result.get("isError"):
                 outcome = "error_result"

@@ -242,3 +242,41 @@ def counters(node: NodeProcess, family: str) -> dict[str, int]:
     text = node.get("/metrics")[1].decode()
     pattern = rf'^{re.escape(family)}_total\{{\w+="([^"]*)"\}} ([0-9.e+]+)$'
     return {m.group(1): int(float(m.group(2))) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+def call_tool(
+    node: NodeProcess, token: str, tool: str, arguments: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One `tools/call` at the node's /mcp (stateless, 2026-07-28) as the bearer of
+    `token`: the JSON-RPC reply, error replies (4xx) included."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": tool,
+            "arguments": arguments or {},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    request = urllib.request.Request(
+        node.url + "/mcp",
+        data=json.dumps(body).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": tool,
+            "Authorization": f"Bearer {token}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            reply: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as e:  # a refusal is a 4xx carrying the JSON-RPC error
+        reply = json.loads(e.read())
+    return reply

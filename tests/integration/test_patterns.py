@@ -4,16 +4,13 @@ node runs is refused with its name while the running set keeps matching."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.harness import NodeProcess, counters, run_daemon
+from tests.integration.harness import NodeProcess, call_tool, counters, run_daemon
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
@@ -78,41 +75,13 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
 def _call(
     node: NodeProcess, who: str, tool: str, arguments: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {
-            "name": tool,
-            "arguments": arguments or {},
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        },
-    }
-    request = urllib.request.Request(
-        node.url + "/mcp",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2026-07-28",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": tool,
-            "Authorization": f"Bearer {TOKENS[who]}",
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            reply: dict[str, Any] = json.loads(response.read())
-    except urllib.error.HTTPError as e:  # a denial is a 403 carrying the JSON-RPC error
-        reply = json.loads(e.read())
-    return reply
+    return call_tool(node, TOKENS[who], tool, arguments)
 
 
 def _patterns(node: NodeProcess) -> dict[str, dict[str, Any]]:
-    return {p["name"]: p for p in node.get_json("/api/patterns")["patterns"]}
+    """The node's patterns apart from the immune system's built-in ones."""
+    patterns = node.get_json("/api/patterns")["patterns"]
+    return {p["name"]: p for p in patterns if p["source"] != "vsm.immune"}
 
 
 def test_three_zone_denials_of_one_origin_match_and_show_in_api_patterns(

@@ -140,6 +140,9 @@ class ImmuneService:
         observers: list[str] = []
         if request.target_kind == "node":
             self._observe(request, now_ms)
+            held = self.blocks.find("node", request.target, now_ms)
+            if held is not None:  # our observation completed a quorum: blocked already
+                return MitigationOutcome(status="issued", policy_id=held.policy_id)
             observers = self.tally.observers(request.target, now_ms)
             quorum = self.tally.quorum(request.target)
             if len(observers) < quorum:

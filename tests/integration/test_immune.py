@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from tests.integration.harness import NodeProcess, call_tool, mesh_name_for, wait_mesh_states
+from tests.integration.harness import (
+    NodeProcess,
+    call_tool,
+    mesh_name_for,
+    run_cli,
+    wait_mesh_states,
+)
 from tests.integration.mesh_peer import dev_peer
 from tests.polling import async_wait_for, wait_for
 from vsmcp.mesh.envelope import MsgType, Sealer
@@ -30,7 +37,7 @@ from vsmcp.node.store.database import db_path_for
 pytestmark = pytest.mark.integration
 
 TOKENS = {"attacker": "attacker-token-0123456789", "good": "good-token-0123456789abc"}
-BLOCK_TTL_S = 6
+BLOCK_TTL_S = 15
 DENIALS = 4
 POLICY_BLOCKED = -32007
 ZONE_DENIED = -32010
@@ -213,3 +220,50 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
     block = _enforced(five[4], x)
     assert block is not None and len(block["observers"]) >= 3
     assert not set(block["observers"]) & {x, five[3].node_id, five[4].node_id}
+
+
+def test_cli_lists_the_block_with_its_note_and_its_issuer_revokes_it_everywhere(
+    five: list[NodeProcess],
+) -> None:
+    a = five[0]
+    wait_for(
+        lambda: "error" not in _call(a, "attacker", "echo"),
+        timeout_s=BLOCK_TTL_S + 20,
+        what="no block of attacker left from an earlier test",
+    )
+    for _ in range(DENIALS):
+        assert _code(_call(a, "attacker", "secret.echo")) == ZONE_DENIED
+    policy = wait_for(
+        lambda: all(_enforced(n, "http:attacker") for n in five) and _enforced(a, "http:attacker"),
+        timeout_s=20,
+        what="the block enforced on every node",
+    )
+    listed = run_cli("policies", "--data-dir", str(five[3].data_dir))
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if policy["id"] in line)
+    assert "pattern:immune-zone-denials" in line and a.node_id in line
+
+    # Another member's key is neither the issuer's nor the authority's: refused.
+    forged = _revoke(policy["id"], a, key_of=five[1], at=five[2])
+    assert forged.returncode == 1 and "refused" in forged.stderr, forged.stderr
+    assert "error" in _call(five[2], "attacker", "echo")
+    # The issuer's key (a dev node is its own authority) signs the revocation; any node
+    # takes the signed record, and it travels.
+    revoked = _revoke(policy["id"], a, key_of=a, at=five[2])
+    assert revoked.returncode == 0, revoked.stderr
+    wait_for(
+        lambda: all("error" not in _call(n, "attacker", "echo") for n in five),
+        timeout_s=20,
+        what="the revoked block lifted on every node",
+    )
+    assert time.time() * 1000 < policy["expires_at_ms"]  # lifted before its expiry
+
+
+def _revoke(
+    policy_id: str, issuer: NodeProcess, *, key_of: NodeProcess, at: NodeProcess
+) -> subprocess.CompletedProcess[str]:
+    key = str(key_of.data_dir / "node.key")
+    return run_cli(
+        "policies", "revoke", policy_id, "--issuer", issuer.node_id,
+        "--key", key, "--data-dir", str(at.data_dir),
+    )  # fmt: skip

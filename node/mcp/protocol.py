@@ -263,11 +263,13 @@ def decode(body: bytes | str) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated client: its id, zone and origin (`http:<token name>`, `stdio`)."""
+    """An authenticated client: its id, zone and origin (`http:<token name>`, `stdio`),
+    and for HTTP its address (what an `addr:<ip>` mitigation blocks)."""
 
     caller_id: str
     zone: str
     origin: str
+    addr: str | None = None
 
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
@@ -336,6 +338,7 @@ class McpCore:
             trace_id=trace_id,
             causality=causality,
             progress=progress,
+            client_addr=caller.addr,
         )
 
     async def handle(

@@ -428,8 +428,9 @@ def _remote_spec(tool: RemoteTool) -> ToolSpec:
     )
 
 
-CallGate = Callable[[str, str | None, str | None, str, str], None]
-"""`gate(origin, entry_origin, entry_node, tool, zone)`: raise a `ToolError` to refuse."""
+CallGate = Callable[[CallContext, str | None, str], None]
+"""`gate(ctx, entry_node, tool)`: raise a `ToolError` to refuse (`entry_node`: the node
+that forwarded a served call)."""
 
 
 class MeshCatalog(Service):
@@ -701,7 +702,7 @@ class MeshCatalog(Service):
             self._calls.add(task)
         try:
             if self.gate is not None:
-                self.gate(ctx.origin, ctx.entry_origin, None, name, ctx.caller_zone)
+                self.gate(ctx, None, name)
             result = await self._call(name, arguments, ctx, tried)
             if result.get("isError"):
                 outcome = "error_result"
@@ -1026,7 +1027,7 @@ class MeshCatalog(Service):
         reason: str | None = None
         try:
             if self.gate is not None:
-                self.gate(ctx.origin, request.origin, entry, request.tool, zone)
+                self.gate(ctx, entry, request.tool)
             result = await self.local.call_tool(request.tool, request.arguments, ctx)
             if result.get("isError"):
                 outcome = "error_result"

@@ -34,6 +34,7 @@ from vsmcp.crdt.replica import Change
 from vsmcp.crdt.signing import Signer
 from vsmcp.mesh.identity import node_id_from_public_key
 from vsmcp.node.tools.errors import PolicyBlocked
+from vsmcp.node.tools.model import CallContext
 from vsmcp.node.vsm.events import Denial, EventSink, encode_event
 from vsmcp.node.vsm.immune.blocklist import Block, BlockList
 from vsmcp.node.vsm.immune.config import ImmuneConfig
@@ -288,18 +289,19 @@ class ImmuneService:
 
     # -- enforcing -------------------------------------------------------------------
 
-    def check_call(
-        self, origin: str, entry_origin: str | None, entry_node: str | None, tool: str, zone: str
-    ) -> None:
+    def check_call(self, ctx: CallContext, entry_node: str | None, tool: str) -> None:
         """Raise `PolicyBlocked` when a live mitigation covers this call: its origin,
-        the origin an entry node named, the entry node itself, or the tool."""
+        the origin an entry node named, the HTTP client's address, the entry node
+        itself, or the tool."""
         if not len(self.blocks):
             return
         now_ms = self._clock_ms()
         find = self.blocks.find
+        entry_origin = ctx.entry_origin
         block = (
-            find("origin", origin, now_ms)
+            find("origin", ctx.origin, now_ms)
             or (find("origin", entry_origin, now_ms) if entry_origin else None)
+            or (find("origin", f"addr:{ctx.client_addr}", now_ms) if ctx.client_addr else None)
             or (find("node", entry_node, now_ms) if entry_node else None)
             or find("tool", tool, now_ms)
         )
@@ -310,8 +312,8 @@ class ImmuneService:
             self._events.publish(
                 Denial(
                     ts=now_ms / 1000,
-                    origin=origin,
-                    zone=zone,
+                    origin=ctx.origin,
+                    zone=ctx.caller_zone,
                     limit="blocked",
                     blocked=tool,
                     entry_origin=entry_origin,

@@ -13,6 +13,7 @@ from vsmcp.crdt.policies import PolicyStore, sign_revocation
 from vsmcp.crdt.signing import Ed25519Signer
 from vsmcp.mesh.identity import node_id_from_public_key
 from vsmcp.node.tools.errors import PolicyBlocked
+from vsmcp.node.tools.model import CallContext
 from vsmcp.node.vsm.events import NODE_CATALOG, Denial, EnvelopeRejected, Event
 from vsmcp.node.vsm.immune.config import ImmuneConfig
 from vsmcp.node.vsm.immune.model import IMMUNE_ROLE, MITIGATION_KIND, immune_issuers
@@ -86,6 +87,21 @@ class _Sink:
         self.into.append(event)
 
 
+def _check(
+    immune: ImmuneService,
+    origin: str,
+    entry_origin: str | None = None,
+    entry_node: str | None = None,
+    tool: str = "echo",
+    addr: str | None = None,
+) -> None:
+    ctx = CallContext(
+        caller_id="c", caller_zone="public", origin=origin, entry_origin=entry_origin,
+        client_addr=addr,
+    )  # fmt: skip
+    immune.check_call(ctx, entry_node, tool)
+
+
 def _request(kind: TargetKind, target: str, ttl_s: float = 60.0) -> MitigationRequest:
     return MitigationRequest(
         target_kind=kind, target=target, ttl_s=ttl_s, source="test", reason="because"
@@ -97,25 +113,25 @@ def test_an_origin_block_is_enforced_where_it_arrives_and_names_policy_and_expir
     a, b, _ = mesh.members
     outcome = a.immune.mitigate(_request("origin", "http:attacker"))
     assert outcome.status == "issued" and outcome.policy_id == "origin:http:attacker"
-    b.immune.check_call("http:attacker", None, None, "echo", "public")  # not arrived yet
+    _check(b.immune, "http:attacker")  # not arrived yet
     mesh.sync()
     for member in mesh.members:
         with pytest.raises(PolicyBlocked) as refused:
-            member.immune.check_call("http:attacker", None, None, "echo", "public")
+            _check(member.immune, "http:attacker")
         assert "'origin:http:attacker'" in refused.value.message
         assert refused.value.data["expires_at_s"] == (mesh.clock.now_ms + 60_000) / 1000
         assert refused.value.data["until"] in refused.value.message
-        member.immune.check_call("http:good", None, None, "echo", "public")
+        _check(member.immune, "http:good")
     # The call forwarded from another entry node carries the entry's origin.
     with pytest.raises(PolicyBlocked):
-        b.immune.check_call("mesh:someone", "http:attacker", "someone", "echo", "public")
+        _check(b.immune, "mesh:someone", "http:attacker", "someone", "echo")
     denial = b.published[-1]
     assert isinstance(denial, Denial) and denial.limit == "blocked"
     assert a.immune.mitigate(_request("origin", "http:attacker")).status == "duplicate"
     # It ends by itself at its expiry.
     mesh.clock.now_ms += 60_000
     for member in mesh.members:
-        member.immune.check_call("http:attacker", None, None, "echo", "public")
+        _check(member.immune, "http:attacker")
 
 
 def test_a_quarantined_tool_is_refused_to_everyone() -> None:
@@ -124,8 +140,8 @@ def test_a_quarantined_tool_is_refused_to_everyone() -> None:
     assert a.immune.mitigate(_request("tool", "flaky")).status == "issued"
     mesh.sync()
     with pytest.raises(PolicyBlocked):
-        b.immune.check_call("http:good", None, None, "flaky", "public")
-    b.immune.check_call("http:good", None, None, "echo", "public")
+        _check(b.immune, "http:good", tool="flaky")
+    _check(b.immune, "http:good")
 
 
 def test_the_authority_revokes_a_block_everywhere() -> None:
@@ -139,9 +155,9 @@ def test_the_authority_revokes_a_block_everywhere() -> None:
         AUTHORITY, a.signer.public_key, policy.id, policy.version, now_ms=mesh.clock.now_ms
     )
     assert b.store.accept_signed(blob)
-    b.immune.check_call("http:attacker", None, None, "echo", "public")
+    _check(b.immune, "http:attacker")
     mesh.sync()
-    a.immune.check_call("http:attacker", None, None, "echo", "public")
+    _check(a.immune, "http:attacker")
     # Nobody else's signature revokes it.
     stranger = Ed25519Signer(b"\x77" * 32)
     a.immune.mitigate(_request("origin", "http:other"))
@@ -178,7 +194,7 @@ def test_protected_targets_are_refused_and_ignored_when_another_node_asks() -> N
     a.store.issue(a.signer, "forced", MITIGATION_KIND, body, ttl_ms=60_000)
     mesh.sync()
     assert b.immune.stats["protected_ignored"] == 1
-    b.immune.check_call(f"mesh:{b.node_id}", None, None, "echo", "public")
+    _check(b.immune, f"mesh:{b.node_id}")
 
 
 def test_a_node_without_the_immune_role_issues_nothing() -> None:
@@ -204,7 +220,7 @@ def test_a_node_block_needs_observations_from_a_quorum() -> None:
     members[0].store.issue(members[0].signer, "forced", MITIGATION_KIND, forced, ttl_ms=60_000)
     mesh.sync()
     for member in members[1:5]:
-        member.immune.check_call("mesh:x", None, x.node_id, "echo", "public")
+        _check(member.immune, "mesh:x", None, x.node_id, "echo")
     # Two more observers: the quorum backs the block everywhere.
     assert members[1].immune.mitigate(_request("node", x.node_id)).status == "pending"
     mesh.sync()
@@ -212,7 +228,7 @@ def test_a_node_block_needs_observations_from_a_quorum() -> None:
     mesh.sync()
     for member in members[:5]:
         with pytest.raises(PolicyBlocked):
-            member.immune.check_call(f"mesh:{x.node_id}", None, x.node_id, "echo", "public")
+            _check(member.immune, f"mesh:{x.node_id}", None, x.node_id, "echo")
 
 
 def test_the_built_in_patterns_block_an_origin_through_the_engine() -> None:
@@ -231,11 +247,11 @@ def test_the_built_in_patterns_block_an_origin_through_the_engine() -> None:
     # Denials seen at a provider for another entry node's caller do not count.
     engine.process_batch([denial("mesh:e", "http:attacker")] * 5)
     engine.process_batch([denial("http:attacker"), denial("http:good"), denial("http:attacker")])
-    immune.check_call("http:attacker", None, None, "echo", "public")
+    _check(immune, "http:attacker")
     engine.process_batch([denial("http:attacker")])
     with pytest.raises(PolicyBlocked):
-        immune.check_call("http:attacker", None, None, "echo", "public")
-    immune.check_call("http:good", None, None, "echo", "public")
+        _check(immune, "http:attacker")
+    _check(immune, "http:good")
     note = immune.blocks.all()[0].body.note
     assert note.source == "pattern:immune-zone-denials" and "3 events" in note.evidence
     # Bad envelopes from a peer observe it (a node block waits for a quorum: 2 of the 3
@@ -245,3 +261,13 @@ def test_the_built_in_patterns_block_an_origin_through_the_engine() -> None:
         [EnvelopeRejected(ts=t, reason="bad_signature", sender="peer")] * config.bad_envelope_count
     )
     assert immune.stats["observations"] == 1 and immune.stats["pending"] == 1
+
+
+def test_an_http_client_address_is_blocked_whatever_token_it_uses() -> None:
+    mesh = Mesh(1)
+    immune = mesh.members[0].immune
+    assert immune.mitigate(_request("origin", "addr:10.0.0.9")).status == "issued"
+    with pytest.raises(PolicyBlocked):
+        _check(immune, "http:good", addr="10.0.0.9")
+    _check(immune, "http:good", addr="10.0.0.8")
+    _check(immune, "stdio")

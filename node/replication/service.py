@@ -102,6 +102,9 @@ class ReplicationService(Service):
             self.state.registry.on_change(self._registry_changed)
             self.state.policies.on_change(self._policies_changed)
         self._push_wanted = asyncio.Event()
+        # A policy written here (an immune block, a revocation) goes out at once, not
+        # with the next announcement or received sync.
+        self.state.policies.on_update(lambda _update: self._push_now())
         self._synced_peers: set[str] = set()
         self._announced: dict[str, tuple[str, str, str]] = {}  # name -> (zone, desc, schema)
         self._announced_at_ms = 0

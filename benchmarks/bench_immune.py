@@ -1,7 +1,7 @@
 """Immune response across real `vsmcpd` processes: first offending call → the caller
 refused on every node.
 
-    python benchmarks/bench_immune.py [--nodes 5] [--trials 10]
+    python benchmarks/bench_immune.py [--nodes 5] [--trials 10] [--quick]
 
 N nodes (`--dev`, mDNS off, seeded with the first, `[mesh] preset = "local"`), the same
 tokens on each: `attacker-<i>` (zone public) for trial i. `[vsm.immune] denial_count = 1`
@@ -134,7 +134,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="5 trials")
     args = parser.parse_args()
+    if args.quick:
+        args.trials = min(args.trials, 5)
     root = Path(tempfile.mkdtemp(prefix="bench-immune-"))
     config = root / "node.toml"
     config.write_text(_config(args.trials))

@@ -30,7 +30,7 @@ from _machine import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.harness import NodeProcess, wait_mesh_states
+from tests.integration.harness import NodeProcess, tool_call_message, wait_mesh_states
 
 POLICY_BLOCKED = -32007
 ZONE_DENIED = -32010
@@ -65,26 +65,7 @@ def _token(i: int) -> str:
 
 
 async def _call(session: aiohttp.ClientSession, url: str, token: str, tool: str) -> int | None:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {
-            "name": tool,
-            "arguments": {"text": "x"} if tool == "echo" else {},
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        },
-    }
-    headers = {
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": tool,
-        "Authorization": f"Bearer {token}",
-    }
+    body, headers = tool_call_message(token, tool, {"text": "x"} if tool == "echo" else {})
     async with session.post(url + "/mcp", json=body, headers=headers) as response:
         reply: dict[str, Any] = json.loads(await response.read())
     error = reply.get("error")

@@ -244,11 +244,11 @@ def counters(node: NodeProcess, family: str) -> dict[str, int]:
     return {m.group(1): int(float(m.group(2))) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
-def call_tool(
-    node: NodeProcess, token: str, tool: str, arguments: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """One `tools/call` at the node's /mcp (stateless, 2026-07-28) as the bearer of
-    `token`: the JSON-RPC reply, error replies (4xx) included."""
+def tool_call_message(
+    token: str, tool: str, arguments: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON body and headers of one stateless (2026-07-28) `tools/call` at /mcp as
+    the bearer of `token`."""
     body = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -262,17 +262,25 @@ def call_tool(
             },
         },
     }
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": tool,
+        "Authorization": f"Bearer {token}",
+    }
+    return body, headers
+
+
+def call_tool(
+    node: NodeProcess, token: str, tool: str, arguments: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One `tools/call` at the node's /mcp as the bearer of `token`: the JSON-RPC reply,
+    error replies (4xx) included."""
+    body, headers = tool_call_message(token, tool, arguments)
     request = urllib.request.Request(
-        node.url + "/mcp",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2026-07-28",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": tool,
-            "Authorization": f"Bearer {token}",
-        },
+        node.url + "/mcp", data=json.dumps(body).encode(), headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -26,6 +26,7 @@ import pytest
 from tests.integration.harness import (
     NodeProcess,
     call_tool,
+    counters,
     mesh_name_for,
     run_cli,
     wait_mesh_states,
@@ -195,7 +196,15 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
     x = hostile.node_id
 
     async def admitted_everywhere() -> bool:
-        return all(n.peer_states().get(x) == "alive" for n in five)
+        # Admitted (HELLO done), not only known alive by gossip: a rejected envelope is
+        # put on a peer only when the connection's key is an admitted peer's.
+        return all(
+            any(
+                p["id"] == x and p["admitted"] and p["state"] == "alive"
+                for p in n.get_json("/api/peers")["peers"]
+            )
+            for n in five
+        )
 
     await async_wait_for(admitted_everywhere, timeout_s=30, what="the peer admitted by all")
 
@@ -217,6 +226,7 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
     stats = a.get_json("/api/policies")["stats"]
     assert stats.get("pending", 0) > before.get("pending", 0), stats
     assert stats.get("issued", 0) == before.get("issued", 0), stats
+    assert counters(a, "vsmcp_immune_events")["pending"] == stats["pending"]
     assert all(not _mitigations(n, x) for n in five)
 
     # Two more members see it: 3 observers out of 5 others make the quorum.
@@ -226,7 +236,12 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
     async def blocked_everywhere() -> bool:
         return all(_enforced(n, x) for n in five)
 
-    await async_wait_for(blocked_everywhere, timeout_s=20, what="the peer blocked on every node")
+    try:
+        await async_wait_for(blocked_everywhere, timeout_s=20, what="the peer blocked everywhere")
+    except AssertionError:
+        for node in five:  # what each node held, for the failure report
+            print(node.node_id, json.dumps(node.get_json("/api/policies")), flush=True)
+        raise
     block = _enforced(five[4], x)
     assert block is not None and len(block["observers"]) >= 3
     assert not set(block["observers"]) & {x, five[3].node_id, five[4].node_id}

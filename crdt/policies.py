@@ -212,6 +212,13 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         self._put(self._sign(by, record))
         return True
 
+    def accept_signed(self, blob: bytes) -> bool:
+        """Take a record signed elsewhere (e.g. a revocation signed with the offline
+        authority key by `vsmcp policies revoke`). Raises a `CrdtError` when it does not
+        verify; False when it does not outrank what is held."""
+        held = self._verify_blob(blob)
+        return self.offer([(held.checked.key, blob)]) == 1
+
     def view(self) -> list[Policy]:
         """Live verified policies, sorted by (issuer, id)."""
         policies = [p for p in self._visible_records() if isinstance(p, Policy)]
@@ -223,3 +230,26 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         if held is None or not held.checked.live or self._clock() >= held.checked.expires_at_ms:
             return None
         return self._view_of(held.checked.record)
+
+
+def sign_revocation(
+    by: Signer,
+    issuer: bytes,
+    policy_id: str,
+    revoked_version: int,
+    *,
+    now_ms: int,
+    ttl_ms: int = DEFAULT_REVOCATION_TTL_MS,
+) -> bytes:
+    """A signed revocation blob of version `revoked_version` of `issuer/policy_id`, made
+    away from any replica (the authority's key stays offline); `accept_signed` takes it."""
+    record = PolicyRevocation(
+        issuer=issuer,
+        id=policy_id,
+        revoked_version=check_int(revoked_version, what="version"),
+        signer=by.public_key,
+        revoked_at_ms=now_ms,
+        expires_at_ms=check_int(now_ms + ttl_ms, what="expiry"),
+    )
+    payload = _encoder.encode(record)
+    return payload + by.sign_detached(PolicyStore.domain + payload)

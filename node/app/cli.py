@@ -10,6 +10,8 @@
     vsmcp tools [--data-dir DIR | --url URL]
     vsmcp call TOOL --arg key=value ... [--data-dir DIR | --url URL]
     vsmcp patterns test FILE_OR_DIR --events RECORDED.jsonl [--json]
+    vsmcp policies [--data-dir DIR | --url URL] [--json]
+    vsmcp policies revoke POLICY_ID --issuer NODE_ID [--key AUTHORITY_KEY] [--data-dir DIR]
 
 Exit codes: 0 success; 1 the check or request failed; 2 bad arguments, key or config.
 """
@@ -35,6 +37,7 @@ from vsmcp.mesh.errors import MeshError
 from vsmcp.mesh.identity import NodeKey, load_key_file, save_key_file
 from vsmcp.node import __version__
 from vsmcp.node.app.cli_patterns import add_pattern_commands
+from vsmcp.node.app.cli_policies import add_policy_commands
 from vsmcp.node.app.cli_tools import add_tool_commands
 from vsmcp.node.app.config import default_data_dir
 from vsmcp.node.app.node import RUNTIME_FILE_NAME
@@ -263,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tool_commands(sub)
     add_pattern_commands(sub)
+    add_policy_commands(sub)
     return p
 
 

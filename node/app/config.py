@@ -35,6 +35,7 @@ from vsmcp.node.tools.config import (
 )
 from vsmcp.node.vsm.algedonic import DEFAULT_LANE_CAPACITY, DEFAULT_THRESHOLD
 from vsmcp.node.vsm.balance import DEFAULT_WINDOW_S as BALANCE_WINDOW_S
+from vsmcp.node.vsm.immune.config import ImmuneConfig
 from vsmcp.node.vsm.kpis import DEFAULT_WINDOW_S as KPI_WINDOW_S
 from vsmcp.node.vsm.responses import ResponseRule, default_rules, validate_rules
 from vsmcp.node.vsm.stream import DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY
@@ -249,6 +250,11 @@ class VsmSection(_Section):
     def response_rules(self) -> list[ResponseRule]:
         return default_rules() if self.responses is None else self.responses
 
+    immune: Annotated[
+        ImmuneConfig,
+        doc("the immune system: built-in patterns and mesh-wide mitigation policies"),
+    ] = msgspec.field(default_factory=ImmuneConfig)
+
 
 class Config(_Section):
     node: Annotated[NodeSection, doc("this process")] = msgspec.field(default_factory=NodeSection)
@@ -293,6 +299,7 @@ MAX_REAP_AFTER_S = 30 * 86_400
 MAX_AUDIT_LINGER_MS = 60_000
 MAX_TIMEOUT_S = 3600.0
 MIN_PATTERNS_POLL_S = 0.1
+MAX_IMMUNE_TTL_S = 7 * 86_400.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
@@ -445,6 +452,7 @@ def _validate(config: Config) -> None:
             f"({MIN_PATTERNS_POLL_S}..{MAX_TIMEOUT_S} s)",
         )
     _validate_algedonic(config)
+    _validate_immune(config.vsm.immune)
     _validate_zone_references(config)
     _validate_tokens(config)
     for i, seed in enumerate(config.mesh.seeds):
@@ -470,6 +478,20 @@ def _validate_algedonic(config: Config) -> None:
     if not 0 < vsm.latency_objective_ms <= MAX_TIMEOUT_S * 1000:
         raise ConfigError("vsm.latency_objective_ms", f"{vsm.latency_objective_ms} is out of range")
     validate_rules(vsm.response_rules)
+
+
+def _validate_immune(immune: ImmuneConfig) -> None:
+    for name in ("block_ttl_s", "quarantine_ttl_s", "observation_ttl_s"):
+        _check_immune_seconds(name, getattr(immune, name), MAX_IMMUNE_TTL_S)
+    for name in ("denial", "storm", "bad_envelope", "tool_error"):
+        _check_range(f"vsm.immune.{name}_count", getattr(immune, f"{name}_count"), 1, 100_000)
+        _check_immune_seconds(f"{name}_window_s", getattr(immune, f"{name}_window_s"), 3600.0)
+    _check_range("vsm.immune.max_blocks_per_minute", immune.max_blocks_per_minute, 1, 10_000)
+
+
+def _check_immune_seconds(name: str, value: float, upper: float) -> None:
+    if not 0 < value <= upper:
+        raise ConfigError(f"vsm.immune.{name}", f"{value} is out of range (0..{upper:g} s]")
 
 
 def _validate_zone_references(config: Config) -> None:

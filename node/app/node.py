@@ -20,9 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vsmcp.crdt.errors import CrdtError
 from vsmcp.mesh.certs import encode_certificate
 from vsmcp.mesh.envelope import Opener, Sealer, wall_clock_ms
 from vsmcp.mesh.errors import MeshError
+from vsmcp.mesh.identity import node_id_from_public_key
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.mesh.membership import MemberReaped, MemberStateChanged
 from vsmcp.mesh.replay import ReplayGuard
@@ -40,7 +42,7 @@ from vsmcp.node.http.server import HttpServer
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
-from vsmcp.node.peers.service import MeshService
+from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
@@ -55,6 +57,10 @@ from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.vsm.errors import PatternError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged
+from vsmcp.node.vsm.immune.model import immune_issuers
+from vsmcp.node.vsm.immune.patterns import SOURCE as IMMUNE_SOURCE
+from vsmcp.node.vsm.immune.patterns import immune_patterns
+from vsmcp.node.vsm.immune.service import ImmuneService
 from vsmcp.node.vsm.patterns.actions import ActionDispatcher
 from vsmcp.node.vsm.patterns.service import PatternService, ToolCaller
 from vsmcp.node.vsm.stream import EventStream
@@ -86,6 +92,18 @@ ENVELOPE_REJECT_REASONS = (
 
 
 _KIND_NAMES = {kind.cls: name for name, kind in NODE_CATALOG.kinds.items()}
+
+
+class PolicyRecordRefused(NodeError):
+    """A policy record posted to the node that does not verify."""
+
+
+def _roles_of(identity: NodeIdentity, mesh: MeshService, key: bytes) -> tuple[str, ...] | None:
+    """The roles of our certificate, or of the admitted peer holding `key`."""
+    if key == identity.key.public_key:
+        return identity.certificate.roles
+    peer = mesh.peers.get(node_id_from_public_key(key))
+    return None if peer is None else peer.certificate.roles
 
 
 class DebugApiDisabled(NodeError):
@@ -120,6 +138,8 @@ class Node(Service):
         self._anchor: AuditAnchor | None = None
         self._tools: MeshCatalog | None = None
         self._debug_tools = DebugTools()
+        # The immune system (System 5), once started; the Mitigator S5's rules call.
+        self.immune: ImmuneService | None = None
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self._out_of_descriptors = False
         # The node's one event stream: every component publishes into it (never
@@ -199,6 +219,7 @@ class Node(Service):
         mesh = self._mesh_service(identity, sealer)
         self._mesh = mesh
         replication = ReplicationService(
+            allowed_issuers=immune_issuers(lambda key: _roles_of(identity, mesh, key)),
             key=identity.key,
             authority_public_key=identity.authority_public_key,
             mesh=mesh,
@@ -271,6 +292,10 @@ class Node(Service):
         await stack.enter_async_context(replication)
         # After the snapshot is restored: what it holds is read once, the rest arrives.
         self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
+        immune = self._start_immune(identity, mesh, replication)
+        tools.gate = immune.check_call
+        # System 5's block_origin rules act through the immune system.
+        self.vsm.s5.mitigator = immune
         self.metrics.add_counters(
             "vsmcp_replication_events",
             "Registry replication events (sent, received, anti-entropy rounds, rejections)",
@@ -408,6 +433,54 @@ class Node(Service):
             return await catalog.call_tool(tool, arguments, ctx)
 
         return call
+
+    def _start_immune(
+        self, identity: NodeIdentity, mesh: MeshService, replication: ReplicationService
+    ) -> ImmuneService:
+        """The immune system: enforces what the policies CRDT holds (from now on, and
+        what the snapshot restored), issues through the `policy` action and `mitigate`."""
+        cfg = self.config.vsm.immune
+        protected = {
+            node_id_from_public_key(identity.authority_public_key),
+            node_id_from_public_key(identity.certificate.issuer_public_key),
+        }
+        immune = ImmuneService(
+            policies=replication.state.policies,
+            signer=identity.key,
+            config=cfg,
+            protected=protected,
+            alive=lambda: [identity.node_id, *mesh.alive_peers()],
+            quorum_max=MEMBERSHIP_PRESETS[self.config.mesh.preset]().quorum_max,
+            events=self.events,
+            audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
+        )
+        self.immune = immune
+        self.actions.register("policy", immune.on_match)
+        if cfg.enabled:
+            self.patterns.set_source(IMMUNE_SOURCE, immune_patterns(cfg))
+        self.metrics.add_counters(
+            "vsmcp_immune_events",
+            "Immune system: mitigations issued, observations, pending, duplicate, refused "
+            "(by reason), calls refused by a policy, bad policy bodies",
+            "event",
+            lambda: dict(immune.stats),
+        )
+        return immune
+
+    def policies_view(self) -> dict[str, Any]:
+        """`GET /api/policies`."""
+        if self.immune is None:
+            raise StartupError("node not started")
+        return self.immune.view()
+
+    def accept_policy_record(self, blob: bytes) -> bool:
+        """`POST /api/policies/revocations`: a record signed elsewhere (the authority)."""
+        if self._replication is None:
+            raise StartupError("node not started")
+        try:
+            return self._replication.state.policies.accept_signed(blob)
+        except CrdtError as e:
+            raise PolicyRecordRefused(f"policy record refused: {e}") from e
 
     def patterns_view(self) -> dict[str, Any]:
         """`GET /api/patterns`."""

@@ -27,6 +27,7 @@ from vsmcp.mesh.errors import CertificateError, MeshError
 from vsmcp.mesh.identity import NodeKey, load_or_create_key_file, public_key_from_node_id
 from vsmcp.node.app.config import Config
 from vsmcp.node.errors import ConfigError, StartupError
+from vsmcp.node.vsm.immune.model import IMMUNE_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ KEY_FILE_NAME = "node.key"
 CERT_FILE_NAME = "node.cert"
 DEV_CERT_LIFETIME_S = 365 * 24 * 3600
 PUBLIC_KEY_BYTES = 32
+# A `--dev` node's self-issued certificate carries every role there is.
+DEV_ROLES = (IMMUNE_ROLE,)
 
 
 class TrustError(StartupError):
@@ -109,7 +112,7 @@ def load_identity(config: Config, *, now_s: int | None = None) -> NodeIdentity:
     key = load_node_key(data_dir)
     zones = ZoneOrder(config.trust.zones)
     if config.node.dev:
-        signed = self_certify(key, config.trust.dev_zone, DEV_CERT_LIFETIME_S)
+        signed = self_certify(key, config.trust.dev_zone, DEV_CERT_LIFETIME_S, roles=DEV_ROLES)
         authority = key.public_key
     else:
         authority = _configured_authority(config, key)

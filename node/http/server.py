@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import html
 import json
 import logging
@@ -53,6 +55,10 @@ class NodeView(Protocol):
     def algedonic_post(
         self, body: object, authorization: str | None, remote: str | None
     ) -> tuple[int, dict[str, Any]]: ...
+
+    def policies_view(self) -> dict[str, Any]: ...
+
+    def accept_policy_record(self, blob: bytes) -> bool: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -120,6 +126,22 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         )
         return _json(answer, status=status)
 
+    async def api_policies(_: web.Request) -> web.Response:
+        return _json(node.policies_view())
+
+    async def api_revocation(request: web.Request) -> web.Response:
+        # The record is signed (by the authority, offline): whoever posts it adds nothing.
+        try:
+            body = await request.json()
+            blob = base64.b64decode(body["record"], validate=True)
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return _json({"error": 'expected {"record": "<base64 signed revocation>"}'}, 400)
+        try:
+            accepted = node.accept_policy_record(blob)
+        except NodeError as e:
+            return _json({"error": str(e)}, status=403)
+        return _json({"accepted": accepted})
+
     async def debug_tools(request: web.Request) -> web.Response:
         name = request.query.get("name", "")
         zone = request.query.get("zone", "public")
@@ -148,6 +170,8 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_get("/api/patterns", api_patterns)
     app.router.add_get("/api/vsm", api_vsm)
     app.router.add_post("/api/algedonic", api_algedonic)
+    app.router.add_get("/api/policies", api_policies)
+    app.router.add_post("/api/policies/revocations", api_revocation)
     app.router.add_post("/api/debug/block", debug_block)
     app.router.add_delete("/api/debug/block", debug_block)
     app.router.add_get("/healthz", healthz)

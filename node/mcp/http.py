@@ -385,10 +385,18 @@ class McpGateway:
             if grant is None:
                 raise McpError(UNAUTHORIZED, "Unauthorized: unknown bearer token")
             return Caller(
-                caller_id=f"token:{grant.name}", zone=grant.zone, origin=f"http:{grant.name}"
+                caller_id=f"token:{grant.name}",
+                zone=grant.zone,
+                origin=f"http:{grant.name}",
+                addr=request.remote,
             )
         if self._loopback_zone is not None and _is_loopback(request.remote):
-            return Caller(caller_id="loopback", zone=self._loopback_zone, origin="http:loopback")
+            return Caller(
+                caller_id="loopback",
+                zone=self._loopback_zone,
+                origin="http:loopback",
+                addr=request.remote,
+            )
         raise McpError(UNAUTHORIZED, "Unauthorized: a bearer token is required")
 
     def _sweep(self) -> None:

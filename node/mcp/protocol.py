@@ -16,6 +16,7 @@ JSON-RPC error codes (`error.data.reason` names the cause in words too):
 | -32022 | unsupported protocol version | 400 | supported, requested |
 | -32800 | request cancelled | 200 |  |
 | -32010 | denied by zone policy | 403 | policy="zone-order", zone, tool_zone |
+| -32007 | blocked by a mitigation policy | 403 | policy, target, expires_at_s, until |
 | -32011 | rate limited | 429 | retry_after_s, limit=per-origin/per-tool |
 | -32012 | overloaded (unit busy, too many streams) | 503 | retry_after_s, limit |
 | -32013 | tool unavailable (restarting/quarantined) | 503 | unit, state, retry_after_s |
@@ -28,7 +29,7 @@ JSON-RPC error codes (`error.data.reason` names the cause in words too):
 | -32009 | POST body not `application/json` | 415 | content_type |
 | -32008 | Accept lacks `application/json` or `text/event-stream` | 406 | accept |
 
-Codes -32008..-32019 are ours (JSON-RPC's implementation-defined server range); the
+Codes -32007..-32019 are ours (JSON-RPC's implementation-defined server range); the
 SDK reserves -32000/-32001 client-side and -32020..-32022, -32042 in the protocol.
 """
 
@@ -45,6 +46,7 @@ from vsmcp.node.errors import NodeError, clip
 from vsmcp.node.tools.errors import (
     InvalidArguments,
     Overloaded,
+    PolicyBlocked,
     ProviderError,
     RateLimited,
     ResultTooLarge,
@@ -74,6 +76,7 @@ HEADER_MISMATCH: Final = -32020
 FORBIDDEN_HOST: Final = -32021
 UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
 REQUEST_CANCELLED: Final = -32800
+POLICY_BLOCKED: Final = -32007
 ZONE_DENIED: Final = -32010
 RATE_LIMITED: Final = -32011
 OVERLOADED: Final = -32012
@@ -96,6 +99,7 @@ HTTP_STATUS: Final[Mapping[int, int]] = {
     HEADER_MISMATCH: 400,
     UNSUPPORTED_PROTOCOL_VERSION: 400,
     ZONE_DENIED: 403,
+    POLICY_BLOCKED: 403,
     RATE_LIMITED: 429,
     OVERLOADED: 503,
     TOOL_UNAVAILABLE: 503,
@@ -114,6 +118,7 @@ _TOOL_ERROR_CODES: Final[tuple[tuple[type[ToolError], int], ...]] = (
     (UnknownTool, INVALID_PARAMS),
     (InvalidArguments, INVALID_PARAMS),
     (ZoneDenied, ZONE_DENIED),
+    (PolicyBlocked, POLICY_BLOCKED),
     (RateLimited, RATE_LIMITED),
     (Overloaded, OVERLOADED),
     (ToolUnavailable, TOOL_UNAVAILABLE),
@@ -258,11 +263,13 @@ def decode(body: bytes | str) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated client: its id, zone and origin (`http:<token name>`, `stdio`)."""
+    """An authenticated client: its id, zone and origin (`http:<token name>`, `stdio`),
+    and for HTTP its address (what an `addr:<ip>` mitigation blocks)."""
 
     caller_id: str
     zone: str
     origin: str
+    addr: str | None = None
 
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
@@ -331,6 +338,7 @@ class McpCore:
             trace_id=trace_id,
             causality=causality,
             progress=progress,
+            client_addr=caller.addr,
         )
 
     async def handle(

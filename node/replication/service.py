@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vsmcp.crdt.errors import CrdtError
-from vsmcp.crdt.policies import Policy
+from vsmcp.crdt.policies import AllowedIssuers, Policy, _no_other_issuers
 from vsmcp.crdt.registry import CapabilityEntry
 from vsmcp.crdt.replica import Change
 from vsmcp.crdt.state import ReplicatedState, snapshot_id
@@ -81,6 +81,7 @@ class ReplicationService(Service):
         max_envelope_bytes: int,
         loops: LoopSupervisor | None = None,
         events: EventSink | None = None,
+        allowed_issuers: AllowedIssuers | None = None,
     ) -> None:
         self._loops = loops or LoopSupervisor()
         self._events = events
@@ -93,12 +94,17 @@ class ReplicationService(Service):
             authority_keys=[authority_public_key],
             compact_threshold_bytes=COMPACT_THRESHOLD_BYTES,
             max_message_bytes=max_envelope_bytes - ENVELOPE_OVERHEAD_BYTES,
+            # Which non-authority keys may issue which policy kinds (the immune system's).
+            allowed_issuers=allowed_issuers or _no_other_issuers,
         )
         self.stats: Counter[str] = Counter()
         if events is not None:
             self.state.registry.on_change(self._registry_changed)
             self.state.policies.on_change(self._policies_changed)
         self._push_wanted = asyncio.Event()
+        # A policy written here (an immune block, a revocation) goes out at once, not
+        # with the next announcement or received sync.
+        self.state.policies.on_update(lambda _update: self._push_now())
         self._synced_peers: set[str] = set()
         self._announced: dict[str, tuple[str, str, str]] = {}  # name -> (zone, desc, schema)
         self._announced_at_ms = 0

@@ -430,6 +430,11 @@ def _remote_spec(tool: RemoteTool) -> ToolSpec:
     )
 
 
+CallGate = Callable[[CallContext, str | None, str], None]
+"""`gate(ctx, entry_node, tool)`: raise a `ToolError` to refuse (`entry_node`: the node
+that forwarded a served call)."""
+
+
 class MeshCatalog(Service):
     """A `ToolCatalog` over the local units and the mesh. Async context manager."""
 
@@ -478,6 +483,9 @@ class MeshCatalog(Service):
         self._closing = False
         # System 5's load shedding at the entry (set by the node).
         self.shedder: LoadShedder | None = None
+        # The immune system's check of every call (entry and served): raises
+        # `PolicyBlocked` for a blocked origin, entry node or tool. Set by the node.
+        self.gate: CallGate | None = None
         self._unsubscribe_local = local.on_change(self._local_changed)
         self._reindex_local()
 
@@ -697,6 +705,8 @@ class MeshCatalog(Service):
         if task is not None:
             self._calls.add(task)
         try:
+            if self.gate is not None:
+                self.gate(ctx, None, name)
             self._shed(name, ctx)
             result = await self._call(name, arguments, ctx, tried)
             if result.get("isError"):
@@ -1035,6 +1045,8 @@ class MeshCatalog(Service):
         outcome = "ok"
         reason: str | None = None
         try:
+            if self.gate is not None:
+                self.gate(ctx, entry, request.tool)
             result = await self.local.call_tool(request.tool, request.arguments, ctx)
             if result.get("isError"):
                 outcome = "error_result"

@@ -24,6 +24,7 @@ from vsmcp.node.errors import NodeError
 from vsmcp.node.tools.errors import (
     InvalidArguments,
     Overloaded,
+    PolicyBlocked,
     ProviderError,
     RateLimited,
     ToolError,
@@ -137,6 +138,7 @@ ERROR_CLASSES: Final[Mapping[str, type[ToolError]]] = {
         UnknownTool,
         InvalidArguments,
         ZoneDenied,
+        PolicyBlocked,
         RateLimited,
         Overloaded,
         ToolUnavailable,

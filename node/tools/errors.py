@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, ClassVar
 
 from vsmcp.node.errors import NodeError, clip
@@ -145,6 +146,25 @@ class ToolQuarantined(ToolUnavailable):
 
     def __init__(self, tool: str, unit: str, retry_after_s: float, cause: str | None) -> None:
         super().__init__(tool, unit, "running but this tool is quarantined", retry_after_s, cause)
+
+
+class PolicyBlocked(ToolError):
+    """A mitigation policy of the immune system refuses this call: its caller (origin or
+    entry node) is blocked, or the tool is quarantined, until the policy expires."""
+
+    reason = "policy_blocked"
+
+    def __init__(self, policy_id: str, target: str, expires_at_s: float, what: str) -> None:
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at_s))
+        super().__init__(
+            f"Blocked by policy {policy_id!r} ({what} {target!r}) until {until}",
+            {
+                "policy": policy_id,
+                "target": target,
+                "expires_at_s": _finite(expires_at_s),
+                "until": until,
+            },
+        )
 
 
 class ShuttingDown(ToolError):

@@ -86,6 +86,8 @@ class CallContext:
     progress: ProgressFn | None = None
     deadline: float | None = None
     entry_origin: str | None = None
+    # The HTTP client's address at the entry node (`addr:<ip>` mitigations), if any.
+    client_addr: str | None = None
 
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
@@ -115,6 +117,7 @@ class CallContext:
             progress=self.progress,
             deadline=deadline,
             entry_origin=self.entry_origin,
+            client_addr=self.client_addr,
         )
 
     def caused_by(self, event_id: str) -> CallContext:

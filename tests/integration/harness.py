@@ -244,38 +244,47 @@ def counters(node: NodeProcess, family: str) -> dict[str, int]:
     return {m.group(1): int(float(m.group(2))) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
-MODERN_META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
-
-
-def mcp_call(
-    node: NodeProcess, token: str, tool: str, arguments: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """One stateless (2026-07-28) `tools/call` at the node's /mcp with a bearer token:
-    the JSON-RPC reply, result or error (a refusal comes with a 4xx status)."""
+def tool_call_message(
+    token: str, tool: str, arguments: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON body and headers of one stateless (2026-07-28) `tools/call` at /mcp as
+    the bearer of `token`."""
     body = {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments or {}, "_meta": MODERN_META},
-    }
-    request = urllib.request.Request(
-        node.url + "/mcp",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2026-07-28",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": tool,
-            "Authorization": f"Bearer {token}",
+        "params": {
+            "name": tool,
+            "arguments": arguments or {},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
         },
+    }
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": tool,
+        "Authorization": f"Bearer {token}",
+    }
+    return body, headers
+
+
+def call_tool(
+    node: NodeProcess, token: str, tool: str, arguments: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One `tools/call` at the node's /mcp as the bearer of `token`: the JSON-RPC reply,
+    error replies (4xx) included."""
+    body, headers = tool_call_message(token, tool, arguments)
+    request = urllib.request.Request(
+        node.url + "/mcp", data=json.dumps(body).encode(), headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             reply: dict[str, Any] = json.loads(response.read())
-    except urllib.error.HTTPError as e:
+    except urllib.error.HTTPError as e:  # a refusal is a 4xx carrying the JSON-RPC error
         reply = json.loads(e.read())
     return reply

@@ -43,9 +43,18 @@ def _accept_any_self_certified(hello: Hello, *_peer_address: str) -> Certificate
 
 
 def build(args: argparse.Namespace) -> MeshService:
+    service = dev_peer(args.host, args.seed, mesh_name="mesh-peer-test", zone="restricted")
+    if args.hostile:
+        # The attacker's own node: it admits anyone, so its answers reach the victim.
+        service._verify_peer_certificate = _accept_any_self_certified  # type: ignore[method-assign]
+    return service
+
+
+def dev_peer(host: str, seeds: list[str], *, mesh_name: str, zone: str) -> MeshService:
+    """A self-certified (dev) member, without roles, joining through `seeds`."""
     key = NodeKey.generate()
-    signed = self_certify(key, "restricted", DEV_CERT_LIFETIME_S, zones=ZONES)
-    service = MeshService(
+    signed = self_certify(key, zone, DEV_CERT_LIFETIME_S, zones=ZONES)
+    return MeshService(
         key=key,
         certificate=encode_certificate(signed),
         authority_public_key=key.public_key,
@@ -53,19 +62,15 @@ def build(args: argparse.Namespace) -> MeshService:
         dev=True,
         sealer=Sealer(key),
         opener=Opener(ReplayGuard(), local_public_key=key.public_key),
-        host=args.host,
+        host=host,
         port=0,
         http_port=None,
         fingerprint=fingerprint(signed),
-        seeds=args.seed,
+        seeds=seeds,
         mdns=False,
-        mesh_name="mesh-peer-test",
+        mesh_name=mesh_name,
         preset="local",
     )
-    if args.hostile:
-        # The attacker's own node: it admits anyone, so its answers reach the victim.
-        service._verify_peer_certificate = _accept_any_self_certified  # type: ignore[method-assign]
-    return service
 
 
 def status(service: MeshService) -> dict[str, Any]:

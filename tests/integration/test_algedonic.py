@@ -26,7 +26,7 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.integration.harness import NodeProcess, counters, mcp_call
+from tests.integration.harness import NodeProcess, call_tool, counters
 from tests.polling import wait_for
 from vsmcp.node.mcp.protocol import OVERLOADED
 
@@ -91,7 +91,7 @@ def _signal(node: NodeProcess, **fields: Any) -> tuple[int, dict[str, Any]]:
 def test_strong_signal_reaches_s5_before_an_earlier_weak_one_is_processed(
     node: NodeProcess,
 ) -> None:
-    assert mcp_call(node, PUBLIC_TOKEN, "echo", {"text": "before"})["result"]["content"]
+    assert call_tool(node, PUBLIC_TOKEN, "echo", {"text": "before"})["result"]["content"]
 
     status, weak = _signal(node, valence="pain", intensity=0.3, reason="slow disk")
     assert status == 202 and weak["lane"] == "s3"
@@ -116,7 +116,7 @@ def test_strong_signal_reaches_s5_before_an_earlier_weak_one_is_processed(
     assert view["viability"]["inputs"]["balance"] < 0  # S5 felt the pain
 
     # The response has effect: calls at the entry are shed, with a clear error.
-    refused = mcp_call(node, PUBLIC_TOKEN, "echo", {"text": "during"})
+    refused = call_tool(node, PUBLIC_TOKEN, "echo", {"text": "during"})
     assert refused["error"]["code"] == OVERLOADED
     assert refused["error"]["data"]["reason"] == "shed"
     assert "System 5" in refused["error"]["message"]
@@ -191,7 +191,7 @@ async def test_vsm_signal_through_the_mcp_sdk(node: NodeProcess) -> None:
 
 
 def test_vsm_signal_is_not_offered_below_its_zone(node: NodeProcess) -> None:
-    answer = mcp_call(
+    answer = call_tool(
         node, PUBLIC_TOKEN, "vsm.signal", {"valence": "pain", "intensity": 0.9, "reason": "x"}
     )
     assert "error" in answer

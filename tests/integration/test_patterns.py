@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import NodeProcess, counters, mcp_call, run_daemon
+from tests.integration.harness import NodeProcess, call_tool, counters, run_daemon
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
@@ -75,11 +75,13 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
 def _call(
     node: NodeProcess, who: str, tool: str, arguments: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    return mcp_call(node, TOKENS[who], tool, arguments)
+    return call_tool(node, TOKENS[who], tool, arguments)
 
 
 def _patterns(node: NodeProcess) -> dict[str, dict[str, Any]]:
-    return {p["name"]: p for p in node.get_json("/api/patterns")["patterns"]}
+    """The node's patterns apart from the immune system's built-in ones."""
+    patterns = node.get_json("/api/patterns")["patterns"]
+    return {p["name"]: p for p in patterns if p["source"] != "vsm.immune"}
 
 
 def test_three_zone_denials_of_one_origin_match_and_show_in_api_patterns(

@@ -179,3 +179,24 @@ def test_mount_limits_are_checked_naming_the_key(tmp_path: Path) -> None:
     assert config.tools.max_result_bytes == 2048
     assert config.tools.mounts[0].stop_grace_s == 0.5
     assert config.tools.mounts[0].start_timeout_s == 30.0
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "fragment"),
+    [
+        ("block_ttl_s = 0", "vsm.immune.block_ttl_s", "out of range"),
+        ("quarantine_ttl_s = 1e9", "vsm.immune.quarantine_ttl_s", "out of range"),
+        ("denial_count = 0", "vsm.immune.denial_count", "out of range"),
+        ("storm_window_s = -1", "vsm.immune.storm_window_s", "out of range"),
+        ("max_blocks_per_minute = 0", "vsm.immune.max_blocks_per_minute", "out of range"),
+        ("enabled = 3", "vsm.immune.enabled", "expected bool"),
+        ("bogus = 1", "vsm.immune.bogus", "unknown key"),
+    ],
+)
+def test_bad_immune_values_name_the_key(tmp_path: Path, line: str, key: str, fragment: str) -> None:
+    path = tmp_path / "vsmcp.toml"
+    path.write_text(f"[vsm.immune]\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == key
+    assert fragment in str(err.value).lower()

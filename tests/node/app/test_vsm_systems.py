@@ -93,3 +93,47 @@ async def test_a_pattern_signal_reaches_s5_and_its_default_rule_tightens_limits(
         metrics = node.render_metrics().decode()
         assert 'vsmcp_viability{scope="node"}' in metrics
         assert 'vsmcp_viability_factor{factor="algedonic"} 0.55' in metrics
+
+
+async def test_a_block_origin_rule_issues_an_immune_block_that_the_node_enforces(
+    tmp_path: Path,
+) -> None:
+    config = load_config(
+        overrides={
+            "node.data_dir": str(tmp_path / "data"),
+            "node.dev": True,
+            "http.port": 0,
+            "mesh.port": 0,
+            "mesh.preset": "local",
+            "mesh.mdns": False,
+            "tools.entry_points": False,
+            "vsm.responses": [{"name": "block-the-source", "do": "block_origin"}],
+            "vsm.signal_zone": "public",
+        },
+        environ={},
+    )
+    async with Node(config) as node:
+        assert node.vsm.s5.mitigator is node.immune
+        signal = {"valence": "pain", "intensity": 0.95, "reason": "abuse", "source": "stdio"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{node.http_port}/api/algedonic", json=signal) as r,
+        ):
+            assert r.status == 202, await r.text()
+
+        def blocks() -> list[dict[str, Any]]:
+            return [
+                p
+                for p in node.policies_view()["policies"]
+                if p["kind"] == "mitigation" and p["target"] == "stdio"
+            ]
+
+        async def issued() -> bool:
+            return bool(blocks()) and node.vsm_view()["s5"]["outcomes"].get("issued", 0) == 1
+
+        await async_wait_for(issued, timeout_s=10, what="the S5 rule's block through the immune system")
+        (block,) = blocks()
+        assert block["target_kind"] == "origin"
+        assert "block-the-source" in str(block["note"])
+        # Loopback HTTP callers are not the blocked origin: they keep working.
+        assert "result" in await _echo(node.http_port)

@@ -1,0 +1,1 @@
+"""System 5's immune system: built-in patterns, signed mitigation policies, enforcement."""

@@ -1,0 +1,273 @@
+"""The immune service over real, replicating policy stores: issuing, enforcing,
+expiry, revocation, the rate limit, protected targets and the quorum for node blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.crdt.harness import Clock
+from vsmcp.crdt.errors import NotAuthorized
+from vsmcp.crdt.policies import PolicyStore, sign_revocation
+from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.mesh.identity import node_id_from_public_key
+from vsmcp.node.tools.errors import PolicyBlocked
+from vsmcp.node.tools.model import CallContext
+from vsmcp.node.vsm.events import NODE_CATALOG, Denial, EnvelopeRejected, Event
+from vsmcp.node.vsm.immune.config import ImmuneConfig
+from vsmcp.node.vsm.immune.model import IMMUNE_ROLE, MITIGATION_KIND, immune_issuers
+from vsmcp.node.vsm.immune.patterns import immune_patterns
+from vsmcp.node.vsm.immune.service import ImmuneService
+from vsmcp.node.vsm.mitigation import MitigationRequest, TargetKind
+from vsmcp.node.vsm.patterns.actions import ActionDispatcher
+from vsmcp.node.vsm.patterns.compile import PatternEngine
+
+AUTHORITY = Ed25519Signer(b"\xaa" * 32)
+
+
+@dataclass
+class Member:
+    signer: Ed25519Signer
+    store: PolicyStore
+    immune: ImmuneService
+    published: list[Event]
+
+    @property
+    def node_id(self) -> str:
+        return node_id_from_public_key(self.signer.public_key)
+
+
+class Mesh:
+    """`count` nodes with their own stores; `sync()` copies every record everywhere."""
+
+    def __init__(self, count: int, *, config: ImmuneConfig | None = None, roles: int = 99):
+        self.clock = Clock()
+        signers = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(count)]
+        self.roles = {
+            s.public_key: (IMMUNE_ROLE,) if i < roles else ("tools",) for i, s in enumerate(signers)
+        }
+        ids = [node_id_from_public_key(s.public_key) for s in signers]
+        self.alive = list(ids)
+        self.members: list[Member] = []
+        for signer in signers:
+            store = PolicyStore(
+                replica_id=signer.public_key,
+                authority_keys=[AUTHORITY.public_key],
+                allowed_issuers=immune_issuers(self.roles.get),
+                clock=self.clock,
+            )
+            published: list[Event] = []
+            immune = ImmuneService(
+                policies=store,
+                signer=signer,
+                config=config or ImmuneConfig(),
+                protected={node_id_from_public_key(AUTHORITY.public_key)},
+                alive=lambda: self.alive,
+                quorum_max=3,
+                events=_Sink(published),
+                clock_ms=self.clock,
+            )
+            self.members.append(Member(signer, store, immune, published))
+
+    def sync(self) -> None:
+        for _ in range(2):  # records issued while syncing travel in the second round
+            for source in self.members:
+                records = source.store.retained_records()
+                for target in self.members:
+                    if target is not source:
+                        target.store.offer(records)
+
+
+class _Sink:
+    def __init__(self, into: list[Event]) -> None:
+        self.into = into
+
+    def publish(self, event: Event) -> None:
+        self.into.append(event)
+
+
+def _check(
+    immune: ImmuneService,
+    origin: str,
+    entry_origin: str | None = None,
+    entry_node: str | None = None,
+    tool: str = "echo",
+    addr: str | None = None,
+) -> None:
+    ctx = CallContext(
+        caller_id="c", caller_zone="public", origin=origin, entry_origin=entry_origin,
+        client_addr=addr,
+    )  # fmt: skip
+    immune.check_call(ctx, entry_node, tool)
+
+
+def _request(kind: TargetKind, target: str, ttl_s: float = 60.0) -> MitigationRequest:
+    return MitigationRequest(
+        target_kind=kind, target=target, ttl_s=ttl_s, source="test", reason="because"
+    )
+
+
+def test_an_origin_block_is_enforced_where_it_arrives_and_names_policy_and_expiry() -> None:
+    mesh = Mesh(3)
+    a, b, _ = mesh.members
+    outcome = a.immune.mitigate(_request("origin", "http:attacker"))
+    assert outcome.status == "issued" and outcome.policy_id == "origin:http:attacker"
+    _check(b.immune, "http:attacker")  # not arrived yet
+    mesh.sync()
+    for member in mesh.members:
+        with pytest.raises(PolicyBlocked) as refused:
+            _check(member.immune, "http:attacker")
+        assert "'origin:http:attacker'" in refused.value.message
+        assert refused.value.data["expires_at_s"] == (mesh.clock.now_ms + 60_000) / 1000
+        assert refused.value.data["until"] in refused.value.message
+        _check(member.immune, "http:good")
+    # The call forwarded from another entry node carries the entry's origin.
+    with pytest.raises(PolicyBlocked):
+        _check(b.immune, "mesh:someone", "http:attacker", "someone", "echo")
+    denial = b.published[-1]
+    assert isinstance(denial, Denial) and denial.limit == "blocked"
+    assert a.immune.mitigate(_request("origin", "http:attacker")).status == "duplicate"
+    # It ends by itself at its expiry.
+    mesh.clock.now_ms += 60_000
+    for member in mesh.members:
+        _check(member.immune, "http:attacker")
+
+
+def test_a_quarantined_tool_is_refused_to_everyone() -> None:
+    mesh = Mesh(2)
+    a, b = mesh.members
+    assert a.immune.mitigate(_request("tool", "flaky")).status == "issued"
+    mesh.sync()
+    with pytest.raises(PolicyBlocked):
+        _check(b.immune, "http:good", tool="flaky")
+    _check(b.immune, "http:good")
+
+
+def test_the_authority_revokes_a_block_everywhere() -> None:
+    mesh = Mesh(2)
+    a, b = mesh.members
+    a.immune.mitigate(_request("origin", "http:attacker"))
+    mesh.sync()
+    policy = b.store.get(a.signer.public_key, "origin:http:attacker")
+    assert policy is not None
+    blob = sign_revocation(
+        AUTHORITY, a.signer.public_key, policy.id, policy.version, now_ms=mesh.clock.now_ms
+    )
+    assert b.store.accept_signed(blob)
+    _check(b.immune, "http:attacker")
+    mesh.sync()
+    _check(a.immune, "http:attacker")
+    # Nobody else's signature revokes it.
+    stranger = Ed25519Signer(b"\x77" * 32)
+    a.immune.mitigate(_request("origin", "http:other"))
+    other = a.store.get(a.signer.public_key, "origin:http:other")
+    assert other is not None
+    forged = sign_revocation(
+        stranger, a.signer.public_key, other.id, other.version, now_ms=mesh.clock.now_ms
+    )
+    with pytest.raises(NotAuthorized):
+        a.store.accept_signed(forged)
+
+
+def test_issuance_is_rate_limited_and_counted() -> None:
+    mesh = Mesh(1, config=ImmuneConfig(max_blocks_per_minute=2))
+    immune = mesh.members[0].immune
+    outcomes = [immune.mitigate(_request("origin", f"http:o{i}")).status for i in range(4)]
+    assert outcomes == ["issued", "issued", "refused", "refused"]
+    assert immune.stats["refused_rate_limited"] == 2
+
+
+def test_protected_targets_are_refused_and_ignored_when_another_node_asks() -> None:
+    mesh = Mesh(2)
+    a, b = mesh.members
+    authority = node_id_from_public_key(AUTHORITY.public_key)
+    for kind, target in (("node", authority), ("node", a.node_id), ("origin", f"mesh:{authority}")):
+        assert a.immune.mitigate(_request(kind, target)).status == "refused"  # type: ignore[arg-type]
+    assert a.immune.stats["refused_protected"] == 3
+    # A node whose view differs issues a block of b's protected node: b ignores it.
+    body = {
+        "target_kind": "origin",
+        "target": f"mesh:{b.node_id}",
+        "note": {"source": "s", "reason": "r", "action": "a", "until": "u"},
+    }
+    a.store.issue(a.signer, "forced", MITIGATION_KIND, body, ttl_ms=60_000)
+    mesh.sync()
+    assert b.immune.stats["protected_ignored"] == 1
+    _check(b.immune, f"mesh:{b.node_id}")
+
+
+def test_a_node_without_the_immune_role_issues_nothing() -> None:
+    mesh = Mesh(2, roles=1)
+    outcome = mesh.members[1].immune.mitigate(_request("origin", "http:attacker"))
+    assert outcome.status == "refused" and "immune" in outcome.detail
+    assert mesh.members[1].immune.stats["refused_no_role"] == 1
+
+
+def test_a_node_block_needs_observations_from_a_quorum() -> None:
+    mesh = Mesh(6)
+    members = mesh.members
+    x = members[5]  # the misbehaving member (in the alive set: 5 others, quorum 3)
+    first = members[0].immune.mitigate(_request("node", x.node_id))
+    assert first.status == "pending" and "1 of 3" in first.detail
+    # One node alone forcing a block of x: nobody else enforces it.
+    assert not members[0].immune.blocks.all()
+    forced = {
+        "target_kind": "node",
+        "target": x.node_id,
+        "note": {"source": "s", "reason": "r", "action": "a", "until": "u"},
+    }
+    members[0].store.issue(members[0].signer, "forced", MITIGATION_KIND, forced, ttl_ms=60_000)
+    mesh.sync()
+    for member in members[1:5]:
+        _check(member.immune, "mesh:x", None, x.node_id, "echo")
+    # Two more observers: the quorum backs the block everywhere.
+    assert members[1].immune.mitigate(_request("node", x.node_id)).status == "pending"
+    mesh.sync()
+    assert members[2].immune.mitigate(_request("node", x.node_id)).status == "issued"
+    mesh.sync()
+    for member in members[:5]:
+        with pytest.raises(PolicyBlocked):
+            _check(member.immune, f"mesh:{x.node_id}", None, x.node_id, "echo")
+
+
+def test_the_built_in_patterns_block_an_origin_through_the_engine() -> None:
+    config = ImmuneConfig(denial_count=3, denial_window_s=10)
+    mesh = Mesh(1, config=config)
+    immune = mesh.members[0].immune
+    engine = PatternEngine(ActionDispatcher({"policy": immune.on_match}), NODE_CATALOG)
+    engine.replace(immune_patterns(config))
+    t = mesh.clock.now_ms / 1000
+
+    def denial(origin: str, entry_origin: str | None = None) -> Denial:
+        return Denial(
+            ts=t, origin=origin, zone="public", limit="zone", blocked="s", entry_origin=entry_origin
+        )
+
+    # Denials seen at a provider for another entry node's caller do not count.
+    engine.process_batch([denial("mesh:e", "http:attacker")] * 5)
+    engine.process_batch([denial("http:attacker"), denial("http:good"), denial("http:attacker")])
+    _check(immune, "http:attacker")
+    engine.process_batch([denial("http:attacker")])
+    with pytest.raises(PolicyBlocked):
+        _check(immune, "http:attacker")
+    _check(immune, "http:good")
+    note = immune.blocks.all()[0].body.note
+    assert note.source == "pattern:immune-zone-denials" and "3 events" in note.evidence
+    # Bad envelopes from a peer observe it (a node block waits for a quorum: 2 of the 3
+    # other members).
+    mesh.alive += ["peer", "n2", "n3"]
+    engine.process_batch(
+        [EnvelopeRejected(ts=t, reason="bad_signature", sender="peer")] * config.bad_envelope_count
+    )
+    assert immune.stats["observations"] == 1 and immune.stats["pending"] == 1
+
+
+def test_an_http_client_address_is_blocked_whatever_token_it_uses() -> None:
+    mesh = Mesh(1)
+    immune = mesh.members[0].immune
+    assert immune.mitigate(_request("origin", "addr:10.0.0.9")).status == "issued"
+    with pytest.raises(PolicyBlocked):
+        _check(immune, "http:good", addr="10.0.0.9")
+    _check(immune, "http:good", addr="10.0.0.8")
+    _check(immune, "stdio")

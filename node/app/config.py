@@ -28,6 +28,7 @@ from vsmcp.node.errors import ConfigError
 from vsmcp.node.peers.service import is_loopback_host
 from vsmcp.node.tools.config import (
     STDIO_GRANT_NAME,
+    EdgeConfig,
     McpConfig,
     RateLimitsConfig,
     ToolsConfig,
@@ -279,6 +280,9 @@ class Config(_Section):
     vsm: Annotated[
         VsmSection, doc("the VSM systems: event stream, pattern engine, algedonic channel")
     ] = msgspec.field(default_factory=VsmSection)
+    edge: Annotated[EdgeConfig, doc("the WebAssembly runtime of WASM tools (docs/wasm.md)")] = (
+        msgspec.field(default_factory=EdgeConfig)
+    )
 
     @property
     def data_dir(self) -> Path:
@@ -445,6 +449,7 @@ def _validate(config: Config) -> None:
             f"({MIN_PATTERNS_POLL_S}..{MAX_TIMEOUT_S} s)",
         )
     _validate_algedonic(config)
+    _validate_wasm(config)
     _validate_zone_references(config)
     _validate_tokens(config)
     for i, seed in enumerate(config.mesh.seeds):
@@ -454,6 +459,28 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"mesh.seeds[{i}]", f"'{seed}' is not [NODE_ID@]HOST:PORT: {e}"
             ) from e
+
+
+def _validate_wasm(config: Config) -> None:
+    """Each manifest reads, and grants only what `[edge]` allows (checked again at start)."""
+    if not config.tools.wasm:
+        return
+    if importlib.util.find_spec("wasmtime") is None:
+        raise ConfigError("tools.wasm", "WASM tools need wasmtime: pip install 'vsmcp[wasm]'")
+    from vsmcp.edge.errors import ManifestError
+    from vsmcp.edge.manifest import load_manifest
+    from vsmcp.node.tools.wasm import edge_permissions
+
+    permissions = edge_permissions(config.edge)
+    zones = set(config.trust.zones)
+    for i, wasm in enumerate(config.tools.wasm):
+        key = f"tools.wasm[{i}].manifest"
+        try:
+            manifest = load_manifest(Path(wasm.manifest), permissions)
+        except ManifestError as e:
+            raise ConfigError(key, str(e)) from e
+        if manifest.zone not in zones:
+            raise ConfigError(key, f"zone '{manifest.zone}' is not in trust.zones")
 
 
 def _validate_algedonic(config: Config) -> None:

@@ -179,3 +179,28 @@ def test_mount_limits_are_checked_naming_the_key(tmp_path: Path) -> None:
     assert config.tools.max_result_bytes == 2048
     assert config.tools.mounts[0].stop_grace_s == 0.5
     assert config.tools.mounts[0].start_timeout_s == 30.0
+
+
+@pytest.mark.parametrize(
+    ("manifest", "edge", "fragment"),
+    [
+        ('name = "t"\n[grants]\nclock = true\n', "", "edge.allow_clock"),
+        ('name = "t"\nzone = "nowhere"\n', "", "zone 'nowhere' is not in trust.zones"),
+        ('name = "t"\n[limits]\nmemory_mb = 0\n', "", "memory_mb"),
+        ('name = "t"\n[grants]\nclock = true\n', "[edge]\nallow_clock = true\n", None),
+    ],
+)
+def test_wasm_manifests_are_checked_naming_the_key(
+    tmp_path: Path, manifest: str, edge: str, fragment: str | None
+) -> None:
+    (tmp_path / "t.wat").write_text('(module (func (export "_start")))')
+    (tmp_path / "t.toml").write_text(manifest)
+    path = tmp_path / "vsmcp.toml"
+    path.write_text(f'{edge}[[tools.wasm]]\nmanifest = "{tmp_path / "t.toml"}"\n')
+    if fragment is None:
+        assert load_config(path, environ={}).tools.wasm[0].manifest.endswith("t.toml")
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == "tools.wasm[0].manifest"
+    assert fragment in str(err.value)

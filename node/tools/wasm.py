@@ -4,7 +4,7 @@ serving one tool, run by `vsmcp.edge.runtime` under the manifest's limits.
 A call's arguments go to the module as JSON on stdin; its stdout is the answer (text
 content, and structured content when it is a JSON object); a non-zero exit is a tool
 error (`isError`); stderr goes to the node's log, line by line, escaped like a mounted
-server's. A module stopped at a limit or by a trap raises `WasmFault`: the caller gets
+server's. A module stopped at a limit or by a trap raises `ToolFault`: the caller gets
 an error result naming the limit, the stop is counted (`vsmcp_wasm_stops`), and the
 supervisor counts it as a fault of the tool, so a module that keeps breaking its
 limits is quarantined like any other unit's failing tool.
@@ -26,7 +26,7 @@ from vsmcp.edge.manifest import Manifest
 from vsmcp.edge.runtime import LoadedTool, WasmRuntime
 from vsmcp.edge.sandbox import WasmOutcome
 from vsmcp.node.tools.config import EdgeConfig
-from vsmcp.node.tools.errors import UnitFault, UnknownTool
+from vsmcp.node.tools.errors import ToolFault, UnitFault, UnknownTool
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
 from vsmcp.node.tools.stdio import escape_line
 
@@ -96,7 +96,8 @@ class WasmProvider:
             outcome = await self._runtime.call(loaded, stdin, timeout_s)
         except WasmFault as exc:
             self.stops[exc.limit] += 1
-            raise  # the unit turns it into an error result and counts it against the tool
+            # The unit turns it into an error result and counts it against the tool.
+            raise ToolFault(str(exc)) from exc
         self._log_stderr(outcome)
         return self._result(outcome)
 

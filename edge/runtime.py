@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from vsmcp.edge import stdio
 from vsmcp.edge.cache import ModuleCache, module_bytes
 from vsmcp.edge.clock import EpochClock
 from vsmcp.edge.errors import WasmLoadError, WasmTimeLimit, WasmUnavailable
 from vsmcp.edge.manifest import Manifest
-from vsmcp.edge.sandbox import WasmOutcome, run_call
+from vsmcp.edge.sandbox import WasmOutcome, own_stdio, run_call
 
 if TYPE_CHECKING:
     import wasmtime
@@ -61,12 +62,24 @@ def _deny(linker: wasmtime.Linker, name: str, params: int, *, i64_at: int | None
     linker.define_func(WASI, name, fn_type, lambda *_: ERRNO_NOTCAPABLE)
 
 
-def _linker(engine: wasmtime.Engine, *, clock: bool) -> wasmtime.Linker:
+def _serve_stdio(linker: wasmtime.Linker) -> None:
+    """`fd_read`/`fd_write` by the host, for modules with only stdio (`edge.stdio`)."""
+    import wasmtime
+
+    i32 = wasmtime.ValType.i32()
+    fn_type = wasmtime.FuncType([i32] * 4, [i32])
+    linker.define_func(WASI, "fd_read", fn_type, stdio.fd_read, access_caller=True)
+    linker.define_func(WASI, "fd_write", fn_type, stdio.fd_write, access_caller=True)
+
+
+def _linker(engine: wasmtime.Engine, *, clock: bool, host_stdio: bool) -> wasmtime.Linker:
     import wasmtime
 
     linker = wasmtime.Linker(engine)
     linker.allow_shadowing = True
     linker.define_wasi()
+    if host_stdio:
+        _serve_stdio(linker)
     # A WASI sleep blocks the thread where no epoch deadline can reach it: never granted.
     _deny(linker, "poll_oneoff", 4)
     if not clock:
@@ -86,8 +99,9 @@ class WasmRuntime:
         self.clock = EpochClock(self.engine)
         self.cache = ModuleCache(self.engine, cache_dir)
         self._linkers = {
-            False: _linker(self.engine, clock=False),
-            True: _linker(self.engine, clock=True),
+            (clock, host_stdio): _linker(self.engine, clock=clock, host_stdio=host_stdio)
+            for clock in (False, True)
+            for host_stdio in (False, True)
         }
         self._threads = threads
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -105,7 +119,8 @@ class WasmRuntime:
                 f"{str(manifest.module)!r} exports no '_start' function: not a WASI command"
             )
         try:
-            pre = self._linkers[manifest.grants.clock].instantiate_pre(module)
+            linker = self._linkers[manifest.grants.clock, own_stdio(manifest)]
+            pre = linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
             raise WasmLoadError(f"{str(manifest.module)!r} cannot be linked: {exc}") from exc
         return LoadedTool(manifest=manifest, digest=digest, pre=pre)

@@ -8,7 +8,7 @@ so nothing leaks from one call to the next. Runs in a worker thread: it blocks.
 
 from __future__ import annotations
 
-import errno
+import ctypes
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -21,6 +21,7 @@ from vsmcp.edge.errors import (
     WasmTrap,
 )
 from vsmcp.edge.manifest import Manifest
+from vsmcp.edge.stdio import CallStdio, Output, Stderr, bound
 
 if TYPE_CHECKING:
     import wasmtime
@@ -31,7 +32,6 @@ WASM_PAGE_BYTES: Final = 64 << 10
 # Memory within this much of the limit when a module traps or runs out of time: it
 # was the limit (a failed `memory.grow` returns -1; most programs then abort).
 MEMORY_NEAR_LIMIT_BYTES: Final = 1 << 20
-STDERR_MAX_BYTES: Final = 16 << 10
 TRAP_MESSAGE_CHARS: Final = 200
 
 
@@ -44,46 +44,13 @@ class WasmOutcome:
     elapsed_s: float
 
 
-class _Output:
-    """stdout: kept up to `cap` bytes; the first write past it fails (EFBIG) and every
-    later one too, so a flood ends at the cap, not in the node's memory."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.overflowed = False
-
-    def write(self, data: bytes) -> int:
-        if self.overflowed or self.size + len(data) > self.cap:
-            self.overflowed = True
-            return -errno.EFBIG
-        self.parts.append(data)
-        self.size += len(data)
-        return len(data)
+def own_stdio(manifest: Manifest) -> bool:
+    """Whether the host serves the module's stdio (`vsmcp.edge.stdio`): when it has no
+    file descriptors but 0, 1 and 2, i.e. no directory granted."""
+    return not manifest.grants.dirs
 
 
-class _Stderr:
-    """stderr: kept up to `STDERR_MAX_BYTES`, the rest counted (writes never fail)."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.dropped = 0
-
-    def write(self, data: bytes) -> int:
-        room = STDERR_MAX_BYTES - self.size
-        if room > 0:
-            kept = data[:room]
-            self.parts.append(kept)
-            self.size += len(kept)
-        self.dropped += max(0, len(data) - max(room, 0))
-        return len(data)
-
-
-def _wasi_config(
-    manifest: Manifest, stdin: bytes, out: _Output, err: _Stderr
-) -> wasmtime.WasiConfig:
+def _wasi_config(manifest: Manifest, stdin: bytes, out: Output, err: Stderr) -> wasmtime.WasiConfig:
     import wasmtime
 
     wasi = wasmtime.WasiConfig()
@@ -94,16 +61,33 @@ def _wasi_config(
     for grant in grants.dirs:
         host = str(manifest.path.parent / grant.host)
         wasi.preopen_dir(host, grant.guest, fs_mutable=grant.writable)
-    # stdin from an anonymous in-memory file: no disk, no pipe to feed from a thread.
+    if not own_stdio(manifest):
+        _set_stdin(wasi, stdin)
+        wasi.stdout_custom = out.write
+        wasi.stderr_custom = err.write
+    return wasi
+
+
+def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
+    """stdin from bytes: through the C API's `wasi_config_set_stdin_bytes` (≈5 µs), which
+    wasmtime-py does not wrap; if a version lacks it, an anonymous in-memory file (≈25 µs:
+    no disk, no pipe to feed from a thread)."""
+    from wasmtime import _ffi
+
+    set_bytes = getattr(_ffi, "wasi_config_set_stdin_bytes", None)
+    if set_bytes is not None:
+        vec = _ffi.wasm_byte_vec_t()
+        _ffi.wasm_byte_vec_new(
+            ctypes.byref(vec), len(data), (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        )
+        set_bytes(wasi.ptr(), ctypes.byref(vec))  # takes ownership of the copy
+        return
     fd = os.memfd_create("wasm-stdin", os.MFD_CLOEXEC)
     try:
-        os.write(fd, stdin)
+        os.write(fd, data)
         wasi.stdin_file = f"/proc/self/fd/{fd}"  # wasmtime opens its own description
     finally:
         os.close(fd)
-    wasi.stdout_custom = out.write
-    wasi.stderr_custom = err.write
-    return wasi
 
 
 def _memory_bytes(instance: wasmtime.Instance, store: wasmtime.Store) -> int:
@@ -118,7 +102,7 @@ def _memory_bytes(instance: wasmtime.Instance, store: wasmtime.Store) -> int:
 def _fault(
     exc: wasmtime.Trap | wasmtime.WasmtimeError,
     manifest: Manifest,
-    out: _Output,
+    out: Output,
     memory_bytes: int,
     timeout_s: float,
 ) -> WasmFault:
@@ -163,7 +147,7 @@ def run_call(
     import wasmtime
 
     started = time.perf_counter()
-    out, err = _Output(manifest.limits.output_bytes), _Stderr()
+    out, err = Output(manifest.limits.output_bytes), Stderr()
     store = wasmtime.Store(engine)
     store.set_limits(memory_size=manifest.limits.memory_mb << 20)
     store.set_wasi(_wasi_config(manifest, stdin, out, err))
@@ -172,19 +156,20 @@ def run_call(
     clock.enter()
     try:
         store.set_epoch_deadline(clock.ticks_for(timeout_s))
-        try:
-            instance = pre.instantiate(store)
-            start = instance.exports(store)["_start"]
-            assert isinstance(start, wasmtime.Func)
-            start(store)
-        except wasmtime.ExitTrap as exc:
-            exit_code = exc.code
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            if instance is None and "memory" in str(exc) and "limit" in str(exc):
-                used = manifest.limits.memory_mb << 20  # its initial memory is over the cap
-            else:
-                used = 0 if instance is None else _memory_bytes(instance, store)
-            raise _fault(exc, manifest, out, used, limit_s or timeout_s) from None
+        with bound(CallStdio(stdin, out, err)):
+            try:
+                instance = pre.instantiate(store)
+                start = instance.exports(store)["_start"]
+                assert isinstance(start, wasmtime.Func)
+                start(store)
+            except wasmtime.ExitTrap as exc:
+                exit_code = exc.code
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                if instance is None and "memory" in str(exc) and "limit" in str(exc):
+                    used = manifest.limits.memory_mb << 20  # its initial memory is over the cap
+                else:
+                    used = 0 if instance is None else _memory_bytes(instance, store)
+                raise _fault(exc, manifest, out, used, limit_s or timeout_s) from None
     finally:
         clock.leave()
     if out.overflowed:

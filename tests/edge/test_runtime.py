@@ -138,3 +138,29 @@ def test_a_corrupt_cached_module_is_compiled_again(tmp_path: Path) -> None:
     again = WasmRuntime(cache_dir=tmp_path)
     again.load(manifest)
     assert (again.cache.compiled, again.cache.loaded_from_disk) == (1, 0)
+
+
+@pytest.mark.parametrize("module", ["echo", "flood", "fail"])
+async def test_with_a_directory_granted_stdio_goes_through_wasi_with_the_same_limits(
+    runtime: Any, tmp_path: Path, module: str
+) -> None:
+    # A granted directory means file descriptors beyond 0-2: wasmtime's WASI serves stdio.
+    (tmp_path / "data").mkdir()
+    wat = EXAMPLES / "echo.wat" if module == "echo" else MODULES / f"{module}.wat"
+    manifest = write_manifest(
+        tmp_path,
+        module,
+        wat,
+        limits=HOSTILE_LIMITS,
+        extra='[grants]\ndirs = [{ host = "data", guest = "/data" }]',
+    )
+    tool = runtime.load(load_manifest(manifest, EdgePermissions(dirs=(tmp_path,))))
+    if module == "flood":
+        with pytest.raises(WasmOutputLimit, match="limit of 65536 bytes"):
+            await runtime.call(tool, b"{}", 0.3)
+        return
+    outcome = await runtime.call(tool, b'{"d":1}', 1.0)
+    if module == "fail":
+        assert (outcome.exit_code, outcome.stderr) == (3, b"bad input\n\x1b[31mred")
+    else:
+        assert json.loads(outcome.stdout) == {"echo": {"d": 1}}

@@ -89,11 +89,21 @@ def bound(stdio: CallStdio) -> Iterator[None]:
         _bound.stdio = None
 
 
-def _memory(caller: wasmtime.Caller) -> wasmtime.Memory | None:
+def _target(
+    caller: wasmtime.Caller, fd_ok: bool, count: int
+) -> tuple[CallStdio, wasmtime.Memory] | int:
+    """The call's stdio and the module's memory, or the WASI errno to answer."""
     import wasmtime
 
+    stdio: CallStdio | None = getattr(_bound, "stdio", None)
+    if stdio is None or not fd_ok:
+        return WASI_BADF
+    if not 0 <= count <= MAX_IOVECS:
+        return WASI_INVAL
     memory = caller.get("memory")
-    return memory if isinstance(memory, wasmtime.Memory) else None
+    if not isinstance(memory, wasmtime.Memory):
+        return WASI_FAULT
+    return stdio, memory
 
 
 def _iovecs(
@@ -104,14 +114,10 @@ def _iovecs(
 
 
 def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nread: int) -> int:
-    stdio: CallStdio | None = getattr(_bound, "stdio", None)
-    if stdio is None or fd != 0:
-        return WASI_BADF
-    if not 0 <= count <= MAX_IOVECS:
-        return WASI_INVAL
-    memory = _memory(caller)
-    if memory is None:
-        return WASI_FAULT
+    target = _target(caller, fd == 0, count)
+    if isinstance(target, int):
+        return target
+    stdio, memory = target
     total = 0
     try:
         for ptr, length in _iovecs(caller, memory, iovs, count):
@@ -129,14 +135,10 @@ def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nread: int)
 
 
 def fd_write(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nwritten: int) -> int:
-    stdio: CallStdio | None = getattr(_bound, "stdio", None)
-    if stdio is None or fd not in (1, 2):
-        return WASI_BADF
-    if not 0 <= count <= MAX_IOVECS:
-        return WASI_INVAL
-    memory = _memory(caller)
-    if memory is None:
-        return WASI_FAULT
+    target = _target(caller, fd in (1, 2), count)
+    if isinstance(target, int):
+        return target
+    stdio, memory = target
     try:
         data = b"".join(
             bytes(memory.read(caller, ptr, ptr + length))

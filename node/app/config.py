@@ -24,6 +24,7 @@ import msgspec
 from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.discovery import parse_seed
 from vsmcp.mesh.errors import MeshError
+from vsmcp.node.app.profiles import apply_profile_defaults, check_profile
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.peers.service import is_loopback_host
 from vsmcp.node.tools.config import (
@@ -88,6 +89,13 @@ class NodeSection(_Section):
     event_loop: Annotated[
         str, doc("auto (uvloop when installed; it is a dependency) | uvloop | asyncio")
     ] = "auto"
+    profile: Annotated[
+        str,
+        doc(
+            "default | edge: a small host, WASM tools only (plugins and mounts refused), "
+            "smaller buffers (node/app/profiles.py)"
+        ),
+    ] = "default"
 
 
 class HttpSection(_Section):
@@ -314,6 +322,7 @@ def load_config(
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
     _merge_dotted(raw, _env_overrides(os.environ if environ is None else environ))
     _merge_dotted(raw, dict(overrides or {}))
+    apply_profile_defaults(raw)
     config = _convert(raw)
     _validate(config)
     return config
@@ -449,6 +458,7 @@ def _validate(config: Config) -> None:
             f"({MIN_PATTERNS_POLL_S}..{MAX_TIMEOUT_S} s)",
         )
     _validate_algedonic(config)
+    check_profile(config)
     _validate_wasm(config)
     _validate_zone_references(config)
     _validate_tokens(config)

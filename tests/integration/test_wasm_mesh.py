@@ -1,6 +1,8 @@
-"""WASM tools in a real mesh: node A serves WASM tools (and a Python plugin tool); an MCP
-client (the official SDK) at node B calls them through the mesh. The hostile modules are
-each stopped at their limit on A, counted there, and the other tools keep answering."""
+"""WASM tools in a real mesh: node A, an edge node (`--profile edge`: WASM tools only),
+serves WASM tools; node B (default profile) serves a Python plugin tool; an MCP client
+(the official SDK) at B calls them through the mesh. The hostile modules are each stopped
+at their limit on A, counted there, and the other tools keep answering. An edge node
+with a Python plugin configured refuses to start, naming the key."""
 
 from __future__ import annotations
 
@@ -14,7 +16,13 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.integration.harness import REPO_ROOT, NodeProcess, counters, wait_mesh_states
+from tests.integration.harness import (
+    REPO_ROOT,
+    NodeProcess,
+    counters,
+    run_daemon,
+    wait_mesh_states,
+)
 from tests.polling import async_wait_for
 from tests.skips import require_module
 
@@ -45,8 +53,13 @@ def _a_config(base: Path) -> str:
             "[limits]\ntimeout_ms = 300\nmemory_mb = 8\noutput_bytes = 65536\n"
         )
         lines.append(f'[[tools.wasm]]\nmanifest = "{manifest}"')
-    lines.append('[[tools.plugins]]\nname = "add"\ntarget = "tests.integration.plugin_tools:add"')
     return "\n".join(lines) + "\n"
+
+
+B_CONFIG = (
+    PLAIN_CONFIG
+    + '[[tools.plugins]]\nname = "add"\ntarget = "tests.integration.plugin_tools:add"\n'
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +68,11 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProces
     base = tmp_path_factory.mktemp("wasm-mesh")
     started: list[NodeProcess] = []
     try:
-        for name, text in (("a", _a_config(base)), ("b", PLAIN_CONFIG)):
+        for name, text, profile in (("a", _a_config(base), "edge"), ("b", B_CONFIG, "default")):
             config = base / f"{name}.toml"
             config.write_text(text)
-            started.append(NodeProcess(base / name, "--config", str(config)).start(wait=False))
+            node = NodeProcess(base / name, "--config", str(config), "--profile", profile)
+            started.append(node.start(wait=False))
         for node in started:
             node.wait_ready()
         wait_mesh_states(started, {n.node_id: "alive" for n in started})
@@ -122,3 +136,15 @@ async def test_hostile_modules_are_stopped_at_their_limits_and_others_keep_answe
             added = await client.call_tool("add", {"a": 2, "b": 3})
             assert not added.is_error
     assert counters(a, "vsmcp_wasm_stops") == {limit: 1 for limit, _ in HOSTILE.values()}
+
+
+def test_an_edge_node_with_a_python_plugin_refuses_to_start_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text(B_CONFIG)
+    done = run_daemon(
+        "--config", str(config), "--profile", "edge", "--dev", "--data-dir", str(tmp_path / "d")
+    )
+    assert done.returncode == 2, done.stderr
+    assert "tools.plugins" in done.stderr and "edge profile" in done.stderr

@@ -15,7 +15,6 @@ import time
 from typing import Final, Protocol
 
 DEFAULT_TICK_S: Final = 0.001
-JOIN_TIMEOUT_S: Final = 5.0
 
 
 class _Engine(Protocol):
@@ -48,18 +47,20 @@ class EpochClock:
                 self._thread.start()
             self._cond.notify_all()
 
+    def thread_alive(self) -> bool:
+        with self._cond:
+            return self._thread is not None and self._thread.is_alive()
+
     def leave(self) -> None:
         with self._cond:
             self._active -= 1
 
     def close(self) -> None:
-        """Stop the thread once no call runs (a call in flight keeps its deadline)."""
+        """Let the thread end once no call runs (a call in flight keeps its deadline).
+        Not joined: the event loop calls this, and a call may run for its whole limit."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_TIMEOUT_S)
 
     def _wait_for_calls(self) -> bool:
         with self._cond:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
+from tests.polling import async_wait_for
 from vsmcp.edge.errors import (
     WasmFault,
     WasmLoadError,
@@ -164,3 +165,22 @@ async def test_with_a_directory_granted_stdio_goes_through_wasi_with_the_same_li
         assert (outcome.exit_code, outcome.stderr) == (3, b"bad input\n\x1b[31mred")
     else:
         assert json.loads(outcome.stdout) == {"echo": {"d": 1}}
+
+
+async def test_the_epoch_thread_outlives_a_release_until_the_last_call_ends(
+    runtime: Any, tmp_path: Path
+) -> None:
+    async def alive() -> bool:
+        return bool(runtime.clock.thread_alive())
+
+    async def ended() -> bool:
+        return not runtime.clock.thread_alive()
+
+    hostile = load(runtime, tmp_path, "loop")
+    call = asyncio.ensure_future(runtime.call(hostile, b"{}", 0.3))
+    await async_wait_for(alive, what="the epoch thread started by the call")
+    runtime.release()  # as at shutdown: the call in flight still gets its deadline
+    with pytest.raises(WasmTimeLimit):
+        await call
+    await async_wait_for(ended, what="the epoch thread ended after the last call")
+    runtime.acquire()  # the fixture releases it again

@@ -11,6 +11,7 @@ sinks behind `stdout_custom` and `stderr_custom`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import struct
 import threading
@@ -74,6 +75,8 @@ class CallStdio:
         self.position = 0
         self.out = out
         self.err = err
+        # The module's exported memory, looked up on its first stdio call.
+        self.memory: wasmtime.Memory | None = None
 
 
 _bound = threading.local()
@@ -89,9 +92,36 @@ def bound(stdio: CallStdio) -> Iterator[None]:
         _bound.stdio = None
 
 
-def _target(
-    caller: wasmtime.Caller, fd_ok: bool, count: int
-) -> tuple[CallStdio, wasmtime.Memory] | int:
+class _OutOfBounds(Exception):
+    """A guest pointer or length outside its memory (answered with WASI's EFAULT)."""
+
+
+class _Window:
+    """The module's linear memory for one host call, read and written in place (the
+    memory may move when it grows, so its address is taken again on every call)."""
+
+    def __init__(self, caller: wasmtime.Caller, memory: wasmtime.Memory) -> None:
+        self.base = ctypes.addressof(memory.data_ptr(caller).contents)
+        self.size = memory.data_len(caller)
+
+    def _check(self, ptr: int, length: int) -> None:
+        if ptr < 0 or length < 0 or ptr + length > self.size:
+            raise _OutOfBounds
+
+    def read(self, ptr: int, length: int) -> bytes:
+        self._check(ptr, length)
+        return ctypes.string_at(self.base + ptr, length)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        self._check(ptr, len(data))
+        ctypes.memmove(self.base + ptr, data, len(data))
+
+    def iovecs(self, iovs: int, count: int) -> list[tuple[int, int]]:
+        raw = self.read(iovs, _IOVEC.size * count)
+        return [_IOVEC.unpack_from(raw, _IOVEC.size * i) for i in range(count)]
+
+
+def _target(caller: wasmtime.Caller, fd_ok: bool, count: int) -> tuple[CallStdio, _Window] | int:
     """The call's stdio and the module's memory, or the WASI errno to answer."""
     import wasmtime
 
@@ -100,17 +130,12 @@ def _target(
         return WASI_BADF
     if not 0 <= count <= MAX_IOVECS:
         return WASI_INVAL
-    memory = caller.get("memory")
-    if not isinstance(memory, wasmtime.Memory):
-        return WASI_FAULT
-    return stdio, memory
-
-
-def _iovecs(
-    caller: wasmtime.Caller, memory: wasmtime.Memory, iovs: int, count: int
-) -> list[tuple[int, int]]:
-    raw = bytes(memory.read(caller, iovs, iovs + _IOVEC.size * count))
-    return [_IOVEC.unpack_from(raw, _IOVEC.size * i) for i in range(count)]
+    if stdio.memory is None:
+        export = caller.get("memory")
+        if not isinstance(export, wasmtime.Memory):
+            return WASI_FAULT
+        stdio.memory = export
+    return stdio, _Window(caller, stdio.memory)
 
 
 def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nread: int) -> int:
@@ -120,16 +145,16 @@ def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nread: int)
     stdio, memory = target
     total = 0
     try:
-        for ptr, length in _iovecs(caller, memory, iovs, count):
+        for ptr, length in memory.iovecs(iovs, count):
             chunk = stdio.stdin[stdio.position : stdio.position + length]
             if chunk:
-                memory.write(caller, chunk, ptr)
+                memory.write(ptr, chunk)
             stdio.position += len(chunk)
             total += len(chunk)
             if len(chunk) < length:
                 break
-        memory.write(caller, _U32.pack(total), nread)
-    except (IndexError, ValueError, struct.error):  # a pointer outside its memory
+        memory.write(nread, _U32.pack(total))
+    except _OutOfBounds:
         return WASI_FAULT
     return 0
 
@@ -140,14 +165,11 @@ def fd_write(caller: wasmtime.Caller, fd: int, iovs: int, count: int, nwritten: 
         return target
     stdio, memory = target
     try:
-        data = b"".join(
-            bytes(memory.read(caller, ptr, ptr + length))
-            for ptr, length in _iovecs(caller, memory, iovs, count)
-        )
+        data = b"".join(memory.read(ptr, length) for ptr, length in memory.iovecs(iovs, count))
         written = (stdio.out if fd == 1 else stdio.err).write(data)
         if written < 0:
             return WASI_FBIG
-        memory.write(caller, _U32.pack(written), nwritten)
-    except (IndexError, ValueError, struct.error):
+        memory.write(nwritten, _U32.pack(written))
+    except _OutOfBounds:
         return WASI_FAULT
     return 0

@@ -184,3 +184,24 @@ async def test_the_epoch_thread_outlives_a_release_until_the_last_call_ends(
         await call
     await async_wait_for(ended, what="the epoch thread ended after the last call")
     runtime.acquire()  # the fixture releases it again
+
+
+async def test_a_write_from_outside_its_memory_is_refused_not_a_crash(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # fd_write with an iovec pointing past the end of its 1-page memory: EFAULT (21),
+    # which the module turns into its exit code.
+    bad = tmp_path / "bad_ptr.wat"
+    bad.write_text(
+        '(module (import "wasi_snapshot_preview1" "fd_write"'
+        " (func $w (param i32 i32 i32 i32) (result i32)))"
+        ' (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))'
+        ' (memory (export "memory") 1)'
+        ' (func (export "_start")'
+        " (i32.store (i32.const 0) (i32.const 65530)) (i32.store (i32.const 4) (i32.const 100))"
+        " (call $exit (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"
+    )
+    outcome = await runtime.call(
+        runtime.load(load_manifest(write_manifest(tmp_path, "b", bad))), b"{}", 1.0
+    )
+    assert (outcome.exit_code, outcome.stdout) == (21, b"")

@@ -24,10 +24,12 @@ import msgspec
 from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.discovery import parse_seed
 from vsmcp.mesh.errors import MeshError
+from vsmcp.node.app.profiles import apply_profile_defaults, check_profile
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.peers.service import is_loopback_host
 from vsmcp.node.tools.config import (
     STDIO_GRANT_NAME,
+    EdgeConfig,
     McpConfig,
     RateLimitsConfig,
     ToolsConfig,
@@ -88,6 +90,13 @@ class NodeSection(_Section):
     event_loop: Annotated[
         str, doc("auto (uvloop when installed; it is a dependency) | uvloop | asyncio")
     ] = "auto"
+    profile: Annotated[
+        str,
+        doc(
+            "default | edge: a small host, WASM tools only (plugins and mounts refused), "
+            "smaller buffers (node/app/profiles.py)"
+        ),
+    ] = "default"
 
 
 class HttpSection(_Section):
@@ -285,6 +294,9 @@ class Config(_Section):
     vsm: Annotated[
         VsmSection, doc("the VSM systems: event stream, pattern engine, algedonic channel")
     ] = msgspec.field(default_factory=VsmSection)
+    edge: Annotated[EdgeConfig, doc("the WebAssembly runtime of WASM tools (docs/wasm.md)")] = (
+        msgspec.field(default_factory=EdgeConfig)
+    )
 
     @property
     def data_dir(self) -> Path:
@@ -317,6 +329,7 @@ def load_config(
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
     _merge_dotted(raw, _env_overrides(os.environ if environ is None else environ))
     _merge_dotted(raw, dict(overrides or {}))
+    apply_profile_defaults(raw)
     config = _convert(raw)
     _validate(config)
     return config
@@ -453,6 +466,8 @@ def _validate(config: Config) -> None:
         )
     _validate_algedonic(config)
     _validate_immune(config.vsm.immune)
+    check_profile(config)
+    _validate_wasm(config)
     _validate_zone_references(config)
     _validate_tokens(config)
     for i, seed in enumerate(config.mesh.seeds):
@@ -462,6 +477,28 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"mesh.seeds[{i}]", f"'{seed}' is not [NODE_ID@]HOST:PORT: {e}"
             ) from e
+
+
+def _validate_wasm(config: Config) -> None:
+    """Each manifest reads, and grants only what `[edge]` allows (checked again at start)."""
+    if not config.tools.wasm:
+        return
+    if importlib.util.find_spec("wasmtime") is None:
+        raise ConfigError("tools.wasm", "WASM tools need wasmtime: pip install 'vsmcp[wasm]'")
+    from vsmcp.edge.errors import ManifestError
+    from vsmcp.edge.manifest import load_manifest
+    from vsmcp.node.tools.wasm import edge_permissions
+
+    permissions = edge_permissions(config.edge)
+    zones = set(config.trust.zones)
+    for i, wasm in enumerate(config.tools.wasm):
+        key = f"tools.wasm[{i}].manifest"
+        try:
+            manifest = load_manifest(Path(wasm.manifest), permissions)
+        except ManifestError as e:
+            raise ConfigError(key, str(e)) from e
+        if manifest.zone not in zones:
+            raise ConfigError(key, f"zone '{manifest.zone}' is not in trust.zones")
 
 
 def _validate_algedonic(config: Config) -> None:

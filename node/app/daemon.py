@@ -24,6 +24,7 @@ from vsmcp.node import __version__
 from vsmcp.node.app.config import load_config
 from vsmcp.node.app.logs import setup_logging
 from vsmcp.node.app.node import Node
+from vsmcp.node.app.profiles import PROFILES
 from vsmcp.node.app.sdnotify import SystemdNotifier
 from vsmcp.node.errors import EXIT_BAD_CONFIG, StartupError
 from vsmcp.node.tools.stdio import kill_all_process_groups
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         "head recorded at its last run (restored backup, truncated file); the rollback "
         "is recorded in the log",
     )
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        help="edge: a small host, WASM tools only (plugins and mounts refused)",
+    )
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--version", action="version", version=f"vsmcpd {__version__}")
@@ -104,6 +110,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "node.name": args.name,
         "node.log_format": args.log_format,
         "node.log_level": args.log_level,
+        "node.profile": args.profile,
         "node.dev": True if args.dev else None,
         "mesh.mdns": False if args.no_mdns else None,
     }

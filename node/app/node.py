@@ -55,6 +55,7 @@ from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.tools.wasm import WasmProvider
 from vsmcp.node.vsm.errors import PatternError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged
 from vsmcp.node.vsm.immune.model import immune_issuers
@@ -496,6 +497,8 @@ class Node(Service):
             tools_view=self.tools,
             signal=self.vsm.signal_tool,
             signal_zone=self.config.vsm.signal_zone,
+            edge=self.config.edge,
+            wasm_cache_dir=self.config.data_dir / "wasm-cache",
         )
         catalog.policy.events = self.events
         catalog.supervisor.events = self.events
@@ -513,7 +516,27 @@ class Node(Service):
                 limiter.evictions,
             )
         self._register_mount_metrics(catalog)
+        self._register_wasm_metrics(catalog)
         return catalog
+
+    def _register_wasm_metrics(self, catalog: LocalCatalog) -> None:
+        units = catalog.supervisor.units.values()
+        wasm = [u.provider for u in units if isinstance(u.provider, WasmProvider)]
+        if not wasm:
+            return
+
+        def stops() -> dict[str, int]:
+            total: Counter[str] = Counter()
+            for provider in wasm:
+                total.update(provider.stops)
+            return dict(total)
+
+        self.metrics.add_counters(
+            "vsmcp_wasm_stops",
+            "WASM tool calls stopped at a limit (time, memory, output) or by a trap",
+            "limit",
+            stops,
+        )
 
     def _register_mount_metrics(self, catalog: LocalCatalog) -> None:
         units = catalog.supervisor.units.values()

@@ -157,6 +157,38 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"mount {self.name!r}: set exactly one of 'command' or 'url'")
 
 
+class WasmToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A WASM tool: its TOML manifest names the tool, its zone, limits and grants, and its
+    module (`module`, or the `.wasm`/`.wat` file beside it). See docs/wasm.md."""
+
+    manifest: Annotated[
+        str, doc("path of the tool's TOML manifest (relative: to the node's working directory)")
+    ]
+    limits: Annotated[UnitLimitsConfig, doc("this tool's unit limits")] = msgspec.field(
+        default_factory=UnitLimitsConfig
+    )
+
+
+class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The WASM runtime: what manifests may be granted, and how calls run (docs/wasm.md)."""
+
+    allow_dirs: Annotated[
+        list[str], doc("directories (and below) a manifest may grant a module; none: no files")
+    ] = msgspec.field(default_factory=list)
+    allow_env: Annotated[
+        list[str], doc("environment variables a manifest may pass to a module; none: empty")
+    ] = msgspec.field(default_factory=list)
+    allow_clock: Annotated[
+        bool, doc("a manifest may grant the clock (clock_time_get); otherwise it is refused")
+    ] = False
+    threads: Annotated[
+        PositiveInt, doc("worker threads running WASM calls: at most this many run at once")
+    ] = 2
+    cache_compiled: Annotated[
+        bool, doc("keep compiled modules in <data_dir>/wasm-cache (no compile on restart)")
+    ] = True
+
+
 class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     introspection_zone: Annotated[
         str, doc("zone of the built-in vsm.status / vsm.peers / vsm.tools")
@@ -184,6 +216,9 @@ class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     )
     mounts: Annotated[list[MountConfig], doc("external MCP servers")] = msgspec.field(
         default_factory=list
+    )
+    wasm: Annotated[list[WasmToolConfig], doc("WebAssembly tools (needs vsmcp[wasm])")] = (
+        msgspec.field(default_factory=list)
     )
 
 

@@ -216,6 +216,14 @@ class UnitFault(NodeError):
     reason = "unit_fault"
 
 
+class ToolFault(NodeError):
+    """A call failed in a way that counts against its tool (a WASM module stopped at a
+    limit): the caller gets an error result, the unit counts the fault towards the tool's
+    quarantine, like a plugin that raised, but the log gets one line, not a traceback."""
+
+    reason = "tool_fault"
+
+
 class ToolConfigError(NodeError):
     """A tool, plugin or mount is declared wrongly (bad import path, duplicate name, ...)."""
 

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.service import Service
 from vsmcp.node.tools.builtin import DataView, SignalHandler, builtin_provider
-from vsmcp.node.tools.config import RateLimitConfig, RateLimitsConfig, ToolsConfig, UnitLimitsConfig
-from vsmcp.node.tools.errors import UnknownTool
+from vsmcp.node.tools.config import (
+    EdgeConfig,
+    RateLimitConfig,
+    RateLimitsConfig,
+    ToolsConfig,
+    UnitLimitsConfig,
+)
+from vsmcp.node.tools.errors import ToolConfigError, UnknownTool
 from vsmcp.node.tools.model import CallContext, ChangeCallback, Provider, ToolResult, ToolSpec
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.plugins import entry_point_providers, plugin_provider
@@ -155,8 +162,11 @@ def build_local_catalog(
     tools_view: DataView | None = None,
     signal: SignalHandler | None = None,
     signal_zone: str = "restricted",
+    edge: EdgeConfig | None = None,
+    wasm_cache_dir: Path | None = None,
 ) -> LocalCatalog:
-    """The catalog the node runs: built-ins, config plugins, entry points, mounts.
+    """The catalog the node runs: built-ins, config plugins, entry points, mounts, WASM
+    tools (`wasm_cache_dir`: where compiled modules are kept; None: in memory only).
 
     Raises `ToolConfigError` for a plugin target that does not import. Not started:
     use it as an async context manager (or `start()`/`stop()`).
@@ -185,4 +195,28 @@ def build_local_catalog(
             catalog.add(provider, default)
     for mount in tools.mounts:
         catalog.add(MountedServer(mount, tools.max_result_bytes), unit_policy(tools, mount.limits))
+    if tools.wasm:
+        _add_wasm_tools(catalog, tools, edge or EdgeConfig(), wasm_cache_dir)
     return catalog
+
+
+def _add_wasm_tools(
+    catalog: LocalCatalog, tools: ToolsConfig, edge: EdgeConfig, cache_dir: Path | None
+) -> None:
+    # Imported here: a node without WASM tools never loads the runtime (nor wasmtime).
+    from vsmcp.edge.errors import EdgeError
+    from vsmcp.edge.manifest import load_manifest
+    from vsmcp.edge.runtime import WasmRuntime
+    from vsmcp.node.tools.wasm import WasmProvider, edge_permissions
+
+    try:
+        runtime = WasmRuntime(cache_dir if edge.cache_compiled else None, edge.threads)
+    except EdgeError as exc:
+        raise ToolConfigError(f"tools.wasm: {exc}") from exc
+    permissions = edge_permissions(edge)
+    for i, wasm in enumerate(tools.wasm):
+        try:
+            manifest = load_manifest(Path(wasm.manifest), permissions)
+        except EdgeError as exc:
+            raise ToolConfigError(f"tools.wasm[{i}].manifest: {exc}") from exc
+        catalog.add(WasmProvider(manifest, runtime), unit_policy(tools, wasm.limits))

@@ -15,7 +15,9 @@ Each provider runs as one `Unit` in one named task owned by the `Supervisor`:
   server that dies mid-call) or raises restarts the unit at the initial backoff, but
   counts against the *tool*: the same number of such faults within the window
   quarantines only that tool (`ToolQuarantined`), so whoever keeps calling a crashing
-  tool cannot take the unit's other tools away from everyone.
+  tool cannot take the unit's other tools away from everyone. A call that raises
+  (a plugin's bug, or `ToolFault`: a WASM module stopped at a limit) counts the same
+  way without a restart.
 - **Shutdown.** `cancel_calls` cancels every call in flight (their callers get
   `ShuttingDown`) and refuses new ones, so that a hung tool cannot hold the node up.
 - **Concurrency.** At most `max_concurrency` calls run at once per unit; up to
@@ -43,6 +45,7 @@ from vsmcp.node.tools.errors import (
     ShuttingDown,
     ToolConfigError,
     ToolError,
+    ToolFault,
     ToolQuarantined,
     ToolTimeout,
     ToolUnavailable,
@@ -296,6 +299,10 @@ class Unit:
             raise ToolUnavailable(
                 tool, self.name, self.state.value, self._retry_after(), cause
             ) from exc
+        except ToolFault as exc:  # expected, so no traceback; it counts all the same
+            log.warning("tool %s (unit %s) failed: %s", tool, self.name, exc)
+            self.fault(str(exc), restart=False, tool=tool)
+            return text_result(f"Tool {tool!r} failed: {exc}", is_error=True)
         except Exception as exc:  # plugin code: any bug is the caller's isError result
             log.warning("tool %s (unit %s) raised", tool, self.name, exc_info=True)
             self.fault(f"{type(exc).__name__}: {exc}", restart=False, tool=tool)

@@ -200,3 +200,62 @@ def test_bad_immune_values_name_the_key(tmp_path: Path, line: str, key: str, fra
         load_config(path, environ={})
     assert err.value.key == key
     assert fragment in str(err.value).lower()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "edge", "fragment"),
+    [
+        ('name = "t"\n[grants]\nclock = true\n', "", "edge.allow_clock"),
+        ('name = "t"\nzone = "nowhere"\n', "", "zone 'nowhere' is not in trust.zones"),
+        ('name = "t"\n[limits]\nmemory_mb = 0\n', "", "memory_mb"),
+        ('name = "t"\n[grants]\nclock = true\n', "[edge]\nallow_clock = true\n", None),
+    ],
+)
+def test_wasm_manifests_are_checked_naming_the_key(
+    tmp_path: Path, manifest: str, edge: str, fragment: str | None
+) -> None:
+    (tmp_path / "t.wat").write_text('(module (func (export "_start")))')
+    (tmp_path / "t.toml").write_text(manifest)
+    path = tmp_path / "vsmcp.toml"
+    path.write_text(f'{edge}[[tools.wasm]]\nmanifest = "{tmp_path / "t.toml"}"\n')
+    if fragment is None:
+        assert load_config(path, environ={}).tools.wasm[0].manifest.endswith("t.toml")
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == "tools.wasm[0].manifest"
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ('[[tools.plugins]]\nname = "p"\ntarget = "m:f"\n', "tools.plugins"),
+        ('[[tools.mounts]]\nname = "m"\ncommand = "srv"\n', "tools.mounts"),
+        ("[tools]\nentry_points = true\n", "tools.entry_points"),
+    ],
+)
+def test_the_edge_profile_refuses_plugins_and_mounts_naming_the_key(
+    tmp_path: Path, table: str, key: str
+) -> None:
+    path = tmp_path / "vsmcp.toml"
+    path.write_text(f'[node]\nprofile = "edge"\n{table}')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == key
+    assert "edge profile" in str(err.value)
+
+
+def test_the_edge_profile_sets_smaller_defaults_under_what_is_configured(tmp_path: Path) -> None:
+    path = tmp_path / "vsmcp.toml"
+    path.write_text("[audit]\nqueue_size = 100\n")
+    edge = load_config(path, environ={}, overrides={"node.profile": "edge"})
+    default = load_config(path, environ={})
+    assert edge.audit.queue_size == default.audit.queue_size == 100  # set: kept
+    assert edge.tools.entry_points is False and default.tools.entry_points is True
+    assert edge.vsm.event_buffer < default.vsm.event_buffer
+    assert edge.http.max_connections < default.http.max_connections
+    assert edge.edge.threads == 1
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={}, overrides={"node.profile": "tiny"})
+    assert err.value.key == "node.profile"

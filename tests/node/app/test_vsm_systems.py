@@ -131,7 +131,9 @@ async def test_a_block_origin_rule_issues_an_immune_block_that_the_node_enforces
         async def issued() -> bool:
             return bool(blocks()) and node.vsm_view()["s5"]["outcomes"].get("issued", 0) == 1
 
-        await async_wait_for(issued, timeout_s=10, what="the S5 rule's block through the immune system")
+        await async_wait_for(
+            issued, timeout_s=10, what="the S5 rule's block through the immune system"
+        )
         (block,) = blocks()
         assert block["target_kind"] == "origin"
         assert "block-the-source" in str(block["note"])

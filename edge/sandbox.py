@@ -1,0 +1,184 @@
+"""One call of a WASM tool: a fresh store and instance under the tool's limits.
+
+ABI (WASI preview 1 command): the arguments as JSON on stdin, the result on stdout,
+exit code 0 for success and any other for a tool error, stderr for the log. Each call
+gets its own store (memory capped by a store limiter, an epoch deadline) and instance,
+so nothing leaks from one call to the next. Runs in a worker thread: it blocks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from vsmcp.edge.errors import (
+    WasmFault,
+    WasmMemoryLimit,
+    WasmOutputLimit,
+    WasmTimeLimit,
+    WasmTrap,
+)
+from vsmcp.edge.manifest import Manifest
+from vsmcp.edge.stdio import CallStdio, Output, Stderr, bound
+
+if TYPE_CHECKING:
+    import wasmtime
+
+    from vsmcp.edge.clock import EpochClock
+
+WASM_PAGE_BYTES: Final = 64 << 10
+# Memory within this much of the limit when a module traps or runs out of time: it
+# was the limit (a failed `memory.grow` returns -1; most programs then abort).
+MEMORY_NEAR_LIMIT_BYTES: Final = 1 << 20
+TRAP_MESSAGE_CHARS: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class WasmOutcome:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    stderr_dropped_bytes: int
+    elapsed_s: float
+
+
+def own_stdio(manifest: Manifest) -> bool:
+    """Whether the host serves the module's stdio (`vsmcp.edge.stdio`): when it has no
+    file descriptors but 0, 1 and 2, i.e. no directory granted."""
+    return not manifest.grants.dirs
+
+
+def _wasi_config(manifest: Manifest, stdin: bytes, out: Output, err: Stderr) -> wasmtime.WasiConfig:
+    import wasmtime
+
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = [manifest.name]
+    grants = manifest.grants
+    if grants.env:
+        wasi.env = [(name, os.environ[name]) for name in grants.env if name in os.environ]
+    for grant in grants.dirs:
+        host = str(manifest.path.parent / grant.host)
+        wasi.preopen_dir(host, grant.guest, fs_mutable=grant.writable)
+    if not own_stdio(manifest):
+        _set_stdin(wasi, stdin)
+        wasi.stdout_custom = out.write
+        wasi.stderr_custom = err.write
+    return wasi
+
+
+def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
+    """stdin from bytes: through the C API's `wasi_config_set_stdin_bytes` (≈5 µs), which
+    wasmtime-py does not wrap; if a version lacks it, an anonymous in-memory file (≈25 µs:
+    no disk, no pipe to feed from a thread)."""
+    from wasmtime import _ffi
+
+    set_bytes = getattr(_ffi, "wasi_config_set_stdin_bytes", None)
+    if set_bytes is not None:
+        vec = _ffi.wasm_byte_vec_t()
+        _ffi.wasm_byte_vec_new(
+            ctypes.byref(vec), len(data), (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        )
+        set_bytes(wasi.ptr(), ctypes.byref(vec))  # takes ownership of the copy
+        return
+    fd = os.memfd_create("wasm-stdin", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        wasi.stdin_file = f"/proc/self/fd/{fd}"  # wasmtime opens its own description
+    finally:
+        os.close(fd)
+
+
+def _memory_bytes(instance: wasmtime.Instance, store: wasmtime.Store) -> int:
+    import wasmtime
+
+    memory = instance.exports(store).get("memory")
+    if isinstance(memory, wasmtime.Memory):
+        return int(memory.size(store)) * WASM_PAGE_BYTES
+    return 0
+
+
+def _fault(
+    exc: wasmtime.Trap | wasmtime.WasmtimeError,
+    manifest: Manifest,
+    out: Output,
+    memory_bytes: int,
+    timeout_s: float,
+) -> WasmFault:
+    import wasmtime
+
+    limits = manifest.limits
+    memory_cap = limits.memory_mb << 20
+    if out.overflowed:
+        return WasmOutputLimit(
+            f"stopped: its output passed the limit of {limits.output_bytes} bytes "
+            "(limits.output_bytes)"
+        )
+    if memory_bytes + MEMORY_NEAR_LIMIT_BYTES > memory_cap:
+        return WasmMemoryLimit(
+            f"stopped: it reached its memory limit of {limits.memory_mb} MB (limits.memory_mb)"
+        )
+    code = exc.trap_code if isinstance(exc, wasmtime.Trap) else None
+    if code is wasmtime.TrapCode.INTERRUPT:
+        return WasmTimeLimit(
+            f"stopped: it ran past its time limit of {timeout_s * 1000:.0f} ms (limits.timeout_ms "
+            "or the caller's deadline)"
+        )
+    detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    what = code.name.lower() if code is not None else "error"
+    return WasmTrap(f"trapped ({what}): {detail[:TRAP_MESSAGE_CHARS]}")
+
+
+def run_call(
+    *,
+    manifest: Manifest,
+    pre: wasmtime.InstancePre,
+    engine: wasmtime.Engine,
+    clock: EpochClock,
+    stdin: bytes,
+    timeout_s: float,
+    limit_s: float | None = None,
+) -> WasmOutcome:
+    """Run the module once within `timeout_s`; raises a `WasmFault` subclass when it is
+    stopped (`limit_s`, the time limit its error names: `timeout_s` unless given)."""
+    import time
+
+    import wasmtime
+
+    started = time.perf_counter()
+    out, err = Output(manifest.limits.output_bytes), Stderr()
+    store = wasmtime.Store(engine)
+    store.set_limits(memory_size=manifest.limits.memory_mb << 20)
+    store.set_wasi(_wasi_config(manifest, stdin, out, err))
+    instance: wasmtime.Instance | None = None
+    exit_code = 0
+    clock.enter()
+    try:
+        store.set_epoch_deadline(clock.ticks_for(timeout_s))
+        with bound(CallStdio(stdin, out, err)):
+            try:
+                instance = pre.instantiate(store)
+                start = instance.exports(store)["_start"]
+                assert isinstance(start, wasmtime.Func)
+                start(store)
+            except wasmtime.ExitTrap as exc:
+                exit_code = exc.code
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                if instance is None and "memory" in str(exc) and "limit" in str(exc):
+                    used = manifest.limits.memory_mb << 20  # its initial memory is over the cap
+                else:
+                    used = 0 if instance is None else _memory_bytes(instance, store)
+                raise _fault(exc, manifest, out, used, limit_s or timeout_s) from None
+    finally:
+        clock.leave()
+    if out.overflowed:
+        # It ignored the failed write and exited: the answer is cut, so it is no answer.
+        raise _fault(wasmtime.WasmtimeError("output cut"), manifest, out, 0, timeout_s)
+    return WasmOutcome(
+        exit_code=exit_code,
+        stdout=b"".join(out.parts),
+        stderr=b"".join(err.parts),
+        stderr_dropped_bytes=err.dropped,
+        elapsed_s=time.perf_counter() - started,
+    )

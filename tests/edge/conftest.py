@@ -1,0 +1,37 @@
+"""Fixtures of the WASM runtime tests: a started runtime and manifests of test modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.skips import require_module
+
+MODULES = Path(__file__).resolve().parent / "modules"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "wasm"
+
+
+def write_manifest(
+    directory: Path, name: str, module: Path, *, limits: str = "", extra: str = ""
+) -> Path:
+    """A manifest for `module` in `directory` (limits: TOML lines of the [limits] table)."""
+    path = directory / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\nmodule = "{module}"\n{extra}\n[limits]\n{limits}\n', encoding="utf-8"
+    )
+    return path
+
+
+@pytest.fixture
+def runtime() -> Iterator[object]:
+    require_module("wasmtime")
+    from vsmcp.edge.runtime import WasmRuntime
+
+    rt = WasmRuntime()
+    rt.acquire()
+    try:
+        yield rt
+    finally:
+        rt.release()

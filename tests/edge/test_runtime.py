@@ -1,0 +1,207 @@
+"""The WASM host: the ABI, each limit stopping a hostile module with a clear error (and the
+others still answering), grants, and the compiled-module cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
+from tests.polling import async_wait_for
+from vsmcp.edge.errors import (
+    WasmFault,
+    WasmLoadError,
+    WasmMemoryLimit,
+    WasmOutputLimit,
+    WasmTimeLimit,
+    WasmTrap,
+)
+from vsmcp.edge.grants import EdgePermissions
+from vsmcp.edge.manifest import load_manifest
+
+# Limits small enough that the hostile modules hit them at once.
+HOSTILE_LIMITS = "timeout_ms = 300\nmemory_mb = 4\noutput_bytes = 65536"
+
+
+def load(runtime: Any, tmp_path: Path, module: str, limits: str = HOSTILE_LIMITS) -> Any:
+    manifest = write_manifest(tmp_path, module, MODULES / f"{module}.wat", limits=limits)
+    return runtime.load(load_manifest(manifest))
+
+
+def echo(runtime: Any) -> Any:
+    return runtime.load(load_manifest(EXAMPLES / "echo.toml"))
+
+
+async def test_echo_reads_stdin_and_answers_on_stdout(runtime: Any) -> None:
+    outcome = await runtime.call(echo(runtime), b'{"a":[1,2]}', 1.0)
+    assert outcome.exit_code == 0
+    assert json.loads(outcome.stdout) == {"echo": {"a": [1, 2]}}
+
+
+async def test_non_zero_exit_is_an_outcome_with_its_output(runtime: Any, tmp_path: Path) -> None:
+    outcome = await runtime.call(load(runtime, tmp_path, "fail"), b"{}", 1.0)
+    assert outcome.exit_code == 3
+    assert outcome.stdout == b'{"error":"bad input"}'
+    assert outcome.stderr == b"bad input\n\x1b[31mred"
+
+
+@pytest.mark.parametrize(
+    ("module", "error", "message"),
+    [
+        ("loop", WasmTimeLimit, "time limit of 300 ms"),
+        ("bomb", WasmMemoryLimit, "memory limit of 4 MB"),
+        ("flood", WasmOutputLimit, "limit of 65536 bytes"),
+        ("trap", WasmTrap, "unreachable"),
+    ],
+)
+async def test_a_hostile_module_is_stopped_at_its_limit_and_others_keep_answering(
+    runtime: Any, tmp_path: Path, module: str, error: type[WasmFault], message: str
+) -> None:
+    hostile = load(runtime, tmp_path, module)
+    good = echo(runtime)
+    # The hostile call and a good one at the same time: the pool has two workers.
+    bad_call = asyncio.ensure_future(runtime.call(hostile, b"{}", 0.3))
+    answer = await runtime.call(good, b'{"n":1}', 1.0)
+    assert json.loads(answer.stdout) == {"echo": {"n": 1}}
+    with pytest.raises(error, match=message):
+        await bad_call
+    again = await runtime.call(good, b'{"n":2}', 1.0)
+    assert json.loads(again.stdout) == {"echo": {"n": 2}}
+
+
+async def test_the_callers_shorter_deadline_stops_a_runaway(runtime: Any, tmp_path: Path) -> None:
+    hostile = load(runtime, tmp_path, "loop", "timeout_ms = 60000")
+    with pytest.raises(WasmTimeLimit, match="time limit of 50 ms"):
+        await runtime.call(hostile, b"{}", 0.05)
+
+
+async def test_a_module_whose_memory_starts_over_the_limit_is_stopped(
+    runtime: Any, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.wat"
+    big.write_text('(module (memory 256) (func (export "_start")))')  # 16 MB at start
+    manifest = write_manifest(tmp_path, "big", big, limits="memory_mb = 4")
+    with pytest.raises(WasmMemoryLimit, match="memory limit of 4 MB"):
+        await runtime.call(runtime.load(load_manifest(manifest)), b"{}", 1.0)
+
+
+@pytest.mark.parametrize(("granted", "errno"), [(False, "76"), (True, "00")])
+async def test_the_clock_is_refused_unless_granted(
+    runtime: Any, tmp_path: Path, granted: bool, errno: str
+) -> None:
+    extra = "[grants]\nclock = true" if granted else ""
+    path = tmp_path / "clock.toml"
+    path.write_text(f'name = "clock"\nmodule = "{MODULES / "clock.wat"}"\n{extra}\n')
+    manifest = load_manifest(path, EdgePermissions(clock=True))
+    outcome = await runtime.call(runtime.load(manifest), b"{}", 1.0)
+    assert json.loads(outcome.stdout) == {"errno": errno}
+
+
+def test_a_module_without_start_is_refused(runtime: Any, tmp_path: Path) -> None:
+    lib = tmp_path / "lib.wat"
+    lib.write_text('(module (func (export "add")))')
+    with pytest.raises(WasmLoadError, match="_start"):
+        runtime.load(load_manifest(write_manifest(tmp_path, "lib", lib)))
+
+
+def test_invalid_wat_is_refused(runtime: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.wat"
+    bad.write_text("(module (func")
+    with pytest.raises(WasmLoadError, match="not valid WAT"):
+        runtime.load(load_manifest(write_manifest(tmp_path, "bad", bad)))
+
+
+def test_compiled_modules_are_cached_in_memory_and_on_disk(tmp_path: Path) -> None:
+    from vsmcp.edge.runtime import WasmRuntime
+
+    manifest = load_manifest(EXAMPLES / "echo.toml")
+    first = WasmRuntime(cache_dir=tmp_path / "cache")
+    first.load(manifest)
+    first.load(manifest)
+    assert (first.cache.compiled, first.cache.loaded_from_disk) == (1, 0)
+    assert len(list((tmp_path / "cache").glob("*.cwasm"))) == 1
+    second = WasmRuntime(cache_dir=tmp_path / "cache")
+    second.load(manifest)
+    assert (second.cache.compiled, second.cache.loaded_from_disk) == (0, 1)
+
+
+def test_a_corrupt_cached_module_is_compiled_again(tmp_path: Path) -> None:
+    from vsmcp.edge.runtime import WasmRuntime
+
+    manifest = load_manifest(EXAMPLES / "echo.toml")
+    WasmRuntime(cache_dir=tmp_path).load(manifest)
+    (cached,) = tmp_path.glob("*.cwasm")
+    cached.write_bytes(b"not a module")
+    again = WasmRuntime(cache_dir=tmp_path)
+    again.load(manifest)
+    assert (again.cache.compiled, again.cache.loaded_from_disk) == (1, 0)
+
+
+@pytest.mark.parametrize("module", ["echo", "flood", "fail"])
+async def test_with_a_directory_granted_stdio_goes_through_wasi_with_the_same_limits(
+    runtime: Any, tmp_path: Path, module: str
+) -> None:
+    # A granted directory means file descriptors beyond 0-2: wasmtime's WASI serves stdio.
+    (tmp_path / "data").mkdir()
+    wat = EXAMPLES / "echo.wat" if module == "echo" else MODULES / f"{module}.wat"
+    manifest = write_manifest(
+        tmp_path,
+        module,
+        wat,
+        limits=HOSTILE_LIMITS,
+        extra='[grants]\ndirs = [{ host = "data", guest = "/data" }]',
+    )
+    tool = runtime.load(load_manifest(manifest, EdgePermissions(dirs=(tmp_path,))))
+    if module == "flood":
+        with pytest.raises(WasmOutputLimit, match="limit of 65536 bytes"):
+            await runtime.call(tool, b"{}", 0.3)
+        return
+    outcome = await runtime.call(tool, b'{"d":1}', 1.0)
+    if module == "fail":
+        assert (outcome.exit_code, outcome.stderr) == (3, b"bad input\n\x1b[31mred")
+    else:
+        assert json.loads(outcome.stdout) == {"echo": {"d": 1}}
+
+
+async def test_the_epoch_thread_outlives_a_release_until_the_last_call_ends(
+    runtime: Any, tmp_path: Path
+) -> None:
+    async def alive() -> bool:
+        return bool(runtime.clock.thread_alive())
+
+    async def ended() -> bool:
+        return not runtime.clock.thread_alive()
+
+    hostile = load(runtime, tmp_path, "loop")
+    call = asyncio.ensure_future(runtime.call(hostile, b"{}", 0.3))
+    await async_wait_for(alive, what="the epoch thread started by the call")
+    runtime.release()  # as at shutdown: the call in flight still gets its deadline
+    with pytest.raises(WasmTimeLimit):
+        await call
+    await async_wait_for(ended, what="the epoch thread ended after the last call")
+    runtime.acquire()  # the fixture releases it again
+
+
+async def test_a_write_from_outside_its_memory_is_refused_not_a_crash(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # fd_write with an iovec pointing past the end of its 1-page memory: EFAULT (21),
+    # which the module turns into its exit code.
+    bad = tmp_path / "bad_ptr.wat"
+    bad.write_text(
+        '(module (import "wasi_snapshot_preview1" "fd_write"'
+        " (func $w (param i32 i32 i32 i32) (result i32)))"
+        ' (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))'
+        ' (memory (export "memory") 1)'
+        ' (func (export "_start")'
+        " (i32.store (i32.const 0) (i32.const 65530)) (i32.store (i32.const 4) (i32.const 100))"
+        " (call $exit (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"
+    )
+    outcome = await runtime.call(
+        runtime.load(load_manifest(write_manifest(tmp_path, "b", bad))), b"{}", 1.0
+    )
+    assert (outcome.exit_code, outcome.stdout) == (21, b"")

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 RATE_WINDOW_S: Final = 60.0
 MAX_TTL_S: Final = 7 * 24 * 3600.0
+MAX_TTL_MS: Final = int(MAX_TTL_S * 1000)
 MAX_EVIDENCE_CHARS: Final = 600
 # Pattern `policy` actions name what to do; `block_sender` is the docs' older name.
 ACTION_TARGETS: Final[dict[str, TargetKind]] = {
@@ -113,7 +114,8 @@ class ImmuneService:
         self._issued_at: deque[float] = deque()
         self._quorum_check: asyncio.Handle | None = None
         # issued, observations, pending, duplicate, refused_* (disabled, protected,
-        # rate_limited, no_role, invalid, crdt), calls_refused, bad_bodies, protected_ignored
+        # rate_limited, no_role, invalid, crdt), calls_refused, bad_bodies, protected_ignored,
+        # ttl_ignored
         self.stats: Counter[str] = Counter()
         policies.on_change(self._changed)
         for policy in policies.view():
@@ -333,6 +335,8 @@ class ImmuneService:
             self._schedule_quorum_check()
 
     def _index(self, policy: Policy) -> None:
+        if policy.kind in IMMUNE_KINDS and self._outlives_bound(policy):
+            return
         if policy.kind == OBSERVATION_KIND:
             observation = observation_of(policy)
             if observation is None:
@@ -367,6 +371,20 @@ class ImmuneService:
             return
         self._unconfirmed.pop(key, None)
         self.blocks.put(block)
+
+    def _outlives_bound(self, policy: Policy) -> bool:
+        """A policy from the network that would hold longer than any this node issues
+        (`MAX_TTL_S` from now): ignored and counted, so a signed grant with a far expiry
+        (or a far `issued_at`) does not block, or vote, for good."""
+        if policy.expires_at_ms - self._clock_ms() <= MAX_TTL_MS:
+            return False
+        self.stats["ttl_ignored"] += 1
+        log.warning(
+            "immune: policy %s ignored: it expires more than %gs from now",
+            policy_key(policy.issuer, policy.id),
+            MAX_TTL_S,
+        )
+        return True
 
     def _unindex(self, policy: Policy) -> None:
         if policy.kind == OBSERVATION_KIND:

@@ -271,3 +271,25 @@ def test_an_http_client_address_is_blocked_whatever_token_it_uses() -> None:
         _check(immune, "http:good", addr="10.0.0.9")
     _check(immune, "http:good", addr="10.0.0.8")
     _check(immune, "stdio")
+
+
+def test_a_grant_from_the_network_holding_past_the_ttl_bound_is_not_enforced() -> None:
+    mesh = Mesh(6)
+    members = mesh.members
+    a, b = members[0], members[1]
+    body = {
+        "target_kind": "origin",
+        "target": "http:victim",
+        "note": {"source": "s", "reason": "r", "action": "a", "until": "u"},
+    }
+    year_ms = 365 * 24 * 3600 * 1000
+    a.store.issue(a.signer, "forever", MITIGATION_KIND, body, ttl_ms=year_ms)
+    # Observations that would vote for a year: each counts for nothing.
+    x = members[5]
+    observation = {"subject": x.node_id, "reason": "r"}
+    for member in members[:3]:
+        member.store.issue(member.signer, "long", "observation", observation, ttl_ms=year_ms)
+    mesh.sync()
+    _check(b.immune, "http:victim")
+    assert b.immune.stats["ttl_ignored"] == 4
+    assert b.immune.tally.observers(x.node_id, mesh.clock.now_ms) == []

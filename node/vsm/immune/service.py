@@ -22,6 +22,7 @@ protected node. Expiry is checked on every lookup.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import Counter, deque
@@ -73,10 +74,24 @@ ACTION_TARGETS: Final[dict[str, TargetKind]] = {
     "block_sender": "node",
     QUARANTINE_TOOL: "tool",
 }
+NODE_LOCAL_ORIGINS: Final = frozenset({"http:loopback", "stdio"})
 _WHAT: Final = {"origin": "caller", "node": "entry node", "tool": "tool"}
 
 AuditSink = Callable[[str, dict[str, Any]], None]
 ClockMs = Callable[[], int]
+
+
+def is_node_local(origin: str) -> bool:
+    """An origin that names a different caller on every node: `http:loopback`, `stdio`,
+    a loopback `addr:`. A block of it is the issuing node's alone."""
+    if origin in NODE_LOCAL_ORIGINS:
+        return True
+    if not origin.startswith("addr:"):
+        return False
+    try:
+        return ipaddress.ip_address(origin.removeprefix("addr:").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _wall_ms() -> int:
@@ -115,7 +130,7 @@ class ImmuneService:
         self._quorum_check: asyncio.Handle | None = None
         # issued, observations, pending, duplicate, refused_* (disabled, protected,
         # rate_limited, no_role, invalid, crdt), calls_refused, bad_bodies, protected_ignored,
-        # ttl_ignored
+        # ttl_ignored, local_origin_ignored
         self.stats: Counter[str] = Counter()
         policies.on_change(self._changed)
         for policy in policies.view():
@@ -300,9 +315,11 @@ class ImmuneService:
         now_ms = self._clock_ms()
         find = self.blocks.find
         entry_origin = ctx.entry_origin
+        # The entry node's loopback or stdio caller is not ours, whatever we blocked.
+        named = entry_origin if entry_origin and not is_node_local(entry_origin) else None
         block = (
             find("origin", ctx.origin, now_ms)
-            or (find("origin", entry_origin, now_ms) if entry_origin else None)
+            or (find("origin", named, now_ms) if named else None)
             or (find("origin", f"addr:{ctx.client_addr}", now_ms) if ctx.client_addr else None)
             or (find("node", entry_node, now_ms) if entry_node else None)
             or find("tool", tool, now_ms)
@@ -364,6 +381,13 @@ class ImmuneService:
         if self._is_protected(body.target_kind, body.target):
             self.stats["protected_ignored"] += 1
             log.warning("immune: policy %s ignored: it targets a protected node", key)
+            return
+        if (
+            body.target_kind == "origin"
+            and is_node_local(body.target)
+            and block.issuer != self.node_id
+        ):
+            self.stats["local_origin_ignored"] += 1
             return
         if body.target_kind == "node" and not self.tally.confirmed(body.target, self._clock_ms()):
             self._unconfirmed[key] = block

@@ -293,3 +293,18 @@ def test_a_grant_from_the_network_holding_past_the_ttl_bound_is_not_enforced() -
     _check(b.immune, "http:victim")
     assert b.immune.stats["ttl_ignored"] == 4
     assert b.immune.tally.observers(x.node_id, mesh.clock.now_ms) == []
+
+
+@pytest.mark.parametrize("origin", ["http:loopback", "stdio", "addr:127.0.0.1", "addr:::1"])
+def test_a_block_of_a_node_local_origin_holds_only_on_the_node_that_issued_it(origin: str) -> None:
+    mesh = Mesh(2)
+    a, b = mesh.members
+    addr = origin.removeprefix("addr:") if origin.startswith("addr:") else None
+    assert a.immune.mitigate(_request("origin", origin)).status == "issued"
+    mesh.sync()
+    with pytest.raises(PolicyBlocked):
+        _check(a.immune, origin, addr=addr)
+    # b's own local callers, at b and forwarded to a, are other people.
+    _check(b.immune, origin, addr=addr)
+    _check(a.immune, f"mesh:{b.node_id}", entry_origin=origin, entry_node=b.node_id)
+    assert b.immune.stats["local_origin_ignored"] == 1

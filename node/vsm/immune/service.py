@@ -94,6 +94,12 @@ def is_node_local(origin: str) -> bool:
         return False
 
 
+def _names_a_node(target_kind: str, target: str) -> bool:
+    """An origin block of `mesh:<id>` refuses every call that node forwards: a node
+    block in all but name, so it must not skip the quorum node blocks need."""
+    return target_kind == "origin" and target.startswith("mesh:")
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -130,7 +136,7 @@ class ImmuneService:
         self._quorum_check: asyncio.Handle | None = None
         # issued, observations, pending, duplicate, refused_* (disabled, protected,
         # rate_limited, no_role, invalid, crdt), calls_refused, bad_bodies, protected_ignored,
-        # ttl_ignored, local_origin_ignored
+        # ttl_ignored, local_origin_ignored, mesh_origin_ignored
         self.stats: Counter[str] = Counter()
         policies.on_change(self._changed)
         for policy in policies.view():
@@ -182,6 +188,8 @@ class ImmuneService:
             return "invalid", f"ttl_s must be in (0, {MAX_TTL_S:g}]"
         if self._is_protected(request.target_kind, request.target):
             return "protected", f"{request.target} is protected (this node, or its authority)"
+        if _names_a_node(request.target_kind, request.target):
+            return "invalid", "a node is blocked by a node block, which needs a quorum"
         if not self._policies.may_issue(self._signer.public_key, MITIGATION_KIND):
             return "no_role", "this node's certificate does not carry the 'immune' role"
         return None
@@ -381,6 +389,10 @@ class ImmuneService:
         if self._is_protected(body.target_kind, body.target):
             self.stats["protected_ignored"] += 1
             log.warning("immune: policy %s ignored: it targets a protected node", key)
+            return
+        if _names_a_node(body.target_kind, body.target):
+            self.stats["mesh_origin_ignored"] += 1
+            log.warning("immune: policy %s ignored: it blocks a node without a quorum", key)
             return
         if (
             body.target_kind == "origin"

@@ -308,3 +308,22 @@ def test_a_block_of_a_node_local_origin_holds_only_on_the_node_that_issued_it(or
     _check(b.immune, origin, addr=addr)
     _check(a.immune, f"mesh:{b.node_id}", entry_origin=origin, entry_node=b.node_id)
     assert b.immune.stats["local_origin_ignored"] == 1
+
+
+def test_an_origin_block_of_a_mesh_node_does_not_skip_the_quorum() -> None:
+    mesh = Mesh(6)
+    members = mesh.members
+    x = members[5]
+    outcome = members[0].immune.mitigate(_request("origin", f"mesh:{x.node_id}"))
+    assert outcome.status == "refused" and "quorum" in outcome.detail
+    # One node forcing it: nobody refuses what x forwards.
+    forced = {
+        "target_kind": "origin",
+        "target": f"mesh:{x.node_id}",
+        "note": {"source": "s", "reason": "r", "action": "a", "until": "u"},
+    }
+    members[0].store.issue(members[0].signer, "forced", MITIGATION_KIND, forced, ttl_ms=60_000)
+    mesh.sync()
+    for member in members[:5]:
+        _check(member.immune, f"mesh:{x.node_id}", "http:someone", x.node_id)
+    assert members[1].immune.stats["mesh_origin_ignored"] == 1

@@ -33,6 +33,11 @@ WASM_PAGE_BYTES: Final = 64 << 10
 # was the limit (a failed `memory.grow` returns -1; most programs then abort).
 MEMORY_NEAR_LIMIT_BYTES: Final = 1 << 20
 TRAP_MESSAGE_CHARS: Final = 200
+MAX_MEMORIES: Final = 1
+MAX_TABLES: Final = 4
+# Elements of one table (8 to 16 bytes of host memory each): far above what compilers
+# emit for indirect calls, far below what would hurt the node.
+MAX_TABLE_ELEMENTS: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +154,14 @@ def run_call(
     started = time.perf_counter()
     out, err = Output(manifest.limits.output_bytes), Stderr()
     store = wasmtime.Store(engine)
-    store.set_limits(memory_size=manifest.limits.memory_mb << 20)
+    # One memory (several would each get the whole limit) and bounded tables: a table's
+    # elements are host memory too, which the memory limit does not count.
+    store.set_limits(
+        memory_size=manifest.limits.memory_mb << 20,
+        memories=MAX_MEMORIES,
+        tables=MAX_TABLES,
+        table_elements=MAX_TABLE_ELEMENTS,
+    )
     store.set_wasi(_wasi_config(manifest, stdin, out, err))
     instance: wasmtime.Instance | None = None
     exit_code = 0

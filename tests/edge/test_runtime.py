@@ -205,3 +205,33 @@ async def test_a_write_from_outside_its_memory_is_refused_not_a_crash(
         runtime.load(load_manifest(write_manifest(tmp_path, "b", bad))), b"{}", 1.0
     )
     assert (outcome.exit_code, outcome.stdout) == (21, b"")
+
+
+async def test_a_second_memory_does_not_get_a_second_memory_limit(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # Two memories grown to 3 MB each under a 4 MB limit: 6 MB if each had the limit.
+    wat = tmp_path / "two.wat"
+    wat.write_text(
+        "(module (memory $a 1) (memory $b 1)"
+        ' (func (export "_start")'
+        " (drop (memory.grow $a (i32.const 47))) (drop (memory.grow $b (i32.const 47)))))"
+    )
+    manifest = write_manifest(tmp_path, "two", wat, limits="memory_mb = 4")
+    with pytest.raises(WasmMemoryLimit):
+        await runtime.call(runtime.load(load_manifest(manifest)), b"{}", 1.0)
+
+
+async def test_a_table_does_not_grow_past_its_bound(runtime: Any, tmp_path: Path) -> None:
+    # table.grow answers -1 when refused; a million elements (8 to 16 MB of the host's
+    # memory, outside the memory limit) reach `unreachable` where it is not.
+    wat = tmp_path / "table.wat"
+    wat.write_text(
+        "(module (table $t 0 funcref)"
+        ' (func (export "_start")'
+        " (if (i32.ne (table.grow $t (ref.null func) (i32.const 1000000)) (i32.const -1))"
+        " (then unreachable))))"
+    )
+    manifest = write_manifest(tmp_path, "table", wat, limits="memory_mb = 4")
+    outcome = await runtime.call(runtime.load(load_manifest(manifest)), b"{}", 1.0)
+    assert outcome.exit_code == 0

@@ -458,7 +458,7 @@ class Node(Service):
         self.immune = immune
         self.actions.register("policy", immune.on_match)
         if cfg.enabled:
-            self.patterns.set_source(IMMUNE_SOURCE, immune_patterns(cfg))
+            self.patterns.set_source(IMMUNE_SOURCE, immune_patterns(cfg, identity.node_id))
         self.metrics.add_counters(
             "vsmcp_immune_events",
             "Immune system: mitigations issued, observations, pending, duplicate, refused "

@@ -19,9 +19,9 @@ class ImmuneConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ),
     ] = True
     block_ttl_s: Annotated[float, doc("how long a block of an origin or a node lasts, s")] = 600.0
-    quarantine_ttl_s: Annotated[float, doc("how long a tool stays quarantined mesh-wide, s")] = (
-        120.0
-    )
+    quarantine_ttl_s: Annotated[
+        float, doc("how long a tool stays quarantined where it is served, s")
+    ] = 120.0
     max_blocks_per_minute: Annotated[
         int, doc("mitigation policies this node may issue per minute; more are refused, counted")
     ] = 10

@@ -7,8 +7,10 @@
 - `immune-zone-denials`: zone denials at the entry node, per origin → block the origin;
 - `immune-unknown-tools`, `immune-schema-errors`: calls to unknown tools, or with invalid
   arguments, at the entry node, per origin → block the origin;
-- `immune-tool-errors`: failed calls of a tool (error result, provider error, timeout),
-  per tool → quarantine the tool.
+- `immune-tool-errors`: failed calls of a tool this node served (error result, provider
+  error, timeout), per tool → quarantine the tool here. Failures of another provider's
+  copy count nowhere: a node serving a broken tool of the same name must not take the
+  healthy copies away.
 
 Only what the entry node saw counts against an origin (`entry_origin` absent): the
 provider of a forwarded call sees the entry node as its origin (`mesh:<id>`), and one
@@ -49,7 +51,9 @@ def _origin_storm(name: str, outcome: str, cfg: ImmuneConfig) -> dict[str, Any]:
     }
 
 
-def immune_patterns(cfg: ImmuneConfig) -> tuple[Pattern, ...]:
+def immune_patterns(cfg: ImmuneConfig, node_id: str) -> tuple[Pattern, ...]:
+    """The built-in patterns of the node `node_id` (the provider whose tools it may
+    quarantine)."""
     raw: list[dict[str, Any]] = [
         {
             "name": "immune-bad-envelopes",
@@ -82,7 +86,7 @@ def immune_patterns(cfg: ImmuneConfig) -> tuple[Pattern, ...]:
             "where": {
                 "all": [
                     {"field": "outcome", "op": "in", "value": list(TOOL_FAILURES)},
-                    {"field": "provider", "op": "ne", "value": ""},
+                    {"field": "provider", "op": "eq", "value": node_id},
                 ]
             },
             "group_by": "tool",

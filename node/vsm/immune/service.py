@@ -136,7 +136,7 @@ class ImmuneService:
         self._quorum_check: asyncio.Handle | None = None
         # issued, observations, pending, duplicate, refused_* (disabled, protected,
         # rate_limited, no_role, invalid, crdt), calls_refused, bad_bodies, protected_ignored,
-        # ttl_ignored, local_origin_ignored, mesh_origin_ignored
+        # ttl_ignored, local_origin_ignored, mesh_origin_ignored, remote_tool_ignored
         self.stats: Counter[str] = Counter()
         policies.on_change(self._changed)
         for policy in policies.view():
@@ -400,6 +400,10 @@ class ImmuneService:
             and block.issuer != self.node_id
         ):
             self.stats["local_origin_ignored"] += 1
+            return
+        if body.target_kind == "tool" and block.issuer != self.node_id:
+            # Another provider's copy of a tool of that name: it refuses its own calls.
+            self.stats["remote_tool_ignored"] += 1
             return
         if body.target_kind == "node" and not self.tally.confirmed(body.target, self._clock_ms()):
             self._unconfirmed[key] = block

@@ -14,7 +14,13 @@ from vsmcp.crdt.signing import Ed25519Signer
 from vsmcp.mesh.identity import node_id_from_public_key
 from vsmcp.node.tools.errors import PolicyBlocked
 from vsmcp.node.tools.model import CallContext
-from vsmcp.node.vsm.events import NODE_CATALOG, Denial, EnvelopeRejected, Event
+from vsmcp.node.vsm.events import (
+    NODE_CATALOG,
+    Denial,
+    EnvelopeRejected,
+    Event,
+    ToolCallFinished,
+)
 from vsmcp.node.vsm.immune.config import ImmuneConfig
 from vsmcp.node.vsm.immune.model import IMMUNE_ROLE, MITIGATION_KIND, immune_issuers
 from vsmcp.node.vsm.immune.patterns import immune_patterns
@@ -102,6 +108,15 @@ def _check(
     immune.check_call(ctx, entry_node, tool)
 
 
+def _one_node_with_patterns(config: ImmuneConfig) -> tuple[Mesh, ImmuneService, PatternEngine]:
+    """One node whose pattern engine runs the built-in immune patterns."""
+    mesh = Mesh(1, config=config)
+    immune = mesh.members[0].immune
+    engine = PatternEngine(ActionDispatcher({"policy": immune.on_match}), NODE_CATALOG)
+    engine.replace(immune_patterns(config, immune.node_id))
+    return mesh, immune, engine
+
+
 def _request(kind: TargetKind, target: str, ttl_s: float = 60.0) -> MitigationRequest:
     return MitigationRequest(
         target_kind=kind, target=target, ttl_s=ttl_s, source="test", reason="because"
@@ -134,14 +149,38 @@ def test_an_origin_block_is_enforced_where_it_arrives_and_names_policy_and_expir
         _check(member.immune, "http:attacker")
 
 
-def test_a_quarantined_tool_is_refused_to_everyone() -> None:
+def test_a_quarantined_tool_is_refused_where_it_is_served_not_where_another_copy_is() -> None:
     mesh = Mesh(2)
     a, b = mesh.members
     assert a.immune.mitigate(_request("tool", "flaky")).status == "issued"
     mesh.sync()
+    for origin, entry_node in (("http:good", None), (f"mesh:{b.node_id}", b.node_id)):
+        with pytest.raises(PolicyBlocked):
+            _check(a.immune, origin, entry_node=entry_node, tool="flaky")
+    _check(a.immune, "http:good")
+    # b's own "flaky" is another tool of the same name.
+    _check(b.immune, "http:good", tool="flaky")
+    assert b.immune.stats["remote_tool_ignored"] == 1
+
+
+def test_only_failures_of_the_tools_this_node_serves_quarantine_them() -> None:
+    mesh, immune, engine = _one_node_with_patterns(
+        ImmuneConfig(tool_error_count=3, tool_error_window_s=10)
+    )
+    t = mesh.clock.now_ms / 1000
+
+    def failed(provider: str) -> ToolCallFinished:
+        return ToolCallFinished(
+            ts=t, tool="search", provider=provider, origin="http:c", zone="public",
+            outcome="error_result",
+        )  # fmt: skip
+
+    # A remote provider's copy failing, seen at this entry node: not ours to quarantine.
+    engine.process_batch([failed("rogue")] * 5)
+    assert not immune.blocks.all()
+    engine.process_batch([failed(immune.node_id)] * 3)
     with pytest.raises(PolicyBlocked):
-        _check(b.immune, "http:good", tool="flaky")
-    _check(b.immune, "http:good")
+        _check(immune, "http:c", tool="search")
 
 
 def test_the_authority_revokes_a_block_everywhere() -> None:
@@ -233,10 +272,7 @@ def test_a_node_block_needs_observations_from_a_quorum() -> None:
 
 def test_the_built_in_patterns_block_an_origin_through_the_engine() -> None:
     config = ImmuneConfig(denial_count=3, denial_window_s=10)
-    mesh = Mesh(1, config=config)
-    immune = mesh.members[0].immune
-    engine = PatternEngine(ActionDispatcher({"policy": immune.on_match}), NODE_CATALOG)
-    engine.replace(immune_patterns(config))
+    mesh, immune, engine = _one_node_with_patterns(config)
     t = mesh.clock.now_ms / 1000
 
     def denial(origin: str, entry_origin: str | None = None) -> Denial:

@@ -89,9 +89,12 @@ def is_node_local(origin: str) -> bool:
     if not origin.startswith("addr:"):
         return False
     try:
-        return ipaddress.ip_address(origin.removeprefix("addr:").split("%", 1)[0]).is_loopback
+        address = ipaddress.ip_address(origin.removeprefix("addr:").split("%", 1)[0])
     except ValueError:
         return False
+    # A dual-stack socket's IPv4 client is ::ffff:a.b.c.d (not is_loopback before 3.13).
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _names_a_node(target_kind: str, target: str) -> bool:

@@ -331,7 +331,9 @@ def test_a_grant_from_the_network_holding_past_the_ttl_bound_is_not_enforced() -
     assert b.immune.tally.observers(x.node_id, mesh.clock.now_ms) == []
 
 
-@pytest.mark.parametrize("origin", ["http:loopback", "stdio", "addr:127.0.0.1", "addr:::1"])
+@pytest.mark.parametrize(
+    "origin", ["http:loopback", "stdio", "addr:127.0.0.1", "addr:::1", "addr:::ffff:127.0.0.1"]
+)
 def test_a_block_of_a_node_local_origin_holds_only_on_the_node_that_issued_it(origin: str) -> None:
     mesh = Mesh(2)
     a, b = mesh.members

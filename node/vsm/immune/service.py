@@ -29,6 +29,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
+import msgspec
+
 from vsmcp.crdt.errors import CrdtError
 from vsmcp.crdt.policies import Policy, PolicyStore, policy_key
 from vsmcp.crdt.replica import Change
@@ -81,20 +83,35 @@ AuditSink = Callable[[str, dict[str, Any]], None]
 ClockMs = Callable[[], int]
 
 
+def _address(origin: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address an `addr:` origin names, an IPv4-mapped one as IPv4; None otherwise."""
+    if not origin.startswith("addr:"):
+        return None
+    try:
+        address = ipaddress.ip_address(origin.removeprefix("addr:").split("%", 1)[0])
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address if mapped is None else mapped
+
+
+def canonical_origin(origin: str) -> str:
+    """One spelling per origin: `addr:` as the address is written compressed, lower case,
+    an IPv4-mapped IPv6 one (a dual-stack socket's IPv4 client) as IPv4. A block of
+    `addr:2001:DB8::0:1` then holds for the client `2001:db8::1`, and one of
+    `addr:10.0.0.9` for `::ffff:10.0.0.9`."""
+    address = _address(origin)
+    return origin if address is None else f"addr:{address.compressed}"
+
+
 def is_node_local(origin: str) -> bool:
     """An origin that names a different caller on every node: `http:loopback`, `stdio`,
     a loopback `addr:`. A block of it is the issuing node's alone."""
     if origin in NODE_LOCAL_ORIGINS:
         return True
-    if not origin.startswith("addr:"):
-        return False
-    try:
-        address = ipaddress.ip_address(origin.removeprefix("addr:").split("%", 1)[0])
-    except ValueError:
-        return False
     # A dual-stack socket's IPv4 client is ::ffff:a.b.c.d (not is_loopback before 3.13).
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+    address = _address(origin)
+    return address is not None and address.is_loopback
 
 
 def _names_a_node(target_kind: str, target: str) -> bool:
@@ -148,6 +165,8 @@ class ImmuneService:
     # -- issuing ---------------------------------------------------------------------
 
     def mitigate(self, request: MitigationRequest) -> MitigationOutcome:
+        if request.target_kind == "origin":
+            request = msgspec.structs.replace(request, target=canonical_origin(request.target))
         refused = self._refusal(request)
         if refused is not None:
             self.stats[f"refused_{refused[0]}"] += 1
@@ -331,7 +350,11 @@ class ImmuneService:
         block = (
             find("origin", ctx.origin, now_ms)
             or (find("origin", named, now_ms) if named else None)
-            or (find("origin", f"addr:{ctx.client_addr}", now_ms) if ctx.client_addr else None)
+            or (
+                find("origin", canonical_origin(f"addr:{ctx.client_addr}"), now_ms)
+                if ctx.client_addr
+                else None
+            )
             or (find("node", entry_node, now_ms) if entry_node else None)
             or find("tool", tool, now_ms)
         )
@@ -384,7 +407,7 @@ class ImmuneService:
             policy_id=policy.id,
             issuer=node_id_from_public_key(policy.issuer),
             target_kind=body.target_kind,
-            target=body.target,
+            target=canonical_origin(body.target) if body.target_kind == "origin" else body.target,
             issued_at_ms=policy.issued_at_ms,
             expires_at_ms=policy.expires_at_ms,
             body=body,

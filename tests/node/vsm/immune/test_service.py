@@ -365,3 +365,31 @@ def test_an_origin_block_of_a_mesh_node_does_not_skip_the_quorum() -> None:
     for member in members[:5]:
         _check(member.immune, f"mesh:{x.node_id}", "http:someone", x.node_id)
     assert members[1].immune.stats["mesh_origin_ignored"] == 1
+
+
+@pytest.mark.parametrize(
+    ("blocked", "client"),
+    [
+        ("addr:::ffff:10.0.0.9", "10.0.0.9"),
+        ("addr:10.0.0.9", "::ffff:10.0.0.9"),
+        ("addr:2001:DB8:0:0::1", "2001:db8::1"),
+    ],
+)
+def test_an_address_block_holds_whichever_way_the_address_is_spelled(
+    blocked: str, client: str
+) -> None:
+    mesh = Mesh(2)
+    a, b = mesh.members
+    assert a.immune.mitigate(_request("origin", blocked)).status == "issued"
+    # The same spelling from the network, as another issuer might write it.
+    body = {
+        "target_kind": "origin",
+        "target": blocked,
+        "note": {"source": "s", "reason": "r", "action": "a", "until": "u"},
+    }
+    b.store.issue(b.signer, "spelled", MITIGATION_KIND, body, ttl_ms=60_000)
+    mesh.sync()
+    for member in (a, b):
+        with pytest.raises(PolicyBlocked):
+            _check(member.immune, "http:good", addr=client)
+    assert len(b.immune.blocks.all()) == 2

@@ -161,9 +161,9 @@ class VsmSystems(Service):
             log.warning("pattern %s: algedonic lane full, signal dropped", match.pattern)
 
     def signal_tool(self, arguments: Mapping[str, Any], ctx: CallContext) -> dict[str, Any]:
-        """The `vsm.signal` tool; the source defaults to the caller's origin."""
+        """The `vsm.signal` tool; the source is the caller's origin (a named one goes after it)."""
         try:
-            signal = self.channel.raise_from(arguments, default_source=ctx.origin)
+            signal = self.channel.raise_from(arguments, caller=ctx.origin)
         except SignalError as e:
             raise InvalidArguments("vsm.signal", e.reason, f"arguments.{e.field}") from e
         except ChannelFull as e:
@@ -189,7 +189,7 @@ class VsmSystems(Service):
         if not isinstance(body, dict):
             return 400, {"error": "the body must be a JSON object", "field": "body"}
         try:
-            signal = self.channel.raise_from(body, default_source=f"http:{grant.name}")
+            signal = self.channel.raise_from(body, caller=f"http:{grant.name}")
         except SignalError as e:
             return 400, {"error": str(e), "field": e.field}
         except ChannelFull as e:

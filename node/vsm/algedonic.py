@@ -105,18 +105,25 @@ def check_text(field: str, value: object, max_chars: int, *, required: bool) -> 
     return value
 
 
-def parse_signal_fields(
-    data: Mapping[str, Any], default_source: str
-) -> tuple[str, Valence, float, str]:
+def parse_signal_fields(data: Mapping[str, Any], caller: str) -> tuple[str, Valence, float, str]:
     """(source, valence, intensity, reason) from a JSON object or tool arguments; unknown
-    keys are refused (a typo must not be silently ignored)."""
+    keys are refused (a typo must not be silently ignored).
+
+    The source is the caller's origin (`http:<token>`, `stdio`, ...); a `source` the
+    caller names goes after it (`http:ops/unit:db`). A caller never speaks as another
+    source: System 5's rules select sources by glob (`pattern:*`) and take the source as
+    the default target of a block or a quarantine, so a chosen source would let a caller
+    trigger rules meant for patterns, or name who gets blocked."""
     unknown = sorted(set(data) - {"valence", "intensity", "reason", "source"})
     if unknown:
         raise SignalError(unknown[0], "unknown field")
     for field in ("valence", "intensity", "reason"):
         if field not in data:
             raise SignalError(field, "is required")
-    source = data.get("source", default_source)
+    source = caller
+    if "source" in data:
+        named = check_text("source", data["source"], MAX_SOURCE_CHARS, required=True)
+        source = f"{caller}/{named}"
     return (
         check_text("source", source, MAX_SOURCE_CHARS, required=True),
         check_valence(data["valence"]),
@@ -222,9 +229,10 @@ class AlgedonicChannel:
         )
         return signal
 
-    def raise_from(self, data: Mapping[str, Any], default_source: str) -> Signal:
-        """A signal from a JSON object or tool arguments (see `parse_signal_fields`)."""
-        return self.raise_signal(*parse_signal_fields(data, default_source))
+    def raise_from(self, data: Mapping[str, Any], caller: str) -> Signal:
+        """A signal a caller raises, from a JSON object or tool arguments; its source is
+        the caller's origin (see `parse_signal_fields`)."""
+        return self.raise_signal(*parse_signal_fields(data, caller))
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -18,6 +18,8 @@ MODERN = {
     "io.modelcontextprotocol/clientCapabilities": {},
 }
 
+REPORTER_TOKEN = "reporter-token-0123456789abcdef"
+
 PATTERN = """
 [[patterns]]
 name = "echo-hurts"
@@ -108,16 +110,22 @@ async def test_a_block_origin_rule_issues_an_immune_block_that_the_node_enforces
             "mesh.mdns": False,
             "tools.entry_points": False,
             "vsm.responses": [{"name": "block-the-source", "do": "block_origin"}],
-            "vsm.signal_zone": "public",
+            "mcp.tokens": [{"name": "reporter", "token": REPORTER_TOKEN, "zone": "restricted"}],
         },
         environ={},
     )
     async with Node(config) as node:
         assert node.vsm.s5.mitigator is node.immune
-        signal = {"valence": "pain", "intensity": 0.95, "reason": "abuse", "source": "stdio"}
+        # The rule has no target: it blocks the signal's source, which is always the
+        # caller's own origin (a named source goes after it), never one it picks.
+        signal = {"valence": "pain", "intensity": 0.95, "reason": "abuse"}
         async with (
             aiohttp.ClientSession() as session,
-            session.post(f"http://127.0.0.1:{node.http_port}/api/algedonic", json=signal) as r,
+            session.post(
+                f"http://127.0.0.1:{node.http_port}/api/algedonic",
+                json=signal,
+                headers={"Authorization": f"Bearer {REPORTER_TOKEN}"},
+            ) as r,
         ):
             assert r.status == 202, await r.text()
 
@@ -125,7 +133,7 @@ async def test_a_block_origin_rule_issues_an_immune_block_that_the_node_enforces
             return [
                 p
                 for p in node.policies_view()["policies"]
-                if p["kind"] == "mitigation" and p["target"] == "stdio"
+                if p["kind"] == "mitigation" and p["target"] == "http:reporter"
             ]
 
         async def issued() -> bool:

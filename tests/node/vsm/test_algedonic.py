@@ -87,17 +87,24 @@ def test_lanes_are_bounded_and_drops_counted_per_lane() -> None:
 def test_bad_fields_are_refused_naming_the_field(fields: dict[str, Any], field: str) -> None:
     ch, seen = channel()
     with pytest.raises(SignalError) as bad:
-        ch.raise_from(fields, default_source="http:ops")
+        ch.raise_from(fields, caller="http:ops")
     assert bad.value.field == field
     assert str(bad.value).startswith(f"{field}: ")
     assert not seen.buffer and ch.stats()["signals"] == 0  # nothing half-taken
 
 
-def test_source_defaults_to_the_callers_and_may_be_named() -> None:
+def test_the_source_is_the_callers_and_a_named_one_goes_after_it() -> None:
     fields = {"valence": "pain", "intensity": 0.5, "reason": "r"}
     assert parse_signal_fields(fields, "http:ops") == ("http:ops", "pain", 0.5, "r")
     named = {**fields, "source": "unit:db"}
-    assert parse_signal_fields(named, "http:ops")[0] == "unit:db"
+    assert parse_signal_fields(named, "http:ops")[0] == "http:ops/unit:db"
+    # A caller cannot speak as a pattern (rules select `pattern:*`) or as another caller.
+    spoofed = {**fields, "source": "pattern:immune"}
+    assert not parse_signal_fields(spoofed, "http:ops")[0].startswith("pattern:")
+    too_long = {**fields, "source": "s" * 125}  # fits alone, not after the caller's origin
+    with pytest.raises(SignalError) as bad:
+        parse_signal_fields(too_long, "http:ops")
+    assert bad.value.field == "source"
     assert parse_signal_fields({**fields, "intensity": 1}, "x")[2] == 1.0
 
 

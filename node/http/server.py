@@ -18,7 +18,6 @@ from vsmcp.node.http.limits import (
     GuardedTCPSite,
     connection_middleware,
 )
-from vsmcp.node.http.openapi import OPENAPI_PATH, openapi_document
 from vsmcp.node.http.policy import RequestPolicy
 from vsmcp.node.metrics import CONTENT_TYPE
 
@@ -144,6 +143,9 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         return _json({"accepted": accepted})
 
     async def api_openapi(_: web.Request) -> web.Response:
+        # Imported at the first request: an idle node does not hold the document's code.
+        from vsmcp.node.http.openapi import openapi_document
+
         return web.Response(body=openapi_document(), content_type="application/json")
 
     async def debug_tools(request: web.Request) -> web.Response:
@@ -181,7 +183,7 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/status", api_status)
-    app.router.add_get(OPENAPI_PATH, api_openapi)
+    app.router.add_get("/api/openapi.json", api_openapi)
     app.router.add_get("/", index)
     return app
 

@@ -102,18 +102,23 @@ def _paths() -> dict[str, dict[str, Any]]:
         required=("name",),
         debug=True,
     )
-    reads: dict[str, tuple[str, type[msgspec.Struct]]] = {
-        "/api/status": ("This node: identity, ports, peer counts", s.Status),
-        "/api/peers": ("The peers this node knows and their states", s.Peers),
-        "/api/tools": ("The mesh's tools as seen here, with each provider's state", s.Tools),
-        "/api/patterns": ("The pattern engine's patterns and their matches", s.Patterns),
-        "/api/vsm": ("This node's VSM systems S1–S5 and viability", s.Vsm),
-        "/api/policies": ("The immune policies this node holds, with their notes", s.Policies),
+    starting = {503: "The node is still starting (its immune system is not up): retry"}
+    reads: dict[str, tuple[str, type[msgspec.Struct], Mapping[int, str]]] = {
+        "/api/status": ("This node: identity, ports, peer counts", s.Status, {}),
+        "/api/peers": ("The peers this node knows and their states", s.Peers, {}),
+        "/api/tools": ("The mesh's tools as seen here, with each provider's state", s.Tools, {}),
+        "/api/patterns": ("The pattern engine's patterns and their matches", s.Patterns, {}),
+        "/api/vsm": ("This node's VSM systems S1–S5 and viability", s.Vsm, {}),
+        "/api/policies": (
+            "The immune policies this node holds, with their notes",
+            s.Policies,
+            starting,
+        ),
     }
     return {
         **{
-            path: {"get": _operation(summary, (200, struct, struct.__name__))}
-            for path, (summary, struct) in reads.items()
+            path: {"get": _operation(summary, (200, struct, struct.__name__), errors)}
+            for path, (summary, struct, errors) in reads.items()
         },
         "/api/algedonic": {
             "post": _operation(

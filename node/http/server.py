@@ -127,7 +127,13 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         return _json(answer, status=status)
 
     async def api_policies(_: web.Request) -> web.Response:
-        return _json(node.policies_view())
+        try:
+            return _json(node.policies_view())
+        except NodeError as e:
+            # HTTP is up before the mesh, and so before the immune system: not yet.
+            answer = _json({"error": str(e)}, status=503)
+            answer.headers["Retry-After"] = "1"
+            return answer
 
     async def api_revocation(request: web.Request) -> web.Response:
         # The record is signed (by the authority, offline): whoever posts it adds nothing.

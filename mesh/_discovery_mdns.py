@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import ifaddr
 from zeroconf import (
@@ -228,6 +228,8 @@ class MdnsDiscovery(Service):
         self.service_name = f"{self.label}.{SERVICE_TYPE}"
         self._aiozc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
+        # The announcements after a successful probe (zeroconf's task, ours to end).
+        self._announcing: asyncio.Future[Any] | None = None
         self._known: dict[str, Candidate] = {}
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._resolve_again: set[str] = set()
@@ -266,8 +268,11 @@ class MdnsDiscovery(Service):
             self._aiozc.zeroconf, [SERVICE_TYPE], handlers=[self._on_state_change]
         )
         try:
-            announced = await self._aiozc.async_register_service(self._service_info())
-            await announced
+            # Probing (conflict detection, ≈0.5–0.8 s) is awaited: a name in use is a
+            # start error. The announcements that follow (the first at once, then two
+            # more 225 ms apart) are not: the node is reachable before the last one.
+            announcing = await self._aiozc.async_register_service(self._service_info())
+            self._announcing = asyncio.ensure_future(announcing)
         except NonUniqueNameException as exc:
             raise MdnsError(
                 f"mDNS name {self.service_name!r} is already in use", "name_conflict"
@@ -280,6 +285,10 @@ class MdnsDiscovery(Service):
         self._running = False
         browser, self._browser = self._browser, None
         aiozc, self._aiozc = self._aiozc, None
+        announcing, self._announcing = self._announcing, None
+        if announcing is not None:
+            announcing.cancel()
+            await asyncio.gather(announcing, return_exceptions=True)
         if browser is not None:
             await browser.async_cancel()
         tasks = list(self._resolving.values())

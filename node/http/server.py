@@ -127,7 +127,13 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         return _json(answer, status=status)
 
     async def api_policies(_: web.Request) -> web.Response:
-        return _json(node.policies_view())
+        try:
+            return _json(node.policies_view())
+        except NodeError as e:
+            # HTTP is up before the mesh, and so before the immune system: not yet.
+            answer = _json({"error": str(e)}, status=503)
+            answer.headers["Retry-After"] = "1"
+            return answer
 
     async def api_revocation(request: web.Request) -> web.Response:
         # The record is signed (by the authority, offline): whoever posts it adds nothing.
@@ -141,6 +147,12 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         except NodeError as e:
             return _json({"error": str(e)}, status=403)
         return _json({"accepted": accepted})
+
+    async def api_openapi(_: web.Request) -> web.Response:
+        # Imported at the first request: an idle node does not hold the document's code.
+        from vsmcp.node.http.openapi import openapi_document
+
+        return web.Response(body=openapi_document(), content_type="application/json")
 
     async def debug_tools(request: web.Request) -> web.Response:
         name = request.query.get("name", "")
@@ -177,6 +189,7 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/status", api_status)
+    app.router.add_get("/api/openapi.json", api_openapi)
     app.router.add_get("/", index)
     return app
 

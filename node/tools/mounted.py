@@ -21,17 +21,12 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
-from mcp.client.client import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, PARSE_ERROR, RequestParamsMeta, Tool
 
 from vsmcp.node.tools.config import DEFAULT_MAX_RESULT_BYTES, MountConfig
 from vsmcp.node.tools.errors import ProviderError, ResultTooLarge, UnitFault, UnknownTool
-from vsmcp.node.tools.http_cap import ANSWER_TOO_LARGE_MARK, capped_http_client
 from vsmcp.node.tools.model import (
     META_CAUSALITY,
     META_ORIGIN,
@@ -41,6 +36,13 @@ from vsmcp.node.tools.model import (
     ToolSpec,
 )
 from vsmcp.node.tools.stdio import RESULT_TOO_LARGE, StdioLaunch, StdioStats, stdio_transport
+
+if TYPE_CHECKING:
+    # The MCP client SDK (with pydantic and httpx2) is imported when a mount first
+    # connects, not with the node: an idle node without mounts never loads it.
+    from mcp.client.client import Client
+    from mcp.shared.exceptions import MCPError
+    from mcp_types import RequestParamsMeta, Tool
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,11 @@ class MountedServer:
             self._on_change()
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> Client:
+        from mcp.client.client import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        from vsmcp.node.tools.http_cap import capped_http_client
+
         cfg = self._cfg
         target: Any
         if cfg.command is not None:
@@ -177,6 +184,8 @@ class MountedServer:
         return client
 
     async def run(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
+        from mcp.shared.exceptions import MCPError
+
         cfg = self._cfg
         async with contextlib.AsyncExitStack() as stack:
             client = await self._start(stack, stop)
@@ -198,6 +207,10 @@ class MountedServer:
                 self._client = None
 
     async def call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        # Loaded by `_open` before any call can reach here: a lookup in sys.modules.
+        from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED
+
         remote = self._remote.get(tool)
         if remote is None:
             raise UnknownTool(tool)
@@ -234,6 +247,10 @@ class MountedServer:
 
     def _raise_too_large(self, tool: str, exc: MCPError) -> None:
         """`ResultTooLarge` if `exc` is how a transport cut a too-large answer."""
+        from mcp_types import CONNECTION_CLOSED, PARSE_ERROR
+
+        from vsmcp.node.tools.http_cap import ANSWER_TOO_LARGE_MARK
+
         error = exc.error
         if exc.code == RESULT_TOO_LARGE and isinstance(error.data, dict):
             size = error.data.get("size_bytes")
@@ -301,4 +318,4 @@ def _trace_meta(ctx: CallContext) -> RequestParamsMeta:
         META_CAUSALITY: list(ctx.causality),
         META_ORIGIN: ctx.origin,
     }
-    return cast(RequestParamsMeta, meta)  # an open map: extra keys are allowed
+    return cast("RequestParamsMeta", meta)  # an open map: extra keys are allowed

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import jsonschema
-from jsonschema.protocols import Validator
+from typing import TYPE_CHECKING, Any
 
 from vsmcp.mesh.certs import DEFAULT_ZONES, ZoneOrder
 from vsmcp.node.tools.errors import InvalidArguments, RateLimited, ToolConfigError, ZoneDenied
 from vsmcp.node.tools.model import CallContext, ToolSpec
 from vsmcp.node.vsm.events import Denial, EventSink
 from vsmcp.node.vsm.limits import RateLimiter
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 ZoneAllows = Callable[[str, str], bool]
 """`allows(caller_zone, tool_zone)`."""
@@ -43,6 +43,10 @@ class ArgumentValidator:
         self._cache: dict[str, tuple[Mapping[str, Any], Validator]] = {}
 
     def check(self, spec: ToolSpec, arguments: Mapping[str, Any]) -> None:
+        # jsonschema is imported at the first call that has arguments to check, not with
+        # the node (an idle node does not need it); after that, a lookup in sys.modules.
+        import jsonschema
+
         cached = self._cache.get(spec.name)
         if cached is None or cached[0] is not spec.input_schema:
             schema = dict(spec.input_schema)

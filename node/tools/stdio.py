@@ -30,17 +30,19 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
-import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.client._transport import TransportStreams
-from mcp.client.stdio import get_default_environment
-from mcp.shared.message import SessionMessage
 
 from vsmcp.node.tools.errors import UnitFault
+
+if TYPE_CHECKING:
+    # The MCP SDK is imported when a stdio mount starts (`stdio_transport`), not with
+    # the node: the daemon imports this module for `kill_all_process_groups`.
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from mcp.client._transport import TransportStreams
+    from mcp.shared.message import SessionMessage
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,9 @@ async def stdio_transport(
     launch: StdioLaunch, stats: StdioStats | None = None
 ) -> AsyncIterator[TransportStreams]:
     """Start the server and yield `(read, write)` streams for `Client`; stop it on exit."""
+    from mcp.client.stdio import get_default_environment
+    from mcp.shared.message import SessionMessage
+
     stats = stats if stats is not None else StdioStats()
     try:
         process = await anyio.open_process(
@@ -243,6 +248,10 @@ class _Connection:
     async def _deliver(self, line: bytes) -> None:
         if not line.strip():
             return
+        # Loaded by `stdio_transport` before the first line: a lookup in sys.modules.
+        import mcp_types as types
+        from mcp.shared.message import SessionMessage
+
         try:
             message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
         except ValueError:
@@ -275,6 +284,9 @@ class _Connection:
         )
         if request_id is None:
             return
+        import mcp_types as types
+        from mcp.shared.message import SessionMessage
+
         error = types.JSONRPCError(
             jsonrpc="2.0",
             id=request_id,

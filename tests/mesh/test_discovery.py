@@ -240,6 +240,17 @@ async def test_start_stop_is_idempotent_and_restartable(loopback_mdns: None) -> 
         assert node.mdns.running
 
 
+async def test_a_stop_right_after_start_ends_the_announcements(loopback_mdns: None) -> None:
+    # start() returns once probing found the name free; the announcements go on in the
+    # background (the node is healthy sooner), and stop() must end them.
+    node = Node()
+    before = asyncio.all_tasks()
+    await node.mdns.start()
+    await node.mdns.stop()
+    left = {t for t in asyncio.all_tasks() - before if not t.done()}
+    assert left == set()
+
+
 # -- malformed records ----------------------------------------------------------------
 
 

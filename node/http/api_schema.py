@@ -1,0 +1,187 @@
+"""The bodies of the node's JSON API (`/api/*`) as msgspec structs: the schemas of the
+OpenAPI document (`node/http/openapi.py`) are generated from these, not written twice.
+
+The handlers answer with dicts built by the node; tests/node/http/test_openapi_fuzz.py
+checks every answer of a real node against these schemas. Objects are open (unknown keys
+allowed): a new key is an addition to the contract, not a break of it. The VSM view's
+systems are listed by key with open contents: they are diagnostics that grow with the
+VSM, not a stable interface.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from vsmcp.node.vsm.algedonic import MAX_REASON_CHARS, MAX_SOURCE_CHARS
+
+
+class Error(msgspec.Struct):
+    """Every 4xx/5xx answer of `/api/*`: what was wrong, and where when it is one field."""
+
+    error: str
+    field: str | msgspec.UnsetType = msgspec.UNSET
+    lane: str | msgspec.UnsetType = msgspec.UNSET
+    host: str | msgspec.UnsetType = msgspec.UNSET
+    origin: str | msgspec.UnsetType = msgspec.UNSET
+    limit: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class Status(msgspec.Struct):
+    node_id: str
+    name: str
+    zone: str
+    roles: list[str]
+    version: str
+    uptime_s: float
+    event_loop: str
+    dev: bool
+    http_port: int | None
+    mesh_port: int | None
+    peers: dict[str, int]
+    certificate_fingerprint: str
+    certificate_expires_at_s: int
+
+
+class Peer(msgspec.Struct):
+    id: str
+    state: str
+    incarnation: int
+    admitted: bool
+    zone: str | None
+    endpoint: str | None
+    http_port: int | None
+    since_s: float
+
+
+class Peers(msgspec.Struct):
+    peers: list[Peer]
+
+
+class Tool(msgspec.Struct):
+    name: str
+    provider: str
+    zone: str
+    description: str
+    version: int
+    provider_state: str | None
+
+
+class Tools(msgspec.Struct):
+    tools: list[Tool]
+
+
+class Pattern(msgspec.Struct):
+    name: str
+    source: str
+    kinds: list[str]
+    matches: int
+    group_by: str | None
+    actions: list[str]
+    window: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
+
+
+class Patterns(msgspec.Struct):
+    patterns: list[Pattern]
+    evictions: int
+    events: int
+    bad_events: int
+
+
+class Viability(msgspec.Struct):
+    node: float
+    mesh: float
+    inputs: dict[str, Any]
+    factors: dict[str, float]
+
+
+class Vsm(msgspec.Struct):
+    s1: dict[str, Any]
+    s2: dict[str, Any]
+    s3: dict[str, Any]
+    s4: dict[str, Any]
+    s5: dict[str, Any]
+    viability: Viability
+
+
+class Policy(msgspec.Struct):
+    id: str
+    key: str
+    kind: str
+    issuer: str
+    issued_at_ms: int
+    expires_at_ms: int
+    issued: str
+    expires: str
+    version: int
+
+
+class Policies(msgspec.Struct):
+    policies: list[Policy]
+    stats: dict[str, int]
+
+
+class Signal(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /api/algedonic`: unknown keys are refused (a typo is not ignored)."""
+
+    valence: Literal["pain", "pleasure"]
+    intensity: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
+    # Not blank: at least one non-space character.
+    source: Annotated[str, msgspec.Meta(pattern=r"\S", max_length=MAX_SOURCE_CHARS)] | (
+        msgspec.UnsetType
+    ) = msgspec.UNSET
+
+
+class SignalAccepted(msgspec.Struct):
+    accepted: bool
+    lane: Literal["s5", "s3"]
+    seq: int
+
+
+BASE64: Final = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+class RevocationRecord(msgspec.Struct):
+    record: Annotated[
+        str, msgspec.Meta(pattern=BASE64, description="base64 of the signed revocation record")
+    ]
+
+
+class RevocationAnswer(msgspec.Struct):
+    accepted: bool
+
+
+class PeerBlock(msgspec.Struct):
+    peer: str
+    blocked: bool
+
+
+class DebugTool(msgspec.Struct):
+    tool: str
+    zone: str
+    present: bool
+
+
+class LoopFault(msgspec.Struct):
+    loop: str
+    fault: str
+
+
+BODIES: tuple[type[msgspec.Struct], ...] = (
+    Error,
+    Status,
+    Peers,
+    Tools,
+    Patterns,
+    Vsm,
+    Policies,
+    Signal,
+    SignalAccepted,
+    RevocationRecord,
+    RevocationAnswer,
+    PeerBlock,
+    DebugTool,
+    LoopFault,
+)

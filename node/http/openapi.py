@@ -1,0 +1,182 @@
+"""The OpenAPI 3.1 document of the node's JSON API, served at `GET /api/openapi.json`.
+
+Paths and operations are listed here; their bodies' schemas are generated from the
+structs of `node/http/api_schema.py`. tests/node/http/test_openapi.py checks that the
+operations here are exactly the `/api/*` routes `build_app` registers and that the
+document is valid OpenAPI 3.1; tests/node/http/test_openapi_fuzz.py fuzzes a real node
+against it. See docs/api.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
+
+from vsmcp.node import __version__
+from vsmcp.node.http import api_schema
+
+OPENAPI_PATH: Final = "/api/openapi.json"
+_REF: Final = "#/components/schemas/{name}"
+# Operations that answer only when `node.debug_api` is on (403 otherwise).
+DEBUG_TAG: Final = "debug"
+
+# What the request policy and the connection limits can answer on every route.
+_EVERY_ROUTE: Final[Mapping[int, str]] = {
+    403: "A browser Origin not in http.allowed_origins (`origin` names it)",
+    421: "A Host header naming another host (`host` names it): DNS rebinding",
+    503: "Too many connections (`limit`); retry after the Retry-After header",
+}
+
+
+def _ref(struct: type[msgspec.Struct]) -> dict[str, str]:
+    return {"$ref": _REF.format(name=struct.__name__)}
+
+
+def _json_content(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": dict(schema)}}
+
+
+def _operation(
+    summary: str,
+    ok: tuple[int, type[msgspec.Struct] | None, str],
+    errors: Mapping[int, str] = {},
+    *,
+    body: type[msgspec.Struct] | None = None,
+    query: Mapping[str, str] = {},
+    required: tuple[str, ...] = (),
+    debug: bool = False,
+    bearer: bool = False,
+) -> dict[str, Any]:
+    status, struct, description = ok
+    schema = _ref(struct) if struct is not None else {"type": "object"}
+    responses: dict[str, Any] = {
+        str(status): {"description": description, "content": _json_content(schema)}
+    }
+    for code, why in sorted({**_EVERY_ROUTE, **errors}.items()):
+        if code in errors and code in _EVERY_ROUTE:
+            why = f"{errors[code]}; or: {_EVERY_ROUTE[code]}"
+        responses[str(code)] = {
+            "description": why,
+            "content": _json_content(_ref(api_schema.Error)),
+        }
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if query:
+        op["parameters"] = [
+            {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "schema": {"type": "string", "minLength": 1 if name in required else 0},
+                "description": doc,
+            }
+            for name, doc in query.items()
+        ]
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": _json_content(_ref(body))}
+    if debug:
+        op["tags"] = [DEBUG_TAG]
+        op["description"] = "Only with `node.debug_api = true`: 403 otherwise."
+    if bearer:
+        # A bearer token of mcp.tokens, or none from loopback when mcp.loopback_zone is set.
+        op["security"] = [{"bearer": []}, {}]
+    return op
+
+
+def _paths() -> dict[str, dict[str, Any]]:
+    s = api_schema
+    block = _operation(
+        "Cut (POST) or restore (DELETE) the link to a peer, both ways",
+        (200, s.PeerBlock, "The link's new state"),
+        {403: "The debug API is off, or the peer is unknown"},
+        query={"peer": "The peer's node id"},
+        debug=True,
+    )
+    tools = _operation(
+        "Add (POST) or remove (DELETE) a runtime echo tool",
+        (200, s.DebugTool, "The tool's new state"),
+        {400: "`name` is missing", 403: "The debug API is off, or the zone is unknown"},
+        query={"name": "The tool's name", "zone": "Its zone (default public)"},
+        required=("name",),
+        debug=True,
+    )
+    starting = {503: "The node is still starting (its immune system is not up): retry"}
+    reads: dict[str, tuple[str, type[msgspec.Struct], Mapping[int, str]]] = {
+        "/api/status": ("This node: identity, ports, peer counts", s.Status, {}),
+        "/api/peers": ("The peers this node knows and their states", s.Peers, {}),
+        "/api/tools": ("The mesh's tools as seen here, with each provider's state", s.Tools, {}),
+        "/api/patterns": ("The pattern engine's patterns and their matches", s.Patterns, {}),
+        "/api/vsm": ("This node's VSM systems S1–S5 and viability", s.Vsm, {}),
+        "/api/policies": (
+            "The immune policies this node holds, with their notes",
+            s.Policies,
+            starting,
+        ),
+    }
+    return {
+        **{
+            path: {"get": _operation(summary, (200, struct, struct.__name__), errors)}
+            for path, (summary, struct, errors) in reads.items()
+        },
+        "/api/algedonic": {
+            "post": _operation(
+                "Raise pain or pleasure on this node's algedonic channel",
+                (202, s.SignalAccepted, "Queued on a lane (s5 above the threshold, else s3)"),
+                {
+                    400: "The body is not a JSON object or a field is wrong (`field`)",
+                    401: "No bearer token of mcp.tokens (and no loopback zone)",
+                    403: "The token's zone is below vsm.signal_zone",
+                    413: "The body is over 16 KiB",
+                    503: "The lane is full (`lane`)",
+                },
+                body=s.Signal,
+                bearer=True,
+            )
+        },
+        "/api/policies/revocations": {
+            "post": _operation(
+                "Add a revocation record signed by the policy authority",
+                (200, s.RevocationAnswer, "Whether the record was new"),
+                {
+                    400: 'The body is not {"record": "<base64>"}',
+                    403: "The record's signature or issuer is refused",
+                },
+                body=s.RevocationRecord,
+            )
+        },
+        "/api/debug/block": {"post": block, "delete": block},
+        "/api/debug/tools": {"post": tools, "delete": tools},
+        "/api/debug/loop-fault": {
+            "post": _operation(
+                "Make a supervised loop fail once",
+                (200, s.LoopFault, "Injected"),
+                {403: "The debug API is off, or no loop has that name"},
+                query={"name": "The loop's name"},
+                debug=True,
+            )
+        },
+        OPENAPI_PATH: {"get": _operation("This document", (200, None, "The OpenAPI 3.1 document"))},
+    }
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """The document as JSON (built once: it does not change while the node runs)."""
+    _, schemas = msgspec.json.schema_components(api_schema.BODIES, ref_template=_REF)
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "vsmcp node API",
+            "version": __version__,
+            "description": "The JSON API of one vsmcp node (loopback by default). See docs/api.md.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "tags": [{"name": DEBUG_TAG, "description": "Tests and benchmarks (node.debug_api)"}],
+    }
+    return msgspec.json.encode(document)

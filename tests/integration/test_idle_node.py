@@ -1,0 +1,55 @@
+"""An idle node (`vsmcpd --dev`, no mounts, no WASM tools) does not import what only a
+mount, a tool call or a WASM tool needs: the MCP client SDK, pydantic, httpx2,
+jsonschema, wasmtime (together ≈40 MiB of resident memory; docs/benchmarks.md), nor
+the API's OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import NodeProcess
+
+pytestmark = pytest.mark.integration
+
+WRAPPER = Path(__file__).with_name("idle_modules.py")
+# Our own modules an idle node does not need: the API document, built at its first request.
+LAZY_MODULES = ("vsmcp.node.http.openapi", "vsmcp.node.http.api_schema")
+LAZY_PACKAGES = (
+    "mcp",
+    "mcp_types",
+    "pydantic",
+    "pydantic_core",
+    "httpx2",
+    "jsonschema",
+    "wasmtime",
+)
+
+
+class _ModuleListingNode(NodeProcess):
+    """A real `vsmcpd` that writes its imported modules to `out` when it exits."""
+
+    def __init__(self, data_dir: Path, out: Path) -> None:
+        super().__init__(data_dir, env={"VSMCP_MODULES_OUT": str(out)})
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        assert cmd[1:3] == ["-m", "vsmcp.node"], cmd
+        return [sys.executable, str(WRAPPER), *cmd[3:]]
+
+
+def test_an_idle_node_has_not_imported_the_mcp_client_schema_validation_or_wasmtime(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "modules.json"
+    node = _ModuleListingNode(tmp_path / "node", out).start()
+    assert node.get_json("/api/status")["node_id"]
+    node.stop()
+    modules = json.loads(out.read_text())
+    assert "vsmcp.node.tools.mounted" in modules  # the lazy modules' importers did load
+    imported = sorted({m.split(".")[0] for m in modules} & set(LAZY_PACKAGES))
+    assert imported == []
+    assert sorted(set(LAZY_MODULES) & set(modules)) == []

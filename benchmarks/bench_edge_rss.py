@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import machine
 
-from tests.integration.harness import REPO_ROOT, NodeProcess, mcp_call
+from tests.integration.harness import REPO_ROOT, NodeProcess, call_tool
 
 TOKEN = "bench-token-0123456789"
 WASM = (
@@ -46,7 +46,7 @@ def _status_kb(pid: int, field: str) -> int:
 
 
 def _call_once(node: NodeProcess) -> None:
-    reply = mcp_call(node, TOKEN, "wasm.echo")
+    reply = call_tool(node, TOKEN, "wasm.echo")
     assert reply["result"]["structuredContent"] == {"echo": {}}, reply
 
 

@@ -3,6 +3,7 @@ message may and may not make a node do."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sqlite3
@@ -219,7 +220,7 @@ async def test_a_comparison_that_fails_is_logged_with_its_cause(
     pair = accepting_pair
     db = pair.target.config.data_dir / "vsmcp.db"
     # Storing the new epoch fails, as a write to a damaged or full disk would.
-    _sql(
+    await _sql(
         db,
         f"CREATE TRIGGER refuse_epoch BEFORE INSERT ON kv WHEN NEW.key = '{KV_AUDIT_EPOCH}' "
         "BEGIN SELECT RAISE(ABORT, 'epoch refused by the test'); END",
@@ -235,7 +236,7 @@ async def test_a_comparison_that_fails_is_logged_with_its_cause(
 
         await async_wait_for(looked_at, timeout_s=20, what="the head compared")
     finally:
-        _sql(db, "DROP TRIGGER refuse_epoch")
+        await _sql(db, "DROP TRIGGER refuse_epoch")
     failed = [r for r in caplog.records if "with the audit log failed" in r.getMessage()]
     assert failed, [r.getMessage() for r in caplog.records]
     assert failed[0].exc_info is not None
@@ -243,7 +244,13 @@ async def test_a_comparison_that_fails_is_logged_with_its_cause(
     assert anchor.epoch == 0  # not moved without its stored epoch
 
 
-def _sql(db: Path, statement: str) -> None:
+async def _sql(db: Path, statement: str) -> None:
+    """Run a write as another process would: off the event loop, whose node may hold
+    the write lock until the loop runs again (a blocking wait here would deadlock)."""
+    await asyncio.to_thread(_sql_blocking, db, statement)
+
+
+def _sql_blocking(db: Path, statement: str) -> None:
     conn = sqlite3.connect(db, timeout=30)
     try:
         conn.execute(statement)

@@ -347,6 +347,7 @@ class Node(Service):
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
             tools_of=tools_of,
             configured=self.config.children,
+            capacity=lambda: self.vsm.effectors.scale,
         )
 
     def children_view(self) -> dict[str, Any]:

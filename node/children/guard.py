@@ -9,6 +9,8 @@ with `n = min(max_children, max_descendants)` children, each gets
 
 from __future__ import annotations
 
+import math
+
 from vsmcp.node.children.config import RecursionSection
 from vsmcp.node.children.errors import SpawnRefused
 
@@ -17,8 +19,26 @@ def effective_max_children(limits: RecursionSection) -> int:
     return min(limits.max_children, limits.max_descendants)
 
 
-def check_spawn(depth: int, limits: RecursionSection, running: int) -> None:
-    """Raise `SpawnRefused` saying which limit a child at `depth + 1` would pass."""
+def lowered(limits: RecursionSection, factor: float) -> RecursionSection:
+    """The limits while the node is short of capacity: children and descendants scaled
+    by `factor` (System 5's tighten_limit response, 1.0: as configured), never above
+    the config. The depth limit stays: it bounds the tree, not the load."""
+    factor = min(1.0, max(0.0, factor))
+    if factor >= 1.0:
+        return limits
+    return RecursionSection(
+        max_depth=limits.max_depth,
+        max_children=math.floor(limits.max_children * factor),
+        max_descendants=math.floor(limits.max_descendants * factor),
+        spawn_zone=limits.spawn_zone,
+    )
+
+
+def check_spawn(depth: int, limits: RecursionSection, running: int, factor: float = 1.0) -> None:
+    """Raise `SpawnRefused` saying which limit a child at `depth + 1` would pass;
+    `factor` < 1 lowers the limits (see `lowered`)."""
+    configured = limits
+    limits = lowered(limits, factor)
     if depth + 1 > limits.max_depth:
         raise SpawnRefused(
             f"recursion.max_depth = {limits.max_depth}: this node is at depth {depth}, "
@@ -28,8 +48,14 @@ def check_spawn(depth: int, limits: RecursionSection, running: int) -> None:
     if running >= most:
         raise SpawnRefused(
             f"this node already runs {running} children, its limit "
-            f"(recursion.max_children {limits.max_children}, max_descendants "
-            f"{limits.max_descendants}) is {most}"
+            f"(recursion.max_children {configured.max_children}, max_descendants "
+            f"{configured.max_descendants}) is {most}"
+            + (
+                f", lowered from {effective_max_children(configured)} while System 5 "
+                f"tightens limits to {factor:.0%}"
+                if limits is not configured
+                else ""
+            )
         )
 
 

@@ -89,6 +89,7 @@ class ChildManager:
         audit: AuditSink,
         tools_of: ToolsOf,
         configured: Sequence[ChildEntry] = (),
+        capacity: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.root = data_dir / CHILDREN_DIR_NAME
         self._trust = trust
@@ -102,6 +103,8 @@ class ChildManager:
         self._supervisor.events = events
         self._children: dict[str, ChildProcess] = {}
         self._configured = tuple(configured)
+        # System 5's current limit factor: < 1 while it tightens limits (short of capacity).
+        self._capacity = capacity
 
     @property
     def depth(self) -> int:
@@ -168,7 +171,7 @@ class ChildManager:
         path = Path(config).expanduser() if config else None
         if path is not None and not path.is_file():
             raise SpawnRefused(f"child config {config!r} is not a file")
-        check_spawn(self.depth, self._limits, len(self._children))
+        check_spawn(self.depth, self._limits, len(self._children), self._capacity())
         return ChildSpec(name, zone, path)
 
     def _refused(self, name: str, reason: str, caller: str) -> None:

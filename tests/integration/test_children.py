@@ -22,6 +22,7 @@ from tests.polling import wait_for
 pytestmark = pytest.mark.integration
 
 TOKEN = "children-test-token-0123456789"
+ADMIN_TOKEN = "children-admin-token-0123456789"
 TREE_TIMEOUT_S = 60.0
 PLUGIN = '[[tools.plugins]]\nname = "add"\ntarget = "tests.integration.plugin_tools:add"\n'
 BASE = '[mesh]\npreset = "local"\n[tools]\nentry_points = false\n'
@@ -79,11 +80,17 @@ def child_node(data_dir: Path) -> NodeProcess:
 
 
 def post_child(node: NodeProcess, body: dict[str, Any], token: str | None) -> tuple[int, Any]:
+    return post_json(node, "/api/children", body, token)
+
+
+def post_json(
+    node: NodeProcess, path: str, body: dict[str, Any], token: str | None
+) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        node.url + "/api/children", data=json.dumps(body).encode(), headers=headers
+        node.url + path, data=json.dumps(body).encode(), headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
@@ -174,6 +181,8 @@ def test_limits_and_bad_input_are_refused_clearly(
     config.write_text(
         f'{BASE}[trust]\ndev_zone = "ops"\n[recursion]\nmax_children = 1\n'
         f'[[mcp.tokens]]\nname = "client"\ntoken = "{TOKEN}"\nzone = "public"\n'
+        f'[[mcp.tokens]]\nname = "admin"\ntoken = "{ADMIN_TOKEN}"\nzone = "ops"\n'
+        '[vsm]\nsignal_zone = "ops"\n'
     )
     parent = NodeProcess(tmp_path / "p", "--config", str(config))
     nodes.append(parent.start())
@@ -202,6 +211,19 @@ def test_limits_and_bad_input_are_refused_clearly(
     assert stopped.returncode == 0, stopped.stderr
     wait_for(lambda: not vsmcpd_pids(parent.data_dir / "children"), what="child a gone")
     assert children(parent) == {}
+
+    # Short of capacity (strong pain: System 5 tightens limits to 50 %), one child is
+    # already too many.
+    signal_body = {"valence": "pain", "intensity": 1.0, "reason": "test", "source": "test"}
+    assert post_json(parent, "/api/algedonic", signal_body, ADMIN_TOKEN)[0] == 202
+
+    def tightened() -> bool:
+        active = parent.get_json("/api/vsm")["s5"]["active"]
+        return any(a["action"] == "tighten_limit" for a in active)
+
+    wait_for(tightened, what="System 5 tightening limits")
+    status, answer = post_child(parent, {"name": "c"}, owner)
+    assert status == 409 and "while System 5 tightens limits" in answer["error"], answer
 
 
 def test_kill_9_of_the_parent_leaves_no_process_and_a_restart_has_no_duplicates(

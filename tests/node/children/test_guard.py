@@ -4,7 +4,7 @@ import pytest
 
 from vsmcp.node.children.config import RecursionSection
 from vsmcp.node.children.errors import SpawnRefused
-from vsmcp.node.children.guard import check_spawn, child_limits
+from vsmcp.node.children.guard import check_spawn, child_limits, lowered
 
 
 def test_a_child_beyond_max_depth_is_refused_naming_the_limit() -> None:
@@ -44,3 +44,17 @@ def test_the_whole_tree_stays_within_max_descendants(
     )
     assert tree_size(limits, 4) <= max_descendants
     assert child_limits(limits).max_depth == 4
+
+
+def test_while_system_5_tightens_limits_fewer_children_are_allowed() -> None:
+    limits = RecursionSection(max_children=4, max_descendants=16)
+    check_spawn(0, limits, running=1, factor=0.5)
+    with pytest.raises(SpawnRefused, match=r"lowered from 4 while System 5 tightens limits to 50%"):
+        check_spawn(0, limits, running=2, factor=0.5)
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.3, 0.5, 1.0, 2.0])
+def test_lowered_limits_are_never_above_the_config(factor: float) -> None:
+    limits = RecursionSection(max_depth=3, max_children=4, max_descendants=16)
+    low = lowered(limits, factor)
+    assert low.max_children <= 4 and low.max_descendants <= 16 and low.max_depth == 3

@@ -254,6 +254,11 @@ def test_kill_9_of_the_parent_leaves_no_process_and_a_restart_has_no_duplicates(
     dirs = sorted(vsmcpd_pids(tmp_path).values())
     assert len(dirs) == 4 and len(set(dirs)) == 4, dirs
 
+    # A clean stop takes the children along (SIGTERM, then SIGKILL after a grace).
+    restarted.terminate()
+    assert restarted.wait_exit(timeout_s=15) == 0, restarted.log_text()[-3000:]
+    wait_for(lambda: not vsmcpd_pids(tmp_path), timeout_s=15, what="children stopped with it")
+
 
 def test_a_crash_looping_child_is_quarantined_and_the_parent_stays_healthy(
     tmp_path: Path, nodes: list[NodeProcess], no_leftovers: None

@@ -200,11 +200,13 @@ def test_limits_and_bad_input_are_refused_clearly(
     assert "error" in reply and "zone" in json.dumps(reply["error"]).lower(), reply
     assert children(parent) == {}
 
-    status, answer = post_child(parent, {"name": "a"}, owner)
-    assert status == 201, answer
+    spawned = run_cli("spawn", "--data-dir", str(parent.data_dir), "--name", "a")
+    assert spawned.returncode == 0, spawned.stderr
+    assert json.loads(spawned.stdout)["state"] == "running"
     status, answer = post_child(parent, {"name": "b"}, owner)
     assert status == 409 and "max_children 1" in answer["error"], answer
-    wait_running(parent, "a")
+    listed = run_cli("children", "--data-dir", str(parent.data_dir), "--json")
+    assert [c["name"] for c in json.loads(listed.stdout)["children"]] == ["a"]
     assert counters(parent, "vsmcp_events").get("child_refused", 0) >= 3
 
     stopped = run_cli("stop-child", "a", "--data-dir", str(parent.data_dir))
@@ -278,3 +280,24 @@ def test_a_crash_looping_child_is_quarantined_and_the_parent_stays_healthy(
     assert crashy["restarts"] >= 2 and "exited with 2" in crashy["last_error"], crashy
     assert parent.get_json("/healthz")["status"] == "ok"
     assert not vsmcpd_pids(parent.data_dir / "children")
+
+
+def test_a_restarted_parent_ends_a_child_that_survived_its_previous_life(
+    tmp_path: Path, nodes: list[NodeProcess], no_leftovers: None
+) -> None:
+    config = tmp_path / "p.toml"
+    config.write_text(f'{BASE}[[children]]\nname = "a"\n')
+    parent = NodeProcess(tmp_path / "p", "--config", str(config))
+    nodes.append(parent.start())
+    survivor = wait_running(parent, "a")["a"]["pid"]
+    # Stopped, it cannot act on its parent's death: it outlives the parent.
+    os.kill(survivor, signal.SIGSTOP)
+    parent.kill()
+    parent.wait_exit()
+
+    restarted = NodeProcess(tmp_path / "p", "--config", str(config))
+    nodes.append(restarted.start())
+    a = wait_running(restarted, "a")["a"]
+    assert a["pid"] != survivor
+    assert survivor not in vsmcpd_pids(tmp_path)
+    assert sorted(vsmcpd_pids(tmp_path).values()).count(a["data_dir"]) == 1

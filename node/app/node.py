@@ -45,7 +45,7 @@ from vsmcp.node.http.server import HttpServer
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
-from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService
+from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService, parent_node_id
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
@@ -880,11 +880,8 @@ class Node(Service):
             "certificate_expires_at_s": identity.certificate.expires_at_s,
             # A child VSM's parent is the node that delegated its certificate.
             "depth": identity.certificate.depth,
-            "parent": (
-                node_id_from_public_key(identity.certificate.issuer_public_key)
-                if identity.certificate.depth > 0
-                else None
-            ),
+            "parent": parent_node_id(identity.certificate),
+            "children": {c["name"]: c["state"] for c in self.children.view()["children"]},
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -902,9 +899,17 @@ class Node(Service):
                 "description": t.description,
                 "version": t.version,
                 "provider_state": self._provider_state(t.provider),
+                "provider_parent": self._parent_of(t.provider),
             }
             for t in self._replication.tools()
         ]
+
+    def _parent_of(self, node_id: str) -> str | None:
+        """The parent VSM of a provider (node/children), from its certificate."""
+        if node_id == self.identity.node_id:
+            return parent_node_id(self.identity.certificate)
+        peer = self.mesh.peers.get(node_id)
+        return None if peer is None else parent_node_id(peer.certificate)
 
     def _provider_state(self, node_id: str) -> str | None:
         if node_id == self.identity.node_id:

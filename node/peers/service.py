@@ -478,7 +478,7 @@ class MeshService(Service):
                     "admitted": peer is not None,
                     "zone": peer.certificate.zone if peer else None,
                     # Child VSMs (node/children) hold certificates their parent issued.
-                    "parent": _parent_of(peer.certificate) if peer else None,
+                    "parent": parent_node_id(peer.certificate) if peer else None,
                     "depth": peer.certificate.depth if peer else None,
                     "endpoint": meta.endpoint if meta else None,
                     "http_port": meta.http_port if meta else None,
@@ -1094,10 +1094,17 @@ def signed_issuer(signed: SignedCertificate) -> bytes:
     return peek_certificate(signed).issuer_public_key
 
 
-__all__ = ["MESH_PROTOCOL_VERSION", "MeshService", "Peer", "PeerMeta", "encode_certificate"]
+__all__ = [
+    "MESH_PROTOCOL_VERSION",
+    "MeshService",
+    "Peer",
+    "PeerMeta",
+    "encode_certificate",
+    "parent_node_id",
+]
 
 
-def _parent_of(certificate: Certificate) -> str | None:
+def parent_node_id(certificate: Certificate) -> str | None:
     """The node id of the parent VSM that delegated `certificate`, if any."""
     if certificate.depth == 0:
         return None

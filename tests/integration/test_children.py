@@ -163,6 +163,10 @@ def test_three_generations_serve_a_grandchild_tool_to_an_unrelated_node(
     peers = {p["id"]: p for p in third.get_json("/api/peers")["peers"]}
     assert peers[g["node_id"]]["parent"] == c["node_id"]
     assert peers[c["node_id"]]["parent"] == parent.node_id
+    tools = third.get_json("/api/tools")["tools"]
+    assert {t["provider_parent"] for t in tools if t["provider"] == g["node_id"]} == {c["node_id"]}
+    assert parent.get_json("/api/status")["children"] == {"c": "running"}
+    assert c_node.get_json("/api/status")["parent"] == parent.node_id
 
     # Depth 3 is refused by the grandchild, clearly, and counted as an event.
     g_node = child_node(Path(g["data_dir"]))

@@ -40,6 +40,11 @@ READY_TIMEOUT_S: Final = 30.0
 STOP_GRACE_S: Final = 2.5
 POLL_S: Final = 0.05
 MAX_RUNTIME_BYTES: Final = 64 * 1024
+# systemd's word to the parent (sd_notify, its watchdog, socket activation): a child
+# speaking on the parent's notify socket would pass for it.
+NOT_INHERITED: Final = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +117,7 @@ class ChildProcess:
                 self.pid_file.unlink()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.launch.env}
-        env[PARENT_PID_ENV] = str(os.getpid())
+        env = child_environment(os.environ, self.launch.env, os.getpid())
         with (self.launch.data_dir / LOG_FILE_NAME).open("ab") as log:
             return await asyncio.create_subprocess_exec(
                 *self.launch.command(),
@@ -140,6 +144,15 @@ class ChildProcess:
                     f"(see {self.launch.data_dir / LOG_FILE_NAME})"
                 )
             await asyncio.wait({exited, stopping}, timeout=POLL_S)
+
+
+def child_environment(
+    inherited: Mapping[str, str], imposed: Mapping[str, str], parent_pid: int
+) -> dict[str, str]:
+    """The child's environment: ours but systemd's, what the parent imposes, our pid."""
+    env = {k: v for k, v in inherited.items() if k not in NOT_INHERITED}
+    env.update({"PYTHONUNBUFFERED": "1", **imposed, PARENT_PID_ENV: str(parent_pid)})
+    return env
 
 
 def read_runtime(data_dir: Path) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.discovery import parse_seed
 from vsmcp.mesh.errors import MeshError
 from vsmcp.node.app.profiles import apply_profile_defaults, check_profile
+from vsmcp.node.children.config import CHILD_NAME, MAX_DEPTH_LIMIT, ChildEntry, RecursionSection
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.peers.service import is_loopback_host
 from vsmcp.node.tools.config import (
@@ -297,6 +298,12 @@ class Config(_Section):
     edge: Annotated[EdgeConfig, doc("the WebAssembly runtime of WASM tools (docs/wasm.md)")] = (
         msgspec.field(default_factory=EdgeConfig)
     )
+    recursion: Annotated[
+        RecursionSection, doc("System 5's recursion guard on child VSMs (docs/children.md)")
+    ] = msgspec.field(default_factory=RecursionSection)
+    children: Annotated[
+        list[ChildEntry], doc("child VSMs started with this node ([[children]], docs/children.md)")
+    ] = msgspec.field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -477,6 +484,27 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"mesh.seeds[{i}]", f"'{seed}' is not [NODE_ID@]HOST:PORT: {e}"
             ) from e
+    _validate_children(config)
+
+
+def _validate_children(config: Config) -> None:
+    rec = config.recursion
+    _check_range("recursion.max_depth", rec.max_depth, 0, MAX_DEPTH_LIMIT)
+    _check_range("recursion.max_children", rec.max_children, 0, 1024)
+    _check_range("recursion.max_descendants", rec.max_descendants, 0, 1 << 16)
+    if rec.spawn_zone not in config.trust.zones:
+        raise ConfigError("recursion.spawn_zone", f"'{rec.spawn_zone}' is not in trust.zones")
+    seen: set[str] = set()
+    for i, child in enumerate(config.children):
+        if not CHILD_NAME.fullmatch(child.name):
+            raise ConfigError(
+                f"children[{i}].name", "letters, digits, - and _ (at most 63), not a path"
+            )
+        if child.name in seen:
+            raise ConfigError(f"children[{i}].name", f"{child.name!r} is declared twice")
+        seen.add(child.name)
+        if child.zone and child.zone not in config.trust.zones:
+            raise ConfigError(f"children[{i}].zone", f"'{child.zone}' is not in trust.zones")
 
 
 def _validate_wasm(config: Config) -> None:

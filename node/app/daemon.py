@@ -24,6 +24,7 @@ from vsmcp.node import __version__
 from vsmcp.node.app.config import load_config
 from vsmcp.node.app.logs import setup_logging
 from vsmcp.node.app.node import Node
+from vsmcp.node.app.parent_watch import parent_pid_from, watch_parent
 from vsmcp.node.app.profiles import PROFILES
 from vsmcp.node.app.sdnotify import SystemdNotifier
 from vsmcp.node.errors import EXIT_BAD_CONFIG, StartupError
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vsmcpd: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     setup_logging(config.node.log_format, config.node.log_level)
+    parent_pid = parent_pid_from(os.environ)
+    if parent_pid is not None:  # a child VSM (node/children): never outlive the parent
+        watch_parent(parent_pid)
     warn_of_standing_rollback_acceptance(args.accept_audit_rollback, os.environ)
     watchdog = ShutdownWatchdog()
     try:

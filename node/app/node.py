@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vsmcp.crdt.errors import CrdtError
-from vsmcp.mesh.certs import encode_certificate
+from vsmcp.mesh.certs import ZoneOrder, encode_certificate
 from vsmcp.mesh.envelope import Opener, Sealer, wall_clock_ms
 from vsmcp.mesh.errors import MeshError
 from vsmcp.mesh.identity import node_id_from_public_key
@@ -31,10 +31,13 @@ from vsmcp.mesh.replay import ReplayGuard
 from vsmcp.mesh.service import Service
 from vsmcp.mesh.transport import TransportError
 from vsmcp.node import __version__
+from vsmcp.node.app.children_api import ChildrenApi
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
 from vsmcp.node.app.trust import NodeIdentity, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
+from vsmcp.node.children.manager import ChildManager, ParentTrust
+from vsmcp.node.children.tools import children_provider
 from vsmcp.node.errors import ConfigError, NodeError, StartupError
 from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
 from vsmcp.node.http.policy import RequestPolicy, is_wildcard_address, local_http_url
@@ -42,7 +45,7 @@ from vsmcp.node.http.server import HttpServer
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
-from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService
+from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService, parent_node_id
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
@@ -139,6 +142,9 @@ class Node(Service):
         self._anchor: AuditAnchor | None = None
         self._tools: MeshCatalog | None = None
         self._debug_tools = DebugTools()
+        self.children = ChildrenApi(
+            config.data_dir, config.recursion, ZoneOrder(config.trust.zones)
+        )
         # The immune system (System 5), once started; the Mitigator S5's rules call.
         self.immune: ImmuneService | None = None
         self._audit_tasks: set[asyncio.Task[None]] = set()
@@ -314,6 +320,57 @@ class Node(Service):
         # "shutting down", so that a hung tool cannot hold the HTTP server's stop.
         stack.callback(tools.cancel_calls)
         await audit.append("node.start", identity.node_id, self.runtime_info())
+        # Last, so it stops first: children end while the mesh still runs.
+        self.children.manager = await stack.enter_async_context(
+            self._child_manager(identity, mesh, replication)
+        )
+
+    def _child_manager(
+        self, identity: NodeIdentity, mesh: MeshService, replication: ReplicationService
+    ) -> ChildManager:
+        def tools_of(node_id: str) -> list[str]:
+            return sorted(t.name for t in replication.tools() if t.provider == node_id)
+
+        return ChildManager(
+            data_dir=self.config.data_dir,
+            trust=ParentTrust(
+                identity.key,
+                identity.signed_certificate,
+                identity.certificate,
+                identity.zones,
+                identity.authority_public_key,
+            ),
+            limits=self.config.recursion,
+            seed=lambda: f"127.0.0.1:{mesh.port}",
+            mesh_preset=self.config.mesh.preset,
+            events=self.events,
+            audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
+            tools_of=tools_of,
+            configured=self.config.children,
+            capacity=lambda: self.vsm.effectors.scale,
+        )
+
+    def children_view(self) -> dict[str, Any]:
+        """`GET /api/children`."""
+        return self.children.view()
+
+    def children_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """`POST /api/children`: (HTTP status, JSON body)."""
+        caller, refusal = self.children.authorize(self.vsm, authorization, remote)
+        if caller is None:
+            return refusal or (403, {"error": "refused"})
+        return self.children.post(body, caller)
+
+    async def children_delete(
+        self, name: str, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """`DELETE /api/children/{name}`: (HTTP status, JSON body)."""
+        caller, refusal = self.children.authorize(self.vsm, authorization, remote)
+        if caller is None:
+            return refusal or (403, {"error": "refused"})
+        return await self.children.delete(name, caller)
 
     async def _start_vsm(
         self,
@@ -502,6 +559,11 @@ class Node(Service):
         )
         catalog.policy.events = self.events
         catalog.supervisor.events = self.events
+        catalog.add(
+            children_provider(
+                self.children.spawn, self.children.stop, self.config.recursion.spawn_zone
+            )
+        )
         if self.config.node.debug_api:
             catalog.add(self._debug_tools)
             log.warning("debug API on: /api/debug/* can cut links and add tools")
@@ -816,6 +878,10 @@ class Node(Service):
             "peers": self._mesh.state_counts() if self._mesh else {},
             "certificate_fingerprint": identity.fingerprint,
             "certificate_expires_at_s": identity.certificate.expires_at_s,
+            # A child VSM's parent is the node that delegated its certificate.
+            "depth": identity.certificate.depth,
+            "parent": parent_node_id(identity.certificate),
+            "children": {c["name"]: c["state"] for c in self.children.view()["children"]},
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -833,9 +899,17 @@ class Node(Service):
                 "description": t.description,
                 "version": t.version,
                 "provider_state": self._provider_state(t.provider),
+                "provider_parent": self._parent_of(t.provider),
             }
             for t in self._replication.tools()
         ]
+
+    def _parent_of(self, node_id: str) -> str | None:
+        """The parent VSM of a provider (node/children), from its certificate."""
+        if node_id == self.identity.node_id:
+            return parent_node_id(self.identity.certificate)
+        peer = self.mesh.peers.get(node_id)
+        return None if peer is None else parent_node_id(peer.certificate)
 
     def _provider_state(self, node_id: str) -> str | None:
         if node_id == self.identity.node_id:

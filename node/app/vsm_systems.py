@@ -178,7 +178,7 @@ class VsmSystems(Service):
         self, body: object, authorization: str | None, remote: str | None
     ) -> tuple[int, dict[str, Any]]:
         """`POST /api/algedonic`: (HTTP status, JSON body)."""
-        grant = self._grant(authorization, remote)
+        grant = self.caller_grant(authorization, remote)
         if grant is None:
             return 401, {"error": "a bearer token (mcp.tokens) is required"}
         if not self._allows(grant.zone, self._config.vsm.signal_zone):
@@ -196,7 +196,7 @@ class VsmSystems(Service):
             return 503, {"error": str(e), "lane": e.lane}
         return 202, self._accepted(signal)
 
-    def _grant(self, authorization: str | None, remote: str | None) -> SignalGrant | None:
+    def caller_grant(self, authorization: str | None, remote: str | None) -> SignalGrant | None:
         """The caller as `/mcp` would see it: a bearer token, or a loopback client's zone."""
         if authorization is not None:
             scheme, _, token = authorization.partition(" ")

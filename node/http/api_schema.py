@@ -169,7 +169,41 @@ class LoopFault(msgspec.Struct):
     fault: str
 
 
+class Child(msgspec.Struct):
+    name: str
+    node_id: str | None
+    pid: int | None
+    state: str
+    depth: int
+    restarts: int
+    url: str | None
+    data_dir: str
+    tools: list[str]
+    last_error: str | None = None
+
+
+class Children(msgspec.Struct):
+    children: list[Child]
+
+
+class SpawnRequest(msgspec.Struct):
+    """`POST /api/children`: the child's name, and optionally its zone (at or below
+    the node's) and a config file for it."""
+
+    name: str
+    zone: str = ""
+    config: str = ""
+
+
+class ChildStopped(msgspec.Struct):
+    stopped: str
+
+
 BODIES: tuple[type[msgspec.Struct], ...] = (
+    Child,
+    Children,
+    SpawnRequest,
+    ChildStopped,
     Error,
     Status,
     Peers,

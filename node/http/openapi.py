@@ -114,12 +114,45 @@ def _paths() -> dict[str, dict[str, Any]]:
             s.Policies,
             starting,
         ),
+        "/api/children": ("This node's child VSMs and their states", s.Children, {}),
+    }
+    who_may_spawn = {
+        401: "No bearer token of mcp.tokens (nor the data dir's stdio token)",
+        403: "The token's zone is below recursion.spawn_zone",
+        503: "The node is not running yet, or the child could not be started or stopped",
+    }
+    paths: dict[str, dict[str, Any]] = {
+        path: {"get": _operation(summary, (200, struct, struct.__name__), errors)}
+        for path, (summary, struct, errors) in reads.items()
+    }
+    paths["/api/children"]["post"] = _operation(
+        "Spawn a child VSM (a vsmcpd subprocess with a delegated certificate)",
+        (201, s.Child, "The child, starting"),
+        {
+            **who_may_spawn,
+            400: "The body is not a JSON object with a string `name` (zone, config strings)",
+            409: "A recursion limit (depth, children, descendants), a zone above the node's, "
+            "or a bad name refuses the spawn",
+            413: "The body is too large",
+        },
+        body=s.SpawnRequest,
+        bearer=True,
+    )
+    paths["/api/children/{name}"] = {
+        "delete": {
+            **_operation(
+                "Stop a child VSM cleanly",
+                (200, s.ChildStopped, "Stopped"),
+                {**who_may_spawn, 404: "No child has that name"},
+                bearer=True,
+            ),
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+        }
     }
     return {
-        **{
-            path: {"get": _operation(summary, (200, struct, struct.__name__), errors)}
-            for path, (summary, struct, errors) in reads.items()
-        },
+        **paths,
         "/api/algedonic": {
             "post": _operation(
                 "Raise pain or pleasure on this node's algedonic channel",

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 20
 MAX_SIGNAL_BYTES = 16 * 1024
+MAX_CHILD_REQUEST_BYTES = 8 * 1024
 
 
 class NodeView(Protocol):
@@ -59,6 +60,16 @@ class NodeView(Protocol):
     def policies_view(self) -> dict[str, Any]: ...
 
     def accept_policy_record(self, blob: bytes) -> bool: ...
+
+    def children_view(self) -> dict[str, Any]: ...
+
+    def children_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]: ...
+
+    async def children_delete(
+        self, name: str, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -154,6 +165,27 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
 
         return web.Response(body=openapi_document(), content_type="application/json")
 
+    async def api_children(_: web.Request) -> web.Response:
+        return _json(node.children_view())
+
+    async def api_children_post(request: web.Request) -> web.Response:
+        raw = await request.content.read(MAX_CHILD_REQUEST_BYTES + 1)
+        if len(raw) > MAX_CHILD_REQUEST_BYTES:
+            return _json({"error": f"body over {MAX_CHILD_REQUEST_BYTES} bytes"}, 413)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _json({"error": "the body is not JSON", "field": "body"}, status=400)
+        auth = request.headers.get("Authorization")
+        status, answer = node.children_post(body, auth, request.remote)
+        return _json(answer, status=status)
+
+    async def api_children_delete(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization")
+        name = request.match_info["name"]
+        status, answer = await node.children_delete(name, auth, request.remote)
+        return _json(answer, status=status)
+
     async def debug_tools(request: web.Request) -> web.Response:
         name = request.query.get("name", "")
         zone = request.query.get("zone", "public")
@@ -177,6 +209,9 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_post("/api/debug/loop-fault", debug_loop_fault)
     app.router.add_post("/api/debug/tools", debug_tools)
     app.router.add_delete("/api/debug/tools", debug_tools)
+    app.router.add_get("/api/children", api_children)
+    app.router.add_post("/api/children", api_children_post)
+    app.router.add_delete("/api/children/{name}", api_children_delete)
     app.router.add_get("/api/peers", api_peers)
     app.router.add_get("/api/tools", api_tools)
     app.router.add_get("/api/patterns", api_patterns)

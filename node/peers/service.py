@@ -53,7 +53,12 @@ from vsmcp.mesh.certs import (
 from vsmcp.mesh.discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
 from vsmcp.mesh.envelope import Context, Envelope, MsgType, Opener, Sealer, wall_clock_ms
 from vsmcp.mesh.errors import CertificateError, EnvelopeError, MeshError
-from vsmcp.mesh.identity import NodeKey, public_key_from_node_id, verify_detached
+from vsmcp.mesh.identity import (
+    NodeKey,
+    node_id_from_public_key,
+    public_key_from_node_id,
+    verify_detached,
+)
 from vsmcp.mesh.loops import LoopFn, LoopSupervisor
 from vsmcp.mesh.membership import (
     CheckReachability,
@@ -472,6 +477,9 @@ class MeshService(Service):
                     "incarnation": m.incarnation,
                     "admitted": peer is not None,
                     "zone": peer.certificate.zone if peer else None,
+                    # Child VSMs (node/children) hold certificates their parent issued.
+                    "parent": parent_node_id(peer.certificate) if peer else None,
+                    "depth": peer.certificate.depth if peer else None,
                     "endpoint": meta.endpoint if meta else None,
                     "http_port": meta.http_port if meta else None,
                     "since_s": round(max(0.0, now - m.changed_at), 3),
@@ -1086,4 +1094,18 @@ def signed_issuer(signed: SignedCertificate) -> bytes:
     return peek_certificate(signed).issuer_public_key
 
 
-__all__ = ["MESH_PROTOCOL_VERSION", "MeshService", "Peer", "PeerMeta", "encode_certificate"]
+__all__ = [
+    "MESH_PROTOCOL_VERSION",
+    "MeshService",
+    "Peer",
+    "PeerMeta",
+    "encode_certificate",
+    "parent_node_id",
+]
+
+
+def parent_node_id(certificate: Certificate) -> str | None:
+    """The node id of the parent VSM that delegated `certificate`, if any."""
+    if certificate.depth == 0:
+        return None
+    return node_id_from_public_key(certificate.issuer_public_key)

@@ -90,6 +90,14 @@ class UnitStateChanged(Event, frozen=True, gc=False, kw_only=True, tag="unit_sta
     reason: str | None = None
 
 
+class ChildSpawnRefused(Event, frozen=True, gc=False, kw_only=True, tag="child_refused"):
+    """System 5's recursion guard (or bad input) refused to spawn a child VSM."""
+
+    child: str
+    reason: str
+    caller: str = ""
+
+
 class RegistryChanged(Event, frozen=True, gc=False, kw_only=True, tag="registry"):
     """A tool appeared in, changed in or left the replicated registry."""
 
@@ -149,6 +157,7 @@ NODE_EVENT_TYPES: tuple[type[Event], ...] = (
     EnvelopeRejected,
     MembershipChanged,
     UnitStateChanged,
+    ChildSpawnRefused,
     RegistryChanged,
     AlgedonicSignal,
     PolicyChanged,

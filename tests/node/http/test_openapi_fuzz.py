@@ -4,7 +4,8 @@ content type, body, 4xx included) as the document says.
 
 Bounded and deterministic: a few examples per operation, derandomized. The node has the
 debug API on (its operations answer 200, not only 403) and a token of the signal zone
-(`/api/algedonic` answers 202, not only 401/403).
+(`/api/algedonic` answers 202, not only 401/403); spawns stop at the recursion guard
+(`recursion.max_children = 0`: 409), so the fuzz starts no child processes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ TOKEN = "fuzz-token-0123456789abcdef"
 CONFIG = f"""
 [node]
 debug_api = true
+[recursion]
+# Spawns are fuzzed up to the recursion guard's refusal (409), not into processes.
+max_children = 0
 [[mcp.tokens]]
 name = "fuzz"
 token = "{TOKEN}"

@@ -1,0 +1,1 @@
+"""Child VSMs: full `vsmcpd` subprocesses a node spawns, certifies and supervises."""

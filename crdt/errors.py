@@ -61,3 +61,9 @@ class SnapshotInvalid(CrdtError):
     """A snapshot whose signature, signer or content does not check out."""
 
     reason = "snapshot_invalid"
+
+
+class OverCap(CrdtError):
+    """A policy that would take its issuer over its cap on policies held per issuer."""
+
+    reason = "over_cap"

@@ -5,10 +5,29 @@ Key `issuer_hex/id`. A grant of version v ranks (v, 0); a revocation of up to ve
 ranks (v, 1). Grants are signed by their issuer, which must be an authority key or pass
 the injected `allowed_issuers(issuer, kind)`; a revocation is signed by the issuer or
 an authority. Verification, repair, expiry and epochs: see `crdt.replica`.
+
+Cap per issuer
+    One issuer (an `immune` node, say, compromised) could otherwise write any number of
+    policy ids and bloat every replica. A replica holds at most `max_per_issuer` keys
+    of one non-authority issuer: grants, tombstones of its policies and records expired
+    but not yet forgotten all count (each is held in memory). When a record of a new key
+    would exceed the cap, the replica keeps the issuer's lowest policy ids: a key above
+    all those held is refused; a lower one enters and the highest held key is evicted.
+    Which keys are held is then a function of the set of records received, not of their
+    order (a key once outnumbered by lower keys never comes back, since those stay), so
+    replicas that received the same records enforce the same set. Counting tombstones is
+    what keeps that true: were a revocation to free a slot, a replica that had refused a
+    key before the revocation and one that took it after would differ. A revoked slot is
+    freed when its tombstone expires. Refusals and evictions are counted in `over_cap`
+    by kind; a local `issue` over the cap raises `OverCap` instead.
+    Authority-signed policies are exempt: the authority key is the offline root that
+    certifies every node, so a cap on it bounds nothing an attacker holding it could
+    not do otherwise, and operators' zone rules must never be pushed out.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -16,7 +35,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from vsmcp.crdt.errors import CrdtError, InvalidValue, NotAuthorized
+from vsmcp.crdt.errors import CrdtError, InvalidValue, NotAuthorized, OverCap
 from vsmcp.crdt.replica import Checked, Held, VerifiedDoc, WallClockMs, wall_clock_ms
 from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Signer
 from vsmcp.crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
@@ -24,6 +43,7 @@ from vsmcp.crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_obje
 DEFAULT_REVOCATION_TTL_MS = 24 * 3600 * 1000
 MAX_POLICY_ID_CHARS = 256
 MAX_POLICY_KIND_CHARS = 64
+DEFAULT_MAX_PER_ISSUER = 1_000
 
 _Key = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
 _Ms = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
@@ -89,6 +109,16 @@ def _kind_of(blob: bytes) -> str:
     return record.kind if isinstance(record, PolicyGrant) else "revocation"
 
 
+def _find(ids: list[str], policy_id: str) -> tuple[int, bool]:
+    """Where `policy_id` is or would go in the sorted `ids`, and whether it is there."""
+    at = bisect_left(ids, policy_id)
+    return at, at < len(ids) and ids[at] == policy_id
+
+
+def _kind_of_record(record: Policy | _Revoked) -> str:
+    return record.kind if isinstance(record, Policy) else "revocation"
+
+
 def _no_other_issuers(issuer: bytes, kind: str) -> bool:
     return False
 
@@ -106,9 +136,18 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         allowed_issuers: AllowedIssuers = _no_other_issuers,
         clock: WallClockMs = wall_clock_ms,
         revocation_ttl_ms: int = DEFAULT_REVOCATION_TTL_MS,
+        max_per_issuer: int = DEFAULT_MAX_PER_ISSUER,
         name: str = "policies",
         **kwargs: Any,
     ) -> None:
+        if max_per_issuer < 1:
+            raise ValueError(f"max_per_issuer must be at least 1, got {max_per_issuer}")
+        self.max_per_issuer = max_per_issuer
+        # The policy ids held in `best` per non-authority issuer, sorted (see module doc).
+        self._held_ids: dict[bytes, list[str]] = {}
+        # Records refused or evicted by the cap per issuer, by kind ("revocation" for
+        # tombstones). A record re-sent after a refusal is counted again.
+        self.over_cap: Counter[str] = Counter()
         self._authority_keys = frozenset(authority_keys)
         self._allowed_issuers = allowed_issuers
         self._revocation_ttl_ms = revocation_ttl_ms
@@ -153,6 +192,56 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
             self.rejected[_kind_of(blob)] += 1
             raise
 
+    def _admit(self, held: Held[Policy | _Revoked], now_ms: int) -> bool:
+        if not super()._admit(held, now_ms):
+            return False
+        record = held.checked.record
+        if record.issuer in self._authority_keys:
+            return True
+        ids = self._held_ids.setdefault(record.issuer, [])
+        at, held = _find(ids, record.id)
+        if held:
+            return True  # another version of a key held already
+        if len(ids) >= self.max_per_issuer:
+            if at == len(ids):  # above every id held: refused
+                self.over_cap[_kind_of_record(record)] += 1
+                return False
+            self._evict(record.issuer, ids.pop())
+        ids.insert(at, record.id)
+        return True
+
+    def _evict(self, issuer: bytes, policy_id: str) -> None:
+        key = policy_key(issuer, policy_id)
+        evicted = self._best.pop(key)
+        self.over_cap[_kind_of_record(evicted.checked.record)] += 1
+        self._note(key, None)
+        self._repairs.pop(key, None)  # never written back
+
+    def _forgotten(self, key: str) -> None:
+        issuer_hex, _, policy_id = key.partition("/")
+        ids = self._held_ids.get(bytes.fromhex(issuer_hex))
+        if ids is None:
+            return
+        at, held = _find(ids, policy_id)
+        if held:
+            del ids[at]
+
+    def _track(self, issuer: bytes, policy_id: str) -> None:
+        """Count a key written locally (`_put` does not go through `_admit`)."""
+        if issuer in self._authority_keys:
+            return
+        ids = self._held_ids.setdefault(issuer, [])
+        at, held = _find(ids, policy_id)
+        if not held:
+            ids.insert(at, policy_id)
+
+    def _check_room(self, issuer: bytes, policy_id: str) -> None:
+        if issuer in self._authority_keys:
+            return
+        ids = self._held_ids.get(issuer, [])
+        if not _find(ids, policy_id)[1] and len(ids) >= self.max_per_issuer:
+            raise OverCap(f"{issuer.hex()} holds {len(ids)} policies, the cap")
+
     def _view_of(self, record: Policy | _Revoked) -> Policy:
         assert isinstance(record, Policy)
         return record
@@ -173,9 +262,11 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
     ) -> Policy:
         """Issue (or replace) policy `policy_id` as `signer`; every replica applies it
         through its `on_change` callbacks. Raises NotAuthorized if `signer` may not
-        issue `kind`, StaleRecord if `version` does not beat the held one."""
+        issue `kind`, StaleRecord if `version` does not beat the held one, OverCap if
+        `policy_id` is new and the issuer holds `max_per_issuer` policies already."""
         if not self.may_issue(signer.public_key, kind):
             raise NotAuthorized(f"{signer.public_key.hex()} may not issue {kind!r}")
+        self._check_room(signer.public_key, policy_id)
         now = self._clock()
         if version is None:
             held = self.held(policy_key(signer.public_key, policy_id))
@@ -190,7 +281,9 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
             expires_at_ms=check_int(now + check_int(ttl_ms, what="ttl_ms"), what="expiry"),
             body=dump_json(dict(body), what="body"),
         )
-        return self._view_of(self._put(self._sign(signer, record)).checked.record)
+        held = self._put(self._sign(signer, record))
+        self._track(signer.public_key, policy_id)
+        return self._view_of(held.checked.record)
 
     def revoke(self, issuer: bytes, policy_id: str, *, by: Signer) -> bool:
         """Revoke the held version of a policy (signed by its issuer or an authority).

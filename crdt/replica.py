@@ -211,8 +211,13 @@ class VerifiedDoc(ABC, Generic[R, V]):
         """The public view of a live record."""
 
     def _admit(self, held: Held[R], now_ms: int) -> bool:
-        """Whether a verified record may enter `best` (not long expired)."""
+        """Whether a verified record may enter `best` (not long expired). Called only
+        when the record outranks what `best` holds for its key and would enter it: a
+        document kind's override may keep its own index of `best` (see `_forgotten`)."""
         return now_ms < held.checked.expires_at_ms + self._expiry_grace_ms
+
+    def _forgotten(self, key: str) -> None:
+        """`key` left `best` (pruned or dropped by a compaction)."""
 
     # ---- observation ----------------------------------------------------------------
 
@@ -546,6 +551,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
                 self._best[key] = held
                 self._note(key, held)
                 writes[key] = held.blob
+        # A document kind's `_admit` may have evicted a key taken earlier in this loop.
+        writes = {key: blob for key, blob in writes.items() if key in self._best}
         self._write_local(writes)
         self._flush_changes()
         return len(writes)
@@ -602,6 +609,7 @@ class VerifiedDoc(ABC, Generic[R, V]):
         for key in [k for k, h in self._best.items() if now >= h.checked.expires_at_ms]:
             self._note(key, None)
             del self._best[key]
+            self._forgotten(key)
         self._install_new_doc(Epoch(self.epoch.number + 1, self._replica_id))
         self._write_local({key: held.blob for key, held in self._best.items()})
         self._flush_changes()
@@ -630,6 +638,7 @@ class VerifiedDoc(ABC, Generic[R, V]):
                 dropped.append(key)
         for key in dropped:
             del self._best[key]
+            self._forgotten(key)
         self._write_local({}, dropped)
         self._flush_changes()
         return len(dropped)

@@ -199,8 +199,8 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         if record.issuer in self._authority_keys:
             return True
         ids = self._held_ids.setdefault(record.issuer, [])
-        at, held = _find(ids, record.id)
-        if held:
+        at, known = _find(ids, record.id)
+        if known:
             return True  # another version of a key held already
         if len(ids) >= self.max_per_issuer:
             if at == len(ids):  # above every id held: refused

@@ -18,7 +18,12 @@ import msgspec
 
 from vsmcp.crdt.context_graph import DEFAULT_MAX_EVENT_AGE_MS, DEFAULT_MAX_EVENTS, ContextGraph
 from vsmcp.crdt.errors import CrdtError, MessageTooLarge, SnapshotInvalid
-from vsmcp.crdt.policies import AllowedIssuers, PolicyStore, _no_other_issuers
+from vsmcp.crdt.policies import (
+    DEFAULT_MAX_PER_ISSUER,
+    AllowedIssuers,
+    PolicyStore,
+    _no_other_issuers,
+)
 from vsmcp.crdt.registry import CapabilityRegistry
 from vsmcp.crdt.replica import Epoch, VerifiedDoc, WallClockMs, wall_clock_ms
 from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Signer, verify_detached
@@ -106,6 +111,7 @@ class ReplicatedState:
         max_event_age_ms: int = DEFAULT_MAX_EVENT_AGE_MS,
         compact_threshold_bytes: int = DEFAULT_COMPACT_THRESHOLD_BYTES,
         max_message_bytes: int = MAX_SYNC_MESSAGE_BYTES,
+        max_policies_per_issuer: int = DEFAULT_MAX_PER_ISSUER,
         client_ids: Callable[[], int] | None = None,
     ) -> None:
         self._clock = clock
@@ -116,7 +122,10 @@ class ReplicatedState:
             common["client_ids"] = client_ids
         self.registry = CapabilityRegistry(authority_keys=authority_keys, **common)
         self.policies = PolicyStore(
-            authority_keys=authority_keys, allowed_issuers=allowed_issuers, **common
+            authority_keys=authority_keys,
+            allowed_issuers=allowed_issuers,
+            max_per_issuer=max_policies_per_issuer,
+            **common,
         )
         self.graph = ContextGraph(max_events=max_events, max_age_ms=max_event_age_ms, **common)
         self.docs: tuple[VerifiedDoc[Any, Any], ...] = (self.registry, self.policies, self.graph)

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from vsmcp.crdt.policies import DEFAULT_MAX_PER_ISSUER
 from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.discovery import parse_seed
 from vsmcp.mesh.errors import MeshError
@@ -204,6 +205,17 @@ class AuditSection(_Section):
     ] = False
 
 
+class ReplicationSection(_Section):
+    max_policies_per_issuer: Annotated[
+        int,
+        doc(
+            "policies CRDT keys (grants, revocations) held per non-authority issuer; "
+            "beyond it the issuer's lowest ids are kept, the rest refused and counted "
+            "(vsmcp_policies_over_cap_total); authority policies are not capped"
+        ),
+    ] = DEFAULT_MAX_PER_ISSUER
+
+
 class VsmSection(_Section):
     event_buffer: Annotated[
         int,
@@ -283,6 +295,9 @@ class Config(_Section):
     audit: Annotated[AuditSection, doc("the signed audit log")] = msgspec.field(
         default_factory=AuditSection
     )
+    replication: Annotated[ReplicationSection, doc("the replicated documents (CRDTs)")] = (
+        msgspec.field(default_factory=ReplicationSection)
+    )
     tools: Annotated[ToolsConfig, doc("System 1 units: built-ins, plugins, mounts")] = (
         msgspec.field(default_factory=ToolsConfig)
     )
@@ -316,6 +331,7 @@ _MESH_PRESETS = ("local", "lan", "wan")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MAX_REAP_AFTER_S = 30 * 86_400
 MAX_AUDIT_LINGER_MS = 60_000
+MAX_POLICIES_PER_ISSUER = 1_000_000
 MAX_TIMEOUT_S = 3600.0
 MIN_PATTERNS_POLL_S = 0.1
 MAX_IMMUNE_TTL_S = 7 * 86_400.0
@@ -454,6 +470,12 @@ def _validate(config: Config) -> None:
     _check_range("envelope.replay_window", config.envelope.replay_window, 64, 1 << 16)
     _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)
     _check_range("audit.batch_size", config.audit.batch_size, 1, 1 << 16)
+    _check_range(
+        "replication.max_policies_per_issuer",
+        config.replication.max_policies_per_issuer,
+        1,
+        MAX_POLICIES_PER_ISSUER,
+    )
     _check_range("audit.queue_size", config.audit.queue_size, 1, 1 << 22)
     _check_range("audit.linger_ms", config.audit.linger_ms, 0, MAX_AUDIT_LINGER_MS)
     _check_range("tools.max_result_bytes", config.tools.max_result_bytes, 1024, 1 << 30)

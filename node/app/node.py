@@ -235,6 +235,7 @@ class Node(Service):
             max_envelope_bytes=self.config.envelope.max_bytes,
             loops=self.loops,
             events=self.events,
+            max_policies_per_issuer=self.config.replication.max_policies_per_issuer,
         )
         self._replication = replication
         self.patterns.enable_tool_action(self._pattern_tool_caller(catalog, identity))
@@ -308,6 +309,12 @@ class Node(Service):
             "Registry replication events (sent, received, anti-entropy rounds, rejections)",
             "event",
             lambda: dict(replication.stats),
+        )
+        self.metrics.add_counters(
+            "vsmcp_policies_over_cap",
+            "Policies CRDT records refused or evicted by replication.max_policies_per_issuer",
+            "kind",
+            lambda: dict(replication.state.policies.over_cap),
         )
         catalog.on_change(replication.announce_local_tools)
         await stack.enter_async_context(tools)

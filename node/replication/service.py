@@ -27,7 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from vsmcp.crdt.errors import CrdtError
-from vsmcp.crdt.policies import AllowedIssuers, Policy, _no_other_issuers
+from vsmcp.crdt.policies import (
+    DEFAULT_MAX_PER_ISSUER,
+    AllowedIssuers,
+    Policy,
+    _no_other_issuers,
+)
 from vsmcp.crdt.registry import CapabilityEntry
 from vsmcp.crdt.replica import Change
 from vsmcp.crdt.state import ReplicatedState, snapshot_id
@@ -82,6 +87,7 @@ class ReplicationService(Service):
         loops: LoopSupervisor | None = None,
         events: EventSink | None = None,
         allowed_issuers: AllowedIssuers | None = None,
+        max_policies_per_issuer: int = DEFAULT_MAX_PER_ISSUER,
     ) -> None:
         self._loops = loops or LoopSupervisor()
         self._events = events
@@ -96,6 +102,7 @@ class ReplicationService(Service):
             max_message_bytes=max_envelope_bytes - ENVELOPE_OVERHEAD_BYTES,
             # Which non-authority keys may issue which policy kinds (the immune system's).
             allowed_issuers=allowed_issuers or _no_other_issuers,
+            max_policies_per_issuer=max_policies_per_issuer,
         )
         self.stats: Counter[str] = Counter()
         if events is not None:

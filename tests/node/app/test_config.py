@@ -57,6 +57,16 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"trust.zones": ["a", "a"]}, "trust.zones", "unique"),
         ({"trust.dev_zone": "nowhere"}, "trust.dev_zone", "not in trust.zones"),
         ({"envelope.max_bytes": 10}, "envelope.max_bytes", "out of range"),
+        (
+            {"replication.max_policies_per_issuer": 0},
+            "replication.max_policies_per_issuer",
+            "range",
+        ),
+        (
+            {"replication.max_policies_per_issuer": 10**7},
+            "replication.max_policies_per_issuer",
+            "out of range",
+        ),
         ({"envelope.max_future_skew_s": 0}, "envelope.max_future_skew_s", "out of range"),
         ({"mesh.dead_reap_after_s": -1}, "mesh.dead_reap_after_s", "out of range"),
         ({"mesh.left_reap_after_s": 10**9}, "mesh.left_reap_after_s", "out of range"),

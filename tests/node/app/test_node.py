@@ -1,4 +1,5 @@
-"""node.app: the replay guard across restarts (clean stop, crash, changed skew bounds)."""
+"""node.app: the replay guard across restarts (clean stop, crash, changed skew bounds);
+the policies cap wiring."""
 
 from __future__ import annotations
 
@@ -56,3 +57,28 @@ async def test_a_shortened_future_skew_does_not_shorten_the_floor_of_a_crash(
     await _crash(tmp_path)
     floor_again = await _guard_floor_after_start(tmp_path, max_future_skew_s=2)
     assert floor_again >= floor
+
+
+async def test_the_policies_cap_is_configured_and_its_refusals_are_a_metric(
+    tmp_path: Path,
+) -> None:
+    config = load_config(
+        environ={},
+        overrides={
+            "node.data_dir": str(tmp_path),
+            "node.dev": True,
+            "http.port": 0,
+            "mesh.port": 0,
+            "mesh.preset": "local",
+            "mesh.mdns": False,
+            "tools.entry_points": False,
+            "replication.max_policies_per_issuer": 3,
+        },
+    )
+    async with Node(config) as node:
+        assert node._replication is not None
+        policies = node._replication.state.policies
+        assert policies.max_per_issuer == 3
+        policies.over_cap["mitigation"] += 1
+        metrics = node.render_metrics().decode()
+        assert 'vsmcp_policies_over_cap_total{kind="mitigation"} 1.0' in metrics

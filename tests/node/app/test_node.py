@@ -62,19 +62,11 @@ async def test_a_shortened_future_skew_does_not_shorten_the_floor_of_a_crash(
 async def test_the_policies_cap_is_configured_and_its_refusals_are_a_metric(
     tmp_path: Path,
 ) -> None:
-    config = load_config(
-        environ={},
-        overrides={
-            "node.data_dir": str(tmp_path),
-            "node.dev": True,
-            "http.port": 0,
-            "mesh.port": 0,
-            "mesh.preset": "local",
-            "mesh.mdns": False,
-            "tools.entry_points": False,
-            "replication.max_policies_per_issuer": 3,
-        },
-    )
+    # Free ports, no multicast, no plugins: a node that shares the machine quietly.
+    quiet = {"http.port": 0, "mesh.port": 0, "mesh.preset": "local", "mesh.mdns": False}
+    overrides = {**quiet, "node.dev": True, "tools.entry_points": False}
+    overrides["replication.max_policies_per_issuer"] = 3
+    config = load_config(environ={}, overrides={"node.data_dir": str(tmp_path), **overrides})
     async with Node(config) as node:
         assert node._replication is not None
         policies = node._replication.state.policies

@@ -11,7 +11,9 @@ Two policy kinds, both signed by the issuing node (whose certificate must carry 
   observations of the same subject from a quorum of members.
 
 A body that does not decode as its kind says is ignored (counted by the reader): a
-policy is data from another node, never trusted to be well-formed.
+policy is data from another node, never trusted to be well-formed. Every string and list
+in a body has a length bound (`MAX_TARGET_CHARS`, `MAX_NOTE_CHARS`, `MAX_OBSERVERS`);
+over it, the body does not decode.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ IMMUNE_ROLE: Final = "immune"
 TARGET_KINDS: Final[frozenset[str]] = frozenset(get_args(TargetKind))
 MAX_TARGET_CHARS: Final = 200
 MAX_NOTE_CHARS: Final = 1000
+# Observers named in a node block: far more than any quorum (`quorum_max` is a few), so
+# a block issued here always carries enough; a longer list from the network is refused.
+MAX_OBSERVERS: Final = 64
 
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_NOTE_CHARS)]
 _Target = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TARGET_CHARS)]
@@ -54,7 +59,7 @@ class MitigationBody(msgspec.Struct, frozen=True, kw_only=True):
     target: _Target
     note: PolicyNote
     # Node ids whose observations made the quorum (node blocks only).
-    observers: tuple[str, ...] = ()
+    observers: Annotated[tuple[_Target, ...], msgspec.Meta(max_length=MAX_OBSERVERS)] = ()
 
 
 class ObservationBody(msgspec.Struct, frozen=True, kw_only=True):

@@ -43,6 +43,7 @@ from vsmcp.node.vsm.immune.blocklist import Block, BlockList
 from vsmcp.node.vsm.immune.config import ImmuneConfig
 from vsmcp.node.vsm.immune.model import (
     IMMUNE_KINDS,
+    MAX_OBSERVERS,
     MAX_TARGET_CHARS,
     MITIGATION_KIND,
     OBSERVATION_KIND,
@@ -249,7 +250,7 @@ class ImmuneService:
             target_kind=request.target_kind,
             target=request.target,
             note=note,
-            observers=tuple(observers),
+            observers=tuple(observers[:MAX_OBSERVERS]),  # the first are a quorum
         )
         policy_id = mitigation_id(request.target_kind, request.target)
         try:

@@ -22,7 +22,13 @@ from vsmcp.node.vsm.events import (
     ToolCallFinished,
 )
 from vsmcp.node.vsm.immune.config import ImmuneConfig
-from vsmcp.node.vsm.immune.model import IMMUNE_ROLE, MITIGATION_KIND, immune_issuers
+from vsmcp.node.vsm.immune.model import (
+    IMMUNE_ROLE,
+    MAX_OBSERVERS,
+    MAX_TARGET_CHARS,
+    MITIGATION_KIND,
+    immune_issuers,
+)
 from vsmcp.node.vsm.immune.patterns import immune_patterns
 from vsmcp.node.vsm.immune.service import ImmuneService
 from vsmcp.node.vsm.mitigation import MitigationRequest, TargetKind
@@ -329,6 +335,27 @@ def test_a_grant_from_the_network_holding_past_the_ttl_bound_is_not_enforced() -
     _check(b.immune, "http:victim")
     assert b.immune.stats["ttl_ignored"] == 4
     assert b.immune.tally.observers(x.node_id, mesh.clock.now_ms) == []
+
+
+@pytest.mark.parametrize("observers", [["n"] * (MAX_OBSERVERS + 1), ["n" * (MAX_TARGET_CHARS + 1)]])
+def test_a_grant_from_the_network_with_oversized_observers_is_refused_and_counted(
+    observers: list[str],
+) -> None:
+    mesh = Mesh(2)
+    a, b = mesh.members
+    body = {
+        "target_kind": "origin",
+        "target": "http:victim",
+        "note": {"source": "s", "reason": "r", "action": "a", "until": "u"},
+    }
+    a.store.issue(a.signer, "fits", MITIGATION_KIND, {**body, "observers": ["n"]}, ttl_ms=60_000)
+    oversized = {**body, "target": "http:other", "observers": observers}
+    a.store.issue(a.signer, "oversized", MITIGATION_KIND, oversized, ttl_ms=60_000)
+    mesh.sync()
+    assert b.immune.stats["bad_bodies"] == 1
+    with pytest.raises(PolicyBlocked):
+        _check(b.immune, "http:victim")
+    _check(b.immune, "http:other")  # not blocked
 
 
 @pytest.mark.parametrize(

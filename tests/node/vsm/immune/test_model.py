@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vsmcp.crdt.policies import Policy
 from vsmcp.node.vsm.immune.model import (
+    MAX_OBSERVERS,
     MITIGATION_KIND,
     OBSERVATION_KIND,
     MitigationBody,
@@ -45,3 +46,14 @@ def test_only_holders_of_the_immune_role_issue_immune_kinds() -> None:
     assert not allowed(b"t" * 32, MITIGATION_KIND)
     assert not allowed(b"u" * 32, MITIGATION_KIND)  # unknown key
     assert not allowed(b"i" * 32, "pattern")  # other kinds stay the authority's
+
+
+def test_observers_are_bounded_in_number_and_length() -> None:
+    def body(observers: list[str]) -> dict[str, object]:
+        fits = MitigationBody(target_kind="node", target="x", note=NOTE, observers=("a",))
+        return {**body_of(fits), "observers": observers}
+
+    assert mitigation_of(_policy(MITIGATION_KIND, body(["n"] * MAX_OBSERVERS))) is not None
+    assert mitigation_of(_policy(MITIGATION_KIND, body(["n"] * (MAX_OBSERVERS + 1)))) is None
+    assert mitigation_of(_policy(MITIGATION_KIND, body(["n" * 201]))) is None
+    assert mitigation_of(_policy(MITIGATION_KIND, body([""]))) is None

@@ -308,7 +308,8 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
     def accept_signed(self, blob: bytes) -> bool:
         """Take a record signed elsewhere (e.g. a revocation signed with the offline
         authority key by `vsmcp policies revoke`). Raises a `CrdtError` when it does not
-        verify; False when it does not outrank what is held."""
+        verify; False when it does not outrank what is held or its issuer's cap keeps
+        it out."""
         held = self._verify_blob(blob)
         return self.offer([(held.checked.key, blob)]) == 1
 

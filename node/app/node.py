@@ -416,7 +416,7 @@ class Node(Service):
         )
         self.metrics.add_gauges(
             "vsmcp_viability_input",
-            "Measured inputs of the viability score (docs/vsm.md); latency_p95_ms is -1 "
+            "Measured inputs of the viability score (docs/vsm.md); latency_p95_seconds is -1 "
             "without calls in the window",
             "input",
             lambda: viability_input_gauges(self.vsm.viability_inputs()),

@@ -81,6 +81,17 @@ def exported_families(node: NodeProcess) -> set[str]:
     return set(re.findall(r"^# TYPE (\S+) \S+$", text, re.MULTILINE))
 
 
+def exported_series_names(node: NodeProcess) -> set[str]:
+    """The names PromQL can read: families, and a histogram's _bucket, _count and _sum."""
+    text = node.get("/metrics")[1].decode()
+    names: set[str] = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
+        names.add(name)
+        if kind == "histogram":
+            names.update(f"{name}{suffix}" for suffix in ("_bucket", "_count", "_sum"))
+    return names
+
+
 def documented_families() -> tuple[set[str], set[str]]:
     """(every family in docs/metrics.md's table, those marked conditional)."""
     rows = re.findall(r"^\| `(vsmcp_\w+)` \|(.*)$", METRICS_DOC.read_text(), re.MULTILINE)
@@ -122,9 +133,14 @@ def test_exported_names_follow_the_conventions(mesh: list[NodeProcess]) -> None:
 
 
 def test_dashboard_reads_only_exported_metrics(mesh: list[NodeProcess]) -> None:
-    exported = exported_families(mesh[0])
+    exported = exported_series_names(mesh[0])
     names = set().union(*(metric_names(e) for e in dashboard_expressions()))
-    assert {"vsmcp_viability", "vsmcp_events_total", "vsmcp_mesh_members"} <= names
+    assert {
+        "vsmcp_viability",
+        "vsmcp_events_total",
+        "vsmcp_mesh_members",
+        "vsmcp_tool_call_duration_seconds_bucket",
+    } <= names
     assert names - exported == set(), "dashboard names metrics the node does not export"
 
 
@@ -171,8 +187,12 @@ def _check_scrapes(
     assert set(viability) == set(targets)
     assert all(0.0 <= v <= 1.0 for v in viability.values())
 
-    calls = f'vsmcp_events_total{{kind="tool_call",instance="{targets[0]}"}}'
-    before = wait_for(lambda: _instances(prometheus, calls), what=calls)[targets[0]]
+    calls = (
+        "vsmcp_tool_call_duration_seconds_count"
+        f'{{tool="echo",outcome="ok",instance="{targets[0]}"}}'
+    )
+    # No echo call yet: the series is absent until the first one.
+    before = _instances(prometheus, calls).get(targets[0], 0.0)
     for i in range(3):
         reply = call_tool(mesh[0], PUBLIC_TOKEN, "echo", {"text": f"scrape {i}"})
         assert "result" in reply, reply
@@ -181,3 +201,10 @@ def _check_scrapes(
         timeout_s=SCRAPE_TIMEOUT_S,
         what=f"{calls} up by 3 from {before}",
     )
+    p95 = "histogram_quantile(0.95, sum by (le) (vsmcp_tool_call_duration_seconds_bucket))"
+    quantile = _instances_any(prometheus, p95)
+    assert len(quantile) == 1 and 0 < quantile[0] <= 60, quantile
+
+
+def _instances_any(prometheus: PrometheusServer, promql: str) -> list[float]:
+    return [float(r["value"][1]) for r in prometheus.query(promql)]

@@ -62,7 +62,7 @@ from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.tools.wasm import WasmProvider
 from vsmcp.node.vsm.errors import PatternError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged, ToolCallFinished
-from vsmcp.node.vsm.immune.model import immune_issuers
+from vsmcp.node.vsm.immune.model import IMMUNE_KINDS, immune_issuers
 from vsmcp.node.vsm.immune.patterns import SOURCE as IMMUNE_SOURCE
 from vsmcp.node.vsm.immune.patterns import immune_patterns
 from vsmcp.node.vsm.immune.service import ImmuneService
@@ -422,6 +422,14 @@ class Node(Service):
             "without calls in the window",
             "input",
             lambda: viability_input_gauges(self.vsm.viability_inputs()),
+        )
+        self.metrics.add_gauges(
+            "vsmcp_policies",
+            "Live verified policies in the replicated policy set, by kind (immune "
+            "mitigations and observations, ...)",
+            "kind",
+            lambda: Counter(p.kind for p in replication.state.policies.view()),
+            known=sorted(IMMUNE_KINDS),
         )
         self.metrics.add_counters(
             "vsmcp_algedonic_signals",

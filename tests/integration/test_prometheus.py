@@ -14,6 +14,7 @@ import pytest
 from tests.integration.harness import REPO_ROOT, NodeProcess, call_tool
 from tests.integration.prometheus import PrometheusServer
 from tests.polling import wait_for
+from vsmcp.node.vsm.immune.model import IMMUNE_KINDS
 
 PUBLIC_TOKEN = "public-token-0123456789abc"
 CONFIG = f"""
@@ -186,6 +187,12 @@ def _check_scrapes(
     )
     assert set(viability) == set(targets)
     assert all(0.0 <= v <= 1.0 for v in viability.values())
+    # Every node shows the immune policy kinds up front, at zero without any policy.
+    policies = prometheus.query("vsmcp_policies")
+    assert {(r["metric"]["instance"], r["metric"]["kind"]) for r in policies} == {
+        (target, kind) for target in targets for kind in sorted(IMMUNE_KINDS)
+    }
+    assert all(float(r["value"][1]) == 0 for r in policies)
 
     calls = (
         "vsmcp_tool_call_duration_seconds_count"

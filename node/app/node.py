@@ -53,6 +53,7 @@ from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.store.audit_anchor import AuditAnchor
 from vsmcp.node.store.audit_head import head_file_for
 from vsmcp.node.store.database import Store
+from vsmcp.node.tool_call_metrics import ToolCallMetrics
 from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.model import CallContext
@@ -60,8 +61,8 @@ from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.tools.wasm import WasmProvider
 from vsmcp.node.vsm.errors import PatternError
-from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged
-from vsmcp.node.vsm.immune.model import immune_issuers
+from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged, ToolCallFinished
+from vsmcp.node.vsm.immune.model import IMMUNE_KINDS, immune_issuers
 from vsmcp.node.vsm.immune.patterns import SOURCE as IMMUNE_SOURCE
 from vsmcp.node.vsm.immune.patterns import immune_patterns
 from vsmcp.node.vsm.immune.service import ImmuneService
@@ -154,6 +155,7 @@ class Node(Service):
         vsm = config.vsm
         self.events = EventStream()
         self._event_counts: Counter[str] = Counter()
+        self._tool_calls = ToolCallMetrics(self.metrics.registry)
         self.events.subscribe("metrics", self._count_events, capacity=vsm.event_buffer)
         # What pattern matches do: other services register their action handlers here
         # (`algedonic`, `policy`/`mitigate`) before or after start.
@@ -423,10 +425,18 @@ class Node(Service):
         )
         self.metrics.add_gauges(
             "vsmcp_viability_input",
-            "Measured inputs of the viability score (docs/vsm.md); latency_p95_ms is -1 "
+            "Measured inputs of the viability score (docs/vsm.md); latency_p95_seconds is -1 "
             "without calls in the window",
             "input",
             lambda: viability_input_gauges(self.vsm.viability_inputs()),
+        )
+        self.metrics.add_gauges(
+            "vsmcp_policies",
+            "Live verified policies in the replicated policy set, by kind (immune "
+            "mitigations and observations, ...)",
+            "kind",
+            lambda: Counter(p.kind for p in replication.state.policies.view()),
+            known=sorted(IMMUNE_KINDS),
         )
         self.metrics.add_counters(
             "vsmcp_algedonic_signals",
@@ -807,6 +817,8 @@ class Node(Service):
         counts = self._event_counts
         for event in batch:
             counts[_KIND_NAMES.get(event.__class__, "other")] += 1
+            if isinstance(event, ToolCallFinished):
+                self._tool_calls.observe(event)
 
     def _audit_nowait(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         task = asyncio.create_task(self.audit.append(kind, actor, data), name=f"audit-{kind}")

@@ -84,7 +84,12 @@ def input_gauges(inputs: ViabilityInputs) -> dict[str, float]:
         for name, value in asdict(inputs).items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
-    out["latency_p95_ms"] = -1.0 if inputs.latency_p95_ms is None else inputs.latency_p95_ms
+    # Prometheus wants base units: the millisecond inputs are exported in seconds.
+    del out["latency_objective_ms"]
+    out.pop("latency_p95_ms", None)  # absent (None) without calls in the window
+    out["latency_objective_seconds"] = inputs.latency_objective_ms / 1000
+    p95 = inputs.latency_p95_ms
+    out["latency_p95_seconds"] = -1.0 if p95 is None else p95 / 1000
     for state, count in inputs.members.items():
         out[f"members_{state}"] = count
     return out

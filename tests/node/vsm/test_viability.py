@@ -128,3 +128,14 @@ def test_scores_and_factors_stay_in_bounds(i: ViabilityInputs) -> None:
     view = viability_view(i)
     assert set(view) == {"node", "mesh", "inputs", "factors"}
     assert all(isinstance(v, float | int) for v in input_gauges(i).values())
+
+
+def test_latency_inputs_are_exported_in_seconds() -> None:
+    gauges = input_gauges(HEALTHY)
+    assert gauges["latency_p95_seconds"] == 0.1
+    assert gauges["latency_objective_seconds"] == 1.0
+    assert not any(name.endswith("_ms") for name in gauges)
+    assert (
+        input_gauges(dataclasses.replace(HEALTHY, latency_p95_ms=None))["latency_p95_seconds"]
+        == -1.0
+    )

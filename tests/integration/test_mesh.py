@@ -51,8 +51,13 @@ def test_five_nodes_find_each_other_by_mdns_then_dead_zombie_and_recovery(
     config = _config(tmp_path)
     group = _start(tmp_path, nodes, 5, "--config", str(config))
     wait_mesh_states(group, _all_alive(group))
+    # Gossip can make a member alive here before its HELLO has been admitted: wait for both.
     for node in group:
-        assert all(p["admitted"] for p in node.get_json("/api/peers")["peers"])
+        wait_for(
+            lambda node=node: all(p["admitted"] for p in node.get_json("/api/peers")["peers"]),
+            timeout_s=30,
+            what=f"{node.node_id} admitting every peer",
+        )
 
     victim, sleeper, *survivors = group
     victim.kill()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for
 from vsmcp.node.children.process import PID_FILE_NAME
 from vsmcp.node.children.stale import clean_up_stale
 
@@ -27,6 +28,9 @@ def _sleeper(argv_tail: list[str], started: list[subprocess.Popen[bytes]]) -> in
     # argv like a child's: `python -c ... vsmcp.node <data dir>` (own session, as children)
     proc = subprocess.Popen([sys.executable, "-c", SLEEPER, *argv_tail], start_new_session=True)
     started.append(proc)
+    # Until it has exec'd, /proc shows the forking test's own command line.
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    wait_for(lambda: SLEEPER.encode() in cmdline.read_bytes(), what="the sleeper's exec")
     return proc.pid
 
 

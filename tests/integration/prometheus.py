@@ -38,7 +38,7 @@ def require_prometheus() -> str:
 
 
 class PrometheusServer:
-    def __init__(self, directory: Path, targets: list[str], *, scrape_interval_s: int = 1):
+    def __init__(self, directory: Path, targets: list[str], *, scrape_interval_s: int = 2):
         self.directory = directory
         self.targets = targets
         self.scrape_interval_s = scrape_interval_s

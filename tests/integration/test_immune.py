@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sqlite3
@@ -43,7 +44,9 @@ from vsmcp.node.store.database import db_path_for
 pytestmark = pytest.mark.integration
 
 TOKENS = {"attacker": "attacker-token-0123456789", "good": "good-token-0123456789abc"}
-BLOCK_TTL_S = 20
+# Long enough that a loaded machine cannot let a block run out between the steps that
+# observe it (spreading to 5 nodes, the CLI, a revocation).
+BLOCK_TTL_S = 45
 DENIALS = 4
 POLICY_BLOCKED = -32007
 ZONE_DENIED = -32010
@@ -130,7 +133,7 @@ def test_an_origin_probing_at_one_node_is_refused_at_every_node_until_the_block_
         assert _code(_call(a, "attacker", "secret.echo")) == ZONE_DENIED
     policy = wait_for(
         lambda: all(_enforced(n, "http:attacker") for n in five) and _enforced(a, "http:attacker"),
-        timeout_s=20,
+        timeout_s=40,
         what="the block of http:attacker enforced on every node",
     )
     assert policy["issuer"] == a.node_id
@@ -159,8 +162,8 @@ def test_an_origin_probing_at_one_node_is_refused_at_every_node_until_the_block_
     with sqlite3.connect(f"file:{db_path_for(a.data_dir)}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT data FROM audit_entries WHERE kind = 'immune.mitigation'")
         entries = [json.loads(row[0]) for row in rows]
-    assert [e["policy"] for e in entries] == [policy["id"]]
-    assert entries[0]["note"] == note
+    (entry,) = [e for e in entries if e["policy"] == policy["id"]]
+    assert entry["note"] == note
 
     def expired_everywhere() -> bool:
         return all("error" not in _call(node, "attacker", "echo") for node in five)
@@ -195,7 +198,9 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
     key: NodeKey = hostile._key
     x = hostile.node_id
 
-    async def admitted_everywhere() -> bool:
+    # The probes read the nodes over blocking HTTP: off this event loop, which runs the
+    # hostile peer (blocked, it would miss its pings and turn suspect).
+    def admitted_now() -> bool:
         # Admitted (HELLO done), not only known alive by gossip: a rejected envelope is
         # put on a peer only when the connection's key is an admitted peer's.
         return all(
@@ -206,6 +211,9 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
             for n in five
         )
 
+    async def admitted_everywhere() -> bool:
+        return await asyncio.to_thread(admitted_now)
+
     await async_wait_for(admitted_everywhere, timeout_s=30, what="the peer admitted by all")
 
     # One node alone sees it: its observation reaches everyone, and nobody blocks.
@@ -213,7 +221,7 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
     before = a.get_json("/api/policies")["stats"]
     _send_bad_signatures(hostile, key, a, 3)
 
-    async def observed_everywhere() -> bool:
+    def observed_now() -> bool:
         return all(
             any(
                 p["kind"] == "observation" and p["target"] == x
@@ -222,7 +230,10 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
             for n in five
         )
 
-    await async_wait_for(observed_everywhere, timeout_s=20, what="A's observation replicated")
+    async def observed_everywhere() -> bool:
+        return await asyncio.to_thread(observed_now)
+
+    await async_wait_for(observed_everywhere, timeout_s=40, what="A's observation replicated")
     stats = a.get_json("/api/policies")["stats"]
     assert stats.get("pending", 0) > before.get("pending", 0), stats
     assert stats.get("issued", 0) == before.get("issued", 0), stats
@@ -234,10 +245,10 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
         _send_bad_signatures(hostile, key, node, 3)
 
     async def blocked_everywhere() -> bool:
-        return all(_enforced(n, x) for n in five)
+        return await asyncio.to_thread(lambda: all(_enforced(n, x) for n in five))
 
     try:
-        await async_wait_for(blocked_everywhere, timeout_s=20, what="the peer blocked everywhere")
+        await async_wait_for(blocked_everywhere, timeout_s=40, what="the peer blocked everywhere")
     except AssertionError:
         for node in five:  # what each node held, for the failure report
             print(node.node_id, json.dumps(node.get_json("/api/policies")), flush=True)
@@ -260,7 +271,7 @@ def test_a_forged_revocation_is_refused_and_the_issuers_revokes_the_block_everyw
         assert _code(_call(a, "attacker", "secret.echo")) == ZONE_DENIED
     policy = wait_for(
         lambda: all(_enforced(n, "http:attacker") for n in five) and _enforced(a, "http:attacker"),
-        timeout_s=20,
+        timeout_s=40,
         what="the block enforced on every node",
     )
     # Another member's key is neither the issuer's nor the authority's: refused.
@@ -281,7 +292,7 @@ def test_a_forged_revocation_is_refused_and_the_issuers_revokes_the_block_everyw
     assert revoked.returncode == 0, revoked.stderr
     wait_for(
         lambda: all("error" not in _call(n, "attacker", "echo") for n in five),
-        timeout_s=20,
+        timeout_s=40,
         what="the revoked block lifted on every node",
     )
     assert time.time() * 1000 < policy["expires_at_ms"]  # lifted before its expiry

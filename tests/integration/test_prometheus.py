@@ -8,6 +8,7 @@ import re
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,18 +181,26 @@ def _check_scrapes(
         timeout_s=SCRAPE_TIMEOUT_S,
         what="up == 1 for the three targets",
     )
+
+    # A slow scrape on a loaded machine can leave one target's series stale for a round:
+    # wait for every target's series, not the first.
+    def viability_of_all() -> dict[str, float] | None:
+        found = _instances(prometheus, 'vsmcp_viability{scope="node"}')
+        return found if set(found) == set(targets) else None
+
     viability = wait_for(
-        lambda: _instances(prometheus, 'vsmcp_viability{scope="node"}'),
-        timeout_s=SCRAPE_TIMEOUT_S,
-        what="vsmcp_viability{scope=node}",
+        viability_of_all, timeout_s=SCRAPE_TIMEOUT_S, what="vsmcp_viability{scope=node} x3"
     )
-    assert set(viability) == set(targets)
     assert all(0.0 <= v <= 1.0 for v in viability.values())
     # Every node shows the immune policy kinds up front, at zero without any policy.
-    policies = prometheus.query("vsmcp_policies")
-    assert {(r["metric"]["instance"], r["metric"]["kind"]) for r in policies} == {
-        (target, kind) for target in targets for kind in sorted(IMMUNE_KINDS)
-    }
+    expected = {(target, kind) for target in targets for kind in sorted(IMMUNE_KINDS)}
+
+    def policies_of_all() -> list[dict[str, Any]] | None:
+        found = prometheus.query("vsmcp_policies")
+        seen = {(r["metric"]["instance"], r["metric"]["kind"]) for r in found}
+        return found if seen == expected else None
+
+    policies = wait_for(policies_of_all, timeout_s=SCRAPE_TIMEOUT_S, what="vsmcp_policies x3")
     assert all(float(r["value"][1]) == 0 for r in policies)
 
     calls = (

@@ -135,7 +135,9 @@ async def test_hostile_modules_are_stopped_at_their_limits_and_others_keep_answe
             assert echoed.structured_content == {"echo": {"after": module}}
             added = await client.call_tool("add", {"a": 2, "b": 3})
             assert not added.is_error
-    assert counters(a, "vsmcp_wasm_stops") == {limit: 1 for limit, _ in HOSTILE.values()}
+    # At least once each (a good call overrunning on a loaded machine would add a "time").
+    stops = counters(a, "vsmcp_wasm_stops")
+    assert all(stops.get(limit, 0) >= 1 for limit, _ in HOSTILE.values()), stops
 
 
 def test_an_edge_node_with_a_python_plugin_refuses_to_start_naming_the_key(

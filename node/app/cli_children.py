@@ -19,18 +19,16 @@ import json
 import os
 import secrets
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from vsmcp.node.app.cli_tools import (
     EXIT_OK,
-    HTTP_TIMEOUT_S,
     ToolsCliError,
     _guarded,
     _node_url,
     _with_node,
+    request_json,
 )
 from vsmcp.node.app.config import default_data_dir
 from vsmcp.node.mcp.stdio_auth import stdio_token_path
@@ -52,28 +50,13 @@ def _token(args: argparse.Namespace) -> str | None:
         return None
 
 
-def _call(url: str, method: str, token: str | None, body: Any = None) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        raise ToolsCliError(f"{e.code}: {e.read().decode(errors='replace')}") from e
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ToolsCliError(f"{url}: {e}") from e
-
-
 def cmd_spawn(args: argparse.Namespace) -> int:
     base = _node_url(args)
     name = args.name or f"child-{secrets.token_hex(3)}"
     body: dict[str, Any] = {"name": name, "zone": args.zone or ""}
     if args.config:
         body["config"] = str(Path(args.config).expanduser().resolve())
-    view = _call(base + "/api/children", "POST", _token(args), body)
+    view = request_json(base + "/api/children", "POST", _token(args), body)
     if not args.no_wait:
         view = _wait_running(base, name)
     print(json.dumps(view, indent=2))
@@ -83,7 +66,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 def _wait_running(base: str, name: str) -> dict[str, Any]:
     deadline = time.monotonic() + SPAWN_WAIT_S
     while True:
-        children = _call(base + "/api/children", "GET", None)["children"]
+        children = request_json(base + "/api/children", "GET", None)["children"]
         view: dict[str, Any] = next((c for c in children if c["name"] == name), {})
         if view.get("state") == "running":
             return view
@@ -93,7 +76,7 @@ def _wait_running(base: str, name: str) -> dict[str, Any]:
 
 
 def cmd_children(args: argparse.Namespace) -> int:
-    view = _call(_node_url(args) + "/api/children", "GET", None)
+    view = request_json(_node_url(args) + "/api/children", "GET", None)
     if args.json:
         print(json.dumps(view, indent=2))
         return EXIT_OK
@@ -107,7 +90,7 @@ def cmd_children(args: argparse.Namespace) -> int:
 
 
 def cmd_stop_child(args: argparse.Namespace) -> int:
-    answer = _call(f"{_node_url(args)}/api/children/{args.name}", "DELETE", _token(args))
+    answer = request_json(f"{_node_url(args)}/api/children/{args.name}", "DELETE", _token(args))
     print(json.dumps(answer))
     return EXIT_OK
 

@@ -17,8 +17,6 @@ import argparse
 import base64
 import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +26,18 @@ from vsmcp.mesh.identity import load_key_file, public_key_from_node_id
 from vsmcp.node.app.cli_tools import (
     EXIT_OK,
     EXIT_USAGE,
-    HTTP_TIMEOUT_S,
     ToolsCliError,
     _guarded,
     _node_url,
     _with_node,
+    request_json,
 )
 from vsmcp.node.app.config import default_data_dir
 from vsmcp.node.app.trust import KEY_FILE_NAME
 
 
-def _request(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        raise ToolsCliError(f"{url}: {e.code} {e.read().decode(errors='replace')}") from e
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ToolsCliError(f"{url}: {e}") from e
-
-
 def cmd_policies(args: argparse.Namespace) -> int:
-    view = _request(_node_url(args) + "/api/policies")
+    view = request_json(_node_url(args) + "/api/policies")
     if args.json:
         print(json.dumps(view, indent=2))
         return EXIT_OK
@@ -73,7 +59,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     url = _node_url(args)
     held = [
         p
-        for p in _request(url + "/api/policies")["policies"]
+        for p in request_json(url + "/api/policies")["policies"]
         if p["id"] == args.policy_id and p["issuer"] == args.issuer
     ]
     if not held:
@@ -90,8 +76,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     blob = sign_revocation(
         key, issuer, args.policy_id, held[0]["version"], now_ms=now_ms, ttl_ms=ttl_ms
     )
-    answer = _request(
-        url + "/api/policies/revocations", {"record": base64.b64encode(blob).decode()}
+    answer = request_json(
+        url + "/api/policies/revocations",
+        "POST",
+        body={"record": base64.b64encode(blob).decode()},
     )
     if not answer["accepted"]:
         raise ToolsCliError("the node did not take the revocation: it holds a newer version")

@@ -79,6 +79,23 @@ def parse_arguments(pairs: list[str], json_args: str | None) -> dict[str, Any]:
     return arguments
 
 
+def request_json(url: str, method: str = "GET", token: str | None = None, body: Any = None) -> Any:
+    """One JSON request to a node's HTTP API: the decoded answer, or `ToolsCliError`
+    naming the URL and the node's status and message."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        raise ToolsCliError(f"{url}: {e.code} {e.read().decode(errors='replace')}") from e
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ToolsCliError(f"{url}: {e}") from e
+
+
 def cmd_tools(args: argparse.Namespace) -> int:
     url = _node_url(args) + "/api/tools"
     try:

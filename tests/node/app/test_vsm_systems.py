@@ -29,10 +29,8 @@ actions = [{type = "algedonic", valence = "pain", intensity = 0.9, reason = "ech
 """
 
 
-def _config(tmp_path: Path) -> Any:
-    patterns = tmp_path / "patterns"
-    patterns.mkdir()
-    (patterns / "p.toml").write_text(PATTERN)
+def _node_config(tmp_path: Path, **overrides: Any) -> Any:
+    """A dev node on loopback ports, without mDNS or entry points, plus `overrides`."""
     return load_config(
         overrides={
             "node.data_dir": str(tmp_path / "data"),
@@ -42,10 +40,22 @@ def _config(tmp_path: Path) -> Any:
             "mesh.preset": "local",
             "mesh.mdns": False,
             "tools.entry_points": False,
+            **overrides,
+        },
+        environ={},
+    )
+
+
+def _config(tmp_path: Path) -> Any:
+    patterns = tmp_path / "patterns"
+    patterns.mkdir()
+    (patterns / "p.toml").write_text(PATTERN)
+    return _node_config(
+        tmp_path,
+        **{
             "limits.per_origin": {"rate_per_s": 100, "burst": 100},
             "vsm.patterns_dir": str(patterns),
         },
-        environ={},
     )
 
 
@@ -100,19 +110,12 @@ async def test_a_pattern_signal_reaches_s5_and_its_default_rule_tightens_limits(
 async def test_a_block_origin_rule_issues_an_immune_block_that_the_node_enforces(
     tmp_path: Path,
 ) -> None:
-    config = load_config(
-        overrides={
-            "node.data_dir": str(tmp_path / "data"),
-            "node.dev": True,
-            "http.port": 0,
-            "mesh.port": 0,
-            "mesh.preset": "local",
-            "mesh.mdns": False,
-            "tools.entry_points": False,
+    config = _node_config(
+        tmp_path,
+        **{
             "vsm.responses": [{"name": "block-the-source", "do": "block_origin"}],
             "mcp.tokens": [{"name": "reporter", "token": REPORTER_TOKEN, "zone": "restricted"}],
         },
-        environ={},
     )
     async with Node(config) as node:
         assert node.vsm.s5.mitigator is node.immune

@@ -26,6 +26,7 @@ from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.discovery import parse_seed
 from vsmcp.mesh.errors import MeshError
 from vsmcp.node.app.profiles import apply_profile_defaults, check_profile
+from vsmcp.node.bridges.config import BridgesSection
 from vsmcp.node.children.config import CHILD_NAME, MAX_DEPTH_LIMIT, ChildEntry, RecursionSection
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.peers.service import is_loopback_host
@@ -319,6 +320,10 @@ class Config(_Section):
     children: Annotated[
         list[ChildEntry], doc("child VSMs started with this node ([[children]], docs/children.md)")
     ] = msgspec.field(default_factory=list)
+    bridges: Annotated[
+        BridgesSection,
+        doc("AMQP, MQTT, PostgreSQL, Telegram: each off unless its table is set (docs/bridges.md)"),
+    ] = msgspec.field(default_factory=BridgesSection)
 
     @property
     def data_dir(self) -> Path:

@@ -36,6 +36,8 @@ from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
 from vsmcp.node.app.trust import NodeIdentity, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
+from vsmcp.node.bridges.model import BridgeContext
+from vsmcp.node.bridges.service import BridgesService
 from vsmcp.node.children.manager import ChildManager, ParentTrust
 from vsmcp.node.children.tools import children_provider
 from vsmcp.node.errors import ConfigError, NodeError, StartupError
@@ -60,7 +62,7 @@ from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.tools.wasm import WasmProvider
-from vsmcp.node.vsm.errors import PatternError
+from vsmcp.node.vsm.errors import PatternError, VsmError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged, ToolCallFinished
 from vsmcp.node.vsm.immune.model import IMMUNE_KINDS, immune_issuers
 from vsmcp.node.vsm.immune.patterns import SOURCE as IMMUNE_SOURCE
@@ -148,6 +150,8 @@ class Node(Service):
         )
         # The immune system (System 5), once started; the Mitigator S5's rules call.
         self.immune: ImmuneService | None = None
+        # The configured bridges (none by default), once started.
+        self.bridges: BridgesService | None = None
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self._out_of_descriptors = False
         # The node's one event stream: every component publishes into it (never
@@ -329,9 +333,45 @@ class Node(Service):
         # "shutting down", so that a hung tool cannot hold the HTTP server's stop.
         stack.callback(tools.cancel_calls)
         await audit.append("node.start", identity.node_id, self.runtime_info())
+        self.bridges = await stack.enter_async_context(
+            BridgesService(
+                self.config.bridges,
+                self._bridge_context(identity, tools, replication, store, audit),
+            )
+        )
         # Last, so it stops first: children end while the mesh still runs.
         self.children.manager = await stack.enter_async_context(
             self._child_manager(identity, mesh, replication)
+        )
+
+    def _bridge_context(
+        self,
+        identity: NodeIdentity,
+        tools: MeshCatalog,
+        replication: ReplicationService,
+        store: Store,
+        audit: AuditLog,
+    ) -> BridgeContext:
+        def pain(source: str, intensity: float, reason: str) -> None:
+            try:
+                self.vsm.channel.raise_signal(source, "pain", intensity, reason[:500])
+            except VsmError as e:
+                log.warning("bridge signal from %s dropped: %s", source, e)
+
+        return BridgeContext(
+            node_id=identity.node_id,
+            node_name=self.config.node.name or identity.node_id[-8:],
+            data_dir=self.config.data_dir,
+            zones=tuple(self.config.trust.zones),
+            events=self.events,
+            loops=self.loops,
+            metrics=self.metrics,
+            tools=tools,
+            state=replication.state,
+            store=store,
+            audit_log=audit,
+            audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, dict(data)),
+            pain=pain,
         )
 
     def _child_manager(
@@ -457,11 +497,12 @@ class Node(Service):
 
     def vsm_view(self) -> dict[str, Any]:
         """`GET /api/vsm`: every system's state and the viability."""
-        return self.vsm.view()
+        bridges = {} if self.bridges is None else self.bridges.view()
+        return {**self.vsm.view(), "bridges": bridges}
 
     def vsm_status(self) -> dict[str, Any]:
         """The `vsm.status` tool: the node's status and `GET /api/vsm` in one document."""
-        return {**self.status(), **self.vsm.view()}
+        return {**self.status(), **self.vsm_view()}
 
     def algedonic_post(
         self, body: object, authorization: str | None, remote: str | None

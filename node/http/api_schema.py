@@ -103,6 +103,8 @@ class Vsm(msgspec.Struct):
     s4: dict[str, Any]
     s5: dict[str, Any]
     viability: Viability
+    # Each configured bridge's status (node/bridges/model.py BridgeStatus), by name.
+    bridges: dict[str, Any]
 
 
 class Policy(msgspec.Struct):

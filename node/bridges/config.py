@@ -1,0 +1,21 @@
+"""`[bridges]`: one optional table per bridge; a bridge whose table is absent is off.
+
+Each bridge's section lives beside its code (`<name>_config.py`) and is added here as
+a field defaulting to None.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class BridgesSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    def configured(self) -> dict[str, Any]:
+        """The configured bridges' sections, by name (the field's name)."""
+        return {
+            name: section
+            for name in self.__struct_fields__
+            if (section := getattr(self, name)) is not None
+        }

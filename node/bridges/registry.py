@@ -1,0 +1,11 @@
+"""Which module builds each bridge: imported only when its table is configured.
+
+A bridge module exposes `create(config_section, context) -> Bridge`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# [bridges.<name>] -> the module whose `create` builds it. Append-only.
+BRIDGE_MODULES: Final[dict[str, str]] = {}

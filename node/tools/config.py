@@ -283,7 +283,12 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         "public"
     )
     allowed_origins: Annotated[
-        list[str], doc("browser Origins HTTP answers (every route); another Origin gets 403")
+        list[str],
+        doc(
+            "browser Origins HTTP answers (every route) besides loopback origins "
+            "(localhost, 127.0.0.1, [::1], any port) on loopback connections; "
+            "another Origin gets 403"
+        ),
     ] = msgspec.field(default_factory=list)
     allowed_hosts: Annotated[
         list[str],

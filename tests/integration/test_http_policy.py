@@ -7,12 +7,18 @@ import contextlib
 import http.client
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx2
 import pytest
+from mcp.client.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import HTTP_TIMEOUT_S, NodeProcess
+from vsmcp.node.mcp.protocol import FORBIDDEN_ORIGIN
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +85,43 @@ def test_every_route_refuses_a_foreign_origin(node: NodeProcess, path: str) -> N
     status, body, _ = _request(node, path, {"Origin": "http://evil.example"})
     assert status == 403, path
     assert "evil.example" in body.decode()
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_every_route_answers_a_page_served_on_this_machine(node: NodeProcess, path: str) -> None:
+    """A browser client on the same machine (a page at http://localhost:<any port>)
+    reaches a loopback node; a look-alike origin does not."""
+    for origin in ("http://localhost:6274", "http://127.0.0.1:3000", "http://[::1]:5173"):
+        status, _, _ = _request(node, path, {"Origin": origin})
+        assert status == 200, (path, origin)
+    status, _, _ = _request(node, path, {"Origin": "http://localhost.evil.example"})
+    assert status == 403, path
+
+
+@asynccontextmanager
+async def _sdk_client(node: NodeProcess, mode: str, origin: str) -> AsyncIterator[Client]:
+    async with httpx2.AsyncClient(headers={"Origin": origin}) as http:
+        transport = streamable_http_client(f"{node.url}/mcp", http_client=http)
+        async with Client(transport, mode=mode, cache=None) as client:
+            yield client
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_sdk_client_from_a_localhost_page_is_served(node: NodeProcess, mode: str) -> None:
+    port = node.info["http_port"]
+    async with _sdk_client(node, mode, f"http://localhost:{port}") as client:
+        echoed = await client.call_tool("echo", {"text": "from a local page"})
+        assert echoed.content[0].text == "from a local page"  # type: ignore[union-attr]
+    # The SDK raises the JSON-RPC error of the 403 answer inside its task groups.
+    with pytest.RaisesGroup(
+        pytest.RaisesGroup(pytest.RaisesExc(MCPError, check=_forbidden_origin))
+    ):
+        async with _sdk_client(node, mode, "http://evil.example") as client:
+            await client.call_tool("echo", {"text": "x"})
+
+
+def _forbidden_origin(error: MCPError) -> bool:
+    return error.error.code == FORBIDDEN_ORIGIN and "evil.example" in error.error.message
 
 
 def test_an_oversized_header_gets_431_and_one_log_line(node: NodeProcess) -> None:

@@ -678,6 +678,19 @@ class Node(Service):
             lambda: counts("oversized_messages"),
         )
         self.metrics.add_counters(
+            "vsmcp_mount_malformed_answers",
+            "Answers of mounted servers that did not validate (that call failed, no fault)",
+            "mount",
+            lambda: counts("malformed_answers"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mount_protocol_fallbacks",
+            "Reconnections of a mode = auto mount in 2025-11-25 after its 2026-07-28 answers "
+            "did not validate",
+            "mount",
+            lambda: counts("fallbacks"),
+        )
+        self.metrics.add_counters(
             "vsmcp_mount_stderr_dropped_lines",
             "stderr lines of mounted servers not logged (over the per-second limit)",
             "mount",

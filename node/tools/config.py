@@ -129,7 +129,12 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         default_factory=dict
     )
     mode: Annotated[
-        Literal["auto", "legacy"], doc("protocol: auto (negotiate) | legacy (2025-11-25 only)")
+        Literal["auto", "legacy"],
+        doc(
+            "protocol: auto (2026-07-28 if the server answers it, else 2025-11-25; a server "
+            "answering 2026-07-28 in the 2025-11-25 shape is reconnected in 2025-11-25) | "
+            "legacy (2025-11-25 only)"
+        ),
     ] = "auto"
     namespace: Annotated[
         str | None, doc('tools are named <namespace>.<tool>; unset: name; "": unprefixed')

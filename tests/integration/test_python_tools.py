@@ -93,9 +93,7 @@ async def test_an_async_keyword_function_gets_context_and_progress(
     async with _client(node, mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert set(tools["greet"].input_schema["properties"]) == {"name", "punctuation"}
-        greeted = await client.call_tool(
-            "greet", {"name": "mesh"}, progress_callback=on_progress
-        )
+        greeted = await client.call_tool("greet", {"name": "mesh"}, progress_callback=on_progress)
         assert greeted.structured_content is not None
         assert greeted.structured_content["greeting"] == "Hello, mesh!"
         assert len(greeted.structured_content["trace"]) == 32  # the call's own context

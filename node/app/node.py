@@ -257,6 +257,7 @@ class Node(Service):
             commit_before_answer=audit_cfg.commit_before_answer,
             loops=self.loops,
             events=self.events,
+            node_name=self.config.node.name,
         )
         self._tools = tools
         await self._start_vsm(stack, catalog, tools, mesh, replication)

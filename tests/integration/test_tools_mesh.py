@@ -237,6 +237,52 @@ async def test_sdk_client_at_c_lists_and_calls_tools_of_a_and_b(ready: Mesh, mod
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_a_call_pinned_to_a_node_runs_there(ready: Mesh, mode: str) -> None:
+    """A and B both serve `shared.echo`: a pin (`_meta` `vsmcp/node`: node id, or the
+    node's name, by default its id's last 8 characters) decides which one runs it, every
+    time; C's own `echo` is reached by C's name."""
+    async with _client(ready.url, mode) as client:
+        for node, pin in (
+            (ready.a, ready.a.node_id),
+            (ready.b, ready.b.node_id[-8:]),
+            (ready.a, ready.a.node_id[-12:]),
+        ):
+            for _ in range(3):
+                echoed = await client.call_tool(
+                    "shared.echo", {"pinned": pin}, meta={"vsmcp/node": pin}
+                )
+                assert not echoed.is_error
+                assert echoed.meta is not None
+                assert echoed.meta["vsmcp/provider"] == node.node_id, pin
+        own = await client.call_tool(
+            "echo", {"text": "at c"}, meta={"vsmcp/node": ready.c.node_id[-8:]}
+        )
+        assert own.content[0].text == "at c"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_pin_to_no_such_node_is_a_clear_error(ready: Mesh, mode: str) -> None:
+    async with _client(ready.url, mode) as client:
+        with pytest.raises(MCPError) as unknown:
+            await client.call_tool("shared.echo", {}, meta={"vsmcp/node": "no-such-node"})
+        assert unknown.value.error.code == INVALID_PARAMS
+        assert "pinned to node 'no-such-node': no such node in this mesh" in (
+            unknown.value.error.message
+        )
+        # A known node that does not offer the tool: named, not failed over.
+        with pytest.raises(MCPError) as absent:
+            await client.call_tool("b.echo", {}, meta={"vsmcp/node": ready.a.node_id})
+        assert absent.value.error.code == INVALID_PARAMS
+        assert f"Tool 'b.echo' is not offered by node '{ready.a.node_id}'" in (
+            absent.value.error.message
+        )
+        with pytest.raises(MCPError) as malformed:
+            await client.call_tool("shared.echo", {}, meta={"vsmcp/node": 7})  # type: ignore[dict-item]
+        assert malformed.value.error.code == INVALID_PARAMS
+        assert "'vsmcp/node'" in malformed.value.error.message
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_zone_denial_names_the_policy(ready: Mesh, mode: str) -> None:
     async with _client(ready.url, mode, token=PUBLIC_TOKEN) as client:
         with pytest.raises(MCPError) as err:

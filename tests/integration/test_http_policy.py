@@ -7,17 +7,14 @@ import contextlib
 import http.client
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
 import pytest
-from mcp.client.client import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import HTTP_TIMEOUT_S, NodeProcess
+from tests.integration.sdk_client import MODES, sdk_client
 from vsmcp.node.mcp.protocol import FORBIDDEN_ORIGIN
 
 pytestmark = pytest.mark.integration
@@ -98,25 +95,18 @@ def test_every_route_answers_a_page_served_on_this_machine(node: NodeProcess, pa
     assert status == 403, path
 
 
-@asynccontextmanager
-async def _sdk_client(node: NodeProcess, mode: str, origin: str) -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient(headers={"Origin": origin}) as http:
-        transport = streamable_http_client(f"{node.url}/mcp", http_client=http)
-        async with Client(transport, mode=mode, cache=None) as client:
-            yield client
-
-
-@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_sdk_client_from_a_localhost_page_is_served(node: NodeProcess, mode: str) -> None:
-    port = node.info["http_port"]
-    async with _sdk_client(node, mode, f"http://localhost:{port}") as client:
+    local_page = {"Origin": f"http://localhost:{node.info['http_port']}"}
+    async with sdk_client(f"{node.url}/mcp", mode, local_page) as client:
         echoed = await client.call_tool("echo", {"text": "from a local page"})
         assert echoed.content[0].text == "from a local page"  # type: ignore[union-attr]
     # The SDK raises the JSON-RPC error of the 403 answer inside its task groups.
     with pytest.RaisesGroup(
         pytest.RaisesGroup(pytest.RaisesExc(MCPError, check=_forbidden_origin))
     ):
-        async with _sdk_client(node, mode, "http://evil.example") as client:
+        foreign = {"Origin": "http://evil.example"}
+        async with sdk_client(f"{node.url}/mcp", mode, foreign) as client:
             await client.call_tool("echo", {"text": "x"})
 
 

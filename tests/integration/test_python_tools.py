@@ -6,17 +6,14 @@ naming the config key)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
 import pytest
-from mcp.client.client import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import NodeProcess, run_daemon
+from tests.integration.sdk_client import MODES, sdk_client
 from vsmcp.node.mcp.protocol import INVALID_PARAMS
 
 pytestmark = pytest.mark.integration
@@ -47,17 +44,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     started.stop()
 
 
-@asynccontextmanager
-async def _client(node: NodeProcess, mode: str) -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient() as http:
-        transport = streamable_http_client(f"{node.url}/mcp", http_client=http)
-        async with Client(transport, mode=mode, cache=None) as client:
-            yield client
-
-
-@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_a_keyword_function_is_a_tool_as_in_the_sdk(node: NodeProcess, mode: str) -> None:
-    async with _client(node, mode) as client:
+    async with sdk_client(f"{node.url}/mcp", mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         add = tools["add"]
         assert add.input_schema["properties"] == {
@@ -81,7 +70,7 @@ async def test_a_keyword_function_is_a_tool_as_in_the_sdk(node: NodeProcess, mod
         assert refused.value.error.code == INVALID_PARAMS
 
 
-@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_an_async_keyword_function_gets_context_and_progress(
     node: NodeProcess, mode: str
 ) -> None:
@@ -90,7 +79,7 @@ async def test_an_async_keyword_function_gets_context_and_progress(
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, message))
 
-    async with _client(node, mode) as client:
+    async with sdk_client(f"{node.url}/mcp", mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert set(tools["greet"].input_schema["properties"]) == {"name", "punctuation"}
         greeted = await client.call_tool("greet", {"name": "mesh"}, progress_callback=on_progress)

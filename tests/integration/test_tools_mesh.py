@@ -14,19 +14,18 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx2
 import pytest
 from mcp.client.client import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
+from tests.integration.sdk_client import MODES, sdk_client
 from tests.polling import async_wait_for
 from tests.skips import skip_or_fail
 from vsmcp.node.mcp.protocol import (
@@ -41,7 +40,6 @@ from vsmcp.node.mcp.protocol import (
 pytestmark = pytest.mark.integration
 
 PUBLIC_TOKEN = "public-token-0123456789"
-MODES = ["auto", "legacy"]
 MODERN_META = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
     "io.modelcontextprotocol/clientCapabilities": {},
@@ -204,13 +202,8 @@ def ready(mesh: Mesh) -> Mesh:
     return mesh
 
 
-@asynccontextmanager
-async def _client(url: str, mode: str, token: str | None = None) -> AsyncIterator[Client]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers) as http:
-        transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode=mode, cache=None) as client:
-            yield client
+def _client(url: str, mode: str, token: str | None = None) -> AbstractAsyncContextManager[Client]:
+    return sdk_client(url, mode, {"Authorization": f"Bearer {token}"} if token else None)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -3,9 +3,10 @@
 It speaks both revisions: `server/discover` (2026-07-28) and `initialize` (2025-11-25).
 Tools: `echo` (a good answer), `malformed` (`content` is not a list: invalid in every
 revision), `bad_structured` (structured content its own output schema refuses).
-With `MALFORMED_OMIT_RESULT_TYPE=1`, its `tools/call` results carry no `resultType`, as
-the MCP conformance project's TypeScript reference server answers while accepting
-2026-07-28: valid for 2025-11-25, not for 2026-07-28.
+With `MALFORMED_HTTP_PORT`, it serves Streamable HTTP (JSON answers) on that loopback
+port instead of stdio. With `MALFORMED_OMIT_RESULT_TYPE=1`, its `tools/call` results
+carry no `resultType`, as the MCP conformance project's TypeScript reference server
+answers while accepting 2026-07-28: valid for 2025-11-25, not for 2026-07-28.
 """
 
 from __future__ import annotations
@@ -90,17 +91,47 @@ def _answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"error": {"code": -32601, "message": f"Method not found: {method}"}}
 
 
+def _reply(message: Any) -> dict[str, Any] | None:
+    """The JSON-RPC answer to one message; None for notifications and answers."""
+    if not isinstance(message, dict) or "id" not in message or "method" not in message:
+        return None
+    answer = _answer(str(message["method"]), message.get("params") or {})
+    return {"jsonrpc": "2.0", "id": message["id"], **answer}
+
+
+def serve_http(port: int) -> None:
+    from aiohttp import web
+
+    async def post(request: web.Request) -> web.Response:
+        reply = _reply(await request.json())
+        if reply is None:
+            return web.Response(status=202)
+        return web.json_response(reply)
+
+    async def no_stream(request: web.Request) -> web.Response:
+        return web.Response(status=405)  # no server-initiated stream: allowed
+
+    app = web.Application()
+    app.router.add_post("/mcp", post)
+    app.router.add_get("/mcp", no_stream)
+    app.router.add_delete("/mcp", no_stream)
+    web.run_app(app, host="127.0.0.1", port=port, print=None)
+
+
 def main() -> None:
+    port = os.environ.get("MALFORMED_HTTP_PORT")
+    if port:
+        serve_http(int(port))
+        return
     for line in sys.stdin:
         try:
             message = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(message, dict) or "id" not in message or "method" not in message:
-            continue  # notifications and answers: nothing to say
-        answer = _answer(str(message["method"]), message.get("params") or {})
-        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], **answer}) + "\n")
-        sys.stdout.flush()
+        reply = _reply(message)
+        if reply is not None:
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -6,15 +6,18 @@ the default `mode = "auto"`."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.polling import async_wait_until
+from tests.node.tools.test_mounted_faults import accepts, free_port
+from tests.polling import async_wait_until, wait_for
 from vsmcp.node.tools.config import MountConfig, ToolsConfig
 from vsmcp.node.tools.errors import ProviderError
 from vsmcp.node.tools.model import CallContext
@@ -30,12 +33,11 @@ OMIT_RESULT_TYPE = {"MALFORMED_OMIT_RESULT_TYPE": "1"}
 
 @asynccontextmanager
 async def _catalog(**mount: Any) -> AsyncIterator[LocalCatalog]:
+    """A catalog mounting the server (stdio, unless `url` is given)."""
+    if "url" not in mount:
+        mount.update(command=sys.executable, args=[str(SERVER)])
     cfg = ToolsConfig(
-        mounts=[
-            MountConfig(
-                name="m", command=sys.executable, args=[str(SERVER)], health_interval_s=0.2, **mount
-            )
-        ],
+        mounts=[MountConfig(name="m", health_interval_s=0.2, **mount)],
         entry_points=False,
     )
     cfg.supervision.crash_loop_failures = 3  # fewer than BAD_CALLS: a fault would show
@@ -109,3 +111,33 @@ async def test_a_legacy_mount_never_falls_back() -> None:
         assert mount._client is not None and mount._client.protocol_version == "2025-11-25"
         assert await _echo(catalog, "x") == "x"
         assert mount.stats.fallbacks == 0
+
+
+@pytest.fixture
+def http_url() -> Iterator[str]:
+    """The server over Streamable HTTP, answering in the 2025-11-25 shape."""
+    port = free_port()
+    env = {**os.environ, "MALFORMED_HTTP_PORT": str(port), **OMIT_RESULT_TYPE}
+    proc = subprocess.Popen([sys.executable, str(SERVER)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: accepts(port) or proc.poll() is not None, timeout_s=30, what="listening")
+        assert proc.poll() is None, "the HTTP test server exited"
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_over_http_too(http_url: str) -> None:
+    """As the MCP conformance project's reference server answers over HTTP: 2026-07-28
+    accepted, `tools/call` without `resultType`; malformed answers cost their calls."""
+    async with _catalog(url=http_url) as catalog:
+        mount = _mount(catalog)
+        assert await _echo(catalog, "first") == "first"
+        for _ in range(BAD_CALLS):
+            with pytest.raises(ProviderError, match="content: Input should be a valid list"):
+                await catalog.call_tool("m.malformed", {}, CTX)
+            assert await _echo(catalog, "beside") == "beside"
+        assert mount.stats.fallbacks == 1
+        assert mount.stats.malformed_answers == BAD_CALLS
+        assert catalog.supervisor.units["mount:m"].restarts == 0

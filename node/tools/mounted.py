@@ -230,6 +230,7 @@ class MountedServer:
                     continue
                 if client is None:
                     return
+                self._renegotiate.clear()  # this is the renegotiated connection
                 self._client = client
                 self._reconnecting = False
                 self._connected.set()

@@ -6,7 +6,8 @@ revision), `bad_structured` (structured content its own output schema refuses).
 With `MALFORMED_HTTP_PORT`, it serves Streamable HTTP (JSON answers) on that loopback
 port instead of stdio. With `MALFORMED_OMIT_RESULT_TYPE=1`, its `tools/call` results
 carry no `resultType`, as the MCP conformance project's TypeScript reference server
-answers while accepting 2026-07-28: valid for 2025-11-25, not for 2026-07-28.
+answers while accepting 2026-07-28: valid for 2025-11-25, not for 2026-07-28; with
+`=all`, its `tools/list` results too (found at the mount's start).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _call(params: dict[str, Any]) -> dict[str, Any]:
         }
     else:
         return {"error": {"code": -32602, "message": f"unknown tool {name!r}"}}
-    if os.environ.get("MALFORMED_OMIT_RESULT_TYPE") == "1":
+    if os.environ.get("MALFORMED_OMIT_RESULT_TYPE") in ("1", "all"):
         return {"result": result}
     return {"result": _complete(result)}
 
@@ -83,7 +84,10 @@ def _answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
             }
         }
     if method == "tools/list":
-        return {"result": _complete({"tools": TOOLS, "ttlMs": 0, "cacheScope": "private"})}
+        listing = {"tools": TOOLS}
+        if os.environ.get("MALFORMED_OMIT_RESULT_TYPE") == "all":
+            return {"result": listing}
+        return {"result": _complete({**listing, "ttlMs": 0, "cacheScope": "private"})}
     if method == "tools/call":
         return _call(params)
     if method == "ping":

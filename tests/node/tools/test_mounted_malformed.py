@@ -105,6 +105,16 @@ async def test_a_2026_server_answering_in_the_2025_shape_works_under_auto() -> N
         assert catalog.supervisor.units["mount:m"].restarts == 0
 
 
+async def test_a_listing_in_the_2025_shape_falls_back_at_start() -> None:
+    async with _catalog(env={"MALFORMED_OMIT_RESULT_TYPE": "all"}) as catalog:
+        mount = _mount(catalog)
+        assert mount._client is not None and mount._client.protocol_version == "2025-11-25"
+        assert await _echo(catalog, "x") == "x"
+        assert mount.stats.fallbacks == 1
+        unit = catalog.supervisor.units["mount:m"]
+        assert unit.restarts == 0 and unit.state is UnitState.RUNNING
+
+
 async def test_a_legacy_mount_never_falls_back() -> None:
     async with _catalog(mode="legacy", env=OMIT_RESULT_TYPE) as catalog:
         mount = _mount(catalog)

@@ -93,5 +93,10 @@ def entry_point_providers(group: str = ENTRY_POINT_GROUP) -> list[FunctionProvid
         def load(ep: importlib.metadata.EntryPoint = ep, source: str = source) -> list[PluginTool]:
             return _as_tools(ep.load(), source)
 
-        providers.append(FunctionProvider(f"entry:{ep.name}", load))
+        try:
+            providers.append(FunctionProvider(f"entry:{ep.name}", load))
+        except ToolConfigError as exc:
+            # A broken installed package stops the start like a bad config entry: the
+            # operator turns `tools.entry_points` off or fixes the package.
+            raise ConfigError("tools.entry_points", f"{source}: {exc}") from exc
     return providers

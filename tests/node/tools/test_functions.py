@@ -161,3 +161,11 @@ async def test_a_sync_keyword_function_runs_off_the_event_loop() -> None:
     result = await _call(provider, "where", {"flag": True})
     assert result["structuredContent"] == {"result": True}
     assert loop_thread == [False]
+
+
+async def test_the_decorator_on_a_keyword_function_derives_its_schema() -> None:
+    provider = _provider(tool(name="plus", zone="ops")(add))
+    (spec,) = provider.tools()
+    assert spec.zone == "ops"
+    assert spec.input_schema["required"] == ["a", "b"]
+    assert (await _call(provider, "plus", {"a": 1, "b": 1}))["structuredContent"] == {"result": 2}

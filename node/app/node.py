@@ -257,6 +257,7 @@ class Node(Service):
             commit_before_answer=audit_cfg.commit_before_answer,
             loops=self.loops,
             events=self.events,
+            node_name=self.config.node.name,
         )
         self._tools = tools
         await self._start_vsm(stack, catalog, tools, mesh, replication)
@@ -676,6 +677,19 @@ class Node(Service):
             "Answers of mounted servers dropped for passing tools.max_result_bytes",
             "mount",
             lambda: counts("oversized_messages"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mount_malformed_answers",
+            "Answers of mounted servers that did not validate (that call failed, no fault)",
+            "mount",
+            lambda: counts("malformed_answers"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_mount_protocol_fallbacks",
+            "Reconnections of a mode = auto mount in 2025-11-25 after its 2026-07-28 answers "
+            "did not validate",
+            "mount",
+            lambda: counts("fallbacks"),
         )
         self.metrics.add_counters(
             "vsmcp_mount_stderr_dropped_lines",

@@ -25,7 +25,8 @@ DEBUG_TAG: Final = "debug"
 
 # What the request policy and the connection limits can answer on every route.
 _EVERY_ROUTE: Final[Mapping[int, str]] = {
-    403: "A browser Origin not in http.allowed_origins (`origin` names it)",
+    403: "A browser Origin not answered: not in mcp.allowed_origins nor a loopback origin on "
+    "a loopback connection (`origin` names it)",
     421: "A Host header naming another host (`host` names it): DNS rebinding",
     503: "Too many connections (`limit`); retry after the Retry-After header",
 }

@@ -6,8 +6,15 @@ page, with `Host: evil.example`. So when `allowed_hosts` is set (the node always
 it), a Host naming another host gets 421 on every route (`/`, `/api/*`, `/healthz`,
 `/metrics`, `/mcp`); a Host that does not parse (`[::1]evil.example`, `a b`) is another
 host. The address the client connected to is always answered as a Host: that is the
-node itself, reached by address, which no rebinding page can claim. A browser `Origin`
-not in `allowed_origins` gets 403 (cross-site requests).
+node itself, reached by address, which no rebinding page can claim.
+
+A browser `Origin` is answered when it is listed in `allowed_origins`, or when it is a
+loopback origin (`http(s)://localhost`, `127.0.0.1` or `[::1]`, any port) and the
+request arrived on a loopback address: the page was served by this machine and its
+browser runs here (MCP's "check Origin, bind to localhost"). A loopback origin reaching
+a LAN address is another machine's page and is refused, like every other Origin: 403
+(cross-site requests). A rebinding page's Origin names its own host, never a loopback
+one, so this opens nothing to it.
 
 Errors on `/mcp` are JSON-RPC errors (FORBIDDEN_HOST, FORBIDDEN_ORIGIN); elsewhere a
 JSON object `{"error": ..., "host" | "origin": ...}`.
@@ -31,6 +38,11 @@ from vsmcp.node.mcp.protocol import FORBIDDEN_HOST, FORBIDDEN_ORIGIN, McpError
 _HOST_HEADER: Final = re.compile(
     r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::[0-9]{0,5})?", re.IGNORECASE
 )
+
+# RFC 6454 serialized origin: scheme "://" host [ ":" port ], nothing else ("null" and
+# origins with paths or credentials are not loopback origins).
+_ORIGIN: Final = re.compile(r"(?P<scheme>https?)://(?P<host>[^/?#@\s]+)", re.IGNORECASE)
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -91,6 +103,17 @@ def _dialled(request: web.Request) -> str | None:
     return address.compressed
 
 
+def is_loopback_origin(origin: str) -> bool:
+    """`http(s)://localhost|127.0.0.1|[::1]` with any port (or none)."""
+    found = _ORIGIN.fullmatch(origin.strip().rstrip("/"))
+    return found is not None and host_name(found.group("host")) in _LOOPBACK_NAMES
+
+
+def _arrived_on_loopback(request: web.Request) -> bool:
+    dialled = _dialled(request)
+    return dialled is not None and ipaddress.ip_address(dialled).is_loopback
+
+
 class RequestPolicy:
     """Which Host and Origin headers the node answers (None hosts: any Host)."""
 
@@ -113,13 +136,18 @@ class RequestPolicy:
                     {"host": clip(host)},
                 )
         origin = request.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") not in self.allowed_origins:
+        if origin is not None and not self._origin_allowed(origin, request):
             return McpError(
                 FORBIDDEN_ORIGIN,
                 f"Forbidden: Origin {clip(origin)!r} is not allowed",
                 {"origin": clip(origin)},
             )
         return None
+
+    def _origin_allowed(self, origin: str, request: web.Request) -> bool:
+        if origin.rstrip("/") in self.allowed_origins:
+            return True
+        return is_loopback_origin(origin) and _arrived_on_loopback(request)
 
     def middleware(self) -> Any:
         """The aiohttp middleware applying this policy to every request."""

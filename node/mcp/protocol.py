@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import msgspec
 
 from vsmcp.node.errors import NodeError, clip
+from vsmcp.node.routing.pinning import NotOnNode, UnknownNode
 from vsmcp.node.tools.errors import (
     InvalidArguments,
     Overloaded,
@@ -59,6 +60,7 @@ from vsmcp.node.tools.errors import (
 )
 from vsmcp.node.tools.model import (
     META_CAUSALITY,
+    META_NODE,
     META_TRACE_ID,
     CallContext,
     ToolCatalog,
@@ -116,6 +118,8 @@ HTTP_STATUS: Final[Mapping[int, int]] = {
 
 _TOOL_ERROR_CODES: Final[tuple[tuple[type[ToolError], int], ...]] = (
     (UnknownTool, INVALID_PARAMS),
+    (UnknownNode, INVALID_PARAMS),
+    (NotOnNode, INVALID_PARAMS),
     (InvalidArguments, INVALID_PARAMS),
     (ZoneDenied, ZONE_DENIED),
     (PolicyBlocked, POLICY_BLOCKED),
@@ -275,6 +279,21 @@ class Caller:
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+def _pinned_node(tool: str, meta: Mapping[str, Any]) -> str | None:
+    """The node a call is pinned to (`_meta` `vsmcp/node`), checked for shape."""
+    pin = meta.get(META_NODE)
+    if pin is None:
+        return None
+    if not isinstance(pin, str) or not pin or len(pin) > MAX_ID_CHARS:
+        raise McpError(
+            INVALID_PARAMS,
+            f"Invalid params: _meta {META_NODE!r} of a call to {clip(tool)!r} must be a node id "
+            f"or name (a non-empty string of at most {MAX_ID_CHARS} characters)",
+            {"tool": clip(tool)},
+        )
+    return pin
+
+
 def _trace_fields(meta: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
     trace = meta.get(META_TRACE_ID)
     trace_id = trace if isinstance(trace, str) and 0 < len(trace) <= MAX_ID_CHARS else None
@@ -364,6 +383,9 @@ class McpCore:
             if not isinstance(arguments, dict):
                 raise InvalidArguments(name, "arguments must be an object", "arguments")
             ctx = self.context(caller, message, notify)
+            pin = _pinned_node(name, message.meta)
+            if pin is not None:
+                ctx = replace(ctx, pinned_node=pin)
             result = dict(await self.catalog.call_tool(name, arguments, ctx))
             if modern:
                 result["resultType"] = "complete"

@@ -58,6 +58,7 @@ from vsmcp.node.errors import NodeError
 from vsmcp.node.peers.service import MeshService, Peer, PeerUnavailableError
 from vsmcp.node.replication.service import RemoteTool, ReplicationService
 from vsmcp.node.routing.calls import ReplyItem
+from vsmcp.node.routing.pinning import MIN_ID_SUFFIX_CHARS, NotOnNode, resolve_pin
 from vsmcp.node.routing.wire import (
     MAX_CAUSALITY_ENTRIES,
     MAX_ID_CHARS,
@@ -451,6 +452,7 @@ class MeshCatalog(Service):
         loops: LoopSupervisor | None = None,
         commit_before_answer: bool = False,
         events: EventStream | None = None,
+        node_name: str = "",
     ) -> None:
         self._loops = loops or LoopSupervisor()
         self._events = events
@@ -462,6 +464,8 @@ class MeshCatalog(Service):
         self._mesh = mesh
         self._replication = replication
         self._node_id = node_id
+        # This node's own name, for calls pinned to it by name (`vsmcp/node`).
+        self.node_name = node_name or node_id[-MIN_ID_SUFFIX_CHARS:]
         self._zones = zones
         self._audit = audit
         self._call_timeout_s = call_timeout_s
@@ -764,6 +768,8 @@ class MeshCatalog(Service):
     async def _call(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext, tried: list[str]
     ) -> ToolResult:
+        if ctx.pinned_node is not None:
+            return await self._call_pinned(name, arguments, ctx, tried, ctx.pinned_node)
         local = self._running_local(name)
         if local is not None:
             unit, spec = local
@@ -789,6 +795,47 @@ class MeshCatalog(Service):
             # (unknown tool, or the state of the unit that declares it).
             return await self.local.call_tool(name, arguments, ctx)
         return await self._call_remote(name, arguments, ctx, tried, admitted=False)
+
+    async def _call_pinned(
+        self,
+        name: str,
+        arguments: Mapping[str, Any],
+        ctx: CallContext,
+        tried: list[str],
+        pin: str,
+    ) -> ToolResult:
+        """The call on the node `pin` names, and nowhere else (no failover)."""
+        node_id = resolve_pin(
+            pin, name, self_id=self._node_id, self_name=self.node_name, known=self._mesh.peers
+        )
+        if node_id == self._node_id:
+            local = self._running_local(name)
+            if local is None:
+                if name not in self._local_units:
+                    raise NotOnNode(name, node_id, pin)
+                # Declared here but not running: the local catalog names its state.
+                return await self.local.call_tool(name, arguments, ctx)
+            unit, spec = local
+            self.local.policy.admit(spec, arguments, ctx)
+            tried.append(node_id)
+            return await unit.call(name, arguments, ctx)
+        if not any(r.tool.provider == node_id for r in self._remote.get(name, ())):
+            self._refresh_remote()
+        entries = [r for r in self._remote.get(name, ()) if r.tool.provider == node_id]
+        policy = self.local.policy
+        visible = [r for r in entries if policy.visible(r.spec, ctx)]
+        if not visible:
+            raise NotOnNode(name, node_id, pin)
+        policy.admit(visible[0].spec, arguments, ctx)
+        state = self._state(node_id)
+        if state not in USABLE_STATES:
+            raise NoProvider(name, {node_id: state}, None)
+        ctx = ctx.with_timeout(self._call_timeout_s)
+        tried.append(node_id)
+        try:
+            return await self._attempt(node_id, name, arguments, ctx, ctx.remaining_s() or 0.0)
+        except _Retry as r:
+            raise r.error from None
 
     async def _call_remote(
         self,

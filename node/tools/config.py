@@ -80,18 +80,26 @@ class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     """A Python tool: `target = "package.module:function"`.
 
     The target is either a `node.tools.functions.PluginTool` (which carries its own
-    name, schema and zone; fields set here override them) or a callable
-    `fn(arguments, ctx)`, sync or async.
+    name, schema and zone; fields set here override them) or a callable, sync or async:
+    `fn(arguments, ctx)` (the arguments dict), or a function written as the MCP SDK's
+    `@mcp.tool()` takes it, `def add(a: int, b: int) -> int` (schemas derived).
     """
 
     name: Annotated[ToolName, doc("the tool's name")]
     target: Annotated[
-        str, doc('"package.module:function": a PluginTool or a callable fn(arguments, ctx)')
+        str,
+        doc(
+            '"package.module:function": a PluginTool, a callable fn(arguments, ctx), or a '
+            "type-hinted keyword function as the MCP SDK takes it (docs/plugins.md)"
+        ),
     ]
     description: Annotated[str, doc("shown to clients; empty: the function's docstring")] = ""
     input_schema: Annotated[
         dict[str, Any] | None,
-        doc("JSON Schema of the arguments; unset: the target's, or any object"),
+        doc(
+            "JSON Schema of the arguments; unset: the target's, derived from a keyword "
+            "function's signature, or any object; a keyword function must match it"
+        ),
     ] = None
     zone: Annotated[
         str | None, doc("lowest caller zone allowed to call it; unset: the target's, or public")
@@ -121,7 +129,12 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         default_factory=dict
     )
     mode: Annotated[
-        Literal["auto", "legacy"], doc("protocol: auto (negotiate) | legacy (2025-11-25 only)")
+        Literal["auto", "legacy"],
+        doc(
+            "protocol: auto (2026-07-28 if the server answers it, else 2025-11-25; a server "
+            "answering 2026-07-28 in the 2025-11-25 shape is reconnected in 2025-11-25) | "
+            "legacy (2025-11-25 only)"
+        ),
     ] = "auto"
     namespace: Annotated[
         str | None, doc('tools are named <namespace>.<tool>; unset: name; "": unprefixed')
@@ -283,7 +296,12 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         "public"
     )
     allowed_origins: Annotated[
-        list[str], doc("browser Origins HTTP answers (every route); another Origin gets 403")
+        list[str],
+        doc(
+            "browser Origins HTTP answers (every route) besides loopback origins "
+            "(localhost, 127.0.0.1, [::1], any port) on loopback connections; "
+            "another Origin gets 403"
+        ),
     ] = msgspec.field(default_factory=list)
     allowed_hosts: Annotated[
         list[str],

@@ -1,17 +1,23 @@
 """A provider that serves Python callables as tools (built-ins and plugins use it).
 
-A tool function is called as `fn(arguments, ctx)` (or `fn(arguments)` when it takes
-one parameter). It may be async or sync; a sync function runs in a worker thread so
-it cannot stall the event loop (the unit's concurrency limit bounds the threads).
+Two forms of tool function, told apart by the first parameter's name:
+- the dict form, `fn(arguments, ctx)` (or `fn(arguments)`): the arguments dict
+  positionally, the schema declared by hand (`@tool(input_schema=...)` or config);
+- the keyword form, as the MCP SDK's `@mcp.tool()` takes it: `def add(a: int, b: int)
+  -> int`, called with keyword arguments, its input schema, description and structured
+  output derived from the signature and docstring (`node.tools.signature`, imported
+  only when such a function is loaded).
+Either may be async or sync; a sync function runs in a worker thread so it cannot stall
+the event loop (the unit's concurrency limit bounds the threads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 from vsmcp.node.tools.errors import ToolConfigError, UnknownTool
 from vsmcp.node.tools.model import (
@@ -24,6 +30,8 @@ from vsmcp.node.tools.model import (
 from vsmcp.node.tools.model import to_result as _to_result
 
 ToolFunction = Callable[..., Any]
+# The first parameter's name that marks the dict form `fn(arguments, ctx)`.
+DICT_FORM_PARAMETER: Final = "arguments"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,18 +41,31 @@ class PluginTool:
     name: str
     fn: ToolFunction
     description: str = ""
-    input_schema: Mapping[str, Any] = field(default_factory=lambda: dict(EMPTY_OBJECT_SCHEMA))
+    # None: the keyword form's derived schema, or any object for the dict form.
+    input_schema: Mapping[str, Any] | None = None
     zone: str = "public"
     annotations: Mapping[str, Any] | None = None
 
-    def spec(self, provider: ProviderKind) -> ToolSpec:
+    def spec(
+        self,
+        provider: ProviderKind,
+        input_schema: Mapping[str, Any] | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        docstring: str | None = None,
+    ) -> ToolSpec:
+        """`docstring`: the description when none is set (default: the function's
+        docstring's first paragraph)."""
+        if docstring is None:
+            docstring = (inspect.getdoc(self.fn) or "").split("\n\n")[0]
+        schema = input_schema if input_schema is not None else self.input_schema
         return ToolSpec(
             name=self.name,
-            description=self.description or (inspect.getdoc(self.fn) or "").split("\n\n")[0],
-            input_schema=self.input_schema,
+            description=self.description or docstring,
+            input_schema=schema if schema is not None else dict(EMPTY_OBJECT_SCHEMA),
             zone=self.zone,
             provider=provider,
             annotations=self.annotations,
+            output_schema=output_schema,
         )
 
 
@@ -55,24 +76,41 @@ def tool(
     input_schema: Mapping[str, Any] | None = None,
     zone: str = "public",
 ) -> Callable[[ToolFunction], PluginTool]:
-    """Decorator for plugin modules: `@tool(input_schema={...})` on `fn(arguments, ctx)`."""
+    """Decorator for plugin modules: `@tool(input_schema={...})` on `fn(arguments, ctx)`,
+    or `@tool(zone=...)` on a keyword-form function (its schema derived)."""
 
     def wrap(fn: ToolFunction) -> PluginTool:
         return PluginTool(
             name=name or fn.__name__,
             fn=fn,
             description=description,
-            input_schema=input_schema if input_schema is not None else dict(EMPTY_OBJECT_SCHEMA),
+            input_schema=input_schema,
             zone=zone,
         )
 
     return wrap
 
 
-def _wants_ctx(fn: ToolFunction) -> bool:
+def _parameters(fn: ToolFunction) -> list[inspect.Parameter] | None:
     try:
-        params = list(inspect.signature(fn).parameters.values())
+        return list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
+        return None  # no signature to read (a builtin): the dict form, as always
+
+
+def takes_arguments_dict(fn: ToolFunction) -> bool:
+    """The dict form: the first parameter is `arguments` (or `*args`)."""
+    params = _parameters(fn)
+    if params is None:
+        return True
+    return bool(params) and (
+        params[0].name == DICT_FORM_PARAMETER or params[0].kind is inspect.Parameter.VAR_POSITIONAL
+    )
+
+
+def _wants_ctx(fn: ToolFunction) -> bool:
+    params = _parameters(fn)
+    if params is None:
         return True
     positional = [
         p
@@ -82,12 +120,42 @@ def _wants_ctx(fn: ToolFunction) -> bool:
     return len(positional) != 1 or positional[0].kind is inspect.Parameter.VAR_POSITIONAL
 
 
+ToolCall = Callable[[Mapping[str, Any], CallContext], Awaitable[ToolResult]]
+
+
+def _dict_form_call(fn: ToolFunction) -> ToolCall:
+    is_async = inspect.iscoroutinefunction(fn)
+    wants_ctx = _wants_ctx(fn)
+
+    async def call(arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        args: tuple[Any, ...] = (dict(arguments), ctx) if wants_ctx else (dict(arguments),)
+        if is_async:
+            value = await fn(*args)
+        else:
+            value = await asyncio.to_thread(fn, *args)
+            if inspect.isawaitable(value):
+                value = await value
+        return _to_result(value)
+
+    return call
+
+
 @dataclass(frozen=True, slots=True)
 class _Bound:
     spec: ToolSpec
-    fn: ToolFunction
-    is_async: bool
-    wants_ctx: bool
+    call: ToolCall
+
+
+def _bound(t: PluginTool, kind: ProviderKind) -> _Bound:
+    if takes_arguments_dict(t.fn):
+        return _Bound(t.spec(kind), _dict_form_call(t.fn))
+    # Imported here: the SDK's server machinery is heavy, and only this form needs it.
+    from vsmcp.node.tools.signature import keyword_tool
+
+    derived = keyword_tool(t.name, t.fn, t.input_schema)
+    # The whole docstring, as the SDK's tool decorator describes a function.
+    spec = t.spec(kind, derived.input_schema, derived.output_schema, inspect.getdoc(t.fn) or "")
+    return _Bound(spec, derived.call)
 
 
 class FunctionProvider:
@@ -117,12 +185,7 @@ class FunctionProvider:
         for t in tools:
             if t.name in bound:
                 raise ToolConfigError(f"unit {self._name!r} declares tool {t.name!r} twice")
-            bound[t.name] = _Bound(
-                spec=t.spec(self._kind),
-                fn=t.fn,
-                is_async=inspect.iscoroutinefunction(t.fn),
-                wants_ctx=_wants_ctx(t.fn),
-            )
+            bound[t.name] = _bound(t, self._kind)
         self._tools = bound
         self._declared = tuple(b.spec for b in bound.values())
 
@@ -138,11 +201,4 @@ class FunctionProvider:
         bound = self._tools.get(tool)
         if bound is None:
             raise UnknownTool(tool)
-        args: tuple[Any, ...] = (dict(arguments), ctx) if bound.wants_ctx else (dict(arguments),)
-        if bound.is_async:
-            value = await bound.fn(*args)
-        else:
-            value = await asyncio.to_thread(bound.fn, *args)
-            if inspect.isawaitable(value):
-                value = await value
-        return _to_result(value)
+        return await bound.call(arguments, ctx)

@@ -29,6 +29,8 @@ EMPTY_OBJECT_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
 META_TRACE_ID: Final = "vsmcp/traceId"
 META_CAUSALITY: Final = "vsmcp/causality"
 META_ORIGIN: Final = "vsmcp/origin"
+# A client pins a call to one node (its id or name) in the request's `_meta`.
+META_NODE: Final = "vsmcp/node"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +90,8 @@ class CallContext:
     entry_origin: str | None = None
     # The HTTP client's address at the entry node (`addr:<ip>` mitigations), if any.
     client_addr: str | None = None
+    # The node the caller pinned this call to (`_meta` `vsmcp/node`: id or name), if any.
+    pinned_node: str | None = None
 
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
@@ -118,6 +122,7 @@ class CallContext:
             deadline=deadline,
             entry_origin=self.entry_origin,
             client_addr=self.client_addr,
+            pinned_node=self.pinned_node,
         )
 
     def caused_by(self, event_id: str) -> CallContext:

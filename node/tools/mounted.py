@@ -12,6 +12,20 @@ messages, logs stderr safely and kills the server's process group.
 Answers are capped at `tools.max_result_bytes` (`ResultTooLarge` for that call only),
 and a large text that `structuredContent` repeats is passed on once (`_drop_duplicate`):
 the SDK's servers send a `str` result twice, which doubled every large answer.
+
+An answer the SDK's validation refuses (a result that is not a `CallToolResult`, or
+structured content its own output schema refuses) fails that call alone with a
+`ProviderError` naming the problem, counted in `stats.malformed_answers`: one bad answer
+is not a fault of the tool or of the mount (no restart, no quarantine; those are for a
+process or connection that keeps dying).
+
+Protocol revision (`mode = "auto"`): the SDK probes `server/discover` and speaks
+2026-07-28 to a server that answers it. Some servers accept 2026-07-28 yet answer in the
+2025-11-25 shape (the TypeScript reference server's `tools/call` results carry no
+`resultType`). When a modern session's answer fails validation that way — at start, or
+on a call (that answer is read as the 2025-11-25 result it is, still checked against
+the tool's output schema) — the mount reconnects speaking 2025-11-25 and stays there
+(`stats.fallbacks`); calls arriving meanwhile wait for the new connection.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 
@@ -42,7 +56,8 @@ if TYPE_CHECKING:
     # connects, not with the node: an idle node without mounts never loads it.
     from mcp.client.client import Client
     from mcp.shared.exceptions import MCPError
-    from mcp_types import RequestParamsMeta, Tool
+    from mcp_types import CallToolResult, RequestParamsMeta, Tool
+    from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +71,13 @@ ENVELOPE_SLACK_BYTES = 64 << 10
 # once (`_drop_duplicate`); shorter answers keep both, as clients may read either.
 DUPLICATE_STRUCTURED_MIN_BYTES = 4096
 _DEAD_CONNECTION = (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError, EOFError)
+# The revision a mount falls back to when its 2026-07-28 answers do not hold.
+LEGACY_MODE: Final = "legacy"
+# How the SDK says a call's structured content broke the tool's own output schema
+# (`ClientSession.validate_tool_result`, a RuntimeError).
+_OUTPUT_SCHEMA_MARKS = ("Invalid structured content", "did not return structured content")
+# How much of a validation error a caller is told (the first problems, not the input).
+MAX_PROBLEMS_SHOWN = 3
 
 
 class MountedServer:
@@ -71,6 +93,12 @@ class MountedServer:
         self._spec_by_name: dict[str, ToolSpec] = {}
         self._remote: dict[str, str] = {}
         self._on_change: Callable[[], None] | None = None
+        # Set once a mode = "auto" server's 2026-07-28 answers did not hold: every
+        # later connection speaks 2025-11-25.
+        self._legacy = False
+        self._renegotiate = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._reconnecting = False
 
     @property
     def name(self) -> str:
@@ -144,7 +172,8 @@ class MountedServer:
             cap = self._max_result_bytes + ENVELOPE_SLACK_BYTES
             http = await stack.enter_async_context(capped_http_client(cfg.headers, cap))
             target = streamable_http_client(cfg.url, http_client=http, max_sse_event_size=cap)
-        return await stack.enter_async_context(Client(target, mode=cfg.mode, cache=None))
+        mode = LEGACY_MODE if self._legacy else cfg.mode
+        return await stack.enter_async_context(Client(target, mode=mode, cache=None))
 
     def _describe(self) -> str:
         cfg = self._cfg
@@ -184,39 +213,106 @@ class MountedServer:
         return client
 
     async def run(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
+        from pydantic import ValidationError
+
+        announced = False
+        while True:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    client = await self._start(stack, stop)
+                except ValidationError as exc:
+                    # Discovery or the listing did not validate: the server is not what
+                    # 2026-07-28 says. Leaving the block closes this connection.
+                    if not self._fall_back(f"its answers at start: {_problems(exc)}"):
+                        raise UnitFault(
+                            f"mount {self._cfg.name!r}: malformed answer at start: {_problems(exc)}"
+                        ) from exc
+                    continue
+                if client is None:
+                    return
+                self._renegotiate.clear()  # this is the renegotiated connection
+                self._client = client
+                self._reconnecting = False
+                self._connected.set()
+                if not announced:
+                    ready()
+                    announced = True
+                try:
+                    if await self._serve(client, stop):
+                        return
+                finally:
+                    self._client = None
+                    self._connected.clear()
+
+    async def _serve(self, client: Client, stop: asyncio.Event) -> bool:
+        """Probe the server's health until `stop` (True) or a fallback asks for a new
+        connection (False)."""
         from mcp.shared.exceptions import MCPError
+        from pydantic import ValidationError
 
         cfg = self._cfg
-        async with contextlib.AsyncExitStack() as stack:
-            client = await self._start(stack, stop)
-            if client is None:
-                return
-            self._client = client
-            ready()
+        while True:
+            if self._renegotiate.is_set():
+                self._renegotiate.clear()
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cfg.health_interval_s):
+                    await _first_of(stop, self._renegotiate)
+            if stop.is_set():
+                return True
+            if self._renegotiate.is_set():
+                continue
             try:
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=cfg.health_interval_s)
-                        return
-                    try:
-                        async with asyncio.timeout(cfg.health_timeout_s):
-                            await self._refresh(client)
-                    except (MCPError, TimeoutError, *_DEAD_CONNECTION) as exc:
-                        raise UnitFault(f"mount {cfg.name!r} health check failed: {exc!r}") from exc
-            finally:
-                self._client = None
+                async with asyncio.timeout(cfg.health_timeout_s):
+                    await self._refresh(client)
+            except ValidationError as exc:
+                if not self._fall_back(f"its tool list: {_problems(exc)}"):
+                    raise UnitFault(
+                        f"mount {cfg.name!r} health check failed: malformed tool list: "
+                        f"{_problems(exc)}"
+                    ) from exc
+            except (MCPError, TimeoutError, *_DEAD_CONNECTION) as exc:
+                raise UnitFault(f"mount {cfg.name!r} health check failed: {exc!r}") from exc
+
+    def _fall_back(self, what: str) -> bool:
+        """Reconnect in 2025-11-25 if this mount may (mode = "auto", still modern);
+        False if it may not (the answer is broken in any revision)."""
+        if self._cfg.mode != "auto" or self._legacy:
+            return False
+        self._legacy = True
+        self._reconnecting = True
+        self._connected.clear()  # calls from now on wait for the new connection
+        self.stats.fallbacks += 1
+        self._renegotiate.set()
+        log.warning(
+            "mount %s: %s did not validate as 2026-07-28; reconnecting in 2025-11-25",
+            self._cfg.name,
+            what,
+        )
+        return True
+
+    async def _connection(self) -> Client:
+        """The live client; during a fallback's reconnection, the next one."""
+        client = self._client
+        if client is not None and not self._renegotiate.is_set():
+            return client
+        if self._reconnecting:
+            # Bounded by the call's own deadline (the supervisor's timeout).
+            await self._connected.wait()
+            if self._client is not None:
+                return self._client
+        raise UnitFault(f"mount {self._cfg.name!r} is not connected")
 
     async def call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
         # Loaded by `_open` before any call can reach here: a lookup in sys.modules.
         from mcp.shared.exceptions import MCPError
         from mcp_types import CONNECTION_CLOSED
+        from pydantic import ValidationError
 
         remote = self._remote.get(tool)
         if remote is None:
             raise UnknownTool(tool)
-        client = self._client
-        if client is None:
-            raise UnitFault(f"mount {self._cfg.name!r} is not connected")
+        client = await self._connection()
 
         async def forward(progress: float, total: float | None, message: str | None) -> None:
             await ctx.report_progress(progress, total, message)
@@ -235,6 +331,13 @@ class MountedServer:
             raise ProviderError(tool, exc.error.message, exc.code) from exc
         except _DEAD_CONNECTION as exc:
             raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
+        except ValidationError as exc:
+            result = await self._older_shape(tool, remote, client, exc)
+        except RuntimeError as exc:
+            malformed = self._malformed(tool, exc)
+            if malformed is None:
+                raise  # not about the answer: a bug, counted against the tool
+            raise malformed from exc
         dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         out = {key: dumped[key] for key in RESULT_KEYS if key in dumped}
         # An HTTP answer is read whole by the SDK; at least it does not go further.
@@ -244,6 +347,44 @@ class MountedServer:
         spec = self._spec_by_name.get(tool)
         _drop_duplicate(out, spec is not None and spec.output_schema is not None)
         return out
+
+    async def _older_shape(
+        self, tool: str, remote: str, client: Client, exc: ValidationError
+    ) -> CallToolResult:
+        """A modern session's answer lacking only `resultType` is a 2025-11-25 result:
+        read as such (still checked against the tool's output schema), and the mount
+        falls back to 2025-11-25 for the calls after this one. Anything else that did
+        not validate is malformed."""
+        from mcp_types import CallToolResult
+        from pydantic import ValidationError
+
+        raw = _without_result_type(exc)
+        if raw is None or client.protocol_version == _LEGACY_VERSION:
+            raise self._malformed(tool, exc) or exc from exc
+        try:
+            result = CallToolResult.model_validate({**raw, "resultType": "complete"})
+            if not result.is_error:
+                await client.session.validate_tool_result(remote, result)
+        except (ValidationError, RuntimeError) as again:
+            raise self._malformed(tool, again) or again from exc
+        self._fall_back(f"a {tool!r} answer (no resultType)")
+        return result
+
+    def _malformed(self, tool: str, exc: Exception) -> ProviderError | None:
+        """The error for one answer the SDK refused: that call fails, counted, no fault.
+        None for a RuntimeError that is not about the answer (a bug)."""
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            problems = _problems(exc)
+        elif any(mark in str(exc) for mark in _OUTPUT_SCHEMA_MARKS):
+            problems = str(exc).splitlines()[0]
+        else:
+            return None
+        self.stats.malformed_answers += 1
+        detail = f"malformed answer from mount {self._cfg.name!r}: {problems}"
+        log.warning("tool %s: %s", tool, detail)
+        return ProviderError(tool, detail)
 
     def _raise_too_large(self, tool: str, exc: MCPError) -> None:
         """`ResultTooLarge` if `exc` is how a transport cut a too-large answer."""
@@ -261,6 +402,44 @@ class MountedServer:
         if http_cut or sse_cut:
             self.stats.oversized_messages += 1
             raise ResultTooLarge(tool, None, self._max_result_bytes) from exc
+
+
+_LEGACY_VERSION: Final = "2025-11-25"
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Return once any of `events` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def _problems(exc: ValidationError) -> str:
+    """The first few problems of a validation error, by field (not the input)."""
+    errors = exc.errors(include_input=False, include_url=False)
+    # A tools/call answer is tried as each shape it may have: say what was wrong with it
+    # as a CallToolResult, not that it is no InputRequiredResult either.
+    as_result = [e for e in errors if e["loc"][:1] == ("CallToolResult",)]
+    if as_result:
+        errors = [{**e, "loc": e["loc"][1:]} for e in as_result]
+    shown = [
+        f"{'.'.join(str(p) for p in error['loc']) or 'result'}: {error['msg']}"
+        for error in errors[:MAX_PROBLEMS_SHOWN]
+    ]
+    more = len(errors) - len(shown)
+    return "; ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _without_result_type(exc: ValidationError) -> dict[str, Any] | None:
+    """The answer, if what the validation missed in it includes `resultType`."""
+    for error in exc.errors(include_url=False):
+        answer = error.get("input")
+        if error["type"] == "missing" and error["loc"][-1:] == ("resultType",):
+            return answer if isinstance(answer, dict) else None
+    return None
 
 
 def _content_chars(content: Any) -> int:

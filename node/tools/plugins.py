@@ -12,10 +12,10 @@ import importlib.metadata
 from collections.abc import Iterable
 from typing import Any
 
+from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import PluginToolConfig
 from vsmcp.node.tools.errors import ToolConfigError
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
-from vsmcp.node.tools.model import EMPTY_OBJECT_SCHEMA
 
 ENTRY_POINT_GROUP = "vsmcp.tools"
 
@@ -56,16 +56,20 @@ def _configured_tool(cfg: PluginToolConfig) -> PluginTool:
         name=cfg.name,
         fn=obj,
         description=cfg.description,
-        input_schema=cfg.input_schema
-        if cfg.input_schema is not None
-        else dict(EMPTY_OBJECT_SCHEMA),
+        input_schema=cfg.input_schema,
         zone=cfg.zone or "public",
     )
 
 
-def plugin_provider(cfg: PluginToolConfig) -> FunctionProvider:
-    """One unit `plugin:<name>` serving the configured callable; restarts re-resolve it."""
-    return FunctionProvider(f"plugin:{cfg.name}", lambda: [_configured_tool(cfg)])
+def plugin_provider(cfg: PluginToolConfig, key: str = "tools.plugins") -> FunctionProvider:
+    """One unit `plugin:<name>` serving the configured callable; restarts re-resolve it.
+
+    A target that does not load, or whose signature does not match its schema, is
+    refused at start as a config error naming `key` (the entry: exit 2)."""
+    try:
+        return FunctionProvider(f"plugin:{cfg.name}", lambda: [_configured_tool(cfg)])
+    except ToolConfigError as exc:
+        raise ConfigError(f"{key}.target", str(exc)) from exc
 
 
 def _as_tools(obj: Any, source: str) -> list[PluginTool]:
@@ -89,5 +93,10 @@ def entry_point_providers(group: str = ENTRY_POINT_GROUP) -> list[FunctionProvid
         def load(ep: importlib.metadata.EntryPoint = ep, source: str = source) -> list[PluginTool]:
             return _as_tools(ep.load(), source)
 
-        providers.append(FunctionProvider(f"entry:{ep.name}", load))
+        try:
+            providers.append(FunctionProvider(f"entry:{ep.name}", load))
+        except ToolConfigError as exc:
+            # A broken installed package stops the start like a bad config entry: the
+            # operator turns `tools.entry_points` off or fixes the package.
+            raise ConfigError("tools.entry_points", f"{source}: {exc}") from exc
     return providers

@@ -188,8 +188,9 @@ def build_local_catalog(
         ),
         default,
     )
-    for plugin in tools.plugins:
-        catalog.add(plugin_provider(plugin), unit_policy(tools, plugin.limits))
+    for i, plugin in enumerate(tools.plugins):
+        provider = plugin_provider(plugin, f"tools.plugins[{i}]")
+        catalog.add(provider, unit_policy(tools, plugin.limits))
     if tools.entry_points:
         for provider in entry_point_providers():
             catalog.add(provider, default)

@@ -83,6 +83,10 @@ class StdioStats:
 
     garbage_lines: int = 0
     oversized_messages: int = 0
+    # Answers the SDK's validation refused (any transport): that call failed, no fault.
+    malformed_answers: int = 0
+    # Reconnections in 2025-11-25 after the server's 2026-07-28 answers did not hold.
+    fallbacks: int = 0
     stderr_lines: int = 0
     stderr_dropped: int = 0
 

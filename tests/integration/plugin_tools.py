@@ -59,3 +59,24 @@ def block(arguments: Mapping[str, Any]) -> str:
     Path(arguments["marker"]).write_text("blocked")
     threading.Event().wait()
     return "unreachable"
+
+
+# The MCP SDK's form (what `@mcp.tool()` takes): keyword arguments, schemas derived.
+
+
+def add_numbers(a: int, b: int) -> int:
+    """Add two integers.
+
+    Written as every FastMCP user writes a first tool."""
+    return a + b
+
+
+async def greet(name: str, ctx: CallContext, punctuation: str = "!") -> dict[str, str]:
+    """Greet `name`, reporting progress on the way."""
+    await ctx.report_progress(1, 1, "greeting")
+    return {"greeting": f"Hello, {name}{punctuation}", "trace": ctx.trace_id}
+
+
+def mismatched(a: int, c: int) -> int:
+    """Declared in config with a schema naming `a` and `b`: refused at load."""
+    return a + c

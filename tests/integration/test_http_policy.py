@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import HTTP_TIMEOUT_S, NodeProcess
+from tests.integration.sdk_client import MODES, sdk_client
+from vsmcp.node.mcp.protocol import FORBIDDEN_ORIGIN
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +82,36 @@ def test_every_route_refuses_a_foreign_origin(node: NodeProcess, path: str) -> N
     status, body, _ = _request(node, path, {"Origin": "http://evil.example"})
     assert status == 403, path
     assert "evil.example" in body.decode()
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_every_route_answers_a_page_served_on_this_machine(node: NodeProcess, path: str) -> None:
+    """A browser client on the same machine (a page at http://localhost:<any port>)
+    reaches a loopback node; a look-alike origin does not."""
+    for origin in ("http://localhost:6274", "http://127.0.0.1:3000", "http://[::1]:5173"):
+        status, _, _ = _request(node, path, {"Origin": origin})
+        assert status == 200, (path, origin)
+    status, _, _ = _request(node, path, {"Origin": "http://localhost.evil.example"})
+    assert status == 403, path
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sdk_client_from_a_localhost_page_is_served(node: NodeProcess, mode: str) -> None:
+    local_page = {"Origin": f"http://localhost:{node.info['http_port']}"}
+    async with sdk_client(f"{node.url}/mcp", mode, local_page) as client:
+        echoed = await client.call_tool("echo", {"text": "from a local page"})
+        assert echoed.content[0].text == "from a local page"  # type: ignore[union-attr]
+    # The SDK raises the JSON-RPC error of the 403 answer inside its task groups.
+    with pytest.RaisesGroup(
+        pytest.RaisesGroup(pytest.RaisesExc(MCPError, check=_forbidden_origin))
+    ):
+        foreign = {"Origin": "http://evil.example"}
+        async with sdk_client(f"{node.url}/mcp", mode, foreign) as client:
+            await client.call_tool("echo", {"text": "x"})
+
+
+def _forbidden_origin(error: MCPError) -> bool:
+    return error.error.code == FORBIDDEN_ORIGIN and "evil.example" in error.error.message
 
 
 def test_an_oversized_header_gets_431_and_one_log_line(node: NodeProcess) -> None:

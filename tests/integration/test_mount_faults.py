@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
 from tests.polling import async_wait_for, async_wait_until, wait_for
+from vsmcp.node.mcp.protocol import TOOL_TIMEOUT
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +282,83 @@ def test_a_missing_mount_command_is_logged_with_its_path(
     )
     node.signal(signal.SIGTERM)
     assert node.wait_exit(timeout_s=EXIT_DEADLINE_S) == 0
+
+
+MALFORMED_SERVER = REPO_ROOT / "tests" / "node" / "tools" / "malformed_server.py"
+
+
+def malformed_config(omit_result_type: bool) -> str:
+    env = '{ MALFORMED_OMIT_RESULT_TYPE = "1" }' if omit_result_type else "{}"
+    return f"""
+[mesh]
+preset = "local"
+[tools]
+entry_points = false
+[tools.supervision]
+crash_loop_failures = 3
+[[tools.mounts]]
+name = "m"
+command = {json.dumps(sys.executable)}
+args = [{json.dumps(str(MALFORMED_SERVER))}]
+env = {env}
+"""
+
+
+@pytest.mark.parametrize("omit_result_type", [False, True], ids=["2026-shape", "2025-shape"])
+async def test_malformed_answers_cost_their_calls_not_the_mount(
+    tmp_path: Path, node_factory: list[NodeProcess], omit_result_type: bool
+) -> None:
+    """A hand-written server under the default mode = "auto": 10 malformed answers on
+    one tool each fail with a clear error (more than the 3 faults that would quarantine
+    it), the mount's other tools keep answering, nothing restarts. A server that
+    accepts 2026-07-28 but answers in the 2025-11-25 shape (no `resultType`) works."""
+    node, _ = start_node(tmp_path, node_factory, malformed_config(omit_result_type))
+    async with mcp_client(node) as client:
+        await wait_for_tool(client, "m.malformed")
+        for _ in range(10):
+            with pytest.raises(MCPError, match="malformed answer from mount 'm': content: Input"):
+                await client.call_tool("m.malformed", {})
+            echo = await client.call_tool("m.echo", {"text": "still here"})
+            assert echo.is_error is False
+            assert echo.content[0].text == "still here"  # type: ignore[union-attr]
+        assert "m.malformed" in await tool_names(client)  # not quarantined
+    metrics = node.get("/metrics")[1].decode()
+    assert 'vsmcp_mount_malformed_answers_total{mount="m"} 10.0' in metrics
+    fallbacks = 1 if omit_result_type else 0
+    assert f'vsmcp_mount_protocol_fallbacks_total{{mount="m"}} {fallbacks}.0' in metrics
+    log = node.log_text()
+    assert "restarting" not in log and "quarantined" not in log
+
+
+async def test_junk_a_hang_and_a_death_cost_only_their_own_calls(
+    tmp_path: Path, node_factory: list[NodeProcess]
+) -> None:
+    """One mount, under the default mode: while a call hangs (until its 3 s timeout),
+    a call that makes the server write junk on stdout and plain calls answer; a call
+    that kills the server fails, and the mount's tools answer again once it restarted."""
+    text = config(tmp_path / "pids").replace("timeout_s = 120", "timeout_s = 3")
+    node, _ = start_node(tmp_path, node_factory, text)
+    async with mcp_client(node) as client:
+        await wait_for_tool(client, "f.hang")
+        hung = asyncio.create_task(client.call_tool("f.hang", {}))
+        await async_wait_until(
+            Path(str(tmp_path / "pids") + ".hang").exists, timeout_s=30, what="hang started"
+        )
+        after_junk = await client.call_tool("f.garbage", {})
+        assert after_junk.content[0].text == "after garbage"  # type: ignore[union-attr]
+        assert (await client.call_tool("f.echo", {"text": "beside"})).is_error is False
+        with pytest.raises(MCPError) as timed_out:
+            await hung
+        assert timed_out.value.error.code == TOOL_TIMEOUT
+        with pytest.raises(MCPError, match="connection closed"):
+            await client.call_tool("f.crash", {})
+
+        async def echo_back() -> bool:
+            try:
+                return (await client.call_tool("f.echo", {"text": "back"})).is_error is False
+            except MCPError:
+                return False  # restarting: refused with a retry-after, as it should
+
+        await async_wait_for(echo_back, timeout_s=60, what="the mount answering again")
+    metrics = node.get("/metrics")[1].decode()
+    assert 'vsmcp_mount_garbage_lines_total{mount="f"} 1.0' in metrics

@@ -14,19 +14,18 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx2
 import pytest
 from mcp.client.client import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
+from tests.integration.sdk_client import MODES, sdk_client
 from tests.polling import async_wait_for
 from tests.skips import skip_or_fail
 from vsmcp.node.mcp.protocol import (
@@ -41,7 +40,6 @@ from vsmcp.node.mcp.protocol import (
 pytestmark = pytest.mark.integration
 
 PUBLIC_TOKEN = "public-token-0123456789"
-MODES = ["auto", "legacy"]
 MODERN_META = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
     "io.modelcontextprotocol/clientCapabilities": {},
@@ -204,13 +202,8 @@ def ready(mesh: Mesh) -> Mesh:
     return mesh
 
 
-@asynccontextmanager
-async def _client(url: str, mode: str, token: str | None = None) -> AsyncIterator[Client]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers) as http:
-        transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode=mode, cache=None) as client:
-            yield client
+def _client(url: str, mode: str, token: str | None = None) -> AbstractAsyncContextManager[Client]:
+    return sdk_client(url, mode, {"Authorization": f"Bearer {token}"} if token else None)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -234,6 +227,52 @@ async def test_sdk_client_at_c_lists_and_calls_tools_of_a_and_b(ready: Mesh, mod
     requested = re.search(r'vsmcp_mesh_calls_total\{event="requested"\} (\d+)', metrics)
     assert requested is not None and int(requested.group(1)) >= 3
     assert 'vsmcp_mesh_calls_total{event="calls_envelopes"}' in metrics
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_call_pinned_to_a_node_runs_there(ready: Mesh, mode: str) -> None:
+    """A and B both serve `shared.echo`: a pin (`_meta` `vsmcp/node`: node id, or the
+    node's name, by default its id's last 8 characters) decides which one runs it, every
+    time; C's own `echo` is reached by C's name."""
+    async with _client(ready.url, mode) as client:
+        for node, pin in (
+            (ready.a, ready.a.node_id),
+            (ready.b, ready.b.node_id[-8:]),
+            (ready.a, ready.a.node_id[-12:]),
+        ):
+            for _ in range(3):
+                echoed = await client.call_tool(
+                    "shared.echo", {"pinned": pin}, meta={"vsmcp/node": pin}
+                )
+                assert not echoed.is_error
+                assert echoed.meta is not None
+                assert echoed.meta["vsmcp/provider"] == node.node_id, pin
+        own = await client.call_tool(
+            "echo", {"text": "at c"}, meta={"vsmcp/node": ready.c.node_id[-8:]}
+        )
+        assert own.content[0].text == "at c"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_pin_to_no_such_node_is_a_clear_error(ready: Mesh, mode: str) -> None:
+    async with _client(ready.url, mode) as client:
+        with pytest.raises(MCPError) as unknown:
+            await client.call_tool("shared.echo", {}, meta={"vsmcp/node": "no-such-node"})
+        assert unknown.value.error.code == INVALID_PARAMS
+        assert "pinned to node 'no-such-node': no such node in this mesh" in (
+            unknown.value.error.message
+        )
+        # A known node that does not offer the tool: named, not failed over.
+        with pytest.raises(MCPError) as absent:
+            await client.call_tool("b.echo", {}, meta={"vsmcp/node": ready.a.node_id})
+        assert absent.value.error.code == INVALID_PARAMS
+        assert f"Tool 'b.echo' is not offered by node '{ready.a.node_id}'" in (
+            absent.value.error.message
+        )
+        with pytest.raises(MCPError) as malformed:
+            await client.call_tool("shared.echo", {}, meta={"vsmcp/node": 7})  # type: ignore[dict-item]
+        assert malformed.value.error.code == INVALID_PARAMS
+        assert "'vsmcp/node'" in malformed.value.error.message
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from vsmcp.node.app.config import load_config
 from vsmcp.node.app.node import Node
-from vsmcp.node.http.policy import host_name, local_http_url
+from vsmcp.node.http.policy import RequestPolicy, host_name, is_loopback_origin, local_http_url
+from vsmcp.node.mcp.protocol import FORBIDDEN_ORIGIN
 
 
 @pytest.mark.parametrize(
@@ -61,3 +65,51 @@ def test_loopback_names_are_allowed_wherever_the_node_listens(tmp_path: Path) ->
     on_lan = allowed(**{"http.host": "0.0.0.0", "mcp.allowed_hosts": ["node1.lan"]})
     assert on_lan is not None
     assert {"localhost", "127.0.0.1", "::1", "node1.lan"} <= set(on_lan)
+
+
+@pytest.mark.parametrize(
+    ("origin", "loopback"),
+    [
+        ("http://localhost:6274", True),
+        ("http://localhost", True),
+        ("https://LOCALHOST:8443/", True),
+        ("http://127.0.0.1:3000", True),
+        ("http://[::1]:5173", True),
+        ("http://[0:0:0:0:0:0:0:1]:5173", True),
+        # Not loopback origins: other hosts, look-alikes, things that are not origins.
+        ("http://evil.example", False),
+        ("http://localhost.evil.example", False),
+        ("http://localhost@evil.example", False),
+        ("http://evil.example/?localhost", False),
+        ("http://localhost:80/path", False),
+        ("file://localhost", False),
+        ("null", False),
+        ("http://127.0.0.2", False),
+        ("", False),
+    ],
+)
+def test_loopback_origins(origin: str, loopback: bool) -> None:
+    assert is_loopback_origin(origin) is loopback
+
+
+def _request_on(address: str, origin: str) -> web.Request:
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda key: (address, 7) if key == "sockname" else None
+    return make_mocked_request(
+        "GET", "/api/status", headers={"Host": "localhost:7", "Origin": origin}, transport=transport
+    )
+
+
+def test_a_loopback_origin_is_answered_only_on_loopback() -> None:
+    """A page on this machine (loopback origin, loopback connection) is answered; the
+    same origin arriving on a LAN address is another machine's page."""
+    policy = RequestPolicy(["localhost", "192.0.2.7"], ["http://app.example"])
+    assert policy.check(_request_on("127.0.0.1", "http://localhost:6274")) is None
+    assert policy.check(_request_on("::1", "http://[::1]:6274")) is None
+    assert policy.check(_request_on("::ffff:127.0.0.1", "http://127.0.0.1")) is None
+    refused = policy.check(_request_on("192.0.2.7", "http://localhost:6274"))
+    assert refused is not None and refused.code == FORBIDDEN_ORIGIN
+    refused = policy.check(_request_on("127.0.0.1", "http://evil.example"))
+    assert refused is not None and refused.code == FORBIDDEN_ORIGIN
+    # Listed origins are answered on any address.
+    assert policy.check(_request_on("192.0.2.7", "http://app.example/")) is None

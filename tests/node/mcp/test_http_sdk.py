@@ -124,7 +124,9 @@ async def test_tools_list_changed_reaches_a_listener(server: Server) -> None:
     async with connect(server, "auto") as client, client.listen(tools_list_changed=True) as sub:
         assert sub.honored.tools_list_changed
         server.catalog.add(
-            FunctionProvider("plugin:late", lambda: [PluginTool(name="late", fn=lambda a: "x")])
+            FunctionProvider(
+                "plugin:late", lambda: [PluginTool(name="late", fn=lambda arguments: "x")]
+            )
         )
         with anyio.fail_after(10):
             async for _event in sub:
@@ -150,7 +152,9 @@ async def test_legacy_session_stream_carries_list_changed(server: Server) -> Non
             what="GET stream open",
         )
         server.catalog.add(
-            FunctionProvider("plugin:later", lambda: [PluginTool(name="later", fn=lambda a: "x")])
+            FunctionProvider(
+                "plugin:later", lambda: [PluginTool(name="later", fn=lambda arguments: "x")]
+            )
         )
         with anyio.fail_after(10):
             await changed.wait()

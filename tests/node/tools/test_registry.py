@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import PluginToolConfig, RateLimitConfig, RateLimitsConfig, ToolsConfig
 from vsmcp.node.tools.errors import (
     InvalidArguments,
     RateLimited,
-    ToolConfigError,
     UnknownTool,
     ZoneDenied,
 )
@@ -97,8 +97,25 @@ def test_bad_plugin_target_is_a_config_error() -> None:
         plugins=[PluginToolConfig(name="x", target="tests.node.tools.nonexistent:fn")],
         entry_points=False,
     )
-    with pytest.raises(ToolConfigError, match="cannot import"):
+    with pytest.raises(ConfigError, match="cannot import") as refused:
         build_local_catalog(cfg)
+    assert refused.value.key == "tools.plugins[0].target"
+
+
+def test_a_plugin_whose_signature_does_not_match_its_schema_is_a_config_error() -> None:
+    schema = {"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a", "b"]}
+    cfg = ToolsConfig(
+        plugins=[
+            PluginToolConfig(name="fine", target="tests.integration.plugin_tools:add_numbers"),
+            PluginToolConfig(
+                name="bad", target="tests.integration.plugin_tools:mismatched", input_schema=schema
+            ),
+        ],
+        entry_points=False,
+    )
+    with pytest.raises(ConfigError, match="parameter 'c' of bad\\(a, c\\)") as refused:
+        build_local_catalog(cfg)
+    assert refused.value.key == "tools.plugins[1].target"
 
 
 def test_unknown_zone_fails_closed() -> None:

@@ -1,0 +1,65 @@
+"""Pinning a call to one node: `_meta` `vsmcp/node` names it by node id or by name.
+
+A node is named by its full id, by its configured `node.name` (this node's own only:
+names are not announced across the mesh yet), or by the last 8 or more characters of
+its id — which is also every node's default name. A name that matches no node, or
+more than one, is the caller's error; so is a pinned node that does not offer the tool.
+A pinned call is never failed over to another node: the caller asked for that one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Final
+
+from vsmcp.node.errors import clip
+from vsmcp.node.tools.errors import ToolError
+
+# The shortest id suffix a pin may use (the default node name is this long).
+MIN_ID_SUFFIX_CHARS: Final = 8
+
+
+class UnknownNode(ToolError):
+    """The pin names no node this one knows (or several)."""
+
+    reason = "unknown_node"
+
+    def __init__(self, tool: str, pin: str, why: str) -> None:
+        tool, pin = clip(tool), clip(pin)
+        super().__init__(
+            f"Call to {tool!r} pinned to node {pin!r}: {why}", {"tool": tool, "node": pin}
+        )
+
+
+class NotOnNode(ToolError):
+    """The pinned node does not offer the tool (to this caller)."""
+
+    reason = "not_on_node"
+
+    def __init__(self, tool: str, node_id: str, pin: str) -> None:
+        tool, pin = clip(tool), clip(pin)
+        super().__init__(
+            f"Tool {tool!r} is not offered by node {pin!r} ({node_id})",
+            {"tool": tool, "node": pin, "node_id": node_id},
+        )
+
+
+def resolve_pin(
+    pin: str, tool: str, *, self_id: str, self_name: str, known: Collection[str]
+) -> str:
+    """The node id `pin` names among this node (`self_id`, `self_name`) and `known` ids."""
+    if pin in (self_id, self_name):
+        return self_id
+    if pin in known:
+        return pin
+    if len(pin) >= MIN_ID_SUFFIX_CHARS:
+        matches = sorted(n for n in {self_id, *known} if n.endswith(pin))
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UnknownNode(tool, pin, f"names {len(matches)} nodes; give more of the id")
+    raise UnknownNode(
+        tool,
+        pin,
+        "no such node in this mesh (pin by node id, its last 8+ characters, or this node's name)",
+    )

@@ -1,0 +1,55 @@
+"""Which node a pin (`_meta` `vsmcp/node`) names."""
+
+from __future__ import annotations
+
+import pytest
+
+from vsmcp.node.routing.pinning import UnknownNode, resolve_pin
+
+SELF = "n" * 24 + "selfself"
+PEER = "p" * 24 + "peer0001"
+OTHER = "o" * 24 + "xxpeer01"
+
+
+def _resolve(pin: str) -> str:
+    return resolve_pin(pin, "t", self_id=SELF, self_name="edge-1", known=[PEER, OTHER])
+
+
+@pytest.mark.parametrize(
+    ("pin", "node"),
+    [
+        (SELF, SELF),
+        ("edge-1", SELF),  # this node's configured name
+        ("selfself", SELF),  # the default name of a node: its id's last 8 characters
+        (PEER, PEER),
+        ("peer0001", PEER),
+        ("ppppeer0001", PEER),
+    ],
+)
+def test_a_pin_names_a_node_by_id_name_or_id_suffix(pin: str, node: str) -> None:
+    assert _resolve(pin) == node
+
+
+@pytest.mark.parametrize(
+    ("pin", "why"),
+    [
+        ("edge-2", "no such node"),
+        ("peer01", "no such node"),  # under 8 characters: not an id suffix
+        ("zzzzzzzzzz", "no such node"),
+    ],
+)
+def test_a_pin_naming_no_node_is_refused(pin: str, why: str) -> None:
+    with pytest.raises(UnknownNode, match=why) as refused:
+        _resolve(pin)
+    assert refused.value.data["node"] == pin
+
+
+def test_a_pin_naming_several_nodes_is_refused() -> None:
+    with pytest.raises(UnknownNode, match="names 2 nodes"):
+        resolve_pin(
+            "aaaaaaaa",
+            "t",
+            self_id="x" * 8 + "aaaaaaaa",
+            self_name="",
+            known=["y" * 8 + "aaaaaaaa"],
+        )

@@ -1,0 +1,312 @@
+"""The PostgreSQL bridge against the machine's real PostgreSQL: a real `vsmcpd` mirrors
+its audit log into `audit_events`, SQL (asyncpg and psql) finds the rows, an outage
+through a proxy we cut loses and doubles nothing, `vsmcp audit verify --postgres` checks
+the mirror on its own and finds a tampered row, and a bad DSN is a clear error.
+
+Each test gets its own PostgreSQL schema (the DSN's search_path), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.integration.harness import (
+    NodeProcess,
+    run_cli,
+    run_daemon,
+    tool_call_message,
+)
+from tests.integration.tcp_proxy import TcpProxy
+from tests.polling import wait_for
+from tests.skips import POSTGRES_HOST, POSTGRES_PORT, require_postgres
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "pg-bridge-token-0123456789"
+OUTAGE_ENTRIES = 10_000
+CALLERS = 16
+
+
+def _config(dsn: str) -> str:
+    return f"""
+[tools]
+entry_points = false
+[[mcp.tokens]]
+name = "ops"
+token = "{TOKEN}"
+zone = "restricted"
+[bridges.postgres]
+dsn = "{dsn}"
+interval_s = 0.05
+retry_s = 0.2
+connect_timeout_s = 5
+"""
+
+
+def _sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A fresh schema of our own in the `test` database: its name."""
+    dsn = require_postgres()
+    name = f"vsmcp_t_{secrets.token_hex(6)}"
+    _sql(dsn, f"CREATE SCHEMA {name}")
+    try:
+        yield name
+    finally:
+        _sql(dsn, f"DROP SCHEMA {name} CASCADE")
+
+
+def _dsn(schema: str, port: int = POSTGRES_PORT) -> str:
+    return f"postgresql://postgres@{POSTGRES_HOST}:{port}/test?search_path={schema}"
+
+
+def _start(tmp_path: Path, dsn: str, nodes: list[NodeProcess]) -> NodeProcess:
+    config = tmp_path / "node.toml"
+    config.write_text(_config(dsn))
+    node = NodeProcess(tmp_path / "data", "--config", str(config))
+    nodes.append(node)
+    return node.start()
+
+
+def _bridge(node: NodeProcess) -> dict[str, Any]:
+    status: dict[str, Any] = node.get_json("/api/vsm")["bridges"]["postgres"]
+    return status
+
+
+def _local_head(node: NodeProcess) -> int:
+    conn = sqlite3.connect(f"file:{node.data_dir / 'vsmcp.db'}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM audit_entries").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _mirrored(dsn: str, node_id: str) -> tuple[int, int, int, int]:
+    """(rows, distinct seqs, min seq, max seq) of the node in audit_events."""
+    row = _sql(
+        dsn,
+        "SELECT count(*), count(DISTINCT seq), coalesce(min(seq), 0), coalesce(max(seq), 0) "
+        "FROM audit_events WHERE node_id = $1",
+        node_id,
+    )[0]
+    return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def _caught_up(node: NodeProcess, dsn: str) -> bool:
+    head = _local_head(node)
+    return _bridge(node)["lag"] == 0 and _mirrored(dsn, node.node_id)[3] == head > 0
+
+
+def _drive_calls(node: NodeProcess, until: Any, *, limit: int) -> int:
+    """`echo` calls from CALLERS concurrent clients until `until()` holds (checked every
+    few hundred calls) or `limit` calls were made; returns the calls made."""
+    body, headers = tool_call_message(TOKEN, "echo", {"text": "pg"})
+    made = 0
+
+    async def caller(session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        nonlocal made
+        while not stop.is_set() and made < limit:
+            made += 1
+            async with session.post(node.url + "/mcp", json=body, headers=headers) as r:
+                assert r.status == 200, await r.text()
+                await r.read()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        async with aiohttp.ClientSession() as session:
+            tasks = [asyncio.create_task(caller(session, stop)) for _ in range(CALLERS)]
+            while not stop.is_set() and made < limit:
+                await asyncio.sleep(0.05)
+                if await asyncio.to_thread(until):
+                    stop.set()
+            await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    return made
+
+
+def _verify(dsn: str, node_id: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("audit", "verify", "--postgres", dsn, "--node", node_id)
+
+
+def test_audit_rows_are_found_by_sql_and_a_tampered_row_by_verify(
+    tmp_path: Path, schema: str, nodes: list[NodeProcess]
+) -> None:
+    dsn = _dsn(schema)
+    node = _start(tmp_path, dsn, nodes)
+    _drive_calls(node, lambda: False, limit=200)
+    wait_for(lambda: _caught_up(node, dsn), timeout_s=30, what="mirror caught up")
+    assert _bridge(node)["state"] == "connected"
+
+    rows, distinct, low, high = _mirrored(dsn, node.node_id)
+    assert rows == distinct == high == _local_head(node) and low == 1
+    # The seeds' columns answer fleet questions in plain SQL (psql, not our code).
+    psql = subprocess.run(
+        [
+            "psql",
+            "-h",
+            POSTGRES_HOST,
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-Atc",
+            f"SET search_path = {schema}; SELECT count(*) FROM audit_events "
+            f"WHERE node_id = '{node.node_id}' AND event_type = 'tool.call' "
+            "AND capability_name = 'echo' AND zone = 'restricted' "
+            "AND payload->>'outcome' = 'ok'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert int(psql.stdout.split()[-1]) == 200, psql.stdout + psql.stderr
+    applied = _sql(dsn, "SELECT version FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in applied] == [1]
+    key = _sql(dsn, "SELECT public_key FROM audit_nodes WHERE node_id = $1", node.node_id)
+    assert len(key) == 1 and len(key[0][0]) == 32
+
+    verified = _verify(dsn, node.node_id)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"{high} entries" in verified.stdout
+
+    node.stop()  # no more entries: the tampering below is the only change
+    _sql(
+        dsn,
+        "UPDATE audit_events SET user_id = 'mallory' WHERE node_id = $1 AND seq = 7",
+        node.node_id,
+    )
+    tampered = _verify(dsn, node.node_id)
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
+    assert "BROKEN" in tampered.stdout and "entry 7: hash mismatch" in tampered.stdout
+
+
+def test_a_payload_edit_and_a_cut_tail_are_found(
+    tmp_path: Path, schema: str, nodes: list[NodeProcess]
+) -> None:
+    dsn = _dsn(schema)
+    node = _start(tmp_path, dsn, nodes)
+    _drive_calls(node, lambda: False, limit=50)
+    wait_for(lambda: _caught_up(node, dsn), timeout_s=30, what="mirror caught up")
+    node.stop()
+    wait_for(lambda: _caught_up_stopped(node, dsn), timeout_s=10, what="stop entries mirrored")
+    node_id = node.node_id
+    # The jsonb column is derived from the hashed text: editing it alone is found.
+    seq = _sql(
+        dsn,
+        "SELECT min(seq) FROM audit_events WHERE node_id = $1 AND event_type = 'tool.call'",
+        node_id,
+    )[0][0]
+    _sql(
+        dsn,
+        'UPDATE audit_events SET payload = payload || \'{"outcome": "denied"}\' '
+        "WHERE node_id = $1 AND seq = $2",
+        node_id,
+        seq,
+    )
+    edited = _verify(dsn, node_id)
+    assert edited.returncode == 1 and f"entry {seq}: payload does not match" in edited.stdout
+    _sql(
+        dsn,
+        "UPDATE audit_events SET payload = data::jsonb WHERE node_id = $1 AND seq = $2",
+        node_id,
+        seq,
+    )
+    assert _verify(dsn, node_id).returncode == 0
+    # Cutting the tail below the copied signed head is found.
+    _sql(dsn, "DELETE FROM audit_events WHERE node_id = $1 AND seq > $2", node_id, seq)
+    cut = _verify(dsn, node_id)
+    assert cut.returncode == 1 and "tail truncated" in cut.stdout, cut.stdout
+
+
+def _caught_up_stopped(node: NodeProcess, dsn: str) -> bool:
+    """The mirror holds everything the stopped node wrote (its node.stop entry too)?"""
+    return _mirrored(dsn, node.node_id)[3] == _local_head(node)
+
+
+def test_an_outage_of_10000_entries_is_mirrored_exactly_once_after_it(
+    tmp_path: Path, schema: str, nodes: list[NodeProcess]
+) -> None:
+    with TcpProxy(POSTGRES_HOST, POSTGRES_PORT) as proxy:
+        node = _start(tmp_path, _dsn(schema, proxy.port), nodes)
+        dsn = _dsn(schema)  # the test's own queries go straight to PostgreSQL
+        _drive_calls(node, lambda: False, limit=20)
+        wait_for(lambda: _caught_up(node, dsn), timeout_s=30, what="mirror caught up")
+        before = _mirrored(dsn, node.node_id)
+
+        proxy.cut()
+        wait_for(lambda: _bridge(node)["state"] == "down", timeout_s=30, what="bridge down")
+        _drive_calls(node, lambda: _bridge(node)["lag"] >= OUTAGE_ENTRIES, limit=4 * OUTAGE_ENTRIES)
+        during = _bridge(node)
+        assert during["lag"] >= OUTAGE_ENTRIES and during["errors"] >= 1, during
+        assert during["last_error"], during
+        assert _mirrored(dsn, node.node_id) == before  # nothing reached PostgreSQL
+
+        proxy.restore()
+        wait_for(lambda: _caught_up(node, dsn), timeout_s=120, what="mirror caught up again")
+        assert _bridge(node)["state"] == "connected"
+        node.stop()
+        wait_for(lambda: _caught_up_stopped(node, dsn), timeout_s=30, what="all mirrored")
+
+    head = _local_head(node)
+    assert head >= before[3] + OUTAGE_ENTRIES
+    # Every entry exactly once: as many rows as seqs, contiguous from 1.
+    assert _mirrored(dsn, node.node_id) == (head, head, 1, head)
+    verified = _verify(dsn, node.node_id)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"{head} entries" in verified.stdout
+
+
+def test_a_bad_dsn_is_a_clear_error(tmp_path: Path, schema: str, nodes: list[NodeProcess]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(_config("mysql://root@127.0.0.1/test"))
+    refused = run_daemon(
+        "--data-dir",
+        str(tmp_path / "bad"),
+        "--dev",
+        "--no-mdns",
+        "--http-port",
+        "0",
+        "--mesh-port",
+        "0",
+        "--config",
+        str(config),
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "bridges.postgres" in refused.stderr and "postgresql://" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    # A well-formed DSN naming a database that does not exist: the node runs, the bridge
+    # is down and says why.
+    missing = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/no_such_db_{schema}"
+    node = _start(tmp_path, missing, nodes)
+    wait_for(lambda: _bridge(node)["state"] == "down", timeout_s=30, what="bridge down")
+    assert "does not exist" in _bridge(node)["last_error"]
+    assert node.get("/api/status")[0] == 200
+
+    cli = _verify(missing, node.node_id)
+    assert cli.returncode == 2 and "cannot connect to PostgreSQL" in cli.stderr, cli.stderr
+    assert "does not exist" in cli.stderr
+    bad = run_cli("audit", "verify", "--postgres", "http://x", "--node", node.node_id)
+    assert bad.returncode == 2 and "--postgres: dsn must be a postgresql://" in bad.stderr

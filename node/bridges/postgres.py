@@ -163,6 +163,9 @@ class PostgresBridge(Service):
     async def _mirror(self, conn: Any) -> None:
         next_snapshot = 0.0
         while True:
+            if conn.is_closed():
+                # Seen while idle too, so the state says so before there is work to fail.
+                raise ConnectionError("connection to PostgreSQL lost")
             now = time.monotonic()
             if self._section.snapshot_interval_s > 0 and now >= next_snapshot:
                 await self._copy_snapshot(conn)

@@ -43,6 +43,11 @@ PAIN_REPEAT_S: Final = 30.0
 MAX_ERROR_CHARS: Final = 300
 
 
+def application_name(node_id: str) -> str:
+    """The mirror's session name in pg_stat_activity."""
+    return f"vsmcp-mirror {node_id[-12:]}"
+
+
 class MirrorDiverged(Exception):
     """PostgreSQL holds a different history for this node than the local log."""
 
@@ -133,6 +138,15 @@ class PostgresBridge(Service):
         conn = await asyncpg.connect(self._section.dsn, timeout=timeout, command_timeout=timeout)
         try:
             self._counters["connects"] += 1
+            # Safe without waiting for PostgreSQL's fsync: a commit lost to its crash is
+            # copied again, as the mirror resumes from PostgreSQL's own position.
+            await conn.execute("SET synchronous_commit = off")
+            # Named in pg_stat_activity, unless the DSN names the session itself.
+            await conn.execute(
+                "SELECT set_config('application_name', $1, false) "
+                "WHERE current_setting('application_name') = ''",
+                application_name(self._node_id),
+            )
             await migrate(conn)
             await conn.execute(CREATE_STAGE)
             await conn.execute(

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
+from collections.abc import Coroutine
 from typing import Any, Final
 
 from vsmcp.mesh.identity import public_key_from_node_id
@@ -26,6 +28,7 @@ from vsmcp.node.bridges.postgres_mirror import (
     CREATE_STAGE,
     MIRRORED_POSITION,
     REGISTER_NODE,
+    Batch,
     LocalLog,
     write_batch,
     write_snapshot,
@@ -62,6 +65,7 @@ def _failures() -> tuple[type[BaseException], ...]:
         asyncpg.InterfaceError,
         SchemaTooNew,
         MirrorDiverged,
+        sqlite3.Error,  # reading the local log (its file is the node's own concern)
     )
 
 
@@ -87,7 +91,9 @@ class PostgresBridge(Service):
     async def start(self) -> None:
         if self._task is not None:
             return
-        self._local = await asyncio.to_thread(LocalLog, db_path_for(self._context.data_dir))
+        self._local = await asyncio.to_thread(
+            LocalLog, db_path_for(self._context.data_dir), self._node_id
+        )
         self._task = self._context.loops.spawn("bridge-postgres", self._run)
 
     async def stop(self) -> None:
@@ -176,24 +182,38 @@ class PostgresBridge(Service):
 
     async def _mirror(self, conn: Any) -> None:
         next_snapshot = 0.0
-        while True:
-            if conn.is_closed():
-                # Seen while idle too, so the state says so before there is work to fail.
-                raise ConnectionError("connection to PostgreSQL lost")
-            now = time.monotonic()
-            if self._section.snapshot_interval_s > 0 and now >= next_snapshot:
-                await self._copy_snapshot(conn)
-                next_snapshot = now + self._section.snapshot_interval_s
-            if self._context.audit_log.head_seq > self._mirrored:
-                batch = await asyncio.to_thread(
-                    self._log().read, self._mirrored, self._section.batch_rows
-                )
-                if batch.rows:
-                    self._counters["mirrored"] += await write_batch(conn, self._node_id, batch)
-                    self._counters["batches"] += 1
-                    self._mirrored = batch.last_seq
-                    continue
-            await asyncio.sleep(self._section.interval_s)
+        # The next batch, read (in a worker thread) while PostgreSQL takes this one.
+        ahead: asyncio.Future[Batch] | None = None
+        try:
+            while True:
+                if conn.is_closed():
+                    # Seen while idle too, so the state says so before there is work to fail.
+                    raise ConnectionError("connection to PostgreSQL lost")
+                now = time.monotonic()
+                if self._section.snapshot_interval_s > 0 and now >= next_snapshot:
+                    await self._copy_snapshot(conn)
+                    next_snapshot = now + self._section.snapshot_interval_s
+                if ahead is not None or self._context.audit_log.head_seq > self._mirrored:
+                    batch = await (ahead if ahead is not None else self._read(self._mirrored))
+                    ahead = None
+                    if batch.rows:
+                        if self._context.audit_log.head_seq > batch.last_seq:
+                            ahead = asyncio.ensure_future(self._read(batch.last_seq))
+                        self._counters["mirrored"] += await write_batch(conn, self._node_id, batch)
+                        self._counters["batches"] += 1
+                        self._mirrored = batch.last_seq
+                        continue
+                await asyncio.sleep(self._section.interval_s)
+        finally:
+            if ahead is not None:
+                # A read in a thread cannot be stopped: let it end before the file may be
+                # closed; what it read is read again from PostgreSQL's position.
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()
+
+    def _read(self, after: int) -> Coroutine[Any, Any, Batch]:
+        return asyncio.to_thread(self._log().read, after, self._section.batch_rows)
 
     async def _copy_snapshot(self, conn: Any) -> None:
         snapshot = await asyncio.to_thread(self._log().snapshot)

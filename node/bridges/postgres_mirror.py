@@ -102,6 +102,9 @@ class Batch:
 
     rows: list[Row]
     head: tuple[int, bytes, bytes] | None
+    # Built with the read (in its worker thread): the COPY records and the policy notes.
+    records: list[tuple[Any, ...]]
+    notes: list[tuple[Any, ...]]
 
     @property
     def last_seq(self) -> int:
@@ -114,7 +117,8 @@ class LocalLog:
     Synchronous: call its methods in a worker thread, one at a time.
     """
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, node_id: str) -> None:
+        self._node_id = node_id
         self._conn = sqlite3.connect(
             f"{db_path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
         )
@@ -138,7 +142,12 @@ class LocalLog:
             conn.execute("COMMIT")
         rows = _to_checkpoint(rows)
         ends_at_head = bool(rows) and head is not None and head[0] == rows[-1][0]
-        return Batch(rows, (int(head[0]), bytes(head[1]), bytes(head[2])) if ends_at_head else None)
+        return Batch(
+            rows,
+            (int(head[0]), bytes(head[1]), bytes(head[2])) if ends_at_head else None,
+            [_stage_record(r) for r in rows],
+            [note for r in rows if (note := policy_note(self._node_id, r)) is not None],
+        )
 
     def hash_at(self, seq: int) -> bytes | None:
         row = self._conn.execute("SELECT hash FROM audit_entries WHERE seq = ?", (seq,)).fetchone()
@@ -172,14 +181,11 @@ def id_prefix(node_id: str) -> str:
 async def write_batch(conn: Any, node_id: str, batch: Batch) -> int:
     """Copy `batch` into PostgreSQL in one transaction (an asyncpg connection); return the
     number of audit rows that were new."""
-    notes = [note for row in batch.rows if (note := policy_note(node_id, row)) is not None]
     async with conn.transaction():
-        await conn.copy_records_to_table(
-            STAGE_TABLE, records=[_stage_record(r) for r in batch.rows], columns=_STAGE_COLUMNS
-        )
+        await conn.copy_records_to_table(STAGE_TABLE, records=batch.records, columns=_STAGE_COLUMNS)
         status = await conn.execute(_MOVE_STAGE, node_id, id_prefix(node_id))
-        if notes:
-            await conn.executemany(_INSERT_NOTE, notes)
+        if batch.notes:
+            await conn.executemany(_INSERT_NOTE, batch.notes)
         if batch.head is not None:
             await conn.execute(_UPSERT_HEAD, node_id, *batch.head)
     # "INSERT 0 <rows>"

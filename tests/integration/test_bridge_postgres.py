@@ -23,7 +23,6 @@ import pytest
 from tests.integration.harness import (
     NodeProcess,
     run_cli,
-    run_daemon,
     tool_call_message,
 )
 from tests.integration.tcp_proxy import TcpProxy
@@ -145,6 +144,17 @@ def _drive_calls(node: NodeProcess, until: Any, *, limit: int) -> int:
     return made
 
 
+def _mirrored_node(
+    tmp_path: Path, dsn: str, nodes: list[NodeProcess], *, calls: int, via: str | None = None
+) -> NodeProcess:
+    """A node mirroring into `dsn` (reached through `via` when given) that made `calls`
+    tool calls, once the mirror holds every entry."""
+    node = _start(tmp_path, via or dsn, nodes)
+    _drive_calls(node, lambda: False, limit=calls)
+    wait_for(lambda: _caught_up(node, dsn), timeout_s=30, what="mirror caught up")
+    return node
+
+
 def _verify(dsn: str, node_id: str) -> subprocess.CompletedProcess[str]:
     return run_cli("audit", "verify", "--postgres", dsn, "--node", node_id)
 
@@ -153,9 +163,7 @@ def test_audit_rows_are_found_by_sql_and_a_tampered_row_by_verify(
     tmp_path: Path, schema: str, nodes: list[NodeProcess]
 ) -> None:
     dsn = _dsn(schema)
-    node = _start(tmp_path, dsn, nodes)
-    _drive_calls(node, lambda: False, limit=200)
-    wait_for(lambda: _caught_up(node, dsn), timeout_s=30, what="mirror caught up")
+    node = _mirrored_node(tmp_path, dsn, nodes, calls=200)
     assert _bridge(node)["state"] == "connected"
 
     rows, distinct, low, high = _mirrored(dsn, node.node_id)
@@ -206,9 +214,7 @@ def test_a_payload_edit_and_a_cut_tail_are_found(
     tmp_path: Path, schema: str, nodes: list[NodeProcess]
 ) -> None:
     dsn = _dsn(schema)
-    node = _start(tmp_path, dsn, nodes)
-    _drive_calls(node, lambda: False, limit=50)
-    wait_for(lambda: _caught_up(node, dsn), timeout_s=30, what="mirror caught up")
+    node = _mirrored_node(tmp_path, dsn, nodes, calls=50)
     node_id = node.node_id
     # The jsonb column is derived from the hashed text: editing it alone is found.
     seq = _sql(
@@ -243,10 +249,8 @@ def test_an_outage_of_10000_entries_is_mirrored_exactly_once_after_it(
     tmp_path: Path, schema: str, nodes: list[NodeProcess]
 ) -> None:
     with TcpProxy(POSTGRES_HOST, POSTGRES_PORT) as proxy:
-        node = _start(tmp_path, _dsn(schema, proxy.port), nodes)
         dsn = _dsn(schema)  # the test's own queries go straight to PostgreSQL
-        _drive_calls(node, lambda: False, limit=20)
-        wait_for(lambda: _caught_up(node, dsn), timeout_s=30, what="mirror caught up")
+        node = _mirrored_node(tmp_path, dsn, nodes, calls=20, via=_dsn(schema, proxy.port))
         before = _mirrored(dsn, node.node_id)
 
         proxy.cut()
@@ -272,18 +276,8 @@ def test_an_outage_of_10000_entries_is_mirrored_exactly_once_after_it(
 def test_a_bad_dsn_is_a_clear_error(tmp_path: Path, schema: str, nodes: list[NodeProcess]) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(_config("mysql://root@127.0.0.1/test"))
-    refused = run_daemon(
-        "--data-dir",
-        str(tmp_path / "bad"),
-        "--dev",
-        "--no-mdns",
-        "--http-port",
-        "0",
-        "--mesh-port",
-        "0",
-        "--config",
-        str(config),
-    )
+    command = NodeProcess(tmp_path / "bad", "--no-mdns", "--config", str(config)).command()
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "bridges.postgres" in refused.stderr and "postgresql://" in refused.stderr
     assert "Traceback" not in refused.stderr

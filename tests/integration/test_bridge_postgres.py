@@ -9,6 +9,7 @@ Each test gets its own PostgreSQL schema (the DSN's search_path), dropped at the
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -92,6 +93,11 @@ def _bridge(node: NodeProcess) -> dict[str, Any]:
     return status
 
 
+def _pain_total(node: NodeProcess) -> int:
+    aggregate = node.get_json("/api/vsm")["s3"]["algedonic"]["aggregate"]
+    return int(aggregate["pain_total"])
+
+
 def _local_head(node: NodeProcess) -> int:
     conn = sqlite3.connect(f"file:{node.data_dir / 'vsmcp.db'}?mode=ro", uri=True)
     try:
@@ -113,7 +119,10 @@ def _mirrored(dsn: str, node_id: str) -> tuple[int, int, int, int]:
 
 def _caught_up(node: NodeProcess, dsn: str) -> bool:
     head = _local_head(node)
-    return _bridge(node)["lag"] == 0 and _mirrored(dsn, node.node_id)[3] == head > 0
+    bridge = _bridge(node)  # connected: the tables exist
+    if not (bridge["connected"] and bridge["lag"] == 0):
+        return False
+    return _mirrored(dsn, node.node_id)[3] == head > 0
 
 
 def _drive_calls(node: NodeProcess, until: Any, *, limit: int) -> int:
@@ -255,11 +264,17 @@ def test_an_outage_of_10000_entries_is_mirrored_exactly_once_after_it(
 
         proxy.cut()
         wait_for(lambda: _bridge(node)["state"] == "down", timeout_s=30, what="bridge down")
+        # The outage is pain on the algedonic channel (aggregated by S3).
+        wait_for(lambda: _pain_total(node) >= 1, timeout_s=30, what="pain from the bridge")
         _drive_calls(node, lambda: _bridge(node)["lag"] >= OUTAGE_ENTRIES, limit=4 * OUTAGE_ENTRIES)
         during = _bridge(node)
         assert during["lag"] >= OUTAGE_ENTRIES and during["errors"] >= 1, during
         assert during["last_error"], during
         assert _mirrored(dsn, node.node_id) == before  # nothing reached PostgreSQL
+        metrics = node.get("/metrics")[1].decode()
+        assert 'vsmcp_bridge_connected{bridge="postgres"} 0.0' in metrics
+        lag = re.search(r'^vsmcp_bridge_lag\{bridge="postgres"\} (\S+)$', metrics, re.MULTILINE)
+        assert lag is not None and float(lag.group(1)) >= OUTAGE_ENTRIES
 
         proxy.restore()
         wait_for(lambda: _caught_up(node, dsn), timeout_s=120, what="mirror caught up again")

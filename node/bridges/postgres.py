@@ -35,11 +35,13 @@ from vsmcp.node.bridges.postgres_mirror import (
 )
 from vsmcp.node.bridges.postgres_schema import SchemaTooNew, migrate
 from vsmcp.node.store.database import db_path_for
+from vsmcp.node.vsm.events import UnitStateChanged
 
 log = logging.getLogger(__name__)
 
 NAME: Final = "postgres"
 PAIN_SOURCE: Final = "bridge.postgres"
+EVENT_UNIT: Final = f"bridge:{NAME}"
 PAIN_INTENSITY: Final = 0.6
 # While PostgreSQL stays down, pain again this often (not at every retry).
 PAIN_REPEAT_S: Final = 30.0
@@ -232,11 +234,23 @@ class PostgresBridge(Service):
         return self._local
 
     def _set_state(self, state: BridgeState) -> None:
-        if state != self._state:
-            self._state = state
-            self._since = time.time()
-            if state == "connected":
-                log.info("postgres mirror connected at entry %d", self._mirrored)
+        if state == self._state:
+            return
+        previous, self._state = self._state, state
+        self._since = time.time()
+        if state == "connected":
+            log.info("postgres mirror connected at entry %d", self._mirrored)
+        # A `unit_state` event, as S1 units and child VSMs publish (unit `bridge:<name>`),
+        # so patterns and the event stream see bridge outages too.
+        self._context.events.publish(
+            UnitStateChanged(
+                ts=self._since,
+                unit=EVENT_UNIT,
+                state=state,
+                previous=previous,
+                reason=self._last_error if state == "down" else None,
+            )
+        )
 
     def _fail(self, exc: BaseException) -> None:
         self._errors += 1

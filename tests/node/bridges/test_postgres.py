@@ -26,7 +26,7 @@ from vsmcp.mesh.identity import node_id_from_public_key
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.app.config import load_config
 from vsmcp.node.bridges.model import BridgeContext
-from vsmcp.node.bridges.postgres import PAIN_SOURCE, PostgresBridge
+from vsmcp.node.bridges.postgres import EVENT_UNIT, PAIN_SOURCE, PostgresBridge
 from vsmcp.node.bridges.postgres_config import PostgresSection, check_dsn
 from vsmcp.node.bridges.postgres_mirror import policy_note
 from vsmcp.node.bridges.postgres_schema import SCHEMA_VERSION, SchemaTooNew, migrate
@@ -36,6 +36,7 @@ from vsmcp.node.metrics import NodeMetrics
 from vsmcp.node.replication.service import KV_SNAPSHOT
 from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.store.database import Store
+from vsmcp.node.vsm.events import Event, UnitStateChanged
 from vsmcp.node.vsm.stream import EventStream
 
 KEY = SigningKey.generate()
@@ -174,8 +175,12 @@ class _Node:
         self.data_dir = data_dir
         self.pains: list[tuple[str, float, str]] = []
         self.loops = LoopSupervisor()
+        self.events = EventStream()
+        self.seen: list[Event] = []
+        self.events.subscribe("test", self.seen.extend)
 
     async def __aenter__(self) -> _Node:
+        await self.events.start()
         self.store = await Store.open(self.data_dir).__aenter__()
         self.audit = await AuditLog(self.store, sign, PUBLIC_KEY, batch_size=700).__aenter__()
         return self
@@ -183,6 +188,7 @@ class _Node:
     async def __aexit__(self, *exc: object) -> None:
         await self.audit.close()
         await self.store.close()
+        await self.events.stop()
 
     def bridge(self, dsn: str, **section: Any) -> PostgresBridge:
         context = BridgeContext(
@@ -190,7 +196,7 @@ class _Node:
             node_name="unit",
             data_dir=self.data_dir,
             zones=("public", "ops", "restricted"),
-            events=EventStream(),
+            events=self.events,
             loops=self.loops,
             metrics=NodeMetrics(),
             tools=None,
@@ -334,3 +340,11 @@ async def test_an_unreachable_server_is_pain_and_lag_never_a_crash(
     assert len(node.pains) == 1
     source, intensity, reason = node.pains[0]
     assert source == PAIN_SOURCE and 0 < intensity <= 1 and "PostgreSQL mirror down" in reason
+    # Each change of state is a unit_state event (not one per retry).
+    changes = [e for e in node.seen if isinstance(e, UnitStateChanged)]
+    assert [(e.unit, e.previous, e.state) for e in changes] == [
+        (EVENT_UNIT, "connecting", "down"),
+        (EVENT_UNIT, "down", "stopped"),
+    ]
+    assert changes[0].reason is not None and "Error" in changes[0].reason  # why it is down
+    assert changes[1].reason is None

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from nacl.signing import SigningKey
 
 from tests.integration.harness import (
     NodeProcess,
@@ -29,6 +30,7 @@ from tests.integration.harness import (
 from tests.integration.tcp_proxy import TcpProxy
 from tests.polling import wait_for
 from tests.skips import POSTGRES_HOST, POSTGRES_PORT, require_postgres
+from vsmcp.mesh.identity import node_id_from_public_key
 
 pytestmark = pytest.mark.integration
 
@@ -251,6 +253,10 @@ def test_a_payload_edit_and_a_cut_tail_are_found(
     _sql(dsn, "DELETE FROM audit_events WHERE node_id = $1 AND seq > $2", node_id, seq)
     cut = _verify(dsn, node_id)
     assert cut.returncode == 1 and "tail truncated" in cut.stdout, cut.stdout
+    # Another node, never mirrored here: not "intact".
+    stranger = node_id_from_public_key(bytes(SigningKey.generate().verify_key))
+    unknown = _verify(dsn, stranger)
+    assert unknown.returncode == 1 and f"no mirrored entries for {stranger}" in unknown.stdout
     node.stop()
 
 
@@ -310,3 +316,12 @@ def test_a_bad_dsn_is_a_clear_error(tmp_path: Path, schema: str, nodes: list[Nod
     assert "does not exist" in cli.stderr
     bad = run_cli("audit", "verify", "--postgres", "http://x", "--node", node.node_id)
     assert bad.returncode == 2 and "--postgres: dsn must be a postgresql://" in bad.stderr
+    no_node = run_cli("audit", "verify", "--postgres", _dsn(schema))
+    assert no_node.returncode == 2 and "--postgres needs --node" in no_node.stderr
+    not_an_id = run_cli("audit", "verify", "--postgres", _dsn(schema), "--node", "mallory")
+    assert not_an_id.returncode == 2 and "--node:" in not_an_id.stderr
+    # Nothing mirrored for this node in this schema: said, and not "intact".
+    empty = _sql(_dsn(schema), "SELECT to_regclass('audit_events')")[0][0]
+    assert empty is None
+    nothing = _verify(_dsn(schema), node.node_id)
+    assert nothing.returncode == 2 and "no audit_events table" in nothing.stderr

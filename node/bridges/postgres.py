@@ -17,8 +17,8 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Coroutine
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from vsmcp.mesh.identity import public_key_from_node_id
 from vsmcp.mesh.service import Service
@@ -46,6 +46,7 @@ PAIN_INTENSITY: Final = 0.6
 # While PostgreSQL stays down, pain again this often (not at every retry).
 PAIN_REPEAT_S: Final = 30.0
 MAX_ERROR_CHARS: Final = 300
+_T = TypeVar("_T")
 
 
 def application_name(node_id: str) -> str:
@@ -89,6 +90,8 @@ class PostgresBridge(Service):
         self._task: asyncio.Task[None] | None = None
         self._last_pain = -PAIN_REPEAT_S
         self._last_snapshot_id: str | None = None
+        # Reads of the local log in worker threads, until they end (`stop` waits for them).
+        self._reads: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
         if self._task is not None:
@@ -104,6 +107,10 @@ class PostgresBridge(Service):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._reads:
+            # A read in a worker thread cannot be stopped: let it end before the file is
+            # closed under it (what it read is read again from PostgreSQL's position).
+            await asyncio.wait(self._reads)
         local, self._local = self._local, None
         if local is not None:
             local.close()
@@ -173,7 +180,7 @@ class PostgresBridge(Service):
             self._mirrored = 0
             return
         seq, mirrored_hash = int(row["seq"]), bytes(row["hash"])
-        local = await asyncio.to_thread(self._log().hash_at, seq)
+        local = await self._in_thread(self._log().hash_at, seq)
         if local != mirrored_hash:
             raise MirrorDiverged(
                 f"the mirror's entry {seq} for node {self._node_id} is not the local log's "
@@ -186,39 +193,52 @@ class PostgresBridge(Service):
         next_snapshot = 0.0
         # The next batch, read (in a worker thread) while PostgreSQL takes this one.
         ahead: asyncio.Future[Batch] | None = None
-        try:
-            while True:
-                if conn.is_closed():
-                    # Seen while idle too, so the state says so before there is work to fail.
-                    raise ConnectionError("connection to PostgreSQL lost")
-                now = time.monotonic()
-                if self._section.snapshot_interval_s > 0 and now >= next_snapshot:
-                    await self._copy_snapshot(conn)
-                    next_snapshot = now + self._section.snapshot_interval_s
-                if ahead is not None or self._context.audit_log.head_seq > self._mirrored:
-                    batch = await (ahead if ahead is not None else self._read(self._mirrored))
-                    ahead = None
-                    if batch.rows:
-                        if self._context.audit_log.head_seq > batch.last_seq:
-                            ahead = asyncio.ensure_future(self._read(batch.last_seq))
-                        self._counters["mirrored"] += await write_batch(conn, self._node_id, batch)
-                        self._counters["batches"] += 1
-                        self._mirrored = batch.last_seq
-                        continue
-                await asyncio.sleep(self._section.interval_s)
-        finally:
-            if ahead is not None:
-                # A read in a thread cannot be stopped: let it end before the file may be
-                # closed; what it read is read again from PostgreSQL's position.
-                await asyncio.wait([ahead])
-                if not ahead.cancelled():
-                    ahead.exception()
+        while True:
+            if conn.is_closed():
+                # Seen while idle too, so the state says so before there is work to fail.
+                raise ConnectionError("connection to PostgreSQL lost")
+            now = time.monotonic()
+            if self._section.snapshot_interval_s > 0 and now >= next_snapshot:
+                await self._copy_snapshot(conn)
+                next_snapshot = now + self._section.snapshot_interval_s
+            if ahead is not None or self._context.audit_log.head_seq > self._mirrored:
+                if ahead is not None:
+                    batch, ahead = await asyncio.shield(ahead), None
+                else:
+                    batch = await self._read(self._mirrored)
+                if batch.rows:
+                    if self._context.audit_log.head_seq > batch.last_seq:
+                        ahead = self._read_ahead(batch.last_seq)
+                    self._counters["mirrored"] += await write_batch(conn, self._node_id, batch)
+                    self._counters["batches"] += 1
+                    self._mirrored = batch.last_seq
+                    continue
+            await asyncio.sleep(self._section.interval_s)
 
-    def _read(self, after: int) -> Coroutine[Any, Any, Batch]:
-        return asyncio.to_thread(self._log().read, after, self._section.batch_rows)
+    def _read_ahead(self, after: int) -> asyncio.Future[Batch]:
+        return self._start_read(self._log().read, after, self._section.batch_rows)
+
+    async def _read(self, after: int) -> Batch:
+        return await self._in_thread(self._log().read, after, self._section.batch_rows)
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` on the local log in a worker thread. Cancelling the wait leaves the
+        read running (a thread cannot be stopped); `stop` waits for it."""
+        return await asyncio.shield(self._start_read(fn, *args))
+
+    def _start_read(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        read = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        self._reads.add(read)
+        read.add_done_callback(self._read_done)
+        return read
+
+    def _read_done(self, read: asyncio.Future[Any]) -> None:
+        self._reads.discard(read)
+        if not read.cancelled():
+            read.exception()  # retrieved here; whoever awaits it gets it too
 
     async def _copy_snapshot(self, conn: Any) -> None:
-        snapshot = await asyncio.to_thread(self._log().snapshot)
+        snapshot = await self._in_thread(self._log().snapshot)
         if snapshot is None:
             return
         ident = await write_snapshot(conn, self._node_id, snapshot)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -114,32 +115,36 @@ class Batch:
 class LocalLog:
     """A read-only view of the node's audit log file (the mirror's own connection).
 
-    Synchronous: call its methods in a worker thread, one at a time.
+    Synchronous: call its methods in a worker thread. They take turns (a lock), as a read
+    left running by a lost PostgreSQL connection may overlap the next connection's.
     """
 
     def __init__(self, db_path: Path, node_id: str) -> None:
         self._node_id = node_id
+        self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             f"{db_path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
         )
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
     def read(self, after: int, limit: int) -> Batch:
         """Up to `limit` entries after seq `after`, cut back to the last checkpoint in
         them when there is one (so the mirror's tail is always signed)."""
         conn = self._conn
-        conn.execute("BEGIN")  # entries and head from one snapshot
-        try:
-            rows: list[Row] = conn.execute(
-                "SELECT seq, ts_ms, kind, actor, data, prev_hash, hash, sig FROM audit_entries "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
-            ).fetchall()
-            head = conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1").fetchone()
-        finally:
-            conn.execute("COMMIT")
+        with self._lock:
+            conn.execute("BEGIN")  # entries and head from one snapshot
+            try:
+                rows: list[Row] = conn.execute(
+                    "SELECT seq, ts_ms, kind, actor, data, prev_hash, hash, sig "
+                    "FROM audit_entries WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+                head = conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1").fetchone()
+            finally:
+                conn.execute("COMMIT")
         rows = _to_checkpoint(rows)
         ends_at_head = bool(rows) and head is not None and head[0] == rows[-1][0]
         return Batch(
@@ -150,12 +155,18 @@ class LocalLog:
         )
 
     def hash_at(self, seq: int) -> bytes | None:
-        row = self._conn.execute("SELECT hash FROM audit_entries WHERE seq = ?", (seq,)).fetchone()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT hash FROM audit_entries WHERE seq = ?", (seq,)
+            ).fetchone()
         return None if row is None else bytes(row[0])
 
     def snapshot(self) -> bytes | None:
         """The node's latest signed CRDT snapshot (the replication service keeps one)."""
-        row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (KV_SNAPSHOT,)).fetchone()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT value FROM kv WHERE key = ?", (KV_SNAPSHOT,)
+            ).fetchone()
         return None if row is None else bytes(row[0])
 
 

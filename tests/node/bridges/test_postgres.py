@@ -348,3 +348,21 @@ async def test_an_unreachable_server_is_pain_and_lag_never_a_crash(
     ]
     assert changes[0].reason is not None and "Error" in changes[0].reason  # why it is down
     assert changes[1].reason is None
+
+
+async def test_a_bridge_stopped_mid_copy_is_resumed_by_the_next(tmp_path: Path, dsn: str) -> None:
+    async with _Node(tmp_path) as node:
+        await node.append(12_000)
+        async with node.bridge(dsn, batch_rows=100) as bridge:
+            await async_wait_until(
+                lambda: bridge.status().counters["batches"] >= 2, timeout_s=30, what="copying"
+            )
+        # Stopped with reads (and maybe a write) in flight: the loop is gone, the file closed.
+        assert bridge.status().state == "stopped" and not bridge._reads
+        copied = (await _mirrored(dsn))[0]
+        assert 0 < copied < 12_000
+        async with node.bridge(dsn) as again:
+            await _wait_caught_up(again, node)
+            assert again.status().counters["mirrored"] == 12_000 - copied
+        assert await _mirrored(dsn) == (12_000, 12_000, 12_000)
+        assert (await _verify(dsn)).ok

@@ -8,6 +8,7 @@ failure, so a green CI run never hides a test that did not run.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import socket
@@ -43,3 +44,24 @@ def require_ipv6_loopback() -> None:
             s.bind(("::1", 0))
     except OSError as exc:
         skip_or_fail(f"no IPv6 loopback: {exc}")
+
+
+POSTGRES_HOST = "127.0.0.1"
+POSTGRES_PORT = 5432
+POSTGRES_DSN = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
+
+
+def require_postgres() -> str:
+    """The DSN of the machine's PostgreSQL (trust auth, database `test`), or skip/fail
+    when it or asyncpg is absent."""
+    asyncpg = require_module("asyncpg")
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        skip_or_fail(f"PostgreSQL is not reachable at {POSTGRES_DSN}: {exc}")
+    return POSTGRES_DSN

@@ -4,6 +4,7 @@
     vsmcp keys node [--data-dir DIR]
     vsmcp keys issue --authority-key authority.key --node NODE_ID --zone ops [--out FILE]
     vsmcp audit verify [--data-dir DIR]
+    vsmcp audit verify --postgres DSN --node NODE_ID [--public-key KEY]
     vsmcp status [--data-dir DIR | --url URL]
     vsmcp peers [--data-dir DIR | --url URL]
     vsmcp mcp-stdio [--data-dir DIR | --url URL]
@@ -45,7 +46,7 @@ from vsmcp.node.app.node import RUNTIME_FILE_NAME
 from vsmcp.node.app.trust import KEY_FILE_NAME, load_node_key, parse_public_key
 from vsmcp.node.errors import EXIT_BAD_CONFIG, NodeError
 from vsmcp.node.mcp.stdio_auth import read_stdio_token
-from vsmcp.node.store.audit import verify_audit_log
+from vsmcp.node.store.audit import AuditVerifyResult, verify_audit_log
 from vsmcp.node.store.audit_head import head_file_for
 from vsmcp.node.store.database import db_path_for
 
@@ -113,20 +114,43 @@ def cmd_keys_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    if args.postgres is not None:
+        return cmd_audit_verify_postgres(args)
+    if args.node is not None or args.public_key is not None:
+        raise CliError("--node and --public-key go with --postgres")
     data_dir = _data_dir(args)
     db = db_path_for(data_dir)
     if not db.exists():
         raise CliError(f"no audit log at {db}")
     key = load_key_file(data_dir / KEY_FILE_NAME)
     result = verify_audit_log(db, key.public_key, head_file=head_file_for(data_dir))
+    return _report_audit(result, "audit log")
+
+
+def _report_audit(result: AuditVerifyResult, what: str) -> int:
     if result.ok:
-        print(f"audit log intact: {result.entries} entries, chain and signatures verified")
+        print(f"{what} intact: {result.entries} entries, chain and signatures verified")
         return EXIT_OK
     if result.first_bad_seq is None:
-        print(f"audit log BROKEN: {result.reason}")
+        print(f"{what} BROKEN: {result.reason}")
     else:
-        print(f"audit log BROKEN at entry {result.first_bad_seq}: {result.reason}")
+        print(f"{what} BROKEN at entry {result.first_bad_seq}: {result.reason}")
     return EXIT_FAILED
+
+
+def cmd_audit_verify_postgres(args: argparse.Namespace) -> int:
+    """Verify a node's audit mirror in PostgreSQL (`[bridges.postgres]`) on its own."""
+    from vsmcp.node.bridges.postgres_verify import run_verify
+
+    if args.node is None:
+        raise CliError("--postgres needs --node NODE_ID (whose mirrored log to verify)")
+    try:
+        key_text = args.public_key if args.public_key is not None else args.node
+        public_key = parse_public_key(key_text)
+    except ValueError as e:
+        raise CliError(f"--{'public-key' if args.public_key else 'node'}: {e}") from e
+    result = asyncio.run(run_verify(args.postgres, args.node, public_key))
+    return _report_audit(result, f"audit mirror of {args.node}")
 
 
 def _status_url(args: argparse.Namespace) -> str:
@@ -244,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a = audit.add_parser("verify", help="check the hash chain and signatures")
     a.add_argument("--data-dir")
+    a.add_argument("--postgres", metavar="DSN", help="verify the mirror in this database instead")
+    a.add_argument("--node", help="with --postgres: the node id whose mirror to verify")
+    a.add_argument(
+        "--public-key", help="with --postgres: the node's key (default: from its node id)"
+    )
     a.set_defaults(func=cmd_audit_verify)
 
     s = sub.add_parser("status", help="a running node's status")

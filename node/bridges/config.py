@@ -6,12 +6,20 @@ a field defaulting to None.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from vsmcp.node.bridges.postgres_config import PostgresSection
+from vsmcp.node.tools.config import doc
+
 
 class BridgesSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    postgres: Annotated[
+        PostgresSection | None,
+        doc("mirror the audit log, policy notes and CRDT snapshots into PostgreSQL"),
+    ] = None
+
     def configured(self) -> dict[str, Any]:
         """The configured bridges' sections, by name (the field's name)."""
         return {

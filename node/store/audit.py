@@ -754,13 +754,9 @@ def _uncovered(first: int, last: int) -> str:
 
 
 def _verify(conn: sqlite3.Connection, verify_key: VerifyKey) -> AuditVerifyResult:
-    prev_hash = GENESIS_PREV_HASH
-    last_seq = 0
-    checkpoint = 0  # seq of the last valid checkpoint: 1..checkpoint are authenticated
-
-    def bad(seq: int, problem: str) -> AuditVerifyResult:
-        return _broken(checkpoint, f"entry {seq}: {problem}" + _uncovered(checkpoint + 1, seq - 1))
-
+    # The head first: the walk remembers the hash of the entry it names on the way.
+    head = conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1").fetchone()
+    walk = ChainWalk(verify_key, head)
     rows = conn.execute(
         "SELECT seq, ts_ms, kind, actor, data, prev_hash, hash, sig FROM audit_entries ORDER BY seq"
     )
@@ -769,88 +765,118 @@ def _verify(conn: sqlite3.Connection, verify_key: VerifyKey) -> AuditVerifyResul
             row = next(rows, None)
         except sqlite3.DatabaseError as exc:
             # Rows come in seq order: the one that cannot be read follows the last read.
-            return bad(last_seq + 1, f"unreadable ({_quoted(exc)}) (damaged file)")
+            return walk.unreadable(f"unreadable ({_quoted(exc)}) (damaged file)")
         if row is None:
             break
+        problem = walk.add(row)
+        if problem is not None:
+            return problem
+    return walk.finish()
+
+
+class ChainWalk:
+    """The verifier's walk over one node's entries, fed in seq order from any store (the
+    SQLite file, or the PostgreSQL mirror: `vsmcp.node.bridges.postgres_verify`).
+
+    `head` is the signed head row (seq, hash, sig) or None. `add(row)` takes a row in
+    `audit_entries` column order and returns the result when the walk must stop there;
+    `finish()` checks the head once every row was added.
+    """
+
+    def __init__(self, verify_key: VerifyKey, head: Sequence[object] | None) -> None:
+        self._verify_key = verify_key
+        self._head = head
+        head_seq = head[0] if head is not None else None
+        self._want_seq = head_seq if isinstance(head_seq, int) else None
+        self._hash_at_want: object = GENESIS_PREV_HASH if self._want_seq == 0 else None
+        self.prev_hash = GENESIS_PREV_HASH
+        self.last_seq = 0
+        # Seq of the last valid checkpoint: 1..checkpoint are authenticated.
+        self.checkpoint = 0
+
+    def bad(self, seq: int, problem: str) -> AuditVerifyResult:
+        """Stop at entry `seq`, which has `problem`."""
+        return _broken(
+            self.checkpoint,
+            f"entry {seq}: {problem}" + _uncovered(self.checkpoint + 1, seq - 1),
+        )
+
+    def unreadable(self, problem: str) -> AuditVerifyResult:
+        """The next row could not be read."""
+        return self.bad(self.last_seq + 1, problem)
+
+    def add(self, row: Sequence[Any]) -> AuditVerifyResult | None:
         seq, ts_ms, kind, actor, data, row_prev, row_hash, sig = row
-        if seq != last_seq + 1:
+        if seq != self.last_seq + 1:
+            return _broken(
+                self.checkpoint,
+                f"entry {self.last_seq + 1} missing (deleted)"
+                + _uncovered(self.checkpoint + 1, self.last_seq),
+            )
+        if row_prev != self.prev_hash:
+            return self.bad(seq, "chain broken (reordered or deleted)")
+        try:
+            computed = entry_hash(self.prev_hash, seq, ts_ms, kind, actor, data)
+        except (TypeError, ValueError, AttributeError, struct.error) as exc:
+            return self.bad(seq, f"malformed field ({exc}) (edited)")
+        if computed != row_hash:
+            return self.bad(seq, "hash mismatch (edited)")
+        if sig != UNSIGNED:
+            if not _signature_ok(self._verify_key, row_hash, sig):
+                return self.bad(seq, "bad signature (re-signed, edited or wrong key)")
+            self.checkpoint = seq
+        if seq == self._want_seq:
+            self._hash_at_want = row_hash
+        self.prev_hash = row_hash
+        self.last_seq = seq
+        return None
+
+    def finish(self, *, mirror: bool = False) -> AuditVerifyResult:
+        """The chain 1..last_seq is intact and 1..checkpoint authenticated: the head must
+        cover the rest and say where the log ends.
+
+        `mirror`: the rows are a copy that may have moved past the last head copied with
+        them; entries after the head are then fine when checkpoints cover them all.
+        """
+        checkpoint, last_seq = self.checkpoint, self.last_seq
+        uncovered = _uncovered(checkpoint + 1, last_seq)
+        head = self._head
+        if head is None:
+            if last_seq == 0 or (mirror and checkpoint == last_seq):
+                # (A mirror with no head copied yet: its checkpoints cover every entry.)
+                return AuditVerifyResult(ok=True, entries=last_seq, first_bad_seq=None, reason="ok")
+            return _broken(checkpoint, "head: missing (deleted)" + uncovered)
+        head_seq, head_hash, head_sig = head
+        if (
+            not isinstance(head_seq, int)
+            or not 0 <= head_seq <= _MAX_SEQ
+            or not isinstance(head_hash, bytes)
+        ):
+            return _broken(checkpoint, "head: malformed (edited)" + uncovered)
+        if not _signature_ok(self._verify_key, head_message(head_seq, head_hash), head_sig):
+            return _broken(checkpoint, "head: bad signature (edited)" + uncovered)
+        if head_seq > last_seq:
             return _broken(
                 checkpoint,
-                f"entry {last_seq + 1} missing (deleted)" + _uncovered(checkpoint + 1, last_seq),
+                f"head: signed head is entry {head_seq} but the log ends at entry {last_seq} "
+                f"(entries {last_seq + 1}..{head_seq} deleted: tail truncated)" + uncovered,
             )
-        if row_prev != prev_hash:
-            return bad(seq, "chain broken (reordered or deleted)")
-        try:
-            computed = entry_hash(prev_hash, seq, ts_ms, kind, actor, data)
-        except (TypeError, ValueError, AttributeError, struct.error) as exc:
-            return bad(seq, f"malformed field ({exc}) (edited)")
-        if computed != row_hash:
-            return bad(seq, "hash mismatch (edited)")
-        if sig != UNSIGNED:
-            if not _signature_ok(verify_key, row_hash, sig):
-                return bad(seq, "bad signature (re-signed, edited or wrong key)")
-            checkpoint = seq
-        prev_hash = row_hash
-        last_seq = seq
-    return _verify_head(conn, verify_key, checkpoint, last_seq, prev_hash)
-
-
-def _verify_head(
-    conn: sqlite3.Connection,
-    verify_key: VerifyKey,
-    checkpoint: int,
-    last_seq: int,
-    last_hash: bytes,
-) -> AuditVerifyResult:
-    """The chain 1..last_seq is intact and 1..checkpoint authenticated: the head must
-    cover the rest and say where the log ends."""
-    uncovered = _uncovered(checkpoint + 1, last_seq)
-    head = conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1").fetchone()
-    if head is None:
-        if last_seq == 0:
-            return AuditVerifyResult(ok=True, entries=0, first_bad_seq=None, reason="ok")
-        return _broken(checkpoint, "head: missing (deleted)" + uncovered)
-    head_seq, head_hash, head_sig = head
-    if (
-        not isinstance(head_seq, int)
-        or not 0 <= head_seq <= _MAX_SEQ
-        or not isinstance(head_hash, bytes)
-    ):
-        return _broken(checkpoint, "head: malformed (edited)" + uncovered)
-    if not _signature_ok(verify_key, head_message(head_seq, head_hash), head_sig):
-        return _broken(checkpoint, "head: bad signature (edited)" + uncovered)
-    if head_seq > last_seq:
-        return _broken(
-            checkpoint,
-            f"head: signed head is entry {head_seq} but the log ends at entry {last_seq} "
-            f"(entries {last_seq + 1}..{head_seq} deleted: tail truncated)" + uncovered,
-        )
-    if head_hash != _hash_at(conn, head_seq, last_seq, last_hash):
-        # The chain was changed where only the head vouched for it: trust only the
-        # checkpoints before the head's entry.
-        authenticated = max(0, min(checkpoint, head_seq - 1))
-        return _broken(
-            authenticated,
-            f"head: hash does not match entry {head_seq} (edited)"
-            + _uncovered(authenticated + 1, head_seq - 1),
-        )
-    if head_seq < last_seq:
-        return _broken(
-            head_seq,
-            f"head: entries {head_seq + 1}..{last_seq} are not covered by the signed head "
-            f"(head rolled back or entries inserted)",
-        )
-    return AuditVerifyResult(ok=True, entries=last_seq, first_bad_seq=None, reason="ok")
-
-
-def _hash_at(conn: sqlite3.Connection, seq: int, last_seq: int, last_hash: bytes) -> object:
-    """The stored hash of entry `seq` (0 <= seq <= last_seq) of the verified chain."""
-    if seq == 0:
-        return GENESIS_PREV_HASH
-    if seq == last_seq:
-        return last_hash
-    row = conn.execute("SELECT hash FROM audit_entries WHERE seq = ?", (seq,)).fetchone()
-    return None if row is None else row[0]
+        if head_hash != self._hash_at_want:
+            # The chain was changed where only the head vouched for it: trust only the
+            # checkpoints before the head's entry.
+            authenticated = max(0, min(checkpoint, head_seq - 1))
+            return _broken(
+                authenticated,
+                f"head: hash does not match entry {head_seq} (edited)"
+                + _uncovered(authenticated + 1, head_seq - 1),
+            )
+        if head_seq < last_seq and not (mirror and checkpoint == last_seq):
+            return _broken(
+                head_seq,
+                f"head: entries {head_seq + 1}..{last_seq} are not covered by the signed head "
+                f"(head rolled back or entries inserted)",
+            )
+        return AuditVerifyResult(ok=True, entries=last_seq, first_bad_seq=None, reason="ok")
 
 
 def _signature_ok(verify_key: VerifyKey, message: bytes, sig: object) -> bool:

@@ -6,12 +6,20 @@ a field defaulting to None.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from vsmcp.node.bridges.mqtt_config import MqttSection
+from vsmcp.node.tools.config import doc
+
 
 class BridgesSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    mqtt: Annotated[
+        MqttSection | None,
+        doc("MQTT broker: telemetry in, alerts and announcements out, MQTT 5 tool calls"),
+    ] = None
+
     def configured(self) -> dict[str, Any]:
         """The configured bridges' sections, by name (the field's name)."""
         return {

@@ -1,0 +1,360 @@
+"""The MQTT bridge in a real `vsmcpd` against the real Mosquitto, driven by plain aiomqtt
+clients (not our code): telemetry in → a pattern's alert out; the retained status and
+tool announcement a fresh subscriber sees, and the last will when the node is killed -9;
+MQTT 5 request/response tool calls and their bad inputs; bad config refused.
+
+Every test uses its own topic prefix, so tests (and other users of the broker) never see
+each other's messages; retained messages a test leaves are cleared at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.integration.harness import NodeProcess, run_daemon
+from tests.polling import async_wait_until
+from tests.skips import require_mosquitto
+
+pytestmark = pytest.mark.integration
+
+HOT = {
+    "all": [
+        {"field": "metric", "op": "eq", "value": "temp"},
+        {"field": "value", "op": "gt", "value": 90},
+    ]
+}
+BUSY = {
+    "all": [
+        {"field": "metric", "op": "eq", "value": "cpu"},
+        {"field": "value", "op": "gt", "value": 80},
+    ]
+}
+
+
+def _sequence(name: str, first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "telemetry",
+        "where": first,
+        "group_by": "device",
+        "then": {"kind": "telemetry", "where": then, "within_s": 10},
+        "actions": [{"type": "emit", "label": "overheat"}],
+    }
+
+
+# "temp > 90 and cpu > 80 on the same device within 10 s", in either order.
+PATTERNS = [_sequence("hot-then-busy", HOT, BUSY), _sequence("busy-then-hot", BUSY, HOT)]
+
+MAX_CALL_BYTES = 2048
+WAIT_S = 20.0
+
+
+@pytest.fixture
+def broker() -> tuple[str, int]:
+    return require_mosquitto()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{secrets.token_hex(6)}"
+
+
+def _config(tmp_path: Path, prefix: str, broker: tuple[str, int], extra: str = "") -> Path:
+    patterns = tmp_path / "patterns"
+    patterns.mkdir(exist_ok=True)
+    (patterns / "edge.json").write_text(json.dumps({"patterns": PATTERNS}))
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f"""
+[tools]
+entry_points = false
+[vsm]
+patterns_dir = "{patterns}"
+[bridges.mqtt]
+url = "mqtt://{broker[0]}:{broker[1]}"
+prefix = "{prefix}"
+telemetry_topics = ["{prefix}/telemetry/#"]
+max_call_bytes = {MAX_CALL_BYTES}
+keepalive_s = 5
+{extra}
+"""
+    )
+    return config
+
+
+@pytest.fixture
+def node(tmp_path: Path, prefix: str, broker: tuple[str, int]) -> Iterator[NodeProcess]:
+    config = _config(tmp_path, prefix, broker)
+    process = NodeProcess(tmp_path / "data", "--config", str(config)).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@contextlib.asynccontextmanager
+async def client(broker: tuple[str, int]) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client(
+        broker[0], broker[1], protocol=aiomqtt.ProtocolVersion.V5, timeout=10
+    ) as c:
+        yield c
+
+
+async def _clear_retained(broker: tuple[str, int], prefix: str, node_id: str) -> None:
+    async with client(broker) as c:
+        for leaf in ("status", "tools"):
+            await c.publish(f"{prefix}/nodes/{node_id}/{leaf}", b"", qos=1, retain=True)
+
+
+async def _next(c: aiomqtt.Client, topic: str, timeout_s: float = WAIT_S) -> aiomqtt.Message:
+    async def first() -> aiomqtt.Message:
+        async for message in c.messages:
+            if message.topic.matches(topic):
+                return message
+        raise AssertionError("the client's message stream ended")
+
+    return await asyncio.wait_for(first(), timeout_s)
+
+
+def _bridge(node: NodeProcess) -> dict[str, Any]:
+    view: dict[str, Any] = node.get_json("/api/vsm")["bridges"]["mqtt"]
+    return view
+
+
+async def _wait_connected(node: NodeProcess) -> None:
+    await async_wait_until(
+        lambda: _bridge(node)["state"] == "connected", timeout_s=WAIT_S, what="bridge connected"
+    )
+
+
+async def test_telemetry_from_a_plain_client_produces_the_patterns_alert(
+    node: NodeProcess, prefix: str, broker: tuple[str, int]
+) -> None:
+    await _wait_connected(node)
+    try:
+        async with client(broker) as c:
+            await c.subscribe(f"{prefix}/alerts", qos=1)
+            # Hot but not busy: no alert. Then a JSON object with both readings, and two
+            # bare numbers on <device>/<metric> topics.
+            await c.publish(f"{prefix}/telemetry/pump-1", b'{"temp": 95, "cpu": 40}', qos=1)
+            await c.publish(f"{prefix}/telemetry/pump-7", b'{"temp": 95.5, "cpu": 85}', qos=1)
+            await c.publish(f"{prefix}/telemetry/fan-3/cpu", b"88", qos=1)
+            await c.publish(f"{prefix}/telemetry/fan-3/temp", b"91", qos=1)
+            groups = set()
+            while len(groups) < 2:
+                alert = json.loads((await _next(c, f"{prefix}/alerts")).payload)
+                assert alert["node"] == node.node_id
+                event = alert["event"]
+                assert event["kind"] == "pattern_matched"
+                assert event["label"] == "overheat"
+                groups.add(event["group"])
+            assert groups == {"pump-7", "fan-3"}
+            # Bad payloads are counted, nothing crashes, and telemetry still flows.
+            before = _bridge(node)["counters"].get("telemetry_bad", 0)
+            bad = [b"not json", b"[1, 2]", b'{"ok": "no number"}', b"x" * 20_000, b"true"]
+            for payload in bad:
+                await c.publish(f"{prefix}/telemetry/pump-9", payload, qos=1)
+            await c.publish(f"{prefix}/telemetry", b'{"temp": 1}', qos=1)  # no device
+            await async_wait_until(
+                lambda: _bridge(node)["counters"].get("telemetry_bad", 0) >= before + 6,
+                timeout_s=WAIT_S,
+                what="bad telemetry counted",
+            )
+            await c.publish(f"{prefix}/telemetry/pump-9", b'{"cpu": 99, "temp": 99}', qos=1)
+            alert = json.loads((await _next(c, f"{prefix}/alerts")).payload)
+            assert alert["event"]["group"] == "pump-9"
+        view = _bridge(node)
+        assert view["connected"] is True
+        assert view["counters"]["telemetry_events"] >= 8
+        # Counted once the broker acknowledged it, which may be after a subscriber had it.
+        await async_wait_until(
+            lambda: _bridge(node)["counters"].get("alerts_published", 0) >= 3,
+            timeout_s=WAIT_S,
+            what="three alerts acknowledged",
+        )
+    finally:
+        await _clear_retained(broker, prefix, node.node_id)
+
+
+async def test_retained_announcements_status_and_the_last_will(
+    node: NodeProcess, prefix: str, broker: tuple[str, int]
+) -> None:
+    await _wait_connected(node)
+    status_topic = f"{prefix}/nodes/{node.node_id}/status"
+    tools_topic = f"{prefix}/nodes/{node.node_id}/tools"
+    try:
+        # A subscriber that comes after the node published sees both, retained.
+        async with client(broker) as fresh:
+            await fresh.subscribe(f"{prefix}/nodes/+/+", qos=1)
+            seen: dict[str, aiomqtt.Message] = {}
+            while len(seen) < 2:
+                message = await _next(fresh, f"{prefix}/nodes/+/+")
+                seen[message.topic.value] = message
+            assert seen[status_topic].retain and seen[status_topic].payload == b"online"
+            announcement = json.loads(seen[tools_topic].payload)
+            assert seen[tools_topic].retain
+            assert announcement["node"] == node.node_id
+            assert announcement["calls"] == f"{prefix}/calls/{node.node_id}"
+            names = {tool["name"] for tool in announcement["tools"]}
+            assert "echo" in names
+            # vsm.signal is in a higher zone than the lowest, which MQTT callers get.
+            assert "vsm.signal" not in names
+            node.kill()
+            node.wait_exit()
+            will = await _next(fresh, status_topic)
+            assert will.payload == b"offline"
+        # ...and it stays: a later subscriber sees the node offline.
+        async with client(broker) as later:
+            await later.subscribe(status_topic, qos=1)
+            assert (await _next(later, status_topic)).payload == b"offline"
+    finally:
+        await _clear_retained(broker, prefix, node.node_id)
+
+
+async def test_a_clean_stop_says_offline(
+    node: NodeProcess, prefix: str, broker: tuple[str, int]
+) -> None:
+    await _wait_connected(node)
+    status_topic = f"{prefix}/nodes/{node.node_id}/status"
+    try:
+        node.terminate()
+        assert node.wait_exit() == 0
+        async with client(broker) as later:
+            await later.subscribe(status_topic, qos=1)
+            assert (await _next(later, status_topic)).payload == b"offline"
+    finally:
+        await _clear_retained(broker, prefix, node.node_id)
+
+
+class Caller:
+    """A plain MQTT 5 requester: request topic, its own response topic, correlation."""
+
+    def __init__(self, c: aiomqtt.Client, prefix: str) -> None:
+        self.c = c
+        self.replies = f"{prefix}/replies/{secrets.token_hex(4)}"
+
+    async def start(self) -> Caller:
+        await self.c.subscribe(self.replies, qos=1)
+        return self
+
+    async def ask(
+        self, topic: str, payload: bytes, *, correlation: bytes | None = None
+    ) -> dict[str, Any]:
+        correlation = correlation or secrets.token_bytes(8)
+        await self.send(topic, payload, correlation=correlation)
+        reply = await _next(self.c, self.replies)
+        assert reply.properties is not None
+        assert reply.properties.CorrelationData == correlation
+        answer: dict[str, Any] = json.loads(reply.payload)
+        return answer
+
+    async def send(
+        self, topic: str, payload: bytes, *, correlation: bytes, response_topic: bool = True
+    ) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if response_topic:
+            props.ResponseTopic = self.replies
+        props.CorrelationData = correlation
+        await self.c.publish(topic, payload, qos=1, properties=props)
+
+
+def _call(name: str, arguments: dict[str, Any], request_id: int = 1) -> bytes:
+    request = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+    return json.dumps(request).encode()
+
+
+async def test_request_response_tool_calls_and_bad_input(
+    node: NodeProcess, prefix: str, broker: tuple[str, int]
+) -> None:
+    await _wait_connected(node)
+    pinned, shared = f"{prefix}/calls/{node.node_id}", f"{prefix}/calls"
+    try:
+        async with client(broker) as c:
+            caller = await Caller(c, prefix).start()
+            answer = await caller.ask(pinned, _call("echo", {"text": "over mqtt"}, 7))
+            assert answer["id"] == 7
+            assert answer["result"]["content"][0]["text"] == "over mqtt"
+            answer = await caller.ask(shared, _call("echo", {"text": "shared"}, 8))
+            assert answer["result"]["content"][0]["text"] == "shared"
+            listed = await caller.ask(
+                pinned, b'{"jsonrpc": "2.0", "id": 9, "method": "tools/list"}'
+            )
+            assert "echo" in {t["name"] for t in listed["result"]["tools"]}
+
+            # Bad input: each gets a clear error answer with the request's correlation.
+            answer = await caller.ask(pinned, b"{not json")
+            assert answer["error"]["code"] == -32700
+            answer = await caller.ask(pinned, _call("echo", {"text": "x" * MAX_CALL_BYTES}))
+            assert answer["error"]["code"] == -32019
+            assert answer["error"]["data"]["max_bytes"] == MAX_CALL_BYTES
+            answer = await caller.ask(pinned, _call("no.such.tool", {}, 3))
+            assert (answer["id"], answer["error"]["code"]) == (3, -32602)
+            assert answer["error"]["data"]["reason"] == "unknown_tool"
+            # vsm.signal is in the restricted zone; MQTT callers get the lowest.
+            answer = await caller.ask(pinned, _call("vsm.signal", {"intensity": 0.1}, 4))
+            assert (answer["id"], answer["error"]["code"]) == (4, -32010)
+            answer = await caller.ask(pinned, _call("echo", {"text": 5}, 5))
+            assert answer["error"]["data"]["reason"] == "invalid_arguments"
+            answer = await caller.ask(pinned, b'{"jsonrpc": "2.0", "id": 6, "method": "nope"}')
+            assert answer["error"]["code"] == -32601
+
+            # No response topic: nothing can be answered; counted, and the node goes on.
+            before = _bridge(node)["counters"].get("requests_unanswerable", 0)
+            await caller.send(
+                pinned, _call("echo", {"text": "lost"}), correlation=b"c", response_topic=False
+            )
+            await async_wait_until(
+                lambda: _bridge(node)["counters"].get("requests_unanswerable", 0) == before + 1,
+                timeout_s=WAIT_S,
+                what="the unanswerable request counted",
+            )
+            answer = await caller.ask(pinned, _call("echo", {"text": "still here"}))
+            assert answer["result"]["content"][0]["text"] == "still here"
+        view = _bridge(node)
+        assert view["counters"]["replies"] >= 10
+        assert view["counters"]["error_replies"] >= 6
+    finally:
+        await _clear_retained(broker, prefix, node.node_id)
+
+
+def test_bad_config_is_refused_naming_the_key(tmp_path: Path, broker: tuple[str, int]) -> None:
+    cases = {
+        'url = "http://127.0.0.1:1883"': "bridges.mqtt.url",
+        'telemetry_topics = ["a/#/b"]': "bridges.mqtt.telemetry_topics[0]",
+        'alert_kinds = ["no_such_kind"]': "bridges.mqtt.alert_kinds",
+        'call_zone = "no-such-zone"': "bridges.mqtt.call_zone",
+        "inbox = 0": "bridges.mqtt.inbox",
+    }
+    for line, key in cases.items():
+        config = tmp_path / "node.toml"
+        config.write_text(f"[tools]\nentry_points = false\n[bridges.mqtt]\n{line}\n")
+        data = tmp_path / f"data-{secrets.token_hex(3)}"
+        result = run_daemon(
+            "--config",
+            str(config),
+            "--data-dir",
+            str(data),
+            "--dev",
+            "--http-port",
+            "0",
+            "--mesh-port",
+            "0",
+        )
+        assert result.returncode == 2, (line, result.stderr[-2000:])
+        assert key in result.stderr, (line, result.stderr[-2000:])

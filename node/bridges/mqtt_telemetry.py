@@ -106,7 +106,7 @@ class TelemetryDecoder:
         device, metric = names
         try:
             value = _decode(payload)
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError):  # 1e999 is a DecodeError too
             raise BadTelemetry("not_json", "the payload is not JSON") from None
         if isinstance(value, dict):
             return _readings(value, device, metric, ts)

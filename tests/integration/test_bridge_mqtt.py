@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.integration.harness import NodeProcess, run_daemon
+from tests.integration.harness import NodeProcess, counters, run_daemon
 from tests.polling import async_wait_until
 from tests.skips import require_mosquitto
 
@@ -358,3 +358,93 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path, broker: tuple[str,
         )
         assert result.returncode == 2, (line, result.stderr[-2000:])
         assert key in result.stderr, (line, result.stderr[-2000:])
+
+
+class Proxy:
+    """A TCP proxy between the node and the broker that the test can cut: an outage of
+    the broker as the node sees it (the broker itself is shared, so it is not stopped)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.open = True
+        self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones until `resume`."""
+        self.open = False
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    def resume(self) -> None:
+        self.open = True
+
+
+async def test_reconnects_after_an_outage_with_pain_while_down(
+    tmp_path: Path, prefix: str, broker: tuple[str, int]
+) -> None:
+    async with Proxy(broker) as proxy:
+        config = _config(tmp_path, prefix, ("127.0.0.1", proxy.port), "reconnect_max_s = 1.0")
+        node = NodeProcess(tmp_path / "data", "--config", str(config)).start()
+        status_topic = f"{prefix}/nodes/{node.node_id}/status"
+        try:
+            await _wait_connected(node)
+            async with client(broker) as c:
+                await c.subscribe(status_topic, qos=1)
+                assert (await _next(c, status_topic)).payload == b"online"
+                pain_before = counters(node, "vsmcp_events").get("algedonic", 0)
+                proxy.cut()
+                # The broker lost the node's connection: its last will says so.
+                assert (await _next(c, status_topic)).payload == b"offline"
+                await async_wait_until(
+                    lambda: _bridge(node)["state"] == "down", timeout_s=WAIT_S, what="down"
+                )
+                view = _bridge(node)
+                assert view["connected"] is False
+                assert view["counters"]["disconnects"] >= 1
+                assert "broker" in view["last_error"]
+                await async_wait_until(
+                    lambda: counters(node, "vsmcp_events").get("algedonic", 0) > pain_before,
+                    timeout_s=WAIT_S,
+                    what="pain on the algedonic channel",
+                )
+                proxy.resume()
+                assert (await _next(c, status_topic)).payload == b"online"
+                await _wait_connected(node)
+                # Telemetry flows again, and so do alerts.
+                await c.subscribe(f"{prefix}/alerts", qos=1)
+                await c.publish(f"{prefix}/telemetry/pump-2", b'{"temp": 99, "cpu": 99}', qos=1)
+                alert = json.loads((await _next(c, f"{prefix}/alerts")).payload)
+                assert alert["event"]["group"] == "pump-2"
+            assert node.get_json("/healthz")["status"] == "ok"
+        finally:
+            node.stop()
+            await _clear_retained(broker, prefix, node.node_id)

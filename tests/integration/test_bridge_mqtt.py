@@ -77,6 +77,8 @@ def _config(tmp_path: Path, prefix: str, broker: tuple[str, int], extra: str = "
     config = tmp_path / "node.toml"
     config.write_text(
         f"""
+[node]
+debug_api = true
 [tools]
 entry_points = false
 [vsm]
@@ -210,6 +212,13 @@ async def test_retained_announcements_status_and_the_last_will(
             assert "echo" in names
             # vsm.signal is in a higher zone than the lowest, which MQTT callers get.
             assert "vsm.signal" not in names
+            # A tool appears: the announcement is published again, with it.
+            assert node.post("/api/debug/tools?name=extra.echo&zone=public") == 200
+            changed = json.loads((await _next(fresh, tools_topic)).payload)
+            assert {t["name"] for t in changed["tools"]} == names | {"extra.echo"}
+            metrics = node.get("/metrics")[1].decode()
+            assert 'vsmcp_bridge_connected{bridge="mqtt"} 1.0' in metrics
+            assert 'vsmcp_bridge_errors_total{bridge="mqtt"}' in metrics
             node.kill()
             node.wait_exit()
             will = await _next(fresh, status_topic)

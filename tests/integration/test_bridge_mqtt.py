@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -417,17 +418,44 @@ class Proxy:
         self.open = True
 
 
+OPS_TOKEN = "ops-token-0123456789abcdef"
+OUTAGE_CONFIG = f"""reconnect_max_s = 1.0
+[[vsm.responses]]
+name = "page"
+do = "alert"
+source = "http:ops"
+[[mcp.tokens]]
+name = "ops"
+token = "{OPS_TOKEN}"
+zone = "restricted"
+"""
+
+
+def _strong_pain(node: NodeProcess) -> None:
+    """A signal System 5's `page` rule answers with an alert (an s5_response event)."""
+    body = json.dumps({"valence": "pain", "intensity": 0.9, "reason": "during the outage"})
+    request = urllib.request.Request(
+        node.url + "/api/algedonic",
+        data=body.encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {OPS_TOKEN}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+
+
 async def test_reconnects_after_an_outage_with_pain_while_down(
     tmp_path: Path, prefix: str, broker: tuple[str, int]
 ) -> None:
     async with Proxy(broker) as proxy:
-        config = _config(tmp_path, prefix, ("127.0.0.1", proxy.port), "reconnect_max_s = 1.0")
+        config = _config(tmp_path, prefix, ("127.0.0.1", proxy.port), OUTAGE_CONFIG)
         node = NodeProcess(tmp_path / "data", "--config", str(config)).start()
         status_topic = f"{prefix}/nodes/{node.node_id}/status"
         try:
             await _wait_connected(node)
             async with client(broker) as c:
                 await c.subscribe(status_topic, qos=1)
+                await c.subscribe(f"{prefix}/alerts", qos=1)
                 assert (await _next(c, status_topic)).payload == b"online"
                 pain_before = counters(node, "vsmcp_events").get("algedonic", 0)
                 proxy.cut()
@@ -445,14 +473,29 @@ async def test_reconnects_after_an_outage_with_pain_while_down(
                     timeout_s=WAIT_S,
                     what="pain on the algedonic channel",
                 )
+                # An alert raised while the broker is away waits in the outbox...
+                _strong_pain(node)
+                await async_wait_until(
+                    lambda: _bridge(node)["outbox_depth"] >= 1, timeout_s=WAIT_S, what="outbox"
+                )
                 proxy.resume()
                 assert (await _next(c, status_topic)).payload == b"online"
+                # ...and leaves once the broker is back.
+                while True:
+                    event = json.loads((await _next(c, f"{prefix}/alerts")).payload)["event"]
+                    if event["kind"] == "s5_response" and event["rule"] == "page":
+                        break
                 await _wait_connected(node)
+                await async_wait_until(
+                    lambda: _bridge(node)["outbox_depth"] == 0, timeout_s=WAIT_S, what="flushed"
+                )
                 # Telemetry flows again, and so do alerts.
-                await c.subscribe(f"{prefix}/alerts", qos=1)
                 await c.publish(f"{prefix}/telemetry/pump-2", b'{"temp": 99, "cpu": 99}', qos=1)
-                alert = json.loads((await _next(c, f"{prefix}/alerts")).payload)
-                assert alert["event"]["group"] == "pump-2"
+                while True:  # past any other alert (a System 5 response)
+                    event = json.loads((await _next(c, f"{prefix}/alerts")).payload)["event"]
+                    if event["kind"] == "pattern_matched":
+                        break
+                assert event["group"] == "pump-2"
             assert node.get_json("/healthz")["status"] == "ok"
         finally:
             node.stop()

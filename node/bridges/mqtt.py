@@ -217,7 +217,8 @@ class MqttBridge:
         )
 
     async def _session(self) -> None:
-        self._set_state("connecting")
+        if self._status.state != "down":  # retries of an outage stay `down` (one pain, audit)
+            self._set_state("connecting")
         client = self._new_client()
         async with client:
             self._client = client

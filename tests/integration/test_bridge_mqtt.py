@@ -468,11 +468,21 @@ async def test_reconnects_after_an_outage_with_pain_while_down(
                 assert view["connected"] is False
                 assert view["counters"]["disconnects"] >= 1
                 assert "broker" in view["last_error"]
+                # Retries fail too (the proxy refuses): one pain for the outage, not one
+                # per attempt (again only after PAIN_REPEAT_S = 30 s).
+                # (an attempt waits up to BROKER_TIMEOUT_S = 10 s for the broker's CONNACK)
+                await async_wait_until(
+                    lambda: _bridge(node)["counters"]["disconnects"] >= 2,
+                    timeout_s=30,
+                    what="a failed reconnection attempt",
+                )
+                assert _bridge(node)["state"] == "down"
                 await async_wait_until(
                     lambda: counters(node, "vsmcp_events").get("algedonic", 0) > pain_before,
                     timeout_s=WAIT_S,
                     what="pain on the algedonic channel",
                 )
+                assert counters(node, "vsmcp_events").get("algedonic", 0) == pain_before + 1
                 # An alert raised while the broker is away waits in the outbox...
                 _strong_pain(node)
                 await async_wait_until(

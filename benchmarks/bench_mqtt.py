@@ -40,41 +40,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _machine import machine
 
 from tests.integration.harness import NodeProcess
+from tests.integration.overheat import overheat_patterns
 
 BROKER = ("127.0.0.1", 1883)
 DEVICES = 1_000
 POLL_S = 0.02
 STALL_S = 20.0
 
-HOT = {
-    "all": [
-        {"field": "metric", "op": "eq", "value": "temp"},
-        {"field": "value", "op": "gt", "value": 90},
-    ]
-}
-BUSY = {
-    "all": [
-        {"field": "metric", "op": "eq", "value": "cpu"},
-        {"field": "value", "op": "gt", "value": 80},
-    ]
-}
-
-
-def _sequence(name: str, first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "kind": "telemetry",
-        "where": first,
-        "group_by": "device",
-        "then": {"kind": "telemetry", "where": then, "within_s": 10},
-        # No action: a match emitting an event would count as an event processed.
-    }
-
 
 def _start_node(root: Path, prefix: str) -> NodeProcess:
     patterns = root / "patterns"
     patterns.mkdir()
-    rules = [_sequence("hot-then-busy", HOT, BUSY), _sequence("busy-then-hot", BUSY, HOT)]
+    # No action: a match emitting an event would count as an event processed.
+    rules = overheat_patterns([])
     (patterns / "edge.json").write_text(json.dumps({"patterns": rules}))
     config = root / "node.toml"
     config.write_text(
@@ -179,9 +157,8 @@ def decode_and_match(payloads: bytes) -> float:
     from vsmcp.node.vsm.events import NODE_CATALOG, Event
     from vsmcp.node.vsm.patterns import PatternEngine, parse_patterns
 
-    rules = [_sequence("hot-then-busy", HOT, BUSY), _sequence("busy-then-hot", BUSY, HOT)]
     engine = PatternEngine(
-        lambda match: None, NODE_CATALOG, parse_patterns(rules, "b", NODE_CATALOG)
+        lambda match: None, NODE_CATALOG, parse_patterns(overheat_patterns([]), "b", NODE_CATALOG)
     )
     decoder = TelemetryDecoder(["b/telemetry/#"], 16 * 1024)
     lines = payloads.splitlines()

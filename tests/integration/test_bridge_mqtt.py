@@ -14,7 +14,7 @@ import contextlib
 import json
 import secrets
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +24,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.integration.harness import NodeProcess, counters, run_daemon
+from tests.integration.overheat import overheat_patterns
 from tests.polling import async_wait_until
 from tests.skips import require_mosquitto
 
 pytestmark = pytest.mark.integration
 
-HOT = {
-    "all": [
-        {"field": "metric", "op": "eq", "value": "temp"},
-        {"field": "value", "op": "gt", "value": 90},
-    ]
-}
-BUSY = {
-    "all": [
-        {"field": "metric", "op": "eq", "value": "cpu"},
-        {"field": "value", "op": "gt", "value": 80},
-    ]
-}
-
-
-def _sequence(name: str, first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "kind": "telemetry",
-        "where": first,
-        "group_by": "device",
-        "then": {"kind": "telemetry", "where": then, "within_s": 10},
-        "actions": [{"type": "emit", "label": "overheat"}],
-    }
-
-
-# "temp > 90 and cpu > 80 on the same device within 10 s", in either order.
-PATTERNS = [_sequence("hot-then-busy", HOT, BUSY), _sequence("busy-then-hot", BUSY, HOT)]
-
+PATTERNS = overheat_patterns([{"type": "emit", "label": "overheat"}])
 MAX_CALL_BYTES = 2048
 WAIT_S = 20.0
 
@@ -97,13 +71,15 @@ keepalive_s = 5
 
 
 @pytest.fixture
-def node(tmp_path: Path, prefix: str, broker: tuple[str, int]) -> Iterator[NodeProcess]:
+async def node(tmp_path: Path, prefix: str, broker: tuple[str, int]) -> AsyncIterator[NodeProcess]:
+    """A node with the bridge; at the end, the retained messages it left are cleared."""
     config = _config(tmp_path, prefix, broker)
     process = NodeProcess(tmp_path / "data", "--config", str(config)).start()
     try:
         yield process
     finally:
         process.stop()
+        await _clear_retained(broker, prefix, process.node_id)
 
 
 @contextlib.asynccontextmanager
@@ -130,6 +106,15 @@ async def _next(c: aiomqtt.Client, topic: str, timeout_s: float = WAIT_S) -> aio
     return await asyncio.wait_for(first(), timeout_s)
 
 
+async def _retained(broker: tuple[str, int], topic: str) -> bytes:
+    """What a subscriber arriving now is given at `topic` (the retained message)."""
+    async with client(broker) as later:
+        await later.subscribe(topic, qos=1)
+        payload = (await _next(later, topic)).payload
+        assert isinstance(payload, bytes)
+        return payload
+
+
 def _bridge(node: NodeProcess) -> dict[str, Any]:
     view: dict[str, Any] = node.get_json("/api/vsm")["bridges"]["mqtt"]
     return view
@@ -145,49 +130,46 @@ async def test_telemetry_from_a_plain_client_produces_the_patterns_alert(
     node: NodeProcess, prefix: str, broker: tuple[str, int]
 ) -> None:
     await _wait_connected(node)
-    try:
-        async with client(broker) as c:
-            await c.subscribe(f"{prefix}/alerts", qos=1)
-            # Hot but not busy: no alert. Then a JSON object with both readings, and two
-            # bare numbers on <device>/<metric> topics.
-            await c.publish(f"{prefix}/telemetry/pump-1", b'{"temp": 95, "cpu": 40}', qos=1)
-            await c.publish(f"{prefix}/telemetry/pump-7", b'{"temp": 95.5, "cpu": 85}', qos=1)
-            await c.publish(f"{prefix}/telemetry/fan-3/cpu", b"88", qos=1)
-            await c.publish(f"{prefix}/telemetry/fan-3/temp", b"91", qos=1)
-            groups = set()
-            while len(groups) < 2:
-                alert = json.loads((await _next(c, f"{prefix}/alerts")).payload)
-                assert alert["node"] == node.node_id
-                event = alert["event"]
-                assert event["kind"] == "pattern_matched"
-                assert event["label"] == "overheat"
-                groups.add(event["group"])
-            assert groups == {"pump-7", "fan-3"}
-            # Bad payloads are counted, nothing crashes, and telemetry still flows.
-            before = _bridge(node)["counters"].get("telemetry_bad", 0)
-            bad = [b"not json", b"[1, 2]", b'{"ok": "no number"}', b"x" * 20_000, b"true"]
-            for payload in bad:
-                await c.publish(f"{prefix}/telemetry/pump-9", payload, qos=1)
-            await c.publish(f"{prefix}/telemetry", b'{"temp": 1}', qos=1)  # no device
-            await async_wait_until(
-                lambda: _bridge(node)["counters"].get("telemetry_bad", 0) >= before + 6,
-                timeout_s=WAIT_S,
-                what="bad telemetry counted",
-            )
-            await c.publish(f"{prefix}/telemetry/pump-9", b'{"cpu": 99, "temp": 99}', qos=1)
+    async with client(broker) as c:
+        await c.subscribe(f"{prefix}/alerts", qos=1)
+        # Hot but not busy: no alert. Then a JSON object with both readings, and two
+        # bare numbers on <device>/<metric> topics.
+        await c.publish(f"{prefix}/telemetry/pump-1", b'{"temp": 95, "cpu": 40}', qos=1)
+        await c.publish(f"{prefix}/telemetry/pump-7", b'{"temp": 95.5, "cpu": 85}', qos=1)
+        await c.publish(f"{prefix}/telemetry/fan-3/cpu", b"88", qos=1)
+        await c.publish(f"{prefix}/telemetry/fan-3/temp", b"91", qos=1)
+        groups: set[str] = set()
+        while len(groups) < 2:
             alert = json.loads((await _next(c, f"{prefix}/alerts")).payload)
-            assert alert["event"]["group"] == "pump-9"
-        view = _bridge(node)
-        assert view["connected"] is True
-        assert view["counters"]["telemetry_events"] >= 8
-        # Counted once the broker acknowledged it, which may be after a subscriber had it.
+            assert alert["node"] == node.node_id
+            event = alert["event"]
+            assert event["kind"] == "pattern_matched"
+            assert event["label"] == "overheat"
+            groups.add(event["group"])
+        assert groups == {"pump-7", "fan-3"}
+        # Bad payloads are counted, nothing crashes, and telemetry still flows.
+        before = _bridge(node)["counters"].get("telemetry_bad", 0)
+        bad = [b"not json", b"[1, 2]", b'{"ok": "no number"}', b"x" * 20_000, b"true"]
+        for payload in bad:
+            await c.publish(f"{prefix}/telemetry/pump-9", payload, qos=1)
+        await c.publish(f"{prefix}/telemetry", b'{"temp": 1}', qos=1)  # no device
         await async_wait_until(
-            lambda: _bridge(node)["counters"].get("alerts_published", 0) >= 3,
+            lambda: _bridge(node)["counters"].get("telemetry_bad", 0) >= before + 6,
             timeout_s=WAIT_S,
-            what="three alerts acknowledged",
+            what="bad telemetry counted",
         )
-    finally:
-        await _clear_retained(broker, prefix, node.node_id)
+        await c.publish(f"{prefix}/telemetry/pump-9", b'{"cpu": 99, "temp": 99}', qos=1)
+        alert = json.loads((await _next(c, f"{prefix}/alerts")).payload)
+        assert alert["event"]["group"] == "pump-9"
+    view = _bridge(node)
+    assert view["connected"] is True
+    assert view["counters"]["telemetry_events"] >= 8
+    # Counted once the broker acknowledged it, which may be after a subscriber had it.
+    await async_wait_until(
+        lambda: _bridge(node)["counters"].get("alerts_published", 0) >= 3,
+        timeout_s=WAIT_S,
+        what="three alerts acknowledged",
+    )
 
 
 async def test_retained_announcements_status_and_the_last_will(
@@ -196,40 +178,35 @@ async def test_retained_announcements_status_and_the_last_will(
     await _wait_connected(node)
     status_topic = f"{prefix}/nodes/{node.node_id}/status"
     tools_topic = f"{prefix}/nodes/{node.node_id}/tools"
-    try:
-        # A subscriber that comes after the node published sees both, retained.
-        async with client(broker) as fresh:
-            await fresh.subscribe(f"{prefix}/nodes/+/+", qos=1)
-            seen: dict[str, aiomqtt.Message] = {}
-            while len(seen) < 2:
-                message = await _next(fresh, f"{prefix}/nodes/+/+")
-                seen[message.topic.value] = message
-            assert seen[status_topic].retain and seen[status_topic].payload == b"online"
-            announcement = json.loads(seen[tools_topic].payload)
-            assert seen[tools_topic].retain
-            assert announcement["node"] == node.node_id
-            assert announcement["calls"] == f"{prefix}/calls/{node.node_id}"
-            names = {tool["name"] for tool in announcement["tools"]}
-            assert "echo" in names
-            # vsm.signal is in a higher zone than the lowest, which MQTT callers get.
-            assert "vsm.signal" not in names
-            # A tool appears: the announcement is published again, with it.
-            assert node.post("/api/debug/tools?name=extra.echo&zone=public") == 200
-            changed = json.loads((await _next(fresh, tools_topic)).payload)
-            assert {t["name"] for t in changed["tools"]} == names | {"extra.echo"}
-            metrics = node.get("/metrics")[1].decode()
-            assert 'vsmcp_bridge_connected{bridge="mqtt"} 1.0' in metrics
-            assert 'vsmcp_bridge_errors_total{bridge="mqtt"}' in metrics
-            node.kill()
-            node.wait_exit()
-            will = await _next(fresh, status_topic)
-            assert will.payload == b"offline"
-        # ...and it stays: a later subscriber sees the node offline.
-        async with client(broker) as later:
-            await later.subscribe(status_topic, qos=1)
-            assert (await _next(later, status_topic)).payload == b"offline"
-    finally:
-        await _clear_retained(broker, prefix, node.node_id)
+    # A subscriber that comes after the node published sees both, retained.
+    async with client(broker) as fresh:
+        await fresh.subscribe(f"{prefix}/nodes/+/+", qos=1)
+        seen: dict[str, aiomqtt.Message] = {}
+        while len(seen) < 2:
+            message = await _next(fresh, f"{prefix}/nodes/+/+")
+            seen[message.topic.value] = message
+        assert seen[status_topic].retain and seen[status_topic].payload == b"online"
+        announcement = json.loads(seen[tools_topic].payload)
+        assert seen[tools_topic].retain
+        assert announcement["node"] == node.node_id
+        assert announcement["calls"] == f"{prefix}/calls/{node.node_id}"
+        names = {tool["name"] for tool in announcement["tools"]}
+        assert "echo" in names
+        # vsm.signal is in a higher zone than the lowest, which MQTT callers get.
+        assert "vsm.signal" not in names
+        # A tool appears: the announcement is published again, with it.
+        assert node.post("/api/debug/tools?name=extra.echo&zone=public") == 200
+        changed = json.loads((await _next(fresh, tools_topic)).payload)
+        assert {t["name"] for t in changed["tools"]} == names | {"extra.echo"}
+        metrics = node.get("/metrics")[1].decode()
+        assert 'vsmcp_bridge_connected{bridge="mqtt"} 1.0' in metrics
+        assert 'vsmcp_bridge_errors_total{bridge="mqtt"}' in metrics
+        node.kill()
+        node.wait_exit()
+        will = await _next(fresh, status_topic)
+        assert will.payload == b"offline"
+    # ...and it stays: a later subscriber sees the node offline.
+    assert await _retained(broker, status_topic) == b"offline"
 
 
 async def test_a_clean_stop_says_offline(
@@ -237,14 +214,9 @@ async def test_a_clean_stop_says_offline(
 ) -> None:
     await _wait_connected(node)
     status_topic = f"{prefix}/nodes/{node.node_id}/status"
-    try:
-        node.terminate()
-        assert node.wait_exit() == 0
-        async with client(broker) as later:
-            await later.subscribe(status_topic, qos=1)
-            assert (await _next(later, status_topic)).payload == b"offline"
-    finally:
-        await _clear_retained(broker, prefix, node.node_id)
+    node.terminate()
+    assert node.wait_exit() == 0
+    assert await _retained(broker, status_topic) == b"offline"
 
 
 class Caller:
@@ -265,7 +237,7 @@ class Caller:
         await self.send(topic, payload, correlation=correlation)
         reply = await _next(self.c, self.replies)
         assert reply.properties is not None
-        assert reply.properties.CorrelationData == correlation
+        assert getattr(reply.properties, "CorrelationData", None) == correlation
         answer: dict[str, Any] = json.loads(reply.payload)
         return answer
 
@@ -294,53 +266,48 @@ async def test_request_response_tool_calls_and_bad_input(
 ) -> None:
     await _wait_connected(node)
     pinned, shared = f"{prefix}/calls/{node.node_id}", f"{prefix}/calls"
-    try:
-        async with client(broker) as c:
-            caller = await Caller(c, prefix).start()
-            answer = await caller.ask(pinned, _call("echo", {"text": "over mqtt"}, 7))
-            assert answer["id"] == 7
-            assert answer["result"]["content"][0]["text"] == "over mqtt"
-            answer = await caller.ask(shared, _call("echo", {"text": "shared"}, 8))
-            assert answer["result"]["content"][0]["text"] == "shared"
-            listed = await caller.ask(
-                pinned, b'{"jsonrpc": "2.0", "id": 9, "method": "tools/list"}'
-            )
-            assert "echo" in {t["name"] for t in listed["result"]["tools"]}
+    async with client(broker) as c:
+        caller = await Caller(c, prefix).start()
+        answer = await caller.ask(pinned, _call("echo", {"text": "over mqtt"}, 7))
+        assert answer["id"] == 7
+        assert answer["result"]["content"][0]["text"] == "over mqtt"
+        answer = await caller.ask(shared, _call("echo", {"text": "shared"}, 8))
+        assert answer["result"]["content"][0]["text"] == "shared"
+        listed = await caller.ask(pinned, b'{"jsonrpc": "2.0", "id": 9, "method": "tools/list"}')
+        assert "echo" in {t["name"] for t in listed["result"]["tools"]}
 
-            # Bad input: each gets a clear error answer with the request's correlation.
-            answer = await caller.ask(pinned, b"{not json")
-            assert answer["error"]["code"] == -32700
-            answer = await caller.ask(pinned, _call("echo", {"text": "x" * MAX_CALL_BYTES}))
-            assert answer["error"]["code"] == -32019
-            assert answer["error"]["data"]["max_bytes"] == MAX_CALL_BYTES
-            answer = await caller.ask(pinned, _call("no.such.tool", {}, 3))
-            assert (answer["id"], answer["error"]["code"]) == (3, -32602)
-            assert answer["error"]["data"]["reason"] == "unknown_tool"
-            # vsm.signal is in the restricted zone; MQTT callers get the lowest.
-            answer = await caller.ask(pinned, _call("vsm.signal", {"intensity": 0.1}, 4))
-            assert (answer["id"], answer["error"]["code"]) == (4, -32010)
-            answer = await caller.ask(pinned, _call("echo", {"text": 5}, 5))
-            assert answer["error"]["data"]["reason"] == "invalid_arguments"
-            answer = await caller.ask(pinned, b'{"jsonrpc": "2.0", "id": 6, "method": "nope"}')
-            assert answer["error"]["code"] == -32601
+        # Bad input: each gets a clear error answer with the request's correlation.
+        answer = await caller.ask(pinned, b"{not json")
+        assert answer["error"]["code"] == -32700
+        answer = await caller.ask(pinned, _call("echo", {"text": "x" * MAX_CALL_BYTES}))
+        assert answer["error"]["code"] == -32019
+        assert answer["error"]["data"]["max_bytes"] == MAX_CALL_BYTES
+        answer = await caller.ask(pinned, _call("no.such.tool", {}, 3))
+        assert (answer["id"], answer["error"]["code"]) == (3, -32602)
+        assert answer["error"]["data"]["reason"] == "unknown_tool"
+        # vsm.signal is in the restricted zone; MQTT callers get the lowest.
+        answer = await caller.ask(pinned, _call("vsm.signal", {"intensity": 0.1}, 4))
+        assert (answer["id"], answer["error"]["code"]) == (4, -32010)
+        answer = await caller.ask(pinned, _call("echo", {"text": 5}, 5))
+        assert answer["error"]["data"]["reason"] == "invalid_arguments"
+        answer = await caller.ask(pinned, b'{"jsonrpc": "2.0", "id": 6, "method": "nope"}')
+        assert answer["error"]["code"] == -32601
 
-            # No response topic: nothing can be answered; counted, and the node goes on.
-            before = _bridge(node)["counters"].get("requests_unanswerable", 0)
-            await caller.send(
-                pinned, _call("echo", {"text": "lost"}), correlation=b"c", response_topic=False
-            )
-            await async_wait_until(
-                lambda: _bridge(node)["counters"].get("requests_unanswerable", 0) == before + 1,
-                timeout_s=WAIT_S,
-                what="the unanswerable request counted",
-            )
-            answer = await caller.ask(pinned, _call("echo", {"text": "still here"}))
-            assert answer["result"]["content"][0]["text"] == "still here"
-        view = _bridge(node)
-        assert view["counters"]["replies"] >= 10
-        assert view["counters"]["error_replies"] >= 6
-    finally:
-        await _clear_retained(broker, prefix, node.node_id)
+        # No response topic: nothing can be answered; counted, and the node goes on.
+        before = _bridge(node)["counters"].get("requests_unanswerable", 0)
+        await caller.send(
+            pinned, _call("echo", {"text": "lost"}), correlation=b"c", response_topic=False
+        )
+        await async_wait_until(
+            lambda: _bridge(node)["counters"].get("requests_unanswerable", 0) == before + 1,
+            timeout_s=WAIT_S,
+            what="the unanswerable request counted",
+        )
+        answer = await caller.ask(pinned, _call("echo", {"text": "still here"}))
+        assert answer["result"]["content"][0]["text"] == "still here"
+    view = _bridge(node)
+    assert view["counters"]["replies"] >= 10
+    assert view["counters"]["error_replies"] >= 6
 
 
 def test_bad_config_is_refused_naming_the_key(tmp_path: Path, broker: tuple[str, int]) -> None:

@@ -477,3 +477,36 @@ async def test_reconnects_after_an_outage_with_pain_while_down(
         finally:
             node.stop()
             await _clear_retained(broker, prefix, node.node_id)
+
+
+async def test_requests_beyond_max_concurrent_calls_are_refused_as_overloaded(
+    tmp_path: Path, prefix: str, broker: tuple[str, int]
+) -> None:
+    extra = (
+        "max_concurrent_calls = 2\n"
+        '[[tools.plugins]]\nname = "hold"\ntarget = "tests.integration.plugin_tools:hold"\n'
+    )
+    config = _config(tmp_path, prefix, broker, extra)
+    node = NodeProcess(tmp_path / "data", "--config", str(config)).start()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    try:
+        await _wait_connected(node)
+        pinned = f"{prefix}/calls/{node.node_id}"
+        async with client(broker) as c:
+            caller = await Caller(c, prefix).start()
+            hold = _call("hold", {"marker_dir": str(markers), "hold_s": 600})
+            for correlation in (b"h1", b"h2"):
+                await caller.send(pinned, hold, correlation=correlation)
+            # (one marker: it is named after the process) Requests start in the order they
+            # arrive, so both holds run by the time the third is handled.
+            await async_wait_until(
+                lambda: any(markers.iterdir()), timeout_s=WAIT_S, what="a hold running"
+            )
+            answer = await caller.ask(pinned, _call("echo", {"text": "third"}))
+            assert answer["error"]["code"] == -32012
+            assert answer["error"]["data"]["limit"] == "mqtt-concurrent-calls"
+            assert _bridge(node)["counters"]["requests_overloaded"] == 1
+    finally:
+        node.stop()
+        await _clear_retained(broker, prefix, node.node_id)

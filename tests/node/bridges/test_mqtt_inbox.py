@@ -3,16 +3,20 @@ client would only log it), batches taken up to a limit in arrival order."""
 
 from __future__ import annotations
 
-import aiomqtt
+from typing import Any
 
-from vsmcp.node.bridges.mqtt import Inbox
+from tests.skips import require_module
 
 
-def _message(n: int) -> aiomqtt.Message:
+def _message(n: int) -> Any:
+    aiomqtt = require_module("aiomqtt")  # the bridge's extra (`vsmcp[mqtt]`)
     return aiomqtt.Message(f"t/{n}", str(n).encode(), qos=1, retain=False, mid=n, properties=None)
 
 
 async def test_the_inbox_is_bounded_and_counts_what_it_drops() -> None:
+    require_module("aiomqtt")
+    from vsmcp.node.bridges.mqtt import Inbox
+
     inbox = Inbox(3)
     for n in range(5):
         inbox.put_nowait(_message(n))

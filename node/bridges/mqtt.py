@@ -149,7 +149,8 @@ class MqttBridge:
         task, self._task = self._task, None
         if task is None:
             return
-        await self._say_offline()
+        if self._client is not None:
+            await self._say_offline(self._client)
         task.cancel()
         requests = list(self._requests)
         for request in requests:
@@ -160,12 +161,9 @@ class MqttBridge:
         await self._ctx.events.unsubscribe(ALERTS_SUBSCRIBER)
         self._set_state("stopped")
 
-    async def _say_offline(self) -> None:
-        """A clean stop says `offline` itself: the broker sends the will only when the
-        connection is lost."""
-        client = self._client
-        if client is None:
-            return
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        """Leaving a connection on purpose (a stop, a failed subscription) says `offline`
+        itself: the broker sends the will only when a connection is lost."""
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(
                 self.status_topic, OFFLINE, qos=QOS, retain=True, timeout=OFFLINE_TIMEOUT_S
@@ -239,6 +237,9 @@ class MqttBridge:
                 if writer is not None:
                     writer.cancel()
                     await asyncio.gather(writer, return_exceptions=True)
+                # Still connected (a refused subscription, a stop): the clean disconnect
+                # that follows sends no will. Lost connections fail at once here.
+                await self._say_offline(client)
 
     async def _subscribe(self, client: aiomqtt.Client, topic: str) -> None:
         granted = await client.subscribe(topic, qos=QOS)

@@ -65,3 +65,15 @@ def require_postgres() -> str:
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         skip_or_fail(f"PostgreSQL is not reachable at {POSTGRES_DSN}: {exc}")
     return POSTGRES_DSN
+MOSQUITTO_ADDRESS = ("127.0.0.1", 1883)
+
+
+def require_mosquitto() -> tuple[str, int]:
+    """Skip/fail unless aiomqtt is installed and Mosquitto listens on 127.0.0.1:1883;
+    returns the broker's (host, port)."""
+    require_module("aiomqtt")
+    try:
+        socket.create_connection(MOSQUITTO_ADDRESS, timeout=2).close()
+    except OSError as exc:
+        skip_or_fail(f"no MQTT broker at {MOSQUITTO_ADDRESS[0]}:{MOSQUITTO_ADDRESS[1]}: {exc}")
+    return MOSQUITTO_ADDRESS

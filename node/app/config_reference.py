@@ -142,8 +142,9 @@ def _render_table(
     f: _Field, kind: str, struct: mi.StructType, *, commented: bool, lines: list[str]
 ) -> None:
     header = {"table": f"[{f.key}]", "array": f"[[{f.key}]]", "map": f'[{f.key}."<name>"]'}[kind]
-    # Unset by default (an optional table, an array of tables, a map of them): an example.
-    commented = commented or kind != "table" or f.default is None
+    # Unset by default (an optional table, an array of tables, a map of them, a table of
+    # only such tables like [bridges]): an example.
+    commented = commented or kind != "table" or f.default is None or not _sets_a_key(struct)
     _emit(lines, header, f.description or "", commented)
     children = list(_fields(struct, f.key))
     for child in children:
@@ -153,6 +154,17 @@ def _render_table(
         table = _table_kind(child.type)
         if table is not None:
             _render_table(child, table[0], table[1], commented=commented, lines=lines)
+
+
+def _sets_a_key(struct: mi.StructType) -> bool:
+    """Whether a table holds a key with a default value (at any depth of plain tables)."""
+    for child in _fields(struct, ""):
+        table = _table_kind(child.type)
+        if child.default is None or child.default is msgspec.NODEFAULT:
+            continue
+        if table is None or (table[0] == "table" and _sets_a_key(table[1])):
+            return True
+    return False
 
 
 def _render_key(f: _Field, *, commented: bool, lines: list[str]) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from vsmcp.node.bridges.mqtt_config import MqttSection
 from vsmcp.node.bridges.postgres_config import PostgresSection
 from vsmcp.node.tools.config import doc
 
@@ -18,6 +19,10 @@ class BridgesSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     postgres: Annotated[
         PostgresSection | None,
         doc("mirror the audit log, policy notes and CRDT snapshots into PostgreSQL"),
+    ] = None
+    mqtt: Annotated[
+        MqttSection | None,
+        doc("MQTT broker: telemetry in, alerts and announcements out, MQTT 5 tool calls"),
     ] = None
 
     def configured(self) -> dict[str, Any]:

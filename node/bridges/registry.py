@@ -10,4 +10,5 @@ from typing import Final
 # [bridges.<name>] -> the module whose `create` builds it. Append-only.
 BRIDGE_MODULES: Final[dict[str, str]] = {
     "postgres": "vsmcp.node.bridges.postgres",
+    "mqtt": "vsmcp.node.bridges.mqtt",
 }

@@ -145,6 +145,16 @@ class PatternMatched(Event, frozen=True, gc=False, kw_only=True, tag="pattern_ma
     label: str = ""
 
 
+class Telemetry(Event, frozen=True, gc=False, kw_only=True, tag="telemetry"):
+    """A reading from outside the mesh (an edge device through a bridge): `device` and
+    `metric` name it, `value` is the number read, `source` the bridge (`mqtt`)."""
+
+    device: str
+    metric: str
+    value: float
+    source: str = ""
+
+
 class EventSink(Protocol):
     """Where publishers put events: the node's `EventStream` (never blocks, never raises)."""
 
@@ -163,6 +173,7 @@ NODE_EVENT_TYPES: tuple[type[Event], ...] = (
     PolicyChanged,
     PatternMatched,
     ResponseTaken,
+    Telemetry,
 )
 
 FieldBase = Literal["str", "num", "bool"]

@@ -1,0 +1,174 @@
+"""`[bridges.mqtt]`: the MQTT bridge's broker, topics and bounds (docs/bridges.md "MQTT").
+
+Checked when the config is read (`__post_init__` raises `ConfigError` naming the key, so
+the daemon exits 2); the zones it names are checked against `trust.zones` when the
+bridge is built (`check_zones`), the one place that knows them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Final
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+
+from vsmcp.node.errors import ConfigError
+from vsmcp.node.tools.config import doc
+from vsmcp.node.vsm.events import NODE_CATALOG
+
+SECTION: Final = "bridges.mqtt"
+DEFAULT_PORT: Final = 1883
+MAX_TOPIC_CHARS: Final = 1024
+# Bounds of the size caps: a payload is read whole by the MQTT client before we see it.
+MAX_PAYLOAD_CAP: Final = 16 * 1024 * 1024
+MAX_QUEUE: Final = 1_000_000
+
+
+class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: Annotated[str, doc("the broker: mqtt://[user[:password]@]host[:port] (MQTT 5, QoS 1)")] = (
+        "mqtt://127.0.0.1:1883"
+    )
+    client_id: Annotated[
+        str, doc('the MQTT client id; "": vsmcp-<node id> (one connection per id)')
+    ] = ""
+    prefix: Annotated[
+        str,
+        doc(
+            "first topic level of what the node publishes and answers: <prefix>/nodes/<node "
+            "id>/tools and /status (retained), <prefix>/alerts, <prefix>/calls[/<node id>]"
+        ),
+    ] = "vsmcp"
+    telemetry_topics: Annotated[
+        list[str],
+        doc(
+            "topic filters read as telemetry events (kind telemetry); the first level a "
+            "wildcard matches names the device, the rest the metric"
+        ),
+    ] = msgspec.field(default_factory=lambda: ["vsmcp/telemetry/#"])
+    max_telemetry_bytes: Annotated[
+        int, doc("largest telemetry payload; a larger one is counted (bad) and dropped")
+    ] = 16 * 1024
+    alert_kinds: Annotated[
+        list[str],
+        doc("event kinds published to <prefix>/alerts (docs/patterns.md lists the kinds)"),
+    ] = msgspec.field(default_factory=lambda: ["pattern_matched", "s5_response", "policy"])
+    alert_outbox: Annotated[
+        int, doc("alerts held while the broker is away; beyond it the oldest are dropped, counted")
+    ] = 10_000
+    call_zone: Annotated[
+        str,
+        doc('zone of callers on <prefix>/calls and <prefix>/calls/<node id>; "": the lowest zone'),
+    ] = ""
+    call_topics: Annotated[
+        dict[str, str],
+        doc(
+            "more request topic filters and the zone their callers get (the broker's ACL "
+            "decides who may publish there); a topic matching several gets the lowest"
+        ),
+    ] = msgspec.field(default_factory=dict)
+    shared_calls: Annotated[
+        bool,
+        doc("answer <prefix>/calls too, as a shared subscription ($share): one node answers"),
+    ] = True
+    max_call_bytes: Annotated[
+        int, doc("largest request; a larger one is answered with error -32019")
+    ] = 256 * 1024
+    max_concurrent_calls: Annotated[
+        int, doc("requests running at once; more are answered with error -32012 (overloaded)")
+    ] = 64
+    inbox: Annotated[
+        int, doc("messages received and not yet handled; beyond it they are dropped, counted")
+    ] = 65_536
+    keepalive_s: Annotated[
+        int, doc("MQTT keepalive: the broker publishes the last will after 1.5× this silence")
+    ] = 30
+    reconnect_max_s: Annotated[
+        float, doc("longest wait between reconnection attempts (backoff doubles from 0.2 s)")
+    ] = 30.0
+
+    def __post_init__(self) -> None:
+        broker_of(self.url)  # raises ConfigError naming the key
+        _check_level("prefix", self.prefix)
+        _check_filters("telemetry_topics", self.telemetry_topics)
+        _check_filters("call_topics", list(self.call_topics))
+        unknown = [k for k in self.alert_kinds if k not in NODE_CATALOG.kinds]
+        if unknown:
+            raise ConfigError(
+                f"{SECTION}.alert_kinds",
+                f"unknown event kind {unknown[0]!r} (kinds: {', '.join(NODE_CATALOG.kinds)})",
+            )
+        _check_range("max_telemetry_bytes", self.max_telemetry_bytes, 16, MAX_PAYLOAD_CAP)
+        _check_range("max_call_bytes", self.max_call_bytes, 256, MAX_PAYLOAD_CAP)
+        _check_range("alert_outbox", self.alert_outbox, 1, MAX_QUEUE)
+        _check_range("inbox", self.inbox, 1, MAX_QUEUE)
+        _check_range("max_concurrent_calls", self.max_concurrent_calls, 1, 10_000)
+        _check_range("keepalive_s", self.keepalive_s, 1, 3600)
+        if not (math.isfinite(self.reconnect_max_s) and 0.2 <= self.reconnect_max_s <= 3600):
+            raise ConfigError(f"{SECTION}.reconnect_max_s", "must be in 0.2..3600 s")
+
+    def check_zones(self, zones: Sequence[str]) -> None:
+        """Every zone named must be one of `trust.zones`."""
+        named = [("call_zone", self.call_zone)] if self.call_zone else []
+        named += [(f"call_topics.{t}", z) for t, z in self.call_topics.items()]
+        for key, zone in named:
+            if zone not in zones:
+                raise ConfigError(
+                    f"{SECTION}.{key}", f"unknown zone {zone!r} (trust.zones: {', '.join(zones)})"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+
+def broker_of(url: str) -> Broker:
+    """The broker an `mqtt://` URL names; `ConfigError` naming `url` otherwise."""
+    key = f"{SECTION}.url"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(key, f"{url!r} is not a URL: {e}") from e
+    if parts.scheme != "mqtt":
+        raise ConfigError(key, f"{url!r}: only mqtt:// is supported (no TLS yet)")
+    if not parts.hostname:
+        raise ConfigError(key, f"{url!r} names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(key, f"{url!r}: no path, query or fragment expected")
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return Broker(parts.hostname, port or DEFAULT_PORT, username, password)
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{SECTION}.{name}", f"{value} is out of range ({low}..{high})")
+
+
+def _check_level(name: str, value: str) -> None:
+    if not value or len(value) > MAX_TOPIC_CHARS or any(c in value for c in "/+#\0$"):
+        raise ConfigError(
+            f"{SECTION}.{name}", f"{value!r} must be one topic level (no / + # $, not empty)"
+        )
+
+
+def _check_filters(name: str, filters: list[str]) -> None:
+    for i, value in enumerate(filters):
+        levels = value.split("/")
+        bad = (
+            not value
+            or len(value) > MAX_TOPIC_CHARS
+            or "\0" in value
+            or value.startswith("$")
+            or any(("+" in lv or "#" in lv) and len(lv) > 1 for lv in levels)
+            or "#" in levels[:-1]
+        )
+        if bad:
+            raise ConfigError(f"{SECTION}.{name}[{i}]", f"{value!r} is not an MQTT topic filter")

@@ -65,6 +65,8 @@ def require_postgres() -> str:
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         skip_or_fail(f"PostgreSQL is not reachable at {POSTGRES_DSN}: {exc}")
     return POSTGRES_DSN
+
+
 MOSQUITTO_ADDRESS = ("127.0.0.1", 1883)
 
 

@@ -59,7 +59,9 @@ def evaluate(path: Path = CASES) -> Result:
         tool = plan.steps[0].tool if plan.steps else ""
         args = plan.steps[0].arguments if plan.steps else {}
         if tool != case["tool"]:
-            misses.append(f"tool {case['text']!r}: {tool or '(unsure)'} != {case['tool'] or '(unsure)'}")
+            misses.append(
+                f"tool {case['text']!r}: {tool or '(unsure)'} != {case['tool'] or '(unsure)'}"
+            )
             continue
         right_tool += 1
         expected = case.get("arguments", {})

@@ -121,6 +121,12 @@ def _paths() -> dict[str, dict[str, Any]]:
         403: "The token's zone is below recursion.spawn_zone",
         503: "The node is not running yet, or the child could not be started or stopped",
     }
+    planner_errors = {
+        400: 'The body is not {"text": "..."} with 1 to 4096 characters',
+        401: "No bearer token of mcp.tokens (and no loopback zone)",
+        413: "The body is over 16 KiB",
+        503: "The planner is not running yet",
+    }
     paths: dict[str, dict[str, Any]] = {
         path: {"get": _operation(summary, (200, struct, struct.__name__), errors)}
         for path, (summary, struct, errors) in reads.items()
@@ -165,6 +171,24 @@ def _paths() -> dict[str, dict[str, Any]]:
                     503: "The lane is full (`lane`)",
                 },
                 body=s.Signal,
+                bearer=True,
+            )
+        },
+        "/api/plan": {
+            "post": _operation(
+                "System 4's plan for a request in words: the tool calls it would make (a dry run)",
+                (200, s.Plan, "The plan (no steps: unsure, nothing fits, or refused: see note)"),
+                planner_errors,
+                body=s.PlanRequest,
+                bearer=True,
+            )
+        },
+        "/api/ask": {
+            "post": _operation(
+                "Plan and run a request in words under the caller's zone; the reply summarises",
+                (200, s.Answer, "The reply and each call's outcome"),
+                planner_errors,
+                body=s.PlanRequest,
                 bearer=True,
             )
         },

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20
 MAX_SIGNAL_BYTES = 16 * 1024
 MAX_CHILD_REQUEST_BYTES = 8 * 1024
+# A planner request: 4096 characters, up to 4 bytes each in UTF-8, as a JSON string.
+MAX_PLAN_REQUEST_BYTES = 16 * 1024
 
 
 class NodeView(Protocol):
@@ -69,6 +71,14 @@ class NodeView(Protocol):
 
     async def children_delete(
         self, name: str, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]: ...
+
+    async def plan_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]: ...
+
+    async def ask_post(
+        self, body: object, authorization: str | None, remote: str | None
     ) -> tuple[int, dict[str, Any]]: ...
 
 
@@ -180,6 +190,19 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         status, answer = node.children_post(body, auth, request.remote)
         return _json(answer, status=status)
 
+    async def planner_request(request: web.Request) -> web.Response:
+        raw = await request.content.read(MAX_PLAN_REQUEST_BYTES + 1)
+        if len(raw) > MAX_PLAN_REQUEST_BYTES:
+            return _json({"error": f"body over {MAX_PLAN_REQUEST_BYTES} bytes"}, 413)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _json({"error": "the body is not JSON", "field": "body"}, status=400)
+        auth = request.headers.get("Authorization")
+        post = node.plan_post if request.path == "/api/plan" else node.ask_post
+        status, answer = await post(body, auth, request.remote)
+        return _json(answer, status=status)
+
     async def api_children_delete(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization")
         name = request.match_info["name"]
@@ -217,6 +240,8 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_get("/api/patterns", api_patterns)
     app.router.add_get("/api/vsm", api_vsm)
     app.router.add_post("/api/algedonic", api_algedonic)
+    app.router.add_post("/api/plan", planner_request)
+    app.router.add_post("/api/ask", planner_request)
     app.router.add_get("/api/policies", api_policies)
     app.router.add_post("/api/policies/revocations", api_revocation)
     app.router.add_post("/api/debug/block", debug_block)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from vsmcp.node.vsm.s4.config import LlmConfig, S4Config
 from vsmcp.node.vsm.s4.model import Answer, Plan, Step, StepOutcome
+from vsmcp.node.vsm.s4.planner import Planner
+from vsmcp.node.vsm.s4.scan import EnvironmentScan
 
 __all__ = [
     "Answer",
+    "EnvironmentScan",
     "LlmConfig",
     "Plan",
+    "Planner",
     "S4Config",
     "Step",
     "StepOutcome",

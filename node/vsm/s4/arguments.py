@@ -92,8 +92,8 @@ def kind_of(name: str, prop: Mapping[str, Any]) -> str:
         return "enum"
     if typ == "boolean":
         return "boolean"
-    if typ in ("integer", "number"):
-        return typ
+    if typ == "integer" or typ == "number":
+        return str(typ)
     if typ not in (None, "string"):
         return "other"
     words = f"{lname} {desc}"
@@ -114,9 +114,13 @@ def kind_of(name: str, prop: Mapping[str, Any]) -> str:
 
 def _candidates(t: _Text, kind: str, prop: Mapping[str, Any]) -> list[Found]:
     if kind == "timezone":
-        return [Found(p.start, p.end, p.timezone) for p in find_places(t.text) if t.free(p.start, p.end)]
+        return [
+            Found(p.start, p.end, p.timezone) for p in find_places(t.text) if t.free(p.start, p.end)
+        ]
     if kind == "city":
-        return [Found(p.start, p.end, p.text) for p in find_places(t.text) if t.free(p.start, p.end)]
+        return [
+            Found(p.start, p.end, p.text) for p in find_places(t.text) if t.free(p.start, p.end)
+        ]
     if kind == "enum":
         return _enum_values(t, prop["enum"])
     simple = {
@@ -136,7 +140,7 @@ def _candidates(t: _Text, kind: str, prop: Mapping[str, Any]) -> list[Found]:
 
 
 def _enum_values(t: _Text, values: list[Any]) -> list[Found]:
-    out = []
+    out: list[Found] = []
     for value in values:
         if not isinstance(value, str) or not value:
             continue
@@ -182,7 +186,9 @@ def extract(
     if not isinstance(props, Mapping):
         return {}, []
     raw_required = schema.get("required")
-    required = [r for r in raw_required if isinstance(r, str)] if isinstance(raw_required, list) else []
+    required = (
+        [r for r in raw_required if isinstance(r, str)] if isinstance(raw_required, list) else []
+    )
     kinds = {n: kind_of(n, p) for n, p in props.items() if isinstance(p, Mapping)}
     t = _Text(text)
     args: dict[str, Any] = {}
@@ -192,7 +198,9 @@ def extract(
         for m in QUOTED.finditer(text)
     ]
     t.used.extend((q.start, q.end) for q in quotes)
-    structured = [n for n, k in kinds.items() if k not in ("text", "integer", "number", "boolean", "other")]
+    structured = [
+        n for n, k in kinds.items() if k not in ("text", "integer", "number", "boolean", "other")
+    ]
     for kind in dict.fromkeys(kinds[n] for n in structured):
         names = [n for n in structured if kinds[n] == kind]
         found = _candidates(t, kind, props[names[0]])
@@ -213,7 +221,9 @@ def extract(
     return args, missing
 
 
-def _numbers(t: _Text, props: Mapping[str, Any], kinds: dict[str, str], args: dict[str, Any]) -> None:
+def _numbers(
+    t: _Text, props: Mapping[str, Any], kinds: dict[str, str], args: dict[str, Any]
+) -> None:
     names = [n for n, k in kinds.items() if k in ("integer", "number")]
     if not names:
         return

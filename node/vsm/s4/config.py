@@ -30,7 +30,7 @@ class LlmConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] = "ANTHROPIC_API_KEY"
     model: Annotated[str, doc("the Messages API model the planner asks")] = DEFAULT_MODEL
     base_url: Annotated[
-        str, doc('the Messages API\'s base URL; "": the SDK\'s default (api.anthropic.com)')
+        str, doc("the Messages API's base URL; \"\": the SDK's default (api.anthropic.com)")
     ] = ""
     timeout_s: Annotated[
         float, doc("one Messages API request's timeout; past it the answer is the offline one")

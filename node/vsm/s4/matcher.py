@@ -87,10 +87,15 @@ class ToolIndex:
                 break
             spec = self.specs[i]
             arguments, missing = extract(text, spec.input_schema, self._vocab[i])
-            candidates.append((adjusted(scores[i], spec, arguments, missing), i, arguments, missing))
+            candidates.append(
+                (adjusted(scores[i], spec, arguments, missing), i, arguments, missing)
+            )
         candidates.sort(key=lambda c: c[0], reverse=True)
         best, i, arguments, missing = candidates[0]
-        runner_up = max(candidates[1][0] if len(candidates) > 1 else 0.0, _next_score(scores, ranked, len(candidates)))
+        runner_up = max(
+            candidates[1][0] if len(candidates) > 1 else 0.0,
+            _next_score(scores, ranked, len(candidates)),
+        )
         return Match(self.specs[i], confidence(best, runner_up, missing), arguments, missing)
 
 
@@ -98,7 +103,9 @@ def _next_score(scores: Sequence[float], ranked: Sequence[int], skip: int) -> fl
     return scores[ranked[skip]] if len(ranked) > skip else 0.0
 
 
-def adjusted(score: float, spec: ToolSpec, arguments: Mapping[str, Any], missing: Sequence[str]) -> float:
+def adjusted(
+    score: float, spec: ToolSpec, arguments: Mapping[str, Any], missing: Sequence[str]
+) -> float:
     """A score that prefers the tool whose arguments the request gives: less for each
     required one missing, a little more for each one found."""
     required = spec.input_schema.get("required")

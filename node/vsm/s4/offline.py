@@ -40,7 +40,9 @@ class OfflinePlanner:
         if match.spec.name not in {s.name for s in allowed}:
             refusal = ZoneDenied(match.spec.name, caller_zone, match.spec.zone).message
             return Plan(planner="offline", steps=[], confidence=match.confidence, refusal=refusal)
-        note = f"could not tell {', '.join(match.missing)} from the request" if match.missing else ""
+        note = (
+            f"could not tell {', '.join(match.missing)} from the request" if match.missing else ""
+        )
         return Plan(
             planner="offline",
             steps=[Step(match.spec.name, match.arguments)],

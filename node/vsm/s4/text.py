@@ -13,7 +13,7 @@ STOPWORDS = frozenset(
     it's just let me more most my no not now of on or our out over please right s she should
     so some such t than that the their them then there these they this those through to too
     us very was we were what what's when where which while who whom why will with would you
-    your yours tell want need show""".split()
+    your yours tell want need show""".split()  # noqa: SIM905 - a paragraph reads better
 )
 
 # A few general synonyms (a request's word → the word tools tend to use).

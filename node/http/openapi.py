@@ -124,7 +124,7 @@ def _paths() -> dict[str, dict[str, Any]]:
     planner_errors = {
         400: 'The body is not {"text": "..."} with 1 to 4096 characters',
         401: "No bearer token of mcp.tokens (and no loopback zone)",
-        413: "The body is over 16 KiB",
+        413: "The body is over 64 KiB",
         503: "The planner is not running yet",
     }
     paths: dict[str, dict[str, Any]] = {

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20
 MAX_SIGNAL_BYTES = 16 * 1024
 MAX_CHILD_REQUEST_BYTES = 8 * 1024
-# A planner request: 4096 characters, up to 4 bytes each in UTF-8, as a JSON string.
-MAX_PLAN_REQUEST_BYTES = 16 * 1024
+# A planner request: 4096 characters, each up to 12 bytes as JSON escapes a character
+# (a surrogate pair, `\ud83d\ude00`), so a refused over-long text gets its 400.
+MAX_PLAN_REQUEST_BYTES = 64 * 1024
 
 
 class NodeView(Protocol):

@@ -83,6 +83,11 @@ class LlmPlanner:
         self._client: AsyncAnthropic | None = None
         self._client_key = ""
 
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
     def _api(self, key: str) -> AsyncAnthropic:
         if self._client is None or key != self._client_key:
             from anthropic import AsyncAnthropic

@@ -76,6 +76,11 @@ class Planner:
             self._llm = LlmPlanner(self._llm_config)
         return self._llm
 
+    async def aclose(self) -> None:
+        """Close the Messages API client's connections (if one was made)."""
+        if self._llm is not None:
+            await self._llm.aclose()
+
     def _key(self) -> str | None:
         return self._llm_config.api_key() if self._llm_config is not None else None
 

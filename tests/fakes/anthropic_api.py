@@ -150,5 +150,3 @@ class FakeAnthropic:
                 "usage": {"input_tokens": 50 * len(body["messages"]), "output_tokens": 20},
             }
         )
-
-

@@ -105,7 +105,9 @@ async def test_offline_plans_runs_and_summarises(tools: Tools) -> None:
     planner = Planner(tools.catalog, ZONES)
     plan = await planner.plan("add 2 and 3", PUBLIC)
     assert plan.planner == "offline"
-    assert [s.to_json() for s in plan.steps] == [{"tool": "math.add", "arguments": {"a": 2, "b": 3}}]
+    assert [s.to_json() for s in plan.steps] == [
+        {"tool": "math.add", "arguments": {"a": 2, "b": 3}}
+    ]
     assert tools.calls["math.add"] == 0  # a dry run
     answer = await planner.answer("add 2 and 3", PUBLIC)
     assert answer.planner == "offline"
@@ -227,11 +229,11 @@ async def test_llm_loop_is_bounded_by_max_steps(tools: Tools, fake: FakeAnthropi
 async def test_llm_dry_run_lists_valid_calls_and_notes_the_rest(
     tools: Tools, fake: FakeAnthropic
 ) -> None:
-    fake.script = [
-        reply(tool_use_block("math_add", {"a": 1, "b": 2}), tool_use_block("nope", {}))
-    ]
+    fake.script = [reply(tool_use_block("math_add", {"a": 1, "b": 2}), tool_use_block("nope", {}))]
     plan = await llm_planner(tools, fake).plan("add 1 and 2", PUBLIC)
     assert plan.planner == "llm"
-    assert [s.to_json() for s in plan.steps] == [{"tool": "math.add", "arguments": {"a": 1, "b": 2}}]
+    assert [s.to_json() for s in plan.steps] == [
+        {"tool": "math.add", "arguments": {"a": 1, "b": 2}}
+    ]
     assert plan.confidence == 0.5
     assert "nope" in plan.note and tools.calls["math.add"] == 0

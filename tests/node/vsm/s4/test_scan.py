@@ -55,7 +55,9 @@ async def test_changes_become_proposals_once_each(
     events, seen = stream
     world = World()
     config = S4Config(degraded_after_s=600.0)
-    scan = EnvironmentScan(world.inputs(), config, events, LoopSupervisor(), clock=lambda: world.now)
+    scan = EnvironmentScan(
+        world.inputs(), config, events, LoopSupervisor(), clock=lambda: world.now
+    )
     scan.scan()
     assert proposals(scan) == []  # the first look is the baseline
     world.tools = {"echo": frozenset({"node-b"}), "time.now": frozenset({"node-c"})}

@@ -85,14 +85,15 @@ def _text(content: Any) -> str:
 
 
 class FakeAnthropic:
-    def __init__(self, script: list[Turn] | None = None) -> None:
+    def __init__(self, script: list[Turn] | None = None, port: int = 0) -> None:
         self.script = list(script or [])
         self.fallback: Callable[[dict[str, Any]], Turn] = echo_results
         self.requests: list[dict[str, Any]] = []
         # Clients to close before the server goes (a test's planners).
         self.planners: list[Any] = []
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        # 0: a free one; a fixed one for a node configured before the fake starts.
+        self.port = port
 
     @property
     def base_url(self) -> str:
@@ -103,7 +104,7 @@ class FakeAnthropic:
         app.router.add_post("/v1/messages", self._messages)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self

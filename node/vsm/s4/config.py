@@ -18,6 +18,9 @@ DEFAULT_MODEL = "claude-sonnet-4-5"
 MAX_LLM_STEPS = 32
 MAX_LLM_TOKENS = 200_000
 MAX_S4_SECONDS = 86_400.0
+# The offline matcher's confidence floor: on the labelled set every right match scored
+# 0.5 or more, every request nothing fits matched no tool at all (docs/planner.md).
+DEFAULT_CONFIDENCE = 0.4
 
 
 class LlmConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -55,7 +58,7 @@ class S4Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "the offline matcher's confidence in [0, 1] below which it says it is unsure "
             "instead of calling a tool"
         ),
-    ] = 0.35
+    ] = DEFAULT_CONFIDENCE
     scan_interval_s: Annotated[
         float, doc("how often the environment scan compares peers, tools, KPIs and bridges, s")
     ] = 5.0

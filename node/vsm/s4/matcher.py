@@ -11,7 +11,7 @@ from typing import Any
 from vsmcp.node.tools.model import ToolSpec
 from vsmcp.node.vsm.s4.arguments import EMAIL, PATH, QUOTED, URL, extract
 from vsmcp.node.vsm.s4.bm25 import Bm25
-from vsmcp.node.vsm.s4.text import name_words, query_words, words
+from vsmcp.node.vsm.s4.text import SYNONYMS, name_words, query_words, words
 
 # The name says most about a tool: its words count this many times.
 NAME_WEIGHT = 3
@@ -96,7 +96,9 @@ class ToolIndex:
             candidates[1][0] if len(candidates) > 1 else 0.0,
             _next_score(scores, ranked, len(candidates)),
         )
-        return Match(self.specs[i], confidence(best, runner_up, missing), arguments, missing)
+        explained = coverage(intent_text(text), self._vocab[i], arguments)
+        sure = confidence(best, runner_up, explained, missing)
+        return Match(self.specs[i], sure, arguments, missing)
 
 
 def _next_score(scores: Sequence[float], ranked: Sequence[int], skip: int) -> float:
@@ -113,10 +115,24 @@ def adjusted(
     return score * (1 - 0.5 * len(missing) / need) * (1 + 0.1 * len(arguments))
 
 
-def confidence(top: float, second: float, missing: Sequence[str]) -> float:
-    """How sure the match is: the top score's strength and its lead over the runner-up,
-    less for each required argument the request did not give."""
-    strength = min(1.0, top / 6.0)
+def coverage(text: str, vocabulary: frozenset[str], arguments: Mapping[str, Any]) -> float:
+    """The share of the request's words the tool explains: its own words, or values
+    taken as its arguments ("Tokyo" in "what time is it in Tokyo")."""
+    asked = words(text)
+    if not asked:
+        return 0.0
+    values = set(words(" ".join(str(v) for v in arguments.values())))
+    explained = 0
+    for word in asked:
+        synonyms = SYNONYMS.get(word, ())
+        if word in vocabulary or word in values or any(s in vocabulary for s in synonyms):
+            explained += 1
+    return explained / len(asked)
+
+
+def confidence(top: float, second: float, explained: float, missing: Sequence[str]) -> float:
+    """How sure the match is: how much of the request the tool explains and its lead
+    over the runner-up, less for each required argument the request did not give."""
     lead = (top - second) / top if top > 0 else 0.0
-    value = 0.5 * strength + 0.5 * lead
+    value = 0.5 * explained + 0.5 * lead
     return max(0.0, value - 0.15 * len(missing))

@@ -9,10 +9,9 @@ from typing import Any
 
 from vsmcp.node.tools.errors import ZoneDenied
 from vsmcp.node.tools.model import ToolSpec
+from vsmcp.node.vsm.s4.config import DEFAULT_CONFIDENCE
 from vsmcp.node.vsm.s4.matcher import ToolIndex
 from vsmcp.node.vsm.s4.model import Plan, Step
-
-DEFAULT_CONFIDENCE = 0.35
 
 
 class OfflinePlanner:

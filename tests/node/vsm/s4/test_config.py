@@ -30,4 +30,4 @@ def test_bad_values_name_their_key(overrides: dict[str, object], key: str) -> No
 def test_defaults_are_offline_until_a_key_is_set() -> None:
     config = load_config(environ={})
     assert config.llm.api_key_env == "ANTHROPIC_API_KEY"
-    assert config.vsm.s4.confidence == 0.35
+    assert config.vsm.s4.confidence == 0.4

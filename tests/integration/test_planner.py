@@ -11,7 +11,7 @@ import re
 import socket
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ def _assert_tokyo_now(text: str) -> None:
     assert found, text
     then = datetime.fromisoformat(found.group(1))
     assert then.utcoffset() is not None and then.utcoffset().total_seconds() == 9 * 3600
-    assert abs((then - datetime.now(timezone.utc)).total_seconds()) < CLOCK_SLACK_S
+    assert abs((then - datetime.now(UTC)).total_seconds()) < CLOCK_SLACK_S
 
 
 async def test_offline_tokyo_time_from_the_mounted_server_on_another_node(mesh: Mesh) -> None:

@@ -341,6 +341,7 @@ class Node(Service):
         self.s4.planner = Planner(
             tools, self.config.trust.zones, self.config.vsm.s4, self.config.llm
         )
+        stack.push_async_callback(self.s4.planner.aclose)
         self.bridges = await stack.enter_async_context(
             BridgesService(
                 self.config.bridges,

@@ -19,17 +19,24 @@ from vsmcp.node.vsm.s4.text import STOPWORDS, stem
 
 QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|(?<!\w)\'([^\']+)\'(?!\w)')
 URL = re.compile(r"https?://[^\s\"'<>]+")
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Each starts only where a token does (a lookbehind): a long run of word characters is
+# then scanned once, not once per character.
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 PATH = re.compile(r"(?<![\w:/.])/[^\s\"']*")
 CLOCK = re.compile(r"\b\d{1,2}:\d{2}\b")
 DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
-HOST = re.compile(r"\b(?=[A-Za-z0-9-]*[A-Za-z])[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+HOST = re.compile(
+    r"(?<![\w.-])(?=[A-Za-z0-9-]*[A-Za-z])[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+)
 CURRENCY = re.compile(r"\b[A-Z]{3}\b")
 IDENT = re.compile(r"(?<![\w.])-?\d+(?![\w.])")
 NUMBER = re.compile(r"(?<![\w.:/\-])-?\d+(?:\.\d+)?(?![\w.:]|-\d)")
 COLON_REST = re.compile(r"(?<!\d):\s+(.+)$", re.S)
 TRAILING = ".,;:!?)"
+LAST_WORD = re.compile(r"(\S+)\s*$")
+FIRST_WORD = re.compile(r"\s*([A-Za-z]+)")
+NEAR_CHARS = 48
 TRUE_WORDS = frozenset({"on", "enable", "enabled", "true", "yes", "start"})
 FALSE_WORDS = frozenset({"off", "disable", "disabled", "false", "no", "stop"})
 # Words before a value that make it the target of a pair; a number or these, the source.
@@ -71,11 +78,12 @@ class _Text:
         return out
 
     def before(self, pos: int) -> str:
-        m = re.search(r"(\S+)\s*$", self.text[:pos])
+        # A word is short: looking back a little keeps this linear in the request.
+        m = LAST_WORD.search(self.text[max(0, pos - NEAR_CHARS) : pos])
         return m.group(1).lower() if m else ""
 
     def after(self, pos: int) -> str:
-        m = re.match(r"\s*([A-Za-z]+)", self.text[pos:])
+        m = FIRST_WORD.match(self.text[pos : pos + NEAR_CHARS])
         return m.group(1).lower() if m else ""
 
 

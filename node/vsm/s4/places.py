@@ -50,9 +50,15 @@ class Place:
 
 
 @functools.cache
+def _zones() -> frozenset[str]:
+    # available_timezones() walks the tz database's files at each call: once is enough.
+    return frozenset(zoneinfo.available_timezones())
+
+
+@functools.cache
 def _cities() -> tuple[dict[str, str], re.Pattern[str]]:
     cities: dict[str, str] = {}
-    for name in sorted(zoneinfo.available_timezones()):
+    for name in sorted(_zones()):
         if "/" not in name or name.startswith(("Etc/", "SystemV/", "US/")):
             continue
         city = name.rsplit("/", 1)[1].replace("_", " ").lower()
@@ -69,7 +75,7 @@ def find_places(text: str) -> list[Place]:
     found = []
     for m in IANA_NAME.finditer(text):
         name = m.group(0)
-        if name == "UTC" or name in zoneinfo.available_timezones():
+        if name == "UTC" or name in _zones():
             found.append(Place(m.start(), m.end(), name, name))
     cities, pattern = _cities()
     for m in pattern.finditer(text):

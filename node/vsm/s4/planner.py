@@ -9,7 +9,7 @@ the mesh catalog, which applies the zone, rate limits and schema again.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -20,8 +20,6 @@ from vsmcp.node.vsm.s4.checks import CallChecker
 from vsmcp.node.vsm.s4.config import LlmConfig, S4Config
 from vsmcp.node.vsm.s4.model import Answer, Plan, StepOutcome
 from vsmcp.node.vsm.s4.summary import result_text, summarise
-
-log = logging.getLogger(__name__)
 
 # Telegram's message limit; a longer request is refused, not cut.
 MAX_REQUEST_CHARS = 4096
@@ -67,6 +65,15 @@ class Planner:
         if self._offline is None or self._offline.fingerprint != ToolIndex.fingerprint(known):
             self._offline = OfflinePlanner(known, self._s4.confidence)
         return self._offline
+
+    async def _offline_plan(
+        self, text: str, known: list[ToolSpec], allowed: list[ToolSpec], zone: str
+    ) -> Plan:
+        # Off the event loop: a long request takes tens of milliseconds to match, and the
+        # loop meanwhile carries the mesh's heartbeats.
+        offline = self._offline_planner(known)
+        plan: Plan = await asyncio.to_thread(offline.plan, text, allowed, zone)
+        return plan
 
     def _llm_planner(self) -> Any:
         from vsmcp.node.vsm.s4.llm import LlmPlanner
@@ -123,7 +130,7 @@ class Planner:
                     note="; ".join(f"not run: {p}" for p in problems),
                 )
         self.stats["plan_offline"] += 1
-        plan: Plan = self._offline_planner(known).plan(text, allowed, ctx.caller_zone)
+        plan = await self._offline_plan(text, known, allowed, ctx.caller_zone)
         if note:
             plan = Plan(
                 planner="offline",
@@ -163,7 +170,7 @@ class Planner:
                     reply += f"\n({result.note})"
                 return Answer(text=reply, planner="llm", steps=result.steps, note=result.note)
         self.stats["answer_offline"] += 1
-        plan: Plan = self._offline_planner(known).plan(text, allowed, ctx.caller_zone)
+        plan = await self._offline_plan(text, known, allowed, ctx.caller_zone)
         outcomes = [await execute(step.tool, step.arguments) for step in plan.steps]
         if plan.refusal:
             self.stats["refused"] += 1

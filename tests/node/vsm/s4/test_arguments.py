@@ -3,7 +3,15 @@ word before each value, numbers next to their property's name, booleans, free te
 
 from __future__ import annotations
 
+import functools
+import tomllib
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from vsmcp.node.vsm.s4.arguments import extract, kind_of
+from vsmcp.node.vsm.s4.offline import OfflinePlanner, labelled_specs
 from vsmcp.node.vsm.s4.places import find_places
 
 TZ = {"type": "string", "description": "IANA timezone name"}
@@ -75,3 +83,19 @@ def test_kinds_come_from_type_name_and_description() -> None:
     assert kind_of("to", {"type": "string", "description": "recipient email address"}) == "email"
     assert kind_of("n", {"type": "integer"}) == "integer"
     assert kind_of("x", {"type": "array"}) == "other"
+
+
+@settings(max_examples=150)
+@given(st.text(max_size=600))
+def test_any_text_gets_a_plan_or_a_plain_no_never_an_exception(text: str) -> None:
+    plan = _labelled_planner().plan(text, _labelled_planner().specs)
+    assert plan.planner == "offline"
+    assert plan.steps or plan.note or plan.refusal
+    for step in plan.steps:
+        assert isinstance(step.arguments, dict)
+
+
+@functools.cache
+def _labelled_planner() -> OfflinePlanner:
+    cases = Path(__file__).with_name("planner_cases.toml")
+    return OfflinePlanner(labelled_specs(tomllib.loads(cases.read_text())["tools"]))

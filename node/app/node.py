@@ -418,6 +418,7 @@ class Node(Service):
             self.config.vsm.s4,
             self.events,
             self.loops,
+            explainer=self.s4.planner.explain if self.s4.planner is not None else None,
         )
 
     def _child_manager(

@@ -28,6 +28,11 @@ SYSTEM_PROMPT = (
     "tool's schema before it runs). When a call is refused or fails, say so plainly. "
     "When no tool fits, say that you cannot do it. Keep the answer short."
 )
+EXPLAIN_PROMPT = (
+    "You are System 4 of a vsmcp mesh node. Explain this observation of the mesh to its "
+    "operator in at most three sentences: what it means and what to do about it."
+)
+MAX_EXPLANATION_CHARS = 1000
 # The whole request (every turn, in and out) may use this many times `max_tokens`.
 TOKEN_BUDGET_FACTOR = 8
 # The offline answer is the fallback: a failed request is not retried.
@@ -101,16 +106,24 @@ class LlmPlanner:
             self._client_key = key
         return self._client
 
-    async def _turn(self, key: str, tools: list[dict[str, Any]], messages: list[Any]) -> Any:
+    async def _turn(
+        self,
+        key: str,
+        tools: list[dict[str, Any]],
+        messages: list[Any],
+        system: str = SYSTEM_PROMPT,
+    ) -> Any:
         import anthropic
 
+        # No tools (an explanation): the key is left out rather than sent empty.
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
         try:
             return await self._api(key).messages.create(
                 model=self._config.model,
                 max_tokens=self._config.max_tokens,
-                system=SYSTEM_PROMPT,
-                tools=tools,  # type: ignore[arg-type]
+                system=system,
                 messages=messages,
+                **extra,
             )
         except anthropic.APITimeoutError as e:
             raise LlmUnavailable(f"no answer within {self._config.timeout_s:g} s") from e
@@ -118,6 +131,12 @@ class LlmPlanner:
             raise LlmUnavailable(f"HTTP {e.status_code}: {clip(str(e.message), 200)}") from e
         except anthropic.APIError as e:
             raise LlmUnavailable(clip(str(e), 200)) from e
+
+    async def explain(self, key: str, note: str) -> str:
+        """The environment scan's template note in the model's words ("" if it said nothing)."""
+        message = await self._turn(key, [], [{"role": "user", "content": note}], EXPLAIN_PROMPT)
+        said = "\n".join(b.text for b in message.content if b.type == "text").strip()
+        return clip(said, MAX_EXPLANATION_CHARS)
 
     async def propose(
         self, key: str, text: str, specs: Sequence[ToolSpec], check: Check

@@ -83,6 +83,22 @@ class Planner:
             self._llm = LlmPlanner(self._llm_config)
         return self._llm
 
+    async def explain(self, note: str) -> str | None:
+        """A scan proposal's note explained by the language model; None without a key or
+        when the API fails (the template note stands)."""
+        key = self._key()
+        if not key:
+            return None
+        from vsmcp.node.vsm.s4.llm import LlmUnavailable
+
+        try:
+            said: str = await self._llm_planner().explain(key, note)
+        except LlmUnavailable:
+            self.stats["llm_failed"] += 1
+            return None
+        self.stats["explained"] += 1
+        return said or None
+
     async def aclose(self) -> None:
         """Close the Messages API client's connections (if one was made)."""
         if self._llm is not None:

@@ -4,7 +4,8 @@ Every `scan_interval_s` it compares what it reads now with what it read before: 
 and tools that appeared or left, tools with one provider left, peers suspect (or a
 bridge down) for `degraded_after_s`, System 3's error ratio and p95 latency over their
 objectives. Each proposal is an `s4_proposal` event and is kept (the newest
-`max_proposals`) for `/api/vsm`; its note explains it in words (templates).
+`max_proposals`) for `/api/vsm`; its note explains it in words: a template, replaced in
+the view by the language model's words when `[llm]` has a key.
 
 What it reads comes in as callables (`ScanInputs`), so it imports no routing or mesh.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,11 @@ from vsmcp.node.vsm.events import AdaptationProposed, EventSink
 from vsmcp.node.vsm.s4.config import S4Config
 
 GONE_STATES = frozenset({"dead", "left"})
+# Proposals the language model explains per scan, at most (the rest keep their template).
+MAX_EXPLAINED_PER_SCAN = 3
+
+# A template note → the model's words, or None (`Planner.explain`).
+Explainer = Callable[[str], Awaitable["str | None"]]
 DEGRADED_STATES = frozenset({"suspect"})
 
 
@@ -64,8 +70,11 @@ class EnvironmentScan:
         events: EventSink,
         loops: LoopSupervisor,
         clock: Callable[[], float] = time.time,
+        explainer: Explainer | None = None,
     ) -> None:
         self._inputs = inputs
+        self._explainer = explainer
+        self._unexplained: deque[dict[str, Any]] = deque(maxlen=config.max_proposals)
         self._config = config
         self._events = events
         self._loops = loops
@@ -99,7 +108,21 @@ class EnvironmentScan:
     async def _run(self) -> None:
         while True:
             self.scan()
+            await self.explain_pending()
             await asyncio.sleep(self._config.scan_interval_s)
+
+    async def explain_pending(self) -> None:
+        """Have the language model explain new proposals (when one is configured): the
+        note is replaced in the view (`note_by`: `llm`); the event kept the template."""
+        if self._explainer is None:
+            self._unexplained.clear()
+            return
+        for _ in range(min(MAX_EXPLAINED_PER_SCAN, len(self._unexplained))):
+            proposal = self._unexplained.popleft()
+            said = await self._explainer(proposal["note"])
+            if said:
+                proposal["note"], proposal["note_by"] = said, "llm"
+        self._unexplained.clear()
 
     def view(self) -> dict[str, Any]:
         return {"scans": self.scans, "proposals": list(self.proposals)}
@@ -107,7 +130,10 @@ class EnvironmentScan:
     def _propose(self, proposal: str, subject: str, detail: str = "") -> None:
         note = TEMPLATES[proposal].format(subject=subject, detail=detail)
         now = self._clock()
-        self.proposals.append({"ts": now, "proposal": proposal, "subject": subject, "note": note})
+        entry = {"ts": now, "proposal": proposal, "subject": subject, "note": note}
+        entry["note_by"] = "template"
+        self.proposals.append(entry)
+        self._unexplained.append(entry)
         self._events.publish(
             AdaptationProposed(ts=now, proposal=proposal, subject=subject, note=note)
         )

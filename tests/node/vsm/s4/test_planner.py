@@ -20,12 +20,15 @@ from tests.fakes.anthropic_api import (
     tool_results,
     tool_use_block,
 )
+from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Supervisor, UnitPolicy
-from vsmcp.node.vsm.s4.config import LlmConfig
+from vsmcp.node.vsm.s4.config import LlmConfig, S4Config
 from vsmcp.node.vsm.s4.planner import MAX_REQUEST_CHARS, Planner
+from vsmcp.node.vsm.s4.scan import EnvironmentScan, ScanInputs
+from vsmcp.node.vsm.stream import EventStream
 
 KEY_ENV = "VSMCP_TEST_ANTHROPIC_KEY"
 PUBLIC = CallContext(caller_id="t", caller_zone="public", origin="test:public")
@@ -237,3 +240,40 @@ async def test_llm_dry_run_lists_valid_calls_and_notes_the_rest(
     ]
     assert plan.confidence == 0.5
     assert "nope" in plan.note and tools.calls["math.add"] == 0
+
+
+async def test_scan_notes_are_explained_by_the_model_when_one_is_configured(
+    tools: Tools, fake: FakeAnthropic
+) -> None:
+    planner = llm_planner(tools, fake)
+    fake.script = [reply(text_block("Echo now runs on one node only: add a second."))]
+    providers = {"echo": frozenset({"b", "c"})}
+    inputs = ScanInputs(
+        peers=dict,
+        tools=lambda: providers,
+        kpis=lambda: (0.0, None),
+        latency_objective_ms=100.0,
+        bridges=dict,
+    )
+    async with EventStream() as events:
+        scan = EnvironmentScan(
+            inputs, S4Config(), events, LoopSupervisor(), explainer=planner.explain
+        )
+        scan.scan()
+        providers = {"echo": frozenset({"b"})}
+        scan.scan()
+        await scan.explain_pending()
+    [proposal] = scan.proposals
+    assert proposal["note_by"] == "llm"
+    assert proposal["note"] == "Echo now runs on one node only: add a second."
+    assert "has one provider left" in fake.requests[0]["messages"][0]["content"]
+    assert "tools" not in fake.requests[0]
+
+
+async def test_scan_notes_keep_their_template_when_the_model_fails(
+    tools: Tools, fake: FakeAnthropic
+) -> None:
+    planner = llm_planner(tools, fake)
+    fake.script = [overloaded()]
+    assert await planner.explain("tool x has one provider left") is None
+    assert planner.stats["llm_failed"] == 1

@@ -174,22 +174,21 @@ def _paths() -> dict[str, dict[str, Any]]:
                 bearer=True,
             )
         },
-        "/api/plan": {
-            "post": _operation(
-                "System 4's plan for a request in words: the tool calls it would make (a dry run)",
-                (200, s.Plan, "The plan (no steps: unsure, nothing fits, or refused: see note)"),
-                planner_errors,
-                body=s.PlanRequest,
-                bearer=True,
-            )
-        },
-        "/api/ask": {
-            "post": _operation(
-                "Plan and run a request in words under the caller's zone; the reply summarises",
-                (200, s.Answer, "The reply and each call's outcome"),
-                planner_errors,
-                body=s.PlanRequest,
-                bearer=True,
+        **{
+            path: {
+                "post": _operation(summary, answer, planner_errors, body=s.PlanRequest, bearer=True)
+            }
+            for path, summary, answer in (
+                (
+                    "/api/plan",
+                    "System 4's plan for a request in words: the calls it would make (dry run)",
+                    (200, s.Plan, "The plan (no steps: unsure, nothing fits, or refused)"),
+                ),
+                (
+                    "/api/ask",
+                    "Plan and run a request in words under the caller's zone, summarised",
+                    (200, s.Answer, "The reply and each call's outcome"),
+                ),
             )
         },
         "/api/policies/revocations": {

@@ -91,6 +91,17 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
+async def _json_body(request: web.Request, limit: int) -> object:
+    """The request's JSON body, read up to `limit` bytes; or the error answer (413, 400)."""
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        return _json({"error": f"body over {limit} bytes"}, 413)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _json({"error": "the body is not JSON", "field": "body"}, status=400)
+
+
 def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Application:
     """The node's routes; `policy` (Host and Origin rules) applies to every one of them."""
     # The connection limits outermost: a request the policy refuses still holds its
@@ -180,25 +191,17 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         return _json(node.children_view())
 
     async def api_children_post(request: web.Request) -> web.Response:
-        raw = await request.content.read(MAX_CHILD_REQUEST_BYTES + 1)
-        if len(raw) > MAX_CHILD_REQUEST_BYTES:
-            return _json({"error": f"body over {MAX_CHILD_REQUEST_BYTES} bytes"}, 413)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _json({"error": "the body is not JSON", "field": "body"}, status=400)
+        body = await _json_body(request, MAX_CHILD_REQUEST_BYTES)
+        if isinstance(body, web.Response):
+            return body
         auth = request.headers.get("Authorization")
         status, answer = node.children_post(body, auth, request.remote)
         return _json(answer, status=status)
 
     async def planner_request(request: web.Request) -> web.Response:
-        raw = await request.content.read(MAX_PLAN_REQUEST_BYTES + 1)
-        if len(raw) > MAX_PLAN_REQUEST_BYTES:
-            return _json({"error": f"body over {MAX_PLAN_REQUEST_BYTES} bytes"}, 413)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _json({"error": "the body is not JSON", "field": "body"}, status=400)
+        body = await _json_body(request, MAX_PLAN_REQUEST_BYTES)
+        if isinstance(body, web.Response):
+            return body
         auth = request.headers.get("Authorization")
         post = node.plan_post if request.path == "/api/plan" else node.ask_post
         status, answer = await post(body, auth, request.remote)

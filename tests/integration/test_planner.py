@@ -18,8 +18,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fakes.anthropic_api import API_KEY, FakeAnthropic, Turn, reply, tool_use_block
+from tests.fakes.anthropic_api import (
+    API_KEY,
+    FakeAnthropic,
+    Turn,
+    echo_results,
+    reply,
+    tool_use_block,
+)
 from tests.integration.harness import NodeProcess, run_cli, wait_mesh_states
+from tests.polling import async_wait_for, wait_for
 from tests.skips import require_module
 
 pytestmark = pytest.mark.integration
@@ -117,8 +125,6 @@ async def _post(
 
 async def _ask_until_the_tool_is_seen(node: NodeProcess, text: str) -> dict[str, Any]:
     """The time tool reaches the asker by replication: ask until the answer ran it."""
-    from tests.polling import async_wait_for
-
     last: list[dict[str, Any]] = []
 
     async def probe() -> dict[str, Any] | None:
@@ -156,7 +162,7 @@ async def test_llm_tokyo_time_through_the_tool_use_loop(mesh: Mesh) -> None:
         fake.fallback = lambda body: (
             reply(tool_use_block("time_get_current_time", {"timezone": "Asia/Tokyo"}))
             if len(body["messages"]) == 1
-            else _echo(body)
+            else echo_results(body)
         )
         answer = await _ask_until_the_tool_is_seen(mesh.b, TOKYO)
         assert answer["planner"] == "llm"
@@ -164,12 +170,6 @@ async def test_llm_tokyo_time_through_the_tool_use_loop(mesh: Mesh) -> None:
     assert "time_get_current_time" in offered
     assert "vault_read_secret" not in offered  # loopback callers are public
     _assert_tokyo_now(answer["text"])
-
-
-def _echo(body: dict[str, Any]) -> Turn:
-    from tests.fakes.anthropic_api import echo_results
-
-    return echo_results(body)
 
 
 async def test_llm_timeout_gives_the_offline_answer_with_a_note(mesh: Mesh) -> None:
@@ -184,8 +184,6 @@ async def test_llm_timeout_gives_the_offline_answer_with_a_note(mesh: Mesh) -> N
 async def test_a_public_token_asking_for_a_restricted_tool_is_refused_naming_the_policy(
     mesh: Mesh,
 ) -> None:
-    from tests.polling import async_wait_for
-
     async def refused() -> dict[str, Any] | None:
         status, answer = await _post(
             mesh.c, "/api/ask", {"text": "read the vault secret please"}, PUBLIC_TOKEN
@@ -221,4 +219,21 @@ def test_vsmcp_ask_prints_the_answer_and_s4_is_running(mesh: Mesh) -> None:
     s4 = mesh.c.get_json("/api/vsm")["s4"]
     assert s4["status"] == "running"
     assert s4["planner"]["requests"]["answer_offline"] >= 1
-    assert s4["scan"]["scans"] >= 1
+
+
+def test_the_scan_proposes_what_changed_on_the_mesh(mesh: Mesh) -> None:
+    # vault.read_secret was added on A after C's first scan (its baseline).
+    def appeared() -> dict[str, Any] | None:
+        proposals = mesh.c.get_json("/api/vsm")["s4"]["scan"]["proposals"]
+        return next(
+            (
+                p
+                for p in proposals
+                if (p["proposal"], p["subject"]) == ("tool_appeared", "vault.read_secret")
+            ),
+            None,
+        )
+
+    proposal = wait_for(appeared, timeout_s=30, what="a tool_appeared proposal")
+    assert proposal["note_by"] == "template"
+    assert "vault.read_secret appeared" in proposal["note"]

@@ -71,6 +71,14 @@ def api_names(specs: Sequence[ToolSpec]) -> dict[str, ToolSpec]:
     return out
 
 
+def _mesh_names(names: dict[str, ToolSpec], known: Sequence[ToolSpec]) -> dict[str, str]:
+    """API name → mesh name, for the tools offered and for every tool known (a model
+    naming one it was not offered is then refused naming the policy, not "unknown")."""
+    out = {API_NAME.sub("_", spec.name)[:API_NAME_MAX]: spec.name for spec in known}
+    out.update((api, spec.name) for api, spec in names.items())
+    return out
+
+
 def tool_definitions(names: dict[str, ToolSpec]) -> list[dict[str, Any]]:
     return [
         {
@@ -139,10 +147,16 @@ class LlmPlanner:
         return clip(said, MAX_EXPLANATION_CHARS)
 
     async def propose(
-        self, key: str, text: str, specs: Sequence[ToolSpec], check: Check
+        self,
+        key: str,
+        text: str,
+        specs: Sequence[ToolSpec],
+        check: Check,
+        known: Sequence[ToolSpec] = (),
     ) -> tuple[list[Step], list[str]]:
         """A dry run: the calls the model's first turn proposes, (valid, problems)."""
         names = api_names(specs)
+        mesh_name = _mesh_names(names, known)
         message = await self._turn(
             key, tool_definitions(names), [{"role": "user", "content": text}]
         )
@@ -150,7 +164,7 @@ class LlmPlanner:
         for block in message.content:
             if block.type != "tool_use":
                 continue
-            tool = names[block.name].name if block.name in names else block.name
+            tool = mesh_name.get(block.name, block.name)
             problem = check(tool, block.input)
             if problem is None:
                 steps.append(Step(tool, dict(block.input)))
@@ -159,10 +173,16 @@ class LlmPlanner:
         return steps, problems
 
     async def run(
-        self, key: str, text: str, specs: Sequence[ToolSpec], execute: Execute
+        self,
+        key: str,
+        text: str,
+        specs: Sequence[ToolSpec],
+        execute: Execute,
+        known: Sequence[ToolSpec] = (),
     ) -> LlmResult:
         """The tool-use loop: at most `max_steps` turns and the token budget."""
         names = api_names(specs)
+        mesh_name = _mesh_names(names, known)
         tools = tool_definitions(names)
         messages: list[Any] = [{"role": "user", "content": text}]
         result = LlmResult(text="")
@@ -183,7 +203,7 @@ class LlmPlanner:
             )
             replies = []
             for block in calls:
-                tool = names[block.name].name if block.name in names else block.name
+                tool = mesh_name.get(block.name, block.name)
                 outcome = await execute(tool, block.input)
                 result.steps.append(outcome)
                 content = (

@@ -131,7 +131,9 @@ class Planner:
                 return self._checker.problem(tool, arguments, allowed, known, ctx.caller_zone)
 
             try:
-                steps, problems = await self._llm_planner().propose(key, text, allowed, check)
+                steps, problems = await self._llm_planner().propose(
+                    key, text, allowed, check, known
+                )
             except LlmUnavailable as e:
                 self.stats["llm_failed"] += 1
                 note = _fallback_note(e)
@@ -175,7 +177,7 @@ class Planner:
             from vsmcp.node.vsm.s4.llm import LlmUnavailable
 
             try:
-                result = await self._llm_planner().run(key, text, allowed, execute)
+                result = await self._llm_planner().run(key, text, allowed, execute, known)
             except LlmUnavailable as e:
                 self.stats["llm_failed"] += 1
                 note = _fallback_note(e)

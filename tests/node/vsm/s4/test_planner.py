@@ -185,10 +185,11 @@ async def test_llm_nonexistent_tool_and_schema_failing_arguments_are_not_run_but
     assert "Unknown tool" in errors[0]["content"]
 
 
+@pytest.mark.parametrize("name", ["vault_read_secret", "vault.read_secret"])
 async def test_llm_proposing_a_tool_the_zone_may_not_call_is_refused_before_it_runs(
-    tools: Tools, fake: FakeAnthropic
+    tools: Tools, fake: FakeAnthropic, name: str
 ) -> None:
-    fake.script = [reply(tool_use_block("vault.read_secret", {"name": "db"}))]
+    fake.script = [reply(tool_use_block(name, {"name": "db"}))]
     answer = await llm_planner(tools, fake).answer("the db secret please", PUBLIC)
     [step] = answer.steps
     assert step.outcome == "not_run" and "zone-order" in step.error

@@ -189,7 +189,14 @@ class LlmPlanner:
         budget = self._config.max_tokens * TOKEN_BUDGET_FACTOR
         used = 0
         for _ in range(self._config.max_steps):
-            message = await self._turn(key, tools, messages)
+            try:
+                message = await self._turn(key, tools, messages)
+            except LlmUnavailable as e:
+                if not result.steps:
+                    raise
+                # Calls already ran: the offline planner must not run them again.
+                result.note = f"the language model failed after the calls ran ({e})"
+                return result
             used += message.usage.input_tokens + message.usage.output_tokens
             said = "\n".join(b.text for b in message.content if b.type == "text").strip()
             calls = [b for b in message.content if b.type == "tool_use"]

@@ -278,3 +278,14 @@ async def test_scan_notes_keep_their_template_when_the_model_fails(
     fake.script = [overloaded()]
     assert await planner.explain("tool x has one provider left") is None
     assert planner.stats["llm_failed"] == 1
+
+
+async def test_llm_failing_after_calls_ran_reports_them_and_runs_nothing_again(
+    tools: Tools, fake: FakeAnthropic
+) -> None:
+    fake.script = [reply(tool_use_block("math_add", {"a": 2, "b": 2})), overloaded()]
+    answer = await llm_planner(tools, fake).answer("add 2 and 2", PUBLIC)
+    assert answer.planner == "llm"
+    assert tools.calls["math.add"] == 1  # not again by the offline planner
+    assert "sum: 4" in answer.text
+    assert "failed after the calls ran (HTTP 529" in answer.text

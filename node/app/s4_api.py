@@ -49,6 +49,8 @@ class S4Api:
         planner = self.planner
         if planner is None:
             return 503, {"error": "the planner is not running yet"}
+        if planner.busy:
+            return 503, {"error": "the planner is busy (vsm.s4.max_concurrent): retry"}
         origin = f"http:{grant.name}"
         ctx = CallContext(
             caller_id="loopback" if grant.name == "loopback" else f"token:{grant.name}",

@@ -125,7 +125,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         400: 'The body is not {"text": "..."} with 1 to 4096 characters',
         401: "No bearer token of mcp.tokens (and no loopback zone)",
         413: "The body is over 64 KiB",
-        503: "The planner is not running yet",
+        503: "The planner is not running yet, or busy (vsm.s4.max_concurrent)",
     }
     paths: dict[str, dict[str, Any]] = {
         path: {"get": _operation(summary, (200, struct, struct.__name__), errors)}

@@ -69,6 +69,13 @@ class S4Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     error_ratio: Annotated[
         float, doc("System 3's call error ratio in [0, 1] above which the scan proposes action")
     ] = 0.2
+    max_concurrent: Annotated[
+        int,
+        doc(
+            "planner requests handled at once; /api/plan and /api/ask answer 503 while all "
+            "are taken, a bridge's request waits for one"
+        ),
+    ] = 8
     max_proposals: Annotated[
         int, doc("proposals /api/vsm keeps (the newest); each is also an event")
     ] = 50
@@ -97,5 +104,7 @@ def check(llm: LlmConfig, s4: S4Config) -> None:
     ):
         if not (0 < value <= MAX_S4_SECONDS and math.isfinite(value)):
             raise ConfigError(f"vsm.s4.{key}", f"{value} is out of range (0..{MAX_S4_SECONDS:g} s]")
+    if not 1 <= s4.max_concurrent <= 1024:
+        raise ConfigError("vsm.s4.max_concurrent", "must be in 1..1024")
     if not 1 <= s4.max_proposals <= 10_000:
         raise ConfigError("vsm.s4.max_proposals", "must be in 1..10000")

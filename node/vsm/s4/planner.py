@@ -45,6 +45,8 @@ class Planner:
         self._offline: Any = None
         self._llm: Any = None
         self.stats: Counter[str] = Counter()
+        # Requests planned at once (each may hold a model's turns and tool calls).
+        self._slots = asyncio.Semaphore(self._s4.max_concurrent)
 
     # -- what may be called ------------------------------------------------------------
 
@@ -115,8 +117,22 @@ class Planner:
 
     # -- plans -------------------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Every slot (`vsm.s4.max_concurrent`) is taken: a new request would wait."""
+        return self._slots.locked()
+
     async def plan(self, text: str, ctx: CallContext) -> Plan:
         """A dry run: what would run, and how sure the planner is."""
+        async with self._slots:
+            return await self._plan(text, ctx)
+
+    async def answer(self, text: str, ctx: CallContext) -> Answer:
+        """Plan and run; the reply says what ran, what was refused and why."""
+        async with self._slots:
+            return await self._answer(text, ctx)
+
+    async def _plan(self, text: str, ctx: CallContext) -> Plan:
         too_long = _too_long(text)
         if too_long:
             return Plan(planner="offline", steps=[], confidence=0.0, note=too_long)
@@ -160,8 +176,7 @@ class Planner:
             )
         return plan
 
-    async def answer(self, text: str, ctx: CallContext) -> Answer:
-        """Plan and run; the reply says what ran, what was refused and why."""
+    async def _answer(self, text: str, ctx: CallContext) -> Answer:
         too_long = _too_long(text)
         if too_long:
             return Answer(text=too_long, planner="offline")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from tests.fakes.anthropic_api import (
     tool_results,
     tool_use_block,
 )
+from tests.polling import async_wait_until
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 from vsmcp.node.tools.model import CallContext
@@ -289,3 +291,17 @@ async def test_llm_failing_after_calls_ran_reports_them_and_runs_nothing_again(
     assert tools.calls["math.add"] == 1  # not again by the offline planner
     assert "sum: 4" in answer.text
     assert "failed after the calls ran (HTTP 529" in answer.text
+
+
+async def test_requests_at_once_are_bounded(tools: Tools, fake: FakeAnthropic) -> None:
+    config = LlmConfig(api_key_env=KEY_ENV, base_url=fake.base_url, timeout_s=2.0)
+    planner = Planner(tools.catalog, ZONES, S4Config(max_concurrent=1), config)
+    fake.planners.append(planner)
+    fake.script = [Turn(hang_s=1.0), reply(text_block("second"))]
+    first = asyncio.create_task(planner.answer("add 2 and 3", PUBLIC))
+    await async_wait_until(lambda: len(fake.requests) == 1, what="the first request at the model")
+    assert planner.busy
+    second = asyncio.create_task(planner.answer("add 2 and 3", PUBLIC))
+    assert (await first).planner == "llm"
+    assert (await second).text == "second"  # it waited for the slot
+    assert not planner.busy

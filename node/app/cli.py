@@ -37,6 +37,7 @@ from vsmcp.mesh.certs import (
 from vsmcp.mesh.errors import MeshError
 from vsmcp.mesh.identity import NodeKey, load_key_file, save_key_file
 from vsmcp.node import __version__
+from vsmcp.node.app.cli_ask import add_ask_command
 from vsmcp.node.app.cli_children import add_children_commands
 from vsmcp.node.app.cli_patterns import add_pattern_commands
 from vsmcp.node.app.cli_policies import add_policy_commands
@@ -298,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pattern_commands(sub)
     add_policy_commands(sub)
     add_children_commands(sub)
+    add_ask_command(sub)
     return p
 
 

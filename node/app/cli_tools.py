@@ -79,7 +79,13 @@ def parse_arguments(pairs: list[str], json_args: str | None) -> dict[str, Any]:
     return arguments
 
 
-def request_json(url: str, method: str = "GET", token: str | None = None, body: Any = None) -> Any:
+def request_json(
+    url: str,
+    method: str = "GET",
+    token: str | None = None,
+    body: Any = None,
+    timeout_s: float = HTTP_TIMEOUT_S,
+) -> Any:
     """One JSON request to a node's HTTP API: the decoded answer, or `ToolsCliError`
     naming the URL and the node's status and message."""
     headers = {"Content-Type": "application/json"}
@@ -88,7 +94,7 @@ def request_json(url: str, method: str = "GET", token: str | None = None, body: 
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
         raise ToolsCliError(f"{url}: {e.code} {e.read().decode(errors='replace')}") from e

@@ -43,6 +43,8 @@ from vsmcp.node.vsm.balance import DEFAULT_WINDOW_S as BALANCE_WINDOW_S
 from vsmcp.node.vsm.immune.config import ImmuneConfig
 from vsmcp.node.vsm.kpis import DEFAULT_WINDOW_S as KPI_WINDOW_S
 from vsmcp.node.vsm.responses import ResponseRule, default_rules, validate_rules
+from vsmcp.node.vsm.s4.config import LlmConfig, S4Config
+from vsmcp.node.vsm.s4.config import check as check_s4
 from vsmcp.node.vsm.stream import DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY
 from vsmcp.node.vsm.system3 import DEFAULT_INTERVAL_S as S3_INTERVAL_S
 
@@ -277,6 +279,9 @@ class VsmSection(_Section):
         ImmuneConfig,
         doc("the immune system: built-in patterns and mesh-wide mitigation policies"),
     ] = msgspec.field(default_factory=ImmuneConfig)
+    s4: Annotated[
+        S4Config, doc("System 4: the planner's offline matcher and the environment scan")
+    ] = msgspec.field(default_factory=S4Config)
 
 
 class Config(_Section):
@@ -320,6 +325,10 @@ class Config(_Section):
     children: Annotated[
         list[ChildEntry], doc("child VSMs started with this node ([[children]], docs/children.md)")
     ] = msgspec.field(default_factory=list)
+    llm: Annotated[
+        LlmConfig,
+        doc("the planner's language model (Anthropic Messages API; off without an API key)"),
+    ] = msgspec.field(default_factory=LlmConfig)
     bridges: Annotated[
         BridgesSection,
         doc("AMQP, MQTT, PostgreSQL, Telegram: each off unless its table is set (docs/bridges.md)"),
@@ -570,6 +579,7 @@ def _validate_algedonic(config: Config) -> None:
     if not 0 < vsm.latency_objective_ms <= MAX_TIMEOUT_S * 1000:
         raise ConfigError("vsm.latency_objective_ms", f"{vsm.latency_objective_ms} is out of range")
     validate_rules(vsm.response_rules)
+    check_s4(config.llm, vsm.s4)
 
 
 def _validate_immune(immune: ImmuneConfig) -> None:

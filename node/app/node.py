@@ -34,6 +34,7 @@ from vsmcp.node import __version__
 from vsmcp.node.app.children_api import ChildrenApi
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
+from vsmcp.node.app.s4_api import S4Api
 from vsmcp.node.app.trust import NodeIdentity, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
 from vsmcp.node.bridges.model import BridgeContext
@@ -70,6 +71,8 @@ from vsmcp.node.vsm.immune.patterns import immune_patterns
 from vsmcp.node.vsm.immune.service import ImmuneService
 from vsmcp.node.vsm.patterns.actions import ActionDispatcher
 from vsmcp.node.vsm.patterns.service import PatternService, ToolCaller
+from vsmcp.node.vsm.s4.planner import Planner
+from vsmcp.node.vsm.s4.scan import EnvironmentScan, ScanInputs
 from vsmcp.node.vsm.stream import EventStream
 from vsmcp.node.vsm.viability import factors as viability_factors
 from vsmcp.node.vsm.viability import input_gauges as viability_input_gauges
@@ -152,6 +155,8 @@ class Node(Service):
         self.immune: ImmuneService | None = None
         # The configured bridges (none by default), once started.
         self.bridges: BridgesService | None = None
+        # System 4: the planner and the environment scan, once the mesh catalog runs.
+        self.s4 = S4Api()
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self._out_of_descriptors = False
         # The node's one event stream: every component publishes into it (never
@@ -334,12 +339,17 @@ class Node(Service):
         # "shutting down", so that a hung tool cannot hold the HTTP server's stop.
         stack.callback(tools.cancel_calls)
         await audit.append("node.start", identity.node_id, self.runtime_info())
+        self.s4.planner = Planner(
+            tools, self.config.trust.zones, self.config.vsm.s4, self.config.llm
+        )
+        stack.push_async_callback(self.s4.planner.aclose)
         self.bridges = await stack.enter_async_context(
             BridgesService(
                 self.config.bridges,
                 self._bridge_context(identity, tools, replication, store, audit),
             )
         )
+        self.s4.scan = await stack.enter_async_context(self._environment_scan(mesh, replication))
         # Last, so it stops first: children end while the mesh still runs.
         self.children.manager = await stack.enter_async_context(
             self._child_manager(identity, mesh, replication)
@@ -373,6 +383,43 @@ class Node(Service):
             audit_log=audit,
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, dict(data)),
             pain=pain,
+            planner=self.s4.planner,
+        )
+
+    def _environment_scan(
+        self, mesh: MeshService, replication: ReplicationService
+    ) -> EnvironmentScan:
+        kpis = self.vsm.kpis
+
+        def tools() -> dict[str, frozenset[str]]:
+            out: dict[str, set[str]] = {}
+            for tool in replication.tools():
+                out.setdefault(tool.name, set()).add(tool.provider)
+            return {name: frozenset(providers) for name, providers in out.items()}
+
+        def peers() -> dict[str, str]:
+            return {node: mesh.member_state(node) or "unknown" for node in list(mesh.peers)}
+
+        def bridges() -> dict[str, str]:
+            statuses = self.bridges.statuses() if self.bridges is not None else {}
+            return {name: status.state for name, status in statuses.items()}
+
+        def call_kpis() -> tuple[float, float | None]:
+            now = time.time()
+            return kpis.error_ratio(now), kpis.latency_ms(now, 95)
+
+        return EnvironmentScan(
+            ScanInputs(
+                peers=peers,
+                tools=tools,
+                kpis=call_kpis,
+                latency_objective_ms=self.config.vsm.latency_objective_ms,
+                bridges=bridges,
+            ),
+            self.config.vsm.s4,
+            self.events,
+            self.loops,
+            explainer=self.s4.planner.explain if self.s4.planner is not None else None,
         )
 
     def _child_manager(
@@ -499,7 +546,21 @@ class Node(Service):
     def vsm_view(self) -> dict[str, Any]:
         """`GET /api/vsm`: every system's state and the viability."""
         bridges = {} if self.bridges is None else self.bridges.view()
-        return {**self.vsm.view(), "bridges": bridges}
+        view = self.vsm.view()
+        view["s4"] = {**self.s4.view(), **view["s4"]}
+        return {**view, "bridges": bridges}
+
+    async def plan_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """`POST /api/plan`: a dry run (HTTP status, JSON body)."""
+        return await self.s4.post(self.vsm, body, authorization, remote, run=False)
+
+    async def ask_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """`POST /api/ask`: plan and run (HTTP status, JSON body)."""
+        return await self.s4.post(self.vsm, body, authorization, remote, run=True)
 
     def vsm_status(self) -> dict[str, Any]:
         """The `vsm.status` tool: the node's status and `GET /api/vsm` in one document."""

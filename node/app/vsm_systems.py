@@ -250,9 +250,8 @@ class VsmSystems(Service):
                 "algedonic": self.s3.view(),
                 "shed_calls": self.shedder.shed,
             },
+            # The planner and the scan are added by the node (`S4Api.view`).
             "s4": {
-                "status": "not built",
-                "note": "no environment scan or planner yet; peers and tools seen are listed",
                 "peers_seen": facts.peers_seen() if facts is not None else 0,
                 "tools_seen": facts.mesh_tools()[1] if facts is not None else 0,
             },

@@ -201,6 +201,43 @@ class ChildStopped(msgspec.Struct):
     stopped: str
 
 
+class PlanRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /api/plan` and `POST /api/ask`: a request in words."""
+
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class PlanStep(msgspec.Struct):
+    tool: str
+    arguments: dict[str, Any]
+
+
+class Plan(msgspec.Struct, omit_defaults=True):
+    planner: Literal["llm", "offline"]
+    steps: list[PlanStep]
+    confidence: float
+    # Why nothing runs (unsure, nothing fits) or what could not be planned.
+    note: str = ""
+    # The policy that refuses the tool the request asks for.
+    refusal: str = ""
+
+
+class StepOutcome(msgspec.Struct, omit_defaults=True):
+    tool: str
+    arguments: dict[str, Any]
+    # ok, error_result, not_run (refused before it ran) or the tool layer's reason.
+    outcome: str
+    result: str = ""
+    error: str = ""
+
+
+class Answer(msgspec.Struct, omit_defaults=True):
+    text: str
+    planner: Literal["llm", "offline"]
+    steps: list[StepOutcome]
+    note: str = ""
+
+
 BODIES: tuple[type[msgspec.Struct], ...] = (
     Child,
     Children,
@@ -215,6 +252,9 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     Policies,
     Signal,
     SignalAccepted,
+    PlanRequest,
+    Plan,
+    Answer,
     RevocationRecord,
     RevocationAnswer,
     PeerBlock,

@@ -122,6 +122,12 @@ def _paths() -> dict[str, dict[str, Any]]:
         403: "The token's zone is below recursion.spawn_zone",
         503: "The node is not running yet, or the child could not be started or stopped",
     }
+    planner_errors = {
+        400: 'The body is not {"text": "..."} with 1 to 4096 characters',
+        401: "No bearer token of mcp.tokens (and no loopback zone)",
+        413: "The body is over 64 KiB",
+        503: "The planner is not running yet, or busy (vsm.s4.max_concurrent)",
+    }
     paths: dict[str, dict[str, Any]] = {
         path: {"get": _operation(summary, (200, struct, struct.__name__), errors)}
         for path, (summary, struct, errors) in reads.items()
@@ -167,6 +173,23 @@ def _paths() -> dict[str, dict[str, Any]]:
                 },
                 body=s.Signal,
                 bearer=True,
+            )
+        },
+        **{
+            path: {
+                "post": _operation(summary, answer, planner_errors, body=s.PlanRequest, bearer=True)
+            }
+            for path, summary, answer in (
+                (
+                    "/api/plan",
+                    "System 4's plan for a request in words: the calls it would make (dry run)",
+                    (200, s.Plan, "The plan (no steps: unsure, nothing fits, or refused)"),
+                ),
+                (
+                    "/api/ask",
+                    "Plan and run a request in words under the caller's zone, summarised",
+                    (200, s.Answer, "The reply and each call's outcome"),
+                ),
             )
         },
         "/api/policies/revocations": {

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20
 MAX_SIGNAL_BYTES = 16 * 1024
 MAX_CHILD_REQUEST_BYTES = 8 * 1024
+# A planner request: 4096 characters, each up to 12 bytes as JSON escapes a character
+# (a surrogate pair, `\ud83d\ude00`), so a refused over-long text gets its 400.
+MAX_PLAN_REQUEST_BYTES = 64 * 1024
 
 
 class NodeView(Protocol):
@@ -71,6 +74,14 @@ class NodeView(Protocol):
         self, name: str, authorization: str | None, remote: str | None
     ) -> tuple[int, dict[str, Any]]: ...
 
+    async def plan_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]: ...
+
+    async def ask_post(
+        self, body: object, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]]: ...
+
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
@@ -78,6 +89,17 @@ def _json(data: Any, status: int = 200) -> web.Response:
         status=status,
         content_type="application/json",
     )
+
+
+async def _json_body(request: web.Request, limit: int) -> object:
+    """The request's JSON body, read up to `limit` bytes; or the error answer (413, 400)."""
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        return _json({"error": f"body over {limit} bytes"}, 413)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _json({"error": "the body is not JSON", "field": "body"}, status=400)
 
 
 def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Application:
@@ -169,15 +191,20 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         return _json(node.children_view())
 
     async def api_children_post(request: web.Request) -> web.Response:
-        raw = await request.content.read(MAX_CHILD_REQUEST_BYTES + 1)
-        if len(raw) > MAX_CHILD_REQUEST_BYTES:
-            return _json({"error": f"body over {MAX_CHILD_REQUEST_BYTES} bytes"}, 413)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _json({"error": "the body is not JSON", "field": "body"}, status=400)
+        body = await _json_body(request, MAX_CHILD_REQUEST_BYTES)
+        if isinstance(body, web.Response):
+            return body
         auth = request.headers.get("Authorization")
         status, answer = node.children_post(body, auth, request.remote)
+        return _json(answer, status=status)
+
+    async def planner_request(request: web.Request) -> web.Response:
+        body = await _json_body(request, MAX_PLAN_REQUEST_BYTES)
+        if isinstance(body, web.Response):
+            return body
+        auth = request.headers.get("Authorization")
+        post = node.plan_post if request.path == "/api/plan" else node.ask_post
+        status, answer = await post(body, auth, request.remote)
         return _json(answer, status=status)
 
     async def api_children_delete(request: web.Request) -> web.Response:
@@ -217,6 +244,8 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_get("/api/patterns", api_patterns)
     app.router.add_get("/api/vsm", api_vsm)
     app.router.add_post("/api/algedonic", api_algedonic)
+    app.router.add_post("/api/plan", planner_request)
+    app.router.add_post("/api/ask", planner_request)
     app.router.add_get("/api/policies", api_policies)
     app.router.add_post("/api/policies/revocations", api_revocation)
     app.router.add_post("/api/debug/block", debug_block)

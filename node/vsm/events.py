@@ -155,6 +155,16 @@ class Telemetry(Event, frozen=True, gc=False, kw_only=True, tag="telemetry"):
     source: str = ""
 
 
+class AdaptationProposed(Event, frozen=True, gc=False, kw_only=True, tag="s4_proposal"):
+    """System 4's environment scan proposes an adaptation: `proposal` names what it saw
+    (`single_provider`, `peer_degraded`, `bridge_down`, ...), `subject` the tool, node or
+    bridge, `note` explains it in words."""
+
+    proposal: str
+    subject: str
+    note: str = ""
+
+
 class EventSink(Protocol):
     """Where publishers put events: the node's `EventStream` (never blocks, never raises)."""
 
@@ -174,6 +184,7 @@ NODE_EVENT_TYPES: tuple[type[Event], ...] = (
     PatternMatched,
     ResponseTaken,
     Telemetry,
+    AdaptationProposed,
 )
 
 FieldBase = Literal["str", "num", "bool"]

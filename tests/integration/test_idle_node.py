@@ -17,7 +17,14 @@ pytestmark = pytest.mark.integration
 
 WRAPPER = Path(__file__).with_name("idle_modules.py")
 # Our own modules an idle node does not need: the API document, built at its first request.
-LAZY_MODULES = ("vsmcp.node.http.openapi", "vsmcp.node.http.api_schema")
+# System 4's matcher and LLM planner: at the first request.
+LAZY_MODULES = (
+    "vsmcp.node.http.openapi",
+    "vsmcp.node.http.api_schema",
+    "vsmcp.node.vsm.s4.matcher",
+    "vsmcp.node.vsm.s4.arguments",
+    "vsmcp.node.vsm.s4.llm",
+)
 LAZY_PACKAGES = (
     "mcp",
     "mcp_types",
@@ -26,6 +33,7 @@ LAZY_PACKAGES = (
     "httpx2",
     "jsonschema",
     "wasmtime",
+    "anthropic",
 )
 
 

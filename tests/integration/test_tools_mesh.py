@@ -1,9 +1,9 @@
 """Tool calls across three real `vsmcpd` processes, driven by the official MCP SDK and
 raw HTTP at node C's /mcp.
 
-A mounts `mcp-server-time` (stdio, from PyPI) and a plugin tool; B offers debug tools;
-A and B both offer `shared.echo`. C offers nothing of its own besides built-ins and
-serves everything through the mesh.
+A mounts `mcp-server-time` (stdio, from PyPI), `malformed_server.py` (`bad.*`) and a
+plugin tool; B offers debug tools; A and B both offer `shared.echo`. C offers nothing of
+its own besides built-ins and serves everything through the mesh.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
+    PROVIDER_ERROR,
     RATE_LIMITED,
     ZONE_DENIED,
 )
@@ -64,6 +65,11 @@ args = ["-m", "mcp_server_time", "--local-timezone", "UTC"]
 [[tools.plugins]]
 name = "add"
 target = "tests.integration.plugin_tools:add"
+[[tools.mounts]]
+name = "bad"
+command = "{sys.executable}"
+args = ["{REPO_ROOT / "tests" / "node" / "tools" / "malformed_server.py"}"]
+env = {{ MALFORMED_OMIT_RESULT_TYPE = "1" }}
 """
 
 B_CONFIG = """
@@ -273,6 +279,26 @@ async def test_a_pin_to_no_such_node_is_a_clear_error(ready: Mesh, mode: str) ->
             await client.call_tool("shared.echo", {}, meta={"vsmcp/node": 7})  # type: ignore[dict-item]
         assert malformed.value.error.code == INVALID_PARAMS
         assert "'vsmcp/node'" in malformed.value.error.message
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_malformed_answer_of_a_mount_on_a_reaches_c_as_a_clear_error(
+    ready: Mesh, mode: str
+) -> None:
+    """A mounts a server that accepts 2026-07-28 but answers in the 2025-11-25 shape,
+    one of its tools with junk: through C, the junk is that call's error, named, every
+    time; the mount's other tool answers; nothing is quarantined."""
+    async with _client(ready.url, mode) as client:
+        for _ in range(10):
+            with pytest.raises(MCPError) as junk:
+                await client.call_tool("bad.malformed", {})
+            assert junk.value.error.code == PROVIDER_ERROR
+            assert "malformed answer from mount 'bad': content: Input should be a valid list" in (
+                junk.value.error.message
+            )
+            echoed = await client.call_tool("bad.echo", {"text": "fine"})
+            assert echoed.content[0].text == "fine"  # type: ignore[union-attr]
+        assert "bad.malformed" in {t.name for t in (await client.list_tools()).tools}
 
 
 @pytest.mark.parametrize("mode", MODES)

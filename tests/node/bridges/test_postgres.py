@@ -28,7 +28,7 @@ from vsmcp.node.app.config import load_config
 from vsmcp.node.bridges.model import BridgeContext
 from vsmcp.node.bridges.postgres import EVENT_UNIT, PAIN_SOURCE, PostgresBridge
 from vsmcp.node.bridges.postgres_config import PostgresSection, check_dsn
-from vsmcp.node.bridges.postgres_mirror import policy_note
+from vsmcp.node.bridges.postgres_mirror import MAX_BATCH_BYTES, LocalLog, policy_note
 from vsmcp.node.bridges.postgres_schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from vsmcp.node.bridges.postgres_verify import verify_mirror
 from vsmcp.node.errors import ConfigError
@@ -366,3 +366,20 @@ async def test_a_bridge_stopped_mid_copy_is_resumed_by_the_next(tmp_path: Path, 
             assert again.status().counters["mirrored"] == 12_000 - copied
         assert await _mirrored(dsn) == (12_000, 12_000, 12_000)
         assert (await _verify(dsn)).ok
+
+
+async def test_a_pass_holds_a_bounded_amount_of_entry_data(tmp_path: Path) -> None:
+    big = "x" * 200_000  # near the audit log's 256 KiB per entry
+    async with _Node(tmp_path) as node:
+        for i in range(200):  # 40 MB of entry data
+            await node.audit.append("tool.call", "caller", {"i": i, "blob": big})
+        await node.audit.flush()
+        local = LocalLog(tmp_path / "vsmcp.db", NODE_ID)
+        try:
+            batch = await asyncio.to_thread(local.read, 0, 5_000)
+        finally:
+            local.close()
+    seqs = [row[0] for row in batch.rows]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) < 200
+    assert sum(len(row[4]) for row in batch.rows[:-1]) < MAX_BATCH_BYTES
+    assert len(batch.records) == len(seqs)

@@ -104,7 +104,10 @@ async def run(n: int, server: str, batch_rows: int) -> bool:
     node_id = node_id_from_public_key(public_key)
     schema = f"vsmcp_bench_{secrets.token_hex(4)}"
     dsn = f"{server}?search_path={schema}"
-    admin = await asyncpg.connect(server)
+    try:
+        admin = await asyncpg.connect(server, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        raise SystemExit(f"bench_pg_mirror: PostgreSQL is not reachable at {server}: {e}") from e
     await admin.execute(f"CREATE SCHEMA {schema}")
     try:
         with tempfile.TemporaryDirectory() as tmp:

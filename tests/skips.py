@@ -53,7 +53,8 @@ POSTGRES_DSN = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
 
 def require_postgres() -> str:
     """The DSN of the machine's PostgreSQL (trust auth, database `test`), or skip/fail
-    when it or asyncpg is absent."""
+    when it or asyncpg is absent. Call it from synchronous code (a fixture): it runs its
+    own event loop for the probe."""
     asyncpg = require_module("asyncpg")
 
     async def probe() -> None:

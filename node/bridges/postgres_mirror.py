@@ -39,6 +39,8 @@ RESPONSE_KIND: Final = "vsm.response"
 NOTE_KINDS: Final = frozenset({MITIGATION_KIND, RESPONSE_KIND})
 MAX_TITLE_CHARS: Final = 200
 MAX_SHORT_CHARS: Final = 50
+# A pass holds at most this much entry data in memory (entries may be 256 KiB each).
+MAX_BATCH_BYTES: Final = 16 * 1024 * 1024
 # jsonb refuses the NUL character, which canonical JSON may carry escaped; such an entry
 # is mirrored with a NULL payload (its `data` text is kept, and verifies).
 _JSON_NUL: Final = "\\u0000"
@@ -131,17 +133,26 @@ class LocalLog:
             self._conn.close()
 
     def read(self, after: int, limit: int) -> Batch:
-        """Up to `limit` entries after seq `after`, cut back to the last checkpoint in
-        them when there is one (so the mirror's tail is always signed)."""
+        """Up to `limit` entries (and about `MAX_BATCH_BYTES` of data) after seq `after`,
+        cut back to the last checkpoint in them when there is one (so the mirror's tail
+        is always signed)."""
         conn = self._conn
         with self._lock:
             conn.execute("BEGIN")  # entries and head from one snapshot
             try:
-                rows: list[Row] = conn.execute(
+                cursor = conn.execute(
                     "SELECT seq, ts_ms, kind, actor, data, prev_hash, hash, sig "
                     "FROM audit_entries WHERE seq > ? ORDER BY seq LIMIT ?",
                     (after, limit),
-                ).fetchall()
+                )
+                rows: list[Row] = []
+                size = 0
+                for row in cursor:  # at least one row, then up to MAX_BATCH_BYTES of data
+                    rows.append(row)
+                    size += len(row[4])
+                    if size >= MAX_BATCH_BYTES:
+                        break
+                cursor.close()
                 head = conn.execute("SELECT seq, hash, sig FROM audit_head WHERE id = 1").fetchone()
             finally:
                 conn.execute("COMMIT")

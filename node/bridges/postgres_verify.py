@@ -27,8 +27,9 @@ from vsmcp.node.bridges.postgres_config import check_dsn
 from vsmcp.node.errors import NodeError
 from vsmcp.node.store.audit import AuditVerifyResult, ChainWalk
 
-# Rows fetched per round trip while walking.
-FETCH_ROWS: Final = 10_000
+# Rows fetched per round trip while walking: at most ≈128 MiB of entry data in memory
+# (entries are up to 256 KiB), and round trips few enough not to dominate.
+FETCH_ROWS: Final = 500
 _ROWS: Final = """
 SELECT seq, ts_ms, event_type, user_id, data, prev_hash, hash, signature,
        payload::text AS payload, capability_name, zone, "timestamp"

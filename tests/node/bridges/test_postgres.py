@@ -28,7 +28,7 @@ from vsmcp.node.app.config import load_config
 from vsmcp.node.bridges.model import BridgeContext
 from vsmcp.node.bridges.postgres import EVENT_UNIT, PAIN_SOURCE, PostgresBridge
 from vsmcp.node.bridges.postgres_config import PostgresSection, check_dsn
-from vsmcp.node.bridges.postgres_mirror import policy_note
+from vsmcp.node.bridges.postgres_mirror import MAX_BATCH_BYTES, LocalLog, policy_note
 from vsmcp.node.bridges.postgres_schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from vsmcp.node.bridges.postgres_verify import verify_mirror
 from vsmcp.node.errors import ConfigError
@@ -42,10 +42,6 @@ from vsmcp.node.vsm.stream import EventStream
 KEY = SigningKey.generate()
 PUBLIC_KEY = bytes(KEY.verify_key)
 NODE_ID = node_id_from_public_key(PUBLIC_KEY)
-
-
-def sign(message: bytes) -> bytes:
-    return KEY.sign(message).signature
 
 
 # -- config ------------------------------------------------------------------------------
@@ -171,8 +167,10 @@ async def test_migrations_are_versioned_and_applied_once_by_many_nodes(dsn: str)
 class _Node:
     """A store and audit log in a data dir, and what a bridge sees of the node."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, key: SigningKey = KEY) -> None:
         self.data_dir = data_dir
+        self.key = key
+        self.node_id = node_id_from_public_key(bytes(key.verify_key))
         self.pains: list[tuple[str, float, str]] = []
         self.loops = LoopSupervisor()
         self.events = EventStream()
@@ -182,7 +180,12 @@ class _Node:
     async def __aenter__(self) -> _Node:
         await self.events.start()
         self.store = await Store.open(self.data_dir).__aenter__()
-        self.audit = await AuditLog(self.store, sign, PUBLIC_KEY, batch_size=700).__aenter__()
+        self.audit = await AuditLog(
+            self.store,
+            lambda message: self.key.sign(message).signature,
+            bytes(self.key.verify_key),
+            batch_size=700,
+        ).__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -192,7 +195,7 @@ class _Node:
 
     def bridge(self, dsn: str, **section: Any) -> PostgresBridge:
         context = BridgeContext(
-            node_id=NODE_ID,
+            node_id=self.node_id,
             node_name="unit",
             data_dir=self.data_dir,
             zones=("public", "ops", "restricted"),
@@ -231,10 +234,10 @@ async def _mirrored(dsn: str) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2] or 0)
 
 
-async def _verify(dsn: str, key: bytes = PUBLIC_KEY) -> Any:
+async def _verify(dsn: str, key: bytes = PUBLIC_KEY, node_id: str = NODE_ID) -> Any:
     conn = await asyncpg.connect(dsn)
     try:
-        return await verify_mirror(conn, NODE_ID, key)
+        return await verify_mirror(conn, node_id, key)
     finally:
         await conn.close()
 
@@ -366,3 +369,49 @@ async def test_a_bridge_stopped_mid_copy_is_resumed_by_the_next(tmp_path: Path, 
             assert again.status().counters["mirrored"] == 12_000 - copied
         assert await _mirrored(dsn) == (12_000, 12_000, 12_000)
         assert (await _verify(dsn)).ok
+
+
+async def test_a_pass_holds_a_bounded_amount_of_entry_data(tmp_path: Path) -> None:
+    big = "x" * 200_000  # near the audit log's 256 KiB per entry
+    async with _Node(tmp_path) as node:
+        for i in range(200):  # 40 MB of entry data
+            await node.audit.append("tool.call", "caller", {"i": i, "blob": big})
+        await node.audit.flush()
+        local = LocalLog(tmp_path / "vsmcp.db", NODE_ID)
+        try:
+            batch = await asyncio.to_thread(local.read, 0, 5_000)
+        finally:
+            local.close()
+    seqs = [row[0] for row in batch.rows]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) < 200
+    assert sum(len(row[4]) for row in batch.rows[:-1]) < MAX_BATCH_BYTES
+    assert len(batch.records) == len(seqs)
+
+
+async def test_many_nodes_mirror_into_one_database_side_by_side(tmp_path: Path, dsn: str) -> None:
+    nodes = [_Node(tmp_path / str(i), SigningKey.generate()) for i in range(3)]
+    for i, node in enumerate(nodes):
+        await node.__aenter__()
+        await node.append(400 + 100 * i)
+    try:
+        bridges = [node.bridge(dsn) for node in nodes]
+        for bridge in bridges:
+            await bridge.start()
+        for bridge, node in zip(bridges, nodes, strict=True):
+            await _wait_caught_up(bridge, node)
+        for bridge in bridges:
+            await bridge.stop()
+    finally:
+        for node in nodes:
+            await node.__aexit__(None, None, None)
+    counts = await _fetch(dsn, "SELECT node_id, count(*), max(seq) FROM audit_events GROUP BY 1")
+    assert {r[0]: (r[1], r[2]) for r in counts} == {
+        node.node_id: (node.audit.head_seq, node.audit.head_seq) for node in nodes
+    }
+    for node in nodes:
+        result = await _verify(dsn, bytes(node.key.verify_key), node.node_id)
+        assert result.ok and result.entries == node.audit.head_seq
+    registered = await _fetch(dsn, "SELECT node_id, public_key FROM audit_nodes")
+    assert {r[0]: bytes(r[1]) for r in registered} == {
+        node.node_id: bytes(node.key.verify_key) for node in nodes
+    }

@@ -6,12 +6,20 @@ a field defaulting to None.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from vsmcp.node.bridges.amqp_config import AmqpSection
+from vsmcp.node.tools.config import doc
+
 
 class BridgesSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    amqp: Annotated[
+        AmqpSection | None,
+        doc("RabbitMQ: events out to a topic exchange, tool calls in (docs/bridges.md#amqp)"),
+    ] = None
+
     def configured(self) -> dict[str, Any]:
         """The configured bridges' sections, by name (the field's name)."""
         return {

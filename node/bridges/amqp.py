@@ -33,13 +33,12 @@ import aio_pika
 import aiormq.exceptions
 import msgspec
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractConnection,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
 )
 from aiormq.abc import FieldTable
+from pamqp import commands as spec
 
 from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_calls import CallServer, Reply, ZoneMap
@@ -65,6 +64,7 @@ DEAD_LETTER_MAX: Final = 10_000
 # Overflow of the outbox is audited at most this often (a flood is one entry a second).
 OVERFLOW_AUDIT_INTERVAL_S: Final = 1.0
 PAIN_INTENSITY: Final = 0.8
+PERSISTENT: Final = 2  # AMQP delivery mode: the broker writes the message to disk
 
 # What a lost broker looks like from aio-pika: its errors, a closed channel, the socket.
 BROKER_ERRORS: Final = (
@@ -245,16 +245,19 @@ class AmqpBridge(Service):
         workers: list[asyncio.Task[None]] = []
         try:
             channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.declare_exchange(
+            await channel.declare_exchange(
                 self._section.exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
+            # Publishing on aiormq's channel under aio-pika's: no `aio_pika.Message` per
+            # entry and no wait for the socket per publish (the confirms bound what is
+            # in flight), which more than doubles what one core publishes.
+            raw = await channel.get_underlay_channel()
+            assert isinstance(raw, aiormq.Channel)
             watched: list[Awaitable[Any]] = [connection.closed(), channel.closed()]
             if self._section.calls:
-                watched.append(await self._consume_calls(connection, channel))
+                watched.append(await self._consume_calls(connection, raw))
             self._connected()
-            workers.append(
-                asyncio.create_task(self._send_outbox(exchange), name="bridge-amqp-send")
-            )
+            workers.append(asyncio.create_task(self._send_outbox(raw), name="bridge-amqp-send"))
             workers.extend(asyncio.ensure_future(w) for w in watched)
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -269,7 +272,7 @@ class AmqpBridge(Service):
                 await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
 
     async def _consume_calls(
-        self, connection: AbstractConnection, replies: AbstractChannel
+        self, connection: AbstractConnection, replies: aiormq.Channel
     ) -> Awaitable[Any]:
         """Declare the call queues and consume them; returns the calls channel's closure."""
         channel = await connection.channel(publisher_confirms=False)
@@ -302,7 +305,7 @@ class AmqpBridge(Service):
 
         return consume
 
-    async def _send_outbox(self, exchange: AbstractExchange) -> None:
+    async def _send_outbox(self, channel: aiormq.Channel) -> None:
         outbox = self._outbox
         assert outbox is not None
         while True:
@@ -312,7 +315,7 @@ class AmqpBridge(Service):
                 await outbox.ready.wait()
                 continue
             results = await asyncio.gather(
-                *(self._publish(exchange, entry) for entry in batch), return_exceptions=True
+                *(self._publish(channel, entry) for entry in batch), return_exceptions=True
             )
             failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
             sent = len(batch) if failed is None else failed
@@ -324,17 +327,21 @@ class AmqpBridge(Service):
                 assert isinstance(error, BaseException)
                 raise error
 
-    def _publish(self, exchange: AbstractExchange, entry: OutboxEntry) -> Awaitable[Any]:
-        message = aio_pika.Message(
-            entry.body,
+    def _publish(self, channel: aiormq.Channel, entry: OutboxEntry) -> Awaitable[Any]:
+        properties = spec.Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=PERSISTENT,
             message_id=f"{self._node_id}:{entry.seq}",
             headers={"node": self._node_id, "seq": entry.seq},
             app_id="vsmcp",
         )
-        return exchange.publish(
-            message, routing_key=entry.key, mandatory=False, timeout=PUBLISH_TIMEOUT_S
+        return channel.basic_publish(
+            entry.body,
+            exchange=self._section.exchange,
+            routing_key=entry.key,
+            properties=properties,
+            timeout=PUBLISH_TIMEOUT_S,
+            wait=False,
         )
 
     # -- state ---------------------------------------------------------------------------
@@ -376,13 +383,17 @@ class AmqpBridge(Service):
         )
 
 
-def _replier(channel: AbstractChannel) -> Reply:
+def _replier(channel: aiormq.Channel) -> Reply:
     async def reply(routing_key: str, correlation_id: str | None, body: bytes) -> None:
-        message = aio_pika.Message(
-            body, content_type="application/json", correlation_id=correlation_id
+        properties = spec.Basic.Properties(
+            content_type="application/json", correlation_id=correlation_id
         )
-        await channel.default_exchange.publish(
-            message, routing_key=routing_key, mandatory=False, timeout=PUBLISH_TIMEOUT_S
+        await channel.basic_publish(
+            body,
+            routing_key=routing_key,
+            properties=properties,
+            timeout=PUBLISH_TIMEOUT_S,
+            wait=False,
         )
 
     return reply

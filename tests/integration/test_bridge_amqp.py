@@ -174,6 +174,8 @@ async def test_a_plain_client_calls_a_tool_through_the_shared_and_pinned_queues(
         assert answer["result"]["isError"] is False
     counters = _amqp(node)["counters"]
     assert counters["calls_answered"] == 2 and counters["calls_error_answers"] == 0
+    metrics = node.get("/metrics")[1].decode()
+    assert 'vsmcp_bridge_connected{bridge="amqp"} 1.0' in metrics
 
 
 async def test_bad_input_is_answered_or_dead_lettered_never_redelivered(

@@ -64,7 +64,14 @@ def _leaves(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _defaults_with_a_value() -> dict[str, Any]:
-    return {k: v for k, v in _leaves(msgspec.to_builtins(Config())).items() if v is not None}
+    leaves = _leaves(msgspec.to_builtins(Config()))
+    out = {k: v for k, v in leaves.items() if v is not None}
+    # A table holding only optional tables (`[bridges]`, each bridge off by default) is
+    # shown as an empty table, its optional tables as commented examples.
+    for table in {k.rsplit(".", 1)[0] for k, v in leaves.items() if v is None and "." in k}:
+        if not any(k.startswith(f"{table}.") for k in out):
+            out[table] = {}
+    return out
 
 
 def test_readme_reference_is_toml_holding_every_default() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -34,6 +35,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import uvloop
 from _http_load import drive_processes
 from _machine import machine
 
@@ -207,6 +209,58 @@ async def bench_calls(base: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"latency": lat, "rates": rates, "node_cpu_us": node_cpu}
 
 
+def bare_server(queue: str) -> None:
+    """A bare aio-pika RPC server (no vsmcp): echo's answer to `reply_to`, confirmed,
+    then ack — the library's own cost on this machine, for comparison."""
+
+    async def serve() -> None:
+        connection = await aio_pika.connect(URL)
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=256)
+        calls = await channel.declare_queue(queue, auto_delete=True)
+
+        async def on_call(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            request = json.loads(message.body)
+            text = request["params"]["arguments"]["text"]
+            result = {"content": [{"type": "text", "text": text}], "isError": False}
+            answer = {"jsonrpc": "2.0", "id": request["id"], "result": result}
+            body = json.dumps(answer).encode()
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, correlation_id=message.correlation_id),
+                routing_key=str(message.reply_to),
+                mandatory=False,
+            )
+            await message.ack()
+
+        await calls.consume(on_call)
+        await asyncio.Event().wait()
+
+    uvloop.run(serve())  # the node's event loop too
+
+
+async def bench_bare_calls(args: argparse.Namespace) -> dict[str, Any]:
+    queue = f"vsmcp.bench.bare.{uuid.uuid4().hex[:8]}"
+    server = multiprocessing.get_context("fork").Process(target=bare_server, args=(queue,))
+    server.start()
+    try:
+        connection = await aio_pika.connect(URL)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=False)
+            client = await RpcClient(channel, queue).open()
+            await channel.declare_queue(queue, auto_delete=True)
+            rates, cpu = [], []
+            for _ in range(args.runs):
+                assert server.pid is not None
+                cpu0 = cpu_s(server.pid)
+                rate = await amqp_throughput(client, args.in_flight, args.seconds)
+                rates.append(rate)
+                cpu.append((cpu_s(server.pid) - cpu0) / (rate * args.seconds) * 1e6)
+    finally:
+        server.terminate()
+        server.join()
+    return {"rates": rates, "cpu_us": cpu}
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -286,6 +340,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         calls = await bench_calls(base, args)
+        bare = await bench_bare_calls(args)
         events = await bench_events(base, args) if not args.calls_only else None
     lat = calls["latency"]
     print(f"machine: {machine('RabbitMQ on loopback')}")
@@ -293,6 +348,12 @@ async def main() -> None:
         f"AMQP calls: {statistics.median(calls['rates']):,.0f} calls/s "
         f"(runs {', '.join(f'{r:,.0f}' for r in calls['rates'])}; {args.in_flight} in flight); "
         f"node CPU per call {', '.join(f'{c:.0f}' for c in calls['node_cpu_us'])} us"
+    )
+    print(
+        f"bare aio-pika RPC server (no vsmcp), same client: "
+        f"{statistics.median(bare['rates']):,.0f} calls/s "
+        f"(runs {', '.join(f'{r:,.0f}' for r in bare['rates'])}); "
+        f"server CPU per call {', '.join(f'{c:.0f}' for c in bare['cpu_us'])} us"
     )
     for name in ("amqp", "mcp"):
         print(

@@ -133,6 +133,7 @@ class AmqpBridge(Service):
         await self._context.events.unsubscribe(f"bridge-{NAME}")
         task.cancel()
         await asyncio.wait({task})
+        await self._calls.close()
         self._report_overflow(force=True)
         self._set_state("stopped", "bridge stopped")
 

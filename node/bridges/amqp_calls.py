@@ -10,9 +10,10 @@ What a message gets (never a crash, never a redelivery loop):
   `node/mcp/protocol.py`), then ack;
 - a redelivery of a message id already answered (the broker redelivers what was not
   acked when a connection drops): the remembered answer is sent again, the tool is not
-  run again; one still running is awaited, not started twice. The last
-  `REMEMBERED_ANSWERS` answers are kept, in memory only: a restart of the node forgets
-  them, so a call redelivered across a restart runs again.
+  run again; one still running is awaited, not started twice (a call runs in a task of
+  its own, so a dropped connection does not cancel it). The last `REMEMBERED_ANSWERS`
+  answers (at most `REMEMBERED_BYTES`) are kept, in memory only: a restart of the node
+  forgets them, so a call redelivered across a restart runs again.
 
 The caller's zone: `user_zones[user_id]` (RabbitMQ refuses a `user_id` property that is
 not the connection's user, so it is authenticated), else `queue_zones[queue]`, else
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REMEMBERED_ANSWERS: Final = 10_000
+REMEMBERED_BYTES: Final = 64 * 1024 * 1024
 MAX_ID_CHARS: Final = 256
 
 # `reply(routing_key, correlation_id, body)`: publish an answer, return once confirmed.
@@ -92,7 +94,8 @@ class CallServer:
         self._max_bytes = max_message_bytes
         self.counters = CallCounters()
         self._answers: OrderedDict[str, bytes] = OrderedDict()
-        self._running: dict[str, asyncio.Future[bytes]] = {}
+        self._answer_bytes = 0
+        self._running: dict[str, asyncio.Task[bytes]] = {}
 
     async def serve(self, message: AbstractIncomingMessage, queue: str, reply: Reply) -> None:
         """Answer one message and settle it (ack or dead-letter). Errors of the broker
@@ -105,16 +108,14 @@ class CallServer:
             await message.reject(requeue=False)
             return
         message_id = message.message_id
-        key = message_id[:MAX_ID_CHARS] if message_id else None
-        body = await self._answer_once(key, message, queue)
+        if message_id:
+            body = await self._answer_once(message_id[:MAX_ID_CHARS], message, queue)
+        else:
+            body = await self._answer(message.body, message.user_id, queue)
         await reply(reply_to, message.correlation_id, body)
         await message.ack()
 
-    async def _answer_once(
-        self, key: str | None, message: AbstractIncomingMessage, queue: str
-    ) -> bytes:
-        if key is None:
-            return await self._answer(message, queue)
+    async def _answer_once(self, key: str, message: AbstractIncomingMessage, queue: str) -> bytes:
         known = self._answers.get(key)
         if known is not None:
             self.counters.duplicates += 1
@@ -122,27 +123,40 @@ class CallServer:
         running = self._running.get(key)
         if running is not None:
             self.counters.duplicates += 1
-            return await asyncio.shield(running)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
-        try:
-            body = await self._answer(message, queue)
-        except BaseException:
-            # Cancelled (the bridge stops): a waiting duplicate is cancelled too and the
-            # message, unacked, is redelivered later.
-            future.cancel()
-            del self._running[key]
-            raise
-        future.set_result(body)
-        del self._running[key]
-        self._answers[key] = body
-        if len(self._answers) > REMEMBERED_ANSWERS:
-            self._answers.popitem(last=False)
-        return body
+        else:
+            # The call is a task of its own, not of the delivery: when the connection
+            # drops (and aio-pika cancels the delivery's task), the call goes on and its
+            # answer waits for the redelivery.
+            running = asyncio.create_task(
+                self._answer(message.body, message.user_id, queue), name="amqp-call"
+            )
+            self._running[key] = running
+            running.add_done_callback(lambda task: self._finished(key, task))
+        return await asyncio.shield(running)
 
-    async def _answer(self, message: AbstractIncomingMessage, queue: str) -> bytes:
+    def _finished(self, key: str, task: asyncio.Task[bytes]) -> None:
+        self._running.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        body = task.result()
+        self._answers[key] = body
+        self._answer_bytes += len(body)
+        while len(self._answers) > REMEMBERED_ANSWERS or (
+            self._answer_bytes > REMEMBERED_BYTES and len(self._answers) > 1
+        ):
+            _, old = self._answers.popitem(last=False)
+            self._answer_bytes -= len(old)
+
+    async def close(self) -> None:
+        """Cancel the calls still running (the bridge stops; unacked, they come back)."""
+        running = list(self._running.values())
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+
+    async def _answer(self, body: bytes, user_id: str | None, queue: str) -> bytes:
         """The JSON-RPC answer to one message body (never raises but CancelledError)."""
-        body = message.body
         if len(body) > self._max_bytes:
             return self._error(
                 None,
@@ -159,7 +173,6 @@ class CallServer:
         if not request.is_request:
             error = McpError(INVALID_REQUEST, "Invalid request: expected a request with an id")
             return self._error(request.id, error)
-        user_id = message.user_id
         zone = self._zones.zone_of(user_id, queue)
         who = f"amqp:{user_id}" if user_id else f"amqp:{queue}"
         caller = Caller(caller_id=who, zone=zone, origin=who)

@@ -204,9 +204,11 @@ async def bench_calls(base: Path, args: argparse.Namespace) -> dict[str, Any]:
                 answered = bridge(node)["counters"]["calls_answered"] - answered0
                 node_cpu.append((cpu_s(node.pid) - cpu0) / answered * 1e6)
             await channel.queue_delete(queue)
+        counters = bridge(node)["counters"]
     finally:
         node.stop()
-    return {"latency": lat, "rates": rates, "node_cpu_us": node_cpu}
+    per_frame = counters["calls_answered"] / max(1, counters["ack_frames"])
+    return {"latency": lat, "rates": rates, "node_cpu_us": node_cpu, "acks_per_frame": per_frame}
 
 
 def bare_server(queue: str) -> None:
@@ -347,7 +349,8 @@ async def main() -> None:
     print(
         f"AMQP calls: {statistics.median(calls['rates']):,.0f} calls/s "
         f"(runs {', '.join(f'{r:,.0f}' for r in calls['rates'])}; {args.in_flight} in flight); "
-        f"node CPU per call {', '.join(f'{c:.0f}' for c in calls['node_cpu_us'])} us"
+        f"node CPU per call {', '.join(f'{c:.0f}' for c in calls['node_cpu_us'])} us; "
+        f"{calls['acks_per_frame']:.1f} calls acked per ack frame"
     )
     print(
         f"bare aio-pika RPC server (no vsmcp), same client: "

@@ -41,6 +41,7 @@ from aiormq.abc import FieldTable
 from pamqp import commands as spec
 
 from vsmcp.mesh.service import Service
+from vsmcp.node.bridges.amqp_acks import Acks
 from vsmcp.node.bridges.amqp_calls import CallServer, Reply, ZoneMap
 from vsmcp.node.bridges.amqp_config import CAPABILITIES_KIND, AmqpSection
 from vsmcp.node.bridges.model import BridgeContext, BridgeState, BridgeStatus
@@ -111,6 +112,9 @@ class AmqpBridge(Service):
         self._down_since: float | None = time.monotonic()
         self._pained = False
         self._overflow_audited_at = 0.0
+        # The calls channel's acks, while connected; ack frames sent on earlier channels.
+        self._acks: Acks | None = None
+        self._ack_frames = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -144,6 +148,7 @@ class AmqpBridge(Service):
             "published": self._published,
             "connects": self._connects,
             "announcements": self._announcements,
+            "ack_frames": self._ack_frames + (self._acks.frames if self._acks else 0),
             "outbox_overflowed": outbox.overflowed if outbox is not None else 0,
             **self._calls.counters.view(),
         }
@@ -269,6 +274,10 @@ class AmqpBridge(Service):
                 task.cancel()
             if workers:
                 await asyncio.wait(workers)
+            acks, self._acks = self._acks, None
+            if acks is not None:
+                self._ack_frames += acks.frames
+                await acks.close()
             with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
 
@@ -287,22 +296,38 @@ class AmqpBridge(Service):
         await dead_queue.bind(dead)
         arguments: FieldTable = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
         reply = _replier(replies)
+        raw = await channel.get_underlay_channel()
+        assert isinstance(raw, aiormq.Channel)
+        acks = Acks(raw, lambda e: self._error(f"acks not sent: {type(e).__name__}: {e}"))
+        self._acks = acks
         shared = self._section.calls_queue
         for name in (shared, f"{shared}.{self._node_id}"):
             queue = await channel.declare_queue(name, durable=True, arguments=arguments)
-            await queue.consume(self._call_consumer(queue, reply))
+            await queue.consume(self._call_consumer(queue, reply, acks))
         return channel.closed()
 
-    def _call_consumer(self, queue: AbstractQueue, reply: Reply) -> Any:
+    def _call_consumer(self, queue: AbstractQueue, reply: Reply, acks: Acks) -> Any:
         name = queue.name
 
         async def consume(message: AbstractIncomingMessage) -> None:
+            tag = message.delivery_tag
+            assert tag is not None  # consumed with acks
+            acks.track(tag)
             try:
-                await self._calls.serve(message, name, reply)
+                answered = await self._calls.serve(message, name, reply)
             except BROKER_ERRORS as exc:
                 # The connection dropped mid-answer: unacked, the call comes back (and
                 # is answered from memory, not run again).
+                acks.forget(tag)
                 self._error(f"call on {name} not settled: {type(exc).__name__}: {exc}")
+                return
+            except BaseException:
+                acks.forget(tag)
+                raise
+            if answered:
+                acks.ack(tag)
+            else:
+                acks.settled_elsewhere(tag)
 
         return consume
 

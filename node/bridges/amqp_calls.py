@@ -1,5 +1,6 @@
 """Tool calls arriving over AMQP: one JSON-RPC request per message, answered to its
-`reply_to` with its `correlation_id`, acked only once the answer is confirmed.
+`reply_to` with its `correlation_id`, acked only once the answer is confirmed (the acks
+of many go in one frame: `amqp_acks.py`).
 
 What a message gets (never a crash, never a redelivery loop):
 - no `reply_to`: nobody can be answered, so it is not run; it is rejected without
@@ -97,23 +98,24 @@ class CallServer:
         self._answer_bytes = 0
         self._running: dict[str, asyncio.Task[bytes]] = {}
 
-    async def serve(self, message: AbstractIncomingMessage, queue: str, reply: Reply) -> None:
-        """Answer one message and settle it (ack or dead-letter). Errors of the broker
-        (the connection dropped) propagate: the message stays unacked and is redelivered."""
+    async def serve(self, message: AbstractIncomingMessage, queue: str, reply: Reply) -> bool:
+        """Answer one message: True once its answer is confirmed (ack it), False if it was
+        dead-lettered here. Errors of the broker (the connection dropped) propagate: the
+        message stays unacked and is redelivered."""
         self.counters.received += 1
         reply_to = message.reply_to
         if not reply_to:
             self.counters.dead_lettered += 1
             log.warning("AMQP call on %s without reply_to dead-lettered", queue)
             await message.reject(requeue=False)
-            return
+            return False
         message_id = message.message_id
         if message_id:
             body = await self._answer_once(message_id[:MAX_ID_CHARS], message, queue)
         else:
             body = await self._answer(message.body, message.user_id, queue)
         await reply(reply_to, message.correlation_id, body)
-        await message.ack()
+        return True
 
     async def _answer_once(self, key: str, message: AbstractIncomingMessage, queue: str) -> bytes:
         known = self._answers.get(key)

@@ -256,7 +256,7 @@ class AmqpBridge(Service):
             )
             # Publishing on aiormq's channel under aio-pika's: no `aio_pika.Message` per
             # entry and no wait for the socket per publish (the confirms bound what is
-            # in flight), which more than doubles what one core publishes.
+            # in flight): about a fifth less CPU per call (docs/benchmarks.md).
             raw = await channel.get_underlay_channel()
             assert isinstance(raw, aiormq.Channel)
             watched: list[Awaitable[Any]] = [connection.closed(), channel.closed()]

@@ -259,6 +259,7 @@ class EventsConsumer:
         self.name = _unique("vsmcp.test.events")
         self.arrivals: list[int] = []
         self.kinds: dict[int, str] = {}
+        self.bodies: dict[int, dict[str, Any]] = {}
 
     async def open(self) -> EventsConsumer:
         import aio_pika
@@ -273,7 +274,8 @@ class EventsConsumer:
             async with message.process():
                 seq = int(message.headers["seq"])
                 self.arrivals.append(seq)
-                self.kinds[seq] = json.loads(message.body)["kind"]
+                self.bodies[seq] = json.loads(message.body)
+                self.kinds[seq] = self.bodies[seq]["kind"]
 
         await queue.consume(on_event)
         return self
@@ -398,7 +400,8 @@ async def test_kill_9_with_an_unflushed_outbox_flushes_after_restart(
     url = require_rabbitmq()
     unreachable = f"amqp://guest:guest@127.0.0.1:{_closed_port()}/"
     data = tmp_path / "n"
-    node = _start(data, _config(unreachable))
+    kinds = ("tool_call", "unit_state")
+    node = _start(data, _config(unreachable, events=kinds))
     nodes.append(node)
     calls = 50
     for i in range(calls):
@@ -424,7 +427,7 @@ async def test_kill_9_with_an_unflushed_outbox_flushes_after_restart(
     channel = await broker.channel()
     node_id = node.node_id
     events = await EventsConsumer(channel, f"{node_id}.#").open()
-    again = _start(data, _config(url))
+    again = _start(data, _config(url, events=kinds))
     nodes.append(again)
     assert again.node_id == node_id
 
@@ -438,7 +441,19 @@ async def test_kill_9_with_an_unflushed_outbox_flushes_after_restart(
     ordered = events.unique_in_order()
     assert ordered == sorted(ordered)
     assert len(tool_calls()) == calls
-    # The outage itself is in the stream: the announcement and the bridge's state changes.
+    # The outage itself is in the stream: the bridge's state changes, the one before the
+    # kill from the outbox, then its reconnection; and the capability announcements.
+    states = [
+        (b["previous"], b["state"])
+        for _, b in sorted(events.bodies.items())
+        if b["kind"] == "unit_state" and b["unit"] == "bridge:amqp"
+    ]
+    assert states[0] == ("connecting", "down")
+
+    def reconnected() -> bool:
+        return any(b.get("state") == "connected" for b in events.bodies.values())
+
+    await async_wait_until(reconnected, timeout_s=30, what="the bridge's connected event")
     assert "capabilities" in events.kinds.values()
     wait_for(lambda: _amqp(again)["outbox_depth"] == 0, timeout_s=30, what="outbox empty")
     await events.delete()

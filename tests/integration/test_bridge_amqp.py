@@ -21,6 +21,7 @@ import functools
 import json
 import shutil
 import socket
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -457,3 +458,79 @@ async def test_kill_9_with_an_unflushed_outbox_flushes_after_restart(
     assert "capabilities" in events.kinds.values()
     wait_for(lambda: _amqp(again)["outbox_depth"] == 0, timeout_s=30, what="outbox empty")
     await events.delete()
+
+
+async def test_zones_come_from_the_user_mapping_then_the_queue_mapping(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    url = require_rabbitmq()
+    queue = _unique("vsmcp.test.calls")
+    extra = _ZONES_EXTRA + f'"{queue}" = "public"\n'
+    data = tmp_path / "n"
+    node = _start(data, _config(url, calls_queue=queue, extra=extra))
+    nodes.append(node)
+    _wait_connected(node)
+    channel = await broker.channel()
+    caller = await Caller(channel).open()
+    signal = {"valence": "pleasure", "intensity": 0.1, "reason": "zone test"}
+    import aio_pika
+
+    async def call(routing_key: str, user_id: str | None) -> dict[str, Any]:
+        correlation_id = uuid.uuid4().hex
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                _call("vsm.signal", signal, 5),
+                correlation_id=correlation_id,
+                reply_to=caller.reply_queue.name,
+                user_id=user_id,
+            ),
+            routing_key=routing_key,
+        )
+        return await caller.answer(correlation_id)
+
+    # The shared queue maps to public: vsm.signal (restricted) is refused...
+    assert (await call(queue, None))["error"]["code"] == ZONE_DENIED
+    # ...the pinned queue is unmapped (default_zone: restricted), and the user id (which
+    # the broker checks) maps to restricted before the queue mapping applies.
+    assert "result" in await call(f"{queue}.{node.node_id}", None)
+    assert "result" in await call(queue, "guest")
+    await channel.queue_delete(queue)
+
+
+_ZONES_EXTRA = """
+default_zone = "restricted"
+[bridges.amqp.user_zones]
+guest = "restricted"
+[bridges.amqp.queue_zones]
+"""
+
+
+async def test_a_full_outbox_counts_and_audits_what_it_drops(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    require_rabbitmq()
+    unreachable = f"amqp://guest:guest@127.0.0.1:{_closed_port()}/"
+    node = _start(tmp_path / "n", _config(unreachable, extra="outbox_capacity = 10"))
+    nodes.append(node)
+    for i in range(30):
+        assert "result" in call_tool(node, TOKEN, "echo", {"text": str(i)})
+
+    def overflowed() -> dict[str, Any] | None:
+        status = _amqp(node)
+        return status if status["counters"]["outbox_overflowed"] >= 21 else None
+
+    # 30 tool_call events and the start's announcement into room for 10.
+    status = wait_for(overflowed, timeout_s=30, what="the outbox overflow counted")
+    assert status["outbox_depth"] == 10 and status["counters"]["outbox_overflowed"] == 21
+
+    def audited() -> int:
+        with sqlite3.connect(node.data_dir / "vsmcp.db") as db:
+            rows = db.execute(
+                "SELECT data FROM audit_entries WHERE kind = 'bridge.outbox_overflow'"
+            ).fetchall()
+        return sum(json.loads(row[0])["dropped"] for row in rows)
+
+    # Audited at most once a second: the last of it when the bridge stops.
+    node.stop()
+    nodes.remove(node)
+    assert audited() == 21

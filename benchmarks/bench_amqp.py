@@ -204,6 +204,7 @@ async def bench_calls(base: Path, args: argparse.Namespace) -> dict[str, Any]:
                 answered = bridge(node)["counters"]["calls_answered"] - answered0
                 node_cpu.append((cpu_s(node.pid) - cpu0) / answered * 1e6)
             await channel.queue_delete(queue)
+            await channel.queue_delete(f"{queue}.{node.node_id}")
         counters = bridge(node)["counters"]
     finally:
         node.stop()
@@ -315,6 +316,7 @@ async def bench_events(base: Path, args: argparse.Namespace) -> dict[str, Any]:
         finally:
             again.stop()
         await channel.queue_delete(queue)
+        await channel.queue_delete(f"{queue}.{node_id}")
     drain_s = times[-1] - times[0]
     return {
         "events": depth,

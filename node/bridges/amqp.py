@@ -62,6 +62,7 @@ RECONNECT_MAX_S: Final = 5.0
 DEAD_LETTER_EXCHANGE: Final = "vsmcp.dead"
 DEAD_LETTER_QUEUE: Final = "vsmcp.dead"
 DEAD_LETTER_MAX: Final = 10_000
+PINNED_QUEUE_EXPIRES_MS: Final = 24 * 3600 * 1000
 # Overflow of the outbox is audited at most this often (a flood is one entry a second).
 OVERFLOW_AUDIT_INTERVAL_S: Final = 1.0
 PAIN_INTENSITY: Final = 0.8
@@ -301,8 +302,11 @@ class AmqpBridge(Service):
         acks = Acks(raw, lambda e: self._error(f"acks not sent: {type(e).__name__}: {e}"))
         self._acks = acks
         shared = self._section.calls_queue
-        for name in (shared, f"{shared}.{self._node_id}"):
-            queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+        # The pinned queue outlives a restart of its node, not its node: unused (no
+        # consumer) for a day, the broker deletes it.
+        pinned_arguments: FieldTable = {**arguments, "x-expires": PINNED_QUEUE_EXPIRES_MS}
+        for name, args in ((shared, arguments), (f"{shared}.{self._node_id}", pinned_arguments)):
+            queue = await channel.declare_queue(name, durable=True, arguments=args)
             await queue.consume(self._call_consumer(queue, reply, acks))
         return channel.closed()
 

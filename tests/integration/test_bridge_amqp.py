@@ -177,6 +177,7 @@ async def test_a_plain_client_calls_a_tool_through_the_shared_and_pinned_queues(
     assert counters["calls_answered"] == 2 and counters["calls_error_answers"] == 0
     metrics = node.get("/metrics")[1].decode()
     assert 'vsmcp_bridge_connected{bridge="amqp"} 1.0' in metrics
+    await channel.queue_delete(f"vsmcp.calls.{node.node_id}")
 
 
 async def test_bad_input_is_answered_or_dead_lettered_never_redelivered(
@@ -236,7 +237,13 @@ async def test_bad_input_is_answered_or_dead_lettered_never_redelivered(
     declared = await channel.declare_queue(queue, passive=True)
     assert declared.declaration_result.message_count == 0
     assert node.proc is not None and node.proc.poll() is None
+    await _delete_call_queues(channel, queue, node)
+
+
+async def _delete_call_queues(channel: Any, queue: str, node: NodeProcess) -> None:
+    """A test's own queues, shared and pinned, are removed after it."""
     await channel.queue_delete(queue)
+    await channel.queue_delete(f"{queue}.{node.node_id}")
 
 
 def _rabbitmqctl(*args: str) -> str:
@@ -386,7 +393,7 @@ async def test_broker_closing_connections_mid_stream_loses_and_repeats_no_call_o
     wait_for(lambda: _amqp(node)["outbox_depth"] == 0, timeout_s=30, what="outbox drained")
     await events.delete()
     await channel.queue_delete(replies)
-    await channel.queue_delete(queue)
+    await _delete_call_queues(channel, queue, node)
 
 
 def _closed_port() -> int:
@@ -458,6 +465,7 @@ async def test_kill_9_with_an_unflushed_outbox_flushes_after_restart(
     assert "capabilities" in events.kinds.values()
     wait_for(lambda: _amqp(again)["outbox_depth"] == 0, timeout_s=30, what="outbox empty")
     await events.delete()
+    await channel.queue_delete(f"vsmcp.calls.{node_id}")
 
 
 async def test_zones_come_from_the_user_mapping_then_the_queue_mapping(
@@ -494,7 +502,7 @@ async def test_zones_come_from_the_user_mapping_then_the_queue_mapping(
     # the broker checks) maps to restricted before the queue mapping applies.
     assert "result" in await call(f"{queue}.{node.node_id}", None)
     assert "result" in await call(queue, "guest")
-    await channel.queue_delete(queue)
+    await _delete_call_queues(channel, queue, node)
 
 
 _ZONES_EXTRA = """

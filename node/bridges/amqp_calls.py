@@ -9,10 +9,11 @@ What a message gets (never a crash, never a redelivery loop):
 - oversized, not JSON, not a JSON-RPC request, an unknown tool, a zone the mapping does
   not grant, any failure of the call: a JSON-RPC error answer (the codes of
   `node/mcp/protocol.py`), then ack;
-- a redelivery of a message id already answered (the broker redelivers what was not
-  acked when a connection drops): the remembered answer is sent again, the tool is not
-  run again; one still running is awaited, not started twice (a call runs in a task of
-  its own, so a dropped connection does not cancel it). The last `REMEMBERED_ANSWERS`
+- a redelivery of a message already answered (the broker redelivers what was not acked
+  when a connection drops; recognised by message id, body, user id and queue): the
+  remembered answer is sent again, the tool is not run again; one still running is
+  awaited, not started twice (a call runs in a task of its own, so a dropped connection
+  does not cancel it). The last `REMEMBERED_ANSWERS`
   answers (at most `REMEMBERED_BYTES`) are kept, in memory only: a restart of the node
   forgets them, so a call redelivered across a restart runs again.
 
@@ -24,6 +25,7 @@ not the connection's user, so it is authenticated), else `queue_zones[queue]`, e
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -111,7 +113,11 @@ class CallServer:
             return False
         message_id = message.message_id
         if message_id:
-            body = await self._answer_once(message_id[:MAX_ID_CHARS], message, queue)
+            # A redelivery is the same id, body, user and queue: an id alone would hand
+            # one caller's answer to another who reused it (and their zones may differ).
+            digest = hashlib.blake2b(message.body, digest_size=16).hexdigest()
+            key = f"{message_id[:MAX_ID_CHARS]}\0{message.user_id or ''}\0{queue}\0{digest}"
+            body = await self._answer_once(key, message, queue)
         else:
             body = await self._answer(message.body, message.user_id, queue)
         await reply(reply_to, message.correlation_id, body)

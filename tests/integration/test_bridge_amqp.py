@@ -246,6 +246,34 @@ async def _delete_call_queues(channel: Any, queue: str, node: NodeProcess) -> No
     await channel.queue_delete(f"{queue}.{node.node_id}")
 
 
+async def test_a_repeated_message_is_answered_from_memory_a_reused_id_is_not(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    url = require_rabbitmq()
+    queue = _unique("vsmcp.test.calls")
+    node = _start(tmp_path / "n", _config(url, calls_queue=queue))
+    nodes.append(node)
+    _wait_connected(node)
+    channel = await broker.channel()
+    caller = await Caller(channel).open()
+    same_id = uuid.uuid4().hex
+
+    async def echo(text: str) -> str:
+        sent = await caller.send(queue, _call("echo", {"text": text}), message_id=same_id)
+        answer = await caller.answer(sent)
+        return str(answer["result"]["content"][0]["text"])
+
+    assert await echo("first") == "first"
+    # The same message again (what the broker redelivers): the remembered answer.
+    assert await echo("first") == "first"
+    assert _amqp(node)["counters"]["calls_duplicates"] == 1
+    # The same id on another body is another call, not someone else's answer.
+    assert await echo("second") == "second"
+    counters = _amqp(node)["counters"]
+    assert counters["calls_duplicates"] == 1 and counters["calls_answered"] == 2
+    await _delete_call_queues(channel, queue, node)
+
+
 def _rabbitmqctl(*args: str) -> str:
     if shutil.which("rabbitmqctl") is None:
         skip_or_fail("rabbitmqctl is not installed (needed to close the broker's connections)")

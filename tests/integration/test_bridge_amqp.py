@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import NodeProcess, call_tool
+from tests.integration.harness import NodeProcess, call_tool, run_daemon
 from tests.polling import async_wait_until, wait_for
 from tests.skips import require_rabbitmq, skip_or_fail
 from vsmcp.node.mcp.protocol import INVALID_PARAMS, PARSE_ERROR, TOO_LARGE, ZONE_DENIED
@@ -570,3 +570,14 @@ async def test_a_full_outbox_counts_and_audits_what_it_drops(
     node.stop()
     nodes.remove(node)
     assert audited() == 21
+
+
+def test_a_bad_amqp_table_refuses_the_start_naming_its_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[bridges.amqp]\nurl = "amqp://127.0.0.1/"\nevents = ["nope"]\n')
+    result = run_daemon(
+        "--dev", "--no-mdns", "--data-dir", str(tmp_path / "data"), "--http-port", "0",
+        "--mesh-port", "0", "--config", str(config),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "config key 'bridges.amqp.events': unknown kind(s) ['nope']" in result.stderr

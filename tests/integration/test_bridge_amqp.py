@@ -581,3 +581,30 @@ def test_a_bad_amqp_table_refuses_the_start_naming_its_key(tmp_path: Path) -> No
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "config key 'bridges.amqp.events': unknown kind(s) ['nope']" in result.stderr
+
+
+async def test_a_new_local_tool_is_announced(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    url = require_rabbitmq()
+    queue = _unique("vsmcp.test.calls")
+    extra = "[node]\ndebug_api = true\n"
+    config = _config(url, calls_queue=queue).replace("[bridges.amqp]", extra + "[bridges.amqp]")
+    node = _start(tmp_path / "n", config)
+    nodes.append(node)
+    _wait_connected(node)
+    channel = await broker.channel()
+    events = await EventsConsumer(channel, f"{node.node_id}.capabilities").open()
+    assert node.post("/api/debug/tools?name=late.echo&zone=ops") == 200
+
+    def announced() -> dict[str, Any] | None:
+        for body in events.bodies.values():
+            tools = {t["name"]: t for t in body["tools"]}
+            if "late.echo" in tools:
+                return tools["late.echo"]
+        return None
+
+    tool = await async_wait_until(announced, timeout_s=30, what="late.echo announced")
+    assert tool["_meta"]["vsmcp/zone"] == "ops"
+    await events.delete()
+    await _delete_call_queues(channel, queue, node)

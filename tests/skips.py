@@ -80,3 +80,17 @@ def require_mosquitto() -> tuple[str, int]:
     except OSError as exc:
         skip_or_fail(f"no MQTT broker at {MOSQUITTO_ADDRESS[0]}:{MOSQUITTO_ADDRESS[1]}: {exc}")
     return MOSQUITTO_ADDRESS
+
+
+RABBITMQ_URL = os.environ.get("VSMCP_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def require_rabbitmq() -> str:
+    """Skip/fail unless aio-pika is installed and RabbitMQ accepts a connection on
+    127.0.0.1:5672; returns the broker's URL."""
+    require_module("aio_pika")
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError as exc:
+        skip_or_fail(f"RabbitMQ is not reachable on 127.0.0.1:5672: {exc}")
+    return RABBITMQ_URL

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from vsmcp.node.bridges.amqp_config import AmqpSection
 from vsmcp.node.bridges.mqtt_config import MqttSection
 from vsmcp.node.bridges.postgres_config import PostgresSection
 from vsmcp.node.tools.config import doc
@@ -23,6 +24,10 @@ class BridgesSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mqtt: Annotated[
         MqttSection | None,
         doc("MQTT broker: telemetry in, alerts and announcements out, MQTT 5 tool calls"),
+    ] = None
+    amqp: Annotated[
+        AmqpSection | None,
+        doc("RabbitMQ: events out to a topic exchange, tool calls in (docs/bridges.md#amqp)"),
     ] = None
 
     def configured(self) -> dict[str, Any]:

@@ -11,4 +11,5 @@ from typing import Final
 BRIDGE_MODULES: Final[dict[str, str]] = {
     "postgres": "vsmcp.node.bridges.postgres",
     "mqtt": "vsmcp.node.bridges.mqtt",
+    "amqp": "vsmcp.node.bridges.amqp",
 }

@@ -1,0 +1,116 @@
+"""Acknowledging the deliveries of one channel, many with one frame where it can.
+
+Each ack is a frame, and aiormq writes every frame with a system call of its own: on a
+busy 2-core machine an ack per call costs ≈40–250 µs (docs/benchmarks.md, "AMQP
+bridge"). So a settled delivery is not acked at once; at the end of the event loop's
+iteration, the longest run of settled deliveries from the oldest unacked one is acked
+with one `multiple=True` frame, and the settled ones behind a delivery still running are
+acked one by one (a slow call must not hold them: they would hold prefetch slots).
+
+A `multiple` ack covers every outstanding tag up to it, so it is sent only over tags
+this object has seen, consecutive from the last one it acked: a tag it has not seen yet
+(a delivery whose task has not started) ends the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import aiormq
+
+log = logging.getLogger(__name__)
+
+_RUNNING: Final = 0
+_ACK: Final = 1
+_SETTLED_ELSEWHERE: Final = 2  # rejected (dead-lettered) by its handler: never acked here
+
+
+class Acks:
+    def __init__(self, channel: aiormq.Channel, on_error: Callable[[BaseException], None]) -> None:
+        self._channel = channel
+        self._on_error = on_error
+        # Delivery tag -> state, oldest first (tags arrive increasing).
+        self._pending: dict[int, int] = {}
+        self._acked_through = 0  # every tag up to this one is settled
+        # Tags above `_acked_through` settled one by one (acked or rejected).
+        self._settled_beyond: set[int] = set()
+        self._scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+        self.frames = 0  # ack frames sent (for the status: acks per frame)
+
+    def track(self, tag: int) -> None:
+        self._pending[tag] = _RUNNING
+
+    def ack(self, tag: int) -> None:
+        """The delivery is answered: ack it (with others, soon)."""
+        self._settle(tag, _ACK)
+
+    def settled_elsewhere(self, tag: int) -> None:
+        """The delivery was rejected by its handler: only stop waiting for it."""
+        self._settle(tag, _SETTLED_ELSEWHERE)
+
+    def forget(self, tag: int) -> None:
+        """The delivery will not be settled on this channel (the connection dropped)."""
+        self._pending.pop(tag, None)
+
+    def _settle(self, tag: int, state: int) -> None:
+        if tag not in self._pending:
+            return
+        self._pending[tag] = state
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        through = self._skip_settled(self._acked_through)
+        run_end = None
+        for tag, state in self._pending.items():
+            if state == _RUNNING or tag != through + 1:
+                break
+            if state == _ACK:  # a multiple ack names a tag still outstanding
+                run_end = tag
+            through = self._skip_settled(tag)
+        frames: list[tuple[int, bool]] = []
+        for tag in [t for t in self._pending if t <= through]:
+            del self._pending[tag]
+        if run_end is not None:
+            frames.append((run_end, True))
+        self._acked_through = through
+        for tag, state in list(self._pending.items()):
+            if state != _RUNNING:
+                del self._pending[tag]
+                self._settled_beyond.add(tag)
+                if state == _ACK:
+                    frames.append((tag, False))
+        if frames:
+            task = asyncio.create_task(self._send(frames), name="amqp-acks")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    def _skip_settled(self, tag: int) -> int:
+        """`tag`, or past it the last of the consecutive tags already settled one by one."""
+        while tag + 1 in self._settled_beyond:
+            tag += 1
+            self._settled_beyond.discard(tag)
+        return tag
+
+    async def _send(self, frames: list[tuple[int, bool]]) -> None:
+        for tag, multiple in frames:
+            try:
+                await self._channel.basic_ack(tag, multiple=multiple, wait=False)
+            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as e:
+                # Unacked, they are redelivered and answered from memory.
+                self._on_error(e)
+                return
+            self.frames += 1
+
+    async def close(self) -> None:
+        sending = list(self._sending)
+        for task in sending:
+            task.cancel()
+        if sending:
+            await asyncio.wait(sending)

@@ -1,0 +1,199 @@
+"""Tool calls arriving over AMQP: one JSON-RPC request per message, answered to its
+`reply_to` with its `correlation_id`, acked only once the answer is confirmed (the acks
+of many go in one frame: `amqp_acks.py`).
+
+What a message gets (never a crash, never a redelivery loop):
+- no `reply_to`: nobody can be answered, so it is not run; it is rejected without
+  requeue, which dead-letters it (the queues name `vsmcp.dead` as their dead-letter
+  exchange);
+- oversized, not JSON, not a JSON-RPC request, an unknown tool, a zone the mapping does
+  not grant, any failure of the call: a JSON-RPC error answer (the codes of
+  `node/mcp/protocol.py`), then ack;
+- a redelivery of a message already answered (the broker redelivers what was not acked
+  when a connection drops; recognised by message id, body, user id and queue): the
+  remembered answer is sent again, the tool is not run again; one still running is
+  awaited, not started twice (a call runs in a task of its own, so a dropped connection
+  does not cancel it). The last `REMEMBERED_ANSWERS`
+  answers (at most `REMEMBERED_BYTES`) are kept, in memory only: a restart of the node
+  forgets them, so a call redelivered across a restart runs again.
+
+The caller's zone: `user_zones[user_id]` (RabbitMQ refuses a `user_id` property that is
+not the connection's user, so it is authenticated), else `queue_zones[queue]`, else
+`default_zone` (the lowest zone unless configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from vsmcp.node.mcp.protocol import (
+    INVALID_REQUEST,
+    TOO_LARGE,
+    Caller,
+    McpCore,
+    McpError,
+    decode,
+    encode,
+    error_message,
+    result_message,
+)
+from vsmcp.node.tools.errors import ToolError
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractIncomingMessage
+
+log = logging.getLogger(__name__)
+
+REMEMBERED_ANSWERS: Final = 10_000
+REMEMBERED_BYTES: Final = 64 * 1024 * 1024
+MAX_ID_CHARS: Final = 256
+
+# `reply(routing_key, correlation_id, body)`: publish an answer, return once confirmed.
+Reply = Callable[[str, str | None, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneMap:
+    default: str
+    users: Mapping[str, str] = field(default_factory=dict)
+    queues: Mapping[str, str] = field(default_factory=dict)
+
+    def zone_of(self, user_id: str | None, queue: str) -> str:
+        if user_id and user_id in self.users:
+            return self.users[user_id]
+        return self.queues.get(queue, self.default)
+
+
+@dataclass
+class CallCounters:
+    received: int = 0
+    answered: int = 0
+    errors_answered: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+    def view(self) -> dict[str, int]:
+        return {
+            "calls_received": self.received,
+            "calls_answered": self.answered,
+            "calls_error_answers": self.errors_answered,
+            "calls_duplicates": self.duplicates,
+            "calls_dead_lettered": self.dead_lettered,
+        }
+
+
+class CallServer:
+    """Answers the call messages of every queue the bridge consumes."""
+
+    def __init__(self, catalog: Any, zones: ZoneMap, max_message_bytes: int) -> None:
+        self._core = McpCore(catalog)
+        self._zones = zones
+        self._max_bytes = max_message_bytes
+        self.counters = CallCounters()
+        self._answers: OrderedDict[str, bytes] = OrderedDict()
+        self._answer_bytes = 0
+        self._running: dict[str, asyncio.Task[bytes]] = {}
+
+    async def serve(self, message: AbstractIncomingMessage, queue: str, reply: Reply) -> bool:
+        """Answer one message: True once its answer is confirmed (ack it), False if it was
+        dead-lettered here. Errors of the broker (the connection dropped) propagate: the
+        message stays unacked and is redelivered."""
+        self.counters.received += 1
+        reply_to = message.reply_to
+        if not reply_to:
+            self.counters.dead_lettered += 1
+            log.warning("AMQP call on %s without reply_to dead-lettered", queue)
+            await message.reject(requeue=False)
+            return False
+        message_id = message.message_id
+        if message_id:
+            # A redelivery is the same id, body, user and queue: an id alone would hand
+            # one caller's answer to another who reused it (and their zones may differ).
+            digest = hashlib.blake2b(message.body, digest_size=16).hexdigest()
+            key = f"{message_id[:MAX_ID_CHARS]}\0{message.user_id or ''}\0{queue}\0{digest}"
+            body = await self._answer_once(key, message, queue)
+        else:
+            body = await self._answer(message.body, message.user_id, queue)
+        await reply(reply_to, message.correlation_id, body)
+        return True
+
+    async def _answer_once(self, key: str, message: AbstractIncomingMessage, queue: str) -> bytes:
+        known = self._answers.get(key)
+        if known is not None:
+            self.counters.duplicates += 1
+            return known
+        running = self._running.get(key)
+        if running is not None:
+            self.counters.duplicates += 1
+        else:
+            # The call is a task of its own, not of the delivery: when the connection
+            # drops (and aio-pika cancels the delivery's task), the call goes on and its
+            # answer waits for the redelivery.
+            running = asyncio.create_task(
+                self._answer(message.body, message.user_id, queue), name="amqp-call"
+            )
+            self._running[key] = running
+            running.add_done_callback(lambda task: self._finished(key, task))
+        return await asyncio.shield(running)
+
+    def _finished(self, key: str, task: asyncio.Task[bytes]) -> None:
+        self._running.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        body = task.result()
+        self._answers[key] = body
+        self._answer_bytes += len(body)
+        while len(self._answers) > REMEMBERED_ANSWERS or (
+            self._answer_bytes > REMEMBERED_BYTES and len(self._answers) > 1
+        ):
+            _, old = self._answers.popitem(last=False)
+            self._answer_bytes -= len(old)
+
+    async def close(self) -> None:
+        """Cancel the calls still running (the bridge stops; unacked, they come back)."""
+        running = list(self._running.values())
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+
+    async def _answer(self, body: bytes, user_id: str | None, queue: str) -> bytes:
+        """The JSON-RPC answer to one message body (never raises but CancelledError)."""
+        if len(body) > self._max_bytes:
+            return self._error(
+                None,
+                McpError(
+                    TOO_LARGE,
+                    f"Request too large: {len(body)} bytes, at most {self._max_bytes}",
+                    {"max_bytes": self._max_bytes},
+                ),
+            )
+        try:
+            request = decode(body)
+        except McpError as exc:
+            return self._error(None, exc)
+        if not request.is_request:
+            error = McpError(INVALID_REQUEST, "Invalid request: expected a request with an id")
+            return self._error(request.id, error)
+        zone = self._zones.zone_of(user_id, queue)
+        who = f"amqp:{user_id}" if user_id else f"amqp:{queue}"
+        caller = Caller(caller_id=who, zone=zone, origin=who)
+        try:
+            result = await self._core.handle(request, caller, modern=False)
+        except (McpError, ToolError) as exc:
+            return self._error(request.id, exc)
+        except Exception as exc:  # top-level handler of one call: answer, go on
+            log.exception("AMQP call %r failed", request.method)
+            return self._error(request.id, exc)
+        self.counters.answered += 1
+        return encode(result_message(request.id, result))
+
+    def _error(self, request_id: Any, exc: BaseException) -> bytes:
+        self.counters.errors_answered += 1
+        return encode(error_message(request_id, exc))

@@ -1,0 +1,110 @@
+"""Batched acks (node/bridges/amqp_acks.py): one `multiple` frame for a run of settled
+deliveries, one by one behind a delivery still running, never a tag acked twice, never
+a `multiple` over a delivery not settled. The channel is a recorder of the frames aiormq
+would send (the real channel is exercised by tests/integration/test_bridge_amqp.py)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import aiormq
+
+from tests.polling import async_wait_until
+from vsmcp.node.bridges.amqp_acks import Acks
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bool]] = []
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        self.frames.append((tag, multiple))
+
+
+def _acks() -> tuple[Acks, Recorder]:
+    recorder = Recorder()
+    return Acks(cast(aiormq.Channel, recorder), lambda e: None), recorder
+
+
+async def _sent(recorder: Recorder, count: int) -> list[tuple[int, bool]]:
+    await async_wait_until(lambda: len(recorder.frames) >= count, what=f"{count} ack frames")
+    return recorder.frames
+
+
+def _outstanding_after(frames: list[tuple[int, bool]], delivered: int) -> set[int]:
+    """What the broker still holds after `frames`, as RabbitMQ applies them."""
+    outstanding = set(range(1, delivered + 1))
+    for tag, multiple in frames:
+        assert tag in outstanding, f"ack of {tag}, which is not outstanding"
+        if multiple:
+            outstanding = {t for t in outstanding if t > tag}
+        else:
+            outstanding.discard(tag)
+    return outstanding
+
+
+async def test_a_run_settled_together_is_one_multiple_ack() -> None:
+    acks, recorder = _acks()
+    for tag in range(1, 6):
+        acks.track(tag)
+    for tag in range(1, 6):
+        acks.ack(tag)
+    assert await _sent(recorder, 1) == [(5, True)]
+    assert acks.frames == 1
+
+
+async def test_a_slow_delivery_does_not_hold_the_others() -> None:
+    acks, recorder = _acks()
+    for tag in range(1, 6):
+        acks.track(tag)
+    for tag in (2, 3):
+        acks.ack(tag)
+    assert await _sent(recorder, 2) == [(2, False), (3, False)]
+    acks.ack(1)
+    await _sent(recorder, 3)
+    for tag in (4, 5):
+        acks.ack(tag)
+    frames = await _sent(recorder, 4)
+    assert frames == [(2, False), (3, False), (1, True), (5, True)]
+    assert _outstanding_after(frames, 5) == set()
+
+
+async def test_a_rejected_delivery_is_never_acked_nor_named_by_a_multiple() -> None:
+    acks, recorder = _acks()
+    for tag in (1, 2, 3):
+        acks.track(tag)
+    acks.ack(1)
+    acks.settled_elsewhere(2)
+    frames = await _sent(recorder, 1)
+    assert frames == [(1, True)]
+    acks.ack(3)
+    frames = await _sent(recorder, 2)
+    # The broker no longer holds 2 (rejected): what is left of 1..3 is nothing.
+    assert _outstanding_after(frames, 3) - {2} == set()
+    assert all(tag != 2 for tag, _ in frames)
+
+
+async def test_an_unseen_tag_ends_the_run() -> None:
+    acks, recorder = _acks()
+    acks.track(1)
+    acks.track(3)  # 2's task has not started yet
+    acks.ack(1)
+    acks.ack(3)
+    frames = await _sent(recorder, 2)
+    assert frames == [(1, True), (3, False)]
+    acks.track(2)
+    acks.ack(2)
+    frames = await _sent(recorder, 3)
+    assert _outstanding_after(frames, 3) == set()
+
+
+async def test_a_forgotten_delivery_is_never_acked() -> None:
+    acks, recorder = _acks()
+    acks.track(1)
+    acks.forget(1)
+    acks.ack(1)
+    acks.track(2)
+    acks.ack(2)
+    # The flush that sends 2 would carry an ack of 1 too: there is none.
+    assert await _sent(recorder, 1) == [(2, False)]
+    await acks.close()

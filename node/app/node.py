@@ -372,6 +372,7 @@ class Node(Service):
             audit_log=audit,
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, dict(data)),
             pain=pain,
+            signer=identity.key,
         )
 
     def _child_manager(

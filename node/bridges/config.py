@@ -6,12 +6,20 @@ a field defaulting to None.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+from vsmcp.node.bridges.telegram_config import TelegramSection
+from vsmcp.node.tools.config import doc
+
 
 class BridgesSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    telegram: Annotated[
+        TelegramSection | None,
+        doc("Telegram bot: chats talk to the mesh, telegram.send reaches them (docs/bridges.md)"),
+    ] = None
+
     def configured(self) -> dict[str, Any]:
         """The configured bridges' sections, by name (the field's name)."""
         return {

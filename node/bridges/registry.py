@@ -8,4 +8,6 @@ from __future__ import annotations
 from typing import Final
 
 # [bridges.<name>] -> the module whose `create` builds it. Append-only.
-BRIDGE_MODULES: Final[dict[str, str]] = {}
+BRIDGE_MODULES: Final[dict[str, str]] = {
+    "telegram": "vsmcp.node.bridges.telegram",
+}

@@ -115,6 +115,13 @@ class FakeTelegram:
     def texts_to(self, chat_id: int) -> list[str]:
         return [m["text"] for m in self.sent if m["chat"]["id"] == chat_id]
 
+    async def wait_sent(self, count: int, timeout_s: float) -> None:
+        """Until `count` messages have been sent in all (TimeoutError at the deadline)."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.sent) < count:
+                changed = self._changed
+                await changed.wait()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()

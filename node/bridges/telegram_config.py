@@ -54,5 +54,5 @@ class TelegramSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     context_turns: Annotated[
         int,
         msgspec.Meta(ge=0, le=200),
-        doc("turns of each chat (asked, done) kept in the context graph and shown to the planner"),
+        doc("turns of each chat (asked, done) kept in the context graph and read back (/history)"),
     ] = 20

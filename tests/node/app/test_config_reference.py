@@ -63,8 +63,18 @@ def _leaves(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return found
 
 
+def _without_none(table: dict[str, Any]) -> dict[str, Any]:
+    # A table whose every key is optional (None: [bridges] with each bridge unset) is
+    # still a table, shown empty: it must not vanish with its keys.
+    return {
+        k: _without_none(v) if isinstance(v, dict) else v
+        for k, v in table.items()
+        if v is not None
+    }
+
+
 def _defaults_with_a_value() -> dict[str, Any]:
-    return {k: v for k, v in _leaves(msgspec.to_builtins(Config())).items() if v is not None}
+    return _leaves(_without_none(msgspec.to_builtins(Config())))
 
 
 def test_readme_reference_is_toml_holding_every_default() -> None:

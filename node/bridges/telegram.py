@@ -292,15 +292,19 @@ class TelegramBridge:
     async def _handle(self, chat_id: int, text: str) -> None:
         try:
             reply = await self._reply(chat_id, text)
-            if reply is not None:
-                await self.client.send(chat_id, reply)
-                self.counters["replies"] += 1
-        except ApiFailure as e:
-            self._error(f"sendMessage to {chat_id}: {e}")
-            log.warning("telegram: reply to chat %s failed: %s", chat_id, e)
         except Exception:  # top-level handler of one message: the others go on
             self._error(f"handling a message of chat {chat_id} failed")
             log.exception("telegram: handling a message of chat %s failed", chat_id)
+            reply = f"Sorry, that failed on node {self._context.node_name} (it is logged there)."
+        if reply is None:
+            return
+        try:
+            await self.client.send(chat_id, reply)
+        except ApiFailure as e:
+            self._error(f"sendMessage to {chat_id}: {e}")
+            log.warning("telegram: reply to chat %s failed: %s", chat_id, e)
+            return
+        self.counters["replies"] += 1
 
     async def _reply(self, chat_id: int, text: str) -> str | None:
         """What to answer (None: nothing, e.g. a chat over its rate limit again)."""

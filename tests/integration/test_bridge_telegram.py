@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.telegram_api import TOKEN, ThreadedFakeTelegram
-from tests.integration.harness import NodeProcess, call_tool, wait_mesh_states
+from tests.integration.harness import NodeProcess, call_tool, run_daemon, wait_mesh_states
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
@@ -147,3 +147,19 @@ def test_chats_reach_the_mesh_and_the_mesh_reaches_chats(
     assert isinstance(counters, dict)
     assert counters["malformed"] == 1 and counters["refused_chats"] == 1
     assert counters["sent"] == 1
+
+
+def test_a_chat_mapped_to_an_unknown_zone_stops_the_start_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "vsmcp.toml"
+    config.write_text(
+        f'[bridges.telegram]\ntoken_env = "{TOKEN_ENV}"\nchats = {{ "{OPS_CHAT}" = "admins" }}\n'
+    )
+    done = run_daemon(
+        "--dev", "--no-mdns", "--data-dir", str(tmp_path / "data"), "--http-port", "0",
+        "--mesh-port", "0", "--config", str(config),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "config key 'bridges.telegram.chats'" in done.stderr
+    assert "'admins' is not in trust.zones" in done.stderr

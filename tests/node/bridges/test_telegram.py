@@ -257,6 +257,8 @@ class _Planner:
 
     async def answer(self, text: str, ctx: CallContext) -> _Answer:
         self.asked.append((text, ctx.caller_zone))
+        if text == "break":
+            raise RuntimeError("a bug in the planner")
         return _Answer("p" * 5000)
 
 
@@ -274,8 +276,11 @@ async def test_free_text_goes_to_the_planner_and_long_answers_are_split(
         assert section is not None
         async with create(section, context):
             parts = await _ask(fake, PUBLIC_CHAT, "what time is it?", replies=2)
-        assert planner.asked == [("what time is it?", "public")]
+            (failed,) = await _ask(fake, PUBLIC_CHAT, "break")
+        assert planner.asked == [("what time is it?", "public"), ("break", "public")]
         assert [len(p) for p in parts] == [4096, 904]
+        # A planner that fails is not silence: the chat is told, the node logs it.
+        assert failed.startswith("Sorry, that failed on node")
 
 
 async def test_failing_polls_raise_pain_and_recover(

@@ -163,3 +163,23 @@ def test_a_chat_mapped_to_an_unknown_zone_stops_the_start_naming_the_key(
     assert done.returncode == 2, done.stderr
     assert "config key 'bridges.telegram.chats'" in done.stderr
     assert "'admins' is not in trust.zones" in done.stderr
+
+
+def test_a_conversation_continues_on_another_bridge_node(
+    tmp_path: Path, nodes: list[NodeProcess], telegram: ThreadedFakeTelegram
+) -> None:
+    # Two bridge nodes, each polling its own fake (one bot cannot be polled twice): the
+    # chat's turns on the first reach the second through the replicated context graph.
+    with ThreadedFakeTelegram() as other:
+        first = _start(tmp_path, nodes, "first", _bridge_config(telegram.base_url))
+        second = _start(tmp_path, nodes, "second", _bridge_config(other.base_url))
+        for node in (first, second):
+            node.wait_ready()
+        wait_mesh_states([first, second], {n.node_id: "alive" for n in (first, second)})
+        assert _ask(telegram, OPS_CHAT, "/call echo text=started-on-first") == ["started-on-first"]
+
+        def history_on_second() -> bool:
+            (history,) = _ask(other, OPS_CHAT, "/history")
+            return "/call echo text=started-on-first" in history
+
+        wait_for(history_on_second, timeout_s=30, what="the first node's turn on the second")

@@ -264,6 +264,7 @@ class TelegramBridge:
             )
 
     async def _take(self, updates: list[dict[str, Any]]) -> None:
+        messages = []
         for raw in updates:
             update_id = raw.get("update_id") if isinstance(raw, dict) else None
             if isinstance(update_id, int) and not isinstance(update_id, bool):
@@ -272,16 +273,18 @@ class TelegramBridge:
             if update is None or update.message is None:
                 self.counters["malformed" if update is None else "ignored"] += 1
                 continue
-            message = update.message
-            self.counters["received"] += 1
-            await self._slots.acquire()
-            task = asyncio.create_task(
-                self._handle(message.chat.id, message.text or ""), name="telegram-message"
-            )
-            self._handlers.add(task)
-            task.add_done_callback(self._handled)
+            messages.append((update.message.chat.id, update.message.text or ""))
+        # The offset is kept before anything is handled: after a crash or a restart a
+        # message is lost at worst, never handled twice (a tool call may not be
+        # idempotent).
         if self._offset is not None:
             await self._context.store.kv_set(KV_OFFSET, str(self._offset).encode())
+        for chat_id, text in messages:
+            self.counters["received"] += 1
+            await self._slots.acquire()
+            task = asyncio.create_task(self._handle(chat_id, text), name="telegram-message")
+            self._handlers.add(task)
+            task.add_done_callback(self._handled)
 
     def _handled(self, task: asyncio.Task[None]) -> None:
         self._handlers.discard(task)

@@ -18,24 +18,20 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Final
-
-from aiogram.exceptions import TelegramRetryAfter
+from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.node.bridges.model import BridgeContext, BridgeState, BridgeStatus
-from vsmcp.node.bridges.telegram_api import (
+from vsmcp.node.bridges.telegram_commands import (
     MAX_MESSAGE_CHARS,
     MAX_REPLY_MESSAGES,
-    ApiFailure,
-    TelegramClient,
-    TelegramConfigProblem,
-)
-from vsmcp.node.bridges.telegram_commands import (
     CommandError,
     error_text,
     help_text,
@@ -56,8 +52,16 @@ from vsmcp.node.tools.model import CallContext, ToolResult, text_result, to_resu
 from vsmcp.node.vsm.events import AlgedonicSignal, Event, ResponseTaken
 from vsmcp.node.vsm.limits import BucketMap, RateLimit
 
+if TYPE_CHECKING:
+    from vsmcp.node.bridges.telegram_api import TelegramClient
+
 log = logging.getLogger(__name__)
 
+# aiogram lives there; it takes seconds to import (it builds ~300 pydantic models), so it
+# is imported by the poll loop in a thread, after the node is up, not by `create`.
+API_MODULE: Final = "vsmcp.node.bridges.telegram_api"
+# What Telegram's tokens look like (and what aiogram refuses otherwise): `<bot id>:<secret>`.
+TOKEN_FORM: Final = re.compile(r"[0-9]+:\S+")
 NAME: Final = "telegram"
 KEY: Final = "bridges.telegram"
 SEND_TOOL: Final = "telegram.send"
@@ -104,18 +108,20 @@ def create(section: TelegramSection, context: BridgeContext) -> TelegramBridge:
     if section.send_zone not in context.zones:
         raise ConfigError(f"{KEY}.send_zone", f"{section.send_zone!r} is not in trust.zones")
     alert_chat = _chat_id(f"{KEY}.alert_chat", section.alert_chat) if section.alert_chat else None
+    if importlib.util.find_spec("aiogram") is None:
+        raise ConfigError(KEY, "needs aiogram: pip install 'vsmcp[telegram]'")
     token = os.environ.get(section.token_env, "").strip()
     if not token:
         raise ConfigError(
             f"{KEY}.token_env", f"the environment variable {section.token_env} is not set"
         )
+    if TOKEN_FORM.fullmatch(token) is None:
+        raise ConfigError(
+            f"{KEY}.token_env", f"{section.token_env} does not hold a bot token (<id>:<secret>)"
+        )
     if not section.api_base.startswith(("http://", "https://")):
         raise ConfigError(f"{KEY}.api_base", "must be an http:// or https:// URL")
-    try:
-        client = TelegramClient(token, section.api_base)
-    except TelegramConfigProblem as e:
-        raise ConfigError(f"{KEY}.token_env", str(e)) from e
-    return TelegramBridge(section, context, client, chats, alert_chat)
+    return TelegramBridge(section, context, token, chats, alert_chat)
 
 
 def _chat_id(key: str, text: str) -> int:
@@ -132,13 +138,17 @@ class TelegramBridge:
         self,
         section: TelegramSection,
         context: BridgeContext,
-        client: TelegramClient,
+        token: str,
         chats: Mapping[int, str],
         alert_chat: int | None,
     ) -> None:
         self._section = section
         self._context = context
-        self.client = client
+        self._token = token
+        # The Bot API client and its module (`API_MODULE`), once the poll loop made them.
+        self.client: TelegramClient | None = None
+        self._api: Any = None
+        self._connecting = asyncio.Lock()
         self._chats = dict(chats)
         self._alert_chat = alert_chat
         self._limits = BucketMap(
@@ -198,7 +208,8 @@ class TelegramBridge:
         if self._alert_chat is not None:
             await self._context.events.unsubscribe("telegram-alerts")
         await self._context.tools.local.supervisor.remove(UNIT_NAME)
-        await self.client.close()
+        if self.client is not None:
+            await self.client.close()
         self._set_state("stopped")
 
     @property
@@ -213,7 +224,10 @@ class TelegramBridge:
             errors=self._errors,
             last_error=self._last_error,
             since=self._since,
-            counters=dict(self.counters),
+            counters={
+                **self.counters,
+                "send_retry_after": self.client.retries_after if self.client else 0,
+            },
         )
 
     def _set_state(self, state: BridgeState) -> None:
@@ -227,17 +241,27 @@ class TelegramBridge:
 
     # -- polling --------------------------------------------------------------------------
 
+    async def _connect(self) -> TelegramClient:
+        """The client, made at the first need (the poll loop's start, or a send before it)."""
+        async with self._connecting:
+            if self.client is None:
+                self._api = await asyncio.to_thread(importlib.import_module, API_MODULE)
+                self.client = self._api.TelegramClient(self._token, self._section.api_base)
+            return self.client
+
     async def _poll_loop(self) -> None:
+        client = await self._connect()
+        api = self._api
         backoff = BACKOFF_MIN_S
         while True:
             try:
-                updates = await self.client.get_updates(self._offset, self._section.poll_timeout_s)
-            except TelegramRetryAfter as e:
+                updates = await client.get_updates(self._offset, self._section.poll_timeout_s)
+            except api.TelegramRetryAfter as e:
                 self.counters["retry_after"] += 1
                 self._poll_failed(f"getUpdates: {e.message}")
                 await asyncio.sleep(e.retry_after)
                 continue
-            except ApiFailure as e:
+            except api.ApiFailure as e:
                 self._poll_failed(f"getUpdates: {e}")
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
@@ -246,7 +270,7 @@ class TelegramBridge:
             self._failures = 0
             self._set_state("connected")
             if updates:
-                await self._take(updates)
+                await self._take(client, updates)
 
     def _poll_failed(self, why: str) -> None:
         self._error(why)
@@ -263,13 +287,13 @@ class TelegramBridge:
                 f"Telegram API failing ({self._failures} polls in a row): {why}",
             )
 
-    async def _take(self, updates: list[dict[str, Any]]) -> None:
+    async def _take(self, client: TelegramClient, updates: list[dict[str, Any]]) -> None:
         messages = []
         for raw in updates:
             update_id = raw.get("update_id") if isinstance(raw, dict) else None
             if isinstance(update_id, int) and not isinstance(update_id, bool):
                 self._offset = max(self._offset or 0, update_id + 1)
-            update = self.client.parse_update(raw)
+            update = client.parse_update(raw)
             if update is None or update.message is None:
                 self.counters["malformed" if update is None else "ignored"] += 1
                 continue
@@ -282,7 +306,7 @@ class TelegramBridge:
         for chat_id, text in messages:
             self.counters["received"] += 1
             await self._slots.acquire()
-            task = asyncio.create_task(self._handle(chat_id, text), name="telegram-message")
+            task = asyncio.create_task(self._handle(client, chat_id, text), name="telegram-message")
             self._handlers.add(task)
             task.add_done_callback(self._handled)
 
@@ -292,7 +316,7 @@ class TelegramBridge:
 
     # -- one message ----------------------------------------------------------------------
 
-    async def _handle(self, chat_id: int, text: str) -> None:
+    async def _handle(self, client: TelegramClient, chat_id: int, text: str) -> None:
         try:
             reply = await self._reply(chat_id, text)
         except Exception:  # top-level handler of one message: the others go on
@@ -302,8 +326,8 @@ class TelegramBridge:
         if reply is None:
             return
         try:
-            await self.client.send(chat_id, reply)
-        except ApiFailure as e:
+            await client.send(chat_id, reply)
+        except self._api.ApiFailure as e:
             self._error(f"sendMessage to {chat_id}: {e}")
             log.warning("telegram: reply to chat %s failed: %s", chat_id, e)
             return
@@ -409,9 +433,10 @@ class TelegramBridge:
         known = set(self._chats) | ({self._alert_chat} if self._alert_chat is not None else set())
         if chat_id not in known:
             return _error_result(f"chat {chat_id} is not one of this bridge's chats")
+        client = await self._connect()
         try:
-            sent = await self.client.send(chat_id, str(arguments["text"]))
-        except ApiFailure as e:
+            sent = await client.send(chat_id, str(arguments["text"]))
+        except self._api.ApiFailure as e:
             self._error(f"telegram.send to {chat_id}: {e}")
             return _error_result(f"Telegram refused the message: {e}")
         self.counters["sent"] += 1
@@ -439,9 +464,10 @@ class TelegramBridge:
                 f"\n{signal.valence} {signal.intensity:.2f} from {signal.source}: {signal.reason}"
             )
         assert self._alert_chat is not None
+        client = await self._connect()
         try:
-            await self.client.send(self._alert_chat, text)
-        except ApiFailure as e:
+            await client.send(self._alert_chat, text)
+        except self._api.ApiFailure as e:
             self._error(f"alert to {self._alert_chat}: {e}")
             return
         self.counters["alerts"] += 1

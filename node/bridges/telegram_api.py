@@ -23,18 +23,14 @@ from aiogram.exceptions import (
 )
 from aiogram.methods.base import TelegramMethod, TelegramType
 from aiogram.types import Update
-from aiogram.utils.token import TokenValidationError
 from aiohttp import ClientError, ClientTimeout
 from pydantic import ValidationError
+
+from vsmcp.node.bridges.telegram_commands import split_message
 
 # A getUpdates answer holds at most 100 updates of at most ~4 KiB text each, plus
 # entities: 4 MiB is far above any real answer and small enough to hold.
 MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
-# Telegram's limit on one message's text, in characters.
-MAX_MESSAGE_CHARS: Final = 4096
-# A reply longer than this many messages is cut (and says so): one question must not
-# flood a chat, nor hold the bridge for minutes of rate limits.
-MAX_REPLY_MESSAGES: Final = 5
 # A 429 asking to wait longer than this is an outage, not a pause: the send fails.
 MAX_RETRY_AFTER_S: Final = 120.0
 # How many 429s in a row one send waits out before it gives up.
@@ -47,10 +43,6 @@ UPDATES_PER_POLL: Final = 100
 
 # What the Bot API and aiogram raise for a request that failed (network, HTTP, decoding).
 ApiFailure = (AiogramError, ClientError, asyncio.TimeoutError)
-
-
-class TelegramConfigProblem(ValueError):
-    """The token or base URL cannot be used (said at start, not at the first poll)."""
 
 
 class CappedSession(AiohttpSession):
@@ -103,11 +95,9 @@ class TelegramClient:
     """One bot: long polls, sends (split at 4096 characters, 429 waited out)."""
 
     def __init__(self, token: str, api_base: str) -> None:
-        try:
-            server = TelegramAPIServer.from_base(api_base)
-            self.bot = Bot(token, session=CappedSession(api=server, timeout=REQUEST_TIMEOUT_S))
-        except TokenValidationError as e:
-            raise TelegramConfigProblem(f"the token is not a bot token: {e}") from e
+        # The token's form was checked with the config (telegram.py: `TOKEN_FORM`).
+        server = TelegramAPIServer.from_base(api_base)
+        self.bot = Bot(token, session=CappedSession(api=server, timeout=REQUEST_TIMEOUT_S))
         # 429s waited out (a counter for the bridge's status).
         self.retries_after = 0
 
@@ -152,25 +142,3 @@ class TelegramClient:
                     raise
                 self.retries_after += 1
                 await asyncio.sleep(e.retry_after)
-
-
-def split_message(text: str) -> list[str]:
-    """`text` in pieces of at most `MAX_MESSAGE_CHARS`, cut at a line break when there is
-    one in the second half of a piece; at most `MAX_REPLY_MESSAGES` pieces, the last
-    saying that the rest was cut."""
-    text = text or "(empty)"
-    parts: list[str] = []
-    rest = text
-    while rest:
-        if len(parts) == MAX_REPLY_MESSAGES - 1 and len(rest) > MAX_MESSAGE_CHARS:
-            note = "\n… (the rest is cut: the reply is too long for a chat)"
-            parts.append(rest[: MAX_MESSAGE_CHARS - len(note)] + note)
-            break
-        if len(rest) <= MAX_MESSAGE_CHARS:
-            parts.append(rest)
-            break
-        cut = rest.rfind("\n", MAX_MESSAGE_CHARS // 2, MAX_MESSAGE_CHARS)
-        cut = cut + 1 if cut > 0 else MAX_MESSAGE_CHARS
-        parts.append(rest[:cut])
-        rest = rest[cut:]
-    return parts

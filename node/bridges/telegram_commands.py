@@ -23,6 +23,11 @@ COMMANDS: Final = {
 # Tools listed by /tools before the list says how many more there are.
 MAX_LISTED_TOOLS: Final = 60
 MAX_DESCRIPTION_CHARS: Final = 100
+# Telegram's limit on one message's text, in characters.
+MAX_MESSAGE_CHARS: Final = 4096
+# A reply longer than this many messages is cut (and says so): one question must not
+# flood a chat, nor hold the bridge for minutes of rate limits.
+MAX_REPLY_MESSAGES: Final = 5
 _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*)=")
 _decoder = json.JSONDecoder()
 
@@ -152,3 +157,25 @@ def history_text(turns: Sequence[Mapping[str, Any]]) -> str:
     for turn in turns:
         lines.append(f"» {turn.get('asked', '')}\n  → {turn.get('done', '')}")
     return "\n".join(lines)
+
+
+def split_message(text: str) -> list[str]:
+    """`text` in pieces of at most `MAX_MESSAGE_CHARS`, cut at a line break when there is
+    one in the second half of a piece; at most `MAX_REPLY_MESSAGES` pieces, the last
+    saying that the rest was cut."""
+    text = text or "(empty)"
+    parts: list[str] = []
+    rest = text
+    while rest:
+        if len(parts) == MAX_REPLY_MESSAGES - 1 and len(rest) > MAX_MESSAGE_CHARS:
+            note = "\n… (the rest is cut: the reply is too long for a chat)"
+            parts.append(rest[: MAX_MESSAGE_CHARS - len(note)] + note)
+            break
+        if len(rest) <= MAX_MESSAGE_CHARS:
+            parts.append(rest)
+            break
+        cut = rest.rfind("\n", MAX_MESSAGE_CHARS // 2, MAX_MESSAGE_CHARS)
+        cut = cut + 1 if cut > 0 else MAX_MESSAGE_CHARS
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    return parts

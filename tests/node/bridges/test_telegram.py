@@ -173,7 +173,7 @@ async def test_429_retry_after_is_honoured(tmp_path: Path, fake: FakeTelegram, t
         bridge = _bridge(node)
         # The refused send was made again after the wait, not dropped.
         assert fake.calls.count("sendMessage") == sends + 2
-        assert bridge.client.retries_after == 1
+        assert bridge.status().counters["send_retry_after"] == 1
         await async_wait_until(
             lambda: bridge.status().counters.get("retry_after") == 1,
             what="the poll's 429 counted",
@@ -321,6 +321,16 @@ async def test_an_alert_of_system_5_reaches_the_alert_chat(
         )
         (alert,) = fake.texts_to(OPS_CHAT)
         assert "pain 0.95 from disk:/var: disk full" in alert
+
+
+async def test_a_token_that_is_not_a_bot_token_is_refused(
+    tmp_path: Path, fake: FakeTelegram, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Node(_config(tmp_path, fake)) as node:
+        monkeypatch.setenv(TOKEN_ENV, "not a token")
+        with pytest.raises(ConfigError, match="does not hold a bot token") as caught:
+            create(node.config.bridges.telegram, _bridge(node).context)  # type: ignore[arg-type]
+        assert caught.value.key == "bridges.telegram.token_env"
 
 
 @pytest.mark.parametrize(

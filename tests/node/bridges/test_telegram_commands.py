@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from vsmcp.node.bridges.telegram_api import MAX_MESSAGE_CHARS, MAX_REPLY_MESSAGES, split_message
-from vsmcp.node.bridges.telegram_commands import CommandError, parse_call, parse_command
+from vsmcp.node.bridges.telegram_commands import (
+    MAX_MESSAGE_CHARS,
+    MAX_REPLY_MESSAGES,
+    CommandError,
+    parse_call,
+    parse_command,
+    split_message,
+)
 
 
 def test_call_arguments_are_json_when_they_parse_else_words() -> None:

@@ -91,6 +91,11 @@ def _bridge_status(node: NodeProcess) -> dict[str, object]:
     return status
 
 
+def _wait_polling(node: NodeProcess) -> None:
+    # aiogram is imported after the node is up, in a thread: seconds, more on a busy machine.
+    wait_for(lambda: _bridge_status(node)["connected"], timeout_s=90, what="the bridge polling")
+
+
 def test_chats_reach_the_mesh_and_the_mesh_reaches_chats(
     tmp_path: Path, nodes: list[NodeProcess], telegram: ThreadedFakeTelegram
 ) -> None:
@@ -104,7 +109,7 @@ def test_chats_reach_the_mesh_and_the_mesh_reaches_chats(
         return any(t["name"] == tool for t in node.get_json("/api/tools")["tools"])
 
     wait_for(lambda: offered(bridge, "add"), timeout_s=30, what="add known at the bridge")
-    wait_for(lambda: _bridge_status(bridge)["connected"], what="the bridge polling")
+    _wait_polling(bridge)
 
     # A mapped chat calls a tool that only the worker offers.
     assert _ask(telegram, OPS_CHAT, "/call add a=2 b=40") == ['{"sum":42}']
@@ -176,6 +181,8 @@ def test_a_conversation_continues_on_another_bridge_node(
         for node in (first, second):
             node.wait_ready()
         wait_mesh_states([first, second], {n.node_id: "alive" for n in (first, second)})
+        _wait_polling(first)
+        _wait_polling(second)
         assert _ask(telegram, OPS_CHAT, "/call echo text=started-on-first") == ["started-on-first"]
 
         def history_on_second() -> bool:

@@ -186,7 +186,11 @@ class TelegramBridge:
         self._started = True
         stored = await self._context.store.kv_get(KV_OFFSET)
         if stored is not None:
-            self._offset = int(stored.decode())
+            try:
+                self._offset = int(stored.decode())
+            except (UnicodeDecodeError, ValueError):
+                # Telegram then resends what was not confirmed: better than not starting.
+                log.warning("telegram: stored offset %r unusable; starting without", stored[:40])
         self._context.tools.local.add(FunctionProvider(UNIT_NAME, self._tools, kind="builtin"))
         if self._alert_chat is not None:
             self._context.events.subscribe(

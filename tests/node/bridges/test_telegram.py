@@ -15,9 +15,10 @@ from tests.fakes.telegram_api import TOKEN, FakeTelegram
 from tests.polling import async_wait_until
 from vsmcp.node.app.config import Config, load_config
 from vsmcp.node.app.node import Node
-from vsmcp.node.bridges.telegram import PAIN_SOURCE, TelegramBridge, create
+from vsmcp.node.bridges.telegram import KV_OFFSET, PAIN_SOURCE, TelegramBridge, create
 from vsmcp.node.bridges.telegram_config import TelegramSection
 from vsmcp.node.errors import ConfigError
+from vsmcp.node.store.database import Store
 from vsmcp.node.tools.errors import ZoneDenied
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.vsm.events import AlgedonicSignal, Event
@@ -356,3 +357,14 @@ async def test_bad_config_names_the_key(
         with pytest.raises(ConfigError) as caught:
             create(msgspec.structs.replace(section, **change), _bridge(node).context)
         assert caught.value.key == key
+
+
+async def test_an_unusable_stored_offset_does_not_stop_the_bridge(
+    tmp_path: Path, fake: FakeTelegram, token: str
+) -> None:
+    async with Node(_config(tmp_path, fake)):
+        pass
+    async with Store.open(tmp_path) as store:
+        await store.kv_set(KV_OFFSET, b"\xffnot a number")
+    async with Node(_config(tmp_path, fake)):
+        assert await _ask(fake, OPS_CHAT, "/call echo text=still-here") == ["still-here"]

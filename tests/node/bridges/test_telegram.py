@@ -69,13 +69,21 @@ def _bridge(node: Node) -> TelegramBridge:
     return bridge
 
 
+async def _polling(node: Node) -> TelegramBridge:
+    """The bridge once it polls (aiogram is imported first: seconds on a busy machine)."""
+    bridge = _bridge(node)
+    await async_wait_until(lambda: bridge.status().connected, timeout_s=90, what="polling")
+    return bridge
+
+
 async def _ask(api: FakeTelegram, chat: int, text: str, *, replies: int = 1) -> list[str]:
     """Send `text` from `chat`; the bridge's next `replies` messages to it."""
     before = len(api.texts_to(chat))
     api.push_message(chat, text)
     await async_wait_until(
         lambda: len(api.texts_to(chat)) >= before + replies,
-        timeout_s=20,
+        # The first message waits for aiogram's import (seconds; more on a busy machine).
+        timeout_s=90,
         what=f"{replies} replies to {text[:40]!r} in chat {chat}",
     )
     return api.texts_to(chat)[before:]
@@ -141,7 +149,7 @@ async def test_telegram_send_reaches_a_chat_of_the_config_only(
     tmp_path: Path, fake: FakeTelegram, token: str
 ) -> None:
     async with Node(_config(tmp_path, fake)) as node:
-        tools = _bridge(node).context.tools
+        tools = (await _polling(node)).context.tools
         restricted = CallContext(caller_id="t", caller_zone="restricted", origin="test")
         await async_wait_until(
             lambda: "telegram.send" in {s.name for s in tools.list_tools(restricted)},
@@ -214,6 +222,7 @@ async def test_a_chat_over_its_rate_limit_is_told_once(
     tmp_path: Path, fake: FakeTelegram, token: str
 ) -> None:
     async with Node(_config(tmp_path, fake, rate_per_s=0.01, burst=2)) as node:
+        await _polling(node)
         for i in range(5):
             fake.push_message(OPS_CHAT, f"/call echo text=n{i}")
         bridge = _bridge(node)
@@ -294,8 +303,7 @@ async def test_failing_polls_raise_pain_and_recover(
 
     async with Node(_config(tmp_path, fake)) as node:
         node.events.subscribe("test-signals", collect, kinds=[AlgedonicSignal])
-        bridge = _bridge(node)
-        await async_wait_until(lambda: bridge.status().connected, what="connected")
+        bridge = await _polling(node)
         for _ in range(3):
             fake.fail_next("getUpdates", 502, "Bad Gateway")
         # The poll in flight ends when a message arrives; the next three fail.
@@ -308,13 +316,17 @@ async def test_failing_polls_raise_pain_and_recover(
         assert bridge.status().errors >= 3 and "Bad Gateway" in bridge.status().last_error
         assert await _ask(fake, OPS_CHAT, "/call echo text=back") == ["back"]
         assert bridge.status().state == "connected"
+        metrics = node.metrics.render().decode()
+        assert 'vsmcp_bridge_connected{bridge="telegram"} 1.0' in metrics
+        errors = bridge.status().errors
+        assert f'vsmcp_bridge_errors_total{{bridge="telegram"}} {float(errors)}' in metrics
 
 
 async def test_an_alert_of_system_5_reaches_the_alert_chat(
     tmp_path: Path, fake: FakeTelegram, token: str
 ) -> None:
     async with Node(_config(tmp_path, fake)) as node:
-        _bridge(node).context.pain("disk:/var", 0.95, "disk full")
+        (await _polling(node)).context.pain("disk:/var", 0.95, "disk full")
         await async_wait_until(
             lambda: any("System 5 alert (rule tell)" in t for t in fake.texts_to(OPS_CHAT)),
             timeout_s=20,

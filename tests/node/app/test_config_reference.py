@@ -67,9 +67,7 @@ def _without_none(table: dict[str, Any]) -> dict[str, Any]:
     # A table whose every key is optional (None: [bridges] with each bridge unset) is
     # still a table, shown empty: it must not vanish with its keys.
     return {
-        k: _without_none(v) if isinstance(v, dict) else v
-        for k, v in table.items()
-        if v is not None
+        k: _without_none(v) if isinstance(v, dict) else v for k, v in table.items() if v is not None
     }
 
 

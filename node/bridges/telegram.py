@@ -345,6 +345,8 @@ class TelegramBridge:
             self.counters["rate_limited"] += 1
             if chat_id in self._warned:
                 return None
+            if len(self._warned) >= MAX_TRACKED_CHATS:
+                self._warned.clear()  # bounded: at worst a chat is told twice
             self._warned.add(chat_id)
             return f"Slow down: this chat may send again in {wait:.0f} s."
         self._warned.discard(chat_id)

@@ -384,6 +384,7 @@ class Node(Service):
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, dict(data)),
             pain=pain,
             planner=self.s4.planner,
+            signer=identity.key,
         )
 
     def _environment_scan(

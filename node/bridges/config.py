@@ -13,6 +13,7 @@ import msgspec
 from vsmcp.node.bridges.amqp_config import AmqpSection
 from vsmcp.node.bridges.mqtt_config import MqttSection
 from vsmcp.node.bridges.postgres_config import PostgresSection
+from vsmcp.node.bridges.telegram_config import TelegramSection
 from vsmcp.node.tools.config import doc
 
 
@@ -28,6 +29,10 @@ class BridgesSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     amqp: Annotated[
         AmqpSection | None,
         doc("RabbitMQ: events out to a topic exchange, tool calls in (docs/bridges.md#amqp)"),
+    ] = None
+    telegram: Annotated[
+        TelegramSection | None,
+        doc("Telegram bot: chats talk to the mesh, telegram.send reaches them (docs/bridges.md)"),
     ] = None
 
     def configured(self) -> dict[str, Any]:

@@ -84,3 +84,5 @@ class BridgeContext:
     pain: Callable[[str, float, str], None]
     # System 4's planner (node/vsm/s4): `await planner.answer(text, ctx)`; None if absent.
     planner: Any = None
+    # The node's key (a crdt `Signer`), for what a bridge records in `state.graph`.
+    signer: Any = None

@@ -12,4 +12,5 @@ BRIDGE_MODULES: Final[dict[str, str]] = {
     "postgres": "vsmcp.node.bridges.postgres",
     "mqtt": "vsmcp.node.bridges.mqtt",
     "amqp": "vsmcp.node.bridges.amqp",
+    "telegram": "vsmcp.node.bridges.telegram",
 }

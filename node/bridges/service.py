@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import logging
@@ -30,7 +31,10 @@ class BridgesService(Service):
         stack = contextlib.AsyncExitStack()
         try:
             for name, section in self._config.configured().items():
-                module = importlib.import_module(BRIDGE_MODULES[name])
+                # Off the event loop: a client library can take seconds to import
+                # (aiogram builds ~300 pydantic models: 3-15 s on 2 busy cores), and
+                # the node must keep answering health checks and its peers meanwhile.
+                module = await asyncio.to_thread(importlib.import_module, BRIDGE_MODULES[name])
                 bridge: Bridge = module.create(section, self._context)
                 await stack.enter_async_context(bridge)
                 self._bridges[name] = bridge

@@ -105,7 +105,6 @@ class TelemetryLink:
 
     state: BridgeState = "connecting"
     was_connected: bool = False
-    last_pain: float = -math.inf
     task: asyncio.Task[None] | None = None
 
 
@@ -306,10 +305,17 @@ class MqttBridge:
         was = self._status.state
         self._error("disconnects", f"broker {self._broker_name()}: {reason}")
         self._set_state("down")
+        link = self._telemetry_link
+        other_down = link is not None and link.state == "down"
+        self._pain(f"MQTT broker unreachable: {reason}", was != "down" and not other_down)
+
+    def _pain(self, reason: str, new_outage: bool) -> None:
+        """One pain per outage of the broker (both connections usually go at once), again
+        every PAIN_REPEAT_S while it lasts."""
         now = time.monotonic()
-        if was != "down" or now - self._last_pain >= PAIN_REPEAT_S:
+        if new_outage or now - self._last_pain >= PAIN_REPEAT_S:
             self._last_pain = now
-            self._ctx.pain(PAIN_SOURCE, PAIN_INTENSITY, f"MQTT broker unreachable: {reason}")
+            self._ctx.pain(PAIN_SOURCE, PAIN_INTENSITY, reason)
 
     def _error(self, counter: str, message: str) -> None:
         self._counters[counter] += 1
@@ -432,10 +438,8 @@ class MqttBridge:
         link.state = "down"
         if was != "down":
             self._ctx.audit("bridge.mqtt.telemetry_down", {"broker": self._broker_name()})
-        now = time.monotonic()
-        if was != "down" or now - link.last_pain >= PAIN_REPEAT_S:
-            link.last_pain = now
-            self._ctx.pain(PAIN_SOURCE, PAIN_INTENSITY, f"MQTT telemetry connection lost: {reason}")
+        new_outage = was != "down" and self._status.state != "down"
+        self._pain(f"MQTT telemetry connection lost: {reason}", new_outage)
 
     def _request(self, message: aiomqtt.Message, topic: str, payload: bytes, zone: str) -> None:
         self._counters["requests"] += 1

@@ -7,8 +7,9 @@ the real Mosquitto (127.0.0.1:1883) into its pattern engine.
 One `vsmcpd --dev` per variant of `telemetry_connection` ("own": the node's MQTT 3.1.1
 subscriber on a second connection; "shared": aiomqtt on the main MQTT 5 connection),
 both up at once, their rounds interleaved (own, shared, own, ...) so that the load of
-the shared machine falls on both alike. Each node has `[bridges.mqtt]` and the Show's patterns ("temp > 90 and cpu >
-80 on the same device within 10 s", both orders, grouped by device). Each round,
+the shared machine falls on both alike. Each node has `[bridges.mqtt]` and the Show's
+patterns ("temp > 90 and cpu > 80 on the same device within 10 s", both orders, grouped
+by device). Each round,
 `mosquitto_pub -l` (C, not our code) publishes N JSON objects
 `{"device": "pump-<k>", "temp": t, "cpu": c}` (1,000 devices, random readings, two
 events per message) as fast as it can; the clock runs from its start until the node's

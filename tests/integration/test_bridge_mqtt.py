@@ -319,6 +319,7 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path, broker: tuple[str,
     cases = {
         'url = "http://127.0.0.1:1883"': "bridges.mqtt.url",
         'telemetry_topics = ["a/#/b"]': "bridges.mqtt.telemetry_topics[0]",
+        'telemetry_connection = "fast"': "bridges.mqtt.telemetry_connection",
         'alert_kinds = ["no_such_kind"]': "bridges.mqtt.alert_kinds",
         'call_zone = "no-such-zone"': "bridges.mqtt.call_zone",
         "inbox = 0": "bridges.mqtt.inbox",

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 
 import aiomqtt
 import pytest
@@ -82,6 +82,21 @@ async def session(config: SubscriberConfig, got: Received) -> AsyncIterator[asyn
             await task
 
 
+async def _numbered(
+    broker: tuple[str, int], got: Received, n: int, topic: Callable[[int], str]
+) -> None:
+    """Publish "0".."n-1" (QoS 1) on `topic(i)` (under one prefix) to a session; wait
+    until all have arrived."""
+    prefix = topic(0).split("/")[0]
+    async with (
+        session(_config(broker, [f"{prefix}/#"]), got),
+        aiomqtt.Client(*broker) as publisher,
+    ):
+        for i in range(n):
+            await publisher.publish(topic(i), str(i).encode(), qos=1)
+        await async_wait_until(lambda: len(got.messages) >= n, timeout_s=WAIT_S, what="all")
+
+
 async def test_qos1_messages_arrive_in_order_and_are_acknowledged(
     broker: tuple[str, int], prefix: str
 ) -> None:
@@ -89,13 +104,7 @@ async def test_qos1_messages_arrive_in_order_and_are_acknowledged(
     # More than the broker's in-flight window (Mosquitto: 20): the rest only come once
     # the first ones are acknowledged.
     n = 200
-    async with (
-        session(_config(broker, [f"{prefix}/#"]), got),
-        aiomqtt.Client(*broker) as publisher,
-    ):
-        for i in range(n):
-            await publisher.publish(f"{prefix}/dev-{i % 3}/temp", str(i).encode(), qos=1)
-        await async_wait_until(lambda: len(got.messages) >= n, timeout_s=WAIT_S, what="all")
+    await _numbered(broker, got, n, lambda i: f"{prefix}/dev-{i % 3}/temp")
     assert [m.payload for m in got.messages] == [str(i).encode() for i in range(n)]
     assert [m.topic for m in got.messages[:3]] == [f"{prefix}/dev-{i}/temp" for i in range(3)]
     assert {m.qos for m in got.messages} == {1}
@@ -121,13 +130,7 @@ async def test_a_pause_loses_nothing(broker: tuple[str, int], prefix: str) -> No
     got = Received()
     got.ready_answers = [False, False, False]  # three answers "no room" first
     n = 100
-    async with (
-        session(_config(broker, [f"{prefix}/#"]), got),
-        aiomqtt.Client(*broker) as publisher,
-    ):
-        for i in range(n):
-            await publisher.publish(f"{prefix}/d/m", str(i).encode(), qos=1)
-        await async_wait_until(lambda: len(got.messages) >= n, timeout_s=WAIT_S, what="all")
+    await _numbered(broker, got, n, lambda i: f"{prefix}/d/m")
     assert got.ready_answers == []  # asked again while paused, until it said yes
     assert [m.payload for m in got.messages] == [str(i).encode() for i in range(n)]
 

@@ -17,7 +17,7 @@ from vsmcp.node.bridges import mqtt_wire as wire
 
 # Topic names: UTF-8 without NUL or wildcards (what a broker forwards).
 topics = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\0+#"),
+    st.characters(codec="utf-8", exclude_characters="\0+#"),
     min_size=1,
     max_size=40,
 )

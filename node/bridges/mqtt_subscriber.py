@@ -75,7 +75,6 @@ class SubscriberProtocol(asyncio.Protocol):
         self._on_oversized = on_oversized
         self._ready = ready
         self.paused = False
-        self.pauses = 0
         self._reader = wire.PacketReader(config.max_payload)
         loop = asyncio.get_running_loop()
         self.connack: asyncio.Future[int] = loop.create_future()
@@ -102,6 +101,8 @@ class SubscriberProtocol(asyncio.Protocol):
             return
         for control in controls:
             self._control(control)
+        if self.error is not None:  # failed on a control packet: the rest is not read
+            return
         acks: list[int] = []
         if publishes:
             self._on_messages(publishes)
@@ -109,13 +110,12 @@ class SubscriberProtocol(asyncio.Protocol):
         if oversized:
             self._on_oversized(oversized)
             acks += [o.packet_id for o in oversized if o.qos]
-        if self.transport is None:
+        if self.transport is None:  # pragma: no cover - set before any data arrives
             return
         if acks:
             self.transport.write(wire.pubacks(acks))
         if publishes and not self._ready():
             self.paused = True
-            self.pauses += 1
             self.transport.pause_reading()
             asyncio.get_running_loop().call_later(PAUSE_POLL_S, self._maybe_resume)
 

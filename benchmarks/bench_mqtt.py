@@ -139,6 +139,33 @@ def burst_round(node: NodeProcess, prefix: str, payloads: bytes, n: int) -> dict
     }
 
 
+QOS1_PER_PRODUCER = 10_000
+
+
+def qos1_round(node: NodeProcess, prefix: str, producers: int) -> float:
+    """QoS 1 end to end: `producers` `mosquitto_pub --repeat` (each waits for the broker's
+    PUBACK of one message before the next, so none is lost on its side) at once, each
+    10,000 messages of one device; messages/s until the engine has every event."""
+    base = _engine_events(node)
+    taken = _bridge(node)["counters"].get("telemetry_messages", 0)
+    host, port = BROKER
+    started = time.monotonic()
+    command = ["mosquitto_pub", "-h", host, "-p", str(port), "-q", "1"]
+    command += ["--repeat", str(QOS1_PER_PRODUCER)]
+    running = [
+        subprocess.Popen(
+            [*command, "-t", f"{prefix}/telemetry/qos1-{k}", "-m", f'{{"temp":{95 + k},"cpu":85}}']
+        )
+        for k in range(producers)
+    ]
+    for process in running:
+        if process.wait() != 0:
+            raise SystemExit(f"mosquitto_pub failed: {process.returncode}")
+    n = producers * QOS1_PER_PRODUCER
+    done = _wait_events(node, base + 2 * n, taken + n)
+    return n / (done - started)
+
+
 async def _paced(prefix: str, n: int, rate: float, rng: random.Random) -> float:
     import aiomqtt
 
@@ -207,6 +234,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=1883, help="the broker's (loopback)")
     parser.add_argument("--variants", default="own,shared", help="telemetry_connection values")
     parser.add_argument("--paced", type=float, default=0.0, help="also: QoS 1 at this rate/s")
+    parser.add_argument(
+        "--qos1", type=int, default=0, help="also: QoS 1 from this many mosquitto_pub at once"
+    )
     parser.add_argument("--quick", action="store_true", help="20,000 messages, 1 round")
     args = parser.parse_args()
     if args.quick:
@@ -220,6 +250,7 @@ def main() -> int:
     payloads = _payloads(args.messages, rng)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     paced: dict[str, float] = {}
+    qos1: dict[str, float] = {}
     views: dict[str, dict[str, Any]] = {}
     matches: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
@@ -234,6 +265,8 @@ def main() -> int:
                 for v in variants:
                     results[v].append(burst_round(nodes[v], prefixes[v], payloads, args.messages))
             for v in variants:
+                if args.qos1:
+                    qos1[v] = qos1_round(nodes[v], prefixes[v], args.qos1)
                 if args.paced:
                     paced[v] = _paced_round(nodes[v], prefixes[v], args.paced, rng)
                 views[v] = _bridge(nodes[v])
@@ -259,6 +292,11 @@ def main() -> int:
             f"  best {max(rates):,.0f} msgs/s, median {statistics.median(rates):,.0f} msgs/s "
             f"(target ≥ 20,000)"
         )
+        if v in qos1:
+            print(
+                f"  QoS 1 from {args.qos1} × mosquitto_pub --repeat "
+                f"{QOS1_PER_PRODUCER:,}: {qos1[v]:,.0f} msgs/s, every event reached the engine"
+            )
         if v in paced:
             print(f"  paced QoS 1: {paced[v]:,.0f} msgs/s for 5 s, every event reached the engine")
         counters = views[v]["counters"]

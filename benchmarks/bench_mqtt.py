@@ -2,7 +2,7 @@
 the real Mosquitto (127.0.0.1:1883) into its pattern engine.
 
     python benchmarks/bench_mqtt.py [--messages 200000] [--rounds 3] [--quick]
-        [--variants own,shared] [--paced RATE]
+        [--variants own,shared] [--paced RATE] [--qos1 K] [--port 1883]
 
 One `vsmcpd --dev` per variant of `telemetry_connection` ("own": the node's MQTT 3.1.1
 subscriber on a second connection; "shared": aiomqtt on the main MQTT 5 connection),
@@ -23,7 +23,9 @@ pattern engine takes events (the telemetry connection pauses), so a burst waits 
 broker, whose default queue per subscriber (`max_queued_messages`, 1,000) drops the rest:
 bursts of 100,000 need a broker sized for them, `--port 18833` with
 `mosquitto -c benchmarks/mosquitto-bench.conf -d`. A second measurement, `--paced`,
-publishes at QoS 1 at a fixed rate with a paho client and checks that nothing is lost.
+publishes at QoS 1 at a fixed rate with a paho client and checks that nothing is lost;
+`--qos1 K` runs K `mosquitto_pub --repeat 10000` at QoS 1 at once (each waits for the
+broker's PUBACK, so loses nothing itself) and checks that every message arrives.
 """
 
 from __future__ import annotations

@@ -306,7 +306,8 @@ def main() -> int:
         print(
             f"  bridge: telemetry_messages={counters.get('telemetry_messages', 0)} "
             f"telemetry_bad={counters.get('telemetry_bad', 0)} "
-            f"inbox_dropped={counters.get('inbox_dropped', 0)}"
+            f"inbox_dropped={counters.get('inbox_dropped', 0)} "
+            f"telemetry_pauses={counters.get('telemetry_pauses', 0)}"
         )
     if "own" in best and "shared" in best:
         print(f"own / shared (best rounds): {best['own'] / best['shared']:.1f}×")

@@ -52,7 +52,7 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         Literal["own", "shared"],
         doc(
             'how telemetry is read: "own": a second connection, MQTT 3.1.1, client id '
-            "<client id>-telemetry, read by the node's own subscriber (8–15× the messages/s); "
+            "<client id>-telemetry, read by the node's own subscriber (8–16× the messages/s); "
             '"shared": subscribed on the main MQTT 5 connection (aiomqtt)'
         ),
     ] = "own"

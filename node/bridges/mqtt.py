@@ -13,7 +13,11 @@ a broker (MQTT 5, QoS 1). docs/bridges.md "MQTT" is the operator's view.
 
 One supervised loop (`bridge-mqtt`) connects, and reconnects with a doubling, jittered
 backoff; a lost connection is pain on the algedonic channel (again every
-`PAIN_REPEAT_S` while it lasts) and shows in `status()`.
+`PAIN_REPEAT_S` while it lasts) and shows in `status()`. With `telemetry_connection =
+"own"` (the default) telemetry comes over a second connection, MQTT 3.1.1, read by the
+node's own subscriber (mqtt_subscriber.py: paho's reader was the bottleneck), in a second
+supervised loop (`bridge-mqtt-telemetry`) with the same backoff and pain; the bridge is
+`connected` only while both are.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 import random
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import aiomqtt
@@ -36,10 +41,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from vsmcp.node.bridges.model import BridgeContext, BridgeState, BridgeStatus
 from vsmcp.node.bridges.mqtt_calls import ORIGIN_PREFIX, CallTopics, answer
 from vsmcp.node.bridges.mqtt_config import MqttSection, broker_of
+from vsmcp.node.bridges.mqtt_subscriber import SubscriberConfig, SubscriberError, run_session
 from vsmcp.node.bridges.mqtt_telemetry import BadTelemetry, TelemetryDecoder
+from vsmcp.node.bridges.mqtt_wire import Oversized, Publish
 from vsmcp.node.mcp.protocol import OVERLOADED, Caller, McpCore, McpError, encode, error_message
 from vsmcp.node.tools.model import CallContext
-from vsmcp.node.vsm.events import NODE_CATALOG, Event
+from vsmcp.node.vsm.events import NODE_CATALOG, Event, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,9 @@ OFFLINE_TIMEOUT_S: Final = 2.0
 WRITE_RETRY_S: Final = 1.0
 # Received messages handled per turn of the event loop.
 READ_BATCH: Final = 1024
+# The telemetry connection reads on while the stream has this much room for telemetry
+# events (a received chunk, ≤ 256 KiB, rarely gives more); else it pauses.
+READ_ROOM: Final = 16_384
 MAX_RESPONSE_TOPIC_CHARS: Final = 1024
 MAX_CORRELATION_BYTES: Final = 1024
 ALERTS_SUBSCRIBER: Final = "bridge-mqtt-alerts"
@@ -89,6 +99,15 @@ class Inbox(asyncio.Queue[aiomqtt.Message]):
             batch.append(self.get_nowait())
 
 
+@dataclass(slots=True)
+class TelemetryLink:
+    """The telemetry connection's state (telemetry_connection = "own")."""
+
+    state: BridgeState = "connecting"
+    was_connected: bool = False
+    task: asyncio.Task[None] | None = None
+
+
 class MqttBridge:
     name = NAME
 
@@ -107,6 +126,11 @@ class MqttBridge:
         grants.update(section.call_topics)
         self._calls = CallTopics(grants, context.zones)
         self._telemetry = TelemetryDecoder(section.telemetry_topics, section.max_telemetry_bytes)
+        # Telemetry on its own connection (None: on the main one).
+        self._telemetry_link: TelemetryLink | None = None
+        self._telemetry_ready = True  # the stream had room when last asked
+        if section.telemetry_connection == "own" and section.telemetry_topics:
+            self._telemetry_link = TelemetryLink()
         self._core = McpCore(context.tools)
         self._inbox = Inbox(section.inbox)
         self._alerts: deque[bytes] = deque()
@@ -144,6 +168,10 @@ class MqttBridge:
         if on_change is not None:
             self._unsubscribe_tools = on_change(self._tools_changed)
         self._task = self._ctx.loops.spawn("bridge-mqtt", self._run)
+        if self._telemetry_link is not None:
+            self._telemetry_link.task = self._ctx.loops.spawn(
+                "bridge-mqtt-telemetry", self._run_telemetry
+            )
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -152,10 +180,13 @@ class MqttBridge:
         if self._client is not None:
             await self._say_offline(self._client)
         task.cancel()
-        requests = list(self._requests)
-        for request in requests:
-            request.cancel()
-        await asyncio.gather(task, *requests, return_exceptions=True)
+        tasks = [task, *self._requests]
+        if self._telemetry_link is not None and self._telemetry_link.task is not None:
+            tasks.append(self._telemetry_link.task)
+            self._telemetry_link.task = None
+        for each in tasks:
+            each.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._unsubscribe_tools is not None:
             self._unsubscribe_tools()
         await self._ctx.events.unsubscribe(ALERTS_SUBSCRIBER)
@@ -172,8 +203,13 @@ class MqttBridge:
     def status(self) -> BridgeStatus:
         counters = dict(self._counters)
         counters["inbox_dropped"] = self._inbox.dropped
+        state = self._status.state
+        link = self._telemetry_link
+        if link is not None and state == "connected" and link.state != "connected":
+            state = link.state  # half a bridge is not connected
         return msgspec.structs.replace(
             self._status,
+            state=state,
             outbox_depth=len(self._alerts),
             lag=self._inbox.qsize(),
             counters=counters,
@@ -223,7 +259,8 @@ class MqttBridge:
             writer: asyncio.Task[None] | None = None
             try:
                 await client.publish(self.status_topic, ONLINE, qos=QOS, retain=True)
-                for topic in (*self._section.telemetry_topics, *self._calls.filters):
+                shared = [] if self._telemetry_link else self._section.telemetry_topics
+                for topic in (*shared, *self._calls.filters):
                     await self._subscribe(client, topic)
                 self._was_connected = True
                 self._set_state("connected")
@@ -268,10 +305,17 @@ class MqttBridge:
         was = self._status.state
         self._error("disconnects", f"broker {self._broker_name()}: {reason}")
         self._set_state("down")
+        link = self._telemetry_link
+        other_down = link is not None and link.state == "down"
+        self._pain(f"MQTT broker unreachable: {reason}", was != "down" and not other_down)
+
+    def _pain(self, reason: str, new_outage: bool) -> None:
+        """One pain per outage of the broker (both connections usually go at once), again
+        every PAIN_REPEAT_S while it lasts."""
         now = time.monotonic()
-        if was != "down" or now - self._last_pain >= PAIN_REPEAT_S:
+        if new_outage or now - self._last_pain >= PAIN_REPEAT_S:
             self._last_pain = now
-            self._ctx.pain(PAIN_SOURCE, PAIN_INTENSITY, f"MQTT broker unreachable: {reason}")
+            self._ctx.pain(PAIN_SOURCE, PAIN_INTENSITY, reason)
 
     def _error(self, counter: str, message: str) -> None:
         self._counters[counter] += 1
@@ -297,23 +341,105 @@ class MqttBridge:
         if not isinstance(payload, bytes):  # the client gives bytes; typed wider
             payload = str(payload).encode()
         if self._telemetry.matches(topic):
-            try:
-                events = self._telemetry.decode(topic, payload, now)
-            except BadTelemetry as e:
-                self._counters["telemetry_bad"] += 1
-                self._error(f"telemetry_{e.reason}", f"telemetry on {topic[:200]!r}: {e}")
-                return
-            publish = self._ctx.events.publish
-            for event in events:
-                publish(event)
-            self._counters["telemetry_messages"] += 1
-            self._counters["telemetry_events"] += len(events)
+            self._take_telemetry(topic, payload, now)
             return
         zone = self._calls.zone_of(topic)
         if zone is None:
             self._counters["unexpected"] += 1
             return
         self._request(message, topic, payload, zone)
+
+    def _take_telemetry(self, topic: str, payload: bytes, now: float) -> None:
+        try:
+            events = self._telemetry.decode(topic, payload, now)
+        except BadTelemetry as e:
+            self._bad_telemetry(topic, e)
+            return
+        publish = self._ctx.events.publish
+        for event in events:
+            publish(event)
+        self._counters["telemetry_messages"] += 1
+        self._counters["telemetry_events"] += len(events)
+
+    def _bad_telemetry(self, topic: str, e: BadTelemetry) -> None:
+        self._counters["telemetry_bad"] += 1
+        self._error(f"telemetry_{e.reason}", f"telemetry on {topic[:200]!r}: {e}")
+
+    # -- in: telemetry on its own connection --------------------------------------------
+
+    async def _run_telemetry(self) -> None:
+        link = self._telemetry_link
+        assert link is not None
+        broker, section = self._broker, self._section
+        config = SubscriberConfig(
+            host=broker.host,
+            port=broker.port,
+            username=broker.username,
+            password=broker.password,
+            client_id=f"{section.client_id or f'vsmcp-{self._ctx.node_id}'}-telemetry",
+            filters=section.telemetry_topics,
+            qos=QOS,
+            max_payload=section.max_telemetry_bytes,
+            keepalive_s=section.keepalive_s,
+            timeout_s=BROKER_TIMEOUT_S,
+        )
+        backoff = BACKOFF_MIN_S
+        while True:
+            link.was_connected = False
+            try:
+                await run_session(
+                    config,
+                    self._on_publishes,
+                    self._on_oversized,
+                    self._telemetry_connected,
+                    self._room_for_telemetry,
+                )
+            except SubscriberError as e:
+                self._telemetry_down(link, str(e))
+            if link.was_connected:
+                backoff = BACKOFF_MIN_S
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, self._section.reconnect_max_s)
+
+    def _on_publishes(self, batch: list[Publish]) -> None:
+        """A received chunk's messages, in the turn they arrived (acknowledged after)."""
+        now = time.time()
+        take = self._take_telemetry
+        for message in batch:
+            take(message.topic, message.payload, now)
+
+    def _room_for_telemetry(self) -> bool:
+        """Reading pauses while the stream's buffers have little room for telemetry
+        (the pattern engine behind): counted, so that a stalled consumer shows."""
+        ready = self._ctx.events.room(Telemetry) >= READ_ROOM
+        if not ready and self._telemetry_ready:
+            self._counters["telemetry_pauses"] += 1
+        self._telemetry_ready = ready
+        return ready
+
+    def _on_oversized(self, batch: list[Oversized]) -> None:
+        cap = self._section.max_telemetry_bytes
+        for message in batch:
+            why = BadTelemetry("oversized", f"{message.size} bytes (max {cap})")
+            self._bad_telemetry(message.topic, why)
+
+    def _telemetry_connected(self) -> None:
+        link = self._telemetry_link
+        assert link is not None
+        link.was_connected = True
+        if link.state != "connected":
+            link.state = "connected"
+            log.info("mqtt bridge: telemetry connection up")
+            self._ctx.audit("bridge.mqtt.telemetry_connected", {"broker": self._broker_name()})
+
+    def _telemetry_down(self, link: TelemetryLink, reason: str) -> None:
+        was = link.state
+        self._error("telemetry_disconnects", f"telemetry, broker {self._broker_name()}: {reason}")
+        link.state = "down"
+        if was != "down":
+            self._ctx.audit("bridge.mqtt.telemetry_down", {"broker": self._broker_name()})
+        new_outage = was != "down" and self._status.state != "down"
+        self._pain(f"MQTT telemetry connection lost: {reason}", new_outage)
 
     def _request(self, message: aiomqtt.Message, topic: str, payload: bytes, zone: str) -> None:
         self._counters["requests"] += 1

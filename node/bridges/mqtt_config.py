@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -48,6 +48,14 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "wildcard matches names the device, the rest the metric"
         ),
     ] = msgspec.field(default_factory=lambda: ["vsmcp/telemetry/#"])
+    telemetry_connection: Annotated[
+        Literal["own", "shared"],
+        doc(
+            'how telemetry is read: "own": a second connection, MQTT 3.1.1, client id '
+            "<client id>-telemetry, read by the node's own subscriber (8–16× the messages/s); "
+            '"shared": subscribed on the main MQTT 5 connection (aiomqtt)'
+        ),
+    ] = "own"
     max_telemetry_bytes: Annotated[
         int, doc("largest telemetry payload; a larger one is counted (bad) and dropped")
     ] = 16 * 1024

@@ -180,6 +180,15 @@ class EventStream(Service):
     def subscribers(self) -> tuple[Subscriber, ...]:
         return self._subs
 
+    def room(self, kind: type[Event]) -> int:
+        """Events of this kind that can be published now without a drop: the least free
+        space of the buffers they go to. A fast producer (the MQTT telemetry reader)
+        stops reading its input while this is low instead of losing events here."""
+        free = [
+            s.capacity - len(s.buffer) for s in self._subs if s.kinds is None or kind in s.kinds
+        ]
+        return min(free, default=MAX_SUBSCRIBER_CAPACITY)
+
     def stats(self) -> dict[str, Any]:
         return {
             "after_stop": self.after_stop,

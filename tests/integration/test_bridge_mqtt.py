@@ -71,9 +71,13 @@ keepalive_s = 5
 
 
 @pytest.fixture
-async def node(tmp_path: Path, prefix: str, broker: tuple[str, int]) -> AsyncIterator[NodeProcess]:
-    """A node with the bridge; at the end, the retained messages it left are cleared."""
-    config = _config(tmp_path, prefix, broker)
+async def node(
+    request: pytest.FixtureRequest, tmp_path: Path, prefix: str, broker: tuple[str, int]
+) -> AsyncIterator[NodeProcess]:
+    """A node with the bridge; at the end, the retained messages it left are cleared.
+    Parametrized (indirect), the parameter is its `telemetry_connection`."""
+    connection = getattr(request, "param", "own")
+    config = _config(tmp_path, prefix, broker, f'telemetry_connection = "{connection}"')
     process = NodeProcess(tmp_path / "data", "--config", str(config)).start()
     try:
         yield process
@@ -126,6 +130,7 @@ async def _wait_connected(node: NodeProcess) -> None:
     )
 
 
+@pytest.mark.parametrize("node", ["own", "shared"], indirect=True)
 async def test_telemetry_from_a_plain_client_produces_the_patterns_alert(
     node: NodeProcess, prefix: str, broker: tuple[str, int]
 ) -> None:
@@ -314,6 +319,7 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path, broker: tuple[str,
     cases = {
         'url = "http://127.0.0.1:1883"': "bridges.mqtt.url",
         'telemetry_topics = ["a/#/b"]': "bridges.mqtt.telemetry_topics[0]",
+        'telemetry_connection = "fast"': "bridges.mqtt.telemetry_connection",
         'alert_kinds = ["no_such_kind"]': "bridges.mqtt.alert_kinds",
         'call_zone = "no-such-zone"': "bridges.mqtt.call_zone",
         "inbox = 0": "bridges.mqtt.inbox",

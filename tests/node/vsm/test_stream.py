@@ -241,3 +241,15 @@ async def test_a_subscriber_that_never_finishes_is_cancelled_on_stop(
     task = sub.task
     await stream.stop()
     assert cancelled.is_set() and task is not None and task.cancelled()
+
+
+async def test_room_is_the_least_free_space_among_the_buffers_a_kind_goes_to() -> None:
+    stream = EventStream()
+    assert stream.room(Denial) == stream_module.MAX_SUBSCRIBER_CAPACITY  # nobody listens
+    stream.subscribe("denials", lambda batch: None, capacity=10, kinds=[Denial])
+    stream.subscribe("all", lambda batch: None, capacity=50)
+    for i in range(4):  # not started: the events wait in the buffers
+        stream.publish(denial(i))
+    stream.publish(call(0))
+    assert stream.room(Denial) == 10 - 4
+    assert stream.room(ToolCallFinished) == 50 - 5  # the denials' buffer takes none of it

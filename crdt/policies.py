@@ -313,6 +313,12 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         held = self._verify_blob(blob)
         return self.offer([(held.checked.key, blob)]) == 1
 
+    def verify_signed(self, blob: bytes) -> Policy | None:
+        """The grant a record signed elsewhere carries, verified but not taken (None for
+        a revocation). Raises a `CrdtError` when it does not verify."""
+        record = self._verify_blob(blob).checked.record
+        return record if isinstance(record, Policy) else None
+
     def view(self) -> list[Policy]:
         """Live verified policies, sorted by (issuer, id)."""
         policies = [p for p in self._visible_records() if isinstance(p, Policy)]
@@ -344,6 +350,30 @@ def sign_revocation(
         signer=by.public_key,
         revoked_at_ms=now_ms,
         expires_at_ms=check_int(now_ms + ttl_ms, what="expiry"),
+    )
+    payload = _encoder.encode(record)
+    return payload + by.sign_detached(PolicyStore.domain + payload)
+
+
+def sign_grant(
+    by: Signer,
+    policy_id: str,
+    kind: str,
+    body: Mapping[str, Any],
+    *,
+    now_ms: int,
+    ttl_ms: int,
+) -> bytes:
+    """A signed grant of `policy_id` issued by `by`, made away from any replica (the
+    authority's key stays offline; version: `now_ms`); `accept_signed` takes it."""
+    record = PolicyGrant(
+        issuer=by.public_key,
+        id=policy_id,
+        kind=kind,
+        version=check_int(now_ms, what="version"),
+        issued_at_ms=now_ms,
+        expires_at_ms=check_int(now_ms + check_int(ttl_ms, what="ttl_ms"), what="expiry"),
+        body=dump_json(dict(body), what="body"),
     )
     payload = _encoder.encode(record)
     return payload + by.sign_detached(PolicyStore.domain + payload)

@@ -158,9 +158,9 @@ class WasmDistribution(Service):
         """`POST /api/wasm/modules`: `{"record": b64, "module"?: b64}` (a grant signed
         elsewhere; without the module, its bytes are fetched from the holder it names) or
         `{"module": b64, "manifest": toml}` (signed here). Raises `PublishRefused`
-        (counted) or KeyError/ValueError (a malformed request)."""
+        (counted when it refuses a module) or ValueError (not base64)."""
         module = None
-        if "module" in request:
+        if request.get("module"):
             module = base64.b64decode(str(request["module"]), validate=True)
             if len(module) > self._edge.max_module_bytes:
                 self._refuse("?", "too_large", sha256_hex(module), f"{len(module)} bytes")
@@ -168,11 +168,14 @@ class WasmDistribution(Service):
                     f"the module has {len(module)} bytes, over edge.max_module_bytes "
                     f"({self._edge.max_module_bytes})"
                 )
-        if "record" in request:
+        if request.get("record"):
             blob = base64.b64decode(str(request["record"]), validate=True)
             return self._take_record(blob, module)
-        if module is None:
-            raise KeyError("module")
+        if not module or not request.get("manifest"):
+            raise PublishRefused(
+                'nothing to publish: give "module" with "record" (signed elsewhere) or '
+                'with "manifest" (signed here)'
+            )
         digest = sha256_hex(module)
         manifest = str(request["manifest"])
         name = self._check_manifest(manifest, digest)

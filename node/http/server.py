@@ -104,7 +104,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def _json_body(request: web.Request, limit: int) -> object:
     """The request's JSON body, read up to `limit` bytes; or the error answer (413, 400)."""
-    raw = await request.content.read(limit + 1)
+    raw = bytearray()
+    # `read(n)` gives what has arrived (up to n): a large body comes in several reads.
+    while len(raw) <= limit:
+        part = await request.content.read(limit + 1 - len(raw))
+        if not part:
+            break
+        raw += part
     if len(raw) > limit:
         return _json({"error": f"body over {limit} bytes"}, 413)
     try:

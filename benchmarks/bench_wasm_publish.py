@@ -32,12 +32,13 @@ from typing import Any
 
 import aiohttp
 from _machine import machine
+from _mesh import start_seeded
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import wasmtime
 
-from tests.integration.harness import NodeProcess, tool_call_message, wait_mesh_states
+from tests.integration.harness import NodeProcess, tool_call_message
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_WAT = ROOT / "examples" / "wasm" / "echo.wat"
@@ -153,15 +154,7 @@ def main() -> int:
     config.write_text(CONFIG)
     nodes: list[NodeProcess] = []
     try:
-        first = NodeProcess(root / "n0", "--config", str(config)).start()
-        nodes.append(first)
-        seed = f"127.0.0.1:{first.mesh_port}"
-        for k in range(1, args.nodes):
-            node = NodeProcess(root / f"n{k}", "--config", str(config), "--seed", seed)
-            nodes.append(node.start(wait=False))
-        for node in nodes:
-            node.wait_ready()
-        wait_mesh_states(nodes, {n.node_id: "alive" for n in nodes}, timeout_s=120)
+        start_seeded(root, config, args.nodes, nodes)
         results = asyncio.run(_run(nodes, args.trials, size))
     finally:
         for node in nodes:

@@ -9,8 +9,8 @@
 `--authority-key` (the key never leaves this machine), or, without it, by the node
 itself (its certificate must have the `publisher` role; a `--dev` node's has every
 role), and posts both to the node, which keeps the bytes and replicates the manifest.
-A `.wat` module is assembled first. `unpublish` revokes the module's manifests: those
-of the authority with `--authority-key`, the node's own otherwise.
+A `.wat` module is assembled first. `unpublish` revokes the module's manifests: every
+one (whoever signed it) with `--authority-key`, the node's own otherwise.
 
 Exit codes: 0 success; 1 the node is unreachable or refused; 2 bad arguments.
 """
@@ -123,13 +123,15 @@ def cmd_unpublish(args: argparse.Namespace) -> int:
     if args.authority_key:
         key = _authority_key(args.authority_key)
         now_ms = int(time.time() * 1000)
+        # The authority may revoke any issuer's manifest of the module.
         for m in request_json(url + "/api/wasm/modules")["modules"]:
-            if m["name"] != args.name or m["issuer"] != key.public_key.hex():
+            if m["name"] != args.name:
                 continue
             # The tombstone must outlive the grant, or the grant would come back.
             ttl_ms = max(DEFAULT_REVOCATION_TTL_MS, m["expires_at_ms"] - now_ms)
+            issuer = bytes.fromhex(m["issuer"])
             blob = sign_revocation(
-                key, key.public_key, args.name, m["version"], now_ms=now_ms, ttl_ms=ttl_ms
+                key, issuer, args.name, m["version"], now_ms=now_ms, ttl_ms=ttl_ms
             )
             answer = request_json(
                 url + "/api/policies/revocations",
@@ -176,7 +178,7 @@ def add_wasm_commands(sub: Any) -> None:
     p.set_defaults(func=_guarded(cmd_publish))
     u = actions.add_parser("unpublish", help="retire a published module everywhere")
     u.add_argument("name")
-    u.add_argument("--authority-key", help="revoke the authority's manifests with this key")
+    u.add_argument("--authority-key", help="revoke every manifest of it with this (authority) key")
     _with_node(u)
     u.set_defaults(func=_guarded(cmd_unpublish))
     ls = actions.add_parser("list", help="the published modules a node knows")

@@ -7,7 +7,7 @@ import binascii
 import html
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -102,6 +102,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
+def _while_starting(view: Callable[[], dict[str, Any]]) -> web.Response:
+    """A view of a part that starts after HTTP: 503 with Retry-After until it is up."""
+    try:
+        return _json(view())
+    except NodeError as e:
+        answer = _json({"error": str(e)}, status=503)
+        answer.headers["Retry-After"] = "1"
+        return answer
+
+
 async def _json_body(request: web.Request, limit: int) -> object:
     """The request's JSON body, read up to `limit` bytes; or the error answer (413, 400)."""
     raw = bytearray()
@@ -177,13 +187,8 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         return _json(answer, status=status)
 
     async def api_policies(_: web.Request) -> web.Response:
-        try:
-            return _json(node.policies_view())
-        except NodeError as e:
-            # HTTP is up before the mesh, and so before the immune system: not yet.
-            answer = _json({"error": str(e)}, status=503)
-            answer.headers["Retry-After"] = "1"
-            return answer
+        # HTTP is up before the mesh, and so before the immune system: not yet.
+        return _while_starting(node.policies_view)
 
     async def api_revocation(request: web.Request) -> web.Response:
         # The record is signed (by the authority, offline): whoever posts it adds nothing.
@@ -199,12 +204,7 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         return _json({"accepted": accepted})
 
     async def api_wasm(_: web.Request) -> web.Response:
-        try:
-            return _json(node.wasm_view())
-        except NodeError as e:
-            answer = _json({"error": str(e)}, status=503)
-            answer.headers["Retry-After"] = "1"
-            return answer
+        return _while_starting(node.wasm_view)
 
     async def api_wasm_publish(request: web.Request) -> web.Response:
         body = await _json_body(request, MAX_PUBLISH_REQUEST_BYTES)

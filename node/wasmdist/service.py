@@ -293,16 +293,19 @@ class WasmDistribution(Service):
         return wanted
 
     async def _run(self) -> None:
+        pending = False
         while True:
             try:
-                async with asyncio.timeout(RETRY_S):
+                # Idle until the policies change, unless a wanted module is still missing.
+                async with asyncio.timeout(RETRY_S if pending else None):
                     await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self._reconcile()
+            pending = await self._reconcile()
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self) -> bool:
+        """Load what is wanted, unload what is not; whether a wanted module is missing."""
         wanted = self._wanted()
         for name, digest in list(self._loaded.items()):
             entry = wanted.get(name)
@@ -314,6 +317,7 @@ class WasmDistribution(Service):
             module = await self._bytes_of(policy, body)
             if module is not None:
                 self._load(body)
+        return any(name not in self._loaded for name in wanted)
 
     async def _bytes_of(self, policy: Policy, body: ModuleBody) -> bytes | None:
         if body.size > self._edge.max_module_bytes:
@@ -381,13 +385,17 @@ class WasmDistribution(Service):
             manifest = published_manifest(
                 body.manifest, path.with_suffix(".toml"), path, edge_permissions(self._edge)
             )
+        except EdgeError as e:
+            self._refuse(body.name, "manifest", body.sha256, str(e), once=True)
+            return
+        try:
             if self._runtime is None:
                 cache = self.store.directory.parent / "wasm-cache"
                 self._runtime = WasmRuntime(
                     cache if self._edge.cache_compiled else None, self._edge.threads
                 )
-        except EdgeError as e:
-            self._refuse(body.name, "manifest", body.sha256, str(e), once=True)
+        except EdgeError as e:  # no wasmtime here
+            self._refuse(body.name, "load", body.sha256, str(e), once=True)
             return
         unit = UNIT_PREFIX + body.name
         if unit in self._catalog.supervisor.units:

@@ -1,9 +1,10 @@
 """Signed WASM module distribution between real nodes: three nodes certified by one
-authority (none with the `publisher` role) run every published module (`[edge] run =
-"*"`). The echo example published on A with `vsmcp wasm publish --authority-key` is
-fetched over the mesh by B and C, loaded there and called by an MCP client on C; `vsmcp
-wasm unpublish` retires it everywhere. A manifest signed by a stranger key, bytes that do
-not match their manifest (posted, or served by a holder), and a node without the
+authority (none with the `publisher` role); B and C run every published module (`[edge]
+run = "*"`), A only takes publications and holds their bytes. The echo example published
+on A with `vsmcp wasm publish --authority-key` is fetched over the mesh by B and C,
+loaded there and called by an MCP client on C; `vsmcp wasm unpublish` retires it
+everywhere. A manifest signed by a stranger key, bytes that do not match their manifest
+(posted, or served by a holder: the next holder is asked), and a node without the
 publisher role signing are refused on every node and counted."""
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ ECHO_WAT = REPO_ROOT / "examples" / "wasm" / "echo.wat"
 ECHO_TOML = REPO_ROOT / "examples" / "wasm" / "echo.toml"
 FAMILY = "vsmcp_wasm_distribution_events"
 CONFIG = '[trust]\nauthority_public_key = "{key}"\n[mesh]\npreset = "local"\n' + (
-    '[tools]\nentry_points = false\n[edge]\nrun = "*"\n'
+    "[tools]\nentry_points = false\n"
 )
+RUN_ALL = '[edge]\nrun = "*"\n'
 
 
 class Mesh:
@@ -75,13 +77,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     require_module("wasmtime")
     tmp = tmp_path_factory.mktemp("wasm-publish")
     authority = tmp / "authority.key"
-    config = tmp / "node.toml"
-    config.write_text(CONFIG.format(key=_authority(authority)))
+    key = _authority(authority)
+    holder, runner = tmp / "holder.toml", tmp / "runner.toml"
+    holder.write_text(CONFIG.format(key=key))
+    runner.write_text(CONFIG.format(key=key) + RUN_ALL)
     stranger = tmp / "stranger.key"
     _authority(stranger)
     started: list[NodeProcess] = []
     try:
-        for name in ("a", "b", "c"):
+        for name, config in (("a", holder), ("b", runner), ("c", runner)):
             node = NodeProcess(_certified(tmp, authority, name), "--config", str(config), dev=False)
             started.append(node.start(wait=False))
         for node in started:
@@ -158,11 +162,13 @@ async def test_published_on_a_runs_on_b_and_c_and_unpublish_retires_it(mesh: Mes
     assert published.returncode == 0, published.stderr
     assert "wasm.echo: published" in published.stdout
 
-    # Every node fetched the bytes (B and C over the mesh), loaded and announced the tool.
+    # B and C fetched the bytes over the mesh, loaded and announced the tool.
     def everywhere() -> bool:
-        return all(_providers(n, "wasm.echo") >= {x.node_id for x in mesh.nodes} for n in (b, c))
+        return all(_providers(n, "wasm.echo") == {b.node_id, c.node_id} for n in mesh.nodes)
 
-    wait_for(everywhere, timeout_s=60, what="wasm.echo announced by A, B and C")
+    wait_for(everywhere, timeout_s=60, what="wasm.echo announced by B and C")
+    held_at_a = _module(a, "wasm.echo")
+    assert held_at_a is not None and held_at_a["held"] and not held_at_a["loaded"], held_at_a
     for node in (b, c):
         entry = _module(node, "wasm.echo")
         assert entry is not None and entry["held"] and entry["loaded"], entry
@@ -194,7 +200,7 @@ async def test_published_on_a_runs_on_b_and_c_and_unpublish_retires_it(mesh: Mes
         )
 
     wait_for(retired, timeout_s=60, what="wasm.echo gone from every node")
-    assert all(counters(n, FAMILY).get("unloaded", 0) >= 1 for n in mesh.nodes)
+    assert all(counters(n, FAMILY).get("unloaded", 0) >= 1 for n in (b, c))
 
 
 def test_a_stranger_signed_manifest_is_refused_on_every_node(mesh: Mesh) -> None:
@@ -237,7 +243,7 @@ def test_bytes_that_do_not_match_their_manifest_are_refused_on_every_node(mesh: 
         assert _module(node, "wasm.mismatch") is None
 
     # Served by a holder whose file is not what the manifest names: every node that runs
-    # it (A from its own disk, B and C after fetching from A) refuses it and counts it.
+    # it (B and C, after fetching from A) refuses it and counts it.
     import hashlib
 
     digest = hashlib.sha256(module).hexdigest()
@@ -249,7 +255,8 @@ def test_bytes_that_do_not_match_their_manifest_are_refused_on_every_node(mesh: 
 
     def refused_everywhere() -> bool:
         return all(
-            counters(n, FAMILY).get("refused_hash", 0) == before[n.node_id] + 1 for n in mesh.nodes
+            counters(n, FAMILY).get("refused_hash", 0) == before[n.node_id] + 1
+            for n in mesh.nodes[1:]
         )
 
     wait_for(refused_everywhere, timeout_s=60, what="the mismatching bytes refused everywhere")
@@ -257,10 +264,42 @@ def test_bytes_that_do_not_match_their_manifest_are_refused_on_every_node(mesh: 
         assert not _providers(node, "wasm.mismatch")
         entry = _module(node, "wasm.mismatch")
         assert entry is not None and not entry["loaded"], entry
-        if node is not a:
-            assert not (node.data_dir / "wasm" / f"{digest}.wasm").exists()
+        if node is a:
+            continue
+        assert not (node.data_dir / "wasm" / f"{digest}.wasm").exists()
         wait_for(
             lambda node=node: ("wasm.mismatch", "hash") in _audited_refusals(node),  # type: ignore[misc]
             timeout_s=30,
             what="the refusal in the audit log",
         )
+
+
+def test_a_holder_serving_other_bytes_is_passed_over_for_another(mesh: Mesh) -> None:
+    """The manifest names A as holder, but A's file is not the module; C holds the
+    module. B refuses A's bytes and takes C's."""
+    import hashlib
+
+    a, b, c = mesh.nodes
+    module = _echo_bytes().replace(b"echo", b"echr")
+    other = _echo_bytes().replace(b"echo", b"ecks")
+    digest = hashlib.sha256(module).hexdigest()
+    manifest = ECHO_TOML.read_text().replace('"wasm.echo"', '"wasm.relay"')
+    record = _signed(mesh.authority, "wasm.relay", module, a.node_id, manifest)
+    for node, data in ((a, other), (c, module)):
+        (node.data_dir / "wasm").mkdir(exist_ok=True)
+        (node.data_dir / "wasm" / f"{digest}.wasm").write_bytes(data)
+    before = {n.node_id: counters(n, FAMILY) for n in mesh.nodes}
+    status, answer = _post(a, {"record": record})
+    assert status == 200, answer
+
+    def loaded() -> bool:
+        return all(_providers(n, "wasm.relay") == {b.node_id, c.node_id} for n in (b, c))
+
+    wait_for(loaded, timeout_s=60, what="wasm.relay loaded on B and C")
+    was, now = before[b.node_id], counters(b, FAMILY)
+    assert now.get("refused_hash", 0) == was.get("refused_hash", 0) + 1, (was, now)
+    assert now.get("fetched", 0) == was.get("fetched", 0) + 1, (was, now)
+    assert (b.data_dir / "wasm" / f"{digest}.wasm").read_bytes() == module
+    served = counters(c, FAMILY).get("chunks_served", 0)
+    assert served > before[c.node_id].get("chunks_served", 0)
+    assert counters(c, FAMILY).get("fetched", 0) == before[c.node_id].get("fetched", 0)

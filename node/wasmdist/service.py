@@ -16,7 +16,8 @@ fetched one is a holder too.
 A refusal (bytes that do not match, a manifest that does not verify or does not parse,
 too large, does not load) is counted in `stats` (`refused_<reason>`), published as a
 `wasm_refused` event and written to the audit log; a module that could not be had is
-tried again every `RETRY_S`.
+tried again after `RETRY_S`, then less and less often (up to `MAX_RETRY_S`) until the
+policies change.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_S: Final = 5.0
+MAX_RETRY_S: Final = 300.0
 MAX_REMEMBERED_REFUSALS: Final = 1024
 CHUNK_TIMEOUT_S: Final = 10.0
 UNIT_PREFIX: Final = "wasm:"
@@ -293,16 +295,25 @@ class WasmDistribution(Service):
         return wanted
 
     async def _run(self) -> None:
-        pending = False
+        retry_s: float | None = None
         while True:
+            changed = True
             try:
-                # Idle until the policies change, unless a wanted module is still missing.
-                async with asyncio.timeout(RETRY_S if pending else None):
+                # Idle until the policies change, unless a wanted module is still missing:
+                # then try again, less often while nothing changes (a bad holder is not
+                # asked for its bytes every few seconds for ever).
+                async with asyncio.timeout(retry_s):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                changed = False
             self._wake.clear()
             pending = await self._reconcile()
+            if not pending:
+                retry_s = None
+            elif changed or retry_s is None:
+                retry_s = RETRY_S
+            else:
+                retry_s = min(retry_s * 2, MAX_RETRY_S)
 
     async def _reconcile(self) -> bool:
         """Load what is wanted, unload what is not; whether a wanted module is missing."""

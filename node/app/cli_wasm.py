@@ -84,6 +84,8 @@ def _manifest_name(manifest_path: Path, module_path: Path) -> tuple[str, str]:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    if args.ttl_days < 1:
+        raise ToolsCliError("--ttl-days: at least 1", EXIT_USAGE)
     module_path = Path(args.module)
     module = _module(module_path)
     name, text = _manifest_name(Path(args.manifest), module_path)

@@ -27,10 +27,11 @@ from typing import Any
 
 import aiohttp
 from _machine import machine
+from _mesh import start_seeded
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.harness import NodeProcess, tool_call_message, wait_mesh_states
+from tests.integration.harness import NodeProcess, tool_call_message
 
 POLICY_BLOCKED = -32007
 ZONE_DENIED = -32010
@@ -124,16 +125,8 @@ def main() -> int:
     config.write_text(_config(args.trials))
     nodes: list[NodeProcess] = []
     try:
-        first = NodeProcess(root / "n0", "--config", str(config)).start()
-        nodes.append(first)
-        seed = f"127.0.0.1:{first.mesh_port}"
-        for k in range(1, args.nodes):
-            node = NodeProcess(root / f"n{k}", "--config", str(config), "--seed", seed)
-            nodes.append(node.start(wait=False))
-        for node in nodes:
-            node.wait_ready()
-        wait_mesh_states(nodes, {n.node_id: "alive" for n in nodes}, timeout_s=120)
-        assert first.post("/api/debug/tools?name=secret.echo&zone=restricted") == 200
+        start_seeded(root, config, args.nodes, nodes)
+        assert nodes[0].post("/api/debug/tools?name=secret.echo&zone=restricted") == 200
         results = asyncio.run(_run(nodes, args.trials))
     finally:
         for node in nodes:

@@ -246,9 +246,11 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         assert isinstance(record, Policy)
         return record
 
-    def _sign(self, signer: Signer, record: PolicyRecord) -> bytes:
+    @classmethod
+    def sign_record(cls, signer: Signer, record: PolicyRecord) -> bytes:
+        """The blob of `record` signed by `signer` (what replicas verify)."""
         payload = _encoder.encode(record)
-        return payload + signer.sign_detached(self.domain + payload)
+        return payload + signer.sign_detached(cls.domain + payload)
 
     def issue(
         self,
@@ -272,16 +274,8 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
             held = self.held(policy_key(signer.public_key, policy_id))
             previous = held.checked.rank[0] if held is not None else -1
             version = max(previous + 1, now)
-        record = PolicyGrant(
-            issuer=signer.public_key,
-            id=policy_id,
-            kind=kind,
-            version=check_int(version, what="version"),
-            issued_at_ms=now,
-            expires_at_ms=check_int(now + check_int(ttl_ms, what="ttl_ms"), what="expiry"),
-            body=dump_json(dict(body), what="body"),
-        )
-        held = self._put(self._sign(signer, record))
+        record = _grant(signer.public_key, policy_id, kind, body, version, now, ttl_ms)
+        held = self._put(self.sign_record(signer, record))
         self._track(signer.public_key, policy_id)
         return self._view_of(held.checked.record)
 
@@ -302,7 +296,7 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
             revoked_at_ms=now,
             expires_at_ms=max(now + self._revocation_ttl_ms, held.checked.expires_at_ms),
         )
-        self._put(self._sign(by, record))
+        self._put(self.sign_record(by, record))
         return True
 
     def accept_signed(self, blob: bytes) -> bool:
@@ -312,6 +306,12 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
         it out."""
         held = self._verify_blob(blob)
         return self.offer([(held.checked.key, blob)]) == 1
+
+    def verify_signed(self, blob: bytes) -> Policy | None:
+        """The grant a record signed elsewhere carries, verified but not taken (None for
+        a revocation). Raises a `CrdtError` when it does not verify."""
+        record = self._verify_blob(blob).checked.record
+        return record if isinstance(record, Policy) else None
 
     def view(self) -> list[Policy]:
         """Live verified policies, sorted by (issuer, id)."""
@@ -345,5 +345,39 @@ def sign_revocation(
         revoked_at_ms=now_ms,
         expires_at_ms=check_int(now_ms + ttl_ms, what="expiry"),
     )
-    payload = _encoder.encode(record)
-    return payload + by.sign_detached(PolicyStore.domain + payload)
+    return PolicyStore.sign_record(by, record)
+
+
+def sign_grant(
+    by: Signer,
+    policy_id: str,
+    kind: str,
+    body: Mapping[str, Any],
+    *,
+    now_ms: int,
+    ttl_ms: int,
+) -> bytes:
+    """A signed grant of `policy_id` issued by `by`, made away from any replica (the
+    authority's key stays offline; version: `now_ms`); `accept_signed` takes it."""
+    record = _grant(by.public_key, policy_id, kind, body, now_ms, now_ms, ttl_ms)
+    return PolicyStore.sign_record(by, record)
+
+
+def _grant(
+    issuer: bytes,
+    policy_id: str,
+    kind: str,
+    body: Mapping[str, Any],
+    version: int,
+    now_ms: int,
+    ttl_ms: int,
+) -> PolicyGrant:
+    return PolicyGrant(
+        issuer=issuer,
+        id=policy_id,
+        kind=kind,
+        version=check_int(version, what="version"),
+        issued_at_ms=now_ms,
+        expires_at_ms=check_int(now_ms + check_int(ttl_ms, what="ttl_ms"), what="expiry"),
+        body=dump_json(dict(body), what="body"),
+    )

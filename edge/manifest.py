@@ -83,24 +83,23 @@ def _module_path(path: Path, declared: str | None) -> Path:
     )
 
 
-def load_manifest(path: Path, allowed: EdgePermissions | None = None) -> Manifest:
-    """Read `path`; with `allowed`, also check its grants against the config."""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise ManifestError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+def _parse(raw: bytes, where: str) -> _ManifestFile:
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{str(path)!r} is larger than {MAX_MANIFEST_BYTES} bytes")
+        raise ManifestError(f"{where} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         parsed = msgspec.toml.decode(raw, type=_ManifestFile)
     except msgspec.ValidationError as exc:  # names the field: "... - at `$.limits`"
-        raise ManifestError(f"{str(path)!r}: {exc}") from exc
+        raise ManifestError(f"{where}: {exc}") from exc
     except msgspec.DecodeError as exc:
-        raise ManifestError(f"{str(path)!r} is not valid TOML: {exc}") from exc
+        raise ManifestError(f"{where} is not valid TOML: {exc}") from exc
     if parsed.input_schema.get("type", "object") != "object":
         raise ManifestError("input_schema: must describe an object (type = 'object')")
-    module = _module_path(path, parsed.module)
+    return parsed
+
+
+def _manifest(
+    parsed: _ManifestFile, path: Path, module: Path, allowed: EdgePermissions | None
+) -> Manifest:
     if allowed is not None:
         check_grants(parsed.grants, allowed, path.parent)
     return Manifest(
@@ -113,3 +112,22 @@ def load_manifest(path: Path, allowed: EdgePermissions | None = None) -> Manifes
         limits=parsed.limits,
         grants=parsed.grants,
     )
+
+
+def load_manifest(path: Path, allowed: EdgePermissions | None = None) -> Manifest:
+    """Read `path`; with `allowed`, also check its grants against the config."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+    parsed = _parse(raw, repr(str(path)))
+    return _manifest(parsed, path, _module_path(path, parsed.module), allowed)
+
+
+def published_manifest(
+    text: str, path: Path, module: Path, allowed: EdgePermissions | None = None
+) -> Manifest:
+    """A manifest that came with a published module (TOML `text`): its module is
+    `module` whatever `module` the text names; grants are relative to `path`'s folder."""
+    return _manifest(_parse(text.encode(), "the published manifest"), path, module, allowed)

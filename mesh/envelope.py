@@ -85,6 +85,7 @@ class MsgType(enum.IntEnum):
     CALLS = 15  # requests (and cancels) to a peer, coalesced (node.mesh_calls)
     REPLIES = 16  # answers to CALLS items, coalesced
     AUDIT_HEAD = 17  # signed audit heads: the sender's, the recipient's (node.audit_anchor)
+    WASM_CHUNK = 18  # a piece of a published WASM module, by hash (node.wasmdist)
 
 
 _PublicKey = Annotated[bytes, Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]

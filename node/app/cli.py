@@ -42,6 +42,7 @@ from vsmcp.node.app.cli_children import add_children_commands
 from vsmcp.node.app.cli_patterns import add_pattern_commands
 from vsmcp.node.app.cli_policies import add_policy_commands
 from vsmcp.node.app.cli_tools import add_tool_commands
+from vsmcp.node.app.cli_wasm import add_wasm_commands
 from vsmcp.node.app.config import default_data_dir
 from vsmcp.node.app.node import RUNTIME_FILE_NAME
 from vsmcp.node.app.trust import KEY_FILE_NAME, load_node_key, parse_public_key
@@ -298,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tool_commands(sub)
     add_pattern_commands(sub)
     add_policy_commands(sub)
+    add_wasm_commands(sub)
     add_children_commands(sub)
     add_ask_command(sub)
     return p

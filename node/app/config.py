@@ -47,6 +47,7 @@ from vsmcp.node.vsm.s4.config import LlmConfig, S4Config
 from vsmcp.node.vsm.s4.config import check as check_s4
 from vsmcp.node.vsm.stream import DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY
 from vsmcp.node.vsm.system3 import DEFAULT_INTERVAL_S as S3_INTERVAL_S
+from vsmcp.node.wasmdist.model import MAX_MODULE_BYTES
 
 DEFAULT_HTTP_PORT = 7700
 DEFAULT_MAX_CONNECTIONS = 512
@@ -480,6 +481,9 @@ def _validate(config: Config) -> None:
     _check_range("mesh.dead_reap_after_s", config.mesh.dead_reap_after_s, 0, MAX_REAP_AFTER_S)
     _check_range("mesh.left_reap_after_s", config.mesh.left_reap_after_s, 0, MAX_REAP_AFTER_S)
     _check_range("envelope.max_skew_s", config.envelope.max_skew_s, 1, 3600)
+    if isinstance(config.edge.run, str) and config.edge.run != "*":
+        raise ConfigError("edge.run", 'a list of tool names, or "*" for every published module')
+    _check_range("edge.max_module_bytes", config.edge.max_module_bytes, 1, MAX_MODULE_BYTES)
     _check_range("envelope.max_future_skew_s", config.envelope.max_future_skew_s, 1, 3600)
     _check_range("envelope.replay_window", config.envelope.replay_window, 64, 1 << 16)
     _check_range("envelope.replay_max_senders", config.envelope.replay_max_senders, 16, 1 << 22)

@@ -76,6 +76,8 @@ from vsmcp.node.vsm.s4.scan import EnvironmentScan, ScanInputs
 from vsmcp.node.vsm.stream import EventStream
 from vsmcp.node.vsm.viability import factors as viability_factors
 from vsmcp.node.vsm.viability import input_gauges as viability_input_gauges
+from vsmcp.node.wasmdist.model import any_of, publisher_issuers
+from vsmcp.node.wasmdist.service import WasmDistribution
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,7 @@ class Node(Service):
         )
         # The immune system (System 5), once started; the Mitigator S5's rules call.
         self.immune: ImmuneService | None = None
+        self.wasm: WasmDistribution | None = None
         # The configured bridges (none by default), once started.
         self.bridges: BridgesService | None = None
         # System 4: the planner and the environment scan, once the mesh catalog runs.
@@ -237,7 +240,10 @@ class Node(Service):
         mesh = self._mesh_service(identity, sealer)
         self._mesh = mesh
         replication = ReplicationService(
-            allowed_issuers=immune_issuers(lambda key: _roles_of(identity, mesh, key)),
+            allowed_issuers=any_of(
+                immune_issuers(lambda key: _roles_of(identity, mesh, key)),
+                publisher_issuers(lambda key: _roles_of(identity, mesh, key)),
+            ),
             key=identity.key,
             authority_public_key=identity.authority_public_key,
             mesh=mesh,
@@ -330,6 +336,9 @@ class Node(Service):
         )
         catalog.on_change(replication.announce_local_tools)
         await stack.enter_async_context(tools)
+        self.wasm = await stack.enter_async_context(
+            self._wasm_distribution(identity, catalog, mesh, replication)
+        )
         self._started_monotonic = time.monotonic()
         self.metrics.start_time.set(time.time())
         self.metrics.up.set(1)
@@ -645,6 +654,53 @@ class Node(Service):
             lambda: dict(immune.stats),
         )
         return immune
+
+    def _wasm_distribution(
+        self,
+        identity: NodeIdentity,
+        catalog: LocalCatalog,
+        mesh: MeshService,
+        replication: ReplicationService,
+    ) -> WasmDistribution:
+        wasm = WasmDistribution(
+            policies=replication.state.policies,
+            catalog=catalog,
+            mesh=mesh,
+            directory=self.config.data_dir / "wasm",
+            edge=self.config.edge,
+            tools=self.config.tools,
+            node_id=identity.node_id,
+            signer=identity.key,
+            events=self.events,
+            audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
+            loops=self.loops,
+        )
+        self.metrics.add_counters(
+            "vsmcp_wasm_distribution_events",
+            "Published WASM modules: published, fetched, loaded, unloaded, chunks served, "
+            "fetches failed, refused (by reason: hash, signature, manifest, too_large, load)",
+            "event",
+            lambda: dict(wasm.stats),
+        )
+        return wasm
+
+    def wasm_view(self) -> dict[str, Any]:
+        """`GET /api/wasm/modules`."""
+        if self.wasm is None:
+            raise StartupError("node not started")
+        return self.wasm.view()
+
+    def wasm_publish(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /api/wasm/modules`; raises PublishRefused, ValueError, KeyError."""
+        if self.wasm is None:
+            raise StartupError("node not started")
+        return self.wasm.publish(request)
+
+    def wasm_unpublish(self, name: str) -> int:
+        """`DELETE /api/wasm/modules/{name}`: the node's own manifests revoked."""
+        if self.wasm is None:
+            raise StartupError("node not started")
+        return self.wasm.unpublish(name)
 
     def policies_view(self) -> dict[str, Any]:
         """`GET /api/policies`."""

@@ -28,6 +28,7 @@ from vsmcp.mesh.identity import NodeKey, load_or_create_key_file, public_key_fro
 from vsmcp.node.app.config import Config
 from vsmcp.node.errors import ConfigError, StartupError
 from vsmcp.node.vsm.immune.model import IMMUNE_ROLE
+from vsmcp.node.wasmdist.model import PUBLISHER_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ CERT_FILE_NAME = "node.cert"
 DEV_CERT_LIFETIME_S = 365 * 24 * 3600
 PUBLIC_KEY_BYTES = 32
 # A `--dev` node's self-issued certificate carries every role there is.
-DEV_ROLES = (IMMUNE_ROLE,)
+DEV_ROLES = (IMMUNE_ROLE, PUBLISHER_ROLE)
 
 
 class TrustError(StartupError):

@@ -155,6 +155,44 @@ class RevocationAnswer(msgspec.Struct):
     accepted: bool
 
 
+class WasmModule(msgspec.Struct):
+    name: str
+    sha256: str
+    size: int
+    issuer: str  # public key (hex) of the manifest's signer
+    version: int
+    expires_at_ms: int
+    held: bool  # this node holds the bytes (and serves them)
+    loaded: bool  # this node runs it (`[edge] run`)
+
+
+class WasmModules(msgspec.Struct):
+    modules: list[WasmModule]
+    stats: dict[str, int]
+
+
+class WasmPublish(msgspec.Struct):
+    """A module to publish: `record` (a signed manifest, with or without the module) or
+    `manifest` (TOML text; the node signs) with `module`."""
+
+    module: Annotated[str, msgspec.Meta(pattern=BASE64, description="base64 of the module")] = ""
+    record: Annotated[
+        str, msgspec.Meta(pattern=BASE64, description="base64 of the signed manifest record")
+    ] = ""
+    manifest: str = ""
+
+
+class WasmPublished(msgspec.Struct):
+    name: str
+    sha256: str
+    size: int
+    issuer: Literal["node", "record"]
+
+
+class WasmUnpublished(msgspec.Struct):
+    revoked: int
+
+
 class PeerBlock(msgspec.Struct):
     peer: str
     blocked: bool
@@ -257,6 +295,10 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     Answer,
     RevocationRecord,
     RevocationAnswer,
+    WasmModules,
+    WasmPublish,
+    WasmPublished,
+    WasmUnpublished,
     PeerBlock,
     DebugTool,
     LoopFault,

@@ -116,6 +116,11 @@ def _paths() -> dict[str, dict[str, Any]]:
             starting,
         ),
         "/api/children": ("This node's child VSMs and their states", s.Children, {}),
+        "/api/wasm/modules": (
+            "The published WASM modules this node knows, whether it holds and runs each",
+            s.WasmModules,
+            {503: "The node is still starting: retry"},
+        ),
     }
     who_may_spawn = {
         401: "No bearer token of mcp.tokens (nor the data dir's stdio token)",
@@ -145,6 +150,31 @@ def _paths() -> dict[str, dict[str, Any]]:
         body=s.SpawnRequest,
         bearer=True,
     )
+    paths["/api/wasm/modules"]["post"] = _operation(
+        "Publish a WASM module: its bytes with a signed manifest, or with a manifest the "
+        "node signs (its certificate needs the publisher role)",
+        (200, s.WasmPublished, "Published: the node holds the bytes, the manifest replicates"),
+        {
+            400: "The body is not a JSON object, or `module` or `record` is not base64",
+            403: "Refused (counted): a bad signature or issuer, bytes that do not match the "
+            "manifest, a bad manifest, too large, or no publisher role; or (not counted) "
+            "nothing to publish: no `module` with a `manifest`, and no `record`",
+            413: "The body is too large",
+        },
+        body=s.WasmPublish,
+    )
+    paths["/api/wasm/modules/{name}"] = {
+        "delete": {
+            **_operation(
+                "Unpublish a module: revoke the manifests of it this node signed",
+                (200, s.WasmUnpublished, "How many were revoked"),
+                {503: "The node is still starting: retry"},
+            ),
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+        }
+    }
     paths["/api/children/{name}"] = {
         "delete": {
             **_operation(

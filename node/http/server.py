@@ -7,6 +7,7 @@ import binascii
 import html
 import json
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -20,10 +21,14 @@ from vsmcp.node.http.limits import (
 )
 from vsmcp.node.http.policy import RequestPolicy
 from vsmcp.node.metrics import CONTENT_TYPE
+from vsmcp.node.wasmdist.model import MAX_MODULE_BYTES
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 20
+# A published module travels base64 in JSON (4/3 of its size) with its manifest; the
+# node then checks it against its own edge.max_module_bytes.
+MAX_PUBLISH_REQUEST_BYTES = MAX_MODULE_BYTES * 4 // 3 + (1 << 20)
 MAX_SIGNAL_BYTES = 16 * 1024
 MAX_CHILD_REQUEST_BYTES = 8 * 1024
 # A planner request: 4096 characters, each up to 12 bytes as JSON escapes a character
@@ -64,6 +69,12 @@ class NodeView(Protocol):
 
     def accept_policy_record(self, blob: bytes) -> bool: ...
 
+    def wasm_view(self) -> dict[str, Any]: ...
+
+    def wasm_publish(self, request: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def wasm_unpublish(self, name: str) -> int: ...
+
     def children_view(self) -> dict[str, Any]: ...
 
     def children_post(
@@ -91,9 +102,25 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
+def _while_starting(view: Callable[[], dict[str, Any]]) -> web.Response:
+    """A view of a part that starts after HTTP: 503 with Retry-After until it is up."""
+    try:
+        return _json(view())
+    except NodeError as e:
+        answer = _json({"error": str(e)}, status=503)
+        answer.headers["Retry-After"] = "1"
+        return answer
+
+
 async def _json_body(request: web.Request, limit: int) -> object:
     """The request's JSON body, read up to `limit` bytes; or the error answer (413, 400)."""
-    raw = await request.content.read(limit + 1)
+    raw = bytearray()
+    # `read(n)` gives what has arrived (up to n): a large body comes in several reads.
+    while len(raw) <= limit:
+        part = await request.content.read(limit + 1 - len(raw))
+        if not part:
+            break
+        raw += part
     if len(raw) > limit:
         return _json({"error": f"body over {limit} bytes"}, 413)
     try:
@@ -160,13 +187,8 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         return _json(answer, status=status)
 
     async def api_policies(_: web.Request) -> web.Response:
-        try:
-            return _json(node.policies_view())
-        except NodeError as e:
-            # HTTP is up before the mesh, and so before the immune system: not yet.
-            answer = _json({"error": str(e)}, status=503)
-            answer.headers["Retry-After"] = "1"
-            return answer
+        # HTTP is up before the mesh, and so before the immune system: not yet.
+        return _while_starting(node.policies_view)
 
     async def api_revocation(request: web.Request) -> web.Response:
         # The record is signed (by the authority, offline): whoever posts it adds nothing.
@@ -180,6 +202,32 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
         except NodeError as e:
             return _json({"error": str(e)}, status=403)
         return _json({"accepted": accepted})
+
+    async def api_wasm(_: web.Request) -> web.Response:
+        return _while_starting(node.wasm_view)
+
+    async def api_wasm_publish(request: web.Request) -> web.Response:
+        body = await _json_body(request, MAX_PUBLISH_REQUEST_BYTES)
+        if isinstance(body, web.Response):
+            return body
+        if not isinstance(body, dict):
+            return _json({"error": "expected a JSON object", "field": "body"}, 400)
+        try:
+            return _json(node.wasm_publish(body))
+        except (KeyError, ValueError, TypeError, binascii.Error) as e:
+            return _json(
+                {"error": f'expected {{"module": b64, "record": b64 | "manifest": toml}}: {e}'},
+                400,
+            )
+        except NodeError as e:
+            return _json({"error": str(e)}, status=403)
+
+    async def api_wasm_unpublish(request: web.Request) -> web.Response:
+        try:
+            revoked = node.wasm_unpublish(request.match_info["name"])
+        except NodeError as e:
+            return _json({"error": str(e)}, status=503)
+        return _json({"revoked": revoked})
 
     async def api_openapi(_: web.Request) -> web.Response:
         # Imported at the first request: an idle node does not hold the document's code.
@@ -248,6 +296,9 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_post("/api/ask", planner_request)
     app.router.add_get("/api/policies", api_policies)
     app.router.add_post("/api/policies/revocations", api_revocation)
+    app.router.add_get("/api/wasm/modules", api_wasm)
+    app.router.add_post("/api/wasm/modules", api_wasm_publish)
+    app.router.add_delete("/api/wasm/modules/{name}", api_wasm_unpublish)
     app.router.add_post("/api/debug/block", debug_block)
     app.router.add_delete("/api/debug/block", debug_block)
     app.router.add_get("/healthz", healthz)

@@ -200,6 +200,16 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cache_compiled: Annotated[
         bool, doc("keep compiled modules in <data_dir>/wasm-cache (no compile on restart)")
     ] = True
+    run: Annotated[
+        list[str] | str,
+        doc(
+            "published modules (vsmcp wasm publish) this node fetches, loads and announces, "
+            'by tool name; "*": every one; none: it only holds what it publishes'
+        ),
+    ] = msgspec.field(default_factory=list)
+    max_module_bytes: Annotated[
+        PositiveInt, doc("largest published module this node fetches or takes (bytes)")
+    ] = 8 << 20
 
 
 class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -165,6 +165,17 @@ class AdaptationProposed(Event, frozen=True, gc=False, kw_only=True, tag="s4_pro
     note: str = ""
 
 
+class WasmModuleRefused(Event, frozen=True, gc=False, kw_only=True, tag="wasm_refused"):
+    """A published WASM module refused here (`reason`: `hash` (its bytes do not match
+    its manifest), `signature` (the manifest is not validly signed, or by a key without
+    the `publisher` role), `manifest`, `too_large`, `load`)."""
+
+    module: str
+    reason: str
+    sha256: str = ""
+    detail: str = ""
+
+
 class EventSink(Protocol):
     """Where publishers put events: the node's `EventStream` (never blocks, never raises)."""
 
@@ -185,6 +196,7 @@ NODE_EVENT_TYPES: tuple[type[Event], ...] = (
     ResponseTaken,
     Telemetry,
     AdaptationProposed,
+    WasmModuleRefused,
 )
 
 FieldBase = Literal["str", "num", "bool"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
@@ -43,3 +45,17 @@ def require_ipv6_loopback() -> None:
             s.bind(("::1", 0))
     except OSError as exc:
         skip_or_fail(f"no IPv6 loopback: {exc}")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def require_browser(driver_dir: str) -> None:
+    """Skip/fail unless Debian's Chromium, Node and playwright-core (`npm ci --prefix
+    <driver_dir>`) are there: the status page's browser tests drive them."""
+    if not Path(CHROMIUM).exists():
+        skip_or_fail(f"{CHROMIUM} is missing (Debian package chromium)")
+    if shutil.which("node") is None:
+        skip_or_fail("node is not on PATH")
+    if not (Path(driver_dir) / "node_modules" / "playwright-core").is_dir():
+        skip_or_fail(f"playwright-core not installed: npm ci --prefix {driver_dir}")

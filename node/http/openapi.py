@@ -19,6 +19,9 @@ from vsmcp.node import __version__
 from vsmcp.node.http import api_schema
 
 OPENAPI_PATH: Final = "/api/openapi.json"
+# Server-Sent Events, not JSON: an answer that never ends (tests/node/http/test_openapi_fuzz.py
+# leaves it out; tests/integration/test_status_page.py reads it).
+STREAM_PATH: Final = "/api/stream"
 _REF: Final = "#/components/schemas/{name}"
 # Operations that answer only when `node.debug_api` is on (403 otherwise).
 DEBUG_TAG: Final = "debug"
@@ -85,6 +88,21 @@ def _operation(
     return op
 
 
+def _stream_operation() -> dict[str, Any]:
+    op = _operation(
+        "The status page's live feed",
+        (200, None, ""),
+        {503: "Too many page clients (http.max_page_clients); retry after Retry-After"},
+    )
+    op["responses"]["200"] = {
+        "description": "Server-Sent Events: `hello`, then `events` (a JSON array of events, "
+        "tagged by `kind`) as they happen, or `resync` (re-read the APIs); a client that "
+        "does not read is dropped",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+    return op
+
+
 def _paths() -> dict[str, dict[str, Any]]:
     s = api_schema
     block = _operation(
@@ -115,6 +133,12 @@ def _paths() -> dict[str, dict[str, Any]]:
             starting,
         ),
         "/api/children": ("This node's child VSMs and their states", s.Children, {}),
+        "/api/events": (
+            "The node's last events (not tool calls) and the status page's stream counters",
+            s.RecentEvents,
+            {},
+        ),
+        "/api/audit/recent": ("The last committed audit entries", s.AuditRecent, starting),
     }
     who_may_spawn = {
         401: "No bearer token of mcp.tokens (nor the data dir's stdio token)",
@@ -190,6 +214,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 debug=True,
             )
         },
+        STREAM_PATH: {"get": _stream_operation()},
         OPENAPI_PATH: {"get": _operation("This document", (200, None, "The OpenAPI 3.1 document"))},
     }
 

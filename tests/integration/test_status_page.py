@@ -51,6 +51,12 @@ ZONE_DENIED = -32010
 DESKTOP = (1280, 800)
 PHONE = (390, 844)
 PAGE_WAIT_S = 30.0
+# What sticks out past a phone's width (to name it when the layout breaks).
+WIDER_THAN_THE_SCREEN = (
+    "[...document.querySelectorAll('body *')]"
+    ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)"
+    ".slice(0, 5).map(e => `${e.tagName}#${e.id}.${e.className}`)"
+)
 
 
 def _config(extra: str = "") -> str:
@@ -117,7 +123,8 @@ class Browser:
 
     def wait(self, js: str, timeout_s: float, what: str) -> Any:
         try:
-            return self.run("wait", js=js, timeout_ms=int(timeout_s * 1000), timeout_s=timeout_s + 30)
+            limit_ms = int(timeout_s * 1000)
+            return self.run("wait", js=js, timeout_ms=limit_ms, timeout_s=timeout_s + 30)
         except AssertionError as e:
             raise AssertionError(f"page: {what}: {e}") from e
 
@@ -160,8 +167,12 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess
                 print(f"--- log of {node.data_dir} ---\n{node.log_text()[-6000:]}")
 
 
+def _row(node_id: str) -> str:
+    return f"document.querySelector('#nodes tr[data-node-id=\"{node_id}\"]')"
+
+
 def _row_state(node_id: str) -> str:
-    return f'(document.querySelector(\'#nodes tr[data-node-id="{node_id}"]\') || {{}}).dataset?.state'
+    return f"({_row(node_id)} || {{}}).dataset?.state"
 
 
 def _screenshot(browser: Browser, name: str, size: tuple[int, int], out: Path) -> Path:
@@ -184,12 +195,12 @@ def test_the_page_shows_the_mesh_live_without_a_reload(
         browser.run("goto", url=a.url + "/", width=DESKTOP[0], height=DESKTOP[1])
         # Set once: a reload (or navigation) would lose it.
         browser.run("eval", js="window.__sameDocument = 1")
-        all_alive = " && ".join(
-            f"{_row_state(n.node_id)} === 'alive'" for n in three
-        )
+        all_alive = " && ".join(f"{_row_state(n.node_id)} === 'alive'" for n in three)
         browser.wait(all_alive, PAGE_WAIT_S, "the three nodes alive")
-        assert browser.run("eval", js="document.querySelectorAll('#graph [data-graph-node]').length") == 3
-        browser.wait("document.getElementById('live').dataset.state === 'live'", PAGE_WAIT_S, "live")
+        graph = browser.run("eval", js="document.querySelectorAll('[data-graph-node]').length")
+        assert graph == 3
+        live = "document.getElementById('live').dataset.state === 'live'"
+        browser.wait(live, PAGE_WAIT_S, "the stream live")
 
         # A tool added on B appears, with B as its provider.
         assert b.post("/api/debug/tools?name=page.probe&zone=public") == 200
@@ -221,16 +232,15 @@ def test_the_page_shows_the_mesh_live_without_a_reload(
         _screenshot(browser, "status-page-phone.png", PHONE, tmp_path)
         # Phone width: one column, nothing wider than the screen.
         width = browser.run("eval", js="document.documentElement.scrollWidth")
-        assert width <= PHONE[0], width
+        wide = browser.run("eval", js=WIDER_THAN_THE_SCREEN)
+        assert width <= PHONE[0], (width, wide)
         browser.run("viewport", width=DESKTOP[0], height=DESKTOP[1])
 
         # C killed: the page turns it dead within the detection time, without a reload.
         c.kill()
         c.wait_exit()
         browser.wait(f"{_row_state(c.node_id)} === 'dead'", DETECT_TIMEOUT_S, "C dead")
-        badge = browser.run(
-            "eval", js=f"document.querySelector('#nodes tr[data-node-id=\"{c.node_id}\"] .badge').textContent"
-        )
+        badge = browser.run("eval", js=f"{_row(c.node_id)}.querySelector('.badge').textContent")
         assert badge == "dead"  # the state in text, not only in colour
         assert browser.run("eval", js="window.__sameDocument") == 1
         assert browser.run("errors") == []

@@ -1,0 +1,140 @@
+"""The status page's cost: mesh-call throughput with and without 10 open page clients.
+
+    python benchmarks/bench_page.py [--quick]
+
+The mesh-call benchmark's setup (benchmarks/bench_mesh_call.py: A offers a debug echo
+tool, C routes to it, C pinned to CPU 0 by default) and its throughput run through C,
+alternately with no page client and with `--clients` (10) page clients on C, each as a
+browser's page is: `GET /api/stream` held open and read as it arrives, plus the page's
+periodic re-read of /api/status, /api/peers and /api/vsm (every 5 s). Runs alternate
+(off, on, off, on, ...) so the machine's drift hits both sides; medians are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from _machine import machine
+from bench_mesh_call import CONFIG, TOOL, pin, throughput, wait_listed
+
+from tests.integration.harness import NodeProcess, wait_mesh_states
+from tests.polling import async_wait_for
+
+REFRESH_S = 5.0  # page.js REFRESH_MS
+REFRESHED = ("/api/status", "/api/peers", "/api/vsm")
+
+
+async def page_client(session: aiohttp.ClientSession, url: str, seen: list[int]) -> None:
+    async def refresh() -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            for path in REFRESHED:
+                async with session.get(url + path) as r:
+                    await r.read()
+
+    refresher = asyncio.create_task(refresh())
+    try:
+        async with session.get(url + "/api/stream", timeout=aiohttp.ClientTimeout()) as r:
+            if r.status != 200:
+                raise RuntimeError(f"/api/stream answered {r.status}")
+            async for chunk in r.content.iter_any():
+                seen[0] += len(chunk)
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+
+
+async def page_clients(node: NodeProcess, count: int) -> None:
+    async def reached() -> bool:
+        return bool(node.get_json("/api/events")["page"]["clients"] == count)
+
+    await async_wait_for(reached, timeout_s=30, what=f"{count} page clients open")
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-page-") as tmp:
+        base = Path(tmp)
+        (base / "node.toml").write_text(CONFIG)
+        a = NodeProcess(base / "a", "--config", str(base / "node.toml"), "--no-mdns").start()
+        c = NodeProcess(
+            base / "c",
+            "--config",
+            str(base / "node.toml"),
+            "--no-mdns",
+            "--seed",
+            f"{a.node_id}@127.0.0.1:{a.mesh_port}",
+        ).start()
+        try:
+            wait_mesh_states([a, c], {a.node_id: "alive", c.node_id: "alive"})
+            assert a.post(f"/api/debug/tools?name={TOOL}&zone=public") == 200
+            mesh = c.url + "/mcp"
+            pinned = args.pin and (os.cpu_count() or 1) >= 2
+            rest = set(range(1, os.cpu_count() or 2))
+            if pinned:
+                os.sched_setaffinity(0, rest)
+                pin(c.pid, {0})
+                pin(a.pid, rest)
+            await wait_listed(mesh)
+            print(f"machine: {machine()}")
+            results: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            seen = [0]
+            async with aiohttp.ClientSession() as session:
+                for _ in range(args.rounds):
+                    for side in ("off", "on"):
+                        clients = [
+                            asyncio.create_task(page_client(session, c.url, seen))
+                            for _ in range(args.clients if side == "on" else 0)
+                        ]
+                        await page_clients(c, len(clients))
+                        once = argparse.Namespace(**{**vars(args), "runs": 1})
+                        results[side].append(await throughput(mesh, once, [a.pid, c.pid]))
+                        for task in clients:
+                            task.cancel()
+                        await asyncio.gather(*clients, return_exceptions=True)
+                        # The next "off" run starts once C has closed every stream.
+                        await page_clients(c, 0)
+            page = c.get_json("/api/events")["page"]
+            for side in ("off", "on"):
+                rates = [r["calls_per_s"] for r in results[side]]
+                cpu_c = [r["cpu_us_per_call"][1] for r in results[side]]
+                print(
+                    f"page clients {args.clients if side == 'on' else 0:2}: "
+                    f"{statistics.median(rates):.0f} calls/s median of "
+                    f"{[round(x) for x in rates]}; C CPU per call {statistics.median(cpu_c)} us"
+                )
+            off = statistics.median(r["calls_per_s"] for r in results["off"])
+            on = statistics.median(r["calls_per_s"] for r in results["on"])
+            print(f"cost of {args.clients} page clients: {(off - on) / off * 100:+.1f} % calls/s")
+            print(f"stream bytes read by the page clients: {seen[0]}; hub: {page}")
+        finally:
+            c.stop()
+            a.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs, fewer rounds")
+    parser.add_argument("--clients", type=int, default=10, help="page clients when on")
+    parser.add_argument("--callers", type=int, default=64, help="concurrent callers in all")
+    parser.add_argument("--client-processes", type=int, default=4)
+    parser.add_argument("--rounds", type=int, help="off/on pairs (default 4; 2 quick)")
+    parser.add_argument(
+        "--pin", action=argparse.BooleanOptionalAction, default=True, help="give C its own CPU"
+    )
+    args = parser.parse_args()
+    args.seconds = 3.0 if args.quick else 8.0
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

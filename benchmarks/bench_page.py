@@ -109,7 +109,8 @@ async def run(args: argparse.Namespace) -> None:
                 print(
                     f"page clients {args.clients if side == 'on' else 0:2}: "
                     f"{statistics.median(rates):.0f} calls/s median of "
-                    f"{[round(x) for x in rates]}; C CPU per call {statistics.median(cpu_c)} us"
+                    f"{[round(x) for x in rates]}; C CPU per call {statistics.median(cpu_c)} us "
+                    f"(runs {cpu_c})"
                 )
             off = statistics.median(r["calls_per_s"] for r in results["off"])
             on = statistics.median(r["calls_per_s"] for r in results["on"])

@@ -3,11 +3,12 @@
     python benchmarks/bench_page.py [--quick]
 
 The mesh-call benchmark's setup (benchmarks/bench_mesh_call.py: A offers a debug echo
-tool, C routes to it, C pinned to CPU 0 by default) and its throughput run through C,
-alternately with no page client and with `--clients` (10) page clients on C, each as a
-browser's page is: `GET /api/stream` held open and read as it arrives, plus the page's
-periodic re-read of /api/status, /api/peers and /api/vsm (every 5 s). Runs alternate
-(off, on, off, on, ...) so the machine's drift hits both sides; medians are compared.
+tool, C routes to it, C pinned to CPU 0 by default; here the lan membership preset) and
+its throughput run through C, alternately with no page client and with `--clients` (10)
+page clients on C, each as a browser's page is: `GET /api/stream` held open and read as
+it arrives, plus the page's periodic re-read of /api/status, /api/peers and /api/vsm
+(every 5 s). Runs alternate (off, on, off, on, ...) so the machine's drift hits both
+sides; medians are compared.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from typing import Any
 
 import aiohttp
 from _machine import machine
-from bench_mesh_call import CONFIG, TOOL, pin, throughput, wait_listed
+from bench_mesh_call import CONFIG, TOOL, cpu_s, pin, throughput, wait_listed
 
 from tests.integration.harness import NodeProcess, wait_mesh_states
 from tests.polling import async_wait_for
 
+# The lan preset's membership timers: on a machine loaded by other work, the local
+# preset's 150 ms probes can suspect A in the middle of a run (its calls then fail).
+NODE_CONFIG = CONFIG.replace('preset = "local"', 'preset = "lan"')
 REFRESH_S = 5.0  # page.js REFRESH_MS
 REFRESHED = ("/api/status", "/api/peers", "/api/vsm")
 
@@ -60,10 +64,28 @@ async def page_clients(node: NodeProcess, count: int) -> None:
     await async_wait_for(reached, timeout_s=30, what=f"{count} page clients open")
 
 
+async def idle_cpu_ms_per_s(
+    session: aiohttp.ClientSession, node: NodeProcess, clients: int, seconds: float
+) -> float:
+    """C's CPU time per second with `clients` open pages and no calls: what the pages
+    cost by themselves, in a unit the machine's load moves far less than calls/s."""
+    seen = [0]
+    tasks = [asyncio.create_task(page_client(session, node.url, seen)) for _ in range(clients)]
+    await page_clients(node, clients)
+    before = cpu_s(node.pid)
+    await asyncio.sleep(seconds)
+    used = cpu_s(node.pid) - before
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await page_clients(node, 0)
+    return used / seconds * 1000
+
+
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-page-") as tmp:
         base = Path(tmp)
-        (base / "node.toml").write_text(CONFIG)
+        (base / "node.toml").write_text(NODE_CONFIG)
         a = NodeProcess(base / "a", "--config", str(base / "node.toml"), "--no-mdns").start()
         c = NodeProcess(
             base / "c",
@@ -102,6 +124,10 @@ async def run(args: argparse.Namespace) -> None:
                         await asyncio.gather(*clients, return_exceptions=True)
                         # The next "off" run starts once C has closed every stream.
                         await page_clients(c, 0)
+                idle = [
+                    (n, await idle_cpu_ms_per_s(session, c, n, args.idle_seconds))
+                    for n in (0, args.clients, 0, args.clients)
+                ]
             page = c.get_json("/api/events")["page"]
             for side in ("off", "on"):
                 rates = [r["calls_per_s"] for r in results[side]]
@@ -115,6 +141,10 @@ async def run(args: argparse.Namespace) -> None:
             off = statistics.median(r["calls_per_s"] for r in results["off"])
             on = statistics.median(r["calls_per_s"] for r in results["on"])
             print(f"cost of {args.clients} page clients: {(off - on) / off * 100:+.1f} % calls/s")
+            print(
+                "C idle (no calls), CPU ms per s: "
+                + ", ".join(f"{n} page clients {ms:.1f}" for n, ms in idle)
+            )
             print(f"stream bytes read by the page clients: {seen[0]}; hub: {page}")
         finally:
             c.stop()
@@ -134,6 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     args.seconds = 3.0 if args.quick else 8.0
     args.rounds = args.rounds or (2 if args.quick else 4)
+    args.idle_seconds = 5.0 if args.quick else 15.0
     asyncio.run(run(args))
 
 

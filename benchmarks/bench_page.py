@@ -6,9 +6,9 @@ The mesh-call benchmark's setup (benchmarks/bench_mesh_call.py: A offers a debug
 tool, C routes to it, C pinned to CPU 0 by default; here the lan membership preset) and
 its throughput run through C, alternately with no page client and with `--clients` (10)
 page clients on C, each as a browser's page is: `GET /api/stream` held open and read as
-it arrives, plus the page's periodic re-reads (/api/vsm every 5 s, /api/status and
-/api/peers every 15 s). Runs alternate (off, on, off, on, ...) so the machine's drift
-hits both sides; medians are compared.
+it arrives, plus the page's periodic re-reads (/api/status and /api/peers every 15 s;
+the node pushes its VSM view on the stream every 5 s). Runs alternate (off, on, off,
+on, ...) so the machine's drift hits both sides; medians are compared.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from tests.polling import async_wait_for
 # The lan preset's membership timers: on a machine loaded by other work, the local
 # preset's 150 ms probes can suspect A in the middle of a run (its calls then fail).
 NODE_CONFIG = CONFIG.replace('preset = "local"', 'preset = "lan"')
-# page.js: REFRESH_MS and SLOW_REFRESH_MS, and what each re-reads.
-REFRESHES = ((5.0, ("/api/vsm",)), (15.0, ("/api/status", "/api/peers")))
+# page.js's SLOW_REFRESH_MS and what it re-reads (the VSM view comes on the stream).
+REFRESHES = ((15.0, ("/api/status", "/api/peers")),)
 
 
 async def page_client(session: aiohttp.ClientSession, url: str, seen: list[int]) -> None:

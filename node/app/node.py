@@ -284,6 +284,8 @@ class Node(Service):
             raise _bind_error("http", self.config.http.host, self.config.http.port, e) from e
         stack.push_async_callback(http.stop)
         self._http = http
+        self.page.start_vsm_push(self.loops, self.vsm_view)
+        stack.push_async_callback(self.page.stop_vsm_push)
         self._register_http_metrics(http)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port

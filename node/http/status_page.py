@@ -21,12 +21,14 @@ import contextlib
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, Final
 
 import msgspec
 from aiohttp import web
 
+from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.app.config import DEFAULT_MAX_PAGE_CLIENTS
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, ToolCallFinished
 from vsmcp.node.vsm.stream import EventStream
@@ -45,6 +47,9 @@ RECENT_EVENTS: Final = 200
 STREAM_SNDBUF_BYTES: Final = 64 * 1024
 # A comment line this often: proxies keep the stream open, dead peers are found.
 KEEPALIVE_S: Final = 15.0
+# How often the VSM view is pushed to the page clients: computed once for all of them
+# (it sorts the KPI window's latencies; every page polling it would cost that N times).
+VSM_PUSH_S: Final = 5.0
 # What EventSource waits before reconnecting after the stream ends.
 RETRY_MS: Final = 2000
 KEEPALIVE_FRAME: Final = b": keepalive\n\n"
@@ -72,11 +77,12 @@ def sse_frame(event: str, data: object) -> bytes:
 class PageClient:
     """One open `/api/stream`: a bounded queue of frames; `None` ends it."""
 
-    __slots__ = ("queue", "transport")
+    __slots__ = ("dropped", "queue", "transport")
 
     def __init__(self, transport: asyncio.Transport | None) -> None:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(CLIENT_QUEUE_FRAMES)
         self.transport = transport
+        self.dropped = False
 
 
 class PageHub:
@@ -92,6 +98,7 @@ class PageHub:
         self.frames = 0  # frames offered to clients
         self.resyncs = 0  # batches too big for one frame: a resync was sent instead
         self._closing = False
+        self._vsm_push: asyncio.Task[None] | None = None
         self._subscriber = events.subscribe(
             "page", self._on_batch, capacity=HUB_CAPACITY, kinds=PAGE_KINDS
         )
@@ -120,6 +127,7 @@ class PageHub:
         (and cancels its handler, blocked in a write)."""
         self._clients.discard(client)
         self.dropped += 1
+        client.dropped = True
         if client.transport is not None:
             client.transport.abort()
 
@@ -144,6 +152,25 @@ class PageHub:
             "resyncs": self.resyncs,
             "subscriber": self._subscriber.stats(),
         }
+
+    # -- the VSM view ----------------------------------------------------------------
+
+    def start_vsm_push(self, loops: LoopSupervisor, view: Callable[[], dict[str, Any]]) -> None:
+        """Push `view()` (the node's /api/vsm) to every client each VSM_PUSH_S."""
+
+        async def push() -> None:
+            while True:
+                await asyncio.sleep(VSM_PUSH_S)
+                if self._clients:
+                    self.offer(sse_frame("vsm", view()))
+
+        self._vsm_push = loops.spawn("page-vsm", push)
+
+    async def stop_vsm_push(self) -> None:
+        task, self._vsm_push = self._vsm_push, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
 
     # -- events ----------------------------------------------------------------------
 
@@ -189,7 +216,7 @@ def page_routes(app: web.Application, hub: PageHub) -> None:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF_BYTES)
-        client = hub.open(transport if isinstance(transport, asyncio.Transport) else None)
+        client = hub.open(transport)
         if client is None:
             return web.json_response(
                 {
@@ -216,7 +243,7 @@ def page_routes(app: web.Application, hub: PageHub) -> None:
                     frame = await asyncio.wait_for(client.queue.get(), KEEPALIVE_S)
                 except TimeoutError:
                     frame = KEEPALIVE_FRAME
-                if frame is None:
+                if frame is None or client.dropped:
                     break
                 await response.write(frame)
             return response

@@ -6,10 +6,10 @@
   note; C killed with SIGKILL turns dead on the page — all without a reload. Keyboard:
   Tab reaches the page's buttons. Screenshots at 1280×800 and 390×844 (written to docs/
   with VSMCP_WRITE_SCREENSHOTS=1).
-- `/api/stream` (SSE): a client that never reads is dropped once its queue is full (the
-  node's `dropped` counter moves, its buffers stay bounded); past `http.max_page_clients`
-  every client is refused with 503 naming the cap, while the admitted ones keep
-  receiving events.
+- `/api/stream` (SSE): the VSM view pushed to every client; a client that never reads
+  is dropped once its queue is full (the node's `dropped` counter moves, its buffers
+  stay bounded); past `http.max_page_clients` every client is refused with 503 naming
+  the cap, while the admitted ones keep receiving events.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -320,9 +321,11 @@ def test_a_page_client_that_never_reads_is_dropped_and_its_memory_freed(
     # the kernel and the node held for it: its socket buffers and at most the queue).
     stalled.settimeout(30)
     received = 0
+    deadline = time.monotonic() + 60
     try:
         while chunk := stalled.recv(1 << 20):
             received += len(chunk)
+            assert time.monotonic() < deadline, "the dropped client's connection stays open"
     except ConnectionResetError:
         pass  # aborted with data still unsent: what it held was thrown away
     assert received < CLIENT_QUEUE_FRAMES * MAX_FRAME_BYTES + (8 << 20)
@@ -355,6 +358,11 @@ def test_page_clients_past_the_cap_are_refused_with_503_naming_it(capped: NodePr
     assert capped.post("/api/debug/tools?name=after.cap&zone=public") == 200
     for sock in admitted:
         assert b"after.cap" in _read_until(sock, b"after.cap")
+    # The VSM view comes on the stream (every VSM_PUSH_S), computed once for both.
+    pushed = _read_until(admitted[0], b"event: vsm")
+    vsm = json.loads(pushed.split(b"event: vsm\ndata: ", 1)[1].split(b"\n", 1)[0])
+    assert {"s1", "s5", "viability"} <= set(vsm)
+    for sock in admitted:
         sock.close()
     # A closed client frees its place.
     wait_for(lambda: _page(capped)["clients"] == 0, timeout_s=10, what="clients closed")

@@ -4,8 +4,10 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-// KPIs move without events: /api/vsm every 5 s; uptimes and "for" columns every 15 s.
-// A hidden tab re-reads nothing (events still patch it; it re-reads all when shown).
+// KPIs move without events: the node pushes its VSM view on the stream every 5 s (once
+// for every page); only without the stream does the page re-read /api/vsm itself.
+// Uptimes and "for" columns are re-read every 15 s. A hidden tab re-reads nothing
+// (events still patch it; it re-reads all when shown).
 const REFRESH_MS = 5000;
 const SLOW_REFRESH_MS = 15000;
 const DEBOUNCE_MS = 250; // a burst of events costs one re-read per API
@@ -135,6 +137,11 @@ function connect() {
     renderEvents();
     for (const e of events) schedule(...(AFFECTS[e.kind] || []));
     schedule("audit");
+  });
+  source.addEventListener("vsm", (message) => {
+    if (state.paused) return;
+    state.vsm = JSON.parse(message.data);
+    sample(); renderVsm(); renderHeader(); renderMesh();
   });
   source.addEventListener("resync", () => { if (!state.paused) loadAll(); });
   // EventSource reconnects by itself (after `retry`); a 503 at the cap ends it for good.
@@ -432,7 +439,8 @@ document.getElementById("pause").addEventListener("click", (ev) => {
   if (!state.paused) loadAll();
 });
 const quiet = () => state.paused || document.hidden;
-setInterval(() => { if (!quiet()) schedule("vsm"); }, REFRESH_MS);
+const live = () => document.getElementById("live").dataset.state === "live";
+setInterval(() => { if (!quiet() && !live()) schedule("vsm"); }, REFRESH_MS);
 setInterval(() => { if (!quiet()) schedule("status", "peers"); }, SLOW_REFRESH_MS);
 document.addEventListener("visibilitychange", () => { if (!quiet()) loadAll(); });
 loadAll();

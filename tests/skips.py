@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import shutil
 import socket
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
@@ -94,3 +96,17 @@ def require_rabbitmq() -> str:
     except OSError as exc:
         skip_or_fail(f"RabbitMQ is not reachable on 127.0.0.1:5672: {exc}")
     return RABBITMQ_URL
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def require_browser(driver_dir: str) -> None:
+    """Skip/fail unless Debian's Chromium, Node and playwright-core (`npm ci --prefix
+    <driver_dir>`) are there: the status page's browser tests drive them."""
+    if not Path(CHROMIUM).exists():
+        skip_or_fail(f"{CHROMIUM} is missing (Debian package chromium)")
+    if shutil.which("node") is None:
+        skip_or_fail("node is not on PATH")
+    if not (Path(driver_dir) / "node_modules" / "playwright-core").is_dir():
+        skip_or_fail(f"playwright-core not installed: npm ci --prefix {driver_dir}")

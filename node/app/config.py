@@ -54,6 +54,8 @@ DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 128
 DEFAULT_HEAD_TIMEOUT_S = 10.0
 DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
+DEFAULT_MAX_PAGE_CLIENTS = 32
+MAX_PAGE_CLIENTS = 4096
 DEFAULT_MESH_PORT = 7701
 ENV_PREFIX = "VSMCP_"
 MAX_CONFIG_FILE_BYTES = 1 << 20
@@ -128,6 +130,13 @@ class HttpSection(_Section):
     body_idle_timeout_s: Annotated[
         float, doc("seconds a request body may go without a byte before the connection closes")
     ] = DEFAULT_BODY_IDLE_TIMEOUT_S
+    max_page_clients: Annotated[
+        int,
+        doc(
+            "status page clients (open /api/stream feeds) at most; past it, 503. "
+            f"1..{MAX_PAGE_CLIENTS}"
+        ),
+    ] = DEFAULT_MAX_PAGE_CLIENTS
 
 
 class MeshSection(_Section):
@@ -445,6 +454,7 @@ def _validate(config: Config) -> None:
     _check_host("http.host", config.http.host)
     _check_host("mesh.host", config.mesh.host)
     _check_range("http.max_connections", config.http.max_connections, 1, 1 << 20)
+    _check_range("http.max_page_clients", config.http.max_page_clients, 1, MAX_PAGE_CLIENTS)
     _check_range(
         "http.max_connections_per_client", config.http.max_connections_per_client, 1, 1 << 20
     )

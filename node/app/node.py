@@ -45,6 +45,7 @@ from vsmcp.node.errors import ConfigError, NodeError, StartupError
 from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
 from vsmcp.node.http.policy import RequestPolicy, is_wildcard_address, local_http_url
 from vsmcp.node.http.server import HttpServer
+from vsmcp.node.http.status_page import PageHub
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
@@ -169,6 +170,8 @@ class Node(Service):
         self._event_counts: Counter[str] = Counter()
         self._tool_calls = ToolCallMetrics(self.metrics.registry)
         self.events.subscribe("metrics", self._count_events, capacity=vsm.event_buffer)
+        # The status page's feed (`/api/stream`) and recent events (`/api/events`).
+        self.page = PageHub(self.events, max_clients=config.http.max_page_clients)
         # What pattern matches do: other services register their action handlers here
         # (`algedonic`, `policy`/`mitigate`) before or after start.
         self.actions = ActionDispatcher()
@@ -284,6 +287,7 @@ class Node(Service):
                 body_idle_timeout_s=http_cfg.body_idle_timeout_s,
             ),
             RequestPolicy(self._allowed_hosts(), self.config.mcp.allowed_origins),
+            self.page,
         )
         self._register_mcp(http, tools)
         try:
@@ -292,6 +296,8 @@ class Node(Service):
             raise _bind_error("http", self.config.http.host, self.config.http.port, e) from e
         stack.push_async_callback(http.stop)
         self._http = http
+        self.page.start_vsm_push(self.loops, self.vsm_view)
+        stack.push_async_callback(self.page.stop_vsm_push)
         self._register_http_metrics(http)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
@@ -460,6 +466,10 @@ class Node(Service):
     def children_view(self) -> dict[str, Any]:
         """`GET /api/children`."""
         return self.children.view()
+
+    async def recent_audit(self, limit: int) -> list[dict[str, Any]]:
+        """`GET /api/audit/recent`: the last committed entries, newest first."""
+        return await self.audit.recent(limit)
 
     def children_post(
         self, body: object, authorization: str | None, remote: str | None
@@ -1232,6 +1242,18 @@ class Node(Service):
             "reason",
             lambda: dict(guard.refused),
             known=REFUSE_REASONS,
+        )
+        page = self.page
+        self.metrics.add_gauge(
+            "vsmcp_page_clients_open", "Open status page feeds (/api/stream)", lambda: page.clients
+        )
+        self.metrics.add_counters(
+            "vsmcp_page_clients",
+            "Status page feeds: opened, refused (past http.max_page_clients), dropped "
+            "(stopped reading: their queue filled)",
+            "event",
+            lambda: {"opened": page.opened, "refused": page.refused, "dropped": page.dropped},
+            known=("opened", "refused", "dropped"),
         )
 
     def _register_anchor_metrics(self, anchor: AuditAnchor) -> None:

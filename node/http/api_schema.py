@@ -124,6 +124,28 @@ class Policies(msgspec.Struct):
     stats: dict[str, int]
 
 
+class RecentEvents(msgspec.Struct):
+    """The node's last events (every kind but tool calls; each tagged by `kind`, with
+    `ts`) and the status page's stream counters (clients, refused, dropped)."""
+
+    events: list[dict[str, Any]]
+    page: dict[str, Any]
+
+
+class AuditEntry(msgspec.Struct):
+    seq: int
+    ts_ms: int
+    kind: str
+    actor: str
+    data: Any
+
+
+class AuditRecent(msgspec.Struct):
+    """The last committed audit entries, newest first."""
+
+    entries: list[AuditEntry]
+
+
 class Signal(msgspec.Struct, forbid_unknown_fields=True):
     """`POST /api/algedonic`: unknown keys are refused (a typo is not ignored)."""
 
@@ -288,6 +310,8 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     Patterns,
     Vsm,
     Policies,
+    RecentEvents,
+    AuditRecent,
     Signal,
     SignalAccepted,
     PlanRequest,

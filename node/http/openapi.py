@@ -19,6 +19,9 @@ from vsmcp.node import __version__
 from vsmcp.node.http import api_schema
 
 OPENAPI_PATH: Final = "/api/openapi.json"
+# Server-Sent Events, not JSON: an answer that never ends (tests/node/http/test_openapi_fuzz.py
+# leaves it out; tests/integration/test_status_page.py reads it).
+STREAM_PATH: Final = "/api/stream"
 _REF: Final = "#/components/schemas/{name}"
 # Operations that answer only when `node.debug_api` is on (403 otherwise).
 DEBUG_TAG: Final = "debug"
@@ -86,6 +89,21 @@ def _operation(
     return op
 
 
+def _stream_operation() -> dict[str, Any]:
+    op = _operation(
+        "The status page's live feed",
+        (200, None, ""),
+        {503: "Too many page clients (http.max_page_clients); retry after Retry-After"},
+    )
+    op["responses"]["200"] = {
+        "description": "Server-Sent Events: `hello`, then `events` (a JSON array of events, "
+        "tagged by `kind`) as they happen, or `resync` (re-read the APIs); a client that "
+        "does not read is dropped",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+    return op
+
+
 def _paths() -> dict[str, dict[str, Any]]:
     s = api_schema
     block = _operation(
@@ -121,6 +139,12 @@ def _paths() -> dict[str, dict[str, Any]]:
             s.WasmModules,
             {503: "The node is still starting: retry"},
         ),
+        "/api/events": (
+            "The node's last events (not tool calls) and the status page's stream counters",
+            s.RecentEvents,
+            {},
+        ),
+        "/api/audit/recent": ("The last committed audit entries", s.AuditRecent, starting),
     }
     who_may_spawn = {
         401: "No bearer token of mcp.tokens (nor the data dir's stdio token)",
@@ -244,6 +268,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 debug=True,
             )
         },
+        STREAM_PATH: {"get": _stream_operation()},
         OPENAPI_PATH: {"get": _operation("This document", (200, None, "The OpenAPI 3.1 document"))},
     }
 

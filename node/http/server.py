@@ -1,10 +1,11 @@
-"""The node's HTTP server (aiohttp, loopback by default): health, metrics, JSON API, page."""
+"""The node's HTTP server (aiohttp, loopback by default): health, metrics, JSON API, page.
+
+The status page (`/`, `/static/*`, `/api/stream`) is in `node/http/status_page.py`."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import html
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -20,7 +21,9 @@ from vsmcp.node.http.limits import (
     connection_middleware,
 )
 from vsmcp.node.http.policy import RequestPolicy
+from vsmcp.node.http.status_page import PageHub, page_routes
 from vsmcp.node.metrics import CONTENT_TYPE
+from vsmcp.node.vsm.stream import EventStream
 from vsmcp.node.wasmdist.model import MAX_MODULE_BYTES
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ MAX_CHILD_REQUEST_BYTES = 8 * 1024
 # A planner request: 4096 characters, each up to 12 bytes as JSON escapes a character
 # (a surrogate pair, `\ud83d\ude00`), so a refused over-long text gets its 400.
 MAX_PLAN_REQUEST_BYTES = 64 * 1024
+# What the status page lists of the node's recent events and audit entries.
+RECENT_EVENTS_SHOWN = 100
+RECENT_AUDIT_SHOWN = 50
 
 
 class NodeView(Protocol):
@@ -76,6 +82,8 @@ class NodeView(Protocol):
     def wasm_unpublish(self, name: str) -> int: ...
 
     def children_view(self) -> dict[str, Any]: ...
+
+    async def recent_audit(self, limit: int) -> list[dict[str, Any]]: ...
 
     def children_post(
         self, body: object, authorization: str | None, remote: str | None
@@ -129,8 +137,11 @@ async def _json_body(request: web.Request, limit: int) -> object:
         return _json({"error": "the body is not JSON", "field": "body"}, status=400)
 
 
-def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Application:
-    """The node's routes; `policy` (Host and Origin rules) applies to every one of them."""
+def build_app(
+    node: NodeView, policy: RequestPolicy | None = None, page: PageHub | None = None
+) -> web.Application:
+    """The node's routes; `policy` (Host and Origin rules) applies to every one of them.
+    `page` feeds the status page's stream (without one, a hub on an empty stream)."""
     # The connection limits outermost: a request the policy refuses still holds its
     # connection's slot, and a reserved connection still closes after it.
     middlewares = [connection_middleware, (policy or RequestPolicy()).middleware()]
@@ -147,8 +158,7 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     async def api_status(_: web.Request) -> web.Response:
         return _json(node.status())
 
-    async def index(_: web.Request) -> web.Response:
-        return web.Response(text=render_index(node.status()), content_type="text/html")
+    hub = page if page is not None else PageHub(EventStream())
 
     async def api_peers(_: web.Request) -> web.Response:
         return _json({"peers": node.peers()})
@@ -238,6 +248,17 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     async def api_children(_: web.Request) -> web.Response:
         return _json(node.children_view())
 
+    async def api_events(_: web.Request) -> web.Response:
+        return _json({"events": hub.recent_events(RECENT_EVENTS_SHOWN), "page": hub.stats()})
+
+    async def api_audit_recent(_: web.Request) -> web.Response:
+        try:
+            return _json({"entries": await node.recent_audit(RECENT_AUDIT_SHOWN)})
+        except NodeError as e:
+            answer = _json({"error": str(e)}, status=503)
+            answer.headers["Retry-After"] = "1"
+            return answer
+
     async def api_children_post(request: web.Request) -> web.Response:
         body = await _json_body(request, MAX_CHILD_REQUEST_BYTES)
         if isinstance(body, web.Response):
@@ -305,28 +326,10 @@ def build_app(node: NodeView, policy: RequestPolicy | None = None) -> web.Applic
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/status", api_status)
     app.router.add_get("/api/openapi.json", api_openapi)
-    app.router.add_get("/", index)
+    app.router.add_get("/api/events", api_events)
+    app.router.add_get("/api/audit/recent", api_audit_recent)
+    page_routes(app, hub)
     return app
-
-
-def render_index(status: dict[str, Any]) -> str:
-    esc = html.escape
-    banner = (
-        '<p class="dev">DEV MODE: this node certified itself. Do not use it in a real mesh.</p>'
-        if status.get("dev")
-        else ""
-    )
-    rows = "".join(
-        f"<tr><th>{esc(str(k))}</th><td>{esc(json.dumps(v))}</td></tr>" for k, v in status.items()
-    )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>vsmcp {esc(str(status.get("node_id", "")))}</title>
-<style>body{{font-family:sans-serif;margin:2em}}.dev{{background:#fc0;padding:.5em}}
-th{{text-align:left;padding-right:1em}}</style></head>
-<body><h1>vsmcp node</h1>{banner}<table>{rows}</table>
-<p><a href="/api/status">/api/status</a> · <a href="/metrics">/metrics</a> ·
-<a href="/healthz">/healthz</a></p></body></html>
-"""
 
 
 def app_runner(app: web.Application) -> web.AppRunner:
@@ -353,8 +356,9 @@ class HttpServer:
         port: int,
         limits: ConnectionLimits | None = None,
         policy: RequestPolicy | None = None,
+        page: PageHub | None = None,
     ) -> None:
-        self._app = build_app(node, policy)
+        self._app = build_app(node, policy, page)
         self._host = host
         self._requested_port = port
         self._runner: web.AppRunner | None = None

@@ -608,6 +608,18 @@ class AuditLog(Service):
             row = await cur.fetchone()
         return None if row is None else bytes(row[0])
 
+    async def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` committed entries, newest first (for the status page)."""
+        async with self._store.conn.execute(
+            "SELECT seq, ts_ms, kind, actor, data FROM audit_entries ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            {"seq": r[0], "ts_ms": r[1], "kind": r[2], "actor": r[3], "data": json.loads(r[4])}
+            for r in rows
+        ]
+
     def _record_failure(self, exc: Exception, batch: list[_Pending]) -> None:
         first = self._head_seq + 1
         self._lost += len(batch)

@@ -8,21 +8,30 @@ caller learns when to come back (`retry_after_s`).
 
 The rule (a gradient limit, after Netflix concurrency-limits' Gradient2, with a
 windowed minimum RTT as the baseline as in Vegas; the constants are in
-docs/regulation.md):
+docs/regulation.md). Latencies are taken in windows of one round of calls
+(`max(MIN_WINDOW_SAMPLES, limit)` samples, so about every call in flight has been
+replaced); at the end of each window:
 
-    rtt_short  <- EWMA of call latencies (alpha = SHORT_ALPHA)
-    rtt_min    =  the smallest latency seen in the last `baseline_window_s`
-    gradient   =  clamp(tolerance * rtt_min / rtt_short, MIN_GRADIENT, 1)
+    rtt        =  the window's mean latency
+    rtt_min    =  the baseline: falls at once to any smaller latency; every
+                  `baseline_window_s` it rises to that window's minimum, by at most
+                  BASELINE_RISE (so a saturated entry, whose every latency includes
+                  queueing, cannot ratchet its own baseline up, while a tool that
+                  really got slower is followed within minutes)
+    gradient   =  clamp(tolerance * rtt_min / rtt, MIN_GRADIENT, 1)
     target     =  limit * gradient + sqrt(limit)          (sqrt: room to probe upwards)
     target     =  limit   if target > limit and the entry used < half its limit
     limit      <- limit + smoothing * (target - limit),   clamped to [min_limit, max_limit]
 
 While latency stays within `tolerance` times the baseline, the limit grows by about
-`smoothing * sqrt(limit)` per call (but only while the entry actually uses it); once
+`smoothing * sqrt(limit)` per window (but only while the entry actually uses it); once
 queueing downstream inflates latency, the gradient pulls it back towards the
-concurrency at which latency was still good. The update is a first-order low-pass
-(`smoothing` < 1) towards a target that falls as the limit rises, so a step of load
-makes the limit settle without swinging (tests/node/vsm/test_concurrency.py).
+concurrency at which latency was still good. One update per window, not per call: the
+calls of one window all saw the same limit, and updating on each of them would apply
+the same evidence `limit` times (an effective gain near 1, which swings). The update
+is then a first-order low-pass (`smoothing` < 1) towards a target that falls as the
+limit rises, so a step of load makes the limit settle without swinging
+(tests/node/vsm/test_concurrency.py).
 
 Priority shares. A class may use only a share of the limit (`low` 50 %, `normal` 80 %,
 `high` 95 %): when the entry is busy, lower classes are refused first and the rest is
@@ -38,7 +47,8 @@ from typing import Any, Final
 
 from vsmcp.node.vsm.priority import CRITICAL, PRIORITY_CLASSES, Priority
 
-SHORT_ALPHA: Final = 0.1
+MIN_WINDOW_SAMPLES: Final = 10
+BASELINE_RISE: Final = 0.1
 MIN_GRADIENT: Final = 0.5
 MIN_RETRY_AFTER_S: Final = 0.001
 # Retry-after is the short RTT capped here: a refused caller comes back soon, not never.
@@ -82,10 +92,12 @@ class AdaptiveLimiter:
     """One entry's limit. Time is passed in (`now`, seconds, monotonic) so tests drive it."""
 
     __slots__ = (
-        "_base_cur",
-        "_base_prev",
+        "_base",
         "_base_since",
+        "_base_window",
         "_busy",
+        "_window_n",
+        "_window_sum",
         "admitted",
         "inflight",
         "limit",
@@ -103,11 +115,12 @@ class AdaptiveLimiter:
         self.limit = float(settings.initial_limit)
         self.inflight = 0
         self.rtt_short: float | None = None
-        # The windowed minimum: the smaller of this half-window's and the last one's.
-        self._base_cur = math.inf
-        self._base_prev = math.inf
+        self._base = math.inf  # the baseline (min RTT)
+        self._base_window = math.inf  # the smallest latency of the current window
         self._base_since = now
         self._busy = 0  # the most calls in flight since the last update
+        self._window_n = 0
+        self._window_sum = 0.0
         self.samples = 0
         self.admitted: dict[str, int] = dict.fromkeys(PRIORITY_CLASSES, 0)
         self.refused: dict[str, int] = dict.fromkeys(PRIORITY_CLASSES, 0)
@@ -141,23 +154,29 @@ class AdaptiveLimiter:
             self.sample(rtt_s, now)
 
     def baseline(self) -> float | None:
-        base = min(self._base_cur, self._base_prev)
-        return None if math.isinf(base) else base
+        return None if math.isinf(self._base) else self._base
 
     def sample(self, rtt_s: float, now: float) -> None:
-        """Take one latency into the limit (the rule in the module docstring)."""
+        """Take one latency into the window; update the limit at the window's end (the
+        rule in the module docstring)."""
         s = self.settings
         rtt_s = max(rtt_s, 1e-6)
-        if now - self._base_since >= s.baseline_window_s / 2:
-            self._base_prev, self._base_cur = self._base_cur, math.inf
+        if now - self._base_since >= s.baseline_window_s:
+            if not math.isinf(self._base_window):
+                self._base = min(self._base_window, self._base * (1 + BASELINE_RISE))
+            self._base_window = math.inf
             self._base_since = now
-        self._base_cur = min(self._base_cur, rtt_s)
-        short = self.rtt_short
-        short = rtt_s if short is None else short + SHORT_ALPHA * (rtt_s - short)
-        self.rtt_short = short
+        self._base_window = min(self._base_window, rtt_s)
+        self._base = min(self._base, rtt_s)
         self.samples += 1
-        base = min(self._base_cur, self._base_prev)
-        gradient = min(1.0, max(MIN_GRADIENT, s.tolerance * base / short))
+        self._window_n += 1
+        self._window_sum += rtt_s
+        if self._window_n < max(MIN_WINDOW_SAMPLES, self.limit):
+            return
+        rtt = self._window_sum / self._window_n
+        self._window_n, self._window_sum = 0, 0.0
+        self.rtt_short = rtt
+        gradient = min(1.0, max(MIN_GRADIENT, s.tolerance * self._base / rtt))
         limit = self.limit
         target = limit * gradient + math.sqrt(limit)
         if target > limit and self._busy < limit / 2:
@@ -174,8 +193,10 @@ class AdaptiveLimiter:
         self.limit = min(self.limit, self.max_limit)
 
     def retry_after_s(self) -> float:
-        """When a refused caller may try again: about one call's latency here."""
-        short = self.rtt_short if self.rtt_short is not None else MIN_RETRY_AFTER_S
+        """When a refused caller may try again: about one call's latency here (the last
+        window's mean; before any, the smallest latency seen)."""
+        short = self.rtt_short if self.rtt_short is not None else self.baseline()
+        short = MIN_RETRY_AFTER_S if short is None else short
         return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, short))
 
     def refused_total(self) -> int:

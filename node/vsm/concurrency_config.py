@@ -23,13 +23,13 @@ class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     ] = 256
     initial_limit: Annotated[int, doc("each entry's limit before it has measured anything")] = 32
     smoothing: Annotated[
-        float, doc("how far each latency sample moves the limit towards its target, in (0, 1]")
+        float, doc("how far each window of calls moves the limit towards its target, in (0, 1]")
     ] = 0.2
     tolerance: Annotated[
         float, doc("latency may grow to this times the minimum RTT before the limit falls, >= 1")
     ] = 1.5
     baseline_window_s: Annotated[
-        float, doc("the minimum RTT (the baseline) is the smallest latency of this window, s")
+        float, doc("how often the baseline (minimum RTT) may rise, by at most 10 %, s")
     ] = 30.0
     share_low: Annotated[float, doc("share of an entry's limit low-priority calls may use")] = 0.5
     share_normal: Annotated[float, doc("share of an entry's limit normal calls may use")] = 0.8

@@ -33,7 +33,10 @@ back as one-way PROGRESS envelopes keyed by the entry node's call id.
 
 Both ends write audit entries: `tool.call` at the entry node, `tool.serve` at the
 provider, queued before the answer leaves; with `audit.commit_before_answer`, committed
-before it leaves (see `node/store/audit.py`, "Durability").
+before it leaves (see `node/store/audit.py`, "Durability"). Calls refused by an adaptive
+concurrency limit (`node.vsm.concurrency`) are the exception: counted
+(`refused_for_load` in the routing stats, the limiters' counts), `denial` and `tool_call`
+events, but no audit entry each, so that a surge is not also a write storm.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ from vsmcp.node.routing.wire import (
 from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.errors import (
+    ConcurrencyLimited,
     Overloaded,
     ProviderError,
     Shed,
@@ -719,6 +723,9 @@ class MeshCatalog(Service):
         tried: list[str] = []
         outcome = "ok"
         reason: str | None = None
+        # A refusal for load is counted, evented and in S3's KPIs, but not one audit
+        # entry each: a surge must not turn into a write storm on the audit log.
+        unaudited = False
         task = asyncio.current_task()
         if task is not None:
             self._calls.add(task)
@@ -737,6 +744,7 @@ class MeshCatalog(Service):
         except ToolError as e:
             outcome = e.reason
             reason = _reason_text(e)
+            unaudited = isinstance(e, ConcurrencyLimited)
             raise
         except asyncio.CancelledError:
             if task is None or task not in self._cancelled_calls or task.uncancel() > 0:
@@ -763,7 +771,9 @@ class MeshCatalog(Service):
                 "outcome": outcome,
                 "latency_ms": latency_ms,
             }
-            if outcome == "cancelled":
+            if unaudited:
+                self._count("refused_for_load")
+            elif outcome == "cancelled":
                 # Do not wait inside a cancelled task: the entry is written on the side.
                 self._spawn(self._append_audit("tool.call", ctx.caller_id, data), "audit-call")
             else:
@@ -1143,6 +1153,7 @@ class MeshCatalog(Service):
         ack = loop.call_later(ACK_AFTER_S, self._send_ack, entry, call_id)
         outcome = "ok"
         reason: str | None = None
+        unaudited = False  # a refusal for load (as at the entry)
         try:
             if self.gate is not None:
                 self.gate(ctx, entry, request.tool)
@@ -1161,6 +1172,7 @@ class MeshCatalog(Service):
         except ToolError as e:
             outcome = e.reason
             reason = _reason_text(e)
+            unaudited = isinstance(e, ConcurrencyLimited)
             answer = MsgType.ERROR, encode(error_from_tool_error(e))
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -1183,7 +1195,9 @@ class MeshCatalog(Service):
                 "priority": ctx.priority,
                 "attempt": request.attempt,
             }
-            if outcome == "cancelled":
+            if unaudited:
+                self._count("refused_for_load")
+            elif outcome == "cancelled":
                 self._spawn(self._append_audit("tool.serve", entry, data), "audit-serve")
             else:
                 await self._append_audit("tool.serve", entry, data)

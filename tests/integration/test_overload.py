@@ -13,7 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.harness import NodeProcess, wait_mesh_states
+from tests.integration.harness import (
+    NodeProcess,
+    start_configured,
+    tool_call_message,
+    wait_mesh_states,
+)
 from tests.polling import async_wait_until
 from vsmcp.node.mcp.protocol import OVERLOADED
 
@@ -60,39 +65,15 @@ target = "tests.integration.plugin_tools:work"
 )
 
 
-def _start(base: Path, nodes: list[NodeProcess], config: str, name: str) -> NodeProcess:
-    path = base / f"{name}.toml"
-    path.write_text(config)
-    node = NodeProcess(base / name, "--config", str(path))
-    nodes.append(node)
-    return node.start(wait=False)
-
-
 async def _call(
     http: aiohttp.ClientSession, node: NodeProcess, token: str, priority: str
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {
-            "name": "work",
-            "arguments": {"service_ms": SERVICE_MS, "capacity": CAPACITY},
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "vsmcp/priority": priority,
-            },
-        },
-    }
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": "work",
-        "Authorization": f"Bearer {token}",
-    }
+    body, headers = tool_call_message(
+        token,
+        "work",
+        {"service_ms": SERVICE_MS, "capacity": CAPACITY},
+        {"vsmcp/priority": priority},
+    )
     async with http.post(node.url + "/mcp", data=json.dumps(body), headers=headers) as resp:
         return resp.status, dict(resp.headers), await resp.json()
 
@@ -104,8 +85,8 @@ def _bad_verdicts(node: NodeProcess) -> dict[str, str]:
 async def test_a_surge_is_shed_at_once_while_critical_calls_keep_flowing(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    provider = _start(tmp_path, nodes, PROVIDER, "provider")
-    entry = _start(tmp_path, nodes, REGULATED, "entry")
+    provider = start_configured(tmp_path, nodes, PROVIDER, "provider")
+    entry = start_configured(tmp_path, nodes, REGULATED, "entry")
     for node in (provider, entry):
         node.wait_ready()
     wait_mesh_states([provider, entry], {n.node_id: "alive" for n in (provider, entry)})

@@ -127,18 +127,21 @@ def test_unknown_reason_keeps_the_providers_reason() -> None:
     assert back.message == "new thing"
 
 
+def _request(**kw: Any) -> InvokeRequest:
+    fields: dict[str, Any] = {
+        "call_id": 1,
+        "tool": "t",
+        "arguments": {},
+        "caller_id": "c",
+        "caller_zone": "public",
+        "origin": "http:x",
+        "trace_id": "t",
+    }
+    return InvokeRequest(**{**fields, **kw})
+
+
 def test_priority_and_attempt_travel_and_older_requests_get_the_defaults() -> None:
-    request = InvokeRequest(
-        call_id=1,
-        tool="t",
-        arguments={},
-        caller_id="c",
-        caller_zone="public",
-        origin="http:x",
-        trace_id="t",
-        priority="high",
-        attempt=2,
-    )
+    request = _request(priority="high", attempt=2)
     assert decode_request(encode(request)) == request
     # An older entry node's request: the fields before `priority` only.
     older = msgspec.msgpack.encode(msgspec.to_builtins(request)[:-2])
@@ -159,33 +162,13 @@ def test_an_older_node_ignores_the_appended_fields() -> None:
         timeout_ms: int = 0
         progress: bool = False
 
-    request = InvokeRequest(
-        call_id=1,
-        tool="t",
-        arguments={},
-        caller_id="c",
-        caller_zone="z",
-        origin="o",
-        trace_id="t",
-        priority="critical",
-        attempt=3,
-    )
+    request = _request(priority="critical", attempt=3)
     old = msgspec.msgpack.decode(encode(request), type=OlderRequest)
     assert (old.tool, old.call_id) == ("t", 1)
 
 
 def test_attempts_beyond_the_mesh_bound_are_refused() -> None:
-    bad = msgspec.to_builtins(
-        InvokeRequest(
-            call_id=1,
-            tool="t",
-            arguments={},
-            caller_id="c",
-            caller_zone="z",
-            origin="o",
-            trace_id="t",
-        )
-    )
+    bad = msgspec.to_builtins(_request())
     bad[-1] = MAX_ATTEMPTS + 1
     with pytest.raises(InvokeCodecError):
         decode_request(msgspec.msgpack.encode(bad))

@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.harness import (
     NodeProcess,
+    counters,
     start_configured,
     tool_call_message,
     wait_mesh_states,
@@ -156,3 +157,8 @@ async def test_a_surge_is_shed_at_once_while_critical_calls_keep_flowing(
     )
     assert refused_low >= len(refused)
     assert s3["concurrency"]["mcp"]["refused"]["critical"] == 0
+    # Each refusal was an event (the pattern engine and S3 see shedding as it happens).
+    denials = (
+        counters(entry, "vsmcp_events")["denial"] + counters(provider, "vsmcp_events")["denial"]
+    )
+    assert denials >= len(refused)

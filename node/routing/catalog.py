@@ -584,6 +584,7 @@ class MeshCatalog(Service):
                     outcome=outcome,
                     reason=reason,
                     entry_origin=ctx.entry_origin,
+                    priority=ctx.priority,
                 )
             )
 

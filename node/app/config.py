@@ -40,6 +40,7 @@ from vsmcp.node.tools.config import (
 )
 from vsmcp.node.vsm.algedonic import DEFAULT_LANE_CAPACITY, DEFAULT_THRESHOLD
 from vsmcp.node.vsm.balance import DEFAULT_WINDOW_S as BALANCE_WINDOW_S
+from vsmcp.node.vsm.concurrency_config import ConcurrencyConfig
 from vsmcp.node.vsm.immune.config import ImmuneConfig
 from vsmcp.node.vsm.kpis import DEFAULT_WINDOW_S as KPI_WINDOW_S
 from vsmcp.node.vsm.responses import ResponseRule, default_rules, validate_rules
@@ -292,6 +293,13 @@ class VsmSection(_Section):
     s4: Annotated[
         S4Config, doc("System 4: the planner's offline matcher and the environment scan")
     ] = msgspec.field(default_factory=S4Config)
+    concurrency: Annotated[
+        ConcurrencyConfig | None,
+        doc(
+            "adaptive concurrency limits at the /mcp entry, for calls served to peers and "
+            "per unit (docs/regulation.md); absent: fixed unit limits only"
+        ),
+    ] = None
 
 
 class Config(_Section):
@@ -523,6 +531,8 @@ def _validate(config: Config) -> None:
         )
     _validate_algedonic(config)
     _validate_immune(config.vsm.immune)
+    if config.vsm.concurrency is not None:
+        config.vsm.concurrency.settings()  # raises ConfigError naming the key
     check_profile(config)
     _validate_wasm(config)
     _validate_zone_references(config)

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.tools.wasm import WasmProvider
+from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.errors import PatternError, VsmError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged, ToolCallFinished
 from vsmcp.node.vsm.immune.model import IMMUNE_KINDS, immune_issuers
@@ -72,6 +73,7 @@ from vsmcp.node.vsm.immune.patterns import immune_patterns
 from vsmcp.node.vsm.immune.service import ImmuneService
 from vsmcp.node.vsm.patterns.actions import ActionDispatcher
 from vsmcp.node.vsm.patterns.service import PatternService, ToolCaller
+from vsmcp.node.vsm.priority import PRIORITY_CLASSES
 from vsmcp.node.vsm.s4.planner import Planner
 from vsmcp.node.vsm.s4.scan import EnvironmentScan, ScanInputs
 from vsmcp.node.vsm.stream import EventStream
@@ -507,6 +509,8 @@ class Node(Service):
             return len(reachable), len(seen)
 
         tools.shedder = self.vsm.shedder
+        tools.entry_limit = self.vsm.entry_gate
+        tools.serve_limit = self.vsm.serve_gate
         self.vsm.bind(
             catalog,
             MeshFacts(
@@ -518,6 +522,7 @@ class Node(Service):
             ),
         )
         await stack.enter_async_context(self.vsm)
+        self._register_regulation_metrics()
         self.metrics.add_gauges(
             "vsmcp_viability",
             "Viability score in [0, 1] of this node and of the mesh as it sees it",
@@ -852,18 +857,72 @@ class Node(Service):
         mesh.events = self.events
         return mesh
 
+    def _register_regulation_metrics(self) -> None:
+        """S3's KPIs of the adaptive concurrency limits, the units and the event loop."""
+        vsm = self.vsm
+        self.metrics.add_gauges(
+            "vsmcp_concurrency_limit",
+            "Adaptive concurrency limit of each entry (mcp, serve, unit:<name>)",
+            "entry",
+            lambda: {lim.name: lim.limit for lim in vsm.limiters()},
+        )
+        self.metrics.add_gauges(
+            "vsmcp_concurrency_in_flight",
+            "Calls in flight at each entry with an adaptive concurrency limit",
+            "entry",
+            lambda: {lim.name: lim.inflight for lim in vsm.limiters()},
+        )
+        self.metrics.add_counters(
+            "vsmcp_concurrency_refused_total",
+            "Calls refused at once by an adaptive concurrency limit, by priority class",
+            "priority",
+            lambda: _refused_by_priority(vsm.limiters()),
+            known=PRIORITY_CLASSES,
+        )
+        self.metrics.add_gauge(
+            "vsmcp_event_loop_lag_seconds",
+            "How late the event loop woke for a timer, p99 over the last minute",
+            lambda: vsm.overload.loop_lag_s(99),
+        )
+        now = time.time
+        self.metrics.add_gauges(
+            "vsmcp_unit_latency_p99_seconds",
+            "p99 latency of each unit's calls over the last minute (-1: no calls)",
+            "unit",
+            lambda: {u.name: _seconds(u.kpis.latency_ms(now(), 99)) for u in vsm.units()},
+        )
+        self.metrics.add_gauges(
+            "vsmcp_unit_error_ratio",
+            "Failed / all calls of each unit over the last minute",
+            "unit",
+            lambda: {u.name: u.kpis.error_ratio(now()) for u in vsm.units()},
+        )
+        self.metrics.add_gauges(
+            "vsmcp_unit_in_flight",
+            "Calls running or waiting in each unit",
+            "unit",
+            lambda: {u.name: u.running_calls + u.waiting_calls for u in vsm.units()},
+        )
+
     def _register_mcp(self, http: HttpServer, tools: MeshCatalog) -> None:
         mcp = self.config.mcp
-        tokens = {t.token: TokenGrant(zone=t.zone, name=t.name) for t in mcp.tokens}
+        tokens = {
+            t.token: TokenGrant(zone=t.zone, name=t.name, max_priority=t.max_priority)
+            for t in mcp.tokens
+        }
         # `vsmcp mcp-stdio` proves itself with the secret in the data dir; the zone is
         # ours to decide (node/mcp/stdio_auth.py says why it is not the client's word).
         stdio_secret = ensure_stdio_token(self.config.data_dir)
-        tokens[stdio_secret] = TokenGrant(zone=mcp.stdio_zone, name=STDIO_GRANT_NAME)
+        # The stdio bridge is a local client: it gets the loopback client's priority cap.
+        tokens[stdio_secret] = TokenGrant(
+            zone=mcp.stdio_zone, name=STDIO_GRANT_NAME, max_priority=mcp.loopback_max_priority
+        )
         register_mcp_routes(
             http.app,
             tools,
             tokens=tokens,
             loopback_zone=mcp.loopback_zone,
+            loopback_max_priority=mcp.loopback_max_priority,
             max_body_bytes=mcp.max_body_bytes,
             max_sessions=mcp.max_sessions,
             max_sessions_per_caller=mcp.max_sessions_per_caller,
@@ -1384,3 +1443,14 @@ def _crashed_future_ms(saved: bytes | None, max_skew_ms: int) -> int:
     if saved is None or len(saved) != 8:
         return max_skew_ms
     return int.from_bytes(saved, "big")
+
+
+def _refused_by_priority(limiters: Iterable[AdaptiveLimiter]) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for limiter in limiters:
+        out.update(limiter.refused)
+    return dict(out)
+
+
+def _seconds(ms: float | None) -> float:
+    return -1.0 if ms is None else ms / 1000

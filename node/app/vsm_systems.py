@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.mesh.service import Service
 from vsmcp.node.app.config import Config
 from vsmcp.node.peers.service import is_loopback_host
+from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.config import RateLimitConfig
 from vsmcp.node.tools.errors import InvalidArguments, Overloaded
 from vsmcp.node.tools.model import CallContext
@@ -28,8 +29,10 @@ from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.algedonic import AlgedonicChannel, ChannelFull, Signal, SignalError
 from vsmcp.node.vsm.balance import AlgedonicBalance
+from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.events import ToolCallFinished
 from vsmcp.node.vsm.kpis import CallKpis
+from vsmcp.node.vsm.overload import OverloadWatch
 from vsmcp.node.vsm.patterns.actions import Match
 from vsmcp.node.vsm.patterns.model import Action, AlgedonicAction
 from vsmcp.node.vsm.shedding import LoadShedder
@@ -41,18 +44,24 @@ from vsmcp.node.vsm.viability import ViabilityInputs, scores, viability_view
 log = logging.getLogger(__name__)
 
 KPI_SUBSCRIBER = "s3-kpis"
+# Names of the node's two entry limits (units' are `unit:<name>`).
+ENTRY = "mcp"
+SERVE = "serve"
 
 
 class NodeEffectors:
     """System 5's effectors over the node's local catalog and entry shedder."""
 
-    def __init__(self, shedder: LoadShedder) -> None:
+    def __init__(self, shedder: LoadShedder, gates: Sequence[EntryGate] = ()) -> None:
         self.catalog: LocalCatalog | None = None
         self.shedder = shedder
+        self.gates = tuple(gates)  # the node's entry limits (units' are the supervisor's)
         self.scale = 1.0
 
     def scale_limits(self, factor: float) -> None:
         self.scale = factor
+        for gate in self.gates:
+            gate.limiter.set_scale(factor)
         if self.catalog is None:
             return
         limiter = self.catalog.policy.limiter
@@ -115,7 +124,24 @@ class VsmSystems(Service):
             order=self._next_order,
         )
         self.shedder = LoadShedder(events)
-        self.effectors = NodeEffectors(self.shedder)
+        regulation = vsm.concurrency
+        self.limiter_settings = None if regulation is None else regulation.settings()
+        # Adaptive concurrency limits of calls entering the mesh here and of calls served
+        # for peers (None without `[vsm.concurrency]`); each unit has its own.
+        self.entry_gate: EntryGate | None = None
+        self.serve_gate: EntryGate | None = None
+        if self.limiter_settings is not None:
+            now = time.monotonic()
+            self.entry_gate = EntryGate(AdaptiveLimiter(ENTRY, self.limiter_settings, now), events)
+            self.serve_gate = EntryGate(AdaptiveLimiter(SERVE, self.limiter_settings, now), events)
+        gates = [g for g in (self.entry_gate, self.serve_gate) if g is not None]
+        self.effectors = NodeEffectors(self.shedder, gates)
+        self.overload = OverloadWatch(
+            self.limiters,
+            self._overload_pain,
+            loops,
+            pain_after_s=0.0 if regulation is None else regulation.pain_after_s,
+        )
         self.s5 = System5(
             self.channel.s5,
             vsm.response_rules,
@@ -136,13 +162,27 @@ class VsmSystems(Service):
     def bind(self, catalog: LocalCatalog, facts: MeshFacts) -> None:
         """Once the node's catalog and mesh exist: what the systems act on and read."""
         self.effectors.catalog = catalog
+        catalog.supervisor.set_limiter_settings(self.limiter_settings)
         self._facts = facts
+
+    def limiters(self) -> list[AdaptiveLimiter]:
+        """Every adaptive concurrency limit of the node: entry, serve, then each unit's."""
+        gates = [*self.effectors.gates, *(u.gate for u in self.units())]
+        return [g.limiter for g in gates if g is not None]
+
+    def _overload_pain(self, source: str, intensity: float, reason: str) -> None:
+        try:
+            self.channel.raise_signal(source, "pain", intensity, reason)
+        except ChannelFull:
+            log.warning("overload: algedonic lane full, pain signal dropped")
 
     async def start(self) -> None:
         await self.s5.start()
         await self.s3.start()
+        await self.overload.start()
 
     async def stop(self) -> None:
+        await self.overload.stop()
         await self.s3.stop()
         await self.s5.stop()
 
@@ -212,7 +252,7 @@ class VsmSystems(Service):
 
     def viability_inputs(self) -> ViabilityInputs:
         now = time.time()
-        units = self._units()
+        units = self.units()
         running = [u for u in units if u.state is UnitState.RUNNING]
         facts = self._facts
         reachable, mesh_tools = facts.mesh_tools() if facts is not None else (0, 0)
@@ -234,7 +274,7 @@ class VsmSystems(Service):
         node, mesh = scores(self.viability_inputs())
         return {"node": node, "mesh": mesh}
 
-    def _units(self) -> list[Unit]:
+    def units(self) -> list[Unit]:
         catalog = self.effectors.catalog
         return [] if catalog is None else list(catalog.supervisor.units.values())
 
@@ -243,12 +283,15 @@ class VsmSystems(Service):
         now = time.time()
         facts = self._facts
         return {
-            "s1": {"units": [u.status() for u in self._units()]},
+            "s1": {"units": [u.status() for u in self.units()]},
             "s2": self._s2_view(),
             "s3": {
                 "kpis": self.kpis.view(now),
                 "algedonic": self.s3.view(),
                 "shed_calls": self.shedder.shed,
+                "overload": self.overload.view(),
+                "concurrency": {g.limiter.name: g.limiter.view() for g in self.effectors.gates},
+                "units": {u.name: self._unit_kpis(u, now) for u in self.units()},
             },
             # The planner and the scan are added by the node (`S4Api.view`).
             "s4": {
@@ -262,6 +305,18 @@ class VsmSystems(Service):
                 "policies": facts.policies() if facts is not None else 0,
             },
             "viability": viability_view(self.viability_inputs()),
+        }
+
+    @staticmethod
+    def _unit_kpis(unit: Unit, now: float) -> dict[str, Any]:
+        kpis = unit.kpis.view(now)
+        return {
+            **kpis,
+            "rate_per_s": round(kpis["calls"] / kpis["window_s"], 3),
+            "in_flight": unit.running_calls,
+            "waiting": unit.waiting_calls,
+            "shed": 0 if unit.gate is None else unit.gate.limiter.refused_total(),
+            "limit": None if unit.gate is None else round(unit.gate.limiter.limit, 2),
         }
 
     def _s2_view(self) -> dict[str, Any]:
@@ -278,7 +333,7 @@ class VsmSystems(Service):
             },
             "concurrency": {
                 u.name: {"max": u.policy.max_concurrency, "effective": u.effective_concurrency}
-                for u in self._units()
+                for u in self.units()
             },
             "routing": self._facts.routing() if self._facts is not None else {},
         }

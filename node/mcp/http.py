@@ -81,6 +81,7 @@ from vsmcp.node.tools.config import (
     DEFAULT_SESSION_IDLE_S,
 )
 from vsmcp.node.tools.model import ToolCatalog
+from vsmcp.node.vsm.priority import DEFAULT_PRIORITY, Priority
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class TokenGrant:
 
     zone: str
     name: str
+    # The highest priority class its calls may ask for (`mcp.tokens[].max_priority`).
+    max_priority: Priority = DEFAULT_PRIORITY
 
 
 @dataclass(eq=False)
@@ -313,6 +316,7 @@ class McpGateway:
         *,
         tokens: Mapping[str, str | TokenGrant],
         loopback_zone: str | None,
+        loopback_max_priority: Priority = DEFAULT_PRIORITY,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
@@ -329,6 +333,7 @@ class McpGateway:
                 grant = TokenGrant(zone=grant, name="token-" + _digest(token).hex()[:8])
             self._grants[_digest(token)] = grant
         self._loopback_zone = loopback_zone
+        self._loopback_max_priority = loopback_max_priority
         self.max_body_bytes = max_body_bytes
         self.max_sessions = max_sessions
         self.session_idle_s = session_idle_s
@@ -389,6 +394,7 @@ class McpGateway:
                 zone=grant.zone,
                 origin=f"http:{grant.name}",
                 addr=request.remote,
+                max_priority=grant.max_priority,
             )
         if self._loopback_zone is not None and _is_loopback(request.remote):
             return Caller(
@@ -396,6 +402,7 @@ class McpGateway:
                 zone=self._loopback_zone,
                 origin="http:loopback",
                 addr=request.remote,
+                max_priority=self._loopback_max_priority,
             )
         raise McpError(UNAUTHORIZED, "Unauthorized: a bearer token is required")
 
@@ -745,6 +752,7 @@ def register_mcp_routes(
     *,
     tokens: Mapping[str, str | TokenGrant],
     loopback_zone: str | None,
+    loopback_max_priority: Priority = DEFAULT_PRIORITY,
     path: str = MCP_PATH,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
@@ -766,6 +774,7 @@ def register_mcp_routes(
         catalog,
         tokens=tokens,
         loopback_zone=loopback_zone,
+        loopback_max_priority=loopback_max_priority,
         max_body_bytes=max_body_bytes,
         max_sessions=max_sessions,
         session_idle_s=session_idle_s,

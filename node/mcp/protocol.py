@@ -61,10 +61,19 @@ from vsmcp.node.tools.errors import (
 from vsmcp.node.tools.model import (
     META_CAUSALITY,
     META_NODE,
+    META_PRIORITY,
     META_TRACE_ID,
     CallContext,
     ToolCatalog,
     new_trace_id,
+)
+from vsmcp.node.vsm.priority import (
+    DEFAULT_PRIORITY,
+    PRIORITY_CLASSES,
+    Priority,
+    PriorityError,
+    capped,
+    parse_priority,
 )
 
 log = logging.getLogger(__name__)
@@ -274,6 +283,8 @@ class Caller:
     zone: str
     origin: str
     addr: str | None = None
+    # The highest priority class its calls may ask for (a higher one is capped to it).
+    max_priority: Priority = DEFAULT_PRIORITY
 
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
@@ -292,6 +303,21 @@ def _pinned_node(tool: str, meta: Mapping[str, Any]) -> str | None:
             {"tool": clip(tool)},
         )
     return pin
+
+
+def _priority(tool: str, meta: Mapping[str, Any], cap: Priority) -> Priority:
+    """The call's class (`_meta` `vsmcp/priority`), capped by the caller's grant."""
+    value = meta.get(META_PRIORITY)
+    if value is None:
+        return capped(DEFAULT_PRIORITY, cap)
+    try:
+        return capped(parse_priority(value), cap)
+    except PriorityError as e:
+        raise McpError(
+            INVALID_PARAMS,
+            f"Invalid params: _meta {META_PRIORITY!r} of a call to {clip(tool)!r}: {e}",
+            {"tool": clip(tool), "field": META_PRIORITY, "allowed": list(PRIORITY_CLASSES)},
+        ) from None
 
 
 def _trace_fields(meta: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
@@ -384,8 +410,9 @@ class McpCore:
                 raise InvalidArguments(name, "arguments must be an object", "arguments")
             ctx = self.context(caller, message, notify)
             pin = _pinned_node(name, message.meta)
-            if pin is not None:
-                ctx = replace(ctx, pinned_node=pin)
+            priority = _priority(name, message.meta, caller.max_priority)
+            if pin is not None or priority != ctx.priority:
+                ctx = replace(ctx, pinned_node=pin, priority=priority)
             result = dict(await self.catalog.call_tool(name, arguments, ctx))
             if modern:
                 result["resultType"] = "complete"

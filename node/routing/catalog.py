@@ -33,7 +33,10 @@ back as one-way PROGRESS envelopes keyed by the entry node's call id.
 
 Both ends write audit entries: `tool.call` at the entry node, `tool.serve` at the
 provider, queued before the answer leaves; with `audit.commit_before_answer`, committed
-before it leaves (see `node/store/audit.py`, "Durability").
+before it leaves (see `node/store/audit.py`, "Durability"). Calls refused by an adaptive
+concurrency limit (`node.vsm.concurrency`) are the exception: counted
+(`refused_for_load` in the routing stats, the limiters' counts), `denial` and `tool_call`
+events, but no audit entry each, so that a surge is not also a write storm.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -60,6 +63,7 @@ from vsmcp.node.replication.service import RemoteTool, ReplicationService
 from vsmcp.node.routing.calls import ReplyItem
 from vsmcp.node.routing.pinning import MIN_ID_SUFFIX_CHARS, NotOnNode, resolve_pin
 from vsmcp.node.routing.wire import (
+    MAX_ATTEMPTS,
     MAX_CAUSALITY_ENTRIES,
     MAX_ID_CHARS,
     CallProgress,
@@ -75,7 +79,9 @@ from vsmcp.node.routing.wire import (
     tool_error_from,
 )
 from vsmcp.node.store.audit import AuditLog
+from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.errors import (
+    ConcurrencyLimited,
     Overloaded,
     ProviderError,
     Shed,
@@ -88,13 +94,19 @@ from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, Tool
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.events import Event, MembershipChanged, RegistryChanged, ToolCallFinished
-from vsmcp.node.vsm.shedding import DEFAULT_PRIORITY, LoadShedder
+from vsmcp.node.vsm.priority import (
+    CRITICAL,
+    DEFAULT_PRIORITY,
+    PriorityError,
+    parse_priority,
+)
+from vsmcp.node.vsm.priority import Priority as CallPriority
+from vsmcp.node.vsm.shedding import LoadShedder
 from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CALL_TIMEOUT_S: Final = 30.0
-MAX_ATTEMPTS: Final = 3
 ACCEPT_TIMEOUT_S: Final = 1.0
 ACK_AFTER_S: Final = 0.25
 WATCH_INTERVAL_S: Final = 0.25
@@ -108,6 +120,8 @@ PROGRESS_FLUSH_S: Final = 0.5
 META_PROVIDER: Final = "vsmcp/provider"
 MAX_EVENT_REASON_CHARS: Final = 256
 META_PROGRESS_SENT: Final = "vsmcp/progressSent"
+# Algedonic traffic: never refused for load, whatever class its caller named.
+CRITICAL_TOOLS: Final = frozenset({"vsm.signal"})
 
 USABLE_STATES: Final = frozenset({"alive", "suspect"})
 GONE_STATES: Final = frozenset({"dead", "zombie", "left"})
@@ -487,6 +501,10 @@ class MeshCatalog(Service):
         self._closing = False
         # System 5's load shedding at the entry (set by the node).
         self.shedder: LoadShedder | None = None
+        # Adaptive concurrency limits (`vsm.concurrency`; set by the node): calls entering
+        # the mesh here, and calls this node serves for peers.
+        self.entry_limit: EntryGate | None = None
+        self.serve_limit: EntryGate | None = None
         # The immune system's check of every call (entry and served): raises
         # `PolicyBlocked` for a blocked origin, entry node or tool. Set by the node.
         self.gate: CallGate | None = None
@@ -566,6 +584,7 @@ class MeshCatalog(Service):
                     outcome=outcome,
                     reason=reason,
                     entry_origin=ctx.entry_origin,
+                    priority=ctx.priority,
                 )
             )
 
@@ -705,20 +724,28 @@ class MeshCatalog(Service):
         tried: list[str] = []
         outcome = "ok"
         reason: str | None = None
+        # A refusal for load is counted, evented and in S3's KPIs, but not one audit
+        # entry each: a surge must not turn into a write storm on the audit log.
+        unaudited = False
         task = asyncio.current_task()
         if task is not None:
             self._calls.add(task)
         try:
             if self.gate is not None:
                 self.gate(ctx, None, name)
+            if name in CRITICAL_TOOLS:
+                ctx = ctx.with_priority(CRITICAL)
             self._shed(name, ctx)
-            result = await self._call(name, arguments, ctx, tried)
+            result = await self._admitted(
+                self.entry_limit, name, ctx, self._call(name, arguments, ctx, tried)
+            )
             if result.get("isError"):
                 outcome = "error_result"
             return result
         except ToolError as e:
             outcome = e.reason
             reason = _reason_text(e)
+            unaudited = isinstance(e, ConcurrencyLimited)
             raise
         except asyncio.CancelledError:
             if task is None or task not in self._cancelled_calls or task.uncancel() > 0:
@@ -745,7 +772,9 @@ class MeshCatalog(Service):
                 "outcome": outcome,
                 "latency_ms": latency_ms,
             }
-            if outcome == "cancelled":
+            if unaudited:
+                self._count("refused_for_load")
+            elif outcome == "cancelled":
                 # Do not wait inside a cancelled task: the entry is written on the side.
                 self._spawn(self._append_audit("tool.call", ctx.caller_id, data), "audit-call")
             else:
@@ -755,15 +784,39 @@ class MeshCatalog(Service):
         shedder = self.shedder
         if shedder is None or shedder.level is None:
             return
-        # Every call is `normal` until callers can name a priority class.
         if shedder.refuses(
-            DEFAULT_PRIORITY,
+            ctx.priority,
             origin=ctx.origin,
             zone=ctx.caller_zone,
             tool=name,
             entry_origin=ctx.entry_origin,
         ):
-            raise Shed(name, DEFAULT_PRIORITY, shedder.level)
+            raise Shed(name, ctx.priority, shedder.level)
+
+    @staticmethod
+    async def _admitted(
+        gate: EntryGate | None, name: str, ctx: CallContext, call: Coroutine[Any, Any, ToolResult]
+    ) -> ToolResult:
+        """Run `call` within `gate`'s adaptive limit (refused at once when it has no room).
+        Only calls that ran (a result, or a timeout) feed the limit: a refusal further in
+        says nothing of this entry's latency."""
+        if gate is None:
+            return await call
+        try:
+            started = gate.admit(ctx, name)
+        except ToolError:
+            call.close()  # never awaited: no "coroutine was never awaited" warning
+            raise
+        ran = False
+        try:
+            result = await call
+            ran = True
+            return result
+        except ToolTimeout:
+            ran = True
+            raise
+        finally:
+            gate.done(started, sample=ran)
 
     async def _call(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext, tried: list[str]
@@ -833,7 +886,9 @@ class MeshCatalog(Service):
         ctx = ctx.with_timeout(self._call_timeout_s)
         tried.append(node_id)
         try:
-            return await self._attempt(node_id, name, arguments, ctx, ctx.remaining_s() or 0.0)
+            return await self._attempt(
+                node_id, name, arguments, ctx, ctx.remaining_s() or 0.0, attempt=len(tried)
+            )
         except _Retry as r:
             raise r.error from None
 
@@ -873,7 +928,9 @@ class MeshCatalog(Service):
                 raise ToolTimeout(name, budget)
             tried.append(node_id)
             try:
-                return await self._attempt(node_id, name, arguments, ctx, budget)
+                return await self._attempt(
+                    node_id, name, arguments, ctx, budget, attempt=len(tried)
+                )
             except _Retry as r:
                 self._count("failover")
                 log.info("tool %s: provider %s failed (%s); trying the next", name, node_id, r)
@@ -896,6 +953,8 @@ class MeshCatalog(Service):
         arguments: Mapping[str, Any],
         ctx: CallContext,
         budget: float,
+        *,
+        attempt: int,
     ) -> ToolResult:
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -913,6 +972,8 @@ class MeshCatalog(Service):
             causality=tuple(c[:MAX_ID_CHARS] for c in ctx.causality[-MAX_CAUSALITY_ENTRIES:]),
             timeout_ms=max(1, int(remaining * 1000)),
             progress=ctx.progress is not None,
+            priority=ctx.priority,
+            attempt=min(MAX_ATTEMPTS, max(1, attempt)),
         )
         context = Context(origin=request.origin, trace_id=ctx.trace_id.encode()[:64])
         self._pending[pending.call_id] = pending
@@ -1087,14 +1148,22 @@ class MeshCatalog(Service):
             causality=request.causality,
             progress=progress if request.progress else None,
             deadline=started + request.timeout_ms / 1000 if request.timeout_ms else None,
+            # The entry node's word (it capped the caller's class); unknown: `normal`.
+            priority=_served_priority(request.priority),
         )
         ack = loop.call_later(ACK_AFTER_S, self._send_ack, entry, call_id)
         outcome = "ok"
         reason: str | None = None
+        unaudited = False  # a refusal for load (as at the entry)
         try:
             if self.gate is not None:
                 self.gate(ctx, entry, request.tool)
-            result = await self.local.call_tool(request.tool, request.arguments, ctx)
+            result = await self._admitted(
+                self.serve_limit,
+                request.tool,
+                ctx,
+                self.local.call_tool(request.tool, request.arguments, ctx),
+            )
             if result.get("isError"):
                 outcome = "error_result"
             if sent:
@@ -1104,6 +1173,7 @@ class MeshCatalog(Service):
         except ToolError as e:
             outcome = e.reason
             reason = _reason_text(e)
+            unaudited = isinstance(e, ConcurrencyLimited)
             answer = MsgType.ERROR, encode(error_from_tool_error(e))
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -1123,8 +1193,12 @@ class MeshCatalog(Service):
                 "causality": list(request.causality),
                 "outcome": outcome,
                 "latency_ms": latency_ms,
+                "priority": ctx.priority,
+                "attempt": request.attempt,
             }
-            if outcome == "cancelled":
+            if unaudited:
+                self._count("refused_for_load")
+            elif outcome == "cancelled":
                 self._spawn(self._append_audit("tool.serve", entry, data), "audit-serve")
             else:
                 await self._append_audit("tool.serve", entry, data)
@@ -1151,6 +1225,13 @@ class MeshCatalog(Service):
         except NodeError as e:
             self._count("audit_failed")
             log.warning("audit %s not recorded: %s", kind, e)
+
+
+def _served_priority(claimed: str) -> CallPriority:
+    try:
+        return parse_priority(claimed)
+    except PriorityError:
+        return DEFAULT_PRIORITY
 
 
 def effective_zone(zones: ZoneOrder, claimed: str, certificate_zone: str) -> str:

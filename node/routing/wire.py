@@ -39,6 +39,8 @@ MAX_TOOL_NAME_CHARS: Final = 256
 MAX_ID_CHARS: Final = 256
 MAX_CAUSALITY_ENTRIES: Final = 64
 MAX_MESSAGE_CHARS: Final = 4096
+# Providers one call may be tried on, mesh-wide (a surge must not be multiplied by failover).
+MAX_ATTEMPTS: Final = 3
 
 _Name = Annotated[str, Meta(max_length=MAX_TOOL_NAME_CHARS)]
 _Id = Annotated[str, Meta(max_length=MAX_ID_CHARS)]
@@ -68,6 +70,12 @@ class InvokeRequest(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     causality: Annotated[tuple[_Id, ...], Meta(max_length=MAX_CAUSALITY_ENTRIES)] = ()
     timeout_ms: Annotated[int, Meta(ge=0)] = 0
     progress: bool = False
+    # Appended fields (an older node's request lacks them: the defaults apply; an older
+    # node ignores them). `priority` is the class the entry node admitted the call at;
+    # `attempt` counts the providers tried for this call so far (1: the first), so that
+    # failover stays within MAX_ATTEMPTS mesh-wide.
+    priority: _Id = "normal"
+    attempt: Annotated[int, Meta(ge=1, le=MAX_ATTEMPTS)] = 1
 
 
 class InvokeError(msgspec.Struct, array_like=True, frozen=True, kw_only=True):

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from vsmcp.node.vsm.priority import DEFAULT_PRIORITY, Priority
+
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -296,6 +298,10 @@ class McpTokenConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         str, msgspec.Meta(min_length=16), doc("the secret, at least 16 characters; unique")
     ]
     zone: Annotated[str, doc("the zone its bearer gets")]
+    max_priority: Annotated[
+        Priority,
+        doc("the highest priority class (_meta vsmcp/priority) its calls may have; above: capped"),
+    ] = DEFAULT_PRIORITY
 
 
 class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -305,6 +311,10 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     loopback_zone: Annotated[str | None, doc("zone of a loopback /mcp client without a token")] = (
         "public"
     )
+    loopback_max_priority: Annotated[
+        Priority,
+        doc("the highest priority class a loopback /mcp client without a token may ask for"),
+    ] = DEFAULT_PRIORITY
     allowed_origins: Annotated[
         list[str],
         doc(

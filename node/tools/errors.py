@@ -96,6 +96,28 @@ class Overloaded(ToolError):
         )
 
 
+class ConcurrencyLimited(Overloaded):
+    """An entry's adaptive concurrency limit (`node.vsm.concurrency`) has no room for a
+    call of this priority class now: refused at once, never queued."""
+
+    def __init__(
+        self, entry: str, priority: str, limit: float, in_flight: int, retry_after_s: float
+    ) -> None:
+        ToolError.__init__(
+            self,
+            f"Overloaded: {entry} is at its concurrency limit for {priority!r} calls "
+            f"({in_flight} in flight, limit {limit:.0f}); retry after {retry_after_s:.3f} s",
+            {
+                "unit": entry,
+                "limit": "adaptive_concurrency",
+                "priority": priority,
+                "max_concurrency": int(limit),
+                "in_flight": in_flight,
+                "retry_after_s": _finite(retry_after_s),
+            },
+        )
+
+
 class Shed(Overloaded):
     """System 5 sheds calls of this priority class at the entry for now (an overload
     answer: the caller should retry later, or with a higher class)."""

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, Protocol
 
+from vsmcp.node.vsm.priority import DEFAULT_PRIORITY, Priority
+
 ProviderKind = Literal["builtin", "plugin", "mounted", "wasm", "child", "remote"]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
@@ -31,6 +33,8 @@ META_CAUSALITY: Final = "vsmcp/causality"
 META_ORIGIN: Final = "vsmcp/origin"
 # A client pins a call to one node (its id or name) in the request's `_meta`.
 META_NODE: Final = "vsmcp/node"
+# A client names its call's priority class (`node.vsm.priority`) in the request's `_meta`.
+META_PRIORITY: Final = "vsmcp/priority"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +96,8 @@ class CallContext:
     client_addr: str | None = None
     # The node the caller pinned this call to (`_meta` `vsmcp/node`: id or name), if any.
     pinned_node: str | None = None
+    # Who is refused first under load (`node.vsm.priority`): already capped by the grant.
+    priority: Priority = DEFAULT_PRIORITY
 
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
@@ -123,7 +129,11 @@ class CallContext:
             entry_origin=self.entry_origin,
             client_addr=self.client_addr,
             pinned_node=self.pinned_node,
+            priority=self.priority,
         )
+
+    def with_priority(self, priority: Priority) -> CallContext:
+        return self if priority == self.priority else replace(self, priority=priority)
 
     def caused_by(self, event_id: str) -> CallContext:
         return replace(self, causality=(*self.causality, event_id))

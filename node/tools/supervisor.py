@@ -24,7 +24,10 @@ Each provider runs as one `Unit` in one named task owned by the `Supervisor`:
   `max_queue` more wait (within their deadline) for a slot; beyond that a call is
   refused at once with `Overloaded` and a retry-after estimated from recent call
   durations. We queue a little rather than refuse at once so that short bursts are
-  absorbed, and bound the queue so that overload is answered quickly.
+  absorbed, and bound the queue so that overload is answered quickly. With
+  `[vsm.concurrency]` each unit also has an adaptive limit (`node.vsm.concurrency`,
+  at most `max_concurrency`): a call beyond it is refused at once, lower priority
+  classes first, so the queue is only reached if the limit is above what can run.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vsmcp.mesh.service import Service
+from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.errors import (
     Overloaded,
     ShuttingDown,
@@ -52,9 +56,15 @@ from vsmcp.node.tools.errors import (
     UnitFault,
 )
 from vsmcp.node.tools.model import CallContext, Provider, ToolResult, ToolSpec, text_result
+from vsmcp.node.vsm.concurrency import AdaptiveLimiter, LimiterSettings
 from vsmcp.node.vsm.events import EventSink, UnitStateChanged
+from vsmcp.node.vsm.kpis import CALLER_OUTCOMES, CallKpis
 
 log = logging.getLogger(__name__)
+
+UNIT_KPI_WINDOW_S = 60.0
+# Calls each unit's KPI window keeps (the oldest go first): ≈1 MB per unit at most.
+UNIT_KPI_MAX_CALLS = 10_000
 
 INITIAL_CALL_ESTIMATE_S = 0.1
 
@@ -132,6 +142,10 @@ class Unit:
         self._tool_faults: dict[str, _ToolFaults] = {}
         # Set while System 5 tightens limits: calls beyond it are refused, not queued.
         self._concurrency_cap: int | None = None
+        # The unit's adaptive concurrency limit (`node.vsm.concurrency`), if configured.
+        self.gate: EntryGate | None = None
+        # System 3's KPIs of this unit's calls, over a sliding window.
+        self.kpis = CallKpis(UNIT_KPI_WINDOW_S, UNIT_KPI_MAX_CALLS)
         self._calls: set[asyncio.Task[Any]] = set()
         self._cancelled_calls: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -158,6 +172,7 @@ class Unit:
             "retry_in_s": None if self.retry_at is None else max(0.0, self.retry_at - now),
             "running_calls": self._running,
             "waiting_calls": self._waiting,
+            "adaptive": None if self.gate is None else self.gate.limiter.view(),
             "last_error": self.last_error,
         }
 
@@ -186,10 +201,18 @@ class Unit:
         task = asyncio.current_task()
         if task is not None:
             self._calls.add(task)
+        started = time.monotonic()
+        failed = True
         try:
-            return await self._call(tool, arguments, ctx)
+            result = await self._call(tool, arguments, ctx)
+            failed = bool(result.get("isError"))
+            return result
+        except ToolError as e:
+            failed = e.reason not in CALLER_OUTCOMES
+            raise
         except asyncio.CancelledError:
             if task is None or task not in self._cancelled_calls:
+                failed = False  # the caller's cancel
                 raise
             # Our own cancel (cancel_calls): the caller is told why, unless someone
             # else cancelled the task too.
@@ -201,8 +224,12 @@ class Unit:
             if task is not None:
                 self._calls.discard(task)
                 self._cancelled_calls.discard(task)
+            self.kpis.record(time.time(), (time.monotonic() - started) * 1000, failed)
 
     async def _call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        gate = self.gate
+        started = gate.admit(ctx, tool) if gate is not None else 0.0
+        ran = False  # the call ran here (or timed out here): its latency feeds the limit
         ctx = ctx.with_timeout(self.policy.timeout_s)
         budget = ctx.remaining_s()
         deadline = asyncio.timeout_at(ctx.deadline)
@@ -211,13 +238,19 @@ class Unit:
                 await self._acquire_slot()
                 try:
                     self._check_running(tool)
-                    return await self._invoke(tool, arguments, ctx)
+                    result = await self._invoke(tool, arguments, ctx)
+                    ran = True
+                    return result
                 finally:
                     self._sem.release()
         except TimeoutError:
             if deadline.expired():
+                ran = True
                 raise ToolTimeout(tool, budget or 0.0) from None
             raise
+        finally:
+            if gate is not None:
+                gate.done(started, sample=ran)
 
     def cancel_calls(self) -> None:
         """Refuse new calls and cancel those in flight (their callers get `ShuttingDown`)."""
@@ -236,14 +269,21 @@ class Unit:
     def running_calls(self) -> int:
         return self._running
 
+    @property
+    def waiting_calls(self) -> int:
+        return self._waiting
+
     def set_concurrency_scale(self, factor: float) -> None:
-        """System 5's `tighten_limit`: below 1, at most max(1, ⌊max_concurrency × factor⌋)
-        calls run and a call beyond that is refused at once (`Overloaded`) rather than
-        queued; 1.0 restores the configured limit."""
+        """System 5's `tighten_limit` (the adaptive limit's upper bound too): below 1, at
+        most max(1, ⌊max_concurrency × factor⌋) calls run and a call beyond that is
+        refused at once (`Overloaded`) rather than queued; 1.0 restores the configured
+        limit."""
         if not 0 < factor <= 1:
             raise ValueError(f"scale must be in (0, 1], got {factor}")
         cap = max(1, int(self.policy.max_concurrency * factor))
         self._concurrency_cap = None if factor == 1 else cap
+        if self.gate is not None:
+            self.gate.limiter.set_scale(factor)
 
     def quarantine(self, seconds: float, reason: str) -> bool:
         """Quarantine the running unit for `seconds` (System 5's `quarantine_unit`): it
@@ -496,6 +536,8 @@ class Supervisor(Service):
         # Where unit state changes are published (the node's event stream); set by the node.
         self.events: EventSink | None = None
         self._concurrency_scale = 1.0
+        # Each unit's adaptive concurrency limit (`vsm.concurrency`); None: fixed limits only.
+        self._limiter_settings: LimiterSettings | None = None
 
     @property
     def units(self) -> Mapping[str, Unit]:
@@ -505,6 +547,7 @@ class Supervisor(Service):
         if provider.name in self._units:
             raise ToolConfigError(f"tool unit {provider.name!r} is declared twice")
         unit = Unit(provider, policy or UnitPolicy(), self._changed, self._state_changed)
+        self._attach_limiter(unit)
         unit.set_concurrency_scale(self._concurrency_scale)  # a unit added while tightened
         self._units[provider.name] = unit
         # Providers whose tool list changes while running (mounted servers) tell us.
@@ -566,6 +609,30 @@ class Supervisor(Service):
         self._concurrency_scale = factor
         for unit in self._units.values():
             unit.set_concurrency_scale(factor)
+
+    def set_limiter_settings(self, settings: LimiterSettings | None) -> None:
+        """Give every unit (and units added later) an adaptive concurrency limit; None:
+        none (the fixed `max_concurrency`/`max_queue` only)."""
+        self._limiter_settings = settings
+        for unit in self._units.values():
+            self._attach_limiter(unit)
+            unit.set_concurrency_scale(self._concurrency_scale)
+
+    def _attach_limiter(self, unit: Unit) -> None:
+        settings = self._limiter_settings
+        if settings is None:
+            unit.gate = None
+            return
+        # A unit never needs a limit above the calls it can run at once.
+        bounded = replace(
+            settings,
+            max_limit=max(settings.min_limit, min(settings.max_limit, unit.policy.max_concurrency)),
+            initial_limit=max(
+                settings.min_limit, min(settings.initial_limit, unit.policy.max_concurrency)
+            ),
+        )
+        limiter = AdaptiveLimiter(f"unit:{unit.name}", bounded, time.monotonic())
+        unit.gate = EntryGate(limiter, self.events)
 
     async def wait_running(self, timeout_s: float = 10.0) -> None:
         """Wait until every unit is running (startup convenience; raises TimeoutError)."""

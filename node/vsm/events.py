@@ -46,7 +46,7 @@ class ToolCallFinished(Event, frozen=True, gc=False, kw_only=True, tag="tool_cal
     provider: str
     origin: str
     zone: str
-    priority: str = "normal"  # the call's priority class ("normal" until classes exist)
+    priority: str = "normal"  # the call's priority class (`node.vsm.priority`), as capped
     latency_ms: float = 0.0
     outcome: str = "ok"
     reason: str | None = None

@@ -27,7 +27,7 @@ import msgspec
 
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.vsm.algedonic import Signal
-from vsmcp.node.vsm.shedding import PRIORITY_CLASSES
+from vsmcp.node.vsm.priority import PRIORITY_CLASSES
 
 ResponseAction = Literal["tighten_limit", "shed", "quarantine_unit", "block_origin", "alert"]
 RESPONSE_ACTIONS: tuple[str, ...] = (

@@ -2,9 +2,9 @@
 
 Priority classes rank `low < normal < high < critical`. System 5's `shed` response sets
 a level: while it lasts, a call whose class ranks at or below it is refused at the entry
-(before it is routed anywhere), with a `denial` event whose `limit` is `shed`. Today every
-call is `normal`: shedding `low` refuses nothing yet, shedding `normal` refuses all but
-calls that will one day carry `high` or `critical`.
+(before it is routed anywhere), with a `denial` event whose `limit` is `shed`. A call's
+class is the one its client named (`_meta` `vsmcp/priority`, capped by its grant;
+`node.vsm.priority`); `critical` is never shed.
 """
 
 from __future__ import annotations
@@ -12,15 +12,7 @@ from __future__ import annotations
 import time
 
 from vsmcp.node.vsm.events import Denial, EventSink
-
-PRIORITY_CLASSES: tuple[str, ...] = ("low", "normal", "high", "critical")
-_RANK = {name: rank for rank, name in enumerate(PRIORITY_CLASSES)}
-DEFAULT_PRIORITY = "normal"
-
-
-def priority_rank(priority: str) -> int:
-    """The class's rank; an unknown class ranks as `normal`."""
-    return _RANK.get(priority, _RANK[DEFAULT_PRIORITY])
+from vsmcp.node.vsm.priority import CRITICAL, PRIORITY_CLASSES, priority_rank
 
 
 class LoadShedder:
@@ -32,7 +24,7 @@ class LoadShedder:
         self.shed = 0
 
     def set_level(self, level: str | None) -> None:
-        if level is not None and level not in _RANK:
+        if level is not None and level not in PRIORITY_CLASSES:
             raise ValueError(f"unknown priority class {level!r}")
         self.level = level
 
@@ -47,7 +39,7 @@ class LoadShedder:
     ) -> bool:
         """True (and a `denial` event) when a call of `priority` must be shed now."""
         level = self.level
-        if level is None or priority_rank(priority) > _RANK[level]:
+        if level is None or priority == CRITICAL or priority_rank(priority) > priority_rank(level):
             return False
         self.shed += 1
         if self.events is not None:

@@ -29,8 +29,8 @@ from vsmcp.node.vsm.balance import AlgedonicBalance
 from vsmcp.node.vsm.events import EventSink, ResponseTaken
 from vsmcp.node.vsm.loop_service import LoopService
 from vsmcp.node.vsm.mitigation import MitigationRequest, Mitigator
+from vsmcp.node.vsm.priority import priority_rank
 from vsmcp.node.vsm.responses import ResponseRule
-from vsmcp.node.vsm.shedding import priority_rank
 
 log = logging.getLogger(__name__)
 

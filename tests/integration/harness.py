@@ -244,11 +244,24 @@ def counters(node: NodeProcess, family: str) -> dict[str, int]:
     return {m.group(1): int(float(m.group(2))) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
+def start_configured(base: Path, nodes: list[NodeProcess], config: str, name: str) -> NodeProcess:
+    """Start (without waiting) a node `name` in `base` with `config` (TOML text), added
+    to `nodes` (the fixture that stops them)."""
+    path = base / f"{name}.toml"
+    path.write_text(config)
+    node = NodeProcess(base / name, "--config", str(path))
+    nodes.append(node)
+    return node.start(wait=False)
+
+
 def tool_call_message(
-    token: str, tool: str, arguments: dict[str, Any] | None = None
+    token: str,
+    tool: str,
+    arguments: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The JSON body and headers of one stateless (2026-07-28) `tools/call` at /mcp as
-    the bearer of `token`."""
+    the bearer of `token` (`meta`: more `_meta` entries, e.g. `vsmcp/priority`)."""
     body = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -259,6 +272,7 @@ def tool_call_message(
             "_meta": {
                 "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                 "io.modelcontextprotocol/clientCapabilities": {},
+                **(meta or {}),
             },
         },
     }

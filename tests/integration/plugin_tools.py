@@ -80,3 +80,28 @@ async def greet(name: str, ctx: CallContext, punctuation: str = "!") -> dict[str
 def mismatched(a: int, c: int) -> int:
     """Declared in config with a schema naming `a` and `b`: refused at load."""
     return a + c
+
+
+# A service of fixed capacity: at most `capacity` calls are served at once (the rest wait
+# inside the tool, as behind a saturated backend), each for `service_ms`.
+_WORKERS: dict[int, asyncio.Semaphore] = {}
+
+
+@tool(
+    name="work",
+    description="Serve one call in `service_ms`, at most `capacity` at once in this process.",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "service_ms": {"type": "number", "minimum": 0, "maximum": 10000},
+            "capacity": {"type": "integer", "minimum": 1, "maximum": 1000},
+        },
+        "additionalProperties": False,
+    },
+)
+async def work(arguments: Mapping[str, Any]) -> dict[str, bool]:
+    capacity = int(arguments.get("capacity", 4))
+    workers = _WORKERS.setdefault(capacity, asyncio.Semaphore(capacity))
+    async with workers:
+        await asyncio.sleep(float(arguments.get("service_ms", 20)) / 1000)
+    return {"served": True}

@@ -11,7 +11,7 @@ import pytest
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.integration.harness import NodeProcess, wait_mesh_states
+from tests.integration.harness import NodeProcess, start_configured, wait_mesh_states
 from tests.polling import async_wait_until
 
 pytestmark = pytest.mark.integration
@@ -37,14 +37,6 @@ timeout_s = 120
 CALL_TIMEOUT_S = 90.0
 
 
-def _start(base: Path, nodes: list[NodeProcess], config: str, name: str) -> NodeProcess:
-    path = base / f"{name}.toml"
-    path.write_text(config)
-    node = NodeProcess(base / name, "--config", str(path))
-    nodes.append(node)
-    return node.start(wait=False)
-
-
 def _providers(node: NodeProcess, tool: str) -> set[str]:
     return {t["provider"] for t in node.get_json("/api/tools")["tools"] if t["name"] == tool}
 
@@ -52,9 +44,9 @@ def _providers(node: NodeProcess, tool: str) -> set[str]:
 async def test_a_provider_that_dies_after_starting_the_call_is_not_replaced(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    a = _start(tmp_path, nodes, PROVIDER_CONFIG, "a")
-    b = _start(tmp_path, nodes, PROVIDER_CONFIG, "b")
-    entry = _start(tmp_path, nodes, ENTRY_CONFIG, "entry")
+    a = start_configured(tmp_path, nodes, PROVIDER_CONFIG, "a")
+    b = start_configured(tmp_path, nodes, PROVIDER_CONFIG, "b")
+    entry = start_configured(tmp_path, nodes, ENTRY_CONFIG, "entry")
     for node in (a, b, entry):
         node.wait_ready()
     group = [a, b, entry]
@@ -119,8 +111,8 @@ limits = { max_concurrency = 1, max_queue = 0 }
 async def test_a_call_the_local_unit_refuses_before_running_goes_to_a_mesh_provider(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    provider = _start(tmp_path, nodes, PROVIDER_CONFIG, "provider")
-    entry = _start(tmp_path, nodes, ENTRY_WITH_LOCAL_HOLD, "entry")
+    provider = start_configured(tmp_path, nodes, PROVIDER_CONFIG, "provider")
+    entry = start_configured(tmp_path, nodes, ENTRY_WITH_LOCAL_HOLD, "entry")
     for node in (provider, entry):
         node.wait_ready()
     wait_mesh_states([provider, entry], {n.node_id: "alive" for n in (provider, entry)})

@@ -269,3 +269,27 @@ def test_the_edge_profile_sets_smaller_defaults_under_what_is_configured(tmp_pat
     with pytest.raises(ConfigError) as err:
         load_config(None, environ={}, overrides={"node.profile": "tiny"})
     assert err.value.key == "node.profile"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"vsm.concurrency": {"min_limit": 0}}, "vsm.concurrency.min_limit"),
+        ({"vsm.concurrency": {"initial_limit": 500}}, "vsm.concurrency.max_limit"),
+        ({"vsm.concurrency": {"smoothing": 1.5}}, "vsm.concurrency.smoothing"),
+        ({"vsm.concurrency": {"share_low": 0.9}}, "vsm.concurrency.share_low"),
+        ({"vsm.concurrency": {"tolerance": 0.5}}, "vsm.concurrency.tolerance"),
+        ({"mcp.loopback_max_priority": "urgent"}, "mcp.loopback_max_priority"),
+    ],
+)
+def test_bad_regulation_config_names_the_key(overrides: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={}, overrides=overrides)
+    assert err.value.key == key
+
+
+def test_regulation_is_off_unless_configured() -> None:
+    assert load_config(environ={}).vsm.concurrency is None
+    config = load_config(environ={}, overrides={"vsm.concurrency": {"max_limit": 64}})
+    assert config.vsm.concurrency is not None
+    assert config.vsm.concurrency.settings().max_limit == 64

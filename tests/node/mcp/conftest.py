@@ -55,6 +55,7 @@ async def serve(
     *,
     loopback_zone: str | None = "public",
     allowed_hosts: list[str] | None = None,
+    tokens: dict[str, str | TokenGrant] | None = None,
     **kw: object,
 ) -> tuple[Server, web.AppRunner]:
     # The node's Host/Origin policy, as `node.http.build_app` applies it to every route.
@@ -63,7 +64,9 @@ async def serve(
     gateway = register_mcp_routes(
         app,
         catalog,
-        tokens={PUBLIC_TOKEN: "public", OPS_TOKEN: TokenGrant(zone="ops", name="ops")},
+        tokens=tokens
+        if tokens is not None
+        else {PUBLIC_TOKEN: "public", OPS_TOKEN: TokenGrant(zone="ops", name="ops")},
         loopback_zone=loopback_zone,
         **kw,  # type: ignore[arg-type]
     )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from vsmcp.node.mcp.protocol import error_object
 from vsmcp.node.routing.wire import (
+    MAX_ATTEMPTS,
     CallProgress,
     InvokeCodecError,
     InvokeRequest,
@@ -123,3 +125,50 @@ def test_unknown_reason_keeps_the_providers_reason() -> None:
     assert type(back) is ToolError
     assert back.data == {"reason": "brand_new", "x": 1}
     assert back.message == "new thing"
+
+
+def _request(**kw: Any) -> InvokeRequest:
+    fields: dict[str, Any] = {
+        "call_id": 1,
+        "tool": "t",
+        "arguments": {},
+        "caller_id": "c",
+        "caller_zone": "public",
+        "origin": "http:x",
+        "trace_id": "t",
+    }
+    return InvokeRequest(**{**fields, **kw})
+
+
+def test_priority_and_attempt_travel_and_older_requests_get_the_defaults() -> None:
+    request = _request(priority="high", attempt=2)
+    assert decode_request(encode(request)) == request
+    # An older entry node's request: the fields before `priority` only.
+    older = msgspec.msgpack.encode(msgspec.to_builtins(request)[:-2])
+    decoded = decode_request(older)
+    assert (decoded.priority, decoded.attempt) == ("normal", 1)
+
+
+def test_an_older_node_ignores_the_appended_fields() -> None:
+    class OlderRequest(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+        call_id: int
+        tool: str
+        arguments: dict[str, Any]
+        caller_id: str
+        caller_zone: str
+        origin: str
+        trace_id: str
+        causality: tuple[str, ...] = ()
+        timeout_ms: int = 0
+        progress: bool = False
+
+    request = _request(priority="critical", attempt=3)
+    old = msgspec.msgpack.decode(encode(request), type=OlderRequest)
+    assert (old.tool, old.call_id) == ("t", 1)
+
+
+def test_attempts_beyond_the_mesh_bound_are_refused() -> None:
+    bad = msgspec.to_builtins(_request())
+    bad[-1] = MAX_ATTEMPTS + 1
+    with pytest.raises(InvokeCodecError):
+        decode_request(msgspec.msgpack.encode(bad))

@@ -42,3 +42,8 @@ async def slow(arguments: Mapping[str, Any], ctx: CallContext) -> str:
 
 def broken(arguments: Mapping[str, Any]) -> str:
     raise RuntimeError("plugin bug")
+
+
+def priority(arguments: Mapping[str, Any], ctx: CallContext) -> dict[str, str]:
+    """The priority class the call arrived with (after the gateway capped it)."""
+    return {"priority": ctx.priority}

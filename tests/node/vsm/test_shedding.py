@@ -27,3 +27,10 @@ def test_sheds_classes_at_or_below_the_level_with_a_denial_event() -> None:
     assert not shedder.refuses("low", origin="o", zone="public", tool="t")
     with pytest.raises(ValueError):
         shedder.set_level("urgent")
+
+
+def test_critical_is_never_shed_whatever_the_level() -> None:
+    shedder = LoadShedder()
+    shedder.set_level("critical")
+    assert shedder.refuses("high", origin="o", zone="public", tool="t")
+    assert not shedder.refuses("critical", origin="o", zone="public", tool="t")

@@ -1,0 +1,214 @@
+"""Adaptive concurrency limits (System 2/3): how many calls an entry runs at once,
+following measured latency; beyond it, calls are refused at once, lowest class first.
+
+One `AdaptiveLimiter` guards each entry: the `/mcp` gateway (calls entering the mesh
+at this node), the calls this node serves for peers, and each System 1 unit. It never
+queues: `try_acquire` answers at once, so a refused call costs microseconds and the
+caller learns when to come back (`retry_after_s`).
+
+The rule (a gradient limit, after Netflix concurrency-limits' Gradient2, with a
+windowed minimum RTT as the baseline as in Vegas; the constants are in
+docs/regulation.md). Latencies are taken in windows of one round of calls
+(`max(MIN_WINDOW_SAMPLES, limit)` samples, so about every call in flight has been
+replaced); at the end of each window:
+
+    rtt        =  the window's mean latency
+    rtt_min    =  the baseline: falls at once to any smaller latency; every
+                  `baseline_window_s` it rises to that window's minimum, by at most
+                  BASELINE_RISE (so a saturated entry, whose every latency includes
+                  queueing, cannot ratchet its own baseline up, while a tool that
+                  really got slower is followed within minutes)
+    gradient   =  clamp(tolerance * rtt_min / rtt, MIN_GRADIENT, 1)
+    target     =  limit * gradient + sqrt(limit)          (sqrt: room to probe upwards)
+    target     =  limit   if target > limit and the entry used < half its limit
+    limit      <- limit + smoothing * (target - limit),   clamped to [min_limit, max_limit]
+
+While latency stays within `tolerance` times the baseline, the limit grows by about
+`smoothing * sqrt(limit)` per window (but only while the entry actually uses it); once
+queueing downstream inflates latency, the gradient pulls it back towards the
+concurrency at which latency was still good. One update per window, not per call: the
+calls of one window all saw the same limit, and updating on each of them would apply
+the same evidence `limit` times (an effective gain near 1, which swings). The update
+is then a first-order low-pass (`smoothing` < 1) towards a target that falls as the
+limit rises, so a step of load makes the limit settle without swinging
+(tests/node/vsm/test_concurrency.py).
+
+Priority shares. A class may use only a share of the limit (`low` 50 %, `normal` 80 %,
+`high` 95 %): when the entry is busy, lower classes are refused first and the rest is
+kept for higher ones. `critical` is never refused for load (it is counted in flight).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from vsmcp.node.vsm.priority import CRITICAL, PRIORITY_CLASSES, Priority
+
+MIN_WINDOW_SAMPLES: Final = 10
+BASELINE_RISE: Final = 0.1
+MIN_GRADIENT: Final = 0.5
+MIN_RETRY_AFTER_S: Final = 0.001
+# Retry-after is the short RTT capped here: a refused caller comes back soon, not never.
+MAX_RETRY_AFTER_S: Final = 5.0
+DEFAULT_SHARES: Final[Mapping[Priority, float]] = {
+    "low": 0.5,
+    "normal": 0.8,
+    "high": 0.95,
+    "critical": 1.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSettings:
+    """Bounds and constants of one limiter (config `[vsm.concurrency]`)."""
+
+    min_limit: int = 4
+    max_limit: int = 256
+    initial_limit: int = 32
+    smoothing: float = 0.2
+    tolerance: float = 1.5
+    baseline_window_s: float = 30.0
+    shares: Mapping[Priority, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError("need 1 <= min_limit <= initial_limit <= max_limit")
+        if not 0 < self.smoothing <= 1:
+            raise ValueError("smoothing must be in (0, 1]")
+        if not self.tolerance >= 1:
+            raise ValueError("tolerance must be >= 1")
+        if not self.baseline_window_s > 0:
+            raise ValueError("baseline_window_s must be > 0")
+        for name in PRIORITY_CLASSES:
+            share = self.shares.get(name)
+            if share is None or not 0 < share <= 1:
+                raise ValueError(f"shares.{name} must be in (0, 1]")
+
+
+class AdaptiveLimiter:
+    """One entry's limit. Time is passed in (`now`, seconds, monotonic) so tests drive it."""
+
+    __slots__ = (
+        "_base",
+        "_base_since",
+        "_base_window",
+        "_busy",
+        "_window_n",
+        "_window_sum",
+        "admitted",
+        "inflight",
+        "limit",
+        "name",
+        "refused",
+        "rtt_short",
+        "samples",
+        "scale",
+        "settings",
+    )
+
+    def __init__(self, name: str, settings: LimiterSettings, now: float = 0.0) -> None:
+        self.name = name
+        self.settings = settings
+        self.limit = float(settings.initial_limit)
+        self.inflight = 0
+        self.rtt_short: float | None = None
+        self._base = math.inf  # the baseline (min RTT)
+        self._base_window = math.inf  # the smallest latency of the current window
+        self._base_since = now
+        self._busy = 0  # the most calls in flight since the last update
+        self._window_n = 0
+        self._window_sum = 0.0
+        self.samples = 0
+        self.admitted: dict[str, int] = dict.fromkeys(PRIORITY_CLASSES, 0)
+        self.refused: dict[str, int] = dict.fromkeys(PRIORITY_CLASSES, 0)
+        # System 5's `tighten_limit` scales the upper bound (1.0: as configured).
+        self.scale = 1.0
+
+    @property
+    def max_limit(self) -> float:
+        s = self.settings
+        return max(float(s.min_limit), s.max_limit * self.scale)
+
+    def allowed(self, priority: Priority) -> int:
+        """How many calls may be in flight when one of `priority` is admitted."""
+        return max(1, math.floor(self.limit * self.settings.shares[priority]))
+
+    def try_acquire(self, priority: Priority) -> bool:
+        """Admit one call (True) or refuse it now (False; counted in `refused`)."""
+        if priority != CRITICAL and self.inflight >= self.allowed(priority):
+            self.refused[priority] += 1
+            return False
+        self.inflight += 1
+        self.admitted[priority] += 1
+        self._busy = max(self._busy, self.inflight)
+        return True
+
+    def release(self, rtt_s: float | None, now: float) -> None:
+        """One admitted call ended after `rtt_s` seconds; None: its latency says nothing
+        of this entry's load (refused further in, cancelled), so it is not sampled."""
+        self.inflight = max(0, self.inflight - 1)
+        if rtt_s is not None and rtt_s >= 0 and math.isfinite(rtt_s):
+            self.sample(rtt_s, now)
+
+    def baseline(self) -> float | None:
+        return None if math.isinf(self._base) else self._base
+
+    def sample(self, rtt_s: float, now: float) -> None:
+        """Take one latency into the window; update the limit at the window's end (the
+        rule in the module docstring)."""
+        s = self.settings
+        rtt_s = max(rtt_s, 1e-6)
+        if now - self._base_since >= s.baseline_window_s:
+            if not math.isinf(self._base_window):
+                self._base = min(self._base_window, self._base * (1 + BASELINE_RISE))
+            self._base_window = math.inf
+            self._base_since = now
+        self._base_window = min(self._base_window, rtt_s)
+        self._base = min(self._base, rtt_s)
+        self.samples += 1
+        self._window_n += 1
+        self._window_sum += rtt_s
+        if self._window_n < max(MIN_WINDOW_SAMPLES, self.limit):
+            return
+        rtt = self._window_sum / self._window_n
+        self._window_n, self._window_sum = 0, 0.0
+        self.rtt_short = rtt
+        gradient = min(1.0, max(MIN_GRADIENT, s.tolerance * self._base / rtt))
+        limit = self.limit
+        target = limit * gradient + math.sqrt(limit)
+        if target > limit and self._busy < limit / 2:
+            target = limit  # app-limited: unused room says nothing about capacity
+        limit += s.smoothing * (target - limit)
+        self.limit = min(self.max_limit, max(float(s.min_limit), limit))
+        self._busy = self.inflight
+
+    def set_scale(self, factor: float) -> None:
+        """System 5's `tighten_limit`: the upper bound times `factor` in (0, 1]."""
+        if not 0 < factor <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {factor}")
+        self.scale = factor
+        self.limit = min(self.limit, self.max_limit)
+
+    def retry_after_s(self) -> float:
+        """When a refused caller may try again: about one call's latency here (the last
+        window's mean; before any, the smallest latency seen)."""
+        short = self.rtt_short if self.rtt_short is not None else self.baseline()
+        short = MIN_RETRY_AFTER_S if short is None else short
+        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, short))
+
+    def refused_total(self) -> int:
+        return sum(self.refused.values())
+
+    def view(self) -> dict[str, Any]:
+        base = self.baseline()
+        return {
+            "limit": round(self.limit, 2),
+            "in_flight": self.inflight,
+            "rtt_ms": None if self.rtt_short is None else round(self.rtt_short * 1000, 3),
+            "baseline_ms": None if base is None else round(base * 1000, 3),
+            "admitted": dict(self.admitted),
+            "refused": dict(self.refused),
+        }

@@ -1,0 +1,123 @@
+"""System 3's watch over the adaptive concurrency limits: shed counts over a sliding
+window, the event loop's lag, and pain when shedding is sustained.
+
+One owned loop (`overload-watch`) ticks every `interval_s`. Each tick it measures how
+late it woke (the event loop's lag: a loop that is late for its own timer is late for
+every call), and takes the refusals and admissions of every limit since the last tick.
+When calls were refused in every tick for `pain_after_s`, it raises pain (source
+`overload`) once per `pain_after_s` while it lasts, with intensity = the share of
+calls refused over that streak, capped at `MAX_PAIN`. The cap keeps it a weak signal
+that System 3 aggregates (it lowers viability): refusing what does not fit is the
+regulation working, not an emergency for System 5 — tightening limits further in
+answer to shedding would shed more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.node.vsm.concurrency import AdaptiveLimiter
+from vsmcp.node.vsm.kpis import percentile
+from vsmcp.node.vsm.loop_service import LoopService
+
+LOOP_NAME: Final = "overload-watch"
+PAIN_SOURCE: Final = "overload"
+DEFAULT_INTERVAL_S: Final = 1.0
+WINDOW_TICKS: Final = 60
+MAX_PAIN: Final = 0.6
+
+PainFn = Callable[[str, float, str], None]
+"""`pain(source, intensity, reason)`: raise an algedonic pain signal."""
+
+
+class OverloadWatch(LoopService):
+    """Sliding-window shed counts and loop lag over `limiters()`; pain when sustained."""
+
+    loop_name = LOOP_NAME
+
+    def __init__(
+        self,
+        limiters: Callable[[], Sequence[AdaptiveLimiter]],
+        pain: PainFn,
+        loops: LoopSupervisor,
+        *,
+        pain_after_s: float,
+        interval_s: float = DEFAULT_INTERVAL_S,
+    ) -> None:
+        super().__init__(loops)
+        self._limiters = limiters
+        self._pain = pain
+        self.pain_after_s = pain_after_s
+        self.interval_s = interval_s
+        # (refused, admitted, lag_s) per tick, newest last.
+        self._ticks: deque[tuple[int, int, float]] = deque(maxlen=WINDOW_TICKS)
+        self._last: dict[str, tuple[int, int]] = {}
+        self._streak_s = 0.0
+        self._streak_refused = 0
+        self._streak_admitted = 0
+        self._since_pain_s = 0.0
+        self.pains = 0
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.tick(max(0.0, loop.time() - due))
+
+    def tick(self, lag_s: float) -> None:
+        """One tick's accounting (the loop's body; tests call it directly)."""
+        refused = admitted = 0
+        seen: dict[str, tuple[int, int]] = {}
+        for limiter in self._limiters():
+            totals = (limiter.refused_total(), sum(limiter.admitted.values()))
+            before = self._last.get(limiter.name, (0, 0))
+            refused += max(0, totals[0] - before[0])
+            admitted += max(0, totals[1] - before[1])
+            seen[limiter.name] = totals
+        self._last = seen
+        self._ticks.append((refused, admitted, lag_s))
+        self._since_pain_s += self.interval_s
+        if refused == 0:
+            self._streak_s = 0.0
+            self._streak_refused = self._streak_admitted = 0
+            return
+        self._streak_s += self.interval_s
+        self._streak_refused += refused
+        self._streak_admitted += admitted
+        sustained = self.pain_after_s > 0 and self._streak_s >= self.pain_after_s
+        if sustained and self._since_pain_s >= self.pain_after_s:
+            offered = self._streak_refused + self._streak_admitted
+            share = self._streak_refused / offered
+            self._pain(
+                PAIN_SOURCE,
+                round(min(MAX_PAIN, share), 3),
+                f"shedding for {self._streak_s:.0f} s: {self._streak_refused} of {offered} "
+                "calls refused at the concurrency limits",
+            )
+            self.pains += 1
+            self._since_pain_s = 0.0
+
+    def loop_lag_s(self, pct: float) -> float:
+        return percentile(sorted(lag for _, _, lag in self._ticks), pct)
+
+    def view(self) -> dict[str, Any]:
+        window_s = len(self._ticks) * self.interval_s
+        refused = sum(r for r, _, _ in self._ticks)
+        admitted = sum(a for _, a, _ in self._ticks)
+        return {
+            "window_s": window_s,
+            "shed": refused,
+            "admitted": admitted,
+            "shed_per_s": round(refused / window_s, 3) if window_s else 0.0,
+            "shedding_for_s": self._streak_s,
+            "pains": self.pains,
+            "loop_lag_ms": {
+                "p50": round(self.loop_lag_s(50) * 1000, 3),
+                "p99": round(self.loop_lag_s(99) * 1000, 3),
+            },
+        }

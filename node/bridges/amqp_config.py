@@ -13,20 +13,13 @@ from vsmcp.node.vsm.events import NODE_EVENT_TYPES
 
 # The pseudo-kind of capability announcements (the node's local tools, on change).
 CAPABILITIES_KIND: Final = "capabilities"
-# Every kind but the high-volume ones: `tool_call` (one per call) and `telemetry` (one per
-# reading from an edge device); opt in when consumers want those streams.
-DEFAULT_EVENT_KINDS: Final = (
-    "denial",
-    "envelope_rejected",
-    "membership",
-    "unit_state",
-    "child_refused",
-    "registry",
-    "algedonic",
-    "policy",
-    "pattern_matched",
-    "s5_response",
-    "s4_proposal",
+# Kinds with one event per call or per reading: opt in when consumers want those streams.
+HIGH_VOLUME_KINDS: Final = frozenset({"tool_call", "telemetry"})
+# Every other kind of the node's events, in the stream's own order.
+DEFAULT_EVENT_KINDS: Final = tuple(
+    tag
+    for tag in (str(cls.__struct_config__.tag) for cls in NODE_EVENT_TYPES)
+    if tag not in HIGH_VOLUME_KINDS
 )
 MAX_PREFETCH: Final = 1_000
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024

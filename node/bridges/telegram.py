@@ -25,7 +25,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.node.bridges.model import BridgeContext, BridgeState, BridgeStatus
@@ -40,6 +40,7 @@ from vsmcp.node.bridges.telegram_commands import (
     parse_call,
     parse_command,
     result_text,
+    status_text,
     tools_text,
     view_text,
 )
@@ -391,7 +392,9 @@ class TelegramBridge:
         if command.name == "/history":
             return history_text(self.conversations.history(chat_id))
         if command.name == "/status":
-            return await self._call(ctx, "vsm.status", {}, title=f"{self._context.node_name}:")
+            return await self._call(
+                ctx, "vsm.status", {}, title=f"{self._context.node_name}:", view=status_text
+            )
         if command.name == "/peers":
             return await self._call(ctx, "vsm.peers", {}, title="Peers:")
         if command.name == "/call":
@@ -403,7 +406,13 @@ class TelegramBridge:
         return f"Unknown command {command.name}. " + help_text(zone, planner is not None)
 
     async def _call(
-        self, ctx: CallContext, tool: str, arguments: dict[str, Any], *, title: str = ""
+        self,
+        ctx: CallContext,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        title: str = "",
+        view: Callable[[str, Any], str] = view_text,
     ) -> str:
         self.counters["calls"] += 1
         try:
@@ -412,7 +421,7 @@ class TelegramBridge:
             self.counters["call_errors"] += 1
             return error_text(tool, e)
         if title and not result.get("isError") and "structuredContent" in result:
-            return view_text(title, result["structuredContent"])
+            return view(title, result["structuredContent"])
         return result_text(tool, result)
 
     # -- telegram.send and alerts ---------------------------------------------------------

@@ -150,6 +150,38 @@ def view_text(title: str, data: Any) -> str:
     return f"{title}\n{json.dumps(data, indent=1, sort_keys=True, default=str)}"
 
 
+def status_text(title: str, data: Mapping[str, Any]) -> str:
+    """`vsm.status` for a chat: the few lines an operator reads on a phone (the whole
+    document is `GET /api/vsm` and the status page)."""
+    viability = data.get("viability") or {}
+    units = (data.get("s1") or {}).get("units") or []
+    unit_states: dict[str, int] = {}
+    for unit in units:
+        state = str(unit.get("state", "?"))
+        unit_states[state] = unit_states.get(state, 0) + 1
+    bridges = data.get("bridges") or {}
+    lines = [
+        title,
+        f"node {data.get('node_id', '?')} (zone {data.get('zone', '?')}, "
+        f"version {data.get('version', '?')}), up {float(data.get('uptime_s', 0)):.0f} s",
+        f"viability: node {viability.get('node', '?')}, mesh {viability.get('mesh', '?')}",
+        "peers: " + _counts(data.get("peers") or {}),
+        f"units: {len(units)} (" + _counts(unit_states) + ")",
+        f"shedding: {(data.get('s5') or {}).get('shedding') or 'none'}",
+    ]
+    if bridges:
+        lines.append(
+            "bridges: " + ", ".join(f"{n} {b.get('state', '?')}" for n, b in bridges.items())
+        )
+    if data.get("children"):
+        lines.append("children: " + _counts(data["children"]))
+    return "\n".join(lines)
+
+
+def _counts(counts: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
 def history_text(turns: Sequence[Mapping[str, Any]]) -> str:
     if not turns:
         return "Nothing asked in this chat yet (or it has expired)."

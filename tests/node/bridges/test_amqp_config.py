@@ -44,6 +44,7 @@ def test_the_defaults_are_valid_and_leave_tool_calls_out() -> None:
     section = AmqpSection(url=URL)
     section.check(ZONES)
     assert set(DEFAULT_EVENT_KINDS) == event_kinds() - {"tool_call", "telemetry"}
+    assert "denial" in DEFAULT_EVENT_KINDS and "tool_call" not in DEFAULT_EVENT_KINDS
 
 
 def test_a_table_loads_through_the_node_config(tmp_path: Path) -> None:

@@ -118,6 +118,9 @@ async def test_commands_list_tools_status_peers_and_help(
         assert "telegram.send" not in ops_tools
         (status,) = await _ask(fake, OPS_CHAT, "/status")
         assert _bridge(node).context.node_id in status
+        # A summary for a phone, not the whole document (that is GET /api/vsm).
+        assert "viability: node" in status and "bridges: telegram connected" in status
+        assert len(status) < 1000
         (peers,) = await _ask(fake, OPS_CHAT, "/peers")
         assert peers.startswith("Peers:")
         (help_,) = await _ask(fake, OPS_CHAT, "/help@fake_bot")

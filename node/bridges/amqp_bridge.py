@@ -30,7 +30,7 @@ from collections.abc import Awaitable
 from typing import Any, Final
 
 import aio_pika
-import aiormq.exceptions
+import aiormq
 import msgspec
 from aio_pika.abc import (
     AbstractConnection,
@@ -44,6 +44,8 @@ from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_acks import Acks
 from vsmcp.node.bridges.amqp_calls import CallServer, Reply, ZoneMap
 from vsmcp.node.bridges.amqp_config import CAPABILITIES_KIND, AmqpSection
+from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
+from vsmcp.node.bridges.amqp_replies import Replies
 from vsmcp.node.bridges.model import BridgeContext, BridgeState, BridgeStatus
 from vsmcp.node.bridges.outbox import Outbox, OutboxEntry
 from vsmcp.node.vsm.events import NODE_EVENT_TYPES, Event, RegistryChanged, UnitStateChanged
@@ -68,12 +70,6 @@ OVERFLOW_AUDIT_INTERVAL_S: Final = 1.0
 PAIN_INTENSITY: Final = 0.8
 PERSISTENT: Final = 2  # AMQP delivery mode: the broker writes the message to disk
 
-# What a lost broker looks like from aio-pika: its errors, a closed channel, the socket.
-BROKER_ERRORS: Final = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    OSError,
-)
 
 _TAGS: Final[dict[type[Event], str]] = {
     cls: str(cls.__struct_config__.tag) for cls in NODE_EVENT_TYPES
@@ -111,6 +107,9 @@ class AmqpBridge(Service):
         # The calls channel's acks, while connected; ack frames sent on earlier channels.
         self._acks: Acks | None = None
         self._ack_frames = 0
+        # The replies of the calls, while connected; reply writes on earlier channels.
+        self._replies: Replies | None = None
+        self._reply_writes = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -145,6 +144,7 @@ class AmqpBridge(Service):
             "connects": self._connects,
             "announcements": self._announcements,
             "ack_frames": self._ack_frames + (self._acks.frames if self._acks else 0),
+            "reply_writes": self._reply_writes + (self._replies.writes if self._replies else 0),
             "outbox_overflowed": outbox.overflowed if outbox is not None else 0,
             **self._calls.counters.view(),
         }
@@ -274,6 +274,10 @@ class AmqpBridge(Service):
             if acks is not None:
                 self._ack_frames += acks.frames
                 await acks.close()
+            replies, self._replies = self._replies, None
+            if replies is not None:
+                self._reply_writes += replies.writes
+                await replies.close()
             with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
 
@@ -291,7 +295,9 @@ class AmqpBridge(Service):
         )
         await dead_queue.bind(dead)
         arguments: FieldTable = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
-        reply = _replier(replies)
+        replier = Replies(replies)
+        self._replies = replier
+        reply = replier.reply
         raw = await channel.get_underlay_channel()
         assert isinstance(raw, aiormq.Channel)
         acks = Acks(raw, lambda e: self._error(f"acks not sent: {type(e).__name__}: {e}"))
@@ -339,9 +345,11 @@ class AmqpBridge(Service):
             if not batch:
                 await outbox.ready.wait()
                 continue
-            results = await asyncio.gather(
-                *(self._publish(channel, entry) for entry in batch), return_exceptions=True
-            )
+            # All in one write, all confirmations outstanding at once (a timeout is an
+            # OSError: the session ends and reconnects).
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                confirmations = await publish_many(channel, [self._outgoing(e) for e in batch])
+                results = await asyncio.gather(*confirmations, return_exceptions=True)
             failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
             sent = len(batch) if failed is None else failed
             if sent:
@@ -352,7 +360,7 @@ class AmqpBridge(Service):
                 assert isinstance(error, BaseException)
                 raise error
 
-    def _publish(self, channel: aiormq.Channel, entry: OutboxEntry) -> Awaitable[Any]:
+    def _outgoing(self, entry: OutboxEntry) -> Outgoing:
         properties = spec.Basic.Properties(
             content_type="application/json",
             delivery_mode=PERSISTENT,
@@ -360,14 +368,7 @@ class AmqpBridge(Service):
             headers={"node": self._node_id, "seq": entry.seq},
             app_id="vsmcp",
         )
-        return channel.basic_publish(
-            entry.body,
-            exchange=self._section.exchange,
-            routing_key=entry.key,
-            properties=properties,
-            timeout=PUBLISH_TIMEOUT_S,
-            wait=False,
-        )
+        return Outgoing(entry.key, entry.body, properties, self._section.exchange)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -406,19 +407,3 @@ class AmqpBridge(Service):
                 ts=self._since, unit=UNIT, state=state, previous=previous, reason=reason or None
             )
         )
-
-
-def _replier(channel: aiormq.Channel) -> Reply:
-    async def reply(routing_key: str, correlation_id: str | None, body: bytes) -> None:
-        properties = spec.Basic.Properties(
-            content_type="application/json", correlation_id=correlation_id
-        )
-        await channel.basic_publish(
-            body,
-            routing_key=routing_key,
-            properties=properties,
-            timeout=PUBLISH_TIMEOUT_S,
-            wait=False,
-        )
-
-    return reply

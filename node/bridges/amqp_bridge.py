@@ -26,6 +26,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Final
 
@@ -38,7 +39,6 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 from aiormq.abc import FieldTable
-from pamqp import commands as spec
 
 from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_acks import Acks
@@ -54,8 +54,10 @@ log = logging.getLogger(__name__)
 
 NAME: Final = "amqp"
 UNIT: Final = "bridge:amqp"
-# Outbox entries sent per round, all in flight at once on the confirm channel.
+# Outbox entries sent per write, all in flight at once on the confirm channel; the next
+# batch goes out while the broker confirms one (it works meanwhile, so does the node).
 PUBLISH_BATCH: Final = 1_000
+IN_FLIGHT_BATCHES: Final = 2
 PUBLISH_TIMEOUT_S: Final = 30.0
 CONNECT_TIMEOUT_S: Final = 5.0
 RECONNECT_MIN_S: Final = 0.2
@@ -68,7 +70,6 @@ PINNED_QUEUE_EXPIRES_MS: Final = 24 * 3600 * 1000
 # Overflow of the outbox is audited at most this often (a flood is one entry a second).
 OVERFLOW_AUDIT_INTERVAL_S: Final = 1.0
 PAIN_INTENSITY: Final = 0.8
-PERSISTENT: Final = 2  # AMQP delivery mode: the broker writes the message to disk
 
 
 _TAGS: Final[dict[type[Event], str]] = {
@@ -337,38 +338,64 @@ class AmqpBridge(Service):
         return consume
 
     async def _send_outbox(self, channel: aiormq.Channel) -> None:
+        """Publish the outbox in order: a batch in one write, every confirm outstanding
+        at once, and the next batch sent while the broker confirms this one
+        (`IN_FLIGHT_BATCHES`); each batch is removed once confirmed, oldest first. A
+        failed confirm (or a timeout, an OSError) ends the session: what was not
+        confirmed stays and is sent again after the reconnect."""
         outbox = self._outbox
         assert outbox is not None
-        while True:
-            outbox.ready.clear()
-            batch = await outbox.peek(PUBLISH_BATCH)
-            if not batch:
-                await outbox.ready.wait()
-                continue
-            # All in one write, all confirmations outstanding at once (a timeout is an
-            # OSError: the session ends and reconnects).
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                confirmations = await publish_many(channel, [self._outgoing(e) for e in batch])
-                results = await asyncio.gather(*confirmations, return_exceptions=True)
-            failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
-            sent = len(batch) if failed is None else failed
-            if sent:
-                await outbox.remove_through(batch[sent - 1].seq)
-                self._published += sent
-            if failed is not None:
-                error = results[failed]
-                assert isinstance(error, BaseException)
-                raise error
+        in_flight: deque[tuple[list[OutboxEntry], asyncio.Future[list[Any]]]] = deque()
+        sent_through = 0
+        try:
+            while True:
+                if len(in_flight) < IN_FLIGHT_BATCHES:
+                    outbox.ready.clear()
+                    batch = await outbox.peek(PUBLISH_BATCH, after=sent_through)
+                    if batch:
+                        outgoing = [self._outgoing(entry) for entry in batch]
+                        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                            confirmations = await publish_many(channel, outgoing)
+                        confirmed = asyncio.gather(*confirmations, return_exceptions=True)
+                        in_flight.append((batch, confirmed))
+                        sent_through = batch[-1].seq
+                        continue
+                if not in_flight:
+                    await outbox.ready.wait()
+                    continue
+                batch, confirmed = in_flight[0]
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    results = await confirmed
+                in_flight.popleft()
+                await self._confirmed(outbox, batch, results)
+        finally:
+            for _, confirmed in in_flight:
+                confirmed.cancel()
+
+    async def _confirmed(
+        self, outbox: Outbox, batch: list[OutboxEntry], results: list[Any]
+    ) -> None:
+        """Remove what the broker confirmed, up to the first failure (raised)."""
+        failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
+        sent = len(batch) if failed is None else failed
+        if sent:
+            await outbox.remove_through(batch[sent - 1].seq)
+            self._published += sent
+        if failed is not None:
+            error = results[failed]
+            assert isinstance(error, BaseException)
+            raise error
 
     def _outgoing(self, entry: OutboxEntry) -> Outgoing:
-        properties = spec.Basic.Properties(
-            content_type="application/json",
-            delivery_mode=PERSISTENT,
+        return Outgoing(
+            entry.key,
+            entry.body,
+            exchange=self._section.exchange,
             message_id=f"{self._node_id}:{entry.seq}",
-            headers={"node": self._node_id, "seq": entry.seq},
             app_id="vsmcp",
+            persistent=True,
+            headers={"node": self._node_id, "seq": entry.seq},
         )
-        return Outgoing(entry.key, entry.body, properties, self._section.exchange)
 
     # -- state ---------------------------------------------------------------------------
 

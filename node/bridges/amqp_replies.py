@@ -14,7 +14,6 @@ import asyncio
 from typing import Any, Final
 
 import aiormq
-from pamqp import commands as spec
 
 from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
 
@@ -39,11 +38,8 @@ class Replies:
         """Publish an answer; return once the broker confirmed it. A closed channel, a
         nack or a stalled broker raises (the call stays unacked and comes back)."""
         loop = asyncio.get_running_loop()
-        properties = spec.Basic.Properties(
-            content_type="application/json", correlation_id=correlation_id
-        )
         written: asyncio.Future[asyncio.Future[Any]] = loop.create_future()
-        self._pending.append((Outgoing(routing_key, body, properties), written))
+        self._pending.append((Outgoing(routing_key, body, correlation_id=correlation_id), written))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)

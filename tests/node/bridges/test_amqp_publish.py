@@ -1,5 +1,6 @@
-"""`publish_many` (node/bridges/amqp_publish.py) against the real RabbitMQ: the messages
-of one write arrive whole and in order, each confirmation is the broker's ack of its
+"""`publish_many` (node/bridges/amqp_publish.py) against the real RabbitMQ: its frames
+are the bytes pamqp writes for the same publish, the messages of one write arrive whole
+and in order, each confirmation is the broker's ack of its
 own message, delivery tags stay consistent with aiormq's own `basic_publish` around
 them, and a closed channel fails the confirmations still outstanding (so the outbox
 keeps what was not confirmed)."""
@@ -30,8 +31,63 @@ async def _channels(url: str) -> tuple[Any, Any, Any]:
 
 
 def _message(queue: str, i: int, size: int = 16) -> Outgoing:
-    properties = spec.Basic.Properties(message_id=f"m{i}", headers={"seq": i})
-    return Outgoing(queue, f"{i}:".encode() + b"x" * size, properties)
+    return Outgoing(queue, f"{i}:".encode() + b"x" * size, message_id=f"m{i}", headers={"seq": i})
+
+
+def _pamqp(message: Outgoing, channel: int, chunk: int) -> bytes:
+    """The same publish as aiormq's `basic_publish` marshals it (pamqp)."""
+    from aiormq.abc import ChannelFrame
+    from pamqp.body import ContentBody
+    from pamqp.header import ContentHeader
+
+    properties = spec.Basic.Properties(
+        content_type=message.content_type,
+        headers=dict(message.headers) if message.headers else None,
+        delivery_mode=2 if message.persistent else None,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        app_id=message.app_id,
+    )
+    body = message.body
+    frames: list[Any] = [
+        spec.Basic.Publish(exchange=message.exchange, routing_key=message.routing_key),
+        ContentHeader(properties=properties, body_size=len(body)),
+        *(ContentBody(body[i : i + chunk]) for i in range(0, len(body), chunk)),
+    ]
+    return ChannelFrame.marshall(channel, frames).payload
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Outgoing("k", b""),
+        Outgoing("r\u00e9ponse", b'{"a": 1}', correlation_id="c-1", content_type=None),
+        Outgoing(
+            "node.tool_call",
+            b"x" * 300,
+            exchange="vsmcp.events",
+            message_id="n:1",
+            app_id="vsmcp",
+            persistent=True,
+            headers={"node": "n\u00f6de", "seq": 1},
+        ),
+        *(
+            Outgoing("k", b"y", headers={"seq": seq, "neg": -seq})
+            for seq in (127, 128, 32_768, 65_536, 2**31, 2**32, 2**40)
+        ),
+    ],
+)
+def test_the_frames_are_what_pamqp_writes(message: Outgoing) -> None:
+    assert message.marshal(7, 128) == _pamqp(message, 7, 128)
+
+
+def test_what_amqp_cannot_carry_is_refused() -> None:
+    with pytest.raises(ValueError, match="255 bytes"):
+        Outgoing("k" * 256, b"").marshal(1, 1024)
+    with pytest.raises(TypeError, match="only str and int"):
+        Outgoing("k", b"", headers={"f": 1.5}).marshal(1, 1024)  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="out of range"):
+        Outgoing("k", b"", headers={"big": 2**64}).marshal(1, 1024)
 
 
 async def test_a_batch_arrives_whole_in_order_and_each_is_confirmed() -> None:
@@ -64,6 +120,7 @@ async def test_a_batch_arrives_whole_in_order_and_each_is_confirmed() -> None:
             f"m{i}" for i in range(500)
         ]
         assert received[4].header.properties.headers == {"seq": 3}
+        assert received[4].header.properties.content_type == "application/json"
     finally:
         await connection.close()
 
@@ -74,7 +131,7 @@ async def test_a_closed_channel_fails_what_is_outstanding_and_refuses_more() -> 
     try:
         # No such exchange: the broker closes the channel (404), so nothing is confirmed.
         missing = f"vsmcp.test.missing.{uuid.uuid4().hex[:8]}"
-        messages = [Outgoing("k", b"x", spec.Basic.Properties(), missing) for _ in range(20)]
+        messages = [Outgoing("k", b"x", exchange=missing) for _ in range(20)]
         confirmations = await publish_many(publisher, messages)
         results = await asyncio.gather(*confirmations, return_exceptions=True)
         assert all(isinstance(r, BROKER_ERRORS) for r in results), results

@@ -190,6 +190,9 @@ async def _load(queue: str, in_flight: int, seconds: float) -> tuple[int, float]
 
         await channel.basic_consume(reply_to, on_reply, no_ack=True)
         done = 0
+        # Ids unique across processes and runs: the node answers a repeated message id
+        # (with the same body) from memory, which is not what is measured.
+        prefix = uuid.uuid4().hex[:12]
         t0 = time.perf_counter()
         stop_at = t0 + seconds
 
@@ -197,7 +200,7 @@ async def _load(queue: str, in_flight: int, seconds: float) -> tuple[int, float]
             nonlocal done
             i = k
             while time.perf_counter() < stop_at:
-                correlation_id = f"{k}.{i}"
+                correlation_id = f"{prefix}.{i}"
                 future = asyncio.get_running_loop().create_future()
                 waiting[correlation_id] = future
                 properties = spec.Basic.Properties(
@@ -334,11 +337,13 @@ async def bench_calls(base: Path, args: argparse.Namespace) -> dict[str, Any]:
                 results[name]["latency"] = await latencies(client, node, args.latency_calls)
             for _ in range(args.runs):
                 for name, (node, queue) in nodes.items():
-                    answered0 = bridge(node)["counters"]["calls_answered"]
+                    before = bridge(node)["counters"]
                     cpu = Cpu(node.pid)
-                    rate, _ = await asyncio.to_thread(offer_load, queue, args)
-                    answered = bridge(node)["counters"]["calls_answered"] - answered0
-                    per = cpu.per(answered)
+                    rate, done = await asyncio.to_thread(offer_load, queue, args)
+                    per = cpu.per(done)
+                    after = bridge(node)["counters"]
+                    if after["calls_duplicates"] != before["calls_duplicates"]:
+                        raise RuntimeError("calls answered from memory: ids were repeated")
                     results[name]["rates"].append(rate)
                     results[name]["node_cpu_us"].append(per["node"])
                     results[name]["broker_cpu_us"].append(per["broker"])

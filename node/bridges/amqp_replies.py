@@ -16,6 +16,7 @@ from typing import Any, Final
 import aiormq
 
 from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
+from vsmcp.node.bridges.amqp_tasks import WriteTasks
 
 REPLY_TIMEOUT_S: Final = 30.0
 # Answers per write at most (prefetch bounds what is pending anyway).
@@ -31,7 +32,7 @@ class Replies:
         self._channel = channel
         self._pending: list[_Pending] = []
         self._scheduled = False
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending = WriteTasks()
         self.writes = 0  # publish writes (for the status: answers per write)
 
     async def reply(self, routing_key: str, correlation_id: str | None, body: bytes) -> None:
@@ -51,9 +52,7 @@ class Replies:
         self._scheduled = False
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            task = asyncio.create_task(self._send(batch), name="amqp-replies")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._sending.spawn(self._send(batch), "amqp-replies")
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
@@ -75,11 +74,7 @@ class Replies:
                 written.set_result(confirmation)
 
     async def close(self) -> None:
-        sending = list(self._sending)
-        for task in sending:
-            task.cancel()
-        if sending:
-            await asyncio.wait(sending)
+        await self._sending.close()
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

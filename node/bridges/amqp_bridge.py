@@ -35,14 +35,13 @@ import aiormq
 import msgspec
 from aio_pika.abc import (
     AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
 )
-from aiormq.abc import FieldTable
+from aiormq.abc import DeliveredMessage, FieldTable
+from pamqp import commands as spec
 
 from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_acks import Acks
-from vsmcp.node.bridges.amqp_calls import CallServer, Reply, ZoneMap
+from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, Reply, ZoneMap
 from vsmcp.node.bridges.amqp_config import CAPABILITIES_KIND, AmqpSection
 from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
 from vsmcp.node.bridges.amqp_replies import Replies
@@ -187,7 +186,7 @@ class AmqpBridge(Service):
             "ts": time.time(),
             "node": self._node_id,
             "name": self._context.node_name,
-            "tools": [spec.to_mcp() for spec in local],
+            "tools": [tool.to_mcp() for tool in local],
         }
         return f"{self._node_id}.{CAPABILITIES_KIND}", _encode(body)
 
@@ -308,19 +307,26 @@ class AmqpBridge(Service):
         # consumer) for a day, the broker deletes it.
         pinned_arguments: FieldTable = {**arguments, "x-expires": PINNED_QUEUE_EXPIRES_MS}
         for name, args in ((shared, arguments), (f"{shared}.{self._node_id}", pinned_arguments)):
-            queue = await channel.declare_queue(name, durable=True, arguments=args)
-            await queue.consume(self._call_consumer(queue, reply, acks))
+            await channel.declare_queue(name, durable=True, arguments=args)
+            # On aiormq's channel: no aio-pika message object and task per delivery.
+            await raw.basic_consume(name, self._call_consumer(name, raw, reply, acks))
         return channel.closed()
 
-    def _call_consumer(self, queue: AbstractQueue, reply: Reply, acks: Acks) -> Any:
-        name = queue.name
-
-        async def consume(message: AbstractIncomingMessage) -> None:
-            tag = message.delivery_tag
+    def _call_consumer(self, name: str, channel: aiormq.Channel, reply: Reply, acks: Acks) -> Any:
+        async def consume(message: DeliveredMessage) -> None:
+            delivery = message.delivery
+            assert isinstance(delivery, spec.Basic.Deliver)  # a consumer gets deliveries
+            tag = delivery.delivery_tag
             assert tag is not None  # consumed with acks
+            props = message.header.properties
+            call = CallMessage(
+                message.body, props.reply_to, props.message_id, props.user_id, props.correlation_id
+            )
             acks.track(tag)
             try:
-                answered = await self._calls.serve(message, name, reply)
+                answered = await self._calls.serve(call, name, reply)
+                if not answered:
+                    await channel.basic_reject(tag, requeue=False, wait=False)
             except BROKER_ERRORS as exc:
                 # The connection dropped mid-answer: unacked, the call comes back (and
                 # is answered from memory, not run again).

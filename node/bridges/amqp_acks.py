@@ -21,6 +21,8 @@ from typing import Final
 
 import aiormq
 
+from vsmcp.node.bridges.amqp_tasks import WriteTasks
+
 log = logging.getLogger(__name__)
 
 _RUNNING: Final = 0
@@ -38,7 +40,7 @@ class Acks:
         # Tags above `_acked_through` settled one by one (acked or rejected).
         self._settled_beyond: set[int] = set()
         self._scheduled = False
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending = WriteTasks()
         self.frames = 0  # ack frames sent (for the status: acks per frame)
 
     def track(self, tag: int) -> None:
@@ -87,9 +89,7 @@ class Acks:
                 if state == _ACK:
                     frames.append((tag, False))
         if frames:
-            task = asyncio.create_task(self._send(frames), name="amqp-acks")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._sending.spawn(self._send(frames), "amqp-acks")
 
     def _skip_settled(self, tag: int) -> int:
         """`tag`, or past it the last of the consecutive tags already settled one by one."""
@@ -109,8 +109,4 @@ class Acks:
             self.frames += 1
 
     async def close(self) -> None:
-        sending = list(self._sending)
-        for task in sending:
-            task.cancel()
-        if sending:
-            await asyncio.wait(sending)
+        await self._sending.close()

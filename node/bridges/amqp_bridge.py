@@ -26,24 +26,25 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Final
 
 import aio_pika
-import aiormq.exceptions
+import aiormq
 import msgspec
 from aio_pika.abc import (
     AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
 )
-from aiormq.abc import FieldTable
+from aiormq.abc import DeliveredMessage, FieldTable
 from pamqp import commands as spec
 
 from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_acks import Acks
-from vsmcp.node.bridges.amqp_calls import CallServer, Reply, ZoneMap
+from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, Reply, ZoneMap
 from vsmcp.node.bridges.amqp_config import CAPABILITIES_KIND, AmqpSection
+from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
+from vsmcp.node.bridges.amqp_replies import Replies
 from vsmcp.node.bridges.model import BridgeContext, BridgeState, BridgeStatus
 from vsmcp.node.bridges.outbox import Outbox, OutboxEntry
 from vsmcp.node.vsm.events import NODE_EVENT_TYPES, Event, RegistryChanged, UnitStateChanged
@@ -52,8 +53,10 @@ log = logging.getLogger(__name__)
 
 NAME: Final = "amqp"
 UNIT: Final = "bridge:amqp"
-# Outbox entries sent per round, all in flight at once on the confirm channel.
+# Outbox entries sent per write, all in flight at once on the confirm channel; the next
+# batch goes out while the broker confirms one (it works meanwhile, so does the node).
 PUBLISH_BATCH: Final = 1_000
+IN_FLIGHT_BATCHES: Final = 2
 PUBLISH_TIMEOUT_S: Final = 30.0
 CONNECT_TIMEOUT_S: Final = 5.0
 RECONNECT_MIN_S: Final = 0.2
@@ -66,14 +69,7 @@ PINNED_QUEUE_EXPIRES_MS: Final = 24 * 3600 * 1000
 # Overflow of the outbox is audited at most this often (a flood is one entry a second).
 OVERFLOW_AUDIT_INTERVAL_S: Final = 1.0
 PAIN_INTENSITY: Final = 0.8
-PERSISTENT: Final = 2  # AMQP delivery mode: the broker writes the message to disk
 
-# What a lost broker looks like from aio-pika: its errors, a closed channel, the socket.
-BROKER_ERRORS: Final = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    OSError,
-)
 
 _TAGS: Final[dict[type[Event], str]] = {
     cls: str(cls.__struct_config__.tag) for cls in NODE_EVENT_TYPES
@@ -111,6 +107,9 @@ class AmqpBridge(Service):
         # The calls channel's acks, while connected; ack frames sent on earlier channels.
         self._acks: Acks | None = None
         self._ack_frames = 0
+        # The replies of the calls, while connected; reply writes on earlier channels.
+        self._replies: Replies | None = None
+        self._reply_writes = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -145,6 +144,7 @@ class AmqpBridge(Service):
             "connects": self._connects,
             "announcements": self._announcements,
             "ack_frames": self._ack_frames + (self._acks.frames if self._acks else 0),
+            "reply_writes": self._reply_writes + (self._replies.writes if self._replies else 0),
             "outbox_overflowed": outbox.overflowed if outbox is not None else 0,
             **self._calls.counters.view(),
         }
@@ -186,7 +186,7 @@ class AmqpBridge(Service):
             "ts": time.time(),
             "node": self._node_id,
             "name": self._context.node_name,
-            "tools": [spec.to_mcp() for spec in local],
+            "tools": [tool.to_mcp() for tool in local],
         }
         return f"{self._node_id}.{CAPABILITIES_KIND}", _encode(body)
 
@@ -274,6 +274,10 @@ class AmqpBridge(Service):
             if acks is not None:
                 self._ack_frames += acks.frames
                 await acks.close()
+            replies, self._replies = self._replies, None
+            if replies is not None:
+                self._reply_writes += replies.writes
+                await replies.close()
             with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
 
@@ -291,7 +295,9 @@ class AmqpBridge(Service):
         )
         await dead_queue.bind(dead)
         arguments: FieldTable = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
-        reply = _replier(replies)
+        replier = Replies(replies)
+        self._replies = replier
+        reply = replier.reply
         raw = await channel.get_underlay_channel()
         assert isinstance(raw, aiormq.Channel)
         acks = Acks(raw, lambda e: self._error(f"acks not sent: {type(e).__name__}: {e}"))
@@ -301,19 +307,26 @@ class AmqpBridge(Service):
         # consumer) for a day, the broker deletes it.
         pinned_arguments: FieldTable = {**arguments, "x-expires": PINNED_QUEUE_EXPIRES_MS}
         for name, args in ((shared, arguments), (f"{shared}.{self._node_id}", pinned_arguments)):
-            queue = await channel.declare_queue(name, durable=True, arguments=args)
-            await queue.consume(self._call_consumer(queue, reply, acks))
+            await channel.declare_queue(name, durable=True, arguments=args)
+            # On aiormq's channel: no aio-pika message object and task per delivery.
+            await raw.basic_consume(name, self._call_consumer(name, raw, reply, acks))
         return channel.closed()
 
-    def _call_consumer(self, queue: AbstractQueue, reply: Reply, acks: Acks) -> Any:
-        name = queue.name
-
-        async def consume(message: AbstractIncomingMessage) -> None:
-            tag = message.delivery_tag
+    def _call_consumer(self, name: str, channel: aiormq.Channel, reply: Reply, acks: Acks) -> Any:
+        async def consume(message: DeliveredMessage) -> None:
+            delivery = message.delivery
+            assert isinstance(delivery, spec.Basic.Deliver)  # a consumer gets deliveries
+            tag = delivery.delivery_tag
             assert tag is not None  # consumed with acks
+            props = message.header.properties
+            call = CallMessage(
+                message.body, props.reply_to, props.message_id, props.user_id, props.correlation_id
+            )
             acks.track(tag)
             try:
-                answered = await self._calls.serve(message, name, reply)
+                answered = await self._calls.serve(call, name, reply)
+                if not answered:
+                    await channel.basic_reject(tag, requeue=False, wait=False)
             except BROKER_ERRORS as exc:
                 # The connection dropped mid-answer: unacked, the call comes back (and
                 # is answered from memory, not run again).
@@ -331,42 +344,63 @@ class AmqpBridge(Service):
         return consume
 
     async def _send_outbox(self, channel: aiormq.Channel) -> None:
+        """Publish the outbox in order: a batch in one write, every confirm outstanding
+        at once, and the next batch sent while the broker confirms this one
+        (`IN_FLIGHT_BATCHES`); each batch is removed once confirmed, oldest first. A
+        failed confirm (or a timeout, an OSError) ends the session: what was not
+        confirmed stays and is sent again after the reconnect."""
         outbox = self._outbox
         assert outbox is not None
-        while True:
-            outbox.ready.clear()
-            batch = await outbox.peek(PUBLISH_BATCH)
-            if not batch:
-                await outbox.ready.wait()
-                continue
-            results = await asyncio.gather(
-                *(self._publish(channel, entry) for entry in batch), return_exceptions=True
-            )
-            failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
-            sent = len(batch) if failed is None else failed
-            if sent:
-                await outbox.remove_through(batch[sent - 1].seq)
-                self._published += sent
-            if failed is not None:
-                error = results[failed]
-                assert isinstance(error, BaseException)
-                raise error
+        in_flight: deque[tuple[list[OutboxEntry], asyncio.Future[list[Any]]]] = deque()
+        sent_through = 0
+        try:
+            while True:
+                if len(in_flight) < IN_FLIGHT_BATCHES:
+                    outbox.ready.clear()
+                    batch = await outbox.peek(PUBLISH_BATCH, after=sent_through)
+                    if batch:
+                        outgoing = [self._outgoing(entry) for entry in batch]
+                        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                            confirmations = await publish_many(channel, outgoing)
+                        confirmed = asyncio.gather(*confirmations, return_exceptions=True)
+                        in_flight.append((batch, confirmed))
+                        sent_through = batch[-1].seq
+                        continue
+                if not in_flight:
+                    await outbox.ready.wait()
+                    continue
+                batch, confirmed = in_flight[0]
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    results = await confirmed
+                in_flight.popleft()
+                await self._confirmed(outbox, batch, results)
+        finally:
+            for _, confirmed in in_flight:
+                confirmed.cancel()
 
-    def _publish(self, channel: aiormq.Channel, entry: OutboxEntry) -> Awaitable[Any]:
-        properties = spec.Basic.Properties(
-            content_type="application/json",
-            delivery_mode=PERSISTENT,
-            message_id=f"{self._node_id}:{entry.seq}",
-            headers={"node": self._node_id, "seq": entry.seq},
-            app_id="vsmcp",
-        )
-        return channel.basic_publish(
+    async def _confirmed(
+        self, outbox: Outbox, batch: list[OutboxEntry], results: list[Any]
+    ) -> None:
+        """Remove what the broker confirmed, up to the first failure (raised)."""
+        failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
+        sent = len(batch) if failed is None else failed
+        if sent:
+            await outbox.remove_through(batch[sent - 1].seq)
+            self._published += sent
+        if failed is not None:
+            error = results[failed]
+            assert isinstance(error, BaseException)
+            raise error
+
+    def _outgoing(self, entry: OutboxEntry) -> Outgoing:
+        return Outgoing(
+            entry.key,
             entry.body,
             exchange=self._section.exchange,
-            routing_key=entry.key,
-            properties=properties,
-            timeout=PUBLISH_TIMEOUT_S,
-            wait=False,
+            message_id=f"{self._node_id}:{entry.seq}",
+            app_id="vsmcp",
+            persistent=True,
+            headers={"node": self._node_id, "seq": entry.seq},
         )
 
     # -- state ---------------------------------------------------------------------------
@@ -406,19 +440,3 @@ class AmqpBridge(Service):
                 ts=self._since, unit=UNIT, state=state, previous=previous, reason=reason or None
             )
         )
-
-
-def _replier(channel: aiormq.Channel) -> Reply:
-    async def reply(routing_key: str, correlation_id: str | None, body: bytes) -> None:
-        properties = spec.Basic.Properties(
-            content_type="application/json", correlation_id=correlation_id
-        )
-        await channel.basic_publish(
-            body,
-            routing_key=routing_key,
-            properties=properties,
-            timeout=PUBLISH_TIMEOUT_S,
-            wait=False,
-        )
-
-    return reply

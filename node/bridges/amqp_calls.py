@@ -30,7 +30,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
@@ -45,9 +45,6 @@ from vsmcp.node.mcp.protocol import (
 )
 from vsmcp.node.tools.errors import ToolError
 
-if TYPE_CHECKING:
-    from aio_pika.abc import AbstractIncomingMessage
-
 log = logging.getLogger(__name__)
 
 REMEMBERED_ANSWERS: Final = 10_000
@@ -56,6 +53,17 @@ MAX_ID_CHARS: Final = 256
 
 # `reply(routing_key, correlation_id, body)`: publish an answer, return once confirmed.
 Reply = Callable[[str, str | None, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class CallMessage:
+    """What a call message carries that answering it needs (its AMQP properties)."""
+
+    body: bytes
+    reply_to: str | None
+    message_id: str | None
+    user_id: str | None
+    correlation_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +108,16 @@ class CallServer:
         self._answer_bytes = 0
         self._running: dict[str, asyncio.Task[bytes]] = {}
 
-    async def serve(self, message: AbstractIncomingMessage, queue: str, reply: Reply) -> bool:
-        """Answer one message: True once its answer is confirmed (ack it), False if it was
-        dead-lettered here. Errors of the broker (the connection dropped) propagate: the
-        message stays unacked and is redelivered."""
+    async def serve(self, message: CallMessage, queue: str, reply: Reply) -> bool:
+        """Answer one message: True once its answer is confirmed (ack it), False if it
+        cannot be answered (reject it without requeue: it is dead-lettered). Errors of
+        the broker (the connection dropped) propagate: the message stays unacked and is
+        redelivered."""
         self.counters.received += 1
         reply_to = message.reply_to
         if not reply_to:
             self.counters.dead_lettered += 1
             log.warning("AMQP call on %s without reply_to dead-lettered", queue)
-            await message.reject(requeue=False)
             return False
         message_id = message.message_id
         if message_id:
@@ -123,7 +131,7 @@ class CallServer:
         await reply(reply_to, message.correlation_id, body)
         return True
 
-    async def _answer_once(self, key: str, message: AbstractIncomingMessage, queue: str) -> bytes:
+    async def _answer_once(self, key: str, message: CallMessage, queue: str) -> bytes:
         known = self._answers.get(key)
         if known is not None:
             self.counters.duplicates += 1

@@ -96,11 +96,13 @@ class Outbox:
         self.ready.set()
         return len(kept)
 
-    async def peek(self, limit: int) -> list[OutboxEntry]:
-        """The oldest `limit` entries, oldest first."""
+    async def peek(self, limit: int, *, after: int = 0) -> list[OutboxEntry]:
+        """The oldest `limit` entries past seq `after`, oldest first (a sender with
+        entries in flight reads on past them)."""
         async with self._store.conn.execute(
-            "SELECT seq, key, body FROM bridge_outbox WHERE bridge = ? ORDER BY seq LIMIT ?",
-            (self.bridge, limit),
+            "SELECT seq, key, body FROM bridge_outbox WHERE bridge = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (self.bridge, after, limit),
         ) as cur:
             rows = await cur.fetchall()
         return [OutboxEntry(int(seq), str(key), bytes(body)) for seq, key, body in rows]

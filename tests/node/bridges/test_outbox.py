@@ -25,6 +25,18 @@ async def test_entries_leave_in_order_and_removal_is_through_a_seq(tmp_path: Pat
         assert [e.key for e in await outbox.peek(10)] == ["k3", "k4"]
 
 
+async def test_a_sender_with_entries_in_flight_peeks_past_them(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        outbox = await Outbox.open(store, "amqp", capacity=100)
+        await outbox.append([(f"k{i}", b"") for i in range(5)])
+        first = await outbox.peek(2)
+        second = await outbox.peek(2, after=first[-1].seq)
+        assert [e.key for e in second] == ["k2", "k3"]
+        assert [e.key for e in await outbox.peek(10, after=second[-1].seq)] == ["k4"]
+        # Nothing removed yet: the oldest are still what a plain peek returns.
+        assert [e.key for e in await outbox.peek(1)] == ["k0"]
+
+
 async def test_the_bound_refuses_the_newest_and_counts_them(tmp_path: Path) -> None:
     async with Store.open(tmp_path) as store:
         outbox = await Outbox.open(store, "amqp", capacity=3)

@@ -1,0 +1,151 @@
+"""`publish_many` (node/bridges/amqp_publish.py) against the real RabbitMQ: its frames
+are the bytes pamqp writes for the same publish, the messages of one write arrive whole
+and in order, each confirmation is the broker's ack of its
+own message, delivery tags stay consistent with aiormq's own `basic_publish` around
+them, and a closed channel fails the confirmations still outstanding (so the outbox
+keeps what was not confirmed)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from pamqp import commands as spec
+
+from tests.polling import async_wait_until
+from tests.skips import require_rabbitmq
+from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
+
+pytestmark = pytest.mark.integration
+
+
+async def _channels(url: str) -> tuple[Any, Any, Any]:
+    import aiormq
+
+    connection = await aiormq.connect(url)
+    publisher = await connection.channel(publisher_confirms=True)
+    consumer = await connection.channel(publisher_confirms=False)
+    return connection, publisher, consumer
+
+
+def _message(queue: str, i: int, size: int = 16) -> Outgoing:
+    return Outgoing(queue, f"{i}:".encode() + b"x" * size, message_id=f"m{i}", headers={"seq": i})
+
+
+def _pamqp(message: Outgoing, channel: int, chunk: int) -> bytes:
+    """The same publish as aiormq's `basic_publish` marshals it (pamqp)."""
+    from aiormq.abc import ChannelFrame
+    from pamqp.body import ContentBody
+    from pamqp.header import ContentHeader
+
+    properties = spec.Basic.Properties(
+        content_type=message.content_type,
+        headers=dict(message.headers) if message.headers else None,
+        delivery_mode=2 if message.persistent else None,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        app_id=message.app_id,
+    )
+    body = message.body
+    frames: list[Any] = [
+        spec.Basic.Publish(exchange=message.exchange, routing_key=message.routing_key),
+        ContentHeader(properties=properties, body_size=len(body)),
+        *(ContentBody(body[i : i + chunk]) for i in range(0, len(body), chunk)),
+    ]
+    return ChannelFrame.marshall(channel, frames).payload
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Outgoing("k", b""),
+        Outgoing("r\u00e9ponse", b'{"a": 1}', correlation_id="c-1", content_type=None),
+        Outgoing(
+            "node.tool_call",
+            b"x" * 300,
+            exchange="vsmcp.events",
+            message_id="n:1",
+            app_id="vsmcp",
+            persistent=True,
+            headers={"node": "n\u00f6de", "seq": 1},
+        ),
+        *(
+            Outgoing("k", b"y", headers={"seq": seq, "neg": -seq})
+            for seq in (127, 128, 32_768, 65_536, 2**31, 2**32, 2**40)
+        ),
+    ],
+)
+def test_the_frames_are_what_pamqp_writes(message: Outgoing) -> None:
+    assert message.marshal(7, 128) == _pamqp(message, 7, 128)
+
+
+def test_what_amqp_cannot_carry_is_refused() -> None:
+    with pytest.raises(ValueError, match="255 bytes"):
+        Outgoing("k" * 256, b"").marshal(1, 1024)
+    with pytest.raises(TypeError, match="only str and int"):
+        Outgoing("k", b"", headers={"f": 1.5}).marshal(1, 1024)  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="out of range"):
+        Outgoing("k", b"", headers={"big": 2**64}).marshal(1, 1024)
+
+
+async def test_a_batch_arrives_whole_in_order_and_each_is_confirmed() -> None:
+    url = require_rabbitmq()
+    connection, publisher, consumer = await _channels(url)
+    queue = f"vsmcp.test.publish.{uuid.uuid4().hex[:8]}"
+    try:
+        await consumer.queue_declare(queue, exclusive=True)
+        # One big enough to span several body frames (the broker's frame_max).
+        big = publisher.max_content_size * 2 + 7
+        messages = [_message(queue, i, big if i == 3 else 16) for i in range(500)]
+        await publisher.basic_publish(b"before", routing_key=queue)  # aiormq's own, first
+        confirmations = await publish_many(publisher, messages)
+        after = await publisher.basic_publish(b"after", routing_key=queue)
+        results = await asyncio.gather(*confirmations)
+        assert all(isinstance(r, spec.Basic.Ack) for r in results)
+        assert isinstance(after, spec.Basic.Ack)
+
+        received: list[Any] = []
+
+        async def on_message(message: Any) -> None:
+            received.append(message)
+
+        await consumer.basic_consume(queue, on_message, no_ack=True)
+        await async_wait_until(lambda: len(received) == 502, what="502 messages")
+        bodies = [m.body for m in received]
+        assert bodies[0] == b"before" and bodies[-1] == b"after"
+        assert bodies[1:-1] == [m.body for m in messages]
+        assert [m.header.properties.message_id for m in received[1:-1]] == [
+            f"m{i}" for i in range(500)
+        ]
+        assert received[4].header.properties.headers == {"seq": 3}
+        assert received[4].header.properties.content_type == "application/json"
+    finally:
+        await connection.close()
+
+
+async def test_a_closed_channel_fails_what_is_outstanding_and_refuses_more() -> None:
+    url = require_rabbitmq()
+    connection, publisher, _ = await _channels(url)
+    try:
+        # No such exchange: the broker closes the channel (404), so nothing is confirmed.
+        missing = f"vsmcp.test.missing.{uuid.uuid4().hex[:8]}"
+        messages = [Outgoing("k", b"x", exchange=missing) for _ in range(20)]
+        confirmations = await publish_many(publisher, messages)
+        results = await asyncio.gather(*confirmations, return_exceptions=True)
+        assert all(isinstance(r, BROKER_ERRORS) for r in results), results
+        with pytest.raises(BROKER_ERRORS):
+            await publish_many(publisher, messages)
+    finally:
+        await connection.close()
+
+
+async def test_a_channel_without_confirms_is_refused() -> None:
+    url = require_rabbitmq()
+    connection, _, consumer = await _channels(url)
+    try:
+        with pytest.raises(ValueError, match="publisher confirms"):
+            await publish_many(consumer, [_message("q", 1)])
+    finally:
+        await connection.close()

@@ -63,6 +63,7 @@ from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.tools.wasm import WasmProvider
+from vsmcp.node.vsm.audits import Auditor
 from vsmcp.node.vsm.errors import PatternError, VsmError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged, ToolCallFinished
 from vsmcp.node.vsm.immune.model import IMMUNE_KINDS, immune_issuers
@@ -180,6 +181,15 @@ class Node(Service):
         # The algedonic channel, System 3's aggregate and KPIs, System 5's responses,
         # viability: wired to the catalog and mesh once they exist (`_start_vsm`).
         self.vsm = VsmSystems(config, self.events, self.loops, self._audit_s5)
+        # System 3*: sporadic audits of the units; bound to them in _start_local_catalog.
+        self.audits = Auditor(
+            vsm.audits,
+            self.loops,
+            zone=config.trust.zones[-1],
+            events=self.events,
+            audit=self._audit_s5,
+            pain=self._raise_pain,
+        )
         self.actions.register("algedonic", self.vsm.on_pattern_match)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -263,6 +273,7 @@ class Node(Service):
             loops=self.loops,
             events=self.events,
             node_name=self.config.node.name,
+            gray=self.config.vsm.gray,
         )
         self._tools = tools
         await self._start_vsm(stack, catalog, tools, mesh, replication)
@@ -363,12 +374,6 @@ class Node(Service):
         store: Store,
         audit: AuditLog,
     ) -> BridgeContext:
-        def pain(source: str, intensity: float, reason: str) -> None:
-            try:
-                self.vsm.channel.raise_signal(source, "pain", intensity, reason[:500])
-            except VsmError as e:
-                log.warning("bridge signal from %s dropped: %s", source, e)
-
         return BridgeContext(
             node_id=identity.node_id,
             node_name=self.config.node.name or identity.node_id[-8:],
@@ -382,9 +387,46 @@ class Node(Service):
             store=store,
             audit_log=audit,
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, dict(data)),
-            pain=pain,
+            pain=self._raise_pain,
             planner=self.s4.planner,
         )
+
+    def _register_gray_metrics(self, tools: MeshCatalog) -> None:
+        gray = tools.gray
+        self.metrics.add_counters(
+            "vsmcp_gray_events",
+            "Gray failures seen by this caller: calls judged good/bad, (provider, tool)s "
+            "degraded and recovered, probes ok/failed, released (no probe, after hold_s)",
+            "event",
+            lambda: dict(gray.stats),
+            known=("good", "bad", "degraded", "recovered", "probes_ok", "probes_failed"),
+        )
+
+        def degraded() -> dict[str, float]:
+            return {"local": len(gray.locally_degraded()), "quorum": len(gray.quorum)}
+
+        self.metrics.add_gauges(
+            "vsmcp_gray_degraded",
+            "(provider, tool)s this node routes around: seen here (local) or by a quorum",
+            "scope",
+            degraded,
+            known=("local", "quorum"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_s3_audits",
+            "System 3* audits: rounds, passed, failed, quarantined, vsm.probe requests "
+            "and refusals, peers' tools probed (peer_passed, peer_failed)",
+            "event",
+            lambda: dict(self.audits.stats),
+            known=("rounds", "passed", "failed", "quarantined"),
+        )
+
+    def _raise_pain(self, source: str, intensity: float, reason: str) -> None:
+        """Pain on the algedonic channel from a part of the node (bridges, S3*)."""
+        try:
+            self.vsm.channel.raise_signal(source, "pain", intensity, reason[:500])
+        except VsmError as e:
+            log.warning("signal from %s dropped: %s", source, e)
 
     def _environment_scan(
         self, mesh: MeshService, replication: ReplicationService
@@ -487,6 +529,9 @@ class Node(Service):
             return len(reachable), len(seen)
 
         tools.shedder = self.vsm.shedder
+        self.audits.peer_audit = tools.audit_peer
+        if self.config.vsm.audits.enabled:
+            await stack.enter_async_context(self.audits)
         self.vsm.bind(
             catalog,
             MeshFacts(
@@ -498,6 +543,7 @@ class Node(Service):
             ),
         )
         await stack.enter_async_context(self.vsm)
+        self._register_gray_metrics(tools)
         self.metrics.add_gauges(
             "vsmcp_viability",
             "Viability score in [0, 1] of this node and of the mesh as it sees it",
@@ -548,6 +594,9 @@ class Node(Service):
         bridges = {} if self.bridges is None else self.bridges.view()
         view = self.vsm.view()
         view["s4"] = {**self.s4.view(), **view["s4"]}
+        view["s3"] = {**view["s3"], "audits": self.audits.view()}
+        if self._tools is not None:
+            view["s2"] = {**view["s2"], "gray": self._tools.gray.view()}
         return {**view, "bridges": bridges}
 
     async def plan_post(
@@ -674,11 +723,16 @@ class Node(Service):
             tools_view=self.tools,
             signal=self.vsm.signal_tool,
             signal_zone=self.config.vsm.signal_zone,
+            probe=self.audits.probe_tool,
             edge=self.config.edge,
             wasm_cache_dir=self.config.data_dir / "wasm-cache",
         )
         catalog.policy.events = self.events
         catalog.supervisor.events = self.events
+        self.audits.bind(
+            catalog.supervisor,
+            {p.name: p.probe for p in self.config.tools.plugins if p.probe is not None},
+        )
         catalog.add(
             children_provider(
                 self.children.spawn, self.children.stop, self.config.recursion.spawn_zone
@@ -1035,9 +1089,19 @@ class Node(Service):
                 "version": t.version,
                 "provider_state": self._provider_state(t.provider),
                 "provider_parent": self._parent_of(t.provider),
+                "degraded": self._degraded(t.provider, t.name),
             }
             for t in self._replication.tools()
         ]
+
+    def _degraded(self, provider: str, tool: str) -> str | None:
+        """Gray failures: "local" (this node saw it), "quorum" (a quorum of callers did)."""
+        if self._tools is None:
+            return None
+        gray = self._tools.gray
+        if (provider, tool) in gray.quorum:
+            return "quorum"
+        return "local" if gray.is_degraded(provider, tool) else None
 
     def _parent_of(self, node_id: str) -> str | None:
         """The parent VSM of a provider (node/children), from its certificate."""

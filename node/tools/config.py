@@ -76,6 +76,25 @@ class UnitLimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     ] = None
 
 
+class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A System 3* probe of a tool (docs/regulation.md, "S3* audits"): a call with fixed
+    arguments whose result must have the expected shape."""
+
+    tool: Annotated[
+        str, doc('the tool to call (mounts: one of its tools; "": mounts only list tools)')
+    ] = ""
+    arguments: Annotated[dict[str, Any], doc("the probe call's arguments")] = msgspec.field(
+        default_factory=dict
+    )
+    expect: Annotated[
+        dict[str, Any],
+        doc(
+            "JSON schema the result must match (its structuredContent, else its text parsed "
+            "as JSON, else the text); {}: any result that is not an error"
+        ),
+    ] = msgspec.field(default_factory=dict)
+
+
 class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A Python tool: `target = "package.module:function"`.
 
@@ -107,6 +126,9 @@ class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     limits: Annotated[UnitLimitsConfig, doc("this tool's unit limits")] = msgspec.field(
         default_factory=UnitLimitsConfig
     )
+    probe: Annotated[
+        ProbeConfig | None, doc("System 3*'s probe of this tool; unset: the tool is unaudited")
+    ] = None
 
 
 class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.tools.config import ProbeConfig
-from vsmcp.node.tools.errors import InvalidArguments, RateLimited, ToolError
+from vsmcp.node.tools.errors import InvalidArguments, RateLimited, ShuttingDown, ToolError
 from vsmcp.node.tools.model import CallContext, ToolResult, text_result
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitState
 from vsmcp.node.vsm.audits_config import AuditsConfig
@@ -152,6 +152,8 @@ class Auditor(LoopService):
                 result = await unit.call(probe.tool or tool, probe.arguments, ctx)
         except TimeoutError:
             return f"no answer within {timeout_s:g} s"
+        except ShuttingDown:
+            raise  # the node is stopping: says nothing about the unit
         except ToolError as e:
             return f"{e.reason}: {e}"[:MAX_DETAIL_CHARS]
         return shape_error(result, probe.expect)
@@ -206,9 +208,18 @@ class Auditor(LoopService):
 
     async def audit_round(self) -> None:
         self._count("rounds")
-        probed = sorted(t for t in self.probes if self._unit_of(t) is not None)
+        # A quarantined or restarting unit is not audited again until it runs.
+        probed = sorted(
+            t
+            for t in self.probes
+            if (unit := self._unit_of(t)) is not None and unit.state is UnitState.RUNNING
+        )
         if probed:
-            await self.audit_tool(self._rng.choice(probed))
+            try:
+                await self.audit_tool(self._rng.choice(probed))
+            except ShuttingDown:
+                self._count("skipped")
+                return
         if self.peer_audit is not None:
             for _ in range(self.config.peer_sample):
                 seen = await self.peer_audit(self._rng)

@@ -1,0 +1,88 @@
+"""System 3* audits on a real `vsmcpd`: a tool whose probe fails is quarantined, shown
+in `/api/vsm`, raises pain and is written to the audit log; a tool whose probe passes
+keeps running; units without a probe are listed as unaudited."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import NodeProcess, counters
+from tests.polling import wait_for
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+[mesh]
+preset = "local"
+mdns = false
+[tools]
+entry_points = false
+[vsm.audits]
+min_interval_s = 0.2
+max_interval_s = 0.4
+quarantine_s = 600
+peer_sample = 0
+[[tools.plugins]]
+name = "add"
+target = "tests.integration.plugin_tools:add"
+# add answers {"sum": ...}: a probe expecting "product" fails.
+probe = { arguments = { a = 2, b = 3 }, expect = { required = ["product"] } }
+[[tools.plugins]]
+name = "gray_echo"
+target = "tests.integration.plugin_tools:gray_echo"
+probe = { arguments = { text = "probe" }, expect = { type = "object", required = ["echo"], properties = { echo = { const = "probe" } } } }
+"""
+
+
+def _unit_state(node: NodeProcess, name: str) -> str | None:
+    for unit in node.get_json("/api/vsm")["s1"]["units"]:
+        if unit["unit"] == name:
+            return str(unit["state"])
+    return None
+
+
+def test_a_unit_whose_probe_fails_is_quarantined_and_audited(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(CONFIG)
+    node = NodeProcess(tmp_path / "a", "--config", str(path))
+    nodes.append(node)
+    node.start()
+    wait_for(
+        lambda: _unit_state(node, "plugin:add") == "quarantined",
+        timeout_s=20,
+        what="add quarantined by a failed audit",
+    )
+    audits = wait_for(
+        lambda: (a := node.get_json("/api/vsm")["s3"]["audits"])["audited"]["gray_echo"] and a,
+        timeout_s=20,
+        what="gray_echo audited",
+    )
+    assert audits["audited"]["add"]["ok"] is False
+    assert "product" in audits["audited"]["add"]["detail"]
+    assert audits["audited"]["gray_echo"]["ok"] is True
+    assert "builtin" in audits["unaudited"]
+    assert "plugin:add" not in audits["unaudited"]
+    assert _unit_state(node, "plugin:gray_echo") == "running"
+    stats = counters(node, "vsmcp_s3_audits")
+    assert stats["failed"] >= 1 and stats["quarantined"] == 1, stats
+    assert counters(node, "vsmcp_events").get("audit", 0) >= 2
+    # The pain (below the algedonic threshold) reaches System 3's aggregate.
+    wait_for(
+        lambda: node.get_json("/api/vsm")["s3"]["algedonic"]["aggregate"]["pain_total"] >= 1,
+        timeout_s=10,
+        what="the failed audit's pain aggregated by System 3",
+    )
+
+    node.stop()
+    rows = [
+        row[0]
+        for row in sqlite3.connect(tmp_path / "a" / "vsmcp.db").execute(
+            "SELECT data FROM audit_entries WHERE kind = 's3.audit'"
+        )
+    ]
+    assert len(rows) == 1 and "add" in str(rows[0]), rows

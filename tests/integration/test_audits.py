@@ -33,7 +33,11 @@ probe = { arguments = { a = 2, b = 3 }, expect = { required = ["product"] } }
 [[tools.plugins]]
 name = "gray_echo"
 target = "tests.integration.plugin_tools:gray_echo"
-probe = { arguments = { text = "probe" }, expect = { type = "object", required = ["echo"], properties = { echo = { const = "probe" } } } }
+[tools.plugins.probe]
+arguments = { text = "probe" }
+expect = { type = "object", required = ["echo"] }
+[tools.plugins.probe.expect.properties.echo]
+const = "probe"
 """
 
 

@@ -35,9 +35,10 @@ name = "gray_echo"
 target = "tests.integration.plugin_tools:gray_echo"
 [tools.plugins.probe]
 arguments = { text = "probe" }
-expect = { type = "object", required = ["echo"] }
-[tools.plugins.probe.expect.properties.echo]
-const = "probe"
+[tools.plugins.probe.expect]
+type = "object"
+required = ["echo"]
+properties = { echo = { const = "probe" } }
 """
 
 

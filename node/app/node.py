@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService, parent_nod
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
+from vsmcp.node.routing.gray_exchange import GrayExchange, gray_issuers
 from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.store.audit_anchor import AuditAnchor
 from vsmcp.node.store.audit_head import head_file_for
@@ -117,6 +118,14 @@ def _roles_of(identity: NodeIdentity, mesh: MeshService, key: bytes) -> tuple[st
     return None if peer is None else peer.certificate.roles
 
 
+def _policy_issuers(identity: NodeIdentity, mesh: MeshService) -> Callable[[bytes, str], bool]:
+    """Who may issue what in the policies CRDT (besides the authority): immune policies
+    from `immune` members, gray-failure observations from any member."""
+    immune = immune_issuers(lambda key: _roles_of(identity, mesh, key))
+    gray = gray_issuers(lambda key: _roles_of(identity, mesh, key))
+    return lambda issuer, kind: immune(issuer, kind) or gray(issuer, kind)
+
+
 class DebugApiDisabled(NodeError):
     """A /api/debug call on a node without node.debug_api, or with bad arguments."""
 
@@ -148,6 +157,7 @@ class Node(Service):
         self._replication: ReplicationService | None = None
         self._anchor: AuditAnchor | None = None
         self._tools: MeshCatalog | None = None
+        self._gray_exchange: GrayExchange | None = None
         self._debug_tools = DebugTools()
         self.children = ChildrenApi(
             config.data_dir, config.recursion, ZoneOrder(config.trust.zones)
@@ -247,7 +257,7 @@ class Node(Service):
         mesh = self._mesh_service(identity, sealer)
         self._mesh = mesh
         replication = ReplicationService(
-            allowed_issuers=immune_issuers(lambda key: _roles_of(identity, mesh, key)),
+            allowed_issuers=_policy_issuers(identity, mesh),
             key=identity.key,
             authority_public_key=identity.authority_public_key,
             mesh=mesh,
@@ -324,6 +334,7 @@ class Node(Service):
         # After the snapshot is restored: what it holds is read once, the rest arrives.
         self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
         immune = self._start_immune(identity, mesh, replication)
+        await self._start_gray_exchange(stack, identity, mesh, replication, tools)
         tools.gate = immune.check_call
         # System 5's block_origin rules act through the immune system.
         self.vsm.s5.mitigator = immune
@@ -389,6 +400,35 @@ class Node(Service):
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, dict(data)),
             pain=self._raise_pain,
             planner=self.s4.planner,
+        )
+
+    async def _start_gray_exchange(
+        self,
+        stack: contextlib.AsyncExitStack,
+        identity: NodeIdentity,
+        mesh: MeshService,
+        replication: ReplicationService,
+        tools: MeshCatalog,
+    ) -> None:
+        """Signed gray-failure observations over the mesh, and their quorum."""
+        exchange = GrayExchange(
+            self.loops,
+            policies=replication.state.policies,
+            signer=identity.key,
+            config=self.config.vsm.gray,
+            alive=lambda: [identity.node_id, *mesh.alive_peers()],
+            quorum_max=MEMBERSHIP_PRESETS[self.config.mesh.preset]().quorum_max,
+            on_quorum=tools.quorum_changed,
+        )
+        tools.on_gray_change = exchange.local_changed
+        self._gray_exchange = exchange
+        await stack.enter_async_context(exchange)
+        self.metrics.add_counters(
+            "vsmcp_gray_observations",
+            "Signed gray-failure observations: published, refreshed, revoked, rate_limited, "
+            "over_cap, crdt_refused, bad_bodies",
+            "event",
+            lambda: dict(exchange.stats),
         )
 
     def _register_gray_metrics(self, tools: MeshCatalog) -> None:
@@ -596,7 +636,10 @@ class Node(Service):
         view["s4"] = {**self.s4.view(), **view["s4"]}
         view["s3"] = {**view["s3"], "audits": self.audits.view()}
         if self._tools is not None:
-            view["s2"] = {**view["s2"], "gray": self._tools.gray.view()}
+            gray: dict[str, Any] = {"degraded": self._tools.gray.view()}
+            if self._gray_exchange is not None:
+                gray.update(self._gray_exchange.view())
+            view["s2"] = {**view["s2"], "gray": gray}
         return {**view, "bridges": bridges}
 
     async def plan_post(

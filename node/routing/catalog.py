@@ -498,7 +498,7 @@ class MeshCatalog(Service):
         self.gray = GrayTracker(gray or GrayConfig())
         # Called with the keys that became locally degraded or recovered (the signed
         # observation exchange publishes or revokes). Set by the node.
-        self.on_gray_change: Callable[[Key, bool], None] | None = None
+        self.on_gray_change: Callable[[Key, bool, str], None] | None = None
         self._probing: set[Key] = set()
         self._probe_selector = ProviderSelector()
         self.stats: dict[str, int] = {}
@@ -1100,7 +1100,7 @@ class MeshCatalog(Service):
                 )
             )
         if self.on_gray_change is not None:
-            self.on_gray_change(key, degraded)
+            self.on_gray_change(key, degraded, reason)
 
     def _drop_preferred_of(self, key: Key) -> None:
         if self.selector.preferred(key[1]) == key[0]:

@@ -177,4 +177,4 @@ def test_a_hung_provider_is_routed_around_and_comes_back(
     events = counters(entry, "vsmcp_gray_events")
     assert events.get("degraded", 0) >= 1 and events.get("recovered", 0) >= 1, events
     vsm = entry.get_json("/api/vsm")
-    assert vsm["s2"]["gray"] == []
+    assert vsm["s2"]["gray"]["degraded"] == []

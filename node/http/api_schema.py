@@ -66,6 +66,8 @@ class Tool(msgspec.Struct):
     description: str
     version: int
     provider_state: str | None
+    # Gray failures: "local" (this node's calls), "quorum" (a quorum of callers), or None.
+    degraded: str | None = None
 
 
 class Tools(msgspec.Struct):

@@ -424,6 +424,7 @@ class _Pending:
     expected: int = 0
     arrival: asyncio.Event = field(default_factory=asyncio.Event)
     tool: str = ""
+    # When the attempt was sent, or its last progress arrived (gray failures).
     started: float = 0.0
     # Probes keep their own selector: a hung tool's probes must not open the breaker
     # of its whole node (its other tools may be fine).
@@ -1040,8 +1041,12 @@ class MeshCatalog(Service):
                 pending.selector.on_failure(node_id, loop_now, elapsed)
                 raise ProviderError(name, f"provider {node_id} sent {e}") from None
             pending.selector.on_success(node_id, elapsed)
-            objective = self.gray.objective_s(name)
-            self._observe(pending, bad=elapsed > objective, reason=f"answered in {elapsed:.3f} s")
+            silent = loop_now - pending.started  # since it was sent or its last progress
+            self._observe(
+                pending,
+                bad=silent > self.gray.objective_s(name),
+                reason=f"answered in {elapsed:.3f} s",
+            )
             meta = result.get("_meta")
             meta = dict(meta) if isinstance(meta, dict) else {}
             pending.expected = _int(meta.pop(META_PROGRESS_SENT, 0))
@@ -1206,6 +1211,8 @@ class MeshCatalog(Service):
             return
         pending.arrived += 1
         pending.arrival.set()
+        # Progress is a sign of life: the objective counts from the last one.
+        pending.started = asyncio.get_running_loop().time()
         if pending.progress is None:
             return
         if pending.queue is None:

@@ -20,10 +20,12 @@ class GrayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     objective_s: Annotated[
         PositiveFloat,
         doc(
-            "latency objective of a remote call: a call still running (or ended by a "
-            "timeout or failure) past it counts as bad; a slower success within it does not"
+            "latency objective of a remote call: a call still running past it (since it "
+            "was sent or its last progress), or ended by a timeout or failure, counts as "
+            "bad; a success within it does not, however slow. Long-running tools need "
+            "their own (objectives)"
         ),
-    ] = 2.0
+    ] = 10.0
     objectives: Annotated[
         dict[str, PositiveFloat], doc("objective_s per tool name, overriding objective_s")
     ] = msgspec.field(default_factory=dict)

@@ -1094,16 +1094,7 @@ class MeshCatalog(Service):
         )
         if degraded:
             self._drop_preferred_of(key)
-        if self._events is not None:
-            self._events.publish(
-                ProviderDegraded(
-                    ts=time.time(),
-                    provider=provider,
-                    tool=tool,
-                    state="degraded" if degraded else "recovered",
-                    reason=reason[:MAX_EVENT_REASON_CHARS],
-                )
-            )
+        self._publish_degraded(key, "degraded" if degraded else "recovered", reason)
         if self.on_gray_change is not None:
             self.on_gray_change(key, degraded, reason)
 
@@ -1118,16 +1109,24 @@ class MeshCatalog(Service):
             self._count("gray_quorum" if held else "gray_quorum_lost")
             if held:
                 self._drop_preferred_of((provider, tool))
-            if self._events is not None:
-                self._events.publish(
-                    ProviderDegraded(
-                        ts=time.time(),
-                        provider=provider,
-                        tool=tool,
-                        state="quorum" if held else "quorum_lost",
-                        reason="a quorum of callers observed it degraded" if held else "",
-                    )
+            self._publish_degraded(
+                (provider, tool),
+                "quorum" if held else "quorum_lost",
+                "a quorum of callers observed it degraded" if held else "",
+            )
+
+    def _publish_degraded(self, key: Key, state: str, reason: str) -> None:
+        """A `degraded` event (an append to the stream's buffers: never blocks)."""
+        if self._events is not None:
+            self._events.publish(
+                ProviderDegraded(
+                    ts=time.time(),
+                    provider=key[0],
+                    tool=key[1],
+                    state=state,
+                    reason=reason[:MAX_EVENT_REASON_CHARS],
                 )
+            )
 
     async def _ask_probe(self, provider: str, tool: str) -> ProbeAnswer:
         """Ask `provider` to run its own probe of `tool` (`vsm.probe`)."""

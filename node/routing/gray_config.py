@@ -7,10 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from vsmcp.node.tools.config import doc
-
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+from vsmcp.node.tools.config import PositiveFloat, PositiveInt, doc
 
 
 class GrayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

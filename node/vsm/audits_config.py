@@ -7,9 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from vsmcp.node.tools.config import doc
-
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+from vsmcp.node.tools.config import PositiveFloat, PositiveInt, doc
 
 
 class AuditsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -33,6 +31,6 @@ class AuditsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         doc("peers' tools probed (through their vsm.probe) per audit round"),
     ] = 1
     max_probes_per_minute: Annotated[
-        Annotated[int, msgspec.Meta(gt=0)],
+        PositiveInt,
         doc("vsm.probe calls this node answers per minute; more are refused (rate_limited)"),
     ] = 120

@@ -537,11 +537,15 @@ def _validate_s3_star(config: Config) -> None:
     audits = config.vsm.audits
     if audits.max_interval_s < audits.min_interval_s:
         raise ConfigError("vsm.audits.max_interval_s", "must be at least min_interval_s")
-    for i, plugin in enumerate(config.tools.plugins):
-        if plugin.probe is not None:
-            why = check_probe_schema(plugin.probe.expect)
+    declared = [
+        *((f"tools.plugins[{i}]", p.probe) for i, p in enumerate(config.tools.plugins)),
+        *((f"tools.mounts[{i}]", m.probe) for i, m in enumerate(config.tools.mounts)),
+    ]
+    for where, probe in declared:
+        if probe is not None:
+            why = check_probe_schema(probe.expect)
             if why is not None:
-                raise ConfigError(f"tools.plugins[{i}].probe.expect", f"not a JSON schema: {why}")
+                raise ConfigError(f"{where}.probe.expect", f"not a JSON schema: {why}")
 
 
 def _validate_children(config: Config) -> None:

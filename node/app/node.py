@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from vsmcp.crdt.errors import CrdtError
 from vsmcp.mesh.certs import ZoneOrder, encode_certificate
 from vsmcp.mesh.envelope import Opener, Sealer, wall_clock_ms
@@ -461,6 +463,22 @@ class Node(Service):
             known=("rounds", "passed", "failed", "quarantined"),
         )
 
+    def _bind_audits(self, catalog: LocalCatalog) -> None:
+        """System 3*'s probes: per plugin tool, and per mount (its tool list, plus a call
+        of `probe.tool` when named)."""
+        tools = self.config.tools
+        probes = {p.name: p.probe for p in tools.plugins if p.probe is not None}
+        listed = []
+        for mount in tools.mounts:
+            if mount.probe is None:
+                continue
+            listed.append(MountedServer.unit_name(mount))
+            if mount.probe.tool:
+                probes[mount.tool_name(mount.probe.tool)] = msgspec.structs.replace(
+                    mount.probe, tool=""
+                )
+        self.audits.bind(catalog.supervisor, probes, listed)
+
     def _raise_pain(self, source: str, intensity: float, reason: str) -> None:
         """Pain on the algedonic channel from a part of the node (bridges, S3*)."""
         try:
@@ -772,10 +790,7 @@ class Node(Service):
         )
         catalog.policy.events = self.events
         catalog.supervisor.events = self.events
-        self.audits.bind(
-            catalog.supervisor,
-            {p.name: p.probe for p in self.config.tools.plugins if p.probe is not None},
-        )
+        self._bind_audits(catalog)
         catalog.add(
             children_provider(
                 self.children.spawn, self.children.stop, self.config.recursion.spawn_zone

@@ -186,6 +186,18 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     limits: Annotated[UnitLimitsConfig, doc("this mount's unit limits")] = msgspec.field(
         default_factory=UnitLimitsConfig
     )
+    probe: Annotated[
+        ProbeConfig | None,
+        doc(
+            "System 3*'s probe: its tools/list must list a tool, and probe.tool (the "
+            "server's name), when set, is called; unset: the mount is unaudited"
+        ),
+    ] = None
+
+    def tool_name(self, remote: str) -> str:
+        """The local name of the server's tool `remote` (namespace, else the mount's name)."""
+        prefix = self.name if self.namespace is None else self.namespace
+        return f"{prefix}.{remote}" if prefix else remote
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):

@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Final
 
 from vsmcp.mesh.loops import LoopSupervisor
@@ -114,6 +114,7 @@ class Auditor(LoopService):
         self._rng = rng or random.Random()
         self._supervisor: Supervisor | None = None
         self.probes: dict[str, ProbeConfig] = {}
+        self.listed: frozenset[str] = frozenset()
         self.peer_audit: PeerAudit | None = None
         self._running: dict[str, asyncio.Future[str | None]] = {}
         self._answered: deque[float] = deque()
@@ -123,9 +124,18 @@ class Auditor(LoopService):
         # rounds, passed, failed, quarantined, probe_requests, probe_refused, peer_*
         self.stats: dict[str, int] = {}
 
-    def bind(self, supervisor: Supervisor, probes: Mapping[str, ProbeConfig]) -> None:
+    def bind(
+        self,
+        supervisor: Supervisor,
+        probes: Mapping[str, ProbeConfig],
+        listed: Collection[str] = (),
+    ) -> None:
+        """`probes`: tool -> its probe; `listed`: units (mounts) audited by their tool
+        list alone (the mount's health check runs tools/list; a mount listing no tool
+        fails)."""
         self._supervisor = supervisor
         self.probes = dict(probes)
+        self.listed = frozenset(listed)
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
@@ -214,9 +224,18 @@ class Auditor(LoopService):
             for t in self.probes
             if (unit := self._unit_of(t)) is not None and unit.state is UnitState.RUNNING
         )
-        if probed:
+        units = self._supervisor.units if self._supervisor is not None else {}
+        listed = sorted(
+            name for name in self.listed if name in units and units[name].state is UnitState.RUNNING
+        )
+        choices = [*probed, *(f"unit:{name}" for name in listed)]
+        if choices:
+            choice = self._rng.choice(choices)
             try:
-                await self.audit_tool(self._rng.choice(probed))
+                if choice.startswith("unit:"):
+                    self.audit_listing(units[choice.removeprefix("unit:")])
+                else:
+                    await self.audit_tool(choice)
             except ShuttingDown:
                 self._count("skipped")
                 return
@@ -227,10 +246,17 @@ class Auditor(LoopService):
                     self.peer_last = seen
                     self._count("peer_passed" if seen.get("ok") else "peer_failed")
 
+    def audit_listing(self, unit: Unit) -> bool:
+        """Audit a mount by its tool list (refreshed by its health check's tools/list)."""
+        failure = None if unit.tools() else "its tools/list lists no tool"
+        return self._verdict(unit.name, unit, failure)
+
     async def audit_tool(self, tool: str) -> bool:
         """Audit one local tool now; True when it passed."""
-        unit = self._unit_of(tool)
         failure = await self.probe(tool, self.config.timeout_s)
+        return self._verdict(tool, self._unit_of(tool), failure)
+
+    def _verdict(self, tool: str, unit: Unit | None, failure: str | None) -> bool:
         self.last[tool] = {"ok": failure is None, "detail": failure or "", "at": time.time()}
         unit_name = unit.name if unit is not None else ""
         if self._events is not None:
@@ -273,9 +299,10 @@ class Auditor(LoopService):
         """`/api/vsm` `s3_star`: audited tools and their last audit, unaudited units."""
         units = [] if self._supervisor is None else list(self._supervisor.units.values())
         audited_units = {u.name for t in self.probes if (u := self._unit_of(t)) is not None}
+        audited_units |= self.listed
         return {
             "enabled": self.config.enabled,
-            "audited": {t: self.last.get(t) for t in sorted(self.probes)},
+            "audited": {t: self.last.get(t) for t in sorted({*self.probes, *self.listed})},
             "unaudited": sorted(u.name for u in units if u.name not in audited_units),
             "peer_last": self.peer_last,
             "stats": dict(self.stats),

@@ -1,15 +1,18 @@
 """System 3* audits on a real `vsmcpd`: a tool whose probe fails is quarantined, shown
 in `/api/vsm`, raises pain and is written to the audit log; a tool whose probe passes
-keeps running; units without a probe are listed as unaudited."""
+keeps running; units without a probe are listed as unaudited. Mounts: their tool list,
+and a call of the probe's tool when it names one."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import NodeProcess, counters
+from tests.integration.harness import REPO_ROOT, NodeProcess, counters
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
@@ -91,3 +94,72 @@ def test_a_unit_whose_probe_fails_is_quarantined_and_audited(
         )
     ]
     assert len(rows) == 1 and "add" in str(rows[0]), rows
+
+
+MOUNT_SERVER = REPO_ROOT / "tests" / "node" / "tools" / "faulty_server.py"
+
+
+def _mount_config(tmp_path: Path) -> str:
+    mounts = "".join(
+        f"""
+[[tools.mounts]]
+name = "{name}"
+command = {json.dumps(sys.executable)}
+args = [{json.dumps(str(MOUNT_SERVER))}]
+env = {{ FAULTY_PID_FILE = {json.dumps(str(tmp_path / name))} }}
+probe = {probe}
+"""
+        for name, probe in (
+            # FastMCP's structuredContent for a str result: {"result": ...}
+            (
+                "good",
+                '{ tool = "echo", arguments = { text = "x" }, expect = '
+                '{ required = ["result"], properties = { result = { const = "x" } } } }',
+            ),
+            ("stuck", '{ tool = "hang" }'),
+            ("listed", "{}"),
+        )
+    )
+    return f"""
+[mesh]
+preset = "local"
+mdns = false
+[tools]
+entry_points = false
+[vsm.audits]
+min_interval_s = 0.2
+max_interval_s = 0.4
+timeout_s = 1
+quarantine_s = 600
+peer_sample = 0
+{mounts}"""
+
+
+def test_mounts_are_audited_by_their_tool_list_and_probe_call(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text(_mount_config(tmp_path))
+    node = NodeProcess(tmp_path / "m", "--config", str(path))
+    nodes.append(node)
+    node.start()
+    wait_for(
+        lambda: _unit_state(node, "mount:stuck") == "quarantined",
+        timeout_s=60,
+        what="the mount whose probe call hangs quarantined",
+    )
+    audited = wait_for(
+        lambda: (
+            (a := node.get_json("/api/vsm")["s3"]["audits"]["audited"])["good.echo"]
+            and a["mount:listed"]
+            and a
+        ),
+        timeout_s=60,
+        what="the good mount's probe call and the listed mount audited",
+    )
+    assert audited["good.echo"]["ok"] is True
+    assert audited["mount:listed"]["ok"] is True
+    assert audited["stuck.hang"]["ok"] is False
+    assert "no answer within 1 s" in audited["stuck.hang"]["detail"]
+    assert _unit_state(node, "mount:good") == "running"
+    assert _unit_state(node, "mount:listed") == "running"

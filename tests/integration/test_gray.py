@@ -178,3 +178,45 @@ def test_a_hung_provider_is_routed_around_and_comes_back(
     assert events.get("degraded", 0) >= 1 and events.get("recovered", 0) >= 1, events
     vsm = entry.get_json("/api/vsm")
     assert vsm["s2"]["gray"]["degraded"] == []
+
+
+def test_a_quorum_of_callers_marks_it_degraded_at_every_node(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    a = _start(tmp_path, nodes, "a", PROVIDER_CONFIG)
+    b = _start(tmp_path, nodes, "b", PROVIDER_CONFIG)
+    e1 = _start(tmp_path, nodes, "e1", ENTRY_CONFIG)
+    e2 = _start(tmp_path, nodes, "e2", ENTRY_CONFIG)
+    group = [a, b, e1, e2]
+    for node in group:
+        node.wait_ready()
+    wait_mesh_states(group, {n.node_id: "alive" for n in group})
+    for entry in (e1, e2):
+        wait_for(
+            lambda entry=entry: set(_degraded(entry, "gray_echo")) == {a.node_id, b.node_id},
+            timeout_s=30,
+            what="gray_echo offered by a and b at both entry nodes",
+        )
+    (tmp_path / "a.flag").write_text("hang")
+    (tmp_path / "b.flag").write_text("slow:0.05")  # a is the faster one until it hangs
+    with Caller(e1, "gray_echo", threads=2), Caller(e2, "gray_echo", threads=2):
+        # b called a only through its own local unit: it learns of the hang from the
+        # quorum of the two entry nodes' signed observations.
+        wait_for(
+            lambda: _degraded(b, "gray_echo").get(a.node_id) == "quorum",
+            timeout_s=30,
+            what="a's tool degraded by quorum at b, which never called it",
+        )
+        for entry in (e1, e2):
+            assert _degraded(entry, "gray_echo")[a.node_id] == "quorum"
+        gray = b.get_json("/api/vsm")["s2"]["gray"]
+        [seen] = [o for o in gray["observations"] if o["provider"] == a.node_id]
+        assert sorted(seen["observers"]) == sorted([e1.node_id, e2.node_id])
+        assert seen["quorum"] == 2
+        (tmp_path / "a.flag").unlink()
+        wait_for(
+            lambda: _degraded(b, "gray_echo").get(a.node_id) is None,
+            timeout_s=30,
+            what="the quorum gone once the callers' probes brought a back",
+        )
+    assert counters(e1, "vsmcp_gray_observations").get("revoked", 0) >= 1

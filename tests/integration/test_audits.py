@@ -52,19 +52,27 @@ def _unit_state(node: NodeProcess, name: str) -> str | None:
     return None
 
 
-def test_a_unit_whose_probe_fails_is_quarantined_and_audited(
-    tmp_path: Path, nodes: list[NodeProcess]
-) -> None:
-    path = tmp_path / "a.toml"
-    path.write_text(CONFIG)
+def _quarantined(
+    tmp_path: Path, nodes: list[NodeProcess], config: str, unit: str, timeout_s: float
+) -> NodeProcess:
+    """A node started with `config`, once the audits quarantined `unit`."""
+    path = tmp_path / "node.toml"
+    path.write_text(config)
     node = NodeProcess(tmp_path / "a", "--config", str(path))
     nodes.append(node)
     node.start()
     wait_for(
-        lambda: _unit_state(node, "plugin:add") == "quarantined",
-        timeout_s=20,
-        what="add quarantined by a failed audit",
+        lambda: _unit_state(node, unit) == "quarantined",
+        timeout_s=timeout_s,
+        what=f"{unit} quarantined by a failed audit",
     )
+    return node
+
+
+def test_a_unit_whose_probe_fails_is_quarantined_and_audited(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    node = _quarantined(tmp_path, nodes, CONFIG, "plugin:add", timeout_s=20)
     audits = wait_for(
         lambda: (a := node.get_json("/api/vsm")["s3"]["audits"])["audited"]["gray_echo"] and a,
         timeout_s=20,
@@ -138,16 +146,7 @@ peer_sample = 0
 def test_mounts_are_audited_by_their_tool_list_and_probe_call(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    path = tmp_path / "m.toml"
-    path.write_text(_mount_config(tmp_path))
-    node = NodeProcess(tmp_path / "m", "--config", str(path))
-    nodes.append(node)
-    node.start()
-    wait_for(
-        lambda: _unit_state(node, "mount:stuck") == "quarantined",
-        timeout_s=60,
-        what="the mount whose probe call hangs quarantined",
-    )
+    node = _quarantined(tmp_path, nodes, _mount_config(tmp_path), "mount:stuck", timeout_s=60)
     audited = wait_for(
         lambda: (
             (a := node.get_json("/api/vsm")["s3"]["audits"]["audited"])["good.echo"]

@@ -219,4 +219,6 @@ def test_a_quorum_of_callers_marks_it_degraded_at_every_node(
             timeout_s=30,
             what="the quorum gone once the callers' probes brought a back",
         )
-    assert counters(e1, "vsmcp_gray_observations").get("revoked", 0) >= 1
+    # The quorum goes as soon as one of the two revokes (the other may not have yet).
+    revoked = [counters(e, "vsmcp_gray_observations").get("revoked", 0) for e in (e1, e2)]
+    assert sum(revoked) >= 1, revoked

@@ -1132,7 +1132,13 @@ class Node(Service):
         }
 
     def peers(self) -> list[dict[str, Any]]:
-        return self._mesh.peer_view() if self._mesh else []
+        if self._mesh is None:
+            return []
+        peers = self._mesh.peer_view()
+        if self._tools is not None:
+            gray = self._tools.gray
+            peers = [{**peer, "gray": gray.provider_view(peer["id"])} for peer in peers]
+        return peers
 
     def tools(self) -> list[dict[str, Any]]:
         """The capability registry as this node sees it, with each provider's state."""

@@ -188,6 +188,14 @@ class GrayTracker:
             del self._seen[key]
         return dropped
 
+    def provider_view(self, provider: str) -> dict[str, Any]:
+        """One provider's tools as this caller sees them, for `/api/peers`: the degraded
+        ones, and `degraded` when every tool of it this caller has used is (the whole
+        node fails its callers while membership may still say alive)."""
+        held = sorted(t for p, t in set(self._degraded) | self._quorum if p == provider)
+        used = {t for p, t in self._seen if p == provider} | set(held)
+        return {"degraded": bool(used) and used <= set(held), "degraded_tools": held}
+
     def view(self) -> list[dict[str, Any]]:
         """Degraded (provider, tool)s, locally or by quorum, for `/api/vsm`."""
         out = []

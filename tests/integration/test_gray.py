@@ -165,6 +165,8 @@ def test_a_hung_provider_is_routed_around_and_comes_back(
         )
         # Membership still says the hung node is alive: the callers saw what it did not.
         assert entry.peer_states()[hung.node_id] == "alive"
+        [peer] = [p for p in entry.get_json("/api/peers")["peers"] if p["id"] == hung.node_id]
+        assert peer["gray"]["degraded_tools"] == ["gray_echo"]
         (tmp_path / f"{'a' if hung is a else 'b'}.flag").unlink()
         wait_for(
             lambda: _degraded(entry, "gray_echo")[hung.node_id] is None,

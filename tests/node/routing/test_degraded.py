@@ -89,3 +89,16 @@ def test_disabled_records_nothing_and_state_is_bounded() -> None:
     tracker.record("gone", "t", bad=True, reason="x", now=0.0)
     assert tracker.retain({"p1"}) == [("gone", "t")]
     assert not tracker.is_degraded("gone", "t")
+
+
+def test_a_provider_is_whole_node_degraded_when_every_tool_used_is() -> None:
+    tracker = GrayTracker(CONFIG)
+    for tool in ("t", "u"):
+        tracker.record("p", tool, bad=False, reason="ok", now=0.0)
+    for _ in range(2):
+        tracker.record("p", "t", bad=True, reason="hang", now=1.0)
+    assert tracker.provider_view("p") == {"degraded": False, "degraded_tools": ["t"]}
+    for _ in range(2):
+        tracker.record("p", "u", bad=True, reason="hang", now=1.0)
+    assert tracker.provider_view("p") == {"degraded": True, "degraded_tools": ["t", "u"]}
+    assert tracker.provider_view("q") == {"degraded": False, "degraded_tools": []}

@@ -17,7 +17,8 @@ from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
-CONFIG = """
+# Audits every 0.2–0.4 s, a probe failing after 1 s, quarantine outlasting the test.
+HEADER = """
 [mesh]
 preset = "local"
 mdns = false
@@ -26,8 +27,13 @@ entry_points = false
 [vsm.audits]
 min_interval_s = 0.2
 max_interval_s = 0.4
+timeout_s = 1
 quarantine_s = 600
 peer_sample = 0
+"""
+CONFIG = (
+    HEADER
+    + """
 [[tools.plugins]]
 name = "add"
 target = "tests.integration.plugin_tools:add"
@@ -43,6 +49,7 @@ type = "object"
 required = ["echo"]
 properties = { echo = { const = "probe" } }
 """
+)
 
 
 def _unit_state(node: NodeProcess, name: str) -> str | None:
@@ -128,19 +135,7 @@ probe = {probe}
             ("listed", "{}"),
         )
     )
-    return f"""
-[mesh]
-preset = "local"
-mdns = false
-[tools]
-entry_points = false
-[vsm.audits]
-min_interval_s = 0.2
-max_interval_s = 0.4
-timeout_s = 1
-quarantine_s = 600
-peer_sample = 0
-{mounts}"""
+    return HEADER + mounts
 
 
 def test_mounts_are_audited_by_their_tool_list_and_probe_call(

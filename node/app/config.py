@@ -30,6 +30,7 @@ from vsmcp.node.bridges.config import BridgesSection
 from vsmcp.node.children.config import CHILD_NAME, MAX_DEPTH_LIMIT, ChildEntry, RecursionSection
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.peers.service import is_loopback_host
+from vsmcp.node.routing.gray_config import GrayConfig
 from vsmcp.node.tools.config import (
     STDIO_GRANT_NAME,
     EdgeConfig,
@@ -39,6 +40,8 @@ from vsmcp.node.tools.config import (
     doc,
 )
 from vsmcp.node.vsm.algedonic import DEFAULT_LANE_CAPACITY, DEFAULT_THRESHOLD
+from vsmcp.node.vsm.audits import check_probe_schema
+from vsmcp.node.vsm.audits_config import AuditsConfig
 from vsmcp.node.vsm.balance import DEFAULT_WINDOW_S as BALANCE_WINDOW_S
 from vsmcp.node.vsm.concurrency_config import ConcurrencyConfig
 from vsmcp.node.vsm.immune.config import ImmuneConfig
@@ -300,6 +303,12 @@ class VsmSection(_Section):
             "per unit (docs/regulation.md); absent: fixed unit limits only"
         ),
     ] = None
+    gray: Annotated[
+        GrayConfig, doc("gray failures: callers observe providers and route around degraded ones")
+    ] = msgspec.field(default_factory=GrayConfig)
+    audits: Annotated[
+        AuditsConfig, doc("System 3*: sporadic probes of the units and of peers' tools")
+    ] = msgspec.field(default_factory=AuditsConfig)
 
 
 class Config(_Section):
@@ -545,6 +554,22 @@ def _validate(config: Config) -> None:
                 f"mesh.seeds[{i}]", f"'{seed}' is not [NODE_ID@]HOST:PORT: {e}"
             ) from e
     _validate_children(config)
+    _validate_s3_star(config)
+
+
+def _validate_s3_star(config: Config) -> None:
+    audits = config.vsm.audits
+    if audits.max_interval_s < audits.min_interval_s:
+        raise ConfigError("vsm.audits.max_interval_s", "must be at least min_interval_s")
+    declared = [
+        *((f"tools.plugins[{i}]", p.probe) for i, p in enumerate(config.tools.plugins)),
+        *((f"tools.mounts[{i}]", m.probe) for i, m in enumerate(config.tools.mounts)),
+    ]
+    for where, probe in declared:
+        if probe is not None:
+            why = check_probe_schema(probe.expect)
+            if why is not None:
+                raise ConfigError(f"{where}.probe.expect", f"not a JSON schema: {why}")
 
 
 def _validate_children(config: Config) -> None:

@@ -16,9 +16,11 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from vsmcp.crdt.errors import CrdtError
 from vsmcp.mesh.certs import ZoneOrder, encode_certificate
@@ -53,6 +55,7 @@ from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService, parent_nod
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
+from vsmcp.node.routing.gray_exchange import GrayExchange, gray_issuers
 from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.store.audit_anchor import AuditAnchor
 from vsmcp.node.store.audit_head import head_file_for
@@ -64,6 +67,7 @@ from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.tools.wasm import WasmProvider
+from vsmcp.node.vsm.audits import Auditor
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.errors import PatternError, VsmError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged, ToolCallFinished
@@ -121,6 +125,17 @@ def _roles_of(identity: NodeIdentity, mesh: MeshService, key: bytes) -> tuple[st
     return None if peer is None else peer.certificate.roles
 
 
+def _policy_issuers(identity: NodeIdentity, mesh: MeshService) -> Callable[[bytes, str], bool]:
+    """Who may issue what in the policies CRDT (besides the authority): immune policies
+    from `immune` members, WASM module manifests from `publisher` members, gray-failure
+    observations from any member."""
+
+    def roles(key: bytes) -> tuple[str, ...] | None:
+        return _roles_of(identity, mesh, key)
+
+    return any_of(immune_issuers(roles), publisher_issuers(roles), gray_issuers(roles))
+
+
 class DebugApiDisabled(NodeError):
     """A /api/debug call on a node without node.debug_api, or with bad arguments."""
 
@@ -152,6 +167,7 @@ class Node(Service):
         self._replication: ReplicationService | None = None
         self._anchor: AuditAnchor | None = None
         self._tools: MeshCatalog | None = None
+        self._gray_exchange: GrayExchange | None = None
         self._debug_tools = DebugTools()
         self.children = ChildrenApi(
             config.data_dir, config.recursion, ZoneOrder(config.trust.zones)
@@ -188,6 +204,15 @@ class Node(Service):
         # The algedonic channel, System 3's aggregate and KPIs, System 5's responses,
         # viability: wired to the catalog and mesh once they exist (`_start_vsm`).
         self.vsm = VsmSystems(config, self.events, self.loops, self._audit_s5)
+        # System 3*: sporadic audits of the units; bound to them in _start_local_catalog.
+        self.audits = Auditor(
+            vsm.audits,
+            self.loops,
+            zone=config.trust.zones[-1],
+            events=self.events,
+            audit=self._audit_s5,
+            pain=self._raise_pain,
+        )
         self.actions.register("algedonic", self.vsm.on_pattern_match)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -245,10 +270,7 @@ class Node(Service):
         mesh = self._mesh_service(identity, sealer)
         self._mesh = mesh
         replication = ReplicationService(
-            allowed_issuers=any_of(
-                immune_issuers(lambda key: _roles_of(identity, mesh, key)),
-                publisher_issuers(lambda key: _roles_of(identity, mesh, key)),
-            ),
+            allowed_issuers=_policy_issuers(identity, mesh),
             key=identity.key,
             authority_public_key=identity.authority_public_key,
             mesh=mesh,
@@ -274,6 +296,7 @@ class Node(Service):
             loops=self.loops,
             events=self.events,
             node_name=self.config.node.name,
+            gray=self.config.vsm.gray,
         )
         self._tools = tools
         await self._start_vsm(stack, catalog, tools, mesh, replication)
@@ -327,6 +350,7 @@ class Node(Service):
         # After the snapshot is restored: what it holds is read once, the rest arrives.
         self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
         immune = self._start_immune(identity, mesh, replication)
+        await self._start_gray_exchange(stack, identity, mesh, replication, tools)
         tools.gate = immune.check_call
         # System 5's block_origin rules act through the immune system.
         self.vsm.s5.mitigator = immune
@@ -380,12 +404,6 @@ class Node(Service):
         store: Store,
         audit: AuditLog,
     ) -> BridgeContext:
-        def pain(source: str, intensity: float, reason: str) -> None:
-            try:
-                self.vsm.channel.raise_signal(source, "pain", intensity, reason[:500])
-            except VsmError as e:
-                log.warning("bridge signal from %s dropped: %s", source, e)
-
         return BridgeContext(
             node_id=identity.node_id,
             node_name=self.config.node.name or identity.node_id[-8:],
@@ -399,10 +417,92 @@ class Node(Service):
             store=store,
             audit_log=audit,
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, dict(data)),
-            pain=pain,
+            pain=self._raise_pain,
             planner=self.s4.planner,
             signer=identity.key,
         )
+
+    async def _start_gray_exchange(
+        self,
+        stack: contextlib.AsyncExitStack,
+        identity: NodeIdentity,
+        mesh: MeshService,
+        replication: ReplicationService,
+        tools: MeshCatalog,
+    ) -> None:
+        """Signed gray-failure observations over the mesh, and their quorum."""
+        exchange = GrayExchange(
+            self.loops,
+            policies=replication.state.policies,
+            signer=identity.key,
+            config=self.config.vsm.gray,
+            alive=lambda: [identity.node_id, *mesh.alive_peers()],
+            quorum_max=MEMBERSHIP_PRESETS[self.config.mesh.preset]().quorum_max,
+            on_quorum=tools.quorum_changed,
+        )
+        tools.on_gray_change = exchange.local_changed
+        self._gray_exchange = exchange
+        await stack.enter_async_context(exchange)
+        self.metrics.add_counters(
+            "vsmcp_gray_observations",
+            "Signed gray-failure observations: published, refreshed, revoked, rate_limited, "
+            "over_cap, crdt_refused, bad_bodies",
+            "event",
+            lambda: dict(exchange.stats),
+        )
+
+    def _register_gray_metrics(self, tools: MeshCatalog) -> None:
+        gray = tools.gray
+        self.metrics.add_counters(
+            "vsmcp_gray_events",
+            "Gray failures seen by this caller: calls judged good/bad, (provider, tool)s "
+            "degraded and recovered, probes ok/failed, released (no probe, after hold_s)",
+            "event",
+            lambda: dict(gray.stats),
+            known=("good", "bad", "degraded", "recovered", "probes_ok", "probes_failed"),
+        )
+
+        def degraded() -> dict[str, float]:
+            return {"local": len(gray.locally_degraded()), "quorum": len(gray.quorum)}
+
+        self.metrics.add_gauges(
+            "vsmcp_gray_degraded",
+            "(provider, tool)s this node routes around: seen here (local) or by a quorum",
+            "scope",
+            degraded,
+            known=("local", "quorum"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_s3_audits",
+            "System 3* audits: rounds, passed, failed, quarantined, vsm.probe requests "
+            "and refusals, peers' tools probed (peer_passed, peer_failed)",
+            "event",
+            lambda: dict(self.audits.stats),
+            known=("rounds", "passed", "failed", "quarantined"),
+        )
+
+    def _bind_audits(self, catalog: LocalCatalog) -> None:
+        """System 3*'s probes: per plugin tool, and per mount (its tool list, plus a call
+        of `probe.tool` when named)."""
+        tools = self.config.tools
+        probes = {p.name: p.probe for p in tools.plugins if p.probe is not None}
+        listed = []
+        for mount in tools.mounts:
+            if mount.probe is None:
+                continue
+            listed.append(MountedServer.unit_name(mount))
+            if mount.probe.tool:
+                probes[mount.tool_name(mount.probe.tool)] = msgspec.structs.replace(
+                    mount.probe, tool=""
+                )
+        self.audits.bind(catalog.supervisor, probes, listed)
+
+    def _raise_pain(self, source: str, intensity: float, reason: str) -> None:
+        """Pain on the algedonic channel from a part of the node (bridges, S3*)."""
+        try:
+            self.vsm.channel.raise_signal(source, "pain", intensity, reason[:500])
+        except VsmError as e:
+            log.warning("signal from %s dropped: %s", source, e)
 
     def _environment_scan(
         self, mesh: MeshService, replication: ReplicationService
@@ -511,6 +611,9 @@ class Node(Service):
         tools.shedder = self.vsm.shedder
         tools.entry_limit = self.vsm.entry_gate
         tools.serve_limit = self.vsm.serve_gate
+        self.audits.peer_audit = tools.audit_peer
+        if self.config.vsm.audits.enabled:
+            await stack.enter_async_context(self.audits)
         self.vsm.bind(
             catalog,
             MeshFacts(
@@ -523,6 +626,7 @@ class Node(Service):
         )
         await stack.enter_async_context(self.vsm)
         self._register_regulation_metrics()
+        self._register_gray_metrics(tools)
         self.metrics.add_gauges(
             "vsmcp_viability",
             "Viability score in [0, 1] of this node and of the mesh as it sees it",
@@ -573,6 +677,12 @@ class Node(Service):
         bridges = {} if self.bridges is None else self.bridges.view()
         view = self.vsm.view()
         view["s4"] = {**self.s4.view(), **view["s4"]}
+        view["s3"] = {**view["s3"], "audits": self.audits.view()}
+        if self._tools is not None:
+            gray: dict[str, Any] = {"degraded": self._tools.gray.view()}
+            if self._gray_exchange is not None:
+                gray.update(self._gray_exchange.view())
+            view["s2"] = {**view["s2"], "gray": gray}
         return {**view, "bridges": bridges}
 
     async def plan_post(
@@ -746,11 +856,13 @@ class Node(Service):
             tools_view=self.tools,
             signal=self.vsm.signal_tool,
             signal_zone=self.config.vsm.signal_zone,
+            probe=self.audits.probe_tool,
             edge=self.config.edge,
             wasm_cache_dir=self.config.data_dir / "wasm-cache",
         )
         catalog.policy.events = self.events
         catalog.supervisor.events = self.events
+        self._bind_audits(catalog)
         catalog.add(
             children_provider(
                 self.children.spawn, self.children.stop, self.config.recursion.spawn_zone
@@ -1146,7 +1258,13 @@ class Node(Service):
         }
 
     def peers(self) -> list[dict[str, Any]]:
-        return self._mesh.peer_view() if self._mesh else []
+        if self._mesh is None:
+            return []
+        peers = self._mesh.peer_view()
+        if self._tools is not None:
+            gray = self._tools.gray
+            peers = [{**peer, "gray": gray.provider_view(peer["id"])} for peer in peers]
+        return peers
 
     def tools(self) -> list[dict[str, Any]]:
         """The capability registry as this node sees it, with each provider's state."""
@@ -1161,9 +1279,19 @@ class Node(Service):
                 "version": t.version,
                 "provider_state": self._provider_state(t.provider),
                 "provider_parent": self._parent_of(t.provider),
+                "degraded": self._degraded(t.provider, t.name),
             }
             for t in self._replication.tools()
         ]
+
+    def _degraded(self, provider: str, tool: str) -> str | None:
+        """Gray failures: "local" (this node saw it), "quorum" (a quorum of callers did)."""
+        if self._tools is None:
+            return None
+        gray = self._tools.gray
+        if (provider, tool) in gray.quorum:
+            return "quorum"
+        return "local" if gray.is_degraded(provider, tool) else None
 
     def _parent_of(self, node_id: str) -> str | None:
         """The parent VSM of a provider (node/children), from its certificate."""

@@ -53,6 +53,9 @@ class Peer(msgspec.Struct):
     endpoint: str | None
     http_port: int | None
     since_s: float
+    # Gray failures as this node's calls saw the peer: {"degraded": bool (every tool of
+    # it this node used is degraded), "degraded_tools": [...]}
+    gray: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Peers(msgspec.Struct):
@@ -66,6 +69,8 @@ class Tool(msgspec.Struct):
     description: str
     version: int
     provider_state: str | None
+    # Gray failures: "local" (this node's calls), "quorum" (a quorum of callers), or None.
+    degraded: str | None = None
 
 
 class Tools(msgspec.Struct):

@@ -46,6 +46,7 @@ import contextlib
 import itertools
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ from vsmcp.node.errors import NodeError
 from vsmcp.node.peers.service import MeshService, Peer, PeerUnavailableError
 from vsmcp.node.replication.service import RemoteTool, ReplicationService
 from vsmcp.node.routing.calls import ReplyItem
+from vsmcp.node.routing.degraded import GrayTracker, Key, ProbeAnswer
+from vsmcp.node.routing.gray_config import GrayConfig
 from vsmcp.node.routing.pinning import MIN_ID_SUFFIX_CHARS, NotOnNode, resolve_pin
 from vsmcp.node.routing.wire import (
     MAX_ATTEMPTS,
@@ -93,7 +96,13 @@ from vsmcp.node.tools.errors import (
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
-from vsmcp.node.vsm.events import Event, MembershipChanged, RegistryChanged, ToolCallFinished
+from vsmcp.node.vsm.events import (
+    Event,
+    MembershipChanged,
+    ProviderDegraded,
+    RegistryChanged,
+    ToolCallFinished,
+)
 from vsmcp.node.vsm.priority import (
     CRITICAL,
     DEFAULT_PRIORITY,
@@ -131,6 +140,12 @@ REFUSALS_BEFORE_RUN: Final = frozenset(
 )
 # Transport answers that mean the remote handler never ran the tool.
 RETRYABLE_REMOTE_REASONS: Final = frozenset({"busy", "no_handler", "handler_error"})
+# Error answers that say the provider failed at the work itself (gray failures); others
+# (bad arguments, zone, policy) are about the caller and say nothing of the provider.
+GRAY_ERROR_REASONS: Final = frozenset({"timeout", "provider_error", "unit_fault", "tool_fault"})
+# The built-in tool that runs a provider's S3* probe of one of its tools (gray failures:
+# how a degraded provider is checked without sending it real calls).
+PROBE_TOOL: Final = "vsm.probe"
 
 # Provider choice.
 INITIAL_LATENCY_S: Final = 0.005
@@ -422,6 +437,14 @@ class _Pending:
     arrived: int = 0
     expected: int = 0
     arrival: asyncio.Event = field(default_factory=asyncio.Event)
+    tool: str = ""
+    # When the attempt was sent, or its last progress arrived (gray failures).
+    started: float = 0.0
+    # Probes keep their own selector: a hung tool's probes must not open the breaker
+    # of its whole node (its other tools may be fine).
+    selector: ProviderSelector = field(default_factory=ProviderSelector)
+    # Its outcome was recorded for gray-failure detection (once per attempt).
+    observed: bool = False
 
     def accept(self) -> None:
         if not self.accepted:
@@ -467,6 +490,7 @@ class MeshCatalog(Service):
         commit_before_answer: bool = False,
         events: EventStream | None = None,
         node_name: str = "",
+        gray: GrayConfig | None = None,
     ) -> None:
         self._loops = loops or LoopSupervisor()
         self._events = events
@@ -486,6 +510,12 @@ class MeshCatalog(Service):
         # Config audit.commit_before_answer: a call's answer waits for its entry's commit.
         self._commit_before_answer = commit_before_answer
         self.selector = ProviderSelector()
+        self.gray = GrayTracker(gray or GrayConfig())
+        # Called with the keys that became locally degraded or recovered (the signed
+        # observation exchange publishes or revokes). Set by the node.
+        self.on_gray_change: Callable[[Key, bool, str], None] | None = None
+        self._probing: set[Key] = set()
+        self._probe_selector = ProviderSelector()
         self.stats: dict[str, int] = {}
         self._callbacks: list[ChangeCallback] = []
         self._remote: dict[str, list[_Remote]] = {}
@@ -616,6 +646,8 @@ class MeshCatalog(Service):
         self._remote = index
         providers = {r.tool.provider for entries in index.values() for r in entries}
         self.selector.retain(providers, index.keys(), asyncio.get_running_loop().time())
+        for key in self.gray.retain(providers):
+            self._gray_changed(key, degraded=False, reason="gone from the registry")
 
     def _state(self, node_id: str) -> str | None:
         if node_id not in self._mesh.peers:
@@ -703,6 +735,14 @@ class MeshCatalog(Service):
                 state = self._state(pending.provider)
                 if state is None or state in GONE_STATES:
                     pending.abort(state or "gone", now)
+                elif not pending.observed and now - pending.started > self.gray.objective_s(
+                    pending.tool
+                ):
+                    self._observe(pending, bad=True, reason="still running past its objective")
+            for key in self.gray.probes_due(now):
+                if key not in self._probing:
+                    self._probing.add(key)
+                    self._spawn(self._probe(key), f"gray-probe-{key[1]}")
             since_check += WATCH_INTERVAL_S
             signalled = self._events is not None and self._stale
             if signalled or since_check >= period:
@@ -913,6 +953,9 @@ class MeshCatalog(Service):
             policy.admit(representative.spec, arguments, ctx)
         nodes = [(r.tool.provider, state) for r, state in allowed]
         order = self.selector.order(name, nodes, loop.time())
+        # Degraded providers (gray failures) are tried only when every one is degraded.
+        gray = self.gray
+        order = sorted(order, key=lambda node: gray.is_degraded(node, name))
         if not order:
             if first_error is not None:
                 raise first_error
@@ -955,12 +998,22 @@ class MeshCatalog(Service):
         budget: float,
         *,
         attempt: int,
+        selector: ProviderSelector | None = None,
     ) -> ToolResult:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        selector = selector or self.selector
         deadline = ctx.deadline if ctx.deadline is not None else now + self._call_timeout_s
         remaining = max(0.001, deadline - now)
-        pending = _Pending(next(self._call_ids), node_id, deadline, ctx.progress)
+        pending = _Pending(
+            next(self._call_ids),
+            node_id,
+            deadline,
+            ctx.progress,
+            tool=name,
+            started=now,
+            selector=selector,
+        )
         request = InvokeRequest(
             call_id=pending.call_id,
             tool=name,
@@ -977,7 +1030,7 @@ class MeshCatalog(Service):
         )
         context = Context(origin=request.origin, trace_id=ctx.trace_id.encode()[:64])
         self._pending[pending.call_id] = pending
-        self.selector.on_attempt(node_id, now)
+        selector.on_attempt(node_id, now)
         try:
             try:
                 async with asyncio.timeout_at(min(now + ACCEPT_TIMEOUT_S, deadline)) as scope:
@@ -997,7 +1050,7 @@ class MeshCatalog(Service):
             return result
         finally:
             del self._pending[pending.call_id]
-            self.selector.on_done(node_id)
+            selector.on_done(node_id)
             if pending.forwarder is not None:
                 pending.forwarder.cancel()
 
@@ -1009,11 +1062,15 @@ class MeshCatalog(Service):
         node_id = pending.provider
         now = loop.time()
         if isinstance(error, RemoteError) and error.reason == "busy":
-            self.selector.on_refusal(name, node_id, now, None)
+            pending.selector.on_refusal(name, node_id, now, None)
             return _Retry(
                 NoProvider(name, {node_id: "busy"}, DEFAULT_AVOID_S), reason="busy", node=False
             )
-        self.selector.on_failure(node_id, now, elapsed)
+        pending.selector.on_failure(node_id, now, elapsed)
+        if elapsed >= self.gray.objective_s(name) or not isinstance(error, TimeoutError):
+            # A timeout shorter than the objective is the caller's deadline, not news
+            # about the provider.
+            self._observe(pending, bad=True, reason=type(error).__name__)
         if now >= pending.deadline or isinstance(error, RequestTimeoutError):
             return ToolTimeout(name, budget)
         if isinstance(error, RemoteError) and error.reason not in RETRYABLE_REMOTE_REASONS:
@@ -1041,9 +1098,15 @@ class MeshCatalog(Service):
             try:
                 result = decode_result(reply.payload)
             except InvokeCodecError as e:
-                self.selector.on_failure(node_id, loop_now, elapsed)
+                pending.selector.on_failure(node_id, loop_now, elapsed)
                 raise ProviderError(name, f"provider {node_id} sent {e}") from None
-            self.selector.on_success(node_id, elapsed)
+            pending.selector.on_success(node_id, elapsed)
+            silent = loop_now - pending.started  # since it was sent or its last progress
+            self._observe(
+                pending,
+                bad=silent > self.gray.objective_s(name),
+                reason=f"answered in {elapsed:.3f} s",
+            )
             meta = result.get("_meta")
             meta = dict(meta) if isinstance(meta, dict) else {}
             pending.expected = _int(meta.pop(META_PROGRESS_SENT, 0))
@@ -1054,17 +1117,132 @@ class MeshCatalog(Service):
             try:
                 error = tool_error_from(decode_error(reply.payload))
             except InvokeCodecError as e:
-                self.selector.on_failure(node_id, loop_now, elapsed)
+                pending.selector.on_failure(node_id, loop_now, elapsed)
                 raise ProviderError(name, f"provider {node_id} sent {e}") from None
             if error.reason in REFUSALS_BEFORE_RUN:
                 retry = error.data.get("retry_after_s")
                 wait = float(retry) if isinstance(retry, int | float) else None
-                self.selector.on_refusal(name, node_id, loop_now, wait)
+                pending.selector.on_refusal(name, node_id, loop_now, wait)
                 raise _Retry(error, reason=error.reason, node=False)
-            self.selector.on_success(node_id, elapsed)
+            pending.selector.on_success(node_id, elapsed)
+            self._observe(pending, bad=error.reason in GRAY_ERROR_REASONS, reason=error.reason)
             raise error
-        self.selector.on_failure(node_id, loop_now, elapsed)
+        pending.selector.on_failure(node_id, loop_now, elapsed)
         raise ProviderError(name, f"provider {node_id} answered {reply.type.name}")
+
+    # -- gray failures (node/routing/degraded.py) ----------------------------------------
+
+    def _observe(self, pending: _Pending, *, bad: bool, reason: str) -> None:
+        """Record one attempt's outcome (once) for gray-failure detection."""
+        if pending.observed or pending.tool == PROBE_TOOL:
+            return
+        pending.observed = True
+        now = asyncio.get_running_loop().time()
+        if self.gray.record(pending.provider, pending.tool, bad=bad, reason=reason, now=now):
+            key = (pending.provider, pending.tool)
+            self._gray_changed(key, degraded=True, reason=self.gray.locally_degraded()[key])
+
+    def _gray_changed(self, key: Key, *, degraded: bool, reason: str) -> None:
+        provider, tool = key
+        self._count("gray_degraded" if degraded else "gray_recovered")
+        log.warning(
+            "gray failure: %s on %s %s (%s)",
+            tool,
+            provider,
+            "degraded" if degraded else "recovered",
+            reason,
+        )
+        if degraded:
+            self._drop_preferred_of(key)
+        self._publish_degraded(key, "degraded" if degraded else "recovered", reason)
+        if self.on_gray_change is not None:
+            self.on_gray_change(key, degraded, reason)
+
+    def _drop_preferred_of(self, key: Key) -> None:
+        if self.selector.preferred(key[1]) == key[0]:
+            self.selector.on_refusal(key[1], key[0], asyncio.get_running_loop().time(), 0.0)
+
+    def quorum_changed(self, keys: Collection[Key]) -> None:
+        """The (provider, tool)s a quorum of callers now holds degraded (the exchange)."""
+        for provider, tool in self.gray.set_quorum(keys):
+            held = (provider, tool) in self.gray.quorum
+            self._count("gray_quorum" if held else "gray_quorum_lost")
+            if held:
+                self._drop_preferred_of((provider, tool))
+            self._publish_degraded(
+                (provider, tool),
+                "quorum" if held else "quorum_lost",
+                "a quorum of callers observed it degraded" if held else "",
+            )
+
+    def _publish_degraded(self, key: Key, state: str, reason: str) -> None:
+        """A `degraded` event (an append to the stream's buffers: never blocks)."""
+        if self._events is not None:
+            self._events.publish(
+                ProviderDegraded(
+                    ts=time.time(),
+                    provider=key[0],
+                    tool=key[1],
+                    state=state,
+                    reason=reason[:MAX_EVENT_REASON_CHARS],
+                )
+            )
+
+    async def _ask_probe(self, provider: str, tool: str) -> ProbeAnswer:
+        """Ask `provider` to run its own probe of `tool` (`vsm.probe`)."""
+        objective = self.gray.objective_s(tool)
+        ctx = CallContext(
+            caller_id=self._node_id, caller_zone=self._zones.zones[-1], origin="gray-probe"
+        ).with_timeout(objective + ACCEPT_TIMEOUT_S)
+        if self._state(provider) not in USABLE_STATES:
+            return "failed"
+        try:
+            result = await self._attempt(
+                provider,
+                PROBE_TOOL,
+                {"tool": tool, "timeout_s": objective},
+                ctx,
+                ctx.remaining_s() or objective,
+                attempt=1,
+                selector=self._probe_selector,
+            )
+        except (ToolError, _Retry) as e:
+            log.info("probe of %s on %s failed: %s", tool, provider, e)
+            return "failed"
+        return _probe_answer(result)
+
+    async def _probe(self, key: Key) -> None:
+        """One recovery probe of a degraded (provider, tool)."""
+        try:
+            answer = await self._ask_probe(*key)
+        finally:
+            self._probing.discard(key)
+        if self.gray.probe_result(key, answer, asyncio.get_running_loop().time()):
+            self._gray_changed(key, degraded=False, reason=f"probe {answer}")
+
+    async def audit_peer(self, rng: random.Random) -> dict[str, Any] | None:
+        """System 3*'s sample of a peer's tool: one random (provider, tool) of the mesh
+        probed through its `vsm.probe`; a failed probe counts as a bad call (gray
+        failures). None when no peer offers a tool."""
+        keys = sorted(
+            (remote.tool.provider, name)
+            for name, entries in self._remote.items()
+            if not name.startswith("vsm.")
+            for remote in entries
+            if self._state(remote.tool.provider) in USABLE_STATES
+        )
+        if not keys:
+            return None
+        provider, tool = rng.choice(keys)
+        answer = await self._ask_probe(provider, tool)
+        if answer != "no_probe":
+            now = asyncio.get_running_loop().time()
+            bad = answer == "failed"
+            if self.gray.record(provider, tool, bad=bad, reason="S3* probe failed", now=now):
+                self._gray_changed(
+                    (provider, tool), degraded=True, reason="S3* probe of a peer's tool failed"
+                )
+        return {"provider": provider, "tool": tool, "ok": answer != "failed", "answer": answer}
 
     async def _flush_progress(self, pending: _Pending, result: ToolResult) -> None:
         """Deliver the provider's progress before its result (they travel apart)."""
@@ -1093,6 +1271,8 @@ class MeshCatalog(Service):
             return
         pending.arrived += 1
         pending.arrival.set()
+        # Progress is a sign of life: the objective counts from the last one.
+        pending.started = asyncio.get_running_loop().time()
         if pending.progress is None:
             return
         if pending.queue is None:
@@ -1243,6 +1423,19 @@ def effective_zone(zones: ZoneOrder, claimed: str, certificate_zone: str) -> str
     if certificate_zone not in zones:
         return certificate_zone
     return claimed if zones.allows(certificate_zone, claimed) else certificate_zone
+
+
+def _probe_answer(result: ToolResult) -> ProbeAnswer:
+    """`vsm.probe`'s answer: `{"ok": true|false|null}` as JSON text (null: no probe)."""
+    if result.get("isError"):
+        return "failed"
+    content = result.get("content") or []
+    text = content[0].get("text", "") if content and isinstance(content[0], dict) else ""
+    try:
+        ok = json.loads(text).get("ok")
+    except (ValueError, AttributeError):
+        return "failed"
+    return "no_probe" if ok is None else "ok" if ok is True else "failed"
 
 
 def _reason_text(error: ToolError) -> str:

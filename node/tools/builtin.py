@@ -1,5 +1,6 @@
 """Built-in tools: `echo` and the node introspection tools `vsm.status`, `vsm.peers`, `vsm.tools`,
-and `vsm.signal` (raise pain or pleasure on the algedonic channel).
+`vsm.signal` (raise pain or pleasure on the algedonic channel) and `vsm.probe` (run this
+node's System 3* probe of one of its tools: how callers check a degraded provider).
 
 The introspection tools take a callable that returns the data (the node passes its
 own views); a tool whose callable is not given is not offered.
@@ -7,7 +8,7 @@ own views); a tool whose callable is not given is not offered.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
@@ -34,6 +35,19 @@ NO_ARGS_SCHEMA: Mapping[str, Any] = {
 DataView = Callable[[], Any]
 # `signal(arguments, ctx)`: raise the signal; returns what the caller is told.
 SignalHandler = Callable[[Mapping[str, Any], CallContext], Mapping[str, Any]]
+
+# `probe(arguments, ctx)`: run the probe of `arguments["tool"]` (node/vsm/audits.py).
+ProbeHandler = Callable[[Mapping[str, Any], CallContext], Awaitable[ToolResult]]
+
+PROBE_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "tool": {"type": "string", "minLength": 1, "maxLength": 256},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+    },
+    "required": ["tool"],
+    "additionalProperties": False,
+}
 
 SIGNAL_SCHEMA: Mapping[str, Any] = {
     "type": "object",
@@ -93,6 +107,7 @@ def builtin_provider(
     introspection_zone: str = "public",
     signal: SignalHandler | None = None,
     signal_zone: str = "restricted",
+    probe: ProbeHandler | None = None,
 ) -> FunctionProvider:
     """The built-in unit. Introspection tools sit in `introspection_zone`; `vsm.signal`
     (offered when `signal` is given) in `signal_zone`."""
@@ -118,6 +133,24 @@ def builtin_provider(
         )
         if signal is not None:
             out.append(_signal_tool(signal, signal_zone))
+        if probe is not None:
+            out.append(_probe_tool(probe, introspection_zone))
         return out
 
     return FunctionProvider(BUILTIN_UNIT, load, kind="builtin")
+
+
+def _probe_tool(probe: ProbeHandler, zone: str) -> PluginTool:
+    async def run(arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        return await probe(arguments, ctx)
+
+    return PluginTool(
+        name="vsm.probe",
+        fn=run,
+        description=(
+            "Run this node's System 3* probe of one of its tools: "
+            '{"ok": true|false|null (no probe declared), "detail": ...}.'
+        ),
+        input_schema=PROBE_SCHEMA,
+        zone=zone,
+    )

@@ -78,6 +78,25 @@ class UnitLimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     ] = None
 
 
+class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A System 3* probe of a tool (docs/regulation.md, "S3* audits"): a call with fixed
+    arguments whose result must have the expected shape."""
+
+    tool: Annotated[
+        str, doc('the tool to call (mounts: one of its tools; "": mounts only list tools)')
+    ] = ""
+    arguments: Annotated[dict[str, Any], doc("the probe call's arguments")] = msgspec.field(
+        default_factory=dict
+    )
+    expect: Annotated[
+        dict[str, Any],
+        doc(
+            "JSON schema the result must match (its structuredContent, else its text parsed "
+            "as JSON, else the text); {}: any result that is not an error"
+        ),
+    ] = msgspec.field(default_factory=dict)
+
+
 class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A Python tool: `target = "package.module:function"`.
 
@@ -109,6 +128,9 @@ class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     limits: Annotated[UnitLimitsConfig, doc("this tool's unit limits")] = msgspec.field(
         default_factory=UnitLimitsConfig
     )
+    probe: Annotated[
+        ProbeConfig | None, doc("System 3*'s probe of this tool; unset: the tool is unaudited")
+    ] = None
 
 
 class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -166,6 +188,18 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     limits: Annotated[UnitLimitsConfig, doc("this mount's unit limits")] = msgspec.field(
         default_factory=UnitLimitsConfig
     )
+    probe: Annotated[
+        ProbeConfig | None,
+        doc(
+            "System 3*'s probe: its tools/list must list a tool, and probe.tool (the "
+            "server's name), when set, is called; unset: the mount is unaudited"
+        ),
+    ] = None
+
+    def tool_name(self, remote: str) -> str:
+        """The local name of the server's tool `remote` (namespace, else the mount's name)."""
+        prefix = self.name if self.namespace is None else self.namespace
+        return f"{prefix}.{remote}" if prefix else remote
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):

@@ -87,7 +87,6 @@ class MountedServer:
         self._cfg = cfg
         self._max_result_bytes = max_result_bytes
         self.stats = StdioStats()
-        self._prefix = cfg.name if cfg.namespace is None else cfg.namespace
         self._client: Client | None = None
         self._specs: tuple[ToolSpec, ...] = ()
         self._spec_by_name: dict[str, ToolSpec] = {}
@@ -102,7 +101,11 @@ class MountedServer:
 
     @property
     def name(self) -> str:
-        return f"mount:{self._cfg.name}"
+        return self.unit_name(self._cfg)
+
+    @staticmethod
+    def unit_name(cfg: MountConfig) -> str:
+        return f"mount:{cfg.name}"
 
     def set_on_change(self, callback: Callable[[], None]) -> None:
         self._on_change = callback
@@ -111,7 +114,7 @@ class MountedServer:
         return self._specs
 
     def _local_name(self, remote: str) -> str:
-        return f"{self._prefix}.{remote}" if self._prefix else remote
+        return self._cfg.tool_name(remote)
 
     def _spec(self, tool: Tool) -> ToolSpec:
         annotations = (

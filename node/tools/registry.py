@@ -14,7 +14,7 @@ from typing import Any
 
 from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.service import Service
-from vsmcp.node.tools.builtin import DataView, SignalHandler, builtin_provider
+from vsmcp.node.tools.builtin import DataView, ProbeHandler, SignalHandler, builtin_provider
 from vsmcp.node.tools.config import (
     EdgeConfig,
     RateLimitConfig,
@@ -162,6 +162,7 @@ def build_local_catalog(
     tools_view: DataView | None = None,
     signal: SignalHandler | None = None,
     signal_zone: str = "restricted",
+    probe: ProbeHandler | None = None,
     edge: EdgeConfig | None = None,
     wasm_cache_dir: Path | None = None,
 ) -> LocalCatalog:
@@ -185,6 +186,7 @@ def build_local_catalog(
             introspection_zone=tools.introspection_zone,
             signal=signal,
             signal_zone=signal_zone,
+            probe=probe,
         ),
         default,
     )

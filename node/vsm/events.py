@@ -176,6 +176,28 @@ class WasmModuleRefused(Event, frozen=True, gc=False, kw_only=True, tag="wasm_re
     detail: str = ""
 
 
+class ProviderDegraded(Event, frozen=True, gc=False, kw_only=True, tag="degraded"):
+    """A caller's view of a provider's tool changed (gray failures, docs/regulation.md):
+    `state` is `degraded` (this node saw its calls time out or fail), `quorum` (a quorum
+    of callers did), or `recovered`; `reason` says what was seen."""
+
+    provider: str
+    tool: str
+    state: str
+    reason: str = ""
+
+
+class AuditFinished(Event, frozen=True, gc=False, kw_only=True, tag="audit"):
+    """A System 3* audit probed a unit's tool: `unit` (local) or `provider` (a peer),
+    `ok` whether the result had the expected shape, `detail` what was wrong."""
+
+    tool: str
+    unit: str = ""
+    provider: str = ""
+    ok: bool = True
+    detail: str = ""
+
+
 class EventSink(Protocol):
     """Where publishers put events: the node's `EventStream` (never blocks, never raises)."""
 
@@ -197,6 +219,8 @@ NODE_EVENT_TYPES: tuple[type[Event], ...] = (
     Telemetry,
     AdaptationProposed,
     WasmModuleRefused,
+    ProviderDegraded,
+    AuditFinished,
 )
 
 FieldBase = Literal["str", "num", "bool"]

@@ -105,3 +105,38 @@ async def work(arguments: Mapping[str, Any]) -> dict[str, bool]:
     async with workers:
         await asyncio.sleep(float(arguments.get("service_ms", 20)) / 1000)
     return {"served": True}
+
+
+# Gray failures (tests/integration/test_gray.py): the node's environment names a flag
+# file; "hang" holds every call while it says so, "slow:<s>" delays each call by <s>.
+GRAY_FLAG_ENV = "VSMCP_TEST_GRAY_FLAG"
+
+
+def _gray_flag() -> str:
+    path = os.environ.get(GRAY_FLAG_ENV)
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+@tool(
+    name="gray_echo",
+    description="Echo `text`; hangs or is slow as the node's gray flag file says.",
+    input_schema={
+        "type": "object",
+        "properties": {"text": {"type": "string"}},
+        "required": ["text"],
+        "additionalProperties": False,
+    },
+)
+async def gray_echo(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    flag = _gray_flag()
+    while flag == "hang":  # the process and its heartbeats stay alive; this tool does not
+        await asyncio.sleep(0.05)
+        flag = _gray_flag()
+    if flag.startswith("slow:"):
+        await asyncio.sleep(float(flag.removeprefix("slow:")))
+    return {"echo": arguments["text"], "pid": os.getpid()}

@@ -293,3 +293,38 @@ def test_regulation_is_off_unless_configured() -> None:
     config = load_config(environ={}, overrides={"vsm.concurrency": {"max_limit": 64}})
     assert config.vsm.concurrency is not None
     assert config.vsm.concurrency.settings().max_limit == 64
+
+
+def test_a_probe_whose_expect_is_not_a_json_schema_names_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[[tools.plugins]]\nname = "add"\ntarget = "tests.integration.plugin_tools:add"\n'
+        'probe = { arguments = { a = 1, b = 2 }, expect = { type = "no-such-type" } }\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == "tools.plugins[0].probe.expect"
+    assert "not a json schema" in str(err.value).lower()
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "fragment"),
+    [
+        ("[vsm.gray]\nobjective_s = 0\n", "vsm.gray.objective_s", "expected"),
+        ("[vsm.gray]\nbad_ratio = 1.5\n", "vsm.gray.bad_ratio", "expected"),
+        (
+            "[vsm.audits]\nmin_interval_s = 10\nmax_interval_s = 5\n",
+            "vsm.audits.max_interval_s",
+            "at least min_interval_s",
+        ),
+    ],
+)
+def test_bad_gray_and_audit_settings_name_the_key(
+    tmp_path: Path, toml: str, key: str, fragment: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == key
+    assert fragment in str(err.value)

@@ -79,7 +79,7 @@ def _ask(telegram: ThreadedFakeTelegram, chat: int, text: str, replies: int = 1)
     telegram.call(api.push_message, chat, text)
     wait_for(
         lambda: len(telegram.call(api.texts_to, chat)) >= before + replies,
-        timeout_s=30,
+        timeout_s=60,
         what=f"{replies} replies to {text[:40]!r} in chat {chat}",
     )
     texts: list[str] = telegram.call(api.texts_to, chat)
@@ -189,4 +189,4 @@ def test_a_conversation_continues_on_another_bridge_node(
             (history,) = _ask(other, OPS_CHAT, "/history")
             return "/call echo text=started-on-first" in history
 
-        wait_for(history_on_second, timeout_s=30, what="the first node's turn on the second")
+        wait_for(history_on_second, timeout_s=90, what="the first node's turn on the second")

@@ -277,6 +277,13 @@ class VsmSection(_Section):
         str,
         doc("zone a caller needs to raise signals (the vsm.signal tool, POST /api/algedonic)"),
     ] = "restricted"
+    alert_telegram_chat: Annotated[
+        str,
+        doc(
+            "a Telegram chat id: System 5's alerts go there through the mesh tool "
+            'telegram.send of a bridge node (docs/bridges.md); "": not sent'
+        ),
+    ] = ""
     responses: Annotated[
         list[ResponseRule] | None,
         doc(
@@ -629,6 +636,10 @@ def _validate_algedonic(config: Config) -> None:
         raise ConfigError("vsm.latency_objective_ms", f"{vsm.latency_objective_ms} is out of range")
     validate_rules(vsm.response_rules)
     check_s4(config.llm, vsm.s4)
+    if vsm.alert_telegram_chat and not re.fullmatch(r"-?[0-9]{1,20}", vsm.alert_telegram_chat):
+        raise ConfigError(
+            "vsm.alert_telegram_chat", f"{vsm.alert_telegram_chat!r} is not a Telegram chat id"
+        )
 
 
 def _validate_immune(immune: ImmuneConfig) -> None:

@@ -33,6 +33,7 @@ from vsmcp.mesh.replay import ReplayGuard
 from vsmcp.mesh.service import Service
 from vsmcp.mesh.transport import TransportError
 from vsmcp.node import __version__
+from vsmcp.node.app.alert_relay import AlertRelay
 from vsmcp.node.app.children_api import ChildrenApi
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
@@ -391,6 +392,8 @@ class Node(Service):
             )
         )
         self.s4.scan = await stack.enter_async_context(self._environment_scan(mesh, replication))
+        if self.config.vsm.alert_telegram_chat:
+            await self._start_alert_relay(stack, identity, tools)
         # Last, so it stops first: children end while the mesh still runs.
         self.children.manager = await stack.enter_async_context(
             self._child_manager(identity, mesh, replication)
@@ -538,6 +541,27 @@ class Node(Service):
             self.events,
             self.loops,
             explainer=self.s4.planner.explain if self.s4.planner is not None else None,
+        )
+
+    async def _start_alert_relay(
+        self, stack: contextlib.AsyncExitStack, identity: NodeIdentity, tools: MeshCatalog
+    ) -> None:
+        """System 5's alerts to a Telegram chat through a bridge node's `telegram.send`."""
+        relay = AlertRelay(
+            chat_id=self.config.vsm.alert_telegram_chat,
+            events=self.events,
+            call_tool=tools.call_tool,
+            node_id=identity.node_id,
+            node_name=self.config.node.name or identity.node_id[-8:],
+            zone=identity.zone,
+        )
+        await stack.enter_async_context(relay)
+        self.metrics.add_counters(
+            "vsmcp_alert_relay",
+            "System 5 alerts relayed to vsm.alert_telegram_chat: sent, failed, suppressed",
+            "event",
+            lambda: dict(relay.stats),
+            known=("sent", "failed", "suppressed"),
         )
 
     def _child_manager(

@@ -50,6 +50,7 @@ from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.errors import ToolError
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 from vsmcp.node.tools.model import CallContext, ToolResult, text_result, to_result
+from vsmcp.node.vsm.alerts import alert_text
 from vsmcp.node.vsm.events import AlgedonicSignal, Event, ResponseTaken
 from vsmcp.node.vsm.limits import BucketMap, RateLimit
 
@@ -473,11 +474,7 @@ class TelegramBridge:
             self.counters["alerts_suppressed"] += 1
             return
         self._last_alert = now
-        text = f"⚠ {self._context.node_name}: System 5 alert (rule {event.rule})"
-        if signal is not None:
-            text += (
-                f"\n{signal.valence} {signal.intensity:.2f} from {signal.source}: {signal.reason}"
-            )
+        text = alert_text(self._context.node_name, event, signal)
         assert self._alert_chat is not None
         client = await self._connect()
         try:

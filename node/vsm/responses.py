@@ -11,7 +11,8 @@ signal's intensity is at least `when`, its valence matches and its source matche
   `duration_s` through the supervisor;
 - `block_origin`: ask the immune system (the node's `Mitigator`) to block the origin
   `target` (default: the signal's source) for `duration_s`;
-- `alert`: log at WARNING and publish an event (the MQTT bridge sends it to `vsmcp/alerts`).
+- `alert`: log at WARNING and publish an event (the MQTT bridge sends it to `vsmcp/alerts`,
+  the Telegram bridge or `vsm.alert_telegram_chat` to a chat).
 
 Keys that do nothing for a rule's `do` are refused, so every accepted key has an effect.
 """

@@ -169,6 +169,20 @@ class NodeProcess:
         except urllib.error.HTTPError as e:
             return int(e.code)
 
+    def post_json(self, path: str, body: Any, *, token: str | None = None) -> tuple[int, Any]:
+        """POST `body` as JSON (with a bearer token when given): (status, decoded answer)."""
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as r:
+                return int(r.status), json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return int(e.code), json.loads(e.read() or b"null")
+
     def get_json(self, path: str) -> Any:
         status, body, _ = self.get(path)
         data = json.loads(body)

@@ -190,3 +190,46 @@ def test_a_conversation_continues_on_another_bridge_node(
             return "/call echo text=started-on-first" in history
 
         wait_for(history_on_second, timeout_s=90, what="the first node's turn on the second")
+
+
+def test_an_alert_of_another_node_reaches_the_chat_through_telegram_send(
+    tmp_path: Path, nodes: list[NodeProcess], telegram: ThreadedFakeTelegram
+) -> None:
+    # The worker has no bridge: its System 5 alert travels to the bridge's telegram.send.
+    alerting = (
+        WORKER
+        + f"""
+[vsm]
+alert_telegram_chat = "{OPS_CHAT}"
+[[vsm.responses]]
+name = "page-ops"
+do = "alert"
+when = 0.5
+"""
+    )
+    bridge = _start(tmp_path, nodes, "bridge", _bridge_config(telegram.base_url))
+    worker = _start(tmp_path, nodes, "worker", alerting)
+    for node in (bridge, worker):
+        node.wait_ready()
+    wait_mesh_states([bridge, worker], {n.node_id: "alive" for n in (bridge, worker)})
+    wait_for(
+        lambda: any(t["name"] == "telegram.send" for t in worker.get_json("/api/tools")["tools"]),
+        timeout_s=30,
+        what="telegram.send known at the worker",
+    )
+    _wait_polling(bridge)
+
+    status, _ = worker.post_json(
+        "/api/algedonic",
+        {"valence": "pain", "intensity": 0.95, "reason": "disk on fire"},
+        token=OPS_TOKEN,
+    )
+    assert status == 202
+
+    def alert() -> str | None:
+        texts: list[str] = telegram.call(telegram.api.texts_to, OPS_CHAT)
+        return next((t for t in texts if "System 5 alert (rule page-ops)" in t), None)
+
+    text = wait_for(alert, timeout_s=60, what="the worker's alert in the chat")
+    assert text.startswith(f"⚠ {worker.node_id[-8:]}:")
+    assert "pain 0.95 from http:ops: disk on fire" in text

@@ -79,6 +79,7 @@ def test_duplicate_rule_names_are_refused(tmp_path: Path) -> None:
         ("vsm.s3_interval_s", 0.001),
         ("vsm.latency_objective_ms", 0),
         ("vsm.signal_zone", "nowhere"),
+        ("vsm.alert_telegram_chat", "ops-room"),
     ],
 )
 def test_bad_channel_keys_are_refused(key: str, value: object) -> None:

@@ -2,7 +2,8 @@
 written in a Telegram chat is answered with Tokyo's current time from `mcp-server-time`
 mounted on another node — once through a bridge node whose planner uses a language model
 (the official `anthropic` client pointed at the fake Messages API), once through a bridge
-node with no key at all (the offline planner). Each bridge polls its own fake Bot API (one
+node with no key at all (the offline planner); a restricted tool asked for in plain words
+from the `public` chat is refused, naming the policy. Each bridge polls its own fake Bot API (one
 bot cannot be polled twice), through aiogram pointed at it by `api_base`."""
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ KEY_ENV = "VSMCP_TELEGRAM_PLANNER_KEY"
 TIME_SERVER = f"""
 [mesh]
 preset = "local"
+[node]
+debug_api = true
 [tools]
 entry_points = false
 [[tools.mounts]]
@@ -63,15 +66,15 @@ def _start(base: Path, nodes: list[NodeProcess], name: str, text: str, **env: st
     return node.start(wait=False)
 
 
-async def _tokyo_answer(telegram: ThreadedFakeTelegram) -> str:
-    """Ask in the chat until an answer holds Tokyo's time: the mounted tool reaches the
+async def _answer(telegram: ThreadedFakeTelegram, text: str, expected: str) -> str:
+    """Ask in the chat until an answer holds `expected`: the other node's tools reach the
     bridge by replication, and aiogram loads after the node is up."""
     api = telegram.api
     answers: list[str] = []
 
     async def ask() -> str | None:
         before = len(telegram.call(api.texts_to, CHAT))
-        telegram.call(api.push_message, CHAT, TOKYO)
+        telegram.call(api.push_message, CHAT, text)
 
         async def answered() -> list[str] | None:
             texts: list[str] = telegram.call(api.texts_to, CHAT)
@@ -79,10 +82,10 @@ async def _tokyo_answer(telegram: ThreadedFakeTelegram) -> str:
 
         [answer, *_] = await async_wait_for(answered, timeout_s=120, what="a reply in the chat")
         answers.append(answer)
-        return answer if "Asia/Tokyo" in answer else None
+        return answer if expected in answer else None
 
     try:
-        return await async_wait_for(ask, timeout_s=240, what="a reply with Tokyo's time")
+        return await async_wait_for(ask, timeout_s=240, what=f"a reply holding {expected!r}")
     except AssertionError as e:
         raise AssertionError(f"{e}; the replies: {answers[-3:]}") from None
 
@@ -131,10 +134,15 @@ async def test_tokyo_time_in_a_telegram_chat_with_the_llm_and_offline(
                 return echo_results(body)
 
             fake.fallback = model
-            _assert_tokyo_now(await _tokyo_answer(llm_chat))
+            _assert_tokyo_now(await _answer(llm_chat, TOKYO, "Asia/Tokyo"))
             # The model was asked, and offered the mounted tool of the other node.
             assert any(
                 "time_get_current_time" in {t["name"] for t in request.get("tools", [])}
                 for request in fake.requests
             )
-        _assert_tokyo_now(await _tokyo_answer(offline_chat))
+        _assert_tokyo_now(await _answer(offline_chat, TOKYO, "Asia/Tokyo"))
+        # The chat is mapped to `public`: a restricted tool asked for in plain words is
+        # refused, naming the policy, and nothing runs.
+        assert time_server.post("/api/debug/tools?name=vault.read_secret&zone=restricted") == 200
+        refusal = await _answer(offline_chat, "read the vault secret please", "zone-order")
+        assert "vault.read_secret" in refusal and "'public'" in refusal

@@ -73,6 +73,7 @@ from vsmcp.node.routing.wire import (
     InvokeCodecError,
     InvokeError,
     InvokeRequest,
+    attempts_left,
     decode_error,
     decode_progress,
     decode_request,
@@ -965,7 +966,8 @@ class MeshCatalog(Service):
         budget = ctx.remaining_s() or 0.0
         last: ToolError | None = first_error
         failures: dict[str, str] = {}
-        for node_id in order[:MAX_ATTEMPTS]:
+        # At most MAX_ATTEMPTS in all: a local unit that refused counts as one.
+        for node_id in order[: attempts_left(tried)]:
             remaining = ctx.remaining_s()
             if remaining is not None and remaining <= 0:
                 raise ToolTimeout(name, budget)

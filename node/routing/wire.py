@@ -14,7 +14,7 @@ Everything decoded here arrives inside a signed envelope whose size is already c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -41,6 +41,13 @@ MAX_CAUSALITY_ENTRIES: Final = 64
 MAX_MESSAGE_CHARS: Final = 4096
 # Providers one call may be tried on, mesh-wide (a surge must not be multiplied by failover).
 MAX_ATTEMPTS: Final = 3
+
+
+def attempts_left(tried: Sequence[str]) -> int:
+    """How many more providers a call may try, counting every one tried so far (the
+    entry node's own unit included): never more than MAX_ATTEMPTS in all."""
+    return max(0, MAX_ATTEMPTS - len(tried))
+
 
 _Name = Annotated[str, Meta(max_length=MAX_TOOL_NAME_CHARS)]
 _Id = Annotated[str, Meta(max_length=MAX_ID_CHARS)]

@@ -15,6 +15,7 @@ from vsmcp.node.routing.wire import (
     CallProgress,
     InvokeCodecError,
     InvokeRequest,
+    attempts_left,
     decode_error,
     decode_progress,
     decode_request,
@@ -172,3 +173,10 @@ def test_attempts_beyond_the_mesh_bound_are_refused() -> None:
     bad[-1] = MAX_ATTEMPTS + 1
     with pytest.raises(InvokeCodecError):
         decode_request(msgspec.msgpack.encode(bad))
+
+
+def test_attempts_left_counts_every_provider_tried_the_local_unit_included() -> None:
+    assert attempts_left([]) == MAX_ATTEMPTS == 3
+    assert attempts_left(["entry"]) == 2  # the entry's own unit refused: two remote left
+    assert attempts_left(["a", "b", "c"]) == 0
+    assert attempts_left(["a", "b", "c", "d"]) == 0

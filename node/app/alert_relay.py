@@ -62,7 +62,9 @@ class AlertRelay(Service):
         if self._started:
             return
         self._started = True
-        self._events.subscribe(SUBSCRIBER, self._on_events, capacity=_CAPACITY)
+        self._events.subscribe(
+            SUBSCRIBER, self._on_events, capacity=_CAPACITY, kinds=(AlgedonicSignal, ResponseTaken)
+        )
 
     async def stop(self) -> None:
         if not self._started:

@@ -411,7 +411,10 @@ class MqttBridge:
     def _room_for_telemetry(self) -> bool:
         """Reading pauses while the stream's buffers have little room for telemetry
         (the pattern engine behind): counted, so that a stalled consumer shows."""
-        ready = self._ctx.events.room(Telemetry) >= READ_ROOM
+        # Half the smallest buffer when one is smaller than READ_ROOM: a subscriber with
+        # a small buffer must slow the intake, not stop it for good.
+        events = self._ctx.events
+        ready = events.room(Telemetry) >= min(READ_ROOM, events.capacity(Telemetry) // 2)
         if not ready and self._telemetry_ready:
             self._counters["telemetry_pauses"] += 1
         self._telemetry_ready = ready

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.app.config import DEFAULT_MAX_PAGE_CLIENTS
-from vsmcp.node.vsm.events import NODE_CATALOG, Event, ToolCallFinished
+from vsmcp.node.vsm.events import NODE_CATALOG, Event, Telemetry, ToolCallFinished
 from vsmcp.node.vsm.stream import EventStream
 
 # Frames queued per client before it counts as not reading and is dropped.
@@ -54,7 +54,13 @@ VSM_PUSH_S: Final = 5.0
 RETRY_MS: Final = 2000
 KEEPALIVE_FRAME: Final = b": keepalive\n\n"
 
-PAGE_KINDS: Final = frozenset(k.cls for k in NODE_CATALOG.kinds.values()) - {ToolCallFinished}
+# Every kind but the high-volume ones: one per call, one per telemetry reading (the page
+# shows neither one by one; a page must not slow the telemetry intake, which waits for
+# room in the buffers telemetry goes to).
+PAGE_KINDS: Final = frozenset(k.cls for k in NODE_CATALOG.kinds.values()) - {
+    ToolCallFinished,
+    Telemetry,
+}
 # The page's files: name -> content type. Nothing else under static/ is served.
 STATIC_FILES: Final = {
     "index.html": "text/html",

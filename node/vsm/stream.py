@@ -189,6 +189,11 @@ class EventStream(Service):
         ]
         return min(free, default=MAX_SUBSCRIBER_CAPACITY)
 
+    def capacity(self, kind: type[Event]) -> int:
+        """The smallest buffer events of this kind go to (what `room` can be at most)."""
+        sizes = [s.capacity for s in self._subs if s.kinds is None or kind in s.kinds]
+        return min(sizes, default=MAX_SUBSCRIBER_CAPACITY)
+
     def stats(self) -> dict[str, Any]:
         return {
             "after_stop": self.after_stop,

@@ -253,3 +253,5 @@ async def test_room_is_the_least_free_space_among_the_buffers_a_kind_goes_to() -
     stream.publish(call(0))
     assert stream.room(Denial) == 10 - 4
     assert stream.room(ToolCallFinished) == 50 - 5  # the denials' buffer takes none of it
+    # The smallest buffer a kind goes to, whatever it holds now.
+    assert stream.capacity(Denial) == 10 and stream.capacity(ToolCallFinished) == 50

@@ -62,7 +62,7 @@ from vsmcp.node.errors import NodeError
 from vsmcp.node.peers.service import MeshService, Peer, PeerUnavailableError
 from vsmcp.node.replication.service import RemoteTool, ReplicationService
 from vsmcp.node.routing.calls import ReplyItem
-from vsmcp.node.routing.degraded import GrayTracker, Key, ProbeAnswer
+from vsmcp.node.routing.degraded import GrayTracker, Key, ProbeAnswer, refused_probe_answer
 from vsmcp.node.routing.gray_config import GrayConfig
 from vsmcp.node.routing.pinning import MIN_ID_SUFFIX_CHARS, NotOnNode, resolve_pin
 from vsmcp.node.routing.wire import (
@@ -1209,8 +1209,9 @@ class MeshCatalog(Service):
                 selector=self._probe_selector,
             )
         except (ToolError, _Retry) as e:
-            log.info("probe of %s on %s failed: %s", tool, provider, e)
-            return "failed"
+            answer = refused_probe_answer(e.reason)
+            log.info("probe of %s on %s: %s (%s)", tool, provider, answer, e)
+            return answer
         return _probe_answer(result)
 
     async def _probe(self, key: Key) -> None:
@@ -1237,7 +1238,7 @@ class MeshCatalog(Service):
             return None
         provider, tool = rng.choice(keys)
         answer = await self._ask_probe(provider, tool)
-        if answer != "no_probe":
+        if answer in ("ok", "failed"):  # no_probe, skipped: no verdict on the tool
             now = asyncio.get_running_loop().time()
             bad = answer == "failed"
             if self.gray.record(provider, tool, bad=bad, reason="S3* probe failed", now=now):

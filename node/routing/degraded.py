@@ -16,7 +16,9 @@ calls (intermittent failures). Degraded, it is routed around
 (tried only when every provider of the tool is degraded) and probed every
 `probe_interval_s` through the provider's `vsm.probe` tool (its S3* probe of that tool,
 `node/vsm/audits.py`); `recover_probes` good probes in a row bring it back. A provider
-that declares no probe for the tool gets real traffic again after `hold_s`.
+that declares no probe for the tool (or has no `vsm.probe`) gets real traffic again
+after `hold_s`; a probe the provider refuses for load (overloaded, rate limited) is
+skipped: no verdict either way.
 
 The mesh-wide view (a quorum of callers agreeing, `gray_exchange.py`) is set from
 outside with `set_quorum`; a quorum-degraded tool is routed around at every node.
@@ -42,7 +44,22 @@ Key = tuple[str, str]
 """(provider node id, tool name)"""
 
 Change = Literal["degraded", "recovered"]
-ProbeAnswer = Literal["ok", "failed", "no_probe"]
+ProbeAnswer = Literal["ok", "failed", "no_probe", "skipped"]
+# A provider's refusal of `vsm.probe` (by its error reason) that is no verdict on the
+# tool: it has no `vsm.probe` (an older node: treated as declaring no probe, so `hold_s`
+# releases it), or it is too busy to probe now (skipped: changes nothing).
+PROBE_REFUSALS: Final[dict[str, ProbeAnswer]] = {
+    "unknown_tool": "no_probe",
+    "overloaded": "skipped",
+    "shed": "skipped",
+    "rate_limited": "skipped",
+    "busy": "skipped",
+}
+
+
+def refused_probe_answer(reason: str) -> ProbeAnswer:
+    """The answer a `vsm.probe` call that ended in an error with `reason` stands for."""
+    return PROBE_REFUSALS.get(reason, "failed")
 
 
 @dataclass(slots=True)
@@ -67,7 +84,8 @@ class GrayTracker:
         self._seen: OrderedDict[Key, _Seen] = OrderedDict()
         self._degraded: dict[Key, _Degraded] = {}
         self._quorum: frozenset[Key] = frozenset()
-        # bad, good, degraded, recovered, probes_ok, probes_failed, released (no probe)
+        # bad, good, degraded, recovered, probes_ok, probes_failed, probes_skipped,
+        # released (no probe)
         self.stats: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
@@ -130,6 +148,8 @@ class GrayTracker:
     # -- routing ----------------------------------------------------------------------------
 
     def is_degraded(self, provider: str, tool: str) -> bool:
+        if not self.config.enabled:
+            return False  # off: routing ignores what other callers report too
         key = (provider, tool)
         return key in self._degraded or key in self._quorum
 
@@ -137,8 +157,9 @@ class GrayTracker:
         return {key: held.reason for key, held in self._degraded.items()}
 
     def set_quorum(self, keys: Collection[Key]) -> set[Key]:
-        """The keys a quorum of callers holds degraded now; returns those that changed."""
-        new = frozenset(keys)
+        """The keys a quorum of callers holds degraded now; returns those that changed.
+        Disabled, the tracker holds none (they are not routed around nor shown)."""
+        new = frozenset(keys) if self.config.enabled else frozenset()
         changed = set(new ^ self._quorum)
         self._quorum = new
         return changed
@@ -162,6 +183,9 @@ class GrayTracker:
         """A probe's answer; True when it brought `key` back."""
         held = self._degraded.get(key)
         if held is None:
+            return False
+        if answer == "skipped":
+            self._count("probes_skipped")
             return False
         held.probes += 1
         if answer == "ok":

@@ -117,6 +117,8 @@ class GrayExchange(LoopService):
 
     def local_changed(self, key: Key, degraded: bool, reason: str = "") -> None:
         """This node degraded `key` (publish) or saw it recover (revoke)."""
+        if degraded and not self.config.enabled:
+            return  # gray failures off here: this node reports nothing to the mesh
         if degraded:
             if key not in self._ours and len(self._ours) >= self.config.max_observations:
                 self._count("over_cap")

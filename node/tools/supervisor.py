@@ -266,6 +266,12 @@ class Unit:
         return self.policy.max_concurrency if cap is None else cap
 
     @property
+    def slot_free(self) -> bool:
+        """A call admitted now runs at once, without waiting for a slot (S3* probes run
+        only then: their timeout times the tool, not the queue)."""
+        return not self._sem.locked() and not self._over_cap()
+
+    @property
     def running_calls(self) -> int:
         return self._running
 

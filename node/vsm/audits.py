@@ -5,15 +5,21 @@ config): a call with fixed arguments whose result must match `expect`, a JSON sc
 (checked against the result's `structuredContent`, else its text parsed as JSON, else
 the text). At random times (uniform in [`min_interval_s`, `max_interval_s`]) the
 auditor picks one probed local tool at random and calls its unit directly — not through
-the catalog's limits, routing or breaker — with `timeout_s`. A probe that errs, times
-out or returns the wrong shape quarantines the unit (`quarantine_s`), raises pain and
-writes an `s3.audit` audit entry; every audit is an `audit` event. Each round also
+the catalog's limits, routing or breaker — at `critical` priority (past the unit's
+adaptive limit) with `timeout_s`. A probe that errs, times out or returns the wrong shape
+failed; `failures_to_quarantine` failures of a tool in a row quarantine its unit
+(`quarantine_s`), raise pain and write an `s3.audit` audit entry; every audit is an
+`audit` event. A busy unit is no verdict: when no slot is free the probe is skipped (it
+never queues, so `timeout_s` times the tool alone), as when the unit refuses it for load
+(overloaded, rate limited, the tool quarantined) — a surge must not turn shedding into
+quarantines. Each round also
 probes `peer_sample` of the peers' tools through their `vsm.probe` (`peer_audit`, set
 by the node; a failure there counts as a bad call in the gray-failure tracker).
 
 `vsm.probe` (a built-in tool) runs this node's probe of one of its tools on a peer's
 request (the gray-failure recovery check): it answers `{"ok": true|false|null}` (null:
-the tool declares no probe), is rate-limited (`max_probes_per_minute`), and concurrent
+the tool declares no probe) or the unit's load refusal when the probe was skipped, is
+rate-limited (`max_probes_per_minute`), and concurrent
 requests for one tool share one probe run. It never quarantines: only the sporadic
 audits do.
 """
@@ -31,22 +37,44 @@ from typing import Any, Final
 
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.tools.config import ProbeConfig
-from vsmcp.node.tools.errors import InvalidArguments, RateLimited, ShuttingDown, ToolError
+from vsmcp.node.tools.errors import (
+    InvalidArguments,
+    Overloaded,
+    RateLimited,
+    ShuttingDown,
+    ToolError,
+    ToolQuarantined,
+)
 from vsmcp.node.tools.model import CallContext, ToolResult, text_result
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitState
 from vsmcp.node.vsm.audits_config import AuditsConfig
 from vsmcp.node.vsm.events import AuditFinished, EventSink
 from vsmcp.node.vsm.loop_service import LoopService
+from vsmcp.node.vsm.priority import CRITICAL
 
 log = logging.getLogger(__name__)
 
 AUDIT_KIND: Final = "s3.audit"
 PAIN_SOURCE: Final = "s3*"
 MAX_DETAIL_CHARS: Final = 300
+# A busy unit's answer to vsm.probe: when a peer may ask again (a slot frees quickly;
+# the peer's own probe interval paces it anyway).
+BUSY_RETRY_AFTER_S: Final = 1.0
+# A unit's refusals for load: the probe did not run, so they say nothing of the tool.
+LOAD_REFUSALS: Final = (Overloaded, RateLimited, ToolQuarantined)
 
 AuditSink = Callable[[str, dict[str, Any]], None]
 PainSink = Callable[[str, float, str], None]
 PeerAudit = Callable[[random.Random], Awaitable[dict[str, Any] | None]]
+
+
+class ProbeSkipped(Exception):
+    """The probe did not run (the unit is busy): no verdict. `refusal` is what
+    `vsm.probe` answers the peer that asked."""
+
+    def __init__(self, refusal: ToolError) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
 
 
 def result_payload(result: ToolResult) -> Any:
@@ -118,10 +146,12 @@ class Auditor(LoopService):
         self.peer_audit: PeerAudit | None = None
         self._running: dict[str, asyncio.Future[str | None]] = {}
         self._answered: deque[float] = deque()
+        # tool -> its failed audits in a row (a pass resets it)
+        self._failures: dict[str, int] = {}
         # tool -> the last audit of it: {"ok", "detail", "at"}
         self.last: dict[str, dict[str, Any]] = {}
         self.peer_last: dict[str, Any] | None = None
-        # rounds, passed, failed, quarantined, probe_requests, probe_refused, peer_*
+        # rounds, passed, failed, skipped, quarantined, probe_requests, probe_refused, peer_*
         self.stats: dict[str, int] = {}
 
     def bind(
@@ -149,21 +179,31 @@ class Auditor(LoopService):
         return None
 
     async def _run_probe(self, tool: str, timeout_s: float) -> str | None:
-        """Call the tool's probe on its unit directly; the failure (None: passed)."""
+        """Call the tool's probe on its unit directly; the failure (None: passed).
+        `ProbeSkipped` when the unit is too busy to run it now."""
         probe = self.probes[tool]
         unit = self._unit_of(tool)
         if unit is None or unit.state is not UnitState.RUNNING:
             return "its unit is not running"
-        ctx = CallContext(caller_id="s3*", caller_zone=self._zone, origin="s3*").with_timeout(
-            timeout_s
-        )
+        if not unit.slot_free:
+            raise ProbeSkipped(
+                Overloaded(
+                    unit.name, unit.effective_concurrency, unit.waiting_calls, BUSY_RETRY_AFTER_S
+                )
+            )
+        ctx = CallContext(
+            caller_id="s3*", caller_zone=self._zone, origin="s3*", priority=CRITICAL
+        ).with_timeout(timeout_s)
         try:
+            # A slot is free: nothing suspends before the tool runs, so this times it.
             async with asyncio.timeout(timeout_s):
                 result = await unit.call(probe.tool or tool, probe.arguments, ctx)
         except TimeoutError:
             return f"no answer within {timeout_s:g} s"
         except ShuttingDown:
             raise  # the node is stopping: says nothing about the unit
+        except LOAD_REFUSALS as e:
+            raise ProbeSkipped(e) from None
         except ToolError as e:
             return f"{e.reason}: {e}"[:MAX_DETAIL_CHARS]
         return shape_error(result, probe.expect)
@@ -204,7 +244,10 @@ class Auditor(LoopService):
                 raise InvalidArguments("vsm.probe", f"no tool {tool!r} here", "arguments.tool")
             return text_result(json.dumps({"ok": None, "detail": "no probe declared"}))
         timeout_s = min(float(arguments.get("timeout_s", self.config.timeout_s)), 60.0)
-        failure = await self.probe(tool, timeout_s)
+        try:
+            failure = await self.probe(tool, timeout_s)
+        except ProbeSkipped as e:
+            raise e.refusal from None  # the peer's probe is skipped too, not failed
         return text_result(json.dumps({"ok": failure is None, "detail": failure or ""}))
 
     # -- the sporadic audits ------------------------------------------------------------
@@ -251,9 +294,14 @@ class Auditor(LoopService):
         failure = None if unit.tools() else "its tools/list lists no tool"
         return self._verdict(unit.name, unit, failure)
 
-    async def audit_tool(self, tool: str) -> bool:
-        """Audit one local tool now; True when it passed."""
-        failure = await self.probe(tool, self.config.timeout_s)
+    async def audit_tool(self, tool: str) -> bool | None:
+        """Audit one local tool now; True when it passed, None when skipped (busy)."""
+        try:
+            failure = await self.probe(tool, self.config.timeout_s)
+        except ProbeSkipped as e:
+            log.debug("S3* audit of %s skipped: %s", tool, e)
+            self._count("skipped")
+            return None
         return self._verdict(tool, self._unit_of(tool), failure)
 
     def _verdict(self, tool: str, unit: Unit | None, failure: str | None) -> bool:
@@ -270,11 +318,17 @@ class Auditor(LoopService):
                 )
             )
         if failure is None:
+            self._failures.pop(tool, None)
             self._count("passed")
             return True
         self._count("failed")
+        in_a_row = self._failures[tool] = self._failures.get(tool, 0) + 1
         reason = f"S3* audit of {tool} failed: {failure}"
-        log.warning("%s", reason)
+        if in_a_row < self.config.failures_to_quarantine:
+            log.info("%s (%d in a row)", reason, in_a_row)
+            return False
+        del self._failures[tool]
+        log.warning("%s (%d in a row)", reason, in_a_row)
         quarantined = False
         if self._supervisor is not None and unit is not None:
             quarantined = self._supervisor.quarantine(unit.name, self.config.quarantine_s, reason)

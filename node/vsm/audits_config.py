@@ -19,8 +19,12 @@ class AuditsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         PositiveFloat, doc("longest time between two audit rounds (uniformly random between)")
     ] = 60.0
     timeout_s: Annotated[PositiveFloat, doc("a probe running longer than this failed")] = 5.0
+    failures_to_quarantine: Annotated[
+        PositiveInt,
+        doc("consecutive failed audits of a tool that quarantine its unit (one may be bad luck)"),
+    ] = 2
     quarantine_s: Annotated[
-        PositiveFloat, doc("how long a unit whose probe failed stays quarantined")
+        PositiveFloat, doc("how long a unit whose probes failed stays quarantined")
     ] = 60.0
     pain_intensity: Annotated[
         Annotated[float, msgspec.Meta(ge=0, le=1)],

@@ -17,7 +17,8 @@ from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
-# Audits every 0.2–0.4 s, a probe failing after 1 s, quarantine outlasting the test.
+# Audits every 0.2–0.4 s, a probe failing after `timeout_s`, quarantine outlasting the
+# test.
 HEADER = """
 [mesh]
 preset = "local"
@@ -27,12 +28,13 @@ entry_points = false
 [vsm.audits]
 min_interval_s = 0.2
 max_interval_s = 0.4
-timeout_s = 1
+timeout_s = {timeout_s}
 quarantine_s = 600
 peer_sample = 0
 """
+# A passing probe on a loaded machine may be slow: only a hang should miss this.
 CONFIG = (
-    HEADER
+    HEADER.format(timeout_s=10)
     + """
 [[tools.plugins]]
 name = "add"
@@ -135,17 +137,22 @@ probe = {probe}
             ("listed", "{}"),
         )
     )
-    return HEADER + mounts
+    # 1 s: the stuck mount's probe is shown failing with no answer within 1 s.
+    return HEADER.format(timeout_s=1) + mounts
 
 
 def test_mounts_are_audited_by_their_tool_list_and_probe_call(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     node = _quarantined(tmp_path, nodes, _mount_config(tmp_path), "mount:stuck", timeout_s=60)
+    # Polled until both passed: a single slow audit of the good mount (1 s) is a failure
+    # that does not quarantine it, and a later audit passes.
     audited = wait_for(
         lambda: (
             (a := node.get_json("/api/vsm")["s3"]["audits"]["audited"])["good.echo"]
+            and a["good.echo"]["ok"]
             and a["mount:listed"]
+            and a["mount:listed"]["ok"]
             and a
         ),
         timeout_s=60,

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "gray-token-0123456789"
 OBJECTIVE_S = 1.0
+# gray_solo's objective: "slow but healthy" calls take a third of it, with room for a
+# loaded machine's scheduling delays (two answers past it in a row would degrade it).
+SOLO_OBJECTIVE_S = 2.5
 PROVIDER_CONFIG = """
 [mesh]
 preset = "local"
@@ -50,6 +53,7 @@ enabled = false
 [vsm.gray]
 objective_s = {OBJECTIVE_S}
 probe_interval_s = 0.5
+objectives = {{ gray_solo = {SOLO_OBJECTIVE_S} }}
 [[mcp.tokens]]
 name = "pub"
 token = "{TOKEN}"
@@ -137,7 +141,7 @@ def test_a_hung_provider_is_routed_around_and_comes_back(
     pids = {a.pid: a, b.pid: b}
 
     # Slow but within the objective: the only provider of gray_solo keeps its traffic.
-    (tmp_path / "a.flag").write_text(f"slow:{OBJECTIVE_S / 3}")
+    (tmp_path / "a.flag").write_text(f"slow:{SOLO_OBJECTIVE_S / 3}")
     with Caller(entry, "gray_solo", threads=2) as solo:
         wait_for(lambda: len(solo.calls) >= 20, timeout_s=30, what="20 slow calls")
     assert all(p == a.pid for _, _, p, _ in solo.calls), solo.calls
@@ -163,8 +167,9 @@ def test_a_hung_provider_is_routed_around_and_comes_back(
             timeout_s=30,
             what="20 calls served by the healthy provider after the switch",
         )
-        # Membership still says the hung node is alive: the callers saw what it did not.
-        assert entry.peer_states()[hung.node_id] == "alive"
+        # Membership does not hold the hung node dead (suspect at most, its heartbeats
+        # late on a loaded machine): the callers saw what it did not.
+        assert entry.peer_states()[hung.node_id] in ("alive", "suspect")
         [peer] = [p for p in entry.get_json("/api/peers")["peers"] if p["id"] == hung.node_id]
         assert peer["gray"]["degraded_tools"] == ["gray_echo"]
         (tmp_path / f"{'a' if hung is a else 'b'}.flag").unlink()

@@ -3,7 +3,7 @@ within the objective, refusals), probing back, bounds."""
 
 from __future__ import annotations
 
-from vsmcp.node.routing.degraded import MAX_KEYS, GrayTracker
+from vsmcp.node.routing.degraded import MAX_KEYS, GrayTracker, refused_probe_answer
 from vsmcp.node.routing.gray_config import GrayConfig
 
 CONFIG = GrayConfig(objective_s=1.0, min_bad=2, bad_ratio=0.5, window_s=10.0, recover_probes=2)
@@ -102,3 +102,29 @@ def test_a_provider_is_whole_node_degraded_when_every_tool_used_is() -> None:
         tracker.record("p", "u", bad=True, reason="hang", now=1.0)
     assert tracker.provider_view("p") == {"degraded": True, "degraded_tools": ["t", "u"]}
     assert tracker.provider_view("q") == {"degraded": False, "degraded_tools": []}
+
+
+def test_disabled_ignores_the_quorum_too() -> None:
+    off = GrayTracker(GrayConfig(enabled=False))
+    assert off.set_quorum({("p", "t")}) == set()
+    assert not off.is_degraded("p", "t")
+    assert off.view() == [] and off.provider_view("p")["degraded_tools"] == []
+
+
+def test_a_skipped_probe_changes_nothing() -> None:
+    tracker = GrayTracker(GrayConfig(hold_s=30.0, recover_probes=2))
+    tracker.record("p", "t", bad=True, reason="x", now=0.0)
+    tracker.record("p", "t", bad=True, reason="x", now=0.0)
+    assert not tracker.probe_result(("p", "t"), "ok", 1.0)
+    assert not tracker.probe_result(("p", "t"), "skipped", 40.0)  # past hold_s: no release
+    assert tracker.is_degraded("p", "t") and tracker.view()[0]["probes"] == 1
+    assert tracker.probe_result(("p", "t"), "ok", 41.0)  # the good probe before still counts
+    assert tracker.stats["probes_skipped"] == 1
+
+
+def test_a_probe_refused_for_load_is_skipped_a_peer_without_vsm_probe_has_no_probe() -> None:
+    assert refused_probe_answer("unknown_tool") == "no_probe"
+    for reason in ("overloaded", "rate_limited", "shed"):
+        assert refused_probe_answer(reason) == "skipped"
+    for reason in ("timeout", "provider_error", "unavailable"):
+        assert refused_probe_answer(reason) == "failed"

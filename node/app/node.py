@@ -372,15 +372,9 @@ class Node(Service):
         self.wasm = await stack.enter_async_context(
             self._wasm_distribution(identity, catalog, mesh, replication)
         )
-        self._started_monotonic = time.monotonic()
-        self.metrics.start_time.set(time.time())
-        self.metrics.up.set(1)
-        _write_runtime_file(data_dir / RUNTIME_FILE_NAME, self.runtime_info())
-        stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
-        # First thing at shutdown (the stack unwinds backwards): calls in flight end with
-        # "shutting down", so that a hung tool cannot hold the HTTP server's stop.
-        stack.callback(tools.cancel_calls)
-        await audit.append("node.start", identity.node_id, self.runtime_info())
+        # System 3*'s rounds call units and peers: they stop before the catalog and mesh.
+        if self.config.vsm.audits.enabled:
+            await stack.enter_async_context(self.audits)
         self.s4.planner = Planner(
             tools, self.config.trust.zones, self.config.vsm.s4, self.config.llm
         )
@@ -394,6 +388,16 @@ class Node(Service):
         self.s4.scan = await stack.enter_async_context(self._environment_scan(mesh, replication))
         if self.config.vsm.alert_telegram_chat:
             await self._start_alert_relay(stack, identity, tools)
+        self._started_monotonic = time.monotonic()
+        self.metrics.start_time.set(time.time())
+        self.metrics.up.set(1)
+        _write_runtime_file(data_dir / RUNTIME_FILE_NAME, self.runtime_info())
+        stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
+        # First thing at shutdown (the stack unwinds backwards; only the children stop
+        # before): calls in flight end with "shutting down", so that a hung tool cannot
+        # hold the HTTP server's stop, nor an /api/ask the planner's.
+        stack.callback(tools.cancel_calls)
+        await audit.append("node.start", identity.node_id, self.runtime_info())
         # Last, so it stops first: children end while the mesh still runs.
         self.children.manager = await stack.enter_async_context(
             self._child_manager(identity, mesh, replication)
@@ -636,8 +640,6 @@ class Node(Service):
         tools.entry_limit = self.vsm.entry_gate
         tools.serve_limit = self.vsm.serve_gate
         self.audits.peer_audit = tools.audit_peer
-        if self.config.vsm.audits.enabled:
-            await stack.enter_async_context(self.audits)
         self.vsm.bind(
             catalog,
             MeshFacts(

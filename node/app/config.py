@@ -562,6 +562,20 @@ def _validate(config: Config) -> None:
             ) from e
     _validate_children(config)
     _validate_s3_star(config)
+    _validate_bridges(config)
+
+
+def _validate_bridges(config: Config) -> None:
+    """Each configured bridge's table, checked at load (not when the bridge starts, after
+    the node is already up): its zones against trust.zones, its URLs and chat ids."""
+    zones = tuple(config.trust.zones)
+    bridges = config.bridges
+    if bridges.amqp is not None:
+        bridges.amqp.check(zones)
+    if bridges.mqtt is not None:
+        bridges.mqtt.check_zones(zones)
+    if bridges.telegram is not None:
+        bridges.telegram.check(zones)
 
 
 def _validate_s3_star(config: Config) -> None:

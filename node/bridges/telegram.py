@@ -44,7 +44,7 @@ from vsmcp.node.bridges.telegram_commands import (
     tools_text,
     view_text,
 )
-from vsmcp.node.bridges.telegram_config import TelegramSection
+from vsmcp.node.bridges.telegram_config import KEY, TelegramSection
 from vsmcp.node.bridges.telegram_context import ChatContext
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.errors import ToolError
@@ -65,7 +65,6 @@ API_MODULE: Final = "vsmcp.node.bridges.telegram_api"
 # What Telegram's tokens look like (and what aiogram refuses otherwise): `<bot id>:<secret>`.
 TOKEN_FORM: Final = re.compile(r"[0-9]+:\S+")
 NAME: Final = "telegram"
-KEY: Final = "bridges.telegram"
 SEND_TOOL: Final = "telegram.send"
 UNIT_NAME: Final = "bridge-telegram"
 PAIN_SOURCE: Final = "bridge:telegram"
@@ -103,13 +102,9 @@ SEND_SCHEMA: Final[Mapping[str, Any]] = {
 
 def create(section: TelegramSection, context: BridgeContext) -> TelegramBridge:
     """Build the bridge; a config it cannot use is a `ConfigError` naming the key."""
-    chats = {_chat_id(f"{KEY}.chats", chat): zone for chat, zone in section.chats.items()}
-    for chat, zone in chats.items():
-        if zone not in context.zones:
-            raise ConfigError(f"{KEY}.chats", f"chat {chat}: zone {zone!r} is not in trust.zones")
-    if section.send_zone not in context.zones:
-        raise ConfigError(f"{KEY}.send_zone", f"{section.send_zone!r} is not in trust.zones")
-    alert_chat = _chat_id(f"{KEY}.alert_chat", section.alert_chat) if section.alert_chat else None
+    section.check(context.zones)
+    chats = section.chat_zones()
+    alert_chat = section.alert_chat_id()
     if importlib.util.find_spec("aiogram") is None:
         raise ConfigError(KEY, "needs aiogram: pip install 'vsmcp[telegram]'")
     token = os.environ.get(section.token_env, "").strip()
@@ -121,16 +116,7 @@ def create(section: TelegramSection, context: BridgeContext) -> TelegramBridge:
         raise ConfigError(
             f"{KEY}.token_env", f"{section.token_env} does not hold a bot token (<id>:<secret>)"
         )
-    if not section.api_base.startswith(("http://", "https://")):
-        raise ConfigError(f"{KEY}.api_base", "must be an http:// or https:// URL")
     return TelegramBridge(section, context, token, chats, alert_chat)
-
-
-def _chat_id(key: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(key, f"{text!r} is not a chat id (an integer)") from None
 
 
 class TelegramBridge:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Final
 
 import msgspec
 
+from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
+
+KEY: Final = "bridges.telegram"
 
 DEFAULT_API_BASE = "https://api.telegram.org"
 # Telegram holds a long poll open at most this long (its documented maximum is 50 s).
@@ -56,3 +60,30 @@ class TelegramSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         msgspec.Meta(ge=0, le=200),
         doc("turns of each chat (asked, done) kept in the context graph and read back (/history)"),
     ] = 20
+
+    def check(self, zones: Sequence[str]) -> None:
+        """What can be checked without the environment or aiogram (at config load, so a
+        bad table stops the node before it starts anything): chats, zones, the API URL."""
+        for chat, zone in self.chat_zones().items():
+            if zone not in zones:
+                raise ConfigError(
+                    f"{KEY}.chats", f"chat {chat}: zone {zone!r} is not in trust.zones"
+                )
+        if self.send_zone not in zones:
+            raise ConfigError(f"{KEY}.send_zone", f"{self.send_zone!r} is not in trust.zones")
+        self.alert_chat_id()
+        if not self.api_base.startswith(("http://", "https://")):
+            raise ConfigError(f"{KEY}.api_base", "must be an http:// or https:// URL")
+
+    def chat_zones(self) -> dict[int, str]:
+        return {chat_id(f"{KEY}.chats", chat): zone for chat, zone in self.chats.items()}
+
+    def alert_chat_id(self) -> int | None:
+        return chat_id(f"{KEY}.alert_chat", self.alert_chat) if self.alert_chat else None
+
+
+def chat_id(key: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(key, f"{text!r} is not a chat id (an integer)") from None

@@ -328,3 +328,33 @@ def test_bad_gray_and_audit_settings_name_the_key(
         load_config(path, environ={})
     assert err.value.key == key
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ('[bridges.amqp]\nurl = "http://broker"\n', "bridges.amqp.url"),
+        (
+            '[bridges.mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'
+            '[bridges.mqtt.call_topics]\n"vsmcp/ops" = "admins"\n',
+            "bridges.mqtt.call_topics.vsmcp/ops",
+        ),
+        (
+            '[bridges.telegram]\ntoken_env = "T"\n[bridges.telegram.chats]\n"42" = "admins"\n',
+            "bridges.telegram.chats",
+        ),
+        (
+            '[bridges.telegram]\ntoken_env = "T"\nalert_chat = "ops-room"\n',
+            "bridges.telegram.alert_chat",
+        ),
+    ],
+)
+def test_a_bad_bridge_table_is_refused_at_load_naming_the_key(
+    tmp_path: Path, table: str, key: str
+) -> None:
+    # At load, not when the bridge starts after the node is up.
+    path = tmp_path / "node.toml"
+    path.write_text(table)
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, environ={})
+    assert bad.value.key == key

@@ -156,29 +156,33 @@ class WasmDistribution(Service):
             "stats": dict(self.stats),
         }
 
-    def publish(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    async def publish(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /api/wasm/modules`: `{"record": b64, "module"?: b64}` (a grant signed
         elsewhere; without the module, its bytes are fetched from the holder it names) or
         `{"module": b64, "manifest": toml}` (signed here). Raises `PublishRefused`
-        (counted when it refuses a module) or ValueError (not base64)."""
+        (counted when it refuses a module) or ValueError (not base64). Decoding, hashing
+        and writing megabytes run in threads, off the event loop."""
         module = None
+        digest = ""
         if request.get("module"):
-            module = base64.b64decode(str(request["module"]), validate=True)
+            module = await asyncio.to_thread(
+                base64.b64decode, str(request["module"]), validate=True
+            )
+            digest = await asyncio.to_thread(sha256_hex, module)
             if len(module) > self._edge.max_module_bytes:
-                self._refuse("?", "too_large", sha256_hex(module), f"{len(module)} bytes")
+                self._refuse("?", "too_large", digest, f"{len(module)} bytes")
                 raise PublishRefused(
                     f"the module has {len(module)} bytes, over edge.max_module_bytes "
                     f"({self._edge.max_module_bytes})"
                 )
         if request.get("record"):
             blob = base64.b64decode(str(request["record"]), validate=True)
-            return self._take_record(blob, module)
+            return await self._take_record(blob, module, digest)
         if not module or not request.get("manifest"):
             raise PublishRefused(
                 'nothing to publish: give "module" with "record" (signed elsewhere) or '
                 'with "manifest" (signed here)'
             )
-        digest = sha256_hex(module)
         manifest = str(request["manifest"])
         name = self._check_manifest(manifest, digest)
         body = ModuleBody(
@@ -190,7 +194,7 @@ class WasmDistribution(Service):
                 "this node may not sign a module (its certificate has no publisher role): "
                 "sign it with the authority key (--authority-key)"
             )
-        self.store.write(digest, module)
+        await asyncio.to_thread(self.store.write, digest, module)
         try:
             policy = self._policies.issue(
                 self._signer, name, WASM_MODULE_KIND, body_of(body), ttl_ms=DEFAULT_PUBLISH_TTL_MS
@@ -200,8 +204,7 @@ class WasmDistribution(Service):
         self._published(policy, body)
         return {"name": name, "sha256": digest, "size": len(module), "issuer": "node"}
 
-    def _take_record(self, blob: bytes, module: bytes | None) -> dict[str, Any]:
-        digest = "" if module is None else sha256_hex(module)
+    async def _take_record(self, blob: bytes, module: bytes | None, digest: str) -> dict[str, Any]:
         try:
             record = self._policies.verify_signed(blob)
         except CrdtError as e:
@@ -219,7 +222,7 @@ class WasmDistribution(Service):
             )
         self._check_manifest(body.manifest, body.sha256, name=body.name)
         if module is not None:
-            self.store.write(body.sha256, module)
+            await asyncio.to_thread(self.store.write, body.sha256, module)
         if not self._policies.accept_signed(blob):
             raise PublishRefused("the node holds a newer version of this module's manifest")
         self._published(record, body)

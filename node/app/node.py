@@ -828,7 +828,8 @@ class Node(Service):
         self.metrics.add_counters(
             "vsmcp_wasm_distribution_events",
             "Published WASM modules: published, fetched, loaded, unloaded, chunks served, "
-            "fetches failed, refused (by reason: hash, signature, manifest, too_large, load)",
+            "fetches failed, short chunks, holders too slow, refused (by reason: hash, "
+            "signature, manifest, too_large, load)",
             "event",
             lambda: dict(wasm.stats),
         )

@@ -8,7 +8,8 @@ certificate has the `publisher` role) enters the policies CRDT and replicates.
 Running (`[edge] run`): whenever the policies change, the wanted modules are reconciled:
 a module whose bytes are not held is fetched from a holder over the mesh (WASM_CHUNK
 requests of `CHUNK_BYTES`, at most the manifest's size and `edge.max_module_bytes`),
-hash-checked before use, and tried from the next holder when one fails; then it is
+hash-checked before use, and tried from the next holder when one fails, gives a chunk
+shorter than asked for, or takes longer than `fetch_deadline_s` for the module; then it is
 loaded as a WASM tool (`wasm:<name>`) and the catalog announces it. A module revoked,
 replaced or expired is unloaded. Every node serves the modules it holds, so a node that
 fetched one is a holder too.
@@ -64,9 +65,18 @@ RETRY_S: Final = 5.0
 MAX_RETRY_S: Final = 300.0
 MAX_REMEMBERED_REFUSALS: Final = 1024
 CHUNK_TIMEOUT_S: Final = 10.0
+# A whole module from one holder: a minute, plus a second per this many bytes (a slow
+# holder is passed over for the next rather than holding up every other module).
+FETCH_BASE_S: Final = 60.0
+FETCH_MIN_BYTES_PER_S: Final = 256 << 10
 UNIT_PREFIX: Final = "wasm:"
 
 Audit = Callable[[str, dict[str, Any]], None]
+
+
+def fetch_deadline_s(size: int) -> float:
+    """How long one holder has to give a module of `size` bytes."""
+    return FETCH_BASE_S + size / FETCH_MIN_BYTES_PER_S
 
 
 class PublishRefused(NodeError):
@@ -106,7 +116,8 @@ class WasmDistribution(Service):
         self._refused: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # published, fetched, loaded, unloaded, chunks_served, fetch_failed, refused_<reason>
+        # published, fetched, loaded, unloaded, chunks_served, fetch_failed, short_chunk,
+        # fetch_timeout, refused_<reason>
         self.stats: Counter[str] = Counter()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -337,20 +348,26 @@ class WasmDistribution(Service):
         if body.size > self._edge.max_module_bytes:
             self._refuse(body.name, "too_large", body.sha256, f"{body.size} bytes", once=True)
             return None
-        held = self.store.read(body.sha256)
+        held = await asyncio.to_thread(self.store.read, body.sha256)
         if held is not None:
             return held
         if self.store.size(body.sha256) is not None:  # held, but not what it should be
             self._refuse(body.name, "hash", body.sha256, "the bytes held here", once=True)
         holders = self._holders(policy, body)
         for node_id in holders:
-            data = await self._fetch(node_id, body)
+            try:
+                async with asyncio.timeout(fetch_deadline_s(body.size)):
+                    data = await self._fetch(node_id, body)
+            except TimeoutError:
+                self.stats["fetch_timeout"] += 1
+                log.info("wasm module %s: %s too slow, trying the next holder", body.name, node_id)
+                continue
             if data is None:
                 continue
-            if sha256_hex(data) != body.sha256:
+            if await asyncio.to_thread(sha256_hex, data) != body.sha256:
                 self._refuse(body.name, "hash", body.sha256, f"bytes from {node_id}", once=True)
                 continue
-            self.store.write(body.sha256, data)
+            await asyncio.to_thread(self.store.write, body.sha256, data)
             self.stats["fetched"] += 1
             return data
         self.stats["fetch_failed"] += 1
@@ -384,6 +401,16 @@ class WasmDistribution(Service):
             if reply.type != MsgType.RESULT or not reply.payload:
                 return None
             chunk = reply.payload[: request.length]  # never more than asked for
+            if len(chunk) < request.length:
+                # Every chunk asked for is there to give in full (the last one asks for
+                # what is left): a short one is a holder that does not hold the module,
+                # or one dribbling bytes to hold the reconciler up.
+                self.stats["short_chunk"] += 1
+                log.info(
+                    "wasm module %s: %s gave %d of %d bytes at %d, trying the next holder",
+                    body.name, node_id, len(chunk), request.length, got,
+                )  # fmt: skip
+                return None
             parts.append(chunk)
             got += len(chunk)
         return b"".join(parts)

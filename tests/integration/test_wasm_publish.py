@@ -365,3 +365,30 @@ def test_an_oversized_content_length_is_refused_before_the_body_is_read(mesh: Me
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"413", answer[:500]
     assert b"body over" in rest, answer[:500]
+
+
+def test_a_holder_giving_a_short_chunk_is_passed_over_for_another(mesh: Mesh) -> None:
+    """A's file is cut short (it gives fewer bytes than asked); C holds the module.
+    B counts the short chunk and takes C's bytes at once."""
+    import hashlib
+
+    a, b, c = mesh.nodes
+    module = _echo_bytes().replace(b"echo", b"echs")
+    digest = hashlib.sha256(module).hexdigest()
+    manifest = ECHO_TOML.read_text().replace('"wasm.echo"', '"wasm.short"')
+    record = _signed(mesh.authority, "wasm.short", module, a.node_id, manifest)
+    for node, data in ((a, module[: len(module) // 2]), (c, module)):
+        (node.data_dir / "wasm").mkdir(exist_ok=True)
+        (node.data_dir / "wasm" / f"{digest}.wasm").write_bytes(data)
+    before = counters(b, FAMILY)
+    status, answer = _post(a, {"record": record})
+    assert status == 200, answer
+
+    def loaded() -> bool:
+        return all(_providers(n, "wasm.short") == {b.node_id, c.node_id} for n in (b, c))
+
+    wait_for(loaded, timeout_s=60, what="wasm.short loaded on B and C")
+    now = counters(b, FAMILY)
+    assert now.get("short_chunk", 0) == before.get("short_chunk", 0) + 1, (before, now)
+    assert now.get("refused_hash", 0) == before.get("refused_hash", 0), (before, now)
+    assert (b.data_dir / "wasm" / f"{digest}.wasm").read_bytes() == module

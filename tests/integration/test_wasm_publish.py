@@ -347,6 +347,24 @@ def test_publishing_needs_a_token_of_the_publish_zone(mesh: Mesh) -> None:
     assert counters(a, FAMILY).get("published", 0) == before + 1
 
 
+def test_the_cli_with_url_needs_a_token_of_the_publish_zone(mesh: Mesh, tmp_path: Path) -> None:
+    a = mesh.nodes[0]
+    manifest = tmp_path / "cli.toml"
+    manifest.write_text(ECHO_TOML.read_text().replace('"wasm.echo"', '"wasm.cli"'))
+    publish = (
+        "wasm", "publish", str(ECHO_WAT), "--manifest", str(manifest),
+        "--authority-key", str(mesh.authority), "--url", a.url,
+    )  # fmt: skip
+    for token in ([], ["--token", PUBLIC_TOKEN]):
+        refused = run_cli(*publish, *token)
+        assert refused.returncode == 1, refused.stdout
+        assert "403" in refused.stderr and "edge.publish_zone" in refused.stderr, refused.stderr
+        assert _module(a, "wasm.cli") is None
+    done = run_cli(*publish, "--token", RESTRICTED_TOKEN)
+    assert done.returncode == 0, done.stderr
+    assert "wasm.cli: published" in done.stdout
+
+
 def test_an_oversized_content_length_is_refused_before_the_body_is_read(mesh: Mesh) -> None:
     """413 on the declared length alone: the node answers though the body never comes."""
     a = mesh.nodes[0]

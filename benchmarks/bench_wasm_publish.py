@@ -110,7 +110,11 @@ async def _trial(
         asyncio.create_task(_until_loaded(s, n, tool, t0))
         for s, n in zip(sessions, nodes, strict=True)
     ]
-    async with sessions[0].post(nodes[0].url + "/api/wasm/modules", json=request) as response:
+    # As `vsmcp wasm publish --data-dir` does: the data dir's secret proves the node's user.
+    owner = (nodes[0].data_dir / "stdio.token").read_text(encoding="utf-8").strip()
+    headers = {"Authorization": f"Bearer {owner}"}
+    url = nodes[0].url + "/api/wasm/modules"
+    async with sessions[0].post(url, json=request, headers=headers) as response:
         answer = await response.json()
         if response.status != 200:
             raise RuntimeError(f"publish refused: {answer}")

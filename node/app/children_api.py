@@ -3,20 +3,15 @@
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from vsmcp.mesh.certs import ZoneOrder
 from vsmcp.node.app.vsm_systems import VsmSystems
+from vsmcp.node.app.zone_auth import authorize
 from vsmcp.node.children.config import RecursionSection
 from vsmcp.node.children.errors import ChildError, SpawnRefused, UnknownChild
 from vsmcp.node.children.manager import ChildManager
-from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
-
-# Whoever can read <data_dir>/stdio.token is the node's own user (node/mcp/stdio_auth.py):
-# the operator, who may spawn and stop children whatever `recursion.spawn_zone` says.
-OWNER: Final = "data-dir-owner"
 
 
 class ChildrenApi:
@@ -44,22 +39,16 @@ class ChildrenApi:
         self, vsm: VsmSystems, authorization: str | None, remote: str | None
     ) -> tuple[str | None, tuple[int, dict[str, Any]] | None]:
         """(caller name, None) when allowed; else (None, (HTTP status, JSON body))."""
-        scheme, _, token = (authorization or "").partition(" ")
-        secret = ensure_stdio_token(self._data_dir)
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), secret):
-            return OWNER, None
-        grant = vsm.caller_grant(authorization, remote)
-        if grant is None:
-            return None, (401, {"error": "a bearer token (mcp.tokens) is required"})
-        if not self._zones.allows(grant.zone, self._limits.spawn_zone):
-            return None, (
-                403,
-                {
-                    "error": f"zone {grant.zone!r} may not spawn or stop children "
-                    f"(recursion.spawn_zone = {self._limits.spawn_zone!r})"
-                },
-            )
-        return f"http:{grant.name}", None
+        return authorize(
+            self._data_dir,
+            vsm,
+            self._zones,
+            authorization,
+            remote,
+            zone=self._limits.spawn_zone,
+            key="recursion.spawn_zone",
+            action="spawn or stop children",
+        )
 
     def post(self, body: object, caller: str) -> tuple[int, dict[str, Any]]:
         """`POST /api/children` {name, zone?, config?}: (HTTP status, JSON body)."""

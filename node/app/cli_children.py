@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -28,26 +27,11 @@ from vsmcp.node.app.cli_tools import (
     _guarded,
     _node_url,
     _with_node,
+    bearer_token,
     request_json,
 )
-from vsmcp.node.app.config import default_data_dir
-from vsmcp.node.mcp.stdio_auth import stdio_token_path
 
 SPAWN_WAIT_S = 30.0
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    if getattr(args, "token", None):
-        return str(args.token)
-    if os.environ.get("VSMCP_TOKEN"):
-        return os.environ["VSMCP_TOKEN"]
-    if args.url:
-        return None
-    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    try:
-        return stdio_token_path(data_dir).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
@@ -56,7 +40,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": name, "zone": args.zone or ""}
     if args.config:
         body["config"] = str(Path(args.config).expanduser().resolve())
-    view = request_json(base + "/api/children", "POST", _token(args), body)
+    view = request_json(base + "/api/children", "POST", bearer_token(args), body)
     if not args.no_wait:
         view = _wait_running(base, name)
     print(json.dumps(view, indent=2))
@@ -90,7 +74,9 @@ def cmd_children(args: argparse.Namespace) -> int:
 
 
 def cmd_stop_child(args: argparse.Namespace) -> int:
-    answer = request_json(f"{_node_url(args)}/api/children/{args.name}", "DELETE", _token(args))
+    answer = request_json(
+        f"{_node_url(args)}/api/children/{args.name}", "DELETE", bearer_token(args)
+    )
     print(json.dumps(answer))
     return EXIT_OK
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -27,6 +28,7 @@ from typing import Any
 
 from vsmcp.node.app.config import default_data_dir
 from vsmcp.node.app.node import RUNTIME_FILE_NAME
+from vsmcp.node.mcp.stdio_auth import stdio_token_path
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -55,6 +57,22 @@ def _node_url(args: argparse.Namespace) -> str:
         raise ToolsCliError(f"no running node found ({runtime} is absent); pass --url") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ToolsCliError(f"cannot read {runtime}: {e}") from e
+
+
+def bearer_token(args: argparse.Namespace) -> str | None:
+    """The token for a node's privileged routes: `--token`, else `VSMCP_TOKEN`, else (no
+    `--url`) the data dir's stdio secret, which proves the caller is the node's user."""
+    if getattr(args, "token", None):
+        return str(args.token)
+    if os.environ.get("VSMCP_TOKEN"):
+        return os.environ["VSMCP_TOKEN"]
+    if args.url:
+        return None
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    try:
+        return stdio_token_path(data_dir).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def parse_arguments(pairs: list[str], json_args: str | None) -> dict[str, Any]:

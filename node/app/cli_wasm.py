@@ -1,8 +1,8 @@
 """`vsmcp wasm`: publish WASM modules to the mesh, retire them, list them.
 
     vsmcp wasm publish MODULE.wasm --manifest tool.toml [--authority-key KEY]
-                       [--data-dir DIR | --url URL]
-    vsmcp wasm unpublish NAME [--authority-key KEY] [--data-dir DIR | --url URL]
+                       [--data-dir DIR | --url URL --token T]
+    vsmcp wasm unpublish NAME [--authority-key KEY] [--data-dir DIR | --url URL --token T]
     vsmcp wasm list [--data-dir DIR | --url URL] [--json]
 
 `publish` names the module by SHA-256 and size in a manifest signed here with
@@ -11,6 +11,11 @@ itself (its certificate must have the `publisher` role; a `--dev` node's has eve
 role), and posts both to the node, which keeps the bytes and replicates the manifest.
 A `.wat` module is assembled first. `unpublish` revokes the module's manifests: every
 one (whoever signed it) with `--authority-key`, the node's own otherwise.
+
+Posting a module and unpublishing without `--authority-key` need the node's say-so: with
+`--data-dir` the command proves it is the node's own user with the secret in
+`<data_dir>/stdio.token`; with `--url` it needs `--token` (or `VSMCP_TOKEN`), a bearer
+token of `mcp.tokens` in `edge.publish_zone` or above.
 
 Exit codes: 0 success; 1 the node is unreachable or refused; 2 bad arguments.
 """
@@ -34,6 +39,7 @@ from vsmcp.node.app.cli_tools import (
     _guarded,
     _node_url,
     _with_node,
+    bearer_token,
     request_json,
 )
 from vsmcp.node.wasmdist.model import (
@@ -46,6 +52,7 @@ from vsmcp.node.wasmdist.model import (
 from vsmcp.node.wasmdist.store import sha256_hex
 
 PUBLISH_TIMEOUT_S = 60.0
+TOKEN_HELP = "a bearer token (with --url) in edge.publish_zone or above"
 
 
 def _authority_key(path: str) -> NodeKey:
@@ -110,7 +117,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     else:
         request["manifest"] = text
     answer = request_json(
-        url + "/api/wasm/modules", "POST", body=request, timeout_s=PUBLISH_TIMEOUT_S
+        url + "/api/wasm/modules",
+        "POST",
+        bearer_token(args),
+        body=request,
+        timeout_s=PUBLISH_TIMEOUT_S,
     )
     if args.json:
         print(json.dumps(answer, indent=2))
@@ -142,7 +153,9 @@ def cmd_unpublish(args: argparse.Namespace) -> int:
             )
             revoked += bool(answer["accepted"])
     else:
-        revoked = request_json(url + f"/api/wasm/modules/{args.name}", "DELETE")["revoked"]
+        revoked = request_json(
+            url + f"/api/wasm/modules/{args.name}", "DELETE", bearer_token(args)
+        )["revoked"]
     if not revoked:
         raise ToolsCliError(f"no published module {args.name!r} of that issuer was revoked")
     print(f"{args.name}: unpublished")
@@ -177,11 +190,13 @@ def add_wasm_commands(sub: Any) -> None:
         help="how long the publication lasts unless unpublished",
     )
     _with_node(p)
+    p.add_argument("--token", help=TOKEN_HELP)
     p.set_defaults(func=_guarded(cmd_publish))
     u = actions.add_parser("unpublish", help="retire a published module everywhere")
     u.add_argument("name")
     u.add_argument("--authority-key", help="revoke every manifest of it with this (authority) key")
     _with_node(u)
+    u.add_argument("--token", help=TOKEN_HELP)
     u.set_defaults(func=_guarded(cmd_unpublish))
     ls = actions.add_parser("list", help="the published modules a node knows")
     _with_node(ls)

@@ -600,6 +600,9 @@ def _validate_children(config: Config) -> None:
     _check_range("recursion.max_descendants", rec.max_descendants, 0, 1 << 16)
     if rec.spawn_zone not in config.trust.zones:
         raise ConfigError("recursion.spawn_zone", f"'{rec.spawn_zone}' is not in trust.zones")
+    if config.edge.publish_zone not in config.trust.zones:
+        zone = config.edge.publish_zone
+        raise ConfigError("edge.publish_zone", f"'{zone}' is not in trust.zones")
     seen: set[str] = set()
     for i, child in enumerate(config.children):
         if not CHILD_NAME.fullmatch(child.name):

@@ -40,6 +40,7 @@ from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, d
 from vsmcp.node.app.s4_api import S4Api
 from vsmcp.node.app.trust import NodeIdentity, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
+from vsmcp.node.app.zone_auth import authorize
 from vsmcp.node.bridges.model import BridgeContext
 from vsmcp.node.bridges.service import BridgesService
 from vsmcp.node.children.manager import ChildManager, ParentTrust
@@ -84,7 +85,7 @@ from vsmcp.node.vsm.s4.scan import EnvironmentScan, ScanInputs
 from vsmcp.node.vsm.stream import EventStream
 from vsmcp.node.vsm.viability import factors as viability_factors
 from vsmcp.node.vsm.viability import input_gauges as viability_input_gauges
-from vsmcp.node.wasmdist.model import any_of, publisher_issuers
+from vsmcp.node.wasmdist.model import PUBLISH_REQUEST_SLACK_BYTES, any_of, publisher_issuers
 from vsmcp.node.wasmdist.service import WasmDistribution
 
 log = logging.getLogger(__name__)
@@ -829,7 +830,8 @@ class Node(Service):
         self.metrics.add_counters(
             "vsmcp_wasm_distribution_events",
             "Published WASM modules: published, fetched, loaded, unloaded, chunks served, "
-            "fetches failed, refused (by reason: hash, signature, manifest, too_large, load)",
+            "fetches failed, short chunks, holders too slow, refused (by reason: hash, "
+            "signature, manifest, too_large, load)",
             "event",
             lambda: dict(wasm.stats),
         )
@@ -841,11 +843,34 @@ class Node(Service):
             raise StartupError("node not started")
         return self.wasm.view()
 
-    def wasm_publish(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def wasm_authorize(
+        self, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]] | None:
+        """`POST`/`DELETE /api/wasm/modules`: None when the caller may, else (HTTP status,
+        JSON body). A module published here is signed by this node and run by every node
+        with `[edge] run`, so not anyone reaching HTTP may."""
+        caller, refusal = authorize(
+            self.config.data_dir,
+            self.vsm,
+            ZoneOrder(self.config.trust.zones),
+            authorization,
+            remote,
+            zone=self.config.edge.publish_zone,
+            key="edge.publish_zone",
+            action="publish or unpublish WASM modules",
+        )
+        return None if caller is not None else (refusal or (403, {"error": "refused"}))
+
+    def wasm_publish_limit(self) -> int:
+        """The largest `POST /api/wasm/modules` body read: the module, base64 (4/3 of
+        `edge.max_module_bytes`), plus room for its manifest or signed record."""
+        return self.config.edge.max_module_bytes * 4 // 3 + PUBLISH_REQUEST_SLACK_BYTES
+
+    async def wasm_publish(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /api/wasm/modules`; raises PublishRefused, ValueError, KeyError."""
         if self.wasm is None:
             raise StartupError("node not started")
-        return self.wasm.publish(request)
+        return await self.wasm.publish(request)
 
     def wasm_unpublish(self, name: str) -> int:
         """`DELETE /api/wasm/modules/{name}`: the node's own manifests revoked."""

@@ -151,6 +151,10 @@ def _paths() -> dict[str, dict[str, Any]]:
         403: "The token's zone is below recursion.spawn_zone",
         503: "The node is not running yet, or the child could not be started or stopped",
     }
+    who_may_publish = {
+        401: "No bearer token of mcp.tokens (nor the data dir's stdio token)",
+        403: "The token's zone (a loopback client's: mcp.loopback_zone) is below edge.publish_zone",
+    }
     planner_errors = {
         400: 'The body is not {"text": "..."} with 1 to 4096 characters',
         401: "No bearer token of mcp.tokens (and no loopback zone)",
@@ -179,20 +183,25 @@ def _paths() -> dict[str, dict[str, Any]]:
         "node signs (its certificate needs the publisher role)",
         (200, s.WasmPublished, "Published: the node holds the bytes, the manifest replicates"),
         {
+            **who_may_publish,
             400: "The body is not a JSON object, or `module` or `record` is not base64",
-            403: "Refused (counted): a bad signature or issuer, bytes that do not match the "
-            "manifest, a bad manifest, too large, or no publisher role; or (not counted) "
-            "nothing to publish: no `module` with a `manifest`, and no `record`",
-            413: "The body is too large",
+            403: "The token's zone is below edge.publish_zone; or refused (counted): a bad "
+            "signature or issuer, bytes that do not match the manifest, a bad manifest, too "
+            "large, or no publisher role; or (not counted) nothing to publish: no `module` "
+            "with a `manifest`, and no `record`",
+            413: "The body (its Content-Length, checked first) is over 4/3 of "
+            "edge.max_module_bytes plus 1 MiB",
         },
         body=s.WasmPublish,
+        bearer=True,
     )
     paths["/api/wasm/modules/{name}"] = {
         "delete": {
             **_operation(
                 "Unpublish a module: revoke the manifests of it this node signed",
                 (200, s.WasmUnpublished, "How many were revoked"),
-                {503: "The node is still starting: retry"},
+                {**who_may_publish, 503: "The node is still starting: retry"},
+                bearer=True,
             ),
             "parameters": [
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}

@@ -4,6 +4,7 @@ The status page (`/`, `/static/*`, `/api/stream`) is in `node/http/status_page.p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -24,14 +25,10 @@ from vsmcp.node.http.policy import RequestPolicy
 from vsmcp.node.http.status_page import PageHub, page_routes
 from vsmcp.node.metrics import CONTENT_TYPE
 from vsmcp.node.vsm.stream import EventStream
-from vsmcp.node.wasmdist.model import MAX_MODULE_BYTES
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 20
-# A published module travels base64 in JSON (4/3 of its size) with its manifest; the
-# node then checks it against its own edge.max_module_bytes.
-MAX_PUBLISH_REQUEST_BYTES = MAX_MODULE_BYTES * 4 // 3 + (1 << 20)
 MAX_SIGNAL_BYTES = 16 * 1024
 MAX_CHILD_REQUEST_BYTES = 8 * 1024
 # A planner request: 4096 characters, each up to 12 bytes as JSON escapes a character
@@ -77,7 +74,13 @@ class NodeView(Protocol):
 
     def wasm_view(self) -> dict[str, Any]: ...
 
-    def wasm_publish(self, request: Mapping[str, Any]) -> dict[str, Any]: ...
+    def wasm_authorize(
+        self, authorization: str | None, remote: str | None
+    ) -> tuple[int, dict[str, Any]] | None: ...
+
+    def wasm_publish_limit(self) -> int: ...
+
+    async def wasm_publish(self, request: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def wasm_unpublish(self, name: str) -> int: ...
 
@@ -120,8 +123,12 @@ def _while_starting(view: Callable[[], dict[str, Any]]) -> web.Response:
         return answer
 
 
-async def _json_body(request: web.Request, limit: int) -> object:
-    """The request's JSON body, read up to `limit` bytes; or the error answer (413, 400)."""
+async def _json_body(request: web.Request, limit: int, *, off_loop: bool = False) -> object:
+    """The request's JSON body, read up to `limit` bytes; or the error answer (413, 400).
+    A declared Content-Length over `limit` is refused before anything is read;
+    `off_loop` parses in a thread (a body of megabytes would stall the event loop)."""
+    if request.content_length is not None and request.content_length > limit:
+        return _json({"error": f"body over {limit} bytes", "field": "body"}, 413)
     raw = bytearray()
     # `read(n)` gives what has arrived (up to n): a large body comes in several reads.
     while len(raw) <= limit:
@@ -130,9 +137,9 @@ async def _json_body(request: web.Request, limit: int) -> object:
             break
         raw += part
     if len(raw) > limit:
-        return _json({"error": f"body over {limit} bytes"}, 413)
+        return _json({"error": f"body over {limit} bytes", "field": "body"}, 413)
     try:
-        return json.loads(raw)
+        return await asyncio.to_thread(json.loads, raw) if off_loop else json.loads(raw)
     except ValueError:
         return _json({"error": "the body is not JSON", "field": "body"}, status=400)
 
@@ -217,13 +224,16 @@ def build_app(
         return _while_starting(node.wasm_view)
 
     async def api_wasm_publish(request: web.Request) -> web.Response:
-        body = await _json_body(request, MAX_PUBLISH_REQUEST_BYTES)
+        refusal = node.wasm_authorize(request.headers.get("Authorization"), request.remote)
+        if refusal is not None:
+            return _json(refusal[1], status=refusal[0])
+        body = await _json_body(request, node.wasm_publish_limit(), off_loop=True)
         if isinstance(body, web.Response):
             return body
         if not isinstance(body, dict):
             return _json({"error": "expected a JSON object", "field": "body"}, 400)
         try:
-            return _json(node.wasm_publish(body))
+            return _json(await node.wasm_publish(body))
         except (KeyError, ValueError, TypeError, binascii.Error) as e:
             return _json(
                 {"error": f'expected {{"module": b64, "record": b64 | "manifest": toml}}: {e}'},
@@ -233,6 +243,9 @@ def build_app(
             return _json({"error": str(e)}, status=403)
 
     async def api_wasm_unpublish(request: web.Request) -> web.Response:
+        refusal = node.wasm_authorize(request.headers.get("Authorization"), request.remote)
+        if refusal is not None:
+            return _json(refusal[1], status=refusal[0])
         try:
             revoked = node.wasm_unpublish(request.match_info["name"])
         except NodeError as e:

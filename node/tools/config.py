@@ -246,6 +246,13 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_module_bytes: Annotated[
         PositiveInt, doc("largest published module this node fetches or takes (bytes)")
     ] = 8 << 20
+    publish_zone: Annotated[
+        str,
+        doc(
+            "least zone of a bearer token that may publish or unpublish modules over HTTP "
+            "(POST/DELETE /api/wasm/modules; the data dir's owner always may)"
+        ),
+    ] = "restricted"
 
 
 class ToolsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -23,6 +23,8 @@ PUBLISHER_ROLE: Final = "publisher"
 MAX_MANIFEST_TEXT_CHARS: Final = 64 << 10
 # The largest module any node takes (the bound on `edge.max_module_bytes`).
 MAX_MODULE_BYTES: Final = 64 << 20
+# Room in a publish request beside the module's base64: its manifest or signed record.
+PUBLISH_REQUEST_SLACK_BYTES: Final = 1 << 20
 # A published module lives this long unless revoked (a year: publishing is deliberate).
 DEFAULT_PUBLISH_TTL_MS: Final = 365 * 24 * 3600 * 1000
 SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")

@@ -8,7 +8,8 @@ certificate has the `publisher` role) enters the policies CRDT and replicates.
 Running (`[edge] run`): whenever the policies change, the wanted modules are reconciled:
 a module whose bytes are not held is fetched from a holder over the mesh (WASM_CHUNK
 requests of `CHUNK_BYTES`, at most the manifest's size and `edge.max_module_bytes`),
-hash-checked before use, and tried from the next holder when one fails; then it is
+hash-checked before use, and tried from the next holder when one fails, gives a chunk
+shorter than asked for, or takes longer than `fetch_deadline_s` for the module; then it is
 loaded as a WASM tool (`wasm:<name>`) and the catalog announces it. A module revoked,
 replaced or expired is unloaded. Every node serves the modules it holds, so a node that
 fetched one is a holder too.
@@ -64,9 +65,18 @@ RETRY_S: Final = 5.0
 MAX_RETRY_S: Final = 300.0
 MAX_REMEMBERED_REFUSALS: Final = 1024
 CHUNK_TIMEOUT_S: Final = 10.0
+# A whole module from one holder: a minute, plus a second per this many bytes (a slow
+# holder is passed over for the next rather than holding up every other module).
+FETCH_BASE_S: Final = 60.0
+FETCH_MIN_BYTES_PER_S: Final = 256 << 10
 UNIT_PREFIX: Final = "wasm:"
 
 Audit = Callable[[str, dict[str, Any]], None]
+
+
+def fetch_deadline_s(size: int) -> float:
+    """How long one holder has to give a module of `size` bytes."""
+    return FETCH_BASE_S + size / FETCH_MIN_BYTES_PER_S
 
 
 class PublishRefused(NodeError):
@@ -106,7 +116,8 @@ class WasmDistribution(Service):
         self._refused: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # published, fetched, loaded, unloaded, chunks_served, fetch_failed, refused_<reason>
+        # published, fetched, loaded, unloaded, chunks_served, fetch_failed, short_chunk,
+        # fetch_timeout, refused_<reason>
         self.stats: Counter[str] = Counter()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -156,29 +167,33 @@ class WasmDistribution(Service):
             "stats": dict(self.stats),
         }
 
-    def publish(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    async def publish(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /api/wasm/modules`: `{"record": b64, "module"?: b64}` (a grant signed
         elsewhere; without the module, its bytes are fetched from the holder it names) or
         `{"module": b64, "manifest": toml}` (signed here). Raises `PublishRefused`
-        (counted when it refuses a module) or ValueError (not base64)."""
+        (counted when it refuses a module) or ValueError (not base64). Decoding, hashing
+        and writing megabytes run in threads, off the event loop."""
         module = None
+        digest = ""
         if request.get("module"):
-            module = base64.b64decode(str(request["module"]), validate=True)
+            module = await asyncio.to_thread(
+                base64.b64decode, str(request["module"]), validate=True
+            )
+            digest = await asyncio.to_thread(sha256_hex, module)
             if len(module) > self._edge.max_module_bytes:
-                self._refuse("?", "too_large", sha256_hex(module), f"{len(module)} bytes")
+                self._refuse("?", "too_large", digest, f"{len(module)} bytes")
                 raise PublishRefused(
                     f"the module has {len(module)} bytes, over edge.max_module_bytes "
                     f"({self._edge.max_module_bytes})"
                 )
         if request.get("record"):
             blob = base64.b64decode(str(request["record"]), validate=True)
-            return self._take_record(blob, module)
+            return await self._take_record(blob, module, digest)
         if not module or not request.get("manifest"):
             raise PublishRefused(
                 'nothing to publish: give "module" with "record" (signed elsewhere) or '
                 'with "manifest" (signed here)'
             )
-        digest = sha256_hex(module)
         manifest = str(request["manifest"])
         name = self._check_manifest(manifest, digest)
         body = ModuleBody(
@@ -190,7 +205,7 @@ class WasmDistribution(Service):
                 "this node may not sign a module (its certificate has no publisher role): "
                 "sign it with the authority key (--authority-key)"
             )
-        self.store.write(digest, module)
+        await asyncio.to_thread(self.store.write, digest, module)
         try:
             policy = self._policies.issue(
                 self._signer, name, WASM_MODULE_KIND, body_of(body), ttl_ms=DEFAULT_PUBLISH_TTL_MS
@@ -200,8 +215,7 @@ class WasmDistribution(Service):
         self._published(policy, body)
         return {"name": name, "sha256": digest, "size": len(module), "issuer": "node"}
 
-    def _take_record(self, blob: bytes, module: bytes | None) -> dict[str, Any]:
-        digest = "" if module is None else sha256_hex(module)
+    async def _take_record(self, blob: bytes, module: bytes | None, digest: str) -> dict[str, Any]:
         try:
             record = self._policies.verify_signed(blob)
         except CrdtError as e:
@@ -219,7 +233,7 @@ class WasmDistribution(Service):
             )
         self._check_manifest(body.manifest, body.sha256, name=body.name)
         if module is not None:
-            self.store.write(body.sha256, module)
+            await asyncio.to_thread(self.store.write, body.sha256, module)
         if not self._policies.accept_signed(blob):
             raise PublishRefused("the node holds a newer version of this module's manifest")
         self._published(record, body)
@@ -334,20 +348,26 @@ class WasmDistribution(Service):
         if body.size > self._edge.max_module_bytes:
             self._refuse(body.name, "too_large", body.sha256, f"{body.size} bytes", once=True)
             return None
-        held = self.store.read(body.sha256)
+        held = await asyncio.to_thread(self.store.read, body.sha256)
         if held is not None:
             return held
         if self.store.size(body.sha256) is not None:  # held, but not what it should be
             self._refuse(body.name, "hash", body.sha256, "the bytes held here", once=True)
         holders = self._holders(policy, body)
         for node_id in holders:
-            data = await self._fetch(node_id, body)
+            try:
+                async with asyncio.timeout(fetch_deadline_s(body.size)):
+                    data = await self._fetch(node_id, body)
+            except TimeoutError:
+                self.stats["fetch_timeout"] += 1
+                log.info("wasm module %s: %s too slow, trying the next holder", body.name, node_id)
+                continue
             if data is None:
                 continue
-            if sha256_hex(data) != body.sha256:
+            if await asyncio.to_thread(sha256_hex, data) != body.sha256:
                 self._refuse(body.name, "hash", body.sha256, f"bytes from {node_id}", once=True)
                 continue
-            self.store.write(body.sha256, data)
+            await asyncio.to_thread(self.store.write, body.sha256, data)
             self.stats["fetched"] += 1
             return data
         self.stats["fetch_failed"] += 1
@@ -381,6 +401,16 @@ class WasmDistribution(Service):
             if reply.type != MsgType.RESULT or not reply.payload:
                 return None
             chunk = reply.payload[: request.length]  # never more than asked for
+            if len(chunk) < request.length:
+                # Every chunk asked for is there to give in full (the last one asks for
+                # what is left): a short one is a holder that does not hold the module,
+                # or one dribbling bytes to hold the reconciler up.
+                self.stats["short_chunk"] += 1
+                log.info(
+                    "wasm module %s: %s gave %d of %d bytes at %d, trying the next holder",
+                    body.name, node_id, len(chunk), request.length, got,
+                )  # fmt: skip
+                return None
             parts.append(chunk)
             got += len(chunk)
         return b"".join(parts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import sqlite3
 import sys
 import time
@@ -39,8 +40,12 @@ pytestmark = pytest.mark.integration
 ECHO_WAT = REPO_ROOT / "examples" / "wasm" / "echo.wat"
 ECHO_TOML = REPO_ROOT / "examples" / "wasm" / "echo.toml"
 FAMILY = "vsmcp_wasm_distribution_events"
+PUBLIC_TOKEN = "public-token-0123456789"
+RESTRICTED_TOKEN = "restricted-token-0123456789"
 CONFIG = '[trust]\nauthority_public_key = "{key}"\n[mesh]\npreset = "local"\n' + (
     "[tools]\nentry_points = false\n"
+    f'[[mcp.tokens]]\nname = "web"\ntoken = "{PUBLIC_TOKEN}"\nzone = "public"\n'
+    f'[[mcp.tokens]]\nname = "ci"\ntoken = "{RESTRICTED_TOKEN}"\nzone = "restricted"\n'
 )
 RUN_ALL = '[edge]\nrun = "*"\n'
 
@@ -101,17 +106,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             node.stop()
 
 
-def _post(node: NodeProcess, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        node.url + "/api/wasm/modules",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+def _owner_token(node: NodeProcess) -> str:
+    """The data dir's secret: what `vsmcp wasm publish --data-dir` presents."""
+    return (node.data_dir / "stdio.token").read_text(encoding="utf-8").strip()
+
+
+def _post(
+    node: NodeProcess, body: dict[str, Any], token: str | None = ""
+) -> tuple[int, dict[str, Any]]:
+    """POST /api/wasm/modules as the node's owner ("" ), with `token`, or with none."""
+    bearer = _owner_token(node) if token == "" else token
+    status, answer = node.post_json("/api/wasm/modules", body, token=bearer)
+    return status, answer
 
 
 def _providers(node: NodeProcess, tool: str) -> set[str]:
@@ -157,7 +163,7 @@ async def test_published_on_a_runs_on_b_and_c_and_unpublish_retires_it(mesh: Mes
     a, b, c = mesh.nodes
     published = run_cli(
         "wasm", "publish", str(ECHO_WAT), "--manifest", str(ECHO_TOML),
-        "--authority-key", str(mesh.authority), "--url", a.url,
+        "--authority-key", str(mesh.authority), "--data-dir", str(a.data_dir),
     )  # fmt: skip
     assert published.returncode == 0, published.stderr
     assert "wasm.echo: published" in published.stdout
@@ -219,7 +225,10 @@ def test_a_stranger_signed_manifest_is_refused_on_every_node(mesh: Mesh) -> None
 def test_a_node_without_the_publisher_role_may_not_sign(mesh: Mesh) -> None:
     b = mesh.nodes[1]
     before = counters(b, FAMILY).get("refused_signature", 0)
-    done = run_cli("wasm", "publish", str(ECHO_WAT), "--manifest", str(ECHO_TOML), "--url", b.url)
+    done = run_cli(
+        "wasm", "publish", str(ECHO_WAT), "--manifest", str(ECHO_TOML),
+        "--data-dir", str(b.data_dir),
+    )  # fmt: skip
     assert done.returncode == 1
     assert "publisher role" in done.stderr
     assert counters(b, FAMILY).get("refused_signature", 0) == before + 1
@@ -303,3 +312,101 @@ def test_a_holder_serving_other_bytes_is_passed_over_for_another(mesh: Mesh) -> 
     served = counters(c, FAMILY).get("chunks_served", 0)
     assert served > before[c.node_id].get("chunks_served", 0)
     assert counters(c, FAMILY).get("fetched", 0) == before[c.node_id].get("fetched", 0)
+
+
+def test_publishing_needs_a_token_of_the_publish_zone(mesh: Mesh) -> None:
+    """A module posted here is signed or held by the node and run by every `run = "*"`
+    node: only its owner or a token of `edge.publish_zone` (restricted) may post one."""
+    a = mesh.nodes[0]
+    module = _echo_bytes().replace(b"echo", b"echt")
+    manifest = ECHO_TOML.read_text().replace('"wasm.echo"', '"wasm.gated"')
+    record = _signed(mesh.authority, "wasm.gated", module, a.node_id, manifest)
+    body = {"record": record, "module": base64.b64encode(module).decode()}
+    before = counters(a, FAMILY).get("published", 0)
+
+    status, answer = _post(a, body, token="not-a-configured-token-at-all")
+    assert status == 401 and "bearer token" in answer["error"], answer
+    # No token: a loopback client (a local web page too) gets mcp.loopback_zone, public.
+    status, answer = _post(a, body, token=None)
+    assert status == 403 and "edge.publish_zone" in answer["error"], answer
+    status, answer = _post(a, body, token=PUBLIC_TOKEN)
+    assert status == 403 and "'public'" in answer["error"], answer
+    unpublish = urllib.request.Request(
+        a.url + "/api/wasm/modules/wasm.echo",
+        headers={"Authorization": f"Bearer {PUBLIC_TOKEN}"},
+        method="DELETE",
+    )
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(unpublish, timeout=30)
+    assert denied.value.code == 403
+    assert counters(a, FAMILY).get("published", 0) == before
+    assert _module(a, "wasm.gated") is None
+
+    status, answer = _post(a, body, token=RESTRICTED_TOKEN)
+    assert status == 200 and answer["name"] == "wasm.gated", answer
+    assert counters(a, FAMILY).get("published", 0) == before + 1
+
+
+def test_the_cli_with_url_needs_a_token_of_the_publish_zone(mesh: Mesh, tmp_path: Path) -> None:
+    a = mesh.nodes[0]
+    manifest = tmp_path / "cli.toml"
+    manifest.write_text(ECHO_TOML.read_text().replace('"wasm.echo"', '"wasm.cli"'))
+    publish = (
+        "wasm", "publish", str(ECHO_WAT), "--manifest", str(manifest),
+        "--authority-key", str(mesh.authority), "--url", a.url,
+    )  # fmt: skip
+    for token in ([], ["--token", PUBLIC_TOKEN]):
+        refused = run_cli(*publish, *token)
+        assert refused.returncode == 1, refused.stdout
+        assert "403" in refused.stderr and "edge.publish_zone" in refused.stderr, refused.stderr
+        assert _module(a, "wasm.cli") is None
+    done = run_cli(*publish, "--token", RESTRICTED_TOKEN)
+    assert done.returncode == 0, done.stderr
+    assert "wasm.cli: published" in done.stdout
+
+
+def test_an_oversized_content_length_is_refused_before_the_body_is_read(mesh: Mesh) -> None:
+    """413 on the declared length alone: the node answers though the body never comes."""
+    a = mesh.nodes[0]
+    host, port = a.url.removeprefix("http://").rsplit(":", 1)
+    declared = 8 << 20  # edge.max_module_bytes by default: its base64 is larger still
+    head = (
+        f"POST /api/wasm/modules HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {_owner_token(a)}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared * 2}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head.encode())
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"413", answer[:500]
+    assert b"body over" in rest, answer[:500]
+
+
+def test_a_holder_giving_a_short_chunk_is_passed_over_for_another(mesh: Mesh) -> None:
+    """A's file is cut short (it gives fewer bytes than asked); C holds the module.
+    B counts the short chunk and takes C's bytes at once."""
+    import hashlib
+
+    a, b, c = mesh.nodes
+    module = _echo_bytes().replace(b"echo", b"echs")
+    digest = hashlib.sha256(module).hexdigest()
+    manifest = ECHO_TOML.read_text().replace('"wasm.echo"', '"wasm.short"')
+    record = _signed(mesh.authority, "wasm.short", module, a.node_id, manifest)
+    for node, data in ((a, module[: len(module) // 2]), (c, module)):
+        (node.data_dir / "wasm").mkdir(exist_ok=True)
+        (node.data_dir / "wasm" / f"{digest}.wasm").write_bytes(data)
+    before = counters(b, FAMILY)
+    status, answer = _post(a, {"record": record})
+    assert status == 200, answer
+
+    def loaded() -> bool:
+        return all(_providers(n, "wasm.short") == {b.node_id, c.node_id} for n in (b, c))
+
+    wait_for(loaded, timeout_s=60, what="wasm.short loaded on B and C")
+    now = counters(b, FAMILY)
+    assert now.get("short_chunk", 0) == before.get("short_chunk", 0) + 1, (before, now)
+    assert now.get("refused_hash", 0) == before.get("refused_hash", 0), (before, now)
+    assert (b.data_dir / "wasm" / f"{digest}.wasm").read_bytes() == module

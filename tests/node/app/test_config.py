@@ -56,6 +56,7 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"trust.zones": []}, "trust.zones", "at least one"),
         ({"trust.zones": ["a", "a"]}, "trust.zones", "unique"),
         ({"trust.dev_zone": "nowhere"}, "trust.dev_zone", "not in trust.zones"),
+        ({"edge.publish_zone": "nowhere"}, "edge.publish_zone", "not in trust.zones"),
         ({"envelope.max_bytes": 10}, "envelope.max_bytes", "out of range"),
         (
             {"replication.max_policies_per_issuer": 0},

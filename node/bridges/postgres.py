@@ -13,7 +13,6 @@ every `retry_s`; it picks up again from PostgreSQL's own position.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -105,8 +104,9 @@ class PostgresBridge(Service):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Wait for it without taking its CancelledError as ours: a cancel of `stop`
+            # itself must still reach our caller.
+            await asyncio.wait({task})
         if self._reads:
             # A read in a worker thread cannot be stopped: let it end before the file is
             # closed under it (what it read is read again from PostgreSQL's position).

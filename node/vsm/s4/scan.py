@@ -150,9 +150,24 @@ class EnvironmentScan:
         """One comparison (the loop's body; tests call it directly)."""
         self.scans += 1
         now = self._clock()
-        self._scan_peers(dict(self._inputs.peers()), now)
-        self._scan_tools({k: frozenset(v) for k, v in self._inputs.tools().items()})
-        self._scan_bridges(dict(self._inputs.bridges()), now)
+        peers = dict(self._inputs.peers())
+        tools = {k: frozenset(v) for k, v in self._inputs.tools().items()}
+        bridges = dict(self._inputs.bridges())
+        self._scan_peers(peers, now)
+        self._scan_tools(tools)
+        self._scan_bridges(bridges, now)
+        # What is no longer there (reaped peers, tools gone) is forgotten: the state stays
+        # as large as the mesh is now, whatever its churn.
+        current = {
+            *(f"peer:{n}" for n in peers),
+            *(f"single:{t}" for t in tools),
+            *(f"bridge:{b}" for b in bridges),
+            "kpi:errors",
+            "kpi:latency",
+        }
+        self._raised &= current
+        for key in self._bad_since.keys() - current:
+            del self._bad_since[key]
         errors, p95 = self._inputs.kpis()
         self._once(
             "kpi:errors", errors > self._config.error_ratio, "error_trend", "calls", f"{errors:.0%}"

@@ -101,3 +101,26 @@ async def test_the_scan_runs_as_a_supervised_loop(
     async with scan:
         await async_wait_until(lambda: scan.scans >= 3, what="three scans")
     assert scan.view()["scans"] >= 3
+
+
+async def test_what_is_gone_is_forgotten_whatever_the_churn(
+    stream: tuple[EventStream, list[Event]],
+) -> None:
+    events, _ = stream
+    world = World()
+    scan = EnvironmentScan(
+        world.inputs(),
+        S4Config(degraded_after_s=1.0),
+        events,
+        LoopSupervisor(),
+        clock=lambda: world.now,
+    )
+    for i in range(200):  # peers come, turn suspect, and are reaped
+        world.peers = {"node-b": "alive", f"churn-{i}": "suspect"}
+        world.now += 5.0
+        scan.scan()
+    world.peers = {"node-b": "alive"}
+    scan.scan()
+    # Only what is still there (and the two KPI keys) is remembered.
+    assert scan._bad_since == {}
+    assert scan._raised <= {"peer:node-b", "single:echo", "kpi:errors", "kpi:latency"}

@@ -177,8 +177,14 @@ def test_audit_rows_are_found_by_sql_and_a_tampered_row_by_verify(
     node = _mirrored_node(tmp_path, dsn, nodes, calls=200)
     assert _bridge(node)["state"] == "connected"
 
-    rows, distinct, low, high = _mirrored(dsn, node.node_id)
-    assert rows == distinct == high == _local_head(node) and low == 1
+    # The node keeps writing entries of its own (S3* audits, anchors): poll until the
+    # mirror and the local log agree at one moment.
+    def consistent() -> tuple[int, int, int, int] | None:
+        mirrored = _mirrored(dsn, node.node_id)
+        rows, distinct, low, high = mirrored
+        return mirrored if rows == distinct == high == _local_head(node) and low == 1 else None
+
+    wait_for(consistent, timeout_s=30, what="every local entry mirrored once, from 1")
     # The seeds' columns answer fleet questions in plain SQL (psql, not our code).
     psql = subprocess.run(
         [
@@ -206,11 +212,11 @@ def test_audit_rows_are_found_by_sql_and_a_tampered_row_by_verify(
     key = _sql(dsn, "SELECT public_key FROM audit_nodes WHERE node_id = $1", node.node_id)
     assert len(key) == 1 and len(key[0][0]) == 32
 
+    node.stop()  # no more entries: the mirror stays as it is, the tampering below the only change
+    high = _mirrored(dsn, node.node_id)[3]
     verified = _verify(dsn, node.node_id)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"{high} entries" in verified.stdout
-
-    node.stop()  # no more entries: the tampering below is the only change
     _sql(
         dsn,
         "UPDATE audit_events SET user_id = 'mallory' WHERE node_id = $1 AND seq = 7",

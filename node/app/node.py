@@ -52,7 +52,12 @@ from vsmcp.node.http.status_page import PageHub
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
-from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService, parent_node_id
+from vsmcp.node.peers.service import (
+    MDNS_STATES,
+    MEMBERSHIP_PRESETS,
+    MeshService,
+    parent_node_id,
+)
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
@@ -1507,6 +1512,13 @@ class Node(Service):
             "budget",
             mesh.transport.link_counts,
             known=("peer", "candidate"),
+        )
+        self.metrics.add_gauges(
+            "vsmcp_mdns_state",
+            "This node's mDNS service: 1 for its state (off, registering, registered, failed)",
+            "state",
+            lambda: {state: int(state == mesh.mdns_state) for state in MDNS_STATES},
+            known=MDNS_STATES,
         )
         self.metrics.add_counters(
             "vsmcp_mesh_hellos",

@@ -192,7 +192,7 @@ class Node(Service):
         vsm = config.vsm
         self.events = EventStream()
         self._event_counts: Counter[str] = Counter()
-        self._tool_calls = ToolCallMetrics(self.metrics.registry)
+        self._tool_calls = ToolCallMetrics(self.metrics)
         self.events.subscribe("metrics", self._count_events, capacity=vsm.event_buffer)
         # The status page's feed (`/api/stream`) and recent events (`/api/events`).
         self.page = PageHub(self.events, max_clients=config.http.max_page_clients)
@@ -378,8 +378,7 @@ class Node(Service):
             self._wasm_distribution(identity, catalog, mesh, replication)
         )
         self._started_monotonic = time.monotonic()
-        self.metrics.start_time.set(time.time())
-        self.metrics.up.set(1)
+        self.metrics.set_up(True, start_time=time.time())
         _write_runtime_file(data_dir / RUNTIME_FILE_NAME, self.runtime_info())
         stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
         # First thing at shutdown (the stack unwinds backwards): calls in flight end with
@@ -1086,7 +1085,7 @@ class Node(Service):
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        self.metrics.up.set(0)
+        self.metrics.set_up(False)
         await stack.aclose()
         log.info("node stopped")
 

@@ -4,9 +4,11 @@
 
 Starts real `vsmcpd --dev` processes one at a time on a free HTTP port and measures:
 start to healthy (from spawning the process to the first `GET /healthz` answering 200),
-start to ready (to the `vsmcpd ready` line on stdout), then, `--settle` seconds after
-ready, from /proc: VmRSS, its anonymous and file-backed parts, and PSS (the file-backed
-pages, shared libraries, counted once per process sharing them) and private memory.
+start to ready (to the `vsmcpd ready` line on stdout), the CPU time the process used until
+healthy (user + system: what start costs, whatever else the machine runs), then,
+`--settle` seconds after ready, from /proc: VmRSS, its anonymous and file-backed parts,
+and PSS (the file-backed pages, shared libraries, counted once per process sharing them)
+and private memory.
 
 Variants: as a new user (mDNS on), without mDNS (`--no-mdns`, as the other benchmarks),
 and with the standard asyncio event loop instead of uvloop (`node.event_loop`).
@@ -39,7 +41,8 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "vsmcpd --dev --no-mdns": (["--no-mdns"], ""),
     "--no-mdns, asyncio loop": (["--no-mdns"], '[node]\nevent_loop = "asyncio"\n'),
 }
-FIELDS = ("start_to_healthy_s", "start_to_ready_s", "rss", "anon", "file", "pss", "private")
+FIELDS = ("start_to_healthy_s", "cpu_to_healthy_s", "start_to_ready_s")
+FIELDS += ("rss", "anon", "file", "pss", "private")
 
 
 def _free_port() -> int:
@@ -62,6 +65,12 @@ def _kb(path: str, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _memory_kb(pid: int) -> dict[str, int]:
@@ -95,6 +104,7 @@ def measure(base: Path, args: list[str], config: str, settle: float) -> dict[str
                 raise RuntimeError(f"vsmcpd did not become healthy: {cmd}")
             time.sleep(POLL_S)
         healthy = time.perf_counter() - started
+        cpu = _cpu_s(proc.pid)
         assert proc.stdout is not None
         while not proc.stdout.readline().startswith(b"vsmcpd ready"):
             if proc.poll() is not None:
@@ -105,7 +115,12 @@ def measure(base: Path, args: list[str], config: str, settle: float) -> dict[str
     finally:
         proc.terminate()
         proc.wait(timeout=15)
-    return {"start_to_healthy_s": healthy, "start_to_ready_s": ready, **memory}
+    return {
+        "start_to_healthy_s": healthy,
+        "cpu_to_healthy_s": cpu,
+        "start_to_ready_s": ready,
+        **memory,
+    }
 
 
 def main() -> None:
@@ -124,16 +139,16 @@ def main() -> None:
                 results[name].append(measure(base, flags, config, args.settle))
     print(f"machine: {machine()}; {args.runs} runs, {args.settle:g} s idle; medians\n")
     print(
-        "| node | start to healthy | start to ready | RSS | anon | file | PSS | private |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "| node | start to healthy | CPU to healthy | start to ready "
+        "| RSS | anon | file | PSS | private |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     for name, runs in results.items():
         med = {f: statistics.median(r[f] for r in runs) for f in FIELDS}
         mib = [f"{med[f] / 1024:.1f} MiB" for f in ("rss", "anon", "file", "pss", "private")]
         print(
-            f"| {name} | {med['start_to_healthy_s']:.2f} s | {med['start_to_ready_s']:.2f} s | "
-            + " | ".join(mib)
-            + " |"
+            f"| {name} | {med['start_to_healthy_s']:.2f} s | {med['cpu_to_healthy_s']:.2f} s | "
+            f"{med['start_to_ready_s']:.2f} s | " + " | ".join(mib) + " |"
         )
 
 

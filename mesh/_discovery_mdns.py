@@ -244,18 +244,24 @@ class MdnsDiscovery(Service):
     def running(self) -> bool:
         return self._running
 
-    async def start(self) -> None:
-        """Open sockets, register our service (probing for conflicts), start browsing."""
+    async def start(self, *, register: bool = True) -> None:
+        """Open sockets, start browsing and register our service (probing for conflicts).
+
+        `register=False` leaves the registration to a later `register()`: browsing starts
+        at once, and the caller need not wait for the probe (≈1.1 s) to be up.
+        """
         if self._running:
             return
         self._running = True
         try:
-            await self._start()
+            await self._open()
+            if register:
+                await self.register()
         except BaseException:
             await self.stop()
             raise
 
-    async def _start(self) -> None:
+    async def _open(self) -> None:
         version = _IP_VERSIONS[self._ip_version] if self._ip_version else None
         try:
             if self._interfaces is None:
@@ -267,16 +273,28 @@ class MdnsDiscovery(Service):
         self._browser = AsyncServiceBrowser(
             self._aiozc.zeroconf, [SERVICE_TYPE], handlers=[self._on_state_change]
         )
+
+    async def register(self) -> None:
+        """Advertise our service; MdnsError ("name_conflict") if another node holds the name.
+
+        Probing (conflict detection: a random 150–250 ms, then three probes 500 ms apart)
+        is awaited. The announcements that follow (the first at once, then two more
+        225 ms apart) are not: the node is reachable before the last one. Cancelling
+        during the probe leaves nothing registered, so nothing to say goodbye for.
+        """
+        if self._aiozc is None:
+            raise MdnsError("mDNS is not started", "not_started")
         try:
-            # Probing (conflict detection, ≈0.5–0.8 s) is awaited: a name in use is a
-            # start error. The announcements that follow (the first at once, then two
-            # more 225 ms apart) are not: the node is reachable before the last one.
             announcing = await self._aiozc.async_register_service(self._service_info())
-            self._announcing = asyncio.ensure_future(announcing)
         except NonUniqueNameException as exc:
             raise MdnsError(
                 f"mDNS name {self.service_name!r} is already in use", "name_conflict"
             ) from exc
+        future = asyncio.ensure_future(announcing)
+        if not self._running:  # stopped while probing: no announcements to a closed socket
+            future.cancel()
+            return
+        self._announcing = future
 
     async def stop(self) -> None:
         """Send goodbyes, stop browsing and close sockets. Idempotent."""

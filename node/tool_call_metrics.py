@@ -8,9 +8,13 @@ the label is bounded: calls to unknown tools share one label value, and past
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram
+from typing import TYPE_CHECKING
 
+from vsmcp.node.metrics import NodeMetrics
 from vsmcp.node.vsm.events import ToolCallFinished
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Histogram
 
 NAME = "vsmcp_tool_call_duration_seconds"
 # From a local echo (well under 1 ms) to the longest tool timeouts.
@@ -21,7 +25,17 @@ OTHER_TOOLS = "(other)"
 
 
 class ToolCallMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """The histogram lives in the node's registry, built at the first scrape or call."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self._metrics = metrics
+        self._histogram: Histogram | None = None
+        self._tools: set[str] = set()
+        metrics.on_registry(self._create)
+
+    def _create(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Histogram
+
         self._histogram = Histogram(
             NAME,
             "Duration of tool calls that ended on this node (as entry or provider), by tool "
@@ -30,10 +44,12 @@ class ToolCallMetrics:
             buckets=BUCKETS_S,
             registry=registry,
         )
-        self._tools: set[str] = set()
 
     def observe(self, event: ToolCallFinished) -> None:
         tool = self._label(event)
+        if self._histogram is None:
+            self._metrics.build()  # which calls _create
+        assert self._histogram is not None
         self._histogram.labels(tool, event.outcome).observe(event.latency_ms / 1000)
 
     def _label(self, event: ToolCallFinished) -> str:

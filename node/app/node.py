@@ -53,7 +53,12 @@ from vsmcp.node.http.status_page import PageHub
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
-from vsmcp.node.peers.service import MEMBERSHIP_PRESETS, MeshService, parent_node_id
+from vsmcp.node.peers.service import (
+    MDNS_STATES,
+    MEMBERSHIP_PRESETS,
+    MeshService,
+    parent_node_id,
+)
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
@@ -188,7 +193,7 @@ class Node(Service):
         vsm = config.vsm
         self.events = EventStream()
         self._event_counts: Counter[str] = Counter()
-        self._tool_calls = ToolCallMetrics(self.metrics.registry)
+        self._tool_calls = ToolCallMetrics(self.metrics)
         self.events.subscribe("metrics", self._count_events, capacity=vsm.event_buffer)
         # The status page's feed (`/api/stream`) and recent events (`/api/events`).
         self.page = PageHub(self.events, max_clients=config.http.max_page_clients)
@@ -390,8 +395,7 @@ class Node(Service):
         if self.config.vsm.alert_telegram_chat:
             await self._start_alert_relay(stack, identity, tools)
         self._started_monotonic = time.monotonic()
-        self.metrics.start_time.set(time.time())
-        self.metrics.up.set(1)
+        self.metrics.set_up(True, start_time=time.time())
         _write_runtime_file(data_dir / RUNTIME_FILE_NAME, self.runtime_info())
         stack.callback(_remove, data_dir / RUNTIME_FILE_NAME)
         # First thing at shutdown (the stack unwinds backwards; only the children stop
@@ -1108,7 +1112,7 @@ class Node(Service):
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        self.metrics.up.set(0)
+        self.metrics.set_up(False)
         await stack.aclose()
         log.info("node stopped")
 
@@ -1534,6 +1538,13 @@ class Node(Service):
             "budget",
             mesh.transport.link_counts,
             known=("peer", "candidate"),
+        )
+        self.metrics.add_gauges(
+            "vsmcp_mdns_state",
+            "This node's mDNS service: 1 for its state (off, registering, registered, failed)",
+            "state",
+            lambda: {state: int(state == mesh.mdns_state) for state in MDNS_STATES},
+            known=MDNS_STATES,
         )
         self.metrics.add_counters(
             "vsmcp_mesh_hellos",

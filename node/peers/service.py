@@ -37,7 +37,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -117,6 +117,9 @@ MAX_HELLOS_IN_FLIGHT = 16
 MAX_MDNS_BACKLOG = 256
 MAX_MDNS_HELLO_LOOPS = 16
 MDNS_HELLO_INTERVAL_S = 0.1
+# Our own mDNS service: off, or registering in the background, registered, failed.
+MdnsState = Literal["off", "registering", "registered", "failed"]
+MDNS_STATES: tuple[MdnsState, ...] = get_args(MdnsState)
 # Backoff states of peers not admitted (yet): the oldest idle one goes beyond this.
 MAX_HELLO_BACKOFFS = 4096
 MAX_HELLO_BYTES = 16 << 10
@@ -302,6 +305,9 @@ class MeshService(Service):
         self._membership: Membership | None = None
         self._discovery: Discovery | None = None
         self._mdns: MdnsDiscovery | None = None
+        self._mdns_registration: asyncio.Task[None] | None = None
+        # Off, or how registering our mDNS service went (MDNS_STATES).
+        self.mdns_state: MdnsState = "off"
         self._inbound: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(INBOUND_QUEUE_FRAMES)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -377,6 +383,11 @@ class MeshService(Service):
         return self._sealer.seal(MsgType.HELLO, self._hello_payload(), msg_id=nonce)
 
     async def _start_mdns(self) -> None:
+        """Browse at once; register (zeroconf's ≈1.1 s probe) in the background.
+
+        The node is healthy and finds peers (mDNS, seeds, gossip) without waiting for the
+        probe; `mdns_state` (and the vsmcp_mdns_state metric) tells how registration went.
+        """
         assert self._meta is not None and self._discovery is not None
         interfaces = ["127.0.0.1"] if is_loopback_host(self._host) else None
         mdns = MdnsDiscovery(
@@ -391,11 +402,25 @@ class MeshService(Service):
             advertise_addresses=[self._host] if interfaces else None,
         )
         try:
-            await mdns.start()
+            await mdns.start(register=False)
         except MeshError as e:
+            self.mdns_state = "failed"
             log.warning("mDNS unavailable, continuing with seeds and gossip: %s", e)
             return
         self._mdns = mdns
+        self.mdns_state = "registering"
+        self._mdns_registration = self._spawn(self._register_mdns(mdns), "mesh-mdns-register")
+
+    async def _register_mdns(self, mdns: MdnsDiscovery) -> None:
+        registered = False
+        try:
+            await mdns.register()
+            registered = True
+        except MeshError as e:
+            # Still browsing: this node finds others; they find it by seeds and gossip.
+            log.warning("mDNS registration failed, others find us by seeds and gossip: %s", e)
+        finally:
+            self.mdns_state = "registered" if registered else "failed"
 
     def _offer_candidate(self, candidate: Candidate) -> None:
         if self._discovery is not None:
@@ -415,6 +440,10 @@ class MeshService(Service):
             self._carry_out(membership.leave(time.monotonic()))
             # Let the Left spread a little: the transport sends from its own queues.
             await asyncio.sleep(LEAVE_SPREAD_S)
+        registration, self._mdns_registration = self._mdns_registration, None
+        if registration is not None:  # still probing: end it before closing the sockets
+            registration.cancel()
+            await asyncio.gather(registration, return_exceptions=True)
         if self._mdns is not None:
             await self._mdns.stop()
         if self._whois is not None:

@@ -24,6 +24,8 @@ LAZY_MODULES = (
     "vsmcp.node.vsm.s4.matcher",
     "vsmcp.node.vsm.s4.arguments",
     "vsmcp.node.vsm.s4.llm",
+    # The Prometheus registry: at the first scrape or tool call.
+    "vsmcp.node.metrics_collectors",
 )
 LAZY_PACKAGES = (
     "mcp",
@@ -34,6 +36,7 @@ LAZY_PACKAGES = (
     "jsonschema",
     "wasmtime",
     "anthropic",
+    "prometheus_client",
 )
 
 

@@ -41,6 +41,14 @@ def _indirect_probes(node: NodeProcess) -> int:
     return counters(node, "vsmcp_membership_events").get("indirect_probes", 0)
 
 
+def _mdns_state(node: NodeProcess) -> str:
+    """The state whose `vsmcp_mdns_state` gauge is 1 (registration runs after healthy)."""
+    text = node.get("/metrics")[1].decode()
+    states = re.findall(r'^vsmcp_mdns_state\{state="(\w+)"\} 1\.0$', text, re.MULTILINE)
+    assert len(states) == 1, states
+    return states[0]
+
+
 def _all_alive(group: list[NodeProcess]) -> dict[str, str]:
     return {n.node_id: "alive" for n in group}
 
@@ -51,6 +59,12 @@ def test_five_nodes_find_each_other_by_mdns_then_dead_zombie_and_recovery(
     config = _config(tmp_path)
     group = _start(tmp_path, nodes, 5, "--config", str(config))
     wait_mesh_states(group, _all_alive(group))
+    for node in group:
+        wait_for(
+            lambda node=node: _mdns_state(node) == "registered",
+            timeout_s=30,
+            what=f"{node.node_id} registering its mDNS service",
+        )
     # Gossip can make a member alive here before its HELLO has been admitted: wait for both.
     for node in group:
         wait_for(
@@ -92,6 +106,7 @@ def test_five_nodes_find_each_other_through_one_seed_without_mdns(
     group = [first, *others]
     # Each of the others knows only the seed: the rest it learns by gossip.
     wait_mesh_states(group, _all_alive(group))
+    assert {_mdns_state(node) for node in group} == {"off"}
 
 
 def test_a_dead_node_is_forgotten_after_the_reap_time_and_rejoins_when_restarted(

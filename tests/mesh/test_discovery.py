@@ -251,6 +251,41 @@ async def test_a_stop_right_after_start_ends_the_announcements(loopback_mdns: No
     assert left == set()
 
 
+@pytest.mark.usefixtures("loopback_mdns")
+async def test_a_node_browses_before_it_registers() -> None:
+    # start(register=False) is how a node starts: browsing at once, the probe later.
+    a, b = Node(), Node()
+    async with AsyncExitStack() as stack:
+        await start_nodes(stack, [a])
+        stack.push_async_callback(b.mdns.stop)
+        await b.mdns.start(register=False)
+        await async_wait_until(
+            lambda: a.node_id in b.rec.found,
+            what="b (not registered) to find a",
+            timeout_s=DEADLINE_S,
+        )
+        assert b.node_id not in a.rec.found  # b has not advertised yet
+        await b.mdns.register()
+        await async_wait_until(
+            lambda: b.node_id in a.rec.found,
+            what="a to find b once registered",
+            timeout_s=DEADLINE_S,
+        )
+
+
+async def test_a_stop_during_the_probe_leaves_no_task_behind(loopback_mdns: None) -> None:
+    node = Node()
+    before = asyncio.all_tasks()
+    await node.mdns.start(register=False)
+    registering = asyncio.create_task(node.mdns.register())
+    await asyncio.sleep(0)  # the probe has begun
+    registering.cancel()
+    await asyncio.gather(registering, return_exceptions=True)
+    await node.mdns.stop()
+    left = {t for t in asyncio.all_tasks() - before if not t.done()}
+    assert left == set()
+
+
 # -- malformed records ----------------------------------------------------------------
 
 

@@ -411,10 +411,12 @@ class MqttBridge:
     def _room_for_telemetry(self) -> bool:
         """Reading pauses while the stream's buffers have little room for telemetry
         (the pattern engine behind): counted, so that a stalled consumer shows."""
-        # Half the smallest buffer when one is smaller than READ_ROOM: a subscriber with
-        # a small buffer must slow the intake, not stop it for good.
+        # A subscriber whose whole buffer is smaller than READ_ROOM: half of it, so that
+        # it slows the intake instead of stopping it for good.
         events = self._ctx.events
-        ready = events.room(Telemetry) >= min(READ_ROOM, events.capacity(Telemetry) // 2)
+        smallest = events.capacity(Telemetry)
+        need = READ_ROOM if smallest > READ_ROOM else smallest // 2
+        ready = events.room(Telemetry) >= need
         if not ready and self._telemetry_ready:
             self._counters["telemetry_pauses"] += 1
         self._telemetry_ready = ready

@@ -82,6 +82,22 @@ async def test_chunks_become_events_and_reading_pauses_while_the_stream_is_full(
     assert bridge._room_for_telemetry() is True
 
 
+async def test_a_subscriber_with_a_small_buffer_slows_the_intake_but_never_stops_it(
+    tmp_path: Path,
+) -> None:
+    from vsmcp.node.bridges.mqtt_wire import Publish
+
+    events = EventStream()
+    events.subscribe("small", lambda batch: None, capacity=100, kinds=[Telemetry])
+    bridge = _bridge(tmp_path, events)
+    assert bridge._room_for_telemetry() is True  # 100 free: more than half of it
+    bridge._on_publishes([Publish("vsmcp/telemetry/pump-1/cpu", b"1", 0, 0, False, False)] * 51)
+    assert bridge._room_for_telemetry() is False  # 49 free: under half
+    (small,) = events.subscribers()
+    small.buffer.clear()
+    assert bridge._room_for_telemetry() is True
+
+
 def test_the_bridge_is_connected_only_with_its_telemetry_connection(tmp_path: Path) -> None:
     bridge = _bridge(tmp_path, EventStream())
     bridge._status.state = "connected"  # the main connection is up

@@ -68,6 +68,9 @@ NAME: Final = "telegram"
 SEND_TOOL: Final = "telegram.send"
 UNIT_NAME: Final = "bridge-telegram"
 PAIN_SOURCE: Final = "bridge:telegram"
+# Commands that only read (help, the history itself): not turns of the conversation, so
+# asking for the history does not push the turns it should show out of its window.
+UNRECORDED_COMMANDS: Final = frozenset({"/history", "/help", "/start"})
 KV_OFFSET: Final = "telegram_offset"
 MAX_HANDLERS: Final = 16
 # A chat's message longer than Telegram allows is not one Telegram sent.
@@ -350,7 +353,9 @@ class TelegramBridge:
         if not text.strip():
             return help_text(zone, self._context.planner is not None)
         reply = await self._answer(chat_id, zone, text)
-        self.conversations.record(chat_id, text, reply, self._context.node_name)
+        # What the chat asked the mesh is the conversation; reading it back is not.
+        if parse_command(text).name not in UNRECORDED_COMMANDS:
+            self.conversations.record(chat_id, text, reply, self._context.node_name)
         return reply
 
     def _call_context(self, chat_id: int, zone: str) -> CallContext:

@@ -46,7 +46,7 @@ target = "tests.integration.plugin_tools:add"
 )
 
 
-def _bridge_config(api_base: str) -> str:
+def _bridge_config(api_base: str, *, rate_per_s: float = 1.0, burst: int = 5) -> str:
     return (
         COMMON
         + f"""
@@ -55,6 +55,8 @@ token_env = "{TOKEN_ENV}"
 api_base = "{api_base}"
 chats = {{ "{OPS_CHAT}" = "ops", "{PUBLIC_CHAT}" = "public" }}
 poll_timeout_s = 5
+rate_per_s = {rate_per_s}
+burst = {burst}
 """
     )
 
@@ -176,8 +178,11 @@ def test_a_conversation_continues_on_another_bridge_node(
     # Two bridge nodes, each polling its own fake (one bot cannot be polled twice): the
     # chat's turns on the first reach the second through the replicated context graph.
     with ThreadedFakeTelegram() as other:
-        first = _start(tmp_path, nodes, "first", _bridge_config(telegram.base_url))
-        second = _start(tmp_path, nodes, "second", _bridge_config(other.base_url))
+        # The test asks /history until the turn has replicated: no per-chat rate limit
+        # may stand in its way (it would answer "slow down", then nothing).
+        fast = {"rate_per_s": 1000.0, "burst": 1000}
+        first = _start(tmp_path, nodes, "first", _bridge_config(telegram.base_url, **fast))
+        second = _start(tmp_path, nodes, "second", _bridge_config(other.base_url, **fast))
         for node in (first, second):
             node.wait_ready()
         wait_mesh_states([first, second], {n.node_id: "alive" for n in (first, second)})

@@ -249,9 +249,14 @@ async def test_the_conversation_continues_across_a_restart(
     async with Node(_config(tmp_path, fake)) as node:
         (history,) = await _ask(fake, OPS_CHAT, "/history")
         assert "/call echo text=remember-me" in history and "→ remember-me" in history
-        # The chat's turns are a causal chain in the context graph.
+        assert await _ask(fake, OPS_CHAT, "/call echo text=again") == ["again"]
+        # The chat's turns are a causal chain in the context graph; reading the history
+        # back is not a turn of it.
         turns = _bridge(node).conversations.history(OPS_CHAT)
-        assert len(turns) == 2
+        assert [t["asked"] for t in turns] == [
+            "/call echo text=remember-me",
+            "/call echo text=again",
+        ]
         graph = _bridge(node).context.state.graph
         assert graph.get(turns[1]["id"]).parents == [turns[0]["id"]]
         # The first message was answered once: the offset survived the restart too.

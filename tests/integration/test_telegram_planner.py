@@ -51,6 +51,10 @@ token_env = "{token_env}"
 api_base = "{api_base}"
 chats = {{ "{chat}" = "public" }}
 poll_timeout_s = 5
+# The test asks again until the other node's tool has replicated: no per-chat rate limit
+# may stand in its way (it would answer "slow down", then nothing).
+rate_per_s = 1000.0
+burst = 1000.0
 [llm]
 api_key_env = "{key_env}"
 base_url = "http://127.0.0.1:{llm_port}"

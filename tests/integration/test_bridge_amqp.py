@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import NodeProcess, call_tool, run_daemon
-from tests.polling import async_wait_until, wait_for
+from tests.polling import async_wait_for, async_wait_until, wait_for
 from tests.skips import require_rabbitmq, skip_or_fail
 from vsmcp.node.mcp.protocol import INVALID_PARAMS, PARSE_ERROR, TOO_LARGE, ZONE_DENIED
 
@@ -219,12 +219,9 @@ async def test_bad_input_is_answered_or_dead_lettered_never_redelivered(
                 return True
         return False
 
-    found = False
-    for _ in range(500):
-        if found := await dead_lettered():
-            break
-        await asyncio.sleep(0.02)
-    assert found, "the call without reply_to is not in vsmcp.dead"
+    await async_wait_for(
+        dead_lettered, timeout_s=10, what="the call without reply_to in vsmcp.dead"
+    )
 
     # Still serving, and nothing came back for another round.
     fine = await caller.answer(await caller.send(queue, _call("echo", {"text": "ok"}, 9)))

@@ -8,7 +8,6 @@ bot cannot be polled twice), through aiogram pointed at it by `api_base`."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from tests.fakes.anthropic_api import API_KEY, FakeAnthropic, echo_results, reply, tool_use_block
 from tests.fakes.telegram_api import TOKEN, ThreadedFakeTelegram
 from tests.integration.harness import NodeProcess, wait_mesh_states
-from tests.integration.test_planner import _assert_tokyo_now, _free_port
+from tests.integration.test_planner import A_CONFIG, _assert_tokyo_now, _free_port
 from tests.polling import async_wait_for
 from tests.skips import require_module
 
@@ -27,19 +26,6 @@ CHAT = 4242
 TOKYO = "what time is it in Tokyo?"
 TOKEN_ENV = "VSMCP_TEST_TELEGRAM_TOKEN"
 KEY_ENV = "VSMCP_TELEGRAM_PLANNER_KEY"
-
-TIME_SERVER = f"""
-[mesh]
-preset = "local"
-[node]
-debug_api = true
-[tools]
-entry_points = false
-[[tools.mounts]]
-name = "time"
-command = "{sys.executable}"
-args = ["-m", "mcp_server_time", "--local-timezone", "UTC"]
-"""
 
 BRIDGE = """
 [mesh]
@@ -111,7 +97,7 @@ async def test_tokyo_time_in_a_telegram_chat_with_the_llm_and_offline(
         )
 
     with ThreadedFakeTelegram() as llm_chat, ThreadedFakeTelegram() as offline_chat:
-        time_server = _start(tmp_path, nodes, "time", TIME_SERVER)
+        time_server = _start(tmp_path, nodes, "time", A_CONFIG)
         with_llm = _start(
             tmp_path,
             nodes,

@@ -1015,6 +1015,7 @@ class Node(Service):
             seeds=mesh_cfg.seeds,
             mdns=mesh_cfg.mdns,
             mesh_name=mesh_cfg.name,
+            node_name=self.config.node.name,
             preset=mesh_cfg.preset,
             dead_reap_after_s=mesh_cfg.dead_reap_after_s,
             left_reap_after_s=mesh_cfg.left_reap_after_s,

@@ -900,7 +900,12 @@ class MeshCatalog(Service):
     ) -> ToolResult:
         """The call on the node `pin` names, and nowhere else (no failover)."""
         node_id = resolve_pin(
-            pin, name, self_id=self._node_id, self_name=self.node_name, known=self._mesh.peers
+            pin,
+            name,
+            self_id=self._node_id,
+            self_name=self.node_name,
+            known=self._mesh.peers,
+            names=self._mesh.peer_names(),
         )
         if node_id == self._node_id:
             local = self._running_local(name)

@@ -83,6 +83,8 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"http.host": "[::1]"}, "http.host", "not an IP address or a host name"),
         ({"mesh.host": "-bad-.example"}, "mesh.host", "not an IP address or a host name"),
         ({"mesh.host": "a" * 254}, "mesh.host", "not an IP address or a host name"),
+        ({"node.name": "n" * 65}, "node.name", "at most 64 characters"),
+        ({"node.name": "two\nlines"}, "node.name", "no control characters"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragment: str) -> None:

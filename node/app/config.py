@@ -392,6 +392,7 @@ MAX_IMMUNE_TTL_S = 7 * 86_400.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # node.name travels in the node's signed membership record (its 512-byte metadata).
 MAX_NODE_NAME_CHARS = 64
+MAX_LISTED_TOOLS = 100_000
 _NODE_NAME = re.compile(rf"[^\x00-\x1f\x7f]{{0,{MAX_NODE_NAME_CHARS}}}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
@@ -503,6 +504,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("node.event_loop", "uvloop is not installed (pip install uvloop)")
     if not _MESH_NAME.fullmatch(config.mesh.name):
         raise ConfigError("mesh.name", "1 to 64 characters from A-Z a-z 0-9 . _ -")
+    listed = config.mcp.max_listed_tools
+    if listed != 0 and not 2 <= listed <= MAX_LISTED_TOOLS:
+        raise ConfigError(
+            "mcp.max_listed_tools",
+            f"{listed} is out of range: 0 (off) or 2..{MAX_LISTED_TOOLS} "
+            "(room for vsm.find_tools and a tool)",
+        )
     if not _NODE_NAME.fullmatch(config.node.name):
         raise ConfigError(
             "node.name", f"at most {MAX_NODE_NAME_CHARS} characters, no control characters"

@@ -390,10 +390,11 @@ MAX_TIMEOUT_S = 3600.0
 MIN_PATTERNS_POLL_S = 0.1
 MAX_IMMUNE_TTL_S = 7 * 86_400.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# node.name travels in the node's signed membership record (its 512-byte metadata).
-MAX_NODE_NAME_CHARS = 64
+# node.name travels in the node's signed membership record, whose metadata (host, ports,
+# certificate fingerprint, name) must fit in 512 bytes (mesh/_membership_wire.py).
+MAX_NODE_NAME_BYTES = 64
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 MAX_LISTED_TOOLS = 100_000
-_NODE_NAME = re.compile(rf"[^\x00-\x1f\x7f]{{0,{MAX_NODE_NAME_CHARS}}}")
 _SECTIONS = tuple(Config.__struct_fields__)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
 _MAX_HOST_NAME_CHARS = 253
@@ -511,9 +512,10 @@ def _validate(config: Config) -> None:
             f"{listed} is out of range: 0 (off) or 2..{MAX_LISTED_TOOLS} "
             "(room for vsm.find_tools and a tool)",
         )
-    if not _NODE_NAME.fullmatch(config.node.name):
+    name = config.node.name
+    if len(name.encode()) > MAX_NODE_NAME_BYTES or _CONTROL_CHARS.search(name):
         raise ConfigError(
-            "node.name", f"at most {MAX_NODE_NAME_CHARS} characters, no control characters"
+            "node.name", f"at most {MAX_NODE_NAME_BYTES} bytes in UTF-8, no control characters"
         )
     if config.node.dev and not is_loopback_host(config.mesh.host):
         # A self-certified node admits self-certified peers; only loopback keeps that

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgspec
 
+from vsmcp.mesh._membership_wire import MAX_META_BYTES
+from vsmcp.node.app.config import MAX_NODE_NAME_BYTES
 from vsmcp.node.peers.service import PeerMeta, decode_meta, peer_name
 
 
@@ -31,3 +33,10 @@ def test_an_older_node_reads_a_record_with_a_name() -> None:
     meta = decode_meta(new)
     assert meta is not None and meta.name == "alpha"
     assert peer_name("n" * 32, meta) == "alpha"
+
+
+def test_the_largest_record_fits_in_a_membership_message() -> None:
+    """Host names up to 253 characters, the longest node.name config allows: the record
+    must fit the membership wire's metadata cap, or peers could not read our Alive."""
+    largest = PeerMeta("h" * 253, 65535, 65535, "f" * 64, "\u00fc" * (MAX_NODE_NAME_BYTES // 2))
+    assert len(msgspec.msgpack.encode(largest)) <= MAX_META_BYTES

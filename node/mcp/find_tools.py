@@ -15,6 +15,7 @@ list, not a tool of any unit): it is not audited, rate limited or routed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -91,10 +92,10 @@ class ToolFinder:
             return list(tools)
         return [FIND_TOOLS_SPEC, *tools[: self.max_listed - 1]]
 
-    def find(self, tools: Sequence[ToolSpec], arguments: Mapping[str, Any]) -> ToolResult:
+    async def find(self, tools: Sequence[ToolSpec], arguments: Mapping[str, Any]) -> ToolResult:
         """`vsm.find_tools`' answer over `tools` (what the caller may call)."""
         query, limit = _parse(arguments)
-        found = self._index(tools).search(query, limit)
+        found = (await self._index(tools)).search(query, limit)
         answer = {"tools": [spec.to_mcp() for spec, _ in found], "total": len(tools)}
         return {
             "content": [{"type": "text", "text": json.dumps(answer)}],
@@ -102,7 +103,7 @@ class ToolFinder:
             "isError": False,
         }
 
-    def _index(self, tools: Sequence[ToolSpec]) -> ToolIndex:
+    async def _index(self, tools: Sequence[ToolSpec]) -> ToolIndex:
         # The catalog hands out the same spec objects while its tool set stands still;
         # the cached index holds them, so their ids cannot be reused meanwhile.
         key = tuple(id(spec) for spec in tools)
@@ -113,7 +114,8 @@ class ToolFinder:
         # Imported at the first search: most nodes never need the index.
         from vsmcp.node.vsm.s4.matcher import ToolIndex
 
-        index = self._indexes[key] = ToolIndex(tools)
+        # Built off the event loop: over a thousand tools it takes a tenth of a second or more.
+        index = self._indexes[key] = await asyncio.to_thread(ToolIndex, list(tools))
         if len(self._indexes) > MAX_CACHED_INDEXES:
             self._indexes.popitem(last=False)
         return index

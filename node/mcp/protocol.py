@@ -420,7 +420,7 @@ class McpCore:
             if pin is not None or priority != ctx.priority:
                 ctx = replace(ctx, pinned_node=pin, priority=priority)
             if self.finder is not None and name == FIND_TOOLS:
-                result = dict(self.finder.find(self.catalog.list_tools(ctx), arguments))
+                result = dict(await self.finder.find(self.catalog.list_tools(ctx), arguments))
             else:
                 result = dict(await self.catalog.call_tool(name, arguments, ctx))
             if modern:

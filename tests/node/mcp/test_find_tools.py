@@ -47,28 +47,30 @@ def test_the_list_is_whole_up_to_the_threshold_then_short() -> None:
     assert short[0].input_schema["required"] == ["query"]
 
 
-def test_a_search_ranks_the_matching_tools_first_with_their_schemas() -> None:
+async def test_a_search_ranks_the_matching_tools_first_with_their_schemas() -> None:
     finder = ToolFinder(5)
-    result = finder.find(TOOLS, {"query": "will it rain in Paris tomorrow? weather"})
+    result = await finder.find(TOOLS, {"query": "will it rain in Paris tomorrow? weather"})
     assert _found(result) == ["weather.forecast"]  # the fillers share no word with it
     (tool,) = result["structuredContent"]["tools"]
     assert tool["inputSchema"] == WEATHER.input_schema
     assert result["structuredContent"]["total"] == len(TOOLS)
     assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
-    assert _found(finder.find(TOOLS, {"query": "convert timezones"}))[0] == "time.convert_time"
-    assert _found(finder.find(TOOLS, {"query": "quantum chromodynamics"})) == []
+    assert _found(await finder.find(TOOLS, {"query": "convert timezones"}))[0] == (
+        "time.convert_time"
+    )
+    assert _found(await finder.find(TOOLS, {"query": "quantum chromodynamics"})) == []
 
 
-def test_the_limit_caps_the_answer() -> None:
-    found = _found(ToolFinder(5).find(TOOLS, {"query": "does nothing", "limit": 3}))
+async def test_the_limit_caps_the_answer() -> None:
+    found = _found(await ToolFinder(5).find(TOOLS, {"query": "does nothing", "limit": 3}))
     assert found == ["fill.tool_000", "fill.tool_001", "fill.tool_002"]  # ties: by name
 
 
-def test_the_index_is_built_once_per_tool_set() -> None:
+async def test_the_index_is_built_once_per_tool_set() -> None:
     finder = ToolFinder(5)
-    first = finder._index(TOOLS)
-    assert finder._index(list(TOOLS)) is first  # the same specs: the same index
-    assert finder._index(TOOLS[:-1]) is not first
+    first = await finder._index(TOOLS)
+    assert await finder._index(list(TOOLS)) is first  # the same specs: the same index
+    assert await finder._index(TOOLS[:-1]) is not first
 
 
 @pytest.mark.parametrize(
@@ -84,11 +86,11 @@ def test_the_index_is_built_once_per_tool_set() -> None:
         ({"query": "x", "extra": 1}, "extra"),
     ],
 )
-def test_bad_arguments_are_refused_naming_the_argument(
+async def test_bad_arguments_are_refused_naming_the_argument(
     arguments: dict[str, Any], path: str
 ) -> None:
     with pytest.raises(InvalidArguments) as refused:
-        ToolFinder(5).find(TOOLS, arguments)
+        await ToolFinder(5).find(TOOLS, arguments)
     assert refused.value.data["path"] == path
 
 

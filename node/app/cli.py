@@ -195,9 +195,12 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(peers, indent=2))
         return EXIT_OK
-    print(f"{'NODE ID':54} {'STATE':8} {'ZONE':10} ENDPOINT")
+    print(f"{'NODE ID':54} {'NAME':16} {'STATE':8} {'ZONE':10} ENDPOINT")
     for p in peers:
-        print(f"{p['id']:54} {p['state']:8} {p.get('zone') or '-':10} {p.get('endpoint') or '-'}")
+        print(
+            f"{p['id']:54} {p.get('name') or '-':16} {p['state']:8} {p.get('zone') or '-':10} "
+            f"{p.get('endpoint') or '-'}"
+        )
     return EXIT_OK
 
 

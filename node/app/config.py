@@ -95,7 +95,13 @@ class NodeSection(_Section):
     ] = False
     log_format: Annotated[str, doc('"text" or "json" (one object per line), on stdout')] = "text"
     log_level: Annotated[str, doc("debug | info | warning | error")] = "info"
-    name: Annotated[str, doc('a human name; "": the node id\'s last 8 characters')] = ""
+    name: Annotated[
+        str,
+        doc(
+            "a human name, announced to the mesh (calls may be pinned to the node by it); "
+            '"": the node id\'s last 8 characters'
+        ),
+    ] = ""
     debug_api: Annotated[
         bool, doc("/api/debug/* (cut links, add tools): tests only, never in production")
     ] = False
@@ -384,6 +390,11 @@ MAX_TIMEOUT_S = 3600.0
 MIN_PATTERNS_POLL_S = 0.1
 MAX_IMMUNE_TTL_S = 7 * 86_400.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# node.name travels in the node's signed membership record, whose metadata (host, ports,
+# certificate fingerprint, name) must fit in 512 bytes (mesh/_membership_wire.py).
+MAX_NODE_NAME_BYTES = 64
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_LISTED_TOOLS = 100_000
 _SECTIONS = tuple(Config.__struct_fields__)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
 _MAX_HOST_NAME_CHARS = 253
@@ -494,6 +505,18 @@ def _validate(config: Config) -> None:
         raise ConfigError("node.event_loop", "uvloop is not installed (pip install uvloop)")
     if not _MESH_NAME.fullmatch(config.mesh.name):
         raise ConfigError("mesh.name", "1 to 64 characters from A-Z a-z 0-9 . _ -")
+    listed = config.mcp.max_listed_tools
+    if listed != 0 and not 2 <= listed <= MAX_LISTED_TOOLS:
+        raise ConfigError(
+            "mcp.max_listed_tools",
+            f"{listed} is out of range: 0 (off) or 2..{MAX_LISTED_TOOLS} "
+            "(room for vsm.find_tools and a tool)",
+        )
+    name = config.node.name
+    if len(name.encode()) > MAX_NODE_NAME_BYTES or _CONTROL_CHARS.search(name):
+        raise ConfigError(
+            "node.name", f"at most {MAX_NODE_NAME_BYTES} bytes in UTF-8, no control characters"
+        )
     if config.node.dev and not is_loopback_host(config.mesh.host):
         # A self-certified node admits self-certified peers; only loopback keeps that
         # on one machine.

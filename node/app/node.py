@@ -50,6 +50,7 @@ from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
 from vsmcp.node.http.policy import RequestPolicy, is_wildcard_address, local_http_url
 from vsmcp.node.http.server import HttpServer
 from vsmcp.node.http.status_page import PageHub
+from vsmcp.node.mcp.find_tools import ToolFinder
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
@@ -1015,6 +1016,7 @@ class Node(Service):
             seeds=mesh_cfg.seeds,
             mdns=mesh_cfg.mdns,
             mesh_name=mesh_cfg.name,
+            node_name=self.config.node.name,
             preset=mesh_cfg.preset,
             dead_reap_after_s=mesh_cfg.dead_reap_after_s,
             left_reap_after_s=mesh_cfg.left_reap_after_s,
@@ -1084,7 +1086,7 @@ class Node(Service):
         tokens[stdio_secret] = TokenGrant(
             zone=mcp.stdio_zone, name=STDIO_GRANT_NAME, max_priority=mcp.loopback_max_priority
         )
-        register_mcp_routes(
+        gateway = register_mcp_routes(
             http.app,
             tools,
             tokens=tokens,
@@ -1097,6 +1099,8 @@ class Node(Service):
             max_listeners=mcp.max_listeners,
             max_listeners_per_caller=mcp.max_listeners_per_caller,
         )
+        if mcp.max_listed_tools:
+            gateway.core.finder = ToolFinder(mcp.max_listed_tools)
 
     def _allowed_hosts(self) -> list[str]:
         """Host names HTTP answers on every route (a page re-pointed at us by DNS

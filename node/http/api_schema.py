@@ -46,6 +46,8 @@ class Status(msgspec.Struct):
 
 class Peer(msgspec.Struct):
     id: str
+    # Its configured node.name as it announced it; else its id's last 8 characters.
+    name: str
     state: str
     incarnation: int
     admitted: bool

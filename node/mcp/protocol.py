@@ -43,6 +43,7 @@ from typing import Any, Final
 import msgspec
 
 from vsmcp.node.errors import NodeError, clip
+from vsmcp.node.mcp.find_tools import FIND_TOOLS, ToolFinder
 from vsmcp.node.routing.pinning import NotOnNode, UnknownNode
 from vsmcp.node.tools.errors import (
     InvalidArguments,
@@ -338,6 +339,8 @@ class McpCore:
     def __init__(self, catalog: ToolCatalog, server_info: Mapping[str, str] = SERVER_INFO):
         self.catalog = catalog
         self.server_info = dict(server_info)
+        # `mcp.max_listed_tools`: a short tools/list and `vsm.find_tools` (find_tools.py).
+        self.finder: ToolFinder | None = None
 
     def capabilities(self) -> dict[str, Any]:
         return {"tools": {"listChanged": True}}
@@ -395,7 +398,10 @@ class McpCore:
             return {}
         if method == "tools/list":
             ctx = self.context(caller, message, None)
-            result: dict[str, Any] = {"tools": [t.to_mcp() for t in self.catalog.list_tools(ctx)]}
+            tools = self.catalog.list_tools(ctx)
+            if self.finder is not None:
+                tools = self.finder.listed(tools)
+            result: dict[str, Any] = {"tools": [t.to_mcp() for t in tools]}
             if modern:
                 result.update(resultType="complete", ttlMs=0, cacheScope="private")
             return result
@@ -413,7 +419,10 @@ class McpCore:
             priority = _priority(name, message.meta, caller.max_priority)
             if pin is not None or priority != ctx.priority:
                 ctx = replace(ctx, pinned_node=pin, priority=priority)
-            result = dict(await self.catalog.call_tool(name, arguments, ctx))
+            if self.finder is not None and name == FIND_TOOLS:
+                result = dict(await self.finder.find(self.catalog.list_tools(ctx), arguments))
+            else:
+                result = dict(await self.catalog.call_tool(name, arguments, ctx))
             if modern:
                 result["resultType"] = "complete"
             return result

@@ -124,6 +124,8 @@ MDNS_STATES: tuple[MdnsState, ...] = get_args(MdnsState)
 MAX_HELLO_BACKOFFS = 4096
 MAX_HELLO_BYTES = 16 << 10
 MAX_META_BYTES = 1024
+# A node without a configured name goes by its id's last this many characters.
+DEFAULT_NAME_CHARS = 8
 # Envelope header, signature and fields around the payload, with room for a context.
 ENVELOPE_OVERHEAD_BYTES = 4096
 
@@ -160,6 +162,9 @@ class PeerMeta(msgspec.Struct, array_like=True, frozen=True):
     mesh_port: int
     http_port: int | None
     fingerprint: str
+    # Appended field (older peers omit it, older decoders ignore it): the node's configured
+    # `node.name`, "" when it has none. Calls may be pinned to a node by it (`vsmcp/node`).
+    name: str = ""
 
     @property
     def endpoint(self) -> str:
@@ -178,6 +183,11 @@ class Hello(msgspec.Struct, array_like=True, frozen=True):
 _encode = msgspec.msgpack.Encoder().encode
 _decode_meta = msgspec.msgpack.Decoder(PeerMeta).decode
 _decode_hello = msgspec.msgpack.Decoder(Hello).decode
+
+
+def peer_name(node_id: str, meta: PeerMeta | None) -> str:
+    """A node's name as shown: the one it announced, else its id's last 8 characters."""
+    return meta.name if meta is not None and meta.name else node_id[-DEFAULT_NAME_CHARS:]
 
 
 def decode_meta(data: bytes) -> PeerMeta | None:
@@ -271,6 +281,7 @@ class MeshService(Service):
         seeds: list[str],
         mdns: bool,
         mesh_name: str = "default",
+        node_name: str = "",
         preset: str = "lan",
         dead_reap_after_s: float = 0.0,
         left_reap_after_s: float = 0.0,
@@ -292,6 +303,7 @@ class MeshService(Service):
         self.http_port = http_port
         self._fingerprint = fingerprint
         self._mesh_name = mesh_name
+        self._node_name = node_name
         self._seeds = SeedDiscovery(seeds)
         self._use_mdns = mdns
         self._membership_config = _membership_config(preset, dead_reap_after_s, left_reap_after_s)
@@ -349,7 +361,9 @@ class MeshService(Service):
         self._transport = transport
         transport.on_request(self._on_request)
         transport.on_oneway(self._on_oneway)
-        self._meta = PeerMeta(self._host, transport.port, self.http_port, self._fingerprint)
+        self._meta = PeerMeta(
+            self._host, transport.port, self.http_port, self._fingerprint, self._node_name
+        )
         self._membership = Membership(
             self.node_id,
             meta=_encode(self._meta),
@@ -502,6 +516,7 @@ class MeshService(Service):
             out.append(
                 {
                     "id": m.id,
+                    "name": peer_name(m.id, meta),
                     "state": m.state.name.lower(),
                     "incarnation": m.incarnation,
                     "admitted": peer is not None,
@@ -515,6 +530,10 @@ class MeshService(Service):
                 }
             )
         return sorted(out, key=lambda p: p["id"])
+
+    def peer_names(self) -> dict[str, str]:
+        """The configured name of each admitted peer that announced one (node id -> name)."""
+        return {node_id: p.meta.name for node_id, p in self.peers.items() if p.meta.name}
 
     def transport_counts(self) -> dict[str, int]:
         stats = self._transport.stats if self._transport else None

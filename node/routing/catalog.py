@@ -48,8 +48,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 from vsmcp.mesh.certs import ZoneOrder
@@ -65,6 +65,12 @@ from vsmcp.node.routing.calls import ReplyItem
 from vsmcp.node.routing.degraded import GrayTracker, Key, ProbeAnswer, refused_probe_answer
 from vsmcp.node.routing.gray_config import GrayConfig
 from vsmcp.node.routing.pinning import MIN_ID_SUFFIX_CHARS, NotOnNode, resolve_pin
+from vsmcp.node.routing.variants import (
+    AmbiguousTool,
+    schema_digest,
+    split_variant,
+    variant_name,
+)
 from vsmcp.node.routing.wire import (
     MAX_ATTEMPTS,
     MAX_CAUSALITY_ENTRIES,
@@ -93,6 +99,7 @@ from vsmcp.node.tools.errors import (
     ToolError,
     ToolTimeout,
     ToolUnavailable,
+    UnknownTool,
 )
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 from vsmcp.node.tools.registry import LocalCatalog
@@ -420,6 +427,17 @@ class _Retry(NodeError):
 class _Remote:
     tool: RemoteTool
     spec: ToolSpec
+    digest: str  # of its input schema: which variant it is (node/routing/variants.py)
+
+
+@dataclass(slots=True)
+class _Variant:
+    """One input schema a tool name is offered with: this node's own and/or remote
+    providers (usable ones, with their membership states)."""
+
+    spec: ToolSpec
+    local: bool
+    remote: list[tuple[_Remote, str]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -520,6 +538,8 @@ class MeshCatalog(Service):
         self.stats: dict[str, int] = {}
         self._callbacks: list[ChangeCallback] = []
         self._remote: dict[str, list[_Remote]] = {}
+        # This node's tools' schema digests (name -> (spec, digest)), kept per spec object.
+        self._local_digests: dict[str, tuple[ToolSpec, str]] = {}
         self._local_units: dict[str, tuple[Unit, ToolSpec]] = {}
         self._fingerprint: frozenset[tuple[str, str, str, str]] = frozenset()
         self._pending: dict[int, _Pending] = {}
@@ -632,6 +652,7 @@ class MeshCatalog(Service):
             for spec in unit.known_tools():
                 owners.setdefault(spec.name, (unit, spec))
         self._local_units = owners
+        self._local_digests = {n: d for n, d in self._local_digests.items() if n in owners}
 
     def _refresh_remote(self) -> None:
         old = self._remote
@@ -640,7 +661,7 @@ class MeshCatalog(Service):
             if tool.provider == self._node_id:
                 continue  # our own announcements: the local catalog is authoritative
             previous = next((r for r in old.get(tool.name, ()) if r.tool == tool), None)
-            entry = previous or _Remote(tool, _remote_spec(tool))
+            entry = previous or _Remote(tool, _remote_spec(tool), schema_digest(tool.input_schema))
             index.setdefault(tool.name, []).append(entry)
         for entries in index.values():
             entries.sort(key=lambda r: r.tool.provider)
@@ -659,9 +680,9 @@ class MeshCatalog(Service):
         """Each provider's state, for error messages (not on the success path)."""
         return {r.tool.provider: self._state(r.tool.provider) for r in entries}
 
-    def _usable_remote(self, name: str) -> list[tuple[_Remote, str]]:
+    def _usable_remote(self, name: str, digest: str | None = None) -> list[tuple[_Remote, str]]:
         out = []
-        for remote in self._remote.get(name, ()):
+        for remote in self._variant_entries(name, digest):
             state = self._state(remote.tool.provider)
             if state in USABLE_STATES:
                 out.append((remote, state))
@@ -673,20 +694,39 @@ class MeshCatalog(Service):
             return None
         return entry
 
+    def _local_digest(self, spec: ToolSpec) -> str:
+        cached = self._local_digests.get(spec.name)
+        if cached is None or cached[0] is not spec:
+            cached = self._local_digests[spec.name] = (spec, schema_digest(spec.input_schema))
+        return cached[1]
+
+    def _variants(self, name: str, own: ToolSpec | None) -> dict[str, _Variant]:
+        """The input schemas `name` is offered with (digest -> variant): this node's own
+        (`own`, a running unit's) and the usable remote providers'."""
+        out: dict[str, _Variant] = {}
+        if own is not None:
+            out[self._local_digest(own)] = _Variant(own, local=True)
+        for remote, state in self._usable_remote(name):
+            variant = out.get(remote.digest)
+            if variant is None:
+                variant = out[remote.digest] = _Variant(remote.spec, local=False)
+            variant.remote.append((remote, state))
+        return out
+
+    def _listed(self) -> Iterator[tuple[str, str, _Variant]]:
+        """(listed name, digest, variant) of every tool usable here, whoever asks:
+        `<name>` for a name with one variant, `<name>.<digest>` for each of several."""
+        own = {spec.name: spec for spec in self.local.available_tools()}
+        for name in own.keys() | self._remote.keys():
+            variants = self._variants(name, own.get(name))
+            for digest, variant in variants.items():
+                yield (name if len(variants) == 1 else variant_name(name, digest)), digest, variant
+
     def _usable_fingerprint(self) -> frozenset[tuple[str, str, str, str]]:
-        items = {
-            (s.name, s.zone, s.description, _schema_key(s.input_schema))
-            for s in self.local.available_tools()
-        }
-        local_names = {item[0] for item in items}
-        for name in self._remote:
-            if name in local_names:
-                continue
-            usable = self._usable_remote(name)
-            if usable:
-                spec = usable[0][0].spec
-                items.add((name, spec.zone, spec.description, _schema_key(spec.input_schema)))
-        return frozenset(items)
+        return frozenset(
+            (listed, variant.spec.zone, variant.spec.description, digest)
+            for listed, digest, variant in self._listed()
+        )
 
     def _check_changed(self) -> None:
         fingerprint = self._usable_fingerprint()
@@ -707,15 +747,14 @@ class MeshCatalog(Service):
 
     def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
         policy = self.local.policy
-        tools = {spec.name: spec for spec in self.local.list_tools(ctx)}
-        local_names = {spec.name for spec in self.local.available_tools()}
-        for name in self._remote:
-            if name in tools or name in local_names:
-                continue
-            for remote, _state in self._usable_remote(name):
-                if policy.visible(remote.spec, ctx):
-                    tools[name] = remote.spec
-                    break
+        tools: dict[str, ToolSpec] = {}
+        for listed, _digest, variant in self._listed():
+            # A call of this node's own variant runs here first: listed only if this caller
+            # may call it here; a remote one, as the first provider the caller may call.
+            candidates = [variant.spec] if variant.local else [r.spec for r, _ in variant.remote]
+            spec = next((c for c in candidates if policy.visible(c, ctx)), None)
+            if spec is not None:
+                tools[listed] = spec if listed == spec.name else replace(spec, name=listed)
         return [tools[name] for name in sorted(tools)]
 
     def _on_events(self, batch: list[Event]) -> None:
@@ -859,14 +898,40 @@ class MeshCatalog(Service):
         finally:
             gate.done(started, sample=ran)
 
+    def _known(self, name: str) -> bool:
+        return name in self._local_units or name in self._remote
+
+    def _split_variant(self, name: str) -> tuple[str, str] | None:
+        """(tool name, schema digest) when `name` is a variant's listed name
+        (`<name>.<digest>`, node/routing/variants.py) and no tool's own name."""
+        if self._known(name):
+            return None
+        split = split_variant(name)
+        if split is None:
+            return None
+        if not self._known(split[0]):
+            self._refresh_remote()
+        return split if self._known(split[0]) else None
+
+    def _variant_entries(self, name: str, digest: str | None) -> list[_Remote]:
+        entries = self._remote.get(name, [])
+        return entries if digest is None else [r for r in entries if r.digest == digest]
+
     async def _call(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext, tried: list[str]
     ) -> ToolResult:
+        listed = name
+        digest: str | None = None
+        split = self._split_variant(name)
+        if split is not None:
+            name, digest = split
         if ctx.pinned_node is not None:
-            return await self._call_pinned(name, arguments, ctx, tried, ctx.pinned_node)
+            return await self._call_pinned(name, arguments, ctx, tried, ctx.pinned_node, digest)
         local = self._running_local(name)
-        if local is not None:
+        if local is not None and digest in (None, self._local_digest(local[1])):
             unit, spec = local
+            # Failover goes only to replicas of this node's own schema.
+            digest = self._local_digest(spec)
             self.local.policy.admit(spec, arguments, ctx)
             tried.append(self._node_id)
             try:
@@ -874,21 +939,26 @@ class MeshCatalog(Service):
             except (ToolUnavailable, Overloaded) as e:
                 # Refused before it ran (unit down or full): the mesh may take it. The
                 # index lags the registry by up to CHANGE_CHECK_INTERVAL_S: look again.
-                if not self._usable_remote(name):
+                if not self._usable_remote(name, digest):
                     self._refresh_remote()
-                if not self._usable_remote(name):
+                if not self._usable_remote(name, digest):
                     raise
                 self._count("local_failover")
                 return await self._call_remote(
-                    name, arguments, ctx, tried, admitted=True, first_error=e
+                    name, arguments, ctx, tried, admitted=True, first_error=e, digest=digest
                 )
-        if not self._remote.get(name):
+        if not self._variant_entries(name, digest):
             self._refresh_remote()
-        if not self._remote.get(name):
+        if not self._variant_entries(name, digest):
+            declared = self._local_units.get(name)
+            if digest is not None and (
+                declared is None or self._local_digest(declared[1]) != digest
+            ):
+                raise UnknownTool(listed)
             # Offered nowhere else: the local catalog names the precise problem
             # (unknown tool, or the state of the unit that declares it).
             return await self.local.call_tool(name, arguments, ctx)
-        return await self._call_remote(name, arguments, ctx, tried, admitted=False)
+        return await self._call_remote(name, arguments, ctx, tried, admitted=False, digest=digest)
 
     async def _call_pinned(
         self,
@@ -897,15 +967,25 @@ class MeshCatalog(Service):
         ctx: CallContext,
         tried: list[str],
         pin: str,
+        digest: str | None = None,
     ) -> ToolResult:
-        """The call on the node `pin` names, and nowhere else (no failover)."""
+        """The call on the node `pin` names, and nowhere else (no failover); `digest`:
+        only if that node offers the variant with this schema."""
         node_id = resolve_pin(
-            pin, name, self_id=self._node_id, self_name=self.node_name, known=self._mesh.peers
+            pin,
+            name,
+            self_id=self._node_id,
+            self_name=self.node_name,
+            known=self._mesh.peers,
+            names=self._mesh.peer_names(),
         )
         if node_id == self._node_id:
             local = self._running_local(name)
+            declared = self._local_units.get(name)
+            if declared is not None and digest not in (None, self._local_digest(declared[1])):
+                raise NotOnNode(variant_name(name, digest or ""), node_id, pin)
             if local is None:
-                if name not in self._local_units:
+                if declared is None:
                     raise NotOnNode(name, node_id, pin)
                 # Declared here but not running: the local catalog names its state.
                 return await self.local.call_tool(name, arguments, ctx)
@@ -915,11 +995,11 @@ class MeshCatalog(Service):
             return await unit.call(name, arguments, ctx)
         if not any(r.tool.provider == node_id for r in self._remote.get(name, ())):
             self._refresh_remote()
-        entries = [r for r in self._remote.get(name, ()) if r.tool.provider == node_id]
+        entries = [r for r in self._variant_entries(name, digest) if r.tool.provider == node_id]
         policy = self.local.policy
         visible = [r for r in entries if policy.visible(r.spec, ctx)]
         if not visible:
-            raise NotOnNode(name, node_id, pin)
+            raise NotOnNode(name if digest is None else variant_name(name, digest), node_id, pin)
         policy.admit(visible[0].spec, arguments, ctx)
         state = self._state(node_id)
         if state not in USABLE_STATES:
@@ -942,12 +1022,17 @@ class MeshCatalog(Service):
         *,
         admitted: bool,
         first_error: ToolError | None = None,
+        digest: str | None = None,
     ) -> ToolResult:
+        """`digest`: only providers of that variant; None: of the one variant the caller
+        may use (several: `AmbiguousTool`)."""
         loop = asyncio.get_running_loop()
-        entries = self._remote.get(name, [])
-        usable = self._usable_remote(name)
+        entries = self._variant_entries(name, digest)
+        usable = self._usable_remote(name, digest)
         policy = self.local.policy
         allowed = [(r, s) for r, s in usable if policy.visible(r.spec, ctx)]
+        if digest is None and len(digests := {r.digest for r, _ in allowed}) > 1:
+            raise AmbiguousTool(name, [variant_name(name, d) for d in digests])
         if not admitted:
             # One spec object per name keeps the validator's compiled schema cached.
             representative = (allowed or usable)[0][0] if (allowed or usable) else entries[0]
@@ -1444,10 +1529,6 @@ def _probe_answer(result: ToolResult) -> ProbeAnswer:
 def _reason_text(error: ToolError) -> str:
     """An error's message for an event, capped (tool messages can be long)."""
     return str(error)[:MAX_EVENT_REASON_CHARS]
-
-
-def _schema_key(schema: Mapping[str, Any]) -> str:
-    return json.dumps(schema, sort_keys=True, default=str)
 
 
 def _int(value: object) -> int:

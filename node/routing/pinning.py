@@ -1,15 +1,17 @@
 """Pinning a call to one node: `_meta` `vsmcp/node` names it by node id or by name.
 
-A node is named by its full id, by its configured `node.name` (this node's own only:
-names are not announced across the mesh yet), or by the last 8 or more characters of
-its id — which is also every node's default name. A name that matches no node, or
-more than one, is the caller's error; so is a pinned node that does not offer the tool.
+A node is named by its full id, by its configured `node.name` (each node announces it
+in its signed membership record and HELLO: `PeerMeta.name`), or by the last 8 or more
+characters of its id — which is also every node's default name. A configured name is
+looked up before id suffixes. A name that matches no node, or more than one (two nodes
+configured with the same name: the error lists their ids), is the caller's error; so is
+a pinned node that does not offer the tool.
 A pinned call is never failed over to another node: the caller asked for that one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Final
 
 from vsmcp.node.errors import clip
@@ -24,11 +26,12 @@ class UnknownNode(ToolError):
 
     reason = "unknown_node"
 
-    def __init__(self, tool: str, pin: str, why: str) -> None:
+    def __init__(self, tool: str, pin: str, why: str, candidates: Collection[str] = ()) -> None:
         tool, pin = clip(tool), clip(pin)
-        super().__init__(
-            f"Call to {tool!r} pinned to node {pin!r}: {why}", {"tool": tool, "node": pin}
-        )
+        data: dict[str, object] = {"tool": tool, "node": pin}
+        if candidates:
+            data["candidates"] = sorted(candidates)
+        super().__init__(f"Call to {tool!r} pinned to node {pin!r}: {why}", data)
 
 
 class NotOnNode(ToolError):
@@ -45,13 +48,31 @@ class NotOnNode(ToolError):
 
 
 def resolve_pin(
-    pin: str, tool: str, *, self_id: str, self_name: str, known: Collection[str]
+    pin: str,
+    tool: str,
+    *,
+    self_id: str,
+    self_name: str,
+    known: Collection[str],
+    names: Mapping[str, str] | None = None,
 ) -> str:
-    """The node id `pin` names among this node (`self_id`, `self_name`) and `known` ids."""
-    if pin in (self_id, self_name):
-        return self_id
-    if pin in known:
+    """The node id `pin` names among this node (`self_id`, `self_name`) and `known` ids
+    (`names`: the configured names peers announced, node id -> name)."""
+    if pin == self_id or pin in known:
         return pin
+    named = {node for node, name in (names or {}).items() if name == pin and node in known}
+    if pin == self_name:
+        named.add(self_id)
+    if len(named) == 1:
+        return named.pop()
+    if len(named) > 1:
+        ids = sorted(named)
+        raise UnknownNode(
+            tool,
+            pin,
+            f"{len(ids)} nodes have this name ({', '.join(ids)}); pin by node id",
+            ids,
+        )
     if len(pin) >= MIN_ID_SUFFIX_CHARS:
         matches = sorted(n for n in {self_id, *known} if n.endswith(pin))
         if len(matches) == 1:
@@ -61,5 +82,5 @@ def resolve_pin(
     raise UnknownNode(
         tool,
         pin,
-        "no such node in this mesh (pin by node id, its last 8+ characters, or this node's name)",
+        "no such node in this mesh (pin by node id, its last 8+ characters, or node name)",
     )

@@ -395,6 +395,14 @@ class McpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         PositiveInt,
         doc("open notification streams (subscriptions/listen, GET) of one caller"),
     ] = DEFAULT_MAX_LISTENERS_PER_CALLER
+    max_listed_tools: Annotated[
+        int,
+        doc(
+            "0: tools/list lists every tool a caller may use; N: when there are more than N, "
+            "it lists vsm.find_tools (search by words) and the first N-1 by name; every tool "
+            "is still called by its name"
+        ),
+    ] = 0
     stdio_zone: Annotated[
         str,
         doc(

@@ -51,10 +51,12 @@ KILL_AT_CALL = 50
 # on, so the stream fails no call; allow none.
 MAX_FAILED_CALLS = 0
 
+A_NAME = "alpha"
 A_CONFIG = f"""
 [mesh]
 preset = "local"
 [node]
+name = "{A_NAME}"
 debug_api = true
 [tools]
 entry_points = false
@@ -257,6 +259,24 @@ async def test_a_call_pinned_to_a_node_runs_there(ready: Mesh, mode: str) -> Non
             "echo", {"text": "at c"}, meta={"vsmcp/node": ready.c.node_id[-8:]}
         )
         assert own.content[0].text == "at c"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_call_from_c_pinned_by_a_s_name_runs_on_a(ready: Mesh, mode: str) -> None:
+    """A announces its configured name: C pins `vsm.status` (every node has one) to it by
+    that name, and A answers with its own id; C's /api/peers shows the name."""
+    peers = {p["id"]: p for p in ready.c.get_json("/api/peers")["peers"]}
+    assert peers[ready.a.node_id]["name"] == A_NAME
+    assert peers[ready.b.node_id]["name"] == ready.b.node_id[-8:]  # none configured
+    async with _client(ready.url, mode) as client:
+        for node, pin in ((ready.a, A_NAME), (ready.b, ready.b.node_id[-8:]), (ready.c, None)):
+            meta = None if pin is None else {"vsmcp/node": pin}
+            status = await client.call_tool("vsm.status", {}, meta=meta)
+            assert not status.is_error, pin
+            text = status.content[0].text  # type: ignore[union-attr]
+            assert json.loads(text)["node_id"] == node.node_id, pin
+            provider = (status.meta or {}).get("vsmcp/provider", ready.c.node_id)
+            assert provider == node.node_id, pin
 
 
 @pytest.mark.parametrize("mode", MODES)

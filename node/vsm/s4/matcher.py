@@ -72,6 +72,16 @@ class ToolIndex:
             for s in specs
         )
 
+    def search(self, text: str, limit: int) -> list[tuple[ToolSpec, float]]:
+        """The `limit` tools that match `text` best, with their BM25 scores, best first
+        (ties by name); a tool that shares no word with `text` is left out."""
+        scores = self._bm25.scores(query_words(text)) if self.specs else []
+        ranked = sorted(
+            (i for i, score in enumerate(scores) if score > 0),
+            key=lambda i: (-scores[i], self.specs[i].name),
+        )
+        return [(self.specs[i], scores[i]) for i in ranked[:limit]]
+
     def best(self, text: str) -> Match | None:
         """The best tool for `text` and the confidence in it; None when nothing matched."""
         if not self.specs:

@@ -83,6 +83,11 @@ def test_env_values_parse_as_toml_or_string() -> None:
         ({"http.host": "[::1]"}, "http.host", "not an IP address or a host name"),
         ({"mesh.host": "-bad-.example"}, "mesh.host", "not an IP address or a host name"),
         ({"mesh.host": "a" * 254}, "mesh.host", "not an IP address or a host name"),
+        ({"node.name": "n" * 65}, "node.name", "at most 64 bytes"),
+        ({"node.name": "\u00fc" * 33}, "node.name", "at most 64 bytes"),
+        ({"node.name": "two\nlines"}, "node.name", "no control characters"),
+        ({"mcp.max_listed_tools": 1}, "mcp.max_listed_tools", "0 (off) or 2.."),
+        ({"mcp.max_listed_tools": -5}, "mcp.max_listed_tools", "out of range"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, object], key: str, fragment: str) -> None:

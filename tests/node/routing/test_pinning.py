@@ -53,3 +53,37 @@ def test_a_pin_naming_several_nodes_is_refused() -> None:
             self_name="",
             known=["y" * 8 + "aaaaaaaa"],
         )
+
+
+NAMES = {PEER: "alpha", OTHER: "twin"}
+
+
+def _resolve_named(pin: str, names: dict[str, str] = NAMES) -> str:
+    return resolve_pin(pin, "t", self_id=SELF, self_name="edge-1", known=[PEER, OTHER], names=names)
+
+
+def test_a_pin_names_another_node_by_its_announced_name() -> None:
+    assert _resolve_named("alpha") == PEER
+    assert _resolve_named("twin") == OTHER
+    assert _resolve_named("edge-1") == SELF
+
+
+def test_an_announced_name_is_looked_up_before_id_suffixes() -> None:
+    # "xxpeer01" is OTHER's id suffix; PEER announced it as its name: the name wins.
+    assert _resolve_named("xxpeer01", {PEER: "xxpeer01"}) == PEER
+
+
+def test_a_name_shared_by_two_nodes_is_refused_listing_their_ids() -> None:
+    with pytest.raises(UnknownNode, match="2 nodes have this name") as refused:
+        _resolve_named("twin", {PEER: "twin", OTHER: "twin"})
+    assert refused.value.data["candidates"] == sorted([PEER, OTHER])
+    assert PEER in str(refused.value) and OTHER in str(refused.value)
+    # This node's own name counts too.
+    with pytest.raises(UnknownNode, match="2 nodes have this name") as own:
+        _resolve_named("edge-1", {PEER: "edge-1"})
+    assert own.value.data["candidates"] == sorted([SELF, PEER])
+
+
+def test_a_name_of_a_node_not_admitted_names_nothing() -> None:
+    with pytest.raises(UnknownNode, match="no such node"):
+        _resolve_named("ghost", {"g" * 32: "ghost"})

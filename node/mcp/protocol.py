@@ -43,6 +43,7 @@ from typing import Any, Final
 import msgspec
 
 from vsmcp.node.errors import NodeError, clip
+from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, set_level
 from vsmcp.node.routing.pinning import NotOnNode, UnknownNode
 from vsmcp.node.tools.errors import (
     InvalidArguments,
@@ -338,9 +339,11 @@ class McpCore:
     def __init__(self, catalog: ToolCatalog, server_info: Mapping[str, str] = SERVER_INFO):
         self.catalog = catalog
         self.server_info = dict(server_info)
+        # Server-to-client requests of calls in flight, waiting for their clients.
+        self.client_requests = ClientRequests()
 
     def capabilities(self) -> dict[str, Any]:
-        return {"tools": {"listChanged": True}}
+        return {"tools": {"listChanged": True}, "logging": {}}
 
     def initialize_result(self, params: Mapping[str, Any]) -> dict[str, Any]:
         requested = params.get("protocolVersion")
@@ -362,7 +365,13 @@ class McpCore:
             "_meta": {META_SERVER_INFO: self.server_info},
         }
 
-    def context(self, caller: Caller, message: Message, notify: Notify | None) -> CallContext:
+    def context(
+        self,
+        caller: Caller,
+        message: Message,
+        notify: Notify | None,
+        client: ClientState | None = None,
+    ) -> CallContext:
         trace_id, causality = _trace_fields(message.meta)
         token = message.meta.get("progressToken")
         progress = None
@@ -384,14 +393,31 @@ class McpCore:
             causality=causality,
             progress=progress,
             client_addr=caller.addr,
+            client=(
+                None
+                if client is None or notify is None
+                else self.client_requests.channel(client, notify)
+            ),
         )
 
     async def handle(
-        self, message: Message, caller: Caller, *, modern: bool, notify: Notify | None = None
+        self,
+        message: Message,
+        caller: Caller,
+        *,
+        modern: bool,
+        notify: Notify | None = None,
+        client: ClientState | None = None,
     ) -> dict[str, Any]:
-        """The result for one request (`ping`, `tools/list`, `tools/call`); raises on error."""
+        """The result for one request (`ping`, `tools/list`, `tools/call`, ...); raises on
+        error. `client` is the calling client's state (its capabilities, log level)."""
         method = message.method
         if method == "ping":
+            return {}
+        if method == "logging/setLevel":
+            problem = set_level(client, message.params)
+            if problem is not None:
+                raise McpError(INVALID_PARAMS, f"Invalid params: {problem}", {"field": "level"})
             return {}
         if method == "tools/list":
             ctx = self.context(caller, message, None)
@@ -408,7 +434,7 @@ class McpCore:
                 arguments = {}
             if not isinstance(arguments, dict):
                 raise InvalidArguments(name, "arguments must be an object", "arguments")
-            ctx = self.context(caller, message, notify)
+            ctx = self.context(caller, message, notify, client)
             pin = _pinned_node(name, message.meta)
             priority = _priority(name, message.meta, caller.max_priority)
             if pin is not None or priority != ctx.priority:

@@ -45,6 +45,7 @@ import msgspec
 from vsmcp.node.errors import NodeError, clip
 from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, set_level
 from vsmcp.node.routing.pinning import NotOnNode, UnknownNode
+from vsmcp.node.tools.client_channel import ClientRequestFailed
 from vsmcp.node.tools.errors import (
     InvalidArguments,
     Overloaded,
@@ -138,6 +139,7 @@ _TOOL_ERROR_CODES: Final[tuple[tuple[type[ToolError], int], ...]] = (
     (ToolUnavailable, TOOL_UNAVAILABLE),
     (ToolTimeout, TOOL_TIMEOUT),
     (ProviderError, PROVIDER_ERROR),
+    (ClientRequestFailed, PROVIDER_ERROR),
     (ResultTooLarge, PROVIDER_ERROR),
     (ShuttingDown, TOOL_UNAVAILABLE),
 )

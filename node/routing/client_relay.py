@@ -39,6 +39,7 @@ from vsmcp.node.routing.wire import (
     InvokeRequest,
     decode_error,
     error_from_tool_error,
+    tool_error_from,
 )
 from vsmcp.node.tools.client_channel import (
     INTERNAL_ERROR,
@@ -163,17 +164,12 @@ class MeshClientChannel:
             ) from None
         if reply.type == MsgType.ERROR:
             try:
-                error = decode_error(reply.payload)
+                error = tool_error_from(decode_error(reply.payload))
             except InvokeCodecError as e:
                 raise ClientRequestFailed(method, str(e), cause="malformed_answer") from None
-            code = error.data.get("code")
-            cause = error.data.get("cause")
-            raise ClientRequestFailed(
-                method,
-                error.message.removeprefix(f"{method} to the client failed: "),
-                code=code if isinstance(code, int) and not isinstance(code, bool) else -32603,
-                cause=cause if isinstance(cause, str) else error.reason,
-            )
+            if isinstance(error, ClientRequestFailed):
+                raise error
+            raise ClientRequestFailed(method, error.message, cause=error.reason)
         try:
             result: dict[str, Any] = _decode_result(reply.payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:

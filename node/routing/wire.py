@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta
 
 from vsmcp.node.errors import NodeError
+from vsmcp.node.tools.client_channel import ClientRequestFailed
 from vsmcp.node.tools.errors import (
     InvalidArguments,
     Overloaded,
@@ -155,6 +156,7 @@ def decode_result(payload: bytes) -> ToolResult:
 ERROR_CLASSES: Final[Mapping[str, type[ToolError]]] = {
     cls.reason: cls
     for cls in (
+        ClientRequestFailed,
         UnknownTool,
         InvalidArguments,
         ZoneDenied,

@@ -72,8 +72,16 @@ class ClientRequestFailed(ToolError):
             f"{method} to the client failed: {why}",
             {"method": method, "cause": cause, "code": code},
         )
-        self.code = code
-        self.cause = cause
+
+    # Read from `data`: an error rebuilt from the wire (`routing.wire`) has only that.
+    @property
+    def code(self) -> int:
+        code = self.data.get("code")
+        return code if isinstance(code, int) and not isinstance(code, bool) else INTERNAL_ERROR
+
+    @property
+    def cause(self) -> str:
+        return str(self.data.get("cause", self.reason))
 
 
 def no_capability(method: str) -> ClientRequestFailed:

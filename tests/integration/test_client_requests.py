@@ -29,7 +29,7 @@ from tests.integration.harness import NodeProcess, counters
 from tests.integration.sdk_client import sdk_client
 from tests.integration.test_tools_mesh import Mesh, _start_three, _stop
 from tests.polling import async_wait_for
-from vsmcp.node.mcp.protocol import PROVIDER_ERROR
+from vsmcp.node.mcp.protocol import PROVIDER_ERROR, REQUEST_CANCELLED
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +44,9 @@ name = "ask"
 command = "{sys.executable}"
 args = ["{SERVER}"]
 mode = "legacy"
+[[tools.plugins]]
+name = "plugin.ask"
+target = "tests.integration.asking_plugin:ask"
 """
 PLAIN_CONFIG = """
 [mesh]
@@ -54,7 +57,7 @@ entry_points = false
 # A client that never answers is given up on within the call's time limit.
 CALL_TIMEOUT_S = 6
 C_CONFIG = PLAIN_CONFIG + f"timeout_s = {CALL_TIMEOUT_S}\n"
-TOOLS = {"ask.chatty", "ask.ask_llm", "ask.ask_name", "ask.roots"}
+TOOLS = {"ask.chatty", "ask.ask_llm", "ask.ask_name", "ask.roots", "plugin.ask"}
 JSON_SSE = "application/json, text/event-stream"
 
 
@@ -153,6 +156,14 @@ async def test_sampling_elicitation_roots_and_logs_through_the_mesh(mesh: Mesh) 
         assert _text(named) == "accepted: Ada"
         rooted = await client.call_tool("ask.roots", {})
         assert _text(rooted) == "file:///work/c"
+        # A plugin on A asks through `CallContext.client` the same way.
+        heard = await client.call_tool("plugin.ask", {"question": "plugins too?"})
+        assert _text(heard) == "plugin heard: echo of plugins too?"
+
+        async def plugin_logged() -> bool:
+            return any(p.data == "plugin asks" and p.level == "notice" for p in logs)
+
+        await async_wait_for(plugin_logged, timeout_s=10, what="the plugin's log line at C")
     await _nothing_pending(mesh)
 
 
@@ -243,9 +254,11 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, A
             yield json.loads(line[6:])
 
 
-async def _call_and_answer(url: str, answer: dict[str, Any] | None) -> dict[str, Any]:
+async def _call_and_answer(
+    url: str, answer: dict[str, Any] | None, *, cancel: bool = False
+) -> dict[str, Any]:
     """Call ask.ask_llm in a raw session; answer its sampling request with `answer`
-    (None: never); the call's final message."""
+    (None: never), or cancel the call then; the call's final message."""
     async with _raw_session(url) as session:
         call = {
             "jsonrpc": "2.0",
@@ -261,7 +274,14 @@ async def _call_and_answer(url: str, answer: dict[str, Any] | None) -> dict[str,
                     assert not asked
                     asked = True
                     assert message["params"]["messages"][0]["content"]["text"] == "q"
-                    if answer is not None:
+                    if cancel:
+                        cancelled = {
+                            "jsonrpc": "2.0",
+                            "method": "notifications/cancelled",
+                            "params": {"requestId": 1},
+                        }
+                        assert (await session.post(cancelled)).status == 202
+                    elif answer is not None:
                         reply = await session.post(
                             {"jsonrpc": "2.0", "id": message["id"], **answer}
                         )
@@ -304,3 +324,10 @@ async def test_a_client_that_never_answers_times_out_and_nothing_stays_pending(
     assert "the client did not answer within" in _provider_error(final)
     assert counters(mesh.c, "vsmcp_client_requests")["timeout"] >= 1
     await _nothing_pending(mesh)
+
+
+async def test_a_cancelled_call_ends_its_request_at_both_ends(mesh: Mesh) -> None:
+    final = await _call_and_answer(mesh.url, None, cancel=True)
+    assert final["error"]["code"] == REQUEST_CANCELLED
+    await _nothing_pending(mesh)
+    assert counters(mesh.c, "vsmcp_client_requests")["cancelled"] >= 1

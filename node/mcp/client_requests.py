@@ -178,6 +178,7 @@ class ClientRequests:
                 async with asyncio.timeout(timeout_s):
                     answer = await future
             except TimeoutError:
+                await _tell_cancelled(notify, request_id, "no answer in time")
                 raise self.refuse(
                     method,
                     ClientRequestFailed(
@@ -193,14 +194,7 @@ class ClientRequests:
                 ) from None
             except asyncio.CancelledError:
                 self.counts["cancelled"] += 1
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await notify(
-                        {
-                            "jsonrpc": "2.0",
-                            "method": "notifications/cancelled",
-                            "params": {"requestId": request_id, "reason": "the call ended"},
-                        }
-                    )
+                await _tell_cancelled(notify, request_id, "the call ended")
                 raise
         finally:
             del self._waiting[request_id]
@@ -226,6 +220,17 @@ class ClientRequests:
             raise self.refuse(method, e) from None
         self.counts["answered"] += 1
         return result
+
+
+async def _tell_cancelled(notify: Notify, request_id: str, reason: str) -> None:
+    """Tell the client to stop working on a request (best effort: it may be gone)."""
+    message = {
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": request_id, "reason": reason},
+    }
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await notify(message)
 
 
 class GatewayChannel:

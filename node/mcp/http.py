@@ -36,14 +36,15 @@ import logging
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
 from vsmcp.node.errors import clip
-from vsmcp.node.mcp.client_requests import ClientState, declared, modern_state
+from vsmcp.node.mcp.client_requests import ClientState, Notify, declared, modern_state
+from vsmcp.node.mcp.input_rounds import InputRounds, RoundsError
 from vsmcp.node.mcp.protocol import (
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
@@ -334,6 +335,8 @@ class McpGateway:
         sse_keepalive_s: float = SSE_KEEPALIVE_S,
     ) -> None:
         self.core = McpCore(catalog)
+        # 2026-07-28 calls waiting for their clients' input between rounds.
+        self.rounds = InputRounds(self.core.client_requests)
         self.sse_keepalive_s = sse_keepalive_s
         self._grants: dict[bytes, TokenGrant] = {}
         for token, grant in tokens.items():
@@ -371,6 +374,7 @@ class McpGateway:
             return
         self._closing = True
         self._unsubscribe()
+        self.rounds.cancel_all()
         for session in list(self.sessions.values()):
             self._drop_session(session)
         for listener in self._listeners:
@@ -695,8 +699,28 @@ class McpGateway:
         reply = _Reply(request, {}, self.sse_keepalive_s)
         client = modern_state(message.meta, message.meta.get(META_CLIENT_CAPABILITIES))
         notify = reply.notify if reply.streams else None
-        call = self.core.handle(message, caller, modern=True, notify=notify, client=client)
+        if message.method == "tools/call":
+            call = self._call_in_rounds(message, caller, notify, client)
+        else:
+            call = self.core.handle(message, caller, modern=True, notify=notify, client=client)
         return await reply.finish(await self._run(call, message, reply))
+
+    async def _call_in_rounds(
+        self, message: Message, caller: Caller, notify: Notify | None, client: ClientState
+    ) -> dict[str, Any]:
+        """A 2026-07-28 `tools/call` whose provider may ask the client: `input_rounds`."""
+
+        def start(to_client: Notify, state: ClientState) -> Coroutine[Any, Any, dict[str, Any]]:
+            return self.core.handle(message, caller, modern=True, notify=to_client, client=state)
+
+        try:
+            return await self.rounds.call(
+                caller, message.params, notify, client.capabilities, client.log_level, start
+            )
+        except RoundsError as e:
+            raise McpError(
+                INVALID_PARAMS, f"Invalid params: {e}", {"field": "requestState"}
+            ) from None
 
     def _open_listener(self, owner: str) -> _Listener:
         """Count a notification stream (`subscriptions/listen`, or a session's GET)

@@ -26,8 +26,8 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import NodeProcess, counters
-from tests.integration.sdk_client import sdk_client
-from tests.integration.test_tools_mesh import Mesh, _start_three, _stop
+from tests.integration.sdk_client import MODES, sdk_client
+from tests.integration.test_tools_mesh import Mesh, _modern, _post, _start_three, _stop
 from tests.polling import async_wait_for
 from vsmcp.node.mcp.protocol import PROVIDER_ERROR, REQUEST_CANCELLED
 
@@ -121,7 +121,10 @@ async def _roots(context: Any) -> types.ListRootsResult:
     return types.ListRootsResult(roots=[types.Root(uri="file:///work/c", name="work")])
 
 
-async def test_sampling_elicitation_roots_and_logs_through_the_mesh(mesh: Mesh) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_sampling_elicitation_roots_and_logs_through_the_mesh(mesh: Mesh, mode: str) -> None:
+    """Both revisions: 2025-11-25 asks on the call's stream and sets its level with
+    logging/setLevel; 2026-07-28 gets `input_required` rounds and opts in per request."""
     logs: list[types.LoggingMessageNotificationParams] = []
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
@@ -129,13 +132,15 @@ async def test_sampling_elicitation_roots_and_logs_through_the_mesh(mesh: Mesh) 
 
     async with sdk_client(
         mesh.url,
-        "legacy",
+        mode,
         sampling_callback=_sampling,
         elicitation_callback=_elicitation,
         list_roots_callback=_roots,
         logging_callback=on_log,
+        log_level="info" if mode == "auto" else None,
     ) as client:
-        await client.set_logging_level("info")
+        if mode == "legacy":
+            await client.set_logging_level("info")
         chatted = await client.call_tool("ask.chatty", {})
         assert not chatted.is_error and _text(chatted) == "chatted"
 
@@ -161,36 +166,21 @@ async def test_sampling_elicitation_roots_and_logs_through_the_mesh(mesh: Mesh) 
         assert _text(heard) == "plugin heard: echo of plugins too?"
 
         async def plugin_logged() -> bool:
-            return any(p.data == "plugin asks" and p.level == "notice" for p in logs)
+            return ("notice", "plugin asks") in [(p.level, p.data) for p in logs]
 
         await async_wait_for(plugin_logged, timeout_s=10, what="the plugin's log line at C")
     await _nothing_pending(mesh)
+    assert _metric(mesh.c, "vsmcp_client_requests_pending", "gateway") == 0
 
 
-async def test_logs_at_2026_07_28_and_its_requests_refused_clearly(mesh: Mesh) -> None:
-    """The modern client opts in to logs per request; server-to-client requests have no
-    back channel at that revision and are refused with the reason."""
-    logs: list[types.LoggingMessageNotificationParams] = []
-
-    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
-        logs.append(params)
-
-    async with sdk_client(
-        mesh.url, "auto", sampling_callback=_sampling, logging_callback=on_log, log_level="warning"
-    ) as client:
-        chatted = await client.call_tool("ask.chatty", {})
-        assert _text(chatted) == "chatted"
-
-        async def logged() -> bool:
-            return len(logs) >= 1
-
-        await async_wait_for(logged, timeout_s=10, what="chatty's warning at C")
-        assert [(p.level, p.data) for p in logs] == [("warning", "chatty: warning line")]
-        with pytest.raises(MCPError) as refused:
-            await client.call_tool("ask.ask_llm", {"question": "q"})
-        assert refused.value.error.code == PROVIDER_ERROR
-        assert "not passed on at protocol revision 2026-07-28" in refused.value.error.message
-    await _nothing_pending(mesh)
+async def test_a_2026_07_28_retry_with_an_unknown_state_is_refused(mesh: Mesh) -> None:
+    body, headers = _modern(
+        "tools/call", {"name": "ask.ask_llm", "arguments": {"question": "q"}}, "ask.ask_llm"
+    )
+    body["params"]["requestState"] = "made-up"
+    status, _, reply = await _post(mesh.url, body, headers=headers)
+    assert status == 400
+    assert "unknown or expired requestState" in reply["error"]["message"]
 
 
 async def test_a_client_without_the_capability_gets_a_clear_error(mesh: Mesh) -> None:

@@ -4,12 +4,20 @@ by a timeout and by cancellation, and never left pending."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from tests.polling import async_wait_for
-from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, modern_state, set_level
+from vsmcp.node.mcp.client_requests import (
+    ClientRequests,
+    ClientState,
+    Notify,
+    modern_state,
+    set_level,
+)
+from vsmcp.node.mcp.input_rounds import InputRounds, RoundsError
 from vsmcp.node.tools.client_channel import ClientRequestFailed, check_answer, log_wanted
 
 SAMPLED = {"role": "assistant", "content": {"type": "text", "text": "hi"}, "model": "m"}
@@ -137,3 +145,50 @@ def test_answers_are_checked_for_their_methods_shape() -> None:
     ]:
         with pytest.raises(ClientRequestFailed, match="malformed"):
             check_answer(method, bad)
+
+
+# -- 2026-07-28: input_required rounds ------------------------------------------------------
+
+
+def _asking_call(
+    requests: ClientRequests, timeout_s: float
+) -> Callable[[Notify, ClientState], Coroutine[Any, Any, dict[str, Any]]]:
+    async def start(notify: Notify, state: ClientState) -> dict[str, Any]:
+        channel = requests.channel(state, notify)
+        answer = await channel.request("sampling/createMessage", {"messages": []}, timeout_s)
+        return {"content": [{"type": "text", "text": answer["content"]["text"]}]}
+
+    return start
+
+
+async def test_a_round_asks_and_the_retry_gets_the_result() -> None:
+    requests = ClientRequests()
+    rounds = InputRounds(requests)
+    start = _asking_call(requests, 5)
+    first = await rounds.call("me", {}, None, frozenset({"sampling"}), None, start)
+    assert first["resultType"] == "input_required"
+    ((key, asked),) = first["inputRequests"].items()
+    assert asked["method"] == "sampling/createMessage"
+    with pytest.raises(RoundsError):  # another caller cannot resume it
+        await rounds.call(
+            "other", {"requestState": first["requestState"]}, None, frozenset(), None, start
+        )
+    retry = {"requestState": first["requestState"], "inputResponses": {key: SAMPLED}}
+    final = await rounds.call("me", retry, None, frozenset(), None, start)
+    assert final == {"content": [{"type": "text", "text": "hi"}]}
+    assert rounds.parked == 0 and requests.pending == 0
+
+
+async def test_a_client_that_never_retries_leaves_nothing_parked() -> None:
+    requests = ClientRequests()
+    rounds = InputRounds(requests)
+    first = await rounds.call(
+        "me", {}, None, frozenset({"sampling"}), None, _asking_call(requests, 0.05)
+    )
+    assert first["resultType"] == "input_required"
+
+    async def dropped() -> bool:
+        return rounds.parked == 0 and requests.pending == 0
+
+    await async_wait_for(dropped, timeout_s=5, what="the unanswered call dropped")
+    assert requests.counts["timeout"] == 1

@@ -15,8 +15,9 @@ to 0 whatever happens. An answer that is not a result of the method's shape is r
 
 At 2026-07-28 there is no back channel: a request carries its own capabilities and log
 level (`_meta` `io.modelcontextprotocol/logLevel`); logs are delivered on the call's
-stream, but server-to-client requests are refused with a clear error (the revision's
-`input_required` rounds are not implemented here yet).
+stream, and over HTTP a `tools/call`'s requests go to the client as `input_required`
+rounds (`node.mcp.input_rounds`), through these same pending requests. Elsewhere at
+that revision (stdio) they are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def modern_state(meta: Mapping[str, Any], capabilities: Any) -> ClientState:
         log_level=level if isinstance(level, str) and level_rank(level) is not None else None,
         no_ask_reason=(
             "server-to-client requests are not passed on at protocol revision 2026-07-28 "
-            "(its input_required rounds are not supported yet); connect with 2025-11-25"
+            "here (input_required rounds are served over HTTP only); connect with 2025-11-25"
         ),
     )
 

@@ -275,6 +275,8 @@ class GatewayChannel:
                     cause="unsupported",
                 ),
             )
+        if REQUEST_CAPABILITY[method] not in state.capabilities:
+            raise registry.refuse(method, no_capability(method))
         if state.no_ask_reason is not None:
             raise registry.refuse(
                 method,
@@ -282,8 +284,6 @@ class GatewayChannel:
                     method, state.no_ask_reason, code=METHOD_NOT_FOUND, cause="unsupported"
                 ),
             )
-        if REQUEST_CAPABILITY[method] not in state.capabilities:
-            raise registry.refuse(method, no_capability(method))
         if not isinstance(params, Mapping):
             raise registry.refuse(
                 method,

@@ -699,7 +699,8 @@ class McpGateway:
         reply = _Reply(request, {}, self.sse_keepalive_s)
         client = modern_state(message.meta, message.meta.get(META_CLIENT_CAPABILITIES))
         notify = reply.notify if reply.streams else None
-        if message.method == "tools/call":
+        if message.method == "tools/call" and client.capabilities:
+            # Only a client that can be asked anything needs its call kept across rounds.
             call = self._call_in_rounds(message, caller, notify, client)
         else:
             call = self.core.handle(message, caller, modern=True, notify=notify, client=client)

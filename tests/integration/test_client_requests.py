@@ -178,6 +178,10 @@ async def test_a_2026_07_28_retry_with_an_unknown_state_is_refused(mesh: Mesh) -
         "tools/call", {"name": "ask.ask_llm", "arguments": {"question": "q"}}, "ask.ask_llm"
     )
     body["params"]["requestState"] = "made-up"
+    body["params"]["_meta"] = {
+        **body["params"]["_meta"],
+        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
+    }
     status, _, reply = await _post(mesh.url, body, headers=headers)
     assert status == 400
     assert "unknown or expired requestState" in reply["error"]["message"]

@@ -56,7 +56,7 @@ LOG_METHOD: Final = "notifications/message"
 LOG_TIMEOUT_S: Final = 5.0
 # A client that never answers is given up on this long before the call's deadline, so
 # that the provider still gets to say so in the call's answer.
-ANSWER_MARGIN_S: Final = 0.5
+ANSWER_MARGIN_S: Final = 1.0
 _encoder = msgspec.msgpack.Encoder()
 
 

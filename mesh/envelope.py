@@ -86,6 +86,7 @@ class MsgType(enum.IntEnum):
     REPLIES = 16  # answers to CALLS items, coalesced
     AUDIT_HEAD = 17  # signed audit heads: the sender's, the recipient's (node.audit_anchor)
     WASM_CHUNK = 18  # a piece of a published WASM module, by hash (node.wasmdist)
+    CLIENT_REQUEST = 21  # a provider asks a call's client, through its entry node (node.routing)
 
 
 _PublicKey = Annotated[bytes, Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]

@@ -50,6 +50,7 @@ from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
 from vsmcp.node.http.policy import RequestPolicy, is_wildcard_address, local_http_url
 from vsmcp.node.http.server import HttpServer
 from vsmcp.node.http.status_page import PageHub
+from vsmcp.node.mcp.client_requests import COUNTED_OUTCOMES
 from vsmcp.node.mcp.find_tools import ToolFinder
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
@@ -1101,6 +1102,22 @@ class Node(Service):
         )
         if mcp.max_listed_tools:
             gateway.core.finder = ToolFinder(mcp.max_listed_tools)
+        asks, relay = gateway.core.client_requests, tools.client_relay
+        self.metrics.add_gauges(
+            "vsmcp_client_requests_pending",
+            "Server-to-client requests (sampling, elicitation, roots) waiting for a client: "
+            "at this node's /mcp (gateway), or relayed here for a provider (relay)",
+            "where",
+            lambda: {"gateway": asks.pending, "relay": relay.pending},
+            known=("gateway", "relay"),
+        )
+        self.metrics.add_counters(
+            "vsmcp_client_requests",
+            "Server-to-client requests at this node's /mcp by outcome",
+            "outcome",
+            lambda: dict(asks.counts),
+            known=COUNTED_OUTCOMES,
+        )
 
     def _allowed_hosts(self) -> list[str]:
         """Host names HTTP answers on every route (a page re-pointed at us by DNS

@@ -36,13 +36,15 @@ import logging
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
 from vsmcp.node.errors import clip
+from vsmcp.node.mcp.client_requests import ClientState, Notify, declared, modern_state
+from vsmcp.node.mcp.input_rounds import InputRounds, RoundsError
 from vsmcp.node.mcp.protocol import (
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
@@ -118,6 +120,8 @@ class _Session:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     stream_open: bool = False
     closed: bool = False
+    # Its capabilities and log level (server-to-client requests, logs).
+    client: ClientState | None = None
 
 
 @dataclass(eq=False)
@@ -233,6 +237,11 @@ class _Reply:
         self._answered = False
         self.stream: web.StreamResponse | None = None
 
+    @property
+    def streams(self) -> bool:
+        """Whether this response can carry notifications and requests (SSE accepted)."""
+        return self._sse_ok
+
     def keep_alive(self) -> None:
         """(Re)arm the keepalive timer, until the call is answered or abandoned."""
         if self._sse_ok and not self._answered:
@@ -326,6 +335,8 @@ class McpGateway:
         sse_keepalive_s: float = SSE_KEEPALIVE_S,
     ) -> None:
         self.core = McpCore(catalog)
+        # 2026-07-28 calls waiting for their clients' input between rounds.
+        self.rounds = InputRounds(self.core.client_requests)
         self.sse_keepalive_s = sse_keepalive_s
         self._grants: dict[bytes, TokenGrant] = {}
         for token, grant in tokens.items():
@@ -363,6 +374,7 @@ class McpGateway:
             return
         self._closing = True
         self._unsubscribe()
+        self.rounds.cancel_all()
         for session in list(self.sessions.values()):
             self._drop_session(session)
         for listener in self._listeners:
@@ -379,6 +391,7 @@ class McpGateway:
     def _end_session(self, session: _Session) -> None:
         session.closed = True
         session.changed.set()
+        self.core.client_requests.cancel_owner(session.id)
         for task in session.inflight.values():
             task.cancel()
 
@@ -452,7 +465,7 @@ class McpGateway:
         except McpError as exc:
             return json_error(exc)
         if message.is_response:
-            return web.Response(status=202)  # we never ask clients anything; ignore answers
+            return self._client_answer(request, message, caller)
         version = request.headers.get(H_VERSION)
         try:
             if version in MODERN_VERSIONS:
@@ -528,12 +541,14 @@ class McpGateway:
             raise McpError(INVALID_REQUEST, "initialize must be a request")
         self._make_room(owner)
         result = self.core.initialize_result(message.params)
+        session_id = secrets.token_hex(16)
         session = _Session(
-            id=secrets.token_hex(16),
+            id=session_id,
             caller=caller,
             owner=owner,
             protocol_version=result["protocolVersion"],
             last_seen=time.monotonic(),
+            client=ClientState(session_id, declared(message.params.get("capabilities"))),
         )
         self.sessions[session.id] = session
         self.sessions_of[owner] += 1
@@ -596,8 +611,10 @@ class McpGateway:
                     task.cancel()
             return web.Response(status=202)
         reply = _Reply(request, {H_SESSION: session.id}, self.sse_keepalive_s)
+        # Without SSE nothing but the answer can reach the client (progress, logs, asks).
+        notify = reply.notify if reply.streams else None
         task = asyncio.create_task(
-            self.core.handle(message, caller, modern=False, notify=reply.notify),
+            self.core.handle(message, caller, modern=False, notify=notify, client=session.client),
             name=f"mcp-call:{session.id[:8]}:{message.id}",
         )
         session.inflight[message.id] = task
@@ -607,6 +624,17 @@ class McpGateway:
             if session.inflight.get(message.id) is task:
                 del session.inflight[message.id]
         return await reply.finish(answer)
+
+    def _client_answer(
+        self, request: web.Request, message: Message, caller: Caller
+    ) -> web.StreamResponse:
+        """A client's answer to a server-to-client request of a call in its session."""
+        try:
+            session = self._session(request, caller)
+        except McpError as exc:
+            return json_error(exc)
+        self.core.client_requests.answer(session.id, message.raw)
+        return web.Response(status=202)
 
     async def _run(
         self, call: Awaitable[dict[str, Any]], message: Message, reply: _Reply
@@ -669,8 +697,31 @@ class McpGateway:
         if message.method == "subscriptions/listen":
             return await self._listen(request, message, _owner(request, caller))
         reply = _Reply(request, {}, self.sse_keepalive_s)
-        call = self.core.handle(message, caller, modern=True, notify=reply.notify)
+        client = modern_state(message.meta, message.meta.get(META_CLIENT_CAPABILITIES))
+        notify = reply.notify if reply.streams else None
+        if message.method == "tools/call" and client.capabilities:
+            # Only a client that can be asked anything needs its call kept across rounds.
+            call = self._call_in_rounds(message, caller, notify, client)
+        else:
+            call = self.core.handle(message, caller, modern=True, notify=notify, client=client)
         return await reply.finish(await self._run(call, message, reply))
+
+    async def _call_in_rounds(
+        self, message: Message, caller: Caller, notify: Notify | None, client: ClientState
+    ) -> dict[str, Any]:
+        """A 2026-07-28 `tools/call` whose provider may ask the client: `input_rounds`."""
+
+        def start(to_client: Notify, state: ClientState) -> Coroutine[Any, Any, dict[str, Any]]:
+            return self.core.handle(message, caller, modern=True, notify=to_client, client=state)
+
+        try:
+            return await self.rounds.call(
+                caller, message.params, notify, client.capabilities, client.log_level, start
+            )
+        except RoundsError as e:
+            raise McpError(
+                INVALID_PARAMS, f"Invalid params: {e}", {"field": "requestState"}
+            ) from None
 
     def _open_listener(self, owner: str) -> _Listener:
         """Count a notification stream (`subscriptions/listen`, or a session's GET)

@@ -43,8 +43,10 @@ from typing import Any, Final
 import msgspec
 
 from vsmcp.node.errors import NodeError, clip
+from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, set_level
 from vsmcp.node.mcp.find_tools import FIND_TOOLS, ToolFinder
 from vsmcp.node.routing.pinning import NotOnNode, UnknownNode
+from vsmcp.node.tools.client_channel import ClientRequestFailed
 from vsmcp.node.tools.errors import (
     InvalidArguments,
     Overloaded,
@@ -138,6 +140,7 @@ _TOOL_ERROR_CODES: Final[tuple[tuple[type[ToolError], int], ...]] = (
     (ToolUnavailable, TOOL_UNAVAILABLE),
     (ToolTimeout, TOOL_TIMEOUT),
     (ProviderError, PROVIDER_ERROR),
+    (ClientRequestFailed, PROVIDER_ERROR),
     (ResultTooLarge, PROVIDER_ERROR),
     (ShuttingDown, TOOL_UNAVAILABLE),
 )
@@ -341,9 +344,11 @@ class McpCore:
         self.server_info = dict(server_info)
         # `mcp.max_listed_tools`: a short tools/list and `vsm.find_tools` (find_tools.py).
         self.finder: ToolFinder | None = None
+        # Server-to-client requests of calls in flight, waiting for their clients.
+        self.client_requests = ClientRequests()
 
     def capabilities(self) -> dict[str, Any]:
-        return {"tools": {"listChanged": True}}
+        return {"tools": {"listChanged": True}, "logging": {}}
 
     def initialize_result(self, params: Mapping[str, Any]) -> dict[str, Any]:
         requested = params.get("protocolVersion")
@@ -365,7 +370,13 @@ class McpCore:
             "_meta": {META_SERVER_INFO: self.server_info},
         }
 
-    def context(self, caller: Caller, message: Message, notify: Notify | None) -> CallContext:
+    def context(
+        self,
+        caller: Caller,
+        message: Message,
+        notify: Notify | None,
+        client: ClientState | None = None,
+    ) -> CallContext:
         trace_id, causality = _trace_fields(message.meta)
         token = message.meta.get("progressToken")
         progress = None
@@ -387,14 +398,31 @@ class McpCore:
             causality=causality,
             progress=progress,
             client_addr=caller.addr,
+            client=(
+                None
+                if client is None or notify is None
+                else self.client_requests.channel(client, notify)
+            ),
         )
 
     async def handle(
-        self, message: Message, caller: Caller, *, modern: bool, notify: Notify | None = None
+        self,
+        message: Message,
+        caller: Caller,
+        *,
+        modern: bool,
+        notify: Notify | None = None,
+        client: ClientState | None = None,
     ) -> dict[str, Any]:
-        """The result for one request (`ping`, `tools/list`, `tools/call`); raises on error."""
+        """The result for one request (`ping`, `tools/list`, `tools/call`, ...); raises on
+        error. `client` is the calling client's state (its capabilities, log level)."""
         method = message.method
         if method == "ping":
+            return {}
+        if method == "logging/setLevel":
+            problem = set_level(client, message.params)
+            if problem is not None:
+                raise McpError(INVALID_PARAMS, f"Invalid params: {problem}", {"field": "level"})
             return {}
         if method == "tools/list":
             ctx = self.context(caller, message, None)
@@ -414,7 +442,7 @@ class McpCore:
                 arguments = {}
             if not isinstance(arguments, dict):
                 raise InvalidArguments(name, "arguments must be an object", "arguments")
-            ctx = self.context(caller, message, notify)
+            ctx = self.context(caller, message, notify, client)
             pin = _pinned_node(name, message.meta)
             priority = _priority(name, message.meta, caller.max_priority)
             if pin is not None or priority != ctx.priority:

@@ -17,8 +17,10 @@ import logging
 import sys
 from typing import Any, Final
 
+from vsmcp.node.mcp.client_requests import ClientState, declared, modern_state
 from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
+    META_CLIENT_CAPABILITIES,
     META_PROTOCOL_VERSION,
     META_SUBSCRIPTION_ID,
     MODERN_VERSIONS,
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LINE_BYTES: Final = 1 << 20
 DEFAULT_MAX_INFLIGHT: Final = 64
+STDIO_OWNER: Final = "stdio"
 
 
 class _StdioConnection:
@@ -59,6 +62,8 @@ class _StdioConnection:
         self.lock = asyncio.Lock()
         self.initialized = False
         self.listen_ids: list[Any] = []
+        # The client's capabilities (from initialize) and log level (logging/setLevel).
+        self.client = ClientState(STDIO_OWNER, frozenset())
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.lock:
@@ -84,6 +89,7 @@ class _StdioConnection:
             await self.send(error_message(None, exc))
             return
         if message.is_response:
+            self.core.client_requests.answer(STDIO_OWNER, message.raw)
             return
         if message.is_notification:
             if message.method == "notifications/cancelled":
@@ -94,6 +100,7 @@ class _StdioConnection:
         method = message.method
         if method == "initialize":
             self.initialized = True
+            self.client.capabilities = declared(message.params.get("capabilities"))
             await self.send(result_message(message.id, self.core.initialize_result(message.params)))
         elif method == "server/discover":
             await self.send(result_message(message.id, self.core.discover_result()))
@@ -125,7 +132,14 @@ class _StdioConnection:
     async def _call(self, message: Message) -> None:
         modern = message.meta.get(META_PROTOCOL_VERSION) in MODERN_VERSIONS
         try:
-            result = await self.core.handle(message, self.caller, modern=modern, notify=self.send)
+            client = (
+                modern_state(message.meta, message.meta.get(META_CLIENT_CAPABILITIES))
+                if modern
+                else self.client
+            )
+            result = await self.core.handle(
+                message, self.caller, modern=modern, notify=self.send, client=client
+            )
             reply = result_message(message.id, result)
         except asyncio.CancelledError:
             reply = error_message(message.id, McpError(REQUEST_CANCELLED, "Request cancelled"))

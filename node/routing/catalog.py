@@ -62,6 +62,7 @@ from vsmcp.node.errors import NodeError
 from vsmcp.node.peers.service import MeshService, Peer, PeerUnavailableError
 from vsmcp.node.replication.service import RemoteTool, ReplicationService
 from vsmcp.node.routing.calls import ReplyItem
+from vsmcp.node.routing.client_relay import ClientRelay, invoke_fields
 from vsmcp.node.routing.degraded import GrayTracker, Key, ProbeAnswer, refused_probe_answer
 from vsmcp.node.routing.gray_config import GrayConfig
 from vsmcp.node.routing.pinning import MIN_ID_SUFFIX_CHARS, NotOnNode, resolve_pin
@@ -90,6 +91,7 @@ from vsmcp.node.routing.wire import (
 )
 from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.tools.admission import EntryGate
+from vsmcp.node.tools.client_channel import ClientChannel
 from vsmcp.node.tools.errors import (
     ConcurrencyLimited,
     Overloaded,
@@ -464,6 +466,8 @@ class _Pending:
     selector: ProviderSelector = field(default_factory=ProviderSelector)
     # Its outcome was recorded for gray-failure detection (once per attempt).
     observed: bool = False
+    # The caller's way back, for the provider's logs and requests (`client_relay`).
+    client: ClientChannel | None = None
 
     def accept(self) -> None:
         if not self.accepted:
@@ -561,6 +565,8 @@ class MeshCatalog(Service):
         self.gate: CallGate | None = None
         self._unsubscribe_local = local.on_change(self._local_changed)
         self._reindex_local()
+        # Providers' logs and server-to-client requests for our callers.
+        self.client_relay = ClientRelay(self._client_of)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -571,6 +577,7 @@ class MeshCatalog(Service):
         self._closing = False
         self._mesh.handle_requests(MsgType.INVOKE, self._serve)
         self._mesh.handle_oneway(MsgType.PROGRESS, self._on_progress)
+        self._mesh.handle_requests(MsgType.CLIENT_REQUEST, self.client_relay.serve)
         self._refresh_remote()
         self._fingerprint = self._usable_fingerprint()
         if self._events is not None:
@@ -1100,6 +1107,7 @@ class MeshCatalog(Service):
             tool=name,
             started=now,
             selector=selector,
+            client=ctx.client,
         )
         request = InvokeRequest(
             call_id=pending.call_id,
@@ -1114,6 +1122,7 @@ class MeshCatalog(Service):
             progress=ctx.progress is not None,
             priority=ctx.priority,
             attempt=min(MAX_ATTEMPTS, max(1, attempt)),
+            **invoke_fields(ctx.client),
         )
         context = Context(origin=request.origin, trace_id=ctx.trace_id.encode()[:64])
         self._pending[pending.call_id] = pending
@@ -1344,6 +1353,10 @@ class MeshCatalog(Service):
                 if pending.queue is not None:
                     await pending.queue.join()
 
+    def _client_of(self, call_id: int) -> tuple[str, ClientChannel | None, float] | None:
+        pending = self._pending.get(call_id)
+        return None if pending is None else (pending.provider, pending.client, pending.deadline)
+
     def _on_progress(self, peer: Peer, envelope: Envelope) -> None:
         try:
             message = decode_progress(envelope.payload)
@@ -1407,6 +1420,7 @@ class MeshCatalog(Service):
             report = CallProgress(call_id=call_id, progress=value, total=total, message=message)
             self._mesh.send(entry, MsgType.PROGRESS, encode(report), priority=Priority.REQUEST)
 
+        deadline = started + request.timeout_ms / 1000 if request.timeout_ms else None
         ctx = CallContext(
             caller_id=request.caller_id,
             caller_zone=zone,
@@ -1415,7 +1429,8 @@ class MeshCatalog(Service):
             trace_id=request.trace_id,
             causality=request.causality,
             progress=progress if request.progress else None,
-            deadline=started + request.timeout_ms / 1000 if request.timeout_ms else None,
+            deadline=deadline,
+            client=self.client_relay.channel(self._mesh, entry, request, deadline),
             # The entry node's word (it capped the caller's class); unknown: `normal`.
             priority=_served_priority(request.priority),
         )

@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta
 
 from vsmcp.node.errors import NodeError
+from vsmcp.node.tools.client_channel import ClientRequestFailed
 from vsmcp.node.tools.errors import (
     InvalidArguments,
     Overloaded,
@@ -83,6 +84,11 @@ class InvokeRequest(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
     # failover stays within MAX_ATTEMPTS mesh-wide.
     priority: _Id = "normal"
     attempt: Annotated[int, Meta(ge=1, le=MAX_ATTEMPTS)] = 1
+    # The calling client's way back (`node.routing.client_relay`): whether the entry node
+    # has one, the server-to-client capabilities it declared, its log level ("": none).
+    client: bool = False
+    client_caps: Annotated[tuple[_Id, ...], Meta(max_length=8)] = ()
+    log_level: _Id = ""
 
 
 class InvokeError(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
@@ -150,6 +156,7 @@ def decode_result(payload: bytes) -> ToolResult:
 ERROR_CLASSES: Final[Mapping[str, type[ToolError]]] = {
     cls.reason: cls
     for cls in (
+        ClientRequestFailed,
         UnknownTool,
         InvalidArguments,
         ZoneDenied,

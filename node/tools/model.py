@@ -12,9 +12,12 @@ import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from vsmcp.node.vsm.priority import DEFAULT_PRIORITY, Priority
+
+if TYPE_CHECKING:
+    from vsmcp.node.tools.client_channel import ClientChannel
 
 ProviderKind = Literal["builtin", "plugin", "mounted", "wasm", "child", "remote"]
 
@@ -98,6 +101,8 @@ class CallContext:
     pinned_node: str | None = None
     # Who is refused first under load (`node.vsm.priority`): already capped by the grant.
     priority: Priority = DEFAULT_PRIORITY
+    # The way back to the calling client (logs, sampling, elicitation, roots), if any.
+    client: ClientChannel | None = None
 
     async def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
@@ -130,6 +135,7 @@ class CallContext:
             client_addr=self.client_addr,
             pinned_node=self.pinned_node,
             priority=self.priority,
+            client=self.client,
         )
 
     def with_priority(self, priority: Priority) -> CallContext:

@@ -49,6 +49,7 @@ from vsmcp.node.tools.model import (
     ToolResult,
     ToolSpec,
 )
+from vsmcp.node.tools.mount_client import MountClient
 from vsmcp.node.tools.stdio import RESULT_TOO_LARGE, StdioLaunch, StdioStats, stdio_transport
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ class MountedServer:
         self._renegotiate = asyncio.Event()
         self._connected = asyncio.Event()
         self._reconnecting = False
+        # The server's logs and requests to the calling client (sampling, elicitation, roots).
+        self.client_side = MountClient(cfg.name)
 
     @property
     def name(self) -> str:
@@ -176,7 +179,9 @@ class MountedServer:
             http = await stack.enter_async_context(capped_http_client(cfg.headers, cap))
             target = streamable_http_client(cfg.url, http_client=http, max_sse_event_size=cap)
         mode = LEGACY_MODE if self._legacy else cfg.mode
-        return await stack.enter_async_context(Client(target, mode=mode, cache=None))
+        return await stack.enter_async_context(
+            Client(target, mode=mode, cache=None, **self.client_side.client_kwargs())
+        )
 
     def _describe(self) -> str:
         cfg = self._cfg
@@ -321,12 +326,13 @@ class MountedServer:
             await ctx.report_progress(progress, total, message)
 
         try:
-            result = await client.call_tool(
-                remote,
-                dict(arguments),
-                progress_callback=forward if ctx.progress is not None else None,
-                meta=_trace_meta(ctx),
-            )
+            with self.client_side.calling(ctx):
+                result = await client.call_tool(
+                    remote,
+                    dict(arguments),
+                    progress_callback=forward if ctx.progress is not None else None,
+                    meta=_trace_meta(ctx),
+                )
         except MCPError as exc:
             self._raise_too_large(tool, exc)
             if exc.code == CONNECTION_CLOSED:

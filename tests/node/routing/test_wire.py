@@ -145,9 +145,18 @@ def test_priority_and_attempt_travel_and_older_requests_get_the_defaults() -> No
     request = _request(priority="high", attempt=2)
     assert decode_request(encode(request)) == request
     # An older entry node's request: the fields before `priority` only.
-    older = msgspec.msgpack.encode(msgspec.to_builtins(request)[:-2])
+    before = InvokeRequest.__struct_fields__.index("priority")
+    older = msgspec.msgpack.encode(msgspec.to_builtins(request)[:before])
     decoded = decode_request(older)
     assert (decoded.priority, decoded.attempt) == ("normal", 1)
+
+
+def test_the_clients_way_back_travels_and_older_requests_have_none() -> None:
+    request = _request(client=True, client_caps=("elicitation", "sampling"), log_level="info")
+    assert decode_request(encode(request)) == request
+    before = InvokeRequest.__struct_fields__.index("client")
+    older = decode_request(msgspec.msgpack.encode(msgspec.to_builtins(request)[:before]))
+    assert (older.client, older.client_caps, older.log_level) == (False, (), "")
 
 
 def test_an_older_node_ignores_the_appended_fields() -> None:

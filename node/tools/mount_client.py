@@ -1,0 +1,149 @@
+"""A mounted server's logs and server-to-client requests, passed to the calling client.
+
+The mount's SDK client declares sampling, elicitation and roots to the server and takes
+its log notifications; each goes to the `ClientChannel` of the call it belongs to
+(`node.tools.client_channel`), which reaches the client that made the call (through the
+mesh when the call came from another node). Which call that is: the one whose task the
+SDK runs the callback in (2026-07-28, where the SDK answers a server's input requests
+inside the call), else the mount's only call in flight. A 2025-11-25 server's request
+does not say which of several concurrent calls it belongs to (stdio carries no such
+link), so with several calls in flight it is refused with an error saying so, and a log
+message is dropped (`stats`).
+
+The client's answer is checked (`client_channel.check_answer`, then the SDK's model)
+before the server sees it; every failure reaches the server as a JSON-RPC error whose
+message says what went wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Final
+
+from vsmcp.node.tools.client_channel import INTERNAL_ERROR, ClientRequestFailed
+from vsmcp.node.tools.model import CallContext
+
+if TYPE_CHECKING:
+    import mcp_types as types
+    from mcp.client.session import ClientRequestContext
+
+log = logging.getLogger(__name__)
+
+# The mount's call running in this task (2026-07-28 callbacks run inside the call).
+_CALL: ContextVar[CallContext | None] = ContextVar("vsmcp_mount_call", default=None)
+# The level the mount asks a 2026-07-28 server for: the caller's own level filters later.
+SERVER_LOG_LEVEL: Final = "debug"
+
+
+class MountClient:
+    """The client side of one mount towards its callers: calls in flight, callbacks."""
+
+    def __init__(self, mount: str) -> None:
+        self._mount = mount
+        self._calls: dict[int, CallContext] = {}
+        self._keys = itertools.count()
+        self.counts: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def calling(self, ctx: CallContext) -> Iterator[None]:
+        """Mark `ctx` as a call of this mount in flight (in this task and for the mount)."""
+        key = next(self._keys)
+        self._calls[key] = ctx
+        token = _CALL.set(ctx)
+        try:
+            yield
+        finally:
+            _CALL.reset(token)
+            del self._calls[key]
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """The SDK `Client` arguments that make the server's requests and logs ours."""
+        return {
+            "sampling_callback": self._sampling,
+            "elicitation_callback": self._elicitation,
+            "list_roots_callback": self._roots,
+            "logging_callback": self._log,
+            "log_level": SERVER_LOG_LEVEL,
+        }
+
+    def _call(self) -> CallContext | None:
+        ctx = _CALL.get()
+        if ctx is not None:
+            return ctx
+        if len(self._calls) == 1:
+            return next(iter(self._calls.values()))
+        return None
+
+    def _unplaced(self) -> str:
+        if not self._calls:
+            return f"no call of mount {self._mount!r} is in flight"
+        return (
+            f"{len(self._calls)} calls of mount {self._mount!r} are in flight and the "
+            "request does not say which one it belongs to"
+        )
+
+    async def _log(self, params: types.LoggingMessageNotificationParams) -> None:
+        ctx = self._call()
+        if ctx is None or ctx.client is None:
+            self.counts["logs_dropped"] += 1
+            return
+        await ctx.client.log(params.model_dump(by_alias=True, mode="json", exclude_none=True))
+        self.counts["logs"] += 1
+
+    async def _sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> Any:
+        import mcp_types as types
+
+        model: Any = types.CreateMessageResult
+        if params.tools:
+            model = types.CreateMessageResultWithTools
+        return await self._relay("sampling/createMessage", params, model)
+
+    async def _elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> Any:
+        import mcp_types as types
+
+        return await self._relay("elicitation/create", params, types.ElicitResult)
+
+    async def _roots(self, context: ClientRequestContext) -> Any:
+        import mcp_types as types
+
+        return await self._relay("roots/list", None, types.ListRootsResult)
+
+    async def _relay(self, method: str, params: Any, model: Any) -> Any:
+        import mcp_types as types
+        from pydantic import ValidationError
+
+        ctx = self._call()
+        if ctx is None or ctx.client is None:
+            self.counts["refused"] += 1
+            why = (
+                self._unplaced()
+                if ctx is None
+                else "the call's client cannot be reached (no response stream)"
+            )
+            return types.ErrorData(code=INTERNAL_ERROR, message=f"vsmcp: {method}: {why}")
+        body = {} if params is None else params.model_dump(by_alias=True, mode="json")
+        body = {k: v for k, v in body.items() if v is not None}
+        try:
+            result = await ctx.client.request(method, body, ctx.remaining_s())
+            answer = model.model_validate(result)
+        except ClientRequestFailed as e:
+            self.counts[e.cause] += 1
+            return types.ErrorData(code=e.code, message=f"vsmcp: {e.message}")
+        except ValidationError as e:
+            self.counts["malformed_answer"] += 1
+            problem = e.errors()[0].get("msg", "invalid") if e.errors() else "invalid"
+            return types.ErrorData(
+                code=INTERNAL_ERROR,
+                message=f"vsmcp: {method}: the client's answer is malformed: {problem}",
+            )
+        self.counts["answered"] += 1
+        return answer

@@ -1,0 +1,164 @@
+"""The policy agent against real `vsmcpd` processes: a block made by the immune system
+on node A (a public caller probing a restricted tool) reaches B; B serves the agent
+(`/api/policy-agent.wasm`) and its signed policy set (`/api/policy-agent/policies`); the
+agent decides a batch of requests the same in headless Chromium (Debian's, driven by
+playwright-core) and in wasmtime as the Python reference, and as B itself does: the
+blocked caller's real call at B is refused naming the same policy."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import NodeProcess, call_tool, wait_mesh_states
+from tests.integration.test_status_page import (
+    ATTACKER,
+    DENIALS,
+    DRIVER_DIR,
+    PAGE_WAIT_S,
+    ZONE_DENIED,
+    Browser,
+    _config,
+)
+from tests.polling import wait_for
+from tests.skips import require_browser, require_module
+from vsmcp.node.policyagent.policy_set import verify_policy_set
+from vsmcp.node.policyagent.reference import PolicySet
+
+pytestmark = pytest.mark.integration
+
+POLICY_BLOCKED = -32007
+BLOCK = "origin:http:attacker"
+# In the page: fetch the module and the signed set from the node, run the batch.
+BROWSER_AGENT = """
+(async (batch) => {
+  const [module, signed] = await Promise.all([
+    WebAssembly.compileStreaming(fetch('/api/policy-agent.wasm')),
+    fetch('/api/policy-agent/policies').then((r) => r.json()),
+  ]);
+  const x = (await WebAssembly.instantiate(module, {})).exports;
+  const call = (fn, text) => {
+    const bytes = new TextEncoder().encode(text);
+    const ptr = x.alloc(bytes.length) >>> 0;
+    new Uint8Array(x.memory.buffer, ptr, bytes.length).set(bytes);
+    const status = x[fn](ptr, bytes.length);
+    x.dealloc(ptr, bytes.length);
+    const out = new Uint8Array(x.memory.buffer, x.output_ptr() >>> 0, x.output_len() >>> 0);
+    const answer = JSON.parse(new TextDecoder().decode(out));
+    if (status !== 0) throw new Error(answer.error);
+    return answer;
+  };
+  call('load_policies', signed.set);
+  return { signed, decisions: call('evaluate', JSON.stringify(batch)).decisions };
+})(BATCH)
+"""
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    base = tmp_path_factory.mktemp("agent")
+    config = base / "node.toml"
+    config.write_text(_config())
+    started: list[NodeProcess] = []
+    failed = True
+    try:
+        first = NodeProcess(base / "a", "--config", str(config)).start()
+        started.append(first)
+        seed = f"127.0.0.1:{first.mesh_port}"
+        started.append(NodeProcess(base / "b", "--config", str(config), "--seed", seed).start())
+        wait_mesh_states(started, {n.node_id: "alive" for n in started}, timeout_s=60)
+        assert first.post("/api/debug/tools?name=secret.echo&zone=restricted") == 200
+        failed = False
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+            if failed:
+                print(f"--- log of {node.data_dir} ---\n{node.log_text()[-6000:]}")
+
+
+def _batch(a: NodeProcess) -> dict[str, Any]:
+    request = {"origin": "http:friend", "tool": "secret.echo", "caller_zone": "public"}
+    return {
+        "now_ms": int(time.time() * 1000),
+        "requests": [
+            {**request, "origin": "http:attacker", "tool_zone": "restricted"},
+            {**request, "tool_zone": "restricted"},
+            {**request, "tool": "echo", "tool_zone": "public"},
+            {
+                **request,
+                "origin": f"mesh:{a.node_id}",
+                "entry_origin": "http:attacker",
+                "entry_node": a.node_id,
+                "caller_zone": "restricted",
+                "tool_zone": "restricted",
+            },
+            {**request, "origin": "stdio", "client_addr": "127.0.0.1", "tool_zone": "public"},
+        ],
+    }
+
+
+def _signed_set(node: NodeProcess) -> dict[str, Any]:
+    signed = node.get_json("/api/policy-agent/policies")
+    assert signed.pop("_http_status") == 200, signed
+    return verify_policy_set(signed, node.node_id)
+
+
+def test_browser_wasmtime_and_reference_decide_alike_on_the_meshs_policies(
+    two: list[NodeProcess],
+) -> None:
+    require_browser(str(DRIVER_DIR))
+    require_module("wasmtime")
+    from vsmcp.node.policyagent.agent import WasmPolicyAgent
+
+    a, b = two
+    for _ in range(DENIALS):
+        reply = call_tool(a, ATTACKER, "secret.echo")
+        assert reply["error"]["code"] == ZONE_DENIED, reply
+    # A's block reaches B, and B's signed set holds it.
+    wait_for(
+        lambda: any(x["policy"] == BLOCK for x in _signed_set(b)["blocks"]),
+        timeout_s=PAGE_WAIT_S,
+        what="B's policy set holding A's block",
+    )
+    refused = call_tool(b, ATTACKER, "secret.echo")
+    assert refused["error"]["code"] == POLICY_BLOCKED, refused
+    assert refused["error"]["data"]["policy"] == BLOCK
+
+    batch = _batch(a)
+    expected_reasons = [
+        ("mitigation", "caller"),
+        ("zone", "below_tool_zone"),
+        (None, None),
+        ("mitigation", "caller"),
+        (None, None),
+    ]
+
+    # wasmtime, with the module B serves.
+    status, module, headers = b.get("/api/policy-agent.wasm")
+    assert status == 200 and headers["Content-Type"] == "application/wasm"
+    agent = WasmPolicyAgent(module)
+    doc = _signed_set(b)
+    agent.load_policies(doc)
+    in_wasmtime = agent.evaluate(batch["requests"], batch["now_ms"])
+    assert in_wasmtime == PolicySet(doc).evaluate(batch)["decisions"]
+    assert [(d["by"], d["reason"]) for d in in_wasmtime] == expected_reasons
+    assert in_wasmtime[0]["policy"] == BLOCK
+
+    # Chromium, on B's page, fetching the module and the set itself.
+    browser = Browser()
+    try:
+        browser.run("goto", url=b.url + "/")
+        answer = browser.run("eval", js=BROWSER_AGENT.replace("BATCH", json.dumps(batch)))
+        assert browser.run("errors") == []
+    finally:
+        browser.close()
+    # The set the page fetched (a newer one, signed by B) holds the block too.
+    page_set = verify_policy_set(answer["signed"], b.node_id)
+    assert any(x["policy"] == BLOCK for x in page_set["blocks"])
+    assert answer["decisions"] == PolicySet(page_set).evaluate(batch)["decisions"]
+    assert answer["decisions"] == in_wasmtime

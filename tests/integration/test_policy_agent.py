@@ -1,20 +1,20 @@
-"""The policy agent against real `vsmcpd` processes: a block made by the immune system
-on node A (a public caller probing a restricted tool) reaches B; B serves the agent
-(`/api/policy-agent.wasm`) and its signed policy set (`/api/policy-agent/policies`); the
-agent decides a batch of requests the same in headless Chromium (Debian's, driven by
-playwright-core) and in wasmtime as the Python reference, and as B itself does: the
-blocked caller's real call at B is refused naming the same policy."""
+"""The policy agent against real `vsmcpd` processes (the status page test's 3-node
+mesh): a block made by the immune system on node A (a public caller probing a restricted
+tool) reaches B; B serves the agent (`/api/policy-agent.wasm`) and its signed policy set
+(`/api/policy-agent/policies`); the agent decides a batch of requests the same in
+headless Chromium (Debian's, driven by playwright-core) and in wasmtime as the Python
+reference, and as B itself does: the blocked caller's real call at B is refused naming
+the same policy."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.integration.harness import NodeProcess, call_tool, wait_mesh_states
+from tests.integration.harness import NodeProcess, call_tool
 from tests.integration.test_status_page import (
     ATTACKER,
     DENIALS,
@@ -22,7 +22,7 @@ from tests.integration.test_status_page import (
     PAGE_WAIT_S,
     ZONE_DENIED,
     Browser,
-    _config,
+    three,  # noqa: F401 (the fixture: A, B, C with secret.echo in zone restricted on A)
 )
 from tests.polling import wait_for
 from tests.skips import require_browser, require_module
@@ -58,29 +58,6 @@ BROWSER_AGENT = """
 """
 
 
-@pytest.fixture(scope="module")
-def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    base = tmp_path_factory.mktemp("agent")
-    config = base / "node.toml"
-    config.write_text(_config())
-    started: list[NodeProcess] = []
-    failed = True
-    try:
-        first = NodeProcess(base / "a", "--config", str(config)).start()
-        started.append(first)
-        seed = f"127.0.0.1:{first.mesh_port}"
-        started.append(NodeProcess(base / "b", "--config", str(config), "--seed", seed).start())
-        wait_mesh_states(started, {n.node_id: "alive" for n in started}, timeout_s=60)
-        assert first.post("/api/debug/tools?name=secret.echo&zone=restricted") == 200
-        failed = False
-        yield started
-    finally:
-        for node in started:
-            node.stop()
-            if failed:
-                print(f"--- log of {node.data_dir} ---\n{node.log_text()[-6000:]}")
-
-
 def _batch(a: NodeProcess) -> dict[str, Any]:
     request = {"origin": "http:friend", "tool": "secret.echo", "caller_zone": "public"}
     return {
@@ -109,13 +86,13 @@ def _signed_set(node: NodeProcess) -> dict[str, Any]:
 
 
 def test_browser_wasmtime_and_reference_decide_alike_on_the_meshs_policies(
-    two: list[NodeProcess],
+    three: list[NodeProcess],  # noqa: F811
 ) -> None:
     require_browser(str(DRIVER_DIR))
     require_module("wasmtime")
     from vsmcp.node.policyagent.agent import WasmPolicyAgent
 
-    a, b = two
+    a, b, _ = three
     for _ in range(DENIALS):
         reply = call_tool(a, ATTACKER, "secret.echo")
         assert reply["error"]["code"] == ZONE_DENIED, reply

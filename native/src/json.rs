@@ -1,19 +1,22 @@
 //! A small JSON reader and string writer (RFC 8259), enough for policy sets and batches.
+//! Strings without escapes borrow from the input (no allocation per key or value).
 
-pub enum Value {
+use std::borrow::Cow;
+
+pub enum Value<'a> {
     Null,
     #[allow(dead_code)] // read by no field the agent uses, but valid JSON
     Bool(bool),
     Num(f64),
-    Str(String),
-    Arr(Vec<Value>),
-    Obj(Vec<(String, Value)>),
+    Str(Cow<'a, str>),
+    Arr(Vec<Value<'a>>),
+    Obj(Vec<(Cow<'a, str>, Value<'a>)>),
 }
 
 const MAX_DEPTH: usize = 64;
 
-impl Value {
-    pub fn get(&self, key: &str) -> Option<&Value> {
+impl<'a> Value<'a> {
+    pub fn get(&self, key: &str) -> Option<&Value<'a>> {
         match self {
             Value::Obj(fields) => fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -25,14 +28,14 @@ impl Value {
         match self.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Str(s)) if s.is_empty() => Ok(None),
-            Some(Value::Str(s)) => Ok(Some(s.as_str())),
+            Some(Value::Str(s)) => Ok(Some(s.as_ref())),
             Some(_) => Err(format!("'{}' must be a string or null", key)),
         }
     }
 
     pub fn req_str(&self, key: &str) -> Result<&str, String> {
         match self.get(key) {
-            Some(Value::Str(s)) => Ok(s.as_str()),
+            Some(Value::Str(s)) => Ok(s.as_ref()),
             _ => Err(format!("'{}' must be a string", key)),
         }
     }
@@ -44,7 +47,7 @@ impl Value {
         }
     }
 
-    pub fn req_arr(&self, key: &str) -> Result<&[Value], String> {
+    pub fn req_arr(&self, key: &str) -> Result<&[Value<'a>], String> {
         match self.get(key) {
             Some(Value::Arr(items)) => Ok(items.as_slice()),
             _ => Err(format!("'{}' must be a list", key)),
@@ -52,9 +55,9 @@ impl Value {
     }
 }
 
-pub fn parse(bytes: &[u8]) -> Result<Value, String> {
+pub fn parse(bytes: &[u8]) -> Result<Value<'_>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| String::from("input is not UTF-8"))?;
-    let mut p = Parser { s: text.as_bytes(), i: 0 };
+    let mut p = Parser { text, s: text.as_bytes(), i: 0 };
     let v = p.value(0)?;
     p.ws();
     if p.i != p.s.len() {
@@ -64,6 +67,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
 }
 
 struct Parser<'a> {
+    text: &'a str,
     s: &'a [u8],
     i: usize,
 }
@@ -88,7 +92,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn literal(&mut self, word: &str, v: Value) -> Result<Value, String> {
+    fn literal(&mut self, word: &str, v: Value<'a>) -> Result<Value<'a>, String> {
         if self.s[self.i..].starts_with(word.as_bytes()) {
             self.i += word.len();
             Ok(v)
@@ -97,7 +101,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value, String> {
+    fn value(&mut self, depth: usize) -> Result<Value<'a>, String> {
         if depth > MAX_DEPTH {
             return Err(self.bad("nested too deep"));
         }
@@ -158,7 +162,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn number(&mut self) -> Result<Value, String> {
+    fn number(&mut self) -> Result<Value<'a>, String> {
         let start = self.i;
         self.eat(b'-');
         let digits = |p: &mut Parser| {
@@ -187,6 +191,12 @@ impl<'a> Parser<'a> {
         text.parse::<f64>().map(Value::Num).map_err(|_| self.bad("bad number"))
     }
 
+    fn skip_plain(&mut self) {
+        while self.i < self.s.len() && !matches!(self.s[self.i], b'"' | b'\\') && self.s[self.i] >= 0x20 {
+            self.i += 1;
+        }
+    }
+
     fn hex4(&mut self) -> Result<u32, String> {
         let end = self.i + 4;
         if end > self.s.len() {
@@ -198,21 +208,27 @@ impl<'a> Parser<'a> {
         Ok(code)
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<Cow<'a, str>, String> {
         self.i += 1; // the opening quote
+        let first = self.i;
+        self.skip_plain();
+        if self.s.get(self.i) == Some(&b'"') {
+            // No escape: the input's own bytes (valid UTF-8, cut at ASCII quotes).
+            self.i += 1;
+            return Ok(Cow::Borrowed(&self.text[first..self.i - 1]));
+        }
+        self.i = first;
         let mut out = String::new();
         loop {
             let start = self.i;
-            while self.i < self.s.len() && !matches!(self.s[self.i], b'"' | b'\\') && self.s[self.i] >= 0x20 {
-                self.i += 1;
-            }
+            self.skip_plain();
             // The input is valid UTF-8 and we stopped at an ASCII byte: a char boundary.
             out.push_str(std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.bad("bad UTF-8"))?);
             match self.s.get(self.i) {
                 None => return Err(self.bad("unterminated string")),
                 Some(b'"') => {
                     self.i += 1;
-                    return Ok(out);
+                    return Ok(Cow::Owned(out));
                 }
                 Some(b'\\') => {
                     self.i += 1;

@@ -16,9 +16,15 @@ struct Block {
     expires_at_ms: f64,
 }
 
+const KINDS: [&str; 3] = ["origin", "node", "tool"];
+const ORIGIN: usize = 0;
+const NODE: usize = 1;
+const TOOL: usize = 2;
+
 pub struct PolicySet {
     ranks: HashMap<String, usize>,
-    blocks: HashMap<(String, String), Vec<Block>>,
+    /// Per target kind (KINDS' order), the blocks of each target: looked up by `&str`.
+    blocks: [HashMap<String, Vec<Block>>; 3],
     block_count: usize,
 }
 
@@ -48,20 +54,21 @@ impl PolicySet {
         for (rank, zone) in zones.iter().enumerate() {
             match zone {
                 Value::Str(name) => {
-                    if ranks.insert(name.clone(), rank).is_some() {
+                    if ranks.insert(name.to_string(), rank).is_some() {
                         return Err(format!("zone {} is listed twice", name));
                     }
                 }
                 _ => return Err(String::from("'zones' must be a list of strings")),
             }
         }
-        let mut blocks: HashMap<(String, String), Vec<Block>> = HashMap::new();
+        let mut blocks: [HashMap<String, Vec<Block>>; 3] = Default::default();
         let items = v.req_arr("blocks")?;
         for item in items {
             let kind = item.req_str("target_kind")?;
-            if !matches!(kind, "origin" | "node" | "tool") {
-                return Err(format!("unknown target_kind {}", kind));
-            }
+            let index = match KINDS.iter().position(|k| *k == kind) {
+                Some(index) => index,
+                None => return Err(format!("unknown target_kind {}", kind)),
+            };
             let raw = item.req_str("target")?;
             let target = if kind == "origin" { canonical_origin(raw) } else { raw.to_string() };
             let block = Block {
@@ -69,7 +76,7 @@ impl PolicySet {
                 policy: item.req_str("policy")?.to_string(),
                 expires_at_ms: item.req_num("expires_at_ms")?,
             };
-            blocks.entry((kind.to_string(), target)).or_default().push(block);
+            blocks[index].entry(target).or_default().push(block);
         }
         Ok(PolicySet { ranks, blocks, block_count: items.len() })
     }
@@ -83,8 +90,8 @@ impl PolicySet {
     }
 
     /// The live block of this target expiring last (the smallest key among equals).
-    fn find(&self, kind: &str, target: &str, now_ms: f64) -> Option<&Block> {
-        let held = self.blocks.get(&(kind.to_string(), target.to_string()))?;
+    fn find(&self, kind: usize, target: &str, now_ms: f64) -> Option<&Block> {
+        let held = self.blocks[kind].get(target)?;
         let mut best: Option<&Block> = None;
         for b in held.iter().filter(|b| b.expires_at_ms > now_ms) {
             best = match best {
@@ -105,16 +112,16 @@ impl PolicySet {
             // The entry node's loopback or stdio caller is not ours, whatever is blocked.
             let named = r.entry_origin.filter(|o| !is_node_local(o));
             let address = r.client_addr.map(|a| canonical_origin(&format!("addr:{}", a)));
-            let candidates: [(&str, Option<&str>, &'static str); 5] = [
-                ("origin", Some(r.origin), "caller"),
-                ("origin", named, "caller"),
-                ("origin", address.as_deref(), "caller"),
-                ("node", r.entry_node, "entry node"),
-                ("tool", Some(r.tool), "tool"),
+            let candidates: [(usize, Option<&str>, &'static str); 5] = [
+                (ORIGIN, Some(r.origin), "caller"),
+                (ORIGIN, named, "caller"),
+                (ORIGIN, address.as_deref(), "caller"),
+                (NODE, r.entry_node, "entry node"),
+                (TOOL, Some(r.tool), "tool"),
             ];
             for (kind, target, what) in candidates.iter() {
                 if let Some(target) = target {
-                    if let Some(block) = self.find(kind, target, now_ms) {
+                    if let Some(block) = self.find(*kind, target, now_ms) {
                         return Decision::Mitigation(block, what);
                     }
                 }

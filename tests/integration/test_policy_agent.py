@@ -85,48 +85,61 @@ def _signed_set(node: NodeProcess) -> dict[str, Any]:
     return verify_policy_set(signed, node.node_id)
 
 
-def test_browser_wasmtime_and_reference_decide_alike_on_the_meshs_policies(
-    three: list[NodeProcess],  # noqa: F811
-) -> None:
-    require_browser(str(DRIVER_DIR))
-    require_module("wasmtime")
-    from vsmcp.node.policyagent.agent import WasmPolicyAgent
+EXPECTED = [  # (by, reason) of each request of `_batch`
+    ("mitigation", "caller"),
+    ("zone", "below_tool_zone"),
+    (None, None),
+    ("mitigation", "caller"),
+    (None, None),
+]
 
-    a, b, _ = three
+
+def _blocked(a: NodeProcess, b: NodeProcess) -> None:
+    """A's immune system blocks the attacker (zone denials); the block reaches B's set."""
+    if any(x["policy"] == BLOCK for x in _signed_set(b)["blocks"]):
+        return
     for _ in range(DENIALS):
         reply = call_tool(a, ATTACKER, "secret.echo")
-        assert reply["error"]["code"] == ZONE_DENIED, reply
-    # A's block reaches B, and B's signed set holds it.
+        assert reply["error"]["code"] in (ZONE_DENIED, POLICY_BLOCKED), reply
     wait_for(
         lambda: any(x["policy"] == BLOCK for x in _signed_set(b)["blocks"]),
         timeout_s=PAGE_WAIT_S,
         what="B's policy set holding A's block",
     )
+
+
+def test_the_agent_in_wasmtime_decides_as_the_reference_and_the_node(
+    three: list[NodeProcess],  # noqa: F811
+) -> None:
+    require_module("wasmtime")
+    from vsmcp.node.policyagent.agent import WasmPolicyAgent
+
+    a, b, _ = three
+    _blocked(a, b)
     refused = call_tool(b, ATTACKER, "secret.echo")
     assert refused["error"]["code"] == POLICY_BLOCKED, refused
     assert refused["error"]["data"]["policy"] == BLOCK
 
-    batch = _batch(a)
-    expected_reasons = [
-        ("mitigation", "caller"),
-        ("zone", "below_tool_zone"),
-        (None, None),
-        ("mitigation", "caller"),
-        (None, None),
-    ]
-
-    # wasmtime, with the module B serves.
     status, module, headers = b.get("/api/policy-agent.wasm")
     assert status == 200 and headers["Content-Type"] == "application/wasm"
     agent = WasmPolicyAgent(module)
     doc = _signed_set(b)
     agent.load_policies(doc)
-    in_wasmtime = agent.evaluate(batch["requests"], batch["now_ms"])
-    assert in_wasmtime == PolicySet(doc).evaluate(batch)["decisions"]
-    assert [(d["by"], d["reason"]) for d in in_wasmtime] == expected_reasons
-    assert in_wasmtime[0]["policy"] == BLOCK
+    batch = _batch(a)
+    decisions = agent.evaluate(batch["requests"], batch["now_ms"])
+    assert decisions == PolicySet(doc).evaluate(batch)["decisions"]
+    assert [(d["by"], d["reason"]) for d in decisions] == EXPECTED
+    assert decisions[0]["policy"] == BLOCK
 
-    # Chromium, on B's page, fetching the module and the set itself.
+
+def test_the_agent_in_chromium_decides_as_the_reference(
+    three: list[NodeProcess],  # noqa: F811
+) -> None:
+    require_browser(str(DRIVER_DIR))
+    a, b, _ = three
+    _blocked(a, b)
+    batch = _batch(a)
+    # On B's page, fetching the module and the signed set from B itself.
     browser = Browser()
     try:
         browser.run("goto", url=b.url + "/")
@@ -134,8 +147,8 @@ def test_browser_wasmtime_and_reference_decide_alike_on_the_meshs_policies(
         assert browser.run("errors") == []
     finally:
         browser.close()
-    # The set the page fetched (a newer one, signed by B) holds the block too.
     page_set = verify_policy_set(answer["signed"], b.node_id)
     assert any(x["policy"] == BLOCK for x in page_set["blocks"])
     assert answer["decisions"] == PolicySet(page_set).evaluate(batch)["decisions"]
-    assert answer["decisions"] == in_wasmtime
+    assert [(d["by"], d["reason"]) for d in answer["decisions"]] == EXPECTED
+    assert answer["decisions"][0]["policy"] == BLOCK

@@ -61,6 +61,7 @@ from vsmcp.node.peers.service import (
     MeshService,
     parent_node_id,
 )
+from vsmcp.node.policyagent.policy_set import policy_set, sign_policy_set
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
@@ -889,6 +890,16 @@ class Node(Service):
         if self.immune is None:
             raise StartupError("node not started")
         return self.immune.view()
+
+    def policy_agent_set(self) -> dict[str, Any]:
+        """`GET /api/policy-agent/policies`: the mitigations enforced here and the zones,
+        signed by this node, for the policy agent to decide as this node would."""
+        if self.immune is None or self._identity is None:
+            raise StartupError("node not started")
+        key = self._identity.key
+        now_ms = int(time.time() * 1000)
+        doc = policy_set(self.immune.blocks.all(), self.config.trust.zones, key.public_key, now_ms)
+        return sign_policy_set(doc, key.sign_detached)
 
     def accept_policy_record(self, blob: bytes) -> bool:
         """`POST /api/policies/revocations`: a record signed elsewhere (the authority)."""

@@ -131,6 +131,16 @@ class Policies(msgspec.Struct):
     stats: dict[str, int]
 
 
+class PolicyAgentSet(msgspec.Struct):
+    """The mitigations this node enforces and its zones, signed by the node, for the policy
+    agent: `set` is the JSON text the agent loads as is, `signature` the base64 Ed25519
+    signature of its UTF-8 bytes by `node` (whose id is its public key). docs/wasm.md."""
+
+    set: str
+    signature: str
+    node: str
+
+
 class RecentEvents(msgspec.Struct):
     """The node's last events (every kind but tool calls; each tagged by `kind`, with
     `ts`) and the status page's stream counters (clients, refused, dropped)."""
@@ -317,6 +327,7 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     Patterns,
     Vsm,
     Policies,
+    PolicyAgentSet,
     RecentEvents,
     AuditRecent,
     Signal,

@@ -22,6 +22,7 @@ OPENAPI_PATH: Final = "/api/openapi.json"
 # Server-Sent Events, not JSON: an answer that never ends (tests/node/http/test_openapi_fuzz.py
 # leaves it out; tests/integration/test_status_page.py reads it).
 STREAM_PATH: Final = "/api/stream"
+AGENT_MODULE_PATH: Final = "/api/policy-agent.wasm"
 _REF: Final = "#/components/schemas/{name}"
 # Operations that answer only when `node.debug_api` is on (403 otherwise).
 DEBUG_TAG: Final = "debug"
@@ -104,6 +105,16 @@ def _stream_operation() -> dict[str, Any]:
     return op
 
 
+def _agent_module_operation() -> dict[str, Any]:
+    op = _operation("The policy agent (WebAssembly, built from native/)", (200, None, ""))
+    op["responses"]["200"] = {
+        "description": "The module's bytes (no imports; exports alloc, dealloc, load_policies, "
+        "evaluate, output_ptr, output_len, abi_version): docs/wasm.md",
+        "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    return op
+
+
 def _paths() -> dict[str, dict[str, Any]]:
     s = api_schema
     block = _operation(
@@ -131,6 +142,11 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/api/policies": (
             "The immune policies this node holds, with their notes",
             s.Policies,
+            starting,
+        ),
+        "/api/policy-agent/policies": (
+            "The signed policy set for the policy agent: zones and the mitigations enforced here",
+            s.PolicyAgentSet,
             starting,
         ),
         "/api/children": ("This node's child VSMs and their states", s.Children, {}),
@@ -277,6 +293,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 debug=True,
             )
         },
+        AGENT_MODULE_PATH: {"get": _agent_module_operation()},
         STREAM_PATH: {"get": _stream_operation()},
         OPENAPI_PATH: {"get": _operation("This document", (200, None, "The OpenAPI 3.1 document"))},
     }

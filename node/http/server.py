@@ -24,6 +24,7 @@ from vsmcp.node.http.limits import (
 from vsmcp.node.http.policy import RequestPolicy
 from vsmcp.node.http.status_page import PageHub, page_routes
 from vsmcp.node.metrics import CONTENT_TYPE
+from vsmcp.node.policyagent.agent import module_bytes as policy_agent_module
 from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class NodeView(Protocol):
     def policies_view(self) -> dict[str, Any]: ...
 
     def accept_policy_record(self, blob: bytes) -> bool: ...
+
+    def policy_agent_set(self) -> dict[str, Any]: ...
 
     def wasm_view(self) -> dict[str, Any]: ...
 
@@ -207,6 +210,13 @@ def build_app(
         # HTTP is up before the mesh, and so before the immune system: not yet.
         return _while_starting(node.policies_view)
 
+    async def api_policy_agent_set(_: web.Request) -> web.Response:
+        return _while_starting(node.policy_agent_set)
+
+    async def api_policy_agent_module(_: web.Request) -> web.Response:
+        # application/wasm: what WebAssembly.instantiateStreaming requires.
+        return web.Response(body=policy_agent_module(), content_type="application/wasm")
+
     async def api_revocation(request: web.Request) -> web.Response:
         # The record is signed (by the authority, offline): whoever posts it adds nothing.
         try:
@@ -329,6 +339,8 @@ def build_app(
     app.router.add_post("/api/plan", planner_request)
     app.router.add_post("/api/ask", planner_request)
     app.router.add_get("/api/policies", api_policies)
+    app.router.add_get("/api/policy-agent.wasm", api_policy_agent_module)
+    app.router.add_get("/api/policy-agent/policies", api_policy_agent_set)
     app.router.add_post("/api/policies/revocations", api_revocation)
     app.router.add_get("/api/wasm/modules", api_wasm)
     app.router.add_post("/api/wasm/modules", api_wasm_publish)

@@ -549,6 +549,7 @@ def _validate(config: Config) -> None:
     _validate_immune(config.vsm.immune)
     if config.vsm.concurrency is not None:
         config.vsm.concurrency.settings()  # raises ConfigError naming the key
+        config.vsm.concurrency.bound_settings(1.0)
     check_profile(config)
     _validate_wasm(config)
     _validate_zone_references(config)

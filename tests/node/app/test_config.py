@@ -280,6 +280,9 @@ def test_the_edge_profile_sets_smaller_defaults_under_what_is_configured(tmp_pat
         ({"vsm.concurrency": {"smoothing": 1.5}}, "vsm.concurrency.smoothing"),
         ({"vsm.concurrency": {"share_low": 0.9}}, "vsm.concurrency.share_low"),
         ({"vsm.concurrency": {"tolerance": 0.5}}, "vsm.concurrency.tolerance"),
+        ({"vsm.concurrency": {"s3_lag_low_ms": 300}}, "vsm.concurrency.s3_lag_low_ms"),
+        ({"vsm.concurrency": {"s3_step_down": 1.0}}, "vsm.concurrency.s3_step_down"),
+        ({"vsm.concurrency": {"s3_min_share": 0}}, "vsm.concurrency.s3_min_share"),
         ({"mcp.loopback_max_priority": "urgent"}, "mcp.loopback_max_priority"),
     ],
 )

@@ -637,6 +637,9 @@ def _validate_wasm(config: Config) -> None:
             raise ConfigError(key, str(e)) from e
         if manifest.zone not in zones:
             raise ConfigError(key, f"zone '{manifest.zone}' is not in trust.zones")
+        why = None if manifest.probe is None else check_probe_schema(manifest.probe.expect)
+        if why is not None:
+            raise ConfigError(key, f"probe.expect: not a JSON schema: {why}")
 
 
 def _validate_algedonic(config: Config) -> None:

@@ -219,6 +219,8 @@ def test_bad_immune_values_name_the_key(tmp_path: Path, line: str, key: str, fra
         ('name = "t"\n[grants]\nclock = true\n', "", "edge.allow_clock"),
         ('name = "t"\nzone = "nowhere"\n', "", "zone 'nowhere' is not in trust.zones"),
         ('name = "t"\n[limits]\nmemory_mb = 0\n', "", "memory_mb"),
+        ('name = "t"\n[probe]\nexpect = { type = 7 }\n', "", "probe.expect: not a JSON schema"),
+        ('name = "t"\n[probe]\nexpect = { required = ["x"] }\n', "", None),
         ('name = "t"\n[grants]\nclock = true\n', "[edge]\nallow_clock = true\n", None),
     ],
 )

@@ -19,6 +19,7 @@ watch applies the current bound to every limit each tick (units started later to
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.events import EventSink, LimitBoundChanged
 from vsmcp.node.vsm.kpis import percentile
 from vsmcp.node.vsm.loop_service import LoopService
+
+log = logging.getLogger(__name__)
 
 LOOP_NAME: Final = "overload-watch"
 PAIN_SOURCE: Final = "overload"
@@ -122,7 +125,15 @@ class OverloadWatch(LoopService):
         for limiter in self._limiters():
             if limiter.bound != governor.share:
                 limiter.set_bound(governor.share)
-        if change is not None and self._events is not None:
+        if change is None:
+            return
+        log.info(
+            "System 3: the concurrency limits' upper bound %s to %.0f %% (event loop lag %.0f ms)",
+            change.direction,
+            change.share * 100,
+            change.lag_s * 1000,
+        )
+        if self._events is not None:
             self._events.publish(
                 LimitBoundChanged(
                     ts=time.time(),

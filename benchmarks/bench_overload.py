@@ -19,7 +19,8 @@ this process, with aiohttp:
    of admitted calls (and as a multiple of the unloaded p99), critical success, share
    refused, and how long a refusal took: seen by the client (HTTP round trip included)
    and at the node (the `vsmcp_tool_call_duration_seconds` histogram of `overloaded`
-   outcomes: the share answered within 1 ms and 2.5 ms).
+   outcomes: the share answered within 1 ms and 2.5 ms; and `vsmcp_mcp_refusal_seconds`,
+   the /mcp handler's time for each 503, whose fine buckets give a p99 bound).
 
 Client and both nodes share the machine's cores: numbers are for this machine only.
 """
@@ -104,6 +105,7 @@ class Phase:
     rate: float
     calls: list[Call] = field(default_factory=list)
     server_refusals: dict[str, float] = field(default_factory=dict)
+    refusal_times: dict[str, Any] = field(default_factory=dict)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -204,6 +206,34 @@ def refusal_buckets(node: NodeProcess) -> dict[str, float]:
     return out
 
 
+REFUSAL_BUCKET = re.compile(r'^vsmcp_mcp_refusal_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+def node_buckets(node: NodeProcess) -> dict[float, float]:
+    text = node.get("/metrics")[1].decode()
+    return {float(le): float(n) for le, n in REFUSAL_BUCKET.findall(text)}
+
+
+def node_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Refusals of the phase by bucket: count, p50/p99 (bucket bounds), share ≤ 1 / 2 ms."""
+    cumulative = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = cumulative[-1][1]
+
+    def bound(p: float) -> float:
+        return next(le for le, n in cumulative if n >= p / 100 * total)
+
+    def within(le_s: float) -> float:
+        return dict(cumulative)[le_s] / total
+
+    return {
+        "refusals": int(total),
+        "p50_ms_at_most": bound(50) * 1000,
+        "p99_ms_at_most": bound(99) * 1000,
+        "within_1ms": round(within(0.001), 4),
+        "within_2ms": round(within(0.002), 4),
+    }
+
+
 def summarize(
     phase: Phase, capacity: float, unloaded_p99: float, measure_s: float
 ) -> dict[str, Any]:
@@ -231,6 +261,7 @@ def summarize(
         "refuse_client_p99_ms": round(pct([c.latency_s for c in refused], 99) * 1000, 2),
         "refuse_node_within_1ms": round(refusals.get("0.001", 0) / total, 4) if total else None,
         "refuse_node_within_2_5ms": round(refusals.get("0.0025", 0) / total, 4) if total else None,
+        "refuse_node_fine": phase.refusal_times,
     }
 
 
@@ -266,8 +297,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     for mode in ("on", "off"):
                         phase = Phase(mode, factor, factor * capacity)
                         before = refusal_buckets(nodes[mode])
+                        fine_before = node_buckets(nodes[mode])
                         await open_loop(clients[mode], phase, args.warmup_s, args.measure_s)
                         after = refusal_buckets(nodes[mode])
+                        fine_after = node_buckets(nodes[mode])
+                        if fine_after.get(float("inf"), 0) > fine_before.get(float("inf"), 0):
+                            phase.refusal_times = node_summary(fine_before, fine_after)
                         phase.server_refusals = {
                             k: after.get(k, 0.0) - before.get(k, 0.0) for k in after
                         }

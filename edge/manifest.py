@@ -15,6 +15,9 @@ the manifest with the same stem and `.wasm` (or `.wat`, text format) suffix.
     dirs = [{ host = "data", guest = "/data" }]
     env = ["LANG"]
     clock = true
+    [probe]                      # System 3*'s probe of the tool (unset: unaudited)
+    arguments = { text = "probe" }
+    expect = { required = ["text"] }   # a JSON schema the result must match
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     output_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_OUTPUT_BYTES)] = 1 << 20
 
 
+class Probe(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A call System 3* makes of the tool (`arguments`) and the JSON schema its result
+    must match (`expect`; the node checks that it is one)."""
+
+    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+    expect: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class _ManifestFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
     description: str = ""
@@ -51,6 +62,7 @@ class _ManifestFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     )
     limits: Limits = msgspec.field(default_factory=Limits)
     grants: Grants = msgspec.field(default_factory=Grants)
+    probe: Probe | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +77,7 @@ class Manifest:
     input_schema: dict[str, Any]
     limits: Limits
     grants: Grants
+    probe: Probe | None = None
 
 
 def _module_path(path: Path, declared: str | None) -> Path:
@@ -111,6 +124,7 @@ def _manifest(
         input_schema=parsed.input_schema,
         limits=parsed.limits,
         grants=parsed.grants,
+        probe=parsed.probe,
     )
 
 

@@ -61,3 +61,51 @@ class ToolCallMetrics:
             return OTHER_TOOLS
         self._tools.add(event.tool)
         return event.tool
+
+
+REFUSAL_NAME = "vsmcp_mcp_refusal_seconds"
+# Fine enough to read a 2 ms p99 target off the histogram (the call histogram's first
+# buckets are 1 and 2.5 ms).
+REFUSAL_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
+)
+
+
+class RefusalTimes:
+    """How long `/mcp` took to refuse a call for load (HTTP 503: `overloaded`, a shed
+    class, a unit restarting): from the handler's start to the answer handed to the
+    HTTP server, which excludes only the time the request waited for the event loop
+    (`vsmcp_event_loop_lag_seconds`) and the write of the ≈300-byte answer."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self._metrics = metrics
+        self._histogram: Histogram | None = None
+        metrics.on_registry(self._create)
+
+    def _create(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Histogram
+
+        self._histogram = Histogram(
+            REFUSAL_NAME,
+            "Time /mcp took to refuse a call for load (HTTP 503), from the handler's start "
+            "to the answer",
+            buckets=REFUSAL_BUCKETS_S,
+            registry=registry,
+        )
+
+    def observe(self, seconds: float) -> None:
+        if self._histogram is None:
+            self._metrics.build()  # which calls _create
+        assert self._histogram is not None
+        self._histogram.observe(seconds)

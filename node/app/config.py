@@ -572,6 +572,7 @@ def _validate(config: Config) -> None:
     _validate_immune(config.vsm.immune)
     if config.vsm.concurrency is not None:
         config.vsm.concurrency.settings()  # raises ConfigError naming the key
+        config.vsm.concurrency.bound_settings(1.0)
     check_profile(config)
     _validate_wasm(config)
     _validate_zone_references(config)
@@ -659,6 +660,9 @@ def _validate_wasm(config: Config) -> None:
             raise ConfigError(key, str(e)) from e
         if manifest.zone not in zones:
             raise ConfigError(key, f"zone '{manifest.zone}' is not in trust.zones")
+        why = None if manifest.probe is None else check_probe_schema(manifest.probe.expect)
+        if why is not None:
+            raise ConfigError(key, f"probe.expect: not a JSON schema: {why}")
 
 
 def _validate_algedonic(config: Config) -> None:

@@ -70,7 +70,7 @@ from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.store.audit_anchor import AuditAnchor
 from vsmcp.node.store.audit_head import head_file_for
 from vsmcp.node.store.database import Store
-from vsmcp.node.tool_call_metrics import ToolCallMetrics
+from vsmcp.node.tool_call_metrics import RefusalTimes, ToolCallMetrics
 from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.model import CallContext
@@ -197,6 +197,7 @@ class Node(Service):
         self.events = EventStream()
         self._event_counts: Counter[str] = Counter()
         self._tool_calls = ToolCallMetrics(self.metrics)
+        self._refusal_times = RefusalTimes(self.metrics)
         self.events.subscribe("metrics", self._count_events, capacity=vsm.event_buffer)
         # The status page's feed (`/api/stream`) and recent events (`/api/events`).
         self.page = PageHub(self.events, max_clients=config.http.max_page_clients)
@@ -1129,6 +1130,7 @@ class Node(Service):
             lambda: dict(asks.counts),
             known=COUNTED_OUTCOMES,
         )
+        gateway.refusal_observer = self._refusal_times.observe
 
     def _allowed_hosts(self) -> list[str]:
         """Host names HTTP answers on every route (a page re-pointed at us by DNS

@@ -29,9 +29,11 @@ from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.algedonic import AlgedonicChannel, ChannelFull, Signal, SignalError
 from vsmcp.node.vsm.balance import AlgedonicBalance
+from vsmcp.node.vsm.bounds import BoundGovernor
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.events import ToolCallFinished
 from vsmcp.node.vsm.kpis import CallKpis
+from vsmcp.node.vsm.overload import DEFAULT_INTERVAL_S as OVERLOAD_TICK_S
 from vsmcp.node.vsm.overload import OverloadWatch
 from vsmcp.node.vsm.patterns.actions import Match
 from vsmcp.node.vsm.patterns.model import Action, AlgedonicAction
@@ -136,11 +138,15 @@ class VsmSystems(Service):
             self.serve_gate = EntryGate(AdaptiveLimiter(SERVE, self.limiter_settings, now), events)
         gates = [g for g in (self.entry_gate, self.serve_gate) if g is not None]
         self.effectors = NodeEffectors(self.shedder, gates)
+        bounds = None if regulation is None else regulation.bound_settings(OVERLOAD_TICK_S)
         self.overload = OverloadWatch(
             self.limiters,
             self._overload_pain,
             loops,
             pain_after_s=0.0 if regulation is None else regulation.pain_after_s,
+            interval_s=OVERLOAD_TICK_S,
+            governor=None if bounds is None else BoundGovernor(bounds),
+            events=events,
         )
         self.s5 = System5(
             self.channel.s5,

@@ -36,7 +36,7 @@ import logging
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -90,6 +90,7 @@ log = logging.getLogger(__name__)
 MCP_PATH: Final = "/mcp"
 SSE_KEEPALIVE_S: Final = 15.0
 SWEEP_INTERVAL_S: Final = 1.0
+SERVICE_UNAVAILABLE: Final = 503  # what a refusal for load is answered with
 
 JSON_TYPE: Final = "application/json"
 SSE_TYPE: Final = "text/event-stream"
@@ -359,6 +360,8 @@ class McpGateway:
         self._last_sweep = 0.0
         self._closing = False
         self._unsubscribe = catalog.on_change(self._tools_changed)
+        # Told how long each refusal for load (HTTP 503) took (the node's histogram).
+        self.refusal_observer: Callable[[float], None] | None = None
 
     # -- shared --------------------------------------------------------------------------
 
@@ -451,6 +454,14 @@ class McpGateway:
     # -- entry points ----------------------------------------------------------------------
 
     async def handle_post(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await self._post(request)
+        observe = self.refusal_observer
+        if observe is not None and response.status == SERVICE_UNAVAILABLE:
+            observe(time.perf_counter() - started)
+        return response
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
         try:
             _check_accept(request, JSON_TYPE, SSE_TYPE)
             if request.content_type != JSON_TYPE:

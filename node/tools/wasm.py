@@ -25,7 +25,7 @@ from vsmcp.edge.grants import EdgePermissions
 from vsmcp.edge.manifest import Manifest
 from vsmcp.edge.runtime import LoadedTool, WasmRuntime
 from vsmcp.edge.sandbox import WasmOutcome
-from vsmcp.node.tools.config import EdgeConfig
+from vsmcp.node.tools.config import EdgeConfig, ProbeConfig
 from vsmcp.node.tools.errors import ToolFault, UnitFault, UnknownTool
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
 from vsmcp.node.tools.stdio import escape_line
@@ -63,6 +63,14 @@ class WasmProvider:
     @property
     def name(self) -> str:
         return f"wasm:{self._manifest.name}"
+
+    @property
+    def declared_probe(self) -> ProbeConfig | None:
+        """The manifest's `[probe]` (System 3*: node/vsm/audits.py), None: unaudited."""
+        probe = self._manifest.probe
+        if probe is None:
+            return None
+        return ProbeConfig(arguments=probe.arguments, expect=probe.expect)
 
     def tools(self) -> Sequence[ToolSpec]:
         return (self._spec,)

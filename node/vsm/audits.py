@@ -1,9 +1,10 @@
 """System 3*: sporadic, randomly timed audits of the S1 units, bypassing System 2.
 
 A tool may declare a probe (`probe = { arguments = {...}, expect = {...} }` in its
-config): a call with fixed arguments whose result must match `expect`, a JSON schema
-(checked against the result's `structuredContent`, else its text parsed as JSON, else
-the text). At random times (uniform in [`min_interval_s`, `max_interval_s`]) the
+config; a WASM tool: `[probe]` in its manifest): a call with fixed arguments whose
+result must match `expect`, a JSON schema (checked against the result's
+`structuredContent`, else its text parsed as JSON, else the text). At random times
+(uniform in [`min_interval_s`, `max_interval_s`]) the
 auditor picks one probed local tool at random and calls its unit directly — not through
 the catalog's limits, routing or breaker — at `critical` priority (past the unit's
 adaptive limit) with `timeout_s`. A probe that errs, times out or returns the wrong shape
@@ -141,7 +142,7 @@ class Auditor(LoopService):
         self._pain = pain
         self._rng = rng or random.Random()
         self._supervisor: Supervisor | None = None
-        self.probes: dict[str, ProbeConfig] = {}
+        self._configured: dict[str, ProbeConfig] = {}
         self.listed: frozenset[str] = frozenset()
         self.peer_audit: PeerAudit | None = None
         self._running: dict[str, asyncio.Future[str | None]] = {}
@@ -164,8 +165,22 @@ class Auditor(LoopService):
         list alone (the mount's health check runs tools/list; a mount listing no tool
         fails)."""
         self._supervisor = supervisor
-        self.probes = dict(probes)
+        self._configured = dict(probes)
         self.listed = frozenset(listed)
+
+    @property
+    def probes(self) -> dict[str, ProbeConfig]:
+        """tool -> its probe: those of the config, and those units declare themselves
+        (a WASM tool's manifest `[probe]`; read each time: published modules come and
+        go)."""
+        probes = dict(self._configured)
+        units = () if self._supervisor is None else self._supervisor.units.values()
+        for unit in units:
+            declared = getattr(unit.provider, "declared_probe", None)
+            if isinstance(declared, ProbeConfig):
+                for spec in unit.known_tools():
+                    probes.setdefault(spec.name, declared)
+        return probes
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
@@ -352,11 +367,12 @@ class Auditor(LoopService):
     def view(self) -> dict[str, Any]:
         """`/api/vsm` `s3_star`: audited tools and their last audit, unaudited units."""
         units = [] if self._supervisor is None else list(self._supervisor.units.values())
-        audited_units = {u.name for t in self.probes if (u := self._unit_of(t)) is not None}
+        probes = self.probes
+        audited_units = {u.name for t in probes if (u := self._unit_of(t)) is not None}
         audited_units |= self.listed
         return {
             "enabled": self.config.enabled,
-            "audited": {t: self.last.get(t) for t in sorted({*self.probes, *self.listed})},
+            "audited": {t: self.last.get(t) for t in sorted({*probes, *self.listed})},
             "unaudited": sorted(u.name for u in units if u.name not in audited_units),
             "peer_last": self.peer_last,
             "stats": dict(self.stats),

@@ -99,6 +99,7 @@ class AdaptiveLimiter:
         "_window_n",
         "_window_sum",
         "admitted",
+        "bound",
         "inflight",
         "limit",
         "name",
@@ -124,13 +125,15 @@ class AdaptiveLimiter:
         self.samples = 0
         self.admitted: dict[str, int] = dict.fromkeys(PRIORITY_CLASSES, 0)
         self.refused: dict[str, int] = dict.fromkeys(PRIORITY_CLASSES, 0)
-        # System 5's `tighten_limit` scales the upper bound (1.0: as configured).
+        # System 5's `tighten_limit` scales the upper bound (1.0: as configured), and so
+        # does System 3 from its KPIs (`node.vsm.bounds`); both apply.
         self.scale = 1.0
+        self.bound = 1.0
 
     @property
     def max_limit(self) -> float:
         s = self.settings
-        return max(float(s.min_limit), s.max_limit * self.scale)
+        return max(float(s.min_limit), s.max_limit * self.scale * self.bound)
 
     def allowed(self, priority: Priority) -> int:
         """How many calls may be in flight when one of `priority` is admitted."""
@@ -187,9 +190,12 @@ class AdaptiveLimiter:
 
     def set_scale(self, factor: float) -> None:
         """System 5's `tighten_limit`: the upper bound times `factor` in (0, 1]."""
-        if not 0 < factor <= 1:
-            raise ValueError(f"scale must be in (0, 1], got {factor}")
-        self.scale = factor
+        self.scale = _share(factor)
+        self.limit = min(self.limit, self.max_limit)
+
+    def set_bound(self, share: float) -> None:
+        """System 3's bound (`node.vsm.bounds`): the upper bound times `share` in (0, 1]."""
+        self.bound = _share(share)
         self.limit = min(self.limit, self.max_limit)
 
     def retry_after_s(self) -> float:
@@ -206,9 +212,16 @@ class AdaptiveLimiter:
         base = self.baseline()
         return {
             "limit": round(self.limit, 2),
+            "max_limit": round(self.max_limit, 2),
             "in_flight": self.inflight,
             "rtt_ms": None if self.rtt_short is None else round(self.rtt_short * 1000, 3),
             "baseline_ms": None if base is None else round(base * 1000, 3),
             "admitted": dict(self.admitted),
             "refused": dict(self.refused),
         }
+
+
+def _share(factor: float) -> float:
+    if not 0 < factor <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {factor}")
+    return factor

@@ -4,12 +4,14 @@ no adaptive limits, only the units' fixed `max_concurrency`/`max_queue`). Checke
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import msgspec
 
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
+from vsmcp.node.vsm.bounds import BoundSettings
 from vsmcp.node.vsm.concurrency import LimiterSettings
 from vsmcp.node.vsm.priority import Priority
 
@@ -38,6 +40,62 @@ class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         float,
         doc("refusals in every second for this long raise algedonic pain (0: never), s"),
     ] = 5.0
+    s3_lag_high_ms: Annotated[
+        float,
+        doc(
+            "System 3 lowers every limit's upper bound when the event loop lags this much "
+            "for s3_lower_after_s while calls run (0: System 3 leaves the bounds alone), ms"
+        ),
+    ] = 250.0
+    s3_lag_low_ms: Annotated[
+        float,
+        doc("...and raises it back once the lag stays at most this for s3_raise_after_s, ms"),
+    ] = 50.0
+    s3_lower_after_s: Annotated[
+        float, doc("how long the lag must stay high before each step down, s")
+    ] = 3.0
+    s3_raise_after_s: Annotated[
+        float, doc("how long the lag must stay low before each step up, s")
+    ] = 10.0
+    s3_step_down: Annotated[
+        float, doc("each step down multiplies the bound by this, in (0, 1)")
+    ] = 0.75
+    s3_step_up: Annotated[
+        float, doc("each step up adds this share of the configured max_limit, in (0, 1]")
+    ] = 0.1
+    s3_min_share: Annotated[
+        float,
+        doc("System 3 never lowers a bound below this share of the configured max_limit"),
+    ] = 0.25
+
+    def bound_settings(self, tick_s: float) -> BoundSettings | None:
+        """System 3's bound governor's settings (None: off) for ticks of `tick_s`;
+        `ConfigError` naming the key of a bad value."""
+        checks = (
+            ("s3_lag_high_ms", self.s3_lag_high_ms >= 0, "must be >= 0"),
+            (
+                "s3_lag_low_ms",
+                0 <= self.s3_lag_low_ms < self.s3_lag_high_ms or self.s3_lag_high_ms == 0,
+                "must be in [0, s3_lag_high_ms)",
+            ),
+            ("s3_lower_after_s", self.s3_lower_after_s > 0, "must be > 0"),
+            ("s3_raise_after_s", self.s3_raise_after_s > 0, "must be > 0"),
+            ("s3_step_down", 0 < self.s3_step_down < 1, "must be in (0, 1)"),
+            ("s3_step_up", 0 < self.s3_step_up <= 1, "must be in (0, 1]"),
+            ("s3_min_share", 0 < self.s3_min_share <= 1, "must be in (0, 1]"),
+        )
+        _check(checks)
+        if self.s3_lag_high_ms == 0:
+            return None
+        return BoundSettings(
+            lag_high_s=self.s3_lag_high_ms / 1000,
+            lag_low_s=self.s3_lag_low_ms / 1000,
+            breach_ticks=max(1, math.ceil(self.s3_lower_after_s / tick_s)),
+            healthy_ticks=max(1, math.ceil(self.s3_raise_after_s / tick_s)),
+            step_down=self.s3_step_down,
+            step_up=self.s3_step_up,
+            min_share=self.s3_min_share,
+        )
 
     def settings(self) -> LimiterSettings:
         """The limiter settings; `ConfigError` naming the key of a bad value."""
@@ -63,9 +121,7 @@ class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             ("share_high", 0 < self.share_high <= 1, "must be in (0, 1]"),
             ("pain_after_s", self.pain_after_s >= 0, "must be >= 0"),
         )
-        for name, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"{KEY}.{name}", why)
+        _check(checks)
         return LimiterSettings(
             min_limit=self.min_limit,
             max_limit=self.max_limit,
@@ -75,3 +131,9 @@ class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             baseline_window_s=self.baseline_window_s,
             shares=shares,
         )
+
+
+def _check(checks: tuple[tuple[str, bool, str], ...]) -> None:
+    for name, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{KEY}.{name}", why)

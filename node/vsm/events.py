@@ -198,6 +198,18 @@ class AuditFinished(Event, frozen=True, gc=False, kw_only=True, tag="audit"):
     detail: str = ""
 
 
+class LimitBoundChanged(Event, frozen=True, gc=False, kw_only=True, tag="s3_bound"):
+    """System 3 moved the upper bound of the node's adaptive concurrency limits from
+    its KPIs (`node.vsm.bounds`): `direction` `lowered` or `raised`, `share` the new
+    bound as a share of the configured `max_limit` (`previous` the old one), `lag_ms`
+    the event loop's lag in the tick that decided it."""
+
+    direction: str
+    share: float
+    previous: float
+    lag_ms: float
+
+
 class EventSink(Protocol):
     """Where publishers put events: the node's `EventStream` (never blocks, never raises)."""
 
@@ -221,6 +233,7 @@ NODE_EVENT_TYPES: tuple[type[Event], ...] = (
     WasmModuleRefused,
     ProviderDegraded,
     AuditFinished,
+    LimitBoundChanged,
 )
 
 FieldBase = Literal["str", "num", "bool"]

@@ -10,19 +10,29 @@ calls refused over that streak, capped at `MAX_PAIN`. The cap keeps it a weak si
 that System 3 aggregates (it lowers viability): refusing what does not fit is the
 regulation working, not an emergency for System 5 — tightening limits further in
 answer to shedding would shed more.
+
+Each tick's lag also goes to System 3's bound governor (`node.vsm.bounds`), when there
+is one: it moves the upper bound of every limit (each a `s3_bound` event), and the
+watch applies the current bound to every limit each tick (units started later too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.node.vsm.bounds import BoundGovernor
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter
+from vsmcp.node.vsm.events import EventSink, LimitBoundChanged
 from vsmcp.node.vsm.kpis import percentile
 from vsmcp.node.vsm.loop_service import LoopService
+
+log = logging.getLogger(__name__)
 
 LOOP_NAME: Final = "overload-watch"
 PAIN_SOURCE: Final = "overload"
@@ -47,8 +57,12 @@ class OverloadWatch(LoopService):
         *,
         pain_after_s: float,
         interval_s: float = DEFAULT_INTERVAL_S,
+        governor: BoundGovernor | None = None,
+        events: EventSink | None = None,
     ) -> None:
         super().__init__(loops)
+        self.governor = governor
+        self._events = events
         self._limiters = limiters
         self._pain = pain
         self.pain_after_s = pain_after_s
@@ -81,6 +95,7 @@ class OverloadWatch(LoopService):
             seen[limiter.name] = totals
         self._last = seen
         self._ticks.append((refused, admitted, lag_s))
+        self._bound(lag_s, busy=admitted > 0)
         self._since_pain_s += self.interval_s
         if refused == 0:
             self._streak_s = 0.0
@@ -102,6 +117,33 @@ class OverloadWatch(LoopService):
             self.pains += 1
             self._since_pain_s = 0.0
 
+    def _bound(self, lag_s: float, *, busy: bool) -> None:
+        governor = self.governor
+        if governor is None:
+            return
+        change = governor.tick(lag_s, busy)
+        for limiter in self._limiters():
+            if limiter.bound != governor.share:
+                limiter.set_bound(governor.share)
+        if change is None:
+            return
+        log.info(
+            "System 3: the concurrency limits' upper bound %s to %.0f %% (event loop lag %.0f ms)",
+            change.direction,
+            change.share * 100,
+            change.lag_s * 1000,
+        )
+        if self._events is not None:
+            self._events.publish(
+                LimitBoundChanged(
+                    ts=time.time(),
+                    direction=change.direction,
+                    share=change.share,
+                    previous=change.previous,
+                    lag_ms=round(change.lag_s * 1000, 3),
+                )
+            )
+
     def loop_lag_s(self, pct: float) -> float:
         return percentile(sorted(lag for _, _, lag in self._ticks), pct)
 
@@ -120,4 +162,5 @@ class OverloadWatch(LoopService):
                 "p50": round(self.loop_lag_s(50) * 1000, 3),
                 "p99": round(self.loop_lag_s(99) * 1000, 3),
             },
+            "bound": None if self.governor is None else self.governor.view(),
         }

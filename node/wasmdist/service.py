@@ -420,6 +420,7 @@ class WasmDistribution(Service):
         from vsmcp.edge.manifest import published_manifest
         from vsmcp.edge.runtime import WasmRuntime
         from vsmcp.node.tools.wasm import WasmProvider, edge_permissions
+        from vsmcp.node.vsm.audits import check_probe_schema
 
         path = self.store.path(body.sha256)
         try:
@@ -428,6 +429,11 @@ class WasmDistribution(Service):
             )
         except EdgeError as e:
             self._refuse(body.name, "manifest", body.sha256, str(e), once=True)
+            return
+        why = None if manifest.probe is None else check_probe_schema(manifest.probe.expect)
+        if why is not None:
+            detail = f"probe.expect: not a JSON schema: {why}"
+            self._refuse(body.name, "manifest", body.sha256, detail, once=True)
             return
         try:
             if self._runtime is None:

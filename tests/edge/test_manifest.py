@@ -19,6 +19,16 @@ def test_example_manifest_reads_with_its_module_beside_it() -> None:
     assert manifest.limits.timeout_ms == 1000
     assert manifest.limits.memory_mb == 16
     assert manifest.grants.dirs == [] and not manifest.grants.clock
+    assert manifest.probe is None  # unaudited unless it declares one
+
+
+def test_a_manifest_declares_its_probe(tmp_path: Path) -> None:
+    (tmp_path / "x.wat").write_text((MODULES / "trap.wat").read_text())
+    path = tmp_path / "x.toml"
+    path.write_text('name = "x"\n[probe]\narguments = { a = 1 }\nexpect = { required = ["a"] }\n')
+    probe = load_manifest(path).probe
+    assert probe is not None
+    assert (probe.arguments, probe.expect) == ({"a": 1}, {"required": ["a"]})
 
 
 @pytest.mark.parametrize(
@@ -35,6 +45,8 @@ def test_example_manifest_reads_with_its_module_beside_it() -> None:
         ('name = "x"\n[grants]\nenv = ["HOME"]', "edge.allow_env"),
         ('name = "x"\n[grants]\ndirs = [{ host = "/", guest = "/root" }]', "edge.allow_dirs"),
         ('name = "x"\nthis is not toml', "TOML"),
+        ('name = "x"\n[probe]\nargs = {}', "probe"),
+        ('name = "x"\n[probe]\nexpect = []', "probe.expect"),
     ],
 )
 def test_a_bad_manifest_is_refused_naming_the_field(

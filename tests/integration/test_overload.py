@@ -162,3 +162,46 @@ async def test_a_surge_is_shed_at_once_while_critical_calls_keep_flowing(
         counters(entry, "vsmcp_events")["denial"] + counters(provider, "vsmcp_events")["denial"]
     )
     assert denials >= len(refused)
+
+
+# System 3 lowers the limits' bound once the event loop lags (here: any lag at all, in
+# one tick, while calls run) and, with no lag ever at or below 0, never raises it back.
+GOVERNED = PROVIDER.replace(
+    "max_limit = 64\n",
+    """max_limit = 64
+s3_lag_high_ms = 0.001
+s3_lag_low_ms = 0
+s3_lower_after_s = 1
+s3_raise_after_s = 600
+s3_min_share = 0.25
+""",
+)
+
+
+async def test_system3_lowers_the_limits_bound_when_the_loop_lags(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    node = start_configured(tmp_path, nodes, GOVERNED, "governed")
+    node.wait_ready()
+    assert node.get_json("/api/vsm")["s3"]["overload"]["bound"]["share"] == 1.0
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+
+        def lowered() -> bool:
+            return node.get_json("/api/vsm")["s3"]["overload"]["bound"]["share"] < 1.0
+
+        async def calls() -> None:  # calls admitted in every tick, until it moved
+            while not await asyncio.to_thread(lowered):
+                status, _, body = await _call(http, node, CRITICAL_TOKEN, "normal")
+                assert status == 200 and "result" in body, body
+
+        await asyncio.wait_for(calls(), timeout=60)
+    s3 = node.get_json("/api/vsm")["s3"]
+    share = s3["overload"]["bound"]["share"]
+    assert 0.25 <= share <= 0.75 and s3["overload"]["bound"]["changes"] >= 1
+    # Every limit of the node is under the new bound: the entries' and the unit's.
+    assert s3["concurrency"]["mcp"]["max_limit"] == pytest.approx(64 * share, abs=0.01)
+    assert s3["concurrency"]["serve"]["max_limit"] == pytest.approx(64 * share, abs=0.01)
+    assert s3["units"]["plugin:work"]["limit"] <= 16 * share + 0.01  # max_concurrency 16
+    # Each move was an event.
+    assert counters(node, "vsmcp_events").get("s3_bound", 0) >= 1

@@ -410,3 +410,45 @@ def test_a_holder_giving_a_short_chunk_is_passed_over_for_another(mesh: Mesh) ->
     assert now.get("short_chunk", 0) == before.get("short_chunk", 0) + 1, (before, now)
     assert now.get("refused_hash", 0) == before.get("refused_hash", 0), (before, now)
     assert (b.data_dir / "wasm" / f"{digest}.wasm").read_bytes() == module
+
+
+def test_a_published_module_is_audited_by_the_probe_in_its_manifest(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """System 3* on the nodes that run a published module audits it by its manifest's
+    `[probe]`: the unit is audited, not listed as unaudited (an unpublished plain module
+    would be)."""
+    a, b, c = mesh.nodes
+    manifest = tmp_path / "probed.toml"
+    manifest.write_text(
+        ECHO_TOML.read_text().replace('"wasm.echo"', '"wasm.probed"')
+        + '\n[probe]\narguments = { text = "probe" }\nexpect = { required = ["echo"] }\n'
+    )
+    published = run_cli(
+        "wasm", "publish", str(ECHO_WAT), "--manifest", str(manifest),
+        "--authority-key", str(mesh.authority), "--data-dir", str(a.data_dir),
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr
+
+    def audited_on_runners() -> bool:
+        for node in (b, c):
+            audits = node.get_json("/api/vsm")["s3"]["audits"]
+            if "wasm.probed" not in audits["audited"]:
+                return False
+            assert "wasm:wasm.probed" not in audits["unaudited"], audits
+        return True
+
+    wait_for(audited_on_runners, timeout_s=60, what="wasm.probed audited on B and C")
+    # A holds it without running it: nothing there to audit.
+    assert "wasm.probed" not in a.get_json("/api/vsm")["s3"]["audits"]["audited"]
+    gone = run_cli(
+        "wasm", "unpublish", "wasm.probed", "--authority-key", str(mesh.authority), "--url", b.url
+    )
+    assert gone.returncode == 0, gone.stderr
+    wait_for(
+        lambda: all(
+            "wasm.probed" not in n.get_json("/api/vsm")["s3"]["audits"]["audited"] for n in (b, c)
+        ),
+        timeout_s=60,
+        what="wasm.probed no longer audited once unpublished",
+    )

@@ -224,6 +224,8 @@ def test_bad_immune_values_name_the_key(tmp_path: Path, line: str, key: str, fra
         ('name = "t"\n[grants]\nclock = true\n', "", "edge.allow_clock"),
         ('name = "t"\nzone = "nowhere"\n', "", "zone 'nowhere' is not in trust.zones"),
         ('name = "t"\n[limits]\nmemory_mb = 0\n', "", "memory_mb"),
+        ('name = "t"\n[probe]\nexpect = { type = 7 }\n', "", "probe.expect: not a JSON schema"),
+        ('name = "t"\n[probe]\nexpect = { required = ["x"] }\n', "", None),
         ('name = "t"\n[grants]\nclock = true\n', "[edge]\nallow_clock = true\n", None),
     ],
 )
@@ -285,6 +287,9 @@ def test_the_edge_profile_sets_smaller_defaults_under_what_is_configured(tmp_pat
         ({"vsm.concurrency": {"smoothing": 1.5}}, "vsm.concurrency.smoothing"),
         ({"vsm.concurrency": {"share_low": 0.9}}, "vsm.concurrency.share_low"),
         ({"vsm.concurrency": {"tolerance": 0.5}}, "vsm.concurrency.tolerance"),
+        ({"vsm.concurrency": {"s3_lag_low_ms": 300}}, "vsm.concurrency.s3_lag_low_ms"),
+        ({"vsm.concurrency": {"s3_step_down": 1.0}}, "vsm.concurrency.s3_step_down"),
+        ({"vsm.concurrency": {"s3_min_share": 0}}, "vsm.concurrency.s3_min_share"),
         ({"mcp.loopback_max_priority": "urgent"}, "mcp.loopback_max_priority"),
     ],
 )

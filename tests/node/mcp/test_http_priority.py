@@ -120,6 +120,8 @@ async def test_beyond_the_limit_a_call_is_refused_at_once_critical_still_runs(
 ) -> None:
     supervisor = server.catalog.supervisor
     supervisor.set_limiter_settings(LimiterSettings(min_limit=1, initial_limit=1, max_limit=1))
+    refusals: list[float] = []
+    server.gateway.refusal_observer = refusals.append
     started = len(sample_plugins.STARTED)
     holder = asyncio.create_task(
         call(server, "slow", {"hold_s": 30}, priority="high", token=HIGH_TOKEN)
@@ -134,11 +136,13 @@ async def test_beyond_the_limit_a_call_is_refused_at_once_critical_still_runs(
         assert data["limit"] == "adaptive_concurrency" and data["priority"] == "normal"
         assert data["retry_after_s"] > 0
         assert int(headers["Retry-After"]) >= 1
+        assert len(refusals) == 1 and refusals[0] > 0  # the refusal was timed
         # The same full unit still takes a critical call (never refused for load).
         status, _, body = await call(
             server, "slow", {"hold_s": 0}, priority="critical", token=CRITICAL_TOKEN
         )
         assert status == 200 and body["result"]["content"][0]["text"] == "slow done"
+        assert len(refusals) == 1  # an answered call is not a refusal
         limiter = supervisor.units["plugin:slow"].gate.limiter  # type: ignore[union-attr]
         assert limiter.refused == {"low": 0, "normal": 1, "high": 0, "critical": 0}
         assert limiter.admitted["critical"] == 1

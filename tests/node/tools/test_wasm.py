@@ -14,6 +14,7 @@ import pytest
 
 from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
 from tests.skips import require_module
+from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.tools.config import (
     EdgeConfig,
     SupervisionConfig,
@@ -23,7 +24,10 @@ from vsmcp.node.tools.config import (
 from vsmcp.node.tools.errors import ToolConfigError, ToolQuarantined
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
+from vsmcp.node.tools.supervisor import UnitState
 from vsmcp.node.tools.wasm import WasmProvider
+from vsmcp.node.vsm.audits import Auditor
+from vsmcp.node.vsm.audits_config import AuditsConfig
 
 PUBLIC = CallContext(caller_id="t", caller_zone="public", origin="test:public")
 FAULTS_TO_QUARANTINE = 2
@@ -135,3 +139,36 @@ def test_a_catalog_without_wasm_tools_never_imports_wasmtime() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+async def test_a_wasm_tool_declares_its_probe_in_its_manifest_and_is_audited(
+    tmp_path: Path,
+) -> None:
+    """System 3* audits WASM units by their manifest's `[probe]`: a passing probe keeps
+    the unit, failures in a row quarantine it, a unit without one is unaudited."""
+    require_module("wasmtime")
+    probe = '[probe]\narguments = { text = "probe" }\nexpect = { required = ["echo"] }'
+    manifests = [
+        write_manifest(tmp_path, "echoed", EXAMPLES / "echo.wat", extra=probe),
+        write_manifest(tmp_path, "failing", MODULES / "fail.wat", extra=probe),
+        write_manifest(tmp_path, "plain", EXAMPLES / "echo.wat"),
+    ]
+    tools = ToolsConfig(
+        entry_points=False, wasm=[WasmToolConfig(manifest=str(m)) for m in manifests]
+    )
+    async with build_local_catalog(tools, wasm_cache_dir=tmp_path / "cache") as cat:
+        await cat.supervisor.wait_running()
+        auditor = Auditor(AuditsConfig(failures_to_quarantine=2), LoopSupervisor(), zone="public")
+        auditor.bind(cat.supervisor, {})  # no probe in the node's config: the manifests'
+        assert set(auditor.probes) == {"echoed", "failing"}
+        assert await auditor.audit_tool("echoed") is True
+        assert await auditor.audit_tool("failing") is False
+        assert cat.supervisor.units["wasm:failing"].state is UnitState.RUNNING  # one: not yet
+        assert await auditor.audit_tool("failing") is False
+        assert cat.supervisor.units["wasm:failing"].state is UnitState.QUARANTINED
+        assert cat.supervisor.units["wasm:echoed"].state is UnitState.RUNNING
+        view = auditor.view()
+        assert view["unaudited"] == ["builtin", "wasm:plain"]
+        assert view["audited"]["echoed"]["ok"] is True
+        assert view["audited"]["failing"]["ok"] is False
+        assert view["audited"]["failing"]["detail"] == "the probe's result is an error"

@@ -600,6 +600,13 @@ def _validate_children(config: Config) -> None:
     _check_range("recursion.max_descendants", rec.max_descendants, 0, 1 << 16)
     if rec.spawn_zone not in config.trust.zones:
         raise ConfigError("recursion.spawn_zone", f"'{rec.spawn_zone}' is not in trust.zones")
+    for i, plugin in enumerate(config.tools.plugins):
+        if plugin.scale is not None and plugin.scale.max > rec.max_children:
+            raise ConfigError(
+                f"tools.plugins[{i}].scale.max",
+                f"{plugin.scale.max} children is more than recursion.max_children "
+                f"({rec.max_children})",
+            )
     if config.edge.publish_zone not in config.trust.zones:
         zone = config.edge.publish_zone
         raise ConfigError("edge.publish_zone", f"'{zone}' is not in trust.zones")

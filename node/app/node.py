@@ -44,6 +44,7 @@ from vsmcp.node.app.zone_auth import authorize
 from vsmcp.node.bridges.model import BridgeContext
 from vsmcp.node.bridges.service import BridgesService
 from vsmcp.node.children.manager import ChildManager, ParentTrust
+from vsmcp.node.children.scale import ToolScaler
 from vsmcp.node.children.tools import children_provider
 from vsmcp.node.errors import ConfigError, NodeError, StartupError
 from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
@@ -407,6 +408,7 @@ class Node(Service):
         self.children.manager = await stack.enter_async_context(
             self._child_manager(identity, mesh, replication)
         )
+        await self._start_scaler(stack, catalog, tools)
 
     def _bridge_context(
         self,
@@ -597,6 +599,30 @@ class Node(Service):
             configured=self.config.children,
             capacity=lambda: self.vsm.effectors.scale,
         )
+
+    async def _start_scaler(
+        self, stack: contextlib.AsyncExitStack, catalog: LocalCatalog, tools: MeshCatalog
+    ) -> None:
+        """System 3's variety-driven spawning of the `scale` tools (node/children/scale.py)."""
+        scaled = [p for p in self.config.tools.plugins if p.scale is not None]
+        if not scaled:
+            return
+
+        def inflight(node_id: str) -> int:
+            health = tools.selector.health.get(node_id)
+            return 0 if health is None else health.inflight
+
+        scaler = ToolScaler(
+            self.loops,
+            tools=scaled,
+            supervisor=catalog.supervisor,
+            children=lambda: self.children.manager,
+            inflight=inflight,
+            events=self.events,
+            data_dir=self.config.data_dir,
+        )
+        tools.spill = scaler.tools
+        await stack.enter_async_context(scaler)
 
     def children_view(self) -> dict[str, Any]:
         """`GET /api/children`."""

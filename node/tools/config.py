@@ -113,10 +113,10 @@ class ScaleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cpu: Annotated[
         PositiveFloat,
         doc(
-            "the node's CPU use (in cores, e.g. 0.8 of one) at or above which a full unit "
+            "the node's CPU use (in cores: 0.5 is half of one) at or above which a full unit "
             "counts as saturated"
         ),
-    ] = 0.8
+    ] = 0.5
     samples: Annotated[
         PositiveInt,
         doc("consecutive saturated samples (one per second) before a child is spawned"),

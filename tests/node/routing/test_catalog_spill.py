@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.node.routing.test_catalog import SLOW_SCHEMA, Pair, _call, _config, _has_tools
+from tests.node.routing.test_catalog import SLOW_SCHEMA, Pair, _call, _has_tools, seeded_pair
 from tests.polling import async_wait_for
 from vsmcp.node.app.node import Node
 
@@ -32,30 +32,16 @@ def slow_plugin(scale: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 async def started_pair(tmp_path: Path, scale: dict[str, Any] | None) -> AsyncIterator[Pair]:
-    provider_cfg = _config(tmp_path / "a", **{"tools.plugins": slow_plugin(None)})
-    async with Node(provider_cfg) as provider:
-        seed = f"{provider.identity.node_id}@127.0.0.1:{provider.mesh_port}"
-        entry_cfg = _config(
-            tmp_path / "b",
-            **{
-                "mesh.seeds": [seed],
-                "mcp.loopback_zone": "restricted",
-                "tools.plugins": slow_plugin(scale),
-            },
-        )
-        async with Node(entry_cfg) as entry:
-            pair = Pair(provider, entry)
-            # Both offer it: wait until the entry node routes to the provider's too.
+    provider_cfg = {"tools.plugins": slow_plugin(None)}
+    entry_cfg = {"mcp.loopback_zone": "restricted", "tools.plugins": slow_plugin(scale)}
+    async with seeded_pair(tmp_path, provider_cfg, entry_cfg) as pair:
+        # Both offer it: wait until the entry node routes to the provider's too.
 
-            async def ready() -> bool:
-                return await _has_tools(pair, {"slow"}) and remote_known(entry)
+        async def ready() -> bool:
+            return await _has_tools(pair, {"slow"}) and remote_known(pair.entry)
 
-            await async_wait_for(
-                ready,
-                timeout_s=20,
-                what="the provider's slow known at the entry node",
-            )
-            yield pair
+        await async_wait_for(ready, timeout_s=20, what="the provider's slow routable")
+        yield pair
 
 
 def remote_known(entry: Node) -> bool:

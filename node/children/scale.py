@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.children.errors import ChildError
 from vsmcp.node.children.manager import ChildManager
 from vsmcp.node.tools.config import PluginToolConfig, ScaleConfig
-from vsmcp.node.tools.supervisor import Supervisor, UnitState
+from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitState
 from vsmcp.node.vsm.events import EventSink, ScaleDecision
 from vsmcp.node.vsm.loop_service import LoopService
 
@@ -55,7 +56,7 @@ class ScaleSample:
     cpu: float  # the node's CPU use since the last sample, in cores
     running: int  # calls running in the unit
     waiting: int  # calls queued for a slot of the unit
-    slots: int  # the unit's max_concurrency
+    slots: int  # calls the unit may run at once now (max_concurrency, or lower)
     busy: Mapping[str, bool]  # each child serving the tool: calls in flight to it now
 
 
@@ -164,6 +165,15 @@ def child_config(tool: PluginToolConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _slots(unit: Unit) -> int:
+    """Calls the unit may run at once now: its `max_concurrency`, lower while System 5
+    tightens limits or its adaptive limit (`vsm.concurrency`) is below it."""
+    slots = unit.effective_concurrency
+    if unit.gate is not None:
+        slots = min(slots, max(1, math.floor(unit.gate.limiter.limit)))
+    return slots
+
+
 class ToolScaler(LoopService):
     """The `s3-scale` loop over the node's `scale` tools."""
 
@@ -221,9 +231,8 @@ class ToolScaler(LoopService):
         serving = self.serving[name] = [c for c in self.serving[name] if c in views]
         busy = {c: self._inflight(views[c].get("node_id") or "") > 0 for c in serving}
         sample = ScaleSample(
-            time.monotonic(), cpu, unit.running_calls, unit.waiting_calls,
-            unit.policy.max_concurrency, busy,
-        )  # fmt: skip
+            time.monotonic(), cpu, unit.running_calls, unit.waiting_calls, _slots(unit), busy
+        )
         decision = self._deciders[name].observe(sample)
         if decision is None:
             return

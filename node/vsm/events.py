@@ -109,7 +109,7 @@ class ScaleDecision(Event, frozen=True, gc=False, kw_only=True, tag="scale"):
     cpu: float  # the node's CPU use over the last sample, in cores
     running: int  # calls running in the tool's unit
     waiting: int  # calls queued for a slot
-    slots: int  # the unit's max_concurrency
+    slots: int  # calls the unit may run at once now (max_concurrency, or its adaptive limit)
     children: int  # children serving the tool after the decision
     idle_s: float = 0.0  # how long the retired child served no call
 

@@ -622,8 +622,16 @@ def _validate_children(config: Config) -> None:
     _check_range("recursion.max_depth", rec.max_depth, 0, MAX_DEPTH_LIMIT)
     _check_range("recursion.max_children", rec.max_children, 0, 1024)
     _check_range("recursion.max_descendants", rec.max_descendants, 0, 1 << 16)
+    _check_range("recursion.child_certificate_s", rec.child_certificate_s, 4, 366 * 24 * 3600)
     if rec.spawn_zone not in config.trust.zones:
         raise ConfigError("recursion.spawn_zone", f"'{rec.spawn_zone}' is not in trust.zones")
+    for i, plugin in enumerate(config.tools.plugins):
+        if plugin.scale is not None and plugin.scale.max > rec.max_children:
+            raise ConfigError(
+                f"tools.plugins[{i}].scale.max",
+                f"{plugin.scale.max} children is more than recursion.max_children "
+                f"({rec.max_children})",
+            )
     if config.edge.publish_zone not in config.trust.zones:
         zone = config.edge.publish_zone
         raise ConfigError("edge.publish_zone", f"'{zone}' is not in trust.zones")

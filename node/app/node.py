@@ -34,16 +34,18 @@ from vsmcp.mesh.service import Service
 from vsmcp.mesh.transport import TransportError
 from vsmcp.node import __version__
 from vsmcp.node.app.alert_relay import AlertRelay
+from vsmcp.node.app.cert_reload import CertificateReloader
 from vsmcp.node.app.children_api import ChildrenApi
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
 from vsmcp.node.app.s4_api import S4Api
-from vsmcp.node.app.trust import NodeIdentity, ensure_data_dir, load_identity
+from vsmcp.node.app.trust import NodeIdentity, certificate_path, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
 from vsmcp.node.app.zone_auth import authorize
 from vsmcp.node.bridges.model import BridgeContext
 from vsmcp.node.bridges.service import BridgesService
 from vsmcp.node.children.manager import ChildManager, ParentTrust
+from vsmcp.node.children.scale import ToolScaler
 from vsmcp.node.children.tools import children_provider
 from vsmcp.node.errors import ConfigError, NodeError, StartupError
 from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
@@ -168,6 +170,8 @@ class Node(Service):
         self._stack: contextlib.AsyncExitStack | None = None
         self._started_monotonic = 0.0
         self._identity: NodeIdentity | None = None
+        # Outside dev mode: takes a renewed certificate file without a restart.
+        self._cert_reloader: CertificateReloader | None = None
         self._audit: AuditLog | None = None
         self._store: Store | None = None
         self._opener: Opener | None = None
@@ -411,6 +415,14 @@ class Node(Service):
         self.children.manager = await stack.enter_async_context(
             self._child_manager(identity, mesh, replication)
         )
+        await self._start_scaler(stack, catalog, tools)
+        if not identity.dev:
+            self._cert_reloader = await stack.enter_async_context(
+                CertificateReloader(
+                    self.loops, certificate_path(self.config), lambda: self.identity,
+                    lambda renewed: self._take_certificate(renewed, mesh),
+                )
+            )  # fmt: skip
 
     def _bridge_context(
         self,
@@ -585,13 +597,7 @@ class Node(Service):
 
         return ChildManager(
             data_dir=self.config.data_dir,
-            trust=ParentTrust(
-                identity.key,
-                identity.signed_certificate,
-                identity.certificate,
-                identity.zones,
-                identity.authority_public_key,
-            ),
+            trust=_parent_trust(identity),
             limits=self.config.recursion,
             seed=lambda: f"127.0.0.1:{mesh.port}",
             mesh_preset=self.config.mesh.preset,
@@ -601,6 +607,40 @@ class Node(Service):
             configured=self.config.children,
             capacity=lambda: self.vsm.effectors.scale,
         )
+
+    def _take_certificate(self, identity: NodeIdentity, mesh: MeshService) -> None:
+        """A renewed certificate (node/app/cert_reload.py): ours from now on."""
+        self._identity = identity
+        mesh.renew_certificate(
+            encode_certificate(identity.signed_certificate), identity.fingerprint
+        )
+        manager = self.children.manager
+        if manager is not None:
+            manager.renew_trust(_parent_trust(identity))
+
+    async def _start_scaler(
+        self, stack: contextlib.AsyncExitStack, catalog: LocalCatalog, tools: MeshCatalog
+    ) -> None:
+        """System 3's variety-driven spawning of the `scale` tools (node/children/scale.py)."""
+        scaled = [p for p in self.config.tools.plugins if p.scale is not None]
+        if not scaled:
+            return
+
+        def inflight(node_id: str) -> int:
+            health = tools.selector.health.get(node_id)
+            return 0 if health is None else health.inflight
+
+        scaler = ToolScaler(
+            self.loops,
+            tools=scaled,
+            supervisor=catalog.supervisor,
+            children=lambda: self.children.manager,
+            inflight=inflight,
+            events=self.events,
+            data_dir=self.config.data_dir,
+        )
+        tools.spill = scaler.tools
+        await stack.enter_async_context(scaler)
 
     def children_view(self) -> dict[str, Any]:
         """`GET /api/children`."""
@@ -1344,6 +1384,9 @@ class Node(Service):
             "depth": identity.certificate.depth,
             "parent": parent_node_id(identity.certificate),
             "children": {c["name"]: c["state"] for c in self.children.view()["children"]},
+            "certificate_renewal": None
+            if self._cert_reloader is None
+            else self._cert_reloader.view(),
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -1678,3 +1721,14 @@ def _refused_by_priority(limiters: Iterable[AdaptiveLimiter]) -> dict[str, int]:
 
 def _seconds(ms: float | None) -> float:
     return -1.0 if ms is None else ms / 1000
+
+
+def _parent_trust(identity: NodeIdentity) -> ParentTrust:
+    """What the child manager certifies children with."""
+    return ParentTrust(
+        identity.key,
+        identity.signed_certificate,
+        identity.certificate,
+        identity.zones,
+        identity.authority_public_key,
+    )

@@ -24,7 +24,12 @@ from vsmcp.mesh.certs import (
     verify_certificate,
 )
 from vsmcp.mesh.errors import CertificateError, MeshError
-from vsmcp.mesh.identity import NodeKey, load_or_create_key_file, public_key_from_node_id
+from vsmcp.mesh.identity import (
+    NodeKey,
+    load_or_create_key_file,
+    node_id_from_public_key,
+    public_key_from_node_id,
+)
 from vsmcp.node.app.config import Config
 from vsmcp.node.errors import ConfigError, StartupError
 from vsmcp.node.vsm.immune.model import IMMUNE_ROLE
@@ -171,3 +176,49 @@ def _read_certificate(config: Config, key: NodeKey) -> SignedCertificate:
         return certificate_from_pem(text)
     except CertificateError as e:
         raise TrustError(f"node certificate {path} is unreadable: {e}") from e
+
+
+def renewed_identity(
+    current: NodeIdentity, signed: SignedCertificate, *, now_s: int | None = None
+) -> NodeIdentity:
+    """`current` with a renewed certificate, or `TrustError` saying why not.
+
+    The new certificate must verify against the same authority, be for this node's key,
+    keep its zone, depth and roles, and, for a child VSM, be issued by the same parent:
+    a certificate its parent did not issue is refused (the child keeps the one it has).
+    """
+    try:
+        certificate = verify_certificate(
+            signed, current.authority_public_key, current.zones, now_s=now_s
+        )
+    except CertificateError as e:
+        raise TrustError(f"renewed certificate rejected: {e}") from e
+    old = current.certificate
+    if certificate.node_public_key != current.key.public_key:
+        raise TrustError(
+            f"renewed certificate rejected: issued for another key, not for this node "
+            f"({current.node_id})"
+        )
+    if old.depth > 0 and certificate.issuer_public_key != old.issuer_public_key:
+        raise TrustError(
+            "renewed certificate rejected: issued by "
+            f"{node_id_from_public_key(certificate.issuer_public_key)}, not by this node's "
+            f"parent {node_id_from_public_key(old.issuer_public_key)}"
+        )
+    changed = [
+        name
+        for name, before, after in (
+            ("zone", old.zone, certificate.zone),
+            ("depth", old.depth, certificate.depth),
+            ("roles", sorted(old.roles), sorted(certificate.roles)),
+        )
+        if before != after
+    ]
+    if changed:
+        raise TrustError(
+            f"renewed certificate rejected: its {', '.join(changed)} differ from the running "
+            "node's (restart the node to take them)"
+        )
+    return NodeIdentity(
+        current.key, signed, certificate, current.authority_public_key, current.zones, current.dev
+    )

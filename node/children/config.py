@@ -51,3 +51,10 @@ class RecursionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
             "/api/children); the data dir's owner (vsmcp spawn --data-dir) always may"
         ),
     ] = "restricted"
+    child_certificate_s: Annotated[
+        int,
+        doc(
+            "lifetime of the delegated certificate this node issues a child, in seconds "
+            "(within its own); renewed at half of it while the child runs; children inherit it"
+        ),
+    ] = 24 * 3600

@@ -31,6 +31,7 @@ def lowered(limits: RecursionSection, factor: float) -> RecursionSection:
         max_children=math.floor(limits.max_children * factor),
         max_descendants=math.floor(limits.max_descendants * factor),
         spawn_zone=limits.spawn_zone,
+        child_certificate_s=limits.child_certificate_s,
     )
 
 

@@ -8,6 +8,7 @@ below ours, depth + 1, roles ours, expiry within ours.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -24,7 +25,7 @@ from vsmcp.mesh.certs import (
     certificate_to_pem,
     issue_certificate,
 )
-from vsmcp.mesh.errors import CertificateError
+from vsmcp.mesh.errors import CertificateError, MeshError
 from vsmcp.mesh.identity import NodeKey, load_or_create_key_file
 from vsmcp.node.children.config import CHILD_NAME, ChildEntry, RecursionSection
 from vsmcp.node.children.errors import ChildError, SpawnRefused, UnknownChild
@@ -39,8 +40,11 @@ log = logging.getLogger(__name__)
 CHILDREN_DIR_NAME: Final = "children"
 KEY_FILE_NAME: Final = "node.key"
 CERT_FILE_NAME: Final = "node.cert"
-# Short-lived: re-issued at every (re)start of the child, never past our own expiry.
-CHILD_CERT_LIFETIME_S: Final = 24 * 3600
+# Short-lived (`recursion.child_certificate_s`, never past our own expiry): issued at
+# every (re)start of the child and renewed at half its lifetime while it runs; the child
+# takes the new file without a restart (`node/app/cert_reload.py`).
+RENEW_AT_FRACTION: Final = 0.5
+RENEW_CHECK_MAX_S: Final = 60.0
 # As S1 units, with a stop that fits SIGTERM + grace + SIGKILL (process.STOP_GRACE_S).
 CHILD_POLICY: Final = UnitPolicy(
     backoff_initial_s=0.5,
@@ -105,6 +109,9 @@ class ChildManager:
         self._configured = tuple(configured)
         # System 5's current limit factor: < 1 while it tightens limits (short of capacity).
         self._capacity = capacity
+        self._zones: dict[str, str] = {}  # child -> the zone it is certified in
+        self._issued: dict[str, float] = {}  # child -> when its certificate was issued
+        self._renewal: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
@@ -115,6 +122,7 @@ class ChildManager:
         if killed:
             self._audit("child.stale_killed", {"pids": killed})
         await self._supervisor.start()
+        self._renewal = asyncio.create_task(self._renew(), name="children-cert-renewal")
         for entry in self._configured:
             # A refusal is logged, published and audited; the node runs on without it.
             with contextlib.suppress(SpawnRefused):
@@ -122,6 +130,10 @@ class ChildManager:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None:
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
         await self._supervisor.stop()
 
     # -- spawn and stop -----------------------------------------------------------------
@@ -140,6 +152,7 @@ class ChildManager:
         launch = ChildLaunch(spec.name, data_dir, spec.config, self._seed(), self._child_env())
         child = ChildProcess(launch, lambda: self._certify(data_dir, spec.zone))
         self._children[spec.name] = child
+        self._zones[spec.name] = spec.zone
         self._supervisor.add(child, CHILD_POLICY)
         self._audit(
             "child.spawn",
@@ -152,6 +165,8 @@ class ChildManager:
             raise UnknownChild(f"no child named {name!r}")
         await self._supervisor.remove(self._children[name].name)
         del self._children[name]
+        self._zones.pop(name, None)
+        self._issued.pop(name, None)
         self._audit("child.stop", {"name": name, "caller": caller})
 
     def _check(self, name: str, zone: str, config: str) -> ChildSpec:
@@ -191,16 +206,41 @@ class ChildManager:
                 key.public_key,
                 zone,
                 trust.certificate.roles,
-                CHILD_CERT_LIFETIME_S,
+                self._limits.child_certificate_s,
                 parent=trust.signed_certificate,
                 zones=trust.zones,
             )
         except CertificateError as e:
             raise ChildError(f"cannot certify child {data_dir.name}: {e}") from e
+        # Whole or not at all: a running child may read it at any moment.
         path = data_dir / CERT_FILE_NAME
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial = path.with_suffix(".cert.new")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(certificate_to_pem(signed))
+        os.replace(partial, path)
+        self._issued[data_dir.name] = time.monotonic()
+
+    async def _renew(self) -> None:
+        """Renew each running child's certificate at `RENEW_AT_FRACTION` of its lifetime."""
+        lifetime = self._limits.child_certificate_s
+        interval = min(lifetime * RENEW_AT_FRACTION / 2, RENEW_CHECK_MAX_S)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for name, child in list(self._children.items()):
+                issued = self._issued.get(name)
+                if child.pid is None or issued is None:
+                    continue  # not running: it gets a fresh one when it starts
+                if now - issued >= lifetime * RENEW_AT_FRACTION:
+                    try:
+                        self._certify(child.launch.data_dir, self._zones[name])
+                    except (ChildError, MeshError, OSError) as e:
+                        log.error("could not renew the certificate of child %s: %s", name, e)
+
+    def renew_trust(self, trust: ParentTrust) -> None:
+        """Our own certificate was renewed: delegate from the new one."""
+        self._trust = trust
 
     def _child_env(self) -> dict[str, str]:
         """What the parent imposes on the child's config (`VSMCP_*` beats its file)."""
@@ -217,6 +257,7 @@ class ChildManager:
             "VSMCP_RECURSION_MAX_CHILDREN": str(limits.max_children),
             "VSMCP_RECURSION_MAX_DESCENDANTS": str(limits.max_descendants),
             "VSMCP_RECURSION_SPAWN_ZONE": limits.spawn_zone,
+            "VSMCP_RECURSION_CHILD_CERTIFICATE_S": str(limits.child_certificate_s),
         }
 
     # -- views --------------------------------------------------------------------------

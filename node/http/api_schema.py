@@ -55,6 +55,9 @@ class Peer(msgspec.Struct):
     endpoint: str | None
     http_port: int | None
     since_s: float
+    # When the peer's certificate (as it last presented it) expires; a child VSM's is
+    # short-lived and renewed by its parent while it runs.
+    certificate_expires_at_s: int | None = None
     # Gray failures as this node's calls saw the peer: {"degraded": bool (every tool of
     # it this node used is degraded), "degraded_tools": [...]}
     gray: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET

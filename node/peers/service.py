@@ -524,6 +524,7 @@ class MeshService(Service):
                     # Child VSMs (node/children) hold certificates their parent issued.
                     "parent": parent_node_id(peer.certificate) if peer else None,
                     "depth": peer.certificate.depth if peer else None,
+                    "certificate_expires_at_s": peer.certificate.expires_at_s if peer else None,
                     "endpoint": meta.endpoint if meta else None,
                     "http_port": meta.http_port if meta else None,
                     "since_s": round(max(0.0, now - m.changed_at), 3),
@@ -864,6 +865,14 @@ class MeshService(Service):
         raise AdmissionError("unexpected_type", f"{envelope.type!r} is not a transport request")
 
     # -- admission -----------------------------------------------------------------------
+
+    def renew_certificate(self, certificate: bytes, fingerprint: str) -> None:
+        """Our renewed certificate (same key): every HELLO carries it from now on, and
+        each admitted peer gets one at once, so none holds the old one past its expiry."""
+        self._certificate = certificate
+        self._fingerprint = fingerprint
+        for node_id in list(self.peers):
+            self._hello_member(node_id)
 
     def _hello_payload(self) -> bytes:
         assert self._meta is not None

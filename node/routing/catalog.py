@@ -563,6 +563,9 @@ class MeshCatalog(Service):
         # The immune system's check of every call (entry and served): raises
         # `PolicyBlocked` for a blocked origin, entry node or tool. Set by the node.
         self.gate: CallGate | None = None
+        # Tools declared `scale` (node/children/scale.py): a call that finds the local
+        # unit full goes to another provider first. Set by the node.
+        self.spill: frozenset[str] = frozenset()
         self._unsubscribe_local = local.on_change(self._local_changed)
         self._reindex_local()
         # Providers' logs and server-to-client requests for our callers.
@@ -940,6 +943,14 @@ class MeshCatalog(Service):
             # Failover goes only to replicas of this node's own schema.
             digest = self._local_digest(spec)
             self.local.policy.admit(spec, arguments, ctx)
+            if name in self.spill and not unit.slot_free and self._usable_remote(name):
+                # A `scale` tool whose unit is full: its replicas (the children System 3
+                # spawned for it) take the call; when they refuse too, it queues here.
+                self._count("spill")
+                try:
+                    return await self._call_remote(name, arguments, ctx, tried, admitted=True)
+                except (ToolUnavailable, Overloaded):
+                    self._count("spill_back")
             tried.append(self._node_id)
             try:
                 return await unit.call(name, arguments, ctx)

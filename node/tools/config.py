@@ -97,6 +97,36 @@ class ProbeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] = msgspec.field(default_factory=dict)
 
 
+class ScaleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Variety-driven spawning of a plugin tool (docs/children.md, "Scaling a tool"):
+    `scale = { children = "auto", max = N }`. While System 3 measures the tool's unit
+    saturated (its calls queue or fill every slot, and the process's CPU is high), the
+    node spawns child VSMs serving the same tool; idle ones are retired."""
+
+    children: Annotated[
+        Literal["auto"], doc('"auto": System 3 spawns and retires children serving this tool')
+    ]
+    max: Annotated[PositiveInt, doc("most children serving this tool at once")]
+    quiet_s: Annotated[
+        PositiveFloat, doc("a child that served no call of the tool this long is retired")
+    ] = 60.0
+    cpu: Annotated[
+        PositiveFloat,
+        doc(
+            "the node's CPU use (in cores: 0.5 is half of one) at or above which a full unit "
+            "counts as saturated"
+        ),
+    ] = 0.5
+    samples: Annotated[
+        PositiveInt,
+        doc("consecutive saturated samples (one per second) before a child is spawned"),
+    ] = 3
+    settle_s: Annotated[
+        PositiveFloat,
+        doc("after a spawn, how long System 3 waits before it may spawn again for this tool"),
+    ] = 10.0
+
+
 class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A Python tool: `target = "package.module:function"`.
 
@@ -130,6 +160,13 @@ class PluginToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     )
     probe: Annotated[
         ProbeConfig | None, doc("System 3*'s probe of this tool; unset: the tool is unaudited")
+    ] = None
+    scale: Annotated[
+        ScaleConfig | None,
+        doc(
+            'children serving this tool when its unit is saturated: { children = "auto", '
+            "max = N } (docs/children.md); unset: this node only"
+        ),
     ] = None
 
 

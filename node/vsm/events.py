@@ -98,6 +98,22 @@ class ChildSpawnRefused(Event, frozen=True, gc=False, kw_only=True, tag="child_r
     caller: str = ""
 
 
+class ScaleDecision(Event, frozen=True, gc=False, kw_only=True, tag="scale"):
+    """System 3 spawned, retired or could not spawn a child VSM serving a `scale` tool,
+    with the measurement that caused it (node/children/scale.py)."""
+
+    tool: str
+    action: str  # spawn, retire, refused
+    child: str
+    reason: str
+    cpu: float  # the node's CPU use over the last sample, in cores
+    running: int  # calls running in the tool's unit
+    waiting: int  # calls queued for a slot
+    slots: int  # calls the unit may run at once now (max_concurrency, or its adaptive limit)
+    children: int  # children serving the tool after the decision
+    idle_s: float = 0.0  # how long the retired child served no call
+
+
 class RegistryChanged(Event, frozen=True, gc=False, kw_only=True, tag="registry"):
     """A tool appeared in, changed in or left the replicated registry."""
 
@@ -223,6 +239,7 @@ NODE_EVENT_TYPES: tuple[type[Event], ...] = (
     MembershipChanged,
     UnitStateChanged,
     ChildSpawnRefused,
+    ScaleDecision,
     RegistryChanged,
     AlgedonicSignal,
     PolicyChanged,

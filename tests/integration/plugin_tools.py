@@ -140,3 +140,20 @@ async def gray_echo(arguments: Mapping[str, Any]) -> dict[str, Any]:
     if flag.startswith("slow:"):
         await asyncio.sleep(float(flag.removeprefix("slow:")))
     return {"echo": arguments["text"], "pid": os.getpid()}
+
+
+@tool(
+    name="burn",
+    description="CPU-bound work (a loop of `rounds` rounds); says which process ran it.",
+    input_schema={
+        "type": "object",
+        "properties": {"rounds": {"type": "integer", "minimum": 1, "maximum": 100000000}},
+        "required": ["rounds"],
+        "additionalProperties": False,
+    },
+)
+def burn(arguments: Mapping[str, Any]) -> dict[str, int]:
+    x = 0
+    for i in range(arguments["rounds"]):
+        x = (x + i * i) % 1000003
+    return {"pid": os.getpid(), "x": x}

@@ -111,6 +111,7 @@ const AFFECTS = {
   unit_state: ["vsm"],
   denial: ["vsm"],
   child_refused: ["children"],
+  scale: ["children", "status"],
   pattern_matched: ["vsm"],
   envelope_rejected: [],
 };

@@ -5,6 +5,7 @@ provider-side limits, structured errors), through their /mcp endpoints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -228,6 +229,17 @@ class Pair:
         return f"http://127.0.0.1:{self.entry.http_port}/mcp"
 
 
+@contextlib.asynccontextmanager
+async def seeded_pair(
+    tmp_path: Path, provider: dict[str, Any], entry: dict[str, Any]
+) -> AsyncIterator[Pair]:
+    """A provider node and an entry node seeded with it (config overrides for each)."""
+    async with Node(_config(tmp_path / "a", **provider)) as provider_node:
+        seed = f"{provider_node.identity.node_id}@127.0.0.1:{provider_node.mesh_port}"
+        async with Node(_config(tmp_path / "b", **{"mesh.seeds": [seed], **entry})) as entry_node:
+            yield Pair(provider_node, entry_node)
+
+
 @pytest.fixture
 async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     plugins = [
@@ -238,34 +250,21 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
             "limits": {"max_concurrency": 2 * CONCURRENT_SLOW_CALLS},
         }
     ]
-    provider_cfg = _config(
-        tmp_path / "a",
-        **{
-            "tools.plugins": plugins,
-            "limits.tools": {"limited.echo": {"rate_per_s": 0.01, "burst": 1}},
-        },
-    )
-    async with Node(provider_cfg) as provider:
-        seed = f"{provider.identity.node_id}@127.0.0.1:{provider.mesh_port}"
-        # The entry node is certified "public" but lets loopback callers claim "restricted".
-        entry_cfg = _config(
-            tmp_path / "b",
-            **{
-                "mesh.seeds": [seed],
-                "trust.dev_zone": "public",
-                "mcp.loopback_zone": "restricted",
-            },
+    provider_cfg = {
+        "tools.plugins": plugins,
+        "limits.tools": {"limited.echo": {"rate_per_s": 0.01, "burst": 1}},
+    }
+    # The entry node is certified "public" but lets loopback callers claim "restricted".
+    entry_cfg = {"trust.dev_zone": "public", "mcp.loopback_zone": "restricted"}
+    async with seeded_pair(tmp_path, provider_cfg, entry_cfg) as result:
+        result.provider.debug_tool("ops.echo", "ops", True)
+        result.provider.debug_tool("limited.echo", "public", True)
+        await async_wait_for(
+            lambda: _has_tools(result, {"slow", "ops.echo", "limited.echo"}),
+            timeout_s=20,
+            what="provider tools listed at the entry node",
         )
-        async with Node(entry_cfg) as entry:
-            provider.debug_tool("ops.echo", "ops", True)
-            provider.debug_tool("limited.echo", "public", True)
-            result = Pair(provider, entry)
-            await async_wait_for(
-                lambda: _has_tools(result, {"slow", "ops.echo", "limited.echo"}),
-                timeout_s=20,
-                what="provider tools listed at the entry node",
-            )
-            yield result
+        yield result
 
 
 async def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -45,6 +45,7 @@ from aiohttp import web
 from vsmcp.node.errors import clip
 from vsmcp.node.mcp.client_requests import ClientState, Notify, declared, modern_state
 from vsmcp.node.mcp.input_rounds import InputRounds, RoundsError
+from vsmcp.node.mcp.offers import LIST_CHANGED, LISTEN_FLAGS
 from vsmcp.node.mcp.protocol import (
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
@@ -526,7 +527,8 @@ class McpGateway:
                     break
                 if session.changed.is_set():
                     session.changed.clear()
-                    await stream.write(_sse(notification("notifications/tools/list_changed")))
+                    for method in LIST_CHANGED:
+                        await stream.write(_sse(notification(method)))
                 else:
                     await stream.write(b": keepalive\n\n")
         except ConnectionError:
@@ -773,11 +775,11 @@ class McpGateway:
         self, request: web.Request, message: Message, listener: _Listener
     ) -> web.StreamResponse:
         wanted = message.params.get("notifications")
-        honored = (
-            {"toolsListChanged": True}
-            if isinstance(wanted, dict) and wanted.get("toolsListChanged")
-            else {}
-        )
+        honored = {
+            flag: True
+            for flag in LISTEN_FLAGS
+            if isinstance(wanted, dict) and wanted.get(flag) is True
+        }
         meta = {META_SUBSCRIPTION_ID: message.id}
         stream = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -793,11 +795,9 @@ class McpGateway:
                     break
                 if listener.changed.is_set():
                     listener.changed.clear()
-                    if honored:
+                    for flag in honored:
                         params = {"_meta": meta}
-                        await stream.write(
-                            _sse(notification("notifications/tools/list_changed", params))
-                        )
+                        await stream.write(_sse(notification(LISTEN_FLAGS[flag], params)))
                 else:
                     await stream.write(b": keepalive\n\n")
             # Graceful close: the listen request's result ends the stream.

@@ -45,6 +45,7 @@ import msgspec
 from vsmcp.node.errors import NodeError, clip
 from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, set_level
 from vsmcp.node.mcp.find_tools import FIND_TOOLS, ToolFinder
+from vsmcp.node.mcp.offers import LIST_METHODS, OFFERS_CAPABILITIES, OFFERS_METHODS, OffersGateway
 from vsmcp.node.routing.pinning import NotOnNode, UnknownNode
 from vsmcp.node.tools.client_channel import ClientRequestFailed
 from vsmcp.node.tools.errors import (
@@ -70,6 +71,7 @@ from vsmcp.node.tools.model import (
     ToolCatalog,
     new_trace_id,
 )
+from vsmcp.node.tools.offers import is_offers_tool
 from vsmcp.node.vsm.priority import (
     DEFAULT_PRIORITY,
     PRIORITY_CLASSES,
@@ -346,9 +348,10 @@ class McpCore:
         self.finder: ToolFinder | None = None
         # Server-to-client requests of calls in flight, waiting for their clients.
         self.client_requests = ClientRequests()
+        self.offers = OffersGateway(catalog)
 
     def capabilities(self) -> dict[str, Any]:
-        return {"tools": {"listChanged": True}, "logging": {}}
+        return {"tools": {"listChanged": True}, "logging": {}, **OFFERS_CAPABILITIES}
 
     def initialize_result(self, params: Mapping[str, Any]) -> dict[str, Any]:
         requested = params.get("protocolVersion")
@@ -405,6 +408,22 @@ class McpCore:
             ),
         )
 
+    def call_context(
+        self,
+        caller: Caller,
+        message: Message,
+        notify: Notify | None,
+        what: str,
+        client: ClientState | None = None,
+    ) -> CallContext:
+        """The context of a call (`what`: the tool or method), with its pin and priority."""
+        ctx = self.context(caller, message, notify, client)
+        pin = _pinned_node(what, message.meta)
+        priority = _priority(what, message.meta, caller.max_priority)
+        if pin is not None or priority != ctx.priority:
+            ctx = replace(ctx, pinned_node=pin, priority=priority)
+        return ctx
+
     async def handle(
         self,
         message: Message,
@@ -438,21 +457,27 @@ class McpCore:
             arguments = message.params.get("arguments")
             if not isinstance(name, str) or not name:
                 raise McpError(INVALID_PARAMS, "Invalid params: tools/call needs a tool 'name'")
+            if is_offers_tool(name):
+                raise UnknownTool(name)  # resources and prompts have their own methods
             if arguments is None:
                 arguments = {}
             if not isinstance(arguments, dict):
                 raise InvalidArguments(name, "arguments must be an object", "arguments")
-            ctx = self.context(caller, message, notify, client)
-            pin = _pinned_node(name, message.meta)
-            priority = _priority(name, message.meta, caller.max_priority)
-            if pin is not None or priority != ctx.priority:
-                ctx = replace(ctx, pinned_node=pin, priority=priority)
+            ctx = self.call_context(caller, message, notify, name, client)
             if self.finder is not None and name == FIND_TOOLS:
                 result = dict(await self.finder.find(self.catalog.list_tools(ctx), arguments))
             else:
                 result = dict(await self.catalog.call_tool(name, arguments, ctx))
             if modern:
                 result["resultType"] = "complete"
+            return result
+        if method in OFFERS_METHODS:
+            ctx = self.call_context(caller, message, notify, method, client)
+            result = await self.offers.handle(method, message.params, ctx)
+            if modern:
+                result["resultType"] = "complete"
+                if method in LIST_METHODS:
+                    result.update(ttlMs=0, cacheScope="private")
             return result
         method = clip(str(method))
         raise McpError(METHOD_NOT_FOUND, f"Method not found: {method!r}", {"method": method})

@@ -18,6 +18,7 @@ import sys
 from typing import Any, Final
 
 from vsmcp.node.mcp.client_requests import ClientState, declared, modern_state
+from vsmcp.node.mcp.offers import LIST_CHANGED
 from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
     META_CLIENT_CAPABILITIES,
@@ -71,11 +72,11 @@ class _StdioConnection:
             await self.writer.drain()
 
     def tools_changed(self) -> None:
-        messages = []
+        messages: list[dict[str, Any]] = []
         if self.initialized:
-            messages.append(notification("notifications/tools/list_changed"))
+            messages.extend(notification(method) for method in LIST_CHANGED)
         messages.extend(
-            notification("notifications/tools/list_changed", {"_meta": {META_SUBSCRIPTION_ID: i}})
+            notification(LIST_CHANGED[0], {"_meta": {META_SUBSCRIPTION_ID: i}})
             for i in self.listen_ids
         )
         for message in messages:

@@ -104,6 +104,7 @@ from vsmcp.node.tools.errors import (
     UnknownTool,
 )
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
+from vsmcp.node.tools.offers import is_offers_tool
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.events import (
@@ -756,13 +757,26 @@ class MeshCatalog(Service):
         return unsubscribe
 
     def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        return self._tools(ctx, offers=False)
+
+    def list_offer_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        """The offers tools (resources, prompts: `node.tools.offers`) `ctx` may use."""
+        return self._tools(ctx, offers=True)
+
+    def all_offer_tools(self) -> list[ToolSpec]:
+        """Every usable offers tool, whoever asks (the gateway refuses one by zone)."""
+        return self._tools(None, offers=True)
+
+    def _tools(self, ctx: CallContext | None, *, offers: bool) -> list[ToolSpec]:
         policy = self.local.policy
         tools: dict[str, ToolSpec] = {}
         for listed, _digest, variant in self._listed():
+            if is_offers_tool(listed) != offers:
+                continue
             # A call of this node's own variant runs here first: listed only if this caller
             # may call it here; a remote one, as the first provider the caller may call.
             candidates = [variant.spec] if variant.local else [r.spec for r, _ in variant.remote]
-            spec = next((c for c in candidates if policy.visible(c, ctx)), None)
+            spec = next((c for c in candidates if ctx is None or policy.visible(c, ctx)), None)
             if spec is not None:
                 tools[listed] = spec if listed == spec.name else replace(spec, name=listed)
         return [tools[name] for name in sorted(tools)]

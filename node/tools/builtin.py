@@ -13,6 +13,7 @@ from typing import Any
 
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 from vsmcp.node.tools.model import CallContext, ToolResult, text_result, to_result
+from vsmcp.node.tools.node_offers import node_offers_tool
 
 BUILTIN_UNIT = "builtin"
 MAX_ECHO_CHARS = 64 * 1024
@@ -131,6 +132,8 @@ def builtin_provider(
             for name, description, view in views
             if view is not None
         )
+        if status is not None:
+            out.append(node_offers_tool(status, introspection_zone))
         if signal is not None:
             out.append(_signal_tool(signal, signal_zone))
         if probe is not None:

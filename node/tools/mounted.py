@@ -50,6 +50,14 @@ from vsmcp.node.tools.model import (
     ToolSpec,
 )
 from vsmcp.node.tools.mount_client import MountClient
+from vsmcp.node.tools.mounted_offers import list_offers, run_offer
+from vsmcp.node.tools.offers import (
+    contents_chars,
+    offer_request,
+    offer_result,
+    offers_spec,
+    offers_tool_name,
+)
 from vsmcp.node.tools.stdio import RESULT_TOO_LARGE, StdioLaunch, StdioStats, stdio_transport
 
 if TYPE_CHECKING:
@@ -110,6 +118,15 @@ class MountedServer:
     def unit_name(cfg: MountConfig) -> str:
         return f"mount:{cfg.name}"
 
+    @property
+    def offers_tool(self) -> str:
+        """The name of its resources-and-prompts tool (`node.tools.offers`)."""
+        return offers_tool_name(self._offers_unit)
+
+    @property
+    def _offers_unit(self) -> str:
+        return f"mount.{self._cfg.name}"
+
     def set_on_change(self, callback: Callable[[], None]) -> None:
         self._on_change = callback
 
@@ -146,6 +163,9 @@ class MountedServer:
             if not cursor:
                 break
         specs = tuple(self._spec(t) for t in tools)
+        offers = await list_offers(client, self._cfg.name)
+        if offers:
+            specs += (offers_spec(self._offers_unit, offers, self._cfg.zone, "mounted"),)
         changed = specs != self._specs
         self._specs = specs
         self._spec_by_name = {spec.name: spec for spec in specs}
@@ -317,6 +337,8 @@ class MountedServer:
         from mcp_types import CONNECTION_CLOSED
         from pydantic import ValidationError
 
+        if tool == self.offers_tool and tool in self._spec_by_name:
+            return await self._offer(tool, arguments, ctx)
         remote = self._remote.get(tool)
         if remote is None:
             raise UnknownTool(tool)
@@ -356,6 +378,31 @@ class MountedServer:
         spec = self._spec_by_name.get(tool)
         _drop_duplicate(out, spec is not None and spec.output_schema is not None)
         return out
+
+    async def _offer(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        """A resources/read, prompts/get or completion/complete forwarded to the server."""
+        from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED
+        from pydantic import ValidationError
+
+        method, params = offer_request(arguments)
+        client = await self._connection()
+        try:
+            with self.client_side.calling(ctx):  # its sampling, logs... reach the caller
+                result = await run_offer(client, method, params)
+        except MCPError as exc:
+            self._raise_too_large(tool, exc)
+            if exc.code == CONNECTION_CLOSED:
+                raise UnitFault(f"mount {self._cfg.name!r}: connection closed") from exc
+            raise ProviderError(tool, f"{method}: {exc.error.message}", exc.code) from exc
+        except _DEAD_CONNECTION as exc:
+            raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
+        except ValidationError as exc:
+            raise self._malformed(tool, exc) or exc from exc
+        size = contents_chars(result)
+        if size > self._max_result_bytes:
+            raise ResultTooLarge(tool, size, self._max_result_bytes)
+        return offer_result(result)
 
     async def _older_shape(
         self, tool: str, remote: str, client: Client, exc: ValidationError

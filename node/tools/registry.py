@@ -25,6 +25,7 @@ from vsmcp.node.tools.config import (
 from vsmcp.node.tools.errors import ToolConfigError, UnknownTool
 from vsmcp.node.tools.model import CallContext, ChangeCallback, Provider, ToolResult, ToolSpec
 from vsmcp.node.tools.mounted import MountedServer
+from vsmcp.node.tools.offers import is_offers_tool
 from vsmcp.node.tools.plugins import entry_point_providers, plugin_provider
 from vsmcp.node.tools.policy import CallPolicy, zone_allows
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitPolicy
@@ -72,7 +73,24 @@ class LocalCatalog(Service):
         return sorted(out, key=lambda s: s.name)
 
     def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
-        return [spec for spec in self.available_tools() if self.policy.visible(spec, ctx)]
+        """The tools `ctx` may use (not the offers tools: `node.tools.offers`)."""
+        return [
+            spec
+            for spec in self.available_tools()
+            if not is_offers_tool(spec.name) and self.policy.visible(spec, ctx)
+        ]
+
+    def list_offer_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        """The offers tools (resources, prompts) `ctx` may use."""
+        return [
+            spec
+            for spec in self.available_tools()
+            if is_offers_tool(spec.name) and self.policy.visible(spec, ctx)
+        ]
+
+    def all_offer_tools(self) -> list[ToolSpec]:
+        """Every offers tool, whoever asks (the gateway refuses one by zone)."""
+        return [spec for spec in self.available_tools() if is_offers_tool(spec.name)]
 
     def spec(self, name: str) -> ToolSpec | None:
         entry = self._index.get(name)

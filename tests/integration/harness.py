@@ -15,6 +15,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +318,36 @@ def call_tool(
     except urllib.error.HTTPError as e:  # a refusal is a 4xx carrying the JSON-RPC error
         reply = json.loads(e.read())
     return reply
+
+
+@contextmanager
+def alive_mesh(base: Path, configs: dict[str, str]) -> Iterator[list[NodeProcess]]:
+    """Nodes named by `configs` (name: TOML text) in `base`, as `running` runs them."""
+    nodes = []
+    for name, text in configs.items():
+        path = base / f"{name}.toml"
+        path.write_text(text)
+        nodes.append(NodeProcess(base / name, "--config", str(path)))
+    with running(nodes) as started:
+        yield started
+
+
+@contextmanager
+def running(nodes: list[NodeProcess]) -> Iterator[list[NodeProcess]]:
+    """`nodes` started together and alive to each other; their logs printed if anything
+    fails; every one that started stopped at the end."""
+    started: list[NodeProcess] = []
+    try:
+        for node in nodes:
+            started.append(node.start(wait=False))
+        for node in started:
+            node.wait_ready()
+        wait_mesh_states(started, {n.node_id: "alive" for n in started})
+        yield started
+    except BaseException:
+        for node in started:
+            print(f"--- log of {node.data_dir} ---\n{node.log_text()[-6000:]}", file=sys.stderr)
+        raise
+    finally:
+        for node in started:
+            node.stop()

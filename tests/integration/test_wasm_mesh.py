@@ -6,7 +6,6 @@ with a Python plugin configured refuses to start, naming the key."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from tests.integration.harness import (
     NodeProcess,
     counters,
     run_daemon,
-    wait_mesh_states,
+    running,
 )
 from tests.polling import async_wait_for
 from tests.skips import require_module
@@ -66,25 +65,13 @@ B_CONFIG = (
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
     require_module("wasmtime")
     base = tmp_path_factory.mktemp("wasm-mesh")
-    started: list[NodeProcess] = []
-    try:
-        for name, text, profile in (("a", _a_config(base), "edge"), ("b", B_CONFIG, "default")):
-            config = base / f"{name}.toml"
-            config.write_text(text)
-            node = NodeProcess(base / name, "--config", str(config), "--profile", profile)
-            started.append(node.start(wait=False))
-        for node in started:
-            node.wait_ready()
-        wait_mesh_states(started, {n.node_id: "alive" for n in started})
-        a, b = started
+    nodes = []
+    for name, text, profile in (("a", _a_config(base), "edge"), ("b", B_CONFIG, "default")):
+        config = base / f"{name}.toml"
+        config.write_text(text)
+        nodes.append(NodeProcess(base / name, "--config", str(config), "--profile", profile))
+    with running(nodes) as (a, b):
         yield a, b
-    except BaseException:
-        for node in started:
-            print(f"--- log of {node.data_dir} ---\n{node.log_text()[-6000:]}", file=sys.stderr)
-        raise
-    finally:
-        for node in started:
-            node.stop()
 
 
 @asynccontextmanager

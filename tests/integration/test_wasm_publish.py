@@ -14,7 +14,6 @@ import json
 import re
 import socket
 import sqlite3
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +26,13 @@ import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.integration.harness import REPO_ROOT, NodeProcess, counters, run_cli, wait_mesh_states
+from tests.integration.harness import (
+    REPO_ROOT,
+    NodeProcess,
+    counters,
+    run_cli,
+    running,
+)
 from tests.polling import wait_for
 from tests.skips import require_module
 from vsmcp.crdt.policies import sign_grant
@@ -88,22 +93,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     runner.write_text(CONFIG.format(key=key) + RUN_ALL)
     stranger = tmp / "stranger.key"
     _authority(stranger)
-    started: list[NodeProcess] = []
-    try:
-        for name, config in (("a", holder), ("b", runner), ("c", runner)):
-            node = NodeProcess(_certified(tmp, authority, name), "--config", str(config), dev=False)
-            started.append(node.start(wait=False))
-        for node in started:
-            node.wait_ready()
-        wait_mesh_states(started, {n.node_id: "alive" for n in started})
+    nodes = [
+        NodeProcess(_certified(tmp, authority, name), "--config", str(config), dev=False)
+        for name, config in (("a", holder), ("b", runner), ("c", runner))
+    ]
+    with running(nodes) as started:
         yield Mesh(started, authority, stranger)
-    except BaseException:
-        for node in started:
-            print(f"--- log of {node.data_dir} ---\n{node.log_text()[-6000:]}", file=sys.stderr)
-        raise
-    finally:
-        for node in started:
-            node.stop()
 
 
 def _owner_token(node: NodeProcess) -> str:

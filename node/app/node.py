@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -73,7 +74,6 @@ from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
-from vsmcp.node.tools.wasm import WasmProvider
 from vsmcp.node.vsm.audits import Auditor
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.errors import PatternError, VsmError
@@ -941,8 +941,13 @@ class Node(Service):
         return catalog
 
     def _register_wasm_metrics(self, catalog: LocalCatalog) -> None:
+        # Imported by whoever builds a WASM tool (registry, WASM distribution): a node
+        # without one has not loaded the WASM runtime (vsmcp.edge) and need not.
+        wasm_tools = sys.modules.get("vsmcp.node.tools.wasm")
+        if wasm_tools is None:
+            return
         units = catalog.supervisor.units.values()
-        wasm = [u.provider for u in units if isinstance(u.provider, WasmProvider)]
+        wasm = [u.provider for u in units if isinstance(u.provider, wasm_tools.WasmProvider)]
         if not wasm:
             return
 

@@ -26,6 +26,10 @@ LAZY_MODULES = (
     "vsmcp.node.vsm.s4.llm",
     # The Prometheus registry: at the first scrape or tool call.
     "vsmcp.node.metrics_collectors",
+    # The WASM runtime and its tool provider: with the first WASM tool (configured or
+    # distributed).
+    "vsmcp.edge",
+    "vsmcp.node.tools.wasm",
 )
 LAZY_PACKAGES = (
     "mcp",

@@ -141,6 +141,14 @@ class HttpSection(_Section):
             f"1..{MAX_PAGE_CLIENTS}"
         ),
     ] = DEFAULT_MAX_PAGE_CLIENTS
+    admin_zone: Annotated[
+        str,
+        doc(
+            "zone a bearer token needs for the status page's admin actions (revoking a "
+            "policy; stopping a child also needs recursion.spawn_zone); the data dir's "
+            "owner's token always may"
+        ),
+    ] = "restricted"
 
 
 class MeshSection(_Section):
@@ -600,6 +608,9 @@ def _validate_children(config: Config) -> None:
     _check_range("recursion.max_descendants", rec.max_descendants, 0, 1 << 16)
     if rec.spawn_zone not in config.trust.zones:
         raise ConfigError("recursion.spawn_zone", f"'{rec.spawn_zone}' is not in trust.zones")
+    if config.http.admin_zone not in config.trust.zones:
+        zone = config.http.admin_zone
+        raise ConfigError("http.admin_zone", f"'{zone}' is not in trust.zones")
     if config.edge.publish_zone not in config.trust.zones:
         zone = config.edge.publish_zone
         raise ConfigError("edge.publish_zone", f"'{zone}' is not in trust.zones")

@@ -126,8 +126,11 @@ async def fixed_rate_cpu_ms_per_s(
 
     async def one(i: int) -> None:
         async with gate:
-            await call(session, mesh, i)
-            done[0] += 1
+            # A failed call (C lost A for a moment on the loaded machine) is not counted:
+            # the run falls short of its rate and its pair is void.
+            with contextlib.suppress(RuntimeError):
+                await call(session, mesh, i)
+                done[0] += 1
 
     tasks: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()

@@ -7,23 +7,42 @@ tool, C routes to it, C pinned to CPU 0 by default; here the lan membership pres
 its throughput run through C, alternately with no page client and with `--clients` (10)
 page clients on C, each as a browser's page is: `GET /api/stream` held open and read as
 it arrives, plus the page's periodic re-reads (/api/status and /api/peers every 15 s;
-the node pushes its VSM view on the stream every 5 s). Runs alternate (off, on, off,
-on, ...) so the machine's drift hits both sides; medians are compared.
+the node pushes its VSM view on the stream every 5 s).
+
+The machine is shared, so calls/s swings by tens of percent from run to run; a cost of a
+few percent is found only by pairing. Each round is one run without and one with the
+page clients, back to back, in ABBA order (off/on, then on/off) so a drift in the
+machine's load hits both sides alike; a round's cost is 1 - on/off. Reported: the median
+of the rounds' costs with a 95 % bootstrap interval (resampling the rounds), for calls/s
+and for C's CPU time per call (which other jobs move far less: C is pinned to its own
+CPU, so its throughput is at most the inverse of its CPU per call). The verdict against
+the target (--target, 3 %) is "met" when the interval's upper end is below it, "missed"
+when its lower end is above it, else "inconclusive".
+
+Both still move with the machine's load at full throughput (batching changes with it).
+So the same rounds are run again at a fixed call rate (--rate, below what C reaches):
+C does the same work in every run, and what 10 pages add is C's CPU time per second,
+with and without them, paired the same way; as a share of C's CPU time per second at
+full throughput it bounds the calls/s the pages take (it is exactly that share when C's
+CPU is what limits the calls, less otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import random
 import statistics
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from _machine import machine
-from bench_mesh_call import CONFIG, TOOL, cpu_s, pin, throughput, wait_listed
+from bench_mesh_call import CONFIG, TOOL, call, cpu_s, pin, throughput, wait_listed
 
 from tests.integration.harness import NodeProcess, wait_mesh_states
 from tests.polling import async_wait_for
@@ -68,16 +87,10 @@ async def idle_cpu_ms_per_s(
 ) -> float:
     """C's CPU time per second with `clients` open pages and no calls: what the pages
     cost by themselves, in a unit the machine's load moves far less than calls/s."""
-    seen = [0]
-    tasks = [asyncio.create_task(page_client(session, node.url, seen)) for _ in range(clients)]
-    await page_clients(node, clients)
-    before = cpu_s(node.pid)
-    await asyncio.sleep(seconds)
-    used = cpu_s(node.pid) - before
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await page_clients(node, 0)
+    async with open_pages(session, node, clients, [0]):
+        before = cpu_s(node.pid)
+        await asyncio.sleep(seconds)
+        used = cpu_s(node.pid) - before
     return used / seconds * 1000
 
 
@@ -93,6 +106,108 @@ async def measured(url: str, args: argparse.Namespace, pids: list[int]) -> dict[
                 raise
             await wait_listed(url)
     raise AssertionError("unreachable")
+
+
+BOOTSTRAP_SAMPLES = 4000
+TICK_S = 0.01  # the fixed-rate driver starts its calls in batches this far apart
+MAX_IN_FLIGHT = 64
+REACHED_FRACTION = 0.97  # a fixed-rate run below this share of its rate voids its pair
+
+
+async def fixed_rate_cpu_ms_per_s(
+    session: aiohttp.ClientSession, mesh: str, pid: int, rate: float, seconds: float
+) -> tuple[float, float]:
+    """Mesh calls through C at `rate` a second for `seconds` (after 1 s to settle): C's CPU
+    ms per second and the rate reached. At a fixed rate C does the same work each run,
+    so what 10 pages add shows as CPU time, which other jobs on the machine move far
+    less than they move calls/s."""
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+    done = [0]
+
+    async def one(i: int) -> None:
+        async with gate:
+            # A failed call (C lost A for a moment on the loaded machine) is not counted:
+            # the run falls short of its rate and its pair is void.
+            with contextlib.suppress(RuntimeError):
+                await call(session, mesh, i)
+                done[0] += 1
+
+    tasks: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measured_from = start + 1.0
+    before = after = 0.0
+    counted = 0
+    i = 0
+    while (now := loop.time()) < measured_from + seconds:
+        if before == 0.0 and now >= measured_from:
+            before, counted = cpu_s(pid), done[0]
+        due = int((now - start) * rate)
+        while i < due:
+            task = asyncio.create_task(one(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+        await asyncio.sleep(TICK_S)
+    after = cpu_s(pid)
+    reached = (done[0] - counted) / seconds
+    await asyncio.gather(*tasks)
+    return (after - before) / seconds * 1000, reached
+
+
+def paired_cost(off: list[float], on: list[float], *, higher_is_better: bool) -> list[float]:
+    """Each round's cost of the page clients, as a fraction (0.03 = 3 % worse)."""
+    if higher_is_better:
+        return [1 - b / a for a, b in zip(off, on, strict=True)]
+    return [b / a - 1 for a, b in zip(off, on, strict=True)]
+
+
+def bootstrap_interval(costs: list[float], seed: int = 17) -> tuple[float, float]:
+    """95 % interval of the median cost, resampling the rounds with replacement."""
+    rng = random.Random(seed)
+    medians = sorted(
+        statistics.median(rng.choices(costs, k=len(costs))) for _ in range(BOOTSTRAP_SAMPLES)
+    )
+    return medians[int(0.025 * BOOTSTRAP_SAMPLES)], medians[int(0.975 * BOOTSTRAP_SAMPLES) - 1]
+
+
+MIN_ROUNDS_FOR_VERDICT = 6
+
+
+def verdict(low: float, high: float, target: float, rounds: int) -> str:
+    if rounds < MIN_ROUNDS_FOR_VERDICT:
+        return f"no verdict from {rounds} rounds (at least {MIN_ROUNDS_FOR_VERDICT})"
+    if high <= target:
+        return "met"
+    if low > target:
+        return "missed"
+    return "inconclusive"
+
+
+def report(name: str, costs: list[float], target: float) -> None:
+    low, high = bootstrap_interval(costs)
+    print(
+        f"{name}: median cost {statistics.median(costs) * 100:+.1f} % "
+        f"(95 % interval {low * 100:+.1f} .. {high * 100:+.1f} %; rounds "
+        f"{[round(c * 100, 1) for c in costs]}); target <= {target * 100:.0f} %: "
+        f"{verdict(low, high, target, len(costs))}"
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_pages(
+    session: aiohttp.ClientSession, c: NodeProcess, count: int, seen: list[int]
+) -> AsyncIterator[None]:
+    """`count` page clients on C for the duration; C has closed every stream after."""
+    tasks = [asyncio.create_task(page_client(session, c.url, seen)) for _ in range(count)]
+    await page_clients(c, count)
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await page_clients(c, 0)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -123,20 +238,30 @@ async def run(args: argparse.Namespace) -> None:
             results: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
             seen = [0]
             async with aiohttp.ClientSession() as session:
-                for _ in range(args.rounds):
-                    for side in ("off", "on"):
-                        clients = [
-                            asyncio.create_task(page_client(session, c.url, seen))
-                            for _ in range(args.clients if side == "on" else 0)
-                        ]
-                        await page_clients(c, len(clients))
+                for i in range(args.rounds):
+                    for side in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                        clients = args.clients if side == "on" else 0
                         once = argparse.Namespace(**{**vars(args), "runs": 1})
-                        results[side].append(await measured(mesh, once, [a.pid, c.pid]))
-                        for task in clients:
-                            task.cancel()
-                        await asyncio.gather(*clients, return_exceptions=True)
-                        # The next "off" run starts once C has closed every stream.
-                        await page_clients(c, 0)
+                        async with open_pages(session, c, clients, seen):
+                            results[side].append(await measured(mesh, once, [a.pid, c.pid]))
+                added: list[float] = []
+                fixed: dict[str, list[float]] = {"off": [], "on": []}
+                short = 0
+                for i in range(args.fixed_rounds):
+                    pair: dict[str, tuple[float, float]] = {}
+                    for side in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                        n = args.clients if side == "on" else 0
+                        async with open_pages(session, c, n, seen):
+                            pair[side] = await fixed_rate_cpu_ms_per_s(
+                                session, mesh, c.pid, args.rate, args.seconds
+                            )
+                    # A run that fell short of the rate did less work: the pair is void.
+                    if min(got for _, got in pair.values()) < args.rate * REACHED_FRACTION:
+                        short += 1
+                        continue
+                    for side, (ms, _) in pair.items():
+                        fixed[side].append(ms)
+                    added.append(pair["on"][0] - pair["off"][0])
                 idle = [
                     (n, await idle_cpu_ms_per_s(session, c, n, args.idle_seconds))
                     for n in (0, args.clients, 0, args.clients)
@@ -151,9 +276,42 @@ async def run(args: argparse.Namespace) -> None:
                     f"{[round(x) for x in rates]}; C CPU per call {statistics.median(cpu_c)} us "
                     f"(runs {cpu_c})"
                 )
-            off = statistics.median(r["calls_per_s"] for r in results["off"])
-            on = statistics.median(r["calls_per_s"] for r in results["on"])
-            print(f"cost of {args.clients} page clients: {(off - on) / off * 100:+.1f} % calls/s")
+            rates_off = [r["calls_per_s"] for r in results["off"]]
+            rates_on = [r["calls_per_s"] for r in results["on"]]
+            cpu_off = [r["cpu_us_per_call"][1] for r in results["off"]]
+            cpu_on = [r["cpu_us_per_call"][1] for r in results["on"]]
+            print(f"cost of {args.clients} page clients, {args.rounds} paired rounds:")
+            report(
+                "  calls/s", paired_cost(rates_off, rates_on, higher_is_better=True), args.target
+            )
+            report(
+                "  C CPU per call",
+                paired_cost(cpu_off, cpu_on, higher_is_better=False),
+                args.target,
+            )
+            busy = statistics.median(
+                r["calls_per_s"] * r["cpu_us_per_call"][1] / 1000 for r in results["off"]
+            )
+            if not added:
+                raise RuntimeError(f"no fixed-rate pair reached {args.rate:g} calls/s")
+            low, high = bootstrap_interval(added)
+            print(
+                f"at a fixed {args.rate:g} calls/s ({len(added)} pairs; {short} void: a run "
+                f"fell short of the rate): "
+                f"C's CPU {statistics.median(fixed['off']):.0f} ms/s without, "
+                f"{statistics.median(fixed['on']):.0f} ms/s with the page clients; added "
+                f"{statistics.median(added):+.1f} ms/s (95 % interval {low:+.1f} .. {high:+.1f}; "
+                f"rounds {[round(x, 1) for x in added]})"
+            )
+            # The pages' work competes with the calls for C's CPU: at full throughput the
+            # calls lose at most this share (less when C's CPU is not what limits them).
+            print(
+                f"  as a share of C's CPU at full throughput ({busy:.0f} ms/s): "
+                f"{statistics.median(added) / busy * 100:+.1f} % "
+                f"(interval {low / busy * 100:+.1f} .. {high / busy * 100:+.1f} %); "
+                f"target <= {args.target * 100:.0f} %: "
+                f"{verdict(low / busy, high / busy, args.target, len(added))}"
+            )
             print(
                 "C idle (no calls), CPU ms per s: "
                 + ", ".join(f"{n} page clients {ms:.1f}" for n, ms in idle)
@@ -170,13 +328,22 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10, help="page clients when on")
     parser.add_argument("--callers", type=int, default=64, help="concurrent callers in all")
     parser.add_argument("--client-processes", type=int, default=4)
-    parser.add_argument("--rounds", type=int, help="off/on pairs (default 4; 2 quick)")
+    parser.add_argument("--rounds", type=int, help="off/on pairs (default 12; 3 quick)")
+    parser.add_argument("--seconds", type=float, help="per run (default 5; 3 quick)")
+    parser.add_argument(
+        "--fixed-rounds", type=int, help="off/on pairs at the fixed rate (default 16; 3 quick)"
+    )
+    parser.add_argument("--target", type=float, default=0.03, help="cost target (0.03 = 3 %%)")
+    parser.add_argument(
+        "--rate", type=float, default=400.0, help="calls/s of the fixed-rate runs (C's CPU)"
+    )
     parser.add_argument(
         "--pin", action=argparse.BooleanOptionalAction, default=True, help="give C its own CPU"
     )
     args = parser.parse_args()
-    args.seconds = 3.0 if args.quick else 8.0
-    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.seconds = args.seconds or (3.0 if args.quick else 5.0)
+    args.rounds = args.rounds or (3 if args.quick else 12)
+    args.fixed_rounds = args.fixed_rounds or (3 if args.quick else 16)
     args.idle_seconds = 5.0 if args.quick else 15.0
     asyncio.run(run(args))
 

@@ -147,6 +147,14 @@ class HttpSection(_Section):
             f"1..{MAX_PAGE_CLIENTS}"
         ),
     ] = DEFAULT_MAX_PAGE_CLIENTS
+    admin_zone: Annotated[
+        str,
+        doc(
+            "zone a bearer token needs for the status page's admin actions (revoking a "
+            "policy; stopping a child also needs recursion.spawn_zone); the data dir's "
+            "owner's token always may"
+        ),
+    ] = "restricted"
 
 
 class MeshSection(_Section):
@@ -632,6 +640,9 @@ def _validate_children(config: Config) -> None:
                 f"{plugin.scale.max} children is more than recursion.max_children "
                 f"({rec.max_children})",
             )
+    if config.http.admin_zone not in config.trust.zones:
+        zone = config.http.admin_zone
+        raise ConfigError("http.admin_zone", f"'{zone}' is not in trust.zones")
     if config.edge.publish_zone not in config.trust.zones:
         zone = config.edge.publish_zone
         raise ConfigError("edge.publish_zone", f"'{zone}' is not in trust.zones")

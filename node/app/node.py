@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -78,7 +79,6 @@ from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
-from vsmcp.node.tools.wasm import WasmProvider
 from vsmcp.node.vsm.audits import Auditor
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.errors import PatternError, VsmError
@@ -897,17 +897,28 @@ class Node(Service):
         """`POST`/`DELETE /api/wasm/modules`: None when the caller may, else (HTTP status,
         JSON body). A module published here is signed by this node and run by every node
         with `[edge] run`, so not anyone reaching HTTP may."""
-        caller, refusal = authorize(
-            self.config.data_dir,
-            self.vsm,
-            ZoneOrder(self.config.trust.zones),
-            authorization,
-            remote,
-            zone=self.config.edge.publish_zone,
-            key="edge.publish_zone",
-            action="publish or unpublish WASM modules",
+        caller, refusal = self._zone_authorize(
+            authorization, remote, "edge.publish_zone", "publish or unpublish WASM modules"
         )
         return None if caller is not None else (refusal or (403, {"error": "refused"}))
+
+    def _zone_authorize(
+        self, authorization: str | None, remote: str | None, key: str, action: str
+    ) -> tuple[str | None, tuple[int, dict[str, Any]] | None]:
+        """`authorize` against the zone the config key `key` (section.name) holds."""
+        section, name = key.split(".")
+        zone = getattr(getattr(self.config, section), name)
+        zones = ZoneOrder(self.config.trust.zones)
+        return authorize(
+            self.config.data_dir,
+            self.vsm,
+            zones,
+            authorization,
+            remote,
+            zone=zone,
+            key=key,
+            action=action,
+        )
 
     def wasm_publish_limit(self) -> int:
         """The largest `POST /api/wasm/modules` body read: the module, base64 (4/3 of
@@ -950,6 +961,46 @@ class Node(Service):
             return self._replication.state.policies.accept_signed(blob)
         except CrdtError as e:
             raise PolicyRecordRefused(f"policy record refused: {e}") from e
+
+    def admin_authorize(
+        self, authorization: str | None, remote: str | None
+    ) -> tuple[str | None, tuple[int, dict[str, Any]] | None]:
+        """The status page's admin actions (`GET /api/admin`, `POST /api/policies/revoke`):
+        (caller name, None) for a bearer token whose zone is at least `http.admin_zone`, or
+        the data dir's owner's; else (None, (HTTP status, JSON body)). A loopback zone
+        (`mcp.loopback_zone`) alone is not enough: whoever merely reaches the page reads."""
+        if authorization is None:
+            zone = self.config.http.admin_zone
+            return None, (401, {"error": f"a bearer token of zone {zone!r} (http.admin_zone)"})
+        return self._zone_authorize(
+            authorization, remote, "http.admin_zone", "use the status page's admin actions"
+        )
+
+    def revoke_policy(self, issuer: bytes, policy_id: str, caller: str) -> bool:
+        """`POST /api/policies/revoke`: revoke a live policy this node issued, signed with
+        its key; False when no live version is held. Raises PolicyRecordRefused for
+        another issuer's: whether a peer takes our key as an authority is not ours to
+        know, so those are revoked at their issuer or with the authority's key."""
+        if self._replication is None:
+            raise StartupError("node not started")
+        if issuer != self.identity.key.public_key:
+            raise PolicyRecordRefused(
+                f"policy of {node_id_from_public_key(issuer)}, not of this node: revoke it "
+                "at its issuer, or sign with the authority's key (vsmcp policies revoke --key)"
+            )
+        try:
+            revoked = self._replication.state.policies.revoke(
+                issuer, policy_id, by=self.identity.key
+            )
+        except CrdtError as e:
+            raise PolicyRecordRefused(
+                f"this node may not revoke it ({e}): sign the revocation with the "
+                "authority's key (vsmcp policies revoke --key)"
+            ) from e
+        if revoked:
+            issuer_id = node_id_from_public_key(issuer)
+            self._audit_nowait("policy.revoke", caller, {"issuer": issuer_id, "id": policy_id})
+        return revoked
 
     def patterns_view(self) -> dict[str, Any]:
         """`GET /api/patterns`."""
@@ -995,8 +1046,13 @@ class Node(Service):
         return catalog
 
     def _register_wasm_metrics(self, catalog: LocalCatalog) -> None:
+        # Imported by whoever builds a WASM tool (registry, WASM distribution): a node
+        # without one has not loaded the WASM runtime (vsmcp.edge) and need not.
+        wasm_tools = sys.modules.get("vsmcp.node.tools.wasm")
+        if wasm_tools is None:
+            return
         units = catalog.supervisor.units.values()
-        wasm = [u.provider for u in units if isinstance(u.provider, WasmProvider)]
+        wasm = [u.provider for u in units if isinstance(u.provider, wasm_tools.WasmProvider)]
         if not wasm:
             return
 

@@ -197,6 +197,22 @@ class RevocationAnswer(msgspec.Struct):
     accepted: bool
 
 
+class RevokeRequest(msgspec.Struct):
+    """`POST /api/policies/revoke`: the policy, as `GET /api/policies` names it."""
+
+    issuer: Annotated[str, msgspec.Meta(description="the policy's issuer (node id)")]
+    id: Annotated[str, msgspec.Meta(min_length=1, description="the policy's id")]
+
+
+class Revoked(msgspec.Struct):
+    revoked: bool
+
+
+class AdminView(msgspec.Struct):
+    caller: str
+    actions: list[str]
+
+
 class WasmModule(msgspec.Struct):
     name: str
     sha256: str
@@ -340,6 +356,9 @@ BODIES: tuple[type[msgspec.Struct], ...] = (
     Answer,
     RevocationRecord,
     RevocationAnswer,
+    RevokeRequest,
+    Revoked,
+    AdminView,
     WasmModules,
     WasmPublish,
     WasmPublished,

@@ -167,6 +167,10 @@ def _paths() -> dict[str, dict[str, Any]]:
         403: "The token's zone is below recursion.spawn_zone",
         503: "The node is not running yet, or the child could not be started or stopped",
     }
+    who_may_admin = {
+        401: "No bearer token (a loopback zone alone is not enough), or not one of mcp.tokens",
+        403: "The token's zone is below http.admin_zone (or another node issued the policy)",
+    }
     who_may_publish = {
         401: "No bearer token of mcp.tokens (nor the data dir's stdio token)",
         403: "The token's zone (a loopback client's: mcp.loopback_zone) is below edge.publish_zone",
@@ -280,6 +284,29 @@ def _paths() -> dict[str, dict[str, Any]]:
                     403: "The record's signature or issuer is refused",
                 },
                 body=s.RevocationRecord,
+            )
+        },
+        "/api/policies/revoke": {
+            "post": _operation(
+                "Revoke a policy this node issued (signed with its key; it replicates)",
+                (200, s.Revoked, "Revoked (replicates to the mesh)"),
+                {
+                    **who_may_admin,
+                    400: "The body is not {issuer, id} (`field`)",
+                    404: "No live policy of that issuer and id here (or no such node id)",
+                    413: "The body is over 4 KiB",
+                    503: "The node is still starting: retry",
+                },
+                body=s.RevokeRequest,
+                bearer=True,
+            )
+        },
+        "/api/admin": {
+            "get": _operation(
+                "Whether the bearer token may use the status page's admin actions",
+                (200, s.AdminView, "It may: the caller's name and the actions"),
+                who_may_admin,
+                bearer=True,
             )
         },
         "/api/debug/block": {"post": block, "delete": block},

@@ -14,7 +14,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from vsmcp.node.errors import NodeError
+from vsmcp.mesh.errors import MeshError
+from vsmcp.mesh.identity import public_key_from_node_id
+from vsmcp.node.errors import NodeError, StartupError
 from vsmcp.node.http.limits import (
     ConnectionGuard,
     ConnectionLimits,
@@ -35,9 +37,12 @@ MAX_CHILD_REQUEST_BYTES = 8 * 1024
 # A planner request: 4096 characters, each up to 12 bytes as JSON escapes a character
 # (a surrogate pair, `\ud83d\ude00`), so a refused over-long text gets its 400.
 MAX_PLAN_REQUEST_BYTES = 64 * 1024
+MAX_REVOKE_REQUEST_BYTES = 4 * 1024
 # What the status page lists of the node's recent events and audit entries.
 RECENT_EVENTS_SHOWN = 100
 RECENT_AUDIT_SHOWN = 50
+# What the status page offers a viewer with an admin token (`GET /api/admin`).
+ADMIN_ACTIONS = ("revoke-policy", "stop-child")
 
 
 class NodeView(Protocol):
@@ -74,6 +79,11 @@ class NodeView(Protocol):
     def accept_policy_record(self, blob: bytes) -> bool: ...
 
     def policy_agent_set(self) -> dict[str, Any]: ...
+    def admin_authorize(
+        self, authorization: str | None, remote: str | None
+    ) -> tuple[str | None, tuple[int, dict[str, Any]] | None]: ...
+
+    def revoke_policy(self, issuer: bytes, policy_id: str, caller: str) -> bool: ...
 
     def wasm_view(self) -> dict[str, Any]: ...
 
@@ -230,6 +240,48 @@ def build_app(
             return _json({"error": str(e)}, status=403)
         return _json({"accepted": accepted})
 
+    def _admin(request: web.Request) -> tuple[str | None, web.Response | None]:
+        caller, refusal = node.admin_authorize(request.headers.get("Authorization"), request.remote)
+        if caller is None:
+            status, answer = refusal or (403, {"error": "refused"})
+            return None, _json(answer, status=status)
+        return caller, None
+
+    async def api_admin(request: web.Request) -> web.Response:
+        # The status page asks before it shows any action: read-only for everyone else.
+        caller, refused = _admin(request)
+        return refused or _json({"caller": caller, "actions": list(ADMIN_ACTIONS)})
+
+    async def api_revoke(request: web.Request) -> web.Response:
+        caller, refused = _admin(request)
+        if refused is not None or caller is None:
+            return refused or _json({"error": "refused"}, 403)
+        body = await _json_body(request, MAX_REVOKE_REQUEST_BYTES)
+        if isinstance(body, web.Response):
+            return body
+        expected = 'expected {"issuer": "<node id>", "id": "<policy id>"}'
+        if not isinstance(body, dict):
+            return _json({"error": expected, "field": "body"}, 400)
+        issuer, policy_id = body.get("issuer"), body.get("id")
+        if not isinstance(issuer, str):
+            return _json({"error": expected, "field": "issuer"}, 400)
+        if not isinstance(policy_id, str) or not policy_id:
+            return _json({"error": expected, "field": "id"}, 400)
+        try:
+            issuer_key = public_key_from_node_id(issuer)
+        except MeshError as e:
+            # No policy has such an issuer (the schema cannot tell a valid node id).
+            return _json({"error": f"no policy of that issuer: {e}", "field": "issuer"}, 404)
+        try:
+            revoked = node.revoke_policy(issuer_key, policy_id, caller)
+        except StartupError as e:
+            return _json({"error": str(e)}, status=503)
+        except NodeError as e:
+            return _json({"error": str(e)}, status=403)
+        if not revoked:
+            return _json({"error": f"no live policy {policy_id!r} of {issuer} here"}, 404)
+        return _json({"revoked": True})
+
     async def api_wasm(_: web.Request) -> web.Response:
         return _while_starting(node.wasm_view)
 
@@ -342,6 +394,8 @@ def build_app(
     app.router.add_get("/api/policy-agent.wasm", api_policy_agent_module)
     app.router.add_get("/api/policy-agent/policies", api_policy_agent_set)
     app.router.add_post("/api/policies/revocations", api_revocation)
+    app.router.add_post("/api/policies/revoke", api_revoke)
+    app.router.add_get("/api/admin", api_admin)
     app.router.add_get("/api/wasm/modules", api_wasm)
     app.router.add_post("/api/wasm/modules", api_wasm_publish)
     app.router.add_delete("/api/wasm/modules/{name}", api_wasm_unpublish)

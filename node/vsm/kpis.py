@@ -45,6 +45,11 @@ class CallKpis:
             raise ValueError("window_s must be > 0 and max_calls >= 1")
         self.window_s = window_s
         self._calls: deque[tuple[float, float, bool]] = deque(maxlen=max_calls)
+        self._failed = 0  # failed calls in the window
+        # The window's latencies sorted, for as long as the window has not changed: one
+        # VSM view asks several times (its KPIs, the viability score and its inputs),
+        # and a sort of 50,000 latencies costs milliseconds on a busy node.
+        self._sorted: list[float] | None = None
         self.evicted = 0
         self.total = 0
         self.total_failed = 0
@@ -52,7 +57,10 @@ class CallKpis:
     def record(self, ts: float, latency_ms: float, failed: bool) -> None:
         if len(self._calls) == self._calls.maxlen:
             self.evicted += 1
+            self._failed -= self._calls[0][2]
         self._calls.append((ts, latency_ms, failed))
+        self._failed += failed
+        self._sorted = None
         self.total += 1
         self.total_failed += failed
 
@@ -65,26 +73,32 @@ class CallKpis:
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s
         while self._calls and self._calls[0][0] <= horizon:
-            self._calls.popleft()
+            self._failed -= self._calls.popleft()[2]
+            self._sorted = None
+
+    def _sorted_latencies(self) -> list[float]:
+        if self._sorted is None:
+            self._sorted = sorted(latency for _, latency, _ in self._calls)
+        return self._sorted
 
     def error_ratio(self, now: float) -> float:
         """Failed / all calls in the window; 0.0 without calls."""
         self._expire(now)
         if not self._calls:
             return 0.0
-        return sum(1 for _, _, failed in self._calls if failed) / len(self._calls)
+        return self._failed / len(self._calls)
 
     def latency_ms(self, now: float, pct: float) -> float | None:
         """The window's latency percentile; None without calls."""
         self._expire(now)
         if not self._calls:
             return None
-        return percentile(sorted(latency for _, latency, _ in self._calls), pct)
+        return percentile(self._sorted_latencies(), pct)
 
     def view(self, now: float) -> dict[str, Any]:
         self._expire(now)
-        latencies = sorted(latency for _, latency, _ in self._calls)
-        errors = sum(1 for _, _, failed in self._calls if failed)
+        latencies = self._sorted_latencies()
+        errors = self._failed
         return {
             "window_s": self.window_s,
             "calls": len(latencies),

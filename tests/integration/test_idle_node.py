@@ -1,7 +1,7 @@
 """An idle node (`vsmcpd --dev`, no mounts, no WASM tools) does not import what only a
 mount, a tool call or a WASM tool needs: the MCP client SDK, pydantic, httpx2,
 jsonschema, wasmtime (together ≈40 MiB of resident memory; docs/benchmarks.md), nor
-the API's OpenAPI document."""
+our WASM runtime (`vsmcp.edge`), nor the API's OpenAPI document."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ LAZY_MODULES = (
     "vsmcp.node.vsm.s4.llm",
     # The Prometheus registry: at the first scrape or tool call.
     "vsmcp.node.metrics_collectors",
+    # The WASM runtime and its tool provider: with the first WASM tool (configured or
+    # distributed).
+    "vsmcp.edge",
+    "vsmcp.node.tools.wasm",
 )
 LAZY_PACKAGES = (
     "mcp",

@@ -47,11 +47,16 @@ pytestmark = pytest.mark.integration
 DRIVER_DIR = REPO_ROOT / "tests" / "integration" / "browser"
 DOCS = REPO_ROOT / "docs"
 ATTACKER = "attacker-token-0123456789"
+OPERATOR = "operator-token-0123456789"
+ADMIN_CONTROLS = "document.querySelectorAll('[data-admin-action]').length"
+# What Chromium logs for the refused token's `GET /api/admin` (the page shows it too).
+REFUSED_FETCH = "Failed to load resource: the server responded with a status of 403 (Forbidden)"
 DENIALS = 4
 ZONE_DENIED = -32010
 DESKTOP = (1280, 800)
 PHONE = (390, 844)
 PAGE_WAIT_S = 30.0
+ATTACKER_ORIGIN = "http:attacker"
 # What sticks out past a phone's width (to name it when the layout breaks).
 WIDER_THAN_THE_SCREEN = (
     "[...document.querySelectorAll('body *')]"
@@ -77,6 +82,10 @@ denial_window_s = 30
 name = "attacker"
 token = "{ATTACKER}"
 zone = "public"
+[[mcp.tokens]]
+name = "operator"
+token = "{OPERATOR}"
+zone = "restricted"
 {extra}
 """
 
@@ -186,6 +195,61 @@ def _screenshot(browser: Browser, name: str, size: tuple[int, int], out: Path) -
     return path
 
 
+def _use_token(browser: Browser, token: str) -> None:
+    """Type `token` into the page's admin field and press its button, as an operator."""
+    browser.run(
+        "eval",
+        js=f"document.getElementById('admin-token').value = {json.dumps(token)};"
+        "document.getElementById('admin-use').click(); 1",
+    )
+
+
+def _revoke_the_block_from_the_page(browser: Browser, a: NodeProcess, b: NodeProcess) -> None:
+    """Read-only without an admin token (no controls; the node refuses the action); with
+    the operator's token the block is revoked from the page and leaves it live."""
+    assert browser.run("eval", js=ADMIN_CONTROLS) == 0
+    block = next(
+        p for p in a.get_json("/api/policies")["policies"] if p.get("target") == ATTACKER_ORIGIN
+    )
+    revoke = {"issuer": block["issuer"], "id": block["id"]}
+    assert a.post_json("/api/policies/revoke", revoke)[0] == 401
+    assert a.post_json("/api/policies/revoke", revoke, token=ATTACKER)[0] == 403
+    # B holds the block too, but neither issued it nor is A's authority: it may not sign.
+    status, answer = b.post_json("/api/policies/revoke", revoke, token=OPERATOR)
+    assert status == 403 and "vsmcp policies revoke --key" in answer["error"], answer
+
+    admin_state = "document.getElementById('admin-state').dataset.state"
+    _use_token(browser, ATTACKER)  # a token below http.admin_zone
+    browser.wait(f"{admin_state} === 'refused'", PAGE_WAIT_S, "the public token refused")
+    assert browser.run("eval", js=ADMIN_CONTROLS) == 0
+
+    _use_token(browser, OPERATOR)
+    browser.wait(f"{admin_state} === 'admin'", PAGE_WAIT_S, "the operator's token taken")
+    button = (
+        'document.querySelector(\'#policy-list [data-admin-action="revoke-policy"]'
+        f'[data-policy-key="{block["key"]}"]\')'
+    )
+    browser.wait(f"!!{button}", PAGE_WAIT_S, "a revoke button on the block")
+    stored = browser.run("eval", js="sessionStorage.getItem('vsmcp.admin-token')")
+    assert stored == OPERATOR
+    assert OPERATOR not in browser.run("eval", js="location.href")
+    browser.run("eval", js=f"{button}.click(); 1")  # arms it ("Confirm: Revoke")
+    browser.run("eval", js=f"{button}.click(); 1")  # confirms
+    browser.wait(
+        f"!document.querySelector('#policy-list [data-policy=\"{block['id']}\"]')",
+        PAGE_WAIT_S,
+        "the revoked block gone from the page",
+    )
+    message = browser.run("eval", js="document.getElementById('admin-message').textContent")
+    assert message == f"revoked {block['id']}"
+
+    def held(node: NodeProcess) -> bool:
+        return any(p["key"] == block["key"] for p in node.get_json("/api/policies")["policies"])
+
+    assert not held(a)
+    wait_for(lambda: not held(b), timeout_s=PAGE_WAIT_S, what="the revocation replicated to B")
+
+
 def test_the_page_shows_the_mesh_live_without_a_reload(
     three: list[NodeProcess], tmp_path: Path
 ) -> None:
@@ -237,6 +301,9 @@ def test_the_page_shows_the_mesh_live_without_a_reload(
         assert width <= PHONE[0], (width, wide)
         browser.run("viewport", width=DESKTOP[0], height=DESKTOP[1])
 
+        # Admin actions: none without a token; with the operator's, the block is revoked.
+        _revoke_the_block_from_the_page(browser, a, b)
+
         # C killed: the page turns it dead within the detection time, without a reload.
         c.kill()
         c.wait_exit()
@@ -244,7 +311,7 @@ def test_the_page_shows_the_mesh_live_without_a_reload(
         badge = browser.run("eval", js=f"{_row(c.node_id)}.querySelector('.badge').textContent")
         assert badge == "dead"  # the state in text, not only in colour
         assert browser.run("eval", js="window.__sameDocument") == 1
-        assert browser.run("errors") == []
+        assert [e for e in browser.run("errors") if e != REFUSED_FETCH] == []
     finally:
         browser.close()
 
@@ -369,3 +436,38 @@ def test_page_clients_past_the_cap_are_refused_with_503_naming_it(capped: NodePr
     probe = _open_stream(capped)
     assert b"200 OK" in _read_until(probe, b"event: hello")
     probe.close()
+
+
+def _admin_status(node: NodeProcess, token: str | None) -> tuple[int, Any]:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(node.url + "/api/admin", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return int(r.status), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return int(e.code), json.loads(e.read())
+
+
+def test_the_admin_actions_want_a_token_of_the_admin_zone(tmp_path: Path) -> None:
+    # Even with loopback callers given the highest zone, the page's actions want a token.
+    config = tmp_path / "node.toml"
+    config.write_text(_config('[mcp]\nloopback_zone = "restricted"\n'))
+    node = NodeProcess(tmp_path / "n", "--config", str(config)).start()
+    try:
+        status, answer = _admin_status(node, None)
+        assert status == 401 and "http.admin_zone" in answer["error"], answer
+        status, answer = _admin_status(node, ATTACKER)
+        assert status == 403 and "http.admin_zone" in answer["error"], answer
+        assert _admin_status(node, "not-a-token")[0] == 401
+        assert _admin_status(node, OPERATOR) == (
+            200,
+            {"caller": "http:operator", "actions": ["revoke-policy", "stop-child"]},
+        )
+        owner = (node.data_dir / "stdio.token").read_text().strip()
+        assert _admin_status(node, owner)[1]["caller"] == "data-dir-owner"
+        unknown = {"issuer": node.node_id, "id": "origin:http:nobody"}
+        status, answer = node.post_json("/api/policies/revoke", unknown, token=OPERATOR)
+        assert status == 404 and "origin:http:nobody" in answer["error"], answer
+        assert node.post_json("/api/policies/revoke", {"id": 3}, token=OPERATOR)[0] == 400
+    finally:
+        node.stop()

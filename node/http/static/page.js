@@ -66,6 +66,95 @@ function kv(id, pairs) {
   replace(id, ...out);
 }
 
+// -- admin actions -----------------------------------------------------------------------
+// Read-only unless the viewer gives a token the node accepts for its admin actions
+// (GET /api/admin). The token stays in this tab's sessionStorage, is sent only in the
+// Authorization header, never in a URL; every action is still checked by the node.
+
+const TOKEN_KEY = "vsmcp.admin-token";
+const admin = { token: sessionStorage.getItem(TOKEN_KEY) || "", caller: null, actions: [] };
+const may = (action) => admin.caller !== null && admin.actions.includes(action);
+
+async function adminFetch(method, path, body) {
+  const headers = { Accept: "application/json", Authorization: `Bearer ${admin.token}` };
+  const init = { method, cache: "no-store", headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  let answer = {};
+  try { answer = await response.json(); } catch (e) { /* not JSON: the status says it */ }
+  if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+  return answer;
+}
+
+function adminMessage(text) { document.getElementById("admin-message").textContent = text; }
+
+async function checkAdmin() {
+  admin.caller = null;
+  admin.actions = [];
+  const badgeNode = document.getElementById("admin-state");
+  document.getElementById("admin-forget").hidden = !admin.token;
+  if (!admin.token) {
+    badgeNode.dataset.state = "read-only";
+    badgeNode.textContent = "read-only";
+  } else {
+    try {
+      const answer = await adminFetch("GET", "/api/admin");
+      admin.caller = answer.caller;
+      admin.actions = answer.actions;
+      badgeNode.dataset.state = "admin";
+      badgeNode.textContent = `admin: ${answer.caller}`;
+    } catch (e) {
+      badgeNode.dataset.state = "refused";
+      badgeNode.textContent = "read-only: token refused";
+      adminMessage(`token refused: ${e.message}`);
+    }
+  }
+  renderPolicies();
+  renderMesh();
+}
+
+// An action button: the first press arms it ("Confirm …"), the second runs it; it
+// disarms itself after a few seconds.
+function actionButton(action, label, attrs, run) {
+  const button = el("button", { type: "button", class: "action", "data-admin-action": action,
+    ...attrs, text: label });
+  button.addEventListener("click", async () => {
+    if (button.dataset.armed !== "1") {
+      button.dataset.armed = "1";
+      button.textContent = `Confirm: ${label}`;
+      setTimeout(() => { button.dataset.armed = "0"; button.textContent = label; }, 5000);
+      return;
+    }
+    button.disabled = true;
+    try {
+      adminMessage(await run());
+    } catch (e) {
+      adminMessage(`${label} failed: ${e.message}`);
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+function revokeButton(p) {
+  return actionButton("revoke-policy", "Revoke", { "data-policy-key": p.key }, async () => {
+    await adminFetch("POST", "/api/policies/revoke", { issuer: p.issuer, id: p.id });
+    schedule("policies", "audit");
+    return `revoked ${p.id}`;
+  });
+}
+
+function stopButton(child) {
+  return actionButton("stop-child", "Stop", { "data-child": child.name }, async () => {
+    await adminFetch("DELETE", `/api/children/${encodeURIComponent(child.name)}`);
+    schedule("children", "peers");
+    return `stopped child ${child.name}`;
+  });
+}
+
 // -- loading ---------------------------------------------------------------------------
 
 async function getJSON(path) {
@@ -199,6 +288,10 @@ function meshNodes() {
     nodes.push({ id, name: c.name, state: c.state, self: false, zone: null, parent: s.node_id,
       since_s: null });
   }
+  for (const c of state.children) {
+    const node = nodes.find((n) => n.id === (c.node_id || `child:${c.name}`));
+    if (node) node.child = c;
+  }
   return nodes;
 }
 
@@ -213,7 +306,7 @@ function renderMesh() {
   const rows = nodes.map((n) => el("tr", { id: `node-${n.id}`, "data-node-id": n.id, "data-state": n.state },
     el("td", {}, el("span", { text: n.self ? `${n.name} (this node)` : n.name }), el("br"),
       el("span", { class: "mono muted", text: n.id })),
-    el("td", {}, badge(n.state)),
+    el("td", {}, badge(n.state), n.child && may("stop-child") ? stopButton(n.child) : ""),
     el("td", { text: n.zone || "—" }),
     el("td", { class: "mono", text: n.parent ? short(n.parent) : "—" }),
     el("td", { text: ago(n.since_s) })));
@@ -398,7 +491,8 @@ function renderPolicies() {
     const item = el("li", { class: "policy", "data-policy": p.id, "data-state": st },
       el("p", {}, badge(st, p.enforced ? "enforced" : st === "pending" ? "not enforced" : p.kind), " ",
         el("strong", { text: `${p.kind}${p.target ? ` of ${p.target}` : ""}` }),
-        el("span", { class: "muted", text: ` · until ${p.expires} · by ${short(p.issuer)}` })));
+        el("span", { class: "muted", text: ` · until ${p.expires} · by ${short(p.issuer)}` }),
+        p.kind !== "revocation" && may("revoke-policy") ? revokeButton(p) : ""));
     const note = p.note;
     if (note && typeof note === "object") {
       item.append(el("p", { class: "note" }, el("span", { class: "muted", text: "note: " }),
@@ -439,6 +533,25 @@ document.getElementById("pause").addEventListener("click", (ev) => {
   ev.currentTarget.textContent = state.paused ? "Resume updates" : "Pause updates";
   if (!state.paused) loadAll();
 });
+function useToken() {
+  const input = document.getElementById("admin-token");
+  admin.token = input.value.trim();
+  input.value = "";
+  if (admin.token) sessionStorage.setItem(TOKEN_KEY, admin.token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  adminMessage("");
+  checkAdmin();
+}
+document.getElementById("admin-use").addEventListener("click", useToken);
+document.getElementById("admin-token").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter") useToken();
+});
+document.getElementById("admin-forget").addEventListener("click", () => {
+  admin.token = "";
+  sessionStorage.removeItem(TOKEN_KEY);
+  adminMessage("");
+  checkAdmin();
+});
 const quiet = () => state.paused || document.hidden;
 const live = () => document.getElementById("live").dataset.state === "live";
 setInterval(() => { if (!quiet() && !live()) schedule("vsm"); }, REFRESH_MS);
@@ -446,3 +559,4 @@ setInterval(() => { if (!quiet()) schedule("status", "peers"); }, SLOW_REFRESH_M
 document.addEventListener("visibilitychange", () => { if (!quiet()) loadAll(); });
 loadAll();
 connect();
+checkAdmin();

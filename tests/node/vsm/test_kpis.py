@@ -55,3 +55,23 @@ def test_window_is_bounded() -> None:
     for i in range(4):
         kpis.record(float(i), 1.0, False)
     assert kpis.view(4.0)["calls"] == 2 and kpis.evicted == 2
+
+
+def test_running_counts_and_the_sorted_latencies_follow_evictions_and_expiry() -> None:
+    # The window keeps its failed count and its sorted latencies between reads: both must
+    # follow every change (a new call, one evicted by the bound, ones expired by time).
+    kpis = CallKpis(window_s=10, max_calls=4)
+    outcomes = ["timeout", "ok", "timeout", "ok", "ok", "timeout", "ok"]
+    for i, outcome in enumerate(outcomes):
+        kpis.on_events([call(float(i), float(10 - i), outcome)])
+        kept = list(enumerate(outcomes))[max(0, i - 3) : i + 1]
+        failed = sum(o == "timeout" for _, o in kept)
+        assert kpis.error_ratio(float(i)) == failed / len(kept)
+        assert kpis.latency_ms(float(i), 50) == percentile(sorted(10.0 - j for j, _ in kept), 50)
+        assert kpis.view(float(i))["errors"] == failed
+    # All expired: nothing left, nothing cached.
+    assert kpis.error_ratio(100.0) == 0.0
+    assert kpis.latency_ms(100.0, 95) is None
+    kpis.on_events([call(101.0, 3.0, "timeout")])
+    assert kpis.view(101.0)["latency_ms"] == {"p50": 3.0, "p95": 3.0, "p99": 3.0}
+    assert kpis.error_ratio(101.0) == 1.0

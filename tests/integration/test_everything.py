@@ -49,6 +49,7 @@ args = ["{ENTRY}", "stdio"]
 ENVELOPE = {"meta", "result_type", "ttl_ms", "cache_scope", "next_cursor"}
 TIME = re.compile(r"\d{1,2}:\d{2}:\d{2}(\s?[AP]M)?")
 UPDATE_WAIT_S = 30.0
+REVISIONS = {"auto": "2026-07-28", "legacy": "2025-11-25"}
 STATIC_DOC = "demo://resource/static/document/architecture.md"
 
 
@@ -245,11 +246,15 @@ async def test_everything_through_c_answers_as_the_server_does(
     ) as mesh:
         if mode == "legacy":
             await mesh.set_logging_level(level)
+        # The gateway speaks either revision; the server itself only 2025-11-25 (so in
+        # "auto" the mesh's sampling and elicitation are input_required rounds at C).
+        assert mesh.protocol_version == REVISIONS[mode]
         listed = await _tools_listed(mesh)
         prefix = MOUNT + "."
         async with direct(mode, own_logs) as server:
             if mode == "legacy":
                 await server.set_logging_level(level)
+            assert server.protocol_version == REVISIONS["legacy"]
             own_tools = (await server.list_tools()).tools
             assert sorted(
                 (_tool_view(t, prefix) for t in listed), key=lambda v: v["name"]

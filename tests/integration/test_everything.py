@@ -49,6 +49,10 @@ args = ["{ENTRY}", "stdio"]
 ENVELOPE = {"meta", "result_type", "ttl_ms", "cache_scope", "next_cursor"}
 TIME = re.compile(r"\d{1,2}:\d{2}:\d{2}(\s?[AP]M)?")
 UPDATE_WAIT_S = 30.0
+# The client's log level: the server's simulated log lines come at random levels, half
+# of them below it.
+LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+LEVEL = "error"
 REVISIONS = {"auto": "2026-07-28", "legacy": "2025-11-25"}
 STATIC_DOC = "demo://resource/static/document/architecture.md"
 
@@ -195,24 +199,28 @@ async def _progress(client: Client, prefix: str) -> list[tuple[float, float | No
     return steps
 
 
-async def _simulated_log(client: Client, prefix: str, logs: Logs) -> str:
-    """Start the server's simulated logging (it toggles: stop it first if it was on) and
-    wait for the line it sends at once, during the call; the line's level is random, so
-    what is compared is its shape and that its level is the one it says."""
-    for _ in range(2):
-        before = len(logs.seen)
-        result = await client.call_tool(prefix + "toggle-simulated-logging", {})
-        text = getattr(result.content[0], "text", "")
-        if text.startswith("Started"):
-            await async_wait_until(
-                lambda n=before: len(logs.seen) > n, timeout_s=20, what="the simulated log line"
-            )
-            await client.call_tool(prefix + "toggle-simulated-logging", {})  # stop it
-            line = logs.seen[before]
-            data = re.sub(r" - SessionId .*", "", str(line.data))
-            assert data.lower().startswith(line.level), (line.level, data)
-            return re.sub(r"^\w+[- ]level[- ]message$", "<level> message", data)
-    raise AssertionError(f"simulated logging did not start: {text}")
+async def _simulated_log(client: Client, prefix: str, logs: Logs) -> set[str]:
+    """Start and stop the server's simulated logging until a line at or above the
+    client's level has arrived (at each start it sends one line, of a random level,
+    during the call); every line the client got is at or above its level, and says the
+    level it came at. Returns the lines' shapes (their levels masked)."""
+
+    async def a_line() -> bool | None:
+        for _ in range(2):  # it toggles: the first call may stop it
+            result = await client.call_tool(prefix + "toggle-simulated-logging", {})
+            if getattr(result.content[0], "text", "").startswith("Started"):
+                await client.call_tool(prefix + "toggle-simulated-logging", {})  # stop it
+                break
+        return True if logs.seen else None
+
+    await async_wait_for(a_line, timeout_s=120, what=f"a simulated log line at {LEVEL} or above")
+    shapes = set()
+    for line in logs.seen:
+        assert LEVELS.index(line.level) >= LEVELS.index(LEVEL), line
+        data = re.sub(r" - SessionId .*", "", str(line.data))
+        assert data.lower().startswith(line.level), (line.level, data)
+        shapes.add(re.sub(r"^\w+[- ]level[- ]message$", "<level> message", data))
+    return shapes
 
 
 async def _tools_listed(mesh: Client) -> list[types.Tool]:
@@ -237,7 +245,7 @@ async def test_everything_through_c_answers_as_the_server_does(
 ) -> None:
     c = nodes[2]
     mesh_logs, own_logs = Logs(), Logs()
-    level = "debug"
+    level = LEVEL
     async with sdk_client(
         c.url + "/mcp",
         mode,
@@ -252,9 +260,8 @@ async def test_everything_through_c_answers_as_the_server_does(
         listed = await _tools_listed(mesh)
         prefix = MOUNT + "."
         async with direct(mode, own_logs) as server:
-            if mode == "legacy":
-                await server.set_logging_level(level)
             assert server.protocol_version == REVISIONS["legacy"]
+            await server.set_logging_level(level)  # the server speaks 2025-11-25 only
             own_tools = (await server.list_tools()).tools
             assert sorted(
                 (_tool_view(t, prefix) for t in listed), key=lambda v: v["name"]

@@ -33,6 +33,7 @@ from typing import Any, Final
 from vsmcp.node.tools.client_channel import (
     INVALID_PARAMS,
     LOG_LEVELS,
+    META_LOG_LEVEL,
     METHOD_NOT_FOUND,
     REQUEST_CAPABILITY,
     ClientRequestFailed,
@@ -43,7 +44,6 @@ from vsmcp.node.tools.client_channel import (
 )
 
 MAX_PENDING: Final = 1024
-META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
 ID_PREFIX: Final = "vsmcp-"
 MAX_ERROR_MESSAGE_CHARS: Final = 300
 

@@ -36,6 +36,8 @@ REQUEST_CAPABILITY: Final[Mapping[str, str]] = {
     "roots/list": "roots",
 }
 CLIENT_METHODS: Final = tuple(REQUEST_CAPABILITY)
+# A 2026-07-28 request's `_meta` key for the log level its client wants.
+META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
 # JSON-RPC codes the client side of a request is answered with (the provider's SDK
 # turns them into its own error): the method is one we do not pass on, the client
 # lacks the capability, or the answer was not one.

@@ -44,6 +44,7 @@ name = "ask"
 command = "{sys.executable}"
 args = ["{SERVER}"]
 mode = "legacy"
+only_call_fallback = true
 [[tools.plugins]]
 name = "plugin.ask"
 target = "tests.integration.asking_plugin:ask"

@@ -44,6 +44,8 @@ from vsmcp.node.tools.client_channel import (
 )
 
 MAX_PENDING: Final = 1024
+# One session's share of them (one call's, relayed from another node: `client_relay`).
+MAX_PENDING_PER_SESSION: Final = 64
 ID_PREFIX: Final = "vsmcp-"
 MAX_ERROR_MESSAGE_CHARS: Final = 300
 
@@ -120,9 +122,13 @@ class _Waiting:
 class ClientRequests:
     """The gateway's server-to-client requests waiting for an answer (all sessions)."""
 
-    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self, max_pending: int = MAX_PENDING, max_per_session: int = MAX_PENDING_PER_SESSION
+    ) -> None:
         self._max_pending = max_pending
+        self._max_per_session = max_per_session
         self._waiting: dict[str, _Waiting] = {}
+        self._per_owner: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
 
     @property
@@ -178,9 +184,19 @@ class ClientRequests:
                     method, f"{self._max_pending} requests already wait for clients", cause="busy"
                 ),
             )
+        if self._per_owner[state.owner] >= self._max_per_session:
+            raise self.refuse(
+                method,
+                ClientRequestFailed(
+                    method,
+                    f"{self._max_per_session} requests already wait for this client",
+                    cause="busy",
+                ),
+            )
         request_id = ID_PREFIX + secrets.token_hex(12)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = _Waiting(state.owner, method, future)
+        self._per_owner[state.owner] += 1
         if mine is not None:
             mine.add(request_id)
         try:
@@ -213,6 +229,9 @@ class ClientRequests:
                 raise self.refuse(method, e) from None
         finally:
             del self._waiting[request_id]
+            self._per_owner[state.owner] -= 1
+            if not self._per_owner[state.owner]:
+                del self._per_owner[state.owner]
             if mine is not None:
                 mine.discard(request_id)
         return self._result(method, answer)

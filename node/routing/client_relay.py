@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -54,9 +55,15 @@ from vsmcp.node.tools.client_channel import (
 LOG_METHOD: Final = "notifications/message"
 # A log message waits at most this long for the entry node's ack (it is not worth more).
 LOG_TIMEOUT_S: Final = 5.0
-# A client that never answers is given up on this long before the call's deadline, so
-# that the provider still gets to say so in the call's answer.
+# A client that never answers is given up on this long (at least; a fifth of the time
+# left when larger) before the call's deadline, so that the provider still gets to say
+# so in the call's answer.
 ANSWER_MARGIN_S: Final = 1.0
+ANSWER_MARGIN_SHARE: Final = 0.2
+# One call's requests (and log lines) served at once: each holds one of the mesh's
+# per-peer handler slots meanwhile (an elicitation may wait on a human).
+MAX_ASKS_PER_CALL: Final = 4
+MAX_LOGS_PER_CALL: Final = 16
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -71,9 +78,27 @@ class ClientAsk(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
 _decode_ask = msgspec.msgpack.Decoder(ClientAsk).decode
 _decode_result = msgspec.msgpack.Decoder(dict[str, Any]).decode
 
-Lookup = Callable[[int], "tuple[str, ClientChannel | None, float] | None"]
-"""`call_id -> (provider node, the caller's channel, deadline on the loop clock)`, or
-None when no such call is in flight."""
+
+@dataclass(eq=False)
+class RelayedCall:
+    """An attempt of a call in flight, as the relay sees it: who runs it, its caller's
+    channel, its deadline (loop clock), and the requests of it being served now (ended
+    with the attempt: `end`)."""
+
+    provider: str
+    client: ClientChannel | None
+    deadline: float
+    asks: set[asyncio.Task[tuple[MsgType, bytes]]] = field(default_factory=set)
+    logs: int = 0
+
+    def end(self) -> None:
+        """The attempt is over (answered, failed over, cancelled): so are its requests."""
+        for task in self.asks:
+            task.cancel()
+
+
+Lookup = Callable[[int], RelayedCall | None]
+"""`call_id -> the attempt in flight`, or None."""
 
 
 def invoke_fields(client: ClientChannel | None) -> dict[str, Any]:
@@ -194,20 +219,55 @@ class ClientRelay:
         return MeshClientChannel(mesh, entry, request, deadline) if request.client else None
 
     async def serve(self, peer: Peer, envelope: Envelope) -> tuple[MsgType, bytes]:
+        """The mesh's CLIENT_REQUEST handler."""
+        return await self.serve_ask(peer.node_id, envelope.payload)
+
+    async def serve_ask(self, sender: str, payload: bytes) -> tuple[MsgType, bytes]:
+        """Serve one provider's (`sender`) ask: the answer to send back."""
         try:
-            ask = _decode_ask(envelope.payload)
+            ask = _decode_ask(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self.counts["malformed"] += 1
             return _refusal("?", f"malformed request: {e}", "malformed")
-        found = self._lookup(ask.call_id)
-        if found is None or found[0] != peer.node_id:
+        call = self._lookup(ask.call_id)
+        if call is None or call.provider != sender:
             # Only the provider running the call may reach its client, and only meanwhile.
             self.counts["unknown_call"] += 1
             return _refusal(ask.method, "no such call of yours is in flight", "unknown_call")
-        _, client, deadline = found
-        if client is None:
+        if call.client is None:
             self.counts["no_client"] += 1
             return _refusal(ask.method, "the call's client cannot be reached", "no_client")
+        if ask.method == LOG_METHOD:
+            if call.logs >= MAX_LOGS_PER_CALL:
+                self.counts["busy"] += 1
+                return _refusal(ask.method, "too many log lines of this call at once", "busy")
+        elif len(call.asks) - call.logs >= MAX_ASKS_PER_CALL:
+            self.counts["busy"] += 1
+            return _refusal(
+                ask.method, f"{MAX_ASKS_PER_CALL} requests of this call already wait", "busy"
+            )
+        task = asyncio.create_task(
+            self._relay(ask, call.client, call.deadline), name=f"client-relay-{ask.call_id}"
+        )
+        call.asks.add(task)
+        logging = ask.method == LOG_METHOD
+        call.logs += logging
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the mesh's handler itself is cancelled
+            # The attempt ended (answered, failed over, cancelled): so did this request.
+            self.counts["call_ended"] += 1
+            return _refusal(ask.method, "the call attempt ended", "call_ended")
+        finally:
+            call.asks.discard(task)
+            call.logs -= logging
+
+    async def _relay(
+        self, ask: ClientAsk, client: ClientChannel, deadline: float
+    ) -> tuple[MsgType, bytes]:
         self.pending += 1
         try:
             if ask.method == LOG_METHOD:
@@ -215,8 +275,12 @@ class ClientRelay:
                 self.counts["logs"] += 1
                 return MsgType.RESULT, _encoder.encode({})
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining > 2 * ANSWER_MARGIN_S:
-                remaining -= ANSWER_MARGIN_S  # the provider still answers the call in time
+            if remaining <= 0:
+                self.counts["timeout"] += 1
+                return _refusal(ask.method, "the call's deadline has passed", "timeout")
+            margin = max(ANSWER_MARGIN_S, ANSWER_MARGIN_SHARE * remaining)
+            if remaining > 2 * margin:
+                remaining -= margin  # the provider still answers the call in time
             result = await client.request(ask.method, ask.params, remaining)
         except ClientRequestFailed as e:
             self.counts[e.cause] += 1

@@ -396,7 +396,7 @@ class McpGateway:
             return
         self._closing = True
         self._unsubscribe()
-        self.rounds.cancel_all()
+        await self.rounds.stop()
         for session in list(self.sessions.values()):
             self._drop_session(session)
         for listener in self._listeners:

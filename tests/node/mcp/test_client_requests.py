@@ -210,3 +210,18 @@ async def test_a_closed_call_channel_drops_logs_and_ends_its_requests() -> None:
         await channel.request("sampling/createMessage", {}, 30)
     assert len(client.written) == written
     assert registry.pending == 0 and registry.counts["call_ended"] == 2
+
+
+async def test_one_caller_has_a_share_of_the_parked_calls() -> None:
+    requests = ClientRequests()
+    rounds = InputRounds(requests, max_per_caller=2)
+    start = _asking_call(requests, 30)
+    caps = frozenset({"sampling"})
+    for _ in range(2):
+        first = await rounds.call("me", {}, None, caps, None, start)
+        assert first["resultType"] == "input_required"
+    with pytest.raises(RoundsError, match="2 calls of yours"):
+        await rounds.call("me", {}, None, caps, None, start)
+    other = await rounds.call("other", {}, None, caps, None, start)
+    assert other["resultType"] == "input_required"
+    await rounds.stop()

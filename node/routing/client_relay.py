@@ -64,6 +64,19 @@ ANSWER_MARGIN_SHARE: Final = 0.2
 # per-peer handler slots meanwhile (an elicitation may wait on a human).
 MAX_ASKS_PER_CALL: Final = 4
 MAX_LOGS_PER_CALL: Final = 16
+# What `ClientRelay.counts` counts (vsmcp_client_relay_total), besides the causes of
+# the client's side refusing (`ClientRequestFailed.cause`).
+RELAY_OUTCOMES: Final = (
+    "answered",
+    "logs",
+    "malformed",
+    "unknown_call",
+    "no_client",
+    "busy",
+    "call_ended",
+    "timeout",
+    "unsent",
+)
 _encoder = msgspec.msgpack.Encoder()
 
 

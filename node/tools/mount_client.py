@@ -27,7 +27,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.node.tools.client_channel import INTERNAL_ERROR, ClientRequestFailed
 from vsmcp.node.tools.model import CallContext
@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 # The mount's call running in this task (2026-07-28 callbacks run inside the call).
 _CALL: ContextVar[CallContext | None] = ContextVar("vsmcp_mount_call", default=None)
+
+
+# What `MountClient.counts` counts (vsmcp_mount_client_total), besides the causes of a
+# refused request (`ClientRequestFailed.cause`).
+MOUNT_CLIENT_OUTCOMES: Final = ("logs", "logs_dropped", "refused", "answered", "malformed_answer")
 
 
 class MountClient:

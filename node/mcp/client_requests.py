@@ -38,9 +38,9 @@ from vsmcp.node.tools.client_channel import (
     REQUEST_CAPABILITY,
     ClientRequestFailed,
     check_answer,
+    check_request,
     level_rank,
     log_wanted,
-    no_capability,
 )
 
 MAX_PENDING: Final = 1024
@@ -314,18 +314,10 @@ class GatewayChannel:
         registry, state = self._registry, self._state
         if self._closed:
             raise registry.refuse(method, _call_ended(method))
-        if method not in REQUEST_CAPABILITY:
-            raise registry.refuse(
-                method,
-                ClientRequestFailed(
-                    method,
-                    "not a server-to-client request vsmcp passes on",
-                    code=METHOD_NOT_FOUND,
-                    cause="unsupported",
-                ),
-            )
-        if REQUEST_CAPABILITY[method] not in state.capabilities:
-            raise registry.refuse(method, no_capability(method))
+        try:
+            check_request(method, state.capabilities)
+        except ClientRequestFailed as e:
+            raise registry.refuse(method, e) from None
         if state.no_ask_reason is not None:
             raise registry.refuse(
                 method,

@@ -32,8 +32,9 @@ from msgspec import Meta
 
 from vsmcp.mesh.envelope import Envelope, MsgType
 from vsmcp.mesh.errors import MeshError
-from vsmcp.mesh.transport import RequestTimeoutError, TransportError
+from vsmcp.mesh.transport import MAX_PAYLOAD_BYTES, RequestTimeoutError, TransportError
 from vsmcp.node.peers.service import MeshService, Peer, PeerUnavailableError
+from vsmcp.node.routing.calls import ITEM_OVERHEAD_BYTES
 from vsmcp.node.routing.wire import (
     MAX_ID_CHARS,
     InvokeCodecError,
@@ -48,8 +49,8 @@ from vsmcp.node.tools.client_channel import (
     ClientChannel,
     ClientRequestFailed,
     check_answer,
+    check_request,
     log_wanted,
-    no_capability,
 )
 
 LOG_METHOD: Final = "notifications/message"
@@ -76,7 +77,11 @@ RELAY_OUTCOMES: Final = (
     "call_ended",
     "timeout",
     "unsent",
+    "too_large",
 )
+# A client's answer travels back in one mesh reply: larger, it is refused here with the
+# reason rather than lost in the mesh.
+MAX_ANSWER_BYTES: Final = MAX_PAYLOAD_BYTES - ITEM_OVERHEAD_BYTES
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -160,13 +165,7 @@ class MeshClientChannel:
     async def request(
         self, method: str, params: Mapping[str, Any], timeout_s: float | None
     ) -> dict[str, Any]:
-        capability = REQUEST_CAPABILITY.get(method)
-        if capability is None:
-            raise ClientRequestFailed(
-                method, "not a server-to-client request vsmcp passes on", cause="unsupported"
-            )
-        if capability not in self._caps:
-            raise no_capability(method)
+        check_request(method, self._caps)
         remaining = self._remaining()
         if timeout_s is None or (remaining is not None and remaining < timeout_s):
             timeout_s = remaining
@@ -303,8 +302,17 @@ class ClientRelay:
             return _refusal(ask.method, f"the client is gone: {e}", "unsent")
         finally:
             self.pending -= 1
+        answer = _encoder.encode(result)
+        if len(answer) > MAX_ANSWER_BYTES:
+            self.counts["too_large"] += 1
+            return _refusal(
+                ask.method,
+                f"the client's answer has {len(answer)} bytes, more than the mesh carries "
+                f"({MAX_ANSWER_BYTES})",
+                "too_large",
+            )
         self.counts["answered"] += 1
-        return MsgType.RESULT, _encoder.encode(result)
+        return MsgType.RESULT, answer
 
 
 def _refusal(method: str, why: str, cause: str) -> tuple[MsgType, bytes]:

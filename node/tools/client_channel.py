@@ -96,6 +96,21 @@ def no_capability(method: str) -> ClientRequestFailed:
     )
 
 
+def check_request(method: str, capabilities: frozenset[str]) -> None:
+    """Refuse, before anything is sent, a request vsmcp does not pass on or one whose
+    capability the client did not declare (`ClientRequestFailed`)."""
+    capability = REQUEST_CAPABILITY.get(method)
+    if capability is None:
+        raise ClientRequestFailed(
+            method,
+            "not a server-to-client request vsmcp passes on",
+            code=METHOD_NOT_FOUND,
+            cause="unsupported",
+        )
+    if capability not in capabilities:
+        raise no_capability(method)
+
+
 class ClientChannel(Protocol):
     """The calling client, as a provider sees it during one call."""
 

@@ -13,13 +13,14 @@ from tests.polling import async_wait_for, async_wait_until
 from vsmcp.mesh.envelope import MsgType
 from vsmcp.node.mcp.client_requests import ClientRequests, ClientState
 from vsmcp.node.routing.client_relay import (
+    MAX_ANSWER_BYTES,
     MAX_ASKS_PER_CALL,
     ClientAsk,
     ClientRelay,
     RelayedCall,
 )
 from vsmcp.node.routing.wire import decode_error
-from vsmcp.node.tools.client_channel import ClientRequestFailed
+from vsmcp.node.tools.client_channel import ClientRequestFailed, check_request
 
 PROVIDER = "p" * 32
 CALL_ID = 7
@@ -36,9 +37,11 @@ class Client:
         return [m for m in self.written if "id" in m]
 
 
-def _call(client: Client, deadline_in_s: float = 60) -> RelayedCall:
+def _call(
+    client: Client, deadline_in_s: float = 60, registry: ClientRequests | None = None
+) -> RelayedCall:
     state = ClientState("s1", frozenset({"sampling"}), log_level="info")
-    channel = ClientRequests().channel(state, client.write)
+    channel = (registry or ClientRequests()).channel(state, client.write)
     return RelayedCall(PROVIDER, channel, asyncio.get_running_loop().time() + deadline_in_s)
 
 
@@ -115,3 +118,34 @@ async def test_one_session_has_a_share_of_the_pending_requests(size: int) -> Non
     requests.cancel_owner("s2")
     await asyncio.gather(*waiting, another, return_exceptions=True)
     assert requests.pending == 0
+
+
+async def test_an_answer_larger_than_the_mesh_carries_is_refused_with_the_reason() -> None:
+    client, registry = Client(), ClientRequests()
+    call = _call(client, registry=registry)
+    relay = ClientRelay(lambda call_id: call)
+    asking = asyncio.create_task(relay.serve_ask(PROVIDER, _ask()))
+    await async_wait_until(lambda: client.requests(), timeout_s=10, what="the request sent")
+    huge = {"type": "text", "text": "x" * (MAX_ANSWER_BYTES + 1)}
+    assert registry.answer(
+        "s1",
+        {
+            "id": client.requests()[0]["id"],
+            "result": {"role": "assistant", "content": huge, "model": "m"},
+        },
+    )
+    assert _cause(await asking) == "too_large"
+
+
+async def test_a_request_is_checked_alike_at_both_ends() -> None:
+    """The gateway and the provider's relay channel refuse with one check."""
+    client = Client()
+    channel = ClientRequests().channel(ClientState("s1", frozenset()), client.write)
+    for method, cause in (("sampling/createMessage", "no_capability"), ("x/y", "unsupported")):
+        with pytest.raises(ClientRequestFailed) as at_gateway:
+            await channel.request(method, {}, 5)
+        with pytest.raises(ClientRequestFailed) as checked:
+            check_request(method, frozenset())
+        assert at_gateway.value.cause == checked.value.cause == cause
+        assert at_gateway.value.code == checked.value.code == -32601
+    assert client.written == []

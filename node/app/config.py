@@ -29,7 +29,7 @@ from vsmcp.node.app.profiles import apply_profile_defaults, check_profile
 from vsmcp.node.bridges.config import BridgesSection
 from vsmcp.node.children.config import CHILD_NAME, MAX_DEPTH_LIMIT, ChildEntry, RecursionSection
 from vsmcp.node.errors import ConfigError
-from vsmcp.node.peers.service import is_loopback_host
+from vsmcp.node.peers.service import MAX_NODE_NAME_BYTES, is_loopback_host, is_node_name
 from vsmcp.node.routing.gray_config import GrayConfig
 from vsmcp.node.tools.config import (
     STDIO_GRANT_NAME,
@@ -398,10 +398,6 @@ MAX_TIMEOUT_S = 3600.0
 MIN_PATTERNS_POLL_S = 0.1
 MAX_IMMUNE_TTL_S = 7 * 86_400.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# node.name travels in the node's signed membership record, whose metadata (host, ports,
-# certificate fingerprint, name) must fit in 512 bytes (mesh/_membership_wire.py).
-MAX_NODE_NAME_BYTES = 64
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 MAX_LISTED_TOOLS = 100_000
 _SECTIONS = tuple(Config.__struct_fields__)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
@@ -521,7 +517,7 @@ def _validate(config: Config) -> None:
             "(room for vsm.find_tools and a tool)",
         )
     name = config.node.name
-    if len(name.encode()) > MAX_NODE_NAME_BYTES or _CONTROL_CHARS.search(name):
+    if not is_node_name(name):
         raise ConfigError(
             "node.name", f"at most {MAX_NODE_NAME_BYTES} bytes in UTF-8, no control characters"
         )

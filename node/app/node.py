@@ -68,6 +68,7 @@ from vsmcp.node.policyagent.policy_set import policy_set, sign_policy_set
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
+from vsmcp.node.routing.client_relay import RELAY_OUTCOMES
 from vsmcp.node.routing.gray_exchange import GrayExchange, gray_issuers
 from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.store.audit_anchor import AuditAnchor
@@ -77,6 +78,7 @@ from vsmcp.node.tool_call_metrics import RefusalTimes, ToolCallMetrics
 from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.model import CallContext
+from vsmcp.node.tools.mount_client import MOUNT_CLIENT_OUTCOMES
 from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.vsm.audits import Auditor
@@ -1101,6 +1103,20 @@ class Node(Service):
             "mount",
             lambda: counts("fallbacks"),
         )
+
+        def client_counts() -> dict[str, int]:
+            total: Counter[str] = Counter()
+            for mount in mounts:
+                total.update(mount.client_side.counts)
+            return dict(total)
+
+        self.metrics.add_counters(
+            "vsmcp_mount_client",
+            "Mounted servers' log lines and server-to-client requests, by outcome (all mounts)",
+            "outcome",
+            client_counts,
+            known=MOUNT_CLIENT_OUTCOMES,
+        )
         self.metrics.add_counters(
             "vsmcp_mount_stderr_dropped_lines",
             "stderr lines of mounted servers not logged (over the per-second limit)",
@@ -1225,6 +1241,20 @@ class Node(Service):
             "outcome",
             lambda: dict(asks.counts),
             known=COUNTED_OUTCOMES,
+        )
+        self.metrics.add_counters(
+            "vsmcp_client_relay",
+            "Providers' logs and server-to-client requests this entry node served for calls "
+            "it sent to other nodes, by outcome",
+            "outcome",
+            lambda: dict(relay.counts),
+            known=RELAY_OUTCOMES,
+        )
+        rounds = gateway.rounds
+        self.metrics.add_gauge(
+            "vsmcp_mcp_input_rounds_parked",
+            "2026-07-28 calls parked between input_required rounds at this node's /mcp",
+            lambda: rounds.parked,
         )
         gateway.refusal_observer = self._refusal_times.observe
 

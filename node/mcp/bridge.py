@@ -5,6 +5,12 @@ spawn a command (editors, desktop agents) reaches every tool of the mesh through
 local node. The node, not this bridge, decides zones and limits: a bridge bearing the
 node's stdio secret (`token`, read from its data dir) gets `mcp.stdio_zone`, one
 without it is a loopback HTTP client (`mcp.loopback_zone`); see node/mcp/stdio_auth.py.
+
+The stdio client's way back goes through too: the bridge's SDK client declares
+sampling, elicitation and roots to the node and takes its log notifications, like a
+mount's (`node.tools.mount_client`), and hands each to the stdio call it belongs to
+(the SDK runs them in the call's own task at 2026-07-28, the revision the bridge
+speaks to the node); each call asks the node for logs at its client's level.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 from mcp.client.client import Client
@@ -22,7 +28,12 @@ from mcp.shared.exceptions import MCPError
 
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.mcp.protocol import McpError
+from vsmcp.node.tools.client_channel import META_LOG_LEVEL
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
+from vsmcp.node.tools.mount_client import MountClient
+
+if TYPE_CHECKING:
+    from mcp_types import RequestParamsMeta
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,8 @@ class NodeClientCatalog:
         self._token = token
         self._refresh_interval_s = refresh_interval_s
         self._client: Client | None = None
+        # The stdio client's side of each call: its logs and the node's requests.
+        self._client_side = MountClient("mcp-stdio")
         self._stack = contextlib.AsyncExitStack()
         self._specs: list[ToolSpec] = []
         self._callbacks: list[ChangeCallback] = []
@@ -57,7 +70,9 @@ class NodeClientCatalog:
             )
         )
         transport = streamable_http_client(self._url, http_client=http)
-        self._client = await self._stack.enter_async_context(Client(transport, mode="auto"))
+        self._client = await self._stack.enter_async_context(
+            Client(transport, mode="auto", **self._client_side.client_kwargs())
+        )
         await self.refresh()
         # Supervised: a refresh failing otherwise than with an MCP error (the node went
         # away) is retried with backoff instead of ending refreshes for good.
@@ -104,13 +119,17 @@ class NodeClientCatalog:
     ) -> ToolResult:
         assert self._client is not None
         progress = ctx.progress
+        level = ctx.client.log_level if ctx.client is not None else None
+        meta = cast("RequestParamsMeta", {META_LOG_LEVEL: level} if level is not None else {})
         try:
-            result = await self._client.call_tool(
-                name,
-                dict(arguments),
-                read_timeout_seconds=ctx.remaining_s(),
-                progress_callback=progress,  # type: ignore[arg-type]
-            )
+            with self._client_side.calling(ctx):
+                result = await self._client.call_tool(
+                    name,
+                    dict(arguments),
+                    read_timeout_seconds=ctx.remaining_s(),
+                    progress_callback=progress,  # type: ignore[arg-type]
+                    meta=meta,
+                )
         except MCPError as e:
             # The node's own JSON-RPC error, passed through unchanged.
             data = e.data if isinstance(e.data, dict) else None

@@ -33,17 +33,19 @@ from typing import Any, Final
 from vsmcp.node.tools.client_channel import (
     INVALID_PARAMS,
     LOG_LEVELS,
+    META_LOG_LEVEL,
     METHOD_NOT_FOUND,
     REQUEST_CAPABILITY,
     ClientRequestFailed,
     check_answer,
+    check_request,
     level_rank,
     log_wanted,
-    no_capability,
 )
 
 MAX_PENDING: Final = 1024
-META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
+# One session's share of them (one call's, relayed from another node: `client_relay`).
+MAX_PENDING_PER_SESSION: Final = 64
 ID_PREFIX: Final = "vsmcp-"
 MAX_ERROR_MESSAGE_CHARS: Final = 300
 
@@ -63,6 +65,8 @@ COUNTED_OUTCOMES: Final = (
     "unsent",
     "malformed",
     "unmatched_answer",
+    "call_ended",
+    "session_ended",
 )
 
 
@@ -118,9 +122,13 @@ class _Waiting:
 class ClientRequests:
     """The gateway's server-to-client requests waiting for an answer (all sessions)."""
 
-    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self, max_pending: int = MAX_PENDING, max_per_session: int = MAX_PENDING_PER_SESSION
+    ) -> None:
         self._max_pending = max_pending
+        self._max_per_session = max_per_session
         self._waiting: dict[str, _Waiting] = {}
+        self._per_owner: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
 
     @property
@@ -149,6 +157,13 @@ class ClientRequests:
                     )
                 )
 
+    def end_requests(self, request_ids: set[str]) -> None:
+        """A call ended: its requests still waiting will not be answered."""
+        for request_id in request_ids:
+            waiting = self._waiting.get(request_id)
+            if waiting is not None and not waiting.future.done():
+                waiting.future.set_exception(_call_ended(waiting.method))
+
     def refuse(self, method: str, error: ClientRequestFailed) -> ClientRequestFailed:
         self.counts[error.cause] += 1
         return error
@@ -160,6 +175,7 @@ class ClientRequests:
         method: str,
         params: Mapping[str, Any],
         timeout_s: float | None,
+        mine: set[str] | None = None,
     ) -> dict[str, Any]:
         if len(self._waiting) >= self._max_pending:
             raise self.refuse(
@@ -168,9 +184,21 @@ class ClientRequests:
                     method, f"{self._max_pending} requests already wait for clients", cause="busy"
                 ),
             )
+        if self._per_owner[state.owner] >= self._max_per_session:
+            raise self.refuse(
+                method,
+                ClientRequestFailed(
+                    method,
+                    f"{self._max_per_session} requests already wait for this client",
+                    cause="busy",
+                ),
+            )
         request_id = ID_PREFIX + secrets.token_hex(12)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = _Waiting(state.owner, method, future)
+        self._per_owner[state.owner] += 1
+        if mine is not None:
+            mine.add(request_id)
         try:
             request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
             try:
@@ -197,8 +225,15 @@ class ClientRequests:
                 self.counts["cancelled"] += 1
                 await _tell_cancelled(notify, request_id, "the call ended")
                 raise
+            except ClientRequestFailed as e:
+                raise self.refuse(method, e) from None
         finally:
             del self._waiting[request_id]
+            self._per_owner[state.owner] -= 1
+            if not self._per_owner[state.owner]:
+                del self._per_owner[state.owner]
+            if mine is not None:
+                mine.discard(request_id)
         return self._result(method, answer)
 
     def _result(self, method: str, answer: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,6 +258,10 @@ class ClientRequests:
         return result
 
 
+def _call_ended(method: str) -> ClientRequestFailed:
+    return ClientRequestFailed(method, "the call ended", cause="call_ended")
+
+
 async def _tell_cancelled(notify: Notify, request_id: str, reason: str) -> None:
     """Tell the client to stop working on a request (best effort: it may be gone)."""
     message = {
@@ -241,6 +280,14 @@ class GatewayChannel:
         self._registry = registry
         self._state = state
         self._notify = notify
+        self._closed = False
+        self._asking: set[str] = set()
+
+    def close(self) -> None:
+        """The call ended (its reply is finished): later logs are dropped, later requests
+        refused, and requests still waiting end now."""
+        self._closed = True
+        self._registry.end_requests(self._asking)
 
     def wants_log(self, level: str) -> bool:
         return log_wanted(self._state.log_level, level)
@@ -256,7 +303,7 @@ class GatewayChannel:
 
     async def log(self, params: Mapping[str, Any]) -> None:
         level = params.get("level")
-        if isinstance(level, str) and self.wants_log(level):
+        if not self._closed and isinstance(level, str) and self.wants_log(level):
             await self._notify(
                 {"jsonrpc": "2.0", "method": "notifications/message", "params": dict(params)}
             )
@@ -265,18 +312,12 @@ class GatewayChannel:
         self, method: str, params: Mapping[str, Any], timeout_s: float | None
     ) -> dict[str, Any]:
         registry, state = self._registry, self._state
-        if method not in REQUEST_CAPABILITY:
-            raise registry.refuse(
-                method,
-                ClientRequestFailed(
-                    method,
-                    "not a server-to-client request vsmcp passes on",
-                    code=METHOD_NOT_FOUND,
-                    cause="unsupported",
-                ),
-            )
-        if REQUEST_CAPABILITY[method] not in state.capabilities:
-            raise registry.refuse(method, no_capability(method))
+        if self._closed:
+            raise registry.refuse(method, _call_ended(method))
+        try:
+            check_request(method, state.capabilities)
+        except ClientRequestFailed as e:
+            raise registry.refuse(method, e) from None
         if state.no_ask_reason is not None:
             raise registry.refuse(
                 method,
@@ -291,4 +332,4 @@ class GatewayChannel:
                     method, "params must be an object", code=INVALID_PARAMS, cause="malformed"
                 ),
             )
-        return await registry.ask(state, self._notify, method, params, timeout_s)
+        return await registry.ask(state, self._notify, method, params, timeout_s, self._asking)

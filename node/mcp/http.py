@@ -267,13 +267,21 @@ class _Reply:
             await stream.write(b": keepalive\n\n")
             self.keep_alive()
 
+    def _lock(self) -> asyncio.Lock:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        return self._opening
+
     async def _open(self) -> web.StreamResponse:
+        if self._answered:
+            raise ConnectionError("the call's reply is finished")
         if self.stream is not None:
             return self.stream
         # A notification and a keepalive may both open the stream: only one prepares it.
-        if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:
+        async with self._lock():
+            if self._answered:
+                # finish() took the lock first: a second response must not follow it.
+                raise ConnectionError("the call's reply is finished")
             if self.stream is None:
                 stream = web.StreamResponse(
                     status=200,
@@ -289,9 +297,15 @@ class _Reply:
         return self.stream
 
     async def notify(self, message: dict[str, Any]) -> None:
+        """Write `message` on the stream; ConnectionError once the reply is finished (a
+        late log or request of the call must not write after its result)."""
         if not self._sse_ok:
+            if self._answered:
+                raise ConnectionError("the call's reply is finished")
             return
         stream = await self._open()
+        if self._answered:
+            raise ConnectionError("the call's reply is finished")
         await stream.write(_sse(message))
 
     async def finish(self, message: dict[str, Any]) -> web.StreamResponse:
@@ -300,6 +314,10 @@ class _Reply:
             self._timer.cancel()
         if self._beat is not None:
             await self._beat  # let a keepalive in progress end: one writer at a time
+        # A notification opening the stream now finishes preparing it first: the result
+        # then goes on that stream, never as a second response on the connection.
+        async with self._lock():
+            pass
         if self.stream is not None:
             with contextlib.suppress(ConnectionError):
                 await self.stream.write(_sse(message))
@@ -378,7 +396,7 @@ class McpGateway:
             return
         self._closing = True
         self._unsubscribe()
-        self.rounds.cancel_all()
+        await self.rounds.stop()
         for session in list(self.sessions.values()):
             self._drop_session(session)
         for listener in self._listeners:

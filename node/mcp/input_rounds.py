@@ -28,13 +28,16 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from vsmcp.node.errors import NodeError
 from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, Notify
 
 MAX_PARKED: Final = 256
+# One caller's share of them (its calls parked at once), like `max_listeners_per_caller`.
+MAX_PARKED_PER_CALLER: Final = 16
 OWNER_PREFIX: Final = "rounds:"
 
 
-class RoundsError(Exception):
+class RoundsError(NodeError):
     """A retry that names no parked call of this caller (unknown or expired state)."""
 
 
@@ -57,9 +60,15 @@ Start = Callable[[Notify, ClientState], Coroutine[Any, Any, dict[str, Any]]]
 class InputRounds:
     """The gateway's 2026-07-28 calls parked between `input_required` rounds."""
 
-    def __init__(self, requests: ClientRequests, max_parked: int = MAX_PARKED) -> None:
+    def __init__(
+        self,
+        requests: ClientRequests,
+        max_parked: int = MAX_PARKED,
+        max_per_caller: int = MAX_PARKED_PER_CALLER,
+    ) -> None:
         self._requests = requests
         self._max_parked = max_parked
+        self._max_per_caller = max_per_caller
         self._parked: dict[str, _Parked] = {}
 
     @property
@@ -97,6 +106,8 @@ class InputRounds:
     ) -> tuple[str, _Parked]:
         if len(self._parked) >= self._max_parked:
             raise RoundsError(f"{self._max_parked} calls already wait for their clients' input")
+        if sum(p.caller == caller for p in self._parked.values()) >= self._max_per_caller:
+            raise RoundsError(f"{self._max_per_caller} calls of yours already wait for your input")
         token = secrets.token_urlsafe(24)
         parked = _Parked(caller)
 
@@ -159,7 +170,9 @@ class InputRounds:
             if task is not None and not task.cancelled():
                 task.exception()  # retrieved: its failure was the client's silence
 
-    def cancel_all(self) -> None:
-        for parked in self._parked.values():
-            if parked.task is not None:
-                parked.task.cancel()
+    async def stop(self) -> None:
+        """Cancel every parked call and wait for them to end (idempotent)."""
+        tasks = [p.task for p in self._parked.values() if p.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -43,7 +43,7 @@ from typing import Any, Final
 import msgspec
 
 from vsmcp.node.errors import NodeError, clip
-from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, set_level
+from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, GatewayChannel, set_level
 from vsmcp.node.mcp.find_tools import FIND_TOOLS, ToolFinder
 from vsmcp.node.mcp.offers import LIST_METHODS, OFFERS_CAPABILITIES, OFFERS_METHODS, OffersGateway
 from vsmcp.node.routing.pinning import NotOnNode, UnknownNode
@@ -464,16 +464,22 @@ class McpCore:
             if not isinstance(arguments, dict):
                 raise InvalidArguments(name, "arguments must be an object", "arguments")
             ctx = self.call_context(caller, message, notify, name, client)
-            if self.finder is not None and name == FIND_TOOLS:
-                result = dict(await self.finder.find(self.catalog.list_tools(ctx), arguments))
-            else:
-                result = dict(await self.catalog.call_tool(name, arguments, ctx))
+            try:
+                if self.finder is not None and name == FIND_TOOLS:
+                    result = dict(await self.finder.find(self.catalog.list_tools(ctx), arguments))
+                else:
+                    result = dict(await self.catalog.call_tool(name, arguments, ctx))
+            finally:
+                _end_channel(ctx)
             if modern:
                 result["resultType"] = "complete"
             return result
         if method in OFFERS_METHODS:
             ctx = self.call_context(caller, message, notify, method, client)
-            result = await self.offers.handle(method, message.params, ctx)
+            try:
+                result = await self.offers.handle(method, message.params, ctx)
+            finally:
+                _end_channel(ctx)
             if modern:
                 result["resultType"] = "complete"
                 if method in LIST_METHODS:
@@ -481,3 +487,9 @@ class McpCore:
             return result
         method = clip(str(method))
         raise McpError(METHOD_NOT_FOUND, f"Method not found: {method!r}", {"method": method})
+
+
+def _end_channel(ctx: CallContext) -> None:
+    """The call is answered: its client channel takes no more logs or requests."""
+    if isinstance(ctx.client, GatewayChannel):
+        ctx.client.close()

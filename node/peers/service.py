@@ -32,6 +32,7 @@ import dataclasses
 import ipaddress
 import logging
 import random
+import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -124,6 +125,10 @@ MDNS_STATES: tuple[MdnsState, ...] = get_args(MdnsState)
 MAX_HELLO_BACKOFFS = 4096
 MAX_HELLO_BYTES = 16 << 10
 MAX_META_BYTES = 1024
+# node.name travels in the node's signed membership record, whose metadata (host, ports,
+# certificate fingerprint, name) must fit in 512 bytes (mesh/_membership_wire.py).
+MAX_NODE_NAME_BYTES = 64
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # A node without a configured name goes by its id's last this many characters.
 DEFAULT_NAME_CHARS = 8
 # Envelope header, signature and fields around the payload, with room for a context.
@@ -190,11 +195,22 @@ def peer_name(node_id: str, meta: PeerMeta | None) -> str:
     return meta.name if meta is not None and meta.name else node_id[-DEFAULT_NAME_CHARS:]
 
 
+def is_node_name(name: str) -> bool:
+    """Whether `name` may be a node's name (`node.name`; announced by a peer)."""
+    return len(name.encode()) <= MAX_NODE_NAME_BYTES and not _CONTROL_CHARS.search(name)
+
+
+def _named_properly(meta: PeerMeta) -> PeerMeta:
+    # A peer's name is shown (/api/peers, `vsmcp peers`) and pinned by: one that no node
+    # could be configured with (too long, terminal escapes) is dropped, not passed on.
+    return meta if is_node_name(meta.name) else msgspec.structs.replace(meta, name="")
+
+
 def decode_meta(data: bytes) -> PeerMeta | None:
     if len(data) > MAX_META_BYTES:
         return None
     try:
-        return _decode_meta(data)
+        return _named_properly(_decode_meta(data))
     except msgspec.DecodeError:
         return None
 
@@ -909,7 +925,8 @@ class MeshService(Service):
                 "admitted peer %s (zone %s) at %s", node_id, certificate.zone, hello.meta.endpoint
             )
             self._hello_backoff.pop(node_id, None)
-        peer = Peer(node_id, envelope.sender, certificate, hello.meta, time.monotonic())
+        meta = _named_properly(hello.meta)
+        peer = Peer(node_id, envelope.sender, certificate, meta, time.monotonic())
         self.peers[node_id] = peer
         membership = self._membership
         if membership is not None and membership.member(node_id) is None:

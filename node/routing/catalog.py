@@ -62,7 +62,7 @@ from vsmcp.node.errors import NodeError
 from vsmcp.node.peers.service import MeshService, Peer, PeerUnavailableError
 from vsmcp.node.replication.service import RemoteTool, ReplicationService
 from vsmcp.node.routing.calls import ReplyItem
-from vsmcp.node.routing.client_relay import ClientRelay, invoke_fields
+from vsmcp.node.routing.client_relay import ClientRelay, RelayedCall, invoke_fields
 from vsmcp.node.routing.degraded import GrayTracker, Key, ProbeAnswer, refused_probe_answer
 from vsmcp.node.routing.gray_config import GrayConfig
 from vsmcp.node.routing.pinning import MIN_ID_SUFFIX_CHARS, NotOnNode, resolve_pin
@@ -91,7 +91,6 @@ from vsmcp.node.routing.wire import (
 )
 from vsmcp.node.store.audit import AuditLog
 from vsmcp.node.tools.admission import EntryGate
-from vsmcp.node.tools.client_channel import ClientChannel
 from vsmcp.node.tools.errors import (
     ConcurrencyLimited,
     Overloaded,
@@ -468,7 +467,7 @@ class _Pending:
     # Its outcome was recorded for gray-failure detection (once per attempt).
     observed: bool = False
     # The caller's way back, for the provider's logs and requests (`client_relay`).
-    client: ClientChannel | None = None
+    relayed: RelayedCall | None = None
 
     def accept(self) -> None:
         if not self.accepted:
@@ -1132,7 +1131,7 @@ class MeshCatalog(Service):
             tool=name,
             started=now,
             selector=selector,
-            client=ctx.client,
+            relayed=RelayedCall(node_id, ctx.client, deadline),
         )
         request = InvokeRequest(
             call_id=pending.call_id,
@@ -1171,6 +1170,8 @@ class MeshCatalog(Service):
             return result
         finally:
             del self._pending[pending.call_id]
+            if pending.relayed is not None:
+                pending.relayed.end()  # a failed-over attempt's requests end with it
             selector.on_done(node_id)
             if pending.forwarder is not None:
                 pending.forwarder.cancel()
@@ -1378,9 +1379,9 @@ class MeshCatalog(Service):
                 if pending.queue is not None:
                     await pending.queue.join()
 
-    def _client_of(self, call_id: int) -> tuple[str, ClientChannel | None, float] | None:
+    def _client_of(self, call_id: int) -> RelayedCall | None:
         pending = self._pending.get(call_id)
-        return None if pending is None else (pending.provider, pending.client, pending.deadline)
+        return None if pending is None else pending.relayed
 
     def _on_progress(self, peer: Peer, envelope: Envelope) -> None:
         try:

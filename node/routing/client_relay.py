@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -31,8 +32,9 @@ from msgspec import Meta
 
 from vsmcp.mesh.envelope import Envelope, MsgType
 from vsmcp.mesh.errors import MeshError
-from vsmcp.mesh.transport import RequestTimeoutError, TransportError
+from vsmcp.mesh.transport import MAX_PAYLOAD_BYTES, RequestTimeoutError, TransportError
 from vsmcp.node.peers.service import MeshService, Peer, PeerUnavailableError
+from vsmcp.node.routing.calls import ITEM_OVERHEAD_BYTES
 from vsmcp.node.routing.wire import (
     MAX_ID_CHARS,
     InvokeCodecError,
@@ -47,16 +49,39 @@ from vsmcp.node.tools.client_channel import (
     ClientChannel,
     ClientRequestFailed,
     check_answer,
+    check_request,
     log_wanted,
-    no_capability,
 )
 
 LOG_METHOD: Final = "notifications/message"
 # A log message waits at most this long for the entry node's ack (it is not worth more).
 LOG_TIMEOUT_S: Final = 5.0
-# A client that never answers is given up on this long before the call's deadline, so
-# that the provider still gets to say so in the call's answer.
+# A client that never answers is given up on this long (at least; a fifth of the time
+# left when larger) before the call's deadline, so that the provider still gets to say
+# so in the call's answer.
 ANSWER_MARGIN_S: Final = 1.0
+ANSWER_MARGIN_SHARE: Final = 0.2
+# One call's requests (and log lines) served at once: each holds one of the mesh's
+# per-peer handler slots meanwhile (an elicitation may wait on a human).
+MAX_ASKS_PER_CALL: Final = 4
+MAX_LOGS_PER_CALL: Final = 16
+# What `ClientRelay.counts` counts (vsmcp_client_relay_total), besides the causes of
+# the client's side refusing (`ClientRequestFailed.cause`).
+RELAY_OUTCOMES: Final = (
+    "answered",
+    "logs",
+    "malformed",
+    "unknown_call",
+    "no_client",
+    "busy",
+    "call_ended",
+    "timeout",
+    "unsent",
+    "too_large",
+)
+# A client's answer travels back in one mesh reply: larger, it is refused here with the
+# reason rather than lost in the mesh.
+MAX_ANSWER_BYTES: Final = MAX_PAYLOAD_BYTES - ITEM_OVERHEAD_BYTES
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -71,9 +96,27 @@ class ClientAsk(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
 _decode_ask = msgspec.msgpack.Decoder(ClientAsk).decode
 _decode_result = msgspec.msgpack.Decoder(dict[str, Any]).decode
 
-Lookup = Callable[[int], "tuple[str, ClientChannel | None, float] | None"]
-"""`call_id -> (provider node, the caller's channel, deadline on the loop clock)`, or
-None when no such call is in flight."""
+
+@dataclass(eq=False)
+class RelayedCall:
+    """An attempt of a call in flight, as the relay sees it: who runs it, its caller's
+    channel, its deadline (loop clock), and the requests of it being served now (ended
+    with the attempt: `end`)."""
+
+    provider: str
+    client: ClientChannel | None
+    deadline: float
+    asks: set[asyncio.Task[tuple[MsgType, bytes]]] = field(default_factory=set)
+    logs: int = 0
+
+    def end(self) -> None:
+        """The attempt is over (answered, failed over, cancelled): so are its requests."""
+        for task in self.asks:
+            task.cancel()
+
+
+Lookup = Callable[[int], RelayedCall | None]
+"""`call_id -> the attempt in flight`, or None."""
 
 
 def invoke_fields(client: ClientChannel | None) -> dict[str, Any]:
@@ -122,13 +165,7 @@ class MeshClientChannel:
     async def request(
         self, method: str, params: Mapping[str, Any], timeout_s: float | None
     ) -> dict[str, Any]:
-        capability = REQUEST_CAPABILITY.get(method)
-        if capability is None:
-            raise ClientRequestFailed(
-                method, "not a server-to-client request vsmcp passes on", cause="unsupported"
-            )
-        if capability not in self._caps:
-            raise no_capability(method)
+        check_request(method, self._caps)
         remaining = self._remaining()
         if timeout_s is None or (remaining is not None and remaining < timeout_s):
             timeout_s = remaining
@@ -194,20 +231,55 @@ class ClientRelay:
         return MeshClientChannel(mesh, entry, request, deadline) if request.client else None
 
     async def serve(self, peer: Peer, envelope: Envelope) -> tuple[MsgType, bytes]:
+        """The mesh's CLIENT_REQUEST handler."""
+        return await self.serve_ask(peer.node_id, envelope.payload)
+
+    async def serve_ask(self, sender: str, payload: bytes) -> tuple[MsgType, bytes]:
+        """Serve one provider's (`sender`) ask: the answer to send back."""
         try:
-            ask = _decode_ask(envelope.payload)
+            ask = _decode_ask(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self.counts["malformed"] += 1
             return _refusal("?", f"malformed request: {e}", "malformed")
-        found = self._lookup(ask.call_id)
-        if found is None or found[0] != peer.node_id:
+        call = self._lookup(ask.call_id)
+        if call is None or call.provider != sender:
             # Only the provider running the call may reach its client, and only meanwhile.
             self.counts["unknown_call"] += 1
             return _refusal(ask.method, "no such call of yours is in flight", "unknown_call")
-        _, client, deadline = found
-        if client is None:
+        if call.client is None:
             self.counts["no_client"] += 1
             return _refusal(ask.method, "the call's client cannot be reached", "no_client")
+        if ask.method == LOG_METHOD:
+            if call.logs >= MAX_LOGS_PER_CALL:
+                self.counts["busy"] += 1
+                return _refusal(ask.method, "too many log lines of this call at once", "busy")
+        elif len(call.asks) - call.logs >= MAX_ASKS_PER_CALL:
+            self.counts["busy"] += 1
+            return _refusal(
+                ask.method, f"{MAX_ASKS_PER_CALL} requests of this call already wait", "busy"
+            )
+        task = asyncio.create_task(
+            self._relay(ask, call.client, call.deadline), name=f"client-relay-{ask.call_id}"
+        )
+        call.asks.add(task)
+        logging = ask.method == LOG_METHOD
+        call.logs += logging
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the mesh's handler itself is cancelled
+            # The attempt ended (answered, failed over, cancelled): so did this request.
+            self.counts["call_ended"] += 1
+            return _refusal(ask.method, "the call attempt ended", "call_ended")
+        finally:
+            call.asks.discard(task)
+            call.logs -= logging
+
+    async def _relay(
+        self, ask: ClientAsk, client: ClientChannel, deadline: float
+    ) -> tuple[MsgType, bytes]:
         self.pending += 1
         try:
             if ask.method == LOG_METHOD:
@@ -215,8 +287,12 @@ class ClientRelay:
                 self.counts["logs"] += 1
                 return MsgType.RESULT, _encoder.encode({})
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining > 2 * ANSWER_MARGIN_S:
-                remaining -= ANSWER_MARGIN_S  # the provider still answers the call in time
+            if remaining <= 0:
+                self.counts["timeout"] += 1
+                return _refusal(ask.method, "the call's deadline has passed", "timeout")
+            margin = max(ANSWER_MARGIN_S, ANSWER_MARGIN_SHARE * remaining)
+            if remaining > 2 * margin:
+                remaining -= margin  # the provider still answers the call in time
             result = await client.request(ask.method, ask.params, remaining)
         except ClientRequestFailed as e:
             self.counts[e.cause] += 1
@@ -226,8 +302,17 @@ class ClientRelay:
             return _refusal(ask.method, f"the client is gone: {e}", "unsent")
         finally:
             self.pending -= 1
+        answer = _encoder.encode(result)
+        if len(answer) > MAX_ANSWER_BYTES:
+            self.counts["too_large"] += 1
+            return _refusal(
+                ask.method,
+                f"the client's answer has {len(answer)} bytes, more than the mesh carries "
+                f"({MAX_ANSWER_BYTES})",
+                "too_large",
+            )
         self.counts["answered"] += 1
-        return MsgType.RESULT, _encoder.encode(result)
+        return MsgType.RESULT, answer
 
 
 def _refusal(method: str, why: str, cause: str) -> tuple[MsgType, bytes]:

@@ -2,8 +2,11 @@
 
 A node is named by its full id, by its configured `node.name` (each node announces it
 in its signed membership record and HELLO: `PeerMeta.name`), or by the last 8 or more
-characters of its id — which is also every node's default name. A configured name is
-looked up before id suffixes. A name that matches no node, or more than one (two nodes
+characters of its id — which is also every node's default name. A configured name that
+is also the end of another node's id is ambiguous (refused: a peer cannot take over the
+calls pinned to another node by announcing its default name); a peer's announced name
+that no node could be configured with (over 64 bytes, control characters) is dropped on
+receipt. A name that matches no node, or more than one (two nodes
 configured with the same name: the error lists their ids), is the caller's error; so is
 a pinned node that does not offer the tool.
 A pinned call is never failed over to another node: the caller asked for that one.
@@ -64,7 +67,19 @@ def resolve_pin(
     if pin == self_name:
         named.add(self_id)
     if len(named) == 1:
-        return named.pop()
+        node = named.pop()
+        by_id = _by_id_suffix(pin, {self_id, *known})
+        if by_id and by_id != [node]:
+            # A peer may announce any name, also another node's default name (its id's
+            # last 8 characters): it must not receive the calls pinned to that node.
+            ids = sorted({node, *by_id})
+            raise UnknownNode(
+                tool,
+                pin,
+                f"is a name of {node} and the end of the id of {', '.join(by_id)}; pin by node id",
+                ids,
+            )
+        return node
     if len(named) > 1:
         ids = sorted(named)
         raise UnknownNode(
@@ -74,7 +89,7 @@ def resolve_pin(
             ids,
         )
     if len(pin) >= MIN_ID_SUFFIX_CHARS:
-        matches = sorted(n for n in {self_id, *known} if n.endswith(pin))
+        matches = _by_id_suffix(pin, {self_id, *known})
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -84,3 +99,9 @@ def resolve_pin(
         pin,
         "no such node in this mesh (pin by node id, its last 8+ characters, or node name)",
     )
+
+
+def _by_id_suffix(pin: str, ids: Collection[str]) -> list[str]:
+    if len(pin) < MIN_ID_SUFFIX_CHARS:
+        return []
+    return sorted(n for n in ids if n.endswith(pin))

@@ -5,16 +5,21 @@ among, failed over). Providers whose input schemas differ offer distinct tools: 
 schema is a *variant*, marked by the first 8 hex digits of the SHA-256 of its canonical
 JSON (`schema_digest`). While a name has two or more variants in the mesh (this node's
 own and the usable providers'), `tools/list` lists each as `<name>.<digest>`; with one,
-as `<name>`. The digest depends on the schema alone, so a variant's name does not change
-when another provider appears, whatever its schema: the same as one listed, it is one
-more replica; a new one, one more name.
+as `<name>`. The digest depends on the schema alone, so once a name is ambiguous a
+variant's listed name does not change when a third provider appears, whatever its
+schema: the same as one listed, it is one more replica; a new one, one more name.
+
+The plain name is not stable, though: a tool listed as `calc` is listed as
+`calc.<digest>` from the moment a second schema for `calc` appears, and plain `calc`
+then keeps working only at a node that has its own variant of it; elsewhere it is
+refused as ambiguous, and the client must list tools again (`tools/list_changed`).
 
 Calls. `<name>.<digest>` runs only on providers of that variant (this node first when
-its own matches), whether or not the name is ambiguous now: a name a client saw keeps
-working. Plain `<name>` runs on this node's own variant when it has one (as before
-variants existed; it fails over only to replicas of the same schema), else on the one
-remote variant the caller may use; with several, it is refused naming them
-(`AmbiguousTool`).
+its own matches), whether or not the name is ambiguous now: a digest name a client saw
+keeps working while its schema is offered. Plain `<name>` runs on this node's own
+variant when it has one (as before variants existed; it fails over only to replicas of
+the same schema), else on the one remote variant the caller may use; with several, it
+is refused naming them (`AmbiguousTool`).
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ REQUEST_CAPABILITY: Final[Mapping[str, str]] = {
     "roots/list": "roots",
 }
 CLIENT_METHODS: Final = tuple(REQUEST_CAPABILITY)
+# A 2026-07-28 request's `_meta` key for the log level its client wants.
+META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
 # JSON-RPC codes the client side of a request is answered with (the provider's SDK
 # turns them into its own error): the method is one we do not pass on, the client
 # lacks the capability, or the answer was not one.
@@ -92,6 +94,21 @@ def no_capability(method: str) -> ClientRequestFailed:
         code=METHOD_NOT_FOUND,
         cause="no_capability",
     )
+
+
+def check_request(method: str, capabilities: frozenset[str]) -> None:
+    """Refuse, before anything is sent, a request vsmcp does not pass on or one whose
+    capability the client did not declare (`ClientRequestFailed`)."""
+    capability = REQUEST_CAPABILITY.get(method)
+    if capability is None:
+        raise ClientRequestFailed(
+            method,
+            "not a server-to-client request vsmcp passes on",
+            code=METHOD_NOT_FOUND,
+            cause="unsupported",
+        )
+    if capability not in capabilities:
+        raise no_capability(method)
 
 
 class ClientChannel(Protocol):

@@ -222,6 +222,15 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             "group is killed; at most 2 (the node stops within 5 s)"
         ),
     ] = 1.0
+    only_call_fallback: Annotated[
+        bool,
+        doc(
+            "a log line or sampling/elicitation/roots request that names no call (a "
+            "2025-11-25 server over stdio) goes to the mount's only call in flight; off: "
+            "dropped/refused (a server that logs or asks in the background would reach "
+            "another client's call)"
+        ),
+    ] = False
     limits: Annotated[UnitLimitsConfig, doc("this mount's unit limits")] = msgspec.field(
         default_factory=UnitLimitsConfig
     )

@@ -5,10 +5,14 @@ its log notifications; each goes to the `ClientChannel` of the call it belongs t
 (`node.tools.client_channel`), which reaches the client that made the call (through the
 mesh when the call came from another node). Which call that is: the one whose task the
 SDK runs the callback in (2026-07-28, where the SDK answers a server's input requests
-inside the call), else the mount's only call in flight. A 2025-11-25 server's request
-does not say which of several concurrent calls it belongs to (stdio carries no such
-link), so with several calls in flight it is refused with an error saying so, and a log
-message is dropped (`stats`).
+inside the call). A 2025-11-25 server's request or log line over stdio does not say
+which call it belongs to; it is refused with an error saying so (a log line is dropped,
+`counts`), unless the mount sets `only_call_fallback`: then it goes to the mount's only
+call in flight (with several, still refused). Off by default: a server that logs or
+asks in the background, after its call returned, would reach another client's call.
+
+The server is asked for log lines per call at the level that call's client set
+(2026-07-28 `_meta`), not for every line at `debug`.
 
 The client's answer is checked (`client_channel.check_answer`, then the SDK's model)
 before the server sees it; every failure reaches the server as a JSON-RPC error whose
@@ -36,15 +40,19 @@ log = logging.getLogger(__name__)
 
 # The mount's call running in this task (2026-07-28 callbacks run inside the call).
 _CALL: ContextVar[CallContext | None] = ContextVar("vsmcp_mount_call", default=None)
-# The level the mount asks a 2026-07-28 server for: the caller's own level filters later.
-SERVER_LOG_LEVEL: Final = "debug"
+
+
+# What `MountClient.counts` counts (vsmcp_mount_client_total), besides the causes of a
+# refused request (`ClientRequestFailed.cause`).
+MOUNT_CLIENT_OUTCOMES: Final = ("logs", "logs_dropped", "refused", "answered", "malformed_answer")
 
 
 class MountClient:
     """The client side of one mount towards its callers: calls in flight, callbacks."""
 
-    def __init__(self, mount: str) -> None:
+    def __init__(self, mount: str, *, only_call_fallback: bool = False) -> None:
         self._mount = mount
+        self._fallback = only_call_fallback
         self._calls: dict[int, CallContext] = {}
         self._keys = itertools.count()
         self.counts: Counter[str] = Counter()
@@ -68,20 +76,24 @@ class MountClient:
             "elicitation_callback": self._elicitation,
             "list_roots_callback": self._roots,
             "logging_callback": self._log,
-            "log_level": SERVER_LOG_LEVEL,
         }
 
     def _call(self) -> CallContext | None:
         ctx = _CALL.get()
         if ctx is not None:
             return ctx
-        if len(self._calls) == 1:
+        if self._fallback and len(self._calls) == 1:
             return next(iter(self._calls.values()))
         return None
 
     def _unplaced(self) -> str:
         if not self._calls:
             return f"no call of mount {self._mount!r} is in flight"
+        if not self._fallback:
+            return (
+                f"the request does not say which call of mount {self._mount!r} it belongs "
+                "to (only_call_fallback is off)"
+            )
         return (
             f"{len(self._calls)} calls of mount {self._mount!r} are in flight and the "
             "request does not say which one it belongs to"

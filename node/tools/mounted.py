@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 
+from vsmcp.node.tools.client_channel import META_LOG_LEVEL
 from vsmcp.node.tools.config import DEFAULT_MAX_RESULT_BYTES, MountConfig
 from vsmcp.node.tools.errors import ProviderError, ResultTooLarge, UnitFault, UnknownTool
 from vsmcp.node.tools.model import (
@@ -108,7 +109,7 @@ class MountedServer:
         self._connected = asyncio.Event()
         self._reconnecting = False
         # The server's logs and requests to the calling client (sampling, elicitation, roots).
-        self.client_side = MountClient(cfg.name)
+        self.client_side = MountClient(cfg.name, only_call_fallback=cfg.only_call_fallback)
 
     @property
     def name(self) -> str:
@@ -553,4 +554,8 @@ def _trace_meta(ctx: CallContext) -> RequestParamsMeta:
         META_CAUSALITY: list(ctx.causality),
         META_ORIGIN: ctx.origin,
     }
+    # At 2026-07-28 the server logs at the level this call's client wants (none: none).
+    level = ctx.client.log_level if ctx.client is not None else None
+    if level is not None:
+        meta[META_LOG_LEVEL] = level
     return cast("RequestParamsMeta", meta)  # an open map: extra keys are allowed

@@ -1,7 +1,9 @@
 """A small MCP server (official SDK, stdio) whose tools log and ask their client: the
 provider of tests/integration/test_client_requests.py, mounted on node A.
 
-- `chatty`: logs at debug, info and warning, then answers "chatted".
+- `chatty`: logs at debug, info and warning, lists the client's roots (a round trip
+  through the caller, so its log lines, sent first, reach the client before the result:
+  the SDK hands each notification to a task of its own), then answers "chatted".
 - `ask_llm(question)`: logs, asks the client for sampling, answers what the model said.
 - `ask_name`: asks the client (elicitation) for a name.
 - `roots`: lists the client's roots.
@@ -30,6 +32,7 @@ async def chatty(ctx: Context) -> str:
     await ctx.log("debug", "chatty: debug line")
     await ctx.log("info", "chatty: info line")
     await ctx.log("warning", "chatty: warning line")
+    await ctx.session.list_roots()
     return "chatted"
 
 

@@ -11,6 +11,8 @@ from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import REPO_ROOT, NodeProcess
+from tests.integration.test_client_requests import _sampling
+from tests.polling import async_wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +93,41 @@ async def test_stdio_clients_get_the_nodes_stdio_zone(
     # A bridge that cannot show the node's stdio secret (--url alone: any local process
     # could do that) is a plain loopback client, whatever it calls itself.
     assert await _call_add("--url", ops.url) == (-32010, "public")
+
+
+async def test_stdio_bridge_passes_logs_and_sampling_to_its_client(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A tool's log line and sampling request reach the stdio client through the bridge
+    (and the node's /mcp), and the client's answer reaches the tool."""
+    import mcp_types as types
+
+    config = tmp_path / "asking.toml"
+    config.write_text(
+        '[[tools.plugins]]\nname = "plugin.ask"\ntarget = "tests.integration.asking_plugin:ask"\n'
+    )
+    node = NodeProcess(tmp_path / "n", "--no-mdns", "--config", str(config))
+    nodes.append(node)
+    node.start()
+    logs: list[types.LoggingMessageNotificationParams] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "vsmcp.node.app.cli", "mcp-stdio", "--url", node.url],
+        cwd=str(REPO_ROOT),
+    )
+    async with Client(
+        params, mode="legacy", sampling_callback=_sampling, logging_callback=on_log
+    ) as client:
+        await client.set_logging_level("info")
+        result = await client.call_tool("plugin.ask", {"question": "via stdio?"})
+        assert not result.is_error, result
+        assert result.content[0].text == "plugin heard: echo of via stdio?"  # type: ignore[union-attr]
+
+        async def logged() -> bool:
+            return any(p.data == "plugin asks" for p in logs)
+
+        await async_wait_for(logged, timeout_s=20, what="the plugin's log line at the client")

@@ -192,3 +192,36 @@ async def test_a_client_that_never_retries_leaves_nothing_parked() -> None:
 
     await async_wait_for(dropped, timeout_s=5, what="the unanswered call dropped")
     assert requests.counts["timeout"] == 1
+
+
+async def test_a_closed_call_channel_drops_logs_and_ends_its_requests() -> None:
+    registry, client = ClientRequests(), Client()
+    state = _state("sampling")
+    state.log_level = "debug"
+    channel = registry.channel(state, client.write)
+    waiting = asyncio.create_task(channel.request("sampling/createMessage", {}, 30))
+    await client.asked()
+    channel.close()
+    with pytest.raises(ClientRequestFailed, match="call ended"):
+        await waiting
+    written = len(client.written)
+    await channel.log({"level": "error", "data": "late"})
+    with pytest.raises(ClientRequestFailed, match="call ended"):
+        await channel.request("sampling/createMessage", {}, 30)
+    assert len(client.written) == written
+    assert registry.pending == 0 and registry.counts["call_ended"] == 2
+
+
+async def test_one_caller_has_a_share_of_the_parked_calls() -> None:
+    requests = ClientRequests()
+    rounds = InputRounds(requests, max_per_caller=2)
+    start = _asking_call(requests, 30)
+    caps = frozenset({"sampling"})
+    for _ in range(2):
+        first = await rounds.call("me", {}, None, caps, None, start)
+        assert first["resultType"] == "input_required"
+    with pytest.raises(RoundsError, match="2 calls of yours"):
+        await rounds.call("me", {}, None, caps, None, start)
+    other = await rounds.call("other", {}, None, caps, None, start)
+    assert other["resultType"] == "input_required"
+    await rounds.stop()

@@ -5,8 +5,10 @@ revisions) against a real /mcp over a real LocalCatalog."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -71,6 +73,23 @@ async def test_the_index_is_built_once_per_tool_set() -> None:
     first = await finder._index(TOOLS)
     assert await finder._index(list(TOOLS)) is first  # the same specs: the same index
     assert await finder._index(TOOLS[:-1]) is not first
+
+
+async def test_variants_listed_anew_at_every_list_share_one_index() -> None:
+    """The catalog lists a variant as a fresh copy under `<name>.<digest>` at every
+    `tools/list`: equal copies must not build a new index per search."""
+
+    def listed() -> list[ToolSpec]:
+        return [replace(spec, name=f"{spec.name}.0badc0de") for spec in TOOLS]
+
+    finder = ToolFinder(5)
+    first, second = await asyncio.gather(finder._index(listed()), finder._index(listed()))
+    assert first is second
+    assert await finder._index(listed()) is first
+    # The answer shows the specs listed now (their names), not the indexed copies.
+    renamed = [replace(spec, name=f"{spec.name}.0badc0de") for spec in TOOLS]
+    found = _found(await finder.find(renamed, {"query": "does nothing", "limit": 1}))
+    assert found and found[0].endswith(".0badc0de")
 
 
 @pytest.mark.parametrize(

@@ -40,3 +40,12 @@ def test_the_largest_record_fits_in_a_membership_message() -> None:
     must fit the membership wire's metadata cap, or peers could not read our Alive."""
     largest = PeerMeta("h" * 253, 65535, 65535, "f" * 64, "\u00fc" * (MAX_NODE_NAME_BYTES // 2))
     assert len(msgspec.msgpack.encode(largest)) <= MAX_META_BYTES
+
+
+def test_a_name_no_node_could_be_configured_with_is_dropped_on_receipt() -> None:
+    for bad in ("x" * (MAX_NODE_NAME_BYTES + 1), "evil\x1b]0;pwned\x07", "a\nb"):
+        meta = decode_meta(msgspec.msgpack.encode(PeerMeta("h", 1, None, "f", bad)))
+        assert meta is not None and meta.name == ""
+        assert peer_name("n" * 24 + "12345678", meta) == "12345678"
+    fine = decode_meta(msgspec.msgpack.encode(PeerMeta("h", 1, None, "f", "edge-ü")))
+    assert fine is not None and fine.name == "edge-ü"

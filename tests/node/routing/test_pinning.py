@@ -68,9 +68,16 @@ def test_a_pin_names_another_node_by_its_announced_name() -> None:
     assert _resolve_named("edge-1") == SELF
 
 
-def test_an_announced_name_is_looked_up_before_id_suffixes() -> None:
-    # "xxpeer01" is OTHER's id suffix; PEER announced it as its name: the name wins.
-    assert _resolve_named("xxpeer01", {PEER: "xxpeer01"}) == PEER
+def test_a_peer_announcing_another_nodes_default_name_does_not_take_its_calls() -> None:
+    # "xxpeer01" is OTHER's id suffix (its default name); PEER announced it as its name.
+    with pytest.raises(UnknownNode, match="pin by node id") as refused:
+        _resolve_named("xxpeer01", {PEER: "xxpeer01"})
+    assert refused.value.data["candidates"] == sorted([PEER, OTHER])
+    # Nor this node's calls, pinned by its own default name.
+    with pytest.raises(UnknownNode, match="pin by node id"):
+        _resolve_named("selfself", {PEER: "selfself"})
+    # A node announcing its own id suffix as its name is still that node.
+    assert _resolve_named("xxpeer01", {OTHER: "xxpeer01"}) == OTHER
 
 
 def test_a_name_shared_by_two_nodes_is_refused_listing_their_ids() -> None:

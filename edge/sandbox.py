@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from vsmcp.edge.errors import (
+    WasmBudgetSpent,
     WasmFault,
     WasmMemoryLimit,
     WasmOutputLimit,
@@ -144,9 +145,12 @@ def run_call(
     stdin: bytes,
     timeout_s: float,
     limit_s: float | None = None,
+    budget: bool = False,
 ) -> WasmOutcome:
     """Run the module once within `timeout_s`; raises a `WasmFault` subclass when it is
-    stopped (`limit_s`, the time limit its error names: `timeout_s` unless given)."""
+    stopped (`limit_s`, the time limit its error names: `timeout_s` unless given). With
+    `budget`, `timeout_s` is a trial's budget, not a limit: running past it raises
+    `WasmBudgetSpent` (whatever its memory), for the caller to run it again."""
     import time
 
     import wasmtime
@@ -177,6 +181,11 @@ def run_call(
             except wasmtime.ExitTrap as exc:
                 exit_code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                interrupted = isinstance(exc, wasmtime.Trap) and (
+                    exc.trap_code is wasmtime.TrapCode.INTERRUPT
+                )
+                if budget and interrupted:
+                    raise WasmBudgetSpent(f"ran past its {timeout_s * 1000:.1f} ms") from None
                 if instance is None and "memory" in str(exc) and "limit" in str(exc):
                     used = manifest.limits.memory_mb << 20  # its initial memory is over the cap
                 else:

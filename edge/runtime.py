@@ -12,7 +12,8 @@ clock are read-only) is first run on the event loop under a budget of `inline_bu
 (an epoch deadline). Most calls end within it; one that does not is abandoned (its
 output dropped: it has changed nothing) and run again in the pool under the tool's full
 limits, and that tool is then not tried inline for its next `INLINE_BACKOFF_CALLS`
-calls. The loop is thus never held longer than the budget plus one epoch tick.
+calls (twice as many after each further overrun in a row). The loop is thus never
+held longer than the budget plus one epoch tick.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ if TYPE_CHECKING:
 DEFAULT_THREADS: Final = 2
 # A call tried on the event loop gets this long before it moves to a worker.
 DEFAULT_INLINE_BUDGET_S: Final = 0.001
-# After a tool ran past the budget, its next calls go straight to the pool.
-INLINE_BACKOFF_CALLS: Final = 100
+# After a tool ran past the budget, its next calls go straight to the pool: this many
+# after one overrun (a busy machine can preempt a short call past 1 ms), twice as many
+# after each further overrun in a row, up to the maximum (a tool that always takes
+# longer wastes the budget once in that many calls).
+INLINE_BACKOFF_CALLS: Final = 8
+INLINE_BACKOFF_MAX_CALLS: Final = 1024
 WASI: Final = "wasi_snapshot_preview1"
 # WASI preview 1's "not capable": what a module gets for a call it was not granted.
 ERRNO_NOTCAPABLE: Final = 76
@@ -50,6 +55,7 @@ class InlineGate:
 
     def __init__(self) -> None:
         self.skip = 0
+        self.backoff = INLINE_BACKOFF_CALLS
 
     def admit(self) -> bool:
         if self.skip > 0:
@@ -58,7 +64,11 @@ class InlineGate:
         return True
 
     def overran(self) -> None:
-        self.skip = INLINE_BACKOFF_CALLS
+        self.skip = self.backoff
+        self.backoff = min(self.backoff * 2, INLINE_BACKOFF_MAX_CALLS)
+
+    def answered(self) -> None:
+        self.backoff = INLINE_BACKOFF_CALLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +208,7 @@ class WasmRuntime:
                 tool.inline.overran()
             else:
                 self.inline_calls += 1
+                tool.inline.answered()
                 return outcome
 
         def run() -> WasmOutcome:

@@ -22,7 +22,7 @@ from vsmcp.edge.errors import (
 )
 from vsmcp.edge.grants import EdgePermissions
 from vsmcp.edge.manifest import load_manifest
-from vsmcp.edge.runtime import INLINE_BACKOFF_CALLS
+from vsmcp.edge.runtime import INLINE_BACKOFF_CALLS, INLINE_BACKOFF_MAX_CALLS, InlineGate
 
 # Limits small enough that the hostile modules hit them at once.
 HOSTILE_LIMITS = "timeout_ms = 300\nmemory_mb = 4\noutput_bytes = 65536"
@@ -290,3 +290,19 @@ async def test_a_long_call_near_its_memory_limit_is_run_again_not_stopped(
     outcome = await runtime.call(tool, b"{}", 30.0)
     assert outcome.exit_code == 0
     assert (runtime.inline_calls, runtime.inline_overruns) == (0, 1)
+
+
+def test_a_tool_that_keeps_overrunning_is_tried_inline_ever_more_rarely() -> None:
+    gate = InlineGate()
+    gate.overran()
+    assert [gate.admit() for _ in range(INLINE_BACKOFF_CALLS + 1)] == [
+        False
+    ] * INLINE_BACKOFF_CALLS + [True]
+    gate.overran()  # again, in a row: twice as long
+    assert gate.skip == 2 * INLINE_BACKOFF_CALLS
+    for _ in range(20):
+        gate.overran()
+    assert gate.skip == INLINE_BACKOFF_MAX_CALLS
+    gate.answered()  # one answer within the budget: back to the short backoff
+    gate.overran()
+    assert gate.skip == INLINE_BACKOFF_CALLS

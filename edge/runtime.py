@@ -56,6 +56,9 @@ class InlineGate:
     def __init__(self) -> None:
         self.skip = 0
         self.backoff = INLINE_BACKOFF_CALLS
+        # Calls answered on the loop; calls that ran past the budget (run again).
+        self.answers = 0
+        self.overruns = 0
 
     def admit(self) -> bool:
         if self.skip > 0:
@@ -64,10 +67,12 @@ class InlineGate:
         return True
 
     def overran(self) -> None:
+        self.overruns += 1
         self.skip = self.backoff
         self.backoff = min(self.backoff * 2, INLINE_BACKOFF_MAX_CALLS)
 
     def answered(self) -> None:
+        self.answers += 1
         self.backoff = INLINE_BACKOFF_CALLS
 
 

@@ -21,6 +21,10 @@ class WasmLoadError(EdgeError):
     """A module could not be read, compiled or linked (not a valid WASI command)."""
 
 
+class WasmBudgetSpent(EdgeError):
+    """A run on the event loop used up its small budget: it is run again in a worker."""
+
+
 class WasmFault(EdgeError):
     """A call was stopped: the module broke a limit or trapped. `limit` names which."""
 

@@ -5,6 +5,15 @@ wasmtime calls block, so they run off the event loop in the pool (`threads` work
 the epoch deadline, not the caller, ends a runaway call, so a thread is never held past
 the tool's time limit. Imported only when a WASM tool is configured: `wasmtime` is an
 optional dependency.
+
+The hop to a worker thread and back costs ≈65 µs, more than a short call itself, so a
+module with no side effects outside the host's buffers (no directory granted: env and
+clock are read-only) is first run on the event loop under a budget of `inline_budget_s`
+(an epoch deadline). Most calls end within it; one that does not is abandoned (its
+output dropped: it has changed nothing) and run again in the pool under the tool's full
+limits, and that tool is then not tried inline for its next `INLINE_BACKOFF_CALLS`
+calls (twice as many after each further overrun in a row). The loop is thus never
+held longer than the budget plus one epoch tick.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 from vsmcp.edge import stdio
 from vsmcp.edge.cache import ModuleCache, module_bytes
 from vsmcp.edge.clock import EpochClock
-from vsmcp.edge.errors import WasmLoadError, WasmTimeLimit, WasmUnavailable
+from vsmcp.edge.errors import WasmBudgetSpent, WasmLoadError, WasmTimeLimit, WasmUnavailable
 from vsmcp.edge.manifest import Manifest
 from vsmcp.edge.sandbox import WasmOutcome, own_stdio, run_call
 
@@ -28,18 +37,54 @@ if TYPE_CHECKING:
     import wasmtime
 
 DEFAULT_THREADS: Final = 2
+# A call tried on the event loop gets this long before it moves to a worker.
+DEFAULT_INLINE_BUDGET_S: Final = 0.001
+# After a tool ran past the budget, its next calls go straight to the pool: this many
+# after one overrun (a busy machine can preempt a short call past 1 ms), twice as many
+# after each further overrun in a row, up to the maximum (a tool that always takes
+# longer wastes the budget once in that many calls).
+INLINE_BACKOFF_CALLS: Final = 8
+INLINE_BACKOFF_MAX_CALLS: Final = 1024
 WASI: Final = "wasi_snapshot_preview1"
 # WASI preview 1's "not capable": what a module gets for a call it was not granted.
 ERRNO_NOTCAPABLE: Final = 76
 
 
+class InlineGate:
+    """Whether a tool's next call is tried on the event loop (only the loop touches it)."""
+
+    def __init__(self) -> None:
+        self.skip = 0
+        self.backoff = INLINE_BACKOFF_CALLS
+        # Calls answered on the loop; calls that ran past the budget (run again).
+        self.answers = 0
+        self.overruns = 0
+
+    def admit(self) -> bool:
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        return True
+
+    def overran(self) -> None:
+        self.overruns += 1
+        self.skip = self.backoff
+        self.backoff = min(self.backoff * 2, INLINE_BACKOFF_MAX_CALLS)
+
+    def answered(self) -> None:
+        self.answers += 1
+        self.backoff = INLINE_BACKOFF_CALLS
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedTool:
-    """A manifest with its compiled, linked module (instantiated once per call)."""
+    """A manifest with its compiled, linked module (instantiated once per call);
+    `inline`: None when its calls always run in the pool (it may have side effects)."""
 
     manifest: Manifest
     digest: str
     pre: wasmtime.InstancePre
+    inline: InlineGate | None
 
 
 def _import_wasmtime() -> None:
@@ -62,24 +107,18 @@ def _deny(linker: wasmtime.Linker, name: str, params: int, *, i64_at: int | None
     linker.define_func(WASI, name, fn_type, lambda *_: ERRNO_NOTCAPABLE)
 
 
-def _serve_stdio(linker: wasmtime.Linker) -> None:
-    """`fd_read`/`fd_write` by the host, for modules with only stdio (`edge.stdio`)."""
-    import wasmtime
-
-    i32 = wasmtime.ValType.i32()
-    fn_type = wasmtime.FuncType([i32] * 4, [i32])
-    linker.define_func(WASI, "fd_read", fn_type, stdio.fd_read, access_caller=True)
-    linker.define_func(WASI, "fd_write", fn_type, stdio.fd_write, access_caller=True)
-
-
-def _linker(engine: wasmtime.Engine, *, clock: bool, host_stdio: bool) -> wasmtime.Linker:
+def _linker(
+    engine: wasmtime.Engine, *, clock: bool, host_stdio: stdio.HostStdio | None
+) -> wasmtime.Linker:
     import wasmtime
 
     linker = wasmtime.Linker(engine)
     linker.allow_shadowing = True
     linker.define_wasi()
-    if host_stdio:
-        _serve_stdio(linker)
+    if host_stdio is not None:
+        # `fd_read`/`fd_write` by the host, for modules with only stdio (`edge.stdio`).
+        i32 = wasmtime.ValType.i32()
+        host_stdio.define(linker, WASI, wasmtime.FuncType([i32] * 4, [i32]))
     # A WASI sleep blocks the thread where no epoch deadline can reach it: never granted.
     _deny(linker, "poll_oneoff", 4)
     if not clock:
@@ -89,7 +128,12 @@ def _linker(engine: wasmtime.Engine, *, clock: bool, host_stdio: bool) -> wasmti
 
 
 class WasmRuntime:
-    def __init__(self, cache_dir: Path | None = None, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        threads: int = DEFAULT_THREADS,
+        inline_budget_s: float = DEFAULT_INLINE_BUDGET_S,
+    ) -> None:
         _import_wasmtime()
         import wasmtime
 
@@ -98,12 +142,19 @@ class WasmRuntime:
         self.engine = wasmtime.Engine(config)
         self.clock = EpochClock(self.engine)
         self.cache = ModuleCache(self.engine, cache_dir)
+        self._host_stdio = stdio.HostStdio()
         self._linkers = {
-            (clock, host_stdio): _linker(self.engine, clock=clock, host_stdio=host_stdio)
+            (clock, host_stdio): _linker(
+                self.engine, clock=clock, host_stdio=self._host_stdio if host_stdio else None
+            )
             for clock in (False, True)
             for host_stdio in (False, True)
         }
         self._threads = threads
+        self.inline_budget_s = inline_budget_s
+        # Calls answered on the event loop; calls that ran past its budget (run again).
+        self.inline_calls = 0
+        self.inline_overruns = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._users = 0
         self._lock = threading.Lock()
@@ -123,7 +174,9 @@ class WasmRuntime:
             pre = linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
             raise WasmLoadError(f"{str(manifest.module)!r} cannot be linked: {exc}") from exc
-        return LoadedTool(manifest=manifest, digest=digest, pre=pre)
+        # Without a directory it can only read its stdin, env and clock: rerunnable.
+        inline = InlineGate() if own_stdio(manifest) and self.inline_budget_s > 0 else None
+        return LoadedTool(manifest=manifest, digest=digest, pre=pre, inline=inline)
 
     def acquire(self) -> None:
         """A unit starts using the runtime: the worker pool exists while any does."""
@@ -152,20 +205,42 @@ class WasmRuntime:
             raise WasmLoadError("the WASM runtime is not started")
         loop = asyncio.get_running_loop()
         queued_at = loop.time()
+        if tool.inline is not None and timeout_s > self.inline_budget_s and tool.inline.admit():
+            try:
+                outcome = self._run(tool, stdin, self.inline_budget_s, budget=True)
+            except WasmBudgetSpent:
+                self.inline_overruns += 1
+                tool.inline.overran()
+            else:
+                self.inline_calls += 1
+                tool.inline.answered()
+                return outcome
 
         def run() -> WasmOutcome:
             # A call that waited for a worker has less of its time left.
             left = timeout_s - (loop.time() - queued_at)
             if left <= 0:
                 raise WasmTimeLimit("stopped before it started: its time ran out in the queue")
-            return run_call(
-                manifest=tool.manifest,
-                pre=tool.pre,
-                engine=self.engine,
-                clock=self.clock,
-                stdin=stdin,
-                timeout_s=left,
-                limit_s=timeout_s,
-            )
+            return self._run(tool, stdin, left, limit_s=timeout_s)
 
         return await loop.run_in_executor(pool, functools.partial(run))
+
+    def _run(
+        self,
+        tool: LoadedTool,
+        stdin: bytes,
+        timeout_s: float,
+        *,
+        limit_s: float | None = None,
+        budget: bool = False,
+    ) -> WasmOutcome:
+        return run_call(
+            manifest=tool.manifest,
+            pre=tool.pre,
+            engine=self.engine,
+            clock=self.clock,
+            stdin=stdin,
+            timeout_s=timeout_s,
+            limit_s=limit_s,
+            budget=budget,
+        )

@@ -1064,11 +1064,24 @@ class Node(Service):
                 total.update(provider.stops)
             return dict(total)
 
+        def inline() -> dict[str, int]:
+            total: Counter[str] = Counter()
+            for provider in wasm:
+                total.update(provider.inline_counts())
+            return dict(total)
+
         self.metrics.add_counters(
             "vsmcp_wasm_stops",
             "WASM tool calls stopped at a limit (time, memory, output) or by a trap",
             "limit",
             stops,
+        )
+        self.metrics.add_counters(
+            "vsmcp_wasm_inline_calls",
+            "WASM tool calls tried on the event loop: answered within its budget, or overran "
+            "it (run again in a worker)",
+            "outcome",
+            inline,
         )
 
     def _register_mount_metrics(self, catalog: LocalCatalog) -> None:

@@ -72,6 +72,14 @@ class WasmProvider:
             return None
         return ProbeConfig(arguments=probe.arguments, expect=probe.expect)
 
+    def inline_counts(self) -> dict[str, int]:
+        """Calls tried on the event loop (`vsmcp.edge.runtime`), by outcome."""
+        loaded = self._loaded
+        gate = loaded.inline if loaded is not None else None
+        if gate is None:
+            return {}
+        return {"answered": gate.answers, "overran": gate.overruns}
+
     def tools(self) -> Sequence[ToolSpec]:
         return (self._spec,)
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
 from tests.polling import async_wait_for
+from tests.skips import require_module
 from vsmcp.edge.errors import (
     WasmFault,
     WasmLoadError,
@@ -22,6 +23,12 @@ from vsmcp.edge.errors import (
 )
 from vsmcp.edge.grants import EdgePermissions
 from vsmcp.edge.manifest import load_manifest
+from vsmcp.edge.runtime import (
+    INLINE_BACKOFF_CALLS,
+    INLINE_BACKOFF_MAX_CALLS,
+    InlineGate,
+    WasmRuntime,
+)
 
 # Limits small enough that the hostile modules hit them at once.
 HOSTILE_LIMITS = "timeout_ms = 300\nmemory_mb = 4\noutput_bytes = 65536"
@@ -156,11 +163,13 @@ async def test_with_a_directory_granted_stdio_goes_through_wasi_with_the_same_li
         extra='[grants]\ndirs = [{ host = "data", guest = "/data" }]',
     )
     tool = runtime.load(load_manifest(manifest, EdgePermissions(dirs=(tmp_path,))))
+    assert tool.inline is None  # it could write its files: never run twice
     if module == "flood":
         with pytest.raises(WasmOutputLimit, match="limit of 65536 bytes"):
             await runtime.call(tool, b"{}", 0.3)
         return
     outcome = await runtime.call(tool, b'{"d":1}', 1.0)
+    assert runtime.inline_calls == 0
     if module == "fail":
         assert (outcome.exit_code, outcome.stderr) == (3, b"bad input\n\x1b[31mred")
     else:
@@ -235,3 +244,78 @@ async def test_a_table_does_not_grow_past_its_bound(runtime: Any, tmp_path: Path
     manifest = write_manifest(tmp_path, "table", wat, limits="memory_mb = 4")
     outcome = await runtime.call(runtime.load(load_manifest(manifest)), b"{}", 1.0)
     assert outcome.exit_code == 0
+
+
+async def test_a_call_within_the_budget_is_answered_on_the_event_loop() -> None:
+    # A budget no busy machine can overrun on the echo: the test does not depend on timing.
+    require_module("wasmtime")
+    runtime = WasmRuntime(inline_budget_s=30.0)
+    runtime.acquire()
+    try:
+        outcome = await runtime.call(echo(runtime), b'{"n":1}', 60.0)
+    finally:
+        runtime.release()
+    assert json.loads(outcome.stdout) == {"echo": {"n": 1}}
+    assert (runtime.inline_calls, runtime.inline_overruns) == (1, 0)
+
+
+async def test_a_runaway_leaves_the_event_loop_at_its_budget_and_meets_its_full_limit(
+    runtime: Any, tmp_path: Path
+) -> None:
+    hostile = load(runtime, tmp_path, "loop", "timeout_ms = 2000")
+    call = asyncio.ensure_future(runtime.call(hostile, b"{}", 2.0))
+
+    async def moved_to_a_worker() -> bool:
+        return runtime.inline_overruns == 1
+
+    # The loop runs this poll while the module still runs (in a worker, to its 2 s):
+    # the inline run was given up at its budget, not held for the call's limit.
+    await async_wait_for(moved_to_a_worker, what="the inline run given up")
+    assert not call.done()
+    with pytest.raises(WasmTimeLimit, match="time limit of 2000 ms"):
+        await call
+    assert runtime.inline_calls == 0
+    assert hostile.inline.skip == INLINE_BACKOFF_CALLS  # its next calls go to the pool
+    with pytest.raises(WasmTimeLimit, match="time limit of 50 ms"):
+        await runtime.call(hostile, b"{}", 0.05)
+    assert runtime.inline_overruns == 1
+
+
+# Grows its memory to 3.5 of its 4 MB, then counts to 2^26 (tens of milliseconds) and exits.
+BUSY_NEAR_ITS_MEMORY_LIMIT = """(module
+  (memory (export "memory") 1)
+  (func (export "_start") (local $i i32)
+    (drop (memory.grow (i32.const 55)))
+    (loop $l
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 67108864))))))"""
+
+
+async def test_a_long_call_near_its_memory_limit_is_run_again_not_stopped(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # Stopped at the inline budget with its memory near the limit, it is not a memory stop.
+    module = tmp_path / "busy.wat"
+    module.write_text(BUSY_NEAR_ITS_MEMORY_LIMIT, encoding="utf-8")
+    tool = runtime.load(
+        load_manifest(write_manifest(tmp_path, "busy", module, limits=HOSTILE_LIMITS))
+    )
+    outcome = await runtime.call(tool, b"{}", 30.0)
+    assert outcome.exit_code == 0
+    assert (runtime.inline_calls, runtime.inline_overruns) == (0, 1)
+
+
+def test_a_tool_that_keeps_overrunning_is_tried_inline_ever_more_rarely() -> None:
+    gate = InlineGate()
+    gate.overran()
+    assert [gate.admit() for _ in range(INLINE_BACKOFF_CALLS + 1)] == [
+        False
+    ] * INLINE_BACKOFF_CALLS + [True]
+    gate.overran()  # again, in a row: twice as long
+    assert gate.skip == 2 * INLINE_BACKOFF_CALLS
+    for _ in range(20):
+        gate.overran()
+    assert gate.skip == INLINE_BACKOFF_MAX_CALLS
+    gate.answered()  # one answer within the budget: back to the short backoff
+    gate.overran()
+    assert gate.skip == INLINE_BACKOFF_CALLS

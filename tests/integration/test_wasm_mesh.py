@@ -125,6 +125,11 @@ async def test_hostile_modules_are_stopped_at_their_limits_and_others_keep_answe
     # At least once each (a good call overrunning on a loaded machine would add a "time").
     stops = counters(a, "vsmcp_wasm_stops")
     assert all(stops.get(limit, 0) >= 1 for limit, _ in HOSTILE.values()), stops
+    # Each tool's first call is tried on A's event loop (answered, or past its budget and
+    # run again in a worker): the loop-hostile one among them, at least, overran it.
+    inline = counters(a, "vsmcp_wasm_inline_calls")
+    assert inline.get("overran", 0) >= 1, inline
+    assert sum(inline.values()) >= len(HOSTILE) + 1, inline
 
 
 def test_an_edge_node_with_a_python_plugin_refuses_to_start_naming_the_key(

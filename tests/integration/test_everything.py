@@ -44,6 +44,9 @@ A_CONFIG = f"""{MESH}
 name = "{MOUNT}"
 command = "{NODE}"
 args = ["{ENTRY}", "stdio"]
+# A 2025-11-25 server over stdio names no call in its requests and log lines: with one
+# call in flight at a time here, they belong to it (docs/mcp-client-requests.md).
+only_call_fallback = true
 """
 # What differs by transport and revision, not by content.
 ENVELOPE = {"meta", "result_type", "ttl_ms", "cache_scope", "next_cursor"}

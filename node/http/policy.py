@@ -22,6 +22,7 @@ JSON object `{"error": ..., "host" | "origin": ...}`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Collection
@@ -47,6 +48,7 @@ _LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+@functools.lru_cache(maxsize=256)  # a node is reached by the same few Host values
 def host_name(host: str) -> str | None:
     """The host in a Host header, lower-case, without port or brackets; None if it is
     not a well-formed Host value."""

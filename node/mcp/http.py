@@ -142,6 +142,7 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=128)  # clients send the same few Accept values on every call
 def _accepts(accept: str, media_type: str) -> bool:
     """Whether an Accept value takes `media_type` (RFC 9110 12.5.1): the most specific
     matching range (`type/sub`, `type/*`, `*/*`) decides, and q=0 means "not this"."""
@@ -450,14 +451,16 @@ class McpGateway:
             if now - session.last_seen > self.session_idle_s and not session.inflight:
                 self._drop_session(session)
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        too_large = McpError(
+    def _too_large(self) -> McpError:
+        return McpError(
             TOO_LARGE,
             f"Request body exceeds {self.max_body_bytes} bytes",
             {"max_bytes": self.max_body_bytes},
         )
+
+    async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            raise too_large
+            raise self._too_large()
         if request.content_length is not None:  # within the cap (checked above): one read
             try:
                 return await request.content.readexactly(request.content_length)
@@ -467,7 +470,7 @@ class McpGateway:
         async for chunk in request.content.iter_chunked(64 * 1024):
             body.extend(chunk)
             if len(body) > self.max_body_bytes:
-                raise too_large
+                raise self._too_large()
         return bytes(body)
 
     # -- entry points ----------------------------------------------------------------------

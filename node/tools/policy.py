@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from vsmcp.mesh.certs import DEFAULT_ZONES, ZoneOrder
 from vsmcp.node.tools.errors import InvalidArguments, RateLimited, ToolConfigError, ZoneDenied
 from vsmcp.node.tools.model import CallContext, ToolSpec
+from vsmcp.node.tools.schema_fast import Check, compile_schema
 from vsmcp.node.vsm.events import Denial, EventSink
 from vsmcp.node.vsm.limits import RateLimiter
 
@@ -37,12 +38,24 @@ def zone_allows(zones: Sequence[str] = DEFAULT_ZONES) -> ZoneAllows:
 
 
 class ArgumentValidator:
-    """Checks arguments against each tool's JSON Schema; compiled validators are cached."""
+    """Checks arguments against each tool's JSON Schema; compiled validators are cached.
+
+    A schema within `schema_fast`'s subset also gets a compiled acceptance check: valid
+    arguments pass it without jsonschema; anything it does not accept goes to
+    jsonschema, whose verdict and message decide."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[Mapping[str, Any], Validator]] = {}
+        self._cache: dict[str, tuple[Mapping[str, Any], Validator, Check | None]] = {}
 
     def check(self, spec: ToolSpec, arguments: Mapping[str, Any]) -> None:
+        cached = self._cache.get(spec.name)
+        if cached is not None and cached[0] is spec.input_schema:
+            fast = cached[2]
+            if fast is not None and fast(arguments if type(arguments) is dict else dict(arguments)):
+                return
+        self._check_slow(spec, arguments)
+
+    def _check_slow(self, spec: ToolSpec, arguments: Mapping[str, Any]) -> None:
         # jsonschema is imported at the first call that has arguments to check, not with
         # the node (an idle node does not need it); after that, a lookup in sys.modules.
         import jsonschema
@@ -56,7 +69,7 @@ class ArgumentValidator:
             except jsonschema.SchemaError as exc:
                 problem = f"tool {spec.name!r} has an invalid input schema: {exc.message}"
                 raise ToolConfigError(problem) from exc
-            cached = (spec.input_schema, cls(schema))
+            cached = (spec.input_schema, cls(schema), compile_schema(schema))
             self._cache[spec.name] = cached
         validator = cached[1]
         instance = dict(arguments)

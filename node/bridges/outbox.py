@@ -50,6 +50,9 @@ class Outbox:
         self.bridge = bridge
         self.capacity = capacity
         self.depth = depth
+        # Room taken by appends whose transaction has not committed yet: two appends
+        # overlapping across their await must not both count the same free room.
+        self._reserved = 0
         self.appended = 0
         self.removed = 0
         # Entries refused because the outbox was full: all time, and since the last
@@ -78,7 +81,7 @@ class Outbox:
     async def append(self, entries: Sequence[tuple[str, bytes]]) -> int:
         """Append `(key, body)` entries in one transaction; returns how many were kept
         (the rest overflowed)."""
-        room = max(0, self.capacity - self.depth)
+        room = max(0, self.capacity - self.depth - self._reserved)
         kept = entries[:room]
         refused = len(entries) - len(kept)
         if refused:
@@ -86,11 +89,15 @@ class Outbox:
             self._overflow_unreported += refused
         if not kept:
             return 0
-        async with self._store.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO bridge_outbox (bridge, key, body) VALUES (?, ?, ?)",
-                [(self.bridge, key, body) for key, body in kept],
-            )
+        self._reserved += len(kept)
+        try:
+            async with self._store.transaction() as conn:
+                await conn.executemany(
+                    "INSERT INTO bridge_outbox (bridge, key, body) VALUES (?, ?, ?)",
+                    [(self.bridge, key, body) for key, body in kept],
+                )
+        finally:
+            self._reserved -= len(kept)
         self.depth += len(kept)
         self.appended += len(kept)
         self.ready.set()

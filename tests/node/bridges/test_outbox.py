@@ -3,6 +3,7 @@ survival across a reopen, one bridge's rows apart from another's."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,18 @@ async def test_the_bound_refuses_the_newest_and_counts_them(tmp_path: Path) -> N
         assert outbox.take_overflow() == 0  # reported once
         assert await outbox.append([("f", b"6")]) == 0
         assert outbox.overflowed == 3 and outbox.take_overflow() == 1
+
+
+async def test_overlapping_appends_do_not_share_the_same_free_room(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        outbox = await Outbox.open(store, "amqp", capacity=4)
+        # Both start before either commits: together they may keep only the room there is.
+        kept = await asyncio.gather(
+            outbox.append([(f"a{i}", b"") for i in range(3)]),
+            outbox.append([(f"b{i}", b"") for i in range(3)]),
+        )
+        assert sum(kept) == 4 and outbox.depth == 4 and outbox.overflowed == 2
+        assert len(await outbox.peek(10)) == 4
 
 
 async def test_what_was_appended_survives_a_reopen_and_seqs_are_not_reused(

@@ -607,7 +607,7 @@ class Node(Service):
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
             tools_of=tools_of,
             configured=self.config.children,
-            capacity=lambda: self.vsm.effectors.scale,
+            capacity=self.vsm.capacity_factor,
         )
 
     def _take_certificate(self, identity: NodeIdentity, mesh: MeshService) -> None:

@@ -176,6 +176,14 @@ class VsmSystems(Service):
         gates = [*self.effectors.gates, *(u.gate for u in self.units())]
         return [g.limiter for g in gates if g is not None]
 
+    def capacity_factor(self) -> float:
+        """How far the node is short of capacity (1.0: not at all): the lower of System 5's
+        limit factor (its tighten_limit response) and System 3's bound on the adaptive
+        limits (moved by the event loop's lag). The recursion guard scales by it."""
+        governor = self.overload.governor
+        share = 1.0 if governor is None else governor.share
+        return min(self.effectors.scale, share)
+
     def _overload_pain(self, source: str, intensity: float, reason: str) -> None:
         try:
             self.channel.raise_signal(source, "pain", intensity, reason)

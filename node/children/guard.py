@@ -21,7 +21,8 @@ def effective_max_children(limits: RecursionSection) -> int:
 
 def lowered(limits: RecursionSection, factor: float) -> RecursionSection:
     """The limits while the node is short of capacity: children and descendants scaled
-    by `factor` (System 5's tighten_limit response, 1.0: as configured), never above
+    by `factor` (System 5's tighten_limit response or System 3's bound from its KPIs,
+    whichever is lower; 1.0: as configured), never above
     the config. The depth limit stays: it bounds the tree, not the load."""
     factor = min(1.0, max(0.0, factor))
     if factor >= 1.0:
@@ -52,8 +53,8 @@ def check_spawn(depth: int, limits: RecursionSection, running: int, factor: floa
             f"(recursion.max_children {configured.max_children}, max_descendants "
             f"{configured.max_descendants}) is {most}"
             + (
-                f", lowered from {effective_max_children(configured)} while System 5 "
-                f"tightens limits to {factor:.0%}"
+                f", lowered from {effective_max_children(configured)} while the node is "
+                f"short of capacity (System 5's or System 3's limits at {factor:.0%})"
                 if limits is not configured
                 else ""
             )

@@ -107,7 +107,7 @@ class ChildManager:
         self._supervisor.events = events
         self._children: dict[str, ChildProcess] = {}
         self._configured = tuple(configured)
-        # System 5's current limit factor: < 1 while it tightens limits (short of capacity).
+        # < 1 while the node is short of capacity (System 5 tightening, System 3's bound).
         self._capacity = capacity
         self._zones: dict[str, str] = {}  # child -> the zone it is certified in
         self._issued: dict[str, float] = {}  # child -> when its certificate was issued

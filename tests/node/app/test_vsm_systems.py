@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.polling import async_wait_for
 from vsmcp.node.app.config import load_config
 from vsmcp.node.app.node import Node
+from vsmcp.node.children.errors import SpawnRefused
 
 MODERN = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -150,3 +152,20 @@ async def test_a_block_origin_rule_issues_an_immune_block_that_the_node_enforces
         assert "block-the-source" in str(block["note"])
         # Loopback HTTP callers are not the blocked origin: they keep working.
         assert "result" in await _echo(node.http_port)
+
+
+async def test_system_3_s_lowered_bound_lowers_the_recursion_limits(tmp_path: Path) -> None:
+    config = _node_config(
+        tmp_path, **{"vsm.concurrency": {"max_limit": 64}, "recursion.max_children": 1}
+    )
+    async with Node(config) as node:
+        assert node.vsm.capacity_factor() == 1.0
+        governor = node.vsm.overload.governor
+        assert governor is not None
+        while governor.share == 1.0:  # the event loop lagging under admitted calls
+            governor.tick(10.0, busy=True)
+        assert node.vsm.capacity_factor() == governor.share < 1.0
+        manager = node.children.manager
+        assert manager is not None
+        with pytest.raises(SpawnRefused, match=r"System 3's limits at 75%"):
+            manager.spawn("one", caller="test")

@@ -20,7 +20,6 @@ acts and publishes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
@@ -35,6 +34,7 @@ import msgspec
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.children.errors import ChildError
 from vsmcp.node.children.manager import ChildManager
+from vsmcp.node.toml_text import toml_value
 from vsmcp.node.tools.config import PluginToolConfig, ScaleConfig
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitState
 from vsmcp.node.vsm.events import EventSink, ScaleDecision
@@ -139,22 +139,6 @@ class CpuMeter:
         used = cpu - self._last[1]
         self._last = (now, cpu)
         return used / wall if wall > 0 else 0.0
-
-
-def toml_value(value: object) -> str:
-    """A TOML value of JSON-shaped data (None has no TOML form: a table leaves it out)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return json.dumps(value)  # a JSON string is a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = (
-            f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items() if v is not None
-        )
-        return "{" + ", ".join(items) + "}"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
 def child_config(tool: PluginToolConfig) -> str:

@@ -122,7 +122,7 @@ def test_child_config_serves_the_same_tool_without_scale() -> None:
         {
             "name": "burn.cpu",
             "target": "tests.integration.plugin_tools:burn",
-            "description": 'say "hi"\nback',
+            "description": 'say "hi" 🙂 — \u00e9\nback',  # beyond the BMP too
             "input_schema": {"type": "object", "properties": {"n": {"type": "integer"}}},
             "limits": {"max_concurrency": 2},
             "scale": {"children": "auto", "max": 2},

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -160,10 +161,15 @@ class ChildManager:
         )
         return self._view(spec.name, child)
 
-    async def stop_child(self, name: str, *, caller: str = "") -> None:
+    async def stop_child(self, name: str, *, caller: str = "", remove_data: bool = False) -> None:
+        """Stop the child; `remove_data`: delete its data dir too (a child that will not
+        come back, e.g. System 3's scale children)."""
         if name not in self._children:
             raise UnknownChild(f"no child named {name!r}")
-        await self._supervisor.remove(self._children[name].name)
+        child = self._children[name]
+        await self._supervisor.remove(child.name)
+        if remove_data:
+            shutil.rmtree(child.launch.data_dir, ignore_errors=True)
         del self._children[name]
         self._zones.pop(name, None)
         self._issued.pop(name, None)

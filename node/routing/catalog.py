@@ -235,6 +235,7 @@ class ProviderHealth:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     latency_s: float = INITIAL_LATENCY_S
     inflight: int = 0
+    started: int = 0  # calls sent to it so far (System 3's scaler reads it between samples)
     avoid_until: dict[str, float] = field(default_factory=dict)  # tool -> time
 
     def score(self, state: str) -> float:
@@ -328,6 +329,7 @@ class ProviderSelector:
     def on_attempt(self, node_id: str, now: float) -> None:
         health = self._health(node_id)
         health.inflight += 1
+        health.started += 1
         health.breaker.on_attempt(now)
 
     def on_done(self, node_id: str) -> None:
@@ -698,6 +700,10 @@ class MeshCatalog(Service):
             if state in USABLE_STATES:
                 out.append((remote, state))
         return out
+
+    def routes_to(self, name: str, node_id: str) -> bool:
+        """Whether calls of `name` may go to the provider `node_id` (alive, indexed)."""
+        return any(r.tool.provider == node_id for r, _ in self._usable_remote(name))
 
     def _spill_targets(self, name: str, digest: str) -> list[str]:
         """Providers of `name`'s variant `digest` a full local unit may spill to: those

@@ -606,6 +606,7 @@ class Node(Service):
             tools_of=tools_of,
             configured=self.config.children,
             capacity=lambda: self.vsm.effectors.scale,
+            loops=self.loops,
         )
 
     def _take_certificate(self, identity: NodeIdentity, mesh: MeshService) -> None:

@@ -231,6 +231,9 @@ class ToolScaler(LoopService):
             return
         for name in self._tools:
             await self._tick_tool(name, cpu, manager)
+        live = {c.get("node_id") for c in manager.view()}
+        for node_id in [n for n in self._started if n not in live]:
+            del self._started[node_id]  # a child stopped by someone else
 
     async def _tick_tool(self, name: str, cpu: float, manager: ChildManager) -> None:
         unit = self._supervisor.units.get(f"plugin:{name}")

@@ -83,7 +83,7 @@ class ToolFinder:
         if max_listed < 2:
             raise ValueError("max_listed must leave room for vsm.find_tools and a tool")
         self.max_listed = max_listed
-        self._indexes: OrderedDict[tuple[_SpecKey, ...], asyncio.Future[ToolIndex]] = OrderedDict()
+        self._indexes: OrderedDict[tuple[int, ...], ToolIndex] = OrderedDict()
 
     def listed(self, tools: Sequence[ToolSpec]) -> list[ToolSpec]:
         """What `tools/list` shows of `tools` (sorted by name): all of them, or
@@ -96,12 +96,7 @@ class ToolFinder:
         """`vsm.find_tools`' answer over `tools` (what the caller may call)."""
         query, limit = _parse(arguments)
         found = (await self._index(tools)).search(query, limit)
-        # The index may be of equal specs listed earlier: answer the ones listed now.
-        current = {spec.name: spec for spec in tools}
-        answer = {
-            "tools": [current[spec.name].to_mcp() for spec, _ in found],
-            "total": len(tools),
-        }
+        answer = {"tools": [spec.to_mcp() for spec, _ in found], "total": len(tools)}
         return {
             "content": [{"type": "text", "text": json.dumps(answer)}],
             "structuredContent": answer,
@@ -109,40 +104,21 @@ class ToolFinder:
         }
 
     async def _index(self, tools: Sequence[ToolSpec]) -> ToolIndex:
-        key = tuple(_spec_key(spec) for spec in tools)
-        built = self._indexes.get(key)
-        if built is None:
-            # One build per tool set, shared by the searches that want it meanwhile.
-            built = self._indexes[key] = asyncio.ensure_future(_build(list(tools)))
-            if len(self._indexes) > MAX_CACHED_INDEXES:
-                self._indexes.popitem(last=False)
-        else:
+        # The catalog hands out the same spec objects while its tool set stands still;
+        # the cached index holds them, so their ids cannot be reused meanwhile.
+        key = tuple(id(spec) for spec in tools)
+        index = self._indexes.get(key)
+        if index is not None:
             self._indexes.move_to_end(key)
-        try:
-            return await asyncio.shield(built)
-        except Exception:
-            if self._indexes.get(key) is built:
-                del self._indexes[key]  # a failed build is not kept
-            raise
+            return index
+        # Imported at the first search: most nodes never need the index.
+        from vsmcp.node.vsm.s4.matcher import ToolIndex
 
-
-# What the index reads of a spec. The catalog lists a variant as a copy of its spec under
-# the listed name (`dataclasses.replace`), made anew at every list, so the spec's own id
-# changes while its schema object stays the same: the schema is keyed by id, which the
-# cached index (holding the specs) keeps from being reused meanwhile.
-_SpecKey = tuple[str, str, int]
-
-
-def _spec_key(spec: ToolSpec) -> _SpecKey:
-    return (spec.name, spec.description, id(spec.input_schema))
-
-
-async def _build(tools: list[ToolSpec]) -> ToolIndex:
-    # Imported at the first search: most nodes never need the index.
-    from vsmcp.node.vsm.s4.matcher import ToolIndex
-
-    # Built off the event loop: over a thousand tools it takes a tenth of a second or more.
-    return await asyncio.to_thread(ToolIndex, tools)
+        # Built off the event loop: over a thousand tools it takes a tenth of a second or more.
+        index = self._indexes[key] = await asyncio.to_thread(ToolIndex, list(tools))
+        if len(self._indexes) > MAX_CACHED_INDEXES:
+            self._indexes.popitem(last=False)
+        return index
 
 
 def _parse(arguments: Mapping[str, Any]) -> tuple[str, int]:

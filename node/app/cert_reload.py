@@ -52,12 +52,15 @@ class CertificateReloader(LoopService):
         self.refused = 0
         self.last_error: str | None = None
 
-    def _stamp(self) -> tuple[int, int] | None:
+    def _stamp(self) -> tuple[int, ...] | None:
+        """What tells a changed file: a rename over it (a new inode, a new ctime) shows
+        even when the new one has the old one's size and mtime (a copy preserving it, a
+        coarse clock)."""
         try:
             st = self._path.stat()
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size
 
     async def _run(self) -> None:
         while True:

@@ -16,8 +16,6 @@ commented out, with a `<type>` placeholder where there is no default.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ import msgspec
 from msgspec import inspect as mi
 
 from vsmcp.node.app.config import Config
+from vsmcp.node.toml_text import toml_key, toml_value
 
 BEGIN_MARKER: Final = (
     "<!-- config-reference: generated from the config structs by "
@@ -38,7 +37,6 @@ END_MARKER: Final = "<!-- /config-reference -->"
 REGENERATE_COMMAND: Final = "python -m vsmcp.node.app.config_reference --write README.md"
 COMMENT_COLUMN: Final = 37
 MAX_LINE_CHARS: Final = 100
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ReferenceError(Exception):
@@ -175,8 +173,8 @@ def _render_key(f: _Field, *, commented: bool, lines: list[str]) -> None:
     elif f.default is None:
         value, commented = _placeholder(f.type), True
     else:
-        value = _toml_value(f.default)
-    _emit(lines, f"{_toml_key(f.name)} = {value}", description, commented)
+        value = toml_value(f.default)
+    _emit(lines, f"{toml_key(f.name)} = {value}", description, commented)
 
 
 def _emit(lines: list[str], code: str, description: str, commented: bool) -> None:
@@ -204,29 +202,6 @@ def _placeholder(t: mi.Type) -> str:
         mi.DictType: "table",
     }
     return f"<{names.get(type(t), 'value')}>"
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        items = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + items + " }"
-    if isinstance(value, msgspec.Struct):
-        return _toml_value(msgspec.to_builtins(value))
-    raise ReferenceError(f"cannot write {value!r} as TOML")
 
 
 # -- the block in README.md ----------------------------------------------------------------

@@ -608,6 +608,7 @@ class Node(Service):
             tools_of=tools_of,
             configured=self.config.children,
             capacity=self.vsm.capacity_factor,
+            loops=self.loops,
         )
 
     def _take_certificate(self, identity: NodeIdentity, mesh: MeshService) -> None:
@@ -628,16 +629,12 @@ class Node(Service):
         if not scaled:
             return
 
-        def inflight(node_id: str) -> int:
-            health = tools.selector.health.get(node_id)
-            return 0 if health is None else health.inflight
-
         scaler = ToolScaler(
             self.loops,
             tools=scaled,
             supervisor=catalog.supervisor,
             children=lambda: self.children.manager,
-            inflight=inflight,
+            routing=_ScaleRouting(tools),
             events=self.events,
             data_dir=self.config.data_dir,
         )
@@ -1831,3 +1828,21 @@ def _parent_trust(identity: NodeIdentity) -> ParentTrust:
         identity.zones,
         identity.authority_public_key,
     )
+
+
+class _ScaleRouting:
+    """System 3's scaler's view of the mesh catalog."""
+
+    def __init__(self, tools: MeshCatalog) -> None:
+        self._tools = tools
+
+    def activity(self, node_id: str) -> tuple[int, int]:
+        health = self._tools.selector.health.get(node_id)
+        return (0, 0) if health is None else (health.inflight, health.started)
+
+    def routable(self, tool: str, node_id: str) -> bool:
+        return self._tools.routes_to(tool, node_id)
+
+    def drain(self, tool: str, node_id: str, for_s: float) -> None:
+        now = asyncio.get_running_loop().time()
+        self._tools.selector.on_refusal(tool, node_id, now, for_s)

@@ -219,6 +219,12 @@ def renewed_identity(
             f"renewed certificate rejected: its {', '.join(changed)} differ from the running "
             "node's (restart the node to take them)"
         )
+    if certificate.issued_at_s < old.issued_at_s:
+        # An older certificate put back (a restored backup, a replayed file): no rollback.
+        raise TrustError(
+            f"renewed certificate rejected: issued at {certificate.issued_at_s}, before the "
+            f"running node's ({old.issued_at_s})"
+        )
     return NodeIdentity(
         current.key, signed, certificate, current.authority_public_key, current.zones, current.dev
     )

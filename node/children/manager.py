@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from vsmcp.mesh.certs import (
     ZoneOrder,
     certificate_to_pem,
     issue_certificate,
+    peek_certificate,
 )
 from vsmcp.mesh.errors import CertificateError, MeshError
 from vsmcp.mesh.identity import NodeKey, load_or_create_key_file
+from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.children.config import CHILD_NAME, ChildEntry, RecursionSection
 from vsmcp.node.children.errors import ChildError, SpawnRefused, UnknownChild
 from vsmcp.node.children.guard import check_spawn, child_limits
@@ -45,6 +48,8 @@ CERT_FILE_NAME: Final = "node.cert"
 # takes the new file without a restart (`node/app/cert_reload.py`).
 RENEW_AT_FRACTION: Final = 0.5
 RENEW_CHECK_MAX_S: Final = 60.0
+RENEW_CHECK_MIN_S: Final = 0.5
+RENEWAL_LOOP: Final = "children-cert-renewal"
 # As S1 units, with a stop that fits SIGTERM + grace + SIGKILL (process.STOP_GRACE_S).
 CHILD_POLICY: Final = UnitPolicy(
     backoff_initial_s=0.5,
@@ -94,6 +99,7 @@ class ChildManager:
         tools_of: ToolsOf,
         configured: Sequence[ChildEntry] = (),
         capacity: Callable[[], float] = lambda: 1.0,
+        loops: LoopSupervisor | None = None,
     ) -> None:
         self.root = data_dir / CHILDREN_DIR_NAME
         self._trust = trust
@@ -110,7 +116,10 @@ class ChildManager:
         # < 1 while the node is short of capacity (System 5 tightening, System 3's bound).
         self._capacity = capacity
         self._zones: dict[str, str] = {}  # child -> the zone it is certified in
-        self._issued: dict[str, float] = {}  # child -> when its certificate was issued
+        # child -> when its certificate is due for renewal (monotonic): RENEW_AT_FRACTION
+        # of the lifetime it was issued with (clamped to our own certificate's expiry)
+        self._renew_at: dict[str, float] = {}
+        self._loops = loops or LoopSupervisor()
         self._renewal: asyncio.Task[None] | None = None
 
     @property
@@ -122,7 +131,8 @@ class ChildManager:
         if killed:
             self._audit("child.stale_killed", {"pids": killed})
         await self._supervisor.start()
-        self._renewal = asyncio.create_task(self._renew(), name="children-cert-renewal")
+        # Supervised: a failure it did not expect restarts it (renewals must not stop).
+        self._renewal = self._loops.spawn(RENEWAL_LOOP, self._renew)
         for entry in self._configured:
             # A refusal is logged, published and audited; the node runs on without it.
             with contextlib.suppress(SpawnRefused):
@@ -160,13 +170,18 @@ class ChildManager:
         )
         return self._view(spec.name, child)
 
-    async def stop_child(self, name: str, *, caller: str = "") -> None:
+    async def stop_child(self, name: str, *, caller: str = "", remove_data: bool = False) -> None:
+        """Stop the child; `remove_data`: delete its data dir too (a child that will not
+        come back, e.g. System 3's scale children)."""
         if name not in self._children:
             raise UnknownChild(f"no child named {name!r}")
-        await self._supervisor.remove(self._children[name].name)
+        child = self._children[name]
+        await self._supervisor.remove(child.name)
+        if remove_data:
+            shutil.rmtree(child.launch.data_dir, ignore_errors=True)
         del self._children[name]
         self._zones.pop(name, None)
-        self._issued.pop(name, None)
+        self._renew_at.pop(name, None)
         self._audit("child.stop", {"name": name, "caller": caller})
 
     def _check(self, name: str, zone: str, config: str) -> ChildSpec:
@@ -219,28 +234,47 @@ class ChildManager:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(certificate_to_pem(signed))
         os.replace(partial, path)
-        self._issued[data_dir.name] = time.monotonic()
+        cert = peek_certificate(signed)
+        lifetime_s = cert.expires_at_s - cert.issued_at_s
+        self._renew_at[data_dir.name] = time.monotonic() + lifetime_s * RENEW_AT_FRACTION
 
     async def _renew(self) -> None:
-        """Renew each running child's certificate at `RENEW_AT_FRACTION` of its lifetime."""
-        lifetime = self._limits.child_certificate_s
-        interval = min(lifetime * RENEW_AT_FRACTION / 2, RENEW_CHECK_MAX_S)
+        """Renew each running child's certificate at `RENEW_AT_FRACTION` of the lifetime
+        it was issued with."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._next_check_s())
             now = time.monotonic()
             for name, child in list(self._children.items()):
-                issued = self._issued.get(name)
-                if child.pid is None or issued is None:
-                    continue  # not running: it gets a fresh one when it starts
-                if now - issued >= lifetime * RENEW_AT_FRACTION:
-                    try:
-                        self._certify(child.launch.data_dir, self._zones[name])
-                    except (ChildError, MeshError, OSError) as e:
-                        log.error("could not renew the certificate of child %s: %s", name, e)
+                due = self._renew_at.get(name)
+                if child.pid is not None and due is not None and now >= due:
+                    self._recertify(name, child)
+
+    def _next_check_s(self) -> float:
+        """Until the next renewal is due (a child that starts meanwhile is certified as it
+        starts, with a lifetime of at least what the checks below allow for)."""
+        fallback = self._limits.child_certificate_s * RENEW_AT_FRACTION / 2
+        running = (
+            self._renew_at[name]
+            for name, child in self._children.items()
+            if child.pid is not None and name in self._renew_at
+        )
+        due = min(running, default=time.monotonic() + fallback)
+        wait = min(due - time.monotonic(), fallback, RENEW_CHECK_MAX_S)
+        return max(RENEW_CHECK_MIN_S, wait)
+
+    def _recertify(self, name: str, child: ChildProcess) -> None:
+        try:
+            self._certify(child.launch.data_dir, self._zones[name])
+        except (ChildError, MeshError, OSError) as e:
+            log.error("could not renew the certificate of child %s: %s", name, e)
 
     def renew_trust(self, trust: ParentTrust) -> None:
-        """Our own certificate was renewed: delegate from the new one."""
+        """Our own certificate was renewed: delegate from the new one, and re-certify the
+        running children at once (theirs expire no later than our previous one)."""
         self._trust = trust
+        for name, child in list(self._children.items()):
+            if child.pid is not None:
+                self._recertify(name, child)
 
     def _child_env(self) -> dict[str, str]:
         """What the parent imposes on the child's config (`VSMCP_*` beats its file)."""

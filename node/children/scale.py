@@ -9,9 +9,14 @@ unit or queue for one, and every child already serving it has calls in flight. A
 at least `scale.settle_s` after the last spawn (the child needs time to start and its
 tool to reach the registry), a child is spawned through the node's `ChildManager`,
 with a config serving the same tool (same name and schema: a replica the mesh catalog
-routes to; calls spill to it while the unit is full). A child that had no call in
-flight for `scale.quiet_s` is retired. Every decision is a `scale` event carrying the
-measurement behind it.
+routes to; calls spill to it while the unit is full). The unit's slots are its
+`max_concurrency` (as System 5 tightens it), not its adaptive limit: System 3 lowers
+that limit's bound when the event loop runs late, and a late loop must not read as
+saturation (spawning a child onto the starved CPU). A child that was sent no call for
+`scale.quiet_s` (counted from when the catalog first routes to it) is retired: taken
+out of the spill (its provider is avoided), stopped once its calls in flight are done
+(at most `DRAIN_S`), its config and data dir deleted. Every decision is a `scale`
+event carrying the measurement behind it.
 
 `ScaleDecider` is the decision alone (pure, time passed in); `ToolScaler` measures,
 acts and publishes.
@@ -20,7 +25,6 @@ acts and publishes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
@@ -28,13 +32,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.children.errors import ChildError
 from vsmcp.node.children.manager import ChildManager
+from vsmcp.node.toml_text import toml_value
 from vsmcp.node.tools.config import PluginToolConfig, ScaleConfig
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitState
 from vsmcp.node.vsm.events import EventSink, ScaleDecision
@@ -45,6 +50,9 @@ log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_S: Final = 1.0
 LOOP_NAME: Final = "s3-scale"
 SCALE_CONFIG_DIR: Final = "scale"
+# How long a retired child's calls in flight may take to finish before it is stopped.
+DRAIN_S: Final = 10.0
+DRAIN_POLL_S: Final = 0.1
 _NOT_IN_NAME: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -57,7 +65,9 @@ class ScaleSample:
     running: int  # calls running in the unit
     waiting: int  # calls queued for a slot of the unit
     slots: int  # calls the unit may run at once now (max_concurrency, or lower)
-    busy: Mapping[str, bool]  # each child serving the tool: calls in flight to it now
+    # Each child serving the tool: a call was in flight to it or sent to it since the
+    # last sample; None while the catalog does not route to it yet (not busy, not idle).
+    busy: Mapping[str, bool | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +90,7 @@ class ScaleDecider:
 
     def saturated(self, sample: ScaleSample) -> bool:
         full = sample.waiting > 0 or sample.running >= sample.slots
-        children_full = all(sample.busy.values())
+        children_full = all(busy is True for busy in sample.busy.values())
         return sample.cpu >= self.config.cpu and full and children_full
 
     def observe(self, sample: ScaleSample) -> ScaleAction | None:
@@ -89,7 +99,7 @@ class ScaleDecider:
             if child not in sample.busy:
                 del self._last_busy[child]  # stopped by someone else
         for child, busy in sample.busy.items():
-            if busy or child not in self._last_busy:
+            if busy is not False or child not in self._last_busy:
                 self._last_busy[child] = now
         saturated = self.saturated(sample)
         self._saturated_run = self._saturated_run + 1 if saturated else 0
@@ -141,22 +151,6 @@ class CpuMeter:
         return used / wall if wall > 0 else 0.0
 
 
-def toml_value(value: object) -> str:
-    """A TOML value of JSON-shaped data (None has no TOML form: a table leaves it out)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return json.dumps(value)  # a JSON string is a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = (
-            f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items() if v is not None
-        )
-        return "{" + ", ".join(items) + "}"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
-
-
 def child_config(tool: PluginToolConfig) -> str:
     """A child's config serving `tool` alone (no `scale` of its own: one level)."""
     entry = msgspec.to_builtins(msgspec.structs.replace(tool, scale=None))
@@ -166,12 +160,26 @@ def child_config(tool: PluginToolConfig) -> str:
 
 
 def _slots(unit: Unit) -> int:
-    """Calls the unit may run at once now: its `max_concurrency`, lower while System 5
-    tightens limits or its adaptive limit (`vsm.concurrency`) is below it."""
-    slots = unit.effective_concurrency
-    if unit.gate is not None:
-        slots = min(slots, max(1, math.floor(unit.gate.limiter.limit)))
-    return slots
+    """Calls the unit may run at once: its `max_concurrency`, lower while System 5
+    tightens limits. Not its adaptive limit (see the module's docstring): calls above
+    that are refused at once (they spill), they do not queue."""
+    return unit.effective_concurrency
+
+
+class ScaleRouting(Protocol):
+    """What the scaler needs of the mesh catalog."""
+
+    def activity(self, node_id: str) -> tuple[int, int]:
+        """(calls in flight to the node now, calls sent to it so far)."""
+        ...
+
+    def routable(self, tool: str, node_id: str) -> bool:
+        """Whether the catalog routes `tool` to the node."""
+        ...
+
+    def drain(self, tool: str, node_id: str, for_s: float) -> None:
+        """Send no new call of `tool` to the node for `for_s`."""
+        ...
 
 
 class ToolScaler(LoopService):
@@ -186,7 +194,7 @@ class ToolScaler(LoopService):
         tools: Sequence[PluginToolConfig],
         supervisor: Supervisor,
         children: Callable[[], ChildManager | None],
-        inflight: Callable[[str], int],
+        routing: ScaleRouting,
         events: EventSink,
         data_dir: Path,
         meter: CpuMeter | None = None,
@@ -198,7 +206,8 @@ class ToolScaler(LoopService):
         }
         self._supervisor = supervisor
         self._children = children
-        self._inflight = inflight
+        self._routing = routing
+        self._started: dict[str, int] = {}  # child node id -> calls sent, at the last sample
         self._events = events
         self._config_dir = data_dir / SCALE_CONFIG_DIR
         self._meter = meter or CpuMeter()
@@ -222,6 +231,9 @@ class ToolScaler(LoopService):
             return
         for name in self._tools:
             await self._tick_tool(name, cpu, manager)
+        live = {c.get("node_id") for c in manager.view()}
+        for node_id in [n for n in self._started if n not in live]:
+            del self._started[node_id]  # a child stopped by someone else
 
     async def _tick_tool(self, name: str, cpu: float, manager: ChildManager) -> None:
         unit = self._supervisor.units.get(f"plugin:{name}")
@@ -229,7 +241,7 @@ class ToolScaler(LoopService):
             return
         views = {c["name"]: c for c in manager.view()}
         serving = self.serving[name] = [c for c in self.serving[name] if c in views]
-        busy = {c: self._inflight(views[c].get("node_id") or "") > 0 for c in serving}
+        busy = {c: self._busy(name, views[c].get("node_id") or "") for c in serving}
         sample = ScaleSample(
             time.monotonic(), cpu, unit.running_calls, unit.waiting_calls, _slots(unit), busy
         )
@@ -241,6 +253,17 @@ class ToolScaler(LoopService):
             await self._spawn(name, sample, decision, manager)
         else:
             await self._retire(name, sample, decision, manager)
+
+    def _busy(self, tool: str, node_id: str) -> bool | None:
+        """Whether the child `node_id` serving `tool` had a call since the last sample
+        (calls sent are counted: a child serving short calls is rarely seen with one in
+        flight); None while the catalog does not route to it yet."""
+        if not node_id or not self._routing.routable(tool, node_id):
+            return None
+        inflight, started = self._routing.activity(node_id)
+        before = self._started.get(node_id)
+        self._started[node_id] = started
+        return inflight > 0 or (before is not None and started != before)
 
     async def _spawn(
         self, name: str, sample: ScaleSample, decision: ScaleAction, manager: ChildManager
@@ -262,14 +285,27 @@ class ToolScaler(LoopService):
         self, name: str, sample: ScaleSample, decision: ScaleAction, manager: ChildManager
     ) -> None:
         child = decision.child
-        try:
-            await manager.stop_child(child, caller=f"scale:{name}")
-        except ChildError as e:
-            log.warning("scale: could not retire child %s: %s", child, e)
         if child in self.serving[name]:
             self.serving[name].remove(child)
+        node_id = next((c.get("node_id") for c in manager.view() if c["name"] == child), None)
+        if node_id:
+            await self._drain(name, node_id)
+            self._started.pop(node_id, None)
+        try:
+            await manager.stop_child(child, caller=f"scale:{name}", remove_data=True)
+        except ChildError as e:
+            log.warning("scale: could not retire child %s: %s", child, e)
+        (self._config_dir / f"{child}.toml").unlink(missing_ok=True)
         log.info("scale: retired child %s of tool %s (%s)", child, name, decision.reason)
         self._publish(name, "retire", child, decision.reason, sample, decision.idle_s)
+
+    async def _drain(self, tool: str, node_id: str) -> None:
+        """No new call to the child; wait (at most DRAIN_S) for those in flight."""
+        self._routing.drain(tool, node_id, DRAIN_S)
+        for _ in range(math.ceil(DRAIN_S / DRAIN_POLL_S)):
+            if self._routing.activity(node_id)[0] == 0:
+                return
+            await asyncio.sleep(DRAIN_POLL_S)  # the catalog signals no call's end
 
     def _child_name(self, tool: str) -> str:
         n = self._next[tool]

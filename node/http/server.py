@@ -221,7 +221,10 @@ def build_app(
         return _while_starting(node.policies_view)
 
     async def api_policy_agent_set(_: web.Request) -> web.Response:
-        return _while_starting(node.policy_agent_set)
+        answer = _while_starting(node.policy_agent_set)
+        # Signed, but a snapshot: a cached copy would keep a lifted block enforced.
+        answer.headers["Cache-Control"] = "no-store"
+        return answer
 
     async def api_policy_agent_module(_: web.Request) -> web.Response:
         # application/wasm: what WebAssembly.instantiateStreaming requires.

@@ -2,11 +2,14 @@
 
 `{"set": "<JSON text>", "signature": "<base64 Ed25519 of the text's UTF-8 bytes>",
 "node": "<node id>"}`: the text is what the agent loads as is (`{"format": 1, "node",
-"public_key", "issued_at_ms", "zones", "blocks": [{"key", "policy", "issuer",
+"public_key", "issued_at_ms", "valid_until_ms", "zones", "blocks": [{"key", "policy", "issuer",
 "target_kind", "target", "issued_at_ms", "expires_at_ms"}]}`), the mitigations this node
 enforces (after its own checks: signatures, issuers, quorums, protected targets), so
 whoever holds it decides as the node would. The node's id is its public key, so
 `verify_policy_set` needs nothing but the document (and the node id expected, if any).
+A set is good for `POLICY_SET_VALID_MS` after it was issued (`valid_until_ms`): a block
+lifted since must not stay enforced by whoever keeps an old signed set; the route
+answers `Cache-Control: no-store`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from vsmcp.node.vsm.immune.blocklist import Block
 
 FORMAT: Final = 1
 MAX_SET_BYTES: Final = 4 * 1024 * 1024
+POLICY_SET_VALID_MS: Final = 5 * 60 * 1000
+# A set issued this far in the verifier's future is still taken (clocks differ).
+CLOCK_SKEW_MS: Final = 60 * 1000
 
 
 def policy_set(
@@ -34,6 +40,7 @@ def policy_set(
         "node": node_id_from_public_key(public_key),
         "public_key": public_key.hex(),
         "issued_at_ms": now_ms,
+        "valid_until_ms": now_ms + POLICY_SET_VALID_MS,
         "zones": list(zones),
         "blocks": [
             {
@@ -60,9 +67,12 @@ def sign_policy_set(doc: Mapping[str, Any], sign: Callable[[bytes], bytes]) -> d
     }
 
 
-def verify_policy_set(signed: Mapping[str, Any], node_id: str | None = None) -> dict[str, Any]:
+def verify_policy_set(
+    signed: Mapping[str, Any], node_id: str | None = None, *, now_ms: int | None = None
+) -> dict[str, Any]:
     """The set in `signed` once its signature verifies by the key it names (and that key
-    is `node_id`'s, when given); `BadPolicySet` otherwise."""
+    is `node_id`'s, when given) and, when `now_ms` is given, it is valid then (issued,
+    not past `valid_until_ms`); `BadPolicySet` otherwise."""
     text, signature = signed.get("set"), signed.get("signature")
     if not isinstance(text, str) or not isinstance(signature, str):
         raise BadPolicySet("a signed policy set has 'set' and 'signature' strings")
@@ -84,4 +94,18 @@ def verify_policy_set(signed: Mapping[str, Any], node_id: str | None = None) -> 
         raise BadPolicySet(str(e)) from None
     if signer != doc.get("node") or (node_id is not None and signer != node_id):
         raise BadPolicySet(f"the policy set is signed by {signer}, not by the node expected")
+    if now_ms is not None:
+        _check_valid(doc, now_ms)
     return doc
+
+
+def _check_valid(doc: Mapping[str, Any], now_ms: int) -> None:
+    issued, until = doc.get("issued_at_ms"), doc.get("valid_until_ms")
+    if not isinstance(issued, int) or not isinstance(until, int):
+        raise BadPolicySet("the policy set has no 'issued_at_ms' and 'valid_until_ms'")
+    if until - issued > POLICY_SET_VALID_MS:
+        raise BadPolicySet(f"the policy set claims validity over {POLICY_SET_VALID_MS} ms")
+    if now_ms >= until:
+        raise BadPolicySet(f"the policy set expired at {until} (now {now_ms}): fetch a new one")
+    if issued > now_ms + CLOCK_SKEW_MS:
+        raise BadPolicySet(f"the policy set is issued at {issued}, in the future (now {now_ms})")

@@ -234,6 +234,7 @@ class ProviderHealth:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     latency_s: float = INITIAL_LATENCY_S
     inflight: int = 0
+    started: int = 0  # calls sent to it so far (System 3's scaler reads it between samples)
     avoid_until: dict[str, float] = field(default_factory=dict)  # tool -> time
 
     def score(self, state: str) -> float:
@@ -327,6 +328,7 @@ class ProviderSelector:
     def on_attempt(self, node_id: str, now: float) -> None:
         health = self._health(node_id)
         health.inflight += 1
+        health.started += 1
         health.breaker.on_attempt(now)
 
     def on_done(self, node_id: str) -> None:
@@ -698,6 +700,20 @@ class MeshCatalog(Service):
                 out.append((remote, state))
         return out
 
+    def routes_to(self, name: str, node_id: str) -> bool:
+        """Whether calls of `name` may go to the provider `node_id` (alive, indexed)."""
+        return any(r.tool.provider == node_id for r, _ in self._usable_remote(name))
+
+    def _spill_targets(self, name: str, digest: str) -> list[str]:
+        """Providers of `name`'s variant `digest` a full local unit may spill to: those
+        not refusing it right now (a refusal is not asked again within its backoff)."""
+        now = asyncio.get_running_loop().time()
+        return [
+            remote.tool.provider
+            for remote, _ in self._usable_remote(name, digest)
+            if not self.selector.avoided(name, remote.tool.provider, now)
+        ]
+
     def _running_local(self, name: str) -> tuple[Unit, ToolSpec] | None:
         entry = self._local_units.get(name)
         if entry is None or entry[0].state is not UnitState.RUNNING:
@@ -956,12 +972,28 @@ class MeshCatalog(Service):
             # Failover goes only to replicas of this node's own schema.
             digest = self._local_digest(spec)
             self.local.policy.admit(spec, arguments, ctx)
-            if name in self.spill and not unit.slot_free and self._usable_remote(name):
+            # One attempt is kept for the local unit (MAX_ATTEMPTS in all).
+            spill_attempts = attempts_left(tried) - 1
+            if (
+                name in self.spill
+                and not unit.slot_free
+                and spill_attempts > 0
+                and self._spill_targets(name, digest)
+            ):
                 # A `scale` tool whose unit is full: its replicas (the children System 3
                 # spawned for it) take the call; when they refuse too, it queues here.
                 self._count("spill")
                 try:
-                    return await self._call_remote(name, arguments, ctx, tried, admitted=True)
+                    return await self._call_remote(
+                        name,
+                        arguments,
+                        ctx,
+                        tried,
+                        admitted=True,
+                        digest=digest,
+                        max_attempts=spill_attempts,
+                        skip_avoided=True,
+                    )
                 except (ToolUnavailable, Overloaded):
                     self._count("spill_back")
             tried.append(self._node_id)
@@ -1054,9 +1086,13 @@ class MeshCatalog(Service):
         admitted: bool,
         first_error: ToolError | None = None,
         digest: str | None = None,
+        max_attempts: int | None = None,
+        skip_avoided: bool = False,
     ) -> ToolResult:
         """`digest`: only providers of that variant; None: of the one variant the caller
-        may use (several: `AmbiguousTool`)."""
+        may use (several: `AmbiguousTool`). Nodes in `tried` are not asked again;
+        `max_attempts` caps this call's attempts below what `attempts_left` allows;
+        `skip_avoided`: leave out providers refusing the tool right now."""
         loop = asyncio.get_running_loop()
         entries = self._variant_entries(name, digest)
         usable = self._usable_remote(name, digest)
@@ -1069,7 +1105,12 @@ class MeshCatalog(Service):
             representative = (allowed or usable)[0][0] if (allowed or usable) else entries[0]
             policy.admit(representative.spec, arguments, ctx)
         nodes = [(r.tool.provider, state) for r, state in allowed]
-        order = self.selector.order(name, nodes, loop.time())
+        now = loop.time()
+        order = [
+            node
+            for node in self.selector.order(name, nodes, now)
+            if node not in tried and not (skip_avoided and self.selector.avoided(name, node, now))
+        ]
         # Degraded providers (gray failures) are tried only when every one is degraded.
         gray = self.gray
         order = sorted(order, key=lambda node: gray.is_degraded(node, name))
@@ -1083,7 +1124,10 @@ class MeshCatalog(Service):
         last: ToolError | None = first_error
         failures: dict[str, str] = {}
         # At most MAX_ATTEMPTS in all: a local unit that refused counts as one.
-        for node_id in order[: attempts_left(tried)]:
+        attempts = attempts_left(tried)
+        if max_attempts is not None:
+            attempts = min(attempts, max_attempts)
+        for node_id in order[:attempts]:
             remaining = ctx.remaining_s()
             if remaining is not None and remaining <= 0:
                 raise ToolTimeout(name, budget)

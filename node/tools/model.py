@@ -12,12 +12,13 @@ import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 from vsmcp.node.vsm.priority import DEFAULT_PRIORITY, Priority
 
 if TYPE_CHECKING:
     from vsmcp.node.tools.client_channel import ClientChannel
+    from vsmcp.node.tools.config import ProbeConfig
 
 ProviderKind = Literal["builtin", "plugin", "mounted", "wasm", "child", "remote"]
 
@@ -164,6 +165,15 @@ class ToolCatalog(Protocol):
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
         """Call `callback` whenever the tool list may have changed; returns an unsubscribe."""
         ...
+
+
+@runtime_checkable
+class DeclaresProbe(Protocol):
+    """A provider whose tools carry their own System 3* probe (a WASM module's manifest
+    `[probe]`), beside those of the config."""
+
+    @property
+    def declared_probe(self) -> ProbeConfig | None: ...
 
 
 class Provider(Protocol):

@@ -46,7 +46,7 @@ from vsmcp.node.tools.errors import (
     ToolError,
     ToolQuarantined,
 )
-from vsmcp.node.tools.model import CallContext, ToolResult, text_result
+from vsmcp.node.tools.model import CallContext, DeclaresProbe, ToolResult, text_result
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitState
 from vsmcp.node.vsm.audits_config import AuditsConfig
 from vsmcp.node.vsm.events import AuditFinished, EventSink
@@ -176,8 +176,9 @@ class Auditor(LoopService):
         probes = dict(self._configured)
         units = () if self._supervisor is None else self._supervisor.units.values()
         for unit in units:
-            declared = getattr(unit.provider, "declared_probe", None)
-            if isinstance(declared, ProbeConfig):
+            provider = unit.provider
+            declared = provider.declared_probe if isinstance(provider, DeclaresProbe) else None
+            if declared is not None:
                 for spec in unit.known_tools():
                     probes.setdefault(spec.name, declared)
         return probes

@@ -11,9 +11,11 @@ share of the configured `max_limit`, never below `min_share` of it (nor below
 - **lower** (× `step_down`) once the lag was at or above `lag_high_s` for
   `breach_ticks` ticks in a row while calls were being admitted (a late loop with no
   calls running is the machine's doing, not ours);
-- **raise** (+ `step_up`, up to 1) once the lag was at or below `lag_low_s` for
-  `healthy_ticks` ticks in a row;
-- in between (the dead band) hold.
+- **raise** (+ `step_up`, up to 1) once the lag was at or below `lag_low_s`, or below
+  `lag_high_s` with no call admitted, for `healthy_ticks` ticks in a row (lag in the dead
+  band with no calls of ours is some other process's: it must not hold the bound down
+  once our load is gone);
+- in between (the dead band, while calls are admitted) hold.
 
 Damping (System 2's anti-oscillation): the two thresholds are far apart (hysteresis),
 each change needs a fresh run of ticks (the counters restart after a change, so at most
@@ -85,7 +87,7 @@ class BoundGovernor:
         if lag_s >= s.lag_high_s and busy:
             self._breach += 1
             self._healthy = 0
-        elif lag_s <= s.lag_low_s:
+        elif lag_s <= s.lag_low_s or (not busy and lag_s < s.lag_high_s):
             self._healthy += 1
             self._breach = 0
         else:

@@ -26,8 +26,8 @@ from vsmcp.mesh.identity import load_or_create_key_file
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftovers")]
 
 TOKEN = "child-cert-test-token-0123456789"
-LIFETIME_S = 8
-TIMEOUT_S = 60.0
+LIFETIME_S = 30  # renewal at 15 s: a loaded box has time to renew before it expires
+TIMEOUT_S = 90.0
 TOKENS = f'[[mcp.tokens]]\nname = "client"\ntoken = "{TOKEN}"\nzone = "restricted"\n'
 
 

@@ -80,9 +80,10 @@ def _batch(a: NodeProcess) -> dict[str, Any]:
 
 
 def _signed_set(node: NodeProcess) -> dict[str, Any]:
-    signed = node.get_json("/api/policy-agent/policies")
-    assert signed.pop("_http_status") == 200, signed
-    return verify_policy_set(signed, node.node_id)
+    status, body, headers = node.get("/api/policy-agent/policies")
+    assert status == 200, body
+    assert headers.get("Cache-Control") == "no-store"  # a snapshot: never from a cache
+    return verify_policy_set(json.loads(body), node.node_id, now_ms=int(time.time() * 1000))
 
 
 EXPECTED = [  # (by, reason) of each request of `_batch`

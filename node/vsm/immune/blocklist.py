@@ -46,12 +46,13 @@ class BlockList:
                 del self._by_target[index]
 
     def find(self, target_kind: str, target: str, now_ms: int) -> Block | None:
-        """The live block of this target expiring last, if any."""
+        """The live block of this target expiring last, if any (a tie: the smallest key,
+        as the policy agent decides: node/policyagent/reference.py, native/src/policy.rs)."""
         held = self._by_target.get((target_kind, target))
         if not held:
             return None
         live = [b for b in held.values() if b.expires_at_ms > now_ms]
-        return max(live, key=lambda b: b.expires_at_ms) if live else None
+        return min(live, key=lambda b: (-b.expires_at_ms, b.key)) if live else None
 
     def get(self, key: str) -> Block | None:
         return self._blocks.get(key)

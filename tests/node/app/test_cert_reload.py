@@ -55,6 +55,13 @@ def test_a_renewal_from_the_same_parent_is_taken() -> None:
     assert renewed.key is CHILD and renewed.fingerprint != current.fingerprint
 
 
+def test_an_older_certificate_is_refused_even_if_still_valid() -> None:
+    current = child_identity(NOW + 30)
+    older = delegated(PARENT, certified(PARENT), 3600, now_s=NOW)  # valid, but issued before
+    with pytest.raises(TrustError, match=f"issued at {NOW}, before the running node's"):
+        renewed_identity(current, older, now_s=NOW + 31)
+
+
 def test_a_certificate_the_parent_did_not_issue_is_refused() -> None:
     foreign = delegated(SIBLING, certified(SIBLING))  # verifies up to the same authority
     with pytest.raises(TrustError, match=f"issued by {SIBLING.node_id}, not by this node's parent"):
@@ -115,3 +122,13 @@ def test_the_reloader_takes_a_changed_file_once_and_keeps_the_old_on_refusal(
     assert reloader.check() is True and reloader.check() is False
     assert [t.signed_certificate for t in taken] == [good]
     assert reloader.view() == {"renewed": 1, "refused": 2, "last_error": None}
+    # Renamed over it with the same size and mtime: still seen as a change.
+    again = delegated(PARENT, certified(PARENT, now), 86400 // 2, now_s=now + 1)
+    replacement = tmp_path / "node.cert.new"
+    replacement.write_text(certificate_to_pem(again))
+    before = path.stat()
+    assert replacement.stat().st_size == before.st_size
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(replacement, path)
+    assert reloader.check() is True
+    assert [t.signed_certificate for t in taken] == [good, again]

@@ -51,7 +51,8 @@ def test_while_system_5_tightens_limits_fewer_children_are_allowed() -> None:
     check_spawn(0, limits, running=1, factor=0.5)
     with pytest.raises(
         SpawnRefused,
-        match=r"lowered from 4 while the node is short of capacity \(System 5's or System 3's limits at 50%\)",
+        match=r"lowered from 4 while the node is short of capacity \(System 5's or System 3's"
+        r" limits at 50%\)",
     ):
         check_spawn(0, limits, running=2, factor=0.5)
 

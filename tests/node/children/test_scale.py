@@ -15,11 +15,13 @@ from vsmcp.node.tools.config import PluginToolConfig, ScaleConfig
 CONFIG = ScaleConfig(children="auto", max=2, quiet_s=30.0, cpu=0.8, samples=3, settle_s=10.0)
 
 
-def full(now: float, busy: Mapping[str, bool] | None = None, cpu: float = 0.95) -> ScaleSample:
+def full(
+    now: float, busy: Mapping[str, bool | None] | None = None, cpu: float = 0.95
+) -> ScaleSample:
     return ScaleSample(now, cpu, running=2, waiting=3, slots=2, busy=busy or {})
 
 
-def idle(now: float, busy: Mapping[str, bool] | None = None) -> ScaleSample:
+def idle(now: float, busy: Mapping[str, bool | None] | None = None) -> ScaleSample:
     return ScaleSample(now, 0.05, running=0, waiting=0, slots=2, busy=busy or {})
 
 
@@ -94,6 +96,22 @@ def test_a_call_in_flight_resets_the_quiet_time() -> None:
     assert action is not None and action.action == "retire"
 
 
+def test_the_quiet_time_starts_when_the_child_is_routable() -> None:
+    """A child the catalog does not route to yet (None) is neither idle nor busy."""
+    d = ScaleDecider(CONFIG)
+    assert all(d.observe(idle(t, {"c1": None})) is None for t in range(0, 101, 5))
+    assert d.observe(idle(101, {"c1": False})) is None  # routable since 100
+    assert d.observe(idle(129, {"c1": False})) is None
+    action = d.observe(idle(130, {"c1": False}))
+    assert action is not None and action.action == "retire"
+
+
+def test_a_child_not_routable_yet_does_not_count_as_full() -> None:
+    d = ScaleDecider(CONFIG)
+    assert not d.saturated(full(0, {"c1": None}))
+    assert d.saturated(full(0, {"c1": True}))
+
+
 def test_no_retirement_while_saturated() -> None:
     d = ScaleDecider(CONFIG)
     d.observe(idle(0, {"c1": False}))
@@ -122,7 +140,7 @@ def test_child_config_serves_the_same_tool_without_scale() -> None:
         {
             "name": "burn.cpu",
             "target": "tests.integration.plugin_tools:burn",
-            "description": 'say "hi"\nback',
+            "description": 'say "hi" 🙂 — \u00e9\nback',  # beyond the BMP too
             "input_schema": {"type": "object", "properties": {"n": {"type": "integer"}}},
             "limits": {"max_concurrency": 2},
             "scale": {"children": "auto", "max": 2},

@@ -16,11 +16,17 @@ from tests.node.policyagent.strategies import origins, requests, tools
 from tests.node.vsm.immune.test_service import AUTHORITY, Mesh, _request
 from vsmcp.mesh.identity import NodeKey
 from vsmcp.node.policyagent.errors import BadPolicySet, BadRequest
-from vsmcp.node.policyagent.policy_set import policy_set, sign_policy_set, verify_policy_set
+from vsmcp.node.policyagent.policy_set import (
+    POLICY_SET_VALID_MS,
+    policy_set,
+    sign_policy_set,
+    verify_policy_set,
+)
 from vsmcp.node.policyagent.reference import PolicySet
 from vsmcp.node.tools.errors import PolicyBlocked
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.policy import zone_allows
+from vsmcp.node.vsm.immune.blocklist import Block, BlockList
 
 ZONES = ("public", "ops", "restricted")
 mitigations = st.lists(
@@ -117,3 +123,30 @@ def test_a_bad_request_names_its_index_and_field() -> None:
                 ],
             }
         )
+
+
+def test_a_stale_policy_set_is_refused() -> None:
+    key, signed = _signed()  # issued at 1 ms
+    doc = verify_policy_set(signed, key.node_id, now_ms=2)
+    assert doc["valid_until_ms"] == 1 + POLICY_SET_VALID_MS
+    with pytest.raises(BadPolicySet, match="expired"):
+        verify_policy_set(signed, key.node_id, now_ms=1 + POLICY_SET_VALID_MS)
+    with pytest.raises(BadPolicySet, match="in the future"):
+        verify_policy_set(signed, key.node_id, now_ms=-10 * POLICY_SET_VALID_MS)
+
+
+def test_on_an_expiry_tie_the_node_and_the_agent_name_the_same_policy() -> None:
+    """Two blocks of one target expiring together: both take the smallest key, whatever
+    order the node learnt them in."""
+    blocks = BlockList()
+    for key in ("k2", "k1", "k3"):  # not in key order
+        blocks.put(
+            Block(key, f"policy-{key}", "issuer", "tool", "t", 0, 10_000, body=None)  # type: ignore[arg-type]
+        )
+    found = blocks.find("tool", "t", 5)
+    assert found is not None and found.key == "k1"
+    doc = policy_set(blocks.all(), ZONES, NodeKey.generate().public_key, 5)
+    agent = PolicySet(doc)
+    request = {"caller_zone": "restricted", "origin": "o", "tool": "t", "tool_zone": "public"}
+    decision = agent.decide(request, 5)
+    assert (decision["by"], decision["policy"]) == ("mitigation", found.policy_id)

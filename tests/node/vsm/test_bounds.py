@@ -65,6 +65,26 @@ def test_a_late_loop_without_calls_is_not_our_load() -> None:
     assert governor.share == 1.0
 
 
+def test_idle_ticks_in_the_dead_band_raise_the_bound_again() -> None:
+    """Another process keeps the lag between the thresholds: with no calls of ours the
+    bound still comes back up (it would stay at the floor forever otherwise)."""
+    settings = BoundSettings(breach_ticks=1, healthy_ticks=10)
+    governor = BoundGovernor(settings)
+    for _ in range(10):
+        governor.tick(1.0, busy=True)
+    assert governor.share == settings.min_share
+    in_band = (settings.lag_low_s + settings.lag_high_s) / 2
+    for _ in range(200):
+        governor.tick(in_band, busy=False)
+    assert governor.share == 1.0
+    # While our calls run in the dead band, it holds.
+    governor.tick(1.0, busy=True)
+    lowered = governor.share
+    for _ in range(200):
+        governor.tick(in_band, busy=True)
+    assert governor.share == lowered < 1.0
+
+
 def test_the_bound_never_goes_below_its_floor() -> None:
     settings = BoundSettings(min_share=0.3, breach_ticks=1)
     governor = BoundGovernor(settings)

@@ -21,6 +21,12 @@ class InvalidValue(CrdtError):
     reason = "invalid_value"
 
 
+class MetadataTooLarge(InvalidValue):
+    """A registry entry's tool metadata over its cap (`registry.MAX_TOOL_METADATA_BYTES`)."""
+
+    reason = "metadata_too_large"
+
+
 class MessageTooLarge(CrdtError):
     """A sync message or snapshot exceeds its size cap; it was not decoded."""
 

@@ -10,12 +10,12 @@ a newer one. A tombstone expires no earlier than the announcement it retires. Se
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
 
-from vsmcp.crdt.errors import InvalidValue, NotAuthorized
+from vsmcp.crdt.errors import InvalidValue, MetadataTooLarge, NotAuthorized
 from vsmcp.crdt.replica import Checked, VerifiedDoc, WallClockMs, wall_clock_ms
 from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, Signer
 from vsmcp.crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
@@ -25,6 +25,9 @@ DEFAULT_TOMBSTONE_TTL_MS = 24 * 3600 * 1000
 MAX_TOOL_NAME_CHARS = 256
 MAX_ZONE_CHARS = 64
 MAX_DESCRIPTION_CHARS = 4096
+# A tool's title, annotations, output schema and execution, as canonical JSON: larger
+# ones are refused on receipt (and dropped, counted, by the announcer).
+MAX_TOOL_METADATA_BYTES = 16 * 1024
 
 _Key = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
 _Ms = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
@@ -42,6 +45,10 @@ class Announcement(msgspec.Struct, frozen=True, array_like=True, tag=1):
     version: _Ms
     announced_at_ms: _Ms
     expires_at_ms: _Ms
+    # Appended field (older providers omit it, older decoders ignore it): canonical JSON
+    # of an object with the tool's MCP `title`, `annotations`, `outputSchema`,
+    # `execution`; "" when it has none, and then left out of the encoding (`_canonical`).
+    metadata: str = ""
 
 
 class Retirement(msgspec.Struct, frozen=True, array_like=True, tag=2):
@@ -60,6 +67,16 @@ _decoder: msgspec.msgpack.Decoder[RegistryRecord] = msgspec.msgpack.Decoder(Regi
 _encoder = msgspec.msgpack.Encoder()
 
 
+def _canonical(record: RegistryRecord) -> bytes:
+    """The one encoding of `record` that is signed and accepted."""
+    if isinstance(record, Announcement) and not record.metadata:
+        # As before `metadata` was appended (msgspec encodes a trailing default of an
+        # array-like struct): older nodes take it as canonical, and this node theirs.
+        fields = msgspec.structs.astuple(record)[:-1]
+        return _encoder.encode((Announcement.__struct_config__.tag, *fields))
+    return _encoder.encode(record)
+
+
 @dataclass(frozen=True, slots=True)
 class CapabilityEntry:
     """A verified, live registry entry."""
@@ -72,6 +89,7 @@ class CapabilityEntry:
     version: int
     announced_at_ms: int
     expires_at_ms: int
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +126,7 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
 
     def _check(self, payload: bytes) -> Checked[CapabilityEntry | _Retired]:
         record = _decoder.decode(payload)
-        if _encoder.encode(record) != payload:
+        if _canonical(record) != payload:
             raise InvalidValue("registry payload is not canonical")
         key = entry_key(record.provider, record.name)
         if isinstance(record, Announcement):
@@ -121,6 +139,7 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
                 version=record.version,
                 announced_at_ms=record.announced_at_ms,
                 expires_at_ms=record.expires_at_ms,
+                metadata=_load_metadata(record.metadata),
             )
             rank = (record.version, 0)
             return Checked(key, record.provider, entry, rank, record.expires_at_ms, True)
@@ -136,7 +155,7 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
         return record
 
     def _sign(self, signer: Signer, record: RegistryRecord) -> bytes:
-        payload = _encoder.encode(record)
+        payload = _canonical(record)
         return payload + signer.sign_detached(self.domain + payload)
 
     # ---- public API -----------------------------------------------------------------
@@ -151,12 +170,14 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
         input_schema: Mapping[str, Any] | None = None,
         version: int | None = None,
         ttl_ms: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> CapabilityEntry:
         """Announce (or re-announce) `signer`'s tool `name`; returns the signed entry.
 
         `version` defaults to max(previous + 1, now_ms), monotonic across restarts as
         long as the clock is. Raises StaleRecord if an explicit version does not beat
-        what the replica holds (a newer announcement or a tombstone)."""
+        what the replica holds (a newer announcement or a tombstone). Raises
+        MetadataTooLarge if `metadata` exceeds MAX_TOOL_METADATA_BYTES as JSON."""
         now = self._clock()
         key = entry_key(signer.public_key, name)
         if version is None:
@@ -174,6 +195,7 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
             version=version,
             announced_at_ms=now,
             expires_at_ms=check_int(now + ttl, what="expires_at_ms"),
+            metadata=_dump_metadata(metadata),
         )
         held = self._put(self._sign(signer, record))
         return self._view_of(held.checked.record)
@@ -232,3 +254,24 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
         if self._clock() >= held.checked.expires_at_ms:
             return None
         return self._view_of(held.checked.record)
+
+
+def _dump_metadata(metadata: Mapping[str, Any] | None) -> str:
+    if not metadata:
+        return ""
+    text = dump_json(dict(metadata), what="metadata")
+    _check_metadata_size(text)
+    return text
+
+
+def _load_metadata(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    _check_metadata_size(text)
+    return load_json_object(text, what="metadata")
+
+
+def _check_metadata_size(text: str) -> None:
+    size = len(text.encode())
+    if size > MAX_TOOL_METADATA_BYTES:
+        raise MetadataTooLarge(f"metadata: {size} bytes of JSON, over {MAX_TOOL_METADATA_BYTES}")

@@ -22,11 +22,11 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from vsmcp.crdt.errors import CrdtError
+from vsmcp.crdt.errors import CrdtError, MetadataTooLarge
 from vsmcp.crdt.policies import (
     DEFAULT_MAX_PER_ISSUER,
     AllowedIssuers,
@@ -70,6 +70,8 @@ class RemoteTool:
     description: str
     input_schema: dict[str, Any]
     version: int
+    # MCP `title`, `annotations`, `outputSchema`, `execution` (those it has).
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class ReplicationService(Service):
@@ -113,7 +115,8 @@ class ReplicationService(Service):
         # with the next announcement or received sync.
         self.state.policies.on_update(lambda _update: self._push_now())
         self._synced_peers: set[str] = set()
-        self._announced: dict[str, tuple[str, str, str]] = {}  # name -> (zone, desc, schema)
+        # name -> (zone, description, schema, metadata)
+        self._announced: dict[str, tuple[str, str, str, str]] = {}
         self._announced_at_ms = 0
         self._last_snapshot_id: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -199,18 +202,18 @@ class ReplicationService(Service):
         refresh = now_ms - self._announced_at_ms >= REANNOUNCE_AFTER_MS
         registry = self.state.registry
         for name, spec in current.items():
-            signature = (spec.zone, spec.description, _schema_text(spec))
+            metadata = spec.metadata()
+            schema, metadata_text = _json_text(spec.input_schema), _json_text(metadata)
+            signature = (spec.zone, spec.description, schema, metadata_text)
             if not refresh and self._announced.get(name) == signature:
                 continue
             try:
-                registry.announce(
-                    self._key,
-                    name,
-                    zone=spec.zone,
-                    description=spec.description,
-                    input_schema=dict(spec.input_schema),
-                    ttl_ms=ANNOUNCE_TTL_MS,
-                )
+                try:
+                    self._announce(spec, metadata)
+                except MetadataTooLarge as e:
+                    self.stats["metadata_dropped"] += 1
+                    log.warning("tool %s announced without its metadata: %s", name, e)
+                    self._announce(spec, {})
             except CrdtError as e:
                 self.stats["announce_failed"] += 1
                 log.warning("cannot announce tool %s: %s", name, e)
@@ -224,6 +227,17 @@ class ReplicationService(Service):
         if refresh:
             self._announced_at_ms = now_ms
         self._push_now()
+
+    def _announce(self, spec: ToolSpec, metadata: dict[str, Any]) -> None:
+        self.state.registry.announce(
+            self._key,
+            spec.name,
+            zone=spec.zone,
+            description=spec.description,
+            input_schema=dict(spec.input_schema),
+            ttl_ms=ANNOUNCE_TTL_MS,
+            metadata=metadata,
+        )
 
     # -- sync ----------------------------------------------------------------------------
 
@@ -331,8 +345,9 @@ def _remote_tool(entry: CapabilityEntry) -> RemoteTool:
         description=entry.description,
         input_schema=entry.input_schema,
         version=entry.version,
+        metadata=entry.metadata,
     )
 
 
-def _schema_text(spec: ToolSpec) -> str:
-    return json.dumps(spec.input_schema, sort_keys=True, default=str)
+def _json_text(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

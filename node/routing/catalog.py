@@ -490,7 +490,7 @@ def _remote_spec(tool: RemoteTool) -> ToolSpec:
         input_schema=tool.input_schema,
         zone=tool.zone,
         provider="remote",
-    )
+    ).with_metadata(tool.metadata)
 
 
 CallGate = Callable[[CallContext, str | None, str], None]

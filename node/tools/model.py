@@ -53,6 +53,33 @@ class ToolSpec:
     annotations: Mapping[str, Any] | None = None
     output_schema: Mapping[str, Any] | None = None
     title: str | None = None
+    execution: Mapping[str, Any] | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """The MCP `Tool` fields past name, description and input schema that it has
+        (what the registry carries as an entry's metadata)."""
+        out: dict[str, Any] = {}
+        if self.title:
+            out["title"] = self.title
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.output_schema:
+            out["outputSchema"] = dict(self.output_schema)
+        if self.execution:
+            out["execution"] = dict(self.execution)
+        return out
+
+    def with_metadata(self, metadata: Mapping[str, Any]) -> ToolSpec:
+        """This spec with the fields `metadata()` names, taken from `metadata` (one
+        received from another node: a field of the wrong type is left out)."""
+        title = metadata.get("title")
+        return replace(
+            self,
+            title=title if isinstance(title, str) else None,
+            annotations=_object_or_none(metadata.get("annotations")),
+            output_schema=_object_or_none(metadata.get("outputSchema")),
+            execution=_object_or_none(metadata.get("execution")),
+        )
 
     def to_mcp(self) -> dict[str, Any]:
         """The MCP `Tool` object for `tools/list`."""
@@ -61,14 +88,13 @@ class ToolSpec:
             "description": self.description,
             "inputSchema": dict(self.input_schema),
         }
-        if self.title:
-            out["title"] = self.title
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        if self.output_schema:
-            out["outputSchema"] = dict(self.output_schema)
+        out.update(self.metadata())
         out["_meta"] = {"vsmcp/zone": self.zone, "vsmcp/provider": self.provider}
         return out
+
+
+def _object_or_none(value: object) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) and value else None
 
 
 def new_trace_id() -> str:

@@ -152,6 +152,11 @@ class MountedServer:
             annotations=annotations or None,
             output_schema=dict(tool.output_schema) if tool.output_schema else None,
             title=tool.title,
+            execution=(
+                tool.execution.model_dump(by_alias=True, mode="json", exclude_none=True) or None
+                if tool.execution is not None
+                else None
+            ),
         )
 
     async def _refresh(self, client: Client) -> None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
+import msgspec
 import pytest
 
 from tests.crdt.harness import Clock
-from vsmcp.crdt.errors import StaleRecord
-from vsmcp.crdt.registry import CapabilityRegistry, entry_key
-from vsmcp.crdt.signing import Ed25519Signer
+from vsmcp.crdt.errors import MetadataTooLarge, StaleRecord
+from vsmcp.crdt.registry import (
+    MAX_TOOL_METADATA_BYTES,
+    Announcement,
+    CapabilityRegistry,
+    entry_key,
+)
+from vsmcp.crdt.signing import SIGNATURE_BYTES, Ed25519Signer
 
 OWNER = Ed25519Signer(b"\x0a" * 32)
 
@@ -50,3 +58,102 @@ def test_expired_entries_leave_the_view() -> None:
     registry.announce(OWNER, "echo", zone="public")
     clock.now_ms += 1_000
     assert registry.view() == [] and registry.get(OWNER.public_key, "echo") is None
+
+
+# -- tool metadata: the appended `metadata` field ---------------------------------------------
+
+METADATA = {
+    "title": "Echo",
+    "annotations": {"readOnlyHint": True},
+    "outputSchema": {"type": "object", "properties": {"text": {"type": "string"}}},
+    "execution": {"taskSupport": "optional"},
+}
+
+
+class OldAnnouncement(msgspec.Struct, frozen=True, array_like=True, tag=1):
+    """Announcement before `metadata` was appended."""
+
+    provider: bytes
+    name: str
+    zone: str
+    description: str
+    input_schema: str
+    version: int
+    announced_at_ms: int
+    expires_at_ms: int
+
+
+def _signed(payload: bytes, signer: Ed25519Signer = OWNER) -> bytes:
+    return payload + signer.sign_detached(CapabilityRegistry.domain + payload)
+
+
+def _old_payload(clock: Clock) -> bytes:
+    old = OldAnnouncement(
+        OWNER.public_key, "echo", "public", "says it back", "{}", 1, clock.now_ms, clock.now_ms + 1
+    )
+    return msgspec.msgpack.encode(old)
+
+
+def test_an_older_nodes_announcement_is_accepted_without_metadata() -> None:
+    clock = Clock()
+    payload = _old_payload(clock)
+    registry = CapabilityRegistry(replica_id=b"r", clock=clock)
+    assert registry.offer([(entry_key(OWNER.public_key, "echo"), _signed(payload))]) == 1
+    (entry,) = registry.view()
+    assert (entry.description, entry.metadata) == ("says it back", {})
+    # announced without metadata, this node's record is byte for byte the older one
+    same = CapabilityRegistry(replica_id=b"s", clock=clock)
+    same.announce(OWNER, "echo", zone="public", description="says it back", version=1, ttl_ms=1)
+    held = same.held(entry_key(OWNER.public_key, "echo"))
+    assert held is not None and held.blob[:-SIGNATURE_BYTES] == payload
+
+
+def test_an_older_decoder_reads_an_announcement_with_metadata() -> None:
+    registry = CapabilityRegistry(replica_id=b"r", clock=Clock())
+    entry = registry.announce(OWNER, "echo", zone="public", metadata=METADATA)
+    assert entry.metadata == METADATA
+    held = registry.held(entry_key(OWNER.public_key, "echo"))
+    assert held is not None
+    old = msgspec.msgpack.decode(held.blob[:-SIGNATURE_BYTES], type=OldAnnouncement)
+    assert (old.name, old.zone, old.version) == ("echo", "public", entry.version)
+    other = CapabilityRegistry(replica_id=b"s", clock=Clock())
+    assert other.offer(registry.raw_items()) == 1
+    assert [e.metadata for e in other.view()] == [METADATA]
+
+
+def test_metadata_is_covered_by_the_signature() -> None:
+    registry = CapabilityRegistry(replica_id=b"r", clock=Clock())
+    registry.announce(OWNER, "echo", zone="public", metadata={"title": "Echo"})
+    ((key, blob),) = registry.raw_items()
+    forged = blob.replace(b'"Echo"', b'"Evil"')
+    assert forged != blob
+    other = CapabilityRegistry(replica_id=b"s", clock=Clock())
+    assert other.offer([(key, forged)]) == 0
+    assert other.view() == []
+
+
+def test_oversized_metadata_is_refused_on_announce_and_on_receipt() -> None:
+    clock = Clock()
+    big = {"title": "x" * MAX_TOOL_METADATA_BYTES}
+    registry = CapabilityRegistry(replica_id=b"r", clock=clock)
+    with pytest.raises(MetadataTooLarge):
+        registry.announce(OWNER, "echo", zone="public", metadata=big)
+    assert registry.view() == []
+    fits = {"title": "x" * (MAX_TOOL_METADATA_BYTES - len('{"title":""}'))}
+    assert registry.announce(OWNER, "echo", zone="public", metadata=fits).metadata == fits
+    # a provider that skips the check: its signed entry is refused by every receiver
+    payload = msgspec.msgpack.encode(
+        Announcement(
+            OWNER.public_key,
+            "big",
+            "public",
+            "",
+            "{}",
+            1,
+            clock.now_ms,
+            clock.now_ms + 1000,
+            json.dumps(big, separators=(",", ":")),
+        )
+    )
+    assert registry.offer([(entry_key(OWNER.public_key, "big"), _signed(payload))]) == 0
+    assert [e.name for e in registry.view()] == ["echo"]

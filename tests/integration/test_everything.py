@@ -360,16 +360,6 @@ async def test_resource_updates_reach_a_subscribed_client_through_c(
     assert updated == STATIC_DOC
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "a remote tool is listed without its title, annotations, outputSchema and "
-        "execution: the signed registry entry (crdt/registry.py CapabilityEntry, "
-        "node/replication/service.py RemoteTool) carries only name, zone, description "
-        "and inputSchema"
-    ),
-)
 async def test_tools_through_c_are_listed_as_the_server_defines_them(
     nodes: list[NodeProcess],
 ) -> None:

@@ -324,15 +324,6 @@ def _updates_into(updates: asyncio.Queue[str]) -> Any:
     return on_message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MCPError,
-    reason=(
-        "resources/subscribe is not routed across the mesh: the gateway answers -32601 "
-        "Method not found, and a mounted server's notifications/resources/updated, sent "
-        "outside any call, has no way back to the entry node's session"
-    ),
-)
 async def test_resource_updates_reach_a_subscribed_client_through_c(
     nodes: list[NodeProcess],
 ) -> None:

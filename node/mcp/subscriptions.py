@@ -33,7 +33,8 @@ MAX_SUBSCRIPTIONS_PER_SESSION: Final = 16
 # Updates not yet written to the session's stream: the oldest are dropped beyond this.
 MAX_PENDING_UPDATES: Final = 64
 # A failed subscribe call is tried once more after this; a second failure in a row ends
-# the subscription.
+# the subscription. A call that ended sooner than this (a short call timeout) is made
+# again only this long after it started.
 RETRY_S: Final = 1.0
 
 
@@ -114,6 +115,8 @@ class Subscriptions:
             while True:
                 ctx = self._core.call_context(self._caller, message, None, SUBSCRIBE_METHOD)
                 ctx = replace(ctx, client=self._updates)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
                 try:
                     await self._core.offers.handle(SUBSCRIBE_METHOD, {"uri": uri}, ctx)
                     failed = False
@@ -122,7 +125,7 @@ class Subscriptions:
                         log.warning("subscription to %r ended: %s", uri[:128], exc)
                         return
                     failed = True
-                    await asyncio.sleep(RETRY_S)
+                await asyncio.sleep(max(0.0, started + RETRY_S - loop.time()))
         finally:
             with contextlib.suppress(KeyError):
                 if self.tasks[uri] is asyncio.current_task():

@@ -308,6 +308,10 @@ class GatewayChannel:
                 {"jsonrpc": "2.0", "method": "notifications/message", "params": dict(params)}
             )
 
+    async def notify(self, method: str, params: Mapping[str, Any]) -> None:
+        if not self._closed:
+            await self._notify({"jsonrpc": "2.0", "method": method, "params": dict(params)})
+
     async def request(
         self, method: str, params: Mapping[str, Any], timeout_s: float | None
     ) -> dict[str, Any]:

@@ -75,6 +75,8 @@ from vsmcp.node.mcp.protocol import (
     notification,
     result_message,
 )
+from vsmcp.node.mcp.subscriptions import SUBSCRIPTION_METHODS, SessionUpdates, Subscriptions
+from vsmcp.node.tools.client_channel import UPDATED_METHOD
 from vsmcp.node.tools.config import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_LISTENERS,
@@ -124,6 +126,11 @@ class _Session:
     closed: bool = False
     # Its capabilities and log level (server-to-client requests, logs).
     client: ClientState | None = None
+    # Set with `changed` when the mesh's lists changed (else only updates are new).
+    list_changed: bool = False
+    # Its resource subscriptions and the updates they brought (`node.mcp.subscriptions`).
+    subscriptions: Subscriptions | None = None
+    updates: SessionUpdates | None = None
 
 
 @dataclass(eq=False)
@@ -387,6 +394,7 @@ class McpGateway:
 
     def _tools_changed(self) -> None:
         for session in self.sessions.values():
+            session.list_changed = True
             session.changed.set()
         for listener in self._listeners:
             listener.changed.set()
@@ -415,6 +423,8 @@ class McpGateway:
         session.closed = True
         session.changed.set()
         self.core.client_requests.cancel_owner(session.id)
+        if session.subscriptions is not None:
+            session.subscriptions.close()
         for task in session.inflight.values():
             task.cancel()
 
@@ -548,8 +558,13 @@ class McpGateway:
                     break
                 if session.changed.is_set():
                     session.changed.clear()
-                    for method in LIST_CHANGED:
-                        await stream.write(_sse(notification(method)))
+                    while session.updates is not None and session.updates.pending:
+                        uri = session.updates.pending.popleft()
+                        await stream.write(_sse(notification(UPDATED_METHOD, {"uri": uri})))
+                    if session.list_changed:
+                        session.list_changed = False
+                        for method in LIST_CHANGED:
+                            await stream.write(_sse(notification(method)))
                 else:
                     await stream.write(b": keepalive\n\n")
         except ConnectionError:
@@ -584,6 +599,10 @@ class McpGateway:
             last_seen=time.monotonic(),
             client=ClientState(session_id, declared(message.params.get("capabilities"))),
         )
+        session.updates = SessionUpdates(session.changed.set)
+        session.subscriptions = Subscriptions(self.core, caller, session.updates, session_id[:8])
+        resources = {**result["capabilities"].get("resources", {}), "subscribe": True}
+        result["capabilities"] = {**result["capabilities"], "resources": resources}
         self.sessions[session.id] = session
         self.sessions_of[owner] += 1
         return web.Response(
@@ -647,10 +666,14 @@ class McpGateway:
         reply = _Reply(request, {H_SESSION: session.id}, self.sse_keepalive_s)
         # Without SSE nothing but the answer can reach the client (progress, logs, asks).
         notify = reply.notify if reply.streams else None
-        task = asyncio.create_task(
-            self.core.handle(message, caller, modern=False, notify=notify, client=session.client),
-            name=f"mcp-call:{session.id[:8]}:{message.id}",
-        )
+        call: Coroutine[Any, Any, dict[str, Any]]
+        if message.method in SUBSCRIPTION_METHODS and session.subscriptions is not None:
+            call = session.subscriptions.handle(message)
+        else:
+            call = self.core.handle(
+                message, caller, modern=False, notify=notify, client=session.client
+            )
+        task = asyncio.create_task(call, name=f"mcp-call:{session.id[:8]}:{message.id}")
         session.inflight[message.id] = task
         try:
             answer = await self._run(task, message, reply)

@@ -21,6 +21,7 @@ from vsmcp.node.tools.model import CallContext, ToolCatalog, ToolSpec
 from vsmcp.node.tools.offers import (
     MAX_URI_CHARS,
     OFFER_METHODS,
+    SUBSCRIBE_METHOD,
     Offers,
     UnknownOffer,
     merged,
@@ -34,7 +35,8 @@ LIST_METHODS: Final[Mapping[str, tuple[str, str, str]]] = {
     "resources/templates/list": ("templates", "resourceTemplates", "uriTemplate"),
     "prompts/list": ("prompts", "prompts", "name"),
 }
-OFFERS_METHODS: Final = frozenset((*LIST_METHODS, *OFFER_METHODS))
+# Answered by `OffersGateway.handle`; `resources/subscribe` is kept by a session (http).
+OFFERS_METHODS: Final = frozenset((*LIST_METHODS, *OFFER_METHODS)) - {SUBSCRIBE_METHOD}
 LIST_CHANGED: Final = (
     "notifications/tools/list_changed",
     "notifications/resources/list_changed",
@@ -128,11 +130,17 @@ class OffersGateway:
         tool = tools[-1] if ctx.pinned_node is not None else tools[0]
         return result_of(tool, await self.catalog.call_tool(tool, arguments, ctx))
 
+    def check_subscribable(self, params: Mapping[str, Any], ctx: CallContext) -> str:
+        """The URI a `resources/subscribe` names, if some provider the caller may use
+        offers it (else `UnknownOffer`, or `InvalidArguments` without a URI)."""
+        self._route(SUBSCRIBE_METHOD, params, ctx)
+        return str(params["uri"])
+
     def _route(
         self, method: str, params: Mapping[str, Any], ctx: CallContext
     ) -> tuple[list[str], dict[str, Any]]:
         forwarded = {k: v for k, v in params.items() if k != "_meta"}
-        if method == "resources/read":
+        if method in ("resources/read", SUBSCRIBE_METHOD):
             uri = _string(params, "uri", method)
             picks: tuple[Pick, ...] = (
                 lambda o: o.has_resource(uri),

@@ -46,6 +46,7 @@ from vsmcp.node.routing.wire import (
 from vsmcp.node.tools.client_channel import (
     INTERNAL_ERROR,
     REQUEST_CAPABILITY,
+    UPDATED_METHOD,
     ClientChannel,
     ClientRequestFailed,
     check_answer,
@@ -54,6 +55,8 @@ from vsmcp.node.tools.client_channel import (
 )
 
 LOG_METHOD: Final = "notifications/message"
+# What a provider sends the client without waiting for an answer (bounded like logs).
+NOTIFICATIONS: Final = (LOG_METHOD, UPDATED_METHOD)
 # A log message waits at most this long for the entry node's ack (it is not worth more).
 LOG_TIMEOUT_S: Final = 5.0
 # A client that never answers is given up on this long (at least; a fifth of the time
@@ -70,6 +73,7 @@ MAX_LOGS_PER_CALL: Final = 16
 RELAY_OUTCOMES: Final = (
     "answered",
     "logs",
+    "updates",
     "malformed",
     "unknown_call",
     "no_client",
@@ -157,10 +161,13 @@ class MeshClientChannel:
         level = params.get("level")
         if not isinstance(level, str) or not self.wants_log(level):
             return
+        await self.notify(LOG_METHOD, params)
+
+    async def notify(self, method: str, params: Mapping[str, Any]) -> None:
         timeout = min(LOG_TIMEOUT_S, self._remaining() or LOG_TIMEOUT_S)
-        # A lost log line does not fail the call (it is counted where it was lost).
+        # A lost notification does not fail the call (it is counted where it was lost).
         with contextlib.suppress(ClientRequestFailed):
-            await self._ask(LOG_METHOD, params, timeout)
+            await self._ask(method, params, timeout)
 
     async def request(
         self, method: str, params: Mapping[str, Any], timeout_s: float | None
@@ -249,7 +256,7 @@ class ClientRelay:
         if call.client is None:
             self.counts["no_client"] += 1
             return _refusal(ask.method, "the call's client cannot be reached", "no_client")
-        if ask.method == LOG_METHOD:
+        if ask.method in NOTIFICATIONS:
             if call.logs >= MAX_LOGS_PER_CALL:
                 self.counts["busy"] += 1
                 return _refusal(ask.method, "too many log lines of this call at once", "busy")
@@ -262,7 +269,7 @@ class ClientRelay:
             self._relay(ask, call.client, call.deadline), name=f"client-relay-{ask.call_id}"
         )
         call.asks.add(task)
-        logging = ask.method == LOG_METHOD
+        logging = ask.method in NOTIFICATIONS
         call.logs += logging
         try:
             return await task
@@ -285,6 +292,10 @@ class ClientRelay:
             if ask.method == LOG_METHOD:
                 await client.log(ask.params)
                 self.counts["logs"] += 1
+                return MsgType.RESULT, _encoder.encode({})
+            if ask.method == UPDATED_METHOD:
+                await client.notify(ask.method, ask.params)
+                self.counts["updates"] += 1
                 return MsgType.RESULT, _encoder.encode({})
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:

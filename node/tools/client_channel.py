@@ -36,6 +36,9 @@ REQUEST_CAPABILITY: Final[Mapping[str, str]] = {
     "roots/list": "roots",
 }
 CLIENT_METHODS: Final = tuple(REQUEST_CAPABILITY)
+# The notification a provider sends, during a `resources/subscribe` offers call, for each
+# update of the subscribed resource (`ClientChannel.notify`).
+UPDATED_METHOD: Final = "notifications/resources/updated"
 # A 2026-07-28 request's `_meta` key for the log level its client wants.
 META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
 # JSON-RPC codes the client side of a request is answered with (the provider's SDK
@@ -129,6 +132,10 @@ class ClientChannel(Protocol):
 
     async def log(self, params: Mapping[str, Any]) -> None:
         """Pass a `notifications/message` (its params) on, if its level is wanted."""
+        ...
+
+    async def notify(self, method: str, params: Mapping[str, Any]) -> None:
+        """Pass a notification other than a log line on (`UPDATED_METHOD`); best effort."""
         ...
 
     async def request(

@@ -21,6 +21,7 @@ message says what went wrong.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -42,9 +43,20 @@ log = logging.getLogger(__name__)
 _CALL: ContextVar[CallContext | None] = ContextVar("vsmcp_mount_call", default=None)
 
 
+# Updates of one subscribed URI waiting to be passed on, per subscribing call: more are
+# dropped (an update says only "read it again").
+MAX_QUEUED_UPDATES: Final = 8
+
 # What `MountClient.counts` counts (vsmcp_mount_client_total), besides the causes of a
 # refused request (`ClientRequestFailed.cause`).
-MOUNT_CLIENT_OUTCOMES: Final = ("logs", "logs_dropped", "refused", "answered", "malformed_answer")
+MOUNT_CLIENT_OUTCOMES: Final = (
+    "logs",
+    "logs_dropped",
+    "refused",
+    "answered",
+    "malformed_answer",
+    "updates",
+)
 
 
 class MountClient:
@@ -55,7 +67,29 @@ class MountClient:
         self._fallback = only_call_fallback
         self._calls: dict[int, CallContext] = {}
         self._keys = itertools.count()
+        # Subscribing calls in flight: URI -> the queues of their updates.
+        self._watchers: dict[str, set[asyncio.Queue[str]]] = {}
         self.counts: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def watching(self, uri: str) -> Iterator[tuple[asyncio.Queue[str], bool]]:
+        """A queue of the server's updates of `uri` for one subscribing call, and whether
+        it is the URI's first (then the caller subscribes on the server; the last one
+        to leave, `watched` false, unsubscribes)."""
+        queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUED_UPDATES)
+        watchers = self._watchers.setdefault(uri, set())
+        first = not watchers
+        watchers.add(queue)
+        try:
+            yield queue, first
+        finally:
+            watchers.discard(queue)
+            if not watchers:
+                del self._watchers[uri]
+
+    def watchers(self, uri: str) -> int:
+        """How many calls watch `uri` now."""
+        return len(self._watchers.get(uri, ()))
 
     @contextlib.contextmanager
     def calling(self, ctx: CallContext) -> Iterator[None]:
@@ -76,7 +110,17 @@ class MountClient:
             "elicitation_callback": self._elicitation,
             "list_roots_callback": self._roots,
             "logging_callback": self._log,
+            "message_handler": self._message,
         }
+
+    async def _message(self, message: Any) -> None:
+        """The server's notifications: a resource update goes to the calls watching it."""
+        import mcp_types as types
+
+        if isinstance(message, types.ResourceUpdatedNotification):
+            for queue in self._watchers.get(str(message.params.uri), ()):
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(str(message.params.uri))
 
     def _call(self) -> CallContext | None:
         ctx = _CALL.get()

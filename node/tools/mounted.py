@@ -39,9 +39,15 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 
-from vsmcp.node.tools.client_channel import META_LOG_LEVEL
+from vsmcp.node.tools.client_channel import META_LOG_LEVEL, UPDATED_METHOD
 from vsmcp.node.tools.config import DEFAULT_MAX_RESULT_BYTES, MountConfig
-from vsmcp.node.tools.errors import ProviderError, ResultTooLarge, UnitFault, UnknownTool
+from vsmcp.node.tools.errors import (
+    InvalidArguments,
+    ProviderError,
+    ResultTooLarge,
+    UnitFault,
+    UnknownTool,
+)
 from vsmcp.node.tools.model import (
     META_CAUSALITY,
     META_ORIGIN,
@@ -53,6 +59,7 @@ from vsmcp.node.tools.model import (
 from vsmcp.node.tools.mount_client import MountClient
 from vsmcp.node.tools.mounted_offers import list_offers, run_offer
 from vsmcp.node.tools.offers import (
+    SUBSCRIBE_METHOD,
     contents_chars,
     offer_request,
     offer_result,
@@ -393,6 +400,8 @@ class MountedServer:
 
         method, params = offer_request(arguments)
         client = await self._connection()
+        if method == SUBSCRIBE_METHOD:
+            return await self._subscribed(tool, params, ctx, client)
         try:
             with self.client_side.calling(ctx):  # its sampling, logs... reach the caller
                 result = await run_offer(client, method, params)
@@ -409,6 +418,42 @@ class MountedServer:
         if size > self._max_result_bytes:
             raise ResultTooLarge(tool, size, self._max_result_bytes)
         return offer_result(result)
+
+    async def _subscribed(
+        self, tool: str, params: Mapping[str, Any], ctx: CallContext, client: Client
+    ) -> ToolResult:
+        """Keep the server subscribed to a URI until the call's deadline (less a margin,
+        so that the call still answers in time), passing each update to the caller; the
+        last subscribing call to end unsubscribes."""
+        from mcp.shared.exceptions import MCPError
+
+        uri = params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise InvalidArguments(tool, "'uri' must be a non-empty string", "params")
+        channel = ctx.client
+        if channel is None:
+            raise ProviderError(tool, f"{SUBSCRIBE_METHOD}: the caller cannot be reached")
+        remaining = ctx.remaining_s()
+        until = None if remaining is None else remaining - max(1.0, 0.1 * remaining)
+        with self.client_side.watching(uri) as (updates, first):
+            try:
+                if first:
+                    await client.subscribe_resource(uri)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(until):
+                        while True:
+                            updated = await updates.get()
+                            await channel.notify(UPDATED_METHOD, {"uri": updated})
+                            self.client_side.counts["updates"] += 1
+            except MCPError as exc:
+                raise ProviderError(tool, f"{SUBSCRIBE_METHOD}: {exc.error.message}") from exc
+            except _DEAD_CONNECTION as exc:
+                raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
+            finally:
+                if self.client_side.watchers(uri) == 1:
+                    with contextlib.suppress(MCPError, *_DEAD_CONNECTION):
+                        await client.unsubscribe_resource(uri)
+        return offer_result({})
 
     async def _older_shape(
         self, tool: str, remote: str, client: Client, exc: ValidationError

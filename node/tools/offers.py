@@ -27,7 +27,11 @@ from vsmcp.node.tools.model import ToolResult, ToolSpec
 OFFERS_TOOL_PREFIX: Final = "vsm.mcp."
 OFFERS_KEY: Final = "x-vsmcp-offers"
 # The requests an offers tool runs (the lists are announced, not called).
-OFFER_METHODS: Final = ("resources/read", "prompts/get", "completion/complete")
+# `resources/subscribe` runs until the call's deadline (less a margin), passing each
+# `notifications/resources/updated` of the URI to the caller (`ClientChannel.notify`);
+# the entry node calls it again while its client stays subscribed.
+SUBSCRIBE_METHOD: Final = "resources/subscribe"
+OFFER_METHODS: Final = ("resources/read", "prompts/get", "completion/complete", SUBSCRIBE_METHOD)
 # Per unit and kind: more are cut (a server with thousands should use templates).
 MAX_OFFERS_PER_KIND: Final = 256
 MAX_URI_CHARS: Final = 2048

@@ -235,7 +235,7 @@ async def _tools_listed(mesh: Client) -> list[types.Tool]:
 
 
 def _tool_view(tool: types.Tool, prefix: str) -> dict[str, Any]:
-    """What the mesh's registry carries of a tool (the rest: the strict xfail below)."""
+    """A tool's name, description and input schema (its other fields: compared apart)."""
     return {
         "name": tool.name.removeprefix(prefix),
         "description": tool.description,
@@ -324,15 +324,6 @@ def _updates_into(updates: asyncio.Queue[str]) -> Any:
     return on_message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MCPError,
-    reason=(
-        "resources/subscribe is not routed across the mesh: the gateway answers -32601 "
-        "Method not found, and a mounted server's notifications/resources/updated, sent "
-        "outside any call, has no way back to the entry node's session"
-    ),
-)
 async def test_resource_updates_reach_a_subscribed_client_through_c(
     nodes: list[NodeProcess],
 ) -> None:
@@ -344,7 +335,7 @@ async def test_resource_updates_reach_a_subscribed_client_through_c(
     ) as server:
         try:
             assert await _first_update(server, "", own_updates) == STATIC_DOC
-        except MCPError as exc:  # not the gap this test marks: fail, do not xfail
+        except MCPError as exc:  # the reference itself, not the mesh
             pytest.fail(f"the server itself refused a subscription: {exc}")
     updates: asyncio.Queue[str] = asyncio.Queue(maxsize=16)
     async with sdk_client(c.url + "/mcp", "legacy", message_handler=_updates_into(updates)) as mesh:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import pytest
@@ -26,6 +26,7 @@ from vsmcp.node.mcp.protocol import (
     encode,
 )
 from vsmcp.node.tools.config import MountConfig, ToolsConfig
+from vsmcp.node.tools.node_offers import STATUS_URI
 from vsmcp.node.tools.registry import build_local_catalog
 
 MODERN = "2026-07-28"
@@ -47,6 +48,16 @@ def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
 
 
 ACCEPT_BOTH = "application/json, text/event-stream"
+LEGACY_INIT: Final = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
 
 
 async def post(
@@ -332,19 +343,9 @@ async def test_sessions_are_bounded_and_checked() -> None:
     async with build_local_catalog(ToolsConfig(entry_points=False)) as catalog:
         srv, runner = await serve(catalog, max_sessions=2)
         try:
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
             ids = []
             for _ in range(3):
-                status, headers, body = await post(srv.url, init)
+                status, headers, body = await post(srv.url, LEGACY_INIT)
                 assert status == 200
                 assert body["result"]["protocolVersion"] == "2025-11-25"
                 ids.append(headers["Mcp-Session-Id"])
@@ -378,5 +379,36 @@ async def test_mounted_tool_through_the_gateway() -> None:
                     result = await client.call_tool("time.get_current_time", {"timezone": "UTC"})
                     assert result.is_error is False
                     assert "UTC" in result.content[0].text  # type: ignore[union-attr]
+        finally:
+            await runner.cleanup()
+
+
+async def test_resource_subscriptions_are_checked_and_end_with_unsubscribe() -> None:
+    async with build_local_catalog(
+        ToolsConfig(entry_points=False), status=lambda: {"node": "n1"}
+    ) as catalog:
+        srv, runner = await serve(catalog)
+        try:
+            status, headers, body = await post(srv.url, LEGACY_INIT)
+            assert body["result"]["capabilities"]["resources"]["subscribe"] is True
+            session = {"Mcp-Session-Id": headers["Mcp-Session-Id"]}
+
+            def ask(method: str, uri: str) -> dict[str, Any]:
+                return {"jsonrpc": "2.0", "id": 2, "method": method, "params": {"uri": uri}}
+
+            status, _, body = await post(srv.url, ask("resources/subscribe", "nope://x"), session)
+            assert body["error"]["code"] == INVALID_PARAMS
+            assert "Unknown resource" in body["error"]["message"]
+            status, _, body = await post(srv.url, ask("resources/subscribe", STATUS_URI), session)
+            assert (status, body["result"]) == (200, {})
+            status, _, body = await post(srv.url, ask("resources/unsubscribe", STATUS_URI), session)
+            assert (status, body["result"]) == (200, {})
+            (state,) = srv.gateway.sessions.values()
+            assert state.subscriptions is not None and not state.subscriptions.tasks
+            # Stateless (2026-07-28) requests have no session to keep a subscription in.
+            modern = {**ask("resources/subscribe", STATUS_URI), "params": {"uri": STATUS_URI}}
+            modern["params"]["_meta"] = META
+            status, _, body = await post(srv.url, modern, modern_headers("resources/subscribe"))
+            assert body["error"]["code"] == METHOD_NOT_FOUND
         finally:
             await runner.cleanup()

@@ -1,0 +1,132 @@
+"""Resource subscriptions of a 2025-11-25 session, kept across the mesh.
+
+`resources/subscribe` from a session starts one task per URI (at most
+`MAX_SUBSCRIPTIONS_PER_SESSION`) that keeps a call of the provider's offers tool
+(`vsm.mcp.<unit>`, method `resources/subscribe`) running: the provider subscribes on
+its server and passes each `notifications/resources/updated` back over the call's way to
+its client (`ClientChannel.notify`, across the mesh as a CLIENT_REQUEST), until the
+call's deadline; then the task calls again. The updates land in the session's
+`SessionUpdates` and go out on its GET stream (`node.mcp.http`).
+`resources/unsubscribe`, or the session's end, cancels the task and so the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any, Final
+
+from vsmcp.node.mcp.protocol import INVALID_PARAMS, Caller, McpCore, McpError, Message
+from vsmcp.node.tools.client_channel import UPDATED_METHOD, no_capability
+from vsmcp.node.tools.errors import ToolError
+from vsmcp.node.tools.offers import MAX_URI_CHARS, SUBSCRIBE_METHOD
+
+log = logging.getLogger(__name__)
+
+UNSUBSCRIBE_METHOD: Final = "resources/unsubscribe"
+SUBSCRIPTION_METHODS: Final = frozenset((SUBSCRIBE_METHOD, UNSUBSCRIBE_METHOD))
+MAX_SUBSCRIPTIONS_PER_SESSION: Final = 16
+# Updates not yet written to the session's stream: the oldest are dropped beyond this.
+MAX_PENDING_UPDATES: Final = 64
+# A failed subscribe call is tried once more after this; a second failure in a row ends
+# the subscription. A call that ended sooner than this (a short call timeout) is made
+# again only this long after it started.
+RETRY_S: Final = 1.0
+
+
+class SessionUpdates:
+    """The `ClientChannel` of a session's subscribe calls: it takes resource updates
+    only (no logs, no requests) and keeps them for the session's GET stream."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.pending: deque[str] = deque(maxlen=MAX_PENDING_UPDATES)
+        self._wake = wake
+
+    @property
+    def log_level(self) -> str | None:
+        return None
+
+    def wants_log(self, level: str) -> bool:
+        return False
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset()
+
+    async def log(self, params: Mapping[str, Any]) -> None:
+        return None
+
+    async def notify(self, method: str, params: Mapping[str, Any]) -> None:
+        uri = params.get("uri")
+        if method == UPDATED_METHOD and isinstance(uri, str) and len(uri) <= MAX_URI_CHARS:
+            self.pending.append(uri)
+            self._wake()
+
+    async def request(
+        self, method: str, params: Mapping[str, Any], timeout_s: float | None
+    ) -> dict[str, Any]:
+        raise no_capability(method)
+
+
+class Subscriptions:
+    """One session's subscriptions: URI -> the task keeping its subscribe call running."""
+
+    def __init__(self, core: McpCore, caller: Caller, updates: SessionUpdates, name: str) -> None:
+        self._core = core
+        self._caller = caller
+        self._updates = updates
+        self._name = name
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def handle(self, message: Message) -> dict[str, Any]:
+        """Answer `resources/subscribe` or `resources/unsubscribe`."""
+        if message.method == UNSUBSCRIBE_METHOD:
+            task = self.tasks.pop(str(message.params.get("uri")), None)
+            if task is not None:
+                task.cancel()
+            return {}
+        ctx = self._core.call_context(self._caller, message, None, SUBSCRIBE_METHOD)
+        uri = self._core.offers.check_subscribable(message.params, ctx)
+        if uri not in self.tasks:
+            if len(self.tasks) >= MAX_SUBSCRIPTIONS_PER_SESSION:
+                raise McpError(
+                    INVALID_PARAMS,
+                    f"Too many subscriptions: a session holds at most "
+                    f"{MAX_SUBSCRIPTIONS_PER_SESSION}",
+                    {"limit": MAX_SUBSCRIPTIONS_PER_SESSION},
+                )
+            self.tasks[uri] = asyncio.create_task(
+                self._keep(uri, message), name=f"mcp-subscription:{self._name}:{uri[:64]}"
+            )
+        return {}
+
+    def close(self) -> None:
+        """The session ended: so do its subscriptions."""
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+
+    async def _keep(self, uri: str, message: Message) -> None:
+        failed = False
+        try:
+            while True:
+                ctx = self._core.call_context(self._caller, message, None, SUBSCRIBE_METHOD)
+                ctx = replace(ctx, client=self._updates)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                try:
+                    await self._core.offers.handle(SUBSCRIBE_METHOD, {"uri": uri}, ctx)
+                    failed = False
+                except ToolError as exc:
+                    if failed:
+                        log.warning("subscription to %r ended: %s", uri[:128], exc)
+                        return
+                    failed = True
+                await asyncio.sleep(max(0.0, started + RETRY_S - loop.time()))
+        finally:
+            with contextlib.suppress(KeyError):
+                if self.tasks[uri] is asyncio.current_task():
+                    del self.tasks[uri]

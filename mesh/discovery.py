@@ -16,20 +16,10 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Annotated, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import msgspec
 
-from vsmcp.mesh._discovery_mdns import (
-    MAX_TXT_BYTES,
-    MAX_TXT_VALUE_BYTES,
-    SERVICE_TYPE,
-    IpVersion,
-    MdnsDiscovery,
-    MdnsError,
-    candidate_from_service_info,
-    instance_label,
-)
 from vsmcp.mesh._discovery_model import (
     MAX_FINGERPRINT_HEX_CHARS,
     MAX_HOSTNAME_CHARS,
@@ -41,6 +31,33 @@ from vsmcp.mesh._discovery_model import (
     format_address,
     validate_host,
 )
+
+if TYPE_CHECKING:
+    from vsmcp.mesh._discovery_mdns import (
+        MAX_TXT_BYTES,
+        MAX_TXT_VALUE_BYTES,
+        SERVICE_TYPE,
+        IpVersion,
+        MdnsDiscovery,
+        MdnsError,
+        candidate_from_service_info,
+        instance_label,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """The mDNS names (`_discovery_mdns.__all__`), imported at the first use of one.
+
+    They load python-zeroconf (≈3.4 MiB resident): a node started without mDNS
+    (`--no-mdns`, as most tests and benchmarks) never imports it.
+    """
+    if not name.startswith("_"):
+        from vsmcp.mesh import _discovery_mdns
+
+        if name in _discovery_mdns.__all__:
+            return getattr(_discovery_mdns, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MAX_CANDIDATES",

@@ -38,7 +38,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
@@ -51,7 +51,7 @@ from vsmcp.mesh.certs import (
     peek_certificate,
     verify_certificate,
 )
-from vsmcp.mesh.discovery import Candidate, Discovery, MdnsDiscovery, SeedDiscovery
+from vsmcp.mesh.discovery import Candidate, Discovery, SeedDiscovery
 from vsmcp.mesh.envelope import Context, Envelope, MsgType, Opener, Sealer, wall_clock_ms
 from vsmcp.mesh.errors import CertificateError, EnvelopeError, MeshError
 from vsmcp.mesh.identity import (
@@ -89,6 +89,9 @@ from vsmcp.mesh.whois import WhoisError, WhoisResponder, whois
 from vsmcp.node.errors import NodeError
 from vsmcp.node.routing.calls import ITEM_OVERHEAD_BYTES, MeshCalls, ReplyItem
 from vsmcp.node.vsm.events import EnvelopeRejected, EventSink
+
+if TYPE_CHECKING:
+    from vsmcp.mesh.discovery import MdnsDiscovery
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +422,8 @@ class MeshService(Service):
         probe; `mdns_state` (and the vsmcp_mdns_state metric) tells how registration went.
         """
         assert self._meta is not None and self._discovery is not None
+        from vsmcp.mesh.discovery import MdnsDiscovery  # zeroconf: only with mDNS on
+
         interfaces = ["127.0.0.1"] if is_loopback_host(self._host) else None
         mdns = MdnsDiscovery(
             node_id=self.node_id,

@@ -1,7 +1,8 @@
 """An idle node (`vsmcpd --dev`, no mounts, no WASM tools) does not import what only a
 mount, a tool call or a WASM tool needs: the MCP client SDK, pydantic, httpx2,
 jsonschema, wasmtime (together ≈40 MiB of resident memory; docs/benchmarks.md), nor
-our WASM runtime (`vsmcp.edge`), nor the API's OpenAPI document."""
+our WASM runtime (`vsmcp.edge`), nor the API's OpenAPI document; and a node started
+without mDNS does not import python-zeroconf (≈3.4 MiB)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ LAZY_PACKAGES = (
 class _ModuleListingNode(NodeProcess):
     """A real `vsmcpd` that writes its imported modules to `out` when it exits."""
 
-    def __init__(self, data_dir: Path, out: Path) -> None:
-        super().__init__(data_dir, env={"VSMCP_MODULES_OUT": str(out)})
+    def __init__(self, data_dir: Path, out: Path, *args: str) -> None:
+        super().__init__(data_dir, *args, env={"VSMCP_MODULES_OUT": str(out)})
 
     def command(self) -> list[str]:
         cmd = super().command()
@@ -56,15 +57,27 @@ class _ModuleListingNode(NodeProcess):
         return [sys.executable, str(WRAPPER), *cmd[3:]]
 
 
+def _modules_of_idle_node(tmp_path: Path, *args: str) -> set[str]:
+    out = tmp_path / "modules.json"
+    node = _ModuleListingNode(tmp_path / "node", out, *args).start()
+    assert node.get_json("/api/status")["node_id"]
+    node.stop()
+    return set(json.loads(out.read_text()))
+
+
 def test_an_idle_node_has_not_imported_the_mcp_client_schema_validation_or_wasmtime(
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "modules.json"
-    node = _ModuleListingNode(tmp_path / "node", out).start()
-    assert node.get_json("/api/status")["node_id"]
-    node.stop()
-    modules = json.loads(out.read_text())
+    modules = _modules_of_idle_node(tmp_path)
     assert "vsmcp.node.tools.mounted" in modules  # the lazy modules' importers did load
     imported = sorted({m.split(".")[0] for m in modules} & set(LAZY_PACKAGES))
     assert imported == []
     assert sorted(set(LAZY_MODULES) & set(modules)) == []
+
+
+@pytest.mark.parametrize("mdns", [True, False], ids=["mdns-on", "no-mdns"])
+def test_zeroconf_is_imported_only_by_a_node_with_mdns_on(tmp_path: Path, mdns: bool) -> None:
+    modules = _modules_of_idle_node(tmp_path, *([] if mdns else ["--no-mdns"]))
+    assert "vsmcp.mesh.discovery" in modules
+    mdns_modules = {"zeroconf", "ifaddr", "vsmcp.mesh._discovery_mdns"} & modules
+    assert mdns_modules == ({"zeroconf", "ifaddr", "vsmcp.mesh._discovery_mdns"} if mdns else set())

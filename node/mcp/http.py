@@ -5,7 +5,8 @@
   headers matching the body, and `params._meta` with the protocol version and client
   capabilities. `server/discover` answers the versions and capabilities. Closing the
   response stream cancels the call. `subscriptions/listen` opens an SSE stream that
-  carries `notifications/tools/list_changed`.
+  carries the list-changed notifications it asks for and `notifications/resources/updated`
+  of its `resourceSubscriptions` (held as a session's are, `node.mcp.subscriptions`).
 - **2025-11-25** (SDK `mode="legacy"`): `initialize` creates a session
   (`Mcp-Session-Id`); later requests name it. `notifications/cancelled` cancels a
   running call; GET opens the session's SSE stream (list-changed notifications);
@@ -137,6 +138,11 @@ class _Session:
 class _Listener:
     owner: str
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set with `changed` when the mesh's lists changed (else only updates are new).
+    list_changed: bool = False
+    # A listen stream's resource subscriptions (`resourceSubscriptions`) and their updates.
+    subscriptions: Subscriptions | None = None
+    updates: SessionUpdates | None = None
 
 
 @functools.lru_cache(maxsize=1024)  # peer addresses repeat; parsing one costs ≈5 µs
@@ -397,6 +403,7 @@ class McpGateway:
             session.list_changed = True
             session.changed.set()
         for listener in self._listeners:
+            listener.list_changed = True
             listener.changed.set()
 
     async def close(self) -> None:
@@ -601,8 +608,7 @@ class McpGateway:
         )
         session.updates = SessionUpdates(session.changed.set)
         session.subscriptions = Subscriptions(self.core, caller, session.updates, session_id[:8])
-        resources = {**result["capabilities"].get("resources", {}), "subscribe": True}
-        result["capabilities"] = {**result["capabilities"], "resources": resources}
+        _declare_subscribe(result)
         self.sessions[session.id] = session
         self.sessions_of[owner] += 1
         return web.Response(
@@ -743,8 +749,9 @@ class McpGateway:
             return web.Response(status=202)  # cancellation is closing the stream at 2026-07-28
         self._check_envelope(request, message, version)
         if message.method == "server/discover":
+            discovered = _declare_subscribe(self.core.discover_result())
             return web.Response(
-                body=encode(result_message(message.id, self.core.discover_result())),
+                body=encode(result_message(message.id, discovered)),
                 content_type="application/json",
             )
         if message.method == "initialize":
@@ -752,7 +759,7 @@ class McpGateway:
                 INVALID_REQUEST, f"initialize is not used at {version}; use server/discover"
             )
         if message.method == "subscriptions/listen":
-            return await self._listen(request, message, _owner(request, caller))
+            return await self._listen(request, message, caller)
         reply = _Reply(request, {}, self.sse_keepalive_s)
         client = modern_state(message.meta, message.meta.get(META_CLIENT_CAPABILITIES))
         notify = reply.notify if reply.streams else None
@@ -807,23 +814,31 @@ class McpGateway:
             del self.listeners_of[listener.owner]
 
     async def _listen(
-        self, request: web.Request, message: Message, owner: str
+        self, request: web.Request, message: Message, caller: Caller
     ) -> web.StreamResponse:
-        listener = self._open_listener(owner)
+        listener = self._open_listener(_owner(request, caller))
+        listener.updates = SessionUpdates(listener.changed.set)
+        name = f"listen-{secrets.token_hex(4)}"
+        listener.subscriptions = Subscriptions(self.core, caller, listener.updates, name)
         try:
-            return await self._stream_listen(request, message, listener)
+            honored = await listener.subscriptions.listen(message)
+            return await self._stream_listen(request, message, listener, honored)
         finally:
+            listener.subscriptions.close()
             self._close_listener(listener)
 
     async def _stream_listen(
-        self, request: web.Request, message: Message, listener: _Listener
+        self, request: web.Request, message: Message, listener: _Listener, uris: list[str]
     ) -> web.StreamResponse:
         wanted = message.params.get("notifications")
-        honored = {
+        honored: dict[str, Any] = {
             flag: True
             for flag in LISTEN_FLAGS
             if isinstance(wanted, dict) and wanted.get(flag) is True
         }
+        flags = list(honored)
+        if uris:
+            honored["resourceSubscriptions"] = uris
         meta = {META_SUBSCRIPTION_ID: message.id}
         stream = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -839,9 +854,17 @@ class McpGateway:
                     break
                 if listener.changed.is_set():
                     listener.changed.clear()
-                    for flag in honored:
-                        params = {"_meta": meta}
-                        await stream.write(_sse(notification(LISTEN_FLAGS[flag], params)))
+                    while listener.updates is not None and listener.updates.pending:
+                        params: dict[str, Any] = {
+                            "uri": listener.updates.pending.popleft(),
+                            "_meta": meta,
+                        }
+                        await stream.write(_sse(notification(UPDATED_METHOD, params)))
+                    if listener.list_changed:
+                        listener.list_changed = False
+                        for flag in flags:
+                            params = {"_meta": meta}
+                            await stream.write(_sse(notification(LISTEN_FLAGS[flag], params)))
                 else:
                     await stream.write(b": keepalive\n\n")
             # Graceful close: the listen request's result ends the stream.
@@ -850,6 +873,14 @@ class McpGateway:
         except ConnectionError:
             pass
         return stream
+
+
+def _declare_subscribe(result: dict[str, Any]) -> dict[str, Any]:
+    """Declare `resources.subscribe` in an `initialize` or `server/discover` result:
+    over HTTP a session (2025-11-25) or a listen stream (2026-07-28) can hold them."""
+    resources = {**result["capabilities"].get("resources", {}), "subscribe": True}
+    result["capabilities"] = {**result["capabilities"], "resources": resources}
+    return result
 
 
 def register_mcp_routes(

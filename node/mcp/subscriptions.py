@@ -8,6 +8,9 @@ its client (`ClientChannel.notify`, across the mesh as a CLIENT_REQUEST), until 
 call's deadline; then the task calls again. The updates land in the session's
 `SessionUpdates` and go out on its GET stream (`node.mcp.http`).
 `resources/unsubscribe`, or the session's end, cancels the task and so the call.
+
+A 2026-07-28 `subscriptions/listen` stream with `resourceSubscriptions` holds the same
+tasks, one per URI it honours (`Subscriptions.listen`), for as long as the stream is open.
 """
 
 from __future__ import annotations
@@ -102,6 +105,40 @@ class Subscriptions:
                 self._keep(uri, message), name=f"mcp-subscription:{self._name}:{uri[:64]}"
             )
         return {}
+
+    async def listen(self, listen: Message) -> list[str]:
+        """Subscribe to the `resourceSubscriptions` of a `subscriptions/listen` request;
+        answer the URIs honoured: those a provider the caller may use offers (the others
+        are left out of the acknowledgement). More URIs than a session may hold, or a
+        value that is not a list of strings, is refused `-32602`."""
+        wanted = listen.params.get("notifications")
+        uris = wanted.get("resourceSubscriptions") if isinstance(wanted, dict) else None
+        if uris is None:
+            return []
+        if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+            raise McpError(
+                INVALID_PARAMS,
+                "Invalid params: notifications.resourceSubscriptions must be a list of URIs",
+                {"field": "notifications.resourceSubscriptions"},
+            )
+        distinct = list(dict.fromkeys(uris))
+        if len(distinct) > MAX_SUBSCRIPTIONS_PER_SESSION:
+            raise McpError(
+                INVALID_PARAMS,
+                f"Too many subscriptions: a listen stream holds at most "
+                f"{MAX_SUBSCRIPTIONS_PER_SESSION}",
+                {"limit": MAX_SUBSCRIPTIONS_PER_SESSION},
+            )
+        honored: list[str] = []
+        for uri in distinct:
+            params = {"uri": uri, "_meta": listen.meta}
+            raw = {"jsonrpc": "2.0", "id": listen.id, "method": SUBSCRIBE_METHOD, "params": params}
+            try:
+                await self.handle(Message.of(raw))
+            except ToolError:  # unknown here, or not for this caller's zone
+                continue
+            honored.append(uri)
+        return honored
 
     def close(self) -> None:
         """The session ended: so do its subscriptions."""

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ import mcp_types as types
 import pytest
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.subscriptions import ResourceUpdated
 from mcp.shared.exceptions import MCPError
 from mcp_types import PromptReference, ResourceTemplateReference
 from pydantic import BaseModel
@@ -300,20 +301,40 @@ async def test_everything_through_c_answers_as_the_server_does(
 
 async def _first_update(client: Client, prefix: str, updates: asyncio.Queue[str]) -> str:
     """Subscribe to a static resource, have the server send updates of what its session
-    subscribed to (it toggles: stop it first if it was on), and return the first URI
-    updated; unsubscribe and stop the updates after."""
-    await client.subscribe_resource(STATIC_DOC)
-    try:
-        for _ in range(2):
-            result = await client.call_tool(prefix + "toggle-subscriber-updates", {})
-            if getattr(result.content[0], "text", "").startswith("Started"):
-                try:
-                    return await asyncio.wait_for(updates.get(), UPDATE_WAIT_S)
-                finally:
-                    await client.call_tool(prefix + "toggle-subscriber-updates", {})
-        raise AssertionError("the server's subscriber updates did not start")
-    finally:
-        await client.unsubscribe_resource(STATIC_DOC)
+    subscribed to, and return the first URI updated; unsubscribe and stop the updates
+    after. At 2026-07-28 the subscription is a `subscriptions/listen` stream with
+    `resourceSubscriptions` (its updates come on that stream); before, a
+    `resources/subscribe` (its updates come to the message handler)."""
+    if client.protocol_version != REVISIONS["auto"]:
+        await client.subscribe_resource(STATIC_DOC)
+        try:
+            return await _toggled_update(client, prefix, updates.get)
+        finally:
+            await client.unsubscribe_resource(STATIC_DOC)
+    async with client.listen(resource_subscriptions=[STATIC_DOC]) as subscription:
+        assert subscription.honored.resource_subscriptions == [STATIC_DOC]
+
+        async def next_uri() -> str:
+            event = await anext(subscription)
+            assert isinstance(event, ResourceUpdated)
+            return event.uri
+
+        return await _toggled_update(client, prefix, next_uri)
+
+
+async def _toggled_update(
+    client: Client, prefix: str, next_uri: Callable[[], Awaitable[str]]
+) -> str:
+    """Start the server's subscriber updates (it toggles: stop them first if they were
+    on), return the first URI updated, and stop them."""
+    for _ in range(2):
+        result = await client.call_tool(prefix + "toggle-subscriber-updates", {})
+        if getattr(result.content[0], "text", "").startswith("Started"):
+            try:
+                return await asyncio.wait_for(next_uri(), UPDATE_WAIT_S)
+            finally:
+                await client.call_tool(prefix + "toggle-subscriber-updates", {})
+    raise AssertionError("the server's subscriber updates did not start")
 
 
 def _updates_into(updates: asyncio.Queue[str]) -> Any:
@@ -324,8 +345,9 @@ def _updates_into(updates: asyncio.Queue[str]) -> Any:
     return on_message
 
 
+@pytest.mark.parametrize("mode", MODES)
 async def test_resource_updates_reach_a_subscribed_client_through_c(
-    nodes: list[NodeProcess],
+    nodes: list[NodeProcess], mode: str
 ) -> None:
     c = nodes[2]
     own_updates: asyncio.Queue[str] = asyncio.Queue(maxsize=16)
@@ -338,7 +360,10 @@ async def test_resource_updates_reach_a_subscribed_client_through_c(
         except MCPError as exc:  # the reference itself, not the mesh
             pytest.fail(f"the server itself refused a subscription: {exc}")
     updates: asyncio.Queue[str] = asyncio.Queue(maxsize=16)
-    async with sdk_client(c.url + "/mcp", "legacy", message_handler=_updates_into(updates)) as mesh:
+    async with sdk_client(c.url + "/mcp", mode, message_handler=_updates_into(updates)) as mesh:
+        assert mesh.protocol_version == REVISIONS[mode]
+        resources = mesh.server_capabilities.resources
+        assert resources is not None and resources.subscribe is True
         await _tools_listed(mesh)
         try:
             updated = await _first_update(mesh, MOUNT + ".", updates)

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from tests.node.mcp.conftest import PUBLIC_TOKEN, Server, serve, tools_config
+from tests.polling import async_wait_until
 from tests.skips import require_module
 from vsmcp.node.mcp.protocol import (
     FORBIDDEN_HOST,
@@ -25,6 +26,8 @@ from vsmcp.node.mcp.protocol import (
     UNSUPPORTED_MEDIA_TYPE,
     encode,
 )
+from vsmcp.node.mcp.subscriptions import MAX_SUBSCRIPTIONS_PER_SESSION
+from vsmcp.node.tools.client_channel import UPDATED_METHOD
 from vsmcp.node.tools.config import MountConfig, ToolsConfig
 from vsmcp.node.tools.node_offers import STATUS_URI
 from vsmcp.node.tools.registry import build_local_catalog
@@ -410,5 +413,67 @@ async def test_resource_subscriptions_are_checked_and_end_with_unsubscribe() -> 
             modern["params"]["_meta"] = META
             status, _, body = await post(srv.url, modern, modern_headers("resources/subscribe"))
             assert body["error"]["code"] == METHOD_NOT_FOUND
+        finally:
+            await runner.cleanup()
+
+
+async def _frame(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The next JSON-RPC message on an SSE response (keepalive comments skipped)."""
+    async for line in resp.content:
+        if line.startswith(b"data:"):
+            message: dict[str, Any] = json.loads(line[5:])
+            return message
+    raise AssertionError("the stream ended")
+
+
+async def test_a_listen_stream_holds_its_resource_subscriptions() -> None:
+    """2026-07-28: `server/discover` declares `resources.subscribe`; a listen stream's
+    `resourceSubscriptions` are honoured for URIs the mesh offers (others left out of
+    the acknowledgement), its updates are written on the stream, and closing the stream
+    ends its subscriptions. Malformed or too many URIs are refused."""
+    async with build_local_catalog(
+        ToolsConfig(entry_points=False), status=lambda: {"node": "n1"}
+    ) as catalog:
+        srv, runner = await serve(catalog)
+        try:
+            discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover"}
+            discover["params"] = {"_meta": META}
+            _, _, body = await post(srv.url, discover, modern_headers("server/discover"))
+            assert body["result"]["capabilities"]["resources"]["subscribe"] is True
+
+            def listen(uris: Any) -> dict[str, Any]:
+                wanted = {"toolsListChanged": True, "resourceSubscriptions": uris}
+                params = {"notifications": wanted, "_meta": META}
+                return {"jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen"} | {
+                    "params": params
+                }
+
+            headers = modern_headers("subscriptions/listen")
+            too_many = [f"nope://{i}" for i in range(MAX_SUBSCRIPTIONS_PER_SESSION + 1)]
+            for bad in ("nope://x", [1], too_many):
+                _, _, body = await post(srv.url, listen(bad), headers)
+                assert body["error"]["code"] == INVALID_PARAMS, bad
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(srv.url, json=listen(["nope://x", STATUS_URI]), headers=headers) as resp,
+            ):
+                ack = await _frame(resp)
+                assert ack["method"] == "notifications/subscriptions/acknowledged"
+                assert ack["params"]["notifications"] == {
+                    "toolsListChanged": True,
+                    "resourceSubscriptions": [STATUS_URI],
+                }
+                (listener,) = srv.gateway._listeners
+                assert listener.updates is not None and listener.subscriptions is not None
+                # What a provider's update does (`ClientChannel.notify`): on the stream.
+                await listener.updates.notify(UPDATED_METHOD, {"uri": STATUS_URI})
+                update = await _frame(resp)
+                assert update["method"] == UPDATED_METHOD
+                assert update["params"]["uri"] == STATUS_URI
+                assert update["params"]["_meta"] == ack["params"]["_meta"]
+                held = list(listener.subscriptions.tasks.values())
+            await async_wait_until(lambda: not srv.gateway._listeners)
+            await async_wait_until(lambda: all(task.done() for task in held))
+            assert not listener.subscriptions.tasks
         finally:
             await runner.cleanup()

@@ -235,18 +235,35 @@ async def test_a_resource_added_on_a_reaches_c_as_list_changed(
             return "docs.add_note" in [t.name for t in (await mesh.list_tools()).tools]
 
         await async_wait_for(docs_tools, timeout_s=60, what="docs.add_note listed on C")
+
+        async def note_listed() -> bool:
+            return note in {str(r.uri) for r in (await mesh.list_resources()).resources}
+
+        # A list-changed may also come from the mesh still settling (another node's
+        # tools): after each one, look for the note; it must come with one of them.
+        deadline = asyncio.get_running_loop().time() + 60
+
+        def left() -> float:
+            return max(0.0, deadline - asyncio.get_running_loop().time())
+
         if mode == "legacy":
             await mesh.call_tool("docs.add_note", {"name": mode, "text": "hi"})
-            while await asyncio.wait_for(seen.get(), 60) != RESOURCES_CHANGED:
-                pass
+            while True:
+                while await asyncio.wait_for(seen.get(), left()) != RESOURCES_CHANGED:
+                    pass
+                if await note_listed():
+                    break
         else:
             async with mesh.listen(resources_list_changed=True, prompts_list_changed=True) as sub:
                 assert sub.honored.resources_list_changed and sub.honored.prompts_list_changed
                 await mesh.call_tool("docs.add_note", {"name": mode, "text": "hi"})
-                while not isinstance(await asyncio.wait_for(anext(sub), 60), ResourcesListChanged):
-                    pass
-        listed = {str(r.uri) for r in (await mesh.list_resources()).resources}
-        assert note in listed
+                while True:
+                    while not isinstance(
+                        await asyncio.wait_for(anext(sub), left()), ResourcesListChanged
+                    ):
+                        pass
+                    if await note_listed():
+                        break
         read = await mesh.read_resource(note)
         assert getattr(read.contents[0], "text", None) == "hi"
 

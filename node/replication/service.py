@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vsmcp.crdt.errors import CrdtError, MetadataTooLarge
+from vsmcp.crdt.errors import CrdtError, InvalidValue, ValueOutOfRange
 from vsmcp.crdt.policies import (
     DEFAULT_MAX_PER_ISSUER,
     AllowedIssuers,
@@ -210,7 +210,11 @@ class ReplicationService(Service):
             try:
                 try:
                     self._announce(spec, metadata)
-                except MetadataTooLarge as e:
+                except (InvalidValue, ValueOutOfRange) as e:
+                    # Too large, or a value the registry cannot hold (an outputSchema's
+                    # `maximum` of 2**64, nesting too deep): the tool goes without it.
+                    if not metadata:
+                        raise
                     self.stats["metadata_dropped"] += 1
                     log.warning("tool %s announced without its metadata: %s", name, e)
                     self._announce(spec, {})

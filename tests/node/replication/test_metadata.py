@@ -24,6 +24,8 @@ DESCRIBED = ToolSpec(
 )
 OVERSIZED = ToolSpec(name="huge", title="x" * MAX_TOOL_METADATA_BYTES)
 PLAIN = ToolSpec(name="plain", description="no metadata")
+# JSON, but not a value the registry holds (integers beyond 64 bits): the metadata goes.
+UNHOLDABLE = ToolSpec(name="counter", output_schema={"type": "integer", "maximum": 2**64})
 
 
 def _service(tmp_path: Path, tools: list[ToolSpec]) -> ReplicationService:
@@ -71,6 +73,14 @@ def test_oversized_metadata_is_dropped_counted_and_the_tool_still_announced(
     assert service.stats["announce_failed"] == 0
     service.announce_local_tools()  # unchanged: not announced (nor dropped) again
     assert service.stats["metadata_dropped"] == 1
+
+
+def test_metadata_the_registry_cannot_hold_is_dropped_not_the_tool(tmp_path: Path) -> None:
+    service = _service(tmp_path, [UNHOLDABLE])
+    service.announce_local_tools()
+    remote = {tool.name: tool for tool in service.tools()}
+    assert remote["counter"].metadata == {}
+    assert service.stats["metadata_dropped"] == 1 and service.stats["announce_failed"] == 0
 
 
 def test_metadata_of_the_wrong_shape_is_left_out_of_a_spec() -> None:

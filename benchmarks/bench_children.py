@@ -106,6 +106,11 @@ def main() -> None:
         f"| spawn → its tools in the parent's registry | {statistics.median(visible):.2f} s "
         f"| {min(visible):.2f}–{max(visible):.2f} s | ≤ 2 s |"
     )
+    gap = [v - r for r, v in zip(running, visible, strict=True)]
+    print(
+        f"| child running → its tools in the parent's registry | {statistics.median(gap):.2f} s "
+        f"| {min(gap):.2f}–{max(gap):.2f} s | |"
+    )
     print(
         f"| RSS per idle child | {statistics.median(rss):.1f} MiB "
         f"| {min(rss):.1f}–{max(rss):.1f} MiB | |"

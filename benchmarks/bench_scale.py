@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -162,7 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}; {args.callers} callers, {args.seconds:.0f} s each\n")
     print("| pair | one node calls/s | with scale calls/s | children | processes serving "
-          "| parent's share | speed-up |\n|---|---|---|---|---|---|---|")  # fmt: skip
+          "| parent's share | speed-up | load average |\n"
+          "|---|---|---|---|---|---|---|---|")  # fmt: skip
     ratios = []
     for pair in range(args.pairs):
         with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +178,7 @@ def main() -> None:
         print(
             f"| {pair + 1}{' (scaled first)' if pair % 2 else ''} | {one['rate']:.2f} "
             f"| {scaled['rate']:.2f} | {scaled['children']} | {scaled['processes']} "
-            f"| {scaled['share_parent']:.0%} | {ratios[-1]:.2f}× |",
+            f"| {scaled['share_parent']:.0%} | {ratios[-1]:.2f}× | {os.getloadavg()[0]:.1f} |",
             flush=True,
         )
     print(f"\nspeed-up median {statistics.median(ratios):.2f}× (target ≥ 1.7×)")

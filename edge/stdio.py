@@ -54,9 +54,16 @@ class Output:
         self.size = 0
         self.overflowed = False
 
-    def write(self, data: bytes) -> int:
-        if self.overflowed or self.size + len(data) > self.cap:
+    def room(self, length: int) -> int:
+        """How many of `length` bytes to copy for a write: all, or -1 if it is refused
+        (marking the overflow)."""
+        if self.overflowed or self.size + length > self.cap:
             self.overflowed = True
+            return -1
+        return length
+
+    def write(self, data: bytes) -> int:
+        if self.room(len(data)) < 0:
             return -errno.EFBIG
         self.parts.append(data)
         self.size += len(data)
@@ -71,14 +78,20 @@ class Stderr:
         self.size = 0
         self.dropped = 0
 
-    def write(self, data: bytes) -> int:
-        room = max(0, STDERR_MAX_BYTES - self.size)
-        kept = data[:room]
+    def room(self, length: int) -> int:
+        """How many of `length` bytes to copy for a write: what still fits."""
+        return min(length, max(0, STDERR_MAX_BYTES - self.size))
+
+    def write(self, data: bytes, length: int | None = None) -> int:
+        """Keep what fits of `data`, a write of `length` bytes (default: all of `data`;
+        the host passes only the prefix it copied), and count the rest."""
+        length = len(data) if length is None else length
+        kept = data[: self.room(length)]
         if kept:
             self.parts.append(kept)
             self.size += len(kept)
-        self.dropped += len(data) - len(kept)
-        return len(data)
+        self.dropped += length - len(kept)
+        return length
 
 
 class CallStdio:
@@ -117,16 +130,16 @@ class _Window:
         self.base = base
         self.size = size
 
-    def _check(self, ptr: int, length: int) -> None:
+    def check(self, ptr: int, length: int) -> None:
         if ptr < 0 or length < 0 or ptr + length > self.size:
             raise _OutOfBounds
 
     def read(self, ptr: int, length: int) -> bytes:
-        self._check(ptr, length)
+        self.check(ptr, length)
         return ctypes.string_at(self.base + ptr, length)
 
     def write(self, ptr: int, data: bytes) -> None:
-        self._check(ptr, len(data))
+        self.check(ptr, len(data))
         ctypes.memmove(self.base + ptr, data, len(data))
 
     def iovecs(self, iovs: int, count: int) -> list[tuple[int, int]]:
@@ -149,10 +162,23 @@ def _read(stdio: CallStdio, memory: _Window, iovs: int, count: int, nread: int) 
 
 
 def _write(stdio: CallStdio, memory: _Window, fd: int, iovs: int, count: int, nwritten: int) -> int:
-    data = b"".join(memory.read(ptr, length) for ptr, length in memory.iovecs(iovs, count))
-    written = (stdio.out if fd == 1 else stdio.err).write(data)
-    if written < 0:
+    """Iovecs may overlap (1024 of them over all of memory is 1024 × memory), so they are
+    bounds-checked and summed first, and nothing is copied past the sink's room."""
+    vectors = memory.iovecs(iovs, count)
+    for ptr, length in vectors:
+        memory.check(ptr, length)
+    total = sum(length for _ptr, length in vectors)
+    room = (stdio.out if fd == 1 else stdio.err).room(total)
+    if room < 0:
         return WASI_FBIG
+    parts: list[bytes] = []
+    for ptr, length in vectors:
+        if room <= 0:
+            break
+        parts.append(memory.read(ptr, min(length, room)))
+        room -= len(parts[-1])
+    data = b"".join(parts)
+    written = stdio.out.write(data) if fd == 1 else stdio.err.write(data, total)
     memory.write(nwritten, _U32.pack(written))
     return 0
 

@@ -319,3 +319,12 @@ def test_a_tool_that_keeps_overrunning_is_tried_inline_ever_more_rarely() -> Non
     gate.answered()  # one answer within the budget: back to the short backoff
     gate.overran()
     assert gate.skip == INLINE_BACKOFF_CALLS
+
+
+async def test_overlapping_iovecs_past_the_output_limit_are_an_output_limit(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # One fd_write of 1024 iovecs over all of its memory (64 MiB); the module exits after
+    # the refused write: its cut answer is the output limit, not 64 MiB copied.
+    with pytest.raises(WasmOutputLimit, match="limit of 65536 bytes"):
+        await runtime.call(load(runtime, tmp_path, "overlap"), b"{}", 1.0)

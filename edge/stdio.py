@@ -39,8 +39,7 @@ WASI_INVAL: Final = 28
 _IOVEC = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 # The four i32 arguments of fd_read/fd_write in wasmtime's raw value array (16-byte
-# slots), read as unsigned: guest pointers are u32.
-_RAW_SLOT_BYTES: Final = 16
+# `wasmtime_val_raw_t` slots), read as unsigned: guest pointers are u32.
 _RAW_ARGS = struct.Struct("<I12xI12xI12xI12x")
 
 
@@ -183,6 +182,43 @@ def _write(stdio: CallStdio, memory: _Window, fd: int, iovs: int, count: int, nw
     return 0
 
 
+# wasmtime-py internals the host stdio uses (`_Raw`, `HostStdio.define`).
+_FFI_NAMES: Final = (
+    "dll",
+    "wasmtime_extern_t",
+    "wasmtime_memory_t",
+    "wasmtime_error_t",
+    "wasmtime_val_raw_t",
+    "WASMTIME_EXTERN_MEMORY",
+)
+_C_FUNCTIONS: Final = (
+    "wasmtime_caller_context",
+    "wasmtime_caller_export_get",
+    "wasmtime_memory_data",
+    "wasmtime_memory_data_size",
+    "wasmtime_linker_define_func_unchecked",
+)
+
+
+def missing_internals() -> list[str]:
+    """The wasmtime-py internals the host stdio needs that this version lacks (empty when
+    it can be used; otherwise modules get wasmtime's own WASI stdio)."""
+    try:
+        import wasmtime
+        from wasmtime import _ffi
+    except ImportError:
+        return ["wasmtime._ffi"]
+    missing = [f"wasmtime._ffi.{name}" for name in _FFI_NAMES if not hasattr(_ffi, name)]
+    if not hasattr(wasmtime.WasmtimeError, "_from_ptr"):
+        missing.append("wasmtime.WasmtimeError._from_ptr")
+    if hasattr(_ffi, "dll"):
+        missing += [name for name in _C_FUNCTIONS if not hasattr(_ffi.dll, name)]
+    raw_t = getattr(_ffi, "wasmtime_val_raw_t", None)
+    if raw_t is not None and ctypes.sizeof(raw_t) != _RAW_ARGS.size // 4:
+        missing.append("wasmtime_val_raw_t of 16 bytes")
+    return missing
+
+
 class _Raw:
     """wasmtime's C functions the host calls use, typed for plain integer pointers."""
 
@@ -276,7 +312,8 @@ def _read_call(stdio: CallStdio, memory: _Window, _fd: int, iovs: int, count: in
 
 class HostStdio:
     """`fd_read` (fd 0) and `fd_write` (fds 1, 2) as raw host functions; it must outlive
-    every linker it defined them in (wasmtime holds only the C callbacks)."""
+    every linker it defined them in (wasmtime holds only the C callbacks). Only when
+    `missing_internals()` is empty."""
 
     def __init__(self) -> None:
         self._raw = _Raw()

@@ -9,6 +9,7 @@ so nothing leaks from one call to the next. Runs in a worker thread: it blocks.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -56,7 +57,9 @@ def own_stdio(manifest: Manifest) -> bool:
     return not manifest.grants.dirs
 
 
-def _wasi_config(manifest: Manifest, stdin: bytes, out: Output, err: Stderr) -> wasmtime.WasiConfig:
+def _wasi_config(
+    manifest: Manifest, stdin: bytes, out: Output, err: Stderr, *, host_stdio: bool
+) -> wasmtime.WasiConfig:
     import wasmtime
 
     wasi = wasmtime.WasiConfig()
@@ -67,7 +70,7 @@ def _wasi_config(manifest: Manifest, stdin: bytes, out: Output, err: Stderr) -> 
     for grant in grants.dirs:
         host = str(manifest.path.parent / grant.host)
         wasi.preopen_dir(host, grant.guest, fs_mutable=grant.writable)
-    if not own_stdio(manifest):
+    if not (host_stdio and own_stdio(manifest)):
         _set_stdin(wasi, stdin)
         wasi.stdout_custom = out.write
         wasi.stderr_custom = err.write
@@ -78,10 +81,11 @@ def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
     """stdin from bytes: through the C API's `wasi_config_set_stdin_bytes` (≈5 µs), which
     wasmtime-py does not wrap; if a version lacks it, an anonymous in-memory file (≈25 µs:
     no disk, no pipe to feed from a thread)."""
-    from wasmtime import _ffi
+    import wasmtime
 
+    _ffi = getattr(wasmtime, "_ffi", None)
     set_bytes = getattr(_ffi, "wasi_config_set_stdin_bytes", None)
-    if set_bytes is not None:
+    if _ffi is not None and set_bytes is not None and hasattr(_ffi, "wasm_byte_vec_new"):
         vec = _ffi.wasm_byte_vec_t()
         _ffi.wasm_byte_vec_new(
             ctypes.byref(vec), len(data), (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
@@ -136,6 +140,34 @@ def _fault(
     return WasmTrap(f"trapped ({what}): {detail[:TRAP_MESSAGE_CHARS]}")
 
 
+# wasmtime-py internals `_call_start` uses (besides `Store._context`, `Instance._instance`).
+_START_FFI_NAMES: Final = (
+    "wasmtime_extern_t",
+    "wasmtime_instance_export_get",
+    "WASMTIME_EXTERN_FUNC",
+    "wasmtime_func_call",
+)
+
+
+@functools.cache
+def missing_start_internals() -> tuple[str, ...]:
+    """The wasmtime-py internals the direct `_start` call needs that this version lacks
+    (empty when it can be used; otherwise `_start` is called through the public API).
+    Looked up once, at the first call."""
+    try:
+        import wasmtime
+        from wasmtime import _ffi, _func
+    except ImportError:
+        return ("wasmtime._ffi", "wasmtime._func")
+    missing = [f"wasmtime._ffi.{name}" for name in _START_FFI_NAMES if not hasattr(_ffi, name)]
+    if not hasattr(_func, "enter_wasm"):
+        missing.append("wasmtime._func.enter_wasm")
+    for owner, name in ((wasmtime.Store, "_context"), (wasmtime.WasmtimeError, "_from_ptr")):
+        if not hasattr(owner, name):
+            missing.append(f"wasmtime.{owner.__name__}.{name}")
+    return tuple(missing)
+
+
 def _call_start(store: wasmtime.Store, instance: wasmtime.Instance) -> None:
     """Call the instance's `_start` (checked at load: a function, no parameters).
 
@@ -144,17 +176,16 @@ def _call_start(store: wasmtime.Store, instance: wasmtime.Instance) -> None:
     reads the function's type on each call); through its public API otherwise."""
     import wasmtime
 
-    try:
-        from wasmtime import _ffi
-        from wasmtime._func import enter_wasm
-
-        context = store._context()
-        raw_instance = instance._instance
-    except (ImportError, AttributeError):
+    raw_instance = getattr(instance, "_instance", None)
+    if raw_instance is None or missing_start_internals():
         start = instance.exports(store)["_start"]
         assert isinstance(start, wasmtime.Func)
         start(store)
         return
+    from wasmtime import _ffi
+    from wasmtime._func import enter_wasm
+
+    context = store._context()
     item: Any = _ffi.wasmtime_extern_t()
     name = b"_start"
     found = _ffi.wasmtime_instance_export_get(
@@ -178,11 +209,14 @@ def run_call(
     timeout_s: float,
     limit_s: float | None = None,
     budget: bool = False,
+    host_stdio: bool = True,
 ) -> WasmOutcome:
     """Run the module once within `timeout_s`; raises a `WasmFault` subclass when it is
     stopped (`limit_s`, the time limit its error names: `timeout_s` unless given). With
     `budget`, `timeout_s` is a trial's budget, not a limit: running past it raises
-    `WasmBudgetSpent` (whatever its memory), for the caller to run it again."""
+    `WasmBudgetSpent` (whatever its memory), for the caller to run it again.
+    `host_stdio`: its linker has the host's stdio (`vsmcp.edge.stdio`), used when it
+    has no directory granted; otherwise wasmtime's WASI serves it."""
     import time
 
     import wasmtime
@@ -198,7 +232,7 @@ def run_call(
         tables=MAX_TABLES,
         table_elements=MAX_TABLE_ELEMENTS,
     )
-    store.set_wasi(_wasi_config(manifest, stdin, out, err))
+    store.set_wasi(_wasi_config(manifest, stdin, out, err, host_stdio=host_stdio))
     instance: wasmtime.Instance | None = None
     exit_code = 0
     clock.enter()

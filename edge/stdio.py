@@ -39,8 +39,7 @@ WASI_INVAL: Final = 28
 _IOVEC = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 # The four i32 arguments of fd_read/fd_write in wasmtime's raw value array (16-byte
-# slots), read as unsigned: guest pointers are u32.
-_RAW_SLOT_BYTES: Final = 16
+# `wasmtime_val_raw_t` slots), read as unsigned: guest pointers are u32.
 _RAW_ARGS = struct.Struct("<I12xI12xI12xI12x")
 
 
@@ -54,9 +53,16 @@ class Output:
         self.size = 0
         self.overflowed = False
 
-    def write(self, data: bytes) -> int:
-        if self.overflowed or self.size + len(data) > self.cap:
+    def room(self, length: int) -> int:
+        """How many of `length` bytes to copy for a write: all, or -1 if it is refused
+        (marking the overflow)."""
+        if self.overflowed or self.size + length > self.cap:
             self.overflowed = True
+            return -1
+        return length
+
+    def write(self, data: bytes) -> int:
+        if self.room(len(data)) < 0:
             return -errno.EFBIG
         self.parts.append(data)
         self.size += len(data)
@@ -71,14 +77,20 @@ class Stderr:
         self.size = 0
         self.dropped = 0
 
-    def write(self, data: bytes) -> int:
-        room = max(0, STDERR_MAX_BYTES - self.size)
-        kept = data[:room]
+    def room(self, length: int) -> int:
+        """How many of `length` bytes to copy for a write: what still fits."""
+        return min(length, max(0, STDERR_MAX_BYTES - self.size))
+
+    def write(self, data: bytes, length: int | None = None) -> int:
+        """Keep what fits of `data`, a write of `length` bytes (default: all of `data`;
+        the host passes only the prefix it copied), and count the rest."""
+        length = len(data) if length is None else length
+        kept = data[: self.room(length)]
         if kept:
             self.parts.append(kept)
             self.size += len(kept)
-        self.dropped += len(data) - len(kept)
-        return len(data)
+        self.dropped += length - len(kept)
+        return length
 
 
 class CallStdio:
@@ -117,16 +129,16 @@ class _Window:
         self.base = base
         self.size = size
 
-    def _check(self, ptr: int, length: int) -> None:
+    def check(self, ptr: int, length: int) -> None:
         if ptr < 0 or length < 0 or ptr + length > self.size:
             raise _OutOfBounds
 
     def read(self, ptr: int, length: int) -> bytes:
-        self._check(ptr, length)
+        self.check(ptr, length)
         return ctypes.string_at(self.base + ptr, length)
 
     def write(self, ptr: int, data: bytes) -> None:
-        self._check(ptr, len(data))
+        self.check(ptr, len(data))
         ctypes.memmove(self.base + ptr, data, len(data))
 
     def iovecs(self, iovs: int, count: int) -> list[tuple[int, int]]:
@@ -149,12 +161,62 @@ def _read(stdio: CallStdio, memory: _Window, iovs: int, count: int, nread: int) 
 
 
 def _write(stdio: CallStdio, memory: _Window, fd: int, iovs: int, count: int, nwritten: int) -> int:
-    data = b"".join(memory.read(ptr, length) for ptr, length in memory.iovecs(iovs, count))
-    written = (stdio.out if fd == 1 else stdio.err).write(data)
-    if written < 0:
+    """Iovecs may overlap (1024 of them over all of memory is 1024 × memory), so they are
+    bounds-checked and summed first, and nothing is copied past the sink's room."""
+    vectors = memory.iovecs(iovs, count)
+    for ptr, length in vectors:
+        memory.check(ptr, length)
+    total = sum(length for _ptr, length in vectors)
+    room = (stdio.out if fd == 1 else stdio.err).room(total)
+    if room < 0:
         return WASI_FBIG
+    parts: list[bytes] = []
+    for ptr, length in vectors:
+        if room <= 0:
+            break
+        parts.append(memory.read(ptr, min(length, room)))
+        room -= len(parts[-1])
+    data = b"".join(parts)
+    written = stdio.out.write(data) if fd == 1 else stdio.err.write(data, total)
     memory.write(nwritten, _U32.pack(written))
     return 0
+
+
+# wasmtime-py internals the host stdio uses (`_Raw`, `HostStdio.define`).
+_FFI_NAMES: Final = (
+    "dll",
+    "wasmtime_extern_t",
+    "wasmtime_memory_t",
+    "wasmtime_error_t",
+    "wasmtime_val_raw_t",
+    "WASMTIME_EXTERN_MEMORY",
+)
+_C_FUNCTIONS: Final = (
+    "wasmtime_caller_context",
+    "wasmtime_caller_export_get",
+    "wasmtime_memory_data",
+    "wasmtime_memory_data_size",
+    "wasmtime_linker_define_func_unchecked",
+)
+
+
+def missing_internals() -> list[str]:
+    """The wasmtime-py internals the host stdio needs that this version lacks (empty when
+    it can be used; otherwise modules get wasmtime's own WASI stdio)."""
+    try:
+        import wasmtime
+        from wasmtime import _ffi
+    except ImportError:
+        return ["wasmtime._ffi"]
+    missing = [f"wasmtime._ffi.{name}" for name in _FFI_NAMES if not hasattr(_ffi, name)]
+    if not hasattr(wasmtime.WasmtimeError, "_from_ptr"):
+        missing.append("wasmtime.WasmtimeError._from_ptr")
+    if hasattr(_ffi, "dll"):
+        missing += [name for name in _C_FUNCTIONS if not hasattr(_ffi.dll, name)]
+    raw_t = getattr(_ffi, "wasmtime_val_raw_t", None)
+    if raw_t is not None and ctypes.sizeof(raw_t) != _RAW_ARGS.size // 4:
+        missing.append("wasmtime_val_raw_t of 16 bytes")
+    return missing
 
 
 class _Raw:
@@ -250,7 +312,8 @@ def _read_call(stdio: CallStdio, memory: _Window, _fd: int, iovs: int, count: in
 
 class HostStdio:
     """`fd_read` (fd 0) and `fd_write` (fds 1, 2) as raw host functions; it must outlive
-    every linker it defined them in (wasmtime holds only the C callbacks)."""
+    every linker it defined them in (wasmtime holds only the C callbacks). Only when
+    `missing_internals()` is empty."""
 
     def __init__(self) -> None:
         self._raw = _Raw()

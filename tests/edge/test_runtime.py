@@ -4,7 +4,9 @@ others still answering), grants, and the compiled-module cache."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +321,55 @@ def test_a_tool_that_keeps_overrunning_is_tried_inline_ever_more_rarely() -> Non
     gate.answered()  # one answer within the budget: back to the short backoff
     gate.overran()
     assert gate.skip == INLINE_BACKOFF_CALLS
+
+
+async def test_overlapping_iovecs_past_the_output_limit_are_an_output_limit(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # One fd_write of 1024 iovecs over all of its memory (64 MiB); the module exits after
+    # the refused write: its cut answer is the output limit, not 64 MiB copied.
+    with pytest.raises(WasmOutputLimit, match="limit of 65536 bytes"):
+        await runtime.call(load(runtime, tmp_path, "overlap"), b"{}", 1.0)
+
+
+def test_the_installed_wasmtime_has_the_internals_the_host_uses() -> None:
+    # The fast paths are in use with the wasmtime pyproject allows (>=40,<52).
+    require_module("wasmtime")
+    from vsmcp.edge.sandbox import missing_start_internals
+    from vsmcp.edge.stdio import missing_internals
+
+    assert (missing_internals(), missing_start_internals()) == ([], ())
+
+
+@pytest.fixture
+def wasmtime_without_from_ptr(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """wasmtime-py as a version without `WasmtimeError._from_ptr` (used by both fast paths)."""
+    require_module("wasmtime")
+    import wasmtime
+
+    from vsmcp.edge.sandbox import missing_start_internals
+
+    missing_start_internals.cache_clear()
+    monkeypatch.delattr(wasmtime.WasmtimeError, "_from_ptr")
+    yield
+    monkeypatch.undo()
+    missing_start_internals.cache_clear()
+
+
+@pytest.mark.usefixtures("wasmtime_without_from_ptr")
+async def test_a_wasmtime_without_the_internals_runs_tools_through_its_public_api(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = WasmRuntime(inline_budget_s=30.0)
+    assert f"wasmtime {importlib.metadata.version('wasmtime')} lacks" in caplog.text
+    assert "WasmtimeError._from_ptr" in caplog.text
+    runtime.acquire()
+    try:
+        tool = echo(runtime)
+        assert not tool.host_stdio  # wasmtime's WASI serves its stdio
+        outcome = await runtime.call(tool, b'{"n":1}', 60.0)
+        assert json.loads(outcome.stdout) == {"echo": {"n": 1}}
+        with pytest.raises(WasmOutputLimit, match="limit of 65536 bytes"):
+            await runtime.call(load(runtime, tmp_path, "flood"), b"{}", 0.5)
+    finally:
+        runtime.release()

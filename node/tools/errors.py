@@ -96,6 +96,18 @@ class Overloaded(ToolError):
         )
 
 
+class HeldCallsFull(Overloaded):
+    """A unit holds as many long-held calls (resource subscriptions) as it may."""
+
+    def __init__(self, unit: str, limit: int) -> None:
+        ToolError.__init__(
+            self,
+            f"Tool unit {unit!r} already holds {limit} resource subscriptions, its "
+            "maximum; unsubscribe elsewhere or retry later",
+            {"unit": unit, "limit": "held_calls", "max_held_calls": limit},
+        )
+
+
 class ConcurrencyLimited(Overloaded):
     """An entry's adaptive concurrency limit (`node.vsm.concurrency`) has no room for a
     call of this priority class now: refused at once, never queued."""

@@ -26,8 +26,9 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.node.tools.client_channel import INTERNAL_ERROR, ClientRequestFailed
@@ -59,6 +60,16 @@ MOUNT_CLIENT_OUTCOMES: Final = (
 )
 
 
+@dataclass(slots=True)
+class _Watched:
+    """One URI's subscribing calls: their update queues, whether the server is
+    subscribed, and the lock under which that is decided."""
+
+    queues: set[asyncio.Queue[str]] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    subscribed: bool = False
+
+
 class MountClient:
     """The client side of one mount towards its callers: calls in flight, callbacks."""
 
@@ -68,28 +79,47 @@ class MountClient:
         self._calls: dict[int, CallContext] = {}
         self._keys = itertools.count()
         # Subscribing calls in flight: URI -> the queues of their updates.
-        self._watchers: dict[str, set[asyncio.Queue[str]]] = {}
+        self._watchers: dict[str, _Watched] = {}
         self.counts: Counter[str] = Counter()
 
-    @contextlib.contextmanager
-    def watching(self, uri: str) -> Iterator[tuple[asyncio.Queue[str], bool]]:
-        """A queue of the server's updates of `uri` for one subscribing call, and whether
-        it is the URI's first (then the caller subscribes on the server; the last one
-        to leave, `watched` false, unsubscribes)."""
+    @contextlib.asynccontextmanager
+    async def watching(
+        self,
+        uri: str,
+        subscribe: Callable[[str], Awaitable[object]],
+        unsubscribe: Callable[[str], Awaitable[object]],
+    ) -> AsyncIterator[asyncio.Queue[str]]:
+        """A queue of the server's updates of `uri` for one subscribing call. The server
+        is subscribed (`subscribe(uri)`) unless it already is, and unsubscribed when the
+        last call watching the URI leaves; both decisions are taken under the URI's lock,
+        so a call joining while the last one unsubscribes subscribes again, and a
+        failed subscribe leaves the URI unsubscribed for the next call to try."""
         queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUED_UPDATES)
-        watchers = self._watchers.setdefault(uri, set())
-        first = not watchers
-        watchers.add(queue)
+        watched = self._watchers.get(uri)
+        if watched is None:
+            watched = self._watchers[uri] = _Watched()
+        watched.queues.add(queue)
         try:
-            yield queue, first
+            async with watched.lock:
+                if not watched.subscribed:
+                    await subscribe(uri)
+                    watched.subscribed = True
+            yield queue
         finally:
-            watchers.discard(queue)
-            if not watchers:
+            watched.queues.discard(queue)
+            if not watched.queues:
+                async with watched.lock:
+                    if not watched.queues and watched.subscribed:
+                        watched.subscribed = False
+                        await unsubscribe(uri)
+            unused = not watched.queues and not watched.subscribed
+            if unused and self._watchers.get(uri) is watched:
                 del self._watchers[uri]
 
     def watchers(self, uri: str) -> int:
         """How many calls watch `uri` now."""
-        return len(self._watchers.get(uri, ()))
+        watched = self._watchers.get(uri)
+        return 0 if watched is None else len(watched.queues)
 
     @contextlib.contextmanager
     def calling(self, ctx: CallContext) -> Iterator[None]:
@@ -118,7 +148,8 @@ class MountClient:
         import mcp_types as types
 
         if isinstance(message, types.ResourceUpdatedNotification):
-            for queue in self._watchers.get(str(message.params.uri), ()):
+            watched = self._watchers.get(str(message.params.uri))
+            for queue in () if watched is None else watched.queues:
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(str(message.params.uri))
 

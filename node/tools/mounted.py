@@ -433,26 +433,27 @@ class MountedServer:
         channel = ctx.client
         if channel is None:
             raise ProviderError(tool, f"{SUBSCRIBE_METHOD}: the caller cannot be reached")
-        remaining = ctx.remaining_s()
-        until = None if remaining is None else remaining - max(1.0, 0.1 * remaining)
-        with self.client_side.watching(uri) as (updates, first):
-            try:
-                if first:
-                    await client.subscribe_resource(uri)
+
+        async def unsubscribe(uri: str) -> None:
+            with contextlib.suppress(MCPError, *_DEAD_CONNECTION):
+                await client.unsubscribe_resource(uri)
+
+        try:
+            async with self.client_side.watching(
+                uri, client.subscribe_resource, unsubscribe
+            ) as updates:
+                remaining = ctx.remaining_s()  # after the subscribe (and its lock's wait)
+                until = None if remaining is None else remaining - max(1.0, 0.1 * remaining)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(until):
                         while True:
                             updated = await updates.get()
                             await channel.notify(UPDATED_METHOD, {"uri": updated})
                             self.client_side.counts["updates"] += 1
-            except MCPError as exc:
-                raise ProviderError(tool, f"{SUBSCRIBE_METHOD}: {exc.error.message}") from exc
-            except _DEAD_CONNECTION as exc:
-                raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
-            finally:
-                if self.client_side.watchers(uri) == 1:
-                    with contextlib.suppress(MCPError, *_DEAD_CONNECTION):
-                        await client.unsubscribe_resource(uri)
+        except MCPError as exc:
+            raise ProviderError(tool, f"{SUBSCRIBE_METHOD}: {exc.error.message}") from exc
+        except _DEAD_CONNECTION as exc:
+            raise UnitFault(f"mount {self._cfg.name!r}: {exc!r}") from exc
         return offer_result({})
 
     async def _older_shape(

@@ -40,11 +40,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from vsmcp.mesh.service import Service
 from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.errors import (
+    HeldCallsFull,
     Overloaded,
     ShuttingDown,
     ToolConfigError,
@@ -56,6 +57,7 @@ from vsmcp.node.tools.errors import (
     UnitFault,
 )
 from vsmcp.node.tools.model import CallContext, Provider, ToolResult, ToolSpec, text_result
+from vsmcp.node.tools.offers import SUBSCRIBE_METHOD, is_offers_tool
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter, LimiterSettings
 from vsmcp.node.vsm.events import EventSink, UnitStateChanged
 from vsmcp.node.vsm.kpis import CALLER_OUTCOMES, CallKpis
@@ -67,6 +69,10 @@ UNIT_KPI_WINDOW_S = 60.0
 UNIT_KPI_MAX_CALLS = 10_000
 
 INITIAL_CALL_ESTIMATE_S = 0.1
+# Held calls (a resource subscription kept until its deadline, `is_held_call`) a unit
+# runs at once: outside its slots, gate and KPIs, so they cannot starve its tool calls
+# nor skew its latency; one more is refused (`HeldCallsFull`).
+MAX_HELD_CALLS: Final = 64
 
 
 @dataclass(slots=True)
@@ -134,6 +140,7 @@ class Unit:
         self._sem = asyncio.Semaphore(policy.max_concurrency)
         self._waiting = 0
         self._running = 0
+        self._held = 0
         self._call_estimate_s = INITIAL_CALL_ESTIMATE_S
         self._restart = asyncio.Event()
         self._wake = asyncio.Event()
@@ -171,6 +178,7 @@ class Unit:
             "recent_failures": len(self._failures),
             "retry_in_s": None if self.retry_at is None else max(0.0, self.retry_at - now),
             "running_calls": self._running,
+            "held_calls": self._held,
             "waiting_calls": self._waiting,
             "adaptive": None if self.gate is None else self.gate.limiter.view(),
             "last_error": self.last_error,
@@ -198,13 +206,18 @@ class Unit:
 
     async def call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
         self._check_running(tool)
+        held = is_held_call(tool, arguments)
+        if held:
+            if self._held >= MAX_HELD_CALLS:
+                raise HeldCallsFull(self.name, MAX_HELD_CALLS)
+            self._held += 1
         task = asyncio.current_task()
         if task is not None:
             self._calls.add(task)
         started = time.monotonic()
         failed = True
         try:
-            result = await self._call(tool, arguments, ctx)
+            result = await self._call(tool, arguments, ctx, held)
             failed = bool(result.get("isError"))
             return result
         except ToolError as e:
@@ -224,10 +237,15 @@ class Unit:
             if task is not None:
                 self._calls.discard(task)
                 self._cancelled_calls.discard(task)
-            self.kpis.record(time.time(), (time.monotonic() - started) * 1000, failed)
+            if held:
+                self._held -= 1
+            else:
+                self.kpis.record(time.time(), (time.monotonic() - started) * 1000, failed)
 
-    async def _call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
-        gate = self.gate
+    async def _call(
+        self, tool: str, arguments: Mapping[str, Any], ctx: CallContext, held: bool
+    ) -> ToolResult:
+        gate = None if held else self.gate
         started = gate.admit(ctx, tool) if gate is not None else 0.0
         ran = False  # the call ran here (or timed out here): its latency feeds the limit
         ctx = ctx.with_timeout(self.policy.timeout_s)
@@ -235,14 +253,16 @@ class Unit:
         deadline = asyncio.timeout_at(ctx.deadline)
         try:
             async with deadline:
-                await self._acquire_slot()
+                if not held:
+                    await self._acquire_slot()
                 try:
                     self._check_running(tool)
-                    result = await self._invoke(tool, arguments, ctx)
+                    result = await self._invoke(tool, arguments, ctx, held)
                     ran = True
                     return result
                 finally:
-                    self._sem.release()
+                    if not held:
+                        self._sem.release()
         except TimeoutError:
             if deadline.expired():
                 ran = True
@@ -330,11 +350,12 @@ class Unit:
             self._refuse_overloaded()
 
     async def _invoke(
-        self, tool: str, arguments: Mapping[str, Any], ctx: CallContext
+        self, tool: str, arguments: Mapping[str, Any], ctx: CallContext, held: bool
     ) -> ToolResult:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._running += 1
+        running = 0 if held else 1  # a held call is not one of the unit's running calls
+        self._running += running
         try:
             return await self.provider.call(tool, arguments, ctx)
         except ToolError:
@@ -354,9 +375,10 @@ class Unit:
             self.fault(f"{type(exc).__name__}: {exc}", restart=False, tool=tool)
             return text_result(f"Tool {tool!r} failed: {type(exc).__name__}: {exc}", is_error=True)
         finally:
-            self._running -= 1
-            elapsed = loop.time() - started
-            self._call_estimate_s = 0.8 * self._call_estimate_s + 0.2 * elapsed
+            self._running -= running
+            if not held:
+                elapsed = loop.time() - started
+                self._call_estimate_s = 0.8 * self._call_estimate_s + 0.2 * elapsed
 
     # -- failures ----------------------------------------------------------------------
 
@@ -664,3 +686,9 @@ class Supervisor(Service):
             return
         self._started = False
         await asyncio.gather(*(unit.stop() for unit in self._units.values()))
+
+
+def is_held_call(tool: str, arguments: Mapping[str, Any]) -> bool:
+    """A call that is held open until its deadline by design: an offers tool's
+    `resources/subscribe` (the provider passes the URI's updates while it runs)."""
+    return is_offers_tool(tool) and arguments.get("method") == SUBSCRIBE_METHOD

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.polling import async_wait_for
 from vsmcp.node.tools.errors import (
+    HeldCallsFull,
     Overloaded,
     ShuttingDown,
     ToolQuarantined,
@@ -19,7 +21,7 @@ from vsmcp.node.tools.errors import (
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
 from vsmcp.node.tools.registry import LocalCatalog
-from vsmcp.node.tools.supervisor import Supervisor, UnitPolicy, UnitState
+from vsmcp.node.tools.supervisor import MAX_HELD_CALLS, Supervisor, UnitPolicy, UnitState
 
 CTX = CallContext(caller_id="t", caller_zone="public", origin="test")
 
@@ -261,3 +263,67 @@ async def test_quarantine_on_demand_stops_the_unit_then_starts_it_again() -> Non
             _is(lambda: unit.state is UnitState.RUNNING), timeout_s=10, what="restarted"
         )
         assert len(provider.starts) == 2
+
+
+class SubscribingProvider:
+    """A unit with one tool (`subs.echo`) and an offers tool (`vsm.mcp.subs`) whose
+    `resources/subscribe` calls are held until `release` is set, as a mount's are."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.holding = 0
+
+    @property
+    def name(self) -> str:
+        return "subs"
+
+    def tools(self) -> Sequence[ToolSpec]:
+        return (ToolSpec(name="subs.echo"), ToolSpec(name="vsm.mcp.subs"))
+
+    async def run(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
+        ready()
+        await stop.wait()
+
+    async def call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        if tool == "subs.echo":
+            return text_result("echo")
+        self.holding += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.holding -= 1
+        return text_result("held")
+
+
+SUBSCRIBE = {"method": "resources/subscribe", "params": {"uri": "demo://r"}}
+
+
+async def test_held_subscriptions_take_no_slot_and_no_kpis() -> None:
+    provider = SubscribingProvider()
+    async with Supervisor() as sup:
+        unit = sup.add(provider, policy(max_concurrency=2, max_queue=1))
+        await sup.wait_running()
+        held = [
+            asyncio.create_task(unit.call("vsm.mcp.subs", SUBSCRIBE, CTX), name=f"held-{i}")
+            for i in range(MAX_HELD_CALLS)
+        ]
+        await async_wait_for(
+            _is(lambda: provider.holding == MAX_HELD_CALLS), what="all subscriptions held"
+        )
+        # The unit's two slots are free for its tools, however many subscriptions it holds.
+        for _ in range(3):
+            result = await unit.call("subs.echo", {}, CTX)
+            assert result["content"][0]["text"] == "echo"
+        status = unit.status()
+        assert status["held_calls"] == MAX_HELD_CALLS
+        assert status["running_calls"] == 0
+        # One more is refused, clearly.
+        with pytest.raises(HeldCallsFull) as full:
+            await unit.call("vsm.mcp.subs", SUBSCRIBE, CTX)
+        assert full.value.data["limit"] == "held_calls"
+        assert full.value.data["max_held_calls"] == MAX_HELD_CALLS
+        provider.release.set()
+        assert {r["content"][0]["text"] for r in await asyncio.gather(*held)} == {"held"}
+        assert unit.status()["held_calls"] == 0
+        # Only the three tool calls count in the unit's KPIs.
+        assert unit.kpis.view(time.time())["calls"] == 3

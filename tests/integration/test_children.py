@@ -234,7 +234,7 @@ def test_limits_and_bad_input_are_refused_clearly(
 
     wait_for(tightened, what="System 5 tightening limits")
     status, answer = post_child(parent, {"name": "c"}, owner)
-    assert status == 409 and "while System 5 tightens limits" in answer["error"], answer
+    assert status == 409 and "while the node is short of capacity" in answer["error"], answer
 
 
 def test_kill_9_of_the_parent_leaves_no_process_and_a_restart_has_no_duplicates(

@@ -29,10 +29,10 @@ from typing import Any
 
 import mcp_types as types
 from _machine import machine
+from _mesh import start_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.integration.harness import NodeProcess, wait_mesh_states
 from tests.integration.sdk_client import sdk_client
 
 A_CONFIG = """
@@ -106,17 +106,8 @@ async def run(args: argparse.Namespace) -> None:
         base = Path(tmp)
         (base / "a.toml").write_text(A_CONFIG)
         (base / "c.toml").write_text(C_CONFIG)
-        a = NodeProcess(base / "a", "--config", str(base / "a.toml"), "--no-mdns").start()
-        c = NodeProcess(
-            base / "c",
-            "--config",
-            str(base / "c.toml"),
-            "--no-mdns",
-            "--seed",
-            f"{a.node_id}@127.0.0.1:{a.mesh_port}",
-        ).start()
+        a, c = start_pair(base, base / "a.toml", base / "c.toml")
         try:
-            wait_mesh_states([a, c], {a.node_id: "alive", c.node_id: "alive"})
             direct, mesh = a.url + "/mcp", c.url + "/mcp"
             await wait_listed(mesh)
             lat = await measure(direct, mesh, args.calls)

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,10 +36,7 @@ from typing import Any
 import aiohttp
 from _http_load import drive_processes
 from _machine import machine
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.integration.harness import NodeProcess, wait_mesh_states
+from _mesh import start_pair
 
 TOOL = "bench.echo"
 CONFIG = '[mesh]\npreset = "local"\n[node]\ndebug_api = true\nlog_level = "warning"\n'
@@ -150,19 +146,8 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-mesh-call-") as tmp:
         base = Path(tmp)
         (base / "node.toml").write_text(CONFIG)
-        a = NodeProcess(base / "a", "--config", str(base / "node.toml"), "--no-mdns")
-        a.start()
-        c = NodeProcess(
-            base / "c",
-            "--config",
-            str(base / "node.toml"),
-            "--no-mdns",
-            "--seed",
-            f"{a.node_id}@127.0.0.1:{a.mesh_port}",
-        )
-        c.start()
+        a, c = start_pair(base, base / "node.toml", base / "node.toml")
         try:
-            wait_mesh_states([a, c], {a.node_id: "alive", c.node_id: "alive"})
             assert a.post(f"/api/debug/tools?name={TOOL}&zone=public") == 200
             direct, mesh = a.url + "/mcp", c.url + "/mcp"
             pinned = args.pin and (os.cpu_count() or 1) >= 2

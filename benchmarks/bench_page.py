@@ -42,9 +42,10 @@ from typing import Any
 
 import aiohttp
 from _machine import machine
+from _mesh import start_pair
 from bench_mesh_call import CONFIG, TOOL, call, cpu_s, pin, throughput, wait_listed
 
-from tests.integration.harness import NodeProcess, wait_mesh_states
+from tests.integration.harness import NodeProcess
 from tests.polling import async_wait_for
 
 # The lan preset's membership timers: on a machine loaded by other work, the local
@@ -214,17 +215,8 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-page-") as tmp:
         base = Path(tmp)
         (base / "node.toml").write_text(NODE_CONFIG)
-        a = NodeProcess(base / "a", "--config", str(base / "node.toml"), "--no-mdns").start()
-        c = NodeProcess(
-            base / "c",
-            "--config",
-            str(base / "node.toml"),
-            "--no-mdns",
-            "--seed",
-            f"{a.node_id}@127.0.0.1:{a.mesh_port}",
-        ).start()
+        a, c = start_pair(base, base / "node.toml", base / "node.toml")
         try:
-            wait_mesh_states([a, c], {a.node_id: "alive", c.node_id: "alive"})
             assert a.post(f"/api/debug/tools?name={TOOL}&zone=public") == 200
             mesh = c.url + "/mcp"
             pinned = args.pin and (os.cpu_count() or 1) >= 2

@@ -198,19 +198,22 @@ async def test_llm_proposing_a_tool_the_zone_may_not_call_is_refused_before_it_r
     assert tools.calls["vault.read_secret"] == 0
 
 
+# Only the hang is timed out: an error answer gets the default timeout, so that a slow
+# answer on a loaded machine is not taken for a hang (the note would name the timeout).
 @pytest.mark.parametrize(
-    ("turn", "why"),
+    ("turn", "timeout_s", "why"),
     [
-        (Turn(hang_s=2.0), "no answer within 0.5 s"),
-        (overloaded(), "HTTP 529"),
-        (error(500, "api_error", "Internal server error"), "HTTP 500"),
+        (Turn(hang_s=2.0), 0.5, "no answer within 0.5 s"),
+        (overloaded(), None, "HTTP 529"),
+        (error(500, "api_error", "Internal server error"), None, "HTTP 500"),
     ],
 )
 async def test_llm_failure_falls_back_to_the_offline_answer_with_a_note(
-    tools: Tools, fake: FakeAnthropic, turn: Turn, why: str
+    tools: Tools, fake: FakeAnthropic, turn: Turn, timeout_s: float | None, why: str
 ) -> None:
     fake.script = [turn]
-    answer = await llm_planner(tools, fake, timeout_s=0.5).answer("add 2 and 3", PUBLIC)
+    overrides = {} if timeout_s is None else {"timeout_s": timeout_s}
+    answer = await llm_planner(tools, fake, **overrides).answer("add 2 and 3", PUBLIC)
     assert answer.planner == "offline"
     assert "sum: 5" in answer.text
     assert why in answer.note and "offline planner" in answer.text
@@ -294,7 +297,9 @@ async def test_llm_failing_after_calls_ran_reports_them_and_runs_nothing_again(
 
 
 async def test_requests_at_once_are_bounded(tools: Tools, fake: FakeAnthropic) -> None:
-    config = LlmConfig(api_key_env=KEY_ENV, base_url=fake.base_url, timeout_s=2.0)
+    # The first request holds the slot for 1 s: the timeout is well past it (and past
+    # the second's wait for the slot) however loaded the machine.
+    config = LlmConfig(api_key_env=KEY_ENV, base_url=fake.base_url, timeout_s=30.0)
     planner = Planner(tools.catalog, ZONES, S4Config(max_concurrent=1), config)
     fake.planners.append(planner)
     fake.script = [Turn(hang_s=1.0), reply(text_block("second"))]

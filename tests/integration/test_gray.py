@@ -214,8 +214,14 @@ def test_a_quorum_of_callers_marks_it_degraded_at_every_node(
             timeout_s=30,
             what="a's tool degraded by quorum at b, which never called it",
         )
+        # Each entry node holds the quorum once the other's observation has reached it:
+        # a replication path of its own, which may be behind the one to b.
         for entry in (e1, e2):
-            assert _degraded(entry, "gray_echo")[a.node_id] == "quorum"
+            wait_for(
+                lambda entry=entry: _degraded(entry, "gray_echo")[a.node_id] == "quorum",
+                timeout_s=30,
+                what="a's tool degraded by quorum at the entry node",
+            )
         gray = b.get_json("/api/vsm")["s2"]["gray"]
         [seen] = [o for o in gray["observations"] if o["provider"] == a.node_id]
         assert sorted(seen["observers"]) == sorted([e1.node_id, e2.node_id])

@@ -272,10 +272,11 @@ def test_an_outage_of_10000_entries_is_mirrored_exactly_once_after_it(
     with TcpProxy(POSTGRES_HOST, POSTGRES_PORT) as proxy:
         dsn = _dsn(schema)  # the test's own queries go straight to PostgreSQL
         node = _mirrored_node(tmp_path, dsn, nodes, calls=20, via=_dsn(schema, proxy.port))
-        before = _mirrored(dsn, node.node_id)
-
         proxy.cut()
         wait_for(lambda: _bridge(node)["state"] == "down", timeout_s=30, what="bridge down")
+        # Taken once the mirror is down: the node writes entries of its own (bridge state
+        # changes, S3*) that the mirror may still have carried up to the cut.
+        before = _mirrored(dsn, node.node_id)
         # The outage is pain on the algedonic channel (aggregated by S3).
         wait_for(lambda: _pain_total(node) >= 1, timeout_s=30, what="pain from the bridge")
         _drive_calls(node, lambda: _bridge(node)["lag"] >= OUTAGE_ENTRIES, limit=4 * OUTAGE_ENTRIES)

@@ -202,7 +202,12 @@ async def test_published_on_a_runs_on_b_and_c_and_unpublish_retires_it(mesh: Mes
         )
 
     wait_for(retired, timeout_s=60, what="wasm.echo gone from every node")
-    assert all(counters(n, FAMILY).get("unloaded", 0) >= 1 for n in (b, c))
+    # Counted once the unit has stopped, which may be after its tool left the listing.
+    wait_for(
+        lambda: all(counters(n, FAMILY).get("unloaded", 0) >= 1 for n in (b, c)),
+        timeout_s=30,
+        what="the unload counted on B and C",
+    )
 
 
 def test_a_stranger_signed_manifest_is_refused_on_every_node(mesh: Mesh) -> None:

@@ -45,6 +45,7 @@ from vsmcp.node.tools.errors import (
     ShuttingDown,
     ToolError,
     ToolQuarantined,
+    ToolTimeout,
 )
 from vsmcp.node.tools.model import CallContext, DeclaresProbe, ToolResult, text_result
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitState
@@ -63,6 +64,9 @@ MAX_DETAIL_CHARS: Final = 300
 BUSY_RETRY_AFTER_S: Final = 1.0
 # A unit's refusals for load: the probe did not run, so they say nothing of the tool.
 LOAD_REFUSALS: Final = (Overloaded, RateLimited, ToolQuarantined)
+# A unit's timeout this close to the probe's deadline is that deadline (asyncio may run a
+# timer up to its clock's resolution early).
+DEADLINE_SLACK_S: Final = 0.001
 
 AuditSink = Callable[[str, dict[str, Any]], None]
 PainSink = Callable[[str, float, str], None]
@@ -210,12 +214,21 @@ class Auditor(LoopService):
         ctx = CallContext(
             caller_id="s3*", caller_zone=self._zone, origin="s3*", priority=CRITICAL
         ).with_timeout(timeout_s)
+        no_answer = f"no answer within {timeout_s:g} s"
         try:
             # A slot is free: nothing suspends before the tool runs, so this times it.
             async with asyncio.timeout(timeout_s):
                 result = await unit.call(probe.tool or tool, probe.arguments, ctx)
         except TimeoutError:
-            return f"no answer within {timeout_s:g} s"
+            return no_answer
+        except ToolTimeout as e:
+            # The unit stops the call at the probe's deadline, a moment before the
+            # timeout above: the same event, told the same way. (A unit timeout shorter
+            # than the probe's is the tool's own, told as it is.)
+            now = asyncio.get_running_loop().time()
+            if ctx.deadline is not None and now >= ctx.deadline - DEADLINE_SLACK_S:
+                return no_answer
+            return f"{e.reason}: {e}"[:MAX_DETAIL_CHARS]
         except ShuttingDown:
             raise  # the node is stopping: says nothing about the unit
         except LOAD_REFUSALS as e:

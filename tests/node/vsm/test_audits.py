@@ -13,7 +13,7 @@ import pytest
 from tests.polling import async_wait_for
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.tools.config import ProbeConfig
-from vsmcp.node.tools.errors import ConcurrencyLimited, Overloaded, RateLimited
+from vsmcp.node.tools.errors import ConcurrencyLimited, Overloaded, RateLimited, ToolTimeout
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
 from vsmcp.node.tools.supervisor import Supervisor, UnitPolicy, UnitState
 from vsmcp.node.vsm.audits import Auditor
@@ -131,3 +131,47 @@ async def test_only_failures_in_a_row_quarantine_the_unit() -> None:
         assert await auditor.audit_tool("p.echo") is False
         assert unit.status()["state"] == "quarantined" and auditor.stats["quarantined"] == 1
         assert auditor.stats["failed"] == 3
+
+
+class Late(Probed):
+    """`p.hold` as a mounted server's client can end it: the call cancelled at its
+    deadline, it still answers with its own timeout error (after an await)."""
+
+    async def call(self, tool: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolResult:
+        try:
+            return await super().call(tool, arguments, ctx)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)
+            raise ToolTimeout(tool, 0.01) from None
+
+
+def _hang_auditor(sup: Supervisor, timeout_s: float) -> Auditor:
+    config = AuditsConfig(timeout_s=timeout_s, failures_to_quarantine=1000)
+    auditor = Auditor(config, LoopSupervisor(), zone="public")
+    auditor.bind(sup, {"p.hold": PROBE})
+    return auditor
+
+
+@pytest.mark.parametrize("provider", [Probed(), Late()], ids=["hangs", "times-out-itself"])
+async def test_a_probe_with_no_answer_in_time_is_told_one_way(provider: Probed) -> None:
+    """The probe's deadline reaches the unit (which stops the call at it) and bounds the
+    audit's wait: whichever ends the call, the audit says the same."""
+    async with Supervisor() as sup:
+        sup.add(provider, UnitPolicy(max_concurrency=64))
+        await sup.wait_running()
+        auditor = _hang_auditor(sup, 0.01)
+        details = set()
+        for _ in range(20):
+            assert await auditor.audit_tool("p.hold") is False
+            details.add(auditor.last["p.hold"]["detail"])
+        assert details == {"no answer within 0.01 s"}
+
+
+async def test_a_unit_timeout_shorter_than_the_probes_is_told_as_the_tools_own() -> None:
+    async with Supervisor() as sup:
+        sup.add(Probed(), UnitPolicy(timeout_s=0.01))
+        await sup.wait_running()
+        auditor = _hang_auditor(sup, 30.0)
+        assert await auditor.audit_tool("p.hold") is False
+        detail = auditor.last["p.hold"]["detail"]
+        assert detail == "timeout: Tool 'p.hold' did not finish within 0.010 s", detail

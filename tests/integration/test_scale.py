@@ -114,6 +114,13 @@ def test_saturated_tool_gets_a_child_calls_spread_and_the_idle_child_is_retired(
     parent: NodeProcess,
 ) -> None:
     with Load(parent) as load:
+        # Read while it is recent: /api/events keeps the last events of every kind, and
+        # each call under load adds one.
+        spawn = wait_for(
+            lambda: next((e for e in scale_events(parent) if e["action"] == "spawn"), None),
+            timeout_s=SCALE_TIMEOUT_S,
+            what="a spawn event",
+        )
         spawned = wait_for(
             lambda: serving_child(parent),
             timeout_s=SCALE_TIMEOUT_S,
@@ -128,7 +135,6 @@ def test_saturated_tool_gets_a_child_calls_spread_and_the_idle_child_is_retired(
             what=f"calls served by both the parent and the child: {load.pids()}",
         )
     assert not load.errors, load.errors[:3]
-    spawn = next(e for e in scale_events(parent) if e["action"] == "spawn")
     assert spawn["tool"] == "burn" and spawn["child"] == spawned["name"]
     assert spawn["cpu"] >= 0.25 and spawn["slots"] == 1
     assert spawn["running"] + spawn["waiting"] >= 1

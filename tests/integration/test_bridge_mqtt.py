@@ -183,6 +183,13 @@ async def test_retained_announcements_status_and_the_last_will(
     await _wait_connected(node)
     status_topic = f"{prefix}/nodes/{node.node_id}/status"
     tools_topic = f"{prefix}/nodes/{node.node_id}/tools"
+    # The bridge is `connected` once `online` is acknowledged, and announces its tools
+    # right after (counted once acknowledged).
+    await async_wait_until(
+        lambda: _bridge(node)["counters"].get("announcements", 0) >= 1,
+        timeout_s=WAIT_S,
+        what="the tools announced",
+    )
     # A subscriber that comes after the node published sees both, retained.
     async with client(broker) as fresh:
         await fresh.subscribe(f"{prefix}/nodes/+/+", qos=1)
@@ -202,6 +209,8 @@ async def test_retained_announcements_status_and_the_last_will(
         # A tool appears: the announcement is published again, with it.
         assert node.post("/api/debug/tools?name=extra.echo&zone=public") == 200
         changed = json.loads((await _next(fresh, tools_topic)).payload)
+        while "extra.echo" not in {t["name"] for t in changed["tools"]}:
+            changed = json.loads((await _next(fresh, tools_topic)).payload)  # an older change
         assert {t["name"] for t in changed["tools"]} == names | {"extra.echo"}
         metrics = node.get("/metrics")[1].decode()
         assert 'vsmcp_bridge_connected{bridge="mqtt"} 1.0' in metrics

@@ -4,6 +4,7 @@ others still answering), grants, and the compiled-module cache."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.metadata
 import json
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
 from tests.polling import async_wait_for
 from tests.skips import require_module
+from vsmcp.edge.engine import pool_slots
 from vsmcp.edge.errors import (
     WasmFault,
     WasmLoadError,
@@ -26,6 +28,7 @@ from vsmcp.edge.errors import (
 from vsmcp.edge.grants import EdgePermissions
 from vsmcp.edge.manifest import load_manifest
 from vsmcp.edge.runtime import (
+    DEFAULT_THREADS,
     INLINE_BACKOFF_CALLS,
     INLINE_BACKOFF_MAX_CALLS,
     InlineGate,
@@ -80,6 +83,24 @@ async def test_a_hostile_module_is_stopped_at_its_limit_and_others_keep_answerin
         await bad_call
     again = await runtime.call(good, b'{"n":2}', 5.0)
     assert json.loads(again.stdout) == {"echo": {"n": 2}}
+
+
+async def test_stopped_calls_give_their_instance_slot_back_at_once(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # A stopped call's error keeps its frame (a reference cycle) until the collector
+    # runs; the engine has a bounded number of instance slots. More stops in a row than
+    # there are slots, the collector off: each store is dropped when its call ends.
+    trap = load(runtime, tmp_path, "trap")
+    gc.disable()
+    try:
+        for _ in range(pool_slots(DEFAULT_THREADS) + 4):
+            with pytest.raises(WasmTrap, match="unreachable"):
+                await runtime.call(trap, b"{}", 1.0)
+        answer = await runtime.call(echo(runtime), b'{"n":1}', 5.0)
+    finally:
+        gc.enable()
+    assert json.loads(answer.stdout) == {"echo": {"n": 1}}
 
 
 async def test_the_callers_shorter_deadline_stops_a_runaway(runtime: Any, tmp_path: Path) -> None:
@@ -336,10 +357,15 @@ async def test_overlapping_iovecs_past_the_output_limit_are_an_output_limit(
 def test_the_installed_wasmtime_has_the_internals_the_host_uses() -> None:
     # The fast paths are in use with the wasmtime pyproject allows (>=40,<52).
     require_module("wasmtime")
+    from vsmcp.edge.engine import missing_pooling_internals
     from vsmcp.edge.sandbox import missing_start_internals
     from vsmcp.edge.stdio import missing_internals
 
-    assert (missing_internals(), missing_start_internals()) == ([], ())
+    assert (missing_internals(), missing_start_internals(), missing_pooling_internals()) == (
+        [],
+        (),
+        [],
+    )
 
 
 @pytest.fixture

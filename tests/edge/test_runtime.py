@@ -103,6 +103,42 @@ async def test_stopped_calls_give_their_instance_slot_back_at_once(
     assert json.loads(answer.stdout) == {"echo": {"n": 1}}
 
 
+# Each call adds 1 to a global, to a byte of its data segment ("0"), to a byte of its
+# zeroed memory and to a byte of a page it grows, and writes the four as digits.
+STATEFUL_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $g (mut i32) (i32.const 0))
+  (data (i32.const 16) "0")
+  (func $bump (param $at i32)
+    (i32.store8 (local.get $at) (i32.add (i32.load8_u (local.get $at)) (i32.const 1))))
+  (func (export "_start")
+    (global.set $g (i32.add (global.get $g) (i32.const 1)))
+    (call $bump (i32.const 16))
+    (call $bump (i32.const 17))
+    (drop (memory.grow (i32.const 1)))
+    (call $bump (i32.const 65541))
+    (i32.store8 (i32.const 17) (i32.add (i32.load8_u (i32.const 17)) (i32.const 48)))
+    (i32.store8 (i32.const 18) (i32.add (global.get $g) (i32.const 48)))
+    (i32.store8 (i32.const 19) (i32.add (i32.load8_u (i32.const 65541)) (i32.const 48)))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 4))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+async def test_no_call_sees_what_an_earlier_one_left_in_its_instance(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # Instances come from the engine's pool of slots, reused: each must start as new.
+    wat = tmp_path / "stateful.wat"
+    wat.write_text(STATEFUL_WAT)
+    tool = runtime.load(load_manifest(write_manifest(tmp_path, "stateful", wat)))
+    answers = [(await runtime.call(tool, b"{}", 5.0)).stdout for _ in range(8)]
+    assert answers == [b"1111"] * 8
+
+
 async def test_the_callers_shorter_deadline_stops_a_runaway(runtime: Any, tmp_path: Path) -> None:
     hostile = load(runtime, tmp_path, "loop", "timeout_ms = 60000")
     with pytest.raises(WasmTimeLimit, match="time limit of 50 ms"):

@@ -12,8 +12,9 @@ limit fits) plus wasmtime's guard regions, ≈4 GiB each, never touched until an
 uses them and decommitted when it ends. They bound the instances alive at once: a call
 runs in one of `threads` workers or on the event loop, so there are at least twice as
 many slots as could ever be in use. wasmtime-py does not wrap the pooling settings; they
-are set through its C bindings, and without them (another version) the engine keeps the
-on-demand allocator (slower, same limits).
+are set through its C bindings, and without them (another version), or when the address
+space is refused (a `ulimit -v`), the engine keeps the on-demand allocator (slower, same
+limits).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Final
 
+from vsmcp.edge.errors import WasmUnavailable
 from vsmcp.edge.manifest import MAX_MEMORY_MB
 from vsmcp.edge.sandbox import MAX_MEMORIES, MAX_TABLE_ELEMENTS, MAX_TABLES
 
@@ -87,4 +89,18 @@ def new_engine(threads: int, *, pooling: bool) -> wasmtime.Engine:
     config.epoch_interruption = True
     if pooling:
         _use_pooling(config, pool_slots(threads))
-    return wasmtime.Engine(config)
+    engine = wasmtime.Engine(config)
+    if not engine.ptr():
+        # wasmtime could not make it (a null engine; wasmtime-py does not check): the
+        # pool's address space was refused, e.g. under a `ulimit -v`.
+        engine._consume()  # nothing to delete
+        if not pooling:
+            raise WasmUnavailable("wasmtime could not create an engine")
+        log.warning(
+            "wasmtime could not reserve the address space of %d instance slots (≈4 GiB "
+            "each: is it limited, e.g. ulimit -v?): WASM instances are mapped per call "
+            "instead, slower",
+            pool_slots(threads),
+        )
+        return new_engine(threads, pooling=False)
+    return engine

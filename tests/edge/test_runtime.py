@@ -7,6 +7,8 @@ import asyncio
 import gc
 import importlib.metadata
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -402,6 +404,40 @@ def test_the_installed_wasmtime_has_the_internals_the_host_uses() -> None:
         (),
         [],
     )
+
+
+# Address space for a few on-demand instances (4 GiB reservations each), not for the
+# engine's pool of slots.
+ADDRESS_SPACE_LIMIT = 16 << 30
+LIMITED_ECHO = f"""
+import asyncio, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LIMIT}))
+from vsmcp.edge.manifest import load_manifest
+from vsmcp.edge.runtime import WasmRuntime
+runtime = WasmRuntime()
+runtime.acquire()
+tool = runtime.load(load_manifest(Path({str(EXAMPLES / "echo.toml")!r})))
+sys.stdout.write(asyncio.run(runtime.call(tool, b'{{"n":1}}', 5.0)).stdout.decode())
+runtime.release()
+"""
+
+
+def test_without_address_space_for_the_pool_instances_are_mapped_per_call() -> None:
+    # wasmtime-py does not check for the null engine wasmtime answers then: used, or
+    # only dropped, it crashes the process.
+    require_module("wasmtime")
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED_ECHO],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"echo": {"n": 1}}
+    assert "could not reserve the address space of" in done.stderr
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Slots beyond twice the callers (workers + the event loop): stores not yet dropped
-# (a stopped call's store lives until its error is handled).
+# Slots beyond twice the callers (workers + the event loop): a margin, since each call
+# closes its store when it ends (`sandbox.run_call`), so at most one slot per caller.
 SPARE_SLOTS: Final = 16
 
 _POOLING_FFI: Final = (

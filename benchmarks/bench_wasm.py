@@ -7,7 +7,8 @@ deadline a runaway module is stopped.
   unit's slot, the provider) of the same echo, as a Python plugin (a sync function, run in
   a worker thread like every sync plugin) and as the WAT example (`examples/wasm/echo.wat`:
   reads stdin, writes stdout). The difference is what the WASM host adds per call: a
-  fresh store, WASI context and instance, the module's stdio served by the host (and,
+  fresh store, WASI context and instance (from the engine's pooling allocator), the
+  module's stdio served by the host (and,
   for a call past the event loop's 1 ms budget, the hop to a worker the plugin pays
   too). Two breakdowns beside it: a module that does nothing (`_start` returns: store +
   WASI + instance, no I/O), and the raw wasmtime-py floor on this machine (store +
@@ -165,6 +166,13 @@ def main() -> None:
         extra_nop = [w - p for w, p in zip(table["wasm nop"], table["python"], strict=True)]
         print(_row(f"{clock}: WASM echo minus Python echo (host overhead)", extra, "µs"))
         print(_row(f"{clock}: WASM nop minus Python echo", extra_nop, "µs"))
+        # Rounds differ in load: the difference of the two variants' bests and medians.
+        wasm, python = table["wasm"], table["python"]
+        print(
+            f"| {clock}: WASM echo minus Python echo, best − best / median − median "
+            f"| {min(wasm) - min(python):.1f} µs "
+            f"| {statistics.median(wasm) - statistics.median(python):.1f} µs | |"
+        )
     print(_row("raw wasmtime-py: store + instantiate + call", floor, "µs"))
     print(_row(f"runaway: deadline ({LOOP_LIMIT_S * 1000:.0f} ms) to stop", late, "ms"))
 

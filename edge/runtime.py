@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 from vsmcp.edge import stdio
 from vsmcp.edge.cache import ModuleCache, module_bytes
 from vsmcp.edge.clock import EpochClock
+from vsmcp.edge.engine import missing_pooling_internals, new_engine
 from vsmcp.edge.errors import WasmBudgetSpent, WasmLoadError, WasmTimeLimit, WasmUnavailable
 from vsmcp.edge.manifest import Manifest
 from vsmcp.edge.sandbox import WasmOutcome, missing_start_internals, own_stdio, run_call
@@ -142,16 +143,14 @@ class WasmRuntime:
         inline_budget_s: float = DEFAULT_INLINE_BUDGET_S,
     ) -> None:
         _import_wasmtime()
-        import wasmtime
-
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        self.engine = wasmtime.Engine(config)
+        missing_pooling = missing_pooling_internals()
+        self.engine = new_engine(threads, pooling=not missing_pooling)
         self.clock = EpochClock(self.engine)
         self.cache = ModuleCache(self.engine, cache_dir)
         missing = stdio.missing_internals()
         self._host_stdio = None if missing else stdio.HostStdio()
         missing += [name for name in missing_start_internals() if name not in missing]
+        missing += missing_pooling
         if missing:
             log.warning(
                 "wasmtime %s lacks internals the WASM host uses (%s): it uses wasmtime-py's "

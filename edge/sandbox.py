@@ -257,6 +257,10 @@ def run_call(
                 raise _fault(exc, manifest, out, used, limit_s or timeout_s) from None
     finally:
         clock.leave()
+        # Dropped now, not when the last reference goes: a stopped call's frame is kept
+        # by its error (a reference cycle, until a garbage collection), and the engine
+        # has a bounded number of instance slots (`vsmcp.edge.engine`).
+        store.close()
     if out.overflowed:
         # It ignored the failed write and exited: the answer is cut, so it is no answer.
         raise _fault(wasmtime.WasmtimeError("output cut"), manifest, out, 0, timeout_s)

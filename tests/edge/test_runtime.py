@@ -4,8 +4,11 @@ others still answering), grants, and the compiled-module cache."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.metadata
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import pytest
 from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
 from tests.polling import async_wait_for
 from tests.skips import require_module
+from vsmcp.edge.engine import pool_slots
 from vsmcp.edge.errors import (
     WasmFault,
     WasmLoadError,
@@ -26,6 +30,7 @@ from vsmcp.edge.errors import (
 from vsmcp.edge.grants import EdgePermissions
 from vsmcp.edge.manifest import load_manifest
 from vsmcp.edge.runtime import (
+    DEFAULT_THREADS,
     INLINE_BACKOFF_CALLS,
     INLINE_BACKOFF_MAX_CALLS,
     InlineGate,
@@ -80,6 +85,60 @@ async def test_a_hostile_module_is_stopped_at_its_limit_and_others_keep_answerin
         await bad_call
     again = await runtime.call(good, b'{"n":2}', 5.0)
     assert json.loads(again.stdout) == {"echo": {"n": 2}}
+
+
+async def test_stopped_calls_give_their_instance_slot_back_at_once(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # A stopped call's error keeps its frame (a reference cycle) until the collector
+    # runs; the engine has a bounded number of instance slots. More stops in a row than
+    # there are slots, the collector off: each store is dropped when its call ends.
+    trap = load(runtime, tmp_path, "trap")
+    gc.disable()
+    try:
+        for _ in range(pool_slots(DEFAULT_THREADS) + 4):
+            with pytest.raises(WasmTrap, match="unreachable"):
+                await runtime.call(trap, b"{}", 1.0)
+        answer = await runtime.call(echo(runtime), b'{"n":1}', 5.0)
+    finally:
+        gc.enable()
+    assert json.loads(answer.stdout) == {"echo": {"n": 1}}
+
+
+# Each call adds 1 to a global, to a byte of its data segment ("0"), to a byte of its
+# zeroed memory and to a byte of a page it grows, and writes the four as digits.
+STATEFUL_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $g (mut i32) (i32.const 0))
+  (data (i32.const 16) "0")
+  (func $bump (param $at i32)
+    (i32.store8 (local.get $at) (i32.add (i32.load8_u (local.get $at)) (i32.const 1))))
+  (func (export "_start")
+    (global.set $g (i32.add (global.get $g) (i32.const 1)))
+    (call $bump (i32.const 16))
+    (call $bump (i32.const 17))
+    (drop (memory.grow (i32.const 1)))
+    (call $bump (i32.const 65541))
+    (i32.store8 (i32.const 17) (i32.add (i32.load8_u (i32.const 17)) (i32.const 48)))
+    (i32.store8 (i32.const 18) (i32.add (global.get $g) (i32.const 48)))
+    (i32.store8 (i32.const 19) (i32.add (i32.load8_u (i32.const 65541)) (i32.const 48)))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 4))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+async def test_no_call_sees_what_an_earlier_one_left_in_its_instance(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # Instances come from the engine's pool of slots, reused: each must start as new.
+    wat = tmp_path / "stateful.wat"
+    wat.write_text(STATEFUL_WAT)
+    tool = runtime.load(load_manifest(write_manifest(tmp_path, "stateful", wat)))
+    answers = [(await runtime.call(tool, b"{}", 5.0)).stdout for _ in range(8)]
+    assert answers == [b"1111"] * 8
 
 
 async def test_the_callers_shorter_deadline_stops_a_runaway(runtime: Any, tmp_path: Path) -> None:
@@ -229,8 +288,9 @@ async def test_a_second_memory_does_not_get_a_second_memory_limit(
         " (drop (memory.grow $a (i32.const 47))) (drop (memory.grow $b (i32.const 47)))))"
     )
     manifest = write_manifest(tmp_path, "two", wat, limits="memory_mb = 4")
-    with pytest.raises(WasmMemoryLimit):
-        await runtime.call(runtime.load(load_manifest(manifest)), b"{}", 1.0)
+    # The engine's instance pool has one memory per instance: refused when loaded.
+    with pytest.raises(WasmLoadError, match="memories count of 2 exceeds"):
+        runtime.load(load_manifest(manifest))
 
 
 async def test_a_table_does_not_grow_past_its_bound(runtime: Any, tmp_path: Path) -> None:
@@ -335,10 +395,49 @@ async def test_overlapping_iovecs_past_the_output_limit_are_an_output_limit(
 def test_the_installed_wasmtime_has_the_internals_the_host_uses() -> None:
     # The fast paths are in use with the wasmtime pyproject allows (>=40,<52).
     require_module("wasmtime")
+    from vsmcp.edge.engine import missing_pooling_internals
     from vsmcp.edge.sandbox import missing_start_internals
     from vsmcp.edge.stdio import missing_internals
 
-    assert (missing_internals(), missing_start_internals()) == ([], ())
+    assert (missing_internals(), missing_start_internals(), missing_pooling_internals()) == (
+        [],
+        (),
+        [],
+    )
+
+
+# Address space for a few on-demand instances (4 GiB reservations each), not for the
+# engine's pool of slots.
+ADDRESS_SPACE_LIMIT = 16 << 30
+LIMITED_ECHO = f"""
+import asyncio, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LIMIT}))
+from vsmcp.edge.manifest import load_manifest
+from vsmcp.edge.runtime import WasmRuntime
+runtime = WasmRuntime()
+runtime.acquire()
+tool = runtime.load(load_manifest(Path({str(EXAMPLES / "echo.toml")!r})))
+sys.stdout.write(asyncio.run(runtime.call(tool, b'{{"n":1}}', 5.0)).stdout.decode())
+runtime.release()
+"""
+
+
+def test_without_address_space_for_the_pool_instances_are_mapped_per_call() -> None:
+    # wasmtime-py does not check for the null engine wasmtime answers then: used, or
+    # only dropped, it crashes the process.
+    require_module("wasmtime")
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED_ECHO],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"echo": {"n": 1}}
+    assert "could not reserve the address space of" in done.stderr
 
 
 @pytest.fixture

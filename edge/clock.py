@@ -39,7 +39,9 @@ class EpochClock:
         """A call starts: the clock must run until the matching `leave`."""
         with self._cond:
             self._active += 1
-            self._closing = False
+            # `_closing` is left as it is: a call that starts after `close` (a call
+            # rerun in the pool after its inline budget) keeps the thread only while it
+            # runs; only `open` takes the close back.
             if self._thread is None or not self._thread.is_alive():
                 # Daemon: when idle it only waits on the condition, so it never touches
                 # wasmtime while the interpreter tears down.
@@ -54,6 +56,11 @@ class EpochClock:
     def leave(self) -> None:
         with self._cond:
             self._active -= 1
+
+    def open(self) -> None:
+        """The runtime is in use again after a `close`: the thread waits for calls."""
+        with self._cond:
+            self._closing = False
 
     def close(self) -> None:
         """Let the thread end once no call runs (a call in flight keeps its deadline).

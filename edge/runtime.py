@@ -205,6 +205,7 @@ class WasmRuntime:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self._threads, thread_name_prefix="wasm"
                 )
+                self.clock.open()
 
     def release(self) -> None:
         with self._lock:

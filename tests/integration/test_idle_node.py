@@ -33,6 +33,8 @@ LAZY_MODULES = (
     # distributed).
     "vsmcp.edge",
     "vsmcp.node.tools.wasm",
+    # System 3's scaler: with the first `scale` tool.
+    "vsmcp.node.children.scale",
 )
 LAZY_PACKAGES = (
     "mcp",
@@ -88,6 +90,8 @@ def test_zeroconf_is_imported_only_by_a_node_with_mdns_on(tmp_path: Path, mdns: 
     assert "vsmcp.mesh.discovery" in modules
     mdns_modules = {"zeroconf", "ifaddr", "vsmcp.mesh._discovery_mdns"} & modules
     assert mdns_modules == ({"zeroconf", "ifaddr", "vsmcp.mesh._discovery_mdns"} if mdns else set())
+    # ctypes (≈0.4 MiB): ifaddr's (zeroconf's) alone; ours is for a child VSM's parent watch.
+    assert ("ctypes" in modules) == mdns
 
 
 def test_an_idle_node_has_not_read_the_ca_bundle_for_aiohttp_client_contexts(

@@ -1,6 +1,7 @@
 """An idle node as a new user starts it (`vsmcpd --dev`): start to healthy, and memory.
 
     python benchmarks/bench_idle.py [--runs 5] [--settle 3] [--quick]
+    python benchmarks/bench_idle.py --by-import [--runs 2]
 
 Starts real `vsmcpd --dev` processes one at a time on a free HTTP port and measures:
 start to healthy (from spawning the process to the first `GET /healthz` answering 200),
@@ -12,11 +13,16 @@ and private memory.
 
 Variants: as a new user (mDNS on), without mDNS (`--no-mdns`, as the other benchmarks),
 and with the standard asyncio event loop instead of uvloop (`node.event_loop`).
+
+`--by-import`: where the memory of `vsmcpd --dev` (mDNS on) goes, the RSS each package
+adds while the daemon imports it (benchmarks/_import_rss.py; our own modules by
+subpackage), means of `--runs` runs, beside the RSS `--settle` seconds after ready.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -34,6 +40,7 @@ from _machine import machine
 
 from tests.integration.harness import REPO_ROOT, mesh_name_for
 
+IMPORT_RSS = Path(__file__).with_name("_import_rss.py")
 START_TIMEOUT_S = 30.0
 POLL_S = 0.005
 VARIANTS: dict[str, tuple[list[str], str]] = {
@@ -84,15 +91,23 @@ def _memory_kb(pid: int) -> dict[str, int]:
     }
 
 
-def measure(base: Path, args: list[str], config: str, settle: float) -> dict[str, float]:
+def measure(
+    base: Path,
+    args: list[str],
+    config: str,
+    settle: float,
+    launcher: tuple[str, ...] = ("-m", "vsmcp.node"),
+    env_extra: dict[str, str] | None = None,
+) -> dict[str, float]:
     base.mkdir(parents=True)
     port = _free_port()
-    cmd = [sys.executable, "-m", "vsmcp.node", "--dev", "--data-dir", str(base / "data")]
+    cmd = [sys.executable, *launcher, "--dev", "--data-dir", str(base / "data")]
     cmd += ["--http-port", str(port), "--mesh-port", "0", *args]
     if config:
         (base / "vsmcp.toml").write_text(config)
         cmd += ["--config", str(base / "vsmcp.toml")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "VSMCP_MESH_NAME": mesh_name_for(base)}
+    env.update(env_extra or {})
     started = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO_ROOT, env=env
@@ -123,14 +138,46 @@ def measure(base: Path, args: list[str], config: str, settle: float) -> dict[str
     }
 
 
+def _package(module: str) -> str:
+    """`aiohttp.web` -> `aiohttp`; ours by subpackage: `vsmcp.node.routing.catalog` ->
+    `vsmcp.node.routing`."""
+    parts = module.split(".")
+    return ".".join(parts[:3] if parts[0] == "vsmcp" else parts[:1])
+
+
+def by_import(runs: int, settle: float) -> None:
+    added: dict[str, float] = {}
+    rss: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(runs):
+            out = Path(tmp) / f"imports{run}.json"
+            env = {"VSMCP_IMPORT_RSS_OUT": str(out)}
+            base = Path(tmp) / f"run{run}"
+            rss.append(measure(base, [], "", settle, (str(IMPORT_RSS),), env)["rss"] * 1024)
+            for module, size in json.loads(out.read_text()).items():
+                added[_package(module)] = added.get(_package(module), 0) + size / runs
+    mib = 2**20
+    print(f"machine: {machine()}; {runs} runs, `vsmcpd --dev` (mDNS on); means\n")
+    print(f"RSS {settle:g} s after ready: {statistics.mean(rss) / mib:.1f} MiB")
+    ours = sum(size for package, size in added.items() if package.startswith("vsmcp"))
+    print(f"imports: {sum(added.values()) / mib:.1f} MiB, of which ours {ours / mib:.1f} MiB\n")
+    print("| package | RSS added at import |\n|---|---|")
+    for package, size in sorted(added.items(), key=lambda item: -item[1])[:40]:
+        print(f"| {package} | {size / mib:.2f} MiB |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--quick", action="store_true", help="one run (run_all.py --quick)")
+    parser.add_argument("--by-import", action="store_true", help="RSS by imported package")
     args = parser.parse_args()
     if args.quick:
         args.runs = 1
+    if args.by_import:
+        by_import(args.runs, args.settle)
+        return
     results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):

@@ -18,17 +18,20 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsmcp.node import __version__
 from vsmcp.node.app.config import load_config
 from vsmcp.node.app.logs import setup_logging
-from vsmcp.node.app.node import Node
 from vsmcp.node.app.parent_watch import parent_pid_from, watch_parent
 from vsmcp.node.app.profiles import PROFILES
 from vsmcp.node.app.sdnotify import SystemdNotifier
+from vsmcp.node.client_tls import import_aiohttp_deferring_cas
 from vsmcp.node.errors import EXIT_BAD_CONFIG, StartupError
 from vsmcp.node.tools.stdio import kill_all_process_groups
+
+if TYPE_CHECKING:
+    from vsmcp.node.app.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +265,16 @@ def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None
     return run
 
 
+def node_class() -> type[Node]:
+    """The node, imported here: the first import of aiohttp (its HTTP server) leaves the
+    CA certificates of aiohttp's default client contexts unread until a plugin or a bridge
+    may use them (≈2 MiB of an idle node; node/client_tls.py)."""
+    import_aiohttp_deferring_cas()
+    from vsmcp.node.app.node import Node
+
+    return Node
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -276,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     warn_of_standing_rollback_acceptance(args.accept_audit_rollback, os.environ)
     watchdog = ShutdownWatchdog()
     try:
-        node = Node(config, accept_audit_rollback=args.accept_audit_rollback)
+        node = node_class()(config, accept_audit_rollback=args.accept_audit_rollback)
         event_loop_runner(config.node.event_loop)(run(node, watchdog))
     except StartupError as e:
         log.error("cannot start: %s", e)

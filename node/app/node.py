@@ -46,7 +46,6 @@ from vsmcp.node.app.zone_auth import authorize
 from vsmcp.node.bridges.model import BridgeContext
 from vsmcp.node.bridges.service import BridgesService
 from vsmcp.node.children.manager import ChildManager, ParentTrust
-from vsmcp.node.children.scale import ToolScaler
 from vsmcp.node.children.tools import children_provider
 from vsmcp.node.errors import ConfigError, NodeError, StartupError
 from vsmcp.node.http.limits import REFUSE_REASONS, ConnectionLimits
@@ -628,6 +627,8 @@ class Node(Service):
         scaled = [p for p in self.config.tools.plugins if p.scale is not None]
         if not scaled:
             return
+        # Imported here: a node without `scale` tools never needs the scaler.
+        from vsmcp.node.children.scale import ToolScaler
 
         scaler = ToolScaler(
             self.loops,

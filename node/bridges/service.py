@@ -14,6 +14,7 @@ from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.config import BridgesSection
 from vsmcp.node.bridges.model import Bridge, BridgeContext, BridgeStatus
 from vsmcp.node.bridges.registry import BRIDGE_MODULES
+from vsmcp.node.client_tls import load_deferred_cas
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class BridgesService(Service):
                 # Off the event loop: a client library can take seconds to import
                 # (aiogram builds ~300 pydantic models: 3-15 s on 2 busy cores), and
                 # the node must keep answering health checks and its peers meanwhile.
+                # A bridge's client library may use aiohttp's default HTTPS contexts.
+                await asyncio.to_thread(load_deferred_cas)
                 module = await asyncio.to_thread(importlib.import_module, BRIDGE_MODULES[name])
                 bridge: Bridge = module.create(section, self._context)
                 await stack.enter_async_context(bridge)

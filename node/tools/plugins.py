@@ -12,6 +12,7 @@ import importlib.metadata
 from collections.abc import Iterable
 from typing import Any
 
+from vsmcp.node.client_tls import load_deferred_cas
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import PluginToolConfig
 from vsmcp.node.tools.errors import ToolConfigError
@@ -25,6 +26,7 @@ def load_target(target: str) -> Any:
     module_name, sep, attr_path = target.partition(":")
     if not sep or not module_name or not attr_path:
         raise ToolConfigError(f"plugin target {target!r} is not of the form 'module:function'")
+    load_deferred_cas()  # plugin code may use aiohttp's default HTTPS client
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -91,6 +93,7 @@ def entry_point_providers(group: str = ENTRY_POINT_GROUP) -> list[FunctionProvid
         source = f"entry point {ep.name!r} ({ep.value})"
 
         def load(ep: importlib.metadata.EntryPoint = ep, source: str = source) -> list[PluginTool]:
+            load_deferred_cas()  # plugin code may use aiohttp's default HTTPS client
             return _as_tools(ep.load(), source)
 
         try:

@@ -1,4 +1,5 @@
-"""`vsmcpd`, writing the names of every module it imported to $VSMCP_MODULES_OUT at exit.
+"""`vsmcpd`, writing at exit to $VSMCP_MODULES_OUT (JSON) the names of every module it
+imported, and how many CA certificates aiohttp's default verifying client context holds.
 
 Started by tests/integration/test_idle_node.py in place of `python -m vsmcp.node`: the
 list at exit holds everything the node imported while it ran (a superset of idle).
@@ -13,9 +14,24 @@ import runpy
 import sys
 
 
+def _aiohttp_default_ca_certs() -> int | None:
+    connector = sys.modules.get("aiohttp.connector")
+    if connector is None:
+        return None
+    # aiohttp's own (private) default context: what its client verifies with.
+    stats: dict[str, int] = connector._SSL_CONTEXT_VERIFIED.cert_store_stats()
+    return stats["x509_ca"]
+
+
 def _write_modules() -> None:
     with open(os.environ["VSMCP_MODULES_OUT"], "w") as out:
-        json.dump(sorted(sys.modules), out)
+        json.dump(
+            {
+                "modules": sorted(sys.modules),
+                "aiohttp_default_ca_certs": _aiohttp_default_ca_certs(),
+            },
+            out,
+        )
 
 
 atexit.register(_write_modules)

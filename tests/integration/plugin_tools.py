@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from vsmcp.node.tools.functions import tool
 from vsmcp.node.tools.model import CallContext
 
@@ -157,3 +159,13 @@ def burn(arguments: Mapping[str, Any]) -> dict[str, int]:
     for i in range(arguments["rounds"]):
         x = (x + i * i) % 1000003
     return {"pid": os.getpid(), "x": x}
+
+
+async def fetch_https(url: str) -> dict[str, Any]:
+    """GET `url` with aiohttp's default HTTPS client (its default verifying context):
+    the answer's status, or why the server's certificate was refused."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return {"status": response.status}
+    except aiohttp.ClientConnectorCertificateError as e:
+        return {"refused": str(e.certificate_error)}

@@ -1,14 +1,16 @@
 """An idle node (`vsmcpd --dev`, no mounts, no WASM tools) does not import what only a
 mount, a tool call or a WASM tool needs: the MCP client SDK, pydantic, httpx2,
 jsonschema, wasmtime (together ≈40 MiB of resident memory; docs/benchmarks.md), nor
-our WASM runtime (`vsmcp.edge`), nor the API's OpenAPI document; and a node started
-without mDNS does not import python-zeroconf (≈3.4 MiB)."""
+our WASM runtime (`vsmcp.edge`), nor the API's OpenAPI document; a node started
+without mDNS does not import python-zeroconf (≈3.4 MiB); and no CA certificate is read
+for aiohttp's default client contexts (≈2 MiB)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,8 @@ LAZY_MODULES = (
     # distributed).
     "vsmcp.edge",
     "vsmcp.node.tools.wasm",
+    # System 3's scaler: with the first `scale` tool.
+    "vsmcp.node.children.scale",
 )
 LAZY_PACKAGES = (
     "mcp",
@@ -57,12 +61,17 @@ class _ModuleListingNode(NodeProcess):
         return [sys.executable, str(WRAPPER), *cmd[3:]]
 
 
-def _modules_of_idle_node(tmp_path: Path, *args: str) -> set[str]:
+def _idle_node_at_exit(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "modules.json"
     node = _ModuleListingNode(tmp_path / "node", out, *args).start()
     assert node.get_json("/api/status")["node_id"]
     node.stop()
-    return set(json.loads(out.read_text()))
+    at_exit: dict[str, Any] = json.loads(out.read_text())
+    return at_exit
+
+
+def _modules_of_idle_node(tmp_path: Path, *args: str) -> set[str]:
+    return set(_idle_node_at_exit(tmp_path, *args)["modules"])
 
 
 def test_an_idle_node_has_not_imported_the_mcp_client_schema_validation_or_wasmtime(
@@ -81,3 +90,15 @@ def test_zeroconf_is_imported_only_by_a_node_with_mdns_on(tmp_path: Path, mdns: 
     assert "vsmcp.mesh.discovery" in modules
     mdns_modules = {"zeroconf", "ifaddr", "vsmcp.mesh._discovery_mdns"} & modules
     assert mdns_modules == ({"zeroconf", "ifaddr", "vsmcp.mesh._discovery_mdns"} if mdns else set())
+    # ctypes (≈0.4 MiB): ifaddr's (zeroconf's) alone; ours is for a child VSM's parent watch.
+    assert ("ctypes" in modules) == mdns
+
+
+def test_an_idle_node_has_not_read_the_ca_bundle_for_aiohttp_client_contexts(
+    tmp_path: Path,
+) -> None:
+    # ≈2 MiB: read when a plugin or a bridge may use aiohttp's client (node/client_tls.py;
+    # tests/integration/test_client_tls.py shows verification still works then).
+    at_exit = _idle_node_at_exit(tmp_path)
+    assert "vsmcp.node.http.server" in at_exit["modules"]
+    assert at_exit["aiohttp_default_ca_certs"] == 0

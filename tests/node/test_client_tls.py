@@ -1,0 +1,45 @@
+"""node/client_tls.py in a fresh interpreter (aiohttp must not be imported yet): aiohttp's
+default contexts are built without their CA certificates, `SSLContext` is left as it was,
+and `load_deferred_cas` fills those same contexts, once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.integration.harness import REPO_ROOT
+
+SCRIPT = """
+import json, ssl
+from vsmcp.node import client_tls
+client_tls.import_aiohttp_deferring_cas()
+import aiohttp.connector as c
+seen = {}
+seen["deferred"] = client_tls.cas_deferred()
+seen["before"] = [x.cert_store_stats()["x509_ca"]
+                  for x in (c._SSL_CONTEXT_VERIFIED, c._SSL_CONTEXT_UNVERIFIED)]
+seen["class_restored"] = "set_default_verify_paths" not in vars(ssl.SSLContext)
+seen["new_context"] = ssl.create_default_context().cert_store_stats()["x509_ca"]
+client_tls.load_deferred_cas()
+client_tls.load_deferred_cas()
+seen["after"] = [x.cert_store_stats()["x509_ca"]
+                 for x in (c._SSL_CONTEXT_VERIFIED, c._SSL_CONTEXT_UNVERIFIED)]
+seen["deferred_after"] = client_tls.cas_deferred()
+print(json.dumps(seen))
+"""
+
+
+def test_aiohttp_contexts_get_their_cas_only_when_asked() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, check=True
+    )
+    seen = json.loads(done.stdout)
+    assert seen["deferred"] is True
+    assert seen["before"] == [0, 0]
+    assert seen["class_restored"] is True
+    assert seen["new_context"] > 0  # contexts made after the import read the CAs as usual
+    assert seen["after"] == [seen["new_context"]] * 2
+    assert seen["deferred_after"] is False

@@ -35,7 +35,15 @@ def import_aiohttp_deferring_cas() -> None:
     if "aiohttp" in sys.modules or "set_default_verify_paths" in vars(ssl.SSLContext):
         return
 
+    importer = threading.get_ident()
+    inherited = ssl.SSLContext.set_default_verify_paths
+
     def defer(context: ssl.SSLContext) -> None:
+        if threading.get_ident() != importer:
+            # Only the import's own contexts wait: another thread's (an exporter started
+            # from a .pth file, say) gets its CAs now, as it would without us.
+            inherited(context)
+            return
         with _lock:
             _deferred.append(context)
 

@@ -43,3 +43,38 @@ def test_aiohttp_contexts_get_their_cas_only_when_asked() -> None:
     assert seen["new_context"] > 0  # contexts made after the import read the CAs as usual
     assert seen["after"] == [seen["new_context"]] * 2
     assert seen["deferred_after"] is False
+
+
+# Another thread makes a context while aiohttp is being imported (an import hook stands
+# in for a thread that happens to run then): it gets its CAs at once, not deferred.
+THREAD_SCRIPT = """
+import json, ssl, sys, threading
+from vsmcp.node import client_tls
+
+seen = {}
+
+class DuringImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "aiohttp.connector" and "other" not in seen:
+            def other():
+                seen["other"] = ssl.create_default_context().cert_store_stats()["x509_ca"]
+            t = threading.Thread(target=other)
+            t.start()
+            t.join()
+        return None
+
+sys.meta_path.insert(0, DuringImport())
+client_tls.import_aiohttp_deferring_cas()
+seen["deferred"] = client_tls.cas_deferred()
+print(json.dumps(seen))
+"""
+
+
+def test_a_context_another_thread_makes_during_the_import_gets_its_cas() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", THREAD_SCRIPT], capture_output=True, text=True, env=env, check=True
+    )
+    seen = json.loads(done.stdout)
+    assert seen["deferred"] is True  # aiohttp's own contexts still wait
+    assert seen["other"] > 0

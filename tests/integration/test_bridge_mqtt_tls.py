@@ -16,11 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
@@ -35,71 +32,19 @@ from tests.integration.test_bridge_mqtt import (
     _node_topics,
     _wait_connected,
 )
-from tests.polling import async_wait_until, wait_for
+from tests.integration.tls_mosquitto import BROKER_NAME, TlsBroker, tls_mosquitto
+from tests.polling import async_wait_until
 from tests.skips import require_mosquitto_binary
-from tests.tls_ca import Issued, TestCa
+from tests.tls_ca import TestCa
 
 pytestmark = pytest.mark.integration
-
-BROKER_NAME = "broker.test"  # the only name in the broker's certificate
-
-
-@dataclass(frozen=True, slots=True)
-class TlsBroker:
-    ca: TestCa
-    port: int  # TLS
-    client_port: int  # TLS, a client certificate from `ca` required
-    directory: Path
-
-
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
 def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
     binary = require_mosquitto_binary()
-    directory = tmp_path_factory.mktemp("mosquitto")
-    ca = TestCa.create(directory, "broker")
-    server = ca.issue(directory, "server", dns=(BROKER_NAME,))
-    port, client_port = _free_ports(2)
-    tls = f"cafile {ca.cert}\ncertfile {server.cert}\nkeyfile {server.key}\n"
-    config = directory / "mosquitto.conf"
-    config.write_text(
-        "user root\npersistence false\nallow_anonymous true\nlog_dest stderr\n"
-        f"listener {port} 127.0.0.1\n{tls}"
-        f"listener {client_port} 127.0.0.1\n{tls}require_certificate true\n"
-    )
-    log = directory / "mosquitto.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([binary, "-c", str(config)], stdout=out, stderr=out)
-    try:
-        wait_for(
-            lambda: process.poll() is not None or (_accepts(port) and _accepts(client_port)),
-            timeout_s=15,
-            what="mosquitto listening",
-        )
-        assert process.poll() is None, f"mosquitto exited: {log.read_text()[-2000:]}"
-        yield TlsBroker(ca, port, client_port, directory)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with tls_mosquitto(binary, tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker
 
 
 @pytest.fixture
@@ -108,16 +53,12 @@ def prefix() -> str:
 
 
 @contextlib.asynccontextmanager
-async def tls_client(
-    broker: TlsBroker, port: int | None = None, identity: Issued | None = None
-) -> AsyncIterator[aiomqtt.Client]:
+async def tls_client(broker: TlsBroker, port: int | None = None) -> AsyncIterator[aiomqtt.Client]:
     """A plain aiomqtt client over TLS: the broker's chain verified against the test's
     CA; not its name (the client connects to 127.0.0.1, the certificate says
     broker.test)."""
     context = ssl.create_default_context(cafile=str(broker.ca.cert))
     context.check_hostname = False
-    if identity is not None:
-        context.load_cert_chain(identity.cert, identity.key)
     async with aiomqtt.Client(
         "127.0.0.1",
         port or broker.port,

@@ -2,7 +2,7 @@
 the real Mosquitto (127.0.0.1:1883) into its pattern engine.
 
     python benchmarks/bench_mqtt.py [--messages 200000] [--rounds 3] [--quick]
-        [--variants own,shared] [--paced RATE] [--qos1 K] [--port 1883]
+        [--variants own,shared] [--paced RATE] [--qos1 K] [--port 1883] [--tls]
 
 One `vsmcpd --dev` per variant of `telemetry_connection` ("own": the node's MQTT 3.1.1
 subscriber on a second connection; "shared": aiomqtt on the main MQTT 5 connection),
@@ -26,12 +26,18 @@ bursts of 100,000 need a broker sized for them, `--port 18833` with
 publishes at QoS 1 at a fixed rate with a paho client and checks that nothing is lost;
 `--qos1 K` runs K `mosquitto_pub --repeat 10000` at QoS 1 at once (each waits for the
 broker's PUBACK, so loses nothing itself) and checks that every message arrives.
+
+`--tls` (variants `own,own+tls` unless given): the benchmark starts a Mosquitto of its own
+(tests/integration/tls_mosquitto.py, sized as mosquitto-bench.conf) with a plain listener,
+which the publishers use, and a TLS one under a throwaway CA, which a `+tls` variant's node
+uses (`mqtts://`, `ca_file`, `server_hostname`): what TLS costs the node's intake.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import secrets
@@ -50,6 +56,8 @@ from _machine import machine
 
 from tests.integration.harness import NodeProcess
 from tests.integration.overheat import overheat_patterns
+from tests.integration.tls_mosquitto import BROKER_NAME, TlsBroker, tls_mosquitto
+from tests.skips import MOSQUITTO_BINARY
 
 BROKER = ("127.0.0.1", 1883)
 DEVICES = 1_000
@@ -57,8 +65,16 @@ POLL_S = 0.02
 STALL_S = 20.0
 
 
-def _start_node(root: Path, prefix: str, variant: str) -> NodeProcess:
+def _start_node(root: Path, prefix: str, variant: str, tls: TlsBroker | None) -> NodeProcess:
     root.mkdir()
+    connection, _, over = variant.partition("+")
+    url = f'url = "mqtt://{BROKER[0]}:{BROKER[1]}"'
+    if over == "tls":
+        assert tls is not None, "a +tls variant needs --tls"
+        url = (
+            f'url = "mqtts://127.0.0.1:{tls.port}"\nca_file = "{tls.ca.cert}"\n'
+            f'server_hostname = "{BROKER_NAME}"'
+        )
     patterns = root / "patterns"
     patterns.mkdir()
     # No action: a match emitting an event would count as an event processed.
@@ -74,10 +90,10 @@ entry_points = false
 [vsm]
 patterns_dir = "{patterns}"
 [bridges.mqtt]
-url = "mqtt://{BROKER[0]}:{BROKER[1]}"
+{url}
 prefix = "{prefix}"
 telemetry_topics = ["{prefix}/telemetry/#"]
-telemetry_connection = "{variant}"
+telemetry_connection = "{connection}"
 alert_kinds = []
 """
     )
@@ -240,6 +256,9 @@ def main() -> int:
         "--qos1", type=int, default=0, help="also: QoS 1 from this many mosquitto_pub at once"
     )
     parser.add_argument("--quick", action="store_true", help="20,000 messages, 1 round")
+    parser.add_argument(
+        "--tls", action="store_true", help="own broker with a TLS listener; variants own,own+tls"
+    )
     args = parser.parse_args()
     if args.quick:
         args.messages, args.rounds = 20_000, 1
@@ -247,6 +266,8 @@ def main() -> int:
         print("mosquitto_pub is not installed (apt-get install mosquitto-clients)")
         return 1
     BROKER = (BROKER[0], args.port)
+    if args.tls and "--variants" not in sys.argv:
+        args.variants = "own,own+tls"
     variants = args.variants.split(",")
     rng = random.Random(14)
     payloads = _payloads(args.messages, rng)
@@ -255,12 +276,22 @@ def main() -> int:
     qos1: dict[str, float] = {}
     views: dict[str, dict[str, Any]] = {}
     matches: dict[str, dict[str, int]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-mqtt-"))
+        tls: TlsBroker | None = None
+        if args.tls:
+            binary = shutil.which("mosquitto") or shutil.which(MOSQUITTO_BINARY)
+            if binary is None:
+                print("mosquitto is not installed (apt-get install mosquitto)")
+                return 1
+            settings = "max_inflight_messages 1000\nmax_queued_messages 200000"
+            tls = stack.enter_context(tls_mosquitto(binary, Path(tmp), settings))
+            BROKER = ("127.0.0.1", tls.plain_port)
         prefixes = {v: f"bench{secrets.token_hex(4)}" for v in variants}
         nodes: dict[str, NodeProcess] = {}
         try:
             for v in variants:
-                nodes[v] = _start_node(Path(tmp) / v, prefixes[v], v)
+                nodes[v] = _start_node(Path(tmp) / v, prefixes[v], v, tls)
             for node in nodes.values():
                 _connected(node)
             for _ in range(args.rounds):

@@ -84,6 +84,19 @@ def require_mosquitto() -> tuple[str, int]:
     return MOSQUITTO_ADDRESS
 
 
+MOSQUITTO_BINARY = "/usr/sbin/mosquitto"
+
+
+def require_mosquitto_binary() -> str:
+    """Skip/fail unless aiomqtt is installed and the Mosquitto broker's binary is there
+    (for a test that starts its own broker); returns its path."""
+    require_module("aiomqtt")
+    path = shutil.which("mosquitto") or shutil.which(MOSQUITTO_BINARY)
+    if path is None:
+        skip_or_fail(f"no mosquitto binary (PATH, {MOSQUITTO_BINARY}): Debian package mosquitto")
+    return path
+
+
 RABBITMQ_URL = os.environ.get("VSMCP_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 

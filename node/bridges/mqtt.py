@@ -17,7 +17,10 @@ backoff; a lost connection is pain on the algedonic channel (again every
 "own"` (the default) telemetry comes over a second connection, MQTT 3.1.1, read by the
 node's own subscriber (mqtt_subscriber.py: paho's reader was the bottleneck), in a second
 supervised loop (`bridge-mqtt-telemetry`) with the same backoff and pain; the bridge is
-`connected` only while both are.
+`connected` only while both are. With `mqtts://` both connections use one TLS context
+(mqtt_tls.py), built off the event loop before the first connection; a broker whose
+certificate fails verification is a failed connection like any other (`down`, pain,
+`last_error` saying why), retried with the same backoff.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import contextlib
 import logging
 import math
 import random
+import ssl
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 import aiomqtt
@@ -44,6 +48,7 @@ from vsmcp.node.bridges.mqtt_config import MqttSection, broker_of
 from vsmcp.node.bridges.mqtt_subscriber import SubscriberConfig, SubscriberError, run_session
 from vsmcp.node.bridges.mqtt_telemetry import BadTelemetry, TelemetryDecoder
 from vsmcp.node.bridges.mqtt_wire import Oversized, Publish
+from vsmcp.node.errors import ConfigError
 from vsmcp.node.mcp.protocol import OVERLOADED, Caller, McpCore, McpError, encode, error_message
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, Telemetry
@@ -115,6 +120,8 @@ class MqttBridge:
         self._section = section
         self._ctx = context
         self._broker = broker_of(section.url)
+        self._tls: ssl.SSLContext | None = None  # built at the first connection (mqtts://)
+        self._tls_lock = asyncio.Lock()
         prefix, node = section.prefix, context.node_id
         self.status_topic = f"{prefix}/nodes/{node}/status"
         self.tools_topic = f"{prefix}/nodes/{node}/tools"
@@ -222,8 +229,8 @@ class MqttBridge:
         while True:
             self._was_connected = False
             try:
-                await self._session()
-            except aiomqtt.MqttError as e:
+                await self._session(await self._tls_context())
+            except (aiomqtt.MqttError, ConfigError) as e:
                 self._down(str(e) or type(e).__name__)
             if self._was_connected:
                 backoff = BACKOFF_MIN_S
@@ -231,7 +238,18 @@ class MqttBridge:
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))
             backoff = min(backoff * 2, self._section.reconnect_max_s)
 
-    def _new_client(self) -> aiomqtt.Client:
+    async def _tls_context(self) -> ssl.SSLContext | None:
+        """The connections' TLS context (None: mqtt://), read from its files once, off the
+        event loop; a file gone bad since the config was read fails the attempt
+        (`ConfigError` naming its key) and is read again at the next."""
+        if not self._broker.tls:
+            return None
+        async with self._tls_lock:
+            if self._tls is None:
+                self._tls = await asyncio.to_thread(self._section.tls_context)
+            return self._tls
+
+    def _new_client(self, tls: ssl.SSLContext | None) -> aiomqtt.Client:
         broker, section = self._broker, self._section
 
         def queue_type(maxsize: int) -> Inbox:  # one bounded inbox across connections
@@ -248,12 +266,13 @@ class MqttBridge:
             keepalive=section.keepalive_s,
             timeout=BROKER_TIMEOUT_S,
             queue_type=cast(Any, queue_type),
+            tls_context=tls,
         )
 
-    async def _session(self) -> None:
+    async def _session(self, tls: ssl.SSLContext | None) -> None:
         if self._status.state != "down":  # retries of an outage stay `down` (one pain, audit)
             self._set_state("connecting")
-        client = self._new_client()
+        client = self._new_client(tls)
         async with client:
             self._client = client
             writer: asyncio.Task[None] | None = None
@@ -371,7 +390,7 @@ class MqttBridge:
         link = self._telemetry_link
         assert link is not None
         broker, section = self._broker, self._section
-        config = SubscriberConfig(
+        base = SubscriberConfig(
             host=broker.host,
             port=broker.port,
             username=broker.username,
@@ -387,6 +406,7 @@ class MqttBridge:
         while True:
             link.was_connected = False
             try:
+                config = replace(base, tls=await self._tls_context())
                 await run_session(
                     config,
                     self._on_publishes,
@@ -394,7 +414,7 @@ class MqttBridge:
                     self._telemetry_connected,
                     self._room_for_telemetry,
                 )
-            except SubscriberError as e:
+            except (SubscriberError, ConfigError) as e:
                 self._telemetry_down(link, str(e))
             if link.was_connected:
                 backoff = BACKOFF_MIN_S

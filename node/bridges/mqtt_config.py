@@ -8,6 +8,8 @@ bridge is built (`check_zones`), the one place that knows them.
 from __future__ import annotations
 
 import math
+import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
@@ -15,6 +17,12 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from vsmcp.node.bridges.mqtt_tls import (
+    DEFAULT_TLS_PORT,
+    TlsFiles,
+    check_server_hostname,
+    client_context,
+)
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
 from vsmcp.node.vsm.events import NODE_CATALOG
@@ -25,12 +33,45 @@ MAX_TOPIC_CHARS: Final = 1024
 # Bounds of the size caps: a payload is read whole by the MQTT client before we see it.
 MAX_PAYLOAD_CAP: Final = 16 * 1024 * 1024
 MAX_QUEUE: Final = 1_000_000
+_PASSWORD: Final = re.compile(r"(//[^/@:]*:)[^/]*@")
 
 
 class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: Annotated[str, doc("the broker: mqtt://[user[:password]@]host[:port] (MQTT 5, QoS 1)")] = (
-        "mqtt://127.0.0.1:1883"
-    )
+    url: Annotated[
+        str,
+        doc(
+            "the broker: mqtt://[user[:password]@]host[:port] (MQTT 5, QoS 1; port 1883), or "
+            "mqtts://… for TLS (port 8883; the broker's certificate and name verified)"
+        ),
+    ] = "mqtt://127.0.0.1:1883"
+    ca_file: Annotated[
+        str,
+        doc(
+            "mqtts://: PEM file of the CA certificate(s) the broker's certificate must chain "
+            'to (only these); "": the system\'s CAs'
+        ),
+    ] = ""
+    cert_file: Annotated[
+        str,
+        doc(
+            "mqtts://: PEM client certificate (chain) this node presents to the broker, "
+            'with its key unless key_file is set; "": none'
+        ),
+    ] = ""
+    key_file: Annotated[
+        str,
+        doc(
+            "mqtts://: PEM private key of cert_file, unencrypted, readable by the node's "
+            'user only (mode 0600); "": in cert_file'
+        ),
+    ] = ""
+    server_hostname: Annotated[
+        str,
+        doc(
+            "mqtts://: the name the broker's certificate must carry, when the url's host "
+            'is another (an IP address, a tunnel); "": the url\'s host'
+        ),
+    ] = ""
     client_id: Annotated[
         str, doc('the MQTT client id; "": vsmcp-<node id> (one connection per id)')
     ] = ""
@@ -98,7 +139,8 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] = 30.0
 
     def __post_init__(self) -> None:
-        broker_of(self.url)  # raises ConfigError naming the key
+        broker = broker_of(self.url)  # raises ConfigError naming the key
+        self._check_tls(broker)
         _check_level("prefix", self.prefix)
         _check_filters("telemetry_topics", self.telemetry_topics)
         _check_filters("call_topics", list(self.call_topics))
@@ -117,6 +159,34 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if not (math.isfinite(self.reconnect_max_s) and 0.2 <= self.reconnect_max_s <= 3600):
             raise ConfigError(f"{SECTION}.reconnect_max_s", "must be in 0.2..3600 s")
 
+    def _check_tls(self, broker: Broker) -> None:
+        """TLS keys only with mqtts://, a key only with its certificate, and every file
+        usable (read here: the daemon exits 2 naming the key, before it starts)."""
+        files = self.tls_files()
+        set_keys = [k for k in TlsFiles.__dataclass_fields__ if getattr(files, k)]
+        if not broker.tls:
+            if set_keys:
+                raise ConfigError(
+                    f"{SECTION}.{set_keys[0]}",
+                    f"TLS setting, but url {redacted(self.url)!r} is plain mqtt:// (use mqtts://)",
+                )
+            return
+        if files.key_file and not files.cert_file:
+            raise ConfigError(f"{SECTION}.key_file", "a client key needs cert_file too")
+        if files.server_hostname:
+            check_server_hostname(f"{SECTION}.server_hostname", files.server_hostname)
+        client_context(files, SECTION)
+
+    def tls_files(self) -> TlsFiles:
+        return TlsFiles(self.ca_file, self.cert_file, self.key_file, self.server_hostname)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The broker connections' TLS context (None: mqtt://), the files read again;
+        `ConfigError` naming the key of a file that went bad. Blocking file I/O."""
+        if not broker_of(self.url).tls:
+            return None
+        return client_context(self.tls_files(), SECTION)
+
     def check_zones(self, zones: Sequence[str]) -> None:
         """Every zone named must be one of `trust.zones`."""
         named = [("call_zone", self.call_zone)] if self.call_zone else []
@@ -134,25 +204,37 @@ class Broker:
     port: int
     username: str | None
     password: str | None
+    tls: bool = False
 
 
 def broker_of(url: str) -> Broker:
-    """The broker an `mqtt://` URL names; `ConfigError` naming `url` otherwise."""
+    """The broker an `mqtt://` or `mqtts://` URL names; `ConfigError` naming `url`
+    otherwise (echoing the URL without its password)."""
     key = f"{SECTION}.url"
+    shown = repr(redacted(url))
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise ConfigError(key, f"{url!r} is not a URL: {e}") from e
-    if parts.scheme != "mqtt":
-        raise ConfigError(key, f"{url!r}: only mqtt:// is supported (no TLS yet)")
+        raise ConfigError(key, f"{shown} is not a URL: {e}") from e
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(key, f"{shown}: mqtt:// or mqtts:// (TLS) expected")
     if not parts.hostname:
-        raise ConfigError(key, f"{url!r} names no host")
+        raise ConfigError(key, f"{shown} names no host")
+    if port == 0:
+        raise ConfigError(key, f"{shown}: the port must be 1..65535")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(key, f"{url!r}: no path, query or fragment expected")
+        raise ConfigError(key, f"{shown}: no path, query or fragment expected")
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
-    return Broker(parts.hostname, port or DEFAULT_PORT, username, password)
+    tls = parts.scheme == "mqtts"
+    default_port = DEFAULT_TLS_PORT if tls else DEFAULT_PORT
+    return Broker(parts.hostname, port or default_port, username, password, tls)
+
+
+def redacted(url: str) -> str:
+    """`url` with the password in its user info replaced by `***`."""
+    return _PASSWORD.sub(r"\1***@", url)
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:

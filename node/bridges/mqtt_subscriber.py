@@ -13,6 +13,7 @@ it, as for the bridge's main connection.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class SubscriberConfig:
     username: str | None = None
     password: str | None = None
     qos: int = 1
+    tls: ssl.SSLContext | None = None  # None: plain TCP
 
 
 # Called with the PUBLISH packets of one received chunk (never empty), then with the
@@ -178,7 +180,7 @@ async def run_session(
     protocol = SubscriberProtocol(config, on_messages, on_oversized, ready)
     try:
         await asyncio.wait_for(
-            loop.create_connection(lambda: protocol, config.host, config.port),
+            loop.create_connection(lambda: protocol, config.host, config.port, ssl=config.tls),
             config.timeout_s,
         )
     except (OSError, TimeoutError) as e:

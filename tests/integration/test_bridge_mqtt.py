@@ -119,6 +119,17 @@ async def _retained(broker: tuple[str, int], topic: str) -> bytes:
         return payload
 
 
+async def _node_topics(fresh: aiomqtt.Client, prefix: str) -> dict[str, aiomqtt.Message]:
+    """What a subscriber arriving now is given under <prefix>/nodes: the retained status
+    and announcement (of one node), by topic."""
+    await fresh.subscribe(f"{prefix}/nodes/+/+", qos=1)
+    seen: dict[str, aiomqtt.Message] = {}
+    while len(seen) < 2:
+        message = await _next(fresh, f"{prefix}/nodes/+/+")
+        seen[message.topic.value] = message
+    return seen
+
+
 def _bridge(node: NodeProcess) -> dict[str, Any]:
     view: dict[str, Any] = node.get_json("/api/vsm")["bridges"]["mqtt"]
     return view
@@ -192,11 +203,7 @@ async def test_retained_announcements_status_and_the_last_will(
     )
     # A subscriber that comes after the node published sees both, retained.
     async with client(broker) as fresh:
-        await fresh.subscribe(f"{prefix}/nodes/+/+", qos=1)
-        seen: dict[str, aiomqtt.Message] = {}
-        while len(seen) < 2:
-            message = await _next(fresh, f"{prefix}/nodes/+/+")
-            seen[message.topic.value] = message
+        seen = await _node_topics(fresh, prefix)
         assert seen[status_topic].retain and seen[status_topic].payload == b"online"
         announcement = json.loads(seen[tools_topic].payload)
         assert seen[tools_topic].retain

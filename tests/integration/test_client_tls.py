@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import NodeProcess, call_tool
+from tests.skips import skip_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ def _openssl(*args: str) -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make certificates")
+        skip_or_fail("needs the openssl command to make certificates")
     d = tmp_path_factory.mktemp("certs")
     days = ["-days", "2"]
     ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE"]

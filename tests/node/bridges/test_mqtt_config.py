@@ -22,7 +22,8 @@ def _section(**values: Any) -> MqttSection:
 @pytest.mark.parametrize(
     ("values", "key"),
     [
-        ({"url": "mqtts://h"}, "bridges.mqtt.url"),
+        ({"url": "ws://h"}, "bridges.mqtt.url"),
+        ({"url": "mqtt://h:0"}, "bridges.mqtt.url"),
         ({"url": "mqtt://"}, "bridges.mqtt.url"),
         ({"url": "mqtt://h:99999"}, "bridges.mqtt.url"),
         ({"url": "mqtt://h/path"}, "bridges.mqtt.url"),

@@ -19,6 +19,7 @@ tables, quoted strings) and as a bare string otherwise.
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -29,6 +30,14 @@ from msgspec import inspect as mi
 from vsmcp.node.errors import ConfigError
 
 ENV_PREFIX: Final = "VSMCP_"
+_UNDERSCORES = re.compile("_+")
+
+
+def env_spelling(variable: str) -> str:
+    """One spelling for every variable that may name the same key (`VSMCP_VSM__X_Y` and
+    `VSMCP_VSM_X_Y`): upper case, runs of underscores as one. A child VSM drops what it
+    inherits in any spelling of a key its parent imposes (node/children/process.py)."""
+    return _UNDERSCORES.sub("_", variable.upper())
 
 
 def _table(t: mi.Type) -> mi.StructType | None:

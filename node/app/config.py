@@ -4,8 +4,8 @@ Every value is validated once, at start; the first problem becomes a `ConfigErro
 naming the dotted key (`http.port`) and what is wrong, and the CLI exits with code 2.
 
 Environment overrides are `VSMCP_<SECTION>_<KEY>`, e.g. `VSMCP_HTTP_PORT=8080` or
-`VSMCP_MESH_SEEDS='["10.0.0.2:7701"]'`. A value is read as a TOML value when it parses
-as one (numbers, booleans, arrays, quoted strings) and as a bare string otherwise.
+`VSMCP_MESH_SEEDS='["10.0.0.2:7701"]'`, and reach keys of deeper tables too
+(`VSMCP_BRIDGES_AMQP_URL`, or `VSMCP_BRIDGES__AMQP__URL`): node/app/config_env.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from vsmcp.crdt.policies import DEFAULT_MAX_PER_ISSUER
 from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.discovery import parse_seed
 from vsmcp.mesh.errors import MeshError
+from vsmcp.node.app.config_env import env_overrides
 from vsmcp.node.app.profiles import apply_profile_defaults, check_profile
 from vsmcp.node.bridges.config import BridgesSection
 from vsmcp.node.children.config import CHILD_NAME, MAX_DEPTH_LIMIT, ChildEntry, RecursionSection
@@ -61,7 +62,6 @@ DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
 DEFAULT_MAX_PAGE_CLIENTS = 32
 MAX_PAGE_CLIENTS = 4096
 DEFAULT_MESH_PORT = 7701
-ENV_PREFIX = "VSMCP_"
 MAX_CONFIG_FILE_BYTES = 1 << 20
 
 
@@ -399,7 +399,6 @@ MIN_PATTERNS_POLL_S = 0.1
 MAX_IMMUNE_TTL_S = 7 * 86_400.0
 _MESH_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_LISTED_TOOLS = 100_000
-_SECTIONS = tuple(Config.__struct_fields__)
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123
 _MAX_HOST_NAME_CHARS = 253
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at `\$(?P<path>[^`]*)`$")
@@ -413,7 +412,7 @@ def load_config(
 ) -> Config:
     """Build and validate the config. `overrides` holds CLI flags as dotted keys."""
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
-    _merge_dotted(raw, _env_overrides(os.environ if environ is None else environ))
+    _merge_dotted(raw, env_overrides(os.environ if environ is None else environ, Config))
     _merge_dotted(raw, dict(overrides or {}))
     apply_profile_defaults(raw)
     config = _convert(raw)
@@ -437,32 +436,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("--config", f"{path} is not valid TOML: {e}") from e
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
-        if section is None:
-            continue  # VSMCP_REQUIRE_SERVICES and friends are not config keys
-        found[f"{section}.{rest[len(section) + 1 :]}"] = _parse_env_value(value)
-    return found
-
-
-def _parse_env_value(value: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return value
-
-
 def _merge_dotted(raw: dict[str, Any], dotted: Mapping[str, Any]) -> None:
     for key, value in dotted.items():
-        section, _, field = key.partition(".")
-        target = raw.setdefault(section, {})
-        if not isinstance(target, dict):
-            raise ConfigError(section, f"expected a table, got {type(target).__name__}")
+        *tables, field = key.split(".")
+        target = raw
+        for depth, name in enumerate(tables):
+            target = target.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise ConfigError(
+                    ".".join(tables[: depth + 1]),
+                    f"expected a table, got {type(target).__name__}",
+                )
         target[field] = value
 
 

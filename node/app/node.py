@@ -843,6 +843,13 @@ class Node(Service):
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
         )
         self.immune = immune
+        # A node block cuts the blocked node's mesh links while it lasts (HELLOs refused,
+        # envelopes dropped, none sent); those held from the snapshot too.
+        mesh.refuses = immune.node_blocked
+        immune.on_node_block = mesh.cut
+        for block in immune.blocks.all():
+            if block.target_kind == "node":
+                mesh.cut(block.target)
         self.actions.register("policy", immune.on_match)
         if cfg.enabled:
             self.patterns.set_source(IMMUNE_SOURCE, immune_patterns(cfg, identity.node_id))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from vsmcp.node.app.config_env import env_spelling
 from vsmcp.node.children.errors import ChildError, ChildNotReady
 from vsmcp.node.tools.errors import UnknownTool
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec
@@ -149,8 +150,14 @@ class ChildProcess:
 def child_environment(
     inherited: Mapping[str, str], imposed: Mapping[str, str], parent_pid: int
 ) -> dict[str, str]:
-    """The child's environment: ours but systemd's, what the parent imposes, our pid."""
-    env = {k: v for k, v in inherited.items() if k not in NOT_INHERITED}
+    """The child's environment: ours but systemd's, what the parent imposes (in place of
+    an inherited variable naming the same config key in another spelling), our pid."""
+    imposed_keys = {env_spelling(k) for k in imposed}
+    env = {
+        k: v
+        for k, v in inherited.items()
+        if k not in NOT_INHERITED and env_spelling(k) not in imposed_keys
+    }
     env.update({"PYTHONUNBUFFERED": "1", **imposed, PARENT_PID_ENV: str(parent_pid)})
     return env
 

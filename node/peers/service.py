@@ -331,7 +331,11 @@ class MeshService(Service):
         # Where rejected envelopes are published (the node's event stream); set by the node.
         self.events: EventSink | None = None
         self.peers: dict[str, Peer] = {}
+        # Peers whose links are cut: by fault injection (`block`, tests only), or for as
+        # long as `refuses` says so (the node's immune system: a node block). Their
+        # envelopes are dropped, their HELLOs refused, none are sent to them.
         self.blocked: set[str] = set()
+        self.refuses: Callable[[str], bool] | None = None
         self._transport: Transport | None = None
         self._membership: Membership | None = None
         self._discovery: Discovery | None = None
@@ -604,12 +608,17 @@ class MeshService(Service):
         state = self._membership.state_of(node_id) if self._membership else None
         return None if state is None else _STATE_NAMES[state]
 
+    def cut_off(self, node_id: str) -> bool:
+        """No link to this peer now: blocked by a test, or refused (`refuses`)."""
+        refuses = self.refuses
+        return node_id in self.blocked or (refuses is not None and refuses(node_id))
+
     def alive_peers(self) -> list[str]:
         """Admitted peers that membership holds alive (routing and push targets)."""
         return [
             node_id
             for node_id in self.peers
-            if self.member_state(node_id) == "alive" and node_id not in self.blocked
+            if self.member_state(node_id) == "alive" and not self.cut_off(node_id)
         ]
 
     async def request(
@@ -628,7 +637,7 @@ class MeshService(Service):
         admitted, blocked) or the transport's errors (timeout, queue full, a refusal as
         RemoteError).
         """
-        if node_id not in self.peers or node_id in self.blocked:
+        if node_id not in self.peers or self.cut_off(node_id):
             raise PeerUnavailableError(f"peer {node_id} is not admitted")
         return await self._calls.request(
             node_id, kind, payload, timeout_s=timeout_s, context=context
@@ -648,7 +657,7 @@ class MeshService(Service):
     ) -> bool:
         """One-way envelope to an admitted peer; False if it could not be queued."""
         peer = self.peers.get(node_id)
-        if peer is None or node_id in self.blocked:
+        if peer is None or self.cut_off(node_id):
             return False
         try:
             wire = self._sealer.seal(kind, payload, recipient=peer.public_key, context=context)
@@ -713,7 +722,7 @@ class MeshService(Service):
         return meta.endpoint if meta else None
 
     def _send_membership(self, send: Send) -> None:
-        if send.to in self.blocked:
+        if self.cut_off(send.to):
             self.stats.dropped["blocked"] += 1
             return
         if send.to not in self.peers:
@@ -737,7 +746,7 @@ class MeshService(Service):
         endpoint = self._endpoint_of(member)
         timeout = self._membership_config.probe_timeout_s
         reachable = False
-        if endpoint is not None and member not in self.blocked:
+        if endpoint is not None and not self.cut_off(member):
             async with self._reach_slots:
                 reachable = await self.transport.check_reachable(endpoint, timeout)
         self._carry_out(membership.on_transport_probe_result(member, reachable, time.monotonic()))
@@ -753,6 +762,19 @@ class MeshService(Service):
             self._offer_member(change.member, change.meta)
         if self._on_member_change is not None:
             self._on_member_change(change)
+
+    def cut(self, node_id: str) -> None:
+        """Drop an admitted peer that `refuses` now refuses: its admission and its
+        connection go (membership finds it unreachable; its envelopes and HELLOs are
+        refused while `refuses` holds). When that ends it is admitted again by a new
+        HELLO, its certificate verified again: from it, or ours (seeds, its gossip)."""
+        peer = self.peers.pop(node_id, None)
+        self._hello_backoff.pop(node_id, None)
+        if peer is None:
+            return
+        log.warning("peer %s: links cut, admission dropped (blocked)", node_id)
+        if self._transport is not None:
+            self._transport.forget(peer.public_key)
 
     def _member_reaped(self, reaped: MemberReaped) -> None:
         """Down long enough to be forgotten: drop its admission and its connection too
@@ -798,7 +820,7 @@ class MeshService(Service):
             if envelope is None:
                 continue
             sender = envelope.sender_id
-            if sender in self.blocked:
+            if self.cut_off(sender):
                 self.stats.dropped["blocked"] += 1
                 continue
             if sender not in self.peers:
@@ -870,8 +892,9 @@ class MeshService(Service):
         envelope = self._open(peer_curve_key, wire)
         if envelope is None:
             raise AdmissionError("bad_envelope", "rejected")
-        if envelope.sender_id in self.blocked:
-            raise AdmissionError("blocked", "link cut by fault injection")
+        if self.cut_off(envelope.sender_id):
+            self.stats.refused["blocked"] += 1
+            raise AdmissionError("blocked", "link cut")
         if envelope.type == MsgType.HELLO:
             self.stats.hellos_answered += 1
             self._admit(envelope, peer_address)
@@ -961,7 +984,7 @@ class MeshService(Service):
 
     def _hello_member(self, node_id: str) -> None:
         endpoint = self._endpoint_of(node_id)
-        if endpoint is None or node_id in self.blocked:
+        if endpoint is None or self.cut_off(node_id):
             return
         self._maybe_hello(node_id, endpoint)
 
@@ -972,6 +995,8 @@ class MeshService(Service):
 
         `slots`: the loop's budget (mDNS candidates'), acquired by the caller; the loop
         releases it when it ends. True if a loop started (else the caller releases)."""
+        if self.cut_off(node_id):
+            return False
         backoff = self._hello_backoff.get(node_id)
         if backoff is None:
             backoff = self._hello_backoff[node_id] = _Backoff()
@@ -1016,7 +1041,7 @@ class MeshService(Service):
                 if outcome != "retry" or (tries > HELLO_RETRIES and floor_passed):
                     return
                 await asyncio.sleep(max(0.0, backoff.next_at - time.monotonic()))
-                if node_id in self.peers or node_id in self.blocked or self._stopped:
+                if node_id in self.peers or self.cut_off(node_id) or self._stopped:
                     return
                 backoff.take(time.monotonic())
         finally:
@@ -1075,7 +1100,7 @@ class MeshService(Service):
         async for candidate in discovery.updates():
             if candidate.node_id is None:
                 continue  # a seed without an id: see _offer_seeds
-            if candidate.node_id in self.peers or candidate.node_id in self.blocked:
+            if candidate.node_id in self.peers or self.cut_off(candidate.node_id):
                 continue
             endpoint = f"tcp://{candidate.address}"
             if candidate.source == "mdns":
@@ -1103,7 +1128,7 @@ class MeshService(Service):
             started = False
             if backlog:  # its candidates may have left while we waited for a slot
                 node_id, endpoint = backlog.popitem(last=False)
-                if node_id not in self.peers and node_id not in self.blocked:
+                if node_id not in self.peers and not self.cut_off(node_id):
                     started = self._maybe_hello(node_id, endpoint, slots=self._mdns_slots)
             if not started:
                 self._mdns_slots.release()

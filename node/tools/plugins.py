@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sysconfig
+import traceback
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +21,20 @@ from vsmcp.node.tools.errors import ToolConfigError
 from vsmcp.node.tools.functions import FunctionProvider, PluginTool
 
 ENTRY_POINT_GROUP = "vsmcp.tools"
+
+
+def _failure(exc: Exception) -> str:
+    """One line for an exception raised by plugin code: its type, its message and the
+    deepest line of the plugin's own code (not the standard library's) that raised it."""
+    message = " ".join(str(exc).split()) or "(no message)"
+    stdlib = sysconfig.get_paths()["stdlib"]
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(("<", stdlib)) and frame.filename != __file__
+    ]
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {message}{where}"
 
 
 def load_target(target: str) -> Any:
@@ -32,6 +48,10 @@ def load_target(target: str) -> Any:
     except ImportError as exc:
         raise ToolConfigError(
             f"plugin target {target!r}: cannot import {module_name!r}: {exc}"
+        ) from exc
+    except Exception as exc:  # the module's own code failed while importing
+        raise ToolConfigError(
+            f"plugin target {target!r}: importing {module_name!r} failed: {_failure(exc)}"
         ) from exc
     for part in attr_path.split("."):
         try:
@@ -78,7 +98,11 @@ def _as_tools(obj: Any, source: str) -> list[PluginTool]:
     if isinstance(obj, PluginTool):
         return [obj]
     if callable(obj):
-        return _as_tools(obj(), source)
+        try:
+            made = obj()
+        except Exception as exc:  # the plugin's factory failed
+            raise ToolConfigError(f"{source} failed to make its tools: {_failure(exc)}") from exc
+        return _as_tools(made, source)
     if isinstance(obj, Iterable):
         tools = list(obj)
         if all(isinstance(t, PluginTool) for t in tools):
@@ -94,7 +118,11 @@ def entry_point_providers(group: str = ENTRY_POINT_GROUP) -> list[FunctionProvid
 
         def load(ep: importlib.metadata.EntryPoint = ep, source: str = source) -> list[PluginTool]:
             load_deferred_cas()  # plugin code may use aiohttp's default HTTPS client
-            return _as_tools(ep.load(), source)
+            try:
+                obj = ep.load()
+            except Exception as exc:  # the package's code failed while importing
+                raise ToolConfigError(f"cannot load: {_failure(exc)}") from exc
+            return _as_tools(obj, source)
 
         try:
             providers.append(FunctionProvider(f"entry:{ep.name}", load))

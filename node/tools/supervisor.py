@@ -60,7 +60,7 @@ from vsmcp.node.tools.model import CallContext, Provider, ToolResult, ToolSpec, 
 from vsmcp.node.tools.offers import SUBSCRIBE_METHOD, is_offers_tool
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter, LimiterSettings
 from vsmcp.node.vsm.events import EventSink, UnitStateChanged
-from vsmcp.node.vsm.kpis import CALLER_OUTCOMES, CallKpis
+from vsmcp.node.vsm.kpis import CALLER_OUTCOMES, REFUSED_OUTCOMES, CallKpis
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +216,13 @@ class Unit:
             self._calls.add(task)
         started = time.monotonic()
         failed = True
+        refused = False  # a limit refused it before it ran: not a call of the window
         try:
             result = await self._call(tool, arguments, ctx, held)
             failed = bool(result.get("isError"))
             return result
         except ToolError as e:
+            refused = e.reason in REFUSED_OUTCOMES
             failed = e.reason not in CALLER_OUTCOMES
             raise
         except asyncio.CancelledError:
@@ -239,6 +241,8 @@ class Unit:
                 self._cancelled_calls.discard(task)
             if held:
                 self._held -= 1
+            elif refused:
+                self.kpis.refused(time.time())
             else:
                 self.kpis.record(time.time(), (time.monotonic() - started) * 1000, failed)
 

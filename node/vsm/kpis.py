@@ -5,11 +5,19 @@ call is kept as (time, latency, failed) for `window_s` seconds, at most `max_cal
 them (the oldest go first, counted in `evicted`): percentiles over the window are exact
 for the calls kept.
 
-A call *failed* when the node did not serve it for a reason of its own: a timeout, an
-unavailable or overloaded unit, a tool's error result, a shed call. Refusals that are
-the caller's doing (`CALLER_OUTCOMES`: a zone it may not use, bad arguments, an unknown
-tool, its rate limit, a call it cancelled) are counted as calls but not as failures:
-otherwise anyone probing a restricted tool would lower the node's viability.
+A call *failed* when the node did not serve it for a reason of its own: a timeout, a
+unit that is not running, a tool's error result or fault. Refusals that are the
+caller's doing (`CALLER_OUTCOMES`: a zone it may not use, bad arguments, an unknown
+tool, a call it cancelled) are counted as calls but not as failures: otherwise anyone
+probing a restricted tool would lower the node's viability.
+
+Calls a limit refused before they ran (`REFUSED_OUTCOMES`: `overloaded` — a unit's or
+an entry's concurrency limit —, `shed` by System 5, `rate_limited`) are neither: they
+are the regulation working, not the node failing, so they stay out of the window (no
+failure, no call, no latency — their sub-millisecond answers would hide the latency of
+the calls that ran, their number would dilute real failures) and are only counted
+(`refused`). Sustained shedding reaches viability by its own path: the overload watch's
+pain (`node/vsm/overload.py`), which lowers the algedonic factor.
 """
 
 from __future__ import annotations
@@ -24,9 +32,8 @@ from vsmcp.node.vsm.events import Event, ToolCallFinished
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_MAX_CALLS = 50_000
 PERCENTILES = (50, 95, 99)
-CALLER_OUTCOMES = frozenset(
-    {"ok", "zone_denied", "invalid_arguments", "unknown_tool", "rate_limited", "cancelled"}
-)
+CALLER_OUTCOMES = frozenset({"ok", "zone_denied", "invalid_arguments", "unknown_tool", "cancelled"})
+REFUSED_OUTCOMES = frozenset({"overloaded", "shed", "rate_limited"})
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -46,6 +53,7 @@ class CallKpis:
         self.window_s = window_s
         self._calls: deque[tuple[float, float, bool]] = deque(maxlen=max_calls)
         self._failed = 0  # failed calls in the window
+        self._refused: deque[float] = deque(maxlen=max_calls)  # times of refusals
         # The window's latencies sorted, for as long as the window has not changed: one
         # VSM view asks several times (its KPIs, the viability score and its inputs),
         # and a sort of 50,000 latencies costs milliseconds on a busy node.
@@ -53,6 +61,7 @@ class CallKpis:
         self.evicted = 0
         self.total = 0
         self.total_failed = 0
+        self.total_refused = 0
 
     def record(self, ts: float, latency_ms: float, failed: bool) -> None:
         if len(self._calls) == self._calls.maxlen:
@@ -64,14 +73,24 @@ class CallKpis:
         self.total += 1
         self.total_failed += failed
 
+    def refused(self, ts: float) -> None:
+        """A call a limit refused before it ran (`REFUSED_OUTCOMES`): counted only."""
+        self._refused.append(ts)
+        self.total_refused += 1
+
     def on_events(self, batch: Iterable[Event]) -> None:
         """The stream subscriber (`tool_call` events only)."""
         for event in batch:
             if isinstance(event, ToolCallFinished):
-                self.record(event.ts, event.latency_ms, event.outcome not in CALLER_OUTCOMES)
+                if event.outcome in REFUSED_OUTCOMES:
+                    self.refused(event.ts)
+                else:
+                    self.record(event.ts, event.latency_ms, event.outcome not in CALLER_OUTCOMES)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s
+        while self._refused and self._refused[0] <= horizon:
+            self._refused.popleft()
         while self._calls and self._calls[0][0] <= horizon:
             self._failed -= self._calls.popleft()[2]
             self._sorted = None
@@ -107,7 +126,9 @@ class CallKpis:
             "latency_ms": {f"p{p}": round(percentile(latencies, p), 3) for p in PERCENTILES}
             if latencies
             else None,
+            "refused": len(self._refused),
             "calls_total": self.total,
             "errors_total": self.total_failed,
+            "refused_total": self.total_refused,
             "evicted": self.evicted,
         }

@@ -7,7 +7,11 @@ Computed only from measured inputs (docs/vsm.md says why this formula):
     mesh = node × peer_health × mesh_tools
 
 - availability: S1 units running / units configured (1 with none);
-- error_ratio: failed / all calls in S3's window (0 without calls);
+- error_ratio: failed / all calls in S3's window (0 without calls). Failed: the node's
+  own (timeouts, units not running, error results); not the caller's refusals (zone,
+  arguments, unknown tool, cancelled); calls a limit refused before they ran (overloaded,
+  shed, rate limited) are not calls of the window at all: the regulation working, not the
+  node failing (sustained shedding is pain instead). `node.vsm.kpis` decides;
 - latency: 1 while the window's p95 is within the objective, else objective / p95;
 - headroom: 1 − calls in flight / concurrency the running units allow (0 when no unit
   runs, 1 when the node has none);

@@ -3,6 +3,7 @@ exit 2: RestartPreventExitStatus=2), never a traceback and exit 1 in a restart l
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO_ROOT, run_daemon
+from tests.integration.harness import REPO_ROOT, NodeProcess, run_daemon
 from vsmcp.node.store.database import DB_FILENAME, Store
 
 pytestmark = pytest.mark.integration
@@ -127,3 +128,55 @@ def test_the_same_token_twice_is_refused_naming_the_entry(tmp_path: Path) -> Non
         _daemon(tmp_path, "--config", config), "mcp.tokens[1].token", "mcp.tokens[0]"
     )
     assert secret not in line
+
+
+def _on_path(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """Make `directory` importable by the daemons this test runs (they inherit the env)."""
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(directory) + (os.pathsep + path if path else ""))
+
+
+def test_a_plugin_module_that_fails_to_import_names_the_entry_and_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "needs_a_token.py").write_text(
+        'import os\n\nTOKEN = os.environ["NEEDS_A_TOKEN_SECRET"]\n\n\ndef tool():\n    return 1\n'
+    )
+    _on_path(monkeypatch, plugins)
+    config = _config(
+        tmp_path,
+        '[[tools.plugins]]\nname = "fine"\ntarget = "tests.integration.plugin_tools:add"\n'
+        '[[tools.plugins]]\nname = "broken"\ntarget = "needs_a_token:tool"\n',
+    )
+    _refused_in_one_line(
+        _daemon(tmp_path, "--config", config),
+        "tools.plugins[1].target",
+        "importing 'needs_a_token' failed",
+        "KeyError: 'NEEDS_A_TOKEN_SECRET'",
+        f"{plugins / 'needs_a_token.py'}:3",
+    )
+
+
+def test_an_installed_entry_point_that_fails_to_import_names_the_key_and_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nodes: list[NodeProcess]
+) -> None:
+    site = tmp_path / "site"
+    dist = site / "broken_tools-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-tools\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[vsmcp.tools]\nbroken = broken_tools:TOOLS\n")
+    (site / "broken_tools.py").write_text("TOOLS = []\n1 / 0\n")
+    _on_path(monkeypatch, site)
+    _refused_in_one_line(
+        _daemon(tmp_path),
+        "tools.entry_points",
+        "entry point 'broken' (broken_tools:TOOLS)",
+        "ZeroDivisionError: division by zero",
+    )
+    # The key it names is the way round it: with entry points off the same node starts.
+    off = _config(tmp_path, "[tools]\nentry_points = false\n")
+    node = NodeProcess(tmp_path / "off", "--config", off, "--no-mdns")
+    nodes.append(node)
+    node.start()

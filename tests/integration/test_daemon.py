@@ -112,6 +112,30 @@ def test_second_daemon_on_the_same_data_dir_is_refused(
     assert "already running" in result.stderr
 
 
+def test_environment_reaches_keys_of_deeper_tables(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # [vsm.concurrency] from the environment alone: the table is created, its key set.
+    node = NodeProcess(
+        tmp_path / "e",
+        "--no-mdns",
+        env={"VSMCP_VSM_CONCURRENCY_MAX_LIMIT": "77", "VSMCP_VSM__CONCURRENCY__INITIAL_LIMIT": "5"},
+    )
+    nodes.append(node)
+    node.start()
+    mcp = node.get_json("/api/vsm")["s3"]["concurrency"]["mcp"]
+    # No call ran: the limit is still the initial one.
+    assert (mcp["max_limit"], mcp["limit"]) == (77, 5), mcp
+
+
+def test_an_environment_variable_naming_no_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VSMCP_VSM_CONCURRENCY_MAX_LIMT", "77")  # a typo
+    result = run_daemon("--dev", "--data-dir", str(tmp_path), "--http-port", "0")
+    _refused(result, "config key 'VSMCP_VSM_CONCURRENCY_MAX_LIMT': names no config key")
+
+
 def test_json_logs_are_json_lines(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     node = NodeProcess(tmp_path / "j", "--log-format", "json")
     nodes.append(node)

@@ -7,7 +7,8 @@
   carry the note. A revocation signed by a stranger is refused; the issuer's, made by
   `vsmcp policies revoke`, lifts the block everywhere before its expiry.
 - A peer sending envelopes with bad signatures: observed by one node, it stays
-  unblocked everywhere (pending); once a quorum of members saw it, every node blocks it.
+  unblocked everywhere (pending); once a quorum of members saw it, every node blocks it
+  and cuts its links (admission dropped, membership loses it, its HELLO refused).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tests.polling import async_wait_for, wait_for
 from vsmcp.crdt.policies import sign_revocation
 from vsmcp.mesh.envelope import MsgType, Sealer
 from vsmcp.mesh.identity import NodeKey, load_key_file, public_key_from_node_id
-from vsmcp.mesh.transport import Priority
+from vsmcp.mesh.transport import Priority, RemoteError
 from vsmcp.node.peers.service import MeshService
 from vsmcp.node.store.database import db_path_for
 
@@ -256,6 +257,33 @@ async def test_a_peer_with_bad_signatures_is_blocked_only_once_a_quorum_saw_it(
     block = _enforced(five[4], x)
     assert block is not None and len(block["observers"]) >= 3
     assert not set(block["observers"]) & {x, five[3].node_id, five[4].node_id}
+
+    # The block cuts x's links on every node while it lasts: its admission is dropped,
+    # membership stops hearing it, and a new HELLO from it is refused.
+    def cut_off_now() -> bool:
+        return all(
+            all(
+                not p["admitted"] and p["state"] != "alive"
+                for p in n.get_json("/api/peers")["peers"]
+                if p["id"] == x
+            )
+            for n in five
+        )
+
+    async def cut_off_everywhere() -> bool:
+        return await asyncio.to_thread(cut_off_now)
+
+    await async_wait_for(cut_off_everywhere, timeout_s=40, what="x cut off by every node")
+    for node in five:
+        target = public_key_from_node_id(node.node_id)
+        hello = hostile._sealer.seal(MsgType.HELLO, hostile._hello_payload(), recipient=target)
+        with pytest.raises(RemoteError) as refused:
+            await hostile.transport.request(
+                target, f"tcp://127.0.0.1:{node.mesh_port}", hello, timeout_s=10,
+                priority=Priority.REQUEST, candidate=True,
+            )  # fmt: skip
+        assert refused.value.reason == "blocked", refused.value
+        assert (await asyncio.to_thread(counters, node, "vsmcp_mesh_refused"))["blocked"] >= 1
 
 
 def test_a_forged_revocation_is_refused_and_the_issuers_revokes_the_block_everywhere(

@@ -151,6 +151,9 @@ class ImmuneService:
         self._audit = audit
         self._clock_ms = clock_ms
         self.blocks = BlockList()
+        # Told the node id of each node block as it comes into force here (the mesh cuts
+        # that peer's links: `node_blocked` keeps them cut while the block lasts).
+        self.on_node_block: Callable[[str], None] | None = None
         # Node blocks held but not (yet) backed by a quorum of observations here.
         self._unconfirmed: dict[str, Block] = {}
         self._issued_at: deque[float] = deque()
@@ -437,7 +440,19 @@ class ImmuneService:
             self.blocks.discard(key)
             return
         self._unconfirmed.pop(key, None)
+        self._enforce(block)
+
+    def _enforce(self, block: Block) -> None:
         self.blocks.put(block)
+        notify = self.on_node_block
+        if notify is not None and block.target_kind == "node" and self.node_blocked(block.target):
+            notify(block.target)
+
+    def node_blocked(self, node_id: str) -> bool:
+        """A node block of `node_id` is in force here now: its mesh links stay cut."""
+        return bool(len(self.blocks)) and (
+            self.blocks.find("node", node_id, self._clock_ms()) is not None
+        )
 
     def _outlives_bound(self, policy: Policy) -> bool:
         """A policy from the network that would hold longer than any this node issues
@@ -481,7 +496,7 @@ class ImmuneService:
         for key, block in list(self._unconfirmed.items()):
             if self.tally.confirmed(block.target, now_ms):
                 del self._unconfirmed[key]
-                self.blocks.put(block)
+                self._enforce(block)
         for subject in self.tally.subjects():
             observers = self.tally.observers(subject, now_ms)
             if (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,19 @@ def test_unknown_zone_fails_closed() -> None:
     assert not allows("public", "ops")
     assert not allows("mystery", "public")
     assert not allows("ops", "mystery")
+
+
+def test_a_plugin_module_that_raises_while_importing_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "raising_plugin.py").write_text("raise RuntimeError('no\\nconfig')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = ToolsConfig(
+        plugins=[PluginToolConfig(name="x", target="raising_plugin:fn")], entry_points=False
+    )
+    with pytest.raises(ConfigError) as refused:
+        build_local_catalog(cfg)
+    assert refused.value.key == "tools.plugins[0].target"
+    # One line: the module, the exception, its message (newlines folded) and where.
+    assert "importing 'raising_plugin' failed: RuntimeError: no config (at " in str(refused.value)
+    assert "raising_plugin.py:1)" in str(refused.value)

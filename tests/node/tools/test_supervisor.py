@@ -145,7 +145,7 @@ class Holder:
 async def test_concurrency_limit_and_bounded_queue() -> None:
     holder = Holder()
     catalog = LocalCatalog(Supervisor())
-    catalog.add(holder.provider(), policy(max_concurrency=2, max_queue=1))
+    unit = catalog.add(holder.provider(), policy(max_concurrency=2, max_queue=1))
     async with catalog:
         await catalog.supervisor.wait_running()
         calls = [asyncio.create_task(catalog.call_tool("hold", {}, CTX)) for _ in range(3)]
@@ -162,6 +162,9 @@ async def test_concurrency_limit_and_bounded_queue() -> None:
         assert [r["content"][0]["text"] for r in await asyncio.gather(*calls)] == ["ok"] * 3
         assert holder.peak == 2
         assert status["running_calls"] == 2
+        # The refusal is the limit working, not the unit failing: three calls, no error.
+        kpis = unit.kpis.view(time.time())
+        assert (kpis["calls"], kpis["errors"], kpis["refused"]) == (3, 0, 1)
 
 
 async def test_call_timeout() -> None:

@@ -43,11 +43,28 @@ def test_errors_and_latency_over_the_window() -> None:
 
 def test_the_callers_own_refusals_are_not_failures_of_the_node() -> None:
     kpis = CallKpis(window_s=10)
-    caller = ["zone_denied", "invalid_arguments", "unknown_tool", "rate_limited", "cancelled"]
+    caller = ["zone_denied", "invalid_arguments", "unknown_tool", "cancelled"]
     kpis.on_events([call(1.0, 1, outcome) for outcome in caller])
     assert kpis.error_ratio(1.0) == 0.0
-    kpis.on_events([call(1.0, 1, outcome) for outcome in ("overloaded", "shed", "unavailable")])
-    assert kpis.error_ratio(1.0) == 3 / 8
+    kpis.on_events([call(1.0, 1, outcome) for outcome in ("timeout", "unavailable")])
+    assert kpis.error_ratio(1.0) == 2 / 6
+
+
+def test_load_refusals_are_neither_failures_nor_calls() -> None:
+    kpis = CallKpis(window_s=10)
+    kpis.on_events([call(1.0, 500), call(1.5, 700, "timeout")])
+    refusals = [call(2.0, 0.1, outcome) for outcome in ("overloaded", "shed", "rate_limited")]
+    kpis.on_events(refusals * 10)
+    # The one real failure of two calls, whatever the limits refused around them; the
+    # refusals' fast answers do not hide the latency of the calls that ran.
+    assert kpis.error_ratio(2.0) == 0.5
+    assert kpis.latency_ms(2.0, 50) == 500
+    view = kpis.view(2.0)
+    assert (view["calls"], view["errors"], view["refused"]) == (2, 1, 30)
+    assert view["refused_total"] == 30 and view["calls_total"] == 2
+    # Refusals leave the window like calls do; the total stays.
+    view = kpis.view(12.5)
+    assert (view["calls"], view["refused"], view["refused_total"]) == (0, 0, 30)
 
 
 def test_window_is_bounded() -> None:

@@ -276,6 +276,36 @@ def test_a_node_block_needs_observations_from_a_quorum() -> None:
             _check(member.immune, f"mesh:{x.node_id}", None, x.node_id, "echo")
 
 
+def test_a_node_block_in_force_cuts_the_nodes_links_until_it_expires() -> None:
+    mesh = Mesh(6)
+    members = mesh.members
+    x = members[5]
+    cut: dict[str, list[str]] = {m.node_id: [] for m in members}
+    for member in members:
+        member.immune.on_node_block = cut[member.node_id].append
+    # Pending (one observer): nothing is cut, the links stay.
+    assert members[0].immune.mitigate(_request("node", x.node_id, ttl_s=30)).status == "pending"
+    mesh.sync()
+    assert not any(cut.values())
+    assert not any(m.immune.node_blocked(x.node_id) for m in members)
+    # The quorum: every node enforcing the block is told to cut x, and refuses it.
+    assert members[1].immune.mitigate(_request("node", x.node_id, ttl_s=30)).status == "pending"
+    mesh.sync()
+    assert members[2].immune.mitigate(_request("node", x.node_id, ttl_s=30)).status == "issued"
+    mesh.sync()
+    for member in members[:5]:
+        assert set(cut[member.node_id]) == {x.node_id}, member.node_id
+        assert member.immune.node_blocked(x.node_id)
+        assert not member.immune.node_blocked(members[4].node_id)
+    # When the blocks expire the links may come back (the mesh asks `node_blocked`
+    # each time; members that saw the quorum themselves issued blocks of their own TTL).
+    last = max(b.expires_at_ms for m in members for b in m.immune.blocks.all())
+    mesh.clock.now_ms = last - 1
+    assert members[0].immune.node_blocked(x.node_id)
+    mesh.clock.now_ms = last
+    assert not any(m.immune.node_blocked(x.node_id) for m in members)
+
+
 def test_the_built_in_patterns_block_an_origin_through_the_engine() -> None:
     config = ImmuneConfig(denial_count=3, denial_window_s=10)
     mesh, immune, engine = _one_node_with_patterns(config)

@@ -1,0 +1,75 @@
+"""A peer the node refuses (`MeshService.refuses`, the immune system's node blocks) has
+its links cut while the refusal lasts, and is admitted again when it ends.
+
+Two real `MeshService`s on loopback (ZeroMQ, signed envelopes, SWIM), in this process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.integration.mesh_peer import dev_peer
+from tests.polling import async_wait_for
+from vsmcp.mesh.envelope import MsgType
+from vsmcp.mesh.transport import Priority, RemoteError
+from vsmcp.node.peers.service import MeshService
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[MeshService, MeshService]]:
+    a = dev_peer("127.0.0.1", [], mesh_name="cut-test", zone="public")
+    async with a:
+        b = dev_peer("127.0.0.1", [f"127.0.0.1:{a.port}"], mesh_name="cut-test", zone="public")
+        async with b:
+            yield a, b
+
+
+async def _hello(sender: MeshService, to: MeshService) -> None:
+    hello = sender._sealer.seal(MsgType.HELLO, sender._hello_payload(), recipient=to.public_key)
+    await sender.transport.request(
+        to.public_key, f"tcp://127.0.0.1:{to.port}", hello, timeout_s=5,
+        priority=Priority.REQUEST, candidate=True,
+    )  # fmt: skip
+
+
+async def test_a_refused_peer_is_cut_off_until_the_refusal_ends(
+    pair: tuple[MeshService, MeshService],
+) -> None:
+    a, b = pair
+
+    async def linked() -> bool:
+        return (
+            b.node_id in a.peers
+            and a.node_id in b.peers
+            and a.member_state(b.node_id) == "alive"
+            and b.node_id in a.alive_peers()
+        )
+
+    await async_wait_for(linked, timeout_s=20, what="a and b admitted, alive")
+    refused: set[str] = set()
+    a.refuses = refused.__contains__
+    refused.add(b.node_id)
+    a.cut(b.node_id)
+    assert b.node_id not in a.peers and b.node_id not in a.alive_peers()
+    assert not a.send(b.node_id, MsgType.MEMBERSHIP, b"x")
+    # b's HELLO is refused, and what b keeps sending (its pings) is dropped unread.
+    with pytest.raises(RemoteError) as hello_refused:
+        await _hello(b, a)
+    assert hello_refused.value.reason == "blocked"
+    assert a.stats.refused["blocked"] >= 1
+
+    async def dropped() -> bool:
+        return a.stats.dropped["blocked"] > 0 and b.node_id not in a.peers
+
+    await async_wait_for(dropped, timeout_s=20, what="b's envelopes dropped, b not readmitted")
+
+    async def unheard() -> bool:
+        return a.member_state(b.node_id) in ("suspect", "dead")
+
+    await async_wait_for(unheard, timeout_s=20, what="b suspect at a")
+    assert b.node_id not in a.peers
+
+    # The refusal ends: b is admitted again (a new HELLO), alive again.
+    refused.clear()
+    await async_wait_for(linked, timeout_s=30, what="b admitted again and alive")

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import msgspec
 
 from vsmcp.crdt.errors import InvalidValue, MetadataTooLarge, NotAuthorized
-from vsmcp.crdt.replica import Checked, Held, VerifiedDoc, WallClockMs, wall_clock_ms
+from vsmcp.crdt.replica import Checked, VerifiedDoc, WallClockMs, wall_clock_ms
 from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, Signer
 from vsmcp.crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
 
@@ -173,9 +173,13 @@ class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
             described = _Metadata(
                 record.provider, record.name, record.version, _load_metadata(record.metadata)
             )
-            key = metadata_key(record.provider, record.name)
+            key = entry_key(record.provider, record.name)
             rank = (record.version, 0)
-            return Checked(key, record.provider, described, rank, record.expires_at_ms, False)
+            expires = record.expires_at_ms
+            # No view of its own: arriving after its entry, it changes the entry's view.
+            return Checked(
+                METADATA_KEY_PREFIX + key, record.provider, described, rank, expires, False, key
+            )
         key = entry_key(record.provider, record.name)
         if isinstance(record, Announcement):
             entry = CapabilityEntry(
@@ -212,14 +216,6 @@ class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
         if described.version != entry.version:
             return entry
         return replace(entry, metadata=described.metadata)
-
-    def _admit(self, held: Held[_Record], now_ms: int) -> bool:
-        if not super()._admit(held, now_ms):
-            return False
-        record = held.checked.record
-        if isinstance(record, _Metadata):  # arriving after its entry changes the entry's view
-            self._touch(entry_key(record.provider, record.name))
-        return True
 
     def _sign(self, signer: Signer, record: RegistryRecord) -> bytes:
         payload = _canonical(record)

@@ -103,8 +103,11 @@ class Checked(Generic[R]):
     rank: tuple[int, int]  # (version, 0 for a record / 1 for a tombstone)
     expires_at_ms: int
     # False for tombstones, and for records that are no view of their own (a registry
-    # entry's metadata, read through the entry it belongs to: `_touch`)
+    # entry's metadata, read through the entry it belongs to)
     live: bool
+    # The key whose view this record changes when it enters `best` (a registry entry's
+    # metadata: the entry's key): change listeners are told that one changed.
+    touches: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +188,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
         self._repairs: dict[str, bytes] = {}
         self._writing_local = False
         self._pending_change: dict[str, Held[R] | None] = {}
-        # Keys whose view changed while their record did not (`_touch`).
+        # Keys whose view changed while their record did not (`Checked.touches`), told
+        # to change listeners as changed at the next flush if visible then.
         self._touched: set[str] = set()
         self._update_listeners: list[Callable[[bytes], None]] = []
         self._change_listeners: list[Callable[[Change[V]], None]] = []
@@ -376,12 +380,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
             self._reported[key] = held
         else:
             self._reported.pop(key, None)
-
-    def _touch(self, key: str) -> None:
-        """The view of `key` changed although its record did not (a document kind whose
-        view of a record joins another record, entering `best` under its own key): told
-        to change listeners as changed at the next flush, if `key` is visible then."""
-        self._touched.add(key)
+            if held is not None and held.checked.touches is not None:
+                self._touched.add(held.checked.touches)
 
     def _flush_changes(self) -> None:
         pending, self._pending_change = self._pending_change, {}
@@ -542,6 +542,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
                     reported[key] = in_doc
                 else:
                     reported.pop(key, None)
+                    if in_doc.checked.touches is not None:
+                        self._touched.add(in_doc.checked.touches)
                 if repairs:  # noted by an earlier fold, not written yet
                     repairs.pop(key, None)
             elif (

@@ -385,9 +385,9 @@ class VerifiedDoc(ABC, Generic[R, V]):
 
     def _flush_changes(self) -> None:
         pending, self._pending_change = self._pending_change, {}
-        touched: set[str] = set()
-        if self._touched:
-            touched, self._touched = self._touched, set()
+        touched = self._touched
+        if touched:
+            self._touched = set()
         if not self._change_listeners or not (pending or touched):
             return
         added: list[V] = []

@@ -5,12 +5,21 @@ Ranking per key `provider_hex/name`: announcement version v ranks (v, 0); a tomb
 retiring up to version v ranks (v, 1), so it beats every announcement <= v and loses to
 a newer one. A tombstone expires no earlier than the announcement it retires. See
 `crdt.replica` for verification, repair, expiry and epochs.
+
+Tool metadata (MCP `title`, `annotations`, `outputSchema`, `execution`) is a record of
+its own, `ToolMetadata`, signed by the provider under the key `meta/provider_hex/name`
+and naming the announcement version it belongs to; an entry's view carries the metadata
+of its own version. Nodes that predate it cannot decode it and ignore it (a blob that
+does not verify is left alone, never repaired), while the announcement beside it is
+byte for byte what they accept: a mixed mesh keeps every tool everywhere, and the
+metadata still reaches every newer node, relayed by the older ones' documents as they
+are (`tests/crdt/test_registry_compat.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import msgspec
@@ -28,6 +37,8 @@ MAX_DESCRIPTION_CHARS = 4096
 # A tool's title, annotations, output schema and execution, as canonical JSON: larger
 # ones are refused on receipt (and dropped, counted, by the announcer).
 MAX_TOOL_METADATA_BYTES = 16 * 1024
+# Keys of `ToolMetadata` records: never an announcement's, which begin with hex digits.
+METADATA_KEY_PREFIX = "meta/"
 
 _Key = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
 _Ms = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
@@ -45,9 +56,10 @@ class Announcement(msgspec.Struct, frozen=True, array_like=True, tag=1):
     version: _Ms
     announced_at_ms: _Ms
     expires_at_ms: _Ms
-    # Appended field (older providers omit it, older decoders ignore it): canonical JSON
-    # of an object with the tool's MCP `title`, `annotations`, `outputSchema`,
-    # `execution`; "" when it has none, and then left out of the encoding (`_canonical`).
+    # Read, no longer written: for a while (from commit 0c2d6e2) nodes appended the
+    # metadata here, which older nodes refuse (their re-encoding leaves it out, so the
+    # signed bytes are not canonical to them); it goes as a `ToolMetadata` record now.
+    # "" is left out of the encoding (`_canonical`).
     metadata: str = ""
 
 
@@ -62,7 +74,19 @@ class Retirement(msgspec.Struct, frozen=True, array_like=True, tag=2):
     expires_at_ms: _Ms
 
 
-RegistryRecord = Announcement | Retirement
+class ToolMetadata(msgspec.Struct, frozen=True, array_like=True, tag=3):
+    """Signed by `provider`: the MCP metadata of its announcement `version` of `name`
+    (canonical JSON of an object with the tool's `title`, `annotations`, `outputSchema`,
+    `execution`), under its own key so that older nodes ignore it (module doc)."""
+
+    provider: _Key
+    name: _ToolName
+    version: _Ms
+    expires_at_ms: _Ms
+    metadata: str
+
+
+RegistryRecord = Announcement | Retirement | ToolMetadata
 _decoder: msgspec.msgpack.Decoder[RegistryRecord] = msgspec.msgpack.Decoder(RegistryRecord)
 _encoder = msgspec.msgpack.Encoder()
 
@@ -71,7 +95,7 @@ def _canonical(record: RegistryRecord) -> bytes:
     """The one encoding of `record` that is signed and accepted."""
     if isinstance(record, Announcement) and not record.metadata:
         # As before `metadata` was appended (msgspec encodes a trailing default of an
-        # array-like struct): older nodes take it as canonical, and this node theirs.
+        # array-like struct): what every node takes as canonical.
         fields = msgspec.structs.astuple(record)[:-1]
         return _encoder.encode((Announcement.__struct_config__.tag, *fields))
     return _encoder.encode(record)
@@ -99,11 +123,28 @@ class _Retired:
     retired_version: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Metadata:
+    """A verified `ToolMetadata`: no view of its own, read through its entry."""
+
+    provider: bytes
+    name: str
+    version: int
+    metadata: dict[str, Any]
+
+
+_Record = CapabilityEntry | _Retired | _Metadata
+
+
 def entry_key(provider: bytes, name: str) -> str:
     return f"{provider.hex()}/{name}"
 
 
-class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEntry]):
+def metadata_key(provider: bytes, name: str) -> str:
+    return METADATA_KEY_PREFIX + entry_key(provider, name)
+
+
+class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
     """Verified view over the replicated registry document."""
 
     domain = b"vsmcp/crdt/v1/registry\n"
@@ -124,10 +165,21 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
         self._tombstone_ttl_ms = tombstone_ttl_ms
         super().__init__(name, replica_id=replica_id, clock=clock, **kwargs)
 
-    def _check(self, payload: bytes) -> Checked[CapabilityEntry | _Retired]:
+    def _check(self, payload: bytes) -> Checked[_Record]:
         record = _decoder.decode(payload)
         if _canonical(record) != payload:
             raise InvalidValue("registry payload is not canonical")
+        if isinstance(record, ToolMetadata):
+            described = _Metadata(
+                record.provider, record.name, record.version, _load_metadata(record.metadata)
+            )
+            key = entry_key(record.provider, record.name)
+            rank = (record.version, 0)
+            expires = record.expires_at_ms
+            # No view of its own: arriving after its entry, it changes the entry's view.
+            return Checked(
+                METADATA_KEY_PREFIX + key, record.provider, described, rank, expires, False, key
+            )
         key = entry_key(record.provider, record.name)
         if isinstance(record, Announcement):
             entry = CapabilityEntry(
@@ -150,9 +202,20 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
             key, record.signer, retired, (record.retired_version, 1), record.expires_at_ms, False
         )
 
-    def _view_of(self, record: CapabilityEntry | _Retired) -> CapabilityEntry:
+    def _view_of(self, record: _Record) -> CapabilityEntry:
         assert isinstance(record, CapabilityEntry)
-        return record
+        return self._joined(entry_key(record.provider, record.name), record)
+
+    def _joined(self, key: str, entry: CapabilityEntry) -> CapabilityEntry:
+        """`entry` with the metadata of its version, if held under its metadata key."""
+        held = self.held(METADATA_KEY_PREFIX + key)
+        if held is None or entry.metadata:
+            return entry
+        described = held.checked.record
+        assert isinstance(described, _Metadata)
+        if described.version != entry.version:
+            return entry
+        return replace(entry, metadata=described.metadata)
 
     def _sign(self, signer: Signer, record: RegistryRecord) -> bytes:
         payload = _canonical(record)
@@ -177,27 +240,34 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
         `version` defaults to max(previous + 1, now_ms), monotonic across restarts as
         long as the clock is. Raises StaleRecord if an explicit version does not beat
         what the replica holds (a newer announcement or a tombstone). Raises
-        MetadataTooLarge if `metadata` exceeds MAX_TOOL_METADATA_BYTES as JSON."""
+        MetadataTooLarge if `metadata` exceeds MAX_TOOL_METADATA_BYTES as JSON. The
+        metadata goes as its own `ToolMetadata` record, written with the announcement."""
         now = self._clock()
-        key = entry_key(signer.public_key, name)
+        provider = signer.public_key
         if version is None:
-            held = self.held(key)
-            previous = held.checked.rank[0] if held is not None else -1
+            keys = (entry_key(provider, name), metadata_key(provider, name))
+            ranks = [h.checked.rank[0] for h in map(self.held, keys) if h is not None]
+            previous = max(ranks, default=-1)
             version = max(previous + 1, now)
         check_int(version, what="version")
         ttl = self._announce_ttl_ms if ttl_ms is None else check_int(ttl_ms, what="ttl_ms")
+        expires_at_ms = check_int(now + ttl, what="expires_at_ms")
         record = Announcement(
-            provider=signer.public_key,
+            provider=provider,
             name=name,
             zone=zone,
             description=description,
             input_schema=dump_json(dict(input_schema or {}), what="input_schema"),
             version=version,
             announced_at_ms=now,
-            expires_at_ms=check_int(now + ttl, what="expires_at_ms"),
-            metadata=_dump_metadata(metadata),
+            expires_at_ms=expires_at_ms,
         )
-        held = self._put(self._sign(signer, record))
+        blobs = [self._sign(signer, record)]
+        text = _dump_metadata(metadata)
+        if text:
+            described = ToolMetadata(provider, name, version, expires_at_ms, text)
+            blobs.append(self._sign(signer, described))
+        held = self._put(*blobs)
         return self._view_of(held.checked.record)
 
     def retire(
@@ -243,7 +313,11 @@ class CapabilityRegistry(VerifiedDoc["CapabilityEntry | _Retired", CapabilityEnt
 
     def view(self) -> list[CapabilityEntry]:
         """Live verified entries, sorted by (provider, name)."""
-        entries = [e for e in self._visible_records() if isinstance(e, CapabilityEntry)]
+        entries = [
+            self._joined(key, e)
+            for key, e in self._visible_items()
+            if isinstance(e, CapabilityEntry)
+        ]
         entries.sort(key=lambda e: (e.provider, e.name))
         return entries
 

@@ -102,7 +102,12 @@ class Checked(Generic[R]):
     record: R
     rank: tuple[int, int]  # (version, 0 for a record / 1 for a tombstone)
     expires_at_ms: int
-    live: bool  # False for tombstones
+    # False for tombstones, and for records that are no view of their own (a registry
+    # entry's metadata, read through the entry it belongs to)
+    live: bool
+    # The key whose view this record changes when it enters `best` (a registry entry's
+    # metadata: the entry's key): change listeners are told that one changed.
+    touches: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,9 @@ class VerifiedDoc(ABC, Generic[R, V]):
         self._repairs: dict[str, bytes] = {}
         self._writing_local = False
         self._pending_change: dict[str, Held[R] | None] = {}
+        # Keys whose view changed while their record did not (`Checked.touches`), told
+        # to change listeners as changed at the next flush if visible then.
+        self._touched: set[str] = set()
         self._update_listeners: list[Callable[[bytes], None]] = []
         self._change_listeners: list[Callable[[Change[V]], None]] = []
         self._applying_remote = False
@@ -235,10 +243,13 @@ class VerifiedDoc(ABC, Generic[R, V]):
         self._change_listeners.append(callback)
 
     def _visible_records(self, now_ms: int | None = None) -> list[R]:
+        return [record for _key, record in self._visible_items(now_ms)]
+
+    def _visible_items(self, now_ms: int | None = None) -> list[tuple[str, R]]:
         now = self._clock() if now_ms is None else now_ms
         return [
-            held.checked.record
-            for held in self._best.values()
+            (key, held.checked.record)
+            for key, held in self._best.items()
             if held.checked.live and now < held.checked.expires_at_ms
         ]
 
@@ -369,10 +380,15 @@ class VerifiedDoc(ABC, Generic[R, V]):
             self._reported[key] = held
         else:
             self._reported.pop(key, None)
+            if held is not None and held.checked.touches is not None:
+                self._touched.add(held.checked.touches)
 
     def _flush_changes(self) -> None:
         pending, self._pending_change = self._pending_change, {}
-        if not self._change_listeners or not pending:
+        touched = self._touched
+        if touched:
+            self._touched = set()
+        if not self._change_listeners or not (pending or touched):
             return
         added: list[V] = []
         changed: list[V] = []
@@ -388,6 +404,10 @@ class VerifiedDoc(ABC, Generic[R, V]):
                 added.append(self._view_of(after.checked.record))
             else:
                 changed.append(self._view_of(after.checked.record))
+        for key in touched:
+            held = None if key in pending else self._reported.get(key)
+            if held is not None:
+                changed.append(self._view_of(held.checked.record))
         if added or changed or removed:
             change = Change(added, changed, removed)
             for callback in self._change_listeners:
@@ -418,19 +438,23 @@ class VerifiedDoc(ABC, Generic[R, V]):
             for key in (*writes, *deletes):
                 self._repairs.pop(key, None)
 
-    def _put(self, blob: bytes) -> Held[R]:
-        """Write a freshly signed blob of ours; raises if it does not verify or is stale."""
-        held = self._verify_blob(blob)
-        key = held.checked.key
-        best = self._best.get(key)
-        if best is not None and not held.outranks(best):
-            raise StaleRecord(f"{self.name}: {key} already holds rank {best.checked.rank}")
-        self._remember(blob, held)
-        self._best[key] = held
-        self._note(key, held)
-        self._write_local({key: blob})
+    def _put(self, blob: bytes, *more: bytes) -> Held[R]:
+        """Write freshly signed blobs of ours, in one transaction (one update, one change
+        notification); returns the first one's record. Raises, writing none, if one does
+        not verify or is stale."""
+        verified = [self._verify_blob(b) for b in (blob, *more)]
+        for held in verified:
+            key = held.checked.key
+            best = self._best.get(key)
+            if best is not None and not held.outranks(best):
+                raise StaleRecord(f"{self.name}: {key} already holds rank {best.checked.rank}")
+        for held in verified:
+            self._remember(held.blob, held)
+            self._best[held.checked.key] = held
+            self._note(held.checked.key, held)
+        self._write_local({held.checked.key: held.blob for held in verified})
         self._flush_changes()
-        return held
+        return verified[0]
 
     def apply_updates(self, updates: Sequence[bytes]) -> None:
         """Apply remote Yjs updates of the current epoch (one transaction; `_fold` takes
@@ -518,6 +542,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
                     reported[key] = in_doc
                 else:
                     reported.pop(key, None)
+                    if in_doc.checked.touches is not None:
+                        self._touched.add(in_doc.checked.touches)
                 if repairs:  # noted by an earlier fold, not written yet
                     repairs.pop(key, None)
             elif (
@@ -532,7 +558,7 @@ class VerifiedDoc(ABC, Generic[R, V]):
         if self._repairs:
             repairs, self._repairs = self._repairs, {}
             self._write_local(repairs)
-        if self._pending_change:
+        if self._pending_change or self._touched:
             self._flush_changes()
 
     def offer(self, items: Iterable[tuple[str, Any]]) -> int:

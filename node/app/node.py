@@ -79,6 +79,7 @@ from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.mount_client import MOUNT_CLIENT_OUTCOMES
 from vsmcp.node.tools.mounted import MountedServer
+from vsmcp.node.tools.offers import is_offers_tool
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.vsm.audits import Auditor
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter
@@ -1503,7 +1504,17 @@ class Node(Service):
         return peers
 
     def tools(self) -> list[dict[str, Any]]:
-        """The capability registry as this node sees it, with each provider's state."""
+        """The tools of the capability registry as this node sees them, with each
+        provider's state (`/api/tools` `tools`, the `vsm.tools` tool): without the offers
+        tools, which carry resources and prompts and are no tool a client calls."""
+        return self._registry_rows(offers=False)
+
+    def offer_tools(self) -> list[dict[str, Any]]:
+        """The offers tools (`vsm.mcp.<unit>`, `node.tools.offers`) of the registry, as
+        `tools` lists tools (`/api/tools` `offers`: which node offers resources, prompts)."""
+        return self._registry_rows(offers=True)
+
+    def _registry_rows(self, *, offers: bool) -> list[dict[str, Any]]:
         if self._replication is None or self._identity is None:
             return []
         return [
@@ -1518,6 +1529,7 @@ class Node(Service):
                 "degraded": self._degraded(t.provider, t.name),
             }
             for t in self._replication.tools()
+            if is_offers_tool(t.name) == offers
         ]
 
     def _degraded(self, provider: str, tool: str) -> str | None:

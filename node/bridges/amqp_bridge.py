@@ -178,9 +178,9 @@ class AmqpBridge(Service):
         await self._append(entries)
 
     def _announcement(self) -> tuple[str, bytes]:
-        """The node's local tools, as MCP `Tool` objects."""
+        """The node's local tools, as MCP `Tool` objects (not the offers tools)."""
         self._announcements += 1
-        local = self._context.tools.local.available_tools()
+        local = self._context.tools.local.client_tools()
         body = {
             "kind": CAPABILITIES_KIND,
             "ts": time.time(),

@@ -79,7 +79,11 @@ class Tool(msgspec.Struct):
 
 
 class Tools(msgspec.Struct):
+    # The tools clients call.
     tools: list[Tool]
+    # The offers tools `vsm.mcp.<unit>`: the registry entries that carry a unit's
+    # resources, prompts and completion (docs/mcp-resources.md), never listed as tools.
+    offers: list[Tool]
 
 
 class Pattern(msgspec.Struct):

@@ -60,6 +60,8 @@ class NodeView(Protocol):
 
     def tools(self) -> list[dict[str, Any]]: ...
 
+    def offer_tools(self) -> list[dict[str, Any]]: ...
+
     def block_peer(self, node_id: str, blocked: bool) -> None: ...
 
     def debug_tool(self, name: str, zone: str, present: bool) -> None: ...
@@ -193,7 +195,7 @@ def build_app(
         return _json({"peer": peer, "blocked": blocked})
 
     async def api_tools(_: web.Request) -> web.Response:
-        return _json({"tools": node.tools()})
+        return _json({"tools": node.tools(), "offers": node.offer_tools()})
 
     async def api_patterns(_: web.Request) -> web.Response:
         return _json(node.patterns_view())

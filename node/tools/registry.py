@@ -72,13 +72,14 @@ class LocalCatalog(Service):
                     out.append(spec)
         return sorted(out, key=lambda s: s.name)
 
+    def client_tools(self) -> list[ToolSpec]:
+        """Tools of running units a client calls, whoever asks: not the offers tools,
+        which carry resources and prompts (`node.tools.offers`)."""
+        return [spec for spec in self.available_tools() if not is_offers_tool(spec.name)]
+
     def list_tools(self, ctx: CallContext) -> list[ToolSpec]:
-        """The tools `ctx` may use (not the offers tools: `node.tools.offers`)."""
-        return [
-            spec
-            for spec in self.available_tools()
-            if not is_offers_tool(spec.name) and self.policy.visible(spec, ctx)
-        ]
+        """The tools `ctx` may use (not the offers tools)."""
+        return [spec for spec in self.client_tools() if self.policy.visible(spec, ctx)]
 
     def list_offer_tools(self, ctx: CallContext) -> list[ToolSpec]:
         """The offers tools (resources, prompts) `ctx` may use."""

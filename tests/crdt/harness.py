@@ -86,9 +86,13 @@ class Network:
                         self.pool.append((a.index, b.index, request))
         self.drain()
 
-    def views(self) -> list[list[tuple[bytes, str, str, int]]]:
+    def views(self) -> list[list[tuple[bytes, str, str, int, str]]]:
+        """Each replica's entries: provider, name, zone, version and metadata title."""
         return [
-            [(e.provider, e.name, e.zone, e.version) for e in r.registry.view()]
+            [
+                (e.provider, e.name, e.zone, e.version, e.metadata.get("title", ""))
+                for e in r.registry.view()
+            ]
             for r in self.replicas
         ]
 

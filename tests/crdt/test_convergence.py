@@ -11,11 +11,18 @@ from hypothesis import strategies as st
 
 from tests.crdt.harness import Network
 from vsmcp.crdt.errors import StaleRecord
-from vsmcp.crdt.registry import Announcement, CapabilityRegistry, entry_key
+from vsmcp.crdt.registry import (
+    Announcement,
+    CapabilityEntry,
+    CapabilityRegistry,
+    entry_key,
+    metadata_key,
+)
 from vsmcp.crdt.signing import SIGNATURE_BYTES, Ed25519Signer
 
 TOOLS = ["echo", "time", "search"]
 ZONES = ["public", "ops"]
+TITLES = ["", "Echo", "Other"]  # "": announced without metadata
 
 
 class Model:
@@ -34,9 +41,19 @@ class Model:
         if current is None or candidate[:2] > current[:2]:
             self.best[key] = candidate
 
-    def view(self) -> list[tuple[bytes, str, str, int]]:
-        live = [rec for rank, _, rec in self.best.values() if rank[1] == 0]
-        return sorted((e.provider, e.name, e.zone, e.version) for e in live)
+    def view(self) -> list[tuple[bytes, str, str, int, str]]:
+        """Live entries, each with the title of the metadata record of its version."""
+        records = [rec for rank, _, rec in self.best.values() if rank[1] == 0]
+        titles = {
+            (r.provider, r.name, r.version): r.metadata["title"]
+            for r in records
+            if not isinstance(r, CapabilityEntry)
+        }
+        return sorted(
+            (e.provider, e.name, e.zone, e.version, titles.get((e.provider, e.name, e.version), ""))
+            for e in records
+            if isinstance(e, CapabilityEntry)
+        )
 
 
 def forge(net: Network, model: Model, forger: int, data: st.DataObject) -> None:
@@ -104,8 +121,15 @@ def test_replicas_converge_to_reference_model(data: st.DataObject, count: int) -
         if op == "announce":
             tool = data.draw(st.sampled_from(TOOLS))
             zone = data.draw(st.sampled_from(ZONES))
-            replica.registry.announce(replica.signer, tool, zone=zone, input_schema={"n": 1})
-            model.record(replica.registry, entry_key(replica.signer.public_key, tool))
+            title = data.draw(st.sampled_from(TITLES))
+            metadata = {"title": title} if title else None
+            registry, owner = replica.registry, replica.signer.public_key
+            registry.announce(
+                replica.signer, tool, zone=zone, input_schema={"n": 1}, metadata=metadata
+            )
+            model.record(registry, entry_key(owner, tool))
+            if metadata:
+                model.record(registry, metadata_key(owner, tool))
         elif op in ("leave", "evict"):
             owner = net.replicas[data.draw(st.integers(0, count - 1))].signer
             by = net.authority if op == "evict" else replica.signer

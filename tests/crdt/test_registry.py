@@ -13,7 +13,9 @@ from vsmcp.crdt.registry import (
     MAX_TOOL_METADATA_BYTES,
     Announcement,
     CapabilityRegistry,
+    ToolMetadata,
     entry_key,
+    metadata_key,
 )
 from vsmcp.crdt.signing import SIGNATURE_BYTES, Ed25519Signer
 
@@ -60,7 +62,7 @@ def test_expired_entries_leave_the_view() -> None:
     assert registry.view() == [] and registry.get(OWNER.public_key, "echo") is None
 
 
-# -- tool metadata: the appended `metadata` field ---------------------------------------------
+# -- tool metadata: a record of its own beside the announcement ----------------------------
 
 METADATA = {
     "title": "Echo",
@@ -108,28 +110,48 @@ def test_an_older_nodes_announcement_is_accepted_without_metadata() -> None:
     assert held is not None and held.blob[:-SIGNATURE_BYTES] == payload
 
 
-def test_an_older_decoder_reads_an_announcement_with_metadata() -> None:
+def test_a_tool_with_metadata_is_an_older_nodes_announcement_plus_a_metadata_record() -> None:
     registry = CapabilityRegistry(replica_id=b"r", clock=Clock())
     entry = registry.announce(OWNER, "echo", zone="public", metadata=METADATA)
     assert entry.metadata == METADATA
     held = registry.held(entry_key(OWNER.public_key, "echo"))
     assert held is not None
-    old = msgspec.msgpack.decode(held.blob[:-SIGNATURE_BYTES], type=OldAnnouncement)
-    assert (old.name, old.zone, old.version) == ("echo", "public", entry.version)
+    payload = held.blob[:-SIGNATURE_BYTES]
+    old = msgspec.msgpack.decode(payload, type=OldAnnouncement)
+    assert msgspec.msgpack.encode(old) == payload  # canonical to an older node
+    described = registry.held(metadata_key(OWNER.public_key, "echo"))
+    assert described is not None and not described.checked.live
     other = CapabilityRegistry(replica_id=b"s", clock=Clock())
-    assert other.offer(registry.raw_items()) == 1
+    assert other.offer(registry.raw_items()) == 2
     assert [e.metadata for e in other.view()] == [METADATA]
+    assert other.get(OWNER.public_key, "echo") == entry
+
+
+def test_an_announcement_with_the_appended_metadata_field_is_still_read() -> None:
+    """For a while (commit 0c2d6e2) nodes carried metadata as a trailing field."""
+    clock = Clock()
+    text = json.dumps({"title": "Echo"}, separators=(",", ":"))
+    payload = msgspec.msgpack.encode(
+        Announcement(
+            OWNER.public_key, "echo", "public", "", "{}", 1, clock.now_ms, clock.now_ms + 1, text
+        )
+    )
+    registry = CapabilityRegistry(replica_id=b"r", clock=clock)
+    assert registry.offer([(entry_key(OWNER.public_key, "echo"), _signed(payload))]) == 1
+    assert [e.metadata for e in registry.view()] == [{"title": "Echo"}]
 
 
 def test_metadata_is_covered_by_the_signature() -> None:
     registry = CapabilityRegistry(replica_id=b"r", clock=Clock())
     registry.announce(OWNER, "echo", zone="public", metadata={"title": "Echo"})
-    ((key, blob),) = registry.raw_items()
-    forged = blob.replace(b'"Echo"', b'"Evil"')
-    assert forged != blob
+    items = dict(registry.raw_items())
+    key = metadata_key(OWNER.public_key, "echo")
+    forged = bytes(items[key]).replace(b'"Echo"', b'"Evil"')
+    assert forged != items[key]
     other = CapabilityRegistry(replica_id=b"s", clock=Clock())
-    assert other.offer([(key, forged)]) == 0
-    assert other.view() == []
+    entry = entry_key(OWNER.public_key, "echo")
+    assert other.offer([(entry, items[entry]), (key, forged)]) == 1
+    assert [e.metadata for e in other.view()] == [{}]
 
 
 def test_oversized_metadata_is_refused_on_announce_and_on_receipt() -> None:
@@ -157,3 +179,8 @@ def test_oversized_metadata_is_refused_on_announce_and_on_receipt() -> None:
     )
     assert registry.offer([(entry_key(OWNER.public_key, "big"), _signed(payload))]) == 0
     assert [e.name for e in registry.view()] == ["echo"]
+    record = ToolMetadata(
+        OWNER.public_key, "echo", 1, clock.now_ms + 1000, json.dumps(big, separators=(",", ":"))
+    )
+    blob = _signed(msgspec.msgpack.encode(record))
+    assert registry.offer([(metadata_key(OWNER.public_key, "echo"), blob)]) == 0

@@ -94,7 +94,7 @@ def test_compaction_switches_peers_and_keeps_content_and_retirements() -> None:
     assert {r.registry.epoch for r in net.replicas} == {epoch}
     views = net.views()
     assert views[0] == views[1] == views[2]
-    assert {name for _, name, _, _ in views[0]} == {"echo", "time", "late"}
+    assert {view[1] for view in views[0]} == {"echo", "time", "late"}
     assert [v for v in before[0] if v[1] != "late"] == [v for v in views[0] if v[1] != "late"]
     assert b.registry.held(f"{b.signer.public_key.hex()}/gone").checked.live is False
 

@@ -607,5 +607,9 @@ async def test_a_new_local_tool_is_announced(
 
     tool = await async_wait_until(announced, timeout_s=30, what="late.echo announced")
     assert tool["_meta"]["vsmcp/zone"] == "ops"
+    # The node's offers tool (its status resource) is plumbing: never announced.
+    assert "vsm.mcp.node" in {t["name"] for t in node.get_json("/api/tools")["offers"]}
+    for body in events.bodies.values():
+        assert not [t["name"] for t in body["tools"] if t["name"].startswith("vsm.mcp.")]
     await events.delete()
     await _delete_call_queues(channel, queue, node)

@@ -213,6 +213,9 @@ async def test_retained_announcements_status_and_the_last_will(
         assert "echo" in names
         # vsm.signal is in a higher zone than the lowest, which MQTT callers get.
         assert "vsm.signal" not in names
+        # The node's offers tool carries its status resource: plumbing, not a tool.
+        assert "vsm.mcp.node" in {t["name"] for t in node.get_json("/api/tools")["offers"]}
+        assert not {n for n in names if n.startswith("vsm.mcp.")}
         # A tool appears: the announcement is published again, with it.
         assert node.post("/api/debug/tools?name=extra.echo&zone=public") == 200
         changed = json.loads((await _next(fresh, tools_topic)).payload)

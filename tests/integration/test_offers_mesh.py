@@ -24,9 +24,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import PromptReference, ResourceTemplateReference
 from pydantic import BaseModel
 
-from tests.integration.harness import REPO_ROOT, NodeProcess, alive_mesh
+from tests.integration.harness import REPO_ROOT, NodeProcess, alive_mesh, call_tool
 from tests.integration.sdk_client import MODES, sdk_client
-from tests.polling import async_wait_for
+from tests.polling import async_wait_for, wait_for
 from vsmcp.node.mcp.protocol import ZONE_DENIED
 from vsmcp.node.tools.node_offers import STATUS_URI
 
@@ -285,3 +285,32 @@ async def test_two_variants_of_one_mount_are_both_served(nodes: list[NodeProcess
         assert len(uris) == len(set(uris))  # one entry per URI, whoever offers it
         pinned = await mesh.read_resource("data://greeting", meta={"vsmcp/node": b.node_id})
         assert getattr(pinned.contents[0], "text", "") == "hello from the offers server"
+
+
+def test_offers_tools_are_listed_apart_from_tools_in_api_tools_and_vsm_tools(
+    nodes: list[NodeProcess],
+) -> None:
+    """The `vsm.mcp.*` registry entries carry resources and prompts: `/api/tools` lists
+    them under `offers` only, and the `vsm.tools` tool not at all."""
+    a, b, c = nodes
+    expected = {
+        ("vsm.mcp.mount.docs", a.node_id),
+        ("vsm.mcp.mount.vault", a.node_id),
+        ("vsm.mcp.mount.docs", b.node_id),
+        *(("vsm.mcp.node", node.node_id) for node in nodes),
+    }
+
+    def offers() -> set[tuple[str, str]] | None:
+        rows = {(t["name"], t["provider"]) for t in c.get_json("/api/tools")["offers"]}
+        return rows if rows >= expected else None
+
+    assert wait_for(offers, timeout_s=60, what="every offers tool in C's /api/tools") == expected
+    listed = c.get_json("/api/tools")
+    names = {t["name"] for t in listed["tools"]}
+    assert "echo" in names
+    assert not {n for n in names if n.startswith("vsm.mcp.")}
+    assert {t["provider_state"] for t in listed["offers"]} <= {"self", "alive"}
+    reply = call_tool(c, PUBLIC_TOKEN, "vsm.tools")
+    rows = reply["result"]["structuredContent"]["tools"]
+    assert "echo" in {t["name"] for t in rows}
+    assert not [t["name"] for t in rows if t["name"].startswith("vsm.mcp.")]

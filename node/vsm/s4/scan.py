@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.node.tools.offers import is_offers_tool
 from vsmcp.node.vsm.events import AdaptationProposed, EventSink
 from vsmcp.node.vsm.s4.config import S4Config
 
@@ -151,7 +152,9 @@ class EnvironmentScan:
         self.scans += 1
         now = self._clock()
         peers = dict(self._inputs.peers())
-        tools = {k: frozenset(v) for k, v in self._inputs.tools().items()}
+        # The `vsm.mcp.*` carriers of resources and prompts are plumbing, not tools: no
+        # proposal is about them (docs/mcp-resources.md).
+        tools = {k: frozenset(v) for k, v in self._inputs.tools().items() if not is_offers_tool(k)}
         bridges = dict(self._inputs.bridges())
         self._scan_peers(peers, now)
         self._scan_tools(tools)

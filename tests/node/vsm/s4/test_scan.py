@@ -124,3 +124,23 @@ async def test_what_is_gone_is_forgotten_whatever_the_churn(
     # Only what is still there (and the two KPI keys) is remembered.
     assert scan._bad_since == {}
     assert scan._raised <= {"peer:node-b", "single:echo", "kpi:errors", "kpi:latency"}
+
+
+async def test_the_carriers_of_resources_and_prompts_are_not_proposed_about(
+    stream: tuple[EventStream, list[Event]],
+) -> None:
+    events, _ = stream
+    world = World()
+    world.tools["vsm.mcp.node"] = frozenset({"node-b", "node-c"})
+    scan = EnvironmentScan(world.inputs(), S4Config(), events, LoopSupervisor())
+    scan.scan()
+    world.tools = {
+        "echo": frozenset({"node-b", "node-c"}),
+        "vsm.mcp.node": frozenset({"node-b"}),  # one provider left
+        "vsm.mcp.mount:time": frozenset({"node-c"}),  # appeared
+        "time.now": frozenset({"node-c"}),
+    }
+    scan.scan()
+    world.tools = {"echo": frozenset({"node-b", "node-c"})}  # gone
+    scan.scan()
+    assert proposals(scan) == [("tool_appeared", "time.now"), ("tool_gone", "time.now")]

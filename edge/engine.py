@@ -10,8 +10,9 @@ memory): the same isolation, none of the mapping per call.
 The slots are address space, not memory: `slots` slots of `MAX_MEMORY_MB` (any manifest's
 limit fits) plus wasmtime's guard regions, ≈4 GiB each, never touched until an instance
 uses them and decommitted when it ends. They bound the instances alive at once: a call
-runs in one of `threads` workers or on the event loop, so there are at least twice as
-many slots as could ever be in use. wasmtime-py does not wrap the pooling settings; they
+runs in one of `threads` workers (the runtime's one pool, kept for its lifetime) or on
+the event loop, so there are at least twice as many slots as could ever be in use; a
+call that finds none free is refused as busy (`WasmBusy`), not counted as its fault. wasmtime-py does not wrap the pooling settings; they
 are set through its C bindings, and without them (another version), or when the address
 space is refused (a `ulimit -v`), the engine keeps the on-demand allocator (slower, same
 limits).

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
+from tests.edge.conftest import EXAMPLES, MODULES, slots_held, write_manifest
 from tests.polling import async_wait_for
 from tests.skips import require_module
 from vsmcp.edge.engine import pool_slots
 from vsmcp.edge.errors import (
+    WasmBusy,
     WasmFault,
     WasmLoadError,
     WasmMemoryLimit,
@@ -470,5 +471,46 @@ async def test_a_wasmtime_without_the_internals_runs_tools_through_its_public_ap
         assert json.loads(outcome.stdout) == {"echo": {"n": 1}}
         with pytest.raises(WasmOutputLimit, match="limit of 65536 bytes"):
             await runtime.call(load(runtime, tmp_path, "flood"), b"{}", 0.5)
+    finally:
+        runtime.release()
+
+
+async def test_a_call_finding_every_instance_slot_taken_is_busy_not_a_fault(
+    runtime: Any,
+) -> None:
+    tool = echo(runtime)
+    with (
+        slots_held(runtime.engine, pool_slots(DEFAULT_THREADS)),
+        pytest.raises(WasmBusy, match=r"busy \(maximum concurrent limit of"),
+    ):
+        await runtime.call(tool, b"{}", 1.0)
+    outcome = await runtime.call(tool, b'{"n":1}', 1.0)  # the slots back: answered
+    assert json.loads(outcome.stdout) == {"echo": {"n": 1}}
+
+
+async def test_runaways_left_by_stopped_units_do_not_take_every_instance_slot(
+    tmp_path: Path,
+) -> None:
+    # One worker: a pool of 20 slots. Before, each release/acquire (a unit stopping, then
+    # one starting) made a new worker pool while the old one's runaway ran on: 20 of them
+    # held every slot and the next call of another tool failed ("maximum concurrent
+    # limit"). One pool for the runtime's lifetime: they wait for its one worker.
+    require_module("wasmtime")
+    runtime = WasmRuntime(threads=1)
+    runtime.acquire()
+    try:
+        hostile = load(runtime, tmp_path, "loop", "timeout_ms = 3000")
+        runaways = []
+        for _ in range(pool_slots(1)):
+            runaways.append(asyncio.ensure_future(runtime.call(hostile, b"{}", 3.0)))
+            await asyncio.sleep(0)  # it starts (and goes to a worker)
+            runtime.release()
+            runtime.acquire()
+        outcome = await runtime.call(echo(runtime), b'{"n":1}', 5.0)
+        assert json.loads(outcome.stdout) == {"echo": {"n": 1}}
+        for queued in runaways[1:]:
+            queued.cancel()  # still waiting for the worker: dropped
+        with pytest.raises(WasmTimeLimit):
+            await runaways[0]
     finally:
         runtime.release()

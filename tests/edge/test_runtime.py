@@ -294,6 +294,28 @@ async def test_a_second_memory_does_not_get_a_second_memory_limit(
         runtime.load(load_manifest(manifest))
 
 
+async def test_a_module_with_40000_functions_in_its_table_loads_and_runs(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # 64 bytes of instance metadata per imported function in the table: 2.5 MB, over
+    # wasmtime's default 1 MiB per pooled instance (refused at load before), well within
+    # the 100,000 elements a table may have. Imports: no compiling 40,000 bodies.
+    count = 40_000
+    imports = "".join(
+        f'(import "wasi_snapshot_preview1" "sched_yield" (func $f{i} (result i32)))'
+        for i in range(count)
+    )
+    refs = " ".join(f"$f{i}" for i in range(count))
+    wat = tmp_path / "wide.wat"
+    wat.write_text(
+        f"(module {imports} (table {count} funcref) (elem (i32.const 0) {refs})"
+        ' (memory (export "memory") 1) (func (export "_start")))'
+    )
+    manifest = write_manifest(tmp_path, "wide", wat, limits="memory_mb = 4")
+    outcome = await runtime.call(runtime.load(load_manifest(manifest)), b"{}", 5.0)
+    assert (outcome.exit_code, outcome.stdout) == (0, b"")
+
+
 async def test_a_table_does_not_grow_past_its_bound(runtime: Any, tmp_path: Path) -> None:
     # table.grow answers -1 when refused; a million elements (8 to 16 MB of the host's
     # memory, outside the memory limit) reach `unreachable` where it is not.

@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.edge.errors import EdgeError, WasmBusy, WasmFault
 from vsmcp.edge.grants import EdgePermissions
@@ -29,6 +29,9 @@ from vsmcp.node.tools.config import EdgeConfig, ProbeConfig
 from vsmcp.node.tools.errors import ToolFault, UnitFault, UnknownTool, WasmRuntimeBusy
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
 from vsmcp.node.tools.stdio import escape_line
+
+if TYPE_CHECKING:
+    from vsmcp.node.tools.registry import LocalCatalog
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,17 @@ def edge_permissions(cfg: EdgeConfig) -> EdgePermissions:
         env=frozenset(cfg.allow_env),
         clock=cfg.allow_clock,
     )
+
+
+def shared_runtime(catalog: LocalCatalog, edge: EdgeConfig, cache_dir: Path | None) -> WasmRuntime:
+    """The node's WASM runtime (`catalog.wasm_runtime`), made at the first call: one per
+    node for configured tools and published modules alike, so one engine and one pool of
+    instance slots (their address space, `vsmcp.edge.engine`), one set of workers, one
+    epoch clock. `cache_dir`: where compiled modules are kept (`<data_dir>/wasm-cache`).
+    Raises `EdgeError` when wasmtime is missing."""
+    if catalog.wasm_runtime is None:
+        catalog.wasm_runtime = WasmRuntime(cache_dir if edge.cache_compiled else None, edge.threads)
+    return catalog.wasm_runtime
 
 
 class WasmProvider:

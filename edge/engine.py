@@ -93,9 +93,10 @@ def _use_pooling(config: wasmtime.Config, slots: int) -> None:
         _ffi.wasmtime_pooling_allocation_config_delete(pooling)
 
 
-def new_engine(threads: int, *, pooling: bool) -> wasmtime.Engine:
+def new_engine(threads: int, *, pooling: bool) -> tuple[wasmtime.Engine, bool]:
     """An engine with epoch interruption, its instances from a pool sized for `threads`
-    workers when `pooling` (the bindings are there: `missing_pooling_internals`)."""
+    workers when `pooling` (the bindings are there: `missing_pooling_internals`), and
+    whether they are (False: the on-demand allocator, asked for or fallen back to)."""
     import wasmtime
 
     config = wasmtime.Config()
@@ -116,4 +117,4 @@ def new_engine(threads: int, *, pooling: bool) -> wasmtime.Engine:
             pool_slots(threads),
         )
         return new_engine(threads, pooling=False)
-    return engine
+    return engine, pooling

@@ -141,10 +141,16 @@ class WasmRuntime:
         cache_dir: Path | None = None,
         threads: int = DEFAULT_THREADS,
         inline_budget_s: float = DEFAULT_INLINE_BUDGET_S,
+        *,
+        pooling: bool = True,
     ) -> None:
+        """`pooling`: False for wasmtime's on-demand allocator, which it also falls back
+        to when the pooling bindings or the pool's address space are missing (`pooled`
+        says which it uses: a module with two memories is then refused when it is called,
+        not when it is loaded)."""
         _import_wasmtime()
         missing_pooling = missing_pooling_internals()
-        self.engine = new_engine(threads, pooling=not missing_pooling)
+        self.engine, self.pooled = new_engine(threads, pooling=pooling and not missing_pooling)
         self.clock = EpochClock(self.engine)
         self.cache = ModuleCache(self.engine, cache_dir)
         missing = stdio.missing_internals()

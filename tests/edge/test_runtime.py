@@ -288,10 +288,35 @@ async def test_a_second_memory_does_not_get_a_second_memory_limit(
         ' (func (export "_start")'
         " (drop (memory.grow $a (i32.const 47))) (drop (memory.grow $b (i32.const 47)))))"
     )
-    manifest = write_manifest(tmp_path, "two", wat, limits="memory_mb = 4")
-    # The engine's instance pool has one memory per instance: refused when loaded.
-    with pytest.raises(WasmLoadError, match="memories count of 2 exceeds"):
-        runtime.load(load_manifest(manifest))
+    manifest = load_manifest(write_manifest(tmp_path, "two", wat, limits="memory_mb = 4"))
+    if runtime.pooled:
+        # The engine's instance pool has one memory per instance: refused when loaded.
+        with pytest.raises(WasmLoadError, match="memories count of 2 exceeds"):
+            runtime.load(manifest)
+    else:  # the on-demand allocator (fallen back to): the store's limit stops it
+        await _second_memory_stopped_at_its_call(runtime, manifest)
+
+
+async def test_a_second_memory_is_stopped_at_its_call_with_the_on_demand_allocator(
+    tmp_path: Path,
+) -> None:
+    require_module("wasmtime")
+    runtime = WasmRuntime(pooling=False)
+    assert not runtime.pooled
+    runtime.acquire()
+    try:
+        wat = tmp_path / "two.wat"
+        wat.write_text('(module (memory 1) (memory 1) (func (export "_start")))')
+        manifest = write_manifest(tmp_path, "two", wat, limits="memory_mb = 4")
+        await _second_memory_stopped_at_its_call(runtime, load_manifest(manifest))
+    finally:
+        runtime.release()
+
+
+async def _second_memory_stopped_at_its_call(runtime: Any, manifest: Any) -> None:
+    # The store allows one memory (`sandbox.MAX_MEMORIES`): the instance is not made.
+    with pytest.raises(WasmMemoryLimit, match="memory limit of 4 MB"):
+        await runtime.call(runtime.load(manifest), b"{}", 1.0)
 
 
 async def test_a_module_with_40000_functions_in_its_table_loads_and_runs(
@@ -439,6 +464,7 @@ resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LI
 from vsmcp.edge.manifest import load_manifest
 from vsmcp.edge.runtime import WasmRuntime
 runtime = WasmRuntime()
+assert not runtime.pooled
 runtime.acquire()
 tool = runtime.load(load_manifest(Path({str(EXAMPLES / "echo.toml")!r})))
 sys.stdout.write(asyncio.run(runtime.call(tool, b'{{"n":1}}', 5.0)).stdout.decode())

@@ -42,7 +42,9 @@ class EpochClock:
             # `_closing` is left as it is: a call that starts after `close` (a call
             # rerun in the pool after its inline budget) keeps the thread only while it
             # runs; only `open` takes the close back.
-            if self._thread is None or not self._thread.is_alive():
+            # `_thread` is None once the thread has decided to end (`_wait_for_calls`),
+            # though it may not have exited yet: that thread ticks no more, so a new one.
+            if self._thread is None:
                 # Daemon: when idle it only waits on the condition, so it never touches
                 # wasmtime while the interpreter tears down.
                 self._thread = threading.Thread(target=self._run, name="wasm-epoch", daemon=True)
@@ -70,10 +72,17 @@ class EpochClock:
             self._cond.notify_all()
 
     def _wait_for_calls(self) -> bool:
+        """Wait until a call runs (True) or the clock is closed and idle (False: the
+        thread ends, and is forgotten here under the lock, so that a call entering
+        before it has exited starts another rather than waiting on one that is gone)."""
         with self._cond:
             while self._active == 0 and not self._closing:
                 self._cond.wait()
-            return self._active > 0
+            if self._active > 0:
+                return True
+            if self._thread is threading.current_thread():
+                self._thread = None
+            return False
 
     def _run(self) -> None:
         while self._wait_for_calls():

@@ -10,11 +10,12 @@ memory): the same isolation, none of the mapping per call.
 The slots are address space, not memory: `slots` slots of `MAX_MEMORY_MB` (any manifest's
 limit fits) plus wasmtime's guard regions, ≈4 GiB each, never touched until an instance
 uses them and decommitted when it ends. They bound the instances alive at once: a call
-runs in one of `threads` workers or on the event loop, so there are at least twice as
-many slots as could ever be in use. wasmtime-py does not wrap the pooling settings; they
-are set through its C bindings, and without them (another version), or when the address
-space is refused (a `ulimit -v`), the engine keeps the on-demand allocator (slower, same
-limits).
+runs in one of `threads` workers (the runtime's one pool, kept for its lifetime) or on
+the event loop, so there are at least twice as many slots as could ever be in use; a
+call that finds none free is refused as busy (`WasmBusy`), not counted as its fault.
+wasmtime-py does not wrap the pooling settings; they are set through its C bindings, and
+without them (another version), or when the address space is refused (a `ulimit -v`),
+the engine keeps the on-demand allocator (slower, same limits).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 # closes its store when it ends (`sandbox.run_call`), so at most one slot per caller.
 SPARE_SLOTS: Final = 16
 
+# An instance's own metadata (wasmtime's VMContext: 32 bytes per function, 32 more per
+# imported one, plus globals and table headers), beside its memory and tables: host
+# memory the memory limit does not count, allocated at its actual size per instance
+# (no address space reserved for it: VmSize is the same). wasmtime's default of 1 MiB
+# refused a module of ≈33,000 functions at load (16,000 imported), which the on-demand
+# allocator ran; 16 MiB takes ≈520,000 (≈260,000 imported), and bounds what a call costs.
+MAX_CORE_INSTANCE_BYTES: Final = 16 << 20
+
 _POOLING_FFI: Final = (
     "wasmtime_pooling_allocation_config_new",
     "wasmtime_pooling_allocation_config_delete",
@@ -42,6 +51,7 @@ _POOLING_FFI: Final = (
     "wasmtime_pooling_allocation_config_total_tables_set",
     "wasmtime_pooling_allocation_config_total_core_instances_set",
     "wasmtime_pooling_allocation_config_max_memory_size_set",
+    "wasmtime_pooling_allocation_config_max_core_instance_size_set",
     "wasmtime_pooling_allocation_config_max_memories_per_module_set",
     "wasmtime_pooling_allocation_config_max_tables_per_module_set",
     "wasmtime_pooling_allocation_config_table_elements_set",
@@ -71,6 +81,9 @@ def _use_pooling(config: wasmtime.Config, slots: int) -> None:
         _ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pooling, slots)
         _ffi.wasmtime_pooling_allocation_config_total_memories_set(pooling, slots)
         _ffi.wasmtime_pooling_allocation_config_max_memories_per_module_set(pooling, MAX_MEMORIES)
+        _ffi.wasmtime_pooling_allocation_config_max_core_instance_size_set(
+            pooling, MAX_CORE_INSTANCE_BYTES
+        )
         _ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pooling, MAX_MEMORY_MB << 20)
         _ffi.wasmtime_pooling_allocation_config_total_tables_set(pooling, slots * MAX_TABLES)
         _ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pooling, MAX_TABLES)
@@ -80,9 +93,10 @@ def _use_pooling(config: wasmtime.Config, slots: int) -> None:
         _ffi.wasmtime_pooling_allocation_config_delete(pooling)
 
 
-def new_engine(threads: int, *, pooling: bool) -> wasmtime.Engine:
+def new_engine(threads: int, *, pooling: bool) -> tuple[wasmtime.Engine, bool]:
     """An engine with epoch interruption, its instances from a pool sized for `threads`
-    workers when `pooling` (the bindings are there: `missing_pooling_internals`)."""
+    workers when `pooling` (the bindings are there: `missing_pooling_internals`), and
+    whether they are (False: the on-demand allocator, asked for or fallen back to)."""
     import wasmtime
 
     config = wasmtime.Config()
@@ -103,4 +117,4 @@ def new_engine(threads: int, *, pooling: bool) -> wasmtime.Engine:
             pool_slots(threads),
         )
         return new_engine(threads, pooling=False)
-    return engine
+    return engine, pooling

@@ -25,6 +25,12 @@ class WasmBudgetSpent(EdgeError):
     """A run on the event loop used up its small budget: it is run again in a worker."""
 
 
+class WasmBusy(EdgeError):
+    """A call could not start for want of room in the runtime, not through any fault of
+    its module: every instance slot of the engine is in use, or its time ran out while
+    it waited for a worker. Retryable; not counted against the tool."""
+
+
 class WasmFault(EdgeError):
     """A call was stopped: the module broke a limit or trapped. `limit` names which."""
 

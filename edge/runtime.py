@@ -33,7 +33,7 @@ from vsmcp.edge import stdio
 from vsmcp.edge.cache import ModuleCache, module_bytes
 from vsmcp.edge.clock import EpochClock
 from vsmcp.edge.engine import missing_pooling_internals, new_engine
-from vsmcp.edge.errors import WasmBudgetSpent, WasmLoadError, WasmTimeLimit, WasmUnavailable
+from vsmcp.edge.errors import WasmBudgetSpent, WasmBusy, WasmLoadError, WasmUnavailable
 from vsmcp.edge.manifest import Manifest
 from vsmcp.edge.sandbox import WasmOutcome, missing_start_internals, own_stdio, run_call
 
@@ -141,10 +141,16 @@ class WasmRuntime:
         cache_dir: Path | None = None,
         threads: int = DEFAULT_THREADS,
         inline_budget_s: float = DEFAULT_INLINE_BUDGET_S,
+        *,
+        pooling: bool = True,
     ) -> None:
+        """`pooling`: False for wasmtime's on-demand allocator, which it also falls back
+        to when the pooling bindings or the pool's address space are missing (`pooled`
+        says which it uses: a module with two memories is then refused when it is called,
+        not when it is loaded)."""
         _import_wasmtime()
         missing_pooling = missing_pooling_internals()
-        self.engine = new_engine(threads, pooling=not missing_pooling)
+        self.engine, self.pooled = new_engine(threads, pooling=pooling and not missing_pooling)
         self.clock = EpochClock(self.engine)
         self.cache = ModuleCache(self.engine, cache_dir)
         missing = stdio.missing_internals()
@@ -198,30 +204,35 @@ class WasmRuntime:
         )
 
     def acquire(self) -> None:
-        """A unit starts using the runtime: the worker pool exists while any does."""
+        """A unit starts using the runtime. The worker pool is made at the first acquire
+        and kept for the runtime's lifetime (its idle workers only wait; they end with
+        it): a release does not replace it, so calls still running to their deadlines
+        after one hold its workers, not a new pool's, and the instances alive at once
+        stay within its workers plus the event loop's call, which the engine's slots are
+        sized for (`vsmcp.edge.engine`), however often units stop and start."""
         with self._lock:
             self._users += 1
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self._threads, thread_name_prefix="wasm"
                 )
+            if self._users == 1:
                 self.clock.open()
 
     def release(self) -> None:
+        """A unit stops using it: when none does, the epoch clock ends once the calls in
+        flight have (each at its deadline at the latest)."""
         with self._lock:
             self._users -= 1
-            if self._users > 0 or self._pool is None:
+            if self._users > 0:
                 return
-            pool, self._pool = self._pool, None
-        # Calls in flight finish at their deadlines; queued ones are dropped.
-        pool.shutdown(wait=False, cancel_futures=True)
         self.clock.close()
 
     async def call(self, tool: LoadedTool, stdin: bytes, timeout_s: float) -> WasmOutcome:
         """Run one call in the pool; `timeout_s` counts from when it starts running
         (the caller's own deadline bounds the wait for a worker)."""
         pool = self._pool
-        if pool is None:
+        if pool is None or self._users == 0:
             raise WasmLoadError("the WASM runtime is not started")
         loop = asyncio.get_running_loop()
         queued_at = loop.time()
@@ -240,7 +251,11 @@ class WasmRuntime:
             # A call that waited for a worker has less of its time left.
             left = timeout_s - (loop.time() - queued_at)
             if left <= 0:
-                raise WasmTimeLimit("stopped before it started: its time ran out in the queue")
+                # Not the module's fault: the workers were taken (by other calls).
+                raise WasmBusy(
+                    "the WASM runtime is busy: the call's time ran out while it waited "
+                    "for a worker; retry later"
+                )
             return self._run(tool, stdin, left, limit_s=timeout_s)
 
         return await loop.run_in_executor(pool, functools.partial(run))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.edge.errors import (
     WasmBudgetSpent,
+    WasmBusy,
     WasmFault,
     WasmMemoryLimit,
     WasmOutputLimit,
@@ -35,6 +36,10 @@ WASM_PAGE_BYTES: Final = 64 << 10
 # was the limit (a failed `memory.grow` returns -1; most programs then abort).
 MEMORY_NEAR_LIMIT_BYTES: Final = 1 << 20
 TRAP_MESSAGE_CHARS: Final = 200
+# How wasmtime's pooling allocator says every slot of a kind (core instances, memories,
+# tables) is in use: "maximum concurrent limit of N for memories reached". The runtime is
+# busy, the module did nothing wrong (and this is not its memory limit either).
+POOL_EXHAUSTED_TEXT: Final = "maximum concurrent limit of"
 MAX_MEMORIES: Final = 1
 MAX_TABLES: Final = 4
 # Elements of one table (8 to 16 bytes of host memory each): far above what compilers
@@ -212,8 +217,9 @@ def run_call(
     host_stdio: bool = True,
 ) -> WasmOutcome:
     """Run the module once within `timeout_s`; raises a `WasmFault` subclass when it is
-    stopped (`limit_s`, the time limit its error names: `timeout_s` unless given). With
-    `budget`, `timeout_s` is a trial's budget, not a limit: running past it raises
+    stopped (`limit_s`, the time limit its error names: `timeout_s` unless given), and
+    `WasmBusy` when the engine has no instance slot free for it. With `budget`,
+    `timeout_s` is a trial's budget, not a limit: running past it raises
     `WasmBudgetSpent` (whatever its memory), for the caller to run it again.
     `host_stdio`: its linker has the host's stdio (`vsmcp.edge.stdio`), used when it
     has no directory granted; otherwise wasmtime's WASI serves it."""
@@ -245,6 +251,12 @@ def run_call(
             except wasmtime.ExitTrap as exc:
                 exit_code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                if instance is None and POOL_EXHAUSTED_TEXT in str(exc):
+                    raise WasmBusy(
+                        f"the WASM runtime is busy ({str(exc).strip()[:TRAP_MESSAGE_CHARS]}: "
+                        "calls still running to their deadlines hold the instance slots); "
+                        "retry later"
+                    ) from None
                 interrupted = isinstance(exc, wasmtime.Trap) and (
                     exc.trap_code is wasmtime.TrapCode.INTERRUPT
                 )

@@ -277,7 +277,11 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         bool, doc("a manifest may grant the clock (clock_time_get); otherwise it is refused")
     ] = False
     threads: Annotated[
-        PositiveInt, doc("worker threads running WASM calls: at most this many run at once")
+        PositiveInt,
+        doc(
+            "worker threads running WASM calls, shared by configured and published tools: at "
+            "most this many run at once, besides short calls on the event loop"
+        ),
     ] = 2
     cache_compiled: Annotated[
         bool, doc("keep compiled modules in <data_dir>/wasm-cache (no compile on restart)")

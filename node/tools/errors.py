@@ -130,6 +130,19 @@ class ConcurrencyLimited(Overloaded):
         )
 
 
+class WasmRuntimeBusy(Overloaded):
+    """The node's WASM runtime had no room to start the call (its instance slots or
+    workers held by other calls running to their deadlines): refused before it ran, not
+    the tool's fault (not counted towards its quarantine); retry later or elsewhere."""
+
+    def __init__(self, tool: str, detail: str, retry_after_s: float) -> None:
+        ToolError.__init__(
+            self,
+            f"Tool {tool!r} not run: {detail}",
+            {"tool": tool, "limit": "wasm_runtime", "retry_after_s": _finite(retry_after_s)},
+        )
+
+
 class Shed(Overloaded):
     """System 5 sheds calls of this priority class at the entry for now (an overload
     answer: the caller should retry later, or with a higher class)."""

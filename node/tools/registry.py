@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsmcp.mesh.certs import DEFAULT_ZONES
 from vsmcp.mesh.service import Service
@@ -31,6 +31,9 @@ from vsmcp.node.tools.policy import CallPolicy, zone_allows
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitPolicy
 from vsmcp.node.vsm.limits import PEER_LIMIT_FACTOR, BucketMap, RateLimit, RateLimiter
 
+if TYPE_CHECKING:
+    from vsmcp.edge.runtime import WasmRuntime
+
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +44,10 @@ class LocalCatalog(Service):
         self.supervisor = supervisor if supervisor is not None else Supervisor()
         self.policy = policy if policy is not None else CallPolicy()
         self._index: dict[str, tuple[Unit, ToolSpec]] = {}
+        # The node's one WASM runtime, made when a first WASM tool is added
+        # (`vsmcp.node.tools.wasm.shared_runtime`): configured and published modules share
+        # its engine, instance slots, workers and epoch clock.
+        self.wasm_runtime: WasmRuntime | None = None
         self.supervisor.on_change(self._reindex)
         self._reindex()
 
@@ -228,11 +235,10 @@ def _add_wasm_tools(
     # Imported here: a node without WASM tools never loads the runtime (nor wasmtime).
     from vsmcp.edge.errors import EdgeError
     from vsmcp.edge.manifest import load_manifest
-    from vsmcp.edge.runtime import WasmRuntime
-    from vsmcp.node.tools.wasm import WasmProvider, edge_permissions
+    from vsmcp.node.tools.wasm import WasmProvider, edge_permissions, shared_runtime
 
     try:
-        runtime = WasmRuntime(cache_dir if edge.cache_compiled else None, edge.threads)
+        runtime = shared_runtime(catalog, edge, cache_dir)
     except EdgeError as exc:
         raise ToolConfigError(f"tools.wasm: {exc}") from exc
     permissions = edge_permissions(edge)

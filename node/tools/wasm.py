@@ -18,21 +18,27 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from vsmcp.edge.errors import EdgeError, WasmFault
+from vsmcp.edge.errors import EdgeError, WasmBusy, WasmFault
 from vsmcp.edge.grants import EdgePermissions
 from vsmcp.edge.manifest import Manifest
 from vsmcp.edge.runtime import LoadedTool, WasmRuntime
 from vsmcp.edge.sandbox import WasmOutcome
 from vsmcp.node.tools.config import EdgeConfig, ProbeConfig
-from vsmcp.node.tools.errors import ToolFault, UnitFault, UnknownTool
+from vsmcp.node.tools.errors import ToolFault, UnitFault, UnknownTool, WasmRuntimeBusy
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_result
 from vsmcp.node.tools.stdio import escape_line
+
+if TYPE_CHECKING:
+    from vsmcp.node.tools.registry import LocalCatalog
 
 log = logging.getLogger(__name__)
 
 STDERR_LINES_PER_CALL: Final = 20
+# What a caller refused for want of room in the runtime (`WasmRuntimeBusy`) is told to
+# wait: a runaway call holds its slot and worker until its deadline, a second or more.
+BUSY_RETRY_AFTER_S: Final = 1.0
 
 
 def edge_permissions(cfg: EdgeConfig) -> EdgePermissions:
@@ -42,6 +48,17 @@ def edge_permissions(cfg: EdgeConfig) -> EdgePermissions:
         env=frozenset(cfg.allow_env),
         clock=cfg.allow_clock,
     )
+
+
+def shared_runtime(catalog: LocalCatalog, edge: EdgeConfig, cache_dir: Path | None) -> WasmRuntime:
+    """The node's WASM runtime (`catalog.wasm_runtime`), made at the first call: one per
+    node for configured tools and published modules alike, so one engine and one pool of
+    instance slots (their address space, `vsmcp.edge.engine`), one set of workers, one
+    epoch clock. `cache_dir`: where compiled modules are kept (`<data_dir>/wasm-cache`).
+    Raises `EdgeError` when wasmtime is missing."""
+    if catalog.wasm_runtime is None:
+        catalog.wasm_runtime = WasmRuntime(cache_dir if edge.cache_compiled else None, edge.threads)
+    return catalog.wasm_runtime
 
 
 class WasmProvider:
@@ -63,6 +80,10 @@ class WasmProvider:
     @property
     def name(self) -> str:
         return f"wasm:{self._manifest.name}"
+
+    @property
+    def runtime(self) -> WasmRuntime:
+        return self._runtime
 
     @property
     def declared_probe(self) -> ProbeConfig | None:
@@ -110,6 +131,9 @@ class WasmProvider:
         stdin = json.dumps(dict(arguments), separators=(",", ":")).encode()
         try:
             outcome = await self._runtime.call(loaded, stdin, timeout_s)
+        except WasmBusy as exc:
+            # No room in the runtime: refused before it ran, not counted against the tool.
+            raise WasmRuntimeBusy(tool, str(exc), BUSY_RETRY_AFTER_S) from exc
         except WasmFault as exc:
             self.stops[exc.limit] += 1
             # The unit turns it into an error result and counts it against the tool.

@@ -56,7 +56,6 @@ from vsmcp.node.wasmdist.wire import CHUNK_BYTES, NOT_HELD, ChunkRequest, decode
 from vsmcp.node.wasmdist.wire import encode_request as encode_chunk_request
 
 if TYPE_CHECKING:
-    from vsmcp.edge.runtime import WasmRuntime
     from vsmcp.node.peers.service import MeshService
 
 log = logging.getLogger(__name__)
@@ -110,7 +109,6 @@ class WasmDistribution(Service):
         self._events = events
         self._audit = audit
         self._loops = loops
-        self._runtime: WasmRuntime | None = None
         self._loaded: dict[str, str] = {}  # tool name -> sha256 of the loaded module
         # (sha256, reason) refused already: counted once, not at every retry.
         self._refused: set[tuple[str, str]] = set()
@@ -418,8 +416,7 @@ class WasmDistribution(Service):
     def _load(self, body: ModuleBody) -> None:
         from vsmcp.edge.errors import EdgeError
         from vsmcp.edge.manifest import published_manifest
-        from vsmcp.edge.runtime import WasmRuntime
-        from vsmcp.node.tools.wasm import WasmProvider, edge_permissions
+        from vsmcp.node.tools.wasm import WasmProvider, edge_permissions, shared_runtime
         from vsmcp.node.vsm.audits import check_probe_schema
 
         path = self.store.path(body.sha256)
@@ -436,11 +433,9 @@ class WasmDistribution(Service):
             self._refuse(body.name, "manifest", body.sha256, detail, once=True)
             return
         try:
-            if self._runtime is None:
-                cache = self.store.directory.parent / "wasm-cache"
-                self._runtime = WasmRuntime(
-                    cache if self._edge.cache_compiled else None, self._edge.threads
-                )
+            # The runtime of the node's configured WASM tools, if any (one per node).
+            cache = self.store.directory.parent / "wasm-cache"
+            runtime = shared_runtime(self._catalog, self._edge, cache)
         except EdgeError as e:  # no wasmtime here
             self._refuse(body.name, "load", body.sha256, str(e), once=True)
             return
@@ -450,7 +445,7 @@ class WasmDistribution(Service):
                 body.name, "load", body.sha256, f"a unit {unit} is configured here", once=True
             )
             return
-        self._catalog.add(WasmProvider(manifest, self._runtime), unit_policy(self._tools))
+        self._catalog.add(WasmProvider(manifest, runtime), unit_policy(self._tools))
         self._loaded[body.name] = body.sha256
         self.stats["loaded"] += 1
         log.info("wasm module %s (%s) loaded", body.name, body.sha256)

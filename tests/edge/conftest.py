@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,3 +37,22 @@ def runtime() -> Iterator[object]:
         yield rt
     finally:
         rt.release()
+
+
+@contextmanager
+def slots_held(engine: Any, count: int) -> Iterator[None]:
+    """`count` instances (each with a memory) alive in `engine`'s pool until the block ends,
+    as calls running to their deadlines would hold them."""
+    import wasmtime
+
+    module = wasmtime.Module(engine, "(module (memory 1))")
+    stores = []
+    try:
+        for _ in range(count):
+            store = wasmtime.Store(engine)
+            wasmtime.Instance(store, module, [])
+            stores.append(store)
+        yield
+    finally:
+        for store in stores:
+            store.close()

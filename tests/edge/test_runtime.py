@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
+from tests.edge.conftest import EXAMPLES, MODULES, slots_held, write_manifest
 from tests.polling import async_wait_for
 from tests.skips import require_module
 from vsmcp.edge.engine import pool_slots
 from vsmcp.edge.errors import (
+    WasmBusy,
     WasmFault,
     WasmLoadError,
     WasmMemoryLimit,
@@ -287,10 +288,57 @@ async def test_a_second_memory_does_not_get_a_second_memory_limit(
         ' (func (export "_start")'
         " (drop (memory.grow $a (i32.const 47))) (drop (memory.grow $b (i32.const 47)))))"
     )
-    manifest = write_manifest(tmp_path, "two", wat, limits="memory_mb = 4")
-    # The engine's instance pool has one memory per instance: refused when loaded.
-    with pytest.raises(WasmLoadError, match="memories count of 2 exceeds"):
-        runtime.load(load_manifest(manifest))
+    manifest = load_manifest(write_manifest(tmp_path, "two", wat, limits="memory_mb = 4"))
+    if runtime.pooled:
+        # The engine's instance pool has one memory per instance: refused when loaded.
+        with pytest.raises(WasmLoadError, match="memories count of 2 exceeds"):
+            runtime.load(manifest)
+    else:  # the on-demand allocator (fallen back to): the store's limit stops it
+        await _second_memory_stopped_at_its_call(runtime, manifest)
+
+
+async def test_a_second_memory_is_stopped_at_its_call_with_the_on_demand_allocator(
+    tmp_path: Path,
+) -> None:
+    require_module("wasmtime")
+    runtime = WasmRuntime(pooling=False)
+    assert not runtime.pooled
+    runtime.acquire()
+    try:
+        wat = tmp_path / "two.wat"
+        wat.write_text('(module (memory 1) (memory 1) (func (export "_start")))')
+        manifest = write_manifest(tmp_path, "two", wat, limits="memory_mb = 4")
+        await _second_memory_stopped_at_its_call(runtime, load_manifest(manifest))
+    finally:
+        runtime.release()
+
+
+async def _second_memory_stopped_at_its_call(runtime: Any, manifest: Any) -> None:
+    # The store allows one memory (`sandbox.MAX_MEMORIES`): the instance is not made.
+    with pytest.raises(WasmMemoryLimit, match="memory limit of 4 MB"):
+        await runtime.call(runtime.load(manifest), b"{}", 1.0)
+
+
+async def test_a_module_with_40000_functions_in_its_table_loads_and_runs(
+    runtime: Any, tmp_path: Path
+) -> None:
+    # 64 bytes of instance metadata per imported function in the table: 2.5 MB, over
+    # wasmtime's default 1 MiB per pooled instance (refused at load before), well within
+    # the 100,000 elements a table may have. Imports: no compiling 40,000 bodies.
+    count = 40_000
+    imports = "".join(
+        f'(import "wasi_snapshot_preview1" "sched_yield" (func $f{i} (result i32)))'
+        for i in range(count)
+    )
+    refs = " ".join(f"$f{i}" for i in range(count))
+    wat = tmp_path / "wide.wat"
+    wat.write_text(
+        f"(module {imports} (table {count} funcref) (elem (i32.const 0) {refs})"
+        ' (memory (export "memory") 1) (func (export "_start")))'
+    )
+    manifest = write_manifest(tmp_path, "wide", wat, limits="memory_mb = 4")
+    outcome = await runtime.call(runtime.load(load_manifest(manifest)), b"{}", 5.0)
+    assert (outcome.exit_code, outcome.stdout) == (0, b"")
 
 
 async def test_a_table_does_not_grow_past_its_bound(runtime: Any, tmp_path: Path) -> None:
@@ -416,6 +464,7 @@ resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LI
 from vsmcp.edge.manifest import load_manifest
 from vsmcp.edge.runtime import WasmRuntime
 runtime = WasmRuntime()
+assert not runtime.pooled
 runtime.acquire()
 tool = runtime.load(load_manifest(Path({str(EXAMPLES / "echo.toml")!r})))
 sys.stdout.write(asyncio.run(runtime.call(tool, b'{{"n":1}}', 5.0)).stdout.decode())
@@ -470,5 +519,46 @@ async def test_a_wasmtime_without_the_internals_runs_tools_through_its_public_ap
         assert json.loads(outcome.stdout) == {"echo": {"n": 1}}
         with pytest.raises(WasmOutputLimit, match="limit of 65536 bytes"):
             await runtime.call(load(runtime, tmp_path, "flood"), b"{}", 0.5)
+    finally:
+        runtime.release()
+
+
+async def test_a_call_finding_every_instance_slot_taken_is_busy_not_a_fault(
+    runtime: Any,
+) -> None:
+    tool = echo(runtime)
+    with (
+        slots_held(runtime.engine, pool_slots(DEFAULT_THREADS)),
+        pytest.raises(WasmBusy, match=r"busy \(maximum concurrent limit of"),
+    ):
+        await runtime.call(tool, b"{}", 1.0)
+    outcome = await runtime.call(tool, b'{"n":1}', 1.0)  # the slots back: answered
+    assert json.loads(outcome.stdout) == {"echo": {"n": 1}}
+
+
+async def test_runaways_left_by_stopped_units_do_not_take_every_instance_slot(
+    tmp_path: Path,
+) -> None:
+    # One worker: a pool of 20 slots. Before, each release/acquire (a unit stopping, then
+    # one starting) made a new worker pool while the old one's runaway ran on: 20 of them
+    # held every slot and the next call of another tool failed ("maximum concurrent
+    # limit"). One pool for the runtime's lifetime: they wait for its one worker.
+    require_module("wasmtime")
+    runtime = WasmRuntime(threads=1)
+    runtime.acquire()
+    try:
+        hostile = load(runtime, tmp_path, "loop", "timeout_ms = 3000")
+        runaways = []
+        for _ in range(pool_slots(1)):
+            runaways.append(asyncio.ensure_future(runtime.call(hostile, b"{}", 3.0)))
+            await asyncio.sleep(0)  # it starts (and goes to a worker)
+            runtime.release()
+            runtime.acquire()
+        outcome = await runtime.call(echo(runtime), b'{"n":1}', 5.0)
+        assert json.loads(outcome.stdout) == {"echo": {"n": 1}}
+        for queued in runaways[1:]:
+            queued.cancel()  # still waiting for the worker: dropped
+        with pytest.raises(WasmTimeLimit):
+            await runaways[0]
     finally:
         runtime.release()

@@ -5,7 +5,9 @@ on A with `vsmcp wasm publish --authority-key` is fetched over the mesh by B and
 loaded there and called by an MCP client on C; `vsmcp wasm unpublish` retires it
 everywhere. A manifest signed by a stranger key, bytes that do not match their manifest
 (posted, or served by a holder: the next holder is asked), and a node without the
-publisher role signing are refused on every node and counted."""
+publisher role signing are refused on every node and counted. B and C also have a WASM
+tool of their own configured: it shares one runtime (one engine and its instance pool)
+with the published modules."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from tests.integration.harness import (
 from tests.polling import wait_for
 from tests.skips import require_module
 from vsmcp.crdt.policies import sign_grant
+from vsmcp.edge.engine import pool_slots
+from vsmcp.edge.runtime import DEFAULT_THREADS
 from vsmcp.mesh.identity import load_key_file
 from vsmcp.node.store.database import db_path_for
 from vsmcp.node.wasmdist.model import WASM_MODULE_KIND
@@ -54,6 +58,10 @@ CONFIG = '[trust]\nauthority_public_key = "{key}"\n[mesh]\npreset = "local"\n' +
 )
 # Runners audit often: the probe test waits for a probe's result, not only its listing.
 RUN_ALL = '[edge]\nrun = "*"\n[vsm.audits]\nmin_interval_s = 1.0\nmax_interval_s = 2.0\n'
+# A WASM tool the runners have configured (beside the published ones).
+LOCAL_ECHO = 'name = "local.echo"\nmodule = "{module}"\nzone = "public"\n'
+# One engine's instance pool: its slots of ≈4 GiB of address space (`vsmcp.edge.engine`).
+POOL_ADDRESS_SPACE = pool_slots(DEFAULT_THREADS) * (4 << 30)
 
 
 class Mesh:
@@ -91,7 +99,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     key = _authority(authority)
     holder, runner = tmp / "holder.toml", tmp / "runner.toml"
     holder.write_text(CONFIG.format(key=key))
-    runner.write_text(CONFIG.format(key=key) + RUN_ALL)
+    local = tmp / "local-echo.toml"
+    local.write_text(LOCAL_ECHO.format(module=ECHO_WAT))
+    runner.write_text(CONFIG.format(key=key) + RUN_ALL + f'[[tools.wasm]]\nmanifest = "{local}"\n')
     stranger = tmp / "stranger.key"
     _authority(stranger)
     nodes = [
@@ -123,6 +133,13 @@ def _providers(node: NodeProcess, tool: str) -> set[str]:
 def _module(node: NodeProcess, name: str) -> dict[str, Any] | None:
     modules = node.get_json("/api/wasm/modules")["modules"]
     return next((m for m in modules if m["name"] == name), None)
+
+
+def _virtual_size(node: NodeProcess) -> int:
+    for line in Path(f"/proc/{node.pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError(f"no VmSize for pid {node.pid}")
 
 
 def _audited_refusals(node: NodeProcess) -> set[tuple[str, str]]:
@@ -184,9 +201,14 @@ async def test_published_on_a_runs_on_b_and_c_and_unpublish_retires_it(mesh: Mes
         transport = streamable_http_client(c.url + "/mcp", http_client=http)
         async with Client(transport, cache=None) as client:
             result = await client.call_tool("wasm.echo", {"from": "c"})
+            local = await client.call_tool("local.echo", {"at": "c"})
     assert not result.is_error
     assert result.structured_content == {"echo": {"from": "c"}}
+    assert local.structured_content == {"echo": {"at": "c"}}
     assert counters(c, "vsmcp_wasm_stops") == {}
+    # Both ran in one runtime: one instance pool's address space, not one per runtime
+    # (none when the node had to fall back to the on-demand allocator).
+    assert _virtual_size(c) < 1.5 * POOL_ADDRESS_SPACE, _virtual_size(c)
 
     listed = run_cli("wasm", "list", "--url", b.url)
     assert listed.returncode == 0 and "wasm.echo" in listed.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge.conftest import EXAMPLES, MODULES, write_manifest
+from tests.edge.conftest import EXAMPLES, MODULES, slots_held, write_manifest
 from tests.skips import require_module
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.tools.config import (
@@ -21,7 +21,7 @@ from vsmcp.node.tools.config import (
     ToolsConfig,
     WasmToolConfig,
 )
-from vsmcp.node.tools.errors import ToolConfigError, ToolQuarantined
+from vsmcp.node.tools.errors import ToolConfigError, ToolQuarantined, WasmRuntimeBusy
 from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.tools.supervisor import UnitState
@@ -111,6 +111,26 @@ async def test_a_runaway_is_stopped_counted_and_quarantined_while_others_answer(
     assert stops(catalog) == {"time": FAULTS_TO_QUARANTINE}  # refused: not run again
     answer = await catalog.call_tool("wasm.echo", {}, PUBLIC)
     assert answer["isError"] is False
+
+
+async def test_a_call_refused_for_want_of_instance_slots_is_overloaded_not_a_fault(
+    catalog: LocalCatalog,
+) -> None:
+    from vsmcp.edge.engine import pool_slots
+
+    unit = catalog.supervisor.units["wasm:wasm.echo"]
+    assert isinstance(unit.provider, WasmProvider)
+    # Slots held as by other tools' runaway calls running to their deadlines.
+    with slots_held(unit.provider.runtime.engine, pool_slots(EdgeConfig().threads)):
+        for _ in range(FAULTS_TO_QUARANTINE + 1):
+            with pytest.raises(WasmRuntimeBusy, match=r"busy .*retry later") as refused:
+                await catalog.call_tool("wasm.echo", {}, PUBLIC)
+            assert refused.value.data["reason"] == "overloaded"
+            assert refused.value.data["retry_after_s"] > 0
+    assert stops(catalog) == {}
+    assert unit.state is UnitState.RUNNING  # not counted towards its quarantine
+    answer = await catalog.call_tool("wasm.echo", {"n": 1}, PUBLIC)
+    assert answer["structuredContent"] == {"echo": {"n": 1}}
 
 
 def test_a_manifest_granting_more_than_the_config_allows_is_a_config_error(

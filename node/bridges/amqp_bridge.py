@@ -132,6 +132,8 @@ class AmqpBridge(Service):
         await self._context.events.unsubscribe(f"bridge-{NAME}")
         task.cancel()
         await asyncio.wait({task})
+        if self._outbox is not None:
+            await self._outbox.close()
         await self._calls.close()
         self._report_overflow(force=True)
         self._set_state("stopped", "bridge stopped")
@@ -385,8 +387,8 @@ class AmqpBridge(Service):
         failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
         sent = len(batch) if failed is None else failed
         if sent:
+            self._published += sent  # confirmed, even if the removal is cut short
             await outbox.remove_through(batch[sent - 1].seq)
-            self._published += sent
         if failed is not None:
             error = results[failed]
             assert isinstance(error, BaseException)

@@ -375,7 +375,12 @@ async def bench_calls(base: Path, args: argparse.Namespace) -> dict[str, Any]:
                     results[name]["client_cpu_us"].append(client_s / max(1, done) * 1e6)
                     after = bridge(node)["counters"]
                     if after["calls_duplicates"] != before["calls_duplicates"]:
-                        raise RuntimeError("calls answered from memory: ids were repeated")
+                        status = bridge(node)
+                        raise RuntimeError(
+                            f"[{name}] calls answered from memory: ids were repeated "
+                            f"(connects {before['connects']} -> {after['connects']}, last "
+                            f"error {status['last_error']!r})"
+                        )
                     results[name]["rates"].append(rate)
                     results[name]["node_cpu_us"].append(per["node"])
                     results[name]["broker_cpu_us"].append(per["broker"])

@@ -5,7 +5,8 @@ busy 2-core machine an ack per call costs ≈40–250 µs (docs/benchmarks.md, "
 bridge"). So a settled delivery is not acked at once; at the end of the event loop's
 iteration, the longest run of settled deliveries from the oldest unacked one is acked
 with one `multiple=True` frame, and the settled ones behind a delivery still running are
-acked one by one (a slow call must not hold them: they would hold prefetch slots).
+acked one by one (a slow call must not hold them: they would hold prefetch slots); the
+frames of one iteration leave in one write.
 
 A `multiple` ack covers every outstanding tag up to it, so it is sent only over tags
 this object has seen, consecutive from the last one it acked: a tag it has not seen yet
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from typing import Final
 
 import aiormq
+from aiormq.abc import ChannelFrame
+from pamqp import commands as spec
 
 from vsmcp.node.bridges.amqp_tasks import WriteTasks
 
@@ -99,14 +102,21 @@ class Acks:
         return tag
 
     async def _send(self, frames: list[tuple[int, bool]]) -> None:
-        for tag, multiple in frames:
-            try:
-                await self._channel.basic_ack(tag, multiple=multiple, wait=False)
-            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as e:
-                # Unacked, they are redelivered and answered from memory.
-                self._on_error(e)
-                return
-            self.frames += 1
+        """The acks of one flush in one write (aiormq's `basic_ack` is a write each)."""
+        channel = self._channel
+        try:
+            if channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+            payload = ChannelFrame.marshall(
+                channel.number,
+                [spec.Basic.Ack(delivery_tag=tag, multiple=multiple) for tag, multiple in frames],
+            )
+            await channel.write_queue.put(payload)
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as e:
+            # Unacked, they are redelivered and answered from memory.
+            self._on_error(e)
+            return
+        self.frames += len(frames)
 
     async def close(self) -> None:
         await self._sending.close()

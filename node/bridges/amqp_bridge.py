@@ -41,9 +41,9 @@ from pamqp import commands as spec
 
 from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_acks import Acks
-from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, Reply, ZoneMap
+from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, ZoneMap
 from vsmcp.node.bridges.amqp_config import CAPABILITIES_KIND, AmqpSection
-from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
+from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, AllConfirmed, Outgoing, publish_many
 from vsmcp.node.bridges.amqp_replies import Replies
 from vsmcp.node.bridges.model import BridgeContext, BridgeState, BridgeStatus
 from vsmcp.node.bridges.outbox import Outbox, OutboxEntry
@@ -132,6 +132,8 @@ class AmqpBridge(Service):
         await self._context.events.unsubscribe(f"bridge-{NAME}")
         task.cancel()
         await asyncio.wait({task})
+        if self._outbox is not None:
+            await self._outbox.close()
         await self._calls.close()
         self._report_overflow(force=True)
         self._set_state("stopped", "bridge stopped")
@@ -297,7 +299,6 @@ class AmqpBridge(Service):
         arguments: FieldTable = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
         replier = Replies(replies)
         self._replies = replier
-        reply = replier.reply
         raw = await channel.get_underlay_channel()
         assert isinstance(raw, aiormq.Channel)
         acks = Acks(raw, lambda e: self._error(f"acks not sent: {type(e).__name__}: {e}"))
@@ -309,49 +310,61 @@ class AmqpBridge(Service):
         for name, args in ((shared, arguments), (f"{shared}.{self._node_id}", pinned_arguments)):
             await channel.declare_queue(name, durable=True, arguments=args)
             # On aiormq's channel: no aio-pika message object and task per delivery.
-            await raw.basic_consume(name, self._call_consumer(name, raw, reply, acks))
+            await raw.basic_consume(name, self._call_consumer(name, raw, replier, acks))
         return channel.closed()
 
-    def _call_consumer(self, name: str, channel: aiormq.Channel, reply: Reply, acks: Acks) -> Any:
+    def _call_consumer(
+        self, name: str, channel: aiormq.Channel, replies: Replies, acks: Acks
+    ) -> Any:
         async def consume(message: DeliveredMessage) -> None:
             delivery = message.delivery
             assert isinstance(delivery, spec.Basic.Deliver)  # a consumer gets deliveries
             tag = delivery.delivery_tag
             assert tag is not None  # consumed with acks
             props = message.header.properties
+            reply_to = props.reply_to
             call = CallMessage(
-                message.body, props.reply_to, props.message_id, props.user_id, props.correlation_id
+                message.body, reply_to, props.message_id, props.user_id, props.correlation_id
             )
             acks.track(tag)
             try:
-                answered = await self._calls.serve(call, name, reply)
-                if not answered:
+                answer = await self._calls.serve(call, name)
+                if answer is None or not reply_to:
                     await channel.basic_reject(tag, requeue=False, wait=False)
+                    acks.settled_elsewhere(tag)
+                    return
             except BROKER_ERRORS as exc:
-                # The connection dropped mid-answer: unacked, the call comes back (and
-                # is answered from memory, not run again).
+                # The connection dropped: unacked, the call comes back (and is answered
+                # from memory, not run again).
                 acks.forget(tag)
                 self._error(f"call on {name} not settled: {type(exc).__name__}: {exc}")
                 return
             except BaseException:
                 acks.forget(tag)
                 raise
-            if answered:
-                acks.ack(tag)
-            else:
-                acks.settled_elsewhere(tag)
+
+            def confirmed(error: BaseException | None) -> None:
+                if error is None:
+                    acks.ack(tag)
+                    return
+                # Unacked, the call comes back once the connection ends.
+                acks.forget(tag)
+                self._error(f"answer on {name} not confirmed: {type(error).__name__}: {error}")
+
+            replies.reply(reply_to, props.correlation_id, answer, confirmed)
 
         return consume
 
     async def _send_outbox(self, channel: aiormq.Channel) -> None:
         """Publish the outbox in order: a batch in one write, every confirm outstanding
         at once, and the next batch sent while the broker confirms this one
-        (`IN_FLIGHT_BATCHES`); each batch is removed once confirmed, oldest first. A
-        failed confirm (or a timeout, an OSError) ends the session: what was not
-        confirmed stays and is sent again after the reconnect."""
+        (`IN_FLIGHT_BATCHES`); each batch is removed once all of it is confirmed, oldest
+        first. A refused entry (or a timeout, an OSError) ends the session: its batch
+        and what follows stay and are sent again after the reconnect (a consumer drops
+        the repeats by message id)."""
         outbox = self._outbox
         assert outbox is not None
-        in_flight: deque[tuple[list[OutboxEntry], asyncio.Future[list[Any]]]] = deque()
+        in_flight: deque[tuple[list[OutboxEntry], asyncio.Future[None]]] = deque()
         sent_through = 0
         try:
             while True:
@@ -360,37 +373,24 @@ class AmqpBridge(Service):
                     batch = await outbox.peek(PUBLISH_BATCH, after=sent_through)
                     if batch:
                         outgoing = [self._outgoing(entry) for entry in batch]
+                        confirmed = AllConfirmed(channel, len(outgoing))
                         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                            confirmations = await publish_many(channel, outgoing)
-                        confirmed = asyncio.gather(*confirmations, return_exceptions=True)
-                        in_flight.append((batch, confirmed))
+                            await publish_many(channel, outgoing, confirmed)
+                        in_flight.append((batch, confirmed.future))
                         sent_through = batch[-1].seq
                         continue
                 if not in_flight:
                     await outbox.ready.wait()
                     continue
-                batch, confirmed = in_flight[0]
+                batch, done = in_flight[0]
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                    results = await confirmed
+                    await done
                 in_flight.popleft()
-                await self._confirmed(outbox, batch, results)
+                self._published += len(batch)  # confirmed, even if the removal is cut short
+                await outbox.remove_through(batch[-1].seq)
         finally:
-            for _, confirmed in in_flight:
-                confirmed.cancel()
-
-    async def _confirmed(
-        self, outbox: Outbox, batch: list[OutboxEntry], results: list[Any]
-    ) -> None:
-        """Remove what the broker confirmed, up to the first failure (raised)."""
-        failed = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), None)
-        sent = len(batch) if failed is None else failed
-        if sent:
-            await outbox.remove_through(batch[sent - 1].seq)
-            self._published += sent
-        if failed is not None:
-            error = results[failed]
-            assert isinstance(error, BaseException)
-            raise error
+            for _, done in in_flight:
+                done.cancel()
 
     def _outgoing(self, entry: OutboxEntry) -> Outgoing:
         return Outgoing(

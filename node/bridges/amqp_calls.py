@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 REMEMBERED_ANSWERS: Final = 10_000
 REMEMBERED_BYTES: Final = 64 * 1024 * 1024
 MAX_ID_CHARS: Final = 256
-
-# `reply(routing_key, correlation_id, body)`: publish an answer, return once confirmed.
-Reply = Callable[[str, str | None, bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,28 +105,23 @@ class CallServer:
         self._answer_bytes = 0
         self._running: dict[str, asyncio.Task[bytes]] = {}
 
-    async def serve(self, message: CallMessage, queue: str, reply: Reply) -> bool:
-        """Answer one message: True once its answer is confirmed (ack it), False if it
-        cannot be answered (reject it without requeue: it is dead-lettered). Errors of
-        the broker (the connection dropped) propagate: the message stays unacked and is
-        redelivered."""
+    async def serve(self, message: CallMessage, queue: str) -> bytes | None:
+        """The answer to one message, to publish to its `reply_to` (and ack the message
+        once confirmed); None if it cannot be answered (no `reply_to`: reject it without
+        requeue, it is dead-lettered)."""
         self.counters.received += 1
-        reply_to = message.reply_to
-        if not reply_to:
+        if not message.reply_to:
             self.counters.dead_lettered += 1
             log.warning("AMQP call on %s without reply_to dead-lettered", queue)
-            return False
+            return None
         message_id = message.message_id
         if message_id:
             # A redelivery is the same id, body, user and queue: an id alone would hand
             # one caller's answer to another who reused it (and their zones may differ).
             digest = hashlib.blake2b(message.body, digest_size=16).hexdigest()
             key = f"{message_id[:MAX_ID_CHARS]}\0{message.user_id or ''}\0{queue}\0{digest}"
-            body = await self._answer_once(key, message, queue)
-        else:
-            body = await self._answer(message.body, message.user_id, queue)
-        await reply(reply_to, message.correlation_id, body)
-        return True
+            return await self._answer_once(key, message, queue)
+        return await self._answer(message.body, message.user_id, queue)
 
     async def _answer_once(self, key: str, message: CallMessage, queue: str) -> bytes:
         known = self._answers.get(key)

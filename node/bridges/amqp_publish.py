@@ -4,25 +4,33 @@ aiormq's `basic_publish` costs, per message, a lock, a timeout, a frame on the
 connection's write queue and one `send` system call, and callers that want many in
 flight add a task each: ≈70 % of the node's CPU per published event
 (docs/benchmarks.md, "AMQP bridge"). `publish_many` takes the channel's lock once,
-gives every message its delivery tag and confirmation future the way `basic_publish`
-does, and puts all their frames on the write queue as one payload: one write for the
-lot. The frames are written by `Outgoing.marshal`, not pamqp's generic marshalling
-(≈15 % of the node's CPU per event). What a confirmation means is unchanged: each
-future is the broker's `Basic.Ack` of its own message (a `Basic.Nack` or a closed
-channel is its exception), in the order given.
+gives every message its delivery tag the way `basic_publish` does, and puts all their
+frames on the write queue as one payload: one write for the lot. The frames are written
+by `Outgoing.marshal`, not pamqp's generic marshalling (≈15 % of the node's CPU per
+event).
+
+The confirm of each message is a call of `on_confirm(index, error)` (error None for the
+broker's `Basic.Ack`, an exception for a `Basic.Nack`), not a future: a future per
+message, registered with aiormq's future store, and gathered, was ≈25 % of the node's
+CPU per event (2026-12-07). aiormq's reader settles what stands at a tag in
+`channel.confirmations` by calling `done()`, then `set_result(frame)` or
+`set_exception(error)` (`Channel._confirm_delivery`); `_Confirm` answers those three.
+A channel that closes confirms nothing more and calls nothing: a caller waits on
+something the channel rejects when it closes (`channel.create_future()`), or on the
+channel's closing itself.
 
 It uses the attributes aiormq's own `basic_publish` uses (`lock`, `delivery_tag`,
-`confirmations`, `create_future`, `write_queue`, `max_content_size`); a test against a
-real broker (`tests/node/bridges/test_amqp_publish.py`) pins that behaviour.
+`confirmations`, `write_queue`, `max_content_size`); a test against a real broker
+(`tests/node/bridges/test_amqp_publish.py`) pins that behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiormq
 import aiormq.exceptions
@@ -141,38 +149,89 @@ def _table(table: Mapping[str, str | int]) -> bytes:
     return _LONG.pack(len(data)) + data
 
 
-async def publish_many(
-    channel: aiormq.Channel, messages: Sequence[Outgoing]
-) -> list[asyncio.Future[Any]]:
-    """Send `messages` in one write; their confirmations, in the same order.
+# `on_confirm(index, error)`: the message at `index` was confirmed (error None) or
+# refused. Called from aiormq's channel reader: it must not raise.
+OnConfirm = Callable[[int, BaseException | None], None]
 
-    The channel must have publisher confirms on. Await the futures (e.g. with
-    `asyncio.gather`) to know each was taken by the broker.
+
+class _Confirm:
+    """What stands at one delivery tag in `channel.confirmations` in place of a future."""
+
+    __slots__ = ("_done", "_index", "_on_confirm")
+
+    def __init__(self, index: int, on_confirm: OnConfirm) -> None:
+        self._index = index
+        self._on_confirm = on_confirm
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, _frame: Any) -> None:
+        self._done = True
+        self._on_confirm(self._index, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._done = True
+        self._on_confirm(self._index, error)
+
+
+async def publish_many(
+    channel: aiormq.Channel, messages: Sequence[Outgoing], on_confirm: OnConfirm
+) -> None:
+    """Send `messages` in one write; the broker's confirm of each calls `on_confirm`
+    with its index in `messages` (in the order the broker confirms them).
+
+    The channel must have publisher confirms on. Raises what a closed channel raises
+    (nothing was written then, and nothing will be called).
     """
     if not channel.publisher_confirms:
         raise ValueError("publish_many needs a channel with publisher confirms")
     if not messages:
-        return []
+        return
     chunk = channel.max_content_size
     payload = ChannelFrame(
         payload=b"".join(m.marshal(channel.number, chunk) for m in messages),
         should_close=False,
     )
-    confirmations: list[asyncio.Future[Any]] = []
+    confirmations = cast(dict[int, Any], channel.confirmations)
     async with channel.lock:
         first = channel.delivery_tag + 1
-        for tag in range(first, first + len(messages)):
-            future = channel.create_future()
-            channel.confirmations[tag] = future
-            confirmations.append(future)
+        for index in range(len(messages)):
+            confirmations[first + index] = _Confirm(index, on_confirm)
         channel.delivery_tag += len(messages)
         try:
             await channel.write_queue.put(payload)
         except BaseException:
             # Not written: the broker has not seen these tags; give them back.
             channel.delivery_tag = first - 1
-            for tag, future in zip(range(first, first + len(messages)), confirmations, strict=True):
-                channel.confirmations.pop(tag, None)
-                future.cancel()
+            for tag in range(first, first + len(messages)):
+                confirmations.pop(tag, None)
             raise
-    return confirmations
+
+
+class AllConfirmed:
+    """An `on_confirm` for one batch: `future`, one of the channel's (a closed channel
+    fails it), is done once every message of the batch is confirmed, and failed at the
+    first one refused."""
+
+    __slots__ = ("_left", "future")
+
+    def __init__(self, channel: aiormq.Channel, size: int) -> None:
+        self.future: asyncio.Future[None] = channel.create_future()
+        self._left = size
+        if not size:
+            self.future.set_result(None)
+
+    def __call__(self, _index: int, error: BaseException | None) -> None:
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+            return
+        self._left -= 1
+        if not self._left:
+            self.future.set_result(None)

@@ -1,52 +1,54 @@
 """The answers to AMQP calls, published together: the replies that are ready in one
-iteration of the event loop leave in one write (`amqp_publish.publish_many`), each
-waiting for its own publisher confirm (a call is acked only after its answer is
-confirmed, `amqp_calls.py`).
+iteration of the event loop leave in one write (`amqp_publish.publish_many`). The
+broker's confirm of each answer calls its `on_confirm`, which acks the call it answers
+(a call is acked only after its answer is confirmed, `amqp_bridge.py`).
 
 One write per answer was ≈8 % of the node's CPU per call (a system call, a lock and a
 timeout each); under load many answers are ready at once (64 calls in flight: several
-per iteration).
+per iteration). Nothing waits for a confirm (no future, timeout or task per answer): an
+answer never confirmed leaves its call unacked, holding a prefetch slot until the
+connection ends and the broker redelivers it (answered again from memory).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Final
 
 import aiormq
 
 from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
 from vsmcp.node.bridges.amqp_tasks import WriteTasks
 
-REPLY_TIMEOUT_S: Final = 30.0
 # Answers per write at most (prefetch bounds what is pending anyway).
 MAX_BATCH: Final = 1_000
 
-# An answer not written yet, and the future its caller awaits: it gets the broker's
-# confirmation future once written.
-_Pending = tuple[Outgoing, "asyncio.Future[asyncio.Future[Any]]"]
+# `on_confirm(error)`: the answer was confirmed (None), or could not be published or was
+# refused. Called from aiormq's channel reader: it must not raise.
+OnAnswerConfirm = Callable[[BaseException | None], None]
 
 
 class Replies:
     def __init__(self, channel: aiormq.Channel) -> None:
         self._channel = channel
-        self._pending: list[_Pending] = []
+        self._pending: list[tuple[Outgoing, OnAnswerConfirm]] = []
         self._scheduled = False
         self._sending = WriteTasks()
         self.writes = 0  # publish writes (for the status: answers per write)
 
-    async def reply(self, routing_key: str, correlation_id: str | None, body: bytes) -> None:
-        """Publish an answer; return once the broker confirmed it. A closed channel, a
-        nack or a stalled broker raises (the call stays unacked and comes back)."""
-        loop = asyncio.get_running_loop()
-        written: asyncio.Future[asyncio.Future[Any]] = loop.create_future()
-        self._pending.append((Outgoing(routing_key, body, correlation_id=correlation_id), written))
+    def reply(
+        self, routing_key: str, correlation_id: str | None, body: bytes, on_confirm: OnAnswerConfirm
+    ) -> None:
+        """Publish an answer (with the others ready now); `on_confirm` tells how it went.
+        An answer still unwritten when the connection ends is dropped with it: its call
+        is redelivered."""
+        self._pending.append(
+            (Outgoing(routing_key, body, correlation_id=correlation_id), on_confirm)
+        )
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        async with asyncio.timeout(REPLY_TIMEOUT_S):
-            confirmation = await written
-            await confirmation
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -54,29 +56,19 @@ class Replies:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             self._sending.spawn(self._send(batch), "amqp-replies")
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _send(self, batch: list[tuple[Outgoing, OnAnswerConfirm]]) -> None:
+        callbacks = [on_confirm for _, on_confirm in batch]
+
+        def confirmed(index: int, error: BaseException | None) -> None:
+            callbacks[index](error)
+
         try:
-            confirmations = await publish_many(self._channel, [out for out, _ in batch])
+            await publish_many(self._channel, [out for out, _ in batch], confirmed)
         except BROKER_ERRORS as exc:
-            for _, written in batch:
-                if not written.done():
-                    written.set_exception(exc)
+            for on_confirm in callbacks:
+                on_confirm(exc)
             return
-        except asyncio.CancelledError:
-            for _, written in batch:
-                written.cancel()
-            raise
         self.writes += 1
-        for (_, written), confirmation in zip(batch, confirmations, strict=True):
-            if written.done():  # its caller gave up (cancelled): nobody reads the confirm
-                confirmation.add_done_callback(_consume)
-            else:
-                written.set_result(confirmation)
 
     async def close(self) -> None:
         await self._sending.close()
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

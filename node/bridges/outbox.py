@@ -14,12 +14,18 @@ confirmed seq: a crash between send and remove sends the entry again (at least o
 Bounded: an append that would pass `capacity` keeps what fits and refuses the rest,
 counted in `overflowed`; the owner audits it (`take_overflow`). Refusing the newest
 keeps the order of what was kept and never deletes what a consumer has not seen.
+
+Cancellation: a sender is cancelled whenever its broker connection drops, often while it
+awaits a write. The statements of that write are already queued on the store's thread
+and run anyway (a queued COMMIT commits), so each write, with the update of `depth`
+that goes with it, runs to its end in a task of the outbox's own (`close` awaits them):
+a cancelled caller stops waiting, the depth still follows the table.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -64,6 +70,8 @@ class Outbox:
         self.ready = asyncio.Event()
         if depth:
             self.ready.set()
+        # Writes whose caller may have been cancelled: they finish on their own.
+        self._writes: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def open(cls, store: Any, bridge: str, capacity: int) -> Outbox:
@@ -78,9 +86,25 @@ class Outbox:
             row = await cur.fetchone()
         return cls(store, bridge, capacity, int(row[0]) if row else 0)
 
+    async def _to_the_end(self, write: Coroutine[Any, Any, Any]) -> Any:
+        """Run `write` in a task of its own: cancelling the caller does not stop it."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Wait for the writes still running (their callers may be gone)."""
+        if self._writes:
+            await asyncio.wait(list(self._writes))
+
     async def append(self, entries: Sequence[tuple[str, bytes]]) -> int:
         """Append `(key, body)` entries in one transaction; returns how many were kept
         (the rest overflowed)."""
+        kept: int = await self._to_the_end(self._append(entries))
+        return kept
+
+    async def _append(self, entries: Sequence[tuple[str, bytes]]) -> int:
         room = max(0, self.capacity - self.depth - self._reserved)
         kept = entries[:room]
         refused = len(entries) - len(kept)
@@ -116,6 +140,9 @@ class Outbox:
 
     async def remove_through(self, seq: int) -> None:
         """Forget every entry up to and including `seq` (they were delivered)."""
+        await self._to_the_end(self._remove_through(seq))
+
+    async def _remove_through(self, seq: int) -> None:
         async with self._store.transaction() as conn:
             cur = await conn.execute(
                 "DELETE FROM bridge_outbox WHERE bridge = ? AND seq <= ?", (self.bridge, seq)

@@ -140,15 +140,18 @@ class Store(Service):
         """An exclusive write transaction on the shared connection; rolled back on error."""
         async with self._write_lock:
             conn = self.conn
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                await conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 await conn.execute("COMMIT")
             except BaseException:
-                # A failed COMMIT (e.g. I/O error) may or may not have ended the transaction.
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.execute("ROLLBACK")
+                # Whatever was queued runs on aiosqlite's thread even when this task was
+                # cancelled while awaiting it: a BEGIN may be about to open a transaction
+                # (`in_transaction` is still False here) that nothing would end, and a
+                # failed COMMIT (e.g. I/O error) may or may not have ended it. A ROLLBACK
+                # queued behind them ends what is open (an error when nothing is).
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.execute("ROLLBACK")
                 raise
 
     async def kv_get(self, key: str) -> bytes | None:

@@ -1,24 +1,41 @@
 """Batched acks (node/bridges/amqp_acks.py): one `multiple` frame for a run of settled
 deliveries, one by one behind a delivery still running, never a tag acked twice, never
-a `multiple` over a delivery not settled. The channel is a recorder of the frames aiormq
-would send (the real channel is exercised by tests/integration/test_bridge_amqp.py)."""
+a `multiple` over a delivery not settled, the frames of one flush in one write. The
+channel is a recorder of what is put on aiormq's write queue, decoded by pamqp (the real
+channel is exercised by tests/integration/test_bridge_amqp.py)."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import aiormq
+from pamqp import commands as spec
+from pamqp import frame as pamqp_frame
 
 from tests.polling import async_wait_until
 from vsmcp.node.bridges.amqp_acks import Acks
 
 
 class Recorder:
+    """The attributes of an aiormq channel that the acks use."""
+
+    number = 7
+    is_closed = False
+
     def __init__(self) -> None:
         self.frames: list[tuple[int, bool]] = []
+        self.writes = 0
+        self.write_queue = self
 
-    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
-        self.frames.append((tag, multiple))
+    async def put(self, payload: Any) -> None:
+        self.writes += 1
+        data = payload.payload
+        while data:
+            used, channel, frame = pamqp_frame.unmarshal(data)
+            assert channel == self.number and isinstance(frame, spec.Basic.Ack)
+            assert frame.delivery_tag is not None
+            self.frames.append((frame.delivery_tag, bool(frame.multiple)))
+            data = data[used:]
 
 
 def _acks() -> tuple[Acks, Recorder]:
@@ -60,6 +77,7 @@ async def test_a_slow_delivery_does_not_hold_the_others() -> None:
     for tag in (2, 3):
         acks.ack(tag)
     assert await _sent(recorder, 2) == [(2, False), (3, False)]
+    assert recorder.writes == 1
     acks.ack(1)
     await _sent(recorder, 3)
     for tag in (4, 5):
@@ -92,6 +110,7 @@ async def test_an_unseen_tag_ends_the_run() -> None:
     acks.ack(3)
     frames = await _sent(recorder, 2)
     assert frames == [(1, True), (3, False)]
+    assert recorder.writes == 1  # the frames of one flush, in one write
     acks.track(2)
     acks.ack(2)
     frames = await _sent(recorder, 3)

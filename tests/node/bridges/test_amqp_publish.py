@@ -1,13 +1,12 @@
 """`publish_many` (node/bridges/amqp_publish.py) against the real RabbitMQ: its frames
 are the bytes pamqp writes for the same publish, the messages of one write arrive whole
-and in order, each confirmation is the broker's ack of its
-own message, delivery tags stay consistent with aiormq's own `basic_publish` around
-them, and a closed channel fails the confirmations still outstanding (so the outbox
-keeps what was not confirmed)."""
+and in order, each confirm calls back with its own message's index (an ack, or the
+broker's nack), delivery tags stay consistent with aiormq's own `basic_publish` around
+them, and a closed channel fails the batch's `AllConfirmed` (so the outbox keeps what
+was not confirmed)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -16,7 +15,7 @@ from pamqp import commands as spec
 
 from tests.polling import async_wait_until
 from tests.skips import require_rabbitmq
-from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
+from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, AllConfirmed, Outgoing, publish_many
 
 pytestmark = pytest.mark.integration
 
@@ -100,10 +99,17 @@ async def test_a_batch_arrives_whole_in_order_and_each_is_confirmed() -> None:
         big = publisher.max_content_size * 2 + 7
         messages = [_message(queue, i, big if i == 3 else 16) for i in range(500)]
         await publisher.basic_publish(b"before", routing_key=queue)  # aiormq's own, first
-        confirmations = await publish_many(publisher, messages)
+        confirms: list[tuple[int, BaseException | None]] = []
+        every = AllConfirmed(publisher, len(messages))
+
+        def on_confirm(index: int, error: BaseException | None) -> None:
+            confirms.append((index, error))
+            every(index, error)
+
+        await publish_many(publisher, messages, on_confirm)
         after = await publisher.basic_publish(b"after", routing_key=queue)
-        results = await asyncio.gather(*confirmations)
-        assert all(isinstance(r, spec.Basic.Ack) for r in results)
+        await every.future
+        assert sorted(confirms, key=lambda c: c[0]) == [(i, None) for i in range(500)]
         assert isinstance(after, spec.Basic.Ack)
 
         received: list[Any] = []
@@ -125,6 +131,30 @@ async def test_a_batch_arrives_whole_in_order_and_each_is_confirmed() -> None:
         await connection.close()
 
 
+async def test_a_refused_message_is_reported_with_its_index_and_fails_its_batch() -> None:
+    url = require_rabbitmq()
+    connection, publisher, consumer = await _channels(url)
+    queue = f"vsmcp.test.publish.{uuid.uuid4().hex[:8]}"
+    try:
+        # A full queue that refuses more: the broker nacks what it cannot take.
+        arguments = {"x-max-length": 3, "x-overflow": "reject-publish"}
+        await consumer.queue_declare(queue, exclusive=True, arguments=arguments)
+        confirms: dict[int, BaseException | None] = {}
+        every = AllConfirmed(publisher, 5)
+
+        def on_confirm(index: int, error: BaseException | None) -> None:
+            confirms[index] = error
+            every(index, error)
+
+        await publish_many(publisher, [_message(queue, i) for i in range(5)], on_confirm)
+        with pytest.raises(BROKER_ERRORS):
+            await every.future
+        await async_wait_until(lambda: len(confirms) == 5, what="5 confirms")
+        assert [confirms[i] is None for i in range(5)] == [True, True, True, False, False]
+    finally:
+        await connection.close()
+
+
 async def test_a_closed_channel_fails_what_is_outstanding_and_refuses_more() -> None:
     url = require_rabbitmq()
     connection, publisher, _ = await _channels(url)
@@ -132,11 +162,19 @@ async def test_a_closed_channel_fails_what_is_outstanding_and_refuses_more() -> 
         # No such exchange: the broker closes the channel (404), so nothing is confirmed.
         missing = f"vsmcp.test.missing.{uuid.uuid4().hex[:8]}"
         messages = [Outgoing("k", b"x", exchange=missing) for _ in range(20)]
-        confirmations = await publish_many(publisher, messages)
-        results = await asyncio.gather(*confirmations, return_exceptions=True)
-        assert all(isinstance(r, BROKER_ERRORS) for r in results), results
+        confirmed: list[int] = []
+        every = AllConfirmed(publisher, len(messages))
+
+        def on_confirm(index: int, error: BaseException | None) -> None:
+            confirmed.append(index)
+            every(index, error)
+
+        await publish_many(publisher, messages, on_confirm)
         with pytest.raises(BROKER_ERRORS):
-            await publish_many(publisher, messages)
+            await every.future
+        assert confirmed == []
+        with pytest.raises(BROKER_ERRORS):
+            await publish_many(publisher, messages, on_confirm)
     finally:
         await connection.close()
 
@@ -146,6 +184,6 @@ async def test_a_channel_without_confirms_is_refused() -> None:
     connection, _, consumer = await _channels(url)
     try:
         with pytest.raises(ValueError, match="publisher confirms"):
-            await publish_many(consumer, [_message("q", 1)])
+            await publish_many(consumer, [_message("q", 1)], lambda _i, _e: None)
     finally:
         await connection.close()

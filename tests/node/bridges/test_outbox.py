@@ -93,3 +93,43 @@ async def test_a_capacity_out_of_range_is_refused(tmp_path: Path) -> None:
     async with Store.open(tmp_path) as store:
         with pytest.raises(ValueError, match="capacity"):
             await Outbox.open(store, "amqp", capacity=0)
+
+
+async def _rows(store: Store) -> int:
+    async with store.conn.execute("SELECT COUNT(*) FROM bridge_outbox") as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("operation", ["append", "remove_through"])
+async def test_a_cancelled_write_leaves_the_depth_equal_to_the_rows(
+    tmp_path: Path, operation: str
+) -> None:
+    """A sender is cancelled when its connection drops, at any await of its write: the
+    SQL it issued still runs on the store's thread (a COMMIT already queued commits), so
+    the depth must follow what the table holds, not what the cancelled caller saw
+    (a removal whose COMMIT ran while its caller was cancelled left the depth too high
+    for good: the AMQP outbox never looked drained)."""
+    async with Store.open(tmp_path) as store:
+        outbox = await Outbox.open(store, "amqp", capacity=1_000_000)
+        # Every point of the write: cancelled after 0, 1, 2, ... loop iterations.
+        for steps in range(60):
+            await outbox.append([(f"k{i}", b"x") for i in range(4)])
+            last = (await outbox.peek(4))[-1].seq
+            if operation == "append":
+                write = outbox.append([("n", b"y")])
+            else:
+                write = outbox.remove_through(last)
+            task = asyncio.ensure_future(write)
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.wait({task})
+            # Whatever the cancellation interrupted finishes (or not) on its own: the
+            # depth agrees with the table once the store is idle again.
+            async with store.transaction():
+                pass
+            assert outbox.depth == await _rows(store), f"cancelled after {steps} steps"
+            await outbox.remove_through(2**62)
+            assert outbox.depth == 0

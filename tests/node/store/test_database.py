@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -71,6 +72,28 @@ async def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
         async with store.transaction() as conn:
             await conn.execute("INSERT INTO kv (key, value) VALUES ('x', x'02')")
         assert await store.kv_get("x") == b"\x02"
+
+
+async def test_a_transaction_cancelled_at_any_await_leaves_none_open(tmp_path: Path) -> None:
+    """aiosqlite runs a statement that was queued even when its caller is cancelled: a
+    `BEGIN` cancelled before it ran used to open a transaction nothing ended (every
+    later `transaction()` then failed: "cannot start a transaction within a
+    transaction", and autocommit writes joined it uncommitted)."""
+
+    async def write(value: bytes) -> None:
+        async with store.transaction() as conn:
+            await conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('x', ?)", (value,))
+
+    async with Store.open(tmp_path) as store:
+        for steps in range(40):  # cancelled after 0, 1, 2, ... loop iterations
+            task = asyncio.ensure_future(write(b"cancelled"))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.wait({task})
+            await write(b"%d" % steps)  # the next transaction starts
+            assert not store.conn.in_transaction, f"cancelled after {steps} steps"
+            assert await store.kv_get("x") == b"%d" % steps
 
 
 async def test_non_sqlite_file_raises_store_error_with_path(tmp_path: Path) -> None:

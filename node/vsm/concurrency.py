@@ -30,8 +30,8 @@ when it ended. At the end of each window:
 
 `in_flight * rtt_min / rtt` is the concurrency the service delivers at its no-load
 latency, so `allowed` is `tolerance - 1` times it — latency may reach `tolerance`
-times the baseline — but never fewer than MIN_QUEUE calls: a queue of a call or two per
-entry is what keeps the service busy between arrivals, and it keeps the limit from
+times the baseline — but never fewer than MIN_QUEUE calls: about one call waiting is
+what keeps a small service busy between arrivals, and it keeps the limit from
 collapsing when the whole machine, not our queue, makes every call slower (then
 `queue` shrinks with the limit, so the limit stops falling near
 MIN_QUEUE / (1 - 1 / slowdown) instead of at `min_limit`). Above the band the limit
@@ -61,7 +61,7 @@ MIN_WINDOW_SAMPLES: Final = 10
 BASELINE_RISE: Final = 0.1
 # The queue an entry may always keep (calls beyond the no-load concurrency), whatever
 # the tolerance.
-MIN_QUEUE: Final = 2.0
+MIN_QUEUE: Final = 1.0
 MIN_RETRY_AFTER_S: Final = 0.001
 # Retry-after is the short RTT capped here: a refused caller comes back soon, not never.
 MAX_RETRY_AFTER_S: Final = 5.0

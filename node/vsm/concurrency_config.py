@@ -12,7 +12,7 @@ import msgspec
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
 from vsmcp.node.vsm.bounds import BoundSettings
-from vsmcp.node.vsm.concurrency import LimiterSettings
+from vsmcp.node.vsm.concurrency import MIN_QUEUE, LimiterSettings
 from vsmcp.node.vsm.priority import Priority
 
 KEY = "vsm.concurrency"
@@ -30,8 +30,8 @@ class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     tolerance: Annotated[
         float,
         doc(
-            "latency may grow to this times the minimum RTT (and at least 2 calls may "
-            "wait) before the limit falls, >= 1"
+            f"latency may grow to this times the minimum RTT (and at least {MIN_QUEUE:g} "
+            "calls may wait) before the limit falls, >= 1"
         ),
     ] = 1.5
     baseline_window_s: Annotated[

@@ -20,7 +20,9 @@ this process, with aiohttp:
    refused, and how long a refusal took: seen by the client (HTTP round trip included)
    and at the node (the `vsmcp_tool_call_duration_seconds` histogram of `overloaded`
    outcomes: the share answered within 1 ms and 2.5 ms; and `vsmcp_mcp_refusal_seconds`,
-   the /mcp handler's time for each 503, whose fine buckets give a p99 bound).
+   the /mcp handler's time for each 503, whose fine buckets give a p99 bound); and how
+   late the client's own event loop ran (a 10 ms timer's lateness, p99), which every
+   latency the client measures includes.
 
 Client and both nodes share the machine's cores: numbers are for this machine only.
 """
@@ -50,6 +52,7 @@ APP_TOKEN = "app-token-0123456789abcdef"
 CRIT_TOKEN = "crit-token-0123456789abcdef"
 CRITICAL_SHARE = 0.05
 CLIENT_TIMEOUT_S = 30.0
+LAG_TICK_S = 0.01
 
 BASE_CONFIG = f"""
 [node]
@@ -106,6 +109,9 @@ class Phase:
     calls: list[Call] = field(default_factory=list)
     server_refusals: dict[str, float] = field(default_factory=dict)
     refusal_times: dict[str, Any] = field(default_factory=dict)
+    # How late the client's own loop woke for a LAG_TICK_S timer during the measured
+    # window: what the client itself adds to every latency it measures.
+    client_lag: list[float] = field(default_factory=list)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -177,6 +183,15 @@ async def open_loop(client: Client, phase: Phase, warmup_s: float, measure_s: fl
             latency = time.perf_counter() - started
             phase.calls.append(Call(started - t0, latency, critical, ok, refused))
 
+    async def ticker() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(LAG_TICK_S)
+            late = time.perf_counter() - before - LAG_TICK_S
+            if t0 + warmup_s <= before < end:
+                phase.client_lag.append(late)
+
+    lag = asyncio.create_task(ticker())
     next_at = t0
     while True:
         next_at += rng.expovariate(phase.rate)
@@ -189,6 +204,7 @@ async def open_loop(client: Client, phase: Phase, warmup_s: float, measure_s: fl
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*tasks)
+    lag.cancel()
 
 
 BUCKET = re.compile(
@@ -262,6 +278,7 @@ def summarize(
         "refuse_node_within_1ms": round(refusals.get("0.001", 0) / total, 4) if total else None,
         "refuse_node_within_2_5ms": round(refusals.get("0.0025", 0) / total, 4) if total else None,
         "refuse_node_fine": phase.refusal_times,
+        "client_loop_lag_p99_ms": round(pct(phase.client_lag, 99) * 1000, 1),
     }
 
 

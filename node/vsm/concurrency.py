@@ -6,32 +6,42 @@ at this node), the calls this node serves for peers, and each System 1 unit. It 
 queues: `try_acquire` answers at once, so a refused call costs microseconds and the
 caller learns when to come back (`retry_after_s`).
 
-The rule (a gradient limit, after Netflix concurrency-limits' Gradient2, with a
-windowed minimum RTT as the baseline as in Vegas; the constants are in
-docs/regulation.md). Latencies are taken in windows of one round of calls
-(`max(MIN_WINDOW_SAMPLES, limit)` samples, so about every call in flight has been
-replaced); at the end of each window:
+The rule (Vegas-style, as Netflix concurrency-limits' VegasLimit, with the queue
+estimated from the calls actually in flight by Little's law, and a windowed minimum RTT
+as the baseline; the constants are in docs/regulation.md). Latencies are taken in
+windows of one round of calls (`max(MIN_WINDOW_SAMPLES, limit)` samples, so about every
+call in flight has been replaced); each sample also notes how many calls were in flight
+when it ended. At the end of each window:
 
     rtt        =  the window's mean latency
+    in_flight  =  the window's mean number of calls in flight
     rtt_min    =  the baseline: falls at once to any smaller latency; every
                   `baseline_window_s` it rises to that window's minimum, by at most
                   BASELINE_RISE (so a saturated entry, whose every latency includes
                   queueing, cannot ratchet its own baseline up, while a tool that
                   really got slower is followed within minutes)
-    gradient   =  clamp(tolerance * rtt_min / rtt, MIN_GRADIENT, 1)
-    target     =  limit * gradient + sqrt(limit)          (sqrt: room to probe upwards)
-    target     =  limit   if target > limit and the entry used < half its limit
+    queue      =  in_flight * (1 - rtt_min / rtt)      (calls waiting, Little's law)
+    allowed    =  max(MIN_QUEUE, (tolerance - 1) * in_flight * rtt_min / rtt)
+    target     =  limit - (queue - allowed)            if queue > allowed
+               =  limit + sqrt(limit)                  if queue < allowed / 2 and the
+                                                          entry used >= half its limit
+               =  limit                                otherwise (the dead band)
     limit      <- limit + smoothing * (target - limit),   clamped to [min_limit, max_limit]
 
-While latency stays within `tolerance` times the baseline, the limit grows by about
-`smoothing * sqrt(limit)` per window (but only while the entry actually uses it); once
-queueing downstream inflates latency, the gradient pulls it back towards the
-concurrency at which latency was still good. One update per window, not per call: the
-calls of one window all saw the same limit, and updating on each of them would apply
-the same evidence `limit` times (an effective gain near 1, which swings). The update
-is then a first-order low-pass (`smoothing` < 1) towards a target that falls as the
-limit rises, so a step of load makes the limit settle without swinging
-(tests/node/vsm/test_concurrency.py).
+`in_flight * rtt_min / rtt` is the concurrency the service delivers at its no-load
+latency, so `allowed` is `tolerance - 1` times it — latency may reach `tolerance`
+times the baseline — but never fewer than MIN_QUEUE calls: about one call waiting is
+what keeps a small service busy between arrivals, and it keeps the limit from
+collapsing when the whole machine, not our queue, makes every call slower (then
+`queue` shrinks with the limit, so the limit stops falling near
+MIN_QUEUE / (1 - 1 / slowdown) instead of at `min_limit`). Above the band the limit
+drops the excess queue; below it, it probes upward by `sqrt(limit)` (only while the
+entry actually uses its limit); in between it holds. One update per window, not per
+call: the calls of one window all saw the same limit, and updating on each of them
+would apply the same evidence `limit` times (an effective gain near 1, which swings).
+The update is a first-order low-pass (`smoothing` < 1) towards the band, and the band's
+dead zone stops the probe before the cut, so a step of load makes the limit settle
+without swinging (tests/node/vsm/test_concurrency.py).
 
 Priority shares. A class may use only a share of the limit (`low` 50 %, `normal` 80 %,
 `high` 95 %): when the entry is busy, lower classes are refused first and the rest is
@@ -49,7 +59,9 @@ from vsmcp.node.vsm.priority import CRITICAL, PRIORITY_CLASSES, Priority
 
 MIN_WINDOW_SAMPLES: Final = 10
 BASELINE_RISE: Final = 0.1
-MIN_GRADIENT: Final = 0.5
+# The queue an entry may always keep (calls beyond the no-load concurrency), whatever
+# the tolerance.
+MIN_QUEUE: Final = 1.0
 MIN_RETRY_AFTER_S: Final = 0.001
 # Retry-after is the short RTT capped here: a refused caller comes back soon, not never.
 MAX_RETRY_AFTER_S: Final = 5.0
@@ -96,6 +108,7 @@ class AdaptiveLimiter:
         "_base_since",
         "_base_window",
         "_busy",
+        "_window_flight",
         "_window_n",
         "_window_sum",
         "admitted",
@@ -122,6 +135,7 @@ class AdaptiveLimiter:
         self._busy = 0  # the most calls in flight since the last update
         self._window_n = 0
         self._window_sum = 0.0
+        self._window_flight = 0
         self.samples = 0
         self.admitted: dict[str, int] = dict.fromkeys(PRIORITY_CLASSES, 0)
         self.refused: dict[str, int] = dict.fromkeys(PRIORITY_CLASSES, 0)
@@ -152,16 +166,18 @@ class AdaptiveLimiter:
     def release(self, rtt_s: float | None, now: float) -> None:
         """One admitted call ended after `rtt_s` seconds; None: its latency says nothing
         of this entry's load (refused further in, cancelled), so it is not sampled."""
-        self.inflight = max(0, self.inflight - 1)
+        in_flight = self.inflight
+        self.inflight = max(0, in_flight - 1)
         if rtt_s is not None and rtt_s >= 0 and math.isfinite(rtt_s):
-            self.sample(rtt_s, now)
+            self.sample(rtt_s, now, max(1, in_flight))
 
     def baseline(self) -> float | None:
         return None if math.isinf(self._base) else self._base
 
-    def sample(self, rtt_s: float, now: float) -> None:
-        """Take one latency into the window; update the limit at the window's end (the
-        rule in the module docstring)."""
+    def sample(self, rtt_s: float, now: float, in_flight: int = 1) -> None:
+        """Take one latency (and the calls in flight as it ended, itself included) into
+        the window; update the limit at the window's end (the rule in the module
+        docstring)."""
         s = self.settings
         rtt_s = max(rtt_s, 1e-6)
         if now - self._base_since >= s.baseline_window_s:
@@ -174,16 +190,23 @@ class AdaptiveLimiter:
         self.samples += 1
         self._window_n += 1
         self._window_sum += rtt_s
+        self._window_flight += in_flight
         if self._window_n < max(MIN_WINDOW_SAMPLES, self.limit):
             return
         rtt = self._window_sum / self._window_n
-        self._window_n, self._window_sum = 0, 0.0
+        flight = self._window_flight / self._window_n
+        self._window_n, self._window_sum, self._window_flight = 0, 0.0, 0
         self.rtt_short = rtt
-        gradient = min(1.0, max(MIN_GRADIENT, s.tolerance * self._base / rtt))
+        no_load = flight * min(1.0, self._base / rtt)  # in flight were there no queue
+        queue = flight - no_load
+        allowed = max(MIN_QUEUE, (s.tolerance - 1) * no_load)
         limit = self.limit
-        target = limit * gradient + math.sqrt(limit)
-        if target > limit and self._busy < limit / 2:
-            target = limit  # app-limited: unused room says nothing about capacity
+        if queue > allowed:
+            target = limit - (queue - allowed)
+        elif queue < allowed / 2 and self._busy >= limit / 2:
+            target = limit + math.sqrt(limit)
+        else:
+            target = limit  # in the band, or app-limited: unused room says nothing
         limit += s.smoothing * (target - limit)
         self.limit = min(self.max_limit, max(float(s.min_limit), limit))
         self._busy = self.inflight

@@ -12,7 +12,7 @@ import msgspec
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
 from vsmcp.node.vsm.bounds import BoundSettings
-from vsmcp.node.vsm.concurrency import LimiterSettings
+from vsmcp.node.vsm.concurrency import MIN_QUEUE, LimiterSettings
 from vsmcp.node.vsm.priority import Priority
 
 KEY = "vsm.concurrency"
@@ -28,7 +28,11 @@ class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         float, doc("how far each window of calls moves the limit towards its target, in (0, 1]")
     ] = 0.2
     tolerance: Annotated[
-        float, doc("latency may grow to this times the minimum RTT before the limit falls, >= 1")
+        float,
+        doc(
+            f"latency may grow to this times the minimum RTT (and at least {MIN_QUEUE:g} "
+            "calls may wait) before the limit falls, >= 1"
+        ),
     ] = 1.5
     baseline_window_s: Annotated[
         float, doc("how often the baseline (minimum RTT) may rise, by at most 10 %, s")

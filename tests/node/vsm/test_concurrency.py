@@ -64,20 +64,42 @@ def test_rising_latency_lowers_the_limit_to_the_floor_not_below() -> None:
     for i in range(20):
         lim.try_acquire("normal")
         lim.release(BASE_S, now=i * 0.01)
+    while lim.try_acquire("normal"):
+        pass
+    for i in range(2000):  # closed loop: each call ends 50× slower and is replaced
+        lim.release(BASE_S * 50, now=1 + i * 0.01)
+        while lim.try_acquire("normal"):
+            pass
+    # Nearly every call in flight is counted as queued: the limit falls to its floor.
+    assert lim.limit == 4.0
+
+
+def test_one_slow_call_at_a_time_is_no_queue() -> None:
+    # A tool that got 50× slower, called one at a time: nothing waits at this entry, so
+    # the limit has no queue to cut (the gradient rule used to cut it to its floor).
+    lim = limiter(min_limit=4, initial_limit=64, max_limit=256)
+    for i in range(20):
+        lim.try_acquire("normal")
+        lim.release(BASE_S, now=i * 0.01)
     for i in range(2000):
         lim.try_acquire("normal")
         lim.release(BASE_S * 50, now=1 + i * 0.01)
-    # The fixed point of limit / 2 + sqrt(limit) (the gradient at its floor) is 4.
-    assert 4.0 <= lim.limit <= 4.05
+    assert lim.limit == 64.0
 
 
 def simulate(
-    capacity: int, offered: list[int], lim: AdaptiveLimiter, *, dt: float = 0.05
+    capacity: int,
+    offered: list[int],
+    lim: AdaptiveLimiter,
+    *,
+    dt: float = 0.05,
+    slowdown: float = 1.0,
 ) -> list[float]:
     """A closed loop against a server that runs `capacity` calls at once: latency is
-    BASE_S until then and grows with the queue (as in M/D/c under saturation). Each
-    tick, `offered[t]` clients want a call; the limiter admits what it allows (normal
-    class) and each admitted call feeds one latency sample. Returns the limit per tick."""
+    BASE_S until then and grows with the queue (as in M/D/c under saturation), times
+    `slowdown` (a busy machine making every call slower). Each tick, `offered[t]`
+    clients want a call; the limiter admits what it allows (normal class) and each
+    admitted call feeds one latency sample. Returns the limit per tick."""
     history = []
     now = 0.0
     for want in offered:
@@ -86,7 +108,7 @@ def simulate(
             if not lim.try_acquire("normal"):
                 break
             admitted += 1
-        latency = BASE_S * max(1.0, lim.inflight / capacity)
+        latency = BASE_S * slowdown * max(1.0, lim.inflight / capacity)
         for _ in range(admitted):
             lim.release(latency, now)
         now += dt
@@ -141,6 +163,24 @@ def test_a_step_down_of_latency_recovers_the_limit() -> None:
     assert fast[-1] >= 60
     assert admitted_latency(lim, 60) <= 2 * BASE_S
     assert sign_changes(fast, eps=0.01 * fast[-1]) <= 1
+
+
+def test_a_small_service_keeps_a_short_queue_and_survives_a_slow_machine() -> None:
+    # The benchmark's service: 4 workers. Saturated, the limit keeps a short queue
+    # (about MIN_QUEUE calls) — admitted latency ≤ 1.5× — and still runs every worker.
+    capacity = 4
+    lim = limiter(min_limit=2, initial_limit=8, max_limit=64, tolerance=1.1)
+    simulate(capacity, [2] * 50, lim)  # the unloaded latency first
+    history = simulate(capacity, [400] * 600, lim)
+    assert lim.allowed("normal") >= capacity
+    assert admitted_latency(lim, capacity) <= 1.5 * BASE_S
+    assert sign_changes(history[100:], eps=0.01 * history[-1]) == 0
+    # The whole machine now makes every call 1.2× slower (no queue of ours): the limit
+    # does not collapse to its floor, every worker stays busy (it would stop falling
+    # at about MIN_QUEUE / (1 - 1/1.2) = 6 calls in flight).
+    slow = simulate(capacity, [400] * 600, lim, slowdown=1.2)
+    assert min(slow) > lim.settings.min_limit
+    assert lim.allowed("normal") >= capacity
 
 
 def test_scale_lowers_the_bound_at_once() -> None:

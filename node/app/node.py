@@ -1379,6 +1379,8 @@ class Node(Service):
         else:
             old = change.old.name.lower() if change.old is not None else None
             new = change.new.name.lower()
+        if self.immune is not None:  # a node block restored unconfirmed may be backed now
+            self.immune.members_changed()
         self.events.publish(
             MembershipChanged(
                 ts=time.time(),

@@ -75,10 +75,25 @@ def env_names(root: type[msgspec.Struct]) -> Mapping[str, tuple[str, ...]]:
     return {name: tuple(keys) for name, keys in names.items()}
 
 
+def _sections(root: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(f"{s.upper()}_" for s in root.__struct_fields__)
+
+
+def is_config_variable(variable: str, root: type[msgspec.Struct]) -> bool:
+    """A variable `env_overrides` reads as config: one naming a key (in either spelling),
+    or one under a section's name it would refuse. A child VSM inherits none of them
+    (node/children/process.py): the rest (`VSMCP_TOKEN`, ...) are not config."""
+    upper = variable.upper()
+    if not upper.startswith(ENV_PREFIX):
+        return False
+    rest = upper[len(ENV_PREFIX) :]
+    return rest in env_names(root) or rest.startswith(_sections(root))
+
+
 def env_overrides(environ: Mapping[str, str], root: type[msgspec.Struct]) -> dict[str, Any]:
     """The dotted keys the `VSMCP_*` variables set, with their values."""
     names = env_names(root)
-    sections = tuple(f"{s.upper()}_" for s in root.__struct_fields__)
+    sections = _sections(root)
     found: dict[str, Any] = {}
     setters: dict[str, str] = {}  # key -> the variable that set it
     for variable, value in environ.items():

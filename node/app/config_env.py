@@ -1,12 +1,13 @@
 """Environment overrides: `VSMCP_<KEY PATH>` → a dotted config key, found in the schema.
 
 A variable names a key by its path of table and key names joined by underscores,
-upper case, after `VSMCP_`: `VSMCP_HTTP_PORT` is `http.port`, `VSMCP_VSM_CONCURRENCY_INITIAL`
-is `vsm.concurrency.initial`, `VSMCP_BRIDGES_AMQP_URL` is `bridges.amqp.url`. Names are
-matched against every key the config structs declare (at any depth), not split at the
-first underscore, since key names hold underscores too. Where one name could mean two
-keys, the variable is refused naming both; a double underscore between the parts is
-always unambiguous (`VSMCP_VSM__CONCURRENCY__INITIAL`) and accepted everywhere.
+upper case, after `VSMCP_`: `VSMCP_HTTP_PORT` is `http.port`,
+`VSMCP_VSM_CONCURRENCY_INITIAL_LIMIT` is `vsm.concurrency.initial_limit`,
+`VSMCP_BRIDGES_AMQP_URL` is `bridges.amqp.url`. Names are matched against every key the
+config structs declare (at any depth), not split at the first underscore, since key
+names hold underscores too. Where one name could mean two keys, the variable is refused
+naming both; a double underscore between the parts is always unambiguous
+(`VSMCP_VSM__CONCURRENCY__INITIAL_LIMIT`) and accepted everywhere.
 
 Keys under tables only: arrays of tables (`tools.plugins`) and maps (`limits.tools`) are
 keys themselves, set whole as a TOML value. A variable starting with a section's name

@@ -456,10 +456,26 @@ class ImmuneService:
             notify(block.target)
 
     def node_blocked(self, node_id: str) -> bool:
-        """A node block of `node_id` is in force here now: its mesh links stay cut."""
-        return bool(len(self.blocks)) and (
-            self.blocks.find("node", node_id, self._clock_ms()) is not None
-        )
+        """A node block of `node_id` is in force here now: its mesh links stay cut.
+
+        Also asked of a block held unconfirmed (restored before its observers were
+        alive here, say): a peer admitted since may complete its quorum without a
+        membership change to say so, and the blocked node's HELLO must not get in
+        first. Backed now: it comes into force (its links cut) once this call returns."""
+        if not len(self.blocks) and not self._unconfirmed:
+            return False
+        now_ms = self._clock_ms()
+        if self.blocks.find("node", node_id, now_ms) is not None:
+            return True
+        for block in self._unconfirmed.values():
+            if (
+                block.target == node_id
+                and block.expires_at_ms > now_ms
+                and self.tally.confirmed(node_id, now_ms)
+            ):
+                self._schedule_quorum_check()
+                return True
+        return False
 
     def _outlives_bound(self, policy: Policy) -> bool:
         """A policy from the network that would hold longer than any this node issues

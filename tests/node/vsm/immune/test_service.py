@@ -346,6 +346,15 @@ def test_a_node_that_restarts_past_the_observations_still_enforces_the_block() -
     alive.extend(m.node_id for m in members if m is not r)
     restarted.members_changed()
     assert restarted.node_blocked(x.node_id) and cut == [x.node_id]
+    # A peer admitted with no membership change to say so: asked about x, the node
+    # finds the quorum complete and enforces the block before x gets in.
+    alive = [r.node_id]
+    restarted = _restarted(mesh, r, alive)
+    cut.clear()
+    restarted.on_node_block = cut.append
+    alive.extend(m.node_id for m in members if m is not r)
+    assert restarted.node_blocked(x.node_id) and cut == [x.node_id]
+    assert restarted.blocks.find("node", x.node_id, mesh.clock.now_ms) is not None
     # The kept observations end with the block.
     last = max(b.expires_at_ms for m in members[:5] for b in m.immune.blocks.all())
     mesh.clock.now_ms = last

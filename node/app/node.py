@@ -603,6 +603,7 @@ class Node(Service):
             limits=self.config.recursion,
             seed=lambda: f"127.0.0.1:{mesh.port}",
             mesh_preset=self.config.mesh.preset,
+            mesh_name=self.config.mesh.name,
             events=self.events,
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
             tools_of=tools_of,

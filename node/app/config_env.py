@@ -1,12 +1,13 @@
 """Environment overrides: `VSMCP_<KEY PATH>` → a dotted config key, found in the schema.
 
 A variable names a key by its path of table and key names joined by underscores,
-upper case, after `VSMCP_`: `VSMCP_HTTP_PORT` is `http.port`, `VSMCP_VSM_CONCURRENCY_INITIAL`
-is `vsm.concurrency.initial`, `VSMCP_BRIDGES_AMQP_URL` is `bridges.amqp.url`. Names are
-matched against every key the config structs declare (at any depth), not split at the
-first underscore, since key names hold underscores too. Where one name could mean two
-keys, the variable is refused naming both; a double underscore between the parts is
-always unambiguous (`VSMCP_VSM__CONCURRENCY__INITIAL`) and accepted everywhere.
+upper case, after `VSMCP_`: `VSMCP_HTTP_PORT` is `http.port`,
+`VSMCP_VSM_CONCURRENCY_INITIAL_LIMIT` is `vsm.concurrency.initial_limit`,
+`VSMCP_BRIDGES_AMQP_URL` is `bridges.amqp.url`. Names are matched against every key the
+config structs declare (at any depth), not split at the first underscore, since key
+names hold underscores too. Where one name could mean two keys, the variable is refused
+naming both; a double underscore between the parts is always unambiguous
+(`VSMCP_VSM__CONCURRENCY__INITIAL_LIMIT`) and accepted everywhere.
 
 Keys under tables only: arrays of tables (`tools.plugins`) and maps (`limits.tools`) are
 keys themselves, set whole as a TOML value. A variable starting with a section's name
@@ -75,10 +76,25 @@ def env_names(root: type[msgspec.Struct]) -> Mapping[str, tuple[str, ...]]:
     return {name: tuple(keys) for name, keys in names.items()}
 
 
+def _sections(root: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(f"{s.upper()}_" for s in root.__struct_fields__)
+
+
+def is_config_variable(variable: str, root: type[msgspec.Struct]) -> bool:
+    """A variable `env_overrides` reads as config: one naming a key (in either spelling),
+    or one under a section's name it would refuse. A child VSM inherits none of them
+    (node/children/process.py): the rest (`VSMCP_TOKEN`, ...) are not config."""
+    upper = variable.upper()
+    if not upper.startswith(ENV_PREFIX):
+        return False
+    rest = upper[len(ENV_PREFIX) :]
+    return rest in env_names(root) or rest.startswith(_sections(root))
+
+
 def env_overrides(environ: Mapping[str, str], root: type[msgspec.Struct]) -> dict[str, Any]:
     """The dotted keys the `VSMCP_*` variables set, with their values."""
     names = env_names(root)
-    sections = tuple(f"{s.upper()}_" for s in root.__struct_fields__)
+    sections = _sections(root)
     found: dict[str, Any] = {}
     setters: dict[str, str] = {}  # key -> the variable that set it
     for variable, value in environ.items():

@@ -603,6 +603,7 @@ class Node(Service):
             limits=self.config.recursion,
             seed=lambda: f"127.0.0.1:{mesh.port}",
             mesh_preset=self.config.mesh.preset,
+            mesh_name=self.config.mesh.name,
             events=self.events,
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
             tools_of=tools_of,
@@ -1379,6 +1380,8 @@ class Node(Service):
         else:
             old = change.old.name.lower() if change.old is not None else None
             new = change.new.name.lower()
+        if self.immune is not None:  # a node block restored unconfirmed may be backed now
+            self.immune.members_changed()
         self.events.publish(
             MembershipChanged(
                 ts=time.time(),

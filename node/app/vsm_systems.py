@@ -31,6 +31,7 @@ from vsmcp.node.vsm.algedonic import AlgedonicChannel, ChannelFull, Signal, Sign
 from vsmcp.node.vsm.balance import AlgedonicBalance
 from vsmcp.node.vsm.bounds import BoundGovernor
 from vsmcp.node.vsm.concurrency import AdaptiveLimiter
+from vsmcp.node.vsm.concurrency_config import DEFAULT_PAIN_AFTER_S
 from vsmcp.node.vsm.events import ToolCallFinished
 from vsmcp.node.vsm.kpis import CallKpis
 from vsmcp.node.vsm.overload import DEFAULT_INTERVAL_S as OVERLOAD_TICK_S
@@ -143,7 +144,8 @@ class VsmSystems(Service):
             self.limiters,
             self._overload_pain,
             loops,
-            pain_after_s=0.0 if regulation is None else regulation.pain_after_s,
+            calls=lambda: (self.kpis.total_refused, self.kpis.total),
+            pain_after_s=DEFAULT_PAIN_AFTER_S if regulation is None else regulation.pain_after_s,
             interval_s=OVERLOAD_TICK_S,
             governor=None if bounds is None else BoundGovernor(bounds),
             events=events,

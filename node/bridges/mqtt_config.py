@@ -8,7 +8,6 @@ bridge is built (`check_zones`), the one place that knows them.
 from __future__ import annotations
 
 import math
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ MAX_TOPIC_CHARS: Final = 1024
 # Bounds of the size caps: a payload is read whole by the MQTT client before we see it.
 MAX_PAYLOAD_CAP: Final = 16 * 1024 * 1024
 MAX_QUEUE: Final = 1_000_000
-_PASSWORD: Final = re.compile(r"(//[^/@:]*:)[^/]*@")
 
 
 class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -216,7 +214,10 @@ def broker_of(url: str) -> Broker:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise ConfigError(key, f"{shown} is not a URL: {e}") from e
+        # Not urlsplit's message: it may quote a piece of the password (`as 'pa'`).
+        raise ConfigError(
+            key, f"{shown} is not a URL (percent-encode '/', '#', '?' and '@' in credentials)"
+        ) from e
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(key, f"{shown}: mqtt:// or mqtts:// (TLS) expected")
     if not parts.hostname:
@@ -233,8 +234,14 @@ def broker_of(url: str) -> Broker:
 
 
 def redacted(url: str) -> str:
-    """`url` with the password in its user info replaced by `***`."""
-    return _PASSWORD.sub(r"\1***@", url)
+    """`url` with the password in its user info replaced by `***`: everything from the
+    first `:` after `//` to the last `@`, so a password holding an unencoded `/`, `#`,
+    `?` or `@` (which is no URL, and splits where the password does) is hidden whole."""
+    scheme, slashes, rest = url.partition("//")
+    userinfo, at, host = rest.rpartition("@")
+    if not slashes or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:

@@ -19,8 +19,12 @@ def check_dsn(dsn: str) -> str:
     try:
         parts = urlsplit(dsn)
         port = parts.port  # parses it: a bad port raises here
-    except ValueError as exc:
-        raise ValueError(f"dsn is not a URL: {exc}") from None
+    except ValueError:
+        # Not urlsplit's message: it may quote a piece of the password (`as 'pa'`).
+        raise ValueError(
+            "dsn is not a URL (a bad port, or a password holding an unencoded '/', '#' or "
+            "'?': percent-encode it)"
+        ) from None
     if parts.scheme not in DSN_SCHEMES:
         raise ValueError(
             f"dsn must be a postgresql://user@host:port/database URL, not scheme "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -94,6 +95,7 @@ class ChildManager:
         limits: RecursionSection,
         seed: Callable[[], str],
         mesh_preset: str,
+        mesh_name: str,
         events: EventSink,
         audit: AuditSink,
         tools_of: ToolsOf,
@@ -106,6 +108,7 @@ class ChildManager:
         self._limits = limits
         self._seed = seed
         self._mesh_preset = mesh_preset
+        self._mesh_name = mesh_name
         self._events = events
         self._audit = audit
         self._tools_of = tools_of
@@ -287,6 +290,7 @@ class ChildManager:
             "VSMCP_TRUST_ZONES": f"[{zones}]",
             "VSMCP_MESH_HOST": "127.0.0.1",
             "VSMCP_MESH_PRESET": self._mesh_preset,
+            "VSMCP_MESH_NAME": json.dumps(self._mesh_name),  # a TOML string, whatever it reads
             "VSMCP_RECURSION_MAX_DEPTH": str(limits.max_depth),
             "VSMCP_RECURSION_MAX_CHILDREN": str(limits.max_children),
             "VSMCP_RECURSION_MAX_DESCENDANTS": str(limits.max_descendants),

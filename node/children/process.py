@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from vsmcp.node.app.config_env import env_spelling
+from vsmcp.node.app.config import Config
+from vsmcp.node.app.config_env import env_spelling, is_config_variable
 from vsmcp.node.children.errors import ChildError, ChildNotReady
 from vsmcp.node.tools.errors import UnknownTool
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec
@@ -150,13 +151,18 @@ class ChildProcess:
 def child_environment(
     inherited: Mapping[str, str], imposed: Mapping[str, str], parent_pid: int
 ) -> dict[str, str]:
-    """The child's environment: ours but systemd's, what the parent imposes (in place of
-    an inherited variable naming the same config key in another spelling), our pid."""
+    """The child's environment: ours but systemd's and our config variables, what the
+    parent imposes, our pid. A child is configured by its own file and what the parent
+    imposes: the parent's `VSMCP_<SECTION>_*` (its bridges, children, ports) would beat
+    the child's file, so none is inherited; other `VSMCP_*` variables (`VSMCP_TOKEN`,
+    `VSMCP_REQUIRE_SERVICES`) are not config and pass."""
     imposed_keys = {env_spelling(k) for k in imposed}
     env = {
         k: v
         for k, v in inherited.items()
-        if k not in NOT_INHERITED and env_spelling(k) not in imposed_keys
+        if k not in NOT_INHERITED
+        and env_spelling(k) not in imposed_keys
+        and not is_config_variable(k, Config)
     }
     env.update({"PYTHONUNBUFFERED": "1", **imposed, PARENT_PID_ENV: str(parent_pid)})
     return env

@@ -926,7 +926,12 @@ class MeshService(Service):
         """Verify a HELLO envelope's certificate; admit its sender or raise AdmissionError.
 
         `peer_address`: where the HELLO's connection really is (the inbound connection's
-        remote address, or the host we dialled), never what the HELLO says."""
+        remote address, or the host we dialled), never what the HELLO says. A peer cut off
+        now is refused (`blocked`), also when its HELLO answers one of ours that was on its
+        way as the block landed."""
+        if self.cut_off(envelope.sender_id):
+            self.stats.refused["blocked"] += 1
+            raise AdmissionError("blocked", "link cut")
         try:
             if len(envelope.payload) > MAX_HELLO_BYTES:
                 raise AdmissionError("malformed", "hello too large")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import sysconfig
 import traceback
 from collections.abc import Iterable
@@ -27,14 +28,26 @@ def _failure(exc: Exception) -> str:
     """One line for an exception raised by plugin code: its type, its message and the
     deepest line of the plugin's own code (not the standard library's) that raised it."""
     message = " ".join(str(exc).split()) or "(no message)"
-    stdlib = sysconfig.get_paths()["stdlib"]
     frames = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
-        if not frame.filename.startswith(("<", stdlib)) and frame.filename != __file__
+        if not frame.filename.startswith("<")
+        and not _in_stdlib(frame.filename)
+        and frame.filename != __file__
     ]
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {message}{where}"
+
+
+def _in_stdlib(filename: str) -> bool:
+    """A file of the standard library: under its directory, but not under site-packages
+    (pyenv and python.org builds install packages, plugins too, inside it)."""
+    paths = sysconfig.get_paths()
+
+    def under(root: str) -> bool:
+        return filename.startswith(os.path.join(root, ""))
+
+    return under(paths["stdlib"]) and not (under(paths["purelib"]) or under(paths["platlib"]))
 
 
 def load_target(target: str) -> Any:

@@ -16,6 +16,9 @@ from vsmcp.node.vsm.concurrency import MIN_QUEUE, LimiterSettings
 from vsmcp.node.vsm.priority import Priority
 
 KEY = "vsm.concurrency"
+# Also the overload watch's without `[vsm.concurrency]` (a unit's full queue, System 5's
+# shedding and rate limits refuse for load without it).
+DEFAULT_PAIN_AFTER_S = 5.0
 
 
 class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -43,7 +46,7 @@ class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     pain_after_s: Annotated[
         float,
         doc("refusals in every second for this long raise algedonic pain (0: never), s"),
-    ] = 5.0
+    ] = DEFAULT_PAIN_AFTER_S
     s3_lag_high_ms: Annotated[
         float,
         doc(

@@ -16,8 +16,10 @@ an entry's concurrency limit —, `shed` by System 5, `rate_limited`) are neithe
 are the regulation working, not the node failing, so they stay out of the window (no
 failure, no call, no latency — their sub-millisecond answers would hide the latency of
 the calls that ran, their number would dilute real failures) and are only counted
-(`refused`). Sustained shedding reaches viability by its own path: the overload watch's
-pain (`node/vsm/overload.py`), which lowers the algedonic factor.
+(`refused`). Sustained shedding reaches viability by its own path: the overload watch
+counts these refusals (`total_refused`, whatever limit refused, with or without
+`[vsm.concurrency]`) and raises pain (`node/vsm/overload.py`), which lowers the
+algedonic factor.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""System 3's watch over the adaptive concurrency limits: shed counts over a sliding
-window, the event loop's lag, and pain when shedding is sustained.
+"""System 3's overload watch: refusals for load over a sliding window, the event loop's
+lag, and pain when shedding is sustained.
 
 One owned loop (`overload-watch`) ticks every `interval_s`. Each tick it measures how
 late it woke (the event loop's lag: a loop that is late for its own timer is late for
-every call), and takes the refusals and admissions of every limit since the last tick.
+every call), and takes the node's calls refused for load and calls that ran since the
+last tick (`calls`: the `tool_call` outcomes S3's KPIs count, so every refusal for load
+— an adaptive limit's, a unit's full queue, System 5's shedding, a rate limit — counts
+once per call, with or without `[vsm.concurrency]`).
 When calls were refused in every tick for `pain_after_s`, it raises pain (source
 `overload`) once per `pain_after_s` while it lasts, with intensity = the share of
 calls refused over that streak, capped at `MAX_PAIN`. The cap keeps it a weak signal
@@ -42,10 +45,13 @@ MAX_PAIN: Final = 0.6
 
 PainFn = Callable[[str, float, str], None]
 """`pain(source, intensity, reason)`: raise an algedonic pain signal."""
+CallCounts = Callable[[], tuple[int, int]]
+"""The node's calls so far: (refused for load, the rest), both cumulative."""
 
 
 class OverloadWatch(LoopService):
-    """Sliding-window shed counts and loop lag over `limiters()`; pain when sustained."""
+    """Sliding-window refusal counts (`calls`) and loop lag; pain when sustained; the
+    bound of every limit of `limiters()`."""
 
     loop_name = LOOP_NAME
 
@@ -55,6 +61,7 @@ class OverloadWatch(LoopService):
         pain: PainFn,
         loops: LoopSupervisor,
         *,
+        calls: CallCounts,
         pain_after_s: float,
         interval_s: float = DEFAULT_INTERVAL_S,
         governor: BoundGovernor | None = None,
@@ -64,12 +71,14 @@ class OverloadWatch(LoopService):
         self.governor = governor
         self._events = events
         self._limiters = limiters
+        self._calls = calls
+        self._last_calls = calls()
         self._pain = pain
         self.pain_after_s = pain_after_s
         self.interval_s = interval_s
         # (refused, admitted, lag_s) per tick, newest last.
         self._ticks: deque[tuple[int, int, float]] = deque(maxlen=WINDOW_TICKS)
-        self._last: dict[str, tuple[int, int]] = {}
+        self._last: dict[str, int] = {}  # admissions so far, per limit
         self._streak_s = 0.0
         self._streak_refused = 0
         self._streak_admitted = 0
@@ -85,17 +94,18 @@ class OverloadWatch(LoopService):
 
     def tick(self, lag_s: float) -> None:
         """One tick's accounting (the loop's body; tests call it directly)."""
-        refused = admitted = 0
-        seen: dict[str, tuple[int, int]] = {}
+        busy = False  # calls entered a limit since the last tick
+        seen: dict[str, int] = {}
         for limiter in self._limiters():
-            totals = (limiter.refused_total(), sum(limiter.admitted.values()))
-            before = self._last.get(limiter.name, (0, 0))
-            refused += max(0, totals[0] - before[0])
-            admitted += max(0, totals[1] - before[1])
-            seen[limiter.name] = totals
+            seen[limiter.name] = sum(limiter.admitted.values())
+            busy = busy or seen[limiter.name] > self._last.get(limiter.name, 0)
         self._last = seen
+        totals = self._calls()
+        refused = max(0, totals[0] - self._last_calls[0])
+        admitted = max(0, totals[1] - self._last_calls[1])
+        self._last_calls = totals
         self._ticks.append((refused, admitted, lag_s))
-        self._bound(lag_s, busy=admitted > 0)
+        self._bound(lag_s, busy=busy or admitted > 0)
         self._since_pain_s += self.interval_s
         if refused == 0:
             self._streak_s = 0.0
@@ -112,7 +122,7 @@ class OverloadWatch(LoopService):
                 PAIN_SOURCE,
                 round(min(MAX_PAIN, share), 3),
                 f"shedding for {self._streak_s:.0f} s: {self._streak_refused} of {offered} "
-                "calls refused at the concurrency limits",
+                "calls refused for load",
             )
             self.pains += 1
             self._since_pain_s = 0.0

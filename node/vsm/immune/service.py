@@ -16,7 +16,9 @@ Enforcing: every mitigation grant that verifies (signed by a node whose certific
 carries `immune`, or by the authority) is indexed as it arrives. A node block is
 enforced only when this node, too, holds observations of that node from a quorum — so a
 node that issues a block of a healthy peer on its own gets nothing — and never against a
-protected node. Expiry is checked on every lookup.
+protected node. Expiry is checked on every lookup. An observer keeps its observation
+alive as long as a block of that node holds here (a node restarting meanwhile finds the
+quorum still signed) and withdraws it when the block is revoked.
 """
 
 from __future__ import annotations
@@ -156,15 +158,20 @@ class ImmuneService:
         self.on_node_block: Callable[[str], None] | None = None
         # Node blocks held but not (yet) backed by a quorum of observations here.
         self._unconfirmed: dict[str, Block] = {}
+        # Nodes whose block was revoked: our observation of them is withdrawn.
+        self._withdrawn: set[str] = set()
         self._issued_at: deque[float] = deque()
         self._quorum_check: asyncio.Handle | None = None
         # issued, observations, pending, duplicate, refused_* (disabled, protected,
         # rate_limited, no_role, invalid, crdt), calls_refused, bad_bodies, protected_ignored,
-        # ttl_ignored, local_origin_ignored, mesh_origin_ignored, remote_tool_ignored
+        # ttl_ignored, local_origin_ignored, mesh_origin_ignored, remote_tool_ignored,
+        # observations_kept (backing a block), observations_withdrawn (its block revoked)
         self.stats: Counter[str] = Counter()
         policies.on_change(self._changed)
         for policy in policies.view():
             self._index(policy)
+        # A block restored before the observations backing it were indexed.
+        self._confirm(self._clock_ms())
 
     # -- issuing ---------------------------------------------------------------------
 
@@ -386,7 +393,7 @@ class ImmuneService:
                 self._unindex(policy)
         for policy in (*change.added, *change.changed):
             self._index(policy)
-        if any(p.kind == OBSERVATION_KIND for c in (change.added, change.changed) for p in c):
+        if any(p.kind in IMMUNE_KINDS for c in (change.added, change.changed) for p in c):
             self._schedule_quorum_check()
 
     def _index(self, policy: Policy) -> None:
@@ -449,10 +456,26 @@ class ImmuneService:
             notify(block.target)
 
     def node_blocked(self, node_id: str) -> bool:
-        """A node block of `node_id` is in force here now: its mesh links stay cut."""
-        return bool(len(self.blocks)) and (
-            self.blocks.find("node", node_id, self._clock_ms()) is not None
-        )
+        """A node block of `node_id` is in force here now: its mesh links stay cut.
+
+        Also asked of a block held unconfirmed (restored before its observers were
+        alive here, say): a peer admitted since may complete its quorum without a
+        membership change to say so, and the blocked node's HELLO must not get in
+        first. Backed now: it comes into force (its links cut) once this call returns."""
+        if not len(self.blocks) and not self._unconfirmed:
+            return False
+        now_ms = self._clock_ms()
+        if self.blocks.find("node", node_id, now_ms) is not None:
+            return True
+        for block in self._unconfirmed.values():
+            if (
+                block.target == node_id
+                and block.expires_at_ms > now_ms
+                and self.tally.confirmed(node_id, now_ms)
+            ):
+                self._schedule_quorum_check()
+                return True
+        return False
 
     def _outlives_bound(self, policy: Policy) -> bool:
         """A policy from the network that would hold longer than any this node issues
@@ -475,8 +498,23 @@ class ImmuneService:
                 self.tally.remove(observation.subject, node_id_from_public_key(policy.issuer))
             return
         key = policy_key(policy.issuer, policy.id)
+        block = self.blocks.get(key)
         self.blocks.discard(key)
         self._unconfirmed.pop(key, None)
+        if (
+            block is not None
+            and block.target_kind == "node"
+            and block.expires_at_ms > self._clock_ms()
+        ):  # revoked (not expired): our vote backing it goes too
+            self._withdrawn.add(block.target)
+            self._schedule_quorum_check()
+
+    def members_changed(self) -> None:
+        """Membership moved (a peer came, went, turned alive or dead): a quorum counts
+        alive members only, so a node block held unconfirmed (one restored from the
+        snapshot before the peers were back) may be backed now."""
+        if self._unconfirmed:
+            self._schedule_quorum_check()
 
     def _schedule_quorum_check(self) -> None:
         """After the CRDT's callbacks have returned (issuing writes to the CRDT)."""
@@ -493,10 +531,12 @@ class ImmuneService:
         observed when no block of it holds yet."""
         self._quorum_check = None
         now_ms = self._clock_ms()
-        for key, block in list(self._unconfirmed.items()):
-            if self.tally.confirmed(block.target, now_ms):
-                del self._unconfirmed[key]
-                self._enforce(block)
+        for subject in self._withdrawn:
+            if self.blocks.find("node", subject, now_ms) is None:
+                self._withdraw_observation(subject)
+        self._withdrawn.clear()
+        self._confirm(now_ms)
+        self._back_blocks(now_ms)
         for subject in self.tally.subjects():
             observers = self.tally.observers(subject, now_ms)
             if (
@@ -518,6 +558,53 @@ class ImmuneService:
                     now_ms,
                     observers,
                 )
+
+    def _confirm(self, now_ms: int) -> None:
+        for key, block in list(self._unconfirmed.items()):
+            if self.tally.confirmed(block.target, now_ms):
+                del self._unconfirmed[key]
+                self._enforce(block)
+
+    def _back_blocks(self, now_ms: int) -> None:
+        """Keep our observation of each node a block here holds alive as long as that
+        block: the block outlives observations (`block_ttl_s` > `observation_ttl_s`), and a
+        node that restarts (or rejoins) while it holds must find the quorum that backed it
+        still signed, each vote by its own observer, or it would not enforce it."""
+        for block in self.blocks.all():
+            if block.target_kind != "node" or block.expires_at_ms <= now_ms:
+                continue
+            if self.node_id not in self.tally.observers(block.target, now_ms):
+                continue
+            held = self._policies.get(self._signer.public_key, observation_id(block.target))
+            if held is None or held.expires_at_ms >= block.expires_at_ms:
+                continue
+            try:
+                self._policies.issue(
+                    self._signer,
+                    held.id,
+                    OBSERVATION_KIND,
+                    held.body,
+                    ttl_ms=block.expires_at_ms - now_ms,
+                )
+            except CrdtError as e:
+                self.stats["refused_crdt"] += 1
+                log.error("immune: observation of %s not kept: %s", block.target, e)
+                continue
+            self.stats["observations_kept"] += 1
+
+    def _withdraw_observation(self, subject: str) -> None:
+        """A block of `subject` was revoked: our observation of it goes too, or it would
+        make a block again (and back one on nodes that restart)."""
+        held = self._policies.get(self._signer.public_key, observation_id(subject))
+        if held is None:
+            return
+        try:
+            self._policies.revoke(self._signer.public_key, held.id, by=self._signer)
+        except CrdtError as e:
+            self.stats["refused_crdt"] += 1
+            log.error("immune: observation of %s not withdrawn: %s", subject, e)
+            return
+        self.stats["observations_withdrawn"] += 1
 
     # -- views -----------------------------------------------------------------------
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from vsmcp.node.app import config_env
 from vsmcp.node.app.config import Config, load_config
 from vsmcp.node.app.config_env import env_names, env_overrides
 from vsmcp.node.errors import ConfigError
@@ -90,3 +92,24 @@ def test_a_name_meaning_two_keys_is_refused_and_double_underscores_tell_them_apa
 
 def test_no_two_keys_of_the_real_config_share_a_variable_name() -> None:
     assert {name: keys for name, keys in env_names(Config).items() if len(keys) > 1} == {}
+
+
+def test_every_variable_the_docs_give_as_an_example_names_one_key() -> None:
+    # The module's docstring and README's configuration section teach by example: each
+    # `VSMCP_<SECTION>_...` name they spell must be one the loader takes.
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    section = readme[readme.index("## Configuration") :]
+    section = section[: section.index("<!-- config-reference")]
+    texts = {"config_env": config_env.__doc__ or "", "README": section}
+    sections = tuple(f"{s.upper()}_" for s in Config.__struct_fields__)
+    names = env_names(Config)
+    for where, text in texts.items():
+        examples = {
+            m.removeprefix("VSMCP_")
+            for m in re.findall(r"VSMCP_[A-Z0-9_]+", text)
+            if not m.endswith("_")
+        }
+        examples = {e for e in examples if e.startswith(sections)}
+        assert examples, where
+        for example in examples:
+            assert len(names.get(example, ())) == 1, f"{where}: VSMCP_{example}"

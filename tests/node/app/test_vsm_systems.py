@@ -4,16 +4,22 @@ the balance and the viability; metrics carry the scores."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from tests.polling import async_wait_for
+from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.app.config import load_config
 from vsmcp.node.app.node import Node
+from vsmcp.node.app.vsm_systems import VsmSystems
 from vsmcp.node.children.errors import SpawnRefused
+from vsmcp.node.vsm.events import ToolCallFinished
+from vsmcp.node.vsm.stream import EventStream
 
 MODERN = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -169,3 +175,26 @@ async def test_system_3_s_lowered_bound_lowers_the_recursion_limits(tmp_path: Pa
         assert manager is not None
         with pytest.raises(SpawnRefused, match=r"System 3's limits at 75%"):
             manager.spawn("one", caller="test")
+
+
+def test_sustained_refusals_without_vsm_concurrency_are_pain_and_lower_viability(
+    tmp_path: Path,
+) -> None:
+    # No [vsm.concurrency]: a unit's full queue, System 5's shedding and rate limits
+    # still refuse for load; sustained, that must reach viability (refusals are not
+    # failures, so nothing else would).
+    config = _node_config(tmp_path)
+    assert config.vsm.concurrency is None
+    vsm = VsmSystems(config, EventStream(), LoopSupervisor(), lambda *_: None)
+    before = vsm.scores()["node"]
+    for outcome in ("overloaded", "shed", "rate_limited", "overloaded", "overloaded"):
+        # One second: a tool offered 15 times what it can take.
+        now = time.time()
+        ran = ToolCallFinished(tool="slow", provider="p", origin="o", zone="public", ts=now)
+        refused = msgspec.structs.replace(ran, outcome=outcome)
+        vsm.kpis.on_events([ran, *[refused] * 14])
+        vsm.overload.tick(0.0)
+    assert vsm.overload.pains == 1
+    assert vsm.overload.view()["shed"] == 70 and vsm.overload.view()["admitted"] == 5
+    vsm.s3.drain()
+    assert vsm.scores()["node"] < before

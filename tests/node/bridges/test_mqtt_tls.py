@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from tests.tls_ca import Issued, TestCa
-from vsmcp.node.bridges.mqtt_config import MqttSection, broker_of
+from vsmcp.node.bridges.mqtt_config import MqttSection, broker_of, redacted
 from vsmcp.node.bridges.mqtt_tls import NamedServerContext
 from vsmcp.node.errors import ConfigError
 
@@ -54,6 +54,23 @@ def test_a_bad_url_is_echoed_without_its_password() -> None:
     assert "hunter2" not in reason
     assert "edge:***@broker" in reason
     assert "hunter2" not in _refused("url", url="mqtt://edge:hunter2@broker:0")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mqtts://user:hun/ter2@host:8883",
+        "mqtts://user:hun#ter2@host:8883",
+        "mqtts://user:hun?ter2@host:8883",
+        "mqtt://user:42/ter2@host",
+    ],
+)
+def test_a_password_with_unencoded_reserved_characters_is_not_echoed(url: str) -> None:
+    # Not a URL, or one that splits inside the password: no piece of it is shown.
+    reason = _refused("url", url=url)
+    assert "hun" not in reason and "ter2" not in reason and "42" not in reason, reason
+    assert "user:***@host" in reason
+    assert redacted("mqtt://user:s3@cr@host") == "mqtt://user:***@host"
 
 
 def test_a_good_tls_config_gives_a_verifying_context(ca: TestCa, client: Issued) -> None:

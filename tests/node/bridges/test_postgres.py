@@ -78,6 +78,13 @@ def test_a_bad_dsn_is_a_config_error_naming_the_key(tmp_path: Path, dsn: str, wh
     assert "dsn" in caught.value.reason and why in caught.value.reason
 
 
+@pytest.mark.parametrize("dsn", ["postgresql://u:hun#ter2@h/db", "postgresql://u:hun?ter2@h/db"])
+def test_a_bad_dsn_does_not_echo_a_piece_of_its_password(dsn: str) -> None:
+    with pytest.raises(ValueError, match="not a URL") as caught:
+        check_dsn(dsn)
+    assert "hun" not in str(caught.value) and "ter2" not in str(caught.value)
+
+
 def test_batch_rows_are_bounded() -> None:
     with pytest.raises(msgspec.ValidationError, match="batch_rows"):
         msgspec.convert({"dsn": POSTGRES_DSN, "batch_rows": 0}, PostgresSection)

@@ -16,6 +16,7 @@ from vsmcp.mesh.certs import (
     self_certify,
 )
 from vsmcp.mesh.identity import NodeKey
+from vsmcp.node.app.config import load_config
 from vsmcp.node.children.config import RecursionSection
 from vsmcp.node.children.manager import (
     CERT_FILE_NAME,
@@ -23,9 +24,11 @@ from vsmcp.node.children.manager import (
     ChildManager,
     ParentTrust,
 )
+from vsmcp.node.children.process import child_environment
 
 PARENT_LEFT_S = 40  # our own certificate expires in 40 s
 CHILD_LIFETIME_S = 3600
+MESH_NAME = "123"  # reads as a number unless quoted
 
 
 def trust(key: NodeKey, lifetime_s: int) -> ParentTrust:
@@ -46,10 +49,22 @@ def manager(tmp_path: Path, parent: ParentTrust) -> ChildManager:
         limits=RecursionSection(child_certificate_s=CHILD_LIFETIME_S),
         seed=lambda: "",
         mesh_preset="local",
+        mesh_name=MESH_NAME,
         events=Sink(),  # type: ignore[arg-type]
         audit=lambda kind, data: None,
         tools_of=lambda name: [],
     )
+
+
+def test_a_child_is_told_our_mesh_name_not_left_to_inherit_it(tmp_path: Path) -> None:
+    # The parent's own VSMCP_MESH_NAME is not inherited (no config variable is): the
+    # name is imposed, as a TOML string, so a child joins our mesh whatever it reads.
+    m = manager(tmp_path, trust(NodeKey.generate(), PARENT_LEFT_S))
+    inherited = {"VSMCP_MESH_NAME": "ours-from-the-environment", "PATH": "/usr/bin"}
+    env = child_environment(inherited, m._child_env(), 4242)
+    child_file = tmp_path / "child.toml"
+    child_file.write_text('[mesh]\nname = "its-own"\n')
+    assert load_config(child_file, environ=env).mesh.name == MESH_NAME
 
 
 def test_renewal_is_due_at_half_the_clamped_lifetime(tmp_path: Path) -> None:

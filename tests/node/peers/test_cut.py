@@ -73,3 +73,23 @@ async def test_a_refused_peer_is_cut_off_until_the_refusal_ends(
     # The refusal ends: b is admitted again (a new HELLO), alive again.
     refused.clear()
     await async_wait_for(linked, timeout_s=30, what="b admitted again and alive")
+
+
+async def test_a_hello_answer_arriving_as_the_block_lands_does_not_admit_the_peer(
+    pair: tuple[MeshService, MeshService],
+) -> None:
+    a, b = pair
+
+    async def linked() -> bool:
+        return b.node_id in a.peers and a.node_id in b.peers
+
+    await async_wait_for(linked, timeout_s=20, what="a and b admitted")
+    refused = {b.node_id}
+    a.refuses = refused.__contains__
+    a.cut(b.node_id)
+    # A HELLO of a's that was on its way when the block landed: b answers it, and its
+    # answer must not admit b again.
+    outcome = await a._hello_once(b.node_id, b.public_key, f"tcp://127.0.0.1:{b.port}")
+    assert outcome == "refused"
+    assert b.node_id not in a.peers and b.node_id not in a.alive_peers()
+    assert a.stats.refused["blocked"] >= 1

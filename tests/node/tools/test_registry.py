@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sysconfig
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -141,3 +142,29 @@ def test_a_plugin_module_that_raises_while_importing_is_a_config_error(
     # One line: the module, the exception, its message (newlines folded) and where.
     assert "importing 'raising_plugin' failed: RuntimeError: no config (at " in str(refused.value)
     assert "raising_plugin.py:1)" in str(refused.value)
+
+
+def test_a_failing_plugin_installed_under_the_stdlib_directory_is_still_located(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyenv / python.org builds: site-packages lives inside the stdlib directory.
+    stdlib = tmp_path / "lib" / "python3"
+    site = stdlib / "site-packages"
+    site.mkdir(parents=True)
+    (site / "installed_plugin.py").write_text("x = 1\nraise RuntimeError('broken')\n")
+    # A sibling directory whose name only starts like the stdlib's is not the stdlib.
+    sibling = tmp_path / "lib" / "python3-plugins"
+    sibling.mkdir()
+    (sibling / "sibling_plugin.py").write_text("raise RuntimeError('broken too')\n")
+    paths = {**sysconfig.get_paths(), "stdlib": str(stdlib), "purelib": str(site)}
+    paths["platlib"] = str(site)
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *_, **__: paths)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(sibling))
+    for module, line in (("installed_plugin", 2), ("sibling_plugin", 1)):
+        cfg = ToolsConfig(
+            plugins=[PluginToolConfig(name="x", target=f"{module}:fn")], entry_points=False
+        )
+        with pytest.raises(ConfigError) as refused:
+            build_local_catalog(cfg)
+        assert f"{module}.py:{line})" in str(refused.value), refused.value

@@ -127,6 +127,7 @@ def test_the_watch_moves_every_limit_and_says_so() -> None:
         lambda: limiters,
         lambda *_: None,
         LoopSupervisor(),
+        calls=lambda: (0, 0),
         pain_after_s=0.0,
         governor=BoundGovernor(BoundSettings(breach_ticks=2, healthy_ticks=2)),
         events=sink,

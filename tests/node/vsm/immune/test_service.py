@@ -306,6 +306,83 @@ def test_a_node_block_in_force_cuts_the_nodes_links_until_it_expires() -> None:
     assert not any(m.immune.node_blocked(x.node_id) for m in members)
 
 
+def _block_by_quorum(mesh: Mesh, x: Member) -> None:
+    """Members 0, 1 and 2 observe x (quorum 3 of the 5 others): x is blocked."""
+    for i, status in enumerate(("pending", "pending", "issued")):
+        assert mesh.members[i].immune.mitigate(_request("node", x.node_id)).status == status
+        mesh.sync()
+
+
+def _restarted(mesh: Mesh, member: Member, alive: list[str]) -> ImmuneService:
+    """A new immune service over `member`'s records, as the node's restart builds it."""
+    return ImmuneService(
+        policies=member.store,
+        signer=member.signer,
+        config=ImmuneConfig(),
+        protected={node_id_from_public_key(AUTHORITY.public_key)},
+        alive=lambda: alive,
+        quorum_max=3,
+        clock_ms=mesh.clock,
+    )
+
+
+def test_a_node_that_restarts_past_the_observations_still_enforces_the_block() -> None:
+    mesh = Mesh(6)
+    members = mesh.members
+    x, r = members[5], members[3]
+    _block_by_quorum(mesh, x)
+    assert all(m.immune.node_blocked(x.node_id) for m in members[:5])
+    # r restarts past observation_ttl_s (60 s), the block (600 s) still live: the
+    # observers kept their observations alive as long as the block they backed.
+    mesh.clock.now_ms += 61_000
+    assert _restarted(mesh, r, mesh.alive).node_blocked(x.node_id)
+    # Restarted before its peers are back (alive: itself): unconfirmed, then backed as
+    # membership brings them back, and x's links are cut then.
+    alive = [r.node_id]
+    restarted = _restarted(mesh, r, alive)
+    cut: list[str] = []
+    restarted.on_node_block = cut.append
+    assert not restarted.node_blocked(x.node_id)
+    alive.extend(m.node_id for m in members if m is not r)
+    restarted.members_changed()
+    assert restarted.node_blocked(x.node_id) and cut == [x.node_id]
+    # A peer admitted with no membership change to say so: asked about x, the node
+    # finds the quorum complete and enforces the block before x gets in.
+    alive = [r.node_id]
+    restarted = _restarted(mesh, r, alive)
+    cut.clear()
+    restarted.on_node_block = cut.append
+    alive.extend(m.node_id for m in members if m is not r)
+    assert restarted.node_blocked(x.node_id) and cut == [x.node_id]
+    assert restarted.blocks.find("node", x.node_id, mesh.clock.now_ms) is not None
+    # The kept observations end with the block.
+    last = max(b.expires_at_ms for m in members[:5] for b in m.immune.blocks.all())
+    mesh.clock.now_ms = last
+    assert not _restarted(mesh, r, mesh.alive).node_blocked(x.node_id)
+
+
+def test_a_revoked_node_block_takes_its_observers_votes_with_it() -> None:
+    mesh = Mesh(6)
+    members = mesh.members
+    x = members[5]
+    _block_by_quorum(mesh, x)
+    for policy in members[0].store.view():
+        if policy.kind == MITIGATION_KIND:
+            blob = sign_revocation(
+                AUTHORITY, policy.issuer, policy.id, policy.version, now_ms=mesh.clock.now_ms
+            )
+            assert members[0].store.accept_signed(blob)
+    mesh.sync()
+    # Not blocked again by an observer re-issuing from its votes, nor after a restart.
+    assert not any(m.immune.node_blocked(x.node_id) for m in members)
+    assert not any(p.kind == MITIGATION_KIND for m in members for p in m.store.view())
+    mesh.clock.now_ms += 61_000
+    assert not _restarted(mesh, members[3], mesh.alive).node_blocked(x.node_id)
+    # A new observation starts a new count: the old votes are gone.
+    outcome = members[3].immune.mitigate(_request("node", x.node_id))
+    assert outcome.status == "pending" and "1 of 3" in outcome.detail
+
+
 def test_the_built_in_patterns_block_an_origin_through_the_engine() -> None:
     config = ImmuneConfig(denial_count=3, denial_window_s=10)
     mesh, immune, engine = _one_node_with_patterns(config)

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import aio_pika
 import aiormq
+import aiormq.exceptions
 import msgspec
 from aio_pika.abc import (
     AbstractConnection,
@@ -110,6 +111,8 @@ class AmqpBridge(Service):
         # The replies of the calls, while connected; reply writes on earlier channels.
         self._replies: Replies | None = None
         self._reply_writes = 0
+        # Answers the broker refused (nacked); their calls are acked all the same.
+        self._answers_refused = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -148,6 +151,7 @@ class AmqpBridge(Service):
             "ack_frames": self._ack_frames + (self._acks.frames if self._acks else 0),
             "reply_writes": self._reply_writes + (self._replies.writes if self._replies else 0),
             "outbox_overflowed": outbox.overflowed if outbox is not None else 0,
+            "answers_refused": self._answers_refused,
             **self._calls.counters.view(),
         }
         return BridgeStatus(
@@ -347,7 +351,17 @@ class AmqpBridge(Service):
                 if error is None:
                     acks.ack(tag)
                     return
-                # Unacked, the call comes back once the connection ends.
+                if isinstance(error, aiormq.exceptions.DeliveryError):
+                    # The broker refused the answer (`basic.nack`: the caller's reply
+                    # queue is full with `reject-publish`, say). The call ran; the
+                    # caller's own queue refused its answer. Acked, it frees its
+                    # prefetch slot: left unacked, `prefetch` such calls would stop
+                    # the node taking calls from anyone for the connection's life.
+                    acks.ack(tag)
+                    self._answers_refused += 1
+                    self._error(f"answer on {name} refused by the broker (call acked)")
+                    return
+                # The channel is gone: unacked, the call comes back (answered from memory).
                 acks.forget(tag)
                 self._error(f"answer on {name} not confirmed: {type(error).__name__}: {error}")
 

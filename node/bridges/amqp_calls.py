@@ -1,6 +1,6 @@
 """Tool calls arriving over AMQP: one JSON-RPC request per message, answered to its
-`reply_to` with its `correlation_id`, acked only once the answer is confirmed (the acks
-of many go in one frame: `amqp_acks.py`).
+`reply_to` with its `correlation_id`, acked only once the broker confirmed (or refused)
+the answer (the acks of many go in one frame: `amqp_acks.py`).
 
 What a message gets (never a crash, never a redelivery loop):
 - no `reply_to`: nobody can be answered, so it is not run; it is rejected without

@@ -6,8 +6,10 @@ broker's confirm of each answer calls its `on_confirm`, which acks the call it a
 One write per answer was ≈8 % of the node's CPU per call (a system call, a lock and a
 timeout each); under load many answers are ready at once (64 calls in flight: several
 per iteration). Nothing waits for a confirm (no future, timeout or task per answer): an
-answer never confirmed leaves its call unacked, holding a prefetch slot until the
-connection ends and the broker redelivers it (answered again from memory).
+answer never confirmed (its channel gone) leaves its call unacked until the connection
+ends and the broker redelivers it (answered again from memory). An answer the broker
+refuses (`basic.nack`, the caller's reply queue full) still settles its call: the
+bridge acks it and counts it (`answers_refused`).
 """
 
 from __future__ import annotations

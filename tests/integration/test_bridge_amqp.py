@@ -271,6 +271,54 @@ async def test_a_repeated_message_is_answered_from_memory_a_reused_id_is_not(
     await _delete_call_queues(channel, queue, node)
 
 
+async def test_answers_the_broker_refuses_still_settle_their_calls(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    """A caller whose reply queue refuses every answer (full, `reject-publish`) gets its
+    answers nacked: each call is still acked, so after more such calls than `prefetch`
+    the node still takes calls from everyone else, on the same connection."""
+    import aio_pika
+
+    url = require_rabbitmq()
+    queue = _unique("vsmcp.test.calls")
+    prefetch = 4
+    node = _start(tmp_path / "n", _config(url, calls_queue=queue, extra=f"prefetch = {prefetch}"))
+    nodes.append(node)
+    _wait_connected(node)
+    channel = await broker.channel()
+    trap = await channel.declare_queue(
+        _unique("vsmcp.test.trap"),
+        exclusive=True,
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    trapped = prefetch + 2
+    for i in range(trapped):
+        message = aio_pika.Message(
+            _call("echo", {"text": f"trapped {i}"}),
+            reply_to=trap.name,
+            correlation_id=f"t{i}",
+            message_id=uuid.uuid4().hex,
+        )
+        await channel.default_exchange.publish(message, routing_key=queue)
+    status = wait_for(
+        lambda: (s := _amqp(node))["counters"]["answers_refused"] >= trapped and s,
+        timeout_s=30,
+        what=f"{trapped} refused answers counted",
+    )
+    assert status["counters"]["answers_refused"] == trapped
+    caller = await Caller(channel).open()
+    answer = await caller.answer(await caller.send(queue, _call("echo", {"text": "good"})))
+    assert answer["result"]["content"][0]["text"] == "good"
+    status = _amqp(node)
+    assert status["counters"]["connects"] == 1 and status["state"] == "connected"
+    # Every call ran once and was settled: none is waiting in the queue or redelivered.
+    assert status["counters"]["calls_received"] == trapped + 1
+    assert status["counters"]["calls_duplicates"] == 0
+    declared = await channel.declare_queue(queue, passive=True)
+    assert declared.declaration_result.message_count == 0
+    await _delete_call_queues(channel, queue, node)
+
+
 def _rabbitmqctl(*args: str) -> str:
     if shutil.which("rabbitmqctl") is None:
         skip_or_fail("rabbitmqctl is not installed (needed to close the broker's connections)")

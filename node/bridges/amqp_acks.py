@@ -103,8 +103,8 @@ class Acks:
         if frames:
             self._unsent.extend(frames)
             if not self._writing:
-                self._writing = True
-                self._sending.spawn(self._write(), "amqp-acks")
+                # Refused once closed: the channel is gone, its deliveries come back.
+                self._writing = self._sending.spawn(self._write(), "amqp-acks")
 
     def _skip_settled(self, tag: int) -> int:
         """`tag`, or past it the last of the consecutive tags already settled one by one."""

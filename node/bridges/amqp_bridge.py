@@ -36,9 +36,7 @@ import aio_pika
 import aiormq
 import aiormq.exceptions
 import msgspec
-from aio_pika.abc import (
-    AbstractConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage, FieldTable
 from pamqp import commands as spec
 
@@ -115,6 +113,8 @@ class AmqpBridge(Service):
         self._ack_frames = 0
         # The replies of the calls, while connected; reply writes on earlier channels.
         self._replies: Replies | None = None
+        # The channel the calls are consumed on, while connected.
+        self._calls_channel: AbstractChannel | None = None
         self._reply_writes = 0
         # Answers the broker refused (nacked); their calls are acked all the same.
         self._answers_refused = 0
@@ -287,14 +287,21 @@ class AmqpBridge(Service):
                 task.cancel()
             if workers:
                 await asyncio.wait(workers)
-            acks, self._acks = self._acks, None
-            if acks is not None:
-                self._ack_frames += acks.frames
-                await acks.close()
+            # The consumers first (closing their channel cancels the deliveries' tasks:
+            # no new answer or ack), then the answers (a refused one settles nothing
+            # more), then the acks their confirms feed; each refuses work once closed.
+            calls, self._calls_channel = self._calls_channel, None
+            if calls is not None:
+                with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
+                    await asyncio.wait_for(calls.close(), CONNECT_TIMEOUT_S)
             replies, self._replies = self._replies, None
             if replies is not None:
-                self._reply_writes += replies.writes
                 await replies.close()
+                self._reply_writes += replies.writes
+            acks, self._acks = self._acks, None
+            if acks is not None:
+                await acks.close()
+                self._ack_frames += acks.frames
             with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
 
@@ -303,6 +310,7 @@ class AmqpBridge(Service):
     ) -> Awaitable[Any]:
         """Declare the call queues and consume them; returns the calls channel's closure."""
         channel = await connection.channel(publisher_confirms=False)
+        self._calls_channel = channel
         await channel.set_qos(prefetch_count=self._section.prefetch)
         dead = await channel.declare_exchange(
             DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Final
 
 import aiormq
+import aiormq.exceptions
 
 from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
 from vsmcp.node.bridges.amqp_tasks import WriteTasks
@@ -56,7 +57,11 @@ class Replies:
         self._scheduled = False
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            self._sending.spawn(self._send(batch), "amqp-replies")
+            if not self._sending.spawn(self._send(batch), "amqp-replies"):
+                # Closed: the channel is gone; unacked, the calls come back.
+                gone = aiormq.exceptions.ChannelInvalidStateError("replies closed")
+                for _, on_confirm in batch:
+                    on_confirm(gone)
 
     async def _send(self, batch: list[tuple[Outgoing, OnAnswerConfirm]]) -> None:
         callbacks = [on_confirm for _, on_confirm in batch]

@@ -6,7 +6,8 @@ bridge"). So a settled delivery is not acked at once; at the end of the event lo
 iteration, the longest run of settled deliveries from the oldest unacked one is acked
 with one `multiple=True` frame, and the settled ones behind a delivery still running are
 acked one by one (a slow call must not hold them: they would hold prefetch slots); the
-frames of one iteration leave in one write.
+frames of one iteration leave in one write, written by one task in the order they were
+decided (frames waiting while the channel's write queue is full join the next write).
 
 A `multiple` ack covers every outstanding tag up to it, so it is sent only over tags
 this object has seen, consecutive from the last one it acked: a tag it has not seen yet
@@ -43,6 +44,14 @@ class Acks:
         # Tags above `_acked_through` settled one by one (acked or rejected).
         self._settled_beyond: set[int] = set()
         self._scheduled = False
+        # Frames of flushes not yet written, oldest first, and whether the one writer
+        # runs: the frames must reach the channel in the order they were decided (a
+        # `multiple` ack written before an earlier single ack of a tag it covers is an
+        # unknown tag to the broker, which closes the channel). A task per flush could
+        # reorder them while the write queue is full (asyncio.Queue wakes a waiting
+        # putter after a newcomer that finds room).
+        self._unsent: list[tuple[int, bool]] = []
+        self._writing = False
         self._sending = WriteTasks()
         self.frames = 0  # ack frames sent (for the status: acks per frame)
 
@@ -92,7 +101,10 @@ class Acks:
                 if state == _ACK:
                     frames.append((tag, False))
         if frames:
-            self._sending.spawn(self._send(frames), "amqp-acks")
+            self._unsent.extend(frames)
+            if not self._writing:
+                # Refused once closed: the channel is gone, its deliveries come back.
+                self._writing = self._sending.spawn(self._write(), "amqp-acks")
 
     def _skip_settled(self, tag: int) -> int:
         """`tag`, or past it the last of the consecutive tags already settled one by one."""
@@ -101,8 +113,18 @@ class Acks:
             self._settled_beyond.discard(tag)
         return tag
 
+    async def _write(self) -> None:
+        """The one writer: what the flushes left, in their order, all that waits in one
+        write."""
+        try:
+            while self._unsent:
+                frames, self._unsent = self._unsent, []
+                await self._send(frames)
+        finally:
+            self._writing = False
+
     async def _send(self, frames: list[tuple[int, bool]]) -> None:
-        """The acks of one flush in one write (aiormq's `basic_ack` is a write each)."""
+        """Acks in one write (aiormq's `basic_ack` is a write each)."""
         channel = self._channel
         try:
             if channel.is_closed:

@@ -8,7 +8,9 @@ sender publishes the oldest entries and deletes them once the broker confirmed t
 an outage (or a kill -9) loses nothing within `outbox_capacity`; after it the entries
 leave in order. Delivery is at least once: an entry sent but not confirmed when the
 connection dropped is sent again. `message_id` is `<node id>:<seq>` and the headers
-carry `node` and `seq`, so a consumer can drop repeats and check the order.
+carry `node` and `seq`, so a consumer can drop repeats and check the order. An entry
+the broker refuses (a bound queue full with `reject-publish`) is sent again after a
+backoff on the same connection (`_send_outbox`).
 
 In: `amqp_calls.py` (JSON-RPC `tools/call` from `vsmcp.calls` and
 `vsmcp.calls.<node id>`).
@@ -32,10 +34,9 @@ from typing import Any, Final
 
 import aio_pika
 import aiormq
+import aiormq.exceptions
 import msgspec
-from aio_pika.abc import (
-    AbstractConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage, FieldTable
 from pamqp import commands as spec
 
@@ -43,7 +44,7 @@ from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_acks import Acks
 from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, ZoneMap
 from vsmcp.node.bridges.amqp_config import CAPABILITIES_KIND, AmqpSection
-from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, AllConfirmed, Outgoing, publish_many
+from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, BatchConfirms, Outgoing, publish_many
 from vsmcp.node.bridges.amqp_replies import Replies
 from vsmcp.node.bridges.model import BridgeContext, BridgeState, BridgeStatus
 from vsmcp.node.bridges.outbox import Outbox, OutboxEntry
@@ -61,6 +62,9 @@ PUBLISH_TIMEOUT_S: Final = 30.0
 CONNECT_TIMEOUT_S: Final = 5.0
 RECONNECT_MIN_S: Final = 0.2
 RECONNECT_MAX_S: Final = 5.0
+# After the broker refused outbox entries (nack), the pause before sending them again.
+NACK_RETRY_MIN_S: Final = 0.2
+NACK_RETRY_MAX_S: Final = 5.0
 # Dead letters (calls that cannot be answered): a fanout exchange into one bounded queue.
 DEAD_LETTER_EXCHANGE: Final = "vsmcp.dead"
 DEAD_LETTER_QUEUE: Final = "vsmcp.dead"
@@ -109,7 +113,16 @@ class AmqpBridge(Service):
         self._ack_frames = 0
         # The replies of the calls, while connected; reply writes on earlier channels.
         self._replies: Replies | None = None
+        # The channel the calls are consumed on, while connected.
+        self._calls_channel: AbstractChannel | None = None
         self._reply_writes = 0
+        # Answers the broker refused (nacked); their calls are acked all the same.
+        self._answers_refused = 0
+        # Outbox entries the broker refused (nacked); since when the outbox has made no
+        # progress because of them (None while it moves), and whether that was pain.
+        self._nacks = 0
+        self._stalled_since: float | None = None
+        self._stall_pained = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -140,7 +153,7 @@ class AmqpBridge(Service):
 
     def status(self) -> BridgeStatus:
         outbox = self._outbox
-        depth = outbox.depth if outbox is not None else 0
+        depth = self._outbox_depth()
         counters = {
             "published": self._published,
             "connects": self._connects,
@@ -148,6 +161,8 @@ class AmqpBridge(Service):
             "ack_frames": self._ack_frames + (self._acks.frames if self._acks else 0),
             "reply_writes": self._reply_writes + (self._replies.writes if self._replies else 0),
             "outbox_overflowed": outbox.overflowed if outbox is not None else 0,
+            "answers_refused": self._answers_refused,
+            "nacks": self._nacks,
             **self._calls.counters.view(),
         }
         return BridgeStatus(
@@ -272,14 +287,21 @@ class AmqpBridge(Service):
                 task.cancel()
             if workers:
                 await asyncio.wait(workers)
-            acks, self._acks = self._acks, None
-            if acks is not None:
-                self._ack_frames += acks.frames
-                await acks.close()
+            # The consumers first (closing their channel cancels the deliveries' tasks:
+            # no new answer or ack), then the answers (a refused one settles nothing
+            # more), then the acks their confirms feed; each refuses work once closed.
+            calls, self._calls_channel = self._calls_channel, None
+            if calls is not None:
+                with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
+                    await asyncio.wait_for(calls.close(), CONNECT_TIMEOUT_S)
             replies, self._replies = self._replies, None
             if replies is not None:
-                self._reply_writes += replies.writes
                 await replies.close()
+                self._reply_writes += replies.writes
+            acks, self._acks = self._acks, None
+            if acks is not None:
+                await acks.close()
+                self._ack_frames += acks.frames
             with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
                 await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
 
@@ -288,6 +310,7 @@ class AmqpBridge(Service):
     ) -> Awaitable[Any]:
         """Declare the call queues and consume them; returns the calls channel's closure."""
         channel = await connection.channel(publisher_confirms=False)
+        self._calls_channel = channel
         await channel.set_qos(prefetch_count=self._section.prefetch)
         dead = await channel.declare_exchange(
             DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
@@ -347,7 +370,17 @@ class AmqpBridge(Service):
                 if error is None:
                     acks.ack(tag)
                     return
-                # Unacked, the call comes back once the connection ends.
+                if isinstance(error, aiormq.exceptions.DeliveryError):
+                    # The broker refused the answer (`basic.nack`: the caller's reply
+                    # queue is full with `reject-publish`, say). The call ran; the
+                    # caller's own queue refused its answer. Acked, it frees its
+                    # prefetch slot: left unacked, `prefetch` such calls would stop
+                    # the node taking calls from anyone for the connection's life.
+                    acks.ack(tag)
+                    self._answers_refused += 1
+                    self._error(f"answer on {name} refused by the broker (call acked)")
+                    return
+                # The channel is gone: unacked, the call comes back (answered from memory).
                 acks.forget(tag)
                 self._error(f"answer on {name} not confirmed: {type(error).__name__}: {error}")
 
@@ -359,13 +392,21 @@ class AmqpBridge(Service):
         """Publish the outbox in order: a batch in one write, every confirm outstanding
         at once, and the next batch sent while the broker confirms this one
         (`IN_FLIGHT_BATCHES`); each batch is removed once all of it is confirmed, oldest
-        first. A refused entry (or a timeout, an OSError) ends the session: its batch
-        and what follows stay and are sent again after the reconnect (a consumer drops
-        the repeats by message id)."""
+        first. A timeout (or an OSError, a closed channel) ends the session: what was
+        not confirmed stays and is sent again after the reconnect.
+
+        An entry the broker refuses (`basic.nack`: a queue bound to the exchange is full
+        with `reject-publish`) does not end the session (a reconnect would redeliver
+        every call in flight and change nothing): what was confirmed before it is
+        removed, and after a backoff (`NACK_RETRY_MIN_S` doubling to `NACK_RETRY_MAX_S`)
+        the sender starts again from it, in order. The entries after it that the broker
+        had confirmed are sent again (at least once: a consumer drops the repeats by
+        message id). No progress for `pain_after_s` is pain."""
         outbox = self._outbox
         assert outbox is not None
-        in_flight: deque[tuple[list[OutboxEntry], asyncio.Future[None]]] = deque()
+        in_flight: deque[tuple[list[OutboxEntry], BatchConfirms]] = deque()
         sent_through = 0
+        retry = NACK_RETRY_MIN_S
         try:
             while True:
                 if len(in_flight) < IN_FLIGHT_BATCHES:
@@ -373,24 +414,64 @@ class AmqpBridge(Service):
                     batch = await outbox.peek(PUBLISH_BATCH, after=sent_through)
                     if batch:
                         outgoing = [self._outgoing(entry) for entry in batch]
-                        confirmed = AllConfirmed(channel, len(outgoing))
+                        confirms = BatchConfirms(channel, len(outgoing))
                         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                            await publish_many(channel, outgoing, confirmed)
-                        in_flight.append((batch, confirmed.future))
+                            await publish_many(channel, outgoing, confirms)
+                        in_flight.append((batch, confirms))
                         sent_through = batch[-1].seq
                         continue
                 if not in_flight:
                     await outbox.ready.wait()
                     continue
-                batch, done = in_flight[0]
+                batch, confirms = in_flight[0]
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                    await done
+                    refused = await confirms.future
                 in_flight.popleft()
-                self._published += len(batch)  # confirmed, even if the removal is cut short
-                await outbox.remove_through(batch[-1].seq)
+                taken = len(batch) if refused is None else refused
+                if taken:
+                    self._published += taken  # confirmed, even if the removal is cut short
+                    await outbox.remove_through(batch[taken - 1].seq)
+                    self._outbox_progressed()
+                if refused is None:
+                    retry = NACK_RETRY_MIN_S
+                    continue
+                # Refused: the batches behind it are dropped (their confirms ignored)
+                # and everything from the refused entry is sent again, after a pause.
+                for _, later in in_flight:
+                    later.future.cancel()
+                in_flight.clear()
+                sent_through = batch[refused].seq - 1
+                self._outbox_refused(confirms.nacked)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, NACK_RETRY_MAX_S)
         finally:
-            for _, done in in_flight:
-                done.cancel()
+            for _, confirms in in_flight:
+                confirms.future.cancel()
+
+    def _outbox_progressed(self) -> None:
+        self._stalled_since = None
+        self._stall_pained = False
+
+    def _outbox_refused(self, nacked: int) -> None:
+        """The broker refused outbox entries: count them; pain once the outbox has made
+        no progress for `pain_after_s`."""
+        self._nacks += nacked
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        stalled_for = now - self._stalled_since
+        self._error(f"broker refused {nacked} events (a bound queue full?): sent again")
+        if not self._stall_pained and stalled_for >= self._section.pain_after_s:
+            self._stall_pained = True
+            self._context.pain(
+                UNIT,
+                PAIN_INTENSITY,
+                f"AMQP broker refused the outbox for {stalled_for:.0f} s "
+                f"({self._outbox_depth()} events waiting)",
+            )
+
+    def _outbox_depth(self) -> int:
+        return self._outbox.depth if self._outbox is not None else 0
 
     def _outgoing(self, entry: OutboxEntry) -> Outgoing:
         return Outgoing(

@@ -1,6 +1,6 @@
 """Tool calls arriving over AMQP: one JSON-RPC request per message, answered to its
-`reply_to` with its `correlation_id`, acked only once the answer is confirmed (the acks
-of many go in one frame: `amqp_acks.py`).
+`reply_to` with its `correlation_id`, acked only once the broker confirmed (or refused)
+the answer (the acks of many go in one frame: `amqp_acks.py`).
 
 What a message gets (never a crash, never a redelivery loop):
 - no `reply_to`: nobody can be answered, so it is not run; it is rejected without
@@ -14,8 +14,11 @@ What a message gets (never a crash, never a redelivery loop):
   remembered answer is sent again, the tool is not run again; one still running is
   awaited, not started twice (a call runs in a task of its own, so a dropped connection
   does not cancel it). The last `REMEMBERED_ANSWERS`
-  answers (at most `REMEMBERED_BYTES`) are kept, in memory only: a restart of the node
-  forgets them, so a call redelivered across a restart runs again.
+  answers (at most `REMEMBERED_BYTES`) are kept, per node and in memory only, so a call
+  can run twice: on the shared `vsmcp.calls` queue a redelivery may go to another node,
+  which has not seen it and runs it; an answer is forgotten after `REMEMBERED_ANSWERS`
+  newer ones, and a redelivery after that runs the call again; a restart of the node
+  forgets them all. Run once holds only on the pinned queue, within those bounds.
 
 The caller's zone: `user_zones[user_id]` (RabbitMQ refuses a `user_id` property that is
 not the connection's user, so it is authenticated), else `queue_zones[queue]`, else

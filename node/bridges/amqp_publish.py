@@ -213,25 +213,29 @@ async def publish_many(
             raise
 
 
-class AllConfirmed:
+class BatchConfirms:
     """An `on_confirm` for one batch: `future`, one of the channel's (a closed channel
-    fails it), is done once every message of the batch is confirmed, and failed at the
-    first one refused."""
+    fails it), is done once every message of the batch has its confirm, with None when
+    the broker took them all, else the index of the first one it refused (`nacked`
+    counts the refused ones)."""
 
-    __slots__ = ("_left", "future")
+    __slots__ = ("_first_refused", "_left", "future", "nacked")
 
     def __init__(self, channel: aiormq.Channel, size: int) -> None:
-        self.future: asyncio.Future[None] = channel.create_future()
+        self.future: asyncio.Future[int | None] = channel.create_future()
         self._left = size
+        self._first_refused: int | None = None
+        self.nacked = 0
         if not size:
             self.future.set_result(None)
 
-    def __call__(self, _index: int, error: BaseException | None) -> None:
+    def __call__(self, index: int, error: BaseException | None) -> None:
         if self.future.done():
             return
         if error is not None:
-            self.future.set_exception(error)
-            return
+            self.nacked += 1
+            if self._first_refused is None or index < self._first_refused:
+                self._first_refused = index
         self._left -= 1
         if not self._left:
-            self.future.set_result(None)
+            self.future.set_result(self._first_refused)

@@ -6,8 +6,10 @@ broker's confirm of each answer calls its `on_confirm`, which acks the call it a
 One write per answer was ≈8 % of the node's CPU per call (a system call, a lock and a
 timeout each); under load many answers are ready at once (64 calls in flight: several
 per iteration). Nothing waits for a confirm (no future, timeout or task per answer): an
-answer never confirmed leaves its call unacked, holding a prefetch slot until the
-connection ends and the broker redelivers it (answered again from memory).
+answer never confirmed (its channel gone) leaves its call unacked until the connection
+ends and the broker redelivers it (answered again from memory). An answer the broker
+refuses (`basic.nack`, the caller's reply queue full) still settles its call: the
+bridge acks it and counts it (`answers_refused`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from typing import Final
 
 import aiormq
+import aiormq.exceptions
 
 from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, Outgoing, publish_many
 from vsmcp.node.bridges.amqp_tasks import WriteTasks
@@ -54,7 +57,11 @@ class Replies:
         self._scheduled = False
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            self._sending.spawn(self._send(batch), "amqp-replies")
+            if not self._sending.spawn(self._send(batch), "amqp-replies"):
+                # Closed: the channel is gone; unacked, the calls come back.
+                gone = aiormq.exceptions.ChannelInvalidStateError("replies closed")
+                for _, on_confirm in batch:
+                    on_confirm(gone)
 
     async def _send(self, batch: list[tuple[Outgoing, OnAnswerConfirm]]) -> None:
         callbacks = [on_confirm for _, on_confirm in batch]

@@ -158,6 +158,17 @@ def _unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:12]}"
 
 
+async def _serving(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess], extra: str = ""
+) -> tuple[NodeProcess, str, Any]:
+    """A node serving a call queue of the test's own, connected; a client channel."""
+    queue = _unique("vsmcp.test.calls")
+    node = _start(tmp_path / "n", _config(require_rabbitmq(), calls_queue=queue, extra=extra))
+    nodes.append(node)
+    _wait_connected(node)
+    return node, queue, await broker.channel()
+
+
 async def test_a_plain_client_calls_a_tool_through_the_shared_and_pinned_queues(
     tmp_path: Path, broker: Any, nodes: list[NodeProcess]
 ) -> None:
@@ -183,12 +194,7 @@ async def test_a_plain_client_calls_a_tool_through_the_shared_and_pinned_queues(
 async def test_bad_input_is_answered_or_dead_lettered_never_redelivered(
     tmp_path: Path, broker: Any, nodes: list[NodeProcess]
 ) -> None:
-    url = require_rabbitmq()
-    queue = _unique("vsmcp.test.calls")
-    node = _start(tmp_path / "n", _config(url, calls_queue=queue))
-    nodes.append(node)
-    _wait_connected(node)
-    channel = await broker.channel()
+    node, queue, channel = await _serving(tmp_path, broker, nodes)
     caller = await Caller(channel).open()
 
     not_json = await caller.answer(await caller.send(queue, b"{not json"))
@@ -246,12 +252,7 @@ async def _delete_call_queues(channel: Any, queue: str, node: NodeProcess) -> No
 async def test_a_repeated_message_is_answered_from_memory_a_reused_id_is_not(
     tmp_path: Path, broker: Any, nodes: list[NodeProcess]
 ) -> None:
-    url = require_rabbitmq()
-    queue = _unique("vsmcp.test.calls")
-    node = _start(tmp_path / "n", _config(url, calls_queue=queue))
-    nodes.append(node)
-    _wait_connected(node)
-    channel = await broker.channel()
+    node, queue, channel = await _serving(tmp_path, broker, nodes)
     caller = await Caller(channel).open()
     same_id = uuid.uuid4().hex
 
@@ -268,6 +269,49 @@ async def test_a_repeated_message_is_answered_from_memory_a_reused_id_is_not(
     assert await echo("second") == "second"
     counters = _amqp(node)["counters"]
     assert counters["calls_duplicates"] == 1 and counters["calls_answered"] == 2
+    await _delete_call_queues(channel, queue, node)
+
+
+async def test_answers_the_broker_refuses_still_settle_their_calls(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    """A caller whose reply queue refuses every answer (full, `reject-publish`) gets its
+    answers nacked: each call is still acked, so after more such calls than `prefetch`
+    the node still takes calls from everyone else, on the same connection."""
+    import aio_pika
+
+    prefetch = 4
+    node, queue, channel = await _serving(tmp_path, broker, nodes, f"prefetch = {prefetch}")
+    trap = await channel.declare_queue(
+        _unique("vsmcp.test.trap"),
+        exclusive=True,
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    trapped = prefetch + 2
+    for i in range(trapped):
+        message = aio_pika.Message(
+            _call("echo", {"text": f"trapped {i}"}),
+            reply_to=trap.name,
+            correlation_id=f"t{i}",
+            message_id=uuid.uuid4().hex,
+        )
+        await channel.default_exchange.publish(message, routing_key=queue)
+    status = wait_for(
+        lambda: (s := _amqp(node))["counters"]["answers_refused"] >= trapped and s,
+        timeout_s=30,
+        what=f"{trapped} refused answers counted",
+    )
+    assert status["counters"]["answers_refused"] == trapped
+    caller = await Caller(channel).open()
+    answer = await caller.answer(await caller.send(queue, _call("echo", {"text": "good"})))
+    assert answer["result"]["content"][0]["text"] == "good"
+    status = _amqp(node)
+    assert status["counters"]["connects"] == 1 and status["state"] == "connected"
+    # Every call ran once and was settled: none is waiting in the queue or redelivered.
+    assert status["counters"]["calls_received"] == trapped + 1
+    assert status["counters"]["calls_duplicates"] == 0
+    declared = await channel.declare_queue(queue, passive=True)
+    assert declared.declaration_result.message_count == 0
     await _delete_call_queues(channel, queue, node)
 
 
@@ -325,6 +369,66 @@ class EventsConsumer:
 
     async def delete(self) -> None:
         await self.channel.queue_delete(self.name)
+
+
+def _pained(node: NodeProcess) -> bool:
+    view = node.get_json("/api/vsm")
+    signals = view["s5"]["recent_signals"] + view["s3"]["algedonic"].get("recent", [])
+    return any(s.get("source") == "bridge:amqp" for s in signals)
+
+
+async def test_a_full_bound_queue_is_retried_on_the_same_connection_in_order(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    """One consumer's queue bound to `vsmcp.events` is full and refuses more
+    (`reject-publish`): the broker nacks the events. The bridge keeps its connection
+    (no reconnect, no call redelivered), counts the nacks, sends the refused events
+    again with a backoff, and the stall is pain. Once that consumer reads, everything
+    arrives, in order, at both consumers; the outbox drains."""
+    node, queue, channel = await _serving(tmp_path, broker, nodes)
+    healthy = await EventsConsumer(channel, f"{node.node_id}.tool_call").open()
+    exchange = await channel.get_exchange("vsmcp.events")
+    bounded = await channel.declare_queue(
+        _unique("vsmcp.test.bounded"),
+        exclusive=True,
+        arguments={"x-max-length": 5, "x-overflow": "reject-publish"},
+    )
+    await bounded.bind(exchange, f"{node.node_id}.tool_call")
+    events = 20
+    for i in range(events):
+        assert "result" in call_tool(node, TOKEN, "echo", {"text": str(i)})
+    status = wait_for(
+        lambda: (s := _amqp(node))["counters"]["nacks"] > 0 and s,
+        timeout_s=30,
+        what="events refused by the broker",
+    )
+    assert status["outbox_depth"] > 0
+    wait_for(lambda: _pained(node), timeout_s=30, what="pain from the stalled outbox")
+    status = _amqp(node)
+    assert status["state"] == "connected" and status["counters"]["connects"] == 1
+
+    seen: list[int] = []
+
+    async def on_event(message: Any) -> None:
+        async with message.process():
+            seen.append(int(message.headers["seq"]))
+
+    await bounded.consume(on_event)
+    await async_wait_until(
+        lambda: len(set(seen)) >= events and len(set(healthy.arrivals)) >= events,
+        timeout_s=60,
+        what=f"{events} events at both consumers",
+    )
+    wait_for(lambda: _amqp(node)["outbox_depth"] == 0, timeout_s=30, what="outbox drained")
+    for arrivals in (seen, healthy.unique_in_order()):
+        unique = list(dict.fromkeys(arrivals))
+        assert len(unique) == events and unique == sorted(unique)
+    assert list(dict.fromkeys(seen)) == healthy.unique_in_order()
+    status = _amqp(node)
+    assert status["counters"]["connects"] == 1
+    assert status["counters"]["published"] >= events
+    await healthy.delete()
+    await _delete_call_queues(channel, queue, node)
 
 
 CALLS_IN_OUTAGE_TEST = 10_000
@@ -450,12 +554,9 @@ async def test_kill_9_with_an_unflushed_outbox_flushes_after_restart(
     status = wait_for(outage_seen, timeout_s=30, what="the bridge down with a full outbox")
     assert status["errors"] >= 1 and status["last_error"]
 
-    def pained() -> bool:
-        view = node.get_json("/api/vsm")
-        signals = view["s5"]["recent_signals"] + view["s3"]["algedonic"].get("recent", [])
-        return any(s.get("source") == "bridge:amqp" for s in signals)
-
-    wait_for(pained, timeout_s=30, what="pain from bridge:amqp on the algedonic channel")
+    wait_for(
+        lambda: _pained(node), timeout_s=30, what="pain from bridge:amqp on the algedonic channel"
+    )
     node.kill()
     node.wait_exit()
     nodes.remove(node)

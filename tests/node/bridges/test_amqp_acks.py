@@ -6,9 +6,11 @@ channel is exercised by tests/integration/test_bridge_amqp.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import aiormq
+from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 from pamqp import frame as pamqp_frame
 
@@ -127,3 +129,54 @@ async def test_a_forgotten_delivery_is_never_acked() -> None:
     # The flush that sends 2 would carry an ack of 1 too: there is none.
     assert await _sent(recorder, 1) == [(2, False)]
     await acks.close()
+
+
+class SlowWriter:
+    """An aiormq channel whose write queue holds one frame (aiormq's holds 10): the
+    writer behind, a full queue makes the acks' writes wait for room."""
+
+    number = 7
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.write_queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self.frames: list[tuple[int, bool]] = []
+
+    async def read(self) -> None:
+        """The connection's writer: takes what is queued, in order."""
+        while True:
+            payload = await self.write_queue.get()
+            data = payload.payload
+            while data:
+                used, _, frame = pamqp_frame.unmarshal(data)
+                self.frames.append((frame.delivery_tag, bool(frame.multiple)))
+                data = data[used:]
+
+
+async def test_frames_of_two_flushes_reach_a_full_write_queue_in_order() -> None:
+    channel = SlowWriter()
+    acks = Acks(cast(aiormq.Channel, channel), lambda e: None)
+    channel.write_queue.put_nowait(ChannelFrame(payload=b"", should_close=False))
+    # Flush 1: 1 still running, 2 answered: a single ack of 2, waiting for room.
+    acks.track(1)
+    acks.track(2)
+    acks.ack(2)
+    await asyncio.sleep(0)  # the flush
+    await asyncio.sleep(0)  # its write starts and waits for room
+    # Flush 2: 1 and 3 answered: a multiple ack of 3 (covering 2, acked before it).
+    acks.ack(1)
+    acks.track(3)
+    acks.ack(3)
+    await asyncio.sleep(0)  # the flush
+    # The writer takes the frame ahead (the first flush's write is woken, but a write
+    # started by now would run before it and take the room), then reads on.
+    channel.write_queue.get_nowait()
+    reader = asyncio.create_task(channel.read())
+    try:
+        await async_wait_until(lambda: len(channel.frames) >= 2, what="both flushes' acks")
+        # RabbitMQ closes the channel at an ack of a tag a `multiple` ack already took.
+        assert _outstanding_after(channel.frames, 3) == set()
+        assert channel.frames == [(2, False), (3, True)]
+    finally:
+        reader.cancel()
+        await acks.close()

@@ -103,7 +103,7 @@ from vsmcp.node.tools.errors import (
     UnknownTool,
 )
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
-from vsmcp.node.tools.offers import is_offers_tool
+from vsmcp.node.tools.offers import client_tool_name, is_offers_tool
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.events import (
@@ -857,6 +857,22 @@ class MeshCatalog(Service):
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext
     ) -> ToolResult:
+        """A client's call, from any entry (MCP and its MQTT and AMQP carriers, Telegram,
+        System 4): an offers tool is unknown to it (`client_tool_name`)."""
+        return await self._entry_call(client_tool_name(name), arguments, ctx)
+
+    async def call_offers_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        """A resources/prompts/completion request, as a call of the offers tool `name`,
+        here or on another node."""
+        if not is_offers_tool(name):
+            raise UnknownTool(name)
+        return await self._entry_call(name, arguments, ctx)
+
+    async def _entry_call(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
         if self._closing:
             raise ShuttingDown(name)
         loop = asyncio.get_running_loop()
@@ -1041,7 +1057,7 @@ class MeshCatalog(Service):
                 raise UnknownTool(listed)
             # Offered nowhere else: the local catalog names the precise problem
             # (unknown tool, or the state of the unit that declares it).
-            return await self.local.call_tool(name, arguments, ctx)
+            return await self.local.call_any(name, arguments, ctx)
         return await self._call_remote(name, arguments, ctx, tried, admitted=False, digest=digest)
 
     async def _call_pinned(
@@ -1072,7 +1088,7 @@ class MeshCatalog(Service):
                 if declared is None:
                     raise NotOnNode(name, node_id, pin)
                 # Declared here but not running: the local catalog names its state.
-                return await self.local.call_tool(name, arguments, ctx)
+                return await self.local.call_any(name, arguments, ctx)
             unit, spec = local
             self.local.policy.admit(spec, arguments, ctx)
             tried.append(node_id)
@@ -1536,7 +1552,7 @@ class MeshCatalog(Service):
                 self.serve_limit,
                 request.tool,
                 ctx,
-                self.local.call_tool(request.tool, request.arguments, ctx),
+                self.local.call_any(request.tool, request.arguments, ctx),
             )
             if result.get("isError"):
                 outcome = "error_result"

@@ -1,5 +1,5 @@
-"""`ReplicatedState`: the three replicated documents behind one sync endpoint, plus
-signed snapshots for the node's store.
+"""`ReplicatedState`: the replicated documents (registry, its tools' metadata, policies,
+graph) behind one sync endpoint, plus signed snapshots for the node's store.
 
 Snapshot format: msgpack `[version, signer, taken_at_ms, [[doc, epoch, state], ...]]`
 followed by a 64-byte Ed25519 signature over `domain || body`. It is addressed by the

@@ -22,7 +22,7 @@ class InvalidValue(CrdtError):
 
 
 class MetadataTooLarge(InvalidValue):
-    """A registry entry's tool metadata over its cap (`registry.MAX_TOOL_METADATA_BYTES`)."""
+    """A registry entry's tool metadata over its cap (`tool_metadata.MAX_TOOL_METADATA_BYTES`)."""
 
     reason = "metadata_too_large"
 

@@ -7,13 +7,10 @@ a newer one. A tombstone expires no earlier than the announcement it retires. Se
 `crdt.replica` for verification, repair, expiry and epochs.
 
 Tool metadata (MCP `title`, `annotations`, `outputSchema`, `execution`) is a record of
-its own, `ToolMetadata`, signed by the provider under the key `meta/provider_hex/name`
-and naming the announcement version it belongs to; an entry's view carries the metadata
-of its own version. Nodes that predate it cannot decode it and ignore it (a blob that
-does not verify is left alone, never repaired), while the announcement beside it is
-byte for byte what they accept: a mixed mesh keeps every tool everywhere, and the
-metadata still reaches every newer node, relayed by the older ones' documents as they
-are (`tests/crdt/test_registry_compat.py`).
+its own in a document of its own (`crdt.tool_metadata`, `registry.metadata`); an entry's
+view carries the metadata of its own version. The announcement is byte for byte what
+nodes that predate metadata accept, and they never see the metadata
+(`tests/crdt/test_registry_compat.py`).
 """
 
 from __future__ import annotations
@@ -24,32 +21,35 @@ from typing import Annotated, Any
 
 import msgspec
 
-from vsmcp.crdt.errors import InvalidValue, MetadataTooLarge, NotAuthorized
-from vsmcp.crdt.replica import Checked, VerifiedDoc, WallClockMs, wall_clock_ms
+from vsmcp.crdt.errors import InvalidValue, NotAuthorized
+from vsmcp.crdt.replica import Change, Checked, VerifiedDoc, WallClockMs, wall_clock_ms
 from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, Signer
+from vsmcp.crdt.tool_metadata import (
+    DescribedTool,
+    MetadataText,
+    ToolMetadata,
+    ToolMetadataDoc,
+    ToolName,
+    dump_metadata,
+    entry_key,
+    load_metadata,
+)
 from vsmcp.crdt.values import MAX_SAFE_INT, check_int, dump_json, load_json_object
 
 DEFAULT_ANNOUNCE_TTL_MS = 24 * 3600 * 1000
 DEFAULT_TOMBSTONE_TTL_MS = 24 * 3600 * 1000
-MAX_TOOL_NAME_CHARS = 256
 MAX_ZONE_CHARS = 64
 MAX_DESCRIPTION_CHARS = 4096
-# A tool's title, annotations, output schema and execution, as canonical JSON: larger
-# ones are refused on receipt (and dropped, counted, by the announcer).
-MAX_TOOL_METADATA_BYTES = 16 * 1024
-# Keys of `ToolMetadata` records: never an announcement's, which begin with hex digits.
-METADATA_KEY_PREFIX = "meta/"
 
 _Key = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
 _Ms = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
-_ToolName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOOL_NAME_CHARS)]
 
 
 class Announcement(msgspec.Struct, frozen=True, array_like=True, tag=1):
     """Signed by `provider`."""
 
     provider: _Key
-    name: _ToolName
+    name: ToolName
     zone: Annotated[str, msgspec.Meta(max_length=MAX_ZONE_CHARS)]
     description: Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION_CHARS)]
     input_schema: str  # canonical JSON text of an object
@@ -60,33 +60,21 @@ class Announcement(msgspec.Struct, frozen=True, array_like=True, tag=1):
     # metadata here, which older nodes refuse (their re-encoding leaves it out, so the
     # signed bytes are not canonical to them); it goes as a `ToolMetadata` record now.
     # "" is left out of the encoding (`_canonical`).
-    metadata: str = ""
+    metadata: MetadataText = ""
 
 
 class Retirement(msgspec.Struct, frozen=True, array_like=True, tag=2):
     """Signed by `signer`: the provider itself or an authority key."""
 
     provider: _Key
-    name: _ToolName
+    name: ToolName
     retired_version: _Ms
     signer: _Key
     retired_at_ms: _Ms
     expires_at_ms: _Ms
 
 
-class ToolMetadata(msgspec.Struct, frozen=True, array_like=True, tag=3):
-    """Signed by `provider`: the MCP metadata of its announcement `version` of `name`
-    (canonical JSON of an object with the tool's `title`, `annotations`, `outputSchema`,
-    `execution`), under its own key so that older nodes ignore it (module doc)."""
-
-    provider: _Key
-    name: _ToolName
-    version: _Ms
-    expires_at_ms: _Ms
-    metadata: str
-
-
-RegistryRecord = Announcement | Retirement | ToolMetadata
+RegistryRecord = Announcement | Retirement
 _decoder: msgspec.msgpack.Decoder[RegistryRecord] = msgspec.msgpack.Decoder(RegistryRecord)
 _encoder = msgspec.msgpack.Encoder()
 
@@ -123,25 +111,7 @@ class _Retired:
     retired_version: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Metadata:
-    """A verified `ToolMetadata`: no view of its own, read through its entry."""
-
-    provider: bytes
-    name: str
-    version: int
-    metadata: dict[str, Any]
-
-
-_Record = CapabilityEntry | _Retired | _Metadata
-
-
-def entry_key(provider: bytes, name: str) -> str:
-    return f"{provider.hex()}/{name}"
-
-
-def metadata_key(provider: bytes, name: str) -> str:
-    return METADATA_KEY_PREFIX + entry_key(provider, name)
+_Record = CapabilityEntry | _Retired
 
 
 class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
@@ -164,22 +134,20 @@ class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
         self._announce_ttl_ms = announce_ttl_ms
         self._tombstone_ttl_ms = tombstone_ttl_ms
         super().__init__(name, replica_id=replica_id, clock=clock, **kwargs)
+        # The tools' metadata: a document of its own, synced beside this one (module doc).
+        self.metadata = ToolMetadataDoc(
+            f"{name}-meta", replica_id=replica_id, clock=clock, **kwargs
+        )
+        self.metadata.on_change(self._metadata_changed)
+
+    def documents(self) -> tuple[VerifiedDoc[Any, Any], ...]:
+        """The documents to sync: the registry and its tools' metadata."""
+        return (self, self.metadata)
 
     def _check(self, payload: bytes) -> Checked[_Record]:
         record = _decoder.decode(payload)
         if _canonical(record) != payload:
             raise InvalidValue("registry payload is not canonical")
-        if isinstance(record, ToolMetadata):
-            described = _Metadata(
-                record.provider, record.name, record.version, _load_metadata(record.metadata)
-            )
-            key = entry_key(record.provider, record.name)
-            rank = (record.version, 0)
-            expires = record.expires_at_ms
-            # No view of its own: arriving after its entry, it changes the entry's view.
-            return Checked(
-                METADATA_KEY_PREFIX + key, record.provider, described, rank, expires, False, key
-            )
         key = entry_key(record.provider, record.name)
         if isinstance(record, Announcement):
             entry = CapabilityEntry(
@@ -191,7 +159,7 @@ class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
                 version=record.version,
                 announced_at_ms=record.announced_at_ms,
                 expires_at_ms=record.expires_at_ms,
-                metadata=_load_metadata(record.metadata),
+                metadata=load_metadata(record.metadata),
             )
             rank = (record.version, 0)
             return Checked(key, record.provider, entry, rank, record.expires_at_ms, True)
@@ -207,19 +175,30 @@ class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
         return self._joined(entry_key(record.provider, record.name), record)
 
     def _joined(self, key: str, entry: CapabilityEntry) -> CapabilityEntry:
-        """`entry` with the metadata of its version, if held under its metadata key."""
-        held = self.held(METADATA_KEY_PREFIX + key)
-        if held is None or entry.metadata:
+        """`entry` with the metadata of its version, if the metadata doc holds it."""
+        held = self.metadata.held(key)
+        if held is None or entry.metadata or held.checked.record.version != entry.version:
             return entry
-        described = held.checked.record
-        assert isinstance(described, _Metadata)
-        if described.version != entry.version:
-            return entry
-        return replace(entry, metadata=described.metadata)
+        return replace(entry, metadata=held.checked.record.metadata)
+
+    def _metadata_changed(self, change: Change[DescribedTool]) -> None:
+        """Metadata that joins (or joined) the entry of its version changes its view."""
+        touched = []
+        for described in (*change.added, *change.changed, *change.removed):
+            key = entry_key(described.provider, described.name)
+            held = self.held(key)
+            if held is not None and held.checked.rank == (described.version, 0):
+                touched.append(key)
+        if touched:
+            self._touch(touched)
 
     def _sign(self, signer: Signer, record: RegistryRecord) -> bytes:
         payload = _canonical(record)
         return payload + signer.sign_detached(self.domain + payload)
+
+    def _sign_metadata(self, signer: Signer, record: ToolMetadata) -> bytes:
+        payload = self.metadata.payload(record)
+        return payload + signer.sign_detached(self.metadata.domain + payload)
 
     # ---- public API -----------------------------------------------------------------
 
@@ -241,12 +220,16 @@ class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
         long as the clock is. Raises StaleRecord if an explicit version does not beat
         what the replica holds (a newer announcement or a tombstone). Raises
         MetadataTooLarge if `metadata` exceeds MAX_TOOL_METADATA_BYTES as JSON. The
-        metadata goes as its own `ToolMetadata` record, written with the announcement."""
+        metadata goes as its own `ToolMetadata` record, into `self.metadata`."""
         now = self._clock()
         provider = signer.public_key
         if version is None:
-            keys = (entry_key(provider, name), metadata_key(provider, name))
-            ranks = [h.checked.rank[0] for h in map(self.held, keys) if h is not None]
+            key = entry_key(provider, name)
+            ranks = [
+                h.checked.rank[0]
+                for h in (self.held(key), self.metadata.held(key))
+                if h is not None
+            ]
             previous = max(ranks, default=-1)
             version = max(previous + 1, now)
         check_int(version, what="version")
@@ -262,12 +245,13 @@ class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
             announced_at_ms=now,
             expires_at_ms=expires_at_ms,
         )
-        blobs = [self._sign(signer, record)]
-        text = _dump_metadata(metadata)
+        blob = self._sign(signer, record)
+        text = dump_metadata(metadata)
         if text:
+            # First, so that the entry's listeners hear of it once, with its metadata.
             described = ToolMetadata(provider, name, version, expires_at_ms, text)
-            blobs.append(self._sign(signer, described))
-        held = self._put(*blobs)
+            self.metadata._put(self._sign_metadata(signer, described))
+        held = self._put(blob)
         return self._view_of(held.checked.record)
 
     def retire(
@@ -328,24 +312,3 @@ class CapabilityRegistry(VerifiedDoc[_Record, CapabilityEntry]):
         if self._clock() >= held.checked.expires_at_ms:
             return None
         return self._view_of(held.checked.record)
-
-
-def _dump_metadata(metadata: Mapping[str, Any] | None) -> str:
-    if not metadata:
-        return ""
-    text = dump_json(dict(metadata), what="metadata")
-    _check_metadata_size(text)
-    return text
-
-
-def _load_metadata(text: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    _check_metadata_size(text)
-    return load_json_object(text, what="metadata")
-
-
-def _check_metadata_size(text: str) -> None:
-    size = len(text.encode())
-    if size > MAX_TOOL_METADATA_BYTES:
-        raise MetadataTooLarge(f"metadata: {size} bytes of JSON, over {MAX_TOOL_METADATA_BYTES}")

@@ -102,12 +102,7 @@ class Checked(Generic[R]):
     record: R
     rank: tuple[int, int]  # (version, 0 for a record / 1 for a tombstone)
     expires_at_ms: int
-    # False for tombstones, and for records that are no view of their own (a registry
-    # entry's metadata, read through the entry it belongs to)
-    live: bool
-    # The key whose view this record changes when it enters `best` (a registry entry's
-    # metadata: the entry's key): change listeners are told that one changed.
-    touches: str | None = None
+    live: bool  # False for tombstones
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +159,8 @@ class VerifiedDoc(ABC, Generic[R, V]):
     """A Y.Map of signed blobs plus the verified `best` record per key (see module doc)."""
 
     domain: bytes = b"vsmcp/crdt/v1/?\n"
+    # Blobs larger than this are refused before their payload is decoded.
+    max_blob_bytes: int = MAX_BLOB_BYTES
 
     def __init__(
         self,
@@ -188,8 +185,9 @@ class VerifiedDoc(ABC, Generic[R, V]):
         self._repairs: dict[str, bytes] = {}
         self._writing_local = False
         self._pending_change: dict[str, Held[R] | None] = {}
-        # Keys whose view changed while their record did not (`Checked.touches`), told
-        # to change listeners as changed at the next flush if visible then.
+        # Keys whose view changed while their record did not (a document kind's view
+        # joining another document's records: `_touch`), told to change listeners as
+        # changed at the next flush if visible then.
         self._touched: set[str] = set()
         self._update_listeners: list[Callable[[bytes], None]] = []
         self._change_listeners: list[Callable[[Change[V]], None]] = []
@@ -340,7 +338,7 @@ class VerifiedDoc(ABC, Generic[R, V]):
     # ---- verification ---------------------------------------------------------------
 
     def _verify_blob(self, blob: bytes) -> Held[R]:
-        if not SIGNATURE_BYTES < len(blob) <= MAX_BLOB_BYTES:
+        if not SIGNATURE_BYTES < len(blob) <= self.max_blob_bytes:
             raise NotAuthorized(f"{self.name}: blob of {len(blob)} bytes")
         payload = blob[:-SIGNATURE_BYTES]
         try:
@@ -380,8 +378,13 @@ class VerifiedDoc(ABC, Generic[R, V]):
             self._reported[key] = held
         else:
             self._reported.pop(key, None)
-            if held is not None and held.checked.touches is not None:
-                self._touched.add(held.checked.touches)
+
+    def _touch(self, keys: Iterable[str]) -> None:
+        """The views of `keys` changed although their records did not (a document kind
+        whose view joins another document's records): told to change listeners as
+        changed, now, for those visible."""
+        self._touched.update(keys)
+        self._flush_changes()
 
     def _flush_changes(self) -> None:
         pending, self._pending_change = self._pending_change, {}
@@ -542,8 +545,6 @@ class VerifiedDoc(ABC, Generic[R, V]):
                     reported[key] = in_doc
                 else:
                     reported.pop(key, None)
-                    if in_doc.checked.touches is not None:
-                        self._touched.add(in_doc.checked.touches)
                 if repairs:  # noted by an earlier fold, not written yet
                     repairs.pop(key, None)
             elif (

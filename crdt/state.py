@@ -1,5 +1,5 @@
-"""`ReplicatedState`: the three replicated documents behind one sync endpoint, plus
-signed snapshots for the node's store.
+"""`ReplicatedState`: the replicated documents (registry, its tools' metadata, policies,
+graph) behind one sync endpoint, plus signed snapshots for the node's store.
 
 Snapshot format: msgpack `[version, signer, taken_at_ms, [[doc, epoch, state], ...]]`
 followed by a 64-byte Ed25519 signature over `domain || body`. It is addressed by the
@@ -92,7 +92,8 @@ def open_snapshot(
 
 
 class ReplicatedState:
-    """Capability registry, policies and context graph with one sync endpoint.
+    """Capability registry (and its tools' metadata), policies and context graph with
+    one sync endpoint.
 
     The node calls `handle(peer, message)` for every sync message a peer sent and sends
     back the replies; sends `outgoing()` (or uses `on_update` to push at once) to its
@@ -128,7 +129,11 @@ class ReplicatedState:
             **common,
         )
         self.graph = ContextGraph(max_events=max_events, max_age_ms=max_event_age_ms, **common)
-        self.docs: tuple[VerifiedDoc[Any, Any], ...] = (self.registry, self.policies, self.graph)
+        self.docs: tuple[VerifiedDoc[Any, Any], ...] = (
+            *self.registry.documents(),
+            self.policies,
+            self.graph,
+        )
         self.sync = SyncEndpoint(self.docs, max_message_bytes=max_message_bytes)
 
     def handle(self, peer: bytes, message: bytes) -> list[bytes]:

@@ -681,7 +681,8 @@ class Node(Service):
         node_id = self.identity.node_id
 
         def mesh_tools() -> tuple[int, int]:
-            seen = replication.tools()
+            # Client tools, as /api/tools lists them: not the offers tools (plumbing).
+            seen = [t for t in replication.tools() if not is_offers_tool(t.name)]
             reachable = [
                 t for t in seen if t.provider == node_id or mesh.member_state(t.provider) == "alive"
             ]

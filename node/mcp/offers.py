@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from vsmcp.node.routing.pinning import NotOnNode
 from vsmcp.node.tools.errors import InvalidArguments
-from vsmcp.node.tools.model import CallContext, ToolCatalog, ToolSpec
+from vsmcp.node.tools.model import CallContext, ToolCatalog, ToolResult, ToolSpec
 from vsmcp.node.tools.offers import (
     MAX_URI_CHARS,
     OFFER_METHODS,
@@ -65,6 +65,12 @@ class OffersCatalog(Protocol):
 
     def all_offer_tools(self) -> list[ToolSpec]:
         """Every usable offers tool, whoever asks (to refuse one by zone)."""
+        ...
+
+    async def call_offers_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        """Call the offers tool `name` (`call_tool` refuses offers tools)."""
         ...
 
 
@@ -121,14 +127,17 @@ class OffersGateway:
             providers = [o for _, o in self._offers(specs)]
             return {key: merged(kind, identity, providers)}
         tools, forwarded = self._route(method, params, ctx)
+        # `_route` found providers: only an offers catalog has any.
+        assert isinstance(self.catalog, OffersCatalog)
+        call = self.catalog.call_offers_tool
         arguments = {"method": method, "params": forwarded}
         for tool in tools[:-1] if ctx.pinned_node is not None else ():
             # Pinned: the first provider that has a variant on that node (another node's
             # variant of the same unit may list the same URI first).
             with contextlib.suppress(NotOnNode):
-                return result_of(tool, await self.catalog.call_tool(tool, arguments, ctx))
+                return result_of(tool, await call(tool, arguments, ctx))
         tool = tools[-1] if ctx.pinned_node is not None else tools[0]
-        return result_of(tool, await self.catalog.call_tool(tool, arguments, ctx))
+        return result_of(tool, await call(tool, arguments, ctx))
 
     def check_subscribable(self, params: Mapping[str, Any], ctx: CallContext) -> str:
         """The URI a `resources/subscribe` names, if some provider the caller may use

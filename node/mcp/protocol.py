@@ -71,7 +71,6 @@ from vsmcp.node.tools.model import (
     ToolCatalog,
     new_trace_id,
 )
-from vsmcp.node.tools.offers import is_offers_tool
 from vsmcp.node.vsm.priority import (
     DEFAULT_PRIORITY,
     PRIORITY_CLASSES,
@@ -457,8 +456,6 @@ class McpCore:
             arguments = message.params.get("arguments")
             if not isinstance(name, str) or not name:
                 raise McpError(INVALID_PARAMS, "Invalid params: tools/call needs a tool 'name'")
-            if is_offers_tool(name):
-                raise UnknownTool(name)  # resources and prompts have their own methods
             if arguments is None:
                 arguments = {}
             if not isinstance(arguments, dict):

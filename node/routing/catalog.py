@@ -103,7 +103,7 @@ from vsmcp.node.tools.errors import (
     UnknownTool,
 )
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
-from vsmcp.node.tools.offers import is_offers_tool
+from vsmcp.node.tools.offers import client_tool_name, is_offers_tool
 from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.events import (
@@ -432,6 +432,7 @@ class _Remote:
     tool: RemoteTool
     spec: ToolSpec
     digest: str  # of its input schema: which variant it is (node/routing/variants.py)
+    metadata_digest: str  # of its metadata (title, annotations, ...): for `_check_changed`
 
 
 @dataclass(slots=True)
@@ -545,9 +546,10 @@ class MeshCatalog(Service):
         self._callbacks: list[ChangeCallback] = []
         self._remote: dict[str, list[_Remote]] = {}
         # This node's tools' schema digests (name -> (spec, digest)), kept per spec object.
-        self._local_digests: dict[str, tuple[ToolSpec, str]] = {}
+        # name -> (spec, digest of its input schema, digest of its metadata)
+        self._local_digests: dict[str, tuple[ToolSpec, str, str]] = {}
         self._local_units: dict[str, tuple[Unit, ToolSpec]] = {}
-        self._fingerprint: frozenset[tuple[str, str, str, str]] = frozenset()
+        self._fingerprint: frozenset[tuple[str, str, str, str, str]] = frozenset()
         self._pending: dict[int, _Pending] = {}
         self._call_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -673,7 +675,12 @@ class MeshCatalog(Service):
             if tool.provider == self._node_id:
                 continue  # our own announcements: the local catalog is authoritative
             previous = next((r for r in old.get(tool.name, ()) if r.tool == tool), None)
-            entry = previous or _Remote(tool, _remote_spec(tool), schema_digest(tool.input_schema))
+            entry = previous or _Remote(
+                tool,
+                _remote_spec(tool),
+                schema_digest(tool.input_schema),
+                schema_digest(tool.metadata),
+            )
             index.setdefault(tool.name, []).append(entry)
         for entries in index.values():
             entries.sort(key=lambda r: r.tool.provider)
@@ -721,10 +728,14 @@ class MeshCatalog(Service):
         return entry
 
     def _local_digest(self, spec: ToolSpec) -> str:
+        return self._local_digests_of(spec)[1]
+
+    def _local_digests_of(self, spec: ToolSpec) -> tuple[ToolSpec, str, str]:
         cached = self._local_digests.get(spec.name)
         if cached is None or cached[0] is not spec:
-            cached = self._local_digests[spec.name] = (spec, schema_digest(spec.input_schema))
-        return cached[1]
+            cached = (spec, schema_digest(spec.input_schema), schema_digest(spec.metadata()))
+            self._local_digests[spec.name] = cached
+        return cached
 
     def _variants(self, name: str, own: ToolSpec | None) -> dict[str, _Variant]:
         """The input schemas `name` is offered with (digest -> variant): this node's own
@@ -748,11 +759,21 @@ class MeshCatalog(Service):
             for digest, variant in variants.items():
                 yield (name if len(variants) == 1 else variant_name(name, digest)), digest, variant
 
-    def _usable_fingerprint(self) -> frozenset[tuple[str, str, str, str]]:
+    def _usable_fingerprint(self) -> frozenset[tuple[str, str, str, str, str]]:
+        """What a tools/list shows of every usable tool (its metadata as a digest, the
+        same canonical one as a schema's): a change of any is a tools/list_changed."""
         return frozenset(
-            (listed, variant.spec.zone, variant.spec.description, digest)
-            for listed, digest, variant in self._listed()
+            (listed, variant.spec.zone, variant.spec.description, digest, metadata)
+            for listed, digest, variant, metadata in self._listed_with_metadata()
         )
+
+    def _listed_with_metadata(self) -> Iterator[tuple[str, str, _Variant, str]]:
+        for listed, digest, variant in self._listed():
+            if variant.local:
+                metadata = self._local_digests_of(variant.spec)[2]
+            else:
+                metadata = variant.remote[0][0].metadata_digest
+            yield listed, digest, variant, metadata
 
     def _check_changed(self) -> None:
         fingerprint = self._usable_fingerprint()
@@ -834,6 +855,22 @@ class MeshCatalog(Service):
     # -- calls (entry node) ----------------------------------------------------------------
 
     async def call_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        """A client's call, from any entry (MCP and its MQTT and AMQP carriers, Telegram,
+        System 4): an offers tool is unknown to it (`client_tool_name`)."""
+        return await self._entry_call(client_tool_name(name), arguments, ctx)
+
+    async def call_offers_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        """A resources/prompts/completion request, as a call of the offers tool `name`,
+        here or on another node."""
+        if not is_offers_tool(name):
+            raise UnknownTool(name)
+        return await self._entry_call(name, arguments, ctx)
+
+    async def _entry_call(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext
     ) -> ToolResult:
         if self._closing:
@@ -1020,7 +1057,7 @@ class MeshCatalog(Service):
                 raise UnknownTool(listed)
             # Offered nowhere else: the local catalog names the precise problem
             # (unknown tool, or the state of the unit that declares it).
-            return await self.local.call_tool(name, arguments, ctx)
+            return await self.local.call_any(name, arguments, ctx)
         return await self._call_remote(name, arguments, ctx, tried, admitted=False, digest=digest)
 
     async def _call_pinned(
@@ -1051,7 +1088,7 @@ class MeshCatalog(Service):
                 if declared is None:
                     raise NotOnNode(name, node_id, pin)
                 # Declared here but not running: the local catalog names its state.
-                return await self.local.call_tool(name, arguments, ctx)
+                return await self.local.call_any(name, arguments, ctx)
             unit, spec = local
             self.local.policy.admit(spec, arguments, ctx)
             tried.append(node_id)
@@ -1515,7 +1552,7 @@ class MeshCatalog(Service):
                 self.serve_limit,
                 request.tool,
                 ctx,
-                self.local.call_tool(request.tool, request.arguments, ctx),
+                self.local.call_any(request.tool, request.arguments, ctx),
             )
             if result.get("isError"):
                 outcome = "error_result"

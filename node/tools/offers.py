@@ -54,6 +54,17 @@ def is_offers_tool(name: str) -> bool:
     return name.startswith(OFFERS_TOOL_PREFIX)
 
 
+def client_tool_name(name: str) -> str:
+    """`name`, if a client may call it as a tool: an offers tool is no tool to clients
+    (UnknownTool, as for a name nothing offers); its requests have their own methods.
+    The catalogs' `call_tool` (what every client-facing entry calls: MCP, its MQTT and
+    AMQP carriers, Telegram, System 4) checks it; `call_offers_tool` is the way in for
+    resources, prompts and completion."""
+    if is_offers_tool(name):
+        raise UnknownTool(name)
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class Offers:
     """What one unit offers: MCP `Resource`, `ResourceTemplate` and `Prompt` objects."""

@@ -25,7 +25,7 @@ from vsmcp.node.tools.config import (
 from vsmcp.node.tools.errors import ToolConfigError, UnknownTool
 from vsmcp.node.tools.model import CallContext, ChangeCallback, Provider, ToolResult, ToolSpec
 from vsmcp.node.tools.mounted import MountedServer
-from vsmcp.node.tools.offers import is_offers_tool
+from vsmcp.node.tools.offers import client_tool_name, is_offers_tool
 from vsmcp.node.tools.plugins import entry_point_providers, plugin_provider
 from vsmcp.node.tools.policy import CallPolicy, zone_allows
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitPolicy
@@ -107,6 +107,22 @@ class LocalCatalog(Service):
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext
     ) -> ToolResult:
+        """A client's call: an offers tool is unknown here (`client_tool_name`)."""
+        return await self.call_any(client_tool_name(name), arguments, ctx)
+
+    async def call_offers_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        """A resources/prompts/completion request, as a call of the offers tool `name`."""
+        if not is_offers_tool(name):
+            raise UnknownTool(name)
+        return await self.call_any(name, arguments, ctx)
+
+    async def call_any(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        """A call of any tool, offers tools included: what another node forwards (its
+        entry refused a client's call of an offers tool) and what the routing runs here."""
         entry = self._index.get(name)
         if entry is None:
             raise UnknownTool(name)

@@ -48,7 +48,7 @@ class Network:
                 clock=clock,
                 client_ids=_seeded_ids(seed * 1000 + index),
             )
-            endpoint = SyncEndpoint([registry])
+            endpoint = SyncEndpoint(registry.documents())
             endpoint.on_update(net._broadcaster(index))
             net.replicas.append(Replica(index, signer, registry, endpoint))
         return net

@@ -14,10 +14,9 @@ from vsmcp.crdt.errors import StaleRecord
 from vsmcp.crdt.registry import (
     Announcement,
     CapabilityEntry,
-    CapabilityRegistry,
     entry_key,
-    metadata_key,
 )
+from vsmcp.crdt.replica import VerifiedDoc
 from vsmcp.crdt.signing import SIGNATURE_BYTES, Ed25519Signer
 
 TOOLS = ["echo", "time", "search"]
@@ -30,16 +29,17 @@ class Model:
 
     def __init__(self) -> None:
         self.best: dict[str, tuple[tuple[int, int], bytes, Any]] = {}
-        self.history: list[tuple[str, bytes]] = []
+        self.history: list[tuple[str, str, bytes]] = []  # (doc, key, blob)
 
-    def record(self, registry: CapabilityRegistry, key: str) -> None:
-        held = registry.held(key)
+    def record(self, doc: VerifiedDoc[Any, Any], key: str) -> None:
+        held = doc.held(key)
         assert held is not None
-        self.history.append((key, held.blob))
-        current = self.best.get(key)
+        self.history.append((doc.name, key, held.blob))
+        slot = f"{doc.name}:{key}"  # the metadata doc's keys are the registry's
+        current = self.best.get(slot)
         candidate = (held.checked.rank, held.blob, held.checked.record)
         if current is None or candidate[:2] > current[:2]:
-            self.best[key] = candidate
+            self.best[slot] = candidate
 
     def view(self) -> list[tuple[bytes, str, str, int, str]]:
         """Live entries, each with the title of the metadata record of its version."""
@@ -59,6 +59,7 @@ class Model:
 def forge(net: Network, model: Model, forger: int, data: st.DataObject) -> None:
     """The forger writes raw values into its own doc; they replicate like any update."""
     registry = net.replicas[forger].registry
+    doc: VerifiedDoc[Any, Any] = registry
     kind = data.draw(st.sampled_from(["wrong_key", "altered", "replay", "junk"]))
     victim = net.replicas[data.draw(st.integers(0, forger - 1))].signer  # never itself
     tool = data.draw(st.sampled_from(TOOLS))
@@ -78,7 +79,8 @@ def forge(net: Network, model: Model, forger: int, data: st.DataObject) -> None:
         payload = msgspec.msgpack.encode(record)
         value = payload + net.replicas[forger].signer.sign_detached(registry.domain + payload)
     elif kind in ("altered", "replay") and model.history:
-        key, blob = data.draw(st.sampled_from(model.history))
+        name, key, blob = data.draw(st.sampled_from(model.history))
+        doc = registry.metadata if name == registry.metadata.name else registry
         if kind == "altered":
             position = data.draw(st.integers(0, len(blob) - SIGNATURE_BYTES - 1))
             value = blob[:position] + bytes([blob[position] ^ 0x01]) + blob[position + 1 :]
@@ -86,8 +88,8 @@ def forge(net: Network, model: Model, forger: int, data: st.DataObject) -> None:
             value = blob
     else:
         value = data.draw(st.sampled_from([b"junk", "text", 12345, 1.5]))
-    with registry._doc.transaction():
-        registry._map[key] = value
+    with doc._doc.transaction():
+        doc._map[key] = value
 
 
 @settings(max_examples=60)
@@ -129,7 +131,7 @@ def test_replicas_converge_to_reference_model(data: st.DataObject, count: int) -
             )
             model.record(registry, entry_key(owner, tool))
             if metadata:
-                model.record(registry, metadata_key(owner, tool))
+                model.record(registry.metadata, entry_key(owner, tool))
         elif op in ("leave", "evict"):
             owner = net.replicas[data.draw(st.integers(0, count - 1))].signer
             by = net.authority if op == "evict" else replica.signer

@@ -8,16 +8,10 @@ import msgspec
 import pytest
 
 from tests.crdt.harness import Clock
-from vsmcp.crdt.errors import MetadataTooLarge, StaleRecord
-from vsmcp.crdt.registry import (
-    MAX_TOOL_METADATA_BYTES,
-    Announcement,
-    CapabilityRegistry,
-    ToolMetadata,
-    entry_key,
-    metadata_key,
-)
+from vsmcp.crdt.errors import MetadataTooLarge, NotAuthorized, StaleRecord
+from vsmcp.crdt.registry import Announcement, CapabilityRegistry, entry_key
 from vsmcp.crdt.signing import SIGNATURE_BYTES, Ed25519Signer
+from vsmcp.crdt.tool_metadata import MAX_TOOL_METADATA_BYTES, ToolMetadata, ToolMetadataDoc
 
 OWNER = Ed25519Signer(b"\x0a" * 32)
 
@@ -62,7 +56,7 @@ def test_expired_entries_leave_the_view() -> None:
     assert registry.view() == [] and registry.get(OWNER.public_key, "echo") is None
 
 
-# -- tool metadata: a record of its own beside the announcement ----------------------------
+# -- tool metadata: a record of its own, in a document of its own ---------------------------
 
 METADATA = {
     "title": "Echo",
@@ -87,6 +81,10 @@ class OldAnnouncement(msgspec.Struct, frozen=True, array_like=True, tag=1):
 
 def _signed(payload: bytes, signer: Ed25519Signer = OWNER) -> bytes:
     return payload + signer.sign_detached(CapabilityRegistry.domain + payload)
+
+
+def _signed_metadata(payload: bytes, signer: Ed25519Signer = OWNER) -> bytes:
+    return payload + signer.sign_detached(ToolMetadataDoc.domain + payload)
 
 
 def _old_payload(clock: Clock) -> bytes:
@@ -119,10 +117,14 @@ def test_a_tool_with_metadata_is_an_older_nodes_announcement_plus_a_metadata_rec
     payload = held.blob[:-SIGNATURE_BYTES]
     old = msgspec.msgpack.decode(payload, type=OldAnnouncement)
     assert msgspec.msgpack.encode(old) == payload  # canonical to an older node
-    described = registry.held(metadata_key(OWNER.public_key, "echo"))
-    assert described is not None and not described.checked.live
+    # the metadata is in the other document only
+    assert [key for key, _ in registry.raw_items()] == [entry_key(OWNER.public_key, "echo")]
+    described = registry.metadata.held(entry_key(OWNER.public_key, "echo"))
+    assert described is not None and described.checked.record.metadata == METADATA
     other = CapabilityRegistry(replica_id=b"s", clock=Clock())
-    assert other.offer(registry.raw_items()) == 2
+    assert other.offer(registry.raw_items()) == 1
+    assert [e.metadata for e in other.view()] == [{}]
+    assert other.metadata.offer(registry.metadata.raw_items()) == 1
     assert [e.metadata for e in other.view()] == [METADATA]
     assert other.get(OWNER.public_key, "echo") == entry
 
@@ -144,13 +146,13 @@ def test_an_announcement_with_the_appended_metadata_field_is_still_read() -> Non
 def test_metadata_is_covered_by_the_signature() -> None:
     registry = CapabilityRegistry(replica_id=b"r", clock=Clock())
     registry.announce(OWNER, "echo", zone="public", metadata={"title": "Echo"})
-    items = dict(registry.raw_items())
-    key = metadata_key(OWNER.public_key, "echo")
-    forged = bytes(items[key]).replace(b'"Echo"', b'"Evil"')
-    assert forged != items[key]
+    key = entry_key(OWNER.public_key, "echo")
+    signed = bytes(dict(registry.metadata.raw_items())[key])
+    forged = signed.replace(b'"Echo"', b'"Evil"')
+    assert forged != signed
     other = CapabilityRegistry(replica_id=b"s", clock=Clock())
-    entry = entry_key(OWNER.public_key, "echo")
-    assert other.offer([(entry, items[entry]), (key, forged)]) == 1
+    assert other.offer(registry.raw_items()) == 1
+    assert other.metadata.offer([(key, forged)]) == 0
     assert [e.metadata for e in other.view()] == [{}]
 
 
@@ -182,5 +184,42 @@ def test_oversized_metadata_is_refused_on_announce_and_on_receipt() -> None:
     record = ToolMetadata(
         OWNER.public_key, "echo", 1, clock.now_ms + 1000, json.dumps(big, separators=(",", ":"))
     )
+    blob = _signed_metadata(msgspec.msgpack.encode(record))
+    assert registry.metadata.offer([(entry_key(OWNER.public_key, "echo"), blob)]) == 0
+
+
+def test_oversized_metadata_records_are_refused_while_decoded_or_before() -> None:
+    clock = Clock()
+    registry = CapabilityRegistry(replica_id=b"r", clock=clock)
+    key = entry_key(OWNER.public_key, "echo")
+
+    def blob(text: str) -> bytes:
+        record = ToolMetadata(OWNER.public_key, "echo", 1, clock.now_ms + 1000, text)
+        return _signed_metadata(msgspec.msgpack.encode(record))
+
+    # more characters than the cap has bytes: the decoder refuses the text itself
+    too_long = '{"t":"' + "x" * MAX_TOOL_METADATA_BYTES + '"}'
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(blob(too_long)[:-SIGNATURE_BYTES], type=ToolMetadata)
+    # few enough characters, too many bytes: refused after decoding
+    wide = '{"t":"' + "é" * (MAX_TOOL_METADATA_BYTES // 2) + '"}'
+    assert len(wide) <= MAX_TOOL_METADATA_BYTES < len(wide.encode())
+    # a blob over the record's largest possible size is not decoded at all
+    huge = blob("x" * (3 * MAX_TOOL_METADATA_BYTES))
+    with pytest.raises(NotAuthorized, match="blob of"):
+        registry.metadata._verify_blob(huge)
+    assert registry.metadata.offer([(key, blob(too_long)), (key, blob(wide)), (key, huge)]) == 0
+    fits = '{"t":"' + "é" * (MAX_TOOL_METADATA_BYTES // 2 - 8) + '"}'
+    assert registry.metadata.offer([(key, blob(fits))]) == 1
+
+
+def test_a_metadata_record_in_the_registry_document_is_not_taken() -> None:
+    """Commits cb62db2..d415faf kept `ToolMetadata` in the registry document, under
+    `meta/<provider>/<name>`; such a record is now ignored there, as older nodes do."""
+    clock = Clock()
+    registry = CapabilityRegistry(replica_id=b"r", clock=clock)
+    registry.announce(OWNER, "echo", zone="public", version=1)
+    record = ToolMetadata(OWNER.public_key, "echo", 1, clock.now_ms + 1000, '{"title":"x"}')
     blob = _signed(msgspec.msgpack.encode(record))
-    assert registry.offer([(metadata_key(OWNER.public_key, "echo"), blob)]) == 0
+    assert registry.offer([("meta/" + entry_key(OWNER.public_key, "echo"), blob)]) == 0
+    assert [e.metadata for e in registry.view()] == [{}]

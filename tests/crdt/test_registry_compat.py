@@ -3,24 +3,30 @@
 `OldRegistry` is the registry as it was before metadata existed (crdt/registry.py at
 0c2d6e2^, its records, decoder, canonical check and `_check` copied unchanged; the
 `VerifiedDoc` base and the sync protocol have not changed since): the node nobody here
-changed. It must take every tool a newer node announces, metadata or not, and relay the
-metadata it cannot read to newer nodes unharmed.
+changed. It holds the documents registry, policies and graph, not `registry-meta`, and
+refuses every message for that one (`UnknownDocument`: a counter and a debug line in
+the node). It must take every tool a newer node announces, metadata or not, never hold
+the metadata, and so never compact over and over (the metadata it cannot verify used to
+be dropped by each of its compactions and written back by every newer node at once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
+import pytest
 
 from tests.crdt.harness import Clock
-from vsmcp.crdt.errors import InvalidValue, NotAuthorized
-from vsmcp.crdt.registry import CapabilityRegistry, ToolMetadata, entry_key, metadata_key
+from vsmcp.crdt.errors import CrdtError, InvalidValue, NotAuthorized, UnknownDocument
+from vsmcp.crdt.registry import CapabilityRegistry, entry_key
 from vsmcp.crdt.replica import Checked, VerifiedDoc, WallClockMs
 from vsmcp.crdt.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Ed25519Signer
+from vsmcp.crdt.state import COMPACTION_GROWTH_FACTOR, ReplicatedState
 from vsmcp.crdt.sync import SyncEndpoint
+from vsmcp.crdt.tool_metadata import ToolMetadata, ToolMetadataDoc
 from vsmcp.crdt.values import MAX_SAFE_INT, load_json_object
 
 # ---- crdt/registry.py at 0c2d6e2^ (before tool metadata), copied ---------------------------
@@ -145,73 +151,116 @@ def _announce(registry: CapabilityRegistry, name: str = "echo", **kwargs: Any) -
     )
 
 
-def test_an_old_node_takes_the_entry_of_a_tool_with_metadata_and_ignores_the_metadata() -> None:
+def test_an_old_node_takes_the_entry_of_a_tool_with_metadata_and_refuses_the_metadata() -> None:
     clock = Clock()
     new = CapabilityRegistry(replica_id=b"new", clock=clock)
     _announce(new, metadata=METADATA)
     _announce(new, "plain")
     old = OldRegistry(replica_id=b"old", clock=clock)
-    # the announcements verify (the metadata record does not: it is not taken)
+    # the registry document holds the two announcements and nothing else
     assert old.offer(new.raw_items()) == 2
+    assert dict(old.raw_items()) == dict(new.raw_items())
     assert [(e.name, e.zone, e.description, e.input_schema) for e in old.view()] == [
         ("echo", "public", "says it back", SCHEMA),
         ("plain", "public", "says it back", SCHEMA),
     ]
-    meta_key = metadata_key(OWNER.public_key, "echo")
-    assert meta_key in dict(new.raw_items())
-    assert old.held(meta_key) is None
+    # the metadata travels in a document the old node does not hold: refused whole
+    (request,) = SyncEndpoint([new.metadata]).make_sync_request()
+    with pytest.raises(UnknownDocument):
+        SyncEndpoint([old]).handle(request)
 
 
-def _mixed_chain() -> tuple[CapabilityRegistry, OldRegistry, CapabilityRegistry, _Chain]:
-    """New A -- old B -- new C, after A announced a tool with metadata."""
+def test_in_a_mixed_mesh_every_node_lists_every_tool_and_new_nodes_get_the_metadata() -> None:
+    """new A, old B, new C, all linked: B lists A's tools, C gets their metadata from A;
+    B refuses the metadata document's messages and writes nothing."""
     clock = Clock()
     a = CapabilityRegistry(replica_id=b"A", clock=clock)
     b = OldRegistry(replica_id=b"B", clock=clock)
     c = CapabilityRegistry(replica_id=b"C", clock=clock)
-    chain = _Chain([a, b, c])
+    mesh = _Mesh([a.documents(), (b,), c.documents()])
     _announce(a, metadata=METADATA)
-    chain.settle()
-    return a, b, c, chain
-
-
-def test_over_sync_an_old_node_serves_every_tool_and_relays_the_metadata() -> None:
-    """new A -- old B -- new C, no link from A to C: B lists A's tools, and C gets their
-    metadata through B's document, although B cannot read it."""
-    a, b, c, chain = _mixed_chain()
+    mesh.settle()
     assert [e.name for e in b.view()] == ["echo"]
     (entry,) = c.view()
     assert (entry.name, entry.input_schema, entry.metadata) == ("echo", SCHEMA, METADATA)
-    # B wrote nothing back over what it cannot read (no repair fights over the key)
-    assert dict(b.raw_items()) == dict(a.raw_items()) and chain.writes_by["B"] == 0
-    # a changed title reaches C the same way, with the new version
+    assert dict(b.raw_items()) == dict(a.raw_items()) and mesh.writes_by[1] == 0
+    assert mesh.refused[1] > 0 and mesh.refused[0] == mesh.refused[2] == 0
+    # a changed title reaches C, with the new version
     _announce(a, metadata={**METADATA, "title": "Echo 2"})
-    chain.settle()
+    mesh.settle()
     (entry,) = c.view()
     assert entry.metadata["title"] == "Echo 2" and entry.version == a.view()[0].version
     assert [e.version for e in b.view()] == [entry.version]
 
 
-def test_metadata_survives_an_old_node_compacting_it_away() -> None:
-    """B (old) compacts: its new epoch keeps only what it verified, the announcement.
-    A and C switch to B's epoch and write their own records back into it, so the metadata
-    is in the mesh again; C still has it, and a newer node D joining through B gets it."""
-    a, b, c, chain = _mixed_chain()
-    b.compact()
-    assert metadata_key(OWNER.public_key, "echo") not in dict(b.raw_items())
-    chain.settle()
-    assert a.epoch == b.epoch == c.epoch
-    assert metadata_key(OWNER.public_key, "echo") in dict(b.raw_items())
-    d = CapabilityRegistry(replica_id=b"D", clock=Clock())
-    _Chain([b, d]).settle()
-    assert [e.metadata for e in d.view()] == [METADATA] == [e.metadata for e in c.view()]
+def test_a_new_node_reached_only_through_an_old_one_gets_the_tools_without_metadata() -> None:
+    """new A -- old B -- new C, no link from A to C: the old node relays the registry,
+    not the document it does not hold."""
+    clock = Clock()
+    a = CapabilityRegistry(replica_id=b"A", clock=clock)
+    b = OldRegistry(replica_id=b"B", clock=clock)
+    c = CapabilityRegistry(replica_id=b"C", clock=clock)
+    mesh = _Mesh([a.documents(), (b,), c.documents()], links=[(0, 1), (1, 2)])
+    _announce(a, metadata=METADATA)
+    mesh.settle()
+    assert [(e.name, e.metadata) for e in c.view()] == [("echo", {})]
+
+
+def test_an_old_node_compacts_once_and_never_again_in_a_mesh_of_new_ones() -> None:
+    """1 old + k new nodes (k = 2, 3), 400 tools with an output schema. The old node's
+    compaction trigger is max(threshold, 2 x its size after its last compaction): its
+    registry document carries exactly the announcements, so after one compaction (and
+    every new node switching to its epoch) the document does not grow and the trigger
+    is not crossed again; the new nodes keep every tool's metadata."""
+    for k in (2, 3):
+        clock = Clock()
+        new = [ReplicatedState(replica_id=bytes([65 + i]), clock=clock) for i in range(k)]
+        old = _old_state(b"O", clock, compact_threshold_bytes=1)
+        states = [new[0], old, *new[1:]]
+        mesh = _Mesh([state.docs for state in states])
+        for i in range(400):
+            new[0].registry.announce(
+                OWNER,
+                f"tool{i}",
+                zone="public",
+                input_schema=SCHEMA,
+                metadata={"title": f"Tool {i}", "outputSchema": METADATA["outputSchema"]},
+            )
+        mesh.settle()
+        compactions: list[int] = []
+        size_after = 0
+        for _round in range(5):
+            compactions.append(old.tick().count("registry"))
+            if compactions[-1]:
+                size_after = old.registry.encoded_size()
+            for state in new:
+                state.tick()
+            mesh.settle()
+            assert old.registry.encoded_size() < COMPACTION_GROWTH_FACTOR * size_after
+        assert compactions == [1, 0, 0, 0, 0], k
+        assert {state.registry.epoch for state in states} == {old.registry.epoch}
+        assert len(old.registry.view()) == 400
+        for state in new:
+            entries = state.registry.view()
+            assert len(entries) == 400
+            assert all(e.metadata["outputSchema"] == METADATA["outputSchema"] for e in entries)
+
+
+def _old_state(replica_id: bytes, clock: Clock, **kwargs: Any) -> ReplicatedState:
+    """`ReplicatedState` of a node predating metadata: its documents were registry (the
+    old one), policies and graph; `tick` and the compaction trigger are unchanged."""
+    state = ReplicatedState(replica_id=replica_id, clock=clock, **kwargs)
+    registry = OldRegistry(replica_id=replica_id, clock=clock)
+    state.registry = registry  # type: ignore[assignment]
+    state.docs = (registry, state.policies, state.graph)
+    state.sync = SyncEndpoint(state.docs)
+    return state
 
 
 def test_a_new_node_tells_its_listeners_when_the_metadata_comes_after_the_entry() -> None:
     clock = Clock()
     a = CapabilityRegistry(replica_id=b"A", clock=clock)
     _announce(a, metadata=METADATA)
-    items = dict(a.raw_items())
-    key, meta = entry_key(OWNER.public_key, "echo"), metadata_key(OWNER.public_key, "echo")
     c = CapabilityRegistry(replica_id=b"C", clock=clock)
     seen: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -220,22 +269,32 @@ def test_a_new_node_tells_its_listeners_when_the_metadata_comes_after_the_entry(
             seen.extend((what, e.name, e.metadata) for e in getattr(change, what))
 
     c.on_change(listen)
-    assert c.offer([(key, items[key])]) == 1
-    assert c.offer([(meta, items[meta])]) == 1
+    assert c.offer(a.raw_items()) == 1
+    assert c.metadata.offer(a.metadata.raw_items()) == 1
     assert seen == [("added", "echo", {}), ("changed", "echo", METADATA)]
     assert c.view()[0].metadata == METADATA
+
+
+def test_a_new_node_tells_its_listeners_once_of_its_own_tool_with_metadata() -> None:
+    a = CapabilityRegistry(replica_id=b"A", clock=Clock())
+    seen: list[tuple[str, dict[str, Any]]] = []
+    a.on_change(lambda change: seen.extend(("added", e.metadata) for e in change.added))
+    a.on_change(lambda change: seen.extend(("changed", e.metadata) for e in change.changed))
+    _announce(a, metadata=METADATA)
+    _announce(a, metadata={"title": "Echo 2"})
+    assert seen == [("added", METADATA), ("changed", {"title": "Echo 2"})]
 
 
 def test_metadata_of_another_version_is_not_joined_to_the_entry() -> None:
     clock = Clock()
     a = CapabilityRegistry(replica_id=b"A", clock=clock)
     _announce(a, metadata=METADATA, version=5)
-    stale = dict(a.raw_items())[metadata_key(OWNER.public_key, "echo")]
+    stale = list(a.metadata.raw_items())
     _announce(a, version=6)  # the tool lost its metadata
     assert a.view()[0].metadata == {}
     c = CapabilityRegistry(replica_id=b"C", clock=clock)
     c.offer(a.raw_items())
-    c.offer([(metadata_key(OWNER.public_key, "echo"), stale)])
+    c.metadata.offer(stale)
     assert [(e.version, e.metadata) for e in c.view()] == [(6, {})]
 
 
@@ -248,32 +307,40 @@ def test_only_the_provider_signs_its_tools_metadata() -> None:
     forged = msgspec.msgpack.encode(
         ToolMetadata(OWNER.public_key, "echo", entry.version, entry.expires_at_ms, '{"title":"x"}')
     )
-    blob = forged + mallory.sign_detached(CapabilityRegistry.domain + forged)
+    blob = forged + mallory.sign_detached(ToolMetadataDoc.domain + forged)
     assert len(blob) - len(forged) == SIGNATURE_BYTES
-    assert a.offer([(metadata_key(OWNER.public_key, "echo"), blob)]) == 0
+    assert a.metadata.offer([(entry_key(OWNER.public_key, "echo"), blob)]) == 0
     assert a.view()[0].metadata == {}
 
 
 @dataclass
-class _Chain:
-    """Registries linked in a line (each syncs only with its neighbours), delivering
-    pushes and anti-entropy until nothing is left to send."""
+class _Mesh:
+    """Nodes, each a set of documents behind one sync endpoint, linked in pairs (all
+    pairs unless `links` says which), delivering pushes and anti-entropy until nothing
+    is left to send. A message a node refuses (a document it does not hold) is counted
+    and dropped, as the node's replication service does."""
 
-    docs: list[Any]
+    nodes: list[Sequence[Any]]
+    links: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
-        self.endpoints = [SyncEndpoint([doc]) for doc in self.docs]
+        count = len(self.nodes)
+        if self.links is None:
+            self.links = [(i, j) for i in range(count) for j in range(i + 1, count)]
+        self.endpoints = [SyncEndpoint(docs) for docs in self.nodes]
         self.pool: list[tuple[int, int, bytes]] = []
-        self.writes_by: dict[str, int] = {doc.replica_id.decode(): 0 for doc in self.docs}
+        self.writes_by = [0] * count
+        self.refused = [0] * count
         for i, endpoint in enumerate(self.endpoints):
             endpoint.on_update(self._pusher(i))
 
     def _neighbours(self, i: int) -> list[int]:
-        return [j for j in (i - 1, i + 1) if 0 <= j < len(self.docs)]
+        assert self.links is not None
+        return [b if a == i else a for a, b in self.links if i in (a, b)]
 
     def _pusher(self, i: int) -> Any:
         def push(message: bytes) -> None:
-            self.writes_by[self.docs[i].replica_id.decode()] += 1
+            self.writes_by[i] += 1
             self.pool.extend((i, j, message) for j in self._neighbours(i))
 
         return push
@@ -286,7 +353,11 @@ class _Chain:
             steps = 0
             while self.pool:
                 steps += 1
-                assert steps < 10_000, "sync did not quiesce"
+                assert steps < 100_000, "sync did not quiesce"
                 src, dst, message = self.pool.pop(0)
-                replies = self.endpoints[dst].handle(message, peer=bytes([src]))
+                try:
+                    replies = self.endpoints[dst].handle(message, peer=bytes([src]))
+                except CrdtError:
+                    self.refused[dst] += 1
+                    continue
                 self.pool.extend((dst, src, reply) for reply in replies)

@@ -208,6 +208,10 @@ async def test_bad_input_is_answered_or_dead_lettered_never_redelivered(
     unknown = await caller.answer(await caller.send(queue, _call("no.such.tool", {}, 3)))
     assert unknown["error"]["code"] == INVALID_PARAMS and unknown["id"] == 3
     assert unknown["error"]["data"]["reason"] == "unknown_tool"
+    # an offers tool (the node's status resource) is no tool to a caller either
+    read = _call("vsm.mcp.node", {"method": "resources/list", "params": {}}, 5)
+    offers = await caller.answer(await caller.send(queue, read))
+    assert (offers["id"], offers["error"]["data"]["reason"]) == (5, "unknown_tool")
 
     # The default zone is the lowest (public); vsm.signal is a restricted tool.
     signal = {"valence": "pain", "intensity": 0.1, "reason": "test"}
@@ -233,9 +237,9 @@ async def test_bad_input_is_answered_or_dead_lettered_never_redelivered(
     fine = await caller.answer(await caller.send(queue, _call("echo", {"text": "ok"}, 9)))
     assert fine["result"]["content"][0]["text"] == "ok"
     counters = _amqp(node)["counters"]
-    assert counters["calls_received"] == 6
+    assert counters["calls_received"] == 7
     assert counters["calls_dead_lettered"] == 1
-    assert counters["calls_error_answers"] == 4
+    assert counters["calls_error_answers"] == 5
     assert counters["calls_duplicates"] == 0
     declared = await channel.declare_queue(queue, passive=True)
     assert declared.declaration_result.message_count == 0

@@ -309,6 +309,10 @@ async def test_request_response_tool_calls_and_bad_input(
         answer = await caller.ask(pinned, _call("no.such.tool", {}, 3))
         assert (answer["id"], answer["error"]["code"]) == (3, -32602)
         assert answer["error"]["data"]["reason"] == "unknown_tool"
+        # an offers tool (the node's status resource) is no tool to a caller either
+        read = {"method": "resources/list", "params": {}}
+        answer = await caller.ask(pinned, _call("vsm.mcp.node", read, 10))
+        assert (answer["id"], answer["error"]["data"]["reason"]) == (10, "unknown_tool")
         # vsm.signal is in the restricted zone; MQTT callers get the lowest.
         answer = await caller.ask(pinned, _call("vsm.signal", {"intensity": 0.1}, 4))
         assert (answer["id"], answer["error"]["code"]) == (4, -32010)

@@ -74,3 +74,19 @@ async def test_the_policies_cap_is_configured_and_its_refusals_are_a_metric(
         policies.over_cap["mitigation"] += 1
         metrics = node.render_metrics().decode()
         assert 'vsmcp_policies_over_cap_total{kind="mitigation"} 1.0' in metrics
+
+
+async def test_viability_and_routing_count_the_client_tools_of_the_registry(
+    tmp_path: Path,
+) -> None:
+    """As /api/tools lists them: the offers tools (vsm.mcp.<unit>) are left out."""
+    quiet = {"http.port": 0, "mesh.port": 0, "mesh.preset": "local", "mesh.mdns": False}
+    overrides = {**quiet, "node.dev": True, "tools.entry_points": False}
+    config = load_config(environ={}, overrides={"node.data_dir": str(tmp_path), **overrides})
+    async with Node(config) as node:
+        offers = [row["name"] for row in node.offer_tools()]
+        assert "vsm.mcp.node" in offers
+        tools = len(node.tools())
+        inputs = node.vsm.viability_inputs()
+        assert (inputs.mesh_tools_reachable, inputs.mesh_tools) == (tools, tools) != (0, 0)
+        assert node.vsm.view()["s2"]["routing"]["registry_tools"] == tools

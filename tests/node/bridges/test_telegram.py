@@ -99,12 +99,15 @@ async def test_a_call_from_a_mapped_chat_is_answered(
         assert refused.startswith("✗ echo:") and "is not of type 'string'" in refused
         (unknown,) = await _ask(fake, OPS_CHAT, "/call no.such.tool")
         assert "Unknown tool" in unknown and "/tools" in unknown
+        # the node's offers tool (its status resource) is no tool to a client either
+        (offers,) = await _ask(fake, OPS_CHAT, "/call vsm.mcp.node method=resources/list")
+        assert offers == unknown.replace("no.such.tool", "vsm.mcp.node")
         (bad,) = await _ask(fake, OPS_CHAT, "/call echo oops")
         assert bad.startswith("✗ expected key=value")
         status = _bridge(node).status()
         assert status.state == "connected"
-        assert status.counters["calls"] == 3  # the malformed command called nothing
-        assert status.counters["call_errors"] == 2
+        assert status.counters["calls"] == 4  # the malformed command called nothing
+        assert status.counters["call_errors"] == 3
 
 
 async def test_commands_list_tools_status_peers_and_help(

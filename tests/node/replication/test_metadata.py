@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.integration.mesh_peer import dev_peer
-from vsmcp.crdt.registry import MAX_TOOL_METADATA_BYTES
+from vsmcp.crdt.tool_metadata import MAX_TOOL_METADATA_BYTES
 from vsmcp.mesh.identity import NodeKey
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.store.database import Store

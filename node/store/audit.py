@@ -285,6 +285,15 @@ class AuditLog(Service):
         # lingering for company.
         self._hurry = asyncio.Event()
         self._durable_waiting = 0
+        # Entries the writer took off the queue for its next batch: kept here, not in a
+        # local, so a run of the loop cancelled while lingering leaves them to the next.
+        self._in_hand: list[_Pending] = []
+        # The batch being sealed and committed, in a task of its own (see `_run_writer`).
+        self._batch_task: asyncio.Task[None] | None = None
+        self._writer_runs = 0
+        # Appends waiting for room in a full queue (woken when the log is abandoned).
+        self._putting = 0
+        self._wake_task: asyncio.Task[None] | None = None
 
     @property
     def head_seq(self) -> int:
@@ -310,13 +319,16 @@ class AuditLog(Service):
         self._head_seq, self._head_hash = await self._load_head()
         rollback = await self._check_head_file()
         self._writer = self._loops.spawn("audit-writer", self._run_writer)
+        self._writer.add_done_callback(self._writer_ended)
         if rollback is not None:
             await self.append("audit.rollback_accepted", "operator", rollback, durable=True)
 
     async def close(self) -> None:
         """Commit everything appended, then stop the writer. Idempotent.
 
-        Raises `AuditWriteError` (once) if entries were not committed.
+        Stops waiting once a write failed: what was not committed then is counted lost
+        and logged, and its appenders raise. Raises `AuditWriteError` (once) if entries
+        were not committed.
         """
         if self._closed:
             return
@@ -325,22 +337,22 @@ class AuditLog(Service):
         try:
             if self._writer is not None:
                 async with self._progress:
-                    await self._progress.wait_for(self._settled)
+                    await self._progress.wait_for(
+                        lambda: self._settled() or self._failure is not None
+                    )
         finally:
             self._closed = True
-            if self._failure is None and not self._settled():
-                # Only when close itself was cancelled: say so rather than lose silently.
-                log.error(
-                    "audit log %s closed with %d entries not committed",
-                    self._store.db_path,
-                    self._accepted - self._committed,
-                )
             writer, self._writer = self._writer, None
             if writer is not None:
                 # Idle at `queue.get()` once everything is settled.
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
+            # A batch the writer handed on runs to its end (it is never cut in half).
+            tasks = [t for t in (self._batch_task, self._wake_task) if t is not None]
+            if tasks:
+                await asyncio.wait(tasks)
+            await self._abandon_unwritten()
         if self._failure is not None:
             raise self._write_error()
 
@@ -366,6 +378,7 @@ class AuditLog(Service):
         pending = self._make_pending(kind, actor, data)
         self._accepted += 1
         position = self._accepted
+        self._putting += 1
         try:
             await self._queue.put(pending)
         except BaseException:
@@ -373,10 +386,15 @@ class AuditLog(Service):
             async with self._progress:
                 self._progress.notify_all()
             raise
+        finally:
+            self._putting -= 1
         if durable:
             await self._wait_committed(position)
         if self._failure is not None:
             raise self._write_error()
+        if self._closed and self._committed < position:
+            # Queued while close gave up on the log (close was cancelled): never written.
+            raise AuditError("audit log closed before the entry was written", reason="closed")
 
     async def _wait_committed(self, position: int) -> None:
         """Wait until the `position`-th accepted entry is committed (or writing failed).
@@ -394,6 +412,7 @@ class AuditLog(Service):
                     lambda: (
                         self._committed + self._lost >= min(position, self._accepted)
                         or self._failure is not None
+                        or self._closed
                     )
                 )
         finally:
@@ -473,26 +492,115 @@ class AuditLog(Service):
         return head_seq, head_hash
 
     async def _run_writer(self) -> None:
+        """The supervised writer loop. It can be cancelled at any await and restarted
+        (`LoopSupervisor.inject_fault`, a stray cancellation): each batch is sealed,
+        committed and counted in a task of its own that runs to its end whatever
+        happens to the loop, so a batch is never cut in half, and the entries taken for
+        the next batch wait in `_in_hand` for the next run."""
+        self._writer_runs += 1
+        if self._writer_runs > 1:
+            await self._resume()
         while True:
-            batch = await self._next_batch()
+            await self._next_batch()
+            batch, self._in_hand = self._in_hand, []
+            self._batch_task = asyncio.create_task(self._settle(batch), name="audit-batch")
+            await asyncio.shield(self._batch_task)
+
+    async def _resume(self) -> None:
+        """A restarted loop: wait for the batch the last run handed on, then take the
+        head from the database, the record of what was committed."""
+        batch_task = self._batch_task
+        if batch_task is not None and not batch_task.done():
+            await asyncio.wait([batch_task])
+        if self._failure is not None:
+            return
+        try:
+            self._head_seq, self._head_hash = await self._load_head()
+        except Exception as exc:  # noqa: BLE001 - the log stops, and says so
+            self._record_failure(exc, [], "could not resume")
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def _settle(self, batch: list[_Pending]) -> None:
+        """Write `batch`, count it committed or lost, and tell the waiters."""
+        try:
             if self._failure is not None:
                 # Keep draining so appends blocked on a full queue wake up and raise.
                 self._lost += len(batch)
             else:
                 await self._write(batch)
+        finally:
             async with self._progress:
                 self._progress.notify_all()
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            await self._commit(batch)
-        except Exception as exc:  # noqa: BLE001 - top-level handler of the writer task
+            sealed = await asyncio.to_thread(
+                _seal_batch, batch, self._head_seq + 1, self._head_hash, self._sign
+            )
+            async with self._store.transaction() as conn:
+                await conn.executemany(_INSERT_ENTRY, sealed.rows)
+                await conn.execute(
+                    _UPSERT_HEAD, (sealed.last_seq, sealed.last_hash, sealed.head_sig)
+                )
+        except Exception as exc:  # noqa: BLE001 - top-level handler of the batch task
             self._record_failure(exc, batch)
-        else:
-            self._committed += len(batch)
+            return
+        except asyncio.CancelledError as exc:
+            # Nobody cancels a batch task (only the event loop's teardown): if it
+            # happens, the entries are reported, not silently dropped.
+            self._record_failure(exc, batch)
+            raise
+        self._head_seq = sealed.last_seq
+        self._head_hash = sealed.last_hash
+        self._committed += len(batch)
+        await self._write_head_file(SignedHead(sealed.last_seq, sealed.last_hash, sealed.head_sig))
 
-    async def _next_batch(self) -> list[_Pending]:
-        batch = [await self._queue.get()]
+    def _writer_ended(self, writer: asyncio.Task[None]) -> None:
+        """The supervisor gave the writer loop up (or it ended) while the log was open:
+        nothing will write the entries, so the log stops, and its waiters are told."""
+        if self._closing:
+            return
+        if self._failure is None:
+            error = AuditError(
+                "its supervisor gave the writer loop up (it kept failing)", reason="writer_stopped"
+            )
+            self._record_failure(error, [], "writer stopped")
+        self._wake_task = asyncio.get_running_loop().create_task(
+            self._wake_waiters(), name="audit-wake"
+        )
+
+    async def _wake_waiters(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _abandon_unwritten(self) -> None:
+        """After the writer stopped for good: count what it did not write as lost (and
+        say so), and empty the queue until no append waits for room (they raise)."""
+        unwritten = self._accepted - self._committed - self._lost
+        if unwritten > 0:
+            self._lost += unwritten
+            log.error(
+                "audit log %s closed with %d entries not committed (entries after %d)",
+                self._store.db_path,
+                unwritten,
+                self._head_seq,
+            )
+        self._in_hand = []
+        while True:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            if self._putting == 0:
+                break
+            await asyncio.sleep(0)  # the appends woken put their entries, then raise
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _next_batch(self) -> None:
+        """Fill `_in_hand` with the next batch (at least one entry)."""
+        batch = self._in_hand
+        if not batch:
+            batch.append(await self._queue.get())
         if (
             self._queue.qsize() < self._batch_size
             and self._linger_s > 0
@@ -511,18 +619,6 @@ class AuditLog(Service):
                 batch.append(self._queue.get_nowait())
             except asyncio.QueueEmpty:
                 break
-        return batch
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        sealed = await asyncio.to_thread(
-            _seal_batch, batch, self._head_seq + 1, self._head_hash, self._sign
-        )
-        async with self._store.transaction() as conn:
-            await conn.executemany(_INSERT_ENTRY, sealed.rows)
-            await conn.execute(_UPSERT_HEAD, (sealed.last_seq, sealed.last_hash, sealed.head_sig))
-        self._head_seq = sealed.last_seq
-        self._head_hash = sealed.last_hash
-        await self._write_head_file(SignedHead(sealed.last_seq, sealed.last_hash, sealed.head_sig))
 
     async def _write_head_file(self, head: SignedHead) -> None:
         """Record the committed head outside the database. A failure here loses no entry
@@ -620,13 +716,18 @@ class AuditLog(Service):
             for r in rows
         ]
 
-    def _record_failure(self, exc: Exception, batch: list[_Pending]) -> None:
+    def _record_failure(
+        self, exc: BaseException, batch: list[_Pending], what: str = "write failed"
+    ) -> None:
+        """Stop the log: `batch` (which `what` befell) is lost, and so is every entry
+        after it; each later append, flush and close raises."""
         first = self._head_seq + 1
         self._lost += len(batch)
         self._failure = exc
+        entries = f" for entries {first}..{first + len(batch) - 1}" if batch else ""
         self._failure_message = (
-            f"audit write failed for entries {first}..{first + len(batch) - 1} "
-            f"in {self._store.db_path}: {exc!r}; the audit log stopped at entry {self._head_seq}"
+            f"audit {what}{entries} in {self._store.db_path}: {exc!r}; "
+            f"the audit log stopped at entry {self._head_seq}"
         )
         log.error("%s", self._failure_message, exc_info=exc)
 

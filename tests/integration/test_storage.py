@@ -169,6 +169,44 @@ def test_commit_before_answer_puts_the_entry_on_disk_before_the_answer(
     assert "tool.call" in _entry_kinds(data)  # a clean stop commits the rest
 
 
+def _metric(node: NodeProcess, pattern: str) -> float:
+    _, body, _ = node.get("/metrics")
+    match = re.search(rf"^{pattern} (\S+)$", body.decode(), re.M)
+    assert match is not None, f"no {pattern} in /metrics"
+    return float(match.group(1))
+
+
+def test_an_audit_writer_faulted_mid_batch_keeps_its_entry_and_stops_cleanly(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """The debug API cancels the writer while it holds the call's entry (lingering a
+    minute for company): the restarted writer still has it, and a clean stop commits it."""
+    config = tmp_path / "debug.toml"
+    config.write_text("[node]\ndebug_api = true\n")
+    env = {"VSMCP_AUDIT_COMMIT_BEFORE_ANSWER": "false", "VSMCP_AUDIT_LINGER_MS": "60000"}
+    data = tmp_path / "n"
+    node = NodeProcess(data, "--config", str(config), env=env)
+    nodes.append(node)
+    node.start()
+    called = run_cli("call", "echo", "--arg", "text=hi", "--url", node.url)
+    assert called.returncode == 0, called.stdout + called.stderr
+    held = _metric(node, "vsmcp_audit_uncommitted_entries")
+    assert held >= 1  # the call's entry, and any other the call wrote
+
+    restarts = r'vsmcp_loop_restarts_total\{loop="audit-writer"\}'
+    assert _metric(node, restarts) == 0
+    assert node.post("/api/debug/loop-fault?name=audit-writer") == 200
+    wait_for(lambda: _metric(node, restarts) == 1, what="audit-writer restarted")
+    assert _metric(node, "vsmcp_audit_uncommitted_entries") == held  # still held, not lost
+    assert node.get_json("/healthz")["status"] == "ok"
+
+    node.terminate()
+    assert node.wait_exit(timeout_s=30) == 0, node.log_text()
+    assert _entry_kinds(data).count("tool.call") == 1
+    verify = run_cli("audit", "verify", "--data-dir", str(data))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def _head_seen_by(observer: NodeProcess, node_id: str) -> AnchoredHead | None:
     """The audit head of `node_id` that `observer` persisted (it saves every few s)."""
     conn = sqlite3.connect(_db(observer.data_dir))

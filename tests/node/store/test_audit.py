@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import sqlite3
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from tests.polling import async_wait_until
+from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.errors import NodeError
 from vsmcp.node.store.audit import (
     GENESIS_PREV_HASH,
@@ -904,3 +908,131 @@ async def test_durable_appends_wait_for_earlier_plain_ones(tmp_path: Path) -> No
             await audit.append("tool.call", "node", {"i": i})
         await audit.append("tool.call", "node", {"i": 5}, durable=True)
         assert committed_seqs(db_of(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+# -- the writer loop cancelled and restarted by its supervisor --------------------------
+
+WRITER = "audit-writer"
+HANG_GUARD_S = 30  # a deadline against hangs, far beyond any run: not a timing assertion
+MAX_STEPS = 400
+
+
+def quick_restarts(**kwargs: Any) -> LoopSupervisor:
+    return LoopSupervisor(backoff_min_s=0.001, backoff_max_s=0.002, **kwargs)
+
+
+async def fault_after(tmp_path: Path, steps: int, *, durable_in_flight: bool) -> int:
+    """Cancel the writer `steps` loop iterations into the batch of entry 2, as the debug
+    API's loop-fault does, and check what follows. Returns entries uncommitted at the
+    fault (0: the batch was done, the fault hit the idle writer)."""
+    loops = quick_restarts()
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(tmp_path) as store:
+        audit = AuditLog(store, sign, PUBLIC_KEY, loops=loops, linger_s=0)
+        await audit.start()
+        await audit.append("k", "a", {"i": 1}, durable=True)
+        second = asyncio.create_task(audit.append("k", "a", {"i": 2}, durable=durable_in_flight))
+        await asyncio.sleep(0)  # the append runs to its first await: queued, not committed
+        assert audit.pending == 1
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        uncommitted = audit.pending
+        assert loops.inject_fault(WRITER)
+        await second  # a durable append cut at any point still returns once committed
+        await audit.append("k", "a", {"i": 3}, durable=True)  # the restarted writer
+        assert loops.restarts[WRITER] == 1
+        assert audit.head_seq == 3
+        await audit.close()
+        assert audit.pending == 0
+    assert committed_seqs(db_of(tmp_path)) == [1, 2, 3]
+    result = verify_audit_log(db_of(tmp_path), PUBLIC_KEY, head_file=None)
+    assert (result.ok, result.entries) == (True, 3), result.reason
+    return uncommitted
+
+
+@pytest.mark.parametrize("durable_in_flight", [False, True])
+async def test_the_writer_cancelled_at_any_await_of_a_batch_loses_and_hangs_nothing(
+    tmp_path: Path, durable_in_flight: bool
+) -> None:
+    """At every point from before the writer takes entry 2 to after its batch is
+    committed: the batch is committed once (no duplicate seq), its waiters wake, the
+    next durable append and close return, and the log verifies."""
+    mid_batch = 0
+    for steps in range(MAX_STEPS):
+        uncommitted = await fault_after(
+            tmp_path / str(steps), steps, durable_in_flight=durable_in_flight
+        )
+        if uncommitted == 0:
+            break  # the fault now comes after the batch: every point before was covered
+        mid_batch += 1
+    else:
+        pytest.fail(f"the batch of entry 2 was still uncommitted after {MAX_STEPS} steps")
+    # The sweep crossed the batch's awaits (seal thread, BEGIN, INSERT, head, COMMIT, anchor
+    # file), not just the idle writer.
+    assert mid_batch >= 5
+
+
+async def test_a_writer_faulted_while_lingering_keeps_the_entries_it_took(tmp_path: Path) -> None:
+    loops = quick_restarts()
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(tmp_path) as store:
+        # The batch waits an hour for company: the fault lands in that wait.
+        audit = AuditLog(store, sign, PUBLIC_KEY, loops=loops, linger_s=3600, queue_maxsize=1)
+        await audit.start()
+        await audit.append("k", "a", {"i": 1})
+        # Room for entry 2 only once the writer took entry 1 and went lingering with it.
+        await audit.append("k", "a", {"i": 2})
+        assert loops.inject_fault(WRITER)
+        await async_wait_until(lambda: loops.restarts[WRITER] == 1, what="writer restarted")
+        assert audit.pending == 2
+        await audit.close()  # cuts the linger of the restarted writer short
+    assert committed_seqs(db_of(tmp_path)) == [1, 2]
+
+
+async def test_a_writer_given_up_stops_the_log_and_close_reports_what_was_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="vsmcp.node.store.audit")
+    loops = quick_restarts(max_restarts=0)  # the first failure gives the loop up
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(tmp_path) as store:
+        audit = AuditLog(store, sign, PUBLIC_KEY, loops=loops, linger_s=3600)
+        await audit.start()
+        await audit.append("k", "a", {"i": 1}, durable=True)
+        await audit.append("k", "a", {"i": 2})  # in the writer's hand, lingering
+        assert loops.inject_fault(WRITER)
+        with pytest.raises(AuditWriteError, match=r"audit writer stopped.*gave the writer loop up"):
+            await audit.append("k", "a", {"i": 3}, durable=True)
+        assert WRITER in loops.failures
+        with pytest.raises(AuditWriteError):
+            await audit.close()
+        assert audit.pending == 0
+    assert committed_seqs(db_of(tmp_path)) == [1]
+    assert verify_audit_log(db_of(tmp_path), PUBLIC_KEY).ok
+    lost = [r.getMessage() for r in caplog.records if "not committed" in r.getMessage()]
+    assert lost and "closed with 2 entries not committed (entries after 1)" in lost[0]
+
+
+async def test_close_after_a_failure_releases_appends_blocked_on_a_full_queue(
+    tmp_path: Path,
+) -> None:
+    release = threading.Event()
+
+    def stalled_then_failing(message: bytes) -> bytes:
+        release.wait(HANG_GUARD_S)
+        raise OSError("signing key unavailable")
+
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(tmp_path) as store:
+        audit = AuditLog(
+            store, stalled_then_failing, PUBLIC_KEY, queue_maxsize=1, batch_size=1, linger_s=0
+        )
+        await audit.start()
+        appends = [asyncio.create_task(audit.append("k", f"c{i}", {})) for i in range(20)]
+        # One being signed, one queued, 18 waiting for room.
+        await async_wait_until(lambda: audit.pending == 20, what="all 20 appends accepted")
+        closing = asyncio.create_task(audit.close())
+        release.set()
+        with pytest.raises(AuditWriteError):
+            await closing
+        outcomes = await asyncio.gather(*appends, return_exceptions=True)
+        assert all(o is None or isinstance(o, AuditWriteError) for o in outcomes), outcomes
+        assert any(isinstance(o, AuditWriteError) for o in outcomes)
+        assert audit.pending == 0
+    assert committed_seqs(db_of(tmp_path)) == []

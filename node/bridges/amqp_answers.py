@@ -20,11 +20,12 @@ Bounded like the memory it mirrors: the last `REMEMBERED_ANSWERS` answers, at mo
 and (in the next write) from the table. The table is the bridge's own (`CREATE TABLE IF
 NOT EXISTS`, as the outbox), loaded at start: a row that is not what this file writes
 (a key too long, a body that is not a JSON-RPC answer, an answer larger than
-`REMEMBERED_BYTES`) is refused with a warning, counted and deleted, never a crash.
+`REMEMBERED_BYTES`) is refused with a warning, counted and deleted; a table that cannot
+be read as this file's is made again (counted as one refused row); never a crash.
 
-A failed write (disk full, I/O error) does not hold the answer: the caller gets it, the
-failure is counted (`answers_not_remembered`) and reported, and a redelivery after a
-restart would run that call again.
+A failed write (disk full, I/O error, the store closed) does not hold the answer: the
+caller gets it, the failure is counted (`answers_not_remembered`) and logged, and a
+redelivery after a restart would run that call again.
 """
 
 from __future__ import annotations
@@ -82,10 +83,17 @@ class RememberedAnswers:
         answers = cls(store)
         async with store.transaction() as conn:
             await conn.execute(ANSWERS_TABLE_SQL)
-        async with store.conn.execute(
-            "SELECT rowid, key, ts_ms, body FROM amqp_answers ORDER BY ts_ms, rowid"
-        ) as cur:
-            rows = await cur.fetchall()
+        try:
+            rows = await _load(store)
+        except sqlite3.DatabaseError as exc:
+            # Not the table this file makes (its columns changed by hand, say): what it
+            # held is lost, not the node's start.
+            log.warning("AMQP remembered answers unreadable (%s): table made again", exc)
+            async with store.transaction() as conn:
+                await conn.execute("DROP TABLE amqp_answers")
+                await conn.execute(ANSWERS_TABLE_SQL)
+            answers.refused_rows = 1
+            return answers
         bad: list[int] = []
         now_ms, now = time.time() * 1000, time.monotonic()
         for rowid, key, ts_ms, body in rows:
@@ -179,11 +187,13 @@ class RememberedAnswers:
                             rows,
                         )
                     self.writes += 1
-                except sqlite3.Error as exc:
+                except Exception as exc:  # noqa: BLE001 - a failed write is counted, never held
                     self.not_remembered += len(rows)
                     log.warning("AMQP: %d answers not remembered: %s", len(rows), exc)
-                if done is not None and not done.done():
-                    done.set_result(None)
+                finally:
+                    # The answers go out whatever became of their write (even cancelled).
+                    if done is not None and not done.done():
+                        done.set_result(None)
         finally:
             self._writer = None
             if self._written is not None and not self._written.done():
@@ -196,6 +206,13 @@ class RememberedAnswers:
         writer = self._writer
         if writer is not None:
             await asyncio.wait({writer})
+
+
+async def _load(store: Any) -> list[Any]:
+    async with store.conn.execute(
+        "SELECT rowid, key, ts_ms, body FROM amqp_answers ORDER BY ts_ms, rowid"
+    ) as cur:
+        return list(await cur.fetchall())
 
 
 def _row_problem(key: Any, ts_ms: Any, body: Any) -> str | None:

@@ -27,6 +27,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._serving: set[asyncio.Task[None]] = set()
         self._replies_pass = asyncio.Event()
         self._loop.call_soon_threadsafe(self._replies_pass.set)
 
@@ -65,11 +66,17 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
         self._replies_pass.set()  # a held pipe wakes to find its connection gone
+        if self._serving:
+            await asyncio.wait(set(self._serving), timeout=WAIT_S)
         if server is not None:
             await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:

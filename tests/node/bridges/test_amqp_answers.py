@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ async def test_answers_older_than_the_bound_are_forgotten_at_open(tmp_path: Path
         await answers.remember("old", _answer(1))
         await answers.remember("young", _answer(2))
         await answers.close()
-        too_old = int((amqp_answers.time.time() - amqp_answers.REMEMBER_FOR_S - 60) * 1000)
+        too_old = int((time.time() - amqp_answers.REMEMBER_FOR_S - 60) * 1000)
         await store.conn.execute("UPDATE amqp_answers SET ts_ms = ? WHERE key = 'old'", (too_old,))
         again = await RememberedAnswers.open(store)
         assert again.get("old") is None and again.get("young") == _answer(2)
@@ -81,7 +82,7 @@ async def test_rows_that_are_not_answers_are_refused_and_deleted(tmp_path: Path)
         answers = await RememberedAnswers.open(store)
         await answers.remember("good", _answer(1))
         await answers.close()
-        now_ms = int(amqp_answers.time.time() * 1000)
+        now_ms = int(time.time() * 1000)
         bad = [
             ("not-json", now_ms, b"\xff\x00garbage"),
             ("not-an-answer", now_ms, b'{"jsonrpc": "2.0", "method": "x"}'),
@@ -115,4 +116,22 @@ async def test_a_failed_write_still_returns_and_is_counted(tmp_path: Path) -> No
         await answers.remember("k", _answer(1))
         assert answers.not_remembered == 1
         assert answers.get("k") == _answer(1)  # still answered from memory
+        await answers.close()
+
+
+async def test_a_write_to_a_closed_store_still_returns_and_is_counted(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        answers = await RememberedAnswers.open(store)
+    await asyncio.wait_for(answers.remember("k", _answer(1)), 10)
+    assert answers.not_remembered == 1 and answers.get("k") == _answer(1)
+    await answers.close()
+
+
+async def test_a_table_that_is_not_ours_is_made_again(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        await store.conn.execute("CREATE TABLE amqp_answers (something TEXT)")
+        answers = await RememberedAnswers.open(store)
+        assert answers.refused_rows == 1 and len(answers) == 0
+        await answers.remember("k", _answer(1))
+        assert await _rows(store) == {"k": _answer(1)}
         await answers.close()

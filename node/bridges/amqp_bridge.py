@@ -42,6 +42,7 @@ from pamqp import commands as spec
 
 from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_acks import Acks
+from vsmcp.node.bridges.amqp_answers import REMEMBER_FOR_S
 from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, ZoneMap
 from vsmcp.node.bridges.amqp_config import CAPABILITIES_KIND, AmqpSection
 from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, BatchConfirms, Outgoing, publish_many
@@ -69,7 +70,9 @@ NACK_RETRY_MAX_S: Final = 5.0
 DEAD_LETTER_EXCHANGE: Final = "vsmcp.dead"
 DEAD_LETTER_QUEUE: Final = "vsmcp.dead"
 DEAD_LETTER_MAX: Final = 10_000
-PINNED_QUEUE_EXPIRES_MS: Final = 24 * 3600 * 1000
+# As long as its answers are remembered: a call redelivered on it is never run again
+# for want of its answer's age.
+PINNED_QUEUE_EXPIRES_MS: Final = int(REMEMBER_FOR_S * 1000)
 # Overflow of the outbox is audited at most this often (a flood is one entry a second).
 OVERFLOW_AUDIT_INTERVAL_S: Final = 1.0
 PAIN_INTENSITY: Final = 0.8
@@ -130,6 +133,7 @@ class AmqpBridge(Service):
         if self._task is not None:
             return
         self._outbox = await Outbox.open(self._context.store, NAME, self._section.outbox_capacity)
+        await self._calls.open(self._context.store)
         kinds = {cls for cls, tag in _TAGS.items() if tag in self._kinds}
         if self._section.announce:
             kinds.add(RegistryChanged)
@@ -164,6 +168,10 @@ class AmqpBridge(Service):
             "answers_refused": self._answers_refused,
             "nacks": self._nacks,
             **self._calls.counters.view(),
+            "answers_remembered": len(self._calls.answers),
+            "answers_not_remembered": self._calls.answers.not_remembered,
+            "answer_writes": self._calls.answers.writes,
+            "remembered_rows_refused": self._calls.answers.refused_rows,
         }
         return BridgeStatus(
             name=NAME,

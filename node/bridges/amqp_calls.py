@@ -10,15 +10,17 @@ What a message gets (never a crash, never a redelivery loop):
   not grant, any failure of the call: a JSON-RPC error answer (the codes of
   `node/mcp/protocol.py`), then ack;
 - a redelivery of a message already answered (the broker redelivers what was not acked
-  when a connection drops; recognised by message id, body, user id and queue): the
-  remembered answer is sent again, the tool is not run again; one still running is
-  awaited, not started twice (a call runs in a task of its own, so a dropped connection
-  does not cancel it). The last `REMEMBERED_ANSWERS`
-  answers (at most `REMEMBERED_BYTES`) are kept, per node and in memory only, so a call
-  can run twice: on the shared `vsmcp.calls` queue a redelivery may go to another node,
-  which has not seen it and runs it; an answer is forgotten after `REMEMBERED_ANSWERS`
-  newer ones, and a redelivery after that runs the call again; a restart of the node
-  forgets them all. Run once holds only on the pinned queue, within those bounds.
+  when a connection drops or its node restarts; recognised by message id, body, user id
+  and queue): the remembered answer is sent again, the tool is not run again; one still
+  running is awaited, not started twice (a call runs in a task of its own, so a dropped
+  connection does not cancel it). An answer is remembered in the node's SQLite store
+  before it is published (`amqp_answers.py`: batched, bounded, and which crash window
+  runs a call twice), so a restart of the node forgets nothing it answered. A call can
+  still run twice: on the shared `vsmcp.calls` queue a redelivery may go to another
+  node, which has not seen it and runs it; a crash after the tool ran and before its
+  answer was committed; a redelivery after the answer was evicted (`REMEMBERED_ANSWERS`
+  newer ones, `REMEMBERED_BYTES`, `REMEMBER_FOR_S`). Run once holds on the pinned queue,
+  within those bounds.
 
 The caller's zone: `user_zones[user_id]` (RabbitMQ refuses a `user_id` property that is
 not the connection's user, so it is authenticated), else `queue_zones[queue]`, else
@@ -30,11 +32,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from vsmcp.node.bridges.amqp_answers import RememberedAnswers
 from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
     TOO_LARGE,
@@ -50,8 +52,6 @@ from vsmcp.node.tools.errors import ToolError
 
 log = logging.getLogger(__name__)
 
-REMEMBERED_ANSWERS: Final = 10_000
-REMEMBERED_BYTES: Final = 64 * 1024 * 1024
 MAX_ID_CHARS: Final = 256
 
 
@@ -104,9 +104,16 @@ class CallServer:
         self._zones = zones
         self._max_bytes = max_message_bytes
         self.counters = CallCounters()
-        self._answers: OrderedDict[str, bytes] = OrderedDict()
-        self._answer_bytes = 0
+        self._answers = RememberedAnswers(None)
         self._running: dict[str, asyncio.Task[bytes]] = {}
+
+    async def open(self, store: Any) -> None:
+        """Remember answers in `store` (and what it remembers from before a restart)."""
+        self._answers = await RememberedAnswers.open(store)
+
+    @property
+    def answers(self) -> RememberedAnswers:
+        return self._answers
 
     async def serve(self, message: CallMessage, queue: str) -> bytes | None:
         """The answer to one message, to publish to its `reply_to` (and ack the message
@@ -139,24 +146,18 @@ class CallServer:
             # drops (and aio-pika cancels the delivery's task), the call goes on and its
             # answer waits for the redelivery.
             running = asyncio.create_task(
-                self._answer(message.body, message.user_id, queue), name="amqp-call"
+                self._answer_remembered(key, message, queue), name="amqp-call"
             )
             self._running[key] = running
-            running.add_done_callback(lambda task: self._finished(key, task))
+            running.add_done_callback(lambda _: self._running.pop(key, None))
         return await asyncio.shield(running)
 
-    def _finished(self, key: str, task: asyncio.Task[bytes]) -> None:
-        self._running.pop(key, None)
-        if task.cancelled() or task.exception() is not None:
-            return
-        body = task.result()
-        self._answers[key] = body
-        self._answer_bytes += len(body)
-        while len(self._answers) > REMEMBERED_ANSWERS or (
-            self._answer_bytes > REMEMBERED_BYTES and len(self._answers) > 1
-        ):
-            _, old = self._answers.popitem(last=False)
-            self._answer_bytes -= len(old)
+    async def _answer_remembered(self, key: str, message: CallMessage, queue: str) -> bytes:
+        """The answer, once it is remembered (on disk): an answer sent is never
+        forgotten by a restart."""
+        body = await self._answer(message.body, message.user_id, queue)
+        await self._answers.remember(key, body)
+        return body
 
     async def close(self) -> None:
         """Cancel the calls still running (the bridge stops; unacked, they come back)."""
@@ -165,6 +166,7 @@ class CallServer:
             task.cancel()
         if running:
             await asyncio.wait(running)
+        await self._answers.close()
 
     async def _answer(self, body: bytes, user_id: str | None, queue: str) -> bytes:
         """The JSON-RPC answer to one message body (never raises but CancelledError)."""

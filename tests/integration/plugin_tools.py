@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,25 @@ async def fetch_https(url: str) -> dict[str, Any]:
             return {"status": response.status}
     except aiohttp.ClientConnectorCertificateError as e:
         return {"refused": str(e.certificate_error)}
+
+
+@tool(
+    name="count_then_wait",
+    description="Append a line to `runs`, then wait (at most a minute) until `go` exists.",
+    input_schema={
+        "type": "object",
+        "properties": {"runs": {"type": "string"}, "go": {"type": "string"}},
+        "required": ["runs", "go"],
+    },
+)
+def count_then_wait(arguments: Mapping[str, Any]) -> str:
+    # A thread of its own (a sync tool): the test holds the call until it is ready.
+    with open(arguments["runs"], "a") as runs:
+        runs.write("run\n")
+    go = Path(arguments["go"])
+    deadline = time.monotonic() + 60
+    while not go.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{go} not created within 60 s")
+        time.sleep(0.02)
+    return "counted"

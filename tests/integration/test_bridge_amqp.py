@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import NodeProcess, call_tool, run_daemon
+from tests.integration.tcp_proxy import TcpProxy
 from tests.polling import async_wait_for, async_wait_until, wait_for
 from tests.skips import require_rabbitmq, skip_or_fail
 from vsmcp.node.mcp.protocol import INVALID_PARAMS, PARSE_ERROR, TOO_LARGE, ZONE_DENIED
@@ -274,6 +275,71 @@ async def test_a_repeated_message_is_answered_from_memory_a_reused_id_is_not(
     counters = _amqp(node)["counters"]
     assert counters["calls_duplicates"] == 1 and counters["calls_answered"] == 2
     await _delete_call_queues(channel, queue, node)
+
+
+async def test_a_call_answered_but_not_acked_when_its_node_is_killed_is_not_run_again(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    """kill -9 after the answer went out, before the ack reached the broker: the call is
+    redelivered to the restarted node, which answers it from its store (the same answer)
+    and does not run the tool again."""
+    url = require_rabbitmq()
+    runs, go = tmp_path / "runs", tmp_path / "go"
+    queue = _unique("vsmcp.test.calls")
+    plugin = """
+[[tools.plugins]]
+name = "count_then_wait"
+target = "tests.integration.plugin_tools:count_then_wait"
+"""
+    data = tmp_path / "n"
+    with TcpProxy("127.0.0.1", 5672) as proxy:
+        proxied = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        node = _start(data, _config(proxied, calls_queue=queue, extra=plugin))
+        nodes.append(node)
+        _wait_connected(node)
+        pinned = f"{queue}.{node.node_id}"
+        channel = await broker.channel()
+        reply_queue = await channel.declare_queue(exclusive=True)
+        answers: list[tuple[str, bytes]] = []
+
+        async def on_reply(message: Any) -> None:
+            async with message.process():
+                answers.append((str(message.correlation_id), message.body))
+
+        await reply_queue.consume(on_reply)
+        import aio_pika
+
+        call = _call("count_then_wait", {"runs": str(runs), "go": str(go)})
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                call, correlation_id="c1", message_id="once", reply_to=reply_queue.name
+            ),
+            routing_key=pinned,
+        )
+        wait_for(lambda: runs.exists(), timeout_s=30, what="the tool running")
+        # What the broker sends the node stops here: the answer goes out, its confirm
+        # never comes back, so the node never acks the call.
+        proxy.hold_replies()
+        go.touch()
+        await async_wait_until(lambda: len(answers) == 1, timeout_s=30, what="the answer")
+        assert _amqp(node)["counters"]["calls_answered"] == 1
+        node.kill()
+        node.wait_exit()
+        nodes.remove(node)
+
+    again = _start(data, _config(url, calls_queue=queue, extra=plugin))
+    nodes.append(again)
+    assert again.node_id == node.node_id
+    await async_wait_until(
+        lambda: len(answers) == 2, timeout_s=60, what="the redelivered call answered"
+    )
+    assert answers[1] == answers[0]
+    assert json.loads(answers[0][1])["result"]["content"][0]["text"] == "counted"
+    assert runs.read_text() == "run\n"  # run once
+    counters = _amqp(again)["counters"]
+    assert counters["calls_duplicates"] == 1 and counters["calls_answered"] == 0
+    assert counters["remembered_rows_refused"] == 0
+    await _delete_call_queues(channel, queue, again)
 
 
 async def test_answers_the_broker_refuses_still_settle_their_calls(

@@ -39,6 +39,7 @@ from vsmcp.node.app.cert_reload import CertificateReloader
 from vsmcp.node.app.children_api import ChildrenApi
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
+from vsmcp.node.app.immune_links import link_node_blocks, quorum_members
 from vsmcp.node.app.s4_api import S4Api
 from vsmcp.node.app.trust import NodeIdentity, certificate_path, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
@@ -466,7 +467,7 @@ class Node(Service):
             policies=replication.state.policies,
             signer=identity.key,
             config=self.config.vsm.gray,
-            alive=lambda: [identity.node_id, *mesh.alive_peers()],
+            alive=quorum_members(mesh),
             quorum_max=MEMBERSHIP_PRESETS[self.config.mesh.preset]().quorum_max,
             on_quorum=tools.quorum_changed,
         )
@@ -840,19 +841,13 @@ class Node(Service):
             signer=identity.key,
             config=cfg,
             protected=protected,
-            alive=lambda: [identity.node_id, *mesh.alive_peers()],
+            alive=quorum_members(mesh),
             quorum_max=MEMBERSHIP_PRESETS[self.config.mesh.preset]().quorum_max,
             events=self.events,
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
         )
         self.immune = immune
-        # A node block cuts the blocked node's mesh links while it lasts (HELLOs refused,
-        # envelopes dropped, none sent); those held from the snapshot too.
-        mesh.refuses = immune.node_blocked
-        immune.on_node_block = mesh.cut
-        for block in immune.blocks.all():
-            if block.target_kind == "node":
-                mesh.cut(block.target)
+        link_node_blocks(mesh, immune)
         self.actions.register("policy", immune.on_match)
         if cfg.enabled:
             self.patterns.set_source(IMMUNE_SOURCE, immune_patterns(cfg, identity.node_id))

@@ -458,24 +458,13 @@ class ImmuneService:
     def node_blocked(self, node_id: str) -> bool:
         """A node block of `node_id` is in force here now: its mesh links stay cut.
 
-        Also asked of a block held unconfirmed (restored before its observers were
-        alive here, say): a peer admitted since may complete its quorum without a
-        membership change to say so, and the blocked node's HELLO must not get in
-        first. Backed now: it comes into force (its links cut) once this call returns."""
-        if not len(self.blocks) and not self._unconfirmed:
+        Answers from the blocks in force only: the mesh asks it while counting who is
+        alive, which the quorum counts over, so it never counts a quorum itself. A block
+        held unconfirmed comes into force in `check_quorums` (scheduled when observations,
+        membership or admissions change), which cuts its target's links then."""
+        if not len(self.blocks):
             return False
-        now_ms = self._clock_ms()
-        if self.blocks.find("node", node_id, now_ms) is not None:
-            return True
-        for block in self._unconfirmed.values():
-            if (
-                block.target == node_id
-                and block.expires_at_ms > now_ms
-                and self.tally.confirmed(node_id, now_ms)
-            ):
-                self._schedule_quorum_check()
-                return True
-        return False
+        return self.blocks.find("node", node_id, self._clock_ms()) is not None
 
     def _outlives_bound(self, policy: Policy) -> bool:
         """A policy from the network that would hold longer than any this node issues
@@ -510,9 +499,9 @@ class ImmuneService:
             self._schedule_quorum_check()
 
     def members_changed(self) -> None:
-        """Membership moved (a peer came, went, turned alive or dead): a quorum counts
-        alive members only, so a node block held unconfirmed (one restored from the
-        snapshot before the peers were back) may be backed now."""
+        """Membership moved (a peer came, went, turned alive or dead, was admitted): a
+        quorum counts alive members only, so a node block held unconfirmed (one restored
+        from the snapshot before the peers were back) may be backed now."""
         if self._unconfirmed:
             self._schedule_quorum_check()
 

@@ -346,13 +346,16 @@ def test_a_node_that_restarts_past_the_observations_still_enforces_the_block() -
     alive.extend(m.node_id for m in members if m is not r)
     restarted.members_changed()
     assert restarted.node_blocked(x.node_id) and cut == [x.node_id]
-    # A peer admitted with no membership change to say so: asked about x, the node
-    # finds the quorum complete and enforces the block before x gets in.
+    # Peers admitted with no membership change to say so: `node_blocked` does not count
+    # the quorum (the mesh asks it while listing who is alive); the admission (the mesh's
+    # `on_admit`) schedules the count, which enforces the block and cuts x then.
     alive = [r.node_id]
     restarted = _restarted(mesh, r, alive)
     cut.clear()
     restarted.on_node_block = cut.append
     alive.extend(m.node_id for m in members if m is not r)
+    assert not restarted.node_blocked(x.node_id) and not cut
+    restarted.members_changed()
     assert restarted.node_blocked(x.node_id) and cut == [x.node_id]
     assert restarted.blocks.find("node", x.node_id, mesh.clock.now_ms) is not None
     # The kept observations end with the block.

@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_S: Final = 60.0
 MAX_TTL_S: Final = 7 * 24 * 3600.0
 MAX_TTL_MS: Final = int(MAX_TTL_S * 1000)
+# An observation kept alive for a block ends this long before the block (`_back_blocks`).
+KEEP_MARGIN_MS: Final = 1000
 MAX_EVIDENCE_CHARS: Final = 600
 # Pattern `policy` actions name what to do; `block_sender` is the docs' older name.
 ACTION_TARGETS: Final[dict[str, TargetKind]] = {
@@ -487,7 +489,7 @@ class ImmuneService:
                 self.tally.remove(observation.subject, node_id_from_public_key(policy.issuer))
             return
         key = policy_key(policy.issuer, policy.id)
-        block = self.blocks.get(key)
+        block = self.blocks.get(key) or self._unconfirmed.get(key)
         self.blocks.discard(key)
         self._unconfirmed.pop(key, None)
         if (
@@ -558,14 +560,22 @@ class ImmuneService:
         """Keep our observation of each node a block here holds alive as long as that
         block: the block outlives observations (`block_ttl_s` > `observation_ttl_s`), and a
         node that restarts (or rejoins) while it holds must find the quorum that backed it
-        still signed, each vote by its own observer, or it would not enforce it."""
+        still signed, each vote by its own observer, or it would not enforce it.
+
+        Kept until `KEEP_MARGIN_MS` before the block ends (never past it: a vote kept
+        alive by a block must not outlive it and make a new one), and no longer than a
+        block this node issues (`block_ttl_s` from the block's issue), whoever issued it."""
+        ttl_cap_ms = int(self.config.block_ttl_s * 1000)
         for block in self.blocks.all():
-            if block.target_kind != "node" or block.expires_at_ms <= now_ms:
+            if block.target_kind != "node":
+                continue
+            until_ms = min(block.expires_at_ms, block.issued_at_ms + ttl_cap_ms) - KEEP_MARGIN_MS
+            if until_ms <= now_ms:
                 continue
             if self.node_id not in self.tally.observers(block.target, now_ms):
                 continue
             held = self._policies.get(self._signer.public_key, observation_id(block.target))
-            if held is None or held.expires_at_ms >= block.expires_at_ms:
+            if held is None or held.expires_at_ms >= until_ms:
                 continue
             try:
                 self._policies.issue(
@@ -573,7 +583,7 @@ class ImmuneService:
                     held.id,
                     OBSERVATION_KIND,
                     held.body,
-                    ttl_ms=block.expires_at_ms - now_ms,
+                    ttl_ms=until_ms - now_ms,
                 )
             except CrdtError as e:
                 self.stats["refused_crdt"] += 1

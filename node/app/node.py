@@ -342,6 +342,10 @@ class Node(Service):
         self.page.start_vsm_push(self.loops, self.vsm_view)
         stack.push_async_callback(self.page.stop_vsm_push)
         self._register_http_metrics(http)
+        # The node blocks the snapshot holds cut their targets' links before the mesh
+        # admits anyone (`mesh.refuses` is the immune system's answer from the start).
+        await replication.restore_snapshot()
+        immune = self._start_immune(identity, mesh, replication)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
         try:
@@ -367,7 +371,6 @@ class Node(Service):
         await stack.enter_async_context(replication)
         # After the snapshot is restored: what it holds is read once, the rest arrives.
         self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
-        immune = self._start_immune(identity, mesh, replication)
         await self._start_gray_exchange(stack, identity, mesh, replication, tools)
         tools.gate = immune.check_call
         # System 5's block_origin rules act through the immune system.

@@ -39,6 +39,7 @@ from vsmcp.node.app.cert_reload import CertificateReloader
 from vsmcp.node.app.children_api import ChildrenApi
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
+from vsmcp.node.app.immune_links import link_node_blocks, quorum_members
 from vsmcp.node.app.s4_api import S4Api
 from vsmcp.node.app.trust import NodeIdentity, certificate_path, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
@@ -341,6 +342,10 @@ class Node(Service):
         self.page.start_vsm_push(self.loops, self.vsm_view)
         stack.push_async_callback(self.page.stop_vsm_push)
         self._register_http_metrics(http)
+        # The node blocks the snapshot holds cut their targets' links before the mesh
+        # admits anyone (`mesh.refuses` is the immune system's answer from the start).
+        await replication.restore_snapshot()
+        immune = self._start_immune(identity, mesh, replication)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
         try:
@@ -366,7 +371,6 @@ class Node(Service):
         await stack.enter_async_context(replication)
         # After the snapshot is restored: what it holds is read once, the rest arrives.
         self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
-        immune = self._start_immune(identity, mesh, replication)
         await self._start_gray_exchange(stack, identity, mesh, replication, tools)
         tools.gate = immune.check_call
         # System 5's block_origin rules act through the immune system.
@@ -466,7 +470,7 @@ class Node(Service):
             policies=replication.state.policies,
             signer=identity.key,
             config=self.config.vsm.gray,
-            alive=lambda: [identity.node_id, *mesh.alive_peers()],
+            alive=quorum_members(mesh),
             quorum_max=MEMBERSHIP_PRESETS[self.config.mesh.preset]().quorum_max,
             on_quorum=tools.quorum_changed,
         )
@@ -840,19 +844,13 @@ class Node(Service):
             signer=identity.key,
             config=cfg,
             protected=protected,
-            alive=lambda: [identity.node_id, *mesh.alive_peers()],
+            alive=quorum_members(mesh),
             quorum_max=MEMBERSHIP_PRESETS[self.config.mesh.preset]().quorum_max,
             events=self.events,
             audit=lambda kind, data: self._audit_nowait(kind, identity.node_id, data),
         )
         self.immune = immune
-        # A node block cuts the blocked node's mesh links while it lasts (HELLOs refused,
-        # envelopes dropped, none sent); those held from the snapshot too.
-        mesh.refuses = immune.node_blocked
-        immune.on_node_block = mesh.cut
-        for block in immune.blocks.all():
-            if block.target_kind == "node":
-                mesh.cut(block.target)
+        link_node_blocks(mesh, immune)
         self.actions.register("policy", immune.on_match)
         if cfg.enabled:
             self.patterns.set_source(IMMUNE_SOURCE, immune_patterns(cfg, identity.node_id))

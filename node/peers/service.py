@@ -336,6 +336,9 @@ class MeshService(Service):
         # envelopes are dropped, their HELLOs refused, none are sent to them.
         self.blocked: set[str] = set()
         self.refuses: Callable[[str], bool] | None = None
+        # Told each peer newly admitted (a quorum counted over `members_alive` may have
+        # grown without a membership change: a known member saying HELLO again).
+        self.on_admit: Callable[[str], None] | None = None
         self._transport: Transport | None = None
         self._membership: Membership | None = None
         self._discovery: Discovery | None = None
@@ -613,13 +616,19 @@ class MeshService(Service):
         refuses = self.refuses
         return node_id in self.blocked or (refuses is not None and refuses(node_id))
 
-    def alive_peers(self) -> list[str]:
-        """Admitted peers that membership holds alive (routing and push targets)."""
+    def members_alive(self) -> list[str]:
+        """Admitted peers that membership holds alive, but for those a test blocked:
+        what quorums count. Never asks `refuses` (the immune system counts its quorums
+        over these, and `refuses` is its answer)."""
         return [
             node_id
             for node_id in self.peers
-            if self.member_state(node_id) == "alive" and not self.cut_off(node_id)
+            if self.member_state(node_id) == "alive" and node_id not in self.blocked
         ]
+
+    def alive_peers(self) -> list[str]:
+        """Admitted peers that membership holds alive (routing and push targets)."""
+        return [node_id for node_id in self.members_alive() if not self.cut_off(node_id)]
 
     async def request(
         self,
@@ -952,8 +961,8 @@ class MeshService(Service):
             self.stats.refused["certificate_mismatch"] += 1
             raise AdmissionError("certificate_mismatch", "certificate is for another key")
         node_id = envelope.sender_id
-        peer = self.peers.get(node_id)
-        if peer is None:
+        is_new = node_id not in self.peers
+        if is_new:
             log.info(
                 "admitted peer %s (zone %s) at %s", node_id, certificate.zone, hello.meta.endpoint
             )
@@ -964,6 +973,8 @@ class MeshService(Service):
         membership = self._membership
         if membership is not None and membership.member(node_id) is None:
             self._carry_out(membership.join([node_id], time.monotonic()))
+        if is_new and self.on_admit is not None:
+            self.on_admit(node_id)
         return peer
 
     def _verify_peer_certificate(self, hello: Hello, peer_address: str) -> Certificate:

@@ -122,12 +122,13 @@ class ReplicationService(Service):
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._stopped = False
+        self._restored = False
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
-        await self._restore_snapshot()
+        await self.restore_snapshot()
         self._mesh.handle_oneway(MsgType.SYNC, self._on_sync)
         self.announce_local_tools()
         for run, name in (
@@ -324,7 +325,13 @@ class ReplicationService(Service):
             self._last_snapshot_id = ident
         return ident
 
-    async def _restore_snapshot(self) -> None:
+    async def restore_snapshot(self) -> None:
+        """Load the stored snapshot (once; `start` does if it was not done before): the
+        node restores it before the mesh starts, so the node blocks it holds are known
+        before any peer is admitted."""
+        if self._restored:
+            return
+        self._restored = True
         snapshot = await self._store.kv_get(KV_SNAPSHOT)
         if snapshot is None:
             return

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,16 @@ def dev_peer(host: str, seeds: list[str], *, mesh_name: str, zone: str) -> MeshS
         mesh_name=mesh_name,
         preset="local",
     )
+
+
+@contextlib.asynccontextmanager
+async def dev_pair(mesh_name: str) -> AsyncIterator[tuple[MeshService, MeshService]]:
+    """Two running dev members on loopback in this process, the second seeded by the first."""
+    a = dev_peer("127.0.0.1", [], mesh_name=mesh_name, zone="public")
+    async with a:
+        b = dev_peer("127.0.0.1", [f"127.0.0.1:{a.port}"], mesh_name=mesh_name, zone="public")
+        async with b:
+            yield a, b
 
 
 def status(service: MeshService) -> dict[str, Any]:

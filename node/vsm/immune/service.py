@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_S: Final = 60.0
 MAX_TTL_S: Final = 7 * 24 * 3600.0
 MAX_TTL_MS: Final = int(MAX_TTL_S * 1000)
+# An observation kept alive for a block ends this long before the block (`_back_blocks`).
+KEEP_MARGIN_MS: Final = 1000
 MAX_EVIDENCE_CHARS: Final = 600
 # Pattern `policy` actions name what to do; `block_sender` is the docs' older name.
 ACTION_TARGETS: Final[dict[str, TargetKind]] = {
@@ -458,24 +460,13 @@ class ImmuneService:
     def node_blocked(self, node_id: str) -> bool:
         """A node block of `node_id` is in force here now: its mesh links stay cut.
 
-        Also asked of a block held unconfirmed (restored before its observers were
-        alive here, say): a peer admitted since may complete its quorum without a
-        membership change to say so, and the blocked node's HELLO must not get in
-        first. Backed now: it comes into force (its links cut) once this call returns."""
-        if not len(self.blocks) and not self._unconfirmed:
+        Answers from the blocks in force only: the mesh asks it while counting who is
+        alive, which the quorum counts over, so it never counts a quorum itself. A block
+        held unconfirmed comes into force in `check_quorums` (scheduled when observations,
+        membership or admissions change), which cuts its target's links then."""
+        if not len(self.blocks):
             return False
-        now_ms = self._clock_ms()
-        if self.blocks.find("node", node_id, now_ms) is not None:
-            return True
-        for block in self._unconfirmed.values():
-            if (
-                block.target == node_id
-                and block.expires_at_ms > now_ms
-                and self.tally.confirmed(node_id, now_ms)
-            ):
-                self._schedule_quorum_check()
-                return True
-        return False
+        return self.blocks.find("node", node_id, self._clock_ms()) is not None
 
     def _outlives_bound(self, policy: Policy) -> bool:
         """A policy from the network that would hold longer than any this node issues
@@ -498,7 +489,7 @@ class ImmuneService:
                 self.tally.remove(observation.subject, node_id_from_public_key(policy.issuer))
             return
         key = policy_key(policy.issuer, policy.id)
-        block = self.blocks.get(key)
+        block = self.blocks.get(key) or self._unconfirmed.get(key)
         self.blocks.discard(key)
         self._unconfirmed.pop(key, None)
         if (
@@ -510,9 +501,9 @@ class ImmuneService:
             self._schedule_quorum_check()
 
     def members_changed(self) -> None:
-        """Membership moved (a peer came, went, turned alive or dead): a quorum counts
-        alive members only, so a node block held unconfirmed (one restored from the
-        snapshot before the peers were back) may be backed now."""
+        """Membership moved (a peer came, went, turned alive or dead, was admitted): a
+        quorum counts alive members only, so a node block held unconfirmed (one restored
+        from the snapshot before the peers were back) may be backed now."""
         if self._unconfirmed:
             self._schedule_quorum_check()
 
@@ -569,14 +560,22 @@ class ImmuneService:
         """Keep our observation of each node a block here holds alive as long as that
         block: the block outlives observations (`block_ttl_s` > `observation_ttl_s`), and a
         node that restarts (or rejoins) while it holds must find the quorum that backed it
-        still signed, each vote by its own observer, or it would not enforce it."""
+        still signed, each vote by its own observer, or it would not enforce it.
+
+        Kept until `KEEP_MARGIN_MS` before the block ends (never past it: a vote kept
+        alive by a block must not outlive it and make a new one), and no longer than a
+        block this node issues (`block_ttl_s` from the block's issue), whoever issued it."""
+        ttl_cap_ms = int(self.config.block_ttl_s * 1000)
         for block in self.blocks.all():
-            if block.target_kind != "node" or block.expires_at_ms <= now_ms:
+            if block.target_kind != "node":
+                continue
+            until_ms = min(block.expires_at_ms, block.issued_at_ms + ttl_cap_ms) - KEEP_MARGIN_MS
+            if until_ms <= now_ms:
                 continue
             if self.node_id not in self.tally.observers(block.target, now_ms):
                 continue
             held = self._policies.get(self._signer.public_key, observation_id(block.target))
-            if held is None or held.expires_at_ms >= block.expires_at_ms:
+            if held is None or held.expires_at_ms >= until_ms:
                 continue
             try:
                 self._policies.issue(
@@ -584,7 +583,7 @@ class ImmuneService:
                     held.id,
                     OBSERVATION_KIND,
                     held.body,
-                    ttl_ms=block.expires_at_ms - now_ms,
+                    ttl_ms=until_ms - now_ms,
                 )
             except CrdtError as e:
                 self.stats["refused_crdt"] += 1

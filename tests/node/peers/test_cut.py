@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.integration.mesh_peer import dev_peer
+from tests.integration.mesh_peer import dev_pair
 from tests.polling import async_wait_for
 from vsmcp.mesh.envelope import MsgType
 from vsmcp.mesh.transport import Priority, RemoteError
@@ -18,11 +18,8 @@ from vsmcp.node.peers.service import MeshService
 
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[MeshService, MeshService]]:
-    a = dev_peer("127.0.0.1", [], mesh_name="cut-test", zone="public")
-    async with a:
-        b = dev_peer("127.0.0.1", [f"127.0.0.1:{a.port}"], mesh_name="cut-test", zone="public")
-        async with b:
-            yield a, b
+    async with dev_pair("cut-test") as pair:
+        yield pair
 
 
 async def _hello(sender: MeshService, to: MeshService) -> None:

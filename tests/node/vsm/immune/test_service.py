@@ -27,7 +27,12 @@ from vsmcp.node.vsm.immune.model import (
     MAX_OBSERVERS,
     MAX_TARGET_CHARS,
     MITIGATION_KIND,
+    MitigationBody,
+    PolicyNote,
+    body_of,
     immune_issuers,
+    mitigation_id,
+    observation_id,
 )
 from vsmcp.node.vsm.immune.patterns import immune_patterns
 from vsmcp.node.vsm.immune.service import ImmuneService
@@ -53,8 +58,15 @@ class Member:
 class Mesh:
     """`count` nodes with their own stores; `sync()` copies every record everywhere."""
 
-    def __init__(self, count: int, *, config: ImmuneConfig | None = None, roles: int = 99):
-        self.clock = Clock()
+    def __init__(
+        self,
+        count: int,
+        *,
+        config: ImmuneConfig | None = None,
+        roles: int = 99,
+        clock: Clock | None = None,
+    ):
+        self.clock = clock or Clock()
         signers = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(count)]
         self.roles = {
             s.public_key: (IMMUNE_ROLE,) if i < roles else ("tools",) for i, s in enumerate(signers)
@@ -346,13 +358,16 @@ def test_a_node_that_restarts_past_the_observations_still_enforces_the_block() -
     alive.extend(m.node_id for m in members if m is not r)
     restarted.members_changed()
     assert restarted.node_blocked(x.node_id) and cut == [x.node_id]
-    # A peer admitted with no membership change to say so: asked about x, the node
-    # finds the quorum complete and enforces the block before x gets in.
+    # Peers admitted with no membership change to say so: `node_blocked` does not count
+    # the quorum (the mesh asks it while listing who is alive); the admission (the mesh's
+    # `on_admit`) schedules the count, which enforces the block and cuts x then.
     alive = [r.node_id]
     restarted = _restarted(mesh, r, alive)
     cut.clear()
     restarted.on_node_block = cut.append
     alive.extend(m.node_id for m in members if m is not r)
+    assert not restarted.node_blocked(x.node_id) and not cut
+    restarted.members_changed()
     assert restarted.node_blocked(x.node_id) and cut == [x.node_id]
     assert restarted.blocks.find("node", x.node_id, mesh.clock.now_ms) is not None
     # The kept observations end with the block.
@@ -381,6 +396,122 @@ def test_a_revoked_node_block_takes_its_observers_votes_with_it() -> None:
     # A new observation starts a new count: the old votes are gone.
     outcome = members[3].immune.mitigate(_request("node", x.node_id))
     assert outcome.status == "pending" and "1 of 3" in outcome.detail
+
+
+class TickingClock(Clock):
+    """Each read is a millisecond later: a write lands after the read that computed it."""
+
+    def __call__(self) -> int:
+        self.now_ms += 1
+        return self.now_ms
+
+
+def _node_blocks_of(member: Member, x: Member) -> list[int]:
+    """Expiries of the live node blocks of x in member's store."""
+    return [
+        p.expires_at_ms
+        for p in member.store.view()
+        if p.kind == MITIGATION_KIND and p.id == mitigation_id("node", x.node_id)
+    ]
+
+
+def test_observations_kept_for_a_block_end_before_it_and_make_no_new_block() -> None:
+    mesh = Mesh(6, clock=TickingClock())
+    members = mesh.members
+    x = members[5]
+    _block_by_quorum(mesh, x)
+    issued = sum(m.immune.stats["issued"] for m in members)
+    # Past the observations' own TTL: only the votes kept for the block are live.
+    mesh.clock.now_ms += 61_000
+    for member in members:
+        member.immune.check_quorums()
+    mesh.sync()
+    last = max(e for m in members for e in _node_blocks_of(m, x))
+    for observer in members[:3]:
+        held = observer.store.get(observer.signer.public_key, observation_id(x.node_id))
+        assert held is not None and held.expires_at_ms < last - 900
+    # The block ends: the votes kept for it ended before, nobody issues a new one.
+    mesh.clock.now_ms = last
+    for _ in range(3):
+        for member in members:
+            member.immune.check_quorums()
+        mesh.sync()
+    assert sum(m.immune.stats["issued"] for m in members) == issued
+    assert not any(m.immune.node_blocked(x.node_id) for m in members)
+    assert not any(_node_blocks_of(m, x) for m in members)
+
+
+def test_a_revoked_block_held_unconfirmed_takes_the_observers_kept_vote_with_it() -> None:
+    mesh = Mesh(6)
+    members = mesh.members
+    x, r = members[5], members[0]
+    _block_by_quorum(mesh, x)
+    mesh.clock.now_ms += 61_000  # r's vote is live only because the block keeps it
+    # r restarted with the other observers not back yet: its own vote is not a quorum
+    # (2 of the 3 alive others), the block is held unconfirmed there.
+    store = PolicyStore(
+        replica_id=r.signer.public_key,
+        authority_keys=[AUTHORITY.public_key],
+        allowed_issuers=immune_issuers(mesh.roles.get),
+        clock=mesh.clock,
+    )
+    store.offer(r.store.retained_records())
+    restarted = ImmuneService(
+        policies=store,
+        signer=r.signer,
+        config=ImmuneConfig(),
+        protected={node_id_from_public_key(AUTHORITY.public_key)},
+        alive=lambda: [r.node_id, members[3].node_id, members[4].node_id],
+        quorum_max=3,
+        clock_ms=mesh.clock,
+    )
+    assert not restarted.node_blocked(x.node_id)
+    assert store.get(r.signer.public_key, observation_id(x.node_id)) is not None
+    for policy in store.view():
+        if policy.kind == MITIGATION_KIND:
+            blob = sign_revocation(
+                AUTHORITY, policy.issuer, policy.id, policy.version, now_ms=mesh.clock.now_ms
+            )
+            assert store.accept_signed(blob)
+    assert not any(p.kind == MITIGATION_KIND for p in store.view())
+    assert store.get(r.signer.public_key, observation_id(x.node_id)) is None
+    assert restarted.stats["observations_withdrawn"] == 1
+
+
+def test_a_vote_is_kept_no_longer_than_this_nodes_block_ttl_for_a_longer_block() -> None:
+    mesh = Mesh(6)
+    members = mesh.members
+    x, long_issuer = members[5], members[3]
+    for member in members[:2]:
+        assert member.immune.mitigate(_request("node", x.node_id)).status == "pending"
+    mesh.sync()
+    # Another immune node's block of x, for three days: backed once a third vote arrives.
+    body = MitigationBody(
+        target_kind="node",
+        target=x.node_id,
+        note=PolicyNote(source="s", reason="r", evidence="", action="a", until=""),
+        observers=(),
+    )
+    long_block = long_issuer.store.issue(
+        long_issuer.signer,
+        mitigation_id("node", x.node_id),
+        MITIGATION_KIND,
+        body_of(body),
+        ttl_ms=3 * 24 * 3600 * 1000,
+    )
+    mesh.sync()
+    assert members[2].immune.mitigate(_request("node", x.node_id)).status == "issued"
+    mesh.sync()
+    assert all(m.immune.node_blocked(x.node_id) for m in members[:5])
+    # The votes are kept as long as a block of ours would last (600 s), not three days.
+    ttl_ms = int(ImmuneConfig().block_ttl_s * 1000)
+    for observer in members[:3]:
+        held = observer.store.get(observer.signer.public_key, observation_id(x.node_id))
+        assert held is not None
+        assert held.expires_at_ms <= long_block.issued_at_ms + ttl_ms
+    # Past that, a restarted node no longer finds the quorum backing the long block.
+    mesh.clock.now_ms = long_block.issued_at_ms + ttl_ms
+    assert not _restarted(mesh, members[4], mesh.alive).node_blocked(x.node_id)
 
 
 def test_the_built_in_patterns_block_an_origin_through_the_engine() -> None:

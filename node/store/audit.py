@@ -563,9 +563,11 @@ class AuditLog(Service):
         await self._write_head_file(SignedHead(sealed.last_seq, sealed.last_hash, sealed.head_sig))
 
     def _writer_ended(self, writer: asyncio.Task[None]) -> None:
-        """The supervisor gave the writer loop up (or it ended) while the log was open:
-        nothing will write the entries, so the log stops, and its waiters are told."""
-        if self._closing:
+        """The supervisor gave the writer loop up (or it ended) before close stopped it:
+        nothing will write the entries, so the log stops, and its waiters are told. That
+        includes a close waiting for its entries (it sets `_closed` before it cancels the
+        writer, so only its own stop is ignored here)."""
+        if self._closed:
             return
         if self._failure is None:
             error = AuditError(

@@ -1073,6 +1073,37 @@ async def test_a_writer_given_up_stops_the_log_and_close_reports_what_was_lost(
     assert lost and "closed with 2 entries not committed (entries after 1)" in lost[0]
 
 
+async def test_a_writer_given_up_while_close_waits_ends_the_close(tmp_path: Path) -> None:
+    """Regression: a give-up during close's wait was ignored (the log was closing), so
+    close waited forever for an entry nothing would write."""
+    signing, release = threading.Event(), threading.Event()
+
+    def held_signer(message: bytes) -> bytes:
+        signing.set()
+        release.wait(HANG_GUARD_S)
+        return sign(message)
+
+    loops = quick_restarts(max_restarts=0)
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(tmp_path) as store:
+        audit = AuditLog(store, held_signer, PUBLIC_KEY, loops=loops, linger_s=0, batch_size=1)
+        await audit.start()
+        await audit.append("k", "a", {"i": 1})
+        await async_wait_until(signing.is_set, what="entry 1 being sealed")
+        await audit.append("k", "a", {"i": 2})  # queued behind it
+        closing = asyncio.create_task(audit.close())
+        await asyncio.sleep(0)  # close runs to its wait
+        assert not closing.done()
+        assert loops.inject_fault(WRITER)
+        await async_wait_until(lambda: WRITER in loops.failures, what="writer given up")
+        release.set()
+        with pytest.raises(AuditWriteError, match="gave the writer loop up"):
+            await closing
+        assert audit.pending == 0
+    # The batch in hand at the give-up runs to its end; the entry behind it is lost.
+    assert committed_seqs(db_of(tmp_path)) == [1]
+    assert verify_audit_log(db_of(tmp_path), PUBLIC_KEY).ok
+
+
 async def test_close_after_a_failure_releases_appends_blocked_on_a_full_queue(
     tmp_path: Path,
 ) -> None:

@@ -973,6 +973,38 @@ async def test_a_durable_append_overtaken_in_the_queue_still_waits_for_its_entry
     assert overtaken >= 1  # the sweep hit the interleaving it is about
 
 
+async def test_a_flush_does_not_wait_for_an_append_cancelled_while_waiting_for_room(
+    tmp_path: Path,
+) -> None:
+    """Regression: flush counted an append still waiting for room in a full queue, and
+    kept waiting for it after it was cancelled (never to be written)."""
+    signing, release = threading.Event(), threading.Event()
+
+    def held_signer(message: bytes) -> bytes:
+        signing.set()
+        release.wait(HANG_GUARD_S)
+        return sign(message)
+
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(tmp_path) as store:
+        audit = AuditLog(store, held_signer, PUBLIC_KEY, queue_maxsize=1, batch_size=1)
+        await audit.start()
+        await audit.append("k", "a", {"i": 1})
+        await async_wait_until(signing.is_set, what="entry 1 being sealed")
+        await audit.append("k", "a", {"i": 2})  # queued: the queue is full
+        waiting = asyncio.create_task(audit.append("k", "a", {"i": 3}))
+        await async_wait_until(lambda: audit.pending == 3, what="entry 3 waiting for room")
+        flushing = asyncio.create_task(audit.flush())
+        await asyncio.sleep(0)  # the flush counts what was appended so far
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        release.set()
+        await flushing
+        assert committed_seqs(db_of(tmp_path)) == [1, 2]
+        await audit.close()
+    assert committed_seqs(db_of(tmp_path)) == [1, 2]
+
+
 # -- the writer loop cancelled and restarted by its supervisor --------------------------
 
 WRITER = "audit-writer"

@@ -8,9 +8,10 @@ sender publishes the oldest entries and deletes them once the broker confirmed t
 an outage (or a kill -9) loses nothing within `outbox_capacity`; after it the entries
 leave in order. Delivery is at least once: an entry sent but not confirmed when the
 connection dropped is sent again. `message_id` is `<node id>:<seq>` and the headers
-carry `node` and `seq`, so a consumer can drop repeats and check the order. An entry
-the broker refuses (a bound queue full with `reject-publish`) is sent again after a
-backoff on the same connection (`_send_outbox`).
+carry `node` and `seq`, so a consumer can drop repeats (by the set of `seq`s seen, per
+node). An entry the broker refuses (a bound queue full with `reject-publish`) is sent
+again after a backoff on the same connection (`_send_outbox`); the queue that refused
+it may have taken later ones first.
 
 In: `amqp_calls.py` (JSON-RPC `tools/call` from `vsmcp.calls` and
 `vsmcp.calls.<node id>`).
@@ -408,8 +409,10 @@ class AmqpBridge(Service):
         every call in flight and change nothing): what was confirmed before it is
         removed, and after a backoff (`NACK_RETRY_MIN_S` doubling to `NACK_RETRY_MAX_S`)
         the sender starts again from it, in order. The entries after it that the broker
-        had confirmed are sent again (at least once: a consumer drops the repeats by
-        message id). No progress for `pain_after_s` is pain."""
+        had confirmed are sent again (at least once: a consumer drops the repeats by the
+        set of `seq`s it saw, per node). Not a high-water mark: the refusing queue can
+        take k+1..n after refusing k (a slot freed meanwhile), so its consumer may see
+        k+1..n, then k, k+1..n. No progress for `pain_after_s` is pain."""
         outbox = self._outbox
         assert outbox is not None
         in_flight: deque[tuple[list[OutboxEntry], BatchConfirms]] = deque()

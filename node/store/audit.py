@@ -272,6 +272,9 @@ class AuditLog(Service):
         # Entries accepted by `append` (counted before they are queued, so a flush or
         # close also waits for appends blocked on a full queue) and entries committed.
         self._accepted = 0
+        # Entries put in the queue: the n-th is the n-th committed (or lost), so this,
+        # not `_accepted`, numbers the entry a durable append waits for.
+        self._queued = 0
         self._committed = 0
         self._failure: BaseException | None = None
         self._failure_message = ""
@@ -377,7 +380,6 @@ class AuditLog(Service):
             raise self._write_error()
         pending = self._make_pending(kind, actor, data)
         self._accepted += 1
-        position = self._accepted
         self._putting += 1
         try:
             await self._queue.put(pending)
@@ -388,6 +390,11 @@ class AuditLog(Service):
             raise
         finally:
             self._putting -= 1
+        # Numbered once in the queue, with no await since `put` put it there: appends
+        # waiting for room do not enter in the order they came (one arriving as room
+        # frees takes it before a woken waiter), and the queue's order is the commit order.
+        self._queued += 1
+        position = self._queued
         if durable:
             await self._wait_committed(position)
         if self._failure is not None:
@@ -397,12 +404,11 @@ class AuditLog(Service):
             raise AuditError("audit log closed before the entry was written", reason="closed")
 
     async def _wait_committed(self, position: int) -> None:
-        """Wait until the `position`-th accepted entry is committed (or writing failed).
+        """Wait until the `position`-th queued entry is committed (or writing failed).
 
-        Entries are committed in the order they were accepted. An append cancelled
-        while waiting for room lowers the count of those after it, so `position` may
-        overshoot by one per cancellation: bounded by `_accepted`, every entry queued
-        so far being committed also means ours is.
+        Entries are committed (or counted lost) in the order they were queued, so this
+        is the entry's own commit. An append cancelled while waiting for room was never
+        queued and numbered nothing: no count to correct.
         """
         self._durable_waiting += 1
         self._hurry.set()
@@ -410,7 +416,7 @@ class AuditLog(Service):
             async with self._progress:
                 await self._progress.wait_for(
                     lambda: (
-                        self._committed + self._lost >= min(position, self._accepted)
+                        self._committed + self._lost >= position
                         or self._failure is not None
                         or self._closed
                     )
@@ -424,10 +430,13 @@ class AuditLog(Service):
             if self._failure is not None:
                 raise self._write_error()
             return
+        # Counts appends still waiting for room; one of those cancelled is never
+        # written, so the target comes down with `_accepted` (a later append may then
+        # be waited for too, which is written: never a hang).
         target = self._accepted
         async with self._progress:
             await self._progress.wait_for(
-                lambda: self._committed >= target or self._failure is not None
+                lambda: self._committed >= min(target, self._accepted) or self._failure is not None
             )
         if self._failure is not None:
             raise self._write_error()
@@ -557,9 +566,11 @@ class AuditLog(Service):
         await self._write_head_file(SignedHead(sealed.last_seq, sealed.last_hash, sealed.head_sig))
 
     def _writer_ended(self, writer: asyncio.Task[None]) -> None:
-        """The supervisor gave the writer loop up (or it ended) while the log was open:
-        nothing will write the entries, so the log stops, and its waiters are told."""
-        if self._closing:
+        """The supervisor gave the writer loop up (or it ended) before close stopped it:
+        nothing will write the entries, so the log stops, and its waiters are told. That
+        includes a close waiting for its entries (it sets `_closed` before it cancels the
+        writer, so only its own stop is ignored here)."""
+        if self._closed:
             return
         if self._failure is None:
             error = AuditError(

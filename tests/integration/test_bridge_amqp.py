@@ -454,7 +454,7 @@ async def test_a_full_bound_queue_is_retried_on_the_same_connection_in_order(
     (`reject-publish`): the broker nacks the events. The bridge keeps its connection
     (no reconnect, no call redelivered), counts the nacks, sends the refused events
     again with a backoff, and the stall is pain. Once that consumer reads, everything
-    arrives, in order, at both consumers; the outbox drains."""
+    arrives at both consumers (in order at the healthy one); the outbox drains."""
     node, queue, channel = await _serving(tmp_path, broker, nodes)
     healthy = await EventsConsumer(channel, f"{node.node_id}.tool_call").open()
     exchange = await channel.get_exchange("vsmcp.events")
@@ -490,10 +490,11 @@ async def test_a_full_bound_queue_is_retried_on_the_same_connection_in_order(
         what=f"{events} events at both consumers",
     )
     wait_for(lambda: _amqp(node)["outbox_depth"] == 0, timeout_s=30, what="outbox drained")
-    for arrivals in (seen, healthy.unique_in_order()):
-        unique = list(dict.fromkeys(arrivals))
-        assert len(unique) == events and unique == sorted(unique)
-    assert list(dict.fromkeys(seen)) == healthy.unique_in_order()
+    # The healthy queue keeps the order; the one that refused may not (it can take the
+    # entries after a refused one when a slot frees meanwhile): each once, by seq.
+    in_order = healthy.unique_in_order()
+    assert len(in_order) == events and in_order == sorted(in_order)
+    assert set(seen) == set(in_order)
     status = _amqp(node)
     assert status["counters"]["connects"] == 1
     assert status["counters"]["published"] >= events

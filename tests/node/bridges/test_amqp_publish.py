@@ -131,14 +131,20 @@ async def test_a_batch_arrives_whole_in_order_and_each_is_confirmed() -> None:
         await connection.close()
 
 
+async def _refusing_queue(channel: Any, max_length: int) -> str:
+    """A queue that, once `max_length` messages wait in it, refuses more: the broker
+    nacks what it cannot take (`reject-publish`)."""
+    queue = f"vsmcp.test.publish.{uuid.uuid4().hex[:8]}"
+    arguments = {"x-max-length": max_length, "x-overflow": "reject-publish"}
+    await channel.queue_declare(queue, exclusive=True, arguments=arguments)
+    return queue
+
+
 async def test_a_refused_message_is_reported_with_its_index_and_its_batch_names_the_first() -> None:
     url = require_rabbitmq()
     connection, publisher, consumer = await _channels(url)
-    queue = f"vsmcp.test.publish.{uuid.uuid4().hex[:8]}"
     try:
-        # A full queue that refuses more: the broker nacks what it cannot take.
-        arguments = {"x-max-length": 3, "x-overflow": "reject-publish"}
-        await consumer.queue_declare(queue, exclusive=True, arguments=arguments)
+        queue = await _refusing_queue(consumer, 3)
         confirms: dict[int, BaseException | None] = {}
         every = BatchConfirms(publisher, 5)
 
@@ -151,6 +157,38 @@ async def test_a_refused_message_is_reported_with_its_index_and_its_batch_names_
         assert await every.future == 3
         assert len(confirms) == 5 and every.nacked == 2
         assert [confirms[i] is None for i in range(5)] == [True, True, True, False, False]
+    finally:
+        await connection.close()
+
+
+async def test_a_queue_that_refused_one_takes_the_next_once_a_slot_frees() -> None:
+    """Why an outbox consumer keeps the set of `seq`s it saw, not the highest: the
+    broker refuses entry 1 to a full queue (`reject-publish`), a consumer frees a slot,
+    and entry 2, already on its way, is taken; entry 1, sent again, comes after it. The
+    same happens inside one batch when the slot frees while the batch is in flight."""
+    url = require_rabbitmq()
+    connection, publisher, consumer = await _channels(url)
+    try:
+        queue = await _refusing_queue(consumer, 1)
+
+        async def publish(*seqs: int) -> int | None:
+            confirms = BatchConfirms(publisher, len(seqs))
+            await publish_many(publisher, [_message(queue, i) for i in seqs], confirms)
+            return await confirms.future
+
+        arrivals: list[int] = []
+
+        async def read_one() -> None:
+            got = await consumer.basic_get(queue, no_ack=True)
+            arrivals.append(int(got.header.properties.headers["seq"]))
+
+        assert await publish(0, 1) == 1  # entry 1 refused: the queue is full
+        await read_one()  # a slot frees
+        assert await publish(2) is None  # the entry after the refused one is taken
+        await read_one()
+        assert await publish(1) is None  # the refused one, sent again, is taken last
+        await read_one()
+        assert arrivals == [0, 2, 1]
     finally:
         await connection.close()
 

@@ -866,13 +866,17 @@ async def test_a_missing_head_file_is_written_for_an_existing_log(tmp_path: Path
 # -- durability ------------------------------------------------------------------------
 
 
-def committed_seqs(db: Path) -> list[int]:
-    """What another process sees in the file now."""
+def committed_column(db: Path, column: str) -> list[Any]:
+    """What another process sees in the file now: `column` of each entry, in seq order."""
     conn = sqlite3.connect(db)
     try:
-        return [r[0] for r in conn.execute("SELECT seq FROM audit_entries ORDER BY seq")]
+        return [r[0] for r in conn.execute(f"SELECT {column} FROM audit_entries ORDER BY seq")]
     finally:
         conn.close()
+
+
+def committed_seqs(db: Path) -> list[int]:
+    return committed_column(db, "seq")
 
 
 async def test_a_durable_append_returns_with_its_entry_committed(tmp_path: Path) -> None:
@@ -908,6 +912,97 @@ async def test_durable_appends_wait_for_earlier_plain_ones(tmp_path: Path) -> No
             await audit.append("tool.call", "node", {"i": i})
         await audit.append("tool.call", "node", {"i": 5}, durable=True)
         assert committed_seqs(db_of(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+def committed_actors(db: Path) -> list[str]:
+    return committed_column(db, "actor")
+
+
+async def overtaken_by_a_newcomer(data_dir: Path, hops: int) -> tuple[list[str], list[str]]:
+    """Durable append A waits for room in a full queue (maxsize 1: entry e1 being sealed,
+    e2 queued); `hops` event-loop steps after e1 is committed, plain append B comes. When
+    the writer takes e2, asyncio wakes A but does not hold the room for it: B, arriving
+    first, takes it. Returns (what was committed when A's append returned, at the end)."""
+    release = threading.Event()
+
+    def held_signer(message: bytes) -> bytes:
+        release.wait(HANG_GUARD_S)
+        return sign(message)
+
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(data_dir) as store:
+        audit = AuditLog(store, held_signer, PUBLIC_KEY, queue_maxsize=1, batch_size=1, linger_s=0)
+        await audit.start()
+
+        async def first_then_newcomer() -> None:
+            await audit.append("k", "e1", {}, durable=True)
+            for _ in range(hops):
+                await asyncio.sleep(0)
+            await audit.append("k", "B", {})
+
+        async def durable_a() -> list[str]:
+            await audit.append("k", "A", {}, durable=True)
+            return committed_actors(db_of(data_dir))
+
+        first = asyncio.create_task(first_then_newcomer())
+        await async_wait_until(lambda: audit.pending == 1, what="e1 accepted")
+        await audit.append("k", "e2", {})  # queued once the writer took e1 (and holds it)
+        a = asyncio.create_task(durable_a())
+        await async_wait_until(lambda: audit.pending == 3, what="A waiting for room")
+        release.set()
+        await first
+        seen_by_a = await a
+        await audit.close()
+    return seen_by_a, committed_actors(db_of(data_dir))
+
+
+async def test_a_durable_append_overtaken_in_the_queue_still_waits_for_its_entry(
+    tmp_path: Path,
+) -> None:
+    """Regression: the position a durable append waits for was counted before it queued,
+    so when a newcomer took the room it was woken for, it returned on the newcomer's
+    commit, before its own. Swept over when B arrives, to cross the one where it overtakes."""
+    overtaken = 0
+    for hops in range(40):
+        seen_by_a, final = await overtaken_by_a_newcomer(tmp_path / str(hops), hops)
+        assert sorted(final) == ["A", "B", "e1", "e2"]
+        assert "A" in seen_by_a, (hops, seen_by_a, final)
+        if final.index("B") < final.index("A"):
+            overtaken += 1
+        elif overtaken:
+            break  # B now comes after A has its room: every point before was covered
+    assert overtaken >= 1  # the sweep hit the interleaving it is about
+
+
+async def test_a_flush_does_not_wait_for_an_append_cancelled_while_waiting_for_room(
+    tmp_path: Path,
+) -> None:
+    """Regression: flush counted an append still waiting for room in a full queue, and
+    kept waiting for it after it was cancelled (never to be written)."""
+    signing, release = threading.Event(), threading.Event()
+
+    def held_signer(message: bytes) -> bytes:
+        signing.set()
+        release.wait(HANG_GUARD_S)
+        return sign(message)
+
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(tmp_path) as store:
+        audit = AuditLog(store, held_signer, PUBLIC_KEY, queue_maxsize=1, batch_size=1)
+        await audit.start()
+        await audit.append("k", "a", {"i": 1})
+        await async_wait_until(signing.is_set, what="entry 1 being sealed")
+        await audit.append("k", "a", {"i": 2})  # queued: the queue is full
+        waiting = asyncio.create_task(audit.append("k", "a", {"i": 3}))
+        await async_wait_until(lambda: audit.pending == 3, what="entry 3 waiting for room")
+        flushing = asyncio.create_task(audit.flush())
+        await asyncio.sleep(0)  # the flush counts what was appended so far
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        release.set()
+        await flushing
+        assert committed_seqs(db_of(tmp_path)) == [1, 2]
+        await audit.close()
+    assert committed_seqs(db_of(tmp_path)) == [1, 2]
 
 
 # -- the writer loop cancelled and restarted by its supervisor --------------------------
@@ -1008,6 +1103,37 @@ async def test_a_writer_given_up_stops_the_log_and_close_reports_what_was_lost(
     assert verify_audit_log(db_of(tmp_path), PUBLIC_KEY).ok
     lost = [r.getMessage() for r in caplog.records if "not committed" in r.getMessage()]
     assert lost and "closed with 2 entries not committed (entries after 1)" in lost[0]
+
+
+async def test_a_writer_given_up_while_close_waits_ends_the_close(tmp_path: Path) -> None:
+    """Regression: a give-up during close's wait was ignored (the log was closing), so
+    close waited forever for an entry nothing would write."""
+    signing, release = threading.Event(), threading.Event()
+
+    def held_signer(message: bytes) -> bytes:
+        signing.set()
+        release.wait(HANG_GUARD_S)
+        return sign(message)
+
+    loops = quick_restarts(max_restarts=0)
+    async with asyncio.timeout(HANG_GUARD_S), Store.open(tmp_path) as store:
+        audit = AuditLog(store, held_signer, PUBLIC_KEY, loops=loops, linger_s=0, batch_size=1)
+        await audit.start()
+        await audit.append("k", "a", {"i": 1})
+        await async_wait_until(signing.is_set, what="entry 1 being sealed")
+        await audit.append("k", "a", {"i": 2})  # queued behind it
+        closing = asyncio.create_task(audit.close())
+        await asyncio.sleep(0)  # close runs to its wait
+        assert not closing.done()
+        assert loops.inject_fault(WRITER)
+        await async_wait_until(lambda: WRITER in loops.failures, what="writer given up")
+        release.set()
+        with pytest.raises(AuditWriteError, match="gave the writer loop up"):
+            await closing
+        assert audit.pending == 0
+    # The batch in hand at the give-up runs to its end; the entry behind it is lost.
+    assert committed_seqs(db_of(tmp_path)) == [1]
+    assert verify_audit_log(db_of(tmp_path), PUBLIC_KEY).ok
 
 
 async def test_close_after_a_failure_releases_appends_blocked_on_a_full_queue(

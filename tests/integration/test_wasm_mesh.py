@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx2
 import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -22,6 +21,7 @@ from tests.integration.harness import (
     run_daemon,
     running,
 )
+from tests.integration.sdk_client import mcp_http_client
 from tests.polling import async_wait_for
 from tests.skips import require_module
 
@@ -76,7 +76,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProces
 
 @asynccontextmanager
 async def _client(node: NodeProcess) -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient() as http:
+    async with mcp_http_client() as http:
         transport = streamable_http_client(node.url + "/mcp", http_client=http)
         async with Client(transport, cache=None) as client:
             yield client

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -35,6 +34,7 @@ from tests.integration.harness import (
     run_cli,
     running,
 )
+from tests.integration.sdk_client import mcp_http_client
 from tests.polling import wait_for
 from tests.skips import require_module
 from vsmcp.crdt.policies import sign_grant
@@ -197,7 +197,7 @@ async def test_published_on_a_runs_on_b_and_c_and_unpublish_retires_it(mesh: Mes
         assert held[0].read_bytes() == _echo_bytes()
 
     # An MCP client at C calls it, and C runs it itself (its local copy).
-    async with httpx2.AsyncClient() as http:
+    async with mcp_http_client() as http:
         transport = streamable_http_client(c.url + "/mcp", http_client=http)
         async with Client(transport, cache=None) as client:
             result = await client.call_tool("wasm.echo", {"from": "c"})

@@ -7,13 +7,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types import EmptyResult
 
+from tests.integration.sdk_client import mcp_http_client
 from tests.node.mcp.conftest import OPS_TOKEN, PUBLIC_TOKEN, Server
 from tests.node.slow_call import cancel_once_started
 from tests.polling import async_wait_until
@@ -29,7 +29,7 @@ async def connect(server: Server, mode: str, token: str | None = None) -> AsyncI
         async with Client(target, mode=mode, cache=None) as client:
             yield client
         return
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+    async with mcp_http_client({"Authorization": f"Bearer {token}"}) as http:
         transport = streamable_http_client(server.url, http_client=http)
         async with Client(transport, mode=mode, cache=None) as client:
             yield client

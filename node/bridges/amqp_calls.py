@@ -134,14 +134,16 @@ class CallServer:
         return await self._answer(message.body, message.user_id, queue)
 
     async def _answer_once(self, key: str, message: CallMessage, queue: str) -> bytes:
-        known = self._answers.get(key)
-        if known is not None:
-            self.counters.duplicates += 1
-            return known
+        # The running call first: its answer is in memory before it is committed, and a
+        # duplicate must not be answered (and acked) before the commit.
         running = self._running.get(key)
         if running is not None:
             self.counters.duplicates += 1
         else:
+            known = self._answers.get(key)
+            if known is not None:
+                self.counters.duplicates += 1
+                return known
             # The call is a task of its own, not of the delivery: when the connection
             # drops (and aio-pika cancels the delivery's task), the call goes on and its
             # answer waits for the redelivery.

@@ -173,9 +173,14 @@ class RememberedAnswers:
         in one transaction, until nothing is left."""
         try:
             while self._unwritten or self._evicted:
-                rows, self._unwritten = self._unwritten, []
-                evicted, self._evicted = self._evicted, []
+                # Only what memory still holds gets a row (an answer evicted before its
+                # batch is written would outlive the bounds), and a key kept again since
+                # it was evicted keeps its row.
+                rows = [row for row in self._unwritten if row[0] in self._answers]
+                evicted = [k for k in self._evicted if k not in self._answers]
+                self._unwritten, self._evicted = [], []
                 done, self._written = self._written, None
+                failed = False
                 try:
                     async with self._store.transaction() as conn:
                         await conn.executemany(
@@ -188,12 +193,18 @@ class RememberedAnswers:
                         )
                     self.writes += 1
                 except Exception as exc:  # noqa: BLE001 - a failed write is counted, never held
+                    failed = True
                     self.not_remembered += len(rows)
                     log.warning("AMQP: %d answers not remembered: %s", len(rows), exc)
+                    # Their rows still have to go: with the next write (not retried now,
+                    # a store that fails would be retried in a loop).
+                    self._evicted[:0] = evicted
                 finally:
                     # The answers go out whatever became of their write (even cancelled).
                     if done is not None and not done.done():
                         done.set_result(None)
+                if failed and not self._unwritten:
+                    break
         finally:
             self._writer = None
             if self._written is not None and not self._written.done():

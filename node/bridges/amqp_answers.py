@@ -46,8 +46,8 @@ REMEMBERED_BYTES: Final = 64 * 1024 * 1024
 # The longest a redelivery can come after its answer: the pinned queue lives a day
 # without a consumer (amqp_bridge.PINNED_QUEUE_EXPIRES_MS), so does what it holds.
 REMEMBER_FOR_S: Final = 24 * 3600.0
-# A key is a message id (at most amqp_calls.MAX_ID_CHARS), a user id and a queue name
-# (AMQP short strings: 255 bytes each) and a digest.
+# A key is a hex digest (amqp_calls: 64 characters); rows written before keys were
+# hashed (longer, at most this) age out.
 MAX_KEY_CHARS: Final = 1_024
 
 ANSWERS_TABLE_SQL: Final = """CREATE TABLE IF NOT EXISTS amqp_answers (

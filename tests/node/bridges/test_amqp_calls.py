@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, ZoneMap
@@ -18,9 +19,9 @@ def _call(message_id: str, user_id: str | None = None, body: bytes = PING) -> Ca
     return CallMessage(body, "reply", message_id, user_id, None)
 
 
-async def _poll(condition: object, what: str) -> None:
+async def _poll(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 10
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
 
@@ -49,5 +50,19 @@ async def test_a_duplicate_is_answered_only_after_the_answer_is_committed(
         answer = await duplicate
         assert await _rows(store) == 1  # answered once committed
         assert answer == await first
+        assert server.counters.duplicates == 1
+        await server.close()
+
+
+async def test_an_id_holding_the_separator_is_not_another_callers_call(tmp_path: Path) -> None:
+    async with Store.open(tmp_path) as store:
+        server = CallServer(None, ZoneMap("public", users={"c": "restricted"}), 1 << 20)
+        await server.open(store)
+        # Same body and queue; joined by the separator both were "a", "b", "c" (the
+        # second got the first's answer, computed in the other's zone).
+        await server.serve(_call("a\0b", user_id="c"), "q")
+        await server.serve(_call("a", user_id="b\0c"), "q")
+        assert server.counters.duplicates == 0 and len(server.answers) == 2
+        await server.serve(_call("a", user_id="b\0c"), "q")  # a true redelivery
         assert server.counters.duplicates == 1
         await server.close()

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
 from vsmcp.node.bridges import amqp_answers
-from vsmcp.node.bridges.amqp_answers import RememberedAnswers
+from vsmcp.node.bridges.amqp_answers import AnswersUnreadable, RememberedAnswers
 from vsmcp.node.store.database import Store
 
 
@@ -170,3 +171,21 @@ async def test_keys_evicted_in_a_failed_write_are_deleted_by_the_next(
         await answers.remember("k2", _answer(2))
         assert sorted(await _rows(store)) == ["k2"]
         await answers.close()
+
+
+async def test_a_table_of_ours_that_cannot_be_read_is_kept_and_the_open_fails_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Store.open(tmp_path) as store:
+        answers = await RememberedAnswers.open(store)
+        await answers.remember("k", _answer(1))
+        await answers.close()
+
+        async def io_error(_store: object) -> list[object]:
+            # What SQLite raises on a failing disk (the read, not the table, is broken).
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(amqp_answers, "_load", io_error)
+        with pytest.raises(AnswersUnreadable, match="disk I/O error"):
+            await RememberedAnswers.open(store)
+        assert await _rows(store) == {"k": _answer(1)}  # nothing dropped

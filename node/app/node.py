@@ -345,7 +345,7 @@ class Node(Service):
         # The node blocks the snapshot holds cut their targets' links before the mesh
         # admits anyone (`mesh.refuses` is the immune system's answer from the start).
         await replication.restore_snapshot()
-        immune = self._start_immune(identity, mesh, replication)
+        self._start_immune(identity, mesh, replication, tools)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
         try:
@@ -372,9 +372,6 @@ class Node(Service):
         # After the snapshot is restored: what it holds is read once, the rest arrives.
         self.patterns.watch_policies(replication.state.policies, [identity.authority_public_key])
         await self._start_gray_exchange(stack, identity, mesh, replication, tools)
-        tools.gate = immune.check_call
-        # System 5's block_origin rules act through the immune system.
-        self.vsm.s5.mitigator = immune
         self.metrics.add_counters(
             "vsmcp_replication_events",
             "Registry replication events (sent, received, anti-entropy rounds, rejections)",
@@ -830,10 +827,16 @@ class Node(Service):
         return call
 
     def _start_immune(
-        self, identity: NodeIdentity, mesh: MeshService, replication: ReplicationService
-    ) -> ImmuneService:
+        self,
+        identity: NodeIdentity,
+        mesh: MeshService,
+        replication: ReplicationService,
+        tools: MeshCatalog,
+    ) -> None:
         """The immune system: enforces what the policies CRDT holds (from now on, and
-        what the snapshot restored), issues through the `policy` action and `mitigate`."""
+        what the snapshot restored) on the mesh and on tool calls, issues through the
+        `policy` action and `mitigate`. Wired before the mesh starts (HTTP already
+        serves: a call from a blocked origin is refused from here on)."""
         cfg = self.config.vsm.immune
         protected = {
             node_id_from_public_key(identity.authority_public_key),
@@ -851,6 +854,9 @@ class Node(Service):
         )
         self.immune = immune
         link_node_blocks(mesh, immune)
+        tools.gate = immune.check_call
+        # System 5's block_origin rules act through the immune system.
+        self.vsm.s5.mitigator = immune
         self.actions.register("policy", immune.on_match)
         if cfg.enabled:
             self.patterns.set_source(IMMUNE_SOURCE, immune_patterns(cfg, identity.node_id))
@@ -861,7 +867,6 @@ class Node(Service):
             "event",
             lambda: dict(immune.stats),
         )
-        return immune
 
     def _wasm_distribution(
         self,

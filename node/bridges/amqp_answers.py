@@ -20,8 +20,10 @@ Bounded like the memory it mirrors: the last `REMEMBERED_ANSWERS` answers, at mo
 and (in the next write) from the table. The table is the bridge's own (`CREATE TABLE IF
 NOT EXISTS`, as the outbox), loaded at start: a row that is not what this file writes
 (a key too long, a body that is not a JSON-RPC answer, an answer larger than
-`REMEMBERED_BYTES`) is refused with a warning, counted and deleted; a table that cannot
-be read as this file's is made again (counted as one refused row); never a crash.
+`REMEMBERED_BYTES`) is refused with a warning, counted and deleted; a table whose columns
+are not this file's is made again (counted as one refused row). A table of this file's
+that cannot be read (I/O error, a corrupt page) is left as it is and `open` raises
+`AnswersUnreadable`: the bridge then answers from memory only, with pain.
 
 A failed write (disk full, I/O error, the store closed) does not hold the answer: the
 caller gets it, the failure is counted (`answers_not_remembered`) and logged, and a
@@ -39,6 +41,8 @@ from typing import Any, Final
 
 import msgspec
 
+from vsmcp.node.errors import NodeError
+
 log = logging.getLogger(__name__)
 
 REMEMBERED_ANSWERS: Final = 10_000
@@ -46,8 +50,8 @@ REMEMBERED_BYTES: Final = 64 * 1024 * 1024
 # The longest a redelivery can come after its answer: the pinned queue lives a day
 # without a consumer (amqp_bridge.PINNED_QUEUE_EXPIRES_MS), so does what it holds.
 REMEMBER_FOR_S: Final = 24 * 3600.0
-# A key is a message id (at most amqp_calls.MAX_ID_CHARS), a user id and a queue name
-# (AMQP short strings: 255 bytes each) and a digest.
+# A key is a hex digest (amqp_calls: 64 characters); rows written before keys were
+# hashed (longer, at most this) age out.
 MAX_KEY_CHARS: Final = 1_024
 
 ANSWERS_TABLE_SQL: Final = """CREATE TABLE IF NOT EXISTS amqp_answers (
@@ -56,7 +60,13 @@ ANSWERS_TABLE_SQL: Final = """CREATE TABLE IF NOT EXISTS amqp_answers (
     body BLOB NOT NULL
 )"""
 
+ANSWERS_COLUMNS: Final = ("key", "ts_ms", "body")
+
 _decode_answer = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class AnswersUnreadable(NodeError):
+    """The table of remembered answers is this file's and cannot be read."""
 
 
 class RememberedAnswers:
@@ -81,11 +91,15 @@ class RememberedAnswers:
     async def open(cls, store: Any) -> RememberedAnswers:
         """Load what the store remembers (what is still young enough, within bounds)."""
         answers = cls(store)
-        async with store.transaction() as conn:
-            await conn.execute(ANSWERS_TABLE_SQL)
         try:
+            async with store.transaction() as conn:
+                await conn.execute(ANSWERS_TABLE_SQL)
             rows = await _load(store)
         except sqlite3.DatabaseError as exc:
+            if await _columns(store) in (ANSWERS_COLUMNS, None):
+                # The table is ours and could not be read (I/O error, a corrupt page):
+                # what it holds is kept for a repair, not dropped.
+                raise AnswersUnreadable(f"AMQP remembered answers unreadable: {exc}") from exc
             # Not the table this file makes (its columns changed by hand, say): what it
             # held is lost, not the node's start.
             log.warning("AMQP remembered answers unreadable (%s): table made again", exc)
@@ -173,9 +187,14 @@ class RememberedAnswers:
         in one transaction, until nothing is left."""
         try:
             while self._unwritten or self._evicted:
-                rows, self._unwritten = self._unwritten, []
-                evicted, self._evicted = self._evicted, []
+                # Only what memory still holds gets a row (an answer evicted before its
+                # batch is written would outlive the bounds), and a key kept again since
+                # it was evicted keeps its row.
+                rows = [row for row in self._unwritten if row[0] in self._answers]
+                evicted = [k for k in self._evicted if k not in self._answers]
+                self._unwritten, self._evicted = [], []
                 done, self._written = self._written, None
+                failed = False
                 try:
                     async with self._store.transaction() as conn:
                         await conn.executemany(
@@ -188,12 +207,18 @@ class RememberedAnswers:
                         )
                     self.writes += 1
                 except Exception as exc:  # noqa: BLE001 - a failed write is counted, never held
+                    failed = True
                     self.not_remembered += len(rows)
                     log.warning("AMQP: %d answers not remembered: %s", len(rows), exc)
+                    # Their rows still have to go: with the next write (not retried now,
+                    # a store that fails would be retried in a loop).
+                    self._evicted[:0] = evicted
                 finally:
                     # The answers go out whatever became of their write (even cancelled).
                     if done is not None and not done.done():
                         done.set_result(None)
+                if failed and not self._unwritten:
+                    break
         finally:
             self._writer = None
             if self._written is not None and not self._written.done():
@@ -213,6 +238,15 @@ async def _load(store: Any) -> list[Any]:
         "SELECT rowid, key, ts_ms, body FROM amqp_answers ORDER BY ts_ms, rowid"
     ) as cur:
         return list(await cur.fetchall())
+
+
+async def _columns(store: Any) -> tuple[str, ...] | None:
+    """The table's columns; None if they cannot be read either."""
+    try:
+        async with store.conn.execute("PRAGMA table_info(amqp_answers)") as cur:
+            return tuple(str(row[1]) for row in await cur.fetchall())
+    except sqlite3.DatabaseError:
+        return None
 
 
 def _row_problem(key: Any, ts_ms: Any, body: Any) -> str | None:

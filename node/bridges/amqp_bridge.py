@@ -43,7 +43,7 @@ from pamqp import commands as spec
 
 from vsmcp.mesh.service import Service
 from vsmcp.node.bridges.amqp_acks import Acks
-from vsmcp.node.bridges.amqp_answers import REMEMBER_FOR_S
+from vsmcp.node.bridges.amqp_answers import REMEMBER_FOR_S, AnswersUnreadable
 from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, ZoneMap
 from vsmcp.node.bridges.amqp_config import CAPABILITIES_KIND, AmqpSection
 from vsmcp.node.bridges.amqp_publish import BROKER_ERRORS, BatchConfirms, Outgoing, publish_many
@@ -134,7 +134,14 @@ class AmqpBridge(Service):
         if self._task is not None:
             return
         self._outbox = await Outbox.open(self._context.store, NAME, self._section.outbox_capacity)
-        await self._calls.open(self._context.store)
+        try:
+            await self._calls.open(self._context.store)
+        except AnswersUnreadable as exc:
+            # A broken table is pain, not a node that cannot start: the calls are still
+            # answered, remembered in memory only (a redelivery after a restart runs again).
+            log.error("AMQP bridge: %s; answers remembered in memory only", exc)
+            self._error(str(exc))
+            self._context.pain(UNIT, PAIN_INTENSITY, f"{exc}: answers remembered in memory only")
         kinds = {cls for cls, tag in _TAGS.items() if tag in self._kinds}
         if self._section.announce:
             kinds.add(RegistryChanged)

@@ -36,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
+
 from vsmcp.node.bridges.amqp_answers import RememberedAnswers
 from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
@@ -128,20 +130,26 @@ class CallServer:
         if message_id:
             # A redelivery is the same id, body, user and queue: an id alone would hand
             # one caller's answer to another who reused it (and their zones may differ).
-            digest = hashlib.blake2b(message.body, digest_size=16).hexdigest()
-            key = f"{message_id[:MAX_ID_CHARS]}\0{message.user_id or ''}\0{queue}\0{digest}"
+            # One hash over the encoded tuple: fields joined by a separator are ambiguous
+            # (an id holding the separator would pose as another caller's id and user).
+            identity = (message_id[:MAX_ID_CHARS], message.user_id, queue)
+            hashed = hashlib.sha256(msgspec.json.encode(identity))
+            hashed.update(message.body)
+            key = hashed.hexdigest()
             return await self._answer_once(key, message, queue)
         return await self._answer(message.body, message.user_id, queue)
 
     async def _answer_once(self, key: str, message: CallMessage, queue: str) -> bytes:
-        known = self._answers.get(key)
-        if known is not None:
-            self.counters.duplicates += 1
-            return known
+        # The running call first: its answer is in memory before it is committed, and a
+        # duplicate must not be answered (and acked) before the commit.
         running = self._running.get(key)
         if running is not None:
             self.counters.duplicates += 1
         else:
+            known = self._answers.get(key)
+            if known is not None:
+                self.counters.duplicates += 1
+                return known
             # The call is a task of its own, not of the delivery: when the connection
             # drops (and aio-pika cancels the delivery's task), the call goes on and its
             # answer waits for the redelivery.

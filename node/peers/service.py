@@ -974,7 +974,10 @@ class MeshService(Service):
         if membership is not None and membership.member(node_id) is None:
             self._carry_out(membership.join([node_id], time.monotonic()))
         if is_new and self.on_admit is not None:
-            self.on_admit(node_id)
+            try:
+                self.on_admit(node_id)
+            except Exception:  # a callback's error: the peer is admitted all the same
+                log.exception("on_admit callback failed for peer %s", node_id)
         return peer
 
     def _verify_peer_certificate(self, hello: Hello, peer_address: str) -> Certificate:

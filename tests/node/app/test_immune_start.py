@@ -4,7 +4,9 @@ the mesh starts, so the blocked node cannot be admitted in between."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from vsmcp.mesh.identity import NodeKey
@@ -24,6 +26,20 @@ def _config(data_dir: Path) -> Config:
         "mesh.mdns": False,
     }
     return load_config(environ={}, overrides=overrides)
+
+
+@contextlib.contextmanager
+def _mesh_log(handler: logging.Handler) -> Iterator[None]:
+    """`handler` sees the mesh's INFO records (such as "mesh listening on")."""
+    logger = logging.getLogger("vsmcp.node.peers.service")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class _AtListening(logging.Handler):
@@ -55,14 +71,39 @@ async def test_a_node_blocked_in_the_snapshot_is_refused_as_soon_as_the_mesh_lis
     # Second run: the block comes back from the snapshot, in force when the mesh opens.
     node = Node(_config(tmp_path))
     handler = _AtListening(node, x)
-    logger = logging.getLogger("vsmcp.node.peers.service")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with _mesh_log(handler):
         async with node:
             assert node._mesh is not None and node._mesh.cut_off(x)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert handler.answers == [True]
+
+
+class _GateAtListening(logging.Handler):
+    """Notes, as the node's mesh starts listening, whether tool calls and System 5's
+    blocks already go through the immune system."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+        self.wired: list[bool] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("mesh listening on"):
+            node, immune = self.node, self.node.immune
+            tools = node._tools
+            self.wired.append(
+                immune is not None
+                and tools is not None
+                and tools.gate == immune.check_call
+                and node.vsm.s5.mitigator is immune
+            )
+
+
+async def test_tool_calls_and_s5_go_through_the_immune_system_before_the_mesh_listens(
+    tmp_path: Path,
+) -> None:
+    node = Node(_config(tmp_path))
+    handler = _GateAtListening(node)
+    with _mesh_log(handler):
+        async with node:
+            pass
+    assert handler.wired == [True]

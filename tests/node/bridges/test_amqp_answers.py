@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
 from vsmcp.node.bridges import amqp_answers
-from vsmcp.node.bridges.amqp_answers import RememberedAnswers
+from vsmcp.node.bridges.amqp_answers import AnswersUnreadable, RememberedAnswers
 from vsmcp.node.store.database import Store
 
 
@@ -135,3 +136,56 @@ async def test_a_table_that_is_not_ours_is_made_again(tmp_path: Path) -> None:
         await answers.remember("k", _answer(1))
         assert await _rows(store) == {"k": _answer(1)}
         await answers.close()
+
+
+async def test_an_answer_evicted_before_its_write_gets_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(amqp_answers, "REMEMBERED_ANSWERS", 1)
+    async with Store.open(tmp_path) as store:
+        answers = await RememberedAnswers.open(store)
+        async with store.transaction():  # the store busy: the answers wait for one write
+            # k1 evicts k0, k2 evicts k1: both are gone before their batch is written.
+            tasks = [asyncio.create_task(answers.remember(f"k{i}", _answer(i))) for i in range(3)]
+            await asyncio.sleep(0)  # one turn of the loop: each keeps its answer
+            assert len(answers) == 1
+        await asyncio.gather(*tasks)
+        assert sorted(await _rows(store)) == ["k2"]
+        await answers.close()
+
+
+async def test_keys_evicted_in_a_failed_write_are_deleted_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(amqp_answers, "REMEMBERED_ANSWERS", 1)
+    async with Store.open(tmp_path) as store:
+        answers = await RememberedAnswers.open(store)
+        await answers.remember("k0", _answer(0))
+        await store.conn.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON amqp_answers "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        await answers.remember("k1", _answer(1))  # evicts k0; the write fails
+        assert answers.not_remembered == 1
+        await store.conn.execute("DROP TRIGGER full")
+        await answers.remember("k2", _answer(2))
+        assert sorted(await _rows(store)) == ["k2"]
+        await answers.close()
+
+
+async def test_a_table_of_ours_that_cannot_be_read_is_kept_and_the_open_fails_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Store.open(tmp_path) as store:
+        answers = await RememberedAnswers.open(store)
+        await answers.remember("k", _answer(1))
+        await answers.close()
+
+        async def io_error(_store: object) -> list[object]:
+            # What SQLite raises on a failing disk (the read, not the table, is broken).
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(amqp_answers, "_load", io_error)
+        with pytest.raises(AnswersUnreadable, match="disk I/O error"):
+            await RememberedAnswers.open(store)
+        assert await _rows(store) == {"k": _answer(1)}  # nothing dropped

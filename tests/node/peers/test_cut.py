@@ -90,3 +90,25 @@ async def test_a_hello_answer_arriving_as_the_block_lands_does_not_admit_the_pee
     assert outcome == "refused"
     assert b.node_id not in a.peers and b.node_id not in a.alive_peers()
     assert a.stats.refused["blocked"] >= 1
+
+
+async def test_an_admission_goes_through_when_the_on_admit_callback_fails(
+    pair: tuple[MeshService, MeshService],
+) -> None:
+    a, b = pair
+
+    async def admitted() -> bool:
+        return b.node_id in a.peers
+
+    await async_wait_for(admitted, timeout_s=20, what="b admitted at a")
+    called: list[str] = []
+
+    def broken(node_id: str) -> None:
+        called.append(node_id)
+        raise RuntimeError("callback bug")
+
+    a.on_admit = broken
+    a.cut(b.node_id)  # not refused: b's next HELLO admits it again
+    assert b.node_id not in a.peers
+    await _hello(b, a)  # answered, not failed by the callback
+    assert b.node_id in a.peers and called == [b.node_id]

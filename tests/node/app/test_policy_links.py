@@ -8,7 +8,7 @@ tied to a policy store and an immune system as the node ties them."""
 from __future__ import annotations
 
 from tests.integration.mesh_peer import dev_peer
-from tests.node.vsm.immune.linked import immune_on
+from tests.node.vsm.immune.linked import immune_on, policy_store
 from tests.polling import async_wait_for
 from vsmcp.crdt.policies import PolicyStore, policy_key
 from vsmcp.mesh.identity import NodeKey, node_id_from_public_key
@@ -47,9 +47,11 @@ async def test_a_restored_block_by_another_immune_node_comes_into_force_when_it_
             known = key == a._key.public_key or node_id_from_public_key(key) in a.peers
             return (model.IMMUNE_ROLE,) if known else None
 
-        store, immune = immune_on(a, roles)
+        # As the node starts: the snapshot restored, then the immune system started.
+        store = policy_store(a, roles)
         source = _snapshot(a, b, x)
         store.load_state(source.epoch, source.full_state())
+        immune = immune_on(a, store)
         reconsider_on_admit(a, store)
         key = policy_key(b._key.public_key, model.mitigation_id("node", x))
         assert store.held(key) is None  # refused: b's role is not known yet

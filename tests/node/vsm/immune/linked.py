@@ -15,14 +15,17 @@ from vsmcp.node.vsm.immune.service import ImmuneService
 AUTHORITY = Ed25519Signer(b"\xaa" * 32)
 
 
-def immune_on(mesh: MeshService, roles: model.RolesOf) -> tuple[PolicyStore, ImmuneService]:
-    """`mesh`'s policy store (immune policies from the nodes `roles` names immune) and
-    immune system, its node blocks cutting `mesh`'s links."""
-    store = PolicyStore(
+def policy_store(mesh: MeshService, roles: model.RolesOf) -> PolicyStore:
+    """`mesh`'s policy store: immune policies from the nodes `roles` names immune."""
+    return PolicyStore(
         replica_id=mesh.public_key,
         authority_keys=[AUTHORITY.public_key],
         allowed_issuers=model.immune_issuers(roles),
     )
+
+
+def immune_on(mesh: MeshService, store: PolicyStore) -> ImmuneService:
+    """`mesh`'s immune system over `store`, its node blocks cutting `mesh`'s links."""
     immune = ImmuneService(
         policies=store,
         signer=mesh._key,
@@ -32,4 +35,4 @@ def immune_on(mesh: MeshService, roles: model.RolesOf) -> tuple[PolicyStore, Imm
         quorum_max=3,
     )
     link_node_blocks(mesh, immune)
-    return store, immune
+    return immune

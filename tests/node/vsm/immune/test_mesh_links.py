@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.integration.mesh_peer import dev_pair
-from tests.node.vsm.immune.linked import immune_on
+from tests.node.vsm.immune.linked import immune_on, policy_store
 from tests.polling import async_wait_for
 from vsmcp.crdt.policies import policy_key
 from vsmcp.crdt.signing import Ed25519Signer
@@ -39,7 +39,8 @@ async def test_an_unconfirmed_block_of_an_alive_peer_keeps_the_mesh_working_unti
 
     await async_wait_for(linked, timeout_s=20, what="a and b admitted, alive")
     roles = {OTHER.public_key: (model.IMMUNE_ROLE,), a._key.public_key: (model.IMMUNE_ROLE,)}
-    store, immune = immune_on(a, roles.get)
+    store = policy_store(a, roles.get)
+    immune = immune_on(a, store)
     # Another immune node's block of b arrives before any observation of b.
     note = model.PolicyNote(source="t", reason="r", evidence="", action="blocked node", until="")
     body = model.MitigationBody(target_kind="node", target=b.node_id, note=note, observers=())

@@ -160,6 +160,16 @@ class PolicyStore(VerifiedDoc["Policy | _Revoked", Policy]):
     def may_issue(self, issuer: bytes, kind: str) -> bool:
         return issuer in self._authority_keys or self._allowed_issuers(issuer, kind)
 
+    def reconsider_issuer(self, issuer: bytes) -> None:
+        """Judge again the records the doc holds under `issuer`'s keys: call it when who
+        may issue what changed for `issuer` (its certificate became known: a peer
+        admitted). Its grants refused before (`allowed_issuers` did not know it yet, as
+        for every record a snapshot restores before the mesh admits anyone) enter the
+        view now if they may, and change listeners hear of them."""
+        prefix = f"{issuer.hex()}/"
+        keys = self._map.keys()  # (pycrdt's Map is not typed as iterable)
+        self._reconsider([key for key in keys if key.startswith(prefix)])
+
     def _check(self, payload: bytes) -> Checked[Policy | _Revoked]:
         record = _decoder.decode(payload)
         if _encoder.encode(record) != payload:

@@ -562,6 +562,26 @@ class VerifiedDoc(ABC, Generic[R, V]):
         if self._pending_change or self._touched:
             self._flush_changes()
 
+    def _reconsider(self, keys: Iterable[str]) -> None:
+        """Judge again what the doc holds at `keys`, refusals forgotten: a record refused
+        because its signer's right to write was not known then (a policy issuer whose
+        certificate is known only once it is admitted) enters `best` now if it may. A
+        record that arrives again in the same bytes changes nothing in the doc, so no
+        fold would ever see it again otherwise."""
+        verified = self._verified
+        changes: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            raw = self._map.get(key)
+            blob = as_blob(raw)
+            if blob is None:
+                continue
+            if blob in verified and verified[blob] is None:
+                del verified[blob]
+            changes[key] = {"newValue": raw}
+        if changes:
+            self._fold(_Changes(changes))
+            self._after_fold()
+
     def offer(self, items: Iterable[tuple[str, Any]]) -> int:
         """Offer (key, blob) pairs from outside the current doc (an older epoch, a
         snapshot): each enters only through verification and only if it outranks `best`;

@@ -40,6 +40,7 @@ from vsmcp.node.app.children_api import ChildrenApi
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
 from vsmcp.node.app.immune_links import link_node_blocks, quorum_members
+from vsmcp.node.app.policy_links import reconsider_on_admit
 from vsmcp.node.app.s4_api import S4Api
 from vsmcp.node.app.trust import NodeIdentity, certificate_path, ensure_data_dir, load_identity
 from vsmcp.node.app.vsm_systems import MeshFacts, VsmSystems
@@ -346,6 +347,8 @@ class Node(Service):
         # admits anyone (`mesh.refuses` is the immune system's answer from the start).
         await replication.restore_snapshot()
         self._start_immune(identity, mesh, replication, tools)
+        # What the snapshot holds from issuers not admitted yet is judged when they are.
+        reconsider_on_admit(mesh, replication.state.policies)
         # The mesh advertises the HTTP port, so it starts once that is bound.
         mesh.http_port = http.port
         try:

@@ -235,3 +235,50 @@ def test_replicas_given_the_same_records_in_any_order_enforce_the_same_set(
     for issuer in (IMMUNE_NODE, STRANGER):
         held = [key for key, _ in one.retained_records() if key.startswith(issuer.public_key.hex())]
         assert len(held) <= cap
+
+
+def test_records_refused_while_their_issuer_was_unknown_enter_once_it_is_reconsidered() -> None:
+    # What a node restores from its snapshot before the mesh admits anyone: another
+    # immune node's block, whose issuer's role is known only once that node is admitted.
+    clock = Clock()
+    source = capped(clock, 10, b"s")
+    source.issue(IMMUNE_NODE, "block-1", "block", {"origin": "10.0.0.9"}, ttl_ms=60_000)
+    source.issue(AUTHORITY, "zones", "zone_rule", {"ops": []}, ttl_ms=60_000)
+    known: set[bytes] = set()
+
+    def issuers(issuer: bytes, kind: str) -> bool:
+        return issuer in known and allowed(issuer, kind)
+
+    restored = capped(clock, 10, b"n", issuers)
+    changes: list[Change[Policy]] = []
+    restored.on_change(changes.append)
+    restored.load_state(source.epoch, source.full_state())
+    assert [p.id for p in restored.view()] == ["zones"]
+    refused = restored.rejected["block"]
+    assert refused == 1
+    # The issuer is admitted; a peer sending the same state changes nothing in the doc,
+    # so the cached refusal stands: the block stays unenforced.
+    known.add(IMMUNE_NODE.public_key)
+    restored.load_state(source.epoch, source.full_state())
+    assert [p.id for p in restored.view()] == ["zones"]
+    # Reconsidered once the issuer is known: the block enters, and listeners hear of it.
+    restored.reconsider_issuer(IMMUNE_NODE.public_key)
+    assert sorted(p.id for p in restored.view()) == ["block-1", "zones"]
+    assert [p.id for p in changes[-1].added] == ["block-1"]
+    # Reconsidering again, or an issuer still not allowed, changes nothing.
+    count = len(changes)
+    restored.reconsider_issuer(IMMUNE_NODE.public_key)
+    restored.reconsider_issuer(STRANGER.public_key)
+    assert len(changes) == count
+    assert restored.rejected["block"] == refused
+
+
+def test_reconsidering_an_issuer_still_not_allowed_keeps_its_records_out() -> None:
+    clock = Clock()
+    source = writer(clock)
+    source.issue(STRANGER, "block-all", "block", {"origin": "*"}, ttl_ms=60_000)
+    restored = capped(clock, 10)
+    restored.load_state(source.epoch, source.full_state())
+    restored.reconsider_issuer(STRANGER.public_key)
+    assert restored.view() == []
+    assert restored.rejected["block"] == 2  # judged again, refused again

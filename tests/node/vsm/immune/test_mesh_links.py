@@ -12,18 +12,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.integration.mesh_peer import dev_pair
+from tests.node.vsm.immune.linked import immune_on, policy_store
 from tests.polling import async_wait_for
-from vsmcp.crdt.policies import PolicyStore, policy_key
+from vsmcp.crdt.policies import policy_key
 from vsmcp.crdt.signing import Ed25519Signer
 from vsmcp.mesh.envelope import Envelope, MsgType
-from vsmcp.mesh.identity import node_id_from_public_key
-from vsmcp.node.app.immune_links import link_node_blocks, quorum_members
 from vsmcp.node.peers.service import MeshService, Peer, PeerOnewayHandler
 from vsmcp.node.vsm.immune import model
-from vsmcp.node.vsm.immune.config import ImmuneConfig
-from vsmcp.node.vsm.immune.service import ImmuneService
 
-AUTHORITY = Ed25519Signer(b"\xaa" * 32)
 OTHER = Ed25519Signer(b"\x07" * 32)  # another immune-role node, not a member here
 
 
@@ -43,20 +39,8 @@ async def test_an_unconfirmed_block_of_an_alive_peer_keeps_the_mesh_working_unti
 
     await async_wait_for(linked, timeout_s=20, what="a and b admitted, alive")
     roles = {OTHER.public_key: (model.IMMUNE_ROLE,), a._key.public_key: (model.IMMUNE_ROLE,)}
-    store = PolicyStore(
-        replica_id=a.public_key,
-        authority_keys=[AUTHORITY.public_key],
-        allowed_issuers=model.immune_issuers(roles.get),
-    )
-    immune = ImmuneService(
-        policies=store,
-        signer=a._key,
-        config=ImmuneConfig(),
-        protected={node_id_from_public_key(AUTHORITY.public_key)},
-        alive=quorum_members(a),
-        quorum_max=3,
-    )
-    link_node_blocks(a, immune)
+    store = policy_store(a, roles.get)
+    immune = immune_on(a, store)
     # Another immune node's block of b arrives before any observation of b.
     note = model.PolicyNote(source="t", reason="r", evidence="", action="blocked node", until="")
     body = model.MitigationBody(target_kind="node", target=b.node_id, note=note, observers=())

@@ -5,10 +5,9 @@ to another."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from tests.polling import async_wait_until
 from vsmcp.node.bridges.amqp_calls import CallMessage, CallServer, ZoneMap
 from vsmcp.node.store.database import Store
 
@@ -17,13 +16,6 @@ PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
 
 def _call(message_id: str, user_id: str | None = None, body: bytes = PING) -> CallMessage:
     return CallMessage(body, "reply", message_id, user_id, None)
-
-
-async def _poll(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def _rows(store: Store) -> int:
@@ -42,7 +34,7 @@ async def test_a_duplicate_is_answered_only_after_the_answer_is_committed(
         async with store.transaction():  # the store busy (an audit batch, an fsync)
             first = asyncio.create_task(server.serve(_call("m1"), "q"))
             # Its answer is in memory, its commit waits for the store.
-            await _poll(lambda: len(server.answers) == 1, "the answer in memory")
+            await async_wait_until(lambda: len(server.answers) == 1, what="the answer in memory")
             duplicate = asyncio.create_task(server.serve(_call("m1"), "q"))
             await asyncio.sleep(0)  # one turn of the loop: the duplicate's first step
             assert not duplicate.done() and not first.done()

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 from tests.integration.harness import REPO_ROOT
 
@@ -31,12 +32,18 @@ print(json.dumps(seen))
 """
 
 
-def test_aiohttp_contexts_get_their_cas_only_when_asked() -> None:
+def _run(script: str) -> dict[str, Any]:
+    """`script` in a fresh interpreter (aiohttp not imported yet); what it printed."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
     )
-    seen = json.loads(done.stdout)
+    seen: dict[str, Any] = json.loads(done.stdout)
+    return seen
+
+
+def test_aiohttp_contexts_get_their_cas_only_when_asked() -> None:
+    seen = _run(SCRIPT)
     assert seen["deferred"] is True
     assert seen["before"] == [0, 0]
     assert seen["class_restored"] is True
@@ -71,10 +78,6 @@ print(json.dumps(seen))
 
 
 def test_a_context_another_thread_makes_during_the_import_gets_its_cas() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", THREAD_SCRIPT], capture_output=True, text=True, env=env, check=True
-    )
-    seen = json.loads(done.stdout)
+    seen = _run(THREAD_SCRIPT)
     assert seen["deferred"] is True  # aiohttp's own contexts still wait
     assert seen["other"] > 0

@@ -31,6 +31,7 @@ from vsmcp.mesh._discovery_model import (
     format_address,
     validate_host,
 )
+from vsmcp.mesh._zeroconf_sources import prefer_sources as prefer_zeroconf_sources
 
 if TYPE_CHECKING:
     from vsmcp.mesh._discovery_mdns import (
@@ -84,6 +85,7 @@ __all__ = [
     "instance_label",
     "parse_seed",
     "parse_seeds",
+    "prefer_zeroconf_sources",
 ]
 
 MAX_SEED_CHARS = MAX_NODE_ID_CHARS + 1 + MAX_HOSTNAME_CHARS + 2 + 6

@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vsmcp.mesh.addrinfo import getaddrinfo
 from vsmcp.mesh.errors import MeshError
 from vsmcp.mesh.service import Service
 
@@ -274,11 +275,8 @@ class WhoisResponder(Service):
         loop = asyncio.get_running_loop()
         where = f"{self._host}:{self._requested_port}"
         try:
-            infos = await loop.getaddrinfo(
-                self._host,
-                self._requested_port,
-                type=socket.SOCK_DGRAM,
-                flags=socket.AI_PASSIVE,
+            infos = await getaddrinfo(
+                self._host, self._requested_port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
             )
         except OSError as exc:
             raise WhoisBindError(f"whois: cannot resolve UDP {where}: {exc}") from exc
@@ -440,7 +438,7 @@ async def whois(
         raise ValueError("attempts must be at least 1")
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        infos = await getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except OSError as exc:
         raise WhoisError(f"whois: cannot resolve {host}:{port}: {exc}", reason="resolve") from exc
     family, _, proto, _, sockaddr = infos[0]

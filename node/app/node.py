@@ -1167,6 +1167,7 @@ class Node(Service):
             fingerprint=identity.fingerprint,
             seeds=mesh_cfg.seeds,
             mdns=mesh_cfg.mdns,
+            mdns_compiled=mesh_cfg.mdns_compiled,
             mesh_name=mesh_cfg.name,
             node_name=self.config.node.name,
             preset=mesh_cfg.preset,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.streams import StreamReader
 from aiohttp.web_request import BaseRequest
 
+from vsmcp.mesh.addrinfo import bound_stream_socket, numeric_addrinfo
 from vsmcp.node.app.config import (
     DEFAULT_BODY_IDLE_TIMEOUT_S,
     DEFAULT_HEAD_TIMEOUT_S,
@@ -417,6 +419,14 @@ class GuardedTCPSite(web.BaseSite):
                 manager, guard=self._guard, loop=loop, **self._handler_args
             )
 
-        self._server = self._listening = await loop.create_server(
-            factory, self._host, self._port, reuse_address=True
+        infos = numeric_addrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
+        if infos is not None and len(infos) == 1:
+            # An IP literal: bound here, so no resolver thread starts (mesh/addrinfo.py).
+            listening = await loop.create_server(factory, sock=bound_stream_socket(infos[0]))
+        else:
+            listening = await loop.create_server(
+                factory, self._host, self._port, reuse_address=True
+            )
+        self._server = self._listening = listening

@@ -51,7 +51,7 @@ from vsmcp.mesh.certs import (
     peek_certificate,
     verify_certificate,
 )
-from vsmcp.mesh.discovery import Candidate, Discovery, SeedDiscovery
+from vsmcp.mesh.discovery import Candidate, Discovery, SeedDiscovery, prefer_zeroconf_sources
 from vsmcp.mesh.envelope import Context, Envelope, MsgType, Opener, Sealer, wall_clock_ms
 from vsmcp.mesh.errors import CertificateError, EnvelopeError, MeshError
 from vsmcp.mesh.identity import (
@@ -299,6 +299,7 @@ class MeshService(Service):
         fingerprint: str,
         seeds: list[str],
         mdns: bool,
+        mdns_compiled: bool = False,
         mesh_name: str = "default",
         node_name: str = "",
         preset: str = "lan",
@@ -325,6 +326,7 @@ class MeshService(Service):
         self._node_name = node_name
         self._seeds = SeedDiscovery(seeds)
         self._use_mdns = mdns
+        self._mdns_compiled = mdns_compiled
         self._membership_config = _membership_config(preset, dead_reap_after_s, left_reap_after_s)
         self._on_member_change = on_member_change
         self.stats = MeshStats()
@@ -429,6 +431,8 @@ class MeshService(Service):
         probe; `mdns_state` (and the vsmcp_mdns_state metric) tells how registration went.
         """
         assert self._meta is not None and self._discovery is not None
+        if not self._mdns_compiled and not prefer_zeroconf_sources():
+            log.info("zeroconf was imported before the mesh started: its compiled modules stay")
         from vsmcp.mesh.discovery import MdnsDiscovery  # zeroconf: only with mDNS on
 
         interfaces = ["127.0.0.1"] if is_loopback_host(self._host) else None

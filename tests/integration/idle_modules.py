@@ -1,5 +1,6 @@
 """`vsmcpd`, writing at exit to $VSMCP_MODULES_OUT (JSON) the names of every module it
-imported, and how many CA certificates aiohttp's default verifying client context holds.
+imported, how many CA certificates aiohttp's default verifying client context holds, and
+which file zeroconf's `_dns` module was loaded from (its source or its extension).
 
 Started by tests/integration/test_idle_node.py in place of `python -m vsmcp.node`: the
 list at exit holds everything the node imported while it ran (a superset of idle).
@@ -29,6 +30,7 @@ def _write_modules() -> None:
             {
                 "modules": sorted(sys.modules),
                 "aiohttp_default_ca_certs": _aiohttp_default_ca_certs(),
+                "zeroconf_dns_file": getattr(sys.modules.get("zeroconf._dns"), "__file__", None),
             },
             out,
         )

@@ -3,10 +3,13 @@ mount, a tool call or a WASM tool needs: the MCP client SDK, pydantic, httpx2,
 jsonschema, wasmtime (together ≈40 MiB of resident memory; docs/benchmarks.md), nor
 our WASM runtime (`vsmcp.edge`), nor the API's OpenAPI document; a node started
 without mDNS does not import python-zeroconf (≈3.4 MiB); and no CA certificate is read
-for aiohttp's default client contexts (≈2 MiB)."""
+for aiohttp's default client contexts (≈2 MiB); and zeroconf runs its Python sources,
+not its compiled extensions (≈2.8 MiB), unless `mesh.mdns_compiled` asks for them."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -94,6 +97,23 @@ def test_zeroconf_is_imported_only_by_a_node_with_mdns_on(tmp_path: Path, mdns: 
     assert ("ctypes" in modules) == mdns
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["default", "mdns_compiled"])
+def test_zeroconf_runs_its_python_sources_unless_mdns_compiled_is_set(
+    tmp_path: Path, compiled: bool
+) -> None:
+    # Its compiled extensions map ≈2.8 MiB (mesh/_zeroconf_sources.py); a busy LAN's
+    # operator may want their speed.
+    spec = importlib.util.find_spec("zeroconf._dns")
+    assert spec is not None
+    if not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
+        pytest.skip("the installed zeroconf has no compiled extensions (built without Cython)")
+    config = tmp_path / "vsmcp.toml"
+    config.write_text(f"[mesh]\nmdns_compiled = {str(compiled).lower()}\n")
+    dns_file = _idle_node_at_exit(tmp_path, "--config", str(config))["zeroconf_dns_file"]
+    assert dns_file is not None
+    assert dns_file.endswith(".py") is not compiled
+
+
 def test_an_idle_node_has_not_read_the_ca_bundle_for_aiohttp_client_contexts(
     tmp_path: Path,
 ) -> None:
@@ -102,3 +122,18 @@ def test_an_idle_node_has_not_read_the_ca_bundle_for_aiohttp_client_contexts(
     at_exit = _idle_node_at_exit(tmp_path)
     assert "vsmcp.node.http.server" in at_exit["modules"]
     assert at_exit["aiohttp_default_ca_certs"] == 0
+
+
+def test_an_idle_node_on_uvloop_starts_no_libuv_resolver_threads(tmp_path: Path) -> None:
+    # uvloop resolves a listening host, even "127.0.0.1", in libuv's pool of four threads,
+    # which then stay (≈0.25 MiB); the node binds IP literals itself (mesh/addrinfo.py).
+    pytest.importorskip("uvloop")
+    node = NodeProcess(tmp_path / "node").start()
+    try:
+        assert node.get_json("/api/status")["node_id"]
+        tasks = Path(f"/proc/{node.pid}/task")
+        names = [(task / "comm").read_text().strip() for task in tasks.iterdir()]
+    finally:
+        node.stop()
+    assert "ZMQbg/IO/0" in names  # the thread listing is the node's own
+    assert "libuv-worker" not in names

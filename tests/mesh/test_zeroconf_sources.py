@@ -1,0 +1,115 @@
+"""python-zeroconf from its sources (mesh._zeroconf_sources), each case in a fresh
+interpreter: which kind of module a process runs is decided at its first import."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vsmcp.mesh._zeroconf_sources import _source_beside
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Prints what the process ended up with: each zeroconf module's file, and what the
+# module under test reports.
+_REPORT = """
+import json, sys
+from vsmcp.mesh import _zeroconf_sources
+print(json.dumps({
+    "files": sorted(
+        m.__file__ for n, m in sys.modules.items()
+        if (n == "zeroconf" or n.startswith("zeroconf.")) and getattr(m, "__file__", None)
+    ),
+    "compiled": _zeroconf_sources.compiled(),
+    "preferred": PREFERRED,
+}))
+"""
+
+
+def _run(prologue: str) -> dict[str, Any]:
+    code = "PREFERRED = None\n" + prologue + _REPORT
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+def _installed_zeroconf_is_compiled() -> bool:
+    spec = importlib.util.find_spec("zeroconf._dns")
+    assert spec is not None
+    return isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+
+
+needs_extensions = pytest.mark.skipif(
+    not _installed_zeroconf_is_compiled(),
+    reason="the installed zeroconf has no compiled extensions (built without Cython)",
+)
+
+
+@needs_extensions
+def test_after_prefer_sources_every_zeroconf_module_is_its_python_source() -> None:
+    report = _run(
+        "from vsmcp.mesh._zeroconf_sources import prefer_sources\n"
+        "PREFERRED = prefer_sources()\n"
+        "import zeroconf, zeroconf.asyncio\n"
+    )
+    assert report["preferred"] is True
+    assert report["compiled"] is False
+    assert len(report["files"]) > 20
+    assert [f for f in report["files"] if not f.endswith(".py")] == []
+
+
+@needs_extensions
+def test_without_it_zeroconf_imports_its_extensions() -> None:
+    report = _run("import zeroconf, zeroconf.asyncio\n")
+    assert report["compiled"] is True
+    assert any(not f.endswith(".py") for f in report["files"])
+
+
+@needs_extensions
+def test_an_already_imported_zeroconf_is_left_compiled_never_mixed() -> None:
+    report = _run(
+        "import zeroconf\n"
+        "from vsmcp.mesh._zeroconf_sources import prefer_sources\n"
+        "PREFERRED = prefer_sources()\n"
+        "import zeroconf.asyncio\n"
+    )
+    assert report["preferred"] is False
+    assert report["compiled"] is True
+    # The compiled modules check each other's C types: none of them may be a source.
+    compiled_dirs = {str(Path(f).parent) for f in report["files"] if not f.endswith(".py")}
+    sources_with_extension = [
+        f for f in report["files"] if f.endswith(".py") and _has_extension_beside(f)
+    ]
+    assert compiled_dirs
+    assert sources_with_extension == []
+
+
+def test_before_zeroconf_is_imported_nothing_is_reported() -> None:
+    report = _run("")
+    assert report["compiled"] is None
+    assert report["files"] == []
+
+
+def test_a_source_is_found_beside_an_extension_only_if_it_exists(tmp_path: Path) -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (tmp_path / f"_dns{suffix}").write_bytes(b"")
+    (tmp_path / "_dns.py").write_text("")
+    (tmp_path / f"_cache{suffix}").write_bytes(b"")
+    assert _source_beside(str(tmp_path / f"_dns{suffix}")) == str(tmp_path / "_dns.py")
+    assert _source_beside(str(tmp_path / f"_cache{suffix}")) is None
+    assert _source_beside(str(tmp_path / "_dns.txt")) is None
+
+
+def _has_extension_beside(source: str) -> bool:
+    stem = source[: -len(".py")]
+    return any(Path(stem + s).exists() for s in importlib.machinery.EXTENSION_SUFFIXES)

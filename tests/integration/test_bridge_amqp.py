@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import NodeProcess, call_tool, run_daemon
+from tests.integration.harness import counters as metric_counts
 from tests.integration.tcp_proxy import TcpProxy
 from tests.polling import async_wait_for, async_wait_until, wait_for
 from tests.skips import require_rabbitmq, skip_or_fail
@@ -372,6 +373,7 @@ async def test_answers_the_broker_refuses_still_settle_their_calls(
         what=f"{trapped} refused answers counted",
     )
     assert status["counters"]["answers_refused"] == trapped
+    assert metric_counts(node, "vsmcp_amqp_refused") == {"answer": trapped, "outbox": 0}
     caller = await Caller(channel).open()
     answer = await caller.answer(await caller.send(queue, _call("echo", {"text": "good"})))
     assert answer["result"]["content"][0]["text"] == "good"
@@ -476,6 +478,9 @@ async def test_a_full_bound_queue_is_retried_on_the_same_connection_in_order(
     wait_for(lambda: _pained(node), timeout_s=30, what="pain from the stalled outbox")
     status = _amqp(node)
     assert status["state"] == "connected" and status["counters"]["connects"] == 1
+    # The scrape after the status: the count only grows while the queue stays full.
+    refused = metric_counts(node, "vsmcp_amqp_refused")
+    assert refused["outbox"] >= status["counters"]["nacks"] > 0 and refused["answer"] == 0
 
     seen: list[int] = []
 

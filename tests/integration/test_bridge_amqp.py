@@ -17,6 +17,7 @@ clients on the other side (not our code).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import shutil
@@ -340,6 +341,56 @@ target = "tests.integration.plugin_tools:count_then_wait"
     counters = _amqp(again)["counters"]
     assert counters["calls_duplicates"] == 1 and counters["calls_answered"] == 0
     assert counters["remembered_rows_refused"] == 0
+    await _delete_call_queues(channel, queue, again)
+
+
+def _answer_rows(db: Path) -> list[tuple[bytes, int, bytes]]:
+    """The remembered answers' rows as stored (keys as bytes: they may not be UTF-8)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.text_factory = bytes
+        return sorted(conn.execute("SELECT key, ts_ms, body FROM amqp_answers"))
+
+
+async def test_an_unreadable_answers_table_is_pain_and_calls_are_still_answered(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    """The remembered answers' table damaged inside a record (a key no longer UTF-8: the
+    file's structure is intact, so the store's quick_check at open passes) cannot be
+    read when the bridge starts. The node starts all the same; the bridge says why
+    (`last_error`, `errors`), is pain, and answers calls, remembering them in memory
+    only (a repeat is answered from memory); the table is left as it was, for a repair."""
+    node, queue, channel = await _serving(tmp_path, broker, nodes)
+    caller = await Caller(channel).open()
+    before = await caller.answer(await caller.send(queue, _call("echo", {"text": "before"})))
+    assert before["result"]["content"][0]["text"] == "before"
+    node.terminate()
+    assert node.wait_exit() == 0
+    nodes.remove(node)
+    db = node.data_dir / "vsmcp.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE amqp_answers SET key = CAST(x'ff' || CAST(key AS BLOB) AS TEXT)")
+        assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    damaged = _answer_rows(db)
+    assert len(damaged) == 1 and damaged[0][0].startswith(b"\xff")
+
+    again = _start(node.data_dir, _config(require_rabbitmq(), calls_queue=queue))
+    nodes.append(again)
+    status = _wait_connected(again)
+    assert "AMQP remembered answers unreadable" in status["last_error"], status
+    assert "UTF-8" in status["last_error"] and status["errors"] >= 1
+    wait_for(lambda: _pained(again), timeout_s=30, what="pain from the unreadable answers")
+    repeated = _call("echo", {"text": "after"})
+    message_id = uuid.uuid4().hex
+    for _ in range(2):
+        sent = await caller.send(queue, repeated, message_id=message_id)
+        assert (await caller.answer(sent))["result"]["content"][0]["text"] == "after"
+    counters = _amqp(again)["counters"]
+    assert counters["calls_answered"] == 1 and counters["calls_duplicates"] == 1
+    assert counters["answers_remembered"] == 1 and counters["answer_writes"] == 0
+    again.terminate()
+    assert again.wait_exit() == 0
+    nodes.remove(again)
+    assert _answer_rows(db) == damaged
     await _delete_call_queues(channel, queue, again)
 
 

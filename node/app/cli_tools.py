@@ -1,9 +1,13 @@
 """`vsmcp tools` and `vsmcp call`: the mesh's tools as a running node sees them, and one
 call through that node's /mcp with the official MCP SDK client.
 
-    vsmcp tools [--data-dir DIR | --url URL] [--json]
+    vsmcp tools [--offers] [--data-dir DIR | --url URL] [--json]
     vsmcp call TOOL [--arg key=value ...] [--json-args '{...}'] [--token T] [--legacy]
                [--data-dir DIR | --url URL] [--json]
+
+`vsmcp tools` prints the tools, then (under OFFERS) the offers tools `vsm.mcp.<unit>`
+that carry units' resources and prompts (docs/mcp-resources.md); `--offers` prints only
+those. `--json` prints one list: the tools (as before offers were shown), or the offers.
 
 `--arg` values are read as JSON when they parse (`--arg n=3` is the number 3,
 `--arg s='"3"'` the string), else taken as text. Exit codes: 0 success; 1 the node
@@ -124,17 +128,31 @@ def cmd_tools(args: argparse.Namespace) -> int:
     url = _node_url(args) + "/api/tools"
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
-            tools = json.loads(response.read())["tools"]
+            listed = json.loads(response.read())
+        tools, offers = listed["tools"], listed.get("offers", [])
     except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
         raise ToolsCliError(f"GET {url}: {e}") from e
+    # `--json` stays the list it always was (scripts read it): the tools, or with
+    # `--offers` the offers tools alone.
     if args.json:
-        print(json.dumps(tools, indent=2))
+        print(json.dumps(offers if args.offers else tools, indent=2))
         return EXIT_OK
-    print(f"{'TOOL':32} {'ZONE':10} {'STATE':8} PROVIDER")
-    for t in sorted(tools, key=lambda t: (t["name"], t["provider"])):
+    if args.offers:
+        _print_table("OFFERS", offers)
+        return EXIT_OK
+    _print_table("TOOL", tools)
+    if offers:
+        # The units offering resources and prompts through the mesh (never called as tools).
+        print()
+        _print_table("OFFERS", offers)
+    return EXIT_OK
+
+
+def _print_table(heading: str, rows: list[dict[str, Any]]) -> None:
+    print(f"{heading:32} {'ZONE':10} {'STATE':8} PROVIDER")
+    for t in sorted(rows, key=lambda t: (t["name"], t["provider"])):
         state = t.get("provider_state") or "-"
         print(f"{t['name']:32} {t['zone']:10} {state:8} {t['provider']}")
-    return EXIT_OK
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -188,6 +206,11 @@ def _with_node(p: argparse.ArgumentParser) -> None:
 def add_tool_commands(sub: Any) -> None:
     """Add `tools` and `call` to `vsmcp`'s subparsers."""
     t = sub.add_parser("tools", help="the mesh's tools (the registry a running node sees)")
+    t.add_argument(
+        "--offers",
+        action="store_true",
+        help="only the offers tools (vsm.mcp.*: units offering resources and prompts)",
+    )
     _with_node(t)
     t.set_defaults(func=_guarded(cmd_tools))
 

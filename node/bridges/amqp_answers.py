@@ -22,8 +22,10 @@ NOT EXISTS`, as the outbox), loaded at start: a row that is not what this file w
 (a key too long, a body that is not a JSON-RPC answer, an answer larger than
 `REMEMBERED_BYTES`) is refused with a warning, counted and deleted; a table whose columns
 are not this file's is made again (counted as one refused row). A table of this file's
-that cannot be read (I/O error, a corrupt page) is left as it is and `open` raises
-`AnswersUnreadable`: the bridge then answers from memory only, with pain.
+that cannot be read (an I/O error; damage inside a record that the store's quick_check
+at open does not see, such as a key that is no longer UTF-8: a corrupt page refuses the
+whole store before this runs) is left as it is and `open` raises `AnswersUnreadable`:
+the bridge then answers from memory only, with pain.
 
 A failed write (disk full, I/O error, the store closed) does not hold the answer: the
 caller gets it, the failure is counted (`answers_not_remembered`) and logged, and a

@@ -127,6 +127,19 @@ class AmqpBridge(Service):
         self._nacks = 0
         self._stalled_since: float | None = None
         self._stall_pained = False
+        self._register_metrics()
+
+    def _register_metrics(self) -> None:
+        # Here, not in `start`: one registration per bridge, however often it restarts.
+        self._context.metrics.add_counters(
+            "vsmcp_amqp_refused",
+            "Messages the AMQP broker refused (nack): answers a caller's reply queue "
+            "refused (their calls acked all the same), outbox entries a full bound queue "
+            "refused (sent again after a backoff)",
+            "message",
+            lambda: {"answer": self._answers_refused, "outbox": self._nacks},
+            known=("answer", "outbox"),
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ clients on the other side (not our code).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import shutil
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import NodeProcess, call_tool, run_daemon
+from tests.integration.harness import counters as metric_counts
 from tests.integration.tcp_proxy import TcpProxy
 from tests.polling import async_wait_for, async_wait_until, wait_for
 from tests.skips import require_rabbitmq, skip_or_fail
@@ -342,6 +344,56 @@ target = "tests.integration.plugin_tools:count_then_wait"
     await _delete_call_queues(channel, queue, again)
 
 
+def _answer_rows(db: Path) -> list[tuple[bytes, int, bytes]]:
+    """The remembered answers' rows as stored (keys as bytes: they may not be UTF-8)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.text_factory = bytes
+        return sorted(conn.execute("SELECT key, ts_ms, body FROM amqp_answers"))
+
+
+async def test_an_unreadable_answers_table_is_pain_and_calls_are_still_answered(
+    tmp_path: Path, broker: Any, nodes: list[NodeProcess]
+) -> None:
+    """The remembered answers' table damaged inside a record (a key no longer UTF-8: the
+    file's structure is intact, so the store's quick_check at open passes) cannot be
+    read when the bridge starts. The node starts all the same; the bridge says why
+    (`last_error`, `errors`), is pain, and answers calls, remembering them in memory
+    only (a repeat is answered from memory); the table is left as it was, for a repair."""
+    node, queue, channel = await _serving(tmp_path, broker, nodes)
+    caller = await Caller(channel).open()
+    before = await caller.answer(await caller.send(queue, _call("echo", {"text": "before"})))
+    assert before["result"]["content"][0]["text"] == "before"
+    node.terminate()
+    assert node.wait_exit() == 0
+    nodes.remove(node)
+    db = node.data_dir / "vsmcp.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE amqp_answers SET key = CAST(x'ff' || CAST(key AS BLOB) AS TEXT)")
+        assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    damaged = _answer_rows(db)
+    assert len(damaged) == 1 and damaged[0][0].startswith(b"\xff")
+
+    again = _start(node.data_dir, _config(require_rabbitmq(), calls_queue=queue))
+    nodes.append(again)
+    status = _wait_connected(again)
+    assert "AMQP remembered answers unreadable" in status["last_error"], status
+    assert "UTF-8" in status["last_error"] and status["errors"] >= 1
+    wait_for(lambda: _pained(again), timeout_s=30, what="pain from the unreadable answers")
+    repeated = _call("echo", {"text": "after"})
+    message_id = uuid.uuid4().hex
+    for _ in range(2):
+        sent = await caller.send(queue, repeated, message_id=message_id)
+        assert (await caller.answer(sent))["result"]["content"][0]["text"] == "after"
+    counters = _amqp(again)["counters"]
+    assert counters["calls_answered"] == 1 and counters["calls_duplicates"] == 1
+    assert counters["answers_remembered"] == 1 and counters["answer_writes"] == 0
+    again.terminate()
+    assert again.wait_exit() == 0
+    nodes.remove(again)
+    assert _answer_rows(db) == damaged
+    await _delete_call_queues(channel, queue, again)
+
+
 async def test_answers_the_broker_refuses_still_settle_their_calls(
     tmp_path: Path, broker: Any, nodes: list[NodeProcess]
 ) -> None:
@@ -372,6 +424,7 @@ async def test_answers_the_broker_refuses_still_settle_their_calls(
         what=f"{trapped} refused answers counted",
     )
     assert status["counters"]["answers_refused"] == trapped
+    assert metric_counts(node, "vsmcp_amqp_refused") == {"answer": trapped, "outbox": 0}
     caller = await Caller(channel).open()
     answer = await caller.answer(await caller.send(queue, _call("echo", {"text": "good"})))
     assert answer["result"]["content"][0]["text"] == "good"
@@ -476,6 +529,9 @@ async def test_a_full_bound_queue_is_retried_on_the_same_connection_in_order(
     wait_for(lambda: _pained(node), timeout_s=30, what="pain from the stalled outbox")
     status = _amqp(node)
     assert status["state"] == "connected" and status["counters"]["connects"] == 1
+    # The scrape after the status: the count only grows while the queue stays full.
+    refused = metric_counts(node, "vsmcp_amqp_refused")
+    assert refused["outbox"] >= status["counters"]["nacks"] > 0 and refused["answer"] == 0
 
     seen: list[int] = []
 

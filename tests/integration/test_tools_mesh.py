@@ -26,7 +26,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.integration.harness import REPO_ROOT, NodeProcess, wait_mesh_states
 from tests.integration.sdk_client import MODES, sdk_client
-from tests.polling import async_wait_for
+from tests.polling import async_wait_for, wait_for
 from tests.skips import skip_or_fail
 from vsmcp.node.mcp.protocol import (
     INVALID_PARAMS,
@@ -401,29 +401,68 @@ def test_mcp_inspector_cli_at_c_lists_and_calls_tools_of_a_and_b(ready: Mesh) ->
     assert "arguments.a" in wrong.stdout + wrong.stderr, (wrong.stdout, wrong.stderr)
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vsmcp.node.app.cli_tools", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+
+
 def test_cli_lists_the_registry_and_calls_through_the_node(ready: Mesh) -> None:
-    import subprocess
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "vsmcp.node.app.cli_tools", *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=60,
-        )
-
-    listed = cli("tools", "--url", ready.c.url, "--json")
+    listed = _cli("tools", "--url", ready.c.url, "--json")
     assert listed.returncode == 0, listed.stderr
     providers = {(t["name"], t["provider"]) for t in json.loads(listed.stdout)}
     assert ("shared.echo", ready.a.node_id) in providers
     assert ("shared.echo", ready.b.node_id) in providers
-    called = cli("call", "add", "--arg", "a=2", "--json-args", '{"b": 3}', "--url", ready.c.url)
+    called = _cli("call", "add", "--arg", "a=2", "--json-args", '{"b": 3}', "--url", ready.c.url)
     assert called.returncode == 0, called.stderr
     assert json.loads(called.stdout) == {"sum": 5}
-    failed = cli("call", "add", "--arg", "a=x", "--arg", "b=1", "--url", ready.c.url)
+    failed = _cli("call", "add", "--arg", "a=x", "--arg", "b=1", "--url", ready.c.url)
     assert failed.returncode == 1
     assert "-32602" in failed.stderr and "arguments.a" in failed.stderr
+
+
+def _rows(lines: list[str]) -> set[tuple[str, str]]:
+    """(name, provider) of `vsmcp tools` table rows (NAME ZONE STATE PROVIDER)."""
+    return {(row.split()[0], row.split()[3]) for row in lines}
+
+
+def test_cli_shows_the_offers_apart_from_the_tools(ready: Mesh) -> None:
+    """`vsmcp tools`: the tools' table as before, then under OFFERS the offers tools
+    (`vsm.mcp.*`, here every node's status resource `vsm.mcp.node`); `--offers` shows
+    those alone; `--json` stays the list of tools."""
+    nodes = {ready.a.node_id, ready.b.node_id, ready.c.node_id}
+
+    def offered_by() -> set[str]:
+        offers = ready.c.get_json("/api/tools")["offers"]
+        return {o["provider"] for o in offers if o["name"].startswith("vsm.mcp.node")}
+
+    wait_for(lambda: offered_by() == nodes, timeout_s=30, what="every node's offers at C")
+    shown = _cli("tools", "--url", ready.c.url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["TOOL", "ZONE", "STATE", "PROVIDER"]
+    heading = next(i for i, line in enumerate(lines) if line.startswith("OFFERS "))
+    assert lines[heading].split() == ["OFFERS", "ZONE", "STATE", "PROVIDER"]
+    assert lines[heading - 1] == ""
+    tools, offers = _rows(lines[1 : heading - 1]), _rows(lines[heading + 1 :])
+    assert {("add", ready.a.node_id), ("shared.echo", ready.b.node_id)} <= tools
+    assert not any(name.startswith("vsm.mcp.") for name, _ in tools)
+    assert all(name.startswith("vsm.mcp.") for name, _ in offers)
+    assert {p for name, p in offers if name.startswith("vsm.mcp.node")} == nodes
+
+    alone = _cli("tools", "--offers", "--url", ready.c.url)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.splitlines()[0].split()[0] == "OFFERS"
+    assert _rows(alone.stdout.splitlines()[1:]) == offers
+    as_json = _cli("tools", "--offers", "--json", "--url", ready.c.url)
+    assert {(o["name"], o["provider"]) for o in json.loads(as_json.stdout)} == offers
+    listed = json.loads(_cli("tools", "--json", "--url", ready.c.url).stdout)
+    assert not any(t["name"].startswith("vsm.mcp.") for t in listed)
+    assert {(t["name"], t["provider"]) for t in listed} == tools
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ healthy (user + system: what start costs, whatever else the machine runs), then,
 and PSS (the file-backed pages, shared libraries, counted once per process sharing them)
 and private memory.
 
-Variants: as a new user (mDNS on), without mDNS (`--no-mdns`, as the other benchmarks),
-and with the standard asyncio event loop instead of uvloop (`node.event_loop`).
+Variants: as a new user (mDNS on), with python-zeroconf's compiled extensions instead of
+its Python sources (`mesh.mdns_compiled`), without mDNS (`--no-mdns`, as the other
+benchmarks), and with the standard asyncio event loop instead of uvloop (`node.event_loop`).
 
 `--by-import`: where the memory of `vsmcpd --dev` (mDNS on) goes, the RSS each package
 adds while the daemon imports it (benchmarks/_import_rss.py; our own modules by
@@ -45,6 +46,7 @@ START_TIMEOUT_S = 30.0
 POLL_S = 0.005
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "vsmcpd --dev (mDNS on)": ([], ""),
+    "mDNS on, zeroconf compiled": ([], "[mesh]\nmdns_compiled = true\n"),
     "vsmcpd --dev --no-mdns": (["--no-mdns"], ""),
     "--no-mdns, asyncio loop": (["--no-mdns"], '[node]\nevent_loop = "asyncio"\n'),
 }

@@ -67,14 +67,33 @@ class _SourcesFirst(importlib.abc.MetaPathFinder):
         )
 
 
+def installed_extensions() -> list[Path]:
+    """zeroconf's compiled extension modules as installed, found without importing it."""
+    spec = importlib.machinery.PathFinder.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return sorted(
+        path
+        for location in spec.submodule_search_locations
+        for path in Path(location).rglob("*")
+        if path.name.endswith(suffixes)
+    )
+
+
 def prefer_sources() -> bool:
     """Import zeroconf from its sources from now on in this process (idempotent).
 
-    False when zeroconf is already imported: its modules stay as they are.
+    False, and nothing changes, when zeroconf is already imported (its modules stay as
+    they are) or when some extension module has no source beside it (all or nothing:
+    one compiled module among sources fails at import). Decided once per process: a
+    later caller asking for the extensions gets what the first one chose.
     """
     if any(isinstance(finder, _SourcesFirst) for finder in sys.meta_path):
         return True
-    if any(_ours(name) for name in sys.modules):
+    if any(_ours(name) for name in list(sys.modules)):  # a copy: other threads import
+        return False
+    if any(_source_beside(str(path)) is None for path in installed_extensions()):
         return False
     sys.meta_path.insert(0, _SourcesFirst())
     return True

@@ -8,7 +8,7 @@
     vsmcp status [--data-dir DIR | --url URL]
     vsmcp peers [--data-dir DIR | --url URL]
     vsmcp mcp-stdio [--data-dir DIR | --url URL]
-    vsmcp tools [--data-dir DIR | --url URL]
+    vsmcp tools [--data-dir DIR | --url URL] [--offers] [--json]
     vsmcp call TOOL --arg key=value ... [--data-dir DIR | --url URL]
     vsmcp patterns test FILE_OR_DIR --events RECORDED.jsonl [--json]
     vsmcp policies [--data-dir DIR | --url URL] [--json]

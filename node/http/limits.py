@@ -424,7 +424,12 @@ class GuardedTCPSite(web.BaseSite):
         )
         if infos is not None and len(infos) == 1:
             # An IP literal: bound here, so no resolver thread starts (mesh/addrinfo.py).
-            listening = await loop.create_server(factory, sock=bound_stream_socket(infos[0]))
+            sock = bound_stream_socket(infos[0])
+            try:
+                listening = await loop.create_server(factory, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
         else:
             listening = await loop.create_server(
                 factory, self._host, self._port, reuse_address=True

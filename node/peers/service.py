@@ -432,8 +432,16 @@ class MeshService(Service):
         """
         assert self._meta is not None and self._discovery is not None
         if not self._mdns_compiled and not prefer_zeroconf_sources():
-            log.info("zeroconf was imported before the mesh started: its compiled modules stay")
-        from vsmcp.mesh.discovery import MdnsDiscovery  # zeroconf: only with mDNS on
+            log.info(
+                "zeroconf keeps its compiled modules (imported before the mesh started, "
+                "or installed without all of its sources)"
+            )
+        try:
+            from vsmcp.mesh.discovery import MdnsDiscovery  # zeroconf: only with mDNS on
+        except ImportError as e:  # a broken install: seeds and gossip still work
+            self.mdns_state = "failed"
+            log.warning("mDNS unavailable (python-zeroconf does not import: %s)", e)
+            return
 
         interfaces = ["127.0.0.1"] if is_loopback_host(self._host) else None
         mdns = MdnsDiscovery(

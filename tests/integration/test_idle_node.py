@@ -8,8 +8,6 @@ not its compiled extensions (≈2.8 MiB), unless `mesh.mdns_compiled` asks for t
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import NodeProcess
+from vsmcp.mesh._zeroconf_sources import installed_extensions
 
 pytestmark = pytest.mark.integration
 
@@ -103,9 +102,7 @@ def test_zeroconf_runs_its_python_sources_unless_mdns_compiled_is_set(
 ) -> None:
     # Its compiled extensions map ≈2.8 MiB (mesh/_zeroconf_sources.py); a busy LAN's
     # operator may want their speed.
-    spec = importlib.util.find_spec("zeroconf._dns")
-    assert spec is not None
-    if not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
+    if not installed_extensions():  # looked up without importing zeroconf here
         pytest.skip("the installed zeroconf has no compiled extensions (built without Cython)")
     config = tmp_path / "vsmcp.toml"
     config.write_text(f"[mesh]\nmdns_compiled = {str(compiled).lower()}\n")

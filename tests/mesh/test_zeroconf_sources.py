@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from vsmcp.mesh._zeroconf_sources import _source_beside
+from vsmcp.mesh._zeroconf_sources import _source_beside, installed_extensions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +34,10 @@ print(json.dumps({
 """
 
 
-def _run(prologue: str) -> dict[str, Any]:
+def _run(prologue: str, path: Path | None = None) -> dict[str, Any]:
     code = "PREFERRED = None\n" + prologue + _REPORT
+    if path is not None:  # a zeroconf of the test's own, found before the installed one
+        code = f"import sys; sys.path.insert(0, {str(path)!r})\n" + code
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
@@ -43,14 +46,8 @@ def _run(prologue: str) -> dict[str, Any]:
     return report
 
 
-def _installed_zeroconf_is_compiled() -> bool:
-    spec = importlib.util.find_spec("zeroconf._dns")
-    assert spec is not None
-    return isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
-
-
 needs_extensions = pytest.mark.skipif(
-    not _installed_zeroconf_is_compiled(),
+    not installed_extensions(),  # found without importing zeroconf into this process
     reason="the installed zeroconf has no compiled extensions (built without Cython)",
 )
 
@@ -92,6 +89,35 @@ def test_an_already_imported_zeroconf_is_left_compiled_never_mixed() -> None:
     ]
     assert compiled_dirs
     assert sources_with_extension == []
+
+
+@needs_extensions
+def test_an_extension_without_its_source_keeps_every_module_compiled(tmp_path: Path) -> None:
+    # One compiled module among sources fails at import (their C types are checked).
+    installed = installed_extensions()
+    package = next(p for p in installed[0].parents if p.name == "zeroconf")
+    copy = tmp_path / "site" / "zeroconf"
+    shutil.copytree(package, copy)
+    (copy / "_cache.py").unlink()
+    report = _run(
+        "from vsmcp.mesh._zeroconf_sources import prefer_sources\n"
+        "PREFERRED = prefer_sources()\n"
+        "import zeroconf, zeroconf.asyncio\n",
+        path=tmp_path / "site",
+    )
+    assert report["preferred"] is False
+    assert report["compiled"] is True
+    assert all(f.startswith(str(copy)) for f in report["files"])
+    assert [f for f in report["files"] if f.endswith(".py") and _has_extension_beside(f)] == []
+
+
+def test_finding_the_extensions_does_not_import_zeroconf() -> None:
+    report = _run(
+        "from vsmcp.mesh._zeroconf_sources import installed_extensions\n"
+        "PREFERRED = len(installed_extensions())\n"
+    )
+    assert report["files"] == []
+    assert report["preferred"] == len(installed_extensions())
 
 
 def test_before_zeroconf_is_imported_nothing_is_reported() -> None:

@@ -11,6 +11,12 @@ sampling, elicitation and roots to the node and takes its log notifications, lik
 mount's (`node.tools.mount_client`), and hands each to the stdio call it belongs to
 (the SDK runs them in the call's own task at 2026-07-28, the revision the bridge
 speaks to the node); each call asks the node for logs at its client's level.
+
+The node's resources, templates and prompts come through too, as offers tools of the
+bridge (`node.mcp.bridge_offers`): the stdio gateway lists, reads, completes and
+subscribes through them as through any provider's. The lists are refreshed with the
+tools (every `refresh_interval_s`); a change in either is a change of the catalog, so
+the stdio client gets its list-changed notifications.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.node.mcp.bridge_offers import node_offers, offers_specs, run_node_offer
 from vsmcp.node.mcp.protocol import McpError
 from vsmcp.node.tools.client_channel import META_LOG_LEVEL
 from vsmcp.node.tools.model import CallContext, ChangeCallback, ToolResult, ToolSpec
 from vsmcp.node.tools.mount_client import MountClient
+from vsmcp.node.tools.offers import Offers
 
 if TYPE_CHECKING:
     from mcp_types import RequestParamsMeta
@@ -58,6 +66,9 @@ class NodeClientCatalog:
         self._client_side = MountClient("mcp-stdio")
         self._stack = contextlib.AsyncExitStack()
         self._specs: list[ToolSpec] = []
+        # The node's offers as this bridge's offers tools (`bridge_offers`).
+        self._offers = Offers()
+        self._offer_specs: list[ToolSpec] = []
         self._callbacks: list[ChangeCallback] = []
         self._refresher: asyncio.Task[None] | None = None
         self._loops = LoopSupervisor()
@@ -97,8 +108,13 @@ class NodeClientCatalog:
             )
             for tool in listed.tools
         ]
+        offers = await node_offers(self._client)
         changed = [s.name for s in specs] != [s.name for s in self._specs]
+        changed = changed or offers != self._offers
         self._specs = specs
+        if offers != self._offers:
+            self._offers = offers
+            self._offer_specs = offers_specs(offers) if offers else []
         if changed:
             for callback in list(self._callbacks):
                 callback()
@@ -136,6 +152,19 @@ class NodeClientCatalog:
             raise McpError(e.code, e.message, data) from None
         dumped: dict[str, Any] = result.model_dump(by_alias=True, exclude_none=True)
         return dumped
+
+    def list_offer_tools(self, ctx: CallContext) -> list[ToolSpec]:
+        return list(self._offer_specs)
+
+    def all_offer_tools(self) -> list[ToolSpec]:
+        return list(self._offer_specs)
+
+    async def call_offers_tool(
+        self, name: str, arguments: Mapping[str, Any], ctx: CallContext
+    ) -> ToolResult:
+        assert self._client is not None
+        with self._client_side.calling(ctx):  # the node's requests during a read reach ctx
+            return await run_node_offer(self._client, name, arguments, ctx)
 
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
         self._callbacks.append(callback)

@@ -46,7 +46,8 @@ from aiohttp import web
 from vsmcp.node.errors import clip
 from vsmcp.node.mcp.client_requests import ClientState, Notify, declared, modern_state
 from vsmcp.node.mcp.input_rounds import InputRounds, RoundsError
-from vsmcp.node.mcp.offers import LIST_CHANGED, LISTEN_FLAGS
+from vsmcp.node.mcp.listen import acknowledgement, ended, honored_flags, list_changed, listen_meta
+from vsmcp.node.mcp.offers import LIST_CHANGED
 from vsmcp.node.mcp.protocol import (
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
@@ -55,7 +56,6 @@ from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
     META_CLIENT_CAPABILITIES,
     META_PROTOCOL_VERSION,
-    META_SUBSCRIPTION_ID,
     MODERN_VERSIONS,
     NOT_ACCEPTABLE,
     OVERLOADED,
@@ -76,8 +76,12 @@ from vsmcp.node.mcp.protocol import (
     notification,
     result_message,
 )
-from vsmcp.node.mcp.subscriptions import SUBSCRIPTION_METHODS, SessionUpdates, Subscriptions
-from vsmcp.node.tools.client_channel import UPDATED_METHOD
+from vsmcp.node.mcp.subscriptions import (
+    SUBSCRIPTION_METHODS,
+    SessionUpdates,
+    Subscriptions,
+    declare_subscribe,
+)
 from vsmcp.node.tools.config import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_LISTENERS,
@@ -565,9 +569,8 @@ class McpGateway:
                     break
                 if session.changed.is_set():
                     session.changed.clear()
-                    while session.updates is not None and session.updates.pending:
-                        uri = session.updates.pending.popleft()
-                        await stream.write(_sse(notification(UPDATED_METHOD, {"uri": uri})))
+                    for update in session.updates.drain() if session.updates else ():
+                        await stream.write(_sse(update))
                     if session.list_changed:
                         session.list_changed = False
                         for method in LIST_CHANGED:
@@ -608,7 +611,7 @@ class McpGateway:
         )
         session.updates = SessionUpdates(session.changed.set)
         session.subscriptions = Subscriptions(self.core, caller, session.updates, session_id[:8])
-        _declare_subscribe(result)
+        declare_subscribe(result)
         self.sessions[session.id] = session
         self.sessions_of[owner] += 1
         return web.Response(
@@ -749,7 +752,7 @@ class McpGateway:
             return web.Response(status=202)  # cancellation is closing the stream at 2026-07-28
         self._check_envelope(request, message, version)
         if message.method == "server/discover":
-            discovered = _declare_subscribe(self.core.discover_result())
+            discovered = declare_subscribe(self.core.discover_result())
             return web.Response(
                 body=encode(result_message(message.id, discovered)),
                 content_type="application/json",
@@ -830,23 +833,13 @@ class McpGateway:
     async def _stream_listen(
         self, request: web.Request, message: Message, listener: _Listener, uris: list[str]
     ) -> web.StreamResponse:
-        wanted = message.params.get("notifications")
-        honored: dict[str, Any] = {
-            flag: True
-            for flag in LISTEN_FLAGS
-            if isinstance(wanted, dict) and wanted.get(flag) is True
-        }
-        flags = list(honored)
-        if uris:
-            honored["resourceSubscriptions"] = uris
-        meta = {META_SUBSCRIPTION_ID: message.id}
+        flags = honored_flags(message)
         stream = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await stream.prepare(request)
         try:
-            ack = {"notifications": honored, "_meta": meta}
-            await stream.write(_sse(notification("notifications/subscriptions/acknowledged", ack)))
+            await stream.write(_sse(acknowledgement(message, flags, uris)))
             while not self._closing:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(listener.changed.wait(), self.sse_keepalive_s)
@@ -854,33 +847,21 @@ class McpGateway:
                     break
                 if listener.changed.is_set():
                     listener.changed.clear()
-                    while listener.updates is not None and listener.updates.pending:
-                        params: dict[str, Any] = {
-                            "uri": listener.updates.pending.popleft(),
-                            "_meta": meta,
-                        }
-                        await stream.write(_sse(notification(UPDATED_METHOD, params)))
+                    meta = listen_meta(message)
+                    for update in listener.updates.drain(meta) if listener.updates else ():
+                        await stream.write(_sse(update))
                     if listener.list_changed:
                         listener.list_changed = False
-                        for flag in flags:
-                            params = {"_meta": meta}
-                            await stream.write(_sse(notification(LISTEN_FLAGS[flag], params)))
+                        for changed in list_changed(message, flags):
+                            await stream.write(_sse(changed))
                 else:
                     await stream.write(b": keepalive\n\n")
             # Graceful close: the listen request's result ends the stream.
-            await stream.write(_sse(result_message(message.id, {"_meta": meta})))
+            await stream.write(_sse(ended(message)))
             await stream.write_eof()
         except ConnectionError:
             pass
         return stream
-
-
-def _declare_subscribe(result: dict[str, Any]) -> dict[str, Any]:
-    """Declare `resources.subscribe` in an `initialize` or `server/discover` result:
-    over HTTP a session (2025-11-25) or a listen stream (2026-07-28) can hold them."""
-    resources = {**result["capabilities"].get("resources", {}), "subscribe": True}
-    result["capabilities"] = {**result["capabilities"], "resources": resources}
-    return result
 
 
 def register_mcp_routes(

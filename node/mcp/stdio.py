@@ -1,12 +1,20 @@
 """MCP over stdio: newline-delimited JSON-RPC on a reader/writer pair.
 
-Speaks 2025-11-25 (`initialize`, `notifications/cancelled`, `notifications/tools/
-list_changed` after initialize) and answers 2026-07-28 clients too (`server/discover`,
-requests carrying the `_meta` envelope, `subscriptions/listen`). The caller is the
+Speaks 2025-11-25 (`initialize`, `notifications/cancelled`, `notifications/{tools,
+resources,prompts}/list_changed` after initialize, `resources/subscribe` /
+`resources/unsubscribe` with `notifications/resources/updated`) and answers 2026-07-28
+clients too (`server/discover`, requests carrying the `_meta` envelope,
+`subscriptions/listen` with the list-changed flags and `resourceSubscriptions`, ended by
+`notifications/cancelled` naming it). The connection is the session: its subscriptions
+are kept as an HTTP session's are (`node.mcp.subscriptions`), a listen's as an HTTP
+listen stream's (`node.mcp.listen`), and all end when the input does. The caller is the
 local user: every call runs as `Caller("stdio", zone, "stdio")`.
 
 Bounds: a line longer than `max_line_bytes` is answered with a parse error and
-skipped; at most `max_inflight` calls run at once (more are refused as overloaded).
+skipped; at most `max_inflight` calls run at once (more are refused as overloaded); at
+most `max_listeners` listens are open at once (`mcp.max_listeners_per_caller`: over
+HTTP a caller's bound, and a stdio connection is one caller); the subscriptions of the
+connection and of each listen, and their pending updates, are bounded as over HTTP.
 """
 
 from __future__ import annotations
@@ -15,15 +23,16 @@ import asyncio
 import contextlib
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any, Final
 
 from vsmcp.node.mcp.client_requests import ClientState, declared, modern_state
+from vsmcp.node.mcp.listen import acknowledgement, ended, honored_flags, list_changed, listen_meta
 from vsmcp.node.mcp.offers import LIST_CHANGED
 from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
     META_CLIENT_CAPABILITIES,
     META_PROTOCOL_VERSION,
-    META_SUBSCRIPTION_ID,
     MODERN_VERSIONS,
     OVERLOADED,
     PARSE_ERROR,
@@ -38,6 +47,13 @@ from vsmcp.node.mcp.protocol import (
     notification,
     result_message,
 )
+from vsmcp.node.mcp.subscriptions import (
+    SUBSCRIPTION_METHODS,
+    SessionUpdates,
+    Subscriptions,
+    declare_subscribe,
+)
+from vsmcp.node.tools.config import DEFAULT_MAX_LISTENERS_PER_CALLER
 from vsmcp.node.tools.model import ToolCatalog
 
 log = logging.getLogger(__name__)
@@ -47,6 +63,16 @@ DEFAULT_MAX_INFLIGHT: Final = 64
 STDIO_OWNER: Final = "stdio"
 
 
+@dataclass(eq=False)
+class _Listen:
+    """One open `subscriptions/listen`: its request, flags and resource subscriptions."""
+
+    message: Message
+    flags: list[str]
+    updates: SessionUpdates
+    subscriptions: Subscriptions
+
+
 class _StdioConnection:
     def __init__(
         self,
@@ -54,34 +80,63 @@ class _StdioConnection:
         writer: asyncio.StreamWriter,
         caller: Caller,
         max_inflight: int,
+        max_listeners: int,
     ) -> None:
         self.core = McpCore(catalog)
         self.writer = writer
         self.caller = caller
         self.max_inflight = max_inflight
+        self.max_listeners = max_listeners
         self.inflight: dict[Any, asyncio.Task[None]] = {}
         self.lock = asyncio.Lock()
         self.initialized = False
-        self.listen_ids: list[Any] = []
+        # Open listens by request id (2026-07-28).
+        self.listens: dict[Any, _Listen] = {}
         # The client's capabilities (from initialize) and log level (logging/setLevel).
         self.client = ClientState(STDIO_OWNER, frozenset())
+        # The connection's own resource subscriptions (2025-11-25 `resources/subscribe`).
+        self.updates = SessionUpdates(self._updated)
+        self.subscriptions = Subscriptions(self.core, caller, self.updates, STDIO_OWNER)
+        self._flushing: asyncio.Task[None] | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.lock:
             self.writer.write(encode(message) + b"\n")
             await self.writer.drain()
 
+    def _send_soon(self, messages: list[dict[str, Any]], what: str) -> None:
+        async def send_all() -> None:
+            for message in messages:
+                await self.send(message)
+
+        if messages:
+            task = asyncio.create_task(send_all(), name=f"mcp-stdio:{what}")
+            task.add_done_callback(_log_failure)
+
     def tools_changed(self) -> None:
         messages: list[dict[str, Any]] = []
         if self.initialized:
             messages.extend(notification(method) for method in LIST_CHANGED)
-        messages.extend(
-            notification(LIST_CHANGED[0], {"_meta": {META_SUBSCRIPTION_ID: i}})
-            for i in self.listen_ids
-        )
-        for message in messages:
-            task = asyncio.create_task(self.send(message), name="mcp-stdio:list-changed")
-            task.add_done_callback(_log_failure)
+        for listen in self.listens.values():
+            messages.extend(list_changed(listen.message, listen.flags))
+        self._send_soon(messages, "list-changed")
+
+    def _updated(self) -> None:
+        """A subscription brought an update: write the pending ones (one writer at a time)."""
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush(), name="mcp-stdio:updates")
+            self._flushing.add_done_callback(_log_failure)
+
+    async def _flush(self) -> None:
+        # Updates arriving while this one writes are taken by its next round.
+        while True:
+            messages = self.updates.drain()
+            for listen in self.listens.values():
+                messages.extend(listen.updates.drain(listen_meta(listen.message)))
+            if not messages:
+                return
+            for message in messages:
+                await self.send(message)
 
     async def on_line(self, line: bytes) -> None:
         try:
@@ -94,29 +149,21 @@ class _StdioConnection:
             return
         if message.is_notification:
             if message.method == "notifications/cancelled":
-                task = self.inflight.get(message.params.get("requestId"))
-                if task is not None:
-                    task.cancel()
+                self._cancel(message.params.get("requestId"))
             return
         method = message.method
         if method == "initialize":
             self.initialized = True
             self.client.capabilities = declared(message.params.get("capabilities"))
-            await self.send(result_message(message.id, self.core.initialize_result(message.params)))
+            result = declare_subscribe(self.core.initialize_result(message.params))
+            await self.send(result_message(message.id, result))
         elif method == "server/discover":
-            await self.send(result_message(message.id, self.core.discover_result()))
-        elif method == "subscriptions/listen":
-            wanted = message.params.get("notifications")
-            honored = (
-                {"toolsListChanged": True}
-                if isinstance(wanted, dict) and wanted.get("toolsListChanged")
-                else {}
+            await self.send(
+                result_message(message.id, declare_subscribe(self.core.discover_result()))
             )
-            if honored:
-                self.listen_ids.append(message.id)
-            ack = {"notifications": honored, "_meta": {META_SUBSCRIPTION_ID: message.id}}
-            await self.send(notification("notifications/subscriptions/acknowledged", ack))
-        elif message.id in self.inflight:
+        elif method == "subscriptions/listen":
+            await self._listen(message)
+        elif message.id in self.inflight or message.id in self.listens:
             await self.send(
                 error_message(message.id, McpError(INVALID_REQUEST, "Duplicate request id"))
             )
@@ -130,17 +177,66 @@ class _StdioConnection:
                 self._call(message), name=f"mcp-stdio:call:{message.id}"
             )
 
+    def _cancel(self, request_id: Any) -> None:
+        """`notifications/cancelled`: a call stops; a listen ends, with its subscriptions
+        (no answer follows, as for any cancelled request)."""
+        if not isinstance(request_id, str | int):
+            return  # names no request of ours (and may not even be hashable)
+        task = self.inflight.get(request_id)
+        if task is not None:
+            task.cancel()
+        listen = self.listens.pop(request_id, None)
+        if listen is not None:
+            listen.subscriptions.close()
+
+    async def _listen(self, message: Message) -> None:
+        if message.id in self.listens or message.id in self.inflight:
+            dup = McpError(INVALID_REQUEST, "Duplicate request id")
+            await self.send(error_message(message.id, dup))
+            return
+        if len(self.listens) >= self.max_listeners:
+            busy = McpError(
+                OVERLOADED,
+                "Too many open notification streams for this caller",
+                {"limit": "listeners_per_caller", "retry_after_s": 1.0},
+            )
+            await self.send(error_message(message.id, busy))
+            return
+        updates = SessionUpdates(self._updated)
+        name = f"{STDIO_OWNER}-listen-{str(message.id)[:16]}"
+        listen = _Listen(
+            message,
+            honored_flags(message),
+            updates,
+            Subscriptions(self.core, self.caller, updates, name),
+        )
+        try:
+            uris = await listen.subscriptions.listen(message)
+        except McpError as exc:
+            listen.subscriptions.close()
+            await self.send(error_message(message.id, exc))
+            return
+        # Acknowledged before it is registered: no update or list change of this listen
+        # can go out ahead of its acknowledgement (they wait in `updates` meanwhile).
+        await self.send(acknowledgement(message, listen.flags, uris))
+        self.listens[message.id] = listen
+        if updates.pending:
+            self._updated()
+
     async def _call(self, message: Message) -> None:
         modern = message.meta.get(META_PROTOCOL_VERSION) in MODERN_VERSIONS
         try:
-            client = (
-                modern_state(message.meta, message.meta.get(META_CLIENT_CAPABILITIES))
-                if modern
-                else self.client
-            )
-            result = await self.core.handle(
-                message, self.caller, modern=modern, notify=self.send, client=client
-            )
+            if message.method in SUBSCRIPTION_METHODS and not modern:
+                result = await self.subscriptions.handle(message)
+            else:
+                client = (
+                    modern_state(message.meta, message.meta.get(META_CLIENT_CAPABILITIES))
+                    if modern
+                    else self.client
+                )
+                result = await self.core.handle(
+                    message, self.caller, modern=modern, notify=self.send, client=client
+                )
             reply = result_message(message.id, result)
         except asyncio.CancelledError:
             reply = error_message(message.id, McpError(REQUEST_CANCELLED, "Request cancelled"))
@@ -152,17 +248,24 @@ class _StdioConnection:
             await self.send(reply)
 
     async def close(self) -> None:
+        """The input ended: calls are cancelled, subscriptions end, listens end gracefully."""
+        self.subscriptions.close()
+        listens = list(self.listens.values())
+        self.listens.clear()
+        for listen in listens:
+            listen.subscriptions.close()
         tasks = list(self.inflight.values())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        # Graceful end of open subscriptions.
-        for listen_id in self.listen_ids:
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await self._flushing
+        for listen in listens:
             with contextlib.suppress(ConnectionError):
-                await self.send(
-                    result_message(listen_id, {"_meta": {META_SUBSCRIPTION_ID: listen_id}})
-                )
+                await self.send(ended(listen.message))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -179,9 +282,12 @@ async def serve_stdio(
     caller_id: str = "stdio",
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    max_listeners: int = DEFAULT_MAX_LISTENERS_PER_CALLER,
 ) -> None:
-    """Serve one MCP client on `reader`/`writer` until end of input; then cancel its calls."""
-    conn = _StdioConnection(catalog, writer, Caller(caller_id, zone, "stdio"), max_inflight)
+    """Serve one MCP client on `reader`/`writer` until end of input; then cancel its
+    calls and end its subscriptions."""
+    caller = Caller(caller_id, zone, "stdio")
+    conn = _StdioConnection(catalog, writer, caller, max_inflight, max_listeners)
     unsubscribe = catalog.on_change(conn.tools_changed)
     try:
         while True:

@@ -11,6 +11,10 @@ call's deadline; then the task calls again. The updates land in the session's
 
 A 2026-07-28 `subscriptions/listen` stream with `resourceSubscriptions` holds the same
 tasks, one per URI it honours (`Subscriptions.listen`), for as long as the stream is open.
+
+Both transports use them the same way: over HTTP the updates go out on the session's GET
+stream or the listen stream (`node.mcp.http`), over stdio on stdout (`node.mcp.stdio`,
+one connection being one session).
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Final
 
-from vsmcp.node.mcp.protocol import INVALID_PARAMS, Caller, McpCore, McpError, Message
+from vsmcp.node.mcp.protocol import (
+    INVALID_PARAMS,
+    Caller,
+    McpCore,
+    McpError,
+    Message,
+    notification,
+)
 from vsmcp.node.tools.client_channel import UPDATED_METHOD, no_capability
 from vsmcp.node.tools.errors import ToolError
 from vsmcp.node.tools.offers import MAX_URI_CHARS, SUBSCRIBE_METHOD
@@ -72,6 +83,26 @@ class SessionUpdates:
         self, method: str, params: Mapping[str, Any], timeout_s: float | None
     ) -> dict[str, Any]:
         raise no_capability(method)
+
+    def drain(self, meta: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Take the pending updates as `notifications/resources/updated` messages, oldest
+        first (`meta`: the listen stream's `_meta`, when they belong to one)."""
+        out: list[dict[str, Any]] = []
+        while self.pending:
+            params: dict[str, Any] = {"uri": self.pending.popleft()}
+            if meta is not None:
+                params["_meta"] = dict(meta)
+            out.append(notification(UPDATED_METHOD, params))
+        return out
+
+
+def declare_subscribe(result: dict[str, Any]) -> dict[str, Any]:
+    """Declare `resources.subscribe` in an `initialize` or `server/discover` result: a
+    session (2025-11-25: HTTP session, stdio connection) or a listen (2026-07-28) can
+    hold subscriptions."""
+    resources = {**result["capabilities"].get("resources", {}), "subscribe": True}
+    result["capabilities"] = {**result["capabilities"], "resources": resources}
+    return result
 
 
 class Subscriptions:

@@ -6,16 +6,29 @@ import asyncio
 import json
 import socket
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-from vsmcp.node.mcp.protocol import INVALID_PARAMS, PARSE_ERROR, ZONE_DENIED
+from tests.polling import async_wait_for, async_wait_until
+from vsmcp.node.mcp.offers import LIST_CHANGED
+from vsmcp.node.mcp.protocol import (
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    OVERLOADED,
+    PARSE_ERROR,
+    ZONE_DENIED,
+)
 from vsmcp.node.mcp.stdio import serve_stdio
-from vsmcp.node.tools.config import ToolsConfig
+from vsmcp.node.mcp.subscriptions import MAX_SUBSCRIPTIONS_PER_SESSION
+from vsmcp.node.tools.client_channel import UPDATED_METHOD
+from vsmcp.node.tools.config import MountConfig, ToolsConfig
 from vsmcp.node.tools.registry import build_local_catalog
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -71,3 +84,205 @@ async def test_in_process_lines_and_cancellation() -> None:
         await asyncio.wait_for(server, 5)
         writer.close()
         await client_out.wait_closed()
+
+
+# -- resource subscriptions and list changes over stdio (as over HTTP) -------------------
+
+OFFERS_SERVER = ROOT / "tests" / "integration" / "offers_server.py"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+GREETING = "data://greeting"
+
+
+class _Lines:
+    """A raw stdio MCP client: writes lines, keeps every line read (a reader task)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.seen: list[dict[str, Any]] = []
+        self._reader = asyncio.create_task(self._read(reader))
+        self._ids = iter(range(100, 10_000))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            self.seen.append(json.loads(line))
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+
+    async def ask(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The response (result or error) to one request."""
+        request_id = next(self._ids)
+        self.send({"id": request_id, "method": method, "params": params or {}})
+        return await self.first(lambda m: m.get("id") == request_id and "method" not in m)
+
+    async def first(self, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next((m for m in self.seen if match(m)), None)
+
+        return await async_wait_until(found, timeout_s=30, what="a matching line on stdout")
+
+    async def touch(self, uri: str) -> int:
+        """How many sessions the server told `uri` changed (its subscribers)."""
+        answer = await self.ask("tools/call", {"name": "docs.touch", "arguments": {"uri": uri}})
+        return int(answer["result"]["structuredContent"]["result"])
+
+    async def touched(self, uri: str) -> None:
+        """Touch `uri` until the server has a subscriber to tell (the mount subscribes in
+        the background, after `{}` was answered)."""
+
+        async def told() -> bool:
+            return await self.touch(uri) > 0
+
+        await async_wait_for(told, timeout_s=30, what=f"the server subscribed to {uri}")
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self._reader
+
+
+@asynccontextmanager
+async def _stdio_with_offers(**kw: Any) -> AsyncIterator[_Lines]:
+    """serve_stdio over a catalog mounting the offers server (2025-11-25: it takes
+    `resources/subscribe`), and a raw client of it; stdin closed at the end."""
+    mount = MountConfig(
+        name="docs",
+        command=sys.executable,
+        args=[str(OFFERS_SERVER), "--updates"],
+        mode="legacy",
+        health_interval_s=0.3,
+    )
+    async with build_local_catalog(ToolsConfig(entry_points=False, mounts=[mount])) as catalog:
+        await catalog.supervisor.wait_running(timeout_s=30)
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        client_in, client_out = await asyncio.open_connection(sock=theirs)
+        server = asyncio.create_task(serve_stdio(catalog, reader, writer, **kw))
+        lines = _Lines(client_in, client_out)
+        try:
+            yield lines
+        finally:
+            client_out.write_eof()
+            await asyncio.wait_for(server, 10)
+            writer.close()
+            await lines.close()
+
+
+def _updated(uri: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m.get("method") == UPDATED_METHOD and m["params"]["uri"] == uri
+
+
+async def test_stdio_legacy_resource_subscriptions_bring_updates_until_unsubscribed() -> None:
+    """2025-11-25: `initialize` declares `resources.subscribe`; an unknown URI is refused
+    -32602, a known one answered `{}` and its updates written on stdout; more than a
+    session may hold are refused; `resources/unsubscribe` ends it at the server."""
+    async with _stdio_with_offers() as client:
+        init = await client.ask("initialize", {"protocolVersion": "2025-11-25"})
+        assert init["result"]["capabilities"]["resources"] == {
+            "listChanged": True,
+            "subscribe": True,
+        }
+        refused = await client.ask("resources/subscribe", {"uri": "nope://x"})
+        assert refused["error"]["code"] == INVALID_PARAMS
+        assert (await client.ask("resources/subscribe", {"uri": GREETING}))["result"] == {}
+        await client.touched(GREETING)
+        update = await client.first(_updated(GREETING))
+        assert update["params"] == {"uri": GREETING}
+        # The bound of a session (colour://{name} is a template: any name is offered).
+        for i in range(MAX_SUBSCRIPTIONS_PER_SESSION - 1):
+            answer = await client.ask("resources/subscribe", {"uri": f"colour://c{i}"})
+            assert answer["result"] == {}
+        over = await client.ask("resources/subscribe", {"uri": "colour://one-too-many"})
+        assert over["error"]["code"] == INVALID_PARAMS
+        assert over["error"]["data"]["limit"] == MAX_SUBSCRIPTIONS_PER_SESSION
+        assert (await client.ask("resources/unsubscribe", {"uri": GREETING}))["result"] == {}
+
+        async def unsubscribed() -> bool:
+            return await client.touch(GREETING) == 0
+
+        await async_wait_for(unsubscribed, timeout_s=30, what="the server unsubscribed")
+        # A 2026-07-28 request has no session: as over HTTP, no such method.
+        modern = await client.ask("resources/subscribe", {"uri": GREETING, "_meta": MODERN_META})
+        assert modern["error"]["code"] == METHOD_NOT_FOUND
+
+
+async def test_stdio_legacy_client_gets_resources_list_changed() -> None:
+    async with _stdio_with_offers() as client:
+        await client.ask("initialize", {"protocolVersion": "2025-11-25"})
+        add = {"name": "docs.add_note", "arguments": {"name": "n", "text": "hi"}}
+        assert "error" not in await client.ask("tools/call", add)
+        for method in LIST_CHANGED:
+            await client.first(lambda m, method=method: m.get("method") == method)
+
+
+async def test_stdio_listen_honours_list_changes_and_resource_subscriptions() -> None:
+    """2026-07-28: `server/discover` declares `resources.subscribe`; a listen is
+    acknowledged with exactly the flags and URIs honoured (as over HTTP), carries the
+    updates of its URIs and the list changes it asked for, each with its id in `_meta`;
+    cancelling it ends its subscriptions at the server; listens are bounded; closing
+    stdin ends the others gracefully."""
+    async with _stdio_with_offers(max_listeners=2) as client:
+        discover = await client.ask("server/discover", {"_meta": MODERN_META})
+        assert discover["result"]["capabilities"]["resources"]["subscribe"] is True
+        for bad in ("nope://x", [1], [f"nope://{i}" for i in range(17)]):
+            wanted = {"resourceSubscriptions": bad}
+            refused = await client.ask("subscriptions/listen", {"notifications": wanted})
+            assert refused["error"]["code"] == INVALID_PARAMS, bad
+        wanted = {
+            "toolsListChanged": True,
+            "resourcesListChanged": True,
+            "promptsListChanged": True,
+            "resourceSubscriptions": ["nope://x", GREETING],
+        }
+        client.send(
+            {
+                "id": "listen-1",
+                "method": "subscriptions/listen",
+                "params": {"notifications": wanted},
+            }
+        )
+        ack = await client.first(
+            lambda m: m.get("method") == "notifications/subscriptions/acknowledged"
+        )
+        assert ack["params"] == {
+            "notifications": {**wanted, "resourceSubscriptions": [GREETING]},
+            "_meta": {SUBSCRIPTION_ID: "listen-1"},
+        }
+        await client.touched(GREETING)
+        update = await client.first(_updated(GREETING))
+        assert update["params"]["_meta"] == {SUBSCRIPTION_ID: "listen-1"}
+        add = {"name": "docs.add_note", "arguments": {"name": "m", "text": "hi"}}
+        assert "error" not in await client.ask("tools/call", {**add, "_meta": MODERN_META})
+        for method in LIST_CHANGED:
+            changed = await client.first(lambda m, method=method: m.get("method") == method)
+            assert changed["params"]["_meta"] == {SUBSCRIPTION_ID: "listen-1"}
+        # Bounded: a second listen opens (tools only), a third is refused.
+        client.send(
+            {
+                "id": "listen-2",
+                "method": "subscriptions/listen",
+                "params": {"notifications": {"toolsListChanged": True}},
+            }
+        )
+        await client.first(
+            lambda m: m.get("params", {}).get("_meta") == {SUBSCRIPTION_ID: "listen-2"}
+        )
+        busy = await client.ask(
+            "subscriptions/listen", {"notifications": {"toolsListChanged": True}}
+        )
+        assert busy["error"]["code"] == OVERLOADED
+        # Cancelling the first ends its subscription at the server.
+        client.send({"method": "notifications/cancelled", "params": {"requestId": "listen-1"}})
+
+        async def unsubscribed() -> bool:
+            return await client.touch(GREETING) == 0
+
+        await async_wait_for(unsubscribed, timeout_s=30, what="the server unsubscribed")
+    # stdin closed: the open listen's request answered (its graceful end), not the cancelled one's.
+    ends = [m for m in client.seen if m.get("id") in ("listen-1", "listen-2")]
+    assert ends == [
+        {"jsonrpc": "2.0", "id": "listen-2", "result": {"_meta": {SUBSCRIPTION_ID: "listen-2"}}}
+    ]

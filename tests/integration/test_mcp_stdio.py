@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import StdioServerParameters
@@ -17,17 +19,22 @@ from tests.polling import async_wait_for
 pytestmark = pytest.mark.integration
 
 
+def _bridge(*args: str) -> StdioServerParameters:
+    """How an MCP client spawns `vsmcp mcp-stdio ARGS`."""
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "vsmcp.node.app.cli", "mcp-stdio", *args],
+        cwd=str(REPO_ROOT),
+    )
+
+
 async def test_stdio_bridge_lists_and_calls_the_nodes_tools(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     node = NodeProcess(tmp_path / "n", "--no-mdns")
     nodes.append(node)
     node.start()
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "vsmcp.node.app.cli", "mcp-stdio", "--url", node.url],
-        cwd=str(REPO_ROOT),
-    )
+    params = _bridge("--url", node.url)
     for mode in ("auto", "legacy"):
         async with Client(params, mode=mode) as client:
             names = {t.name for t in (await client.list_tools()).tools}
@@ -60,11 +67,7 @@ def _node_with_ops_tool(tmp_path: Path, name: str, stdio_zone: str) -> NodeProce
 
 async def _call_add(*bridge_args: str) -> int | tuple[int, object]:
     """The sum through a `vsmcp mcp-stdio` bridge, or (error code, the caller zone the node saw)."""
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "vsmcp.node.app.cli", "mcp-stdio", *bridge_args],
-        cwd=str(REPO_ROOT),
-    )
+    params = _bridge(*bridge_args)
     async with Client(params, mode="auto") as client:
         try:
             result = await client.call_tool("add", {"a": 2, "b": 3})
@@ -114,11 +117,7 @@ async def test_stdio_bridge_passes_logs_and_sampling_to_its_client(
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         logs.append(params)
 
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "vsmcp.node.app.cli", "mcp-stdio", "--url", node.url],
-        cwd=str(REPO_ROOT),
-    )
+    params = _bridge("--url", node.url)
     async with Client(
         params, mode="legacy", sampling_callback=_sampling, logging_callback=on_log
     ) as client:
@@ -131,3 +130,120 @@ async def test_stdio_bridge_passes_logs_and_sampling_to_its_client(
             return any(p.data == "plugin asks" for p in logs)
 
         await async_wait_for(logged, timeout_s=20, what="the plugin's log line at the client")
+
+
+OFFERS_SERVER = REPO_ROOT / "tests" / "integration" / "offers_server.py"
+GREETING = "data://greeting"
+# The bridge refreshes the node's lists every 5 s; the mount its own every 0.5 s.
+LISTED_S = 60.0
+
+
+def _node_with_updating_resources(tmp_path: Path) -> NodeProcess:
+    """A node mounting the offers server in 2025-11-25, where it takes subscriptions
+    and its `docs.touch` tool sends an update of a URI to its subscribers."""
+    config = tmp_path / "offers.toml"
+    config.write_text(
+        "[tools]\nentry_points = false\n[[tools.mounts]]\n"
+        f'name = "docs"\ncommand = "{sys.executable}"\nargs = ["{OFFERS_SERVER}", "--updates"]\n'
+        'mode = "legacy"\nhealth_interval_s = 0.5\n'
+    )
+    return NodeProcess(tmp_path / "n", "--no-mdns", "--config", str(config))
+
+
+async def _subscribers(client: Client, uri: str) -> int:
+    """How many subscribers of `uri` the server told it changed (`docs.touch`)."""
+    result = await client.call_tool("docs.touch", {"uri": uri})
+    assert result.structured_content is not None, result
+    return int(result.structured_content["result"])
+
+
+async def _touched(client: Client, uri: str) -> None:
+    """Touch `uri` until the server has a subscriber to tell: the subscription reaches it
+    in the background (the stdio gateway, the bridge's listen at the node, the mount)."""
+
+    async def told() -> bool:
+        return await _subscribers(client, uri) > 0
+
+    await async_wait_for(told, timeout_s=LISTED_S, what=f"the server subscribed to {uri}")
+
+
+async def _untouched(client: Client, uri: str) -> None:
+    """Wait until the subscription's end has reached the server through the same chain."""
+
+    async def gone() -> bool:
+        return await _subscribers(client, uri) == 0
+
+    await async_wait_for(gone, timeout_s=LISTED_S, what=f"the server unsubscribed from {uri}")
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_stdio_clients_get_resource_updates_and_list_changes(
+    tmp_path: Path, nodes: list[NodeProcess], mode: str
+) -> None:
+    """Through `vsmcp mcp-stdio`, in both revisions: the node's resources are listed and
+    read, a subscribed resource's update reaches the client as
+    `notifications/resources/updated` of that URI (2025-11-25: `resources/subscribe`;
+    2026-07-28: a listen's `resourceSubscriptions`), its end (unsubscribe, the listen
+    closed) reaches the server, and a resource appearing on the node reaches the client
+    as `notifications/resources/list_changed`."""
+    import mcp_types as types
+    from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
+
+    node = _node_with_updating_resources(tmp_path)
+    nodes.append(node)
+    node.start()
+    params = _bridge("--url", node.url)
+    seen: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_message(message: Any) -> None:
+        seen.put_nowait(message)
+
+    async def next_seen(kind: type) -> Any:
+        while not isinstance(message := await seen.get(), kind):
+            pass
+        return message
+
+    note = f"note://{mode}"
+
+    async def listed(uri: str) -> bool:
+        return uri in {str(r.uri) for r in (await client.list_resources()).resources}
+
+    async with Client(params, mode=mode, cache=None, message_handler=on_message) as client:
+        resources = client.server_capabilities.resources
+        assert resources is not None and resources.subscribe is True
+        await async_wait_for(
+            lambda: listed(GREETING), timeout_s=LISTED_S, what="the node's resources"
+        )
+        read = await client.read_resource(GREETING)
+        assert getattr(read.contents[0], "text", None) == "hello from the offers server"
+        add = {"name": mode, "text": "hi"}
+        if mode == "legacy":
+            await client.subscribe_resource(GREETING)
+            await _touched(client, GREETING)
+            update = await asyncio.wait_for(next_seen(types.ResourceUpdatedNotification), LISTED_S)
+            assert str(update.params.uri) == GREETING
+            await client.unsubscribe_resource(GREETING)
+            await _untouched(client, GREETING)
+            await client.call_tool("docs.add_note", add)
+            changed = types.ResourceListChangedNotification
+            # One may come from the start too (the bridge's first lists): the note comes
+            # with one, as over HTTP (test_offers_mesh).
+            while True:
+                await asyncio.wait_for(next_seen(changed), LISTED_S)
+                if await listed(note):
+                    break
+        else:
+            async with client.listen(resource_subscriptions=[GREETING]) as stream:
+                assert stream.honored.resource_subscriptions == [GREETING]
+                await _touched(client, GREETING)
+                event = await asyncio.wait_for(anext(stream), LISTED_S)
+                assert event == ResourceUpdated(uri=GREETING)
+            await _untouched(client, GREETING)  # the listen's end, at the server
+            async with client.listen(resources_list_changed=True) as stream:
+                assert stream.honored.resources_list_changed
+                await client.call_tool("docs.add_note", add)
+                while True:
+                    event = await asyncio.wait_for(anext(stream), LISTED_S)
+                    assert isinstance(event, ResourcesListChanged)
+                    if await listed(note):
+                        break

@@ -35,7 +35,8 @@ LIST_METHODS: Final[Mapping[str, tuple[str, str, str]]] = {
     "resources/templates/list": ("templates", "resourceTemplates", "uriTemplate"),
     "prompts/list": ("prompts", "prompts", "name"),
 }
-# Answered by `OffersGateway.handle`; `resources/subscribe` is kept by a session (http).
+# Answered by `OffersGateway.handle`; `resources/subscribe` is kept by a session
+# (`node.mcp.subscriptions`, over HTTP and stdio).
 OFFERS_METHODS: Final = frozenset((*LIST_METHODS, *OFFER_METHODS)) - {SUBSCRIBE_METHOD}
 LIST_CHANGED: Final = (
     "notifications/tools/list_changed",

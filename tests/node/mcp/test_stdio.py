@@ -29,7 +29,8 @@ from vsmcp.node.mcp.stdio import serve_stdio
 from vsmcp.node.mcp.subscriptions import MAX_SUBSCRIPTIONS_PER_SESSION
 from vsmcp.node.tools.client_channel import UPDATED_METHOD
 from vsmcp.node.tools.config import MountConfig, ToolsConfig
-from vsmcp.node.tools.registry import build_local_catalog
+from vsmcp.node.tools.model import CallContext
+from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -100,8 +101,16 @@ GREETING = "data://greeting"
 class _Lines:
     """A raw stdio MCP client: writes lines, keeps every line read (a reader task)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        catalog: LocalCatalog,
+        server: asyncio.Task[None],
+    ) -> None:
         self.writer = writer
+        self.catalog = catalog
+        self.server = server
         self.seen: list[dict[str, Any]] = []
         self._reader = asyncio.create_task(self._read(reader))
         self._ids = iter(range(100, 10_000))
@@ -139,9 +148,21 @@ class _Lines:
 
         await async_wait_for(told, timeout_s=30, what=f"the server subscribed to {uri}")
 
+    async def end(self) -> None:
+        """Close the server's stdin and wait for it to return."""
+        if not self.writer.is_closing() and self.writer.can_write_eof():
+            self.writer.write_eof()
+        await asyncio.wait_for(self.server, 10)
+
     async def close(self) -> None:
         self.writer.close()
         await self._reader
+
+    async def subscribers(self, uri: str) -> int:
+        """`touch` called past the stdio connection (it may be closed): the server's count."""
+        ctx = CallContext(caller_id="test", caller_zone="public", origin="test")
+        answer = await self.catalog.call_tool("docs.touch", {"uri": uri}, ctx)
+        return int(answer["structuredContent"]["result"])
 
 
 @asynccontextmanager
@@ -161,14 +182,18 @@ async def _stdio_with_offers(**kw: Any) -> AsyncIterator[_Lines]:
         reader, writer = await asyncio.open_connection(sock=ours)
         client_in, client_out = await asyncio.open_connection(sock=theirs)
         server = asyncio.create_task(serve_stdio(catalog, reader, writer, **kw))
-        lines = _Lines(client_in, client_out)
+        lines = _Lines(client_in, client_out, catalog, server)
         try:
             yield lines
         finally:
-            client_out.write_eof()
-            await asyncio.wait_for(server, 10)
+            await lines.end()
             writer.close()
             await lines.close()
+
+
+def _held(prefix: str) -> list[asyncio.Task[Any]]:
+    """The subscription tasks still running whose names start with `prefix`."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and not t.done()]
 
 
 def _updated(uri: str) -> Callable[[dict[str, Any]], bool]:
@@ -207,6 +232,19 @@ async def test_stdio_legacy_resource_subscriptions_bring_updates_until_unsubscri
         # A 2026-07-28 request has no session: as over HTTP, no such method.
         modern = await client.ask("resources/subscribe", {"uri": GREETING, "_meta": MODERN_META})
         assert modern["error"]["code"] == METHOD_NOT_FOUND
+        assert await client.subscribers("colour://c0") == 1
+        # stdin closed: the connection's subscription tasks end (left running, each would
+        # call the mount again whenever its call ends), and so do they at the server.
+        await client.end()
+
+        await async_wait_until(
+            lambda: not _held("mcp-subscription:stdio:"), what="the subscriptions' tasks ended"
+        )
+
+        async def ended() -> bool:
+            return await client.subscribers("colour://c0") == 0
+
+        await async_wait_for(ended, timeout_s=30, what="the server unsubscribed at stdin's end")
 
 
 async def test_stdio_legacy_client_gets_resources_list_changed() -> None:
@@ -275,7 +313,10 @@ async def test_stdio_listen_honours_list_changes_and_resource_subscriptions() ->
         )
         assert busy["error"]["code"] == OVERLOADED
         # Cancelling the first ends its subscription at the server.
+        listen_1 = "mcp-subscription:stdio-listen-listen-1:"
+        assert _held(listen_1)
         client.send({"method": "notifications/cancelled", "params": {"requestId": "listen-1"}})
+        await async_wait_until(lambda: not _held(listen_1), what="the listen's tasks ended")
 
         async def unsubscribed() -> bool:
             return await client.touch(GREETING) == 0

@@ -28,7 +28,6 @@ from vsmcp.node.app.profiles import PROFILES
 from vsmcp.node.app.sdnotify import SystemdNotifier
 from vsmcp.node.client_tls import import_aiohttp_deferring_cas
 from vsmcp.node.errors import EXIT_BAD_CONFIG, StartupError
-from vsmcp.node.tools.stdio import kill_all_process_groups
 
 if TYPE_CHECKING:
     from vsmcp.node.app.node import Node
@@ -184,7 +183,7 @@ class ShutdownWatchdog:
                 "shutdown did not finish within %.1f s; killing mounted servers and exiting",
                 self._timeout_s,
             )
-        kill_all_process_groups()
+        _kill_mount_process_groups()
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
         os._exit(self.exit_code())
@@ -303,8 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         watchdog.disarm()
         # Normally none is left (each mount kills its own group on stop).
-        kill_all_process_groups()
+        _kill_mount_process_groups()
     return EXIT_OK
+
+
+def _kill_mount_process_groups() -> None:
+    """SIGKILL what is left of stdio mounts' process groups. `tools.stdio` is imported
+    with the first stdio mount: a node that has not imported it started none."""
+    stdio = sys.modules.get("vsmcp.node.tools.stdio")
+    if stdio is not None:
+        stdio.kill_all_process_groups()
 
 
 if __name__ == "__main__":

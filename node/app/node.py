@@ -65,7 +65,6 @@ from vsmcp.node.peers.service import (
     MeshService,
     parent_node_id,
 )
-from vsmcp.node.policyagent.policy_set import policy_set, sign_policy_set
 from vsmcp.node.replication.service import ReplicationService
 from vsmcp.node.routing.calls import COUNTED_EVENTS as MESH_CALL_EVENTS
 from vsmcp.node.routing.catalog import MeshCatalog
@@ -76,11 +75,10 @@ from vsmcp.node.store.audit_anchor import AuditAnchor
 from vsmcp.node.store.audit_head import head_file_for
 from vsmcp.node.store.database import Store
 from vsmcp.node.tool_call_metrics import RefusalTimes, ToolCallMetrics
+from vsmcp.node.tools.client_channel import MOUNT_CLIENT_OUTCOMES
 from vsmcp.node.tools.config import STDIO_GRANT_NAME
 from vsmcp.node.tools.debug import DebugTools
 from vsmcp.node.tools.model import CallContext
-from vsmcp.node.tools.mount_client import MOUNT_CLIENT_OUTCOMES
-from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.offers import is_offers_tool
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.vsm.audits import Auditor
@@ -524,7 +522,7 @@ class Node(Service):
         for mount in tools.mounts:
             if mount.probe is None:
                 continue
-            listed.append(MountedServer.unit_name(mount))
+            listed.append(mount.unit_name)
             if mount.probe.tool:
                 probes[mount.tool_name(mount.probe.tool)] = msgspec.structs.replace(
                     mount.probe, tool=""
@@ -964,6 +962,9 @@ class Node(Service):
         signed by this node, for the policy agent to decide as this node would."""
         if self.immune is None or self._identity is None:
             raise StartupError("node not started")
+        # Imported at the first request for it: a node nobody asks never loads it.
+        from vsmcp.node.policyagent.policy_set import policy_set, sign_policy_set
+
         key = self._identity.key
         now_ms = int(time.time() * 1000)
         doc = policy_set(self.immune.blocks.all(), self.config.trust.zones, key.public_key, now_ms)
@@ -1099,8 +1100,15 @@ class Node(Service):
         )
 
     def _register_mount_metrics(self, catalog: LocalCatalog) -> None:
+        # Imported by the registry with the first mount: a node without one has not
+        # loaded the mount client side (nor its stdio transport) and need not.
+        mounted = sys.modules.get("vsmcp.node.tools.mounted")
         units = catalog.supervisor.units.values()
-        mounts = [u.provider for u in units if isinstance(u.provider, MountedServer)]
+        mounts = (
+            []
+            if mounted is None
+            else [u.provider for u in units if isinstance(u.provider, mounted.MountedServer)]
+        )
 
         def counts(field: str) -> dict[str, int]:
             return {m.name.removeprefix("mount:"): getattr(m.stats, field) for m in mounts}

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Mapping
 from typing import Final
 
-from vsmcp.node.children.process import PARENT_PID_ENV
+from vsmcp.node.children.config import PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ from typing import Annotated, Final
 
 import msgspec
 
-from vsmcp.node.bridges.outbox import MAX_OUTBOX_CAPACITY
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
 from vsmcp.node.vsm.events import NODE_EVENT_TYPES
@@ -23,6 +22,9 @@ DEFAULT_EVENT_KINDS: Final = tuple(
 )
 MAX_PREFETCH: Final = 1_000
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+# The largest `outbox_capacity` (rows of the bridge's SQLite outbox, bridges/outbox.py).
+# Here, with the config it bounds: reading the config does not import the outbox.
+MAX_OUTBOX_CAPACITY: Final = 10_000_000
 KEY: Final = "bridges.amqp"
 
 

@@ -7,27 +7,29 @@ bridge is built (`check_zones`), the one place that knows them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from vsmcp.node.bridges.mqtt_tls import (
-    DEFAULT_TLS_PORT,
-    TlsFiles,
-    check_server_hostname,
-    client_context,
-)
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
 from vsmcp.node.vsm.events import NODE_CATALOG
 
+if TYPE_CHECKING:
+    import ssl
+
+    # Reading and checking TLS files: imported when a section is read that uses them,
+    # not by every node's config loader.
+    from vsmcp.node.bridges.mqtt_tls import TlsFiles
+
 SECTION: Final = "bridges.mqtt"
 DEFAULT_PORT: Final = 1883
+DEFAULT_TLS_PORT: Final = 8883
 MAX_TOPIC_CHARS: Final = 1024
 # Bounds of the size caps: a payload is read whole by the MQTT client before we see it.
 MAX_PAYLOAD_CAP: Final = 16 * 1024 * 1024
@@ -161,7 +163,7 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """TLS keys only with mqtts://, a key only with its certificate, and every file
         usable (read here: the daemon exits 2 naming the key, before it starts)."""
         files = self.tls_files()
-        set_keys = [k for k in TlsFiles.__dataclass_fields__ if getattr(files, k)]
+        set_keys = [f.name for f in dataclasses.fields(files) if getattr(files, f.name)]
         if not broker.tls:
             if set_keys:
                 raise ConfigError(
@@ -169,6 +171,8 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                     f"TLS setting, but url {redacted(self.url)!r} is plain mqtt:// (use mqtts://)",
                 )
             return
+        from vsmcp.node.bridges.mqtt_tls import check_server_hostname, client_context
+
         if files.key_file and not files.cert_file:
             raise ConfigError(f"{SECTION}.key_file", "a client key needs cert_file too")
         if files.server_hostname:
@@ -176,6 +180,8 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         client_context(files, SECTION)
 
     def tls_files(self) -> TlsFiles:
+        from vsmcp.node.bridges.mqtt_tls import TlsFiles
+
         return TlsFiles(self.ca_file, self.cert_file, self.key_file, self.server_hostname)
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -183,6 +189,8 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         `ConfigError` naming the key of a file that went bad. Blocking file I/O."""
         if not broker_of(self.url).tls:
             return None
+        from vsmcp.node.bridges.mqtt_tls import client_context
+
         return client_context(self.tls_files(), SECTION)
 
     def check_zones(self, zones: Sequence[str]) -> None:

@@ -22,7 +22,6 @@ from typing import Final
 
 from vsmcp.node.errors import ConfigError
 
-DEFAULT_TLS_PORT: Final = 8883
 # A CA bundle, a certificate chain or a key: far below this.
 MAX_PEM_BYTES: Final = 1024 * 1024
 _PEM_CERTIFICATE: Final = b"-----BEGIN CERTIFICATE-----"

@@ -29,6 +29,8 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from vsmcp.node.bridges.amqp_config import MAX_OUTBOX_CAPACITY
+
 OUTBOX_TABLE_SQL: Final = """CREATE TABLE IF NOT EXISTS bridge_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     bridge TEXT NOT NULL,
@@ -38,7 +40,6 @@ OUTBOX_TABLE_SQL: Final = """CREATE TABLE IF NOT EXISTS bridge_outbox (
 OUTBOX_INDEX_SQL: Final = (
     "CREATE INDEX IF NOT EXISTS bridge_outbox_by_bridge ON bridge_outbox (bridge, seq)"
 )
-MAX_OUTBOX_CAPACITY: Final = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)

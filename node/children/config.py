@@ -16,6 +16,11 @@ from vsmcp.mesh.certs import DEFAULT_MAX_DEPTH
 from vsmcp.node.tools.config import doc
 
 CHILD_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+# What a parent tells its child (its pid: the child's parent watch) and where a child's
+# pid is written (the stale-children sweep at start). Here, not in children/process: the
+# node reads them at start, and only a node that spawns a child needs the process code.
+PARENT_PID_ENV: Final = "VSMCP_PARENT_PID"
+PID_FILE_NAME: Final = "child.pid"
 # A delegated certificate deeper than this is refused by every verifier (mesh/certs.py).
 MAX_DEPTH_LIMIT: Final = DEFAULT_MAX_DEPTH
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.mesh.certs import (
     Certificate,
@@ -33,11 +33,12 @@ from vsmcp.mesh.identity import NodeKey, load_or_create_key_file
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.children.config import CHILD_NAME, ChildEntry, RecursionSection
 from vsmcp.node.children.errors import ChildError, SpawnRefused, UnknownChild
-from vsmcp.node.children.guard import check_spawn, child_limits
-from vsmcp.node.children.process import ChildLaunch, ChildProcess
 from vsmcp.node.children.stale import clean_up_stale
 from vsmcp.node.tools.supervisor import Supervisor, UnitPolicy
 from vsmcp.node.vsm.events import ChildSpawnRefused, EventSink
+
+if TYPE_CHECKING:
+    from vsmcp.node.children.process import ChildProcess
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,9 @@ class ChildManager:
         except SpawnRefused as e:
             self._refused(name, str(e), caller)
             raise
+        # Imported by the first spawn: a node that starts no child never loads it.
+        from vsmcp.node.children.process import ChildLaunch, ChildProcess
+
         data_dir = self.root / spec.name
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         launch = ChildLaunch(spec.name, data_dir, spec.config, self._seed(), self._child_env())
@@ -204,6 +208,8 @@ class ChildManager:
         path = Path(config).expanduser() if config else None
         if path is not None and not path.is_file():
             raise SpawnRefused(f"child config {config!r} is not a file")
+        from vsmcp.node.children.guard import check_spawn  # with the first spawn asked
+
         check_spawn(self.depth, self._limits, len(self._children), self._capacity())
         return ChildSpec(name, zone, path)
 
@@ -281,6 +287,8 @@ class ChildManager:
 
     def _child_env(self) -> dict[str, str]:
         """What the parent imposes on the child's config (`VSMCP_*` beats its file)."""
+        from vsmcp.node.children.guard import child_limits  # with the first spawn
+
         limits = child_limits(self._limits)
         zones = ", ".join(f'"{z}"' for z in self._trust.zones.zones)
         return {

@@ -29,12 +29,11 @@ from typing import Any, Final
 
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.config_env import env_spelling, is_config_variable
+from vsmcp.node.children.config import PARENT_PID_ENV, PID_FILE_NAME
 from vsmcp.node.children.errors import ChildError, ChildNotReady
 from vsmcp.node.tools.errors import UnknownTool
 from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec
 
-PARENT_PID_ENV: Final = "VSMCP_PARENT_PID"
-PID_FILE_NAME: Final = "child.pid"
 RUNTIME_FILE_NAME: Final = "runtime.json"
 LOG_FILE_NAME: Final = "vsmcpd.log"
 READY_TIMEOUT_S: Final = 30.0

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from vsmcp.node.children.process import PID_FILE_NAME
+from vsmcp.node.children.config import PID_FILE_NAME
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from vsmcp.node.http.limits import (
 from vsmcp.node.http.policy import RequestPolicy
 from vsmcp.node.http.status_page import PageHub, page_routes
 from vsmcp.node.metrics import CONTENT_TYPE
-from vsmcp.node.policyagent.agent import module_bytes as policy_agent_module
 from vsmcp.node.vsm.stream import EventStream
 
 log = logging.getLogger(__name__)
@@ -229,8 +228,11 @@ def build_app(
         return answer
 
     async def api_policy_agent_module(_: web.Request) -> web.Response:
+        # Imported at the first request for it: a node nobody asks never loads it.
+        from vsmcp.node.policyagent.agent import module_bytes
+
         # application/wasm: what WebAssembly.instantiateStreaming requires.
-        return web.Response(body=policy_agent_module(), content_type="application/wasm")
+        return web.Response(body=module_bytes(), content_type="application/wasm")
 
     async def api_revocation(request: web.Request) -> web.Response:
         # The record is signed (by the authority, offline): whoever posts it adds nothing.

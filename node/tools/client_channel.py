@@ -47,6 +47,17 @@ META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
 METHOD_NOT_FOUND: Final = -32601
 INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
+# What a mount's `MountClient.counts` counts (vsmcp_mount_client_total), besides the
+# causes of a refused request (`ClientRequestFailed.cause`). Here, not in mount_client:
+# the node registers the metric at start, and a node without mounts never imports that.
+MOUNT_CLIENT_OUTCOMES: Final = (
+    "logs",
+    "logs_dropped",
+    "refused",
+    "answered",
+    "malformed_answer",
+    "updates",
+)
 
 
 def level_rank(level: str) -> int | None:

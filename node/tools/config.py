@@ -242,6 +242,11 @@ class MountConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ),
     ] = None
 
+    @property
+    def unit_name(self) -> str:
+        """The supervisor unit serving this mount (`MountedServer.name`)."""
+        return f"mount:{self.name}"
+
     def tool_name(self, remote: str) -> str:
         """The local name of the server's tool `remote` (namespace, else the mount's name)."""
         prefix = self.name if self.namespace is None else self.namespace

@@ -48,17 +48,6 @@ _CALL: ContextVar[CallContext | None] = ContextVar("vsmcp_mount_call", default=N
 # dropped (an update says only "read it again").
 MAX_QUEUED_UPDATES: Final = 8
 
-# What `MountClient.counts` counts (vsmcp_mount_client_total), besides the causes of a
-# refused request (`ClientRequestFailed.cause`).
-MOUNT_CLIENT_OUTCOMES: Final = (
-    "logs",
-    "logs_dropped",
-    "refused",
-    "answered",
-    "malformed_answer",
-    "updates",
-)
-
 
 @dataclass(slots=True)
 class _Watched:

@@ -124,7 +124,7 @@ class MountedServer:
 
     @staticmethod
     def unit_name(cfg: MountConfig) -> str:
-        return f"mount:{cfg.name}"
+        return cfg.unit_name
 
     @property
     def offers_tool(self) -> str:

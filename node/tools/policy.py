@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from vsmcp.mesh.certs import DEFAULT_ZONES, ZoneOrder
 from vsmcp.node.tools.errors import InvalidArguments, RateLimited, ToolConfigError, ZoneDenied
 from vsmcp.node.tools.model import CallContext, ToolSpec
-from vsmcp.node.tools.schema_fast import Check, compile_schema
 from vsmcp.node.vsm.events import Denial, EventSink
-from vsmcp.node.vsm.limits import RateLimiter
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
+
+    from vsmcp.node.tools.schema_fast import Check
+    from vsmcp.node.vsm.limits import RateLimiter
 
 ZoneAllows = Callable[[str, str], bool]
 """`allows(caller_zone, tool_zone)`."""
@@ -59,6 +60,8 @@ class ArgumentValidator:
         # jsonschema is imported at the first call that has arguments to check, not with
         # the node (an idle node does not need it); after that, a lookup in sys.modules.
         import jsonschema
+
+        from vsmcp.node.tools.schema_fast import compile_schema
 
         cached = self._cache.get(spec.name)
         if cached is None or cached[0] is not spec.input_schema:

@@ -24,15 +24,14 @@ from vsmcp.node.tools.config import (
 )
 from vsmcp.node.tools.errors import ToolConfigError, UnknownTool
 from vsmcp.node.tools.model import CallContext, ChangeCallback, Provider, ToolResult, ToolSpec
-from vsmcp.node.tools.mounted import MountedServer
 from vsmcp.node.tools.offers import client_tool_name, is_offers_tool
 from vsmcp.node.tools.plugins import entry_point_providers, plugin_provider
 from vsmcp.node.tools.policy import CallPolicy, zone_allows
 from vsmcp.node.tools.supervisor import Supervisor, Unit, UnitPolicy
-from vsmcp.node.vsm.limits import PEER_LIMIT_FACTOR, BucketMap, RateLimit, RateLimiter
 
 if TYPE_CHECKING:
     from vsmcp.edge.runtime import WasmRuntime
+    from vsmcp.node.vsm.limits import RateLimit, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +142,20 @@ class LocalCatalog(Service):
         await self.supervisor.stop()
 
 
+# vsm.limits is imported by these (with the first configured limit), not with the
+# registry: a node without rate limits never needs it. Start-time code, not a call path.
+
+
 def _limit(cfg: RateLimitConfig | None) -> RateLimit | None:
+    from vsmcp.node.vsm.limits import RateLimit
+
     return None if cfg is None else RateLimit(cfg.rate_per_s, cfg.burst)
 
 
 def _peer_limit(cfg: RateLimitsConfig) -> RateLimit | None:
     """`limits.per_peer`, else `PEER_LIMIT_FACTOR` times `limits.per_origin`."""
+    from vsmcp.node.vsm.limits import PEER_LIMIT_FACTOR, RateLimit
+
     if cfg.per_peer is not None or cfg.per_origin is None:
         return _limit(cfg.per_peer)
     origin = cfg.per_origin
@@ -164,6 +171,8 @@ def rate_limiter(cfg: RateLimitsConfig) -> RateLimiter | None:
     """
     if not (cfg.per_origin or cfg.per_tool or cfg.per_peer or cfg.origins or cfg.tools):
         return None
+    from vsmcp.node.vsm.limits import BucketMap, RateLimit, RateLimiter
+
     origins = {k: RateLimit(v.rate_per_s, v.burst) for k, v in cfg.origins.items()}
     return RateLimiter(
         per_origin=BucketMap(_limit(cfg.per_origin), origins, max_buckets=cfg.max_buckets),
@@ -238,11 +247,20 @@ def build_local_catalog(
     if tools.entry_points:
         for provider in entry_point_providers():
             catalog.add(provider, default)
-    for mount in tools.mounts:
-        catalog.add(MountedServer(mount, tools.max_result_bytes), unit_policy(tools, mount.limits))
+    if tools.mounts:
+        _add_mounts(catalog, tools)
     if tools.wasm:
         _add_wasm_tools(catalog, tools, edge or EdgeConfig(), wasm_cache_dir)
     return catalog
+
+
+def _add_mounts(catalog: LocalCatalog, tools: ToolsConfig) -> None:
+    # Imported here: a node without mounts never loads their client side (the stdio
+    # transport, the MCP client session, resources and prompts).
+    from vsmcp.node.tools.mounted import MountedServer
+
+    for mount in tools.mounts:
+        catalog.add(MountedServer(mount, tools.max_result_bytes), unit_policy(tools, mount.limits))
 
 
 def _add_wasm_tools(

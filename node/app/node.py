@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,8 +34,6 @@ from vsmcp.mesh.replay import ReplayGuard
 from vsmcp.mesh.service import Service
 from vsmcp.mesh.transport import TransportError
 from vsmcp.node import __version__
-from vsmcp.node.app.alert_relay import AlertRelay
-from vsmcp.node.app.cert_reload import CertificateReloader
 from vsmcp.node.app.children_api import ChildrenApi
 from vsmcp.node.app.config import Config
 from vsmcp.node.app.descriptors import MIN_FREE_DESCRIPTORS, descriptor_usage, descriptors_exhausted
@@ -82,7 +80,6 @@ from vsmcp.node.tools.model import CallContext
 from vsmcp.node.tools.offers import is_offers_tool
 from vsmcp.node.tools.registry import LocalCatalog, build_local_catalog
 from vsmcp.node.vsm.audits import Auditor
-from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.errors import PatternError, VsmError
 from vsmcp.node.vsm.events import NODE_CATALOG, Event, MembershipChanged, ToolCallFinished
 from vsmcp.node.vsm.immune.model import IMMUNE_KINDS, immune_issuers
@@ -99,6 +96,10 @@ from vsmcp.node.vsm.viability import factors as viability_factors
 from vsmcp.node.vsm.viability import input_gauges as viability_input_gauges
 from vsmcp.node.wasmdist.model import PUBLISH_REQUEST_SLACK_BYTES, any_of, publisher_issuers
 from vsmcp.node.wasmdist.service import WasmDistribution
+
+if TYPE_CHECKING:
+    from vsmcp.node.app.cert_reload import CertificateReloader
+    from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +422,9 @@ class Node(Service):
         )
         await self._start_scaler(stack, catalog, tools)
         if not identity.dev:
+            # Imported here: a dev node (self-certified) has no certificate file to watch.
+            from vsmcp.node.app.cert_reload import CertificateReloader
+
             self._cert_reloader = await stack.enter_async_context(
                 CertificateReloader(
                     self.loops, certificate_path(self.config), lambda: self.identity,
@@ -576,6 +580,8 @@ class Node(Service):
         self, stack: contextlib.AsyncExitStack, identity: NodeIdentity, tools: MeshCatalog
     ) -> None:
         """System 5's alerts to a Telegram chat through a bridge node's `telegram.send`."""
+        from vsmcp.node.app.alert_relay import AlertRelay  # only with vsm.alert_telegram_chat
+
         relay = AlertRelay(
             chat_id=self.config.vsm.alert_telegram_chat,
             events=self.events,

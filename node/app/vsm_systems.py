@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.mesh.service import Service
@@ -30,7 +30,6 @@ from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.algedonic import AlgedonicChannel, ChannelFull, Signal, SignalError
 from vsmcp.node.vsm.balance import AlgedonicBalance
 from vsmcp.node.vsm.bounds import BoundGovernor
-from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.concurrency_config import DEFAULT_PAIN_AFTER_S
 from vsmcp.node.vsm.events import ToolCallFinished
 from vsmcp.node.vsm.kpis import CallKpis
@@ -43,6 +42,9 @@ from vsmcp.node.vsm.stream import EventStream
 from vsmcp.node.vsm.system3 import System3Aggregate
 from vsmcp.node.vsm.system5 import AuditSink, System5
 from vsmcp.node.vsm.viability import ViabilityInputs, scores, viability_view
+
+if TYPE_CHECKING:
+    from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,8 @@ class VsmSystems(Service):
         self.entry_gate: EntryGate | None = None
         self.serve_gate: EntryGate | None = None
         if self.limiter_settings is not None:
+            from vsmcp.node.vsm.concurrency import AdaptiveLimiter  # only with the section
+
             now = time.monotonic()
             self.entry_gate = EntryGate(AdaptiveLimiter(ENTRY, self.limiter_settings, now), events)
             self.serve_gate = EntryGate(AdaptiveLimiter(SERVE, self.limiter_settings, now), events)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vsmcp.node.tools.errors import ConcurrencyLimited
 from vsmcp.node.tools.model import CallContext
-from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.events import Denial, EventSink
+
+if TYPE_CHECKING:
+    from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 
 
 class EntryGate:

@@ -58,9 +58,9 @@ from vsmcp.node.tools.errors import (
 )
 from vsmcp.node.tools.model import CallContext, Provider, ToolResult, ToolSpec, text_result
 from vsmcp.node.tools.offers import SUBSCRIBE_METHOD, is_offers_tool
-from vsmcp.node.vsm.concurrency import AdaptiveLimiter, LimiterSettings
 from vsmcp.node.vsm.events import EventSink, UnitStateChanged
 from vsmcp.node.vsm.kpis import CALLER_OUTCOMES, REFUSED_OUTCOMES, CallKpis
+from vsmcp.node.vsm.limiter_settings import LimiterSettings
 
 log = logging.getLogger(__name__)
 
@@ -663,6 +663,9 @@ class Supervisor(Service):
                 settings.min_limit, min(settings.initial_limit, unit.policy.max_concurrency)
             ),
         )
+        # Imported with the first limit ([vsm.concurrency]): an idle node has none.
+        from vsmcp.node.vsm.concurrency import AdaptiveLimiter
+
         limiter = AdaptiveLimiter(f"unit:{unit.name}", bounded, time.monotonic())
         unit.gate = EntryGate(limiter, self.events)
 

@@ -51,53 +51,16 @@ kept for higher ones. `critical` is never refused for load (it is counted in fli
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final
 
+from vsmcp.node.vsm.limiter_settings import MIN_QUEUE, LimiterSettings
 from vsmcp.node.vsm.priority import CRITICAL, PRIORITY_CLASSES, Priority
 
 MIN_WINDOW_SAMPLES: Final = 10
 BASELINE_RISE: Final = 0.1
-# The queue an entry may always keep (calls beyond the no-load concurrency), whatever
-# the tolerance.
-MIN_QUEUE: Final = 1.0
 MIN_RETRY_AFTER_S: Final = 0.001
 # Retry-after is the short RTT capped here: a refused caller comes back soon, not never.
 MAX_RETRY_AFTER_S: Final = 5.0
-DEFAULT_SHARES: Final[Mapping[Priority, float]] = {
-    "low": 0.5,
-    "normal": 0.8,
-    "high": 0.95,
-    "critical": 1.0,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class LimiterSettings:
-    """Bounds and constants of one limiter (config `[vsm.concurrency]`)."""
-
-    min_limit: int = 4
-    max_limit: int = 256
-    initial_limit: int = 32
-    smoothing: float = 0.2
-    tolerance: float = 1.5
-    baseline_window_s: float = 30.0
-    shares: Mapping[Priority, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_limit <= self.initial_limit <= self.max_limit:
-            raise ValueError("need 1 <= min_limit <= initial_limit <= max_limit")
-        if not 0 < self.smoothing <= 1:
-            raise ValueError("smoothing must be in (0, 1]")
-        if not self.tolerance >= 1:
-            raise ValueError("tolerance must be >= 1")
-        if not self.baseline_window_s > 0:
-            raise ValueError("baseline_window_s must be > 0")
-        for name in PRIORITY_CLASSES:
-            share = self.shares.get(name)
-            if share is None or not 0 < share <= 1:
-                raise ValueError(f"shares.{name} must be in (0, 1]")
 
 
 class AdaptiveLimiter:

@@ -12,7 +12,7 @@ import msgspec
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
 from vsmcp.node.vsm.bounds import BoundSettings
-from vsmcp.node.vsm.concurrency import MIN_QUEUE, LimiterSettings
+from vsmcp.node.vsm.limiter_settings import MIN_QUEUE, LimiterSettings
 from vsmcp.node.vsm.priority import Priority
 
 KEY = "vsm.concurrency"

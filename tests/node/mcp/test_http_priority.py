@@ -18,7 +18,7 @@ from vsmcp.node.mcp.http import TokenGrant
 from vsmcp.node.mcp.protocol import INVALID_PARAMS, OVERLOADED
 from vsmcp.node.tools.config import PluginToolConfig, RateLimitsConfig, ToolsConfig
 from vsmcp.node.tools.registry import build_local_catalog
-from vsmcp.node.vsm.concurrency import LimiterSettings
+from vsmcp.node.vsm.limiter_settings import LimiterSettings
 
 HIGH_TOKEN = "high-token-0123456789"
 CRITICAL_TOKEN = "critical-token-0123456789"

@@ -7,8 +7,9 @@ import pytest
 from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.errors import ConcurrencyLimited, Overloaded
 from vsmcp.node.tools.model import CallContext
-from vsmcp.node.vsm.concurrency import AdaptiveLimiter, LimiterSettings
+from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.events import Denial
+from vsmcp.node.vsm.limiter_settings import LimiterSettings
 from vsmcp.node.vsm.stream import EventStream
 
 

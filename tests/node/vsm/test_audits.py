@@ -18,7 +18,7 @@ from vsmcp.node.tools.model import CallContext, ToolResult, ToolSpec, text_resul
 from vsmcp.node.tools.supervisor import Supervisor, UnitPolicy, UnitState
 from vsmcp.node.vsm.audits import Auditor
 from vsmcp.node.vsm.audits_config import AuditsConfig
-from vsmcp.node.vsm.concurrency import LimiterSettings
+from vsmcp.node.vsm.limiter_settings import LimiterSettings
 
 CTX = CallContext(caller_id="t", caller_zone="public", origin="test")
 PROBE = ProbeConfig(arguments={}, expect={"required": ["ok"]})

@@ -11,8 +11,9 @@ import pytest
 
 from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.node.vsm.bounds import LOWERED, RAISED, BoundGovernor, BoundSettings
-from vsmcp.node.vsm.concurrency import AdaptiveLimiter, LimiterSettings
+from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 from vsmcp.node.vsm.events import Event, LimitBoundChanged
+from vsmcp.node.vsm.limiter_settings import LimiterSettings
 from vsmcp.node.vsm.overload import OverloadWatch
 
 MAX_LIMIT = 64

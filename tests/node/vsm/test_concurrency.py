@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vsmcp.node.vsm.concurrency import AdaptiveLimiter, LimiterSettings
+from vsmcp.node.vsm.concurrency import AdaptiveLimiter
+from vsmcp.node.vsm.limiter_settings import LimiterSettings
 from vsmcp.node.vsm.priority import PRIORITY_CLASSES
 
 BASE_S = 0.010

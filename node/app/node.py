@@ -53,7 +53,6 @@ from vsmcp.node.http.policy import RequestPolicy, is_wildcard_address, local_htt
 from vsmcp.node.http.server import HttpServer
 from vsmcp.node.http.status_page import PageHub
 from vsmcp.node.mcp.client_requests import COUNTED_OUTCOMES
-from vsmcp.node.mcp.find_tools import ToolFinder
 from vsmcp.node.mcp.http import TokenGrant, register_mcp_routes
 from vsmcp.node.mcp.stdio_auth import ensure_stdio_token
 from vsmcp.node.metrics import NodeMetrics
@@ -1267,6 +1266,8 @@ class Node(Service):
             max_listeners_per_caller=mcp.max_listeners_per_caller,
         )
         if mcp.max_listed_tools:
+            from vsmcp.node.mcp.find_tools import ToolFinder  # only with a short list
+
             gateway.core.finder = ToolFinder(mcp.max_listed_tools)
         asks, relay = gateway.core.client_requests, tools.client_relay
         self.metrics.add_gauges(

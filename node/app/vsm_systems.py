@@ -20,7 +20,6 @@ from vsmcp.mesh.loops import LoopSupervisor
 from vsmcp.mesh.service import Service
 from vsmcp.node.app.config import Config
 from vsmcp.node.peers.service import is_loopback_host
-from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.config import RateLimitConfig
 from vsmcp.node.tools.errors import InvalidArguments, Overloaded
 from vsmcp.node.tools.model import CallContext
@@ -44,6 +43,7 @@ from vsmcp.node.vsm.system5 import AuditSink, System5
 from vsmcp.node.vsm.viability import ViabilityInputs, scores, viability_view
 
 if TYPE_CHECKING:
+    from vsmcp.node.tools.admission import EntryGate
     from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,9 @@ class VsmSystems(Service):
         self.entry_gate: EntryGate | None = None
         self.serve_gate: EntryGate | None = None
         if self.limiter_settings is not None:
-            from vsmcp.node.vsm.concurrency import AdaptiveLimiter  # only with the section
+            # Only with the section: an idle node runs no adaptive limit.
+            from vsmcp.node.tools.admission import EntryGate
+            from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 
             now = time.monotonic()
             self.entry_gate = EntryGate(AdaptiveLimiter(ENTRY, self.limiter_settings, now), events)

@@ -85,6 +85,11 @@ class ToolFinder:
         self.max_listed = max_listed
         self._indexes: OrderedDict[tuple[_SpecKey, ...], asyncio.Future[ToolIndex]] = OrderedDict()
 
+    @staticmethod
+    def serves(name: str) -> bool:
+        """Whether a `tools/call` of `name` is this finder's (`vsm.find_tools`)."""
+        return name == FIND_TOOLS
+
     def listed(self, tools: Sequence[ToolSpec]) -> list[ToolSpec]:
         """What `tools/list` shows of `tools` (sorted by name): all of them, or
         `vsm.find_tools` and the first `max_listed - 1`."""

@@ -38,13 +38,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from vsmcp.node.errors import NodeError, clip
 from vsmcp.node.mcp.client_requests import ClientRequests, ClientState, GatewayChannel, set_level
-from vsmcp.node.mcp.find_tools import FIND_TOOLS, ToolFinder
 from vsmcp.node.mcp.offers import LIST_METHODS, OFFERS_CAPABILITIES, OFFERS_METHODS, OffersGateway
 from vsmcp.node.routing.pinning import NotOnNode, UnknownNode
 from vsmcp.node.tools.client_channel import ClientRequestFailed
@@ -79,6 +78,9 @@ from vsmcp.node.vsm.priority import (
     capped,
     parse_priority,
 )
+
+if TYPE_CHECKING:
+    from vsmcp.node.mcp.find_tools import ToolFinder
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +464,7 @@ class McpCore:
                 raise InvalidArguments(name, "arguments must be an object", "arguments")
             ctx = self.call_context(caller, message, notify, name, client)
             try:
-                if self.finder is not None and name == FIND_TOOLS:
+                if self.finder is not None and self.finder.serves(name):
                     result = dict(await self.finder.find(self.catalog.list_tools(ctx), arguments))
                 else:
                     result = dict(await self.catalog.call_tool(name, arguments, ctx))

@@ -50,7 +50,7 @@ import random
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from vsmcp.mesh.certs import ZoneOrder
 from vsmcp.mesh.envelope import Context, Envelope, MsgType
@@ -90,7 +90,6 @@ from vsmcp.node.routing.wire import (
     tool_error_from,
 )
 from vsmcp.node.store.audit import AuditLog
-from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.errors import (
     ConcurrencyLimited,
     Overloaded,
@@ -122,6 +121,9 @@ from vsmcp.node.vsm.priority import (
 from vsmcp.node.vsm.priority import Priority as CallPriority
 from vsmcp.node.vsm.shedding import LoadShedder
 from vsmcp.node.vsm.stream import EventStream
+
+if TYPE_CHECKING:
+    from vsmcp.node.tools.admission import EntryGate
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.mesh.service import Service
-from vsmcp.node.tools.admission import EntryGate
 from vsmcp.node.tools.errors import (
     HeldCallsFull,
     Overloaded,
@@ -61,6 +60,9 @@ from vsmcp.node.tools.offers import SUBSCRIBE_METHOD, is_offers_tool
 from vsmcp.node.vsm.events import EventSink, UnitStateChanged
 from vsmcp.node.vsm.kpis import CALLER_OUTCOMES, REFUSED_OUTCOMES, CallKpis
 from vsmcp.node.vsm.limiter_settings import LimiterSettings
+
+if TYPE_CHECKING:
+    from vsmcp.node.tools.admission import EntryGate
 
 log = logging.getLogger(__name__)
 
@@ -664,6 +666,7 @@ class Supervisor(Service):
             ),
         )
         # Imported with the first limit ([vsm.concurrency]): an idle node has none.
+        from vsmcp.node.tools.admission import EntryGate
         from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 
         limiter = AdaptiveLimiter(f"unit:{unit.name}", bounded, time.monotonic())

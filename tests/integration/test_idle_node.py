@@ -1,7 +1,8 @@
 """An idle node (`vsmcpd --dev`, no mounts, no WASM tools) does not import what only a
 mount, a tool call or a WASM tool needs: the MCP client SDK, pydantic, httpx2,
 jsonschema, wasmtime (together ≈40 MiB of resident memory; docs/benchmarks.md), nor
-our WASM runtime (`vsmcp.edge`), nor the API's OpenAPI document; a node started
+our WASM runtime (`vsmcp.edge`), nor the API's OpenAPI document, nor our own modules
+that only a configured feature runs (mounts, limits, children: `LAZY_MODULES`); a node started
 without mDNS does not import python-zeroconf (≈3.4 MiB); and no CA certificate is read
 for aiohttp's default client contexts (≈2 MiB); and zeroconf runs its Python sources,
 not its compiled extensions (≈2.8 MiB), unless `mesh.mdns_compiled` asks for them."""
@@ -37,6 +38,34 @@ LAZY_MODULES = (
     "vsmcp.node.tools.wasm",
     # System 3's scaler: with the first `scale` tool.
     "vsmcp.node.children.scale",
+    # A mount's client side (transport, SDK session, offers): with the first [[tools.mounts]].
+    "vsmcp.node.tools.mounted",
+    "vsmcp.node.tools.mount_client",
+    "vsmcp.node.tools.mounted_offers",
+    "vsmcp.node.tools.stdio",
+    # The fast argument check: compiled at a tool's first call with arguments.
+    "vsmcp.node.tools.schema_fast",
+    # Rate limiting: with the first configured limit (tools.limits).
+    "vsmcp.node.vsm.limits",
+    # Adaptive concurrency limits and their gates: with [vsm.concurrency].
+    "vsmcp.node.vsm.concurrency",
+    "vsmcp.node.tools.admission",
+    # The MQTT bridge's TLS files: when a [bridges.mqtt] section is read.
+    "vsmcp.node.bridges.mqtt_tls",
+    # The bridges' SQLite outbox: with the AMQP bridge.
+    "vsmcp.node.bridges.outbox",
+    # A child VSM's process and spawn guard: at the first spawn.
+    "vsmcp.node.children.process",
+    "vsmcp.node.children.guard",
+    # The policy agent's module and signed policy set: at their first request.
+    "vsmcp.node.policyagent.agent",
+    "vsmcp.node.policyagent.policy_set",
+    # The certificate reloader: a node with a certificate file (not --dev).
+    "vsmcp.node.app.cert_reload",
+    # System 5's Telegram alert relay: with vsm.alert_telegram_chat.
+    "vsmcp.node.app.alert_relay",
+    # vsm.find_tools: with mcp.max_listed_tools.
+    "vsmcp.node.mcp.find_tools",
 )
 LAZY_PACKAGES = (
     "mcp",
@@ -80,7 +109,8 @@ def test_an_idle_node_has_not_imported_the_mcp_client_schema_validation_or_wasmt
     tmp_path: Path,
 ) -> None:
     modules = _modules_of_idle_node(tmp_path)
-    assert "vsmcp.node.tools.mounted" in modules  # the lazy modules' importers did load
+    assert "vsmcp.node.tools.registry" in modules  # the lazy modules' importers did load
+    assert "vsmcp.node.children.manager" in modules
     imported = sorted({m.split(".")[0] for m in modules} & set(LAZY_PACKAGES))
     assert imported == []
     assert sorted(set(LAZY_MODULES) & set(modules)) == []

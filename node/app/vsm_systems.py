@@ -28,7 +28,6 @@ from vsmcp.node.tools.registry import LocalCatalog
 from vsmcp.node.tools.supervisor import Unit, UnitState
 from vsmcp.node.vsm.algedonic import AlgedonicChannel, ChannelFull, Signal, SignalError
 from vsmcp.node.vsm.balance import AlgedonicBalance
-from vsmcp.node.vsm.bounds import BoundGovernor
 from vsmcp.node.vsm.concurrency_config import DEFAULT_PAIN_AFTER_S
 from vsmcp.node.vsm.events import ToolCallFinished
 from vsmcp.node.vsm.kpis import CallKpis
@@ -146,6 +145,11 @@ class VsmSystems(Service):
         gates = [g for g in (self.entry_gate, self.serve_gate) if g is not None]
         self.effectors = NodeEffectors(self.shedder, gates)
         bounds = None if regulation is None else regulation.bound_settings(OVERLOAD_TICK_S)
+        governor = None
+        if bounds is not None:
+            from vsmcp.node.vsm.bounds import BoundGovernor  # only with [vsm.concurrency]
+
+            governor = BoundGovernor(bounds)
         self.overload = OverloadWatch(
             self.limiters,
             self._overload_pain,
@@ -153,7 +157,7 @@ class VsmSystems(Service):
             calls=lambda: (self.kpis.total_refused, self.kpis.total),
             pain_after_s=DEFAULT_PAIN_AFTER_S if regulation is None else regulation.pain_after_s,
             interval_s=OVERLOAD_TICK_S,
-            governor=None if bounds is None else BoundGovernor(bounds),
+            governor=governor,
             events=events,
         )
         self.s5 = System5(

@@ -39,7 +39,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
@@ -76,12 +76,6 @@ from vsmcp.node.mcp.protocol import (
     notification,
     result_message,
 )
-from vsmcp.node.mcp.subscriptions import (
-    SUBSCRIPTION_METHODS,
-    SessionUpdates,
-    Subscriptions,
-    declare_subscribe,
-)
 from vsmcp.node.tools.config import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_LISTENERS,
@@ -92,6 +86,9 @@ from vsmcp.node.tools.config import (
 )
 from vsmcp.node.tools.model import ToolCatalog
 from vsmcp.node.vsm.priority import DEFAULT_PRIORITY, Priority
+
+if TYPE_CHECKING:
+    from vsmcp.node.mcp.subscriptions import SessionUpdates, Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -609,6 +606,9 @@ class McpGateway:
             last_seen=time.monotonic(),
             client=ClientState(session_id, declared(message.params.get("capabilities"))),
         )
+        # Imported with the first session: an idle node has none.
+        from vsmcp.node.mcp.subscriptions import SessionUpdates, Subscriptions, declare_subscribe
+
         session.updates = SessionUpdates(session.changed.set)
         session.subscriptions = Subscriptions(self.core, caller, session.updates, session_id[:8])
         declare_subscribe(result)
@@ -676,8 +676,9 @@ class McpGateway:
         # Without SSE nothing but the answer can reach the client (progress, logs, asks).
         notify = reply.notify if reply.streams else None
         call: Coroutine[Any, Any, dict[str, Any]]
-        if message.method in SUBSCRIPTION_METHODS and session.subscriptions is not None:
-            call = session.subscriptions.handle(message)
+        subscriptions = session.subscriptions
+        if subscriptions is not None and message.method in subscriptions.METHODS:
+            call = subscriptions.handle(message)
         else:
             call = self.core.handle(
                 message, caller, modern=False, notify=notify, client=session.client
@@ -752,6 +753,8 @@ class McpGateway:
             return web.Response(status=202)  # cancellation is closing the stream at 2026-07-28
         self._check_envelope(request, message, version)
         if message.method == "server/discover":
+            from vsmcp.node.mcp.subscriptions import declare_subscribe  # a first discover
+
             discovered = declare_subscribe(self.core.discover_result())
             return web.Response(
                 body=encode(result_message(message.id, discovered)),
@@ -819,6 +822,8 @@ class McpGateway:
     async def _listen(
         self, request: web.Request, message: Message, caller: Caller
     ) -> web.StreamResponse:
+        from vsmcp.node.mcp.subscriptions import SessionUpdates, Subscriptions  # a first listen
+
         listener = self._open_listener(_owner(request, caller))
         listener.updates = SessionUpdates(listener.changed.set)
         name = f"listen-{secrets.token_hex(4)}"

@@ -25,7 +25,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from vsmcp.node.mcp.protocol import (
     INVALID_PARAMS,
@@ -107,6 +107,9 @@ def declare_subscribe(result: dict[str, Any]) -> dict[str, Any]:
 
 class Subscriptions:
     """One session's subscriptions: URI -> the task keeping its subscribe call running."""
+
+    # The methods `handle` answers.
+    METHODS: ClassVar[frozenset[str]] = SUBSCRIPTION_METHODS
 
     def __init__(self, core: McpCore, caller: Caller, updates: SessionUpdates, name: str) -> None:
         self._core = core

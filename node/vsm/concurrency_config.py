@@ -5,15 +5,17 @@ no adaptive limits, only the units' fixed `max_concurrency`/`max_queue`). Checke
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from vsmcp.node.errors import ConfigError
 from vsmcp.node.tools.config import doc
-from vsmcp.node.vsm.bounds import BoundSettings
 from vsmcp.node.vsm.limiter_settings import MIN_QUEUE, LimiterSettings
 from vsmcp.node.vsm.priority import Priority
+
+if TYPE_CHECKING:
+    from vsmcp.node.vsm.bounds import BoundSettings
 
 KEY = "vsm.concurrency"
 # Also the overload watch's without `[vsm.concurrency]` (a unit's full queue, System 5's
@@ -94,6 +96,8 @@ class ConcurrencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
         _check(checks)
         if self.s3_lag_high_ms == 0:
             return None
+        from vsmcp.node.vsm.bounds import BoundSettings  # System 3's bounds are on
+
         return BoundSettings(
             lag_high_s=self.s3_lag_high_ms / 1000,
             lag_low_s=self.s3_lag_low_ms / 1000,

@@ -29,12 +29,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from vsmcp.mesh.loops import LoopSupervisor
-from vsmcp.node.vsm.bounds import BoundGovernor
 from vsmcp.node.vsm.events import EventSink, LimitBoundChanged
 from vsmcp.node.vsm.kpis import percentile
 from vsmcp.node.vsm.loop_service import LoopService
 
 if TYPE_CHECKING:
+    from vsmcp.node.vsm.bounds import BoundGovernor
     from vsmcp.node.vsm.concurrency import AdaptiveLimiter
 
 log = logging.getLogger(__name__)

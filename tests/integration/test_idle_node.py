@@ -50,6 +50,10 @@ LAZY_MODULES = (
     # Adaptive concurrency limits and their gates: with [vsm.concurrency].
     "vsmcp.node.vsm.concurrency",
     "vsmcp.node.tools.admission",
+    # System 3's bound governor: with [vsm.concurrency] and s3_lag_high_ms > 0.
+    "vsmcp.node.vsm.bounds",
+    # Resource subscriptions: with the first MCP session or listen stream.
+    "vsmcp.node.mcp.subscriptions",
     # The MQTT bridge's TLS files: when a [bridges.mqtt] section is read.
     "vsmcp.node.bridges.mqtt_tls",
     # The bridges' SQLite outbox: with the AMQP bridge.

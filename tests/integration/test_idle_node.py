@@ -68,6 +68,8 @@ LAZY_MODULES = (
     "vsmcp.node.app.cert_reload",
     # System 5's Telegram alert relay: with vsm.alert_telegram_chat.
     "vsmcp.node.app.alert_relay",
+    # The patterns directory's loader: with vsm.patterns_dir.
+    "vsmcp.node.vsm.patterns.loader",
     # vsm.find_tools: with mcp.max_listed_tools.
     "vsmcp.node.mcp.find_tools",
 )

@@ -29,7 +29,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsmcp.crdt.policies import Policy, PolicyStore
 from vsmcp.crdt.replica import Change
@@ -40,7 +40,6 @@ from vsmcp.node.vsm.errors import PatternError
 from vsmcp.node.vsm.events import NODE_CATALOG
 from vsmcp.node.vsm.patterns.actions import ActionDispatcher, Match, emit_handler
 from vsmcp.node.vsm.patterns.compile import PatternEngine
-from vsmcp.node.vsm.patterns.loader import PatternDirectory
 from vsmcp.node.vsm.patterns.model import (
     Action,
     Pattern,
@@ -49,6 +48,9 @@ from vsmcp.node.vsm.patterns.model import (
     parse_patterns,
 )
 from vsmcp.node.vsm.stream import DEFAULT_SUBSCRIBER_CAPACITY, EventStream
+
+if TYPE_CHECKING:
+    from vsmcp.node.vsm.patterns.loader import PatternDirectory
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,12 @@ class PatternService(Service):
         self.actions.register("emit", emit_handler(stream))
         self.engine = PatternEngine(self.actions, NODE_CATALOG)
         self.directory = directory
-        self._dir = PatternDirectory(directory, self.engine) if directory is not None else None
+        self._dir: PatternDirectory | None = None
+        if directory is not None:
+            # Imported with `vsm.patterns_dir`: a node without one never loads it.
+            from vsmcp.node.vsm.patterns.loader import PatternDirectory
+
+            self._dir = PatternDirectory(directory, self.engine)
         self._poll_interval_s = poll_interval_s
         self._capacity = capacity
         self._loops = loops or LoopSupervisor()

@@ -46,7 +46,7 @@ START_TIMEOUT_S = 30.0
 POLL_S = 0.005
 VARIANTS: dict[str, tuple[list[str], str]] = {
     "vsmcpd --dev (mDNS on)": ([], ""),
-    "mDNS on, zeroconf compiled": ([], "[mesh]\nmdns_compiled = true\n"),
+    "mDNS on, zeroconf compiled": ([], "mesh.mdns_compiled = true\n"),
     "vsmcpd --dev --no-mdns": (["--no-mdns"], ""),
     "--no-mdns, asyncio loop": (["--no-mdns"], '[node]\nevent_loop = "asyncio"\n'),
 }
@@ -105,10 +105,13 @@ def measure(
     port = _free_port()
     cmd = [sys.executable, *launcher, "--dev", "--data-dir", str(base / "data")]
     cmd += ["--http-port", str(port), "--mesh-port", "0", *args]
-    if config:
-        (base / "vsmcp.toml").write_text(config)
-        cmd += ["--config", str(base / "vsmcp.toml")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VSMCP_MESH_NAME": mesh_name_for(base)}
+    # Each node in a mesh of its own (mDNS would find the others on this host), named in a
+    # config file rather than by VSMCP_MESH_NAME: a new user sets no VSMCP_ variable, and a
+    # node given one builds the table of every key's variable names (node/app/config_env.py).
+    (base / "vsmcp.toml").write_text(f"mesh.name = {json.dumps(mesh_name_for(base))}\n" + config)
+    cmd += ["--config", str(base / "vsmcp.toml")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in env.items() if not k.startswith("VSMCP_")}
     env.update(env_extra or {})
     started = time.perf_counter()
     proc = subprocess.Popen(

@@ -24,8 +24,11 @@ def numeric_addrinfo(
     """`getaddrinfo` for an IP literal (or None with `AI_PASSIVE`: the wildcards);
     None when `host` is a name."""
     try:
-        return socket.getaddrinfo(host, port, type=type, flags=flags | socket.AI_NUMERICHOST)
-    except socket.gaierror:
+        # As bytes: a str host is first encoded with the IDNA codec, which a literal does
+        # not need (and an idle node would import only for this).
+        literal = None if host is None else host.encode("ascii")
+        return socket.getaddrinfo(literal, port, type=type, flags=flags | socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeEncodeError):
         return None
 
 

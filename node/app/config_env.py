@@ -93,6 +93,8 @@ def is_config_variable(variable: str, root: type[msgspec.Struct]) -> bool:
 
 def env_overrides(environ: Mapping[str, str], root: type[msgspec.Struct]) -> dict[str, Any]:
     """The dotted keys the `VSMCP_*` variables set, with their values."""
+    if not any(variable.startswith(ENV_PREFIX) for variable in environ):
+        return {}  # the table of names (≈80 KiB, kept) only for a node given some
     names = env_names(root)
     sections = _sections(root)
     found: dict[str, Any] = {}

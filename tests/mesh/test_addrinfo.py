@@ -87,3 +87,21 @@ def test_resolving_literals_starts_no_libuv_resolver_thread() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "libuv-worker" not in json.loads(out.stdout)
+
+
+def test_a_non_ascii_host_is_no_literal() -> None:
+    assert numeric_addrinfo("bücher.example", 80, type=socket.SOCK_STREAM) is None
+
+
+def test_a_literal_needs_no_idna_codec() -> None:
+    code = (
+        "import socket, sys\n"
+        "from vsmcp.mesh.addrinfo import numeric_addrinfo\n"
+        "assert numeric_addrinfo('127.0.0.1', 1, type=socket.SOCK_STREAM)\n"
+        "print('encodings.idna' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -12,6 +14,8 @@ from vsmcp.node.app import config_env
 from vsmcp.node.app.config import Config, load_config
 from vsmcp.node.app.config_env import env_names, env_overrides
 from vsmcp.node.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_keys_of_deeper_tables_are_set_from_the_environment() -> None:
@@ -113,3 +117,18 @@ def test_every_variable_the_docs_give_as_an_example_names_one_key() -> None:
         assert examples, where
         for example in examples:
             assert len(names.get(example, ())) == 1, f"{where}: VSMCP_{example}"
+
+
+def test_without_any_vsmcp_variable_the_table_of_names_is_not_built() -> None:
+    # The table of every key's names (≈80 KiB) is for nodes given VSMCP_ variables.
+    code = (
+        "from vsmcp.node.app.config import Config\n"
+        "from vsmcp.node.app.config_env import env_names, env_overrides\n"
+        "assert env_overrides({'PATH': '/bin', 'HOME': '/root'}, Config) == {}\n"
+        "print(env_names.cache_info().currsize)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0"]

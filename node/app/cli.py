@@ -235,7 +235,9 @@ async def _serve_stdio_bridge(url: str, token: str | None) -> None:
             reader, writer = await stdio_streams()
             # No zone check happens here: the bridge's catalog forwards every call, and
             # the node applies mcp.stdio_zone (or the loopback zone) to it.
-            await serve_stdio(catalog, reader, writer, caller_id="stdio")
+            await serve_stdio(
+                catalog, reader, writer, caller_id="stdio", confirm_subscriptions=True
+            )
     except OSError as e:
         raise RequestFailed(f"cannot reach the node at {url}: {e}") from e
 

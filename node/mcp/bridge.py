@@ -14,7 +14,8 @@ speaks to the node); each call asks the node for logs at its client's level.
 
 The node's resources, templates and prompts come through too, as offers tools of the
 bridge (`node.mcp.bridge_offers`): the stdio gateway lists, reads, completes and
-subscribes through them as through any provider's. The lists are refreshed with the
+subscribes through them as through any provider's (its subscriptions all on one listen
+at the node, `node.mcp.bridge_listen`). The lists are refreshed with the
 tools (every `refresh_interval_s`); a change in either is a change of the catalog, so
 the stdio client gets its list-changed notifications.
 """
@@ -33,6 +34,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from vsmcp.mesh.loops import LoopSupervisor
+from vsmcp.node.mcp.bridge_listen import NodeListen
 from vsmcp.node.mcp.bridge_offers import node_offers, offers_specs, run_node_offer
 from vsmcp.node.mcp.protocol import McpError
 from vsmcp.node.tools.client_channel import META_LOG_LEVEL
@@ -62,6 +64,7 @@ class NodeClientCatalog:
         self._token = token
         self._refresh_interval_s = refresh_interval_s
         self._client: Client | None = None
+        self._listen: NodeListen | None = None
         # The stdio client's side of each call: its logs and the node's requests.
         self._client_side = MountClient("mcp-stdio")
         self._stack = contextlib.AsyncExitStack()
@@ -84,6 +87,7 @@ class NodeClientCatalog:
         self._client = await self._stack.enter_async_context(
             Client(transport, mode="auto", **self._client_side.client_kwargs())
         )
+        self._listen = NodeListen(self._client)
         await self.refresh()
         # Supervised: a refresh failing otherwise than with an MCP error (the node went
         # away) is retried with backoff instead of ending refreshes for good.
@@ -94,6 +98,8 @@ class NodeClientCatalog:
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
+        if self._listen is not None:
+            await self._listen.aclose()
         await self._stack.aclose()
 
     async def refresh(self) -> None:
@@ -162,9 +168,9 @@ class NodeClientCatalog:
     async def call_offers_tool(
         self, name: str, arguments: Mapping[str, Any], ctx: CallContext
     ) -> ToolResult:
-        assert self._client is not None
+        assert self._client is not None and self._listen is not None
         with self._client_side.calling(ctx):  # the node's requests during a read reach ctx
-            return await run_node_offer(self._client, name, arguments, ctx)
+            return await run_node_offer(self._client, self._listen, name, arguments, ctx)
 
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
         self._callbacks.append(callback)

@@ -235,6 +235,10 @@ def _sse(message: Mapping[str, Any]) -> bytes:
     return b"event: message\ndata: " + encode(message) + b"\n\n"
 
 
+async def _write_sse(stream: web.StreamResponse, message: Mapping[str, Any]) -> None:
+    await stream.write(_sse(message))
+
+
 class _Reply:
     """One POST's response: JSON, or SSE from the first notification on (if accepted).
 
@@ -432,7 +436,7 @@ class McpGateway:
         session.changed.set()
         self.core.client_requests.cancel_owner(session.id)
         if session.subscriptions is not None:
-            session.subscriptions.close()
+            session.subscriptions.cancel()
         for task in session.inflight.values():
             task.cancel()
 
@@ -566,8 +570,8 @@ class McpGateway:
                     break
                 if session.changed.is_set():
                     session.changed.clear()
-                    for update in session.updates.drain() if session.updates else ():
-                        await stream.write(_sse(update))
+                    if session.updates is not None:
+                        await session.updates.send(functools.partial(_write_sse, stream))
                     if session.list_changed:
                         session.list_changed = False
                         for method in LIST_CHANGED:
@@ -832,7 +836,7 @@ class McpGateway:
             honored = await listener.subscriptions.listen(message)
             return await self._stream_listen(request, message, listener, honored)
         finally:
-            listener.subscriptions.close()
+            await listener.subscriptions.close()
             self._close_listener(listener)
 
     async def _stream_listen(
@@ -853,8 +857,8 @@ class McpGateway:
                 if listener.changed.is_set():
                     listener.changed.clear()
                     meta = listen_meta(message)
-                    for update in listener.updates.drain(meta) if listener.updates else ():
-                        await stream.write(_sse(update))
+                    if listener.updates is not None:
+                        await listener.updates.send(functools.partial(_write_sse, stream), meta)
                     if listener.list_changed:
                         listener.list_changed = False
                         for changed in list_changed(message, flags):

@@ -12,9 +12,16 @@ local user: every call runs as `Caller("stdio", zone, "stdio")`.
 
 Bounds: a line longer than `max_line_bytes` is answered with a parse error and
 skipped; at most `max_inflight` calls run at once (more are refused as overloaded); at
-most `max_listeners` listens are open at once (`mcp.max_listeners_per_caller`: over
-HTTP a caller's bound, and a stdio connection is one caller); the subscriptions of the
-connection and of each listen, and their pending updates, are bounded as over HTTP.
+most `max_listeners` listens are open at once (16, the node's default
+`mcp.max_listeners_per_caller`: `vsmcp mcp-stdio` does not read the node's config); the
+subscriptions of the connection and of each listen, and their pending updates, are
+bounded as over HTTP.
+
+With `confirm_subscriptions` (the bridge: `vsmcp mcp-stdio`) a subscription is answered
+once the provider holds it at the node, or refused if it cannot be. One that ends for
+good is told to the client: a `resources/subscribe` one as an `error` log line (unless
+the client set a level above `error`), a listen's by the listen's end with an error
+result.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,6 +44,7 @@ from vsmcp.node.mcp.protocol import (
     MODERN_VERSIONS,
     OVERLOADED,
     PARSE_ERROR,
+    PROVIDER_ERROR,
     REQUEST_CANCELLED,
     Caller,
     McpCore,
@@ -53,6 +62,7 @@ from vsmcp.node.mcp.subscriptions import (
     Subscriptions,
     declare_subscribe,
 )
+from vsmcp.node.tools.client_channel import level_rank
 from vsmcp.node.tools.config import DEFAULT_MAX_LISTENERS_PER_CALLER
 from vsmcp.node.tools.model import ToolCatalog
 
@@ -61,6 +71,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_LINE_BYTES: Final = 1 << 20
 DEFAULT_MAX_INFLIGHT: Final = 64
 STDIO_OWNER: Final = "stdio"
+LOG_METHOD: Final = "notifications/message"
 
 
 @dataclass(eq=False)
@@ -81,8 +92,10 @@ class _StdioConnection:
         caller: Caller,
         max_inflight: int,
         max_listeners: int,
+        confirm: bool,
     ) -> None:
         self.core = McpCore(catalog)
+        self.confirm = confirm
         self.writer = writer
         self.caller = caller
         self.max_inflight = max_inflight
@@ -96,13 +109,30 @@ class _StdioConnection:
         self.client = ClientState(STDIO_OWNER, frozenset())
         # The connection's own resource subscriptions (2025-11-25 `resources/subscribe`).
         self.updates = SessionUpdates(self._updated)
-        self.subscriptions = Subscriptions(self.core, caller, self.updates, STDIO_OWNER)
+        self.subscriptions = Subscriptions(
+            self.core,
+            caller,
+            self.updates,
+            STDIO_OWNER,
+            confirm=confirm,
+            on_end=self._subscription_ended,
+        )
         self._flushing: asyncio.Task[None] | None = None
+        # Every background task of the connection (sends, flushes, ends of listens):
+        # cancelled and awaited at close.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.lock:
             self.writer.write(encode(message) + b"\n")
             await self.writer.drain()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=f"mcp-stdio:{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
 
     def _send_soon(self, messages: list[dict[str, Any]], what: str) -> None:
         async def send_all() -> None:
@@ -110,8 +140,7 @@ class _StdioConnection:
                 await self.send(message)
 
         if messages:
-            task = asyncio.create_task(send_all(), name=f"mcp-stdio:{what}")
-            task.add_done_callback(_log_failure)
+            self._spawn(send_all(), what)
 
     def tools_changed(self) -> None:
         messages: list[dict[str, Any]] = []
@@ -124,19 +153,41 @@ class _StdioConnection:
     def _updated(self) -> None:
         """A subscription brought an update: write the pending ones (one writer at a time)."""
         if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush(), name="mcp-stdio:updates")
-            self._flushing.add_done_callback(_log_failure)
+            self._flushing = self._spawn(self._flush(), "updates")
 
     async def _flush(self) -> None:
         # Updates arriving while this one writes are taken by its next round.
-        while True:
-            messages = self.updates.drain()
-            for listen in self.listens.values():
-                messages.extend(listen.updates.drain(listen_meta(listen.message)))
-            if not messages:
-                return
-            for message in messages:
-                await self.send(message)
+        while self.updates.pending or any(lsn.updates.pending for lsn in self.listens.values()):
+            await self.updates.send(self.send)
+            for listen in list(self.listens.values()):
+                await listen.updates.send(self.send, listen_meta(listen.message))
+
+    def _subscription_ended(self, uri: str, why: str) -> None:
+        """A `resources/subscribe` subscription ended for good: an `error` log line tells
+        the client (it has no other way to learn it), unless it asked for less."""
+        level = self.client.log_level
+        if level is not None and (level_rank(level) or 0) > (level_rank("error") or 0):
+            return
+        data = {"event": "subscription_ended", "uri": uri, "error": why}
+        params = {"level": "error", "logger": "vsmcp", "data": data}
+        self._send_soon([notification(LOG_METHOD, params)], "subscription-ended")
+
+    def _listen_ended(self, listen_id: Any, uri: str, why: str) -> None:
+        """A listen's subscription ended for good: so does the listen, with an error."""
+        listen = self.listens.pop(listen_id, None)
+        if listen is None:
+            return  # not acknowledged yet (its request is refused), or over already
+        error = McpError(
+            PROVIDER_ERROR,
+            f"Subscription to {uri[:128]!r} ended: {why}",
+            {"uri": uri, "reason": "subscription_failed"},
+        )
+
+        async def end() -> None:
+            await listen.subscriptions.close()
+            await self.send(error_message(listen_id, error))
+
+        self._spawn(end(), "listen-ended")
 
     async def on_line(self, line: bytes) -> None:
         try:
@@ -152,6 +203,7 @@ class _StdioConnection:
                 self._cancel(message.params.get("requestId"))
             return
         method = message.method
+        modern = message.meta.get(META_PROTOCOL_VERSION) in MODERN_VERSIONS
         if method == "initialize":
             self.initialized = True
             self.client.capabilities = declared(message.params.get("capabilities"))
@@ -164,9 +216,11 @@ class _StdioConnection:
         elif method == "subscriptions/listen":
             await self._listen(message)
         elif message.id in self.inflight or message.id in self.listens:
-            await self.send(
-                error_message(message.id, McpError(INVALID_REQUEST, "Duplicate request id"))
-            )
+            await self._duplicate()
+        elif method in SUBSCRIPTION_METHODS and not modern and not self.initialized:
+            # As over HTTP, where a 2025-11-25 request needs the session initialize made.
+            early = McpError(INVALID_REQUEST, f"Bad request: {method} before initialize")
+            await self.send(error_message(message.id, early))
         elif len(self.inflight) >= self.max_inflight:
             busy = McpError(
                 OVERLOADED, "Too many calls in flight", {"limit": "inflight", "retry_after_s": 0.1}
@@ -177,9 +231,14 @@ class _StdioConnection:
                 self._call(message), name=f"mcp-stdio:call:{message.id}"
             )
 
+    async def _duplicate(self) -> None:
+        """A request reusing the id of one still open: refused with no id (`null`), since
+        an error with that id would answer (and end) the open one at the client."""
+        await self.send(error_message(None, McpError(INVALID_REQUEST, "Duplicate request id")))
+
     def _cancel(self, request_id: Any) -> None:
-        """`notifications/cancelled`: a call stops; a listen ends, with its subscriptions
-        (no answer follows, as for any cancelled request)."""
+        """`notifications/cancelled`: a call stops (answered -32800, Request cancelled); a
+        listen ends with its subscriptions, unanswered (its client is done with it)."""
         if not isinstance(request_id, str | int):
             return  # names no request of ours (and may not even be hashable)
         task = self.inflight.get(request_id)
@@ -187,12 +246,11 @@ class _StdioConnection:
             task.cancel()
         listen = self.listens.pop(request_id, None)
         if listen is not None:
-            listen.subscriptions.close()
+            self._spawn(listen.subscriptions.close(), "listen-cancelled")
 
     async def _listen(self, message: Message) -> None:
         if message.id in self.listens or message.id in self.inflight:
-            dup = McpError(INVALID_REQUEST, "Duplicate request id")
-            await self.send(error_message(message.id, dup))
+            await self._duplicate()
             return
         if len(self.listens) >= self.max_listeners:
             busy = McpError(
@@ -204,22 +262,26 @@ class _StdioConnection:
             return
         updates = SessionUpdates(self._updated)
         name = f"{STDIO_OWNER}-listen-{str(message.id)[:16]}"
-        listen = _Listen(
-            message,
-            honored_flags(message),
+        subscriptions = Subscriptions(
+            self.core,
+            self.caller,
             updates,
-            Subscriptions(self.core, self.caller, updates, name),
+            name,
+            confirm=self.confirm,
+            on_end=lambda uri, why: self._listen_ended(message.id, uri, why),
         )
+        listen = _Listen(message, honored_flags(message), updates, subscriptions)
         try:
             uris = await listen.subscriptions.listen(message)
         except McpError as exc:
-            listen.subscriptions.close()
+            await listen.subscriptions.close()
             await self.send(error_message(message.id, exc))
             return
-        # Acknowledged before it is registered: no update or list change of this listen
-        # can go out ahead of its acknowledgement (they wait in `updates` meanwhile).
-        await self.send(acknowledgement(message, listen.flags, uris))
+        # Registered before its acknowledgement is sent, so no list change is missed
+        # meanwhile; and with nothing awaited in between, the acknowledgement takes the
+        # writer's lock first: what the listen brings is written after it.
         self.listens[message.id] = listen
+        await self.send(acknowledgement(message, listen.flags, uris))
         if updates.pending:
             self._updated()
 
@@ -249,20 +311,19 @@ class _StdioConnection:
 
     async def close(self) -> None:
         """The input ended: calls are cancelled, subscriptions end, listens end gracefully."""
-        self.subscriptions.close()
         listens = list(self.listens.values())
         self.listens.clear()
+        tasks: list[asyncio.Task[Any]] = self.subscriptions.cancel()
         for listen in listens:
-            listen.subscriptions.close()
-        tasks = list(self.inflight.values())
+            tasks += listen.subscriptions.cancel()
+        tasks += self.inflight.values()
+        tasks += self._tasks
         for task in tasks:
             task.cancel()
         if tasks:
+            # Waited for, not awaited: their outcomes are theirs (a cancellation of this
+            # close itself still reaches it).
             await asyncio.wait(tasks)
-        if self._flushing is not None:
-            self._flushing.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await self._flushing
         for listen in listens:
             with contextlib.suppress(ConnectionError):
                 await self.send(ended(listen.message))
@@ -283,11 +344,16 @@ async def serve_stdio(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     max_listeners: int = DEFAULT_MAX_LISTENERS_PER_CALLER,
+    confirm_subscriptions: bool = False,
 ) -> None:
     """Serve one MCP client on `reader`/`writer` until end of input; then cancel its
-    calls and end its subscriptions."""
+    calls and end its subscriptions. `confirm_subscriptions`: the catalog's provider
+    says when it holds a subscription (`HELD_METHOD`: the bridge does), and a subscribe
+    is answered only then."""
     caller = Caller(caller_id, zone, "stdio")
-    conn = _StdioConnection(catalog, writer, caller, max_inflight, max_listeners)
+    conn = _StdioConnection(
+        catalog, writer, caller, max_inflight, max_listeners, confirm_subscriptions
+    )
     unsubscribe = catalog.on_change(conn.tools_changed)
     try:
         while True:

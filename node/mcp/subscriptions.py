@@ -14,7 +14,10 @@ tasks, one per URI it honours (`Subscriptions.listen`), for as long as the strea
 
 Both transports use them the same way: over HTTP the updates go out on the session's GET
 stream or the listen stream (`node.mcp.http`), over stdio on stdout (`node.mcp.stdio`,
-one connection being one session).
+one connection being one session). Over stdio the provider is the bridge, which says
+when the node holds a URI (`HELD_METHOD`): there `resources/subscribe` is answered only
+then (an error if it cannot be held), and a subscription ending for good is told to the
+client (`on_end`).
 """
 
 from __future__ import annotations
@@ -23,19 +26,20 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Final
 
 from vsmcp.node.mcp.protocol import (
     INVALID_PARAMS,
+    PROVIDER_ERROR,
     Caller,
     McpCore,
     McpError,
     Message,
     notification,
 )
-from vsmcp.node.tools.client_channel import UPDATED_METHOD, no_capability
+from vsmcp.node.tools.client_channel import HELD_METHOD, UPDATED_METHOD, no_capability
 from vsmcp.node.tools.errors import ToolError
 from vsmcp.node.tools.offers import MAX_URI_CHARS, SUBSCRIBE_METHOD
 
@@ -59,6 +63,13 @@ class SessionUpdates:
     def __init__(self, wake: Callable[[], None]) -> None:
         self.pending: deque[str] = deque(maxlen=MAX_PENDING_UPDATES)
         self._wake = wake
+        # URI -> who waits to hear that the provider holds it (`HELD_METHOD`).
+        self._held: dict[str, asyncio.Future[None]] = {}
+
+    def expect_held(self, uri: str) -> asyncio.Future[None]:
+        """Done once a provider says it holds `uri` (see `HELD_METHOD`)."""
+        waiter = self._held[uri] = asyncio.get_running_loop().create_future()
+        return waiter
 
     @property
     def log_level(self) -> str | None:
@@ -75,25 +86,35 @@ class SessionUpdates:
 
     async def notify(self, method: str, params: Mapping[str, Any]) -> None:
         uri = params.get("uri")
-        if method == UPDATED_METHOD and isinstance(uri, str) and len(uri) <= MAX_URI_CHARS:
+        if not isinstance(uri, str) or len(uri) > MAX_URI_CHARS:
+            return
+        if method == UPDATED_METHOD:
             self.pending.append(uri)
             self._wake()
+        elif method == HELD_METHOD:
+            waiter = self._held.pop(uri, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     async def request(
         self, method: str, params: Mapping[str, Any], timeout_s: float | None
     ) -> dict[str, Any]:
         raise no_capability(method)
 
-    def drain(self, meta: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Take the pending updates as `notifications/resources/updated` messages, oldest
-        first (`meta`: the listen stream's `_meta`, when they belong to one)."""
-        out: list[dict[str, Any]] = []
+    async def send(
+        self,
+        write: Callable[[dict[str, Any]], Awaitable[None]],
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the pending updates as `notifications/resources/updated` messages,
+        oldest first (`meta`: the listen stream's `_meta`, when they belong to one). Each
+        is taken only as it is written: those after a failed write stay pending, for the
+        session's next stream."""
         while self.pending:
             params: dict[str, Any] = {"uri": self.pending.popleft()}
             if meta is not None:
                 params["_meta"] = dict(meta)
-            out.append(notification(UPDATED_METHOD, params))
-        return out
+            await write(notification(UPDATED_METHOD, params))
 
 
 def declare_subscribe(result: dict[str, Any]) -> dict[str, Any]:
@@ -105,18 +126,38 @@ def declare_subscribe(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# How a session hears that one of its subscriptions ended for good: the URI, and why.
+EndCallback = Callable[[str, str], None]
+
+
 class Subscriptions:
-    """One session's subscriptions: URI -> the task keeping its subscribe call running."""
+    """One session's subscriptions: URI -> the task keeping its subscribe call running
+    (its result: why it ended, if it failed).
+
+    `confirm`: its provider says when it holds a URI (`HELD_METHOD`), and a subscribe is
+    answered then, or refused if it cannot be held; `on_end`: told when a subscription
+    ends for good (not when unsubscribed or closed)."""
 
     # The methods `handle` answers.
     METHODS: ClassVar[frozenset[str]] = SUBSCRIPTION_METHODS
 
-    def __init__(self, core: McpCore, caller: Caller, updates: SessionUpdates, name: str) -> None:
+    def __init__(
+        self,
+        core: McpCore,
+        caller: Caller,
+        updates: SessionUpdates,
+        name: str,
+        *,
+        confirm: bool = False,
+        on_end: EndCallback | None = None,
+    ) -> None:
         self._core = core
         self._caller = caller
         self._updates = updates
         self._name = name
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._confirm = confirm
+        self._on_end = on_end
+        self.tasks: dict[str, asyncio.Task[str | None]] = {}
 
     async def handle(self, message: Message) -> dict[str, Any]:
         """Answer `resources/subscribe` or `resources/unsubscribe`."""
@@ -135,9 +176,12 @@ class Subscriptions:
                     f"{MAX_SUBSCRIPTIONS_PER_SESSION}",
                     {"limit": MAX_SUBSCRIPTIONS_PER_SESSION},
                 )
-            self.tasks[uri] = asyncio.create_task(
+            held = self._updates.expect_held(uri) if self._confirm else None
+            task = self.tasks[uri] = asyncio.create_task(
                 self._keep(uri, message), name=f"mcp-subscription:{self._name}:{uri[:64]}"
             )
+            if held is not None:
+                await _confirmed(uri, held, task)
         return {}
 
     async def listen(self, listen: Message) -> list[str]:
@@ -174,13 +218,21 @@ class Subscriptions:
             honored.append(uri)
         return honored
 
-    def close(self) -> None:
-        """The session ended: so do its subscriptions."""
-        for task in self.tasks.values():
+    def cancel(self) -> list[asyncio.Task[str | None]]:
+        """The session ended: so do its subscriptions (the tasks cancelled, returned)."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
             task.cancel()
         self.tasks.clear()
+        return tasks
 
-    async def _keep(self, uri: str, message: Message) -> None:
+    async def close(self) -> None:
+        """`cancel`, and wait for the subscribe calls to have ended."""
+        tasks = self.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _keep(self, uri: str, message: Message) -> str | None:
         failed = False
         try:
             while True:
@@ -194,10 +246,29 @@ class Subscriptions:
                 except ToolError as exc:
                     if failed:
                         log.warning("subscription to %r ended: %s", uri[:128], exc)
-                        return
+                        if self._on_end is not None:
+                            self._on_end(uri, exc.message)
+                        return exc.message
                     failed = True
                 await asyncio.sleep(max(0.0, started + RETRY_S - loop.time()))
         finally:
             with contextlib.suppress(KeyError):
                 if self.tasks[uri] is asyncio.current_task():
                     del self.tasks[uri]
+
+
+async def _confirmed(uri: str, held: asyncio.Future[None], task: asyncio.Task[str | None]) -> None:
+    """Wait until the provider holds `uri`; refused (`-32015`) if its task ended first."""
+    try:
+        await asyncio.wait((held, task), return_when=asyncio.FIRST_COMPLETED)
+        if held.done():
+            return
+    finally:
+        held.cancel()
+    if not task.cancelled():  # cancelled: unsubscribed meanwhile
+        why = task.result() or "ended"
+        raise McpError(
+            PROVIDER_ERROR,
+            f"Subscription to {uri[:128]!r} could not be held: {why}",
+            {"uri": uri[:MAX_URI_CHARS], "reason": "subscription_failed"},
+        )

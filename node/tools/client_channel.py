@@ -39,6 +39,10 @@ CLIENT_METHODS: Final = tuple(REQUEST_CAPABILITY)
 # The notification a provider sends, during a `resources/subscribe` offers call, for each
 # update of the subscribed resource (`ClientChannel.notify`).
 UPDATED_METHOD: Final = "notifications/resources/updated"
+# Not MCP: a provider that knows when it holds a subscription (the `vsmcp mcp-stdio`
+# bridge, once the node acknowledged the URI) says so on the call's channel, so the
+# gateway answers `resources/subscribe` only once it is held (`node.mcp.subscriptions`).
+HELD_METHOD: Final = "notifications/vsmcp/subscription_held"
 # A 2026-07-28 request's `_meta` key for the log level its client wants.
 META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
 # JSON-RPC codes the client side of a request is answered with (the provider's SDK

@@ -264,9 +264,10 @@ class MountedServer:
                 except ValidationError as exc:
                     # Discovery or the listing did not validate: the server is not what
                     # 2026-07-28 says. Leaving the block closes this connection.
-                    if not self._fall_back(f"its answers at start: {_problems(exc)}"):
+                    if not self._fall_back(f"its answers at start: {validation_problems(exc)}"):
+                        problems = validation_problems(exc)
                         raise UnitFault(
-                            f"mount {self._cfg.name!r}: malformed answer at start: {_problems(exc)}"
+                            f"mount {self._cfg.name!r}: malformed answer at start: {problems}"
                         ) from exc
                     continue
                 if client is None:
@@ -307,10 +308,10 @@ class MountedServer:
                 async with asyncio.timeout(cfg.health_timeout_s):
                     await self._refresh(client)
             except ValidationError as exc:
-                if not self._fall_back(f"its tool list: {_problems(exc)}"):
+                if not self._fall_back(f"its tool list: {validation_problems(exc)}"):
                     raise UnitFault(
                         f"mount {cfg.name!r} health check failed: malformed tool list: "
-                        f"{_problems(exc)}"
+                        f"{validation_problems(exc)}"
                     ) from exc
             except (MCPError, TimeoutError, *_DEAD_CONNECTION) as exc:
                 raise UnitFault(f"mount {cfg.name!r} health check failed: {exc!r}") from exc
@@ -484,7 +485,7 @@ class MountedServer:
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError):
-            problems = _problems(exc)
+            problems = validation_problems(exc)
         elif any(mark in str(exc) for mark in _OUTPUT_SCHEMA_MARKS):
             problems = str(exc).splitlines()[0]
         else:
@@ -525,7 +526,7 @@ async def _first_of(*events: asyncio.Event) -> None:
             w.cancel()
 
 
-def _problems(exc: ValidationError) -> str:
+def validation_problems(exc: ValidationError) -> str:
     """The first few problems of a validation error, by field (not the input)."""
     errors = exc.errors(include_input=False, include_url=False)
     # A tools/call answer is tried as each shape it may have: say what was wrong with it

@@ -138,11 +138,13 @@ GREETING = "data://greeting"
 LISTED_S = 60.0
 
 
-def _node_with_updating_resources(tmp_path: Path) -> NodeProcess:
+def _node_with_updating_resources(tmp_path: Path, mcp: str = "") -> NodeProcess:
     """A node mounting the offers server in 2025-11-25, where it takes subscriptions
-    and its `docs.touch` tool sends an update of a URI to its subscribers."""
+    and its `docs.touch` tool sends an update of a URI to its subscribers (`mcp`: lines
+    of its `[mcp]` table)."""
     config = tmp_path / "offers.toml"
     config.write_text(
+        f"[mcp]\n{mcp}\n"
         "[tools]\nentry_points = false\n[[tools.mounts]]\n"
         f'name = "docs"\ncommand = "{sys.executable}"\nargs = ["{OFFERS_SERVER}", "--updates"]\n'
         'mode = "legacy"\nhealth_interval_s = 0.5\n'
@@ -247,3 +249,61 @@ async def test_stdio_clients_get_resource_updates_and_list_changes(
                     assert isinstance(event, ResourcesListChanged)
                     if await listed(note):
                         break
+
+
+async def test_stdio_subscriptions_past_the_nodes_listener_cap_all_get_updates(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """More URIs subscribed through one bridge than the node lets a caller hold listens
+    (16) and than one listen holds (16): the bridge holds them on as few listens at the
+    node as it can, and every one of them brings its updates to the client."""
+    from mcp.client.subscriptions import ResourceUpdated
+
+    node = _node_with_updating_resources(tmp_path)
+    nodes.append(node)
+    node.start()
+    uris = [f"colour://c{i}" for i in range(20)]
+    async with (
+        Client(_bridge("--url", node.url), mode="auto", cache=None) as client,
+        client.listen(resource_subscriptions=uris[:12]) as first,
+        client.listen(resource_subscriptions=uris[12:]) as second,
+    ):
+        assert first.honored.resource_subscriptions == uris[:12]
+        assert second.honored.resource_subscriptions == uris[12:]
+        for uri in uris:
+            # Acknowledged once the node holds it: the server has its subscriber now.
+            assert await _subscribers(client, uri) == 1, uri
+        updated: set[str] = set()
+        for stream, part in ((first, uris[:12]), (second, uris[12:])):
+            while not set(part) <= updated:
+                event = await asyncio.wait_for(anext(stream), LISTED_S)
+                assert isinstance(event, ResourceUpdated)
+                updated.add(event.uri)
+        assert updated == set(uris)
+
+
+async def test_stdio_subscriptions_the_node_refuses_reach_the_client(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A node that lets a caller hold one listen, held by another bridge: a second
+    bridge's subscription cannot be held, and its client is told (2025-11-25: the
+    subscribe's error; 2026-07-28: the listen's), not acknowledged and dropped."""
+    node = _node_with_updating_resources(tmp_path, "max_listeners_per_caller = 1")
+    nodes.append(node)
+    node.start()
+    params = _bridge("--url", node.url)
+    async with Client(params, mode="legacy", cache=None) as holder:
+        await holder.subscribe_resource(GREETING)  # the caller's one listen at the node
+        assert await _subscribers(holder, GREETING) == 1
+        async with Client(params, mode="legacy", cache=None) as refused:
+            with pytest.raises(MCPError) as err:
+                await refused.subscribe_resource("colour://red")
+            assert err.value.code == -32015
+            assert "notification streams" in err.value.message, err.value.message
+        async with Client(params, mode="auto", cache=None) as refused:
+            with pytest.raises(MCPError) as err:
+                async with refused.listen(resource_subscriptions=["colour://red"]):
+                    pass
+            assert err.value.code == -32015
+        assert await _subscribers(holder, "colour://red") == 0
+        assert await _subscribers(holder, GREETING) == 1  # the holder's goes on

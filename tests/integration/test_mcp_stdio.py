@@ -307,3 +307,53 @@ async def test_stdio_subscriptions_the_node_refuses_reach_the_client(
             assert err.value.code == -32015
         assert await _subscribers(holder, "colour://red") == 0
         assert await _subscribers(holder, GREETING) == 1  # the holder's goes on
+
+
+async def test_stdio_bridge_answers_a_request_the_sdk_refuses_as_the_node_does(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """`completion/complete` with an empty `argument` (raw lines: the SDK client would
+    not send it): the bridge's SDK refuses it by its types, and the stdio client gets
+    the node's answer to the same, a provider error (-32015), not an internal error."""
+    import json
+
+    node = _node_with_updating_resources(tmp_path)
+    nodes.append(node)
+    node.start()
+    bridge = _bridge("--url", node.url)
+    proc = await asyncio.create_subprocess_exec(
+        bridge.command,
+        *bridge.args,
+        cwd=bridge.cwd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    async def ask(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        proc.stdin.write(json.dumps(message).encode() + b"\n")  # type: ignore[union-attr]
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), LISTED_S)  # type: ignore[union-attr]
+            answer: dict[str, Any] = json.loads(line)
+            if answer.get("id") == request_id:
+                return answer
+
+    try:
+        await ask(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+
+        async def prompts_listed() -> bool:
+            return bool((await ask(2, "prompts/list", {}))["result"]["prompts"])
+
+        await async_wait_for(prompts_listed, timeout_s=LISTED_S, what="the node's prompts")
+        ref = {"type": "ref/prompt", "name": "review"}
+        answer = await ask(3, "completion/complete", {"ref": ref, "argument": {}})
+        assert answer["error"]["code"] == -32015, answer
+        assert "name: Field required" in answer["error"]["message"]
+        good = {"ref": ref, "argument": {"name": "style", "value": "t"}}
+        assert (await ask(4, "completion/complete", good))["result"]["completion"]["values"]
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 30)
+    assert b"Traceback" not in await proc.stderr.read()

@@ -20,13 +20,14 @@ from tests.polling import async_wait_for, async_wait_until
 from vsmcp.node.mcp.offers import LIST_CHANGED
 from vsmcp.node.mcp.protocol import (
     INVALID_PARAMS,
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     OVERLOADED,
     PARSE_ERROR,
     ZONE_DENIED,
 )
 from vsmcp.node.mcp.stdio import serve_stdio
-from vsmcp.node.mcp.subscriptions import MAX_SUBSCRIPTIONS_PER_SESSION
+from vsmcp.node.mcp.subscriptions import MAX_SUBSCRIPTIONS_PER_SESSION, SessionUpdates
 from vsmcp.node.tools.client_channel import UPDATED_METHOD
 from vsmcp.node.tools.config import MountConfig, ToolsConfig
 from vsmcp.node.tools.model import CallContext
@@ -232,7 +233,11 @@ async def test_stdio_legacy_resource_subscriptions_bring_updates_until_unsubscri
         # A 2026-07-28 request has no session: as over HTTP, no such method.
         modern = await client.ask("resources/subscribe", {"uri": GREETING, "_meta": MODERN_META})
         assert modern["error"]["code"] == METHOD_NOT_FOUND
-        assert await client.subscribers("colour://c0") == 1
+
+        async def held() -> bool:  # its subscribe call reaches the mount in the background
+            return await client.subscribers("colour://c0") == 1
+
+        await async_wait_for(held, timeout_s=30, what="the server subscribed to colour://c0")
         # stdin closed: the connection's subscription tasks end (left running, each would
         # call the mount again whenever its call ends), and so do they at the server.
         await client.end()
@@ -327,3 +332,49 @@ async def test_stdio_listen_honours_list_changes_and_resource_subscriptions() ->
     assert ends == [
         {"jsonrpc": "2.0", "id": "listen-2", "result": {"_meta": {SUBSCRIPTION_ID: "listen-2"}}}
     ]
+
+
+async def test_stdio_refuses_a_subscribe_before_initialize_and_a_reused_id_of_a_listen() -> None:
+    """As over HTTP (no session yet), a 2025-11-25 `resources/subscribe` before
+    `initialize` is refused -32600. A request reusing an open listen's id is refused
+    with a null id: with the listen's id it would answer, and so end, the listen."""
+    async with _stdio_with_offers() as client:
+        early = await client.ask("resources/subscribe", {"uri": GREETING})
+        assert early["error"]["code"] == INVALID_REQUEST
+        listen = {"notifications": {"toolsListChanged": True}, "_meta": MODERN_META}
+        client.send({"id": "L", "method": "subscriptions/listen", "params": listen})
+        await client.first(lambda m: m.get("params", {}).get("_meta") == {SUBSCRIPTION_ID: "L"})
+        client.send({"id": "L", "method": "tools/list", "params": {"_meta": MODERN_META}})
+        dup = await client.first(lambda m: "Duplicate" in m.get("error", {}).get("message", ""))
+        assert dup["id"] is None and dup["error"]["code"] == INVALID_REQUEST
+        # The listen is still open: its list changes still come, then its graceful end.
+        add = {"name": "docs.add_note", "arguments": {"name": "d", "text": "hi"}}
+        assert "error" not in await client.ask("tools/call", {**add, "_meta": MODERN_META})
+        await client.first(
+            lambda m: (
+                m.get("method") == LIST_CHANGED[0]
+                and m["params"]["_meta"] == {SUBSCRIPTION_ID: "L"}
+            )
+        )
+    assert [m for m in client.seen if m.get("id") == "L"] == [
+        {"jsonrpc": "2.0", "id": "L", "result": {"_meta": {SUBSCRIPTION_ID: "L"}}}
+    ]
+
+
+async def test_updates_a_failed_write_did_not_send_stay_pending() -> None:
+    """A stream that breaks mid-way (a GET stream's client gone) loses at most the update
+    being written: the rest wait for the session's next stream."""
+    updates = SessionUpdates(lambda: None)
+    for i in range(10):
+        await updates.notify(UPDATED_METHOD, {"uri": f"r://{i}"})
+    written: list[str] = []
+
+    async def breaks_at_third(message: dict[str, Any]) -> None:
+        if len(written) == 2:
+            raise ConnectionResetError("client gone")
+        written.append(message["params"]["uri"])
+
+    with pytest.raises(ConnectionResetError):
+        await updates.send(breaks_at_third)
+    assert written == ["r://0", "r://1"]
+    assert list(updates.pending) == [f"r://{i}" for i in range(3, 10)]

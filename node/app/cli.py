@@ -226,6 +226,32 @@ def _stdio_token(args: argparse.Namespace) -> str | None:
 
 
 async def _serve_stdio_bridge(url: str, token: str | None) -> None:
+    """Run the bridge in a task of its own: the SDK client cancels the task that entered
+    it when its connection to the node fails (an anyio cancel scope), and that is told
+    apart here from this command being cancelled: one line, not a traceback."""
+    loop = asyncio.get_running_loop()
+    lost = False
+
+    def quiet_once_lost(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Once the node is gone the SDK's generators fail again as they are closed.
+        if not lost:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(quiet_once_lost)
+    bridge = asyncio.create_task(_run_stdio_bridge(url, token), name="mcp-stdio-bridge")
+    try:
+        await asyncio.wait([bridge])
+    finally:
+        if not bridge.done():  # this command was cancelled (Ctrl-C): so is the bridge
+            bridge.cancel()
+            await asyncio.wait([bridge])
+    if bridge.cancelled():
+        lost = True
+        raise RequestFailed(f"mcp-stdio: lost the connection to the node at {url}")
+    bridge.result()
+
+
+async def _run_stdio_bridge(url: str, token: str | None) -> None:
     # Imported here: the MCP SDK is heavy, and only this command needs it.
     from vsmcp.node.mcp.bridge import NodeClientCatalog
     from vsmcp.node.mcp.stdio import serve_stdio, stdio_streams

@@ -309,51 +309,96 @@ async def test_stdio_subscriptions_the_node_refuses_reach_the_client(
         assert await _subscribers(holder, GREETING) == 1  # the holder's goes on
 
 
+class _RawBridge:
+    """`vsmcp mcp-stdio` spoken to in raw lines (what the SDK client would not send)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self.proc, self.stdin, self.stdout, self.stderr = proc, proc.stdin, proc.stdout, proc.stderr
+
+    @classmethod
+    async def start(cls, url: str) -> _RawBridge:
+        bridge = _bridge("--url", url)
+        pipe = asyncio.subprocess.PIPE
+        proc = await asyncio.create_subprocess_exec(
+            bridge.command, *bridge.args, cwd=bridge.cwd, stdin=pipe, stdout=pipe, stderr=pipe
+        )
+        return cls(proc)
+
+    async def ask(self, request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        self.stdin.write(json.dumps(message).encode() + b"\n")
+        while True:
+            answer: dict[str, Any] = json.loads(
+                await asyncio.wait_for(self.stdout.readline(), LISTED_S)
+            )
+            if answer.get("id") == request_id:
+                return answer
+
+    async def end(self) -> tuple[int, str]:
+        """stdin closed (if still open): its exit code and what it wrote on stderr."""
+        if not self.stdin.is_closing():
+            self.stdin.close()
+        code = await asyncio.wait_for(self.proc.wait(), 30)
+        return code, (await self.stderr.read()).decode()
+
+
 async def test_stdio_bridge_answers_a_request_the_sdk_refuses_as_the_node_does(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     """`completion/complete` with an empty `argument` (raw lines: the SDK client would
     not send it): the bridge's SDK refuses it by its types, and the stdio client gets
     the node's answer to the same, a provider error (-32015), not an internal error."""
-    import json
+    node = _node_with_updating_resources(tmp_path)
+    nodes.append(node)
+    node.start()
+    bridge = await _RawBridge.start(node.url)
+    try:
+        await bridge.ask(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+
+        async def prompts_listed() -> bool:
+            return bool((await bridge.ask(2, "prompts/list", {}))["result"]["prompts"])
+
+        await async_wait_for(prompts_listed, timeout_s=LISTED_S, what="the node's prompts")
+        ref = {"type": "ref/prompt", "name": "review"}
+        answer = await bridge.ask(3, "completion/complete", {"ref": ref, "argument": {}})
+        assert answer["error"]["code"] == -32015, answer
+        assert "name: Field required" in answer["error"]["message"]
+        good = {"ref": ref, "argument": {"name": "style", "value": "t"}}
+        assert (await bridge.ask(4, "completion/complete", good))["result"]["completion"]["values"]
+    finally:
+        _, stderr = await bridge.end()
+    assert "Traceback" not in stderr
+
+
+async def test_stdio_bridge_whose_node_dies_exits_with_one_line(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """The node killed under a bridge holding a subscription: the bridge exits non-zero
+    by itself, saying so in one line on stderr, no traceback."""
+    import signal
 
     node = _node_with_updating_resources(tmp_path)
     nodes.append(node)
     node.start()
-    bridge = _bridge("--url", node.url)
-    proc = await asyncio.create_subprocess_exec(
-        bridge.command,
-        *bridge.args,
-        cwd=bridge.cwd,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    bridge = await _RawBridge.start(node.url)
+    await bridge.ask(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
 
-    async def ask(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-        proc.stdin.write(json.dumps(message).encode() + b"\n")  # type: ignore[union-attr]
-        while True:
-            line = await asyncio.wait_for(proc.stdout.readline(), LISTED_S)  # type: ignore[union-attr]
-            answer: dict[str, Any] = json.loads(line)
-            if answer.get("id") == request_id:
-                return answer
+    async def listed() -> bool:
+        return bool((await bridge.ask(2, "resources/list", {}))["result"]["resources"])
 
-    try:
-        await ask(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
-
-        async def prompts_listed() -> bool:
-            return bool((await ask(2, "prompts/list", {}))["result"]["prompts"])
-
-        await async_wait_for(prompts_listed, timeout_s=LISTED_S, what="the node's prompts")
-        ref = {"type": "ref/prompt", "name": "review"}
-        answer = await ask(3, "completion/complete", {"ref": ref, "argument": {}})
-        assert answer["error"]["code"] == -32015, answer
-        assert "name: Field required" in answer["error"]["message"]
-        good = {"ref": ref, "argument": {"name": "style", "value": "t"}}
-        assert (await ask(4, "completion/complete", good))["result"]["completion"]["values"]
-    finally:
-        proc.stdin.close()
-        await asyncio.wait_for(proc.wait(), 30)
-    assert b"Traceback" not in await proc.stderr.read()
+    await async_wait_for(listed, timeout_s=LISTED_S, what="the node's resources")
+    assert (await bridge.ask(3, "resources/subscribe", {"uri": GREETING}))["result"] == {}
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGKILL)
+    node.proc.wait()
+    # Not stdin's end: the bridge leaves because its node is gone (the tool list's
+    # refresh, every 5 s, or the subscription's listen finds it so).
+    code = await asyncio.wait_for(bridge.proc.wait(), LISTED_S)
+    _, stderr = await bridge.end()
+    assert code != 0
+    assert "Traceback" not in stderr, stderr
+    lost = [line for line in stderr.splitlines() if "lost the connection to the node" in line]
+    assert len(lost) == 1, stderr

@@ -66,7 +66,7 @@ class NodeListen:
         self._current: list[_Stream] = []
         self._changed = asyncio.Event()
         self._manager: asyncio.Task[None] | None = None
-        self._streams: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def hold(self, tool: str, uri: str, channel: ClientChannel) -> None:
         """Pass the node's updates of `uri` to `channel` until cancelled; raises
@@ -86,7 +86,7 @@ class NodeListen:
 
     async def aclose(self) -> None:
         """The bridge ends: so do its streams (the gateway ended its holds already)."""
-        tasks = [t for t in (self._manager, *self._streams) if t is not None]
+        tasks = [t for t in (self._manager, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -152,8 +152,8 @@ class NodeListen:
             await hold.channel.notify(HELD_METHOD, {"uri": hold.uri})
 
         task = asyncio.create_task(tell(), name="mcp-bridge-held")
-        self._streams.add(task)
-        task.add_done_callback(self._streams.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _fail(self, which: Callable[[_Hold], bool], why: str) -> None:
         for holds in list(self._holds.values()):
@@ -165,8 +165,8 @@ class NodeListen:
     async def _open(self, uris: frozenset[str]) -> _Stream | str:
         stream = _Stream(uris, asyncio.get_running_loop().create_future())
         stream.task = asyncio.create_task(self._run(stream), name="mcp-bridge-listen-stream")
-        self._streams.add(stream.task)
-        stream.task.add_done_callback(self._streams.discard)
+        self._tasks.add(stream.task)
+        stream.task.add_done_callback(self._tasks.discard)
         return stream if not isinstance(outcome := await stream.ready, str) else outcome
 
     async def _close(self, stream: _Stream) -> None:

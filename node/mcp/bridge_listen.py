@@ -101,7 +101,12 @@ class NodeListen:
         while True:
             await self._changed.wait()
             self._changed.clear()
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception:  # top-level handler: the manager outlives one round
+                # Dead, it would leave every later hold waiting unconfirmed; the next change
+                # reconciles again.
+                log.exception("holding the bridge's subscriptions at the node failed")
 
     async def _reconcile(self) -> None:
         """Make the streams at the node match the URIs held, then settle the holds."""
@@ -109,10 +114,10 @@ class NodeListen:
         self._current = [s for s in self._current if s.task is not None and not s.task.done()]
         for old, asked in _plan(self._current, wanted):
             if old is not None and old.uris == asked:
-                self._settle(old, asked)
+                await self._settle(old, asked)
             elif not asked:
                 assert old is not None
-                self._current.remove(old)
+                self._forget(old)
                 await self._close(old)
             else:
                 await self._replace(old, asked)
@@ -128,32 +133,36 @@ class NodeListen:
             return
         self._current.append(opened)
         if old is not None:
-            self._current.remove(old)
+            self._forget(old)
+        # Settled before the old stream is closed: the holds it held are the new one's
+        # from here, and new holds hear they are held without waiting for that close.
+        await self._settle(opened, asked)
+        if old is not None:
             await self._close(old)
-        self._settle(opened, asked)
 
-    def _settle(self, stream: _Stream, asked: frozenset[str]) -> None:
-        """Holds of URIs `stream` honours are held by it (told so once); holds of URIs it
-        was asked for and left out fail. Holds added since it was asked wait their turn."""
+    def _forget(self, stream: _Stream) -> None:
+        """`stream` is no longer one the bridge holds (it may have removed itself already,
+        lost while the manager awaited something else)."""
+        if stream in self._current:
+            self._current.remove(stream)
+
+    async def _settle(self, stream: _Stream, asked: frozenset[str]) -> None:
+        """Holds of URIs `stream` honours are held by it (told so once, before any update
+        of the URI is passed on to them); holds of URIs it was asked for and left out
+        fail. Holds added since it was asked wait their turn."""
         honoured = stream.ready.result() if stream.ready.done() else frozenset()
         assert not isinstance(honoured, str)
         for holds in list(self._holds.values()):
             for hold in list(holds):
-                if hold.uri in honoured:
+                if hold.uri in honoured and not hold.ended.done():
                     if hold.held_by is None:
-                        self._tell_held(hold)
+                        # Told directly, not from a task of its own: an update (passed on
+                        # only to holds told) cannot overtake the subscribe's answer.
+                        await hold.channel.notify(HELD_METHOD, {"uri": hold.uri})
                     hold.held_by = stream
         self._fail(
             lambda h: h.uri in asked and h.uri not in honoured, "the node did not take the URI"
         )
-
-    def _tell_held(self, hold: _Hold) -> None:
-        async def tell() -> None:
-            await hold.channel.notify(HELD_METHOD, {"uri": hold.uri})
-
-        task = asyncio.create_task(tell(), name="mcp-bridge-held")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _fail(self, which: Callable[[_Hold], bool], why: str) -> None:
         for holds in list(self._holds.values()):
@@ -191,8 +200,14 @@ class NodeListen:
                 async for event in sub:
                     if isinstance(event, ResourceUpdated):
                         for hold in list(self._holds.get(event.uri, ())):
-                            await hold.channel.notify(UPDATED_METHOD, {"uri": event.uri})
+                            if hold.held_by is not None:  # its subscribe answered first
+                                await hold.channel.notify(UPDATED_METHOD, {"uri": event.uri})
         except (MCPError, SubscriptionLost, ListenNotSupportedError, TimeoutError) as e:
+            why = str(e) or type(e).__name__
+        except Exception as e:  # top-level handler of the stream's task
+            # Anything else (the transport's errors, the SDK's once its session closed)
+            # loses the stream as well: its holds must hear so, not wait on it for good.
+            log.warning("the bridge's listen at the node failed", exc_info=e)
             why = str(e) or type(e).__name__
         finally:
             if not stream.ready.done():

@@ -836,8 +836,11 @@ class McpGateway:
             honored = await listener.subscriptions.listen(message)
             return await self._stream_listen(request, message, listener, honored)
         finally:
-            await listener.subscriptions.close()
-            self._close_listener(listener)
+            try:
+                await listener.subscriptions.close()
+            finally:
+                # Even if this close is cancelled in turn: else the caller's slot is lost.
+                self._close_listener(listener)
 
     async def _stream_listen(
         self, request: web.Request, message: Message, listener: _Listener, uris: list[str]

@@ -18,7 +18,9 @@ subscriptions of the connection and of each listen, and their pending updates, a
 bounded as over HTTP.
 
 With `confirm_subscriptions` (the bridge: `vsmcp mcp-stdio`) a subscription is answered
-once the provider holds it at the node, or refused if it cannot be. One that ends for
+once the provider holds it at the node, or refused if it cannot be (or is not held within
+`CONFIRM_TIMEOUT_S`, 30 s); a listen waits for that in a task of its own, the input read
+meanwhile. One that ends for
 good is told to the client: a `resources/subscribe` one as an `error` log line (unless
 the client set a level above `error`), a listen's by the listen's end with an error
 result.
@@ -57,6 +59,7 @@ from vsmcp.node.mcp.protocol import (
     result_message,
 )
 from vsmcp.node.mcp.subscriptions import (
+    CONFIRM_TIMEOUT_S,
     SUBSCRIPTION_METHODS,
     SessionUpdates,
     Subscriptions,
@@ -93,14 +96,19 @@ class _StdioConnection:
         max_inflight: int,
         max_listeners: int,
         confirm: bool,
+        confirm_timeout_s: float,
     ) -> None:
         self.core = McpCore(catalog)
         self.confirm = confirm
+        self.confirm_timeout_s = confirm_timeout_s
         self.writer = writer
         self.caller = caller
         self.max_inflight = max_inflight
         self.max_listeners = max_listeners
         self.inflight: dict[Any, asyncio.Task[None]] = {}
+        # Listens not acknowledged yet (their subscriptions being held): in `inflight`,
+        # and counted with the open ones against `max_listeners`.
+        self.opening: set[Any] = set()
         self.lock = asyncio.Lock()
         self.initialized = False
         # Open listens by request id (2026-07-28).
@@ -115,6 +123,7 @@ class _StdioConnection:
             self.updates,
             STDIO_OWNER,
             confirm=confirm,
+            confirm_timeout_s=confirm_timeout_s,
             on_end=self._subscription_ended,
         )
         self._flushing: asyncio.Task[None] | None = None
@@ -249,10 +258,13 @@ class _StdioConnection:
             self._spawn(listen.subscriptions.close(), "listen-cancelled")
 
     async def _listen(self, message: Message) -> None:
+        """Start a `subscriptions/listen` in a task of its own (in `inflight`, so that
+        `notifications/cancelled` reaches it): holding its subscriptions may take a while,
+        and the input goes on being read meanwhile."""
         if message.id in self.listens or message.id in self.inflight:
             await self._duplicate()
             return
-        if len(self.listens) >= self.max_listeners:
+        if len(self.listens) + len(self.opening) >= self.max_listeners:
             busy = McpError(
                 OVERLOADED,
                 "Too many open notification streams for this caller",
@@ -260,6 +272,12 @@ class _StdioConnection:
             )
             await self.send(error_message(message.id, busy))
             return
+        self.opening.add(message.id)
+        self.inflight[message.id] = asyncio.create_task(
+            self._open_listen(message), name=f"mcp-stdio:listen:{str(message.id)[:16]}"
+        )
+
+    async def _open_listen(self, message: Message) -> None:
         updates = SessionUpdates(self._updated)
         name = f"{STDIO_OWNER}-listen-{str(message.id)[:16]}"
         subscriptions = Subscriptions(
@@ -268,15 +286,25 @@ class _StdioConnection:
             updates,
             name,
             confirm=self.confirm,
+            confirm_timeout_s=self.confirm_timeout_s,
             on_end=lambda uri, why: self._listen_ended(message.id, uri, why),
         )
         listen = _Listen(message, honored_flags(message), updates, subscriptions)
         try:
             uris = await listen.subscriptions.listen(message)
-        except McpError as exc:
+        except asyncio.CancelledError:
+            # Cancelled by its client (left unanswered, as an open listen's cancellation
+            # is) or the input ended: its subscriptions end with it.
             await listen.subscriptions.close()
-            await self.send(error_message(message.id, exc))
+            raise
+        except Exception as exc:  # noqa: BLE001 - top-level handler; error_message logs the unexpected
+            await listen.subscriptions.close()
+            with contextlib.suppress(ConnectionError):
+                await self.send(error_message(message.id, exc))
             return
+        finally:
+            self.inflight.pop(message.id, None)
+            self.opening.discard(message.id)
         # Registered before its acknowledgement is sent, so no list change is missed
         # meanwhile; and with nothing awaited in between, the acknowledgement takes the
         # writer's lock first: what the listen brings is written after it.
@@ -345,14 +373,21 @@ async def serve_stdio(
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     max_listeners: int = DEFAULT_MAX_LISTENERS_PER_CALLER,
     confirm_subscriptions: bool = False,
+    confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
 ) -> None:
     """Serve one MCP client on `reader`/`writer` until end of input; then cancel its
     calls and end its subscriptions. `confirm_subscriptions`: the catalog's provider
     says when it holds a subscription (`HELD_METHOD`: the bridge does), and a subscribe
-    is answered only then."""
+    is answered only then, or refused after `confirm_timeout_s`."""
     caller = Caller(caller_id, zone, "stdio")
     conn = _StdioConnection(
-        catalog, writer, caller, max_inflight, max_listeners, confirm_subscriptions
+        catalog,
+        writer,
+        caller,
+        max_inflight,
+        max_listeners,
+        confirm_subscriptions,
+        confirm_timeout_s,
     )
     unsubscribe = catalog.on_change(conn.tools_changed)
     try:

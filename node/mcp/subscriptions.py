@@ -27,7 +27,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final
 
 from vsmcp.node.mcp.protocol import (
@@ -54,6 +54,10 @@ MAX_PENDING_UPDATES: Final = 64
 # the subscription. A call that ended sooner than this (a short call timeout) is made
 # again only this long after it started.
 RETRY_S: Final = 1.0
+# How long a subscribe (or a listen's subscriptions, together) may wait for its provider
+# to say it holds the URIs (`confirm`) before it is refused: a provider that never says
+# so would otherwise keep the request open for good.
+CONFIRM_TIMEOUT_S: Final = 30.0
 
 
 class SessionUpdates:
@@ -70,6 +74,12 @@ class SessionUpdates:
         """Done once a provider says it holds `uri` (see `HELD_METHOD`)."""
         waiter = self._held[uri] = asyncio.get_running_loop().create_future()
         return waiter
+
+    def forget_held(self, uri: str, waiter: asyncio.Future[None]) -> None:
+        """`waiter` (from `expect_held`) is no longer waited on: a later notice for `uri`
+        finds no entry (none kept for a refused or cancelled subscribe)."""
+        if self._held.get(uri) is waiter:
+            del self._held[uri]
 
     @property
     def log_level(self) -> str | None:
@@ -149,6 +159,7 @@ class Subscriptions:
         name: str,
         *,
         confirm: bool = False,
+        confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
         on_end: EndCallback | None = None,
     ) -> None:
         self._core = core
@@ -156,6 +167,7 @@ class Subscriptions:
         self._updates = updates
         self._name = name
         self._confirm = confirm
+        self._confirm_timeout_s = confirm_timeout_s
         self._on_end = on_end
         self.tasks: dict[str, asyncio.Task[str | None]] = {}
 
@@ -166,23 +178,69 @@ class Subscriptions:
             if task is not None:
                 task.cancel()
             return {}
+        started = self._start(message)
+        if started is not None:
+            await self._confirm_all([started])
+        return {}
+
+    def _start(self, message: Message) -> _Unconfirmed | None:
+        """Start the subscription `message` asks for, unless held already; with `confirm`,
+        what to wait on until its provider holds it."""
         ctx = self._core.call_context(self._caller, message, None, SUBSCRIBE_METHOD)
         uri = self._core.offers.check_subscribable(message.params, ctx)
-        if uri not in self.tasks:
-            if len(self.tasks) >= MAX_SUBSCRIPTIONS_PER_SESSION:
-                raise McpError(
-                    INVALID_PARAMS,
-                    f"Too many subscriptions: a session holds at most "
-                    f"{MAX_SUBSCRIPTIONS_PER_SESSION}",
-                    {"limit": MAX_SUBSCRIPTIONS_PER_SESSION},
-                )
-            held = self._updates.expect_held(uri) if self._confirm else None
-            task = self.tasks[uri] = asyncio.create_task(
-                self._keep(uri, message), name=f"mcp-subscription:{self._name}:{uri[:64]}"
+        if uri in self.tasks:
+            return None
+        if len(self.tasks) >= MAX_SUBSCRIPTIONS_PER_SESSION:
+            raise McpError(
+                INVALID_PARAMS,
+                f"Too many subscriptions: a session holds at most {MAX_SUBSCRIPTIONS_PER_SESSION}",
+                {"limit": MAX_SUBSCRIPTIONS_PER_SESSION},
             )
-            if held is not None:
-                await _confirmed(uri, held, task)
-        return {}
+        held = self._updates.expect_held(uri) if self._confirm else None
+        task = self.tasks[uri] = asyncio.create_task(
+            self._keep(uri, message), name=f"mcp-subscription:{self._name}:{uri[:64]}"
+        )
+        return None if held is None else _Unconfirmed(uri, held, task)
+
+    async def _confirm_all(self, started: list[_Unconfirmed]) -> None:
+        """Wait until the provider holds each of `started`, all at once and for at most
+        `confirm_timeout_s`: refused (`-32015`) if one could not be held or not in time.
+        Those not held when the wait ends (timed out, cancelled) are ended here: their
+        caller got no `{}` and must get no updates."""
+        try:
+            async with asyncio.timeout(self._confirm_timeout_s):
+                outcomes = await asyncio.gather(
+                    *(_confirmed(s.uri, s.held, s.task) for s in started),
+                    return_exceptions=True,
+                )
+        except TimeoutError:
+            late = [s for s in started if not s.is_held()]
+            self._end_unheld(started)
+            first = late[0].uri if late else started[0].uri
+            raise McpError(
+                PROVIDER_ERROR,
+                f"Subscription to {first[:128]!r} could not be held: its provider did not "
+                f"hold it within {self._confirm_timeout_s:g} s",
+                {"uri": first[:MAX_URI_CHARS], "reason": "subscription_timeout"},
+            ) from None
+        except asyncio.CancelledError:
+            self._end_unheld(started)
+            raise
+        finally:
+            for s in started:
+                self._updates.forget_held(s.uri, s.held)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _end_unheld(self, started: list[_Unconfirmed]) -> None:
+        """End the subscriptions of `started` their provider has not said it holds."""
+        for s in started:
+            if s.is_held():
+                continue
+            s.task.cancel()
+            if self.tasks.get(s.uri) is s.task:
+                del self.tasks[s.uri]
 
     async def listen(self, listen: Message) -> list[str]:
         """Subscribe to the `resourceSubscriptions` of a `subscriptions/listen` request;
@@ -208,14 +266,19 @@ class Subscriptions:
                 {"limit": MAX_SUBSCRIPTIONS_PER_SESSION},
             )
         honored: list[str] = []
+        started: list[_Unconfirmed] = []
         for uri in distinct:
             params = {"uri": uri, "_meta": listen.meta}
             raw = {"jsonrpc": "2.0", "id": listen.id, "method": SUBSCRIBE_METHOD, "params": params}
             try:
-                await self.handle(Message.of(raw))
+                unconfirmed = self._start(Message.of(raw))
             except ToolError:  # unknown here, or not for this caller's zone
                 continue
             honored.append(uri)
+            if unconfirmed is not None:
+                started.append(unconfirmed)
+        # All started first, then confirmed together: one wait, not one per URI in turn.
+        await self._confirm_all(started)
         return honored
 
     def cancel(self) -> list[asyncio.Task[str | None]]:
@@ -255,6 +318,18 @@ class Subscriptions:
             with contextlib.suppress(KeyError):
                 if self.tasks[uri] is asyncio.current_task():
                     del self.tasks[uri]
+
+
+@dataclass(frozen=True)
+class _Unconfirmed:
+    """A subscription started and not yet held by its provider: `held` is done once it is."""
+
+    uri: str
+    held: asyncio.Future[None]
+    task: asyncio.Task[str | None]
+
+    def is_held(self) -> bool:
+        return self.held.done() and not self.held.cancelled()
 
 
 async def _confirmed(uri: str, held: asyncio.Future[None], task: asyncio.Task[str | None]) -> None:

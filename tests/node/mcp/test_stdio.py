@@ -24,6 +24,8 @@ from vsmcp.node.mcp.protocol import (
     METHOD_NOT_FOUND,
     OVERLOADED,
     PARSE_ERROR,
+    PROVIDER_ERROR,
+    REQUEST_CANCELLED,
     ZONE_DENIED,
 )
 from vsmcp.node.mcp.stdio import serve_stdio
@@ -359,6 +361,57 @@ async def test_stdio_refuses_a_subscribe_before_initialize_and_a_reused_id_of_a_
     assert [m for m in client.seen if m.get("id") == "L"] == [
         {"jsonrpc": "2.0", "id": "L", "result": {"_meta": {SUBSCRIPTION_ID: "L"}}}
     ]
+
+
+async def test_stdio_a_listen_waiting_to_be_held_leaves_the_input_read() -> None:
+    """With `confirm_subscriptions`, a provider that never says it holds a URI (the
+    offers server is not a bridge): a listen waiting on it does not stop the input; a
+    ping is answered meanwhile and `notifications/cancelled` ends the listen, unanswered,
+    with its subscription. A `resources/subscribe` cancelled while it waits ends its
+    subscription as well (its client got -32800, and no updates)."""
+    async with _stdio_with_offers(confirm_subscriptions=True) as client:
+        await client.ask("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+        listen = {"notifications": {"resourceSubscriptions": [GREETING]}, "_meta": MODERN_META}
+        client.send({"id": "L", "method": "subscriptions/listen", "params": listen})
+        waiting = "mcp-subscription:stdio-listen-L:"
+        await async_wait_until(lambda: _held(waiting), what="the listen's subscription")
+        assert "error" not in await client.ask("ping")
+        client.send({"method": "notifications/cancelled", "params": {"requestId": "L"}})
+        await async_wait_until(lambda: not _held(waiting), what="the listen's task ended")
+        client.send({"id": "S", "method": "resources/subscribe", "params": {"uri": GREETING}})
+        await async_wait_until(lambda: _held("mcp-subscription:stdio:"), what="subscribing")
+        client.send({"method": "notifications/cancelled", "params": {"requestId": "S"}})
+        cancelled = await client.first(lambda m: m.get("id") == "S")
+        assert cancelled["error"]["code"] == REQUEST_CANCELLED
+        await async_wait_until(
+            lambda: not _held("mcp-subscription:stdio:"), what="the subscribe's task ended"
+        )
+
+        async def unsubscribed() -> bool:
+            return await client.subscribers(GREETING) == 0
+
+        await async_wait_for(unsubscribed, timeout_s=30, what="the server unsubscribed")
+        assert "error" not in await client.ask("ping")
+    assert not [m for m in client.seen if m.get("id") == "L"]
+
+
+async def test_stdio_subscriptions_not_held_in_time_are_refused() -> None:
+    """A subscription its provider does not hold within the bound is refused -32015
+    (the listen as a whole, the 2025-11-25 subscribe), and ends."""
+    async with _stdio_with_offers(confirm_subscriptions=True, confirm_timeout_s=0.5) as client:
+        await client.ask("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+        wanted = {"resourceSubscriptions": [GREETING, "colour://red"]}
+        listen = await client.ask(
+            "subscriptions/listen", {"notifications": wanted, "_meta": MODERN_META}
+        )
+        assert listen["error"]["code"] == PROVIDER_ERROR
+        assert listen["error"]["data"]["reason"] == "subscription_timeout"
+        subscribe = await client.ask("resources/subscribe", {"uri": GREETING})
+        assert subscribe["error"]["code"] == PROVIDER_ERROR
+        assert "within 0.5 s" in subscribe["error"]["message"]
+        await async_wait_until(
+            lambda: not _held("mcp-subscription:stdio"), what="the subscriptions' tasks ended"
+        )
 
 
 async def test_updates_a_failed_write_did_not_send_stay_pending() -> None:

@@ -7,7 +7,8 @@ out after a few subscriptions. So the bridge keeps one stream for the whole set 
 `MAX_SUBSCRIPTIONS_PER_SESSION` URIs, what a listen at the node holds). When a stream's
 set changes the bridge opens a stream for the new set and only then closes the old one,
 so a URI in both loses no update (one may come twice meanwhile: an update says "read
-again").
+again") If the node has no spare listen for that (the caller's cap), the old
+one is closed first.
 
 Each subscribe call of the gateway is a `hold`: it waits here, told when the node holds
 its URI (`HELD_METHOD` on the call's channel), its updates passed on, until the call is
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vsmcp.node.mcp.protocol import OVERLOADED
 from vsmcp.node.mcp.subscriptions import MAX_SUBSCRIPTIONS_PER_SESSION
 from vsmcp.node.tools.client_channel import HELD_METHOD, UPDATED_METHOD, ClientChannel
 from vsmcp.node.tools.errors import ProviderError
@@ -43,6 +45,13 @@ class _Stream:
     uris: frozenset[str]
     ready: asyncio.Future[frozenset[str] | str]
     task: asyncio.Task[None] | None = None
+    # Refused for the caller's listener cap at the node (no spare listen).
+    capped: bool = False
+
+    def refusal(self) -> str | None:
+        """Why it did not open (once `ready`), or None: it did."""
+        outcome = self.ready.result()
+        return outcome if isinstance(outcome, str) else None
 
 
 @dataclass(eq=False)
@@ -123,13 +132,22 @@ class NodeListen:
                 await self._replace(old, asked)
 
     async def _replace(self, old: _Stream | None, asked: frozenset[str]) -> None:
-        """Open a stream for `asked`, then close `old`: the URIs in both lose nothing."""
+        """Open a stream for `asked`, then close `old`: the URIs in both lose nothing.
+        With no spare listen at the node for that (its listener cap), `old` is closed
+        first: its URIs may miss an update meanwhile, rather than all new ones failing."""
         opened = await self._open(asked)
-        if isinstance(opened, str):
-            # Refused (e.g. the node's listener cap): the stream held so far goes on for
-            # the URIs it holds; the others cannot be held now.
-            log.warning("the node refused a listen of %d URIs: %s", len(asked), opened)
-            self._fail(lambda h: h.held_by is None and h.uri in asked, opened)
+        closed = None
+        if opened.capped and old is not None:
+            self._forget(old)
+            await self._close(old)
+            closed, old = old, None
+            opened = await self._open(asked)
+        why = opened.refusal()
+        if why is not None:
+            # Refused: the stream held so far (unless closed for this) goes on for the
+            # URIs it holds; the others cannot be held now.
+            log.warning("the node refused a listen of %d URIs: %s", len(asked), why)
+            self._fail(lambda h: h.uri in asked and (h.held_by is None or h.held_by is closed), why)
             return
         self._current.append(opened)
         if old is not None:
@@ -171,12 +189,14 @@ class NodeListen:
                     detail = f"{SUBSCRIBE_METHOD} {hold.uri!r} at the node: {why}"
                     hold.ended.set_exception(ProviderError(hold.tool, detail))
 
-    async def _open(self, uris: frozenset[str]) -> _Stream | str:
+    async def _open(self, uris: frozenset[str]) -> _Stream:
+        """A stream for `uris`, once open or refused (see `_Stream.refusal`)."""
         stream = _Stream(uris, asyncio.get_running_loop().create_future())
         stream.task = asyncio.create_task(self._run(stream), name="mcp-bridge-listen-stream")
         self._tasks.add(stream.task)
         stream.task.add_done_callback(self._tasks.discard)
-        return stream if not isinstance(outcome := await stream.ready, str) else outcome
+        await stream.ready
+        return stream
 
     async def _close(self, stream: _Stream) -> None:
         if stream.task is not None:
@@ -204,6 +224,7 @@ class NodeListen:
                                 await hold.channel.notify(UPDATED_METHOD, {"uri": event.uri})
         except (MCPError, SubscriptionLost, ListenNotSupportedError, TimeoutError) as e:
             why = str(e) or type(e).__name__
+            stream.capped = isinstance(e, MCPError) and _at_listener_cap(e.code, e.data)
         except Exception as e:  # top-level handler of the stream's task
             # Anything else (the transport's errors, the SDK's once its session closed)
             # loses the stream as well: its holds must hear so, not wait on it for good.
@@ -216,6 +237,15 @@ class NodeListen:
             self._current.remove(stream)
             self._fail(lambda h: h.held_by is stream, f"listen lost: {why}")
             self._wake()
+
+
+def _at_listener_cap(code: int, data: object) -> bool:
+    """The node's refusal of a listen past its caller's listener cap."""
+    return (
+        code == OVERLOADED
+        and isinstance(data, dict)
+        and data.get("limit") == "listeners_per_caller"
+    )
 
 
 def _plan(

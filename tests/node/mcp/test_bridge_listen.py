@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from mcp.client.subscriptions import ResourceUpdated, SubscriptionLost
+from mcp.shared.exceptions import MCPError
 
 from tests.polling import async_wait_until
 from vsmcp.node.mcp.bridge_listen import NodeListen
+from vsmcp.node.mcp.protocol import OVERLOADED
 from vsmcp.node.tools.client_channel import HELD_METHOD, UPDATED_METHOD
 from vsmcp.node.tools.errors import ProviderError
 
@@ -49,7 +51,9 @@ class _Listen:
 
 
 class _Node:
-    def __init__(self) -> None:
+    def __init__(self, cap: int | None = None) -> None:
+        # Listens open at once past which one is refused, as the node's listener cap does.
+        self.cap = cap
         self.listens: list[_Listen] = []
         # The URI sets of the listens asked for, acknowledged or not.
         self.asked: list[frozenset[str]] = []
@@ -64,6 +68,9 @@ class _Node:
         self.asked.append(key)
         if key in self.gates:
             await self.gates[key].wait()
+        if self.cap is not None and sum(lsn.open for lsn in self.listens) >= self.cap:
+            busy = {"limit": "listeners_per_caller", "retry_after_s": 1.0}
+            raise MCPError(OVERLOADED, "Too many open notification streams", busy)
         listen = _Listen(resource_subscriptions)
         for event in self.first_events.get(key, []):
             listen.events.put_nowait(event)
@@ -143,4 +150,25 @@ async def test_a_hold_is_told_it_is_held_before_any_update() -> None:
     assert a_channel.told[0] == HELD_METHOD, a_channel.told
     a.cancel()
     await asyncio.gather(a, return_exceptions=True)
+    await bridge.aclose()
+
+
+async def test_with_no_spare_listen_at_the_node_the_old_one_is_closed_first() -> None:
+    """A node that lets the bridge hold one listen: a second URI cannot be opened
+    new-before-old, so the old listen closes first and the new one holds both."""
+    node = _Node(cap=1)
+    bridge = NodeListen(cast("Client", node))
+    a, a_channel = _hold(bridge, "r://a")
+    await async_wait_until(lambda: a_channel.told == [HELD_METHOD], what="a held")
+    b, b_channel = _hold(bridge, "r://b")
+    await async_wait_until(lambda: b_channel.told == [HELD_METHOD], what="b held")
+    assert [listen.uris for listen in node.listens if listen.open] == [
+        frozenset({"r://a", "r://b"})
+    ]
+    assert not a.done()
+    node.listens[-1].events.put_nowait(ResourceUpdated("r://a"))
+    await async_wait_until(lambda: UPDATED_METHOD in a_channel.told, what="a's update")
+    for hold in (a, b):
+        hold.cancel()
+    await asyncio.gather(a, b, return_exceptions=True)
     await bridge.aclose()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import NodeProcess
+from tests.skips import require_module, skip_or_fail
 from vsmcp.mesh._zeroconf_sources import installed_extensions
 
 pytestmark = pytest.mark.integration
@@ -139,7 +140,7 @@ def test_zeroconf_runs_its_python_sources_unless_mdns_compiled_is_set(
     # Its compiled extensions map ≈2.8 MiB (mesh/_zeroconf_sources.py); a busy LAN's
     # operator may want their speed.
     if not installed_extensions():  # looked up without importing zeroconf here
-        pytest.skip("the installed zeroconf has no compiled extensions (built without Cython)")
+        skip_or_fail("the installed zeroconf has no compiled extensions (built without Cython)")
     config = tmp_path / "vsmcp.toml"
     config.write_text(f"[mesh]\nmdns_compiled = {str(compiled).lower()}\n")
     dns_file = _idle_node_at_exit(tmp_path, "--config", str(config))["zeroconf_dns_file"]
@@ -160,7 +161,7 @@ def test_an_idle_node_has_not_read_the_ca_bundle_for_aiohttp_client_contexts(
 def test_an_idle_node_on_uvloop_starts_no_libuv_resolver_threads(tmp_path: Path) -> None:
     # uvloop resolves a listening host, even "127.0.0.1", in libuv's pool of four threads,
     # which then stay (≈0.25 MiB); the node binds IP literals itself (mesh/addrinfo.py).
-    pytest.importorskip("uvloop")
+    require_module("uvloop")
     node = NodeProcess(tmp_path / "node").start()
     try:
         assert node.get_json("/api/status")["node_id"]

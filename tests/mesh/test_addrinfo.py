@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.skips import require_module
 from vsmcp.mesh.addrinfo import bound_stream_socket, getaddrinfo, numeric_addrinfo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +78,7 @@ print(json.dumps(uvloop.run(main())))
 
 
 def test_resolving_literals_starts_no_libuv_resolver_thread() -> None:
-    pytest.importorskip("uvloop")
+    require_module("uvloop")
     out = subprocess.run(
         [sys.executable, "-c", _THREADS_AFTER],
         cwd=REPO_ROOT,

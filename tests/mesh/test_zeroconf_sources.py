@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.skips import skip_or_fail
 from vsmcp.mesh._zeroconf_sources import _source_beside, installed_extensions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,14 +45,13 @@ def _run(prologue: str, path: Path | None = None) -> dict[str, Any]:
     return report
 
 
-needs_extensions = pytest.mark.skipif(
-    not installed_extensions(),  # found without importing zeroconf into this process
-    reason="the installed zeroconf has no compiled extensions (built without Cython)",
-)
+def _needs_extensions() -> None:
+    if not installed_extensions():  # found without importing zeroconf into this process
+        skip_or_fail("the installed zeroconf has no compiled extensions (built without Cython)")
 
 
-@needs_extensions
 def test_after_prefer_sources_every_zeroconf_module_is_its_python_source() -> None:
+    _needs_extensions()
     report = _run(
         "from vsmcp.mesh._zeroconf_sources import prefer_sources\n"
         "PREFERRED = prefer_sources()\n"
@@ -65,15 +63,15 @@ def test_after_prefer_sources_every_zeroconf_module_is_its_python_source() -> No
     assert [f for f in report["files"] if not f.endswith(".py")] == []
 
 
-@needs_extensions
 def test_without_it_zeroconf_imports_its_extensions() -> None:
+    _needs_extensions()
     report = _run("import zeroconf, zeroconf.asyncio\n")
     assert report["compiled"] is True
     assert any(not f.endswith(".py") for f in report["files"])
 
 
-@needs_extensions
 def test_an_already_imported_zeroconf_is_left_compiled_never_mixed() -> None:
+    _needs_extensions()
     report = _run(
         "import zeroconf\n"
         "from vsmcp.mesh._zeroconf_sources import prefer_sources\n"
@@ -91,8 +89,8 @@ def test_an_already_imported_zeroconf_is_left_compiled_never_mixed() -> None:
     assert sources_with_extension == []
 
 
-@needs_extensions
 def test_an_extension_without_its_source_keeps_every_module_compiled(tmp_path: Path) -> None:
+    _needs_extensions()
     # One compiled module among sources fails at import (their C types are checked).
     installed = installed_extensions()
     package = next(p for p in installed[0].parents if p.name == "zeroconf")

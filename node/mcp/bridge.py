@@ -115,12 +115,12 @@ class NodeClientCatalog:
             for tool in listed.tools
         ]
         offers = await node_offers(self._client)
-        changed = [s.name for s in specs] != [s.name for s in self._specs]
-        changed = changed or offers != self._offers
+        offers_changed = offers != self._offers
+        changed = offers_changed or [s.name for s in specs] != [s.name for s in self._specs]
         self._specs = specs
-        if offers != self._offers:
+        if offers_changed:
             self._offers = offers
-            self._offer_specs = offers_specs(offers) if offers else []
+            self._offer_specs = offers_specs(offers)
         if changed:
             for callback in list(self._callbacks):
                 callback()

@@ -7,7 +7,7 @@ out after a few subscriptions. So the bridge keeps one stream for the whole set 
 `MAX_SUBSCRIPTIONS_PER_SESSION` URIs, what a listen at the node holds). When a stream's
 set changes the bridge opens a stream for the new set and only then closes the old one,
 so a URI in both loses no update (one may come twice meanwhile: an update says "read
-again") If the node has no spare listen for that (the caller's cap), the old
+again"). If the node has no spare listen for that (the caller's cap), the old
 one is closed first.
 
 Each subscribe call of the gateway is a `hold`: it waits here, told when the node holds
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vsmcp.node.mcp.protocol import OVERLOADED
+from vsmcp.node.mcp.listen import is_too_many_listens
 from vsmcp.node.mcp.subscriptions import MAX_SUBSCRIPTIONS_PER_SESSION
 from vsmcp.node.tools.client_channel import HELD_METHOD, UPDATED_METHOD, ClientChannel
 from vsmcp.node.tools.errors import ProviderError
@@ -224,7 +224,7 @@ class NodeListen:
                                 await hold.channel.notify(UPDATED_METHOD, {"uri": event.uri})
         except (MCPError, SubscriptionLost, ListenNotSupportedError, TimeoutError) as e:
             why = str(e) or type(e).__name__
-            stream.capped = isinstance(e, MCPError) and _at_listener_cap(e.code, e.data)
+            stream.capped = isinstance(e, MCPError) and is_too_many_listens(e.code, e.data)
         except Exception as e:  # top-level handler of the stream's task
             # Anything else (the transport's errors, the SDK's once its session closed)
             # loses the stream as well: its holds must hear so, not wait on it for good.
@@ -237,15 +237,6 @@ class NodeListen:
             self._current.remove(stream)
             self._fail(lambda h: h.held_by is stream, f"listen lost: {why}")
             self._wake()
-
-
-def _at_listener_cap(code: int, data: object) -> bool:
-    """The node's refusal of a listen past its caller's listener cap."""
-    return (
-        code == OVERLOADED
-        and isinstance(data, dict)
-        and data.get("limit") == "listeners_per_caller"
-    )
 
 
 def _plan(

@@ -46,7 +46,14 @@ from aiohttp import web
 from vsmcp.node.errors import clip
 from vsmcp.node.mcp.client_requests import ClientState, Notify, declared, modern_state
 from vsmcp.node.mcp.input_rounds import InputRounds, RoundsError
-from vsmcp.node.mcp.listen import acknowledgement, ended, honored_flags, list_changed, listen_meta
+from vsmcp.node.mcp.listen import (
+    acknowledgement,
+    ended,
+    honored_flags,
+    list_changed,
+    listen_meta,
+    too_many_listens,
+)
 from vsmcp.node.mcp.offers import LIST_CHANGED
 from vsmcp.node.mcp.protocol import (
     HANDSHAKE_VERSIONS,
@@ -801,11 +808,7 @@ class McpGateway:
         """Count a notification stream (`subscriptions/listen`, or a session's GET)
         against its caller's and the node's quotas; `_close_listener` gives it back."""
         if self.listeners_of[owner] >= self.max_listeners_per_caller:
-            raise McpError(
-                OVERLOADED,
-                "Too many open notification streams for this caller",
-                {"limit": "listeners_per_caller", "retry_after_s": 1.0},
-            )
+            raise too_many_listens()
         if len(self._listeners) >= self.max_listeners:
             raise McpError(
                 OVERLOADED,

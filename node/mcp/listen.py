@@ -11,9 +11,34 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from vsmcp.node.mcp.offers import LISTEN_FLAGS
-from vsmcp.node.mcp.protocol import META_SUBSCRIPTION_ID, Message, notification, result_message
+from vsmcp.node.mcp.protocol import (
+    META_SUBSCRIPTION_ID,
+    OVERLOADED,
+    McpError,
+    Message,
+    notification,
+    result_message,
+)
 
 ACKNOWLEDGED_METHOD: Final = "notifications/subscriptions/acknowledged"
+# The `limit` of the refusal of a listen past its caller's quota (`too_many_listens`).
+LISTENERS_PER_CALLER: Final = "listeners_per_caller"
+
+
+def too_many_listens() -> McpError:
+    """A listen refused: its caller has as many open as it may (HTTP and stdio alike)."""
+    return McpError(
+        OVERLOADED,
+        "Too many open notification streams for this caller",
+        {"limit": LISTENERS_PER_CALLER, "retry_after_s": 1.0},
+    )
+
+
+def is_too_many_listens(code: int, data: object) -> bool:
+    """Whether an error's code and data are `too_many_listens`'s (as a client sees it)."""
+    return (
+        code == OVERLOADED and isinstance(data, dict) and data.get("limit") == LISTENERS_PER_CALLER
+    )
 
 
 def listen_meta(message: Message) -> dict[str, Any]:

@@ -37,7 +37,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from vsmcp.node.mcp.client_requests import ClientState, declared, modern_state
-from vsmcp.node.mcp.listen import acknowledgement, ended, honored_flags, list_changed, listen_meta
+from vsmcp.node.mcp.listen import (
+    acknowledgement,
+    ended,
+    honored_flags,
+    list_changed,
+    listen_meta,
+    too_many_listens,
+)
 from vsmcp.node.mcp.offers import LIST_CHANGED
 from vsmcp.node.mcp.protocol import (
     INVALID_REQUEST,
@@ -265,12 +272,7 @@ class _StdioConnection:
             await self._duplicate()
             return
         if len(self.listens) + len(self.opening) >= self.max_listeners:
-            busy = McpError(
-                OVERLOADED,
-                "Too many open notification streams for this caller",
-                {"limit": "listeners_per_caller", "retry_after_s": 1.0},
-            )
-            await self.send(error_message(message.id, busy))
+            await self.send(error_message(message.id, too_many_listens()))
             return
         self.opening.add(message.id)
         self.inflight[message.id] = asyncio.create_task(

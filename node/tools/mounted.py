@@ -120,11 +120,7 @@ class MountedServer:
 
     @property
     def name(self) -> str:
-        return self.unit_name(self._cfg)
-
-    @staticmethod
-    def unit_name(cfg: MountConfig) -> str:
-        return cfg.unit_name
+        return self._cfg.unit_name
 
     @property
     def offers_tool(self) -> str:
@@ -264,8 +260,8 @@ class MountedServer:
                 except ValidationError as exc:
                     # Discovery or the listing did not validate: the server is not what
                     # 2026-07-28 says. Leaving the block closes this connection.
-                    if not self._fall_back(f"its answers at start: {validation_problems(exc)}"):
-                        problems = validation_problems(exc)
+                    problems = validation_problems(exc)
+                    if not self._fall_back(f"its answers at start: {problems}"):
                         raise UnitFault(
                             f"mount {self._cfg.name!r}: malformed answer at start: {problems}"
                         ) from exc

@@ -110,8 +110,8 @@ def measure(
     # node given one builds the table of every key's variable names (node/app/config_env.py).
     (base / "vsmcp.toml").write_text(f"mesh.name = {json.dumps(mesh_name_for(base))}\n" + config)
     cmd += ["--config", str(base / "vsmcp.toml")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env = {k: v for k, v in env.items() if not k.startswith("VSMCP_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSMCP_")}
+    env["PYTHONUNBUFFERED"] = "1"
     env.update(env_extra or {})
     started = time.perf_counter()
     proc = subprocess.Popen(

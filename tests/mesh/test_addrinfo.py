@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.fresh_python import run_python
 from tests.skips import require_module
 from vsmcp.mesh.addrinfo import bound_stream_socket, getaddrinfo, numeric_addrinfo
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_an_ip_literal_is_resolved_without_a_resolver() -> None:
@@ -79,15 +75,7 @@ print(json.dumps(uvloop.run(main())))
 
 def test_resolving_literals_starts_no_libuv_resolver_thread() -> None:
     require_module("uvloop")
-    out = subprocess.run(
-        [sys.executable, "-c", _THREADS_AFTER],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "libuv-worker" not in json.loads(out.stdout)
+    assert "libuv-worker" not in json.loads(run_python(_THREADS_AFTER))
 
 
 def test_a_non_ascii_host_is_no_literal() -> None:
@@ -101,8 +89,4 @@ def test_a_literal_needs_no_idna_codec() -> None:
         "assert numeric_addrinfo('127.0.0.1', 1, type=socket.SOCK_STREAM)\n"
         "print('encodings.idna' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert run_python(code).strip() == "False"

@@ -7,15 +7,12 @@ import importlib.machinery
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from tests.fresh_python import run_python
 from tests.skips import skip_or_fail
 from vsmcp.mesh._zeroconf_sources import _source_beside, installed_extensions
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Prints what the process ended up with: each zeroconf module's file, and what the
 # module under test reports.
@@ -37,11 +34,7 @@ def _run(prologue: str, path: Path | None = None) -> dict[str, Any]:
     code = "PREFERRED = None\n" + prologue + _REPORT
     if path is not None:  # a zeroconf of the test's own, found before the installed one
         code = f"import sys; sys.path.insert(0, {str(path)!r})\n" + code
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    report: dict[str, Any] = json.loads(out.stdout)
+    report: dict[str, Any] = json.loads(run_python(code))
     return report
 
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from tests.fresh_python import run_python
 from vsmcp.node.app import config_env
 from vsmcp.node.app.config import Config, load_config
 from vsmcp.node.app.config_env import env_names, env_overrides
 from vsmcp.node.errors import ConfigError
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_keys_of_deeper_tables_are_set_from_the_environment() -> None:
@@ -127,8 +124,4 @@ def test_without_any_vsmcp_variable_the_table_of_names_is_not_built() -> None:
         "assert env_overrides({'PATH': '/bin', 'HOME': '/root'}, Config) == {}\n"
         "print(env_names.cache_info().currsize)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0"]
+    assert run_python(code).split() == ["0"]
